@@ -1,0 +1,44 @@
+# The two quickstart commands are `make demo` and `make test`; each sets up .venv on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test check lint types bench skab clean
+
+$(STAMP): pyproject.toml deploy/constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c deploy/constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/anomaly demo --out runs/demo
+
+test: $(STAMP)
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	  { echo 'installing prometheus + alertmanager (Debian packages) for the integration tests'; \
+	    (apt-get install -y -q prometheus prometheus-alertmanager >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q prometheus prometheus-alertmanager >/dev/null)) || \
+	    echo 'warning: could not install prometheus; its integration tests will fail'; }
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check anomaly tests
+	$(BIN)/ruff format --check anomaly tests
+
+types: $(STAMP)
+	$(BIN)/mypy anomaly
+
+check: lint types test
+
+bench: $(STAMP)
+	$(BIN)/anomaly bench
+
+skab: $(STAMP)
+	$(BIN)/anomaly skab --data ../shared/datasets/skab --out runs/skab
+
+clean:
+	rm -rf runs .pytest_cache

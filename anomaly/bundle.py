@@ -1,0 +1,144 @@
+"""Model bundle: one file with the weights and JSON metadata, loaded without unpickling code.
+
+The file is a ``torch.save`` of ``{"format": str, "meta": str (JSON), "weights": {name: tensor}}`` and is read
+with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers. The metadata carries a
+SHA-256 of the weights, so a file damaged in a way that still parses is caught too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomaly.data import Scaler
+from anomaly.errors import BundleError, SchemaError
+from anomaly.model import Architecture, LSTMAutoencoder
+
+FORMAT = "anomaly-bundle/1"
+
+
+@dataclass
+class Bundle:
+    model: LSTMAutoencoder
+    features: list[str]
+    scaler: Scaler
+    calibration: dict[str, Any]  # point-error quantiles, per-feature error means, reference, default threshold
+    meta: dict[str, Any] = field(default_factory=dict)  # version, created_at, fingerprint, training metrics...
+
+    @property
+    def arch(self) -> Architecture:
+        return self.model.arch
+
+    @property
+    def window(self) -> int:
+        return self.model.arch.window
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("model_version", "unknown"))
+
+    @property
+    def reference_error(self) -> float:
+        """Point error that maps to score 1.0 (the calibration quantile of validation errors)."""
+        return float(self.calibration["reference_error"])
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.calibration["default_threshold"])
+
+    def check_columns(self, columns: Sequence[str], where: str = "data") -> None:
+        """Fail naming the missing and extra numeric features, so a user sees what to fix."""
+        have = list(columns)
+        missing = [f for f in self.features if f not in have]
+        extra = [c for c in have if c not in self.features]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected {', '.join(extra)}")
+            raise SchemaError(f"{where} does not match the model's features: {'; '.join(parts)}",
+                              missing=missing, extra=extra)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "features": self.features,
+            "architecture": self.arch.to_json(),
+            "scaler": self.scaler.to_json(),
+            "calibration": self.calibration,
+        }
+
+
+def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
+    meta = bundle.metadata()
+    meta["weights_sha256"] = _weights_digest(weights)
+    payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"model bundle not found: {p}", path=str(p))
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})",
+                          path=str(p)) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BundleError(f"{p} is not an anomaly model bundle (expected format {FORMAT})", path=str(p))
+    try:
+        meta = json.loads(payload["meta"])
+        weights = payload["weights"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise BundleError(f"{p}: bundle metadata is corrupted", path=str(p)) from None
+    if _weights_digest(weights) != meta.get("weights_sha256"):
+        raise BundleError(f"{p}: weights do not match their checksum; the file is corrupted", path=str(p))
+    return meta, weights
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    meta, weights = read_metadata(path)
+    try:
+        arch = Architecture(**meta["architecture"])
+        model = LSTMAutoencoder(arch)
+        model.load_state_dict(weights)
+        scaler = Scaler.from_json(meta["scaler"])
+        features = list(meta["features"])
+        calibration = dict(meta["calibration"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise BundleError(f"{path}: bundle does not describe a valid model ({str(exc).splitlines()[0][:120]})",
+                          path=str(path)) from None
+    model.to(device).eval()
+    rest = {k: v for k, v in meta.items() if k not in ("architecture", "scaler", "features", "calibration")}
+    return Bundle(model, features, scaler, calibration, rest)

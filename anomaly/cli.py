@@ -1,0 +1,20 @@
+"""The `anomaly` command: one click group gathering the commands of anomaly.commands.*."""
+
+from __future__ import annotations
+
+import click
+
+from anomaly import __version__
+from anomaly.commands import bench_cmds, kafka_cmds, model_cmds, replay_cmds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="anomaly")
+def main() -> None:
+    """Streaming anomaly detection for sensor streams: train an LSTM autoencoder, replay CSV backtests and run
+    the Kafka consumer daemon through one scoring engine."""
+
+
+for _module in (model_cmds, replay_cmds, kafka_cmds, bench_cmds):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

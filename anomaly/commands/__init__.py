@@ -1,0 +1,1 @@
+"""Click commands, one module per area; anomaly.cli gathers their COMMANDS lists into one group."""

@@ -1,0 +1,36 @@
+"""Error types. Every error a user can cause is an AnomalyError with a one-line message."""
+
+from __future__ import annotations
+
+
+class AnomalyError(Exception):
+    """Root of every error `anomaly` raises on purpose. The CLI prints it as one line and exits 2."""
+
+
+class ConfigError(AnomalyError):
+    """A pipeline file, option or environment variable is invalid."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class BundleError(AnomalyError):
+    """A model bundle cannot be read: missing, truncated, corrupted or from an incompatible version."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SchemaError(AnomalyError):
+    """Data does not match what the model expects (missing or extra features, bad columns)."""
+
+    def __init__(self, message: str, *, missing: list[str] | None = None, extra: list[str] | None = None):
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.extra = list(extra or [])
+
+
+class DataError(AnomalyError):
+    """Input data cannot be read or is empty."""

@@ -1,0 +1,260 @@
+"""Offline training with truncated back-propagation through time, and calibration of the scoring scale.
+
+Each series is cut, in time order, into a training part and a validation part (the last `val_fraction`).
+A part becomes chains of consecutive non-overlapping windows (one chain per `stride` offset); chains are cut
+into segments of `segment_windows` windows. A batch feeds window k of every segment with the detached final
+encoder state of window k-1, exactly as the streaming engine will carry it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomaly import __version__
+from anomaly.bundle import Bundle
+from anomaly.config import ModelConfig, TrainConfig
+from anomaly.data import Scaler, Series, fingerprint, window_chain
+from anomaly.errors import DataError
+from anomaly.model import Architecture, LSTMAutoencoder
+
+log = logging.getLogger(__name__)
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+@dataclass
+class TrainResult:
+    bundle: Bundle
+    history: list[dict[str, float]] = field(default_factory=list)
+    windows_per_second: float = 0.0
+    device: str = "cpu"
+    amp_dtype: str | None = None
+    seconds: float = 0.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DataError("train.device is cuda but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def split_series(series: Sequence[Series], val_fraction: float, window: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Time-ordered split of every series' rows (already standardized by the caller)."""
+    train, val = [], []
+    for s in series:
+        n = len(s)
+        n_val = int(round(n * val_fraction))
+        if n - n_val < window:
+            n_val = max(0, n - window)
+        train.append(s.values[: n - n_val])
+        if n_val >= window:
+            val.append(s.values[n - n_val :])
+    return train, val
+
+
+def segments(parts: Sequence[np.ndarray], window: int, stride: int, seg_windows: int) -> list[np.ndarray]:
+    """Cut chains of windows into segments (each (S, window, F)); the tail of a chain is a shorter segment."""
+    out = []
+    for values in parts:
+        for offset in range(0, window, stride):
+            chain = window_chain(values, window, offset)
+            for i in range(0, len(chain), seg_windows):
+                seg = chain[i : i + seg_windows]
+                if len(seg):
+                    out.append(seg)
+    return out
+
+
+def batches(segs: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Group segments of equal length into batches (B, S, window, F); shuffled when rng is given."""
+    by_len: dict[int, list[np.ndarray]] = {}
+    for s in segs:
+        by_len.setdefault(len(s), []).append(s)
+    out = []
+    for group in by_len.values():
+        order = rng.permutation(len(group)) if rng is not None else np.arange(len(group))
+        for i in range(0, len(group), batch_size):
+            out.append(np.stack([group[j] for j in order[i : i + batch_size]]))
+    if rng is not None:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+def _run_batch(model: LSTMAutoencoder, batch: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
+    """Mean squared reconstruction error over a batch of segments, carrying detached state window to window."""
+    state = None
+    total = batch.new_zeros(())
+    n_windows = batch.shape[1]
+    for k in range(n_windows):
+        x = batch[:, k]
+        with autocast():
+            recon, state = model(x, state)
+        total = total + (recon.float() - x).pow(2).mean()
+        state = (state[0].detach(), state[1].detach())
+    return total / n_windows
+
+
+def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelConfig, cfg: TrainConfig,
+          progress: bool = False) -> TrainResult:
+    if not series:
+        raise DataError("no training series")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = pick_device(cfg.device)
+    window = model_cfg.window
+    stride = cfg.stride or window
+
+    scaler = Scaler.fit(np.concatenate([s.values for s in series]))
+    scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
+    train_parts, val_parts = split_series(scaled, cfg.val_fraction, window)
+    train_segs = segments(train_parts, window, stride, cfg.segment_windows)
+    val_segs = segments(val_parts, window, window, cfg.segment_windows)
+    if not train_segs:
+        raise DataError(f"not enough training data: need at least one window of {window} rows per series")
+    if not val_segs:
+        raise DataError(f"not enough data for a validation window of {window} rows; lower train.val_fraction "
+                        "or model.window, or add data")
+
+    arch = Architecture(len(features), window, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout)
+    model = LSTMAutoencoder(arch).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cudnn.benchmark = True
+    scaler_amp = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def to_device(arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(arr)
+        if device.type == "cuda":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t
+
+    val_batches = [to_device(b) for b in batches(val_segs, cfg.batch_size, None)]
+    n_train_windows = sum(len(s) for s in train_segs)
+    history: list[dict[str, float]] = []
+    best = (math.inf, copy.deepcopy(model.state_dict()), 0)
+    stale = 0
+    started = time.perf_counter()
+    train_seconds = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch")
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        losses = []
+        for arr in batches(train_segs, cfg.batch_size, rng):
+            batch = to_device(arr)
+            opt.zero_grad(set_to_none=True)
+            loss = _run_batch(model, batch, autocast)
+            scaler_amp.scale(loss).backward()
+            scaler_amp.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            scaler_amp.step(opt)
+            scaler_amp.update()
+            losses.append(float(loss.detach()))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(np.mean([float(_run_batch(model, b, autocast)) for b in val_batches]))
+        sched.step(val_loss)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss,
+               "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        log.info("epoch %d loss %.5f val_loss %.5f lr %.2e", epoch, row["loss"], val_loss, row["lr"])
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{val_loss:.4f}")
+            bar.update(1)
+        if val_loss < best[0] - 1e-6:
+            best = (val_loss, copy.deepcopy(model.state_dict()), epoch)
+            stale = 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log.info("early stop at epoch %d (best %d)", epoch, best[2])
+                break
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best[1])
+    model.eval().cpu()
+    wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
+    calibration = calibrate(model, scaled, cfg)
+    meta = {
+        "package_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training_fingerprint": fingerprint(series),
+        "training": {
+            "epochs_run": len(history), "best_epoch": best[2], "best_val_loss": best[0],
+            "final_loss": history[-1]["loss"], "train_windows": n_train_windows,
+            "windows_per_second": wps, "device": device.type,
+            "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            "series": len(series), "rows": int(sum(len(s) for s in series)),
+            "config": {"model": vars(model_cfg), "train": vars(cfg)},
+        },
+    }
+    meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
+    bundle = Bundle(model, list(features), scaler, calibration, meta)
+    return TrainResult(bundle, history, wps, device.type, meta["training"]["amp"],
+                       time.perf_counter() - started)
+
+
+@torch.no_grad()
+def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
+    """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream."""
+    chain = window_chain(values, model.window)
+    if len(chain) == 0:
+        return np.zeros((0, values.shape[1]), np.float32)
+    x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
+    recon, _ = model(x)
+    return (recon - x).pow(2)[0].numpy()
+
+
+def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:
+    """Reconstruction-error distribution on the validation part of every series, scored as a stream from the
+    series start (so the carried state is warm, as it is live). Score 1.0 = the `threshold_quantile` of point
+    errors; the default threshold is `threshold_factor` in those units."""
+    per_point, per_feature = [], []
+    for s in scaled:
+        n = len(s)
+        n_val = int(round(n * cfg.val_fraction))
+        err = series_errors(model, s.values)
+        start = max(0, n - n_val)
+        tail = err[start:]
+        if len(tail):
+            per_feature.append(tail)
+            per_point.append(tail.mean(axis=1))
+    points = np.concatenate(per_point) if per_point else np.zeros(1, np.float32)
+    feats = np.concatenate(per_feature) if per_feature else np.zeros((1, model.arch.n_features), np.float32)
+    reference = float(np.quantile(points, cfg.threshold_quantile))
+    reference = max(reference, 1e-8)
+    return {
+        "point_error_quantiles": {str(q): float(np.quantile(points, q)) for q in QUANTILES},
+        "point_error_mean": float(points.mean()),
+        "point_error_max": float(points.max()),
+        "feature_error_mean": feats.mean(axis=0).tolist(),
+        "reference_quantile": cfg.threshold_quantile,
+        "reference_error": reference,
+        "default_threshold": float(cfg.threshold_factor),
+        "validation_points": int(len(points)),
+    }
