@@ -92,3 +92,4 @@ class EngineOutput:
     rejections: list[Rejection] = field(default_factory=list)
     readings: int = 0  # readings accepted into state
     batches: list[int] = field(default_factory=list)  # size of every batched model call made
+    evicted: list[str] = field(default_factory=list)  # keys dropped for TTL or the key cap during this call

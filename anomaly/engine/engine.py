@@ -1,0 +1,311 @@
+"""Engine: turns events of many keys into scored windows and alerts, one batched model call per round.
+
+process(events) first ingests every event in order (validation, time order, gaps, window assembly); each full
+window joins its key's queue. Then it scores in rounds: round r takes the r-th queued window of every key that
+has one and runs them through the model in ONE call, writing each key's new (h, c) back. Rounds preserve
+per-key order, so feeding a series one reading per event, in blocks, or all at once gives identical results.
+Batches of one row are padded to two: CPU kernels take a different path for a single row, and padding keeps
+every key's numbers independent of what else shares its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from anomaly.bundle import Bundle
+from anomaly.config import EngineConfig
+from anomaly.engine.state import Layout, StateStore
+from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
+from anomaly.thresholds import ewma, push_history, select_epsilon
+
+_RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, config: EngineConfig) -> None:
+        self.config = config
+        self.counters: dict[str, int] = dict.fromkeys(
+            ["readings", "windows", "gap_resets", "evicted", "alerts_opened", "alerts_closed", "reloads_kept",
+             "reloads_reset"], 0)
+        self.counters.update({f"rejected_{r}": 0 for r in REJECT_REASONS})
+        self.max_ts = -math.inf
+        self._use(bundle)
+        self.store = StateStore(self._layout())
+
+    # --- model -----------------------------------------------------------------------------------------------
+
+    def _use(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.window = bundle.window
+        self.n_features = len(bundle.features)
+        self._mean = bundle.scaler.mean.astype(np.float64)
+        self._scale = bundle.scaler.scale.astype(np.float64)
+        self.reference = bundle.reference_error
+        self.static_threshold = float(self.config.static_threshold if self.config.static_threshold is not None
+                                      else bundle.default_threshold)
+
+    def _layout(self) -> Layout:
+        a = self.bundle.arch
+        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, self.config.dynamic_history)
+
+    def reload(self, bundle: Bundle) -> bool:
+        """Swap the model. Per-key state is kept when the architecture and features match, else reset.
+        Returns True when state was kept."""
+        same = bundle.arch == self.bundle.arch and bundle.features == self.bundle.features
+        self._use(bundle)
+        if same:
+            self.counters["reloads_kept"] += 1
+        else:
+            self.store = StateStore(self._layout())
+            self.counters["reloads_reset"] += 1
+        return same
+
+    # --- bookkeeping -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def keys(self) -> list[str]:
+        return list(self.store.slots)
+
+    def drop(self, keys: Iterable[str]) -> int:
+        return self.store.drop(keys)
+
+    @property
+    def active_alerts(self) -> int:
+        if not self.store.slots:
+            return 0
+        rows = np.fromiter(self.store.slots.values(), np.int64, len(self.store.slots))
+        return int(self.store.arrays["alert_open"][rows].sum())
+
+    def snapshot(self, keys: Iterable[str] | None = None) -> bytes:
+        """State of `keys` (all if None) as bytes; restore() of them continues bit for bit."""
+        return self.store.snapshot(keys, {"model_version": self.bundle.version, "max_ts": self.max_ts})
+
+    def restore(self, data: bytes) -> list[str]:
+        keys = self.store.restore(data)
+        header, _ = StateStore.read_snapshot(data)
+        self.max_ts = max(self.max_ts, float(header["meta"].get("max_ts", -math.inf)))
+        return keys
+
+    # --- processing ------------------------------------------------------------------------------------------
+
+    def process(self, events: Sequence[Event]) -> EngineOutput:
+        out = EngineOutput()
+        queues: dict[int, deque] = {}
+        row_keys: dict[int, str] = {}
+        for event in events:
+            self._ingest(event, queues, row_keys, out)
+        while queues:
+            rows, xs, tss = [], [], []
+            for row in list(queues):
+                q = queues[row]
+                while q and q[0] is _RESET:
+                    q.popleft()
+                    self.store.reset_model_state(np.asarray([row]))
+                if q:
+                    x, ts = q.popleft()
+                    rows.append(row)
+                    xs.append(x)
+                    tss.append(ts)
+                if not q:
+                    del queues[row]
+            if rows:
+                self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
+        ttl = self.config.ttl_seconds
+        out.evicted = self.store.evict(self.config.max_keys, self.max_ts - ttl if ttl > 0 else None)
+        self.counters["evicted"] += len(out.evicted)
+        return out
+
+    def _reject(self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""):
+        out.rejections.append(Rejection(key, reason, count, whole, ref, detail))
+        self.counters[f"rejected_{reason}"] += count
+
+    def _ingest(self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput) -> None:
+        key = str(ev.key)
+        ts = np.asarray(ev.timestamps, np.float64).reshape(-1)
+        try:
+            vals = np.asarray(ev.values, np.float64)
+        except (TypeError, ValueError):
+            return self._reject(out, key, "malformed", len(ts), True, ev.ref, "values are not numbers")
+        if vals.ndim == 1 and len(ts) == 1:
+            vals = vals.reshape(1, -1)
+        n = len(ts)
+        if vals.ndim != 2 or vals.shape != (n, self.n_features):
+            got = vals.shape[-1] if vals.ndim else 0
+            return self._reject(out, key, "feature_count", max(n, 1), True, ev.ref,
+                                f"expected {self.n_features} features, got {got}")
+        if n == 0:
+            return None
+        if not np.isfinite(ts).all():
+            return self._reject(out, key, "non_finite", n, True, ev.ref, "timestamp is not finite")
+        a = self.store.arrays
+        row = self.store.slots.get(key)
+        finite = np.isfinite(vals)
+        if not finite.all():
+            if self.config.nan_policy == "ffill":
+                prev = a["last_values"][row].astype(np.float64) if row is not None else np.full(self.n_features, np.nan)
+                vals = vals.copy()
+                for i in range(n):
+                    vals[i] = np.where(finite[i], vals[i], prev)
+                    prev = vals[i]
+            if not np.isfinite(vals).all():
+                return self._reject(out, key, "non_finite", n, True, ev.ref, "NaN or infinite value")
+        last = a["last_ts"][row] if row is not None else np.nan
+        prev_max = np.maximum.accumulate(np.concatenate([[-np.inf if np.isnan(last) else last], ts]))[:-1]
+        back = ts < prev_max
+        dup = (ts == prev_max) if self.config.duplicate_policy == "drop" else np.zeros(n, bool)
+        keep = ~(back | dup)
+        kept = int(keep.sum())
+        if back.any():
+            self._reject(out, key, "time_backwards", int(back.sum()), kept == 0, ev.ref)
+        if dup.any():
+            self._reject(out, key, "duplicate_timestamp", int(dup.sum()), kept == 0, ev.ref)
+        if kept == 0:
+            return None
+        if kept < n:
+            ts, vals = ts[keep], vals[keep]
+        row, _ = self.store.slot(key)
+        a = self.store.arrays  # may have grown
+        row_keys[row] = key
+        q = queues.setdefault(row, deque())
+        scaled = ((vals - self._mean) / self._scale).astype(np.float32)
+        before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
+        with np.errstate(invalid="ignore"):
+            gaps = np.flatnonzero((ts - before) > self.config.max_gap_seconds)
+        gap_starts = set(gaps.tolist())
+        bounds = sorted({0, kept} | gap_starts)
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            if lo in gap_starts:
+                self.counters["gap_resets"] += 1
+                a["fill"][row] = 0
+                q.append(_RESET)
+            self._append(row, ts[lo:hi], scaled[lo:hi], q)
+        a["last_ts"][row] = ts[-1]
+        a["seen"][row] = ts[-1]
+        a["last_values"][row] = vals[-1]
+        a["readings"][row] += kept
+        self.max_ts = max(self.max_ts, float(ts[-1]))
+        self.counters["readings"] += kept
+        out.readings += kept
+        return None
+
+    def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
+        a = self.store.arrays
+        w = self.window
+        pos = int(a["fill"][row])
+        n = len(ts)
+        take = min(w - pos, n)
+        a["buf"][row, pos : pos + take] = vals[:take]
+        a["buf_ts"][row, pos : pos + take] = ts[:take]
+        pos += take
+        i = take
+        if pos == w:
+            q.append((a["buf"][row].copy(), a["buf_ts"][row].copy()))
+            pos = 0
+        while n - i >= w:
+            q.append((vals[i : i + w], ts[i : i + w]))
+            i += w
+        if i < n:
+            r = n - i
+            a["buf"][row, :r] = vals[i:]
+            a["buf_ts"][row, :r] = ts[i:]
+            pos = r
+        a["fill"][row] = pos
+
+    def _score(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput) -> None:
+        """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
+        a = self.store.arrays
+        k = len(rows)
+        h = a["h"][rows].transpose(1, 0, 2)
+        c = a["c"][rows].transpose(1, 0, 2)
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+        ht, ct = torch.from_numpy(np.ascontiguousarray(h)), torch.from_numpy(np.ascontiguousarray(c))
+        if k == 1:
+            xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
+        with torch.inference_mode():
+            recon, (h2, c2) = self.model(xt, (ht, ct))
+            err_f = (recon[:k] - xt[:k]).pow(2).numpy()
+        a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
+        a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
+        out.batches.append(k)
+        errors = err_f.mean(axis=2)
+        per_feature = err_f.sum(axis=1)
+        totals = per_feature.sum(axis=1, keepdims=True)
+        shares = np.divide(per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features),
+                           where=totals > 0)
+        scores, last = ewma(errors / self.reference, a["ewma"][rows], self.config.smoothing)
+        a["ewma"][rows] = last
+        cfg = self.config
+        if cfg.threshold == "dynamic":
+            hist, pushed = a["hist"][rows], a["pushed"][rows]
+            eps = select_epsilon(hist, pushed, cfg.dynamic_min)
+            warm = pushed >= cfg.dynamic_warmup
+        else:
+            eps = np.full(k, self.static_threshold, np.float32)
+            warm = np.ones(k, bool)
+        anomalous = (scores > eps[:, None]) & warm[:, None]
+        open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
+        if cfg.threshold == "dynamic":
+            push_history(hist, pushed, scores, ~open_pts)
+            a["hist"][rows], a["pushed"][rows] = hist, pushed
+        a["windows"][rows] += 1
+        self.counters["windows"] += k
+        thresholds = np.broadcast_to(eps[:, None], scores.shape)
+        version = self.bundle.version
+        for j, key in enumerate(keys):
+            out.windows.append(ScoredWindow(key, ts[j], errors[j], scores[j], thresholds[j], anomalous[j],
+                                            open_pts[j], shares[j], version))
+
+    def _lifecycle(self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput) -> np.ndarray:
+        """Step every key's alert state through the window's points; emit open/close events in point order."""
+        a = self.store.arrays
+        cfg = self.config
+        run_anom, run_norm = a["run_anom"][rows], a["run_norm"][rows]
+        run_start, last_anom = a["run_start"][rows], a["last_anom_ts"][rows]
+        is_open, start = a["alert_open"][rows], a["alert_start"][rows]
+        peak, thr, contrib = a["alert_peak"][rows], a["alert_thr"][rows], a["alert_contrib"][rows]
+        was_open = is_open.copy()
+        contrib[was_open] += per_feature[was_open]
+        open_pts = np.zeros(anomalous.shape, bool)
+        for i in range(anomalous.shape[1]):
+            an, t, s = anomalous[:, i], ts[:, i], scores[:, i]
+            run_start = np.where(an & (run_anom == 0), t, run_start)
+            run_anom = np.where(an, run_anom + 1, 0)
+            run_norm = np.where(an, 0, run_norm + 1)
+            last_anom = np.where(an, t, last_anom)
+            for j in np.flatnonzero(~is_open & (run_anom >= cfg.alert_open_after)):
+                is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
+                contrib[j] = per_feature[j]
+                out.alerts.append(self._alert(keys[j], "open", start[j], None, t[j], peak[j], thr[j], contrib[j]))
+                self.counters["alerts_opened"] += 1
+            peak = np.where(is_open & an, np.maximum(peak, s), peak)
+            for j in np.flatnonzero(is_open & (run_norm >= cfg.alert_close_after)):
+                is_open[j] = False
+                out.alerts.append(self._alert(keys[j], "closed", start[j], last_anom[j], t[j], peak[j], thr[j],
+                                              contrib[j]))
+                self.counters["alerts_closed"] += 1
+            open_pts[:, i] = is_open
+        a["run_anom"][rows], a["run_norm"][rows] = run_anom, run_norm
+        a["run_start"][rows], a["last_anom_ts"][rows] = run_start, last_anom
+        a["alert_open"][rows], a["alert_start"][rows] = is_open, start
+        a["alert_peak"][rows], a["alert_thr"][rows], a["alert_contrib"][rows] = peak, thr, contrib
+        return open_pts
+
+    def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
+        total = float(contrib.sum()) or 1.0
+        order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
+        top = [{"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order]
+        return Alert(alert_id(key, float(start)), key, status, float(start), None if end is None else float(end),
+                     float(at), float(peak), float(thr), self.bundle.version, top)
+
+
+def alert_id(key: str, start: float) -> str:
+    """Deterministic alert id: the key and the start time in milliseconds."""
+    return f"{key}@{int(round(start * 1000))}"

@@ -1,0 +1,179 @@
+"""Per-key engine state as a slab of numpy arrays (one row per key), with LRU/TTL eviction and snapshots.
+
+Everything the engine remembers about a key lives in one row of the arrays below, so scoring many keys is a
+gather/scatter of rows, memory per key is a fixed number of bytes, and a snapshot is those rows written out
+byte for byte (no pickle): restoring them gives bit-identical scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from anomaly.errors import AnomalyError
+
+MAGIC = b"ANST"
+FORMAT = "anomaly-state/1"
+
+
+class StateError(AnomalyError):
+    """A snapshot cannot be restored: corrupted, or made for an incompatible model or engine settings."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What fixes the shape of a key's state; a snapshot only restores into an engine of the same layout."""
+
+    num_layers: int
+    hidden: int
+    window: int
+    n_features: int
+    history: int
+
+    def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        L, H, W, F, N = self.num_layers, self.hidden, self.window, self.n_features, self.history
+        return {
+            "h": ((L, H), "float32"), "c": ((L, H), "float32"),  # encoder state carried between windows
+            "buf": ((W, F), "float32"), "buf_ts": ((W,), "float64"), "fill": ((), "int32"),  # partial window
+            "last_ts": ((), "float64"), "last_values": ((F,), "float32"), "seen": ((), "float64"),
+            "ewma": ((), "float32"),  # last smoothed score (NaN: none yet)
+            "hist": ((N,), "float32"), "pushed": ((), "int64"),  # dynamic-threshold history ring
+            "run_anom": ((), "int32"), "run_norm": ((), "int32"), "run_start": ((), "float64"),
+            "last_anom_ts": ((), "float64"),
+            "alert_open": ((), "bool"), "alert_start": ((), "float64"), "alert_peak": ((), "float32"),
+            "alert_thr": ((), "float32"), "alert_contrib": ((F,), "float32"),
+            "readings": ((), "int64"), "windows": ((), "int64"),
+        }
+
+
+NAN_FIELDS = ("last_ts", "ewma", "run_start", "last_anom_ts", "alert_start", "seen")
+
+
+class StateStore:
+    """Rows of per-key state plus the key -> row map in least-recently-used order."""
+
+    def __init__(self, layout: Layout, capacity: int = 64) -> None:
+        self.layout = layout
+        self.slots: OrderedDict[str, int] = OrderedDict()
+        self.free: list[int] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self._capacity = 0
+        self._grow(capacity)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.slots
+
+    def bytes_per_key(self) -> int:
+        return sum(a[0].nbytes for a in self.arrays.values())
+
+    def _grow(self, capacity: int) -> None:
+        old = self._capacity
+        for name, (shape, dtype) in self.layout.fields().items():
+            arr = np.zeros((capacity, *shape), dtype)
+            if old:
+                arr[:old] = self.arrays[name]
+            self.arrays[name] = arr
+        self.free.extend(range(capacity - 1, old - 1, -1))
+        self._capacity = capacity
+        self.reset_rows(np.arange(old, capacity))
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        for name, arr in self.arrays.items():
+            arr[rows] = np.nan if name in NAN_FIELDS else 0
+
+    def reset_model_state(self, rows: np.ndarray) -> None:
+        """Forget the encoder state and the score smoothing (after a gap in the stream)."""
+        a = self.arrays
+        a["h"][rows] = 0
+        a["c"][rows] = 0
+        a["ewma"][rows] = np.nan
+
+    def slot(self, key: str) -> tuple[int, bool]:
+        """Row of `key`, created if new; touching it makes it most recently used. Returns (row, created)."""
+        row = self.slots.get(key)
+        if row is not None:
+            self.slots.move_to_end(key)
+            return row, False
+        if not self.free:
+            self._grow(self._capacity * 2)
+        row = self.free.pop()
+        self.slots[key] = row
+        return row, True
+
+    def drop(self, keys: Iterable[str]) -> int:
+        rows = [self.slots.pop(k) for k in keys if k in self.slots]
+        if rows:
+            self.reset_rows(np.asarray(rows))
+            self.free.extend(rows)
+        return len(rows)
+
+    def evict(self, max_keys: int, oldest_allowed: float | None) -> list[str]:
+        """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`."""
+        out = []
+        seen = self.arrays["seen"]
+        while self.slots:
+            key, row = next(iter(self.slots.items()))
+            if len(self.slots) > max_keys or (oldest_allowed is not None and seen[row] < oldest_allowed):
+                out.append(key)
+                self.slots.popitem(last=False)
+                self.reset_rows(np.asarray([row]))
+                self.free.append(row)
+            else:
+                break
+        return out
+
+    # --- snapshots -------------------------------------------------------------------------------------------
+
+    def snapshot(self, keys: Iterable[str] | None, meta: dict) -> bytes:
+        names = list(self.slots) if keys is None else [k for k in keys if k in self.slots]
+        rows = np.asarray([self.slots[k] for k in names], dtype=np.int64)
+        header = {"format": FORMAT, "layout": self.layout.__dict__, "keys": names, "meta": meta, "arrays": []}
+        parts = []
+        for name, arr in self.arrays.items():
+            part = np.ascontiguousarray(arr[rows])
+            header["arrays"].append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
+            parts.append(part.tobytes())
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return MAGIC + struct.pack("<I", len(head)) + head + b"".join(parts)
+
+    @staticmethod
+    def read_snapshot(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+        try:
+            if data[:4] != MAGIC:
+                raise ValueError("bad magic")
+            (n,) = struct.unpack("<I", data[4:8])
+            header = json.loads(data[8 : 8 + n])
+            pos = 8 + n
+            arrays = {}
+            for spec in header["arrays"]:
+                dtype = np.dtype(spec["dtype"])
+                count = int(np.prod(spec["shape"], dtype=np.int64))
+                size = count * dtype.itemsize
+                if pos + size > len(data):
+                    raise ValueError("truncated")
+                arrays[spec["name"]] = np.frombuffer(data, dtype, count, pos).reshape(spec["shape"]).copy()
+                pos += size
+            if pos != len(data) or header.get("format") != FORMAT:
+                raise ValueError("trailing bytes or unknown format")
+        except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+            raise StateError(f"engine snapshot is corrupted ({exc})") from None
+        return header, arrays
+
+    def restore(self, data: bytes) -> list[str]:
+        header, arrays = self.read_snapshot(data)
+        if Layout(**header["layout"]) != self.layout:
+            raise StateError(f"snapshot layout {header['layout']} does not match this engine {self.layout.__dict__}")
+        keys = header["keys"]
+        for i, key in enumerate(keys):
+            row, _ = self.slot(key)
+            for name, arr in arrays.items():
+                self.arrays[name][row] = arr[i]
+        return keys
