@@ -106,7 +106,7 @@ class KafkaConfig:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -121,6 +121,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """How `anomaly replay` turns engine output into point predictions and files."""
+
+    predict: str = "alert"  # alert: points inside an open alert are predicted anomalous | point: score > threshold
+    batch_readings: int = 4096  # readings per engine call (results do not depend on it)
+    plots: bool = True
+    parquet: bool = True
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,6 +138,7 @@ class PipelineConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}  # type: ignore[misc]
@@ -270,6 +281,8 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.engine.alert_open_after >= 1, "engine.alert_open_after must be at least 1")
     need(cfg.engine.alert_close_after >= 1, "engine.alert_close_after must be at least 1")
     need(cfg.engine.max_keys >= 1, "engine.max_keys must be at least 1")
+    need(cfg.replay.predict in ("alert", "point"), "replay.predict must be one of: alert, point")
+    need(cfg.replay.batch_readings >= 1, "replay.batch_readings must be positive")
     need(cfg.engine.dynamic_history >= 16, "engine.dynamic_history must be at least 16")
 
 

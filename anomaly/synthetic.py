@@ -26,17 +26,21 @@ class SyntheticSpec:
     noise: float = 0.05
     drift_per_point: float = 2e-6
     anomalies: int = 0  # number of injected anomalies (0 for a normal-only series)
-    seed: int = 0
+    seed: int = 0  # noise, load and anomalies
+    plant_seed: int = 0  # the sensors' structure (loadings, offsets, scales): same plant, same value
     start: float = 1_700_000_000.0
 
 
-def _latents(n: int, spec: SyntheticSpec, rng: np.random.Generator, t0: int = 0, machine_scale: np.ndarray | None = None
-             ) -> np.ndarray:
-    t = np.arange(t0, t0 + n, dtype=np.float64)
+def _latents(n: int, spec: SyntheticSpec, rng: np.random.Generator, machine_scale: np.ndarray) -> np.ndarray:
+    """Daily cycle, machine cycle and load. The machine cycle's speed wanders a little (so its phase is not
+    locked to the clock and a frequency anomaly leaves no lasting trace), and `machine_scale` < 1 speeds it up."""
+    t = np.arange(n, dtype=np.float64)
     daily = np.sin(2 * np.pi * t / spec.day_points)
-    period = spec.machine_period * (machine_scale if machine_scale is not None else 1.0)
-    phase = np.cumsum(2 * np.pi / period) if machine_scale is not None else 2 * np.pi * t / spec.machine_period
-    machine = np.sin(phase)
+    wander = np.zeros(n)
+    kicks = rng.normal(0, 0.02, n)
+    for i in range(1, n):
+        wander[i] = 0.99 * wander[i - 1] + kicks[i]
+    machine = np.sin(np.cumsum(2 * np.pi * (1 + wander) / (spec.machine_period * machine_scale)))
     load = np.zeros(n)
     eps = rng.normal(0, 0.1, n)
     for i in range(1, n):
@@ -46,12 +50,14 @@ def _latents(n: int, spec: SyntheticSpec, rng: np.random.Generator, t0: int = 0,
 
 def generate(spec: SyntheticSpec) -> pd.DataFrame:
     """One series: timestamp, sensor_1..sensor_N, anomaly (0/1), anomaly_kind."""
-    rng = np.random.default_rng(spec.seed)
+    plant = np.random.default_rng(spec.plant_seed)
     n, k = spec.n_points, spec.n_sensors
-    loadings = rng.uniform(-1.0, 1.0, (3, k))
+    loadings = plant.uniform(-1.0, 1.0, (3, k))
     loadings[0] = np.abs(loadings[0]) + 0.3
-    offsets = rng.uniform(10, 50, k)
-    scales = rng.uniform(1, 5, k)
+    offsets = plant.uniform(10, 50, k)
+    scales = plant.uniform(1, 5, k)
+    drift = plant.uniform(-1, 1, k)
+    rng = np.random.default_rng(spec.seed)
     machine_scale = np.ones(n)
     labels = np.zeros(n, np.int8)
     kinds = np.array([""] * n, dtype=object)
@@ -59,9 +65,9 @@ def generate(spec: SyntheticSpec) -> pd.DataFrame:
     for start, length, kind, _ in events:
         if kind == "frequency":
             machine_scale[start : start + length] = 0.45
-    lat = _latents(n, spec, rng, machine_scale=machine_scale if any(e[2] == "frequency" for e in events) else None)
+    lat = _latents(n, spec, rng, machine_scale)
     clean = lat @ loadings + rng.normal(0, spec.noise, (n, k))
-    clean += np.arange(n)[:, None] * spec.drift_per_point * rng.uniform(-1, 1, k)
+    clean += np.arange(n)[:, None] * spec.drift_per_point * drift
     values = clean.copy()
     for start, length, kind, sensor in events:
         sl = slice(start, start + length)
@@ -105,7 +111,7 @@ def generate_keys(spec: SyntheticSpec, n_keys: int, key_column: str = "sensor_id
     """Several entities in one frame (a key column), interleaved in timestamp order, each its own seed."""
     frames = []
     for i in range(n_keys):
-        f = generate(SyntheticSpec(**{**spec.__dict__, "seed": spec.seed * 1000 + i}))
+        f = generate(SyntheticSpec(**{**spec.__dict__, "seed": spec.seed * 1000 + i, "plant_seed": spec.plant_seed}))
         f.insert(1, key_column, f"unit-{i:03d}")
         frames.append(f)
     out = pd.concat(frames, ignore_index=True)

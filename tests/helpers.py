@@ -1,0 +1,23 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomaly.data import Series
+
+
+def chunks(n: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """Cut range(n) into consecutive pieces cycling through `sizes`."""
+    out, i, k = [], 0, 0
+    while i < n:
+        step = sizes[k % len(sizes)]
+        out.append((i, min(n, i + step)))
+        i += step
+        k += 1
+    return out
+
+
+def make_series(key: str, n: int, features: int, seed: int = 0, start: float = 0.0) -> Series:
+    rng = np.random.default_rng(seed)
+    return Series(key, start + np.arange(n, dtype=np.float64), rng.normal(0, 1, (n, features)).astype(np.float32))

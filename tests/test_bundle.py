@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.bundle import load_bundle, save_bundle
+from anomaly.errors import BundleError, SchemaError
+from anomaly.training import series_errors
+
+
+def test_round_trip_gives_identical_scores(bundle, bundle_path, test_series, tmp_path) -> None:
+    copy = load_bundle(save_bundle(bundle, tmp_path / "copy.pt"))
+    x = bundle.scaler.transform(test_series.values)
+    assert np.array_equal(series_errors(bundle.model, x), series_errors(copy.model, x))
+    assert copy.features == bundle.features
+    assert copy.calibration == bundle.calibration
+    assert copy.meta["training_fingerprint"] == bundle.meta["training_fingerprint"]
+    assert set(copy.meta) >= {"package_version", "created_at", "model_version", "training", "weights_sha256"}
+
+
+def test_missing_and_extra_features_are_named(bundle) -> None:
+    cols = [f for f in bundle.features if f != "sensor_2"] + ["humidity"]
+    with pytest.raises(SchemaError) as info:
+        bundle.check_columns(cols)
+    assert info.value.missing == ["sensor_2"] and info.value.extra == ["humidity"]
+    assert "missing sensor_2" in str(info.value) and "unexpected humidity" in str(info.value)
+
+
+def test_truncated_bundle_is_a_one_line_error(bundle_path, tmp_path) -> None:
+    data = bundle_path.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError) as info:
+        load_bundle(bad)
+    assert "truncated or corrupted" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_flipped_weight_byte_is_caught_by_the_checksum(bundle, tmp_path) -> None:
+    path = save_bundle(bundle, tmp_path / "b.pt")
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["weights"]))
+    payload["weights"][name].view(-1)[0] += 1.0
+    torch.save(payload, path)
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(path)
+
+
+def test_not_a_bundle(tmp_path) -> None:
+    p = tmp_path / "x.pt"
+    torch.save({"hello": torch.zeros(1)}, p)
+    with pytest.raises(BundleError, match="not an anomaly model bundle"):
+        load_bundle(p)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "missing.pt")

@@ -1,0 +1,224 @@
+"""The streaming engine: grouping invariance, snapshots, data hygiene, thresholds, alerts, eviction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from anomaly.config import EngineConfig
+from anomaly.engine import Engine, Event, StateError
+from tests.helpers import chunks, make_series
+
+
+def feed(engine: Engine, series, pieces) -> tuple[np.ndarray, list]:
+    scores, alerts = [], []
+    for lo, hi in pieces:
+        out = engine.process([Event(series.key, series.timestamps[lo:hi], series.values[lo:hi])])
+        scores += [w.scores for w in out.windows]
+        alerts += [a.id + a.status for a in out.alerts]
+    return (np.concatenate(scores) if scores else np.zeros(0)), alerts
+
+
+@pytest.mark.parametrize("threshold", ["static", "dynamic"])
+def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_series, threshold) -> None:
+    cfg = EngineConfig(threshold=threshold, dynamic_warmup=32, dynamic_history=64)
+    n = len(test_series)
+    one_by_one = feed(Engine(bundle, cfg), test_series, chunks(n, [1]))
+    in_blocks = feed(Engine(bundle, cfg), test_series, chunks(n, [7, 3, 13, 1]))
+    one_pass = feed(Engine(bundle, cfg), test_series, [(0, n)])
+    assert len(one_by_one[0]) == n // bundle.window * bundle.window
+    assert np.array_equal(one_by_one[0], in_blocks[0]) and np.array_equal(one_by_one[0], one_pass[0])
+    assert one_by_one[1] == in_blocks[1] == one_pass[1]
+
+
+def test_many_keys_in_one_batch_score_as_if_alone(bundle, test_series) -> None:
+    n = 400
+    alone = feed(Engine(bundle, EngineConfig()), test_series, chunks(n, [5]))[0]
+    engine = Engine(bundle, EngineConfig())
+    start = float(test_series.timestamps[0])
+    others = [make_series(f"k{i}", n, len(bundle.features), seed=i, start=start) for i in range(5)]
+    together = []
+    for lo, hi in chunks(n, [5]):
+        events = [Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]) for s in [*others, test_series]]
+        out = engine.process(events)
+        assert all(b == 6 for b in out.batches)  # one batched model call per round, all keys in it
+        together += [w.scores for w in out.windows if w.key == test_series.key]
+    assert np.array_equal(alone, np.concatenate(together))
+
+
+def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series) -> None:
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+    n, cut = len(test_series), 8 * 40 + 5  # mid-window
+    straight = feed(Engine(bundle, cfg), test_series, chunks(n, [3]))
+    first = Engine(bundle, cfg)
+    a = feed(first, test_series, [(lo, hi) for lo, hi in chunks(cut, [3])])
+    blob = first.snapshot()
+    second = Engine(bundle, cfg)
+    assert second.restore(blob) == [test_series.key]
+    b = feed(second, test_series, [(lo + cut, hi + cut) for lo, hi in chunks(n - cut, [3])])
+    assert np.array_equal(np.concatenate([a[0], b[0]]), straight[0])
+    assert a[1] + b[1] == straight[1]
+    assert second.snapshot() == feed_and_snapshot(bundle, cfg, test_series)
+
+
+def feed_and_snapshot(bundle, cfg, series) -> bytes:
+    e = Engine(bundle, cfg)
+    feed(e, series, chunks(len(series), [3]))
+    return e.snapshot()
+
+
+def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
+    e = Engine(bundle, EngineConfig())
+    for i in range(4):
+        s = make_series(f"k{i}", 20, len(bundle.features), seed=i)
+        e.process([Event(s.key, s.timestamps, s.values)])
+    part = e.snapshot(["k1", "k3", "nope"])
+    fresh = Engine(bundle, EngineConfig())
+    assert fresh.restore(part) == ["k1", "k3"]
+    assert fresh.snapshot(["k1", "k3"]) == part
+    with pytest.raises(StateError, match="corrupted"):
+        fresh.restore(part[:-3])
+    with pytest.raises(StateError, match="corrupted"):
+        fresh.restore(b"garbage")
+    with pytest.raises(StateError, match="layout"):
+        Engine(bundle, EngineConfig(dynamic_history=99)).restore(part)
+
+
+# --- data hygiene ----------------------------------------------------------------------------------------------
+
+def one(bundle, value=0.0, n=1):
+    return np.full((n, len(bundle.features)), value)
+
+
+def test_nan_is_rejected_whole_and_state_untouched(bundle) -> None:
+    e = Engine(bundle, EngineConfig())
+    e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])
+    before = e.snapshot()
+    bad = one(bundle, n=2)
+    bad[1, 0] = np.nan
+    out = e.process([Event("a", np.array([3.0, 4.0]), bad, ref=("p", 7))])
+    assert [(r.reason, r.count, r.whole, r.ref) for r in out.rejections] == [("non_finite", 2, True, ("p", 7))]
+    assert e.snapshot() == before and out.readings == 0
+    inf = one(bundle)
+    inf[0, 1] = np.inf
+    assert e.process([Event("b", np.array([1.0]), inf)]).rejections[0].reason == "non_finite"
+    assert "b" not in e.keys() and e.counters["rejected_non_finite"] == 3
+
+
+def test_nan_forward_fill_policy(bundle) -> None:
+    e = Engine(bundle, EngineConfig(nan_policy="ffill"))
+    e.process([Event("a", np.array([1.0]), one(bundle, 2.5))])
+    bad = one(bundle, 1.0)
+    bad[0, 0] = np.nan
+    out = e.process([Event("a", np.array([2.0]), bad)])
+    assert out.rejections == [] and out.readings == 1
+    row = e.store.slots["a"]
+    assert e.store.arrays["last_values"][row][0] == 2.5 and e.store.arrays["last_values"][row][1] == 1.0
+    first = one(bundle)
+    first[0, 0] = np.nan
+    assert e.process([Event("new", np.array([1.0]), first)]).rejections[0].reason == "non_finite"
+
+
+def test_wrong_feature_count(bundle) -> None:
+    e = Engine(bundle, EngineConfig())
+    out = e.process([Event("a", np.array([1.0]), np.zeros((1, len(bundle.features) + 1)))])
+    r = out.rejections[0]
+    assert (r.reason, r.whole) == ("feature_count", True)
+    assert f"expected {len(bundle.features)} features, got {len(bundle.features) + 1}" == r.detail
+    assert len(e) == 0
+
+
+def test_backwards_and_duplicate_timestamps_are_dropped_and_counted(bundle) -> None:
+    e = Engine(bundle, EngineConfig())
+    e.process([Event("a", np.array([10.0, 11.0]), one(bundle, n=2))])
+    out = e.process([Event("a", np.array([9.0, 11.0, 12.0, 12.0, 13.0]), one(bundle, n=5))])
+    reasons = {r.reason: (r.count, r.whole) for r in out.rejections}
+    assert reasons == {"time_backwards": (1, False), "duplicate_timestamp": (2, False)}
+    assert out.readings == 2 and e.counters["readings"] == 4
+    keep = Engine(bundle, EngineConfig(duplicate_policy="keep"))
+    keep.process([Event("a", np.array([10.0]), one(bundle))])
+    assert keep.process([Event("a", np.array([10.0]), one(bundle))]).readings == 1
+
+
+def test_long_gap_resets_the_key(bundle, test_series) -> None:
+    cfg = EngineConfig(max_gap_seconds=1000.0)
+    w = bundle.window
+    s = test_series
+    e = Engine(bundle, cfg)
+    e.process([Event(s.key, s.timestamps[:w + 3], s.values[:w + 3])])
+    late = s.timestamps[w + 3 : w + 3 + w] + 10_000.0
+    out = e.process([Event(s.key, late, s.values[w + 3 : w + 3 + w])])
+    assert e.counters["gap_resets"] == 1
+    fresh = Engine(bundle, cfg).process([Event(s.key, late, s.values[w + 3 : w + 3 + w])])
+    # after the gap the 3 buffered readings are forgotten and the encoder starts cold: same as a new key
+    assert np.array_equal(out.windows[0].errors, fresh.windows[0].errors)
+
+
+# --- thresholds and alerts -------------------------------------------------------------------------------------
+
+def spiky(bundle, n=400, spans=((160, 200),), dip=None):
+    s = make_series("unit", n, len(bundle.features), seed=5)
+    s.values[:] = bundle.scaler.mean  # flat normal values
+    for lo, hi in spans:
+        s.values[lo:hi] += 60 * bundle.scaler.scale
+    return s
+
+
+def test_alert_opens_after_k_closes_after_m_and_never_refires(bundle) -> None:
+    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0, alert_open_after=3, alert_close_after=10)
+    s = spiky(bundle, spans=((160, 180), (183, 200)))  # a 3-point dip inside the anomaly (< m)
+    e = Engine(bundle, cfg)
+    alerts = []
+    for lo, hi in chunks(len(s), [5]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    assert [a.status for a in alerts] == ["open", "closed"]
+    opened, closed = alerts
+    assert opened.id == closed.id == "unit@160000"
+    assert opened.start == 160.0 and opened.at == 162.0  # 3rd consecutive anomalous point
+    assert closed.end == 199.0 and closed.at == 209.0  # 10th normal point after the last anomalous one
+    assert closed.peak_score >= opened.peak_score > 1000.0 and closed.threshold == 1000.0
+    assert len(closed.top_features) == 3 and closed.model_version == bundle.version
+    assert e.active_alerts == 0 and e.counters["alerts_opened"] == e.counters["alerts_closed"] == 1
+
+
+def test_dynamic_threshold_waits_for_warmup(bundle) -> None:
+    w = bundle.window
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=10 * w, dynamic_history=512, smoothing=1.0)
+    early = spiky(bundle, spans=((2 * w, 3 * w),))
+    e = Engine(bundle, cfg)
+    out = e.process([Event(early.key, early.timestamps, early.values)])
+    first = [wd for wd in out.windows][:10]
+    assert not any(wd.anomalous.any() for wd in first)  # huge errors, but still warming up
+    late = spiky(bundle, n=40 * w, spans=((30 * w, 31 * w),))
+    e2 = Engine(bundle, cfg)
+    out2 = e2.process([Event(late.key, late.timestamps, late.values)])
+    flagged = np.concatenate([wd.timestamps[wd.anomalous] for wd in out2.windows])
+    assert len(flagged) and flagged.min() >= 30 * w  # fires on the anomaly after warm-up
+    thr = np.concatenate([wd.thresholds for wd in out2.windows])
+    assert (thr >= cfg.dynamic_min).all()
+
+
+def test_eviction_caps_keys_lru_and_ttl(bundle) -> None:
+    e = Engine(bundle, EngineConfig(max_keys=5, ttl_seconds=0))
+    for i in range(10):
+        e.process([Event(f"k{i}", np.array([float(i)]), one(bundle))])
+        assert len(e) == min(i + 1, 5)
+    e.process([Event("k6", np.array([20.0]), one(bundle))])  # touch: k6 becomes most recent
+    e.process([Event("new", np.array([21.0]), one(bundle))])
+    assert e.keys() == ["k7", "k8", "k9", "k6", "new"]  # k5 was least recently used
+    assert e.counters["evicted"] == 6
+    ttl = Engine(bundle, EngineConfig(ttl_seconds=100))
+    ttl.process([Event("old", np.array([0.0]), one(bundle)), Event("young", np.array([50.0]), one(bundle))])
+    out = ttl.process([Event("young", np.array([120.0]), one(bundle))])
+    assert out.evicted == ["old"] and ttl.keys() == ["young"]
+
+
+def test_reload_keeps_state_for_same_architecture(bundle) -> None:
+    e = Engine(bundle, EngineConfig())
+    e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])
+    assert e.reload(bundle) is True and e.keys() == ["a"]
+    other = dataclasses.replace(bundle, features=[*bundle.features[1:], bundle.features[0]])
+    assert e.reload(other) is False and e.keys() == []
+    assert e.counters["reloads_kept"] == 1 and e.counters["reloads_reset"] == 1
