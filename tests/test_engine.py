@@ -222,3 +222,25 @@ def test_reload_keeps_state_for_same_architecture(bundle) -> None:
     other = dataclasses.replace(bundle, features=[*bundle.features[1:], bundle.features[0]])
     assert e.reload(other) is False and e.keys() == []
     assert e.counters["reloads_kept"] == 1 and e.counters["reloads_reset"] == 1
+
+
+def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_series) -> None:
+    """Bad events take the policy path, good ones the array path; neither may disturb the other."""
+    s = test_series
+    n = 300
+    clean = feed(Engine(bundle, EngineConfig()), s, chunks(n, [4]))[0]
+    e = Engine(bundle, EngineConfig())
+    got = []
+    other = make_series("other", n, len(bundle.features), seed=9, start=float(s.timestamps[0]))
+    for i, (lo, hi) in enumerate(chunks(n, [4])):
+        bad_vals = s.values[lo:hi].copy()
+        bad_vals[0, 0] = np.nan
+        events = [Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]), Event(other.key, other.timestamps[lo:hi],
+                  other.values[lo:hi])]
+        if i % 5 == 2:
+            events.insert(1, Event(s.key, s.timestamps[lo:hi] + 0.5, bad_vals))  # NaN: refused whole
+            events.append(Event(other.key, other.timestamps[lo:lo + 1] - 100.0, other.values[lo:lo + 1]))
+        out = e.process(events)
+        got += [w.scores for w in out.windows if w.key == s.key]
+    assert np.array_equal(np.concatenate(got), clean)
+    assert e.counters["rejected_non_finite"] > 0 and e.counters["rejected_time_backwards"] > 0

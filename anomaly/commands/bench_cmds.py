@@ -1,7 +1,38 @@
-"""Commands of this area (filled in by its issue)."""
+"""bench: side-by-side performance measurements (ratios from one run, not timed tests)."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
-COMMANDS: list[click.Command] = []
+from anomaly.commands.common import one_line_errors
+
+
+@click.command("bench")
+@click.option("--keys", default="1,100,1000,10000", show_default=True,
+              help="Comma-separated key counts for the engine-vs-naive throughput table.")
+@click.option("--flat-readings", type=click.IntRange(min=0), default=1_010_000, show_default=True,
+              help="Stream length for the flat-cost check (0 skips it).")
+@click.option("--memory-keys", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="Active keys for the memory check (0 skips it).")
+@click.option("--kafka/--no-kafka", default=False, show_default=True,
+              help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write all results as JSON.")
+@one_line_errors
+def bench_cmd(keys: str, flat_readings: int, memory_keys: int, kafka: bool, json_out: str | None) -> None:
+    """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key."""
+    from anomaly.bench import run_engine_bench
+
+    counts = tuple(int(k) for k in keys.split(",") if k.strip())
+    results = {"engine": run_engine_bench(counts, flat_readings, memory_keys, say=click.echo)}
+    if kafka:
+        from anomaly.bench_kafka import run_kafka_bench
+
+        results["kafka"] = run_kafka_bench(say=click.echo)
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump(results, fh, indent=2, default=float)
+
+
+COMMANDS: list[click.Command] = [bench_cmd]

@@ -137,8 +137,13 @@ class StateStore:
         rows = np.asarray([self.slots[k] for k in names], dtype=np.int64)
         header = {"format": FORMAT, "layout": self.layout.__dict__, "keys": names, "meta": meta, "arrays": []}
         parts = []
+        # buffer slots past `fill` hold stale readings that never matter; zero them so that equal states
+        # give equal bytes however the readings arrived
+        stale = np.arange(self.layout.window)[None, :] >= self.arrays["fill"][rows][:, None]
         for name, arr in self.arrays.items():
             part = np.ascontiguousarray(arr[rows])
+            if name in ("buf", "buf_ts"):
+                part[stale] = 0
             header["arrays"].append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
             parts.append(part.tobytes())
         head = json.dumps(header, separators=(",", ":")).encode()
