@@ -109,6 +109,9 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     p = Path(path)
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))
+    with p.open("rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files

@@ -18,7 +18,7 @@ from anomaly.commands.common import one_line_errors
               help="Active keys for the memory check (0 skips it).")
 @click.option("--kafka/--no-kafka", default=False, show_default=True,
               help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write all results as JSON.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write all results as JSON.  [default: none]")
 @one_line_errors
 def bench_cmd(keys: str, flat_readings: int, memory_keys: int, kafka: bool, json_out: str | None) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key."""

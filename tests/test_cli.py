@@ -1,0 +1,89 @@
+"""The command line as a user meets it: help texts, a small end-to-end run, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from anomaly.cli import main
+
+COMMANDS = sorted(main.commands)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_top_level_help_lists_every_command() -> None:
+    out = invoke("--help").output
+    for name in ["generate", "train", "inspect", "replay", "demo", "bench", "consume", "produce"]:
+        assert name in COMMANDS
+        assert f"  {name} " in out
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_documents_its_options(name) -> None:
+    result = invoke(name, "--help")
+    assert result.exit_code == 0
+    command = main.commands[name]
+    for param in command.params:
+        if param.param_type_name == "option" and param.name != "help":
+            assert param.help, f"{name} --{param.name} has no help text"
+            has_default = param.show_default or "[default:" in param.help or param.is_flag or param.required
+            assert has_default, f"{name} --{param.name} does not state its default"
+
+
+def test_generate_train_inspect_replay(tmp_path) -> None:
+    train_csv, test_csv, model = tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "m.pt"
+    r = invoke("generate", "-o", str(train_csv), "--points", "1500", "--sensors", "3")
+    assert r.exit_code == 0 and "wrote 1500 rows (0 labelled anomalous)" in r.output
+    r = invoke("generate", "-o", str(test_csv), "--points", "600", "--sensors", "3", "--anomalies", "2", "--seed", "5")
+    assert r.exit_code == 0
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 2\n")
+    r = invoke("train", str(train_csv), "-o", str(model), "--pipeline", str(pipeline), "--epochs", "1",
+               env={"ANOMALY_MODEL_HIDDEN_SIZE": "12"})
+    assert r.exit_code == 0, r.output
+    assert "1 epochs" in r.output and "windows/s" in r.output
+    meta = json.loads(invoke("inspect", str(model), "--json").output)
+    assert meta["architecture"]["window"] == 8  # pipeline file
+    assert meta["architecture"]["hidden_size"] == 12  # environment beats the file
+    assert meta["training"]["epochs_run"] == 1  # option beats the file
+    assert meta["features"] == ["sensor_1", "sensor_2", "sensor_3"]
+    r = invoke("replay", str(test_csv), "--model", str(model), "--out", str(tmp_path / "r"), "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert "F1" in r.output and "FAR, %" in r.output
+    assert (tmp_path / "r" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "missing.csv"], "error: data file not found: missing.csv"),
+        (["inspect", "missing.pt"], "error: model bundle not found: missing.pt"),
+        (["train", "{csv}", "--pipeline", "none.toml"], "error: pipeline file not found: none.toml"),
+        (["replay", "{csv}", "--model", "{csv}"], "is not an anomaly model bundle"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path) -> None:
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    args = [a.replace("{csv}", str(csv)) for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["train", "x.csv", "--window", "zero"])
+    assert result.exit_code == 2 and "Invalid value for '--window'" in result.output
+
+
+def test_bad_environment_setting_is_one_line(tmp_path) -> None:
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    result = CliRunner().invoke(main, ["train", str(csv)], env={"ANOMALY_MODEL_WINDOW": "big"})
+    assert result.exit_code == 2 and result.output.strip() == "error: model.window must be int, got 'big'"
