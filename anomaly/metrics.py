@@ -1,0 +1,372 @@
+"""Every Prometheus metric of the pipeline, and the HTTP endpoint that serves them.
+
+:class:`PipelineMetrics` owns one :class:`CollectorRegistry` (injected, or a fresh one), so tests and several
+pipelines in one process never share series. The runner calls :meth:`PipelineMetrics.observe` once per batch;
+the Kafka daemon adds what only it knows (messages, lag, checkpoints, commits, model reloads).
+
+Cardinality: no metric is labelled by the sensor key except ``anomaly_alert_active{key}``, whose series exist
+only while an alert is open and are capped (``alert_label_cap``); alerts beyond the cap are counted in
+``anomaly_alerts_active`` only and in ``anomaly_alert_labels_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    write_to_textfile,
+)
+
+from anomaly.engine.types import EngineOutput, Rejection
+
+# Score units: 1.0 is the calibration quantile; the default threshold is around 1.5.
+SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
+# Mean squared reconstruction error in standardized units.
+ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
+# Event time of a window's last reading to the moment it was scored.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DEFAULT_ALERT_LABEL_CAP = 100
+
+
+def _created_at_epoch(value: Any) -> float | None:
+    """``bundle.meta["created_at"]`` (ISO 8601, or epoch seconds) as epoch seconds; None when absent/unparsable."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    return None
+
+
+class PipelineMetrics:
+    """The pipeline's metrics on one registry. Not thread-safe beyond what prometheus_client guarantees: call
+    the mutating methods from the processing loop (the HTTP server only reads)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP
+    ) -> None:
+        if alert_label_cap < 0:
+            raise ValueError(f"alert_label_cap must be >= 0, got {alert_label_cap}")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.alert_label_cap = alert_label_cap
+        r = self.registry
+        self.messages_consumed = Counter(
+            "anomaly_messages_consumed", "Source messages consumed (Kafka records).", registry=r
+        )
+        self.messages_invalid = Counter(
+            "anomaly_messages_invalid",
+            "Source messages refused before the engine (undecodable, missing fields, oversized), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.readings_scored = Counter(
+            "anomaly_readings_scored", "Readings accepted into engine state and scored.", registry=r
+        )
+        self.readings_rejected = Counter(
+            "anomaly_readings_rejected",
+            "Readings refused (by the source or the engine), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.windows_scored = Counter(
+            "anomaly_windows_scored", "Full windows scored by the model.", registry=r
+        )
+        self.alerts_opened = Counter("anomaly_alerts_opened", "Alerts opened by the engine.", registry=r)
+        self.alerts_closed = Counter("anomaly_alerts_closed", "Alerts closed by the engine.", registry=r)
+        self.alerts_active = Gauge("anomaly_alerts_active", "Alerts open now, over all keys.", registry=r)
+        self.alert_active = Gauge(
+            "anomaly_alert_active",
+            "1 while an alert is open for this key (series removed "
+            "when it closes; at most alert_label_cap series).",
+            ["key"],
+            registry=r,
+        )
+        self.alert_labels_dropped = Counter(
+            "anomaly_alert_labels_dropped",
+            "Opened alerts not given an anomaly_alert_active series because the label cap was reached.",
+            registry=r,
+        )
+        self.window_score = Histogram(
+            "anomaly_window_score_ratio",
+            "Peak smoothed score of each scored window (1.0 = calibration quantile of the reference error).",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.window_error = Histogram(
+            "anomaly_window_error_mse",
+            "Mean reconstruction error of each scored window (mean squared error, standardized units).",
+            buckets=ERROR_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "anomaly_latency_seconds",
+            "End-to-end latency: wall time when a window was "
+            "scored minus the event time of its last reading.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "anomaly_batch_size_windows", "Windows per batched model call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.lag = Gauge(
+            "anomaly_consumer_lag_messages",
+            "Messages behind the log end, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.keys_held = Gauge("anomaly_keys_held", "Keys whose state the engine holds.", registry=r)
+        self.keys_evicted = Counter(
+            "anomaly_keys_evicted", "Keys evicted (idle TTL or max_keys).", registry=r
+        )
+        self.gap_resets = Counter(
+            "anomaly_gap_resets", "Key states reset because of a gap in event time.", registry=r
+        )
+        self.checkpoint_duration = Histogram(
+            "anomaly_checkpoint_duration_seconds",
+            "Time to flush sinks, snapshot state and commit offsets.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_last = Gauge(
+            "anomaly_checkpoint_last_timestamp_seconds",
+            "Epoch seconds of the last completed checkpoint (age = time() - this).",
+            registry=r,
+        )
+        self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
+        self.model_info = Info("anomaly_model", "The model bundle in use.", registry=r)
+        self.model_trained = Gauge(
+            "anomaly_model_trained_timestamp_seconds",
+            "Epoch seconds at which the model in use was trained.",
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "anomaly_model_reloads",
+            "Model bundles hot-reloaded, by whether engine state was kept (kept) or reset (reset).",
+            ["state"],
+            registry=r,
+        )
+        self._labelled: set[str] = set()  # keys that own an anomaly_alert_active series
+        self._seen: dict[str, int] = {}  # last engine counter values, to turn totals into increments
+        self._lag_series: set[tuple[str, str]] = set()
+
+    # -- the runner's Observer hook ----------------------------------------------------------------------------
+
+    def observe(self, out: EngineOutput, batch: Any, engine: Any, now: float) -> None:
+        """Record one processed batch. ``now`` is wall-clock epoch seconds; ``engine`` provides ``counters``,
+        ``active_alerts`` and ``len()``. Histograms get one sample per window (peak score, mean error)."""
+        if out.readings:
+            self.readings_scored.inc(out.readings)
+        if out.windows:
+            self.windows_scored.inc(len(out.windows))
+        for w in out.windows:
+            if len(w.scores):
+                self.window_score.observe(float(np.max(w.scores)))
+            if len(w.errors):
+                self.window_error.observe(float(np.mean(w.errors)))
+            if len(w.timestamps):
+                self.latency.observe(max(0.0, now - float(w.timestamps[-1])))
+        for size in out.batches:
+            self.batch_size.observe(size)
+        self._count_rejections(out.rejections)
+        for alert in out.alerts:
+            if alert.status == "open":
+                self.alerts_opened.inc()
+                self._label_open(alert.key)
+            elif alert.status == "closed":
+                self.alerts_closed.inc()
+                self._label_close(alert.key)
+        active = int(getattr(engine, "active_alerts", 0))
+        self.alerts_active.set(active)
+        if active == 0 and self._labelled:  # keys evicted or state reset while alerting: drop stale series
+            self._clear_labels()
+        self.keys_held.set(len(engine))
+        counters: Mapping[str, int] = getattr(engine, "counters", {})
+        self._advance(self.keys_evicted, "evicted", counters)
+        self._advance(self.gap_resets, "gap_resets", counters)
+
+    def _count_rejections(self, rejections: Iterable[Rejection]) -> None:
+        for rej in rejections:
+            self.readings_rejected.labels(rej.reason).inc(rej.count)
+
+    def _advance(self, counter: Counter, name: str, counters: Mapping[str, int]) -> None:
+        """Increase ``counter`` by the growth of the engine's cumulative ``counters[name]``; a value lower than
+        the last one seen means a new engine (restore, reload), whose whole value is new."""
+        value = int(counters.get(name, 0))
+        last = self._seen.get(name, 0)
+        delta = value - last if value >= last else value
+        if delta:
+            counter.inc(delta)
+        self._seen[name] = value
+
+    def _label_open(self, key: str) -> None:
+        if key in self._labelled:
+            return
+        if len(self._labelled) >= self.alert_label_cap:
+            self.alert_labels_dropped.inc()
+            return
+        self.alert_active.labels(key).set(1)
+        self._labelled.add(key)
+
+    def _label_close(self, key: str) -> None:
+        if key in self._labelled:
+            self.alert_active.remove(key)
+            self._labelled.discard(key)
+
+    def _clear_labels(self) -> None:
+        for key in list(self._labelled):
+            self._label_close(key)
+
+    # -- what only the daemon knows ----------------------------------------------------------------------------
+
+    def message_consumed(self, n: int = 1) -> None:
+        self.messages_consumed.inc(n)
+
+    def message_invalid(self, reason: str, n: int = 1) -> None:
+        self.messages_invalid.labels(reason).inc(n)
+
+    def set_partition_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of every assigned partition; series of partitions absent from ``lags`` (revoked) go."""
+        current = {(topic, str(partition)) for topic, partition in lags}
+        for gone in self._lag_series - current:
+            self.lag.remove(*gone)
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(topic, str(partition)).set(max(0, int(lag)))
+        self._lag_series = current
+
+    def checkpoint_done(self, seconds: float, at_epoch: float) -> None:
+        self.checkpoint_duration.observe(seconds)
+        self.checkpoint_last.set(at_epoch)
+
+    def commit_failed(self) -> None:
+        self.commit_failures.inc()
+
+    def model_loaded(self, bundle: Any) -> None:
+        """Publish the bundle's identity: ``anomaly_model_info{version,trained_at,features}`` and the trained-at
+        timestamp (left at its last value if the bundle carries none) that ModelStale alerts on."""
+        meta = getattr(bundle, "meta", {}) or {}
+        created = meta.get("created_at", "")
+        self.model_info.info(
+            {
+                "version": str(getattr(bundle, "version", meta.get("model_version", "unknown"))),
+                "trained_at": str(created),
+                "features": str(len(getattr(bundle, "features", ()))),
+            }
+        )
+        epoch = _created_at_epoch(created)
+        if epoch is not None:
+            self.model_trained.set(epoch)
+
+    def model_reloaded(self, kept_state: bool) -> None:
+        self.model_reloads.labels("kept" if kept_state else "reset").inc()
+        if not kept_state:  # the engine's open alerts went with its state
+            self._clear_labels()
+            self.alerts_active.set(0)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+def write_textfile(metrics: PipelineMetrics, path: str | Path) -> Path:
+    """Write the final metrics of a run (e.g. `anomaly replay`) in the text format, atomically (node-exporter
+    textfile collector compatible)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(p), metrics.registry)
+    return p
+
+
+class MetricsServer:
+    """HTTP endpoint in a daemon thread: ``/metrics``, ``/healthz`` (200 while serving) and ``/readyz`` (200
+    only after ``set_ready(True)``, else 503 — e.g. while restoring state after a rebalance)."""
+
+    def __init__(self, metrics: PipelineMetrics, host: str = "127.0.0.1", port: int = 9108) -> None:
+        self.metrics = metrics
+        self.host = host
+        self._requested_port = port
+        self._ready = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._bound_port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The port bound by the last ``start()`` (so ``port=0`` reveals the one picked), else the requested one."""
+        return self._bound_port if self._bound_port is not None else self._requested_port
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def set_ready(self, ready: bool) -> None:
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        server = ThreadingHTTPServer((self.host, self._requested_port), _handler(self))
+        server.daemon_threads = True
+        self._server = server
+        self._bound_port = int(server.server_address[1])
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+
+def _handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, owner.metrics.render(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/readyz":
+                ok = owner.ready
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found; try /metrics, /healthz or /readyz\n")
+
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scraped every few seconds: keep stderr quiet
+
+    return Handler

@@ -1,0 +1,226 @@
+"""deploy/: files parse, reference files that exist, and pass promtool/amtool checks and the rule unit tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from anomaly.config import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+RULES = DEPLOY / "prometheus" / "rules" / "anomaly.rules.yml"
+ALERTS = {
+    "AnomalyDetected",
+    "AnomalyRateHigh",
+    "ConsumerLagHigh",
+    "PipelineStalled",
+    "DaemonDown",
+    "InvalidMessagesHigh",
+    "CheckpointStale",
+    "ModelStale",
+}
+
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="needs promtool (Debian: prometheus)"
+)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def k8s(kind: str) -> list[dict[str, Any]]:
+    docs = [
+        d for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
+    ]
+    return [d for d in docs if d["kind"] == kind]
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(RULES)["groups"] for r in g["rules"]]
+
+
+def test_every_yaml_and_json_file_parses() -> None:
+    files = sorted(DEPLOY.rglob("*.yml")) + sorted(DEPLOY.rglob("*.yaml"))
+    assert len(files) >= 12
+    for path in files:
+        assert list(yaml.safe_load_all(path.read_text())), path
+    for path in DEPLOY.rglob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_rules_define_the_alerts_with_annotations_and_runbooks() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+        for h in re.findall(r"^#+ (.+)$", readme, re.M)
+    }
+    assert {r["alert"] for r in rules()} == ALERTS
+    for rule in rules():
+        ann = rule["annotations"]
+        assert set(ann) == {"summary", "description", "runbook_url"}, rule["alert"]
+        assert ann["runbook_url"] == f"deploy/README.md#{rule['alert'].lower()}"
+        assert rule["alert"].lower() in anchors
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+
+
+def test_anomaly_detected_follows_the_engine_alert_gauge() -> None:
+    (rule,) = [r for r in rules() if r["alert"] == "AnomalyDetected"]
+    assert rule["expr"] == "max by (key) (anomaly_alert_active) == 1"
+
+
+def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in (DEPLOY / "prometheus" / "tests").glob("*.yml"):
+        for test in load_yaml(path)["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+    assert firing == ALERTS
+    assert quiet == ALERTS
+
+
+def test_prometheus_rule_for_the_operator_equals_the_rules_file() -> None:
+    (rule,) = k8s("PrometheusRule")
+    assert rule["spec"] == load_yaml(RULES)
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    out = subprocess.run(
+        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 8 rules found" in out.stdout
+
+
+@needs_promtool
+def test_promtool_unit_tests_pass() -> None:
+    tests = sorted(str(p) for p in (DEPLOY / "prometheus" / "tests").glob("*.yml"))
+    out = subprocess.run(["promtool", "test", "rules", *tests], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("SUCCESS") == len(tests)
+
+
+@needs_promtool
+def test_promtool_check_config_with_the_rules_loaded(tmp_path: Path) -> None:
+    """prometheus.yml names /etc/prometheus/rules/*.yml (the compose mount); point it at the real files."""
+    cfg = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    assert cfg["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    cfg["rule_files"] = [str(RULES)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        ["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 8 rules found" in out.stdout
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in cfg["scrape_configs"]}
+    assert jobs["anomaly"] == ["anomaly:9108"]  # the compose service and its metrics port
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="needs amtool (Debian: prometheus-alertmanager)")
+def test_amtool_check_config() -> None:
+    path = DEPLOY / "alertmanager" / "alertmanager.yml"
+    out = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alertmanager_groups_anomalies_by_key_to_a_webhook() -> None:
+    cfg = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    (route,) = [r for r in cfg["route"]["routes"] if r["matchers"] == ['category="anomaly"']]
+    assert route["group_by"] == ["alertname", "key"]
+    receivers = {r["name"]: r for r in cfg["receivers"]}
+    assert receivers[route["receiver"]]["webhook_configs"][0]["url"].startswith("http")
+    categories = {
+        r["labels"]["category"] for r in rules() if r["alert"] in {"AnomalyDetected", "AnomalyRateHigh"}
+    }
+    assert categories == {"anomaly"}
+
+
+def test_compose_references_files_that_exist() -> None:
+    compose = load_yaml(DEPLOY / "docker-compose.yml")
+    services = compose["services"]
+    assert {"kafka", "anomaly", "producer", "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    kraft = services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert kraft == "broker,controller"  # KRaft single node, no ZooKeeper
+    mounts = 0
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build:
+            assert (DEPLOY / build["context"] / build["dockerfile"]).is_file(), name
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+                mounts += 1
+            else:
+                assert source in compose["volumes"], f"{name}: {source}"
+    assert mounts == 6
+    producer = " ".join(services["producer"]["command"])
+    assert "anomaly produce" in producer
+    assert services["anomaly"]["command"][0] == "consume"
+
+
+def test_dockerfile_copies_files_that_exist_and_installs_the_package() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        for source in line.split()[:-1]:
+            assert (ROOT / source).exists(), source
+    assert "pip install" in text and re.search(r"pip install [^\n]*\s\.\s", text + " ")
+
+
+def test_grafana_provisioning_and_dashboard_agree() -> None:
+    ds = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    uids = {d["uid"] for d in ds}
+    provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "anomaly.yml")["providers"][0]
+    grafana = load_yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    panels = dash["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    titles = {p["title"] for p in panels}
+    assert {
+        "Throughput",
+        "Consumer lag",
+        "End-to-end latency",
+        "Window score distribution",
+        "Active alerts",
+        "Alert timeline",
+        "Checkpoint age",
+        "Invalid messages and rejected readings",
+    } <= titles
+    for panel in panels:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] in uids
+            assert target["expr"].strip()
+
+
+def test_k8s_replicas_do_not_exceed_partitions() -> None:
+    (deployment,) = k8s("Deployment")
+    (configmap,) = k8s("ConfigMap")
+    (topic,) = k8s("KafkaTopic")
+    cfg = build_config(tomllib.loads(configmap["data"]["pipeline.toml"]))
+    assert cfg.kafka.topics == (topic["metadata"]["name"],)
+    assert 1 <= deployment["spec"]["replicas"] <= topic["spec"]["partitions"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "consume"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": cfg.metrics.port}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (monitor,) = k8s("PodMonitor")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert labels[monitor["spec"]["jobLabel"]] == "anomaly"  # job="anomaly", as the rules select
+    (service,) = k8s("Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"

@@ -1,0 +1,280 @@
+"""PipelineMetrics on a fresh registry: exact sample values after feeding real EngineOutput objects."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from anomaly.engine.types import Alert, EngineOutput, Rejection, ScoredWindow
+from anomaly.metrics import MetricsServer, PipelineMetrics, write_textfile
+from anomaly.runner import Batch
+
+
+@dataclass
+class FakeEngine:
+    """The part of the engine the metrics read: counters, active_alerts and len()."""
+
+    keys: int = 0
+    active_alerts: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.keys
+
+
+def window(key: str, last_ts: float, scores: list[float], errors: list[float]) -> ScoredWindow:
+    n = len(scores)
+    return ScoredWindow(
+        key=key,
+        timestamps=np.arange(last_ts - n + 1, last_ts + 1, dtype=np.float64),
+        errors=np.asarray(errors, np.float32),
+        scores=np.asarray(scores, np.float32),
+        thresholds=np.full(n, 1.5, np.float32),
+        anomalous=np.asarray(scores, np.float32) > 1.5,
+        alert_open=np.zeros(n, bool),
+        contributions=np.asarray([0.5, 0.5], np.float32),
+    )
+
+
+def alert(key: str, status: str) -> Alert:
+    return Alert(
+        id=f"{key}-100",
+        key=key,
+        status=status,
+        start=100.0,
+        end=None if status == "open" else 110.0,
+        at=110.0,
+        peak_score=3.0,
+        threshold=1.5,
+        model_version="v1",
+    )
+
+
+def value(m: PipelineMetrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return m.registry.get_sample_value(name, labels or {})
+
+
+@pytest.fixture
+def metrics() -> PipelineMetrics:
+    return PipelineMetrics(CollectorRegistry(), alert_label_cap=2)
+
+
+def test_a_fresh_registry_per_instance() -> None:
+    a, b = PipelineMetrics(), PipelineMetrics()
+    a.message_consumed(3)
+    assert a.registry is not b.registry
+    assert value(a, "anomaly_messages_consumed_total") == 3.0
+    assert value(b, "anomaly_messages_consumed_total") == 0.0
+
+
+def test_observe_counts_readings_windows_histograms_and_rejections(metrics: PipelineMetrics) -> None:
+    out = EngineOutput(
+        windows=[
+            window("a", 1000.0, [0.5, 2.0, 1.0], [0.1, 0.2, 0.3]),
+            window("b", 998.0, [0.2, 0.4, 0.3], [0.01, 0.02, 0.03]),
+        ],
+        rejections=[
+            Rejection("a", "non_finite", 2, False),
+            Rejection("", "malformed", 1, True),
+            Rejection("b", "non_finite", 3, False),
+        ],
+        readings=7,
+        batches=[2, 5],
+    )
+    engine = FakeEngine(keys=4, counters={"evicted": 3, "gap_resets": 1})
+    metrics.observe(out, Batch(events=[], messages=9), engine, now=1000.5)
+
+    assert value(metrics, "anomaly_readings_scored_total") == 7.0
+    assert value(metrics, "anomaly_windows_scored_total") == 2.0
+    assert value(metrics, "anomaly_readings_rejected_total", {"reason": "non_finite"}) == 5.0
+    assert value(metrics, "anomaly_readings_rejected_total", {"reason": "malformed"}) == 1.0
+    # One score sample per window: its peak (2.0 and 0.4).
+    assert value(metrics, "anomaly_window_score_ratio_count") == 2.0
+    assert value(metrics, "anomaly_window_score_ratio_sum") == pytest.approx(2.4)
+    assert value(metrics, "anomaly_window_score_ratio_bucket", {"le": "0.5"}) == 1.0
+    assert value(metrics, "anomaly_window_score_ratio_bucket", {"le": "1.5"}) == 1.0
+    assert value(metrics, "anomaly_window_score_ratio_bucket", {"le": "2.0"}) == 2.0
+    # One error sample per window: its mean (0.2 and 0.02).
+    assert value(metrics, "anomaly_window_error_mse_count") == 2.0
+    assert value(metrics, "anomaly_window_error_mse_sum") == pytest.approx(0.22, rel=1e-5)
+    # Latency = now - last timestamp: 0.5 s and 2.5 s.
+    assert value(metrics, "anomaly_latency_seconds_sum") == pytest.approx(3.0)
+    assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "0.5"}) == 1.0
+    assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "2.5"}) == 2.0
+    assert value(metrics, "anomaly_batch_size_windows_count") == 2.0
+    assert value(metrics, "anomaly_batch_size_windows_sum") == 7.0
+    assert value(metrics, "anomaly_keys_held") == 4.0
+    assert value(metrics, "anomaly_keys_evicted_total") == 3.0
+    assert value(metrics, "anomaly_gap_resets_total") == 1.0
+
+
+def test_engine_counters_become_increments_and_survive_a_new_engine(metrics: PipelineMetrics) -> None:
+    metrics.observe(EngineOutput(), Batch([]), FakeEngine(counters={"evicted": 3}), now=0.0)
+    metrics.observe(EngineOutput(), Batch([]), FakeEngine(counters={"evicted": 5}), now=0.0)
+    assert value(metrics, "anomaly_keys_evicted_total") == 5.0
+    # A restored / reloaded engine starts its counters again: its whole value is new.
+    metrics.observe(EngineOutput(), Batch([]), FakeEngine(counters={"evicted": 1}), now=0.0)
+    assert value(metrics, "anomaly_keys_evicted_total") == 6.0
+
+
+def test_alert_lifecycle_and_per_key_gauge(metrics: PipelineMetrics) -> None:
+    metrics.observe(
+        EngineOutput(alerts=[alert("pump-1", "open")]), Batch([]), FakeEngine(active_alerts=1), 0.0
+    )
+    assert value(metrics, "anomaly_alerts_opened_total") == 1.0
+    assert value(metrics, "anomaly_alerts_active") == 1.0
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) == 1.0
+
+    metrics.observe(
+        EngineOutput(alerts=[alert("pump-1", "closed")]), Batch([]), FakeEngine(active_alerts=0), 0.0
+    )
+    assert value(metrics, "anomaly_alerts_closed_total") == 1.0
+    assert value(metrics, "anomaly_alerts_active") == 0.0
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) is None  # series removed, not set to 0
+    assert b"anomaly_alert_active{" not in metrics.render()
+
+
+def test_alert_label_cap(metrics: PipelineMetrics) -> None:
+    opened = EngineOutput(alerts=[alert(k, "open") for k in ("a", "b", "c", "d")])
+    metrics.observe(opened, Batch([]), FakeEngine(active_alerts=4), 0.0)
+    assert value(metrics, "anomaly_alerts_active") == 4.0
+    assert value(metrics, "anomaly_alert_active", {"key": "a"}) == 1.0
+    assert value(metrics, "anomaly_alert_active", {"key": "b"}) == 1.0
+    assert value(metrics, "anomaly_alert_active", {"key": "c"}) is None
+    assert value(metrics, "anomaly_alert_labels_dropped_total") == 2.0
+    # Closing a labelled key frees a slot for the next alert; closing an unlabelled one changes no series.
+    closed = EngineOutput(alerts=[alert("a", "closed"), alert("c", "closed"), alert("e", "open")])
+    metrics.observe(closed, Batch([]), FakeEngine(active_alerts=3), 0.0)
+    assert value(metrics, "anomaly_alert_active", {"key": "a"}) is None
+    assert value(metrics, "anomaly_alert_active", {"key": "e"}) == 1.0
+    assert value(metrics, "anomaly_alert_labels_dropped_total") == 2.0
+    assert value(metrics, "anomaly_alerts_opened_total") == 5.0
+    assert value(metrics, "anomaly_alerts_closed_total") == 2.0
+
+
+def test_stale_alert_series_go_when_the_engine_holds_no_alert(metrics: PipelineMetrics) -> None:
+    metrics.observe(EngineOutput(alerts=[alert("a", "open")]), Batch([]), FakeEngine(active_alerts=1), 0.0)
+    # e.g. the key was evicted while alerting: no "closed" event, but the engine has no open alert any more.
+    metrics.observe(EngineOutput(), Batch([]), FakeEngine(active_alerts=0), 0.0)
+    assert value(metrics, "anomaly_alert_active", {"key": "a"}) is None
+
+
+def test_partition_lag_series_are_removed_on_revoke(metrics: PipelineMetrics) -> None:
+    metrics.set_partition_lag({("sensors", 0): 10, ("sensors", 1): 4})
+    assert value(metrics, "anomaly_consumer_lag_messages", {"topic": "sensors", "partition": "0"}) == 10.0
+    assert value(metrics, "anomaly_consumer_lag_messages", {"topic": "sensors", "partition": "1"}) == 4.0
+    metrics.set_partition_lag({("sensors", 1): 2, ("sensors", 2): 7})
+    assert value(metrics, "anomaly_consumer_lag_messages", {"topic": "sensors", "partition": "0"}) is None
+    assert value(metrics, "anomaly_consumer_lag_messages", {"topic": "sensors", "partition": "1"}) == 2.0
+    assert value(metrics, "anomaly_consumer_lag_messages", {"topic": "sensors", "partition": "2"}) == 7.0
+    metrics.set_partition_lag({})
+    assert b"anomaly_consumer_lag_messages{" not in metrics.render()
+
+
+def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
+    metrics.message_consumed()
+    metrics.message_consumed(4)
+    metrics.message_invalid("malformed")
+    metrics.message_invalid("malformed", 2)
+    metrics.commit_failed()
+    metrics.checkpoint_done(0.2, at_epoch=1_700_000_123.0)
+    metrics.checkpoint_done(0.4, at_epoch=1_700_000_128.0)
+
+    class FakeBundle:
+        version = "abcd1234-2024-05-01T12:00:00+00:00"
+        features = ["a", "b", "c"]
+        meta = {"created_at": "2024-05-01T12:00:00+00:00"}
+
+    metrics.model_loaded(FakeBundle())
+    metrics.model_reloaded(kept_state=True)
+    metrics.model_reloaded(kept_state=False)
+
+    assert value(metrics, "anomaly_messages_consumed_total") == 5.0
+    assert value(metrics, "anomaly_messages_invalid_total", {"reason": "malformed"}) == 3.0
+    assert value(metrics, "anomaly_commit_failures_total") == 1.0
+    assert value(metrics, "anomaly_checkpoint_duration_seconds_count") == 2.0
+    assert value(metrics, "anomaly_checkpoint_duration_seconds_sum") == pytest.approx(0.6)
+    assert value(metrics, "anomaly_checkpoint_last_timestamp_seconds") == 1_700_000_128.0
+    info = {"version": FakeBundle.version, "trained_at": "2024-05-01T12:00:00+00:00", "features": "3"}
+    assert value(metrics, "anomaly_model_info", info) == 1.0
+    assert value(metrics, "anomaly_model_trained_timestamp_seconds") == 1_714_564_800.0
+    assert value(metrics, "anomaly_model_reloads_total", {"state": "kept"}) == 1.0
+    assert value(metrics, "anomaly_model_reloads_total", {"state": "reset"}) == 1.0
+
+
+def test_no_metric_is_labelled_by_key_except_alert_active(metrics: PipelineMetrics) -> None:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        assert family.name.startswith("anomaly_"), family.name
+        for sample in family.samples:
+            if sample.name != "anomaly_alert_active":
+                assert "key" not in sample.labels, sample
+
+
+def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
+    kinds = {f.name: f.type for f in text_string_to_metric_families(metrics.render().decode())}
+    counters = sorted(name for name, kind in kinds.items() if kind == "counter")
+    assert counters == sorted(
+        [
+            "anomaly_messages_consumed",
+            "anomaly_messages_invalid",
+            "anomaly_readings_scored",
+            "anomaly_readings_rejected",
+            "anomaly_windows_scored",
+            "anomaly_alerts_opened",
+            "anomaly_alerts_closed",
+            "anomaly_alert_labels_dropped",
+            "anomaly_keys_evicted",
+            "anomaly_gap_resets",
+            "anomaly_commit_failures",
+            "anomaly_model_reloads",
+        ]
+    )  # the parser strips `_total`; the exposition carries it
+    text = metrics.render().decode()
+    assert all(f"# TYPE {name}_total counter" in text for name in counters)
+
+
+def test_write_textfile(tmp_path, metrics: PipelineMetrics) -> None:
+    metrics.message_consumed(2)
+    path = write_textfile(metrics, tmp_path / "out" / "metrics.prom")
+    text = path.read_text()
+    assert "anomaly_messages_consumed_total 2.0\n" in text
+    assert {f.name for f in text_string_to_metric_families(text)} == {
+        f.name for f in text_string_to_metric_families(metrics.render().decode())
+    }
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
+    server = MetricsServer(metrics, port=0)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert server.port != 0
+        metrics.message_consumed(7)
+        status, body = _get(base + "/metrics")
+        assert status == 200
+        assert b"anomaly_messages_consumed_total 7.0" in body
+        assert _get(base + "/healthz") == (200, b"ok\n")
+        assert _get(base + "/readyz") == (503, b"not ready\n")
+        server.set_ready(True)
+        assert _get(base + "/readyz") == (200, b"ready\n")
+        server.set_ready(False)
+        assert _get(base + "/readyz")[0] == 503
+        assert _get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(base + "/healthz", timeout=2)
