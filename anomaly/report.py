@@ -1,0 +1,140 @@
+"""Backtest plots: one PNG per series showing what the engine saw, scored and alerted on.
+
+Each figure has two panels sharing the time axis. The top one stacks the raw features, each standardized over
+the plotted series (so shapes, not units, are compared) and offset vertically with its name on the y axis. The
+bottom one shows the score, the threshold in force, the points flagged anomalous and the alert spans (from alert
+start to end; an alert still open is drawn to the series end). Labelled anomalies, when a ``label`` column is
+present, are shaded in both panels. Matplotlib runs on the Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from anomaly.evaluation import segments  # noqa: E402
+
+RESULT_COLUMNS = ("key", "timestamp", "error", "score", "threshold", "anomalous", "alert_open", "label")
+REQUIRED_COLUMNS = RESULT_COLUMNS[:-1]
+STACK_OFFSET = 4.0  # vertical distance between standardized features, in standard deviations
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The raw feature columns: numeric, non-boolean columns that are not one of the per-point result columns."""
+    return [c for c in frame.columns if c not in RESULT_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
+            and not pd.api.types.is_bool_dtype(frame[c])]
+
+
+def safe_name(key: str) -> str:
+    """A file name for a series key: anything but letters, digits, '.', '_' and '-' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") or "series"
+
+
+def _times(values: Any) -> pd.DatetimeIndex:
+    """Epoch seconds (or anything pandas parses) as UTC date-times for the x axis."""
+    series = pd.Series(values)
+    if pd.api.types.is_numeric_dtype(series):
+        return pd.DatetimeIndex(pd.to_datetime(series.to_numpy(np.float64), unit="s", utc=True))
+    return pd.DatetimeIndex(pd.to_datetime(series, utc=True))
+
+
+def _shade(ax: Any, times: pd.DatetimeIndex, mask: np.ndarray, **style: Any) -> None:
+    for start, stop in segments(mask):
+        ax.axvspan(times[start], times[stop - 1], **style)
+        style.pop("label", None)  # one legend entry per panel
+
+
+def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: str | Path,
+                title: str | None = None) -> Path:
+    """Draw one series' results (rows of a single key, any order) and its alerts into a PNG at `path`.
+
+    `alerts` are ``Alert.to_json()`` dicts; those of other keys are ignored, and an "open" and a "closed"
+    record with the same id draw one span (the closed one's end wins).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"result frame lacks column(s) {', '.join(missing)}; expected {', '.join(RESULT_COLUMNS)}")
+    if frame.empty:
+        raise ValueError("result frame has no rows to plot")
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    key = str(frame["key"].iloc[0])
+    times = _times(frame["timestamp"])
+    features = feature_columns(frame)
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 8), height_ratios=(3, 2),
+                                      layout="constrained")
+    label = frame["label"].fillna(0).to_numpy().astype(bool) if "label" in frame.columns else None
+
+    for i, name in enumerate(features):
+        values = frame[name].to_numpy(np.float64)
+        std = np.nanstd(values)
+        z = (values - np.nanmean(values)) / (std if std > 1e-12 else 1.0)
+        top.plot(times, z - i * STACK_OFFSET, linewidth=0.8)
+    top.set_yticks([-i * STACK_OFFSET for i in range(len(features))], features)
+    top.set_title(title or f"{key}: standardized signals")
+
+    bottom.plot(times, frame["score"].to_numpy(np.float64), color="tab:blue", linewidth=0.9, label="score")
+    bottom.plot(times, frame["threshold"].to_numpy(np.float64), color="black", linestyle="--", linewidth=0.9,
+                label="threshold")
+    flagged = frame["anomalous"].fillna(False).to_numpy().astype(bool)
+    if flagged.any():
+        bottom.scatter(times[flagged], frame["score"].to_numpy(np.float64)[flagged], s=6, color="tab:red",
+                       zorder=3, label="anomalous point")
+    bottom.set_yscale("symlog", linthresh=1.0)
+    bottom.set_ylabel("score (1.0 = calibration quantile)")
+
+    if label is not None:
+        _shade(top, times, label, color="tab:orange", alpha=0.15)
+        _shade(bottom, times, label, color="tab:orange", alpha=0.15, label="labelled anomaly")
+    for i, (start, end) in enumerate(alert_spans(alerts, key, times[-1].timestamp())):
+        span = _times([start, end])
+        bottom.axvspan(span[0], span[1], ymin=0.92, ymax=1.0, color="tab:red", alpha=0.7,
+                       label="alert" if i == 0 else None)
+        top.axvline(span[0], color="tab:red", linewidth=0.8, alpha=0.6)
+    bottom.legend(loc="upper left", fontsize="small", ncols=5)
+    bottom.set_xlabel("time (UTC)")
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def alert_spans(alerts: Iterable[Mapping[str, Any]], key: str, series_end: float) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of each alert of `key`; an alert never closed ends at `series_end`."""
+    spans: dict[str, tuple[float, float]] = {}
+    for a in alerts:
+        if str(a.get("key")) != key:
+            continue
+        start = float(a["start"])
+        end = a.get("end")
+        ident = str(a.get("id", f"{key}@{start}"))
+        if end is not None or ident not in spans:
+            spans[ident] = (start, float(end) if end is not None else series_end)
+    return sorted(spans.values())
+
+
+def write_reports(frame: pd.DataFrame, alerts: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    """One PNG per key of `frame` in `out_dir`, named after the key; returns the paths written."""
+    if "key" not in frame.columns:
+        raise ValueError(f"result frame lacks column key; expected {', '.join(RESULT_COLUMNS)}")
+    out = Path(out_dir)
+    written = []
+    used: set[str] = set()
+    for key, rows in frame.groupby("key", sort=True):
+        name = safe_name(str(key))
+        while name in used:
+            name += "_"
+        used.add(name)
+        written.append(plot_series(rows, alerts, out / f"{name}.png"))
+    return written

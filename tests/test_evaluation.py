@@ -1,0 +1,119 @@
+"""Backtest metrics against hand-computed examples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly.evaluation import Confusion, Counts, count, evaluate, format_table, point_adjust, pool, segments
+
+# index:          0  1  2  3  4  5  6  7  8  9
+LABELS = np.array([0, 0, 1, 1, 1, 0, 0, 1, 1, 0])
+PREDS = np.array([0, 1, 0, 1, 0, 0, 0, 0, 0, 1])
+STEP = 9600.0  # 9 steps = 86,400 s: exactly one day of evaluated time
+TIMES = np.arange(10) * STEP
+
+
+def test_segments_are_half_open_runs_of_ones():
+    assert segments(LABELS) == [(2, 5), (7, 9)]
+    assert segments(PREDS) == [(1, 2), (3, 4), (9, 10)]
+    assert segments([0, 0]) == []
+    assert segments([1, 1]) == [(0, 2)]
+
+
+def test_point_wise_counts_and_skab_formulas():
+    m = evaluate(LABELS, PREDS, TIMES)
+    assert m["counts"]["point"] == {"tp": 1, "fp": 2, "fn": 4, "tn": 3}
+    assert m["f1"] == 1 / (1 + (4 + 2) / 2) == 0.25
+    assert m["precision"] == 1 / 3
+    assert m["recall"] == 1 / 5
+    assert m["far"] == 2 / (2 + 3)
+    assert m["mar"] == 4 / (4 + 1)
+
+
+def test_skab_f1_is_the_harmonic_mean_of_precision_and_recall():
+    c = Confusion(tp=7, fp=3, fn=5, tn=11)
+    assert c.f1 == pytest.approx(2 * c.precision * c.recall / (c.precision + c.recall), abs=1e-15)
+
+
+def test_point_adjust_fills_detected_segments_only():
+    assert point_adjust(LABELS, PREDS).astype(int).tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 0, 1]
+    m = evaluate(LABELS, PREDS, TIMES)
+    assert m["counts"]["adjusted"] == {"tp": 3, "fp": 2, "fn": 2, "tn": 3}
+    assert m["pa_f1"] == 3 / (3 + (2 + 2) / 2) == 0.6
+    assert m["pa_precision"] == 3 / 5
+    assert m["pa_recall"] == 3 / 5
+
+
+def test_event_metrics():
+    m = evaluate(LABELS, PREDS, TIMES)
+    e = m["counts"]["events"]
+    assert (e["true_events"], e["detected_events"]) == (2, 1)
+    assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (3, 1, 2)
+    assert m["event_recall"] == 0.5
+    assert m["event_precision"] == 1 / 3
+    assert m["mean_delay_s"] == STEP  # segment [2, 5) starts at t=2*STEP, first predicted point at t=3*STEP
+    assert e["seconds"] == 86_400.0
+    assert m["false_alerts_per_day"] == 2.0
+
+
+def test_delay_is_averaged_over_detected_events():
+    labels = [1, 1, 1, 0, 1, 1, 1, 0]
+    preds = [1, 0, 0, 0, 0, 0, 1, 0]
+    m = evaluate(labels, preds, [0, 1, 2, 3, 10, 11, 12, 13])
+    assert m["mean_delay_s"] == (0 + 2) / 2
+    assert m["event_recall"] == 1.0
+    assert m["counts"]["events"]["false_alerts"] == 0
+
+
+def test_pool_sums_counts_before_dividing():
+    a = evaluate(LABELS, PREDS, TIMES)
+    b = evaluate([1, 1, 0, 0], [1, 1, 1, 0], [0.0, 1.0, 2.0, 3.0])
+    pooled = pool([a, b])
+    assert pooled["counts"]["point"] == {"tp": 3, "fp": 3, "fn": 4, "tn": 4}
+    assert pooled["f1"] == 3 / (3 + (4 + 3) / 2)
+    assert pooled["far"] == 3 / 7
+    assert pooled["mar"] == 4 / 7
+    assert pooled["f1"] != (a["f1"] + b["f1"]) / 2
+    assert pooled["counts"]["series"] == 2
+    assert pooled["counts"]["events"]["seconds"] == 86_403.0
+    assert pooled["mean_delay_s"] == (STEP + 0.0) / 2
+
+
+def test_pool_accepts_counts_and_json_round_trips():
+    a, b = count(LABELS, PREDS, TIMES), count([1, 0], [0, 1], [0.0, 5.0])
+    assert pool([a, b]) == pool([json.loads(json.dumps(a.metrics())), b])
+    assert (a + b).point == Confusion(1, 3, 5, 3)
+    assert pool([]) == Counts().metrics()
+
+
+def test_degenerate_inputs_follow_the_documented_conventions():
+    silent = evaluate([0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 2, 3])
+    assert (silent["f1"], silent["precision"], silent["far"], silent["mar"]) == (0.0, 0.0, 0.0, 1.0)
+    assert silent["mean_delay_s"] is None
+    assert silent["event_precision"] == 0.0
+    perfect = evaluate([0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 2, 3])
+    assert (perfect["f1"], perfect["far"], perfect["mar"], perfect["pa_f1"]) == (1.0, 0.0, 0.0, 1.0)
+    normal_only = evaluate([0, 0], [0, 1], [0, 0])
+    assert (normal_only["mar"], normal_only["far"]) == (0.0, 0.5)
+    assert normal_only["false_alerts_per_day"] is None  # no time elapsed
+
+
+def test_bad_shapes_raise_value_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        evaluate([0, 1], [0], [0, 1])
+    with pytest.raises(ValueError, match="1-d"):
+        evaluate([[0, 1]], [[0, 1]], [0, 1])
+
+
+def test_format_table_shows_skab_metrics_and_labels_point_adjust():
+    text = format_table(evaluate(LABELS, PREDS, TIMES))
+    lines = text.splitlines()
+    assert any(line.split() == ["F1", "0.250"] for line in lines)
+    assert any(line.split() == ["FAR,", "%", "40.00"] for line in lines)
+    assert any(line.split() == ["MAR,", "%", "80.00"] for line in lines)
+    assert "point-adjusted (not comparable with SKAB)" in text
+    assert any(line.split() == ["PA-F1", "0.600"] for line in lines)
+    assert "1 / 2 / 4 / 3" in text

@@ -1,0 +1,83 @@
+"""Backtest plots: a valid, non-trivial PNG per series (no pixel comparisons)."""
+
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.report import alert_spans, feature_columns, plot_series, safe_name, write_reports
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def results(key: str, n: int = 300, with_label: bool = True, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = 1_700_000_000.0 + np.arange(n)
+    score = np.abs(rng.normal(0.5, 0.2, n))
+    score[100:140] += 5.0
+    frame = pd.DataFrame({
+        "key": key, "timestamp": t, "error": score * 0.01, "score": score, "threshold": 1.5,
+        "anomalous": score > 1.5, "alert_open": False,
+        "pressure": rng.normal(3.0, 0.1, n), "flow": np.sin(np.arange(n) / 10.0) * 30 + 100,
+        "constant": 1.0,
+    })
+    frame.loc[103:150, "alert_open"] = True
+    if with_label:
+        frame["label"] = 0
+        frame.loc[100:139, "label"] = 1
+    return frame
+
+
+ALERTS = [
+    {"id": "a@1700000103.0", "key": "a", "status": "open", "start": 1_700_000_103.0, "end": None},
+    {"id": "a@1700000103.0", "key": "a", "status": "closed", "start": 1_700_000_103.0, "end": 1_700_000_150.0},
+    {"id": "a@1700000290.0", "key": "a", "status": "open", "start": 1_700_000_290.0, "end": None},
+    {"id": "b@1700000000.0", "key": "b", "status": "open", "start": 1_700_000_000.0, "end": None},
+]
+
+
+def assert_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 20_000
+    image = mpimg.imread(path)
+    assert image.shape[:2] == (800, 1400)
+
+
+def test_one_png_per_key_named_after_the_key(tmp_path):
+    frame = pd.concat([results("valve1/0"), results("b", with_label=False, seed=1)], ignore_index=True)
+    paths = write_reports(frame, ALERTS, tmp_path / "plots")
+    assert [p.name for p in paths] == ["b.png", "valve1_0.png"]
+    for p in paths:
+        assert_png(p)
+
+
+def test_plot_series_accepts_shuffled_rows_and_datetime_timestamps(tmp_path):
+    frame = results("a").sample(frac=1.0, random_state=0)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    assert_png(plot_series(frame, ALERTS, tmp_path / "a.png", title="custom"))
+
+
+def test_feature_columns_are_the_numeric_non_result_columns():
+    assert feature_columns(results("a")) == ["pressure", "flow", "constant"]
+
+
+def test_alert_spans_merge_open_and_closed_records_and_extend_open_alerts():
+    assert alert_spans(ALERTS, "a", series_end=1_700_000_299.0) == [
+        (1_700_000_103.0, 1_700_000_150.0), (1_700_000_290.0, 1_700_000_299.0)]
+    assert alert_spans(ALERTS, "zzz", series_end=0.0) == []
+
+
+def test_safe_name():
+    assert safe_name("valve1/0") == "valve1_0"
+    assert safe_name("../x") == "x"
+    assert safe_name("///") == "series"
+
+
+def test_missing_columns_and_empty_frames_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_series(results("a").drop(columns=["score"]), [], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no rows"):
+        plot_series(results("a").iloc[:0], [], tmp_path / "x.png")
