@@ -83,7 +83,7 @@ def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
     with pytest.raises(StateError, match="corrupted"):
         fresh.restore(b"garbage")
     with pytest.raises(StateError, match="layout"):
-        Engine(bundle, EngineConfig(dynamic_history=99)).restore(part)
+        Engine(bundle, EngineConfig(threshold="dynamic")).restore(part)
 
 
 # --- data hygiene ----------------------------------------------------------------------------------------------

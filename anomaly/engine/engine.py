@@ -52,7 +52,8 @@ class Engine:
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
-        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, self.config.dynamic_history)
+        history = self.config.dynamic_history if self.config.threshold == "dynamic" else 0  # static needs none
+        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, history)
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.

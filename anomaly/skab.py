@@ -1,0 +1,202 @@
+"""The SKAB benchmark (Skoltech Anomaly Benchmark) run through the streaming engine, scored as SKAB scores it.
+
+Protocol (SKAB's own, see its ``core/utils.py``): each of the 34 labelled CSV files is one experiment; a model is
+trained on the file's first 400 rows and predicts the remaining rows. Point predictions are compared with the
+``anomaly`` column and TP/FP/FN/TN are pooled over all files before F1, FAR and MAR are computed
+(:mod:`anomaly.evaluation`). Here every file gets its own bundle from :func:`anomaly.training.train` (so the
+threshold is calibrated on the training rows only) and its test rows go through :meth:`Engine.process` in time
+order. With ``warm=True`` the 400 training rows are fed first, as a live deployment would have seen them, so
+the encoder state, the EWMA and the alert state are warm at row 400; only rows 400+ are evaluated. Points at the
+end of a file that never fill a window are never scored and count as predicted normal.
+
+Files are independent, so they may run in worker processes; every run uses one torch thread, which makes the
+numbers identical whatever the number of jobs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from anomaly import evaluation
+from anomaly.config import PipelineConfig
+from anomaly.data import load_series
+from anomaly.engine import Engine, Event
+from anomaly.errors import DataError
+from anomaly.replay import point_frame
+from anomaly.sinks.files import WindowCollector
+from anomaly.training import train
+
+TRAIN_ROWS = 400
+# SKAB README "Proposed Leaderboard", outlier detection (commit b2c0d46): F1, FAR %, MAR %.
+LEADERBOARD: tuple[tuple[str, float, float, float], ...] = (
+    ("Conv-AE", 0.78, 13.55, 28.02),
+    ("MSET", 0.78, 39.73, 14.13),
+    ("LSTM-AE", 0.74, 29.96, 25.92),
+)
+# The settings of pipelines/skab.toml, used when `anomaly skab` gets no --pipeline (a test keeps them equal).
+# Temperature and Thermocouple are left out by a label-free drift screen on the training rows (see the TOML).
+FEATURES = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Voltage", "Volume Flow RateRMS")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"time_column": "datetime", "label": "anomaly", "label_columns": ["anomaly", "changepoint"],
+             "features": list(FEATURES)},
+    "model": {"window": 16, "hidden_size": 32},
+    "train": {"epochs": 30, "patience": 5, "device": "cpu", "threshold_quantile": 0.99, "threshold_factor": 1.0},
+    "engine": {"threshold": "dynamic", "smoothing": 0.2, "dynamic_min": 1.0, "alert_open_after": 3,
+               "alert_close_after": 30},
+    "replay": {"predict": "alert"},
+}
+
+
+@dataclass
+class FileResult:
+    """One SKAB file: its metrics (with counts, poolable) and per-point results of the test rows."""
+
+    key: str
+    metrics: dict[str, Any]
+    frame: pd.DataFrame  # point_frame() of the test rows: values, label, error, score, ..., predicted
+    alerts: list[dict[str, Any]]  # Alert.to_json() of alerts emitted while the test rows streamed
+    unscored: int  # test rows at the end that never filled a window (counted as predicted normal)
+    epochs: int
+    seconds: float
+
+
+@dataclass
+class BenchmarkResult:
+    files: list[FileResult]
+    pooled: dict[str, Any]
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def skab_files(root: str | Path) -> list[Path]:
+    """The labelled CSVs under `root` (SKAB's data/ folder), anomaly-free excluded, in a natural order."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"SKAB data folder not found: {base}")
+
+    def natural(p: Path) -> list[Any]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.relative_to(base).as_posix())]
+
+    files = sorted((p for p in base.rglob("*.csv") if "anomaly-free" not in p.parts), key=natural)
+    if not files:
+        raise DataError(f"no labelled SKAB CSV files under {base}")
+    return files
+
+
+def file_key(path: Path, root: str | Path) -> str:
+    """The series key of a file: its path below the data folder without suffix, e.g. ``valve1/0``."""
+    return path.relative_to(Path(root)).with_suffix("").as_posix()
+
+
+def run_file(path: str | Path, root: str | Path, cfg: PipelineConfig, train_rows: int = TRAIN_ROWS,
+             warm: bool = True) -> FileResult:
+    """Train on the first `train_rows` rows of one file, stream the rest through the engine, evaluate."""
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        series, features = load_series([path], cfg.data)
+        s = series[0]
+        s.key = file_key(Path(path), root)
+        if len(s) <= train_rows:
+            raise DataError(f"{path} has {len(s)} rows; the SKAB protocol needs more than {train_rows}")
+        if s.labels is None:
+            raise DataError(f"{path} has no {cfg.data.label!r} column")
+        head, test = s.head(train_rows), s.tail_from(train_rows)
+        result = train([head], features, cfg.model, cfg.train)
+        engine = Engine(result.bundle, cfg.engine)
+        if warm:
+            engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
+        out = engine.process([Event(s.key, test.timestamps, test.values, ref=train_rows)])
+    finally:
+        torch.set_num_threads(threads)
+    collector = WindowCollector()
+    collector.write(out, None)  # type: ignore[arg-type]
+    got = collector.arrays(s.key)
+    if len(got["timestamps"]):  # a warm engine's first test window may start with buffered training rows
+        inside = got["timestamps"] >= test.timestamps[0]
+        got = {name: values[inside] for name, values in got.items()}
+    frame = point_frame(test, features, got, cfg.replay.predict)
+    metrics = evaluation.evaluate(frame["label"].to_numpy(), frame["predicted"].to_numpy(),
+                                  frame["timestamp"].to_numpy())
+    return FileResult(s.key, metrics, frame, [a.to_json() for a in out.alerts], int((~frame["scored"]).sum()),
+                      int(result.bundle.meta["training"]["epochs_run"]), time.perf_counter() - started)
+
+
+def _run_file_args(args: tuple[Path, Path, PipelineConfig, int, bool]) -> FileResult:
+    return run_file(*args)
+
+
+def run_benchmark(root: str | Path, cfg: PipelineConfig, *, train_rows: int = TRAIN_ROWS, warm: bool = True,
+                  jobs: int = 1, limit: int | None = None,
+                  on_file: Callable[[FileResult], None] | None = None) -> BenchmarkResult:
+    """Every labelled file of `root` (the first `limit` when given), pooled. Results do not depend on `jobs`."""
+    files = skab_files(root)[:limit]
+    started = time.perf_counter()
+    tasks = [(p, Path(root), cfg, train_rows, warm) for p in files]
+    results: list[FileResult] = []
+    if jobs <= 1:
+        for task in tasks:
+            results.append(_run_file_args(task))
+            if on_file is not None:
+                on_file(results[-1])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for r in pool.map(_run_file_args, tasks):
+                results.append(r)
+                if on_file is not None:
+                    on_file(r)
+    pooled = evaluation.pool(r.metrics for r in results)
+    settings = {"train_rows": train_rows, "warm": warm, "predict": cfg.replay.predict,
+                "model": vars(cfg.model), "train": vars(cfg.train), "engine": vars(cfg.engine)}
+    return BenchmarkResult(results, pooled, time.perf_counter() - started, settings)
+
+
+def comparison_table(pooled: Mapping[str, Any], name: str = "anomaly (this run)") -> str:
+    """Pooled point-wise F1 / FAR / MAR next to SKAB's published rows, as plain text."""
+    rows = [(name, f"{pooled['f1']:.2f}", f"{pooled['far'] * 100:.2f}", f"{pooled['mar'] * 100:.2f}")]
+    rows += [(n, f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}") for n, f1, far, mar in LEADERBOARD]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'algorithm':<{width}}  {'F1':>5}  {'FAR, %':>7}  {'MAR, %':>7}"]
+    lines += [f"{a:<{width}}  {b:>5}  {c:>7}  {d:>7}" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def summary(result: BenchmarkResult) -> dict[str, Any]:
+    """Machine-readable summary: pooled metrics (fractions, and SKAB-style rounded percentages), per file."""
+    p = result.pooled
+    return {
+        "benchmark": "SKAB", "protocol": f"per-file model on first {result.settings.get('train_rows')} rows, "
+                                         "test on the rest, point-wise, pooled over files",
+        "files": len(result.files),
+        "skab": {"f1": round(p["f1"], 4), "far_pct": round(p["far"] * 100, 2), "mar_pct": round(p["mar"] * 100, 2)},
+        "pooled": {k: v for k, v in p.items() if k != "counts"},
+        "counts": p["counts"],
+        "unscored_points": sum(r.unscored for r in result.files),
+        "seconds": round(result.seconds, 1),
+        "settings": result.settings,
+        "per_file": {r.key: {"f1": round(r.metrics["f1"], 4), "far": round(r.metrics["far"], 4),
+                             "mar": round(r.metrics["mar"], 4), "epochs": r.epochs} for r in result.files},
+    }
+
+
+def write_plots(results: Sequence[FileResult], out_dir: str | Path) -> list[Path]:
+    """One PNG per file (test rows) via :func:`anomaly.report.plot_series`."""
+    from anomaly.report import plot_series, safe_name
+
+    paths = []
+    for r in results:
+        m = r.metrics
+        title = f"SKAB {r.key}: F1 {m['f1']:.2f}, FAR {m['far'] * 100:.1f} %, MAR {m['mar'] * 100:.1f} %"
+        paths.append(plot_series(r.frame.drop(columns=["time", "scored", "predicted"], errors="ignore"), r.alerts,
+                                 Path(out_dir) / f"{safe_name(r.key)}.png", title=title))
+    return paths

@@ -1,0 +1,108 @@
+"""The SKAB runner on a tiny SKAB-shaped folder written by the test (never the real data set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly import skab
+from anomaly.commands.skab_cmds import skab_cmd
+from anomaly.config import build_config, read_toml
+
+FEATURES = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
+            "Voltage", "Volume Flow RateRMS"]
+ROWS = 523  # 400 training rows + 123 test rows: 15 windows of 8 and a 3-row tail that is never scored
+PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "skab.toml"
+TINY = {"model.window": 8, "model.hidden_size": 4, "train.epochs": 2, "train.patience": 1}
+
+
+def write_file(path: Path, seed: int, labelled: bool = True) -> None:
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2020-03-09 10:00:00", periods=ROWS, freq="s")
+    frame = pd.DataFrame(rng.normal(0.0, 1.0, (ROWS, len(FEATURES))) + np.arange(len(FEATURES)), columns=FEATURES)
+    frame.insert(0, "datetime", t.strftime("%Y-%m-%d %H:%M:%S"))
+    if labelled:
+        anomaly = np.zeros(ROWS)
+        anomaly[450:490] = 1.0
+        frame.loc[450:489, "Volume Flow RateRMS"] += 25.0
+        frame["anomaly"] = anomaly
+        frame["changepoint"] = 0.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, sep=";", index=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("skab")
+    write_file(base / "valve1" / "10.csv", 1)
+    write_file(base / "valve1" / "2.csv", 2)
+    write_file(base / "anomaly-free" / "anomaly-free.csv", 3, labelled=False)
+    return base
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return build_config(skab.DEFAULTS, None, TINY)
+
+
+def test_files_are_labelled_ones_in_natural_order(root):
+    assert [skab.file_key(p, root) for p in skab.skab_files(root)] == ["valve1/2", "valve1/10"]
+
+
+def test_benchmark_pools_the_test_rows_of_every_file(root, cfg):
+    result = skab.run_benchmark(root, cfg)
+    assert [r.key for r in result.files] == ["valve1/2", "valve1/10"]
+    for r in result.files:
+        assert len(r.frame) == ROWS - skab.TRAIN_ROWS
+        assert r.frame["timestamp"].iloc[0] == pd.Timestamp("2020-03-09 10:06:40", tz="UTC").timestamp()
+        assert r.unscored == 3
+        assert not r.frame["predicted"].iloc[-3:].any()
+        assert sum(r.metrics["counts"]["point"].values()) == ROWS - skab.TRAIN_ROWS
+    c = result.pooled["counts"]["point"]
+    assert c["tp"] + c["fn"] == 2 * 40
+    assert sum(c.values()) == 2 * (ROWS - skab.TRAIN_ROWS)
+    for name in ("tp", "fp", "fn", "tn"):
+        assert c[name] == sum(r.metrics["counts"]["point"][name] for r in result.files)
+
+
+def test_parallel_jobs_give_identical_results(root, cfg):
+    one = skab.run_benchmark(root, cfg, jobs=1)
+    two = skab.run_benchmark(root, cfg, jobs=2)
+    assert one.pooled == two.pooled
+    for a, b in zip(one.files, two.files, strict=True):
+        assert np.array_equal(a.frame["score"].to_numpy(), b.frame["score"].to_numpy(), equal_nan=True)
+
+
+def test_comparison_table_lists_published_rows():
+    rows = [line.split() for line in skab.comparison_table({"f1": 0.8, "far": 0.1, "mar": 0.25}).splitlines()]
+    assert rows[1] == ["anomaly", "(this", "run)", "0.80", "10.00", "25.00"]
+    assert rows[2:] == [["Conv-AE", "0.78", "13.55", "28.02"], ["MSET", "0.78", "39.73", "14.13"],
+                        ["LSTM-AE", "0.74", "29.96", "25.92"]]
+
+
+def test_command_ends_with_a_json_summary(root, tmp_path):
+    args = [str(root), "--limit", "1", "--plots", str(tmp_path / "plots"), "--json-out", str(tmp_path / "s.json")]
+    env = {f"ANOMALY_{k.replace('.', '_').upper()}": str(v) for k, v in TINY.items()}
+    res = CliRunner().invoke(skab_cmd, ["--pipeline", str(PIPELINE), *args], env=env)
+    assert res.exit_code == 0, res.output
+    last = json.loads(res.output.strip().splitlines()[-1])
+    assert last["benchmark"] == "SKAB" and last["files"] == 1
+    assert set(last) >= {"f1", "far_pct", "mar_pct"}
+    assert "Conv-AE" in res.output and "point-adjusted (not comparable with SKAB)" in res.output
+    assert (tmp_path / "plots" / "valve1_2.png").stat().st_size > 20_000
+    assert json.loads((tmp_path / "s.json").read_text())["per_file"].keys() == {"valve1/2"}
+
+
+def test_bad_data_folder_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(skab_cmd, [str(tmp_path / "missing")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"error: SKAB data folder not found: {tmp_path / 'missing'}"
+
+
+def test_defaults_match_the_pipeline_file():
+    assert build_config(read_toml(PIPELINE)) == build_config(skab.DEFAULTS)
