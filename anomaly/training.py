@@ -200,7 +200,8 @@ def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelCon
     model.eval().cpu()
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
-    meta = {
+    amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
+    meta: dict[str, Any] = {
         "package_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_fingerprint": fingerprint(series),
@@ -208,14 +209,14 @@ def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelCon
             "epochs_run": len(history), "best_epoch": best[2], "best_val_loss": best[0],
             "final_loss": history[-1]["loss"], "train_windows": n_train_windows,
             "windows_per_second": wps, "device": device.type,
-            "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            "amp": amp_name,
             "series": len(series), "rows": int(sum(len(s) for s in series)),
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
-    return TrainResult(bundle, history, wps, device.type, meta["training"]["amp"],
+    return TrainResult(bundle, history, wps, device.type, amp_name,
                        time.perf_counter() - started)
 
 

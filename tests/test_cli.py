@@ -87,3 +87,13 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
     csv.write_text("timestamp,a\n1,2\n")
     result = CliRunner().invoke(main, ["train", str(csv)], env={"ANOMALY_MODEL_WINDOW": "big"})
     assert result.exit_code == 2 and result.output.strip() == "error: model.window must be int, got 'big'"
+
+
+def test_demo_pipeline_file_matches_the_embedded_default() -> None:
+    from pathlib import Path
+
+    from anomaly.commands.replay_cmds import DEMO
+    from anomaly.config import build_config, read_toml
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
+    assert build_config(read_toml(path)) == build_config(DEMO)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,11 +12,20 @@ from anomaly import evaluation
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import config_from, one_line_errors, pipeline_option, setup_logging
 from anomaly.commands.model_cmds import print_training, run_training
-from anomaly.config import PipelineConfig
+from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
 from anomaly.errors import SchemaError
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+
+# The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
+DEMO: dict[str, dict[str, Any]] = {
+    "data": {"time_column": "timestamp", "label": "anomaly"},
+    "model": {"window": 32, "hidden_size": 64, "num_layers": 1, "dropout": 0.0},
+    "train": {"epochs": 40, "batch_size": 16, "stride": 8, "learning_rate": 0.003, "patience": 6, "seed": 0},
+    "engine": {"threshold": "static", "smoothing": 0.2, "alert_open_after": 3, "alert_close_after": 10},
+    "replay": {"predict": "alert"},
+}
 
 
 def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> None:
@@ -107,9 +118,8 @@ def replay_cmd(data, model, out, pipeline, time_column, key_column, features, la
 def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> None:
     """Generate synthetic sensor data, train, replay the labelled test part and report metrics."""
     root = Path(out)
-    default = Path(__file__).resolve().parents[2] / "pipelines" / "demo.toml"
-    cfg = config_from(pipeline or (str(default) if default.is_file() else None),
-                      {"train.epochs": epochs, "train.seed": seed})
+    overrides = {"train.epochs": epochs, "train.seed": seed}
+    cfg = config_from(pipeline, overrides) if pipeline else build_config(DEMO, os.environ, overrides)
     train_csv, test_csv = root / "data" / "train.csv", root / "data" / "test.csv"
     train_csv.parent.mkdir(parents=True, exist_ok=True)
     generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(train_csv, index=False)

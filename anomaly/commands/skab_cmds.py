@@ -25,11 +25,12 @@ from anomaly.evaluation import format_table
               help="Rows per file to train on (SKAB's protocol: 400).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Files trained in parallel processes (results do not depend on it).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N files (a quick check).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N files (a quick check).  [default: all]")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Folder for one PNG per file.  [default: no plots]")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the full JSON summary (settings, per-file metrics) to this file.")
+              help="Write the full JSON summary (settings, per-file metrics) to this file.  [default: none]")
 @click.option("--verbose", "-v", is_flag=True, help="Print every file's metrics and log training.")
 @one_line_errors
 def skab_cmd(data: str, pipeline: str | None, predict: str | None, warm: bool, train_rows: int, jobs: int,

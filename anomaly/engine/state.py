@@ -12,6 +12,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,8 @@ class StateStore:
     def snapshot(self, keys: Iterable[str] | None, meta: dict) -> bytes:
         names = list(self.slots) if keys is None else [k for k in keys if k in self.slots]
         rows = np.asarray([self.slots[k] for k in names], dtype=np.int64)
-        header = {"format": FORMAT, "layout": self.layout.__dict__, "keys": names, "meta": meta, "arrays": []}
+        specs: list[dict[str, Any]] = []
+        header = {"format": FORMAT, "layout": self.layout.__dict__, "keys": names, "meta": meta, "arrays": specs}
         parts = []
         # buffer slots past `fill` hold stale readings that never matter; zero them so that equal states
         # give equal bytes however the readings arrived
@@ -144,7 +146,7 @@ class StateStore:
             part = np.ascontiguousarray(arr[rows])
             if name in ("buf", "buf_ts"):
                 part[stale] = 0
-            header["arrays"].append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
+            specs.append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
             parts.append(part.tobytes())
         head = json.dumps(header, separators=(",", ":")).encode()
         return MAGIC + struct.pack("<I", len(head)) + head + b"".join(parts)
