@@ -244,3 +244,15 @@ def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_se
         got += [w.scores for w in out.windows if w.key == s.key]
     assert np.array_equal(np.concatenate(got), clean)
     assert e.counters["rejected_non_finite"] > 0 and e.counters["rejected_time_backwards"] > 0
+
+
+def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
+    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0, alert_open_after=3, max_keys=1)
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    e = Engine(bundle, cfg)
+    opened = e.process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [a.status for a in opened] == ["open"]
+    out = e.process([Event("other", np.array([100.0]), one(bundle))])
+    assert out.evicted == ["unit"]
+    assert [(a.id, a.status, a.end) for a in out.alerts] == [(opened[0].id, "closed", 63.0)]
+    assert e.active_alerts == 0

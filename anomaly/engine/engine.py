@@ -119,9 +119,19 @@ class Engine:
             if rows:
                 self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
         ttl = self.config.ttl_seconds
-        out.evicted = self.store.evict(self.config.max_keys, self.max_ts - ttl if ttl > 0 else None)
+        out.evicted = self.store.evict(self.config.max_keys, self.max_ts - ttl if ttl > 0 else None,
+                                       lambda key, row: self._close_on_evict(key, row, out))
         self.counters["evicted"] += len(out.evicted)
         return out
+
+    def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
+        """An evicted key's open alert is closed, so no alert is left open forever downstream."""
+        a = self.store.arrays
+        if a["alert_open"][row]:
+            out.alerts.append(self._alert(key, "closed", a["alert_start"][row], a["last_anom_ts"][row],
+                                          self.max_ts, a["alert_peak"][row], a["alert_thr"][row],
+                                          a["alert_contrib"][row]))
+            self.counters["alerts_closed"] += 1
 
     def _ingest_batch(self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str],
                       out: EngineOutput) -> None:

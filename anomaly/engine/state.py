@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,13 +116,17 @@ class StateStore:
             self.free.extend(rows)
         return len(rows)
 
-    def evict(self, max_keys: int, oldest_allowed: float | None) -> list[str]:
-        """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`."""
+    def evict(self, max_keys: int, oldest_allowed: float | None,
+              on_evict: Callable[[str, int], None] | None = None) -> list[str]:
+        """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`.
+        `on_evict(key, row)` sees each row before it is cleared."""
         out = []
         seen = self.arrays["seen"]
         while self.slots:
             key, row = next(iter(self.slots.items()))
             if len(self.slots) > max_keys or (oldest_allowed is not None and seen[row] < oldest_allowed):
+                if on_evict is not None:
+                    on_evict(key, row)
                 out.append(key)
                 self.slots.popitem(last=False)
                 self.reset_rows(np.asarray([row]))
