@@ -29,7 +29,7 @@ def bench_cmd(keys: str, flat_readings: int, memory_keys: int, kafka: bool, json
     if kafka:
         from anomaly.bench_kafka import run_kafka_bench
 
-        results["kafka"] = run_kafka_bench(say=click.echo)
+        results["kafka"] = run_kafka_bench(log=click.echo)
     if json_out:
         with open(json_out, "w") as fh:
             json.dump(results, fh, indent=2, default=float)

@@ -1,0 +1,161 @@
+"""Which keys live on which partition, and the daemon's checkpointer: flush sinks -> changelog -> commit.
+
+Order matters and is the whole delivery contract:
+
+1. flush the producer: every alert/score/dead letter of the messages processed so far is acknowledged;
+2. write each dirty partition's state (its keys' ``engine.snapshot``) with the last offset it covers to the
+   changelog, and flush again;
+3. commit ``offset + 1`` for those partitions.
+
+A crash between any two steps leaves the committed offset at or below the checkpointed one; a restorer seeks
+past the checkpointed offset, so state sees every message exactly once and outputs are at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import kafka.errors as kerr
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from anomaly.kafka import KafkaError
+from anomaly.kafka.changelog import ChangelogStore, partition_id
+from anomaly.kafka.sinks import Delivery, DeliveryError
+from anomaly.runner import Batch
+
+log = logging.getLogger(__name__)
+
+
+class PartitionTracker:
+    """key -> partition (last seen), partition -> keys, the restored floor offset and the next uncommitted
+    position of each partition. A key that moves partition (producer repartitioned) follows its last message."""
+
+    def __init__(self) -> None:
+        self.key_partition: dict[str, TopicPartition] = {}
+        self.partition_keys: dict[TopicPartition, set[str]] = {}
+        self.floor: dict[TopicPartition, int] = {}  # last offset already in restored state: skip <= floor
+        self.position: dict[TopicPartition, int] = {}  # next offset to read, per processed partition
+        self.dirty: set[TopicPartition] = set()  # processed since its last checkpoint
+        self.uncommitted: set[TopicPartition] = set()  # checkpointed, commit still owed
+        self.owned: set[TopicPartition] = set()  # assigned and restored: records of other partitions are dropped
+
+    def see(self, key: str, tp: TopicPartition) -> None:
+        old = self.key_partition.get(key)
+        if old != tp:
+            if old is not None:
+                self.partition_keys.get(old, set()).discard(key)
+            self.key_partition[key] = tp
+            self.partition_keys.setdefault(tp, set()).add(key)
+
+    def advance(self, position: dict[TopicPartition, int] | None) -> None:
+        for tp, nxt in (position or {}).items():
+            self.position[tp] = nxt
+            self.dirty.add(tp)
+
+    def adopt(self, tp: TopicPartition, keys: Iterable[str], offset: int) -> None:
+        """A partition restored from its checkpoint covering source offsets up to ``offset``."""
+        for key in keys:
+            self.see(key, tp)
+        self.owned.add(tp)
+        self.floor[tp] = offset
+        self.position[tp] = offset + 1
+
+    def release(self, tps: Iterable[TopicPartition]) -> list[str]:
+        """Forget revoked partitions; returns their keys (for ``engine.drop``)."""
+        gone: list[str] = []
+        for tp in tps:
+            keys = self.partition_keys.pop(tp, set())
+            for key in keys:
+                if self.key_partition.get(key) == tp:
+                    del self.key_partition[key]
+            gone.extend(keys)
+            for table in (self.floor, self.position):
+                table.pop(tp, None)
+            self.dirty.discard(tp)
+            self.uncommitted.discard(tp)
+            self.owned.discard(tp)
+        return gone
+
+
+class KafkaCheckpointer:
+    """The runner's checkpointer for the daemon (see the module docstring for the order of operations)."""
+
+    def __init__(self, consumer: KafkaConsumer, changelog: ChangelogStore, delivery: Delivery,
+                 tracker: PartitionTracker, interval_s: float, metrics: Any = None,
+                 on_health: Callable[[bool], None] | None = None, commit_timeout_ms: int = 10_000) -> None:
+        self.consumer = consumer
+        self.changelog = changelog
+        self.delivery = delivery
+        self.tracker = tracker
+        self.interval_s = interval_s
+        self.metrics = metrics
+        self.on_health = on_health
+        self.commit_timeout_ms = commit_timeout_ms
+        self.last = time.monotonic()
+        self.checkpoints = 0
+
+    def after_batch(self, engine: Any, batch: Batch, sinks: Sequence[Any]) -> None:
+        self.tracker.advance(batch.position)
+        if time.monotonic() - self.last >= self.interval_s:
+            self.checkpoint(engine)
+
+    def final(self, engine: Any, sinks: Sequence[Any]) -> None:
+        self.checkpoint(engine)
+
+    def checkpoint(self, engine: Any, tps: Iterable[TopicPartition] | None = None, *, in_callback: bool = False
+                   ) -> bool:
+        """Checkpoint the dirty partitions among ``tps`` (all if None) and commit them. False when the broker
+        did not answer in time (state stays dirty, retried next time); DeliveryError propagates (outputs were
+        lost for good: the daemon must stop so a restart reprocesses them). ``in_callback``: inside a rebalance
+        callback (kafka-python's IO thread), where only the non-blocking commit_async may be used."""
+        t0 = time.monotonic()
+        self.last = t0
+        t = self.tracker
+        chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
+        try:
+            self.delivery.flush()
+            if chosen:
+                held = set(engine.keys())
+                for tp in sorted(chosen):
+                    keys = [k for k in t.partition_keys.get(tp, ()) if k in held]
+                    self.changelog.write(partition_id(tp.topic, tp.partition), t.position[tp] - 1,
+                                         engine.snapshot(keys), len(keys))
+                self.delivery.flush()
+        except DeliveryError:
+            raise
+        except KafkaError as exc:
+            log.warning("checkpoint postponed: %s", exc)
+            if self.on_health is not None:
+                self.on_health(False)
+            return False
+        t.dirty -= chosen
+        t.uncommitted |= chosen
+        owed = t.uncommitted if tps is None else t.uncommitted & set(tps)
+        ok = self.commit(owed, wait=not in_callback)
+        self.checkpoints += 1
+        if self.metrics is not None:
+            self.metrics.checkpoint_done(time.monotonic() - t0, time.time())
+        return ok
+
+    def commit(self, tps: Iterable[TopicPartition], wait: bool = True) -> bool:
+        offsets = {tp: OffsetAndMetadata(self.tracker.position[tp], "", -1) for tp in tps
+                   if tp in self.tracker.position}
+        if not offsets:
+            return True
+        try:
+            if not wait:  # sent before the rebalance's JoinGroup; the changelog covers it if it is lost
+                self.consumer.commit_async(offsets)
+            else:
+                self.consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
+        except (kerr.KafkaError, OSError) as exc:
+            # The changelog already covers these offsets; the next owner (or our next try) skips past them.
+            log.warning("offset commit failed (%s); state is checkpointed, commit retried later", type(exc).__name__)
+            if self.metrics is not None:
+                self.metrics.commit_failed()
+            return False
+        self.tracker.uncommitted -= set(offsets)
+        return True

@@ -1,0 +1,298 @@
+"""The consumer daemon: wiring, rebalances, health, hot reload and shutdown around :func:`anomaly.runner.run`.
+
+Scoring goes through the same runner loop as `anomaly replay`; this module only provides its source (Kafka
+poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle:
+
+* start-up: broker reachable within ``bootstrap_timeout_s``, input topics exist, changelog topic created
+  (compacted) if missing — else one :class:`KafkaError`;
+* assignment: each assigned partition's state is restored from the changelog, the consumer seeks past the
+  checkpointed offset; ``/readyz`` turns ready once that is done and the broker answers;
+* revocation: the revoked partitions are checkpointed and committed (bounded by the flush/commit timeouts),
+  then their keys dropped from memory;
+* SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
+  if that takes longer than ``shutdown_timeout_s``; a second signal exits at once;
+* SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from kafka import ConsumerRebalanceListener
+
+from anomaly.bundle import load_bundle
+from anomaly.config import PipelineConfig, redacted
+from anomaly.engine import Engine, StateError
+from anomaly.errors import AnomalyError
+from anomaly.kafka import clients
+from anomaly.kafka.changelog import ChangelogStore, partition_id
+from anomaly.kafka.checkpoint import KafkaCheckpointer, PartitionTracker
+from anomaly.kafka.codec import Decoder, MessageFormat
+from anomaly.kafka.sinks import AlertSink, DeadLetterSink, Delivery, ScoreSink
+from anomaly.kafka.source import KafkaSource
+from anomaly.runner import run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    bootstrap_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 30.0
+    poll_timeout_ms: int = 100
+    probe_interval_s: float = 1.0  # broker liveness probe for /readyz
+    reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
+    flush_timeout_s: float = 10.0
+    state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
+    torch_threads: int = 1  # small per-poll batches: more threads only add OpenMP spin contention
+
+
+def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
+    k = cfg.kafka
+    return MessageFormat(tuple(features), k.key_field, k.time_field, k.values_field, k.readings_field,
+                         k.max_message_bytes)
+
+
+class Daemon:
+    def __init__(self, cfg: PipelineConfig, model_path: str, *, metrics: Any = None, server: Any = None,
+                 options: DaemonOptions | None = None) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.metrics = metrics
+        self.server = server  # MetricsServer or None
+        self.opts = options or DaemonOptions()
+        self.bundle = load_bundle(model_path)
+        self.engine = Engine(self.bundle, cfg.engine)
+        self.stop = threading.Event()
+        self.tracker = PartitionTracker()
+        self._reload_requested = False
+        self._mtime = Path(model_path).stat().st_mtime
+        self._next_reload_check = 0.0
+        self._assigned_once = False
+        self._rebalancing = False
+        self._broker_ok = True
+        self.restored_keys = 0
+        self._deferred: list[tuple[str, list[Any]]] = []
+        self._queue_lock = threading.Lock()
+        torch.set_num_threads(self.opts.torch_threads)
+        if metrics is not None:
+            metrics.model_loaded(self.bundle)
+
+    # --- start-up --------------------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        k = self.cfg.kafka
+        log.info("starting with settings %s", redacted(self.cfg)["kafka"])
+        t = self.opts.bootstrap_timeout_s
+        self.admin = clients.make_admin(k, t)
+        clients.check_topics(self.admin, k, k.topics)
+        clients.ensure_changelog(self.admin, k, k.changelog_topic)
+        self.producer = clients.make_producer(k, t)
+        self.delivery = Delivery(self.producer, self.opts.flush_timeout_s)
+        reader = clients.make_consumer(k, t, group=False)
+        self.changelog = ChangelogStore(self.producer, reader, k.changelog_topic)
+        self.consumer = clients.make_consumer(k, t)
+        self.checkpointer = KafkaCheckpointer(self.consumer, self.changelog, self.delivery, self.tracker,
+                                              k.checkpoint_interval_s, self.metrics, self._set_broker_ok)
+        self.source = KafkaSource(self.consumer, Decoder(message_format(self.cfg, self.bundle.features)),
+                                  self.tracker, self.stop, metrics=self.metrics,
+                                  poll_timeout_ms=self.opts.poll_timeout_ms, before_poll=self._housekeeping,
+                                  after_poll=self._apply_deferred)
+        self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
+        if k.scores_topic:
+            self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
+        self.sinks.append(DeadLetterSink(self.delivery, k.dead_letter_topic))
+        self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
+        threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
+
+    # --- the loop --------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, int]:
+        """Consume until stopped; returns the runner's totals. Raises KafkaError/AnomalyError on fatal errors."""
+        if not hasattr(self, "consumer"):
+            self.connect()
+        try:
+            totals = run(self.engine, self.source.batches(), self.sinks, observer=self.metrics,
+                         checkpointer=self.checkpointer)
+            if self.opts.state_out:
+                Path(self.opts.state_out).write_bytes(self.engine.snapshot())
+            totals["skipped"] = self.source.skipped
+            totals["restored_keys"] = self.restored_keys
+            return totals
+        finally:
+            self._refresh_ready()
+            self.consumer.close(autocommit=False, timeout_ms=5000)
+            self.producer.close(timeout=5)
+            self.changelog.reader.close(autocommit=False)
+            self.admin.close()
+
+    def request_stop(self) -> None:
+        if self.stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(130)
+        log.info("stopping: finishing the current batch, checkpointing, committing")
+        self.stop.set()
+        timer = threading.Timer(self.opts.shutdown_timeout_s, self._overdue)
+        timer.daemon = True
+        timer.start()
+
+    def _overdue(self) -> None:
+        log.error("shutdown took longer than %.0fs; exiting without a final checkpoint", self.opts.shutdown_timeout_s)
+        os._exit(3)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    # --- housekeeping between polls --------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._reload_requested or now >= self._next_reload_check:
+            self._next_reload_check = now + self.opts.reload_check_s
+            self._maybe_reload()
+        if self.metrics is not None:
+            lags = {}
+            for tp in self.consumer.assignment():
+                high = self.consumer.highwater(tp)
+                if high is not None and tp in self.tracker.position:
+                    lags[(tp.topic, tp.partition)] = high - self.tracker.position[tp]
+            self.metrics.set_partition_lag(lags)
+
+    def _maybe_reload(self) -> None:
+        try:
+            mtime = Path(self.model_path).stat().st_mtime
+        except OSError:
+            return
+        if not self._reload_requested and mtime == self._mtime:
+            return
+        self._reload_requested = False
+        self._mtime = mtime
+        try:
+            bundle = load_bundle(self.model_path)
+        except AnomalyError as exc:
+            log.error("model reload failed, keeping version %s: %s", self.bundle.version, exc)
+            return
+        kept = self.engine.reload(bundle)
+        self.bundle = bundle
+        self.source.decoder = Decoder(message_format(self.cfg, bundle.features))
+        for sink in self.sinks:
+            if isinstance(sink, ScoreSink):
+                sink.features = list(bundle.features)
+        log.warning("model reloaded: version %s, per-key state %s", bundle.version, "kept" if kept else "reset")
+        if self.metrics is not None:
+            self.metrics.model_loaded(bundle)
+            self.metrics.model_reloaded(kept)
+
+    # --- rebalances ------------------------------------------------------------------------------------------
+
+    def on_rebalance(self, kind: str, tps: list[Any]) -> None:
+        """Listener entry point. kafka-python 3 calls listeners on its IO thread: acted on at once only while the
+        loop thread is blocked in poll() (engine consistent); otherwise queued for the loop thread."""
+        if self.source.polling:
+            self._apply(kind, list(tps), in_callback=True)
+        else:
+            with self._queue_lock:
+                self._deferred.append((kind, list(tps)))
+
+    def _apply_deferred(self) -> None:
+        while self._deferred:
+            with self._queue_lock:
+                kind, tps = self._deferred.pop(0)
+            self._apply(kind, tps, in_callback=False)
+
+    def _apply(self, kind: str, tps: list[Any], in_callback: bool) -> None:
+        if kind == "assigned":
+            self._restore(tps, seek=in_callback)
+            return
+        self._rebalancing = True
+        self._refresh_ready()
+        if kind == "revoked" and tps:  # lost partitions are not checkpointed: another member may own them
+            self.checkpointer.checkpoint(self.engine, tps, in_callback=in_callback)
+        keys = self.tracker.release(tps)
+        self.engine.drop(keys)
+        if tps:
+            log.info("%s %d partition(s); dropped %d key(s)%s", kind, len(tps), len(keys),
+                     " after checkpointing them" if kind == "revoked" else "")
+
+    def _restore(self, assigned: list[Any], seek: bool) -> None:
+        """Restore each partition's state and skip what it covers (seek when inside poll, else the source's
+        floor filter drops the already-fetched records at or below the checkpointed offset)."""
+        by_pid = {partition_id(tp.topic, tp.partition): tp for tp in assigned}
+        checkpoints = self.changelog.read(by_pid)
+        for tp in assigned:
+            self.tracker.owned.add(tp)
+        for pid, cp in checkpoints.items():
+            tp = by_pid[pid]
+            try:
+                keys = self.engine.restore(cp.snapshot)
+            except StateError as exc:
+                log.error("state of %s not restored (%s); its keys start fresh", pid, exc)
+                keys = []
+            self.tracker.adopt(tp, keys, cp.offset)
+            if seek:
+                self.consumer.seek(tp, cp.offset + 1)
+            self.restored_keys += len(keys)
+        log.info("assigned %d partition(s); restored %d from the changelog", len(assigned), len(checkpoints))
+        self._rebalancing = False
+        self._assigned_once = True
+        self._refresh_ready()
+
+    # --- health ----------------------------------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        probe = None
+        while not self.stop.is_set():
+            try:
+                if probe is None:
+                    probe = clients.make_admin(self.cfg.kafka, self.opts.probe_interval_s * 3, 2000)
+                probe.list_topics()
+                self._set_broker_ok(True)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
+                log.warning("broker not answering: %s", type(exc).__name__)
+                self._set_broker_ok(False)
+                if probe is not None:
+                    probe.close()
+                    probe = None
+            self.stop.wait(self.opts.probe_interval_s)
+        if probe is not None:
+            probe.close()
+
+    def _set_broker_ok(self, ok: bool) -> None:
+        self._broker_ok = ok
+        self._refresh_ready()
+
+    def _refresh_ready(self) -> None:
+        ready = self._broker_ok and self._assigned_once and not self._rebalancing and not self.stop.is_set()
+        if self.server is not None:
+            self.server.set_ready(ready)
+
+    @property
+    def ready(self) -> bool:
+        return self._broker_ok and self._assigned_once and not self._rebalancing
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked: list[Any]) -> None:
+        self.daemon.on_rebalance("revoked", revoked)
+
+    def on_partitions_lost(self, lost: list[Any]) -> None:
+        self.daemon.on_rebalance("lost", lost)
+
+    def on_partitions_assigned(self, assigned: list[Any]) -> None:
+        self.daemon.on_rebalance("assigned", assigned)

@@ -1,0 +1,273 @@
+"""Shared fixtures of the integration tests: a real Tansu broker, a tiny trained model, a test stream, and a
+:class:`KafkaEnv` helper that produces, runs `anomaly consume` as a subprocess, and reads topics back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from anomaly.bundle import Bundle, load_bundle, save_bundle
+from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
+from anomaly.data import Series, load_series
+from anomaly.engine import Engine, EngineOutput
+from anomaly.kafka.changelog import decode_record
+from anomaly.kafka.codec import MessageFormat, window_json
+from anomaly.kafka.produce import messages
+from anomaly.kafka.tansu import TansuBroker, free_port
+from anomaly.replay import merged_batches
+from anomaly.runner import Batch, run
+from anomaly.synthetic import SyntheticSpec, generate_keys
+from anomaly.training import train
+
+ANOMALY = [str(Path(sys.executable).with_name("anomaly"))]
+# Short group timeouts: Tansu waits the whole rebalance timeout (max.poll.interval.ms) before a first join.
+FAST_GROUP = ["--max-poll-interval-ms", "3000", "--session-timeout-ms", "3000"]
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    broker = TansuBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Bundle]:
+    """Window 8, hidden 16, 3 epochs on normal synthetic data of 3 sensors: trains in a few seconds."""
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=1500, seed=7), 2)
+    d = tmp_path_factory.mktemp("model")
+    frame.to_csv(d / "train.csv", index=False)
+    series, feats = load_series([d / "train.csv"], DataConfig(key_column="sensor_id"))
+    result = train(series, feats, ModelConfig(window=8, hidden_size=16),
+                   TrainConfig(epochs=3, batch_size=32, device="cpu", seed=0))
+    path = save_bundle(result.bundle, d / "tiny.pt")
+    return path, load_bundle(path)
+
+
+@pytest.fixture(scope="session")
+def stream(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Bundle]) -> tuple[Path, list[Series]]:
+    """6 keys x 400 readings with injected anomalies, as a CSV file and as series."""
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=400, anomalies=3, seed=11), 6)
+    path = tmp_path_factory.mktemp("stream") / "stream.csv"
+    frame.to_csv(path, index=False)
+    series, _ = load_series([path], DataConfig(key_column="sensor_id"), tiny_model[1].features)
+    return path, series
+
+
+@dataclass
+class Names:
+    input: str
+    alerts: str
+    scores: str
+    dead: str
+    changelog: str
+    group: str
+
+    def args(self) -> list[str]:
+        return ["--topics", self.input, "--alerts-topic", self.alerts, "--scores-topic", self.scores,
+                "--dead-letter-topic", self.dead, "--changelog-topic", self.changelog, "--group-id", self.group]
+
+
+@dataclass
+class Expected:
+    """What an uninterrupted, single-engine run over the same readings produces (the replay loop)."""
+
+    windows: dict[tuple[str, float], dict[str, Any]]
+    alert_ids: set[tuple[str, str]]  # (id, status)
+    engine: Engine
+
+
+def replay_expected(bundle: Bundle, series: Sequence[Series], batch_readings: int = 97) -> Expected:
+    engine = Engine(bundle, EngineConfig())
+    outs: list[EngineOutput] = []
+    run(engine, merged_batches(series, batch_readings), [], on_batch=lambda b, o: outs.append(o))
+    windows = {(w.key, float(w.timestamps[0])): window_json(w, bundle.features) for o in outs for w in o.windows}
+    alerts = {(a.id, a.status) for o in outs for a in o.alerts}
+    return Expected(windows, alerts, engine)
+
+
+class KafkaEnv:
+    def __init__(self, broker: TansuBroker, model: Path, workdir: Path) -> None:
+        self.broker = broker
+        self.model = model
+        self.workdir = workdir
+        self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def names(self, partitions: int = 4) -> Names:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        tag = uuid.uuid4().hex[:8]
+        n = Names(f"in-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dead-{tag}", f"changelog-{tag}", f"g-{tag}")
+        admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        admin.create_topics([NewTopic(n.input, partitions, 1)] +
+                            [NewTopic(t, 1, 1) for t in (n.alerts, n.scores, n.dead)])
+        admin.close()
+        return n
+
+    def produce(self, topic: str, series: Sequence[Series], features: Sequence[str], block: int = 1,
+                raw: Sequence[tuple[bytes | None, bytes]] = (), rate: float = 0.0) -> dict[int, int]:
+        """Send the series (and raw (key, value) messages first), at `rate` messages/s if given; returns the end
+        offset of every partition."""
+        futures = [self.producer.send(topic, key=k, value=v) for k, v in raw]
+        t0 = time.monotonic()
+        for i, (k, v, _) in enumerate(messages(series, MessageFormat(tuple(features)), block)):
+            futures.append(self.producer.send(topic, key=k, value=v))
+            if rate and (i + 1) / rate > time.monotonic() - t0:
+                self.producer.flush()
+                time.sleep(max(0.0, (i + 1) / rate - (time.monotonic() - t0)))
+        self.producer.flush()
+        ends: dict[int, int] = {}
+        for f in futures:
+            md = f.get()
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        return ends
+
+    def start(self, names: Names, *extra: str, metrics_port: int | None = None, log_name: str = "daemon"
+              ) -> tuple[subprocess.Popen[bytes], int]:
+        port = metrics_port or free_port()
+        log = open(self.workdir / f"{log_name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        cmd = [*ANOMALY, "consume", "-m", str(self.model), "-b", self.broker.bootstrap, *names.args(),
+               *FAST_GROUP, "--metrics-port", str(port), "-v", *extra]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.procs.append(proc)
+        return proc, port
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=group, enable_auto_commit=False)
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            out = {}
+            for p in parts:
+                c = consumer.committed(TopicPartition(topic, p))
+                out[p] = c if c is not None else 0
+            return out
+        finally:
+            consumer.close(autocommit=False)
+
+    def wait_committed(self, group: str, topic: str, ends: dict[int, int], timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.committed(group, topic)
+            if all(got.get(p, 0) >= end for p, end in ends.items()):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"group {group} did not commit {ends} within {timeout_s}s (got {got})")
+
+    def read(self, topic: str) -> list[Any]:
+        """Every record of a topic, from the beginning to the current end."""
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=300).values():
+                out.extend(recs)
+        consumer.close(autocommit=False)
+        return out
+
+    def windows(self, topic: str) -> dict[tuple[str, float], dict[str, Any]]:
+        """Scores topic deduplicated by (key, window start); a re-sent window must equal the first one."""
+        out: dict[tuple[str, float], dict[str, Any]] = {}
+        for rec in self.read(topic):
+            w = json.loads(rec.value)
+            k = (w["key"], w["start"])
+            assert out.setdefault(k, w) == w, f"window {k} was produced twice with different content"
+        return out
+
+    def alert_ids(self, topic: str) -> set[tuple[str, str]]:
+        return {(a["id"], a["status"]) for a in (json.loads(r.value) for r in self.read(topic))}
+
+    def changelog_state(self, topic: str, bundle: Bundle) -> Engine:
+        """A fresh engine restored from the latest checkpoint of every source partition."""
+        latest: dict[str, bytes] = {}
+        chunks: dict[str, bytes] = {}
+        for rec in self.read(topic):
+            key = rec.key.decode()
+            if "/" in key:
+                chunks[key] = rec.value
+            elif rec.value is not None:
+                latest[key] = rec.value
+        engine = Engine(bundle, EngineConfig())
+        for pid, value in latest.items():
+            head, payload = decode_record(value)
+            if head["chunks"]:
+                payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))
+            engine.restore(zlib.decompress(payload))
+        return engine
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def wait_for(pred: Any, timeout_s: float, what: str, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout_s)
+
+
+def same_state(a: Engine, b: Engine) -> None:
+    """Per-key state arrays equal bit for bit. Not compared: the snapshot header's global max_ts, and window
+    buffer slots past `fill` (stale readings the engine never reads again; how they look depends on how the
+    readings were grouped into events)."""
+    assert sorted(a.keys()) == sorted(b.keys())
+    for key in sorted(a.keys()):
+        _, xa = a.store.read_snapshot(a.snapshot([key]))
+        _, xb = b.store.read_snapshot(b.snapshot([key]))
+        fill = int(xa["fill"][0])
+        for name in ("buf", "buf_ts"):
+            xa[name], xb[name] = xa[name][:, :fill], xb[name][:, :fill]
+        for name in xa:
+            assert xa[name].tobytes() == xb[name].tobytes(), f"{key}: state field {name} differs"
+
+
+@pytest.fixture
+def kafka_env(tansu: TansuBroker, tiny_model: tuple[Path, Bundle], tmp_path: Path) -> Iterator[KafkaEnv]:
+    env = KafkaEnv(tansu, tiny_model[0], tmp_path)
+    yield env
+    env.stop_all()
+    env.producer.close()
+
+
+__all__ = ["Batch", "Expected", "KafkaEnv", "Names", "http_status", "replay_expected", "same_state", "terminate",
+           "wait_for"]

@@ -1,0 +1,87 @@
+"""`anomaly consume` against a real Tansu broker: parity with the replay loop, dead letters, lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import http_status, replay_expected, same_state, terminate, wait_for
+
+pytestmark = pytest.mark.integration
+
+BAD = [
+    (b"unit-000", b"{not json"),
+    (b"unit-000", b'{"ts": 1, "values": [1, 2]}'),  # 2 values, the model has 3 features
+    (None, b'{"ts": 1, "values": [1, 2, 3]}'),  # no key anywhere
+    (b"unit-001", b'{"values": [1, 2, 3]}'),  # no timestamp
+    (b"unit-002", b'{"ts": "yesterday", "values": [1, 2, 3]}'),
+    (b"bad-nan", b'{"ts": 1, "values": [null, 2, 3]}'),  # NaN: refused by the engine (nan_policy=reject)
+    (b"unit-003", b"x" * 3000),  # oversized (max_message_bytes lowered to 2000 below)
+]
+BAD_REASONS = ["invalid_json", "feature_count", "missing_field", "missing_field", "bad_timestamp", "non_finite",
+               "oversized"]
+
+
+def test_uninterrupted_run_equals_replay_and_refusals_go_to_dead_letters(kafka_env, stream, tiny_model, monkeypatch):
+    _, series = stream
+    path, bundle = tiny_model
+    names = kafka_env.names(partitions=4)
+    ends = kafka_env.produce(names.input, series, bundle.features, raw=BAD)
+    monkeypatch.setenv("ANOMALY_KAFKA_MAX_MESSAGE_BYTES", "2000")
+    state_out = kafka_env.workdir / "state.bin"
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", "--state-out", str(state_out))
+    wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready")
+    assert http_status(port, "/healthz") == 200
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+
+    expected = replay_expected(bundle, series)
+    got_windows = kafka_env.windows(names.scores)
+    assert got_windows == expected.windows
+    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
+    assert len(expected.alert_ids) > 0
+
+    dead = kafka_env.read(names.dead)
+    assert sorted((r.value, dict(r.headers)["reason"].decode()) for r in dead) == \
+        sorted(zip([v for _, v in BAD], BAD_REASONS, strict=True))
+    for rec in dead:
+        h = {k: v.decode() for k, v in rec.headers}
+        assert h["source_topic"] == names.input
+        assert int(h["source_offset"]) >= 0 and int(h["source_partition"]) in range(4)
+
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine
+
+    dumped = Engine(bundle, EngineConfig())
+    dumped.restore(state_out.read_bytes())
+    same_state(dumped, expected.engine)
+    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+
+
+def _consume(*args: str, env: dict[str, str] | None = None):
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    return CliRunner().invoke(main, ["consume", *args, "--metrics-port", "0"], env=env)
+
+
+def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, tiny_model):
+    model = str(tiny_model[0])
+    bootstrap = kafka_env.broker.bootstrap
+    missing = _consume("-m", model, "-b", bootstrap, "--topics", "no-such-topic")
+    assert (missing.exit_code, missing.stderr) == (2, f"error: topic(s) not found on {bootstrap}: no-such-topic; "
+                                                      "create them first (the daemon creates only its changelog topic)\n")
+    unreachable = _consume("-m", model, "-b", "127.0.0.1:1", "--bootstrap-timeout", "1")
+    assert (unreachable.exit_code, unreachable.stderr) == (2, (
+        "error: cannot reach Kafka at 127.0.0.1:1 (admin client): no usable connection; check "
+        "kafka.bootstrap_servers, that the broker is up and the security settings (security_protocol PLAINTEXT)\n"))
+    secret = {"ANOMALY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "ANOMALY_KAFKA_SASL_USERNAME": "u",
+              "ANOMALY_KAFKA_SASL_PASSWORD": "s3cret-pw"}
+    sasl = _consume("-m", model, "-b", bootstrap, "--security-protocol", "SASL_PLAINTEXT", "--bootstrap-timeout",
+                    "1", env=secret)  # Tansu runs without SASL: the handshake fails
+    assert sasl.exit_code == 2 and len(sasl.stderr.splitlines()) == 1
+    assert "s3cret-pw" not in sasl.output
+    bad_mechanism = _consume("-m", model, "-b", bootstrap, "--security-protocol", "SASL_SSL",
+                             env={**secret, "ANOMALY_KAFKA_SASL_MECHANISM": "GSSAPI"})
+    assert (bad_mechanism.exit_code, bad_mechanism.stderr) == (2, (
+        "error: kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 with security_protocol "
+        "SASL_SSL\n"))

@@ -1,0 +1,143 @@
+"""Exactly-once state under kill -9, rebalances between two daemons, and a broker outage (real Tansu broker)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import http_status, replay_expected, same_state, terminate, wait_for
+
+from anomaly.data import Series
+
+pytestmark = pytest.mark.integration
+
+
+def segments(series: list[Series], n: int) -> list[list[Series]]:
+    """The stream cut into n consecutive time segments (every key's rows split at the same time points)."""
+    ts = np.concatenate([s.timestamps for s in series])
+    cuts = np.quantile(ts, np.linspace(0, 1, n + 1)[1:-1])
+    out = []
+    for lo, hi in zip([-np.inf, *cuts], [*cuts, np.inf], strict=True):
+        part = []
+        for s in series:
+            m = (s.timestamps > lo) & (s.timestamps <= hi)
+            part.append(Series(s.key, s.timestamps[m], s.values[m], None, s.source))
+        out.append(part)
+    return out
+
+
+def test_kill_9_at_random_points_changes_nothing(kafka_env, stream, tiny_model):
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=4)
+    rng = random.Random(4)
+    slow = ["--checkpoint-interval", "0.2", "--max-poll-records", "20"]
+    parts = segments(series, 6)
+    ends: dict[int, int] = {}
+
+    def send(part: list[Series]) -> None:
+        for p, e in kafka_env.produce(names.input, part, bundle.features, rate=1000).items():
+            ends[p] = max(ends.get(p, 0), e)
+
+    behind = 0
+    for part in parts[:5]:
+        proc, port = kafka_env.start(names, *slow)
+        wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")  # noqa: B023
+        sender = threading.Thread(target=send, args=(part,))
+        sender.start()  # the segment arrives while the daemon runs, so the kill lands mid-stream
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sender.join()
+        committed = kafka_env.committed(names.group, names.input)
+        behind += any(committed.get(p, 0) < e for p, e in ends.items())
+    assert behind == 5  # every kill left work uncommitted
+    send(parts[5])
+    state_out = kafka_env.workdir / "final.bin"
+    proc, port = kafka_env.start(names, *slow, "--state-out", str(state_out))
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(proc) == 0
+
+    expected = replay_expected(bundle, series)
+    assert kafka_env.windows(names.scores) == expected.windows
+    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
+    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine
+
+    dumped = Engine(bundle, EngineConfig())
+    dumped.restore(state_out.read_bytes())
+    same_state(dumped, expected.engine)
+
+
+def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tiny_model):
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=4)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    a, port_a = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="a")
+    b, port_b = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="b")
+    wait_for(lambda: http_status(port_a, "/readyz") == 200 and http_status(port_b, "/readyz") == 200, 60,
+             "both daemons ready")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    metrics_a = _metric(port_a, "anomaly_messages_consumed_total")
+    metrics_b = _metric(port_b, "anomaly_messages_consumed_total")
+    assert metrics_a > 0 and metrics_b > 0  # both took part
+    assert terminate(a) == 0  # b takes over a's partitions, restoring their state from the changelog
+    for p, e in kafka_env.produce(names.input, second, bundle.features).items():
+        ends[p] = max(ends.get(p, 0), e)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    state_out = kafka_env.workdir / "b.bin"
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(30) == 0
+    del state_out
+
+    expected = replay_expected(bundle, series)
+    assert kafka_env.windows(names.scores) == expected.windows
+    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
+    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+
+
+def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    kafka_env.broker.pause()
+    try:
+        wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not ready while the broker is away")
+        time.sleep(30)
+        assert proc.poll() is None
+        assert http_status(port, "/healthz") == 200
+        assert http_status(port, "/readyz") == 503
+    finally:
+        kafka_env.broker.resume()
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the broker is back")
+    for p, e in kafka_env.produce(names.input, second, bundle.features).items():
+        ends[p] = max(ends.get(p, 0), e)
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(proc) == 0
+
+    expected = replay_expected(bundle, series)
+    assert kafka_env.windows(names.scores) == expected.windows
+    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
+    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+
+
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0

@@ -1,0 +1,93 @@
+"""The changelog store, `anomaly produce` and hot reload against a real Tansu broker."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import http_status, terminate, wait_for
+from kafka import KafkaConsumer, KafkaProducer
+
+from anomaly.bundle import save_bundle
+from anomaly.cli import main
+from anomaly.config import EngineConfig
+from anomaly.engine import Engine, Event
+from anomaly.kafka.changelog import ChangelogStore
+from anomaly.kafka.codec import Decoder, MessageFormat
+
+pytestmark = pytest.mark.integration
+
+
+def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka_env, tiny_model):
+    _, bundle = tiny_model
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = f"cl-{np.random.default_rng().integers(1e9)}"
+    KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap).create_topics(
+        [NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    engine = Engine(bundle, EngineConfig())
+    rng = np.random.default_rng(1)
+    engine.process([Event(f"k{i}", np.arange(20.0), rng.normal(size=(20, 3))) for i in range(5)])
+    producer = KafkaProducer(bootstrap_servers=kafka_env.broker.bootstrap, acks="all")
+    reader = KafkaConsumer(bootstrap_servers=kafka_env.broker.bootstrap, enable_auto_commit=False)
+    store = ChangelogStore(producer, reader, topic, chunk_bytes=1000)
+    small, big = engine.snapshot(["k0"]), engine.snapshot()
+    store.write("in:0", 99, big, 5)
+    store.write("in:1", 7, small, 1)
+    producer.flush()
+    first_chunks = list(store._live_chunks["in:0"])
+    assert len(first_chunks) >= 2 and "in:1" not in store._live_chunks  # big is chunked, small is inline
+    store.write("in:0", 150, big, 5)  # a new generation: the old chunks get tombstoned
+    producer.flush()
+    got = ChangelogStore(producer, reader, topic, chunk_bytes=1000).read(["in:0", "in:1", "in:2"])
+    assert {pid: (cp.offset, cp.snapshot, cp.keys) for pid, cp in got.items()} == \
+        {"in:0": (150, big, 5), "in:1": (7, small, 1)}
+    tombstoned = {r.key.decode() for r in kafka_env.read(topic) if r.value is None}
+    assert tombstoned == set(first_chunks)
+    producer.close()
+    reader.close()
+
+
+def test_produce_command_sends_blocks_in_timestamp_order(kafka_env, stream, tiny_model):
+    path, series = stream
+    _, bundle = tiny_model
+    topic = kafka_env.names(partitions=3).input
+    result = CliRunner().invoke(main, ["produce", str(path), "--topic", topic, "-b", kafka_env.broker.bootstrap,
+                                       "--key-column", "sensor_id", "--features", ",".join(bundle.features),
+                                       "--block", "32"])
+    assert result.exit_code == 0, result.output
+    n_msgs = sum(-(-len(s) // 32) for s in series)
+    assert f"sent {n_msgs} messages ({sum(len(s) for s in series)} readings of {len(series)} keys)" in result.stdout
+    decoder = Decoder(MessageFormat(tuple(bundle.features)))
+    events = [decoder.decode(r) for r in kafka_env.read(topic)]
+    assert len(events) == n_msgs
+    for s in series:
+        mine = sorted((e for e in events if e.key == s.key), key=lambda e: e.timestamps[0])
+        assert np.concatenate([e.timestamps for e in mine]).tolist() == s.timestamps.tolist()
+        assert np.concatenate([e.values for e in mine]).tolist() == s.values.astype(np.float64).tolist()
+
+
+def _reloads(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        lines = resp.read().decode().splitlines()
+    return {ln.split('"')[1]: float(ln.split()[-1]) for ln in lines if ln.startswith("anomaly_model_reloads_total{")}
+
+
+def test_sighup_and_a_new_bundle_file_reload_the_model_keeping_state(kafka_env, tiny_model):
+    model = kafka_env.workdir / "model.pt"
+    shutil.copy(tiny_model[0], model)
+    kafka_env.model = model
+    names = kafka_env.names(partitions=1)
+    proc, port = kafka_env.start(names)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: _reloads(port).get("kept") == 1.0, 20, "reload on SIGHUP")
+    save_bundle(tiny_model[1], model)  # same architecture, new file: picked up by its mtime
+    wait_for(lambda: _reloads(port).get("kept") == 2.0, 20, "reload on a new bundle file")
+    assert _reloads(port) == {"kept": 2.0}
+    assert terminate(proc) == 0
