@@ -1,0 +1,348 @@
+"""Monitoring end to end with real Prometheus and Alertmanager, using the rules, Alertmanager routing and Grafana
+dashboard shipped in deploy/.
+
+Alert ``for:`` durations are shortened to 1 s in a test copy of the rules (tests/integration/promstack.py,
+``rewrite_for``); Alertmanager's group_wait/group_interval to 1 s and its webhook URLs to the test's receiver
+(``rewrite_alertmanager``). Nothing else about the shipped configuration changes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import promstack
+import pytest
+
+from anomaly.config import EngineConfig
+from anomaly.data import Series
+from anomaly.engine import Engine
+from anomaly.engine.types import Alert, EngineOutput, Rejection, ScoredWindow
+from anomaly.metrics import MetricsServer, PipelineMetrics
+from anomaly.replay import merged_batches
+from anomaly.runner import Batch, run
+from anomaly.synthetic import SyntheticSpec, generate
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
+        reason="needs the Debian packages prometheus and prometheus-alertmanager",
+    ),
+]
+
+KEYS = [f"pump-{i}" for i in range(5)]
+ANOMALOUS = "pump-3"
+
+
+@dataclass
+class Stack:
+    prometheus: promstack.Prometheus
+    alertmanager: promstack.Alertmanager
+    webhook: promstack.WebhookReceiver
+    started: float
+
+
+@pytest.fixture
+def webhook() -> Iterator[promstack.WebhookReceiver]:
+    receiver = promstack.WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, webhook: promstack.WebhookReceiver) -> Iterator[promstack.Alertmanager]:
+    am = promstack.start_alertmanager(tmp_path / "alertmanager", webhook.url)
+    yield am
+    am.stop()
+
+
+def start_stack(
+    tmp_path: Path, target: str, alertmanager: promstack.Alertmanager, webhook: promstack.WebhookReceiver
+) -> Stack:
+    prom = promstack.start_prometheus(tmp_path / "prometheus", [target], alertmanager.address)
+    return Stack(prom, alertmanager, webhook, time.time())
+
+
+# -- what every monitoring e2e asserts ---------------------------------------------------------------------------
+
+
+def firing_names(prom: promstack.Prometheus) -> set[str]:
+    return {a["labels"]["alertname"] for a in prom.alerts("firing")}
+
+
+def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
+    """AnomalyDetected for ``key`` fires in Prometheus and reaches the webhook through the anomaly route."""
+    prom_alert = promstack.wait_until(
+        lambda: [
+            a for a in stack.prometheus.alerts("firing") if a["labels"]["alertname"] == "AnomalyDetected"
+        ],
+        timeout,
+        what="AnomalyDetected to fire in Prometheus",
+    )
+    assert [a["labels"] for a in prom_alert] == [
+        {"alertname": "AnomalyDetected", "key": key, "severity": "warning", "category": "anomaly"}
+    ]
+    assert prom_alert[0]["annotations"]["summary"] == f"Anomaly detected on sensor {key}"
+
+    received = promstack.wait_until(
+        lambda: stack.webhook.alerts("AnomalyDetected", "firing"),
+        30,
+        what="AnomalyDetected to reach the webhook",
+    )
+    note, alert = received[0]
+    assert note.path == "/anomaly"
+    assert note.payload["receiver"] == "anomaly-webhook"
+    assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "key": key}
+    assert alert["labels"]["key"] == key
+    assert alert["annotations"]["runbook_url"] == "deploy/README.md#anomalydetected"
+
+
+def assert_anomaly_resolved(stack: Stack, key: str, timeout: float) -> None:
+    promstack.wait_until(
+        lambda: "AnomalyDetected" not in firing_names(stack.prometheus) or None,
+        timeout,
+        what="AnomalyDetected to resolve in Prometheus",
+    )
+    resolved = promstack.wait_until(
+        lambda: stack.webhook.alerts("AnomalyDetected", "resolved"),
+        30,
+        what="the resolved notification to reach the webhook",
+    )
+    note, alert = resolved[0]
+    assert (note.path, alert["labels"]["key"]) == ("/anomaly", key)
+
+
+def assert_dashboard_has_data(prom: promstack.Prometheus, start: float, timeout: float = 20.0) -> None:
+    """Every PromQL expression of the Grafana dashboard returns at least one finite sample since ``start``.
+    Expressions are retried for up to ``timeout`` seconds: a rate() needs two scrapes of a series that may have
+    appeared a moment ago."""
+    exprs = promstack.dashboard_exprs()
+    assert len(exprs) >= 25
+    missing = list(exprs)
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        still = []
+        for title, expr in missing:
+            series = prom.query_range(expr, start, time.time(), step=1.0)
+            if not any(math.isfinite(float(v)) for s in series for _, v in s["values"]):
+                still.append((title, expr))
+        missing = still
+        if missing:
+            time.sleep(1.0)
+    assert missing == []
+
+
+# -- the daemon played by PipelineMetrics + MetricsServer --------------------------------------------------------
+
+
+@dataclass
+class FakeEngine:
+    active_alerts: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: {"evicted": 0, "gap_resets": 0})
+
+    def __len__(self) -> int:
+        return len(KEYS)
+
+
+def scored_window(key: str, last_ts: float, score: float, width: int = 8) -> ScoredWindow:
+    scores = np.full(width, score, np.float32)
+    return ScoredWindow(
+        key=key,
+        timestamps=last_ts - np.arange(width)[::-1].astype(np.float64),
+        errors=scores * 0.05,
+        scores=scores,
+        thresholds=np.full(width, 1.5, np.float32),
+        anomalous=scores > 1.5,
+        alert_open=scores > 1.5,
+        contributions=np.full(3, 1 / 3, np.float32),
+    )
+
+
+def alert(key: str, status: str, at: float) -> Alert:
+    return Alert(
+        id=f"{key}-{at:.0f}",
+        key=key,
+        status=status,
+        start=at,
+        end=None if status == "open" else at,
+        at=at,
+        peak_score=4.0,
+        threshold=1.5,
+        model_version="test",
+    )
+
+
+class Player(threading.Thread):
+    """Feeds PipelineMetrics the way the daemon's loop does, every 0.2 s: five keys' windows, lag, checkpoints.
+    ``anomaly(True)`` opens an alert for ANOMALOUS (and scores it high) until ``anomaly(False)`` closes it."""
+
+    def __init__(self, metrics: PipelineMetrics) -> None:
+        super().__init__(daemon=True)
+        self.metrics = metrics
+        self.engine = FakeEngine()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.anomalous = False
+        self.first = True
+
+    def anomaly(self, on: bool) -> None:
+        with self.lock:
+            now = time.time()
+            self.anomalous = on
+            self.engine.active_alerts = int(on)
+            out = EngineOutput(alerts=[alert(ANOMALOUS, "open" if on else "closed", now)])
+            self.metrics.observe(out, Batch(events=[]), self.engine, now)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            with self.lock:
+                now = time.time()
+                windows = [
+                    scored_window(k, now - 0.05, 4.0 if self.anomalous and k == ANOMALOUS else 0.6)
+                    for k in KEYS
+                ]
+                rejections = [Rejection("", "malformed", 1, True)] if self.first else []
+                if self.first:
+                    self.metrics.message_invalid("invalid_json")
+                self.first = False
+                self.metrics.message_consumed(len(KEYS) * 8 + len(rejections))
+                out = EngineOutput(
+                    windows=windows, rejections=rejections, readings=len(KEYS) * 8, batches=[len(windows)]
+                )
+                self.metrics.observe(out, Batch(events=[], messages=len(KEYS) * 8), self.engine, now)
+                self.metrics.set_partition_lag({("sensors", 0): 3, ("sensors", 1): 5})
+                self.metrics.checkpoint_done(0.012, now)
+
+
+def test_alerts_and_dashboard_from_served_metrics(
+    tmp_path: Path, alertmanager: promstack.Alertmanager, webhook: promstack.WebhookReceiver
+) -> None:
+    metrics = PipelineMetrics()
+    metrics.model_loaded(
+        SimpleNamespace(
+            version="test",
+            features=["a", "b", "c"],
+            meta={"created_at": datetime.now(UTC).isoformat(timespec="seconds")},
+        )
+    )
+    server = MetricsServer(metrics, port=0)
+    server.start()
+    server.set_ready(True)
+    player = Player(metrics)
+    player.start()
+    stack = start_stack(tmp_path, f"127.0.0.1:{server.port}", alertmanager, webhook)
+    try:
+        promstack.wait_until(
+            lambda: stack.prometheus.query('up{job="anomaly"} == 1'),
+            30,
+            what="Prometheus to scrape the metrics server",
+        )
+        time.sleep(3)  # a few scrapes of normal operation first
+        assert firing_names(stack.prometheus) == set()
+
+        player.anomaly(True)
+        assert_anomaly_detected(stack, ANOMALOUS, timeout=30)
+        assert firing_names(stack.prometheus) == {"AnomalyDetected"}  # no pipeline-health alert meanwhile
+        assert_dashboard_has_data(stack.prometheus, stack.started)
+
+        player.anomaly(False)
+        assert_anomaly_resolved(stack, ANOMALOUS, timeout=30)
+
+        # The daemon going away is noticed too: DaemonDown through the pipeline route.
+        player.stopped.set()
+        server.stop()
+        down = promstack.wait_until(
+            lambda: webhook.alerts("DaemonDown", "firing"), 30, what="DaemonDown to reach the webhook"
+        )
+        note, alert_ = down[0]
+        assert (note.path, note.payload["receiver"]) == ("/pipeline", "pipeline-webhook")
+        assert alert_["labels"]["instance"] == f"127.0.0.1:{server.port}"
+    finally:
+        player.stopped.set()
+        server.stop()
+        stack.prometheus.stop()
+
+
+# -- the real daemon: `anomaly consume` on a Tansu broker --------------------------------------------------------
+
+
+def anomaly_stream(
+    features: list[str], n: int = 400, shift: slice = slice(200, 260)
+) -> tuple[list[Series], list[Series]]:
+    """Two keys of synthetic plant data (the tiny model's plant) ending now, 1 s apart; "unit-A" gets a level
+    shift of 6 standard deviations on one sensor over ``shift``. Returned cut where the shift ends: (up to the
+    end of the anomaly, the normal rest)."""
+    a = generate(SyntheticSpec(n_sensors=3, n_points=n, seed=31))
+    b = generate(SyntheticSpec(n_sensors=3, n_points=n, seed=61))
+    va = a[features].to_numpy(np.float32).copy()
+    vb = b[features].to_numpy(np.float32).copy()
+    va[shift, 1] += 6 * va[: shift.start, 1].std()
+    ts = np.floor(time.time()) - n + np.arange(n, dtype=np.float64)
+    cut = shift.stop
+
+    def part(sl: slice) -> list[Series]:
+        return [Series("unit-A", ts[sl], va[sl]), Series("unit-B", ts[sl], vb[sl])]
+
+    return part(slice(0, cut)), part(slice(cut, None))
+
+
+def replay_alerts(bundle, parts: list[list[Series]]) -> list[tuple[list[tuple[str, str]], int]]:
+    """(alert (key, status) events, alerts open afterwards) of each part, through the replay loop."""
+    engine = Engine(bundle, EngineConfig())
+    result = []
+    for series in parts:
+        outs: list[EngineOutput] = []
+        run(engine, merged_batches(series, 97), [], on_batch=lambda b, o, outs=outs: outs.append(o))
+        result.append(([(a.key, a.status) for o in outs for a in o.alerts], engine.active_alerts))
+    return result
+
+
+def test_daemon_alert_reaches_webhook_and_resolves(
+    tmp_path: Path,
+    kafka_env,
+    tiny_model,
+    alertmanager: promstack.Alertmanager,
+    webhook: promstack.WebhookReceiver,
+) -> None:
+    from conftest import http_status, terminate, wait_for
+
+    _, bundle = tiny_model
+    anomalous, normal = anomaly_stream(bundle.features)
+    # What the daemon must do, by the replay loop: one alert for unit-A, open after the shift, closed after.
+    assert replay_alerts(bundle, [anomalous, normal]) == [
+        ([("unit-A", "open")], 1),
+        ([("unit-A", "closed")], 0),
+    ]
+
+    names = kafka_env.names(partitions=2)
+    # Small polls keep every loop turn far below the 3 s max.poll.interval of the shared fixture, even on a
+    # loaded CI machine.
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", "--max-poll-records", "50")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    stack = start_stack(tmp_path, f"127.0.0.1:{port}", alertmanager, webhook)
+    try:
+        promstack.wait_until(
+            lambda: stack.prometheus.query('up{job="anomaly"} == 1'),
+            30,
+            what="Prometheus to scrape the daemon",
+        )
+        kafka_env.produce(names.input, anomalous, bundle.features, raw=[(b"unit-C", b"{not json")])
+        assert_anomaly_detected(stack, "unit-A", timeout=60)
+        assert firing_names(stack.prometheus) == {"AnomalyDetected"}
+        assert_dashboard_has_data(stack.prometheus, stack.started)
+
+        kafka_env.produce(names.input, normal, bundle.features)
+        assert_anomaly_resolved(stack, "unit-A", timeout=60)
+        assert http_status(port, "/healthz") == 200
+        assert terminate(proc) == 0
+    finally:
+        stack.prometheus.stop()
