@@ -14,7 +14,6 @@ as the dead-letter ``reason`` header and metric label.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from anomaly.engine.types import Alert, Event, Rejection, ScoredWindow
 
@@ -91,8 +91,8 @@ class Decoder:
         if len(raw) > fmt.max_message_bytes:
             raise DecodeError("oversized", f"{len(raw)} bytes > max_message_bytes {fmt.max_message_bytes}")
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+            body = orjson.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise DecodeError("invalid_json", f"not JSON: {str(exc)[:80]}") from None
         if not isinstance(body, dict):
             raise DecodeError("invalid_json", f"body must be a JSON object, got {type(body).__name__}")
@@ -179,7 +179,7 @@ def source_rejection(record: Any, err: DecodeError) -> Rejection:
 
 def alert_message(alert: Alert) -> tuple[bytes, bytes]:
     """(key, value) of an alert record: keyed by entity so one key's alerts stay ordered in one partition."""
-    return alert.key.encode(), json.dumps(alert.to_json(), separators=(",", ":")).encode()
+    return alert.key.encode(), orjson.dumps(alert.to_json())
 
 
 def window_json(window: ScoredWindow, features: Sequence[str]) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def window_json(window: ScoredWindow, features: Sequence[str]) -> dict[str, Any]
 
 
 def window_message(window: ScoredWindow, features: Sequence[str]) -> tuple[bytes, bytes]:
-    return window.key.encode(), json.dumps(window_json(window, features), separators=(",", ":")).encode()
+    return window.key.encode(), orjson.dumps(window_json(window, features))
 
 
 def dead_letter(rejection: Rejection) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
