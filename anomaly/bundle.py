@@ -51,6 +51,13 @@ class Bundle:
         return float(self.calibration["reference_error"])
 
     @property
+    def feature_reference_error(self) -> list[float] | None:
+        """Per-feature error that maps to score 1.0 under `engine.score = "max_feature"`; None in bundles
+        calibrated before it existed."""
+        ref = self.calibration.get("feature_reference_error")
+        return None if ref is None else [float(v) for v in ref]
+
+    @property
     def default_threshold(self) -> float:
         return float(self.calibration["default_threshold"])
 

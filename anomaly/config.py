@@ -68,6 +68,7 @@ class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
     threshold: str = "static"  # static | dynamic
+    score: str = "mean"  # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     static_threshold: float | None = None  # score units; None: the bundle's calibrated default
     smoothing: float = 0.2  # EWMA alpha applied to point scores before thresholding (1.0 = none)
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
@@ -275,6 +276,7 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be one of: auto, cpu, cuda")
     need(0 <= cfg.train.stride <= cfg.model.window, "train.stride must be between 0 and model.window")
     need(cfg.engine.threshold in ("static", "dynamic"), "engine.threshold must be one of: static, dynamic")
+    need(cfg.engine.score in ("mean", "max_feature"), "engine.score must be one of: mean, max_feature")
     need(0.0 < cfg.engine.smoothing <= 1.0, "engine.smoothing must be in (0, 1]")
     need(cfg.engine.duplicate_policy in ("drop", "keep"), "engine.duplicate_policy must be one of: drop, keep")
     need(cfg.engine.nan_policy in ("reject", "ffill"), "engine.nan_policy must be one of: reject, ffill")

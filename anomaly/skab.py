@@ -50,8 +50,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "features": list(FEATURES)},
     "model": {"window": 16, "hidden_size": 32},
     "train": {"epochs": 30, "patience": 5, "device": "cpu", "threshold_quantile": 0.99, "threshold_factor": 1.0},
-    "engine": {"threshold": "dynamic", "smoothing": 0.2, "dynamic_min": 1.0, "alert_open_after": 3,
-               "alert_close_after": 30},
+    "engine": {"threshold": "dynamic", "score": "max_feature", "smoothing": 0.2, "dynamic_min": 1.0,
+               "alert_open_after": 3, "alert_close_after": 30},
     "replay": {"predict": "alert"},
 }
 

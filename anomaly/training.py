@@ -234,7 +234,8 @@ def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:
     """Reconstruction-error distribution on the validation part of every series, scored as a stream from the
     series start (so the carried state is warm, as it is live). Score 1.0 = the `threshold_quantile` of point
-    errors; the default threshold is `threshold_factor` in those units."""
+    errors; the default threshold is `threshold_factor` in those units. The same quantile of each feature's
+    own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score."""
     per_point, per_feature = [], []
     for s in scaled:
         n = len(s)
@@ -249,11 +250,14 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
     feats = np.concatenate(per_feature) if per_feature else np.zeros((1, model.arch.n_features), np.float32)
     reference = float(np.quantile(points, cfg.threshold_quantile))
     reference = max(reference, 1e-8)
+    feature_reference = np.maximum(np.quantile(feats, cfg.threshold_quantile, axis=0), 1e-8)
     return {
         "point_error_quantiles": {str(q): float(np.quantile(points, q)) for q in QUANTILES},
         "point_error_mean": float(points.mean()),
         "point_error_max": float(points.max()),
         "feature_error_mean": feats.mean(axis=0).tolist(),
+        "feature_error_quantiles": {str(q): np.quantile(feats, q, axis=0).tolist() for q in QUANTILES},
+        "feature_reference_error": feature_reference.tolist(),
         "reference_quantile": cfg.threshold_quantile,
         "reference_error": reference,
         "default_threshold": float(cfg.threshold_factor),

@@ -32,6 +32,7 @@ def test_env_beats_toml(tmp_path) -> None:
         ({"modle": {}}, "unknown section [modle]"),
         ({"model": {"window": "big"}}, "model.window must be int"),
         ({"engine": {"threshold": "magic"}}, "engine.threshold must be one of: static, dynamic"),
+        ({"engine": {"score": "sum"}}, "engine.score must be one of: mean, max_feature"),
         ({"model": {"window": 1}}, "model.window must be at least 2"),
     ],
 )

@@ -9,6 +9,8 @@ import pytest
 
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
+from anomaly.errors import BundleError
+from anomaly.training import series_errors
 from tests.helpers import chunks, make_series
 
 
@@ -181,6 +183,35 @@ def test_alert_opens_after_k_closes_after_m_and_never_refires(bundle) -> None:
     assert closed.peak_score >= opened.peak_score > 1000.0 and closed.threshold == 1000.0
     assert len(closed.top_features) == 3 and closed.model_version == bundle.version
     assert e.active_alerts == 0 and e.counters["alerts_opened"] == e.counters["alerts_closed"] == 1
+
+
+def test_max_feature_score_is_the_largest_per_feature_ratio(bundle, test_series) -> None:
+    """engine.score: `mean` = mean error / reference, `max_feature` = max_f(err_f / ref_f); smoothing 1.0 keeps
+    the raw scores, so both equal a hand computation from the model's per-feature errors."""
+    n, w = 40 * bundle.window, bundle.window
+    ts, vals = test_series.timestamps[:n], test_series.values[:n].copy()
+    vals[25 * w : 26 * w, 0] += 8 * bundle.scaler.scale[0]  # one feature of four moves
+    runs = {score: Engine(bundle, EngineConfig(score=score, smoothing=1.0)).process([Event("k", ts, vals)])
+            for score in ("mean", "max_feature")}
+    scores = {k: np.concatenate([wd.scores for wd in out.windows]) for k, out in runs.items()}
+    errors = np.concatenate([wd.errors for wd in runs["mean"].windows])
+    assert np.array_equal(errors, np.concatenate([wd.errors for wd in runs["max_feature"].windows]))
+    assert np.array_equal(scores["mean"], errors / np.float32(bundle.reference_error))
+    err_f = series_errors(bundle.model, bundle.scaler.transform(vals))  # (n, F), the same stream in one call
+    ref_f = np.asarray(bundle.feature_reference_error, np.float32)
+    assert err_f.shape == (n, len(bundle.features)) and ref_f.shape == (len(bundle.features),)
+    np.testing.assert_allclose(err_f.mean(axis=1), errors, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(scores["max_feature"], (err_f / ref_f).max(axis=1), rtol=1e-4, atol=1e-6)
+    spike = slice(25 * w, 26 * w)
+    assert scores["max_feature"][spike].max() > 2 * scores["mean"][spike].max()
+    assert (scores["max_feature"] >= 0).all()
+
+
+def test_max_feature_score_needs_a_per_feature_calibration(bundle) -> None:
+    bundle.calibration.pop("feature_reference_error")
+    Engine(bundle, EngineConfig())  # the default score does not need it
+    with pytest.raises(BundleError, match="max_feature"):
+        Engine(bundle, EngineConfig(score="max_feature"))
 
 
 def test_dynamic_threshold_waits_for_warmup(bundle) -> None:

@@ -21,6 +21,7 @@ from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
+from anomaly.errors import BundleError
 from anomaly.thresholds import ewma, push_history, select_epsilon
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
@@ -47,6 +48,13 @@ class Engine:
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
         self.reference = bundle.reference_error
+        self.feature_reference: np.ndarray | None = None
+        if self.config.score == "max_feature":
+            ref = bundle.feature_reference_error
+            if ref is None or len(ref) != self.n_features:
+                raise BundleError("engine.score = max_feature needs per-feature calibration "
+                                  "(calibration.feature_reference_error); retrain the bundle with this version")
+            self.feature_reference = np.asarray(ref, np.float32)
         self.static_threshold = float(self.config.static_threshold if self.config.static_threshold is not None
                                       else bundle.default_threshold)
 
@@ -357,7 +365,7 @@ class Engine:
         totals = per_feature.sum(axis=1, keepdims=True)
         shares = np.divide(per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features),
                            where=totals > 0)
-        scores, last = ewma(errors / self.reference, a["ewma"][rows], self.config.smoothing)
+        scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
         cfg = self.config
         if cfg.threshold == "dynamic":
@@ -379,6 +387,16 @@ class Engine:
         for j, key in enumerate(keys):
             out.windows.append(ScoredWindow(key, ts[j], errors[j], scores[j], thresholds[j], anomalous[j],
                                             open_pts[j], shares[j], version))
+
+    def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
+        """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
+
+        `mean`: mean error / the point-error reference. `max_feature`: max over features of err_f / ref_f, each
+        feature in units of its own calibration quantile, so a fault that moves one sensor of many is not
+        diluted by the quiet ones."""
+        if self.feature_reference is None:
+            return errors / self.reference
+        return (err_f / self.feature_reference).max(axis=2)
 
     def _lifecycle(self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput) -> np.ndarray:
         """Step every key's alert state through the window's points; emit open/close events in point order."""
