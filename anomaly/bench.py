@@ -116,16 +116,26 @@ def memory(bundle: Bundle, n_keys: int) -> dict[str, float]:
     engine.process(batch)
     gc.collect()
     after = rss_bytes()
-    return {"keys": len(engine), "state_bytes_per_key": engine.store.bytes_per_key(),
-            "rss_growth_mb": (after - before) / 2**20, "rss_total_mb": after / 2**20}
+    return {
+        "keys": len(engine),
+        "state_bytes_per_key": engine.store.bytes_per_key(),
+        "rss_growth_mb": (after - before) / 2**20,
+        "rss_total_mb": after / 2**20,
+    }
 
 
-def run_engine_bench(keys: tuple[int, ...] = (1, 100, 1000, 10000), flat_total: int = 1_010_000,
-                     memory_keys: int = 100_000, say: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_engine_bench(
+    keys: tuple[int, ...] = (1, 100, 1000, 10000),
+    flat_total: int = 1_010_000,
+    memory_keys: int = 100_000,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     bundle = demo_bundle()
     w = bundle.window
-    say(f"engine benchmark: demo architecture (window {w}, hidden 64, 6 features), torch threads "
-        f"{torch.get_num_threads()}, {POLL} single-reading events per engine call")
+    say(
+        f"engine benchmark: demo architecture (window {w}, hidden 64, 6 features), torch threads "
+        f"{torch.get_num_threads()}, {POLL} single-reading events per engine call"
+    )
     say(f"{'keys':>7} {'engine readings/s':>18} {'naive readings/s':>17} {'ratio':>7}")
     rows = []
     for k in keys:
@@ -141,12 +151,16 @@ def run_engine_bench(keys: tuple[int, ...] = (1, 100, 1000, 10000), flat_total: 
     if flat_total:
         span = 10_000
         first, last = flatness(bundle, 1000, flat_total, span)
-        say(f"flatness (1,000 keys): first {span:,} readings {first:,.0f}/s, readings "
-            f"{flat_total - span:,}-{flat_total:,} {last:,.0f}/s -> ratio {last / first:.2f} (target >= 0.95)")
+        say(
+            f"flatness (1,000 keys): first {span:,} readings {first:,.0f}/s, readings "
+            f"{flat_total - span:,}-{flat_total:,} {last:,.0f}/s -> ratio {last / first:.2f} (target >= 0.95)"
+        )
         result["flatness"] = {"first": first, "last": last, "ratio": last / first, "total": flat_total}
     if memory_keys:
         mem = memory(bundle, memory_keys)
-        say(f"memory: {mem['state_bytes_per_key']:,} bytes of state per key; {mem['keys']:,} active keys grew the "
-            f"process by {mem['rss_growth_mb']:.0f} MB to {mem['rss_total_mb']:.0f} MB RSS (target < 1 GB)")
+        say(
+            f"memory: {mem['state_bytes_per_key']:,} bytes of state per key; {mem['keys']:,} active keys grew the "
+            f"process by {mem['rss_growth_mb']:.0f} MB to {mem['rss_total_mb']:.0f} MB RSS (target < 1 GB)"
+        )
         result["memory"] = mem
     return result

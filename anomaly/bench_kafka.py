@@ -60,22 +60,33 @@ def _bundle(path: str | None, features: int) -> tuple[str, Bundle]:
     frame = generate(SyntheticSpec(n_sensors=features, n_points=3000))
     cols = [c for c in frame.columns if c.startswith("sensor_")]
     ts = np.arange(len(frame), dtype=np.float64)
-    result = train([Series("s", ts, frame[cols].to_numpy(np.float32))], cols, ModelConfig(),
-                   TrainConfig(epochs=1, device="cpu"))
+    result = train(
+        [Series("s", ts, frame[cols].to_numpy(np.float32))],
+        cols,
+        ModelConfig(),
+        TrainConfig(epochs=1, device="cpu"),
+    )
     out = Path(tempfile.mkdtemp(prefix="anomaly-bench-")) / "model.pt"
     save_bundle(result.bundle, out)
     return str(out), result.bundle
 
 
-def _messages(bundle: Bundle, keys: int, readings: int, block: int, t0: float, live: bool = False) -> list[tuple]:
+def _messages(
+    bundle: Bundle, keys: int, readings: int, block: int, t0: float, live: bool = False
+) -> list[tuple]:
     """(key, value) pairs: `readings` readings per key in time order, `block` per message, keys interleaved."""
     rng = np.random.default_rng(0)
     mean, scale = bundle.scaler.mean, bundle.scaler.scale
     out = []
     for start in range(0, readings, block):
         for k in range(keys):
-            rows = [{"ts": t0 + (start + i) * 1.0, "values": (mean + scale * rng.normal(size=len(mean))).round(4)
-                     .tolist()} for i in range(min(block, readings - start))]
+            rows = [
+                {
+                    "ts": t0 + (start + i) * 1.0,
+                    "values": (mean + scale * rng.normal(size=len(mean))).round(4).tolist(),
+                }
+                for i in range(min(block, readings - start))
+            ]
             body = {"key": f"k{k}", **rows[0]} if block == 1 else {"key": f"k{k}", "readings": rows}
             out.append((f"k{k}".encode(), json.dumps(body, separators=(",", ":")).encode()))
     return out
@@ -110,16 +121,33 @@ def _raw_rate(bootstrap: str, topic: str, n: int) -> float:
     return rate
 
 
-def _run_daemon(bootstrap: str, model: str, topic: str, ends: dict[int, int] | None, *, stop_after: float = 0.0,
-                metrics: _LatencyMetrics | None = None, when_ready: Any = None) -> tuple[float, Daemon]:
+def _run_daemon(
+    bootstrap: str,
+    model: str,
+    topic: str,
+    ends: dict[int, int] | None,
+    *,
+    stop_after: float = 0.0,
+    metrics: _LatencyMetrics | None = None,
+    when_ready: Any = None,
+) -> tuple[float, Daemon]:
     """Run a daemon in a thread until it has read every offset in `ends` (or for `stop_after` seconds from its
     first batch), then stop it; returns seconds from its first non-empty batch to the end of its final
     checkpoint and commit, i.e. until every message's alerts and state are durable and its offset committed."""
     tag = uuid.uuid4().hex[:6]
-    cfg = PipelineConfig(kafka=KafkaConfig(bootstrap_servers=bootstrap, topics=(topic,), group_id=f"bench-{tag}",
-                                           alerts_topic=f"bench-alerts-{tag}", changelog_topic=f"bench-cl-{tag}",
-                                           dead_letter_topic=f"bench-dead-{tag}", checkpoint_interval_s=5.0,
-                                           max_poll_interval_ms=3000, session_timeout_ms=3000))
+    cfg = PipelineConfig(
+        kafka=KafkaConfig(
+            bootstrap_servers=bootstrap,
+            topics=(topic,),
+            group_id=f"bench-{tag}",
+            alerts_topic=f"bench-alerts-{tag}",
+            changelog_topic=f"bench-cl-{tag}",
+            dead_letter_topic=f"bench-dead-{tag}",
+            checkpoint_interval_s=5.0,
+            max_poll_interval_ms=3000,
+            session_timeout_ms=3000,
+        )
+    )
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(cfg.kafka.alerts_topic, 1, 1), NewTopic(cfg.kafka.dead_letter_topic, 1, 1)])
     admin.close()
@@ -160,11 +188,36 @@ def _rss(bootstrap: str, model: str, bundle: Bundle, keys: int) -> dict[str, flo
     KafkaAdminClient(bootstrap_servers=bootstrap).create_topics([NewTopic(topic, 4, 1)])
     ends = _produce(bootstrap, topic, _messages(bundle, keys, 1, 1, time.time()))
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("anomaly")), "consume", "-m", model, "-b", bootstrap,
-                             "--topics", topic, "--group-id", f"g-{topic}", "--changelog-topic", f"cl-{topic}",
-                             "--alerts-topic", topic, "--dead-letter-topic", topic, "--metrics-port", str(port),
-                             "--max-poll-interval-ms", "3000", "--session-timeout-ms", "3000",
-                             "--checkpoint-interval", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("anomaly")),
+            "consume",
+            "-m",
+            model,
+            "-b",
+            bootstrap,
+            "--topics",
+            topic,
+            "--group-id",
+            f"g-{topic}",
+            "--changelog-topic",
+            f"cl-{topic}",
+            "--alerts-topic",
+            topic,
+            "--dead-letter-topic",
+            topic,
+            "--metrics-port",
+            str(port),
+            "--max-poll-interval-ms",
+            "3000",
+            "--session-timeout-ms",
+            "3000",
+            "--checkpoint-interval",
+            "1000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"g-{topic}", enable_auto_commit=False)
     try:
         deadline = time.monotonic() + 300
@@ -173,15 +226,20 @@ def _rss(bootstrap: str, model: str, bundle: Bundle, keys: int) -> dict[str, flo
 
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                held = [float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("anomaly_keys_held ")]
+                held = [
+                    float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("anomaly_keys_held ")
+                ]
                 if held and held[0] >= keys:
                     break
             except OSError:
                 pass
             time.sleep(0.5)
         status = Path(f"/proc/{proc.pid}/status").read_text()
-        rss = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
-               if ln.startswith(("VmRSS", "VmHWM"))}
+        rss = {
+            ln.split(":")[0]: int(ln.split()[1]) / 1024
+            for ln in status.splitlines()
+            if ln.startswith(("VmRSS", "VmHWM"))
+        }
         del ends
         return {"keys": keys, "rss_mb": round(rss["VmRSS"], 1), "peak_rss_mb": round(rss["VmHWM"], 1)}
     finally:
@@ -190,8 +248,16 @@ def _rss(bootstrap: str, model: str, bundle: Bundle, keys: int) -> dict[str, flo
         consumer.close()
 
 
-def _feed(bootstrap: str, topic: str, rate: float, keys: int, mean: list[float], scale: list[float], go: Any,
-          stop: Any) -> None:
+def _feed(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    keys: int,
+    mean: list[float],
+    scale: list[float],
+    go: Any,
+    stop: Any,
+) -> None:
     """Producer process of the latency run: one reading per message stamped with the wall clock at send."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     rng = np.random.default_rng(1)
@@ -200,7 +266,11 @@ def _feed(bootstrap: str, topic: str, rate: float, keys: int, mean: list[float],
     n, t0 = 0, time.monotonic()
     while not stop.is_set():
         k = n % keys
-        body = {"key": f"k{k}", "ts": time.time(), "values": (m + sc * rng.normal(size=len(m))).round(4).tolist()}
+        body = {
+            "key": f"k{k}",
+            "ts": time.time(),
+            "values": (m + sc * rng.normal(size=len(m))).round(4).tolist(),
+        }
         producer.send(topic, key=f"k{k}".encode(), value=json.dumps(body).encode())
         n += 1
         ahead = n / rate - (time.monotonic() - t0)
@@ -209,9 +279,19 @@ def _feed(bootstrap: str, topic: str, rate: float, keys: int, mean: list[float],
     producer.close()
 
 
-def run_kafka_bench(bootstrap: str | None = None, model: str | None = None, *, keys: int = 1000,
-                    readings: int = 40, block: int = 32, block_rounds: int = 4, latency_s: float = 10.0,
-                    rss_keys: int = 100_000, features: int = 6, log: Any = print) -> dict[str, Any]:
+def run_kafka_bench(
+    bootstrap: str | None = None,
+    model: str | None = None,
+    *,
+    keys: int = 1000,
+    readings: int = 40,
+    block: int = 32,
+    block_rounds: int = 4,
+    latency_s: float = 10.0,
+    rss_keys: int = 100_000,
+    features: int = 6,
+    log: Any = print,
+) -> dict[str, Any]:
     """Run every measurement and return them as a dict (also printed through ``log``)."""
     broker = None if bootstrap else TansuBroker().start()
     bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
@@ -222,48 +302,73 @@ def run_kafka_bench(bootstrap: str | None = None, model: str | None = None, *, k
         single, blocks, live = f"bench-single-{tag}", f"bench-block-{tag}", f"bench-live-{tag}"
         admin.create_topics([NewTopic(t, 4, 1) for t in (single, blocks, live)])
         admin.close()
-        res: dict[str, Any] = {"keys": keys, "window": bundle.window, "hidden": bundle.arch.hidden_size,
-                               "features": len(bundle.features), "torch_threads": DaemonOptions().torch_threads}
+        res: dict[str, Any] = {
+            "keys": keys,
+            "window": bundle.window,
+            "hidden": bundle.arch.hidden_size,
+            "features": len(bundle.features),
+            "torch_threads": DaemonOptions().torch_threads,
+        }
         n_single = keys * readings
         ends = _produce(bootstrap, single, _messages(bundle, keys, readings, 1, 1.7e9))
         res["raw_msgs_per_s"] = round(_raw_rate(bootstrap, single, n_single))
         secs, _ = _run_daemon(bootstrap, model, single, ends)
         res["daemon_msgs_per_s"] = round(n_single / secs)
         res["single_ratio"] = round(res["daemon_msgs_per_s"] / res["raw_msgs_per_s"], 3)
-        log(f"single readings: raw consume+decode {res['raw_msgs_per_s']:,} msg/s, daemon end-to-end "
-            f"{res['daemon_msgs_per_s']:,} msg/s -> {res['single_ratio']:.2f}x (target >= 0.8x)")
+        log(
+            f"single readings: raw consume+decode {res['raw_msgs_per_s']:,} msg/s, daemon end-to-end "
+            f"{res['daemon_msgs_per_s']:,} msg/s -> {res['single_ratio']:.2f}x (target >= 0.8x)"
+        )
 
         n_block = keys * block * block_rounds
         ends = _produce(bootstrap, blocks, _messages(bundle, keys, block * block_rounds, block, 1.7e9))
         secs, _ = _run_daemon(bootstrap, model, blocks, ends)
         res["block_readings_per_s"] = round(n_block / secs)
         res["block_ratio"] = round(res["block_readings_per_s"] / res["raw_msgs_per_s"], 2)
-        log(f"blocks of {block}: {res['block_readings_per_s']:,} readings/s scored -> {res['block_ratio']:.1f}x the "
-            f"raw single-message rate (target >= 6x)")
+        log(
+            f"blocks of {block}: {res['block_readings_per_s']:,} readings/s scored -> {res['block_ratio']:.1f}x the "
+            f"raw single-message rate (target >= 6x)"
+        )
 
         rate = res["daemon_msgs_per_s"] / 2
         metrics = _LatencyMetrics()
         ctx = multiprocessing.get_context("spawn")  # its own interpreter: no GIL shared with the daemon
         go, stop = ctx.Event(), ctx.Event()
-        feeder = ctx.Process(target=_feed, args=(bootstrap, live, rate, keys, bundle.scaler.mean.tolist(),
-                                                 bundle.scaler.scale.tolist(), go, stop), daemon=True)
+        feeder = ctx.Process(
+            target=_feed,
+            args=(
+                bootstrap,
+                live,
+                rate,
+                keys,
+                bundle.scaler.mean.tolist(),
+                bundle.scaler.scale.tolist(),
+                go,
+                stop,
+            ),
+            daemon=True,
+        )
         feeder.start()
         _run_daemon(bootstrap, model, live, None, stop_after=latency_s, metrics=metrics, when_ready=go.set)
         stop.set()
         feeder.join(30)
-        lat = np.asarray(metrics.latencies[len(metrics.latencies) // 5:])  # skip the first fifth (warm-up)
+        lat = np.asarray(metrics.latencies[len(metrics.latencies) // 5 :])  # skip the first fifth (warm-up)
         res["latency_rate_msgs_per_s"] = round(rate)
         res["latency_windows"] = int(lat.size)
         if lat.size:
             res["latency_p50_ms"] = round(float(np.percentile(lat, 50)) * 1000, 1)
             res["latency_p99_ms"] = round(float(np.percentile(lat, 99)) * 1000, 1)
-        log(f"latency at {rate:,.0f} msg/s (half the daemon rate): p50 {res.get('latency_p50_ms')} ms, "
-            f"p99 {res.get('latency_p99_ms')} ms over {lat.size} windows")
+        log(
+            f"latency at {rate:,.0f} msg/s (half the daemon rate): p50 {res.get('latency_p50_ms')} ms, "
+            f"p99 {res.get('latency_p99_ms')} ms over {lat.size} windows"
+        )
 
         if rss_keys:
             res.update({f"rss_{k}": v for k, v in _rss(bootstrap, model, bundle, rss_keys).items()})
-            log(f"memory: {res['rss_keys']:,} keys held -> RSS {res['rss_rss_mb']:,} MB "
-                f"(peak {res['rss_peak_rss_mb']:,} MB)")
+            log(
+                f"memory: {res['rss_keys']:,} keys held -> RSS {res['rss_rss_mb']:,} MB "
+                f"(peak {res['rss_peak_rss_mb']:,} MB)"
+            )
         return res
     finally:
         if broker is not None:

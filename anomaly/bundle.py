@@ -30,8 +30,12 @@ class Bundle:
     model: LSTMAutoencoder
     features: list[str]
     scaler: Scaler
-    calibration: dict[str, Any]  # point-error quantiles, per-feature error means, reference, default threshold
-    meta: dict[str, Any] = field(default_factory=dict)  # version, created_at, fingerprint, training metrics...
+    calibration: dict[
+        str, Any
+    ]  # point-error quantiles, per-feature error means, reference, default threshold
+    meta: dict[str, Any] = field(
+        default_factory=dict
+    )  # version, created_at, fingerprint, training metrics...
 
     @property
     def arch(self) -> Architecture:
@@ -72,8 +76,11 @@ class Bundle:
                 parts.append(f"missing {', '.join(missing)}")
             if extra:
                 parts.append(f"unexpected {', '.join(extra)}")
-            raise SchemaError(f"{where} does not match the model's features: {'; '.join(parts)}",
-                              missing=missing, extra=extra)
+            raise SchemaError(
+                f"{where} does not match the model's features: {'; '.join(parts)}",
+                missing=missing,
+                extra=extra,
+            )
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -123,8 +130,9 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})",
-                          path=str(p)) from None
+        raise BundleError(
+            f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})", path=str(p)
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BundleError(f"{p} is not an anomaly model bundle (expected format {FORMAT})", path=str(p))
     try:
@@ -147,8 +155,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         features = list(meta["features"])
         calibration = dict(meta["calibration"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise BundleError(f"{path}: bundle does not describe a valid model ({str(exc).splitlines()[0][:120]})",
-                          path=str(path)) from None
+        raise BundleError(
+            f"{path}: bundle does not describe a valid model ({str(exc).splitlines()[0][:120]})",
+            path=str(path),
+        ) from None
     model.to(device).eval()
     rest = {k: v for k, v in meta.items() if k not in ("architecture", "scaler", "features", "calibration")}
     return Bundle(model, features, scaler, calibration, rest)

@@ -10,8 +10,14 @@ from anomaly.commands import bench_cmds, kafka_cmds, model_cmds, replay_cmds, sk
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="anomaly")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, envvar="ANOMALY_THREADS",
-              help="CPU threads for PyTorch. One is fastest for streaming-sized batches and on busy machines.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    envvar="ANOMALY_THREADS",
+    help="CPU threads for PyTorch. One is fastest for streaming-sized batches and on busy machines.",
+)
 def main(threads: int) -> None:
     """Streaming anomaly detection for sensor streams: train an LSTM autoencoder, replay CSV backtests and run
     the Kafka consumer daemon through one scoring engine."""

@@ -68,7 +68,9 @@ class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
     threshold: str = "static"  # static | dynamic
-    score: str = "mean"  # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
+    score: str = (
+        "mean"  # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
+    )
     static_threshold: float | None = None  # score units; None: the bundle's calibrated default
     smoothing: float = 0.2  # EWMA alpha applied to point scores before thresholding (1.0 = none)
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
@@ -125,7 +127,9 @@ class MetricsConfig:
 class ReplayConfig:
     """How `anomaly replay` turns engine output into point predictions and files."""
 
-    predict: str = "alert"  # alert: points inside an open alert are predicted anomalous | point: score > threshold
+    predict: str = (
+        "alert"  # alert: points inside an open alert are predicted anomalous | point: score > threshold
+    )
     batch_readings: int = 4096  # readings per engine call (results do not depend on it)
     plots: bool = True
     parquet: bool = True
@@ -192,7 +196,8 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
     for name, value in values.items():
         if name not in hints:
             raise ConfigError(
-                f"unknown setting {section}.{name}; valid settings: {', '.join(valid)}", key=f"{section}.{name}"
+                f"unknown setting {section}.{name}; valid settings: {', '.join(valid)}",
+                key=f"{section}.{name}",
             )
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
     return dataclasses.replace(section_obj, **changes)
@@ -256,10 +261,14 @@ def build_config(
 
 
 def load_config(
-    pipeline: str | Path | None, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    pipeline: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
     """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options."""
-    return build_config(read_toml(pipeline) if pipeline else None, os.environ if env is None else env, overrides)
+    return build_config(
+        read_toml(pipeline) if pipeline else None, os.environ if env is None else env, overrides
+    )
 
 
 def validate(cfg: PipelineConfig) -> None:
@@ -278,7 +287,9 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.engine.threshold in ("static", "dynamic"), "engine.threshold must be one of: static, dynamic")
     need(cfg.engine.score in ("mean", "max_feature"), "engine.score must be one of: mean, max_feature")
     need(0.0 < cfg.engine.smoothing <= 1.0, "engine.smoothing must be in (0, 1]")
-    need(cfg.engine.duplicate_policy in ("drop", "keep"), "engine.duplicate_policy must be one of: drop, keep")
+    need(
+        cfg.engine.duplicate_policy in ("drop", "keep"), "engine.duplicate_policy must be one of: drop, keep"
+    )
     need(cfg.engine.nan_policy in ("reject", "ffill"), "engine.nan_policy must be one of: reject, ffill")
     need(cfg.engine.alert_open_after >= 1, "engine.alert_open_after must be at least 1")
     need(cfg.engine.alert_close_after >= 1, "engine.alert_close_after must be at least 1")

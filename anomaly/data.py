@@ -30,12 +30,22 @@ class Series:
         return len(self.timestamps)
 
     def head(self, n: int) -> Series:
-        return Series(self.key, self.timestamps[:n], self.values[:n],
-                      None if self.labels is None else self.labels[:n], self.source)
+        return Series(
+            self.key,
+            self.timestamps[:n],
+            self.values[:n],
+            None if self.labels is None else self.labels[:n],
+            self.source,
+        )
 
     def tail_from(self, n: int) -> Series:
-        return Series(self.key, self.timestamps[n:], self.values[n:],
-                      None if self.labels is None else self.labels[n:], self.source)
+        return Series(
+            self.key,
+            self.timestamps[n:],
+            self.values[n:],
+            None if self.labels is None else self.labels[n:],
+            self.source,
+        )
 
 
 def detect_separator(path: Path) -> str:
@@ -77,8 +87,11 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
     skip = {cfg.time_column, *(cfg.label_columns or ()), cfg.label}
     if cfg.key_column:
         skip.add(cfg.key_column)
-    feats = [c for c in frame.columns
-             if c not in skip and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
+    feats = [
+        c
+        for c in frame.columns
+        if c not in skip and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()
+    ]
     if not feats:
         raise SchemaError("no numeric feature columns found")
     return feats
@@ -89,13 +102,18 @@ def check_features(columns: Iterable[str], expected: Sequence[str], where: str) 
     have = list(columns)
     missing = [f for f in expected if f not in have]
     if missing:
-        raise SchemaError(f"{where} is missing feature(s) {', '.join(missing)} that the model needs",
-                          missing=missing)
+        raise SchemaError(
+            f"{where} is missing feature(s) {', '.join(missing)} that the model needs", missing=missing
+        )
 
 
-def frame_to_series(frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str) -> list[Series]:
+def frame_to_series(
+    frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str
+) -> list[Series]:
     if cfg.time_column not in frame.columns:
-        raise SchemaError(f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}")
+        raise SchemaError(
+            f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}"
+        )
     check_features(frame.columns, features, source)
     ts_all = to_epoch_seconds(frame[cfg.time_column])
     values_all = frame[list(features)].to_numpy(dtype=np.float32)
@@ -114,13 +132,21 @@ def frame_to_series(frame: pd.DataFrame, features: Sequence[str], cfg: DataConfi
     for key in groups:
         idx = np.flatnonzero(keys == key) if keys is not None else np.arange(len(frame))
         order = idx[np.argsort(ts_all[idx], kind="stable")]
-        out.append(Series(str(key), ts_all[order], values_all[order],
-                          None if labels_all is None else labels_all[order], source))
+        out.append(
+            Series(
+                str(key),
+                ts_all[order],
+                values_all[order],
+                None if labels_all is None else labels_all[order],
+                source,
+            )
+        )
     return out
 
 
-def load_series(paths: Sequence[str | Path], cfg: DataConfig, features: Sequence[str] | None = None
-                ) -> tuple[list[Series], list[str]]:
+def load_series(
+    paths: Sequence[str | Path], cfg: DataConfig, features: Sequence[str] | None = None
+) -> tuple[list[Series], list[str]]:
     """Read every file into series. Features come from `features`, the config, or the first file's numerics.
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two

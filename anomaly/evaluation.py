@@ -82,7 +82,9 @@ class EventCounts:
     seconds: float = 0.0  # evaluated time: sum over series of (last timestamp - first timestamp)
 
     def __add__(self, other: EventCounts) -> EventCounts:
-        return EventCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))
+        return EventCounts(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
 
     @property
     def recall(self) -> float:
@@ -111,25 +113,38 @@ class Counts:
     series: int = 0
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(self.point + other.point, self.adjusted + other.adjusted, self.events + other.events,
-                      self.series + other.series)
+        return Counts(
+            self.point + other.point,
+            self.adjusted + other.adjusted,
+            self.events + other.events,
+            self.series + other.series,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Counts:
-        return cls(Confusion(**d["point"]), Confusion(**d["adjusted"]), EventCounts(**d["events"]),
-                   int(d["series"]))
+        return cls(
+            Confusion(**d["point"]), Confusion(**d["adjusted"]), EventCounts(**d["events"]), int(d["series"])
+        )
 
     def metrics(self) -> dict[str, Any]:
         """Flat metric dict (fractions, not percentages) plus the raw counts under ``"counts"``."""
         p, a, e = self.point, self.adjusted, self.events
         return {
-            "precision": p.precision, "recall": p.recall, "f1": p.f1, "far": p.far, "mar": p.mar,
-            "pa_precision": a.precision, "pa_recall": a.recall, "pa_f1": a.f1,
-            "event_precision": e.precision, "event_recall": e.recall,
-            "mean_delay_s": e.mean_delay_seconds, "false_alerts_per_day": e.false_alerts_per_day,
+            "precision": p.precision,
+            "recall": p.recall,
+            "f1": p.f1,
+            "far": p.far,
+            "mar": p.mar,
+            "pa_precision": a.precision,
+            "pa_recall": a.recall,
+            "pa_f1": a.f1,
+            "event_precision": e.precision,
+            "event_recall": e.recall,
+            "mean_delay_s": e.mean_delay_seconds,
+            "false_alerts_per_day": e.false_alerts_per_day,
             "counts": self.to_json(),
         }
 
@@ -171,7 +186,9 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any) -> EventCounts:
             delay += float(ts[start + hits[0]] - ts[start])
     matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
     seconds = float(ts[-1] - ts[0]) if len(ts) else 0.0
-    return EventCounts(len(true_segs), detected, len(pred_segs), matched, len(pred_segs) - matched, delay, seconds)
+    return EventCounts(
+        len(true_segs), detected, len(pred_segs), matched, len(pred_segs) - matched, delay, seconds
+    )
 
 
 def count(labels: Any, predictions: Any, timestamps: Any) -> Counts:
@@ -179,7 +196,9 @@ def count(labels: Any, predictions: Any, timestamps: Any) -> Counts:
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     if not (len(y) == len(p) == len(ts)):
-        raise ValueError(f"labels, predictions and timestamps differ in length: {len(y)}, {len(p)}, {len(ts)}")
+        raise ValueError(
+            f"labels, predictions and timestamps differ in length: {len(y)}, {len(p)}, {len(ts)}"
+        )
     return Counts(Confusion.of(y, p), Confusion.of(y, point_adjust(y, p)), event_counts(y, p, ts), 1)
 
 
@@ -217,12 +236,21 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         ("  PA-precision", _fmt(metrics["pa_precision"])),
         ("  PA-recall", _fmt(metrics["pa_recall"])),
         ("event-wise", ""),
-        ("  recall", f"{_fmt(metrics['event_recall'])}  ({e['detected_events']} of {e['true_events']} events)"),
-        ("  precision", f"{_fmt(metrics['event_precision'])}  "
-                        f"({e['matched_predictions']} of {e['predicted_events']} predicted segments)"),
+        (
+            "  recall",
+            f"{_fmt(metrics['event_recall'])}  ({e['detected_events']} of {e['true_events']} events)",
+        ),
+        (
+            "  precision",
+            f"{_fmt(metrics['event_precision'])}  "
+            f"({e['matched_predictions']} of {e['predicted_events']} predicted segments)",
+        ),
         ("  mean detection delay, s", _fmt(metrics["mean_delay_s"], digits=1)),
-        ("  false alerts per day", _fmt(metrics["false_alerts_per_day"], digits=1)
-         + f"  ({e['false_alerts']} in {e['seconds'] / 3600:.2f} h)"),
+        (
+            "  false alerts per day",
+            _fmt(metrics["false_alerts_per_day"], digits=1)
+            + f"  ({e['false_alerts']} in {e['seconds'] / 3600:.2f} h)",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}".rstrip() for name, value in rows)

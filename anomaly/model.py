@@ -35,10 +35,12 @@ class LSTMAutoencoder(nn.Module):
         super().__init__()
         self.arch = arch
         inter_dropout = arch.dropout if arch.num_layers > 1 else 0.0
-        self.encoder = nn.LSTM(arch.n_features, arch.hidden_size, arch.num_layers, batch_first=True,
-                               dropout=inter_dropout)
-        self.decoder = nn.LSTM(arch.hidden_size, arch.hidden_size, arch.num_layers, batch_first=True,
-                               dropout=inter_dropout)
+        self.encoder = nn.LSTM(
+            arch.n_features, arch.hidden_size, arch.num_layers, batch_first=True, dropout=inter_dropout
+        )
+        self.decoder = nn.LSTM(
+            arch.hidden_size, arch.hidden_size, arch.num_layers, batch_first=True, dropout=inter_dropout
+        )
         self.latent_dropout = nn.Dropout(arch.dropout)
         self.head = nn.Linear(arch.hidden_size, arch.n_features)
 

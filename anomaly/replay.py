@@ -65,14 +65,22 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
     if s.labels is not None:
         cols["label"] = s.labels
     res = {
-        "error": np.full(n, np.nan, np.float32), "score": np.full(n, np.nan, np.float32),
-        "threshold": np.full(n, np.nan, np.float32), "anomalous": np.zeros(n, bool),
-        "alert_open": np.zeros(n, bool), "scored": np.zeros(n, bool),
+        "error": np.full(n, np.nan, np.float32),
+        "score": np.full(n, np.nan, np.float32),
+        "threshold": np.full(n, np.nan, np.float32),
+        "anomalous": np.zeros(n, bool),
+        "alert_open": np.zeros(n, bool),
+        "scored": np.zeros(n, bool),
     }
     if len(got["timestamps"]):
         pos = np.searchsorted(s.timestamps, got["timestamps"])
-        for name, src in (("error", "errors"), ("score", "scores"), ("threshold", "thresholds"),
-                          ("anomalous", "anomalous"), ("alert_open", "alert_open")):
+        for name, src in (
+            ("error", "errors"),
+            ("score", "scores"),
+            ("threshold", "thresholds"),
+            ("anomalous", "anomalous"),
+            ("alert_open", "alert_open"),
+        ):
             res[name][pos] = got[src]
         res["scored"][pos] = True
     cols.update(res)
@@ -80,9 +88,17 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
     return pd.DataFrame(cols)
 
 
-def replay(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig, out_dir: str | Path, *,
-           observer: Observer | None = None, progress: bool = False, engine: Engine | None = None,
-           write_plots: bool | None = None) -> ReplayResult:
+def replay(
+    bundle: Bundle,
+    series: Sequence[Series],
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    observer: Observer | None = None,
+    progress: bool = False,
+    engine: Engine | None = None,
+    write_plots: bool | None = None,
+) -> ReplayResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine = engine or Engine(bundle, cfg.engine)
@@ -95,11 +111,18 @@ def replay(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig, out_di
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(s) for s in series), desc="replay", unit="reading")
-    totals = run(engine, batches, [collector, alerts, rejections], observer=observer,
-                 on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None)
+    totals = run(
+        engine,
+        batches,
+        [collector, alerts, rejections],
+        observer=observer,
+        on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
+    )
     if bar is not None:
         bar.close()
-    frames = {s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series}
+    frames = {
+        s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
+    }
     points = pd.concat(frames.values(), ignore_index=True) if frames else pd.DataFrame()
     points.to_csv(out / "scores.csv", index=False)
     if cfg.replay.parquet:
@@ -107,8 +130,9 @@ def replay(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig, out_di
     per_series = {}
     for key, f in frames.items():
         if "label" in f:
-            per_series[key] = evaluation.evaluate(f["label"].to_numpy(), f["predicted"].to_numpy(),
-                                                  f["timestamp"].to_numpy())
+            per_series[key] = evaluation.evaluate(
+                f["label"].to_numpy(), f["predicted"].to_numpy(), f["timestamp"].to_numpy()
+            )
     summary: dict[str, Any] = {
         "model_version": bundle.version,
         "series": len(series),
@@ -123,14 +147,25 @@ def replay(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig, out_di
     }
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
-        summary["per_series"] = {k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()}
+        summary["per_series"] = {
+            k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     reports: list[Path] = []
     if cfg.replay.plots if write_plots is None else write_plots:
         from anomaly.report import plot_series
 
-        keep = ["key", "timestamp", *bundle.features, "label", "error", "score", "threshold", "anomalous",
-                "alert_open"]
+        keep = [
+            "key",
+            "timestamp",
+            *bundle.features,
+            "label",
+            "error",
+            "score",
+            "threshold",
+            "anomalous",
+            "alert_open",
+        ]
         for key, f in frames.items():
             path = out / f"report-{_safe(key)}.png"
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")

@@ -30,8 +30,13 @@ STACK_OFFSET = 4.0  # vertical distance between standardized features, in standa
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The raw feature columns: numeric, non-boolean columns that are not one of the per-point result columns."""
-    return [c for c in frame.columns if c not in RESULT_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
-            and not pd.api.types.is_bool_dtype(frame[c])]
+    return [
+        c
+        for c in frame.columns
+        if c not in RESULT_COLUMNS
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c])
+    ]
 
 
 def safe_name(key: str) -> str:
@@ -53,8 +58,9 @@ def _shade(ax: Any, times: pd.DatetimeIndex, mask: np.ndarray, **style: Any) -> 
         style.pop("label", None)  # one legend entry per panel
 
 
-def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: str | Path,
-                title: str | None = None) -> Path:
+def plot_series(
+    frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path:
     """Draw one series' results (rows of a single key, any order) and its alerts into a PNG at `path`.
 
     `alerts` are ``Alert.to_json()`` dicts; those of other keys are ignored, and an "open" and a "closed"
@@ -62,7 +68,9 @@ def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: 
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"result frame lacks column(s) {', '.join(missing)}; expected {', '.join(RESULT_COLUMNS)}")
+        raise ValueError(
+            f"result frame lacks column(s) {', '.join(missing)}; expected {', '.join(RESULT_COLUMNS)}"
+        )
     if frame.empty:
         raise ValueError("result frame has no rows to plot")
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -70,8 +78,9 @@ def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: 
     times = _times(frame["timestamp"])
     features = feature_columns(frame)
 
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 8), height_ratios=(3, 2),
-                                      layout="constrained")
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(14, 8), height_ratios=(3, 2), layout="constrained"
+    )
     label = frame["label"].fillna(0).to_numpy().astype(bool) if "label" in frame.columns else None
 
     for i, name in enumerate(features):
@@ -83,12 +92,24 @@ def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: 
     top.set_title(title or f"{key}: standardized signals")
 
     bottom.plot(times, frame["score"].to_numpy(np.float64), color="tab:blue", linewidth=0.9, label="score")
-    bottom.plot(times, frame["threshold"].to_numpy(np.float64), color="black", linestyle="--", linewidth=0.9,
-                label="threshold")
+    bottom.plot(
+        times,
+        frame["threshold"].to_numpy(np.float64),
+        color="black",
+        linestyle="--",
+        linewidth=0.9,
+        label="threshold",
+    )
     flagged = frame["anomalous"].fillna(False).to_numpy().astype(bool)
     if flagged.any():
-        bottom.scatter(times[flagged], frame["score"].to_numpy(np.float64)[flagged], s=6, color="tab:red",
-                       zorder=3, label="anomalous point")
+        bottom.scatter(
+            times[flagged],
+            frame["score"].to_numpy(np.float64)[flagged],
+            s=6,
+            color="tab:red",
+            zorder=3,
+            label="anomalous point",
+        )
     bottom.set_yscale("symlog", linthresh=1.0)
     bottom.set_ylabel("score (1.0 = calibration quantile)")
 
@@ -97,8 +118,15 @@ def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: 
         _shade(bottom, times, label, color="tab:orange", alpha=0.15, label="labelled anomaly")
     for i, (start, end) in enumerate(alert_spans(alerts, key, times[-1].timestamp())):
         span = _times([start, end])
-        bottom.axvspan(span[0], span[1], ymin=0.92, ymax=1.0, color="tab:red", alpha=0.7,
-                       label="alert" if i == 0 else None)
+        bottom.axvspan(
+            span[0],
+            span[1],
+            ymin=0.92,
+            ymax=1.0,
+            color="tab:red",
+            alpha=0.7,
+            label="alert" if i == 0 else None,
+        )
         top.axvline(span[0], color="tab:red", linewidth=0.8, alpha=0.6)
     bottom.legend(loc="upper left", fontsize="small", ncols=5)
     bottom.set_xlabel("time (UTC)")
@@ -110,7 +138,9 @@ def plot_series(frame: pd.DataFrame, alerts: Iterable[Mapping[str, Any]], path: 
     return out
 
 
-def alert_spans(alerts: Iterable[Mapping[str, Any]], key: str, series_end: float) -> list[tuple[float, float]]:
+def alert_spans(
+    alerts: Iterable[Mapping[str, Any]], key: str, series_end: float
+) -> list[tuple[float, float]]:
     """(start, end) epoch seconds of each alert of `key`; an alert never closed ends at `series_end`."""
     spans: dict[str, tuple[float, float]] = {}
     for a in alerts:
@@ -124,7 +154,9 @@ def alert_spans(alerts: Iterable[Mapping[str, Any]], key: str, series_end: float
     return sorted(spans.values())
 
 
-def write_reports(frame: pd.DataFrame, alerts: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+def write_reports(
+    frame: pd.DataFrame, alerts: Sequence[Mapping[str, Any]], out_dir: str | Path
+) -> list[Path]:
     """One PNG per key of `frame` in `out_dir`, named after the key; returns the paths written."""
     if "key" not in frame.columns:
         raise ValueError(f"result frame lacks column key; expected {', '.join(RESULT_COLUMNS)}")

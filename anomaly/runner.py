@@ -42,9 +42,16 @@ class Observer(Protocol):
     def observe(self, out: EngineOutput, batch: Batch, engine: Any, now: float) -> None: ...
 
 
-def run(engine: Any, batches: Iterable[Batch], sinks: Sequence[Sink], *, observer: Observer | None = None,
-        checkpointer: Checkpointer | None = None, clock: Callable[[], float] = time.time,
-        on_batch: Callable[[Batch, EngineOutput], None] | None = None) -> dict[str, int]:
+def run(
+    engine: Any,
+    batches: Iterable[Batch],
+    sinks: Sequence[Sink],
+    *,
+    observer: Observer | None = None,
+    checkpointer: Checkpointer | None = None,
+    clock: Callable[[], float] = time.time,
+    on_batch: Callable[[Batch, EngineOutput], None] | None = None,
+) -> dict[str, int]:
     """Drive batches through the engine until the source ends (replay) or stops (daemon shutdown)."""
     totals = {"messages": 0, "readings": 0, "windows": 0, "alerts": 0, "rejected": 0}
     try:

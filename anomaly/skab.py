@@ -46,12 +46,28 @@ LEADERBOARD: tuple[tuple[str, float, float, float], ...] = (
 # Temperature and Thermocouple are left out by a label-free drift screen on the training rows (see the TOML).
 FEATURES = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Voltage", "Volume Flow RateRMS")
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"time_column": "datetime", "label": "anomaly", "label_columns": ["anomaly", "changepoint"],
-             "features": list(FEATURES)},
+    "data": {
+        "time_column": "datetime",
+        "label": "anomaly",
+        "label_columns": ["anomaly", "changepoint"],
+        "features": list(FEATURES),
+    },
     "model": {"window": 16, "hidden_size": 32},
-    "train": {"epochs": 30, "patience": 5, "device": "cpu", "threshold_quantile": 0.99, "threshold_factor": 1.0},
-    "engine": {"threshold": "dynamic", "score": "max_feature", "smoothing": 0.2, "dynamic_min": 1.0,
-               "alert_open_after": 3, "alert_close_after": 30},
+    "train": {
+        "epochs": 30,
+        "patience": 5,
+        "device": "cpu",
+        "threshold_quantile": 0.99,
+        "threshold_factor": 1.0,
+    },
+    "engine": {
+        "threshold": "dynamic",
+        "score": "max_feature",
+        "smoothing": 0.2,
+        "dynamic_min": 1.0,
+        "alert_open_after": 3,
+        "alert_close_after": 30,
+    },
     "replay": {"predict": "alert"},
 }
 
@@ -97,8 +113,9 @@ def file_key(path: Path, root: str | Path) -> str:
     return path.relative_to(Path(root)).with_suffix("").as_posix()
 
 
-def run_file(path: str | Path, root: str | Path, cfg: PipelineConfig, train_rows: int = TRAIN_ROWS,
-             warm: bool = True) -> FileResult:
+def run_file(
+    path: str | Path, root: str | Path, cfg: PipelineConfig, train_rows: int = TRAIN_ROWS, warm: bool = True
+) -> FileResult:
     """Train on the first `train_rows` rows of one file, stream the rest through the engine, evaluate."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -126,19 +143,34 @@ def run_file(path: str | Path, root: str | Path, cfg: PipelineConfig, train_rows
         inside = got["timestamps"] >= test.timestamps[0]
         got = {name: values[inside] for name, values in got.items()}
     frame = point_frame(test, features, got, cfg.replay.predict)
-    metrics = evaluation.evaluate(frame["label"].to_numpy(), frame["predicted"].to_numpy(),
-                                  frame["timestamp"].to_numpy())
-    return FileResult(s.key, metrics, frame, [a.to_json() for a in out.alerts], int((~frame["scored"]).sum()),
-                      int(result.bundle.meta["training"]["epochs_run"]), time.perf_counter() - started)
+    metrics = evaluation.evaluate(
+        frame["label"].to_numpy(), frame["predicted"].to_numpy(), frame["timestamp"].to_numpy()
+    )
+    return FileResult(
+        s.key,
+        metrics,
+        frame,
+        [a.to_json() for a in out.alerts],
+        int((~frame["scored"]).sum()),
+        int(result.bundle.meta["training"]["epochs_run"]),
+        time.perf_counter() - started,
+    )
 
 
 def _run_file_args(args: tuple[Path, Path, PipelineConfig, int, bool]) -> FileResult:
     return run_file(*args)
 
 
-def run_benchmark(root: str | Path, cfg: PipelineConfig, *, train_rows: int = TRAIN_ROWS, warm: bool = True,
-                  jobs: int = 1, limit: int | None = None,
-                  on_file: Callable[[FileResult], None] | None = None) -> BenchmarkResult:
+def run_benchmark(
+    root: str | Path,
+    cfg: PipelineConfig,
+    *,
+    train_rows: int = TRAIN_ROWS,
+    warm: bool = True,
+    jobs: int = 1,
+    limit: int | None = None,
+    on_file: Callable[[FileResult], None] | None = None,
+) -> BenchmarkResult:
     """Every labelled file of `root` (the first `limit` when given), pooled. Results do not depend on `jobs`."""
     files = skab_files(root)[:limit]
     started = time.perf_counter()
@@ -156,8 +188,14 @@ def run_benchmark(root: str | Path, cfg: PipelineConfig, *, train_rows: int = TR
                 if on_file is not None:
                     on_file(r)
     pooled = evaluation.pool(r.metrics for r in results)
-    settings = {"train_rows": train_rows, "warm": warm, "predict": cfg.replay.predict,
-                "model": vars(cfg.model), "train": vars(cfg.train), "engine": vars(cfg.engine)}
+    settings = {
+        "train_rows": train_rows,
+        "warm": warm,
+        "predict": cfg.replay.predict,
+        "model": vars(cfg.model),
+        "train": vars(cfg.train),
+        "engine": vars(cfg.engine),
+    }
     return BenchmarkResult(results, pooled, time.perf_counter() - started, settings)
 
 
@@ -175,17 +213,29 @@ def summary(result: BenchmarkResult) -> dict[str, Any]:
     """Machine-readable summary: pooled metrics (fractions, and SKAB-style rounded percentages), per file."""
     p = result.pooled
     return {
-        "benchmark": "SKAB", "protocol": f"per-file model on first {result.settings.get('train_rows')} rows, "
-                                         "test on the rest, point-wise, pooled over files",
+        "benchmark": "SKAB",
+        "protocol": f"per-file model on first {result.settings.get('train_rows')} rows, "
+        "test on the rest, point-wise, pooled over files",
         "files": len(result.files),
-        "skab": {"f1": round(p["f1"], 4), "far_pct": round(p["far"] * 100, 2), "mar_pct": round(p["mar"] * 100, 2)},
+        "skab": {
+            "f1": round(p["f1"], 4),
+            "far_pct": round(p["far"] * 100, 2),
+            "mar_pct": round(p["mar"] * 100, 2),
+        },
         "pooled": {k: v for k, v in p.items() if k != "counts"},
         "counts": p["counts"],
         "unscored_points": sum(r.unscored for r in result.files),
         "seconds": round(result.seconds, 1),
         "settings": result.settings,
-        "per_file": {r.key: {"f1": round(r.metrics["f1"], 4), "far": round(r.metrics["far"], 4),
-                             "mar": round(r.metrics["mar"], 4), "epochs": r.epochs} for r in result.files},
+        "per_file": {
+            r.key: {
+                "f1": round(r.metrics["f1"], 4),
+                "far": round(r.metrics["far"], 4),
+                "mar": round(r.metrics["mar"], 4),
+                "epochs": r.epochs,
+            }
+            for r in result.files
+        },
     }
 
 
@@ -197,6 +247,12 @@ def write_plots(results: Sequence[FileResult], out_dir: str | Path) -> list[Path
     for r in results:
         m = r.metrics
         title = f"SKAB {r.key}: F1 {m['f1']:.2f}, FAR {m['far'] * 100:.1f} %, MAR {m['mar'] * 100:.1f} %"
-        paths.append(plot_series(r.frame.drop(columns=["time", "scored", "predicted"], errors="ignore"), r.alerts,
-                                 Path(out_dir) / f"{safe_name(r.key)}.png", title=title))
+        paths.append(
+            plot_series(
+                r.frame.drop(columns=["time", "scored", "predicted"], errors="ignore"),
+                r.alerts,
+                Path(out_dir) / f"{safe_name(r.key)}.png",
+                title=title,
+            )
+        )
     return paths

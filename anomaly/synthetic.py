@@ -86,8 +86,13 @@ def generate(spec: SyntheticSpec) -> pd.DataFrame:
         kinds[sl] = kind
     values = values * scales + offsets
     frame = pd.DataFrame(values.astype(np.float32), columns=[f"sensor_{i + 1}" for i in range(k)])
-    frame.insert(0, "timestamp", pd.to_datetime(spec.start + np.arange(n) * spec.interval_s, unit="s", utc=True)
-                 .strftime("%Y-%m-%dT%H:%M:%SZ"))
+    frame.insert(
+        0,
+        "timestamp",
+        pd.to_datetime(spec.start + np.arange(n) * spec.interval_s, unit="s", utc=True).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
+    )
     frame["anomaly"] = labels
     frame["anomaly_kind"] = kinds
     return frame
@@ -111,7 +116,9 @@ def generate_keys(spec: SyntheticSpec, n_keys: int, key_column: str = "sensor_id
     """Several entities in one frame (a key column), interleaved in timestamp order, each its own seed."""
     frames = []
     for i in range(n_keys):
-        f = generate(SyntheticSpec(**{**spec.__dict__, "seed": spec.seed * 1000 + i, "plant_seed": spec.plant_seed}))
+        f = generate(
+            SyntheticSpec(**{**spec.__dict__, "seed": spec.seed * 1000 + i, "plant_seed": spec.plant_seed})
+        )
         f.insert(1, key_column, f"unit-{i:03d}")
         frames.append(f)
     out = pd.concat(frames, ignore_index=True)

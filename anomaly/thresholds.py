@@ -50,7 +50,9 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
         starts = above & ~np.concatenate([np.zeros((len(e), 1), bool), above[:, :-1]], axis=1)
         n_seq = starts.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            gain = (mean - mean_b) / np.where(mean > 0, mean, 1.0) + (std - std_b) / np.where(std > 0, std, 1.0)
+            gain = (mean - mean_b) / np.where(mean > 0, mean, 1.0) + (std - std_b) / np.where(
+                std > 0, std, 1.0
+            )
             score = np.where(n_above > 0, gain / (n_above + n_seq**2), -np.inf)
         ok = (n_above > 0) & (n_above < 0.5 * cnt) & (n_seq <= 5) & (score > best_score)
         best_score = np.where(ok, score, best_score)

@@ -50,7 +50,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def split_series(series: Sequence[Series], val_fraction: float, window: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def split_series(
+    series: Sequence[Series], val_fraction: float, window: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Time-ordered split of every series' rows (already standardized by the caller)."""
     train, val = [], []
     for s in series:
@@ -106,8 +108,13 @@ def _run_batch(model: LSTMAutoencoder, batch: torch.Tensor, autocast: Callable[[
     return total / n_windows
 
 
-def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelConfig, cfg: TrainConfig,
-          progress: bool = False) -> TrainResult:
+def train(
+    series: Sequence[Series],
+    features: Sequence[str],
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    progress: bool = False,
+) -> TrainResult:
     if not series:
         raise DataError("no training series")
     torch.manual_seed(cfg.seed)
@@ -124,8 +131,10 @@ def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelCon
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(f"not enough data for a validation window of {window} rows; lower train.val_fraction "
-                        "or model.window, or add data")
+        raise DataError(
+            f"not enough data for a validation window of {window} rows; lower train.val_fraction "
+            "or model.window, or add data"
+        )
 
     arch = Architecture(len(features), window, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout)
     model = LSTMAutoencoder(arch).to(device)
@@ -179,8 +188,12 @@ def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelCon
         with torch.no_grad():
             val_loss = float(np.mean([float(_run_batch(model, b, autocast)) for b in val_batches]))
         sched.step(val_loss)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"]}
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "lr": opt.param_groups[0]["lr"],
+        }
         history.append(row)
         log.info("epoch %d loss %.5f val_loss %.5f lr %.2e", epoch, row["loss"], val_loss, row["lr"])
         if bar is not None:
@@ -206,18 +219,22 @@ def train(series: Sequence[Series], features: Sequence[str], model_cfg: ModelCon
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_fingerprint": fingerprint(series),
         "training": {
-            "epochs_run": len(history), "best_epoch": best[2], "best_val_loss": best[0],
-            "final_loss": history[-1]["loss"], "train_windows": n_train_windows,
-            "windows_per_second": wps, "device": device.type,
+            "epochs_run": len(history),
+            "best_epoch": best[2],
+            "best_val_loss": best[0],
+            "final_loss": history[-1]["loss"],
+            "train_windows": n_train_windows,
+            "windows_per_second": wps,
+            "device": device.type,
             "amp": amp_name,
-            "series": len(series), "rows": int(sum(len(s) for s in series)),
+            "series": len(series),
+            "rows": int(sum(len(s) for s in series)),
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
-    return TrainResult(bundle, history, wps, device.type, amp_name,
-                       time.perf_counter() - started)
+    return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
 
 
 @torch.no_grad()

@@ -35,8 +35,12 @@ def test_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_path(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> Path:
     """Two LSTM layers (so state carry is tested across layers), window 8, a few epochs: seconds on CPU."""
     series, feats = load_series([train_csv], DataConfig())
-    result = train(series, feats, ModelConfig(window=8, hidden_size=16, num_layers=2, dropout=0.1),
-                   TrainConfig(epochs=4, batch_size=16, device="cpu", seed=0))
+    result = train(
+        series,
+        feats,
+        ModelConfig(window=8, hidden_size=16, num_layers=2, dropout=0.1),
+        TrainConfig(epochs=4, batch_size=16, device="cpu", seed=0),
+    )
     return save_bundle(result.bundle, tmp_path_factory.mktemp("model") / "model.pt")
 
 

@@ -20,4 +20,6 @@ def chunks(n: int, sizes: list[int]) -> list[tuple[int, int]]:
 
 def make_series(key: str, n: int, features: int, seed: int = 0, start: float = 0.0) -> Series:
     rng = np.random.default_rng(seed)
-    return Series(key, start + np.arange(n, dtype=np.float64), rng.normal(0, 1, (n, features)).astype(np.float32))
+    return Series(
+        key, start + np.arange(n, dtype=np.float64), rng.normal(0, 1, (n, features)).astype(np.float32)
+    )

@@ -39,12 +39,33 @@ def test_generate_train_inspect_replay(tmp_path) -> None:
     train_csv, test_csv, model = tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "m.pt"
     r = invoke("generate", "-o", str(train_csv), "--points", "1500", "--sensors", "3")
     assert r.exit_code == 0 and "wrote 1500 rows (0 labelled anomalous)" in r.output
-    r = invoke("generate", "-o", str(test_csv), "--points", "600", "--sensors", "3", "--anomalies", "2", "--seed", "5")
+    r = invoke(
+        "generate",
+        "-o",
+        str(test_csv),
+        "--points",
+        "600",
+        "--sensors",
+        "3",
+        "--anomalies",
+        "2",
+        "--seed",
+        "5",
+    )
     assert r.exit_code == 0
     pipeline = tmp_path / "p.toml"
     pipeline.write_text("[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 2\n")
-    r = invoke("train", str(train_csv), "-o", str(model), "--pipeline", str(pipeline), "--epochs", "1",
-               env={"ANOMALY_MODEL_HIDDEN_SIZE": "12"})
+    r = invoke(
+        "train",
+        str(train_csv),
+        "-o",
+        str(model),
+        "--pipeline",
+        str(pipeline),
+        "--epochs",
+        "1",
+        env={"ANOMALY_MODEL_HIDDEN_SIZE": "12"},
+    )
     assert r.exit_code == 0, r.output
     assert "1 epochs" in r.output and "windows/s" in r.output
     meta = json.loads(invoke("inspect", str(model), "--json").output)

@@ -90,6 +90,7 @@ def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
 
 # --- data hygiene ----------------------------------------------------------------------------------------------
 
+
 def one(bundle, value=0.0, n=1):
     return np.full((n, len(bundle.features)), value)
 
@@ -101,7 +102,9 @@ def test_nan_is_rejected_whole_and_state_untouched(bundle) -> None:
     bad = one(bundle, n=2)
     bad[1, 0] = np.nan
     out = e.process([Event("a", np.array([3.0, 4.0]), bad, ref=("p", 7))])
-    assert [(r.reason, r.count, r.whole, r.ref) for r in out.rejections] == [("non_finite", 2, True, ("p", 7))]
+    assert [(r.reason, r.count, r.whole, r.ref) for r in out.rejections] == [
+        ("non_finite", 2, True, ("p", 7))
+    ]
     assert e.snapshot() == before and out.readings == 0
     inf = one(bundle)
     inf[0, 1] = np.inf
@@ -149,7 +152,7 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
     w = bundle.window
     s = test_series
     e = Engine(bundle, cfg)
-    e.process([Event(s.key, s.timestamps[:w + 3], s.values[:w + 3])])
+    e.process([Event(s.key, s.timestamps[: w + 3], s.values[: w + 3])])
     late = s.timestamps[w + 3 : w + 3 + w] + 10_000.0
     out = e.process([Event(s.key, late, s.values[w + 3 : w + 3 + w])])
     assert e.counters["gap_resets"] == 1
@@ -159,6 +162,7 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
 
 
 # --- thresholds and alerts -------------------------------------------------------------------------------------
+
 
 def spiky(bundle, n=400, spans=((160, 200),), dip=None):
     s = make_series("unit", n, len(bundle.features), seed=5)
@@ -191,8 +195,10 @@ def test_max_feature_score_is_the_largest_per_feature_ratio(bundle, test_series)
     n, w = 40 * bundle.window, bundle.window
     ts, vals = test_series.timestamps[:n], test_series.values[:n].copy()
     vals[25 * w : 26 * w, 0] += 8 * bundle.scaler.scale[0]  # one feature of four moves
-    runs = {score: Engine(bundle, EngineConfig(score=score, smoothing=1.0)).process([Event("k", ts, vals)])
-            for score in ("mean", "max_feature")}
+    runs = {
+        score: Engine(bundle, EngineConfig(score=score, smoothing=1.0)).process([Event("k", ts, vals)])
+        for score in ("mean", "max_feature")
+    }
     scores = {k: np.concatenate([wd.scores for wd in out.windows]) for k, out in runs.items()}
     errors = np.concatenate([wd.errors for wd in runs["mean"].windows])
     assert np.array_equal(errors, np.concatenate([wd.errors for wd in runs["max_feature"].windows]))
@@ -266,11 +272,13 @@ def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_se
     for i, (lo, hi) in enumerate(chunks(n, [4])):
         bad_vals = s.values[lo:hi].copy()
         bad_vals[0, 0] = np.nan
-        events = [Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]), Event(other.key, other.timestamps[lo:hi],
-                  other.values[lo:hi])]
+        events = [
+            Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]),
+            Event(other.key, other.timestamps[lo:hi], other.values[lo:hi]),
+        ]
         if i % 5 == 2:
             events.insert(1, Event(s.key, s.timestamps[lo:hi] + 0.5, bad_vals))  # NaN: refused whole
-            events.append(Event(other.key, other.timestamps[lo:lo + 1] - 100.0, other.values[lo:lo + 1]))
+            events.append(Event(other.key, other.timestamps[lo : lo + 1] - 100.0, other.values[lo : lo + 1]))
         out = e.process(events)
         got += [w.scores for w in out.windows if w.key == s.key]
     assert np.array_equal(np.concatenate(got), clean)

@@ -58,22 +58,25 @@ def test_block_and_custom_field_names():
     assert np.array_equal(e.values, np.array([[1.0, np.nan], [3.0, 4.0]]), equal_nan=True)
 
 
-@pytest.mark.parametrize(("record", "reason"), [
-    (rec(None, raw=b"{nope"), "invalid_json"),
-    (rec(None, raw=b"[1, 2]"), "invalid_json"),
-    (rec(None, raw=b"\xff\xfe"), "invalid_json"),
-    (rec(None, raw=b" " * 201), "oversized"),
-    (rec({"ts": 1, "values": [1, 2, 3]}, key=None), "missing_field"),
-    (rec({"values": [1, 2, 3]}), "missing_field"),
-    (rec({"ts": 1}), "missing_field"),
-    (rec({"ts": "soon", "values": [1, 2, 3]}), "bad_timestamp"),
-    (rec({"ts": True, "values": [1, 2, 3]}), "bad_timestamp"),
-    (rec({"ts": 1, "values": [1, 2]}), "feature_count"),
-    (rec({"ts": 1, "values": {"temp": 1, "pressure": 2, "speed": 3}}), "feature_count"),
-    (rec({"ts": 1, "values": ["x", 2, 3]}), "bad_values"),
-    (rec({"ts": 1, "values": 5}), "bad_values"),
-    (rec({"readings": []}), "bad_values"),
-])
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (rec(None, raw=b"{nope"), "invalid_json"),
+        (rec(None, raw=b"[1, 2]"), "invalid_json"),
+        (rec(None, raw=b"\xff\xfe"), "invalid_json"),
+        (rec(None, raw=b" " * 201), "oversized"),
+        (rec({"ts": 1, "values": [1, 2, 3]}, key=None), "missing_field"),
+        (rec({"values": [1, 2, 3]}), "missing_field"),
+        (rec({"ts": 1}), "missing_field"),
+        (rec({"ts": "soon", "values": [1, 2, 3]}), "bad_timestamp"),
+        (rec({"ts": True, "values": [1, 2, 3]}), "bad_timestamp"),
+        (rec({"ts": 1, "values": [1, 2]}), "feature_count"),
+        (rec({"ts": 1, "values": {"temp": 1, "pressure": 2, "speed": 3}}), "feature_count"),
+        (rec({"ts": 1, "values": ["x", 2, 3]}), "bad_values"),
+        (rec({"ts": 1, "values": 5}), "bad_values"),
+        (rec({"readings": []}), "bad_values"),
+    ],
+)
 def test_malformed_messages_raise_decode_error_with_reason(record, reason):
     with pytest.raises(DecodeError) as info:
         Decoder(FMT).decode(record)
@@ -89,19 +92,29 @@ def test_dead_letter_keeps_original_bytes_and_says_why_and_where():
     key, value, headers = dead_letter(rejection)
     h = dict(headers)
     assert (key, value) == (b"pump-1", b"{nope")
-    assert (h["reason"], h["source_topic"], h["source_partition"], h["source_offset"]) == \
-        (b"invalid_json", b"sensors", b"2", b"41")
+    assert (h["reason"], h["source_topic"], h["source_partition"], h["source_offset"]) == (
+        b"invalid_json",
+        b"sensors",
+        b"2",
+        b"41",
+    )
     engine_refusal = Rejection("pump-1", "time_backwards", 2, False, record, "2 readings before 1700000000")
     _, value, headers = dead_letter(engine_refusal)
     h = dict(headers)
-    assert (value, h["reason"], h["count"], h["detail"]) == \
-        (b"{nope", b"time_backwards", b"2", b"2 readings before 1700000000")
+    assert (value, h["reason"], h["count"], h["detail"]) == (
+        b"{nope",
+        b"time_backwards",
+        b"2",
+        b"2 readings before 1700000000",
+    )
 
 
 def test_produced_messages_decode_to_the_exact_series_values():
     rng = np.random.default_rng(0)
-    series = [Series(f"k{i}", 1.7e9 + np.arange(10) * 60.0 + i, rng.normal(size=(10, 3)).astype(np.float32))
-              for i in range(3)]
+    series = [
+        Series(f"k{i}", 1.7e9 + np.arange(10) * 60.0 + i, rng.normal(size=(10, 3)).astype(np.float32))
+        for i in range(3)
+    ]
     d = Decoder(MessageFormat(("a", "b", "c")))
     for block in (1, 4):
         got: dict[str, list] = {}
@@ -110,8 +123,10 @@ def test_produced_messages_decode_to_the_exact_series_values():
             got.setdefault(e.key, []).append(e)
         for s in series:
             assert np.concatenate([e.timestamps for e in got[s.key]]).tobytes() == s.timestamps.tobytes()
-            assert np.concatenate([e.values for e in got[s.key]]).tobytes() == \
-                s.values.astype(np.float64).tobytes()
+            assert (
+                np.concatenate([e.values for e in got[s.key]]).tobytes()
+                == s.values.astype(np.float64).tobytes()
+            )
         assert [len(e.timestamps) for e in got["k0"]] == ([1] * 10 if block == 1 else [4, 4, 2])
 
 
@@ -128,13 +143,25 @@ def test_parse_time_rejects_non_finite():
 
 
 def test_security_settings_pass_through_and_are_validated():
-    cfg = KafkaConfig(bootstrap_servers="a:1, b:2", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256",
-                      sasl_username="u", sasl_password="pw", ssl_cafile="/ca.pem")
+    cfg = KafkaConfig(
+        bootstrap_servers="a:1, b:2",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="u",
+        sasl_password="pw",
+        ssl_cafile="/ca.pem",
+    )
     s = connection_settings(cfg)
     assert s["bootstrap_servers"] == ["a:1", "b:2"]
-    assert (s["sasl_mechanism"], s["sasl_plain_username"], s["sasl_plain_password"], s["ssl_cafile"]) == \
-        ("SCRAM-SHA-256", "u", "pw", "/ca.pem")
-    with pytest.raises(ConfigError, match="sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"):
+    assert (s["sasl_mechanism"], s["sasl_plain_username"], s["sasl_plain_password"], s["ssl_cafile"]) == (
+        "SCRAM-SHA-256",
+        "u",
+        "pw",
+        "/ca.pem",
+    )
+    with pytest.raises(
+        ConfigError, match="sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+    ):
         connection_settings(KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="GSSAPI"))
     with pytest.raises(ConfigError, match="needs kafka.sasl_username and kafka.sasl_password"):
         connection_settings(KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN"))
@@ -148,5 +175,9 @@ def test_the_shipped_daemon_pipeline_loads():
     from anomaly.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / "kafka.toml", env={})
-    assert (cfg.kafka.topics, cfg.kafka.changelog_topic, cfg.kafka.checkpoint_interval_s, cfg.metrics.port) == \
-        (("sensors",), "anomaly-changelog", 5.0, 9108)
+    assert (
+        cfg.kafka.topics,
+        cfg.kafka.changelog_topic,
+        cfg.kafka.checkpoint_interval_s,
+        cfg.metrics.port,
+    ) == (("sensors",), "anomaly-changelog", 5.0, 9108)

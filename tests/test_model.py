@@ -7,7 +7,9 @@ from anomaly.model import Architecture, LSTMAutoencoder
 
 def model(layers: int = 2) -> LSTMAutoencoder:
     torch.manual_seed(0)
-    return LSTMAutoencoder(Architecture(n_features=5, window=8, hidden_size=12, num_layers=layers, dropout=0.2)).eval()
+    return LSTMAutoencoder(
+        Architecture(n_features=5, window=8, hidden_size=12, num_layers=layers, dropout=0.2)
+    ).eval()
 
 
 def test_shapes() -> None:

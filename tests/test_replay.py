@@ -19,8 +19,14 @@ from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 
 def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> None:
     cfg = build_config()
-    result = run_replay([str(test_csv)], str(bundle_path), str(tmp_path / "out"), cfg,
-                        metrics_out=str(tmp_path / "out" / "metrics.prom"), progress=False)
+    result = run_replay(
+        [str(test_csv)],
+        str(bundle_path),
+        str(tmp_path / "out"),
+        cfg,
+        metrics_out=str(tmp_path / "out" / "metrics.prom"),
+        progress=False,
+    )
     out = tmp_path / "out"
     scores = pd.read_csv(out / "scores.csv")
     source = pd.read_csv(test_csv)
@@ -49,7 +55,9 @@ def test_replay_equals_the_engine_fed_one_reading_at_a_time(bundle, bundle_path,
     frame = generate_keys(SyntheticSpec(n_sensors=4, n_points=300, anomalies=2, seed=4), 3)
     path = tmp_path / "keys.csv"
     frame.to_csv(path, index=False)
-    cfg = build_config({"data": {"key_column": "sensor_id"}, "replay": {"batch_readings": 37, "plots": False}})
+    cfg = build_config(
+        {"data": {"key_column": "sensor_id"}, "replay": {"batch_readings": 37, "plots": False}}
+    )
     result = run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), cfg, progress=False)
     engine = Engine(bundle, cfg.engine)
     live: dict[str, list[np.ndarray]] = {}

@@ -17,12 +17,20 @@ def results(key: str, n: int = 300, with_label: bool = True, seed: int = 0) -> p
     t = 1_700_000_000.0 + np.arange(n)
     score = np.abs(rng.normal(0.5, 0.2, n))
     score[100:140] += 5.0
-    frame = pd.DataFrame({
-        "key": key, "timestamp": t, "error": score * 0.01, "score": score, "threshold": 1.5,
-        "anomalous": score > 1.5, "alert_open": False,
-        "pressure": rng.normal(3.0, 0.1, n), "flow": np.sin(np.arange(n) / 10.0) * 30 + 100,
-        "constant": 1.0,
-    })
+    frame = pd.DataFrame(
+        {
+            "key": key,
+            "timestamp": t,
+            "error": score * 0.01,
+            "score": score,
+            "threshold": 1.5,
+            "anomalous": score > 1.5,
+            "alert_open": False,
+            "pressure": rng.normal(3.0, 0.1, n),
+            "flow": np.sin(np.arange(n) / 10.0) * 30 + 100,
+            "constant": 1.0,
+        }
+    )
     frame.loc[103:150, "alert_open"] = True
     if with_label:
         frame["label"] = 0
@@ -32,7 +40,13 @@ def results(key: str, n: int = 300, with_label: bool = True, seed: int = 0) -> p
 
 ALERTS = [
     {"id": "a@1700000103.0", "key": "a", "status": "open", "start": 1_700_000_103.0, "end": None},
-    {"id": "a@1700000103.0", "key": "a", "status": "closed", "start": 1_700_000_103.0, "end": 1_700_000_150.0},
+    {
+        "id": "a@1700000103.0",
+        "key": "a",
+        "status": "closed",
+        "start": 1_700_000_103.0,
+        "end": 1_700_000_150.0,
+    },
     {"id": "a@1700000290.0", "key": "a", "status": "open", "start": 1_700_000_290.0, "end": None},
     {"id": "b@1700000000.0", "key": "b", "status": "open", "start": 1_700_000_000.0, "end": None},
 ]
@@ -66,7 +80,9 @@ def test_feature_columns_are_the_numeric_non_result_columns():
 
 def test_alert_spans_merge_open_and_closed_records_and_extend_open_alerts():
     assert alert_spans(ALERTS, "a", series_end=1_700_000_299.0) == [
-        (1_700_000_103.0, 1_700_000_150.0), (1_700_000_290.0, 1_700_000_299.0)]
+        (1_700_000_103.0, 1_700_000_150.0),
+        (1_700_000_290.0, 1_700_000_299.0),
+    ]
     assert alert_spans(ALERTS, "zzz", series_end=0.0) == []
 
 

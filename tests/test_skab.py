@@ -14,8 +14,16 @@ from anomaly import skab
 from anomaly.commands.skab_cmds import skab_cmd
 from anomaly.config import build_config, read_toml
 
-FEATURES = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
-            "Voltage", "Volume Flow RateRMS"]
+FEATURES = [
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+]
 ROWS = 523  # 400 training rows + 123 test rows: 15 windows of 8 and a 3-row tail that is never scored
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "skab.toml"
 TINY = {"model.window": 8, "model.hidden_size": 4, "train.epochs": 2, "train.patience": 1}
@@ -24,7 +32,9 @@ TINY = {"model.window": 8, "model.hidden_size": 4, "train.epochs": 2, "train.pat
 def write_file(path: Path, seed: int, labelled: bool = True) -> None:
     rng = np.random.default_rng(seed)
     t = pd.date_range("2020-03-09 10:00:00", periods=ROWS, freq="s")
-    frame = pd.DataFrame(rng.normal(0.0, 1.0, (ROWS, len(FEATURES))) + np.arange(len(FEATURES)), columns=FEATURES)
+    frame = pd.DataFrame(
+        rng.normal(0.0, 1.0, (ROWS, len(FEATURES))) + np.arange(len(FEATURES)), columns=FEATURES
+    )
     frame.insert(0, "datetime", t.strftime("%Y-%m-%d %H:%M:%S"))
     if labelled:
         anomaly = np.zeros(ROWS)
@@ -81,12 +91,23 @@ def test_parallel_jobs_give_identical_results(root, cfg):
 def test_comparison_table_lists_published_rows():
     rows = [line.split() for line in skab.comparison_table({"f1": 0.8, "far": 0.1, "mar": 0.25}).splitlines()]
     assert rows[1] == ["anomaly", "(this", "run)", "0.80", "10.00", "25.00"]
-    assert rows[2:] == [["Conv-AE", "0.78", "13.55", "28.02"], ["MSET", "0.78", "39.73", "14.13"],
-                        ["LSTM-AE", "0.74", "29.96", "25.92"]]
+    assert rows[2:] == [
+        ["Conv-AE", "0.78", "13.55", "28.02"],
+        ["MSET", "0.78", "39.73", "14.13"],
+        ["LSTM-AE", "0.74", "29.96", "25.92"],
+    ]
 
 
 def test_command_ends_with_a_json_summary(root, tmp_path):
-    args = [str(root), "--limit", "1", "--plots", str(tmp_path / "plots"), "--json-out", str(tmp_path / "s.json")]
+    args = [
+        str(root),
+        "--limit",
+        "1",
+        "--plots",
+        str(tmp_path / "plots"),
+        "--json-out",
+        str(tmp_path / "s.json"),
+    ]
     env = {f"ANOMALY_{k.replace('.', '_').upper()}": str(v) for k, v in TINY.items()}
     res = CliRunner().invoke(skab_cmd, ["--pipeline", str(PIPELINE), *args], env=env)
     assert res.exit_code == 0, res.output

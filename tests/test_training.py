@@ -23,8 +23,9 @@ def test_loss_falls_on_synthetic_data(train_csv) -> None:
 def test_training_is_deterministic_with_a_seed(train_csv) -> None:
     a = _train(train_csv, epochs=2, seed=3)
     b = _train(train_csv, epochs=2, seed=3)
-    for (na, ta), (nb, tb) in zip(a.bundle.model.state_dict().items(), b.bundle.model.state_dict().items(),
-                                  strict=True):
+    for (na, ta), (nb, tb) in zip(
+        a.bundle.model.state_dict().items(), b.bundle.model.state_dict().items(), strict=True
+    ):
         assert na == nb and torch.equal(ta, tb)
     assert a.history == [dict(h, **{}) for h in b.history]
     assert a.bundle.calibration == b.bundle.calibration

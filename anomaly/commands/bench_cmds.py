@@ -10,15 +10,38 @@ from anomaly.commands.common import one_line_errors
 
 
 @click.command("bench")
-@click.option("--keys", default="1,100,1000,10000", show_default=True,
-              help="Comma-separated key counts for the engine-vs-naive throughput table.")
-@click.option("--flat-readings", type=click.IntRange(min=0), default=1_010_000, show_default=True,
-              help="Stream length for the flat-cost check (0 skips it).")
-@click.option("--memory-keys", type=click.IntRange(min=0), default=100_000, show_default=True,
-              help="Active keys for the memory check (0 skips it).")
-@click.option("--kafka/--no-kafka", default=False, show_default=True,
-              help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write all results as JSON.  [default: none]")
+@click.option(
+    "--keys",
+    default="1,100,1000,10000",
+    show_default=True,
+    help="Comma-separated key counts for the engine-vs-naive throughput table.",
+)
+@click.option(
+    "--flat-readings",
+    type=click.IntRange(min=0),
+    default=1_010_000,
+    show_default=True,
+    help="Stream length for the flat-cost check (0 skips it).",
+)
+@click.option(
+    "--memory-keys",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Active keys for the memory check (0 skips it).",
+)
+@click.option(
+    "--kafka/--no-kafka",
+    default=False,
+    show_default=True,
+    help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).",
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write all results as JSON.  [default: none]",
+)
 @one_line_errors
 def bench_cmd(keys: str, flat_readings: int, memory_keys: int, kafka: bool, json_out: str | None) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key."""

@@ -14,7 +14,11 @@ from anomaly.config import PipelineConfig, load_config
 from anomaly.errors import AnomalyError
 
 pipeline_option = click.option(
-    "--pipeline", "-p", type=click.Path(dir_okay=False), default=None, show_default=True,
+    "--pipeline",
+    "-p",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default=True,
     help="Pipeline TOML file; options and ANOMALY_<SECTION>_<FIELD> variables override it.",
 )
 
@@ -42,5 +46,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

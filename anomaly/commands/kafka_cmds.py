@@ -17,53 +17,130 @@ def _quiet_kafka(verbose: bool) -> None:
 
 
 def _kafka_options(fn):  # type: ignore[no-untyped-def]
-    for opt in reversed([
-        click.option("--bootstrap-servers", "-b", default=None,
-                     help="Comma-separated host:port list.  [default: 127.0.0.1:9092]"),
-        click.option("--security-protocol", type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
-                     default=None, help="Security protocol; SASL/SSL details come from the pipeline or "
-                     "ANOMALY_KAFKA_* variables (never pass a password as an option).  [default: PLAINTEXT]"),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--bootstrap-servers",
+                "-b",
+                default=None,
+                help="Comma-separated host:port list.  [default: 127.0.0.1:9092]",
+            ),
+            click.option(
+                "--security-protocol",
+                type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+                default=None,
+                help="Security protocol; SASL/SSL details come from the pipeline or "
+                "ANOMALY_KAFKA_* variables (never pass a password as an option).  [default: PLAINTEXT]",
+            ),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
 
 @click.command("consume")
-@click.option("--model", "-m", type=click.Path(dir_okay=False), required=True,
-              help="Model bundle; reloaded on SIGHUP or when the file changes.")
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Model bundle; reloaded on SIGHUP or when the file changes.",
+)
 @pipeline_option
 @_kafka_options
 @click.option("--topics", default=None, help="Comma-separated input topics.  [default: sensors]")
 @click.option("--group-id", default=None, help="Consumer group.  [default: anomaly]")
 @click.option("--alerts-topic", default=None, help="Topic for alert JSON.  [default: anomaly-alerts]")
 @click.option("--scores-topic", default=None, help="Topic for per-window scores.  [default: none (off)]")
-@click.option("--dead-letter-topic", default=None, help="Topic for refused messages.  [default: anomaly-dead-letters]")
+@click.option(
+    "--dead-letter-topic", default=None, help="Topic for refused messages.  [default: anomaly-dead-letters]"
+)
 @click.option("--changelog-topic", default=None, help="Compacted state topic.  [default: anomaly-changelog]")
-@click.option("--checkpoint-interval", type=click.FloatRange(min=0.0), default=None,
-              help="Seconds between checkpoints (state + commit).  [default: 5.0]")
-@click.option("--max-poll-records", type=click.IntRange(min=1), default=None,
-              help="Messages per poll (one engine batch).  [default: 2000]")
-@click.option("--max-poll-interval-ms", type=click.IntRange(min=1000), default=None,
-              help="Consumer max.poll.interval.ms (also the rebalance timeout).  [default: 300000]")
-@click.option("--session-timeout-ms", type=click.IntRange(min=1000), default=None,
-              help="Consumer session.timeout.ms.  [default: 10000]")
-@click.option("--metrics-host", default=None, help="Host of /metrics, /healthz, /readyz.  [default: 127.0.0.1]")
-@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
-              help="Port of /metrics, /healthz, /readyz (0: pick a free one).  [default: 9108]")
-@click.option("--bootstrap-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the broker at start-up before failing.")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
-              help="Seconds allowed for the final checkpoint after SIGTERM/SIGINT before exiting anyway.")
-@click.option("--torch-threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Torch CPU threads for scoring (per-poll batches are small; more threads mostly add contention).")
-@click.option("--state-out", type=click.Path(dir_okay=False), default=None,
-              help="On clean shutdown, write the engine state snapshot here.  [default: none]")
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Seconds between checkpoints (state + commit).  [default: 5.0]",
+)
+@click.option(
+    "--max-poll-records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Messages per poll (one engine batch).  [default: 2000]",
+)
+@click.option(
+    "--max-poll-interval-ms",
+    type=click.IntRange(min=1000),
+    default=None,
+    help="Consumer max.poll.interval.ms (also the rebalance timeout).  [default: 300000]",
+)
+@click.option(
+    "--session-timeout-ms",
+    type=click.IntRange(min=1000),
+    default=None,
+    help="Consumer session.timeout.ms.  [default: 10000]",
+)
+@click.option(
+    "--metrics-host", default=None, help="Host of /metrics, /healthz, /readyz.  [default: 127.0.0.1]"
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Port of /metrics, /healthz, /readyz (0: pick a free one).  [default: 9108]",
+)
+@click.option(
+    "--bootstrap-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker at start-up before failing.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds allowed for the final checkpoint after SIGTERM/SIGINT before exiting anyway.",
+)
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Torch CPU threads for scoring (per-poll batches are small; more threads mostly add contention).",
+)
+@click.option(
+    "--state-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="On clean shutdown, write the engine state snapshot here.  [default: none]",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log rebalances, checkpoints and reloads.")
 @one_line_errors
-def consume_cmd(model, pipeline, bootstrap_servers, security_protocol, topics, group_id, alerts_topic,
-                scores_topic, dead_letter_topic, changelog_topic, checkpoint_interval, max_poll_records,
-                max_poll_interval_ms, session_timeout_ms, metrics_host, metrics_port, bootstrap_timeout,
-                shutdown_timeout, torch_threads, state_out, verbose) -> None:
+def consume_cmd(
+    model,
+    pipeline,
+    bootstrap_servers,
+    security_protocol,
+    topics,
+    group_id,
+    alerts_topic,
+    scores_topic,
+    dead_letter_topic,
+    changelog_topic,
+    checkpoint_interval,
+    max_poll_records,
+    max_poll_interval_ms,
+    session_timeout_ms,
+    metrics_host,
+    metrics_port,
+    bootstrap_timeout,
+    shutdown_timeout,
+    torch_threads,
+    state_out,
+    verbose,
+) -> None:
     """Run the scoring daemon: consume sensor messages from Kafka, score them, produce alerts.
 
     State is checkpointed per partition to the changelog topic before offsets are committed, so a restart or
@@ -71,14 +148,25 @@ def consume_cmd(model, pipeline, bootstrap_servers, security_protocol, topics, g
     """
     setup_logging(verbose)
     _quiet_kafka(verbose)
-    cfg = config_from(pipeline, {
-        "kafka.bootstrap_servers": bootstrap_servers, "kafka.security_protocol": security_protocol,
-        "kafka.topics": topics, "kafka.group_id": group_id, "kafka.alerts_topic": alerts_topic,
-        "kafka.scores_topic": scores_topic, "kafka.dead_letter_topic": dead_letter_topic,
-        "kafka.changelog_topic": changelog_topic, "kafka.checkpoint_interval_s": checkpoint_interval,
-        "kafka.max_poll_records": max_poll_records, "kafka.max_poll_interval_ms": max_poll_interval_ms,
-        "kafka.session_timeout_ms": session_timeout_ms, "metrics.host": metrics_host, "metrics.port": metrics_port,
-    })
+    cfg = config_from(
+        pipeline,
+        {
+            "kafka.bootstrap_servers": bootstrap_servers,
+            "kafka.security_protocol": security_protocol,
+            "kafka.topics": topics,
+            "kafka.group_id": group_id,
+            "kafka.alerts_topic": alerts_topic,
+            "kafka.scores_topic": scores_topic,
+            "kafka.dead_letter_topic": dead_letter_topic,
+            "kafka.changelog_topic": changelog_topic,
+            "kafka.checkpoint_interval_s": checkpoint_interval,
+            "kafka.max_poll_records": max_poll_records,
+            "kafka.max_poll_interval_ms": max_poll_interval_ms,
+            "kafka.session_timeout_ms": session_timeout_ms,
+            "metrics.host": metrics_host,
+            "metrics.port": metrics_port,
+        },
+    )
     import kafka.errors
 
     from anomaly.kafka import KafkaError
@@ -87,22 +175,37 @@ def consume_cmd(model, pipeline, bootstrap_servers, security_protocol, topics, g
 
     metrics = PipelineMetrics()
     server = MetricsServer(metrics, cfg.metrics.host, cfg.metrics.port)
-    daemon = Daemon(cfg, model, metrics=metrics, server=server, options=DaemonOptions(
-        bootstrap_timeout_s=bootstrap_timeout, shutdown_timeout_s=shutdown_timeout, state_out=state_out,
-        torch_threads=torch_threads))
+    daemon = Daemon(
+        cfg,
+        model,
+        metrics=metrics,
+        server=server,
+        options=DaemonOptions(
+            bootstrap_timeout_s=bootstrap_timeout,
+            shutdown_timeout_s=shutdown_timeout,
+            state_out=state_out,
+            torch_threads=torch_threads,
+        ),
+    )
     daemon.connect()  # fails fast, with one line, before anything is printed or served
     daemon.install_signal_handlers()
     server.start()
-    click.echo(f"anomaly consume: {', '.join(cfg.kafka.topics)} on {cfg.kafka.bootstrap_servers} "
-               f"(group {cfg.kafka.group_id}); metrics on http://{cfg.metrics.host}:{server.port}/metrics", err=True)
+    click.echo(
+        f"anomaly consume: {', '.join(cfg.kafka.topics)} on {cfg.kafka.bootstrap_servers} "
+        f"(group {cfg.kafka.group_id}); metrics on http://{cfg.metrics.host}:{server.port}/metrics",
+        err=True,
+    )
     try:
         totals = daemon.run()
     except kafka.errors.KafkaError as exc:  # e.g. raised through a rebalance callback: still one line
         raise KafkaError(f"Kafka client error: {exc}") from None
     finally:
         server.stop()
-    click.echo(f"stopped: {totals['messages']} messages, {totals['readings']} readings, {totals['windows']} windows, "
-               f"{totals['alerts']} alert events, {totals['rejected']} refused", err=True)
+    click.echo(
+        f"stopped: {totals['messages']} messages, {totals['readings']} readings, {totals['windows']} windows, "
+        f"{totals['alerts']} alert events, {totals['rejected']} refused",
+        err=True,
+    )
 
 
 @click.command("produce")
@@ -110,19 +213,48 @@ def consume_cmd(model, pipeline, bootstrap_servers, security_protocol, topics, g
 @click.option("--topic", "-t", required=True, help="Topic to write to.")
 @pipeline_option
 @_kafka_options
-@click.option("--rate", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
-              help="Messages per second (0: as fast as possible).")
-@click.option("--key-column", default=None, help="Key column for many series in one file.  [default: file name]")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Messages per second (0: as fast as possible).",
+)
+@click.option(
+    "--key-column", default=None, help="Key column for many series in one file.  [default: file name]"
+)
 @click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
-@click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Readings per message (>1 sends blocks in the readings field).")
-@click.option("--partitions", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Create the topic with this many partitions if missing (0: it must exist).")
+@click.option(
+    "--block",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Readings per message (>1 sends blocks in the readings field).",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Create the topic with this many partitions if missing (0: it must exist).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log connection details.")
 @one_line_errors
-def produce_cmd(data, topic, pipeline, bootstrap_servers, security_protocol, rate, key_column, time_column,
-                features, block, partitions, verbose) -> None:
+def produce_cmd(
+    data,
+    topic,
+    pipeline,
+    bootstrap_servers,
+    security_protocol,
+    rate,
+    key_column,
+    time_column,
+    features,
+    block,
+    partitions,
+    verbose,
+) -> None:
     """Replay CSV files into a Kafka topic in timestamp order, as the JSON messages `consume` reads."""
     from tqdm import tqdm
 
@@ -133,10 +265,16 @@ def produce_cmd(data, topic, pipeline, bootstrap_servers, security_protocol, rat
 
     setup_logging(verbose)
     _quiet_kafka(verbose)
-    cfg = config_from(pipeline, {
-        "kafka.bootstrap_servers": bootstrap_servers, "kafka.security_protocol": security_protocol,
-        "data.key_column": key_column, "data.time_column": time_column, "data.features": features,
-    })
+    cfg = config_from(
+        pipeline,
+        {
+            "kafka.bootstrap_servers": bootstrap_servers,
+            "kafka.security_protocol": security_protocol,
+            "data.key_column": key_column,
+            "data.time_column": time_column,
+            "data.features": features,
+        },
+    )
     series, feats = load_series(list(data), cfg.data)
     k = cfg.kafka
     admin = clients.make_admin(k)

@@ -17,20 +17,41 @@ from anomaly.training import TrainResult, train
 
 @click.command("generate")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="CSV file to write.")
-@click.option("--points", type=click.IntRange(min=10), default=20_000, show_default=True, help="Rows per series.")
+@click.option(
+    "--points", type=click.IntRange(min=10), default=20_000, show_default=True, help="Rows per series."
+)
 @click.option("--sensors", type=click.IntRange(min=1), default=6, show_default=True, help="Sensor columns.")
-@click.option("--anomalies", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Injected anomalies per series (0: normal data only).")
-@click.option("--keys", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Series in the file; more than 1 adds a key column `sensor_id`.")
-@click.option("--interval", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
-              help="Seconds between readings.")
+@click.option(
+    "--anomalies",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Injected anomalies per series (0: normal data only).",
+)
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Series in the file; more than 1 adds a key column `sensor_id`.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="Seconds between readings.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @one_line_errors
-def generate_cmd(out: str, points: int, sensors: int, anomalies: int, keys: int, interval: float, seed: int) -> None:
+def generate_cmd(
+    out: str, points: int, sensors: int, anomalies: int, keys: int, interval: float, seed: int
+) -> None:
     """Write synthetic correlated sensor data with labelled anomalies (spike, level shift, drift, stuck,
     frequency change, broken correlation)."""
-    spec = SyntheticSpec(n_sensors=sensors, n_points=points, anomalies=anomalies, interval_s=interval, seed=seed)
+    spec = SyntheticSpec(
+        n_sensors=sensors, n_points=points, anomalies=anomalies, interval_s=interval, seed=seed
+    )
     frame = generate(spec) if keys == 1 else generate_keys(spec, keys)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
@@ -59,52 +80,119 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 
 @click.command("train")
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
-              help="Bundle file to write.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="model.pt",
+    show_default=True,
+    help="Bundle file to write.",
+)
 @pipeline_option
 @click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
 @click.option("--key-column", default=None, help="Key column for many series in one file.  [default: none]")
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
-@click.option("--drop-anomalies/--keep-anomalies", default=None,
-              help="Drop rows labelled anomalous from training.  [default: keep]")
-@click.option("--train-rows", type=click.IntRange(min=1), default=None,
-              help="Use only the first N rows of each series.  [default: all]")
+@click.option(
+    "--drop-anomalies/--keep-anomalies",
+    default=None,
+    help="Drop rows labelled anomalous from training.  [default: keep]",
+)
+@click.option(
+    "--train-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N rows of each series.  [default: all]",
+)
 @click.option("--window", type=click.IntRange(min=2), default=None, help="Window length.  [default: 32]")
-@click.option("--hidden-size", type=click.IntRange(min=1), default=None, help="LSTM hidden size.  [default: 64]")
+@click.option(
+    "--hidden-size", type=click.IntRange(min=1), default=None, help="LSTM hidden size.  [default: 64]"
+)
 @click.option("--layers", type=click.IntRange(min=1), default=None, help="LSTM layers.  [default: 1]")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Dropout between layers and on the latent code.  [default: 0.0]")
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Dropout between layers and on the latent code.  [default: 0.0]",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: 30]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per batch.  [default: 64]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate.  [default: 0.002]")
-@click.option("--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience.  [default: 5]")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Segments per batch.  [default: 64]"
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam learning rate.  [default: 0.002]",
+)
+@click.option(
+    "--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience.  [default: 5]"
+)
 @click.option("--seed", type=int, default=None, help="Random seed.  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Training device.  [default: auto (CUDA when present)]")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Training device.  [default: auto (CUDA when present)]",
+)
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.  [default: on]")
 @click.option("--verbose", "-v", is_flag=True, help="Log every epoch.")
 @one_line_errors
-def train_cmd(data, out, pipeline, time_column, key_column, features, drop_anomalies, train_rows, window,
-              hidden_size, layers, dropout, epochs, batch_size, lr, patience, seed, device, amp, verbose) -> None:
+def train_cmd(
+    data,
+    out,
+    pipeline,
+    time_column,
+    key_column,
+    features,
+    drop_anomalies,
+    train_rows,
+    window,
+    hidden_size,
+    layers,
+    dropout,
+    epochs,
+    batch_size,
+    lr,
+    patience,
+    seed,
+    device,
+    amp,
+    verbose,
+) -> None:
     """Train the LSTM autoencoder on CSV files and save a model bundle."""
     setup_logging(verbose)
-    cfg = config_from(pipeline, {
-        "data.time_column": time_column, "data.key_column": key_column, "data.features": features,
-        "data.drop_anomalies": drop_anomalies, "data.train_rows": train_rows, "model.window": window,
-        "model.hidden_size": hidden_size, "model.num_layers": layers, "model.dropout": dropout,
-        "train.epochs": epochs, "train.batch_size": batch_size, "train.learning_rate": lr,
-        "train.patience": patience, "train.seed": seed, "train.device": device, "train.amp": amp,
-    })
+    cfg = config_from(
+        pipeline,
+        {
+            "data.time_column": time_column,
+            "data.key_column": key_column,
+            "data.features": features,
+            "data.drop_anomalies": drop_anomalies,
+            "data.train_rows": train_rows,
+            "model.window": window,
+            "model.hidden_size": hidden_size,
+            "model.num_layers": layers,
+            "model.dropout": dropout,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "train.learning_rate": lr,
+            "train.patience": patience,
+            "train.seed": seed,
+            "train.device": device,
+            "train.amp": amp,
+        },
+    )
     result = run_training(list(data), cfg, out)
     print_training(result, out)
 
 
 def print_training(result: TrainResult, out: str) -> None:
     t = result.bundle.meta["training"]
-    click.echo(f"trained on {t['rows']} rows of {t['series']} series, {t['epochs_run']} epochs "
-               f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
-               + (f" with {result.amp_dtype} autocast" if result.amp_dtype else ""))
+    click.echo(
+        f"trained on {t['rows']} rows of {t['series']} series, {t['epochs_run']} epochs "
+        f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
+        + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
+    )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
@@ -125,12 +213,18 @@ def inspect_cmd(bundle: str, as_json: bool) -> None:
     click.echo(f"created at:      {meta.get('created_at')}  (anomaly {meta.get('package_version')})")
     click.echo(f"features ({len(meta['features'])}):    {', '.join(meta['features'])}")
     click.echo(f"architecture:    {meta['architecture']}")
-    click.echo(f"training data:   fingerprint {meta.get('training_fingerprint')}, {t.get('rows')} rows, "
-               f"{t.get('series')} series")
-    click.echo(f"training:        {t.get('epochs_run')} epochs, best val loss {t.get('best_val_loss')}, "
-               f"{t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}")
-    click.echo(f"calibration:     score 1.0 = q{cal['reference_quantile']} point error {cal['reference_error']:.5g};"
-               f" default threshold {cal['default_threshold']}")
+    click.echo(
+        f"training data:   fingerprint {meta.get('training_fingerprint')}, {t.get('rows')} rows, "
+        f"{t.get('series')} series"
+    )
+    click.echo(
+        f"training:        {t.get('epochs_run')} epochs, best val loss {t.get('best_val_loss')}, "
+        f"{t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}"
+    )
+    click.echo(
+        f"calibration:     score 1.0 = q{cal['reference_quantile']} point error {cal['reference_error']:.5g};"
+        f" default threshold {cal['default_threshold']}"
+    )
 
 
 COMMANDS: list[click.Command] = [generate_cmd, train_cmd, inspect_cmd]

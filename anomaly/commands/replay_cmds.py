@@ -38,14 +38,24 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
         extra = [f for f in have if f not in features]
         if missing or extra:
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"unexpected {', '.join(extra)}"] if extra else [])
-            raise SchemaError(f"{path} does not match the model's features: {'; '.join(parts)}"
-                              + ("" if missing else " (select columns with --features)"),
-                              missing=missing, extra=extra)
+                [f"unexpected {', '.join(extra)}"] if extra else []
+            )
+            raise SchemaError(
+                f"{path} does not match the model's features: {'; '.join(parts)}"
+                + ("" if missing else " (select columns with --features)"),
+                missing=missing,
+                extra=extra,
+            )
 
 
-def run_replay(paths: list[str], model: str, out: str, cfg: PipelineConfig, metrics_out: str | None = None,
-               progress: bool = True) -> ReplayResult:
+def run_replay(
+    paths: list[str],
+    model: str,
+    out: str,
+    cfg: PipelineConfig,
+    metrics_out: str | None = None,
+    progress: bool = True,
+) -> ReplayResult:
     bundle = load_bundle(model)
     check_schema(paths, cfg, bundle.features)
     series, _ = load_series(paths, cfg.data, bundle.features)
@@ -64,11 +74,15 @@ def run_replay(paths: list[str], model: str, out: str, cfg: PipelineConfig, metr
 def print_result(result: ReplayResult) -> None:
     s = result.summary
     t = s["totals"]
-    click.echo(f"replayed {t['readings']:,} readings of {s['series']} series: {t['windows']:,} windows scored, "
-               f"{s['alerts']} alert events, {s['rejected_readings']} readings rejected")
+    click.echo(
+        f"replayed {t['readings']:,} readings of {s['series']} series: {t['windows']:,} windows scored, "
+        f"{s['alerts']} alert events, {s['rejected_readings']} readings rejected"
+    )
     if "metrics" in s:
-        click.echo(f"\nevaluation (prediction = {s['predict']}; {s['unscored_readings']} readings at series ends "
-                   "never filled a window and count as predicted normal)")
+        click.echo(
+            f"\nevaluation (prediction = {s['predict']}; {s['unscored_readings']} readings at series ends "
+            "never filled a window and count as predicted normal)"
+        )
         click.echo(evaluation.format_table(s["metrics"]))
     click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
     for path in result.reports:
@@ -78,42 +92,94 @@ def print_result(result: ReplayResult) -> None:
 @click.command("replay")
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", "-m", type=click.Path(dir_okay=False), required=True, help="Model bundle.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/replay", show_default=True,
-              help="Directory for scores, alerts, summary and reports.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="runs/replay",
+    show_default=True,
+    help="Directory for scores, alerts, summary and reports.",
+)
 @pipeline_option
 @click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
 @click.option("--key-column", default=None, help="Key column for many series in one file.  [default: none]")
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
-@click.option("--threshold", type=click.Choice(["static", "dynamic"]), default=None,
-              help="Threshold kind.  [default: static]")
-@click.option("--static-threshold", type=float, default=None,
-              help="Static threshold in score units.  [default: the bundle's calibrated value]")
-@click.option("--predict", type=click.Choice(["alert", "point"]), default=None,
-              help="Point prediction for evaluation: inside an open alert, or score above threshold.  [default: alert]")
-@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the final Prometheus metrics here (text format).  [default: none]")
+@click.option(
+    "--threshold",
+    type=click.Choice(["static", "dynamic"]),
+    default=None,
+    help="Threshold kind.  [default: static]",
+)
+@click.option(
+    "--static-threshold",
+    type=float,
+    default=None,
+    help="Static threshold in score units.  [default: the bundle's calibrated value]",
+)
+@click.option(
+    "--predict",
+    type=click.Choice(["alert", "point"]),
+    default=None,
+    help="Point prediction for evaluation: inside an open alert, or score above threshold.  [default: alert]",
+)
+@click.option(
+    "--metrics-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the final Prometheus metrics here (text format).  [default: none]",
+)
 @click.option("--plots/--no-plots", default=None, help="Write one PNG report per series.  [default: plots]")
 @click.option("--verbose", "-v", is_flag=True, help="Log progress.")
 @one_line_errors
-def replay_cmd(data, model, out, pipeline, time_column, key_column, features, label, threshold, static_threshold,
-               predict, metrics_out, plots, verbose) -> None:
+def replay_cmd(
+    data,
+    model,
+    out,
+    pipeline,
+    time_column,
+    key_column,
+    features,
+    label,
+    threshold,
+    static_threshold,
+    predict,
+    metrics_out,
+    plots,
+    verbose,
+) -> None:
     """Replay CSV files through the streaming engine: scores, alerts, evaluation and plots."""
     setup_logging(verbose)
-    cfg = config_from(pipeline, {
-        "data.time_column": time_column, "data.key_column": key_column, "data.features": features,
-        "data.label": label, "engine.threshold": threshold, "engine.static_threshold": static_threshold,
-        "replay.predict": predict, "replay.plots": plots,
-    })
+    cfg = config_from(
+        pipeline,
+        {
+            "data.time_column": time_column,
+            "data.key_column": key_column,
+            "data.features": features,
+            "data.label": label,
+            "engine.threshold": threshold,
+            "engine.static_threshold": static_threshold,
+            "replay.predict": predict,
+            "replay.plots": plots,
+        },
+    )
     print_result(run_replay(list(data), model, out, cfg, metrics_out))
 
 
 @click.command("demo")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
-              help="Directory for data, model and results.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="runs/demo",
+    show_default=True,
+    help="Directory for data, model and results.",
+)
 @pipeline_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: pipeline's]")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: pipeline's]"
+)
 @one_line_errors
 def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> None:
     """Generate synthetic sensor data, train, replay the labelled test part and report metrics."""
@@ -124,12 +190,20 @@ def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> N
     train_csv.parent.mkdir(parents=True, exist_ok=True)
     generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(train_csv, index=False)
     generate(SyntheticSpec(n_points=8_000, anomalies=12, seed=seed + 1, start=1_701_500_000.0)).to_csv(
-        test_csv, index=False)
+        test_csv, index=False
+    )
     click.echo(f"generated {train_csv} (normal) and {test_csv} (12 labelled anomalies)")
     model = root / "model.pt"
     print_training(run_training([str(train_csv)], cfg, str(model)), str(model))
-    print_result(run_replay([str(test_csv)], str(model), str(root / "replay"), cfg,
-                            metrics_out=str(root / "replay" / "metrics.prom")))
+    print_result(
+        run_replay(
+            [str(test_csv)],
+            str(model),
+            str(root / "replay"),
+            cfg,
+            metrics_out=str(root / "replay" / "metrics.prom"),
+        )
+    )
 
 
 COMMANDS: list[click.Command] = [replay_cmd, demo_cmd]

@@ -16,25 +16,66 @@ from anomaly.evaluation import format_table
 @click.command("skab")
 @click.argument("data", type=click.Path(file_okay=False))
 @pipeline_option
-@click.option("--predict", type=click.Choice(["alert", "point"]), default=None,
-              help="Predicted anomalous: points inside an open alert, or points above the threshold.  "
-                   "[default: replay.predict of the pipeline, alert in pipelines/skab.toml]")
-@click.option("--warm/--cold", default=True, show_default=True,
-              help="Feed the training rows through the engine before the test rows (as a live deployment would).")
-@click.option("--train-rows", type=click.IntRange(min=2), default=skab.TRAIN_ROWS, show_default=True,
-              help="Rows per file to train on (SKAB's protocol: 400).")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Files trained in parallel processes (results do not depend on it).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Only the first N files (a quick check).  [default: all]")
-@click.option("--plots", type=click.Path(file_okay=False), default=None,
-              help="Folder for one PNG per file.  [default: no plots]")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the full JSON summary (settings, per-file metrics) to this file.  [default: none]")
+@click.option(
+    "--predict",
+    type=click.Choice(["alert", "point"]),
+    default=None,
+    help="Predicted anomalous: points inside an open alert, or points above the threshold.  "
+    "[default: replay.predict of the pipeline, alert in pipelines/skab.toml]",
+)
+@click.option(
+    "--warm/--cold",
+    default=True,
+    show_default=True,
+    help="Feed the training rows through the engine before the test rows (as a live deployment would).",
+)
+@click.option(
+    "--train-rows",
+    type=click.IntRange(min=2),
+    default=skab.TRAIN_ROWS,
+    show_default=True,
+    help="Rows per file to train on (SKAB's protocol: 400).",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Files trained in parallel processes (results do not depend on it).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the first N files (a quick check).  [default: all]",
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for one PNG per file.  [default: no plots]",
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the full JSON summary (settings, per-file metrics) to this file.  [default: none]",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Print every file's metrics and log training.")
 @one_line_errors
-def skab_cmd(data: str, pipeline: str | None, predict: str | None, warm: bool, train_rows: int, jobs: int,
-             limit: int | None, plots: str | None, json_out: str | None, verbose: bool) -> None:
+def skab_cmd(
+    data: str,
+    pipeline: str | None,
+    predict: str | None,
+    warm: bool,
+    train_rows: int,
+    jobs: int,
+    limit: int | None,
+    plots: str | None,
+    json_out: str | None,
+    verbose: bool,
+) -> None:
     """Run the SKAB benchmark on DATA (SKAB's data/ folder: valve1/, valve2/, other/).
 
     One model per labelled file is trained on its first 400 rows (threshold calibrated on those rows only);
@@ -55,16 +96,21 @@ def skab_cmd(data: str, pipeline: str | None, predict: str | None, warm: bool, t
         bar.update(1)
         if verbose:
             m = r.metrics
-            tqdm.write(f"{r.key:<12} F1 {m['f1']:.3f}  FAR {m['far'] * 100:6.2f} %  MAR {m['mar'] * 100:6.2f} %  "
-                       f"({r.epochs} epochs, {r.seconds:.1f} s)")
+            tqdm.write(
+                f"{r.key:<12} F1 {m['f1']:.3f}  FAR {m['far'] * 100:6.2f} %  MAR {m['mar'] * 100:6.2f} %  "
+                f"({r.epochs} epochs, {r.seconds:.1f} s)"
+            )
 
-    result = skab.run_benchmark(data, cfg, train_rows=train_rows, warm=warm, jobs=jobs, limit=limit,
-                                on_file=on_file)
+    result = skab.run_benchmark(
+        data, cfg, train_rows=train_rows, warm=warm, jobs=jobs, limit=limit, on_file=on_file
+    )
     bar.close()
     s = skab.summary(result)
-    click.echo(f"SKAB: {len(result.files)} files, {s['counts']['point']['tp'] + s['counts']['point']['fn']} "
-               f"anomalous of {sum(s['counts']['point'].values())} test points, predict={cfg.replay.predict}, "
-               f"{'warm' if warm else 'cold'} state, {result.seconds:.0f} s")
+    click.echo(
+        f"SKAB: {len(result.files)} files, {s['counts']['point']['tp'] + s['counts']['point']['fn']} "
+        f"anomalous of {sum(s['counts']['point'].values())} test points, predict={cfg.replay.predict}, "
+        f"{'warm' if warm else 'cold'} state, {result.seconds:.0f} s"
+    )
     click.echo(f"unscored tail points counted as normal: {s['unscored_points']}")
     click.echo("")
     click.echo(format_table(result.pooled))
@@ -76,12 +122,20 @@ def skab_cmd(data: str, pipeline: str | None, predict: str | None, warm: bool, t
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(s, indent=2, default=float))
-    click.echo(json.dumps({"benchmark": "SKAB", "files": s["files"], **s["skab"],
-                           "precision": round(result.pooled["precision"], 4),
-                           "recall": round(result.pooled["recall"], 4),
-                           "pa_f1": round(result.pooled["pa_f1"], 4),
-                           "event_recall": round(result.pooled["event_recall"], 4),
-                           "event_precision": round(result.pooled["event_precision"], 4)}))
+    click.echo(
+        json.dumps(
+            {
+                "benchmark": "SKAB",
+                "files": s["files"],
+                **s["skab"],
+                "precision": round(result.pooled["precision"], 4),
+                "recall": round(result.pooled["recall"], 4),
+                "pa_f1": round(result.pooled["pa_f1"], 4),
+                "event_recall": round(result.pooled["event_recall"], 4),
+                "event_precision": round(result.pooled["event_precision"], 4),
+            }
+        )
+    )
 
 
 COMMANDS: list[click.Command] = [skab_cmd]

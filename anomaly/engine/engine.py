@@ -31,8 +31,18 @@ class Engine:
     def __init__(self, bundle: Bundle, config: EngineConfig) -> None:
         self.config = config
         self.counters: dict[str, int] = dict.fromkeys(
-            ["readings", "windows", "gap_resets", "evicted", "alerts_opened", "alerts_closed", "reloads_kept",
-             "reloads_reset"], 0)
+            [
+                "readings",
+                "windows",
+                "gap_resets",
+                "evicted",
+                "alerts_opened",
+                "alerts_closed",
+                "reloads_kept",
+                "reloads_reset",
+            ],
+            0,
+        )
         self.counters.update({f"rejected_{r}": 0 for r in REJECT_REASONS})
         self.max_ts = -math.inf
         self._use(bundle)
@@ -52,15 +62,22 @@ class Engine:
         if self.config.score == "max_feature":
             ref = bundle.feature_reference_error
             if ref is None or len(ref) != self.n_features:
-                raise BundleError("engine.score = max_feature needs per-feature calibration "
-                                  "(calibration.feature_reference_error); retrain the bundle with this version")
+                raise BundleError(
+                    "engine.score = max_feature needs per-feature calibration "
+                    "(calibration.feature_reference_error); retrain the bundle with this version"
+                )
             self.feature_reference = np.asarray(ref, np.float32)
-        self.static_threshold = float(self.config.static_threshold if self.config.static_threshold is not None
-                                      else bundle.default_threshold)
+        self.static_threshold = float(
+            self.config.static_threshold
+            if self.config.static_threshold is not None
+            else bundle.default_threshold
+        )
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
-        history = self.config.dynamic_history if self.config.threshold == "dynamic" else 0  # static needs none
+        history = (
+            self.config.dynamic_history if self.config.threshold == "dynamic" else 0
+        )  # static needs none
         return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, history)
 
     def reload(self, bundle: Bundle) -> bool:
@@ -127,8 +144,11 @@ class Engine:
             if rows:
                 self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
         ttl = self.config.ttl_seconds
-        out.evicted = self.store.evict(self.config.max_keys, self.max_ts - ttl if ttl > 0 else None,
-                                       lambda key, row: self._close_on_evict(key, row, out))
+        out.evicted = self.store.evict(
+            self.config.max_keys,
+            self.max_ts - ttl if ttl > 0 else None,
+            lambda key, row: self._close_on_evict(key, row, out),
+        )
         self.counters["evicted"] += len(out.evicted)
         return out
 
@@ -136,13 +156,23 @@ class Engine:
         """An evicted key's open alert is closed, so no alert is left open forever downstream."""
         a = self.store.arrays
         if a["alert_open"][row]:
-            out.alerts.append(self._alert(key, "closed", a["alert_start"][row], a["last_anom_ts"][row],
-                                          self.max_ts, a["alert_peak"][row], a["alert_thr"][row],
-                                          a["alert_contrib"][row]))
+            out.alerts.append(
+                self._alert(
+                    key,
+                    "closed",
+                    a["alert_start"][row],
+                    a["last_anom_ts"][row],
+                    self.max_ts,
+                    a["alert_peak"][row],
+                    a["alert_thr"][row],
+                    a["alert_contrib"][row],
+                )
+            )
             self.counters["alerts_closed"] += 1
 
-    def _ingest_batch(self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str],
-                      out: EngineOutput) -> None:
+    def _ingest_batch(
+        self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> None:
         """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
         time order, no long gap) take the array path; the few others go event by event through `_ingest`,
         which owns the policies. Both paths assemble windows identically."""
@@ -150,7 +180,11 @@ class Engine:
         ev_rows, counts, ts_parts, val_parts, kept_events = [], [], [], [], []
         created: set[int] = set()
         for ev in events:
-            ts = ev.timestamps if isinstance(ev.timestamps, np.ndarray) else np.asarray(ev.timestamps, np.float64)
+            ts = (
+                ev.timestamps
+                if isinstance(ev.timestamps, np.ndarray)
+                else np.asarray(ev.timestamps, np.float64)
+            )
             vals = ev.values if isinstance(ev.values, np.ndarray) else np.asarray(ev.values)
             n = ts.shape[0] if ts.ndim == 1 else -1
             if vals.ndim == 1 and n == 1:
@@ -194,7 +228,9 @@ class Engine:
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
         irregular = set(np.unique(r_s[bad]).tolist())
         if irregular:
-            self.store.drop(row_keys[r] for r in irregular & created)  # `_ingest` creates keys only if accepted
+            self.store.drop(
+                row_keys[r] for r in irregular & created
+            )  # `_ingest` creates keys only if accepted
             for row, ev in zip(ev_rows, kept_events, strict=True):
                 if row in irregular:
                     self._ingest(ev, queues, row_keys, out)
@@ -205,8 +241,15 @@ class Engine:
             first[0] = True
         self._assemble(r_s, t_s, vals[order], first, queues, out)
 
-    def _assemble(self, r: np.ndarray, t: np.ndarray, raw: np.ndarray, first: np.ndarray,
-                  queues: dict[int, deque], out: EngineOutput) -> None:
+    def _assemble(
+        self,
+        r: np.ndarray,
+        t: np.ndarray,
+        raw: np.ndarray,
+        first: np.ndarray,
+        queues: dict[int, deque],
+        out: EngineOutput,
+    ) -> None:
         """Append regular readings (grouped by row, in time order within a row) to windows, as arrays."""
         a = self.store.arrays
         w = self.window
@@ -248,11 +291,15 @@ class Engine:
         self.counters["readings"] += len(r)
         out.readings += len(r)
 
-    def _reject(self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""):
+    def _reject(
+        self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""
+    ):
         out.rejections.append(Rejection(key, reason, count, whole, ref, detail))
         self.counters[f"rejected_{reason}"] += count
 
-    def _ingest(self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput) -> None:
+    def _ingest(
+        self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> None:
         key = str(ev.key)
         ts = np.asarray(ev.timestamps, np.float64).reshape(-1)
         try:
@@ -264,8 +311,15 @@ class Engine:
         n = len(ts)
         if vals.ndim != 2 or vals.shape != (n, self.n_features):
             got = vals.shape[-1] if vals.ndim else 0
-            return self._reject(out, key, "feature_count", max(n, 1), True, ev.ref,
-                                f"expected {self.n_features} features, got {got}")
+            return self._reject(
+                out,
+                key,
+                "feature_count",
+                max(n, 1),
+                True,
+                ev.ref,
+                f"expected {self.n_features} features, got {got}",
+            )
         if n == 0:
             return None
         if not np.isfinite(ts).all():
@@ -275,7 +329,11 @@ class Engine:
         finite = np.isfinite(vals)
         if not finite.all():
             if self.config.nan_policy == "ffill":
-                prev = a["last_values"][row].astype(np.float64) if row is not None else np.full(self.n_features, np.nan)
+                prev = (
+                    a["last_values"][row].astype(np.float64)
+                    if row is not None
+                    else np.full(self.n_features, np.nan)
+                )
                 vals = vals.copy()
                 for i in range(n):
                     vals[i] = np.where(finite[i], vals[i], prev)
@@ -344,7 +402,9 @@ class Engine:
             pos = r
         a["fill"][row] = pos
 
-    def _score(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput) -> None:
+    def _score(
+        self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput
+    ) -> None:
         """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
@@ -363,8 +423,9 @@ class Engine:
         errors = err_f.mean(axis=2)
         per_feature = err_f.sum(axis=1)
         totals = per_feature.sum(axis=1, keepdims=True)
-        shares = np.divide(per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features),
-                           where=totals > 0)
+        shares = np.divide(
+            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features), where=totals > 0
+        )
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
         cfg = self.config
@@ -385,8 +446,19 @@ class Engine:
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
         for j, key in enumerate(keys):
-            out.windows.append(ScoredWindow(key, ts[j], errors[j], scores[j], thresholds[j], anomalous[j],
-                                            open_pts[j], shares[j], version))
+            out.windows.append(
+                ScoredWindow(
+                    key,
+                    ts[j],
+                    errors[j],
+                    scores[j],
+                    thresholds[j],
+                    anomalous[j],
+                    open_pts[j],
+                    shares[j],
+                    version,
+                )
+            )
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
@@ -398,7 +470,9 @@ class Engine:
             return errors / self.reference
         return (err_f / self.feature_reference).max(axis=2)
 
-    def _lifecycle(self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput) -> np.ndarray:
+    def _lifecycle(
+        self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
+    ) -> np.ndarray:
         """Step every key's alert state through the window's points; emit open/close events in point order."""
         a = self.store.arrays
         cfg = self.config
@@ -418,13 +492,16 @@ class Engine:
             for j in np.flatnonzero(~is_open & (run_anom >= cfg.alert_open_after)):
                 is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
                 contrib[j] = per_feature[j]
-                out.alerts.append(self._alert(keys[j], "open", start[j], None, t[j], peak[j], thr[j], contrib[j]))
+                out.alerts.append(
+                    self._alert(keys[j], "open", start[j], None, t[j], peak[j], thr[j], contrib[j])
+                )
                 self.counters["alerts_opened"] += 1
             peak = np.where(is_open & an, np.maximum(peak, s), peak)
             for j in np.flatnonzero(is_open & (run_norm >= cfg.alert_close_after)):
                 is_open[j] = False
-                out.alerts.append(self._alert(keys[j], "closed", start[j], last_anom[j], t[j], peak[j], thr[j],
-                                              contrib[j]))
+                out.alerts.append(
+                    self._alert(keys[j], "closed", start[j], last_anom[j], t[j], peak[j], thr[j], contrib[j])
+                )
                 self.counters["alerts_closed"] += 1
             open_pts[:, i] = is_open
         a["run_anom"][rows], a["run_norm"][rows] = run_anom, run_norm
@@ -436,9 +513,21 @@ class Engine:
     def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
-        top = [{"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order]
-        return Alert(alert_id(key, float(start)), key, status, float(start), None if end is None else float(end),
-                     float(at), float(peak), float(thr), self.bundle.version, top)
+        top = [
+            {"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order
+        ]
+        return Alert(
+            alert_id(key, float(start)),
+            key,
+            status,
+            float(start),
+            None if end is None else float(end),
+            float(at),
+            float(peak),
+            float(thr),
+            self.bundle.version,
+            top,
+        )
 
 
 def alert_id(key: str, start: float) -> str:

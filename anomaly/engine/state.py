@@ -39,16 +39,28 @@ class Layout:
     def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
         L, H, W, F, N = self.num_layers, self.hidden, self.window, self.n_features, self.history
         return {
-            "h": ((L, H), "float32"), "c": ((L, H), "float32"),  # encoder state carried between windows
-            "buf": ((W, F), "float32"), "buf_ts": ((W,), "float64"), "fill": ((), "int32"),  # partial window
-            "last_ts": ((), "float64"), "last_values": ((F,), "float32"), "seen": ((), "float64"),
+            "h": ((L, H), "float32"),
+            "c": ((L, H), "float32"),  # encoder state carried between windows
+            "buf": ((W, F), "float32"),
+            "buf_ts": ((W,), "float64"),
+            "fill": ((), "int32"),  # partial window
+            "last_ts": ((), "float64"),
+            "last_values": ((F,), "float32"),
+            "seen": ((), "float64"),
             "ewma": ((), "float32"),  # last smoothed score (NaN: none yet)
-            "hist": ((N,), "float32"), "pushed": ((), "int64"),  # dynamic-threshold history ring
-            "run_anom": ((), "int32"), "run_norm": ((), "int32"), "run_start": ((), "float64"),
+            "hist": ((N,), "float32"),
+            "pushed": ((), "int64"),  # dynamic-threshold history ring
+            "run_anom": ((), "int32"),
+            "run_norm": ((), "int32"),
+            "run_start": ((), "float64"),
             "last_anom_ts": ((), "float64"),
-            "alert_open": ((), "bool"), "alert_start": ((), "float64"), "alert_peak": ((), "float32"),
-            "alert_thr": ((), "float32"), "alert_contrib": ((F,), "float32"),
-            "readings": ((), "int64"), "windows": ((), "int64"),
+            "alert_open": ((), "bool"),
+            "alert_start": ((), "float64"),
+            "alert_peak": ((), "float32"),
+            "alert_thr": ((), "float32"),
+            "alert_contrib": ((F,), "float32"),
+            "readings": ((), "int64"),
+            "windows": ((), "int64"),
         }
 
 
@@ -116,8 +128,9 @@ class StateStore:
             self.free.extend(rows)
         return len(rows)
 
-    def evict(self, max_keys: int, oldest_allowed: float | None,
-              on_evict: Callable[[str, int], None] | None = None) -> list[str]:
+    def evict(
+        self, max_keys: int, oldest_allowed: float | None, on_evict: Callable[[str, int], None] | None = None
+    ) -> list[str]:
         """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`.
         `on_evict(key, row)` sees each row before it is cleared."""
         out = []
@@ -141,7 +154,13 @@ class StateStore:
         names = list(self.slots) if keys is None else [k for k in keys if k in self.slots]
         rows = np.asarray([self.slots[k] for k in names], dtype=np.int64)
         specs: list[dict[str, Any]] = []
-        header = {"format": FORMAT, "layout": self.layout.__dict__, "keys": names, "meta": meta, "arrays": specs}
+        header = {
+            "format": FORMAT,
+            "layout": self.layout.__dict__,
+            "keys": names,
+            "meta": meta,
+            "arrays": specs,
+        }
         parts = []
         # buffer slots past `fill` hold stale readings that never matter; zero them so that equal states
         # give equal bytes however the readings arrived
@@ -181,7 +200,9 @@ class StateStore:
     def restore(self, data: bytes) -> list[str]:
         header, arrays = self.read_snapshot(data)
         if Layout(**header["layout"]) != self.layout:
-            raise StateError(f"snapshot layout {header['layout']} does not match this engine {self.layout.__dict__}")
+            raise StateError(
+                f"snapshot layout {header['layout']} does not match this engine {self.layout.__dict__}"
+            )
         keys = header["keys"]
         for i, key in enumerate(keys):
             row, _ = self.slot(key)

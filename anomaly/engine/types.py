@@ -31,7 +31,9 @@ class Event:
 
     @classmethod
     def single(cls, key: str, timestamp: float, values, ref: Any = None) -> Event:
-        return cls(key, np.asarray([timestamp], np.float64), np.asarray(values, np.float64).reshape(1, -1), ref)
+        return cls(
+            key, np.asarray([timestamp], np.float64), np.asarray(values, np.float64).reshape(1, -1), ref
+        )
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class ScoredWindow:
     key: str
     timestamps: np.ndarray  # float64 (W,)
     errors: np.ndarray  # float32 (W,): mean squared reconstruction error over features, standardized units
-    scores: np.ndarray  # float32 (W,): EWMA-smoothed error / bundle reference error (1.0 = calibration quantile)
+    scores: (
+        np.ndarray
+    )  # float32 (W,): EWMA-smoothed error / bundle reference error (1.0 = calibration quantile)
     thresholds: np.ndarray  # float32 (W,): threshold in force at each point (score units)
     anomalous: np.ndarray  # bool (W,): score above threshold (and past warm-up)
     alert_open: np.ndarray  # bool (W,): an alert of this key was open at this point
@@ -79,9 +83,16 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "key": self.key, "status": self.status, "start": self.start, "end": self.end,
-            "at": self.at, "peak_score": round(float(self.peak_score), 6), "threshold": round(float(self.threshold), 6),
-            "model_version": self.model_version, "top_features": self.top_features,
+            "id": self.id,
+            "key": self.key,
+            "status": self.status,
+            "start": self.start,
+            "end": self.end,
+            "at": self.at,
+            "peak_score": round(float(self.peak_score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "model_version": self.model_version,
+            "top_features": self.top_features,
         }
 
 

@@ -48,9 +48,18 @@ class Checkpoint:
 
 def encode_header(pid: str, offset: int, payload: bytes, keys: int, gen: str = "", chunks: int = 0) -> bytes:
     """``payload`` is the compressed snapshot; ``bytes`` and ``sha256`` are of the payload as stored."""
-    head = {"format": FORMAT, "source": pid, "offset": offset, "keys": keys, "codec": "zlib",
-            "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()[:32], "gen": gen, "chunks": chunks,
-            "written_at": round(time.time(), 3)}
+    head = {
+        "format": FORMAT,
+        "source": pid,
+        "offset": offset,
+        "keys": keys,
+        "codec": "zlib",
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest()[:32],
+        "gen": gen,
+        "chunks": chunks,
+        "written_at": round(time.time(), 3),
+    }
     return json.dumps(head, separators=(",", ":")).encode()
 
 
@@ -62,8 +71,14 @@ def decode_record(value: bytes) -> tuple[dict[str, Any], bytes]:
 class ChangelogStore:
     """Writes checkpoints through a shared producer (the caller flushes) and reads them back by partition id."""
 
-    def __init__(self, producer: KafkaProducer, reader: KafkaConsumer, topic: str,
-                 chunk_bytes: int = 512 * 1024, read_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        reader: KafkaConsumer,
+        topic: str,
+        chunk_bytes: int = 512 * 1024,
+        read_timeout_s: float = 30.0,
+    ) -> None:
         self.producer = producer
         self.reader = reader
         self.topic = topic
@@ -85,8 +100,11 @@ class ChangelogStore:
             for i, start in enumerate(range(0, len(snapshot), self.chunk_bytes)):
                 ck = f"{pid}/{gen}/{i}"
                 chunk_keys.append(ck)
-                futures.append(self.producer.send(self.topic, key=ck.encode(),
-                                                  value=snapshot[start : start + self.chunk_bytes]))
+                futures.append(
+                    self.producer.send(
+                        self.topic, key=ck.encode(), value=snapshot[start : start + self.chunk_bytes]
+                    )
+                )
             header = encode_header(pid, offset, snapshot, keys, gen, len(chunk_keys))
             futures.append(self.producer.send(self.topic, key=pid.encode(), value=header + b"\n"))
             self._live_chunks[pid] = chunk_keys
@@ -135,10 +153,14 @@ class ChangelogStore:
                 keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
                 lost = [k for k in keys if k not in chunks]
                 if lost:
-                    raise KafkaError(f"changelog {self.topic}: checkpoint of {pid} is missing {len(lost)} chunk(s)")
+                    raise KafkaError(
+                        f"changelog {self.topic}: checkpoint of {pid} is missing {len(lost)} chunk(s)"
+                    )
                 payload = b"".join(chunks[k] for k in keys)
                 self._live_chunks[pid] = keys
             if len(payload) != head["bytes"] or hashlib.sha256(payload).hexdigest()[:32] != head["sha256"]:
                 raise KafkaError(f"changelog {self.topic}: checkpoint of {pid} is corrupted")
-            out[pid] = Checkpoint(pid, int(head["offset"]), zlib.decompress(payload), int(head.get("keys", 0)))
+            out[pid] = Checkpoint(
+                pid, int(head["offset"]), zlib.decompress(payload), int(head.get("keys", 0))
+            )
         return out

@@ -41,7 +41,9 @@ class PartitionTracker:
         self.position: dict[TopicPartition, int] = {}  # next offset to read, per processed partition
         self.dirty: set[TopicPartition] = set()  # processed since its last checkpoint
         self.uncommitted: set[TopicPartition] = set()  # checkpointed, commit still owed
-        self.owned: set[TopicPartition] = set()  # assigned and restored: records of other partitions are dropped
+        self.owned: set[TopicPartition] = (
+            set()
+        )  # assigned and restored: records of other partitions are dropped
 
     def see(self, key: str, tp: TopicPartition) -> None:
         old = self.key_partition.get(key)
@@ -84,9 +86,17 @@ class PartitionTracker:
 class KafkaCheckpointer:
     """The runner's checkpointer for the daemon (see the module docstring for the order of operations)."""
 
-    def __init__(self, consumer: KafkaConsumer, changelog: ChangelogStore, delivery: Delivery,
-                 tracker: PartitionTracker, interval_s: float, metrics: Any = None,
-                 on_health: Callable[[bool], None] | None = None, commit_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        changelog: ChangelogStore,
+        delivery: Delivery,
+        tracker: PartitionTracker,
+        interval_s: float,
+        metrics: Any = None,
+        on_health: Callable[[bool], None] | None = None,
+        commit_timeout_ms: int = 10_000,
+    ) -> None:
         self.consumer = consumer
         self.changelog = changelog
         self.delivery = delivery
@@ -106,8 +116,9 @@ class KafkaCheckpointer:
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:
         self.checkpoint(engine)
 
-    def checkpoint(self, engine: Any, tps: Iterable[TopicPartition] | None = None, *, in_callback: bool = False
-                   ) -> bool:
+    def checkpoint(
+        self, engine: Any, tps: Iterable[TopicPartition] | None = None, *, in_callback: bool = False
+    ) -> bool:
         """Checkpoint the dirty partitions among ``tps`` (all if None) and commit them. False when the broker
         did not answer in time (state stays dirty, retried next time); DeliveryError propagates (outputs were
         lost for good: the daemon must stop so a restart reprocesses them). ``in_callback``: inside a rebalance
@@ -122,8 +133,12 @@ class KafkaCheckpointer:
                 held = set(engine.keys())
                 for tp in sorted(chosen):
                     keys = [k for k in t.partition_keys.get(tp, ()) if k in held]
-                    self.changelog.write(partition_id(tp.topic, tp.partition), t.position[tp] - 1,
-                                         engine.snapshot(keys), len(keys))
+                    self.changelog.write(
+                        partition_id(tp.topic, tp.partition),
+                        t.position[tp] - 1,
+                        engine.snapshot(keys),
+                        len(keys),
+                    )
                 self.delivery.flush()
         except DeliveryError:
             raise
@@ -142,8 +157,11 @@ class KafkaCheckpointer:
         return ok
 
     def commit(self, tps: Iterable[TopicPartition], wait: bool = True) -> bool:
-        offsets = {tp: OffsetAndMetadata(self.tracker.position[tp], "", -1) for tp in tps
-                   if tp in self.tracker.position}
+        offsets = {
+            tp: OffsetAndMetadata(self.tracker.position[tp], "", -1)
+            for tp in tps
+            if tp in self.tracker.position
+        }
         if not offsets:
             return True
         try:
@@ -153,7 +171,9 @@ class KafkaCheckpointer:
                 self.consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
         except (kerr.KafkaError, OSError) as exc:
             # The changelog already covers these offsets; the next owner (or our next try) skips past them.
-            log.warning("offset commit failed (%s); state is checkpointed, commit retried later", type(exc).__name__)
+            log.warning(
+                "offset commit failed (%s); state is checkpointed, commit retried later", type(exc).__name__
+            )
             if self.metrics is not None:
                 self.metrics.commit_failed()
             return False

@@ -29,8 +29,10 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> dict[str, Any]:
     """kafka-python keyword arguments shared by every client; ConfigError for unusable security settings."""
     if cfg.security_protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(f"kafka.security_protocol must be one of: {', '.join(SECURITY_PROTOCOLS)}",
-                          key="kafka.security_protocol")
+        raise ConfigError(
+            f"kafka.security_protocol must be one of: {', '.join(SECURITY_PROTOCOLS)}",
+            key="kafka.security_protocol",
+        )
     out: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()],
         "security_protocol": cfg.security_protocol,
@@ -40,13 +42,22 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
         raise ConfigError("kafka.bootstrap_servers is empty", key="kafka.bootstrap_servers")
     if cfg.security_protocol.startswith("SASL"):
         if cfg.sasl_mechanism not in SASL_MECHANISMS:
-            raise ConfigError(f"kafka.sasl_mechanism must be one of: {', '.join(SASL_MECHANISMS)} with "
-                              f"security_protocol {cfg.security_protocol}", key="kafka.sasl_mechanism")
+            raise ConfigError(
+                f"kafka.sasl_mechanism must be one of: {', '.join(SASL_MECHANISMS)} with "
+                f"security_protocol {cfg.security_protocol}",
+                key="kafka.sasl_mechanism",
+            )
         if not cfg.sasl_username or not cfg.sasl_password:
-            raise ConfigError(f"SASL {cfg.sasl_mechanism} needs kafka.sasl_username and kafka.sasl_password "
-                              "(e.g. ANOMALY_KAFKA_SASL_PASSWORD)", key="kafka.sasl_username")
-        out.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
-                   sasl_plain_password=cfg.sasl_password)
+            raise ConfigError(
+                f"SASL {cfg.sasl_mechanism} needs kafka.sasl_username and kafka.sasl_password "
+                "(e.g. ANOMALY_KAFKA_SASL_PASSWORD)",
+                key="kafka.sasl_username",
+            )
+        out.update(
+            sasl_mechanism=cfg.sasl_mechanism,
+            sasl_plain_username=cfg.sasl_username,
+            sasl_plain_password=cfg.sasl_password,
+        )
     if cfg.security_protocol.endswith("SSL"):
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(cfg, name):
@@ -58,45 +69,65 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
 def _fail(what: str, cfg: KafkaConfig, exc: Exception) -> KafkaError:
     kind = type(exc).__name__
     if isinstance(exc, kerr.KafkaTimeoutError | kerr.BrokerNotAvailableError):
-        return KafkaError(f"cannot reach Kafka at {cfg.bootstrap_servers} ({what}): no usable connection; "
-                          f"check kafka.bootstrap_servers, that the broker is up and the security settings "
-                          f"(security_protocol {cfg.security_protocol})")
+        return KafkaError(
+            f"cannot reach Kafka at {cfg.bootstrap_servers} ({what}): no usable connection; "
+            f"check kafka.bootstrap_servers, that the broker is up and the security settings "
+            f"(security_protocol {cfg.security_protocol})"
+        )
     if isinstance(exc, kerr.SaslAuthenticationFailedError):
-        return KafkaError(f"Kafka authentication failed at {cfg.bootstrap_servers} ({what}); check the "
-                          "SASL/SSL settings")
+        return KafkaError(
+            f"Kafka authentication failed at {cfg.bootstrap_servers} ({what}); check the SASL/SSL settings"
+        )
     return KafkaError(f"Kafka error at {cfg.bootstrap_servers} ({what}): {kind}")
 
 
-def make_admin(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, request_timeout_ms: int = 10_000
-               ) -> KafkaAdminClient:
+def make_admin(
+    cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, request_timeout_ms: int = 10_000
+) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(**connection_settings(cfg, bootstrap_timeout_s), client_id="anomaly-admin",
-                                request_timeout_ms=request_timeout_ms)
+        return KafkaAdminClient(
+            **connection_settings(cfg, bootstrap_timeout_s),
+            client_id="anomaly-admin",
+            request_timeout_ms=request_timeout_ms,
+        )
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("admin client", cfg, exc) from None
 
 
 def make_producer(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, **extra: Any) -> KafkaProducer:
     """acks=all, idempotence off (not needed: outputs are deduplicated by id downstream), small linger."""
-    settings = {"acks": "all", "linger_ms": 5, "client_id": "anomaly", "max_request_size": 4 * 1_048_576,
-                **extra}
+    settings = {
+        "acks": "all",
+        "linger_ms": 5,
+        "client_id": "anomaly",
+        "max_request_size": 4 * 1_048_576,
+        **extra,
+    }
     try:
         return KafkaProducer(**connection_settings(cfg, bootstrap_timeout_s), **settings)
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("producer", cfg, exc) from None
 
 
-def make_consumer(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, group: bool = True,
-                  **extra: Any) -> KafkaConsumer:
+def make_consumer(
+    cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, group: bool = True, **extra: Any
+) -> KafkaConsumer:
     """A group consumer with manual commits (the checkpointer commits), or a group-less one (group=False)."""
-    settings: dict[str, Any] = {"enable_auto_commit": False, "auto_offset_reset": "earliest",
-                                "client_id": "anomaly"}
+    settings: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "client_id": "anomaly",
+    }
     if group:
-        settings.update(group_id=cfg.group_id, max_poll_records=cfg.max_poll_records,
-                        max_poll_interval_ms=cfg.max_poll_interval_ms, session_timeout_ms=cfg.session_timeout_ms,
-                        heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
-                        fetch_max_bytes=max(52_428_800, cfg.max_message_bytes),
-                        max_partition_fetch_bytes=max(1_048_576, cfg.max_message_bytes + 1024))
+        settings.update(
+            group_id=cfg.group_id,
+            max_poll_records=cfg.max_poll_records,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            fetch_max_bytes=max(52_428_800, cfg.max_message_bytes),
+            max_partition_fetch_bytes=max(1_048_576, cfg.max_message_bytes + 1024),
+        )
     settings.update(extra)
     try:
         return KafkaConsumer(**connection_settings(cfg, bootstrap_timeout_s), **settings)
@@ -112,8 +143,10 @@ def check_topics(admin: KafkaAdminClient, cfg: KafkaConfig, topics: Iterable[str
         raise _fail("list topics", cfg, exc) from None
     missing = sorted(set(topics) - present)
     if missing:
-        raise KafkaError(f"topic(s) not found on {cfg.bootstrap_servers}: {', '.join(missing)}; create them "
-                         "first (the daemon creates only its changelog topic)")
+        raise KafkaError(
+            f"topic(s) not found on {cfg.bootstrap_servers}: {', '.join(missing)}; create them "
+            "first (the daemon creates only its changelog topic)"
+        )
 
 
 def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, partitions: int = 1) -> None:

@@ -26,7 +26,14 @@ import orjson
 from anomaly.engine.types import Alert, Event, Rejection, ScoredWindow
 
 # Reasons a message is refused before the engine (dead-letter `reason` header, messages_invalid label).
-DECODE_REASONS = ("oversized", "invalid_json", "missing_field", "bad_timestamp", "bad_values", "feature_count")
+DECODE_REASONS = (
+    "oversized",
+    "invalid_json",
+    "missing_field",
+    "bad_timestamp",
+    "bad_values",
+    "feature_count",
+)
 
 
 class DecodeError(ValueError):
@@ -65,7 +72,9 @@ def parse_time(value: Any) -> float:
         else:
             ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
     else:
-        raise DecodeError("bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}")
+        raise DecodeError(
+            "bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}"
+        )
     if not math.isfinite(ts):
         raise DecodeError("bad_timestamp", f"timestamp is not finite: {value!r:.40}")
     return ts
@@ -153,13 +162,17 @@ class Decoder:
             missing = [f for f in self.fmt.features if f not in values]
             if missing or len(values) != self.n_features:
                 extra = [k for k in values if k not in self._index]
-                raise DecodeError("feature_count", f"features do not match the model: missing {missing[:5]}, "
-                                  f"unexpected {extra[:5]}")
+                raise DecodeError(
+                    "feature_count",
+                    f"features do not match the model: missing {missing[:5]}, unexpected {extra[:5]}",
+                )
             values = [values[f] for f in self.fmt.features]
         elif not isinstance(values, list):
             raise DecodeError("bad_values", "values must be a list or an object of feature: value")
         if len(values) != self.n_features:
-            raise DecodeError("feature_count", f"{len(values)} values, the model has {self.n_features} features")
+            raise DecodeError(
+                "feature_count", f"{len(values)} values, the model has {self.n_features} features"
+            )
         try:
             row = np.array(values, np.float64)
         except (TypeError, ValueError):
@@ -185,11 +198,16 @@ def alert_message(alert: Alert) -> tuple[bytes, bytes]:
 def window_json(window: ScoredWindow, features: Sequence[str]) -> dict[str, Any]:
     """A scored window as JSON. float32 arrays go through float(), which is exact, so parity is testable."""
     return {
-        "key": window.key, "start": float(window.timestamps[0]), "end": float(window.timestamps[-1]),
+        "key": window.key,
+        "start": float(window.timestamps[0]),
+        "end": float(window.timestamps[-1]),
         "model_version": window.model_version,
-        "timestamps": window.timestamps.tolist(), "errors": window.errors.tolist(),
-        "scores": window.scores.tolist(), "thresholds": window.thresholds.tolist(),
-        "anomalous": window.anomalous.tolist(), "alert_open": window.alert_open.tolist(),
+        "timestamps": window.timestamps.tolist(),
+        "errors": window.errors.tolist(),
+        "scores": window.scores.tolist(),
+        "thresholds": window.thresholds.tolist(),
+        "anomalous": window.anomalous.tolist(),
+        "alert_open": window.alert_open.tolist(),
         "contributions": dict(zip(features, window.contributions.tolist(), strict=False)),
     }
 
@@ -209,10 +227,17 @@ def dead_letter(rejection: Rejection) -> tuple[bytes | None, bytes | None, list[
     head, sep, tail = detail.partition(": ")
     if sep and head in DECODE_REASONS:
         reason, detail = head, tail
-    headers = [("reason", reason.encode()), ("detail", detail[:500].encode()), ("entity_key", rejection.key.encode()),
-               ("count", str(rejection.count).encode())]
+    headers = [
+        ("reason", reason.encode()),
+        ("detail", detail[:500].encode()),
+        ("entity_key", rejection.key.encode()),
+        ("count", str(rejection.count).encode()),
+    ]
     if record is None or not hasattr(record, "offset"):
         return rejection.key.encode(), None, headers
-    headers += [("source_topic", str(record.topic).encode()), ("source_partition", str(record.partition).encode()),
-                ("source_offset", str(record.offset).encode())]
+    headers += [
+        ("source_topic", str(record.topic).encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
     return record.key, record.value, headers

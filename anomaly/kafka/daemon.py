@@ -57,13 +57,21 @@ class DaemonOptions:
 
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
     k = cfg.kafka
-    return MessageFormat(tuple(features), k.key_field, k.time_field, k.values_field, k.readings_field,
-                         k.max_message_bytes)
+    return MessageFormat(
+        tuple(features), k.key_field, k.time_field, k.values_field, k.readings_field, k.max_message_bytes
+    )
 
 
 class Daemon:
-    def __init__(self, cfg: PipelineConfig, model_path: str, *, metrics: Any = None, server: Any = None,
-                 options: DaemonOptions | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        model_path: str,
+        *,
+        metrics: Any = None,
+        server: Any = None,
+        options: DaemonOptions | None = None,
+    ) -> None:
         self.cfg = cfg
         self.model_path = model_path
         self.metrics = metrics
@@ -100,12 +108,25 @@ class Daemon:
         reader = clients.make_consumer(k, t, group=False)
         self.changelog = ChangelogStore(self.producer, reader, k.changelog_topic)
         self.consumer = clients.make_consumer(k, t)
-        self.checkpointer = KafkaCheckpointer(self.consumer, self.changelog, self.delivery, self.tracker,
-                                              k.checkpoint_interval_s, self.metrics, self._set_broker_ok)
-        self.source = KafkaSource(self.consumer, Decoder(message_format(self.cfg, self.bundle.features)),
-                                  self.tracker, self.stop, metrics=self.metrics,
-                                  poll_timeout_ms=self.opts.poll_timeout_ms, before_poll=self._housekeeping,
-                                  after_poll=self._apply_deferred)
+        self.checkpointer = KafkaCheckpointer(
+            self.consumer,
+            self.changelog,
+            self.delivery,
+            self.tracker,
+            k.checkpoint_interval_s,
+            self.metrics,
+            self._set_broker_ok,
+        )
+        self.source = KafkaSource(
+            self.consumer,
+            Decoder(message_format(self.cfg, self.bundle.features)),
+            self.tracker,
+            self.stop,
+            metrics=self.metrics,
+            poll_timeout_ms=self.opts.poll_timeout_ms,
+            before_poll=self._housekeeping,
+            after_poll=self._apply_deferred,
+        )
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
@@ -120,8 +141,13 @@ class Daemon:
         if not hasattr(self, "consumer"):
             self.connect()
         try:
-            totals = run(self.engine, self.source.batches(), self.sinks, observer=self.metrics,
-                         checkpointer=self.checkpointer)
+            totals = run(
+                self.engine,
+                self.source.batches(),
+                self.sinks,
+                observer=self.metrics,
+                checkpointer=self.checkpointer,
+            )
             if self.opts.state_out:
                 Path(self.opts.state_out).write_bytes(self.engine.snapshot())
             totals["skipped"] = self.source.skipped
@@ -145,7 +171,10 @@ class Daemon:
         timer.start()
 
     def _overdue(self) -> None:
-        log.error("shutdown took longer than %.0fs; exiting without a final checkpoint", self.opts.shutdown_timeout_s)
+        log.error(
+            "shutdown took longer than %.0fs; exiting without a final checkpoint",
+            self.opts.shutdown_timeout_s,
+        )
         os._exit(3)
 
     def install_signal_handlers(self) -> None:
@@ -191,7 +220,9 @@ class Daemon:
         for sink in self.sinks:
             if isinstance(sink, ScoreSink):
                 sink.features = list(bundle.features)
-        log.warning("model reloaded: version %s, per-key state %s", bundle.version, "kept" if kept else "reset")
+        log.warning(
+            "model reloaded: version %s, per-key state %s", bundle.version, "kept" if kept else "reset"
+        )
         if self.metrics is not None:
             self.metrics.model_loaded(bundle)
             self.metrics.model_reloaded(kept)
@@ -224,8 +255,13 @@ class Daemon:
         keys = self.tracker.release(tps)
         self.engine.drop(keys)
         if tps:
-            log.info("%s %d partition(s); dropped %d key(s)%s", kind, len(tps), len(keys),
-                     " after checkpointing them" if kind == "revoked" else "")
+            log.info(
+                "%s %d partition(s); dropped %d key(s)%s",
+                kind,
+                len(tps),
+                len(keys),
+                " after checkpointing them" if kind == "revoked" else "",
+            )
 
     def _restore(self, assigned: list[Any], seek: bool) -> None:
         """Restore each partition's state and skip what it covers (seek when inside poll, else the source's

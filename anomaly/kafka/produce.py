@@ -27,7 +27,9 @@ def merged_order(series: Sequence[Series]) -> tuple[np.ndarray, np.ndarray]:
     return which[order], index[order]
 
 
-def messages(series: Sequence[Series], fmt: MessageFormat, block: int = 1) -> Iterator[tuple[bytes, bytes, float]]:
+def messages(
+    series: Sequence[Series], fmt: MessageFormat, block: int = 1
+) -> Iterator[tuple[bytes, bytes, float]]:
     """(key, value, last timestamp) per message in timestamp order; a block message is emitted when a key has
     collected ``block`` readings, and partial blocks at the end."""
     if block < 1:
@@ -39,11 +41,19 @@ def messages(series: Sequence[Series], fmt: MessageFormat, block: int = 1) -> It
         s = series[i]
         if block == 1:
             r = idx[0]
-            body: dict[str, Any] = {fmt.key_field: s.key, fmt.time_field: float(s.timestamps[r]),
-                                    fmt.values_field: s.values[r].tolist()}
+            body: dict[str, Any] = {
+                fmt.key_field: s.key,
+                fmt.time_field: float(s.timestamps[r]),
+                fmt.values_field: s.values[r].tolist(),
+            }
         else:
-            body = {fmt.key_field: s.key, fmt.readings_field: [
-                {fmt.time_field: float(s.timestamps[r]), fmt.values_field: s.values[r].tolist()} for r in idx]}
+            body = {
+                fmt.key_field: s.key,
+                fmt.readings_field: [
+                    {fmt.time_field: float(s.timestamps[r]), fmt.values_field: s.values[r].tolist()}
+                    for r in idx
+                ],
+            }
         return s.key.encode(), json.dumps(body, separators=(",", ":")).encode(), float(s.timestamps[idx[-1]])
 
     for i, r in zip(which.tolist(), rows.tolist(), strict=True):
@@ -59,8 +69,15 @@ def messages(series: Sequence[Series], fmt: MessageFormat, block: int = 1) -> It
         yield encode(i, buf)
 
 
-def produce(producer: Any, topic: str, msgs: Iterator[tuple[bytes, bytes, float]], *, rate: float = 0.0,
-            progress: Any = None, total: int | None = None) -> int:
+def produce(
+    producer: Any,
+    topic: str,
+    msgs: Iterator[tuple[bytes, bytes, float]],
+    *,
+    rate: float = 0.0,
+    progress: Any = None,
+    total: int | None = None,
+) -> int:
     """Send messages, paced at ``rate`` messages/s (0: as fast as possible); flush; returns the count sent."""
     n = 0
     t0 = time.monotonic()

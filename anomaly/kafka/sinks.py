@@ -39,8 +39,13 @@ class Delivery:
         self.failures += 1
         self.last_error = type(exc).__name__
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]] | None = None) -> Any:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
         future = self.producer.send(topic, key=key, value=value, headers=headers)
         future.add_errback(self._on_error)
         return future
@@ -50,7 +55,9 @@ class Delivery:
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
         except kerr.KafkaTimeoutError:
-            raise KafkaError(f"producer flush timed out after {self.flush_timeout_s:.0f}s (broker away?)") from None
+            raise KafkaError(
+                f"producer flush timed out after {self.flush_timeout_s:.0f}s (broker away?)"
+            ) from None
         if self.failures:
             n, self.failures = self.failures, 0
             raise DeliveryError(f"{n} record(s) were not delivered ({self.last_error})")

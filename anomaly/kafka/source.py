@@ -22,10 +22,18 @@ from anomaly.runner import Batch
 
 
 class KafkaSource:
-    def __init__(self, consumer: KafkaConsumer, decoder: Decoder, tracker: PartitionTracker,
-                 stop: threading.Event, *, metrics: Any = None, poll_timeout_ms: int = 100,
-                 before_poll: Callable[[], None] | None = None,
-                 after_poll: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        decoder: Decoder,
+        tracker: PartitionTracker,
+        stop: threading.Event,
+        *,
+        metrics: Any = None,
+        poll_timeout_ms: int = 100,
+        before_poll: Callable[[], None] | None = None,
+        after_poll: Callable[[], None] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.decoder = decoder  # replaced by the daemon when a reloaded model has other features
         self.tracker = tracker

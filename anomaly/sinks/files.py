@@ -46,8 +46,19 @@ class JsonlRejectionSink:
         for r in out.rejections:
             self.count += r.count
             ref = r.ref if isinstance(r.ref, str | int | float | type(None)) else str(r.ref)
-            self._fh.write(json.dumps({"key": r.key, "reason": r.reason, "count": r.count, "whole": r.whole,
-                                       "ref": ref, "detail": r.detail}) + "\n")
+            self._fh.write(
+                json.dumps(
+                    {
+                        "key": r.key,
+                        "reason": r.reason,
+                        "count": r.count,
+                        "whole": r.whole,
+                        "ref": ref,
+                        "detail": r.detail,
+                    }
+                )
+                + "\n"
+            )
 
     def flush(self) -> None:
         self._fh.flush()
@@ -62,7 +73,9 @@ class WindowCollector:
     FIELDS = ("timestamps", "errors", "scores", "thresholds", "anomalous", "alert_open")
 
     def __init__(self) -> None:
-        self.by_key: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: {f: [] for f in self.FIELDS})
+        self.by_key: dict[str, dict[str, list[np.ndarray]]] = defaultdict(
+            lambda: {f: [] for f in self.FIELDS}
+        )
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for w in out.windows:

@@ -53,14 +53,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Bundle]:
     d = tmp_path_factory.mktemp("model")
     frame.to_csv(d / "train.csv", index=False)
     series, feats = load_series([d / "train.csv"], DataConfig(key_column="sensor_id"))
-    result = train(series, feats, ModelConfig(window=8, hidden_size=16),
-                   TrainConfig(epochs=3, batch_size=32, device="cpu", seed=0))
+    result = train(
+        series,
+        feats,
+        ModelConfig(window=8, hidden_size=16),
+        TrainConfig(epochs=3, batch_size=32, device="cpu", seed=0),
+    )
     path = save_bundle(result.bundle, d / "tiny.pt")
     return path, load_bundle(path)
 
 
 @pytest.fixture(scope="session")
-def stream(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Bundle]) -> tuple[Path, list[Series]]:
+def stream(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Bundle]
+) -> tuple[Path, list[Series]]:
     """6 keys x 400 readings with injected anomalies, as a CSV file and as series."""
     frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=400, anomalies=3, seed=11), 6)
     path = tmp_path_factory.mktemp("stream") / "stream.csv"
@@ -79,8 +85,20 @@ class Names:
     group: str
 
     def args(self) -> list[str]:
-        return ["--topics", self.input, "--alerts-topic", self.alerts, "--scores-topic", self.scores,
-                "--dead-letter-topic", self.dead, "--changelog-topic", self.changelog, "--group-id", self.group]
+        return [
+            "--topics",
+            self.input,
+            "--alerts-topic",
+            self.alerts,
+            "--scores-topic",
+            self.scores,
+            "--dead-letter-topic",
+            self.dead,
+            "--changelog-topic",
+            self.changelog,
+            "--group-id",
+            self.group,
+        ]
 
 
 @dataclass
@@ -96,7 +114,9 @@ def replay_expected(bundle: Bundle, series: Sequence[Series], batch_readings: in
     engine = Engine(bundle, EngineConfig())
     outs: list[EngineOutput] = []
     run(engine, merged_batches(series, batch_readings), [], on_batch=lambda b, o: outs.append(o))
-    windows = {(w.key, float(w.timestamps[0])): window_json(w, bundle.features) for o in outs for w in o.windows}
+    windows = {
+        (w.key, float(w.timestamps[0])): window_json(w, bundle.features) for o in outs for w in o.windows
+    }
     alerts = {(a.id, a.status) for o in outs for a in o.alerts}
     return Expected(windows, alerts, engine)
 
@@ -114,15 +134,25 @@ class KafkaEnv:
         from kafka.admin import NewTopic
 
         tag = uuid.uuid4().hex[:8]
-        n = Names(f"in-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dead-{tag}", f"changelog-{tag}", f"g-{tag}")
+        n = Names(
+            f"in-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dead-{tag}", f"changelog-{tag}", f"g-{tag}"
+        )
         admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
-        admin.create_topics([NewTopic(n.input, partitions, 1)] +
-                            [NewTopic(t, 1, 1) for t in (n.alerts, n.scores, n.dead)])
+        admin.create_topics(
+            [NewTopic(n.input, partitions, 1)] + [NewTopic(t, 1, 1) for t in (n.alerts, n.scores, n.dead)]
+        )
         admin.close()
         return n
 
-    def produce(self, topic: str, series: Sequence[Series], features: Sequence[str], block: int = 1,
-                raw: Sequence[tuple[bytes | None, bytes]] = (), rate: float = 0.0) -> dict[int, int]:
+    def produce(
+        self,
+        topic: str,
+        series: Sequence[Series],
+        features: Sequence[str],
+        block: int = 1,
+        raw: Sequence[tuple[bytes | None, bytes]] = (),
+        rate: float = 0.0,
+    ) -> dict[int, int]:
         """Send the series (and raw (key, value) messages first), at `rate` messages/s if given; returns the end
         offset of every partition."""
         futures = [self.producer.send(topic, key=k, value=v) for k, v in raw]
@@ -139,18 +169,35 @@ class KafkaEnv:
             ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
         return ends
 
-    def start(self, names: Names, *extra: str, metrics_port: int | None = None, log_name: str = "daemon"
-              ) -> tuple[subprocess.Popen[bytes], int]:
+    def start(
+        self, names: Names, *extra: str, metrics_port: int | None = None, log_name: str = "daemon"
+    ) -> tuple[subprocess.Popen[bytes], int]:
         port = metrics_port or free_port()
         log = open(self.workdir / f"{log_name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        cmd = [*ANOMALY, "consume", "-m", str(self.model), "-b", self.broker.bootstrap, *names.args(),
-               *FAST_GROUP, "--metrics-port", str(port), "-v", *extra]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            *ANOMALY,
+            "consume",
+            "-m",
+            str(self.model),
+            "-b",
+            self.broker.bootstrap,
+            *names.args(),
+            *FAST_GROUP,
+            "--metrics-port",
+            str(port),
+            "-v",
+            *extra,
+        ]
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         self.procs.append(proc)
         return proc, port
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
-        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=group, enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.broker.bootstrap, group_id=group, enable_auto_commit=False
+        )
         try:
             parts = consumer.partitions_for_topic(topic) or set()
             out = {}
@@ -269,5 +316,14 @@ def kafka_env(tansu: TansuBroker, tiny_model: tuple[Path, Bundle], tmp_path: Pat
     env.producer.close()
 
 
-__all__ = ["Batch", "Expected", "KafkaEnv", "Names", "http_status", "replay_expected", "same_state", "terminate",
-           "wait_for"]
+__all__ = [
+    "Batch",
+    "Expected",
+    "KafkaEnv",
+    "Names",
+    "http_status",
+    "replay_expected",
+    "same_state",
+    "terminate",
+    "wait_for",
+]

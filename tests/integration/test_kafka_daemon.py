@@ -16,11 +16,20 @@ BAD = [
     (b"bad-nan", b'{"ts": 1, "values": [null, 2, 3]}'),  # NaN: refused by the engine (nan_policy=reject)
     (b"unit-003", b"x" * 3000),  # oversized (max_message_bytes lowered to 2000 below)
 ]
-BAD_REASONS = ["invalid_json", "feature_count", "missing_field", "missing_field", "bad_timestamp", "non_finite",
-               "oversized"]
+BAD_REASONS = [
+    "invalid_json",
+    "feature_count",
+    "missing_field",
+    "missing_field",
+    "bad_timestamp",
+    "non_finite",
+    "oversized",
+]
 
 
-def test_uninterrupted_run_equals_replay_and_refusals_go_to_dead_letters(kafka_env, stream, tiny_model, monkeypatch):
+def test_uninterrupted_run_equals_replay_and_refusals_go_to_dead_letters(
+    kafka_env, stream, tiny_model, monkeypatch
+):
     _, series = stream
     path, bundle = tiny_model
     names = kafka_env.names(partitions=4)
@@ -40,8 +49,9 @@ def test_uninterrupted_run_equals_replay_and_refusals_go_to_dead_letters(kafka_e
     assert len(expected.alert_ids) > 0
 
     dead = kafka_env.read(names.dead)
-    assert sorted((r.value, dict(r.headers)["reason"].decode()) for r in dead) == \
-        sorted(zip([v for _, v in BAD], BAD_REASONS, strict=True))
+    assert sorted((r.value, dict(r.headers)["reason"].decode()) for r in dead) == sorted(
+        zip([v for _, v in BAD], BAD_REASONS, strict=True)
+    )
     for rec in dead:
         h = {k: v.decode() for k, v in rec.headers}
         assert h["source_topic"] == names.input
@@ -68,20 +78,50 @@ def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, 
     model = str(tiny_model[0])
     bootstrap = kafka_env.broker.bootstrap
     missing = _consume("-m", model, "-b", bootstrap, "--topics", "no-such-topic")
-    assert (missing.exit_code, missing.stderr) == (2, f"error: topic(s) not found on {bootstrap}: no-such-topic; "
-                                                      "create them first (the daemon creates only its changelog topic)\n")
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"error: topic(s) not found on {bootstrap}: no-such-topic; "
+        "create them first (the daemon creates only its changelog topic)\n",
+    )
     unreachable = _consume("-m", model, "-b", "127.0.0.1:1", "--bootstrap-timeout", "1")
-    assert (unreachable.exit_code, unreachable.stderr) == (2, (
-        "error: cannot reach Kafka at 127.0.0.1:1 (admin client): no usable connection; check "
-        "kafka.bootstrap_servers, that the broker is up and the security settings (security_protocol PLAINTEXT)\n"))
-    secret = {"ANOMALY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "ANOMALY_KAFKA_SASL_USERNAME": "u",
-              "ANOMALY_KAFKA_SASL_PASSWORD": "s3cret-pw"}
-    sasl = _consume("-m", model, "-b", bootstrap, "--security-protocol", "SASL_PLAINTEXT", "--bootstrap-timeout",
-                    "1", env=secret)  # Tansu runs without SASL: the handshake fails
+    assert (unreachable.exit_code, unreachable.stderr) == (
+        2,
+        (
+            "error: cannot reach Kafka at 127.0.0.1:1 (admin client): no usable connection; check "
+            "kafka.bootstrap_servers, that the broker is up and the security settings (security_protocol PLAINTEXT)\n"
+        ),
+    )
+    secret = {
+        "ANOMALY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "ANOMALY_KAFKA_SASL_USERNAME": "u",
+        "ANOMALY_KAFKA_SASL_PASSWORD": "s3cret-pw",
+    }
+    sasl = _consume(
+        "-m",
+        model,
+        "-b",
+        bootstrap,
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--bootstrap-timeout",
+        "1",
+        env=secret,
+    )  # Tansu runs without SASL: the handshake fails
     assert sasl.exit_code == 2 and len(sasl.stderr.splitlines()) == 1
     assert "s3cret-pw" not in sasl.output
-    bad_mechanism = _consume("-m", model, "-b", bootstrap, "--security-protocol", "SASL_SSL",
-                             env={**secret, "ANOMALY_KAFKA_SASL_MECHANISM": "GSSAPI"})
-    assert (bad_mechanism.exit_code, bad_mechanism.stderr) == (2, (
-        "error: kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 with security_protocol "
-        "SASL_SSL\n"))
+    bad_mechanism = _consume(
+        "-m",
+        model,
+        "-b",
+        bootstrap,
+        "--security-protocol",
+        "SASL_SSL",
+        env={**secret, "ANOMALY_KAFKA_SASL_MECHANISM": "GSSAPI"},
+    )
+    assert (bad_mechanism.exit_code, bad_mechanism.stderr) == (
+        2,
+        (
+            "error: kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 with security_protocol "
+            "SASL_SSL\n"
+        ),
+    )

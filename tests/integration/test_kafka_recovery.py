@@ -82,8 +82,11 @@ def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tin
     ends = kafka_env.produce(names.input, first, bundle.features)
     a, port_a = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="a")
     b, port_b = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="b")
-    wait_for(lambda: http_status(port_a, "/readyz") == 200 and http_status(port_b, "/readyz") == 200, 60,
-             "both daemons ready")
+    wait_for(
+        lambda: http_status(port_a, "/readyz") == 200 and http_status(port_b, "/readyz") == 200,
+        60,
+        "both daemons ready",
+    )
     kafka_env.wait_committed(names.group, names.input, ends)
     metrics_a = _metric(port_a, "anomaly_messages_consumed_total")
     metrics_b = _metric(port_b, "anomaly_messages_consumed_total")

@@ -29,7 +29,8 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
 
     topic = f"cl-{np.random.default_rng().integers(1e9)}"
     KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap).create_topics(
-        [NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        [NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+    )
     engine = Engine(bundle, EngineConfig())
     rng = np.random.default_rng(1)
     engine.process([Event(f"k{i}", np.arange(20.0), rng.normal(size=(20, 3))) for i in range(5)])
@@ -45,8 +46,10 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     store.write("in:0", 150, big, 5)  # a new generation: the old chunks get tombstoned
     producer.flush()
     got = ChangelogStore(producer, reader, topic, chunk_bytes=1000).read(["in:0", "in:1", "in:2"])
-    assert {pid: (cp.offset, cp.snapshot, cp.keys) for pid, cp in got.items()} == \
-        {"in:0": (150, big, 5), "in:1": (7, small, 1)}
+    assert {pid: (cp.offset, cp.snapshot, cp.keys) for pid, cp in got.items()} == {
+        "in:0": (150, big, 5),
+        "in:1": (7, small, 1),
+    }
     tombstoned = {r.key.decode() for r in kafka_env.read(topic) if r.value is None}
     assert tombstoned == set(first_chunks)
     producer.close()
@@ -57,12 +60,29 @@ def test_produce_command_sends_blocks_in_timestamp_order(kafka_env, stream, tiny
     path, series = stream
     _, bundle = tiny_model
     topic = kafka_env.names(partitions=3).input
-    result = CliRunner().invoke(main, ["produce", str(path), "--topic", topic, "-b", kafka_env.broker.bootstrap,
-                                       "--key-column", "sensor_id", "--features", ",".join(bundle.features),
-                                       "--block", "32"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "produce",
+            str(path),
+            "--topic",
+            topic,
+            "-b",
+            kafka_env.broker.bootstrap,
+            "--key-column",
+            "sensor_id",
+            "--features",
+            ",".join(bundle.features),
+            "--block",
+            "32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     n_msgs = sum(-(-len(s) // 32) for s in series)
-    assert f"sent {n_msgs} messages ({sum(len(s) for s in series)} readings of {len(series)} keys)" in result.stdout
+    assert (
+        f"sent {n_msgs} messages ({sum(len(s) for s in series)} readings of {len(series)} keys)"
+        in result.stdout
+    )
     decoder = Decoder(MessageFormat(tuple(bundle.features)))
     events = [decoder.decode(r) for r in kafka_env.read(topic)]
     assert len(events) == n_msgs
@@ -75,7 +95,11 @@ def test_produce_command_sends_blocks_in_timestamp_order(kafka_env, stream, tiny
 def _reloads(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
         lines = resp.read().decode().splitlines()
-    return {ln.split('"')[1]: float(ln.split()[-1]) for ln in lines if ln.startswith("anomaly_model_reloads_total{")}
+    return {
+        ln.split('"')[1]: float(ln.split()[-1])
+        for ln in lines
+        if ln.startswith("anomaly_model_reloads_total{")
+    }
 
 
 def test_sighup_and_a_new_bundle_file_reload_the_model_keeping_state(kafka_env, tiny_model):
