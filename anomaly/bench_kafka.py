@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
@@ -307,7 +308,7 @@ def run_kafka_bench(
             "window": bundle.window,
             "hidden": bundle.arch.hidden_size,
             "features": len(bundle.features),
-            "torch_threads": DaemonOptions().torch_threads,
+            "torch_threads": torch.get_num_threads(),
         }
         n_single = keys * readings
         ends = _produce(bootstrap, single, _messages(bundle, keys, readings, 1, 1.7e9))
@@ -377,4 +378,5 @@ def run_kafka_bench(
 
 if __name__ == "__main__":  # python -m anomaly.bench_kafka [KEYS_FOR_RSS]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    torch.set_num_threads(1)  # as `anomaly --threads 1` does
     print(json.dumps(run_kafka_bench(rss_keys=int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), indent=2))

@@ -104,13 +104,6 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     help="Seconds allowed for the final checkpoint after SIGTERM/SIGINT before exiting anyway.",
 )
 @click.option(
-    "--torch-threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Torch CPU threads for scoring (per-poll batches are small; more threads mostly add contention).",
-)
-@click.option(
     "--state-out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -137,7 +130,6 @@ def consume_cmd(
     metrics_port,
     bootstrap_timeout,
     shutdown_timeout,
-    torch_threads,
     state_out,
     verbose,
 ) -> None:
@@ -184,7 +176,6 @@ def consume_cmd(
             bootstrap_timeout_s=bootstrap_timeout,
             shutdown_timeout_s=shutdown_timeout,
             state_out=state_out,
-            torch_threads=torch_threads,
         ),
     )
     daemon.connect()  # fails fast, with one line, before anything is printed or served

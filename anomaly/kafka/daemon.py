@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from kafka import ConsumerRebalanceListener
 
 from anomaly.bundle import load_bundle
@@ -52,7 +51,6 @@ class DaemonOptions:
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
-    torch_threads: int = 1  # small per-poll batches: more threads only add OpenMP spin contention
 
 
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
@@ -90,7 +88,6 @@ class Daemon:
         self.restored_keys = 0
         self._deferred: list[tuple[str, list[Any]]] = []
         self._queue_lock = threading.Lock()
-        torch.set_num_threads(self.opts.torch_threads)
         if metrics is not None:
             metrics.model_loaded(self.bundle)
 
