@@ -285,7 +285,7 @@ def run_kafka_bench(
     model: str | None = None,
     *,
     keys: int = 1000,
-    readings: int = 40,
+    readings: int = 120,
     block: int = 32,
     block_rounds: int = 4,
     latency_s: float = 10.0,
