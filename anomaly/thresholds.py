@@ -14,6 +14,8 @@ window it judges. Until a key has `warmup` scores in its history it cannot alert
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 Z_GRID = np.arange(2.5, 12.01, 0.5, dtype=np.float32)
@@ -80,3 +82,95 @@ def ewma(raw: np.ndarray, last: np.ndarray, alpha: float) -> tuple[np.ndarray, n
         prev = np.where(np.isnan(prev), x, alpha * x + (1.0 - alpha) * prev)
         out[:, i] = prev
     return out, prev
+
+
+# Per-key alert state (rows of the engine's state store) that step_alerts reads and updates.
+ALERT_FIELDS = (
+    "run_anom",
+    "run_norm",
+    "run_start",
+    "last_anom_ts",
+    "alert_open",
+    "alert_start",
+    "alert_peak",
+    "alert_thr",
+    "alert_contrib",
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An alert of batch row `row` opened or closed at event time `at`, with its state at that moment."""
+
+    row: int
+    status: str  # open | closed
+    start: float
+    end: float | None
+    at: float
+    peak: float
+    threshold: float
+    contributions: np.ndarray
+
+
+def step_alerts(
+    state: dict[str, np.ndarray],
+    ts: np.ndarray,
+    scores: np.ndarray,
+    anomalous: np.ndarray,
+    eps: np.ndarray,
+    per_feature: np.ndarray,
+    open_after: int,
+    close_after: int,
+) -> tuple[np.ndarray, list[Transition]]:
+    """Alert lifecycle for K keys through one window of W points, in point order.
+
+    An alert opens after `open_after` consecutive anomalous points (its start is the first of them), closes after
+    `close_after` consecutive normal points (its end is the last anomalous one) and never re-fires while open.
+    `state` holds (K, ...) arrays named ALERT_FIELDS and is updated in place. `per_feature` (K, F) is the
+    window's squared error per feature, accumulated while an alert is open to name its top features.
+    Returns whether an alert was open at each point (K, W) and the transitions in order."""
+    run_anom, run_norm = state["run_anom"], state["run_norm"]
+    run_start, last_anom = state["run_start"], state["last_anom_ts"]
+    is_open, start = state["alert_open"], state["alert_start"]
+    peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
+    contrib[is_open] += per_feature[is_open]
+    open_pts = np.zeros(anomalous.shape, bool)
+    out: list[Transition] = []
+    for i in range(anomalous.shape[1]):
+        an, t, s = anomalous[:, i], ts[:, i], scores[:, i]
+        run_start[:] = np.where(an & (run_anom == 0), t, run_start)
+        run_anom[:] = np.where(an, run_anom + 1, 0)
+        run_norm[:] = np.where(an, 0, run_norm + 1)
+        last_anom[:] = np.where(an, t, last_anom)
+        for j in np.flatnonzero(~is_open & (run_anom >= open_after)):
+            is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
+            contrib[j] = per_feature[j]
+            out.append(
+                Transition(
+                    int(j),
+                    "open",
+                    float(start[j]),
+                    None,
+                    float(t[j]),
+                    float(peak[j]),
+                    float(thr[j]),
+                    contrib[j].copy(),
+                )
+            )
+        peak[:] = np.where(is_open & an, np.maximum(peak, s), peak)
+        for j in np.flatnonzero(is_open & (run_norm >= close_after)):
+            is_open[j] = False
+            out.append(
+                Transition(
+                    int(j),
+                    "closed",
+                    float(start[j]),
+                    float(last_anom[j]),
+                    float(t[j]),
+                    float(peak[j]),
+                    float(thr[j]),
+                    contrib[j].copy(),
+                )
+            )
+        open_pts[:, i] = is_open
+    return open_pts, out

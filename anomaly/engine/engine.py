@@ -22,7 +22,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
 from anomaly.errors import BundleError
-from anomaly.thresholds import ewma, push_history, select_epsilon
+from anomaly.thresholds import ALERT_FIELDS, ewma, push_history, select_epsilon, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
@@ -473,41 +473,26 @@ class Engine:
     def _lifecycle(
         self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
     ) -> np.ndarray:
-        """Step every key's alert state through the window's points; emit open/close events in point order."""
+        """Step the rows' alert state through the window (thresholds.step_alerts) and emit its transitions."""
         a = self.store.arrays
-        cfg = self.config
-        run_anom, run_norm = a["run_anom"][rows], a["run_norm"][rows]
-        run_start, last_anom = a["run_start"][rows], a["last_anom_ts"][rows]
-        is_open, start = a["alert_open"][rows], a["alert_start"][rows]
-        peak, thr, contrib = a["alert_peak"][rows], a["alert_thr"][rows], a["alert_contrib"][rows]
-        was_open = is_open.copy()
-        contrib[was_open] += per_feature[was_open]
-        open_pts = np.zeros(anomalous.shape, bool)
-        for i in range(anomalous.shape[1]):
-            an, t, s = anomalous[:, i], ts[:, i], scores[:, i]
-            run_start = np.where(an & (run_anom == 0), t, run_start)
-            run_anom = np.where(an, run_anom + 1, 0)
-            run_norm = np.where(an, 0, run_norm + 1)
-            last_anom = np.where(an, t, last_anom)
-            for j in np.flatnonzero(~is_open & (run_anom >= cfg.alert_open_after)):
-                is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
-                contrib[j] = per_feature[j]
-                out.alerts.append(
-                    self._alert(keys[j], "open", start[j], None, t[j], peak[j], thr[j], contrib[j])
-                )
-                self.counters["alerts_opened"] += 1
-            peak = np.where(is_open & an, np.maximum(peak, s), peak)
-            for j in np.flatnonzero(is_open & (run_norm >= cfg.alert_close_after)):
-                is_open[j] = False
-                out.alerts.append(
-                    self._alert(keys[j], "closed", start[j], last_anom[j], t[j], peak[j], thr[j], contrib[j])
-                )
-                self.counters["alerts_closed"] += 1
-            open_pts[:, i] = is_open
-        a["run_anom"][rows], a["run_norm"][rows] = run_anom, run_norm
-        a["run_start"][rows], a["last_anom_ts"][rows] = run_start, last_anom
-        a["alert_open"][rows], a["alert_start"][rows] = is_open, start
-        a["alert_peak"][rows], a["alert_thr"][rows], a["alert_contrib"][rows] = peak, thr, contrib
+        state = {name: a[name][rows] for name in ALERT_FIELDS}
+        open_pts, transitions = step_alerts(
+            state,
+            ts,
+            scores,
+            anomalous,
+            eps,
+            per_feature,
+            self.config.alert_open_after,
+            self.config.alert_close_after,
+        )
+        for name in ALERT_FIELDS:
+            a[name][rows] = state[name]
+        for t in transitions:
+            out.alerts.append(
+                self._alert(keys[t.row], t.status, t.start, t.end, t.at, t.peak, t.threshold, t.contributions)
+            )
+            self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
         return open_pts
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
