@@ -22,6 +22,11 @@ pipeline_option = click.option(
     help="Pipeline TOML file; options and ANOMALY_<SECTION>_<FIELD> variables override it.",
 )
 
+time_column_option = click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
+key_column_option = click.option(
+    "--key-column", default=None, help="Key column for many series in one file.  [default: none]"
+)
+
 
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""

@@ -6,7 +6,13 @@ import logging
 
 import click
 
-from anomaly.commands.common import config_from, one_line_errors, pipeline_option, setup_logging
+from anomaly.commands.common import (
+    config_from,
+    one_line_errors,
+    pipeline_option,
+    setup_logging,
+    time_column_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +220,7 @@ def consume_cmd(
 @click.option(
     "--key-column", default=None, help="Key column for many series in one file.  [default: file name]"
 )
-@click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
+@time_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
 @click.option(
     "--block",

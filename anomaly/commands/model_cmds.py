@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from anomaly.bundle import read_metadata, save_bundle
-from anomaly.commands.common import config_from, one_line_errors, pipeline_option, setup_logging
+from anomaly.commands.common import (
+    config_from,
+    key_column_option,
+    one_line_errors,
+    pipeline_option,
+    setup_logging,
+    time_column_option,
+)
 from anomaly.data import load_series
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
@@ -89,8 +96,8 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     help="Bundle file to write.",
 )
 @pipeline_option
-@click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
-@click.option("--key-column", default=None, help="Key column for many series in one file.  [default: none]")
+@time_column_option
+@key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
 @click.option(
     "--drop-anomalies/--keep-anomalies",

@@ -10,7 +10,14 @@ import click
 
 from anomaly import evaluation
 from anomaly.bundle import load_bundle
-from anomaly.commands.common import config_from, one_line_errors, pipeline_option, setup_logging
+from anomaly.commands.common import (
+    config_from,
+    key_column_option,
+    one_line_errors,
+    pipeline_option,
+    setup_logging,
+    time_column_option,
+)
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
@@ -101,8 +108,8 @@ def print_result(result: ReplayResult) -> None:
     help="Directory for scores, alerts, summary and reports.",
 )
 @pipeline_option
-@click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
-@click.option("--key-column", default=None, help="Key column for many series in one file.  [default: none]")
+@time_column_option
+@key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @click.option(
