@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import http_status, replay_expected, same_state, terminate, wait_for
+from conftest import assert_matches_replay, http_status, same_state, terminate, wait_for
 
 from anomaly.data import Series
 
@@ -62,10 +62,7 @@ def test_kill_9_at_random_points_changes_nothing(kafka_env, stream, tiny_model):
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
     assert terminate(proc) == 0
 
-    expected = replay_expected(bundle, series)
-    assert kafka_env.windows(names.scores) == expected.windows
-    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
-    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+    expected = assert_matches_replay(kafka_env, names, bundle, series)
     from anomaly.config import EngineConfig
     from anomaly.engine import Engine
 
@@ -100,10 +97,7 @@ def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tin
     assert b.wait(30) == 0
     del state_out
 
-    expected = replay_expected(bundle, series)
-    assert kafka_env.windows(names.scores) == expected.windows
-    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
-    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+    assert_matches_replay(kafka_env, names, bundle, series)
 
 
 def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
@@ -130,10 +124,7 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
     assert terminate(proc) == 0
 
-    expected = replay_expected(bundle, series)
-    assert kafka_env.windows(names.scores) == expected.windows
-    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
-    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+    assert_matches_replay(kafka_env, names, bundle, series)
 
 
 def _metric(port: int, name: str) -> float:
