@@ -41,6 +41,7 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+    forecast: bool = True  # one-step forecast head; the engine then scores each reading on arrival
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
+    input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,8 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.model.num_layers >= 1, "model.num_layers must be positive")
     need(0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)")
     need(cfg.train.epochs >= 1, "train.epochs must be positive")
+    need(cfg.train.forecast_weight >= 0.0, "train.forecast_weight must be at least 0")
+    need(cfg.train.input_noise >= 0.0, "train.input_noise must be at least 0")
     need(0.0 < cfg.train.val_fraction < 1.0, "train.val_fraction must be in (0, 1)")
     need(cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be one of: auto, cpu, cuda")
     need(0 <= cfg.train.stride <= cfg.model.window, "train.stride must be between 0 and model.window")

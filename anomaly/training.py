@@ -26,7 +26,7 @@ from anomaly.bundle import Bundle
 from anomaly.config import ModelConfig, TrainConfig
 from anomaly.data import Scaler, Series, fingerprint, window_chain
 from anomaly.errors import DataError
-from anomaly.model import Architecture, LSTMAutoencoder
+from anomaly.model import Architecture, LSTMAutoencoder, reading_errors
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -94,16 +94,30 @@ def batches(segs: Sequence[np.ndarray], batch_size: int, rng: np.random.Generato
     return out
 
 
-def _run_batch(model: LSTMAutoencoder, batch: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
-    """Mean squared reconstruction error over a batch of segments, carrying detached state window to window."""
+def _run_batch(
+    model: LSTMAutoencoder,
+    batch: torch.Tensor,
+    autocast: Callable[[], Any],
+    forecast_weight: float = 1.0,
+    noise: float = 0.0,
+) -> torch.Tensor:
+    """Loss over a batch of segments, carrying detached state window to window: mean squared reconstruction
+    error plus `forecast_weight` x mean squared one-step forecast error (the segment's first reading, which
+    has no past, is left out). With `noise` > 0 the model reads x + N(0, noise^2) and is scored against the
+    clean x (denoising)."""
     state = None
     total = batch.new_zeros(())
     n_windows = batch.shape[1]
     for k in range(n_windows):
         x = batch[:, k]
+        seen = x + noise * torch.randn_like(x) if noise > 0 else x
         with autocast():
-            recon, state = model(x, state)
-        total = total + (recon.float() - x).pow(2).mean()
+            out, state = model(seen, state, reconstruct=True)
+        assert out.reconstruction is not None
+        total = total + (out.reconstruction.float() - x).pow(2).mean()
+        if out.forecast is not None and forecast_weight > 0:
+            err = (out.forecast.float() - x).pow(2)
+            total = total + forecast_weight * (err[:, 1:].mean() if k == 0 else err.mean())
         state = (state[0].detach(), state[1].detach())
     return total / n_windows
 
@@ -136,7 +150,14 @@ def train(
             "or model.window, or add data"
         )
 
-    arch = Architecture(len(features), window, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout)
+    arch = Architecture(
+        len(features),
+        window,
+        model_cfg.hidden_size,
+        model_cfg.num_layers,
+        model_cfg.dropout,
+        model_cfg.forecast,
+    )
     model = LSTMAutoencoder(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
@@ -174,7 +195,7 @@ def train(
         for arr in batches(train_segs, cfg.batch_size, rng):
             batch = to_device(arr)
             opt.zero_grad(set_to_none=True)
-            loss = _run_batch(model, batch, autocast)
+            loss = _run_batch(model, batch, autocast, cfg.forecast_weight, cfg.input_noise)
             scaler_amp.scale(loss).backward()
             scaler_amp.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -186,7 +207,9 @@ def train(
         train_seconds += time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
-            val_loss = float(np.mean([float(_run_batch(model, b, autocast)) for b in val_batches]))
+            val_loss = float(
+                np.mean([float(_run_batch(model, b, autocast, cfg.forecast_weight)) for b in val_batches])
+            )
         sched.step(val_loss)
         row = {
             "epoch": epoch,
@@ -239,13 +262,18 @@ def train(
 
 @torch.no_grad()
 def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
-    """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream."""
-    chain = window_chain(values, model.window)
-    if len(chain) == 0:
-        return np.zeros((0, values.shape[1]), np.float32)
-    x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
-    recon, _ = model(x)
-    return (recon - x).pow(2)[0].numpy()
+    """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream, as
+    the engine scores it (:func:`anomaly.model.reading_errors`): every reading with a forecast head, only
+    whole windows without one."""
+    if model.forecaster is not None:
+        x = torch.from_numpy(np.ascontiguousarray(values, np.float32)).unsqueeze(0)
+    else:
+        chain = window_chain(values, model.window)
+        if len(chain) == 0:
+            return np.zeros((0, values.shape[1]), np.float32)
+        x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
+    out, _ = model(x, reconstruct=model.forecaster is None)
+    return reading_errors(out, x)[0].numpy()
 
 
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Engine: turns events of many keys into scored windows and alerts, one batched model call per round.
+"""Engine: turns events of many keys into scored readings, scored windows and alerts, one batched model call
+per round.
 
-process(events) first ingests every event in order (validation, time order, gaps, window assembly); each full
-window joins its key's queue. Then it scores in rounds: round r takes the r-th queued window of every key that
-has one and runs them through the model in ONE call, writing each key's new (h, c) back. Rounds preserve
-per-key order, so feeding a series one reading per event, in blocks, or all at once gives identical results.
-Batches of one row are padded to two: CPU kernels take a different path for a single row, and padding keeps
-every key's numbers independent of what else shares its batch.
+process(events) first ingests every event in order (validation, time order, gaps, assembly into scoring
+units); each complete unit joins its key's queue. Then it scores in rounds: round r takes the r-th queued unit
+of every key that has one and runs them through the model in ONE call, writing each key's new (h, c) back.
+Rounds preserve per-key order, so feeding a series one reading per event, in blocks, or all at once gives
+identical results. Batches of one row are padded to two: CPU kernels take a different path for a single row,
+and padding keeps every key's numbers independent of what else shares its batch.
+
+The scoring unit depends on the model. A bundle with a forecast head is scored one reading at a time: a
+reading's score (its one-step forecast error) and its alert decision are made in the call that delivers it,
+so nothing waits for a window to fill; per-reading results are gathered in the key's state and reported as a
+ScoredWindow once `window` readings are scored. A bundle without one (reconstruction only) is scored a whole
+window at a time, and every reading of the window is decided when its last reading arrives.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
 from anomaly.errors import BundleError
+from anomaly.model import reading_errors
 from anomaly.thresholds import ALERT_FIELDS, ewma, push_history, select_epsilon, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
@@ -53,7 +61,9 @@ class Engine:
     def _use(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.model = bundle.model.eval()
-        self.window = bundle.window
+        self.window = bundle.window  # readings per reported ScoredWindow
+        self.per_reading = bundle.arch.forecast  # score each reading on arrival (forecast head)
+        self.unit = 1 if self.per_reading else self.window  # readings per model call and key
         self.n_features = len(bundle.features)
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
@@ -78,14 +88,16 @@ class Engine:
         history = (
             self.config.dynamic_history if self.config.threshold == "dynamic" else 0
         )  # static needs none
-        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, history)
+        return Layout(
+            a.num_layers, a.hidden_size, self.unit, a.n_features, history, a.window if self.per_reading else 0
+        )
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
         Returns True when state was kept."""
         same = bundle.arch == self.bundle.arch and bundle.features == self.bundle.features
         self._use(bundle)
-        if same:
+        if same and self._layout() == self.store.layout:
             self.counters["reloads_kept"] += 1
         else:
             self.store = StateStore(self._layout())
@@ -133,6 +145,7 @@ class Engine:
                 q = queues[row]
                 while q and q[0] is _RESET:
                     q.popleft()
+                    self._flush_report(np.asarray([row]), [row_keys[row]], out)
                     self.store.reset_model_state(np.asarray([row]))
                 if q:
                     x, ts = q.popleft()
@@ -252,7 +265,7 @@ class Engine:
     ) -> None:
         """Append regular readings (grouped by row, in time order within a row) to windows, as arrays."""
         a = self.store.arrays
-        w = self.window
+        w = self.unit
         v = ((raw - self._mean) / self._scale).astype(np.float32)
         starts = np.flatnonzero(first)
         groups = r[starts]
@@ -381,7 +394,7 @@ class Engine:
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays
-        w = self.window
+        w = self.unit
         pos = int(a["fill"][row])
         n = len(ts)
         take = min(w - pos, n)
@@ -405,7 +418,8 @@ class Engine:
     def _score(
         self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput
     ) -> None:
-        """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
+        """One batched model call for K units (one per key; x is (K, unit, F)), then smoothing, thresholds
+        and alerts."""
         a = self.store.arrays
         k = len(rows)
         h = a["h"][rows].transpose(1, 0, 2)
@@ -415,8 +429,8 @@ class Engine:
         if k == 1:
             xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
         with torch.inference_mode():
-            recon, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = (recon[:k] - xt[:k]).pow(2).numpy()
+            outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=not self.per_reading)
+            err_f = reading_errors(outputs, xt)[:k].numpy()
         a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
         a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
         out.batches.append(k)
@@ -441,9 +455,12 @@ class Engine:
         if cfg.threshold == "dynamic":
             push_history(hist, pushed, scores, ~open_pts)
             a["hist"][rows], a["pushed"][rows] = hist, pushed
+        thresholds = np.broadcast_to(eps[:, None], scores.shape)
+        if self.per_reading:
+            self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, per_feature, out)
+            return
         a["windows"][rows] += 1
         self.counters["windows"] += k
-        thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
         for j, key in enumerate(keys):
             out.windows.append(
@@ -457,8 +474,63 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
+                    ts[j, -1:].repeat(len(ts[j])),
                 )
             )
+
+    def _report(
+        self, rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, per_feature, out: EngineOutput
+    ) -> None:
+        """Per-reading scoring: append this round's reading of every row to its report buffer (state), and
+        emit a ScoredWindow for rows whose buffer holds `window` readings."""
+        a = self.store.arrays
+        pos = a["rep_fill"][rows].astype(np.int64)
+        a["rep_ts"][rows, pos] = ts[:, 0]
+        a["rep_err"][rows, pos] = errors[:, 0]
+        a["rep_score"][rows, pos] = scores[:, 0]
+        a["rep_thr"][rows, pos] = thresholds[:, 0]
+        a["rep_anom"][rows, pos] = anomalous[:, 0]
+        a["rep_open"][rows, pos] = open_pts[:, 0]
+        a["rep_sq"][rows] += per_feature
+        a["rep_fill"][rows] = pos + 1
+        full = np.flatnonzero(pos + 1 == self.window)
+        if len(full):
+            self._flush_report(rows[full], [keys[j] for j in full], out)
+
+    def _flush_report(
+        self, rows: np.ndarray, keys: list[str], out: EngineOutput, partial: bool = False
+    ) -> None:
+        """Emit the report buffers of `rows` as ScoredWindows (a partial one after a gap) and empty them."""
+        if not self.per_reading:
+            return
+        a = self.store.arrays
+        version = self.bundle.version
+        for row, key in zip(rows.tolist(), keys, strict=True):
+            n = int(a["rep_fill"][row])
+            if n == 0:
+                continue
+            sq = a["rep_sq"][row]
+            total = sq.sum()
+            shares = sq / total if total > 0 else np.full(self.n_features, 1.0 / self.n_features, np.float32)
+            ts = a["rep_ts"][row, :n].copy()
+            out.windows.append(
+                ScoredWindow(
+                    key,
+                    ts,
+                    a["rep_err"][row, :n].copy(),
+                    a["rep_score"][row, :n].copy(),
+                    a["rep_thr"][row, :n].copy(),
+                    a["rep_anom"][row, :n].copy(),
+                    a["rep_open"][row, :n].copy(),
+                    shares.astype(np.float32),
+                    version,
+                    ts.copy(),
+                )
+            )
+            a["rep_fill"][row] = 0
+            a["rep_sq"][row] = 0
+            a["windows"][row] += 1
+            self.counters["windows"] += 1
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).

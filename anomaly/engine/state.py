@@ -35,10 +35,28 @@ class Layout:
     window: int
     n_features: int
     history: int
+    report: int = 0  # readings per reported window when readings are scored one at a time (0: not)
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        L, H, W, F, N = self.num_layers, self.hidden, self.window, self.n_features, self.history
-        return {
+        L, H, W, F, N, R = (
+            self.num_layers,
+            self.hidden,
+            self.window,
+            self.n_features,
+            self.history,
+            self.report,
+        )
+        report = {
+            "rep_ts": ((R,), "float64"),  # readings scored but not yet reported in a ScoredWindow
+            "rep_err": ((R,), "float32"),
+            "rep_score": ((R,), "float32"),
+            "rep_thr": ((R,), "float32"),
+            "rep_anom": ((R,), "bool"),
+            "rep_open": ((R,), "bool"),
+            "rep_sq": ((F,), "float32"),
+            "rep_fill": ((), "int32"),
+        }
+        return ({} if R == 0 else report) | {
             "h": ((L, H), "float32"),
             "c": ((L, H), "float32"),  # encoder state carried between windows
             "buf": ((W, F), "float32"),
@@ -165,10 +183,17 @@ class StateStore:
         # buffer slots past `fill` hold stale readings that never matter; zero them so that equal states
         # give equal bytes however the readings arrived
         stale = np.arange(self.layout.window)[None, :] >= self.arrays["fill"][rows][:, None]
+        rep_stale = (
+            np.arange(self.layout.report)[None, :] >= self.arrays["rep_fill"][rows][:, None]
+            if self.layout.report
+            else None
+        )
         for name, arr in self.arrays.items():
             part = np.ascontiguousarray(arr[rows])
             if name in ("buf", "buf_ts"):
                 part[stale] = 0
+            elif name.startswith("rep_") and part.ndim == 2 and name != "rep_sq":
+                part[rep_stale] = 0
             specs.append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
             parts.append(part.tobytes())
         head = json.dumps(header, separators=(",", ":")).encode()

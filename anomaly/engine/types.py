@@ -63,6 +63,9 @@ class ScoredWindow:
     alert_open: np.ndarray  # bool (W,): an alert of this key was open at this point
     contributions: np.ndarray  # float32 (F,): share of the window's error per feature, sums to 1
     model_version: str = ""
+    # float64 (W,): event time at which each reading's score and anomaly decision were made: the reading's own
+    # timestamp when the model scores readings on arrival, the window's last timestamp when it scores windows
+    decided_at: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
