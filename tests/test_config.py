@@ -28,7 +28,10 @@ def test_env_beats_toml(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ({"model": {"windw": 3}}, "unknown setting model.windw; valid settings: dropout, hidden_size"),
+        (
+            {"model": {"windw": 3}},
+            "unknown setting model.windw; valid settings: dropout, forecast, hidden_size",
+        ),
         ({"modle": {}}, "unknown section [modle]"),
         ({"model": {"window": "big"}}, "model.window must be int"),
         ({"engine": {"threshold": "magic"}}, "engine.threshold must be one of: static, dynamic"),

@@ -140,7 +140,10 @@ class Engine:
         row_keys: dict[int, str] = {}
         self._ingest_batch(events, queues, row_keys, out)
         while queues:
-            rows, xs, tss = [], [], []
+            # per key: its next window (whole-window scoring), or its next readings up to the end of the current
+            # report window (per-reading scoring); keys whose pieces have the same length share one model call
+            groups: dict[int, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
+            fill = self.store.arrays["rep_fill"] if self.per_reading else None
             for row in list(queues):
                 q = queues[row]
                 while q and q[0] is _RESET:
@@ -148,13 +151,19 @@ class Engine:
                     self._flush_report(np.asarray([row]), [row_keys[row]], out)
                     self.store.reset_model_state(np.asarray([row]))
                 if q:
-                    x, ts = q.popleft()
-                    rows.append(row)
-                    xs.append(x)
-                    tss.append(ts)
+                    room = 1 if fill is None else self.window - int(fill[row])
+                    xs, tss = [], []
+                    while q and q[0] is not _RESET and len(xs) < room:
+                        x, ts = q.popleft()
+                        xs.append(x)
+                        tss.append(ts)
+                    g = groups.setdefault(len(xs), ([], [], []))
+                    g[0].append(row)
+                    g[1].append(xs[0] if len(xs) == 1 else np.concatenate(xs))
+                    g[2].append(tss[0] if len(tss) == 1 else np.concatenate(tss))
                 if not q:
                     del queues[row]
-            if rows:
+            for _, (rows, xs, tss) in sorted(groups.items()):
                 self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
         ttl = self.config.ttl_seconds
         out.evicted = self.store.evict(
@@ -447,17 +456,42 @@ class Engine:
             hist, pushed = a["hist"][rows], a["pushed"][rows]
             eps = select_epsilon(hist, pushed, cfg.dynamic_min)
             warm = pushed >= cfg.dynamic_warmup
+            if self.per_reading:
+                # chosen once per report window, at its first reading, so that the threshold in force does
+                # not depend on how the window's readings were grouped into calls
+                start = a["rep_fill"][rows] == 0
+                eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
+                warm = np.where(start, warm, a["rep_warm"][rows])
+                a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         else:
             eps = np.full(k, self.static_threshold, np.float32)
             warm = np.ones(k, bool)
         anomalous = (scores > eps[:, None]) & warm[:, None]
-        open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
+        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
+            open_pts = np.concatenate(
+                [
+                    self._lifecycle(
+                        rows,
+                        keys,
+                        ts[:, j : j + 1],
+                        scores[:, j : j + 1],
+                        anomalous[:, j : j + 1],
+                        eps,
+                        err_f[:, j],
+                        out,
+                    )
+                    for j in range(ts.shape[1])
+                ],
+                axis=1,
+            )
+        else:
+            open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
         if cfg.threshold == "dynamic":
             push_history(hist, pushed, scores, ~open_pts)
             a["hist"][rows], a["pushed"][rows] = hist, pushed
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
-            self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, per_feature, out)
+            self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out)
             return
         a["windows"][rows] += 1
         self.counters["windows"] += k
@@ -479,27 +513,26 @@ class Engine:
             )
 
     def _report(
-        self, rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, per_feature, out: EngineOutput
+        self, rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
     ) -> None:
-        """Per-reading scoring: append this round's reading of every row to its report buffer (state), and
+        """Per-reading scoring: append this call's readings of every row to its report buffer (state), and
         emit a ScoredWindow for rows whose buffer holds `window` readings."""
         a = self.store.arrays
         pos = a["rep_fill"][rows].astype(np.int64)
-        a["rep_ts"][rows, pos] = ts[:, 0]
-        a["rep_err"][rows, pos] = errors[:, 0]
-        a["rep_score"][rows, pos] = scores[:, 0]
-        a["rep_thr"][rows, pos] = thresholds[:, 0]
-        a["rep_anom"][rows, pos] = anomalous[:, 0]
-        a["rep_open"][rows, pos] = open_pts[:, 0]
-        a["rep_sq"][rows] += per_feature
-        a["rep_fill"][rows] = pos + 1
-        full = np.flatnonzero(pos + 1 == self.window)
+        for j in range(ts.shape[1]):
+            a["rep_ts"][rows, pos + j] = ts[:, j]
+            a["rep_err"][rows, pos + j] = errors[:, j]
+            a["rep_score"][rows, pos + j] = scores[:, j]
+            a["rep_thr"][rows, pos + j] = thresholds[:, j]
+            a["rep_anom"][rows, pos + j] = anomalous[:, j]
+            a["rep_open"][rows, pos + j] = open_pts[:, j]
+            a["rep_sq"][rows] += err_f[:, j]
+        a["rep_fill"][rows] = pos + ts.shape[1]
+        full = np.flatnonzero(pos + ts.shape[1] == self.window)
         if len(full):
             self._flush_report(rows[full], [keys[j] for j in full], out)
 
-    def _flush_report(
-        self, rows: np.ndarray, keys: list[str], out: EngineOutput, partial: bool = False
-    ) -> None:
+    def _flush_report(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
         """Emit the report buffers of `rows` as ScoredWindows (a partial one after a gap) and empty them."""
         if not self.per_reading:
             return
@@ -561,8 +594,10 @@ class Engine:
         for name in ALERT_FIELDS:
             a[name][rows] = state[name]
         for t in transitions:
+            # a window is decided when its last reading arrives: that, not the point's own time, is `at`
+            at = t.at if self.per_reading else float(ts[t.row, -1])
             out.alerts.append(
-                self._alert(keys[t.row], t.status, t.start, t.end, t.at, t.peak, t.threshold, t.contributions)
+                self._alert(keys[t.row], t.status, t.start, t.end, at, t.peak, t.threshold, t.contributions)
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
         return open_pts

@@ -55,6 +55,8 @@ class Layout:
             "rep_open": ((R,), "bool"),
             "rep_sq": ((F,), "float32"),
             "rep_fill": ((), "int32"),
+            "rep_eps": ((), "float32"),  # threshold chosen at the report window's first reading
+            "rep_warm": ((), "bool"),
         }
         return ({} if R == 0 else report) | {
             "h": ((L, H), "float32"),
