@@ -152,7 +152,8 @@ class Engine:
                     self.store.reset_model_state(np.asarray([row]))
                 if q:
                     room = 1 if fill is None else self.window - int(fill[row])
-                    xs, tss = [], []
+                    xs: list[np.ndarray] = []
+                    tss: list[np.ndarray] = []
                     while q and q[0] is not _RESET and len(xs) < room:
                         x, ts = q.popleft()
                         xs.append(x)
