@@ -71,6 +71,7 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
         "anomalous": np.zeros(n, bool),
         "alert_open": np.zeros(n, bool),
         "scored": np.zeros(n, bool),
+        "decided_at": np.full(n, np.nan),  # event time of the reading whose arrival decided this point
     }
     if len(got["timestamps"]):
         pos = np.searchsorted(s.timestamps, got["timestamps"])
@@ -80,6 +81,7 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
             ("threshold", "thresholds"),
             ("anomalous", "anomalous"),
             ("alert_open", "alert_open"),
+            ("decided_at", "decided_at"),
         ):
             res[name][pos] = got[src]
         res["scored"][pos] = True
@@ -131,7 +133,10 @@ def replay(
     for key, f in frames.items():
         if "label" in f:
             per_series[key] = evaluation.evaluate(
-                f["label"].to_numpy(), f["predicted"].to_numpy(), f["timestamp"].to_numpy()
+                f["label"].to_numpy(),
+                f["predicted"].to_numpy(),
+                f["timestamp"].to_numpy(),
+                f["decided_at"].to_numpy(),
             )
     summary: dict[str, Any] = {
         "model_version": bundle.version,

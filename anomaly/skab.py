@@ -144,7 +144,10 @@ def run_file(
         got = {name: values[inside] for name, values in got.items()}
     frame = point_frame(test, features, got, cfg.replay.predict)
     metrics = evaluation.evaluate(
-        frame["label"].to_numpy(), frame["predicted"].to_numpy(), frame["timestamp"].to_numpy()
+        frame["label"].to_numpy(),
+        frame["predicted"].to_numpy(),
+        frame["timestamp"].to_numpy(),
+        frame["decided_at"].to_numpy(),
     )
     return FileResult(
         s.key,
