@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly import evaluation
+from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series
@@ -33,6 +33,7 @@ class ReplayResult:
     out_dir: Path
     reports: list[Path] = field(default_factory=list)
     engine: Engine | None = None
+    quality: dict[str, quality.Quality] = field(default_factory=dict)  # model and baselines, with labels
 
 
 def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Batch]:
@@ -150,11 +151,17 @@ def replay(
         "threshold": cfg.engine.threshold,
         "static_threshold": engine.static_threshold,
     }
+    compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
         summary["per_series"] = {
             k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()
         }
+        labelled = [s for s in series if s.labels is not None]
+        for name, scorer in quality.scorer_bundles(bundle).items():
+            got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
+            compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
+        summary["quality"] = quality.compare(compared)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     reports: list[Path] = []
     if cfg.replay.plots if write_plots is None else write_plots:
@@ -175,7 +182,7 @@ def replay(
             path = out / f"report-{_safe(key)}.png"
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
             reports.append(path)
-    return ReplayResult(frames, alerts.alerts, summary, out, reports, engine)
+    return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
 
 
 def _safe(name: str) -> str:
