@@ -129,7 +129,7 @@ def run_file(
         if s.labels is None:
             raise DataError(f"{path} has no {cfg.data.label!r} column")
         head, test = s.head(train_rows), s.tail_from(train_rows)
-        result = train([head], features, cfg.model, cfg.train)
+        result = train([head], features, cfg.model, cfg.train, max_gap_seconds=cfg.engine.max_gap_seconds)
         engine = Engine(result.bundle, cfg.engine)
         if warm:
             engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
