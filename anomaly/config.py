@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.errors import ConfigError
+from anomaly.thresholds import THRESHOLDS
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class TrainConfig:
 class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
-    threshold: str = "static"  # static | dynamic
+    threshold: str = (
+        "static"  # a threshold kind (anomaly.thresholds.THRESHOLDS): static | dynamic | spot | dspot
+    )
     score: str = (
         "mean"  # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     )
@@ -76,6 +79,15 @@ class EngineConfig:
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
     dynamic_warmup: int = 128  # points a key must see before the dynamic threshold may alert
     dynamic_min: float = 1.0  # the dynamic threshold never goes below this score
+    spot_q: float = 1e-3  # SPOT/DSPOT risk: probability that a normal score exceeds the threshold
+    spot_level: float = 0.98  # quantile of a key's calibration scores above which excesses form the tail
+    spot_init: int = 256  # scores a key calibrates on before SPOT/DSPOT may alert
+    spot_peaks: int = 128  # latest excesses kept per key to fit the tail
+    spot_depth: int = 32  # DSPOT: normal scores averaged into the moving baseline
+    spot_min: float = 1.0  # the SPOT/DSPOT threshold never goes below this score
+    max_alert_seconds: float = (
+        0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
+    )
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
@@ -284,7 +296,8 @@ def validate(cfg: PipelineConfig) -> None:
     need(0.0 < cfg.train.val_fraction < 1.0, "train.val_fraction must be in (0, 1)")
     need(cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be one of: auto, cpu, cuda")
     need(0 <= cfg.train.stride <= cfg.model.window, "train.stride must be between 0 and model.window")
-    need(cfg.engine.threshold in ("static", "dynamic"), "engine.threshold must be one of: static, dynamic")
+    kinds = ", ".join(THRESHOLDS)
+    need(cfg.engine.threshold in THRESHOLDS, f"engine.threshold must be one of: {kinds}")
     need(cfg.engine.score in ("mean", "max_feature"), "engine.score must be one of: mean, max_feature")
     need(0.0 < cfg.engine.smoothing <= 1.0, "engine.smoothing must be in (0, 1]")
     need(
@@ -297,6 +310,13 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.replay.predict in ("alert", "point"), "replay.predict must be one of: alert, point")
     need(cfg.replay.batch_readings >= 1, "replay.batch_readings must be positive")
     need(cfg.engine.dynamic_history >= 16, "engine.dynamic_history must be at least 16")
+    need(0.0 < cfg.engine.spot_q < 1.0, "engine.spot_q must be in (0, 1)")
+    need(0.0 < cfg.engine.spot_level < 1.0, "engine.spot_level must be in (0, 1)")
+    need(cfg.engine.spot_init >= 16, "engine.spot_init must be at least 16")
+    need(cfg.engine.spot_peaks >= 8, "engine.spot_peaks must be at least 8")
+    need(cfg.engine.spot_depth >= 1, "engine.spot_depth must be at least 1")
+    need(cfg.engine.spot_min >= 0.0, "engine.spot_min must be at least 0")
+    need(cfg.engine.max_alert_seconds >= 0.0, "engine.max_alert_seconds must be at least 0 (0: never)")
 
 
 def redacted(cfg: PipelineConfig) -> dict[str, Any]:
