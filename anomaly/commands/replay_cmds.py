@@ -24,6 +24,7 @@ from anomaly.data import infer_features, load_series, read_frame
 from anomaly.errors import SchemaError
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+from anomaly.thresholds import THRESHOLDS
 
 # The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
 DEMO: dict[str, dict[str, Any]] = {
@@ -114,9 +115,9 @@ def print_result(result: ReplayResult) -> None:
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @click.option(
     "--threshold",
-    type=click.Choice(["static", "dynamic"]),
+    type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind.  [default: static]",
+    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
 )
 @click.option(
     "--static-threshold",
