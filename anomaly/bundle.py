@@ -20,7 +20,7 @@ import torch
 
 from anomaly.baselines import KINDS as BASELINE_KINDS
 from anomaly.baselines import Scorer, make_scorer
-from anomaly.data import Scaler
+from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
 from anomaly.errors import BundleError, SchemaError
 from anomaly.model import Architecture, LSTMAutoencoder
 
@@ -67,6 +67,18 @@ class Bundle:
         calibrated before it existed."""
         ref = self.calibration.get("feature_reference_error")
         return None if ref is None else [float(v) for v in ref]
+
+    @property
+    def sampling_interval(self) -> float | None:
+        """Median step between training readings, seconds; None in bundles trained before it was learnt."""
+        value = self.meta.get("sampling", {}).get("interval_seconds")
+        return None if value is None else float(value)
+
+    @property
+    def max_gap_seconds(self) -> float:
+        """The gap at which training cut its series, and so the engine's default gap reset."""
+        value = self.meta.get("sampling", {}).get("max_gap_seconds")
+        return FALLBACK_MAX_GAP_SECONDS if value is None else float(value)
 
     @property
     def default_threshold(self) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anomaly.errors import ConfigError
+from anomaly.thresholds import THRESHOLDS
 
 
 def _need(cond: bool, key: str, message: str) -> None:
@@ -169,7 +170,7 @@ class TrainConfig:
 class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
-    threshold: Literal["static", "dynamic"] = "static"
+    threshold: str = "static"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
     # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     score: Literal["mean", "max_feature"] = "mean"
     static_threshold: float | None = None  # score units (> 0); None: the bundle's calibrated default
@@ -177,10 +178,20 @@ class EngineConfig:
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
     dynamic_warmup: int = 128  # points a key must see before the dynamic threshold may alert
     dynamic_min: float = 1.0  # the dynamic threshold never goes below this score
+    spot_q: float = 1e-3  # SPOT/DSPOT risk: probability that a normal score exceeds the threshold
+    spot_level: float = 0.98  # quantile of a key's calibration scores above which excesses form the tail
+    spot_init: int = 256  # scores a key calibrates on before SPOT/DSPOT may alert
+    spot_peaks: int = 128  # latest excesses kept per key to fit the tail
+    spot_depth: int = 32  # DSPOT: normal scores averaged into the moving baseline
+    spot_min: float = 1.0  # the SPOT/DSPOT threshold never goes below this score
+    max_alert_seconds: float = (
+        0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
+    )
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
-    max_gap_seconds: float = 300.0  # a larger gap resets the key's state
+    # a larger gap between readings resets the key's state; None: the bundle's (300 sampling intervals)
+    max_gap_seconds: float | None = None
     duplicate_policy: Literal["drop", "keep"] = "drop"
     nan_policy: Literal["reject", "ffill"] = "reject"
     ttl_seconds: float = 86_400.0  # idle keys are evicted after this many seconds of event time (0: never)
@@ -188,6 +199,11 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "engine")
+        _need(
+            self.threshold in THRESHOLDS,
+            "engine.threshold",
+            f"must be one of: {', '.join(THRESHOLDS)}; got {self.threshold!r}",
+        )
         st = self.static_threshold
         _need(
             st is None or (_finite(st) and st > 0),
@@ -200,12 +216,25 @@ class EngineConfig:
         _need(self.dynamic_history >= 16, "engine.dynamic_history", "must be at least 16")
         _need(self.dynamic_warmup >= 0, "engine.dynamic_warmup", "must be >= 0")
         _need(_finite(self.dynamic_min) and self.dynamic_min >= 0, "engine.dynamic_min", "must be >= 0")
+        _need(_finite(self.spot_q) and 0.0 < self.spot_q < 1.0, "engine.spot_q", "must be in (0, 1)")
+        _need(
+            _finite(self.spot_level) and 0.0 < self.spot_level < 1.0, "engine.spot_level", "must be in (0, 1)"
+        )
+        _need(self.spot_init >= 16, "engine.spot_init", "must be at least 16")
+        _need(self.spot_peaks >= 8, "engine.spot_peaks", "must be at least 8")
+        _need(self.spot_depth >= 1, "engine.spot_depth", "must be at least 1")
+        _need(_finite(self.spot_min) and self.spot_min >= 0, "engine.spot_min", "must be >= 0")
+        _need(
+            _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
+            "engine.max_alert_seconds",
+            f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
+        )
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
         gap = self.max_gap_seconds
         _need(
-            not math.isnan(gap) and gap > 0,
+            gap is None or (not math.isnan(gap) and gap > 0),
             "engine.max_gap_seconds",
             f"must be > 0 seconds (inf: never reset), got {gap!r}",
         )

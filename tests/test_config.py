@@ -34,7 +34,10 @@ def test_env_beats_toml(tmp_path) -> None:
         ),
         ({"modle": {}}, "unknown section [modle]; did you mean [model]?"),
         ({"model": {"window": "big"}}, "model.window must be an integer"),
-        ({"engine": {"threshold": "magic"}}, "engine.threshold must be one of: static, dynamic; got 'magic'"),
+        (
+            {"engine": {"threshold": "magic"}},
+            "engine.threshold must be one of: static, dynamic, spot, dspot; got 'magic'",
+        ),
         ({"engine": {"score": "sum"}}, "engine.score must be one of: mean, max_feature"),
         ({"model": {"window": 1}}, "model.window must be at least 2"),
         ({"window": 16}, "top-level key 'window' is not inside a [section]; put it under [model]"),

@@ -25,6 +25,7 @@ from anomaly.errors import SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+from anomaly.thresholds import THRESHOLDS
 
 # The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
 DEMO: dict[str, dict[str, Any]] = {
@@ -120,9 +121,9 @@ def print_result(result: ReplayResult) -> None:
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @click.option(
     "--threshold",
-    type=click.Choice(["static", "dynamic"]),
+    type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind.  [default: static]",
+    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
 )
 @click.option(
     "--static-threshold",

@@ -90,6 +90,7 @@ class Alert:
     threshold: float
     model_version: str
     top_features: list[dict[str, float | str]] = field(default_factory=list)
+    reason: str = ""  # closed alerts: "normal", "level_shift" (open past max_alert_seconds) or "evicted"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,7 @@ class Alert:
             "threshold": round(float(self.threshold), 6),
             "model_version": self.model_version,
             "top_features": self.top_features,
+            "reason": self.reason,
         }
 
 
