@@ -23,7 +23,9 @@ from anomaly.quality import format_quality
 @click.option(
     "--channels", default=None, help="Comma-separated chan_id values, e.g. A-1,E-3.  [default: all]"
 )
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N channels.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Only the first N channels.  [default: all]"
+)
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
