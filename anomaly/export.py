@@ -141,7 +141,7 @@ def to_int8(bundle: Bundle) -> Bundle:
     if bundle.meta.get("quantization"):
         raise ExportError(f"model {bundle.version} is already quantised")
     if not isinstance(bundle.model, LSTMAutoencoder):
-        raise ExportError("only a PyTorch bundle can be quantised")
+        raise ExportError(f"only an LSTM autoencoder bundle can be quantised, not a {bundle.kind} baseline")
     meta = copy.deepcopy(bundle.meta)
     meta["quantization"] = dict(INT8)
     meta["export"] = {"format": "int8", "parent_version": bundle.version}
@@ -193,7 +193,7 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
     if bundle.meta.get("quantization"):
         raise ExportError("export ONNX from the float32 bundle, not from an int8 one")
     if not isinstance(bundle.model, LSTMAutoencoder):
-        raise ExportError("only a PyTorch bundle can be exported")
+        raise ExportError(f"only an LSTM autoencoder bundle can be exported, not a {bundle.kind} baseline")
     model = copy.deepcopy(bundle.model).cpu().eval()
     a = model.arch
     x = torch.zeros(2, a.window, a.n_features)
