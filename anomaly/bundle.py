@@ -18,16 +18,19 @@ from typing import Any
 
 import torch
 
+from anomaly.baselines import KINDS as BASELINE_KINDS
+from anomaly.baselines import Scorer, make_scorer
 from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
 from anomaly.errors import BundleError, SchemaError
 from anomaly.model import Architecture, LSTMAutoencoder
 
 FORMAT = "anomaly-bundle/1"
+MODEL_KIND = "lstm_autoencoder"  # meta["kind"] of a trained model; baselines.KINDS name the no-model scorers
 
 
 @dataclass
 class Bundle:
-    model: LSTMAutoencoder
+    model: LSTMAutoencoder | Scorer
     features: list[str]
     scaler: Scaler
     calibration: dict[
@@ -44,6 +47,10 @@ class Bundle:
     @property
     def window(self) -> int:
         return self.model.arch.window
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", MODEL_KIND))
 
     @property
     def version(self) -> str:
@@ -97,6 +104,7 @@ class Bundle:
     def metadata(self) -> dict[str, Any]:
         return {
             **self.meta,
+            "kind": self.kind,
             "features": self.features,
             "architecture": self.arch.to_json(),
             "scaler": self.scaler.to_json(),
@@ -161,7 +169,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     meta, weights = read_metadata(path)
     try:
         arch = Architecture(**meta["architecture"])
-        model = LSTMAutoencoder(arch)
+        kind = str(meta.get("kind", MODEL_KIND))
+        model: LSTMAutoencoder | Scorer
+        if kind in BASELINE_KINDS:
+            model = make_scorer(kind, arch.n_features, arch.window)
+        elif kind == MODEL_KIND:
+            model = LSTMAutoencoder(arch)
+        else:
+            raise BundleError(f"{path}: unknown model kind {kind!r}", path=str(path))
         model.load_state_dict(weights)
         scaler = Scaler.from_json(meta["scaler"])
         features = list(meta["features"])

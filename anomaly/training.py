@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from anomaly import __version__
+from anomaly.baselines import fit_baselines
 from anomaly.bundle import Bundle
 from anomaly.config import ModelConfig, TrainConfig
 from anomaly.data import (
@@ -234,6 +235,7 @@ def train(
     model.eval().cpu()
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
+    calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
         "package_version": __version__,

@@ -490,6 +490,7 @@ class Engine:
         self.counters["windows"] += k
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
+        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
                 ScoredWindow(
@@ -502,6 +503,7 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
+                    decided_at[j],
                 )
             )
 
