@@ -116,6 +116,12 @@ class LSTMAutoencoder(nn.Module):
         return ModelOutput(recon, forecast), new_state
 
 
+def as_output(outputs: ModelOutput | torch.Tensor) -> ModelOutput:
+    """Models that return a bare reconstruction (the engine's no-model baselines, exported steps) as a
+    ModelOutput."""
+    return outputs if isinstance(outputs, ModelOutput) else ModelOutput(outputs, None)
+
+
 def reading_errors(out: ModelOutput, x: torch.Tensor) -> torch.Tensor:
     """The squared error per reading and feature (B, T, F) that scores a reading: the one-step forecast error
     when the model has a forecast head (known when the reading arrives), else the reconstruction error."""

@@ -12,6 +12,7 @@ from anomaly import evaluation
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -22,8 +23,10 @@ from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
 from anomaly.errors import SchemaError
+from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+from anomaly.thresholds import THRESHOLDS
 
 # The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
 DEMO: dict[str, dict[str, Any]] = {
@@ -40,7 +43,7 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
     if cfg.data.features:
         return
     for path in paths:
-        have = infer_features(read_frame(path, cfg.data.separator), cfg.data)
+        have = infer_features(read_frame(path, cfg.data.separator, cfg.data.decimal), cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
         if missing or extra:
@@ -91,6 +94,11 @@ def print_result(result: ReplayResult) -> None:
             "never filled a window and count as predicted normal)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
+    if result.quality:
+        click.echo("")
+        click.echo(
+            format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
+        )
     click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
     for path in result.reports:
         click.echo(f"report:  {path}")
@@ -112,11 +120,12 @@ def print_result(result: ReplayResult) -> None:
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
+@data_options
 @click.option(
     "--threshold",
-    type=click.Choice(["static", "dynamic"]),
+    type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind.  [default: static]",
+    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
 )
 @click.option(
     "--static-threshold",
@@ -154,6 +163,7 @@ def replay_cmd(
     metrics_out,
     plots,
     verbose,
+    data_overrides,
 ) -> None:
     """Replay CSV files through the streaming engine: scores, alerts, evaluation and plots."""
     setup_logging(verbose)
@@ -164,6 +174,7 @@ def replay_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            **data_overrides,
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
             "replay.predict": predict,

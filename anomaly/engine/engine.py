@@ -2,17 +2,21 @@
 per round.
 
 process(events) first ingests every event in order (validation, time order, gaps, assembly into scoring
-units); each complete unit joins its key's queue. Then it scores in rounds: round r takes the r-th queued unit
-of every key that has one and runs them through the model in ONE call, writing each key's new (h, c) back.
-Rounds preserve per-key order, so feeding a series one reading per event, in blocks, or all at once gives
-identical results. Batches of one row are padded to two: CPU kernels take a different path for a single row,
-and padding keeps every key's numbers independent of what else shares its batch.
+units); each complete unit joins its key's queue. Then it scores in rounds: round r takes the r-th piece of
+every key that has one and runs them through the model in ONE call (one call per distinct piece length),
+writing each key's new (h, c) back. Rounds preserve per-key order, so feeding a series one reading per event,
+in blocks, or all at once gives identical results. Batches of one row are padded to two: CPU kernels take a
+different path for a single row, and padding keeps every key's numbers independent of what else shares its
+batch.
 
-The scoring unit depends on the model. A bundle with a forecast head is scored one reading at a time: a
-reading's score (its one-step forecast error) and its alert decision are made in the call that delivers it,
-so nothing waits for a window to fill; per-reading results are gathered in the key's state and reported as a
-ScoredWindow once `window` readings are scored. A bundle without one (reconstruction only) is scored a whole
-window at a time, and every reading of the window is decided when its last reading arrives.
+The scoring unit depends on the model. A bundle with a forecast head is scored reading by reading: a piece is
+a key's queued readings up to the end of its current report window, each reading's score (its one-step
+forecast error) and alert decision are made in the call that delivers it, so nothing waits for a window to
+fill (`decided_at` = the reading's own time); per-reading results are gathered in the key's state and
+reported as a ScoredWindow once `window` readings are scored. Whatever must not depend on how readings were
+grouped into calls (the threshold in force, a re-baseline after a level shift) changes only at a report
+window's first reading. A bundle without a forecast head (reconstruction only) is scored a whole window at a
+time, and every reading of the window is decided when its last reading arrives.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
 from anomaly.errors import BundleError
-from anomaly.model import reading_errors
-from anomaly.thresholds import ALERT_FIELDS, ewma, push_history, select_epsilon, step_alerts
+from anomaly.model import as_output, reading_errors
+from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
@@ -48,6 +52,7 @@ class Engine:
                 "alerts_closed",
                 "reloads_kept",
                 "reloads_reset",
+                "level_shifts",
             ],
             0,
         )
@@ -62,8 +67,8 @@ class Engine:
         self.bundle = bundle
         self.model = bundle.model.eval()
         self.window = bundle.window  # readings per reported ScoredWindow
-        self.per_reading = bundle.arch.forecast  # score each reading on arrival (forecast head)
-        self.unit = 1 if self.per_reading else self.window  # readings per model call and key
+        self.per_reading = bool(getattr(bundle.arch, "forecast", False))  # score each reading on arrival
+        self.unit = 1 if self.per_reading else self.window  # readings per queued unit
         self.n_features = len(bundle.features)
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
@@ -77,27 +82,50 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             self.feature_reference = np.asarray(ref, np.float32)
+        gap = self.config.max_gap_seconds
+        self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
             self.config.static_threshold
             if self.config.static_threshold is not None
             else bundle.default_threshold
         )
+        self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
-        history = (
-            self.config.dynamic_history if self.config.threshold == "dynamic" else 0
-        )  # static needs none
-        return Layout(
-            a.num_layers, a.hidden_size, self.unit, a.n_features, history, a.window if self.per_reading else 0
-        )
+        f = a.n_features
+        extra: list[tuple[str, tuple[int, ...], str, str]] = [
+            ("offset", (f,), "float32", "zero"),  # per-key input re-baseline (standardized units)
+            ("level", (f,), "float32", "nan"),  # slow EWMA of window means (standardized units)
+        ]
+        extra += [
+            (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
+        ]
+        if self.per_reading:
+            w = self.window
+            extra += [  # readings scored on arrival, not yet reported in a ScoredWindow
+                ("rep_ts", (w,), "float64", "zero"),
+                ("rep_err", (w,), "float32", "zero"),
+                ("rep_score", (w,), "float32", "zero"),
+                ("rep_thr", (w,), "float32", "zero"),
+                ("rep_anom", (w,), "bool", "zero"),
+                ("rep_open", (w,), "bool", "zero"),
+                ("rep_sq", (f,), "float32", "zero"),
+                ("rep_fill", (), "int32", "zero"),
+                ("rep_eps", (), "float32", "zero"),  # threshold chosen at the report window's first reading
+                ("rep_warm", (), "bool", "zero"),
+                ("rebase", (), "bool", "zero"),  # a level shift closed: re-baseline at the next window
+                ("level_ts", (), "float64", "nan"),  # time of the last reading in `level`
+            ]
+        return Layout(a.num_layers, a.hidden_size, self.unit, f, tuple(extra))
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
         Returns True when state was kept."""
         same = bundle.arch == self.bundle.arch and bundle.features == self.bundle.features
         self._use(bundle)
-        if same and self._layout() == self.store.layout:
+        same = same and self._layout() == self.store.layout
+        if same:
             self.counters["reloads_kept"] += 1
         else:
             self.store = StateStore(self._layout())
@@ -189,6 +217,7 @@ class Engine:
                     a["alert_peak"][row],
                     a["alert_thr"][row],
                     a["alert_contrib"][row],
+                    "evicted",
                 )
             )
             self.counters["alerts_closed"] += 1
@@ -247,7 +276,7 @@ class Engine:
         prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
-            bad |= (t_s - prev) > self.config.max_gap_seconds
+            bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
         irregular = set(np.unique(r_s[bad]).tolist())
         if irregular:
@@ -315,9 +344,17 @@ class Engine:
         out.readings += len(r)
 
     def _reject(
-        self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""
+        self,
+        out: EngineOutput,
+        key: str,
+        reason: str,
+        count: int,
+        whole: bool,
+        ref,
+        detail: str = "",
+        timestamps: np.ndarray | None = None,
     ):
-        out.rejections.append(Rejection(key, reason, count, whole, ref, detail))
+        out.rejections.append(Rejection(key, reason, count, whole, ref, detail, timestamps))
         self.counters[f"rejected_{reason}"] += count
 
     def _ingest(
@@ -345,34 +382,8 @@ class Engine:
             )
         if n == 0:
             return None
-        if not np.isfinite(ts).all():
-            return self._reject(out, key, "non_finite", n, True, ev.ref, "timestamp is not finite")
-        a = self.store.arrays
-        row = self.store.slots.get(key)
-        finite = np.isfinite(vals)
-        if not finite.all():
-            if self.config.nan_policy == "ffill":
-                prev = (
-                    a["last_values"][row].astype(np.float64)
-                    if row is not None
-                    else np.full(self.n_features, np.nan)
-                )
-                vals = vals.copy()
-                for i in range(n):
-                    vals[i] = np.where(finite[i], vals[i], prev)
-                    prev = vals[i]
-            if not np.isfinite(vals).all():
-                return self._reject(out, key, "non_finite", n, True, ev.ref, "NaN or infinite value")
-        last = a["last_ts"][row] if row is not None else np.nan
-        prev_max = np.maximum.accumulate(np.concatenate([[-np.inf if np.isnan(last) else last], ts]))[:-1]
-        back = ts < prev_max
-        dup = (ts == prev_max) if self.config.duplicate_policy == "drop" else np.zeros(n, bool)
-        keep = ~(back | dup)
+        keep, vals = self._screen(key, ts, vals, ev.ref, out)
         kept = int(keep.sum())
-        if back.any():
-            self._reject(out, key, "time_backwards", int(back.sum()), kept == 0, ev.ref)
-        if dup.any():
-            self._reject(out, key, "duplicate_timestamp", int(dup.sum()), kept == 0, ev.ref)
         if kept == 0:
             return None
         if kept < n:
@@ -384,7 +395,7 @@ class Engine:
         scaled = ((vals - self._mean) / self._scale).astype(np.float32)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
-            gaps = np.flatnonzero((ts - before) > self.config.max_gap_seconds)
+            gaps = np.flatnonzero((ts - before) > self.max_gap)
         gap_starts = set(gaps.tolist())
         bounds = sorted({0, kept} | gap_starts)
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -401,6 +412,62 @@ class Engine:
         self.counters["readings"] += kept
         out.readings += kept
         return None
+
+    def _screen(
+        self, key: str, ts: np.ndarray, vals: np.ndarray, ref, out: EngineOutput
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Judge every reading on its own, in order, against the key's state after the previous ACCEPTED one:
+        a reading is refused for a non-finite timestamp, a timestamp before (or, with duplicate_policy=drop,
+        equal to) the last accepted one, or a non-finite value left after nan_policy. A refused reading never
+        moves the key's clock or its forward-fill values, so the verdicts are the same whether the readings
+        arrive one by one or in blocks of any size. Returns (keep mask, values with forward-fills applied)."""
+        n = len(ts)
+        a = self.store.arrays
+        row = self.store.slots.get(key)
+        last = float(a["last_ts"][row]) if row is not None else -math.inf
+        if math.isnan(last):
+            last = -math.inf
+        prev = a["last_values"][row].astype(np.float64) if row is not None else None
+        ffill = self.config.nan_policy == "ffill"
+        drop_dup = self.config.duplicate_policy == "drop"
+        row_finite = np.isfinite(vals).all(axis=1).tolist()
+        filled = vals
+        # reason per reading: 0 kept, 1 timestamp not finite, 2 backwards, 3 duplicate, 4 value not finite
+        reason = np.zeros(n, np.int8)
+        for i, t in enumerate(ts.tolist()):
+            if not math.isfinite(t):
+                reason[i] = 1
+                continue
+            if t < last:
+                reason[i] = 2
+                continue
+            if drop_dup and t == last:
+                reason[i] = 3
+                continue
+            if not row_finite[i]:
+                v = vals[i]
+                if ffill and prev is not None:
+                    v = np.where(np.isfinite(v), v, prev)
+                if not np.isfinite(v).all():
+                    reason[i] = 4
+                    continue
+                if filled is vals:
+                    filled = vals.copy()
+                filled[i] = v
+            last = t
+            prev = filled[i] if ffill else None
+        keep = reason == 0
+        whole = not keep.any()
+        for code, name, detail in (
+            (1, "non_finite", "timestamp is not finite"),
+            (2, "time_backwards", ""),
+            (3, "duplicate_timestamp", ""),
+            (4, "non_finite", "NaN or infinite value"),
+        ):
+            hit = reason == code
+            if hit.any():
+                self._reject(out, key, name, int(hit.sum()), whole, ref, detail, ts[hit])
+        return keep, filled
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays
@@ -428,10 +495,20 @@ class Engine:
     def _score(
         self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput
     ) -> None:
-        """One batched model call for K units (one per key; x is (K, unit, F)), then smoothing, thresholds
-        and alerts."""
+        """One batched model call for K pieces (one per key; x is (K, L, F): a whole window, or readings scored
+        on arrival), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
+        if self.per_reading:
+            start = a["rep_fill"][rows] == 0
+            due = rows[start & a["rebase"][rows]]
+            if len(due):  # a level shift closed during the last report window
+                self._rebaseline(due)
+                a["rebase"][due] = False
+            self._track_level_readings(rows, x, ts)
+        else:
+            self._track_level(rows, x, ts)
+        x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
         c = a["c"][rows].transpose(1, 0, 2)
         xt = torch.from_numpy(np.ascontiguousarray(x))
@@ -439,8 +516,11 @@ class Engine:
         if k == 1:
             xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
         with torch.inference_mode():
-            outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=not self.per_reading)
-            err_f = reading_errors(outputs, xt)[:k].numpy()
+            if self.per_reading:
+                outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
+            else:
+                outputs, (h2, c2) = self.model(xt, (ht, ct))
+            err_f = reading_errors(as_output(outputs), xt)[:k].numpy()
         a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
         a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
         out.batches.append(k)
@@ -452,25 +532,22 @@ class Engine:
         )
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
-        cfg = self.config
-        if cfg.threshold == "dynamic":
-            hist, pushed = a["hist"][rows], a["pushed"][rows]
-            eps = select_epsilon(hist, pushed, cfg.dynamic_min)
-            warm = pushed >= cfg.dynamic_warmup
-            if self.per_reading:
-                # chosen once per report window, at its first reading, so that the threshold in force does
-                # not depend on how the window's readings were grouped into calls
-                start = a["rep_fill"][rows] == 0
-                eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
-                warm = np.where(start, warm, a["rep_warm"][rows])
-                a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
-        else:
-            eps = np.full(k, self.static_threshold, np.float32)
-            warm = np.ones(k, bool)
+        names = self.threshold.fields()
+        th_state = {name: a[name][rows] for name in names}
+        eps, warm = self.threshold.epsilon(th_state, k)
+        if self.per_reading:
+            # chosen once per report window, at its first reading, so that the threshold in force does not
+            # depend on how the window's readings were grouped into calls
+            eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
+            warm = np.where(start, warm, a["rep_warm"][rows])
+            a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         anomalous = (scores > eps[:, None]) & warm[:, None]
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
-            open_pts = np.concatenate(
-                [
+            cols = []
+            for j in range(ts.shape[1]):
+                # after a level shift closed, the key waits for its re-baseline (next report window) in silence
+                anomalous[:, j] &= ~a["rebase"][rows]
+                cols.append(
                     self._lifecycle(
                         rows,
                         keys,
@@ -481,15 +558,13 @@ class Engine:
                         err_f[:, j],
                         out,
                     )
-                    for j in range(ts.shape[1])
-                ],
-                axis=1,
-            )
+                )
+            open_pts = np.concatenate(cols, axis=1)
         else:
             open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
-        if cfg.threshold == "dynamic":
-            push_history(hist, pushed, scores, ~open_pts)
-            a["hist"][rows], a["pushed"][rows] = hist, pushed
+        self.threshold.update(th_state, scores, anomalous, open_pts)
+        for name in names:
+            a[name][rows] = th_state[name]
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
             self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out)
@@ -497,6 +572,7 @@ class Engine:
         a["windows"][rows] += 1
         self.counters["windows"] += k
         version = self.bundle.version
+        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
                 ScoredWindow(
@@ -509,7 +585,7 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
-                    ts[j, -1:].repeat(len(ts[j])),
+                    decided_at[j],
                 )
             )
 
@@ -534,7 +610,8 @@ class Engine:
             self._flush_report(rows[full], [keys[j] for j in full], out)
 
     def _flush_report(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
-        """Emit the report buffers of `rows` as ScoredWindows (a partial one after a gap) and empty them."""
+        """Emit the report buffers of `rows` as ScoredWindows (a short one after a gap) and empty them. Each
+        reading was decided on its own arrival: decided_at = its timestamp."""
         if not self.per_reading:
             return
         a = self.store.arrays
@@ -591,19 +668,79 @@ class Engine:
             per_feature,
             self.config.alert_open_after,
             self.config.alert_close_after,
+            self.config.max_alert_seconds,
         )
         for name in ALERT_FIELDS:
             a[name][rows] = state[name]
+        shifted = []
         for t in transitions:
-            # a window is decided when its last reading arrives: that, not the point's own time, is `at`
-            at = t.at if self.per_reading else float(ts[t.row, -1])
             out.alerts.append(
-                self._alert(keys[t.row], t.status, t.start, t.end, at, t.peak, t.threshold, t.contributions)
+                self._alert(
+                    keys[t.row],
+                    t.status,
+                    t.start,
+                    t.end,
+                    # a window is decided when its last reading arrives: that, not the point's time, is `at`
+                    t.at if self.per_reading else float(ts[t.row, -1]),
+                    t.peak,
+                    t.threshold,
+                    t.contributions,
+                    t.reason,
+                )
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
+            if t.reason == "level_shift":
+                shifted.append(rows[t.row])
+                self.counters["level_shifts"] += 1
+        if shifted and self.per_reading:
+            self.store.arrays["rebase"][np.asarray(shifted)] = True  # applied at the next report window
+        elif shifted:
+            self._rebaseline(np.asarray(shifted))
         return open_pts
 
-    def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
+    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), with a time
+        constant of max_alert_seconds / 8, so that by the time an alert counts as a level shift the level has
+        settled at the new normal."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        w = x.shape[1]
+        span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
+        beta = (1.0 - np.exp(-span / (self.config.max_alert_seconds / 8.0)))[:, None]
+        mean = x.mean(axis=1, dtype=np.float64)
+        level = a["level"][rows].astype(np.float64)
+        a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
+
+    def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+        """`_track_level` for readings scored one at a time: the same slow EWMA, stepped per reading with the
+        time since the key's previous reading, so the level does not depend on how readings were grouped."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        tau = self.config.max_alert_seconds / 8.0
+        level = a["level"][rows].astype(np.float64)
+        prev = a["level_ts"][rows]
+        for j in range(x.shape[1]):
+            t = ts[:, j]
+            beta = (1.0 - np.exp(-np.where(np.isnan(prev), 0.0, t - prev) / tau))[:, None]
+            v = x[:, j].astype(np.float64)
+            level = np.where(np.isnan(level), v, level + beta * (v - level))
+            prev = t
+        a["level"][rows] = level
+        a["level_ts"][rows] = prev
+
+    def _rebaseline(self, rows: np.ndarray) -> None:
+        """After a level shift: features whose settled level moved more than one (training) standard deviation
+        from the key's baseline get that level as their new baseline (subtracted before the model), and the
+        score smoothing restarts, so the key judges its new normal as normal and can alert again."""
+        a = self.store.arrays
+        level, offset = a["level"][rows], a["offset"][rows]
+        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
+        a["offset"][rows] = np.where(moved, level, offset)
+        a["ewma"][rows] = np.nan
+
+    def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
         top = [
@@ -620,6 +757,7 @@ class Engine:
             float(thr),
             self.bundle.version,
             top,
+            reason,
         )
 
 
