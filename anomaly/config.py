@@ -140,6 +140,7 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
     forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
     input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
 
@@ -158,6 +159,7 @@ class TrainConfig:
             "must be in (0, 1)",
         )
         _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
         _need(
             _finite(self.forecast_weight) and self.forecast_weight >= 0,
             "train.forecast_weight",

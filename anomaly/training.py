@@ -88,6 +88,18 @@ def segments(parts: Sequence[np.ndarray], window: int, stride: int, seg_windows:
     return out
 
 
+def fit_batch_size(segs: Sequence[np.ndarray], batch_size: int, min_batches: int) -> int:
+    """The batch size, lowered on short training sets so an epoch makes at least `min_batches` optimizer steps
+    (segments are batched by length, so count the batches per length group)."""
+    sizes: dict[int, int] = {}
+    for s in segs:
+        sizes[len(s)] = sizes.get(len(s), 0) + 1
+    bs = batch_size
+    while bs > 1 and sum(math.ceil(n / bs) for n in sizes.values()) < min_batches:
+        bs -= 1
+    return bs
+
+
 def batches(segs: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     """Group segments of equal length into batches (B, S, window, F); shuffled when rng is given."""
     by_len: dict[int, list[np.ndarray]] = {}
@@ -163,7 +175,7 @@ def train(
     scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
     train_parts, val_parts = split_series(scaled, cfg.val_fraction, window)
     train_segs = segments(train_parts, window, stride, cfg.segment_windows)
-    val_segs = segments(val_parts, window, window, cfg.segment_windows)
+    val_segs = segments(val_parts, window, stride, cfg.segment_windows)
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
@@ -198,7 +210,8 @@ def train(
             return t.pin_memory().to(device, non_blocking=True)
         return t
 
-    val_batches = [to_device(b) for b in batches(val_segs, cfg.batch_size, None)]
+    batch_size = fit_batch_size(train_segs, cfg.batch_size, cfg.min_batches)
+    val_batches = [to_device(b) for b in batches(val_segs, batch_size, None)]
     n_train_windows = sum(len(s) for s in train_segs)
     history: list[dict[str, float]] = []
     best = (math.inf, copy.deepcopy(model.state_dict()), 0)
@@ -214,7 +227,7 @@ def train(
         model.train()
         t0 = time.perf_counter()
         losses = []
-        for arr in batches(train_segs, cfg.batch_size, rng):
+        for arr in batches(train_segs, batch_size, rng):
             batch = to_device(arr)
             opt.zero_grad(set_to_none=True)
             loss = _run_batch(model, batch, autocast, cfg.forecast_weight, cfg.input_noise)
