@@ -81,6 +81,10 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
             default=None,
             help="Kafka host:port list.  [default: kafka.bootstrap_servers]",
         ),
+        click.option("--alerts-topic", default=None, help="Alerts topic.  [default: kafka.alerts_topic]"),
+        click.option(
+            "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
+        ),
         click.option("--since", default=None, help="Time range ending now (or at --to): 30m, 12h, 7d, 2w."),
         click.option(
             "--from", "start", default=None, help="Range start: epoch seconds or ISO-8601 (naive = UTC)."
@@ -127,11 +131,13 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def _config(pipeline, bootstrap_servers, time_column, key_column, features):  # type: ignore[no-untyped-def]
+def _config(pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, features):  # type: ignore[no-untyped-def]
     return config_from(
         pipeline,
         {
             "kafka.bootstrap_servers": bootstrap_servers,
+            "kafka.alerts_topic": alerts_topic,
+            "kafka.dead_letter_topic": dead_letter_topic,
             "data.time_column": time_column,
             "data.key_column": key_column,
             "data.features": ",".join(features),
@@ -183,6 +189,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     from anomaly.data import load_series
 
     series, _ = load_series(list(data), cfg.data, features)
+    series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
@@ -345,6 +352,8 @@ def retrain_cmd(
     key_column,
     topics,
     bootstrap_servers,
+    alerts_topic,
+    dead_letter_topic,
     since,
     start,
     end,
@@ -378,7 +387,9 @@ def retrain_cmd(
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
-    cfg = _config(pipeline, bootstrap_servers, time_column, key_column, parent.features)
+    cfg = _config(
+        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, parent.features
+    )
     overrides = {"train.epochs": epochs, "train.seed": seed}
     if from_pipeline:
         pcfg = load_config(pipeline, overrides) if pipeline else build_config(None, None, overrides)
@@ -468,6 +479,8 @@ def promote_cmd(
     key_column,
     topics,
     bootstrap_servers,
+    alerts_topic,
+    dead_letter_topic,
     since,
     start,
     end,
@@ -487,7 +500,9 @@ def promote_cmd(
     setup_logging(verbose)
     champ = load_bundle(champion)
     chall = load_bundle(challenger)
-    cfg = _config(pipeline, bootstrap_servers, time_column, key_column, champ.features)
+    cfg = _config(
+        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, champ.features
+    )
     selected = _selected(keys)
     if data:
         span = TimeRange.parse(since, start, end) if (since or start) else None

@@ -11,7 +11,6 @@ left out: the daemon refused them, so they are not normal data.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +59,9 @@ def _consumer(cfg: KafkaConfig, timeout_s: float) -> KafkaConsumer:
 def _ranges(
     consumer: KafkaConsumer, topic: str, start_ms: int | None, end_ms: int | None
 ) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition, the offsets [lo, hi) to scan: lo from offsets_for_times(start), hi from
+    offsets_for_times(end) or the end offset. Both only bound the scan (records are filtered by timestamp), so
+    hi is never below lo + 1: a broker that under-reports its end offset still gets asked."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise KafkaError(f"topic {topic} not found")
@@ -77,43 +79,37 @@ def _ranges(
             usable = found is not None and found.timestamp is not None and found.timestamp >= end_ms
             if usable and found.offset > lo[tp]:  # type: ignore[union-attr]
                 hi[tp] = min(last[tp], found.offset)  # type: ignore[union-attr]
-    return {tp: (lo[tp], hi[tp]) for tp in tps if lo[tp] < hi[tp]}
+    return {tp: (lo[tp], max(hi[tp], lo[tp] + 1)) for tp in tps}
 
 
 def _scan(
     consumer: KafkaConsumer,
     ranges: dict[TopicPartition, tuple[int, int]],
     progress: Callable[[int], None] | None = None,
-    timeout_s: float = 60.0,
+    idle_polls: int = 3,
 ) -> Iterator[Any]:
-    """Every record of the offset ranges (each partition from its start to before its end)."""
+    """Every record from each partition's start offset until its position passes its end offset, or until
+    `idle_polls` consecutive polls return nothing (an empty partition, or a broker's end offset that was too
+    high). Whole fetched batches are yielded: the caller filters by timestamp."""
     if not ranges:
         return
     consumer.assign(list(ranges))
     for tp, (lo, _) in ranges.items():
         consumer.seek(tp, lo)
     todo = dict(ranges)
-    idle_deadline = time.monotonic() + timeout_s
+    idle = 0
     while todo:
-        polled = consumer.poll(timeout_ms=500)
-        if not polled:
-            if time.monotonic() > idle_deadline:
-                raise KafkaError(f"reading {', '.join(str(tp) for tp in todo)} stalled for {timeout_s:.0f}s")
-            continue
-        idle_deadline = time.monotonic() + timeout_s
+        polled = consumer.poll(timeout_ms=300)
+        idle = 0 if any(polled.values()) else idle + 1
+        if idle >= idle_polls:
+            return
         for tp, records in polled.items():
-            if tp not in todo:
-                continue
-            end = todo[tp][1]
-            n = 0
-            for rec in records:
-                if rec.offset >= end:
-                    break
-                n += 1
-                yield rec
-            if progress is not None and n:
-                progress(n)
-            if records and (records[-1].offset >= end - 1 or n < len(records)):
+            if tp in todo and records:
+                yield from records
+                if progress is not None:
+                    progress(len(records))
+        for tp in list(todo):
+            if consumer.position(tp) >= todo[tp][1]:
                 del todo[tp]
                 consumer.pause(tp)
 
