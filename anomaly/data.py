@@ -1,7 +1,14 @@
 """CSV loading, column mapping, standardization and windowing.
 
 A :class:`Series` is one entity's readings in time order: timestamps in epoch seconds (float64), raw feature
-values (float32, shape (n, F)) and optional labels. Files are read with pandas; ';' or ',' is detected.
+values (float64, shape (n, F)) and optional labels. Files are read with pandas; ';' or ',' is detected.
+
+The numeric contract (the same for replay, training and the daemon): a raw value is the float64 nearest to its
+decimal text, i.e. what Python's ``float()`` and every correct JSON parser give (pandas before 3.1 needs
+``float_precision="round_trip"`` for that). Raw values stay float64 until standardization,
+``((raw - mean) / scale).astype(float32)``, the one place they become float32 (the model's dtype). A JSON
+message carrying the CSV's decimals therefore scores bit for bit like the replay of that CSV, whatever the
+magnitude.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from anomaly.errors import DataError, SchemaError
 class Series:
     key: str
     timestamps: np.ndarray  # float64 epoch seconds, shape (n,)
-    values: np.ndarray  # float32 raw units, shape (n, F)
+    values: np.ndarray  # float64 raw units, shape (n, F)
     labels: np.ndarray | None = None  # int8 0/1, shape (n,)
     source: str = ""
 
@@ -54,13 +61,22 @@ def detect_separator(path: Path) -> str:
     return ";" if header.count(";") > header.count(",") else ","
 
 
+# pandas < 3.1 parses CSV floats with a fast converter that is not always correctly rounded unless asked for
+# "round_trip"; from 3.1 on every mode is correctly rounded and the argument is deprecated.
+_EXACT_FLOATS = (
+    {}
+    if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    else {"float_precision": "round_trip"}
+)
+
+
 def read_frame(path: str | Path, separator: str | None = None) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     sep = separator or detect_separator(p)
     try:
-        frame = pd.read_csv(p, sep=sep)
+        frame = pd.read_csv(p, sep=sep, **_EXACT_FLOATS)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {p} as CSV: {str(exc).splitlines()[0]}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -116,7 +132,7 @@ def frame_to_series(
         )
     check_features(frame.columns, features, source)
     ts_all = to_epoch_seconds(frame[cfg.time_column])
-    values_all = frame[list(features)].to_numpy(dtype=np.float32)
+    values_all = frame[list(features)].to_numpy(dtype=np.float64)
     labels_all = frame[cfg.label].to_numpy(dtype=np.float64) if cfg.label in frame.columns else None
     if labels_all is not None:
         labels_all = (np.nan_to_num(labels_all) > 0).astype(np.int8)
