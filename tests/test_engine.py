@@ -95,21 +95,58 @@ def one(bundle, value=0.0, n=1):
     return np.full((n, len(bundle.features)), value)
 
 
-def test_nan_is_rejected_whole_and_state_untouched(bundle) -> None:
+def test_nan_refuses_only_that_reading(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])
-    before = e.snapshot()
-    bad = one(bundle, n=2)
+    bad = one(bundle, n=3)
     bad[1, 0] = np.nan
-    out = e.process([Event("a", np.array([3.0, 4.0]), bad, ref=("p", 7))])
-    assert [(r.reason, r.count, r.whole, r.ref) for r in out.rejections] == [
-        ("non_finite", 2, True, ("p", 7))
+    out = e.process([Event("a", np.array([3.0, 4.0, 5.0]), bad, ref=("p", 7))])
+    assert [(r.reason, r.count, r.whole, r.ref, r.timestamps.tolist()) for r in out.rejections] == [
+        ("non_finite", 1, False, ("p", 7), [4.0])
     ]
-    assert e.snapshot() == before and out.readings == 0
+    assert out.readings == 2 and e.store.arrays["last_ts"][e.store.slots["a"]] == 5.0
+    before = e.snapshot()
+    all_bad = one(bundle, n=2)
+    all_bad[:, 0] = np.nan
+    out = e.process([Event("a", np.array([6.0, 7.0]), all_bad)])
+    assert [(r.count, r.whole) for r in out.rejections] == [(2, True)] and e.snapshot() == before
     inf = one(bundle)
     inf[0, 1] = np.inf
     assert e.process([Event("b", np.array([1.0]), inf)]).rejections[0].reason == "non_finite"
-    assert "b" not in e.keys() and e.counters["rejected_non_finite"] == 3
+    assert "b" not in e.keys() and e.counters["rejected_non_finite"] == 4
+    out = e.process([Event("a", np.array([np.nan, 8.0]), one(bundle, n=2))])
+    assert [(r.reason, r.count, r.detail) for r in out.rejections] == [
+        ("non_finite", 1, "timestamp is not finite")
+    ]
+
+
+@pytest.mark.parametrize("policy", ["reject", "ffill"])
+def test_missing_values_give_the_same_results_in_blocks_of_any_size(bundle, test_series, policy) -> None:
+    """Issue 9 item 2: one NaN used to refuse its whole block, so results depended on the block size."""
+    s = dataclasses.replace(test_series, values=test_series.values.copy())
+    n = 400
+    s.values[[5, 6, 77, 200, 201, 202], 0] = np.nan
+    s.values[300, :] = np.nan
+    cfg = EngineConfig(nan_policy=policy)
+    runs = []
+    for sizes in ([1], [7, 3], [n]):
+        e = Engine(bundle, cfg)
+        scores, rejected = [], 0
+        for lo, hi in chunks(n, sizes):
+            out = e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])])
+            scores += [w.scores for w in out.windows]
+            rejected += sum(r.count for r in out.rejections)
+        runs.append((np.concatenate(scores), rejected, e.snapshot()))
+    for scores, rejected, snap in runs[1:]:
+        assert np.array_equal(scores, runs[0][0]) and rejected == runs[0][1] and snap == runs[0][2]
+    if policy == "reject":
+        assert runs[0][1] == 7
+        ok = np.isfinite(s.values[:n]).all(axis=1)
+        clean = Engine(bundle, cfg)
+        out = clean.process([Event(s.key, s.timestamps[:n][ok], s.values[:n][ok])])
+        assert np.array_equal(np.concatenate([w.scores for w in out.windows]), runs[0][0])
+    else:
+        assert runs[0][1] == 0
 
 
 def test_nan_forward_fill_policy(bundle) -> None:
@@ -271,7 +308,7 @@ def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_se
     other = make_series("other", n, len(bundle.features), seed=9, start=float(s.timestamps[0]))
     for i, (lo, hi) in enumerate(chunks(n, [4])):
         bad_vals = s.values[lo:hi].copy()
-        bad_vals[0, 0] = np.nan
+        bad_vals[:, 0] = np.nan
         events = [
             Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]),
             Event(other.key, other.timestamps[lo:hi], other.values[lo:hi]),

@@ -325,9 +325,17 @@ class Engine:
         out.readings += len(r)
 
     def _reject(
-        self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""
+        self,
+        out: EngineOutput,
+        key: str,
+        reason: str,
+        count: int,
+        whole: bool,
+        ref,
+        detail: str = "",
+        timestamps: np.ndarray | None = None,
     ):
-        out.rejections.append(Rejection(key, reason, count, whole, ref, detail))
+        out.rejections.append(Rejection(key, reason, count, whole, ref, detail, timestamps))
         self.counters[f"rejected_{reason}"] += count
 
     def _ingest(
@@ -355,34 +363,8 @@ class Engine:
             )
         if n == 0:
             return None
-        if not np.isfinite(ts).all():
-            return self._reject(out, key, "non_finite", n, True, ev.ref, "timestamp is not finite")
-        a = self.store.arrays
-        row = self.store.slots.get(key)
-        finite = np.isfinite(vals)
-        if not finite.all():
-            if self.config.nan_policy == "ffill":
-                prev = (
-                    a["last_values"][row].astype(np.float64)
-                    if row is not None
-                    else np.full(self.n_features, np.nan)
-                )
-                vals = vals.copy()
-                for i in range(n):
-                    vals[i] = np.where(finite[i], vals[i], prev)
-                    prev = vals[i]
-            if not np.isfinite(vals).all():
-                return self._reject(out, key, "non_finite", n, True, ev.ref, "NaN or infinite value")
-        last = a["last_ts"][row] if row is not None else np.nan
-        prev_max = np.maximum.accumulate(np.concatenate([[-np.inf if np.isnan(last) else last], ts]))[:-1]
-        back = ts < prev_max
-        dup = (ts == prev_max) if self.config.duplicate_policy == "drop" else np.zeros(n, bool)
-        keep = ~(back | dup)
+        keep, vals = self._screen(key, ts, vals, ev.ref, out)
         kept = int(keep.sum())
-        if back.any():
-            self._reject(out, key, "time_backwards", int(back.sum()), kept == 0, ev.ref)
-        if dup.any():
-            self._reject(out, key, "duplicate_timestamp", int(dup.sum()), kept == 0, ev.ref)
         if kept == 0:
             return None
         if kept < n:
@@ -411,6 +393,62 @@ class Engine:
         self.counters["readings"] += kept
         out.readings += kept
         return None
+
+    def _screen(
+        self, key: str, ts: np.ndarray, vals: np.ndarray, ref, out: EngineOutput
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Judge every reading on its own, in order, against the key's state after the previous ACCEPTED one:
+        a reading is refused for a non-finite timestamp, a timestamp before (or, with duplicate_policy=drop,
+        equal to) the last accepted one, or a non-finite value left after nan_policy. A refused reading never
+        moves the key's clock or its forward-fill values, so the verdicts are the same whether the readings
+        arrive one by one or in blocks of any size. Returns (keep mask, values with forward-fills applied)."""
+        n = len(ts)
+        a = self.store.arrays
+        row = self.store.slots.get(key)
+        last = float(a["last_ts"][row]) if row is not None else -math.inf
+        if math.isnan(last):
+            last = -math.inf
+        prev = a["last_values"][row].astype(np.float64) if row is not None else None
+        ffill = self.config.nan_policy == "ffill"
+        drop_dup = self.config.duplicate_policy == "drop"
+        row_finite = np.isfinite(vals).all(axis=1).tolist()
+        filled = vals
+        # reason per reading: 0 kept, 1 timestamp not finite, 2 backwards, 3 duplicate, 4 value not finite
+        reason = np.zeros(n, np.int8)
+        for i, t in enumerate(ts.tolist()):
+            if not math.isfinite(t):
+                reason[i] = 1
+                continue
+            if t < last:
+                reason[i] = 2
+                continue
+            if drop_dup and t == last:
+                reason[i] = 3
+                continue
+            if not row_finite[i]:
+                v = vals[i]
+                if ffill and prev is not None:
+                    v = np.where(np.isfinite(v), v, prev)
+                if not np.isfinite(v).all():
+                    reason[i] = 4
+                    continue
+                if filled is vals:
+                    filled = vals.copy()
+                filled[i] = v
+            last = t
+            prev = filled[i] if ffill else None
+        keep = reason == 0
+        whole = not keep.any()
+        for code, name, detail in (
+            (1, "non_finite", "timestamp is not finite"),
+            (2, "time_backwards", ""),
+            (3, "duplicate_timestamp", ""),
+            (4, "non_finite", "NaN or infinite value"),
+        ):
+            hit = reason == code
+            if hit.any():
+                self._reject(out, key, name, int(hit.sum()), whole, ref, detail, ts[hit])
+        return keep, filled
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays

@@ -133,6 +133,7 @@ class Rejection:
     whole: bool
     ref: Any = None
     detail: str = ""
+    timestamps: np.ndarray | None = None  # the refused readings' timestamps, when the engine knows them
 
 
 @dataclass(frozen=True)
