@@ -256,7 +256,7 @@ class Decoder:
         get = dict.get
         if list(map(get, bodies, repeat(fmt.readings_field))).count(None) != n:
             return None
-        keys = list(map(get, bodies, repeat(fmt.key_field)))
+        keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
         if set(map(type, keys)) != {str}:
             return None
         stamps = list(map(get, bodies, repeat(fmt.time_field)))
@@ -277,7 +277,7 @@ class Decoder:
         ts = ts.astype(np.float64)
         if not np.isfinite(ts).all():
             return None
-        names = list(dict.fromkeys(keys))
+        names: list[str] = list(dict.fromkeys(keys))  # all str, checked above
         pos = {k: i for i, k in enumerate(names)}
         kid = np.fromiter(map(pos.__getitem__, keys), np.int64, n)
         return Readings(names, kid, np.ones(n, np.int64), ts, vals.astype(np.float64), list(records))

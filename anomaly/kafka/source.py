@@ -91,5 +91,5 @@ class KafkaSource:
             position[tp] = recs[-1].offset + 1
         if n and self.metrics is not None:
             self.metrics.message_consumed(n)
-        events = Readings.concat(parts, decoder.n_features) if parts else []
+        events: Readings | list = Readings.concat(parts, decoder.n_features) if parts else []
         return Batch(events, rejections, messages=n, position=position)
