@@ -10,6 +10,7 @@ import pytest
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
+from anomaly.thresholds import THRESHOLDS
 from anomaly.training import series_errors
 from tests.helpers import chunks, make_series
 
@@ -23,9 +24,12 @@ def feed(engine: Engine, series, pieces) -> tuple[np.ndarray, list]:
     return (np.concatenate(scores) if scores else np.zeros(0)), alerts
 
 
-@pytest.mark.parametrize("threshold", ["static", "dynamic"])
+SMALL = {"dynamic_warmup": 32, "dynamic_history": 64, "spot_init": 32, "spot_depth": 8, "spot_peaks": 16}
+
+
+@pytest.mark.parametrize("threshold", list(THRESHOLDS))
 def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_series, threshold) -> None:
-    cfg = EngineConfig(threshold=threshold, dynamic_warmup=32, dynamic_history=64)
+    cfg = EngineConfig(threshold=threshold, max_alert_seconds=120.0, **SMALL)
     n = len(test_series)
     one_by_one = feed(Engine(bundle, cfg), test_series, chunks(n, [1]))
     in_blocks = feed(Engine(bundle, cfg), test_series, chunks(n, [7, 3, 13, 1]))
@@ -50,8 +54,9 @@ def test_many_keys_in_one_batch_score_as_if_alone(bundle, test_series) -> None:
     assert np.array_equal(alone, np.concatenate(together))
 
 
-def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series) -> None:
-    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+@pytest.mark.parametrize("threshold", list(THRESHOLDS))
+def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series, threshold) -> None:
+    cfg = EngineConfig(threshold=threshold, max_alert_seconds=120.0, **SMALL)
     n, cut = len(test_series), 8 * 40 + 5  # mid-window
     straight = feed(Engine(bundle, cfg), test_series, chunks(n, [3]))
     first = Engine(bundle, cfg)
@@ -354,11 +359,9 @@ def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> No
                 ts -= 5.0  # backwards
             if j % 67 == 3 and j:
                 ts[0] = s.timestamps[j - 1]  # duplicate
-            if j == 200 and s.key == "k1":
-                ts += 10_000.0  # long gap: the key resets
-            messages.append(
-                Event(s.key, ts + (10_000.0 if s.key == "k1" and j > 200 else 0.0), vals, ref=len(messages))
-            )
+            if j >= 150 and s.key == "k1":
+                ts += 50_000.0  # a gap longer than max_gap (the key resets), shorter than the TTL
+            messages.append(Event(s.key, ts, vals, ref=len(messages)))
 
     def collect(engine, batches):
         windows, alerts, refused = {}, [], []
@@ -381,3 +384,23 @@ def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> No
     assert columns == single
     assert {r[1] for r in single[2]} == {"non_finite", "time_backwards", "duplicate_timestamp"}
     assert single[4] == 1 and len(single[1]) > 0
+
+
+def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_again(bundle) -> None:
+    """A sensor settles at a new level 60 sigma away: the alert closes as a level shift after
+    max_alert_seconds, the key re-baselines (the new level is normal), and a later spike on top alerts again."""
+    w = bundle.window
+    s = spiky(bundle, n=60 * w, spans=())
+    s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # lasting shift from t = 80 s
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
+    cfg = EngineConfig(static_threshold=100.0, smoothing=1.0, max_alert_seconds=100.0)
+    e, alerts = Engine(bundle, cfg), []
+    for lo, hi in chunks(len(s), [7]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    got = [(a.status, a.start, a.reason) for a in alerts]
+    assert got[:3] == [("open", 80.0, ""), ("closed", 80.0, "level_shift"), ("open", 360.0, "")]
+    assert alerts[1].at == 180.0 and got[3:] == [("closed", 360.0, "normal")]
+    assert e.counters["level_shifts"] == 1 and e.active_alerts == 0
+    never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0))
+    kept = never.process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes

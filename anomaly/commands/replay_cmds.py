@@ -22,8 +22,10 @@ from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
 from anomaly.errors import SchemaError
+from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+from anomaly.thresholds import THRESHOLDS
 
 # The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
 DEMO: dict[str, dict[str, Any]] = {
@@ -91,6 +93,11 @@ def print_result(result: ReplayResult) -> None:
             "never filled a window and count as predicted normal)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
+    if result.quality:
+        click.echo("")
+        click.echo(
+            format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
+        )
     click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
     for path in result.reports:
         click.echo(f"report:  {path}")
@@ -114,9 +121,9 @@ def print_result(result: ReplayResult) -> None:
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @click.option(
     "--threshold",
-    type=click.Choice(["static", "dynamic"]),
+    type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind.  [default: static]",
+    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
 )
 @click.option(
     "--static-threshold",

@@ -30,7 +30,7 @@ from anomaly.engine.types import (
     ScoredWindow,
 )
 from anomaly.errors import BundleError
-from anomaly.thresholds import ALERT_FIELDS, ewma, push_history, select_epsilon, step_alerts
+from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
@@ -48,6 +48,7 @@ class Engine:
                 "alerts_closed",
                 "reloads_kept",
                 "reloads_reset",
+                "level_shifts",
             ],
             0,
         )
@@ -75,18 +76,26 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             self.feature_reference = np.asarray(ref, np.float32)
+        gap = self.config.max_gap_seconds
+        self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
             self.config.static_threshold
             if self.config.static_threshold is not None
             else bundle.default_threshold
         )
+        self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
-        history = (
-            self.config.dynamic_history if self.config.threshold == "dynamic" else 0
-        )  # static needs none
-        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, history)
+        f = a.n_features
+        extra: list[tuple[str, tuple[int, ...], str, str]] = [
+            ("offset", (f,), "float32", "zero"),  # per-key input re-baseline (standardized units)
+            ("level", (f,), "float32", "nan"),  # slow EWMA of window means (standardized units)
+        ]
+        extra += [
+            (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
+        ]
+        return Layout(a.num_layers, a.hidden_size, a.window, f, tuple(extra))
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
@@ -174,6 +183,7 @@ class Engine:
                     a["alert_peak"][row],
                     a["alert_thr"][row],
                     a["alert_contrib"][row],
+                    "evicted",
                 )
             )
             self.counters["alerts_closed"] += 1
@@ -255,7 +265,7 @@ class Engine:
         prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
-            bad |= (t_s - prev) > self.config.max_gap_seconds
+            bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
         if bad.any():
             irregular = np.unique(r_s[bad])
@@ -376,7 +386,7 @@ class Engine:
         scaled = ((vals - self._mean) / self._scale).astype(np.float32)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
-            gaps = np.flatnonzero((ts - before) > self.config.max_gap_seconds)
+            gaps = np.flatnonzero((ts - before) > self.max_gap)
         gap_starts = set(gaps.tolist())
         bounds = sorted({0, kept} | gap_starts)
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -479,6 +489,8 @@ class Engine:
         """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
+        self._track_level(rows, x, ts)
+        x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
         c = a["c"][rows].transpose(1, 0, 2)
         xt = torch.from_numpy(np.ascontiguousarray(x))
@@ -499,23 +511,19 @@ class Engine:
         )
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
-        cfg = self.config
-        if cfg.threshold == "dynamic":
-            hist, pushed = a["hist"][rows], a["pushed"][rows]
-            eps = select_epsilon(hist, pushed, cfg.dynamic_min)
-            warm = pushed >= cfg.dynamic_warmup
-        else:
-            eps = np.full(k, self.static_threshold, np.float32)
-            warm = np.ones(k, bool)
+        names = self.threshold.fields()
+        th_state = {name: a[name][rows] for name in names}
+        eps, warm = self.threshold.epsilon(th_state, k)
         anomalous = (scores > eps[:, None]) & warm[:, None]
         open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
-        if cfg.threshold == "dynamic":
-            push_history(hist, pushed, scores, ~open_pts)
-            a["hist"][rows], a["pushed"][rows] = hist, pushed
+        self.threshold.update(th_state, scores, anomalous, open_pts)
+        for name in names:
+            a[name][rows] = th_state[name]
         a["windows"][rows] += 1
         self.counters["windows"] += k
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
+        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
                 ScoredWindow(
@@ -528,6 +536,7 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
+                    decided_at[j],
                 )
             )
 
@@ -556,17 +565,58 @@ class Engine:
             per_feature,
             self.config.alert_open_after,
             self.config.alert_close_after,
+            self.config.max_alert_seconds,
         )
         for name in ALERT_FIELDS:
             a[name][rows] = state[name]
+        shifted = []
         for t in transitions:
             out.alerts.append(
-                self._alert(keys[t.row], t.status, t.start, t.end, t.at, t.peak, t.threshold, t.contributions)
+                self._alert(
+                    keys[t.row],
+                    t.status,
+                    t.start,
+                    t.end,
+                    t.at,
+                    t.peak,
+                    t.threshold,
+                    t.contributions,
+                    t.reason,
+                )
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
+            if t.reason == "level_shift":
+                shifted.append(rows[t.row])
+                self.counters["level_shifts"] += 1
+        if shifted:
+            self._rebaseline(np.asarray(shifted))
         return open_pts
 
-    def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
+    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), with a time
+        constant of max_alert_seconds / 8, so that by the time an alert counts as a level shift the level has
+        settled at the new normal."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        w = x.shape[1]
+        span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
+        beta = (1.0 - np.exp(-span / (self.config.max_alert_seconds / 8.0)))[:, None]
+        mean = x.mean(axis=1, dtype=np.float64)
+        level = a["level"][rows].astype(np.float64)
+        a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
+
+    def _rebaseline(self, rows: np.ndarray) -> None:
+        """After a level shift: features whose settled level moved more than one (training) standard deviation
+        from the key's baseline get that level as their new baseline (subtracted before the model), and the
+        score smoothing restarts, so the key judges its new normal as normal and can alert again."""
+        a = self.store.arrays
+        level, offset = a["level"][rows], a["offset"][rows]
+        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
+        a["offset"][rows] = np.where(moved, level, offset)
+        a["ewma"][rows] = np.nan
+
+    def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
         top = [
@@ -583,6 +633,7 @@ class Engine:
             float(thr),
             self.bundle.version,
             top,
+            reason,
         )
 
 
