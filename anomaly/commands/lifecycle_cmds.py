@@ -85,13 +85,20 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
         click.option(
             "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
         ),
-        click.option("--since", default=None, help="Time range ending now (or at --to): 30m, 12h, 7d, 2w."),
         click.option(
-            "--from", "start", default=None, help="Range start: epoch seconds or ISO-8601 (naive = UTC)."
+            "--since",
+            default=None,
+            help="Time range ending now (or at --to): 30m, 12h, 7d, 2w.  [default: none; CSV: all rows]",
+        ),
+        click.option(
+            "--from",
+            "start",
+            default=None,
+            help="Range start: epoch seconds or ISO-8601 (naive = UTC).  [default: none]",
         ),
         click.option("--to", "end", default=None, help="Range end (exclusive).  [default: now]"),
         click.option("--keys", default=None, help="Comma-separated keys to use.  [default: all]"),
-        click.option("--verbose", "-v", is_flag=True, help="Log progress details."),
+        click.option("--verbose", "-v", is_flag=True, help="Log progress details.  [default: off]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -219,7 +219,5 @@ def read_topic_range(
         keep[1:] &= np.diff(ts) > 0  # the engine drops a reading at its key's last timestamp
         hist.duplicates += int((~keep).sum())
         hist.readings += int(keep.sum())
-        hist.series.append(
-            Series(key, ts[keep], vals[keep].astype(np.float32), None, f"kafka:{','.join(topics)}")
-        )
+        hist.series.append(Series(key, ts[keep], vals[keep], None, f"kafka:{','.join(topics)}"))
     return hist
