@@ -90,7 +90,7 @@ def print_result(result: ReplayResult) -> None:
     if "metrics" in s:
         click.echo(
             f"\nevaluation (prediction = {s['predict']}; {s['unscored_readings']} readings at series ends "
-            "never filled a window and count as predicted normal)"
+            "never filled a window and hold the last decision)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
     if result.quality:

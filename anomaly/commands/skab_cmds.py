@@ -126,7 +126,7 @@ def skab_cmd(
         f"anomalous of {sum(s['counts']['point'].values())} test points, predict={cfg.replay.predict}, "
         f"{'warm' if warm else 'cold'} state, {result.seconds:.0f} s"
     )
-    click.echo(f"unscored tail points counted as normal: {s['unscored_points']}")
+    click.echo(f"unscored tail points (they hold the last decision): {s['unscored_points']}")
     click.echo("")
     click.echo(format_table(result.pooled))
     click.echo("")
