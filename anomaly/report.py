@@ -129,11 +129,11 @@ def plot_series(
 
     if "rejected" in frame.columns:
         refused = frame["rejected"].fillna("").astype(str).str.len().to_numpy() > 0
-        for i, (start, stop) in enumerate(segments(refused)):
+        for j, (first, stop) in enumerate(segments(refused)):
             # from the reading before the hole to the one after it, so a single refused reading shows
-            lo, hi = times[max(start - 1, 0)], times[min(stop, len(times) - 1)]
+            lo, hi = times[max(first - 1, 0)], times[min(stop, len(times) - 1)]
             top.axvspan(lo, hi, color="0.5", alpha=0.3)
-            bottom.axvspan(lo, hi, color="0.5", alpha=0.3, label="rejected reading" if i == 0 else None)
+            bottom.axvspan(lo, hi, color="0.5", alpha=0.3, label="rejected reading" if j == 0 else None)
     if label is not None:
         _shade(top, times, label, color="tab:orange", alpha=0.15)
         _shade(bottom, times, label, color="tab:orange", alpha=0.15, label="labelled anomaly")
