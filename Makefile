@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SKAB_DATA ?= ../shared/datasets/skab
 DATASETS ?= ../shared/datasets
 JOBS ?= 2
 
@@ -40,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/anomaly bench
 
 skab: $(STAMP)
-	$(BIN)/anomaly skab $(DATASETS)/skab
+	$(BIN)/anomaly skab $(SKAB_DATA) -p pipelines/skab.toml --json-out runs/skab/summary.json
 
 # Detection quality tables of the README: SKAB with project defaults and with pipelines/skab.toml, then NASA SMAP
 # and MSL per channel with defaults; model vs z-score and PCA baselines, own vs oracle threshold. The NASA runs
