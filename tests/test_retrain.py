@@ -198,7 +198,10 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
         main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0", "--force"]
     )
     assert "decision: promoted (forced)" in forced.stdout
-    assert read_metadata(champion)[0]["lineage"]["promotion"]["forced"] is True
+    decision = read_metadata(champion)[0]["lineage"]["promotion"]
+    assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
+    shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
+    assert f"promotion:       promoted at {decision['at']}\n" in shown
 
 
 def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path):

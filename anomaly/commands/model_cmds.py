@@ -263,6 +263,19 @@ def inspect_cmd(bundle: str, as_json: bool) -> None:
         f"calibration:     score 1.0 = q{cal['reference_quantile']} point error {cal['reference_error']:.5g};"
         f" default threshold {cal['default_threshold']}"
     )
+    lineage = meta.get("lineage")
+    if lineage:
+        data = lineage.get("data", {})
+        click.echo(
+            f"lineage:         parent {lineage.get('parent_version')}; {data.get('source')} data "
+            f"{data.get('first_reading')} .. {data.get('last_reading')}, {data.get('readings')} readings of "
+            f"{data.get('keys')} keys"
+        )
+        decision = lineage.get("promotion")
+        if decision:
+            click.echo(f"promotion:       {decision.get('decision')} at {decision.get('at')}")
+    if meta.get("export"):
+        click.echo(f"export:          {meta['export']}")
 
 
 COMMANDS: list[click.Command] = [generate_cmd, train_cmd, inspect_cmd]
