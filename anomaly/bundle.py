@@ -18,16 +18,19 @@ from typing import Any
 
 import torch
 
-from anomaly.data import Scaler
+from anomaly.baselines import KINDS as BASELINE_KINDS
+from anomaly.baselines import Scorer, make_scorer
+from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
 from anomaly.errors import BundleError, SchemaError
 from anomaly.model import Architecture, LSTMAutoencoder
 
 FORMAT = "anomaly-bundle/1"
+MODEL_KIND = "lstm_autoencoder"  # meta["kind"] of a trained model; baselines.KINDS name the no-model scorers
 
 
 @dataclass
 class Bundle:
-    model: LSTMAutoencoder
+    model: LSTMAutoencoder | Scorer
     features: list[str]
     scaler: Scaler
     calibration: dict[
@@ -46,6 +49,10 @@ class Bundle:
         return self.model.arch.window
 
     @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", MODEL_KIND))
+
+    @property
     def version(self) -> str:
         return str(self.meta.get("model_version", "unknown"))
 
@@ -60,6 +67,18 @@ class Bundle:
         calibrated before it existed."""
         ref = self.calibration.get("feature_reference_error")
         return None if ref is None else [float(v) for v in ref]
+
+    @property
+    def sampling_interval(self) -> float | None:
+        """Median step between training readings, seconds; None in bundles trained before it was learnt."""
+        value = self.meta.get("sampling", {}).get("interval_seconds")
+        return None if value is None else float(value)
+
+    @property
+    def max_gap_seconds(self) -> float:
+        """The gap at which training cut its series, and so the engine's default gap reset."""
+        value = self.meta.get("sampling", {}).get("max_gap_seconds")
+        return FALLBACK_MAX_GAP_SECONDS if value is None else float(value)
 
     @property
     def default_threshold(self) -> float:
@@ -85,6 +104,7 @@ class Bundle:
     def metadata(self) -> dict[str, Any]:
         return {
             **self.meta,
+            "kind": self.kind,
             "features": self.features,
             "architecture": self.arch.to_json(),
             "scaler": self.scaler.to_json(),
@@ -149,7 +169,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     meta, weights = read_metadata(path)
     try:
         arch = Architecture(**meta["architecture"])
-        model = LSTMAutoencoder(arch)
+        kind = str(meta.get("kind", MODEL_KIND))
+        model: LSTMAutoencoder | Scorer
+        if kind in BASELINE_KINDS:
+            model = make_scorer(kind, arch.n_features, arch.window)
+        elif kind == MODEL_KIND:
+            model = LSTMAutoencoder(arch)
+        else:
+            raise BundleError(f"{path}: unknown model kind {kind!r}", path=str(path))
         model.load_state_dict(weights)
         scaler = Scaler.from_json(meta["scaler"])
         features = list(meta["features"])

@@ -192,7 +192,8 @@ class EngineConfig:
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
-    max_gap_seconds: float = 300.0  # a larger gap resets the key's state
+    # a larger gap between readings resets the key's state; None: the bundle's (300 sampling intervals)
+    max_gap_seconds: float | None = None
     duplicate_policy: Literal["drop", "keep"] = "drop"
     nan_policy: Literal["reject", "ffill"] = "reject"
     ttl_seconds: float = 86_400.0  # idle keys are evicted after this many seconds of event time (0: never)
@@ -237,7 +238,7 @@ class EngineConfig:
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
         gap = self.max_gap_seconds
         _need(
-            not math.isnan(gap) and gap > 0,
+            gap is None or (not math.isnan(gap) and gap > 0),
             "engine.max_gap_seconds",
             f"must be > 0 seconds (inf: never reset), got {gap!r}",
         )

@@ -183,6 +183,44 @@ def _unique_key(path: Path, seen: set[str]) -> str:
     return key
 
 
+# The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh
+# (1-second data: 300 s). Training splits series at the same gaps, so train and replay agree.
+GAP_INTERVALS = 300
+FALLBACK_MAX_GAP_SECONDS = 300.0  # bundles trained before the interval was learnt
+
+
+def sampling_interval(series: Sequence[Series]) -> float | None:
+    """The median step between consecutive readings over all series (seconds); None when no series has two
+    readings at distinct times."""
+    steps = [np.diff(s.timestamps) for s in series if len(s) > 1]
+    pooled = np.concatenate(steps) if steps else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled) & (pooled > 0)]
+    return float(np.median(pooled)) if len(pooled) else None
+
+
+def default_max_gap(interval: float | None) -> float:
+    return FALLBACK_MAX_GAP_SECONDS if interval is None else GAP_INTERVALS * interval
+
+
+def split_at_gaps(series: Sequence[Series], max_gap: float) -> list[Series]:
+    """Cut every series where consecutive readings are more than `max_gap` seconds apart, as the engine resets
+    a key there. Pieces keep the series key (they are never streamed, only trained on)."""
+    out = []
+    for s in series:
+        cuts = (np.flatnonzero(np.diff(s.timestamps) > max_gap) + 1).tolist()
+        for lo, hi in zip([0, *cuts], [*cuts, len(s)], strict=True):
+            out.append(
+                Series(
+                    s.key,
+                    s.timestamps[lo:hi],
+                    s.values[lo:hi],
+                    None if s.labels is None else s.labels[lo:hi],
+                    s.source,
+                )
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class Scaler:
     """Standardization fitted on training data only; constant columns get scale 1."""

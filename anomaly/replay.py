@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly import evaluation
+from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series
@@ -33,6 +33,7 @@ class ReplayResult:
     out_dir: Path
     reports: list[Path] = field(default_factory=list)
     engine: Engine | None = None
+    quality: dict[str, quality.Quality] = field(default_factory=dict)  # model and baselines, with labels
 
 
 def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Batch]:
@@ -71,6 +72,7 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
         "anomalous": np.zeros(n, bool),
         "alert_open": np.zeros(n, bool),
         "scored": np.zeros(n, bool),
+        "decided_at": np.full(n, np.nan),  # event time of the reading whose arrival decided this point
     }
     if len(got["timestamps"]):
         pos = np.searchsorted(s.timestamps, got["timestamps"])
@@ -80,6 +82,7 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
             ("threshold", "thresholds"),
             ("anomalous", "anomalous"),
             ("alert_open", "alert_open"),
+            ("decided_at", "decided_at"),
         ):
             res[name][pos] = got[src]
         res["scored"][pos] = True
@@ -131,7 +134,10 @@ def replay(
     for key, f in frames.items():
         if "label" in f:
             per_series[key] = evaluation.evaluate(
-                f["label"].to_numpy(), f["predicted"].to_numpy(), f["timestamp"].to_numpy()
+                f["label"].to_numpy(),
+                f["predicted"].to_numpy(),
+                f["timestamp"].to_numpy(),
+                f["decided_at"].to_numpy(),
             )
     summary: dict[str, Any] = {
         "model_version": bundle.version,
@@ -145,11 +151,17 @@ def replay(
         "threshold": cfg.engine.threshold,
         "static_threshold": engine.static_threshold,
     }
+    compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
         summary["per_series"] = {
             k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()
         }
+        labelled = [s for s in series if s.labels is not None]
+        for name, scorer in quality.scorer_bundles(bundle).items():
+            got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
+            compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
+        summary["quality"] = quality.compare(compared)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     reports: list[Path] = []
     if cfg.replay.plots if write_plots is None else write_plots:
@@ -170,7 +182,7 @@ def replay(
             path = out / f"report-{_safe(key)}.png"
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
             reports.append(path)
-    return ReplayResult(frames, alerts.alerts, summary, out, reports, engine)
+    return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
 
 
 def _safe(name: str) -> str:

@@ -22,9 +22,18 @@ import torch
 from torch import nn
 
 from anomaly import __version__
+from anomaly.baselines import fit_baselines
 from anomaly.bundle import Bundle
 from anomaly.config import ModelConfig, TrainConfig
-from anomaly.data import Scaler, Series, fingerprint, window_chain
+from anomaly.data import (
+    Scaler,
+    Series,
+    default_max_gap,
+    fingerprint,
+    sampling_interval,
+    split_at_gaps,
+    window_chain,
+)
 from anomaly.errors import DataError
 from anomaly.model import Architecture, LSTMAutoencoder
 
@@ -114,9 +123,22 @@ def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     progress: bool = False,
+    max_gap_seconds: float | None = None,
 ) -> TrainResult:
+    """Train on `series`. They are first cut at gaps longer than `max_gap_seconds` (None: GAP_INTERVALS
+    sampling intervals, the interval being learnt here), exactly where the engine will reset a key; the
+    interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    interval = sampling_interval(series)
+    max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
+    whole = series
+    series = split_at_gaps(whole, max_gap)
+    if not any(len(s) >= model_cfg.window for s in series):
+        raise DataError(
+            f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
+            f"{max_gap:g} s (median sampling interval {interval if interval is None else f'{interval:g} s'})"
+        )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -216,11 +238,17 @@ def train(
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
     calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
+    calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
         "package_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_fingerprint": fingerprint(series),
+        "training_fingerprint": fingerprint(whole),
+        "sampling": {
+            "interval_seconds": interval,
+            "max_gap_seconds": max_gap,
+            "gap_splits": len(series) - len(whole),
+        },
         "training": {
             "epochs_run": len(history),
             "best_epoch": best[2],
@@ -230,8 +258,8 @@ def train(
             "windows_per_second": wps,
             "device": device.type,
             "amp": amp_name,
-            "series": len(series),
-            "rows": int(sum(len(s) for s in series)),
+            "series": len(whole),
+            "rows": int(sum(len(s) for s in whole)),
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }

@@ -38,10 +38,18 @@ def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert summary["alerts"] == len(alerts) == len(result.alerts)
     assert {a["status"] for a in alerts} <= {"open", "closed"}
-    expected = evaluation.evaluate(scores["label"], scores["predicted"], scores["timestamp"])
+    expected = evaluation.evaluate(
+        scores["label"], scores["predicted"], scores["timestamp"], scores["decided_at"]
+    )
     assert summary["metrics"]["f1"] == pytest.approx(expected["f1"])
-    assert summary["metrics"]["counts"] == expected["counts"]
+    assert evaluation.Counts.from_json(summary["metrics"]["counts"]) == evaluation.Counts.from_json(
+        expected["counts"]
+    )
     window = result.engine.window
+    scored = scores[scores["scored"]]
+    ts = scored["timestamp"].to_numpy()
+    assert np.array_equal(scored["decided_at"].to_numpy(), np.repeat(ts[window - 1 :: window], window))
+    assert scores.loc[~scores["scored"], "decided_at"].isna().all()
     assert summary["unscored_readings"] == len(source) % window
     assert summary["totals"]["windows"] == len(source) // window
     png = out / "report-test.png"

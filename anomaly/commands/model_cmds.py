@@ -80,7 +80,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         series = kept
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
-    result = train(series, features, cfg.model, cfg.train, progress=progress)
+    result = train(
+        series, features, cfg.model, cfg.train, progress=progress, max_gap_seconds=cfg.engine.max_gap_seconds
+    )
     save_bundle(result.bundle, out)
     return result
 

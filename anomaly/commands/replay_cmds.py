@@ -22,6 +22,7 @@ from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
 from anomaly.errors import SchemaError
+from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
 from anomaly.thresholds import THRESHOLDS
@@ -92,6 +93,11 @@ def print_result(result: ReplayResult) -> None:
             "never filled a window and count as predicted normal)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
+    if result.quality:
+        click.echo("")
+        click.echo(
+            format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
+        )
     click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
     for path in result.reports:
         click.echo(f"report:  {path}")

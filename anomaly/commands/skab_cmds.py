@@ -11,6 +11,7 @@ from anomaly import skab
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import build_config, load_config
 from anomaly.evaluation import format_table
+from anomaly.quality import format_quality
 
 
 @click.command("skab")
@@ -116,6 +117,11 @@ def skab_cmd(
     click.echo(format_table(result.pooled))
     click.echo("")
     click.echo(skab.comparison_table(result.pooled))
+    if result.quality:
+        click.echo("")
+        click.echo(
+            format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
+        )
     if plots:
         paths = skab.write_plots(result.files, plots)
         click.echo(f"\nplots: {len(paths)} PNG files in {plots}")

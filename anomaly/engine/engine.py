@@ -68,6 +68,8 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             self.feature_reference = np.asarray(ref, np.float32)
+        gap = self.config.max_gap_seconds
+        self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
             self.config.static_threshold
             if self.config.static_threshold is not None
@@ -248,7 +250,7 @@ class Engine:
         prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
-            bad |= (t_s - prev) > self.config.max_gap_seconds
+            bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
         irregular = set(np.unique(r_s[bad]).tolist())
         if irregular:
@@ -367,7 +369,7 @@ class Engine:
         scaled = ((vals - self._mean) / self._scale).astype(np.float32)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
-            gaps = np.flatnonzero((ts - before) > self.config.max_gap_seconds)
+            gaps = np.flatnonzero((ts - before) > self.max_gap)
         gap_starts = set(gaps.tolist())
         bounds = sorted({0, kept} | gap_starts)
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -505,6 +507,7 @@ class Engine:
         self.counters["windows"] += k
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
+        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
                 ScoredWindow(
@@ -517,6 +520,7 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
+                    decided_at[j],
                 )
             )
 

@@ -64,6 +64,15 @@ class ScoredWindow:
     alert_open: np.ndarray  # bool (W,): an alert of this key was open at this point
     contributions: np.ndarray  # float32 (F,): share of the window's error per feature, sums to 1
     model_version: str = ""
+    # float64 (W,): event time of the reading whose arrival produced each point's score and flag (its decision
+    # time). A window scored when its last reading arrives decides all its points then; None means exactly that.
+    decided_at: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.decided_at is None:
+            ts = np.asarray(self.timestamps, np.float64)
+            last = ts[-1] if len(ts) else np.nan
+            object.__setattr__(self, "decided_at", np.full(ts.shape, last, np.float64))
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,7 @@ def window_json(window: ScoredWindow, features: Sequence[str]) -> dict[str, Any]
         "thresholds": window.thresholds.tolist(),
         "anomalous": window.anomalous.tolist(),
         "alert_open": window.alert_open.tolist(),
+        "decided_at": window.decided_at.tolist() if window.decided_at is not None else None,
         "contributions": dict(zip(features, window.contributions.tolist(), strict=False)),
     }
 

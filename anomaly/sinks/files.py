@@ -70,7 +70,7 @@ class JsonlRejectionSink:
 class WindowCollector:
     """Keeps every scored window in memory, per key, to build per-point result tables afterwards."""
 
-    FIELDS = ("timestamps", "errors", "scores", "thresholds", "anomalous", "alert_open")
+    FIELDS = ("timestamps", "errors", "scores", "thresholds", "anomalous", "alert_open", "decided_at")
 
     def __init__(self) -> None:
         self.by_key: dict[str, dict[str, list[np.ndarray]]] = defaultdict(
