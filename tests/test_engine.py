@@ -389,3 +389,12 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
     assert e.counters["alerts_opened"] == 1
     off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
     assert off.process([Event("stuck", ts, live(0))]).alerts == []
+
+
+def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:
+    bundle.calibration["feature_reference_error"] = [1e-6, 2.0, 4.0, 4.0]  # feature 0 barely moved in training
+    e = Engine(bundle, EngineConfig(score="max_feature"))
+    assert e.feature_reference is not None
+    assert e.feature_reference.tolist() == [0.30000001192092896, 2.0, 4.0, 4.0]  # 0.1 x median 3.0
+    raw = Engine(bundle, EngineConfig(score="max_feature", feature_reference_floor=0.0)).feature_reference
+    assert raw is not None and raw[0] == np.float32(1e-6)

@@ -67,7 +67,9 @@ class Engine:
                     "engine.score = max_feature needs per-feature calibration "
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
-            self.feature_reference = np.asarray(ref, np.float32)
+            ref_f = np.asarray(ref, np.float64)
+            floor = self.config.feature_reference_floor * float(np.median(ref_f))
+            self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
