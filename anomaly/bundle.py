@@ -124,7 +124,12 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
+    if bundle.meta.get("quantization"):  # packed int8 modules: stored as plain int8 tensors + scales
+        from anomaly.export import int8_weights
+
+        weights = int8_weights(bundle.model)
+    else:
+        weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
@@ -166,6 +171,12 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """A bundle file, an int8 bundle (`anomaly export --format int8`) or an ONNX export (`.onnx`, needs
+    onnxruntime): all three score through the engine alike."""
+    if str(path).endswith(".onnx"):
+        from anomaly.export import load_onnx_bundle
+
+        return load_onnx_bundle(path)
     meta, weights = read_metadata(path)
     try:
         arch = Architecture(**meta["architecture"])
@@ -173,11 +184,16 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         model: LSTMAutoencoder | Scorer
         if kind in BASELINE_KINDS:
             model = make_scorer(kind, arch.n_features, arch.window)
+            model.load_state_dict(weights)
+        elif kind == MODEL_KIND and meta.get("quantization"):
+            from anomaly.export import int8_model
+
+            model = int8_model(arch, weights)
         elif kind == MODEL_KIND:
             model = LSTMAutoencoder(arch)
+            model.load_state_dict(weights)
         else:
             raise BundleError(f"{path}: unknown model kind {kind!r}", path=str(path))
-        model.load_state_dict(weights)
         scaler = Scaler.from_json(meta["scaler"])
         features = list(meta["features"])
         calibration = dict(meta["calibration"])

@@ -72,7 +72,8 @@ class DataConfig:
     decimal: str = "."  # decimal mark of numbers: "." or ","
     time_unit: TimeUnit = "auto"  # numeric times: s | ms | us | ns; auto tells them apart by magnitude
     time_format: str | None = None  # strftime format of text times, e.g. "%d/%m/%Y %H:%M"; None: ISO-like
-    dayfirst: bool = False  # text dates like 02/01/2023 are day first (2 January)
+    dayfirst: bool | None = None  # 02/01/2023: True 2 January, False 1 February, None refuse when ambiguous
+    bad_cells: Literal["error", "missing"] = "error"  # text in a numeric column: refuse, or treat as missing
     drop_anomalies: bool = False  # drop rows labelled anomalous from training data
     train_rows: int | None = None  # use only the first N rows of each series for training (SKAB protocol)
 

@@ -30,6 +30,7 @@ from prometheus_client import (
     write_to_textfile,
 )
 
+from anomaly.drift import DEFAULT_MIN_POINTS, DEFAULT_WINDOW, DriftMonitor
 from anomaly.engine.types import EngineOutput, Rejection
 
 # Score units: 1.0 is the calibration quantile; the default threshold is around 1.5.
@@ -65,7 +66,11 @@ class PipelineMetrics:
     the mutating methods from the processing loop (the HTTP server only reads)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP,
+        drift_window: int = DEFAULT_WINDOW,
     ) -> None:
         if alert_label_cap < 0:
             raise ValueError(f"alert_label_cap must be >= 0, got {alert_label_cap}")
@@ -174,6 +179,16 @@ class PipelineMetrics:
             ["state"],
             registry=r,
         )
+        self.model_drift = Gauge(
+            "anomaly_model_drift_psi",
+            "Population stability index of the last point errors (all keys, sliding window) against the "
+            "model's calibration distribution; one series, for the model version in use.",
+            ["version"],
+            registry=r,
+        )
+        self.drift_window = drift_window
+        self._drift: DriftMonitor | None = None
+        self._drift_version: str | None = None  # the version label of the live drift series, if any
         self._labelled: set[str] = set()  # keys that own an anomaly_alert_active series
         self._seen: dict[str, int] = {}  # last engine counter values, to turn totals into increments
         self._lag_series: set[tuple[str, str]] = set()
@@ -199,6 +214,11 @@ class PipelineMetrics:
             decided = np.concatenate([w.decided_at for w in covered])  # type: ignore[misc]
             observe_many(self.latency, np.maximum(0.0, now - ts))
             observe_many(self.decision_delay, np.maximum(0.0, decided - ts))
+        if self._drift is not None and out.windows:
+            self._drift.update(np.concatenate([w.errors for w in out.windows]))
+            value = self._drift.value()
+            if value is not None and self._drift_version is not None:
+                self.model_drift.labels(self._drift_version).set(value)
         for size in out.batches:
             self.batch_size.observe(size)
         self._count_rejections(out.rejections)
@@ -289,6 +309,20 @@ class PipelineMetrics:
         epoch = _created_at_epoch(created)
         if epoch is not None:
             self.model_trained.set(epoch)
+        self._track_drift(bundle)
+
+    def _track_drift(self, bundle: Any) -> None:
+        """A new model starts a new drift window against its own calibration; the old version's series goes."""
+        if self._drift_version is not None:
+            try:
+                self.model_drift.remove(self._drift_version)
+            except KeyError:
+                pass
+        calibration = getattr(bundle, "calibration", None) or {}
+        self._drift = DriftMonitor.for_calibration(
+            calibration, window=self.drift_window, min_points=min(DEFAULT_MIN_POINTS, self.drift_window)
+        )
+        self._drift_version = str(getattr(bundle, "version", "unknown"))
 
     def model_reloaded(self, kept_state: bool) -> None:
         self.model_reloads.labels("kept" if kept_state else "reset").inc()

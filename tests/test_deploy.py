@@ -27,6 +27,7 @@ ALERTS = {
     "InvalidMessagesHigh",
     "CheckpointStale",
     "ModelStale",
+    "ModelDrift",
 }
 
 needs_promtool = pytest.mark.skipif(
@@ -100,7 +101,7 @@ def test_promtool_check_rules() -> None:
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out.stdout
 
 
 @needs_promtool
@@ -123,7 +124,7 @@ def test_promtool_check_config_with_the_rules_loaded(tmp_path: Path) -> None:
         ["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out.stdout
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in cfg["scrape_configs"]}
     assert jobs["anomaly"] == ["anomaly:9108"]  # the compose service and its metrics port
 
@@ -199,6 +200,7 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
         "Alert timeline",
         "Checkpoint age",
         "Invalid messages and rejected readings",
+        "Model drift (PSI)",
     } <= titles
     for panel in panels:
         for target in panel.get("targets", []):

@@ -10,6 +10,7 @@ import click
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -102,6 +103,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
 @click.option(
+    "--label",
+    default=None,
+    help="Label column (never a feature; used by --drop-anomalies).  [default: anomaly]",
+)
+@data_options
+@click.option(
     "--drop-anomalies/--keep-anomalies",
     default=None,
     help="Drop rows labelled anomalous from training.  [default: keep]",
@@ -153,6 +160,7 @@ def train_cmd(
     time_column,
     key_column,
     features,
+    label,
     drop_anomalies,
     train_rows,
     window,
@@ -167,6 +175,7 @@ def train_cmd(
     device,
     amp,
     verbose,
+    data_overrides,
 ) -> None:
     """Train the LSTM autoencoder on CSV files and save a model bundle."""
     setup_logging(verbose)
@@ -176,6 +185,8 @@ def train_cmd(
             "data.time_column": time_column,
             "data.key_column": key_column,
             "data.features": features,
+            "data.label": label,
+            **data_overrides,
             "data.drop_anomalies": drop_anomalies,
             "data.train_rows": train_rows,
             "model.window": window,

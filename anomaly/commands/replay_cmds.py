@@ -12,6 +12,7 @@ from anomaly import evaluation
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -42,7 +43,7 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
     if cfg.data.features:
         return
     for path in paths:
-        have = infer_features(read_frame(path, cfg.data.separator), cfg.data)
+        have = infer_features(read_frame(path, cfg.data.separator, cfg.data.decimal), cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
         if missing or extra:
@@ -119,6 +120,7 @@ def print_result(result: ReplayResult) -> None:
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
+@data_options
 @click.option(
     "--threshold",
     type=click.Choice(list(THRESHOLDS)),
@@ -161,6 +163,7 @@ def replay_cmd(
     metrics_out,
     plots,
     verbose,
+    data_overrides,
 ) -> None:
     """Replay CSV files through the streaming engine: scores, alerts, evaluation and plots."""
     setup_logging(verbose)
@@ -171,6 +174,7 @@ def replay_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            **data_overrides,
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
             "replay.predict": predict,
