@@ -392,7 +392,12 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
 
 
 def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:
-    bundle.calibration["feature_reference_error"] = [1e-6, 2.0, 4.0, 4.0]  # feature 0 barely moved in training
+    bundle.calibration["feature_reference_error"] = [
+        1e-6,
+        2.0,
+        4.0,
+        4.0,
+    ]  # feature 0 barely moved in training
     e = Engine(bundle, EngineConfig(score="max_feature"))
     assert e.feature_reference is not None
     assert e.feature_reference.tolist() == [0.30000001192092896, 2.0, 4.0, 4.0]  # 0.1 x median 3.0
