@@ -340,6 +340,53 @@ def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
     assert e.active_alerts == 0
 
 
+def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
+    """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
+    message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""
+    from anomaly.engine.types import Readings
+
+    n = 240
+    series = [test_series] + [
+        make_series(f"k{i}", n, len(bundle.features), seed=i, start=float(test_series.timestamps[0]))
+        for i in range(4)
+    ]
+    messages = []
+    for j in range(n):
+        for s in series:
+            ts, vals = s.timestamps[j : j + 1].copy(), s.values[j : j + 1].astype(np.float64)
+            if j % 41 == 7:
+                vals[0, 1] = np.nan
+            if j % 53 == 9:
+                ts -= 5.0  # backwards
+            if j % 67 == 3 and j:
+                ts[0] = s.timestamps[j - 1]  # duplicate
+            if j >= 150 and s.key == "k1":
+                ts += 50_000.0  # a gap longer than max_gap (the key resets), shorter than the TTL
+            messages.append(Event(s.key, ts, vals, ref=len(messages)))
+
+    def collect(engine, batches):
+        windows, alerts, refused = {}, [], []
+        for b in batches:
+            out = engine.process(b)
+            for w in out.windows:
+                windows.setdefault(w.key, []).append(w.scores.tobytes() + w.timestamps.tobytes())
+            alerts += [a.id + a.status for a in out.alerts]
+            refused += [(r.key, r.reason, r.count, r.whole, r.ref) for r in out.rejections]
+        state = engine.snapshot(sorted(engine.keys()))
+        return windows, sorted(alerts), sorted(refused), state, engine.counters["gap_resets"]
+
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+    single = collect(Engine(bundle, cfg), [[m] for m in messages])
+    polls = [
+        Readings.from_events(messages[lo:hi], len(bundle.features))
+        for lo, hi in chunks(len(messages), [50, 7, 333])
+    ]
+    columns = collect(Engine(bundle, cfg), polls)
+    assert columns == single
+    assert {r[1] for r in single[2]} == {"non_finite", "time_backwards", "duplicate_timestamp"}
+    assert single[4] == 1 and len(single[1]) > 0
+
+
 def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_again(bundle) -> None:
     """A sensor settles at a new level 60 sigma away: the alert closes as a level shift after
     max_alert_seconds, the key re-baselines (the new level is normal), and a later spike on top alerts again."""

@@ -20,7 +20,15 @@ import torch
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
-from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
+from anomaly.engine.types import (
+    REJECT_REASONS,
+    Alert,
+    EngineOutput,
+    Event,
+    Readings,
+    Rejection,
+    ScoredWindow,
+)
 from anomaly.errors import BundleError
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
@@ -149,7 +157,7 @@ class Engine:
 
     # --- processing ------------------------------------------------------------------------------------------
 
-    def process(self, events: Sequence[Event]) -> EngineOutput:
+    def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
         out = EngineOutput()
         queues: dict[int, deque] = {}
         row_keys: dict[int, str] = {}
@@ -199,14 +207,20 @@ class Engine:
             self.counters["alerts_closed"] += 1
 
     def _ingest_batch(
-        self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        events: Sequence[Event] | Readings,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        out: EngineOutput,
     ) -> None:
-        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
-        time order, no long gap) take the array path; the few others go event by event through `_ingest`,
-        which owns the policies. Both paths assemble windows identically."""
+        """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
+        in order, by `_ingest`, which owns the reasons."""
+        if isinstance(events, Readings):
+            if len(events):
+                self._ingest_readings(events, queues, row_keys, out)
+            return
         f = self.n_features
-        ev_rows, counts, ts_parts, val_parts, kept_events = [], [], [], [], []
-        created: set[int] = set()
+        keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
                 ev.timestamps
@@ -222,26 +236,43 @@ class Engine:
                 continue
             if n == 0:
                 continue
-            key = str(ev.key)
-            row = self.store.slots.get(key)
-            if row is None:
-                row, _ = self.store.slot(key)
-                created.add(row)
-            else:
-                self.store.slots.move_to_end(key)
-            row_keys[row] = key
-            ev_rows.append(row)
+            keys.append(str(ev.key))
             counts.append(n)
             ts_parts.append(ts)
             val_parts.append(vals)
-            kept_events.append(ev)
-        if not ev_rows:
-            return
+            refs.append(ev.ref)
+        if keys:
+            batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
+            self._ingest_readings(batch, queues, row_keys, out)
+
+    def _ingest_readings(
+        self, r: Readings, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> None:
+        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
+        time order, no long gap) take the array path; the few others go message by message through `_ingest`,
+        which owns the policies. Both paths assemble windows identically. Python work is per distinct key,
+        not per message."""
+        slots = self.store.slots
+        name_rows = np.empty(len(r.names), np.int64)
+        created: set[int] = set()
+        for i, key in enumerate(r.names):  # keys are created in order of first appearance
+            row = slots.get(key)
+            if row is None:
+                row, _ = self.store.slot(key)
+                created.add(row)
+            name_rows[i] = row
+            row_keys[row] = key
+        kid = r.kid
+        if len(r.names) > 1:  # least recently used order: as if each message touched its key in turn
+            last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
+            for i in np.argsort(last).tolist():
+                slots.move_to_end(r.names[i])
+        else:
+            slots.move_to_end(r.names[0])
         a = self.store.arrays
-        n_ev = np.asarray(counts)
-        rows_r = np.repeat(np.asarray(ev_rows), n_ev)
-        ts = np.concatenate(ts_parts).astype(np.float64, copy=False)
-        vals = np.concatenate(val_parts).astype(np.float64, copy=False)
+        msg_rows = name_rows[kid]
+        rows_r = np.repeat(msg_rows, r.counts)
+        ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
         r_s, t_s = rows_r[order], ts[order]
         first = np.empty(len(r_s), bool)
@@ -254,15 +285,17 @@ class Engine:
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
             bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
-        irregular = set(np.unique(r_s[bad]).tolist())
-        if irregular:
+        if bad.any():
+            irregular = np.unique(r_s[bad])
             self.store.drop(
-                row_keys[r] for r in irregular & created
+                row_keys[x] for x in created.intersection(irregular.tolist())
             )  # `_ingest` creates keys only if accepted
-            for row, ev in zip(ev_rows, kept_events, strict=True):
-                if row in irregular:
-                    self._ingest(ev, queues, row_keys, out)
-            keep = ~np.isin(r_s, list(irregular))
+            ends = np.cumsum(r.counts)
+            for m in np.flatnonzero(np.isin(msg_rows, irregular)).tolist():
+                lo, hi = int(ends[m] - r.counts[m]), int(ends[m])
+                ev = Event(r.names[kid[m]], ts[lo:hi], vals[lo:hi], r.refs[m])
+                self._ingest(ev, queues, row_keys, out)
+            keep = ~np.isin(r_s, irregular)
             order, r_s, t_s, first = order[keep], r_s[keep], t_s[keep], first[keep]
             if not len(order):
                 return
