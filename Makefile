@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SKAB_DATA ?= ../shared/datasets/skab
 
 .PHONY: venv demo test check lint types bench skab clean
 
@@ -38,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/anomaly bench
 
 skab: $(STAMP)
-	$(BIN)/anomaly skab --data ../shared/datasets/skab --out runs/skab
+	$(BIN)/anomaly skab $(SKAB_DATA) -p pipelines/skab.toml --json-out runs/skab/summary.json
 
 clean:
 	rm -rf runs .pytest_cache

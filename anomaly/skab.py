@@ -131,7 +131,14 @@ def run_file(
         if s.labels is None:
             raise DataError(f"{path} has no {cfg.data.label!r} column")
         head, test = s.head(train_rows), s.tail_from(train_rows)
-        result = train([head], features, cfg.model, cfg.train, max_gap_seconds=cfg.engine.max_gap_seconds)
+        result = train(
+            [head],
+            features,
+            cfg.model,
+            cfg.train,
+            max_gap_seconds=cfg.engine.max_gap_seconds,
+            nan_policy=cfg.engine.nan_policy,
+        )
         runs = {}
         for name, bundle in quality.scorer_bundles(result.bundle).items():  # the model, then its baselines
             engine = Engine(bundle, cfg.engine)

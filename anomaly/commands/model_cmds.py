@@ -82,7 +82,13 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
     result = train(
-        series, features, cfg.model, cfg.train, progress=progress, max_gap_seconds=cfg.engine.max_gap_seconds
+        series,
+        features,
+        cfg.model,
+        cfg.train,
+        progress=progress,
+        max_gap_seconds=cfg.engine.max_gap_seconds,
+        nan_policy=cfg.engine.nan_policy,
     )
     save_bundle(result.bundle, out)
     return result
@@ -213,6 +219,18 @@ def print_training(result: TrainResult, out: str) -> None:
         f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
         + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
     )
+    missing = result.bundle.meta.get("missing_values", {})
+    if missing.get("rows_dropped") or missing.get("cells_filled"):
+        click.echo(
+            f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
+            f"dropped, {missing['cells_filled']} cells forward-filled"
+        )
+    sampling = result.bundle.meta.get("sampling", {})
+    if sampling.get("interval_seconds") is not None:
+        click.echo(
+            f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
+            f"reset a key ({sampling['gap_splits']} in the training data)"
+        )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
