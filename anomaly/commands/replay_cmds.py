@@ -112,8 +112,8 @@ def print_result(result: ReplayResult) -> None:
     if "metrics" in s and not nothing:
         cut = c["unscored"] - c["rejected"]
         click.echo(
-            f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored count as predicted "
-            f"normal: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
+            f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
+            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
     if result.quality and not nothing:
