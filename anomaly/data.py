@@ -1,9 +1,16 @@
 """CSV loading, column mapping, standardization and windowing.
 
 A :class:`Series` is one entity's readings in time order: timestamps in epoch seconds (float64), raw feature
-values (float32, shape (n, F)) and optional labels. Files are read with pandas (compressed ones too); the
+values (float64, shape (n, F)) and optional labels. Files are read with pandas (compressed ones too); the
 separator (',', ';', tab or '|') is detected from the header line. The README's "Your data" section is the
 user-facing contract of this module.
+
+The numeric contract (the same for replay, training and the daemon): a raw value is the float64 nearest to its
+decimal text, i.e. what Python's ``float()`` and every correct JSON parser give (pandas before 3.1 needs
+``float_precision="round_trip"`` for that). Raw values stay float64 until standardization,
+``((raw - mean) / scale).astype(float32)``, the one place they become float32 (the model's dtype). A JSON
+message carrying the CSV's decimals therefore scores bit for bit like the replay of that CSV, whatever the
+magnitude.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from anomaly.errors import DataError, SchemaError
 class Series:
     key: str
     timestamps: np.ndarray  # float64 epoch seconds, shape (n,)
-    values: np.ndarray  # float32 raw units, shape (n, F)
+    values: np.ndarray  # float64 raw units, shape (n, F)
     labels: np.ndarray | None = None  # int8 0/1, shape (n,)
     source: str = ""
 
@@ -77,6 +84,15 @@ def detect_separator(path: Path) -> str:
     return best if counts[best] else ","
 
 
+# pandas < 3.1 parses CSV floats with a fast converter that is not always correctly rounded unless asked for
+# "round_trip"; from 3.1 on every mode is correctly rounded and the argument is deprecated.
+_EXACT_FLOATS = (
+    {}
+    if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    else {"float_precision": "round_trip"}
+)
+
+
 def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".") -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
@@ -85,7 +101,9 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frame = pd.read_csv(p, sep=sep, decimal=decimal, low_memory=False, compression="infer")
+            frame = pd.read_csv(
+                p, sep=sep, decimal=decimal, low_memory=False, compression="infer", **_EXACT_FLOATS
+            )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {p} as CSV: {reason}") from None
@@ -290,7 +308,7 @@ def frame_to_series(
     check_features(frame.columns, features, source)
     ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
     values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
-        np.float32
+        np.float64
     )
     labels_all = None
     if cfg.label in frame.columns:
@@ -371,6 +389,32 @@ def _unique_key(path: Path, seen: set[str]) -> str:
         key = f"{base}#{n}"
         n += 1
     return key
+
+
+def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series], int, int]:
+    """Missing values in training data, handled as the engine handles them live: "reject" drops every reading
+    with a non-finite value or timestamp; "ffill" first fills each value from the same column's last finite
+    one (readings before any finite value are still dropped). Returns (series, readings dropped, cells
+    filled)."""
+    out, dropped, filled = [], 0, 0
+    for s in series:
+        values = s.values
+        if policy == "ffill" and not np.isfinite(values).all():
+            frame = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
+            filled += int(frame.isna().sum().sum() - frame.ffill().isna().sum().sum())
+            values = frame.ffill().to_numpy(values.dtype)
+        keep = np.isfinite(values).all(axis=1) & np.isfinite(s.timestamps)
+        dropped += int((~keep).sum())
+        out.append(
+            Series(
+                s.key,
+                s.timestamps[keep],
+                values[keep],
+                None if s.labels is None else s.labels[keep],
+                s.source,
+            )
+        )
+    return out, dropped, filled
 
 
 # The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh

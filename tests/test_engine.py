@@ -11,7 +11,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS
-from anomaly.training import series_errors
+from anomaly.training import max_runs, series_errors
 from tests.helpers import chunks, make_series
 
 
@@ -250,7 +250,8 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
 
 def spiky(bundle, n=400, spans=((160, 200),), dip=None):
     s = make_series("unit", n, len(bundle.features), seed=5)
-    s.values[:] = bundle.scaler.mean  # flat normal values
+    noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
+    s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale  # quiet normal values (not stuck)
     for lo, hi in spans:
         s.values[lo:hi] += 60 * bundle.scaler.scale
     return s
@@ -381,6 +382,53 @@ def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
     assert e.active_alerts == 0
 
 
+def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
+    """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
+    message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""
+    from anomaly.engine.types import Readings
+
+    n = 240
+    series = [test_series] + [
+        make_series(f"k{i}", n, len(bundle.features), seed=i, start=float(test_series.timestamps[0]))
+        for i in range(4)
+    ]
+    messages = []
+    for j in range(n):
+        for s in series:
+            ts, vals = s.timestamps[j : j + 1].copy(), s.values[j : j + 1].astype(np.float64)
+            if j % 41 == 7:
+                vals[0, 1] = np.nan
+            if j % 53 == 9:
+                ts -= 5.0  # backwards
+            if j % 67 == 3 and j:
+                ts[0] = s.timestamps[j - 1]  # duplicate
+            if j >= 150 and s.key == "k1":
+                ts += 50_000.0  # a gap longer than max_gap (the key resets), shorter than the TTL
+            messages.append(Event(s.key, ts, vals, ref=len(messages)))
+
+    def collect(engine, batches):
+        windows, alerts, refused = {}, [], []
+        for b in batches:
+            out = engine.process(b)
+            for w in out.windows:
+                windows.setdefault(w.key, []).append(w.scores.tobytes() + w.timestamps.tobytes())
+            alerts += [a.id + a.status for a in out.alerts]
+            refused += [(r.key, r.reason, r.count, r.whole, r.ref) for r in out.rejections]
+        state = engine.snapshot(sorted(engine.keys()))
+        return windows, sorted(alerts), sorted(refused), state, engine.counters["gap_resets"]
+
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+    single = collect(Engine(bundle, cfg), [[m] for m in messages])
+    polls = [
+        Readings.from_events(messages[lo:hi], len(bundle.features))
+        for lo, hi in chunks(len(messages), [50, 7, 333])
+    ]
+    columns = collect(Engine(bundle, cfg), polls)
+    assert columns == single
+    assert {r[1] for r in single[2]} == {"non_finite", "time_backwards", "duplicate_timestamp"}
+    assert single[4] == 1 and len(single[1]) > 0
+
+
 def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_again(bundle) -> None:
     """A sensor settles at a new level 60 sigma away: the alert closes as a level shift after
     max_alert_seconds, the key re-baselines (the new level is normal), and a later spike on top alerts again."""
@@ -399,3 +447,48 @@ def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_a
     never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0))
     kept = never.process([Event(s.key, s.timestamps, s.values)]).alerts
     assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes
+
+
+def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bundle) -> None:
+    """Training data: features 0-1 continuous, 2-3 the same kind of signal but reported in steps (each value
+    held for 20 readings). Live, one key's feature 0 freezes for 30 readings and another key's feature 2 holds a
+    value for 30 readings: only the first is stuck (30 >= 8 for a never-repeating sensor, 30 < 2 x 20)."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (400, 4))
+    train[:, 2:] = np.repeat(rng.normal(0, 1, (20, 2)), 20, axis=0)
+    assert max_runs([train]).tolist() == [1, 1, 20, 20]
+    bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
+    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0)
+
+    def live(frozen: int) -> np.ndarray:
+        v = bundle.scaler.mean + rng.normal(0, 1, (30 * bundle.window, 4)) * bundle.scaler.scale
+        v[:, 2:] = np.repeat(v[::20, 2:], 20, axis=0)[
+            : len(v)
+        ]  # quantized features hold each value 20 readings
+        v[100:130, frozen] = v[100, frozen]
+        return v
+
+    ts = np.arange(30 * bundle.window, dtype=np.float64)
+    e = Engine(bundle, cfg)
+    out = e.process([Event("stuck", ts, live(0)), Event("quantized", ts, live(2))])
+    assert [(a.key, a.status, a.start, a.end, a.at) for a in out.alerts] == [
+        ("stuck", "open", 107.0, None, 109.0),  # from the 8th identical reading; open after 3 such points
+        ("stuck", "closed", 107.0, 129.0, 139.0),  # the last frozen reading; 10 normal points later
+    ]
+    assert e.counters["alerts_opened"] == 1
+    off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
+    assert off.process([Event("stuck", ts, live(0))]).alerts == []
+
+
+def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:
+    bundle.calibration["feature_reference_error"] = [
+        1e-6,
+        2.0,
+        4.0,
+        4.0,
+    ]  # feature 0 barely moved in training
+    e = Engine(bundle, EngineConfig(score="max_feature"))
+    assert e.feature_reference is not None
+    assert e.feature_reference.tolist() == [0.30000001192092896, 2.0, 4.0, 4.0]  # 0.1 x median 3.0
+    raw = Engine(bundle, EngineConfig(score="max_feature", feature_reference_floor=0.0)).feature_reference
+    assert raw is not None and raw[0] == np.float32(1e-6)

@@ -31,7 +31,15 @@ import torch
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
-from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
+from anomaly.engine.types import (
+    REJECT_REASONS,
+    Alert,
+    EngineOutput,
+    Event,
+    Readings,
+    Rejection,
+    ScoredWindow,
+)
 from anomaly.errors import BundleError
 from anomaly.model import as_output, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
@@ -81,7 +89,9 @@ class Engine:
                     "engine.score = max_feature needs per-feature calibration "
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
-            self.feature_reference = np.asarray(ref, np.float32)
+            ref_f = np.asarray(ref, np.float64)
+            floor = self.config.feature_reference_floor * float(np.median(ref_f))
+            self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
@@ -90,6 +100,14 @@ class Engine:
             else bundle.default_threshold
         )
         self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
+        runs = bundle.calibration.get("feature_max_run")
+        self.stuck_limit: np.ndarray | None = (
+            None  # per feature: identical readings in a row that count as stuck
+        )
+        if self.config.stuck_min_run > 0 and runs is not None and len(runs) == self.n_features:
+            self.stuck_limit = np.maximum(
+                self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
+            ).astype(np.int32)
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
@@ -97,6 +115,14 @@ class Engine:
         extra: list[tuple[str, tuple[int, ...], str, str]] = [
             ("offset", (f,), "float32", "zero"),  # per-key input re-baseline (standardized units)
             ("level", (f,), "float32", "nan"),  # slow EWMA of window means (standardized units)
+            ("stuck_last", (f,), "float32", "nan"),  # last standardized reading
+            ("stuck_run", (f,), "int32", "zero"),  # identical readings in a row, per feature
+            (
+                "stuck_mute",
+                (f,),
+                "bool",
+                "zero",
+            ),  # stuck feature accepted after a level shift, until it moves
         ]
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
@@ -162,7 +188,7 @@ class Engine:
 
     # --- processing ------------------------------------------------------------------------------------------
 
-    def process(self, events: Sequence[Event]) -> EngineOutput:
+    def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
         out = EngineOutput()
         queues: dict[int, deque] = {}
         row_keys: dict[int, str] = {}
@@ -223,14 +249,20 @@ class Engine:
             self.counters["alerts_closed"] += 1
 
     def _ingest_batch(
-        self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        events: Sequence[Event] | Readings,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        out: EngineOutput,
     ) -> None:
-        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
-        time order, no long gap) take the array path; the few others go event by event through `_ingest`,
-        which owns the policies. Both paths assemble windows identically."""
+        """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
+        in order, by `_ingest`, which owns the reasons."""
+        if isinstance(events, Readings):
+            if len(events):
+                self._ingest_readings(events, queues, row_keys, out)
+            return
         f = self.n_features
-        ev_rows, counts, ts_parts, val_parts, kept_events = [], [], [], [], []
-        created: set[int] = set()
+        keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
                 ev.timestamps
@@ -246,26 +278,43 @@ class Engine:
                 continue
             if n == 0:
                 continue
-            key = str(ev.key)
-            row = self.store.slots.get(key)
-            if row is None:
-                row, _ = self.store.slot(key)
-                created.add(row)
-            else:
-                self.store.slots.move_to_end(key)
-            row_keys[row] = key
-            ev_rows.append(row)
+            keys.append(str(ev.key))
             counts.append(n)
             ts_parts.append(ts)
             val_parts.append(vals)
-            kept_events.append(ev)
-        if not ev_rows:
-            return
+            refs.append(ev.ref)
+        if keys:
+            batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
+            self._ingest_readings(batch, queues, row_keys, out)
+
+    def _ingest_readings(
+        self, r: Readings, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> None:
+        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
+        time order, no long gap) take the array path; the few others go message by message through `_ingest`,
+        which owns the policies. Both paths assemble windows identically. Python work is per distinct key,
+        not per message."""
+        slots = self.store.slots
+        name_rows = np.empty(len(r.names), np.int64)
+        created: set[int] = set()
+        for i, key in enumerate(r.names):  # keys are created in order of first appearance
+            row = slots.get(key)
+            if row is None:
+                row, _ = self.store.slot(key)
+                created.add(row)
+            name_rows[i] = row
+            row_keys[row] = key
+        kid = r.kid
+        if len(r.names) > 1:  # least recently used order: as if each message touched its key in turn
+            last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
+            for i in np.argsort(last).tolist():
+                slots.move_to_end(r.names[i])
+        else:
+            slots.move_to_end(r.names[0])
         a = self.store.arrays
-        n_ev = np.asarray(counts)
-        rows_r = np.repeat(np.asarray(ev_rows), n_ev)
-        ts = np.concatenate(ts_parts).astype(np.float64, copy=False)
-        vals = np.concatenate(val_parts).astype(np.float64, copy=False)
+        msg_rows = name_rows[kid]
+        rows_r = np.repeat(msg_rows, r.counts)
+        ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
         r_s, t_s = rows_r[order], ts[order]
         first = np.empty(len(r_s), bool)
@@ -278,15 +327,17 @@ class Engine:
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
             bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
-        irregular = set(np.unique(r_s[bad]).tolist())
-        if irregular:
+        if bad.any():
+            irregular = np.unique(r_s[bad])
             self.store.drop(
-                row_keys[r] for r in irregular & created
+                row_keys[x] for x in created.intersection(irregular.tolist())
             )  # `_ingest` creates keys only if accepted
-            for row, ev in zip(ev_rows, kept_events, strict=True):
-                if row in irregular:
-                    self._ingest(ev, queues, row_keys, out)
-            keep = ~np.isin(r_s, list(irregular))
+            ends = np.cumsum(r.counts)
+            for m in np.flatnonzero(np.isin(msg_rows, irregular)).tolist():
+                lo, hi = int(ends[m] - r.counts[m]), int(ends[m])
+                ev = Event(r.names[kid[m]], ts[lo:hi], vals[lo:hi], r.refs[m])
+                self._ingest(ev, queues, row_keys, out)
+            keep = ~np.isin(r_s, irregular)
             order, r_s, t_s, first = order[keep], r_s[keep], t_s[keep], first[keep]
             if not len(order):
                 return
@@ -508,6 +559,7 @@ class Engine:
             self._track_level_readings(rows, x, ts)
         else:
             self._track_level(rows, x, ts)
+        stuck = self._stuck(rows, x)
         x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
         c = a["c"][rows].transpose(1, 0, 2)
@@ -541,7 +593,7 @@ class Engine:
             eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
             warm = np.where(start, warm, a["rep_warm"][rows])
             a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
-        anomalous = (scores > eps[:, None]) & warm[:, None]
+        anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             cols = []
             for j in range(ts.shape[1]):
@@ -739,6 +791,27 @@ class Engine:
         moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
         a["offset"][rows] = np.where(moved, level, offset)
         a["ewma"][rows] = np.nan
+        if self.stuck_limit is not None:
+            a["stuck_mute"][rows] |= a["stuck_run"][rows] >= self.stuck_limit
+
+    def _stuck(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Stuck-sensor rule (K, W): a point is anomalous when some feature has repeated the identical reading at
+        least max(stuck_min_run, stuck_factor x its longest run in training) times in a row. A sensor that is
+        quantized or slow repeats values in training too, so its limit is higher; a continuous sensor that
+        freezes is caught after stuck_min_run readings, whatever its reconstruction error."""
+        out = np.zeros(x.shape[:2], bool)
+        if self.stuck_limit is None:
+            return out
+        a = self.store.arrays
+        last, run, mute = a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows]
+        for i in range(x.shape[1]):
+            same = x[:, i] == last
+            run = np.where(same, run + 1, 1)
+            mute &= same  # an accepted stuck feature is judged again once it moves
+            last = x[:, i]
+            out[:, i] = ((run >= self.stuck_limit) & ~mute).any(axis=1)
+        a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows] = last, run, mute
+        return out
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
