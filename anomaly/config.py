@@ -96,7 +96,9 @@ class KafkaConfig:
     alerts_topic: str = "anomaly-alerts"
     scores_topic: str | None = None
     dead_letter_topic: str = "anomaly-dead-letters"
-    changelog_topic: str = "anomaly-changelog"
+    # State topic name; {group} and {topic} are replaced by the consumer group and each input topic, so every
+    # group (and input topic) has its own changelog, as in Kafka Streams and Quix Streams.
+    changelog_topic: str = "changelog__{group}--{topic}"
     key_field: str = "key"
     time_field: str = "ts"
     values_field: str = "values"
@@ -106,6 +108,15 @@ class KafkaConfig:
     max_poll_records: int = 2000
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    auto_offset_reset: str = "earliest"  # earliest | latest: where a group without committed offsets starts
+    auto_create_topics: bool = False  # create missing input and output topics at start-up
+    topic_partitions: int = 1  # partitions of topics created by auto_create_topics
+    replication_factor: int = 1  # replicas of every topic the daemon creates (changelog included)
+    transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
+    transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
+    transaction_timeout_ms: int = 60_000
+    max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
+    dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -297,6 +308,58 @@ def validate(cfg: PipelineConfig) -> None:
     need(cfg.replay.predict in ("alert", "point"), "replay.predict must be one of: alert, point")
     need(cfg.replay.batch_readings >= 1, "replay.batch_readings must be positive")
     need(cfg.engine.dynamic_history >= 16, "engine.dynamic_history must be at least 16")
+    validate_kafka(cfg.kafka)
+
+
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _template(value: str, name: str, fields: tuple[str, ...]) -> None:
+    import string
+
+    used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    bad = [f for f in used if f not in fields]
+    if bad:
+        raise ConfigError(
+            f"kafka.{name} may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; "
+            f"got {{{bad[0]}}}",
+            key=f"kafka.{name}",
+        )
+
+
+def validate_kafka(k: KafkaConfig) -> None:
+    def need(cond: bool, message: str, key: str) -> None:
+        if not cond:
+            raise ConfigError(message, key=f"kafka.{key}")
+
+    need(
+        k.auto_offset_reset in ("earliest", "latest"),
+        "kafka.auto_offset_reset must be one of: earliest, latest",
+        "auto_offset_reset",
+    )
+    need(k.topic_partitions >= 1, "kafka.topic_partitions must be at least 1", "topic_partitions")
+    need(k.replication_factor >= 1, "kafka.replication_factor must be at least 1", "replication_factor")
+    need(
+        k.transaction_timeout_ms >= 1000,
+        "kafka.transaction_timeout_ms must be at least 1000",
+        "transaction_timeout_ms",
+    )
+    need(
+        k.dead_letter_max_bytes >= 1024,
+        "kafka.dead_letter_max_bytes must be at least 1024",
+        "dead_letter_max_bytes",
+    )
+    need(k.max_request_bytes >= 4096, "kafka.max_request_bytes must be at least 4096", "max_request_bytes")
+    need(bool(k.topics), "kafka.topics must name at least one topic", "topics")
+    _template(k.changelog_topic, "changelog_topic", ("group", "topic"))
+    _template(k.transactional_id, "transactional_id", ("group", "host", "pid"))
+
+
+def changelog_topic(k: KafkaConfig, topic: str) -> str:
+    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
+    characters Kafka does not allow in topic names become ``_``)."""
+    name = k.changelog_topic.format(group=k.group_id, topic=topic)
+    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
 
 
 def redacted(cfg: PipelineConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import Series, load_series
 from anomaly.engine import Engine, EngineOutput
-from anomaly.kafka.changelog import decode_record
+from anomaly.kafka.changelog import latest_records
 from anomaly.kafka.codec import MessageFormat, window_json
 from anomaly.kafka.produce import messages
 from anomaly.kafka.tansu import TansuBroker, free_port
@@ -244,22 +244,16 @@ class KafkaEnv:
     def alert_ids(self, topic: str) -> set[tuple[str, str]]:
         return {(a["id"], a["status"]) for a in (json.loads(r.value) for r in self.read(topic))}
 
-    def changelog_state(self, topic: str, bundle: Bundle) -> Engine:
-        """A fresh engine restored from the latest checkpoint of every source partition."""
-        latest: dict[str, bytes] = {}
-        chunks: dict[str, bytes] = {}
-        for rec in self.read(topic):
-            key = rec.key.decode()
-            if "/" in key:
-                chunks[key] = rec.value
-            elif rec.value is not None:
-                latest[key] = rec.value
+    def changelog_state(self, topic: str, bundle: Bundle, group: str | None = None) -> Engine:
+        """A fresh engine restored from the latest checkpoint of every source partition, chosen as the daemon
+        chooses (highest owner epoch; of ``group`` when given)."""
+        heads, chunks, _ = latest_records(self.read(topic), lambda pid: True, group)
         engine = Engine(bundle, EngineConfig())
-        for pid, value in latest.items():
-            head, payload = decode_record(value)
+        for pid, (head, payload) in heads.items():
             if head["chunks"]:
                 payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))
-            engine.restore(zlib.decompress(payload))
+            if payload:
+                engine.restore(zlib.decompress(payload))
         return engine
 
     def stop_all(self) -> None:
