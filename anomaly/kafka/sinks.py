@@ -174,7 +174,7 @@ class DeadLetterSink(AlertSink):
     def _refused(self, exc: BaseException) -> None:
         self.refused += 1
         log.error("dead letter refused by Kafka (%s); the stream carries on", type(exc).__name__)
-        if self.metrics is not None and hasattr(self.metrics, "dead_letter_refused"):
+        if self.metrics is not None:
             self.metrics.dead_letter_refused()
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
