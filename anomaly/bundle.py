@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -18,16 +19,19 @@ from typing import Any
 
 import torch
 
-from anomaly.data import Scaler
+from anomaly.baselines import KINDS as BASELINE_KINDS
+from anomaly.baselines import Scorer, make_scorer
+from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
 from anomaly.errors import BundleError, SchemaError
 from anomaly.model import Architecture, LSTMAutoencoder
 
 FORMAT = "anomaly-bundle/1"
+MODEL_KIND = "lstm_autoencoder"  # meta["kind"] of a trained model; baselines.KINDS name the no-model scorers
 
 
 @dataclass
 class Bundle:
-    model: LSTMAutoencoder
+    model: LSTMAutoencoder | Scorer
     features: list[str]
     scaler: Scaler
     calibration: dict[
@@ -46,6 +50,10 @@ class Bundle:
         return self.model.arch.window
 
     @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", MODEL_KIND))
+
+    @property
     def version(self) -> str:
         return str(self.meta.get("model_version", "unknown"))
 
@@ -60,6 +68,18 @@ class Bundle:
         calibrated before it existed."""
         ref = self.calibration.get("feature_reference_error")
         return None if ref is None else [float(v) for v in ref]
+
+    @property
+    def sampling_interval(self) -> float | None:
+        """Median step between training readings, seconds; None in bundles trained before it was learnt."""
+        value = self.meta.get("sampling", {}).get("interval_seconds")
+        return None if value is None else float(value)
+
+    @property
+    def max_gap_seconds(self) -> float:
+        """The gap at which training cut its series, and so the engine's default gap reset."""
+        value = self.meta.get("sampling", {}).get("max_gap_seconds")
+        return FALLBACK_MAX_GAP_SECONDS if value is None else float(value)
 
     @property
     def default_threshold(self) -> float:
@@ -85,6 +105,7 @@ class Bundle:
     def metadata(self) -> dict[str, Any]:
         return {
             **self.meta,
+            "kind": self.kind,
             "features": self.features,
             "architecture": self.arch.to_json(),
             "scaler": self.scaler.to_json(),
@@ -100,11 +121,28 @@ def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
+    if bundle.meta.get("quantization"):  # packed int8 modules: stored as plain int8 tensors + scales
+        from anomaly.export import int8_weights
+
+        weights = int8_weights(bundle.model)
+    else:
+        weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad or not math.isfinite(bundle.reference_error) or not math.isfinite(bundle.default_threshold):
+        raise BundleError(
+            f"refusing to save {p}: the model has non-finite {'weights' if bad else 'calibration'}",
+            path=str(p),
+        )
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
@@ -112,6 +150,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is as readable as any other output
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
@@ -146,11 +185,29 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """A bundle file, an int8 bundle (`anomaly export --format int8`) or an ONNX export (`.onnx`, needs
+    onnxruntime): all three score through the engine alike."""
+    if str(path).endswith(".onnx"):
+        from anomaly.export import load_onnx_bundle
+
+        return load_onnx_bundle(path)
     meta, weights = read_metadata(path)
     try:
         arch = Architecture(**meta["architecture"])
-        model = LSTMAutoencoder(arch)
-        model.load_state_dict(weights)
+        kind = str(meta.get("kind", MODEL_KIND))
+        model: LSTMAutoencoder | Scorer
+        if kind in BASELINE_KINDS:
+            model = make_scorer(kind, arch.n_features, arch.window)
+            model.load_state_dict(weights)
+        elif kind == MODEL_KIND and meta.get("quantization"):
+            from anomaly.export import int8_model
+
+            model = int8_model(arch, weights)
+        elif kind == MODEL_KIND:
+            model = LSTMAutoencoder(arch)
+            model.load_state_dict(weights)
+        else:
+            raise BundleError(f"{path}: unknown model kind {kind!r}", path=str(path))
         scaler = Scaler.from_json(meta["scaler"])
         features = list(meta["features"])
         calibration = dict(meta["calibration"])

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from anomaly import __version__
-from anomaly.commands import bench_cmds, kafka_cmds, model_cmds, replay_cmds, skab_cmds
+from anomaly.commands import (
+    bench_cmds,
+    kafka_cmds,
+    lifecycle_cmds,
+    model_cmds,
+    nasa_cmds,
+    replay_cmds,
+    skab_cmds,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -26,6 +34,6 @@ def main(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-for _module in (model_cmds, replay_cmds, kafka_cmds, skab_cmds, bench_cmds):
+for _module in (model_cmds, replay_cmds, kafka_cmds, skab_cmds, nasa_cmds, bench_cmds, lifecycle_cmds):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -8,15 +8,55 @@ environment itself; only the CLI calls :func:`load_config`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anomaly.errors import ConfigError
+from anomaly.thresholds import THRESHOLDS
+
+
+def _need(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {message}", key=key)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_choices(obj: Any, section: str) -> None:
+    """Every ``Literal[...]`` field (or ``Literal | None``) must hold one of its choices."""
+    for name, hint in typing.get_type_hints(type(obj)).items():
+        choices = _literal_choices(hint)
+        value = getattr(obj, name)
+        if choices and value not in choices and not (value is None and _optional(hint)):
+            raise ConfigError(
+                f"{section}.{name} must be one of: {', '.join(map(str, choices))}; got {value!r}",
+                key=f"{section}.{name}",
+            )
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return ()
+
+
+TimeUnit = Literal["auto", "s", "ms", "us", "ns"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +68,41 @@ class DataConfig:
     features: tuple[str, ...] = ()  # empty: every numeric column that is not time, key or label
     label_columns: tuple[str, ...] = ("anomaly", "changepoint")
     label: str = "anomaly"  # the label column evaluation scores against
-    separator: str | None = None  # None: detect ';' or ','
+    separator: str | None = None  # None: detect ';' or ',' (also inside .gz/.bz2/.xz/.zip/.zst files)
+    decimal: str = "."  # decimal mark of numbers: "." or ","
+    time_unit: TimeUnit = "auto"  # numeric times: s | ms | us | ns; auto tells them apart by magnitude
+    time_format: str | None = None  # strftime format of text times, e.g. "%d/%m/%Y %H:%M"; None: ISO-like
+    dayfirst: bool | None = None  # 02/01/2023: True 2 January, False 1 February, None refuse when ambiguous
+    bad_cells: Literal["error", "missing"] = "error"  # text in a numeric column: refuse, or treat as missing
     drop_anomalies: bool = False  # drop rows labelled anomalous from training data
     train_rows: int | None = None  # use only the first N rows of each series for training (SKAB protocol)
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "data")
+        _need(bool(self.time_column), "data.time_column", "must not be empty")
+        _need(self.key_column != "", "data.key_column", "must not be empty (leave it out for one series)")
+        _need(bool(self.label), "data.label", "must not be empty")
+        _need(
+            self.separator is None or len(self.separator) == 1,
+            "data.separator",
+            f"must be one character, got {self.separator!r}",
+        )
+        _need(self.decimal in (".", ","), "data.decimal", f"must be '.' or ',', got {self.decimal!r}")
+        _need(
+            self.separator is None or self.separator != self.decimal,
+            "data.separator",
+            "must differ from data.decimal",
+        )
+        _need(
+            self.time_format is None or "%" in self.time_format,
+            "data.time_format",
+            f"must be a strftime format such as %d/%m/%Y %H:%M, got {self.time_format!r}",
+        )
+        _need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be at least 1")
+        dup = sorted({f for f in self.features if self.features.count(f) > 1})
+        _need(not dup, "data.features", f"lists {', '.join(dup)} more than once")
+        for role, col in (("time column", self.time_column), ("key column", self.key_column)):
+            _need(col not in self.features, "data.features", f"includes the {role} {col!r}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +113,12 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _need(self.window >= 2, "model.window", "must be at least 2")
+        _need(self.hidden_size >= 1, "model.hidden_size", "must be positive")
+        _need(self.num_layers >= 1, "model.num_layers", "must be positive")
+        _need(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -57,33 +135,116 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 5
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "train")
+        _need(self.epochs >= 1, "train.epochs", "must be positive")
+        _need(self.batch_size >= 1, "train.batch_size", "must be positive")
+        _need(self.segment_windows >= 1, "train.segment_windows", "must be positive")
+        _need(self.stride >= 0, "train.stride", "must be 0 (= window) or positive")
+        _need(_finite(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _need(_finite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _need(_finite(self.clip_norm) and self.clip_norm > 0, "train.clip_norm", "must be > 0")
+        _need(
+            _finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0,
+            "train.val_fraction",
+            "must be in (0, 1)",
+        )
+        _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(
+            _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
+            "train.threshold_quantile",
+            "must be in (0, 1)",
+        )
+        _need(
+            _finite(self.threshold_factor) and self.threshold_factor > 0,
+            "train.threshold_factor",
+            "must be > 0",
+        )
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
-    threshold: str = "static"  # static | dynamic
-    score: str = (
-        "mean"  # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
-    )
-    static_threshold: float | None = None  # score units; None: the bundle's calibrated default
+    threshold: str = "static"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
+    # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
+    score: Literal["mean", "max_feature"] = "mean"
+    static_threshold: float | None = None  # score units (> 0); None: the bundle's calibrated default
     smoothing: float = 0.2  # EWMA alpha applied to point scores before thresholding (1.0 = none)
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
     dynamic_warmup: int = 128  # points a key must see before the dynamic threshold may alert
     dynamic_min: float = 1.0  # the dynamic threshold never goes below this score
+    spot_q: float = 1e-3  # SPOT/DSPOT risk: probability that a normal score exceeds the threshold
+    spot_level: float = 0.98  # quantile of a key's calibration scores above which excesses form the tail
+    spot_init: int = 256  # scores a key calibrates on before SPOT/DSPOT may alert
+    spot_peaks: int = 128  # latest excesses kept per key to fit the tail
+    spot_depth: int = 32  # DSPOT: normal scores averaged into the moving baseline
+    spot_min: float = 1.0  # the SPOT/DSPOT threshold never goes below this score
+    max_alert_seconds: float = (
+        0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
+    )
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
-    max_gap_seconds: float = 300.0  # a larger gap resets the key's state
-    duplicate_policy: str = "drop"  # drop | keep
-    nan_policy: str = "reject"  # reject | ffill
-    ttl_seconds: float = 86_400.0  # idle keys are evicted after this many seconds of event time
+    # a larger gap between readings resets the key's state; None: the bundle's (300 sampling intervals)
+    max_gap_seconds: float | None = None
+    duplicate_policy: Literal["drop", "keep"] = "drop"
+    nan_policy: Literal["reject", "ffill"] = "reject"
+    ttl_seconds: float = 86_400.0  # idle keys are evicted after this many seconds of event time (0: never)
     max_keys: int = 100_000
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "engine")
+        _need(
+            self.threshold in THRESHOLDS,
+            "engine.threshold",
+            f"must be one of: {', '.join(THRESHOLDS)}; got {self.threshold!r}",
+        )
+        st = self.static_threshold
+        _need(
+            st is None or (_finite(st) and st > 0),
+            "engine.static_threshold",
+            f"must be a positive number of score units (1.0 = calibration quantile), got {st!r}",
+        )
+        _need(
+            _finite(self.smoothing) and 0.0 < self.smoothing <= 1.0, "engine.smoothing", "must be in (0, 1]"
+        )
+        _need(self.dynamic_history >= 16, "engine.dynamic_history", "must be at least 16")
+        _need(self.dynamic_warmup >= 0, "engine.dynamic_warmup", "must be >= 0")
+        _need(_finite(self.dynamic_min) and self.dynamic_min >= 0, "engine.dynamic_min", "must be >= 0")
+        _need(_finite(self.spot_q) and 0.0 < self.spot_q < 1.0, "engine.spot_q", "must be in (0, 1)")
+        _need(
+            _finite(self.spot_level) and 0.0 < self.spot_level < 1.0, "engine.spot_level", "must be in (0, 1)"
+        )
+        _need(self.spot_init >= 16, "engine.spot_init", "must be at least 16")
+        _need(self.spot_peaks >= 8, "engine.spot_peaks", "must be at least 8")
+        _need(self.spot_depth >= 1, "engine.spot_depth", "must be at least 1")
+        _need(_finite(self.spot_min) and self.spot_min >= 0, "engine.spot_min", "must be >= 0")
+        _need(
+            _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
+            "engine.max_alert_seconds",
+            f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
+        )
+        _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
+        _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
+        _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
+        gap = self.max_gap_seconds
+        _need(
+            gap is None or (not math.isnan(gap) and gap > 0),
+            "engine.max_gap_seconds",
+            f"must be > 0 seconds (inf: never reset), got {gap!r}",
+        )
+        _need(
+            _finite(self.ttl_seconds) and self.ttl_seconds >= 0,
+            "engine.ttl_seconds",
+            f"must be >= 0 seconds (0: no TTL), got {self.ttl_seconds!r}",
+        )
+        _need(self.max_keys >= 1, "engine.max_keys", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -108,7 +269,9 @@ class KafkaConfig:
     max_poll_records: int = 2000
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
-    auto_offset_reset: str = "earliest"  # earliest | latest: where a group without committed offsets starts
+    auto_offset_reset: Literal["earliest", "latest"] = (
+        "earliest"  # where a group without committed offsets starts
+    )
     auto_create_topics: bool = False  # create missing input and output topics at start-up
     topic_partitions: int = 1  # partitions of topics created by auto_create_topics
     replication_factor: int = 1  # replicas of every topic the daemon creates (changelog included)
@@ -117,13 +280,61 @@ class KafkaConfig:
     transaction_timeout_ms: int = 60_000
     max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
     dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "kafka")
+        _need(bool(self.bootstrap_servers.strip()), "kafka.bootstrap_servers", "must not be empty")
+        _need(bool(self.topics) and all(self.topics), "kafka.topics", "must name at least one topic")
+        _need(bool(self.group_id), "kafka.group_id", "must not be empty")
+        for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
+            _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
+        _need(self.max_message_bytes >= 1, "kafka.max_message_bytes", "must be positive")
+        _need(
+            _finite(self.checkpoint_interval_s) and self.checkpoint_interval_s > 0,
+            "kafka.checkpoint_interval_s",
+            "must be > 0",
+        )
+        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
+            _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        for name in ("topic_partitions", "replication_factor"):
+            _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
+        _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
+        _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
+        _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
+        _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
+        _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
+
+
+def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
+    import string
+
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError:
+        used = ["?"]
+    bad = [f for f in used if f not in fields]
+    _need(
+        not bad,
+        key,
+        f"may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; got {{{bad[0] if bad else ''}}}",
+    )
+
+
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def changelog_topic(k: KafkaConfig, topic: str) -> str:
+    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
+    characters Kafka does not allow in topic names become ``_``)."""
+    name = k.changelog_topic.format(group=k.group_id, topic=topic)
+    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
 
 
 @dataclass(frozen=True)
@@ -131,19 +342,26 @@ class MetricsConfig:
     """The HTTP endpoint serving /metrics, /healthz and /readyz."""
 
     host: str = "127.0.0.1"
-    port: int = 9108
+    port: int = 9108  # 0: any free port
+
+    def __post_init__(self) -> None:
+        _need(bool(self.host), "metrics.host", "must not be empty")
+        _need(0 <= self.port <= 65535, "metrics.port", f"must be in 0..65535, got {self.port}")
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
     """How `anomaly replay` turns engine output into point predictions and files."""
 
-    predict: str = (
-        "alert"  # alert: points inside an open alert are predicted anomalous | point: score > threshold
-    )
+    # alert: points inside an open alert are predicted anomalous | point: score > threshold
+    predict: Literal["alert", "point"] = "alert"
     batch_readings: int = 4096  # readings per engine call (results do not depend on it)
     plots: bool = True
     parquet: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "replay")
+        _need(self.batch_readings >= 1, "replay.batch_readings", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -156,10 +374,21 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
+    def __post_init__(self) -> None:
+        _need(
+            self.train.stride <= self.model.window,
+            "train.stride",
+            f"must be between 0 and model.window ({self.model.window})",
+        )
+
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}  # type: ignore[misc]
 _SECTION_TYPES = typing.get_type_hints(PipelineConfig)
 SECRET_FIELDS = frozenset({"sasl_password"})
+
+
+# ANOMALY_* variables that are not settings of a section (read by the CLI itself).
+GLOBAL_ENV_VARS = frozenset({"ANOMALY_THREADS"})
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -169,8 +398,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where} must be one of: {', '.join(map(str, args))}; got {value!r}", key=where
+            )
+        return value
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -185,8 +420,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                     return True
                 if low in ("0", "false", "no", "off"):
                     return False
-                raise ValueError
-            return bool(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if isinstance(value, bool) and hint in (int, float):
+            raise ValueError
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -194,9 +432,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint is float:
             return float(value)
         if hint is str:
+            if isinstance(value, dict | list):
+                raise ValueError
             return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}", key=where) from None
+    except (TypeError, ValueError, OverflowError):
+        name = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(hint, str(hint))
+        raise ConfigError(f"{where} must be {name}, got {value!r}", key=where) from None
     return value
 
 
@@ -206,8 +447,10 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
     changes = {}
     for name, value in values.items():
         if name not in hints:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {section}.{close[0]}? " if close else ""
             raise ConfigError(
-                f"unknown setting {section}.{name}; valid settings: {', '.join(valid)}",
+                f"unknown setting {section}.{name}; {hint}valid settings: {', '.join(valid)}",
                 key=f"{section}.{name}",
             )
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
@@ -221,22 +464,53 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"pipeline file {p} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"pipeline file {p} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"pipeline file {p} is not valid TOML: {exc}") from None
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Collect ``ANOMALY_<SECTION>_<FIELD>`` variables into {section: {field: raw}}."""
+    """Collect ``ANOMALY_<SECTION>_<FIELD>`` variables into {section: {field: raw}}.
+
+    Any other ``ANOMALY_*`` variable (a misspelt section such as ``ANOMALY_ENGIN_THRESHOLD``) is an error, the
+    same as a misspelt field: a setting that silently does nothing is worse than a refusal."""
     out: dict[str, dict[str, str]] = {}
     for name, raw in env.items():
-        if not name.startswith("ANOMALY_"):
+        if not name.startswith("ANOMALY_") or name in GLOBAL_ENV_VARS:
             continue
         rest = name[len("ANOMALY_") :].lower()
         for section in SECTIONS:
             if rest.startswith(section + "_"):
                 out.setdefault(section, {})[rest[len(section) + 1 :]] = raw
                 break
+        else:
+            head = rest.split("_", 1)[0]
+            close = difflib.get_close_matches(head, list(SECTIONS), n=1)
+            hint = f"did you mean ANOMALY_{close[0].upper()}_...? " if close else ""
+            raise ConfigError(
+                f"environment variable {name} names no section; {hint}"
+                f"expected ANOMALY_<SECTION>_<FIELD> with SECTION one of: {', '.join(SECTIONS)}"
+                f" (or {', '.join(sorted(GLOBAL_ENV_VARS))})",
+                key=name,
+            )
     return out
+
+
+def _check_toml_shape(toml: Mapping[str, Any]) -> None:
+    for key, value in toml.items():
+        if key == "pipeline":
+            continue
+        if not isinstance(value, Mapping):
+            owners = [s for s, t in _SECTION_TYPES.items() if key in typing.get_type_hints(t)]
+            where = f"; put it under [{owners[0]}]" if owners else ""
+            raise ConfigError(f"top-level key {key!r} is not inside a [section]{where}", key=key)
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(key, list(SECTIONS), n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
+            raise ConfigError(f"unknown section [{key}]; {hint}valid sections: {', '.join(SECTIONS)}")
 
 
 def build_config(
@@ -244,16 +518,17 @@ def build_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> PipelineConfig:
-    """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored)."""
+    """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored).
+
+    Every settings object validates itself when built, so an error here names the setting and, for an
+    environment variable, the variable that supplied the value."""
     cfg = PipelineConfig()
-    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if toml:
-        for section in toml:
-            if section not in SECTIONS and section != "pipeline":
-                raise ConfigError(f"unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
-        layers.append({k: v for k, v in toml.items() if k in SECTIONS})
+        _check_toml_shape(toml)
+        layers.append(("pipeline file", {k: v for k, v in toml.items() if k in SECTIONS}))
     if env:
-        layers.append(env_overrides(env))
+        layers.append(("environment", env_overrides(env)))
     if overrides:
         nested: dict[str, dict[str, Any]] = {}
         for dotted, value in overrides.items():
@@ -261,13 +536,16 @@ def build_config(
                 continue
             section, _, name = dotted.partition(".")
             nested.setdefault(section, {})[name] = value
-        layers.append(nested)
-    for layer in layers:
+        layers.append(("option", nested))
+    for origin, layer in layers:
         for section, values in layer.items():
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"[{section}] must be a table")
-            cfg = dataclasses.replace(cfg, **{section: _apply(getattr(cfg, section), values, section)})
-    validate(cfg)
+            try:
+                cfg = dataclasses.replace(cfg, **{section: _apply(getattr(cfg, section), values, section)})
+            except ConfigError as exc:
+                if origin != "environment" or not exc.key:
+                    raise
+                var = "ANOMALY_" + exc.key.replace(".", "_").upper()
+                raise ConfigError(f"{exc} (from environment variable {var})", key=exc.key) from None
     return cfg
 
 
@@ -283,83 +561,11 @@ def load_config(
 
 
 def validate(cfg: PipelineConfig) -> None:
-    def need(cond: bool, message: str) -> None:
-        if not cond:
-            raise ConfigError(message)
-
-    need(cfg.model.window >= 2, "model.window must be at least 2")
-    need(cfg.model.hidden_size >= 1, "model.hidden_size must be positive")
-    need(cfg.model.num_layers >= 1, "model.num_layers must be positive")
-    need(0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)")
-    need(cfg.train.epochs >= 1, "train.epochs must be positive")
-    need(0.0 < cfg.train.val_fraction < 1.0, "train.val_fraction must be in (0, 1)")
-    need(cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be one of: auto, cpu, cuda")
-    need(0 <= cfg.train.stride <= cfg.model.window, "train.stride must be between 0 and model.window")
-    need(cfg.engine.threshold in ("static", "dynamic"), "engine.threshold must be one of: static, dynamic")
-    need(cfg.engine.score in ("mean", "max_feature"), "engine.score must be one of: mean, max_feature")
-    need(0.0 < cfg.engine.smoothing <= 1.0, "engine.smoothing must be in (0, 1]")
-    need(
-        cfg.engine.duplicate_policy in ("drop", "keep"), "engine.duplicate_policy must be one of: drop, keep"
-    )
-    need(cfg.engine.nan_policy in ("reject", "ffill"), "engine.nan_policy must be one of: reject, ffill")
-    need(cfg.engine.alert_open_after >= 1, "engine.alert_open_after must be at least 1")
-    need(cfg.engine.alert_close_after >= 1, "engine.alert_close_after must be at least 1")
-    need(cfg.engine.max_keys >= 1, "engine.max_keys must be at least 1")
-    need(cfg.replay.predict in ("alert", "point"), "replay.predict must be one of: alert, point")
-    need(cfg.replay.batch_readings >= 1, "replay.batch_readings must be positive")
-    need(cfg.engine.dynamic_history >= 16, "engine.dynamic_history must be at least 16")
-    validate_kafka(cfg.kafka)
-
-
-KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-def _template(value: str, name: str, fields: tuple[str, ...]) -> None:
-    import string
-
-    used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-    bad = [f for f in used if f not in fields]
-    if bad:
-        raise ConfigError(
-            f"kafka.{name} may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; "
-            f"got {{{bad[0]}}}",
-            key=f"kafka.{name}",
-        )
-
-
-def validate_kafka(k: KafkaConfig) -> None:
-    def need(cond: bool, message: str, key: str) -> None:
-        if not cond:
-            raise ConfigError(message, key=f"kafka.{key}")
-
-    need(
-        k.auto_offset_reset in ("earliest", "latest"),
-        "kafka.auto_offset_reset must be one of: earliest, latest",
-        "auto_offset_reset",
-    )
-    need(k.topic_partitions >= 1, "kafka.topic_partitions must be at least 1", "topic_partitions")
-    need(k.replication_factor >= 1, "kafka.replication_factor must be at least 1", "replication_factor")
-    need(
-        k.transaction_timeout_ms >= 1000,
-        "kafka.transaction_timeout_ms must be at least 1000",
-        "transaction_timeout_ms",
-    )
-    need(
-        k.dead_letter_max_bytes >= 1024,
-        "kafka.dead_letter_max_bytes must be at least 1024",
-        "dead_letter_max_bytes",
-    )
-    need(k.max_request_bytes >= 4096, "kafka.max_request_bytes must be at least 4096", "max_request_bytes")
-    need(bool(k.topics), "kafka.topics must name at least one topic", "topics")
-    _template(k.changelog_topic, "changelog_topic", ("group", "topic"))
-    _template(k.transactional_id, "transactional_id", ("group", "host", "pid"))
-
-
-def changelog_topic(k: KafkaConfig, topic: str) -> str:
-    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
-    characters Kafka does not allow in topic names become ``_``)."""
-    name = k.changelog_topic.format(group=k.group_id, topic=topic)
-    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
+    """Re-run every check (each settings object also checks itself when it is built)."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        type(section).__post_init__(section)
+    PipelineConfig.__post_init__(cfg)
 
 
 def redacted(cfg: PipelineConfig) -> dict[str, Any]:

@@ -1,18 +1,31 @@
 """CSV loading, column mapping, standardization and windowing.
 
 A :class:`Series` is one entity's readings in time order: timestamps in epoch seconds (float64), raw feature
-values (float32, shape (n, F)) and optional labels. Files are read with pandas; ';' or ',' is detected.
+values (float64, shape (n, F)) and optional labels. Files are read with pandas (compressed ones too); the
+separator (',', ';', tab or '|') is detected from the header line. The README's "Your data" section is the
+user-facing contract of this module.
+
+The numeric contract (the same for replay, training and the daemon): a raw value is the float64 nearest to its
+decimal text, i.e. what Python's ``float()`` and every correct JSON parser give (pandas before 3.1 needs
+``float_precision="round_trip"`` for that). Raw values stay float64 until standardization,
+``((raw - mean) / scale).astype(float32)``, the one place they become float32 (the model's dtype). A JSON
+message carrying the CSV's decimals therefore scores bit for bit like the replay of that CSV, whatever the
+magnitude.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.io.common import get_handle
 
 from anomaly.config import DataConfig
 from anomaly.errors import DataError, SchemaError
@@ -22,7 +35,7 @@ from anomaly.errors import DataError, SchemaError
 class Series:
     key: str
     timestamps: np.ndarray  # float64 epoch seconds, shape (n,)
-    values: np.ndarray  # float32 raw units, shape (n, F)
+    values: np.ndarray  # float64 raw units, shape (n, F)
     labels: np.ndarray | None = None  # int8 0/1, shape (n,)
     source: str = ""
 
@@ -48,53 +61,213 @@ class Series:
         )
 
 
+SEPARATORS = (",", ";", "\t", "|")
+# Cells pandas reads as missing values anyway (its defaults); anything else that is not a number is "bad".
+LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier", "target", "class", "attack")
+
+
+def _first_line(path: Path) -> str:
+    """The header line, read through the same decompression pandas infers from the suffix (.gz, .bz2, .xz,
+    .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its bytes."""
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+            return handles.handle.readline()
+    except (OSError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {path}: {reason}") from None
+
+
 def detect_separator(path: Path) -> str:
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        header = fh.readline()
-    return ";" if header.count(";") > header.count(",") else ","
+    header = _first_line(path)
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    best = max(SEPARATORS, key=lambda sep: counts[sep])  # ties keep the order above: ',' first
+    return best if counts[best] else ","
 
 
-def read_frame(path: str | Path, separator: str | None = None) -> pd.DataFrame:
+# pandas < 3.1 parses CSV floats with a fast converter that is not always correctly rounded unless asked for
+# "round_trip"; from 3.1 on every mode is correctly rounded and the argument is deprecated.
+_EXACT_FLOATS = (
+    {}
+    if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    else {"float_precision": "round_trip"}
+)
+
+
+def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".") -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     sep = separator or detect_separator(p)
     try:
-        frame = pd.read_csv(p, sep=sep)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {p} as CSV: {str(exc).splitlines()[0]}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = pd.read_csv(
+                p, sep=sep, decimal=decimal, low_memory=False, compression="infer", **_EXACT_FLOATS
+            )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {p} as CSV: {reason}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
         raise DataError(f"{p} has no data rows")
+    frame.attrs["separator"] = sep
     return frame
 
 
-def to_epoch_seconds(column: pd.Series) -> np.ndarray:
-    """Numbers are taken as epoch seconds; anything else is parsed as a date-time (naive means UTC)."""
-    if pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.float64)
-    parsed = pd.to_datetime(column, utc=True, errors="coerce")
+def _decimal_hint(frame: pd.DataFrame, decimal: str) -> str:
+    if decimal != ".":
+        return ""
+    for c in frame.columns:
+        col = frame[c]
+        if _is_text(col) and col.astype(str).str.fullmatch(r"\s*-?\d+,\d+\s*").mean() > 0.5:
+            return (
+                f" (column {c!r} holds numbers with decimal commas such as {col.iloc[0]!r}: pass --decimal ,)"
+            )
+    return ""
+
+
+def _line(frame: pd.DataFrame, i: int) -> int:
+    """The file line of the frame's i-th row (the header is line 1)."""
+    return int(frame.index[i]) + 2
+
+
+def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig) -> np.ndarray:
+    """A feature column as float64. Empty cells and pandas' missing markers (NA, n/a, null, ...) are NaN, left
+    to the missing-value policy. Any other text refuses the file naming column, line and value, unless
+    data.bad_cells = "missing" turns such cells into missing values too."""
+    col = frame[name]
+    if pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(np.float64)
+    if pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(np.float64)
+    parsed = pd.to_numeric(col, errors="coerce")
+    bad = parsed.isna() & col.notna()
+    if bad.any() and cfg.bad_cells == "error":
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        hint = (
+            " (numbers with decimal commas need --decimal ,)"
+            if re.fullmatch(r"\s*-?\d+,\d+\s*", str(col.iloc[i])) and cfg.decimal == "."
+            else ""
+        )
+        raise SchemaError(
+            f"{source}: column {name!r} line {_line(frame, i)} holds {col.iloc[i]!r}, not a number "
+            f"({int(bad.sum())} such cell(s)){hint}; fix the file, or pass --bad-cells missing to treat them "
+            "as missing values (engine.nan_policy then applies)"
+        )
+    return parsed.to_numpy(np.float64)
+
+
+def _is_text(col: pd.Series) -> bool:
+    return col.dtype == object or pd.api.types.is_string_dtype(col)
+
+
+def _mostly_numeric(col: pd.Series) -> bool:
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return bool(col.notna().any())
+    if not _is_text(col):
+        return False
+    present = col.dropna()
+    return len(present) > 0 and float(pd.to_numeric(present, errors="coerce").notna().mean()) >= 0.5
+
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
+
+
+def _numeric_unit(values: np.ndarray) -> str:
+    """Epoch seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude: 1e11 s is the year
+    5138, while 1e11 ms is 1973, so typical values of each unit never overlap."""
+    finite = np.abs(values[np.isfinite(values)])
+    typical = float(np.median(finite)) if len(finite) else 0.0
+    for unit, bound in (("ns", 1e17), ("us", 1e14), ("ms", 1e11)):
+        if typical >= bound:
+            return unit
+    return "s"
+
+
+def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.ndarray:
+    """Numbers are epoch times in data.time_unit (auto: s, ms, us or ns by magnitude); text is parsed as a
+    date-time (naive means UTC) with data.time_format, or ISO-like text; day/month order must be given
+    (--dayfirst or --time-format) when the dates alone cannot tell it."""
+    cfg = cfg or DataConfig()
+    name = column.name
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64)
+        unit = _numeric_unit(values) if cfg.time_unit == "auto" else cfg.time_unit
+        return values * TIME_UNITS[unit]
+    text = column.astype("string")
+    dayfirst = cfg.dayfirst
+    if cfg.time_format is None:
+        parts = text.str.extract(_DMY.pattern).dropna().astype(int)
+        if len(parts):
+            first_big, second_big = (parts[0] > 12).to_numpy(), (parts[1] > 12).to_numpy()
+            day_first = text[parts.index[first_big][0]] if first_big.any() else None
+            month_first = text[parts.index[second_big][0]] if second_big.any() else None
+            if day_first is not None and month_first is not None:
+                raise DataError(
+                    f"time column {name!r} mixes day-first and month-first dates ({day_first!r} and "
+                    f"{month_first!r}); fix the file or pass --time-format"
+                )
+            if dayfirst is None:
+                if day_first is None and month_first is None:
+                    raise DataError(
+                        f"time column {name!r} has dates like {text[parts.index[0]]!r} that read as "
+                        "day/month or month/day; pass --dayfirst or --monthfirst (or --time-format)"
+                    )
+                dayfirst = day_first is not None  # 13/01/2023 can only be day first, and no date disagrees
+            elif dayfirst and month_first is not None:
+                raise DataError(f"time column {name!r} has month-first dates such as {month_first!r}")
+            elif not dayfirst and day_first is not None:
+                raise DataError(f"time column {name!r} has day-first dates such as {day_first!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            parsed = pd.to_datetime(
+                text, utc=True, errors="coerce", format=cfg.time_format, dayfirst=bool(dayfirst)
+            )
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"cannot parse time column {name!r}: {str(exc).splitlines()[0]}") from None
     if parsed.isna().any():
-        bad = column[parsed.isna()].iloc[0]
-        raise DataError(f"cannot parse time value {bad!r} in column {column.name!r}")
+        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
+        hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
+        raise DataError(
+            f"cannot parse time value {column.iloc[i]!r} (line {int(column.index[i]) + 2}) in column "
+            f"{name!r}{fmt}{hint}"
+        )
     seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
     return seconds.to_numpy(dtype=np.float64)
 
 
-def infer_features(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
+def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -> list[str]:
+    """The feature columns: the configured ones, or every mostly-numeric column that is not time, key or
+    label. A mostly-numeric column with a few text cells is kept (numeric_column then reports the cells)
+    instead of silently disappearing from the model."""
     if cfg.features:
         return list(cfg.features)
     skip = {cfg.time_column, *(cfg.label_columns or ()), cfg.label}
     if cfg.key_column:
         skip.add(cfg.key_column)
-    feats = [
-        c
-        for c in frame.columns
-        if c not in skip and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()
-    ]
+    feats = [c for c in frame.columns if c not in skip and _mostly_numeric(frame[c])]
+    for c in feats:
+        if str(c).strip().lower() in LABEL_LIKE and frame[c].dropna().isin([0, 1]).all():
+            raise SchemaError(
+                f"{source}: column {c!r} looks like labels (0/1), not a sensor; pass --label {c} to use it as "
+                f"the label (now {cfg.label!r}), or --features to choose the features"
+            )
     if not feats:
-        raise SchemaError("no numeric feature columns found")
+        raise SchemaError(
+            f"{source}: no numeric feature columns found among {', '.join(map(str, frame.columns))}"
+            + _separator_note(frame)
+            + _decimal_hint(frame, cfg.decimal)
+        )
     return feats
+
+
+def _separator_note(frame: pd.DataFrame) -> str:
+    if len(frame.columns) == 1:
+        return f" (one column only: is the separator {frame.attrs.get('separator', ',')!r} right? see --separator)"
+    return ""
 
 
 def check_features(columns: Iterable[str], expected: Sequence[str], where: str) -> None:
@@ -107,27 +280,62 @@ def check_features(columns: Iterable[str], expected: Sequence[str], where: str) 
         )
 
 
+def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) -> list[str]:
+    """Columns under which every group has distinct timestamps: what a key column looks like."""
+    out = []
+    for c in frame.columns:
+        if c in (cfg.time_column, cfg.label, *cfg.label_columns):
+            continue
+        col = frame[c]
+        groups = col.nunique(dropna=False)
+        if not 2 <= groups <= len(frame) // 2:
+            continue
+        pairs = pd.DataFrame({"k": col.to_numpy(), "t": ts})
+        if not pairs.duplicated().any():
+            out.append(str(c))
+    out.sort(key=lambda c: (pd.api.types.is_numeric_dtype(frame[c]), c))  # text keys first
+    return out
+
+
 def frame_to_series(
     frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str
 ) -> list[Series]:
     if cfg.time_column not in frame.columns:
         raise SchemaError(
             f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}"
+            + _separator_note(frame)
         )
     check_features(frame.columns, features, source)
-    ts_all = to_epoch_seconds(frame[cfg.time_column])
-    values_all = frame[list(features)].to_numpy(dtype=np.float32)
-    labels_all = frame[cfg.label].to_numpy(dtype=np.float64) if cfg.label in frame.columns else None
-    if labels_all is not None:
+    ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+    values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
+        np.float64
+    )
+    labels_all = None
+    if cfg.label in frame.columns:
+        labels_all = numeric_column(frame, cfg.label, source, dataclasses.replace(cfg, bad_cells="error"))
         labels_all = (np.nan_to_num(labels_all) > 0).astype(np.int8)
     if cfg.key_column:
         if cfg.key_column not in frame.columns:
-            raise SchemaError(f"{source}: key column {cfg.key_column!r} not found")
+            raise SchemaError(
+                f"{source}: key column {cfg.key_column!r} not found; columns are {', '.join(frame.columns)}"
+            )
         keys = frame[cfg.key_column].astype(str).to_numpy()
         groups = pd.unique(keys)
     else:
         keys = None
         groups = [Path(source).stem if source else "series"]
+        repeated = len(ts_all) - len(np.unique(ts_all))
+        if repeated > 0.1 * len(ts_all):
+            likely = _likely_key_columns(frame, ts_all, cfg)
+            hint = (
+                f"; the likely key column is {likely[0]!r}: pass --key-column {likely[0]}"
+                if likely
+                else "; pass --key-column naming the column that tells the series apart"
+            )
+            raise SchemaError(
+                f"{source}: {repeated} of {len(ts_all)} rows repeat another row's timestamp, so the file "
+                f"looks like several series interleaved{hint}"
+            )
     out = []
     for key in groups:
         idx = np.flatnonzero(keys == key) if keys is not None else np.arange(len(frame))
@@ -158,9 +366,9 @@ def load_series(
     feats = list(features) if features else None
     seen: set[str] = set()
     for path in paths:
-        frame = read_frame(path, cfg.separator)
+        frame = read_frame(path, cfg.separator, cfg.decimal)
         if feats is None:
-            feats = infer_features(frame, cfg)
+            feats = infer_features(frame, cfg, str(path))
         part = frame_to_series(frame, feats, cfg, str(path))
         for s in part:
             if not cfg.key_column:
@@ -181,6 +389,70 @@ def _unique_key(path: Path, seen: set[str]) -> str:
         key = f"{base}#{n}"
         n += 1
     return key
+
+
+def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series], int, int]:
+    """Missing values in training data, handled as the engine handles them live: "reject" drops every reading
+    with a non-finite value or timestamp; "ffill" first fills each value from the same column's last finite
+    one (readings before any finite value are still dropped). Returns (series, readings dropped, cells
+    filled)."""
+    out, dropped, filled = [], 0, 0
+    for s in series:
+        values = s.values
+        if policy == "ffill" and not np.isfinite(values).all():
+            frame = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
+            filled += int(frame.isna().sum().sum() - frame.ffill().isna().sum().sum())
+            values = frame.ffill().to_numpy(values.dtype)
+        keep = np.isfinite(values).all(axis=1) & np.isfinite(s.timestamps)
+        dropped += int((~keep).sum())
+        out.append(
+            Series(
+                s.key,
+                s.timestamps[keep],
+                values[keep],
+                None if s.labels is None else s.labels[keep],
+                s.source,
+            )
+        )
+    return out, dropped, filled
+
+
+# The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh
+# (1-second data: 300 s). Training splits series at the same gaps, so train and replay agree.
+GAP_INTERVALS = 300
+FALLBACK_MAX_GAP_SECONDS = 300.0  # bundles trained before the interval was learnt
+
+
+def sampling_interval(series: Sequence[Series]) -> float | None:
+    """The median step between consecutive readings over all series (seconds); None when no series has two
+    readings at distinct times."""
+    steps = [np.diff(s.timestamps) for s in series if len(s) > 1]
+    pooled = np.concatenate(steps) if steps else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled) & (pooled > 0)]
+    return float(np.median(pooled)) if len(pooled) else None
+
+
+def default_max_gap(interval: float | None) -> float:
+    return FALLBACK_MAX_GAP_SECONDS if interval is None else GAP_INTERVALS * interval
+
+
+def split_at_gaps(series: Sequence[Series], max_gap: float) -> list[Series]:
+    """Cut every series where consecutive readings are more than `max_gap` seconds apart, as the engine resets
+    a key there. Pieces keep the series key (they are never streamed, only trained on)."""
+    out = []
+    for s in series:
+        cuts = (np.flatnonzero(np.diff(s.timestamps) > max_gap) + 1).tolist()
+        for lo, hi in zip([0, *cuts], [*cuts, len(s)], strict=True):
+            out.append(
+                Series(
+                    s.key,
+                    s.timestamps[lo:hi],
+                    s.values[lo:hi],
+                    None if s.labels is None else s.labels[lo:hi],
+                    s.source,
+                )
+            )
+    return out
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ class AnomalyError(Exception):
     """Root of every error `anomaly` raises on purpose. The CLI prints it as one line and exits 2."""
 
 
-class ConfigError(AnomalyError):
-    """A pipeline file, option or environment variable is invalid."""
+class ConfigError(AnomalyError, ValueError):
+    """A pipeline file, option, environment variable or settings object is invalid (also a ValueError, so
+    library users constructing settings can catch the usual type)."""
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)

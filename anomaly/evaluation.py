@@ -10,6 +10,15 @@ alarm or missed alarm was possible); the mean detection delay and false alerts p
 was detected or no time elapsed.
 
 Segments ("events") are maximal runs of consecutive 1s in a 0/1 array, by position, not by time.
+
+No look-ahead. A streaming pipeline decides about a reading only when some later reading arrives (a window is
+scored at its last reading), so every point carries the index of the reading whose arrival decided it
+(:func:`decision_index`, from the engine's ``decided_at``). Point-wise metrics are computed on what the pipeline
+had said *by* each reading (:func:`causal`): reading k counts as flagged when the latest decision made at or
+before k flagged any of its points, held until the next decision. An event counts as detected at the earliest
+decision that flags one of its readings, and its delay runs from the event's first reading to that decision.
+Without decision indices every reading is taken as decided on its own arrival (the metrics of a detector that
+scores each reading as it comes). The flags as marked (look-ahead) are kept under ``f1_marked`` for comparison.
 """
 
 from __future__ import annotations
@@ -69,6 +78,43 @@ class Confusion:
         return _ratio(self.fn, self.fn + self.tp)
 
 
+def _merge(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+def _quantile(hist: Mapping[Any, int], q: float) -> float | None:
+    """The q-quantile (lower, nearest rank) of a value -> count histogram; None when empty."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    values = sorted(hist)
+    cum = np.cumsum([hist[v] for v in values])
+    rank = max(1, int(np.ceil(q * total)))
+    return float(values[int(np.searchsorted(cum, rank))])
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wait from each scored reading's arrival to the decision that covers it, as histograms (value -> count),
+    in readings and in seconds (rounded to the millisecond); ``a + b`` pools them."""
+
+    readings: Mapping[int, int] = dataclasses.field(default_factory=dict)
+    seconds: Mapping[float, int] = dataclasses.field(default_factory=dict)
+
+    def __add__(self, other: Latency) -> Latency:
+        return Latency(_merge(self.readings, other.readings), _merge(self.seconds, other.seconds))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Latency:
+        return cls(
+            {int(k): int(v) for k, v in d.get("readings", {}).items()},
+            {float(k): int(v) for k, v in d.get("seconds", {}).items()},
+        )
+
+
 @dataclass(frozen=True)
 class EventCounts:
     """Segment-level counts of one or more series; ``a + b`` pools them."""
@@ -78,12 +124,23 @@ class EventCounts:
     predicted_events: int = 0  # predicted segments
     matched_predictions: int = 0  # predicted segments overlapping at least one true segment
     false_alerts: int = 0  # predicted segments overlapping no true segment
-    delay_seconds: float = 0.0  # sum over detected events of (first predicted point - segment start)
+    delay_seconds: float = 0.0  # sum over detected events of (detecting decision - segment start)
     seconds: float = 0.0  # evaluated time: sum over series of (last timestamp - first timestamp)
+    delays_readings: tuple[int, ...] = ()  # per detected event: readings from its start to the detection
+    delays_seconds: tuple[float, ...] = ()  # per detected event: seconds from its start to the detection
 
     def __add__(self, other: EventCounts) -> EventCounts:
         return EventCounts(
             *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EventCounts:
+        rest = {k: v for k, v in d.items() if k not in ("delays_readings", "delays_seconds")}
+        return cls(
+            **rest,
+            delays_readings=tuple(int(v) for v in d.get("delays_readings", ())),
+            delays_seconds=tuple(float(v) for v in d.get("delays_seconds", ())),
         )
 
     @property
@@ -105,12 +162,15 @@ class EventCounts:
 
 @dataclass(frozen=True)
 class Counts:
-    """Everything the metrics are computed from: point-wise, point-adjusted and event counts."""
+    """Everything the metrics are computed from: point-wise (no look-ahead), point-adjusted, event counts, the
+    point-wise counts of the flags as marked (look-ahead), and the decision latency."""
 
     point: Confusion = Confusion()
     adjusted: Confusion = Confusion()
     events: EventCounts = EventCounts()
     series: int = 0
+    marked: Confusion = Confusion()
+    latency: Latency = Latency()
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -118,6 +178,8 @@ class Counts:
             self.adjusted + other.adjusted,
             self.events + other.events,
             self.series + other.series,
+            self.marked + other.marked,
+            self.latency + other.latency,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -126,12 +188,18 @@ class Counts:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Counts:
         return cls(
-            Confusion(**d["point"]), Confusion(**d["adjusted"]), EventCounts(**d["events"]), int(d["series"])
+            Confusion(**d["point"]),
+            Confusion(**d["adjusted"]),
+            EventCounts.from_json(d["events"]),
+            int(d["series"]),
+            Confusion(**d.get("marked", d["point"])),
+            Latency.from_json(d.get("latency", {})),
         )
 
     def metrics(self) -> dict[str, Any]:
         """Flat metric dict (fractions, not percentages) plus the raw counts under ``"counts"``."""
-        p, a, e = self.point, self.adjusted, self.events
+        p, a, e, lat = self.point, self.adjusted, self.events, self.latency
+        dr, ds = e.delays_readings, e.delays_seconds
         return {
             "precision": p.precision,
             "recall": p.recall,
@@ -144,7 +212,15 @@ class Counts:
             "event_precision": e.precision,
             "event_recall": e.recall,
             "mean_delay_s": e.mean_delay_seconds,
+            "median_delay_s": float(np.median(ds)) if ds else None,
+            "mean_delay_readings": float(np.mean(dr)) if dr else None,
+            "median_delay_readings": float(np.median(dr)) if dr else None,
             "false_alerts_per_day": e.false_alerts_per_day,
+            "f1_marked": self.marked.f1,
+            "latency_readings_median": _quantile(lat.readings, 0.5),
+            "latency_readings_p99": _quantile(lat.readings, 0.99),
+            "latency_s_median": _quantile(lat.seconds, 0.5),
+            "latency_s_p99": _quantile(lat.seconds, 0.99),
             "counts": self.to_json(),
         }
 
@@ -174,37 +250,148 @@ def point_adjust(labels: Any, predictions: Any) -> np.ndarray:
     return p
 
 
-def event_counts(labels: Any, predictions: Any, timestamps: Any) -> EventCounts:
+def decision_index(timestamps: Any, decided_at: Any) -> np.ndarray:
+    """Index of the reading whose arrival decided each point (its timestamp is `decided_at`), from a series'
+    timestamps in time order; ``len(timestamps)`` for points never decided (``decided_at`` NaN)."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    d = np.asarray(decided_at, dtype=np.float64)
+    if np.all(ts[1:] >= ts[:-1]):
+        idx = np.searchsorted(ts, d, side="right") - 1
+    else:  # rows out of time order (the engine refused them): index in file order of the deciding reading
+        order = np.argsort(ts, kind="stable")
+        pos = np.searchsorted(ts[order], d, side="right") - 1
+        idx = np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
+    idx[~np.isfinite(d)] = len(ts)
+    return idx.astype(np.int64)
+
+
+def causal(values: Any, decided: Any, fill: Any, reduce: np.ufunc = np.logical_or) -> np.ndarray:
+    """What the pipeline had said by each reading: at reading k, `reduce` over the values of all points decided
+    by the latest decision at or before k (held until the next decision); `fill` before the first decision.
+    With ``decided[i] == i`` this returns `values` unchanged."""
+    v = np.asarray(values)
+    dec = np.asarray(decided, dtype=np.int64)
+    n = len(v)
+    out = np.full(n, fill, dtype=np.result_type(v.dtype, np.asarray(fill).dtype))
+    known = dec < n
+    if not known.any():
+        return out
+    order = np.argsort(dec[known], kind="stable")
+    d, vals = dec[known][order], v[known][order]
+    at, starts = np.unique(d, return_index=True)
+    reduced = reduce.reduceat(vals, starts)
+    last = np.searchsorted(at, np.arange(n), side="right") - 1
+    has = last >= 0
+    out[has] = reduced[last[has]]
+    return out
+
+
+def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
+    """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
+    its readings, and its delay runs from the event's first reading to that decision (in readings and seconds).
+    Predicted segments are runs of flagged points as marked."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
+    dec = np.arange(len(y)) if decided is None else np.asarray(decided, dtype=np.int64)
     true_segs, pred_segs = segments(y), segments(p)
-    detected, delay = 0, 0.0
+    d_readings: list[int] = []
+    d_seconds: list[float] = []
     for start, stop in true_segs:
-        hits = np.flatnonzero(p[start:stop])
+        hits = dec[start:stop][p[start:stop]]
+        hits = hits[hits < len(y)]
         if len(hits):
-            detected += 1
-            delay += float(ts[start + hits[0]] - ts[start])
+            at = int(hits.min())
+            d_readings.append(at - start)
+            d_seconds.append(float(ts[at] - ts[start]))
     matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
     seconds = float(ts[-1] - ts[0]) if len(ts) else 0.0
     return EventCounts(
-        len(true_segs), detected, len(pred_segs), matched, len(pred_segs) - matched, delay, seconds
+        len(true_segs),
+        len(d_readings),
+        len(pred_segs),
+        matched,
+        len(pred_segs) - matched,
+        float(sum(d_seconds)),
+        seconds,
+        tuple(d_readings),
+        tuple(d_seconds),
     )
 
 
-def count(labels: Any, predictions: Any, timestamps: Any) -> Counts:
-    """Counts of one series. labels and predictions are 0/1 (or bool) per point; timestamps in seconds."""
+def decision_latency(timestamps: Any, decided: Any) -> Latency:
+    """Histogram of the wait from each decided reading's arrival to its decision, in readings and seconds."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    dec = np.asarray(decided, dtype=np.int64)
+    idx = np.flatnonzero(dec < len(ts))
+    readings = dec[idx] - idx
+    seconds = np.round(ts[dec[idx]] - ts[idx], 3)
+    r_vals, r_counts = np.unique(readings, return_counts=True)
+    s_vals, s_counts = np.unique(seconds, return_counts=True)
+    return Latency(
+        dict(zip(r_vals.tolist(), r_counts.tolist(), strict=True)),
+        dict(zip(s_vals.tolist(), s_counts.tolist(), strict=True)),
+    )
+
+
+def count(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None) -> Counts:
+    """Counts of one series. labels and predictions are 0/1 (or bool) per point; timestamps in seconds, in time
+    order; `decided_at` the event time of the reading whose arrival decided each point (NaN: never decided).
+    Without `decided_at` every point is taken as decided on its own arrival."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     if not (len(y) == len(p) == len(ts)):
         raise ValueError(
             f"labels, predictions and timestamps differ in length: {len(y)}, {len(p)}, {len(ts)}"
         )
-    return Counts(Confusion.of(y, p), Confusion.of(y, point_adjust(y, p)), event_counts(y, p, ts), 1)
+    if decided_at is None:
+        dec = np.arange(len(y))
+    else:
+        if len(decided_at) != len(y):
+            raise ValueError(f"decided_at has {len(decided_at)} points, labels {len(y)}")
+        dec = decision_index(ts, decided_at)
+        early = dec < np.arange(len(y))
+        if np.any(early & (np.asarray(decided_at, np.float64) < ts)):
+            raise ValueError("a point is decided before it arrives (decided_at < timestamp)")
+        dec = np.maximum(dec, np.arange(len(y)))  # out-of-order rows: never count a decision before arrival
+    seen = causal(p, dec, False)
+    return Counts(
+        Confusion.of(y, seen),
+        Confusion.of(y, point_adjust(y, seen)),
+        event_counts(y, p, ts, dec),
+        1,
+        Confusion.of(y, p),
+        decision_latency(ts, dec),
+    )
 
 
-def evaluate(labels: Any, predictions: Any, timestamps: Any) -> dict[str, Any]:
+def evaluate(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None) -> dict[str, Any]:
     """All metrics of one series (see :meth:`Counts.metrics`); pass several results to :func:`pool`."""
-    return count(labels, predictions, timestamps).metrics()
+    return count(labels, predictions, timestamps, decided_at).metrics()
+
+
+def oracle_best_f1(scores: Any, labels: Any) -> tuple[float, float]:
+    """The best point-wise F1 any threshold on `scores` reaches against `labels` (flag ``score >= t``), and that
+    threshold. Exact: one sort, every distinct score tried as the threshold. NaN scores are never flagged.
+    It looks at the labels, so it is a diagnosis of how well the score ranks points, never a threshold to use.
+    Returns (0.0, inf) when there is no positive label."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = _binary(labels)
+    if len(s) != len(y):
+        raise ValueError(f"scores and labels differ in length: {len(s)}, {len(y)}")
+    positives = int(y.sum())
+    ok = ~np.isnan(s)
+    s, yk = s[ok], y[ok]
+    if positives == 0 or not len(s):
+        return 0.0, float("inf")
+    order = np.argsort(-s, kind="stable")
+    s, yk = s[order], yk[order]
+    tp = np.cumsum(yk)
+    fp = np.cumsum(~yk)
+    last_of_tie = np.append(s[1:] != s[:-1], True)
+    tp, fp, thr = tp[last_of_tie], fp[last_of_tie], s[last_of_tie]
+    f1 = tp / (tp + (fp + (positives - tp)) / 2)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thr[best])
 
 
 def pool(results: Iterable[Mapping[str, Any] | Counts]) -> dict[str, Any]:
@@ -224,13 +411,14 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     c = metrics["counts"]["point"]
     e = metrics["counts"]["events"]
     rows = [
-        ("point-wise (SKAB)", ""),
+        ("point-wise (SKAB), no look-ahead", ""),
         ("  F1", _fmt(metrics["f1"])),
         ("  FAR, %", _fmt(metrics["far"], 100, 2)),
         ("  MAR, %", _fmt(metrics["mar"], 100, 2)),
         ("  precision", _fmt(metrics["precision"])),
         ("  recall", _fmt(metrics["recall"])),
         ("  TP / FP / FN / TN", f"{c['tp']} / {c['fp']} / {c['fn']} / {c['tn']}"),
+        ("  F1 of the flags as marked (look-ahead)", _fmt(metrics.get("f1_marked"))),
         ("point-adjusted (not comparable with SKAB)", ""),
         ("  PA-F1", _fmt(metrics["pa_f1"])),
         ("  PA-precision", _fmt(metrics["pa_precision"])),
@@ -245,11 +433,32 @@ def format_table(metrics: Mapping[str, Any]) -> str:
             f"{_fmt(metrics['event_precision'])}  "
             f"({e['matched_predictions']} of {e['predicted_events']} predicted segments)",
         ),
-        ("  mean detection delay, s", _fmt(metrics["mean_delay_s"], digits=1)),
+        (
+            "  detection delay, readings (median / mean)",
+            f"{_fmt(metrics.get('median_delay_readings'), digits=1)} / "
+            f"{_fmt(metrics.get('mean_delay_readings'), digits=1)}",
+        ),
+        (
+            "  detection delay, s (median / mean)",
+            f"{_fmt(metrics.get('median_delay_s'), digits=1)} / {_fmt(metrics['mean_delay_s'], digits=1)}",
+        ),
         (
             "  false alerts per day",
             _fmt(metrics["false_alerts_per_day"], digits=1)
             + f"  ({e['false_alerts']} in {e['seconds'] / 3600:.2f} h)",
+        ),
+    ]
+    rows += [
+        ("decision latency (reading arrival -> decision covering it)", ""),
+        (
+            "  readings (median / p99)",
+            f"{_fmt(metrics.get('latency_readings_median'), digits=0)} / "
+            f"{_fmt(metrics.get('latency_readings_p99'), digits=0)}",
+        ),
+        (
+            "  seconds (median / p99)",
+            f"{_fmt(metrics.get('latency_s_median'), digits=1)} / "
+            f"{_fmt(metrics.get('latency_s_p99'), digits=1)}",
         ),
     ]
     width = max(len(name) for name, _ in rows)

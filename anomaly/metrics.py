@@ -30,14 +30,17 @@ from prometheus_client import (
     write_to_textfile,
 )
 
+from anomaly.drift import DEFAULT_MIN_POINTS, DEFAULT_WINDOW, DriftMonitor
 from anomaly.engine.types import EngineOutput, Rejection
 
 # Score units: 1.0 is the calibration quantile; the default threshold is around 1.5.
 SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
 # Mean squared reconstruction error in standardized units.
 ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
-# Event time of a window's last reading to the moment it was scored.
+# Event time of a reading to the wall time of the decision that covers it (seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Event time of a reading to the event time of the reading whose arrival decided it (a window's wait, seconds).
+DECISION_DELAY_BUCKETS = (0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DEFAULT_ALERT_LABEL_CAP = 100
@@ -63,7 +66,11 @@ class PipelineMetrics:
     the mutating methods from the processing loop (the HTTP server only reads)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP,
+        drift_window: int = DEFAULT_WINDOW,
     ) -> None:
         if alert_label_cap < 0:
             raise ValueError(f"alert_label_cap must be >= 0, got {alert_label_cap}")
@@ -120,9 +127,16 @@ class PipelineMetrics:
         )
         self.latency = Histogram(
             "anomaly_latency_seconds",
-            "End-to-end latency: wall time when a window was "
-            "scored minus the event time of its last reading.",
+            "End-to-end latency per reading: wall time of the decision that covers a reading "
+            "minus the reading's event time (a window's early readings wait for its last).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decision_delay = Histogram(
+            "anomaly_decision_delay_seconds",
+            "Per reading, in event time: the reading whose arrival decided it minus the reading itself "
+            "(0 when each reading is scored on arrival; up to the window span otherwise).",
+            buckets=DECISION_DELAY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
@@ -170,6 +184,16 @@ class PipelineMetrics:
             ["state"],
             registry=r,
         )
+        self.model_drift = Gauge(
+            "anomaly_model_drift_psi",
+            "Population stability index of the last point errors (all keys, sliding window) against the "
+            "model's calibration distribution; one series, for the model version in use.",
+            ["version"],
+            registry=r,
+        )
+        self.drift_window = drift_window
+        self._drift: DriftMonitor | None = None
+        self._drift_version: str | None = None  # the version label of the live drift series, if any
         self._labelled: set[str] = set()  # keys that own an anomaly_alert_active series
         self._seen: dict[str, int] = {}  # last engine counter values, to turn totals into increments
         self._lag_series: set[tuple[str, str]] = set()
@@ -178,7 +202,8 @@ class PipelineMetrics:
 
     def observe(self, out: EngineOutput, batch: Any, engine: Any, now: float) -> None:
         """Record one processed batch. ``now`` is wall-clock epoch seconds; ``engine`` provides ``counters``,
-        ``active_alerts`` and ``len()``. Histograms get one sample per window (peak score, mean error)."""
+        ``active_alerts`` and ``len()``. Score and error histograms get one sample per window (peak score, mean
+        error); the latency histograms one per reading the batch decided."""
         if out.readings:
             self.readings_scored.inc(out.readings)
         if out.windows:
@@ -188,8 +213,17 @@ class PipelineMetrics:
                 self.window_score.observe(float(np.max(w.scores)))
             if len(w.errors):
                 self.window_error.observe(float(np.mean(w.errors)))
-            if len(w.timestamps):
-                self.latency.observe(max(0.0, now - float(w.timestamps[-1])))
+        covered = [w for w in out.windows if len(w.timestamps)]
+        if covered:
+            ts = np.concatenate([w.timestamps for w in covered])
+            decided = np.concatenate([w.decided_at for w in covered])  # type: ignore[misc]
+            observe_many(self.latency, np.maximum(0.0, now - ts))
+            observe_many(self.decision_delay, np.maximum(0.0, decided - ts))
+        if self._drift is not None and out.windows:
+            self._drift.update(np.concatenate([w.errors for w in out.windows]))
+            value = self._drift.value()
+            if value is not None and self._drift_version is not None:
+                self.model_drift.labels(self._drift_version).set(value)
         for size in out.batches:
             self.batch_size.observe(size)
         self._count_rejections(out.rejections)
@@ -283,6 +317,20 @@ class PipelineMetrics:
         epoch = _created_at_epoch(created)
         if epoch is not None:
             self.model_trained.set(epoch)
+        self._track_drift(bundle)
+
+    def _track_drift(self, bundle: Any) -> None:
+        """A new model starts a new drift window against its own calibration; the old version's series goes."""
+        if self._drift_version is not None:
+            try:
+                self.model_drift.remove(self._drift_version)
+            except KeyError:
+                pass
+        calibration = getattr(bundle, "calibration", None) or {}
+        self._drift = DriftMonitor.for_calibration(
+            calibration, window=self.drift_window, min_points=min(DEFAULT_MIN_POINTS, self.drift_window)
+        )
+        self._drift_version = str(getattr(bundle, "version", "unknown"))
 
     def model_reloaded(self, kept_state: bool) -> None:
         self.model_reloads.labels("kept" if kept_state else "reset").inc()
@@ -293,6 +341,20 @@ class PipelineMetrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v, with one increment per bucket touched instead of one Python call
+    per value (a daemon decides ~10⁵ readings a second). prometheus_client keeps each bucket's own count (not
+    cumulative) in ``_buckets`` and the sum in ``_sum``; a test checks the result equals a loop of observe()."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if not len(v):
+        return
+    bounds = np.asarray(histogram._upper_bounds, np.float64)
+    counts = np.bincount(np.searchsorted(bounds, v, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(v.sum()))
+    for i in np.flatnonzero(counts):
+        histogram._buckets[int(i)].inc(int(counts[i]))
 
 
 def write_textfile(metrics: PipelineMetrics, path: str | Path) -> Path:

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from anomaly.engine.types import EngineOutput, Event, Rejection
+from anomaly.engine.types import EngineOutput, Event, Readings, Rejection
 
 
 @dataclass
 class Batch:
-    events: list[Event]
+    events: Sequence[Event] | Readings  # Readings: the same messages in columns (the daemon's hot path)
     rejections: list[Rejection] = field(default_factory=list)  # refused before the engine (malformed input)
     messages: int = 0  # source records behind this batch (Kafka messages, CSV rows)
     position: Any = None  # source position after this batch (offsets), for the checkpointer

@@ -7,7 +7,8 @@ trained on the file's first 400 rows and predicts the remaining rows. Point pred
 threshold is calibrated on the training rows only) and its test rows go through :meth:`Engine.process` in time
 order. With ``warm=True`` the 400 training rows are fed first, as a live deployment would have seen them, so
 the encoder state, the EWMA and the alert state are warm at row 400; only rows 400+ are evaluated. Points at the
-end of a file that never fill a window are never scored and count as predicted normal.
+end of a file that never fill a window are never scored; without look-ahead they show what the last decision
+said (an alert open at the last decision stays open).
 
 Files are independent, so they may run in worker processes; every run uses one torch thread, which makes the
 numbers identical whatever the number of jobs.
@@ -26,10 +27,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from anomaly import evaluation
+from anomaly import evaluation, quality
 from anomaly.config import PipelineConfig
-from anomaly.data import load_series
-from anomaly.engine import Engine, Event
+from anomaly.data import Series, load_series
+from anomaly.engine import Engine, EngineOutput, Event
 from anomaly.errors import DataError
 from anomaly.replay import point_frame
 from anomaly.sinks.files import WindowCollector
@@ -45,13 +46,14 @@ LEADERBOARD: tuple[tuple[str, float, float, float], ...] = (
 # The settings of pipelines/skab.toml, used when `anomaly skab` gets no --pipeline (a test keeps them equal).
 # Temperature and Thermocouple are left out by a label-free drift screen on the training rows (see the TOML).
 FEATURES = ("Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Voltage", "Volume Flow RateRMS")
+# SKAB's column mapping: all `anomaly skab --defaults` sets (every other setting is the project default).
+DATA: dict[str, Any] = {
+    "time_column": "datetime",
+    "label": "anomaly",
+    "label_columns": ["anomaly", "changepoint"],
+}
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {
-        "time_column": "datetime",
-        "label": "anomaly",
-        "label_columns": ["anomaly", "changepoint"],
-        "features": list(FEATURES),
-    },
+    "data": {**DATA, "features": list(FEATURES)},
     "model": {"window": 16, "hidden_size": 32},
     "train": {
         "epochs": 30,
@@ -80,9 +82,10 @@ class FileResult:
     metrics: dict[str, Any]
     frame: pd.DataFrame  # point_frame() of the test rows: values, label, error, score, ..., predicted
     alerts: list[dict[str, Any]]  # Alert.to_json() of alerts emitted while the test rows streamed
-    unscored: int  # test rows at the end that never filled a window (counted as predicted normal)
+    unscored: int  # test rows at the end that never filled a window (they hold the last decision)
     epochs: int
     seconds: float
+    points: dict[str, quality.ScorerPoints] = field(default_factory=dict)  # model and baselines
 
 
 @dataclass
@@ -91,6 +94,7 @@ class BenchmarkResult:
     pooled: dict[str, Any]
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, quality.Quality] = field(default_factory=dict)  # model and baselines, pooled
 
 
 def skab_files(root: str | Path) -> list[Path]:
@@ -129,22 +133,29 @@ def run_file(
         if s.labels is None:
             raise DataError(f"{path} has no {cfg.data.label!r} column")
         head, test = s.head(train_rows), s.tail_from(train_rows)
-        result = train([head], features, cfg.model, cfg.train)
-        engine = Engine(result.bundle, cfg.engine)
-        if warm:
-            engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
-        out = engine.process([Event(s.key, test.timestamps, test.values, ref=train_rows)])
+        result = train(
+            [head],
+            features,
+            cfg.model,
+            cfg.train,
+            max_gap_seconds=cfg.engine.max_gap_seconds,
+            nan_policy=cfg.engine.nan_policy,
+        )
+        runs = {}
+        for name, bundle in quality.scorer_bundles(result.bundle).items():  # the model, then its baselines
+            engine = Engine(bundle, cfg.engine)
+            if warm:
+                engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
+            out = engine.process([Event(s.key, test.timestamps, test.values, ref=train_rows)])
+            runs[name] = (out, _test_frame(out, s.key, test, features, cfg))
     finally:
         torch.set_num_threads(threads)
-    collector = WindowCollector()
-    collector.write(out, None)  # type: ignore[arg-type]
-    got = collector.arrays(s.key)
-    if len(got["timestamps"]):  # a warm engine's first test window may start with buffered training rows
-        inside = got["timestamps"] >= test.timestamps[0]
-        got = {name: values[inside] for name, values in got.items()}
-    frame = point_frame(test, features, got, cfg.replay.predict)
+    out, frame = runs["model"]
     metrics = evaluation.evaluate(
-        frame["label"].to_numpy(), frame["predicted"].to_numpy(), frame["timestamp"].to_numpy()
+        frame["label"].to_numpy(),
+        frame["predicted"].to_numpy(),
+        frame["timestamp"].to_numpy(),
+        frame["decided_at"].to_numpy(),
     )
     return FileResult(
         s.key,
@@ -154,7 +165,18 @@ def run_file(
         int((~frame["scored"]).sum()),
         int(result.bundle.meta["training"]["epochs_run"]),
         time.perf_counter() - started,
+        {name: quality.ScorerPoints.of(f) for name, (_, f) in runs.items()},
     )
+
+
+def _test_frame(out: EngineOutput, key: str, test: Series, features: list[str], cfg: PipelineConfig):
+    collector = WindowCollector()
+    collector.write(out, None)  # type: ignore[arg-type]
+    got = collector.arrays(key)
+    if len(got["timestamps"]):  # a warm engine's first test window may start with buffered training rows
+        inside = got["timestamps"] >= test.timestamps[0]
+        got = {name: values[inside] for name, values in got.items()}
+    return point_frame(test, features, got, cfg.replay.predict)
 
 
 def _run_file_args(args: tuple[Path, Path, PipelineConfig, int, bool]) -> FileResult:
@@ -196,7 +218,9 @@ def run_benchmark(
         "train": vars(cfg.train),
         "engine": vars(cfg.engine),
     }
-    return BenchmarkResult(results, pooled, time.perf_counter() - started, settings)
+    names = list(results[0].points) if results else []
+    compared = {n: quality.assess(n, [r.points[n] for r in results if n in r.points]) for n in names}
+    return BenchmarkResult(results, pooled, time.perf_counter() - started, settings, compared)
 
 
 def comparison_table(pooled: Mapping[str, Any], name: str = "anomaly (this run)") -> str:
@@ -225,6 +249,7 @@ def summary(result: BenchmarkResult) -> dict[str, Any]:
         "pooled": {k: v for k, v in p.items() if k != "counts"},
         "counts": p["counts"],
         "unscored_points": sum(r.unscored for r in result.files),
+        "quality": quality.compare(result.quality),
         "seconds": round(result.seconds, 1),
         "settings": result.settings,
         "per_file": {

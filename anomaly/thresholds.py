@@ -1,22 +1,31 @@
 """Thresholds and the alert lifecycle, vectorized across keys. Pure numpy.
 
-Scores arrive one window at a time for many keys at once: arrays of shape (K, W). The functions here step
-through the W points in order (a short Python loop of whole-array operations), so per-key state evolves
-exactly as if the points had come one by one, whatever the batch.
+Scores arrive one window at a time for many keys at once: arrays of shape (K, W). A threshold kind is a small
+strategy object (River's thresholders are the model): it declares the per-key state it keeps (`fields`, rows
+of the engine's state store, so snapshots carry it bit for bit), computes each key's epsilon before a window is
+judged (`epsilon`), and learns from the judged window afterwards (`update`). Only past scores ever enter, so a
+threshold never sees the window it judges. `THRESHOLDS` maps the configured name to the class.
 
-Dynamic threshold: a causal, streaming version of Telemanom's nonparametric dynamic thresholding
-(Hundman et al., KDD 2018). Each key keeps the last N smoothed scores seen while no alert was open. Before a
-window is classified, epsilon = mean + z * std of that history is chosen per key, with z maximising
-(relative drop of mean + relative drop of std when points above epsilon are removed) /
-(points above + contiguous sequences above ** 2). Only past scores enter, so the threshold never sees the
-window it judges. Until a key has `warmup` scores in its history it cannot alert.
+- `static`: one fixed epsilon (the bundle's calibrated default or `engine.static_threshold`); no state.
+- `dynamic`: a causal, streaming version of Telemanom's nonparametric dynamic thresholding (Hundman et al.,
+  KDD 2018). Each key keeps the last N smoothed scores seen while no alert was open; epsilon = mean + z * std
+  of that history with z maximising (relative drop of mean + relative drop of std when points above epsilon
+  are removed) / (points above + contiguous sequences above ** 2).
+- `spot` / `dspot`: streaming peaks-over-threshold (Siffer et al., KDD 2017), see `SpotThreshold`.
+
+The step loops below are short Python loops over the W points of a window, each a whole-array operation over
+keys, so per-key state evolves exactly as if the points had come one by one, whatever the batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from anomaly.config import EngineConfig
 
 Z_GRID = np.arange(2.5, 12.01, 0.5, dtype=np.float32)
 
@@ -84,6 +93,201 @@ def ewma(raw: np.ndarray, last: np.ndarray, alpha: float) -> tuple[np.ndarray, n
     return out, prev
 
 
+# --- generalized Pareto tail (SPOT) ------------------------------------------------------------------------------
+
+
+def fit_gpd(peaks: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Method-of-moments GPD fit per key: (xi, sigma) (K,) from the excesses in ring buffers `peaks` (K, P), of
+    which the first min(count, P) slots are filled (order does not matter). With mean m and sample variance v
+    (ddof 1) of the excesses: xi = (1 - m^2 / v) / 2, sigma = m (m^2 / v + 1) / 2, so the fitted GPD has exactly
+    that mean and variance. The tail is never taken as bounded: where that gives xi < 0 (short, light-tailed
+    calibration samples often do, and the fitted upper end point then says no normal score can ever exceed it),
+    the exponential tail (xi = 0, sigma = m, its maximum-likelihood fit) is used instead, as with fewer than two
+    excesses or no spread. That errs towards fewer alerts on light tails."""
+    p = peaks.shape[1]
+    cnt = np.minimum(count, p)
+    valid = np.arange(p)[None, :] < cnt[:, None]
+    y = np.where(valid, peaks.astype(np.float64), 0.0)
+    m = y.sum(axis=1) / np.maximum(cnt, 1)
+    v = (np.where(valid, y - m[:, None], 0.0) ** 2).sum(axis=1) / np.maximum(cnt - 1, 1)
+    ratio = np.divide(m * m, v, out=np.zeros_like(m), where=v > 0)
+    ok = (cnt >= 2) & (v > 0) & (ratio <= 1.0)
+    xi = np.where(ok, 0.5 * (1.0 - ratio), 0.0)
+    sigma = np.where(ok, 0.5 * m * (ratio + 1.0), m)
+    return xi, sigma
+
+
+def gpd_quantile(
+    t: np.ndarray, xi: np.ndarray, sigma: np.ndarray, q: float, n: np.ndarray, n_peaks: np.ndarray
+) -> np.ndarray:
+    """SPOT's z_q: the value exceeded with probability q, from P(X > t) = n_peaks / n and a GPD(xi, sigma) of the
+    excesses over t: z_q = t + sigma / xi * ((q n / n_peaks) ** -xi - 1) (t - sigma log(q n / n_peaks) at xi = 0).
+    Never below t: where q exceeds P(X > t) the tail model does not reach, and t itself is the answer."""
+    r = q * np.maximum(n, 1) / np.maximum(n_peaks, 1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        safe_xi = np.where(np.abs(xi) < 1e-9, 1.0, xi)
+        z = np.where(np.abs(xi) < 1e-9, t - sigma * np.log(r), t + sigma / safe_xi * (r ** (-xi) - 1.0))
+    return np.where(n_peaks > 0, np.maximum(z, t), t)
+
+
+# --- threshold kinds -----------------------------------------------------------------------------------------------
+
+# A per-key state field: (shape per key, dtype, initial value "zero" or "nan").
+Field = tuple[tuple[int, ...], str, str]
+
+
+class Threshold:
+    """A threshold kind. Subclasses set `name`, declare `fields()`, and implement `epsilon` and `update`.
+
+    `state` arguments are dicts of the declared fields gathered for the K keys of a batch, shape (K, ...);
+    `update` changes them in place and the engine writes them back."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: EngineConfig, default: float) -> None:
+        self.cfg = cfg
+        self.default = default  # the bundle's calibrated threshold (score units)
+
+    def fields(self) -> dict[str, Field]:
+        return {}
+
+    def epsilon(self, state: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per key: epsilon (K,) float32 and whether the key may alert yet (K,) bool."""
+        raise NotImplementedError
+
+    def update(
+        self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
+    ) -> None:
+        """Learn from a judged window: smoothed scores, their classification and the alert state (K, W)."""
+
+
+class StaticThreshold(Threshold):
+    """One fixed epsilon for every key: `engine.static_threshold`, else the bundle's calibrated default."""
+
+    name = "static"
+
+    def __init__(self, cfg: EngineConfig, default: float) -> None:
+        super().__init__(cfg, default)
+        self.value = float(cfg.static_threshold if cfg.static_threshold is not None else default)
+
+    def epsilon(self, state: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(k, self.value, np.float32), np.ones(k, bool)
+
+
+class DynamicThreshold(Threshold):
+    """Telemanom's dynamic threshold over the last `dynamic_history` scores seen while no alert was open."""
+
+    name = "dynamic"
+
+    def fields(self) -> dict[str, Field]:
+        return {"hist": ((self.cfg.dynamic_history,), "float32", "zero"), "pushed": ((), "int64", "zero")}
+
+    def epsilon(self, state: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        pushed = state["pushed"]
+        return select_epsilon(state["hist"], pushed, self.cfg.dynamic_min), pushed >= self.cfg.dynamic_warmup
+
+    def update(
+        self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
+    ) -> None:
+        push_history(state["hist"], state["pushed"], scores, ~open_pts)
+
+
+class SpotThreshold(Threshold):
+    """SPOT (Siffer et al., KDD 2017): streaming peaks-over-threshold with a generalized Pareto tail, per key.
+
+    Calibration: a key's first `spot_init` smoothed scores; t = their `spot_level` quantile, and their excesses
+    over t seed the tail. Until then the key cannot alert. Afterwards epsilon = z_q, the score exceeded with
+    probability `spot_q` under the fitted tail (never below `spot_min`), and every point judged normal updates
+    the model: n counts it, and if it is above t its excess joins the ring of the last `spot_peaks` excesses
+    (the GPD is refitted from that ring, by the method of moments, before each window). Points above epsilon
+    are not learned, so an anomaly does not raise the bar for itself. Epsilon is fixed within a window."""
+
+    name = "spot"
+    drift = False
+
+    def fields(self) -> dict[str, Field]:
+        c = self.cfg
+        out: dict[str, Field] = {
+            "spot_init": ((c.spot_init,), "float32", "zero"),  # calibration sample (first spot_init scores)
+            "spot_n": ((), "int64", "zero"),  # scores learned (n), calibration included
+            "spot_t": ((), "float32", "nan"),  # initial threshold t; NaN while calibrating
+            "spot_peaks": ((c.spot_peaks,), "float32", "zero"),  # ring of the latest excesses over t
+            "spot_npeaks": ((), "int64", "zero"),  # excesses seen (N_t)
+        }
+        if self.drift:
+            out["spot_drift"] = ((c.spot_depth,), "float32", "zero")  # ring of the latest normal scores
+            out["spot_ndrift"] = ((), "int64", "zero")
+        return out
+
+    def _baseline(self, state: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """DSPOT's local level M (K,): mean of the last `spot_depth` normal scores (0 for SPOT)."""
+        if not self.drift:
+            return np.zeros(k)
+        ring, cnt = state["spot_drift"], state["spot_ndrift"]
+        d = ring.shape[1]
+        valid = np.arange(d)[None, :] < np.minimum(cnt, d)[:, None]
+        return np.where(valid, ring.astype(np.float64), 0.0).sum(axis=1) / np.maximum(np.minimum(cnt, d), 1)
+
+    def epsilon(self, state: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        t = state["spot_t"].astype(np.float64)
+        ready = ~np.isnan(t)
+        xi, sigma = fit_gpd(state["spot_peaks"], state["spot_npeaks"])
+        z = gpd_quantile(
+            np.where(ready, t, 0.0), xi, sigma, self.cfg.spot_q, state["spot_n"], state["spot_npeaks"]
+        )
+        eps = np.maximum(self._baseline(state, k) + z, self.cfg.spot_min)
+        return np.where(ready, eps, self.cfg.spot_min).astype(np.float32), ready
+
+    def update(
+        self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
+    ) -> None:
+        init, t, n = state["spot_init"], state["spot_t"], state["spot_n"]
+        peaks, npeaks = state["spot_peaks"], state["spot_npeaks"]
+        m, p = init.shape[1], peaks.shape[1]
+        k = len(t)
+        for i in range(scores.shape[1]):
+            x = scores[:, i].astype(np.float64)
+            normal = ~anomalous[:, i]
+            if self.drift:
+                ring, cnt = state["spot_drift"], state["spot_ndrift"]
+                filling = cnt < ring.shape[1]  # DSPOT: the first spot_depth scores only set the level
+                x = x - self._baseline(state, k)
+            else:
+                filling = np.zeros(k, bool)
+            calibrating = np.isnan(t) & ~filling
+            rows = np.flatnonzero(calibrating)
+            init[rows, n[rows]] = x[rows]
+            n[rows] += 1
+            for r in np.flatnonzero(calibrating & (n >= m)):
+                sample = init[r].astype(np.float64)
+                t[r] = np.quantile(sample, self.cfg.spot_level)
+                exc = (sample - t[r])[sample > t[r]][-p:]
+                peaks[r, : len(exc)] = exc
+                npeaks[r] = len(exc)
+            learn = ~np.isnan(t) & ~calibrating & ~filling & normal
+            n[learn] += 1
+            up = np.flatnonzero(learn & (x > t))
+            peaks[up, npeaks[up] % p] = (x - t)[up]
+            npeaks[up] += 1
+            if self.drift:
+                push = np.flatnonzero(filling | normal)  # not warm yet: every point counts as normal
+                ring[push, cnt[push] % ring.shape[1]] = scores[push, i]
+                cnt[push] += 1
+
+
+class DSpotThreshold(SpotThreshold):
+    """DSPOT: SPOT on the score minus its local level M (mean of the last `spot_depth` scores judged normal), for
+    baselines that move; epsilon = M + z_q. The first `spot_depth` scores of a key only set M."""
+
+    name = "dspot"
+    drift = True
+
+
+THRESHOLDS: dict[str, type[Threshold]] = {
+    cls.name: cls for cls in (StaticThreshold, DynamicThreshold, SpotThreshold, DSpotThreshold)
+}
+
+
 # Per-key alert state (rows of the engine's state store) that step_alerts reads and updates.
 ALERT_FIELDS = (
     "run_anom",
@@ -100,7 +304,8 @@ ALERT_FIELDS = (
 
 @dataclass(frozen=True)
 class Transition:
-    """An alert of batch row `row` opened or closed at event time `at`, with its state at that moment."""
+    """An alert of batch row `row` opened or closed at event time `at`, with its state at that moment.
+    `reason` says why a closed alert closed: "normal" (close_after normal points) or "level_shift"."""
 
     row: int
     status: str  # open | closed
@@ -110,6 +315,7 @@ class Transition:
     peak: float
     threshold: float
     contributions: np.ndarray
+    reason: str = ""
 
 
 def step_alerts(
@@ -121,11 +327,14 @@ def step_alerts(
     per_feature: np.ndarray,
     open_after: int,
     close_after: int,
+    max_open_seconds: float = 0.0,
 ) -> tuple[np.ndarray, list[Transition]]:
     """Alert lifecycle for K keys through one window of W points, in point order.
 
     An alert opens after `open_after` consecutive anomalous points (its start is the first of them), closes after
     `close_after` consecutive normal points (its end is the last anomalous one) and never re-fires while open.
+    With `max_open_seconds` > 0 an alert open that long (event time since its start) closes with reason
+    "level_shift"; the key cannot open another alert before the next window (the caller re-baselines it there).
     `state` holds (K, ...) arrays named ALERT_FIELDS and is updated in place. `per_feature` (K, F) is the
     window's squared error per feature, accumulated while an alert is open to name its top features.
     Returns whether an alert was open at each point (K, W) and the transitions in order."""
@@ -135,9 +344,16 @@ def step_alerts(
     peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
     contrib[is_open] += per_feature[is_open]
     open_pts = np.zeros(anomalous.shape, bool)
+    muted = np.zeros(len(is_open), bool)
     out: list[Transition] = []
+
+    def transition(j: Any, status: str, end: float | None, at: float, reason: str = "") -> Transition:
+        return Transition(
+            int(j), status, float(start[j]), end, at, float(peak[j]), float(thr[j]), contrib[j].copy(), reason
+        )
+
     for i in range(anomalous.shape[1]):
-        an, t, s = anomalous[:, i], ts[:, i], scores[:, i]
+        an, t, s = anomalous[:, i] & ~muted, ts[:, i], scores[:, i]
         run_start[:] = np.where(an & (run_anom == 0), t, run_start)
         run_anom[:] = np.where(an, run_anom + 1, 0)
         run_norm[:] = np.where(an, 0, run_norm + 1)
@@ -145,32 +361,14 @@ def step_alerts(
         for j in np.flatnonzero(~is_open & (run_anom >= open_after)):
             is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
             contrib[j] = per_feature[j]
-            out.append(
-                Transition(
-                    int(j),
-                    "open",
-                    float(start[j]),
-                    None,
-                    float(t[j]),
-                    float(peak[j]),
-                    float(thr[j]),
-                    contrib[j].copy(),
-                )
-            )
+            out.append(transition(j, "open", None, float(t[j])))
         peak[:] = np.where(is_open & an, np.maximum(peak, s), peak)
         for j in np.flatnonzero(is_open & (run_norm >= close_after)):
             is_open[j] = False
-            out.append(
-                Transition(
-                    int(j),
-                    "closed",
-                    float(start[j]),
-                    float(last_anom[j]),
-                    float(t[j]),
-                    float(peak[j]),
-                    float(thr[j]),
-                    contrib[j].copy(),
-                )
-            )
+            out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "normal"))
+        if max_open_seconds > 0:
+            for j in np.flatnonzero(is_open & (t - start >= max_open_seconds)):
+                is_open[j], muted[j], run_anom[j] = False, True, 0
+                out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "level_shift"))
         open_pts[:, i] = is_open
     return open_pts, out

@@ -22,9 +22,19 @@ import torch
 from torch import nn
 
 from anomaly import __version__
+from anomaly.baselines import fit_baselines
 from anomaly.bundle import Bundle
 from anomaly.config import ModelConfig, TrainConfig
-from anomaly.data import Scaler, Series, fingerprint, window_chain
+from anomaly.data import (
+    Scaler,
+    Series,
+    apply_nan_policy,
+    default_max_gap,
+    fingerprint,
+    sampling_interval,
+    split_at_gaps,
+    window_chain,
+)
 from anomaly.errors import DataError
 from anomaly.model import Architecture, LSTMAutoencoder
 
@@ -114,9 +124,29 @@ def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     progress: bool = False,
+    max_gap_seconds: float | None = None,
+    nan_policy: str = "reject",
 ) -> TrainResult:
+    """Train on `series`. They are first cut at gaps longer than `max_gap_seconds` (None: GAP_INTERVALS
+    sampling intervals, the interval being learnt here), exactly where the engine will reset a key; the
+    interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
+    if not any(len(s) for s in series):
+        raise DataError(
+            f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
+            f"engine.nan_policy = {nan_policy!r} drops it"
+        )
+    interval = sampling_interval(series)
+    max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
+    whole = series
+    series = split_at_gaps(whole, max_gap)
+    if not any(len(s) >= model_cfg.window for s in series):
+        raise DataError(
+            f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
+            f"{max_gap:g} s (median sampling interval {interval if interval is None else f'{interval:g} s'})"
+        )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -166,7 +196,7 @@ def train(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch")
+        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", disable=None)  # no bar off a terminal
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -213,11 +243,23 @@ def train(
     model.eval().cpu()
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
+    check_finite(model, calibration)
+    calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
         "package_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_fingerprint": fingerprint(series),
+        "training_fingerprint": fingerprint(whole),
+        "missing_values": {
+            "policy": nan_policy,
+            "rows_dropped": missing_dropped,
+            "cells_filled": missing_filled,
+        },
+        "sampling": {
+            "interval_seconds": interval,
+            "max_gap_seconds": max_gap,
+            "gap_splits": len(series) - len(whole),
+        },
         "training": {
             "epochs_run": len(history),
             "best_epoch": best[2],
@@ -227,14 +269,34 @@ def train(
             "windows_per_second": wps,
             "device": device.type,
             "amp": amp_name,
-            "series": len(series),
-            "rows": int(sum(len(s) for s in series)),
+            "series": len(whole),
+            "rows": int(sum(len(s) for s in whole)),
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
+
+
+def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:
+    """A bundle with non-finite weights or calibration can never alert (every comparison with NaN is false):
+    refuse to produce one."""
+    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    numbers = np.asarray(
+        [
+            calibration["reference_error"],
+            calibration["default_threshold"],
+            *calibration["feature_reference_error"],
+        ],
+        np.float64,
+    )
+    if bad or not np.isfinite(numbers).all():
+        what = f"weights {', '.join(bad[:3])}" if bad else "calibration"
+        raise DataError(
+            f"training produced non-finite {what}; the data or the settings (learning rate, clip norm) made "
+            "it diverge, and no bundle was saved"
+        )
 
 
 @torch.no_grad()

@@ -107,7 +107,9 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
     csv = tmp_path / "x.csv"
     csv.write_text("timestamp,a\n1,2\n")
     result = CliRunner().invoke(main, ["train", str(csv)], env={"ANOMALY_MODEL_WINDOW": "big"})
-    assert result.exit_code == 2 and result.output.strip() == "error: model.window must be int, got 'big'"
+    assert result.exit_code == 2 and result.output.strip() == (
+        "error: model.window must be an integer, got 'big' (from environment variable ANOMALY_MODEL_WINDOW)"
+    )
 
 
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:

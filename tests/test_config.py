@@ -28,12 +28,31 @@ def test_env_beats_toml(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ({"model": {"windw": 3}}, "unknown setting model.windw; valid settings: dropout, hidden_size"),
-        ({"modle": {}}, "unknown section [modle]"),
-        ({"model": {"window": "big"}}, "model.window must be int"),
-        ({"engine": {"threshold": "magic"}}, "engine.threshold must be one of: static, dynamic"),
+        (
+            {"model": {"windw": 3}},
+            "unknown setting model.windw; did you mean model.window? valid settings: dropout, hidden_size",
+        ),
+        ({"modle": {}}, "unknown section [modle]; did you mean [model]?"),
+        ({"model": {"window": "big"}}, "model.window must be an integer"),
+        (
+            {"engine": {"threshold": "magic"}},
+            "engine.threshold must be one of: static, dynamic, spot, dspot; got 'magic'",
+        ),
         ({"engine": {"score": "sum"}}, "engine.score must be one of: mean, max_feature"),
         ({"model": {"window": 1}}, "model.window must be at least 2"),
+        ({"window": 16}, "top-level key 'window' is not inside a [section]; put it under [model]"),
+        ({"engine": {"static_threshold": float("nan")}}, "engine.static_threshold must be a positive number"),
+        ({"engine": {"static_threshold": -1.0}}, "engine.static_threshold must be a positive number"),
+        ({"engine": {"ttl_seconds": -5}}, "engine.ttl_seconds must be >= 0 seconds (0: no TTL), got -5"),
+        ({"engine": {"max_gap_seconds": 0}}, "engine.max_gap_seconds must be > 0 seconds"),
+        ({"engine": {"smoothing": float("nan")}}, "engine.smoothing must be in (0, 1]"),
+        ({"train": {"learning_rate": -1.0}}, "train.learning_rate must be > 0"),
+        ({"train": {"epochs": True}}, "train.epochs must be an integer, got True"),
+        ({"train": {"amp": 3}}, "train.amp must be true or false, got 3"),
+        ({"metrics": {"port": 70000}}, "metrics.port must be in 0..65535"),
+        ({"kafka": {"security_protocol": "TLS"}}, "kafka.security_protocol must be one of: PLAINTEXT, SSL"),
+        ({"data": {"separator": ";;"}}, "data.separator must be one character"),
+        ({"train": {"stride": 99}}, "train.stride must be between 0 and model.window (32)"),
     ],
 )
 def test_bad_settings_name_the_problem(toml, message) -> None:
@@ -56,3 +75,43 @@ def test_secrets_are_redacted() -> None:
     shown = redacted(cfg)
     assert shown["kafka"]["sasl_password"] == "***" and shown["kafka"]["sasl_username"] == "me"
     assert "hunter2" not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("section", "kwargs", "message"),
+    [
+        ("engine", {"static_threshold": float("nan")}, "engine.static_threshold must be a positive number"),
+        ("engine", {"max_gap_seconds": 0.0}, "engine.max_gap_seconds must be > 0 seconds"),
+        ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be >= 0 seconds"),
+        ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
+        ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
+        ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
+    ],
+)
+def test_library_users_get_the_same_checks_as_the_cli(section, kwargs, message) -> None:
+    """Issue 9: settings are validated where the object is built, not only when the CLI parses them."""
+    from anomaly import config
+
+    cls = {"engine": config.EngineConfig, "replay": config.ReplayConfig, "train": config.TrainConfig}[section]
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ConfigError) as via_cli:
+        build_config({section: kwargs})
+    assert str(via_cli.value) == str(info.value)
+
+
+def test_a_misspelt_section_in_an_environment_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_ENGIN_THRESHOLD": "dynamic"})
+    assert str(info.value).startswith(
+        "environment variable ANOMALY_ENGIN_THRESHOLD names no section; did you mean ANOMALY_ENGINE_...?"
+    )
+    assert build_config(env={"ANOMALY_THREADS": "2", "PATH": "/bin"}) == build_config()
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_ENGINE_STATIC_THRESHOLD": "nan"})
+    assert str(info.value).endswith("(from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD)")

@@ -28,6 +28,7 @@ ALERTS = {
     "InvalidMessagesHigh",
     "CheckpointStale",
     "ModelStale",
+    "ModelDrift",
 }
 
 needs_promtool = pytest.mark.skipif(
@@ -101,7 +102,7 @@ def test_promtool_check_rules() -> None:
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out.stdout
 
 
 @needs_promtool
@@ -124,7 +125,7 @@ def test_promtool_check_config_with_the_rules_loaded(tmp_path: Path) -> None:
         ["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out.stdout
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in cfg["scrape_configs"]}
     assert jobs["anomaly"] == ["anomaly:9108"]  # the compose service and its metrics port
 
@@ -208,6 +209,7 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
         "Alert timeline",
         "Checkpoint age",
         "Invalid messages and rejected readings",
+        "Model drift (PSI)",
     } <= titles
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")

@@ -10,6 +10,7 @@ import pytest
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
+from anomaly.thresholds import THRESHOLDS
 from anomaly.training import series_errors
 from tests.helpers import chunks, make_series
 
@@ -23,9 +24,12 @@ def feed(engine: Engine, series, pieces) -> tuple[np.ndarray, list]:
     return (np.concatenate(scores) if scores else np.zeros(0)), alerts
 
 
-@pytest.mark.parametrize("threshold", ["static", "dynamic"])
+SMALL = {"dynamic_warmup": 32, "dynamic_history": 64, "spot_init": 32, "spot_depth": 8, "spot_peaks": 16}
+
+
+@pytest.mark.parametrize("threshold", list(THRESHOLDS))
 def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_series, threshold) -> None:
-    cfg = EngineConfig(threshold=threshold, dynamic_warmup=32, dynamic_history=64)
+    cfg = EngineConfig(threshold=threshold, max_alert_seconds=120.0, **SMALL)
     n = len(test_series)
     one_by_one = feed(Engine(bundle, cfg), test_series, chunks(n, [1]))
     in_blocks = feed(Engine(bundle, cfg), test_series, chunks(n, [7, 3, 13, 1]))
@@ -50,8 +54,9 @@ def test_many_keys_in_one_batch_score_as_if_alone(bundle, test_series) -> None:
     assert np.array_equal(alone, np.concatenate(together))
 
 
-def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series) -> None:
-    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+@pytest.mark.parametrize("threshold", list(THRESHOLDS))
+def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series, threshold) -> None:
+    cfg = EngineConfig(threshold=threshold, max_alert_seconds=120.0, **SMALL)
     n, cut = len(test_series), 8 * 40 + 5  # mid-window
     straight = feed(Engine(bundle, cfg), test_series, chunks(n, [3]))
     first = Engine(bundle, cfg)
@@ -95,21 +100,58 @@ def one(bundle, value=0.0, n=1):
     return np.full((n, len(bundle.features)), value)
 
 
-def test_nan_is_rejected_whole_and_state_untouched(bundle) -> None:
+def test_nan_refuses_only_that_reading(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])
-    before = e.snapshot()
-    bad = one(bundle, n=2)
+    bad = one(bundle, n=3)
     bad[1, 0] = np.nan
-    out = e.process([Event("a", np.array([3.0, 4.0]), bad, ref=("p", 7))])
-    assert [(r.reason, r.count, r.whole, r.ref) for r in out.rejections] == [
-        ("non_finite", 2, True, ("p", 7))
+    out = e.process([Event("a", np.array([3.0, 4.0, 5.0]), bad, ref=("p", 7))])
+    assert [(r.reason, r.count, r.whole, r.ref, r.timestamps.tolist()) for r in out.rejections] == [
+        ("non_finite", 1, False, ("p", 7), [4.0])
     ]
-    assert e.snapshot() == before and out.readings == 0
+    assert out.readings == 2 and e.store.arrays["last_ts"][e.store.slots["a"]] == 5.0
+    before = e.snapshot()
+    all_bad = one(bundle, n=2)
+    all_bad[:, 0] = np.nan
+    out = e.process([Event("a", np.array([6.0, 7.0]), all_bad)])
+    assert [(r.count, r.whole) for r in out.rejections] == [(2, True)] and e.snapshot() == before
     inf = one(bundle)
     inf[0, 1] = np.inf
     assert e.process([Event("b", np.array([1.0]), inf)]).rejections[0].reason == "non_finite"
-    assert "b" not in e.keys() and e.counters["rejected_non_finite"] == 3
+    assert "b" not in e.keys() and e.counters["rejected_non_finite"] == 4
+    out = e.process([Event("a", np.array([np.nan, 8.0]), one(bundle, n=2))])
+    assert [(r.reason, r.count, r.detail) for r in out.rejections] == [
+        ("non_finite", 1, "timestamp is not finite")
+    ]
+
+
+@pytest.mark.parametrize("policy", ["reject", "ffill"])
+def test_missing_values_give_the_same_results_in_blocks_of_any_size(bundle, test_series, policy) -> None:
+    """Issue 9 item 2: one NaN used to refuse its whole block, so results depended on the block size."""
+    s = dataclasses.replace(test_series, values=test_series.values.copy())
+    n = 400
+    s.values[[5, 6, 77, 200, 201, 202], 0] = np.nan
+    s.values[300, :] = np.nan
+    cfg = EngineConfig(nan_policy=policy)
+    runs = []
+    for sizes in ([1], [7, 3], [n]):
+        e = Engine(bundle, cfg)
+        scores, rejected = [], 0
+        for lo, hi in chunks(n, sizes):
+            out = e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])])
+            scores += [w.scores for w in out.windows]
+            rejected += sum(r.count for r in out.rejections)
+        runs.append((np.concatenate(scores), rejected, e.snapshot()))
+    for scores, rejected, snap in runs[1:]:
+        assert np.array_equal(scores, runs[0][0]) and rejected == runs[0][1] and snap == runs[0][2]
+    if policy == "reject":
+        assert runs[0][1] == 7
+        ok = np.isfinite(s.values[:n]).all(axis=1)
+        clean = Engine(bundle, cfg)
+        out = clean.process([Event(s.key, s.timestamps[:n][ok], s.values[:n][ok])])
+        assert np.array_equal(np.concatenate([w.scores for w in out.windows]), runs[0][0])
+    else:
+        assert runs[0][1] == 0
 
 
 def test_nan_forward_fill_policy(bundle) -> None:
@@ -271,7 +313,7 @@ def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_se
     other = make_series("other", n, len(bundle.features), seed=9, start=float(s.timestamps[0]))
     for i, (lo, hi) in enumerate(chunks(n, [4])):
         bad_vals = s.values[lo:hi].copy()
-        bad_vals[0, 0] = np.nan
+        bad_vals[:, 0] = np.nan
         events = [
             Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]),
             Event(other.key, other.timestamps[lo:hi], other.values[lo:hi]),
@@ -295,3 +337,70 @@ def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
     assert out.evicted == ["unit"]
     assert [(a.id, a.status, a.end) for a in out.alerts] == [(opened[0].id, "closed", 63.0)]
     assert e.active_alerts == 0
+
+
+def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
+    """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
+    message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""
+    from anomaly.engine.types import Readings
+
+    n = 240
+    series = [test_series] + [
+        make_series(f"k{i}", n, len(bundle.features), seed=i, start=float(test_series.timestamps[0]))
+        for i in range(4)
+    ]
+    messages = []
+    for j in range(n):
+        for s in series:
+            ts, vals = s.timestamps[j : j + 1].copy(), s.values[j : j + 1].astype(np.float64)
+            if j % 41 == 7:
+                vals[0, 1] = np.nan
+            if j % 53 == 9:
+                ts -= 5.0  # backwards
+            if j % 67 == 3 and j:
+                ts[0] = s.timestamps[j - 1]  # duplicate
+            if j >= 150 and s.key == "k1":
+                ts += 50_000.0  # a gap longer than max_gap (the key resets), shorter than the TTL
+            messages.append(Event(s.key, ts, vals, ref=len(messages)))
+
+    def collect(engine, batches):
+        windows, alerts, refused = {}, [], []
+        for b in batches:
+            out = engine.process(b)
+            for w in out.windows:
+                windows.setdefault(w.key, []).append(w.scores.tobytes() + w.timestamps.tobytes())
+            alerts += [a.id + a.status for a in out.alerts]
+            refused += [(r.key, r.reason, r.count, r.whole, r.ref) for r in out.rejections]
+        state = engine.snapshot(sorted(engine.keys()))
+        return windows, sorted(alerts), sorted(refused), state, engine.counters["gap_resets"]
+
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=16, dynamic_history=32)
+    single = collect(Engine(bundle, cfg), [[m] for m in messages])
+    polls = [
+        Readings.from_events(messages[lo:hi], len(bundle.features))
+        for lo, hi in chunks(len(messages), [50, 7, 333])
+    ]
+    columns = collect(Engine(bundle, cfg), polls)
+    assert columns == single
+    assert {r[1] for r in single[2]} == {"non_finite", "time_backwards", "duplicate_timestamp"}
+    assert single[4] == 1 and len(single[1]) > 0
+
+
+def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_again(bundle) -> None:
+    """A sensor settles at a new level 60 sigma away: the alert closes as a level shift after
+    max_alert_seconds, the key re-baselines (the new level is normal), and a later spike on top alerts again."""
+    w = bundle.window
+    s = spiky(bundle, n=60 * w, spans=())
+    s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # lasting shift from t = 80 s
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
+    cfg = EngineConfig(static_threshold=100.0, smoothing=1.0, max_alert_seconds=100.0)
+    e, alerts = Engine(bundle, cfg), []
+    for lo, hi in chunks(len(s), [7]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    got = [(a.status, a.start, a.reason) for a in alerts]
+    assert got[:3] == [("open", 80.0, ""), ("closed", 80.0, "level_shift"), ("open", 360.0, "")]
+    assert alerts[1].at == 180.0 and got[3:] == [("closed", 360.0, "normal")]
+    assert e.counters["level_shifts"] == 1 and e.active_alerts == 0
+    never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0))
+    kept = never.process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes

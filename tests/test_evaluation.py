@@ -7,7 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from anomaly.evaluation import Confusion, Counts, count, evaluate, format_table, point_adjust, pool, segments
+from anomaly.evaluation import (
+    Confusion,
+    Counts,
+    causal,
+    count,
+    decision_index,
+    evaluate,
+    format_table,
+    oracle_best_f1,
+    point_adjust,
+    pool,
+    segments,
+)
 
 # index:          0  1  2  3  4  5  6  7  8  9
 LABELS = np.array([0, 0, 1, 1, 1, 0, 0, 1, 1, 0])
@@ -117,3 +129,85 @@ def test_format_table_shows_skab_metrics_and_labels_point_adjust():
     assert "point-adjusted (not comparable with SKAB)" in text
     assert any(line.split() == ["PA-F1", "0.600"] for line in lines)
     assert "1 / 2 / 4 / 3" in text
+
+
+def test_decisions_delay_what_the_pipeline_has_said():
+    # a window of 4 decided by its last reading: readings 0-3 are known at 3, 4-7 at 7
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0])
+    preds = np.array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    ts = np.arange(12) * 60.0
+    decided_at = np.repeat([3, 7, 11], 4) * 60.0
+    m = evaluate(labels, preds, ts, decided_at)
+    # the flag on reading 5 is seen from reading 7 (its decision) until the next decision at 11
+    assert m["counts"]["point"] == {"tp": 1, "fp": 3, "fn": 2, "tn": 6}
+    assert m["counts"]["marked"] == {"tp": 1, "fp": 0, "fn": 2, "tn": 9}
+    assert (m["median_delay_readings"], m["mean_delay_readings"]) == (
+        2.0,
+        2.0,
+    )  # event starts at 5, seen at 7
+    assert (m["median_delay_s"], m["mean_delay_s"]) == (120.0, 120.0)
+    assert m["event_recall"] == 1.0
+    # wait from arrival to decision: 3, 2, 1, 0 readings per window
+    assert m["counts"]["latency"]["readings"] == {3: 3, 2: 3, 1: 3, 0: 3}
+    assert (m["latency_readings_median"], m["latency_readings_p99"]) == (1.0, 3.0)
+    assert (m["latency_s_median"], m["latency_s_p99"]) == (60.0, 180.0)
+
+
+def test_without_decisions_every_reading_decides_itself():
+    m = evaluate(LABELS, PREDS, TIMES)
+    assert m["counts"]["point"] == m["counts"]["marked"]
+    assert m == evaluate(LABELS, PREDS, TIMES, TIMES)
+    assert m["latency_readings_p99"] == 0.0
+
+
+def test_a_late_decision_still_detects_a_short_event_and_counts_its_delay():
+    labels = np.array([0, 1, 0, 0, 0, 0])
+    preds = np.array([0, 1, 0, 0, 0, 0])
+    ts = np.array([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    m = evaluate(labels, preds, ts, [30.0, 30.0, 30.0, 30.0, np.nan, np.nan])
+    assert m["event_recall"] == 1.0 and m["median_delay_readings"] == 2.0 and m["mean_delay_s"] == 20.0
+    assert m["counts"]["point"]["tp"] == 0  # the spike is flagged only after it ended
+    with pytest.raises(ValueError, match="before it arrives"):
+        evaluate(labels, preds, ts, [0.0] * 6)
+
+
+def test_causal_holds_the_latest_decision():
+    dec = np.array([1, 1, 3, 3, 6, 6])  # index 6 = never decided
+    assert causal([0, 1, 0, 0, 1, 1], dec, False).tolist() == [False, True, True, False, False, False]
+    assert causal([1.0, 2.0, 5.0, np.nan, 9.0, 9.0], dec, np.nan, np.fmax)[1:].tolist() == [
+        2.0,
+        2.0,
+        5.0,
+        5.0,
+        5.0,
+    ]
+    ts = np.array([0.0, 1.0, 2.0, 3.0])
+    assert decision_index(ts, [1.0, 1.0, 3.0, np.nan]).tolist() == [1, 1, 3, 4]
+
+
+def test_oracle_best_f1_tries_every_threshold():
+    scores = np.array([0.1, 0.9, 0.8, 0.3, 0.7, 0.2, np.nan])
+    labels = np.array([0, 1, 1, 0, 0, 1, 1])
+    # thresholds: 0.9 -> tp1 fp0 fn3: 0.4; 0.8 -> tp2 fn2: 2/3=0.667; 0.7 -> tp2 fp1 fn2: 4/7; 0.2 -> tp3 fp2 fn1: 2/3
+    f1, thr = oracle_best_f1(scores, labels)
+    assert f1 == pytest.approx(2 / 3) and thr == 0.8  # ties: the first (highest) threshold reaching the best
+    assert oracle_best_f1([1.0, 1.0, 0.0], [1, 0, 0]) == (2 / 3, 1.0)  # tied scores flag together
+    assert oracle_best_f1([0.5, 0.1], [0, 0]) == (0.0, float("inf"))
+
+
+def test_pool_keeps_delays_and_latency_through_json():
+    a = count([0, 1, 1, 0], [0, 0, 1, 0], [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 3.0, 3.0])
+    b = count([1, 1], [1, 1], [0.0, 1.0])
+    pooled = pool([json.loads(json.dumps(a.metrics())), b])
+    assert pooled == pool([a, b])
+    assert Counts.from_json(pooled["counts"]).events.delays_readings == (2, 0)
+    assert pooled["mean_delay_readings"] == 1.0
+    assert pooled["counts"]["latency"]["readings"] == {0: 4, 1: 2}
+
+
+def test_rows_out_of_time_order_map_decisions_in_file_order():
+    ts = np.array([0.0, 1.0, 0.5, 2.0, 3.0])  # row 2 went backwards (the engine refused it: never decided)
+    decided = np.array([1.0, 1.0, np.nan, 3.0, 3.0])
+    assert decision_index(ts, decided).tolist() == [1, 1, 5, 4, 4]
+    m = evaluate([0, 0, 0, 1, 1], [0, 0, 0, 1, 1], ts, decided)
+    assert m["median_delay_readings"] == 1.0 and m["counts"]["point"]["tp"] == 1

@@ -73,6 +73,14 @@ def test_block_and_custom_field_names():
         (rec({"ts": 1, "values": [1, 2]}), "feature_count"),
         (rec({"ts": 1, "values": {"temp": 1, "pressure": 2, "speed": 3}}), "feature_count"),
         (rec({"ts": 1, "values": ["x", 2, 3]}), "bad_values"),
+        (rec({"ts": 1, "values": ["1.5", 2, 3]}), "bad_values"),  # a number in a string is not a number
+        (rec({"ts": 1, "values": [True, 2, 3]}), "bad_values"),
+        (rec({"ts": 1, "values": {"temp": False, "pressure": 2, "flow": 3}}), "bad_values"),
+        (rec({"readings": [{"ts": 1, "values": [1, "2", 3]}, {"ts": 2, "values": [1, 2, 3]}]}), "bad_values"),
+        (
+            rec({"readings": [{"ts": 1, "values": [1, 2, 3]}, {"ts": 2, "values": [1, 2, True]}]}),
+            "bad_values",
+        ),
         (rec({"ts": 1, "values": 5}), "bad_values"),
         (rec({"readings": []}), "bad_values"),
     ],
@@ -181,3 +189,86 @@ def test_the_shipped_daemon_pipeline_loads():
         cfg.kafka.checkpoint_interval_s,
         cfg.metrics.port,
     ) == (("sensors",), "changelog__{group}--{topic}", 5.0, 9108)
+
+
+def poll_records() -> list[Record]:
+    """A poll as a broker may deliver it: mostly plain single readings, with blocks, ISO times, nulls, integers,
+    huge and tiny magnitudes, booleans and strings in values, and malformed records in between."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(300):
+        ts = 1.7e9 + i * 0.25
+        values = (rng.normal(size=3) * 10.0 ** rng.integers(-8, 9, size=3)).tolist()
+        body: dict = {"key": f"pump-{i % 7}", "ts": ts, "values": values}
+        kind = i % 37
+        if kind == 5:
+            body = {
+                "key": f"pump-{i % 7}",
+                "readings": [{"ts": ts, "values": values}, {"ts": ts + 0.1, "values": values}],
+            }
+        elif kind == 9:
+            body["values"] = ["1.5", 2, 3]
+        elif kind == 11:
+            body["values"] = [True, 2.0, 3.0]
+        elif kind == 13:
+            body["values"] = [None, 2.0, 3.0]
+        elif kind == 17:
+            body["ts"] = "2023-11-14T22:13:20Z"
+        elif kind == 19:
+            body["values"] = [1, 2, 3]
+        elif kind == 23:
+            body["values"] = [1.0, 2.0]
+        elif kind == 29:
+            del body["key"]
+        elif kind == 31:
+            out.append(Record("sensors", 0, i, b"k", b"{broken"))
+            continue
+        elif kind == 33:
+            body["pad"] = "x" * 300
+        out.append(Record("sensors", 0, i, f"pump-{i % 7}".encode(), json.dumps(body).encode()))
+    return out
+
+
+def test_columnar_decode_of_a_poll_equals_decoding_record_by_record():
+    d = Decoder(MessageFormat(FMT.features, max_message_bytes=300))
+    records = poll_records()
+    expected, refused = [], []
+    for r in records:
+        try:
+            expected.append(d.decode(r))
+        except DecodeError as err:
+            refused.append((r.offset, err.reason, err.detail))
+    readings, errors = d.decode_poll(records)
+    got = readings.events()
+    assert [(e.key, e.ref.offset) for e in got] == [(e.key, e.ref.offset) for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g.timestamps.tobytes() == e.timestamps.tobytes()
+        assert g.values.tobytes() == e.values.tobytes()  # NaN for null included
+    assert [(r.offset, e.reason, e.detail) for r, e in errors] == refused
+    assert {reason for _, reason, _ in refused} == {
+        "bad_values",
+        "feature_count",
+        "invalid_json",
+        "oversized",
+    }
+    clean = [r for r in records if r.offset % 37 not in (5, 9, 11, 13, 17, 23, 29, 31, 33)]
+    bulk = d._bulk(clean)  # all of it in columns at once, no record decoded one by one
+    assert bulk is not None and bulk.events().__len__() == len(clean)
+
+
+def test_json_numbers_become_the_float64_python_reads():
+    """Arbitrary decimals and magnitudes: the decoded value is float(text), in bulk and one by one."""
+    rng = np.random.default_rng(5)
+    texts = [f"{x:.{k}f}" for x, k in zip(rng.normal(0, 1e6, 600), rng.integers(0, 12, 600), strict=True)]
+    texts += ["1e-300", "123456789012345678901234567890", "-0.0", "0.1", "1234567.8901234567"]
+    texts += ["9007199254740993", "2.5e15", "7"] + ["0"] * (-len(texts) % 3)
+    rows = [texts[i : i + 3] for i in range(0, len(texts), 3)]
+    records = [
+        Record("t", 0, i, b"k", f'{{"key":"k","ts":{i},"values":[{",".join(r)}]}}'.encode())
+        for i, r in enumerate(rows)
+    ]
+    want = np.array([[float(t) for t in r] for r in rows])
+    readings, errors = Decoder(FMT).decode_poll(records)
+    assert errors == [] and readings.values.tobytes() == want.tobytes()
+    one_by_one = np.concatenate([Decoder(FMT).decode(r).values for r in records])
+    assert one_by_one.tobytes() == want.tobytes()

@@ -103,10 +103,16 @@ def test_observe_counts_readings_windows_histograms_and_rejections(metrics: Pipe
     # One error sample per window: its mean (0.2 and 0.02).
     assert value(metrics, "anomaly_window_error_mse_count") == 2.0
     assert value(metrics, "anomaly_window_error_mse_sum") == pytest.approx(0.22, rel=1e-5)
-    # Latency = now - last timestamp: 0.5 s and 2.5 s.
-    assert value(metrics, "anomaly_latency_seconds_sum") == pytest.approx(3.0)
+    # Latency per reading = now - its timestamp: 2.5, 1.5, 0.5 s (a) and 4.5, 3.5, 2.5 s (b).
+    assert value(metrics, "anomaly_latency_seconds_count") == 6.0
+    assert value(metrics, "anomaly_latency_seconds_sum") == pytest.approx(15.0)
     assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "0.5"}) == 1.0
-    assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "2.5"}) == 2.0
+    assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "2.5"}) == 4.0
+    assert value(metrics, "anomaly_latency_seconds_bucket", {"le": "5.0"}) == 6.0
+    # Decision delay per reading = its window's last timestamp - its own: 2, 1, 0 s in each window.
+    assert value(metrics, "anomaly_decision_delay_seconds_sum") == pytest.approx(6.0)
+    assert value(metrics, "anomaly_decision_delay_seconds_bucket", {"le": "0.0"}) == 2.0
+    assert value(metrics, "anomaly_decision_delay_seconds_bucket", {"le": "1.0"}) == 4.0
     assert value(metrics, "anomaly_batch_size_windows_count") == 2.0
     assert value(metrics, "anomaly_batch_size_windows_sum") == 7.0
     assert value(metrics, "anomaly_keys_held") == 4.0
@@ -281,3 +287,30 @@ def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
         server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(base + "/healthz", timeout=2)
+
+
+def test_observe_many_equals_a_loop_of_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from anomaly.metrics import LATENCY_BUCKETS, observe_many
+
+    values = np.concatenate([np.random.default_rng(0).exponential(2.0, 500), [0.005, 0.0, 300.0, 1e6]])
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("x_seconds", "x", buckets=LATENCY_BUCKETS, registry=one)
+    h2 = Histogram("x_seconds", "x", buckets=LATENCY_BUCKETS, registry=many)
+    for v in values:
+        h1.observe(float(v))
+    observe_many(h2, values)
+
+    def samples(reg):
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in reg.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(many), samples(one)
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k] == (pytest.approx(v) if k[0].endswith("_sum") else v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -36,14 +37,31 @@ def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> No
     assert np.allclose(pq["score"].to_numpy(), scores["score"].to_numpy(), equal_nan=True)
     alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["alerts"] == len(alerts) == len(result.alerts)
+    assert summary["alert_events"] == len(alerts) == len(result.alerts)
+    assert summary["alerts_raised"] == sum(a["status"] == "open" for a in alerts) > 0
     assert {a["status"] for a in alerts} <= {"open", "closed"}
-    expected = evaluation.evaluate(scores["label"], scores["predicted"], scores["timestamp"])
+    expected = evaluation.evaluate(
+        scores["label"], scores["predicted"], scores["timestamp"], scores["decided_at"]
+    )
     assert summary["metrics"]["f1"] == pytest.approx(expected["f1"])
-    assert summary["metrics"]["counts"] == expected["counts"]
+    assert evaluation.Counts.from_json(summary["metrics"]["counts"]) == evaluation.Counts.from_json(
+        expected["counts"]
+    )
     window = result.engine.window
+    scored = scores[scores["scored"]]
+    ts = scored["timestamp"].to_numpy()
+    assert np.array_equal(scored["decided_at"].to_numpy(), np.repeat(ts[window - 1 :: window], window))
+    assert scores.loc[~scores["scored"], "decided_at"].isna().all()
     assert summary["unscored_readings"] == len(source) % window
-    assert summary["totals"]["windows"] == len(source) // window
+    assert summary["totals"]["windows_scored"] == len(source) // window
+    assert summary["coverage"] == {
+        "readings": len(source),
+        "scored": len(scored),
+        "rejected": 0,
+        "unscored": len(source) % window,
+        "scored_fraction": round(len(scored) / len(source), 6),
+    }
+    assert summary["warnings"] == []
     png = out / "report-test.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     prom = (out / "metrics.prom").read_text()
@@ -63,9 +81,11 @@ def test_replay_equals_the_engine_fed_one_reading_at_a_time(bundle, bundle_path,
     live: dict[str, list[np.ndarray]] = {}
     alert_ids = []
     ts = to_epoch_seconds(frame["timestamp"])
-    for i, row in enumerate(frame.itertuples(index=False)):
-        values = np.array([getattr(row, f) for f in bundle.features])
-        out = engine.process([Event(row.sensor_id, np.array([ts[i]]), values)])
+    with path.open() as fh:  # the CSV's decimals as Python reads them: the numeric contract of anomaly.data
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        values = np.array([float(row[f]) for f in bundle.features])
+        out = engine.process([Event(row["sensor_id"], np.array([ts[i]]), values)])
         for w in out.windows:
             live.setdefault(w.key, []).append(w.scores)
         alert_ids += [a.id + a.status for a in out.alerts]

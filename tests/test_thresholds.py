@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from anomaly.thresholds import ALERT_FIELDS, Z_GRID, ewma, push_history, select_epsilon, step_alerts
+from anomaly.config import EngineConfig
+from anomaly.thresholds import (
+    ALERT_FIELDS,
+    Z_GRID,
+    DSpotThreshold,
+    SpotThreshold,
+    ewma,
+    fit_gpd,
+    gpd_quantile,
+    push_history,
+    select_epsilon,
+    step_alerts,
+)
 
 
 def test_epsilon_separates_rare_spikes_from_the_bulk() -> None:
@@ -88,3 +101,115 @@ def test_step_alerts_opens_after_k_closes_after_m() -> None:
     assert [(t.status, t.start, t.end, t.at) for t in tr2] == [("closed", 101.0, 110.0, 114.0)]
     assert tr2[0].peak == float(scores[0, 10]) and tr2[0].threshold == 2.0
     assert tr2[0].contributions.tolist() == [4.0, 2.0]  # opening window + the next window's errors
+
+
+# --- SPOT / DSPOT -------------------------------------------------------------------------------------------------
+
+
+def test_gpd_method_of_moments_matches_the_sample_mean_and_variance() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.pareto(4.0, 50).astype(np.float32)
+    ring = np.zeros((1, 64), np.float32)
+    ring[0, :50] = y
+    xi, sigma = fit_gpd(ring, np.array([50]))
+    m, v = y.astype(np.float64).mean(), y.astype(np.float64).var(ddof=1)
+    # GPD mean sigma / (1 - xi) and variance sigma^2 / ((1 - xi)^2 (1 - 2 xi)) equal the sample's
+    assert sigma[0] / (1 - xi[0]) == pytest.approx(m, rel=1e-12)
+    assert sigma[0] ** 2 / ((1 - xi[0]) ** 2 * (1 - 2 * xi[0])) == pytest.approx(v, rel=1e-12)
+    assert fit_gpd(ring, np.array([1]))[0][0] == 0.0  # one excess: exponential tail
+    ring[0, :50] = np.linspace(
+        0.0, 1.0, 50
+    )  # a bounded (uniform) sample: MoM says xi < 0; taken as exponential
+    xi, sigma = fit_gpd(ring, np.array([50]))
+    assert xi[0] == 0.0 and sigma[0] == pytest.approx(0.5, rel=1e-7)  # the mean (float32 ring)
+
+
+def test_gpd_quantile_is_exceeded_with_probability_q() -> None:
+    t, xi, sigma, n, nt = np.array([2.0, 2.0]), np.array([0.2, 0.0]), np.array([0.5, 0.5]), 1000, 40
+    z = gpd_quantile(t, xi, sigma, 1e-3, np.array([n, n]), np.array([nt, nt]))
+    survival = [
+        nt / n * (1 + xi[0] * (z[0] - t[0]) / sigma[0]) ** (-1 / xi[0]),
+        nt / n * np.exp(-(z[1] - t[1]) / sigma[1]),
+    ]
+    assert survival == pytest.approx([1e-3, 1e-3], rel=1e-12)
+    # a risk above P(X > t) is out of the tail's reach: t itself
+    assert gpd_quantile(t, xi, sigma, 0.5, np.array([n, n]), np.array([nt, nt])).tolist() == [2.0, 2.0]
+
+
+def spot_state(threshold: SpotThreshold, k: int) -> dict[str, np.ndarray]:
+    out = {}
+    for name, (shape, dtype, fill) in threshold.fields().items():
+        out[name] = np.full((k, *shape), np.nan if fill == "nan" else 0, dtype)
+    return out
+
+
+def test_spot_epsilon_equals_a_direct_gpd_computation_on_a_fixed_sample() -> None:
+    cfg = EngineConfig(
+        threshold="spot", spot_init=200, spot_level=0.9, spot_q=1e-3, spot_peaks=64, spot_min=0.0
+    )
+    spot = SpotThreshold(cfg, 1.5)
+    sample = np.random.default_rng(7).pareto(3.0, (1, 300)).astype(np.float32)  # a heavy tail: xi > 0
+    state = spot_state(spot, 1)
+    eps0, warm0 = spot.epsilon(state, 1)
+    assert not warm0[0] and eps0[0] == 0.0  # calibrating: cannot alert, epsilon is the floor
+    never = np.zeros_like(sample, bool)
+    spot.update(state, sample[:, :150], never, never)
+    spot.update(state, sample[:, 150:], never, never)  # in two windows: state carries
+    eps, warm = spot.epsilon(state, 1)
+    # the same by hand: t from the calibration sample, excesses of every later point, MoM fit, z_q
+    x = sample[0].astype(np.float64)
+    t = float(np.float32(np.quantile(x[:200], 0.9)))
+    exc = np.concatenate([x[:200][x[:200] > t], x[200:][x[200:] > t]]) - t
+    m, v = exc.mean(), exc.var(ddof=1)
+    xi, sigma = 0.5 * (1 - m * m / v), 0.5 * m * (m * m / v + 1)
+    z = t + sigma / xi * ((1e-3 * 300 / len(exc)) ** (-xi) - 1)
+    assert xi > 0.05
+    assert warm[0] and state["spot_n"][0] == 300 and state["spot_npeaks"][0] == len(exc)
+    assert eps[0] == pytest.approx(z, rel=1e-6)
+
+
+def test_spot_does_not_learn_points_it_flags_and_dspot_follows_the_baseline() -> None:
+    cfg = EngineConfig(spot_init=64, spot_level=0.9, spot_depth=16, spot_min=0.0)
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 0.1, (1, 256)).astype(np.float32)
+    spot, dspot = SpotThreshold(cfg, 1.5), DSpotThreshold(cfg, 1.5)
+    s1, s2 = spot_state(spot, 1), spot_state(dspot, 1)
+    never = np.zeros_like(base, bool)
+    spot.update(s1, base, never, never)
+    dspot.update(s2, base, never, never)
+    before = {k: v.copy() for k, v in s1.items()}
+    flagged = np.ones((1, 8), bool)
+    spot.update(s1, np.full((1, 8), 50.0, np.float32), flagged, flagged)
+    assert all(np.array_equal(before[k], s1[k], equal_nan=True) for k in s1)  # anomalies leave it untouched
+    e_spot, e_dspot = spot.epsilon(s1, 1)[0][0], dspot.epsilon(s2, 1)[0][0]
+    drift = (rng.normal(0, 0.1, 1000) + np.linspace(0, 5, 1000)).astype(np.float32)[None, :]
+    flags = []
+    for lo in range(0, 1000, 8):  # a slow drift of the baseline, streamed window by window
+        x = drift[:, lo : lo + 8]
+        flagged = x > dspot.epsilon(s2, 1)[0][:, None]
+        flags.append(flagged)
+        dspot.update(s2, x, flagged, flagged)
+    assert np.concatenate(flags, axis=1).mean() < 0.01  # DSPOT follows it, SPOT's epsilon stays put
+    assert dspot.epsilon(s2, 1)[0][0] == pytest.approx(e_dspot + 5.0, abs=0.3)
+    assert spot.epsilon(s1, 1)[0][0] == e_spot
+
+
+def test_level_shift_closes_an_alert_after_max_open_seconds() -> None:
+    n = 30
+    ts = np.arange(n, dtype=np.float64)[None, :]
+    flags = np.ones((1, n), bool)
+    state = fresh(1)
+    open_pts, tr = step_alerts(
+        state, ts, np.full((1, n), 5.0), flags, np.array([2.0]), np.ones((1, 2)), 3, 4, 10.0
+    )
+    assert [(t.status, t.start, t.at, t.reason) for t in tr] == [
+        ("open", 0.0, 2.0, ""),
+        ("closed", 0.0, 10.0, "level_shift"),
+    ]
+    assert (
+        open_pts[0].tolist() == [False, False] + [True] * 8 + [False] * 20
+    )  # muted for the rest of the window
+    _, tr2 = step_alerts(
+        state, ts + n, np.full((1, n), 5.0), flags, np.array([2.0]), np.ones((1, 2)), 3, 4, 10.0
+    )
+    assert [(t.status, t.start, t.reason) for t in tr2][:1] == [("open", 30.0, "")]  # can alert again

@@ -38,3 +38,50 @@ def test_calibration_is_stored(train_csv) -> None:
     assert q["0.5"] <= q["0.9"] <= q["0.99"] <= cal["point_error_max"]
     assert cal["default_threshold"] == 1.5
     assert len(cal["feature_error_mean"]) == 4
+
+
+def test_training_learns_the_sampling_interval_and_cuts_where_the_engine_resets() -> None:
+    """Issue 9 item 1: 10-minute data used to be reset on every reading by a fixed 300 s gap rule, and
+    training ignored gaps. The interval is learnt, stored, and both sides cut at the same gap."""
+    import numpy as np
+
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine
+    from tests.helpers import make_series
+
+    s = make_series("a", 200, 3)
+    s.timestamps = 1_700_000_000.0 + 600.0 * np.arange(200)
+    s.timestamps[120:] += 3 * 86_400.0  # one three-day hole
+    result = train(
+        [s], ["x", "y", "z"], ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu")
+    )
+    bundle = result.bundle
+    assert bundle.meta["sampling"] == {
+        "interval_seconds": 600.0,
+        "max_gap_seconds": 180_000.0,
+        "gap_splits": 1,
+    }
+    assert bundle.sampling_interval == 600.0 and Engine(bundle, EngineConfig()).max_gap == 180_000.0
+    assert Engine(bundle, EngineConfig(max_gap_seconds=50.0)).max_gap == 50.0
+    assert result.bundle.meta["training"]["rows"] == 200
+    legacy = dict(bundle.meta)
+    del legacy["sampling"]
+    bundle.meta = legacy
+    assert bundle.sampling_interval is None and Engine(bundle, EngineConfig()).max_gap == 300.0
+
+
+def test_training_refuses_data_where_every_reading_is_a_gap() -> None:
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    s = make_series("a", 50, 2)  # one reading a second
+    with pytest.raises(DataError, match="no stretch of 8 rows without a gap longer than 0.5 s"):
+        train(
+            [s],
+            ["x", "y"],
+            ModelConfig(window=8, hidden_size=8),
+            TrainConfig(epochs=1, device="cpu"),
+            max_gap_seconds=0.5,
+        )

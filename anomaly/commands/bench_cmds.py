@@ -37,18 +37,48 @@ from anomaly.commands.common import one_line_errors
     help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).",
 )
 @click.option(
+    "--formats/--no-formats",
+    default=False,
+    show_default=True,
+    help="Also compare engine scoring throughput of float32, int8 and ONNX models (needs the export extra).",
+)
+@click.option(
+    "--skab",
+    "skab_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --formats: also the SKAB F1 of each format, one model per file scored in all three "
+    "(SKAB's data/ folder).  [default: skip]",
+)
+@click.option(
     "--json-out",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write all results as JSON.  [default: none]",
 )
 @one_line_errors
-def bench_cmd(keys: str, flat_readings: int, memory_keys: int, kafka: bool, json_out: str | None) -> None:
+def bench_cmd(
+    keys: str,
+    flat_readings: int,
+    memory_keys: int,
+    kafka: bool,
+    formats: bool,
+    skab_dir: str | None,
+    json_out: str | None,
+) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key."""
     from anomaly.bench import run_engine_bench
 
     counts = tuple(int(k) for k in keys.split(",") if k.strip())
     results = {"engine": run_engine_bench(counts, flat_readings, memory_keys, say=click.echo)}
+    if formats:
+        from anomaly.bench_formats import run_format_bench
+
+        results["formats"] = run_format_bench(say=click.echo)
+        if skab_dir:
+            from anomaly.bench_formats import run_skab_formats
+
+            results["skab_formats"] = run_skab_formats(skab_dir, say=click.echo)
     if kafka:
         from anomaly.bench_kafka import run_kafka_bench
 

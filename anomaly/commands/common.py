@@ -28,6 +28,58 @@ key_column_option = click.option(
 )
 
 
+_DATA_OPTIONS = (
+    click.option(
+        "--separator",
+        default=None,
+        help="Column separator.  [default: detected from the header: ',', ';', tab or '|']",
+    ),
+    click.option(
+        "--decimal",
+        type=click.Choice([".", ","]),
+        default=None,
+        help="Decimal mark of numbers, e.g. ',' for 1,5.  [default: .]",
+    ),
+    click.option(
+        "--time-unit",
+        type=click.Choice(["auto", "s", "ms", "us", "ns"]),
+        default=None,
+        help="Unit of numeric times.  [default: auto (epoch s, ms, us or ns by magnitude)]",
+    ),
+    click.option(
+        "--time-format",
+        default=None,
+        help="strftime format of text times, e.g. '%d/%m/%Y %H:%M'.  [default: ISO-like]",
+    ),
+    click.option(
+        "--dayfirst/--monthfirst",
+        default=None,
+        help="Dates like 02/01/2023 are day first / month first.  [default: refuse when ambiguous]",
+    ),
+    click.option(
+        "--bad-cells",
+        type=click.Choice(["error", "missing"]),
+        default=None,
+        help="Text in a numeric column: refuse naming the cell, or treat as missing.  [default: error]",
+    ),
+)
+_DATA_NAMES = ("separator", "decimal", "time_unit", "time_format", "dayfirst", "bad_cells")
+
+
+def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say how to read a CSV file. The command receives them as `data_overrides`, a
+    {"data.<field>": value} dict for config_from."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["data_overrides"] = {f"data.{name}": kwargs.pop(name) for name in _DATA_NAMES}
+        return fn(*args, **kwargs)
+
+    for option in reversed(_DATA_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
     return load_config(pipeline, {k: v for k, v in overrides.items() if v is not None and v != ()})

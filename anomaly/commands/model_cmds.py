@@ -10,6 +10,7 @@ import click
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -80,7 +81,15 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         series = kept
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
-    result = train(series, features, cfg.model, cfg.train, progress=progress)
+    result = train(
+        series,
+        features,
+        cfg.model,
+        cfg.train,
+        progress=progress,
+        max_gap_seconds=cfg.engine.max_gap_seconds,
+        nan_policy=cfg.engine.nan_policy,
+    )
     save_bundle(result.bundle, out)
     return result
 
@@ -99,6 +108,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 @time_column_option
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@click.option(
+    "--label",
+    default=None,
+    help="Label column (never a feature; used by --drop-anomalies).  [default: anomaly]",
+)
+@data_options
 @click.option(
     "--drop-anomalies/--keep-anomalies",
     default=None,
@@ -151,6 +166,7 @@ def train_cmd(
     time_column,
     key_column,
     features,
+    label,
     drop_anomalies,
     train_rows,
     window,
@@ -165,6 +181,7 @@ def train_cmd(
     device,
     amp,
     verbose,
+    data_overrides,
 ) -> None:
     """Train the LSTM autoencoder on CSV files and save a model bundle."""
     setup_logging(verbose)
@@ -174,6 +191,8 @@ def train_cmd(
             "data.time_column": time_column,
             "data.key_column": key_column,
             "data.features": features,
+            "data.label": label,
+            **data_overrides,
             "data.drop_anomalies": drop_anomalies,
             "data.train_rows": train_rows,
             "model.window": window,
@@ -200,6 +219,18 @@ def print_training(result: TrainResult, out: str) -> None:
         f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
         + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
     )
+    missing = result.bundle.meta.get("missing_values", {})
+    if missing.get("rows_dropped") or missing.get("cells_filled"):
+        click.echo(
+            f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
+            f"dropped, {missing['cells_filled']} cells forward-filled"
+        )
+    sampling = result.bundle.meta.get("sampling", {})
+    if sampling.get("interval_seconds") is not None:
+        click.echo(
+            f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
+            f"reset a key ({sampling['gap_splits']} in the training data)"
+        )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 

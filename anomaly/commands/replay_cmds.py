@@ -12,6 +12,7 @@ from anomaly import evaluation
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -21,9 +22,11 @@ from anomaly.commands.common import (
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
-from anomaly.errors import SchemaError
+from anomaly.errors import AnomalyError, SchemaError
+from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
+from anomaly.thresholds import THRESHOLDS
 
 # The embedded default of `anomaly demo`; pipelines/demo.toml holds the same settings (a test keeps them equal).
 DEMO: dict[str, dict[str, Any]] = {
@@ -36,20 +39,35 @@ DEMO: dict[str, dict[str, Any]] = {
 
 
 def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> None:
-    """Unless features were chosen explicitly, the files' numeric columns must be exactly the model's."""
-    if cfg.data.features:
+    """The files must give the model exactly its features. `--features` selects them by name (every other
+    column is then ignored); without it, the files' numeric columns must be exactly the model's."""
+    chosen = list(cfg.data.features)
+    if chosen:
+        unknown = [f for f in chosen if f not in features]
+        if unknown:
+            raise SchemaError(
+                f"--features names {', '.join(unknown)}, which the model does not use; its features are "
+                f"{', '.join(features)}",
+                extra=unknown,
+            )
+        missing = [f for f in features if f not in chosen]
+        if missing:
+            raise SchemaError(
+                f"--features leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
+                missing=missing,
+            )
         return
     for path in paths:
-        have = infer_features(read_frame(path, cfg.data.separator), cfg.data)
+        have = infer_features(read_frame(path, cfg.data.separator, cfg.data.decimal), cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
         if missing or extra:
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
                 [f"unexpected {', '.join(extra)}"] if extra else []
             )
+            hint = "" if missing else " (use only the model's columns with --features)"
             raise SchemaError(
-                f"{path} does not match the model's features: {'; '.join(parts)}"
-                + ("" if missing else " (select columns with --features)"),
+                f"{path} does not match the model's features: {'; '.join(parts)}{hint}",
                 missing=missing,
                 extra=extra,
             )
@@ -79,21 +97,37 @@ def run_replay(
 
 
 def print_result(result: ReplayResult) -> None:
+    """The run in a few lines. Warnings go to stderr; a run that scored nothing ends with one `error:` line
+    and exit status 2 (its files are written all the same, so the user can look at them)."""
     s = result.summary
-    t = s["totals"]
+    t, c = s["totals"], s["coverage"]
     click.echo(
-        f"replayed {t['readings']:,} readings of {s['series']} series: {t['windows']:,} windows scored, "
-        f"{s['alerts']} alert events, {s['rejected_readings']} readings rejected"
+        f"replayed {c['readings']:,} readings of {s['series']} series: {t['windows_scored']:,} windows scored "
+        f"({c['scored']:,} readings), {s['alerts_raised']} alerts raised ({s['alert_events']} open/close "
+        f"events), {c['rejected']:,} readings rejected"
     )
-    if "metrics" in s:
+    nothing = bool(s["warnings"]) and s["warnings"][0].startswith("nothing was scored")
+    for line in s["warnings"][1:] if nothing else s["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    if "metrics" in s and not nothing:
+        cut = c["unscored"] - c["rejected"]
         click.echo(
-            f"\nevaluation (prediction = {s['predict']}; {s['unscored_readings']} readings at series ends "
-            "never filled a window and count as predicted normal)"
+            f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
+            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
-    click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
+    if result.quality and not nothing:
+        click.echo("")
+        click.echo(
+            format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
+        )
+    click.echo(
+        f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)"
+    )
     for path in result.reports:
         click.echo(f"report:  {path}")
+    if nothing:
+        raise AnomalyError(s["warnings"][0])
 
 
 @click.command("replay")
@@ -112,11 +146,12 @@ def print_result(result: ReplayResult) -> None:
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
+@data_options
 @click.option(
     "--threshold",
-    type=click.Choice(["static", "dynamic"]),
+    type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind.  [default: static]",
+    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
 )
 @click.option(
     "--static-threshold",
@@ -154,6 +189,7 @@ def replay_cmd(
     metrics_out,
     plots,
     verbose,
+    data_overrides,
 ) -> None:
     """Replay CSV files through the streaming engine: scores, alerts, evaluation and plots."""
     setup_logging(verbose)
@@ -164,6 +200,7 @@ def replay_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            **data_overrides,
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
             "replay.predict": predict,

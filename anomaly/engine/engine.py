@@ -20,9 +20,17 @@ import torch
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.state import Layout, StateStore
-from anomaly.engine.types import REJECT_REASONS, Alert, EngineOutput, Event, Rejection, ScoredWindow
+from anomaly.engine.types import (
+    REJECT_REASONS,
+    Alert,
+    EngineOutput,
+    Event,
+    Readings,
+    Rejection,
+    ScoredWindow,
+)
 from anomaly.errors import BundleError
-from anomaly.thresholds import ALERT_FIELDS, ewma, push_history, select_epsilon, step_alerts
+from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
@@ -40,6 +48,7 @@ class Engine:
                 "alerts_closed",
                 "reloads_kept",
                 "reloads_reset",
+                "level_shifts",
             ],
             0,
         )
@@ -67,18 +76,26 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             self.feature_reference = np.asarray(ref, np.float32)
+        gap = self.config.max_gap_seconds
+        self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
             self.config.static_threshold
             if self.config.static_threshold is not None
             else bundle.default_threshold
         )
+        self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
-        history = (
-            self.config.dynamic_history if self.config.threshold == "dynamic" else 0
-        )  # static needs none
-        return Layout(a.num_layers, a.hidden_size, a.window, a.n_features, history)
+        f = a.n_features
+        extra: list[tuple[str, tuple[int, ...], str, str]] = [
+            ("offset", (f,), "float32", "zero"),  # per-key input re-baseline (standardized units)
+            ("level", (f,), "float32", "nan"),  # slow EWMA of window means (standardized units)
+        ]
+        extra += [
+            (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
+        ]
+        return Layout(a.num_layers, a.hidden_size, a.window, f, tuple(extra))
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
@@ -122,7 +139,7 @@ class Engine:
 
     # --- processing ------------------------------------------------------------------------------------------
 
-    def process(self, events: Sequence[Event]) -> EngineOutput:
+    def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
         out = EngineOutput()
         queues: dict[int, deque] = {}
         row_keys: dict[int, str] = {}
@@ -166,19 +183,26 @@ class Engine:
                     a["alert_peak"][row],
                     a["alert_thr"][row],
                     a["alert_contrib"][row],
+                    "evicted",
                 )
             )
             self.counters["alerts_closed"] += 1
 
     def _ingest_batch(
-        self, events: Sequence[Event], queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        events: Sequence[Event] | Readings,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        out: EngineOutput,
     ) -> None:
-        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
-        time order, no long gap) take the array path; the few others go event by event through `_ingest`,
-        which owns the policies. Both paths assemble windows identically."""
+        """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
+        in order, by `_ingest`, which owns the reasons."""
+        if isinstance(events, Readings):
+            if len(events):
+                self._ingest_readings(events, queues, row_keys, out)
+            return
         f = self.n_features
-        ev_rows, counts, ts_parts, val_parts, kept_events = [], [], [], [], []
-        created: set[int] = set()
+        keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
                 ev.timestamps
@@ -194,26 +218,43 @@ class Engine:
                 continue
             if n == 0:
                 continue
-            key = str(ev.key)
-            row = self.store.slots.get(key)
-            if row is None:
-                row, _ = self.store.slot(key)
-                created.add(row)
-            else:
-                self.store.slots.move_to_end(key)
-            row_keys[row] = key
-            ev_rows.append(row)
+            keys.append(str(ev.key))
             counts.append(n)
             ts_parts.append(ts)
             val_parts.append(vals)
-            kept_events.append(ev)
-        if not ev_rows:
-            return
+            refs.append(ev.ref)
+        if keys:
+            batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
+            self._ingest_readings(batch, queues, row_keys, out)
+
+    def _ingest_readings(
+        self, r: Readings, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> None:
+        """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
+        time order, no long gap) take the array path; the few others go message by message through `_ingest`,
+        which owns the policies. Both paths assemble windows identically. Python work is per distinct key,
+        not per message."""
+        slots = self.store.slots
+        name_rows = np.empty(len(r.names), np.int64)
+        created: set[int] = set()
+        for i, key in enumerate(r.names):  # keys are created in order of first appearance
+            row = slots.get(key)
+            if row is None:
+                row, _ = self.store.slot(key)
+                created.add(row)
+            name_rows[i] = row
+            row_keys[row] = key
+        kid = r.kid
+        if len(r.names) > 1:  # least recently used order: as if each message touched its key in turn
+            last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
+            for i in np.argsort(last).tolist():
+                slots.move_to_end(r.names[i])
+        else:
+            slots.move_to_end(r.names[0])
         a = self.store.arrays
-        n_ev = np.asarray(counts)
-        rows_r = np.repeat(np.asarray(ev_rows), n_ev)
-        ts = np.concatenate(ts_parts).astype(np.float64, copy=False)
-        vals = np.concatenate(val_parts).astype(np.float64, copy=False)
+        msg_rows = name_rows[kid]
+        rows_r = np.repeat(msg_rows, r.counts)
+        ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
         r_s, t_s = rows_r[order], ts[order]
         first = np.empty(len(r_s), bool)
@@ -224,17 +265,19 @@ class Engine:
         prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
-            bad |= (t_s - prev) > self.config.max_gap_seconds
+            bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
-        irregular = set(np.unique(r_s[bad]).tolist())
-        if irregular:
+        if bad.any():
+            irregular = np.unique(r_s[bad])
             self.store.drop(
-                row_keys[r] for r in irregular & created
+                row_keys[x] for x in created.intersection(irregular.tolist())
             )  # `_ingest` creates keys only if accepted
-            for row, ev in zip(ev_rows, kept_events, strict=True):
-                if row in irregular:
-                    self._ingest(ev, queues, row_keys, out)
-            keep = ~np.isin(r_s, list(irregular))
+            ends = np.cumsum(r.counts)
+            for m in np.flatnonzero(np.isin(msg_rows, irregular)).tolist():
+                lo, hi = int(ends[m] - r.counts[m]), int(ends[m])
+                ev = Event(r.names[kid[m]], ts[lo:hi], vals[lo:hi], r.refs[m])
+                self._ingest(ev, queues, row_keys, out)
+            keep = ~np.isin(r_s, irregular)
             order, r_s, t_s, first = order[keep], r_s[keep], t_s[keep], first[keep]
             if not len(order):
                 return
@@ -292,9 +335,17 @@ class Engine:
         out.readings += len(r)
 
     def _reject(
-        self, out: EngineOutput, key: str, reason: str, count: int, whole: bool, ref, detail: str = ""
+        self,
+        out: EngineOutput,
+        key: str,
+        reason: str,
+        count: int,
+        whole: bool,
+        ref,
+        detail: str = "",
+        timestamps: np.ndarray | None = None,
     ):
-        out.rejections.append(Rejection(key, reason, count, whole, ref, detail))
+        out.rejections.append(Rejection(key, reason, count, whole, ref, detail, timestamps))
         self.counters[f"rejected_{reason}"] += count
 
     def _ingest(
@@ -322,34 +373,8 @@ class Engine:
             )
         if n == 0:
             return None
-        if not np.isfinite(ts).all():
-            return self._reject(out, key, "non_finite", n, True, ev.ref, "timestamp is not finite")
-        a = self.store.arrays
-        row = self.store.slots.get(key)
-        finite = np.isfinite(vals)
-        if not finite.all():
-            if self.config.nan_policy == "ffill":
-                prev = (
-                    a["last_values"][row].astype(np.float64)
-                    if row is not None
-                    else np.full(self.n_features, np.nan)
-                )
-                vals = vals.copy()
-                for i in range(n):
-                    vals[i] = np.where(finite[i], vals[i], prev)
-                    prev = vals[i]
-            if not np.isfinite(vals).all():
-                return self._reject(out, key, "non_finite", n, True, ev.ref, "NaN or infinite value")
-        last = a["last_ts"][row] if row is not None else np.nan
-        prev_max = np.maximum.accumulate(np.concatenate([[-np.inf if np.isnan(last) else last], ts]))[:-1]
-        back = ts < prev_max
-        dup = (ts == prev_max) if self.config.duplicate_policy == "drop" else np.zeros(n, bool)
-        keep = ~(back | dup)
+        keep, vals = self._screen(key, ts, vals, ev.ref, out)
         kept = int(keep.sum())
-        if back.any():
-            self._reject(out, key, "time_backwards", int(back.sum()), kept == 0, ev.ref)
-        if dup.any():
-            self._reject(out, key, "duplicate_timestamp", int(dup.sum()), kept == 0, ev.ref)
         if kept == 0:
             return None
         if kept < n:
@@ -361,7 +386,7 @@ class Engine:
         scaled = ((vals - self._mean) / self._scale).astype(np.float32)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
-            gaps = np.flatnonzero((ts - before) > self.config.max_gap_seconds)
+            gaps = np.flatnonzero((ts - before) > self.max_gap)
         gap_starts = set(gaps.tolist())
         bounds = sorted({0, kept} | gap_starts)
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -378,6 +403,62 @@ class Engine:
         self.counters["readings"] += kept
         out.readings += kept
         return None
+
+    def _screen(
+        self, key: str, ts: np.ndarray, vals: np.ndarray, ref, out: EngineOutput
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Judge every reading on its own, in order, against the key's state after the previous ACCEPTED one:
+        a reading is refused for a non-finite timestamp, a timestamp before (or, with duplicate_policy=drop,
+        equal to) the last accepted one, or a non-finite value left after nan_policy. A refused reading never
+        moves the key's clock or its forward-fill values, so the verdicts are the same whether the readings
+        arrive one by one or in blocks of any size. Returns (keep mask, values with forward-fills applied)."""
+        n = len(ts)
+        a = self.store.arrays
+        row = self.store.slots.get(key)
+        last = float(a["last_ts"][row]) if row is not None else -math.inf
+        if math.isnan(last):
+            last = -math.inf
+        prev = a["last_values"][row].astype(np.float64) if row is not None else None
+        ffill = self.config.nan_policy == "ffill"
+        drop_dup = self.config.duplicate_policy == "drop"
+        row_finite = np.isfinite(vals).all(axis=1).tolist()
+        filled = vals
+        # reason per reading: 0 kept, 1 timestamp not finite, 2 backwards, 3 duplicate, 4 value not finite
+        reason = np.zeros(n, np.int8)
+        for i, t in enumerate(ts.tolist()):
+            if not math.isfinite(t):
+                reason[i] = 1
+                continue
+            if t < last:
+                reason[i] = 2
+                continue
+            if drop_dup and t == last:
+                reason[i] = 3
+                continue
+            if not row_finite[i]:
+                v = vals[i]
+                if ffill and prev is not None:
+                    v = np.where(np.isfinite(v), v, prev)
+                if not np.isfinite(v).all():
+                    reason[i] = 4
+                    continue
+                if filled is vals:
+                    filled = vals.copy()
+                filled[i] = v
+            last = t
+            prev = filled[i] if ffill else None
+        keep = reason == 0
+        whole = not keep.any()
+        for code, name, detail in (
+            (1, "non_finite", "timestamp is not finite"),
+            (2, "time_backwards", ""),
+            (3, "duplicate_timestamp", ""),
+            (4, "non_finite", "NaN or infinite value"),
+        ):
+            hit = reason == code
+            if hit.any():
+                self._reject(out, key, name, int(hit.sum()), whole, ref, detail, ts[hit])
+        return keep, filled
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays
@@ -408,6 +489,8 @@ class Engine:
         """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
+        self._track_level(rows, x, ts)
+        x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
         c = a["c"][rows].transpose(1, 0, 2)
         xt = torch.from_numpy(np.ascontiguousarray(x))
@@ -428,23 +511,19 @@ class Engine:
         )
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
-        cfg = self.config
-        if cfg.threshold == "dynamic":
-            hist, pushed = a["hist"][rows], a["pushed"][rows]
-            eps = select_epsilon(hist, pushed, cfg.dynamic_min)
-            warm = pushed >= cfg.dynamic_warmup
-        else:
-            eps = np.full(k, self.static_threshold, np.float32)
-            warm = np.ones(k, bool)
+        names = self.threshold.fields()
+        th_state = {name: a[name][rows] for name in names}
+        eps, warm = self.threshold.epsilon(th_state, k)
         anomalous = (scores > eps[:, None]) & warm[:, None]
         open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
-        if cfg.threshold == "dynamic":
-            push_history(hist, pushed, scores, ~open_pts)
-            a["hist"][rows], a["pushed"][rows] = hist, pushed
+        self.threshold.update(th_state, scores, anomalous, open_pts)
+        for name in names:
+            a[name][rows] = th_state[name]
         a["windows"][rows] += 1
         self.counters["windows"] += k
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
+        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
                 ScoredWindow(
@@ -457,6 +536,7 @@ class Engine:
                     open_pts[j],
                     shares[j],
                     version,
+                    decided_at[j],
                 )
             )
 
@@ -485,17 +565,58 @@ class Engine:
             per_feature,
             self.config.alert_open_after,
             self.config.alert_close_after,
+            self.config.max_alert_seconds,
         )
         for name in ALERT_FIELDS:
             a[name][rows] = state[name]
+        shifted = []
         for t in transitions:
             out.alerts.append(
-                self._alert(keys[t.row], t.status, t.start, t.end, t.at, t.peak, t.threshold, t.contributions)
+                self._alert(
+                    keys[t.row],
+                    t.status,
+                    t.start,
+                    t.end,
+                    t.at,
+                    t.peak,
+                    t.threshold,
+                    t.contributions,
+                    t.reason,
+                )
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
+            if t.reason == "level_shift":
+                shifted.append(rows[t.row])
+                self.counters["level_shifts"] += 1
+        if shifted:
+            self._rebaseline(np.asarray(shifted))
         return open_pts
 
-    def _alert(self, key, status, start, end, at, peak, thr, contrib) -> Alert:
+    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), with a time
+        constant of max_alert_seconds / 8, so that by the time an alert counts as a level shift the level has
+        settled at the new normal."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        w = x.shape[1]
+        span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
+        beta = (1.0 - np.exp(-span / (self.config.max_alert_seconds / 8.0)))[:, None]
+        mean = x.mean(axis=1, dtype=np.float64)
+        level = a["level"][rows].astype(np.float64)
+        a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
+
+    def _rebaseline(self, rows: np.ndarray) -> None:
+        """After a level shift: features whose settled level moved more than one (training) standard deviation
+        from the key's baseline get that level as their new baseline (subtracted before the model), and the
+        score smoothing restarts, so the key judges its new normal as normal and can alert again."""
+        a = self.store.arrays
+        level, offset = a["level"][rows], a["offset"][rows]
+        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
+        a["offset"][rows] = np.where(moved, level, offset)
+        a["ewma"][rows] = np.nan
+
+    def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
         top = [
@@ -512,6 +633,7 @@ class Engine:
             float(thr),
             self.bundle.version,
             top,
+            reason,
         )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from anomaly.errors import AnomalyError
 
 MAGIC = b"ANST"
-FORMAT = "anomaly-state/1"
+FORMAT = "anomaly-state/2"  # 2: threshold state fields declared by the threshold kind
 
 
 class StateError(AnomalyError):
@@ -28,28 +28,27 @@ class StateError(AnomalyError):
 
 @dataclass(frozen=True)
 class Layout:
-    """What fixes the shape of a key's state; a snapshot only restores into an engine of the same layout."""
+    """What fixes the shape of a key's state; a snapshot only restores into an engine of the same layout.
+    `extra` are the fields of the threshold kind and other policies: (name, shape per key, dtype, "zero"/"nan")."""
 
     num_layers: int
     hidden: int
     window: int
     n_features: int
-    history: int
+    extra: tuple[tuple[str, tuple[int, ...], str, str], ...] = ()
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        L, H, W, F, N = self.num_layers, self.hidden, self.window, self.n_features, self.history
-        return {
+        L, H, W, F = self.num_layers, self.hidden, self.window, self.n_features
+        out = {
             "h": ((L, H), "float32"),
             "c": ((L, H), "float32"),  # encoder state carried between windows
             "buf": ((W, F), "float32"),
             "buf_ts": ((W,), "float64"),
             "fill": ((), "int32"),  # partial window
             "last_ts": ((), "float64"),
-            "last_values": ((F,), "float32"),
+            "last_values": ((F,), "float64"),  # raw units, float64 like every raw value (see data.py)
             "seen": ((), "float64"),
             "ewma": ((), "float32"),  # last smoothed score (NaN: none yet)
-            "hist": ((N,), "float32"),
-            "pushed": ((), "int64"),  # dynamic-threshold history ring
             "run_anom": ((), "int32"),
             "run_norm": ((), "int32"),
             "run_start": ((), "float64"),
@@ -62,6 +61,20 @@ class Layout:
             "readings": ((), "int64"),
             "windows": ((), "int64"),
         }
+        for name, shape, dtype, _ in self.extra:
+            out[name] = (tuple(shape), dtype)
+        return out
+
+    def nan_fields(self) -> set[str]:
+        return set(NAN_FIELDS) | {name for name, _, _, fill in self.extra if fill == "nan"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "extra": [list(e) for e in self.extra]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Layout:
+        extra = tuple((n, tuple(shape), dt, fill) for n, shape, dt, fill in d.get("extra", ()))
+        return cls(d["num_layers"], d["hidden"], d["window"], d["n_features"], extra)
 
 
 NAN_FIELDS = ("last_ts", "ewma", "run_start", "last_anom_ts", "alert_start", "seen")
@@ -76,6 +89,7 @@ class StateStore:
         self.free: list[int] = []
         self.arrays: dict[str, np.ndarray] = {}
         self._capacity = 0
+        self._nan = layout.nan_fields()
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -100,7 +114,7 @@ class StateStore:
 
     def reset_rows(self, rows: np.ndarray) -> None:
         for name, arr in self.arrays.items():
-            arr[rows] = np.nan if name in NAN_FIELDS else 0
+            arr[rows] = np.nan if name in self._nan else 0
 
     def reset_model_state(self, rows: np.ndarray) -> None:
         """Forget the encoder state and the score smoothing (after a gap in the stream)."""
@@ -156,7 +170,7 @@ class StateStore:
         specs: list[dict[str, Any]] = []
         header = {
             "format": FORMAT,
-            "layout": self.layout.__dict__,
+            "layout": self.layout.to_json(),
             "keys": names,
             "meta": meta,
             "arrays": specs,
@@ -199,9 +213,13 @@ class StateStore:
 
     def restore(self, data: bytes) -> list[str]:
         header, arrays = self.read_snapshot(data)
-        if Layout(**header["layout"]) != self.layout:
+        try:
+            layout = Layout.from_json(header["layout"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"engine snapshot is corrupted ({exc})") from None
+        if layout != self.layout:
             raise StateError(
-                f"snapshot layout {header['layout']} does not match this engine {self.layout.__dict__}"
+                f"snapshot layout {header['layout']} does not match this engine {self.layout.to_json()}"
             )
         keys = header["keys"]
         for i, key in enumerate(keys):

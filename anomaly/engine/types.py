@@ -36,6 +36,93 @@ class Event:
         )
 
 
+@dataclass
+class Readings:
+    """Many messages' readings as columns: what a source hands the engine when building one :class:`Event`
+    per message would cost more than the scoring (the daemon's hot path).
+
+    Message ``i`` belongs to key ``names[kid[i]]`` and holds ``counts[i]`` consecutive readings of
+    ``timestamps``/``values``; ``refs[i]`` is echoed in its rejections. Feeding the engine a ``Readings`` or
+    the equivalent one-event-per-message list gives identical state, output and rejections.
+    """
+
+    names: list[str]  # distinct keys, in order of first appearance
+    kid: np.ndarray  # int64 (M,): index into `names` per message
+    counts: np.ndarray  # int64 (M,): readings per message (>= 1)
+    timestamps: np.ndarray  # float64 (N,), N = counts.sum()
+    values: np.ndarray  # float64 (N, F)
+    refs: list[Any]  # (M,)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @classmethod
+    def from_events(cls, events: list[Event], n_features: int) -> Readings:
+        """Columns of well-formed events (float64 (n,) timestamps and (n, F) values, n >= 1)."""
+        return cls.from_parts(
+            [ev.key for ev in events],
+            [len(ev.timestamps) for ev in events],
+            [ev.timestamps for ev in events],
+            [ev.values for ev in events],
+            [ev.ref for ev in events],
+            n_features,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        keys: list[str],
+        counts: list[int],
+        timestamps: list[np.ndarray],
+        values: list[np.ndarray],
+        refs: list[Any],
+        n_features: int,
+    ) -> Readings:
+        """Columns of per-message parts (``timestamps[i]`` (counts[i],), ``values[i]`` (counts[i], F))."""
+        index: dict[str, int] = {}
+        kid = [index.setdefault(k, len(index)) for k in keys]
+        if not keys:
+            return cls(
+                [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, n_features)), []
+            )
+        return cls(
+            list(index),
+            np.asarray(kid, np.int64),
+            np.asarray(counts, np.int64),
+            np.concatenate(timestamps).astype(np.float64, copy=False),
+            np.concatenate(values).astype(np.float64, copy=False),
+            refs,
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Readings], n_features: int) -> Readings:
+        """One ``Readings`` of several, messages in the order given."""
+        if len(parts) == 1:
+            return parts[0]
+        index: dict[str, int] = {}
+        kids = []
+        for p in parts:
+            remap = np.asarray([index.setdefault(n, len(index)) for n in p.names], np.int64)
+            kids.append(remap[p.kid] if len(p.kid) else p.kid)
+        return cls(
+            list(index),
+            np.concatenate(kids) if kids else np.zeros(0, np.int64),
+            np.concatenate([p.counts for p in parts]) if parts else np.zeros(0, np.int64),
+            np.concatenate([p.timestamps for p in parts]) if parts else np.zeros(0),
+            np.concatenate([p.values for p in parts]) if parts else np.zeros((0, n_features)),
+            [r for p in parts for r in p.refs],
+        )
+
+    def events(self) -> list[Event]:
+        """One event per message (tests, and the engine's per-event path for irregular keys)."""
+        ends = np.cumsum(self.counts).tolist()
+        starts = [0, *ends[:-1]]
+        return [
+            Event(self.names[k], self.timestamps[lo:hi], self.values[lo:hi], ref)
+            for k, lo, hi, ref in zip(self.kid.tolist(), starts, ends, self.refs, strict=True)
+        ]
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Readings the engine did not apply. `whole` means the event was refused entirely (state untouched)."""
@@ -46,6 +133,7 @@ class Rejection:
     whole: bool
     ref: Any = None
     detail: str = ""
+    timestamps: np.ndarray | None = None  # the refused readings' timestamps, when the engine knows them
 
 
 @dataclass(frozen=True)
@@ -63,6 +151,15 @@ class ScoredWindow:
     alert_open: np.ndarray  # bool (W,): an alert of this key was open at this point
     contributions: np.ndarray  # float32 (F,): share of the window's error per feature, sums to 1
     model_version: str = ""
+    # float64 (W,): event time of the reading whose arrival produced each point's score and flag (its decision
+    # time). A window scored when its last reading arrives decides all its points then; None means exactly that.
+    decided_at: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.decided_at is None:
+            ts = np.asarray(self.timestamps, np.float64)
+            last = ts[-1] if len(ts) else np.nan
+            object.__setattr__(self, "decided_at", np.full(ts.shape, last, np.float64))
 
 
 @dataclass(frozen=True)
@@ -80,6 +177,7 @@ class Alert:
     threshold: float
     model_version: str
     top_features: list[dict[str, float | str]] = field(default_factory=list)
+    reason: str = ""  # closed alerts: "normal", "level_shift" (open past max_alert_seconds) or "evicted"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +191,7 @@ class Alert:
             "threshold": round(float(self.threshold), 6),
             "model_version": self.model_version,
             "top_features": self.top_features,
+            "reason": self.reason,
         }
 
 

@@ -1,8 +1,8 @@
 """Replay series into a Kafka topic as daemon-readable JSON, in timestamp order, at a rate or flat out.
 
-Used by `anomaly produce`, the integration tests and the benchmark. Values are written with ``float()`` of the
-stored float32 numbers and timestamps as float64 epoch seconds, both of which round-trip exactly through JSON,
-so the daemon scores bit-identical inputs to what `anomaly replay` reads from the CSV.
+Used by `anomaly produce`, the integration tests and the benchmark. Values and timestamps are the float64
+numbers read from the CSV (the numeric contract of :mod:`anomaly.data`), written by ``json`` as their shortest
+round-trip text, so the daemon scores bit-identical inputs to what `anomaly replay` reads from the CSV.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The daemon's source: Kafka poll -> :class:`anomaly.runner.Batch`.
 
-Each poll becomes one batch: decoded events (one per message, a single reading or a block), refusals for the
-messages that could not be decoded (they go to the dead-letter sink with their bytes), and the next offset of
+Each poll becomes one batch: the decoded readings in columns (:class:`anomaly.engine.types.Readings`, no
+object per message), refusals for the messages that could not be decoded (they go to the dead-letter sink with their bytes), and the next offset of
 every partition seen. Messages at or below a partition's restored checkpoint offset are skipped. An empty
 batch is yielded when a poll returns nothing, so the checkpointer's timer still runs on an idle stream.
 Rebalance callbacks run inside ``consumer.poll``, i.e. between two batches, when the engine is consistent.
@@ -15,9 +15,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from anomaly.engine.types import Event, Rejection
+from anomaly.engine.types import Readings, Rejection
 from anomaly.kafka.checkpoint import PartitionTracker
-from anomaly.kafka.codec import DecodeError, Decoder, source_rejection
+from anomaly.kafka.codec import Decoder, source_rejection
 from anomaly.runner import Batch
 
 
@@ -60,13 +60,13 @@ class KafkaSource:
             yield self.to_batch(records)
 
     def to_batch(self, records: dict[Any, list[Any]]) -> Batch:
-        events: list[Event] = []
+        """One poll as columns (:meth:`Decoder.decode_poll`), partition by partition in poll order."""
+        parts: list[Readings] = []
         rejections: list[Rejection] = []
         position: dict[Any, int] = {}
-        decode = self.decoder.decode
-        see = self.tracker.see
         n = 0
         owned = self.tracker.owned
+        decoder = self.decoder
         for tp, recs in records.items():
             if not recs or tp not in owned:  # lost while the records were in flight
                 continue
@@ -75,19 +75,21 @@ class KafkaSource:
                 kept = [r for r in recs if r.offset > floor]
                 self.skipped += len(recs) - len(kept)
                 recs = kept
-            for rec in recs:
-                try:
-                    event = decode(rec)
-                except DecodeError as err:
-                    rejections.append(source_rejection(rec, err))
-                    if self.metrics is not None:
-                        self.metrics.message_invalid(err.reason)
-                    continue
-                events.append(event)
-                see(event.key, tp)
-            if recs:
-                n += len(recs)
-                position[tp] = recs[-1].offset + 1
+            if not recs:
+                continue
+            readings, errors = decoder.decode_poll(recs)
+            for rec, err in errors:
+                rejections.append(source_rejection(rec, err))
+                if self.metrics is not None:
+                    self.metrics.message_invalid(err.reason)
+            if len(readings):
+                parts.append(readings)
+                see = self.tracker.see
+                for key in readings.names:  # once per key and partition, not per message
+                    see(key, tp)
+            n += len(recs)
+            position[tp] = recs[-1].offset + 1
         if n and self.metrics is not None:
             self.metrics.message_consumed(n)
+        events: Readings | list = Readings.concat(parts, decoder.n_features) if parts else []
         return Batch(events, rejections, messages=n, position=position)

@@ -234,6 +234,7 @@ def test_alerts_and_dashboard_from_served_metrics(
             version="test",
             features=["a", "b", "c"],
             meta={"created_at": datetime.now(UTC).isoformat(timespec="seconds")},
+            calibration={"point_error_quantiles": {"0.5": 0.02, "0.9": 0.04, "0.99": 0.08}},
         )
     )
     server = MetricsServer(metrics, port=0)

@@ -1,0 +1,160 @@
+"""Reading real-world CSV files (issue 9): each test feeds exactly one awkward input and checks the outcome."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.config import DataConfig
+from anomaly.data import load_series, sampling_interval, split_at_gaps
+from anomaly.errors import DataError, SchemaError
+
+SEMICOLON = (
+    "datetime;a;b\n2023-01-01 00:00:00;1.5;2.0\n2023-01-01 00:00:01;1.25;2.5\n2023-01-01 00:00:02;1.0;3.0\n"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "x.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load(path: Path, **cfg):
+    return load_series([path], DataConfig(**cfg))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "opener"),
+    [
+        (".csv.gz", gzip.open),
+        (".csv.bz2", bz2.open),
+        (".csv.xz", lzma.open),
+        (".csv.zip", None),
+    ],
+)
+def test_compressed_files_read_like_plain_ones(tmp_path, suffix, opener) -> None:
+    """Item 7: the separator used to be detected from the compressed bytes."""
+    plain = write(tmp_path, SEMICOLON)
+    packed = tmp_path / f"x{suffix}"
+    if opener is None:
+        with zipfile.ZipFile(packed, "w") as zf:
+            zf.writestr("x.csv", SEMICOLON)
+    else:
+        with opener(packed, "wt") as fh:
+            fh.write(SEMICOLON)
+    (a,), fa = load(plain, time_column="datetime")
+    (b,), fb = load(packed, time_column="datetime")
+    assert fa == fb == ["a", "b"]
+    assert np.array_equal(a.values, b.values) and np.array_equal(a.timestamps, b.timestamps)
+
+
+@pytest.mark.parametrize(
+    ("stamps", "unit", "step"),
+    [
+        ([1_700_000_000, 1_700_000_600, 1_700_001_200], "auto", 600.0),  # epoch seconds
+        ([1_700_000_000_000, 1_700_000_600_000, 1_700_001_200_000], "auto", 600.0),  # epoch ms
+        ([1_700_000_000_000_000, 1_700_000_600_000_000, 1_700_001_200_000_000], "auto", 600.0),  # epoch us
+        ([0, 250, 500], "ms", 0.25),  # a relative millisecond counter can only be told: --time-unit ms
+    ],
+)
+def test_numeric_times_in_any_epoch_unit(tmp_path, stamps, unit, step) -> None:
+    """Item 1: epoch milliseconds used to be read as seconds, making every step look like a long gap."""
+    rows = "".join(f"{t},{i}.0\n" for i, t in enumerate(stamps))
+    (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows), time_unit=unit)
+    assert np.diff(s.timestamps).tolist() == [step, step]
+    assert sampling_interval([s]) == step
+
+
+def test_series_are_cut_at_gaps_as_the_engine_resets() -> None:
+    from anomaly.data import Series
+
+    s = Series("k", np.array([0.0, 1.0, 2.0, 500.0, 501.0]), np.zeros((5, 1), np.float32))
+    assert [p.timestamps.tolist() for p in split_at_gaps([s], 300.0)] == [[0.0, 1.0, 2.0], [500.0, 501.0]]
+
+
+def test_a_text_cell_in_a_sensor_column_names_column_line_and_value(tmp_path) -> None:
+    """Item 4: one `broken` cell used to drop the whole sensor from training, silently."""
+    path = write(tmp_path, "timestamp,sensor_0,sensor_1\n1,1.0,2.0\n2,1.5,broken\n3,2.0,2.5\n4,2.5,n/a\n")
+    with pytest.raises(SchemaError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: column 'sensor_1' line 3 holds 'broken', not a number (1 such cell(s)); fix the file, or "
+        "pass --bad-cells missing to treat them as missing values (engine.nan_policy then applies)"
+    )
+    (s,), feats = load(path, bad_cells="missing")
+    assert feats == ["sensor_0", "sensor_1"]
+    assert np.isnan(s.values[1, 1]) and np.isnan(s.values[3, 1]) and s.values[2, 1] == 2.5
+
+
+def test_interleaved_series_without_a_key_column_are_refused_naming_the_key(tmp_path) -> None:
+    """Item 5: several series in one file without --key-column used to train on the interleaved mix."""
+    rows = "".join(
+        f"{t},{unit},{t * 0.1 + k}\n" for t in range(20) for k, unit in enumerate(["p1", "p2", "p3"])
+    )
+    path = write(tmp_path, "timestamp,unit,a\n" + rows)
+    with pytest.raises(SchemaError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: 40 of 60 rows repeat another row's timestamp, so the file looks like several series "
+        "interleaved; the likely key column is 'unit': pass --key-column unit"
+    )
+    series, _ = load(path, key_column="unit")
+    assert [(s.key, len(s)) for s in series] == [("p1", 20), ("p2", 20), ("p3", 20)]
+
+
+def dates(tmp_path, *stamps: str) -> Path:
+    return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
+
+
+def test_ambiguous_day_month_dates_are_refused_until_the_order_is_given(tmp_path) -> None:
+    """Item 6: 02/01/2023 used to be read as 2 February without a word."""
+    path = dates(tmp_path, "02/01/2023 10:00", "03/01/2023 10:00")
+    with pytest.raises(DataError, match="read as day/month or month/day; pass --dayfirst or --monthfirst"):
+        load(path)
+    (s,), _ = load(path, dayfirst=True)
+    assert s.timestamps[0] == np.datetime64("2023-01-02T10:00", "s").astype(np.int64)
+    (s,), _ = load(path, dayfirst=False)
+    assert s.timestamps[0] == np.datetime64("2023-02-01T10:00", "s").astype(np.int64)
+    (s,), _ = load(path, time_format="%d/%m/%Y %H:%M")
+    assert s.timestamps[0] == np.datetime64("2023-01-02T10:00", "s").astype(np.int64)
+
+
+def test_unambiguous_day_first_dates_parse_and_mixed_orders_are_refused(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pandas UserWarning may leak
+        (s,), _ = load(dates(tmp_path, "12/01/2023 10:00", "13/01/2023 10:00"))
+        assert np.diff(s.timestamps).tolist() == [86_400.0]
+        with pytest.raises(DataError, match="mixes day-first and month-first dates"):
+            load(dates(tmp_path, "13/01/2023 10:00", "01/14/2023 10:00"))
+        with pytest.raises(DataError, match="has month-first dates such as '01/13/2023 10:00'"):
+            load(dates(tmp_path, "01/13/2023 10:00", "01/14/2023 10:00"), dayfirst=True)
+        with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 3\)"):
+            load(dates(tmp_path, "2023-01-01 10:00", "soon"))
+
+
+def test_decimal_commas_are_read_with_decimal_comma_and_hinted_without(tmp_path) -> None:
+    """Confusing today: `;` files with decimal commas gave "no numeric feature columns"."""
+    path = write(tmp_path, "timestamp;a;b\n1;1,5;2,25\n2;1,75;2,5\n")
+    with pytest.raises(
+        SchemaError, match=r"holds numbers with decimal commas such as '1,5': pass --decimal ,"
+    ):
+        load(path)
+    (s,), feats = load(path, decimal=",")
+    assert feats == ["a", "b"] and s.values.tolist() == [[1.5, 2.25], [1.75, 2.5]]
+
+
+def test_a_column_that_looks_like_labels_must_be_named(tmp_path) -> None:
+    """Confusing today: a label column called `label` was taken for a feature (or reported as unexpected)."""
+    path = write(tmp_path, "timestamp,a,label\n1,1.0,0\n2,2.0,1\n3,3.0,0\n")
+    with pytest.raises(SchemaError, match="column 'label' looks like labels .* pass --label label"):
+        load(path)
+    (s,), feats = load(path, label="label")
+    assert feats == ["a"] and s.labels.tolist() == [0, 1, 0]

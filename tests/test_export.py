@@ -1,0 +1,101 @@
+"""int8 and ONNX exports: the files load like any bundle and score through the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from anomaly.bundle import load_bundle, read_metadata, save_bundle
+from anomaly.cli import main
+from anomaly.config import EngineConfig
+from anomaly.engine import Engine, Event
+from anomaly.export import ONNX_TOLERANCE, export_onnx, to_int8
+from anomaly.training import series_errors
+
+
+def scores(bundle, series, block: int = 37) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    engine = Engine(bundle, EngineConfig())
+    errors, smoothed, versions = [], [], []
+    for lo in range(0, len(series), block):
+        out = engine.process([Event("k", series.timestamps[lo : lo + block], series.values[lo : lo + block])])
+        errors += [w.errors for w in out.windows]
+        smoothed += [w.scores for w in out.windows]
+        versions += [w.model_version for w in out.windows]
+    return np.concatenate(errors), np.concatenate(smoothed), versions
+
+
+def test_int8_bundle_round_trips_bit_for_bit_and_stays_close_to_float(bundle, test_series, tmp_path):
+    q = to_int8(bundle)
+    path = save_bundle(q, tmp_path / "model-int8.pt")
+    meta, weights = read_metadata(path)
+    assert meta["quantization"] == {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]}
+    assert meta["export"] == {"format": "int8", "parent_version": bundle.version}
+    assert weights["encoder.weight_ih_l0"].dtype == torch.int8
+    assert weights["head.weight"].dtype == torch.int8
+    loaded = load_bundle(path)
+    assert loaded.version == f"{bundle.version}-int8"
+    err_mem, sc_mem, _ = scores(q, test_series)
+    err_file, sc_file, versions = scores(loaded, test_series)
+    assert np.array_equal(err_mem, err_file) and np.array_equal(sc_mem, sc_file)
+    assert set(versions) == {loaded.version}
+    err_f32, _, _ = scores(bundle, test_series)
+    assert err_f32.shape == err_file.shape
+    rel = np.abs(err_file - err_f32).mean() / err_f32.mean()
+    assert 0 < rel < 0.05  # int8 changes the numbers (it is quantised) but only slightly
+
+
+def test_int8_of_an_int8_bundle_is_a_one_line_error(bundle, tmp_path):
+    path = save_bundle(to_int8(bundle), tmp_path / "q.pt")
+    result = CliRunner().invoke(
+        main, ["export", str(path), "--format", "int8", "-o", str(tmp_path / "qq.pt")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == f"error: model {bundle.version}-int8 is already quantised\n"
+
+
+def test_onnx_export_matches_pytorch_within_tolerance_through_the_engine(bundle, test_series, tmp_path):
+    path, diff = export_onnx(bundle, tmp_path / "model.onnx")
+    assert diff <= ONNX_TOLERANCE
+    onnx_bundle = load_bundle(path)
+    assert onnx_bundle.features == bundle.features
+    assert onnx_bundle.calibration == bundle.calibration
+    assert onnx_bundle.arch == bundle.arch
+    assert onnx_bundle.version == f"{bundle.version}-onnx"
+    err_pt, sc_pt, _ = scores(bundle, test_series)
+    err_ox, sc_ox, versions = scores(onnx_bundle, test_series)
+    assert err_ox.shape == err_pt.shape
+    assert np.abs(err_ox - err_pt).max() <= 1e-5
+    assert np.abs(sc_ox - sc_pt).max() <= 1e-4  # scores are errors / a small reference, EWMA-smoothed
+    assert set(versions) == {onnx_bundle.version}
+    # the stateful step itself: a whole series window by window equals PyTorch's streaming errors
+    x = bundle.scaler.transform(test_series.values)
+    w = bundle.window
+    n = len(x) // w * w
+    recon = []
+    state = onnx_bundle.model.initial_state(1)
+    for lo in range(0, n, w):
+        xt = torch.from_numpy(x[None, lo : lo + w])
+        r, state = onnx_bundle.model(xt, state)
+        recon.append((r - xt).pow(2)[0].numpy())
+    assert np.abs(np.concatenate(recon) - series_errors(bundle.model, x)).max() <= 1e-5
+
+
+def test_export_command_writes_both_formats(bundle_path, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(main, ["export", str(bundle_path), "--format", "onnx", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"wrote {out} (onnx, model version ")
+    assert "validated with onnxruntime: max |ONNX - PyTorch| = " in result.stdout
+    result = runner.invoke(main, ["export", str(bundle_path), "--format", "int8"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(bundle_path.with_name("model-int8.pt")).meta["quantization"]["dtype"] == "qint8"
+
+
+def test_a_damaged_onnx_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(Exception, match="cannot read ONNX model"):
+        load_bundle(bad)
