@@ -111,3 +111,24 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
         with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
             build_config({"kafka": settings})
     assert build_config({"kafka": {"auto_offset_reset": "latest"}}).kafka.auto_offset_reset == "latest"
+
+
+def test_a_taken_metrics_port_is_one_error_line(tmp_path):
+    import socket
+
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["consume", "-m", str(tmp_path / "model.pt"), "--metrics-port", str(port)]
+        )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+        "(another daemon on this host? set --metrics-port or metrics.port)\n"
+    )
