@@ -174,6 +174,9 @@ class EngineConfig:
     threshold: str = "static"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
     # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     score: Literal["mean", "max_feature"] = "mean"
+    # max_feature: no feature's reference error counts as less than this fraction of the median over features, so
+    # a feature nearly constant in training (a tiny reference) cannot dominate every score
+    feature_reference_floor: float = 0.1
     static_threshold: float | None = None  # score units (> 0); None: the bundle's calibrated default
     smoothing: float = 0.2  # EWMA alpha applied to point scores before thresholding (1.0 = none)
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
@@ -188,6 +191,8 @@ class EngineConfig:
     max_alert_seconds: float = (
         0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
     )
+    stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
+    stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
@@ -230,6 +235,13 @@ class EngineConfig:
             "engine.max_alert_seconds",
             f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
         )
+        _need(
+            _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,
+            "engine.feature_reference_floor",
+            "must be in [0, 1]",
+        )
+        _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
+        _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")

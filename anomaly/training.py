@@ -153,7 +153,9 @@ def train(
     window = model_cfg.window
     stride = cfg.stride or window
 
-    scaler = Scaler.fit(np.concatenate([s.values for s in series]))
+    raw = np.concatenate([s.values for s in series])
+    scaler = Scaler.fit(raw)
+    scaler = Scaler(scaler.mean, np.maximum(scaler.scale, quantum(raw)).astype(np.float32))
     scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
     train_parts, val_parts = split_series(scaled, cfg.val_fraction, window)
     train_segs = segments(train_parts, window, stride, cfg.segment_windows)
@@ -244,6 +246,7 @@ def train(
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
     check_finite(model, calibration)
+    calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
     calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
@@ -342,3 +345,35 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
         "default_threshold": float(cfg.threshold_factor),
         "validation_points": int(len(points)),
     }
+
+
+def quantum(values: np.ndarray) -> np.ndarray:
+    """Per feature (F,): the median gap between adjacent distinct finite values, 0 for a constant feature.
+
+    A sensor that reports in steps of q cannot resolve a change smaller than q, so its scale is floored at q:
+    one quantization step never counts as more than one standard deviation, and a nearly constant quantized
+    feature (a few steps in training) cannot turn an ordinary step into a score of hundreds of sigma. For a
+    continuous sensor the gaps are tiny and the floor does not bind."""
+    out = np.zeros(values.shape[1], np.float64)
+    for f in range(values.shape[1]):
+        col = values[:, f]
+        u = np.unique(col[np.isfinite(col)])
+        if len(u) > 1:
+            out[f] = float(np.median(np.diff(u.astype(np.float64))))
+    return out
+
+
+def max_runs(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per feature (F,): the longest run of consecutive identical readings in the training series (1 = no
+    repeats). The engine's stuck-sensor rule compares live runs with this, so a sensor that legitimately
+    repeats values (quantized, slow) is held to its own training behaviour."""
+    best = np.ones(parts[0].shape[1], np.int64) if parts else np.ones(0, np.int64)
+    for v in parts:
+        if len(v) < 2:
+            continue
+        same = v[1:] == v[:-1]  # (n-1, F)
+        run = np.ones(v.shape[1], np.int64)
+        for row in same:
+            run = np.where(row, run + 1, 1)
+            best = np.maximum(best, run)
+    return best

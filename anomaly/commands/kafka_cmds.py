@@ -222,7 +222,7 @@ def consume_cmd(
     daemon.install_signal_handlers()
     click.echo(
         f"anomaly consume: {', '.join(cfg.kafka.topics)} on {cfg.kafka.bootstrap_servers} "
-        f"(group {cfg.kafka.group_id}); metrics on http://{cfg.metrics.host}:{server.port}/metrics",
+        f"(group {cfg.kafka.group_id}); metrics on {metrics_url(cfg.metrics.host, server.port)}",
         err=True,
     )
     try:
@@ -320,6 +320,14 @@ def produce_cmd(
         n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
     producer.close()
     click.echo(f"sent {n} messages ({readings} readings of {len(series)} keys) to {topic}")
+
+
+def metrics_url(host: str, port: int) -> str:
+    """A URL a person can open: a wildcard bind address (0.0.0.0, ::) is reachable on this host's loopback."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/metrics"
 
 
 COMMANDS: list[click.Command] = [consume_cmd, produce_cmd]
