@@ -8,6 +8,7 @@ import click
 
 from anomaly.commands.common import (
     config_from,
+    data_options,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -255,6 +256,7 @@ def consume_cmd(
 )
 @time_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@data_options
 @click.option(
     "--block",
     type=click.IntRange(min=1),
@@ -284,6 +286,7 @@ def produce_cmd(
     block,
     partitions,
     verbose,
+    data_overrides,
 ) -> None:
     """Replay CSV files into a Kafka topic in timestamp order, as the JSON messages `consume` reads."""
     from tqdm import tqdm
@@ -303,6 +306,7 @@ def produce_cmd(
             "data.key_column": key_column,
             "data.time_column": time_column,
             "data.features": features,
+            **data_overrides,
         },
     )
     series, feats = load_series(list(data), cfg.data)

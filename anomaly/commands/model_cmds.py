@@ -311,6 +311,21 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_num(missing.get('cells_filled'))} cells filled",
             ),
         )
+    lineage = meta.get("lineage")
+    if lineage:
+        data = lineage.get("data", {})
+        rows.append(
+            (
+                "lineage",
+                f"parent {lineage.get('parent_version')}; {data.get('source')} data {data.get('first_reading')} .. "
+                f"{data.get('last_reading')}, {_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys",
+            )
+        )
+        decision = lineage.get("promotion")
+        if decision:
+            rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
+    if meta.get("export"):
+        rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
     return rows
 
 
