@@ -197,7 +197,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         kind = str(meta.get("kind", MODEL_KIND))
         model: LSTMAutoencoder | Scorer
         if kind in BASELINE_KINDS:
-            model = make_scorer(kind, arch.n_features, arch.window)
+            model = make_scorer(kind, arch)
             model.load_state_dict(weights)
         elif kind == MODEL_KIND and meta.get("quantization"):
             from anomaly.export import int8_model

@@ -240,3 +240,19 @@ def test_make_skab_passes_options_that_anomaly_skab_takes() -> None:
     args = shlex.split(recipe.replace("$(SKAB_DATA)", "/data/skab"))[2:]  # drop `$(BIN)/anomaly skab`
     ctx = main.commands["skab"].make_context("skab", args)
     assert ctx.params["data"] == "/data/skab" and ctx.params["pipeline"] == "pipelines/skab.toml"
+
+
+def test_no_progress_frames_when_stderr_is_not_a_terminal(bundle_path, test_csv, tmp_path) -> None:
+    """Confusing today: progress bars wrote carriage-return frames into logs."""
+    r = run("replay", test_csv, "--model", bundle_path, "--out", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0 and "\r" not in r.output and "replay:" not in r.stderr
+
+
+def test_the_package_license_is_an_spdx_string() -> None:
+    """Confusing today: setuptools warned that the `project.license` table is deprecated."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["build-system"]["requires"] == ["setuptools>=77"]  # the first to take SPDX strings
