@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -120,6 +121,12 @@ def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
@@ -130,6 +137,12 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
         weights = int8_weights(bundle.model)
     else:
         weights = {k: v.detach().cpu().clone() for k, v in bundle.model.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad or not math.isfinite(bundle.reference_error) or not math.isfinite(bundle.default_threshold):
+        raise BundleError(
+            f"refusing to save {p}: the model has non-finite {'weights' if bad else 'calibration'}",
+            path=str(p),
+        )
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
@@ -137,6 +150,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is as readable as any other output
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
@@ -183,7 +197,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         kind = str(meta.get("kind", MODEL_KIND))
         model: LSTMAutoencoder | Scorer
         if kind in BASELINE_KINDS:
-            model = make_scorer(kind, arch.n_features, arch.window)
+            model = make_scorer(kind, arch)
             model.load_state_dict(weights)
         elif kind == MODEL_KIND and meta.get("quantization"):
             from anomaly.export import int8_model

@@ -174,6 +174,9 @@ class EngineConfig:
     threshold: str = "static"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
     # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     score: Literal["mean", "max_feature"] = "mean"
+    # max_feature: no feature's reference error counts as less than this fraction of the median over features, so
+    # a feature nearly constant in training (a tiny reference) cannot dominate every score
+    feature_reference_floor: float = 0.1
     static_threshold: float | None = None  # score units (> 0); None: the bundle's calibrated default
     smoothing: float = 0.2  # EWMA alpha applied to point scores before thresholding (1.0 = none)
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
@@ -188,6 +191,8 @@ class EngineConfig:
     max_alert_seconds: float = (
         0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
     )
+    stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
+    stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
@@ -230,6 +235,13 @@ class EngineConfig:
             "engine.max_alert_seconds",
             f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
         )
+        _need(
+            _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,
+            "engine.feature_reference_floor",
+            "must be in [0, 1]",
+        )
+        _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
+        _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
@@ -257,7 +269,9 @@ class KafkaConfig:
     alerts_topic: str = "anomaly-alerts"
     scores_topic: str | None = None
     dead_letter_topic: str = "anomaly-dead-letters"
-    changelog_topic: str = "anomaly-changelog"
+    # State topic name; {group} and {topic} are replaced by the consumer group and each input topic, so every
+    # group (and input topic) has its own changelog, as in Kafka Streams and Quix Streams.
+    changelog_topic: str = "changelog__{group}--{topic}"
     key_field: str = "key"
     time_field: str = "ts"
     values_field: str = "values"
@@ -267,6 +281,17 @@ class KafkaConfig:
     max_poll_records: int = 2000
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    auto_offset_reset: Literal["earliest", "latest"] = (
+        "earliest"  # where a group without committed offsets starts
+    )
+    auto_create_topics: bool = False  # create missing input and output topics at start-up
+    topic_partitions: int = 1  # partitions of topics created by auto_create_topics
+    replication_factor: int = 1  # replicas of every topic the daemon creates (changelog included)
+    transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
+    transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
+    transaction_timeout_ms: int = 60_000
+    max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
+    dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_username: str | None = None
@@ -290,6 +315,38 @@ class KafkaConfig:
         )
         for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        for name in ("topic_partitions", "replication_factor"):
+            _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
+        _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
+        _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
+        _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
+        _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
+        _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
+
+
+def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
+    import string
+
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError:
+        used = ["?"]
+    bad = [f for f in used if f not in fields]
+    _need(
+        not bad,
+        key,
+        f"may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; got {{{bad[0] if bad else ''}}}",
+    )
+
+
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def changelog_topic(k: KafkaConfig, topic: str) -> str:
+    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
+    characters Kafka does not allow in topic names become ``_``)."""
+    name = k.changelog_topic.format(group=k.group_id, topic=topic)
+    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
 
 
 @dataclass(frozen=True)

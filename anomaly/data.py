@@ -391,6 +391,32 @@ def _unique_key(path: Path, seen: set[str]) -> str:
     return key
 
 
+def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series], int, int]:
+    """Missing values in training data, handled as the engine handles them live: "reject" drops every reading
+    with a non-finite value or timestamp; "ffill" first fills each value from the same column's last finite
+    one (readings before any finite value are still dropped). Returns (series, readings dropped, cells
+    filled)."""
+    out, dropped, filled = [], 0, 0
+    for s in series:
+        values = s.values
+        if policy == "ffill" and not np.isfinite(values).all():
+            frame = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
+            filled += int(frame.isna().sum().sum() - frame.ffill().isna().sum().sum())
+            values = frame.ffill().to_numpy(values.dtype)
+        keep = np.isfinite(values).all(axis=1) & np.isfinite(s.timestamps)
+        dropped += int((~keep).sum())
+        out.append(
+            Series(
+                s.key,
+                s.timestamps[keep],
+                values[keep],
+                None if s.labels is None else s.labels[keep],
+                s.source,
+            )
+        )
+    return out, dropped, filled
+
+
 # The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh
 # (1-second data: 300 s). Training splits series at the same gaps, so train and replay agree.
 GAP_INTERVALS = 300

@@ -255,7 +255,12 @@ def decision_index(timestamps: Any, decided_at: Any) -> np.ndarray:
     timestamps in time order; ``len(timestamps)`` for points never decided (``decided_at`` NaN)."""
     ts = np.asarray(timestamps, dtype=np.float64)
     d = np.asarray(decided_at, dtype=np.float64)
-    idx = np.searchsorted(ts, d, side="right") - 1
+    if np.all(ts[1:] >= ts[:-1]):
+        idx = np.searchsorted(ts, d, side="right") - 1
+    else:  # rows out of time order (the engine refused them): index in file order of the deciding reading
+        order = np.argsort(ts, kind="stable")
+        pos = np.searchsorted(ts[order], d, side="right") - 1
+        idx = np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
     idx[~np.isfinite(d)] = len(ts)
     return idx.astype(np.int64)
 
@@ -344,8 +349,10 @@ def count(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None
         if len(decided_at) != len(y):
             raise ValueError(f"decided_at has {len(decided_at)} points, labels {len(y)}")
         dec = decision_index(ts, decided_at)
-        if np.any(dec < np.arange(len(y))):
+        early = dec < np.arange(len(y))
+        if np.any(early & (np.asarray(decided_at, np.float64) < ts)):
             raise ValueError("a point is decided before it arrives (decided_at < timestamp)")
+        dec = np.maximum(dec, np.arange(len(y)))  # out-of-order rows: never count a decision before arrival
     seen = causal(p, dec, False)
     return Counts(
         Confusion.of(y, seen),

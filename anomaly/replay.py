@@ -19,7 +19,7 @@ import pandas as pd
 from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
-from anomaly.data import Series
+from anomaly.data import Series, sampling_interval
 from anomaly.engine import Engine, Event
 from anomaly.runner import Batch, Observer, run
 from anomaly.sinks.files import JsonlAlertSink, JsonlRejectionSink, WindowCollector
@@ -104,6 +104,7 @@ def replay(
 ) -> ReplayResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous(out)
     engine = engine or Engine(bundle, cfg.engine)
     collector = WindowCollector()
     alerts = JsonlAlertSink(out / "alerts.jsonl")
@@ -113,7 +114,8 @@ def replay(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(s) for s in series), desc="replay", unit="reading")
+        # disable=None: no bar when stderr is not a terminal (no carriage-return frames in logs)
+        bar = tqdm(total=sum(len(s) for s in series), desc="replay", unit="reading", disable=None)
     totals = run(
         engine,
         batches,
@@ -126,6 +128,8 @@ def replay(
     frames = {
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }
+    for key, f in frames.items():
+        f["rejected"] = rejections.reasons_at(key, f["timestamp"].to_numpy())
     points = pd.concat(frames.values(), ignore_index=True) if frames else pd.DataFrame()
     points.to_csv(out / "scores.csv", index=False)
     if cfg.replay.parquet:
@@ -139,17 +143,30 @@ def replay(
                 f["timestamp"].to_numpy(),
                 f["decided_at"].to_numpy(),
             )
+    opened, closed = engine.counters["alerts_opened"], engine.counters["alerts_closed"]
+    coverage = coverage_of(series, frames, rejections.count)
     summary: dict[str, Any] = {
         "model_version": bundle.version,
         "series": len(series),
-        "totals": totals,
-        "unscored_readings": int(sum(int((~f["scored"]).sum()) for f in frames.values())),
-        "alerts": len(alerts.alerts),
+        "totals": {
+            "messages": totals["messages"],
+            "readings_accepted": totals["readings"],
+            "windows_scored": totals["windows"],
+            "alert_events": totals["alerts"],
+            "rejection_records": totals["rejected"],
+        },
+        "coverage": coverage,
+        "unscored_readings": coverage["unscored"],
         "rejected_readings": rejections.count,
+        "alerts_raised": opened,
+        "alerts_closed": closed,
+        "alert_events": len(alerts.alerts),
         "engine_counters": dict(engine.counters),
         "predict": cfg.replay.predict,
         "threshold": cfg.engine.threshold,
         "static_threshold": engine.static_threshold,
+        "max_gap_seconds": engine.max_gap,
+        "warnings": coverage_warnings(series, coverage, engine, bundle),
     }
     compared: dict[str, quality.Quality] = {}
     if per_series:
@@ -177,12 +194,73 @@ def replay(
             "threshold",
             "anomalous",
             "alert_open",
+            "rejected",
         ]
         for key, f in frames.items():
             path = out / f"report-{_safe(key)}.png"
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
             reports.append(path)
     return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
+
+
+OUTPUTS = ("scores.csv", "scores.parquet", "alerts.jsonl", "rejections.jsonl", "summary.json")
+
+
+def clear_previous(out: Path) -> None:
+    """Remove what an earlier replay wrote into `out` (only those file names), so no stale report of another
+    run is left beside the new ones."""
+    for path in [*(out / name for name in OUTPUTS), *out.glob("report-*.png")]:
+        if path.is_file():
+            path.unlink()
+
+
+def coverage_of(series: Sequence[Series], frames: dict[str, pd.DataFrame], rejected: int) -> dict[str, Any]:
+    total = int(sum(len(s) for s in series))
+    scored = int(sum(int(f["scored"].sum()) for f in frames.values()))
+    return {
+        "readings": total,
+        "scored": scored,
+        "rejected": rejected,
+        "unscored": total - scored,
+        "scored_fraction": round(scored / total, 6) if total else 0.0,
+    }
+
+
+def coverage_warnings(
+    series: Sequence[Series], coverage: dict[str, Any], engine: Engine, bundle: Bundle
+) -> list[str]:
+    """Why little or nothing was scored, in words a user can act on. The first warning of a run that scored
+    nothing starts with "nothing was scored"."""
+    total, unscored = coverage["readings"], coverage["unscored"]
+    if total == 0:
+        return ["nothing was scored: the files hold no readings"]
+    w = bundle.window
+    step = sampling_interval(series)
+    trained = bundle.sampling_interval
+    out = []
+    if step is not None and trained is not None and not 0.1 <= step / trained <= 10:
+        out.append(
+            f"these files are sampled every {step:g} s but the model was trained on data sampled every "
+            f"{trained:g} s; check the time unit (--time-unit) or the data"
+        )
+    if unscored <= total // 2:
+        return out
+    resets = engine.counters["gap_resets"]
+    if all(len(s) < w for s in series):
+        why = f"every series is shorter than the model window ({w} readings)"
+    elif coverage["rejected"] >= total // 2:
+        why = f"{coverage['rejected']} of {total} readings were rejected (reasons in rejections.jsonl)"
+    elif resets * w >= unscored // 2:
+        median = "" if step is None else f"; the median step in these files is {step:g} s"
+        why = (
+            f"{resets} gaps longer than engine.max_gap_seconds = {engine.max_gap:g} s reset the keys"
+            f"{median}; check the time unit (--time-unit) or set engine.max_gap_seconds"
+        )
+    else:
+        why = "windows were cut short by gaps, rejections and series ends"
+    if coverage["scored"] == 0:
+        return [f"nothing was scored: {why}", *out]
+    return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
 
 
 def _safe(name: str) -> str:

@@ -1,7 +1,8 @@
 """Backtest plots: one PNG per series showing what the engine saw, scored and alerted on.
 
 Each figure has two panels sharing the time axis. The top one stacks the raw features, each standardized over
-the plotted series (so shapes, not units, are compared) and offset vertically with its name on the y axis. The
+the plotted series (so shapes, not units, are compared) and offset vertically with its name, mean and standard
+deviation on the y axis. Readings the engine rejected are shaded grey in both panels. The
 bottom one shows the score, the threshold in force, the points flagged anomalous and the alert spans (from alert
 start to end; an alert still open is drawn to the series end). Labelled anomalies, when a ``label`` column is
 present, are shaded in both panels. Matplotlib runs on the Agg backend, so no display is needed.
@@ -23,8 +24,18 @@ import pandas as pd  # noqa: E402
 
 from anomaly.evaluation import segments  # noqa: E402
 
-RESULT_COLUMNS = ("key", "timestamp", "error", "score", "threshold", "anomalous", "alert_open", "label")
-REQUIRED_COLUMNS = RESULT_COLUMNS[:-1]
+RESULT_COLUMNS = (
+    "key",
+    "timestamp",
+    "error",
+    "score",
+    "threshold",
+    "anomalous",
+    "alert_open",
+    "label",
+    "rejected",
+)
+REQUIRED_COLUMNS = RESULT_COLUMNS[:-2]
 STACK_OFFSET = 4.0  # vertical distance between standardized features, in standard deviations
 
 
@@ -83,12 +94,15 @@ def plot_series(
     )
     label = frame["label"].fillna(0).to_numpy().astype(bool) if "label" in frame.columns else None
 
+    names = []
     for i, name in enumerate(features):
         values = frame[name].to_numpy(np.float64)
-        std = np.nanstd(values)
-        z = (values - np.nanmean(values)) / (std if std > 1e-12 else 1.0)
+        mean, std = np.nanmean(values), np.nanstd(values)
+        z = (values - mean) / (std if std > 1e-12 else 1.0)
         top.plot(times, z - i * STACK_OFFSET, linewidth=0.8)
-    top.set_yticks([-i * STACK_OFFSET for i in range(len(features))], features)
+        names.append(f"{name}\n{mean:.4g} ± {std:.3g}")  # the scale: mean ± one standard deviation
+    top.set_yticks([-i * STACK_OFFSET for i in range(len(features))], names, fontsize="small")
+    top.set_ylabel(f"standardized, {STACK_OFFSET:g} sd apart")
     top.set_title(title or f"{key}: standardized signals")
 
     bottom.plot(times, frame["score"].to_numpy(np.float64), color="tab:blue", linewidth=0.9, label="score")
@@ -113,6 +127,13 @@ def plot_series(
     bottom.set_yscale("symlog", linthresh=1.0)
     bottom.set_ylabel("score (1.0 = calibration quantile)")
 
+    if "rejected" in frame.columns:
+        refused = frame["rejected"].fillna("").astype(str).str.len().to_numpy() > 0
+        for j, (first, stop) in enumerate(segments(refused)):
+            # from the reading before the hole to the one after it, so a single refused reading shows
+            lo, hi = times[max(first - 1, 0)], times[min(stop, len(times) - 1)]
+            top.axvspan(lo, hi, color="0.5", alpha=0.3)
+            bottom.axvspan(lo, hi, color="0.5", alpha=0.3, label="rejected reading" if j == 0 else None)
     if label is not None:
         _shade(top, times, label, color="tab:orange", alpha=0.15)
         _shade(bottom, times, label, color="tab:orange", alpha=0.15, label="labelled anomaly")
@@ -128,7 +149,8 @@ def plot_series(
             label="alert" if i == 0 else None,
         )
         top.axvline(span[0], color="tab:red", linewidth=0.8, alpha=0.6)
-    bottom.legend(loc="upper left", fontsize="small", ncols=5)
+    # outside the axes, so it never covers an alert (alerts often start near the left edge)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small", borderaxespad=0.0)
     bottom.set_xlabel("time (UTC)")
 
     out = Path(path)

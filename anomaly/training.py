@@ -28,6 +28,7 @@ from anomaly.config import ModelConfig, TrainConfig
 from anomaly.data import (
     Scaler,
     Series,
+    apply_nan_policy,
     default_max_gap,
     fingerprint,
     sampling_interval,
@@ -124,12 +125,19 @@ def train(
     cfg: TrainConfig,
     progress: bool = False,
     max_gap_seconds: float | None = None,
+    nan_policy: str = "reject",
 ) -> TrainResult:
     """Train on `series`. They are first cut at gaps longer than `max_gap_seconds` (None: GAP_INTERVALS
     sampling intervals, the interval being learnt here), exactly where the engine will reset a key; the
     interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
+    if not any(len(s) for s in series):
+        raise DataError(
+            f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
+            f"engine.nan_policy = {nan_policy!r} drops it"
+        )
     interval = sampling_interval(series)
     max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
     whole = series
@@ -145,7 +153,9 @@ def train(
     window = model_cfg.window
     stride = cfg.stride or window
 
-    scaler = Scaler.fit(np.concatenate([s.values for s in series]))
+    raw = np.concatenate([s.values for s in series])
+    scaler = Scaler.fit(raw)
+    scaler = Scaler(scaler.mean, np.maximum(scaler.scale, quantum(raw)).astype(np.float32))
     scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
     train_parts, val_parts = split_series(scaled, cfg.val_fraction, window)
     train_segs = segments(train_parts, window, stride, cfg.segment_windows)
@@ -188,7 +198,7 @@ def train(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch")
+        bar = tqdm(total=cfg.epochs, desc="train", unit="epoch", disable=None)  # no bar off a terminal
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -235,12 +245,19 @@ def train(
     model.eval().cpu()
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
+    check_finite(model, calibration)
+    calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
     calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
         "package_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_fingerprint": fingerprint(whole),
+        "missing_values": {
+            "policy": nan_policy,
+            "rows_dropped": missing_dropped,
+            "cells_filled": missing_filled,
+        },
         "sampling": {
             "interval_seconds": interval,
             "max_gap_seconds": max_gap,
@@ -263,6 +280,26 @@ def train(
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
+
+
+def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:
+    """A bundle with non-finite weights or calibration can never alert (every comparison with NaN is false):
+    refuse to produce one."""
+    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    numbers = np.asarray(
+        [
+            calibration["reference_error"],
+            calibration["default_threshold"],
+            *calibration["feature_reference_error"],
+        ],
+        np.float64,
+    )
+    if bad or not np.isfinite(numbers).all():
+        what = f"weights {', '.join(bad[:3])}" if bad else "calibration"
+        raise DataError(
+            f"training produced non-finite {what}; the data or the settings (learning rate, clip norm) made "
+            "it diverge, and no bundle was saved"
+        )
 
 
 @torch.no_grad()
@@ -308,3 +345,35 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
         "default_threshold": float(cfg.threshold_factor),
         "validation_points": int(len(points)),
     }
+
+
+def quantum(values: np.ndarray) -> np.ndarray:
+    """Per feature (F,): the median gap between adjacent distinct finite values, 0 for a constant feature.
+
+    A sensor that reports in steps of q cannot resolve a change smaller than q, so its scale is floored at q:
+    one quantization step never counts as more than one standard deviation, and a nearly constant quantized
+    feature (a few steps in training) cannot turn an ordinary step into a score of hundreds of sigma. For a
+    continuous sensor the gaps are tiny and the floor does not bind."""
+    out = np.zeros(values.shape[1], np.float64)
+    for f in range(values.shape[1]):
+        col = values[:, f]
+        u = np.unique(col[np.isfinite(col)])
+        if len(u) > 1:
+            out[f] = float(np.median(np.diff(u.astype(np.float64))))
+    return out
+
+
+def max_runs(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per feature (F,): the longest run of consecutive identical readings in the training series (1 = no
+    repeats). The engine's stuck-sensor rule compares live runs with this, so a sensor that legitimately
+    repeats values (quantized, slow) is held to its own training behaviour."""
+    best = np.ones(parts[0].shape[1], np.int64) if parts else np.ones(0, np.int64)
+    for v in parts:
+        if len(v) < 2:
+            continue
+        same = v[1:] == v[:-1]  # (n-1, F)
+        run = np.ones(v.shape[1], np.int64)
+        for row in same:
+            run = np.where(row, run + 1, 1)
+            best = np.maximum(best, run)
+    return best

@@ -11,7 +11,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS
-from anomaly.training import series_errors
+from anomaly.training import max_runs, series_errors
 from tests.helpers import chunks, make_series
 
 
@@ -208,7 +208,8 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
 
 def spiky(bundle, n=400, spans=((160, 200),), dip=None):
     s = make_series("unit", n, len(bundle.features), seed=5)
-    s.values[:] = bundle.scaler.mean  # flat normal values
+    noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
+    s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale  # quiet normal values (not stuck)
     for lo, hi in spans:
         s.values[lo:hi] += 60 * bundle.scaler.scale
     return s
@@ -404,3 +405,48 @@ def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_a
     never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0))
     kept = never.process([Event(s.key, s.timestamps, s.values)]).alerts
     assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes
+
+
+def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bundle) -> None:
+    """Training data: features 0-1 continuous, 2-3 the same kind of signal but reported in steps (each value
+    held for 20 readings). Live, one key's feature 0 freezes for 30 readings and another key's feature 2 holds a
+    value for 30 readings: only the first is stuck (30 >= 8 for a never-repeating sensor, 30 < 2 x 20)."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (400, 4))
+    train[:, 2:] = np.repeat(rng.normal(0, 1, (20, 2)), 20, axis=0)
+    assert max_runs([train]).tolist() == [1, 1, 20, 20]
+    bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
+    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0)
+
+    def live(frozen: int) -> np.ndarray:
+        v = bundle.scaler.mean + rng.normal(0, 1, (30 * bundle.window, 4)) * bundle.scaler.scale
+        v[:, 2:] = np.repeat(v[::20, 2:], 20, axis=0)[
+            : len(v)
+        ]  # quantized features hold each value 20 readings
+        v[100:130, frozen] = v[100, frozen]
+        return v
+
+    ts = np.arange(30 * bundle.window, dtype=np.float64)
+    e = Engine(bundle, cfg)
+    out = e.process([Event("stuck", ts, live(0)), Event("quantized", ts, live(2))])
+    assert [(a.key, a.status, a.start, a.end, a.at) for a in out.alerts] == [
+        ("stuck", "open", 107.0, None, 109.0),  # from the 8th identical reading; open after 3 such points
+        ("stuck", "closed", 107.0, 129.0, 139.0),  # the last frozen reading; 10 normal points later
+    ]
+    assert e.counters["alerts_opened"] == 1
+    off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
+    assert off.process([Event("stuck", ts, live(0))]).alerts == []
+
+
+def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:
+    bundle.calibration["feature_reference_error"] = [
+        1e-6,
+        2.0,
+        4.0,
+        4.0,
+    ]  # feature 0 barely moved in training
+    e = Engine(bundle, EngineConfig(score="max_feature"))
+    assert e.feature_reference is not None
+    assert e.feature_reference.tolist() == [0.30000001192092896, 2.0, 4.0, 4.0]  # 0.1 x median 3.0
+    raw = Engine(bundle, EngineConfig(score="max_feature", feature_reference_floor=0.0)).feature_reference
+    assert raw is not None and raw[0] == np.float32(1e-6)

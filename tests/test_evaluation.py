@@ -203,3 +203,11 @@ def test_pool_keeps_delays_and_latency_through_json():
     assert Counts.from_json(pooled["counts"]).events.delays_readings == (2, 0)
     assert pooled["mean_delay_readings"] == 1.0
     assert pooled["counts"]["latency"]["readings"] == {0: 4, 1: 2}
+
+
+def test_rows_out_of_time_order_map_decisions_in_file_order():
+    ts = np.array([0.0, 1.0, 0.5, 2.0, 3.0])  # row 2 went backwards (the engine refused it: never decided)
+    decided = np.array([1.0, 1.0, np.nan, 3.0, 3.0])
+    assert decision_index(ts, decided).tolist() == [1, 1, 5, 4, 4]
+    m = evaluate([0, 0, 0, 1, 1], [0, 0, 0, 1, 1], ts, decided)
+    assert m["median_delay_readings"] == 1.0 and m["counts"]["point"]["tp"] == 1

@@ -188,7 +188,7 @@ def test_the_shipped_daemon_pipeline_loads():
         cfg.kafka.changelog_topic,
         cfg.kafka.checkpoint_interval_s,
         cfg.metrics.port,
-    ) == (("sensors",), "anomaly-changelog", 5.0, 9108)
+    ) == (("sensors",), "changelog__{group}--{topic}", 5.0, 9108)
 
 
 def poll_records() -> list[Record]:

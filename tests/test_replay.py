@@ -37,7 +37,8 @@ def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> No
     assert np.allclose(pq["score"].to_numpy(), scores["score"].to_numpy(), equal_nan=True)
     alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["alerts"] == len(alerts) == len(result.alerts)
+    assert summary["alert_events"] == len(alerts) == len(result.alerts)
+    assert summary["alerts_raised"] == sum(a["status"] == "open" for a in alerts) > 0
     assert {a["status"] for a in alerts} <= {"open", "closed"}
     expected = evaluation.evaluate(
         scores["label"], scores["predicted"], scores["timestamp"], scores["decided_at"]
@@ -52,7 +53,15 @@ def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> No
     assert np.array_equal(scored["decided_at"].to_numpy(), np.repeat(ts[window - 1 :: window], window))
     assert scores.loc[~scores["scored"], "decided_at"].isna().all()
     assert summary["unscored_readings"] == len(source) % window
-    assert summary["totals"]["windows"] == len(source) // window
+    assert summary["totals"]["windows_scored"] == len(source) // window
+    assert summary["coverage"] == {
+        "readings": len(source),
+        "scored": len(scored),
+        "rejected": 0,
+        "unscored": len(source) % window,
+        "scored_fraction": round(len(scored) / len(source), 6),
+    }
+    assert summary["warnings"] == []
     png = out / "report-test.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     prom = (out / "metrics.prom").read_text()

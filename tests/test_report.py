@@ -97,3 +97,35 @@ def test_missing_columns_and_empty_frames_are_refused(tmp_path):
         plot_series(results("a").drop(columns=["score"]), [], tmp_path / "x.png")
     with pytest.raises(ValueError, match="no rows"):
         plot_series(results("a").iloc[:0], [], tmp_path / "x.png")
+
+
+def test_rejected_readings_are_shaded_and_the_legend_sits_beside_the_plot(tmp_path, monkeypatch):
+    """Issue 9 item 2: the plot did not mark the hole a rejected reading leaves; the legend covered alerts."""
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    real_close = plt.close
+
+    def keep(fig):
+        seen["fig"] = fig
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    frame = results("a")
+    frame["rejected"] = ""
+    frame.loc[200, "rejected"] = "non_finite"
+    plot_series(frame, ALERTS, tmp_path / "a.png")
+    top, bottom = seen["fig"].axes
+    handles, labels = bottom.get_legend_handles_labels()
+    assert "rejected reading" in labels
+    shade = handles[labels.index("rejected reading")]
+    x0, x1 = shade.get_x(), shade.get_x() + shade.get_width()
+    import matplotlib.dates as mdates
+
+    assert (
+        mdates.num2date(x0).timestamp() == 1_700_000_199.0
+        and mdates.num2date(x1).timestamp() == 1_700_000_201.0
+    )
+    legend = bottom.get_legend()
+    assert legend.get_bbox_to_anchor().x0 >= bottom.get_window_extent().x1  # outside the axes
+    assert top.get_yticklabels()[0].get_text().startswith("pressure\n")  # name, mean ± sd

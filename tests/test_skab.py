@@ -115,6 +115,8 @@ def test_command_ends_with_a_json_summary(root, tmp_path):
     assert last["benchmark"] == "SKAB" and last["files"] == 1
     assert set(last) >= {"f1", "far_pct", "mar_pct"}
     assert "Conv-AE" in res.output and "point-adjusted (not comparable with SKAB)" in res.output
+    assert "oracle, for diagnosis only" in res.output
+    assert set(json.loads((tmp_path / "s.json").read_text())["quality"]) == {"model", "zscore", "pca"}
     assert (tmp_path / "plots" / "valve1_2.png").stat().st_size > 20_000
     assert json.loads((tmp_path / "s.json").read_text())["per_file"].keys() == {"valve1/2"}
 
@@ -127,3 +129,11 @@ def test_bad_data_folder_is_a_one_line_error(tmp_path):
 
 def test_defaults_match_the_pipeline_file():
     assert build_config(read_toml(PIPELINE)) == build_config(skab.DEFAULTS)
+
+
+def test_defaults_flag_keeps_only_the_column_mapping(root):
+    both = CliRunner().invoke(skab_cmd, [str(root), "--defaults", "--pipeline", str(PIPELINE)])
+    assert both.exit_code == 2 and "either --pipeline or --defaults" in both.output
+    assert {k: v for k, v in skab.DEFAULTS["data"].items() if k != "features"} == skab.DATA
+    cfg = build_config({"data": skab.DATA})
+    assert cfg.data.features == () and cfg.engine == build_config({}).engine

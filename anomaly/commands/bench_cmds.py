@@ -59,6 +59,21 @@ from anomaly.commands.common import one_line_errors
     "(SKAB's data/ folder).  [default: skip]",
 )
 @click.option(
+    "--churn-keys",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Key-churn check of the daemon (Tansu, needs the test extra): rounds of this many new keys with "
+    "max_keys 1000, RSS and checkpoint time per round (300000 reproduces the README numbers; 0 skips it).",
+)
+@click.option(
+    "--churn-rounds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Measured churn rounds (after one warm-up round).",
+)
+@click.option(
     "--json-out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -73,6 +88,8 @@ def bench_cmd(
     kafka_rounds: int,
     formats: bool,
     skab_dir: str | None,
+    churn_keys: int,
+    churn_rounds: int,
     json_out: str | None,
 ) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key; with
@@ -93,6 +110,10 @@ def bench_cmd(
         from anomaly.bench_kafka import run_kafka_bench
 
         results["kafka"] = run_kafka_bench(rounds=kafka_rounds, log=click.echo)
+    if churn_keys:
+        from anomaly.bench_churn import run_churn_bench
+
+        results["churn"] = run_churn_bench(round_keys=churn_keys, rounds=churn_rounds, log=click.echo)
     if json_out:
         with open(json_out, "w") as fh:
             json.dump(results, fh, indent=2, default=float)

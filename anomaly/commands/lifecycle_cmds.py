@@ -6,7 +6,19 @@ from pathlib import Path
 
 import click
 
-from anomaly.commands.common import one_line_errors
+from anomaly import retrain
+from anomaly.commands.common import (
+    config_from,
+    key_column_option,
+    one_line_errors,
+    pipeline_option,
+    setup_logging,
+    time_column_option,
+)
+from anomaly.data import Series
+from anomaly.errors import DataError
+from anomaly.promotion import Comparison, PromotionPolicy, compare
+from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
 
 
 def _default_export_path(model: str, fmt: str) -> str:
@@ -47,4 +59,471 @@ def export_cmd(model: str, fmt: str, out: str | None) -> None:
         )
 
 
-COMMANDS: list[click.Command] = [export_cmd]
+# --- retrain and promote ---------------------------------------------------------------------------------------
+
+
+def _source_options(fn):  # type: ignore[no-untyped-def]
+    """Where retrain/promote read data: CSV files (arguments), or a Kafka topic range."""
+    opts = [
+        click.argument("data", nargs=-1, type=click.Path(dir_okay=False)),
+        pipeline_option,
+        time_column_option,
+        key_column_option,
+        click.option(
+            "--topic",
+            "topics",
+            multiple=True,
+            help="Input topic to read (repeatable) when no CSV files are given.  [default: kafka.topics]",
+        ),
+        click.option(
+            "--bootstrap-servers",
+            "-b",
+            default=None,
+            help="Kafka host:port list.  [default: kafka.bootstrap_servers]",
+        ),
+        click.option("--alerts-topic", default=None, help="Alerts topic.  [default: kafka.alerts_topic]"),
+        click.option(
+            "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
+        ),
+        click.option(
+            "--since",
+            default=None,
+            help="Time range ending now (or at --to): 30m, 12h, 7d, 2w.  [default: none; CSV: all rows]",
+        ),
+        click.option(
+            "--from",
+            "start",
+            default=None,
+            help="Range start: epoch seconds or ISO-8601 (naive = UTC).  [default: none]",
+        ),
+        click.option("--to", "end", default=None, help="Range end (exclusive).  [default: now]"),
+        click.option("--keys", default=None, help="Comma-separated keys to use.  [default: all]"),
+        click.option("--verbose", "-v", is_flag=True, help="Log progress details.  [default: off]"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _policy_options(fn):  # type: ignore[no-untyped-def]
+    defaults = PromotionPolicy()
+    opts = [
+        click.option(
+            "--f1-tolerance",
+            type=click.FloatRange(0, 1),
+            default=defaults.f1_tolerance,
+            show_default=True,
+            help="With labels: the challenger's F1 may be this much below the champion's.",
+        ),
+        click.option(
+            "--max-alert-ratio",
+            type=click.FloatRange(min=0),
+            default=defaults.max_alert_rate_ratio,
+            show_default=True,
+            help="The challenger may open at most this many times the champion's alerts per 1,000 readings.",
+        ),
+        click.option(
+            "--max-drift",
+            type=click.FloatRange(min=0),
+            default=defaults.max_drift_psi,
+            show_default=True,
+            help="The challenger's own drift PSI on the slice must be at most this.",
+        ),
+        click.option(
+            "--force", is_flag=True, help="Promote even when the policy says no (recorded as forced)."
+        ),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _config(pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, features):  # type: ignore[no-untyped-def]
+    return config_from(
+        pipeline,
+        {
+            "kafka.bootstrap_servers": bootstrap_servers,
+            "kafka.alerts_topic": alerts_topic,
+            "kafka.dead_letter_topic": dead_letter_topic,
+            "data.time_column": time_column,
+            "data.key_column": key_column,
+            "data.features": ",".join(features),
+        },
+    )
+
+
+def _selected(keys: str | None) -> set[str] | None:
+    return {k.strip() for k in keys.split(",") if k.strip()} if keys else None
+
+
+def _read_kafka(cfg, topics, span, features, keys, progress, exclude_dead_letters=True):  # type: ignore[no-untyped-def]
+    """Readings of the topics in `span`, without dead-lettered messages; also the alert events."""
+    from anomaly.kafka.codec import Decoder
+    from anomaly.kafka.daemon import message_format
+    from anomaly.kafka.history import read_alert_events, read_dead_letter_positions, read_topic_range
+
+    k = cfg.kafka
+    dead = (
+        read_dead_letter_positions(k, k.dead_letter_topic, int(span.start * 1000))
+        if exclude_dead_letters
+        else set()
+    )
+    hist = read_topic_range(
+        k,
+        list(topics or k.topics),
+        Decoder(message_format(cfg, features)),
+        span.start,
+        span.end,
+        keys=keys,
+        exclude=dead,
+        progress=progress,
+    )
+    alerts = read_alert_events(k, k.alerts_topic)
+    source = {
+        "source": "kafka",
+        "topics": list(topics or k.topics),
+        "alerts_topic": k.alerts_topic,
+        "dead_letter_topic": k.dead_letter_topic,
+        **span.to_json(),
+    }
+    return hist, alerts, source
+
+
+def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-untyped-def]
+    """CSV series (optionally cut to an event-time range and keys) and alert events from a JSONL file."""
+    import json
+
+    from anomaly.data import load_series
+
+    series, _ = load_series(list(data), cfg.data, features)
+    series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
+    if keys is not None:
+        series = [s for s in series if s.key in keys]
+    if span is not None:
+        cut = []
+        for s in series:
+            m = (s.timestamps >= span.start) & (s.timestamps < span.end)
+            cut.append(
+                Series(
+                    s.key, s.timestamps[m], s.values[m], None if s.labels is None else s.labels[m], s.source
+                )
+            )
+        series = cut
+    events = []
+    if alerts_file:
+        with open(alerts_file) as fh:
+            events = [json.loads(line) for line in fh if line.strip()]
+    source = {"source": "csv", "files": [str(p) for p in data], "alerts_file": alerts_file}
+    if span is not None:
+        source.update(span.to_json())
+    return series, events, source
+
+
+def _time_slice(series, lo: float, hi: float):  # type: ignore[no-untyped-def]
+    out = []
+    for s in series:
+        m = (s.timestamps >= lo) & (s.timestamps < hi)
+        if m.any():
+            out.append(
+                Series(
+                    s.key, s.timestamps[m], s.values[m], None if s.labels is None else s.labels[m], s.source
+                )
+            )
+    return out
+
+
+def _print_comparison(cmp: Comparison) -> None:
+    a, b = cmp.champion, cmp.challenger
+    rows = [
+        ("version", a.version, b.version),
+        ("readings scored", f"{a.readings:,}", f"{b.readings:,}"),
+        ("alerts opened", f"{a.alerts_opened}", f"{b.alerts_opened}"),
+        ("alerts per 1,000 readings", f"{a.alert_rate:.3f}", f"{b.alert_rate:.3f}"),
+        ("readings in an alert", f"{a.alert_share:.2%}", f"{b.alert_share:.2%}"),
+        (
+            "score p50 / p99",
+            f"{a.score_p50:.3f} / {a.score_p99:.3f}",
+            f"{b.score_p50:.3f} / {b.score_p99:.3f}",
+        ),
+        (
+            "drift PSI vs own calibration",
+            "n/a" if a.drift_psi is None else f"{a.drift_psi:.3f}",
+            "n/a" if b.drift_psi is None else f"{b.drift_psi:.3f}",
+        ),
+    ]
+    if a.metrics is not None and b.metrics is not None:
+        rows.append(
+            (
+                "F1 / FAR / MAR",
+                f"{a.metrics['f1']:.3f} / {a.metrics['far']:.2%} / {a.metrics['mar']:.2%}",
+                f"{b.metrics['f1']:.3f} / {b.metrics['far']:.2%} / {b.metrics['mar']:.2%}",
+            )
+        )
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows + [("", "champion", "")])
+    click.echo(f"{'':<{w0}}  {'champion':<{w1}}  challenger")
+    for name, x, y in rows:
+        click.echo(f"{name:<{w0}}  {x:<{w1}}  {y}")
+    for reason in cmp.reasons:
+        click.echo(f"  - {reason}")
+
+
+def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    from anomaly.promotion import promote
+
+    cmp.forced = force and not cmp.promote
+    _print_comparison(cmp)
+    if not (cmp.promote or force):
+        click.echo(f"decision: rejected; {champion_path} unchanged")
+        return
+    if dry_run:
+        click.echo(f"decision: would promote (dry run); {champion_path} unchanged")
+        return
+    path = promote(challenger, champion_path, cmp)
+    how = "forced" if cmp.forced else "policy passed"
+    click.echo(
+        f"decision: promoted ({how}); {path} now holds model {challenger.version} "
+        f"(previous kept as {path.name}.previous); a running daemon reloads it within seconds"
+    )
+
+
+@click.command("retrain")
+@click.option(
+    "--champion",
+    "-m",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The model in use: its features, settings and version (the challenger's parent).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="challenger.pt",
+    show_default=True,
+    help="Challenger bundle.",
+)
+@_source_options
+@click.option(
+    "--alerts",
+    "alerts_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV mode: alerts.jsonl of a replay; readings in its alert spans are left out.  [default: none]",
+)
+@click.option(
+    "--exclude-margin",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds left out before and after every alert span as well.",
+)
+@click.option(
+    "--min-windows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MIN_WINDOWS,
+    show_default=True,
+    help="Refuse to train on fewer full windows of normal data.",
+)
+@click.option(
+    "--from-pipeline",
+    is_flag=True,
+    help="Train with the pipeline file's [model] and [train] settings instead of the champion's.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: the champion's]"
+)
+@click.option("--seed", type=int, default=None, help="Random seed.  [default: the champion's]")
+@click.option(
+    "--promote",
+    "do_promote",
+    is_flag=True,
+    help="Hold out the most recent part of the range, compare champion and challenger on it and replace "
+    "the champion file if the policy says so.",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="With --promote: the most recent share of the time range kept out of training for the comparison.",
+)
+@_policy_options
+@one_line_errors
+def retrain_cmd(
+    champion,
+    out,
+    data,
+    pipeline,
+    time_column,
+    key_column,
+    topics,
+    bootstrap_servers,
+    alerts_topic,
+    dead_letter_topic,
+    since,
+    start,
+    end,
+    keys,
+    verbose,
+    alerts_file,
+    exclude_margin,
+    min_windows,
+    from_pipeline,
+    epochs,
+    seed,
+    do_promote,
+    holdout,
+    f1_tolerance,
+    max_alert_ratio,
+    max_drift,
+    force,
+) -> None:
+    """Train a challenger on recent normal data: from the input topic over a time range (or CSV files), for
+    all or selected keys, leaving out readings inside alert spans and dead-lettered messages.
+
+    Kafka: `anomaly retrain -m model.pt -p pipelines/kafka.toml --since 7d` reads kafka.topics (or --topic),
+    the alerts topic and the dead-letter topic of the pipeline. CSV: `anomaly retrain -m model.pt DATA.csv...
+    [--alerts runs/replay/alerts.jsonl]`. Model and training settings are the champion's unless
+    --from-pipeline."""
+    from anomaly.bundle import load_bundle, save_bundle
+    from anomaly.config import build_config, load_config
+    from anomaly.training import train
+
+    setup_logging(verbose)
+    parent = load_bundle(champion)
+    if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
+        raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
+    cfg = _config(
+        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, parent.features
+    )
+    overrides = {"train.epochs": epochs, "train.seed": seed}
+    if from_pipeline:
+        pcfg = load_config(pipeline, overrides) if pipeline else build_config(None, None, overrides)
+        model_cfg, train_cfg = pcfg.model, pcfg.train
+    else:
+        tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
+        model_cfg, train_cfg = tcfg.model, tcfg.train
+    selected = _selected(keys)
+    kafka_mode = not data
+    span = TimeRange.parse(since, start, end) if (kafka_mode or since or start) else None
+    if kafka_mode:
+        assert span is not None
+        hist, events, source = _read_kafka(cfg, topics, span, parent.features, selected, progress=True)
+        series = hist.series
+        source = {**source, **hist.to_json()}
+    else:
+        series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
+    if not series:
+        raise DataError("no readings in the given range" + (f" for keys {keys}" if keys else ""))
+    evaluation_slice = []
+    if do_promote:
+        lo = min(float(s.timestamps[0]) for s in series if len(s))
+        hi = max(float(s.timestamps[-1]) for s in series if len(s)) + 1e-6
+        rng = span or TimeRange(lo, hi)
+        if kafka_mode:  # the range is in Kafka time; split the readings by their own (event) time
+            rng = TimeRange(lo, hi)
+        train_part, test_part = rng.split(holdout)
+        evaluation_slice = _time_slice(series, test_part.start, test_part.end)
+        series = _time_slice(series, train_part.start, train_part.end)
+        source["holdout"] = {**test_part.to_json(), "share": holdout}
+    spans = retrain.alert_spans(events)
+    data_set = retrain.training_set(
+        series, spans, model_cfg.window, margin_s=exclude_margin, min_windows=min_windows
+    )
+    click.echo(
+        f"training set: {data_set.readings:,} readings of {len(data_set.keys)} keys "
+        f"({data_set.excluded_alert_readings:,} left out in alert spans"
+        + (
+            f", {source.get('dead_letter_messages', 0):,} dead-lettered and {source.get('invalid_messages', 0):,} "
+            "invalid messages skipped"
+            if kafka_mode
+            else ""
+        )
+        + ")"
+    )
+    result = train(
+        data_set.series,
+        parent.features,
+        model_cfg,
+        train_cfg,
+        progress=True,
+        max_gap_seconds=cfg.engine.max_gap_seconds,
+    )
+    bundle = result.bundle
+    bundle.meta["lineage"] = retrain.lineage(parent, data_set, source, bundle.meta)
+    save_bundle(bundle, out)
+    t = bundle.meta["training"]
+    click.echo(
+        f"challenger {bundle.version}: {t['epochs_run']} epochs (best {t['best_epoch']}, val loss "
+        f"{t['best_val_loss']:.5f}), parent {parent.version} -> {out}"
+    )
+    if do_promote:
+        policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+        cmp = compare(parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"))
+        _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
+
+
+@click.command("promote")
+@click.argument("challenger", type=click.Path(dir_okay=False))
+@click.option(
+    "--champion",
+    "-m",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The bundle file the daemon watches; replaced atomically on promotion.",
+)
+@_source_options
+@_policy_options
+@click.option("--dry-run", is_flag=True, help="Compare and decide, but do not replace the champion.")
+@one_line_errors
+def promote_cmd(
+    challenger,
+    champion,
+    data,
+    pipeline,
+    time_column,
+    key_column,
+    topics,
+    bootstrap_servers,
+    alerts_topic,
+    dead_letter_topic,
+    since,
+    start,
+    end,
+    keys,
+    verbose,
+    f1_tolerance,
+    max_alert_ratio,
+    max_drift,
+    force,
+    dry_run,
+) -> None:
+    """Shadow-evaluate CHALLENGER against the champion on a recent slice (CSV files, labelled or not, or the
+    input topic over --since/--from/--to) through the engine, and promote it when the policy says so:
+    alert rate, score distribution and drift, and F1 when the slice has labels."""
+    from anomaly.bundle import load_bundle
+
+    setup_logging(verbose)
+    champ = load_bundle(champion)
+    chall = load_bundle(challenger)
+    cfg = _config(
+        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, champ.features
+    )
+    selected = _selected(keys)
+    if data:
+        span = TimeRange.parse(since, start, end) if (since or start) else None
+        series, _, source = _read_csv(cfg, data, span, champ.features, selected, None)
+    else:
+        span = TimeRange.parse(since, start, end)
+        hist, _, source = _read_kafka(cfg, topics, span, champ.features, selected, progress=True)
+        series = hist.series
+        source = {**source, **hist.to_json()}
+    policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+    cmp = compare(
+        champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
+    )
+    _decide_and_promote(cmp, chall, champion, force, dry_run)
+
+
+COMMANDS: list[click.Command] = [export_cmd, retrain_cmd, promote_cmd]

@@ -22,7 +22,7 @@ from anomaly.commands.common import (
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, read_frame
-from anomaly.errors import SchemaError
+from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
@@ -39,8 +39,23 @@ DEMO: dict[str, dict[str, Any]] = {
 
 
 def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> None:
-    """Unless features were chosen explicitly, the files' numeric columns must be exactly the model's."""
-    if cfg.data.features:
+    """The files must give the model exactly its features. `--features` selects them by name (every other
+    column is then ignored); without it, the files' numeric columns must be exactly the model's."""
+    chosen = list(cfg.data.features)
+    if chosen:
+        unknown = [f for f in chosen if f not in features]
+        if unknown:
+            raise SchemaError(
+                f"--features names {', '.join(unknown)}, which the model does not use; its features are "
+                f"{', '.join(features)}",
+                extra=unknown,
+            )
+        missing = [f for f in features if f not in chosen]
+        if missing:
+            raise SchemaError(
+                f"--features leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
+                missing=missing,
+            )
         return
     for path in paths:
         have = infer_features(read_frame(path, cfg.data.separator, cfg.data.decimal), cfg.data, path)
@@ -50,9 +65,9 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
                 [f"unexpected {', '.join(extra)}"] if extra else []
             )
+            hint = "" if missing else " (use only the model's columns with --features)"
             raise SchemaError(
-                f"{path} does not match the model's features: {'; '.join(parts)}"
-                + ("" if missing else " (select columns with --features)"),
+                f"{path} does not match the model's features: {'; '.join(parts)}{hint}",
                 missing=missing,
                 extra=extra,
             )
@@ -82,26 +97,37 @@ def run_replay(
 
 
 def print_result(result: ReplayResult) -> None:
+    """The run in a few lines. Warnings go to stderr; a run that scored nothing ends with one `error:` line
+    and exit status 2 (its files are written all the same, so the user can look at them)."""
     s = result.summary
-    t = s["totals"]
+    t, c = s["totals"], s["coverage"]
     click.echo(
-        f"replayed {t['readings']:,} readings of {s['series']} series: {t['windows']:,} windows scored, "
-        f"{s['alerts']} alert events, {s['rejected_readings']} readings rejected"
+        f"replayed {c['readings']:,} readings of {s['series']} series: {t['windows_scored']:,} windows scored "
+        f"({c['scored']:,} readings), {s['alerts_raised']} alerts raised ({s['alert_events']} open/close "
+        f"events), {c['rejected']:,} readings rejected"
     )
-    if "metrics" in s:
+    nothing = bool(s["warnings"]) and s["warnings"][0].startswith("nothing was scored")
+    for line in s["warnings"][1:] if nothing else s["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    if "metrics" in s and not nothing:
+        cut = c["unscored"] - c["rejected"]
         click.echo(
-            f"\nevaluation (prediction = {s['predict']}; {s['unscored_readings']} readings at series ends "
-            "never filled a window and count as predicted normal)"
+            f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
+            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
-    if result.quality:
+    if result.quality and not nothing:
         click.echo("")
         click.echo(
             format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
         )
-    click.echo(f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, summary.json)")
+    click.echo(
+        f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)"
+    )
     for path in result.reports:
         click.echo(f"report:  {path}")
+    if nothing:
+        raise AnomalyError(s["warnings"][0])
 
 
 @click.command("replay")

@@ -75,7 +75,9 @@ class Engine:
                     "engine.score = max_feature needs per-feature calibration "
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
-            self.feature_reference = np.asarray(ref, np.float32)
+            ref_f = np.asarray(ref, np.float64)
+            floor = self.config.feature_reference_floor * float(np.median(ref_f))
+            self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
@@ -84,6 +86,14 @@ class Engine:
             else bundle.default_threshold
         )
         self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
+        runs = bundle.calibration.get("feature_max_run")
+        self.stuck_limit: np.ndarray | None = (
+            None  # per feature: identical readings in a row that count as stuck
+        )
+        if self.config.stuck_min_run > 0 and runs is not None and len(runs) == self.n_features:
+            self.stuck_limit = np.maximum(
+                self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
+            ).astype(np.int32)
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
@@ -91,6 +101,14 @@ class Engine:
         extra: list[tuple[str, tuple[int, ...], str, str]] = [
             ("offset", (f,), "float32", "zero"),  # per-key input re-baseline (standardized units)
             ("level", (f,), "float32", "nan"),  # slow EWMA of window means (standardized units)
+            ("stuck_last", (f,), "float32", "nan"),  # last standardized reading
+            ("stuck_run", (f,), "int32", "zero"),  # identical readings in a row, per feature
+            (
+                "stuck_mute",
+                (f,),
+                "bool",
+                "zero",
+            ),  # stuck feature accepted after a level shift, until it moves
         ]
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
@@ -494,6 +512,7 @@ class Engine:
         a = self.store.arrays
         k = len(rows)
         self._track_level(rows, x, ts)
+        stuck = self._stuck(rows, x)
         x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
         c = a["c"][rows].transpose(1, 0, 2)
@@ -518,7 +537,7 @@ class Engine:
         names = self.threshold.fields()
         th_state = {name: a[name][rows] for name in names}
         eps, warm = self.threshold.epsilon(th_state, k)
-        anomalous = (scores > eps[:, None]) & warm[:, None]
+        anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
         self.threshold.update(th_state, scores, anomalous, open_pts)
         for name in names:
@@ -619,6 +638,27 @@ class Engine:
         moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
         a["offset"][rows] = np.where(moved, level, offset)
         a["ewma"][rows] = np.nan
+        if self.stuck_limit is not None:
+            a["stuck_mute"][rows] |= a["stuck_run"][rows] >= self.stuck_limit
+
+    def _stuck(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Stuck-sensor rule (K, W): a point is anomalous when some feature has repeated the identical reading at
+        least max(stuck_min_run, stuck_factor x its longest run in training) times in a row. A sensor that is
+        quantized or slow repeats values in training too, so its limit is higher; a continuous sensor that
+        freezes is caught after stuck_min_run readings, whatever its reconstruction error."""
+        out = np.zeros(x.shape[:2], bool)
+        if self.stuck_limit is None:
+            return out
+        a = self.store.arrays
+        last, run, mute = a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows]
+        for i in range(x.shape[1]):
+            same = x[:, i] == last
+            run = np.where(same, run + 1, 1)
+            mute &= same  # an accepted stuck feature is judged again once it moves
+            last = x[:, i]
+            out[:, i] = ((run >= self.stuck_limit) & ~mute).any(axis=1)
+        a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows] = last, run, mute
+        return out
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0

@@ -41,10 +41,21 @@ class JsonlRejectionSink:
         self.path = Path(path)
         self._fh: IO[str] = self.path.open("w", encoding="utf-8")
         self.count = 0
+        self._at: dict[str, list[tuple[np.ndarray, str]]] = defaultdict(list)
+
+    def reasons_at(self, key: str, timestamps: np.ndarray) -> np.ndarray:
+        """Per timestamp of `key`, the reason a reading there was refused ("" where none was): what the
+        report marks as holes."""
+        out = np.full(len(timestamps), "", dtype=object)
+        for ts, reason in self._at.get(key, []):
+            out[np.isin(timestamps, ts)] = reason
+        return out
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for r in out.rejections:
             self.count += r.count
+            if r.timestamps is not None:
+                self._at[r.key].append((np.asarray(r.timestamps), r.reason))
             ref = r.ref if isinstance(r.ref, str | int | float | type(None)) else str(r.ref)
             self._fh.write(
                 json.dumps(

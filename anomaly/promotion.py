@@ -1,0 +1,218 @@
+"""Champion vs challenger: shadow evaluation on a recent held-out slice, a promotion policy, atomic promotion.
+
+Both models score the same slice through the engine and the replay loop (so the numbers are what the daemon
+would have produced). Compared: alerts opened per 1,000 readings, the share of readings inside an alert, score
+quantiles, drift of each model's point errors against its own calibration (PSI, as the daemon exports it), and
+— when the slice carries labels — SKAB's point-wise F1/FAR/MAR. :class:`PromotionPolicy` turns that into a
+decision with reasons. Promotion writes the challenger, its lineage completed with the decision, over the
+champion's file with one atomic rename: the daemon's hot reload sees either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly import evaluation
+from anomaly.bundle import Bundle, save_bundle
+from anomaly.config import EngineConfig
+from anomaly.data import Series
+from anomaly.drift import DriftMonitor
+from anomaly.engine import Engine
+from anomaly.errors import DataError
+from anomaly.replay import merged_batches, point_frame
+from anomaly.runner import run
+from anomaly.sinks.files import WindowCollector
+
+
+@dataclass
+class ShadowResult:
+    """One model on the evaluation slice."""
+
+    version: str
+    readings: int
+    windows: int
+    alerts_opened: int
+    alert_rate: float  # alerts opened per 1,000 readings
+    alert_share: float  # share of scored readings inside an open alert
+    score_p50: float
+    score_p99: float
+    drift_psi: float | None  # point errors vs this model's calibration, over the whole slice
+    metrics: dict[str, Any] | None = None  # F1, FAR, MAR, ... when the slice is labelled
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.metrics is not None:
+            out["metrics"] = {
+                k: self.metrics[k] for k in ("f1", "far", "mar", "precision", "recall") if k in self.metrics
+            }
+        return out
+
+
+def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineConfig) -> ShadowResult:
+    """Score `series` with `bundle` through a fresh engine and the replay loop."""
+    engine = Engine(bundle, engine_cfg)
+    collector = WindowCollector()
+    alerts = {"open": 0}
+
+    def count(batch: Any, out: Any) -> None:
+        alerts["open"] += sum(1 for a in out.alerts if a.status == "open")
+
+    totals = run(engine, merged_batches(series, 4096), [collector], on_batch=count)
+    scores, errors, inside, labelled = [], [], [], []
+    for s in series:
+        got = collector.arrays(s.key)
+        scores.append(got["scores"])
+        errors.append(got["errors"])
+        inside.append(got["alert_open"])
+        if s.labels is not None:
+            f = point_frame(s, bundle.features, got, "alert")
+            labelled.append(
+                evaluation.evaluate(
+                    f["label"].to_numpy(),
+                    f["predicted"].to_numpy(),
+                    f["timestamp"].to_numpy(),
+                    f["decided_at"].to_numpy() if "decided_at" in f else None,
+                )
+            )
+    sc = np.concatenate(scores) if scores else np.zeros(0)
+    er = np.concatenate(errors) if errors else np.zeros(0)
+    op = np.concatenate(inside) if inside else np.zeros(0, bool)
+    drift = DriftMonitor.for_calibration(bundle.calibration, window=max(1, len(er)), min_points=1)
+    psi = None
+    if drift is not None and len(er):
+        drift.update(er)
+        psi = drift.value()
+    readings = int(totals["readings"])
+    return ShadowResult(
+        bundle.version,
+        readings,
+        int(totals["windows"]),
+        alerts["open"],
+        1000.0 * alerts["open"] / max(readings, 1),
+        float(op.mean()) if len(op) else 0.0,
+        float(np.quantile(sc, 0.5)) if len(sc) else float("nan"),
+        float(np.quantile(sc, 0.99)) if len(sc) else float("nan"),
+        psi,
+        evaluation.pool(labelled) if labelled else None,
+    )
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """When a challenger replaces the champion.
+
+    With labels: its F1 must be at least the champion's minus `f1_tolerance`. Always: it must not open more
+    alerts per 1,000 readings than the champion times `max_alert_rate_ratio` (plus `alert_rate_slack`, so two
+    quiet models compare sensibly), and its own drift on the slice must be at most `max_drift_psi` (a model
+    that does not describe recent data should not go live)."""
+
+    f1_tolerance: float = 0.0
+    max_alert_rate_ratio: float = 1.0
+    alert_rate_slack: float = 0.0
+    max_drift_psi: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.f1_tolerance <= 1:
+            raise ValueError(f"f1_tolerance must be in [0, 1], got {self.f1_tolerance}")
+        if self.max_alert_rate_ratio < 0 or self.alert_rate_slack < 0 or self.max_drift_psi < 0:
+            raise ValueError("max_alert_rate_ratio, alert_rate_slack and max_drift_psi must be >= 0")
+
+    def decide(self, champion: ShadowResult, challenger: ShadowResult) -> tuple[bool, list[str]]:
+        reasons = []
+        ok = True
+        if champion.metrics is not None and challenger.metrics is not None:
+            f1c, f1h = challenger.metrics["f1"], champion.metrics["f1"]
+            good = f1c >= f1h - self.f1_tolerance
+            ok &= good
+            reasons.append(
+                f"F1 {f1c:.4f} vs champion {f1h:.4f} ({'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
+            )
+        limit = champion.alert_rate * self.max_alert_rate_ratio + self.alert_rate_slack
+        good = challenger.alert_rate <= limit + 1e-12
+        ok &= good
+        reasons.append(
+            f"alerts per 1,000 readings {challenger.alert_rate:.3f} vs champion {champion.alert_rate:.3f} "
+            f"({'ok' if good else 'more'}; limit {limit:.3f})"
+        )
+        if challenger.drift_psi is None:
+            reasons.append("drift: not measurable (no calibration quantiles)")
+        else:
+            good = challenger.drift_psi <= self.max_drift_psi
+            ok &= good
+            champion_psi = "n/a" if champion.drift_psi is None else f"{champion.drift_psi:.3f}"
+            reasons.append(
+                f"drift PSI {challenger.drift_psi:.3f} vs champion {champion_psi} "
+                f"({'ok' if good else 'too high'}; limit {self.max_drift_psi:g})"
+            )
+        return ok, reasons
+
+
+@dataclass
+class Comparison:
+    champion: ShadowResult
+    challenger: ShadowResult
+    promote: bool
+    reasons: list[str]
+    forced: bool = False
+    slice: dict[str, Any] = field(default_factory=dict)
+
+    def decision(self) -> dict[str, Any]:
+        return {
+            "decision": "promoted" if self.promote or self.forced else "rejected",
+            "policy_passed": self.promote,
+            "forced": self.forced,
+            "reasons": self.reasons,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "champion": self.champion.to_json(),
+            "challenger": self.challenger.to_json(),
+            "slice": self.slice,
+        }
+
+
+def compare(
+    champion: Bundle,
+    challenger: Bundle,
+    series: Sequence[Series],
+    engine_cfg: EngineConfig,
+    policy: PromotionPolicy,
+    slice_info: dict[str, Any] | None = None,
+) -> Comparison:
+    if not series or not sum(len(s) for s in series):
+        raise DataError("the evaluation slice is empty: nothing to compare the models on")
+    if champion.features != challenger.features:
+        raise DataError(
+            f"champion and challenger have different features ({len(champion.features)} vs "
+            f"{len(challenger.features)}); they cannot score the same stream"
+        )
+    a = shadow_score(champion, series, engine_cfg)
+    b = shadow_score(challenger, series, engine_cfg)
+    ok, reasons = policy.decide(a, b)
+    return Comparison(a, b, ok, reasons, slice=dict(slice_info or {}))
+
+
+def with_decision(challenger: Bundle, comparison: Comparison) -> Bundle:
+    """The challenger with the decision recorded in its lineage (a copy; the model is shared)."""
+    meta = copy.deepcopy(challenger.meta)
+    lineage = meta.setdefault("lineage", {})
+    lineage.setdefault("parent_version", comparison.champion.version)
+    lineage["promotion"] = comparison.decision()
+    return Bundle(challenger.model, challenger.features, challenger.scaler, challenger.calibration, meta)
+
+
+def promote(
+    challenger: Bundle, champion_path: str | Path, comparison: Comparison, keep_previous: bool = True
+) -> Path:
+    """Replace the champion file with the challenger in one rename (save_bundle writes a temp file in the same
+    folder, then os.replace). The old champion is kept as `<file>.previous` for a rollback."""
+    target = Path(champion_path)
+    if keep_previous and target.exists():
+        shutil.copy2(target, target.with_name(target.name + ".previous"))
+    return save_bundle(with_decision(challenger, comparison), target)

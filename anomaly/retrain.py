@@ -1,0 +1,224 @@
+"""Retraining a challenger from recent data: time ranges, alert-span exclusion, training sets and lineage.
+
+Pure code: the sources (a Kafka topic range in :mod:`anomaly.kafka.history`, or CSV files) hand over series;
+this module removes what must not be learned as normal — readings inside alert spans (from the alerts topic or
+a replay's ``alerts.jsonl``) and, for topics, messages that went to dead letters — cuts the series where
+readings were removed, and refuses a range that holds too little normal data. The lineage recorded in the
+challenger's bundle says where it came from: parent version, data range, keys, training metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from anomaly.config import ModelConfig, TrainConfig
+from anomaly.data import Series
+from anomaly.errors import ConfigError, DataError
+
+DEFAULT_MIN_WINDOWS = 50  # full windows of normal data a challenger needs at least
+MAX_LINEAGE_KEYS = 100  # keys listed in the lineage by name (all are counted and hashed)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' -> seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"cannot read duration {text!r}; use a number and one of s, m, h, d, w (e.g. 7d)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, or an ISO-8601 date/date-time (naive means UTC) -> epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"cannot read time {text!r}; use epoch seconds or ISO-8601 (2024-05-01T12:00)"
+        ) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: float  # epoch seconds, inclusive
+    end: float  # epoch seconds, exclusive
+
+    @classmethod
+    def parse(
+        cls, since: str | None, start: str | None, end: str | None, now: float | None = None
+    ) -> TimeRange:
+        """--since (relative to now) or --from; --to defaults to now."""
+        now = time.time() if now is None else now
+        if since and start:
+            raise ConfigError("give --since or --from, not both")
+        if not since and not start:
+            raise ConfigError("give a time range: --since 7d, or --from TIME [--to TIME]")
+        hi = parse_time(end) if end else now
+        lo = hi - parse_duration(since) if since else parse_time(start or "")
+        if not lo < hi:
+            raise ConfigError(f"empty time range: from {iso(lo)} is not before to {iso(hi)}")
+        return cls(lo, hi)
+
+    def split(self, holdout: float) -> tuple[TimeRange, TimeRange]:
+        """(training part, the most recent `holdout` fraction for shadow evaluation)."""
+        cut = self.end - (self.end - self.start) * holdout
+        return TimeRange(self.start, cut), TimeRange(cut, self.end)
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": iso(self.start), "to": iso(self.end)}
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def alert_spans(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per key, the [start, end] event-time spans of alerts, from alert lifecycle events (``Alert.to_json()``:
+    the alerts topic or a replay's alerts.jsonl). An alert without a closed event is open: [start, +inf).
+    Events are deduplicated by id (alerts are delivered at least once)."""
+    by_id: dict[str, tuple[str, float, float]] = {}
+    for ev in events:
+        try:
+            key, start = str(ev["key"]), float(ev["start"])
+        except (KeyError, TypeError, ValueError):
+            continue  # not an alert event
+        end = ev.get("end") if ev.get("status") == "closed" else None
+        span_end = float(end) if end is not None else np.inf
+        alert_id = str(ev.get("id", f"{key}@{start}"))
+        if alert_id in by_id and by_id[alert_id][2] < np.inf and span_end == np.inf:
+            continue  # a re-delivered open event after the close
+        by_id[alert_id] = (key, start, span_end)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for key, start, end in by_id.values():
+        spans.setdefault(key, []).append((start, end))
+    return {k: sorted(v) for k, v in spans.items()}
+
+
+@dataclass
+class TrainingSet:
+    """Normal data for a challenger: contiguous pieces of series, and what was left out on the way."""
+
+    series: list[Series]
+    keys: list[str]
+    readings: int
+    excluded_alert_readings: int
+    excluded_short_readings: int  # pieces between removed readings too short for a window
+    first_ts: float
+    last_ts: float
+    source: dict[str, Any] = field(default_factory=dict)  # what the source reported (dead letters, ...)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "readings": self.readings,
+            "keys": len(self.keys),
+            "key_names": self.keys[:MAX_LINEAGE_KEYS],
+            "pieces": len(self.series),
+            "first_reading": iso(self.first_ts),
+            "last_reading": iso(self.last_ts),
+            "excluded_alert_readings": self.excluded_alert_readings,
+            "excluded_short_readings": self.excluded_short_readings,
+            **self.source,
+        }
+
+
+def _contiguous(s: Series, keep: np.ndarray) -> list[Series]:
+    """Runs of consecutive kept readings of one series, each its own piece."""
+    out = []
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    for lo, hi in zip(edges[::2], edges[1::2], strict=True):
+        out.append(
+            Series(
+                s.key,
+                s.timestamps[lo:hi],
+                s.values[lo:hi],
+                None if s.labels is None else s.labels[lo:hi],
+                s.source,
+            )
+        )
+    return out
+
+
+def training_set(
+    series: Sequence[Series],
+    spans: Mapping[str, Sequence[tuple[float, float]]],
+    window: int,
+    *,
+    margin_s: float = 0.0,
+    min_windows: int = DEFAULT_MIN_WINDOWS,
+    source: Mapping[str, Any] | None = None,
+) -> TrainingSet:
+    """Remove readings inside alert spans (widened by `margin_s` each side), cut series where readings were
+    removed, drop pieces shorter than one window; DataError when fewer than `min_windows` windows remain."""
+    pieces: list[Series] = []
+    excluded = short = 0
+    for s in series:
+        keep = np.ones(len(s), bool)
+        for lo, hi in spans.get(s.key, ()):
+            keep &= ~((s.timestamps >= lo - margin_s) & (s.timestamps <= hi + margin_s))
+        excluded += int((~keep).sum())
+        for piece in _contiguous(s, keep):
+            if len(piece) >= window:
+                pieces.append(piece)
+            else:
+                short += len(piece)
+    readings = sum(len(p) for p in pieces)
+    need = min_windows * window
+    if readings < need:
+        total = sum(len(s) for s in series)
+        raise DataError(
+            f"too little normal data to retrain: {readings} usable readings of {len(series)} keys "
+            f"({total} read, {excluded} inside alert spans, {short} in pieces shorter than a window); need at "
+            f"least {need} ({min_windows} windows of {window}); widen the time range or select more keys"
+        )
+    keys = sorted({p.key for p in pieces})
+    first = min(float(p.timestamps[0]) for p in pieces)
+    last = max(float(p.timestamps[-1]) for p in pieces)
+    return TrainingSet(pieces, keys, readings, excluded, short, first, last, dict(source or {}))
+
+
+def champion_sections(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The champion's [model] and [train] settings as pipeline sections (fields this version knows)."""
+    config = (meta.get("training") or {}).get("config") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        known = {f.name for f in dataclasses.fields(cls)}
+        out[name] = {k: v for k, v in (config.get(name) or {}).items() if k in known}
+    if not out["model"]:
+        raise DataError(
+            "the champion bundle does not record its training settings; give them with --pipeline and "
+            "--from-pipeline"
+        )
+    return out
+
+
+def lineage(
+    parent: Any | None,
+    data: TrainingSet,
+    data_source: Mapping[str, Any],
+    bundle_meta: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What a challenger's bundle records about its origin (``meta["lineage"]``)."""
+    t = bundle_meta.get("training", {})
+    return {
+        "parent_version": None if parent is None else parent.version,
+        "data": {**data_source, **data.to_json()},
+        "training": {
+            k: t.get(k)
+            for k in ("epochs_run", "best_epoch", "best_val_loss", "final_loss", "train_windows", "rows")
+        },
+        "promotion": None,  # filled in by `anomaly promote` / `retrain --promote`
+    }

@@ -1,0 +1,218 @@
+"""Model lifecycle against a real broker: retrain from a topic range (= retrain from the same readings in CSV),
+and promotion under a running daemon (hot reload, state kept, alerts carrying the new version)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import http_status, terminate, wait_for
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from anomaly.bundle import load_bundle, read_metadata, save_bundle
+from anomaly.cli import main
+from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
+from anomaly.data import load_series
+from anomaly.engine import Engine
+from anomaly.kafka.codec import MessageFormat, window_json
+from anomaly.kafka.produce import messages
+from anomaly.replay import merged_batches
+from anomaly.runner import run
+from anomaly.synthetic import SyntheticSpec, generate_keys
+from anomaly.training import train
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+
+
+def topics(bootstrap: str, *names: str, partitions: int = 2) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(n, partitions if i == 0 else 1, 1) for i, n in enumerate(names)])
+    admin.close()
+
+
+def alert_event(key: str, status: str, start: float, end: float | None) -> bytes:
+    body = {"id": f"{key}@{int(start * 1000)}", "key": key, "status": status, "start": start, "end": end}
+    return json.dumps(body).encode()
+
+
+def test_retrain_from_a_topic_range_equals_retrain_from_the_same_readings_in_csv(
+    kafka_env, tiny_model, tmp_path
+):
+    model_path, bundle = tiny_model
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=21), 4)
+    source_csv = tmp_path / "plant.csv"
+    frame.to_csv(source_csv, index=False)
+    series, _ = load_series([source_csv], DataConfig(key_column="sensor_id"), bundle.features)
+    by_key = {s.key: s for s in series}
+    keys = sorted(by_key)[:3]  # the fourth key is not selected
+    tag = str(time.monotonic_ns())
+    inp, alerts, dead = f"in-{tag}", f"alerts-{tag}", f"dead-{tag}"
+    topics(kafka_env.broker.bootstrap, inp, alerts, dead)
+
+    # Kafka time: readings 0-99 of every key arrive 3 h ago, 100-499 2 h ago, 500+ 5 min ago; the range
+    # [2.5 h ago, 1 h ago) selects the middle part.
+    now_ms = int(time.time() * 1000)
+    producer = kafka_env.producer
+    position: dict[tuple[str, int], tuple[int, int]] = {}
+    futures = []
+    for key, value, last_ts in messages(series, MessageFormat(tuple(bundle.features))):
+        k = key.decode()
+        i = int(np.searchsorted(by_key[k].timestamps, last_ts))
+        at = now_ms - 3 * HOUR_MS if i < 100 else now_ms - 2 * HOUR_MS + i if i < 500 else now_ms - 300_000
+        futures.append(((k, i), producer.send(inp, key=key, value=value, timestamp_ms=at)))
+    producer.send(inp, key=b"unit-000", value=b"{broken", timestamp_ms=now_ms - 2 * HOUR_MS)  # invalid
+    producer.flush()
+    for where, f in futures:
+        md = f.get()
+        position[where] = (md.partition, md.offset)
+    ts = {k: by_key[k].timestamps for k in keys}
+    # alerts: unit-001 readings 200-239 (closed; delivered twice), unit-002 from reading 450 on (still open)
+    for body in (
+        alert_event(keys[1], "open", ts[keys[1]][200], None),
+        alert_event(keys[1], "closed", ts[keys[1]][200], ts[keys[1]][239]),
+        alert_event(keys[1], "closed", ts[keys[1]][200], ts[keys[1]][239]),
+        alert_event(keys[2], "open", ts[keys[2]][450], None),
+    ):
+        producer.send(alerts, key=b"k", value=body)
+    # the daemon refused unit-000's reading 300 (e.g. time_backwards): it is on the dead-letter topic
+    p, o = position[(keys[0], 300)]
+    headers = [("reason", b"time_backwards"), ("source_topic", inp.encode())]
+    headers += [("source_partition", str(p).encode()), ("source_offset", str(o).encode())]
+    producer.send(dead, key=keys[0].encode(), value=b"{}", headers=headers)
+    producer.flush()
+
+    window = (f"{(now_ms - 2.5 * HOUR_MS) / 1000:.3f}", f"{(now_ms - HOUR_MS) / 1000:.3f}")
+    out_kafka = tmp_path / "from-kafka.pt"
+    args = ["-m", str(model_path), "--keys", ",".join(keys), "--epochs", "2"]
+    result = CliRunner().invoke(
+        main,
+        ["retrain", *args, "-b", kafka_env.broker.bootstrap, "--topic", inp, "--alerts-topic", alerts]
+        + ["--dead-letter-topic", dead, "--from", window[0], "--to", window[1], "-o", str(out_kafka)],
+    )
+    assert result.exit_code == 0, result.output
+    expected = 3 * 400 - 40 - 50 - 1
+    assert result.stdout.startswith(
+        f"training set: {expected:,} readings of 3 keys (90 left out in alert spans, 1 dead-lettered and "
+        "1 invalid messages skipped)\n"
+    )
+
+    # The same readings as CSV text (rows of the source file) plus the alerts as a replay's alerts.jsonl.
+    text = pd.read_csv(source_csv, dtype=str)
+    index = text.groupby("sensor_id").cumcount()
+    rows = text["sensor_id"].isin(keys) & (index >= 100) & (index < 500)
+    rows &= ~((text["sensor_id"] == keys[0]) & (index == 300))
+    text[rows].to_csv(tmp_path / "middle.csv", index=False)
+    (tmp_path / "alerts.jsonl").write_text("\n".join(r.value.decode() for r in kafka_env.read(alerts)) + "\n")
+    out_csv = tmp_path / "from-csv.pt"
+    result = CliRunner().invoke(
+        main,
+        ["retrain", *args, str(tmp_path / "middle.csv"), "--key-column", "sensor_id"]
+        + ["--alerts", str(tmp_path / "alerts.jsonl"), "-o", str(out_csv)],
+    )
+    assert result.exit_code == 0, result.output
+
+    from_kafka, from_csv = read_metadata(out_kafka)[0], read_metadata(out_csv)[0]
+    assert from_kafka["training_fingerprint"] == from_csv["training_fingerprint"]
+    assert from_kafka["weights_sha256"] == from_csv["weights_sha256"]  # CPU training is deterministic
+    data = from_kafka["lineage"]["data"]
+    assert from_kafka["lineage"]["parent_version"] == bundle.version
+    assert (data["source"], data["topics"], data["key_names"]) == ("kafka", [inp], keys)
+    assert (data["readings"], data["excluded_alert_readings"]) == (expected, 90)
+    assert (data["dead_letter_messages"], data["invalid_messages"], data["other_key_messages"]) == (1, 1, 400)
+    assert data["first_reading"] < data["last_reading"]
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        return resp.read().decode()
+
+
+def _reloads(port: int) -> dict[str, float]:
+    return {
+        ln.split('"')[1]: float(ln.split()[-1])
+        for ln in _metrics(port).splitlines()
+        if ln.startswith("anomaly_model_reloads_total{")
+    }
+
+
+def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_alerts(
+    kafka_env, tiny_model, stream, tmp_path
+):
+    path, series = stream
+    _, champion = tiny_model
+    # A challenger with the same architecture (so state is kept), trained on other normal data.
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=1200, seed=99), 2)
+    frame.to_csv(tmp_path / "other.csv", index=False)
+    other, feats = load_series(
+        [tmp_path / "other.csv"], DataConfig(key_column="sensor_id"), champion.features
+    )
+    challenger = train(
+        other, feats, ModelConfig(window=8, hidden_size=16), TrainConfig(epochs=2, seed=1)
+    ).bundle
+    challenger_path = save_bundle(challenger, tmp_path / "challenger.pt")
+    challenger = load_bundle(challenger_path)
+    assert challenger.arch == champion.arch and challenger.version != champion.version
+
+    cut = 200
+    first = [s.head(cut) for s in series]
+    second = [s.tail_from(cut) for s in series]
+    engine = Engine(champion, EngineConfig())  # what the daemon must do: part 1, reload, part 2
+    outs: list = []
+    run(engine, merged_batches(first, 97), [], on_batch=lambda b, o: outs.append(o))
+    assert engine.reload(challenger) is True
+    after: list = []
+    run(engine, merged_batches(second, 97), [], on_batch=lambda b, o: after.append(o))
+    new_alerts = {(a.id, a.status, a.model_version) for o in after for a in o.alerts}
+    assert new_alerts and {v for _, _, v in new_alerts} == {challenger.version}
+
+    model = tmp_path / "model.pt"
+    shutil.copy(tiny_model[0], model)
+    kafka_env.model = model
+    names = kafka_env.names(partitions=2)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    ends = kafka_env.produce(names.input, first, champion.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "promote",
+            str(challenger_path),
+            "-m",
+            str(model),
+            str(path),
+            "--key-column",
+            "sensor_id",
+            "--force",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{model} now holds model {challenger.version}" in result.stdout
+    wait_for(lambda: _reloads(port) == {"kept": 1.0}, 20, "hot reload of the promoted bundle")
+    assert f'version="{challenger.version}"' in _metrics(port)
+
+    ends = kafka_env.produce(names.input, second, champion.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    expected = {
+        (w.key, float(w.timestamps[0])): window_json(w, champion.features)
+        for o in outs + after
+        for w in o.windows
+    }
+    assert kafka_env.windows(names.scores) == expected
+    got = {
+        (a["id"], a["status"], a["model_version"])
+        for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+    }
+    assert new_alerts <= got
+    assert got == {(a.id, a.status, a.model_version) for o in outs + after for a in o.alerts}
+    assert terminate(proc) == 0

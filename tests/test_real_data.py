@@ -1,0 +1,258 @@
+"""Issue 9 end to end: real-world inputs through the command line. Each test feeds exactly one such input and
+checks that the run either works as on clean data or stops with one clear line, never silently degrades."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly.bundle import load_bundle
+from anomaly.cli import main
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def replay(csv, model, out, *extra: str, env: dict[str, str] | None = None):
+    return run("replay", csv, "--model", model, "--out", out, "--no-plots", *extra, env=env)
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def frame(test_csv) -> pd.DataFrame:
+    return pd.read_csv(test_csv)
+
+
+def test_epoch_milliseconds_replay_exactly_like_seconds(frame, bundle_path, test_csv, tmp_path) -> None:
+    """Item 1: epoch ms used to make every 60 s step a 60,000 s gap: 0 windows scored, exit 0."""
+    ms = tmp_path / "ms.csv"
+    epoch_ms = (pd.to_datetime(frame["timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
+        "1ms"
+    )
+    frame.assign(timestamp=epoch_ms).to_csv(ms, index=False)
+    a = replay(test_csv, bundle_path, tmp_path / "s")
+    b = replay(ms, bundle_path, tmp_path / "ms")
+    assert a.exit_code == b.exit_code == 0, b.output
+    sa, sb = (pd.read_csv(tmp_path / d / "scores.csv") for d in ("s", "ms"))
+    assert np.array_equal(sa["score"].to_numpy(), sb["score"].to_numpy(), equal_nan=True)
+    assert json.loads((tmp_path / "ms" / "summary.json").read_text())["warnings"] == []
+
+
+def test_a_run_that_scores_nothing_says_why_and_exits_2(bundle_path, test_csv, tmp_path) -> None:
+    """Item 1: a gap rule finer than the data's step used to give `0 windows scored`, F1 0.000 and exit 0."""
+    r = replay(test_csv, bundle_path, tmp_path / "r", env={"ANOMALY_ENGINE_MAX_GAP_SECONDS": "10"})
+    assert r.exit_code == 2
+    assert lines(r.stderr) == [
+        "error: nothing was scored: 1199 gaps longer than engine.max_gap_seconds = 10 s reset the keys; the "
+        "median step in these files is 60 s; check the time unit (--time-unit) or set engine.max_gap_seconds"
+    ]
+    assert "F1" not in r.stdout  # no table of zeros
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["coverage"]["scored"] == 0 and summary["warnings"][0].startswith("nothing was scored")
+
+
+def test_a_file_too_short_for_one_window_is_not_a_table_of_zeros(frame, bundle_path, tmp_path) -> None:
+    short = tmp_path / "short.csv"
+    frame.head(5).to_csv(short, index=False)
+    r = replay(short, bundle_path, tmp_path / "r")
+    assert r.exit_code == 2 and "F1" not in r.stdout
+    assert lines(r.stderr) == [
+        "error: nothing was scored: every series is shorter than the model window (8 readings)"
+    ]
+
+
+def test_mostly_unscored_warns_with_the_reason(frame, bundle_path, tmp_path) -> None:
+    holes = tmp_path / "holes.csv"
+    broken = frame.copy()
+    broken.loc[broken.index % 5 != 0, "sensor_1"] = np.nan  # 80% of readings have a missing value
+    broken.to_csv(holes, index=False)
+    r = replay(holes, bundle_path, tmp_path / "r")
+    assert r.exit_code == 0 and lines(r.stderr) == [
+        "warning: 960 of 1200 readings (80%) were not scored: 960 of 1200 readings were rejected "
+        "(reasons in rejections.jsonl)"
+    ]
+    assert "960 rejected, 0 in windows never filled before a gap or a series end" in r.stdout
+
+
+@pytest.mark.parametrize("batch", ["4096", "7"])
+def test_one_nan_refuses_one_reading_whatever_the_batch_size(frame, bundle_path, test_csv, tmp_path, batch):
+    """Item 2: one NaN used to refuse its whole 4096-reading block, so results depended on batch_readings."""
+    nan = tmp_path / "nan.csv"
+    frame.assign(sensor_2=frame["sensor_2"].where(frame.index != 100)).to_csv(nan, index=False)
+    env = {"ANOMALY_REPLAY_BATCH_READINGS": batch}
+    assert replay(nan, bundle_path, tmp_path / "r", env=env).exit_code == 0
+    clean = tmp_path / "clean.csv"
+    frame.drop(index=100).to_csv(clean, index=False)
+    assert replay(clean, bundle_path, tmp_path / "c", env=env).exit_code == 0
+    got, want = (pd.read_csv(tmp_path / d / "scores.csv", keep_default_na=False) for d in ("r", "c"))
+    assert got["rejected"].tolist() == ["non_finite" if i == 100 else "" for i in range(len(frame))]
+    assert np.array_equal(
+        pd.to_numeric(got["score"].drop(index=100)).to_numpy(),
+        pd.to_numeric(want["score"]).to_numpy(),
+        equal_nan=True,
+    )
+    rejections = [json.loads(x) for x in (tmp_path / "r" / "rejections.jsonl").read_text().splitlines()]
+    assert [(x["reason"], x["count"], x["whole"]) for x in rejections] == [("non_finite", 1, False)]
+
+
+def tiny_pipeline(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text("[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 1\n")
+    return path
+
+
+def test_training_on_missing_values_drops_them_and_saves_a_finite_bundle(frame, tmp_path) -> None:
+    """Item 3: NaN or `n/a` in training data used to save a bundle with NaN calibration that never alerts."""
+    data = frame.head(600).astype({"sensor_1": object})
+    data.loc[[10, 11], "sensor_1"] = "n/a"
+    data.loc[50, "sensor_3"] = np.nan
+    csv = tmp_path / "gaps.csv"
+    data.to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "missing values (engine.nan_policy = reject): 3 rows dropped, 0 cells forward-filled" in r.output
+    bundle = load_bundle(model)
+    assert np.isfinite(bundle.reference_error) and bundle.meta["training"]["rows"] == 597
+    assert all(bool(t.isfinite().all()) for t in bundle.model.state_dict().values())
+    assert stat.S_IMODE(os.stat(model).st_mode) == 0o666 & ~_umask()  # not 0600: readable like other outputs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_non_finite_bundle_is_never_saved(bundle, tmp_path) -> None:
+    from anomaly.bundle import save_bundle
+    from anomaly.errors import BundleError
+
+    bundle.calibration = dict(bundle.calibration, reference_error=float("nan"))
+    with pytest.raises(BundleError, match="non-finite calibration"):
+        save_bundle(bundle, tmp_path / "nan.pt")
+    assert not (tmp_path / "nan.pt").exists()
+
+
+def test_a_text_cell_stops_training_and_replay_naming_the_cell(frame, bundle_path, tmp_path) -> None:
+    """Item 4: `broken` in a sensor column used to drop that sensor from training, then fail replay."""
+    data = frame.astype({"sensor_1": object})
+    data.loc[3, "sensor_1"] = "broken"
+    csv = tmp_path / "broken.csv"
+    data.to_csv(csv, index=False)
+    expected = (
+        f"error: {csv}: column 'sensor_1' line 5 holds 'broken', not a number (1 such cell(s)); fix the "
+        "file, or pass --bad-cells missing to treat them as missing values (engine.nan_policy then applies)"
+    )
+    for r in (run("train", csv, "-o", tmp_path / "m.pt"), replay(csv, bundle_path, tmp_path / "r")):
+        assert r.exit_code == 2 and lines(r.output) == [expected]
+    r = replay(csv, bundle_path, tmp_path / "r", "--bad-cells", "missing")
+    assert r.exit_code == 0 and "1 readings rejected" in r.stdout
+
+
+def test_several_series_without_key_column_are_refused_naming_it(tmp_path) -> None:
+    """Item 5: the interleaved series used to be trained on as one."""
+    csv = tmp_path / "keys.csv"
+    assert run("generate", "-o", csv, "--points", "200", "--sensors", "2", "--keys", "3").exit_code == 0
+    r = run("train", csv, "-o", tmp_path / "m.pt")
+    assert r.exit_code == 2 and lines(r.output) == [
+        f"error: {csv}: 400 of 600 rows repeat another row's timestamp, so the file looks like several "
+        "series interleaved; the likely key column is 'sensor_id': pass --key-column sensor_id"
+    ]
+
+
+def test_day_first_dates_need_the_order_and_leak_no_warning(frame, tmp_path) -> None:
+    """Item 6: 02/01/2023 was read as 2 February, and pandas' UserWarning leaked."""
+    data = frame.head(300).copy()
+    data["timestamp"] = pd.to_datetime(data["timestamp"], utc=True).dt.strftime("%d/%m/%Y %H:%M")
+    assert data["timestamp"].iloc[0] == "14/11/2023 22:13"  # 14 > 12: day first beyond doubt
+    csv = tmp_path / "dates.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0 and "Warning" not in r.output and "sampling interval 60 s" in r.output
+    ambiguous = tmp_path / "ambiguous.csv"
+    pd.DataFrame({"timestamp": ["02/01/2023 10:00", "03/01/2023 10:00"], "a": [1.0, 2.0]}).to_csv(
+        ambiguous, index=False
+    )
+    r = run("train", ambiguous, "-o", tmp_path / "m.pt")
+    assert r.exit_code == 2 and lines(r.output) == [
+        "error: time column 'timestamp' has dates like '02/01/2023 10:00' that read as day/month or "
+        "month/day; pass --dayfirst or --monthfirst (or --time-format)"
+    ]
+
+
+def test_replay_features_selects_and_validates_columns(frame, bundle_path, tmp_path) -> None:
+    """Confusing today: --features banana replayed all features; an extra numeric column was an error."""
+    extra = tmp_path / "extra.csv"
+    frame.assign(humidity=1.0).to_csv(extra, index=False)
+    r = replay(extra, bundle_path, tmp_path / "r")
+    assert (
+        r.exit_code == 2 and "unexpected humidity (use only the model's columns with --features)" in r.output
+    )
+    feats = "sensor_1,sensor_2,sensor_3,sensor_4"
+    assert replay(extra, bundle_path, tmp_path / "r", "--features", feats).exit_code == 0
+    r = replay(extra, bundle_path, tmp_path / "r", "--features", "banana")
+    assert r.exit_code == 2 and lines(r.output) == [
+        "error: --features names banana, which the model does not use; its features are "
+        "sensor_1, sensor_2, sensor_3, sensor_4"
+    ]
+
+
+def test_a_label_column_with_another_name_suggests_label(frame, bundle_path, tmp_path) -> None:
+    csv = tmp_path / "label.csv"
+    frame.rename(columns={"anomaly": "label"}).to_csv(csv, index=False)
+    r = replay(csv, bundle_path, tmp_path / "r")
+    assert (
+        r.exit_code == 2
+        and "column 'label' looks like labels (0/1), not a sensor; pass --label label" in r.output
+    )
+    r = replay(csv, bundle_path, tmp_path / "r", "--label", "label")
+    assert r.exit_code == 0 and "F1" in r.output
+
+
+def test_replaying_into_a_used_folder_leaves_no_stale_report(bundle_path, test_csv, tmp_path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report-old-series.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    assert replay(test_csv, bundle_path, out).exit_code == 0
+    assert not (out / "report-old-series.png").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_make_skab_passes_options_that_anomaly_skab_takes() -> None:
+    """Item 8: `make skab` passed --data/--out, which `anomaly skab` does not take."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = re.search(r"^skab:.*\n\t(.+)$", makefile, re.M).group(1)
+    args = shlex.split(recipe.replace("$(SKAB_DATA)", "/data/skab"))[2:]  # drop `$(BIN)/anomaly skab`
+    ctx = main.commands["skab"].make_context("skab", args)
+    assert ctx.params["data"] == "/data/skab" and ctx.params["pipeline"] == "pipelines/skab.toml"
+
+
+def test_no_progress_frames_when_stderr_is_not_a_terminal(bundle_path, test_csv, tmp_path) -> None:
+    """Confusing today: progress bars wrote carriage-return frames into logs."""
+    r = run("replay", test_csv, "--model", bundle_path, "--out", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0 and "\r" not in r.output and "replay:" not in r.stderr
+
+
+def test_the_package_license_is_an_spdx_string() -> None:
+    """Confusing today: setuptools warned that the `project.license` table is deprecated."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["build-system"]["requires"] == ["setuptools>=77"]  # the first to take SPDX strings

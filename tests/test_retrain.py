@@ -1,0 +1,249 @@
+"""Retraining and promotion: time ranges, alert-span exclusion, the training set, policy and atomic promotion."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from anomaly.bundle import load_bundle, read_metadata
+from anomaly.cli import main
+from anomaly.config import DataConfig, EngineConfig
+from anomaly.data import Series, load_series
+from anomaly.errors import ConfigError, DataError
+from anomaly.promotion import PromotionPolicy, ShadowResult, compare, promote
+from anomaly.retrain import TimeRange, alert_spans, champion_sections, training_set
+from anomaly.synthetic import SyntheticSpec, generate
+
+
+def series(key: str, n: int, start: float = 0.0) -> Series:
+    rng = np.random.default_rng(len(key))
+    return Series(key, start + np.arange(n, dtype=np.float64), rng.normal(size=(n, 2)).astype(np.float32))
+
+
+def test_time_range_from_since_or_from_to() -> None:
+    assert TimeRange.parse("2h", None, None, now=10_000.0) == TimeRange(2_800.0, 10_000.0)
+    assert TimeRange.parse(None, "2024-01-01T00:00:00", "2024-01-02", now=0) == TimeRange(
+        1704067200.0, 1704153600.0
+    )
+    assert TimeRange(0, 100).split(0.25) == (TimeRange(0, 75), TimeRange(75, 100))
+    with pytest.raises(ConfigError, match="give --since or --from, not both"):
+        TimeRange.parse("1d", "0", None)
+    with pytest.raises(ConfigError, match="cannot read duration '7 days'"):
+        TimeRange.parse("7 days", None, None)
+    with pytest.raises(ConfigError, match="empty time range"):
+        TimeRange.parse(None, "100", "50")
+
+
+def test_alert_spans_from_lifecycle_events_deduplicated_by_id() -> None:
+    events = [
+        {"id": "a@1000", "key": "a", "status": "open", "start": 1.0, "end": None},
+        {"id": "a@1000", "key": "a", "status": "closed", "start": 1.0, "end": 5.0},
+        {"id": "a@1000", "key": "a", "status": "open", "start": 1.0, "end": None},  # re-delivered
+        {"id": "a@9000", "key": "a", "status": "open", "start": 9.0, "end": None},  # still open
+        {"id": "b@2000", "key": "b", "status": "closed", "start": 2.0, "end": 3.0},
+        {"not": "an alert"},
+    ]
+    assert alert_spans(events) == {"a": [(1.0, 5.0), (9.0, np.inf)], "b": [(2.0, 3.0)]}
+
+
+def test_training_set_leaves_out_alert_spans_and_cuts_the_series_there() -> None:
+    s = series("a", 100)
+    data = training_set([s, series("b", 50)], {"a": [(20.0, 29.0), (95.0, np.inf)]}, window=8, min_windows=5)
+    assert data.excluded_alert_readings == 10 + 5
+    assert [(p.key, p.timestamps[0], len(p)) for p in data.series] == [
+        ("a", 0.0, 20),
+        ("a", 30.0, 65),
+        ("b", 0.0, 50),
+    ]
+    assert np.array_equal(data.series[1].values, s.values[30:95])
+    assert data.readings == 135 and data.keys == ["a", "b"]
+    short = training_set([s], {"a": [(4.0, 10.0)]}, window=8, margin_s=1.0, min_windows=5)
+    assert (short.excluded_alert_readings, short.excluded_short_readings) == (
+        9,
+        3,
+    )  # 3..11 out; 0..2 too short
+
+
+def test_too_little_normal_data_is_one_clear_error() -> None:
+    with pytest.raises(DataError) as info:
+        training_set([series("a", 100)], {"a": [(50.0, np.inf)]}, window=8, min_windows=10)
+    assert str(info.value) == (
+        "too little normal data to retrain: 50 usable readings of 1 keys (100 read, 50 inside alert spans, "
+        "0 in pieces shorter than a window); need at least 80 (10 windows of 8); widen the time range or select "
+        "more keys"
+    )
+
+
+def test_champion_sections_are_the_recorded_settings(bundle) -> None:
+    sections = champion_sections(bundle.meta)
+    assert sections["model"] == {"window": 8, "hidden_size": 16, "num_layers": 2, "dropout": 0.1}
+    assert sections["train"]["epochs"] == 4 and sections["train"]["batch_size"] == 16
+
+
+def result(version: str, rate: float, psi: float | None, f1: float | None = None) -> ShadowResult:
+    metrics = None if f1 is None else {"f1": f1, "far": 0.0, "mar": 0.0}
+    return ShadowResult(version, 1000, 100, int(rate), rate, 0.0, 0.5, 1.0, psi, metrics)
+
+
+def test_policy_decisions_with_reasons() -> None:
+    policy = PromotionPolicy(f1_tolerance=0.01)
+    ok, reasons = policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.795))
+    assert ok and reasons == [
+        "F1 0.7950 vs champion 0.8000 (ok; tolerance 0.01)",
+        "alerts per 1,000 readings 1.000 vs champion 2.000 (ok; limit 2.000)",
+        "drift PSI 0.050 vs champion 0.400 (ok; limit 0.25)",
+    ]
+    assert policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.78))[0] is False  # worse F1
+    assert policy.decide(result("a", 1.0, 0.4), result("b", 1.5, 0.05))[0] is False  # more alerts
+    assert policy.decide(result("a", 1.0, 0.4), result("b", 1.0, 0.3))[0] is False  # does not fit recent data
+    assert PromotionPolicy(alert_rate_slack=0.5).decide(result("a", 0.0, 0.1), result("b", 0.4, 0.1))[0]
+
+
+def test_promotion_replaces_the_file_atomically_and_records_the_decision(
+    bundle, bundle_path, test_series, tmp_path
+):
+    champion_path = tmp_path / "model.pt"
+    champion_path.write_bytes(bundle_path.read_bytes())
+    challenger = load_bundle(bundle_path)
+    challenger.meta["model_version"] = "challenger-1"
+    challenger.meta["lineage"] = {"parent_version": bundle.version, "promotion": None}
+    cmp = compare(bundle, challenger, [test_series], EngineConfig(), PromotionPolicy())
+    assert cmp.champion.readings == cmp.challenger.readings == len(test_series)
+    assert cmp.champion.alert_rate == cmp.challenger.alert_rate  # same weights: same numbers
+    assert cmp.champion.metrics == cmp.challenger.metrics and cmp.champion.metrics is not None
+    assert cmp.promote
+    promote(challenger, champion_path, cmp)
+    meta, _ = read_metadata(champion_path)
+    assert meta["model_version"] == "challenger-1"
+    assert meta["lineage"]["parent_version"] == bundle.version
+    decision = meta["lineage"]["promotion"]
+    assert (decision["decision"], decision["policy_passed"], decision["forced"]) == ("promoted", True, False)
+    assert (
+        decision["champion"]["version"] == bundle.version
+        and decision["challenger"]["version"] == "challenger-1"
+    )
+    assert read_metadata(tmp_path / "model.pt.previous")[0]["model_version"] == bundle.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.pt",
+        "model.pt.previous",
+    ]  # no temp file left
+
+
+@pytest.fixture
+def csv_world(tmp_path, bundle_path):
+    """A labelled recent CSV and a replay's alerts for it."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=1500, anomalies=3, seed=8))
+    path = tmp_path / "recent.csv"
+    frame.to_csv(path, index=False)
+    runner = CliRunner()
+    out = runner.invoke(main, ["replay", str(path), "-m", str(bundle_path), "-o", str(tmp_path / "rep")])
+    assert out.exit_code == 0, out.output
+    return path, tmp_path / "rep" / "alerts.jsonl"
+
+
+def test_retrain_from_csv_with_champion_settings_records_lineage(csv_world, bundle, bundle_path, tmp_path):
+    path, alerts = csv_world
+    spans = alert_spans(json.loads(line) for line in alerts.read_text().splitlines())
+    assert spans  # the replay alerted, so something is left out
+    out = tmp_path / "challenger.pt"
+    result = CliRunner().invoke(
+        main,
+        [
+            "retrain",
+            "-m",
+            str(bundle_path),
+            str(path),
+            "--alerts",
+            str(alerts),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    challenger = load_bundle(out)
+    assert challenger.arch == bundle.arch and challenger.features == bundle.features
+    lineage = challenger.meta["lineage"]
+    (recent,), _ = load_series([path], DataConfig(), bundle.features)
+    inside = np.zeros(len(recent), bool)
+    for lo, hi in spans["recent"]:
+        inside |= (recent.timestamps >= lo) & (recent.timestamps <= hi)
+    assert lineage["parent_version"] == bundle.version
+    assert lineage["data"]["source"] == "csv" and lineage["data"]["key_names"] == ["recent"]
+    assert lineage["data"]["excluded_alert_readings"] == int(inside.sum())
+    assert lineage["data"]["readings"] + lineage["data"]["excluded_short_readings"] == 1500 - int(
+        inside.sum()
+    )
+    assert lineage["training"]["epochs_run"] == challenger.meta["training"]["epochs_run"] == 2
+    assert lineage["promotion"] is None
+    assert f"parent {bundle.version} -> {out}" in result.stdout
+
+
+def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle_path, tmp_path):
+    path, _ = csv_world
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(bundle_path.read_bytes())
+    before = champion.read_bytes()
+    result = CliRunner().invoke(
+        main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "decision: rejected; " in result.stdout and "(too high; limit 0)" in result.stdout
+    assert champion.read_bytes() == before and not (tmp_path / "model.pt.previous").exists()
+    forced = CliRunner().invoke(
+        main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0", "--force"]
+    )
+    assert "decision: promoted (forced)" in forced.stdout
+    decision = read_metadata(champion)[0]["lineage"]["promotion"]
+    assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
+    shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
+    assert f"promotion:       promoted at {decision['at']}\n" in shown
+
+
+def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path):
+    path = tmp_path / "tiny.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100, seed=3)).to_csv(path, index=False)
+    result = CliRunner().invoke(
+        main, ["retrain", "-m", str(bundle_path), str(path), "-o", str(tmp_path / "c.pt")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: too little normal data to retrain: 100 usable readings of 1 keys")
+
+
+def test_retrain_promote_holds_out_the_recent_part_and_records_the_decision(csv_world, bundle_path, tmp_path):
+    path, alerts = csv_world
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(bundle_path.read_bytes())
+    out = tmp_path / "challenger.pt"
+    args = [
+        "retrain",
+        "-m",
+        str(champion),
+        str(path),
+        "--alerts",
+        str(alerts),
+        "-o",
+        str(out),
+        "--epochs",
+        "2",
+    ]
+    result = CliRunner().invoke(main, [*args, "--promote", "--holdout", "0.25", "--max-drift", "100"])
+    assert result.exit_code == 0, result.output
+    assert "decision: promoted (policy passed)" in result.stdout  # no alerts either side; drift allowed
+    challenger = read_metadata(out)[0]
+    holdout = challenger["lineage"]["data"]["holdout"]
+    assert holdout["share"] == 0.25
+    (recent,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    held = (
+        recent.timestamps
+        >= recent.timestamps[0] + (recent.timestamps[-1] + 1e-6 - recent.timestamps[0]) * 0.75
+    )
+    meta = read_metadata(champion)[0]
+    decision = meta["lineage"]["promotion"]
+    assert meta["model_version"] == challenger["model_version"]
+    assert decision["champion"]["readings"] == decision["challenger"]["readings"] == int(held.sum()) == 375
+    assert decision["slice"] == holdout
