@@ -262,6 +262,10 @@ class Engine:
                 self._ingest_readings(events, queues, row_keys, out)
             return
         f = self.n_features
+        regular = Readings.from_regular_events(events, f)  # the common case, without a loop over events
+        if regular is not None:
+            self._ingest_readings(regular, queues, row_keys, out)
+            return
         keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
