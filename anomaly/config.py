@@ -188,9 +188,8 @@ class EngineConfig:
     spot_peaks: int = 128  # latest excesses kept per key to fit the tail
     spot_depth: int = 32  # DSPOT: normal scores averaged into the moving baseline
     spot_min: float = 1.0  # the SPOT/DSPOT threshold never goes below this score
-    max_alert_seconds: float = (
-        0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
-    )
+    # an alert open this long (event time) closes as a level shift and the key re-baselines (0: never)
+    max_alert_seconds: float = 86_400.0
     stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
     stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
