@@ -2,7 +2,9 @@
 
 Each baseline is a tiny scorer with the model's interface, ``forward(x, state) -> (reconstruction, state)``,
 so :class:`~anomaly.engine.Engine` runs it unchanged and the only difference to the model is the
-reconstruction. The state is carried through untouched (it is a (1, B, 1) placeholder).
+reconstruction. The state is carried through untouched (it is a (1, B, 1) placeholder). A baseline reads each
+reading on its own, so it scores pieces of any length: it takes the model's architecture flags (e.g. how the
+engine schedules scoring) and is scored on the same schedule as the model it is compared with.
 
 - ``zscore``: reconstructs every standardized reading as 0, so the point error is the mean squared z-score of the
   inputs under the training scaler; the engine's EWMA makes it the smoothed mean z².
@@ -18,6 +20,7 @@ baselines next to it without the training data.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +60,11 @@ class Scorer(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        if x.shape[1] % self.window:
-            raise ValueError(f"sequence length {x.shape[1]} is not a multiple of window {self.window}")
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, reconstruct: bool | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """x (B, T, F) for any T (each reading is reconstructed on its own); `reconstruct` is accepted for
+        the model's call signature and ignored."""
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
         return self.reconstruct(x), state
@@ -97,8 +102,9 @@ class PCAScorer(Scorer):
 KINDS: dict[str, type[Scorer]] = {"zscore": ZScoreScorer, "pca": PCAScorer}
 
 
-def baseline_arch(n_features: int, window: int) -> Architecture:
-    return Architecture(n_features, window, hidden_size=1, num_layers=1, dropout=0.0)
+def baseline_arch(like: Architecture) -> Architecture:
+    """The model's architecture with a (1, B, 1) placeholder state: same features, window and scoring flags."""
+    return dataclasses.replace(like, hidden_size=1, num_layers=1, dropout=0.0)
 
 
 def fit_pca(rows: np.ndarray, variance: float = PCA_VARIANCE) -> tuple[np.ndarray, np.ndarray, int]:
@@ -120,10 +126,11 @@ def fit_pca(rows: np.ndarray, variance: float = PCA_VARIANCE) -> tuple[np.ndarra
     return center.astype(np.float32), components.astype(np.float32), k
 
 
-def make_scorer(kind: str, n_features: int, window: int, params: dict[str, Any] | None = None) -> Scorer:
+def make_scorer(kind: str, arch: Architecture, params: dict[str, Any] | None = None) -> Scorer:
+    """Baseline `kind` shaped like `arch` (a model's or a saved baseline's architecture)."""
     if kind not in KINDS:
         raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(KINDS)}")
-    scorer = KINDS[kind](baseline_arch(n_features, window))
+    scorer = KINDS[kind](baseline_arch(arch))
     if isinstance(scorer, PCAScorer) and params is not None:
         scorer.center.copy_(torch.as_tensor(np.asarray(params["center"], np.float32)))
         scorer.components.copy_(torch.as_tensor(np.asarray(params["components"], np.float32)))
@@ -137,7 +144,7 @@ def fit_baselines(
     model's calibration sees them), `train_parts` their rows the model trains on (validation held out)."""
     from anomaly.training import calibrate
 
-    n_features = scaled[0].values.shape[1]
+    arch = Architecture(scaled[0].values.shape[1], window)
     center, components, k = fit_pca(np.concatenate(list(train_parts)))
     params: dict[str, dict[str, Any]] = {
         "zscore": {},
@@ -145,7 +152,7 @@ def fit_baselines(
     }
     out = {}
     for kind, p in params.items():
-        scorer = make_scorer(kind, n_features, window, p)
+        scorer = make_scorer(kind, arch, p)
         out[kind] = {**p, "calibration": calibrate(scorer, scaled, cfg)}  # type: ignore[arg-type]
     return out
 
@@ -161,6 +168,6 @@ def baseline_bundle(bundle: Bundle, kind: str) -> Bundle:
             f"bundle {bundle.version} carries no {kind!r} baseline; retrain it with this version"
         )
     params = stored[kind]
-    scorer = make_scorer(kind, len(bundle.features), bundle.window, params)
+    scorer = make_scorer(kind, bundle.arch, params)
     meta = {**bundle.meta, "kind": kind, "model_version": f"{bundle.version}+{kind}"}
     return Bundle(scorer, list(bundle.features), bundle.scaler, dict(params["calibration"]), meta)

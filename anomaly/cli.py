@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
+from click.core import ParameterSource
 
 from anomaly import __version__
 from anomaly.commands import (
@@ -16,7 +20,53 @@ from anomaly.commands import (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class OneLineErrors(click.Group):
+    """Click's own usage errors (unknown option, bad value) as one `error:` line on stderr, like every other
+    error of `anomaly`: the value's source is named when it came from an environment variable, and an option
+    of `anomaly` itself given after a command says where it belongs."""
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True, **kwargs: Any
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {self.describe(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def describe(self, exc: click.ClickException) -> str:
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.NoSuchOption) and ctx is not None and ctx.command is not self:
+            if any(exc.option_name in p.opts for p in self.params):
+                return (
+                    f"{exc.option_name} is an option of anomaly itself, not of {ctx.info_name}: put it before "
+                    f"the command (anomaly {exc.option_name} N {ctx.info_name} ...)"
+                )
+        param = getattr(exc, "param", None)
+        if (
+            isinstance(exc, click.BadParameter)
+            and ctx is not None
+            and param is not None
+            and param.name is not None
+            and ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT
+        ):
+            message += f" (from environment variable {param.envvar})"
+        if isinstance(exc, click.UsageError) and ctx is not None:
+            message += f" (see: {ctx.command_path} --help)"
+        return message
+
+
+@click.group(
+    cls=OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.version_option(__version__, prog_name="anomaly")
 @click.option(
     "--threads",

@@ -113,6 +113,7 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+    forecast: bool = True  # one-step forecast head; the engine then scores each reading on arrival
 
     def __post_init__(self) -> None:
         _need(self.window >= 2, "model.window", "must be at least 2")
@@ -139,6 +140,9 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
+    forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
+    input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
@@ -155,6 +159,13 @@ class TrainConfig:
             "must be in (0, 1)",
         )
         _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
+        _need(
+            _finite(self.forecast_weight) and self.forecast_weight >= 0,
+            "train.forecast_weight",
+            "must be >= 0",
+        )
+        _need(_finite(self.input_noise) and self.input_noise >= 0, "train.input_noise", "must be >= 0")
         _need(
             _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
             "train.threshold_quantile",
@@ -268,7 +279,9 @@ class KafkaConfig:
     alerts_topic: str = "anomaly-alerts"
     scores_topic: str | None = None
     dead_letter_topic: str = "anomaly-dead-letters"
-    changelog_topic: str = "anomaly-changelog"
+    # State topic name; {group} and {topic} are replaced by the consumer group and each input topic, so every
+    # group (and input topic) has its own changelog, as in Kafka Streams and Quix Streams.
+    changelog_topic: str = "changelog__{group}--{topic}"
     key_field: str = "key"
     time_field: str = "ts"
     values_field: str = "values"
@@ -278,6 +291,17 @@ class KafkaConfig:
     max_poll_records: int = 2000
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    auto_offset_reset: Literal["earliest", "latest"] = (
+        "earliest"  # where a group without committed offsets starts
+    )
+    auto_create_topics: bool = False  # create missing input and output topics at start-up
+    topic_partitions: int = 1  # partitions of topics created by auto_create_topics
+    replication_factor: int = 1  # replicas of every topic the daemon creates (changelog included)
+    transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
+    transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
+    transaction_timeout_ms: int = 60_000
+    max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
+    dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_username: str | None = None
@@ -301,6 +325,38 @@ class KafkaConfig:
         )
         for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        for name in ("topic_partitions", "replication_factor"):
+            _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
+        _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
+        _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
+        _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
+        _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
+        _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
+
+
+def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
+    import string
+
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError:
+        used = ["?"]
+    bad = [f for f in used if f not in fields]
+    _need(
+        not bad,
+        key,
+        f"may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; got {{{bad[0] if bad else ''}}}",
+    )
+
+
+KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def changelog_topic(k: KafkaConfig, topic: str) -> str:
+    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
+    characters Kafka does not allow in topic names become ``_``)."""
+    name = k.changelog_topic.format(group=k.group_id, topic=topic)
+    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
 
 
 @dataclass(frozen=True)

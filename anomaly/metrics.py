@@ -167,6 +167,11 @@ class PipelineMetrics:
             registry=r,
         )
         self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
+        self.dead_letters_refused = Counter(
+            "anomaly_dead_letters_refused",
+            "Dead letters the broker refused (logged; consumption carries on).",
+            registry=r,
+        )
         self.model_info = Info("anomaly_model", "The model bundle in use.", registry=r)
         self.model_trained = Gauge(
             "anomaly_model_trained_timestamp_seconds",
@@ -293,6 +298,9 @@ class PipelineMetrics:
 
     def commit_failed(self) -> None:
         self.commit_failures.inc()
+
+    def dead_letter_refused(self) -> None:
+        self.dead_letters_refused.inc()
 
     def model_loaded(self, bundle: Any) -> None:
         """Publish the bundle's identity: ``anomaly_model_info{version,trained_at,features}`` and the trained-at

@@ -73,3 +73,13 @@ def test_baseline_state_carry_matches_one_call(bundle, test_series):
         parts += [w.scores for w in out.windows]
     assert np.array_equal(whole, np.concatenate(parts))
     assert torch.equal(base.model(torch.ones(1, base.window, 4))[0], torch.zeros(1, base.window, 4))
+
+
+def test_baselines_score_each_reading_on_its_own(bundle, test_series):
+    """So the engine may schedule them like the model (whole windows or reading by reading)."""
+    base = baseline_bundle(bundle, "pca")
+    assert base.arch.window == bundle.arch.window and base.arch.hidden_size == 1
+    z = torch.from_numpy(bundle.scaler.transform(test_series.values[: 2 * base.window]))[None]
+    whole, _ = base.model(z)
+    piece, _ = base.model(z[:, 3:8], reconstruct=False)
+    torch.testing.assert_close(piece, whole[:, 3:8], rtol=1e-6, atol=1e-6)

@@ -120,3 +120,56 @@ def test_demo_pipeline_file_matches_the_embedded_default() -> None:
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
     assert build_config(read_toml(path)) == build_config(DEMO)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["replay", "x.csv", "--threads", "2"],
+            {},
+            "error: --threads is an option of anomaly itself, not of replay: put it before the command "
+            "(anomaly --threads N replay ...)",
+        ),
+        (
+            ["inspect", "m.pt"],
+            {"ANOMALY_THREADS": "many"},
+            "error: Invalid value for '--threads': 'many' is not a valid integer range. "
+            "(from environment variable ANOMALY_THREADS) (see: anomaly --help)",
+        ),
+        (
+            ["train", "x.csv", "--windw", "8"],
+            {},
+            "error: No such option '--windw'. Did you mean '--window'? (see: anomaly train --help)",
+        ),
+    ],
+)
+def test_click_usage_errors_are_one_error_line(args, env, expected) -> None:
+    """Issue 9: click's own errors were three lines ending in `Error:` and never named the variable."""
+    result = CliRunner().invoke(main, args, env=env, prog_name="anomaly")
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.strip()] == [expected]
+
+
+def test_inspect_prints_readable_lines_not_dicts_or_long_floats(bundle_path) -> None:
+    import re
+
+    out = invoke("inspect", str(bundle_path)).output
+    assert "{" not in out and "'" not in out
+    assert not re.search(r"\d\.\d{6,}", out), out  # no 16-digit floats
+    assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in out
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:9108/metrics"),
+        ("::", "http://[::1]:9108/metrics"),
+        ("10.1.2.3", "http://10.1.2.3:9108/metrics"),
+        ("fe80::1", "http://[fe80::1]:9108/metrics"),
+    ],
+)
+def test_the_metrics_address_printed_is_a_usable_url(host, url) -> None:
+    from anomaly.commands.kafka_cmds import metrics_url
+
+    assert metrics_url(host, 9108) == url

@@ -18,6 +18,7 @@ from anomaly.config import build_config
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "anomaly.rules.yml"
+RUNBOOKS = "https://github.com/example/anomaly/blob/main/deploy/README.md"
 ALERTS = {
     "AnomalyDetected",
     "AnomalyRateHigh",
@@ -69,7 +70,7 @@ def test_rules_define_the_alerts_with_annotations_and_runbooks() -> None:
     for rule in rules():
         ann = rule["annotations"]
         assert set(ann) == {"summary", "description", "runbook_url"}, rule["alert"]
-        assert ann["runbook_url"] == f"deploy/README.md#{rule['alert'].lower()}"
+        assert ann["runbook_url"] == f"{RUNBOOKS}#{rule['alert'].lower()}"  # absolute: receivers link it
         assert rule["alert"].lower() in anchors
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
 
@@ -175,10 +176,18 @@ def test_compose_references_files_that_exist() -> None:
 
 def test_dockerfile_copies_files_that_exist_and_installs_the_package() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     for line in re.findall(r"^COPY (.+)$", text, re.M):
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), source
+            assert any(rule == f"!{source}" or rule == f"!{source}/**" for rule in ignore), source
     assert "pip install" in text and re.search(r"pip install [^\n]*\s\.\s", text + " ")
+    assert "-c deploy/constraints.txt" in text  # the pinned versions the project is tested with
+    # the image also runs the one-shot trainer and producer: only the daemon's service checks /healthz
+    assert "HEALTHCHECK" not in text
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    checked = {name for name, svc in services.items() if "/healthz" in str(svc.get("healthcheck", ""))}
+    assert checked == {"anomaly"}
 
 
 def test_grafana_provisioning_and_dashboard_agree() -> None:
@@ -202,10 +211,18 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
         "Invalid messages and rejected readings",
         "Model drift (PSI)",
     } <= titles
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    assert {d["type"] for d in ds} == {"prometheus"} and uids  # what the datasource variable offers
+    assert variables["instance"]["query"]["query"] == 'label_values(up{job="anomaly"}, instance)'
     for panel in panels:
+        if panel.get("type") != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel.get("targets", []):
-            assert target["datasource"]["uid"] in uids
-            assert target["expr"].strip()
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            expr = target["expr"]
+            selectors = re.findall(r"\b(?:anomaly_[a-z_]+|up)(\{[^}]*\})?", expr)
+            assert all('instance=~"$instance"' in sel for sel in selectors), (panel["title"], expr)
 
 
 def test_k8s_replicas_do_not_exceed_partitions() -> None:
@@ -226,3 +243,9 @@ def test_k8s_replicas_do_not_exceed_partitions() -> None:
     assert labels[monitor["spec"]["jobLabel"]] == "anomaly"  # job="anomaly", as the rules select
     (service,) = k8s("Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Strimzi's bootstrap service is <cluster>-kafka-bootstrap; the topic names its cluster
+    cluster = topic["metadata"]["labels"]["strimzi.io/cluster"]
+    assert cfg.kafka.bootstrap_servers.split(",")[0].startswith(f"{cluster}-kafka-bootstrap.")
+    # kube-prometheus-stack selects PodMonitors and PrometheusRules by its Helm release label
+    (rule,) = k8s("PrometheusRule")
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] != ""

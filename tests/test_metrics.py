@@ -189,6 +189,7 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     metrics.message_invalid("malformed")
     metrics.message_invalid("malformed", 2)
     metrics.commit_failed()
+    metrics.dead_letter_refused()
     metrics.checkpoint_done(0.2, at_epoch=1_700_000_123.0)
     metrics.checkpoint_done(0.4, at_epoch=1_700_000_128.0)
 
@@ -204,6 +205,7 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     assert value(metrics, "anomaly_messages_consumed_total") == 5.0
     assert value(metrics, "anomaly_messages_invalid_total", {"reason": "malformed"}) == 3.0
     assert value(metrics, "anomaly_commit_failures_total") == 1.0
+    assert value(metrics, "anomaly_dead_letters_refused_total") == 1.0
     assert value(metrics, "anomaly_checkpoint_duration_seconds_count") == 2.0
     assert value(metrics, "anomaly_checkpoint_duration_seconds_sum") == pytest.approx(0.6)
     assert value(metrics, "anomaly_checkpoint_last_timestamp_seconds") == 1_700_000_128.0
@@ -238,6 +240,7 @@ def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
             "anomaly_keys_evicted",
             "anomaly_gap_resets",
             "anomaly_commit_failures",
+            "anomaly_dead_letters_refused",
             "anomaly_model_reloads",
         ]
     )  # the parser strips `_total`; the exposition carries it

@@ -65,6 +65,11 @@ def test_every_channel_gets_a_model_and_both_baselines_pooled(tmp_path):
         scores = np.concatenate([r.points[name].scores for r in result.channels])
         labels = np.concatenate([r.points[name].labels for r in result.channels])
         assert (q.oracle_f1, q.oracle_threshold) == evaluation.oracle_best_f1(scores, labels)
+        each = [
+            evaluation.oracle_best_f1(r.points[name].scores, r.points[name].labels)[0]
+            for r in result.channels
+        ]
+        assert q.oracle_f1_per_series == pytest.approx(np.mean(each))
     model = result.quality["model"].metrics
     assert model == evaluation.pool(r.metrics for r in result.channels)
     # a +4 sigma level shift of 15 points: the z-score baseline finds both events

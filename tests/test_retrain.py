@@ -79,7 +79,13 @@ def test_too_little_normal_data_is_one_clear_error() -> None:
 
 def test_champion_sections_are_the_recorded_settings(bundle) -> None:
     sections = champion_sections(bundle.meta)
-    assert sections["model"] == {"window": 8, "hidden_size": 16, "num_layers": 2, "dropout": 0.1}
+    assert sections["model"] == {
+        "window": 8,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "dropout": 0.1,
+        "forecast": True,
+    }
     assert sections["train"]["epochs"] == 4 and sections["train"]["batch_size"] == 16
 
 
@@ -198,7 +204,10 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
         main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0", "--force"]
     )
     assert "decision: promoted (forced)" in forced.stdout
-    assert read_metadata(champion)[0]["lineage"]["promotion"]["forced"] is True
+    decision = read_metadata(champion)[0]["lineage"]["promotion"]
+    assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
+    shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
+    assert f"promotion:       promoted at {decision['at']}\n" in shown
 
 
 def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path):
@@ -209,3 +218,38 @@ def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path)
     )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: too little normal data to retrain: 100 usable readings of 1 keys")
+
+
+def test_retrain_promote_holds_out_the_recent_part_and_records_the_decision(csv_world, bundle_path, tmp_path):
+    path, alerts = csv_world
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(bundle_path.read_bytes())
+    out = tmp_path / "challenger.pt"
+    args = [
+        "retrain",
+        "-m",
+        str(champion),
+        str(path),
+        "--alerts",
+        str(alerts),
+        "-o",
+        str(out),
+        "--epochs",
+        "2",
+    ]
+    result = CliRunner().invoke(main, [*args, "--promote", "--holdout", "0.25", "--max-drift", "100"])
+    assert result.exit_code == 0, result.output
+    assert "decision: promoted (policy passed)" in result.stdout  # no alerts either side; drift allowed
+    challenger = read_metadata(out)[0]
+    holdout = challenger["lineage"]["data"]["holdout"]
+    assert holdout["share"] == 0.25
+    (recent,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    held = (
+        recent.timestamps
+        >= recent.timestamps[0] + (recent.timestamps[-1] + 1e-6 - recent.timestamps[0]) * 0.75
+    )
+    meta = read_metadata(champion)[0]
+    decision = meta["lineage"]["promotion"]
+    assert meta["model_version"] == challenger["model_version"]
+    assert decision["champion"]["readings"] == decision["challenger"]["readings"] == int(held.sum()) == 375
+    assert decision["slice"] == holdout

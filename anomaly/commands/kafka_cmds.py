@@ -8,6 +8,7 @@ import click
 
 from anomaly.commands.common import (
     config_from,
+    data_options,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -61,7 +62,24 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
 @click.option(
     "--dead-letter-topic", default=None, help="Topic for refused messages.  [default: anomaly-dead-letters]"
 )
-@click.option("--changelog-topic", default=None, help="Compacted state topic.  [default: anomaly-changelog]")
+@click.option(
+    "--changelog-topic",
+    default=None,
+    help="Compacted state topic; {group} and {topic} are filled in per consumer group and input topic.  "
+    "[default: changelog__{group}--{topic}]",
+)
+@click.option(
+    "--auto-offset-reset",
+    type=click.Choice(["earliest", "latest"]),
+    default=None,
+    help="Where a group without committed offsets starts.  [default: earliest]",
+)
+@click.option(
+    "--auto-create-topics/--no-auto-create-topics",
+    default=None,
+    help="Create missing input and output topics (kafka.topic_partitions, kafka.replication_factor).  "
+    "[default: no]",
+)
 @click.option(
     "--checkpoint-interval",
     type=click.FloatRange(min=0.0),
@@ -128,6 +146,8 @@ def consume_cmd(
     scores_topic,
     dead_letter_topic,
     changelog_topic,
+    auto_offset_reset,
+    auto_create_topics,
     checkpoint_interval,
     max_poll_records,
     max_poll_interval_ms,
@@ -157,6 +177,8 @@ def consume_cmd(
             "kafka.scores_topic": scores_topic,
             "kafka.dead_letter_topic": dead_letter_topic,
             "kafka.changelog_topic": changelog_topic,
+            "kafka.auto_offset_reset": auto_offset_reset,
+            "kafka.auto_create_topics": auto_create_topics,
             "kafka.checkpoint_interval_s": checkpoint_interval,
             "kafka.max_poll_records": max_poll_records,
             "kafka.max_poll_interval_ms": max_poll_interval_ms,
@@ -167,29 +189,41 @@ def consume_cmd(
     )
     import kafka.errors
 
+    from anomaly.errors import ConfigError
     from anomaly.kafka import KafkaError
     from anomaly.kafka.daemon import Daemon, DaemonOptions
     from anomaly.metrics import MetricsServer, PipelineMetrics
 
     metrics = PipelineMetrics()
     server = MetricsServer(metrics, cfg.metrics.host, cfg.metrics.port)
-    daemon = Daemon(
-        cfg,
-        model,
-        metrics=metrics,
-        server=server,
-        options=DaemonOptions(
-            bootstrap_timeout_s=bootstrap_timeout,
-            shutdown_timeout_s=shutdown_timeout,
-            state_out=state_out,
-        ),
-    )
-    daemon.connect()  # fails fast, with one line, before anything is printed or served
+    try:
+        server.start()  # bound first: a taken port fails before anything connects
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc} "
+            "(another daemon on this host? set --metrics-port or metrics.port)",
+            key="metrics.port",
+        ) from None
+    try:
+        daemon = Daemon(
+            cfg,
+            model,
+            metrics=metrics,
+            server=server,
+            options=DaemonOptions(
+                bootstrap_timeout_s=bootstrap_timeout,
+                shutdown_timeout_s=shutdown_timeout,
+                state_out=state_out,
+            ),
+        )
+        daemon.connect()  # fails fast, with one line, before anything is printed
+    except BaseException:
+        server.stop()
+        raise
     daemon.install_signal_handlers()
-    server.start()
     click.echo(
         f"anomaly consume: {', '.join(cfg.kafka.topics)} on {cfg.kafka.bootstrap_servers} "
-        f"(group {cfg.kafka.group_id}); metrics on http://{cfg.metrics.host}:{server.port}/metrics",
+        f"(group {cfg.kafka.group_id}); metrics on {metrics_url(cfg.metrics.host, server.port)}",
         err=True,
     )
     try:
@@ -222,6 +256,7 @@ def consume_cmd(
 )
 @time_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@data_options
 @click.option(
     "--block",
     type=click.IntRange(min=1),
@@ -251,6 +286,7 @@ def produce_cmd(
     block,
     partitions,
     verbose,
+    data_overrides,
 ) -> None:
     """Replay CSV files into a Kafka topic in timestamp order, as the JSON messages `consume` reads."""
     from tqdm import tqdm
@@ -270,6 +306,7 @@ def produce_cmd(
             "data.key_column": key_column,
             "data.time_column": time_column,
             "data.features": features,
+            **data_overrides,
         },
     )
     series, feats = load_series(list(data), cfg.data)
@@ -287,6 +324,14 @@ def produce_cmd(
         n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
     producer.close()
     click.echo(f"sent {n} messages ({readings} readings of {len(series)} keys) to {topic}")
+
+
+def metrics_url(host: str, port: int) -> str:
+    """A URL a person can open: a wildcard bind address (0.0.0.0, ::) is reachable on this host's loopback."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/metrics"
 
 
 COMMANDS: list[click.Command] = [consume_cmd, produce_cmd]

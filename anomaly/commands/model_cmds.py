@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -225,6 +226,13 @@ def print_training(result: TrainResult, out: str) -> None:
             f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
             f"dropped, {missing['cells_filled']} cells forward-filled"
         )
+        kept = result.bundle.meta["training"]["rows"]
+        if missing["rows_dropped"] > kept:
+            click.echo(
+                f"warning: most training rows had a missing value ({missing['rows_dropped']} dropped, {kept} "
+                'kept); check the file, or set engine.nan_policy = "ffill"',
+                err=True,
+            )
     sampling = result.bundle.meta.get("sampling", {})
     if sampling.get("interval_seconds") is not None:
         click.echo(
@@ -245,24 +253,87 @@ def inspect_cmd(bundle: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
         return
+    for name, value in describe_bundle(meta):
+        click.echo(f"{name + ':':<17}{value}")
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    """A number as a person reads it: 4 significant digits, no 16-digit floats."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
     cal = meta["calibration"]
-    click.echo(f"model version:   {meta.get('model_version')}")
-    click.echo(f"created at:      {meta.get('created_at')}  (anomaly {meta.get('package_version')})")
-    click.echo(f"features ({len(meta['features'])}):    {', '.join(meta['features'])}")
-    click.echo(f"architecture:    {meta['architecture']}")
-    click.echo(
-        f"training data:   fingerprint {meta.get('training_fingerprint')}, {t.get('rows')} rows, "
-        f"{t.get('series')} series"
-    )
-    click.echo(
-        f"training:        {t.get('epochs_run')} epochs, best val loss {t.get('best_val_loss')}, "
-        f"{t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}"
-    )
-    click.echo(
-        f"calibration:     score 1.0 = q{cal['reference_quantile']} point error {cal['reference_error']:.5g};"
-        f" default threshold {cal['default_threshold']}"
-    )
+    arch = meta["architecture"]
+    sampling = meta.get("sampling", {})
+    missing = meta.get("missing_values", {})
+    interval = sampling.get("interval_seconds")
+    rows = [
+        ("model version", str(meta.get("model_version"))),
+        ("created at", f"{meta.get('created_at')} (anomaly {meta.get('package_version')})"),
+        (f"features ({len(meta['features'])})", ", ".join(meta["features"])),
+        (
+            "architecture",
+            ", ".join(f"{k.replace('_', ' ')} {_num(v)}" for k, v in arch.items()),
+        ),
+        (
+            "training data",
+            f"fingerprint {meta.get('training_fingerprint')}, {_num(t.get('rows'))} rows, "
+            f"{_num(t.get('series'))} series",
+        ),
+        (
+            "sampling",
+            "unknown (bundle older than the learnt interval; gap reset at 300 s)"
+            if interval is None
+            else f"every {_num(interval)} s; a gap over {_num(sampling.get('max_gap_seconds'))} s resets a key "
+            f"({_num(sampling.get('gap_splits'))} in the training data)",
+        ),
+        (
+            "training",
+            f"{_num(t.get('epochs_run'))} epochs (best {_num(t.get('best_epoch'))}), best val loss "
+            f"{_num(t.get('best_val_loss'))}, {t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}",
+        ),
+        (
+            "calibration",
+            f"score 1.0 = q{_num(cal['reference_quantile'])} point error {_num(cal['reference_error'])}; "
+            f"default threshold {_num(cal['default_threshold'])}",
+        ),
+    ]
+    if missing:
+        rows.insert(
+            5,
+            (
+                "missing values",
+                f"nan_policy {missing.get('policy')}: {_num(missing.get('rows_dropped'))} rows dropped, "
+                f"{_num(missing.get('cells_filled'))} cells filled",
+            ),
+        )
+    lineage = meta.get("lineage")
+    if lineage:
+        data = lineage.get("data", {})
+        rows.append(
+            (
+                "lineage",
+                f"parent {lineage.get('parent_version')}; {data.get('source')} data {data.get('first_reading')} .. "
+                f"{data.get('last_reading')}, {_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys",
+            )
+        )
+        decision = lineage.get("promotion")
+        if decision:
+            rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
+    if meta.get("export"):
+        rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
+    return rows
 
 
 COMMANDS: list[click.Command] = [generate_cmd, train_cmd, inspect_cmd]

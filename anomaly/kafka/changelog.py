@@ -1,15 +1,27 @@
-"""Per-partition engine state checkpoints in a compacted changelog topic.
+"""Per-partition engine state checkpoints in compacted changelog topics, one per consumer group and input topic.
 
 One logical record per source partition, key ``"<topic>:<partition>"``; its value is a small JSON header line,
 ``\\n``, then the zlib-compressed ``engine.snapshot(keys)`` bytes of the keys seen on that partition (level 1:
-state is mostly float arrays with zero-filled rings, and kafka-python checksums every byte it sends). The header's ``offset`` is
-the last source offset the state reflects, so a restorer skips messages at or below it (every message enters
-the state exactly once).
+state is mostly float arrays with zero-filled rings, and kafka-python checksums every byte it sends). The header's
+``offset`` is the last source offset the state reflects, so a restorer skips messages at or below it (every
+message enters the state exactly once); ``offset: null`` marks an owner that holds no restored state (it resumes
+from the group's committed offset).
+
+Who wrote a record travels in its header, so a restorer never takes state that is not its own:
+
+* ``group``: records of another consumer group (a changelog topic shared by configuration) are ignored;
+* ``model``: a fingerprint of the features and architecture; state of an incompatible model is refused;
+* ``epoch``: the owner epoch of the partition. Every new owner reads the latest record, takes ``epoch + 1`` and
+  writes a claim record at once. Restore takes the record with the highest epoch (the last one among equals),
+  so late writes of a zombie (an older epoch) never replace the new owner's state, even on a broker that
+  shows records of aborted transactions to ``read_committed`` readers (Tansu 0.6);
+* ``txn``: the writer's transactional id. The new owner initialises a producer with it, which aborts the previous
+  owner's open transaction and fences that producer at the broker (its later sends and commits fail).
 
 Snapshots larger than ``chunk_bytes`` (many keys) are split: chunk records ``"<topic>:<partition>/<gen>/<i>"``
 are written first, then the header record naming ``gen`` and the chunk count. Chunk keys are unique per
 generation, so compaction never replaces a chunk the current header needs; the previous generation's chunks
-are tombstoned once a newer header is acknowledged.
+are tombstoned once a newer header is written.
 """
 
 from __future__ import annotations
@@ -20,11 +32,11 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from anomaly.kafka import KafkaError
 
@@ -36,17 +48,51 @@ def partition_id(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def source_topic(pid: str) -> str:
+    return pid.rsplit(":", 1)[0]
+
+
+def model_fingerprint(features: Iterable[str], arch: Any) -> str:
+    """What makes state restorable: the feature names in order and the architecture (as ``engine.reload``)."""
+    text = json.dumps({"features": list(features), "arch": arch}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """Restored state of one source partition: the last offset it covers and the engine snapshot bytes."""
+    """The latest record of one source partition for this group. ``offset`` None: the owner held no state."""
 
     partition_id: str
-    offset: int
+    offset: int | None
     snapshot: bytes
     keys: int
+    epoch: int
+    model: str
+    payload: bytes = b""
+    txn: str = ""  # transactional id of the writer: a new owner fences it (aborts its open transaction)  # the compressed snapshot as stored (a claim re-writes it without recompressing)
 
 
-def encode_header(pid: str, offset: int, payload: bytes, keys: int, gen: str = "", chunks: int = 0) -> bytes:
+@dataclass(frozen=True)
+class Owner:
+    """Who writes: the consumer group, the model fingerprint, the writer's transactional id (empty when not
+    transactional) and, per record, the owner epoch."""
+
+    group: str
+    model: str
+    txn: str = ""
+
+
+def encode_header(
+    pid: str,
+    offset: int | None,
+    payload: bytes,
+    keys: int,
+    gen: str = "",
+    chunks: int = 0,
+    *,
+    owner: Owner | None = None,
+    epoch: int = 0,
+) -> bytes:
     """``payload`` is the compressed snapshot; ``bytes`` and ``sha256`` are of the payload as stored."""
     head = {
         "format": FORMAT,
@@ -58,6 +104,10 @@ def encode_header(pid: str, offset: int, payload: bytes, keys: int, gen: str = "
         "sha256": hashlib.sha256(payload).hexdigest()[:32],
         "gen": gen,
         "chunks": chunks,
+        "group": owner.group if owner else "",
+        "model": owner.model if owner else "",
+        "epoch": epoch,
+        "txn": owner.txn if owner else "",
         "written_at": round(time.time(), 3),
     }
     return json.dumps(head, separators=(",", ":")).encode()
@@ -68,99 +118,173 @@ def decode_record(value: bytes) -> tuple[dict[str, Any], bytes]:
     return json.loads(head), payload
 
 
+def latest_records(
+    records: Iterable[Any], wanted: Callable[[str], bool], group: str | None
+) -> tuple[dict[str, tuple[dict[str, Any], bytes]], dict[str, bytes], dict[str, str]]:
+    """From changelog records in log order: per partition id the header and payload of the record with the
+    highest epoch (the last among equals) written by ``group`` (None: any group), the chunks, and the foreign
+    groups seen per partition id (for the log)."""
+    heads: dict[str, tuple[dict[str, Any], bytes]] = {}
+    chunks: dict[str, bytes] = {}
+    foreign: dict[str, str] = {}
+    for rec in records:
+        key = rec.key.decode() if rec.key else ""
+        pid = key.split("/", 1)[0]
+        if not wanted(pid):
+            continue
+        if "/" in key:
+            if rec.value is None:
+                chunks.pop(key, None)
+            else:
+                chunks[key] = rec.value
+            continue
+        if rec.value is None:
+            continue
+        head, payload = decode_record(rec.value)
+        if group is not None and head.get("group", "") != group:
+            foreign[pid] = head.get("group") or "(unknown)"
+            continue
+        old = heads.get(pid)
+        if old is None or int(head.get("epoch", 0)) >= int(old[0].get("epoch", 0)):
+            heads[pid] = (head, payload)
+    return heads, chunks, foreign
+
+
 class ChangelogStore:
-    """Writes checkpoints through a shared producer (the caller flushes) and reads them back by partition id."""
+    """Writes checkpoints through a shared producer (the caller flushes) and reads them back by partition id.
+
+    ``topic_for(input_topic)`` names the changelog topic of an input topic; ``send(topic, key, value)`` is the
+    delivery's send (inside the current transaction when the daemon is transactional).
+    """
 
     def __init__(
         self,
-        producer: KafkaProducer,
+        send: Callable[[str, bytes, bytes | None], Any],
         reader: KafkaConsumer,
-        topic: str,
+        topic_for: Callable[[str], str],
+        owner: Owner,
         chunk_bytes: int = 512 * 1024,
         read_timeout_s: float = 30.0,
+        peek: KafkaConsumer | None = None,
     ) -> None:
-        self.producer = producer
+        self.send = send
         self.reader = reader
-        self.topic = topic
+        self.peek = peek  # read_uncommitted reader: finds the writers of open transactions
+        self.topic_for = topic_for
+        self.owner = owner
         self.chunk_bytes = chunk_bytes
         self.read_timeout_s = read_timeout_s
+        self.foreign: dict[str, str] = {}  # pid -> group of ignored records, from the last read
         self._live_chunks: dict[str, list[str]] = {}  # pid -> chunk keys of its last written generation
 
-    def write(self, pid: str, offset: int, snapshot: bytes, keys: int) -> list[Any]:
-        """Send one checkpoint; returns the send futures. Not durable until the producer is flushed."""
-        futures = []
+    def write(
+        self,
+        pid: str,
+        offset: int | None,
+        snapshot: bytes,
+        keys: int,
+        epoch: int = 0,
+        *,
+        compressed: bool = False,
+    ) -> None:
+        """Send one checkpoint (``offset`` None and no snapshot: a claim without state). Not durable until the
+        producer is flushed (or the transaction committed)."""
+        topic = self.topic_for(source_topic(pid))
         stale = self._live_chunks.pop(pid, [])
-        snapshot = zlib.compress(snapshot, 1)
-        if len(snapshot) <= self.chunk_bytes:
-            value = encode_header(pid, offset, snapshot, keys) + b"\n" + snapshot
-            futures.append(self.producer.send(self.topic, key=pid.encode(), value=value))
+        payload = snapshot if compressed or not snapshot else zlib.compress(snapshot, 1)
+        if len(payload) <= self.chunk_bytes:
+            head = encode_header(pid, offset, payload, keys, owner=self.owner, epoch=epoch)
+            self.send(topic, pid.encode(), head + b"\n" + payload)
         else:
             gen = uuid.uuid4().hex[:12]
             chunk_keys = []
-            for i, start in enumerate(range(0, len(snapshot), self.chunk_bytes)):
+            for i, start in enumerate(range(0, len(payload), self.chunk_bytes)):
                 ck = f"{pid}/{gen}/{i}"
                 chunk_keys.append(ck)
-                futures.append(
-                    self.producer.send(
-                        self.topic, key=ck.encode(), value=snapshot[start : start + self.chunk_bytes]
-                    )
-                )
-            header = encode_header(pid, offset, snapshot, keys, gen, len(chunk_keys))
-            futures.append(self.producer.send(self.topic, key=pid.encode(), value=header + b"\n"))
+                self.send(topic, ck.encode(), payload[start : start + self.chunk_bytes])
+            head = encode_header(
+                pid, offset, payload, keys, gen, len(chunk_keys), owner=self.owner, epoch=epoch
+            )
+            self.send(topic, pid.encode(), head + b"\n")
             self._live_chunks[pid] = chunk_keys
         # Tombstones of the previous generation go after the new header: same partition, so ordered after it.
         for ck in stale:
-            futures.append(self.producer.send(self.topic, key=ck.encode(), value=None))
-        return futures
+            self.send(topic, ck.encode(), None)
 
     def read(self, pids: Iterable[str]) -> dict[str, Checkpoint]:
-        """Latest checkpoint of each wanted partition id (absent: never checkpointed). Reads the changelog from
-        its beginning to its current end; only the wanted partitions' bytes are kept in memory."""
+        """Latest checkpoint of each wanted partition id written by this group (absent: none). Reads each
+        changelog topic from its beginning to its current end; only the wanted partitions' bytes are kept."""
+        by_topic: dict[str, set[str]] = {}
+        for pid in pids:
+            by_topic.setdefault(self.topic_for(source_topic(pid)), set()).add(pid)
+        out: dict[str, Checkpoint] = {}
+        self.foreign = {}
+        for topic, wanted in by_topic.items():
+            heads, chunks, foreign = latest_records(
+                self._records(topic), wanted.__contains__, self.owner.group
+            )
+            self.foreign.update(foreign)
+            for pid, (head, payload) in heads.items():
+                out[pid] = self._checkpoint(topic, pid, head, payload, chunks)
+        return out
+
+    def open_writers(self, pids: Iterable[str]) -> set[str]:
+        """Transactional ids of the latest records (of this group) including uncommitted ones: a
+        ``read_committed`` read does not show the records of a transaction left open by a crashed owner (and
+        Kafka stops at it) until that writer is fenced. Tansu 0.6 does not report such a transaction in its last
+        stable offset, so this read is always made (a second pass over the changelog at assignment)."""
+        if self.peek is None:
+            return set()
         wanted = set(pids)
-        if not wanted:
-            return {}
-        parts = self.reader.partitions_for_topic(self.topic)
+        out: set[str] = set()
+        for topic in {self.topic_for(source_topic(pid)) for pid in wanted}:
+            heads, _, _ = latest_records(
+                self._records(topic, self.peek), wanted.__contains__, self.owner.group
+            )
+            out |= {str(h.get("txn", "")) for h, _ in heads.values() if h.get("txn")}
+        return out
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        parts = self.reader.partitions_for_topic(topic)
         if not parts:
-            raise KafkaError(f"changelog topic {self.topic} not found")
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self.reader.assign(tps)
-        end = self.reader.end_offsets(tps)
-        self.reader.seek_to_beginning(*tps)
-        heads: dict[str, tuple[dict[str, Any], bytes]] = {}
-        chunks: dict[str, bytes] = {}
+            raise KafkaError(f"changelog topic {topic} not found")
+        return [TopicPartition(topic, p) for p in sorted(parts)]
+
+    def _records(self, topic: str, reader: KafkaConsumer | None = None) -> Iterable[Any]:
+        reader = reader or self.reader
+        tps = self._partitions(topic)
+        reader.assign(tps)
+        end = reader.end_offsets(tps)
+        reader.seek_to_beginning(*tps)
         deadline = time.monotonic() + self.read_timeout_s
         # Tansu reports the end as the last batch's base offset + 1; a fetch returns whole batches, so reading
         # until position >= end is complete on Tansu and on Kafka alike.
-        while any(self.reader.position(tp) < end[tp] for tp in tps):
+        while any(reader.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
-                raise KafkaError(f"timed out reading changelog topic {self.topic}")
-            for records in self.reader.poll(timeout_ms=500).values():
-                for rec in records:
-                    key = rec.key.decode() if rec.key else ""
-                    pid = key.split("/", 1)[0]
-                    if pid not in wanted:
-                        continue
-                    if "/" in key:
-                        if rec.value is None:
-                            chunks.pop(key, None)
-                        else:
-                            chunks[key] = rec.value
-                    elif rec.value is not None:
-                        heads[pid] = decode_record(rec.value)
-        out = {}
-        for pid, (head, payload) in heads.items():
-            if head.get("chunks"):
-                keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
-                lost = [k for k in keys if k not in chunks]
-                if lost:
-                    raise KafkaError(
-                        f"changelog {self.topic}: checkpoint of {pid} is missing {len(lost)} chunk(s)"
-                    )
-                payload = b"".join(chunks[k] for k in keys)
-                self._live_chunks[pid] = keys
-            if len(payload) != head["bytes"] or hashlib.sha256(payload).hexdigest()[:32] != head["sha256"]:
-                raise KafkaError(f"changelog {self.topic}: checkpoint of {pid} is corrupted")
-            out[pid] = Checkpoint(
-                pid, int(head["offset"]), zlib.decompress(payload), int(head.get("keys", 0))
-            )
-        return out
+                raise KafkaError(f"timed out reading changelog topic {topic}")
+            for records in reader.poll(timeout_ms=500).values():
+                yield from records
+
+    def _checkpoint(
+        self, topic: str, pid: str, head: dict[str, Any], payload: bytes, chunks: dict[str, bytes]
+    ) -> Checkpoint:
+        if head.get("chunks"):
+            keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
+            lost = [k for k in keys if k not in chunks]
+            if lost:
+                raise KafkaError(f"changelog {topic}: checkpoint of {pid} is missing {len(lost)} chunk(s)")
+            payload = b"".join(chunks[k] for k in keys)
+            self._live_chunks[pid] = keys
+        if len(payload) != head["bytes"] or hashlib.sha256(payload).hexdigest()[:32] != head["sha256"]:
+            raise KafkaError(f"changelog {topic}: checkpoint of {pid} is corrupted")
+        offset = head.get("offset")
+        return Checkpoint(
+            pid,
+            None if offset is None else int(offset),
+            zlib.decompress(payload) if payload else b"",
+            int(head.get("keys", 0)),
+            int(head.get("epoch", 0)),
+            str(head.get("model", "")),
+            payload,
+            str(head.get("txn", "")),
+        )

@@ -2,10 +2,11 @@
 
 Order matters and is the whole delivery contract:
 
-1. flush the producer: every alert/score/dead letter of the messages processed so far is acknowledged;
-2. write each dirty partition's state (its keys' ``engine.snapshot``) with the last offset it covers to the
-   changelog, and flush again;
-3. commit ``offset + 1`` for those partitions.
+1. flush the producers: every alert/score/dead letter of the messages processed so far is acknowledged;
+2. write each dirty partition's state (its keys' ``engine.snapshot``) with the last offset it covers and the
+   partition's owner epoch to the changelog, and flush again;
+3. commit ``offset + 1`` for those partitions: transactional, the offsets join the producer's transaction
+   (outputs and checkpoints of step 1-2) and it is committed; otherwise a plain consumer commit.
 
 A crash between any two steps leaves the committed offset at or below the checkpointed one; a restorer seeks
 past the checkpointed offset, so state sees every message exactly once and outputs are at-least-once.
@@ -22,6 +23,7 @@ import kafka.errors as kerr
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, partition_id
 from anomaly.kafka.sinks import Delivery, DeliveryError
@@ -31,19 +33,20 @@ log = logging.getLogger(__name__)
 
 
 class PartitionTracker:
-    """key -> partition (last seen), partition -> keys, the restored floor offset and the next uncommitted
-    position of each partition. A key that moves partition (producer repartitioned) follows its last message."""
+    """key -> partition (last seen), partition -> keys, the restored floor offset, the next uncommitted
+    position and the owner epoch of each partition. A key that moves partition (producer repartitioned) follows
+    its last message; a key the engine evicts is forgotten (:meth:`forget`), so memory follows the engine's
+    ``max_keys``, not every key ever seen."""
 
     def __init__(self) -> None:
         self.key_partition: dict[str, TopicPartition] = {}
         self.partition_keys: dict[TopicPartition, set[str]] = {}
         self.floor: dict[TopicPartition, int] = {}  # last offset already in restored state: skip <= floor
         self.position: dict[TopicPartition, int] = {}  # next offset to read, per processed partition
+        self.epoch: dict[TopicPartition, int] = {}  # owner epoch claimed in the changelog at assignment
         self.dirty: set[TopicPartition] = set()  # processed since its last checkpoint
         self.uncommitted: set[TopicPartition] = set()  # checkpointed, commit still owed
-        self.owned: set[TopicPartition] = (
-            set()
-        )  # assigned and restored: records of other partitions are dropped
+        self.owned: set[TopicPartition] = set()  # assigned and restored: records of other partitions dropped
 
     def see(self, key: str, tp: TopicPartition) -> None:
         old = self.key_partition.get(key)
@@ -52,6 +55,13 @@ class PartitionTracker:
                 self.partition_keys.get(old, set()).discard(key)
             self.key_partition[key] = tp
             self.partition_keys.setdefault(tp, set()).add(key)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Keys the engine evicted: they leave every table (their partition is dirty: its state changed)."""
+        for key in keys:
+            tp = self.key_partition.pop(key, None)
+            if tp is not None:
+                self.partition_keys.get(tp, set()).discard(key)
 
     def advance(self, position: dict[TopicPartition, int] | None) -> None:
         for tp, nxt in (position or {}).items():
@@ -75,12 +85,29 @@ class PartitionTracker:
                 if self.key_partition.get(key) == tp:
                     del self.key_partition[key]
             gone.extend(keys)
-            for table in (self.floor, self.position):
+            for table in (self.floor, self.position, self.epoch):
                 table.pop(tp, None)
             self.dirty.discard(tp)
             self.uncommitted.discard(tp)
             self.owned.discard(tp)
         return gone
+
+
+class EvictionSink:
+    """A runner sink that keeps the tracker in step with the engine: evicted keys are forgotten."""
+
+    def __init__(self, tracker: PartitionTracker) -> None:
+        self.tracker = tracker
+
+    def write(self, out: EngineOutput, batch: Batch) -> None:
+        if out.evicted:
+            self.tracker.forget(out.evicted)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class KafkaCheckpointer:
@@ -96,6 +123,7 @@ class KafkaCheckpointer:
         metrics: Any = None,
         on_health: Callable[[bool], None] | None = None,
         commit_timeout_ms: int = 10_000,
+        dead_letters: Any = None,
     ) -> None:
         self.consumer = consumer
         self.changelog = changelog
@@ -105,6 +133,7 @@ class KafkaCheckpointer:
         self.metrics = metrics
         self.on_health = on_health
         self.commit_timeout_ms = commit_timeout_ms
+        self.dead_letters = dead_letters  # DeadLetterSink (own producer) flushed with the outputs
         self.last = time.monotonic()
         self.checkpoints = 0
 
@@ -129,6 +158,8 @@ class KafkaCheckpointer:
         chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
         try:
             self.delivery.flush()
+            if self.dead_letters is not None:
+                self.dead_letters.flush()
             if chosen:
                 held = set(engine.keys())
                 for tp in sorted(chosen):
@@ -138,6 +169,7 @@ class KafkaCheckpointer:
                         t.position[tp] - 1,
                         engine.snapshot(keys),
                         len(keys),
+                        t.epoch.get(tp, 0),
                     )
                 self.delivery.flush()
         except DeliveryError:
@@ -162,6 +194,13 @@ class KafkaCheckpointer:
             for tp in tps
             if tp in self.tracker.position
         }
+        if self.delivery.transactional:
+            if not offsets and not self.delivery.in_transaction:
+                return True
+            # FencedError (a DeliveryError) propagates: the state in memory is ahead of what was committed.
+            self.delivery.commit(offsets, self.consumer.group_metadata())
+            self.tracker.uncommitted -= set(offsets)
+            return True
         if not offsets:
             return True
         try:

@@ -95,29 +95,58 @@ def make_admin(
 
 
 def make_producer(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, **extra: Any) -> KafkaProducer:
-    """acks=all, idempotence off (not needed: outputs are deduplicated by id downstream), small linger."""
+    """acks=all, small linger; ``transactional_id`` in ``extra`` makes it transactional (idempotent, and
+    ``init_transactions`` is called here, which fences an earlier producer with the same id)."""
     settings = {
         "acks": "all",
         "linger_ms": 5,
         "client_id": "anomaly",
-        "max_request_size": 4 * 1_048_576,
+        "max_request_size": cfg.max_request_bytes,
         **extra,
     }
+    if settings.get("transactional_id"):
+        settings.setdefault("enable_idempotence", True)
+        settings.setdefault("transaction_timeout_ms", cfg.transaction_timeout_ms)
     try:
-        return KafkaProducer(**connection_settings(cfg, bootstrap_timeout_s), **settings)
+        producer = KafkaProducer(**connection_settings(cfg, bootstrap_timeout_s), **settings)
+        if settings.get("transactional_id"):
+            producer.init_transactions()
+        return producer
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("producer", cfg, exc) from None
 
 
+def fence(cfg: KafkaConfig, txn_id: str, bootstrap_timeout_s: float = 10.0) -> None:
+    """Initialise a producer with another writer's transactional id and close it: the broker aborts that
+    writer's open transaction and rejects its later sends and commits (ProducerFencedError)."""
+    make_producer(cfg, bootstrap_timeout_s, transactional_id=txn_id).close(timeout=5)
+
+
+def transactional_id(cfg: KafkaConfig) -> str:
+    """The configured template filled in (default: unique per group, host and process)."""
+    import os
+    import socket
+
+    return cfg.transactional_id.format(group=cfg.group_id, host=socket.gethostname(), pid=os.getpid())
+
+
 def make_consumer(
-    cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, group: bool = True, **extra: Any
+    cfg: KafkaConfig,
+    bootstrap_timeout_s: float = 10.0,
+    group: bool = True,
+    committed_only: bool = True,
+    **extra: Any,
 ) -> KafkaConsumer:
     """A group consumer with manual commits (the checkpointer commits), or a group-less one (group=False)."""
     settings: dict[str, Any] = {
         "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
+        "auto_offset_reset": cfg.auto_offset_reset if group else "earliest",
         "client_id": "anomaly",
     }
+    if cfg.transactional and not group and committed_only:  # the changelog reader: aborted checkpoints stay
+        settings["isolation_level"] = (
+            "read_committed"  # hidden where the broker can (not Tansu 0.6: epochs do)
+        )
     if group:
         settings.update(
             group_id=cfg.group_id,
@@ -136,7 +165,7 @@ def make_consumer(
 
 
 def check_topics(admin: KafkaAdminClient, cfg: KafkaConfig, topics: Iterable[str]) -> None:
-    """KafkaError naming the topics that do not exist (the daemon never auto-creates its inputs)."""
+    """KafkaError naming the topics that do not exist (unless ``kafka.auto_create_topics`` creates them)."""
     try:
         present = set(admin.list_topics())
     except (kerr.KafkaError, OSError) as exc:
@@ -145,8 +174,28 @@ def check_topics(admin: KafkaAdminClient, cfg: KafkaConfig, topics: Iterable[str
     if missing:
         raise KafkaError(
             f"topic(s) not found on {cfg.bootstrap_servers}: {', '.join(missing)}; create them "
-            "first (the daemon creates only its changelog topic)"
+            "first or set kafka.auto_create_topics = true"
         )
+
+
+def daemon_topics(cfg: KafkaConfig) -> list[str]:
+    """Input and output topics of the daemon (not the changelog)."""
+    names = [*cfg.topics, cfg.alerts_topic, cfg.dead_letter_topic]
+    if cfg.scores_topic:
+        names.append(cfg.scores_topic)
+    return list(dict.fromkeys(names))
+
+
+def ensure_topics(admin: KafkaAdminClient, cfg: KafkaConfig) -> None:
+    """With ``auto_create_topics``: create the missing input/output topics (``topic_partitions`` x
+    ``replication_factor``); always: KafkaError if an input or output topic is still missing."""
+    names = daemon_topics(cfg)
+    if cfg.auto_create_topics:
+        try:
+            create_topics(admin, names, cfg.topic_partitions, cfg.replication_factor)
+        except (kerr.KafkaError, OSError) as exc:
+            raise _fail("create topics", cfg, exc) from None
+    check_topics(admin, cfg, names)
 
 
 def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, partitions: int = 1) -> None:
@@ -154,7 +203,9 @@ def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, part
     try:
         if topic in set(admin.list_topics()):
             return
-        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})])
+        admin.create_topics(
+            [NewTopic(topic, partitions, cfg.replication_factor, topic_configs={"cleanup.policy": "compact"})]
+        )
         log.info("created changelog topic %s (cleanup.policy=compact)", topic)
     except kerr.TopicAlreadyExistsError:
         return
@@ -162,12 +213,16 @@ def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, part
         raise _fail(f"create changelog topic {topic}", cfg, exc) from None
 
 
-def create_topics(admin: KafkaAdminClient, names: Iterable[str], partitions: int) -> None:
-    """Create missing plain topics (for `anomaly produce` and tests); existing ones are left alone."""
+def create_topics(
+    admin: KafkaAdminClient, names: Iterable[str], partitions: int, replication: int = 1
+) -> None:
+    """Create missing plain topics; existing ones are left alone."""
     present = set(admin.list_topics())
-    new = [NewTopic(n, partitions, 1) for n in names if n not in present]
+    new = [NewTopic(n, partitions, replication) for n in names if n not in present]
     if new:
         try:
             admin.create_topics(new)
         except kerr.TopicAlreadyExistsError:
             pass
+        for topic in new:
+            log.info("created topic %s (%d partitions, replication %d)", topic.name, partitions, replication)

@@ -3,10 +3,14 @@
 Scoring goes through the same runner loop as `anomaly replay`; this module only provides its source (Kafka
 poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle:
 
-* start-up: broker reachable within ``bootstrap_timeout_s``, input topics exist, changelog topic created
-  (compacted) if missing — else one :class:`KafkaError`;
-* assignment: each assigned partition's state is restored from the changelog, the consumer seeks past the
-  checkpointed offset; ``/readyz`` turns ready once that is done and the broker answers;
+* start-up: broker reachable within ``bootstrap_timeout_s``, input and output topics exist (or are created with
+  ``auto_create_topics``), the changelog topic of each input topic for this group created (compacted) if
+  missing, the transactional producer initialised — else one :class:`KafkaError`;
+* assignment: each assigned partition's state is restored from the changelog (only a record of this group and a
+  compatible model; otherwise its keys start fresh from the group's committed offset), the consumer seeks past
+  the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's
+  late checkpoints (older epoch) are ignored by every later restore; ``/readyz`` turns ready once that is done
+  and the broker answers;
 * revocation: the revoked partitions are checkpointed and committed (bounded by the flush/commit timeouts),
   then their keys dropped from memory;
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
@@ -16,6 +20,7 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -28,12 +33,12 @@ from typing import Any
 from kafka import ConsumerRebalanceListener
 
 from anomaly.bundle import load_bundle
-from anomaly.config import PipelineConfig, redacted
+from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
 from anomaly.errors import AnomalyError
 from anomaly.kafka import clients
-from anomaly.kafka.changelog import ChangelogStore, partition_id
-from anomaly.kafka.checkpoint import KafkaCheckpointer, PartitionTracker
+from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.sinks import AlertSink, DeadLetterSink, Delivery, ScoreSink
 from anomaly.kafka.source import KafkaSource
@@ -98,13 +103,35 @@ class Daemon:
         log.info("starting with settings %s", redacted(self.cfg)["kafka"])
         t = self.opts.bootstrap_timeout_s
         self.admin = clients.make_admin(k, t)
-        clients.check_topics(self.admin, k, k.topics)
-        clients.ensure_changelog(self.admin, k, k.changelog_topic)
-        self.producer = clients.make_producer(k, t)
-        self.delivery = Delivery(self.producer, self.opts.flush_timeout_s)
+        clients.ensure_topics(self.admin, k)
+        self.changelog_topics = {topic: changelog_topic(k, topic) for topic in k.topics}
+        for name in dict.fromkeys(self.changelog_topics.values()):
+            clients.ensure_changelog(self.admin, k, name)
+        self._txn_base = clients.transactional_id(k)
+        self._txn_n = 0
+        self._fenced: set[str] = set()
+        txn = {"transactional_id": f"{self._txn_base}-0"} if k.transactional else {}
+        self.producer = clients.make_producer(k, t, **txn)
+        self.dead_producer = clients.make_producer(k, t)
+        self.delivery = Delivery(self.producer, self.opts.flush_timeout_s, transactional=k.transactional)
         reader = clients.make_consumer(k, t, group=False)
-        self.changelog = ChangelogStore(self.producer, reader, k.changelog_topic)
+        peek = clients.make_consumer(k, t, group=False, committed_only=False) if k.transactional else None
+        owner = Owner(
+            k.group_id,
+            model_fingerprint(self.bundle.features, self.bundle.arch.to_json()),
+            txn.get("transactional_id", ""),
+        )
+        self.changelog = ChangelogStore(
+            self.delivery.send,
+            reader,
+            self.changelog_topics.__getitem__,
+            owner,
+            chunk_bytes=min(512 * 1024, k.max_request_bytes // 2),
+            read_timeout_s=30.0 + (k.transaction_timeout_ms / 1000 if k.transactional else 0.0),
+            peek=peek,
+        )
         self.consumer = clients.make_consumer(k, t)
+        dead = DeadLetterSink(self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics)
         self.checkpointer = KafkaCheckpointer(
             self.consumer,
             self.changelog,
@@ -113,6 +140,7 @@ class Daemon:
             k.checkpoint_interval_s,
             self.metrics,
             self._set_broker_ok,
+            dead_letters=dead,
         )
         self.source = KafkaSource(
             self.consumer,
@@ -127,7 +155,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks.append(DeadLetterSink(self.delivery, k.dead_letter_topic))
+        self.sinks += [dead, EvictionSink(self.tracker)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
@@ -154,7 +182,10 @@ class Daemon:
             self._refresh_ready()
             self.consumer.close(autocommit=False, timeout_ms=5000)
             self.producer.close(timeout=5)
+            self.dead_producer.close(timeout=5)
             self.changelog.reader.close(autocommit=False)
+            if self.changelog.peek is not None:
+                self.changelog.peek.close(autocommit=False)
             self.admin.close()
 
     def request_stop(self) -> None:
@@ -213,6 +244,9 @@ class Daemon:
             return
         kept = self.engine.reload(bundle)
         self.bundle = bundle
+        self.changelog.owner = Owner(
+            self.cfg.kafka.group_id, model_fingerprint(bundle.features, bundle.arch.to_json())
+        )
         self.source.decoder = Decoder(message_format(self.cfg, bundle.features))
         for sink in self.sinks:
             if isinstance(sink, ScoreSink):
@@ -262,26 +296,77 @@ class Daemon:
 
     def _restore(self, assigned: list[Any], seek: bool) -> None:
         """Restore each partition's state and skip what it covers (seek when inside poll, else the source's
-        floor filter drops the already-fetched records at or below the checkpointed offset)."""
+        floor filter drops the already-fetched records at or below the checkpointed offset), then claim the
+        next owner epoch of every assigned partition in the changelog."""
         by_pid = {partition_id(tp.topic, tp.partition): tp for tp in assigned}
+        transactional = self.cfg.kafka.transactional and bool(by_pid)
+        if transactional:  # writers with open transactions first: until fenced they hide later records
+            self._rotate_and_fence(self.changelog.open_writers(by_pid))
         checkpoints = self.changelog.read(by_pid)
-        for tp in assigned:
+        for pid, group in sorted(self.changelog.foreign.items()):
+            log.warning(
+                "changelog record of %s written by group %s ignored (not this group's state)", pid, group
+            )
+        if transactional:
+            self._rotate_and_fence({cp.txn for cp in checkpoints.values() if cp.txn})
+        restored = 0
+        for pid, tp in by_pid.items():
             self.tracker.owned.add(tp)
-        for pid, cp in checkpoints.items():
-            tp = by_pid[pid]
-            try:
-                keys = self.engine.restore(cp.snapshot)
-            except StateError as exc:
-                log.error("state of %s not restored (%s); its keys start fresh", pid, exc)
-                keys = []
-            self.tracker.adopt(tp, keys, cp.offset)
-            if seek:
-                self.consumer.seek(tp, cp.offset + 1)
-            self.restored_keys += len(keys)
-        log.info("assigned %d partition(s); restored %d from the changelog", len(assigned), len(checkpoints))
+            cp = checkpoints.get(pid)
+            epoch = cp.epoch + 1 if cp is not None else 1
+            self.tracker.epoch[tp] = epoch
+            offset = cp.offset if cp is not None else None
+            keys = self._restore_one(pid, cp) if offset is not None else None
+            if cp is not None and offset is not None and keys is not None:
+                self.tracker.adopt(tp, keys, offset)
+                if seek:
+                    self.consumer.seek(tp, offset + 1)
+                self.restored_keys += len(keys)
+                restored += 1
+                self.changelog.write(pid, offset, cp.payload, cp.keys, epoch, compressed=True)
+            else:  # no state: resume from the group's committed offset; the claim still fences older owners
+                self.changelog.write(pid, None, b"", 0, epoch)
+        if by_pid:
+            self.delivery.flush()
+        log.info("assigned %d partition(s); restored %d from the changelog", len(assigned), restored)
         self._rebalancing = False
         self._assigned_once = True
         self._refresh_ready()
+
+    def _rotate_and_fence(self, previous: set[str]) -> None:
+        """A fresh transactional id for this assignment (so a member that takes partitions from us fences only
+        our old producer), then fence the previous owners' ids: their open transactions are aborted and a
+        zombie's late writes are refused by the broker."""
+        k = self.cfg.kafka
+        if self.delivery.transactions or self.delivery.in_transaction:  # our id may be in records already
+            self._txn_n += 1
+            txn_id = f"{self._txn_base}-{self._txn_n}"
+            self.delivery.replace(
+                clients.make_producer(k, self.opts.bootstrap_timeout_s, transactional_id=txn_id)
+            )
+            self.producer = self.delivery.producer
+            self.changelog.owner = dataclasses.replace(self.changelog.owner, txn=txn_id)
+        for txn_id in sorted(previous - {self.changelog.owner.txn} - self._fenced):
+            clients.fence(k, txn_id, self.opts.bootstrap_timeout_s)
+            self._fenced.add(txn_id)
+            log.info("fenced transactional id %s of the partitions' previous owner", txn_id)
+
+    def _restore_one(self, pid: str, cp: Any) -> list[str] | None:
+        """The checkpoint's keys restored into the engine, or None when it is refused (another model)."""
+        if cp.model and cp.model != self.changelog.owner.model:
+            log.error(
+                "state of %s not restored: written by an incompatible model (features or architecture differ); "
+                "its keys start fresh from the committed offset",
+                pid,
+            )
+            return None
+        try:
+            return self.engine.restore(cp.snapshot)
+        except StateError as exc:
+            log.error(
+                "state of %s not restored (%s); its keys start fresh from the committed offset", pid, exc
+            )
+            return None
 
     # --- health ----------------------------------------------------------------------------------------------
 

@@ -1,12 +1,20 @@
-"""Runner sinks that produce to Kafka: alerts, per-window scores and dead letters, over one shared producer.
+"""Runner sinks that produce to Kafka: alerts and per-window scores over one shared producer, dead letters
+over their own.
 
 ``flush()`` returns only when every record sent so far is acknowledged by the broker (acks=all), and raises
 :class:`DeliveryError` if any was refused for good; the checkpointer flushes before it commits offsets, so a
-committed message always has its alerts on the broker.
+committed message always has its alerts on the broker. With ``transactional`` the shared producer writes
+alerts, scores and changelog checkpoints inside a transaction that the checkpointer commits together with the
+consumed offsets (:meth:`Delivery.commit`).
+
+Dead letters go through a separate, non-transactional producer and always fit: a payload larger than
+``max_bytes`` is cut, and its original size and SHA-256 travel in the headers. A dead letter the broker still
+refuses is logged and counted, never raised: one poison message must not stop (and crash-loop) the stream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -27,17 +35,42 @@ class DeliveryError(KafkaError):
 
 
 class Delivery:
-    """The shared producer plus what failed on it; every sink sends through :meth:`send`."""
+    """The shared producer plus what failed on it; every sink sends through :meth:`send`.
 
-    def __init__(self, producer: KafkaProducer, flush_timeout_s: float = 60.0) -> None:
+    Transactional: the first send after a commit begins a transaction; :meth:`commit` adds the consumed offsets
+    (with the consumer's group metadata, so a broker can fence a stale member, KIP-447) and commits it.
+    """
+
+    def __init__(
+        self, producer: KafkaProducer, flush_timeout_s: float = 60.0, transactional: bool = False
+    ) -> None:
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
+        self.transactional = transactional
+        self.in_transaction = False
         self.failures = 0
         self.last_error: str = ""
+        self.transactions = 0
 
     def _on_error(self, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = type(exc).__name__
+
+    def replace(self, producer: KafkaProducer) -> None:
+        """Use a new producer (a new transactional id after a rebalance); the old one is closed, its open
+        transaction left to be aborted (its outputs belong to state that was dropped or handed over)."""
+        old, self.producer = self.producer, producer
+        self.in_transaction = False
+        self.failures = 0
+        try:
+            old.close(timeout=1)
+        except (kerr.KafkaError, OSError):
+            pass
+
+    def _begin(self) -> None:
+        if self.transactional and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
 
     def send(
         self,
@@ -46,6 +79,7 @@ class Delivery:
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
+        self._begin()
         future = self.producer.send(topic, key=key, value=value, headers=headers)
         future.add_errback(self._on_error)
         return future
@@ -60,7 +94,37 @@ class Delivery:
             ) from None
         if self.failures:
             n, self.failures = self.failures, 0
+            if self.last_error == "ProducerFencedError":
+                raise FencedError(FENCED)
             raise DeliveryError(f"{n} record(s) were not delivered ({self.last_error})")
+
+    def commit(self, offsets: dict[Any, Any], group_metadata: Any) -> None:
+        """Transactional only: the offsets join the open transaction, which is committed. A fenced or failed
+        commit aborts it and raises :class:`FencedError` (the caller's state is ahead of what was committed)."""
+        self._begin()
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group_metadata)
+            self.producer.commit_transaction()
+        except (kerr.KafkaError, OSError) as exc:
+            self.in_transaction = False
+            try:
+                self.producer.abort_transaction()
+            except (kerr.KafkaError, OSError):
+                pass
+            raise FencedError(f"{FENCED} ({type(exc).__name__})") from None
+        self.in_transaction = False
+        self.transactions += 1
+
+
+FENCED = (
+    "fenced: another member took over this daemon's partitions (paused or stalled longer than "
+    "session_timeout_ms?) and the broker refused its transaction; exiting so that a restart rejoins the group"
+)
+
+
+class FencedError(DeliveryError):
+    """A transaction could not be committed: this process may be a fenced zombie; its state must be discarded."""
 
 
 class AlertSink:
@@ -96,9 +160,54 @@ class ScoreSink(AlertSink):
 
 
 class DeadLetterSink(AlertSink):
-    """Every refusal (source or engine) with a Kafka record behind it: original bytes, reason and position."""
+    """Every refusal (source or engine) with a Kafka record behind it: original bytes (cut to ``max_bytes``),
+    reason and position. Sent on its own non-transactional producer: a refused dead letter is counted and
+    logged, never fatal."""
+
+    def __init__(self, producer: KafkaProducer, topic: str, max_bytes: int, metrics: Any = None) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.refused = 0
+
+    def _refused(self, exc: BaseException) -> None:
+        self.refused += 1
+        log.error("dead letter refused by Kafka (%s); the stream carries on", type(exc).__name__)
+        if self.metrics is not None:
+            self.metrics.dead_letter_refused()
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for rejection in out.rejections:
-            key, value, headers = dead_letter(rejection)
-            self.delivery.send(self.topic, key, value, headers)
+            key, value, headers = fit_dead_letter(*dead_letter(rejection), self.max_bytes)
+            try:
+                future = self.producer.send(self.topic, key=key, value=value, headers=headers)
+            except (kerr.KafkaError, ValueError) as exc:  # e.g. MessageSizeTooLargeError, raised at once
+                self._refused(exc)
+                continue
+            future.add_errback(self._refused)
+
+    def flush(self) -> None:
+        """Wait for the dead letters sent so far; refusals were counted, a timeout is the broker being away."""
+        try:
+            self.producer.flush(timeout=60)
+        except kerr.KafkaTimeoutError:
+            raise KafkaError("dead-letter producer flush timed out (broker away?)") from None
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Cut a payload (and key) larger than ``max_bytes``; ``original_bytes``, ``original_sha256`` and
+    ``truncated`` headers say what was there, so the message can be found in the source topic by offset."""
+    if value is None or len(value) + len(key or b"") <= max_bytes:
+        return key, value, headers
+    headers = [
+        *headers,
+        ("truncated", b"1"),
+        ("original_bytes", str(len(value)).encode()),
+        ("original_sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    if key is not None and len(key) > 1024:
+        key = key[:1024]
+    return key, value[: max(0, max_bytes - len(key or b""))], headers

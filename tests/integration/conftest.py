@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -25,7 +26,7 @@ from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import Series, load_series
 from anomaly.engine import Engine, EngineOutput
-from anomaly.kafka.changelog import decode_record
+from anomaly.kafka.changelog import latest_records
 from anomaly.kafka.codec import MessageFormat, window_json
 from anomaly.kafka.produce import messages
 from anomaly.kafka.tansu import TansuBroker, free_port
@@ -132,6 +133,7 @@ class KafkaEnv:
         self.workdir = workdir
         self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []  # one per started daemon, in start order
 
     def names(self, partitions: int = 4) -> Names:
         from kafka import KafkaAdminClient
@@ -174,15 +176,21 @@ class KafkaEnv:
         return ends
 
     def start(
-        self, names: Names, *extra: str, metrics_port: int | None = None, log_name: str = "daemon"
+        self,
+        names: Names,
+        *extra: str,
+        metrics_port: int | None = None,
+        log_name: str = "daemon",
+        model: Path | None = None,
     ) -> tuple[subprocess.Popen[bytes], int]:
         port = metrics_port or free_port()
-        log = open(self.workdir / f"{log_name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        self.logs.append(self.workdir / f"{log_name}-{len(self.procs)}.log")
+        log = open(self.logs[-1], "wb")  # noqa: SIM115
         cmd = [
             *ANOMALY,
             "consume",
             "-m",
-            str(self.model),
+            str(model or self.model),
             "-b",
             self.broker.bootstrap,
             *names.args(),
@@ -251,22 +259,16 @@ class KafkaEnv:
     def alert_ids(self, topic: str) -> set[tuple[str, str]]:
         return {(a["id"], a["status"]) for a in (json.loads(r.value) for r in self.read(topic))}
 
-    def changelog_state(self, topic: str, bundle: Bundle) -> Engine:
-        """A fresh engine restored from the latest checkpoint of every source partition."""
-        latest: dict[str, bytes] = {}
-        chunks: dict[str, bytes] = {}
-        for rec in self.read(topic):
-            key = rec.key.decode()
-            if "/" in key:
-                chunks[key] = rec.value
-            elif rec.value is not None:
-                latest[key] = rec.value
+    def changelog_state(self, topic: str, bundle: Bundle, group: str | None = None) -> Engine:
+        """A fresh engine restored from the latest checkpoint of every source partition, chosen as the daemon
+        chooses (highest owner epoch; of ``group`` when given)."""
+        heads, chunks, _ = latest_records(self.read(topic), lambda pid: True, group)
         engine = Engine(bundle, EngineConfig(threshold="static"))
-        for pid, value in latest.items():
-            head, payload = decode_record(value)
+        for pid, (head, payload) in heads.items():
             if head["chunks"]:
                 payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))
-            engine.restore(zlib.decompress(payload))
+            if payload:
+                engine.restore(zlib.decompress(payload))
         return engine
 
     def stop_all(self) -> None:
@@ -274,6 +276,29 @@ class KafkaEnv:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def segments(series: Sequence[Series], n: int) -> list[list[Series]]:
+    """The stream cut into n consecutive time segments (every key's rows split at the same time points)."""
+    ts = np.concatenate([s.timestamps for s in series])
+    cuts = np.quantile(ts, np.linspace(0, 1, n + 1)[1:-1])
+    out = []
+    for lo, hi in zip([-np.inf, *cuts], [*cuts, np.inf], strict=True):
+        part = []
+        for s in series:
+            m = (s.timestamps > lo) & (s.timestamps <= hi)
+            part.append(Series(s.key, s.timestamps[m], s.values[m], None, s.source))
+        out.append(part)
+    return out
+
+
+def metric(port: int, name: str, labels: str = "") -> float:
+    """A sample of the daemon's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(f"{name}{labels} "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def http_status(port: int, path: str) -> int:

@@ -320,7 +320,8 @@ class WebhookReceiver:
 
 def dashboard_exprs(path: Path = DASHBOARD_JSON, rate_interval: str = "1m") -> list[tuple[str, str]]:
     """(panel title, PromQL) for every target of every panel, with Grafana's ``$__rate_interval`` replaced by
-    ``rate_interval`` (Grafana substitutes it at query time; Prometheus does not know it)."""
+    ``rate_interval`` and the ``$instance`` variable by ``.*`` (its "All" value), as Grafana substitutes them at
+    query time; Prometheus knows neither."""
     doc = json.loads(path.read_text())
     out = []
 
@@ -328,7 +329,14 @@ def dashboard_exprs(path: Path = DASHBOARD_JSON, rate_interval: str = "1m") -> l
         for panel in panels:
             for target in panel.get("targets", []):
                 if target.get("expr"):
-                    out.append((panel["title"], target["expr"].replace("$__rate_interval", rate_interval)))
+                    out.append(
+                        (
+                            panel["title"],
+                            target["expr"]
+                            .replace("$__rate_interval", rate_interval)
+                            .replace("$instance", ".*"),
+                        )
+                    )
             walk(panel.get("panels", []))
 
     walk(doc["panels"])

@@ -77,11 +77,22 @@ def _consume(*args: str, env: dict[str, str] | None = None):
 def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, tiny_model):
     model = str(tiny_model[0])
     bootstrap = kafka_env.broker.bootstrap
-    missing = _consume("-m", model, "-b", bootstrap, "--topics", "no-such-topic")
+    missing = _consume(
+        "-m",
+        model,
+        "-b",
+        bootstrap,
+        "--topics",
+        "no-such-topic",
+        "--alerts-topic",
+        "no-such-alerts",
+        "--dead-letter-topic",
+        "no-such-dead",
+    )
     assert (missing.exit_code, missing.stderr) == (
         2,
-        f"error: topic(s) not found on {bootstrap}: no-such-topic; "
-        "create them first (the daemon creates only its changelog topic)\n",
+        f"error: topic(s) not found on {bootstrap}: no-such-alerts, no-such-dead, no-such-topic; "
+        "create them first or set kafka.auto_create_topics = true\n",
     )
     unreachable = _consume("-m", model, "-b", "127.0.0.1:1", "--bootstrap-timeout", "1")
     assert (unreachable.exit_code, unreachable.stderr) == (

@@ -7,27 +7,12 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
-from conftest import assert_matches_replay, http_status, same_state, terminate, wait_for
+from conftest import assert_matches_replay, http_status, same_state, segments, terminate, wait_for
 
 from anomaly.data import Series
 
 pytestmark = pytest.mark.integration
-
-
-def segments(series: list[Series], n: int) -> list[list[Series]]:
-    """The stream cut into n consecutive time segments (every key's rows split at the same time points)."""
-    ts = np.concatenate([s.timestamps for s in series])
-    cuts = np.quantile(ts, np.linspace(0, 1, n + 1)[1:-1])
-    out = []
-    for lo, hi in zip([-np.inf, *cuts], [*cuts, np.inf], strict=True):
-        part = []
-        for s in series:
-            m = (s.timestamps > lo) & (s.timestamps <= hi)
-            part.append(Series(s.key, s.timestamps[m], s.values[m], None, s.source))
-        out.append(part)
-    return out
 
 
 def test_kill_9_at_random_points_changes_nothing(kafka_env, stream, tiny_model):

@@ -16,7 +16,7 @@ from anomaly.bundle import save_bundle
 from anomaly.cli import main
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event
-from anomaly.kafka.changelog import ChangelogStore
+from anomaly.kafka.changelog import ChangelogStore, Owner
 from anomaly.kafka.codec import Decoder, MessageFormat
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,12 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     engine.process([Event(f"k{i}", np.arange(20.0), rng.normal(size=(20, 3))) for i in range(5)])
     producer = KafkaProducer(bootstrap_servers=kafka_env.broker.bootstrap, acks="all")
     reader = KafkaConsumer(bootstrap_servers=kafka_env.broker.bootstrap, enable_auto_commit=False)
-    store = ChangelogStore(producer, reader, topic, chunk_bytes=1000)
+    owner = Owner("g", "m")
+
+    def send(t: str, k: bytes, v: bytes | None) -> None:
+        producer.send(t, key=k, value=v)
+
+    store = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=1000)
     small, big = engine.snapshot(["k0"]), engine.snapshot()
     store.write("in:0", 99, big, 5)
     store.write("in:1", 7, small, 1)
@@ -45,7 +50,9 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     assert len(first_chunks) >= 2 and "in:1" not in store._live_chunks  # big is chunked, small is inline
     store.write("in:0", 150, big, 5)  # a new generation: the old chunks get tombstoned
     producer.flush()
-    got = ChangelogStore(producer, reader, topic, chunk_bytes=1000).read(["in:0", "in:1", "in:2"])
+    got = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=1000).read(
+        ["in:0", "in:1", "in:2"]
+    )
     assert {pid: (cp.offset, cp.snapshot, cp.keys) for pid, cp in got.items()} == {
         "in:0": (150, big, 5),
         "in:1": (7, small, 1),

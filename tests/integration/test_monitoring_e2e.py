@@ -103,7 +103,9 @@ def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
     assert note.payload["receiver"] == "anomaly-webhook"
     assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "key": key}
     assert alert["labels"]["key"] == key
-    assert alert["annotations"]["runbook_url"] == "deploy/README.md#anomalydetected"
+    assert alert["annotations"]["runbook_url"] == (
+        "https://github.com/example/anomaly/blob/main/deploy/README.md#anomalydetected"
+    )
 
 
 def assert_anomaly_resolved(stack: Stack, key: str, timeout: float) -> None:

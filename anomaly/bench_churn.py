@@ -1,0 +1,189 @@
+"""Key-churn benchmark of the daemon: memory and checkpoint time must stay flat while new keys keep arriving
+and ``engine.max_keys`` evicts old ones (every evicted key must leave every structure, not only the engine's).
+
+One ``anomaly consume`` process (max_keys = ``max_keys``) reads rounds of ``round_keys`` messages, each of a key
+never seen before, from a Tansu broker it starts (or yours). After each round it is idle and committed; then its
+RSS (``/proc/<pid>/status``) and the mean checkpoint time of the round (from its own
+``anomaly_checkpoint_duration_seconds`` histogram) are taken. A warm-up round is not counted (allocator and
+client buffers settle). Flatness = largest / smallest value over the measured rounds; target <= 1.10.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from anomaly.kafka.tansu import TansuBroker, free_port
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        out = {}
+        for line in resp.read().decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _send_round(bootstrap: str, topic: str, r: int, n: int, features: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262_144, acks=1)
+    values = [round(0.1 * i, 3) for i in range(features)]
+    t0 = 1.7e9 + r * n
+    for i in range(n):
+        key = f"r{r}-k{i}"
+        body = {"key": key, "ts": t0 + i, "values": values}
+        producer.send(topic, key=key.encode(), value=json.dumps(body, separators=(",", ":")).encode())
+    producer.flush()
+    producer.close()
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def run_churn_bench(
+    bootstrap: str | None = None,
+    model: str | None = None,
+    *,
+    round_keys: int = 300_000,
+    rounds: int = 5,
+    max_keys: int = 1000,
+    features: int = 3,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Warm-up + ``rounds`` rounds of ``round_keys`` new keys; per-round RSS and mean checkpoint time."""
+    from anomaly.bench_kafka import _bundle
+
+    broker = None if bootstrap else TansuBroker().start()
+    bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    proc = None
+    try:
+        model, bundle = _bundle(model, features)
+        tag = uuid.uuid4().hex[:6]
+        topic, out = f"churn-{tag}", f"churn-out-{tag}"
+        group = f"churn-{tag}"
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics([NewTopic(topic, 4, 1), NewTopic(out, 1, 1)])
+        admin.close()
+        port = free_port()
+        env = {**os.environ, "ANOMALY_ENGINE_MAX_KEYS": str(max_keys), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("anomaly")),
+                "consume",
+                "-m",
+                model,
+                "-b",
+                bootstrap,
+                "--topics",
+                topic,
+                "--group-id",
+                group,
+                "--alerts-topic",
+                out,
+                "--dead-letter-topic",
+                out,
+                "--metrics-port",
+                str(port),
+                "--max-poll-interval-ms",
+                "3000",
+                "--session-timeout-ms",
+                "3000",
+                "--checkpoint-interval",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        rows = []
+        before = _metrics(port)
+        for r in range(rounds + 1):
+            t0 = time.monotonic()
+            _send_round(bootstrap, topic, r, round_keys, len(bundle.features))
+            want = (r + 1) * round_keys
+            while _committed(bootstrap, group, topic) < want:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the daemon exited with status {proc.returncode}")
+                time.sleep(0.5)
+            time.sleep(2.5)  # idle: a last checkpoint or two of the settled state
+            now = _metrics(port)
+            n = (
+                now["anomaly_checkpoint_duration_seconds_count"]
+                - before["anomaly_checkpoint_duration_seconds_count"]
+            )
+            s = (
+                now["anomaly_checkpoint_duration_seconds_sum"]
+                - before["anomaly_checkpoint_duration_seconds_sum"]
+            )
+            row = {
+                "round": r,
+                "rss_mb": round(_rss_mb(proc.pid), 1),
+                "checkpoint_ms": round(1000 * s / max(n, 1), 1),
+                "checkpoints": int(n),
+                "keys_held": int(now.get("anomaly_keys_held", 0)),
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+            before = now
+            rows.append(row)
+            label = "warm-up" if r == 0 else f"round {r}"
+            log(
+                f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB, mean checkpoint "
+                f"{row['checkpoint_ms']} ms over {row['checkpoints']}, keys held {row['keys_held']:,} "
+                f"({row['seconds']} s)"
+            )
+        measured = rows[1:]
+        rss = [x["rss_mb"] for x in measured]
+        ckpt = [x["checkpoint_ms"] for x in measured]
+        res = {
+            "round_keys": round_keys,
+            "rounds": rounds,
+            "max_keys": max_keys,
+            "rows": rows,
+            "rss_flatness": round(max(rss) / min(rss), 3),
+            "checkpoint_flatness": round(max(ckpt) / max(min(ckpt), 1e-9), 3),
+            "rss_last_over_first": round(rss[-1] / rss[0], 3),
+            "checkpoint_last_over_first": round(ckpt[-1] / max(ckpt[0], 1e-9), 3),
+        }
+        log(
+            f"churn flatness over {rounds} rounds (max/min, target <= 1.10): RSS {res['rss_flatness']:.3f}, "
+            f"checkpoint time {res['checkpoint_flatness']:.3f}; last/first: RSS {res['rss_last_over_first']:.3f}, "
+            f"checkpoint {res['checkpoint_last_over_first']:.3f}"
+        )
+        return res
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,134 @@
+"""Daemon bookkeeping without a broker: changelog record selection (group, epoch), the partition tracker under
+key churn, dead letters that always fit, and the [kafka] settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any, NamedTuple
+
+import pytest
+from kafka import TopicPartition
+
+from anomaly.config import EngineConfig, build_config, changelog_topic
+from anomaly.engine import Engine
+from anomaly.engine.types import Rejection
+from anomaly.errors import ConfigError
+from anomaly.kafka.changelog import Owner, encode_header, latest_records
+from anomaly.kafka.checkpoint import EvictionSink, PartitionTracker
+from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
+from anomaly.kafka.sinks import fit_dead_letter
+from anomaly.kafka.source import KafkaSource
+from anomaly.runner import run
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def header_record(pid: str, offset: int | None, group: str, epoch: int, payload: bytes = b"x") -> Record:
+    head = encode_header(pid, offset, payload, 1, owner=Owner(group, "m"), epoch=epoch)
+    return Record("cl", 0, 0, pid.encode(), head + b"\n" + payload)
+
+
+def test_restore_takes_the_highest_epoch_of_its_own_group_whatever_the_log_order():
+    log = [
+        header_record("in:0", 10, "g1", 1),
+        header_record("in:0", 20, "g1", 2),  # the new owner's claim/checkpoint
+        header_record("in:0", 99, "g1", 1, b"zombie"),  # a fenced zombie writes late: older epoch
+        header_record("in:0", 500, "g2", 7),  # another group sharing the topic
+        header_record("in:1", 5, "g2", 1),
+        header_record("in:0", 30, "g1", 2),  # the owner's next checkpoint, same epoch: the last one wins
+    ]
+    heads, _, foreign = latest_records(log, lambda pid: True, "g1")
+    assert {pid: (h["offset"], h["epoch"]) for pid, (h, _) in heads.items()} == {"in:0": (30, 2)}
+    assert foreign == {"in:0": "g2", "in:1": "g2"}
+
+
+def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
+    engine = Engine(bundle, EngineConfig(max_keys=50))
+    tracker = PartitionTracker()
+    fmt = MessageFormat(tuple(bundle.features))
+    source = KafkaSource(None, Decoder(fmt), tracker, threading.Event())  # type: ignore[arg-type]
+    tps = [TopicPartition("in", p) for p in range(3)]
+    tracker.owned.update(tps)
+    n_feat = len(bundle.features)
+
+    def batches() -> Any:
+        for r in range(4):  # 4 rounds of 300 new keys each
+            records: dict[Any, list[Record]] = {tp: [] for tp in tps}
+            for i in range(300):
+                tp = tps[i % 3]
+                body = {"key": f"r{r}-k{i}", "ts": float(r * 1000 + i), "values": [0.1] * n_feat}
+                off = r * 100 + len(records[tp])
+                records[tp].append(Record("in", tp.partition, off, None, json.dumps(body).encode()))
+            yield source.to_batch(records)
+
+    totals = run(engine, batches(), [EvictionSink(tracker)])
+    assert totals["messages"] == 1200
+    assert len(engine) == 50
+    assert set(tracker.key_partition) == set(engine.keys())
+    assert sorted(k for keys in tracker.partition_keys.values() for k in keys) == sorted(engine.keys())
+
+
+def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
+    big = b"x" * 5000
+    rec = Record("in", 1, 7, b"pump-1", big)
+    key, value, headers = dead_letter(Rejection("pump-1", "malformed", 1, True, rec, "oversized: too big"))
+    k2, v2, h2 = fit_dead_letter(key, value, headers, 1024)
+    extra = dict(h2[len(headers) :])
+    assert (k2, len(v2 or b""), v2) == (b"pump-1", 1024 - 6, big[: 1024 - 6])
+    assert extra == {
+        "truncated": b"1",
+        "original_bytes": b"5000",
+        "original_sha256": hashlib.sha256(big).hexdigest().encode(),
+    }
+    assert fit_dead_letter(key, b"small", headers, 1024) == (key, b"small", headers)
+
+
+def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topic():
+    cfg = build_config({"kafka": {"group_id": "plant a", "topics": ["s1", "s2"]}})
+    assert [changelog_topic(cfg.kafka, t) for t in cfg.kafka.topics] == [
+        "changelog__plant_a--s1",
+        "changelog__plant_a--s2",
+    ]
+    fixed = build_config({"kafka": {"changelog_topic": "shared"}})
+    assert changelog_topic(fixed.kafka, "sensors") == "shared"
+    for settings, message in [
+        ({"auto_offset_reset": "middle"}, "kafka.auto_offset_reset must be one of: earliest, latest"),
+        (
+            {"changelog_topic": "cl-{host}"},
+            "kafka.changelog_topic may only use the placeholders {group}, {topic}",
+        ),
+        ({"topic_partitions": 0}, "kafka.topic_partitions must be at least 1"),
+        ({"replication_factor": 0}, "kafka.replication_factor must be at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+            build_config({"kafka": settings})
+    assert build_config({"kafka": {"auto_offset_reset": "latest"}}).kafka.auto_offset_reset == "latest"
+
+
+def test_a_taken_metrics_port_is_one_error_line(tmp_path):
+    import socket
+
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["consume", "-m", str(tmp_path / "model.pt"), "--metrics-port", str(port)]
+        )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+        "(another daemon on this host? set --metrics-port or metrics.port)\n"
+    )
