@@ -52,7 +52,9 @@ def test_window_scored_bundles_group_invariantly(window_bundle, test_series) -> 
 def spike_decisions(bundle, spike: int) -> tuple[int, list, np.ndarray]:
     """Feed a flat series with one spiked reading one reading per call; return the index of the call that
     opened an alert, the alerts, and the decided_at of every reported reading."""
-    cfg = EngineConfig(static_threshold=50.0, smoothing=1.0, alert_open_after=1, alert_close_after=5)
+    cfg = EngineConfig(
+        threshold="static", static_threshold=50.0, smoothing=1.0, alert_open_after=1, alert_close_after=5
+    )
     s = spiky(bundle, n=6 * bundle.window, spans=((spike, spike + 1),))
     e = Engine(bundle, cfg)
     opened_in, alerts, decided = -1, [], []
