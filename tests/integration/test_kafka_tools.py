@@ -31,7 +31,7 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap).create_topics(
         [NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})]
     )
-    engine = Engine(bundle, EngineConfig())
+    engine = Engine(bundle, EngineConfig(threshold="static"))
     rng = np.random.default_rng(1)
     engine.process([Event(f"k{i}", np.arange(20.0), rng.normal(size=(20, 3))) for i in range(5)])
     producer = KafkaProducer(bootstrap_servers=kafka_env.broker.bootstrap, acks="all")
