@@ -108,6 +108,8 @@ class Bundle:
             "kind": self.kind,
             "features": self.features,
             "architecture": self.arch.to_json(),
+            # how the engine scores this model: each reading on arrival (forecast head) or by whole windows
+            "scoring": "per_reading" if self.arch.forecast else "window",
             "scaler": self.scaler.to_json(),
             "calibration": self.calibration,
         }
@@ -172,8 +174,12 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         raise BundleError(
             f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})", path=str(p)
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or "format" not in payload:
         raise BundleError(f"{p} is not an anomaly model bundle (expected format {FORMAT})", path=str(p))
+    if payload["format"] != FORMAT:
+        raise BundleError(
+            f"{p} is bundle format {payload['format']!r}; this version reads {FORMAT}", path=str(p)
+        )
     try:
         meta = json.loads(payload["meta"])
         weights = payload["weights"]
@@ -217,5 +223,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             path=str(path),
         ) from None
     model.to(device).eval()
-    rest = {k: v for k, v in meta.items() if k not in ("architecture", "scaler", "features", "calibration")}
+    derived = ("architecture", "scaler", "features", "calibration", "scoring")
+    rest = {k: v for k, v in meta.items() if k not in derived}
     return Bundle(model, features, scaler, calibration, rest)

@@ -113,6 +113,7 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+    forecast: bool = True  # one-step forecast head; the engine then scores each reading on arrival
 
     def __post_init__(self) -> None:
         _need(self.window >= 2, "model.window", "must be at least 2")
@@ -139,6 +140,9 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
+    forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
+    input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
@@ -155,6 +159,13 @@ class TrainConfig:
             "must be in (0, 1)",
         )
         _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
+        _need(
+            _finite(self.forecast_weight) and self.forecast_weight >= 0,
+            "train.forecast_weight",
+            "must be >= 0",
+        )
+        _need(_finite(self.input_noise) and self.input_noise >= 0, "train.input_noise", "must be >= 0")
         _need(
             _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
             "train.threshold_quantile",

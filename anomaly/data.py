@@ -162,7 +162,7 @@ def _is_text(col: pd.Series) -> bool:
 
 
 def _mostly_numeric(col: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+    if pd.api.types.is_numeric_dtype(col):  # booleans too: a True/False sensor is a 0/1 feature
         return bool(col.notna().any())
     if not _is_text(col):
         return False

@@ -14,11 +14,12 @@ Segments ("events") are maximal runs of consecutive 1s in a 0/1 array, by positi
 No look-ahead. A streaming pipeline decides about a reading only when some later reading arrives (a window is
 scored at its last reading), so every point carries the index of the reading whose arrival decided it
 (:func:`decision_index`, from the engine's ``decided_at``). Point-wise metrics are computed on what the pipeline
-had said *by* each reading (:func:`causal`): reading k counts as flagged when the latest decision made at or
-before k flagged any of its points, held until the next decision. An event counts as detected at the earliest
-decision that flags one of its readings, and its delay runs from the event's first reading to that decision.
-Without decision indices every reading is taken as decided on its own arrival (the metrics of a detector that
-scores each reading as it comes). The flags as marked (look-ahead) are kept under ``f1_marked`` for comparison.
+had said *by* each reading (:func:`causal`): reading k counts as flagged when the latest reading decided at or
+before k was flagged (for alerts: the alert state the pipeline had announced), held until the next decision.
+An event counts as detected at the earliest decision that flags one of its readings, and its delay runs from
+the event's first reading to that decision. Without decision indices every reading is taken as decided on its
+own arrival (the metrics of a detector that scores each reading as it comes). The flags as marked (look-ahead)
+are kept under ``f1_marked`` for comparison.
 """
 
 from __future__ import annotations
@@ -265,24 +266,23 @@ def decision_index(timestamps: Any, decided_at: Any) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def causal(values: Any, decided: Any, fill: Any, reduce: np.ufunc = np.logical_or) -> np.ndarray:
-    """What the pipeline had said by each reading: at reading k, `reduce` over the values of all points decided
-    by the latest decision at or before k (held until the next decision); `fill` before the first decision.
-    With ``decided[i] == i`` this returns `values` unchanged."""
+def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
+    """What the pipeline had said by each reading: at reading k, the value of the latest reading decided at or
+    before k (the most recent point the pipeline had a verdict on: for alerts, the alert state it had
+    announced), held until the next decision; `fill` before the first decision. With ``decided[i] == i`` this
+    returns `values` unchanged."""
     v = np.asarray(values)
     dec = np.asarray(decided, dtype=np.int64)
     n = len(v)
     out = np.full(n, fill, dtype=np.result_type(v.dtype, np.asarray(fill).dtype))
-    known = dec < n
-    if not known.any():
+    known = np.flatnonzero(dec < n)
+    if not len(known):
         return out
-    order = np.argsort(dec[known], kind="stable")
-    d, vals = dec[known][order], v[known][order]
-    at, starts = np.unique(d, return_index=True)
-    reduced = reduce.reduceat(vals, starts)
-    last = np.searchsorted(at, np.arange(n), side="right") - 1
-    has = last >= 0
-    out[has] = reduced[last[has]]
+    newest = np.full(n, -1, np.int64)  # per decision index: the latest reading it decided
+    np.maximum.at(newest, dec[known], known)
+    latest = np.maximum.accumulate(newest)
+    has = latest >= 0
+    out[has] = v[latest[has]]
     return out
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.data import Scaler
 from anomaly.errors import AnomalyError, BundleError
-from anomaly.model import Architecture, LSTMAutoencoder, State
+from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
 
 INT8 = {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]}
 ONNX_OPSET = 17
@@ -161,8 +161,14 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        recon, (h2, c2) = self.model(x, (h, c))
-        return recon, h2, c2
+        out, (h2, c2) = self.model(x, (h, c), reconstruct=not self.model.arch.forecast)
+        return _prediction(out), h2, c2
+
+
+def _prediction(out: Any) -> torch.Tensor:
+    """What scores a reading: the forecast of a forecast model (any number of readings), else the window
+    reconstruction. The ONNX step's first output ("recon") carries it."""
+    return out.forecast if out.forecast is not None else out.reconstruction
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -198,6 +204,7 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
     a = model.arch
     x = torch.zeros(2, a.window, a.n_features)
     h, c = model.initial_state(2)
+    seq = {0: "batch", 1: "time"} if a.forecast else {0: "batch"}  # a forecast model takes any length
 
     buf: Any = io.BytesIO()  # torch.onnx.export accepts a file-like object
     state_batch = {1: "batch"}
@@ -210,10 +217,10 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
             input_names=["x", "h", "c"],
             output_names=["recon", "h_out", "c_out"],
             dynamic_axes={
-                "x": {0: "batch"},
+                "x": seq,
                 "h": state_batch,
                 "c": state_batch,
-                "recon": {0: "batch"},
+                "recon": seq,
                 "h_out": state_batch,
                 "c_out": state_batch,
             },
@@ -251,7 +258,8 @@ def validate_onnx(model: LSTMAutoencoder, session: Any, windows: int = 8, batch:
     with torch.inference_mode():
         for k in range(windows):
             xk = x[:, k * a.window : (k + 1) * a.window]
-            recon, (ht, ct) = model(xk, (ht, ct))
+            out, (ht, ct) = model(xk, (ht, ct), reconstruct=not a.forecast)
+            recon = _prediction(out)
             r, hn, cn = session.run(None, {"x": xk.numpy(), "h": hn, "c": cn})
             for got, want in ((r, recon), (hn, ht), (cn, ct)):
                 worst = max(worst, float(np.abs(got - want.numpy()).max()))
@@ -280,7 +288,9 @@ class OnnxStep:
         shape = (self.arch.num_layers, batch, self.arch.hidden_size)
         return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
 
-    def __call__(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def __call__(
+        self, x: torch.Tensor, state: State | None = None, reconstruct: bool | None = None
+    ) -> tuple[ModelOutput, State]:
         if state is None:
             state = self.initial_state(x.shape[0])
         h, c = state
@@ -292,7 +302,9 @@ class OnnxStep:
                 "c": np.ascontiguousarray(c.numpy(), np.float32),
             },
         )
-        return torch.from_numpy(r), (torch.from_numpy(h2), torch.from_numpy(c2))
+        pred = torch.from_numpy(r)
+        out = ModelOutput(None, pred) if self.arch.forecast else ModelOutput(pred, None)
+        return out, (torch.from_numpy(h2), torch.from_numpy(c2))
 
 
 def load_onnx_bundle(path: str | Path) -> Bundle:

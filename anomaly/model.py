@@ -1,16 +1,25 @@
-"""LSTMAutoencoder: a stateful encoder whose (h, c) carries from one window of a series to the next.
+"""LSTMAutoencoder: a stateful encoder whose (h, c) carries from one reading of a series to the next, with a
+window reconstruction head and a one-step forecast head.
 
-Shapes: x is (B, T, F) with T a multiple of `window`; state is a pair (h, c), each (num_layers, B, hidden).
-The encoder runs over all T steps in one LSTM call starting from `state`; at the end of every window its
-top-layer hidden vector is the latent code of that window. The decoder gets the latent repeated `window`
-times, reconstructs the window in reverse order, and a linear head maps back to F features. Because window k's
-code depends only on the encoder state at its end, scoring a series window by window with the carried state
-equals scoring the concatenated windows in one call.
+Shapes: x is (B, T, F); state is a pair (h, c), each (num_layers, B, hidden). The encoder runs over all T steps
+in one LSTM call starting from `state`.
+
+- Forecast head (``Architecture.forecast``): a linear map of the encoder's top-layer output after reading t-1
+  predicts reading t, so ``outputs.forecast[:, t]`` is known before x[:, t] arrives (for t = 0 it comes from the
+  carried state). Its error scores a reading the moment it arrives, with any T (no window needed).
+- Reconstruction head: at the end of every window (T a multiple of `window`) the top-layer output is the
+  window's code; an LSTM decoder fed the code repeated `window` times reconstructs the window in reverse order
+  and a linear head maps back to F features. Used as a training objective (it makes the state summarise the
+  window) and, for bundles without a forecast head, as the score.
+
+Because both heads only read the encoder's outputs, scoring a series piece by piece with the carried state
+equals scoring it in one call.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,9 +34,18 @@ class Architecture:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+    forecast: bool = False  # one-step forecast head; False in bundles made before it existed
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+class ModelOutput(NamedTuple):
+    """`reconstruction` (B, T, F) when T is a multiple of the window, else None; `forecast` (B, T, F):
+    row t is the prediction of x[:, t] made from readings before t (None without a forecast head)."""
+
+    reconstruction: torch.Tensor | None
+    forecast: torch.Tensor | None
 
 
 class LSTMAutoencoder(nn.Module):
@@ -43,6 +61,7 @@ class LSTMAutoencoder(nn.Module):
         )
         self.latent_dropout = nn.Dropout(arch.dropout)
         self.head = nn.Linear(arch.hidden_size, arch.n_features)
+        self.forecaster = nn.Linear(arch.hidden_size, arch.n_features) if arch.forecast else None
 
     @property
     def window(self) -> int:
@@ -54,13 +73,15 @@ class LSTMAutoencoder(nn.Module):
         return z, z.clone()
 
     def encode(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Run the encoder over x (B, T, F); return latent codes (B, T // window, hidden) and the new state."""
-        b, t, _ = x.shape
+        """Run the encoder over x (B, T, F); return its top-layer outputs (B, T, hidden) and the new state."""
+        return self.encoder(x, state)
+
+    def codes(self, out: torch.Tensor) -> torch.Tensor:
+        """Latent codes (B, T // window, hidden): the encoder output at the end of every window."""
+        t = out.shape[1]
         if t % self.window:
             raise ValueError(f"sequence length {t} is not a multiple of window {self.window}")
-        out, new_state = self.encoder(x, state)
-        codes = out[:, self.window - 1 :: self.window, :]
-        return codes, new_state
+        return out[:, self.window - 1 :: self.window, :]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstruct each window from its code: codes (B, n, hidden) -> (B, n * window, F)."""
@@ -70,9 +91,44 @@ class LSTMAutoencoder(nn.Module):
         rec = self.head(dec).flip(1)  # decoded in reverse order
         return rec.reshape(b, n * self.window, self.arch.n_features)
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        codes, new_state = self.encode(x, state)
-        return self.decode(codes), new_state
+    def predict(self, out: torch.Tensor, state: State | None) -> torch.Tensor:
+        """One-step forecasts (B, T, F): row t from the top-layer output after reading t-1; row 0 from the
+        carried state (zeros when there is none)."""
+        assert self.forecaster is not None
+        b = out.shape[0]
+        first = (
+            state[0][-1].unsqueeze(1) if state is not None else out.new_zeros((b, 1, self.arch.hidden_size))
+        )
+        before = torch.cat([first.to(out.dtype), out[:, :-1]], dim=1)
+        return self.forecaster(before)
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, reconstruct: bool | None = None
+    ) -> tuple[ModelOutput, State]:
+        """`reconstruct`: None reconstructs when T is a multiple of the window (else an error without a
+        forecast head, which has nothing else to give); False skips the decoder."""
+        out, new_state = self.encode(x, state)
+        whole = x.shape[1] % self.window == 0
+        if reconstruct is None:
+            reconstruct = whole or self.forecaster is None
+        recon = self.decode(self.codes(out)) if reconstruct else None
+        forecast = self.predict(out, state) if self.forecaster is not None else None
+        return ModelOutput(recon, forecast), new_state
+
+
+def as_output(outputs: ModelOutput | torch.Tensor) -> ModelOutput:
+    """Models that return a bare reconstruction (the engine's no-model baselines, exported steps) as a
+    ModelOutput."""
+    return outputs if isinstance(outputs, ModelOutput) else ModelOutput(outputs, None)
+
+
+def reading_errors(out: ModelOutput, x: torch.Tensor) -> torch.Tensor:
+    """The squared error per reading and feature (B, T, F) that scores a reading: the one-step forecast error
+    when the model has a forecast head (known when the reading arrives), else the reconstruction error."""
+    pred = out.forecast if out.forecast is not None else out.reconstruction
+    if pred is None:
+        raise ValueError("the model output has neither a forecast nor a reconstruction")
+    return (pred.float() - x.float()).pow(2)
 
 
 def point_errors(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ class ScorerPoints:
     """What one scorer said about one series: poolable counts plus the causal score and the labels."""
 
     counts: evaluation.Counts
-    scores: np.ndarray  # float64 (n,): max score of the latest decision at each reading; NaN before any
+    scores: np.ndarray  # float64 (n,): score of the latest decided reading at each reading; NaN before any
     labels: np.ndarray  # bool (n,)
 
     @classmethod
@@ -47,7 +47,7 @@ class ScorerPoints:
         labels = frame["label"].to_numpy().astype(bool)
         counts = evaluation.count(labels, frame["predicted"].to_numpy(), ts, decided_at)
         dec = evaluation.decision_index(ts, decided_at)
-        scores = evaluation.causal(frame["score"].to_numpy(np.float64), dec, np.nan, np.fmax)
+        scores = evaluation.causal(frame["score"].to_numpy(np.float64), dec, np.nan)
         return cls(counts, scores, labels)
 
 

@@ -243,9 +243,12 @@ def coverage_warnings(
             f"these files are sampled every {step:g} s but the model was trained on data sampled every "
             f"{trained:g} s; check the time unit (--time-unit) or the data"
         )
+    resets = engine.counters["gap_resets"]
+    if engine.per_reading and resets >= total // 2:
+        # a forecast model scores every reading, but after a reset from a cold state: as good as nothing
+        unscored = total
     if unscored <= total // 2:
         return out
-    resets = engine.counters["gap_resets"]
     if all(len(s) < w for s in series):
         why = f"every series is shorter than the model window ({w} readings)"
     elif coverage["rejected"] >= total // 2:
@@ -258,7 +261,7 @@ def coverage_warnings(
         )
     else:
         why = "windows were cut short by gaps, rejections and series ends"
-    if coverage["scored"] == 0:
+    if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
     return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
 

@@ -36,7 +36,7 @@ from anomaly.data import (
     window_chain,
 )
 from anomaly.errors import DataError
-from anomaly.model import Architecture, LSTMAutoencoder
+from anomaly.model import Architecture, LSTMAutoencoder, as_output, reading_errors
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -89,6 +89,18 @@ def segments(parts: Sequence[np.ndarray], window: int, stride: int, seg_windows:
     return out
 
 
+def fit_batch_size(segs: Sequence[np.ndarray], batch_size: int, min_batches: int) -> int:
+    """The batch size, lowered on short training sets so an epoch makes at least `min_batches` optimizer steps
+    (segments are batched by length, so count the batches per length group)."""
+    sizes: dict[int, int] = {}
+    for s in segs:
+        sizes[len(s)] = sizes.get(len(s), 0) + 1
+    bs = batch_size
+    while bs > 1 and sum(math.ceil(n / bs) for n in sizes.values()) < min_batches:
+        bs -= 1
+    return bs
+
+
 def batches(segs: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     """Group segments of equal length into batches (B, S, window, F); shuffled when rng is given."""
     by_len: dict[int, list[np.ndarray]] = {}
@@ -104,16 +116,30 @@ def batches(segs: Sequence[np.ndarray], batch_size: int, rng: np.random.Generato
     return out
 
 
-def _run_batch(model: LSTMAutoencoder, batch: torch.Tensor, autocast: Callable[[], Any]) -> torch.Tensor:
-    """Mean squared reconstruction error over a batch of segments, carrying detached state window to window."""
+def _run_batch(
+    model: LSTMAutoencoder,
+    batch: torch.Tensor,
+    autocast: Callable[[], Any],
+    forecast_weight: float = 1.0,
+    noise: float = 0.0,
+) -> torch.Tensor:
+    """Loss over a batch of segments, carrying detached state window to window: mean squared reconstruction
+    error plus `forecast_weight` x mean squared one-step forecast error (the segment's first reading, which
+    has no past, is left out). With `noise` > 0 the model reads x + N(0, noise^2) and is scored against the
+    clean x (denoising)."""
     state = None
     total = batch.new_zeros(())
     n_windows = batch.shape[1]
     for k in range(n_windows):
         x = batch[:, k]
+        seen = x + noise * torch.randn_like(x) if noise > 0 else x
         with autocast():
-            recon, state = model(x, state)
-        total = total + (recon.float() - x).pow(2).mean()
+            out, state = model(seen, state, reconstruct=True)
+        assert out.reconstruction is not None
+        total = total + (out.reconstruction.float() - x).pow(2).mean()
+        if out.forecast is not None and forecast_weight > 0:
+            err = (out.forecast.float() - x).pow(2)
+            total = total + forecast_weight * (err[:, 1:].mean() if k == 0 else err.mean())
         state = (state[0].detach(), state[1].detach())
     return total / n_windows
 
@@ -159,7 +185,7 @@ def train(
     scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
     train_parts, val_parts = split_series(scaled, cfg.val_fraction, window)
     train_segs = segments(train_parts, window, stride, cfg.segment_windows)
-    val_segs = segments(val_parts, window, window, cfg.segment_windows)
+    val_segs = segments(val_parts, window, stride, cfg.segment_windows)
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
@@ -168,7 +194,14 @@ def train(
             "or model.window, or add data"
         )
 
-    arch = Architecture(len(features), window, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout)
+    arch = Architecture(
+        len(features),
+        window,
+        model_cfg.hidden_size,
+        model_cfg.num_layers,
+        model_cfg.dropout,
+        model_cfg.forecast,
+    )
     model = LSTMAutoencoder(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
@@ -187,7 +220,8 @@ def train(
             return t.pin_memory().to(device, non_blocking=True)
         return t
 
-    val_batches = [to_device(b) for b in batches(val_segs, cfg.batch_size, None)]
+    batch_size = fit_batch_size(train_segs, cfg.batch_size, cfg.min_batches)
+    val_batches = [to_device(b) for b in batches(val_segs, batch_size, None)]
     n_train_windows = sum(len(s) for s in train_segs)
     history: list[dict[str, float]] = []
     best = (math.inf, copy.deepcopy(model.state_dict()), 0)
@@ -203,10 +237,10 @@ def train(
         model.train()
         t0 = time.perf_counter()
         losses = []
-        for arr in batches(train_segs, cfg.batch_size, rng):
+        for arr in batches(train_segs, batch_size, rng):
             batch = to_device(arr)
             opt.zero_grad(set_to_none=True)
-            loss = _run_batch(model, batch, autocast)
+            loss = _run_batch(model, batch, autocast, cfg.forecast_weight, cfg.input_noise)
             scaler_amp.scale(loss).backward()
             scaler_amp.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -218,7 +252,9 @@ def train(
         train_seconds += time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
-            val_loss = float(np.mean([float(_run_batch(model, b, autocast)) for b in val_batches]))
+            val_loss = float(
+                np.mean([float(_run_batch(model, b, autocast, cfg.forecast_weight)) for b in val_batches])
+            )
         sched.step(val_loss)
         row = {
             "epoch": epoch,
@@ -304,13 +340,20 @@ def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
-    """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream."""
-    chain = window_chain(values, model.window)
-    if len(chain) == 0:
-        return np.zeros((0, values.shape[1]), np.float32)
-    x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
-    recon, _ = model(x)
-    return (recon - x).pow(2)[0].numpy()
+    """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream, as
+    the engine scores it (:func:`anomaly.model.reading_errors`): every reading with a forecast head, only
+    whole windows without one."""
+    if getattr(model.arch, "forecast", False):
+        x = torch.from_numpy(np.ascontiguousarray(values, np.float32)).unsqueeze(0)
+        out, _ = model(x, reconstruct=False)
+    else:  # reconstruction only (also the no-model baselines, which return a bare reconstruction)
+        chain = window_chain(values, model.window)
+        if len(chain) == 0:
+            return np.zeros((0, values.shape[1]), np.float32)
+        x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
+        out, _ = model(x)
+    out = as_output(out)
+    return reading_errors(out, x)[0].numpy()
 
 
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:

@@ -50,6 +50,20 @@ def bundle(bundle_path: Path) -> Bundle:
 
 
 @pytest.fixture(scope="session")
+def window_bundle(train_csv: Path) -> Bundle:
+    """A reconstruction-only model (no forecast head): the engine scores it by whole windows, as bundles made
+    before the forecast head are scored."""
+    series, feats = load_series([train_csv], DataConfig())
+    result = train(
+        series,
+        feats,
+        ModelConfig(window=8, hidden_size=16, num_layers=1, forecast=False),
+        TrainConfig(epochs=2, batch_size=16, device="cpu", seed=0),
+    )
+    return result.bundle
+
+
+@pytest.fixture(scope="session")
 def test_series(test_csv: Path, bundle_path: Path) -> Series:
     features = load_bundle(bundle_path).features
     series, _ = load_series([test_csv], DataConfig(), features)

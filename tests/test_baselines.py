@@ -83,3 +83,15 @@ def test_baselines_score_each_reading_on_its_own(bundle, test_series):
     whole, _ = base.model(z)
     piece, _ = base.model(z[:, 3:8], reconstruct=False)
     torch.testing.assert_close(piece, whole[:, 3:8], rtol=1e-6, atol=1e-6)
+
+
+def test_baselines_follow_the_models_schedule(bundle, window_bundle, test_series):
+    """A forecast model is scored on arrival, so are its baselines; a window model's baselines wait for windows."""
+    s = test_series
+    for model, on_arrival in ((bundle, True), (window_bundle, False)):
+        base = baseline_bundle(model, "zscore")
+        windows = run(base, s)
+        decided = np.concatenate([w.decided_at for w in windows])
+        ts = np.concatenate([w.timestamps for w in windows])
+        assert np.array_equal(decided, ts) == on_arrival
+        assert np.all(decided >= ts)

@@ -53,3 +53,38 @@ def test_not_a_bundle(tmp_path) -> None:
         load_bundle(p)
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "missing.pt")
+
+
+def test_bundle_without_forecast_field_loads_as_window_scored(window_bundle, tmp_path) -> None:
+    """Bundles written before the forecast head have no `architecture.forecast`: they load as
+    reconstruction-only models and the engine scores them by window, as before."""
+    import json
+
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine
+
+    path = save_bundle(window_bundle, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    del meta["architecture"]["forecast"]
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, path)
+    old = load_bundle(path)
+    assert old.arch == window_bundle.arch and not old.arch.forecast and old.model.forecaster is None
+    assert Engine(old, EngineConfig()).unit == old.window
+
+
+def test_architecture_is_recorded(bundle, tmp_path) -> None:
+    meta = load_bundle(save_bundle(bundle, tmp_path / "b.pt")).metadata()
+    assert meta["architecture"] == bundle.arch.to_json()
+    assert meta["architecture"]["forecast"] is True and meta["scoring"] == "per_reading"
+
+
+def test_unknown_bundle_format_is_named(bundle, tmp_path) -> None:
+    path = save_bundle(bundle, tmp_path / "b.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = "anomaly-bundle/9"
+    torch.save(payload, path)
+    with pytest.raises(BundleError) as info:
+        load_bundle(path)
+    assert "anomaly-bundle/9" in str(info.value) and "anomaly-bundle/1" in str(info.value)

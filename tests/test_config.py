@@ -30,7 +30,7 @@ def test_env_beats_toml(tmp_path) -> None:
     [
         (
             {"model": {"windw": 3}},
-            "unknown setting model.windw; did you mean model.window? valid settings: dropout, hidden_size",
+            "unknown setting model.windw; did you mean model.window? valid settings: dropout, forecast, hidden_size",
         ),
         ({"modle": {}}, "unknown section [modle]; did you mean [model]?"),
         ({"model": {"window": "big"}}, "model.window must be an integer"),

@@ -39,6 +39,45 @@ def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_
     assert one_by_one[1] == in_blocks[1] == one_pass[1]
 
 
+def test_window_scored_bundles_group_invariantly(window_bundle, test_series) -> None:
+    """A reconstruction-only bundle is scored by whole windows; grouping still does not matter."""
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=32, dynamic_history=64)
+    n = 30 * window_bundle.window + 5
+    one_by_one = feed(Engine(window_bundle, cfg), test_series, chunks(n, [1]))
+    in_blocks = feed(Engine(window_bundle, cfg), test_series, chunks(n, [7, 3, 13, 1]))
+    assert len(one_by_one[0]) == 30 * window_bundle.window
+    assert np.array_equal(one_by_one[0], in_blocks[0]) and one_by_one[1] == in_blocks[1]
+
+
+def spike_decisions(bundle, spike: int) -> tuple[int, list, np.ndarray]:
+    """Feed a flat series with one spiked reading one reading per call; return the index of the call that
+    opened an alert, the alerts, and the decided_at of every reported reading."""
+    cfg = EngineConfig(static_threshold=50.0, smoothing=1.0, alert_open_after=1, alert_close_after=5)
+    s = spiky(bundle, n=6 * bundle.window, spans=((spike, spike + 1),))
+    e = Engine(bundle, cfg)
+    opened_in, alerts, decided = -1, [], []
+    for i in range(len(s)):
+        out = e.process([Event(s.key, s.timestamps[i : i + 1], s.values[i : i + 1])])
+        if any(a.status == "open" for a in out.alerts):
+            opened_in = i
+        alerts += out.alerts
+        decided += [w.decided_at for w in out.windows]
+    return opened_in, alerts, np.concatenate(decided)
+
+
+def test_a_spike_is_decided_at_its_own_reading(bundle, window_bundle) -> None:
+    w = bundle.window
+    spike = 3 * w + 2  # early in a window
+    opened_in, alerts, decided = spike_decisions(bundle, spike)
+    assert opened_in == spike  # the call that delivers the spike opens the alert
+    assert alerts[0].start == alerts[0].at == float(spike)  # (spiky series: timestamp = index)
+    assert np.array_equal(decided, np.arange(len(decided), dtype=np.float64))  # each reading on arrival
+    # a reconstruction-only bundle decides the same reading only when its window is full
+    opened_in, alerts, decided = spike_decisions(window_bundle, spike)
+    assert opened_in == 4 * w - 1 and alerts[0].start == float(spike) and alerts[0].at == 4 * w - 1
+    assert decided[spike] == 4 * w - 1
+
+
 def test_many_keys_in_one_batch_score_as_if_alone(bundle, test_series) -> None:
     n = 400
     alone = feed(Engine(bundle, EngineConfig()), test_series, chunks(n, [5]))[0]
@@ -199,8 +238,11 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
     out = e.process([Event(s.key, late, s.values[w + 3 : w + 3 + w])])
     assert e.counters["gap_resets"] == 1
     fresh = Engine(bundle, cfg).process([Event(s.key, late, s.values[w + 3 : w + 3 + w])])
-    # after the gap the 3 buffered readings are forgotten and the encoder starts cold: same as a new key
-    assert np.array_equal(out.windows[0].errors, fresh.windows[0].errors)
+    # the 3 readings before the gap were scored on arrival; the gap reports them as a short window, then the
+    # encoder starts cold: same as a new key
+    assert len(out.windows) == 2 and len(out.windows[0].errors) == 3
+    assert np.array_equal(out.windows[0].timestamps, s.timestamps[w : w + 3])
+    assert np.array_equal(out.windows[1].errors, fresh.windows[0].errors)
 
 
 # --- thresholds and alerts -------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_columnar_decode_of_a_poll_equals_decoding_record_by_record():
         "oversized",
     }
     clean = [r for r in records if r.offset % 37 not in (5, 9, 11, 13, 17, 23, 29, 31, 33)]
-    bulk = d._bulk(clean)  # all of it in columns at once, no record decoded one by one
+    bulk = d._bulk(clean, d._parse(clean))  # all of it in columns at once, none decoded one by one
     assert bulk is not None and bulk.events().__len__() == len(clean)
 
 

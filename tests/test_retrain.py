@@ -79,7 +79,13 @@ def test_too_little_normal_data_is_one_clear_error() -> None:
 
 def test_champion_sections_are_the_recorded_settings(bundle) -> None:
     sections = champion_sections(bundle.meta)
-    assert sections["model"] == {"window": 8, "hidden_size": 16, "num_layers": 2, "dropout": 0.1}
+    assert sections["model"] == {
+        "window": 8,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "dropout": 0.1,
+        "forecast": True,
+    }
     assert sections["train"]["epochs"] == 4 and sections["train"]["batch_size"] == 16
 
 

@@ -34,7 +34,15 @@ from anomaly.commands.common import one_line_errors
     "--kafka/--no-kafka",
     default=False,
     show_default=True,
-    help="Also run the daemon benchmark against a local Tansu broker (needs the test extra).",
+    help="Also run the daemon benchmark against a local Tansu broker (needs the test extra; the bench extra "
+    "adds the Bytewax peer row).",
+)
+@click.option(
+    "--kafka-rounds",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Alternating rounds of the Kafka throughput rows (ratios are taken within a round).",
 )
 @click.option(
     "--formats/--no-formats",
@@ -77,13 +85,15 @@ def bench_cmd(
     flat_readings: int,
     memory_keys: int,
     kafka: bool,
+    kafka_rounds: int,
     formats: bool,
     skab_dir: str | None,
     churn_keys: int,
     churn_rounds: int,
     json_out: str | None,
 ) -> None:
-    """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key."""
+    """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key; with
+    --kafka also the daemon against the kafka-python ceiling and, when installed (the `bench` extra), Bytewax."""
     from anomaly.bench import run_engine_bench
 
     counts = tuple(int(k) for k in keys.split(",") if k.strip())
@@ -99,7 +109,7 @@ def bench_cmd(
     if kafka:
         from anomaly.bench_kafka import run_kafka_bench
 
-        results["kafka"] = run_kafka_bench(log=click.echo)
+        results["kafka"] = run_kafka_bench(rounds=kafka_rounds, log=click.echo)
     if churn_keys:
         from anomaly.bench_churn import run_churn_bench
 

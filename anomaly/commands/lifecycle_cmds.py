@@ -236,7 +236,7 @@ def _print_comparison(cmp: Comparison) -> None:
     a, b = cmp.champion, cmp.challenger
     rows = [
         ("version", a.version, b.version),
-        ("readings scored", f"{a.readings:,}", f"{b.readings:,}"),
+        ("readings streamed", f"{a.readings:,}", f"{b.readings:,}"),
         ("alerts opened", f"{a.alerts_opened}", f"{b.alerts_opened}"),
         ("alerts per 1,000 readings", f"{a.alert_rate:.3f}", f"{b.alert_rate:.3f}"),
         ("readings in an alert", f"{a.alert_share:.2%}", f"{b.alert_share:.2%}"),

@@ -226,6 +226,13 @@ def print_training(result: TrainResult, out: str) -> None:
             f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
             f"dropped, {missing['cells_filled']} cells forward-filled"
         )
+        kept = result.bundle.meta["training"]["rows"]
+        if missing["rows_dropped"] > kept:
+            click.echo(
+                f"warning: most training rows had a missing value ({missing['rows_dropped']} dropped, {kept} "
+                'kept); check the file, or set engine.nan_policy = "ffill"',
+                err=True,
+            )
     sampling = result.bundle.meta.get("sampling", {})
     if sampling.get("interval_seconds") is not None:
         click.echo(

@@ -1,11 +1,22 @@
-"""Engine: turns events of many keys into scored windows and alerts, one batched model call per round.
+"""Engine: turns events of many keys into scored readings, scored windows and alerts, one batched model call
+per round.
 
-process(events) first ingests every event in order (validation, time order, gaps, window assembly); each full
-window joins its key's queue. Then it scores in rounds: round r takes the r-th queued window of every key that
-has one and runs them through the model in ONE call, writing each key's new (h, c) back. Rounds preserve
-per-key order, so feeding a series one reading per event, in blocks, or all at once gives identical results.
-Batches of one row are padded to two: CPU kernels take a different path for a single row, and padding keeps
-every key's numbers independent of what else shares its batch.
+process(events) first ingests every event in order (validation, time order, gaps, assembly into scoring
+units); each complete unit joins its key's queue. Then it scores in rounds: round r takes the r-th piece of
+every key that has one and runs them through the model in ONE call (one call per distinct piece length),
+writing each key's new (h, c) back. Rounds preserve per-key order, so feeding a series one reading per event,
+in blocks, or all at once gives identical results. Batches of one row are padded to two: CPU kernels take a
+different path for a single row, and padding keeps every key's numbers independent of what else shares its
+batch.
+
+The scoring unit depends on the model. A bundle with a forecast head is scored reading by reading: a piece is
+a key's queued readings up to the end of its current report window, each reading's score (its one-step
+forecast error) and alert decision are made in the call that delivers it, so nothing waits for a window to
+fill (`decided_at` = the reading's own time); per-reading results are gathered in the key's state and
+reported as a ScoredWindow once `window` readings are scored. Whatever must not depend on how readings were
+grouped into calls (the threshold in force, a re-baseline after a level shift) changes only at a report
+window's first reading. A bundle without a forecast head (reconstruction only) is scored a whole window at a
+time, and every reading of the window is decided when its last reading arrives.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from anomaly.engine.types import (
     ScoredWindow,
 )
 from anomaly.errors import BundleError
+from anomaly.model import as_output, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
@@ -62,7 +74,9 @@ class Engine:
     def _use(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.model = bundle.model.eval()
-        self.window = bundle.window
+        self.window = bundle.window  # readings per reported ScoredWindow
+        self.per_reading = bool(getattr(bundle.arch, "forecast", False))  # score each reading on arrival
+        self.unit = 1 if self.per_reading else self.window  # readings per queued unit
         self.n_features = len(bundle.features)
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
@@ -113,13 +127,30 @@ class Engine:
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
         ]
-        return Layout(a.num_layers, a.hidden_size, a.window, f, tuple(extra))
+        if self.per_reading:
+            w = self.window
+            extra += [  # readings scored on arrival, not yet reported in a ScoredWindow
+                ("rep_ts", (w,), "float64", "zero"),
+                ("rep_err", (w,), "float32", "zero"),
+                ("rep_score", (w,), "float32", "zero"),
+                ("rep_thr", (w,), "float32", "zero"),
+                ("rep_anom", (w,), "bool", "zero"),
+                ("rep_open", (w,), "bool", "zero"),
+                ("rep_sq", (f,), "float32", "zero"),
+                ("rep_fill", (), "int32", "zero"),
+                ("rep_eps", (), "float32", "zero"),  # threshold chosen at the report window's first reading
+                ("rep_warm", (), "bool", "zero"),
+                ("rebase", (), "bool", "zero"),  # a level shift closed: re-baseline at the next window
+                ("level_ts", (), "float64", "nan"),  # time of the last reading in `level`
+            ]
+        return Layout(a.num_layers, a.hidden_size, self.unit, f, tuple(extra))
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
         Returns True when state was kept."""
         same = bundle.arch == self.bundle.arch and bundle.features == self.bundle.features
         self._use(bundle)
+        same = same and self._layout() == self.store.layout
         if same:
             self.counters["reloads_kept"] += 1
         else:
@@ -163,20 +194,31 @@ class Engine:
         row_keys: dict[int, str] = {}
         self._ingest_batch(events, queues, row_keys, out)
         while queues:
-            rows, xs, tss = [], [], []
+            # per key: its next window (whole-window scoring), or its next readings up to the end of the current
+            # report window (per-reading scoring); keys whose pieces have the same length share one model call
+            groups: dict[int, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
+            fill = self.store.arrays["rep_fill"] if self.per_reading else None
             for row in list(queues):
                 q = queues[row]
                 while q and q[0] is _RESET:
                     q.popleft()
+                    self._flush_report(np.asarray([row]), [row_keys[row]], out)
                     self.store.reset_model_state(np.asarray([row]))
                 if q:
-                    x, ts = q.popleft()
-                    rows.append(row)
-                    xs.append(x)
-                    tss.append(ts)
+                    room = 1 if fill is None else self.window - int(fill[row])
+                    xs: list[np.ndarray] = []
+                    tss: list[np.ndarray] = []
+                    while q and q[0] is not _RESET and len(xs) < room:
+                        x, ts = q.popleft()
+                        xs.append(x)
+                        tss.append(ts)
+                    g = groups.setdefault(len(xs), ([], [], []))
+                    g[0].append(row)
+                    g[1].append(xs[0] if len(xs) == 1 else np.concatenate(xs))
+                    g[2].append(tss[0] if len(tss) == 1 else np.concatenate(tss))
                 if not q:
                     del queues[row]
-            if rows:
+            for _, (rows, xs, tss) in sorted(groups.items()):
                 self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
         ttl = self.config.ttl_seconds
         out.evicted = self.store.evict(
@@ -220,6 +262,10 @@ class Engine:
                 self._ingest_readings(events, queues, row_keys, out)
             return
         f = self.n_features
+        regular = Readings.from_regular_events(events, f)  # the common case, without a loop over events
+        if regular is not None:
+            self._ingest_readings(regular, queues, row_keys, out)
+            return
         keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
@@ -313,7 +359,7 @@ class Engine:
     ) -> None:
         """Append regular readings (grouped by row, in time order within a row) to windows, as arrays."""
         a = self.store.arrays
-        w = self.window
+        w = self.unit
         v = ((raw - self._mean) / self._scale).astype(np.float32)
         starts = np.flatnonzero(first)
         groups = r[starts]
@@ -480,7 +526,7 @@ class Engine:
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays
-        w = self.window
+        w = self.unit
         pos = int(a["fill"][row])
         n = len(ts)
         take = min(w - pos, n)
@@ -504,10 +550,19 @@ class Engine:
     def _score(
         self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput
     ) -> None:
-        """One batched model call for K windows (one per key), then smoothing, thresholds and alerts."""
+        """One batched model call for K pieces (one per key; x is (K, L, F): a whole window, or readings scored
+        on arrival), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
-        self._track_level(rows, x, ts)
+        if self.per_reading:
+            start = a["rep_fill"][rows] == 0
+            due = rows[start & a["rebase"][rows]]
+            if len(due):  # a level shift closed during the last report window
+                self._rebaseline(due)
+                a["rebase"][due] = False
+            self._track_level_readings(rows, x, ts)
+        else:
+            self._track_level(rows, x, ts)
         stuck = self._stuck(rows, x)
         x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
@@ -517,8 +572,11 @@ class Engine:
         if k == 1:
             xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
         with torch.inference_mode():
-            recon, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = (recon[:k] - xt[:k]).pow(2).numpy()
+            if self.per_reading:
+                outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
+            else:
+                outputs, (h2, c2) = self.model(xt, (ht, ct))
+            err_f = reading_errors(as_output(outputs), xt)[:k].numpy()
         a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
         a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
         out.batches.append(k)
@@ -533,14 +591,42 @@ class Engine:
         names = self.threshold.fields()
         th_state = {name: a[name][rows] for name in names}
         eps, warm = self.threshold.epsilon(th_state, k)
+        if self.per_reading:
+            # chosen once per report window, at its first reading, so that the threshold in force does not
+            # depend on how the window's readings were grouped into calls
+            eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
+            warm = np.where(start, warm, a["rep_warm"][rows])
+            a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
+        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
+            cols = []
+            for j in range(ts.shape[1]):
+                # after a level shift closed, the key waits for its re-baseline (next report window) in silence
+                anomalous[:, j] &= ~a["rebase"][rows]
+                cols.append(
+                    self._lifecycle(
+                        rows,
+                        keys,
+                        ts[:, j : j + 1],
+                        scores[:, j : j + 1],
+                        anomalous[:, j : j + 1],
+                        eps,
+                        err_f[:, j],
+                        out,
+                    )
+                )
+            open_pts = np.concatenate(cols, axis=1)
+        else:
+            open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
         self.threshold.update(th_state, scores, anomalous, open_pts)
         for name in names:
             a[name][rows] = th_state[name]
+        thresholds = np.broadcast_to(eps[:, None], scores.shape)
+        if self.per_reading:
+            self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out)
+            return
         a["windows"][rows] += 1
         self.counters["windows"] += k
-        thresholds = np.broadcast_to(eps[:, None], scores.shape)
         version = self.bundle.version
         decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
@@ -558,6 +644,60 @@ class Engine:
                     decided_at[j],
                 )
             )
+
+    def _report(
+        self, rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
+    ) -> None:
+        """Per-reading scoring: append this call's readings of every row to its report buffer (state), and
+        emit a ScoredWindow for rows whose buffer holds `window` readings."""
+        a = self.store.arrays
+        pos = a["rep_fill"][rows].astype(np.int64)
+        for j in range(ts.shape[1]):
+            a["rep_ts"][rows, pos + j] = ts[:, j]
+            a["rep_err"][rows, pos + j] = errors[:, j]
+            a["rep_score"][rows, pos + j] = scores[:, j]
+            a["rep_thr"][rows, pos + j] = thresholds[:, j]
+            a["rep_anom"][rows, pos + j] = anomalous[:, j]
+            a["rep_open"][rows, pos + j] = open_pts[:, j]
+            a["rep_sq"][rows] += err_f[:, j]
+        a["rep_fill"][rows] = pos + ts.shape[1]
+        full = np.flatnonzero(pos + ts.shape[1] == self.window)
+        if len(full):
+            self._flush_report(rows[full], [keys[j] for j in full], out)
+
+    def _flush_report(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
+        """Emit the report buffers of `rows` as ScoredWindows (a short one after a gap) and empty them. Each
+        reading was decided on its own arrival: decided_at = its timestamp."""
+        if not self.per_reading:
+            return
+        a = self.store.arrays
+        version = self.bundle.version
+        for row, key in zip(rows.tolist(), keys, strict=True):
+            n = int(a["rep_fill"][row])
+            if n == 0:
+                continue
+            sq = a["rep_sq"][row]
+            total = sq.sum()
+            shares = sq / total if total > 0 else np.full(self.n_features, 1.0 / self.n_features, np.float32)
+            ts = a["rep_ts"][row, :n].copy()
+            out.windows.append(
+                ScoredWindow(
+                    key,
+                    ts,
+                    a["rep_err"][row, :n].copy(),
+                    a["rep_score"][row, :n].copy(),
+                    a["rep_thr"][row, :n].copy(),
+                    a["rep_anom"][row, :n].copy(),
+                    a["rep_open"][row, :n].copy(),
+                    shares.astype(np.float32),
+                    version,
+                    ts.copy(),
+                )
+            )
+            a["rep_fill"][row] = 0
+            a["rep_sq"][row] = 0
+            a["windows"][row] += 1
+            self.counters["windows"] += 1
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
@@ -596,7 +736,8 @@ class Engine:
                     t.status,
                     t.start,
                     t.end,
-                    t.at,
+                    # a window is decided when its last reading arrives: that, not the point's time, is `at`
+                    t.at if self.per_reading else float(ts[t.row, -1]),
                     t.peak,
                     t.threshold,
                     t.contributions,
@@ -607,7 +748,9 @@ class Engine:
             if t.reason == "level_shift":
                 shifted.append(rows[t.row])
                 self.counters["level_shifts"] += 1
-        if shifted:
+        if shifted and self.per_reading:
+            self.store.arrays["rebase"][np.asarray(shifted)] = True  # applied at the next report window
+        elif shifted:
             self._rebaseline(np.asarray(shifted))
         return open_pts
 
@@ -624,6 +767,24 @@ class Engine:
         mean = x.mean(axis=1, dtype=np.float64)
         level = a["level"][rows].astype(np.float64)
         a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
+
+    def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+        """`_track_level` for readings scored one at a time: the same slow EWMA, stepped per reading with the
+        time since the key's previous reading, so the level does not depend on how readings were grouped."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        tau = self.config.max_alert_seconds / 8.0
+        level = a["level"][rows].astype(np.float64)
+        prev = a["level_ts"][rows]
+        for j in range(x.shape[1]):
+            t = ts[:, j]
+            beta = (1.0 - np.exp(-np.where(np.isnan(prev), 0.0, t - prev) / tau))[:, None]
+            v = x[:, j].astype(np.float64)
+            level = np.where(np.isnan(level), v, level + beta * (v - level))
+            prev = t
+        a["level"][rows] = level
+        a["level_ts"][rows] = prev
 
     def _rebaseline(self, rows: np.ndarray) -> None:
         """After a level shift: features whose settled level moved more than one (training) standard deviation

@@ -183,6 +183,9 @@ class StateStore:
             part = np.ascontiguousarray(arr[rows])
             if name in ("buf", "buf_ts"):
                 part[stale] = 0
+            elif name.startswith("rep_") and part.ndim == 2 and name != "rep_sq":
+                # readings of the report window not yet scored (per-reading scoring): stale as well
+                part[np.arange(part.shape[1])[None, :] >= self.arrays["rep_fill"][rows][:, None]] = 0
             specs.append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
             parts.append(part.tobytes())
         head = json.dumps(header, separators=(",", ":")).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,27 @@ class Readings:
         )
 
     @classmethod
+    def from_regular_events(cls, events: Sequence[Event], n_features: int) -> Readings | None:
+        """Columns of events in one go when every event is well formed (string key, (n,) timestamps and
+        (n, F) numeric values); None otherwise. Python work per event is a few C-level passes."""
+        ts_list = [ev.timestamps for ev in events]
+        val_list = [ev.values for ev in events]
+        keys = [ev.key for ev in events]
+        try:
+            counts = list(map(len, ts_list))
+            if counts != list(map(len, val_list)) or 0 in counts or set(map(type, keys)) != {str}:
+                return None
+            ts = np.concatenate(ts_list)
+            vals = np.concatenate(val_list)
+        except (TypeError, ValueError):  # scalars, mixed dimensions
+            return None
+        if ts.ndim != 1 or vals.ndim != 2 or vals.shape[1] != n_features or vals.dtype.kind not in "fiu":
+            return None
+        if ts.dtype.kind not in "fiu":
+            return None
+        return cls.from_parts(keys, counts, [ts], [vals], [ev.ref for ev in events], n_features)
+
+    @classmethod
     def from_parts(
         cls,
         keys: list[str],
@@ -79,15 +101,15 @@ class Readings:
         n_features: int,
     ) -> Readings:
         """Columns of per-message parts (``timestamps[i]`` (counts[i],), ``values[i]`` (counts[i], F))."""
-        index: dict[str, int] = {}
-        kid = [index.setdefault(k, len(index)) for k in keys]
         if not keys:
             return cls(
                 [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, n_features)), []
             )
+        names = list(dict.fromkeys(keys))
+        pos = {k: i for i, k in enumerate(names)}
         return cls(
-            list(index),
-            np.asarray(kid, np.int64),
+            names,
+            np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys)),
             np.asarray(counts, np.int64),
             np.concatenate(timestamps).astype(np.float64, copy=False),
             np.concatenate(values).astype(np.float64, copy=False),

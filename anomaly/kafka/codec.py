@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, repeat
+from itertools import chain, groupby, repeat
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,11 @@ class Decoder:
             body = orjson.loads(raw)
         except (UnicodeDecodeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise DecodeError("invalid_json", f"not JSON: {str(exc)[:80]}") from None
+        return self._from_body(body, record)
+
+    def _from_body(self, body: Any, record: Any) -> Event:
+        """The event of a parsed body (``decode`` after size checks and JSON parsing)."""
+        fmt = self.fmt
         if not isinstance(body, dict):
             raise DecodeError("invalid_json", f"body must be a JSON object, got {type(body).__name__}")
         key = self._key(body.get(fmt.key_field), record)
@@ -128,7 +133,7 @@ class Decoder:
             return Event(key, np.array((ts,), np.float64), row.reshape(1, -1), record)
         if not isinstance(block, list) or not block:
             raise DecodeError("bad_values", f"{fmt.readings_field!r} must be a non-empty list of readings")
-        fast = self._block_fast(block, raw)
+        fast = self._block_fast(block, record.value)
         if fast is not None:
             return Event(key, fast[0], fast[1], record)
         stamps = np.empty(len(block), np.float64)
@@ -212,56 +217,78 @@ class Decoder:
     # --- a whole poll ----------------------------------------------------------------------------------------
 
     def decode_poll(self, records: Sequence[Any]) -> tuple[Readings, list[tuple[Any, DecodeError]]]:
-        """(readings of the decodable records, (record, error) of the others), both in record order."""
+        """(readings of the decodable records, (record, error) of the others), both in record order.
+
+        Every record is parsed once. Runs of plain single readings are converted together
+        (:meth:`_bulk`); a run that does not convert is halved until it does, so one odd record costs a few
+        bulk attempts and at most BULK_MIN records converted one by one. Blocks and anything unparsable go
+        record by record (a block's readings are already converted together by ``_block_fast``)."""
+        bodies = self._parse(records)
+        rf = self.fmt.readings_field
+        single = [type(b) is dict and rf not in b for b in bodies]
         parts: list[Readings] = []
         errors: list[tuple[Any, DecodeError]] = []
-        self._decode_into(records, parts, errors)
+        lo = 0
+        for plain, run in groupby(single):
+            hi = lo + len(list(run))
+            if plain:
+                self._bulk_into(records[lo:hi], bodies[lo:hi], parts, errors)
+            else:
+                self._one_by_one(records[lo:hi], bodies[lo:hi], parts, errors)
+            lo = hi
         return Readings.concat(parts, self.n_features) if parts else self._empty(), errors
 
-    def _decode_into(self, records: Sequence[Any], parts: list[Readings], errors: list) -> None:
-        """Bulk decode; a chunk that does not fit is halved until it does, so one odd record in a poll costs
-        a few bulk attempts and at most BULK_MIN records decoded one by one."""
-        if len(records) >= self.BULK_MIN:
-            bulk = self._bulk(records)
-            if bulk is not None:
-                parts.append(bulk)
-                return
-            mid = len(records) // 2
-            self._decode_into(records[:mid], parts, errors)
-            self._decode_into(records[mid:], parts, errors)
-            return
-        events = []
-        for rec in records:
+    def _parse(self, records: Sequence[Any]) -> list[Any]:
+        """``orjson.loads`` of every value; ``_UNPARSED`` where that fails or the size rules refuse it."""
+        raws = [r.value for r in records]
+        if None not in raws and max(map(len, raws), default=0) <= self.fmt.max_message_bytes:
             try:
-                events.append(self.decode(rec))
+                return list(map(orjson.loads, raws))
+            except (UnicodeDecodeError, ValueError):
+                pass
+        bodies = []
+        for raw in raws:
+            try:
+                ok = raw is not None and len(raw) <= self.fmt.max_message_bytes
+                bodies.append(orjson.loads(raw) if ok else _UNPARSED)
+            except (UnicodeDecodeError, ValueError):
+                bodies.append(_UNPARSED)
+        return bodies
+
+    def _one_by_one(self, records: Sequence[Any], bodies: list[Any], parts: list, errors: list) -> None:
+        events = []
+        for rec, body in zip(records, bodies, strict=True):
+            try:
+                events.append(self.decode(rec) if body is _UNPARSED else self._from_body(body, rec))
             except DecodeError as err:
                 errors.append((rec, err))
         if events:
             parts.append(Readings.from_events(events, self.n_features))
 
-    def _bulk(self, records: Sequence[Any]) -> Readings | None:
-        """Columns of a chunk in which every record is a single reading with a string key, a number
-        timestamp and a list of F numbers; None if any record is otherwise (the caller splits the chunk)."""
+    def _bulk_into(self, records: Sequence[Any], bodies: list[Any], parts: list, errors: list) -> None:
+        if len(records) >= self.BULK_MIN:
+            bulk = self._bulk(records, bodies)
+            if bulk is not None:
+                parts.append(bulk)
+                return
+            mid = len(records) // 2
+            self._bulk_into(records[:mid], bodies[:mid], parts, errors)
+            self._bulk_into(records[mid:], bodies[mid:], parts, errors)
+            return
+        self._one_by_one(records, bodies, parts, errors)
+
+    def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
+        """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F
+        numbers; None if any body is otherwise (the caller splits the run)."""
         fmt = self.fmt
-        raws = [r.value for r in records]
-        if None in raws or max(map(len, raws)) > fmt.max_message_bytes:
-            return None
-        try:
-            bodies = list(map(orjson.loads, raws))
-        except (UnicodeDecodeError, ValueError):
-            return None
-        if set(map(type, bodies)) != {dict}:
-            return None
         n = len(bodies)
         get = dict.get
-        if list(map(get, bodies, repeat(fmt.readings_field))).count(None) != n:
-            return None
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
         if set(map(type, keys)) != {str}:
             return None
         stamps = list(map(get, bodies, repeat(fmt.time_field)))
         values = list(map(get, bodies, repeat(fmt.values_field)))
-        blob = b"".join(raws)
+        blob = b"".join([r.value for r in records])
         if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
             if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
                 map(type, chain.from_iterable(v if type(v) is list else (v,) for v in values))
@@ -289,6 +316,7 @@ class Decoder:
 
 
 _NUMBER_TYPES = frozenset((float, int, type(None)))
+_UNPARSED = object()  # a record whose value is missing, too large or not JSON: `decode` says which
 
 
 def source_rejection(record: Any, err: DecodeError) -> Rejection:

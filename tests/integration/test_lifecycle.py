@@ -147,7 +147,7 @@ def _reloads(port: int) -> dict[str, float]:
 def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_alerts(
     kafka_env, tiny_model, stream, tmp_path
 ):
-    path, series = stream
+    _, series = stream
     _, champion = tiny_model
     # A challenger with the same architecture (so state is kept), trained on other normal data.
     frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=1200, seed=99), 2)
@@ -183,20 +183,14 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     ends = kafka_env.produce(names.input, first, champion.features)
     kafka_env.wait_committed(names.group, names.input, ends)
 
+    # The comparison slice is the last hour of the input topic, as an operator would run it.
+    kafka_args = ["-b", kafka_env.broker.bootstrap, "--topic", names.input, "--since", "1h"]
+    kafka_args += ["--alerts-topic", names.alerts, "--dead-letter-topic", names.dead]
     result = CliRunner().invoke(
-        main,
-        [
-            "promote",
-            str(challenger_path),
-            "-m",
-            str(model),
-            str(path),
-            "--key-column",
-            "sensor_id",
-            "--force",
-        ],
+        main, ["promote", str(challenger_path), "-m", str(model), *kafka_args, "--force"]
     )
     assert result.exit_code == 0, result.output
+    assert f"readings streamed             {sum(len(s) for s in first):,} " in result.stdout
     assert f"{model} now holds model {challenger.version}" in result.stdout
     wait_for(lambda: _reloads(port) == {"kept": 1.0}, 20, "hot reload of the promoted bundle")
     assert f'version="{challenger.version}"' in _metrics(port)
