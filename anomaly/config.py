@@ -182,7 +182,7 @@ class TrainConfig:
 class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
-    threshold: str = "static"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
+    threshold: str = "spot"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
     # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     score: Literal["mean", "max_feature"] = "mean"
     # max_feature: no feature's reference error counts as less than this fraction of the median over features, so
@@ -193,15 +193,14 @@ class EngineConfig:
     dynamic_history: int = 512  # smoothed scores remembered per key for the dynamic threshold
     dynamic_warmup: int = 128  # points a key must see before the dynamic threshold may alert
     dynamic_min: float = 1.0  # the dynamic threshold never goes below this score
-    spot_q: float = 1e-3  # SPOT/DSPOT risk: probability that a normal score exceeds the threshold
+    spot_q: float = 0.03  # SPOT/DSPOT risk: probability that a normal score exceeds the threshold
     spot_level: float = 0.98  # quantile of a key's calibration scores above which excesses form the tail
     spot_init: int = 256  # scores a key calibrates on before SPOT/DSPOT may alert
     spot_peaks: int = 128  # latest excesses kept per key to fit the tail
     spot_depth: int = 32  # DSPOT: normal scores averaged into the moving baseline
     spot_min: float = 1.0  # the SPOT/DSPOT threshold never goes below this score
-    max_alert_seconds: float = (
-        0.0  # an alert open this long closes as a level shift and the key re-baselines (0: never)
-    )
+    # an alert open this long (event time) closes as a level shift and the key re-baselines (0: never)
+    max_alert_seconds: float = 86_400.0
     stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
     stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
@@ -290,6 +289,10 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_576
     checkpoint_interval_s: float = 5.0
     max_poll_records: int = 2000
+    # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the
+    # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
+    # fetches/s, which costs nothing.
+    fetch_max_wait_ms: int = 50
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     auto_offset_reset: Literal["earliest", "latest"] = (
@@ -324,7 +327,7 @@ class KafkaConfig:
             "kafka.checkpoint_interval_s",
             "must be > 0",
         )
-        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
+        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")

@@ -52,7 +52,9 @@ def test_window_scored_bundles_group_invariantly(window_bundle, test_series) -> 
 def spike_decisions(bundle, spike: int) -> tuple[int, list, np.ndarray]:
     """Feed a flat series with one spiked reading one reading per call; return the index of the call that
     opened an alert, the alerts, and the decided_at of every reported reading."""
-    cfg = EngineConfig(static_threshold=50.0, smoothing=1.0, alert_open_after=1, alert_close_after=5)
+    cfg = EngineConfig(
+        threshold="static", static_threshold=50.0, smoothing=1.0, alert_open_after=1, alert_close_after=5
+    )
     s = spiky(bundle, n=6 * bundle.window, spans=((spike, spike + 1),))
     e = Engine(bundle, cfg)
     opened_in, alerts, decided = -1, [], []
@@ -258,7 +260,9 @@ def spiky(bundle, n=400, spans=((160, 200),), dip=None):
 
 
 def test_alert_opens_after_k_closes_after_m_and_never_refires(bundle) -> None:
-    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0, alert_open_after=3, alert_close_after=10)
+    cfg = EngineConfig(
+        threshold="static", static_threshold=1000.0, smoothing=1.0, alert_open_after=3, alert_close_after=10
+    )
     s = spiky(bundle, spans=((160, 180), (183, 200)))  # a 3-point dip inside the anomaly (< m)
     e = Engine(bundle, cfg)
     alerts = []
@@ -371,7 +375,9 @@ def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_se
 
 
 def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
-    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0, alert_open_after=3, max_keys=1)
+    cfg = EngineConfig(
+        threshold="static", static_threshold=1000.0, smoothing=1.0, alert_open_after=3, max_keys=1
+    )
     s = spiky(bundle, n=64, spans=((0, 64),))
     e = Engine(bundle, cfg)
     opened = e.process([Event(s.key, s.timestamps, s.values)]).alerts
@@ -436,7 +442,7 @@ def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_a
     s = spiky(bundle, n=60 * w, spans=())
     s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # lasting shift from t = 80 s
     s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
-    cfg = EngineConfig(static_threshold=100.0, smoothing=1.0, max_alert_seconds=100.0)
+    cfg = EngineConfig(threshold="static", static_threshold=100.0, smoothing=1.0, max_alert_seconds=100.0)
     e, alerts = Engine(bundle, cfg), []
     for lo, hi in chunks(len(s), [7]):
         alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
@@ -458,7 +464,7 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
     train[:, 2:] = np.repeat(rng.normal(0, 1, (20, 2)), 20, axis=0)
     assert max_runs([train]).tolist() == [1, 1, 20, 20]
     bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
-    cfg = EngineConfig(static_threshold=1000.0, smoothing=1.0)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0)
 
     def live(frozen: int) -> np.ndarray:
         v = bundle.scaler.mean + rng.normal(0, 1, (30 * bundle.window, 4)) * bundle.scaler.scale

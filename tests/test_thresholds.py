@@ -169,7 +169,7 @@ def test_spot_epsilon_equals_a_direct_gpd_computation_on_a_fixed_sample() -> Non
 
 
 def test_spot_does_not_learn_points_it_flags_and_dspot_follows_the_baseline() -> None:
-    cfg = EngineConfig(spot_init=64, spot_level=0.9, spot_depth=16, spot_min=0.0)
+    cfg = EngineConfig(spot_init=64, spot_level=0.9, spot_depth=16, spot_min=0.0, spot_q=1e-3)
     rng = np.random.default_rng(1)
     base = rng.normal(0, 0.1, (1, 256)).astype(np.float32)
     spot, dspot = SpotThreshold(cfg, 1.5), DSpotThreshold(cfg, 1.5)

@@ -781,7 +781,10 @@ class Engine:
             t = ts[:, j]
             beta = (1.0 - np.exp(-np.where(np.isnan(prev), 0.0, t - prev) / tau))[:, None]
             v = x[:, j].astype(np.float64)
-            level = np.where(np.isnan(level), v, level + beta * (v - level))
+            # rounded to the stored float32 at every reading, so a call of many readings equals many calls
+            level = (
+                np.where(np.isnan(level), v, level + beta * (v - level)).astype(np.float32).astype(np.float64)
+            )
             prev = t
         a["level"][rows] = level
         a["level_ts"][rows] = prev

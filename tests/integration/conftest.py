@@ -39,6 +39,10 @@ ANOMALY = [str(Path(sys.executable).with_name("anomaly"))]
 # Short group timeouts: Tansu waits the whole rebalance timeout (max.poll.interval.ms) before a first join.
 FAST_GROUP = ["--max-poll-interval-ms", "3000", "--session-timeout-ms", "3000"]
 
+# These tests prove the daemon equals the replay loop on short streams. They pin the static threshold: the
+# default SPOT needs spot_init scores per key before it may alert, longer than these streams' warm-up.
+DAEMON_ENV = {"ANOMALY_ENGINE_THRESHOLD": "static"}
+
 
 @pytest.fixture(scope="session")
 def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
@@ -112,7 +116,7 @@ class Expected:
 
 
 def replay_expected(bundle: Bundle, series: Sequence[Series], batch_readings: int = 97) -> Expected:
-    engine = Engine(bundle, EngineConfig())
+    engine = Engine(bundle, EngineConfig(threshold="static"))
     outs: list[EngineOutput] = []
     run(engine, merged_batches(series, batch_readings), [], on_batch=lambda b, o: outs.append(o))
     windows = {
@@ -197,7 +201,10 @@ class KafkaEnv:
             *extra,
         ]
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **DAEMON_ENV},
         )
         self.procs.append(proc)
         return proc, port
@@ -256,7 +263,7 @@ class KafkaEnv:
         """A fresh engine restored from the latest checkpoint of every source partition, chosen as the daemon
         chooses (highest owner epoch; of ``group`` when given)."""
         heads, chunks, _ = latest_records(self.read(topic), lambda pid: True, group)
-        engine = Engine(bundle, EngineConfig())
+        engine = Engine(bundle, EngineConfig(threshold="static"))
         for pid, (head, payload) in heads.items():
             if head["chunks"]:
                 payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))

@@ -60,7 +60,7 @@ def test_uninterrupted_run_equals_replay_and_refusals_go_to_dead_letters(
     from anomaly.config import EngineConfig
     from anomaly.engine import Engine
 
-    dumped = Engine(bundle, EngineConfig())
+    dumped = Engine(bundle, EngineConfig(threshold="static"))
     dumped.restore(state_out.read_bytes())
     same_state(dumped, expected.engine)
     same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)

@@ -51,7 +51,7 @@ def test_kill_9_at_random_points_changes_nothing(kafka_env, stream, tiny_model):
     from anomaly.config import EngineConfig
     from anomaly.engine import Engine
 
-    dumped = Engine(bundle, EngineConfig())
+    dumped = Engine(bundle, EngineConfig(threshold="static"))
     dumped.restore(state_out.read_bytes())
     same_state(dumped, expected.engine)
 

@@ -165,7 +165,9 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     cut = 200
     first = [s.head(cut) for s in series]
     second = [s.tail_from(cut) for s in series]
-    engine = Engine(champion, EngineConfig())  # what the daemon must do: part 1, reload, part 2
+    engine = Engine(
+        champion, EngineConfig(threshold="static")
+    )  # what the daemon must do: part 1, reload, part 2
     outs: list = []
     run(engine, merged_batches(first, 97), [], on_batch=lambda b, o: outs.append(o))
     assert engine.reload(challenger) is True

@@ -300,7 +300,7 @@ def anomaly_stream(
 
 def replay_alerts(bundle, parts: list[list[Series]]) -> list[tuple[list[tuple[str, str]], int]]:
     """(alert (key, status) events, alerts open afterwards) of each part, through the replay loop."""
-    engine = Engine(bundle, EngineConfig())
+    engine = Engine(bundle, EngineConfig(threshold="static"))
     result = []
     for series in parts:
         outs: list[EngineOutput] = []
