@@ -136,7 +136,6 @@ def run_churn_bench(
                 if proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited with status {proc.returncode}")
                 time.sleep(0.5)
-            time.sleep(2.5)  # idle: a last checkpoint or two of the settled state
             now = _metrics(port)
             n = (
                 now["anomaly_checkpoint_duration_seconds_count"]

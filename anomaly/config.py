@@ -289,6 +289,10 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_576
     checkpoint_interval_s: float = 5.0
     max_poll_records: int = 2000
+    # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the
+    # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
+    # fetches/s, which costs nothing.
+    fetch_max_wait_ms: int = 50
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     auto_offset_reset: Literal["earliest", "latest"] = (
@@ -323,7 +327,7 @@ class KafkaConfig:
             "kafka.checkpoint_interval_s",
             "must be > 0",
         )
-        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
+        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")

@@ -151,7 +151,8 @@ def print_result(result: ReplayResult) -> None:
     "--threshold",
     type=click.Choice(list(THRESHOLDS)),
     default=None,
-    help="Threshold kind (see README, Thresholds).  [default: engine.threshold of the pipeline, else static]",
+    help="Threshold kind (README: Thresholds, level shifts and stuck sensors).  "
+    "[default: engine.threshold of the pipeline, else spot]",
 )
 @click.option(
     "--static-threshold",

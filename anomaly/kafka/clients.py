@@ -151,6 +151,7 @@ def make_consumer(
         settings.update(
             group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),

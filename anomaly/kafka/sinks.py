@@ -80,7 +80,14 @@ class Delivery:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
         self._begin()
-        future = self.producer.send(topic, key=key, value=value, headers=headers)
+        try:
+            future = self.producer.send(topic, key=key, value=value, headers=headers)
+        except kerr.KafkaError as exc:  # the producer already failed for good, e.g. fenced by a new owner
+            if isinstance(exc, kerr.ProducerFencedError) or any(
+                isinstance(a, kerr.ProducerFencedError) for a in exc.args
+            ):
+                raise FencedError(FENCED) from None
+            raise
         future.add_errback(self._on_error)
         return future
 

@@ -325,6 +325,13 @@ def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
     return proc.wait(timeout_s)
 
 
+def terminate_all(*procs: subprocess.Popen[bytes], timeout_s: float = 30.0) -> list[int]:
+    """SIGTERM every process first, then wait for each (their shutdowns overlap)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    return [proc.wait(timeout_s) for proc in procs]
+
+
 def same_state(a: Engine, b: Engine) -> None:
     """Per-key state arrays equal bit for bit (the snapshot header's global max_ts is not compared)."""
     assert sorted(a.keys()) == sorted(b.keys())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -41,8 +42,11 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     def send(t: str, k: bytes, v: bytes | None) -> None:
         producer.send(t, key=k, value=v)
 
-    store = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=1000)
     small, big = engine.snapshot(["k0"]), engine.snapshot()
+    # a chunk size between the two compressed sizes, so the test holds whatever the state layout grows to
+    chunk_bytes = len(zlib.compress(small, 1)) + 16
+    assert len(zlib.compress(big, 1)) > chunk_bytes
+    store = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=chunk_bytes)
     store.write("in:0", 99, big, 5)
     store.write("in:1", 7, small, 1)
     producer.flush()
@@ -50,7 +54,7 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
     assert len(first_chunks) >= 2 and "in:1" not in store._live_chunks  # big is chunked, small is inline
     store.write("in:0", 150, big, 5)  # a new generation: the old chunks get tombstoned
     producer.flush()
-    got = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=1000).read(
+    got = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=chunk_bytes).read(
         ["in:0", "in:1", "in:2"]
     )
     assert {pid: (cp.offset, cp.snapshot, cp.keys) for pid, cp in got.items()} == {

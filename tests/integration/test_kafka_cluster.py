@@ -1,0 +1,298 @@
+"""The daemon on a shared cluster (real Tansu broker): consumer groups side by side, a changelog shared by
+configuration, an incompatible model, a paused zombie, kill -9 during rebalances, dead letters that do not fit,
+topic auto-creation and auto_offset_reset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    assert_matches_replay,
+    http_status,
+    metric,
+    replay_expected,
+    same_state,
+    segments,
+    terminate,
+    terminate_all,
+    wait_for,
+)
+
+from anomaly.bundle import Bundle, load_bundle, save_bundle
+from anomaly.config import DataConfig, ModelConfig, TrainConfig
+from anomaly.data import load_series
+from anomaly.kafka.changelog import decode_record
+from anomaly.synthetic import SyntheticSpec, generate_keys
+from anomaly.training import train
+
+pytestmark = pytest.mark.integration
+PER_GROUP = "changelog__{group}--{topic}"
+FAST = ("--checkpoint-interval", "0.3")
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Bundle]:
+    """Same features as tiny_model, another architecture (hidden 8): its state cannot restore tiny's."""
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
+    d = tmp_path_factory.mktemp("other")
+    frame.to_csv(d / "train.csv", index=False)
+    series, feats = load_series([d / "train.csv"], DataConfig(key_column="sensor_id"))
+    result = train(
+        series, feats, ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu", seed=0)
+    )
+    path = save_bundle(result.bundle, d / "other.pt")
+    return path, load_bundle(path)
+
+
+def _run_to(kafka_env, names, ends, *extra: str, **kw) -> str:
+    """Start a daemon, wait until it has committed ``ends``, stop it cleanly; returns its log."""
+    proc, _ = kafka_env.start(names, *FAST, *extra, **kw)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    return kafka_env.logs[-1].read_text()
+
+
+def _merge(ends: dict[int, int], more: dict[int, int]) -> dict[int, int]:
+    return {p: max(ends.get(p, 0), more.get(p, 0)) for p in set(ends) | set(more)}
+
+
+def _second_group(kafka_env, names):
+    other = kafka_env.names(partitions=1)
+    other.input, other.changelog = names.input, names.changelog
+    return other
+
+
+def test_two_groups_side_by_side_each_keep_their_own_changelog(kafka_env, stream, tiny_model):
+    _, series = stream
+    _, bundle = tiny_model
+    g1 = kafka_env.names(partitions=2)
+    g1.changelog = PER_GROUP
+    g2 = _second_group(kafka_env, g1)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(g1.input, first, bundle.features)
+    a, _ = kafka_env.start(g1, *FAST, log_name="g1")
+    b, _ = kafka_env.start(g2, *FAST, log_name="g2")
+    kafka_env.wait_committed(g1.group, g1.input, ends)
+    kafka_env.wait_committed(g2.group, g1.input, ends)
+    assert terminate_all(a, b) == [0, 0]
+    ends = _merge(ends, kafka_env.produce(g1.input, second, bundle.features))
+    a, _ = kafka_env.start(g1, *FAST, log_name="g1")
+    b, _ = kafka_env.start(g2, *FAST, log_name="g2")
+    kafka_env.wait_committed(g1.group, g1.input, ends)
+    kafka_env.wait_committed(g2.group, g1.input, ends)
+    assert terminate_all(a, b) == [0, 0]
+
+    for names in (g1, g2):
+        names.changelog = f"changelog__{names.group}--{names.input}"
+        assert_matches_replay(kafka_env, names, bundle, series)
+    assert "restored 2 from the changelog" in kafka_env.logs[-1].read_text()
+
+
+def test_a_changelog_shared_with_another_group_and_model_is_not_restored(
+    kafka_env, stream, tiny_model, other_model
+):
+    """The issue's scenario: group g2 with another model writes checkpoints into g1's changelog topic; g1
+    restarts and must neither take them nor lose its input position."""
+    _, series = stream
+    _, bundle = tiny_model
+    g1 = kafka_env.names(partitions=2)
+    g2 = _second_group(kafka_env, g1)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(g1.input, first, bundle.features)
+    _run_to(kafka_env, g1, ends)
+    ends = _merge(ends, kafka_env.produce(g1.input, second, bundle.features))
+    _run_to(kafka_env, g2, ends, model=other_model[0])  # writes newer records for the same partitions
+    log = _run_to(kafka_env, g1, ends)
+
+    assert f"written by group {g2.group} ignored" in log
+    assert "restored 2 from the changelog" in log
+    g1_state = kafka_env.changelog_state(g1.changelog, bundle, g1.group)
+    expected = replay_expected(bundle, series)
+    same_state(g1_state, expected.engine)
+    assert kafka_env.windows(g1.scores) == expected.windows
+    assert kafka_env.alert_ids(g1.alerts) == expected.alert_ids
+
+
+def test_state_of_an_incompatible_model_is_refused_and_the_input_position_kept(
+    kafka_env, stream, tiny_model, other_model
+):
+    _, series = stream
+    _, bundle = tiny_model
+    other_path, other = other_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+    log = _run_to(kafka_env, names, ends, model=other_path)
+
+    assert log.count("not restored: written by an incompatible model") == 2
+    assert f"stopped: {sum(len(s) for s in second)} messages" in log  # every new message, none skipped
+    expected = replay_expected(other, second)  # fresh keys from the committed offset on
+    got = {k: w for k, w in kafka_env.windows(names.scores).items() if w["model_version"] == other.version}
+    assert got == expected.windows and len(got) > 0
+
+
+def _changelog_heads(kafka_env, topic: str) -> list[dict]:
+    return [
+        decode_record(r.value)[0] for r in kafka_env.read(topic) if r.value is not None and b"/" not in r.key
+    ]
+
+
+def test_a_paused_zombie_cannot_corrupt_the_new_owners_state_or_output(kafka_env, stream, tiny_model):
+    """A is paused (SIGSTOP) with processed but uncheckpointed messages, past its session timeout; B takes its
+    partitions; A resumes. A's late writes are refused by the broker (its transactional id was fenced by B), and
+    a third daemon that restores after all this continues exactly as a replay."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    parts = segments(series, 3)
+    ends = kafka_env.produce(names.input, parts[0], bundle.features)
+    a, port_a = kafka_env.start(names, "--checkpoint-interval", "4", log_name="a")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    seen = metric(port_a, "anomaly_messages_consumed_total")
+    ends = _merge(ends, kafka_env.produce(names.input, parts[1], bundle.features))
+    n1 = sum(len(s) for s in parts[1])
+    wait_for(lambda: metric(port_a, "anomaly_messages_consumed_total") >= seen + n1, 20, "A consumed part 2")
+    a.send_signal(signal.SIGSTOP)  # processed, not yet checkpointed (interval 4 s)
+    try:
+        b, port_b = kafka_env.start(names, *FAST, log_name="b")
+        wait_for(lambda: http_status(port_b, "/readyz") == 200, 60, "B owns the partitions")
+        kafka_env.wait_committed(names.group, names.input, ends, timeout_s=60)
+        a_txn = {h["txn"] for h in _changelog_heads(kafka_env, names.changelog) if h["epoch"] == 1}
+        assert len(a_txn) == 1
+    finally:
+        a.send_signal(signal.SIGCONT)
+    wait_for(lambda: a.poll() is not None, 20, "the zombie to notice")  # its late write was refused
+    assert terminate(b) == 0
+    c, port_c = kafka_env.start(names, *FAST, log_name="c")  # restores whatever the changelog holds now
+    wait_for(lambda: http_status(port_c, "/readyz") == 200, 60, "C ready")
+    ends = _merge(ends, kafka_env.produce(names.input, parts[2], bundle.features))
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(c) == 0
+
+    heads = _changelog_heads(kafka_env, names.changelog)
+    b_claim = next(i for i, h in enumerate(heads) if h["epoch"] == 2)
+    late = [h for h in heads[b_claim:] if h["txn"] in a_txn and h["epoch"] == 1]
+    assert late == []  # nothing of the zombie's landed after the new owner's claim
+    assert a.returncode == 2
+    assert "error: fenced: another member took over" in kafka_env.logs[0].read_text()
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
+def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream, tiny_model):
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=4)
+    parts = segments(series, 4)
+    a, _ = kafka_env.start(names, *FAST, log_name="a")
+    ends = kafka_env.produce(names.input, parts[0], bundle.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    phases = []
+
+    def log_has(text: str) -> bool:
+        return text in kafka_env.logs[-1].read_text()
+
+    for part, phase in zip(parts[1:], ("joining", "restoring", "owning"), strict=True):
+        got: dict[int, int] = {}
+        sender = threading.Thread(
+            target=lambda p=part, g=got: g.update(
+                kafka_env.produce(names.input, p, bundle.features, rate=800)
+            )
+        )
+        sender.start()
+        b, port_b = kafka_env.start(names, *FAST, log_name="b")  # joining: a rebalance for both daemons
+        wait_for(lambda: http_status(port_b, "/readyz") == 503, 60, "B serving and joining")  # noqa: B023
+        if phase == "joining":  # A has revoked and checkpointed; the group has not settled
+            time.sleep(0.5)
+        elif phase == "restoring":  # B has fenced the previous owner and is reading/claiming its state
+            wait_for(lambda: log_has("fenced transactional id"), 30, "B restoring", every=0.002)
+        else:
+            wait_for(lambda: log_has("assigned"), 30, "B owning partitions")
+            time.sleep(0.3)
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        log = kafka_env.logs[-1].read_text()
+        phases.append("owning" if "assigned" in log else "restoring" if "fenced" in log else "joining")
+        sender.join()
+        ends = _merge(ends, got)
+    assert phases == ["joining", "restoring", "owning"]
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(a) == 0
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
+def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
+    kafka_env, stream, tiny_model, monkeypatch
+):
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    big1 = json.dumps({"key": "big", "ts": 1, "values": [1.5] * 9000}).encode()  # ~36 KB
+    big2 = big1.replace(b'"big"', b'"big2"')
+    monkeypatch.setenv("ANOMALY_KAFKA_MAX_MESSAGE_BYTES", "10000")  # both are refused as oversized
+    monkeypatch.setenv("ANOMALY_KAFKA_MAX_REQUEST_BYTES", "20000")  # emulates a broker's message.max.bytes
+    monkeypatch.setenv("ANOMALY_KAFKA_DEAD_LETTER_MAX_BYTES", "30000")  # misconfigured: the letter cannot fit
+    ends = kafka_env.produce(names.input, first, bundle.features, raw=[(b"big", big1)])
+    proc, port = kafka_env.start(names, *FAST)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_dead_letters_refused_total") == 1.0
+    assert terminate(proc) == 0
+
+    monkeypatch.setenv("ANOMALY_KAFKA_DEAD_LETTER_MAX_BYTES", "8000")
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features, raw=[(b"big2", big2)]))
+    _run_to(kafka_env, names, ends)
+
+    assert_matches_replay(kafka_env, names, bundle, series)
+    (dead,) = kafka_env.read(names.dead)
+    h = {k: v.decode() for k, v in dead.headers}
+    assert (dead.key, dead.value) == (b"big2", big2[: 8000 - len(b"big2")])
+    assert (h["reason"], h["truncated"], h["original_bytes"]) == ("oversized", "1", str(len(big2)))
+    assert h["original_sha256"] == hashlib.sha256(big2).hexdigest()
+
+
+def test_auto_created_topics_and_auto_offset_reset_latest(kafka_env, stream, tiny_model, monkeypatch):
+    from kafka import KafkaConsumer
+
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=1)
+    tag = names.group
+    names.input, names.alerts, names.scores, names.dead = (f"{t}-{tag}" for t in ("in", "al", "sc", "dl"))
+    monkeypatch.setenv("ANOMALY_KAFKA_TOPIC_PARTITIONS", "3")
+    proc, port = kafka_env.start(names, *FAST, "--auto-create-topics")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    assert terminate(proc) == 0
+    consumer = KafkaConsumer(bootstrap_servers=kafka_env.broker.bootstrap)
+    created = {t: len(consumer.partitions_for_topic(t) or ()) for t in names.args()[1::2][:4]}
+    consumer.close()
+    assert created == {names.input: 3, names.alerts: 3, names.scores: 3, names.dead: 3}
+
+    first, second = segments(series, 2)
+    kafka_env.produce(names.input, first, bundle.features)  # before the group exists: skipped with latest
+    for p in range(
+        3
+    ):  # Tansu answers "latest" with the last batch's base offset + 1: end on 1-record batches
+        kafka_env.producer.send(names.input, key=b"end", value=b"{}", partition=p)
+        kafka_env.producer.flush()
+    names.group += "-latest"
+    proc, port = kafka_env.start(names, *FAST, "--auto-offset-reset", "latest")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    time.sleep(1.5)  # the group's starting offsets are resolved (to the end) on the first polls
+    ends = kafka_env.produce(names.input, second, bundle.features)
+    wait_for(
+        lambda: metric(port, "anomaly_messages_consumed_total") >= sum(len(s) for s in second),
+        30,
+        "the second half consumed",
+    )
+    time.sleep(1.0)
+    assert metric(port, "anomaly_messages_consumed_total") == sum(len(s) for s in second)
+    assert terminate(proc) == 0
+    del ends
