@@ -42,23 +42,21 @@ class Series:
     def __len__(self) -> int:
         return len(self.timestamps)
 
-    def head(self, n: int) -> Series:
+    def take(self, index: slice | np.ndarray) -> Series:
+        """The readings at `index` (a slice, a boolean mask or positions), labels along, same key and source."""
         return Series(
             self.key,
-            self.timestamps[:n],
-            self.values[:n],
-            None if self.labels is None else self.labels[:n],
+            self.timestamps[index],
+            self.values[index],
+            None if self.labels is None else self.labels[index],
             self.source,
         )
 
+    def head(self, n: int) -> Series:
+        return self.take(slice(None, n))
+
     def tail_from(self, n: int) -> Series:
-        return Series(
-            self.key,
-            self.timestamps[n:],
-            self.values[n:],
-            None if self.labels is None else self.labels[n:],
-            self.source,
-        )
+        return self.take(slice(n, None))
 
 
 SEPARATORS = (",", ";", "\t", "|")
@@ -443,15 +441,7 @@ def split_at_gaps(series: Sequence[Series], max_gap: float) -> list[Series]:
     for s in series:
         cuts = (np.flatnonzero(np.diff(s.timestamps) > max_gap) + 1).tolist()
         for lo, hi in zip([0, *cuts], [*cuts, len(s)], strict=True):
-            out.append(
-                Series(
-                    s.key,
-                    s.timestamps[lo:hi],
-                    s.values[lo:hi],
-                    None if s.labels is None else s.labels[lo:hi],
-                    s.source,
-                )
-            )
+            out.append(s.take(slice(lo, hi)))
     return out
 
 

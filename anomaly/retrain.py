@@ -140,15 +140,7 @@ def _contiguous(s: Series, keep: np.ndarray) -> list[Series]:
     out = []
     edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
     for lo, hi in zip(edges[::2], edges[1::2], strict=True):
-        out.append(
-            Series(
-                s.key,
-                s.timestamps[lo:hi],
-                s.values[lo:hi],
-                None if s.labels is None else s.labels[lo:hi],
-                s.source,
-            )
-        )
+        out.append(s.take(slice(lo, hi)))
     return out
 
 

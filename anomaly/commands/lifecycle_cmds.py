@@ -15,7 +15,6 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import Series
 from anomaly.errors import DataError
 from anomaly.promotion import Comparison, PromotionPolicy, compare
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
@@ -203,11 +202,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
         cut = []
         for s in series:
             m = (s.timestamps >= span.start) & (s.timestamps < span.end)
-            cut.append(
-                Series(
-                    s.key, s.timestamps[m], s.values[m], None if s.labels is None else s.labels[m], s.source
-                )
-            )
+            cut.append(s.take(m))
         series = cut
     events = []
     if alerts_file:
@@ -224,11 +219,7 @@ def _time_slice(series, lo: float, hi: float):  # type: ignore[no-untyped-def]
     for s in series:
         m = (s.timestamps >= lo) & (s.timestamps < hi)
         if m.any():
-            out.append(
-                Series(
-                    s.key, s.timestamps[m], s.values[m], None if s.labels is None else s.labels[m], s.source
-                )
-            )
+            out.append(s.take(m))
     return out
 
 
