@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,18 +146,7 @@ def run_benchmark(
         names = [c for c in names if c in set(channels)]
     names = names[:limit]
     tasks = [(trains[c], tests[c], features, cfg) for c in names]
-    results: list[ChannelResult] = []
-    if jobs <= 1:
-        for task in tasks:
-            results.append(_run_channel_args(task))
-            if on_channel is not None:
-                on_channel(results[-1])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for r in pool.map(_run_channel_args, tasks):
-                results.append(r)
-                if on_channel is not None:
-                    on_channel(r)
+    results = quality.run_tasks(_run_channel_args, tasks, jobs, on_channel)
     scorers = list(results[0].points) if results else []
     compared = {n: quality.assess(n, [r.points[n] for r in results if n in r.points]) for n in scorers}
     settings = {

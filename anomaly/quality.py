@@ -15,9 +15,10 @@ same settings) a backtest yields per-point frames (:func:`anomaly.replay.point_f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,31 @@ from anomaly.baselines import BASELINES, baseline_bundle
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_tasks(
+    fn: Callable[[T], R], tasks: Sequence[T], jobs: int, on_result: Callable[[R], None] | None = None
+) -> list[R]:
+    """`fn` over `tasks` in order, in `jobs` worker processes when jobs > 1; `on_result` sees each result as it
+    arrives (in task order). Results do not depend on `jobs`: each task is self-contained and seeded."""
+    results: list[R] = []
+    if jobs <= 1:
+        outcomes: Iterable[R] = map(fn, tasks)
+        for r in outcomes:
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+        return results
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for r in pool.map(fn, tasks):
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+    return results
+
 
 ORACLE_NOTE = "oracle F1: threshold chosen on the test labels -- oracle, for diagnosis only"
 REFERENCE = "zscore"  # the baseline lift is measured against

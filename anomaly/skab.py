@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,18 +196,7 @@ def run_benchmark(
     files = skab_files(root)[:limit]
     started = time.perf_counter()
     tasks = [(p, Path(root), cfg, train_rows, warm) for p in files]
-    results: list[FileResult] = []
-    if jobs <= 1:
-        for task in tasks:
-            results.append(_run_file_args(task))
-            if on_file is not None:
-                on_file(results[-1])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for r in pool.map(_run_file_args, tasks):
-                results.append(r)
-                if on_file is not None:
-                    on_file(r)
+    results = quality.run_tasks(_run_file_args, tasks, jobs, on_file)
     pooled = evaluation.pool(r.metrics for r in results)
     settings = {
         "train_rows": train_rows,
