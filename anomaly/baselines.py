@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly.model import Architecture, State
+from anomaly.model import Architecture, CarriesState, State
 
 if TYPE_CHECKING:
     from anomaly.bundle import Bundle
@@ -39,7 +39,7 @@ PCA_VARIANCE = 0.9  # label-free choice: components kept explain this share of t
 BASELINES = ("zscore", "pca")
 
 
-class Scorer(nn.Module):
+class Scorer(CarriesState, nn.Module):
     """A stateless reconstruction baseline with the model's interface; (h, c) pass through unchanged."""
 
     kind = "baseline"
@@ -47,15 +47,6 @@ class Scorer(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
-
-    @property
-    def window(self) -> int:
-        return self.arch.window
-
-    def initial_state(self, batch: int, device: torch.device | None = None, dtype=torch.float32) -> State:
-        shape = (self.arch.num_layers, batch, self.arch.hidden_size)
-        z = torch.zeros(shape, device=device, dtype=dtype)
-        return z, z.clone()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

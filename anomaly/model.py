@@ -48,7 +48,22 @@ class ModelOutput(NamedTuple):
     forecast: torch.Tensor | None
 
 
-class LSTMAutoencoder(nn.Module):
+class CarriesState:
+    """What every scorer the engine runs shares: its window and a zero `(h, c)` of the architecture's shape."""
+
+    arch: Architecture
+
+    @property
+    def window(self) -> int:
+        return self.arch.window
+
+    def initial_state(self, batch: int, device: torch.device | None = None, dtype=torch.float32) -> State:
+        shape = (self.arch.num_layers, batch, self.arch.hidden_size)
+        z = torch.zeros(shape, device=device, dtype=dtype)
+        return z, z.clone()
+
+
+class LSTMAutoencoder(CarriesState, nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
@@ -62,15 +77,6 @@ class LSTMAutoencoder(nn.Module):
         self.latent_dropout = nn.Dropout(arch.dropout)
         self.head = nn.Linear(arch.hidden_size, arch.n_features)
         self.forecaster = nn.Linear(arch.hidden_size, arch.n_features) if arch.forecast else None
-
-    @property
-    def window(self) -> int:
-        return self.arch.window
-
-    def initial_state(self, batch: int, device: torch.device | None = None, dtype=torch.float32) -> State:
-        shape = (self.arch.num_layers, batch, self.arch.hidden_size)
-        z = torch.zeros(shape, device=device, dtype=dtype)
-        return z, z.clone()
 
     def encode(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run the encoder over x (B, T, F); return its top-layer outputs (B, T, hidden) and the new state."""
