@@ -122,6 +122,7 @@ def replay(
         [collector, alerts, rejections],
         observer=observer,
         on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
+        finish=True,  # the files end: report readings still waiting for their report window
     )
     if bar is not None:
         bar.close()

@@ -39,6 +39,28 @@ def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_
     assert one_by_one[1] == in_blocks[1] == one_pass[1]
 
 
+def test_flush_reports_the_last_partial_window_and_nothing_twice(bundle, window_bundle, test_series) -> None:
+    w = bundle.window
+    n = 5 * w + 3
+    cfg = EngineConfig(threshold="static")
+    e = Engine(bundle, cfg)
+    out = e.process([Event(test_series.key, test_series.timestamps[:n], test_series.values[:n])])
+    longer = Engine(bundle, cfg).process([Event(test_series.key, test_series.timestamps, test_series.values)])
+    tail = e.flush()
+    assert [len(x.timestamps) for x in out.windows] == [w] * 5 and [
+        len(x.timestamps) for x in tail.windows
+    ] == [3]
+    got = np.concatenate([x.scores for x in out.windows + tail.windows])
+    # the flushed readings were decided on arrival: the same scores as in a longer stream, each decided on itself
+    assert np.array_equal(got, np.concatenate([x.scores for x in longer.windows])[:n])
+    assert np.array_equal(tail.windows[0].decided_at, test_series.timestamps[n - 3 : n])
+    assert e.flush().windows == [] and e.counters["windows"] == 6
+    # a whole-window model has nothing scored and waiting
+    e = Engine(window_bundle, cfg)
+    e.process([Event(test_series.key, test_series.timestamps[:n], test_series.values[:n])])
+    assert e.flush().windows == []
+
+
 def test_window_scored_bundles_group_invariantly(window_bundle, test_series) -> None:
     """A reconstruction-only bundle is scored by whole windows; grouping still does not matter."""
     cfg = EngineConfig(threshold="dynamic", dynamic_warmup=32, dynamic_history=64)

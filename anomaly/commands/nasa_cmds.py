@@ -10,7 +10,7 @@ import click
 
 from anomaly import nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
-from anomaly.config import build_config, load_config
+from anomaly.config import load_config
 from anomaly.quality import format_quality
 
 
@@ -69,7 +69,7 @@ def nasa_cmd(
     setup_logging(verbose)
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
-    cfg = load_config(pipeline, overrides) if pipeline else build_config({}, None, overrides)
+    cfg = load_config(pipeline, overrides)  # no pipeline: defaults, then ANOMALY_* variables and options
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
 
     from tqdm import tqdm

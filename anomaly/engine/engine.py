@@ -229,6 +229,24 @@ class Engine:
         self.counters["evicted"] += len(out.evicted)
         return out
 
+    def flush(self, keys: Iterable[str] | None = None) -> EngineOutput:
+        """End of stream: report the readings of `keys` (all if None) that were scored on arrival but wait for
+        their report window to fill, as a short ScoredWindow each, so every scored reading is reported. Their
+        decisions were made on arrival and do not change; the key's next reading starts a new report window
+        (as after a gap). Only a replay that has reached the end of its data calls this: the daemon's stream
+        has no end, so a partial window waits in the key's state (and its snapshot) for the next readings. A
+        model without a forecast head scores whole windows only; it has nothing waiting and emits nothing."""
+        out = EngineOutput()
+        if not self.per_reading:
+            return out
+        slots = self.store.slots
+        chosen = list(slots) if keys is None else [k for k in keys if k in slots]
+        fill = self.store.arrays["rep_fill"]
+        waiting = [k for k in chosen if fill[slots[k]] > 0]
+        if waiting:
+            self._flush_report(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
+        return out
+
     def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
         """An evicted key's open alert is closed, so no alert is left open forever downstream."""
         a = self.store.arrays
