@@ -245,8 +245,9 @@ def coverage_warnings(
             f"{trained:g} s; check the time unit (--time-unit) or the data"
         )
     resets = engine.counters["gap_resets"]
-    if engine.per_reading and resets >= total // 2:
-        # a forecast model scores every reading, but after a reset from a cold state: as good as nothing
+    if engine.per_reading and (resets >= total // 2 or all(len(s) < w for s in series)):
+        # a forecast model scores every reading, but after a reset (or in a series shorter than one window) from
+        # a cold state: as good as nothing
         unscored = total
     if unscored <= total // 2:
         return out

@@ -11,7 +11,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS
-from anomaly.training import max_runs, series_errors
+from anomaly.training import distinct_values, max_runs, series_errors
 from tests.helpers import chunks, make_series
 
 
@@ -506,6 +506,25 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
     assert e.counters["alerts_opened"] == 1
     off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
     assert off.process([Event("stuck", ts, live(0))]).alerts == []
+
+
+def test_a_flag_that_holds_is_not_a_stuck_sensor(bundle) -> None:
+    """Training: feature 3 is a 0/1 command flag that switches every 10 readings (2 distinct values, longest run
+    10). Live it holds 1 for 300 readings: the stuck rule leaves it alone (fewer than stuck_min_distinct training
+    values), unless the engine is told to watch features with 2 distinct values."""
+    rng = np.random.default_rng(1)
+    train = rng.normal(0, 1, (400, 4))
+    train[:, 3] = np.repeat(np.arange(40) % 2, 10)
+    assert distinct_values([train]).tolist() == [400, 400, 400, 2] and max_runs([train])[3] == 10
+    bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
+    bundle.calibration["feature_distinct"] = distinct_values([train]).tolist()
+    v = bundle.scaler.mean + rng.normal(0, 1, (20 * bundle.window, 4)) * bundle.scaler.scale
+    v[:, 3] = bundle.scaler.mean[3] + bundle.scaler.scale[3]
+    ts = np.arange(len(v), dtype=np.float64)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0)
+    assert Engine(bundle, cfg).process([Event("flag", ts, v)]).alerts == []
+    watched = Engine(bundle, dataclasses.replace(cfg, stuck_min_distinct=2)).process([Event("flag", ts, v)])
+    assert [(a.status, a.start) for a in watched.alerts] == [("open", 19.0)]  # 2 x 10 identical readings
 
 
 def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:

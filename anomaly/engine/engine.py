@@ -108,6 +108,10 @@ class Engine:
             self.stuck_limit = np.maximum(
                 self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
             ).astype(np.int32)
+            distinct = bundle.calibration.get("feature_distinct")  # absent in older bundles: every feature
+            if distinct is not None and len(distinct) == self.n_features:
+                few = np.asarray(distinct) < self.config.stuck_min_distinct  # flags, modes, counters
+                self.stuck_limit[few] = np.iinfo(np.int32).max
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
