@@ -186,9 +186,9 @@ class ChangelogStore:
         epoch: int = 0,
         *,
         compressed: bool = False,
-    ) -> None:
-        """Send one checkpoint (``offset`` None and no snapshot: a claim without state). Not durable until the
-        producer is flushed (or the transaction committed)."""
+    ) -> int:
+        """Send one checkpoint (``offset`` None and no snapshot: a claim without state); returns the compressed
+        state's size. Not durable until the producer is flushed (or the transaction committed)."""
         topic = self.topic_for(source_topic(pid))
         stale = self._live_chunks.pop(pid, [])
         payload = snapshot if compressed or not snapshot else zlib.compress(snapshot, 1)
@@ -210,6 +210,7 @@ class ChangelogStore:
         # Tombstones of the previous generation go after the new header: same partition, so ordered after it.
         for ck in stale:
             self.send(topic, ck.encode(), None)
+        return len(payload)
 
     def read(self, pids: Iterable[str]) -> dict[str, Checkpoint]:
         """Latest checkpoint of each wanted partition id written by this group (absent: none). Reads each
@@ -255,6 +256,11 @@ class ChangelogStore:
         tps = self._partitions(topic)
         reader.assign(tps)
         end = reader.end_offsets(tps)
+        log.info(
+            topic,
+            {tp.partition: e for tp, e in end.items()},
+            reader.config.get("isolation_level"),
+        )
         reader.seek_to_beginning(*tps)
         deadline = time.monotonic() + self.read_timeout_s
         # Tansu reports the end as the last batch's base offset + 1; a fetch returns whole batches, so reading
