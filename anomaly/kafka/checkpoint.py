@@ -205,10 +205,6 @@ class KafkaCheckpointer:
             if not offsets and not self.delivery.in_transaction:
                 return True
             # FencedError (a DeliveryError) propagates: the state in memory is ahead of what was committed.
-            log.info(
-                self.changelog.owner.txn,
-                {f"{tp.partition}": o.offset for tp, o in offsets.items()},
-            )
             self.delivery.commit(offsets, self.consumer.group_metadata())
             self.tracker.uncommitted -= set(offsets)
             return True

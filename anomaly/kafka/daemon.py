@@ -331,8 +331,9 @@ class Daemon:
                 self.changelog.write(pid, offset, cp.payload, cp.keys, epoch, compressed=True)
             else:  # no state: resume from the group's committed offset; the claim still fences older owners
                 self.changelog.write(pid, None, b"", 0, epoch)
-        if by_pid:
-            self.delivery.flush()
+        if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
+            self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
+            self.checkpointer.commit(by_pid.values(), wait=not seek)
         log.info("assigned %d partition(s); restored %d from the changelog", len(assigned), restored)
         self._rebalancing = False
         self._assigned_once = True

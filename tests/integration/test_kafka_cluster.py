@@ -214,6 +214,44 @@ def test_a_restored_checkpoint_whose_offset_commit_was_lost_gets_committed(kafka
     same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
 
 
+def test_a_restore_reads_past_another_writers_open_transaction_on_the_changelog(
+    kafka_env, stream, tiny_model
+):
+    """Another member's transaction is open on the changelog partition while this daemon restores (e.g. its
+    claims, not yet committed). Tansu 0.6 then reports the partition's end as 0 to read_committed readers and
+    a restore that trusted it read nothing: state lost, keys fresh. The restore must still take its own
+    checkpoints, written before the open transaction."""
+    from kafka import KafkaProducer
+
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    other = KafkaProducer(
+        bootstrap_servers=kafka_env.broker.bootstrap, transactional_id=f"other-{names.group}"
+    )
+    other.init_transactions()
+    other.begin_transaction()
+    claim = encode_header("elsewhere:0", None, b"", 0, owner=Owner("other", "m", "other"), epoch=1)
+    other.send(names.changelog, key=b"elsewhere:0", value=claim + b"\n").get()  # open during the restore
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+    proc, _ = kafka_env.start(names, *FAST)
+    try:
+        wait_for(lambda: "assigned" in kafka_env.logs[-1].read_text(), 60, "the restore")
+    finally:  # Tansu hides transactional offset commits behind an open transaction on the same partition
+        other.abort_transaction()
+        other.close(timeout=1)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    log = kafka_env.logs[-1].read_text()
+
+    assert "restored 2 from the changelog" in log
+    assert f"stopped: {sum(len(s) for s in second)} messages" in log
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
 def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream, tiny_model):
     _, series = stream
     _, bundle = tiny_model
