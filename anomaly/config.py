@@ -114,9 +114,15 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0
     forecast: bool = True  # one-step forecast head; the engine then scores each reading on arrival
+    # the features whose error is scored ("targets"); the others are context inputs the model reads but is not
+    # judged on (commands, setpoints, operating mode). Empty: every feature.
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _need(self.window >= 2, "model.window", "must be at least 2")
+        dup = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        _need(not dup, "model.targets", f"lists {', '.join(dup)} more than once")
+        _need(all(self.targets), "model.targets", "must not contain an empty name")
         _need(self.hidden_size >= 1, "model.hidden_size", "must be positive")
         _need(self.num_layers >= 1, "model.num_layers", "must be positive")
         _need(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -203,6 +209,8 @@ class EngineConfig:
     max_alert_seconds: float = 86_400.0
     stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
     stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
+    # only features with at least this many distinct training values are watched (a flag may hold for ever)
+    stuck_min_distinct: int = 16
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
@@ -252,6 +260,7 @@ class EngineConfig:
         )
         _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
         _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
+        _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
@@ -401,6 +410,12 @@ class PipelineConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.model.targets if self.data.features and t not in self.data.features]
+        _need(
+            not unknown,
+            "model.targets",
+            f"names {', '.join(unknown)}, not in data.features ({', '.join(self.data.features)})",
+        )
         _need(
             self.train.stride <= self.model.window,
             "train.stride",

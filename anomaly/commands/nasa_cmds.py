@@ -10,7 +10,7 @@ import click
 
 from anomaly import nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
-from anomaly.config import build_config, load_config
+from anomaly.config import load_config
 from anomaly.quality import format_quality
 
 
@@ -31,6 +31,14 @@ from anomaly.quality import format_quality
     type=click.IntRange(min=1),
     default=None,
     help="Maximum training epochs per channel.  [default: the pipeline's, 30 without one]",
+)
+@click.option(
+    "--targets",
+    type=click.Choice(["telemetry", "all"]),
+    default="telemetry",
+    show_default=True,
+    help="Features scored: telemetry (telemanom's protocol: the cmd_* flags are context inputs) or all "
+    "(every feature scored alike, as the merged benchmark does).",
 )
 @click.option(
     "--jobs",
@@ -55,6 +63,7 @@ def nasa_cmd(
     channels: str | None,
     limit: int | None,
     epochs: int | None,
+    targets: str,
     jobs: int,
     json_out: str | None,
     verbose: bool,
@@ -69,7 +78,8 @@ def nasa_cmd(
     setup_logging(verbose)
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
-    cfg = load_config(pipeline, overrides) if pipeline else build_config({}, None, overrides)
+    overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
+    cfg = load_config(pipeline, overrides)  # no pipeline: defaults, then ANOMALY_* variables and options
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
 
     from tqdm import tqdm

@@ -41,7 +41,7 @@ from anomaly.engine.types import (
     ScoredWindow,
 )
 from anomaly.errors import BundleError
-from anomaly.model import as_output, reading_errors
+from anomaly.model import as_output, point_error, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 _RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
@@ -78,6 +78,9 @@ class Engine:
         self.per_reading = bool(getattr(bundle.arch, "forecast", False))  # score each reading on arrival
         self.unit = 1 if self.per_reading else self.window  # readings per queued unit
         self.n_features = len(bundle.features)
+        # the features whose error scores a reading (model.targets); None: all. Context features are read by
+        # the model but have error 0, no stuck rule and no share in alerts.
+        self.targets: tuple[int, ...] | None = getattr(bundle.arch, "targets", None)
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
         self.reference = bundle.reference_error
@@ -90,7 +93,8 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             ref_f = np.asarray(ref, np.float64)
-            floor = self.config.feature_reference_floor * float(np.median(ref_f))
+            scored = ref_f if self.targets is None else ref_f[list(self.targets)]
+            floor = self.config.feature_reference_floor * float(np.median(scored))
             self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
@@ -108,6 +112,13 @@ class Engine:
             self.stuck_limit = np.maximum(
                 self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
             ).astype(np.int32)
+            distinct = bundle.calibration.get("feature_distinct")  # absent in older bundles: every feature
+            if distinct is not None and len(distinct) == self.n_features:
+                few = np.asarray(distinct) < self.config.stuck_min_distinct  # flags, modes, counters
+                self.stuck_limit[few] = np.iinfo(np.int32).max
+            if self.targets is not None:  # a context input (a command flag) may hold its value for ever
+                context = np.setdiff1d(np.arange(self.n_features), self.targets)
+                self.stuck_limit[context] = np.iinfo(np.int32).max
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
@@ -227,6 +238,24 @@ class Engine:
             lambda key, row: self._close_on_evict(key, row, out),
         )
         self.counters["evicted"] += len(out.evicted)
+        return out
+
+    def flush(self, keys: Iterable[str] | None = None) -> EngineOutput:
+        """End of stream: report the readings of `keys` (all if None) that were scored on arrival but wait for
+        their report window to fill, as a short ScoredWindow each, so every scored reading is reported. Their
+        decisions were made on arrival and do not change; the key's next reading starts a new report window
+        (as after a gap). Only a replay that has reached the end of its data calls this: the daemon's stream
+        has no end, so a partial window waits in the key's state (and its snapshot) for the next readings. A
+        model without a forecast head scores whole windows only; it has nothing waiting and emits nothing."""
+        out = EngineOutput()
+        if not self.per_reading:
+            return out
+        slots = self.store.slots
+        chosen = list(slots) if keys is None else [k for k in keys if k in slots]
+        fill = self.store.arrays["rep_fill"]
+        waiting = [k for k in chosen if fill[slots[k]] > 0]
+        if waiting:
+            self._flush_report(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
         return out
 
     def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
@@ -576,11 +605,11 @@ class Engine:
                 outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
             else:
                 outputs, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = reading_errors(as_output(outputs), xt)[:k].numpy()
+            err_f = reading_errors(as_output(outputs), xt, self.targets)[:k].numpy()
         a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
         a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
         out.batches.append(k)
-        errors = err_f.mean(axis=2)
+        errors = point_error(err_f, self.targets)
         per_feature = err_f.sum(axis=1)
         totals = per_feature.sum(axis=1, keepdims=True)
         shares = np.divide(
@@ -822,7 +851,10 @@ class Engine:
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
-        order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
+        order = np.argsort(-contrib, kind="stable")
+        if self.targets is not None:  # context features are never a cause
+            order = order[np.isin(order, self.targets)]
+        order = order[: self.config.top_features]
         top = [
             {"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order
         ]
