@@ -355,9 +355,8 @@ class Daemon:
 
     def _fence(self, previous: set[str], done: set[str]) -> None:
         """Fence the previous owners' transactional ids (``done``: already fenced in this assignment): their
-        open transactions are aborted and a zombie's late writes are refused by the broker. Fenced again at
-        every assignment, not remembered: a restarted daemon may reuse its id (same host name and pid, e.g. a
-        container restarted in its pod) and leave a new open transaction under it."""
+        open transactions are aborted and a zombie's late writes are refused by the broker. Not remembered across
+        assignments: a repeated fence costs one round trip, a memo would grow with every id ever seen."""
         for txn_id in sorted(previous - {self.changelog.owner.txn} - done):
             clients.fence(self.cfg.kafka, txn_id, self.opts.bootstrap_timeout_s)
             done.add(txn_id)
