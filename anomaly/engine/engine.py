@@ -30,6 +30,7 @@ import torch
 
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
+from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, window_pieces
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import (
     REJECT_REASONS,
@@ -43,8 +44,6 @@ from anomaly.engine.types import (
 from anomaly.errors import BundleError
 from anomaly.model import as_output, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
-
-_RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
 
 class Engine:
@@ -190,36 +189,21 @@ class Engine:
 
     def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
         out = EngineOutput()
-        queues: dict[int, deque] = {}
+        queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
         row_keys: dict[int, str] = {}
-        self._ingest_batch(events, queues, row_keys, out)
-        while queues:
-            # per key: its next window (whole-window scoring), or its next readings up to the end of the current
-            # report window (per-reading scoring); keys whose pieces have the same length share one model call
-            groups: dict[int, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
-            fill = self.store.arrays["rep_fill"] if self.per_reading else None
-            for row in list(queues):
-                q = queues[row]
-                while q and q[0] is _RESET:
-                    q.popleft()
-                    self._flush_report(np.asarray([row]), [row_keys[row]], out)
-                    self.store.reset_model_state(np.asarray([row]))
-                if q:
-                    room = 1 if fill is None else self.window - int(fill[row])
-                    xs: list[np.ndarray] = []
-                    tss: list[np.ndarray] = []
-                    while q and q[0] is not _RESET and len(xs) < room:
-                        x, ts = q.popleft()
-                        xs.append(x)
-                        tss.append(ts)
-                    g = groups.setdefault(len(xs), ([], [], []))
-                    g[0].append(row)
-                    g[1].append(xs[0] if len(xs) == 1 else np.concatenate(xs))
-                    g[2].append(tss[0] if len(tss) == 1 else np.concatenate(tss))
-                if not q:
-                    del queues[row]
-            for _, (rows, xs, tss) in sorted(groups.items()):
-                self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
+        regular: list[Pieces] = []  # keys that took the columnar path
+        self._ingest_batch(events, queues, row_keys, regular, out)
+        fill = self.store.arrays["rep_fill"] if self.per_reading else None
+        pieces = Pieces.concat(
+            [from_queues(queues, fill, self.window, self.n_features), *regular], self.n_features
+        )
+        key_of = row_keys.__getitem__
+        for resets, calls in pieces.rounds():
+            if len(resets):
+                self._flush_report(resets, list(map(key_of, resets.tolist())), out)
+                self.store.reset_model_state(resets)
+            for rows, x, ts in calls:
+                self._score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds
         out.evicted = self.store.evict(
             self.config.max_keys,
@@ -253,18 +237,19 @@ class Engine:
         events: Sequence[Event] | Readings,
         queues: dict[int, deque],
         row_keys: dict[int, str],
+        regular: list[Pieces],
         out: EngineOutput,
     ) -> None:
         """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
         in order, by `_ingest`, which owns the reasons."""
         if isinstance(events, Readings):
             if len(events):
-                self._ingest_readings(events, queues, row_keys, out)
+                self._ingest_readings(events, queues, row_keys, regular, out)
             return
         f = self.n_features
-        regular = Readings.from_regular_events(events, f)  # the common case, without a loop over events
-        if regular is not None:
-            self._ingest_readings(regular, queues, row_keys, out)
+        cols = Readings.from_regular_events(events, f)  # the common case, without a loop over events
+        if cols is not None:
+            self._ingest_readings(cols, queues, row_keys, regular, out)
             return
         keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
@@ -289,15 +274,20 @@ class Engine:
             refs.append(ev.ref)
         if keys:
             batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
-            self._ingest_readings(batch, queues, row_keys, out)
+            self._ingest_readings(batch, queues, row_keys, regular, out)
 
     def _ingest_readings(
-        self, r: Readings, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        r: Readings,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        regular: list[Pieces],
+        out: EngineOutput,
     ) -> None:
         """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
-        time order, no long gap) take the array path; the few others go message by message through `_ingest`,
-        which owns the policies. Both paths assemble windows identically. Python work is per distinct key,
-        not per message."""
+        time order, no long gap) take the array path and become `regular` pieces; the few others go message by
+        message through `_ingest`, which owns the policies and queues units per key. Both paths cut readings
+        into the same pieces. Python work is per distinct key, not per message."""
         slots = self.store.slots
         name_rows = np.empty(len(r.names), np.int64)
         created: set[int] = set()
@@ -331,6 +321,8 @@ class Engine:
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
             bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
+        if queues:  # keys already queued by the per-event path in this call stay on it, in order
+            bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
         if bad.any():
             irregular = np.unique(r_s[bad])
             self.store.drop(
@@ -346,30 +338,52 @@ class Engine:
             if not len(order):
                 return
             first[0] = True
-        self._assemble(r_s, t_s, vals[order], first, queues, out)
+        regular.append(self._assemble(r_s, t_s, vals[order], first, out))
 
     def _assemble(
-        self,
-        r: np.ndarray,
-        t: np.ndarray,
-        raw: np.ndarray,
-        first: np.ndarray,
-        queues: dict[int, deque],
-        out: EngineOutput,
-    ) -> None:
-        """Append regular readings (grouped by row, in time order within a row) to windows, as arrays."""
+        self, r: np.ndarray, t: np.ndarray, raw: np.ndarray, first: np.ndarray, out: EngineOutput
+    ) -> Pieces:
+        """Regular readings (grouped by row, in time order within a row) as pieces, with array operations only:
+        cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
+        window carried in its state (window-scored)."""
         a = self.store.arrays
-        w = self.unit
         v = ((raw - self._mean) / self._scale).astype(np.float32)
         starts = np.flatnonzero(first)
         groups = r[starts]
         m = np.diff(np.append(starts, len(r)))
+        if self.per_reading:
+            pieces = report_pieces(r, first, v, t, a["rep_fill"][groups], self.window)
+        else:
+            pieces = self._windows(r, t, v, starts, groups, m)
+        last = starts + m - 1
+        a["last_ts"][groups] = t[last]
+        a["seen"][groups] = t[last]
+        a["last_values"][groups] = raw[last]
+        a["readings"][groups] += m
+        self.max_ts = max(self.max_ts, float(t.max()))
+        self.counters["readings"] += len(r)
+        out.readings += len(r)
+        return pieces
+
+    def _windows(
+        self,
+        r: np.ndarray,
+        t: np.ndarray,
+        v: np.ndarray,
+        starts: np.ndarray,
+        groups: np.ndarray,
+        m: np.ndarray,
+    ) -> Pieces:
+        """Complete windows of window-scored keys (partial windows continue in the `buf` state)."""
+        a = self.store.arrays
+        w = self.unit
         gi = np.repeat(np.arange(len(starts)), m)
         f0 = a["fill"][groups].astype(np.int64)
         pos = f0[gi] + (np.arange(len(r)) - starts[gi])
         wi, p = pos // w, pos % w
         n_complete = (f0 + m) // w
         complete = wi < n_complete[gi]
+        pieces = Pieces.empty(self.n_features)
         if n_complete.any():
             base = np.concatenate([[0], np.cumsum(n_complete)[:-1]])
             total = int(n_complete.sum())
@@ -381,22 +395,13 @@ class Engine:
             wid = base[gi[complete]] + wi[complete]
             xs[wid, p[complete]] = v[complete]
             tss[wid, p[complete]] = t[complete]
-            for g in np.flatnonzero(n_complete):
-                q = queues.setdefault(int(groups[g]), deque())
-                for j in range(int(base[g]), int(base[g] + n_complete[g])):
-                    q.append((xs[j], tss[j]))
+            nz = n_complete > 0
+            pieces = window_pieces(groups[nz], n_complete[nz], xs, tss)
         part = ~complete
         a["buf"][r[part], p[part]] = v[part]
         a["buf_ts"][r[part], p[part]] = t[part]
         a["fill"][groups] = (f0 + m) % w
-        last = starts + m - 1
-        a["last_ts"][groups] = t[last]
-        a["seen"][groups] = t[last]
-        a["last_values"][groups] = raw[last]
-        a["readings"][groups] += m
-        self.max_ts = max(self.max_ts, float(t.max()))
-        self.counters["readings"] += len(r)
-        out.readings += len(r)
+        return pieces
 
     def _reject(
         self,
@@ -457,7 +462,7 @@ class Engine:
             if lo in gap_starts:
                 self.counters["gap_resets"] += 1
                 a["fill"][row] = 0
-                q.append(_RESET)
+                q.append(RESET)
             self._append(row, ts[lo:hi], scaled[lo:hi], q)
         a["last_ts"][row] = ts[-1]
         a["seen"][row] = ts[-1]
