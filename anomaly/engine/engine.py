@@ -188,6 +188,12 @@ class Engine:
     # --- processing ------------------------------------------------------------------------------------------
 
     def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
+        """Ingest, score and evict. Keys expire (TTL) between messages, as if every message came in its own
+        call: when a call's event time could expire a key mid-call, its messages are processed one by one."""
+        if not isinstance(events, Readings):
+            events = Readings.from_regular_events(events, self.n_features) or events
+        if len(events) > 1 and self._may_expire(events):
+            return self._one_by_one(events)
         out = EngineOutput()
         queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
         row_keys: dict[int, str] = {}
@@ -211,6 +217,47 @@ class Engine:
             lambda key, row: self._close_on_evict(key, row, out),
         )
         self.counters["evicted"] += len(out.evicted)
+        return out
+
+    def _may_expire(self, events: Sequence[Event] | Readings) -> bool:
+        """Whether the event time reached in this call expires (TTL) a key that matters before the call ends: one
+        that reads again in this call, or one whose open alert the expiry closes (its `at` is the event time
+        then). Conservative: True may still expire nothing; message by message is right either way."""
+        ttl = self.config.ttl_seconds
+        if ttl <= 0:
+            return False
+        if isinstance(events, Readings):
+            ts, names = events.timestamps, events.names
+        else:
+            try:
+                ts = np.concatenate([np.asarray(ev.timestamps, np.float64).reshape(-1) for ev in events])
+                names = list({str(ev.key): None for ev in events})
+            except (TypeError, ValueError):
+                return True
+        ts = ts[np.isfinite(ts)]
+        if not len(ts):
+            return False
+        horizon = max(self.max_ts, float(ts.max())) - ttl  # keys last seen before this expire
+        seen = self.store.arrays["seen"]
+        if not horizon > np.fmin(np.fmin.reduce(seen), ts.min()):
+            return False  # the common case: no key at all is that old
+        if horizon > ts.min():
+            return True
+        slots = self.store.slots
+        rows = [slots[k] for k in names if k in slots]
+        matter = np.concatenate([seen[rows], seen[self.store.arrays["alert_open"]]])
+        return bool(len(matter)) and bool(horizon > np.fmin.reduce(matter))
+
+    def _one_by_one(self, events: Sequence[Event] | Readings) -> EngineOutput:
+        out = EngineOutput()
+        for ev in events.events() if isinstance(events, Readings) else events:
+            part = self.process([ev])
+            out.windows += part.windows
+            out.alerts += part.alerts
+            out.rejections += part.rejections
+            out.readings += part.readings
+            out.batches += part.batches
+            out.evicted += part.evicted
         return out
 
     def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
@@ -595,13 +642,18 @@ class Engine:
         a["ewma"][rows] = last
         names = self.threshold.fields()
         th_state = {name: a[name][rows] for name in names}
-        eps, warm = self.threshold.epsilon(th_state, k)
         if self.per_reading:
             # chosen once per report window, at its first reading, so that the threshold in force does not
-            # depend on how the window's readings were grouped into calls
-            eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
-            warm = np.where(start, warm, a["rep_warm"][rows])
-            a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
+            # depend on how the window's readings were grouped into calls (and computed only there)
+            eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
+            first = np.flatnonzero(start)
+            if len(first):
+                eps[first], warm[first] = self.threshold.epsilon(
+                    {name: v[first] for name, v in th_state.items()}, len(first)
+                )
+                a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
+        else:
+            eps, warm = self.threshold.epsilon(th_state, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             cols = []
@@ -657,14 +709,17 @@ class Engine:
         emit a ScoredWindow for rows whose buffer holds `window` readings."""
         a = self.store.arrays
         pos = a["rep_fill"][rows].astype(np.int64)
-        for j in range(ts.shape[1]):
-            a["rep_ts"][rows, pos + j] = ts[:, j]
-            a["rep_err"][rows, pos + j] = errors[:, j]
-            a["rep_score"][rows, pos + j] = scores[:, j]
-            a["rep_thr"][rows, pos + j] = thresholds[:, j]
-            a["rep_anom"][rows, pos + j] = anomalous[:, j]
-            a["rep_open"][rows, pos + j] = open_pts[:, j]
-            a["rep_sq"][rows] += err_f[:, j]
+        r, c = rows[:, None], pos[:, None] + np.arange(ts.shape[1])
+        a["rep_ts"][r, c] = ts
+        a["rep_err"][r, c] = errors
+        a["rep_score"][r, c] = scores
+        a["rep_thr"][r, c] = thresholds
+        a["rep_anom"][r, c] = anomalous
+        a["rep_open"][r, c] = open_pts
+        sq = a["rep_sq"][rows]
+        for j in range(ts.shape[1]):  # reading by reading: the float32 sum must not depend on grouping
+            sq += err_f[:, j]
+        a["rep_sq"][rows] = sq
         a["rep_fill"][rows] = pos + ts.shape[1]
         full = np.flatnonzero(pos + ts.shape[1] == self.window)
         if len(full):
@@ -676,33 +731,39 @@ class Engine:
         if not self.per_reading:
             return
         a = self.store.arrays
+        fill = a["rep_fill"][rows]
+        if not fill.all():
+            keep = np.flatnonzero(fill)
+            rows, fill, keys = rows[keep], fill[keep], [keys[i] for i in keep.tolist()]
+        if not len(rows):
+            return
+        sq = a["rep_sq"][rows]
+        total = sq.sum(axis=1, keepdims=True)
+        shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.n_features), where=total > 0)
+        ts, decided = a["rep_ts"][rows], a["rep_ts"][rows]
+        err, score, thr = a["rep_err"][rows], a["rep_score"][rows], a["rep_thr"][rows]
+        anom, opened = a["rep_anom"][rows], a["rep_open"][rows]
         version = self.bundle.version
-        for row, key in zip(rows.tolist(), keys, strict=True):
-            n = int(a["rep_fill"][row])
-            if n == 0:
-                continue
-            sq = a["rep_sq"][row]
-            total = sq.sum()
-            shares = sq / total if total > 0 else np.full(self.n_features, 1.0 / self.n_features, np.float32)
-            ts = a["rep_ts"][row, :n].copy()
-            out.windows.append(
+        windows = out.windows
+        for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True)):
+            windows.append(
                 ScoredWindow(
                     key,
-                    ts,
-                    a["rep_err"][row, :n].copy(),
-                    a["rep_score"][row, :n].copy(),
-                    a["rep_thr"][row, :n].copy(),
-                    a["rep_anom"][row, :n].copy(),
-                    a["rep_open"][row, :n].copy(),
-                    shares.astype(np.float32),
+                    ts[i, :n],
+                    err[i, :n],
+                    score[i, :n],
+                    thr[i, :n],
+                    anom[i, :n],
+                    opened[i, :n],
+                    shares[i],
                     version,
-                    ts.copy(),
+                    decided[i, :n],
                 )
             )
-            a["rep_fill"][row] = 0
-            a["rep_sq"][row] = 0
-            a["windows"][row] += 1
-            self.counters["windows"] += 1
+        a["rep_fill"][rows] = 0
+        a["rep_sq"][rows] = 0
+        a["windows"][rows] += 1
+        self.counters["windows"] += len(rows)
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
