@@ -129,13 +129,15 @@ def make_scorer(kind: str, arch: Architecture, params: dict[str, Any] | None = N
 
 
 def fit_baselines(
-    scaled: Sequence[Series], train_parts: Sequence[np.ndarray], window: int, cfg: TrainConfig
+    scaled: Sequence[Series], train_parts: Sequence[np.ndarray], like: Architecture, cfg: TrainConfig
 ) -> dict[str, dict[str, Any]]:
     """Parameters and calibration of every baseline. `scaled` are the standardized training series (as the
-    model's calibration sees them), `train_parts` their rows the model trains on (validation held out)."""
+    model's calibration sees them), `train_parts` their rows the model trains on (validation held out),
+    `like` the model's architecture (features, window, targets: a baseline scores the same target features
+    as the model, so the comparison stays fair)."""
     from anomaly.training import calibrate
 
-    arch = Architecture(scaled[0].values.shape[1], window)
+    arch = Architecture(like.n_features, like.window, targets=like.targets)
     center, components, k = fit_pca(np.concatenate(list(train_parts)))
     params: dict[str, dict[str, Any]] = {
         "zscore": {},

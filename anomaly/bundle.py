@@ -70,6 +70,13 @@ class Bundle:
         return None if ref is None else [float(v) for v in ref]
 
     @property
+    def targets(self) -> list[str]:
+        """The features whose error scores a reading (model.targets); every feature in bundles made before
+        targets existed."""
+        idx = getattr(self.arch, "targets", None)
+        return list(self.features) if idx is None else [self.features[i] for i in idx]
+
+    @property
     def sampling_interval(self) -> float | None:
         """Median step between training readings, seconds; None in bundles trained before it was learnt."""
         value = self.meta.get("sampling", {}).get("interval_seconds")
@@ -110,6 +117,7 @@ class Bundle:
             "architecture": self.arch.to_json(),
             # how the engine scores this model: each reading on arrival (forecast head) or by whole windows
             "scoring": "per_reading" if self.arch.forecast else "window",
+            "targets": self.targets,  # the scored features; the rest are context inputs
             "scaler": self.scaler.to_json(),
             "calibration": self.calibration,
         }
@@ -217,12 +225,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         scaler = Scaler.from_json(meta["scaler"])
         features = list(meta["features"])
         calibration = dict(meta["calibration"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise BundleError(
             f"{path}: bundle does not describe a valid model ({str(exc).splitlines()[0][:120]})",
             path=str(path),
         ) from None
     model.to(device).eval()
-    derived = ("architecture", "scaler", "features", "calibration", "scoring")
+    derived = ("architecture", "scaler", "features", "calibration", "scoring", "targets")
     rest = {k: v for k, v in meta.items() if k not in derived}
     return Bundle(model, features, scaler, calibration, rest)

@@ -114,9 +114,15 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0
     forecast: bool = True  # one-step forecast head; the engine then scores each reading on arrival
+    # the features whose error is scored ("targets"); the others are context inputs the model reads but is not
+    # judged on (commands, setpoints, operating mode). Empty: every feature.
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _need(self.window >= 2, "model.window", "must be at least 2")
+        dup = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        _need(not dup, "model.targets", f"lists {', '.join(dup)} more than once")
+        _need(all(self.targets), "model.targets", "must not contain an empty name")
         _need(self.hidden_size >= 1, "model.hidden_size", "must be positive")
         _need(self.num_layers >= 1, "model.num_layers", "must be positive")
         _need(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -401,6 +407,12 @@ class PipelineConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.model.targets if self.data.features and t not in self.data.features]
+        _need(
+            not unknown,
+            "model.targets",
+            f"names {', '.join(unknown)}, not in data.features ({', '.join(self.data.features)})",
+        )
         _need(
             self.train.stride <= self.model.window,
             "train.stride",

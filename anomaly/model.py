@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,9 +36,26 @@ class Architecture:
     num_layers: int = 1
     dropout: float = 0.0
     forecast: bool = False  # one-step forecast head; False in bundles made before it existed
+    # indices of the features whose error scores a reading (the "targets"); the others are context inputs
+    # (commands, setpoints, operating mode) the model reads but is not judged on. None: every feature.
+    targets: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            return
+        t = tuple(int(i) for i in self.targets)  # JSON gives a list
+        if not t or len(set(t)) != len(t) or not all(0 <= i < self.n_features for i in t):
+            raise ValueError(f"targets must be distinct feature indices in [0, {self.n_features}), got {t}")
+        every = sorted(t) == list(range(self.n_features))
+        object.__setattr__(self, "targets", None if every else tuple(sorted(t)))
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.targets is None:  # bundles that score every feature keep the metadata they always had
+            out.pop("targets")
+        else:
+            out["targets"] = list(self.targets)
+        return out
 
 
 class ModelOutput(NamedTuple):
@@ -128,13 +146,26 @@ def as_output(outputs: ModelOutput | torch.Tensor) -> ModelOutput:
     return outputs if isinstance(outputs, ModelOutput) else ModelOutput(outputs, None)
 
 
-def reading_errors(out: ModelOutput, x: torch.Tensor) -> torch.Tensor:
+def reading_errors(out: ModelOutput, x: torch.Tensor, targets: tuple[int, ...] | None = None) -> torch.Tensor:
     """The squared error per reading and feature (B, T, F) that scores a reading: the one-step forecast error
-    when the model has a forecast head (known when the reading arrives), else the reconstruction error."""
+    when the model has a forecast head (known when the reading arrives), else the reconstruction error.
+    With `targets` (feature indices), the other features' errors are 0: they are context, not judged."""
     pred = out.forecast if out.forecast is not None else out.reconstruction
     if pred is None:
         raise ValueError("the model output has neither a forecast nor a reconstruction")
-    return (pred.float() - x.float()).pow(2)
+    err = (pred.float() - x.float()).pow(2)
+    if targets is not None:
+        context = [i for i in range(err.shape[-1]) if i not in set(targets)]
+        err[..., context] = 0.0
+    return err
+
+
+def point_error(err_f: np.ndarray, targets: tuple[int, ...] | None = None) -> np.ndarray:
+    """The point error (..., ) of per-feature squared errors (..., F): their mean over the target features
+    (every feature when `targets` is None)."""
+    if targets is None:
+        return err_f.mean(axis=-1)
+    return err_f[..., list(targets)].mean(axis=-1)
 
 
 def point_errors(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

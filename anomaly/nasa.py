@@ -3,7 +3,8 @@
 Layout (see the data folder's SOURCE.md): ``<root>/<dataset>/train.csv.gz`` and ``test.csv.gz``, gzipped CSV
 with ``chan_id``, ``step``, (test only) ``label`` and the features ``telemetry, cmd_01..``. Protocol (telemanom's
 per-channel one, scored point-wise as SOURCE.md recommends): one model per channel, trained with the pipeline's
-settings (defaults unless a pipeline file is given) on that channel's train part only; its test part then
+settings (defaults unless a pipeline file is given) on that channel's train part only, scoring the ``telemetry``
+value with the ``cmd_*`` flags as context inputs (``model.targets``; the CLI's ``--targets``); its test part then
 streams through a fresh engine, and every channel's points are pooled (micro-averaged) for the model and for
 each no-model baseline, with own-threshold and oracle F1 side by side (:mod:`anomaly.quality`). There are no
 timestamps: a step is taken as one second, so delays in seconds equal delays in steps.
@@ -34,6 +35,8 @@ DATASETS = ("smap", "msl")
 ID_COLUMNS = ("chan_id", "step", "label")
 # The settings `anomaly nasa` adds to the pipeline's (or the defaults): where the columns are.
 DATA = {"time_column": "step", "key_column": "chan_id", "label": "label", "label_columns": ["label"]}
+# telemanom's protocol: the model predicts the telemetry value; the cmd_* flags are inputs only (SOURCE.md).
+TARGETS = ("telemetry",)
 
 
 @dataclass

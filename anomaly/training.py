@@ -36,7 +36,7 @@ from anomaly.data import (
     window_chain,
 )
 from anomaly.errors import DataError
-from anomaly.model import Architecture, LSTMAutoencoder, as_output, reading_errors
+from anomaly.model import Architecture, LSTMAutoencoder, as_output, point_error, reading_errors
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -125,20 +125,22 @@ def _run_batch(
 ) -> torch.Tensor:
     """Loss over a batch of segments, carrying detached state window to window: mean squared reconstruction
     error plus `forecast_weight` x mean squared one-step forecast error (the segment's first reading, which
-    has no past, is left out). With `noise` > 0 the model reads x + N(0, noise^2) and is scored against the
-    clean x (denoising)."""
+    has no past, is left out), both over the model's target features only (context features are read, not
+    judged). With `noise` > 0 the model reads x + N(0, noise^2) and is scored against the clean x
+    (denoising)."""
     state = None
     total = batch.new_zeros(())
     n_windows = batch.shape[1]
+    cols = list(model.arch.targets) if model.arch.targets is not None else slice(None)
     for k in range(n_windows):
         x = batch[:, k]
         seen = x + noise * torch.randn_like(x) if noise > 0 else x
         with autocast():
             out, state = model(seen, state, reconstruct=True)
         assert out.reconstruction is not None
-        total = total + (out.reconstruction.float() - x).pow(2).mean()
+        total = total + (out.reconstruction.float() - x)[..., cols].pow(2).mean()
         if out.forecast is not None and forecast_weight > 0:
-            err = (out.forecast.float() - x).pow(2)
+            err = (out.forecast.float() - x)[..., cols].pow(2)
             total = total + forecast_weight * (err[:, 1:].mean() if k == 0 else err.mean())
         state = (state[0].detach(), state[1].detach())
     return total / n_windows
@@ -201,6 +203,7 @@ def train(
         model_cfg.num_layers,
         model_cfg.dropout,
         model_cfg.forecast,
+        target_indices(features, model_cfg.targets),
     )
     model = LSTMAutoencoder(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -283,7 +286,7 @@ def train(
     calibration = calibrate(model, scaled, cfg)
     check_finite(model, calibration)
     calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
-    calibration["baselines"] = fit_baselines(scaled, train_parts, window, cfg)
+    calibration["baselines"] = fit_baselines(scaled, train_parts, arch, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     meta: dict[str, Any] = {
         "package_version": __version__,
@@ -316,6 +319,19 @@ def train(
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
+
+
+def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:
+    """Indices of the `targets` (model.targets) among `features`; None (every feature) when none are named."""
+    if not targets:
+        return None
+    unknown = [t for t in targets if t not in features]
+    if unknown:
+        raise DataError(
+            f"model.targets names {', '.join(map(repr, unknown))}, not among the features "
+            f"({', '.join(list(features)[:8])}{', ...' if len(features) > 8 else ''})"
+        )
+    return tuple(sorted(list(features).index(t) for t in targets))
 
 
 def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:
@@ -353,7 +369,7 @@ def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
         out, _ = model(x)
     out = as_output(out)
-    return reading_errors(out, x)[0].numpy()
+    return reading_errors(out, x, model.arch.targets)[0].numpy()
 
 
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:
@@ -370,7 +386,7 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
         tail = err[start:]
         if len(tail):
             per_feature.append(tail)
-            per_point.append(tail.mean(axis=1))
+            per_point.append(point_error(tail, model.arch.targets))
     points = np.concatenate(per_point) if per_point else np.zeros(1, np.float32)
     feats = np.concatenate(per_feature) if per_feature else np.zeros((1, model.arch.n_features), np.float32)
     reference = float(np.quantile(points, cfg.threshold_quantile))

@@ -86,8 +86,13 @@ def test_cli_prints_the_oracle_as_diagnosis_and_refuses_unknown_channels(tmp_pat
         '[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\n'
     )
     runner = CliRunner()
-    res = runner.invoke(main, ["nasa", str(root), "--dataset", "smap", "-p", str(pipeline)])
+    out = tmp_path / "s.json"
+    res = runner.invoke(
+        main, ["nasa", str(root), "--dataset", "smap", "-p", str(pipeline), "--json-out", str(out)]
+    )
     assert res.exit_code == 0, res.output
+    # telemanom's protocol: the telemetry is scored, the cmd_* flags are context inputs
+    assert json.loads(out.read_text())["settings"]["model"]["targets"] == ["telemetry"]
     assert "oracle, for diagnosis only" in res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["channels"] == 1 and {"model_f1", "zscore_f1", "pca_oracle_f1"} <= summary.keys()

@@ -85,6 +85,7 @@ def test_champion_sections_are_the_recorded_settings(bundle) -> None:
         "num_layers": 2,
         "dropout": 0.1,
         "forecast": True,
+        "targets": [],  # every feature scored; a challenger keeps the champion's targets
     }
     assert sections["train"]["epochs"] == 4 and sections["train"]["batch_size"] == 16
 

@@ -33,6 +33,14 @@ from anomaly.quality import format_quality
     help="Maximum training epochs per channel.  [default: the pipeline's, 30 without one]",
 )
 @click.option(
+    "--targets",
+    type=click.Choice(["telemetry", "all"]),
+    default="telemetry",
+    show_default=True,
+    help="Features scored: telemetry (telemanom's protocol: the cmd_* flags are context inputs) or all "
+    "(every feature scored alike, as the merged benchmark does).",
+)
+@click.option(
     "--jobs",
     "-j",
     type=click.IntRange(min=1),
@@ -55,6 +63,7 @@ def nasa_cmd(
     channels: str | None,
     limit: int | None,
     epochs: int | None,
+    targets: str,
     jobs: int,
     json_out: str | None,
     verbose: bool,
@@ -69,6 +78,7 @@ def nasa_cmd(
     setup_logging(verbose)
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
+    overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
     cfg = load_config(pipeline, overrides) if pipeline else build_config({}, None, overrides)
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
 

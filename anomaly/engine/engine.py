@@ -42,7 +42,7 @@ from anomaly.engine.types import (
     ScoredWindow,
 )
 from anomaly.errors import BundleError
-from anomaly.model import as_output, reading_errors
+from anomaly.model import as_output, point_error, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
 
 
@@ -77,6 +77,9 @@ class Engine:
         self.per_reading = bool(getattr(bundle.arch, "forecast", False))  # score each reading on arrival
         self.unit = 1 if self.per_reading else self.window  # readings per queued unit
         self.n_features = len(bundle.features)
+        # the features whose error scores a reading (model.targets); None: all. Context features are read by
+        # the model but have error 0, no stuck rule and no share in alerts.
+        self.targets: tuple[int, ...] | None = getattr(bundle.arch, "targets", None)
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
         self.reference = bundle.reference_error
@@ -89,7 +92,8 @@ class Engine:
                     "(calibration.feature_reference_error); retrain the bundle with this version"
                 )
             ref_f = np.asarray(ref, np.float64)
-            floor = self.config.feature_reference_floor * float(np.median(ref_f))
+            scored = ref_f if self.targets is None else ref_f[list(self.targets)]
+            floor = self.config.feature_reference_floor * float(np.median(scored))
             self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
@@ -107,6 +111,9 @@ class Engine:
             self.stuck_limit = np.maximum(
                 self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
             ).astype(np.int32)
+            if self.targets is not None:  # a context input (a command flag) may hold its value for ever
+                context = np.setdiff1d(np.arange(self.n_features), self.targets)
+                self.stuck_limit[context] = np.iinfo(np.int32).max
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
@@ -628,11 +635,11 @@ class Engine:
                 outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
             else:
                 outputs, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = reading_errors(as_output(outputs), xt)[:k].numpy()
+            err_f = reading_errors(as_output(outputs), xt, self.targets)[:k].numpy()
         a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
         a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
         out.batches.append(k)
-        errors = err_f.mean(axis=2)
+        errors = point_error(err_f, self.targets)
         per_feature = err_f.sum(axis=1)
         totals = per_feature.sum(axis=1, keepdims=True)
         shares = np.divide(
@@ -888,7 +895,10 @@ class Engine:
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
         total = float(contrib.sum()) or 1.0
-        order = np.argsort(-contrib, kind="stable")[: self.config.top_features]
+        order = np.argsort(-contrib, kind="stable")
+        if self.targets is not None:  # context features are never a cause
+            order = order[np.isin(order, self.targets)]
+        order = order[: self.config.top_features]
         top = [
             {"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order
         ]
