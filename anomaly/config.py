@@ -209,6 +209,8 @@ class EngineConfig:
     max_alert_seconds: float = 86_400.0
     stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
     stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
+    # only features with at least this many distinct training values are watched (a flag may hold for ever)
+    stuck_min_distinct: int = 16
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 10  # consecutive normal points that close it
     top_features: int = 3
@@ -258,6 +260,7 @@ class EngineConfig:
         )
         _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
         _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
+        _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")

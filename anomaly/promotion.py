@@ -65,7 +65,7 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
     def count(batch: Any, out: Any) -> None:
         alerts["open"] += sum(1 for a in out.alerts if a.status == "open")
 
-    totals = run(engine, merged_batches(series, 4096), [collector], on_batch=count)
+    totals = run(engine, merged_batches(series, 4096), [collector], on_batch=count, finish=True)
     scores, errors, inside, labelled = [], [], [], []
     for s in series:
         got = collector.arrays(s.key)

@@ -159,7 +159,12 @@ def score_series(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig) 
     from anomaly.sinks.files import WindowCollector
 
     collector = WindowCollector()
-    run(Engine(bundle, cfg.engine), merged_batches(series, cfg.replay.batch_readings), [collector])
+    run(
+        Engine(bundle, cfg.engine),
+        merged_batches(series, cfg.replay.batch_readings),
+        [collector],
+        finish=True,
+    )
     return {
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }

@@ -122,6 +122,7 @@ def replay(
         [collector, alerts, rejections],
         observer=observer,
         on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
+        finish=True,  # the files end: report readings still waiting for their report window
     )
     if bar is not None:
         bar.close()
@@ -244,8 +245,9 @@ def coverage_warnings(
             f"{trained:g} s; check the time unit (--time-unit) or the data"
         )
     resets = engine.counters["gap_resets"]
-    if engine.per_reading and resets >= total // 2:
-        # a forecast model scores every reading, but after a reset from a cold state: as good as nothing
+    if engine.per_reading and (resets >= total // 2 or all(len(s) < w for s in series)):
+        # a forecast model scores every reading, but after a reset (or in a series shorter than one window) from
+        # a cold state: as good as nothing
         unscored = total
     if unscored <= total // 2:
         return out

@@ -51,12 +51,23 @@ def run(
     checkpointer: Checkpointer | None = None,
     clock: Callable[[], float] = time.time,
     on_batch: Callable[[Batch, EngineOutput], None] | None = None,
+    finish: bool = False,
 ) -> dict[str, int]:
-    """Drive batches through the engine until the source ends (replay) or stops (daemon shutdown)."""
+    """Drive batches through the engine until the source ends (replay) or stops (daemon shutdown).
+
+    finish=True (a replay, whose data has an end): after the last batch, `engine.flush()` reports the readings
+    still waiting for their report window to fill, as one more (empty) batch. The daemon never finishes: its
+    waiting readings stay in the engine's state."""
     totals = {"messages": 0, "readings": 0, "windows": 0, "alerts": 0, "rejected": 0}
-    try:
+
+    def batches_then_flush() -> Iterable[tuple[Batch, EngineOutput]]:
         for batch in batches:
-            out = engine.process(batch.events)
+            yield batch, engine.process(batch.events)
+        if finish:
+            yield Batch([]), engine.flush()
+
+    try:
+        for batch, out in batches_then_flush():
             if batch.rejections:
                 out.rejections[:0] = batch.rejections
             for sink in sinks:

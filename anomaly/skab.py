@@ -6,9 +6,11 @@ trained on the file's first 400 rows and predicts the remaining rows. Point pred
 (:mod:`anomaly.evaluation`). Here every file gets its own bundle from :func:`anomaly.training.train` (so the
 threshold is calibrated on the training rows only) and its test rows go through :meth:`Engine.process` in time
 order. With ``warm=True`` the 400 training rows are fed first, as a live deployment would have seen them, so
-the encoder state, the EWMA and the alert state are warm at row 400; only rows 400+ are evaluated. Points at the
-end of a file that never fill a window are never scored; without look-ahead they show what the last decision
-said (an alert open at the last decision stays open).
+the encoder state, the EWMA and the alert state are warm at row 400; only rows 400+ are evaluated. A forecast
+model decides every reading on arrival, and the file's last, partial report window is flushed at its end
+(:meth:`Engine.flush`). A reconstruction-only model scores whole windows: points at the end of a file that never
+fill a window are never scored; without look-ahead they show what the last decision said (an alert open at the
+last decision stays open).
 
 Files are independent, so they may run in worker processes; every run uses one torch thread, which makes the
 numbers identical whatever the number of jobs.
@@ -81,7 +83,9 @@ class FileResult:
     metrics: dict[str, Any]
     frame: pd.DataFrame  # point_frame() of the test rows: values, label, error, score, ..., predicted
     alerts: list[dict[str, Any]]  # Alert.to_json() of alerts emitted while the test rows streamed
-    unscored: int  # test rows at the end that never filled a window (they hold the last decision)
+    unscored: (
+        int  # test rows never scored (a whole-window model's unfilled tail: they hold the last decision)
+    )
     epochs: int
     seconds: float
     points: dict[str, quality.ScorerPoints] = field(default_factory=dict)  # model and baselines
@@ -146,6 +150,7 @@ def run_file(
             if warm:
                 engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
             out = engine.process([Event(s.key, test.timestamps, test.values, ref=train_rows)])
+            out.windows += engine.flush().windows  # the file ends: its last, partial report window
             runs[name] = (out, _test_frame(out, s.key, test, features, cfg))
     finally:
         torch.set_num_threads(threads)

@@ -285,6 +285,7 @@ def train(
     wps = n_train_windows * len(history) / max(train_seconds, 1e-9)
     calibration = calibrate(model, scaled, cfg)
     check_finite(model, calibration)
+    calibration["feature_distinct"] = distinct_values([s.values for s in series]).tolist()
     calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
     calibration["baselines"] = fit_baselines(scaled, train_parts, arch, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
@@ -436,3 +437,13 @@ def max_runs(parts: Sequence[np.ndarray]) -> np.ndarray:
             run = np.where(row, run + 1, 1)
             best = np.maximum(best, run)
     return best
+
+
+def distinct_values(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per feature (F,): how many distinct finite values the training series hold. The stuck-sensor rule
+    watches only features with many (engine.stuck_min_distinct): a command flag or a mode with a handful of
+    levels holds one level for long stretches by design, so a long hold is no sign of a frozen sensor."""
+    if not parts:
+        return np.zeros(0, np.int64)
+    v = np.concatenate(parts)
+    return np.asarray([len(np.unique(c[np.isfinite(c)])) for c in v.T], np.int64)

@@ -11,7 +11,7 @@ from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS
-from anomaly.training import max_runs, series_errors
+from anomaly.training import distinct_values, max_runs, series_errors
 from tests.helpers import chunks, make_series
 
 
@@ -37,6 +37,28 @@ def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_
     assert len(one_by_one[0]) == n // bundle.window * bundle.window
     assert np.array_equal(one_by_one[0], in_blocks[0]) and np.array_equal(one_by_one[0], one_pass[0])
     assert one_by_one[1] == in_blocks[1] == one_pass[1]
+
+
+def test_flush_reports_the_last_partial_window_and_nothing_twice(bundle, window_bundle, test_series) -> None:
+    w = bundle.window
+    n = 5 * w + 3
+    cfg = EngineConfig(threshold="static")
+    e = Engine(bundle, cfg)
+    out = e.process([Event(test_series.key, test_series.timestamps[:n], test_series.values[:n])])
+    longer = Engine(bundle, cfg).process([Event(test_series.key, test_series.timestamps, test_series.values)])
+    tail = e.flush()
+    assert [len(x.timestamps) for x in out.windows] == [w] * 5 and [
+        len(x.timestamps) for x in tail.windows
+    ] == [3]
+    got = np.concatenate([x.scores for x in out.windows + tail.windows])
+    # the flushed readings were decided on arrival: the same scores as in a longer stream, each decided on itself
+    assert np.array_equal(got, np.concatenate([x.scores for x in longer.windows])[:n])
+    assert np.array_equal(tail.windows[0].decided_at, test_series.timestamps[n - 3 : n])
+    assert e.flush().windows == [] and e.counters["windows"] == 6
+    # a whole-window model has nothing scored and waiting
+    e = Engine(window_bundle, cfg)
+    e.process([Event(test_series.key, test_series.timestamps[:n], test_series.values[:n])])
+    assert e.flush().windows == []
 
 
 def test_window_scored_bundles_group_invariantly(window_bundle, test_series) -> None:
@@ -520,6 +542,25 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
     assert e.counters["alerts_opened"] == 1
     off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
     assert off.process([Event("stuck", ts, live(0))]).alerts == []
+
+
+def test_a_flag_that_holds_is_not_a_stuck_sensor(bundle) -> None:
+    """Training: feature 3 is a 0/1 command flag that switches every 10 readings (2 distinct values, longest run
+    10). Live it holds 1 for 300 readings: the stuck rule leaves it alone (fewer than stuck_min_distinct training
+    values), unless the engine is told to watch features with 2 distinct values."""
+    rng = np.random.default_rng(1)
+    train = rng.normal(0, 1, (400, 4))
+    train[:, 3] = np.repeat(np.arange(40) % 2, 10)
+    assert distinct_values([train]).tolist() == [400, 400, 400, 2] and max_runs([train])[3] == 10
+    bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
+    bundle.calibration["feature_distinct"] = distinct_values([train]).tolist()
+    v = bundle.scaler.mean + rng.normal(0, 1, (20 * bundle.window, 4)) * bundle.scaler.scale
+    v[:, 3] = bundle.scaler.mean[3] + bundle.scaler.scale[3]
+    ts = np.arange(len(v), dtype=np.float64)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0)
+    assert Engine(bundle, cfg).process([Event("flag", ts, v)]).alerts == []
+    watched = Engine(bundle, dataclasses.replace(cfg, stuck_min_distinct=2)).process([Event("flag", ts, v)])
+    assert [(a.status, a.start) for a in watched.alerts] == [("open", 19.0)]  # 2 x 10 identical readings
 
 
 def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:

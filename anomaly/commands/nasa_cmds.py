@@ -10,7 +10,7 @@ import click
 
 from anomaly import nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
-from anomaly.config import build_config, load_config
+from anomaly.config import load_config
 from anomaly.quality import format_quality
 
 
@@ -79,7 +79,7 @@ def nasa_cmd(
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
     overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
-    cfg = load_config(pipeline, overrides) if pipeline else build_config({}, None, overrides)
+    cfg = load_config(pipeline, overrides)  # no pipeline: defaults, then ANOMALY_* variables and options
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
 
     from tqdm import tqdm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -100,7 +101,9 @@ def skab_cmd(
     if pipeline:
         cfg = load_config(pipeline, overrides)
     else:
-        cfg = build_config({"data": skab.DATA} if defaults else skab.DEFAULTS, None, overrides)
+        # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
+        # environment variables and options, as with a file
+        cfg = build_config({"data": skab.DATA} if defaults else skab.DEFAULTS, os.environ, overrides)
     n_files = len(skab.skab_files(data)[:limit])
 
     from tqdm import tqdm

@@ -111,6 +111,10 @@ class Engine:
             self.stuck_limit = np.maximum(
                 self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
             ).astype(np.int32)
+            distinct = bundle.calibration.get("feature_distinct")  # absent in older bundles: every feature
+            if distinct is not None and len(distinct) == self.n_features:
+                few = np.asarray(distinct) < self.config.stuck_min_distinct  # flags, modes, counters
+                self.stuck_limit[few] = np.iinfo(np.int32).max
             if self.targets is not None:  # a context input (a command flag) may hold its value for ever
                 context = np.setdiff1d(np.arange(self.n_features), self.targets)
                 self.stuck_limit[context] = np.iinfo(np.int32).max
@@ -265,6 +269,24 @@ class Engine:
             out.readings += part.readings
             out.batches += part.batches
             out.evicted += part.evicted
+        return out
+
+    def flush(self, keys: Iterable[str] | None = None) -> EngineOutput:
+        """End of stream: report the readings of `keys` (all if None) that were scored on arrival but wait for
+        their report window to fill, as a short ScoredWindow each, so every scored reading is reported. Their
+        decisions were made on arrival and do not change; the key's next reading starts a new report window
+        (as after a gap). Only a replay that has reached the end of its data calls this: the daemon's stream
+        has no end, so a partial window waits in the key's state (and its snapshot) for the next readings. A
+        model without a forecast head scores whole windows only; it has nothing waiting and emits nothing."""
+        out = EngineOutput()
+        if not self.per_reading:
+            return out
+        slots = self.store.slots
+        chosen = list(slots) if keys is None else [k for k in keys if k in slots]
+        fill = self.store.arrays["rep_fill"]
+        waiting = [k for k in chosen if fill[slots[k]] > 0]
+        if waiting:
+            self._flush_report(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
         return out
 
     def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
