@@ -85,7 +85,7 @@ def parse_time(value: Any) -> float:
     if not math.isfinite(ts):
         raise DecodeError("bad_timestamp", f"timestamp is not finite: {value!r:.40}")
     if numeric and abs(ts) >= EPOCH_MS_FROM:
-        return float(epoch_seconds(np.float64(ts)))
+        return float(epoch_seconds(np.array(ts)))
     return ts
 
 
@@ -315,8 +315,8 @@ class Decoder:
     def _columns(
         self, records: Sequence[Any], stamps: list[Any], values: list[Any]
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """float64 timestamps (N,) and values (N, F) when every timestamp is a finite JSON number and every
-        values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
+        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`) and values (N, F) when every
+        timestamp is a finite JSON number and every values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
         blob = b"".join([r.value for r in records])
         if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
             if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
@@ -336,7 +336,7 @@ class Decoder:
         ts = ts.astype(np.float64)
         if not np.isfinite(ts).all():
             return None
-        return ts, vals.astype(np.float64)
+        return epoch_seconds(ts), vals.astype(np.float64)
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F
@@ -352,7 +352,6 @@ class Decoder:
         converted = self._columns(records, stamps, values)
         if converted is None:
             return None
-        ts = epoch_seconds(ts)
         names: list[str] = list(dict.fromkeys(keys))  # all str, checked above
         pos = {k: i for i, k in enumerate(names)}
         kid = np.fromiter(map(pos.__getitem__, keys), np.int64, n)
