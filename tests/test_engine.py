@@ -410,6 +410,42 @@ def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
     assert e.active_alerts == 0
 
 
+def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle) -> None:
+    """Event-time TTL between messages, not per call: b's jump expires a, so a's next reading in the same call
+    starts a fresh key, and an open alert closed by expiry carries the event time of the expiring message."""
+    from anomaly.engine.types import Readings
+
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0)
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    msgs = [
+        Event(s.key, s.timestamps, s.values),  # opens an alert, last seen at 63
+        Event("a", np.array([70.0]), one(bundle)),
+        Event("b", np.array([71.0]), one(bundle)),
+        Event("b", np.array([175.0]), one(bundle)),  # expires unit (63) and a (70)
+        Event("a", np.array([176.0]), one(bundle, 1.0)),
+        Event("b", np.array([177.0]), one(bundle)),
+    ]
+
+    def run(batches):
+        e = Engine(bundle, cfg)
+        evicted, alerts = [], []
+        for b in batches:
+            out = e.process(b)
+            evicted += out.evicted
+            alerts += [(a.id, a.status, a.at) for a in out.alerts]
+        return (
+            evicted,
+            alerts,
+            e.snapshot(sorted(e.keys())),
+            int(e.store.arrays["readings"][e.store.slots["a"]]),
+        )
+
+    single = run([[m] for m in msgs])
+    assert single[0] == ["unit", "a"] and single[3] == 1 and single[1][-1][1:] == ("closed", 175.0)
+    assert run([msgs]) == single
+    assert run([msgs[:2], Readings.from_events(msgs[2:], len(bundle.features))]) == single
+
+
 def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
     """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
     message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""

@@ -256,6 +256,76 @@ def test_columnar_decode_of_a_poll_equals_decoding_record_by_record():
     assert bulk is not None and bulk.events().__len__() == len(clean)
 
 
+def block_poll_records() -> list[Record]:
+    """A poll of blocks (runs long enough for the bulk path), every way a reading in a block can be odd."""
+    rng = np.random.default_rng(4)
+    out = []
+    for i in range(240):
+        n = 1 + i % 5
+        rows = [
+            {
+                "ts": 1.7e9 + i + j * 0.1,
+                "values": (rng.normal(size=3) * 10.0 ** rng.integers(-8, 9, 3)).tolist(),
+            }
+            for j in range(n)
+        ]
+        body: dict = {"key": f"pump-{i % 7}", "readings": rows}
+        kind = i % 41
+        if kind == 3:
+            rows[-1]["ts"] = "2023-11-14T22:13:20Z"
+        elif kind == 6:
+            rows[0]["values"] = [None, 1.0, 2.0]
+        elif kind == 8:
+            rows[-1]["values"] = ["1.5", 1.0, 2.0]
+        elif kind == 10:
+            rows[0]["values"] = [False, 1.0, 2.0]
+        elif kind == 12:
+            rows[-1]["values"] = [1.0, 2.0]
+        elif kind == 14:
+            body["readings"] = []
+        elif kind == 16:
+            body["readings"] = [*rows, 7]
+        elif kind == 18:
+            del rows[0]["ts"]
+        elif kind == 20:
+            body["key"] = 17
+        elif kind == 22:
+            del body["key"]
+        elif kind == 24:
+            rows[0]["values"] = [1, 2, 3]
+            rows[-1]["ts"] = int(rows[-1]["ts"])
+        elif kind == 26:
+            rows[0]["values"] = [[1.0], 2.0, 3.0]
+        elif kind == 28:
+            body["readings"] = {"ts": 1.0, "values": [1.0, 2.0, 3.0]}
+        elif kind == 30:
+            rows[-1]["values"] = {"a": 1.0, "b": 2.0, "c": 3.0}
+        out.append(Record("sensors", 0, i, f"pump-{i % 7}".encode(), json.dumps(body).encode()))
+    return out
+
+
+def test_columnar_decode_of_blocks_equals_decoding_record_by_record():
+    d = Decoder(MessageFormat(FMT.features))
+    records = block_poll_records()
+    expected, refused = [], []
+    for r in records:
+        try:
+            expected.append(d.decode(r))
+        except DecodeError as err:
+            refused.append((r.offset, err.reason, err.detail))
+    readings, errors = d.decode_poll(records)
+    got = readings.events()
+    assert [(e.key, e.ref.offset) for e in got] == [(e.key, e.ref.offset) for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g.timestamps.tobytes() == e.timestamps.tobytes()
+        assert g.values.tobytes() == e.values.tobytes()  # NaN for null included
+    assert [(r.offset, e.reason, e.detail) for r, e in errors] == refused
+    assert {reason for _, reason, _ in refused} == {"bad_values", "feature_count", "missing_field"}
+    clean = [r for r in records if r.offset % 41 not in range(3, 31)]
+    bulk = d._blocks(clean, d._parse(clean))  # all of it in columns at once, none decoded one by one
+    assert bulk is not None and [e.key for e in bulk.events()] == [d.decode(r).key for r in clean]
+
+
 def test_json_numbers_become_the_float64_python_reads():
     """Arbitrary decimals and magnitudes: the decoded value is float(text), in bulk and one by one."""
     rng = np.random.default_rng(5)
@@ -272,3 +342,22 @@ def test_json_numbers_become_the_float64_python_reads():
     assert errors == [] and readings.values.tobytes() == want.tobytes()
     one_by_one = np.concatenate([Decoder(FMT).decode(r).values for r in records])
     assert one_by_one.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("factor", [1, 10**3, 10**6, 10**9], ids=["s", "ms", "us", "ns"])
+def test_epoch_milli_micro_and_nanoseconds_decode_as_the_csv_path_reads_them(factor):
+    import pandas as pd
+
+    from anomaly.data import to_epoch_seconds
+
+    stamps = [1_700_000_000 * factor + i * factor // 4 if factor > 1 else 1.7e9 + i / 4 for i in range(3)]
+    expected = to_epoch_seconds(pd.Series(stamps)).tolist()
+    assert expected == pytest.approx([1_700_000_000.0, 1_700_000_000.25, 1_700_000_000.5], abs=1e-6)
+    d = Decoder(FMT)
+    records = [rec({"key": "k", "ts": t, "values": [1.0, 2.0, 3.0]}) for t in stamps]
+    readings, errors = d.decode_poll(records)  # columnar path
+    assert errors == [] and readings.timestamps.tolist() == expected
+    assert [d.decode(r).timestamps[0] for r in records] == expected  # one by one
+    block = rec({"key": "k", "readings": [{"ts": t, "values": [1.0, 2.0, 3.0]} for t in stamps]})
+    assert d.decode(block).timestamps.tolist() == expected
+    assert [parse_time(str(t)) for t in stamps] == expected  # numbers sent as text

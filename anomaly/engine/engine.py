@@ -30,6 +30,7 @@ import torch
 
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
+from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, window_pieces
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import (
     REJECT_REASONS,
@@ -43,8 +44,6 @@ from anomaly.engine.types import (
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
 from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
-
-_RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
 
 
 class Engine:
@@ -182,10 +181,8 @@ class Engine:
 
     @property
     def active_alerts(self) -> int:
-        if not self.store.slots:
-            return 0
-        rows = np.fromiter(self.store.slots.values(), np.int64, len(self.store.slots))
-        return int(self.store.arrays["alert_open"][rows].sum())
+        # rows without a key are reset (alert_open False), so the whole column counts only held keys
+        return int(np.count_nonzero(self.store.arrays["alert_open"]))
 
     def snapshot(self, keys: Iterable[str] | None = None) -> bytes:
         """State of `keys` (all if None) as bytes; restore() of them continues bit for bit."""
@@ -200,37 +197,28 @@ class Engine:
     # --- processing ------------------------------------------------------------------------------------------
 
     def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
+        """Ingest, score and evict. Keys expire (TTL) between messages, as if every message came in its own
+        call: when a call's event time could expire a key mid-call, its messages are processed one by one."""
+        if not isinstance(events, Readings):
+            events = Readings.from_regular_events(events, self.n_features) or events
+        if len(events) > 1 and self._may_expire(events):
+            return self._one_by_one(events)
         out = EngineOutput()
-        queues: dict[int, deque] = {}
+        queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
         row_keys: dict[int, str] = {}
-        self._ingest_batch(events, queues, row_keys, out)
-        while queues:
-            # per key: its next window (whole-window scoring), or its next readings up to the end of the current
-            # report window (per-reading scoring); keys whose pieces have the same length share one model call
-            groups: dict[int, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
-            fill = self.store.arrays["rep_fill"] if self.per_reading else None
-            for row in list(queues):
-                q = queues[row]
-                while q and q[0] is _RESET:
-                    q.popleft()
-                    self._flush_report(np.asarray([row]), [row_keys[row]], out)
-                    self.store.reset_model_state(np.asarray([row]))
-                if q:
-                    room = 1 if fill is None else self.window - int(fill[row])
-                    xs: list[np.ndarray] = []
-                    tss: list[np.ndarray] = []
-                    while q and q[0] is not _RESET and len(xs) < room:
-                        x, ts = q.popleft()
-                        xs.append(x)
-                        tss.append(ts)
-                    g = groups.setdefault(len(xs), ([], [], []))
-                    g[0].append(row)
-                    g[1].append(xs[0] if len(xs) == 1 else np.concatenate(xs))
-                    g[2].append(tss[0] if len(tss) == 1 else np.concatenate(tss))
-                if not q:
-                    del queues[row]
-            for _, (rows, xs, tss) in sorted(groups.items()):
-                self._score(np.asarray(rows), np.stack(xs), np.stack(tss), [row_keys[r] for r in rows], out)
+        regular: list[Pieces] = []  # keys that took the columnar path
+        self._ingest_batch(events, queues, row_keys, regular, out)
+        fill = self.store.arrays["rep_fill"] if self.per_reading else None
+        pieces = Pieces.concat(
+            [from_queues(queues, fill, self.window, self.n_features), *regular], self.n_features
+        )
+        key_of = row_keys.__getitem__
+        for resets, calls in pieces.rounds():
+            if len(resets):
+                self._flush_report(resets, list(map(key_of, resets.tolist())), out)
+                self.store.reset_model_state(resets)
+            for rows, x, ts in calls:
+                self._score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds
         out.evicted = self.store.evict(
             self.config.max_keys,
@@ -238,6 +226,47 @@ class Engine:
             lambda key, row: self._close_on_evict(key, row, out),
         )
         self.counters["evicted"] += len(out.evicted)
+        return out
+
+    def _may_expire(self, events: Sequence[Event] | Readings) -> bool:
+        """Whether the event time reached in this call expires (TTL) a key that matters before the call ends: one
+        that reads again in this call, or one whose open alert the expiry closes (its `at` is the event time
+        then). Conservative: True may still expire nothing; message by message is right either way."""
+        ttl = self.config.ttl_seconds
+        if ttl <= 0:
+            return False
+        if isinstance(events, Readings):
+            ts, names = events.timestamps, events.names
+        else:
+            try:
+                ts = np.concatenate([np.asarray(ev.timestamps, np.float64).reshape(-1) for ev in events])
+                names = list({str(ev.key): None for ev in events})
+            except (TypeError, ValueError):
+                return True
+        ts = ts[np.isfinite(ts)]
+        if not len(ts):
+            return False
+        horizon = max(self.max_ts, float(ts.max())) - ttl  # keys last seen before this expire
+        seen = self.store.arrays["seen"]
+        if not horizon > np.fmin(np.fmin.reduce(seen), ts.min()):
+            return False  # the common case: no key at all is that old
+        if horizon > ts.min():
+            return True
+        slots = self.store.slots
+        rows = [slots[k] for k in names if k in slots]
+        matter = np.concatenate([seen[rows], seen[self.store.arrays["alert_open"]]])
+        return bool(len(matter)) and bool(horizon > np.fmin.reduce(matter))
+
+    def _one_by_one(self, events: Sequence[Event] | Readings) -> EngineOutput:
+        out = EngineOutput()
+        for ev in events.events() if isinstance(events, Readings) else events:
+            part = self.process([ev])
+            out.windows += part.windows
+            out.alerts += part.alerts
+            out.rejections += part.rejections
+            out.readings += part.readings
+            out.batches += part.batches
+            out.evicted += part.evicted
         return out
 
     def flush(self, keys: Iterable[str] | None = None) -> EngineOutput:
@@ -282,18 +311,19 @@ class Engine:
         events: Sequence[Event] | Readings,
         queues: dict[int, deque],
         row_keys: dict[int, str],
+        regular: list[Pieces],
         out: EngineOutput,
     ) -> None:
         """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
         in order, by `_ingest`, which owns the reasons."""
         if isinstance(events, Readings):
             if len(events):
-                self._ingest_readings(events, queues, row_keys, out)
+                self._ingest_readings(events, queues, row_keys, regular, out)
             return
         f = self.n_features
-        regular = Readings.from_regular_events(events, f)  # the common case, without a loop over events
-        if regular is not None:
-            self._ingest_readings(regular, queues, row_keys, out)
+        cols = Readings.from_regular_events(events, f)  # the common case, without a loop over events
+        if cols is not None:
+            self._ingest_readings(cols, queues, row_keys, regular, out)
             return
         keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
@@ -318,15 +348,20 @@ class Engine:
             refs.append(ev.ref)
         if keys:
             batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
-            self._ingest_readings(batch, queues, row_keys, out)
+            self._ingest_readings(batch, queues, row_keys, regular, out)
 
     def _ingest_readings(
-        self, r: Readings, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        r: Readings,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        regular: list[Pieces],
+        out: EngineOutput,
     ) -> None:
         """Vectorized ingest of a whole batch. Keys whose readings in this batch are all regular (finite, in
-        time order, no long gap) take the array path; the few others go message by message through `_ingest`,
-        which owns the policies. Both paths assemble windows identically. Python work is per distinct key,
-        not per message."""
+        time order, no long gap) take the array path and become `regular` pieces; the few others go message by
+        message through `_ingest`, which owns the policies and queues units per key. Both paths cut readings
+        into the same pieces. Python work is per distinct key, not per message."""
         slots = self.store.slots
         name_rows = np.empty(len(r.names), np.int64)
         created: set[int] = set()
@@ -360,6 +395,8 @@ class Engine:
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
             bad |= (t_s - prev) > self.max_gap
         bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
+        if queues:  # keys already queued by the per-event path in this call stay on it, in order
+            bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
         if bad.any():
             irregular = np.unique(r_s[bad])
             self.store.drop(
@@ -375,30 +412,52 @@ class Engine:
             if not len(order):
                 return
             first[0] = True
-        self._assemble(r_s, t_s, vals[order], first, queues, out)
+        regular.append(self._assemble(r_s, t_s, vals[order], first, out))
 
     def _assemble(
-        self,
-        r: np.ndarray,
-        t: np.ndarray,
-        raw: np.ndarray,
-        first: np.ndarray,
-        queues: dict[int, deque],
-        out: EngineOutput,
-    ) -> None:
-        """Append regular readings (grouped by row, in time order within a row) to windows, as arrays."""
+        self, r: np.ndarray, t: np.ndarray, raw: np.ndarray, first: np.ndarray, out: EngineOutput
+    ) -> Pieces:
+        """Regular readings (grouped by row, in time order within a row) as pieces, with array operations only:
+        cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
+        window carried in its state (window-scored)."""
         a = self.store.arrays
-        w = self.unit
         v = ((raw - self._mean) / self._scale).astype(np.float32)
         starts = np.flatnonzero(first)
         groups = r[starts]
         m = np.diff(np.append(starts, len(r)))
+        if self.per_reading:
+            pieces = report_pieces(r, first, v, t, a["rep_fill"][groups], self.window)
+        else:
+            pieces = self._windows(r, t, v, starts, groups, m)
+        last = starts + m - 1
+        a["last_ts"][groups] = t[last]
+        a["seen"][groups] = t[last]
+        a["last_values"][groups] = raw[last]
+        a["readings"][groups] += m
+        self.max_ts = max(self.max_ts, float(t.max()))
+        self.counters["readings"] += len(r)
+        out.readings += len(r)
+        return pieces
+
+    def _windows(
+        self,
+        r: np.ndarray,
+        t: np.ndarray,
+        v: np.ndarray,
+        starts: np.ndarray,
+        groups: np.ndarray,
+        m: np.ndarray,
+    ) -> Pieces:
+        """Complete windows of window-scored keys (partial windows continue in the `buf` state)."""
+        a = self.store.arrays
+        w = self.unit
         gi = np.repeat(np.arange(len(starts)), m)
         f0 = a["fill"][groups].astype(np.int64)
         pos = f0[gi] + (np.arange(len(r)) - starts[gi])
         wi, p = pos // w, pos % w
         n_complete = (f0 + m) // w
         complete = wi < n_complete[gi]
+        pieces = Pieces.empty(self.n_features)
         if n_complete.any():
             base = np.concatenate([[0], np.cumsum(n_complete)[:-1]])
             total = int(n_complete.sum())
@@ -410,22 +469,13 @@ class Engine:
             wid = base[gi[complete]] + wi[complete]
             xs[wid, p[complete]] = v[complete]
             tss[wid, p[complete]] = t[complete]
-            for g in np.flatnonzero(n_complete):
-                q = queues.setdefault(int(groups[g]), deque())
-                for j in range(int(base[g]), int(base[g] + n_complete[g])):
-                    q.append((xs[j], tss[j]))
+            nz = n_complete > 0
+            pieces = window_pieces(groups[nz], n_complete[nz], xs, tss)
         part = ~complete
         a["buf"][r[part], p[part]] = v[part]
         a["buf_ts"][r[part], p[part]] = t[part]
         a["fill"][groups] = (f0 + m) % w
-        last = starts + m - 1
-        a["last_ts"][groups] = t[last]
-        a["seen"][groups] = t[last]
-        a["last_values"][groups] = raw[last]
-        a["readings"][groups] += m
-        self.max_ts = max(self.max_ts, float(t.max()))
-        self.counters["readings"] += len(r)
-        out.readings += len(r)
+        return pieces
 
     def _reject(
         self,
@@ -486,7 +536,7 @@ class Engine:
             if lo in gap_starts:
                 self.counters["gap_resets"] += 1
                 a["fill"][row] = 0
-                q.append(_RESET)
+                q.append(RESET)
             self._append(row, ts[lo:hi], scaled[lo:hi], q)
         a["last_ts"][row] = ts[-1]
         a["seen"][row] = ts[-1]
@@ -619,13 +669,18 @@ class Engine:
         a["ewma"][rows] = last
         names = self.threshold.fields()
         th_state = {name: a[name][rows] for name in names}
-        eps, warm = self.threshold.epsilon(th_state, k)
         if self.per_reading:
             # chosen once per report window, at its first reading, so that the threshold in force does not
-            # depend on how the window's readings were grouped into calls
-            eps = np.where(start, eps, a["rep_eps"][rows]).astype(np.float32)
-            warm = np.where(start, warm, a["rep_warm"][rows])
-            a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
+            # depend on how the window's readings were grouped into calls (and computed only there)
+            eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
+            first = np.flatnonzero(start)
+            if len(first):
+                eps[first], warm[first] = self.threshold.epsilon(
+                    {name: v[first] for name, v in th_state.items()}, len(first)
+                )
+                a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
+        else:
+            eps, warm = self.threshold.epsilon(th_state, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             cols = []
@@ -681,14 +736,17 @@ class Engine:
         emit a ScoredWindow for rows whose buffer holds `window` readings."""
         a = self.store.arrays
         pos = a["rep_fill"][rows].astype(np.int64)
-        for j in range(ts.shape[1]):
-            a["rep_ts"][rows, pos + j] = ts[:, j]
-            a["rep_err"][rows, pos + j] = errors[:, j]
-            a["rep_score"][rows, pos + j] = scores[:, j]
-            a["rep_thr"][rows, pos + j] = thresholds[:, j]
-            a["rep_anom"][rows, pos + j] = anomalous[:, j]
-            a["rep_open"][rows, pos + j] = open_pts[:, j]
-            a["rep_sq"][rows] += err_f[:, j]
+        r, c = rows[:, None], pos[:, None] + np.arange(ts.shape[1])
+        a["rep_ts"][r, c] = ts
+        a["rep_err"][r, c] = errors
+        a["rep_score"][r, c] = scores
+        a["rep_thr"][r, c] = thresholds
+        a["rep_anom"][r, c] = anomalous
+        a["rep_open"][r, c] = open_pts
+        sq = a["rep_sq"][rows]
+        for j in range(ts.shape[1]):  # reading by reading: the float32 sum must not depend on grouping
+            sq += err_f[:, j]
+        a["rep_sq"][rows] = sq
         a["rep_fill"][rows] = pos + ts.shape[1]
         full = np.flatnonzero(pos + ts.shape[1] == self.window)
         if len(full):
@@ -700,33 +758,39 @@ class Engine:
         if not self.per_reading:
             return
         a = self.store.arrays
+        fill = a["rep_fill"][rows]
+        if not fill.all():
+            keep = np.flatnonzero(fill)
+            rows, fill, keys = rows[keep], fill[keep], [keys[i] for i in keep.tolist()]
+        if not len(rows):
+            return
+        sq = a["rep_sq"][rows]
+        total = sq.sum(axis=1, keepdims=True)
+        shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.n_features), where=total > 0)
+        ts, decided = a["rep_ts"][rows], a["rep_ts"][rows]
+        err, score, thr = a["rep_err"][rows], a["rep_score"][rows], a["rep_thr"][rows]
+        anom, opened = a["rep_anom"][rows], a["rep_open"][rows]
         version = self.bundle.version
-        for row, key in zip(rows.tolist(), keys, strict=True):
-            n = int(a["rep_fill"][row])
-            if n == 0:
-                continue
-            sq = a["rep_sq"][row]
-            total = sq.sum()
-            shares = sq / total if total > 0 else np.full(self.n_features, 1.0 / self.n_features, np.float32)
-            ts = a["rep_ts"][row, :n].copy()
-            out.windows.append(
+        windows = out.windows
+        for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True)):
+            windows.append(
                 ScoredWindow(
                     key,
-                    ts,
-                    a["rep_err"][row, :n].copy(),
-                    a["rep_score"][row, :n].copy(),
-                    a["rep_thr"][row, :n].copy(),
-                    a["rep_anom"][row, :n].copy(),
-                    a["rep_open"][row, :n].copy(),
-                    shares.astype(np.float32),
+                    ts[i, :n],
+                    err[i, :n],
+                    score[i, :n],
+                    thr[i, :n],
+                    anom[i, :n],
+                    opened[i, :n],
+                    shares[i],
                     version,
-                    ts.copy(),
+                    decided[i, :n],
                 )
             )
-            a["rep_fill"][row] = 0
-            a["rep_sq"][row] = 0
-            a["windows"][row] += 1
-            self.counters["windows"] += 1
+        a["rep_fill"][rows] = 0
+        a["rep_sq"][rows] = 0
+        a["windows"][rows] += 1
+        self.counters["windows"] += len(rows)
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).

@@ -77,6 +77,8 @@ class Layout:
         return cls(d["num_layers"], d["hidden"], d["window"], d["n_features"], extra)
 
 
+_DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64", "bool", "int8", "uint8")}
+
 NAN_FIELDS = ("last_ts", "ewma", "run_start", "last_anom_ts", "alert_start", "seen")
 
 
@@ -175,21 +177,30 @@ class StateStore:
             "meta": meta,
             "arrays": specs,
         }
-        parts = []
         # buffer slots past `fill` hold stale readings that never matter; zero them so that equal states
         # give equal bytes however the readings arrived
         stale = np.arange(self.layout.window)[None, :] >= self.arrays["fill"][rows][:, None]
+        rep_stale = None
+        parts: list[Any] = []
         for name, arr in self.arrays.items():
-            part = np.ascontiguousarray(arr[rows])
+            part = arr[rows]  # a fresh C-contiguous copy: joined below without another copy
             if name in ("buf", "buf_ts"):
                 part[stale] = 0
             elif name.startswith("rep_") and part.ndim == 2 and name != "rep_sq":
                 # readings of the report window not yet scored (per-reading scoring): stale as well
-                part[np.arange(part.shape[1])[None, :] >= self.arrays["rep_fill"][rows][:, None]] = 0
-            specs.append({"name": name, "dtype": str(part.dtype), "shape": list(part.shape)})
-            parts.append(part.tobytes())
+                if rep_stale is None:
+                    rep_stale = np.arange(part.shape[1])[None, :] >= self.arrays["rep_fill"][rows][:, None]
+                part[rep_stale] = 0
+            specs.append(
+                {
+                    "name": name,
+                    "dtype": _DTYPE_NAMES.get(arr.dtype) or str(arr.dtype),
+                    "shape": list(part.shape),
+                }
+            )
+            parts.append(part.reshape(-1).view(np.uint8))
         head = json.dumps(header, separators=(",", ":")).encode()
-        return MAGIC + struct.pack("<I", len(head)) + head + b"".join(parts)
+        return b"".join([MAGIC, struct.pack("<I", len(head)), head, *parts])
 
     @staticmethod
     def read_snapshot(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from anomaly.data import EPOCH_MS_FROM, epoch_seconds
 from anomaly.engine.types import Alert, Event, Readings, Rejection, ScoredWindow
 
 # Reasons a message is refused before the engine (dead-letter `reason` header, messages_invalid label).
@@ -61,7 +62,10 @@ class MessageFormat:
 
 
 def parse_time(value: Any) -> float:
-    """Epoch seconds from a number or an ISO-8601 string; DecodeError otherwise (bools are not numbers)."""
+    """Epoch seconds from a number (seconds, milliseconds, microseconds or nanoseconds, told by magnitude as in
+    CSV files: :func:`anomaly.data.epoch_seconds`) or an ISO-8601 string; DecodeError otherwise (bools are not
+    numbers)."""
+    numeric = True
     if isinstance(value, int | float) and not isinstance(value, bool):
         ts = float(value)
     elif isinstance(value, str):
@@ -73,13 +77,15 @@ def parse_time(value: Any) -> float:
             except ValueError:
                 raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
         else:
-            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+            ts, numeric = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp(), False
     else:
         raise DecodeError(
             "bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}"
         )
     if not math.isfinite(ts):
         raise DecodeError("bad_timestamp", f"timestamp is not finite: {value!r:.40}")
+    if numeric and abs(ts) >= EPOCH_MS_FROM:
+        return float(epoch_seconds(np.array(ts)))
     return ts
 
 
@@ -179,7 +185,7 @@ class Decoder:
         stamps = stamps.astype(np.float64)
         if not np.isfinite(stamps).all():
             return None
-        return stamps, values.astype(np.float64)
+        return epoch_seconds(stamps), values.astype(np.float64)
 
     @staticmethod
     def _field(body: dict[str, Any], name: str) -> Any:
@@ -225,14 +231,16 @@ class Decoder:
         record by record (a block's readings are already converted together by ``_block_fast``)."""
         bodies = self._parse(records)
         rf = self.fmt.readings_field
-        single = [type(b) is dict and rf not in b for b in bodies]
+        # 1: a single reading, 2: a block, 0: anything else (not an object, not parsed)
+        kinds = [(2 if rf in b else 1) if type(b) is dict else 0 for b in bodies]
         parts: list[Readings] = []
         errors: list[tuple[Any, DecodeError]] = []
         lo = 0
-        for plain, run in groupby(single):
+        for kind, run in groupby(kinds):
             hi = lo + len(list(run))
-            if plain:
-                self._bulk_into(records[lo:hi], bodies[lo:hi], parts, errors)
+            if kind:
+                convert = self._bulk if kind == 1 else self._blocks
+                self._bulk_into(records[lo:hi], bodies[lo:hi], parts, errors, convert)
             else:
                 self._one_by_one(records[lo:hi], bodies[lo:hi], parts, errors)
             lo = hi
@@ -265,17 +273,70 @@ class Decoder:
         if events:
             parts.append(Readings.from_events(events, self.n_features))
 
-    def _bulk_into(self, records: Sequence[Any], bodies: list[Any], parts: list, errors: list) -> None:
+    def _bulk_into(
+        self, records: Sequence[Any], bodies: list[Any], parts: list, errors: list, convert: Any
+    ) -> None:
+        """`convert` (:meth:`_bulk` or :meth:`_blocks`) the run at once, else halve it; short runs go one by one."""
         if len(records) >= self.BULK_MIN:
-            bulk = self._bulk(records, bodies)
+            bulk = convert(records, bodies)
             if bulk is not None:
                 parts.append(bulk)
                 return
             mid = len(records) // 2
-            self._bulk_into(records[:mid], bodies[:mid], parts, errors)
-            self._bulk_into(records[mid:], bodies[mid:], parts, errors)
+            self._bulk_into(records[:mid], bodies[:mid], parts, errors, convert)
+            self._bulk_into(records[mid:], bodies[mid:], parts, errors, convert)
             return
         self._one_by_one(records, bodies, parts, errors)
+
+    def _blocks(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
+        """Columns of parsed block bodies, each with a string key and a non-empty list of readings that all have
+        a number timestamp and a list of F numbers; None if any body is otherwise (the caller splits the run).
+        All readings of the run are converted together: per reading only C-level `map`s run."""
+        fmt = self.fmt
+        get = dict.get
+        keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
+        blocks: list[Any] = list(map(get, bodies, repeat(fmt.readings_field)))
+        if set(map(type, keys)) != {str} or set(map(type, blocks)) != {list}:
+            return None
+        counts = list(map(len, blocks))
+        readings = list(chain.from_iterable(blocks))
+        if 0 in counts or set(map(type, readings)) != {dict}:
+            return None
+        stamps = list(map(get, readings, repeat(fmt.time_field)))
+        values = list(map(get, readings, repeat(fmt.values_field)))
+        converted = self._columns(records, stamps, values)
+        if converted is None:
+            return None
+        names: list[str] = list(dict.fromkeys(keys))
+        pos = {k: i for i, k in enumerate(names)}
+        kid = np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys))
+        return Readings(names, kid, np.asarray(counts, np.int64), *converted, list(records))
+
+    def _columns(
+        self, records: Sequence[Any], stamps: list[Any], values: list[Any]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`) and values (N, F) when every
+        timestamp is a finite JSON number and every values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
+        blob = b"".join([r.value for r in records])
+        if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
+            if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
+                map(type, chain.from_iterable(v if type(v) is list else (v,) for v in values))
+            ):
+                return None
+        try:
+            ts = np.array(stamps)
+            vals = np.array(values)
+        except (ValueError, TypeError):  # ragged lists
+            return None
+        n = len(stamps)
+        if ts.dtype.kind not in "fi" or vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
+            return None  # nulls (object), strings, wrong feature count or nesting
+        if ts.shape != (n,):
+            return None
+        ts = ts.astype(np.float64)
+        if not np.isfinite(ts).all():
+            return None
+        return epoch_seconds(ts), vals.astype(np.float64)
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F
@@ -288,26 +349,13 @@ class Decoder:
             return None
         stamps = list(map(get, bodies, repeat(fmt.time_field)))
         values = list(map(get, bodies, repeat(fmt.values_field)))
-        blob = b"".join([r.value for r in records])
-        if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
-            if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
-                map(type, chain.from_iterable(v if type(v) is list else (v,) for v in values))
-            ):
-                return None
-        try:
-            ts = np.array(stamps)
-            vals = np.array(values)
-        except (ValueError, TypeError):  # ragged lists
-            return None
-        if ts.dtype.kind not in "fi" or vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
-            return None  # nulls (object), strings, wrong feature count or nesting
-        ts = ts.astype(np.float64)
-        if not np.isfinite(ts).all():
+        converted = self._columns(records, stamps, values)
+        if converted is None:
             return None
         names: list[str] = list(dict.fromkeys(keys))  # all str, checked above
         pos = {k: i for i, k in enumerate(names)}
         kid = np.fromiter(map(pos.__getitem__, keys), np.int64, n)
-        return Readings(names, kid, np.ones(n, np.int64), ts, vals.astype(np.float64), list(records))
+        return Readings(names, kid, np.ones(n, np.int64), *converted, list(records))
 
     def _empty(self) -> Readings:
         return Readings(
