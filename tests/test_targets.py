@@ -116,3 +116,21 @@ def test_unknown_target_is_one_line(train_csv):
     ok = PipelineConfig(data=DataConfig(features=("a", "b")), model=ModelConfig(targets=("b",)))
     assert ok.model.targets == ("b",)
     assert json.loads(json.dumps(dataclasses.asdict(ok.model)))["targets"] == ["b"]
+
+
+def test_exports_keep_the_targets(targeted, test_csv, tmp_path):
+    """int8 and ONNX bundles score the same targets as the float model they come from."""
+    from anomaly.export import export_onnx, to_int8
+
+    series, _ = load_series([test_csv], DataConfig(), targeted.features)
+    s = series[0]
+    ref = np.concatenate([w.errors for w in engine_windows(targeted, s)])
+    q = load_bundle(save_bundle(to_int8(targeted), tmp_path / "q.pt"))
+    onnx = load_bundle(export_onnx(targeted, tmp_path / "m.onnx")[0])
+    for other in (q, onnx):
+        assert other.arch.targets == (0, 2) and other.targets == ["sensor_1", "sensor_3"]
+    np.testing.assert_allclose(
+        np.concatenate([w.errors for w in engine_windows(onnx, s)]), ref, rtol=0, atol=1e-5
+    )
+    err_q = np.concatenate([w.errors for w in engine_windows(q, s)])
+    assert np.abs(err_q - ref).mean() / ref.mean() < 0.05
