@@ -172,15 +172,36 @@ TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
 
 
+EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
+_UNIT_BOUNDS = (("ns", 1e17), ("us", 1e14), ("ms", EPOCH_MS_FROM))  # smallest typical value of each unit
+
+
 def _numeric_unit(values: np.ndarray) -> str:
     """Epoch seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude: 1e11 s is the year
     5138, while 1e11 ms is 1973, so typical values of each unit never overlap."""
     finite = np.abs(values[np.isfinite(values)])
     typical = float(np.median(finite)) if len(finite) else 0.0
-    for unit, bound in (("ns", 1e17), ("us", 1e14), ("ms", 1e11)):
+    for unit, bound in _UNIT_BOUNDS:
         if typical >= bound:
             return unit
     return "s"
+
+
+def epoch_seconds(values: np.ndarray) -> np.ndarray:
+    """Numeric epoch times in seconds, each one's unit (s, ms, us or ns) told by its own magnitude as
+    :func:`_numeric_unit` tells a column's: for a stream, where every message stands alone. Converted values
+    equal the CSV path's bit for bit (the same float64 product)."""
+    v = np.asarray(values, np.float64)
+    mag = np.abs(v)
+    left = mag >= EPOCH_MS_FROM
+    if not left.any():  # all seconds: the common case costs one comparison
+        return v
+    out = v.copy()
+    for unit, bound in _UNIT_BOUNDS:
+        hit = left & (mag >= bound)
+        out[hit] = v[hit] * TIME_UNITS[unit]
+        left &= ~hit
+    return out
 
 
 def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.ndarray:

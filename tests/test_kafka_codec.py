@@ -342,3 +342,22 @@ def test_json_numbers_become_the_float64_python_reads():
     assert errors == [] and readings.values.tobytes() == want.tobytes()
     one_by_one = np.concatenate([Decoder(FMT).decode(r).values for r in records])
     assert one_by_one.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("factor", [1, 10**3, 10**6, 10**9], ids=["s", "ms", "us", "ns"])
+def test_epoch_milli_micro_and_nanoseconds_decode_as_the_csv_path_reads_them(factor):
+    import pandas as pd
+
+    from anomaly.data import to_epoch_seconds
+
+    stamps = [1_700_000_000 * factor + i * factor // 4 if factor > 1 else 1.7e9 + i / 4 for i in range(3)]
+    expected = to_epoch_seconds(pd.Series(stamps)).tolist()
+    assert expected == pytest.approx([1_700_000_000.0, 1_700_000_000.25, 1_700_000_000.5], abs=1e-6)
+    d = Decoder(FMT)
+    records = [rec({"key": "k", "ts": t, "values": [1.0, 2.0, 3.0]}) for t in stamps]
+    readings, errors = d.decode_poll(records)  # columnar path
+    assert errors == [] and readings.timestamps.tolist() == expected
+    assert [d.decode(r).timestamps[0] for r in records] == expected  # one by one
+    block = rec({"key": "k", "readings": [{"ts": t, "values": [1.0, 2.0, 3.0]} for t in stamps]})
+    assert d.decode(block).timestamps.tolist() == expected
+    assert [parse_time(str(t)) for t in stamps] == expected  # numbers sent as text

@@ -15,7 +15,7 @@ from anomaly.config import EngineConfig, build_config, changelog_topic
 from anomaly.engine import Engine
 from anomaly.engine.types import Rejection
 from anomaly.errors import ConfigError
-from anomaly.kafka.changelog import Owner, encode_header, latest_records
+from anomaly.kafka.changelog import Owner, encode_header, latest_records, writers_to_fence
 from anomaly.kafka.checkpoint import EvictionSink, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
@@ -48,6 +48,29 @@ def test_restore_takes_the_highest_epoch_of_its_own_group_whatever_the_log_order
     heads, _, foreign = latest_records(log, lambda pid: True, "g1")
     assert {pid: (h["offset"], h["epoch"]) for pid, (h, _) in heads.items()} == {"in:0": (30, 2)}
     assert foreign == {"in:0": "g2", "in:1": "g2"}
+
+
+def test_writers_to_fence_are_the_current_owner_and_late_zombies_and_the_read_ends_past_the_last_own_record():
+    def rec(offset: int, pid: str, epoch: int, txn: str, group: str = "g1", partition: int = 0) -> Record:
+        head = encode_header(pid, 1, b"x", 1, owner=Owner(group, "m", txn), epoch=epoch)
+        return Record("cl", partition, offset, pid.encode(), head + b"\nx")
+
+    log = [
+        rec(0, "in:0", 1, "x-0"),  # fenced by b before b claimed epoch 2: not again
+        rec(1, "in:1", 1, "a-0"),
+        rec(2, "in:0", 2, "b-0"),  # b's claim
+        rec(3, "in:0", 1, "a-0"),  # zombie a writes after b's claim: may still hold an open transaction
+        Record("cl", 0, 4, b"in:0/gen/0", b"chunk"),  # chunks carry no writer; their header follows them
+        rec(5, "in:0", 2, "b-1"),  # b after a rotation
+        rec(6, "in:1", 9, "c-0", group="g2"),  # another group: neither fenced nor read for
+        rec(7, "in:2", 4, "d-0"),  # not wanted
+        rec(3, "in:1", 1, "a-0", partition=1),
+    ]
+    writers, ends = writers_to_fence(log, {"in:0", "in:1"}.__contains__, "g1")
+    assert writers == {"b-0", "a-0", "b-1"}
+    assert ends == {0: 6, 1: 4}
+    assert writers_to_fence(log, {"in:2"}.__contains__, "g1") == ({"d-0"}, {0: 8})
+    assert writers_to_fence(log, {"in:3"}.__contains__, "g1") == (set(), {})
 
 
 def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):

@@ -150,6 +150,35 @@ def latest_records(
     return heads, chunks, foreign
 
 
+def writers_to_fence(
+    records: Iterable[Any], wanted: Callable[[str], bool], group: str
+) -> tuple[set[str], dict[int, int]]:
+    """From changelog records in log order, uncommitted ones included: the transactional ids that may hold an
+    open transaction on the wanted partitions, and per changelog partition the offset just past the last record
+    of a wanted partition (what a restore must read up to).
+
+    Per partition id: the writer of every record from the first one with the highest epoch on (the current
+    owner and any older-epoch zombie that wrote after its claim). Writers of earlier records were fenced by the
+    owner that claimed the highest epoch, before it claimed."""
+    tail: dict[str, set[str]] = {}
+    best: dict[str, int] = {}
+    ends: dict[int, int] = {}
+    for rec in records:
+        key = rec.key.decode() if rec.key else ""
+        if "/" in key or rec.value is None or not wanted(key):  # chunks precede their header
+            continue
+        head, _ = decode_record(rec.value)
+        if head.get("group", "") != group:
+            continue
+        ends[rec.partition] = rec.offset + 1
+        epoch = int(head.get("epoch", 0))
+        if key not in best or epoch > best[key]:
+            best[key], tail[key] = epoch, set()
+        if head.get("txn"):
+            tail[key].add(str(head["txn"]))
+    return set().union(*tail.values()), ends
+
+
 class ChangelogStore:
     """Writes checkpoints through a shared producer (the caller flushes) and reads them back by partition id.
 
@@ -175,6 +204,7 @@ class ChangelogStore:
         self.chunk_bytes = chunk_bytes
         self.read_timeout_s = read_timeout_s
         self.foreign: dict[str, str] = {}  # pid -> group of ignored records, from the last read
+        self._read_to: dict[str, dict[int, int]] = {}  # topic -> partition -> end, from open_writers
         self._live_chunks: dict[str, list[str]] = {}  # pid -> chunk keys of its last written generation
 
     def write(
@@ -186,9 +216,9 @@ class ChangelogStore:
         epoch: int = 0,
         *,
         compressed: bool = False,
-    ) -> None:
-        """Send one checkpoint (``offset`` None and no snapshot: a claim without state). Not durable until the
-        producer is flushed (or the transaction committed)."""
+    ) -> int:
+        """Send one checkpoint (``offset`` None and no snapshot: a claim without state); returns the compressed
+        state's size. Not durable until the producer is flushed (or the transaction committed)."""
         topic = self.topic_for(source_topic(pid))
         stale = self._live_chunks.pop(pid, [])
         payload = snapshot if compressed or not snapshot else zlib.compress(snapshot, 1)
@@ -210,38 +240,44 @@ class ChangelogStore:
         # Tombstones of the previous generation go after the new header: same partition, so ordered after it.
         for ck in stale:
             self.send(topic, ck.encode(), None)
+        return len(payload)
 
     def read(self, pids: Iterable[str]) -> dict[str, Checkpoint]:
         """Latest checkpoint of each wanted partition id written by this group (absent: none). Reads each
-        changelog topic from its beginning to its current end; only the wanted partitions' bytes are kept."""
+        changelog topic from its beginning to its current end, or, after :meth:`open_writers`, to just past the
+        last record of a wanted partition it saw; only the wanted partitions' bytes are kept."""
         by_topic: dict[str, set[str]] = {}
         for pid in pids:
             by_topic.setdefault(self.topic_for(source_topic(pid)), set()).add(pid)
         out: dict[str, Checkpoint] = {}
         self.foreign = {}
         for topic, wanted in by_topic.items():
-            heads, chunks, foreign = latest_records(
-                self._records(topic), wanted.__contains__, self.owner.group
-            )
+            records = self._records(topic, until=self._read_to.pop(topic, None))
+            heads, chunks, foreign = latest_records(records, wanted.__contains__, self.owner.group)
             self.foreign.update(foreign)
             for pid, (head, payload) in heads.items():
                 out[pid] = self._checkpoint(topic, pid, head, payload, chunks)
         return out
 
     def open_writers(self, pids: Iterable[str]) -> set[str]:
-        """Transactional ids of the latest records (of this group) including uncommitted ones: a
-        ``read_committed`` read does not show the records of a transaction left open by a crashed owner (and
-        Kafka stops at it) until that writer is fenced. Tansu 0.6 does not report such a transaction in its last
-        stable offset, so this read is always made (a second pass over the changelog at assignment)."""
+        """Transactional ids to fence before :meth:`read` (see :func:`writers_to_fence`), from a read of the
+        changelog that includes uncommitted records; it also sets how far the next :meth:`read` goes.
+
+        Both are needed on any broker: a ``read_committed`` reader stops at the first open transaction of the
+        changelog partition (Kafka's last stable offset; Tansu 0.6 too) until its writer commits or is fenced,
+        and Tansu 0.6 then even reports the partition's end as 0 to ``read_committed`` readers, which made a
+        restore read nothing and start the keys fresh. Reading up to the last wanted record seen here needs
+        neither that end offset nor the other members' open transactions behind it."""
         if self.peek is None:
             return set()
         wanted = set(pids)
         out: set[str] = set()
         for topic in {self.topic_for(source_topic(pid)) for pid in wanted}:
-            heads, _, _ = latest_records(
+            writers, ends = writers_to_fence(
                 self._records(topic, self.peek), wanted.__contains__, self.owner.group
             )
-            out |= {str(h.get("txn", "")) for h, _ in heads.values() if h.get("txn")}
+            out |= writers
+            self._read_to[topic] = ends
         return out
 
     def _partitions(self, topic: str) -> list[TopicPartition]:
@@ -250,11 +286,16 @@ class ChangelogStore:
             raise KafkaError(f"changelog topic {topic} not found")
         return [TopicPartition(topic, p) for p in sorted(parts)]
 
-    def _records(self, topic: str, reader: KafkaConsumer | None = None) -> Iterable[Any]:
+    def _records(
+        self, topic: str, reader: KafkaConsumer | None = None, until: dict[int, int] | None = None
+    ) -> Iterable[Any]:
         reader = reader or self.reader
         tps = self._partitions(topic)
         reader.assign(tps)
-        end = reader.end_offsets(tps)
+        if until is None:
+            end = reader.end_offsets(tps)
+        else:
+            end = {tp: until.get(tp.partition, 0) for tp in tps}
         reader.seek_to_beginning(*tps)
         deadline = time.monotonic() + self.read_timeout_s
         # Tansu reports the end as the last batch's base offset + 1; a fetch returns whole batches, so reading

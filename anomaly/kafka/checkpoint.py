@@ -69,12 +69,16 @@ class PartitionTracker:
             self.dirty.add(tp)
 
     def adopt(self, tp: TopicPartition, keys: Iterable[str], offset: int) -> None:
-        """A partition restored from its checkpoint covering source offsets up to ``offset``."""
+        """A partition restored from its checkpoint covering source offsets up to ``offset``. It owes a commit of
+        ``offset + 1``: the group's committed offset can be behind the restored state (the previous owner died
+        between its checkpoint and its commit, or its transaction was aborted on a broker that still shows
+        aborted records, Tansu 0.6), and with no new message on the partition nothing else would commit it."""
         for key in keys:
             self.see(key, tp)
         self.owned.add(tp)
         self.floor[tp] = offset
         self.position[tp] = offset + 1
+        self.uncommitted.add(tp)
 
     def release(self, tps: Iterable[TopicPartition]) -> list[str]:
         """Forget revoked partitions; returns their keys (for ``engine.drop``)."""
@@ -160,17 +164,20 @@ class KafkaCheckpointer:
             self.delivery.flush()
             if self.dead_letters is not None:
                 self.dead_letters.flush()
+            state_s, state_bytes = 0.0, 0
             if chosen:
+                t1 = time.monotonic()
                 held = set(engine.keys())
                 for tp in sorted(chosen):
                     keys = [k for k in t.partition_keys.get(tp, ()) if k in held]
-                    self.changelog.write(
+                    state_bytes += self.changelog.write(
                         partition_id(tp.topic, tp.partition),
                         t.position[tp] - 1,
                         engine.snapshot(keys),
                         len(keys),
                         t.epoch.get(tp, 0),
                     )
+                state_s = time.monotonic() - t1
                 self.delivery.flush()
         except DeliveryError:
             raise
@@ -185,7 +192,7 @@ class KafkaCheckpointer:
         ok = self.commit(owed, wait=not in_callback)
         self.checkpoints += 1
         if self.metrics is not None:
-            self.metrics.checkpoint_done(time.monotonic() - t0, time.time())
+            self.metrics.checkpoint_done(time.monotonic() - t0, time.time(), state_s, state_bytes)
         return ok
 
     def commit(self, tps: Iterable[TopicPartition], wait: bool = True) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from anomaly.data import EPOCH_MS_FROM, epoch_seconds
 from anomaly.engine.types import Alert, Event, Readings, Rejection, ScoredWindow
 
 # Reasons a message is refused before the engine (dead-letter `reason` header, messages_invalid label).
@@ -61,7 +62,10 @@ class MessageFormat:
 
 
 def parse_time(value: Any) -> float:
-    """Epoch seconds from a number or an ISO-8601 string; DecodeError otherwise (bools are not numbers)."""
+    """Epoch seconds from a number (seconds, milliseconds, microseconds or nanoseconds, told by magnitude as in
+    CSV files: :func:`anomaly.data.epoch_seconds`) or an ISO-8601 string; DecodeError otherwise (bools are not
+    numbers)."""
+    numeric = True
     if isinstance(value, int | float) and not isinstance(value, bool):
         ts = float(value)
     elif isinstance(value, str):
@@ -73,13 +77,15 @@ def parse_time(value: Any) -> float:
             except ValueError:
                 raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
         else:
-            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+            ts, numeric = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp(), False
     else:
         raise DecodeError(
             "bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}"
         )
     if not math.isfinite(ts):
         raise DecodeError("bad_timestamp", f"timestamp is not finite: {value!r:.40}")
+    if numeric and abs(ts) >= EPOCH_MS_FROM:
+        return float(epoch_seconds(np.array(ts)))
     return ts
 
 
@@ -179,7 +185,7 @@ class Decoder:
         stamps = stamps.astype(np.float64)
         if not np.isfinite(stamps).all():
             return None
-        return stamps, values.astype(np.float64)
+        return epoch_seconds(stamps), values.astype(np.float64)
 
     @staticmethod
     def _field(body: dict[str, Any], name: str) -> Any:
@@ -309,8 +315,8 @@ class Decoder:
     def _columns(
         self, records: Sequence[Any], stamps: list[Any], values: list[Any]
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """float64 timestamps (N,) and values (N, F) when every timestamp is a finite JSON number and every
-        values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
+        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`) and values (N, F) when every
+        timestamp is a finite JSON number and every values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
         blob = b"".join([r.value for r in records])
         if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
             if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
@@ -330,7 +336,7 @@ class Decoder:
         ts = ts.astype(np.float64)
         if not np.isfinite(ts).all():
             return None
-        return ts, vals.astype(np.float64)
+        return epoch_seconds(ts), vals.astype(np.float64)
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F

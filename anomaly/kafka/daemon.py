@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,10 @@ class Daemon:
         self.changelog_topics = {topic: changelog_topic(k, topic) for topic in k.topics}
         for name in dict.fromkeys(self.changelog_topics.values()):
             clients.ensure_changelog(self.admin, k, name)
-        self._txn_base = clients.transactional_id(k)
+        # unique per process start: a restarted container keeps its host name and pid, and a reused id would let
+        # the next owner of its old partitions fence the new process's live producer
+        self._txn_base = f"{clients.transactional_id(k)}-{uuid.uuid4().hex[:6]}"
         self._txn_n = 0
-        self._fenced: set[str] = set()
         txn = {"transactional_id": f"{self._txn_base}-0"} if k.transactional else {}
         self.producer = clients.make_producer(k, t, **txn)
         self.dead_producer = clients.make_producer(k, t)
@@ -244,8 +246,8 @@ class Daemon:
             return
         kept = self.engine.reload(bundle)
         self.bundle = bundle
-        self.changelog.owner = Owner(
-            self.cfg.kafka.group_id, model_fingerprint(bundle.features, bundle.arch.to_json())
+        self.changelog.owner = dataclasses.replace(  # keeps the transactional id: records must name it
+            self.changelog.owner, model=model_fingerprint(bundle.features, bundle.arch.to_json())
         )
         self.source.decoder = Decoder(message_format(self.cfg, bundle.features))
         for sink in self.sinks:
@@ -300,15 +302,18 @@ class Daemon:
         next owner epoch of every assigned partition in the changelog."""
         by_pid = {partition_id(tp.topic, tp.partition): tp for tp in assigned}
         transactional = self.cfg.kafka.transactional and bool(by_pid)
+        fenced: set[str] = set()
         if transactional:  # writers with open transactions first: until fenced they hide later records
-            self._rotate_and_fence(self.changelog.open_writers(by_pid))
+            writers = self.changelog.open_writers(by_pid)
+            self._rotate()
+            self._fence(writers, fenced)
         checkpoints = self.changelog.read(by_pid)
         for pid, group in sorted(self.changelog.foreign.items()):
             log.warning(
                 "changelog record of %s written by group %s ignored (not this group's state)", pid, group
             )
         if transactional:
-            self._rotate_and_fence({cp.txn for cp in checkpoints.values() if cp.txn})
+            self._fence({cp.txn for cp in checkpoints.values() if cp.txn}, fenced)
         restored = 0
         for pid, tp in by_pid.items():
             self.tracker.owned.add(tp)
@@ -326,29 +331,35 @@ class Daemon:
                 self.changelog.write(pid, offset, cp.payload, cp.keys, epoch, compressed=True)
             else:  # no state: resume from the group's committed offset; the claim still fences older owners
                 self.changelog.write(pid, None, b"", 0, epoch)
-        if by_pid:
-            self.delivery.flush()
+        if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
+            self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
+            self.checkpointer.commit(by_pid.values(), wait=not seek)
         log.info("assigned %d partition(s); restored %d from the changelog", len(assigned), restored)
         self._rebalancing = False
         self._assigned_once = True
         self._refresh_ready()
 
-    def _rotate_and_fence(self, previous: set[str]) -> None:
-        """A fresh transactional id for this assignment (so a member that takes partitions from us fences only
-        our old producer), then fence the previous owners' ids: their open transactions are aborted and a
-        zombie's late writes are refused by the broker."""
+    def _rotate(self) -> None:
+        """A fresh transactional id for this assignment, so a member that takes partitions from us later fences
+        only our old producer (not the one now writing the partitions we keep or get)."""
+        if not (self.delivery.transactions or self.delivery.in_transaction):
+            return  # the id of this producer is in no record yet
+        self._txn_n += 1
+        txn_id = f"{self._txn_base}-{self._txn_n}"
         k = self.cfg.kafka
-        if self.delivery.transactions or self.delivery.in_transaction:  # our id may be in records already
-            self._txn_n += 1
-            txn_id = f"{self._txn_base}-{self._txn_n}"
-            self.delivery.replace(
-                clients.make_producer(k, self.opts.bootstrap_timeout_s, transactional_id=txn_id)
-            )
-            self.producer = self.delivery.producer
-            self.changelog.owner = dataclasses.replace(self.changelog.owner, txn=txn_id)
-        for txn_id in sorted(previous - {self.changelog.owner.txn} - self._fenced):
-            clients.fence(k, txn_id, self.opts.bootstrap_timeout_s)
-            self._fenced.add(txn_id)
+        self.delivery.replace(
+            clients.make_producer(k, self.opts.bootstrap_timeout_s, transactional_id=txn_id)
+        )
+        self.producer = self.delivery.producer
+        self.changelog.owner = dataclasses.replace(self.changelog.owner, txn=txn_id)
+
+    def _fence(self, previous: set[str], done: set[str]) -> None:
+        """Fence the previous owners' transactional ids (``done``: already fenced in this assignment): their
+        open transactions are aborted and a zombie's late writes are refused by the broker. Not remembered across
+        assignments: a repeated fence costs one round trip, a memo would grow with every id ever seen."""
+        for txn_id in sorted(previous - {self.changelog.owner.txn} - done):
+            clients.fence(self.cfg.kafka, txn_id, self.opts.bootstrap_timeout_s)
+            done.add(txn_id)
             log.info("fenced transactional id %s of the partitions' previous owner", txn_id)
 
     def _restore_one(self, pid: str, cp: Any) -> list[str] | None:

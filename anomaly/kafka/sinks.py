@@ -57,11 +57,18 @@ class Delivery:
         self.last_error = type(exc).__name__
 
     def replace(self, producer: KafkaProducer) -> None:
-        """Use a new producer (a new transactional id after a rebalance); the old one is closed, its open
-        transaction left to be aborted (its outputs belong to state that was dropped or handed over)."""
+        """Use a new producer (a new transactional id after a rebalance); the old one's open transaction is
+        aborted (its outputs belong to state that was dropped or handed over; left open, it would hold back
+        read_committed readers until the transaction timeout) and the producer closed."""
         old, self.producer = self.producer, producer
-        self.in_transaction = False
-        self.failures = 0
+        try:
+            if self.in_transaction:
+                old.abort_transaction()
+        except (kerr.KafkaError, OSError):
+            pass  # e.g. already fenced: the broker aborts it
+        finally:
+            self.in_transaction = False
+            self.failures = 0
         try:
             old.close(timeout=1)
         except (kerr.KafkaError, OSError):

@@ -9,6 +9,7 @@ import json
 import signal
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from conftest import (
 from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, ModelConfig, TrainConfig
 from anomaly.data import load_series
-from anomaly.kafka.changelog import decode_record
+from anomaly.kafka.changelog import Owner, decode_record, encode_header, model_fingerprint
 from anomaly.synthetic import SyntheticSpec, generate_keys
 from anomaly.training import train
 
@@ -186,12 +187,71 @@ def test_a_paused_zombie_cannot_corrupt_the_new_owners_state_or_output(kafka_env
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open defect, about 1 run in 8 on Tansu 0.6: after the kill -9 sequence one partition's committed "
-    "offset can stall (suspected: a writer killed mid-restore leaves an open transaction that open_writers does not "
-    "see and Tansu never times out); see README, Known limits",
-)
+def test_a_restored_checkpoint_whose_offset_commit_was_lost_gets_committed(kafka_env, stream, tiny_model):
+    """The previous owner checkpointed the whole stream and died before its offset commit (or, on Tansu, its
+    transaction was aborted but its records stay visible). The next owner restores that state, has nothing left
+    to consume, and must still commit the restored position: the committed offset follows the state."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=1)
+    first, second = segments(series, 2)
+    done = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, done)
+    ends = kafka_env.produce(names.input, second, bundle.features)
+    expected = replay_expected(bundle, series)  # the dead owner's state: every message processed
+    pid = f"{names.input}:0"
+    owner = Owner(names.group, model_fingerprint(bundle.features, bundle.arch.to_json()), "dead-owner")
+    payload = zlib.compress(expected.engine.snapshot(), 1)
+    head = encode_header(pid, ends[0] - 1, payload, len(expected.engine.keys()), owner=owner, epoch=2)
+    kafka_env.producer.send(names.changelog, key=pid.encode(), value=head + b"\n" + payload).get()
+    assert kafka_env.committed(names.group, names.input) == done
+
+    log = _run_to(kafka_env, names, ends)
+
+    assert "restored 1 from the changelog" in log
+    assert "stopped: 0 messages" in log
+    assert kafka_env.committed(names.group, names.input) == ends
+    same_state(kafka_env.changelog_state(names.changelog, bundle), expected.engine)
+
+
+def test_a_restore_reads_past_another_writers_open_transaction_on_the_changelog(
+    kafka_env, stream, tiny_model
+):
+    """Another member's transaction is open on the changelog partition while this daemon restores (e.g. its
+    claims, not yet committed). Tansu 0.6 then reports the partition's end as 0 to read_committed readers and
+    a restore that trusted it read nothing: state lost, keys fresh. The restore must still take its own
+    checkpoints, written before the open transaction."""
+    from kafka import KafkaProducer
+
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    other = KafkaProducer(
+        bootstrap_servers=kafka_env.broker.bootstrap, transactional_id=f"other-{names.group}"
+    )
+    other.init_transactions()
+    other.begin_transaction()
+    claim = encode_header("elsewhere:0", None, b"", 0, owner=Owner("other", "m", "other"), epoch=1)
+    other.send(names.changelog, key=b"elsewhere:0", value=claim + b"\n").get()  # open during the restore
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+    proc, _ = kafka_env.start(names, *FAST)
+    try:
+        wait_for(lambda: "assigned" in kafka_env.logs[-1].read_text(), 60, "the restore")
+    finally:  # Tansu hides transactional offset commits behind an open transaction on the same partition
+        other.abort_transaction()
+        other.close(timeout=1)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    log = kafka_env.logs[-1].read_text()
+
+    assert "restored 2 from the changelog" in log
+    assert f"stopped: {sum(len(s) for s in second)} messages" in log
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
 def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream, tiny_model):
     _, series = stream
     _, bundle = tiny_model
