@@ -405,9 +405,9 @@ def run_kafka_bench(
     model: str | None = None,
     *,
     keys: int = 1000,
-    readings: int = 120,
+    readings: int = 300,  # per key: 300,000 single-reading messages, as the issue measured
     block: int = 32,
-    block_rounds: int = 4,
+    block_rounds: int = 8,  # 8,000 blocks, 256,000 readings: long enough that the final checkpoint is not a fifth of it
     rounds: int = 2,
     peer: bool = True,
     latency_s: float = 10.0,

@@ -149,6 +149,9 @@ class TrainConfig:
     min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
     forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
     input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
+    # a feature whose level wanders over the training span (share of its variance in the means of 8 equal
+    # blocks above this) is read as context, not scored: training has not seen the range it will take (0: off)
+    wander_screen: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
@@ -173,6 +176,11 @@ class TrainConfig:
         )
         _need(_finite(self.input_noise) and self.input_noise >= 0, "train.input_noise", "must be >= 0")
         _need(
+            _finite(self.wander_screen) and 0 <= self.wander_screen < 1,
+            "train.wander_screen",
+            "must be in [0, 1) (0: no screen)",
+        )
+        _need(
             _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
             "train.threshold_quantile",
             "must be in (0, 1)",
@@ -188,7 +196,7 @@ class TrainConfig:
 class EngineConfig:
     """Scoring, thresholds, alert lifecycle and data-hygiene policy of the streaming engine."""
 
-    threshold: str = "spot"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
+    threshold: str = "dynamic"  # a threshold kind, a key of anomaly.thresholds.THRESHOLDS
     # mean: mean error over features / reference | max_feature: max over features of err_f / ref_f
     score: Literal["mean", "max_feature"] = "mean"
     # max_feature: no feature's reference error counts as less than this fraction of the median over features, so
@@ -212,7 +220,7 @@ class EngineConfig:
     # only features with at least this many distinct training values are watched (a flag may hold for ever)
     stuck_min_distinct: int = 16
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
-    alert_close_after: int = 10  # consecutive normal points that close it
+    alert_close_after: int = 30  # consecutive normal points that close it
     top_features: int = 3
     # a larger gap between readings resets the key's state; None: the bundle's (300 sampling intervals)
     max_gap_seconds: float | None = None

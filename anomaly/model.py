@@ -155,8 +155,8 @@ def reading_errors(out: ModelOutput, x: torch.Tensor, targets: tuple[int, ...] |
         raise ValueError("the model output has neither a forecast nor a reconstruction")
     err = (pred.float() - x.float()).pow(2)
     if targets is not None:
-        context = [i for i in range(err.shape[-1]) if i not in set(targets)]
-        err[..., context] = 0.0
+        scored = set(targets)
+        err[..., [i for i in range(err.shape[-1]) if i not in scored]] = 0.0
     return err
 
 

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "cpu",
         "threshold_quantile": 0.99,
         "threshold_factor": 1.0,
+        "wander_screen": 0.0,
     },
     "engine": {
         "threshold": "dynamic",

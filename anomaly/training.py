@@ -182,6 +182,7 @@ def train(
     stride = cfg.stride or window
 
     raw = np.concatenate([s.values for s in series])
+    wander = wander_share([s.values for s in series])
     scaler = Scaler.fit(raw)
     scaler = Scaler(scaler.mean, np.maximum(scaler.scale, quantum(raw)).astype(np.float32))
     scaled = [Series(s.key, s.timestamps, scaler.transform(s.values), s.labels, s.source) for s in series]
@@ -203,7 +204,7 @@ def train(
         model_cfg.num_layers,
         model_cfg.dropout,
         model_cfg.forecast,
-        target_indices(features, model_cfg.targets),
+        screened_targets(target_indices(features, model_cfg.targets), wander, cfg.wander_screen),
     )
     model = LSTMAutoencoder(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -286,6 +287,7 @@ def train(
     calibration = calibrate(model, scaled, cfg)
     check_finite(model, calibration)
     calibration["feature_distinct"] = distinct_values([s.values for s in series]).tolist()
+    calibration["feature_wander"] = wander.tolist()
     calibration["feature_max_run"] = max_runs([s.values for s in series]).tolist()
     calibration["baselines"] = fit_baselines(scaled, train_parts, arch, cfg)
     amp_name = None if amp_dtype is None else str(amp_dtype).replace("torch.", "")
@@ -333,6 +335,45 @@ def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int
             f"({', '.join(list(features)[:8])}{', ...' if len(features) > 8 else ''})"
         )
     return tuple(sorted(list(features).index(t) for t in targets))
+
+
+WANDER_BLOCKS = 8
+
+
+def wander_share(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per feature (F,): the share of its training variance that lies in the means of 8 equal blocks of each
+    series (averaged over series, weighted by length). Near 0 for a feature that moves fast relative to the
+    training span (noise, or cycles much shorter than the span); near 1 for one whose level wanders on the
+    scale of the span itself (a slow warm-up or trend), so that training has not seen the range it will
+    take live."""
+    f = parts[0].shape[1] if parts else 0
+    total, weight = np.zeros(f), 0
+    for v in parts:
+        n = len(v) // WANDER_BLOCKS * WANDER_BLOCKS
+        if n < 2 * WANDER_BLOCKS:
+            continue
+        x = np.asarray(v[:n], np.float64)
+        var = x.var(axis=0)
+        between = x.reshape(WANDER_BLOCKS, -1, f).mean(axis=1).var(axis=0)
+        total += n * np.divide(between, var, out=np.zeros(f), where=var > 0)
+        weight += n
+    return total / weight if weight else np.zeros(f)
+
+
+def screened_targets(
+    targets: tuple[int, ...] | None, wander: np.ndarray, screen: float
+) -> tuple[int, ...] | None:
+    """train.wander_screen: scored features whose wander share exceeds `screen` become context inputs (read by
+    the model, not scored), unless that would leave no feature scored. 0 = no screen."""
+    scored = tuple(range(len(wander))) if targets is None else targets
+    keep = tuple(i for i in scored if not (screen > 0 and wander[i] > screen))
+    if not keep or keep == scored:
+        return targets
+    log.info(
+        "train.wander_screen: %d feature(s) wander over the training span; read as context, not scored",
+        len(scored) - len(keep),
+    )
+    return keep
 
 
 def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:

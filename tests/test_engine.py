@@ -153,7 +153,7 @@ def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
     with pytest.raises(StateError, match="corrupted"):
         fresh.restore(b"garbage")
     with pytest.raises(StateError, match="layout"):
-        Engine(bundle, EngineConfig(threshold="dynamic")).restore(part)
+        Engine(bundle, EngineConfig(threshold="spot")).restore(part)  # another kind keeps other state
 
 
 # --- data hygiene ----------------------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
     train[:, 2:] = np.repeat(rng.normal(0, 1, (20, 2)), 20, axis=0)
     assert max_runs([train]).tolist() == [1, 1, 20, 20]
     bundle.calibration["feature_max_run"] = max_runs([train]).tolist()
-    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, alert_close_after=10)
 
     def live(frozen: int) -> np.ndarray:
         v = bundle.scaler.mean + rng.normal(0, 1, (30 * bundle.window, 4)) * bundle.scaler.scale

@@ -319,3 +319,24 @@ def test_observe_many_equals_a_loop_of_observe() -> None:
     assert got.keys() == want.keys()
     for k, v in want.items():
         assert got[k] == (pytest.approx(v) if k[0].endswith("_sum") else v)
+
+
+def test_window_histograms_in_bulk_equal_one_window_at_a_time() -> None:
+    """Peak score and mean error per window, stacked (equal lengths) or window by window (mixed lengths and an
+    empty window): the same values as np.max / np.mean of each window alone."""
+    from anomaly.engine.types import ScoredWindow
+    from anomaly.metrics import _window_peaks_and_means
+
+    rng = np.random.default_rng(1)
+
+    def window(n: int) -> ScoredWindow:
+        f32 = np.float32
+        ones, no = np.ones(n, f32), np.zeros(n, bool)
+        scores, errors = rng.exponential(1, n).astype(f32), rng.exponential(1, n).astype(f32)
+        return ScoredWindow("k", np.arange(n, dtype=float), errors, scores, ones, no, no, np.ones(3, f32) / 3)
+
+    for sizes in ([32] * 300, [32, 5, 0, 100, 1]):
+        ws = [window(n) for n in sizes]
+        peaks, means = _window_peaks_and_means(ws)
+        assert peaks.tolist() == [float(np.max(w.scores)) for w in ws if len(w.scores)]
+        assert means.tolist() == [float(np.mean(w.errors)) for w in ws if len(w.errors)]

@@ -116,3 +116,42 @@ def test_unknown_target_is_one_line(train_csv):
     ok = PipelineConfig(data=DataConfig(features=("a", "b")), model=ModelConfig(targets=("b",)))
     assert ok.model.targets == ("b",)
     assert json.loads(json.dumps(dataclasses.asdict(ok.model)))["targets"] == ["b"]
+
+
+def test_exports_keep_the_targets(targeted, test_csv, tmp_path):
+    """int8 and ONNX bundles score the same targets as the float model they come from."""
+    from anomaly.export import export_onnx, to_int8
+
+    series, _ = load_series([test_csv], DataConfig(), targeted.features)
+    s = series[0]
+    ref = np.concatenate([w.errors for w in engine_windows(targeted, s)])
+    q = load_bundle(save_bundle(to_int8(targeted), tmp_path / "q.pt"))
+    onnx = load_bundle(export_onnx(targeted, tmp_path / "m.onnx")[0])
+    for other in (q, onnx):
+        assert other.arch.targets == (0, 2) and other.targets == ["sensor_1", "sensor_3"]
+    np.testing.assert_allclose(
+        np.concatenate([w.errors for w in engine_windows(onnx, s)]), ref, rtol=0, atol=1e-5
+    )
+    err_q = np.concatenate([w.errors for w in engine_windows(q, s)])
+    assert np.abs(err_q - ref).mean() / ref.mean() < 0.05
+
+
+def test_targeted_bundle_is_grouping_invariant_and_snapshots_bit_for_bit(targeted, test_csv):
+    """Readings one at a time, odd blocks, and a snapshot/restore mid-window score identically."""
+    from tests.helpers import chunks
+    from tests.test_engine import SMALL as ENGINE_SMALL
+    from tests.test_engine import feed
+
+    series, _ = load_series([test_csv], DataConfig(), targeted.features)
+    s = series[0]
+    cfg = EngineConfig(threshold="spot", max_alert_seconds=120.0, stuck_min_run=8, **ENGINE_SMALL)
+    n, cut = len(s), 8 * 40 + 5
+    straight = feed(Engine(targeted, cfg), s, chunks(n, [1]))
+    blocks = feed(Engine(targeted, cfg), s, chunks(n, [7, 3, 13, 1]))
+    assert np.array_equal(straight[0], blocks[0]) and straight[1] == blocks[1]
+    first = Engine(targeted, cfg)
+    a = feed(first, s, chunks(cut, [3]))
+    second = Engine(targeted, cfg)
+    second.restore(first.snapshot())
+    b = feed(second, s, [(lo + cut, hi + cut) for lo, hi in chunks(n - cut, [3])])
+    assert np.array_equal(np.concatenate([a[0], b[0]]), straight[0]) and a[1] + b[1] == straight[1]

@@ -85,3 +85,42 @@ def test_training_refuses_data_where_every_reading_is_a_gap() -> None:
             TrainConfig(epochs=1, device="cpu"),
             max_gap_seconds=0.5,
         )
+
+
+def test_wander_share_is_the_variance_of_block_means_over_the_variance() -> None:
+    import numpy as np
+
+    from anomaly.training import WANDER_BLOCKS, wander_share
+
+    n, b = 64, WANDER_BLOCKS
+    t = np.arange(n, dtype=np.float64)
+    v = np.stack(
+        [t, np.sin(2 * np.pi * t / 8), np.full(n, 3.0)], axis=1
+    )  # a ramp, a cycle per block, constant
+    got = wander_share([v])
+    # a ramp: block means are n/b apart, so their variance is (b^2 - 1)/12 (n/b)^2 against (n^2 - 1)/12
+    assert np.isclose(got[0], (b * b - 1) * (n / b) ** 2 / (n * n - 1))
+    assert abs(got[1]) < 1e-12 and got[2] == 0.0
+    # averaged over series by length; a series shorter than two rows per block is left out
+    assert np.allclose(wander_share([v, v[:32], v[:10]]), (64 * got + 32 * wander_share([v[:32]])) / 96)
+
+
+def test_wander_screen_reads_a_drifting_feature_as_context(train_csv) -> None:
+    import numpy as np
+
+    from anomaly.training import screened_targets
+
+    w = np.array([0.01, 0.9, 0.02])
+    assert screened_targets(None, w, 0.5) == (0, 2)
+    assert screened_targets((1, 2), w, 0.5) == (2,)
+    assert screened_targets(None, w, 0.0) is None  # off
+    assert screened_targets((1,), w, 0.5) == (1,)  # never every scored feature
+    series, feats = load_series([train_csv], DataConfig())
+    s = series[0]
+    s.values = s.values.copy()
+    s.values[:, 1] += np.linspace(0.0, 50.0 * s.values[:, 1].std(), len(s))  # a slow warm-up
+    cfg = TrainConfig(device="cpu", epochs=1, wander_screen=0.5)
+    bundle = train([s], feats, ModelConfig(window=8, hidden_size=8), cfg).bundle
+    assert bundle.arch.targets == (0, 2, 3) and bundle.calibration["feature_wander"][1] > 0.9
+    off = train([s], feats, ModelConfig(window=8, hidden_size=8), TrainConfig(device="cpu", epochs=1))
+    assert off.bundle.arch.targets is None  # off by default

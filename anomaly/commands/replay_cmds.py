@@ -33,7 +33,7 @@ DEMO: dict[str, dict[str, Any]] = {
     "data": {"time_column": "timestamp", "label": "anomaly"},
     "model": {"window": 32, "hidden_size": 64, "num_layers": 1, "dropout": 0.0},
     "train": {"epochs": 40, "batch_size": 16, "stride": 8, "learning_rate": 0.003, "patience": 6, "seed": 0},
-    "engine": {"threshold": "static", "smoothing": 0.2, "alert_open_after": 3, "alert_close_after": 10},
+    "engine": {"threshold": "dynamic", "smoothing": 0.2, "alert_open_after": 3, "alert_close_after": 30},
     "replay": {"predict": "alert"},
 }
 
@@ -152,7 +152,7 @@ def print_result(result: ReplayResult) -> None:
     type=click.Choice(list(THRESHOLDS)),
     default=None,
     help="Threshold kind (README: Thresholds, level shifts and stuck sensors).  "
-    "[default: engine.threshold of the pipeline, else spot]",
+    "[default: engine.threshold of the pipeline, else dynamic]",
 )
 @click.option(
     "--static-threshold",
