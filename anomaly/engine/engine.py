@@ -2,8 +2,9 @@
 per round.
 
 process(events) first ingests every event in order (validation, time order, gaps, assembly into scoring
-units); each complete unit joins its key's queue. Then it scores in rounds: round r takes the r-th piece of
-every key that has one and runs them through the model in ONE call (one call per distinct piece length),
+units), and cuts each key's units into pieces, as columns (:mod:`anomaly.engine.pieces`). Then it scores in
+rounds: round r takes the r-th piece of every key that has one and runs them through the model in ONE call
+(one call per distinct piece length),
 writing each key's new (h, c) back. Rounds preserve per-key order, so feeding a series one reading per event,
 in blocks, or all at once gives identical results. Batches of one row are padded to two: CPU kernels take a
 different path for a single row, and padding keeps every key's numbers independent of what else shares its

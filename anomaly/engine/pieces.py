@@ -15,7 +15,7 @@ queues and are cut in Python (:func:`from_queues`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +174,3 @@ def from_queues(queues: dict[int, deque], fill: np.ndarray | None, window: int, 
         else np.zeros((0, n_features), np.float32),
         np.concatenate(tss).astype(np.float64, copy=False) if tss else np.zeros(0),
     )
-
-
-def unique_rows(rows: Iterable[int]) -> np.ndarray:
-    return np.asarray(sorted(set(rows)), np.int64)

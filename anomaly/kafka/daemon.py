@@ -21,6 +21,7 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -167,6 +168,9 @@ class Daemon:
         """Consume until stopped; returns the runner's totals. Raises KafkaError/AnomalyError on fatal errors."""
         if not hasattr(self, "consumer"):
             self.connect()
+        # Everything loaded so far (torch, the model, clients) lives as long as the process: out of the garbage
+        # collector's sight, a full collection no longer walks it (it took 0.2-0.4 s, the latency p99).
+        gc.freeze()
         try:
             totals = run(
                 self.engine,
