@@ -89,6 +89,13 @@ def parse_time(value: Any) -> float:
     return ts
 
 
+def _key_ids(keys: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct keys in order of first appearance, and each message's index into them."""
+    names = list(dict.fromkeys(keys))
+    pos = {k: i for i, k in enumerate(names)}
+    return names, np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys))
+
+
 class Decoder:
     """Turns Kafka records (anything with ``key`` and ``value`` bytes) into engine input.
 
@@ -307,9 +314,7 @@ class Decoder:
         converted = self._columns(records, stamps, values)
         if converted is None:
             return None
-        names: list[str] = list(dict.fromkeys(keys))
-        pos = {k: i for i, k in enumerate(names)}
-        kid = np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys))
+        names, kid = _key_ids(keys)
         return Readings(names, kid, np.asarray(counts, np.int64), *converted, list(records))
 
     def _columns(
@@ -352,9 +357,7 @@ class Decoder:
         converted = self._columns(records, stamps, values)
         if converted is None:
             return None
-        names: list[str] = list(dict.fromkeys(keys))  # all str, checked above
-        pos = {k: i for i, k in enumerate(names)}
-        kid = np.fromiter(map(pos.__getitem__, keys), np.int64, n)
+        names, kid = _key_ids(keys)  # all str, checked above
         return Readings(names, kid, np.ones(n, np.int64), *converted, list(records))
 
     def _empty(self) -> Readings:
