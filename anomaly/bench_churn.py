@@ -58,6 +58,27 @@ def _send_round(bootstrap: str, topic: str, r: int, n: int, features: int) -> No
     producer.close()
 
 
+def _send_probe(
+    bootstrap: str, topic: str, partitions: int, r: int, j: int, ts: float, features: int
+) -> None:
+    """One reading on every partition at once: the next checkpoint then writes every partition's state, i.e. the
+    state of every key held, so probe checkpoints are alike from round to round (the round's own checkpoints
+    write whichever partitions happened to be dirty when the timer fired)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
+    values = [round(0.1 * i, 3) for i in range(features)]
+    for p in range(partitions):
+        body = {"key": f"probe{r}-{p}", "ts": ts, "values": values}
+        producer.send(topic, value=json.dumps(body, separators=(",", ":")).encode(), partition=p)
+    producer.flush()
+    producer.close()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def _committed(bootstrap: str, group: str, topic: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
@@ -75,6 +96,7 @@ def run_churn_bench(
     rounds: int = 5,
     max_keys: int = 1000,
     features: int = 3,
+    probes: int = 9,
     log: Any = print,
 ) -> dict[str, Any]:
     """Warm-up + ``rounds`` rounds of ``round_keys`` new keys; per-round RSS and mean checkpoint time."""
@@ -89,7 +111,8 @@ def run_churn_bench(
         topic, out = f"churn-{tag}", f"churn-out-{tag}"
         group = f"churn-{tag}"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_topics([NewTopic(topic, 4, 1), NewTopic(out, 1, 1)])
+        partitions = 4
+        admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(out, 1, 1)])
         admin.close()
         port = free_port()
         env = {**os.environ, "ANOMALY_ENGINE_MAX_KEYS": str(max_keys), "PYTHONUNBUFFERED": "1"}
@@ -131,14 +154,19 @@ def run_churn_bench(
                 time.sleep(0.3)
         rows = []
         before = _metrics(port)
+        want = 0
+
+        def wait_committed(n: int) -> None:
+            while _committed(bootstrap, group, topic) < n:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the daemon exited with status {proc.returncode}")
+                time.sleep(0.2)
+
         for r in range(rounds + 1):
             t0 = time.monotonic()
             _send_round(bootstrap, topic, r, round_keys, len(bundle.features))
-            want = (r + 1) * round_keys
-            while _committed(bootstrap, group, topic) < want:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the daemon exited with status {proc.returncode}")
-                time.sleep(0.5)
+            want += round_keys
+            wait_committed(want)
             now = _metrics(port)
             d = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in now}
             n = d["anomaly_checkpoint_duration_seconds_count"]
@@ -158,6 +186,27 @@ def run_churn_bench(
                 "keys_held": int(now.get("anomaly_keys_held", 0)),
                 "seconds": round(time.monotonic() - t0, 1),
             }
+            # like-for-like: probes that make every partition dirty, so each probe's checkpoint writes the state
+            # of every key held (max_keys of them); the median over the probes per round
+            full_ms, full_state_ms, full_kb = [], [], []
+            for j in range(probes):
+                ts = 1.7e9 + (r + 1) * round_keys + j
+                _send_probe(bootstrap, topic, partitions, r, j, ts, len(bundle.features))
+                want += partitions
+                wait_committed(want)
+                time.sleep(1.2)  # the commit came with the probe's checkpoint; let its metrics land
+                after = _metrics(port)
+                pd = {name: after.get(name, 0.0) - now.get(name, 0.0) for name in after}
+                now = after
+                if pd.get("anomaly_checkpoint_state_seconds_count", 0.0) != 1:
+                    continue  # the probe's readings were split over two checkpoints: not alike, left out
+                full_ms.append(1000 * pd["anomaly_checkpoint_duration_seconds_sum"])
+                full_state_ms.append(1000 * pd["anomaly_checkpoint_state_seconds_sum"])
+                full_kb.append(pd["anomaly_checkpoint_state_bytes_total"] / 1024)
+            row["probes"] = len(full_ms)
+            row["full_checkpoint_ms"] = round(_median(full_ms), 2) if full_ms else float("nan")
+            row["full_state_ms"] = round(_median(full_state_ms), 2) if full_ms else float("nan")
+            row["full_state_kb"] = round(_median(full_kb), 1) if full_ms else float("nan")
             before = now
             rows.append(row)
             label = "warm-up" if r == 0 else f"round {r}"
@@ -165,7 +214,9 @@ def run_churn_bench(
                 f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB, checkpoint mean "
                 f"{row['checkpoint_ms']} ms over {row['checkpoints']} ({row['state_checkpoint_ms']} ms over the "
                 f"{row['checkpoints_with_state']} that wrote state; in-process part {row['state_ms']} ms, "
-                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s)"
+                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s); checkpoint of "
+                f"every key held (median of {row['probes']} probes): {row['full_checkpoint_ms']} ms, in-process "
+                f"{row['full_state_ms']} ms, {row['full_state_kb']} KiB"
             )
         measured = rows[1:]
 
@@ -185,6 +236,9 @@ def run_churn_bench(
             "state_checkpoint_flatness": flat("state_checkpoint_ms"),
             "state_ms_flatness": flat("state_ms"),
             "state_kb_flatness": flat("state_kb"),
+            "full_checkpoint_flatness": flat("full_checkpoint_ms"),
+            "full_state_ms_flatness": flat("full_state_ms"),
+            "full_state_kb_flatness": flat("full_state_kb"),
             "rss_last_over_first": round(rss[-1] / rss[0], 3),
             "checkpoint_last_over_first": round(ckpt[-1] / max(ckpt[0], 1e-9), 3),
         }
@@ -192,7 +246,9 @@ def run_churn_bench(
             f"churn flatness over {rounds} rounds (max/min, target <= 1.10): RSS {res['rss_flatness']:.3f}, "
             f"checkpoint time {res['checkpoint_flatness']:.3f} (of checkpoints that wrote state "
             f"{res['state_checkpoint_flatness']:.3f}; their in-process part {res['state_ms_flatness']:.3f}, "
-            f"state size {res['state_kb_flatness']:.3f}); last/first: RSS {res['rss_last_over_first']:.3f}, "
+            f"state size {res['state_kb_flatness']:.3f}); checkpoint of every key held (probes) "
+            f"{res['full_checkpoint_flatness']:.3f} (in-process part {res['full_state_ms_flatness']:.3f}, state "
+            f"size {res['full_state_kb_flatness']:.3f}); last/first: RSS {res['rss_last_over_first']:.3f}, "
             f"checkpoint {res['checkpoint_last_over_first']:.3f}"
         )
         return res
