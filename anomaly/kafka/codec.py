@@ -309,13 +309,22 @@ class Decoder:
         readings = list(chain.from_iterable(blocks))
         if 0 in counts or set(map(type, readings)) != {dict}:
             return None
-        stamps = list(map(get, readings, repeat(fmt.time_field)))
-        values = list(map(get, readings, repeat(fmt.values_field)))
+        return self._readings(records, keys, readings, np.asarray(counts, np.int64))
+
+    def _readings(
+        self, records: Sequence[Any], keys: list[str], readings: list[dict[str, Any]], counts: np.ndarray
+    ) -> Readings | None:
+        """Columns of the poll: each reading's time and values (None when any is not a plain number, see
+        :meth:`_columns`), the message keys (strings, checked by the caller) as ids, ``counts`` readings per
+        message."""
+        fmt = self.fmt
+        stamps = list(map(dict.get, readings, repeat(fmt.time_field)))
+        values = list(map(dict.get, readings, repeat(fmt.values_field)))
         converted = self._columns(records, stamps, values)
         if converted is None:
             return None
         names, kid = _key_ids(keys)
-        return Readings(names, kid, np.asarray(counts, np.int64), *converted, list(records))
+        return Readings(names, kid, counts, *converted, list(records))
 
     def _columns(
         self, records: Sequence[Any], stamps: list[Any], values: list[Any]
@@ -352,13 +361,7 @@ class Decoder:
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
         if set(map(type, keys)) != {str}:
             return None
-        stamps = list(map(get, bodies, repeat(fmt.time_field)))
-        values = list(map(get, bodies, repeat(fmt.values_field)))
-        converted = self._columns(records, stamps, values)
-        if converted is None:
-            return None
-        names, kid = _key_ids(keys)  # all str, checked above
-        return Readings(names, kid, np.ones(n, np.int64), *converted, list(records))
+        return self._readings(records, keys, bodies, np.ones(n, np.int64))
 
     def _empty(self) -> Readings:
         return Readings(
