@@ -418,7 +418,10 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
     """Reconstruction-error distribution on the validation part of every series, scored as a stream from the
     series start (so the carried state is warm, as it is live). Score 1.0 = the `threshold_quantile` of point
     errors; the default threshold is `threshold_factor` in those units. The same quantile of each feature's
-    own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score."""
+    own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score.
+    Both units are floored at `reference_floor` (squared standardized units): a target that was constant in
+    training (or that the model predicts exactly) has validation errors of ~0, and without the floor its unit
+    was 1e-8, so any later change scored millions."""
     per_point, per_feature = [], []
     for s in scaled:
         n = len(s)
@@ -431,9 +434,11 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
             per_point.append(point_error(tail, model.arch.targets))
     points = np.concatenate(per_point) if per_point else np.zeros(1, np.float32)
     feats = np.concatenate(per_feature) if per_feature else np.zeros((1, model.arch.n_features), np.float32)
-    reference = float(np.quantile(points, cfg.threshold_quantile))
-    reference = max(reference, 1e-8)
-    feature_reference = np.maximum(np.quantile(feats, cfg.threshold_quantile, axis=0), 1e-8)
+    floor = max(cfg.reference_floor, 1e-8)
+    reference = max(float(np.quantile(points, cfg.threshold_quantile)), floor)
+    feature_reference = np.maximum(
+        np.quantile(feats, cfg.threshold_quantile, axis=0).astype(np.float64), floor
+    )
     return {
         "point_error_quantiles": {str(q): float(np.quantile(points, q)) for q in QUANTILES},
         "point_error_mean": float(points.mean()),
@@ -442,6 +447,7 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
         "feature_error_quantiles": {str(q): np.quantile(feats, q, axis=0).tolist() for q in QUANTILES},
         "feature_reference_error": feature_reference.tolist(),
         "reference_quantile": cfg.threshold_quantile,
+        "reference_floor": floor,
         "reference_error": reference,
         "default_threshold": float(cfg.threshold_factor),
         "validation_points": int(len(points)),
