@@ -344,6 +344,7 @@ class Daemon:
         self._rebalancing = True
         self._refresh_ready()
         if kind == "revoked" and tps:  # lost partitions are not checkpointed: another member may own them
+            log.info("revoking %d partition(s): checkpointing them", len(tps))
             self.checkpointer.checkpoint(self.engine, tps, in_callback=in_callback)
         keys = self.tracker.release(tps)
         self.engine.drop(keys)

@@ -305,6 +305,50 @@ def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
+def test_kill_9_of_the_old_owner_during_rebalances_changes_nothing(kafka_env, stream, tiny_model):
+    """The other side of a rebalance: the member giving its partitions up is killed before the group settles,
+    once as soon as it logs that it starts checkpointing its revoked partitions (that checkpoint takes about a
+    millisecond here, so the kill usually lands just after it) and once after it logged them revoked. The next
+    owner restores what it left (fencing its writer) and the result equals a replay."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=4)
+    parts = segments(series, 3)
+    owner, _ = kafka_env.start(names, *FAST, log_name="owner")
+    ends = kafka_env.produce(names.input, parts[0], bundle.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    phases = []
+    for part, kill_at in zip(parts[1:], ("revoking", "revoked"), strict=True):
+        owner_log = kafka_env.logs[kafka_env.procs.index(owner)]
+        got: dict[int, int] = {}
+        sender = threading.Thread(
+            target=lambda p=part, g=got: g.update(
+                kafka_env.produce(names.input, p, bundle.features, rate=800)
+            )
+        )
+        sender.start()
+        time.sleep(0.5)  # the owner is busy with the new messages
+        newcomer, port = kafka_env.start(names, *FAST, log_name="newcomer")
+        wait_for(lambda: kill_at in owner_log.read_text(), 30, f"the owner {kill_at}", every=0.002)  # noqa: B023
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        text = owner_log.read_text()
+        phases.append("revoked" if "revoked" in text else "revoking")
+        assert "assigned" not in text.split("revoking", 1)[1]  # killed before the group settled
+        sender.join()
+        ends = _merge(ends, got)
+        wait_for(lambda: http_status(port, "/readyz") == 200, 60, "the newcomer owns the partitions")  # noqa: B023
+        owner = newcomer
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(owner) == 0
+    assert phases[1] == "revoked"
+    with_data = sum(1 for end in ends.values() if end > 0)
+    assert (
+        f"assigned 4 partition(s); restored {with_data} from the changelog" in kafka_env.logs[-1].read_text()
+    )
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
 def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
     kafka_env, stream, tiny_model, monkeypatch
 ):
