@@ -142,12 +142,13 @@ class Delivery:
 
 FENCED = (
     "fenced: another member took over this daemon's partitions (paused or stalled longer than "
-    "session_timeout_ms?) and the broker refused its transaction; exiting so that a restart rejoins the group"
+    "session_timeout_ms?) and the broker refused its transaction"
 )
 
 
 class FencedError(DeliveryError):
-    """A transaction could not be committed: this process may be a fenced zombie; its state must be discarded."""
+    """A transaction could not be committed: this process may be a fenced zombie; its state must be discarded
+    (the daemon drops it and rejoins the group)."""
 
 
 class AlertSink:
