@@ -178,6 +178,11 @@ class PipelineMetrics:
             registry=r,
         )
         self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
+        self.fenced = Counter(
+            "anomaly_fenced",
+            "Times this daemon was fenced (another member took its partitions): state dropped, group rejoined.",
+            registry=r,
+        )
         self.dead_letters_refused = Counter(
             "anomaly_dead_letters_refused",
             "Dead letters the broker refused (logged; consumption carries on).",
@@ -319,6 +324,9 @@ class PipelineMetrics:
 
     def commit_failed(self) -> None:
         self.commit_failures.inc()
+
+    def fenced_rejoined(self) -> None:
+        self.fenced.inc()
 
     def dead_letter_refused(self) -> None:
         self.dead_letters_refused.inc()

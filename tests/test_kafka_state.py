@@ -155,3 +155,22 @@ def test_a_taken_metrics_port_is_one_error_line(tmp_path):
         f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use "
         "(another daemon on this host? set --metrics-port or metrics.port)\n"
     )
+
+
+def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error():
+    import kafka.errors as kerr
+
+    from anomaly.kafka.daemon import _fenced
+    from anomaly.kafka.sinks import FENCED, DeliveryError, FencedError
+
+    fenced = FencedError(FENCED)
+    try:  # kafka-python re-raises a rebalance listener's exception from poll() as a KafkaError caused by it
+        try:
+            raise fenced
+        except FencedError as exc:
+            raise kerr.KafkaError("User rebalance callback throws an error") from exc
+    except kerr.KafkaError as wrapped:
+        assert _fenced(wrapped) is fenced
+    assert _fenced(fenced) is fenced
+    assert _fenced(kerr.KafkaError("User rebalance callback throws an error")) is None
+    assert _fenced(DeliveryError("2 record(s) were not delivered")) is None

@@ -244,6 +244,7 @@ def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
             "anomaly_keys_evicted",
             "anomaly_gap_resets",
             "anomaly_commit_failures",
+            "anomaly_fenced",
             "anomaly_dead_letters_refused",
             "anomaly_checkpoint_state_bytes",
             "anomaly_model_reloads",

@@ -15,6 +15,8 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   then their keys dropped from memory;
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
   if that takes longer than ``shutdown_timeout_s``; a second signal exits at once;
+* fenced (another member took the partitions while this process stalled): every partition's state dropped,
+  a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
 * SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted.
 """
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kafka.errors as kerr
 from kafka import ConsumerRebalanceListener
 
 from anomaly.bundle import load_bundle
@@ -42,7 +45,7 @@ from anomaly.kafka import clients
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
-from anomaly.kafka.sinks import AlertSink, DeadLetterSink, Delivery, ScoreSink
+from anomaly.kafka.sinks import FENCED, AlertSink, DeadLetterSink, Delivery, FencedError, ScoreSink
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
 
@@ -57,6 +60,7 @@ class DaemonOptions:
     probe_interval_s: float = 1.0  # broker liveness probe for /readyz
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
+    max_fenced_in_a_row: int = 3  # fences with no committed transaction in between before giving up (exit 2)
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
 
 
@@ -95,6 +99,8 @@ class Daemon:
         self.restored_keys = 0
         self._deferred: list[tuple[str, list[Any]]] = []
         self._queue_lock = threading.Lock()
+        self._fenced_in_a_row = 0
+        self._transactions_at_fence = -1
         if metrics is not None:
             metrics.model_loaded(self.bundle)
 
@@ -171,14 +177,27 @@ class Daemon:
         # Everything loaded so far (torch, the model, clients) lives as long as the process: out of the garbage
         # collector's sight, a full collection no longer walks it (it took 0.2-0.4 s, the latency p99).
         gc.freeze()
+        totals: dict[str, int] = {}
         try:
-            totals = run(
-                self.engine,
-                self.source.batches(),
-                self.sinks,
-                observer=self.metrics,
-                checkpointer=self.checkpointer,
-            )
+            while True:
+                try:
+                    part = run(
+                        self.engine,
+                        self.source.batches(),
+                        self.sinks,
+                        observer=self.metrics,
+                        checkpointer=self.checkpointer,
+                    )
+                except (FencedError, kerr.KafkaError) as exc:
+                    if not _fenced(exc):
+                        raise
+                    self._rejoin_after_fence(exc)
+                    if self.stop.is_set():
+                        break
+                    continue
+                for name, n in part.items():
+                    totals[name] = totals.get(name, 0) + n
+                break
             if self.opts.state_out:
                 Path(self.opts.state_out).write_bytes(self.engine.snapshot())
             totals["skipped"] = self.source.skipped
@@ -218,6 +237,43 @@ class Daemon:
 
     def request_reload(self) -> None:
         self._reload_requested = True
+
+    def _rejoin_after_fence(self, exc: BaseException) -> None:
+        """Fenced (another member owns our partitions now; this process was paused or stalled past the session
+        timeout): like a Kafka Streams task that migrated, every partition's state is dropped without a
+        checkpoint (what it held past its last committed checkpoint was aborted with the fenced transaction), the
+        producer replaced by one with a fresh transactional id, and the consumer rejoins the group; whatever it
+        gets is restored from the changelog like any assignment. ``max_fenced_in_a_row`` fences without one
+        committed transaction in between mean the broker refuses this member's transactions for good: the
+        error is raised (exit status 2)."""
+        if self.delivery.transactions == self._transactions_at_fence:
+            self._fenced_in_a_row += 1
+        else:
+            self._fenced_in_a_row = 1
+        if self._fenced_in_a_row > self.opts.max_fenced_in_a_row:
+            raise FencedError(
+                f"{FENCED}; fenced {self._fenced_in_a_row} times in a row without a commit: exiting"
+            ) from exc
+        self._rebalancing = True
+        self._refresh_ready()
+        with self._queue_lock:
+            self._deferred.clear()  # events of the old membership; the rejoin brings fresh ones
+        tps = set(self.tracker.owned) | set(self.tracker.position) | set(self.tracker.partition_keys)
+        self.tracker.release(tps)
+        dropped = self.engine.drop(self.engine.keys())
+        self._rotate(force=True)
+        self._transactions_at_fence = self.delivery.transactions
+        self.consumer.unsubscribe()  # leaves the group (if still a member) and forgets fetch positions
+        log.warning(
+            "%s; dropped the state of %d partition(s) (%d key(s)) without a checkpoint; rejoining the group",
+            _fenced(exc) or FENCED,
+            len(tps),
+            dropped,
+        )
+        if self.metrics is not None:
+            self.metrics.fenced_rejoined()
+        if not self.stop.is_set():
+            self.consumer.subscribe(list(self.cfg.kafka.topics), listener=_Rebalance(self))
 
     # --- housekeeping between polls --------------------------------------------------------------------------
 
@@ -288,6 +344,7 @@ class Daemon:
         self._rebalancing = True
         self._refresh_ready()
         if kind == "revoked" and tps:  # lost partitions are not checkpointed: another member may own them
+            log.info("revoking %d partition(s): checkpointing them", len(tps))
             self.checkpointer.checkpoint(self.engine, tps, in_callback=in_callback)
         keys = self.tracker.release(tps)
         self.engine.drop(keys)
@@ -343,10 +400,11 @@ class Daemon:
         self._assigned_once = True
         self._refresh_ready()
 
-    def _rotate(self) -> None:
+    def _rotate(self, force: bool = False) -> None:
         """A fresh transactional id for this assignment, so a member that takes partitions from us later fences
-        only our old producer (not the one now writing the partitions we keep or get)."""
-        if not (self.delivery.transactions or self.delivery.in_transaction):
+        only our old producer (not the one now writing the partitions we keep or get). ``force``: the producer
+        was fenced, its id is dead."""
+        if not (force or self.delivery.transactions or self.delivery.in_transaction):
             return  # the id of this producer is in no record yet
         self._txn_n += 1
         txn_id = f"{self._txn_base}-{self._txn_n}"
@@ -415,6 +473,17 @@ class Daemon:
     @property
     def ready(self) -> bool:
         return self._broker_ok and self._assigned_once and not self._rebalancing
+
+
+def _fenced(exc: BaseException) -> FencedError | None:
+    """The FencedError behind ``exc``: raised directly by the loop, or by a rebalance callback (kafka-python
+    re-raises a listener's exception from ``poll`` as a KafkaError caused by it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FencedError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 class _Rebalance(ConsumerRebalanceListener):

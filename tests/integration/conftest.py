@@ -311,6 +311,15 @@ def http_status(port: int, path: str) -> int:
         return 0
 
 
+def http_answer(port: int, path: str, within_s: float = 20.0) -> int:
+    """The status the daemon answers on ``path``: asks again while there is no answer at all (a 2 s timeout can
+    pass on a loaded machine), never when there is one, so an assertion on the code stays as strict."""
+    deadline = time.monotonic() + within_s
+    while (status := http_status(port, path)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return status
+
+
 def wait_for(pred: Any, timeout_s: float, what: str, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -365,6 +374,7 @@ __all__ = [
     "Expected",
     "KafkaEnv",
     "Names",
+    "http_answer",
     "http_status",
     "replay_expected",
     "same_state",
