@@ -146,8 +146,8 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
-    # the score's unit (the calibrated reference error, squared standardized units) is never below this: a
-    # training signal that is constant or predicted exactly has no measured noise to set the unit (0: no floor)
+    # the calibrated score unit (reference error, squared standardized units) of a target that was constant in
+    # training is this, not its validation error of ~0 (0: no floor; a varying target keeps its measured unit)
     reference_floor: float = 0.01
     min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
     forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss

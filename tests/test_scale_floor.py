@@ -45,13 +45,13 @@ def test_a_constant_target_is_scored_in_units_of_the_floor(flat_target):
     trained), and a move of 2 raw units scored 4e8 (4e6)."""
     cal = flat_target.calibration
     assert flat_target.reference_error == max(cal["point_error_quantiles"]["0.99"], 0.01)
-    assert cal["reference_floor"] == 0.01 and min(flat_target.feature_reference_error) >= 0.01
+    assert cal["reference_floor"] == 0.01 and flat_target.feature_reference_error[0] >= 0.01
     t = np.arange(480, 560, dtype=np.float64)
     values = np.column_stack([np.where(t >= 520, 1.0, -1.0), np.sin(t / 7.0)])
     for kind in ("zscore", "pca"):
         b = baseline_bundle(flat_target, kind)
         assert b.reference_error == 0.01 and b.calibration["reference_floor"] == 0.01
-        assert b.feature_reference_error == [0.01, 0.01]
+        assert b.feature_reference_error[0] == 0.01 and b.calibration["feature_flat"] == [1, 0]
         out = Engine(b, EngineConfig(threshold="static", smoothing=1.0)).process([Event("k", t, values)])
         errors = np.concatenate([w.errors for w in out.windows])
         scores = np.concatenate([w.scores for w in out.windows])
@@ -63,6 +63,19 @@ def test_the_floor_does_not_bind_on_a_varying_signal(bundle):
     """A model of signals with real variation keeps its measured unit (the 0.99 quantile of its errors)."""
     cal = bundle.calibration
     assert cal["reference_error"] == cal["point_error_quantiles"]["0.99"] > 0.01
+    assert cal["feature_flat"] == [0, 0, 0, 0] and cal["reference_floor"] == 1e-8
+
+
+def test_a_tiny_unit_of_a_varying_target_is_kept():
+    """PCA reconstructs a feature that is an exact multiple of another almost perfectly: its unit is tiny but
+    measured, so it is not floored (a floor there would make the key 1e4 times less sensitive)."""
+    n = 480
+    t = np.arange(n, dtype=np.float64)
+    a = np.sin(t / 7.0) + 0.1 * np.cos(t / 3.0)
+    series = [Series("k", t, np.column_stack([a, 2.0 * a]))]
+    b = train(series, ["a", "b"], ModelConfig(window=8, hidden_size=8), SMALL).bundle
+    pca = baseline_bundle(b, "pca")
+    assert pca.reference_error < 1e-6 and pca.calibration["feature_flat"] == [0, 0]
 
 
 def test_floor_zero_keeps_the_old_unit_and_bad_values_are_one_line(flat_target):
