@@ -146,6 +146,9 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16)
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    # the calibrated score unit (reference error, squared standardized units) of a target that was constant in
+    # training is this, not its validation error of ~0 (0: no floor; a varying target keeps its measured unit)
+    reference_floor: float = 0.01
     min_batches: int = 8  # optimizer steps per epoch at least: short training sets get smaller batches
     forecast_weight: float = 1.0  # weight of the one-step forecast loss next to the reconstruction loss
     input_noise: float = 0.0  # std of Gaussian noise added to training inputs (denoising), standardized units
@@ -189,6 +192,11 @@ class TrainConfig:
             _finite(self.threshold_factor) and self.threshold_factor > 0,
             "train.threshold_factor",
             "must be > 0",
+        )
+        _need(
+            _finite(self.reference_floor) and self.reference_floor >= 0,
+            "train.reference_floor",
+            "must be >= 0 (0: no floor)",
         )
 
 

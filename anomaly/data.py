@@ -475,13 +475,16 @@ class Scaler:
 
     @classmethod
     def fit(cls, values: np.ndarray) -> Scaler:
-        finite = values[np.isfinite(values).all(axis=1)]
+        """Mean and std in float64 (stored as float32). In float32 the mean of a constant float32 column is off
+        by rounding, so its std came out at ~1e-7 of its level instead of 0: a constant column got a scale of
+        1e-7 instead of 1, and any later change scored as millions of sigma."""
+        finite = values[np.isfinite(values).all(axis=1)].astype(np.float64)
         if len(finite) == 0:
             raise DataError("no finite rows to fit the scaler on")
-        mean = finite.mean(axis=0).astype(np.float32)
-        std = finite.std(axis=0).astype(np.float32)
+        mean = finite.mean(axis=0)
+        std = finite.std(axis=0)
         std[std < 1e-8] = 1.0
-        return cls(mean, std)
+        return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.mean) / self.scale).astype(np.float32)

@@ -41,33 +41,49 @@ def ordered_history(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, n
 
 
 def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
-    """Per-key epsilon (K,) from past smoothed scores; keys with an empty history get `floor`."""
+    """Per-key epsilon (K,) from past smoothed scores; keys with an empty history get `floor`.
+
+    A candidate z only counts for a key with at least one score above mean + z * std. That bound grows with z,
+    so once a key's largest score is not above it, no larger z can count either: each z is evaluated only for
+    the keys whose maximum is still above it, and the grid stops when none is. Row by row the arithmetic is the
+    full grid's (each key's sums are taken over its own row), so the result is the same to the bit."""
     e, valid = ordered_history(hist.astype(np.float64), pushed)
     cnt = valid.sum(axis=1)
     safe = np.maximum(cnt, 1)
     ev = np.where(valid, e, 0.0)
     mean = ev.sum(axis=1) / safe
     std = np.sqrt(np.maximum((np.where(valid, e - mean[:, None], 0.0) ** 2).sum(axis=1) / safe, 0.0))
+    top = np.fmax.reduce(np.where(valid, e, -np.inf), axis=1)  # NaN scores are never above anything
     best_score = np.full(len(e), -np.inf)
     best_eps = mean + Z_GRID[-1] * std
     for z in Z_GRID:
-        eps = mean + z * std
-        above = valid & (e > eps[:, None])
-        below = valid & ~above
+        live = np.flatnonzero(top > mean + z * std)
+        if not len(live):
+            break
+        e_l, valid_l = e[live], valid[live]
+        eps = mean[live] + z * std[live]
+        above = valid_l & (e_l > eps[:, None])
         n_above = above.sum(axis=1)
-        n_below = np.maximum(below.sum(axis=1), 1)
-        mean_b = np.where(below, e, 0.0).sum(axis=1) / n_below
-        std_b = np.sqrt((np.where(below, e - mean_b[:, None], 0.0) ** 2).sum(axis=1) / n_below)
-        starts = above & ~np.concatenate([np.zeros((len(e), 1), bool), above[:, :-1]], axis=1)
+        starts = above & ~np.concatenate([np.zeros((len(live), 1), bool), above[:, :-1]], axis=1)
         n_seq = starts.sum(axis=1)
+        # only keys that pass the count rules need the mean and std of the scores below epsilon
+        c = np.flatnonzero((n_above < 0.5 * cnt[live]) & (n_seq <= 5))
+        if not len(c):
+            continue
+        rows, e_c, eps, n_above, n_seq = live[c], e_l[c], eps[c], n_above[c], n_seq[c]
+        below = valid_l[c] & ~above[c]
+        mean_c, std_c = mean[rows], std[rows]
+        n_below = np.maximum(below.sum(axis=1), 1)
+        mean_b = np.where(below, e_c, 0.0).sum(axis=1) / n_below
+        std_b = np.sqrt((np.where(below, e_c - mean_b[:, None], 0.0) ** 2).sum(axis=1) / n_below)
         with np.errstate(divide="ignore", invalid="ignore"):
-            gain = (mean - mean_b) / np.where(mean > 0, mean, 1.0) + (std - std_b) / np.where(
-                std > 0, std, 1.0
+            gain = (mean_c - mean_b) / np.where(mean_c > 0, mean_c, 1.0) + (std_c - std_b) / np.where(
+                std_c > 0, std_c, 1.0
             )
-            score = np.where(n_above > 0, gain / (n_above + n_seq**2), -np.inf)
-        ok = (n_above > 0) & (n_above < 0.5 * cnt) & (n_seq <= 5) & (score > best_score)
-        best_score = np.where(ok, score, best_score)
-        best_eps = np.where(ok, eps, best_eps)
+            score = gain / (n_above + n_seq**2)
+        ok = score > best_score[rows]
+        best_score[rows[ok]] = score[ok]
+        best_eps[rows[ok]] = eps[ok]
     best_eps = np.where(cnt > 0, best_eps, floor)
     return np.maximum(best_eps, floor).astype(np.float32)
 

@@ -418,7 +418,12 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
     """Reconstruction-error distribution on the validation part of every series, scored as a stream from the
     series start (so the carried state is warm, as it is live). Score 1.0 = the `threshold_quantile` of point
     errors; the default threshold is `threshold_factor` in those units. The same quantile of each feature's
-    own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score."""
+    own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score.
+    A target that was constant in training (no variation the scaler could measure: it got scale 1) has
+    validation errors of ~0, so its unit would be ~0 and any later change would score millions: its feature unit
+    is floored at `reference_floor` (squared standardized units), and the point unit at the mean over targets
+    of the feature floors (the point error is their mean). A target that varies keeps its measured unit, however
+    small (a PCA residual, a smooth well-predicted signal): no floor may make such a key less sensitive."""
     per_point, per_feature = [], []
     for s in scaled:
         n = len(s)
@@ -431,9 +436,14 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
             per_point.append(point_error(tail, model.arch.targets))
     points = np.concatenate(per_point) if per_point else np.zeros(1, np.float32)
     feats = np.concatenate(per_feature) if per_feature else np.zeros((1, model.arch.n_features), np.float32)
-    reference = float(np.quantile(points, cfg.threshold_quantile))
-    reference = max(reference, 1e-8)
-    feature_reference = np.maximum(np.quantile(feats, cfg.threshold_quantile, axis=0), 1e-8)
+    flat = flat_features(scaled, model.arch.n_features)
+    feature_floor = np.where(flat, max(cfg.reference_floor, 1e-8), 1e-8)
+    targets = list(model.arch.targets) if model.arch.targets is not None else slice(None)
+    floor = float(feature_floor[targets].mean())
+    reference = max(float(np.quantile(points, cfg.threshold_quantile)), floor)
+    feature_reference = np.maximum(
+        np.quantile(feats, cfg.threshold_quantile, axis=0).astype(np.float64), feature_floor
+    )
     return {
         "point_error_quantiles": {str(q): float(np.quantile(points, q)) for q in QUANTILES},
         "point_error_mean": float(points.mean()),
@@ -442,10 +452,24 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
         "feature_error_quantiles": {str(q): np.quantile(feats, q, axis=0).tolist() for q in QUANTILES},
         "feature_reference_error": feature_reference.tolist(),
         "reference_quantile": cfg.threshold_quantile,
+        "reference_floor": floor,
+        "feature_flat": flat.astype(int).tolist(),
         "reference_error": reference,
         "default_threshold": float(cfg.threshold_factor),
         "validation_points": int(len(points)),
     }
+
+
+def flat_features(scaled: Sequence[Series], n_features: int) -> np.ndarray:
+    """Per feature (F,) bool: constant over all standardized training rows (std below the scaler's 1e-8 test
+    for constants; those got scale 1, so their standardized values are their raw deviations)."""
+    rows = [s.values for s in scaled if len(s)]
+    if not rows:
+        return np.zeros(n_features, bool)
+    values = np.concatenate(rows).astype(np.float64)
+    with np.errstate(all="ignore"):
+        std = np.nanstd(values, axis=0)
+    return ~(std >= 1e-8)  # an all-NaN column (std NaN) counts as flat
 
 
 def quantum(values: np.ndarray) -> np.ndarray:

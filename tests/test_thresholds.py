@@ -45,6 +45,58 @@ def test_epsilon_uses_only_filled_history_and_respects_the_floor() -> None:
     assert select_epsilon(hist, np.array([3, 0]), floor=2.0).tolist() == [2.0, 2.0]
 
 
+def _full_grid_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
+    """The dynamic threshold's definition evaluated at every z for every key (select_epsilon skips work)."""
+    from anomaly.thresholds import ordered_history
+
+    e, valid = ordered_history(hist.astype(np.float64), pushed)
+    cnt = valid.sum(axis=1)
+    safe = np.maximum(cnt, 1)
+    mean = np.where(valid, e, 0.0).sum(axis=1) / safe
+    std = np.sqrt(np.maximum((np.where(valid, e - mean[:, None], 0.0) ** 2).sum(axis=1) / safe, 0.0))
+    best_score, best_eps = np.full(len(e), -np.inf), mean + Z_GRID[-1] * std
+    for z in Z_GRID:
+        eps = mean + z * std
+        above = valid & (e > eps[:, None])
+        below = valid & ~above
+        n_above, n_below = above.sum(axis=1), np.maximum(below.sum(axis=1), 1)
+        mean_b = np.where(below, e, 0.0).sum(axis=1) / n_below
+        std_b = np.sqrt((np.where(below, e - mean_b[:, None], 0.0) ** 2).sum(axis=1) / n_below)
+        n_seq = (above & ~np.concatenate([np.zeros((len(e), 1), bool), above[:, :-1]], axis=1)).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = (mean - mean_b) / np.where(mean > 0, mean, 1.0) + (std - std_b) / np.where(
+                std > 0, std, 1.0
+            )
+            score = np.where(n_above > 0, gain / (n_above + n_seq**2), -np.inf)
+        ok = (n_above > 0) & (n_above < 0.5 * cnt) & (n_seq <= 5) & (score > best_score)
+        best_score, best_eps = np.where(ok, score, best_score), np.where(ok, eps, best_eps)
+    return np.maximum(np.where(cnt > 0, best_eps, floor), floor).astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_epsilon_equals_the_full_grid_to_the_bit() -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(240):
+        k, n = int(rng.choice([1, 3, 40])), int(rng.choice([16, 33, 128]))
+        hist = [
+            rng.normal(1.0, 0.3, (k, n)),
+            rng.exponential(1.0, (k, n)) ** 2,  # heavy tail: many z count
+            rng.integers(0, 4, (k, n)).astype(float),  # ties at epsilon
+            rng.standard_cauchy((k, n)),
+            rng.normal(1.0, 0.1, (k, n)),
+        ][trial % 5].astype(np.float32)
+        if trial % 5 == 4:  # a few separate spikes: the best z has up to 5 sequences above it, or just more
+            for row in hist:
+                row[rng.choice(n, int(rng.integers(1, 8)), replace=False)] += rng.uniform(1.0, 3.0)
+        if trial % 5 == 1:
+            hist[rng.random((k, n)) < 0.02] = rng.choice([np.nan, np.inf])
+        pushed = rng.integers(0, 3 * n, k) if trial % 2 else rng.integers(0, n + 1, k)
+        floor = float(rng.choice([0.0, 1.0]))
+        assert (
+            select_epsilon(hist, pushed, floor).tobytes() == _full_grid_epsilon(hist, pushed, floor).tobytes()
+        )
+
+
 def test_ring_buffer_keeps_the_last_n_in_order() -> None:
     hist = np.zeros((1, 4), np.float32)
     pushed = np.zeros(1, np.int64)

@@ -51,6 +51,7 @@ class Delivery:
         self.failures = 0
         self.last_error: str = ""
         self.transactions = 0
+        self.group_found = False  # this producer knows the group coordinator (has sent offsets once)
 
     def _on_error(self, exc: BaseException) -> None:
         self.failures += 1
@@ -69,6 +70,7 @@ class Delivery:
         finally:
             self.in_transaction = False
             self.failures = 0
+            self.group_found = False
         try:
             old.close(timeout=1)
         except (kerr.KafkaError, OSError):
@@ -119,6 +121,13 @@ class Delivery:
         try:
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, group_metadata)
+            elif not self.group_found:
+                # Nothing to commit yet (claims at assignment): an empty offset commit, by bare group id (it
+                # commits nothing and fences nothing), so the producer looks up the group coordinator now
+                # and not in the stream's first checkpoint, where the lookup's two retry backoffs stalled
+                # the loop for 0.2 s.
+                self.producer.send_offsets_to_transaction({}, group_metadata.group_id)
+            self.group_found = True
             self.producer.commit_transaction()
         except (kerr.KafkaError, OSError) as exc:
             self.in_transaction = False

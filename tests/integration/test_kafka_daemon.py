@@ -136,3 +136,39 @@ def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, 
             "SASL_SSL\n"
         ),
     )
+
+
+def test_the_producer_finds_the_group_coordinator_at_assignment(kafka_env, tiny_model):
+    """The transactional producer looks up the group coordinator on its first offset commit, with two retry
+    backoffs (0.2 s). The claims committed at assignment do that lookup, so the stream's first checkpoint does
+    not stall the loop for it."""
+    import threading
+
+    from kafka.protocol.metadata.find_coordinator import CoordinatorType
+
+    from anomaly.config import KafkaConfig, PipelineConfig
+    from anomaly.kafka.daemon import Daemon
+
+    names = kafka_env.names(partitions=2)
+    kafka = KafkaConfig(
+        bootstrap_servers=kafka_env.broker.bootstrap,
+        topics=(names.input,),
+        group_id=names.group,
+        alerts_topic=names.alerts,
+        dead_letter_topic=names.dead,
+        changelog_topic=names.changelog,
+        checkpoint_interval_s=3600.0,
+        max_poll_interval_ms=3000,
+        session_timeout_ms=3000,
+    )
+    daemon = Daemon(PipelineConfig(kafka=kafka), str(tiny_model[0]))
+    daemon.connect()
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: daemon.ready, 30, "partitions assigned")
+        manager = daemon.delivery.producer._transaction_manager  # no public accessor
+        assert manager.coordinator(CoordinatorType.GROUP) is not None
+    finally:
+        daemon.stop.set()
+        thread.join(60)
