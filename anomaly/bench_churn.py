@@ -188,7 +188,7 @@ def run_churn_bench(
             n = d["anomaly_checkpoint_duration_seconds_count"]
             s = d["anomaly_checkpoint_duration_seconds_sum"]
             ns = d.get("anomaly_checkpoint_state_seconds_count", 0.0)
-            row = {
+            row: dict[str, Any] = {
                 "round": r,
                 "rss_mb": round(_rss_mb(proc.pid), 1),
                 "checkpoint_ms": round(1000 * s / max(n, 1), 1),
