@@ -46,6 +46,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _send_round(bootstrap: str, topic: str, r: int, n: int, features: int) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262_144, acks=1)
     values = [round(0.1 * i, 3) for i in range(features)]
@@ -79,13 +85,11 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
-    finally:
-        consumer.close(autocommit=False)
+def _committed(consumer: KafkaConsumer, topic: str) -> int:
+    """The group's committed offsets of ``topic``, summed (one long-lived consumer that never joins the group:
+    ``committed`` asks the coordinator each time for partitions that are not assigned to it)."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
 
 
 def run_churn_bench(
@@ -105,6 +109,7 @@ def run_churn_bench(
     broker = None if bootstrap else TansuBroker().start()
     bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
     proc = None
+    watcher = None
     try:
         model, bundle = _bundle(model, features)
         tag = uuid.uuid4().hex[:6]
@@ -156,17 +161,28 @@ def run_churn_bench(
         before = _metrics(port)
         want = 0
 
-        def wait_committed(n: int) -> None:
-            while _committed(bootstrap, group, topic) < n:
+        watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+
+        def wait_committed(n: int) -> float:
+            """Wait until the group committed ``n`` messages; returns when the daemon had consumed them (its
+            ``anomaly_messages_consumed_total``, monotonic clock): consuming vs committing after it."""
+            consumed_at = None
+            while _committed(watcher, topic) < n:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited with status {proc.returncode}")
+                if consumed_at is None and _metrics(port).get("anomaly_messages_consumed_total", 0.0) >= n:
+                    consumed_at = time.monotonic()
                 time.sleep(0.2)
+            return consumed_at if consumed_at is not None else time.monotonic()
 
         for r in range(rounds + 1):
             t0 = time.monotonic()
+            cpu0 = _cpu_s(proc.pid)
+            broker_cpu0 = _cpu_s(broker.proc.pid) if broker is not None and broker.proc else 0.0
             _send_round(bootstrap, topic, r, round_keys, len(bundle.features))
+            sent_s = time.monotonic() - t0
             want += round_keys
-            wait_committed(want)
+            consumed_at = wait_committed(want)
             now = _metrics(port)
             d = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in now}
             n = d["anomaly_checkpoint_duration_seconds_count"]
@@ -185,6 +201,12 @@ def run_churn_bench(
                 "state_kb": round(d.get("anomaly_checkpoint_state_bytes_total", 0.0) / 1024 / max(ns, 1), 1),
                 "keys_held": int(now.get("anomaly_keys_held", 0)),
                 "seconds": round(time.monotonic() - t0, 1),
+                "consumed_seconds": round(consumed_at - t0, 1),  # until the daemon had consumed the round
+                "send_seconds": round(sent_s, 1),  # the bench's own producer, inside "seconds"
+                "daemon_cpu_s": round(_cpu_s(proc.pid) - cpu0, 1),
+                "broker_cpu_s": round(_cpu_s(broker.proc.pid) - broker_cpu0, 1)
+                if broker and broker.proc
+                else float("nan"),  # a broker of yours: not measured
             }
             # like-for-like: probes that make every partition dirty, so each probe's checkpoint writes the state
             # of every key held (max_keys of them); the median over the probes per round
@@ -214,7 +236,8 @@ def run_churn_bench(
                 f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB, checkpoint mean "
                 f"{row['checkpoint_ms']} ms over {row['checkpoints']} ({row['state_checkpoint_ms']} ms over the "
                 f"{row['checkpoints_with_state']} that wrote state; in-process part {row['state_ms']} ms, "
-                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s); checkpoint of "
+                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s, {row['send_seconds']} s of "
+                f"them sending, all consumed after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker {row['broker_cpu_s']}); checkpoint of "
                 f"every key held (median of {row['probes']} probes): {row['full_checkpoint_ms']} ms, in-process "
                 f"{row['full_state_ms']} ms, {row['full_state_kb']} KiB"
             )
@@ -253,6 +276,8 @@ def run_churn_bench(
         )
         return res
     finally:
+        if watcher is not None:
+            watcher.close(autocommit=False)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(60)
