@@ -2,13 +2,15 @@
 and ``engine.max_keys`` evicts old ones (every evicted key must leave every structure, not only the engine's).
 
 One ``anomaly consume`` process (max_keys = ``max_keys``) reads rounds of ``round_keys`` messages, each of a key
-never seen before, from a Tansu broker it starts (or yours). After each round it is idle and committed; then its
-RSS (``/proc/<pid>/status``) and the mean checkpoint time of the round (from its own
-``anomaly_checkpoint_duration_seconds`` histogram) are taken, plus the part of a checkpoint under this
-process's control (state snapshot + compression, ``anomaly_checkpoint_state_seconds``) and the compressed state
-size per checkpoint: the rest of a checkpoint is broker round trips (flush, changelog write, transactional
-commit), whose latency is the broker's and the machine's. A warm-up round is not counted (allocator and client
-buffers settle). Flatness = largest / smallest value over the measured rounds; target <= 1.10.
+never seen before, from a Tansu broker it starts (or yours). After each round the daemon is idle and committed
+(an idle daemon gives the C heap's free memory back, see ``anomaly.kafka.daemon.trim_heap``); then its RSS
+(``/proc/<pid>/status``), the round's checkpoints (its own ``anomaly_checkpoint_duration_seconds``, the
+in-process part ``anomaly_checkpoint_state_seconds`` and the state size), how long the round took (sending,
+until consumed, until committed) and the CPU seconds of the daemon and of the broker are taken. Then ``probes``
+probes, one reading on every partition at once, each followed by a checkpoint of every key held: the same work
+in every round; their median is the round's like-for-like checkpoint time. A warm-up round is not counted
+(allocator and client buffers settle). Flatness = largest / smallest value over the measured rounds; target
+<= 1.10.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def run_churn_bench(
     rounds: int = 5,
     max_keys: int = 1000,
     features: int = 3,
-    probes: int = 9,
+    probes: int = 15,
     log: Any = print,
 ) -> dict[str, Any]:
     """Warm-up + ``rounds`` rounds of ``round_keys`` new keys; per-round RSS and mean checkpoint time."""
