@@ -2,13 +2,15 @@
 and ``engine.max_keys`` evicts old ones (every evicted key must leave every structure, not only the engine's).
 
 One ``anomaly consume`` process (max_keys = ``max_keys``) reads rounds of ``round_keys`` messages, each of a key
-never seen before, from a Tansu broker it starts (or yours). After each round it is idle and committed; then its
-RSS (``/proc/<pid>/status``) and the mean checkpoint time of the round (from its own
-``anomaly_checkpoint_duration_seconds`` histogram) are taken, plus the part of a checkpoint under this
-process's control (state snapshot + compression, ``anomaly_checkpoint_state_seconds``) and the compressed state
-size per checkpoint: the rest of a checkpoint is broker round trips (flush, changelog write, transactional
-commit), whose latency is the broker's and the machine's. A warm-up round is not counted (allocator and client
-buffers settle). Flatness = largest / smallest value over the measured rounds; target <= 1.10.
+never seen before, from a Tansu broker it starts (or yours). After each round the daemon is idle and committed
+(an idle daemon gives the C heap's free memory back, see ``anomaly.kafka.daemon.trim_heap``); then its RSS
+(``/proc/<pid>/status``), the round's checkpoints (its own ``anomaly_checkpoint_duration_seconds``, the
+in-process part ``anomaly_checkpoint_state_seconds`` and the state size), how long the round took (sending,
+until consumed, until committed) and the CPU seconds of the daemon and of the broker are taken. Then ``probes``
+probes, one reading on every partition at once, each followed by a checkpoint of every key held: the same work
+in every round; their median is the round's like-for-like checkpoint time. A warm-up round is not counted
+(allocator and client buffers settle). Flatness = largest / smallest value over the measured rounds; target
+<= 1.10.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _send_round(bootstrap: str, topic: str, r: int, n: int, features: int) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262_144, acks=1)
     values = [round(0.1 * i, 3) for i in range(features)]
@@ -79,13 +87,11 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
-    finally:
-        consumer.close(autocommit=False)
+def _committed(consumer: KafkaConsumer, topic: str) -> int:
+    """The group's committed offsets of ``topic``, summed (one long-lived consumer that never joins the group:
+    ``committed`` asks the coordinator each time for partitions that are not assigned to it)."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
 
 
 def run_churn_bench(
@@ -96,7 +102,7 @@ def run_churn_bench(
     rounds: int = 5,
     max_keys: int = 1000,
     features: int = 3,
-    probes: int = 9,
+    probes: int = 15,
     log: Any = print,
 ) -> dict[str, Any]:
     """Warm-up + ``rounds`` rounds of ``round_keys`` new keys; per-round RSS and mean checkpoint time."""
@@ -105,6 +111,7 @@ def run_churn_bench(
     broker = None if bootstrap else TansuBroker().start()
     bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
     proc = None
+    watcher = None
     try:
         model, bundle = _bundle(model, features)
         tag = uuid.uuid4().hex[:6]
@@ -156,23 +163,34 @@ def run_churn_bench(
         before = _metrics(port)
         want = 0
 
-        def wait_committed(n: int) -> None:
-            while _committed(bootstrap, group, topic) < n:
+        watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+
+        def wait_committed(n: int) -> float:
+            """Wait until the group committed ``n`` messages; returns when the daemon had consumed them (its
+            ``anomaly_messages_consumed_total``, monotonic clock): consuming vs committing after it."""
+            consumed_at = None
+            while _committed(watcher, topic) < n:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited with status {proc.returncode}")
+                if consumed_at is None and _metrics(port).get("anomaly_messages_consumed_total", 0.0) >= n:
+                    consumed_at = time.monotonic()
                 time.sleep(0.2)
+            return consumed_at if consumed_at is not None else time.monotonic()
 
         for r in range(rounds + 1):
             t0 = time.monotonic()
+            cpu0 = _cpu_s(proc.pid)
+            broker_cpu0 = _cpu_s(broker.proc.pid) if broker is not None and broker.proc else 0.0
             _send_round(bootstrap, topic, r, round_keys, len(bundle.features))
+            sent_s = time.monotonic() - t0
             want += round_keys
-            wait_committed(want)
+            consumed_at = wait_committed(want)
             now = _metrics(port)
             d = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in now}
             n = d["anomaly_checkpoint_duration_seconds_count"]
             s = d["anomaly_checkpoint_duration_seconds_sum"]
             ns = d.get("anomaly_checkpoint_state_seconds_count", 0.0)
-            row = {
+            row: dict[str, Any] = {
                 "round": r,
                 "rss_mb": round(_rss_mb(proc.pid), 1),
                 "checkpoint_ms": round(1000 * s / max(n, 1), 1),
@@ -185,6 +203,12 @@ def run_churn_bench(
                 "state_kb": round(d.get("anomaly_checkpoint_state_bytes_total", 0.0) / 1024 / max(ns, 1), 1),
                 "keys_held": int(now.get("anomaly_keys_held", 0)),
                 "seconds": round(time.monotonic() - t0, 1),
+                "consumed_seconds": round(consumed_at - t0, 1),  # until the daemon had consumed the round
+                "send_seconds": round(sent_s, 1),  # the bench's own producer, inside "seconds"
+                "daemon_cpu_s": round(_cpu_s(proc.pid) - cpu0, 1),
+                "broker_cpu_s": round(_cpu_s(broker.proc.pid) - broker_cpu0, 1)
+                if broker and broker.proc
+                else float("nan"),  # a broker of yours: not measured
             }
             # like-for-like: probes that make every partition dirty, so each probe's checkpoint writes the state
             # of every key held (max_keys of them); the median over the probes per round
@@ -204,6 +228,7 @@ def run_churn_bench(
                 full_state_ms.append(1000 * pd["anomaly_checkpoint_state_seconds_sum"])
                 full_kb.append(pd["anomaly_checkpoint_state_bytes_total"] / 1024)
             row["probes"] = len(full_ms)
+            row["probe_checkpoint_ms"] = [round(x, 2) for x in full_ms]  # each probe's, in order
             row["full_checkpoint_ms"] = round(_median(full_ms), 2) if full_ms else float("nan")
             row["full_state_ms"] = round(_median(full_state_ms), 2) if full_ms else float("nan")
             row["full_state_kb"] = round(_median(full_kb), 1) if full_ms else float("nan")
@@ -214,9 +239,10 @@ def run_churn_bench(
                 f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB, checkpoint mean "
                 f"{row['checkpoint_ms']} ms over {row['checkpoints']} ({row['state_checkpoint_ms']} ms over the "
                 f"{row['checkpoints_with_state']} that wrote state; in-process part {row['state_ms']} ms, "
-                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s); checkpoint of "
+                f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s, {row['send_seconds']} s of "
+                f"them sending, all consumed after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker {row['broker_cpu_s']}); checkpoint of "
                 f"every key held (median of {row['probes']} probes): {row['full_checkpoint_ms']} ms, in-process "
-                f"{row['full_state_ms']} ms, {row['full_state_kb']} KiB"
+                f"{row['full_state_ms']} ms, {row['full_state_kb']} KiB; each probe: {row['probe_checkpoint_ms']}"
             )
         measured = rows[1:]
 
@@ -253,6 +279,8 @@ def run_churn_bench(
         )
         return res
     finally:
+        if watcher is not None:
+            watcher.close(autocommit=False)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(60)

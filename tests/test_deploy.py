@@ -25,6 +25,7 @@ ALERTS = {
     "ConsumerLagHigh",
     "PipelineStalled",
     "DaemonDown",
+    "DaemonFenced",
     "InvalidMessagesHigh",
     "CheckpointStale",
     "ModelStale",

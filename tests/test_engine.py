@@ -446,6 +446,45 @@ def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle)
     assert run([msgs[:2], Readings.from_events(msgs[2:], len(bundle.features))]) == single
 
 
+def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call(bundle) -> None:
+    """A lagging partition of a backfill: every reading of the poll is older than the clock minus the TTL, so
+    the clock stands still and its keys expire as soon as eviction reaches them. With every key read once, one
+    call (not message by message, which costs a whole engine call per message) gives the same state,
+    evictions and alerts (closed at the same event time); only the interleaving of different keys' events
+    differs."""
+    from anomaly.engine.types import Readings
+
+    cfg = EngineConfig(
+        threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0, max_keys=4
+    )
+    front = [Event("front", np.array([1000.0]), one(bundle))]
+    lagging = []
+    for i in range(3):  # blocks that open an alert, each in its single message
+        s = spiky(bundle, n=64, spans=((0, 64),))
+        lagging.append(Event(f"s{i}", np.arange(64.0) + 100.0 * i, s.values))
+    lagging += [Event(f"q{i}", np.array([500.0 + i]), one(bundle)) for i in range(5)]
+
+    def run(batches):
+        e = Engine(bundle, cfg)
+        evicted, alerts = [], []
+        for b in batches:
+            out = e.process(b)
+            evicted += out.evicted
+            alerts += [(a.id, a.status, a.at) for a in out.alerts]
+        return sorted(evicted), sorted(alerts), e.snapshot(sorted(e.keys())), e.counters
+
+    engine = Engine(bundle, cfg)
+    engine.process(front)
+    poll = Readings.from_events(lagging, len(bundle.features))
+    assert not engine._may_expire(poll)  # taken as one call
+
+    single = run([front, *[[m] for m in lagging]])
+    assert single[0] == sorted(["front", *(m.key for m in lagging)])  # front by max_keys, the rest expired
+    assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)] * 3
+    assert run([front, poll]) == single
+    assert run([front, lagging]) == single  # Events: message by message, as before
+
+
 def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
     """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
     message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""

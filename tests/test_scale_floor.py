@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from anomaly.baselines import baseline_bundle
+from anomaly.commands.model_cmds import describe_bundle
 from anomaly.config import ConfigError, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import Scaler, Series
 from anomaly.engine import Engine, Event
@@ -88,3 +89,9 @@ def test_floor_zero_keeps_the_old_unit_and_bad_values_are_one_line(flat_target):
     assert baseline_bundle(off, "zscore").reference_error == 1e-8  # the old unit: 2 raw units scored 4e8
     with pytest.raises(ConfigError, match="train.reference_floor"):
         TrainConfig(reference_floor=-1.0)
+
+
+def test_inspect_names_the_features_constant_in_training(flat_target, bundle):
+    rows = dict(describe_bundle(flat_target.metadata()))
+    assert rows["calibration"].endswith("; constant in training (scale 1 raw unit): flat")
+    assert "constant in training" not in dict(describe_bundle(bundle.metadata()))["calibration"]

@@ -270,6 +270,15 @@ def _num(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _flat_note(meta: dict[str, Any]) -> str:
+    """The features that were constant in training (bundles since the score-unit floor record them)."""
+    flat = meta["calibration"].get("feature_flat")
+    names = [f for f, x in zip(meta["features"], flat or [], strict=False) if x]
+    if not names:
+        return ""
+    return f"; constant in training (scale 1 raw unit): {', '.join(names)}"
+
+
 def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
@@ -306,7 +315,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "calibration",
             f"score 1.0 = q{_num(cal['reference_quantile'])} point error {_num(cal['reference_error'])}; "
-            f"default threshold {_num(cal['default_threshold'])}",
+            f"default threshold {_num(cal['default_threshold'])}" + _flat_note(meta),
         ),
     ]
     if missing:

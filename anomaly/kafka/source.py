@@ -44,6 +44,8 @@ class KafkaSource:
         self.after_poll = after_poll  # applies rebalance events deferred by callbacks outside poll()
         self.polling = False  # True while the loop thread is blocked in poll(): rebalance callbacks may act
         self.skipped = 0  # messages at or below a restored checkpoint (already in state)
+        self.polled = 0  # records returned by every poll so far
+        self.last_polled = 0  # records returned by the last poll (0: the stream is idle)
 
     def batches(self) -> Iterator[Batch]:
         """Until ``stop`` is set: one batch per poll. Returning ends the runner loop cleanly."""
@@ -55,6 +57,8 @@ class KafkaSource:
                 records = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
             finally:
                 self.polling = False
+            self.last_polled = sum(map(len, records.values()))
+            self.polled += self.last_polled
             if self.after_poll is not None:
                 self.after_poll()
             yield self.to_batch(records)
