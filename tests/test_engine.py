@@ -272,6 +272,16 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
 # --- thresholds and alerts -------------------------------------------------------------------------------------
 
 
+def process_all(engine, batches):
+    """Every batch through ``engine.process``: the engine, its evicted keys and its alerts as (id, status, at)."""
+    evicted, alerts = [], []
+    for b in batches:
+        out = engine.process(b)
+        evicted += out.evicted
+        alerts += [(a.id, a.status, a.at) for a in out.alerts]
+    return engine, evicted, alerts
+
+
 def spiky(bundle, n=400, spans=((160, 200),), dip=None):
     s = make_series("unit", n, len(bundle.features), seed=5)
     noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
@@ -427,12 +437,7 @@ def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle)
     ]
 
     def run(batches):
-        e = Engine(bundle, cfg)
-        evicted, alerts = [], []
-        for b in batches:
-            out = e.process(b)
-            evicted += out.evicted
-            alerts += [(a.id, a.status, a.at) for a in out.alerts]
+        e, evicted, alerts = process_all(Engine(bundle, cfg), batches)
         return (
             evicted,
             alerts,
@@ -465,12 +470,7 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     lagging += [Event(f"q{i}", np.array([500.0 + i]), one(bundle)) for i in range(5)]
 
     def run(batches):
-        e = Engine(bundle, cfg)
-        evicted, alerts = [], []
-        for b in batches:
-            out = e.process(b)
-            evicted += out.evicted
-            alerts += [(a.id, a.status, a.at) for a in out.alerts]
+        e, evicted, alerts = process_all(Engine(bundle, cfg), batches)
         return sorted(evicted), sorted(alerts), e.snapshot(sorted(e.keys())), e.counters
 
     engine = Engine(bundle, cfg)
