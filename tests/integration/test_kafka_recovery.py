@@ -69,7 +69,6 @@ def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tin
     _, bundle = tiny_model
     names = kafka_env.names(partitions=4)
     first, second = segments(series, 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
     a, port_a = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="a")
     b, port_b = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="b")
     wait_for(
@@ -77,6 +76,8 @@ def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tin
         60,
         "both daemons ready",
     )
+    # Produced once both own partitions: produced before, A could consume all of it before B joined.
+    ends = kafka_env.produce(names.input, first, bundle.features)
     kafka_env.wait_committed(names.group, names.input, ends)
     metrics_a = _metric(port_a, "anomaly_messages_consumed_total")
     metrics_b = _metric(port_b, "anomaly_messages_consumed_total")
