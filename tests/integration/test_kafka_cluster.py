@@ -263,6 +263,14 @@ def test_a_restore_reads_past_another_writers_open_transaction_on_the_changelog(
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
+def _send_in_background(kafka_env, topic, part, features, rate=800):
+    """Produce ``part`` at ``rate`` messages/s on a started thread; ``got`` holds its end offsets once joined."""
+    got: dict[int, int] = {}
+    sender = threading.Thread(target=lambda: got.update(kafka_env.produce(topic, part, features, rate=rate)))
+    sender.start()
+    return sender, got
+
+
 def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream, tiny_model):
     _, series = stream
     _, bundle = tiny_model
@@ -277,13 +285,7 @@ def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream
         return text in kafka_env.logs[-1].read_text()
 
     for part, phase in zip(parts[1:], ("joining", "restoring", "owning"), strict=True):
-        got: dict[int, int] = {}
-        sender = threading.Thread(
-            target=lambda p=part, g=got: g.update(
-                kafka_env.produce(names.input, p, bundle.features, rate=800)
-            )
-        )
-        sender.start()
+        sender, got = _send_in_background(kafka_env, names.input, part, bundle.features)
         b, port_b = kafka_env.start(names, *FAST, log_name="b")  # joining: a rebalance for both daemons
         wait_for(lambda: http_status(port_b, "/readyz") == 503, 60, "B serving and joining")  # noqa: B023
         if phase == "joining":  # A has revoked and checkpointed; the group has not settled
@@ -320,13 +322,7 @@ def test_kill_9_of_the_old_owner_during_rebalances_changes_nothing(kafka_env, st
     phases = []
     for part, kill_at in zip(parts[1:], ("revoking", "revoked"), strict=True):
         owner_log = kafka_env.logs[kafka_env.procs.index(owner)]
-        got: dict[int, int] = {}
-        sender = threading.Thread(
-            target=lambda p=part, g=got: g.update(
-                kafka_env.produce(names.input, p, bundle.features, rate=800)
-            )
-        )
-        sender.start()
+        sender, got = _send_in_background(kafka_env, names.input, part, bundle.features)
         time.sleep(0.5)  # the owner is busy with the new messages
         newcomer, port = kafka_env.start(names, *FAST, log_name="newcomer")
         wait_for(lambda: kill_at in owner_log.read_text(), 30, f"the owner {kill_at}", every=0.002)  # noqa: B023
