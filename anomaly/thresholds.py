@@ -88,14 +88,24 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
     return np.maximum(best_eps, floor).astype(np.float32)
 
 
-def push_history(hist: np.ndarray, pushed: np.ndarray, values: np.ndarray, mask: np.ndarray) -> None:
-    """Append values[k, i] where mask[k, i] (in point order) to each key's ring buffer, in place."""
+def push_history(
+    hist: np.ndarray,
+    pushed: np.ndarray,
+    values: np.ndarray,
+    mask: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Append values[k, i] where mask[k, i] (in point order) to each key's ring buffer, in place.
+
+    With `rows` (K,) distinct, `hist` and `pushed` are the whole store's columns and key k is row rows[k]: only
+    the slots written and the counters move, instead of gathering and scattering every key's whole ring."""
     n = hist.shape[1]
     for i in range(values.shape[1]):
-        rows = np.flatnonzero(mask[:, i])
-        if len(rows):
-            hist[rows, pushed[rows] % n] = values[rows, i]
-            pushed[rows] += 1
+        sel = np.flatnonzero(mask[:, i])
+        if len(sel):
+            at = sel if rows is None else rows[sel]
+            hist[at, pushed[at] % n] = values[sel, i]
+            pushed[at] += 1
 
 
 def ewma(raw: np.ndarray, last: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +186,25 @@ class Threshold:
     ) -> None:
         """Learn from a judged window: smoothed scores, their classification and the alert state (K, W)."""
 
+    def update_rows(
+        self,
+        arrays: dict[str, np.ndarray],
+        rows: np.ndarray,
+        scores: np.ndarray,
+        anomalous: np.ndarray,
+        open_pts: np.ndarray,
+    ) -> None:
+        """`update` for the keys at the distinct store rows `rows`, on the store's own columns (`arrays`). This
+        default gathers the declared fields, updates them and writes them back; a kind whose state is mostly
+        a ring of which a window changes a few slots writes just those slots (same result to the bit)."""
+        names = self.fields()
+        if not names:
+            return
+        state = {name: arrays[name][rows] for name in names}
+        self.update(state, scores, anomalous, open_pts)
+        for name in names:
+            arrays[name][rows] = state[name]
+
 
 class StaticThreshold(Threshold):
     """One fixed epsilon for every key: `engine.static_threshold`, else the bundle's calibrated default."""
@@ -206,6 +235,17 @@ class DynamicThreshold(Threshold):
         self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
     ) -> None:
         push_history(state["hist"], state["pushed"], scores, ~open_pts)
+
+    def update_rows(
+        self,
+        arrays: dict[str, np.ndarray],
+        rows: np.ndarray,
+        scores: np.ndarray,
+        anomalous: np.ndarray,
+        open_pts: np.ndarray,
+    ) -> None:
+        # in place: a window changes at most W of a key's `dynamic_history` slots
+        push_history(arrays["hist"], arrays["pushed"], scores, ~open_pts, rows)
 
 
 class SpotThreshold(Threshold):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
 from anomaly.errors import BundleError
-from anomaly.thresholds import THRESHOLDS
+from anomaly.thresholds import THRESHOLDS, Threshold
 from anomaly.training import distinct_values, max_runs, series_errors
 from tests.helpers import chunks, make_series
 
@@ -37,6 +38,31 @@ def test_single_readings_odd_blocks_and_one_pass_score_identically(bundle, test_
     assert len(one_by_one[0]) == n // bundle.window * bundle.window
     assert np.array_equal(one_by_one[0], in_blocks[0]) and np.array_equal(one_by_one[0], one_pass[0])
     assert one_by_one[1] == in_blocks[1] == one_pass[1]
+
+
+@pytest.mark.parametrize("scored", ["reading", "window"])
+def test_threshold_state_updated_in_place_equals_the_generic_write_back(
+    bundle, window_bundle, scored
+) -> None:
+    """Many keys, short wrapping rings, alerts: the dynamic threshold's in-place ring update gives the same
+    windows, alerts and snapshot bytes as gathering every key's whole ring and writing it back."""
+    model = bundle if scored == "reading" else window_bundle
+    cfg = EngineConfig(threshold="dynamic", dynamic_warmup=8, dynamic_history=16, alert_open_after=1)
+    fast, generic = Engine(model, cfg), Engine(model, cfg)
+    generic.threshold.update_rows = functools.partial(Threshold.update_rows, generic.threshold)  # type: ignore[method-assign]
+    series = [make_series(f"k{i}", 200, len(model.features), seed=i) for i in range(6)]
+    for s in series[:2]:
+        s.values[50:60] += 8.0  # an alert holds the ring still
+    runs = []
+    for engine in (fast, generic):
+        scores, alerts = [], []
+        for lo, hi in chunks(200, [1, 5, 2, 17]):
+            out = engine.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]) for s in series])
+            scores += [w.scores for w in out.windows]
+            alerts += [a.id + a.status for a in out.alerts]
+        runs.append((np.concatenate(scores), alerts, engine.snapshot()))
+    assert runs[0][1] and runs[0][1] == runs[1][1]
+    assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][2] == runs[1][2]
 
 
 def test_flush_reports_the_last_partial_window_and_nothing_twice(bundle, window_bundle, test_series) -> None:

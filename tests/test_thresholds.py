@@ -11,7 +11,9 @@ from anomaly.thresholds import (
     ALERT_LENGTH,
     Z_GRID,
     DSpotThreshold,
+    DynamicThreshold,
     SpotThreshold,
+    Threshold,
     ewma,
     fit_gpd,
     gpd_quantile,
@@ -109,6 +111,30 @@ def test_ring_buffer_keeps_the_last_n_in_order() -> None:
 
     ordered, valid = ordered_history(hist, pushed)
     assert ordered[0].tolist() == [2.0, 4.0, 5.0, 6.0] and valid.all()
+
+
+def test_ring_pushed_in_place_equals_gather_push_scatter() -> None:
+    """The dynamic threshold writes only the pushed slots of the store's rings; the result is the generic
+    gather -> update -> write back of every key's whole ring, to the bit (wrapping rings, masked points)."""
+    rng = np.random.default_rng(3)
+    cfg = EngineConfig(threshold="dynamic", dynamic_history=16)
+    kind = DynamicThreshold(cfg, 1.0)
+    for _ in range(50):
+        size = 40
+        store = {
+            "hist": rng.normal(size=(size, 16)).astype(np.float32),
+            "pushed": rng.integers(0, 60, size),
+        }
+        rows = rng.permutation(size)[: rng.integers(1, size)]
+        w = int(rng.integers(1, 12))
+        scores = rng.normal(size=(len(rows), w)).astype(np.float32)
+        open_pts = rng.random((len(rows), w)) < 0.3
+        anomalous = rng.random((len(rows), w)) < 0.2
+        generic = {name: v.copy() for name, v in store.items()}
+        Threshold.update_rows(kind, generic, rows, scores, anomalous, open_pts)
+        kind.update_rows(store, rows, scores, anomalous, open_pts)
+        assert store["hist"].tobytes() == generic["hist"].tobytes()
+        assert store["pushed"].tolist() == generic["pushed"].tolist()
 
 
 def test_ewma_carries_across_windows() -> None:

@@ -682,19 +682,19 @@ class Engine:
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
         names = self.threshold.fields()
-        th_state = {name: a[name][rows] for name in names}
         if self.per_reading:
             # chosen once per report window, at its first reading, so that the threshold in force does not
             # depend on how the window's readings were grouped into calls (and computed only there)
             eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
             first = np.flatnonzero(start)
             if len(first):
+                at = rows[first]
                 eps[first], warm[first] = self.threshold.epsilon(
-                    {name: v[first] for name, v in th_state.items()}, len(first)
+                    {name: a[name][at] for name in names}, len(at)
                 )
                 a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         else:
-            eps, warm = self.threshold.epsilon(th_state, k)
+            eps, warm = self.threshold.epsilon({name: a[name][rows] for name in names}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             cols = []
@@ -716,9 +716,7 @@ class Engine:
             open_pts = np.concatenate(cols, axis=1)
         else:
             open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
-        self.threshold.update(th_state, scores, anomalous, open_pts)
-        for name in names:
-            a[name][rows] = th_state[name]
+        self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
             self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out)
