@@ -31,13 +31,16 @@ Z_GRID = np.arange(2.5, 12.01, 0.5, dtype=np.float32)
 
 
 def ordered_history(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ring buffers (K, N) in time order (oldest first) and a validity mask for partly filled ones."""
+    """Ring buffers (K, N) in time order (oldest first) and a validity mask for partly filled ones. Where no
+    ring has wrapped, that is `hist` itself; otherwise each row is one contiguous slice of the row written
+    twice (a copy per row instead of an element-wise gather)."""
     k, n = hist.shape
     start = np.where(pushed >= n, pushed % n, 0)
-    idx = (start[:, None] + np.arange(n)[None, :]) % n
-    ordered = np.take_along_axis(hist, idx, axis=1)
     valid = np.arange(n)[None, :] < np.minimum(pushed, n)[:, None]
-    return ordered, valid
+    if not start.any():
+        return hist, valid
+    twice = np.lib.stride_tricks.sliding_window_view(np.concatenate([hist, hist], axis=1), n, axis=1)
+    return twice[np.arange(k), start], valid
 
 
 def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:

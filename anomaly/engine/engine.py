@@ -694,26 +694,7 @@ class Engine:
         else:
             eps, warm = self.threshold.epsilon({name: a[name][rows] for name in names}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
-            cols = []
-            for j in range(ts.shape[1]):
-                # after a level shift closed, the key waits for its re-baseline (next report window) in silence
-                anomalous[:, j] &= ~a["rebase"][rows]
-                cols.append(
-                    self._lifecycle(
-                        rows,
-                        keys,
-                        ts[:, j : j + 1],
-                        scores[:, j : j + 1],
-                        anomalous[:, j : j + 1],
-                        eps,
-                        err_f[:, j],
-                        out,
-                    )
-                )
-            open_pts = np.concatenate(cols, axis=1)
-        else:
-            open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
+        open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out)
         self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
@@ -811,6 +792,63 @@ class Engine:
         if self.feature_reference is None:
             return errors / self.reference
         return (err_f / self.feature_reference).max(axis=2)
+
+    def _alerts(
+        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput
+    ) -> np.ndarray:
+        """Alert lifecycle of a piece (K, L); returns whether an alert was open at each point and updates
+        `anomalous` in place (muted while a key waits for its re-baseline).
+
+        Only keys with an anomalous point or an open alert are stepped through the piece (`_lifecycle`). For the
+        others every point is normal and nothing can open or close, so their run counters take the L steps at
+        once: the same state as stepping, without per-point work for the quiet majority."""
+        a = self.store.arrays
+        k, n = anomalous.shape
+        if self.per_reading:
+            # after a level shift closed, the key waits for its re-baseline (next report window) in silence
+            anomalous &= ~a["rebase"][rows][:, None]
+        busy = self._busy(rows, anomalous)
+        open_pts = np.zeros((k, n), bool)
+        if len(busy) < k:
+            idle = rows[np.setdiff1d(np.arange(k), busy, assume_unique=True)]
+            a["run_anom"][idle] = 0
+            a["run_norm"][idle] += n
+            if not len(busy):
+                return open_pts
+            rows, keys, ts, scores, eps = (
+                rows[busy],
+                [keys[i] for i in busy.tolist()],
+                ts[busy],
+                scores[busy],
+                eps[busy],
+            )
+            err_f, per_feature = err_f[busy], per_feature[busy]
+        anom = anomalous[busy]
+        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
+            opened = np.empty(anom.shape, bool)
+            for j in range(n):
+                if j:  # a level shift may have closed at the previous reading
+                    anom[:, j] &= ~a["rebase"][rows]
+                opened[:, j : j + 1] = self._lifecycle(
+                    rows,
+                    keys,
+                    ts[:, j : j + 1],
+                    scores[:, j : j + 1],
+                    anom[:, j : j + 1],
+                    eps,
+                    err_f[:, j],
+                    out,
+                )
+        else:
+            opened = self._lifecycle(rows, keys, ts, scores, anom, eps, per_feature, out)
+        anomalous[busy] = anom
+        open_pts[busy] = opened
+        return open_pts
+
+    def _busy(self, rows: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+        """Positions of the piece's keys that must step through their points: an anomalous point or an open
+        alert. Any superset gives the same result (tests use all keys)."""
+        return np.flatnonzero(anomalous.any(axis=1) | self.store.arrays["alert_open"][rows])
 
     def _lifecycle(
         self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
