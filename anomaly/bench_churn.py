@@ -8,9 +8,12 @@ never seen before, from a Tansu broker it starts (or yours). After each round th
 in-process part ``anomaly_checkpoint_state_seconds`` and the state size), how long the round took (sending,
 until consumed, until committed) and the CPU seconds of the daemon and of the broker are taken. Then ``probes``
 probes, one reading on every partition at once, each followed by a checkpoint of every key held: the same work
-in every round; their median is the round's like-for-like checkpoint time. A warm-up round is not counted
-(allocator and client buffers settle). Flatness = largest / smallest value over the measured rounds; target
-<= 1.10.
+in every round; their median is the round's like-for-like checkpoint time, split into its in-process part
+(snapshot + compression), the broker's commit (``anomaly_checkpoint_commit_seconds``) and the rest (producer
+flushes). After each probe the bench itself commits a plain transaction of the same size (four records, offsets,
+commit) through its own transactional producer: the broker round trip's own spread on this machine, measured
+side by side. A warm-up round is not counted (allocator and client buffers settle). Flatness = largest /
+smallest value over the measured rounds; target <= 1.10.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
 
 from anomaly.kafka.tansu import TansuBroker, free_port
 
@@ -81,6 +85,33 @@ def _send_probe(
     producer.close()
 
 
+class _PlainTransaction:
+    """The broker round trip alone: a transactional producer of the bench's own writes four records of
+    ``kib`` KiB in all (random bytes: as incompressible as compressed state) to a compacted topic, adds an
+    offset and commits, as a checkpoint does without the daemon around it."""
+
+    def __init__(self, bootstrap: str, topic: str, source: str, kib: float = 46.0) -> None:
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=topic, acks="all")
+        self.producer.init_transactions()
+        self.topic, self.source, self.n = topic, source, 0
+        self.values = [os.urandom(int(kib * 256)) for _ in range(4)]
+
+    def commit_ms(self) -> float:
+        t0 = time.perf_counter()
+        self.producer.begin_transaction()
+        for i, value in enumerate(self.values):
+            self.producer.send(self.topic, key=f"p{i}".encode(), value=value)
+        self.producer.flush()
+        offsets = {TopicPartition(self.source, 0): OffsetAndMetadata(self.n, "", -1)}
+        self.producer.send_offsets_to_transaction(offsets, self.topic)
+        self.producer.commit_transaction()
+        self.n += 1
+        return 1000 * (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -112,6 +143,7 @@ def run_churn_bench(
     bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
     proc = None
     watcher = None
+    plain = None
     try:
         model, bundle = _bundle(model, features)
         tag = uuid.uuid4().hex[:6]
@@ -119,8 +151,16 @@ def run_churn_bench(
         group = f"churn-{tag}"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         partitions = 4
-        admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(out, 1, 1)])
+        compact = {"cleanup.policy": "compact"}
+        admin.create_topics(
+            [
+                NewTopic(topic, partitions, 1),
+                NewTopic(out, 1, 1),
+                NewTopic(f"{out}-plain", 1, 1, topic_configs=compact),
+            ]
+        )
         admin.close()
+        plain = _PlainTransaction(bootstrap, f"{out}-plain", topic)
         port = free_port()
         env = {**os.environ, "ANOMALY_ENGINE_MAX_KEYS": str(max_keys), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -212,7 +252,7 @@ def run_churn_bench(
             }
             # like-for-like: probes that make every partition dirty, so each probe's checkpoint writes the state
             # of every key held (max_keys of them); the median over the probes per round
-            full_ms, full_state_ms, full_kb = [], [], []
+            full_ms, full_state_ms, full_commit_ms, full_kb, plain_ms = [], [], [], [], []
             for j in range(probes):
                 ts = 1.7e9 + (r + 1) * round_keys + j
                 _send_probe(bootstrap, topic, partitions, r, j, ts, len(bundle.features))
@@ -226,12 +266,27 @@ def run_churn_bench(
                     continue  # the probe's readings were split over two checkpoints: not alike, left out
                 full_ms.append(1000 * pd["anomaly_checkpoint_duration_seconds_sum"])
                 full_state_ms.append(1000 * pd["anomaly_checkpoint_state_seconds_sum"])
+                full_commit_ms.append(1000 * pd.get("anomaly_checkpoint_commit_seconds_sum", float("nan")))
                 full_kb.append(pd["anomaly_checkpoint_state_bytes_total"] / 1024)
+                plain_ms.append(plain.commit_ms())  # the daemon is idle again: the broker alone, same size
             row["probes"] = len(full_ms)
             row["probe_checkpoint_ms"] = [round(x, 2) for x in full_ms]  # each probe's, in order
             row["full_checkpoint_ms"] = round(_median(full_ms), 2) if full_ms else float("nan")
             row["full_state_ms"] = round(_median(full_state_ms), 2) if full_ms else float("nan")
             row["full_state_kb"] = round(_median(full_kb), 1) if full_ms else float("nan")
+            row["full_commit_ms"] = round(_median(full_commit_ms), 2) if full_ms else float("nan")
+            row["full_flush_ms"] = (  # the producer flushes: what is neither the state part nor the commit
+                round(
+                    _median(
+                        [a - b - c for a, b, c in zip(full_ms, full_state_ms, full_commit_ms, strict=True)]
+                    ),
+                    2,
+                )
+                if full_ms
+                else float("nan")
+            )
+            row["plain_txn_ms"] = round(_median(plain_ms), 2) if plain_ms else float("nan")
+            row["plain_txn_each_ms"] = [round(x, 2) for x in plain_ms]
             before = now
             rows.append(row)
             label = "warm-up" if r == 0 else f"round {r}"
@@ -242,7 +297,9 @@ def run_churn_bench(
                 f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s, {row['send_seconds']} s of "
                 f"them sending, all consumed after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker {row['broker_cpu_s']}); checkpoint of "
                 f"every key held (median of {row['probes']} probes): {row['full_checkpoint_ms']} ms, in-process "
-                f"{row['full_state_ms']} ms, {row['full_state_kb']} KiB; each probe: {row['probe_checkpoint_ms']}"
+                f"{row['full_state_ms']} ms, commit {row['full_commit_ms']} ms, flushes {row['full_flush_ms']} ms, "
+                f"{row['full_state_kb']} KiB; each probe: {row['probe_checkpoint_ms']}; a plain transaction of the "
+                f"same size by the bench (median): {row['plain_txn_ms']} ms, each: {row['plain_txn_each_ms']}"
             )
         measured = rows[1:]
 
@@ -265,6 +322,9 @@ def run_churn_bench(
             "full_checkpoint_flatness": flat("full_checkpoint_ms"),
             "full_state_ms_flatness": flat("full_state_ms"),
             "full_state_kb_flatness": flat("full_state_kb"),
+            "full_commit_flatness": flat("full_commit_ms"),
+            "full_flush_flatness": flat("full_flush_ms"),
+            "plain_txn_flatness": flat("plain_txn_ms"),
             "rss_last_over_first": round(rss[-1] / rss[0], 3),
             "checkpoint_last_over_first": round(ckpt[-1] / max(ckpt[0], 1e-9), 3),
         }
@@ -273,12 +333,16 @@ def run_churn_bench(
             f"checkpoint time {res['checkpoint_flatness']:.3f} (of checkpoints that wrote state "
             f"{res['state_checkpoint_flatness']:.3f}; their in-process part {res['state_ms_flatness']:.3f}, "
             f"state size {res['state_kb_flatness']:.3f}); checkpoint of every key held (probes) "
-            f"{res['full_checkpoint_flatness']:.3f} (in-process part {res['full_state_ms_flatness']:.3f}, state "
-            f"size {res['full_state_kb_flatness']:.3f}); last/first: RSS {res['rss_last_over_first']:.3f}, "
+            f"{res['full_checkpoint_flatness']:.3f} (in-process part {res['full_state_ms_flatness']:.3f}, commit "
+            f"{res['full_commit_flatness']:.3f}, flushes {res['full_flush_flatness']:.3f}, state size "
+            f"{res['full_state_kb_flatness']:.3f}); a plain transaction of the same size (the broker alone) "
+            f"{res['plain_txn_flatness']:.3f}; last/first: RSS {res['rss_last_over_first']:.3f}, "
             f"checkpoint {res['checkpoint_last_over_first']:.3f}"
         )
         return res
     finally:
+        if plain is not None:
+            plain.close()
         if watcher is not None:
             watcher.close(autocommit=False)
         if proc is not None and proc.poll() is None:

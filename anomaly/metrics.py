@@ -167,6 +167,13 @@ class PipelineMetrics:
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
+        self.checkpoint_commit_seconds = Histogram(
+            "anomaly_checkpoint_commit_seconds",
+            "Part of a checkpoint waiting for the broker to commit: the transaction's offsets and its end (or the "
+            "consumer's offset commit). The rest of a checkpoint is the state part and the producer flushes.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
         self.checkpoint_state_bytes = Counter(
             "anomaly_checkpoint_state_bytes",
             "Compressed state written to the changelog by checkpoints.",
@@ -312,11 +319,18 @@ class PipelineMetrics:
             observe_many(self.window_error, means)
 
     def checkpoint_done(
-        self, seconds: float, at_epoch: float, state_seconds: float = 0.0, state_bytes: int = 0
+        self,
+        seconds: float,
+        at_epoch: float,
+        state_seconds: float = 0.0,
+        state_bytes: int = 0,
+        commit_seconds: float = 0.0,
     ) -> None:
-        """A completed checkpoint: its total time, and the part of it under this process's control (state
-        snapshot + compression, no broker round trip) with the compressed bytes it wrote."""
+        """A completed checkpoint: its total time, the part of it under this process's control (state
+        snapshot + compression, no broker round trip) with the compressed bytes it wrote, and the part spent
+        waiting for the broker's commit."""
         self.checkpoint_duration.observe(seconds)
+        self.checkpoint_commit_seconds.observe(commit_seconds)
         self.checkpoint_last.set(at_epoch)
         if state_bytes:  # a checkpoint with nothing processed since the last one writes no state
             self.checkpoint_state_seconds.observe(state_seconds)

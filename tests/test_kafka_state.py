@@ -6,16 +6,29 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import zlib
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 from kafka import TopicPartition
 
 from anomaly.config import EngineConfig, build_config, changelog_topic
-from anomaly.engine import Engine
+from anomaly.engine import Engine, Event
 from anomaly.engine.types import Rejection
 from anomaly.errors import ConfigError
-from anomaly.kafka.changelog import Owner, encode_header, latest_records, writers_to_fence
+from anomaly.kafka import KafkaError
+from anomaly.kafka.changelog import (
+    WRITE_CODEC,
+    ChangelogStore,
+    Checkpoint,
+    Owner,
+    decode_record,
+    decompress_state,
+    encode_header,
+    latest_records,
+    writers_to_fence,
+)
 from anomaly.kafka.checkpoint import EvictionSink, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
@@ -174,3 +187,45 @@ def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error()
     assert _fenced(fenced) is fenced
     assert _fenced(kerr.KafkaError("User rebalance callback throws an error")) is None
     assert _fenced(DeliveryError("2 record(s) were not delivered")) is None
+
+
+def test_checkpoints_are_written_in_zstd_and_zlib_records_of_older_daemons_still_restore(bundle):
+    engine = Engine(bundle, EngineConfig())
+    rng = np.random.default_rng(0)
+    engine.process(
+        [Event(f"k{i}", np.arange(40.0), rng.normal(size=(40, len(bundle.features)))) for i in range(6)]
+    )
+    snap = engine.snapshot()
+    sent: list[Record] = []
+    owner = Owner("g", "m")
+
+    def store(codec: str = WRITE_CODEC) -> ChangelogStore:
+        send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+        return ChangelogStore(send, None, lambda _: "cl", owner, codec=codec)  # type: ignore[arg-type]
+
+    def restored(rec: Record) -> Checkpoint:
+        head, payload = decode_record(rec.value or b"")
+        return store()._checkpoint("cl", "in:0", head, payload, {})
+
+    store().write("in:0", 41, snap, 6, 3)
+    head, payload = decode_record(sent[-1].value or b"")
+    assert (head["codec"], head["raw"], WRITE_CODEC) == ("zstd", len(snap), "zstd")
+    assert payload[:4] == b"\x28\xb5\x2f\xfd"  # a standard zstd frame
+    cp = restored(sent[-1])
+    assert (cp.snapshot, cp.offset, cp.epoch, cp.codec) == (snap, 41, 3, "zstd")
+    store().write("in:0", 41, cp.snapshot, cp.keys, 4, stored=cp)  # a claim: the stored payload as it was
+    assert decode_record(sent[-1].value or b"")[1] == payload
+    # a record of a daemon from before the codec field grew "raw" (zlib only)
+    old = json.loads(encode_header("in:0", 41, zlib.compress(snap, 1), 6, owner=owner, codec="zlib"))
+    del old["raw"]
+    sent.append(Record("cl", 0, 9, b"in:0", json.dumps(old).encode() + b"\n" + zlib.compress(snap, 1)))
+    assert restored(sent[-1]).snapshot == snap
+    store("zlib").write("in:0", 41, snap, 6)
+    assert (decode_record(sent[-1].value or b"")[0]["codec"], restored(sent[-1]).snapshot) == ("zlib", snap)
+    fresh = Engine(bundle, EngineConfig())
+    fresh.restore(restored(sent[-3]).snapshot)
+    assert fresh.snapshot() == snap
+    with pytest.raises(ValueError, match="choose one of zstd, zlib"):
+        store("lz4")
+    with pytest.raises(KafkaError, match="does not decompress"):
+        decompress_state({"codec": "zstd", "raw": len(snap)}, payload[:-9])

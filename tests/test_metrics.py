@@ -190,7 +190,9 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     metrics.message_invalid("malformed", 2)
     metrics.commit_failed()
     metrics.dead_letter_refused()
-    metrics.checkpoint_done(0.2, at_epoch=1_700_000_123.0, state_seconds=0.05, state_bytes=1000)
+    metrics.checkpoint_done(
+        0.2, at_epoch=1_700_000_123.0, state_seconds=0.05, state_bytes=1000, commit_seconds=0.125
+    )
     metrics.checkpoint_done(0.4, at_epoch=1_700_000_128.0, state_seconds=0.25, state_bytes=24)
 
     class FakeBundle:
@@ -209,6 +211,8 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     assert value(metrics, "anomaly_checkpoint_duration_seconds_count") == 2.0
     assert value(metrics, "anomaly_checkpoint_duration_seconds_sum") == pytest.approx(0.6)
     assert value(metrics, "anomaly_checkpoint_last_timestamp_seconds") == 1_700_000_128.0
+    assert value(metrics, "anomaly_checkpoint_commit_seconds_count") == 2.0
+    assert value(metrics, "anomaly_checkpoint_commit_seconds_sum") == pytest.approx(0.125)
     metrics.checkpoint_done(0.001, at_epoch=1_700_000_129.0)  # idle: no state written, not a state sample
     assert value(metrics, "anomaly_checkpoint_state_seconds_count") == 2.0
     assert value(metrics, "anomaly_checkpoint_state_seconds_sum") == pytest.approx(0.3)

@@ -403,7 +403,7 @@ class Daemon:
                     self.consumer.seek(tp, offset + 1)
                 self.restored_keys += len(keys)
                 restored += 1
-                self.changelog.write(pid, offset, cp.payload, cp.keys, epoch, compressed=True)
+                self.changelog.write(pid, offset, cp.snapshot, cp.keys, epoch, stored=cp)
             else:  # no state: resume from the group's committed offset; the claim still fences older owners
                 self.changelog.write(pid, None, b"", 0, epoch)
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog

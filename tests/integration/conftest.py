@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import Series, load_series
 from anomaly.engine import Engine, EngineOutput
-from anomaly.kafka.changelog import latest_records
+from anomaly.kafka.changelog import decompress_state, latest_records
 from anomaly.kafka.codec import MessageFormat, window_json
 from anomaly.kafka.produce import messages
 from anomaly.kafka.tansu import TansuBroker, free_port
@@ -268,7 +267,7 @@ class KafkaEnv:
             if head["chunks"]:
                 payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))
             if payload:
-                engine.restore(zlib.decompress(payload))
+                engine.restore(decompress_state(head, payload))
         return engine
 
     def stop_all(self) -> None:

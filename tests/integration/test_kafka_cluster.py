@@ -212,8 +212,11 @@ def test_a_restored_checkpoint_whose_offset_commit_was_lost_gets_committed(kafka
     expected = replay_expected(bundle, series)  # the dead owner's state: every message processed
     pid = f"{names.input}:0"
     owner = Owner(names.group, model_fingerprint(bundle.features, bundle.arch.to_json()), "dead-owner")
+    # written the way daemons before the zstd codec wrote it (zlib, no "raw"): still restored
     payload = zlib.compress(expected.engine.snapshot(), 1)
-    head = encode_header(pid, ends[0] - 1, payload, len(expected.engine.keys()), owner=owner, epoch=2)
+    head = encode_header(
+        pid, ends[0] - 1, payload, len(expected.engine.keys()), owner=owner, epoch=2, codec="zlib"
+    )
     kafka_env.producer.send(names.changelog, key=pid.encode(), value=head + b"\n" + payload).get()
     assert kafka_env.committed(names.group, names.input) == done
 

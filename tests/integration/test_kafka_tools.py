@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import urllib.request
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from anomaly.bundle import save_bundle
 from anomaly.cli import main
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event
-from anomaly.kafka.changelog import ChangelogStore, Owner
+from anomaly.kafka.changelog import ChangelogStore, Owner, compress_state
 from anomaly.kafka.codec import Decoder, MessageFormat
 
 pytestmark = pytest.mark.integration
@@ -44,8 +43,8 @@ def test_changelog_round_trips_chunked_snapshots_and_tombstones_old_chunks(kafka
 
     small, big = engine.snapshot(["k0"]), engine.snapshot()
     # a chunk size between the two compressed sizes, so the test holds whatever the state layout grows to
-    chunk_bytes = len(zlib.compress(small, 1)) + 16
-    assert len(zlib.compress(big, 1)) > chunk_bytes
+    chunk_bytes = len(compress_state(small)) + 16
+    assert len(compress_state(big)) > chunk_bytes
     store = ChangelogStore(send, reader, lambda _: topic, owner, chunk_bytes=chunk_bytes)
     store.write("in:0", 99, big, 5)
     store.write("in:1", 7, small, 1)
