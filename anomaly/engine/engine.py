@@ -374,23 +374,22 @@ class Engine:
         time order, no long gap) take the array path and become `regular` pieces; the few others go message by
         message through `_ingest`, which owns the policies and queues units per key. Both paths cut readings
         into the same pieces. Python work is per distinct key, not per message."""
-        slots = self.store.slots
-        name_rows = np.empty(len(r.names), np.int64)
+        slots, names = self.store.slots, r.names
+        got: list[int | None] = list(map(slots.get, names))
         created: set[int] = set()
-        for i, key in enumerate(r.names):  # keys are created in order of first appearance
-            row = slots.get(key)
-            if row is None:
-                row, _ = self.store.slot(key)
+        if None in got:  # keys are created in order of first appearance
+            for i in [i for i, row in enumerate(got) if row is None]:
+                row, _ = self.store.slot(names[i])
+                got[i] = row
                 created.add(row)
-            name_rows[i] = row
-            row_keys[row] = key
+        name_rows = np.array(got, np.int64)
+        row_keys.update(zip(name_rows.tolist(), names, strict=True))
         kid = r.kid
-        if len(r.names) > 1:  # least recently used order: as if each message touched its key in turn
+        if len(names) > 1:  # least recently used order: as if each message touched its key in turn
             last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
-            for i in np.argsort(last).tolist():
-                slots.move_to_end(r.names[i])
+            deque(map(slots.move_to_end, map(names.__getitem__, np.argsort(last).tolist())), maxlen=0)
         else:
-            slots.move_to_end(r.names[0])
+            slots.move_to_end(names[0])
         a = self.store.arrays
         msg_rows = name_rows[kid]
         rows_r = np.repeat(msg_rows, r.counts)
