@@ -102,6 +102,33 @@ def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bun
     assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][2] == runs[1][2]
 
 
+def test_full_report_windows_equal_windows_cut_reading_by_reading(bundle) -> None:
+    """Full report buffers become ScoredWindows row by row (the fast path); the same as cutting each row to its
+    fill, field by field, dtype included."""
+    rng = np.random.default_rng(7)
+    e, k, w, f = Engine(bundle, EngineConfig()), 5, bundle.window, len(bundle.features)
+    cols = [
+        rng.normal(size=(k, w)),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)) < 0.3,
+        rng.random((k, w)) < 0.3,
+        rng.random((k, f)).astype(np.float32),
+        rng.normal(size=(k, w)),
+    ]
+    keys, fill = [f"k{i}" for i in range(k)], np.full(k, w, np.int32)
+    fast, cut = e._full_windows(keys, fill, *cols), e._cut_windows(keys, fill, *cols)
+    assert len(fast) == len(cut) == k
+    for a, b in zip(fast, cut, strict=True):
+        for name in [fl.name for fl in dataclasses.fields(a)]:
+            x, y = getattr(a, name), getattr(b, name)
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+            else:
+                assert x == y, name
+
+
 def test_flush_reports_the_last_partial_window_and_nothing_twice(bundle, window_bundle, test_series) -> None:
     w = bundle.window
     n = 5 * w + 3

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -726,13 +727,14 @@ class Engine:
         emit a ScoredWindow for rows whose buffer holds `window` readings."""
         a = self.store.arrays
         pos = a["rep_fill"][rows].astype(np.int64)
-        r, c = rows[:, None], pos[:, None] + np.arange(ts.shape[1])
-        a["rep_ts"][r, c] = ts
-        a["rep_err"][r, c] = errors
-        a["rep_score"][r, c] = scores
-        a["rep_thr"][r, c] = thresholds
-        a["rep_anom"][r, c] = anomalous
-        a["rep_open"][r, c] = open_pts
+        # flat index into the (capacity, window) columns, C-contiguous as the store allocates them
+        at = (rows * self.window + pos)[:, None] + np.arange(ts.shape[1])
+        a["rep_ts"].reshape(-1)[at] = ts
+        a["rep_err"].reshape(-1)[at] = errors
+        a["rep_score"].reshape(-1)[at] = scores
+        a["rep_thr"].reshape(-1)[at] = thresholds
+        a["rep_anom"].reshape(-1)[at] = anomalous
+        a["rep_open"].reshape(-1)[at] = open_pts
         sq = a["rep_sq"][rows]
         for j in range(ts.shape[1]):  # reading by reading: the float32 sum must not depend on grouping
             sq += err_f[:, j]
@@ -760,27 +762,40 @@ class Engine:
         ts, decided = a["rep_ts"][rows], a["rep_ts"][rows]
         err, score, thr = a["rep_err"][rows], a["rep_score"][rows], a["rep_thr"][rows]
         anom, opened = a["rep_anom"][rows], a["rep_open"][rows]
-        version = self.bundle.version
-        windows = out.windows
-        for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True)):
-            windows.append(
-                ScoredWindow(
-                    key,
-                    ts[i, :n],
-                    err[i, :n],
-                    score[i, :n],
-                    thr[i, :n],
-                    anom[i, :n],
-                    opened[i, :n],
-                    shares[i],
-                    version,
-                    decided[i, :n],
-                )
-            )
+        cut = self._full_windows if (fill == self.window).all() else self._cut_windows
+        out.windows += cut(keys, fill, ts, err, score, thr, anom, opened, shares, decided)
         a["rep_fill"][rows] = 0
         a["rep_sq"][rows] = 0
         a["windows"][rows] += 1
         self.counters["windows"] += len(rows)
+
+    def _full_windows(
+        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
+    ) -> list[ScoredWindow]:
+        """ScoredWindows of report buffers that are all full (the common case): each row as it is."""
+        version = repeat(self.bundle.version)
+        return list(map(ScoredWindow, keys, ts, err, score, thr, anom, opened, shares, version, decided))
+
+    def _cut_windows(
+        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
+    ) -> list[ScoredWindow]:
+        """ScoredWindows of report buffers holding `fill` readings each (a short one after a gap or a flush)."""
+        version = self.bundle.version
+        return [
+            ScoredWindow(
+                key,
+                ts[i, :n],
+                err[i, :n],
+                score[i, :n],
+                thr[i, :n],
+                anom[i, :n],
+                opened[i, :n],
+                shares[i],
+                version,
+                decided[i, :n],
+            )
+            for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True))
+        ]
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
