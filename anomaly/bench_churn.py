@@ -205,14 +205,19 @@ def run_churn_bench(
 
         watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
 
-        def wait_committed(n: int) -> float:
+        def wait_committed(n: int, consumed: bool = True) -> float:
             """Wait until the group committed ``n`` messages; returns when the daemon had consumed them (its
-            ``anomaly_messages_consumed_total``, monotonic clock): consuming vs committing after it."""
+            ``anomaly_messages_consumed_total``, monotonic clock, when ``consumed``): consuming vs committing
+            after it."""
             consumed_at = None
             while _committed(watcher, topic) < n:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited with status {proc.returncode}")
-                if consumed_at is None and _metrics(port).get("anomaly_messages_consumed_total", 0.0) >= n:
+                if (
+                    consumed
+                    and consumed_at is None
+                    and _metrics(port).get("anomaly_messages_consumed_total", 0.0) >= n
+                ):
                     consumed_at = time.monotonic()
                 time.sleep(0.2)
             return consumed_at if consumed_at is not None else time.monotonic()
@@ -257,8 +262,11 @@ def run_churn_bench(
                 ts = 1.7e9 + (r + 1) * round_keys + j
                 _send_probe(bootstrap, topic, partitions, r, j, ts, len(bundle.features))
                 want += partitions
-                wait_committed(want)
-                time.sleep(1.2)  # the commit came with the probe's checkpoint; let its metrics land
+                # Hands off while the daemon reads the probe and its 1 s checkpoint timer fires: asking the broker
+                # for committed offsets or the daemon for /metrics during the checkpoint competed with it for
+                # the two cores and the daemon's GIL, and made single probes vary.
+                time.sleep(2.0)
+                wait_committed(want, consumed=False)
                 after = _metrics(port)
                 pd = {name: after.get(name, 0.0) - now.get(name, 0.0) for name in after}
                 now = after

@@ -370,6 +370,9 @@ ALERT_FIELDS = (
     "alert_thr",
     "alert_contrib",
 )
+# Points since the open alert's start (its opening run included); a state field only while the engine limits
+# how many readings an alert may stay open (engine.max_alert_readings).
+ALERT_LENGTH = "alert_len"
 
 
 @dataclass(frozen=True)
@@ -398,20 +401,24 @@ def step_alerts(
     open_after: int,
     close_after: int,
     max_open_seconds: float = 0.0,
+    max_open_readings: int = 0,
 ) -> tuple[np.ndarray, list[Transition]]:
     """Alert lifecycle for K keys through one window of W points, in point order.
 
     An alert opens after `open_after` consecutive anomalous points (its start is the first of them), closes after
     `close_after` consecutive normal points (its end is the last anomalous one) and never re-fires while open.
     With `max_open_seconds` > 0 an alert open that long (event time since its start) closes with reason
-    "level_shift"; the key cannot open another alert before the next window (the caller re-baselines it there).
-    `state` holds (K, ...) arrays named ALERT_FIELDS and is updated in place. `per_feature` (K, F) is the
-    window's squared error per feature, accumulated while an alert is open to name its top features.
+    "level_shift", and so does one open for `max_open_readings` points (> 0; counted from its start, so the rule
+    does not depend on the clock's units); the key cannot open another alert before the next window (the caller
+    re-baselines it there). `state` holds (K, ...) arrays named ALERT_FIELDS, plus ALERT_LENGTH when
+    `max_open_readings` > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
+    feature, accumulated while an alert is open to name its top features.
     Returns whether an alert was open at each point (K, W) and the transitions in order."""
     run_anom, run_norm = state["run_anom"], state["run_norm"]
     run_start, last_anom = state["run_start"], state["last_anom_ts"]
     is_open, start = state["alert_open"], state["alert_start"]
     peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
+    length = state[ALERT_LENGTH] if max_open_readings > 0 else np.zeros(len(is_open), np.int32)
     contrib[is_open] += per_feature[is_open]
     open_pts = np.zeros(anomalous.shape, bool)
     muted = np.zeros(len(is_open), bool)
@@ -428,16 +435,20 @@ def step_alerts(
         run_anom[:] = np.where(an, run_anom + 1, 0)
         run_norm[:] = np.where(an, 0, run_norm + 1)
         last_anom[:] = np.where(an, t, last_anom)
+        length[:] = np.where(is_open, length + 1, length)
         for j in np.flatnonzero(~is_open & (run_anom >= open_after)):
             is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
-            contrib[j] = per_feature[j]
+            contrib[j], length[j] = per_feature[j], run_anom[j]  # points since the alert's start
             out.append(transition(j, "open", None, float(t[j])))
         peak[:] = np.where(is_open & an, np.maximum(peak, s), peak)
         for j in np.flatnonzero(is_open & (run_norm >= close_after)):
             is_open[j] = False
             out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "normal"))
-        if max_open_seconds > 0:
-            for j in np.flatnonzero(is_open & (t - start >= max_open_seconds)):
+        if max_open_seconds > 0 or max_open_readings > 0:
+            too_long = (t - start >= max_open_seconds) if max_open_seconds > 0 else np.zeros(len(t), bool)
+            if max_open_readings > 0:
+                too_long |= length >= max_open_readings
+            for j in np.flatnonzero(is_open & too_long):
                 is_open[j], muted[j], run_anom[j] = False, True, 0
                 out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "level_shift"))
         open_pts[:, i] = is_open

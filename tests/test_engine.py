@@ -637,9 +637,78 @@ def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_a
     assert got[:3] == [("open", 80.0, ""), ("closed", 80.0, "level_shift"), ("open", 360.0, "")]
     assert alerts[1].at == 180.0 and got[3:] == [("closed", 360.0, "normal")]
     assert e.counters["level_shifts"] == 1 and e.active_alerts == 0
-    never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0))
+    never = Engine(bundle, dataclasses.replace(cfg, max_alert_seconds=0.0, max_alert_readings=0))
     kept = never.process([Event(s.key, s.timestamps, s.values)]).alerts
     assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes
+
+
+@pytest.mark.parametrize("step", [1.0, 60.0])
+def test_a_level_shift_closes_after_max_alert_readings_whatever_the_clock(bundle, step) -> None:
+    """The same 60-sigma shift with readings 1 s or 1 min apart and no time limit: the alert closes as a level
+    shift at its 101st reading either way, the key re-baselines and a later spike alerts again. A snapshot taken
+    while the alert is open restores its length, so the restored engine closes it at the same reading."""
+    w = bundle.window
+    s = spiky(bundle, n=60 * w, spans=())
+    s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # lasting shift from reading 80
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
+    s.timestamps[:] = s.timestamps * step
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        max_alert_readings=101,
+        max_gap_seconds=600.0,
+    )
+    e, alerts = Engine(bundle, cfg), []
+    for lo, hi in chunks(len(s), [7]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    got = [(a.status, a.start / step, a.at / step, a.reason) for a in alerts]
+    assert got == [
+        ("open", 80.0, 82.0, ""),
+        ("closed", 80.0, 180.0, "level_shift"),  # reading 180 is the alert's 101st
+        ("open", 360.0, 362.0, ""),
+        ("closed", 360.0, 405.0, "normal"),
+    ]
+    assert e.counters["level_shifts"] == 1
+    first = Engine(bundle, cfg)
+    before = first.process([Event(s.key, s.timestamps[:150], s.values[:150])]).alerts
+    restored = Engine(bundle, cfg)
+    restored.restore(first.snapshot())
+    after = restored.process([Event(s.key, s.timestamps[150:], s.values[150:])]).alerts
+    assert [(a.status, a.start, a.at, a.reason) for a in before + after] == [
+        (a.status, a.start, a.at, a.reason) for a in alerts
+    ]
+
+
+def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_the_clock(
+    window_bundle,
+) -> None:
+    """Whole-window scoring: the level settles and the alert closes as a level shift at the same reading with
+    readings 1 s or 1 h apart (no time limit), and the re-baselined key alerts again on a later spike."""
+    w = window_bundle.window
+    got = []
+    for step in (1.0, 3600.0):
+        s = spiky(window_bundle, n=60 * w, spans=())
+        s.values[10 * w :, 0] += 60 * window_bundle.scaler.scale[0]
+        s.values[45 * w : 47 * w] += 60 * window_bundle.scaler.scale
+        s.timestamps[:] = s.timestamps * step
+        cfg = EngineConfig(
+            threshold="static",
+            static_threshold=100.0,
+            smoothing=1.0,
+            max_alert_seconds=0.0,
+            max_alert_readings=100,
+            max_gap_seconds=4000.0,
+        )
+        alerts = Engine(window_bundle, cfg).process([Event(s.key, s.timestamps, s.values)]).alerts
+        got.append([(a.status, a.start / step, a.at / step, a.reason) for a in alerts])
+    assert got[0] == got[1]
+    assert [(st, start, reason) for st, start, _, reason in got[0]][:3] == [
+        ("open", 80.0, ""),
+        ("closed", 80.0, "level_shift"),
+        ("open", 360.0, ""),
+    ]
 
 
 def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bundle) -> None:

@@ -8,6 +8,7 @@ import pytest
 from anomaly.config import EngineConfig
 from anomaly.thresholds import (
     ALERT_FIELDS,
+    ALERT_LENGTH,
     Z_GRID,
     DSpotThreshold,
     DynamicThreshold,
@@ -283,6 +284,21 @@ def test_spot_does_not_learn_points_it_flags_and_dspot_follows_the_baseline() ->
     assert np.concatenate(flags, axis=1).mean() < 0.01  # DSPOT follows it, SPOT's epsilon stays put
     assert dspot.epsilon(s2, 1)[0][0] == pytest.approx(e_dspot + 5.0, abs=0.3)
     assert spot.epsilon(s1, 1)[0][0] == e_spot
+
+
+def test_level_shift_closes_an_alert_after_max_open_readings_whatever_the_timestamps() -> None:
+    n = 30
+    flags = np.ones((1, n), bool)
+    flags[0, 5:7] = False  # a short dip (< close_after) inside the alert still counts towards its length
+    got = []
+    for ts in (np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64) ** 2 * 1000.0):
+        state = fresh(1)
+        state[ALERT_LENGTH] = np.zeros(1, np.int32)
+        _, tr = step_alerts(
+            state, ts[None, :], np.full((1, n), 5.0), flags, np.array([2.0]), np.ones((1, 2)), 3, 4, 0.0, 10
+        )
+        got.append([(t.status, ts.tolist().index(t.start), ts.tolist().index(t.at), t.reason) for t in tr])
+    assert got[0] == got[1] == [("open", 0, 2, ""), ("closed", 0, 9, "level_shift")]  # the 10th point
 
 
 def test_level_shift_closes_an_alert_after_max_open_seconds() -> None:

@@ -45,7 +45,7 @@ from anomaly.engine.types import (
 )
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import ALERT_FIELDS, THRESHOLDS, ewma, step_alerts
+from anomaly.thresholds import ALERT_FIELDS, ALERT_LENGTH, THRESHOLDS, ewma, step_alerts
 
 
 class Engine:
@@ -136,6 +136,8 @@ class Engine:
                 "zero",
             ),  # stuck feature accepted after a level shift, until it moves
         ]
+        if self.config.max_alert_readings > 0:
+            extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
         ]
@@ -869,7 +871,8 @@ class Engine:
     ) -> np.ndarray:
         """Step the rows' alert state through the window (thresholds.step_alerts) and emit its transitions."""
         a = self.store.arrays
-        state = {name: a[name][rows] for name in ALERT_FIELDS}
+        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.config.max_alert_readings > 0 else ())
+        state = {name: a[name][rows] for name in fields}
         open_pts, transitions = step_alerts(
             state,
             ts,
@@ -880,8 +883,9 @@ class Engine:
             self.config.alert_open_after,
             self.config.alert_close_after,
             self.config.max_alert_seconds,
+            self.config.max_alert_readings,
         )
-        for name in ALERT_FIELDS:
+        for name in fields:
             a[name][rows] = state[name]
         shifted = []
         for t in transitions:
@@ -909,16 +913,27 @@ class Engine:
             self._rebaseline(np.asarray(shifted))
         return open_pts
 
+    def _level_rate(self, elapsed: np.ndarray, readings: int) -> np.ndarray:
+        """Time constants of the level EWMA elapsed over `elapsed` seconds and `readings` readings (K,): a
+        constant of max_alert_seconds / 8 in event time or of max_alert_readings / 8 in readings, whichever is
+        shorter, so that by the time an alert counts as a level shift (whichever limit comes first) the level
+        has settled at the new normal."""
+        rate = np.zeros(len(elapsed))
+        if self.config.max_alert_seconds > 0:
+            rate = elapsed / (self.config.max_alert_seconds / 8.0)
+        if self.config.max_alert_readings > 0:
+            rate = np.maximum(rate, readings / (self.config.max_alert_readings / 8.0))
+        return rate
+
     def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
-        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), with a time
-        constant of max_alert_seconds / 8, so that by the time an alert counts as a level shift the level has
-        settled at the new normal."""
-        if self.config.max_alert_seconds <= 0:
+        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), see
+        `_level_rate`."""
+        if self.config.max_alert_seconds <= 0 and self.config.max_alert_readings <= 0:
             return
         a = self.store.arrays
         w = x.shape[1]
         span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
-        beta = (1.0 - np.exp(-span / (self.config.max_alert_seconds / 8.0)))[:, None]
+        beta = (1.0 - np.exp(-self._level_rate(span, w)))[:, None]
         mean = x.mean(axis=1, dtype=np.float64)
         level = a["level"][rows].astype(np.float64)
         a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
@@ -926,15 +941,14 @@ class Engine:
     def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
         """`_track_level` for readings scored one at a time: the same slow EWMA, stepped per reading with the
         time since the key's previous reading, so the level does not depend on how readings were grouped."""
-        if self.config.max_alert_seconds <= 0:
+        if self.config.max_alert_seconds <= 0 and self.config.max_alert_readings <= 0:
             return
         a = self.store.arrays
-        tau = self.config.max_alert_seconds / 8.0
         level = a["level"][rows].astype(np.float64)
         prev = a["level_ts"][rows]
         for j in range(x.shape[1]):
             t = ts[:, j]
-            beta = (1.0 - np.exp(-np.where(np.isnan(prev), 0.0, t - prev) / tau))[:, None]
+            beta = (1.0 - np.exp(-self._level_rate(np.where(np.isnan(prev), 0.0, t - prev), 1)))[:, None]
             v = x[:, j].astype(np.float64)
             # rounded to the stored float32 at every reading, so a call of many readings equals many calls
             level = (
