@@ -68,8 +68,8 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
         above = e_l > eps[:, None]
         if not full:
             above &= valid_l
-        n_above = np.count_nonzero(above, axis=1)
-        n_seq = np.count_nonzero(above[:, 1:] & ~above[:, :-1], axis=1) + above[:, 0]  # runs above epsilon
+        n_above = above.sum(axis=1)
+        n_seq = (above[:, 1:] & ~above[:, :-1]).sum(axis=1) + above[:, 0]  # runs above epsilon
         # only keys that pass the count rules need the mean and std of the scores below epsilon
         c = np.flatnonzero((n_above < 0.5 * cnt[live]) & (n_seq <= 5))
         if not len(c):
@@ -79,7 +79,7 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
         if not full:
             below &= valid_l[c]
         mean_c, std_c = mean[rows], std[rows]
-        n_below = np.maximum(np.count_nonzero(below, axis=1), 1)
+        n_below = np.maximum(below.sum(axis=1), 1)
         mean_b = np.where(below, e_c, 0.0).sum(axis=1) / n_below
         std_b = np.sqrt(_masked_squares(e_c, mean_b, below).sum(axis=1) / n_below)
         with np.errstate(divide="ignore", invalid="ignore"):
