@@ -65,8 +65,10 @@ def test_threshold_state_updated_in_place_equals_the_generic_write_back(
     assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][2] == runs[1][2]
 
 
-@pytest.mark.parametrize("scored", ["reading", "window"])
-def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bundle, scored) -> None:
+@pytest.mark.parametrize(
+    "scored,limit", [("reading", "seconds"), ("window", "seconds"), ("reading", "readings")]
+)
+def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bundle, scored, limit) -> None:
     """Keys with no anomalous point and no open alert take a piece's run-counter steps at once; stepping every
     key point by point gives the same windows, alerts (opens, closes, level shifts) and snapshot bytes."""
     model = bundle if scored == "reading" else window_bundle
@@ -76,7 +78,7 @@ def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bun
         smoothing=1.0,
         alert_open_after=2,
         alert_close_after=4,
-        max_alert_seconds=40.0,
+        **({"max_alert_seconds": 40.0} if limit == "seconds" else {"max_alert_readings": 40}),
     )
     fast, stepped = Engine(model, cfg), Engine(model, cfg)
     stepped._busy = lambda rows, anomalous: np.arange(len(rows))  # type: ignore[method-assign]
