@@ -273,9 +273,9 @@ class EngineConfig:
             f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
         )
         _need(
-            self.max_alert_readings >= 0,
+            0 <= self.max_alert_readings < 2**31,  # counted per key in an int32
             "engine.max_alert_readings",
-            f"must be >= 0 readings (0: no readings limit), got {self.max_alert_readings!r}",
+            f"must be >= 0 readings (0: no readings limit) and below 2**31, got {self.max_alert_readings!r}",
         )
         _need(
             _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,

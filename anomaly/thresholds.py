@@ -31,13 +31,16 @@ Z_GRID = np.arange(2.5, 12.01, 0.5, dtype=np.float32)
 
 
 def ordered_history(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ring buffers (K, N) in time order (oldest first) and a validity mask for partly filled ones."""
+    """Ring buffers (K, N) in time order (oldest first) and a validity mask for partly filled ones. Where no
+    ring has wrapped, that is `hist` itself; otherwise each row is one contiguous slice of the row written
+    twice (a copy per row instead of an element-wise gather)."""
     k, n = hist.shape
     start = np.where(pushed >= n, pushed % n, 0)
-    idx = (start[:, None] + np.arange(n)[None, :]) % n
-    ordered = np.take_along_axis(hist, idx, axis=1)
     valid = np.arange(n)[None, :] < np.minimum(pushed, n)[:, None]
-    return ordered, valid
+    if not start.any():
+        return hist, valid
+    twice = np.lib.stride_tricks.sliding_window_view(np.concatenate([hist, hist], axis=1), n, axis=1)
+    return twice[np.arange(k), start], valid
 
 
 def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
@@ -48,34 +51,37 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
     the keys whose maximum is still above it, and the grid stops when none is. Row by row the arithmetic is the
     full grid's (each key's sums are taken over its own row), so the result is the same to the bit."""
     e, valid = ordered_history(hist.astype(np.float64), pushed)
+    full = bool(valid.all())  # every ring filled (the steady state): nothing to mask
     cnt = valid.sum(axis=1)
     safe = np.maximum(cnt, 1)
-    ev = np.where(valid, e, 0.0)
-    mean = ev.sum(axis=1) / safe
-    std = np.sqrt(np.maximum((np.where(valid, e - mean[:, None], 0.0) ** 2).sum(axis=1) / safe, 0.0))
-    top = np.fmax.reduce(np.where(valid, e, -np.inf), axis=1)  # NaN scores are never above anything
+    mean = (e if full else np.where(valid, e, 0.0)).sum(axis=1) / safe
+    std = np.sqrt(np.maximum(_masked_squares(e, mean, None if full else valid).sum(axis=1) / safe, 0.0))
+    top = np.fmax.reduce(e if full else np.where(valid, e, -np.inf), axis=1)  # NaN is never above anything
     best_score = np.full(len(e), -np.inf)
     best_eps = mean + Z_GRID[-1] * std
     for z in Z_GRID:
         live = np.flatnonzero(top > mean + z * std)
         if not len(live):
             break
-        e_l, valid_l = e[live], valid[live]
+        e_l, valid_l = (e, valid) if len(live) == len(e) else (e[live], valid[live])
         eps = mean[live] + z * std[live]
-        above = valid_l & (e_l > eps[:, None])
+        above = e_l > eps[:, None]
+        if not full:
+            above &= valid_l
         n_above = above.sum(axis=1)
-        starts = above & ~np.concatenate([np.zeros((len(live), 1), bool), above[:, :-1]], axis=1)
-        n_seq = starts.sum(axis=1)
+        n_seq = (above[:, 1:] & ~above[:, :-1]).sum(axis=1) + above[:, 0]  # runs above epsilon
         # only keys that pass the count rules need the mean and std of the scores below epsilon
         c = np.flatnonzero((n_above < 0.5 * cnt[live]) & (n_seq <= 5))
         if not len(c):
             continue
         rows, e_c, eps, n_above, n_seq = live[c], e_l[c], eps[c], n_above[c], n_seq[c]
-        below = valid_l[c] & ~above[c]
+        below = ~above[c]
+        if not full:
+            below &= valid_l[c]
         mean_c, std_c = mean[rows], std[rows]
         n_below = np.maximum(below.sum(axis=1), 1)
         mean_b = np.where(below, e_c, 0.0).sum(axis=1) / n_below
-        std_b = np.sqrt((np.where(below, e_c - mean_b[:, None], 0.0) ** 2).sum(axis=1) / n_below)
+        std_b = np.sqrt(_masked_squares(e_c, mean_b, below).sum(axis=1) / n_below)
         with np.errstate(divide="ignore", invalid="ignore"):
             gain = (mean_c - mean_b) / np.where(mean_c > 0, mean_c, 1.0) + (std_c - std_b) / np.where(
                 std_c > 0, std_c, 1.0
@@ -86,6 +92,14 @@ def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.nda
         best_eps[rows[ok]] = eps[ok]
     best_eps = np.where(cnt > 0, best_eps, floor)
     return np.maximum(best_eps, floor).astype(np.float32)
+
+
+def _masked_squares(e: np.ndarray, mean: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """(e - mean per row) ** 2 where `keep` (everywhere if None), 0 elsewhere: one new array, squared in place."""
+    d = e - mean[:, None]
+    if keep is not None:
+        d[~keep] = 0.0
+    return np.square(d, out=d)
 
 
 def push_history(

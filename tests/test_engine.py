@@ -65,6 +65,72 @@ def test_threshold_state_updated_in_place_equals_the_generic_write_back(
     assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][2] == runs[1][2]
 
 
+@pytest.mark.parametrize(
+    "scored,limit", [("reading", "seconds"), ("window", "seconds"), ("reading", "readings")]
+)
+def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bundle, scored, limit) -> None:
+    """Keys with no anomalous point and no open alert take a piece's run-counter steps at once; stepping every
+    key point by point gives the same windows, alerts (opens, closes, level shifts) and snapshot bytes."""
+    model = bundle if scored == "reading" else window_bundle
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=1000.0,
+        smoothing=1.0,
+        alert_open_after=2,
+        alert_close_after=4,
+        **({"max_alert_seconds": 40.0} if limit == "seconds" else {"max_alert_readings": 40}),
+    )
+    fast, stepped = Engine(model, cfg), Engine(model, cfg)
+    stepped._busy = lambda rows, anomalous: np.arange(len(rows))  # type: ignore[method-assign]
+    series = []
+    for i in range(8):
+        s = make_series(f"k{i}", 240, len(model.features), seed=i)
+        noise = np.random.default_rng(i).normal(0, 0.05, s.values.shape)
+        s.values[:] = model.scaler.mean + noise * model.scaler.scale
+        if i < 6:  # short spikes (closed as normal), and two long ones (closed as level shifts)
+            s.values[20 + 9 * i : 26 + 9 * i + (50 if i >= 4 else 0)] += 60 * model.scaler.scale
+            s.values[150 + 3 * i : 153 + 3 * i] += 60 * model.scaler.scale
+        series.append(s)
+    runs = []
+    for engine in (fast, stepped):
+        scores, alerts = [], []
+        for lo, hi in chunks(240, [1, 3, 32, 2, 11]):
+            out = engine.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]) for s in series])
+            scores += [np.concatenate([w.scores, w.alert_open, w.anomalous]) for w in out.windows]
+            alerts += [(a.id, a.status, a.at, a.reason) for a in out.alerts]
+        runs.append((np.concatenate(scores), alerts, engine.snapshot()))
+    assert {a[3] for a in runs[0][1]} == {"", "normal", "level_shift"}
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][2] == runs[1][2]
+
+
+def test_full_report_windows_equal_windows_cut_reading_by_reading(bundle) -> None:
+    """Full report buffers become ScoredWindows row by row (the fast path); the same as cutting each row to its
+    fill, field by field, dtype included."""
+    rng = np.random.default_rng(7)
+    e, k, w, f = Engine(bundle, EngineConfig()), 5, bundle.window, len(bundle.features)
+    cols = [
+        rng.normal(size=(k, w)),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)).astype(np.float32),
+        rng.random((k, w)) < 0.3,
+        rng.random((k, w)) < 0.3,
+        rng.random((k, f)).astype(np.float32),
+        rng.normal(size=(k, w)),
+    ]
+    keys, fill = [f"k{i}" for i in range(k)], np.full(k, w, np.int32)
+    fast, cut = e._full_windows(keys, fill, *cols), e._cut_windows(keys, fill, *cols)
+    assert len(fast) == len(cut) == k
+    for a, b in zip(fast, cut, strict=True):
+        for name in [fl.name for fl in dataclasses.fields(a)]:
+            x, y = getattr(a, name), getattr(b, name)
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+            else:
+                assert x == y, name
+
+
 def test_flush_reports_the_last_partial_window_and_nothing_twice(bundle, window_bundle, test_series) -> None:
     w = bundle.window
     n = 5 * w + 3

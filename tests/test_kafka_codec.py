@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import NamedTuple
 
@@ -319,6 +320,26 @@ def test_columnar_decode_of_blocks_equals_decoding_record_by_record():
     clean = [r for r in records if r.offset % 41 not in range(3, 31)]
     bulk = d._blocks(clean, d._parse(clean))  # all of it in columns at once, none decoded one by one
     assert bulk is not None and [e.key for e in bulk.events()] == [d.decode(r).key for r in clean]
+
+
+def test_a_poll_is_decoded_with_the_collector_paused_and_left_as_found(monkeypatch):
+    """The cyclic GC waits while a poll is parsed (its bodies stay alive until converted) and runs again after;
+    a collector someone else switched off stays off."""
+    d = Decoder(MessageFormat(FMT.features))
+    records = block_poll_records()
+    seen = []
+    parse = d._parse
+    monkeypatch.setattr(d, "_parse", lambda recs: seen.append(gc.isenabled()) or parse(recs))
+    expected = Decoder(MessageFormat(FMT.features)).decode_poll(records)[0].values
+    assert gc.isenabled()
+    assert d.decode_poll(records)[0].values.tobytes() == expected.tobytes()
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        d.decode_poll(records)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_json_numbers_become_the_float64_python_reads():

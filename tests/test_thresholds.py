@@ -17,6 +17,7 @@ from anomaly.thresholds import (
     ewma,
     fit_gpd,
     gpd_quantile,
+    ordered_history,
     push_history,
     select_epsilon,
     step_alerts,
@@ -111,6 +112,18 @@ def test_ring_buffer_keeps_the_last_n_in_order() -> None:
 
     ordered, valid = ordered_history(hist, pushed)
     assert ordered[0].tolist() == [2.0, 4.0, 5.0, 6.0] and valid.all()
+
+
+def test_ordered_history_is_each_ring_from_its_oldest_slot() -> None:
+    """Rings unwrapped, wrapped at every offset, and mixed: the rotation by (pushed mod N) of each row."""
+    rng = np.random.default_rng(4)
+    hist = rng.normal(size=(40, 16))
+    for pushed in (rng.integers(0, 17, 40), rng.integers(16, 100, 40), np.arange(40) + 3):
+        start = np.where(pushed >= 16, pushed % 16, 0)
+        expected = np.take_along_axis(hist, (start[:, None] + np.arange(16)) % 16, axis=1)
+        ordered, valid = ordered_history(hist, pushed)
+        assert ordered.tobytes() == expected.tobytes()
+        assert valid.sum(axis=1).tolist() == np.minimum(pushed, 16).tolist()
 
 
 def test_ring_pushed_in_place_equals_gather_push_scatter() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -376,23 +377,22 @@ class Engine:
         time order, no long gap) take the array path and become `regular` pieces; the few others go message by
         message through `_ingest`, which owns the policies and queues units per key. Both paths cut readings
         into the same pieces. Python work is per distinct key, not per message."""
-        slots = self.store.slots
-        name_rows = np.empty(len(r.names), np.int64)
+        slots, names = self.store.slots, r.names
+        got: list[int | None] = list(map(slots.get, names))
         created: set[int] = set()
-        for i, key in enumerate(r.names):  # keys are created in order of first appearance
-            row = slots.get(key)
-            if row is None:
-                row, _ = self.store.slot(key)
+        if None in got:  # keys are created in order of first appearance
+            for i in [i for i, row in enumerate(got) if row is None]:
+                row, _ = self.store.slot(names[i])
+                got[i] = row
                 created.add(row)
-            name_rows[i] = row
-            row_keys[row] = key
+        name_rows = np.array(got, np.int64)
+        row_keys.update(zip(name_rows.tolist(), names, strict=True))
         kid = r.kid
-        if len(r.names) > 1:  # least recently used order: as if each message touched its key in turn
+        if len(names) > 1:  # least recently used order: as if each message touched its key in turn
             last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
-            for i in np.argsort(last).tolist():
-                slots.move_to_end(r.names[i])
+            deque(map(slots.move_to_end, map(names.__getitem__, np.argsort(last).tolist())), maxlen=0)
         else:
-            slots.move_to_end(r.names[0])
+            slots.move_to_end(names[0])
         a = self.store.arrays
         msg_rows = name_rows[kid]
         rows_r = np.repeat(msg_rows, r.counts)
@@ -696,26 +696,7 @@ class Engine:
         else:
             eps, warm = self.threshold.epsilon({name: a[name][rows] for name in names}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
-            cols = []
-            for j in range(ts.shape[1]):
-                # after a level shift closed, the key waits for its re-baseline (next report window) in silence
-                anomalous[:, j] &= ~a["rebase"][rows]
-                cols.append(
-                    self._lifecycle(
-                        rows,
-                        keys,
-                        ts[:, j : j + 1],
-                        scores[:, j : j + 1],
-                        anomalous[:, j : j + 1],
-                        eps,
-                        err_f[:, j],
-                        out,
-                    )
-                )
-            open_pts = np.concatenate(cols, axis=1)
-        else:
-            open_pts = self._lifecycle(rows, keys, ts, scores, anomalous, eps, per_feature, out)
+        open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out)
         self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
@@ -748,13 +729,14 @@ class Engine:
         emit a ScoredWindow for rows whose buffer holds `window` readings."""
         a = self.store.arrays
         pos = a["rep_fill"][rows].astype(np.int64)
-        r, c = rows[:, None], pos[:, None] + np.arange(ts.shape[1])
-        a["rep_ts"][r, c] = ts
-        a["rep_err"][r, c] = errors
-        a["rep_score"][r, c] = scores
-        a["rep_thr"][r, c] = thresholds
-        a["rep_anom"][r, c] = anomalous
-        a["rep_open"][r, c] = open_pts
+        # flat index into the (capacity, window) columns, C-contiguous as the store allocates them
+        at = (rows * self.window + pos)[:, None] + np.arange(ts.shape[1])
+        a["rep_ts"].reshape(-1)[at] = ts
+        a["rep_err"].reshape(-1)[at] = errors
+        a["rep_score"].reshape(-1)[at] = scores
+        a["rep_thr"].reshape(-1)[at] = thresholds
+        a["rep_anom"].reshape(-1)[at] = anomalous
+        a["rep_open"].reshape(-1)[at] = open_pts
         sq = a["rep_sq"][rows]
         for j in range(ts.shape[1]):  # reading by reading: the float32 sum must not depend on grouping
             sq += err_f[:, j]
@@ -782,27 +764,40 @@ class Engine:
         ts, decided = a["rep_ts"][rows], a["rep_ts"][rows]
         err, score, thr = a["rep_err"][rows], a["rep_score"][rows], a["rep_thr"][rows]
         anom, opened = a["rep_anom"][rows], a["rep_open"][rows]
-        version = self.bundle.version
-        windows = out.windows
-        for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True)):
-            windows.append(
-                ScoredWindow(
-                    key,
-                    ts[i, :n],
-                    err[i, :n],
-                    score[i, :n],
-                    thr[i, :n],
-                    anom[i, :n],
-                    opened[i, :n],
-                    shares[i],
-                    version,
-                    decided[i, :n],
-                )
-            )
+        cut = self._full_windows if (fill == self.window).all() else self._cut_windows
+        out.windows += cut(keys, fill, ts, err, score, thr, anom, opened, shares, decided)
         a["rep_fill"][rows] = 0
         a["rep_sq"][rows] = 0
         a["windows"][rows] += 1
         self.counters["windows"] += len(rows)
+
+    def _full_windows(
+        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
+    ) -> list[ScoredWindow]:
+        """ScoredWindows of report buffers that are all full (the common case): each row as it is."""
+        version = repeat(self.bundle.version)
+        return list(map(ScoredWindow, keys, ts, err, score, thr, anom, opened, shares, version, decided))
+
+    def _cut_windows(
+        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
+    ) -> list[ScoredWindow]:
+        """ScoredWindows of report buffers holding `fill` readings each (a short one after a gap or a flush)."""
+        version = self.bundle.version
+        return [
+            ScoredWindow(
+                key,
+                ts[i, :n],
+                err[i, :n],
+                score[i, :n],
+                thr[i, :n],
+                anom[i, :n],
+                opened[i, :n],
+                shares[i],
+                version,
+                decided[i, :n],
+            )
+            for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True))
+        ]
 
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
@@ -813,6 +808,63 @@ class Engine:
         if self.feature_reference is None:
             return errors / self.reference
         return (err_f / self.feature_reference).max(axis=2)
+
+    def _alerts(
+        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput
+    ) -> np.ndarray:
+        """Alert lifecycle of a piece (K, L); returns whether an alert was open at each point and updates
+        `anomalous` in place (muted while a key waits for its re-baseline).
+
+        Only keys with an anomalous point or an open alert are stepped through the piece (`_lifecycle`). For the
+        others every point is normal and nothing can open or close, so their run counters take the L steps at
+        once: the same state as stepping, without per-point work for the quiet majority."""
+        a = self.store.arrays
+        k, n = anomalous.shape
+        if self.per_reading:
+            # after a level shift closed, the key waits for its re-baseline (next report window) in silence
+            anomalous &= ~a["rebase"][rows][:, None]
+        busy = self._busy(rows, anomalous)
+        open_pts = np.zeros((k, n), bool)
+        if len(busy) < k:
+            idle = rows[np.setdiff1d(np.arange(k), busy, assume_unique=True)]
+            a["run_anom"][idle] = 0
+            a["run_norm"][idle] += n
+            if not len(busy):
+                return open_pts
+            rows, keys, ts, scores, eps = (
+                rows[busy],
+                [keys[i] for i in busy.tolist()],
+                ts[busy],
+                scores[busy],
+                eps[busy],
+            )
+            err_f, per_feature = err_f[busy], per_feature[busy]
+        anom = anomalous[busy]
+        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
+            opened = np.empty(anom.shape, bool)
+            for j in range(n):
+                if j:  # a level shift may have closed at the previous reading
+                    anom[:, j] &= ~a["rebase"][rows]
+                opened[:, j : j + 1] = self._lifecycle(
+                    rows,
+                    keys,
+                    ts[:, j : j + 1],
+                    scores[:, j : j + 1],
+                    anom[:, j : j + 1],
+                    eps,
+                    err_f[:, j],
+                    out,
+                )
+        else:
+            opened = self._lifecycle(rows, keys, ts, scores, anom, eps, per_feature, out)
+        anomalous[busy] = anom
+        open_pts[busy] = opened
+        return open_pts
+
+    def _busy(self, rows: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+        """Positions of the piece's keys that must step through their points: an anomalous point or an open
+        alert. Any superset gives the same result (tests use all keys)."""
+        return np.flatnonzero(anomalous.any(axis=1) | self.store.arrays["alert_open"][rows])
 
     def _lifecycle(
         self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput

@@ -16,8 +16,10 @@ as the dead-letter ``reason`` header and metric label.
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, groupby, repeat
@@ -235,7 +237,17 @@ class Decoder:
         Every record is parsed once. Runs of plain single readings are converted together
         (:meth:`_bulk`); a run that does not convert is halved until it does, so one odd record costs a few
         bulk attempts and at most BULK_MIN records converted one by one. Blocks and anything unparsable go
-        record by record (a block's readings are already converted together by ``_block_fast``)."""
+        record by record (a block's readings are already converted together by ``_block_fast``).
+
+        The cyclic garbage collector is paused meanwhile (:func:`collector_paused`): the parsed bodies (a dict
+        and a list per reading) stay alive until they are converted, and with the collector running their
+        allocation set off a young-generation collection every 700 containers, each walking the bodies
+        still alive (measured: 40 % of parsing a poll of 32-reading blocks). They hold no cycles; reference
+        counting frees them when the poll is converted."""
+        with collector_paused():
+            return self._decode_poll(records)
+
+    def _decode_poll(self, records: Sequence[Any]) -> tuple[Readings, list[tuple[Any, DecodeError]]]:
         bodies = self._parse(records)
         rf = self.fmt.readings_field
         # 1: a single reading, 2: a block, 0: anything else (not an object, not parsed)
@@ -367,6 +379,20 @@ class Decoder:
         return Readings(
             [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, self.n_features)), []
         )
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block (a no-op where it is already off). Objects freed
+    by reference counting are freed as usual; only the cycle search waits until the block ends."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 _NUMBER_TYPES = frozenset((float, int, type(None)))
