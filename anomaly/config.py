@@ -315,6 +315,9 @@ class KafkaConfig:
     # State topic name; {group} and {topic} are replaced by the consumer group and each input topic, so every
     # group (and input topic) has its own changelog, as in Kafka Streams and Quix Streams.
     changelog_topic: str = "changelog__{group}--{topic}"
+    # Compression of the checkpoints written (restores read both): zlib only to roll back to a daemon from before
+    # zstd (it cannot read zstd records) after one checkpoint of every partition.
+    changelog_codec: Literal["zstd", "zlib"] = "zstd"
     key_field: str = "key"
     time_field: str = "ts"
     values_field: str = "values"

@@ -137,6 +137,7 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
     assert changelog_topic(fixed.kafka, "sensors") == "shared"
     for settings, message in [
         ({"auto_offset_reset": "middle"}, "kafka.auto_offset_reset must be one of: earliest, latest"),
+        ({"changelog_codec": "lz4"}, "kafka.changelog_codec must be one of: zstd, zlib"),
         (
             {"changelog_topic": "cl-{host}"},
             "kafka.changelog_topic may only use the placeholders {group}, {topic}",
@@ -147,6 +148,8 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
         with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
             build_config({"kafka": settings})
     assert build_config({"kafka": {"auto_offset_reset": "latest"}}).kafka.auto_offset_reset == "latest"
+    assert (build_config({}).kafka.changelog_codec, WRITE_CODEC) == ("zstd", "zstd")
+    assert build_config({"kafka": {"changelog_codec": "zlib"}}).kafka.changelog_codec == "zlib"
 
 
 def test_a_taken_metrics_port_is_one_error_line(tmp_path):

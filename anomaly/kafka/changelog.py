@@ -235,6 +235,8 @@ class ChangelogStore:
     ) -> None:
         if codec not in CODECS:
             raise ValueError(f"unknown changelog codec {codec!r}; choose one of {', '.join(CODECS)}")
+        if codec == "zstd" and _ZSTD is None:
+            raise KafkaError('this pyarrow build has no zstd codec: set kafka.changelog_codec = "zlib"')
         self.send = send
         self.reader = reader
         self.peek = peek  # read_uncommitted reader: finds the writers of open transactions

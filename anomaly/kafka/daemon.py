@@ -145,6 +145,7 @@ class Daemon:
             chunk_bytes=min(512 * 1024, k.max_request_bytes // 2),
             read_timeout_s=30.0 + (k.transaction_timeout_ms / 1000 if k.transactional else 0.0),
             peek=peek,
+            codec=k.changelog_codec,
         )
         self.consumer = clients.make_consumer(k, t)
         dead = DeadLetterSink(self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics)
