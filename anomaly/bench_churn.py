@@ -9,7 +9,8 @@ in-process part ``anomaly_checkpoint_state_seconds`` and the state size), how lo
 until consumed, until committed) and the CPU seconds of the daemon and of the broker are taken. Then ``probes``
 probes, one reading on every partition at once, each followed by a checkpoint of every key held: the same work
 in every round; their median is the round's like-for-like checkpoint time, split into its in-process part
-(snapshot + compression), the broker's commit (``anomaly_checkpoint_commit_seconds``) and the rest (producer
+(snapshot + compression; also its CPU time on the loop thread, ``anomaly_checkpoint_state_cpu_seconds``, which
+this shared machine's preemption does not inflate), the broker's commit (``anomaly_checkpoint_commit_seconds``) and the rest (producer
 flushes). After each probe the bench itself commits a plain transaction of the same size (four records, offsets,
 commit) through its own transactional producer: the broker round trip's own spread on this machine, measured
 side by side. A warm-up round is not counted (allocator and client buffers settle). Flatness = largest /
@@ -257,7 +258,7 @@ def run_churn_bench(
             }
             # like-for-like: probes that make every partition dirty, so each probe's checkpoint writes the state
             # of every key held (max_keys of them); the median over the probes per round
-            full_ms, full_state_ms, full_commit_ms, full_kb, plain_ms = [], [], [], [], []
+            full_ms, full_state_ms, full_commit_ms, full_kb, plain_ms, full_cpu_ms = [], [], [], [], [], []
             for j in range(probes):
                 ts = 1.7e9 + (r + 1) * round_keys + j
                 _send_probe(bootstrap, topic, partitions, r, j, ts, len(bundle.features))
@@ -275,6 +276,7 @@ def run_churn_bench(
                 full_ms.append(1000 * pd["anomaly_checkpoint_duration_seconds_sum"])
                 full_state_ms.append(1000 * pd["anomaly_checkpoint_state_seconds_sum"])
                 full_commit_ms.append(1000 * pd.get("anomaly_checkpoint_commit_seconds_sum", float("nan")))
+                full_cpu_ms.append(1000 * pd.get("anomaly_checkpoint_state_cpu_seconds_total", float("nan")))
                 full_kb.append(pd["anomaly_checkpoint_state_bytes_total"] / 1024)
                 plain_ms.append(plain.commit_ms())  # the daemon is idle again: the broker alone, same size
             row["probes"] = len(full_ms)
@@ -283,6 +285,8 @@ def run_churn_bench(
             row["full_state_ms"] = round(_median(full_state_ms), 2) if full_ms else float("nan")
             row["full_state_kb"] = round(_median(full_kb), 1) if full_ms else float("nan")
             row["full_commit_ms"] = round(_median(full_commit_ms), 2) if full_ms else float("nan")
+            # the loop thread's CPU time in the in-process part: the work, without this machine's preemption
+            row["full_state_cpu_ms"] = round(_median(full_cpu_ms), 2) if full_ms else float("nan")
             row["full_flush_ms"] = (  # the producer flushes: what is neither the state part nor the commit
                 round(
                     _median(
@@ -305,7 +309,7 @@ def run_churn_bench(
                 f"{row['state_kb']} KiB), keys held {row['keys_held']:,} ({row['seconds']} s, {row['send_seconds']} s of "
                 f"them sending, all consumed after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker {row['broker_cpu_s']}); checkpoint of "
                 f"every key held (median of {row['probes']} probes): {row['full_checkpoint_ms']} ms, in-process "
-                f"{row['full_state_ms']} ms, commit {row['full_commit_ms']} ms, flushes {row['full_flush_ms']} ms, "
+                f"{row['full_state_ms']} ms (CPU {row['full_state_cpu_ms']} ms), commit {row['full_commit_ms']} ms, flushes {row['full_flush_ms']} ms, "
                 f"{row['full_state_kb']} KiB; each probe: {row['probe_checkpoint_ms']}; a plain transaction of the "
                 f"same size by the bench (median): {row['plain_txn_ms']} ms, each: {row['plain_txn_each_ms']}"
             )
@@ -331,6 +335,7 @@ def run_churn_bench(
             "full_state_ms_flatness": flat("full_state_ms"),
             "full_state_kb_flatness": flat("full_state_kb"),
             "full_commit_flatness": flat("full_commit_ms"),
+            "full_state_cpu_flatness": flat("full_state_cpu_ms"),
             "full_flush_flatness": flat("full_flush_ms"),
             "plain_txn_flatness": flat("plain_txn_ms"),
             "rss_last_over_first": round(rss[-1] / rss[0], 3),
@@ -341,7 +346,8 @@ def run_churn_bench(
             f"checkpoint time {res['checkpoint_flatness']:.3f} (of checkpoints that wrote state "
             f"{res['state_checkpoint_flatness']:.3f}; their in-process part {res['state_ms_flatness']:.3f}, "
             f"state size {res['state_kb_flatness']:.3f}); checkpoint of every key held (probes) "
-            f"{res['full_checkpoint_flatness']:.3f} (in-process part {res['full_state_ms_flatness']:.3f}, commit "
+            f"{res['full_checkpoint_flatness']:.3f} (in-process part {res['full_state_ms_flatness']:.3f}, its CPU "
+            f"time {res['full_state_cpu_flatness']:.3f}, commit "
             f"{res['full_commit_flatness']:.3f}, flushes {res['full_flush_flatness']:.3f}, state size "
             f"{res['full_state_kb_flatness']:.3f}); a plain transaction of the same size (the broker alone) "
             f"{res['plain_txn_flatness']:.3f}; last/first: RSS {res['rss_last_over_first']:.3f}, "

@@ -174,6 +174,12 @@ class PipelineMetrics:
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
+        self.checkpoint_state_cpu = Counter(
+            "anomaly_checkpoint_state_cpu_seconds",
+            "CPU time of the loop thread in the state part of checkpoints (its wall time less waiting for a core "
+            "or the GIL): the work itself, whatever else runs on the machine.",
+            registry=r,
+        )
         self.checkpoint_state_bytes = Counter(
             "anomaly_checkpoint_state_bytes",
             "Compressed state written to the changelog by checkpoints.",
@@ -325,15 +331,17 @@ class PipelineMetrics:
         state_seconds: float = 0.0,
         state_bytes: int = 0,
         commit_seconds: float = 0.0,
+        state_cpu_seconds: float = 0.0,
     ) -> None:
         """A completed checkpoint: its total time, the part of it under this process's control (state
-        snapshot + compression, no broker round trip) with the compressed bytes it wrote, and the part spent
-        waiting for the broker's commit."""
+        snapshot + compression, no broker round trip; wall and the loop thread's CPU time) with the compressed
+        bytes it wrote, and the part spent waiting for the broker's commit."""
         self.checkpoint_duration.observe(seconds)
         self.checkpoint_commit_seconds.observe(commit_seconds)
         self.checkpoint_last.set(at_epoch)
         if state_bytes:  # a checkpoint with nothing processed since the last one writes no state
             self.checkpoint_state_seconds.observe(state_seconds)
+            self.checkpoint_state_cpu.inc(state_cpu_seconds)
             self.checkpoint_state_bytes.inc(state_bytes)
 
     def commit_failed(self) -> None:

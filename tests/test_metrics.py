@@ -191,7 +191,12 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     metrics.commit_failed()
     metrics.dead_letter_refused()
     metrics.checkpoint_done(
-        0.2, at_epoch=1_700_000_123.0, state_seconds=0.05, state_bytes=1000, commit_seconds=0.125
+        0.2,
+        at_epoch=1_700_000_123.0,
+        state_seconds=0.05,
+        state_bytes=1000,
+        commit_seconds=0.125,
+        state_cpu_seconds=0.03125,
     )
     metrics.checkpoint_done(0.4, at_epoch=1_700_000_128.0, state_seconds=0.25, state_bytes=24)
 
@@ -217,6 +222,7 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     assert value(metrics, "anomaly_checkpoint_state_seconds_count") == 2.0
     assert value(metrics, "anomaly_checkpoint_state_seconds_sum") == pytest.approx(0.3)
     assert value(metrics, "anomaly_checkpoint_state_bytes_total") == 1024.0
+    assert value(metrics, "anomaly_checkpoint_state_cpu_seconds_total") == 0.03125
     info = {"version": FakeBundle.version, "trained_at": "2024-05-01T12:00:00+00:00", "features": "3"}
     assert value(metrics, "anomaly_model_info", info) == 1.0
     assert value(metrics, "anomaly_model_trained_timestamp_seconds") == 1_714_564_800.0
@@ -251,6 +257,7 @@ def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
             "anomaly_fenced",
             "anomaly_dead_letters_refused",
             "anomaly_checkpoint_state_bytes",
+            "anomaly_checkpoint_state_cpu_seconds",
             "anomaly_model_reloads",
         ]
     )  # the parser strips `_total`; the exposition carries it
