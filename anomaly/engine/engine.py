@@ -389,7 +389,8 @@ class Engine:
         row_keys.update(zip(name_rows.tolist(), names, strict=True))
         kid = r.kid
         if len(names) > 1:  # least recently used order: as if each message touched its key in turn
-            last = len(kid) - 1 - np.unique(kid[::-1], return_index=True)[1]
+            last = np.full(len(names), -1, np.int64)  # each key's last message
+            np.maximum.at(last, kid, np.arange(len(kid)))
             deque(map(slots.move_to_end, map(names.__getitem__, np.argsort(last).tolist())), maxlen=0)
         else:
             slots.move_to_end(names[0])
@@ -826,7 +827,9 @@ class Engine:
         busy = self._busy(rows, anomalous)
         open_pts = np.zeros((k, n), bool)
         if len(busy) < k:
-            idle = rows[np.setdiff1d(np.arange(k), busy, assume_unique=True)]
+            quiet = np.ones(k, bool)
+            quiet[busy] = False
+            idle = rows[quiet]
             a["run_anom"][idle] = 0
             a["run_norm"][idle] += n
             if not len(busy):
@@ -840,12 +843,16 @@ class Engine:
             )
             err_f, per_feature = err_f[busy], per_feature[busy]
         anom = anomalous[busy]
+        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.config.max_alert_readings > 0 else ())
+        state = {name: a[name][rows] for name in fields}
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             opened = np.empty(anom.shape, bool)
+            rebase = a["rebase"][rows]
             for j in range(n):
                 if j:  # a level shift may have closed at the previous reading
-                    anom[:, j] &= ~a["rebase"][rows]
+                    anom[:, j] &= ~rebase
                 opened[:, j : j + 1] = self._lifecycle(
+                    state,
                     rows,
                     keys,
                     ts[:, j : j + 1],
@@ -855,8 +862,11 @@ class Engine:
                     err_f[:, j],
                     out,
                 )
+                rebase = a["rebase"][rows]
         else:
-            opened = self._lifecycle(rows, keys, ts, scores, anom, eps, per_feature, out)
+            opened = self._lifecycle(state, rows, keys, ts, scores, anom, eps, per_feature, out)
+        for name in fields:
+            a[name][rows] = state[name]
         anomalous[busy] = anom
         open_pts[busy] = opened
         return open_pts
@@ -867,12 +877,10 @@ class Engine:
         return np.flatnonzero(anomalous.any(axis=1) | self.store.arrays["alert_open"][rows])
 
     def _lifecycle(
-        self, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
+        self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
     ) -> np.ndarray:
-        """Step the rows' alert state through the window (thresholds.step_alerts) and emit its transitions."""
-        a = self.store.arrays
-        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.config.max_alert_readings > 0 else ())
-        state = {name: a[name][rows] for name in fields}
+        """Step the rows' alert state (`state`: their ALERT_FIELDS, gathered by the caller, who writes them back)
+        through the window (thresholds.step_alerts) and emit its transitions."""
         open_pts, transitions = step_alerts(
             state,
             ts,
@@ -885,8 +893,6 @@ class Engine:
             self.config.max_alert_seconds,
             self.config.max_alert_readings,
         )
-        for name in fields:
-            a[name][rows] = state[name]
         shifted = []
         for t in transitions:
             out.alerts.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -73,9 +74,9 @@ class Readings:
     def from_regular_events(cls, events: Sequence[Event], n_features: int) -> Readings | None:
         """Columns of events in one go when every event is well formed (string key, (n,) timestamps and
         (n, F) numeric values); None otherwise. Python work per event is a few C-level passes."""
-        ts_list = [ev.timestamps for ev in events]
-        val_list = [ev.values for ev in events]
-        keys = [ev.key for ev in events]
+        ts_list = list(map(_TIMESTAMPS, events))
+        val_list = list(map(_VALUES, events))
+        keys = list(map(_KEY, events))
         try:
             counts = list(map(len, ts_list))
             if counts != list(map(len, val_list)) or 0 in counts or set(map(type, keys)) != {str}:
@@ -88,7 +89,15 @@ class Readings:
             return None
         if ts.dtype.kind not in "fiu":
             return None
-        return cls.from_parts(keys, counts, [ts], [vals], [ev.ref for ev in events], n_features)
+        names, kid = _key_ids(keys)  # ts and vals are new arrays (concatenated): no second copy
+        return cls(
+            names,
+            kid,
+            np.asarray(counts, np.int64),
+            ts.astype(np.float64, copy=False),
+            vals.astype(np.float64, copy=False),
+            list(map(_REF, events)),
+        )
 
     @classmethod
     def from_parts(
@@ -105,11 +114,10 @@ class Readings:
             return cls(
                 [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, n_features)), []
             )
-        names = list(dict.fromkeys(keys))
-        pos = {k: i for i, k in enumerate(names)}
+        names, kid = _key_ids(keys)
         return cls(
             names,
-            np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys)),
+            kid,
             np.asarray(counts, np.int64),
             np.concatenate(timestamps).astype(np.float64, copy=False),
             np.concatenate(values).astype(np.float64, copy=False),
@@ -143,6 +151,16 @@ class Readings:
             Event(self.names[k], self.timestamps[lo:hi], self.values[lo:hi], ref)
             for k, lo, hi, ref in zip(self.kid.tolist(), starts, ends, self.refs, strict=True)
         ]
+
+
+_TIMESTAMPS, _VALUES, _KEY, _REF = (attrgetter(name) for name in ("timestamps", "values", "key", "ref"))
+
+
+def _key_ids(keys: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct keys in order of first appearance, and each message's index into them."""
+    names = list(dict.fromkeys(keys))
+    pos = {k: i for i, k in enumerate(names)}
+    return names, np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys))
 
 
 @dataclass(frozen=True)
