@@ -45,7 +45,7 @@ from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
 from anomaly.errors import AnomalyError
-from anomaly.kafka import clients
+from anomaly.kafka import clients, records
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
@@ -148,6 +148,7 @@ class Daemon:
             codec=k.changelog_codec,
         )
         self.consumer = clients.make_consumer(k, t)
+        records.install(self.consumer)  # kafka-python's records read in one loop per batch (same records)
         dead = DeadLetterSink(self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics)
         self.checkpointer = KafkaCheckpointer(
             self.consumer,

@@ -1,0 +1,174 @@
+"""The fast record path equals kafka-python's own: same records, offsets, counters and errors, fetch by fetch."""
+
+from __future__ import annotations
+
+import struct
+import types
+from typing import Any
+
+import pytest
+from kafka.consumer.fetcher import Fetcher, IsolationLevel
+from kafka.errors import CorruptRecordError
+from kafka.protocol.old.fetch import AbortedTransaction
+from kafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
+from kafka.record.memory_records import MemoryRecords
+from kafka.record.util import calc_crc32c
+from kafka.structs import TopicPartition
+
+from anomaly.kafka import records as fast
+
+TP = TopicPartition("readings", 3)
+T0 = 1_700_000_000_000
+B = DefaultRecordBase
+
+
+def _batch(
+    base: int,
+    items: list[tuple[Any, Any, list[Any]]],
+    *,
+    codec: int = 0,
+    pid: int = -1,
+    control: bool = False,
+    log_append: bool = False,
+    step_ms: int = 3,
+) -> bytes:
+    """One v2 batch at offset ``base``; ``control``/``log_append`` set the attribute bits only a broker sets."""
+    build = DefaultRecordBatchBuilder(
+        2, codec, pid >= 0, pid, 0 if pid >= 0 else -1, 0 if pid >= 0 else -1, 1 << 24
+    )
+    for i, (key, value, headers) in enumerate(items):
+        build.append(i, T0 + i * step_ms, key, value, headers)
+    raw = bytearray(build.build())
+    struct.pack_into(">q", raw, 0, base)
+    if control or log_append:
+        attrs = struct.unpack_from(">h", raw, B.ATTRIBUTES_OFFSET)[0]
+        attrs |= (B.CONTROL_MASK if control else 0) | (B.TIMESTAMP_TYPE_MASK if log_append else 0)
+        struct.pack_into(">h", raw, B.ATTRIBUTES_OFFSET, attrs)
+        struct.pack_into(">I", raw, B.CRC_OFFSET, calc_crc32c(memoryview(raw)[B.ATTRIBUTES_OFFSET :]))
+    return bytes(raw)
+
+
+def _marker(base: int, pid: int, commit: bool) -> bytes:
+    return _batch(base, [(struct.pack(">hh", 0, int(commit)), b"", [])], pid=pid, control=True)
+
+
+def _readings(n: int, size: int = 60) -> list[tuple[Any, Any, list[Any]]]:
+    return [
+        (f"k{i % 7}".encode(), b'{"key":"k%d","ts":%d,"values":[1.5]}' % (i % 7, i) + b" " * size, [])
+        for i in range(n)
+    ]
+
+
+def _drain(cls: Any, data: bytes, fetch_offset: int = 0, chunk: int = 7, **kw: Any) -> list[Any]:
+    """Everything observable of a PartitionRecords, take by take: records, offsets, counters, errors."""
+    part = cls(fetch_offset, TP, MemoryRecords(data), **kw)
+    seen = []
+    for _ in range(10_000):
+        try:
+            got = part.take(chunk)
+        except Exception as exc:  # noqa: BLE001 - the error itself is compared
+            seen.append(("raised", type(exc), str(exc)))
+            continue
+        seen.append((got, part.next_fetch_offset, part.records_read, part.bytes_read, part.leader_epoch))
+        if not part or not got:  # drained, or a generator that raised and is finished
+            return seen
+    raise AssertionError("never drained")
+
+
+def _same(data: bytes, **kw: Any) -> list[Any]:
+    public = _drain(Fetcher.PartitionRecords, data, **kw)
+    assert _drain(fast.FastPartitionRecords, data, **kw) == public
+    return public
+
+
+def test_the_fast_path_is_active_for_this_kafka_python() -> None:
+    assert fast.supported()  # else every test below compares the public path with itself
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 2000])
+def test_plain_batches_give_the_same_records_offsets_and_counters(chunk: int) -> None:
+    data = _batch(0, _readings(40)) + _batch(40, _readings(25, 9000)) + _batch(65, _readings(3))
+    seen = _same(data, chunk=chunk)
+    assert sum(len(s[0]) for s in seen) == 68
+
+
+def test_taken_from_inside_a_batch_and_read_in_one_loop() -> None:
+    data = _batch(100, _readings(50))
+    seen = _same(data, fetch_offset=117)
+    assert seen[0][0][0].offset == 117
+    batch = MemoryRecords(data).next_batch()
+    assert fast.read_batch(batch, TP.topic, TP.partition, 0) is not None
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [(None, b"v", []), (b"", None, []), (b"k" * 64, b"v" * 8192, []), (b"k" * 63, b"", [])],
+        [(b"a", b"b" * 200_000, [])],  # a three-byte length varint
+    ],
+    ids=["null-and-empty-keys-values-varint-edges", "large"],
+)
+def test_null_empty_and_large_keys_and_values(items: list[Any]) -> None:
+    _same(_batch(0, items, step_ms=40_000))
+
+
+def test_compressed_and_log_append_time_batches() -> None:
+    _same(_batch(0, _readings(30), codec=B.CODEC_GZIP) + _batch(30, _readings(5), log_append=True))
+
+
+def test_records_with_headers_go_through_kafka_pythons_loop() -> None:
+    items = [(b"k", b"v", [("trace", b"x")]), (b"k", b"w", [("a", None)])]
+    data = _batch(0, _readings(4)) + _batch(4, items) + _batch(6, _readings(4))
+    assert fast.read_batch(MemoryRecords(_batch(4, items)).next_batch(), "t", 0, 0) is None
+    _same(data)
+
+
+@pytest.mark.parametrize("isolation", [IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED])
+def test_transactions_aborted_skipped_and_control_batches_hidden(isolation: IsolationLevel) -> None:
+    data = (
+        _batch(0, _readings(3))
+        + _batch(3, _readings(4), pid=7)  # aborted
+        + _batch(7, _readings(2), pid=8)  # committed
+        + _marker(9, 7, commit=False)
+        + _marker(10, 8, commit=True)
+        + _batch(11, _readings(3), pid=7)  # committed later
+        + _marker(14, 7, commit=True)
+    )
+    aborted = [AbortedTransaction(7, 3)]
+    seen = _same(data, isolation_level=isolation, aborted_transactions=aborted)
+    offsets = [r.offset for s in seen for r in s[0]]
+    if isolation == IsolationLevel.READ_COMMITTED:
+        assert offsets == [0, 1, 2, 7, 8, 11, 12, 13]
+    else:
+        assert offsets == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13]
+    assert seen[-1][1] == 15  # past the last control batch
+
+
+@pytest.mark.parametrize("last_byte", [1, 2], ids=["negative-header-count", "headers-past-the-end"])
+def test_corrupt_batches_raise_kafka_pythons_errors_after_the_same_records(last_byte: int) -> None:
+    good = _batch(0, _readings(5))
+    flipped = bytearray(_batch(5, _readings(5)))
+    flipped[-40] ^= 0xFF  # a bit flip inside a record: the batch's CRC check fails
+    seen = _same(good + bytes(flipped) + _batch(10, _readings(2)))
+    assert [s[1] for s in seen if s[0] == "raised"] == [CorruptRecordError]
+    broken = bytearray(_batch(5, _readings(5)))
+    broken[-1] = last_byte  # the last record's header count (zigzag: -1, 1)
+    seen = _same(good + bytes(broken), check_crcs=False)
+    assert [s[1] for s in seen if s[0] == "raised"] == [CorruptRecordError]
+    assert [r.offset for s in seen if s[0] != "raised" for r in s[0]] == list(range(9))  # those before it
+
+
+def test_install_only_where_the_checked_source_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = types.SimpleNamespace(
+        _fetcher=types.SimpleNamespace(PartitionRecords=Fetcher.PartitionRecords)
+    )
+    monkeypatch.setattr(fast, "_CHECKED", {**fast._CHECKED, "DefaultRecordBatch._read_msg": "other"})
+    fast.supported.cache_clear()
+    try:
+        assert not fast.install(consumer)
+        assert consumer._fetcher.PartitionRecords is Fetcher.PartitionRecords
+    finally:
+        monkeypatch.undo()
+        fast.supported.cache_clear()
+    assert fast.install(consumer)
+    assert consumer._fetcher.PartitionRecords is fast.FastPartitionRecords
