@@ -325,6 +325,12 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_576
     checkpoint_interval_s: float = 5.0
     max_poll_records: int = 2000
+    # One engine call may take several polls of records the consumer has already fetched (other partitions of
+    # the same fetch response), while their values add up to less than max_batch_bytes, spending at most
+    # max_batch_ms adding them: larger calls cost the engine less per reading (a poll of single readings mostly
+    # holds one partition's keys). 0 turns it off; a poll of 32-reading blocks (~2.6 MB) is taken as it is.
+    max_batch_bytes: int = 2_097_152
+    max_batch_ms: float = 50.0
     # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the
     # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
     # fetches/s, which costs nothing.
@@ -367,6 +373,12 @@ class KafkaConfig:
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
+        _need(self.max_batch_bytes >= 0, "kafka.max_batch_bytes", "must be >= 0")
+        _need(
+            _finite(self.max_batch_ms) and self.max_batch_ms >= 0,
+            "kafka.max_batch_ms",
+            "must be >= 0 milliseconds",
+        )
         _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
         _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
         _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")

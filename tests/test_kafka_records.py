@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
+import threading
 import types
 from typing import Any
 
 import pytest
-from kafka.consumer.fetcher import Fetcher, IsolationLevel
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError
 from kafka.protocol.old.fetch import AbortedTransaction
 from kafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
@@ -16,6 +17,9 @@ from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
 from anomaly.kafka import records as fast
+from anomaly.kafka.checkpoint import PartitionTracker
+from anomaly.kafka.codec import Decoder, MessageFormat
+from anomaly.kafka.source import KafkaSource
 
 TP = TopicPartition("readings", 3)
 T0 = 1_700_000_000_000
@@ -172,3 +176,41 @@ def test_install_only_where_the_checked_source_is_found(monkeypatch: pytest.Monk
         fast.supported.cache_clear()
     assert fast.install(consumer)
     assert consumer._fetcher.PartitionRecords is fast.FastPartitionRecords
+
+
+def test_an_error_met_while_adding_fetched_records_is_raised_after_their_batch() -> None:
+    """Records whose positions moved are scored before the error surfaces (the next round, before polling),
+    as kafka-python defers an error met after records it already returned."""
+    tp = TopicPartition("in", 0)
+
+    def record(offset: int) -> Any:
+        value = b'{"key":"k","ts":%d,"values":[1.5]}' % offset
+        return ConsumerRecord("in", 0, 0, offset, 0, 0, b"k", value, [], None, 1, len(value), -1)
+
+    polls = iter([{tp: [record(0), record(1)]}])
+    added: list[int] = []
+
+    def buffered(n: int) -> dict[Any, list[Any]]:
+        added.append(n)
+        if len(added) == 1:
+            return {tp: [record(2), record(3)]}
+        raise CorruptRecordError("bad batch")
+
+    tracker = PartitionTracker()
+    tracker.owned.add(tp)
+    consumer = types.SimpleNamespace(poll=lambda timeout_ms: next(polls))
+    source = KafkaSource(
+        consumer,  # type: ignore[arg-type]
+        Decoder(MessageFormat(("a",))),
+        tracker,
+        threading.Event(),
+        buffered=buffered,
+        max_batch_bytes=10**6,
+        max_batch_s=60.0,
+        max_poll_records=2,
+    )
+    rounds = source.batches()
+    batch = next(rounds)
+    assert (batch.messages, batch.position, added) == (4, {tp: 4}, [2, 2])
+    with pytest.raises(CorruptRecordError, match="bad batch"):
+        next(rounds)

@@ -144,6 +144,8 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
         ),
         ({"topic_partitions": 0}, "kafka.topic_partitions must be at least 1"),
         ({"replication_factor": 0}, "kafka.replication_factor must be at least 1"),
+        ({"max_batch_bytes": -1}, "kafka.max_batch_bytes must be >= 0"),
+        ({"max_batch_ms": float("nan")}, "kafka.max_batch_ms must be >= 0 milliseconds"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
             build_config({"kafka": settings})

@@ -169,6 +169,10 @@ class Daemon:
             poll_timeout_ms=self.opts.poll_timeout_ms,
             before_poll=self._housekeeping,
             after_poll=self._apply_deferred,
+            buffered=records.buffered(self.consumer),
+            max_batch_bytes=k.max_batch_bytes,
+            max_batch_s=k.max_batch_ms / 1000,
+            max_poll_records=k.max_poll_records,
         )
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import inspect
 import logging
+from collections.abc import Callable
 from functools import partial
 from itertools import repeat
 from typing import Any
@@ -46,6 +47,8 @@ _CHECKED = {
     "DefaultRecordBatch.__next__": "ff2fba2efdb152f41314379c8183d6947e2eaddf400a8b57fe6095f69e7dc81a",
     "DefaultRecordBatch.__init__": "8df1286ebd1e7110a0e59e895b14642eefb692211c335adbf9e86a19f47e6c78",
     "DefaultRecordBatch._maybe_uncompress": "35e0360528daf8bd286d00078d8bfd154fd44bb6440e2a9e06e6ea53bf06138a",
+    "Fetcher.fetch_records": "aec7275fea19760d658c3cfce6a98e570a3694ae1011d74181117e3417b115fc",
+    "Fetcher.fetched_records": "bf91319f1a2fda4651d03c3df9be603522854bd499b4ff863fc7512799ea08ae",
 }
 
 _new_record = partial(tuple.__new__, ConsumerRecord)
@@ -59,6 +62,8 @@ def _fingerprints() -> dict[str, str]:
         ("DefaultRecordBatch.__next__", DefaultRecordBatch.__next__),
         ("DefaultRecordBatch.__init__", DefaultRecordBatch.__init__),
         ("DefaultRecordBatch._maybe_uncompress", DefaultRecordBatch._maybe_uncompress),
+        ("Fetcher.fetch_records", Fetcher.fetch_records),
+        ("Fetcher.fetched_records", Fetcher.fetched_records),
     ):
         try:
             found[name] = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
@@ -82,6 +87,25 @@ def install(consumer: Any) -> bool:
         return False
     fetcher.PartitionRecords = FastPartitionRecords
     return True
+
+
+def buffered(consumer: Any) -> Callable[[int], dict[Any, list[Any]]] | None:
+    """``more(n)``: up to ``n`` records the consumer has already fetched, as ``poll`` returns them, without
+    waiting and without the group coordination ``poll`` does first (so no rebalance callback runs inside it),
+    and the next fetches requested once nothing is left, as ``poll`` does (kafka-python's
+    ``Fetcher.fetch_records`` without its wait). Positions move as in ``poll``. None where kafka-python is
+    not the checked version."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not supported():
+        return None
+
+    def more(n: int) -> dict[Any, list[Any]]:
+        records, partial = fetcher.fetched_records(n)
+        if not partial:
+            fetcher.send_fetches()
+        return records  # type: ignore[no-any-return]
+
+    return more
 
 
 def read_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_epoch: int) -> Any:
