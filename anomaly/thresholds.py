@@ -371,7 +371,7 @@ ALERT_FIELDS = (
     "alert_contrib",
 )
 # Points since the open alert's start (its opening run included); a state field only while the engine limits
-# how many readings an alert may stay open (engine.max_alert_readings).
+# how many readings an alert may stay open (engine.max_alert_readings, engine.partial_shift_readings).
 ALERT_LENGTH = "alert_len"
 
 
