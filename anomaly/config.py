@@ -349,6 +349,10 @@ class KafkaConfig:
     transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
     transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
     transaction_timeout_ms: int = 60_000
+    # Longest a producer call waits on the broker: a send's metadata, init_transactions, and (bounded by the daemon,
+    # kafka-python has no timeout for them) adding offsets to, committing and aborting a transaction. Past it the
+    # daemon exits with one error line (status 2); a restart restores the last committed checkpoint.
+    max_block_ms: int = 60_000
     max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
     dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -377,6 +381,7 @@ class KafkaConfig:
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
         _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
+        _need(self.max_block_ms >= 1000, "kafka.max_block_ms", "must be at least 1000")
         _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
         _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
