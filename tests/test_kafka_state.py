@@ -144,6 +144,7 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
         ),
         ({"topic_partitions": 0}, "kafka.topic_partitions must be at least 1"),
         ({"replication_factor": 0}, "kafka.replication_factor must be at least 1"),
+        ({"max_block_ms": 999}, "kafka.max_block_ms must be at least 1000"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
             build_config({"kafka": settings})
@@ -190,6 +191,25 @@ def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error()
     assert _fenced(fenced) is fenced
     assert _fenced(kerr.KafkaError("User rebalance callback throws an error")) is None
     assert _fenced(DeliveryError("2 record(s) were not delivered")) is None
+
+
+def test_a_broker_call_without_a_timeout_is_bounded_and_its_result_or_error_comes_through():
+    import threading
+    import time
+
+    from anomaly.kafka.sinks import TransactionTimeoutError, bounded
+
+    assert bounded(lambda: 42, 1.0, "an answer") == 42
+    with pytest.raises(ZeroDivisionError):
+        bounded(lambda: 1 / 0, 1.0, "a failure")
+    never = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(
+        TransactionTimeoutError, match=r"did not complete the commit within 0.2s \(kafka.max_block_ms\)"
+    ):
+        bounded(never.wait, 0.2, "the commit")
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+    never.set()
 
 
 def test_checkpoints_are_written_in_zstd_and_zlib_records_of_older_daemons_still_restore(bundle):
