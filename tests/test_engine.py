@@ -683,6 +683,49 @@ def test_a_level_shift_closes_after_max_alert_readings_whatever_the_clock(bundle
     ]
 
 
+@pytest.mark.parametrize("moved", ["one", "all"])
+def test_a_partial_level_shift_closes_when_a_minority_of_features_moved(bundle, moved) -> None:
+    """engine.partial_shift_readings, no other limit: one feature of four settles 60 sigma away, so the alert
+    closes as a level shift at its 101st reading, only that feature re-baselines and a later spike alerts again
+    (in blocks of 7 or all at once, and from a snapshot taken mid-alert, the same alerts). When every feature moved it is not a partial
+    shift: the alert stays open."""
+    w = bundle.window
+    assert len(bundle.features) == 4
+    s = spiky(bundle, n=60 * w, spans=())
+    cols = [0] if moved == "one" else list(range(4))
+    s.values[10 * w :, cols] += 60 * bundle.scaler.scale[cols]  # lasting shift from reading 80
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        partial_shift_readings=101,
+    )
+    e, alerts = Engine(bundle, cfg), []
+    for lo, hi in chunks(len(s), [7]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    got = [(a.status, a.start, a.at, a.reason) for a in alerts]
+    if moved == "all":
+        assert got == [("open", 80.0, 82.0, "")] and e.counters["level_shifts"] == 0
+        return
+    assert got == [
+        ("open", 80.0, 82.0, ""),
+        ("closed", 80.0, 180.0, "level_shift"),  # reading 180 is the alert's 101st
+        ("open", 360.0, 362.0, ""),
+        ("closed", 360.0, 405.0, "normal"),
+    ]
+    assert (e.store.arrays["offset"][e.store.slots[s.key]] != 0).tolist() == [True, False, False, False]
+    one_pass = Engine(bundle, cfg).process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [(a.status, a.start, a.at, a.reason) for a in one_pass] == got  # however the readings are grouped
+    first = Engine(bundle, cfg)
+    before = first.process([Event(s.key, s.timestamps[:150], s.values[:150])]).alerts
+    restored = Engine(bundle, cfg)
+    restored.restore(first.snapshot())
+    after = restored.process([Event(s.key, s.timestamps[150:], s.values[150:])]).alerts
+    assert [(a.status, a.start, a.at, a.reason) for a in before + after] == got
+
+
 def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_the_clock(
     window_bundle,
 ) -> None:
