@@ -14,8 +14,9 @@ alike:
 * block: the same keys, 32 readings per message: readings scored per second. Target >= 2x Bytewax's
   per-message rate (>= 5x the ceiling when Bytewax is absent).
 * latency: messages stamped with the wall clock, produced at half the measured daemon rate by a feeder
-  process that only stamps pre-encoded templates (:class:`FeedTemplates`), so that it keeps the rate without
-  starving the machine; p50/p99 of (time a window is scored - wall-clock stamp of its last reading). Target p99
+  process that only stamps pre-encoded templates (:class:`FeedTemplates`) and sends them with librdkafka
+  when the ``bench`` extra is installed (kafka-python otherwise), so that it keeps the rate without starving
+  the machine; p50/p99 of (time a window is scored - wall-clock stamp of its last reading). Target p99
   <= 100 ms. A plain kafka-python consumer of the same feed is the floor. Each row's feed reports the rate it
   achieved, its CPU and stamp -> broker acknowledgement (the producer's share of the latency).
 * memory: RSS of an `anomaly consume` process holding ``rss_keys`` keys (steady and peak).
@@ -24,6 +25,7 @@ alike:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import multiprocessing
 import operator
@@ -386,6 +388,48 @@ class FeedTemplates:
         )
 
 
+def _feed_producer(bootstrap: str) -> tuple[str, Any, Any, Any]:
+    """(name, send(topic, key, value, partition, on_ack), wait(seconds), close()) of the latency feeder's
+    producer, acks=1. librdkafka (``confluent-kafka``, in the ``bench`` extra) with its default linger of
+    5 ms when importable: ~0.2 cores at 30,000 msg/s, and Tansu ~0.1 for its requests. Else kafka-python
+    (linger 1 ms): ~0.7 cores for the same rate, whose sender thread competes for the GIL, which delays
+    acknowledgements (p99 100-200 ms on a busy 2-core box). librdkafka with linger 1 ms sends ~10 records a
+    request, and Tansu then took ~0.25 cores and acknowledged in 100+ ms (p50) while serving fetches.
+    ``on_ack`` (or None) is called without arguments once the broker has acknowledged that message."""
+    try:
+        from confluent_kafka import Producer
+    except ImportError:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+
+        def send_kp(topic: str, key: bytes, value: bytes, partition: int, on_ack: Any) -> None:
+            future = producer.send(topic, key=key, value=value, partition=partition)
+            if on_ack is not None:
+                future.add_callback(lambda _metadata: on_ack())
+
+        def close_kp() -> None:
+            producer.flush(30)
+            producer.close()
+
+        return "kafka-python (linger 1 ms)", send_kp, time.sleep, close_kp
+    fast = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
+
+    def delivered(on_ack: Any, err: Any, _msg: Any) -> None:
+        if err is None:
+            on_ack()
+
+    def send_ck(topic: str, key: bytes, value: bytes, partition: int, on_ack: Any) -> None:
+        if on_ack is None:
+            fast.produce(topic, value, key, partition)
+        else:
+            fast.produce(topic, value, key, partition, on_delivery=functools.partial(delivered, on_ack))
+        fast.poll(0)  # serves delivery reports
+
+    def close_ck() -> None:
+        fast.flush(30)
+
+    return "confluent-kafka (librdkafka, linger 5 ms)", send_ck, fast.poll, close_ck
+
+
 def _feed(
     bootstrap: str,
     topic: str,
@@ -397,13 +441,13 @@ def _feed(
     ack_every: int = 16,
 ) -> None:
     """Producer process of the latency run: one reading per message stamped with the wall clock at send, at
-    ``rate`` messages/s (kafka-python, linger 1 ms, acks=1). Sends back through ``out`` what it achieved:
-    messages, seconds, its CPU seconds and, for every ``ack_every``-th message, stamp -> broker acknowledgement in seconds."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
-    send = producer.send
+    ``rate`` messages/s (:func:`_feed_producer`). Sends back through ``out`` what it achieved: producer,
+    messages, seconds, its CPU seconds and, for every ``ack_every``-th message, stamp -> broker
+    acknowledgement in seconds."""
+    name, send, wait, close = _feed_producer(bootstrap)
     acks: list[tuple[float, float]] = []
 
-    def acked(stamp: float, _metadata: Any) -> None:
+    def acked(stamp: float) -> None:
         acks.append((stamp, time.time() - stamp))
 
     message = templates.message
@@ -412,17 +456,14 @@ def _feed(
     while not stop.is_set():
         stamp = time.time()
         key, value, partition = message(n, stamp)
-        future = send(topic, key=key, value=value, partition=partition)
-        if n % ack_every == 0:
-            future.add_callback(acked, stamp)
+        send(topic, key, value, partition, functools.partial(acked, stamp) if n % ack_every == 0 else None)
         n += 1
         ahead = n / rate - (time.monotonic() - t0)
         if ahead > 0.001:
-            time.sleep(ahead)
+            wait(ahead)  # librdkafka: serves delivery reports meanwhile
     seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    producer.flush(30)
-    producer.close()
-    out.send({"messages": n, "seconds": seconds, "cpu_seconds": cpu, "acks": acks})
+    close()
+    out.send({"producer": name, "messages": n, "seconds": seconds, "cpu_seconds": cpu, "acks": acks})
 
 
 class _Feed:
@@ -440,6 +481,7 @@ class _Feed:
         acks = sorted(r["acks"])
         ack_ms = np.asarray([a for _, a in acks[len(acks) // 5 :]]) * 1000
         out = {
+            "producer": r["producer"],
             "target_msgs_per_s": round(rate),
             "msgs_per_s": round(r["messages"] / r["seconds"]),
             "cpu_cores": round(r["cpu_seconds"] / r["seconds"], 2),
@@ -470,12 +512,12 @@ def _feeding(topic: str, bootstrap: str, rate: float, templates: FeedTemplates) 
 
 
 def _feed_line(row: str, fed: dict[str, Any]) -> str:
-    """One line on the feed of a latency row: achieved rate, the feeder's CPU and its share of the latency
+    """One line on the feed of a latency row: producer, achieved rate, the feeder's CPU and its share of the latency
     (stamp -> broker acknowledgement), with a warning when it fell short of the rate."""
     if not fed:
         return f"  feed of the {row} row: no report from the feeder"
     line = (
-        f"  feed of the {row} row: {fed['msgs_per_s']:,} msg/s sent "
+        f"  feed of the {row} row: {fed['producer']}, {fed['msgs_per_s']:,} msg/s sent "
         f"({fed['cpu_cores']:.2f} cores), stamp -> broker ack p50 {fed.get('ack_p50_ms')} ms, "
         f"p99 {fed.get('ack_p99_ms')} ms"
     )
