@@ -111,6 +111,22 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
     assert set(tracker.key_partition) == set(engine.keys())
     assert sorted(k for keys in tracker.partition_keys.values() for k in keys) == sorted(engine.keys())
 
+    # Keys of one partition evicted by another partition's messages: the first one's state changed, so its next
+    # checkpoint must be written (else a restore would bring the evicted keys back).
+    tracker.dirty.clear()
+    (holder,) = [
+        tp for tp in tps if tracker.partition_keys.get(tp)
+    ]  # the last 50 keys came from one poll part
+    other = next(tp for tp in tps if tp != holder)
+    records = {other: []}
+    for i in range(50):
+        body = {"key": f"late-{i}", "ts": 9000.0 + i, "values": [0.1] * n_feat}
+        records[other].append(Record("in", other.partition, 1000 + i, None, json.dumps(body).encode()))
+    before = set(tracker.partition_keys[holder])
+    run(engine, iter([source.to_batch(records)]), [EvictionSink(tracker)])
+    assert len(before) == 50 and not before & set(engine.keys())  # every key of `holder` was evicted
+    assert tracker.dirty == {holder}  # (`other` becomes dirty with its position, in the checkpointer)
+
 
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
     big = b"x" * 5000
