@@ -793,6 +793,28 @@ def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_t
     ]
 
 
+def test_a_window_model_closes_a_partial_level_shift_and_keeps_a_whole_one_open(window_bundle) -> None:
+    """Whole-window scoring: one feature of four settling 60 sigma away closes as a level shift once the alert is
+    100 readings long and the re-baselined key alerts again on a later spike; all four moving stays open."""
+    w = window_bundle.window
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        partial_shift_readings=100,
+    )
+    got = {}
+    for moved in ([0], [0, 1, 2, 3]):
+        s = spiky(window_bundle, n=60 * w, spans=())
+        s.values[10 * w :, moved] += 60 * window_bundle.scaler.scale[moved]
+        s.values[45 * w : 47 * w] += 60 * window_bundle.scaler.scale
+        alerts = Engine(window_bundle, cfg).process([Event(s.key, s.timestamps, s.values)]).alerts
+        got[len(moved)] = [(a.status, a.start, a.reason) for a in alerts]
+    assert got[1][:3] == [("open", 80.0, ""), ("closed", 80.0, "level_shift"), ("open", 360.0, "")]
+    assert got[4] == [("open", 80.0, "")]
+
+
 def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bundle) -> None:
     """Training data: features 0-1 continuous, 2-3 the same kind of signal but reported in steps (each value
     held for 20 readings). Live, one key's feature 0 freezes for 30 readings and another key's feature 2 holds a
