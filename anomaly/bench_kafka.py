@@ -13,14 +13,19 @@ alike:
   timed from the daemon's first batch to the commit of the last offset. Target >= 0.8x the ceiling.
 * block: the same keys, 32 readings per message: readings scored per second. Target >= 2x Bytewax's
   per-message rate (>= 5x the ceiling when Bytewax is absent).
-* latency: messages stamped with the wall clock, produced at half the measured daemon rate; p50/p99 of
-  (time a window is scored - wall-clock stamp of its last reading). Target p99 <= 100 ms.
+* latency: messages stamped with the wall clock, produced at half the measured daemon rate by a feeder
+  process that only stamps pre-encoded templates (:class:`FeedTemplates`) and sends them with librdkafka
+  when the ``bench`` extra is installed (kafka-python otherwise), so that it keeps the rate without starving
+  the machine; p50/p99 of (time a window is scored - wall-clock stamp of its last reading). Target p99
+  <= 100 ms. A plain kafka-python consumer of the same feed is the floor. Each row's feed reports the rate it
+  achieved, its CPU and stamp -> broker acknowledgement (the producer's share of the latency).
 * memory: RSS of an `anomaly consume` process holding ``rss_keys`` keys (steady and peak).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import multiprocessing
 import operator
@@ -33,6 +38,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,9 +259,14 @@ def _run_daemon(
         while not daemon.ready:
             time.sleep(0.005)
         when_ready()
+    started = time.perf_counter()
     while True:
         time.sleep(0.002)
         if not first:
+            if time.perf_counter() - started > 120:  # e.g. the feeder died: fail instead of waiting forever
+                daemon.stop.set()
+                thread.join(120)
+                raise RuntimeError(f"the daemon read nothing from {topic} within 120 s")
             continue
         if stop_after and time.perf_counter() - first[0] >= stop_after:
             break
@@ -332,52 +343,187 @@ def _rss(bootstrap: str, model: str, bundle: Bundle, keys: int) -> dict[str, flo
         consumer.close()
 
 
+FEED_PARTITIONS = 4  # partitions of every bench topic
+_FEED_VALUES = 4096  # encoded value lists the feeder cycles through
+
+
+@dataclass(frozen=True)
+class FeedTemplates:
+    """The latency feeder's messages, encoded before the clock starts: per key its key bytes, its partition
+    (murmur2 of the key, where kafka-python's default partitioner puts it) and the JSON head up to the
+    timestamp; a pool of encoded value lists drawn like a live sensor (scaler mean
+    + scale x N(0, 1), 4 decimals). A message is ``head + repr(stamp) + values``: the wall-clock stamp is the
+    only per-message work, so a Python feeder can keep the rate on two cores (building a dict, drawing from
+    numpy and ``json.dumps`` per message cost ~10 us, and kafka-python's ``send`` 15-30 us more)."""
+
+    keys: list[bytes]
+    partitions: list[int]
+    heads: list[bytes]
+    values: list[bytes]
+
+    @classmethod
+    def build(cls, keys: int, mean: list[float], scale: list[float], partitions: int) -> FeedTemplates:
+        from kafka.partitioner.default import murmur2
+
+        rng = np.random.default_rng(1)
+        m, sc = np.asarray(mean), np.asarray(scale)
+        names = [f"k{k}" for k in range(keys)]
+        return cls(
+            keys=[n.encode() for n in names],
+            partitions=[(murmur2(n.encode()) & 0x7FFFFFFF) % partitions for n in names],
+            heads=[b'{"key":"%b","ts":' % n.encode() for n in names],
+            values=[
+                b',"values":' + orjson.dumps((m + sc * rng.normal(size=len(m))).round(4).tolist()) + b"}"
+                for _ in range(_FEED_VALUES)
+            ],
+        )
+
+    def message(self, n: int, stamp: float) -> tuple[bytes, bytes, int]:
+        """(key, value, partition) of the n-th message: keys in turn, stamped ``stamp``."""
+        k = n % len(self.keys)
+        return (
+            self.keys[k],
+            self.heads[k] + repr(stamp).encode() + self.values[n % _FEED_VALUES],
+            self.partitions[k],
+        )
+
+
+def _feed_producer(bootstrap: str) -> tuple[str, Any, Any, Any]:
+    """(name, send(topic, key, value, partition, on_ack), wait(seconds), close()) of the latency feeder's
+    producer, acks=1. librdkafka (``confluent-kafka``, in the ``bench`` extra) with its default linger of
+    5 ms when importable: ~0.2 cores at 30,000 msg/s, and Tansu ~0.1 for its requests. Else kafka-python
+    (linger 1 ms): ~0.7 cores for the same rate, whose sender thread competes for the GIL, which delays
+    acknowledgements (p99 100-200 ms on a busy 2-core box). librdkafka with linger 1 ms sends ~10 records a
+    request, and Tansu then took ~0.25 cores and acknowledged in 100+ ms (p50) while serving fetches.
+    ``on_ack`` (or None) is called without arguments once the broker has acknowledged that message."""
+    try:
+        from confluent_kafka import Producer
+    except ImportError:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+
+        def send_kp(topic: str, key: bytes, value: bytes, partition: int, on_ack: Any) -> None:
+            future = producer.send(topic, key=key, value=value, partition=partition)
+            if on_ack is not None:
+                future.add_callback(lambda _metadata: on_ack())
+
+        def close_kp() -> None:
+            producer.flush(30)
+            producer.close()
+
+        return "kafka-python (linger 1 ms)", send_kp, time.sleep, close_kp
+    fast = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
+
+    def delivered(on_ack: Any, err: Any, _msg: Any) -> None:
+        if err is None:
+            on_ack()
+
+    def send_ck(topic: str, key: bytes, value: bytes, partition: int, on_ack: Any) -> None:
+        if on_ack is None:
+            fast.produce(topic, value, key, partition)
+        else:
+            fast.produce(topic, value, key, partition, on_delivery=functools.partial(delivered, on_ack))
+        fast.poll(0)  # serves delivery reports
+
+    def close_ck() -> None:
+        fast.flush(30)
+
+    return "confluent-kafka (librdkafka, linger 5 ms)", send_ck, fast.poll, close_ck
+
+
 def _feed(
     bootstrap: str,
     topic: str,
     rate: float,
-    keys: int,
-    mean: list[float],
-    scale: list[float],
+    templates: FeedTemplates,
     go: Any,
     stop: Any,
+    out: Any,
+    ack_every: int = 16,
 ) -> None:
-    """Producer process of the latency run: one reading per message stamped with the wall clock at send."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
-    rng = np.random.default_rng(1)
-    m, sc = np.asarray(mean), np.asarray(scale)
+    """Producer process of the latency run: one reading per message stamped with the wall clock at send, at
+    ``rate`` messages/s (:func:`_feed_producer`). Sends back through ``out`` what it achieved: producer,
+    messages, seconds, its CPU seconds and, for every ``ack_every``-th message, stamp -> broker
+    acknowledgement in seconds."""
+    name, send, wait, close = _feed_producer(bootstrap)
+    acks: list[tuple[float, float]] = []
+
+    def acked(stamp: float) -> None:
+        acks.append((stamp, time.time() - stamp))
+
+    message = templates.message
     go.wait()
-    n, t0 = 0, time.monotonic()
+    n, t0, cpu0 = 0, time.monotonic(), time.process_time()
     while not stop.is_set():
-        k = n % keys
-        body = {
-            "key": f"k{k}",
-            "ts": time.time(),
-            "values": (m + sc * rng.normal(size=len(m))).round(4).tolist(),
-        }
-        producer.send(topic, key=f"k{k}".encode(), value=json.dumps(body).encode())
+        stamp = time.time()
+        key, value, partition = message(n, stamp)
+        send(topic, key, value, partition, functools.partial(acked, stamp) if n % ack_every == 0 else None)
         n += 1
         ahead = n / rate - (time.monotonic() - t0)
         if ahead > 0.001:
-            time.sleep(ahead)
-    producer.close()
+            wait(ahead)  # librdkafka: serves delivery reports meanwhile
+    seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    close()
+    out.send({"producer": name, "messages": n, "seconds": seconds, "cpu_seconds": cpu, "acks": acks})
+
+
+class _Feed:
+    """Handle of a running feeder: ``go`` starts it; ``result`` (after the block) is what it sent back."""
+
+    def __init__(self, go: Any) -> None:
+        self.go = go
+        self.result: dict[str, Any] = {}
+
+    def summary(self, rate: float) -> dict[str, Any]:
+        """Achieved rate, the feeder's CPU share and stamp -> ack p50/p99 (ms) after the first fifth."""
+        r = self.result
+        if not r:
+            return {}
+        acks = sorted(r["acks"])
+        ack_ms = np.asarray([a for _, a in acks[len(acks) // 5 :]]) * 1000
+        out = {
+            "producer": r["producer"],
+            "target_msgs_per_s": round(rate),
+            "msgs_per_s": round(r["messages"] / r["seconds"]),
+            "cpu_cores": round(r["cpu_seconds"] / r["seconds"], 2),
+        }
+        if ack_ms.size:
+            out["ack_p50_ms"] = round(float(np.percentile(ack_ms, 50)), 1)
+            out["ack_p99_ms"] = round(float(np.percentile(ack_ms, 99)), 1)
+        return out
 
 
 @contextlib.contextmanager
-def _feeding(topic: str, bootstrap: str, rate: float, keys: int, mean: list, scale: list) -> Iterator[Any]:
+def _feeding(topic: str, bootstrap: str, rate: float, templates: FeedTemplates) -> Iterator[_Feed]:
     """A `_feed` producer process on ``topic`` for the duration of the block; it starts sending when the
-    yielded event is set."""
+    yielded feed's ``go`` is set, and its report is in ``result`` after the block."""
     ctx = multiprocessing.get_context("spawn")  # its own interpreter: no GIL shared with the consumer
     go, stop = ctx.Event(), ctx.Event()
-    feeder = ctx.Process(
-        target=_feed, args=(bootstrap, topic, rate, keys, mean, scale, go, stop), daemon=True
-    )
+    recv, send = ctx.Pipe(duplex=False)
+    feeder = ctx.Process(target=_feed, args=(bootstrap, topic, rate, templates, go, stop, send), daemon=True)
     feeder.start()
+    feed = _Feed(go)
     try:
-        yield go
+        yield feed
     finally:
         stop.set()
+        if recv.poll(60):
+            feed.result = recv.recv()
         feeder.join(30)
+
+
+def _feed_line(row: str, fed: dict[str, Any]) -> str:
+    """One line on the feed of a latency row: producer, achieved rate, the feeder's CPU and its share of the latency
+    (stamp -> broker acknowledgement), with a warning when it fell short of the rate."""
+    if not fed:
+        return f"  feed of the {row} row: no report from the feeder"
+    line = (
+        f"  feed of the {row} row: {fed['producer']}, {fed['msgs_per_s']:,} msg/s sent "
+        f"({fed['cpu_cores']:.2f} cores), stamp -> broker ack p50 {fed.get('ack_p50_ms')} ms, "
+        f"p99 {fed.get('ack_p99_ms')} ms"
+    )
+    if fed["msgs_per_s"] < 0.95 * fed["target_msgs_per_s"]:
+        line += f" -- warning: below the {fed['target_msgs_per_s']:,} msg/s asked for (feeder short of CPU)"
+    return line
 
 
 def _plain_latency(bootstrap: str, topic: str, seconds: float, go: Any) -> np.ndarray:
@@ -427,7 +573,7 @@ def run_kafka_bench(
         tag = uuid.uuid4().hex[:6]
         single, blocks = f"bench-single-{tag}", f"bench-block-{tag}"
         live, live_raw = f"bench-live-{tag}", f"bench-live-raw-{tag}"
-        admin.create_topics([NewTopic(t, 4, 1) for t in (single, blocks, live, live_raw)])
+        admin.create_topics([NewTopic(t, FEED_PARTITIONS, 1) for t in (single, blocks, live, live_raw)])
         admin.close()
         res: dict[str, Any] = {
             "keys": keys,
@@ -508,17 +654,21 @@ def run_kafka_bench(
 
         # half the daemon's rate in its slowest round: a rate it sustains on this machine now
         rate = min(row["single"] for row in per_round) / 2
-        feed_args = (bootstrap, rate, keys, bundle.scaler.mean.tolist(), bundle.scaler.scale.tolist())
+        templates = FeedTemplates.build(
+            keys, bundle.scaler.mean.tolist(), bundle.scaler.scale.tolist(), FEED_PARTITIONS
+        )
         metrics = _LatencyMetrics()
-        with _feeding(live, *feed_args) as go:
+        with _feeding(live, bootstrap, rate, templates) as feed:
             _run_daemon(
-                bootstrap, model, live, None, stop_after=latency_s, metrics=metrics, when_ready=go.set
+                bootstrap, model, live, None, stop_after=latency_s, metrics=metrics, when_ready=feed.go.set
             )
         lat = np.asarray(metrics.latencies[len(metrics.latencies) // 5 :])  # skip the first fifth (warm-up)
-        with _feeding(live_raw, *feed_args) as go:
-            raw_lat = _plain_latency(bootstrap, live_raw, latency_s, go)
+        with _feeding(live_raw, bootstrap, rate, templates) as raw_feed:
+            raw_lat = _plain_latency(bootstrap, live_raw, latency_s, raw_feed.go)
         res["latency_rate_msgs_per_s"] = round(rate)
         res["latency_windows"] = int(lat.size)
+        res["latency_feed"] = feed.summary(rate)
+        res["plain_latency_feed"] = raw_feed.summary(rate)
         if lat.size:
             res["latency_p50_ms"] = round(float(np.percentile(lat, 50)) * 1000, 1)
             res["latency_p99_ms"] = round(float(np.percentile(lat, 99)) * 1000, 1)
@@ -531,7 +681,8 @@ def run_kafka_bench(
             f"(target p99 <= 100 ms); a plain kafka-python consumer of the same feed: p50 "
             f"{res.get('plain_latency_p50_ms')} ms, p99 {res.get('plain_latency_p99_ms')} ms"
         )
-
+        for who, fed in (("daemon", res["latency_feed"]), ("plain consumer", res["plain_latency_feed"])):
+            log(_feed_line(who, fed))
         if rss_keys:
             res.update({f"rss_{k}": v for k, v in _rss(bootstrap, model, bundle, rss_keys).items()})
             log(

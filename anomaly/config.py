@@ -226,6 +226,10 @@ class EngineConfig:
     # ... or open for this many of the key's readings, whichever comes first (0: no readings limit): a limit that
     # does not depend on the clock's units. Off by default: on SMAP (held out) 512 cut F1 0.564 -> 0.366
     max_alert_readings: int = 0
+    # ... or open for this many readings while the features whose level moved are a minority of the scored ones
+    # (at least one, fewer than half): a partial level shift, those features re-baseline (0: off). Never fires
+    # for a key with one or two scored features. 512 = dynamic_history, selected on SKAB valve1 (README)
+    partial_shift_readings: int = 512
     stuck_min_run: int = 8  # identical readings in a row that make a sensor stuck (0: no stuck-sensor rule)
     stuck_factor: float = 2.0  # ... or this many times the feature's longest run in training, if more
     # only features with at least this many distinct training values are watched (a flag may hold for ever)
@@ -276,6 +280,11 @@ class EngineConfig:
             0 <= self.max_alert_readings < 2**31,  # counted per key in an int32
             "engine.max_alert_readings",
             f"must be >= 0 readings (0: no readings limit) and below 2**31, got {self.max_alert_readings!r}",
+        )
+        _need(
+            0 <= self.partial_shift_readings < 2**31,  # counted per key in an int32
+            "engine.partial_shift_readings",
+            f"must be >= 0 readings (0: off) and below 2**31, got {self.partial_shift_readings!r}",
         )
         _need(
             _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,
@@ -346,6 +355,10 @@ class KafkaConfig:
     transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
     transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
     transaction_timeout_ms: int = 60_000
+    # Longest a producer call waits on the broker: a send's metadata, init_transactions, and (bounded by the daemon,
+    # kafka-python has no timeout for them) adding offsets to, committing and aborting a transaction. Past it the
+    # daemon exits with one error line (status 2); a restart restores the last committed checkpoint.
+    max_block_ms: int = 60_000
     max_request_bytes: int = 1_048_576  # producer max.request.size: keep <= the broker's message.max.bytes
     dead_letter_max_bytes: int = 900_000  # larger payloads are cut (original size and sha256 in headers)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -380,6 +393,7 @@ class KafkaConfig:
             "must be >= 0 milliseconds",
         )
         _need(self.transaction_timeout_ms >= 1000, "kafka.transaction_timeout_ms", "must be at least 1000")
+        _need(self.max_block_ms >= 1000, "kafka.max_block_ms", "must be at least 1000")
         _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
         _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))

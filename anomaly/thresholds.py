@@ -371,7 +371,7 @@ ALERT_FIELDS = (
     "alert_contrib",
 )
 # Points since the open alert's start (its opening run included); a state field only while the engine limits
-# how many readings an alert may stay open (engine.max_alert_readings).
+# how many readings an alert may stay open (engine.max_alert_readings, engine.partial_shift_readings).
 ALERT_LENGTH = "alert_len"
 
 
@@ -402,6 +402,8 @@ def step_alerts(
     close_after: int,
     max_open_seconds: float = 0.0,
     max_open_readings: int = 0,
+    partial_readings: int = 0,
+    partial_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[Transition]]:
     """Alert lifecycle for K keys through one window of W points, in point order.
 
@@ -410,15 +412,18 @@ def step_alerts(
     With `max_open_seconds` > 0 an alert open that long (event time since its start) closes with reason
     "level_shift", and so does one open for `max_open_readings` points (> 0; counted from its start, so the rule
     does not depend on the clock's units); the key cannot open another alert before the next window (the caller
-    re-baselines it there). `state` holds (K, ...) arrays named ALERT_FIELDS, plus ALERT_LENGTH when
-    `max_open_readings` > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
+    re-baselines it there). With `partial_readings` > 0 an alert open that many points closes the same way at
+    the points where `partial_ok` (K, W) holds (the caller's condition: a minority of the key's features has
+    moved). `state` holds (K, ...) arrays named ALERT_FIELDS, plus ALERT_LENGTH when `max_open_readings` or
+    `partial_readings` is > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
     feature, accumulated while an alert is open to name its top features.
     Returns whether an alert was open at each point (K, W) and the transitions in order."""
     run_anom, run_norm = state["run_anom"], state["run_norm"]
     run_start, last_anom = state["run_start"], state["last_anom_ts"]
     is_open, start = state["alert_open"], state["alert_start"]
     peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
-    length = state[ALERT_LENGTH] if max_open_readings > 0 else np.zeros(len(is_open), np.int32)
+    counted = max_open_readings > 0 or partial_readings > 0
+    length = state[ALERT_LENGTH] if counted else np.zeros(len(is_open), np.int32)
     contrib[is_open] += per_feature[is_open]
     open_pts = np.zeros(anomalous.shape, bool)
     muted = np.zeros(len(is_open), bool)
@@ -444,10 +449,12 @@ def step_alerts(
         for j in np.flatnonzero(is_open & (run_norm >= close_after)):
             is_open[j] = False
             out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "normal"))
-        if max_open_seconds > 0 or max_open_readings > 0:
+        if max_open_seconds > 0 or counted:
             too_long = (t - start >= max_open_seconds) if max_open_seconds > 0 else np.zeros(len(t), bool)
             if max_open_readings > 0:
                 too_long |= length >= max_open_readings
+            if partial_readings > 0 and partial_ok is not None:
+                too_long |= (length >= partial_readings) & partial_ok[:, i]
             for j in np.flatnonzero(is_open & too_long):
                 is_open[j], muted[j], run_anom[j] = False, True, 0
                 out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "level_shift"))

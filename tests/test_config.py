@@ -85,6 +85,8 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be >= 0 seconds"),
         ("engine", {"max_alert_readings": -1}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"max_alert_readings": 2**31}, "engine.max_alert_readings must be >= 0 readings"),
+        ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
+        ("engine", {"partial_shift_readings": 2**31}, "engine.partial_shift_readings must be >= 0 readings"),
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),

@@ -683,6 +683,86 @@ def test_a_level_shift_closes_after_max_alert_readings_whatever_the_clock(bundle
     ]
 
 
+@pytest.mark.parametrize("moved", ["one", "all"])
+def test_a_partial_level_shift_closes_when_a_minority_of_features_moved(bundle, moved) -> None:
+    """engine.partial_shift_readings, no other limit: one feature of four settles 60 sigma away, so the alert
+    closes as a level shift at its 101st reading, only that feature re-baselines and a later spike alerts again
+    (in blocks of 7 or all at once, and from a snapshot taken mid-alert, the same alerts). When every feature moved it is not a partial
+    shift: the alert stays open."""
+    w = bundle.window
+    assert len(bundle.features) == 4
+    s = spiky(bundle, n=60 * w, spans=())
+    cols = [0] if moved == "one" else list(range(4))
+    s.values[10 * w :, cols] += 60 * bundle.scaler.scale[cols]  # lasting shift from reading 80
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        partial_shift_readings=101,
+    )
+    e, alerts = Engine(bundle, cfg), []
+    for lo, hi in chunks(len(s), [7]):
+        alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
+    got = [(a.status, a.start, a.at, a.reason) for a in alerts]
+    if moved == "all":
+        assert got == [("open", 80.0, 82.0, "")] and e.counters["level_shifts"] == 0
+        return
+    assert got == [
+        ("open", 80.0, 82.0, ""),
+        ("closed", 80.0, 180.0, "level_shift"),  # reading 180 is the alert's 101st
+        ("open", 360.0, 362.0, ""),
+        ("closed", 360.0, 405.0, "normal"),
+    ]
+    assert (e.store.arrays["offset"][e.store.slots[s.key]] != 0).tolist() == [True, False, False, False]
+    one_pass = Engine(bundle, cfg).process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [(a.status, a.start, a.at, a.reason) for a in one_pass] == got  # however the readings are grouped
+    first = Engine(bundle, cfg)
+    before = first.process([Event(s.key, s.timestamps[:150], s.values[:150])]).alerts
+    restored = Engine(bundle, cfg)
+    restored.restore(first.snapshot())
+    after = restored.process([Event(s.key, s.timestamps[150:], s.values[150:])]).alerts
+    assert [(a.status, a.start, a.at, a.reason) for a in before + after] == got
+
+
+def test_a_snapshot_from_before_the_alert_count_restores_with_the_count_starting_there(
+    bundle, monkeypatch, caplog
+) -> None:
+    """Upgrade path: an engine without `alert_len` (no readings limit: the layout before the partial level shift
+    became a default) snapshots a key with an open alert; an engine with the partial shift restores it (logged)
+    with the count at 0, so the alert closes as a level shift at the 101st reading after the restore. A snapshot
+    of another model's dimensions, or one holding a field this engine lacks, is still refused."""
+    from anomaly.engine import state
+
+    monkeypatch.setattr(state, "_REPORTED_ADDED", set())
+    w = bundle.window
+    s = spiky(bundle, n=60 * w, spans=())
+    s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # one of four features settles 60 sigma away at 80
+    s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale
+    base = {"threshold": "static", "static_threshold": 100.0, "smoothing": 1.0, "max_alert_seconds": 0.0}
+    old = Engine(bundle, EngineConfig(**base, partial_shift_readings=0))
+    assert "alert_len" not in old.store.arrays
+    opened = old.process([Event(s.key, s.timestamps[:150], s.values[:150])]).alerts
+    new = Engine(bundle, EngineConfig(**base, partial_shift_readings=101))
+    with caplog.at_level("WARNING", logger="anomaly.engine.state"):
+        assert new.restore(old.snapshot()) == [s.key]
+        new.restore(old.snapshot())  # the same upgrade again: logged once
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine snapshot written without state field(s) alert_len: restored with their initial values"
+    ]
+    after = new.process([Event(s.key, s.timestamps[150:], s.values[150:])]).alerts
+    got = [(a.status, a.start, a.at, a.reason) for a in opened + after]
+    assert got == [
+        ("open", 80.0, 82.0, ""),
+        ("closed", 80.0, 250.0, "level_shift"),  # 150..250: the alert's 101st reading since the restore
+        ("open", 360.0, 362.0, ""),
+        ("closed", 360.0, 405.0, "normal"),
+    ]
+    with pytest.raises(StateError, match="layout"):  # a field this engine does not keep
+        old.restore(new.snapshot())
+
+
 def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_the_clock(
     window_bundle,
 ) -> None:
@@ -711,6 +791,28 @@ def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_t
         ("closed", 80.0, "level_shift"),
         ("open", 360.0, ""),
     ]
+
+
+def test_a_window_model_closes_a_partial_level_shift_and_keeps_a_whole_one_open(window_bundle) -> None:
+    """Whole-window scoring: one feature of four settling 60 sigma away closes as a level shift once the alert is
+    100 readings long and the re-baselined key alerts again on a later spike; all four moving stays open."""
+    w = window_bundle.window
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        partial_shift_readings=100,
+    )
+    got = {}
+    for moved in ([0], [0, 1, 2, 3]):
+        s = spiky(window_bundle, n=60 * w, spans=())
+        s.values[10 * w :, moved] += 60 * window_bundle.scaler.scale[moved]
+        s.values[45 * w : 47 * w] += 60 * window_bundle.scaler.scale
+        alerts = Engine(window_bundle, cfg).process([Event(s.key, s.timestamps, s.values)]).alerts
+        got[len(moved)] = [(a.status, a.start, a.reason) for a in alerts]
+    assert got[1][:3] == [("open", 80.0, ""), ("closed", 80.0, "level_shift"), ("open", 360.0, "")]
+    assert got[4] == [("open", 80.0, "")]
 
 
 def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bundle) -> None:

@@ -111,6 +111,22 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
     assert set(tracker.key_partition) == set(engine.keys())
     assert sorted(k for keys in tracker.partition_keys.values() for k in keys) == sorted(engine.keys())
 
+    # Keys of one partition evicted by another partition's messages: the first one's state changed, so its next
+    # checkpoint must be written (else a restore would bring the evicted keys back).
+    tracker.dirty.clear()
+    (holder,) = [
+        tp for tp in tps if tracker.partition_keys.get(tp)
+    ]  # the last 50 keys came from one poll part
+    other = next(tp for tp in tps if tp != holder)
+    records = {other: []}
+    for i in range(50):
+        body = {"key": f"late-{i}", "ts": 9000.0 + i, "values": [0.1] * n_feat}
+        records[other].append(Record("in", other.partition, 1000 + i, None, json.dumps(body).encode()))
+    before = set(tracker.partition_keys[holder])
+    run(engine, iter([source.to_batch(records)]), [EvictionSink(tracker)])
+    assert len(before) == 50 and not before & set(engine.keys())  # every key of `holder` was evicted
+    assert tracker.dirty == {holder}  # (`other` becomes dirty with its position, in the checkpointer)
+
 
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
     big = b"x" * 5000
@@ -146,6 +162,7 @@ def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topi
         ({"replication_factor": 0}, "kafka.replication_factor must be at least 1"),
         ({"max_batch_bytes": -1}, "kafka.max_batch_bytes must be >= 0"),
         ({"max_batch_ms": float("nan")}, "kafka.max_batch_ms must be >= 0 milliseconds"),
+        ({"max_block_ms": 999}, "kafka.max_block_ms must be at least 1000"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
             build_config({"kafka": settings})
@@ -192,6 +209,25 @@ def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error()
     assert _fenced(fenced) is fenced
     assert _fenced(kerr.KafkaError("User rebalance callback throws an error")) is None
     assert _fenced(DeliveryError("2 record(s) were not delivered")) is None
+
+
+def test_a_broker_call_without_a_timeout_is_bounded_and_its_result_or_error_comes_through():
+    import threading
+    import time
+
+    from anomaly.kafka.sinks import TransactionTimeoutError, bounded
+
+    assert bounded(lambda: 42, 1.0, "an answer") == 42
+    with pytest.raises(ZeroDivisionError):
+        bounded(lambda: 1 / 0, 1.0, "a failure")
+    never = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(
+        TransactionTimeoutError, match=r"did not complete the commit within 0.2s \(kafka.max_block_ms\)"
+    ):
+        bounded(never.wait, 0.2, "the commit")
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+    never.set()
 
 
 def test_checkpoints_are_written_in_zstd_and_zlib_records_of_older_daemons_still_restore(bundle):

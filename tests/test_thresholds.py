@@ -301,6 +301,37 @@ def test_level_shift_closes_an_alert_after_max_open_readings_whatever_the_timest
     assert got[0] == got[1] == [("open", 0, 2, ""), ("closed", 0, 9, "level_shift")]  # the 10th point
 
 
+def test_a_partial_level_shift_closes_only_where_the_caller_allows_it() -> None:
+    """partial_readings: the alert closes as a level shift at its N-th point where partial_ok holds there (key 0:
+    from point 8 on), and stays open where it never does (key 1)."""
+    n = 20
+    ts = np.tile(np.arange(n, dtype=np.float64), (2, 1))
+    ok = np.zeros((2, n), bool)
+    ok[0, 8:] = True  # key 0: a minority of features has moved from point 8 on; key 1: never
+    state = fresh(2)
+    state[ALERT_LENGTH] = np.zeros(2, np.int32)
+    open_pts, tr = step_alerts(
+        state,
+        ts,
+        np.full((2, n), 5.0),
+        np.ones((2, n), bool),
+        np.array([2.0, 2.0]),
+        np.ones((2, 2)),
+        3,
+        4,
+        0.0,
+        0,
+        6,
+        ok,
+    )
+    assert [(t.row, t.status, t.at, t.reason) for t in tr] == [
+        (0, "open", 2.0, ""),
+        (1, "open", 2.0, ""),
+        (0, "closed", 8.0, "level_shift"),  # open 6 points at point 5, but allowed only from point 8
+    ]
+    assert open_pts.tolist() == [[False] * 2 + [True] * 6 + [False] * 12, [False] * 2 + [True] * 18]
+
+
 def test_level_shift_closes_an_alert_after_max_open_seconds() -> None:
     n = 30
     ts = np.arange(n, dtype=np.float64)[None, :]

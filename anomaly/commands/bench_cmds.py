@@ -74,6 +74,14 @@ from anomaly.commands.common import one_line_errors
     help="Measured churn rounds (after one warm-up round).",
 )
 @click.option(
+    "--churn-probes",
+    type=click.IntRange(min=1),
+    default=15,
+    show_default=True,
+    help="Probe checkpoints per churn round, of the churned daemon and of the control daemon (same keys "
+    "held, no churn) each, alternating.",
+)
+@click.option(
     "--json-out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -90,6 +98,7 @@ def bench_cmd(
     skab_dir: str | None,
     churn_keys: int,
     churn_rounds: int,
+    churn_probes: int,
     json_out: str | None,
 ) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key; with
@@ -113,7 +122,9 @@ def bench_cmd(
     if churn_keys:
         from anomaly.bench_churn import run_churn_bench
 
-        results["churn"] = run_churn_bench(round_keys=churn_keys, rounds=churn_rounds, log=click.echo)
+        results["churn"] = run_churn_bench(
+            round_keys=churn_keys, rounds=churn_rounds, probes=churn_probes, log=click.echo
+        )
     if json_out:
         with open(json_out, "w") as fh:
             json.dump(results, fh, indent=2, default=float)

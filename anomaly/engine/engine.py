@@ -136,7 +136,7 @@ class Engine:
                 "zero",
             ),  # stuck feature accepted after a level shift, until it moves
         ]
-        if self.config.max_alert_readings > 0:
+        if self._counts_alert_readings:
             extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
@@ -158,6 +158,11 @@ class Engine:
                 ("level_ts", (), "float64", "nan"),  # time of the last reading in `level`
             ]
         return Layout(a.num_layers, a.hidden_size, self.unit, f, tuple(extra))
+
+    @property
+    def _counts_alert_readings(self) -> bool:
+        """Whether a limit in readings applies to open alerts, so each key counts its alert's readings."""
+        return self.config.max_alert_readings > 0 or self.config.partial_shift_readings > 0
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
@@ -654,9 +659,9 @@ class Engine:
             if len(due):  # a level shift closed during the last report window
                 self._rebaseline(due)
                 a["rebase"][due] = False
-            self._track_level_readings(rows, x, ts)
+            partial = self._track_level_readings(rows, x, ts)
         else:
-            self._track_level(rows, x, ts)
+            partial = self._track_level(rows, x, ts)
         stuck = self._stuck(rows, x)
         x = x - a["offset"][rows][:, None, :]
         h = a["h"][rows].transpose(1, 0, 2)
@@ -697,7 +702,7 @@ class Engine:
         else:
             eps, warm = self.threshold.epsilon({name: a[name][rows] for name in names}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out)
+        open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
         self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
@@ -811,7 +816,7 @@ class Engine:
         return (err_f / self.feature_reference).max(axis=2)
 
     def _alerts(
-        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput
+        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput, partial=None
     ) -> np.ndarray:
         """Alert lifecycle of a piece (K, L); returns whether an alert was open at each point and updates
         `anomalous` in place (muted while a key waits for its re-baseline).
@@ -842,8 +847,9 @@ class Engine:
                 eps[busy],
             )
             err_f, per_feature = err_f[busy], per_feature[busy]
+            partial = None if partial is None else partial[busy]
         anom = anomalous[busy]
-        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.config.max_alert_readings > 0 else ())
+        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self._counts_alert_readings else ())
         state = {name: a[name][rows] for name in fields}
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             opened = np.empty(anom.shape, bool)
@@ -861,10 +867,11 @@ class Engine:
                     eps,
                     err_f[:, j],
                     out,
+                    None if partial is None else partial[:, j : j + 1],
                 )
                 rebase = a["rebase"][rows]
         else:
-            opened = self._lifecycle(state, rows, keys, ts, scores, anom, eps, per_feature, out)
+            opened = self._lifecycle(state, rows, keys, ts, scores, anom, eps, per_feature, out, partial)
         for name in fields:
             a[name][rows] = state[name]
         anomalous[busy] = anom
@@ -877,7 +884,7 @@ class Engine:
         return np.flatnonzero(anomalous.any(axis=1) | self.store.arrays["alert_open"][rows])
 
     def _lifecycle(
-        self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput
+        self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput, partial=None
     ) -> np.ndarray:
         """Step the rows' alert state (`state`: their ALERT_FIELDS, gathered by the caller, who writes them back)
         through the window (thresholds.step_alerts) and emit its transitions."""
@@ -892,6 +899,8 @@ class Engine:
             self.config.alert_close_after,
             self.config.max_alert_seconds,
             self.config.max_alert_readings,
+            self.config.partial_shift_readings,
+            partial,
         )
         shifted = []
         for t in transitions:
@@ -927,15 +936,45 @@ class Engine:
         rate = np.zeros(len(elapsed))
         if self.config.max_alert_seconds > 0:
             rate = elapsed / (self.config.max_alert_seconds / 8.0)
-        if self.config.max_alert_readings > 0:
-            rate = np.maximum(rate, readings / (self.config.max_alert_readings / 8.0))
+        for limit in (self.config.max_alert_readings, self.config.partial_shift_readings):
+            if limit > 0:
+                rate = np.maximum(rate, readings / (limit / 8.0))
         return rate
 
-    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+    @property
+    def _tracks_level(self) -> bool:
+        """Whether some level-shift limit is on, so each key tracks its settled level."""
+        c = self.config
+        return c.max_alert_seconds > 0 or c.max_alert_readings > 0 or c.partial_shift_readings > 0
+
+    def _partial_due(self, rows: np.ndarray, n: int) -> bool:
+        """Whether some key's alert may reach engine.partial_shift_readings within the next `n` points, so the
+        partial-shift condition must be judged there (elsewhere no alert can be that long: same result)."""
+        limit = self.config.partial_shift_readings
+        if limit <= 0:
+            return False
+        if limit <= n:
+            return True
+        a = self.store.arrays
+        return bool((a["alert_open"][rows] & (a[ALERT_LENGTH][rows] + n >= limit)).any())
+
+    def _partial_shift(self, level: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """engine.partial_shift_readings: whether a key's level (..., F) has moved more than one training
+        standard deviation from its baseline (`offset`, broadcast to it) for at least one and fewer than half
+        of the scored features (...): the alert is then held open by a minority of features that settled
+        elsewhere, and those are the features `_rebaseline` moves."""
+        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
+        if self.targets is not None:
+            moved = moved[..., list(self.targets)]
+        n = moved.sum(axis=-1)
+        return (n > 0) & (2 * n < moved.shape[-1])
+
+    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
         """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), see
-        `_level_rate`."""
-        if self.config.max_alert_seconds <= 0 and self.config.max_alert_readings <= 0:
-            return
+        `_level_rate`. Returns, with engine.partial_shift_readings on, whether each point (K, W) may close a
+        partial level shift (`_partial_shift` of the level after the window)."""
+        if not self._tracks_level:
+            return None
         a = self.store.arrays
         w = x.shape[1]
         span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
@@ -943,15 +982,21 @@ class Engine:
         mean = x.mean(axis=1, dtype=np.float64)
         level = a["level"][rows].astype(np.float64)
         a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
+        if not self._partial_due(rows, w):
+            return None
+        partial = self._partial_shift(a["level"][rows], a["offset"][rows])
+        return np.repeat(partial[:, None], w, axis=1)
 
-    def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> None:
+    def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
         """`_track_level` for readings scored one at a time: the same slow EWMA, stepped per reading with the
-        time since the key's previous reading, so the level does not depend on how readings were grouped."""
-        if self.config.max_alert_seconds <= 0 and self.config.max_alert_readings <= 0:
-            return
+        time since the key's previous reading, so the level does not depend on how readings were grouped; the
+        partial-shift condition (K, L) is judged on the level after each reading."""
+        if not self._tracks_level:
+            return None
         a = self.store.arrays
         level = a["level"][rows].astype(np.float64)
         prev = a["level_ts"][rows]
+        levels = np.empty(x.shape, np.float32) if self._partial_due(rows, x.shape[1]) else None
         for j in range(x.shape[1]):
             t = ts[:, j]
             beta = (1.0 - np.exp(-self._level_rate(np.where(np.isnan(prev), 0.0, t - prev), 1)))[:, None]
@@ -961,8 +1006,11 @@ class Engine:
                 np.where(np.isnan(level), v, level + beta * (v - level)).astype(np.float32).astype(np.float64)
             )
             prev = t
+            if levels is not None:
+                levels[:, j] = level
         a["level"][rows] = level
         a["level_ts"][rows] = prev
+        return None if levels is None else self._partial_shift(levels, a["offset"][rows][:, None, :])
 
     def _rebaseline(self, rows: np.ndarray) -> None:
         """After a level shift: features whose settled level moved more than one (training) standard deviation

@@ -8,6 +8,7 @@ byte for byte (no pickle): restoring them gives bit-identical scoring.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -20,6 +21,9 @@ from anomaly.errors import AnomalyError
 
 MAGIC = b"ANST"
 FORMAT = "anomaly-state/2"  # 2: threshold state fields declared by the threshold kind
+
+log = logging.getLogger(__name__)
+_REPORTED_ADDED: set[tuple[str, ...]] = set()  # added-field sets already logged (once per process each)
 
 
 class StateError(AnomalyError):
@@ -231,13 +235,38 @@ class StateStore:
             layout = Layout.from_json(header["layout"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"engine snapshot is corrupted ({exc})") from None
-        if layout != self.layout:
-            raise StateError(
-                f"snapshot layout {header['layout']} does not match this engine {self.layout.to_json()}"
-            )
+        added = self._added_fields(layout)
         keys = header["keys"]
         for i, key in enumerate(keys):
             row, _ = self.slot(key)
+            if added:  # what the snapshot lacks starts as for a new key; the rest is overwritten below
+                self.reset_rows(np.asarray([row]))
             for name, arr in arrays.items():
                 self.arrays[name][row] = arr[i]
         return keys
+
+    def _added_fields(self, layout: Layout) -> tuple[str, ...]:
+        """The extra fields this store has and a snapshot of `layout` lacks. A snapshot restores when its layout
+        is this store's, or this store's minus some extra fields (written by an engine from before a field
+        was added, or with a policy off that keeps it): those fields take their initial value ("zero" or
+        "nan") for each restored key, as for a new key, and the first such restore per field set is logged.
+        Any other difference (model dimensions, a field of another shape or dtype, a field this store lacks)
+        is a StateError."""
+        if layout == self.layout:
+            return ()
+        mine = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in self.layout.extra}
+        theirs = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in layout.extra}
+        dims = (layout.num_layers, layout.hidden, layout.window, layout.n_features)
+        own = (self.layout.num_layers, self.layout.hidden, self.layout.window, self.layout.n_features)
+        if dims != own or any(mine.get(name) != spec for name, spec in theirs.items()):
+            raise StateError(
+                f"snapshot layout {layout.to_json()} does not match this engine {self.layout.to_json()}"
+            )
+        added = tuple(name for name in mine if name not in theirs)
+        if added not in _REPORTED_ADDED:
+            _REPORTED_ADDED.add(added)
+            log.warning(
+                "engine snapshot written without state field(s) %s: restored with their initial values",
+                ", ".join(added),
+            )
+        return added

@@ -353,15 +353,21 @@ class ChangelogStore:
         reader = reader or self.reader
         tps = self._partitions(topic)
         reader.assign(tps)
+        deadline = time.monotonic() + self.read_timeout_s
         if until is None:
-            end = reader.end_offsets(tps)
+            end = reader.end_offsets(tps, timeout_ms=int(self.read_timeout_s * 1000))
         else:
             end = {tp: until.get(tp.partition, 0) for tp in tps}
         reader.seek_to_beginning(*tps)
-        deadline = time.monotonic() + self.read_timeout_s
+
+        def behind(tp: TopicPartition) -> bool:  # position() without a timeout may wait for good
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            position = reader.position(tp, timeout_ms=left_ms)
+            return position is None or position < end[tp]
+
         # Tansu reports the end as the last batch's base offset + 1; a fetch returns whole batches, so reading
         # until position >= end is complete on Tansu and on Kafka alike.
-        while any(reader.position(tp) < end[tp] for tp in tps):
+        while any(behind(tp) for tp in tps):
             if time.monotonic() > deadline:
                 raise KafkaError(f"timed out reading changelog topic {topic}")
             for records in reader.poll(timeout_ms=500).values():

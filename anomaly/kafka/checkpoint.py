@@ -57,11 +57,14 @@ class PartitionTracker:
             self.partition_keys.setdefault(tp, set()).add(key)
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Keys the engine evicted: they leave every table (their partition is dirty: its state changed)."""
+        """Keys the engine evicted: they leave every table, and their partition is dirty (its state changed even
+        when the eviction was caused by another partition's messages): its next checkpoint no longer holds them,
+        so a restore does not bring evicted keys back."""
         for key in keys:
             tp = self.key_partition.pop(key, None)
             if tp is not None:
                 self.partition_keys.get(tp, set()).discard(key)
+                self.dirty.add(tp)
 
     def advance(self, position: dict[TopicPartition, int] | None) -> None:
         for tp, nxt in (position or {}).items():

@@ -102,6 +102,7 @@ def make_producer(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0, **extra: 
         "linger_ms": 5,
         "client_id": "anomaly",
         "max_request_size": cfg.max_request_bytes,
+        "max_block_ms": cfg.max_block_ms,
         **extra,
     }
     if settings.get("transactional_id"):

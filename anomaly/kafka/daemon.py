@@ -17,7 +17,11 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   if that takes longer than ``shutdown_timeout_s``; a second signal exits at once;
 * fenced (another member took the partitions while this process stalled): every partition's state dropped,
   a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
-* SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted;
+* SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted; SIGUSR1: every thread's
+  stack to stderr;
+* no broker call waits forever: kafka-python's transactional waits (offsets, commit, abort) are bounded by
+  ``kafka.max_block_ms``; past it the daemon exits with one error line (status 2) and a restart restores the
+  last committed checkpoint;
 * when the stream goes idle after work (at most every ``trim_interval_s``): the C heap's free memory is given
   back to the operating system (:func:`trim_heap`), so RSS follows the live state under key churn.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import faulthandler
 import gc
 import logging
 import os
@@ -36,7 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kafka.errors as kerr
 from kafka import ConsumerRebalanceListener
@@ -49,11 +54,20 @@ from anomaly.kafka import clients, records
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
-from anomaly.kafka.sinks import FENCED, AlertSink, DeadLetterSink, Delivery, FencedError, ScoreSink
+from anomaly.kafka.sinks import (
+    FENCED,
+    AlertSink,
+    DeadLetterSink,
+    Delivery,
+    FencedError,
+    ScoreSink,
+    TransactionTimeoutError,
+)
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
 
 log = logging.getLogger(__name__)
+_E = TypeVar("_E", bound=BaseException)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class Daemon:
         self._polled_at_trim = 0
         self._trimmed_at = -float("inf")
         self._transactions_at_fence = -1
+        self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
             metrics.model_loaded(self.bundle)
 
@@ -129,7 +144,12 @@ class Daemon:
         txn = {"transactional_id": f"{self._txn_base}-0"} if k.transactional else {}
         self.producer = clients.make_producer(k, t, **txn)
         self.dead_producer = clients.make_producer(k, t)
-        self.delivery = Delivery(self.producer, self.opts.flush_timeout_s, transactional=k.transactional)
+        self.delivery = Delivery(
+            self.producer,
+            self.opts.flush_timeout_s,
+            transactional=k.transactional,
+            max_block_s=k.max_block_ms / 1000,
+        )
         reader = clients.make_consumer(k, t, group=False)
         peek = clients.make_consumer(k, t, group=False, committed_only=False) if k.transactional else None
         owner = Owner(
@@ -191,6 +211,7 @@ class Daemon:
         # collector's sight, a full collection no longer walks it (it took 0.2-0.4 s, the latency p99).
         gc.freeze()
         totals: dict[str, int] = {}
+        stuck = False  # a transaction the broker never completed: close without waiting for it
         try:
             while True:
                 try:
@@ -203,6 +224,9 @@ class Daemon:
                     )
                 except (FencedError, kerr.KafkaError) as exc:
                     if not _fenced(exc):
+                        cause = _cause(exc, AnomalyError)
+                        if cause is not None and cause is not exc:  # raised in a rebalance callback
+                            raise cause from None
                         raise
                     self._rejoin_after_fence(exc)
                     if self.stop.is_set():
@@ -216,15 +240,32 @@ class Daemon:
             totals["skipped"] = self.source.skipped
             totals["restored_keys"] = self.restored_keys
             return totals
+        except TransactionTimeoutError:
+            stuck = True
+            raise
         finally:
             self._refresh_ready()
-            self.consumer.close(autocommit=False, timeout_ms=5000)
-            self.producer.close(timeout=5)
-            self.dead_producer.close(timeout=5)
-            self.changelog.reader.close(autocommit=False)
-            if self.changelog.peek is not None:
-                self.changelog.peek.close(autocommit=False)
-            self.admin.close()
+            self._close_clients(stuck)
+
+    def _close_clients(self, stuck: bool = False) -> None:
+        """Close every client, each bounded (a few seconds; the broker may be away); a client that fails to close
+        is logged, so the error that ended the loop (if any) stays the one reported. ``stuck``: the producer's
+        transaction never completed; it is closed at once and the group left within 2 s."""
+        closes = [
+            lambda: self.consumer.close(autocommit=False, timeout_ms=2000 if stuck else 5000),
+            lambda: self.producer.close(timeout=0 if stuck else 5),
+            lambda: self.dead_producer.close(timeout=5),
+            lambda: self.changelog.reader.close(autocommit=False, timeout_ms=5000),
+        ]
+        if self.changelog.peek is not None:
+            peek = self.changelog.peek
+            closes.append(lambda: peek.close(autocommit=False, timeout_ms=5000))
+        closes.append(self.admin.close)
+        for close in closes:
+            try:
+                close()
+            except (kerr.KafkaError, OSError) as exc:
+                log.warning("closing a Kafka client failed: %s", type(exc).__name__)
 
     def request_stop(self) -> None:
         if self.stop.is_set():
@@ -247,6 +288,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        # Where is it waiting? Every thread's stack to stderr, without stopping anything (a daemon that
+        # consumes and commits nothing is then a stack trace away from a diagnosis, in CI too).
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def request_reload(self) -> None:
         self._reload_requested = True
@@ -346,12 +390,21 @@ class Daemon:
         """Listener entry point. kafka-python 3 calls listeners on its IO thread: acted on at once only while the
         loop thread is blocked in poll() (engine consistent); otherwise queued for the loop thread."""
         if self.source.polling:
-            self._apply(kind, list(tps), in_callback=True)
+            if self._fatal is not None:
+                return  # the loop stops after this poll
+            try:
+                self._apply(kind, list(tps), in_callback=True)
+            except FencedError:
+                raise  # the loop rejoins the group (see run)
+            except AnomalyError as exc:  # raised after the poll: one error line, not kafka-python's traceback
+                self._fatal = exc
         else:
             with self._queue_lock:
                 self._deferred.append((kind, list(tps)))
 
     def _apply_deferred(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
         while self._deferred:
             with self._queue_lock:
                 kind, tps = self._deferred.pop(0)
@@ -519,9 +572,14 @@ def trim_heap() -> bool:
 def _fenced(exc: BaseException) -> FencedError | None:
     """The FencedError behind ``exc``: raised directly by the loop, or by a rebalance callback (kafka-python
     re-raises a listener's exception from ``poll`` as a KafkaError caused by it)."""
+    return _cause(exc, FencedError)
+
+
+def _cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first exception of type ``kind`` in ``exc``'s chain of causes (``exc`` itself included)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, FencedError):
+        if isinstance(seen, kind):
             return seen
         seen = seen.__cause__
     return None

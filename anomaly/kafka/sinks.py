@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import kafka.errors as kerr
@@ -34,6 +35,41 @@ class DeliveryError(KafkaError):
     """The broker refused records for good (after the producer's retries): their offsets must not be committed."""
 
 
+class TransactionTimeoutError(KafkaError):
+    """A transactional request the broker did not complete within ``kafka.max_block_ms``. The transaction's
+    outcome is unknown and this producer cannot go on with it: the daemon exits (status 2), and a restart
+    fences this transactional id and restores the last committed checkpoint (state exactly once again)."""
+
+
+def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``call()`` (a kafka-python call that waits without a timeout of its own) in a helper thread, waited for at
+    most ``timeout_s``: its result, or its exception re-raised here, or :class:`TransactionTimeoutError`.
+
+    kafka-python 3.0 waits for ``send_offsets_to_transaction``, ``commit_transaction`` and ``abort_transaction``
+    with no timeout (the Java client stops at ``max.block.ms`` with a TimeoutException): a request the broker
+    never completes (it keeps answering with a retriable error, or it is stopped) would hang the loop thread
+    forever, without a log line. Timed out, the helper thread stays blocked; the process is about to exit."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    helper = threading.Thread(target=target, name=f"kafka {what}", daemon=True)
+    helper.start()
+    helper.join(timeout_s)
+    if helper.is_alive():
+        raise TransactionTimeoutError(
+            f"the broker did not complete {what} within {timeout_s:g}s (kafka.max_block_ms); the "
+            "transaction's outcome is unknown: exiting so that a restart restores the last committed checkpoint"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 class Delivery:
     """The shared producer plus what failed on it; every sink sends through :meth:`send`.
 
@@ -42,11 +78,16 @@ class Delivery:
     """
 
     def __init__(
-        self, producer: KafkaProducer, flush_timeout_s: float = 60.0, transactional: bool = False
+        self,
+        producer: KafkaProducer,
+        flush_timeout_s: float = 60.0,
+        transactional: bool = False,
+        max_block_s: float = 60.0,
     ) -> None:
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
         self.transactional = transactional
+        self.max_block_s = max_block_s  # longest wait for a transactional request (kafka.max_block_ms)
         self.in_transaction = False
         self.failures = 0
         self.last_error: str = ""
@@ -64,9 +105,9 @@ class Delivery:
         old, self.producer = self.producer, producer
         try:
             if self.in_transaction:
-                old.abort_transaction()
-        except (kerr.KafkaError, OSError):
-            pass  # e.g. already fenced: the broker aborts it
+                bounded(old.abort_transaction, self.max_block_s, "aborting the old producer's transaction")
+        except (kerr.KafkaError, OSError, KafkaError):
+            pass  # e.g. already fenced, or the broker away: the new owner's fence (or Kafka's timeout) aborts it
         finally:
             self.in_transaction = False
             self.failures = 0
@@ -118,22 +159,33 @@ class Delivery:
         """Transactional only: the offsets join the open transaction, which is committed. A fenced or failed
         commit aborts it and raises :class:`FencedError` (the caller's state is ahead of what was committed)."""
         self._begin()
+        producer, limit = self.producer, self.max_block_s
         try:
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, group_metadata)
+                bounded(
+                    lambda: producer.send_offsets_to_transaction(offsets, group_metadata),
+                    limit,
+                    "adding the consumed offsets to the transaction",
+                )
             elif not self.group_found:
                 # Nothing to commit yet (claims at assignment): an empty offset commit, by bare group id (it
                 # commits nothing and fences nothing), so the producer looks up the group coordinator now
                 # and not in the stream's first checkpoint, where the lookup's two retry backoffs stalled
                 # the loop for 0.2 s.
-                self.producer.send_offsets_to_transaction({}, group_metadata.group_id)
+                bounded(
+                    lambda: producer.send_offsets_to_transaction({}, group_metadata.group_id),
+                    limit,
+                    "looking up the group coordinator for the transaction",
+                )
             self.group_found = True
-            self.producer.commit_transaction()
+            bounded(producer.commit_transaction, limit, "the transaction's commit")
+        except TransactionTimeoutError:
+            raise  # in flight: neither committed nor aborted (an abort would queue behind it)
         except (kerr.KafkaError, OSError) as exc:
             self.in_transaction = False
             try:
-                self.producer.abort_transaction()
-            except (kerr.KafkaError, OSError):
+                bounded(producer.abort_transaction, limit, "the transaction's abort")
+            except (kerr.KafkaError, OSError, TransactionTimeoutError):
                 pass
             raise FencedError(f"{FENCED} ({type(exc).__name__})") from None
         self.in_transaction = False

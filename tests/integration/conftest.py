@@ -181,12 +181,15 @@ class KafkaEnv:
         metrics_port: int | None = None,
         log_name: str = "daemon",
         model: Path | None = None,
+        command: Sequence[str] = ANOMALY,
+        env: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen[bytes], int]:
+        """`anomaly consume` (or ``command`` + ``consume``: an instrumented launcher) on this broker."""
         port = metrics_port or free_port()
         self.logs.append(self.workdir / f"{log_name}-{len(self.procs)}.log")
         log = open(self.logs[-1], "wb")  # noqa: SIM115
         cmd = [
-            *ANOMALY,
+            *command,
             "consume",
             "-m",
             str(model or self.model),
@@ -203,7 +206,7 @@ class KafkaEnv:
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **DAEMON_ENV},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **DAEMON_ENV, **(env or {})},
         )
         self.procs.append(proc)
         return proc, port
@@ -229,7 +232,22 @@ class KafkaEnv:
             if all(got.get(p, 0) >= end for p, end in ends.items()):
                 return
             time.sleep(0.3)
-        raise AssertionError(f"group {group} did not commit {ends} within {timeout_s}s (got {got})")
+        raise AssertionError(
+            f"group {group} did not commit {ends} within {timeout_s}s (got {got})\n" + self.stacks()
+        )
+
+    def stacks(self) -> str:
+        """Every live daemon's thread stacks (SIGUSR1 makes a daemon write them to its log) and log tail: where
+        a daemon that commits nothing is waiting."""
+        live = [(p, log) for p, log in zip(self.procs, self.logs, strict=True) if p.poll() is None]
+        for proc, _ in live:
+            proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        return "\n".join(
+            f"--- {log.name} (pid {proc.pid}), last 80 lines:\n"
+            + "\n".join(log.read_text(errors="replace").splitlines()[-80:])
+            for proc, log in live
+        )
 
     def read(self, topic: str) -> list[Any]:
         """Every record of a topic, from the beginning to the current end."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -120,6 +122,60 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
     assert terminate(proc) == 0
 
+    assert_matches_replay(kafka_env, names, bundle, series)
+
+
+def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a_restart_is_exact(
+    kafka_env, stream, tiny_model
+):
+    """The broker stopped (SIGSTOP) just before a checkpoint's transactional commit: kafka-python would wait for
+    it forever; the daemon gives up after kafka.max_block_ms with one error line and status 2, and a restart
+    (broker back) restores what was committed, fences the stuck transaction, and equals the replay."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    mark = kafka_env.workdir / "stopped-at"
+    launcher = [sys.executable, str(Path(__file__).with_name("stop_broker_in_commit.py"))]
+    probe = {
+        "ANOMALY_KAFKA_MAX_BLOCK_MS": "3000",
+        "STOP_AT_COMMIT": "3",
+        "STOP_BROKER_PID": str(kafka_env.broker.proc.pid),
+        "STOP_MARK": str(mark),
+    }
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.2", command=launcher, env=probe)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    proc.send_signal(signal.SIGUSR1)  # every thread's stack to the log, and the daemon carries on
+    log = kafka_env.logs[-1]
+    wait_for(lambda: "(most recent call first)" in log.read_text(), 10, "a stack dump")
+    ends: dict[int, int] = {}
+    sender = threading.Thread(  # blocks while the broker is stopped, completes once it is back
+        target=lambda: ends.update(kafka_env.produce(names.input, first, bundle.features, rate=1000))
+    )
+    sender.start()
+    try:
+        status = proc.wait(90)
+        exited = time.time()
+    finally:
+        kafka_env.broker.resume()
+    sender.join()
+    assert status == 2
+    assert 3.0 <= exited - float(mark.read_text()) < 3.0 + 12.0  # the bound, plus closing the clients
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == [
+        "error: the broker did not complete adding the consumed offsets to the transaction within 3s "
+        "(kafka.max_block_ms); the transaction's outcome is unknown: exiting so that a restart restores the "
+        "last committed checkpoint"
+    ]
+    assert not any("Traceback" in line for line in lines)
+    committed = kafka_env.committed(names.group, names.input)
+    assert any(committed.get(p, 0) < e for p, e in ends.items())  # it stopped with work uncommitted
+
+    for p, e in kafka_env.produce(names.input, second, bundle.features).items():
+        ends[p] = max(ends.get(p, 0), e)
+    proc, _ = kafka_env.start(names, "--checkpoint-interval", "0.2")
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(proc) == 0
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
