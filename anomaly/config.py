@@ -334,10 +334,10 @@ class KafkaConfig:
     max_message_bytes: int = 1_048_576
     checkpoint_interval_s: float = 5.0
     max_poll_records: int = 2000
-    # One engine call may take several polls of records the consumer has already fetched (other partitions of
-    # the same fetch response), while their values add up to less than max_batch_bytes, spending at most
-    # max_batch_ms adding them: larger calls cost the engine less per reading (a poll of single readings mostly
-    # holds one partition's keys). 0 turns it off; a poll of 32-reading blocks (~2.6 MB) is taken as it is.
+    # One engine call may take several polls of records the consumer has already fetched (the rest of the fetch
+    # response), while their values add up to less than max_batch_bytes, spending at most max_batch_ms adding
+    # them: larger calls cost the engine less per reading (a poll of 2,000 single readings holds 8 readings of
+    # each of 250 keys). 0 turns it off; a poll of 32-reading blocks (~2.6 MB) is taken as it is.
     max_batch_bytes: int = 2_097_152
     max_batch_ms: float = 50.0
     # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the

@@ -577,6 +577,44 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     assert run([front, lagging]) == single  # Events: message by message, as before
 
 
+def test_a_call_mixing_a_leading_and_a_lagging_partition_is_split_not_sent_message_by_message(bundle) -> None:
+    """A batch of two partitions: a lagging one reads keys already held, then a leading one moves the clock more
+    than the TTL past them, so the whole call may expire keys mid-call (and close an open alert at the event
+    time of the message that expires it). It is processed in halves, each as one call where it can be: the
+    same state, evictions and alerts as one message per call, in far fewer model calls."""
+    from anomaly.engine.types import Readings
+
+    cfg = EngineConfig(
+        threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0, max_keys=64
+    )
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    start = [Event("s", np.arange(64.0) + 200.0, s.values)]  # opens an alert
+    start += [Event(f"g{i}", np.array([264.0 + i]), one(bundle)) for i in range(8)]
+    lagging = [Event(f"g{i % 8}", np.array([300.0 + i]), one(bundle, 0.1 * i)) for i in range(16)]
+    leading = [Event(f"f{i}", np.array([1000.0 + i]), one(bundle)) for i in range(16)]
+    mixed = [*lagging, *leading]
+
+    def run(batches):
+        e, evicted, alerts = process_all(Engine(bundle, cfg), batches)
+        return sorted(evicted), sorted(alerts), e.snapshot(sorted(e.keys())), e.counters
+
+    poll = Readings.from_events(mixed, len(bundle.features))
+    assert [(ev.key, ev.timestamps.tolist()) for ev in poll.messages(3, 20).events()] == [
+        (ev.key, ev.timestamps.tolist()) for ev in mixed[3:20]
+    ]
+    engine = Engine(bundle, cfg)
+    engine.process(start)
+    assert engine._may_expire(poll)  # as one call it could expire keys mid-call
+    calls = len(engine.process(poll).batches)
+
+    single = run([start, *[[m] for m in mixed]])
+    assert single[0] == sorted(["s", *(f"g{i}" for i in range(8))])
+    assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)]
+    assert run([start, poll]) == single
+    assert run([start, mixed]) == single
+    assert 0 < calls <= 8 < len(mixed)  # message by message: one model call per message
+
+
 def test_a_poll_in_columns_equals_one_event_at_a_time(bundle, test_series) -> None:
     """The daemon's columnar input (Readings, one message per reading) against the simplest feeding: each
     message alone through process(). Bad readings (NaN, backwards, duplicate, long gap) are mixed in."""

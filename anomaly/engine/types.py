@@ -143,6 +143,24 @@ class Readings:
             [r for p in parts for r in p.refs],
         )
 
+    def messages(self, lo: int, hi: int) -> Readings:
+        """Messages ``lo:hi`` as a ``Readings`` of their own (keys renumbered in order of first appearance)."""
+        kid = self.kid[lo:hi]
+        uniq, first = np.unique(kid, return_index=True)
+        order = uniq[np.argsort(first, kind="stable")]
+        remap = np.zeros(len(self.names), np.int64)
+        remap[order] = np.arange(len(order))
+        starts = np.concatenate([[0], np.cumsum(self.counts)])
+        a, b = int(starts[lo]), int(starts[hi])
+        return Readings(
+            [self.names[i] for i in order.tolist()],
+            remap[kid],
+            self.counts[lo:hi],
+            self.timestamps[a:b],
+            self.values[a:b],
+            self.refs[lo:hi],
+        )
+
     def events(self) -> list[Event]:
         """One event per message (tests, and the engine's per-event path for irregular keys)."""
         ends = np.cumsum(self.counts).tolist()

@@ -6,12 +6,13 @@ every partition seen. Messages at or below a partition's restored checkpoint off
 batch is yielded when a poll returns nothing, so the checkpointer's timer still runs on an idle stream.
 Rebalance callbacks run inside ``consumer.poll``, i.e. between two batches, when the engine is consistent.
 
-One batch may hold more than one poll: after a poll, records the consumer has already fetched (other
-partitions' data from the same fetch response, usually) are added, poll by poll, while the batch's values add up
-to less than ``max_batch_bytes`` and for at most ``max_batch_s`` (:func:`anomaly.kafka.records.buffered`: no
-wait, no group coordination). The engine's cost per reading falls with the keys per call: one poll mostly holds
-one partition's records (at 1,000 keys over 4 partitions, 250 keys of 8 readings); a poll of blocks is already
-large and is left as it is. A rebalance callback that comes meanwhile is deferred as on any other
+One batch may hold more than one poll: after a poll, records the consumer has already fetched (the rest of
+the fetch response: more of the same partition, then other partitions) are added, poll by poll, while the
+batch's values add up to less than ``max_batch_bytes`` and for at most ``max_batch_s``
+(:func:`anomaly.kafka.records.buffered`: no wait, no group coordination). The engine's cost per reading falls
+with the readings per call: a poll of 2,000 single readings mostly holds one partition's records (at 1,000 keys
+over 4 partitions, 250 keys of 8 readings), where the per-call and per-reading-position costs weigh most; a poll
+of blocks is already large and is left as it is. A rebalance callback that comes meanwhile is deferred as on any other
 path outside ``poll`` (``after_poll`` applies it before the batch is built: records of a revoked partition are
 left out, those at or below a restored checkpoint skipped).
 """
