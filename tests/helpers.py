@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from anomaly.data import Series
@@ -23,3 +25,13 @@ def make_series(key: str, n: int, features: int, seed: int = 0, start: float = 0
     return Series(
         key, start + np.arange(n, dtype=np.float64), rng.normal(0, 1, (n, features)).astype(np.float32)
     )
+
+
+class Record(NamedTuple):
+    """The fields of a Kafka ConsumerRecord that the decoder reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import orjson
 from kafka.cluster import ClusterMetadata
@@ -11,14 +9,7 @@ from kafka.partitioner.default import DefaultPartitioner
 
 from anomaly.bench_kafka import FeedTemplates
 from anomaly.kafka.codec import Decoder, MessageFormat
-
-
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+from tests.helpers import Record
 
 
 class FourPartitions(ClusterMetadata):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -23,16 +22,9 @@ from anomaly.kafka.codec import (
     source_rejection,
 )
 from anomaly.kafka.produce import messages
+from tests.helpers import Record
 
 FMT = MessageFormat(("temp", "pressure", "flow"), max_message_bytes=200)
-
-
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def rec(body: object, key: bytes | None = b"pump-1", raw: bytes | None = None) -> Record:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 import zlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,14 +34,7 @@ from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
-
-
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+from tests.helpers import Record
 
 
 def header_record(pid: str, offset: int | None, group: str, epoch: int, payload: bytes = b"x") -> Record:
