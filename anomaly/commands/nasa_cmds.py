@@ -90,9 +90,11 @@ def nasa_cmd(
         bar.update(1)
         if verbose:
             m = r.metrics
+            oracle = "  ".join(f"{n} {v:.3f}" for n, v in r.oracle_f1().items() if v is not None)
             tqdm.write(
                 f"{r.key:<6} F1 {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
                 f"({r.epochs} epochs, best {r.best_epoch}, {r.seconds:.1f} s)"
+                + (f"  oracle F1 {oracle}" if oracle else "")
             )
 
     result = nasa.run_benchmark(
@@ -108,6 +110,12 @@ def nasa_cmd(
     )
     click.echo("")
     click.echo(format_quality(result.quality))
+    if s["ranking"] is not None:
+        rk = s["ranking"]
+        click.echo(
+            f"per channel (oracle F1, diagnosis only): model ahead of zscore by >= {rk['margin']} on "
+            f"{len(rk['ahead'])}, behind on {len(rk['behind'])}, level on {len(rk['level'])} channels"
+        )
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(s, indent=2, default=float))
