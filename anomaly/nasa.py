@@ -49,12 +49,8 @@ class ChannelResult:
     seconds: float
 
     def oracle_f1(self) -> dict[str, float | None]:
-        """Each scorer's best F1 on this channel alone, threshold chosen on its test labels (how well the score
-        ranks this channel's points; an oracle, for diagnosis only). None when the channel has no anomaly."""
-        return {
-            name: evaluation.oracle_best_f1(p.scores, p.labels)[0] if p.labels.any() else None
-            for name, p in self.points.items()
-        }
+        """Each scorer's oracle F1 on this channel alone (:func:`anomaly.quality.series_oracle`)."""
+        return quality.series_oracle(self.points)
 
 
 @dataclass
@@ -170,34 +166,6 @@ def run_benchmark(
     return NasaResult(dataset, results, compared, time.perf_counter() - started, settings)
 
 
-RANKING_MARGIN = (
-    0.05  # issue 8's lift target: a channel counts as won or lost by this much per-channel oracle F1
-)
-
-
-def ranking(result: NasaResult, name: str = "model", reference: str = quality.REFERENCE) -> dict[str, Any]:
-    """Per-channel ranking of `name` against `reference`: each channel's oracle F1 for both (threshold chosen on
-    that channel's labels), and the channels where `name` is ahead or behind by at least RANKING_MARGIN. It
-    separates how well a score ranks each channel from the pooled threshold and from how channels pool."""
-    ahead: list[str] = []
-    behind: list[str] = []
-    level: list[str] = []
-    for r in result.channels:
-        o = r.oracle_f1()
-        a, b = o.get(name), o.get(reference)
-        if a is None or b is None:
-            continue
-        (ahead if a >= b + RANKING_MARGIN else behind if a <= b - RANKING_MARGIN else level).append(r.key)
-    return {
-        "score": name,
-        "reference": reference,
-        "margin": RANKING_MARGIN,
-        "ahead": ahead,
-        "behind": behind,
-        "level": level,
-    }
-
-
 def summary(result: NasaResult) -> dict[str, Any]:
     model = result.quality.get("model")
     return {
@@ -209,7 +177,9 @@ def summary(result: NasaResult) -> dict[str, Any]:
         "quality": quality.compare(result.quality),
         "counts": model.metrics["counts"] if model else None,
         "settings": result.settings,
-        "ranking": ranking(result) if model and quality.REFERENCE in result.quality else None,
+        "ranking": quality.ranking((r.key, r.points) for r in result.channels)
+        if model and quality.REFERENCE in result.quality
+        else None,
         "per_channel": {
             r.key: {
                 "f1": round(r.metrics["f1"], 4),

@@ -114,7 +114,7 @@ def test_cli_prints_the_oracle_as_diagnosis_and_refuses_unknown_channels(tmp_pat
     assert summary["channels"] == 1 and {"model_f1", "zscore_f1", "pca_oracle_f1"} <= summary.keys()
     bad = runner.invoke(main, ["nasa", str(root), "--channels", "Z-9", "-p", str(pipeline)])
     assert bad.exit_code == 2 and "unknown smap channel(s) Z-9" in bad.output
-    assert "model ahead of zscore by >= 0.05 on" in res.output
+    assert "per channel (oracle F1, diagnosis only): model ahead of zscore by >= 0.05 on" in res.output
     missing = runner.invoke(main, ["nasa", str(root), "--dataset", "msl"])
     assert missing.exit_code == 2 and "msl/train.csv.gz not found" in missing.output
 
@@ -132,30 +132,27 @@ def test_replay_with_labels_reports_the_baselines(bundle_path, test_csv, tmp_pat
         assert q[name]["threshold_loss"] == pytest.approx(q[name]["oracle_f1"] - q[name]["f1"])
 
 
-def test_ranking_counts_channels_won_and_lost_by_the_margin():
-    from anomaly import evaluation as ev
+def test_ranking_counts_series_won_and_lost_by_the_margin():
+    from anomaly import quality
     from anomaly.quality import ScorerPoints
 
     labels = np.array([0, 0, 1, 1, 0, 0], bool)
     good = np.array([0, 0, 5, 5, 0, 0], float)  # ranks the anomaly first: oracle F1 1.0
     poor = np.array([5, 0, 1, 1, 0, 5], float)  # two normal points above it: oracle F1 0.667
 
-    def chan(key, model, zscore, y=labels):
-        pts = {n: ScorerPoints(ev.Counts(), s, y) for n, s in (("model", model), ("zscore", zscore))}
-        return nasa.ChannelResult(key, {}, pts, 1, 1, 0.0)
+    def series(key, model, zscore, y=labels):
+        pts = {n: ScorerPoints(evaluation.Counts(), s, y) for n, s in (("model", model), ("zscore", zscore))}
+        return key, pts
 
-    result = nasa.NasaResult(
-        "smap",
-        [
-            chan("A", good, poor),
-            chan("B", poor, good),
-            chan("C", good, good),
-            chan("D", good, poor, np.zeros(6, bool)),  # no anomaly: counted nowhere
-        ],
-        {},
-        0.0,
-    )
-    assert result.channels[0].oracle_f1() == {"model": 1.0, "zscore": pytest.approx(2 / 3)}
-    assert result.channels[3].oracle_f1() == {"model": None, "zscore": None}
-    rk = nasa.ranking(result)
+    runs = [
+        series("A", good, poor),
+        series("B", poor, good),
+        series("C", poor, poor),
+        series("D", good, poor, np.zeros(6, bool)),  # no anomaly: counted nowhere
+    ]
+    assert quality.series_oracle(runs[0][1]) == {"model": 1.0, "zscore": pytest.approx(2 / 3)}
+    assert quality.series_oracle(runs[3][1]) == {"model": None, "zscore": None}
+    rk = quality.ranking(runs)
     assert (rk["ahead"], rk["behind"], rk["level"]) == (["A"], ["B"], ["C"])
+    assert rk["better_of_two_mean"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    assert "ahead of zscore by >= 0.05 on 1, behind on 1, level on 1" in quality.format_ranking(rk, "channel")

@@ -11,7 +11,7 @@ import click
 from anomaly import nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import load_config
-from anomaly.quality import format_quality
+from anomaly.quality import format_quality, format_ranking
 
 
 @click.command("nasa")
@@ -111,11 +111,7 @@ def nasa_cmd(
     click.echo("")
     click.echo(format_quality(result.quality))
     if s["ranking"] is not None:
-        rk = s["ranking"]
-        click.echo(
-            f"per channel (oracle F1, diagnosis only): model ahead of zscore by >= {rk['margin']} on "
-            f"{len(rk['ahead'])}, behind on {len(rk['behind'])}, level on {len(rk['level'])} channels"
-        )
+        click.echo(format_ranking(s["ranking"], "channel"))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(s, indent=2, default=float))
