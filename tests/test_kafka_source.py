@@ -126,3 +126,42 @@ def test_a_catch_up_far_behind_the_head_stays_one_call(bundle) -> None:
     size = sum(r.serialized_value_size for recs in records.values() for r in recs)
     assert _run(bundle, records, size // 5, 361)[2] == 1  # more left on the broker than the batch holds
     assert _run(bundle, records, size // 5, 100)[2] >= 5
+
+
+def test_a_small_batch_waits_for_the_fetch_in_flight_within_max_batch_ms() -> None:
+    """Under min_batch_bytes the source asks for the fetch in flight (a wait bounded by what is left of
+    max_batch_ms) and adds its records; over it, or with min_batch_bytes 0, it never waits."""
+    tp = TPS[0]
+    recs = [_record(tp, i, i, b'{"key":"k","ts":%d,"values":[1.5]}' % i) for i in range(6)]
+    asked: list[tuple[int, float]] = []
+
+    def buffered(n: int, wait_ms: float = 0.0) -> dict[Any, list[Any]]:
+        asked.append((n, wait_ms))
+        waits = sum(1 for _, w in asked if w)
+        if wait_ms and waits < 3:
+            return {tp: [recs[1 + waits]]}
+        return {}
+
+    def batch(min_batch_bytes: int) -> Any:
+        asked.clear()
+        stop = threading.Event()
+        tracker = PartitionTracker()
+        tracker.owned.add(tp)
+        consumer = types.SimpleNamespace(poll=lambda timeout_ms: {tp: recs[:2]})
+        source = KafkaSource(
+            consumer,  # type: ignore[arg-type]
+            Decoder(MessageFormat(("a",))),
+            tracker,
+            stop,
+            buffered=buffered,
+            max_batch_bytes=10**6,
+            max_batch_s=60.0,
+            min_batch_bytes=min_batch_bytes,
+        )
+        return next(source.batches())
+
+    size = recs[0].serialized_value_size
+    assert batch(0).messages == 2 and asked == [(2000, 0.0)]
+    assert batch(3 * size).messages == 3  # waited once: 3 records are enough
+    assert [w > 0 for _, w in asked] == [False, True, False] and 0 < asked[1][1] <= 60_000
+    assert batch(100 * size).messages == 4  # waited until a wait brought nothing
