@@ -48,6 +48,10 @@ class ChannelResult:
     best_epoch: int
     seconds: float
 
+    def oracle_f1(self) -> dict[str, float | None]:
+        """Each scorer's oracle F1 on this channel alone (:func:`anomaly.quality.series_oracle`)."""
+        return quality.series_oracle(self.points)
+
 
 @dataclass
 class NasaResult:
@@ -173,6 +177,9 @@ def summary(result: NasaResult) -> dict[str, Any]:
         "quality": quality.compare(result.quality),
         "counts": model.metrics["counts"] if model else None,
         "settings": result.settings,
+        "ranking": quality.ranking((r.key, r.points) for r in result.channels)
+        if model and quality.REFERENCE in result.quality
+        else None,
         "per_channel": {
             r.key: {
                 "f1": round(r.metrics["f1"], 4),
@@ -181,6 +188,7 @@ def summary(result: NasaResult) -> dict[str, Any]:
                 "epochs": r.epochs,
                 "best_epoch": r.best_epoch,
                 "seconds": round(r.seconds, 1),
+                "oracle_f1": {n: None if v is None else round(v, 4) for n, v in r.oracle_f1().items()},
             }
             for r in result.channels
         },

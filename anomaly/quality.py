@@ -142,6 +142,55 @@ def assess(name: str, points: Iterable[ScorerPoints]) -> Quality:
     return Quality(name, metrics, f1, thr, float(np.mean(each)) if each else None)
 
 
+def series_oracle(points: Mapping[str, ScorerPoints]) -> dict[str, float | None]:
+    """Each scorer's best F1 on one series alone, threshold chosen on that series' labels: how well the score
+    ranks that series' points, apart from any threshold and from how series pool (an oracle, for diagnosis
+    only). None for a series without an anomaly."""
+    return {
+        name: evaluation.oracle_best_f1(p.scores, p.labels)[0] if p.labels.any() else None
+        for name, p in points.items()
+    }
+
+
+RANKING_MARGIN = 0.05  # issue 8's lift target: a series counts as won or lost by this much oracle F1
+
+
+def ranking(
+    series: Iterable[tuple[str, Mapping[str, ScorerPoints]]], name: str = "model", reference: str = REFERENCE
+) -> dict[str, Any]:
+    """Series by series, `name` against `reference` (each series' own oracle F1, :func:`series_oracle`): the
+    series where `name` ranks better or worse by at least RANKING_MARGIN, and the rest, and the mean of each
+    series' better score of the two -- the most any per-series choice between the two scores could reach."""
+    ahead: list[str] = []
+    behind: list[str] = []
+    level: list[str] = []
+    best: list[float] = []
+    for key, points in series:
+        o = series_oracle(points)
+        a, b = o.get(name), o.get(reference)
+        if a is None or b is None:
+            continue
+        (ahead if a >= b + RANKING_MARGIN else behind if a <= b - RANKING_MARGIN else level).append(key)
+        best.append(max(a, b))
+    return {
+        "score": name,
+        "reference": reference,
+        "margin": RANKING_MARGIN,
+        "ahead": ahead,
+        "behind": behind,
+        "level": level,
+        "better_of_two_mean": float(np.mean(best)) if best else None,
+    }
+
+
+def format_ranking(rk: Mapping[str, Any], unit: str) -> str:
+    return (
+        f"per {unit} (oracle F1, diagnosis only): {rk['score']} ahead of {rk['reference']} by >= {rk['margin']} on "
+        f"{len(rk['ahead'])}, behind on {len(rk['behind'])}, level on {len(rk['level'])}; "
+        f"better of the two per {unit}, mean {_f(rk['better_of_two_mean'])}"
+    )
+
+
 def scorer_bundles(bundle: Bundle) -> dict[str, Bundle]:
     """The model and every baseline it carries (bundles trained before baselines existed carry none)."""
     out = {"model": bundle}

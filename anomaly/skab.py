@@ -244,6 +244,9 @@ def summary(result: BenchmarkResult) -> dict[str, Any]:
         "counts": p["counts"],
         "unscored_points": sum(r.unscored for r in result.files),
         "quality": quality.compare(result.quality),
+        "ranking": quality.ranking((r.key, r.points) for r in result.files)
+        if quality.REFERENCE in result.quality
+        else None,
         "seconds": round(result.seconds, 1),
         "settings": result.settings,
         "per_file": {
@@ -252,6 +255,9 @@ def summary(result: BenchmarkResult) -> dict[str, Any]:
                 "far": round(r.metrics["far"], 4),
                 "mar": round(r.metrics["mar"], 4),
                 "epochs": r.epochs,
+                "oracle_f1": {
+                    n: None if v is None else round(v, 4) for n, v in quality.series_oracle(r.points).items()
+                },
             }
             for r in result.files
         },

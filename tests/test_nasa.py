@@ -70,6 +70,7 @@ def test_every_channel_gets_a_model_and_both_baselines_pooled(tmp_path):
             for r in result.channels
         ]
         assert q.oracle_f1_per_series == pytest.approx(np.mean(each))
+        assert [r.oracle_f1()[name] for r in result.channels] == each
     model = result.quality["model"].metrics
     assert model == evaluation.pool(r.metrics for r in result.channels)
     # a +4 sigma level shift of 15 points: the z-score baseline finds both events
@@ -94,10 +95,26 @@ def test_cli_prints_the_oracle_as_diagnosis_and_refuses_unknown_channels(tmp_pat
     # telemanom's protocol: the telemetry is scored, the cmd_* flags are context inputs
     assert json.loads(out.read_text())["settings"]["model"]["targets"] == ["telemetry"]
     assert "oracle, for diagnosis only" in res.output
+    written = json.loads(out.read_text())
+    per = written["per_channel"]["A-1"]["oracle_f1"]
+    assert set(per) == {"model", "zscore", "pca"} and written["quality"]["zscore"][
+        "oracle_f1"
+    ] == pytest.approx(per["zscore"], abs=1e-4)  # one channel: its own oracle is the pooled one
+    rk = written["ranking"]
+    assert rk["ahead"] + rk["behind"] + rk["level"] == ["A-1"]
+    side = (
+        "ahead"
+        if per["model"] >= per["zscore"] + 0.05
+        else "behind"
+        if per["model"] <= per["zscore"] - 0.05
+        else "level"
+    )
+    assert rk[side] == ["A-1"]
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["channels"] == 1 and {"model_f1", "zscore_f1", "pca_oracle_f1"} <= summary.keys()
     bad = runner.invoke(main, ["nasa", str(root), "--channels", "Z-9", "-p", str(pipeline)])
     assert bad.exit_code == 2 and "unknown smap channel(s) Z-9" in bad.output
+    assert "per channel (oracle F1, diagnosis only): model ahead of zscore by >= 0.05 on" in res.output
     missing = runner.invoke(main, ["nasa", str(root), "--dataset", "msl"])
     assert missing.exit_code == 2 and "msl/train.csv.gz not found" in missing.output
 
@@ -113,3 +130,29 @@ def test_replay_with_labels_reports_the_baselines(bundle_path, test_csv, tmp_pat
     for name in q:
         assert q[name]["lift_f1"] == pytest.approx(q[name]["f1"] - q["zscore"]["f1"])
         assert q[name]["threshold_loss"] == pytest.approx(q[name]["oracle_f1"] - q[name]["f1"])
+
+
+def test_ranking_counts_series_won_and_lost_by_the_margin():
+    from anomaly import quality
+    from anomaly.quality import ScorerPoints
+
+    labels = np.array([0, 0, 1, 1, 0, 0], bool)
+    good = np.array([0, 0, 5, 5, 0, 0], float)  # ranks the anomaly first: oracle F1 1.0
+    poor = np.array([5, 0, 1, 1, 0, 5], float)  # two normal points above it: oracle F1 0.667
+
+    def series(key, model, zscore, y=labels):
+        pts = {n: ScorerPoints(evaluation.Counts(), s, y) for n, s in (("model", model), ("zscore", zscore))}
+        return key, pts
+
+    runs = [
+        series("A", good, poor),
+        series("B", poor, good),
+        series("C", poor, poor),
+        series("D", good, poor, np.zeros(6, bool)),  # no anomaly: counted nowhere
+    ]
+    assert quality.series_oracle(runs[0][1]) == {"model": 1.0, "zscore": pytest.approx(2 / 3)}
+    assert quality.series_oracle(runs[3][1]) == {"model": None, "zscore": None}
+    rk = quality.ranking(runs)
+    assert (rk["ahead"], rk["behind"], rk["level"]) == (["A"], ["B"], ["C"])
+    assert rk["better_of_two_mean"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    assert "ahead of zscore by >= 0.05 on 1, behind on 1, level on 1" in quality.format_ranking(rk, "channel")

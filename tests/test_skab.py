@@ -118,7 +118,16 @@ def test_command_ends_with_a_json_summary(root, tmp_path):
     assert "oracle, for diagnosis only" in res.output
     assert set(json.loads((tmp_path / "s.json").read_text())["quality"]) == {"model", "zscore", "pca"}
     assert (tmp_path / "plots" / "valve1_2.png").stat().st_size > 20_000
-    assert json.loads((tmp_path / "s.json").read_text())["per_file"].keys() == {"valve1/2"}
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert written["per_file"].keys() == {"valve1/2"}
+    # one file: its own oracle F1 per scorer is the pooled one, and it is the better-of-two mean's only term
+    per = written["per_file"]["valve1/2"]["oracle_f1"]
+    for name in ("model", "zscore", "pca"):
+        assert per[name] == pytest.approx(written["quality"][name]["oracle_f1"], abs=1e-4)
+    rk = written["ranking"]
+    assert rk["ahead"] + rk["behind"] + rk["level"] == ["valve1/2"]
+    assert rk["better_of_two_mean"] == pytest.approx(max(per["model"], per["zscore"]), abs=1e-4)
+    assert "per file (oracle F1, diagnosis only): model ahead of zscore" in res.output
 
 
 def test_defaults_and_the_builtin_pipeline_take_anomaly_environment_overrides(root, tmp_path):

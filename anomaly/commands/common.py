@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -100,6 +101,19 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+def exit_now(message: str, code: int) -> NoReturn:
+    """Print ``message`` on stderr, flush the logs and exit with ``code`` at once, without the interpreter's
+    shutdown. For a process that leaves a thread blocked inside a client (a transaction the broker never
+    completed): on Python < 3.14 a daemon thread that wakes during the interpreter's shutdown is ended by
+    ``pthread_exit``, which can crash the process (SIGSEGV instead of the status we mean), and nothing is left
+    to save that a normal exit would."""
+    click.echo(message, err=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,6 +9,7 @@ import click
 from anomaly.commands.common import (
     config_from,
     data_options,
+    exit_now,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -192,6 +193,7 @@ def consume_cmd(
     from anomaly.errors import ConfigError
     from anomaly.kafka import KafkaError
     from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.kafka.sinks import TransactionTimeoutError
     from anomaly.metrics import MetricsServer, PipelineMetrics
 
     metrics = PipelineMetrics()
@@ -228,6 +230,9 @@ def consume_cmd(
     )
     try:
         totals = daemon.run()
+    except TransactionTimeoutError as exc:
+        server.stop()
+        exit_now(f"error: {exc}", 2)
     except kafka.errors.KafkaError as exc:  # e.g. raised through a rebalance callback: still one line
         raise KafkaError(f"Kafka client error: {exc}") from None
     finally:

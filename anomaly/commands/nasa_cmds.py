@@ -11,7 +11,7 @@ import click
 from anomaly import nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import load_config
-from anomaly.quality import format_quality
+from anomaly.quality import format_quality, format_ranking
 
 
 @click.command("nasa")
@@ -90,9 +90,11 @@ def nasa_cmd(
         bar.update(1)
         if verbose:
             m = r.metrics
+            oracle = "  ".join(f"{n} {v:.3f}" for n, v in r.oracle_f1().items() if v is not None)
             tqdm.write(
                 f"{r.key:<6} F1 {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
                 f"({r.epochs} epochs, best {r.best_epoch}, {r.seconds:.1f} s)"
+                + (f"  oracle F1 {oracle}" if oracle else "")
             )
 
     result = nasa.run_benchmark(
@@ -108,6 +110,8 @@ def nasa_cmd(
     )
     click.echo("")
     click.echo(format_quality(result.quality))
+    if s["ranking"] is not None:
+        click.echo(format_ranking(s["ranking"], "channel"))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(s, indent=2, default=float))

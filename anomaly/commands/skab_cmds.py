@@ -12,7 +12,7 @@ from anomaly import skab
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import build_config, load_config
 from anomaly.evaluation import format_table
-from anomaly.quality import format_quality
+from anomaly.quality import format_quality, format_ranking
 
 
 @click.command("skab")
@@ -139,6 +139,8 @@ def skab_cmd(
         click.echo(
             format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
         )
+        if s["ranking"] is not None:
+            click.echo(format_ranking(s["ranking"], "file"))
     if plots:
         paths = skab.write_plots(result.files, plots)
         click.echo(f"\nplots: {len(paths)} PNG files in {plots}")

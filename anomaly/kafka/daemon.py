@@ -36,8 +36,10 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +294,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         # Where is it waiting? Every thread's stack to stderr, without stopping anything (a daemon that
         # consumes and commits nothing is then a stack trace away from a diagnosis, in CI too).
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        signal.signal(signal.SIGUSR1, lambda *_: dump_stacks())
+        faulthandler.enable(all_threads=True)  # a crash (SIGSEGV, SIGABRT, ...) leaves its stacks in the log
 
     def request_reload(self) -> None:
         self._reload_requested = True
@@ -558,6 +561,30 @@ def _libc_malloc_trim() -> Any:
 
 
 _MALLOC_TRIM = _libc_malloc_trim()
+
+
+def dump_stacks() -> None:
+    """Every thread's stack to stderr, most recent call first (faulthandler's format), taken under the GIL.
+
+    Not ``faulthandler.register(SIGUSR1, all_threads=True)``: its C handler walks the interpreter's thread list
+    without a lock, and a thread starting or ending meanwhile (a transaction helper, a metrics request) can
+    crash the process it was asked to describe. A Python handler runs between bytecodes of the main thread;
+    the waits a stuck daemon sits in (socket selects, lock waits) return to run it."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    lines = []
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"Thread 0x{ident:016x} ({names.get(ident, 'unnamed')}) (most recent call first):")
+        lines += [
+            f'  File "{f.f_code.co_filename}", line {lineno} in {f.f_code.co_name}'
+            for f, lineno in traceback.walk_stack(frame)
+        ]
+        lines.append("")
+    text = ("\n".join(lines)).encode(errors="replace")
+    try:  # straight to the file descriptor: the handler may run inside a write to sys.stderr (a reentrant call)
+        while text:
+            text = text[os.write(2, text) :]
+    except OSError:
+        pass
 
 
 def trim_heap() -> bool:

@@ -159,7 +159,7 @@ def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a
     finally:
         kafka_env.broker.resume()
     sender.join()
-    assert status == 2
+    assert status == 2, log.read_text()[-4000:]
     assert 3.0 <= exited - float(mark.read_text()) < 3.0 + 12.0  # the bound, plus closing the clients
     lines = log.read_text().splitlines()
     assert [line for line in lines if line.startswith("error:")] == [
