@@ -129,8 +129,8 @@ def test_a_catch_up_far_behind_the_head_stays_one_call(bundle) -> None:
 
 
 def test_a_small_batch_waits_for_the_fetch_in_flight_within_max_batch_ms() -> None:
-    """Under min_batch_bytes the source asks for the fetch in flight (a wait bounded by what is left of
-    max_batch_ms) and adds its records; over it, or with min_batch_bytes 0, it never waits."""
+    """Under min_batch_bytes the source asks for the fetch in flight (a wait bounded by what is left of the
+    linger) and adds its records; over it, or with min_batch_bytes 0, it never waits."""
     tp = TPS[0]
     recs = [_record(tp, i, i, b'{"key":"k","ts":%d,"values":[1.5]}' % i) for i in range(6)]
     asked: list[tuple[int, float]] = []
@@ -157,11 +157,12 @@ def test_a_small_batch_waits_for_the_fetch_in_flight_within_max_batch_ms() -> No
             max_batch_bytes=10**6,
             max_batch_s=60.0,
             min_batch_bytes=min_batch_bytes,
+            linger_s=0.01,
         )
         return next(source.batches())
 
     size = recs[0].serialized_value_size
     assert batch(0).messages == 2 and asked == [(2000, 0.0)]
     assert batch(3 * size).messages == 3  # waited once: 3 records are enough
-    assert [w > 0 for _, w in asked] == [False, True, False] and 0 < asked[1][1] <= 60_000
+    assert [w > 0 for _, w in asked] == [False, True, False] and 0 < asked[1][1] <= 10
     assert batch(100 * size).messages == 4  # waited until a wait brought nothing

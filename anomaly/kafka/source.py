@@ -58,6 +58,7 @@ class KafkaSource:
         buffered: Callable[..., dict[Any, list[Any]]] | None = None,
         max_batch_bytes: int = 0,
         min_batch_bytes: int = 0,
+        linger_s: float = 0.0,
         max_batch_s: float = 0.0,
         max_poll_records: int = 2000,
         max_call_bytes: int = 0,
@@ -76,7 +77,10 @@ class KafkaSource:
         self.last_polled = 0  # records returned by the last poll (0: the stream is idle)
         self.buffered = buffered  # anomaly.kafka.records.buffered(consumer), None: one poll per batch
         self.max_batch_bytes = max_batch_bytes
-        self.min_batch_bytes = min_batch_bytes  # below it, wait (within max_batch_s) for the fetch in flight
+        self.min_batch_bytes = (
+            min_batch_bytes  # below it, wait for the fetch in flight: at most linger_s in all
+        )
+        self.linger_s = linger_s
         self.max_batch_s = max_batch_s
         self.max_poll_records = max_poll_records
         self.max_call_bytes = max_call_bytes  # 0: a batch is always one engine call
@@ -138,19 +142,20 @@ class KafkaSource:
     ) -> None:
         """Add the records already fetched to a poll's, in order, a poll's worth at a time, while their values
         add up to less than ``max_batch_bytes`` and for ``max_batch_s`` seconds at most; while they add up to less
-        than ``min_batch_bytes``, also wait (within the same time) for the fetch in flight. An error is kept for
-        the next round, so the records returned before it are scored first, as kafka-python defers its own
-        errors."""
+        than ``min_batch_bytes``, also wait for the fetch in flight (``linger_s`` in all, within the same bound).
+        An error is kept for the next round, so the records returned before it are scored first, as kafka-python
+        defers its own errors."""
         size = _value_bytes(records)
-        until = time.perf_counter() + self.max_batch_s
+        now = time.perf_counter()
+        until, linger_until = now + self.max_batch_s, now + min(self.linger_s, self.max_batch_s)
         while size < self.max_batch_bytes:
-            left = until - time.perf_counter()
-            if left <= 0:
+            now = time.perf_counter()
+            if now >= until:
                 return
             try:
                 more = buffered(self.max_poll_records)
-                if not more and size < self.min_batch_bytes:
-                    more = buffered(self.max_poll_records, left * 1000)
+                if not more and size < self.min_batch_bytes and now < linger_until:
+                    more = buffered(self.max_poll_records, (linger_until - now) * 1000)
             except Exception as exc:  # noqa: BLE001 - re-raised by batches() before the next poll
                 self._error = exc
                 return
