@@ -340,9 +340,9 @@ class KafkaConfig:
     # each of 250 keys). 0 turns it off; a poll of 32-reading blocks (~2.6 MB) is taken as it is.
     max_batch_bytes: int = 2_097_152
     max_batch_ms: float = 50.0
-    # A batch whose values add up to less than min_batch_bytes waits up to batch_linger_ms (and within max_batch_ms)
-    # for the fetch in flight and adds what it brings: fewer, larger engine calls when the stream is at the head
-    # and each fetch brings a few hundred messages. 0: never waits.
+    # A batch whose values add up to less than min_batch_bytes (but at least a quarter of it: a busy stream) waits
+    # up to batch_linger_ms (and within max_batch_ms) for the fetch in flight and adds what it brings: fewer, larger
+    # engine calls when the stream is at the head and each fetch brings a few hundred messages. 0: never waits.
     min_batch_bytes: int = 0
     batch_linger_ms: float = 10.0
     # Near the head of the stream (fewer records left on the broker than the batch holds), a batch over this many

@@ -165,4 +165,5 @@ def test_a_small_batch_waits_for_the_fetch_in_flight_within_max_batch_ms() -> No
     assert batch(0).messages == 2 and asked == [(2000, 0.0)]
     assert batch(3 * size).messages == 3  # waited once: 3 records are enough
     assert [w > 0 for _, w in asked] == [False, True, False] and 0 < asked[1][1] <= 10
-    assert batch(100 * size).messages == 4  # waited until a wait brought nothing
+    assert batch(8 * size).messages == 4  # waited until a wait brought nothing
+    assert batch(9 * size).messages == 2 and asked == [(2000, 0.0)]  # under a quarter of it: a slow stream

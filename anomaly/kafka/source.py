@@ -142,7 +142,9 @@ class KafkaSource:
     ) -> None:
         """Add the records already fetched to a poll's, in order, a poll's worth at a time, while their values
         add up to less than ``max_batch_bytes`` and for ``max_batch_s`` seconds at most; while they add up to less
-        than ``min_batch_bytes``, also wait for the fetch in flight (``linger_s`` in all, within the same bound).
+        than ``min_batch_bytes`` but at least a quarter of it (a busy stream: a slow one, whose fetches the broker
+        holds until data comes, never waits), also wait for the fetch in flight (``linger_s`` in all, within the
+        same bound).
         An error is kept for the next round, so the records returned before it are scored first, as kafka-python
         defers its own errors."""
         size = _value_bytes(records)
@@ -154,7 +156,11 @@ class KafkaSource:
                 return
             try:
                 more = buffered(self.max_poll_records)
-                if not more and size < self.min_batch_bytes and now < linger_until:
+                if (
+                    not more
+                    and self.min_batch_bytes // 4 <= size < self.min_batch_bytes
+                    and now < linger_until
+                ):
                     more = buffered(self.max_poll_records, (linger_until - now) * 1000)
             except Exception as exc:  # noqa: BLE001 - re-raised by batches() before the next poll
                 self._error = exc
