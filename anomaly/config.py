@@ -345,9 +345,9 @@ class KafkaConfig:
     # engine calls when the stream is at the head and each fetch brings a few hundred messages. 0: never waits.
     min_batch_bytes: int = 0
     batch_linger_ms: float = 10.0
-    # Near the head of the stream (fewer records left on the broker than the batch holds), a batch over this many
-    # bytes of values is scored in several engine calls, oldest records first across partitions, so a backlog
-    # after a stall is not all held until the whole batch is scored; a catch-up far behind keeps one call.
+    # At the head of the stream (the batch's newest record stamped less than a second ago), a batch over this many
+    # bytes of values is scored in several engine calls (16 at most), oldest records first across partitions, so a
+    # backlog after a stall is not all held until the whole batch is scored; a catch-up keeps one call.
     # 0: a batch is always one call.
     max_call_bytes: int = 0
     # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the

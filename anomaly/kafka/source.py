@@ -16,13 +16,13 @@ of blocks is already large and is left as it is. A rebalance callback that comes
 path outside ``poll`` (``after_poll`` applies it before the batch is built: records of a revoked partition are
 left out, those at or below a restored checkpoint skipped).
 
-Near the head of the stream a large batch is scored in several engine calls (``max_call_bytes`` of values
+At the head of the stream a large batch is scored in several engine calls (``max_call_bytes`` of values
 each, oldest records first across partitions: :func:`split_oldest_first`), so that the readings of the first
 calls are scored, and their alerts sent, without waiting for the whole batch: after a stall (a checkpoint, a
-slow fetch) the batch that holds the backlog is what sets the latency tail. Far behind the head (the records
-left on the broker past this batch outnumber it: a catch-up) the batch stays one call, where fewer, larger
-calls give the most readings per second. Every call is one runner batch (sinks, checkpointer) and is preceded by
-``after_poll``, like the first.
+slow fetch) the batch that holds the backlog is what sets the latency tail. A batch of records older than
+:data:`FRESH_S` (a catch-up) stays one call, where fewer, larger calls give the most readings per second. Every
+call is one runner batch (sinks, checkpointer) and is preceded by ``after_poll``, like the first; no poll runs
+between them, and the time they take together is the batch's own (at most :data:`MAX_CALLS` calls).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ from anomaly.engine.types import Readings, Rejection
 from anomaly.kafka.checkpoint import PartitionTracker
 from anomaly.kafka.codec import Decoder, source_rejection
 from anomaly.runner import Batch
+
+FRESH_S = 1.0  # a batch whose newest record is older than this is a catch-up: never cut into several calls
+MAX_CALLS = 16  # a batch is cut into this many engine calls at most, whatever max_call_bytes
 
 
 class KafkaSource:
@@ -113,29 +116,19 @@ class KafkaSource:
                 yield self.to_batch(part)
 
     def _calls(self, records: dict[Any, list[Any]]) -> list[dict[Any, list[Any]]]:
-        """The batch as engine calls: itself, or near the head of the stream and over ``max_call_bytes``, its
-        records cut oldest first (:func:`split_oldest_first`)."""
+        """The batch as engine calls: itself, or when it is over ``max_call_bytes`` and fresh (its newest record
+        stamped less than :data:`FRESH_S` ago: the stream's head), its records cut oldest first into at most
+        :data:`MAX_CALLS` parts (:func:`split_oldest_first`). A batch of older records is a catch-up, where one
+        large call gives the most readings per second and a reading's latency is already lost."""
         if not self.max_call_bytes or not records:
             return [records]
         size = _value_bytes(records)
-        if size <= self.max_call_bytes or self._behind(records) > self.last_polled:
+        if size <= self.max_call_bytes:
             return [records]
-        return split_oldest_first(records, self.max_call_bytes)
-
-    def _behind(self, records: dict[Any, list[Any]]) -> int:
-        """Records on the broker past this batch (its partitions' high watermarks, as of the fetches that
-        brought them, minus the next offsets); 0 where the consumer does not know them."""
-        highwater = getattr(self.consumer, "highwater", None)
-        behind = 0
-        for tp, recs in records.items():
-            if recs and highwater is not None:
-                try:
-                    high = highwater(tp)
-                except Exception:  # noqa: BLE001 - e.g. no longer assigned: no lag known
-                    high = None
-                if high is not None:
-                    behind += max(0, high - recs[-1].offset - 1)
-        return behind
+        newest = max(recs[-1].timestamp for recs in records.values() if recs)  # ms; -1 when not known
+        if newest < 0 or time.time() * 1000 - newest > FRESH_S * 1000:
+            return [records]
+        return split_oldest_first(records, max(self.max_call_bytes, -(-size // MAX_CALLS)))
 
     def _add_fetched(
         self, records: dict[Any, list[Any]], buffered: Callable[..., dict[Any, list[Any]]]
