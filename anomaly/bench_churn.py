@@ -28,7 +28,15 @@ next to it), so that what this shared machine does to both in a round cancels. T
 smallest of the churned daemon's medians over the rounds; target <= 1.10) is printed as before, next to the
 control's own (the same work without churn: how much the machine alone moves it). After each churned probe the
 bench also commits a plain transaction of the same size through its own transactional producer (four records,
-offsets, commit): the broker round trip alone. A warm-up round is not counted.
+offsets, commit; each step timed): the broker round trip alone. A warm-up round is not counted.
+
+At the end the probe checkpoints are split, churned and control, into the daemon's own work (tracker walk,
+snapshot, compression, handing the records to the producer: ``anomaly_checkpoint_state_seconds`` and its CPU time)
+and waiting on the broker (flushes, offsets, commit: the rest), each part's max/min and last/first over the rounds
+printed beside the raw checkpoint's: whether a change over the rounds is the daemon's (it would walk more keys) or
+the broker's (its in-memory log grows with every round's changelog and output records). RSS is taken when the
+daemon is idle after the round (it has compacted its state store and trimmed the heap); ``peak_rss_mb`` is the
+process's peak so far (``VmHWM``: ``max_keys`` plus one engine batch's new keys held at once during a round).
 """
 
 from __future__ import annotations
@@ -63,9 +71,10 @@ def _metrics(port: int) -> dict[str, float]:
         return out
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (``VmRSS``) or its peak over the process's life (``VmHWM``), MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -151,17 +160,26 @@ class _PlainTransaction:
         self.topic, self.source, self.n = topic, source, 0
         self.values = [os.urandom(int(kib * 256)) for _ in range(4)]
 
-    def commit_ms(self) -> float:
+    def commit_ms(self) -> dict[str, float]:
+        """ms in all and per step: the records sent and flushed, the offsets added, the commit."""
         t0 = time.perf_counter()
         self.producer.begin_transaction()
         for i, value in enumerate(self.values):
             self.producer.send(self.topic, key=f"p{i}".encode(), value=value)
         self.producer.flush()
+        t1 = time.perf_counter()
         offsets = {TopicPartition(self.source, 0): OffsetAndMetadata(self.n, "", -1)}
         self.producer.send_offsets_to_transaction(offsets, self.topic)
+        t2 = time.perf_counter()
         self.producer.commit_transaction()
+        t3 = time.perf_counter()
         self.n += 1
-        return 1000 * (time.perf_counter() - t0)
+        return {
+            "ms": 1000 * (t3 - t0),
+            "send_ms": 1000 * (t1 - t0),
+            "offsets_ms": 1000 * (t2 - t1),
+            "commit_ms": 1000 * (t3 - t2),
+        }
 
     def close(self) -> None:
         self.producer.close(timeout=5)
@@ -267,6 +285,7 @@ class _Daemon:
         out["flush_ms"] = (
             out["ms"] - out["state_ms"] - out["commit_ms"]
         )  # neither the state part nor the commit
+        out["broker_ms"] = out["ms"] - out["state_ms"]  # waiting on the broker: flushes + offsets + commit
         return out
 
     def close(self) -> None:
@@ -292,7 +311,7 @@ def _medians(probes: list[dict[str, float]], prefix: str) -> dict[str, float]:
         "cpu_ms": "state_cpu_ms",
         "commit_ms": "commit_ms",
     }
-    names |= {"flush_ms": "flush_ms", "kb": "state_kb"}
+    names |= {"flush_ms": "flush_ms", "broker_ms": "broker_ms", "kb": "state_kb"}
     return {f"{prefix}_{out}": round(_median([p[key] for p in probes]), 2) for key, out in names.items()}
 
 
@@ -378,6 +397,7 @@ def run_churn_bench(
             row: dict[str, Any] = {
                 "round": r,
                 "rss_mb": round(_rss_mb(churned.proc.pid), 1),
+                "peak_rss_mb": round(_rss_mb(churned.proc.pid, "VmHWM"), 1),  # the process's peak so far
                 "control_rss_mb": round(_rss_mb(control.proc.pid), 1),
                 "held_by_partition": [len(twins.get(p, ())) for p in range(PARTITIONS)],
                 "checkpoint_ms": round(1000 * s / max(n, 1), 1),
@@ -401,7 +421,7 @@ def run_churn_bench(
             got: dict[str, list[dict[str, float]]] = {"churned": [], "control": []}
             pairs: list[tuple[float, float]] = []
             cpu_pairs: list[tuple[float, float]] = []
-            plain_ms: list[float] = []
+            plain_ms: list[dict[str, float]] = []
             for j in range(probes):
                 order = [("churned", churned), ("control", control)]
                 taken: dict[str, dict[str, float] | None] = {}
@@ -428,31 +448,35 @@ def run_churn_bench(
             row["pair_ratio_median"] = round(_median(row["pair_ratios"]), 3)
             row["cpu_pair_ratio_median"] = round(_median([_ratio(a, b) for a, b in cpu_pairs]), 3)
             row["pairs"] = len(pairs)
-            row["plain_txn_ms"] = round(_median(plain_ms), 2)
-            row["plain_txn_each_ms"] = [round(x, 2) for x in plain_ms]
+            row["plain_txn_ms"] = round(_median([x["ms"] for x in plain_ms]), 2)
+            for part in ("send_ms", "offsets_ms", "commit_ms"):
+                row[f"plain_txn_{part}"] = round(_median([x[part] for x in plain_ms]), 2)
+            row["plain_txn_each_ms"] = [round(x["ms"], 2) for x in plain_ms]
             before = churned.last
             rows.append(row)
             label = "warm-up" if r == 0 else f"round {r}"
             log(
-                f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB (control "
-                f"{row['control_rss_mb']} MB), checkpoint mean {row['checkpoint_ms']} ms over "
+                f"churn {label}: {round_keys:,} new keys -> RSS {row['rss_mb']} MB (peak so far "
+                f"{row['peak_rss_mb']} MB; control {row['control_rss_mb']} MB), checkpoint mean {row['checkpoint_ms']} ms over "
                 f"{row['checkpoints']} ({row['state_checkpoint_ms']} ms over the {row['checkpoints_with_state']} "
                 f"that wrote state; in-process part {row['state_ms']} ms, {row['state_kb']} KiB), keys held "
                 f"{row['keys_held']:,} ({row['seconds']} s, {row['send_seconds']} s of them sending, all consumed "
                 f"after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker "
                 f"{row['broker_cpu_s']}); checkpoint of every key held (median of {row['probes']} probes): "
-                f"{row['full_checkpoint_ms']} ms, in-process {row['full_state_ms']} ms (CPU "
-                f"{row['full_state_cpu_ms']} ms), commit {row['full_commit_ms']} ms, flushes "
-                f"{row['full_flush_ms']} ms, {row['full_state_kb']} KiB; control (as many keys held per partition, "
+                f"{row['full_checkpoint_ms']} ms = the daemon's own part {row['full_state_ms']} ms (CPU "
+                f"{row['full_state_cpu_ms']} ms) + waiting on the broker {row['full_broker_ms']} ms (commit "
+                f"{row['full_commit_ms']} ms, flushes {row['full_flush_ms']} ms), {row['full_state_kb']} KiB; control (as many keys held per partition, "
                 f"{row['held_by_partition']}, without the churn) "
                 f"(median of {row['control_probes']}): {row['control_checkpoint_ms']} ms, in-process "
-                f"{row['control_state_ms']} ms (CPU {row['control_state_cpu_ms']} ms), commit "
-                f"{row['control_commit_ms']} ms, {row['control_state_kb']} KiB; churned/control: medians "
+                f"{row['control_state_ms']} ms (CPU {row['control_state_cpu_ms']} ms), broker "
+                f"{row['control_broker_ms']} ms (commit {row['control_commit_ms']} ms), {row['control_state_kb']} KiB; "
+                f"churned/control: medians "
                 f"{row['churned_over_control']}, median of {row['pairs']} pairs {row['pair_ratio_median']}, CPU "
                 f"{row['cpu_churned_over_control']} (pairs {row['cpu_pair_ratio_median']}); each probe: "
                 f"{row['probe_checkpoint_ms']}, control: {row['control_probe_checkpoint_ms']}; a plain "
-                f"transaction of the same size by the bench (median): {row['plain_txn_ms']} ms, each: "
-                f"{row['plain_txn_each_ms']}"
+                f"transaction of the same size by the bench (median): {row['plain_txn_ms']} ms (records sent "
+                f"and flushed {row['plain_txn_send_ms']} ms, offsets {row['plain_txn_offsets_ms']} ms, commit "
+                f"{row['plain_txn_commit_ms']} ms), each: {row['plain_txn_each_ms']}"
             )
         measured = rows[1:]
 
@@ -483,6 +507,12 @@ def run_churn_bench(
             "full_state_cpu_flatness": flat("full_state_cpu_ms"),
             "full_flush_flatness": flat("full_flush_ms"),
             "plain_txn_flatness": flat("plain_txn_ms"),
+            "full_broker_flatness": flat("full_broker_ms"),
+            "control_state_flatness": flat("control_state_ms"),
+            "control_broker_flatness": flat("control_broker_ms"),
+            "plain_txn_send_flatness": flat("plain_txn_send_ms"),
+            "plain_txn_offsets_flatness": flat("plain_txn_offsets_ms"),
+            "plain_txn_commit_flatness": flat("plain_txn_commit_ms"),
             "control_checkpoint_flatness": flat("control_checkpoint_ms"),
             "control_state_cpu_flatness": flat("control_state_cpu_ms"),
             "churned_over_control": [x["churned_over_control"] for x in measured],
@@ -492,6 +522,7 @@ def run_churn_bench(
             "cpu_churned_over_control": [x["cpu_churned_over_control"] for x in measured],
             "pooled_pair_ratio": round(_median([q for x in measured for q in x["pair_ratios"]]), 3),
             "rss_last_over_first": round(rss[-1] / rss[0], 3),
+            "peak_rss_mb": measured[-1]["peak_rss_mb"],
             "checkpoint_last_over_first": round(ckpt[-1] / max(ckpt[0], 1e-9), 3),
         }
         lo, hi = spread("churned_over_control")
@@ -513,6 +544,34 @@ def run_churn_bench(
             f"max/min {res['churned_over_control_flatness']:.3f}), median of pairs {res['pair_ratio_median']} "
             f"(max/min {res['pair_ratio_flatness']:.3f}), in-process CPU {res['cpu_churned_over_control']}; all "
             f"pairs pooled {res['pooled_pair_ratio']:.3f}"
+        )
+        # Where a probe checkpoint's time moves: the daemon's own work (tracker walk, snapshot, compression,
+        # handing the records to the producer) or waiting on the broker (flushes, offsets, commit).
+        res["split"] = {
+            who: {
+                part: {
+                    "max_over_min": flat(f"{who}_{part}"),
+                    "last_over_first": round(measured[-1][f"{who}_{part}"] / measured[0][f"{who}_{part}"], 3),
+                }
+                for part in ("checkpoint_ms", "state_ms", "state_cpu_ms", "broker_ms")
+            }
+            for who in ("full", "control")
+        }
+        sp = res["split"]
+        log(
+            "probe checkpoint split, max/min (last/first) over the rounds: "
+            + "; ".join(
+                f"{name}: raw {sp[who]['checkpoint_ms']['max_over_min']:.3f} "
+                f"({sp[who]['checkpoint_ms']['last_over_first']:.3f}), the daemon's own part "
+                f"{sp[who]['state_ms']['max_over_min']:.3f} ({sp[who]['state_ms']['last_over_first']:.3f}), its "
+                f"CPU {sp[who]['state_cpu_ms']['max_over_min']:.3f} ({sp[who]['state_cpu_ms']['last_over_first']:.3f}), "
+                f"waiting on the broker {sp[who]['broker_ms']['max_over_min']:.3f} "
+                f"({sp[who]['broker_ms']['last_over_first']:.3f})"
+                for name, who in (("churned", "full"), ("control", "control"))
+            )
+            + f"; the bench's plain transaction {res['plain_txn_flatness']:.3f} (records sent and flushed "
+            f"{res['plain_txn_send_flatness']:.3f}, offsets {res['plain_txn_offsets_flatness']:.3f}, commit "
+            f"{res['plain_txn_commit_flatness']:.3f}); peak RSS of the churned daemon {res['peak_rss_mb']} MB"
         )
         return res
     finally:

@@ -465,6 +465,39 @@ def test_eviction_caps_keys_lru_and_ttl(bundle) -> None:
     assert out.evicted == ["old"] and ttl.keys() == ["young"]
 
 
+@pytest.mark.parametrize("threshold", list(THRESHOLDS))
+def test_compacting_the_store_after_a_peak_changes_nothing_but_its_size(bundle, threshold) -> None:
+    """A call of many new keys grows the store; compact() gives the rows back. The engine that compacted
+    scores, alerts, evicts and snapshots exactly as its twin that did not (a call's outputs of different keys
+    come in row order, which moves), and its held rows lie in LRU order."""
+    cfg = EngineConfig(threshold=threshold, max_keys=8, ttl_seconds=0, **SMALL)
+    n, f = 320, len(bundle.features)
+    series = [make_series(f"s{i}", n, f, seed=i) for i in range(6)]
+    # a peak of 300 new keys, read before the series' readings of the same call: they are the least recently
+    # used at its end and evicted; the series' keys and their state stay
+    peak = [Event(f"new{i}", np.array([i / 1000]), one(bundle)) for i in range(300)]
+    twins = [Engine(bundle, cfg), Engine(bundle, cfg)]
+    got: list[list] = [[], []]
+    for i, (lo, hi) in enumerate(chunks(n, [7, 1, 12])):
+        events = [Event(s.key, s.timestamps[lo:hi], s.values[lo:hi]) for s in series]
+        for e, out in zip(twins, got, strict=True):
+            res = e.process(peak + events if i == 10 else events)
+            # per key in order; across keys a call's outputs follow the rows, which compaction moves
+            out.append(sorted([(w.key, w.scores.tobytes()) for w in res.windows], key=lambda x: x[0]))
+            out.append(sorted(a.id + a.status for a in res.alerts))
+            out.append(sorted(res.evicted))
+        if i == 10:  # mid-stream, mid-window: one of the twins compacts
+            assert [e.store.capacity for e in twins] == [512, 512]
+            assert {k for k in twins[0].keys() if k.startswith("s")} == {s.key for s in series}
+            assert twins[0].compact() == 512 - 64 and twins[0].store.capacity == 64
+            assert list(twins[0].store.slots.values()) == list(range(len(twins[0])))
+            assert twins[0].compact() == 0  # nothing left to give back
+    assert got[0] == got[1] and sum(map(len, got[0][::3])) > 200
+    assert twins[0].keys() == twins[1].keys()
+    assert twins[0].snapshot() == twins[1].snapshot()
+    assert twins[0].active_alerts == twins[1].active_alerts
+
+
 def test_reload_keeps_state_for_same_architecture(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])

@@ -29,7 +29,7 @@ from anomaly.kafka.changelog import (
     latest_records,
     writers_to_fence,
 )
-from anomaly.kafka.checkpoint import EvictionSink, PartitionTracker
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
@@ -119,6 +119,28 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
     run(engine, iter([source.to_batch(records)]), [EvictionSink(tracker)])
     assert len(before) == 50 and not before & set(engine.keys())  # every key of `holder` was evicted
     assert tracker.dirty == {holder}  # (`other` becomes dirty with its position, in the checkpointer)
+
+
+def test_a_checkpoint_lists_each_partitions_keys_least_recently_used_first_so_a_restore_keeps_that_order(
+    bundle,
+):
+    engine = Engine(bundle, EngineConfig(max_keys=100, ttl_seconds=0))
+    tracker = PartitionTracker()
+    tps = [TopicPartition("in", p) for p in range(3)]
+    rng = np.random.default_rng(3)
+    for step, i in enumerate(rng.integers(0, 30, 200).tolist()):  # keys touched in a random order
+        engine.process([Event(f"k{i}", np.array([float(step)]), np.zeros((1, len(bundle.features))))])
+        tracker.see(f"k{i}", tps[i % 3])
+    tracker.see("rejected", tps[0])  # a key the engine does not hold (its messages were refused)
+    checkpointer = KafkaCheckpointer(None, None, None, tracker, 1.0)  # type: ignore[arg-type]
+    held = checkpointer._held_by_partition(engine, {tps[0], tps[2]})
+    lru = engine.keys()
+    for tp in (tps[0], tps[2]):
+        assert held[tp] == [k for k in lru if tracker.key_partition[k] == tp]
+    assert sorted(held) == [tps[0], tps[2]] and "rejected" not in held[tps[0]]
+    restored = Engine(bundle, EngineConfig(max_keys=100, ttl_seconds=0))
+    restored.restore(engine.snapshot(held[tps[2]]))
+    assert restored.keys() == held[tps[2]]  # the partition's LRU order survives the restore
 
 
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():

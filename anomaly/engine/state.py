@@ -118,6 +118,35 @@ class StateStore:
         self._capacity = capacity
         self.reset_rows(np.arange(old, capacity))
 
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def compact(self, min_capacity: int = 64) -> int:
+        """Give back the rows a peak left behind: when the store holds at most a quarter of its rows, the held
+        rows move to rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of
+        every key list them, so that gather is sequential) and the arrays shrink to the smallest power of two
+        of at least ``2 n`` rows (and ``min_capacity``). The store grows whenever one call brings more new
+        keys than it has free rows (``max_keys`` plus a batch's new keys under churn) and otherwise never
+        shrinks. Only where a key's state lies changes: every row's bytes, the LRU order and every snapshot
+        stay the same. Returns the number of rows given back (0: nothing to do)."""
+        n = len(self.slots)
+        target = max(min_capacity, 1 << max(2 * n - 1, 0).bit_length())
+        if self._capacity < 4 * target:
+            return 0
+        rows = np.fromiter(self.slots.values(), np.int64, n)
+        old = self._capacity
+        for name, arr in self.arrays.items():
+            small = np.empty((target, *arr.shape[1:]), arr.dtype)
+            np.take(arr, rows, axis=0, out=small[:n])
+            self.arrays[name] = small
+        for i, key in enumerate(self.slots):
+            self.slots[key] = i
+        self.free = list(range(target - 1, n - 1, -1))  # slot() pops from the end: rows n, n+1, ... first
+        self._capacity = target
+        self.reset_rows(np.arange(n, target))
+        return old - target
+
     def reset_rows(self, rows: np.ndarray) -> None:
         for name, arr in self.arrays.items():
             arr[rows] = np.nan if name in self._nan else 0

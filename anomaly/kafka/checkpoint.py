@@ -170,9 +170,7 @@ class KafkaCheckpointer:
             state_s, state_cpu_s, state_bytes = 0.0, 0.0, 0
             if chosen:
                 t1, c1 = time.monotonic(), time.thread_time()
-                held = set(engine.keys())
-                for tp in sorted(chosen):
-                    keys = [k for k in t.partition_keys.get(tp, ()) if k in held]
+                for tp, keys in sorted(self._held_by_partition(engine, chosen).items()):
                     state_bytes += self.changelog.write(
                         partition_id(tp.topic, tp.partition),
                         t.position[tp] - 1,
@@ -199,6 +197,19 @@ class KafkaCheckpointer:
         if self.metrics is not None:
             self.metrics.checkpoint_done(t3 - t0, time.time(), state_s, state_bytes, t3 - t2, state_cpu_s)
         return ok
+
+    def _held_by_partition(self, engine: Any, chosen: set[TopicPartition]) -> dict[TopicPartition, list[str]]:
+        """The keys the engine holds on each chosen partition, least recently used first: a restore then
+        rebuilds the partition's LRU order (eviction keeps evicting the least recently used keys after a
+        restart or rebalance, not an arbitrary set), and a compacted store (rows in LRU order) is read in row
+        order. One pass over the keys held."""
+        out: dict[TopicPartition, list[str]] = {tp: [] for tp in chosen}
+        where = self.tracker.key_partition
+        for key in engine.keys():
+            tp = where.get(key)
+            if tp in out:
+                out[tp].append(key)  # type: ignore[index]
+        return out
 
     def commit(self, tps: Iterable[TopicPartition], wait: bool = True) -> bool:
         offsets = {

@@ -22,8 +22,10 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 * no broker call waits forever: kafka-python's transactional waits (offsets, commit, abort) are bounded by
   ``kafka.max_block_ms``; past it the daemon exits with one error line (status 2) and a restart restores the
   last committed checkpoint;
-* when the stream goes idle after work (at most every ``trim_interval_s``): the C heap's free memory is given
-  back to the operating system (:func:`trim_heap`), so RSS follows the live state under key churn.
+* when the stream goes idle after work (at most every ``trim_interval_s``): the engine's state store shrinks to
+  the keys held (``Engine.compact``: a batch of many new keys grows it to ``max_keys`` plus those keys) and the
+  C heap's free memory is given back to the operating system (:func:`trim_heap`), so RSS follows the live state
+  under key churn.
 """
 
 from __future__ import annotations
@@ -345,6 +347,7 @@ class Daemon:
             and now - self._trimmed_at >= self.opts.trim_interval_s
         ):  # the stream went idle after work: give the heap freed since (evicted keys, fetch buffers) back
             self._polled_at_trim, self._trimmed_at = self.source.polled, now
+            self.engine.compact()  # and the state rows a peak of new keys left behind (max_keys + a batch)
             trim_heap()
         if self._reload_requested or now >= self._next_reload_check:
             self._next_reload_check = now + self.opts.reload_check_s
