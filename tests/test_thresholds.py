@@ -95,6 +95,8 @@ def test_epsilon_equals_the_full_grid_to_the_bit() -> None:
         if trial % 5 == 1:
             hist[rng.random((k, n)) < 0.02] = rng.choice([np.nan, np.inf])
         pushed = rng.integers(0, 3 * n, k) if trial % 2 else rng.integers(0, n + 1, k)
+        if trial % 3 == 0:  # new keys (empty history) among the others: they take no part in the arithmetic
+            pushed[rng.random(k) < 0.4] = 0
         floor = float(rng.choice([0.0, 1.0]))
         assert (
             select_epsilon(hist, pushed, floor).tobytes() == _full_grid_epsilon(hist, pushed, floor).tobytes()

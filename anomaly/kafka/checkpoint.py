@@ -4,7 +4,9 @@ Order matters and is the whole delivery contract:
 
 1. flush the producers: every alert/score/dead letter of the messages processed so far is acknowledged;
 2. write each dirty partition's state (its keys' ``engine.snapshot``) with the last offset it covers and the
-   partition's owner epoch to the changelog, and flush again;
+   partition's owner epoch to the changelog, and flush again (transactional: outputs and checkpoints are
+   committed together, so one flush after the changelog writes acknowledges both, and a refused record still
+   raises before the commit; only the dead letters, outside the transaction, are flushed first);
 3. commit ``offset + 1`` for those partitions: transactional, the offsets join the producer's transaction
    (outputs and checkpoints of step 1-2) and it is committed; otherwise a plain consumer commit.
 
@@ -164,7 +166,10 @@ class KafkaCheckpointer:
         t = self.tracker
         chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
         try:
-            self.delivery.flush()
+            if (
+                not self.delivery.transactional
+            ):  # outputs acknowledged before the checkpoint that covers them;
+                self.delivery.flush()  # in a transaction the commit makes both visible at once: one flush below
             if self.dead_letters is not None:
                 self.dead_letters.flush()
             state_s, state_cpu_s, state_bytes = 0.0, 0.0, 0
@@ -179,6 +184,7 @@ class KafkaCheckpointer:
                         t.epoch.get(tp, 0),
                     )
                 state_s, state_cpu_s = time.monotonic() - t1, time.thread_time() - c1
+            if chosen or self.delivery.transactional:
                 self.delivery.flush()
         except DeliveryError:
             raise
