@@ -394,6 +394,23 @@ def oracle_best_f1(scores: Any, labels: Any) -> tuple[float, float]:
     return float(f1[best]), float(thr[best])
 
 
+def events_standing_out(scores: Any, labels: Any, normal_rate: float = 0.01) -> tuple[int, int]:
+    """(events that stand out, labelled events) of one series: an event stands out when its highest score is above
+    all but `normal_rate` of the series' normal readings (strictly more than 1 - rate of them score below it), so a
+    threshold flagging that share of normal readings would catch it -- telemanom's event view, threshold-free. It
+    looks at the labels: a diagnosis of ranking, never a result. NaN scores count as lowest."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    y = _binary(labels)
+    if len(s) != len(y):
+        raise ValueError(f"scores and labels differ in length: {len(s)}, {len(y)}")
+    events = segments(y)
+    normal = np.sort(s[~y])
+    if not len(normal):
+        return len(events), len(events)
+    below = [np.searchsorted(normal, s[a:b].max(), side="left") / len(normal) for a, b in events]
+    return sum(1 for v in below if v >= 1.0 - normal_rate), len(events)
+
+
 def pool(results: Iterable[Mapping[str, Any] | Counts]) -> dict[str, Any]:
     """Micro-average: sum the counts of :func:`evaluate` results (or :class:`Counts`) and recompute every metric."""
     total = Counts()

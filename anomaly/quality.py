@@ -153,6 +153,7 @@ def series_oracle(points: Mapping[str, ScorerPoints]) -> dict[str, float | None]
 
 
 RANKING_MARGIN = 0.05  # issue 8's lift target: a series counts as won or lost by this much oracle F1
+EVENT_NORMAL_RATE = 0.01  # an event stands out when its peak beats all but this share of the normal readings
 
 
 def ranking(
@@ -160,7 +161,11 @@ def ranking(
 ) -> dict[str, Any]:
     """Series by series, `name` against `reference` (each series' own oracle F1, :func:`series_oracle`): the
     series where `name` ranks better or worse by at least RANKING_MARGIN, and the rest, and the mean of each
-    series' better score of the two -- the most any per-series choice between the two scores could reach."""
+    series' better score of the two -- the most any per-series choice between the two scores could reach; and,
+    for both, the labelled events whose peak stands out of their series' normal readings
+    (:func:`anomaly.evaluation.events_standing_out` at EVENT_NORMAL_RATE): the event view point-wise F1 hides."""
+    found = {name: 0, reference: 0}
+    events = 0
     ahead: list[str] = []
     behind: list[str] = []
     level: list[str] = []
@@ -170,6 +175,10 @@ def ranking(
         a, b = o.get(name), o.get(reference)
         if a is None or b is None:
             continue
+        for n in found:
+            hit, total = evaluation.events_standing_out(points[n].scores, points[n].labels, EVENT_NORMAL_RATE)
+            found[n] += hit
+        events += total
         (ahead if a >= b + RANKING_MARGIN else behind if a <= b - RANKING_MARGIN else level).append(key)
         best.append(max(a, b))
     return {
@@ -180,6 +189,9 @@ def ranking(
         "behind": behind,
         "level": level,
         "better_of_two_mean": float(np.mean(best)) if best else None,
+        "event_normal_rate": EVENT_NORMAL_RATE,
+        "events": events,
+        "events_standing_out": found,
     }
 
 
@@ -187,7 +199,10 @@ def format_ranking(rk: Mapping[str, Any], unit: str) -> str:
     return (
         f"per {unit} (oracle F1, diagnosis only): {rk['score']} ahead of {rk['reference']} by >= {rk['margin']} on "
         f"{len(rk['ahead'])}, behind on {len(rk['behind'])}, level on {len(rk['level'])}; "
-        f"better of the two per {unit}, mean {_f(rk['better_of_two_mean'])}"
+        f"better of the two per {unit}, mean {_f(rk['better_of_two_mean'])}; events whose peak beats all but "
+        f"{rk['event_normal_rate']:.0%} of their {unit}'s normal readings: "
+        + ", ".join(f"{n} {v}" for n, v in rk["events_standing_out"].items())
+        + f" of {rk['events']}"
     )
 
 

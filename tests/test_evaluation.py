@@ -14,6 +14,7 @@ from anomaly.evaluation import (
     count,
     decision_index,
     evaluate,
+    events_standing_out,
     format_table,
     oracle_best_f1,
     point_adjust,
@@ -206,3 +207,16 @@ def test_rows_out_of_time_order_map_decisions_in_file_order():
     assert decision_index(ts, decided).tolist() == [1, 1, 5, 4, 4]
     m = evaluate([0, 0, 0, 1, 1], [0, 0, 0, 1, 1], ts, decided)
     assert m["median_delay_readings"] == 1.0 and m["counts"]["point"]["tp"] == 1
+
+
+def test_an_event_stands_out_when_its_peak_beats_all_but_the_normal_rate():
+    labels = np.zeros(120, bool)
+    labels[[10, 11, 50, 90, 91]] = True  # three events: [10, 12), [50, 51), [90, 92)
+    scores = np.arange(120, dtype=float) / 1000  # normal readings rise from 0 to 0.119
+    scores[11] = 5.0  # above every normal reading
+    scores[50] = 0.1185  # below one normal reading (0.119) of 115: beats 114 / 115 = 99.1 %
+    scores[90:92] = [0.05, np.nan]  # beats about half of them; NaN counts as lowest
+    assert events_standing_out(scores, labels, 0.01) == (2, 3)
+    assert events_standing_out(scores, labels, 0.005) == (1, 3)
+    assert events_standing_out(scores, labels, 0.6) == (3, 3)
+    assert events_standing_out(scores, np.zeros(120, bool)) == (0, 0)

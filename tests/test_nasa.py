@@ -155,4 +155,7 @@ def test_ranking_counts_series_won_and_lost_by_the_margin():
     rk = quality.ranking(runs)
     assert (rk["ahead"], rk["behind"], rk["level"]) == (["A"], ["B"], ["C"])
     assert rk["better_of_two_mean"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    # the event [2, 4) peaks at 5 in `good` (above every normal reading), at 1 in `poor` (two normal 5s above it)
+    assert (rk["events"], rk["events_standing_out"]) == (3, {"model": 1, "zscore": 1})
+    assert quality.ranking(runs[:1])["events_standing_out"] == {"model": 1, "zscore": 0}
     assert "ahead of zscore by >= 0.05 on 1, behind on 1, level on 1" in quality.format_ranking(rk, "channel")
