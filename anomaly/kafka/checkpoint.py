@@ -166,10 +166,10 @@ class KafkaCheckpointer:
         t = self.tracker
         chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
         try:
-            if (
-                not self.delivery.transactional
-            ):  # outputs acknowledged before the checkpoint that covers them;
-                self.delivery.flush()  # in a transaction the commit makes both visible at once: one flush below
+            # outputs acknowledged before the checkpoint that covers them; in a transaction the commit makes both
+            # visible at once, so one flush after the changelog writes does for both
+            if not self.delivery.transactional:
+                self.delivery.flush()
             if self.dead_letters is not None:
                 self.dead_letters.flush()
             state_s, state_cpu_s, state_bytes = 0.0, 0.0, 0

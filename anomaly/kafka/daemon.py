@@ -196,6 +196,7 @@ class Daemon:
             buffered=records.buffered(self.consumer),
             max_batch_bytes=k.max_batch_bytes,
             min_batch_bytes=k.min_batch_bytes,
+            linger_s=k.batch_linger_ms / 1000,
             max_batch_s=k.max_batch_ms / 1000,
             max_poll_records=k.max_poll_records,
             max_call_bytes=k.max_call_bytes,

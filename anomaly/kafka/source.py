@@ -16,13 +16,13 @@ of blocks is already large and is left as it is. A rebalance callback that comes
 path outside ``poll`` (``after_poll`` applies it before the batch is built: records of a revoked partition are
 left out, those at or below a restored checkpoint skipped).
 
-Near the head of the stream a large batch is scored in several engine calls (``max_call_bytes`` of values
+At the head of the stream a large batch is scored in several engine calls (``max_call_bytes`` of values
 each, oldest records first across partitions: :func:`split_oldest_first`), so that the readings of the first
 calls are scored, and their alerts sent, without waiting for the whole batch: after a stall (a checkpoint, a
-slow fetch) the batch that holds the backlog is what sets the latency tail. Far behind the head (the records
-left on the broker past this batch outnumber it: a catch-up) the batch stays one call, where fewer, larger
-calls give the most readings per second. Every call is one runner batch (sinks, checkpointer) and is preceded by
-``after_poll``, like the first.
+slow fetch) the batch that holds the backlog is what sets the latency tail. A batch of records older than
+:data:`FRESH_S` (a catch-up) stays one call, where fewer, larger calls give the most readings per second. Every
+call is one runner batch (sinks, checkpointer) and is preceded by ``after_poll``, like the first; no poll runs
+between them, and the time they take together is the batch's own (at most :data:`MAX_CALLS` calls).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ from anomaly.kafka.checkpoint import PartitionTracker
 from anomaly.kafka.codec import Decoder, source_rejection
 from anomaly.runner import Batch
 
+FRESH_S = 1.0  # a batch whose newest record is older than this is a catch-up: never cut into several calls
+MAX_CALLS = 16  # a batch is cut into this many engine calls at most, whatever max_call_bytes
+
 
 class KafkaSource:
     def __init__(
@@ -58,6 +61,7 @@ class KafkaSource:
         buffered: Callable[..., dict[Any, list[Any]]] | None = None,
         max_batch_bytes: int = 0,
         min_batch_bytes: int = 0,
+        linger_s: float = 0.0,
         max_batch_s: float = 0.0,
         max_poll_records: int = 2000,
         max_call_bytes: int = 0,
@@ -76,7 +80,10 @@ class KafkaSource:
         self.last_polled = 0  # records returned by the last poll (0: the stream is idle)
         self.buffered = buffered  # anomaly.kafka.records.buffered(consumer), None: one poll per batch
         self.max_batch_bytes = max_batch_bytes
-        self.min_batch_bytes = min_batch_bytes  # below it, wait (within max_batch_s) for the fetch in flight
+        self.min_batch_bytes = (
+            min_batch_bytes  # below it, wait for the fetch in flight: at most linger_s in all
+        )
+        self.linger_s = linger_s
         self.max_batch_s = max_batch_s
         self.max_poll_records = max_poll_records
         self.max_call_bytes = max_call_bytes  # 0: a batch is always one engine call
@@ -109,48 +116,45 @@ class KafkaSource:
                 yield self.to_batch(part)
 
     def _calls(self, records: dict[Any, list[Any]]) -> list[dict[Any, list[Any]]]:
-        """The batch as engine calls: itself, or near the head of the stream and over ``max_call_bytes``, its
-        records cut oldest first (:func:`split_oldest_first`)."""
+        """The batch as engine calls: itself, or when it is over ``max_call_bytes`` and fresh (its newest record
+        stamped less than :data:`FRESH_S` ago: the stream's head), its records cut oldest first into at most
+        :data:`MAX_CALLS` parts (:func:`split_oldest_first`). A batch of older records is a catch-up, where one
+        large call gives the most readings per second and a reading's latency is already lost."""
         if not self.max_call_bytes or not records:
             return [records]
         size = _value_bytes(records)
-        if size <= self.max_call_bytes or self._behind(records) > self.last_polled:
+        if size <= self.max_call_bytes:
             return [records]
-        return split_oldest_first(records, self.max_call_bytes)
-
-    def _behind(self, records: dict[Any, list[Any]]) -> int:
-        """Records on the broker past this batch (its partitions' high watermarks, as of the fetches that
-        brought them, minus the next offsets); 0 where the consumer does not know them."""
-        highwater = getattr(self.consumer, "highwater", None)
-        behind = 0
-        for tp, recs in records.items():
-            if recs and highwater is not None:
-                try:
-                    high = highwater(tp)
-                except Exception:  # noqa: BLE001 - e.g. no longer assigned: no lag known
-                    high = None
-                if high is not None:
-                    behind += max(0, high - recs[-1].offset - 1)
-        return behind
+        newest = max(recs[-1].timestamp for recs in records.values() if recs)  # ms; -1 when not known
+        if newest < 0 or time.time() * 1000 - newest > FRESH_S * 1000:
+            return [records]
+        return split_oldest_first(records, max(self.max_call_bytes, -(-size // MAX_CALLS)))
 
     def _add_fetched(
         self, records: dict[Any, list[Any]], buffered: Callable[..., dict[Any, list[Any]]]
     ) -> None:
         """Add the records already fetched to a poll's, in order, a poll's worth at a time, while their values
         add up to less than ``max_batch_bytes`` and for ``max_batch_s`` seconds at most; while they add up to less
-        than ``min_batch_bytes``, also wait (within the same time) for the fetch in flight. An error is kept for
-        the next round, so the records returned before it are scored first, as kafka-python defers its own
-        errors."""
+        than ``min_batch_bytes`` but at least a quarter of it (a busy stream: a slow one, whose fetches the broker
+        holds until data comes, never waits), also wait for the fetch in flight (``linger_s`` in all, within the
+        same bound).
+        An error is kept for the next round, so the records returned before it are scored first, as kafka-python
+        defers its own errors."""
         size = _value_bytes(records)
-        until = time.perf_counter() + self.max_batch_s
+        now = time.perf_counter()
+        until, linger_until = now + self.max_batch_s, now + min(self.linger_s, self.max_batch_s)
         while size < self.max_batch_bytes:
-            left = until - time.perf_counter()
-            if left <= 0:
+            now = time.perf_counter()
+            if now >= until:
                 return
             try:
                 more = buffered(self.max_poll_records)
-                if not more and size < self.min_batch_bytes:
-                    more = buffered(self.max_poll_records, left * 1000)
+                if (
+                    not more
+                    and self.min_batch_bytes // 4 <= size < self.min_batch_bytes
+                    and now < linger_until
+                ):
+                    more = buffered(self.max_poll_records, (linger_until - now) * 1000)
             except Exception as exc:  # noqa: BLE001 - re-raised by batches() before the next poll
                 self._error = exc
                 return
