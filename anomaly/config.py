@@ -343,13 +343,13 @@ class KafkaConfig:
     # A batch whose values add up to less than min_batch_bytes (but at least a quarter of it: a busy stream) waits
     # up to batch_linger_ms (and within max_batch_ms) for the fetch in flight and adds what it brings: fewer, larger
     # engine calls when the stream is at the head and each fetch brings a few hundred messages. 0: never waits.
-    min_batch_bytes: int = 131_072
+    min_batch_bytes: int = 0
     batch_linger_ms: float = 10.0
     # At the head of the stream (the batch's newest record stamped less than a second ago), a batch over this many
     # bytes of values is scored in several engine calls (16 at most), oldest records first across partitions, so a
     # backlog after a stall is not all held until the whole batch is scored; a catch-up keeps one call.
     # 0: a batch is always one call.
-    max_call_bytes: int = 262_144
+    max_call_bytes: int = 0
     # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the
     # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
     # fetches/s, which costs nothing.
