@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 PCA_VARIANCE = 0.9  # label-free choice: components kept explain this share of the training variance
 BASELINES = ("zscore", "pca")
+# calibration entries measured on the training data, not on the model's errors (anomaly.training)
+TRAINING_DATA_STATS = ("feature_distinct", "feature_wander", "feature_max_run")
 
 
 class Scorer(CarriesState, nn.Module):
@@ -163,4 +165,7 @@ def baseline_bundle(bundle: Bundle, kind: str) -> Bundle:
     params = stored[kind]
     scorer = make_scorer(kind, bundle.arch, params)
     meta = {**bundle.meta, "kind": kind, "model_version": f"{bundle.version}+{kind}"}
-    return Bundle(scorer, list(bundle.features), bundle.scaler, dict(params["calibration"]), meta)
+    # what training measured on the data itself (not on the model) holds for the baseline too: the engine's
+    # rules that read it (stuck sensors) then apply to both sides of the comparison alike
+    data = {k: bundle.calibration[k] for k in TRAINING_DATA_STATS if k in bundle.calibration}
+    return Bundle(scorer, list(bundle.features), bundle.scaler, {**data, **params["calibration"]}, meta)

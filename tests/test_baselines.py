@@ -95,3 +95,16 @@ def test_baselines_follow_the_models_schedule(bundle, window_bundle, test_series
         ts = np.concatenate([w.timestamps for w in windows])
         assert np.array_equal(decided, ts) == on_arrival
         assert np.all(decided >= ts)
+
+
+def test_a_baseline_gets_the_training_datas_statistics_so_the_stuck_sensor_rule_applies_to_it_too(bundle):
+    assert bundle.calibration["feature_max_run"]  # measured at training time on the data
+    for kind in ("zscore", "pca"):
+        base = baseline_bundle(bundle, kind)
+        for key in ("feature_distinct", "feature_wander", "feature_max_run"):
+            assert base.calibration[key] == bundle.calibration[key]
+        assert base.reference_error == bundle.calibration["baselines"][kind]["calibration"]["reference_error"]
+        model_limit = Engine(bundle, EngineConfig()).stuck_limit
+        base_limit = Engine(base, EngineConfig()).stuck_limit
+        assert model_limit is not None and base_limit is not None
+        assert np.array_equal(base_limit, model_limit)

@@ -143,6 +143,23 @@ def test_a_checkpoint_lists_each_partitions_keys_least_recently_used_first_so_a_
     assert restored.keys() == held[tps[2]]  # the partition's LRU order survives the restore
 
 
+def test_an_idle_daemon_gives_back_the_state_rows_a_peak_of_new_keys_left(bundle_path):
+    from types import SimpleNamespace
+
+    from anomaly.kafka.daemon import Daemon
+
+    daemon = Daemon(build_config({"engine": {"max_keys": 8}}), str(bundle_path))  # not connected: no broker
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event(f"k{i}", np.array([float(i)]), np.zeros((1, f))) for i in range(300)])
+    assert (daemon.engine.store.capacity, len(daemon.engine)) == (512, 8)
+    daemon.source = SimpleNamespace(last_polled=40, polled=1)  # the last poll returned records: busy
+    daemon._housekeeping()
+    assert daemon.engine.store.capacity == 512
+    daemon.source.last_polled = 0  # the stream went idle after work
+    daemon._housekeeping()
+    assert daemon.engine.store.capacity == 64 and len(daemon.engine) == 8
+
+
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
     big = b"x" * 5000
     rec = Record("in", 1, 7, b"pump-1", big)
