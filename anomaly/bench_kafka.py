@@ -587,6 +587,16 @@ def run_kafka_bench(
             "features": len(bundle.features),
             "torch_threads": torch.get_num_threads(),
             "max_poll_records": KafkaConfig().max_poll_records,
+            "batch_settings": {  # the daemon's batch and call bounds in this run (KafkaConfig defaults)
+                name: getattr(KafkaConfig(), name)
+                for name in (
+                    "max_batch_bytes",
+                    "max_batch_ms",
+                    "min_batch_bytes",
+                    "batch_linger_ms",
+                    "max_call_bytes",
+                )
+            },
             "checkpoint_interval_s": 5.0,
             "load_average": os.getloadavg()[0],
         }
