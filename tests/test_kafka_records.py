@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import struct
 import threading
 import types
@@ -163,8 +164,9 @@ def test_corrupt_batches_raise_kafka_pythons_errors_after_the_same_records(last_
 
 
 def test_install_only_where_the_checked_source_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    fetch_records = object()
     consumer = types.SimpleNamespace(
-        _fetcher=types.SimpleNamespace(PartitionRecords=Fetcher.PartitionRecords)
+        _fetcher=types.SimpleNamespace(PartitionRecords=Fetcher.PartitionRecords, fetch_records=fetch_records)
     )
     monkeypatch.setattr(fast, "_CHECKED", {**fast._CHECKED, "DefaultRecordBatch._read_msg": "other"})
     fast.supported.cache_clear()
@@ -174,8 +176,45 @@ def test_install_only_where_the_checked_source_is_found(monkeypatch: pytest.Monk
     finally:
         monkeypatch.undo()
         fast.supported.cache_clear()
+    assert consumer._fetcher.fetch_records is fetch_records
     assert fast.install(consumer)
     assert consumer._fetcher.PartitionRecords is fast.FastPartitionRecords
+    assert consumer._fetcher.fetch_records is not fetch_records  # wrapped by no_false_idle
+
+
+class _RacyFetcher:
+    """kafka-python 3.0.12's Fetcher at the moment of the race: the fetch in flight completes (its response is
+    buffered) after fetch_records drained the buffer and before it set up its wait, so it answers "no records,
+    nothing in flight" with the records in its buffer."""
+
+    def __init__(self, race: bool, ready: dict[Any, list[int]] | None = None) -> None:
+        self._completed_fetches: collections.deque[str] = collections.deque()
+        self.race, self.ready, self.calls = race, ready, []
+
+    def fetch_records(self, max_records=None, update_offsets=True, timeout_ms=None):  # type: ignore[no-untyped-def]
+        self.calls.append(("fetch_records", max_records, update_offsets, timeout_ms))
+        if self.ready:
+            return self.ready, False
+        if self.race:
+            self._completed_fetches.append("completed fetch")
+        return {}, True
+
+    def fetched_records(self, max_records=None, update_offsets=True):  # type: ignore[no-untyped-def]
+        self.calls.append(("fetched_records", max_records, update_offsets))
+        self._completed_fetches.popleft()
+        return {TopicPartition("in", 0): [7, 8]}, False
+
+
+def test_a_fetch_completed_between_drain_and_wait_is_returned_not_slept_on() -> None:
+    racy = _RacyFetcher(race=True)
+    fetch = fast.no_false_idle(racy)
+    assert fetch(5, update_offsets=True, timeout_ms=100) == ({TopicPartition("in", 0): [7, 8]}, False)
+    assert racy.calls == [("fetch_records", 5, True, 100), ("fetched_records", 5, True)]
+    quiet = _RacyFetcher(race=False)  # really idle: nothing buffered, nothing in flight -> poll may sleep
+    assert fast.no_false_idle(quiet)(5, timeout_ms=100) == ({}, True)
+    assert quiet.calls == [("fetch_records", 5, True, 100)]
+    ready = _RacyFetcher(race=False, ready={TopicPartition("in", 1): [1]})
+    assert fast.no_false_idle(ready)(None) == ({TopicPartition("in", 1): [1]}, False)
 
 
 def test_an_error_met_while_adding_fetched_records_is_raised_after_their_batch() -> None:
