@@ -454,6 +454,7 @@ def run_churn_bench(
             # round are not counted (the churned daemon trimmed its heap after the round, the control, which read
             # 1,000 messages, did not: a checkpoint after a trim faults its buffers back in).
             n_pairs = probes if r else min(probes, 10)
+            t_probes = time.monotonic()
             got: dict[str, list[dict[str, float]]] = {"churned": [], "control": []}
             pairs: list[tuple[dict[str, float], dict[str, float]]] = []
             plain_ms: list[dict[str, float]] = []
@@ -489,7 +490,7 @@ def run_churn_bench(
             for part in ("send_ms", "offsets_ms", "commit_ms"):
                 row[f"plain_txn_{part}"] = round(_median([x[part] for x in plain_ms]), 2)
             row["plain_txn_each_ms"] = [round(x["ms"], 2) for x in plain_ms]
-            row["probe_seconds"] = round(time.monotonic() - t0 - round_s, 1)
+            row["probe_seconds"] = round(time.monotonic() - t_probes, 1)
             before = churned.last
             rows.append(row)
             label = "warm-up" if r == 0 else f"round {r}"
