@@ -24,9 +24,10 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   last committed checkpoint;
 * when the stream goes idle after work (at most every ``trim_interval_s``): the engine's state store shrinks to
   the keys held (``Engine.compact``: a batch of many new keys grows it to ``max_keys`` plus those keys) and the
-  C heap's free memory is given back to the operating system (:func:`trim_heap`) once ``trim_min_messages``
-  were read since the last trim, so RSS follows the live state under key churn (after a few messages there is
-  little to give back, and the next checkpoint would fault its buffers back in: ~1,000 page faults, 1 ms).
+  C heap's free memory is given back to the operating system (:func:`trim_heap`) when the store shrank or
+  ``trim_min_messages`` were read since the last trim, so RSS follows the live state under key churn (after a
+  few messages there is little to give back, and the next checkpoint would fault its buffers back in: ~1,000
+  page faults, 1 ms).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class DaemonOptions:
     trim_interval_s: float = (
         1.0  # at most this often, when the stream goes idle: compact, trim_heap() (1-5 ms)
     )
-    trim_min_messages: int = 10_000  # trim_heap() only once this many messages were read since the last trim
+    trim_min_messages: int = 10_000  # trim_heap() when the store shrank or this many messages were read since
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
 
 
@@ -355,8 +356,10 @@ class Daemon:
             and now - self._idle_at >= self.opts.trim_interval_s
         ):  # the stream went idle after work: give the heap freed since (evicted keys, fetch buffers) back
             self._polled_at_idle, self._idle_at = self.source.polled, now
-            self.engine.compact()  # and the state rows a peak of new keys left behind (max_keys + a batch)
-            if self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
+            compacted = (
+                self.engine.compact()
+            )  # the state rows a peak of new keys left behind (max_keys + a batch)
+            if compacted or self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
                 self._polled_at_trim = self.source.polled
                 trim_heap()
         if self._reload_requested or now >= self._next_reload_check:
