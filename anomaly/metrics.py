@@ -157,7 +157,8 @@ class PipelineMetrics:
         )
         self.checkpoint_duration = Histogram(
             "anomaly_checkpoint_duration_seconds",
-            "Time to flush sinks, snapshot state and commit offsets.",
+            "Time to flush sinks, snapshot state and commit offsets. An idle stream's checkpoint timer ticks with "
+            "nothing to write or commit are not observed (anomaly_checkpoint_last_timestamp_seconds still moves).",
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
@@ -343,6 +344,11 @@ class PipelineMetrics:
             self.checkpoint_state_seconds.observe(state_seconds)
             self.checkpoint_state_cpu.inc(state_cpu_seconds)
             self.checkpoint_state_bytes.inc(state_bytes)
+
+    def checkpoint_idle(self, at_epoch: float) -> None:
+        """A checkpoint with nothing to write or commit (the timer of an idle stream): the stream is checkpointed
+        up to date, but its time is not a checkpoint's time."""
+        self.checkpoint_last.set(at_epoch)
 
     def commit_failed(self) -> None:
         self.commit_failures.inc()

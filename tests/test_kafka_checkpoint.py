@@ -87,3 +87,38 @@ def test_a_refused_record_commits_nothing(transactional: bool) -> None:
     with pytest.raises(DeliveryError):
         _checkpoint(transactional, refuse=True, calls=calls)
     assert "flush" in calls and not [c for c in calls if isinstance(c, tuple) and "commit" in c[0]]
+
+
+def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics(CollectorRegistry())
+    calls: list[Any] = []
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    delivery = _Delivery(calls, transactional=True)
+    delivery.in_transaction = False
+    delivery.commit = lambda offsets, group_metadata: None  # type: ignore[method-assign]
+    consumer = types.SimpleNamespace(group_metadata=lambda: "group")
+    changelog = types.SimpleNamespace(write=lambda pid, offset, snapshot, n, epoch: len(snapshot))
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    checkpointer = KafkaCheckpointer(consumer, changelog, delivery, tracker, 5.0, metrics)  # type: ignore[arg-type]
+
+    def sample(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    tracker.advance({TPS[0]: 11})
+    checkpointer.checkpoint(engine)  # state written, offsets committed
+    last = sample("anomaly_checkpoint_last_timestamp_seconds")
+    checkpointer.checkpoint(engine)  # the timer of an idle stream: nothing to write or commit
+    checkpointer.checkpoint(engine)
+    assert [
+        sample("anomaly_checkpoint_duration_seconds_count"),
+        sample("anomaly_checkpoint_commit_seconds_count"),
+        sample("anomaly_checkpoint_state_seconds_count"),
+        checkpointer.checkpoints,
+    ] == [1.0, 1.0, 1.0, 3]
+    assert sample("anomaly_checkpoint_last_timestamp_seconds") >= last > 0

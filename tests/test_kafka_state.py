@@ -160,6 +160,31 @@ def test_an_idle_daemon_gives_back_the_state_rows_a_peak_of_new_keys_left(bundle
     assert daemon.engine.store.capacity == 64 and len(daemon.engine) == 8
 
 
+def test_an_idle_daemon_trims_its_heap_only_after_enough_messages_to_be_worth_the_page_faults(
+    bundle_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import anomaly.kafka.daemon as daemon_module
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+
+    trims: list[int] = []
+    monkeypatch.setattr(daemon_module, "trim_heap", lambda: trims.append(daemon.source.polled) or True)
+    options = DaemonOptions(trim_interval_s=0.0, trim_min_messages=1000)
+    daemon = Daemon(build_config({"engine": {"max_keys": 8}}), str(bundle_path), options=options)  # no broker
+    daemon.source = SimpleNamespace(last_polled=0, polled=0)
+    for polled in (4, 8, 600, 1200, 1204, 1300, 2300, 2300, 2304):  # idle after each (a probe, a round, ...)
+        daemon.source.polled = polled
+        daemon._housekeeping()
+    assert trims == [1200, 2300]
+    # a peak of new keys grew the store: shrinking it frees its arrays, which are given back whatever the count
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event(f"k{i}", np.array([float(i)]), np.zeros((1, f))) for i in range(3000)])
+    daemon.source.polled = 2310
+    daemon._housekeeping()
+    assert (trims, daemon.engine.store.capacity) == ([1200, 2300, 2310], 64)
+
+
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
     big = b"x" * 5000
     rec = Record("in", 1, 7, b"pump-1", big)

@@ -76,10 +76,11 @@ from anomaly.commands.common import one_line_errors
 @click.option(
     "--churn-probes",
     type=click.IntRange(min=1),
-    default=15,
+    default=60,
     show_default=True,
-    help="Probe checkpoints per churn round, of the churned daemon and of the control daemon (same keys "
-    "held, no churn) each, alternating.",
+    help="Probe pairs per churn round: a checkpoint of the churned daemon next to one of the control daemon "
+    "(same keys held, no churn), alternating which goes first; the headline is the per-round median of the "
+    "pairs' ratios.",
 )
 @click.option(
     "--json-out",
