@@ -85,9 +85,7 @@ class DaemonOptions:
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
     max_fenced_in_a_row: int = 3  # fences with no committed transaction in between before giving up (exit 2)
-    trim_interval_s: float = (
-        1.0  # at most this often, when the stream goes idle: compact, trim_heap() (1-5 ms)
-    )
+    trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
     trim_min_messages: int = 10_000  # trim_heap() when the store shrank or this many messages were read since
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
 
