@@ -592,9 +592,6 @@ def run_kafka_bench(
                 for name in (
                     "max_batch_bytes",
                     "max_batch_ms",
-                    "min_batch_bytes",
-                    "batch_linger_ms",
-                    "max_call_bytes",
                 )
             },
             "checkpoint_interval_s": 5.0,

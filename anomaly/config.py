@@ -340,16 +340,6 @@ class KafkaConfig:
     # each of 250 keys). 0 turns it off; a poll of 32-reading blocks (~2.6 MB) is taken as it is.
     max_batch_bytes: int = 2_097_152
     max_batch_ms: float = 50.0
-    # A batch whose values add up to less than min_batch_bytes (but at least a quarter of it: a busy stream) waits
-    # up to batch_linger_ms (and within max_batch_ms) for the fetch in flight and adds what it brings: fewer, larger
-    # engine calls when the stream is at the head and each fetch brings a few hundred messages. 0: never waits.
-    min_batch_bytes: int = 0
-    batch_linger_ms: float = 10.0
-    # At the head of the stream (the batch's newest record stamped less than a second ago), a batch over this many
-    # bytes of values is scored in several engine calls (16 at most), oldest records first across partitions, so a
-    # backlog after a stall is not all held until the whole batch is scored; a catch-up keeps one call.
-    # 0: a batch is always one call.
-    max_call_bytes: int = 0
     # How long the broker may hold a fetch that has no new data. kafka-python's 500 ms default is added to the
     # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
     # fetches/s, which costs nothing.
@@ -397,13 +387,6 @@ class KafkaConfig:
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
         _need(self.max_batch_bytes >= 0, "kafka.max_batch_bytes", "must be >= 0")
-        _need(self.max_call_bytes >= 0, "kafka.max_call_bytes", "must be >= 0")
-        _need(self.min_batch_bytes >= 0, "kafka.min_batch_bytes", "must be >= 0")
-        _need(
-            _finite(self.batch_linger_ms) and self.batch_linger_ms >= 0,
-            "kafka.batch_linger_ms",
-            "must be >= 0 milliseconds",
-        )
         _need(
             _finite(self.max_batch_ms) and self.max_batch_ms >= 0,
             "kafka.max_batch_ms",

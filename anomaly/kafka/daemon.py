@@ -199,11 +199,8 @@ class Daemon:
             after_poll=self._apply_deferred,
             buffered=records.buffered(self.consumer),
             max_batch_bytes=k.max_batch_bytes,
-            min_batch_bytes=k.min_batch_bytes,
-            linger_s=k.batch_linger_ms / 1000,
             max_batch_s=k.max_batch_ms / 1000,
             max_poll_records=k.max_poll_records,
-            max_call_bytes=k.max_call_bytes,
         )
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:

@@ -112,19 +112,15 @@ def no_false_idle(fetcher: Any) -> Callable[..., tuple[dict[Any, list[Any]], boo
 
 
 def buffered(consumer: Any) -> Callable[..., dict[Any, list[Any]]] | None:
-    """``more(n, wait_ms=0)``: up to ``n`` records the consumer has already fetched, as ``poll`` returns them,
-    without the group coordination ``poll`` does first (so no rebalance callback runs inside it), and the next
-    fetches requested once nothing is left, as ``poll`` does (kafka-python's ``Fetcher.fetch_records``). With
-    ``wait_ms`` and nothing fetched yet, it waits up to that long for a fetch in flight to bring records (as
-    ``poll`` waits, minus the coordination); without, it never waits. Positions move as in ``poll``. None where
-    kafka-python is not the checked version."""
+    """``more(n)``: up to ``n`` records the consumer has already fetched, as ``poll`` returns them, without the
+    group coordination ``poll`` does first (so no rebalance callback runs inside it), and the next fetches
+    requested once nothing is left, as ``poll`` does (kafka-python's ``Fetcher.fetch_records``); it never waits.
+    Positions move as in ``poll``. None where kafka-python is not the checked version."""
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or not supported():
         return None
 
-    def more(n: int, wait_ms: float = 0.0) -> dict[Any, list[Any]]:
-        if wait_ms > 0:
-            return fetcher.fetch_records(n, timeout_ms=wait_ms)[0]  # type: ignore[no-any-return]
+    def more(n: int) -> dict[Any, list[Any]]:
         records, partial = fetcher.fetched_records(n)
         if not partial:
             fetcher.send_fetches()

@@ -15,14 +15,6 @@ over 4 partitions, 250 keys of 8 readings), where the per-call and per-reading-p
 of blocks is already large and is left as it is. A rebalance callback that comes meanwhile is deferred as on any other
 path outside ``poll`` (``after_poll`` applies it before the batch is built: records of a revoked partition are
 left out, those at or below a restored checkpoint skipped).
-
-At the head of the stream a large batch is scored in several engine calls (``max_call_bytes`` of values
-each, oldest records first across partitions: :func:`split_oldest_first`), so that the readings of the first
-calls are scored, and their alerts sent, without waiting for the whole batch: after a stall (a checkpoint, a
-slow fetch) the batch that holds the backlog is what sets the latency tail. A batch of records older than
-:data:`FRESH_S` (a catch-up) stays one call, where fewer, larger calls give the most readings per second. Every
-call is one runner batch (sinks, checkpointer) and is preceded by ``after_poll``, like the first; no poll runs
-between them, and the time they take together is the batch's own (at most :data:`MAX_CALLS` calls).
 """
 
 from __future__ import annotations
@@ -34,16 +26,12 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
-import numpy as np
 from kafka import KafkaConsumer
 
 from anomaly.engine.types import Readings, Rejection
 from anomaly.kafka.checkpoint import PartitionTracker
 from anomaly.kafka.codec import Decoder, source_rejection
 from anomaly.runner import Batch
-
-FRESH_S = 1.0  # a batch whose newest record is older than this is a catch-up: never cut into several calls
-MAX_CALLS = 16  # a batch is cut into this many engine calls at most, whatever max_call_bytes
 
 
 class KafkaSource:
@@ -58,13 +46,10 @@ class KafkaSource:
         poll_timeout_ms: int = 100,
         before_poll: Callable[[], None] | None = None,
         after_poll: Callable[[], None] | None = None,
-        buffered: Callable[..., dict[Any, list[Any]]] | None = None,
+        buffered: Callable[[int], dict[Any, list[Any]]] | None = None,
         max_batch_bytes: int = 0,
-        min_batch_bytes: int = 0,
-        linger_s: float = 0.0,
         max_batch_s: float = 0.0,
         max_poll_records: int = 2000,
-        max_call_bytes: int = 0,
     ) -> None:
         self.consumer = consumer
         self.decoder = decoder  # replaced by the daemon when a reloaded model has other features
@@ -80,14 +65,8 @@ class KafkaSource:
         self.last_polled = 0  # records returned by the last poll (0: the stream is idle)
         self.buffered = buffered  # anomaly.kafka.records.buffered(consumer), None: one poll per batch
         self.max_batch_bytes = max_batch_bytes
-        self.min_batch_bytes = (
-            min_batch_bytes  # below it, wait for the fetch in flight: at most linger_s in all
-        )
-        self.linger_s = linger_s
         self.max_batch_s = max_batch_s
         self.max_poll_records = max_poll_records
-        self.max_call_bytes = max_call_bytes  # 0: a batch is always one engine call
-        self.calls = 0  # engine calls (runner batches) yielded
         self._error: BaseException | None = (
             None  # raised while adding fetched records: raised at the next poll
         )
@@ -109,52 +88,21 @@ class KafkaSource:
                 self._add_fetched(records, self.buffered)
             self.last_polled = sum(map(len, records.values()))
             self.polled += self.last_polled
-            for part in self._calls(records):
-                if self.after_poll is not None:
-                    self.after_poll()
-                self.calls += 1
-                yield self.to_batch(part)
-
-    def _calls(self, records: dict[Any, list[Any]]) -> list[dict[Any, list[Any]]]:
-        """The batch as engine calls: itself, or when it is over ``max_call_bytes`` and fresh (its newest record
-        stamped less than :data:`FRESH_S` ago: the stream's head), its records cut oldest first into at most
-        :data:`MAX_CALLS` parts (:func:`split_oldest_first`). A batch of older records is a catch-up, where one
-        large call gives the most readings per second and a reading's latency is already lost."""
-        if not self.max_call_bytes or not records:
-            return [records]
-        size = _value_bytes(records)
-        if size <= self.max_call_bytes:
-            return [records]
-        newest = max(recs[-1].timestamp for recs in records.values() if recs)  # ms; -1 when not known
-        if newest < 0 or time.time() * 1000 - newest > FRESH_S * 1000:
-            return [records]
-        return split_oldest_first(records, max(self.max_call_bytes, -(-size // MAX_CALLS)))
+            if self.after_poll is not None:
+                self.after_poll()
+            yield self.to_batch(records)
 
     def _add_fetched(
-        self, records: dict[Any, list[Any]], buffered: Callable[..., dict[Any, list[Any]]]
+        self, records: dict[Any, list[Any]], buffered: Callable[[int], dict[Any, list[Any]]]
     ) -> None:
         """Add the records already fetched to a poll's, in order, a poll's worth at a time, while their values
-        add up to less than ``max_batch_bytes`` and for ``max_batch_s`` seconds at most; while they add up to less
-        than ``min_batch_bytes`` but at least a quarter of it (a busy stream: a slow one, whose fetches the broker
-        holds until data comes, never waits), also wait for the fetch in flight (``linger_s`` in all, within the
-        same bound).
-        An error is kept for the next round, so the records returned before it are scored first, as kafka-python
-        defers its own errors."""
+        add up to less than ``max_batch_bytes`` and for ``max_batch_s`` seconds at most. An error is kept for the
+        next round, so the records returned before it are scored first, as kafka-python defers its own errors."""
         size = _value_bytes(records)
-        now = time.perf_counter()
-        until, linger_until = now + self.max_batch_s, now + min(self.linger_s, self.max_batch_s)
-        while size < self.max_batch_bytes:
-            now = time.perf_counter()
-            if now >= until:
-                return
+        until = time.perf_counter() + self.max_batch_s
+        while size < self.max_batch_bytes and time.perf_counter() < until:
             try:
                 more = buffered(self.max_poll_records)
-                if (
-                    not more
-                    and self.min_batch_bytes // 4 <= size < self.min_batch_bytes
-                    and now < linger_until
-                ):
-                    more = buffered(self.max_poll_records, (linger_until - now) * 1000)
             except Exception as exc:  # noqa: BLE001 - re-raised by batches() before the next poll
                 self._error = exc
                 return
@@ -201,36 +149,6 @@ class KafkaSource:
             self.metrics.message_consumed(n)
         events: Readings | list = Readings.concat(parts, decoder.n_features) if parts else []
         return Batch(events, rejections, messages=n, position=position)
-
-
-def split_oldest_first(records: dict[Any, list[Any]], max_bytes: int) -> list[dict[Any, list[Any]]]:
-    """``records`` (partition -> records in offset order) cut into consecutive parts of about ``max_bytes`` of
-    values each (at least one record), the oldest records first across partitions: records are ordered by
-    their timestamp, made non-decreasing within each partition (a running maximum), so every part holds a
-    contiguous run of each partition's records and a partition's records stay in offset order across parts."""
-    tps = [tp for tp, recs in records.items() if recs]
-    stamps = np.concatenate(
-        [
-            np.maximum.accumulate(np.fromiter(map(attrgetter("timestamp"), records[tp]), np.int64))
-            for tp in tps
-        ]
-    )
-    sizes = np.fromiter(
-        (max(0, r.serialized_value_size) for tp in tps for r in records[tp]), np.int64, len(stamps)
-    )
-    order = np.argsort(stamps, kind="stable")
-    part = np.empty(len(order), np.int64)
-    part[order] = np.maximum(np.cumsum(sizes[order]) - 1, 0) // max(1, max_bytes)
-    parts: list[dict[Any, list[Any]]] = [{} for _ in range(int(part.max()) + 1)]
-    lo = 0
-    for tp in tps:
-        recs = records[tp]
-        ids = part[lo : lo + len(recs)]
-        lo += len(recs)
-        bounds = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist(), len(recs)]
-        for start, stop in zip(bounds, bounds[1:], strict=False):
-            parts[int(ids[start])][tp] = recs[start:stop]
-    return [p for p in parts if p]
 
 
 def _value_bytes(records: dict[Any, list[Any]]) -> int:
