@@ -202,13 +202,10 @@ class KafkaCheckpointer:
         ok = self.commit(owed, wait=not in_callback)
         t3 = time.monotonic()
         self.checkpoints += 1
-        if self.metrics is None:
-            pass
-        elif (
-            idle
-        ):  # not a sample of the checkpoint time (it would pull its quantiles toward ~0 on a quiet stream)
+        # an idle tick is not a sample of the checkpoint time (it would pull its quantiles toward ~0 on a quiet stream)
+        if self.metrics is not None and idle:
             self.metrics.checkpoint_idle(time.time())
-        else:
+        elif self.metrics is not None:
             self.metrics.checkpoint_done(t3 - t0, time.time(), state_s, state_bytes, t3 - t2, state_cpu_s)
         return ok
 
