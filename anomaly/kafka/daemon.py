@@ -86,7 +86,7 @@ class DaemonOptions:
     flush_timeout_s: float = 10.0
     max_fenced_in_a_row: int = 3  # fences with no committed transaction in between before giving up (exit 2)
     trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
-    trim_min_messages: int = 10_000  # trim_heap() when the store shrank or this many messages were read since
+    trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
 
 
@@ -351,10 +351,9 @@ class Daemon:
             and now - self._idle_at >= self.opts.trim_interval_s
         ):  # the stream went idle after work: give the heap freed since (evicted keys, fetch buffers) back
             self._polled_at_idle, self._idle_at = self.source.polled, now
-            compacted = (
-                self.engine.compact()
-            )  # the state rows a peak of new keys left behind (max_keys + a batch)
-            if compacted or self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
+            # the state rows a peak of new keys left behind (max_keys + a batch), then the heap they freed
+            rows_freed = self.engine.compact()
+            if rows_freed or self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
                 self._polled_at_trim = self.source.polled
                 trim_heap()
         if self._reload_requested or now >= self._next_reload_check:
