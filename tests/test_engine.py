@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -496,6 +498,18 @@ def test_compacting_the_store_after_a_peak_changes_nothing_but_its_size(bundle, 
     assert twins[0].keys() == twins[1].keys()
     assert twins[0].snapshot() == twins[1].snapshot()
     assert twins[0].active_alerts == twins[1].active_alerts
+
+
+def test_compacting_gives_back_the_key_maps_peak_table_too(bundle) -> None:
+    """A dict keeps the table of its peak when keys leave (deleting never shrinks it), and every snapshot looks
+    each key up in it: after a peak of new keys, compact() leaves the key map the size of one built from the keys
+    held, in the same LRU order."""
+    e = Engine(bundle, EngineConfig(max_keys=8))
+    e.process([Event(f"new{i}", np.array([float(i)]), one(bundle)) for i in range(5000)])
+    held = e.keys()
+    assert (len(held), e.compact()) == (8, 8192 - 64)
+    fresh = OrderedDict.fromkeys(held, 0)
+    assert (e.keys(), sys.getsizeof(e.store.slots)) == (held, sys.getsizeof(fresh))
 
 
 def test_reload_keeps_state_for_same_architecture(bundle) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import zlib
 from typing import Any
@@ -183,6 +184,43 @@ def test_an_idle_daemon_trims_its_heap_only_after_enough_messages_to_be_worth_th
     daemon.source.polled = 2310
     daemon._housekeeping()
     assert (trims, daemon.engine.store.capacity) == ([1200, 2300, 2310], 64)
+
+
+def test_an_idle_daemon_gives_back_the_peak_of_its_key_tables_with_the_stores(bundle_path, monkeypatch):
+    """Under key churn the engine's store and the partition tracker's tables grow to max_keys plus a batch of new
+    keys; when the stream goes idle the store shrinks, and the tracker's dict and sets (which never shrink when
+    keys leave, and which every checkpoint looks each held key up in) are rebuilt at the size of the keys held."""
+    from types import SimpleNamespace
+
+    import anomaly.kafka.daemon as daemon_module
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+
+    monkeypatch.setattr(daemon_module, "trim_heap", lambda: True)
+    daemon = Daemon(
+        build_config({"engine": {"max_keys": 8}}),
+        str(bundle_path),
+        options=DaemonOptions(trim_interval_s=0.0),
+    )
+    daemon.source = SimpleNamespace(last_polled=0, polled=5000)
+    tps = [TopicPartition("in", p) for p in range(2)]
+    f = len(daemon.bundle.features)
+    keys = [f"k{i}" for i in range(5000)]
+    for i, key in enumerate(keys):
+        daemon.tracker.see(key, tps[i % 2])
+    out = daemon.engine.process(
+        [Event(k, np.array([float(i)]), np.zeros((1, f))) for i, k in enumerate(keys)]
+    )
+    daemon.tracker.forget(out.evicted)
+    fresh = PartitionTracker()
+    for key, tp in daemon.tracker.key_partition.items():
+        fresh.see(key, tp)
+    tables = (daemon.tracker.key_partition, daemon.tracker.partition_keys)
+    assert len(fresh.key_partition) == 8 and tables == (fresh.key_partition, fresh.partition_keys)
+    daemon._housekeeping()
+    t = daemon.tracker
+    assert (daemon.engine.store.capacity, t.key_partition, t.partition_keys) == (64, *tables)
+    sizes = [sys.getsizeof(x) for x in (t.key_partition, *t.partition_keys.values())]
+    assert sizes == [sys.getsizeof(x) for x in (fresh.key_partition, *fresh.partition_keys.values())]
 
 
 def test_dead_letters_are_cut_to_fit_and_say_what_was_there():

@@ -126,10 +126,11 @@ class StateStore:
         """Give back the rows a peak left behind: when the store holds at most a quarter of its rows, the held
         rows move to rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of
         every key list them, so that gather is sequential) and the arrays shrink to the smallest power of two
-        of at least ``2 n`` rows (and ``min_capacity``). The store grows whenever one call brings more new
-        keys than it has free rows (``max_keys`` plus a batch's new keys under churn) and otherwise never
-        shrinks. Only where a key's state lies changes: every row's bytes, the LRU order and every snapshot
-        stay the same. Returns the number of rows given back (0: nothing to do)."""
+        of at least ``2 n`` rows (and ``min_capacity``); the key map is rebuilt at its new size. The store
+        grows whenever one call brings more new keys than it has free rows (``max_keys`` plus a batch's new
+        keys under churn) and otherwise never shrinks. Only where a key's state lies changes: every row's
+        bytes, the LRU order and every snapshot stay the same. Returns the number of rows given back (0:
+        nothing to do)."""
         n = len(self.slots)
         target = max(min_capacity, 1 << max(2 * n - 1, 0).bit_length())
         if self._capacity < 4 * target:
@@ -140,8 +141,9 @@ class StateStore:
             small = np.empty((target, *arr.shape[1:]), arr.dtype)
             np.take(arr, rows, axis=0, out=small[:n])
             self.arrays[name] = small
-        for i, key in enumerate(self.slots):
-            self.slots[key] = i
+        # the key map as well: a dict keeps the table of its peak when keys leave (deleting never shrinks it),
+        # and every snapshot looks each key up in it (a 16x larger table after 300,000 keys of churn)
+        self.slots = OrderedDict(zip(self.slots, range(n), strict=True))
         self.free = list(range(target - 1, n - 1, -1))  # slot() pops from the end: rows n, n+1, ... first
         self._capacity = target
         self.reset_rows(np.arange(n, target))

@@ -68,6 +68,17 @@ class PartitionTracker:
                 self.partition_keys.get(tp, set()).discard(key)
                 self.dirty.add(tp)
 
+    def compact(self) -> None:
+        """Rebuild the key tables at the size of the keys held. A dict or set keeps the table of its peak when
+        keys leave (deleting never shrinks it; under key churn the peak is ``max_keys`` plus a batch of new keys),
+        and every checkpoint looks each held key up in :attr:`key_partition`. The daemon calls it when the
+        engine's store gave a peak back (:meth:`anomaly.engine.Engine.compact`)."""
+        held = self.key_partition
+        self.key_partition = {}
+        self.partition_keys = {tp: set() for tp in self.partition_keys}
+        for key, tp in held.items():
+            self.see(key, tp)
+
     def advance(self, position: dict[TopicPartition, int] | None) -> None:
         for tp, nxt in (position or {}).items():
             self.position[tp] = nxt

@@ -353,6 +353,8 @@ class Daemon:
             self._polled_at_idle, self._idle_at = self.source.polled, now
             # the state rows a peak of new keys left behind (max_keys + a batch), then the heap they freed
             rows_freed = self.engine.compact()
+            if rows_freed:
+                self.tracker.compact()  # its key tables held the same peak
             if rows_freed or self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
                 self._polled_at_trim = self.source.polled
                 trim_heap()
