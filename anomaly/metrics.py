@@ -157,8 +157,18 @@ class PipelineMetrics:
         )
         self.checkpoint_duration = Histogram(
             "anomaly_checkpoint_duration_seconds",
-            "Time to flush sinks, snapshot state and commit offsets. An idle stream's checkpoint timer ticks with "
-            "nothing to write or commit are not observed (anomaly_checkpoint_last_timestamp_seconds still moves).",
+            "Time to flush sinks, snapshot state and commit offsets, until the commit ended (the periodic "
+            "transactional commit ends in a helper thread while the loop scores on). An idle stream's checkpoint "
+            "timer ticks with nothing to write or commit are not observed (anomaly_checkpoint_last_timestamp_seconds "
+            "still moves).",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_loop_seconds = Histogram(
+            "anomaly_checkpoint_loop_seconds",
+            "Part of a checkpoint on the loop thread, the stall it puts on scoring: waiting for the previous "
+            "commit if still in flight, the dead letters' flush, the state written; with a commit that ends in a "
+            "helper thread not that commit, else all of it.",
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
@@ -170,8 +180,9 @@ class PipelineMetrics:
         )
         self.checkpoint_commit_seconds = Histogram(
             "anomaly_checkpoint_commit_seconds",
-            "Part of a checkpoint waiting for the broker to commit: the transaction's offsets and its end (or the "
-            "consumer's offset commit). The rest of a checkpoint is the state part and the producer flushes.",
+            "Part of a checkpoint waiting for the broker to commit: the transaction's flush, offsets and end (or the "
+            "consumer's offset commit). The rest of a checkpoint is the state part, the wait for the previous commit "
+            "and the flushes of a non-transactional daemon.",
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
@@ -344,6 +355,10 @@ class PipelineMetrics:
             self.checkpoint_state_seconds.observe(state_seconds)
             self.checkpoint_state_cpu.inc(state_cpu_seconds)
             self.checkpoint_state_bytes.inc(state_bytes)
+
+    def checkpoint_loop_done(self, seconds: float) -> None:
+        """The loop thread's part of a checkpoint (not idle), observed when it returns to scoring."""
+        self.checkpoint_loop_seconds.observe(seconds)
 
     def checkpoint_idle(self, at_epoch: float) -> None:
         """A checkpoint with nothing to write or commit (the timer of an idle stream): the stream is checkpointed

@@ -10,7 +10,7 @@ threshold never sees the window it judges. `THRESHOLDS` maps the configured name
 - `dynamic`: a causal, streaming version of Telemanom's nonparametric dynamic thresholding (Hundman et al.,
   KDD 2018). Each key keeps the last N smoothed scores seen while no alert was open; epsilon = mean + z * std
   of that history with z maximising (relative drop of mean + relative drop of std when points above epsilon
-  are removed) / (points above + contiguous sequences above ** 2).
+  are removed) / (points above + contiguous sequences above ** 2). The search is `anomaly.epsilon`.
 - `spot` / `dspot`: streaming peaks-over-threshold (Siffer et al., KDD 2017), see `SpotThreshold`.
 
 The step loops below are short Python loops over the W points of a window, each a whole-array operation over
@@ -24,96 +24,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from anomaly.epsilon import Z_GRID as Z_GRID
+from anomaly.epsilon import ordered_history as ordered_history
+from anomaly.epsilon import select_epsilon
+
 if TYPE_CHECKING:
     from anomaly.config import EngineConfig
-
-Z_GRID = np.arange(2.5, 12.01, 0.5, dtype=np.float32)
-
-
-def ordered_history(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ring buffers (K, N) in time order (oldest first) and a validity mask for partly filled ones. Where no
-    ring has wrapped, that is `hist` itself; otherwise each row is one contiguous slice of the row written
-    twice (a copy per row instead of an element-wise gather)."""
-    k, n = hist.shape
-    start = np.where(pushed >= n, pushed % n, 0)
-    valid = np.arange(n)[None, :] < np.minimum(pushed, n)[:, None]
-    if not start.any():
-        return hist, valid
-    twice = np.lib.stride_tricks.sliding_window_view(np.concatenate([hist, hist], axis=1), n, axis=1)
-    return twice[np.arange(k), start], valid
-
-
-def select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
-    """Per-key epsilon (K,) from past smoothed scores; keys with an empty history get `floor` without their
-    ring being read: a call of many new keys (key churn: tens of thousands in one daemon batch) otherwise
-    made float64 copies of every empty ring (300+ MB for 35,000 keys of `dynamic_history` 512) for nothing.
-    Every other key's epsilon is its own row's arithmetic (see :func:`_select_epsilon`), the same to the bit."""
-    some = np.flatnonzero(pushed > 0)
-    if len(some) == len(pushed):
-        return _select_epsilon(hist, pushed, floor)
-    out = np.full(len(pushed), floor, np.float32)
-    if len(some):
-        out[some] = _select_epsilon(hist[some], pushed[some], floor)
-    return out
-
-
-def _select_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
-    """:func:`select_epsilon` of keys of which some may have an empty history.
-
-    A candidate z only counts for a key with at least one score above mean + z * std. That bound grows with z,
-    so once a key's largest score is not above it, no larger z can count either: each z is evaluated only for
-    the keys whose maximum is still above it, and the grid stops when none is. Row by row the arithmetic is the
-    full grid's (each key's sums are taken over its own row), so the result is the same to the bit."""
-    e, valid = ordered_history(hist.astype(np.float64), pushed)
-    full = bool(valid.all())  # every ring filled (the steady state): nothing to mask
-    cnt = valid.sum(axis=1)
-    safe = np.maximum(cnt, 1)
-    mean = (e if full else np.where(valid, e, 0.0)).sum(axis=1) / safe
-    std = np.sqrt(np.maximum(_masked_squares(e, mean, None if full else valid).sum(axis=1) / safe, 0.0))
-    top = np.fmax.reduce(e if full else np.where(valid, e, -np.inf), axis=1)  # NaN is never above anything
-    best_score = np.full(len(e), -np.inf)
-    best_eps = mean + Z_GRID[-1] * std
-    for z in Z_GRID:
-        live = np.flatnonzero(top > mean + z * std)
-        if not len(live):
-            break
-        e_l, valid_l = (e, valid) if len(live) == len(e) else (e[live], valid[live])
-        eps = mean[live] + z * std[live]
-        above = e_l > eps[:, None]
-        if not full:
-            above &= valid_l
-        n_above = above.sum(axis=1)
-        n_seq = (above[:, 1:] & ~above[:, :-1]).sum(axis=1) + above[:, 0]  # runs above epsilon
-        # only keys that pass the count rules need the mean and std of the scores below epsilon
-        c = np.flatnonzero((n_above < 0.5 * cnt[live]) & (n_seq <= 5))
-        if not len(c):
-            continue
-        rows, e_c, eps, n_above, n_seq = live[c], e_l[c], eps[c], n_above[c], n_seq[c]
-        below = ~above[c]
-        if not full:
-            below &= valid_l[c]
-        mean_c, std_c = mean[rows], std[rows]
-        n_below = np.maximum(below.sum(axis=1), 1)
-        mean_b = np.where(below, e_c, 0.0).sum(axis=1) / n_below
-        std_b = np.sqrt(_masked_squares(e_c, mean_b, below).sum(axis=1) / n_below)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gain = (mean_c - mean_b) / np.where(mean_c > 0, mean_c, 1.0) + (std_c - std_b) / np.where(
-                std_c > 0, std_c, 1.0
-            )
-            score = gain / (n_above + n_seq**2)
-        ok = score > best_score[rows]
-        best_score[rows[ok]] = score[ok]
-        best_eps[rows[ok]] = eps[ok]
-    best_eps = np.where(cnt > 0, best_eps, floor)
-    return np.maximum(best_eps, floor).astype(np.float32)
-
-
-def _masked_squares(e: np.ndarray, mean: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """(e - mean per row) ** 2 where `keep` (everywhere if None), 0 elsewhere: one new array, squared in place."""
-    d = e - mean[:, None]
-    if keep is not None:
-        d[~keep] = 0.0
-    return np.square(d, out=d)
 
 
 def push_history(

@@ -1,32 +1,113 @@
 """The checkpointer's order of operations: outputs acknowledged before (or, in a transaction, together with)
-the state that covers them, and nothing committed after a refused record."""
+the state that covers them, and nothing committed after a refused record. The periodic transactional commit
+ends in a helper thread: the loop scores on meanwhile, its outputs go out in the next transaction, in order,
+and the commit's error stops the loop where the synchronous commit's did.
+
+The real :class:`Delivery` and :class:`KafkaCheckpointer` over a producer double that records the calls
+kafka-python's would get (the ordering logic is ours; the broker's side is proved on Tansu by the
+integration tests)."""
 
 from __future__ import annotations
 
+import threading
+import time
 import types
 from typing import Any
 
+import kafka.errors as kerr
 import pytest
 from kafka.structs import TopicPartition
 
+from anomaly.config import EngineConfig
+from anomaly.engine import Engine
+from anomaly.engine.types import Event
 from anomaly.kafka.checkpoint import KafkaCheckpointer, PartitionTracker
-from anomaly.kafka.sinks import DeliveryError
+from anomaly.kafka.codec import window_message
+from anomaly.kafka.sinks import (
+    Delivery,
+    DeliveryError,
+    FencedError,
+    ScoreSink,
+    TransactionTimeoutError,
+)
+from anomaly.runner import Batch, run
 
 TPS = [TopicPartition("in", p) for p in range(2)]
 
 
-class _Delivery:
-    def __init__(self, calls: list[Any], transactional: bool, refuse: bool = False) -> None:
-        self.calls, self.transactional, self.refuse = calls, transactional, refuse
-        self.in_transaction = transactional
+class _Future:
+    def __init__(self, producer: _Producer) -> None:
+        self.producer = producer
 
-    def flush(self) -> None:
+    def add_errback(self, callback: Any) -> None:
+        self.producer.errbacks.append(callback)
+
+
+class _Producer:
+    """Records the KafkaProducer calls in order. ``gate``: commit_transaction waits for it (a commit in flight);
+    ``refuse``: the next flush reports its records refused; ``fail``: commit_transaction raises it."""
+
+    def __init__(self, calls: list[Any], refuse: bool = False, fail: BaseException | None = None) -> None:
+        self.calls, self.refuse, self.fail = calls, refuse, fail
+        self.gate = threading.Event()
+        self.gate.set()
+        self.errbacks: list[Any] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def send(self, topic: str, key: Any = None, value: Any = None, headers: Any = None) -> _Future:
+        self.calls.append(("send", topic, key, value))
+        return _Future(self)
+
+    def flush(self, timeout: float | None = None) -> None:
         self.calls.append("flush")
         if self.refuse:
-            raise DeliveryError("1 record(s) were not delivered (test)")
+            for callback in self.errbacks:
+                callback(kerr.KafkaError("refused (test)"))
+        self.errbacks = []
 
-    def commit(self, offsets: dict[Any, Any], group_metadata: Any) -> None:
-        self.calls.append(("commit", sorted((tp.partition, o.offset) for tp, o in offsets.items())))
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: Any) -> None:
+        self.calls.append(("offsets", sorted((tp.partition, o.offset) for tp, o in offsets.items())))
+
+    def commit_transaction(self) -> None:
+        self.gate.wait(30)
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append("commit")
+
+    def abort_transaction(self) -> None:
+        self.calls.append("abort")
+
+
+def _checkpointer(
+    calls: list[Any],
+    delivery: Delivery,
+    tracker: PartitionTracker,
+    metrics: Any = None,
+    interval_s: float = 5.0,
+) -> KafkaCheckpointer:
+    consumer = types.SimpleNamespace(
+        commit=lambda offsets, timeout_ms: calls.append(
+            ("consumer.commit", sorted((tp.partition, o.offset) for tp, o in offsets.items()))
+        ),
+        group_metadata=lambda: "group",
+    )
+
+    def write(pid: str, offset: int, snapshot: bytes, n: int, epoch: int) -> int:
+        delivery.send("changelog", pid.encode(), str(offset).encode())
+        return len(snapshot)
+
+    dead = types.SimpleNamespace(flush=lambda: calls.append("dead letters flush"))
+    return KafkaCheckpointer(
+        consumer,  # type: ignore[arg-type]
+        types.SimpleNamespace(write=write),  # type: ignore[arg-type]
+        delivery,
+        tracker,
+        interval_s,
+        metrics,
+        dead_letters=dead,
+    )
 
 
 def _checkpoint(transactional: bool, refuse: bool = False, calls: list[Any] | None = None) -> list[Any]:
@@ -36,37 +117,21 @@ def _checkpoint(transactional: bool, refuse: bool = False, calls: list[Any] | No
         tracker.owned.add(tp)
         tracker.see(f"k{i}", tp)
     tracker.advance({TPS[0]: 11, TPS[1]: 21})
-    consumer = types.SimpleNamespace(
-        commit=lambda offsets, timeout_ms: calls.append(
-            ("consumer.commit", sorted((tp.partition, o.offset) for tp, o in offsets.items()))
-        ),
-        group_metadata=lambda: "group",
-    )
-    changelog = types.SimpleNamespace(
-        write=lambda pid, offset, snapshot, n, epoch: calls.append(("write", pid, offset)) or len(snapshot)
-    )
-    dead = types.SimpleNamespace(flush=lambda: calls.append("dead letters flush"))
+    delivery = Delivery(_Producer(calls, refuse), transactional=transactional)  # type: ignore[arg-type]
     engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys: b"state")
-    delivery = _Delivery(calls, transactional, refuse)
-    checkpointer = KafkaCheckpointer(
-        consumer,  # type: ignore[arg-type]
-        changelog,  # type: ignore[arg-type]
-        delivery,  # type: ignore[arg-type]
-        tracker,
-        5.0,
-        dead_letters=dead,
-    )
-    checkpointer.checkpoint(engine)
+    _checkpointer(calls, delivery, tracker).checkpoint(engine)
     return calls
 
 
 def test_a_transactional_checkpoint_flushes_outputs_and_state_once_then_commits() -> None:
     assert _checkpoint(True) == [
         "dead letters flush",
-        ("write", "in:0", 10),
-        ("write", "in:1", 20),
+        "begin",
+        ("send", "changelog", b"in:0", b"10"),
+        ("send", "changelog", b"in:1", b"20"),
         "flush",
-        ("commit", [(0, 11), (1, 21)]),
+        ("offsets", [(0, 11), (1, 21)]),
+        "commit",
     ]
 
 
@@ -74,8 +139,8 @@ def test_without_transactions_outputs_are_acknowledged_before_the_state_that_cov
     assert _checkpoint(False) == [
         "flush",
         "dead letters flush",
-        ("write", "in:0", 10),
-        ("write", "in:1", 20),
+        ("send", "changelog", b"in:0", b"10"),
+        ("send", "changelog", b"in:1", b"20"),
         "flush",
         ("consumer.commit", [(0, 11), (1, 21)]),
     ]
@@ -86,7 +151,8 @@ def test_a_refused_record_commits_nothing(transactional: bool) -> None:
     calls: list[Any] = []
     with pytest.raises(DeliveryError):
         _checkpoint(transactional, refuse=True, calls=calls)
-    assert "flush" in calls and not [c for c in calls if isinstance(c, tuple) and "commit" in c[0]]
+    assert "flush" in calls
+    assert not [c for c in calls if c in ("commit", "abort") or (isinstance(c, tuple) and "commit" in c[0])]
 
 
 def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() -> None:
@@ -99,13 +165,9 @@ def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() ->
     tracker = PartitionTracker()
     tracker.owned.add(TPS[0])
     tracker.see("k0", TPS[0])
-    delivery = _Delivery(calls, transactional=True)
-    delivery.in_transaction = False
-    delivery.commit = lambda offsets, group_metadata: None  # type: ignore[method-assign]
-    consumer = types.SimpleNamespace(group_metadata=lambda: "group")
-    changelog = types.SimpleNamespace(write=lambda pid, offset, snapshot, n, epoch: len(snapshot))
+    delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
+    checkpointer = _checkpointer(calls, delivery, tracker, metrics)
     engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
-    checkpointer = KafkaCheckpointer(consumer, changelog, delivery, tracker, 5.0, metrics)  # type: ignore[arg-type]
 
     def sample(name: str) -> float:
         return metrics.registry.get_sample_value(name) or 0.0
@@ -119,6 +181,129 @@ def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() ->
         sample("anomaly_checkpoint_duration_seconds_count"),
         sample("anomaly_checkpoint_commit_seconds_count"),
         sample("anomaly_checkpoint_state_seconds_count"),
+        sample("anomaly_checkpoint_loop_seconds_count"),
         checkpointer.checkpoints,
-    ] == [1.0, 1.0, 1.0, 3]
+    ] == [1.0, 1.0, 1.0, 1.0, 3]
     assert sample("anomaly_checkpoint_last_timestamp_seconds") >= last > 0
+
+
+def _scored_while_committing(
+    bundle: Any, series: Any, producer: _Producer, metrics: Any = None, release_at: int = 4
+) -> tuple[list[Any], list[Any], list[tuple[bool, int, bool]]]:
+    """The runner over a real engine and ScoreSink: the checkpoint after the first batch commits in the
+    background and its commit waits for ``producer.gate`` until batch ``release_at``. Returns the windows
+    scored, the producer's calls and, per batch as it is handed to the loop, (commit not settled yet, score
+    records the producer had got, partition still owed a commit)."""
+    calls = producer.calls
+    delivery = Delivery(producer, transactional=True, max_block_s=2.0)  # type: ignore[arg-type]
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    checkpointer = _checkpointer(calls, delivery, tracker, metrics, interval_s=3600.0)
+    checkpointer.last = -float("inf")  # the first batch is checkpointed, then none until the final one
+    engine = Engine(bundle, EngineConfig())
+    windows: list[Any] = []
+    seen: list[tuple[bool, int, bool]] = []
+
+    def batches() -> Any:
+        for i in range(6):
+            if i == release_at:
+                producer.gate.set()
+                deadline = time.monotonic() + 10
+                while delivery.committing and delivery._ending.finished == 0.0:  # type: ignore[union-attr]
+                    assert time.monotonic() < deadline, "the commit did not end"
+                    time.sleep(0.001)
+            sent = sum(1 for c in calls if c[0] == "send" and c[1] == "scores")
+            seen.append((delivery.committing, sent, TPS[0] in tracker.uncommitted))
+            lo, hi = 40 * i, 40 * (i + 1)
+            for key in ("a", "b"):
+                tracker.see(key, TPS[0])
+            events = [Event(key, series.timestamps[lo:hi], series.values[lo:hi]) for key in ("a", "b")]
+            yield Batch(events, messages=2, position={TPS[0]: 2 * (i + 1)})
+
+    sink = ScoreSink(delivery, "scores", bundle.features)
+    producer.gate.clear()
+    run(
+        engine,
+        batches(),
+        [sink],
+        checkpointer=checkpointer,
+        on_batch=lambda b, out: windows.append(out.windows),
+    )
+    return windows, calls, seen
+
+
+def _transactions(calls: list[Any]) -> list[list[Any]]:
+    """The producer's calls cut into transactions: begin .. commit, without the markers."""
+    out: list[list[Any]] = []
+    for call in calls:
+        if call == "begin":
+            out.append([])
+        elif call != "commit" and out:
+            out[-1].append(call)
+    return out
+
+
+def test_the_loop_scores_while_a_commit_is_in_flight_and_its_outputs_follow_in_the_next_transaction(
+    bundle: Any, test_series: Any
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics(CollectorRegistry())
+    windows, calls, seen = _scored_while_committing(bundle, test_series, _Producer([]), metrics)
+    first = [("send", "scores", *window_message(w, bundle.features)) for w in windows[0]]
+    rest = [("send", "scores", *window_message(w, bundle.features)) for ws in windows[1:] for w in ws]
+    assert first and rest
+    # batches 1-3 were scored while the commit was in flight; the producer got nothing of theirs meanwhile and
+    # the partition was owed its commit; batch 4 came once it had ended: it is settled and sent then
+    assert seen == [
+        (False, 0, False),
+        (True, len(first), True),
+        (True, len(first), True),
+        (True, len(first), True),
+        (True, len(first), True),
+        (False, len(first) + len(rest[: len(rest) - len(windows[5])]), False),
+    ]
+    assert _transactions(calls) == [
+        [*first, "dead letters flush", ("send", "changelog", b"in:0", b"1"), "flush", ("offsets", [(0, 2)])],
+        [
+            *rest,
+            "flush",
+            "dead letters flush",
+            ("send", "changelog", b"in:0", b"11"),
+            "flush",
+            ("offsets", [(0, 12)]),
+        ],
+    ]
+    assert calls.count("commit") == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("anomaly_checkpoint_duration_seconds_count") == 2.0
+    assert sample("anomaly_checkpoint_loop_seconds_count") == 2.0
+    # the background commit's time is until it ended (the gate held it for batches 1-3), not the loop's part
+    assert sample("anomaly_checkpoint_duration_seconds_sum") > sample("anomaly_checkpoint_loop_seconds_sum")
+
+
+@pytest.mark.parametrize(
+    "fail, error",
+    [
+        (kerr.KafkaError("fenced (test)"), FencedError),
+        (None, TransactionTimeoutError),  # the commit outlasts max_block_s
+    ],
+)
+def test_a_background_commits_error_stops_the_loop_and_its_held_outputs_are_dropped(
+    bundle: Any, test_series: Any, fail: BaseException | None, error: type[Exception]
+) -> None:
+    producer = _Producer([], fail=fail)
+    if fail is None:
+        producer.gate = threading.Event()  # never set within max_block_s (2 s): the commit's wait times out
+        producer.gate.set = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(error):
+        _scored_while_committing(bundle, test_series, producer, release_at=1 if fail is not None else 5)
+    calls = producer.calls
+    scores = [c for c in calls if c[0] == "send" and c[1] == "scores"]
+    # only the first batch's outputs reached the producer: the ones held behind the failed commit are dropped,
+    # no new transaction began, and a fenced commit was aborted
+    assert calls.count("begin") == 1
+    assert calls[-1] == ("abort" if fail is not None else ("offsets", [(0, 2)]))
+    assert scores == [c for c in calls[: calls.index(("offsets", [(0, 2)]))] if c in scores]

@@ -49,17 +49,16 @@ def test_epsilon_uses_only_filled_history_and_respects_the_floor() -> None:
     assert select_epsilon(hist, np.array([3, 0]), floor=2.0).tolist() == [2.0, 2.0]
 
 
-def _full_grid_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
-    """The dynamic threshold's definition evaluated at every z for every key (select_epsilon skips work)."""
-    from anomaly.thresholds import ordered_history
-
+def _full_grid_scores(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The dynamic threshold's definition evaluated at every z for every key: the scores (K, Z), -inf where a z
+    does not count, the candidate epsilons (K, Z), the epsilon where none counts (K,) and the counts (K,)."""
     e, valid = ordered_history(hist.astype(np.float64), pushed)
     cnt = valid.sum(axis=1)
     safe = np.maximum(cnt, 1)
     mean = np.where(valid, e, 0.0).sum(axis=1) / safe
     std = np.sqrt(np.maximum((np.where(valid, e - mean[:, None], 0.0) ** 2).sum(axis=1) / safe, 0.0))
-    best_score, best_eps = np.full(len(e), -np.inf), mean + Z_GRID[-1] * std
-    for z in Z_GRID:
+    scores, candidates = np.full((len(e), len(Z_GRID)), -np.inf), np.zeros((len(e), len(Z_GRID)))
+    for j, z in enumerate(Z_GRID):
         eps = mean + z * std
         above = valid & (e > eps[:, None])
         below = valid & ~above
@@ -72,8 +71,21 @@ def _full_grid_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np
                 std > 0, std, 1.0
             )
             score = np.where(n_above > 0, gain / (n_above + n_seq**2), -np.inf)
-        ok = (n_above > 0) & (n_above < 0.5 * cnt) & (n_seq <= 5) & (score > best_score)
-        best_score, best_eps = np.where(ok, score, best_score), np.where(ok, eps, best_eps)
+        ok = (n_above > 0) & (n_above < 0.5 * cnt) & (n_seq <= 5)
+        scores[:, j], candidates[:, j] = np.where(ok, score, -np.inf), eps
+    return scores, candidates, mean + Z_GRID[-1] * std, cnt
+
+
+def _full_grid_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
+    """The epsilon of the first z with the best score (NaN scores never win), for every key."""
+    scores, candidates, best_eps, cnt = _full_grid_scores(hist, pushed)
+    best_score = np.full(len(scores), -np.inf)
+    for j in range(len(Z_GRID)):
+        ok = scores[:, j] > best_score
+        best_score, best_eps = (
+            np.where(ok, scores[:, j], best_score),
+            np.where(ok, candidates[:, j], best_eps),
+        )
     return np.maximum(np.where(cnt > 0, best_eps, floor), floor).astype(np.float32)
 
 
@@ -101,6 +113,97 @@ def test_epsilon_equals_the_full_grid_to_the_bit() -> None:
         assert (
             select_epsilon(hist, pushed, floor).tobytes() == _full_grid_epsilon(hist, pushed, floor).tobytes()
         )
+
+
+def _histories(rng: np.random.Generator, k: int, n: int, kind: int) -> np.ndarray:
+    """Score-like rings of several shapes: spiky gamma (the usual), bell, ties, constant, heavy tails, negative."""
+    if kind == 0:
+        hist = rng.gamma(4.0, 0.25, (k, n))
+        spikes = rng.random((k, n)) < 0.01
+        hist[spikes] += rng.uniform(1.0, 6.0, int(spikes.sum()))
+    elif kind == 1:
+        hist = rng.normal(1.0, 0.1, (k, n))
+    elif kind == 2:
+        hist = rng.integers(0, 3, (k, n)) * 0.1 + (rng.random((k, n)) < 0.02) * rng.integers(1, 4, (k, n))
+    elif kind == 3:
+        hist = np.repeat(rng.uniform(0.0, 3.0, (k, 1)), n, axis=1)
+        hist[:, rng.integers(0, n)] += rng.choice([0.0, 1e-7, 2.0])
+    elif kind == 4:
+        hist = rng.standard_cauchy((k, n)) + 1e3 * (rng.random((k, 1)) < 0.5)
+    else:
+        hist = rng.normal(-1.0, 1.0, (k, n))
+    return hist.astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("hand_all_to_grid", [False, True])
+def test_tail_search_equals_the_plain_search_to_the_bit(
+    monkeypatch: pytest.MonkeyPatch, hand_all_to_grid: bool
+) -> None:
+    """The tail search against the plain grid search (kept as `grid_epsilon`), on rings full, wrapped, partly
+    filled and empty, with ties, constant rows and NaN/inf. With infinite error bounds every key with a
+    candidate z goes to the plain search, so the hand-over is checked as well as the tail arithmetic."""
+    from anomaly import epsilon
+
+    if hand_all_to_grid:
+        monkeypatch.setattr(epsilon, "_SAFETY", np.inf)
+    rng = np.random.default_rng(8)
+    for trial in range(60):
+        k, n = int(rng.choice([1, 7, 60])), int(rng.choice([8, 64, 512]))
+        hist = _histories(rng, k, n, trial % 6)
+        if trial % 7 == 3:
+            hist[rng.random((k, n)) < 0.01] = rng.choice([np.nan, np.inf, -np.inf])
+        pushed = [rng.integers(n, 4 * n, k), rng.integers(0, n + 1, k), rng.integers(0, 3 * n, k)][trial % 3]
+        floor = float(rng.choice([0.0, 0.5]))
+        expected = _full_grid_epsilon(hist, pushed, floor)
+        assert epsilon.select_epsilon(hist, pushed, floor).tobytes() == expected.tobytes()
+        assert epsilon.for_nonempty(epsilon.grid_epsilon, hist, pushed, floor).tobytes() == expected.tobytes()
+
+
+def test_tail_search_settles_almost_every_key_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On score-like histories the error bounds are tight enough that the plain search is rarely needed (it is
+    the slow path), and each key's epsilon is the same alone as among the others."""
+    from anomaly import epsilon
+
+    handed: list[int] = []
+    grid = epsilon.grid_epsilon
+    monkeypatch.setattr(epsilon, "grid_epsilon", lambda h, p, f: handed.append(len(p)) or grid(h, p, f))
+    rng = np.random.default_rng(9)
+    hist, pushed = _histories(rng, 300, 512, 0), rng.integers(512, 5000, 300)
+    together = epsilon.select_epsilon(hist, pushed, 0.0)
+    assert sum(handed) <= 3
+    alone = [epsilon.select_epsilon(hist[i : i + 1], pushed[i : i + 1], 0.0)[0] for i in range(0, 300, 37)]
+    assert np.array(alone).tobytes() == together[::37].tobytes()
+    assert together.tobytes() == _full_grid_epsilon(hist, pushed, 0.0).tobytes()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_tail_scores_are_within_their_error_bounds_of_the_plain_scores() -> None:
+    """Each tail score differs from the plain search's score of the same z by less than its bound (before the
+    safety factor), and the tail counts the same z as the plain search, key by key."""
+    from anomaly import epsilon
+
+    rng = np.random.default_rng(10)
+    for trial in range(24):
+        n = int(rng.choice([16, 64, 512]))
+        hist, pushed = _histories(rng, 50, n, trial % 6), rng.integers(1, 3 * n, 50)
+        e, valid, cnt, mean, ss, std = epsilon._moments(hist, pushed)
+        thr = mean[:, None] + Z_GRID.astype(np.float64)[None, :] * std[:, None]
+        keys, ok, _, score, err = epsilon.tail_scores(e, valid, cnt, mean, ss, std, thr)
+        plain = _full_grid_scores(hist, pushed)[0]
+        counts = np.isfinite(plain)
+        assert not counts[np.setdiff1d(np.arange(50), keys)].any()
+        assert ok.tolist() == counts[keys].tolist()
+        assert (np.abs(score - plain[keys])[ok] <= err[ok] / epsilon._SAFETY).all()
+
+
+def test_a_sequence_above_does_not_run_across_keys() -> None:
+    """Six equal spikes are six sequences above (too many: no z counts), also where a key's first score
+    follows another key's last one in memory."""
+    hist = np.full((3, 64), 1.0, np.float32) + np.float32(0.01) * (np.arange(64) % 3).astype(np.float32)
+    hist[:, [0, 10, 20, 30, 40, 63]] = 3.0
+    pushed = np.full(3, 64)
+    assert select_epsilon(hist, pushed, 0.0).tobytes() == _full_grid_epsilon(hist, pushed, 0.0).tobytes()
 
 
 def test_ring_buffer_keeps_the_last_n_in_order() -> None:

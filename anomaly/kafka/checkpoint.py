@@ -10,6 +10,13 @@ Order matters and is the whole delivery contract:
 3. commit ``offset + 1`` for those partitions: transactional, the offsets join the producer's transaction
    (outputs and checkpoints of step 1-2) and it is committed; otherwise a plain consumer commit.
 
+The periodic checkpoint (:meth:`KafkaCheckpointer.after_batch`) of a transactional daemon runs step 2's flush
+and step 3 in a helper thread (:meth:`Delivery.commit` with ``wait=False``): the loop goes on polling and
+scoring, the sinks' records are held until the commit has ended and then go out in the next transaction. The
+commit is settled on the loop thread (tracker, metrics, its error raised there) at the next batch after it
+ended, and waited for by the next checkpoint, a rebalance, the final checkpoint and any flush. Rebalance and
+final checkpoints, and a non-transactional commit (the consumer is not thread-safe), still wait in place.
+
 A crash between any two steps leaves the committed offset at or below the checkpointed one; a restorer seeks
 past the checkpointed offset, so state sees every message exactly once and outputs are at-least-once.
 """
@@ -159,27 +166,39 @@ class KafkaCheckpointer:
 
     def after_batch(self, engine: Any, batch: Batch, sinks: Sequence[Any]) -> None:
         self.tracker.advance(batch.position)
+        self.delivery.settle(wait=False)  # a commit in flight that has ended: its held outputs go out now
         if time.monotonic() - self.last >= self.interval_s:
-            self.checkpoint(engine)
+            self.checkpoint(engine, background=True)
 
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:
         self.checkpoint(engine)
 
     def checkpoint(
-        self, engine: Any, tps: Iterable[TopicPartition] | None = None, *, in_callback: bool = False
+        self,
+        engine: Any,
+        tps: Iterable[TopicPartition] | None = None,
+        *,
+        in_callback: bool = False,
+        background: bool = False,
     ) -> bool:
         """Checkpoint the dirty partitions among ``tps`` (all if None) and commit them. False when the broker
         did not answer in time (state stays dirty, retried next time); DeliveryError propagates (outputs were
         lost for good: the daemon must stop so a restart reprocesses them). ``in_callback``: inside a rebalance
-        callback (kafka-python's IO thread), where only the non-blocking commit_async may be used."""
+        callback (kafka-python's IO thread), where only the non-blocking commit_async may be used.
+        ``background`` (transactional only): the transaction's flush and commit run in a helper thread and this
+        returns True at once; its outcome is settled later (see the module docstring), a postponement there
+        marks the partitions dirty again. A commit still in flight from the last checkpoint is settled first."""
+        entered = time.monotonic()
+        self.delivery.settle()
         t0 = time.monotonic()
         self.last = t0
         t = self.tracker
         chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
+        transactional = self.delivery.transactional
         try:
             # outputs acknowledged before the checkpoint that covers them; in a transaction the commit makes both
-            # visible at once, so one flush after the changelog writes does for both
-            if not self.delivery.transactional:
+            # visible at once, so one flush after the changelog writes (in Delivery.commit) does for both
+            if not transactional:
                 self.delivery.flush()
             if self.dead_letters is not None:
                 self.dead_letters.flush()
@@ -195,30 +214,43 @@ class KafkaCheckpointer:
                         t.epoch.get(tp, 0),
                     )
                 state_s, state_cpu_s = time.monotonic() - t1, time.thread_time() - c1
-            if chosen or self.delivery.transactional:
-                self.delivery.flush()
+                if not transactional:
+                    self.delivery.flush()
         except DeliveryError:
             raise
         except KafkaError as exc:
-            log.warning("checkpoint postponed: %s", exc)
-            if self.on_health is not None:
-                self.on_health(False)
-            return False
+            return self._postponed(exc)
         t.dirty -= chosen
         t.uncommitted |= chosen
         owed = t.uncommitted if tps is None else t.uncommitted & set(tps)
-        # an idle stream's timer tick: no state to write, no offset owed, no transaction open
-        idle = not chosen and not owed and not self.delivery.in_transaction
-        t2 = time.monotonic()
-        ok = self.commit(owed, wait=not in_callback)
-        t3 = time.monotonic()
         self.checkpoints += 1
-        # an idle tick is not a sample of the checkpoint time (it would pull its quantiles toward ~0 on a quiet stream)
-        if self.metrics is not None and idle:
-            self.metrics.checkpoint_idle(time.time())
-        elif self.metrics is not None:
-            self.metrics.checkpoint_done(t3 - t0, time.time(), state_s, state_bytes, t3 - t2, state_cpu_s)
+        # an idle stream's timer tick: no state to write, no offset owed, no transaction open
+        if not chosen and not owed and not self.delivery.in_transaction:
+            # not a sample of the checkpoint time (it would pull its quantiles toward ~0 on a quiet stream)
+            if self.metrics is not None:
+                self.metrics.checkpoint_idle(time.time())
+            return True
+        t2 = time.monotonic()
+
+        def done(finished: float) -> None:
+            if self.metrics is not None:
+                at = time.time() - (time.monotonic() - finished)
+                self.metrics.checkpoint_done(
+                    finished - t0, at, state_s, state_bytes, finished - t2, state_cpu_s
+                )
+
+        ok = self.commit(
+            owed, wait=not in_callback, background=background and not in_callback, done=done, chosen=chosen
+        )
+        if self.metrics is not None:
+            self.metrics.checkpoint_loop_done(time.monotonic() - entered)
         return ok
+
+    def _postponed(self, exc: KafkaError) -> bool:
+        log.warning("checkpoint postponed: %s", exc)
+        if self.on_health is not None:
+            self.on_health(False)
+        return False
 
     def _held_by_partition(self, engine: Any, chosen: set[TopicPartition]) -> dict[TopicPartition, list[str]]:
         """The keys the engine holds on each chosen partition, least recently used first: a restore then
@@ -233,7 +265,18 @@ class KafkaCheckpointer:
                 out[tp].append(key)  # type: ignore[index]
         return out
 
-    def commit(self, tps: Iterable[TopicPartition], wait: bool = True) -> bool:
+    def commit(
+        self,
+        tps: Iterable[TopicPartition],
+        wait: bool = True,
+        *,
+        background: bool = False,
+        done: Callable[[float], None] | None = None,
+        chosen: Iterable[TopicPartition] = (),
+    ) -> bool:
+        """Commit the positions of ``tps`` (transactional: with the open transaction). ``done(finished)`` runs
+        once it has ended (monotonic time; a failed non-transactional commit ends too). ``background``
+        (transactional only): see :meth:`checkpoint`; a postponement then marks ``chosen`` dirty again."""
         offsets = {
             tp: OffsetAndMetadata(self.tracker.position[tp], "", -1)
             for tp in tps
@@ -241,11 +284,31 @@ class KafkaCheckpointer:
         }
         if self.delivery.transactional:
             if not offsets and not self.delivery.in_transaction:
+                if done is not None:
+                    done(time.monotonic())
                 return True
-            # FencedError (a DeliveryError) propagates: the state in memory is ahead of what was committed.
-            self.delivery.commit(offsets, self.consumer.group_metadata())
-            self.tracker.uncommitted -= set(offsets)
-            return True
+            tracker, dirty = self.tracker, set(chosen)
+
+            def committed(finished: float) -> None:
+                tracker.uncommitted -= set(offsets)
+                if done is not None:
+                    done(finished)
+
+            def postponed(exc: KafkaError) -> None:
+                tracker.dirty |= dirty
+                self._postponed(exc)
+
+            # FencedError (a DeliveryError) propagates, now or when settled: the state in memory is ahead of
+            # what was committed.
+            return self.delivery.commit(
+                offsets, self.consumer.group_metadata(), committed, postponed, wait=not background
+            )
+        ok = self._consumer_commit(offsets, wait)
+        if done is not None:
+            done(time.monotonic())
+        return ok
+
+    def _consumer_commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], wait: bool) -> bool:
         if not offsets:
             return True
         try:

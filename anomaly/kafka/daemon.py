@@ -426,6 +426,9 @@ class Daemon:
             self._apply(kind, tps, in_callback=False)
 
     def _apply(self, kind: str, tps: list[Any], in_callback: bool) -> None:
+        # the periodic checkpoint's commit, if still in flight, ends first: the assignment (claims, a new
+        # producer) and the revocation's checkpoint go on from its outcome (or stop on its error)
+        self.delivery.settle()
         if kind == "assigned":
             self._restore(tps, seek=in_callback)
             return

@@ -5,7 +5,10 @@ over their own.
 :class:`DeliveryError` if any was refused for good; the checkpointer flushes before it commits offsets, so a
 committed message always has its alerts on the broker. With ``transactional`` the shared producer writes
 alerts, scores and changelog checkpoints inside a transaction that the checkpointer commits together with the
-consumed offsets (:meth:`Delivery.commit`).
+consumed offsets (:meth:`Delivery.commit`). The daemon's periodic checkpoint ends its transaction in a helper
+thread (flush, offsets, commit: 10-50 ms of broker round trips) while the loop goes on scoring; what the sinks
+send meanwhile is held in order and sent in the next transaction once that commit has ended
+(:meth:`Delivery.settle`).
 
 Dead letters go through a separate, non-transactional producer and always fit: a payload larger than
 ``max_bytes`` is cut, and its original size and SHA-256 travel in the headers. A dead letter the broker still
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,11 +74,49 @@ def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
     return box.get("value")
 
 
+HOLD_MAX = 100_000  # records held while a commit is in flight; one more and the loop waits for the commit
+
+
+class _Ending:
+    """A transaction's end running in a helper thread (:meth:`Delivery.commit`): what the loop thread needs to
+    settle it. ``finished``: monotonic time it ended (0.0 while running); ``ended``: the transaction was
+    committed or aborted (not left open by a flush that timed out, nor stuck in a request); ``postponed``: the
+    flush timed out, nothing was committed and the transaction stays open."""
+
+    def __init__(
+        self,
+        work: Callable[[_Ending], None],
+        on_done: Callable[[float], None] | None,
+        on_postponed: Callable[[KafkaError], None] | None,
+    ) -> None:
+        self.on_done = on_done
+        self.on_postponed = on_postponed
+        self.finished = 0.0
+        self.ended = False
+        self.postponed: KafkaError | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(work,), name="kafka transaction end", daemon=True
+        )
+
+    def _run(self, work: Callable[[_Ending], None]) -> None:
+        try:
+            work(self)
+        except BaseException as exc:  # noqa: BLE001 - handed to the settling thread
+            self.error = exc
+        finally:
+            self.finished = time.monotonic()
+
+
 class Delivery:
     """The shared producer plus what failed on it; every sink sends through :meth:`send`.
 
-    Transactional: the first send after a commit begins a transaction; :meth:`commit` adds the consumed offsets
-    (with the consumer's group metadata, so a broker can fence a stale member, KIP-447) and commits it.
+    Transactional: the first send after a commit begins a transaction; :meth:`commit` flushes it, adds the
+    consumed offsets (with the consumer's group metadata, so a broker can fence a stale member, KIP-447) and
+    commits it, in a helper thread. Until the loop thread has settled that commit (:meth:`settle`), nothing is
+    sent on the producer (a new transaction can only begin after the commit): :meth:`send` holds the records, in
+    order, and the settle sends them, so outputs stay in the order they were scored and each is in exactly one
+    transaction. Every other use of the producer (flush, replace, the next commit) settles first.
     """
 
     def __init__(
@@ -93,15 +135,29 @@ class Delivery:
         self.last_error: str = ""
         self.transactions = 0
         self.group_found = False  # this producer knows the group coordinator (has sent offsets once)
+        self.held: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
+        self.waited_s = 0.0  # loop thread's time blocked waiting for commits in flight (settle with wait)
+        self._ending: _Ending | None = None
 
     def _on_error(self, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = type(exc).__name__
 
+    @property
+    def committing(self) -> bool:
+        """A commit is in flight or ended but not settled yet."""
+        return self._ending is not None
+
     def replace(self, producer: KafkaProducer) -> None:
         """Use a new producer (a new transactional id after a rebalance); the old one's open transaction is
         aborted (its outputs belong to state that was dropped or handed over; left open, it would hold back
-        read_committed readers until the transaction timeout) and the producer closed."""
+        read_committed readers until the transaction timeout) and the producer closed. A commit in flight is
+        waited for first; its outcome no longer matters (the old producer and what it held go)."""
+        self.held = []
+        try:
+            self.settle()
+        except (kerr.KafkaError, OSError, KafkaError):
+            pass
         old, self.producer = self.producer, producer
         try:
             if self.in_transaction:
@@ -129,6 +185,23 @@ class Delivery:
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
+        """Send one record (in the open transaction, begun if none is). While a commit is in flight the record
+        is held (returns None) and sent when the commit is settled; held records go out first, in order."""
+        ending = self._ending
+        if ending is not None:
+            if not ending.finished and len(self.held) < HOLD_MAX:
+                self.held.append((topic, key, value, headers))
+                return None
+            self.settle()
+        return self._send(topic, key, value, headers)
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> Any:
         self._begin()
         try:
             future = self.producer.send(topic, key=key, value=value, headers=headers)
@@ -142,9 +215,14 @@ class Delivery:
         return future
 
     def flush(self) -> None:
-        """Block until everything sent is acknowledged; DeliveryError if anything was lost, KafkaError on timeout."""
+        """Block until everything sent is acknowledged; DeliveryError if anything was lost, KafkaError on timeout.
+        A commit in flight is settled first (its held records are sent, then flushed too)."""
+        self.settle()
+        self._flush(self.producer)
+
+    def _flush(self, producer: KafkaProducer) -> None:
         try:
-            self.producer.flush(timeout=self.flush_timeout_s)
+            producer.flush(timeout=self.flush_timeout_s)
         except kerr.KafkaTimeoutError:
             raise KafkaError(
                 f"producer flush timed out after {self.flush_timeout_s:.0f}s (broker away?)"
@@ -155,11 +233,55 @@ class Delivery:
                 raise FencedError(FENCED)
             raise DeliveryError(f"{n} record(s) were not delivered ({self.last_error})")
 
-    def commit(self, offsets: dict[Any, Any], group_metadata: Any) -> None:
-        """Transactional only: the offsets join the open transaction, which is committed. A fenced or failed
-        commit aborts it and raises :class:`FencedError` (the caller's state is ahead of what was committed)."""
+    def commit(
+        self,
+        offsets: dict[Any, Any],
+        group_metadata: Any,
+        on_done: Callable[[float], None] | None = None,
+        on_postponed: Callable[[KafkaError], None] | None = None,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """Transactional only: end the open transaction in a helper thread: flush it (every record
+        acknowledged; a refused one raises :class:`DeliveryError` before anything is committed), add the
+        offsets, commit. A fenced or failed commit aborts it and raises :class:`FencedError` (the caller's state
+        is ahead of what was committed); a request the broker does not complete within ``max_block_s`` raises
+        :class:`TransactionTimeoutError`; a flush that times out commits nothing, leaves the transaction open and
+        calls ``on_postponed`` (the next commit retries). ``on_done(finished)`` (monotonic time the commit
+        ended) runs on the settling thread once it is committed.
+
+        ``wait``: settle it now (returns True committed, False postponed, or raises); otherwise return True at
+        once and let a later :meth:`settle` (at the latest the next send after it ended, flush, commit or
+        replace) finish it and raise its error there."""
+        self.settle()
         self._begin()
-        producer, limit = self.producer, self.max_block_s
+        producer, group_found = self.producer, self.group_found
+        ending = _Ending(
+            lambda e: self._end(producer, offsets, group_metadata, group_found, e), on_done, on_postponed
+        )
+        self._ending = ending
+        ending.thread.start()
+        if not wait:
+            return True
+        return self.settle() is not False
+
+    def _end(
+        self,
+        producer: KafkaProducer,
+        offsets: dict[Any, Any],
+        group_metadata: Any,
+        group_found: bool,
+        ending: _Ending,
+    ) -> None:
+        """Flush, offsets, commit (in the helper thread; nothing else uses the producer meanwhile)."""
+        try:
+            self._flush(producer)
+        except DeliveryError:
+            raise
+        except KafkaError as exc:
+            ending.postponed = exc
+            return
+        limit = self.max_block_s
         try:
             if offsets:
                 bounded(
@@ -167,7 +289,7 @@ class Delivery:
                     limit,
                     "adding the consumed offsets to the transaction",
                 )
-            elif not self.group_found:
+            elif not group_found:
                 # Nothing to commit yet (claims at assignment): an empty offset commit, by bare group id (it
                 # commits nothing and fences nothing), so the producer looks up the group coordinator now
                 # and not in the stream's first checkpoint, where the lookup's two retry backoffs stalled
@@ -177,19 +299,55 @@ class Delivery:
                     limit,
                     "looking up the group coordinator for the transaction",
                 )
-            self.group_found = True
             bounded(producer.commit_transaction, limit, "the transaction's commit")
         except TransactionTimeoutError:
             raise  # in flight: neither committed nor aborted (an abort would queue behind it)
         except (kerr.KafkaError, OSError) as exc:
-            self.in_transaction = False
+            ending.ended = True
             try:
                 bounded(producer.abort_transaction, limit, "the transaction's abort")
             except (kerr.KafkaError, OSError, TransactionTimeoutError):
                 pass
             raise FencedError(f"{FENCED} ({type(exc).__name__})") from None
-        self.in_transaction = False
+        ending.ended = True
+
+    def settle(self, wait: bool = True) -> bool | None:
+        """Finish the commit in flight on this (the loop) thread: wait for it (``wait``; else only when it has
+        already ended), then raise its error, or send the records held meanwhile, in order, in a new transaction
+        (or, postponed, in the still open one). Returns None when there was nothing to settle (or it is still
+        running and ``wait`` is False), True when committed, False when postponed. A failed commit drops the
+        held records: they belong to state past the last committed checkpoint, which the daemon drops (fenced)
+        or a restart rebuilds (the other errors stop it)."""
+        ending = self._ending
+        if ending is None or not (wait or ending.finished):
+            return None
+        running, t0 = not ending.finished, time.monotonic()
+        ending.thread.join()  # when finished, the thread is only returning
+        if running:
+            self.waited_s += time.monotonic() - t0
+        self._ending = None
+        held, self.held = self.held, []
+        if ending.ended:
+            self.in_transaction = False
+        if ending.error is not None:
+            raise ending.error
+        if ending.postponed is not None:
+            if ending.on_postponed is not None:
+                ending.on_postponed(ending.postponed)
+            self._send_held(held)
+            return False
+        self.group_found = True
         self.transactions += 1
+        if ending.on_done is not None:
+            ending.on_done(ending.finished)
+        self._send_held(held)
+        return True
+
+    def _send_held(
+        self, held: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]]
+    ) -> None:
+        for topic, key, value, headers in held:
+            self._send(topic, key, value, headers)
 
 
 FENCED = (
