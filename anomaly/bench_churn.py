@@ -19,25 +19,35 @@ round's own checkpoints, how long the round took and the CPU seconds of the daem
 Then ``probes`` **pairs** of probe checkpoints (after ``WARMUP_PAIRS`` not counted): one reading on every
 partition of the churned daemon, so that its next checkpoint writes the state of every key held, and the same on
 the control, next to it, alternating which goes first (ABBA). Both daemons checkpoint every
-``checkpoint_interval_s`` (0.25 s: a probe takes about 0.45 s, so 60 pairs a round fit in about a minute).
-Each probe gives the whole checkpoint time (``anomaly_checkpoint_duration_seconds``; an idle stream's timer ticks
-are not observed there), its parts (the daemon's own work: key walk, snapshot, compression, handing the records to
-the producer, ``anomaly_checkpoint_state_seconds`` and its loop-thread CPU time; waiting on the broker: the rest)
-and the daemon process's page faults. After each churned probe the bench commits a plain transaction of the same
-size through its own producer: the broker round trip alone.
+``checkpoint_interval_s`` (0.1 s: a probe takes about 0.25 s, so 100 pairs a round fit in about 50 s).
+While probes are taken, the two daemons run on one core and the broker and the bench on another (where there are
+two: :class:`_Placement`), and the daemon not probed is stopped (SIGSTOP) until the probe's checkpoint is
+committed, so that its poll loop, timer ticks and heartbeats cannot land in the measured checkpoint; both
+daemons are treated alike. Each probe gives the whole checkpoint time (``anomaly_checkpoint_duration_seconds``,
+until the transaction's commit ended; an idle stream's timer ticks are not observed there), its parts (the
+daemon's own work: key walk, snapshot, compression, handing the records to the producer,
+``anomaly_checkpoint_state_seconds`` and its loop-thread CPU time; waiting on the broker: the rest) and the
+daemon process's page faults. After each churned probe the bench commits a plain transaction of the same size
+through its own producer: the broker round trip alone.
 
 The headline, fixed before the quiet-window runs (README "Key churn"): per round, the median over the pairs of
 churned / control (whole checkpoint) with its distribution-free 95 % interval (``anomaly.bench_stats``); target:
 max/min of those medians over the rounds <= 1.10. Whatever the shared machine does to a moment, it does to both
 probes of a pair. Also printed: last/first, the change fitted over every pair (least squares of the log ratios on
-the round) with its interval, the same for each part, and the raw per-round medians of each daemon as before
-(max/min and last/first), which the machine's own drift moves. A warm-up round is not counted.
+the round) with its interval, the same for each part, the headline's noise floor (its bootstrap distribution if
+nothing changed between the rounds), and the raw per-round medians of each daemon as before (max/min and
+last/first), which the machine's own drift moves. A warm-up round is not counted.
+
+``aa``: the A/A check of the noise floor: the churned daemon gets no churn (each round only the ``max_keys`` keys
+it then holds, as the control does; the churn messages go to a topic nobody reads), so whatever the headline
+shows is measurement noise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,13 +60,14 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.bench_stats import flatness, paired, trend
+from anomaly.bench_stats import flatness, noise_floor, paired, trend
 from anomaly.bench_stats import median as _median
 from anomaly.config import KafkaConfig, changelog_topic
 from anomaly.kafka.tansu import TansuBroker, free_port
 
 PARTITIONS = 4
 WARMUP_PAIRS = 2  # probe pairs at the start of each round that are not counted
+POLL_S = 0.05  # how often the bench asks whether a probe's checkpoint has been committed and settled
 # the parts of a probe checkpoint compared pair by pair, churned / control
 PAIRED_PARTS = {
     "ms": "whole checkpoint",
@@ -106,6 +117,40 @@ def _cpu_s(pid: int) -> float:
 def _minor_faults(pid: int) -> int:
     """Minor page faults of a process so far, all threads (``/proc/<pid>/stat`` field 10)."""
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto ``cpus`` (threads started later inherit it from the thread starting
+    them). A thread that ended meanwhile is skipped."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+class _Placement:
+    """Where the processes run while probes are taken: both daemons on one core, the broker and the bench on
+    another, so a pair's two checkpoints run on the same core and the broker's and the bench's work does not
+    preempt them. Only on a machine with at least two cores of ours; undone after the probes."""
+
+    def __init__(self, daemon_pids: list[int], other_pids: list[int]) -> None:
+        self.allowed = sorted(os.sched_getaffinity(0))
+        self.daemon_pids, self.other_pids = daemon_pids, other_pids
+        self.active = len(self.allowed) >= 2
+        self.cores = (self.allowed[0], self.allowed[1]) if self.active else None
+
+    def pin(self) -> None:
+        if self.cores is not None:
+            for pid in self.daemon_pids:
+                _pin(pid, {self.cores[0]})
+            for pid in self.other_pids:
+                _pin(pid, {self.cores[1]})
+
+    def unpin(self) -> None:
+        if self.cores is not None:
+            for pid in self.daemon_pids + self.other_pids:
+                _pin(pid, set(self.allowed))
 
 
 def _send_keys(bootstrap: str, topic: str, prefix: str, t0: float, keys: range, features: int) -> None:
@@ -289,23 +334,44 @@ class _Daemon:
                 and _metrics(self.port).get("anomaly_messages_consumed_total", 0.0) >= self.want
             ):
                 consumed_at = time.monotonic()
-            time.sleep(0.2)
+            time.sleep(POLL_S if not consumed else 0.2)
         return consumed_at if consumed_at is not None else time.monotonic()
 
-    def probe(self, producer: KafkaProducer, r: int, ts: float, features: int) -> dict[str, float] | None:
+    def probe(
+        self, producer: KafkaProducer, r: int, ts: float, features: int, other: _Daemon | None = None
+    ) -> dict[str, float] | None:
         """One probe and the checkpoint it causes: its time and parts, or None when the probe's readings were
-        split over two checkpoints (not alike: left out)."""
+        split over two checkpoints (not alike: left out). ``other`` (the other daemon) is stopped (SIGSTOP) while
+        it runs: its poll loop (a fetch every 50 ms), idle timer ticks and heartbeats then cannot land in this
+        checkpoint; each daemon is stopped during the other's probes alike, a fraction of a second at a time
+        (well within the session timeout)."""
+        if other is not None:
+            os.kill(other.proc.pid, signal.SIGSTOP)
+        try:
+            return self._probe(producer, r, ts, features)
+        finally:
+            if other is not None:
+                os.kill(other.proc.pid, signal.SIGCONT)
+
+    def _probe(self, producer: KafkaProducer, r: int, ts: float, features: int) -> dict[str, float] | None:
         faults0 = _minor_faults(self.proc.pid)
         _send_probe(producer, self.topic, r, ts, features)
         self.want += PARTITIONS
-        # Hands off while the daemon reads the probe and its checkpoint timer fires (within one interval):
-        # asking the broker for committed offsets or the daemon for /metrics during the checkpoint competed with
-        # it for the two cores and the daemon's GIL, and made single probes vary.
-        time.sleep(self.interval_s + 0.15)
+        # Hands off while the daemon reads the probe (a fetch waits up to 50 ms) and its checkpoint timer fires
+        # (within one interval): asking the broker for committed offsets or the daemon for /metrics during the
+        # checkpoint competed with it for the core and the daemon's GIL, and made single probes vary.
+        time.sleep(self.interval_s + 0.1)
         self.wait_committed(consumed=False)
+        # the transaction's commit ends in a helper thread; the loop thread settles it (and observes the
+        # checkpoint's metrics) at its next poll, within one fetch wait
+        deadline = time.monotonic() + 2.0
+        while True:
+            after = _metrics(self.port)
+            d = {name: after.get(name, 0.0) - self.last.get(name, 0.0) for name in after}
+            if d.get("anomaly_checkpoint_duration_seconds_count", 0.0) >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S / 2)
         faults = _minor_faults(self.proc.pid) - faults0
-        after = _metrics(self.port)
-        d = {name: after.get(name, 0.0) - self.last.get(name, 0.0) for name in after}
         self.last = after
         if d.get("anomaly_checkpoint_state_seconds_count", 0.0) != 1:
             return None
@@ -328,6 +394,7 @@ class _Daemon:
     def close(self) -> None:
         self.watcher.close(autocommit=False)
         if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # in case the bench stopped while it was stopped
             self.proc.terminate()
             self.proc.wait(60)
 
@@ -356,8 +423,9 @@ def run_churn_bench(
     rounds: int = 5,
     max_keys: int = 1000,
     features: int = 3,
-    probes: int = 60,
-    checkpoint_interval_s: float = 0.25,
+    probes: int = 100,
+    checkpoint_interval_s: float = 0.1,
+    aa: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
     """Warm-up + ``rounds`` rounds of ``round_keys`` new keys; per-round RSS, checkpoint times, and the churned
@@ -374,12 +442,14 @@ def run_churn_bench(
         n_feat = len(bundle.features)
         tag = uuid.uuid4().hex[:6]
         topic, control_topic, out = f"churn-{tag}", f"churn-control-{tag}", f"churn-out-{tag}"
+        unread = f"churn-unread-{tag}"  # A/A: the churn messages, read by nobody
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.create_topics(
             [
                 NewTopic(topic, PARTITIONS, 1),
                 NewTopic(control_topic, PARTITIONS, 1),
                 NewTopic(out, 1, 1),
+                *([NewTopic(unread, PARTITIONS, 1)] if aa else []),
                 NewTopic(f"{out}-plain", 1, 1, topic_configs={"cleanup.policy": "compact"}),
             ]
         )
@@ -393,6 +463,10 @@ def run_churn_bench(
         daemons.append(control)
         churned.wait_ready()
         control.wait_ready()
+        placement = _Placement(
+            [churned.proc.pid, control.proc.pid],
+            [os.getpid()] + ([broker.proc.pid] if broker is not None and broker.proc else []),
+        )
         rows = []
         before = churned.last
         for r in range(rounds + 1):
@@ -400,9 +474,15 @@ def run_churn_bench(
             cpu0 = _cpu_s(churned.proc.pid)
             broker_cpu0 = _cpu_s(broker.proc.pid) if broker is not None and broker.proc else 0.0
             t_round = 1.7e9 + r * round_keys
-            _send_keys(bootstrap, topic, f"r{r}-k", t_round, range(round_keys), n_feat)
+            if aa:
+                # A/A: the "churned" daemon gets only the max_keys keys it then holds, the control's treatment
+                # (no churn); the round's other messages go to a topic nobody reads (the same load on the broker)
+                _send_keys(bootstrap, topic, f"r{r}-k", t_round, range(max_keys), n_feat)
+                _send_keys(bootstrap, unread, f"r{r}-k", t_round, range(max_keys, round_keys), n_feat)
+            else:
+                _send_keys(bootstrap, topic, f"r{r}-k", t_round, range(round_keys), n_feat)
             sent_s = time.monotonic() - t0
-            churned.want += round_keys
+            churned.want += max_keys if aa else round_keys
             consumed_at = churned.wait_committed()
             round_s, daemon_cpu_s = time.monotonic() - t0, _cpu_s(churned.proc.pid) - cpu0
             broker_cpu_s = _cpu_s(broker.proc.pid) - broker_cpu0 if broker and broker.proc else float("nan")
@@ -454,6 +534,7 @@ def run_churn_bench(
             # round are not counted (the churned daemon trimmed its heap after the round, the control, which read
             # 1,000 messages, did not: a checkpoint after a trim faults its buffers back in).
             n_pairs = probes if r else min(probes, 10)
+            placement.pin()
             t_probes = time.monotonic()
             got: dict[str, list[dict[str, float]]] = {"churned": [], "control": []}
             pairs: list[tuple[dict[str, float], dict[str, float]]] = []
@@ -463,7 +544,8 @@ def run_churn_bench(
                 taken: dict[str, dict[str, float] | None] = {}
                 for name, daemon in order if j % 2 == 0 else order[::-1]:
                     ts = 1.7e9 + (r + 1) * round_keys + j + WARMUP_PAIRS
-                    taken[name] = daemon.probe(probe_producer, r, ts, n_feat)
+                    other = control if daemon is churned else churned
+                    taken[name] = daemon.probe(probe_producer, r, ts, n_feat, other)
                     if daemon is churned and taken[name] is not None and j >= 0:
                         plain_ms.append(plain.commit_ms())  # the daemon is idle again: the broker alone
                 if j < 0:
@@ -474,8 +556,16 @@ def run_churn_bench(
                 a, b = taken["churned"], taken["control"]
                 if a is not None and b is not None:
                     pairs.append((a, b))
+            placement.unpin()
             row["probes"] = len(got["churned"])
             row["control_probes"] = len(got["control"])
+            row["probe_parts"] = {  # each probe's parts, in order
+                name: {
+                    part: [round(p[part], 3) for p in got[name]]
+                    for part in ("state_ms", "cpu_ms", "commit_ms")
+                }
+                for name in got
+            }
             row["probe_checkpoint_ms"] = [round(p["ms"], 2) for p in got["churned"]]  # each probe's, in order
             row["control_probe_checkpoint_ms"] = [round(p["ms"], 2) for p in got["control"]]
             row |= _medians(got["churned"], "full")
@@ -532,6 +622,11 @@ def run_churn_bench(
             "probes": probes,
             "warmup_pairs": WARMUP_PAIRS,
             "checkpoint_interval_s": checkpoint_interval_s,
+            "aa": aa,
+            "placement": {"daemons_core": placement.cores[0], "broker_and_bench_core": placement.cores[1]}
+            if placement.cores
+            else None,
+            "other_daemon_stopped_during_a_probe": True,
             "rows": rows,
         }
         # The headline (decided before the runs; README "Key churn"): max/min over the measured rounds of the
@@ -547,6 +642,8 @@ def run_churn_bench(
             "last_over_first": round(flatness(meds)[1], 3),
             "met": flatness(meds)[0] <= 1.10,
             "trend": trend([x["pair_ratios"]["ms"] for x in measured]).as_dict(),
+            # added beside it: the same statistic's spread if nothing changed between the rounds (bootstrap)
+            "noise_floor": noise_floor([x["pair_ratios"]["ms"] for x in measured]).as_dict(),
         }
         res["paired_flatness"] = {
             part: {
@@ -577,6 +674,12 @@ def run_churn_bench(
             f"{h['last_over_first']:.3f} -> {'met' if h['met'] else 'missed'}; fitted change over the rounds "
             f"{h['trend']['change']:.3f} [95 % {h['trend']['lo']:.3f}-{h['trend']['hi']:.3f}] from "
             f"{h['trend']['pairs']} pairs; all pairs pooled {res['pooled_pair_ratio']['median']:.3f}"
+        )
+        nf = h["noise_floor"]
+        log(
+            f"churn, the headline's noise floor (bootstrap of each round's pairs, no change between the rounds): "
+            f"max/min median {nf['median']:.3f}, 95 % {nf['p95']:.3f}, above {nf['limit']:.2f} in "
+            f"{100 * nf['p_over']:.1f} % of {nf['draws']} draws"
         )
         log(
             "churn, paired parts (max/min of per-round medians; fitted change): "

@@ -105,3 +105,52 @@ def trend(rounds: Sequence[Sequence[float]]) -> Trend:
     return Trend(
         n, math.exp(slope * span), math.exp((slope - 1.96 * se) * span), math.exp((slope + 1.96 * se) * span)
     )
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """What the headline (max/min over the rounds of the per-round median of pairs) would be with no change at
+    all between the rounds, given each round's own spread: ``median`` and ``p95`` of its bootstrap
+    distribution, and ``p_over``, the share of draws above ``limit``."""
+
+    draws: int
+    median: float
+    p95: float
+    limit: float
+    p_over: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "draws": self.draws,
+            "median": round(self.median, 4),
+            "p95": round(self.p95, 4),
+            "limit": self.limit,
+            "p_over": round(self.p_over, 4),
+        }
+
+
+def noise_floor(
+    rounds: Sequence[Sequence[float]], limit: float = 1.10, draws: int = 2000, seed: int = 0
+) -> NoiseFloor:
+    """The headline's distribution under "nothing changes between the rounds": each round's pair ratios are
+    divided by their median (only their spread is kept), resampled with replacement (as many as the round had)
+    and their median taken; max/min of those medians, ``draws`` times (seeded: the same input gives the same
+    answer). A headline well inside it is noise; near its 95th percentile, a miss says little."""
+    import random
+
+    rng = random.Random(seed)
+    centred = []
+    for rs in rounds:
+        ok = [math.log(r) for r in rs if r > 0 and math.isfinite(r)]
+        if ok:
+            mid = median(ok)
+            centred.append([x - mid for x in ok])
+    if len(centred) < 2:
+        return NoiseFloor(0, float("nan"), float("nan"), limit, float("nan"))
+    spans = []
+    for _ in range(draws):
+        meds = [median(rng.choices(c, k=len(c))) for c in centred]
+        spans.append(math.exp(max(meds) - min(meds)))
+    spans.sort()
+    p95 = spans[min(len(spans) - 1, math.ceil(0.95 * len(spans)) - 1)]
+    return NoiseFloor(draws, median(spans), p95, limit, sum(s > limit for s in spans) / draws)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from anomaly.bench_stats import flatness, median, median_ci_ranks, paired, trend
+from anomaly.bench_stats import flatness, median, median_ci_ranks, noise_floor, paired, trend
 
 
 def test_the_medians_confidence_ranks_are_the_binomial_order_statistics() -> None:
@@ -44,3 +44,24 @@ def test_flatness_and_the_fitted_trend_over_rounds() -> None:
     ]  # +10 % a round: 1.1^4 from first to last
     up = trend(growing)
     assert (up.pairs, round(up.change, 12)) == (15, round(1.1**4, 12)) and up.lo > 1.0
+
+
+def test_the_headlines_noise_floor_keeps_each_rounds_spread_and_drops_its_level() -> None:
+    spread = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25]
+    rounds = [spread, spread, spread, spread, spread]
+    floor = noise_floor(rounds, draws=300)
+    assert floor.as_dict() == noise_floor(rounds, draws=300).as_dict()  # seeded
+    assert 1.0 < floor.median < floor.p95 and 0.0 < floor.p_over < 1.0
+    # a level that differs between the rounds is not noise: the floor only sees each round's spread
+    levels = [[x * (1 + 0.1 * i) for x in spread] for i in range(5)]
+    assert noise_floor(levels, draws=300).as_dict() == floor.as_dict()
+    # no spread, no noise; twice the spread, a wider floor
+    assert noise_floor([[1.02] * 7, [0.97] * 9], draws=50).as_dict() == {
+        "draws": 50,
+        "median": 1.0,
+        "p95": 1.0,
+        "limit": 1.1,
+        "p_over": 0.0,
+    }
+    wide = noise_floor([[x * x for x in spread]] * 5, draws=300)
+    assert wide.p95 > floor.p95 and wide.p_over > floor.p_over

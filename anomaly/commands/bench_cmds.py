@@ -76,11 +76,19 @@ from anomaly.commands.common import one_line_errors
 @click.option(
     "--churn-probes",
     type=click.IntRange(min=1),
-    default=60,
+    default=100,
     show_default=True,
     help="Probe pairs per churn round: a checkpoint of the churned daemon next to one of the control daemon "
     "(same keys held, no churn), alternating which goes first; the headline is the per-round median of the "
     "pairs' ratios.",
+)
+@click.option(
+    "--churn-aa",
+    is_flag=True,
+    default=False,
+    help="A/A check of the churn bench's noise floor: the churned daemon gets no churn (only the keys it "
+    "holds, like the control; the churn messages go to a topic nobody reads), so every difference between "
+    "the rounds is measurement noise.",
 )
 @click.option(
     "--json-out",
@@ -100,6 +108,7 @@ def bench_cmd(
     churn_keys: int,
     churn_rounds: int,
     churn_probes: int,
+    churn_aa: bool,
     json_out: str | None,
 ) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key; with
@@ -124,7 +133,7 @@ def bench_cmd(
         from anomaly.bench_churn import run_churn_bench
 
         results["churn"] = run_churn_bench(
-            round_keys=churn_keys, rounds=churn_rounds, probes=churn_probes, log=click.echo
+            round_keys=churn_keys, rounds=churn_rounds, probes=churn_probes, aa=churn_aa, log=click.echo
         )
     if json_out:
         with open(json_out, "w") as fh:
