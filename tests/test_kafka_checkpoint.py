@@ -342,3 +342,30 @@ def test_a_background_checkpoint_writes_the_state_and_owner_of_its_moment() -> N
     assert (topic, key, head["offset"], head["model"]) == ("cl", b"in:0", 10, "model-1")
     assert decompress_state(head, payload) == b"state up to offset 10"
     assert calls[-2:] == [("offsets", [(0, 11)]), "commit"] and not tracker.uncommitted
+
+
+def test_past_hold_max_held_records_a_send_waits_for_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomaly.kafka import sinks
+
+    monkeypatch.setattr(sinks, "HOLD_MAX", 2)
+    calls: list[Any] = []
+    producer = _Producer(calls)
+    delivery = Delivery(producer, transactional=True)  # type: ignore[arg-type]
+    delivery.send("scores", b"k", b"0")
+    producer.gate.clear()
+    assert delivery.commit({}, types.SimpleNamespace(group_id="g"), wait=False)
+    delivery.send("scores", b"k", b"1")
+    delivery.send("scores", b"k", b"2")
+    assert (calls.count("commit"), len(delivery.held)) == (0, 2)
+    threading.Timer(0.2, producer.gate.set).start()
+    delivery.send("scores", b"k", b"3")  # one too many: waits for the commit, then all go out in order
+    assert calls == [
+        "begin",
+        ("send", "scores", b"k", b"0"),
+        "flush",
+        ("offsets", []),
+        "commit",
+        "begin",
+        *[("send", "scores", b"k", v) for v in (b"1", b"2", b"3")],
+    ]
+    assert delivery.waited_s >= 0.1 and not delivery.committing
