@@ -62,25 +62,31 @@ def for_nonempty(search: Search, hist: np.ndarray, pushed: np.ndarray, floor: fl
 
 
 def _moments(hist: np.ndarray, pushed: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Time-ordered float64 histories, validity, count, mean, sum of squared deviations and std per key, with
-    exactly the plain search's arithmetic (its epsilons are mean + z * std of these very bits). The rings are
-    put in time order before they are widened (half the bytes to move; widening is exact either way)."""
-    e, valid = ordered_history(hist, pushed)
-    e = e.astype(np.float64)
-    cnt = np.minimum(pushed, e.shape[1])
-    full = bool((cnt == e.shape[1]).all())  # every ring filled (the steady state): nothing to mask
+    """Time-ordered histories as stored (float32), validity, count, and per key the mean, the sum of squared
+    deviations and the std, with exactly the plain search's arithmetic in float64 (its epsilons are mean + z * std
+    of these very bits). The rings are put in time order before they are widened (half the bytes to move;
+    widening is exact either way), and the deviations are squared in the widened copy: fewer large new arrays,
+    each of which costs page faults."""
+    x, valid = ordered_history(hist, pushed)
+    n = x.shape[1]
+    cnt = np.minimum(pushed, n)
+    full = bool((cnt == n).all())  # every ring filled (the steady state): nothing to mask
     safe = np.maximum(cnt, 1)
-    mean = (e if full else np.where(valid, e, 0.0)).sum(axis=1) / safe
-    ss = _masked_squares(e, mean, None if full else valid).sum(axis=1)
-    return e, valid, cnt, mean, ss, np.sqrt(np.maximum(ss / safe, 0.0))
+    e = x.astype(np.float64) if full else np.where(valid, x, np.float64(0.0))
+    mean = e.sum(axis=1) / safe
+    e -= mean[:, None]
+    if not full:
+        e[~valid] = 0.0
+    ss = np.square(e, out=e).sum(axis=1)
+    return x, valid, cnt, mean, ss, np.sqrt(np.maximum(ss / safe, 0.0))
 
 
 def tail_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarray:
     """`grid_epsilon` from the points above the smallest candidate epsilon (see the module's docstring)."""
-    e, valid, cnt, mean, ss, std = _moments(hist, pushed)
+    x, valid, cnt, mean, ss, std = _moments(hist, pushed)
     thr = mean[:, None] + Z_GRID.astype(np.float64)[None, :] * std[:, None]  # (K, Z) candidate epsilons
-    choice = np.full(len(e), len(Z_GRID) - 1)  # where no z counts: mean + the largest z * std
-    keys, ok, n_above, score, err = tail_scores(e, valid, cnt, mean, ss, std, thr)
+    choice = np.full(len(x), len(Z_GRID) - 1)  # where no z counts: mean + the largest z * std
+    keys, ok, n_above, score, err = tail_scores(x, valid, cnt, mean, ss, std, thr)
     best = np.argmax(score, axis=1)
     at_best = np.arange(len(keys)), best
     # a z whose score may be the best's (the bounds overlap) with other points above: the plain search decides;
@@ -90,7 +96,7 @@ def tail_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarr
     unsure |= (ok & ~np.isfinite(score + err)).any(axis=1)
     counted = ok.any(axis=1) & ~unsure
     choice[keys[counted]] = best[counted]
-    out = np.maximum(np.where(cnt > 0, thr[np.arange(len(e)), choice], floor), floor).astype(np.float32)
+    out = np.maximum(np.where(cnt > 0, thr[np.arange(len(x)), choice], floor), floor).astype(np.float32)
     if unsure.any():
         grid_rows = keys[unsure]
         out[grid_rows] = grid_epsilon(hist[grid_rows], pushed[grid_rows], floor)
@@ -98,7 +104,7 @@ def tail_epsilon(hist: np.ndarray, pushed: np.ndarray, floor: float) -> np.ndarr
 
 
 def tail_scores(
-    e: np.ndarray,
+    x: np.ndarray,
     valid: np.ndarray,
     cnt: np.ndarray,
     mean: np.ndarray,
@@ -107,23 +113,22 @@ def tail_scores(
     thr: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     """For the keys (K',) with a point above their smallest candidate epsilon: which z count (K', Z) bool, the
-    points above each epsilon, the scores (-inf where a z does not count) and their error bounds (`_scores`). Inputs are `_moments` and
-    the candidate epsilons `thr` (K, Z)."""
-    n, z = e.shape[1], thr.shape[1]
-    over = e > thr[:, :1]  # NaN thresholds (NaN or inf in the history) have no point above
+    points above each epsilon, the scores (-inf where a z does not count) and their error bounds (`_scores`).
+    Inputs are `_moments` (histories as stored; compared with and subtracted from float64, so exactly widened)
+    and the candidate epsilons `thr` (K, Z)."""
+    n, z = x.shape[1], thr.shape[1]
+    over = x > thr[:, :1]  # NaN thresholds (NaN or inf in the history) have no point above
     if not (cnt == n).all():
         over &= valid
     at = np.flatnonzero(over)  # the tail, grouped by key
     rows, cols = np.divmod(at, n)
     new_key = np.ones(len(at), bool)
     new_key[1:] = rows[1:] != rows[:-1]
-    keys, slot = (
-        rows[new_key],
-        np.cumsum(new_key) - 1,
-    )  # the keys with a tail; each tail point's key among them
+    keys = rows[new_key]  # the keys with a tail
+    slot = np.cumsum(new_key) - 1  # each tail point's key among them
     # each tail point is above the first `a` candidate epsilons; the point before it (valid: histories are a
     # prefix in time order) above the first `a_before`, so a sequence above starts at it for a_before <= z < a
-    flat, t = e.reshape(-1), thr[rows]
+    flat, t = x.reshape(-1), thr[rows]
     ones = np.ones(z, np.int8)  # counting by a product: a sum over a short axis is slow
     a = ((flat[at][:, None] > t).view(np.int8) @ ones).astype(np.int64)
     a_before = np.where(cols > 0, (flat[at - 1][:, None] > t).view(np.int8) @ ones, 0)
