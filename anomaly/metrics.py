@@ -174,7 +174,8 @@ class PipelineMetrics:
         )
         self.checkpoint_state_seconds = Histogram(
             "anomaly_checkpoint_state_seconds",
-            "Part of a checkpoint that wrote state spent in this process: snapshot + compression (no broker).",
+            "Part of a checkpoint that wrote state spent in this process: snapshot (loop thread) + compression "
+            "(loop thread, or the helper thread that ends a transaction); no broker.",
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
@@ -188,7 +189,7 @@ class PipelineMetrics:
         )
         self.checkpoint_state_cpu = Counter(
             "anomaly_checkpoint_state_cpu_seconds",
-            "CPU time of the loop thread in the state part of checkpoints (its wall time less waiting for a core "
+            "CPU time of the threads in the state part of checkpoints (their wall time less waiting for a core "
             "or the GIL): the work itself, whatever else runs on the machine.",
             registry=r,
         )
@@ -346,7 +347,7 @@ class PipelineMetrics:
         state_cpu_seconds: float = 0.0,
     ) -> None:
         """A completed checkpoint: its total time, the part of it under this process's control (state
-        snapshot + compression, no broker round trip; wall and the loop thread's CPU time) with the compressed
+        snapshot + compression, no broker round trip; wall and CPU time of the threads doing it) with the compressed
         bytes it wrote, and the part spent waiting for the broker's commit."""
         self.checkpoint_duration.observe(seconds)
         self.checkpoint_commit_seconds.observe(commit_seconds)

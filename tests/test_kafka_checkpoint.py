@@ -21,6 +21,7 @@ from kafka.structs import TopicPartition
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine
 from anomaly.engine.types import Event
+from anomaly.kafka.changelog import ChangelogStore, Owner, decode_record, decompress_state
 from anomaly.kafka.checkpoint import KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import window_message
 from anomaly.kafka.sinks import (
@@ -51,12 +52,16 @@ class _Producer:
         self.calls, self.refuse, self.fail = calls, refuse, fail
         self.gate = threading.Event()
         self.gate.set()
+        self.changelog_gate = threading.Event()  # sends to topic "cl" wait for it
+        self.changelog_gate.set()
         self.errbacks: list[Any] = []
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
     def send(self, topic: str, key: Any = None, value: Any = None, headers: Any = None) -> _Future:
+        if topic == "cl":
+            self.changelog_gate.wait(30)
         self.calls.append(("send", topic, key, value))
         return _Future(self)
 
@@ -94,14 +99,16 @@ def _checkpointer(
         group_metadata=lambda: "group",
     )
 
-    def write(pid: str, offset: int, snapshot: bytes, n: int, epoch: int) -> int:
-        delivery.send("changelog", pid.encode(), str(offset).encode())
+    def write(
+        pid: str, offset: int, snapshot: bytes, n: int, epoch: int, owner: Any = None, send: Any = None
+    ) -> int:
+        (send or delivery.send)("changelog", pid.encode(), str(offset).encode())
         return len(snapshot)
 
     dead = types.SimpleNamespace(flush=lambda: calls.append("dead letters flush"))
     return KafkaCheckpointer(
         consumer,  # type: ignore[arg-type]
-        types.SimpleNamespace(write=write),  # type: ignore[arg-type]
+        types.SimpleNamespace(write=write, owner="owner"),  # type: ignore[arg-type]
         delivery,
         tracker,
         interval_s,
@@ -307,3 +314,58 @@ def test_a_background_commits_error_stops_the_loop_and_its_held_outputs_are_drop
     assert calls.count("begin") == 1
     assert calls[-1] == ("abort" if fail is not None else ("offsets", [(0, 2)]))
     assert scores == [c for c in calls[: calls.index(("offsets", [(0, 2)]))] if c in scores]
+
+
+def test_a_background_checkpoint_writes_the_state_and_owner_of_its_moment() -> None:
+    """The snapshot is taken on the loop thread, compressed and sent in the helper: what the engine (or a
+    model reload) does meanwhile does not reach the record."""
+    calls: list[Any] = []
+    producer = _Producer(calls)
+    delivery = Delivery(producer, transactional=True)  # type: ignore[arg-type]
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    tracker.advance({TPS[0]: 11})
+    changelog = ChangelogStore(delivery.send, None, lambda _: "cl", Owner("g", "model-1"))  # type: ignore[arg-type]
+    state = [b"state up to offset 10"]
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: state[0])
+    consumer = types.SimpleNamespace(group_metadata=lambda: "group")
+    checkpointer = KafkaCheckpointer(consumer, changelog, delivery, tracker, 5.0)  # type: ignore[arg-type]
+    producer.changelog_gate.clear()
+    assert checkpointer.checkpoint(engine, background=True)
+    state[0] = b"later state"
+    changelog.owner = Owner("g", "model-2")
+    producer.changelog_gate.set()
+    assert delivery.settle() is True
+    [(_, topic, key, value)] = [c for c in calls if c[0] == "send"]
+    head, payload = decode_record(value)
+    assert (topic, key, head["offset"], head["model"]) == ("cl", b"in:0", 10, "model-1")
+    assert decompress_state(head, payload) == b"state up to offset 10"
+    assert calls[-2:] == [("offsets", [(0, 11)]), "commit"] and not tracker.uncommitted
+
+
+def test_past_hold_max_held_records_a_send_waits_for_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomaly.kafka import sinks
+
+    monkeypatch.setattr(sinks, "HOLD_MAX", 2)
+    calls: list[Any] = []
+    producer = _Producer(calls)
+    delivery = Delivery(producer, transactional=True)  # type: ignore[arg-type]
+    delivery.send("scores", b"k", b"0")
+    producer.gate.clear()
+    assert delivery.commit({}, types.SimpleNamespace(group_id="g"), wait=False)
+    delivery.send("scores", b"k", b"1")
+    delivery.send("scores", b"k", b"2")
+    assert (calls.count("commit"), len(delivery.held)) == (0, 2)
+    threading.Timer(0.2, producer.gate.set).start()
+    delivery.send("scores", b"k", b"3")  # one too many: waits for the commit, then all go out in order
+    assert calls == [
+        "begin",
+        ("send", "scores", b"k", b"0"),
+        "flush",
+        ("offsets", []),
+        "commit",
+        "begin",
+        *[("send", "scores", b"k", v) for v in (b"1", b"2", b"3")],
+    ]
+    assert delivery.waited_s >= 0.1 and not delivery.committing

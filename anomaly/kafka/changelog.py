@@ -258,11 +258,17 @@ class ChangelogStore:
         epoch: int = 0,
         *,
         stored: Checkpoint | None = None,
+        owner: Owner | None = None,
+        send: Callable[[str, bytes, bytes | None], Any] | None = None,
     ) -> int:
         """Send one checkpoint (``offset`` None and no snapshot: a claim without state); returns the compressed
         state's size. ``stored``: the restored checkpoint whose state this is (its payload is re-written as
         stored, not compressed again). Not durable until the producer is flushed (or the transaction
-        committed)."""
+        committed). ``owner`` (default: the current one) and ``send`` (default: the store's): a checkpoint
+        written in the helper thread that ends a transaction names the owner of the moment its state was
+        taken, and sends past the records held for that transaction's commit."""
+        owner = self.owner if owner is None else owner
+        send = self.send if send is None else send
         topic = self.topic_for(source_topic(pid))
         stale = self._live_chunks.pop(pid, [])
         codec = stored.codec if stored is not None else self.codec
@@ -279,7 +285,7 @@ class ChangelogStore:
                 keys,
                 gen,
                 chunks,
-                owner=self.owner,
+                owner=owner,
                 epoch=epoch,
                 codec=codec,
                 raw=len(snapshot),
@@ -287,20 +293,20 @@ class ChangelogStore:
 
         if len(payload) <= self.chunk_bytes:
             head = header()
-            self.send(topic, pid.encode(), head + b"\n" + payload)
+            send(topic, pid.encode(), head + b"\n" + payload)
         else:
             gen = uuid.uuid4().hex[:12]
             chunk_keys = []
             for i, start in enumerate(range(0, len(payload), self.chunk_bytes)):
                 ck = f"{pid}/{gen}/{i}"
                 chunk_keys.append(ck)
-                self.send(topic, ck.encode(), payload[start : start + self.chunk_bytes])
+                send(topic, ck.encode(), payload[start : start + self.chunk_bytes])
             head = header(gen, len(chunk_keys))
-            self.send(topic, pid.encode(), head + b"\n")
+            send(topic, pid.encode(), head + b"\n")
             self._live_chunks[pid] = chunk_keys
         # Tombstones of the previous generation go after the new header: same partition, so ordered after it.
         for ck in stale:
-            self.send(topic, ck.encode(), None)
+            send(topic, ck.encode(), None)
         return len(payload)
 
     def read(self, pids: Iterable[str]) -> dict[str, Checkpoint]:

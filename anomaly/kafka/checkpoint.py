@@ -10,8 +10,10 @@ Order matters and is the whole delivery contract:
 3. commit ``offset + 1`` for those partitions: transactional, the offsets join the producer's transaction
    (outputs and checkpoints of step 1-2) and it is committed; otherwise a plain consumer commit.
 
-The periodic checkpoint (:meth:`KafkaCheckpointer.after_batch`) of a transactional daemon runs step 2's flush
-and step 3 in a helper thread (:meth:`Delivery.commit` with ``wait=False``): the loop goes on polling and
+A transactional checkpoint takes the snapshots on the loop thread (the engine is its own) and hands them to a
+helper thread (:meth:`Delivery.commit`) that compresses and sends them (step 2), flushes and commits (step 3);
+at most :data:`DEFER_BYTES` of snapshots wait there, the rest is compressed on the loop thread as before. The
+periodic checkpoint (:meth:`KafkaCheckpointer.after_batch`) does not wait for it: the loop goes on polling and
 scoring, the sinks' records are held until the commit has ended and then go out in the next transaction. The
 commit is settled on the loop thread (tracker, metrics, its error raised there) at the next batch after it
 ended, and waited for by the next checkpoint, a rebalance, the final checkpoint and any flush. Rebalance and
@@ -39,6 +41,9 @@ from anomaly.kafka.sinks import Delivery, DeliveryError
 from anomaly.runner import Batch
 
 log = logging.getLogger(__name__)
+# Raw state a transactional checkpoint hands to the helper thread to compress and send (beyond it the rest is
+# compressed on the loop thread as before): the snapshots wait there uncompressed, about 5x their stored size.
+DEFER_BYTES = 64 << 20
 
 
 class PartitionTracker:
@@ -203,16 +208,25 @@ class KafkaCheckpointer:
             if self.dead_letters is not None:
                 self.dead_letters.flush()
             state_s, state_cpu_s, state_bytes = 0.0, 0.0, 0
+            # transactional: the snapshots are taken here (the engine is this thread's), compressed and sent
+            # by the helper thread that ends the transaction
+            deferred: list[tuple[str, int, bytes, int, int]] = []
             if chosen:
                 t1, c1 = time.monotonic(), time.thread_time()
+                raw = 0
                 for tp, keys in sorted(self._held_by_partition(engine, chosen).items()):
-                    state_bytes += self.changelog.write(
+                    one = (
                         partition_id(tp.topic, tp.partition),
                         t.position[tp] - 1,
                         engine.snapshot(keys),
                         len(keys),
                         t.epoch.get(tp, 0),
                     )
+                    if transactional and raw + len(one[2]) <= DEFER_BYTES:
+                        raw += len(one[2])
+                        deferred.append(one)
+                    else:
+                        state_bytes += self.changelog.write(*one)
                 state_s, state_cpu_s = time.monotonic() - t1, time.thread_time() - c1
                 if not transactional:
                     self.delivery.flush()
@@ -231,6 +245,15 @@ class KafkaCheckpointer:
                 self.metrics.checkpoint_idle(time.time())
             return True
         t2 = time.monotonic()
+        owner = self.changelog.owner
+
+        def write(send: Callable[..., Any]) -> None:  # in the helper thread
+            nonlocal state_s, state_cpu_s, state_bytes
+            t1, c1 = time.monotonic(), time.thread_time()
+            for one in deferred:
+                state_bytes += self.changelog.write(*one, owner=owner, send=send)
+            state_s += time.monotonic() - t1
+            state_cpu_s += time.thread_time() - c1
 
         def done(finished: float) -> None:
             if self.metrics is not None:
@@ -240,7 +263,12 @@ class KafkaCheckpointer:
                 )
 
         ok = self.commit(
-            owed, wait=not in_callback, background=background and not in_callback, done=done, chosen=chosen
+            owed,
+            wait=not in_callback,
+            background=background and not in_callback,
+            done=done,
+            chosen=chosen,
+            write=write if deferred else None,
         )
         if self.metrics is not None:
             self.metrics.checkpoint_loop_done(time.monotonic() - entered)
@@ -273,17 +301,19 @@ class KafkaCheckpointer:
         background: bool = False,
         done: Callable[[float], None] | None = None,
         chosen: Iterable[TopicPartition] = (),
+        write: Callable[[Callable[..., Any]], None] | None = None,
     ) -> bool:
         """Commit the positions of ``tps`` (transactional: with the open transaction). ``done(finished)`` runs
         once it has ended (monotonic time; a failed non-transactional commit ends too). ``background``
-        (transactional only): see :meth:`checkpoint`; a postponement then marks ``chosen`` dirty again."""
+        (transactional only): see :meth:`checkpoint`; a postponement then marks ``chosen`` dirty again.
+        ``write`` (transactional only): records the helper thread adds first (:meth:`Delivery.commit`)."""
         offsets = {
             tp: OffsetAndMetadata(self.tracker.position[tp], "", -1)
             for tp in tps
             if tp in self.tracker.position
         }
         if self.delivery.transactional:
-            if not offsets and not self.delivery.in_transaction:
+            if not offsets and not self.delivery.in_transaction and write is None:
                 if done is not None:
                     done(time.monotonic())
                 return True
@@ -301,7 +331,12 @@ class KafkaCheckpointer:
             # FencedError (a DeliveryError) propagates, now or when settled: the state in memory is ahead of
             # what was committed.
             return self.delivery.commit(
-                offsets, self.consumer.group_metadata(), committed, postponed, wait=not background
+                offsets,
+                self.consumer.group_metadata(),
+                committed,
+                postponed,
+                wait=not background,
+                write=write,
             )
         ok = self._consumer_commit(offsets, wait)
         if done is not None:

@@ -200,7 +200,7 @@ class Delivery:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
         self._begin()
         try:
@@ -241,6 +241,7 @@ class Delivery:
         on_postponed: Callable[[KafkaError], None] | None = None,
         *,
         wait: bool = True,
+        write: Callable[[Callable[..., Any]], None] | None = None,
     ) -> bool:
         """Transactional only: end the open transaction in a helper thread: flush it (every record
         acknowledged; a refused one raises :class:`DeliveryError` before anything is committed), add the
@@ -252,12 +253,16 @@ class Delivery:
 
         ``wait``: settle it now (returns True committed, False postponed, or raises); otherwise return True at
         once and let a later :meth:`settle` (at the latest the next send after it ended, flush, commit or
-        replace) finish it and raise its error there."""
+        replace) finish it and raise its error there. ``write(send)``: runs first in the helper thread, to add
+        records to the transaction (``send`` is :meth:`send` without the hold; the changelog's state, compressed
+        there, off the loop thread); its errors count as the flush's."""
         self.settle()
         self._begin()
         producer, group_found = self.producer, self.group_found
         ending = _Ending(
-            lambda e: self._end(producer, offsets, group_metadata, group_found, e), on_done, on_postponed
+            lambda e: self._end(producer, offsets, group_metadata, group_found, e, write),
+            on_done,
+            on_postponed,
         )
         self._ending = ending
         ending.thread.start()
@@ -272,9 +277,12 @@ class Delivery:
         group_metadata: Any,
         group_found: bool,
         ending: _Ending,
+        write: Callable[[Callable[..., Any]], None] | None = None,
     ) -> None:
-        """Flush, offsets, commit (in the helper thread; nothing else uses the producer meanwhile)."""
+        """Write, flush, offsets, commit (in the helper thread; nothing else uses the producer meanwhile)."""
         try:
+            if write is not None:
+                write(self._send)
             self._flush(producer)
         except DeliveryError:
             raise
