@@ -353,6 +353,11 @@ class KafkaConfig:
     topic_partitions: int = 1  # partitions of topics created by auto_create_topics
     replication_factor: int = 1  # replicas of every topic the daemon creates (changelog included)
     transactional: bool = True  # outputs, checkpoints and offsets in one Kafka transaction (fences zombies)
+    # Transactional only: the periodic checkpoint compresses its state and ends its transaction (flush, offsets,
+    # commit) in a helper thread while the loop scores on; outputs scored meanwhile wait for that commit. Off: it
+    # measured worse with the broker on the daemon's two cores (README "Performance"), where the broker's commit
+    # work and the helper compete with the loop for the cores instead of the loop waiting for them.
+    commit_in_background: bool = False
     transactional_id: str = "anomaly-{group}-{host}-{pid}"  # {group}, {host}, {pid} replaced
     transaction_timeout_ms: int = 60_000
     # Longest a producer call waits on the broker: a send's metadata, init_transactions, and (bounded by the daemon,

@@ -91,6 +91,7 @@ def _checkpointer(
     tracker: PartitionTracker,
     metrics: Any = None,
     interval_s: float = 5.0,
+    background: bool = False,
 ) -> KafkaCheckpointer:
     consumer = types.SimpleNamespace(
         commit=lambda offsets, timeout_ms: calls.append(
@@ -114,6 +115,7 @@ def _checkpointer(
         interval_s,
         metrics,
         dead_letters=dead,
+        background=background,
     )
 
 
@@ -205,7 +207,7 @@ def _scored_while_committing(
     delivery = Delivery(producer, transactional=True, max_block_s=2.0)  # type: ignore[arg-type]
     tracker = PartitionTracker()
     tracker.owned.add(TPS[0])
-    checkpointer = _checkpointer(calls, delivery, tracker, metrics, interval_s=3600.0)
+    checkpointer = _checkpointer(calls, delivery, tracker, metrics, interval_s=3600.0, background=True)
     checkpointer.last = -float("inf")  # the first batch is checkpointed, then none until the final one
     engine = Engine(bundle, EngineConfig())
     windows: list[Any] = []
@@ -369,3 +371,16 @@ def test_past_hold_max_held_records_a_send_waits_for_the_commit(monkeypatch: pyt
         *[("send", "scores", b"k", v) for v in (b"1", b"2", b"3")],
     ]
     assert delivery.waited_s >= 0.1 and not delivery.committing
+
+
+def test_by_default_the_periodic_checkpoint_waits_for_its_commit() -> None:
+    calls: list[Any] = []
+    delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    checkpointer = _checkpointer(calls, delivery, tracker, interval_s=0.0)
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11}), [])
+    assert calls[-3:] == ["flush", ("offsets", [(0, 11)]), "commit"]
+    assert not delivery.committing and not tracker.uncommitted

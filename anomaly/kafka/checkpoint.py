@@ -10,14 +10,15 @@ Order matters and is the whole delivery contract:
 3. commit ``offset + 1`` for those partitions: transactional, the offsets join the producer's transaction
    (outputs and checkpoints of step 1-2) and it is committed; otherwise a plain consumer commit.
 
-A transactional checkpoint takes the snapshots on the loop thread (the engine is its own) and hands them to a
-helper thread (:meth:`Delivery.commit`) that compresses and sends them (step 2), flushes and commits (step 3);
-at most :data:`DEFER_BYTES` of snapshots wait there, the rest is compressed on the loop thread as before. The
-periodic checkpoint (:meth:`KafkaCheckpointer.after_batch`) does not wait for it: the loop goes on polling and
-scoring, the sinks' records are held until the commit has ended and then go out in the next transaction. The
+A transaction's flush, offsets and commit (step 2's flush, step 3) run in a helper thread
+(:meth:`Delivery.commit`), which the loop thread waits for. With ``background`` (``kafka.commit_in_background``,
+off by default) the periodic checkpoint (:meth:`KafkaCheckpointer.after_batch`) does not wait: it takes the
+snapshots on the loop thread (the engine is its own) and the helper also compresses and sends them (at most
+:data:`DEFER_BYTES` of snapshots wait there, the rest is compressed on the loop thread); the loop goes on polling
+and scoring, the sinks' records are held until the commit has ended and then go out in the next transaction. The
 commit is settled on the loop thread (tracker, metrics, its error raised there) at the next batch after it
 ended, and waited for by the next checkpoint, a rebalance, the final checkpoint and any flush. Rebalance and
-final checkpoints, and a non-transactional commit (the consumer is not thread-safe), still wait in place.
+final checkpoints, and a non-transactional commit (the consumer is not thread-safe), always wait in place.
 
 A crash between any two steps leaves the committed offset at or below the checkpointed one; a restorer seeks
 past the checkpointed offset, so state sees every message exactly once and outputs are at-least-once.
@@ -156,6 +157,7 @@ class KafkaCheckpointer:
         on_health: Callable[[bool], None] | None = None,
         commit_timeout_ms: int = 10_000,
         dead_letters: Any = None,
+        background: bool = False,
     ) -> None:
         self.consumer = consumer
         self.changelog = changelog
@@ -166,6 +168,7 @@ class KafkaCheckpointer:
         self.on_health = on_health
         self.commit_timeout_ms = commit_timeout_ms
         self.dead_letters = dead_letters  # DeadLetterSink (own producer) flushed with the outputs
+        self.background = background  # the periodic checkpoint ends its transaction in a helper thread
         self.last = time.monotonic()
         self.checkpoints = 0
 
@@ -173,7 +176,7 @@ class KafkaCheckpointer:
         self.tracker.advance(batch.position)
         self.delivery.settle(wait=False)  # a commit in flight that has ended: its held outputs go out now
         if time.monotonic() - self.last >= self.interval_s:
-            self.checkpoint(engine, background=True)
+            self.checkpoint(engine, background=self.background)
 
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:
         self.checkpoint(engine)
@@ -208,8 +211,9 @@ class KafkaCheckpointer:
             if self.dead_letters is not None:
                 self.dead_letters.flush()
             state_s, state_cpu_s, state_bytes = 0.0, 0.0, 0
-            # transactional: the snapshots are taken here (the engine is this thread's), compressed and sent
+            # in the background: the snapshots are taken here (the engine is this thread's), compressed and sent
             # by the helper thread that ends the transaction
+            defer = transactional and background and not in_callback
             deferred: list[tuple[str, int, bytes, int, int]] = []
             if chosen:
                 t1, c1 = time.monotonic(), time.thread_time()
@@ -222,7 +226,7 @@ class KafkaCheckpointer:
                         len(keys),
                         t.epoch.get(tp, 0),
                     )
-                    if transactional and raw + len(one[2]) <= DEFER_BYTES:
+                    if defer and raw + len(one[2]) <= DEFER_BYTES:
                         raw += len(one[2])
                         deferred.append(one)
                     else:

@@ -187,6 +187,7 @@ class Daemon:
             self.metrics,
             self._set_broker_ok,
             dead_letters=dead,
+            background=k.transactional and k.commit_in_background,
         )
         self.source = KafkaSource(
             self.consumer,
