@@ -344,6 +344,9 @@ class KafkaConfig:
     # latency by brokers that do not answer as soon as data arrives (Tansu); an idle daemon then sends ~20
     # fetches/s, which costs nothing.
     fetch_max_wait_ms: int = 50
+    # While the periodic checkpoint stands the loop still (tens of ms), take what the consumer fetched meanwhile
+    # for the next batch, so it sends its next fetches instead of leaving the backlog at the broker.
+    fetch_in_checkpoint: bool = True
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     auto_offset_reset: Literal["earliest", "latest"] = (

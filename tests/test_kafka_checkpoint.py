@@ -97,6 +97,7 @@ def _checkpointer(
         commit=lambda offsets, timeout_ms: calls.append(
             ("consumer.commit", sorted((tp.partition, o.offset) for tp, o in offsets.items()))
         ),
+        commit_async=lambda offsets: calls.append("consumer.commit_async"),
         group_metadata=lambda: "group",
     )
 
@@ -384,3 +385,32 @@ def test_by_default_the_periodic_checkpoint_waits_for_its_commit() -> None:
     checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11}), [])
     assert calls[-3:] == ["flush", ("offsets", [(0, 11)]), "commit"]
     assert not delivery.committing and not tracker.uncommitted
+
+
+@pytest.mark.parametrize("transactional", [True, False])
+def test_the_periodic_checkpoint_fetches_ahead_at_its_start_and_before_its_commit(
+    transactional: bool,
+) -> None:
+    """kafka-python sends no fetch while the loop stands in a checkpoint: the idle hook (the source's
+    fetch_ahead) runs at its start and once the state is written, before the commit, and nothing it writes or
+    commits changes; a rebalance's checkpoint (inside a callback) does not call it."""
+    calls: list[Any] = []
+    tracker = PartitionTracker()
+    for i, tp in enumerate(TPS):
+        tracker.owned.add(tp)
+        tracker.see(f"k{i}", tp)
+    delivery = Delivery(_Producer(calls), transactional=transactional)  # type: ignore[arg-type]
+    engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys: b"state")
+    checkpointer = _checkpointer(calls, delivery, tracker, interval_s=0.0)
+    checkpointer.idle = lambda: calls.append("fetch ahead")
+    checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11, TPS[1]: 21}), [])
+    plain = _checkpoint(transactional)
+    assert [c for c in calls if c != "fetch ahead"] == plain
+    assert calls.index("fetch ahead") == 0
+    second = calls.index("fetch ahead", 1)
+    assert calls[second - 1] == ("send", "changelog", b"in:1", b"20")
+    assert calls.count("fetch ahead") == 2
+    calls.clear()
+    tracker.advance({TPS[0]: 12})
+    checkpointer.checkpoint(engine, [TPS[0]], in_callback=True)
+    assert calls and "fetch ahead" not in calls

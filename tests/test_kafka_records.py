@@ -253,3 +253,94 @@ def test_an_error_met_while_adding_fetched_records_is_raised_after_their_batch()
     assert (batch.messages, batch.position, added) == (4, {tp: 4}, [2, 2])
     with pytest.raises(CorruptRecordError, match="bad batch"):
         next(rounds)
+
+
+def _source_with(polls: Any, fetched: list[dict[Any, list[Any]]], seen: list[Any]) -> tuple[KafkaSource, Any]:
+    tp = TopicPartition("in", 0)
+    tracker = PartitionTracker()
+    tracker.owned.add(tp)
+
+    def poll(timeout_ms: int) -> dict[Any, list[Any]]:
+        seen.append(("poll", timeout_ms))
+        return next(polls)
+
+    def buffered(n: int) -> dict[Any, list[Any]]:
+        seen.append(("buffered", n))
+        more = fetched.pop(0) if fetched else {}
+        if isinstance(more, BaseException):
+            raise more
+        return more
+
+    source = KafkaSource(
+        types.SimpleNamespace(poll=poll),  # type: ignore[arg-type]
+        Decoder(MessageFormat(("a",))),
+        tracker,
+        threading.Event(),
+        buffered=buffered,
+        max_batch_bytes=10**6,
+        max_batch_s=60.0,
+        max_poll_records=2,
+        poll_timeout_ms=100,
+    )
+    return source, tp
+
+
+def _rec(offset: int) -> Any:
+    value = b'{"key":"k","ts":%d,"values":[1.5]}' % offset
+    return ConsumerRecord("in", 0, 0, offset, 0, 0, b"k", value, [], None, 1, len(value), -1)
+
+
+def test_records_fetched_ahead_during_a_checkpoint_head_the_next_batch_in_offset_order() -> None:
+    """fetch_ahead (called while the loop stands in a checkpoint) takes what was fetched, which sends the next
+    fetch; those records come first in the next batch, then the poll's (which does not wait for more), and the
+    position is past both."""
+    seen: list[Any] = []
+    polls = iter([{}, {}])
+    source, tp = _source_with(polls, [{}, {}], seen)
+    rounds = source.batches()
+    assert next(rounds).messages == 0
+    seen.clear()
+    polls = iter([{tp: [_rec(4), _rec(5)]}])
+    source.consumer.poll = lambda timeout_ms: seen.append(("poll", timeout_ms)) or next(polls)  # type: ignore[attr-defined]
+    fetched = [{tp: [_rec(0), _rec(1)]}, {tp: [_rec(2), _rec(3)]}, {}]
+    source.buffered = lambda n: seen.append(("buffered", n)) or fetched.pop(0)
+    source.fetch_ahead()
+    source.fetch_ahead()
+    assert [r.offset for r in source.ahead[tp]] == [0, 1, 2, 3]
+    batch = next(rounds)
+    assert seen == [("buffered", 2), ("buffered", 2), ("poll", 0), ("buffered", 2)]
+    assert (batch.messages, batch.position, source.ahead) == (6, {tp: 6}, {})
+    assert batch.events.timestamps.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_records_fetched_ahead_are_dropped_when_the_consumer_reads_them_again() -> None:
+    seen: list[Any] = []
+    source, tp = _source_with(iter([{tp_: [_rec(7)]} for tp_ in [TopicPartition("in", 0)]]), [], seen)
+    source.buffered = lambda n: {tp: [_rec(5), _rec(6)]}
+    source.fetch_ahead()
+    source.drop_ahead([tp])  # a seek back to offset 5 (a restore inside poll)
+    assert (source.ahead, source.ahead_bytes) == ({}, 0)
+    source.buffered = lambda n: {}
+    batch = next(source.batches())
+    assert (batch.messages, batch.position) == (1, {tp: 8})
+
+
+def test_an_error_met_while_fetching_ahead_is_raised_after_the_records_taken_before_it() -> None:
+    seen: list[Any] = []
+    source, tp = _source_with(iter([]), [], seen)
+    fetched: list[Any] = [{tp: [_rec(0), _rec(1)]}, CorruptRecordError("bad batch")]
+
+    def buffered(n: int) -> dict[Any, list[Any]]:
+        more = fetched.pop(0)
+        if isinstance(more, BaseException):
+            raise more
+        return more  # type: ignore[no-any-return]
+
+    source.buffered = buffered
+    source.fetch_ahead()
+    source.fetch_ahead()
+    rounds = source.batches()
+    batch = next(rounds)  # no poll: the error is due
+    assert (batch.messages, batch.position) == (2, {tp: 2})
+    with pytest.raises(CorruptRecordError, match="bad batch"):
+        next(rounds)

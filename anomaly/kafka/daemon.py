@@ -203,6 +203,8 @@ class Daemon:
             max_batch_s=k.max_batch_ms / 1000,
             max_poll_records=k.max_poll_records,
         )
+        if k.fetch_in_checkpoint:  # the periodic checkpoint keeps the consumer fetching (see checkpoint.py)
+            self.checkpointer.idle = self.source.fetch_ahead
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
@@ -327,6 +329,7 @@ class Daemon:
             self._deferred.clear()  # events of the old membership; the rejoin brings fresh ones
         tps = set(self.tracker.owned) | set(self.tracker.position) | set(self.tracker.partition_keys)
         self.tracker.release(tps)
+        self.source.drop_ahead(list(self.source.ahead))  # the consumer forgets its positions too
         dropped = self.engine.drop(self.engine.keys())
         self._rotate(force=True)
         self._transactions_at_fence = self.delivery.transactions
@@ -479,6 +482,7 @@ class Daemon:
                 self.tracker.adopt(tp, keys, offset)
                 if seek:
                     self.consumer.seek(tp, offset + 1)
+                    self.source.drop_ahead([tp])  # fetched ahead of the old position: read again from here
                 self.restored_keys += len(keys)
                 restored += 1
                 self.changelog.write(pid, offset, cp.snapshot, cp.keys, epoch, stored=cp)

@@ -15,6 +15,13 @@ over 4 partitions, 250 keys of 8 readings), where the per-call and per-reading-p
 of blocks is already large and is left as it is. A rebalance callback that comes meanwhile is deferred as on any other
 path outside ``poll`` (``after_poll`` applies it before the batch is built: records of a revoked partition are
 left out, those at or below a restored checkpoint skipped).
+
+While the loop thread stands still in a periodic checkpoint (tens of ms), kafka-python sends no fetch: the next
+one goes out only once the loop has taken what the last one brought. :meth:`KafkaSource.fetch_ahead` (the
+checkpointer's ``idle`` hook, ``kafka.fetch_in_checkpoint``) takes what has been fetched so far, which sends the
+next fetches; those records head the next batch. They are records fetched and not yet scored, like those of a poll: a partition no longer
+owned leaves them out, and a seek (a restore inside ``poll``) or a rejoin drops them
+(:meth:`KafkaSource.drop_ahead`: the consumer reads them again from its new position).
 """
 
 from __future__ import annotations
@@ -70,21 +77,29 @@ class KafkaSource:
         self._error: BaseException | None = (
             None  # raised while adding fetched records: raised at the next poll
         )
+        self.ahead: dict[
+            Any, list[Any]
+        ] = {}  # fetched during a checkpoint (fetch_ahead): the next batch's head
+        self.ahead_bytes = 0
 
     def batches(self) -> Iterator[Batch]:
         """Until ``stop`` is set: one batch per poll. Returning ends the runner loop cleanly."""
         while not self.stop.is_set():
-            if self._error is not None:  # where kafka-python would have raised it: the poll after the records
-                error, self._error = self._error, None
+            if self._error is not None and not self.ahead:  # where kafka-python would have raised it: the
+                error, self._error = self._error, None  # poll after the records (those taken ahead first)
                 raise error
-            if self.before_poll is not None:
-                self.before_poll()
-            self.polling = True
-            try:
-                records = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
-            finally:
-                self.polling = False
-            if records and self.buffered is not None:
+            records: dict[Any, list[Any]] = {}
+            if self._error is None:
+                if self.before_poll is not None:
+                    self.before_poll()
+                self.polling = True
+                try:  # records taken ahead: no wait for more
+                    records = self.consumer.poll(timeout_ms=0 if self.ahead else self.poll_timeout_ms)
+                finally:
+                    self.polling = False
+            if self.ahead:
+                records = self._take_ahead(records)
+            if records and self.buffered is not None and self._error is None:
                 self._add_fetched(records, self.buffered)
             self.last_polled = sum(map(len, records.values()))
             self.polled += self.last_polled
@@ -114,6 +129,43 @@ class KafkaSource:
                 else:
                     records[tp] = recs
             size += _value_bytes(more)
+
+    def fetch_ahead(self) -> None:
+        """Take up to ``max_poll_records`` of the records the consumer has fetched so far (while less than
+        ``max_batch_bytes`` is held), which sends its next fetches once none is left, and keep them for the next
+        batch. Called by the checkpointer while the loop thread stands still in a periodic checkpoint; never
+        waits, no group coordination (no rebalance callback runs here). An error is kept and raised after the
+        records taken before it are scored, as while adding fetched records."""
+        if self.buffered is None or self._error is not None:
+            return
+        if self.ahead_bytes >= max(self.max_batch_bytes, 1):
+            return
+        try:
+            more = self.buffered(self.max_poll_records)
+        except Exception as exc:  # noqa: BLE001 - re-raised by batches() before the next poll
+            self._error = exc
+            return
+        for tp, recs in more.items():
+            self.ahead.setdefault(tp, []).extend(recs)
+        self.ahead_bytes += _value_bytes(more)
+
+    def drop_ahead(self, tps: Any) -> None:
+        """Forget the records taken ahead of these partitions: the consumer's position moved back (a seek, or
+        it forgot its positions), so it reads them again."""
+        for tp in tps:
+            self.ahead.pop(tp, None)
+        if not self.ahead:
+            self.ahead_bytes = 0
+
+    def _take_ahead(self, records: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """The records taken ahead, then the poll's (later offsets of the same partitions), in one dict."""
+        out, self.ahead, self.ahead_bytes = self.ahead, {}, 0
+        for tp, recs in records.items():
+            if tp in out:
+                out[tp].extend(recs)
+            else:
+                out[tp] = recs
+        return out
 
     def to_batch(self, records: dict[Any, list[Any]]) -> Batch:
         """One poll as columns (:meth:`Decoder.decode_poll`), partition by partition in poll order."""
