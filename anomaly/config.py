@@ -345,8 +345,8 @@ class KafkaConfig:
     # fetches/s, which costs nothing.
     fetch_max_wait_ms: int = 50
     # While the periodic checkpoint stands the loop still (tens of ms), take what the consumer fetched meanwhile
-    # for the next batch, so it sends its next fetches instead of leaving the backlog at the broker (lat9;
-    # off until measured at least as good, README "Performance").
+    # for the next batch, so it sends its next fetches instead of leaving the backlog at the broker. Off: no
+    # latency gain measured with the broker on the same two cores (README "Performance", lat9).
     fetch_in_checkpoint: bool = False
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
