@@ -220,42 +220,19 @@ def test_a_fetch_completed_between_drain_and_wait_is_returned_not_slept_on() -> 
 def test_an_error_met_while_adding_fetched_records_is_raised_after_their_batch() -> None:
     """Records whose positions moved are scored before the error surfaces (the next round, before polling),
     as kafka-python defers an error met after records it already returned."""
+    seen: list[Any] = []
     tp = TopicPartition("in", 0)
-
-    def record(offset: int) -> Any:
-        value = b'{"key":"k","ts":%d,"values":[1.5]}' % offset
-        return ConsumerRecord("in", 0, 0, offset, 0, 0, b"k", value, [], None, 1, len(value), -1)
-
-    polls = iter([{tp: [record(0), record(1)]}])
-    added: list[int] = []
-
-    def buffered(n: int) -> dict[Any, list[Any]]:
-        added.append(n)
-        if len(added) == 1:
-            return {tp: [record(2), record(3)]}
-        raise CorruptRecordError("bad batch")
-
-    tracker = PartitionTracker()
-    tracker.owned.add(tp)
-    consumer = types.SimpleNamespace(poll=lambda timeout_ms: next(polls))
-    source = KafkaSource(
-        consumer,  # type: ignore[arg-type]
-        Decoder(MessageFormat(("a",))),
-        tracker,
-        threading.Event(),
-        buffered=buffered,
-        max_batch_bytes=10**6,
-        max_batch_s=60.0,
-        max_poll_records=2,
-    )
+    fetched: list[Any] = [{tp: [_rec(2), _rec(3)]}, CorruptRecordError("bad batch")]
+    source, _ = _source_with(iter([{tp: [_rec(0), _rec(1)]}]), fetched, seen)
     rounds = source.batches()
     batch = next(rounds)
-    assert (batch.messages, batch.position, added) == (4, {tp: 4}, [2, 2])
+    assert (batch.messages, batch.position) == (4, {tp: 4})
+    assert seen == [("poll", 100), ("buffered", 2), ("buffered", 2)]
     with pytest.raises(CorruptRecordError, match="bad batch"):
         next(rounds)
 
 
-def _source_with(polls: Any, fetched: list[dict[Any, list[Any]]], seen: list[Any]) -> tuple[KafkaSource, Any]:
+def _source_with(polls: Any, fetched: list[Any], seen: list[Any]) -> tuple[KafkaSource, Any]:
     tp = TopicPartition("in", 0)
     tracker = PartitionTracker()
     tracker.owned.add(tp)
@@ -327,16 +304,8 @@ def test_records_fetched_ahead_are_dropped_when_the_consumer_reads_them_again() 
 
 def test_an_error_met_while_fetching_ahead_is_raised_after_the_records_taken_before_it() -> None:
     seen: list[Any] = []
-    source, tp = _source_with(iter([]), [], seen)
-    fetched: list[Any] = [{tp: [_rec(0), _rec(1)]}, CorruptRecordError("bad batch")]
-
-    def buffered(n: int) -> dict[Any, list[Any]]:
-        more = fetched.pop(0)
-        if isinstance(more, BaseException):
-            raise more
-        return more  # type: ignore[no-any-return]
-
-    source.buffered = buffered
+    tp = TopicPartition("in", 0)
+    source, _ = _source_with(iter([]), [{tp: [_rec(0), _rec(1)]}, CorruptRecordError("bad batch")], seen)
     source.fetch_ahead()
     source.fetch_ahead()
     rounds = source.batches()
