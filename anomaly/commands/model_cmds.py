@@ -69,7 +69,12 @@ def generate_cmd(
 
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
     """Load, optionally trim and clean, train, save: shared by `train` and `demo`."""
-    series, features = load_series(paths, cfg.data)
+    left_out: dict[str, str] = {}
+    series, features = load_series(paths, cfg.data, left_out=left_out)
+    click.echo(
+        f"features ({len(features)}): {', '.join(features)}"
+        + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
+    )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
