@@ -311,3 +311,11 @@ def test_rows_ending_with_a_separator_train_and_replay_like_the_clean_file(
     assert a.exit_code == b.exit_code == 0, b.output
     sa, sb = (pd.read_csv(tmp_path / d / "scores.csv") for d in "ab")
     assert sa.drop(columns="key").equals(sb.drop(columns="key"))
+
+
+def test_replay_without_the_label_column_says_there_is_no_evaluation(bundle_path, test_csv, tmp_path) -> None:
+    """A misspelt --label (or unlabelled files) silently printed no evaluation at all."""
+    r = replay(test_csv, bundle_path, tmp_path / "r", "--label", "anomly")
+    assert r.exit_code == 0, r.output
+    assert lines(r.stdout)[1] == "no evaluation: the files have no label column 'anomly' (--label names it)"
+    assert "F1" not in r.stdout

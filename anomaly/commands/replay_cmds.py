@@ -125,6 +125,8 @@ def print_result(result: ReplayResult) -> None:
             f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
+    elif not nothing:
+        click.echo(f"no evaluation: the files have no label column {s['label']!r} (--label names it)")
     if result.quality and not nothing:
         click.echo("")
         click.echo(
