@@ -260,8 +260,9 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
             )
         except (ValueError, TypeError) as exc:
             raise DataError(f"cannot parse time column {name!r}: {str(exc).splitlines()[0]}") from None
-    if parsed.isna().any():
-        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+    bad = (parsed.isna() & text.notna()).to_numpy()  # an empty cell is a missing time, refused as a reading
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
         hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
         raise DataError(
