@@ -103,6 +103,13 @@ class DataConfig:
         _need(not dup, "data.features", f"lists {', '.join(dup)} more than once")
         for role, col in (("time column", self.time_column), ("key column", self.key_column)):
             _need(col not in self.features, "data.features", f"includes the {role} {col!r}")
+        labels = [c for c in dict.fromkeys((self.label, *self.label_columns)) if c in self.features]
+        _need(
+            not labels,
+            "data.features",
+            f"includes the label column {labels[0] if labels else ''!r} (data.label and data.label_columns are "
+            "never features)",
+        )
 
 
 @dataclass(frozen=True)

@@ -425,7 +425,7 @@ def load_series(
         frame = read_frame(path, cfg.separator, cfg.decimal)
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
-            if left_out is not None:
+            if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
         part = frame_to_series(frame, feats, cfg, str(path))
         for s in part:

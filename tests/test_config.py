@@ -90,13 +90,22 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
+        # the label column was trained on as a sensor when --features named it
+        ("data", {"features": ("a", "anomaly")}, "data.features includes the label column 'anomaly'"),
+        ("data", {"features": ("a", "y"), "label": "y"}, "data.features includes the label column 'y'"),
+        ("data", {"features": ("changepoint",)}, "data.features includes the label column 'changepoint'"),
     ],
 )
 def test_library_users_get_the_same_checks_as_the_cli(section, kwargs, message) -> None:
     """Issue 9: settings are validated where the object is built, not only when the CLI parses them."""
     from anomaly import config
 
-    cls = {"engine": config.EngineConfig, "replay": config.ReplayConfig, "train": config.TrainConfig}[section]
+    cls = {
+        "engine": config.EngineConfig,
+        "replay": config.ReplayConfig,
+        "train": config.TrainConfig,
+        "data": config.DataConfig,
+    }[section]
     with pytest.raises(ConfigError) as info:
         cls(**kwargs)
     assert message in str(info.value)

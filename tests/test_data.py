@@ -187,6 +187,9 @@ def test_columns_that_are_not_features_are_reported_with_the_reason(tmp_path) ->
     (s,), feats = load_series([path], DataConfig(), left_out=left_out)
     assert feats == ["a"] and s.values.tolist() == [[1.0], [2.0], [3.0]]
     assert left_out == {"b": "no value in any row", "site": "text"}
+    left_out.clear()
+    load_series([path], DataConfig(features=("a",)), left_out=left_out)
+    assert left_out == {}  # the user chose: nothing to report (it said 'b (text)' of a numeric column)
 
 
 def test_a_row_without_a_key_is_refused_naming_its_line(tmp_path) -> None:
