@@ -437,6 +437,40 @@ def load_series(
     return series, feats
 
 
+def merge_keys(series: Sequence[Series]) -> list[Series]:
+    """One series per key: the parts of a key found in several files (monthly exports of the same sensors, with a
+    key column) joined in time order, as the engine sees one stream per key. Labels must be in every part or in
+    none. Readings at a time another part also has stay (the engine refuses the duplicate)."""
+    parts: dict[str, list[Series]] = {}
+    for s in series:
+        parts.setdefault(s.key, []).append(s)
+    out = []
+    for key, group in parts.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        labelled = [s.source for s in group if s.labels is not None]
+        if labelled and len(labelled) < len(group):
+            unlabelled = next(s.source for s in group if s.labels is None)
+            raise SchemaError(
+                f"key {key!r} has labels in {labelled[0]} but not in {unlabelled}; label both or neither"
+            )
+        ts = np.concatenate([s.timestamps for s in group])
+        order = np.argsort(ts, kind="stable")
+        out.append(
+            Series(
+                key,
+                ts[order],
+                np.concatenate([s.values for s in group])[order],
+                np.concatenate([s.labels for s in group if s.labels is not None])[order]
+                if labelled
+                else None,
+                "+".join(dict.fromkeys(s.source for s in group)),
+            )
+        )
+    return out
+
+
 def _unique_key(path: Path, seen: set[str]) -> str:
     key = path.stem
     if key in seen:

@@ -19,7 +19,7 @@ import pandas as pd
 from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
-from anomaly.data import Series, sampling_interval
+from anomaly.data import Series, merge_keys, sampling_interval
 from anomaly.engine import Engine, Event
 from anomaly.runner import Batch, Observer, run
 from anomaly.sinks.files import JsonlAlertSink, JsonlRejectionSink, WindowCollector
@@ -102,6 +102,7 @@ def replay(
     engine: Engine | None = None,
     write_plots: bool | None = None,
 ) -> ReplayResult:
+    series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clear_previous(out)

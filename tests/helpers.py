@@ -35,3 +35,16 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+def split_by_time(tmp_path, n_keys: int = 2):
+    """A keyed file and the same rows as two files cut at a time (monthly exports of the same sensors)."""
+    from anomaly.synthetic import SyntheticSpec, generate_keys
+
+    frame = generate_keys(SyntheticSpec(n_sensors=4, n_points=300, anomalies=2, seed=3), n_keys)
+    whole, early, late = (tmp_path / f"{n}.csv" for n in ("whole", "early", "late"))
+    frame.to_csv(whole, index=False)
+    cut = frame["timestamp"].iloc[len(frame) // 2]
+    frame[frame["timestamp"] < cut].to_csv(early, index=False)
+    frame[frame["timestamp"] >= cut].to_csv(late, index=False)
+    return whole, early, late

@@ -223,3 +223,23 @@ def test_an_empty_time_cell_is_a_missing_time_like_a_numeric_one(tmp_path) -> No
         assert s.values.tolist() == [[1.0], [3.0], [2.0]]
     with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 3\)"):
         load(write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\nsoon,2.0\n"))
+
+
+def test_parts_of_a_key_from_several_files_join_in_time_order(tmp_path) -> None:
+    from anomaly.data import merge_keys
+
+    late = write(tmp_path, "t,k,a,anomaly\n3,u,3.0,1\n4,u,4.0,0\n", "late.csv")
+    early = write(tmp_path, "t,k,a,anomaly\n1,u,1.0,0\n2,u,2.0,0\n1,v,9.0,0\n", "early.csv")
+    series, _ = load_series([late, early], DataConfig(time_column="t", key_column="k"))
+    u, v = merge_keys(series)
+    assert (u.key, u.timestamps.tolist(), u.values.tolist(), u.labels.tolist()) == (
+        "u",
+        [1.0, 2.0, 3.0, 4.0],
+        [[1.0], [2.0], [3.0], [4.0]],
+        [0, 0, 1, 0],
+    )
+    assert (v.key, v.values.tolist(), v.source) == ("v", [[9.0]], str(early))
+    unlabelled = write(tmp_path, "t,k,a\n5,u,5.0\n", "unlabelled.csv")
+    series, _ = load_series([early, unlabelled], DataConfig(time_column="t", key_column="k"))
+    with pytest.raises(SchemaError, match=f"key 'u' has labels in {early} but not in {unlabelled}"):
+        merge_keys(series)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from anomaly.bundle import load_bundle
 from anomaly.cli import main
+from tests.helpers import split_by_time
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -330,3 +331,14 @@ def test_training_on_fewer_rows_than_a_window_says_so(frame, tmp_path) -> None:
         "error: not enough training data: the longest series has 5 rows, fewer than one window (8 rows, "
         "model.window)"
     ]
+
+
+def test_a_key_in_several_files_replays_as_one_stream(bundle_path, tmp_path) -> None:
+    """The same keys in two files (with --key-column) crashed replay with an IndexError traceback."""
+    whole, early, late = split_by_time(tmp_path)
+    a = replay(whole, bundle_path, tmp_path / "a", "--key-column", "sensor_id")
+    b = run("replay", early, late, "-m", bundle_path, "-o", tmp_path / "b", "--key-column", "sensor_id")
+    assert a.exit_code == b.exit_code == 0, b.output
+    sa, sb = (pd.read_csv(tmp_path / d / "scores.csv") for d in "ab")
+    assert sa.equals(sb) and len(sa) == 600
+    assert (tmp_path / "a" / "alerts.jsonl").read_text() == (tmp_path / "b" / "alerts.jsonl").read_text()

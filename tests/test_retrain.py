@@ -254,3 +254,17 @@ def test_retrain_promote_holds_out_the_recent_part_and_records_the_decision(csv_
     assert meta["model_version"] == challenger["model_version"]
     assert decision["champion"]["readings"] == decision["challenger"]["readings"] == int(held.sum()) == 375
     assert decision["slice"] == holdout
+
+
+def test_promote_on_a_key_split_over_two_files_equals_one_file(bundle_path, tmp_path):
+    """The same keys in two CSV files crashed promote (and replay) with an IndexError traceback."""
+    from tests.helpers import split_by_time
+
+    whole, early, late = split_by_time(tmp_path)
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(bundle_path.read_bytes())
+    common = ["promote", str(bundle_path), "-m", str(champion), "--key-column", "sensor_id", "--dry-run"]
+    one = CliRunner().invoke(main, [*common, str(whole)])
+    two = CliRunner().invoke(main, [*common, str(early), str(late)])
+    assert one.exit_code == two.exit_code == 0, two.output
+    assert two.stdout == one.stdout and "readings streamed             600 " in one.stdout

@@ -196,9 +196,10 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     """CSV series (optionally cut to an event-time range and keys) and alert events from a JSONL file."""
     import json
 
-    from anomaly.data import load_series
+    from anomaly.data import load_series, merge_keys
 
     series, _ = load_series(list(data), cfg.data, features)
+    series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
     if keys is not None:
         series = [s for s in series if s.key in keys]
