@@ -26,6 +26,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import repeat
+from typing import cast
 
 import numpy as np
 import torch
@@ -411,7 +412,7 @@ class Engine:
                 got[i] = row
                 created.add(row)
         name_rows = np.array(got, np.int64)
-        row_keys.update(zip(got, names, strict=True))
+        row_keys.update(zip(cast(list[int], got), names, strict=True))  # every row known now
         kid = r.kid
         # one message per key (the live daemon's common case): messages are in key order, one reading each
         once = len(kid) == len(names) and len(r.timestamps) == len(kid)
