@@ -709,9 +709,9 @@ class Engine:
                 outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
             else:
                 outputs, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = reading_errors(as_output(outputs), xt, self.targets)[:k].numpy()
-        put_rows(a["h"], rows, h2[:, :k].numpy().transpose(1, 0, 2))
-        put_rows(a["c"], rows, c2[:, :k].numpy().transpose(1, 0, 2))
+            err_f = self._reading_errors(outputs, xt, k)
+        put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
+        put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
         out.batches.append(k)
         errors = self._point_error(err_f)
         # the window's squared error per feature: alert contributions of window-scored keys (readings scored
@@ -846,6 +846,15 @@ class Engine:
             for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True))
         ]
 
+    def _reading_errors(self, outputs, xt: torch.Tensor, k: int) -> np.ndarray:
+        """`model.reading_errors` of the first `k` rows, as numpy (K, L, F). A forecast of every feature: the
+        same float32 difference and square (one IEEE operation each, as torch's pow(2) is), in numpy."""
+        out = as_output(outputs)
+        if out.forecast is None or self.targets is not None or out.forecast.dtype != torch.float32:
+            return reading_errors(out, xt, self.targets)[:k].numpy()
+        err = np.subtract(out.forecast.numpy()[:k], xt.numpy()[:k])
+        return np.multiply(err, err, out=err)
+
     def _point_error(self, err_f: np.ndarray) -> np.ndarray:
         """`model.point_error` of per-feature squared errors (K, L, F). Without target features: the sum
         and division numpy's `mean` makes, without its Python wrapper (the same bits)."""
@@ -877,13 +886,18 @@ class Engine:
         k, n = anomalous.shape
         if self.per_reading:
             # after a level shift closed, the key waits for its re-baseline (next report window) in silence
-            anomalous &= ~a["rebase"][rows][:, None]
+            waiting = a["rebase"][rows]
+            if waiting.any():
+                anomalous &= ~waiting[:, None]
         busy = self._busy(rows, anomalous)
         open_pts = np.zeros((k, n), bool)
         if len(busy) < k:
-            quiet = np.ones(k, bool)
-            quiet[busy] = False
-            idle = rows[quiet]
+            if len(busy):
+                quiet = np.ones(k, bool)
+                quiet[busy] = False
+                idle = rows[quiet]
+            else:
+                idle = rows
             a["run_anom"][idle] = 0
             a["run_norm"][idle] += n
             if not len(busy):
@@ -984,9 +998,10 @@ class Engine:
         constant of max_alert_seconds / 8 in event time or of max_alert_readings / 8 in readings, whichever is
         shorter, so that by the time an alert counts as a level shift (whichever limit comes first) the level
         has settled at the new normal."""
-        rate = np.zeros(len(elapsed))
         if self.config.max_alert_seconds > 0:
             rate = elapsed / (self.config.max_alert_seconds / 8.0)
+        else:
+            rate = np.zeros(len(elapsed))
         for limit in (self.config.max_alert_readings, self.config.partial_shift_readings):
             if limit > 0:
                 rate = np.maximum(rate, readings / (limit / 8.0))
@@ -1007,7 +1022,8 @@ class Engine:
         if limit <= n:
             return True
         a = self.store.arrays
-        return bool((a["alert_open"][rows] & (a[ALERT_LENGTH][rows] + n >= limit)).any())
+        opened = a["alert_open"][rows]
+        return bool(opened.any()) and bool((opened & (a[ALERT_LENGTH][rows] + n >= limit)).any())
 
     def _partial_shift(self, level: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """engine.partial_shift_readings: whether a key's level (..., F) has moved more than one training
