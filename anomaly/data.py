@@ -99,8 +99,16 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # index_col=False: rows that end with a separator (a common export) must not make pandas take the
+            # first column for the index and shift every column one to the left.
             frame = pd.read_csv(
-                p, sep=sep, decimal=decimal, low_memory=False, compression="infer", **_EXACT_FLOATS
+                p,
+                sep=sep,
+                decimal=decimal,
+                index_col=False,
+                low_memory=False,
+                compression="infer",
+                **_EXACT_FLOATS,
             )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -283,6 +291,17 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
     return feats
 
 
+def non_features(frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig) -> dict[str, str]:
+    """Columns that are neither features nor time, key or label, with the reason: no value in any row (a sensor
+    that was off for the whole file looks like this), or text."""
+    skip = {cfg.time_column, cfg.key_column, cfg.label, *cfg.label_columns, *features}
+    return {
+        str(c): "no value in any row" if frame[c].isna().all() else "text"
+        for c in frame.columns
+        if c not in skip and not re.fullmatch(r"Unnamed: \d+", str(c))  # unnamed: a trailing separator
+    }
+
+
 def _separator_note(frame: pd.DataFrame) -> str:
     if len(frame.columns) == 1:
         return f" (one column only: is the separator {frame.attrs.get('separator', ',')!r} right? see --separator)"
@@ -372,9 +391,14 @@ def frame_to_series(
 
 
 def load_series(
-    paths: Sequence[str | Path], cfg: DataConfig, features: Sequence[str] | None = None
+    paths: Sequence[str | Path],
+    cfg: DataConfig,
+    features: Sequence[str] | None = None,
+    left_out: dict[str, str] | None = None,
 ) -> tuple[list[Series], list[str]]:
-    """Read every file into series. Features come from `features`, the config, or the first file's numerics.
+    """Read every file into series. Features come from `features`, the config, or the first file's numerics;
+    in that last case `left_out` (when given) receives the first file's other columns that are not time, key
+    or label, each with the reason it is not a feature, so a command can show it.
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
@@ -388,6 +412,8 @@ def load_series(
         frame = read_frame(path, cfg.separator, cfg.decimal)
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
+            if left_out is not None:
+                left_out.update(non_features(frame, feats, cfg))
         part = frame_to_series(frame, feats, cfg, str(path))
         for s in part:
             if not cfg.key_column:

@@ -164,6 +164,7 @@ def replay(
         "alert_events": len(alerts.alerts),
         "engine_counters": dict(engine.counters),
         "predict": cfg.replay.predict,
+        "label": cfg.data.label,
         "threshold": cfg.engine.threshold,
         "static_threshold": engine.static_threshold,
         "max_gap_seconds": engine.max_gap,

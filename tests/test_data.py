@@ -158,3 +158,32 @@ def test_a_column_that_looks_like_labels_must_be_named(tmp_path) -> None:
         load(path)
     (s,), feats = load(path, label="label")
     assert feats == ["a"] and s.labels.tolist() == [0, 1, 0]
+
+
+def test_a_separator_at_the_end_of_every_row_keeps_the_columns_in_place(tmp_path) -> None:
+    """Exports often end each data row with a separator. pandas then took the first column for the index and
+    shifted every column one to the left (times became the index, a sensor became the time column): a
+    traceback, or silently wrong readings."""
+    rows = "2023-01-01 00:00:00,1.5,2.0,\n2023-01-01 00:00:01,1.25,2.5,\n2023-01-01 00:00:02,1.0,3.0,\n"
+    for header in ("timestamp,a,b\n", "timestamp,a,b,\n"):
+        (s,), feats = load(write(tmp_path, header + rows))
+        assert feats == ["a", "b"]
+        assert s.values.tolist() == [[1.5, 2.0], [1.25, 2.5], [1.0, 3.0]]
+        assert s.timestamps.tolist() == [1672531200.0, 1672531201.0, 1672531202.0]
+
+
+def test_a_text_cell_is_named_by_its_line_when_rows_end_with_a_separator(tmp_path) -> None:
+    path = write(tmp_path, "timestamp,a\n1,1.0,\n2,oops,\n3,3.0,\n")
+    with pytest.raises(SchemaError, match="column 'a' line 3 holds 'oops'"):
+        load(path)
+
+
+def test_columns_that_are_not_features_are_reported_with_the_reason(tmp_path) -> None:
+    """An empty sensor column (say, offline for the whole export) is not a feature; the caller learns which
+    columns were left out and why. An unnamed empty column (a separator at the end of the header) is not
+    reported: it is no column of the user's."""
+    path = write(tmp_path, "timestamp,a,b,site,anomaly,\n1,1.0,,x,0,\n2,2.0,,x,0,\n3,3.0,,y,1,\n")
+    left_out: dict[str, str] = {}
+    (s,), feats = load_series([path], DataConfig(), left_out=left_out)
+    assert feats == ["a"] and s.values.tolist() == [[1.0], [2.0], [3.0]]
+    assert left_out == {"b": "no value in any row", "site": "text"}

@@ -100,3 +100,24 @@ def test_a_damaged_onnx_file_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(Exception, match="cannot read ONNX model"):
         load_bundle(bad)
+
+
+def test_an_onnx_export_can_be_inspected_but_not_exported_again(bundle_path, tmp_path):
+    """`anomaly inspect model.onnx` said 'not an anomaly model bundle (not a PyTorch archive)', although replay
+    and consume take it; exporting it again said 'not a lstm_autoencoder baseline'."""
+    runner = CliRunner()
+    out = tmp_path / "m.onnx"
+    assert (
+        runner.invoke(main, ["export", str(bundle_path), "--format", "onnx", "-o", str(out)]).exit_code == 0
+    )
+    pt, onnx = (runner.invoke(main, ["inspect", str(p)]) for p in (bundle_path, out))
+    assert pt.exit_code == onnx.exit_code == 0, onnx.output
+    pt_lines, onnx_lines = pt.stdout.splitlines(), onnx.stdout.splitlines()
+    assert onnx_lines[0] == pt_lines[0] + "-onnx"  # model version
+    assert onnx_lines[1:-1] == pt_lines[1:]  # features, architecture, training, calibration alike
+    assert onnx_lines[-1].startswith("export:          format onnx, opset 17, parent_version ")
+    for fmt in ("int8", "onnx"):
+        again = runner.invoke(main, ["export", str(out), "--format", fmt])
+        assert again.exit_code == 2 and again.stderr == (
+            f"error: {out} is an ONNX export already; export from the bundle it came from (a .pt file)\n"
+        )

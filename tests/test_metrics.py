@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly.engine.types import Alert, EngineOutput, Rejection, ScoredWindow
@@ -352,3 +352,26 @@ def test_window_histograms_in_bulk_equal_one_window_at_a_time() -> None:
         peaks, means = _window_peaks_and_means(ws)
         assert peaks.tolist() == [float(np.max(w.scores)) for w in ws if len(w.scores)]
         assert means.tolist() == [float(np.mean(w.errors)) for w in ws if len(w.errors)]
+
+
+def test_the_readme_metrics_table_names_every_metric_with_its_type() -> None:
+    """What a user reads in README "Monitoring" is what /metrics serves: the same names, the same types
+    (anomaly_dead_letters_refused_total was served but not in the table)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("\n## Monitoring") : readme.index("\n### Alerts")]
+    documented = {}
+    for names, kind in re.findall(r"^\| (`anomaly_[^|]+) \| (\w+)", table, re.M):
+        for name in re.findall(r"`(anomaly_\w+)`", names):
+            documented[name.removesuffix("_total")] = (
+                "gauge" if kind == "info" else kind
+            )  # an Info is a gauge
+    metrics = PipelineMetrics(registry=CollectorRegistry())
+    served = {
+        f.name: f.type
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        if not f.name.endswith("_created")  # prometheus_client's creation times of counters and histograms
+    }
+    assert documented == served

@@ -279,3 +279,43 @@ def test_training_that_drops_most_rows_warns(frame, tmp_path) -> None:
         env={"ANOMALY_ENGINE_NAN_POLICY": "ffill"},
     )
     assert r.exit_code == 0 and "0 rows dropped, 400 cells forward-filled" in r.stdout and r.stderr == ""
+
+
+def test_a_sensor_without_any_value_is_named_by_train_and_replay(frame, bundle_path, tmp_path) -> None:
+    """A sensor column that is empty in every row silently left the model (train said nothing), and replay
+    called the column, which is in the file, 'missing'."""
+    csv = tmp_path / "off.csv"
+    frame.head(600).assign(sensor_2=np.nan).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert lines(r.stdout)[0] == (
+        "features (3): sensor_1, sensor_3, sensor_4; not features: sensor_2 (no value in any row), "
+        "anomaly_kind (text)"
+    )
+    r = replay(csv, bundle_path, tmp_path / "r")
+    assert r.exit_code == 2 and lines(r.output) == [
+        f"error: {csv} does not match the model's features: missing sensor_2 (no value in any row)"
+    ]
+
+
+def test_rows_ending_with_a_separator_train_and_replay_like_the_clean_file(
+    frame, bundle_path, tmp_path
+) -> None:
+    """Rows that end with a separator made pandas shift every column one to the left: a traceback here (the
+    text column met a number's place), silently wrong readings in a file without text columns."""
+    clean, trailing = tmp_path / "clean.csv", tmp_path / "trailing.csv"
+    frame.head(300).to_csv(clean, index=False)
+    head, *rows = clean.read_text().splitlines()
+    trailing.write_text("\n".join([head, *(row + "," for row in rows)]) + "\n")
+    a, b = replay(clean, bundle_path, tmp_path / "a"), replay(trailing, bundle_path, tmp_path / "b")
+    assert a.exit_code == b.exit_code == 0, b.output
+    sa, sb = (pd.read_csv(tmp_path / d / "scores.csv") for d in "ab")
+    assert sa.drop(columns="key").equals(sb.drop(columns="key"))
+
+
+def test_replay_without_the_label_column_says_there_is_no_evaluation(bundle_path, test_csv, tmp_path) -> None:
+    """A misspelt --label (or unlabelled files) silently printed no evaluation at all."""
+    r = replay(test_csv, bundle_path, tmp_path / "r", "--label", "anomly")
+    assert r.exit_code == 0, r.output
+    assert lines(r.stdout)[1] == "no evaluation: the files have no label column 'anomly' (--label names it)"
+    assert "F1" not in r.stdout

@@ -274,7 +274,8 @@ def consume_cmd(
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Create the topic with this many partitions if missing (0: it must exist).",
+    help="Create the topic with this many partitions if missing (0: it must exist, unless "
+    "kafka.auto_create_topics, which creates it with kafka.topic_partitions).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log connection details.")
 @one_line_errors
@@ -297,7 +298,7 @@ def produce_cmd(
     from tqdm import tqdm
 
     from anomaly.data import load_series
-    from anomaly.kafka import clients
+    from anomaly.kafka import KafkaError, clients
     from anomaly.kafka.codec import MessageFormat
     from anomaly.kafka.produce import messages, produce
 
@@ -317,10 +318,14 @@ def produce_cmd(
     series, feats = load_series(list(data), cfg.data)
     k = cfg.kafka
     admin = clients.make_admin(k)
-    if partitions:
-        clients.create_topics(admin, [topic], partitions)
-    clients.check_topics(admin, k, [topic])
-    admin.close()
+    if partitions or k.auto_create_topics:  # as the error for a missing topic suggests
+        clients.create_topics(admin, [topic], partitions or k.topic_partitions, k.replication_factor)
+    try:
+        clients.check_topics(admin, k, [topic])
+    except KafkaError as exc:
+        raise KafkaError(f"{exc}, or pass --partitions N") from None
+    finally:
+        admin.close()
     fmt = MessageFormat(tuple(feats), k.key_field, k.time_field, k.values_field, k.readings_field)
     readings = sum(len(s) for s in series)
     total = readings if block == 1 else sum(-(-len(s) // block) for s in series)

@@ -48,6 +48,10 @@ def export_cmd(model: str, fmt: str, out: str | None) -> None:
     from anomaly.bundle import load_bundle
     from anomaly.export import ONNX_TOLERANCE, export
 
+    if model.endswith(".onnx"):
+        raise DataError(
+            f"{model} is an ONNX export already; export from the bundle it came from (a .pt file)"
+        )
     bundle = load_bundle(model)
     path, info = export(bundle, fmt, out or _default_export_path(model, fmt))
     click.echo(f"wrote {path} ({fmt}, model version {info['model_version']})")

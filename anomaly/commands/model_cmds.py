@@ -69,7 +69,12 @@ def generate_cmd(
 
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
     """Load, optionally trim and clean, train, save: shared by `train` and `demo`."""
-    series, features = load_series(paths, cfg.data)
+    left_out: dict[str, str] = {}
+    series, features = load_series(paths, cfg.data, left_out=left_out)
+    click.echo(
+        f"features ({len(features)}): {', '.join(features)}"
+        + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
+    )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
@@ -249,12 +254,28 @@ def print_training(result: TrainResult, out: str) -> None:
 @one_line_errors
 def inspect_cmd(bundle: str, as_json: bool) -> None:
     """Print a model bundle's metadata: features, architecture, calibration, training."""
-    meta, _ = read_metadata(bundle)
+    meta = _onnx_metadata(bundle) if bundle.endswith(".onnx") else read_metadata(bundle)[0]
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
         return
     for name, value in describe_bundle(meta):
         click.echo(f"{name + ':':<17}{value}")
+
+
+def _onnx_metadata(path: str) -> dict[str, Any]:
+    """The bundle metadata an ONNX export carries (`anomaly export --format onnx`), read as replay reads it."""
+    import dataclasses
+
+    from anomaly.bundle import load_bundle
+
+    b = load_bundle(path)
+    return {
+        **b.meta,
+        "features": b.features,
+        "architecture": {k: v for k, v in sorted(dataclasses.asdict(b.arch).items()) if v is not None},
+        "calibration": b.calibration,
+        "scaler": b.scaler.to_json(),
+    }
 
 
 def _num(value: Any, digits: int = 4) -> str:

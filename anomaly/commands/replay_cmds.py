@@ -38,6 +38,13 @@ DEMO: dict[str, dict[str, Any]] = {
 }
 
 
+def _why_missing(frame, name: str) -> str:
+    """A model feature the file does not give as numbers: absent, empty, or text."""
+    if name not in frame.columns:
+        return name
+    return f"{name} (no value in any row)" if frame[name].isna().all() else f"{name} (mostly text)"
+
+
 def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> None:
     """The files must give the model exactly its features. `--features` selects them by name (every other
     column is then ignored); without it, the files' numeric columns must be exactly the model's."""
@@ -58,11 +65,13 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
             )
         return
     for path in paths:
-        have = infer_features(read_frame(path, cfg.data.separator, cfg.data.decimal), cfg.data, path)
+        frame = read_frame(path, cfg.data.separator, cfg.data.decimal)
+        have = infer_features(frame, cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            named = [_why_missing(frame, f) for f in missing]
+            parts = ([f"missing {', '.join(named)}"] if missing else []) + (
                 [f"unexpected {', '.join(extra)}"] if extra else []
             )
             hint = "" if missing else " (use only the model's columns with --features)"
@@ -116,6 +125,8 @@ def print_result(result: ReplayResult) -> None:
             f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
         )
         click.echo(evaluation.format_table(s["metrics"]))
+    elif not nothing:
+        click.echo(f"no evaluation: the files have no label column {s['label']!r} (--label names it)")
     if result.quality and not nothing:
         click.echo("")
         click.echo(

@@ -125,3 +125,34 @@ def test_sighup_and_a_new_bundle_file_reload_the_model_keeping_state(kafka_env, 
     wait_for(lambda: _reloads(port).get("kept") == 2.0, 20, "reload on a new bundle file")
     assert _reloads(port) == {"kept": 2.0}
     assert terminate(proc) == 0
+
+
+def test_produce_to_a_missing_topic_creates_it_with_auto_create_topics(kafka_env, stream):
+    """The missing-topic error told the user to set kafka.auto_create_topics, which produce then ignored."""
+    from kafka import KafkaAdminClient
+
+    path, series = stream
+    topic = f"new-{np.random.default_rng().integers(1e9)}"
+    args = [
+        "produce",
+        str(path),
+        "--topic",
+        topic,
+        "-b",
+        kafka_env.broker.bootstrap,
+        "--key-column",
+        "sensor_id",
+    ]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: topic(s) not found on {kafka_env.broker.bootstrap}: {topic}; create them first or set "
+        "kafka.auto_create_topics = true, or pass --partitions N\n"
+    )
+    env = {"ANOMALY_KAFKA_AUTO_CREATE_TOPICS": "true", "ANOMALY_KAFKA_TOPIC_PARTITIONS": "2"}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    admin = KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap)
+    (described,) = admin.describe_topics([topic])
+    admin.close()
+    assert len(described["partitions"]) == 2
+    assert len(kafka_env.read(topic)) == sum(len(s) for s in series)
