@@ -20,6 +20,14 @@ from anomaly.commands import (
 )
 
 
+class _NotRaised(click.ClickException):
+    pass
+
+
+# click 8.2 raises this for a group called without a command; 8.1 prints the help itself and exits 0.
+_NO_ARGS_IS_HELP: type[click.ClickException] = getattr(click.exceptions, "NoArgsIsHelpError", _NotRaised)
+
+
 class OneLineErrors(click.Group):
     """Click's own usage errors (unknown option, bad value) as one `error:` line on stderr, like every other
     error of `anomaly`: the value's source is named when it came from an environment variable, and an option
@@ -35,6 +43,9 @@ class OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)
+        except _NO_ARGS_IS_HELP as exc:  # bare `anomaly` (click >= 8.2): the help, as written
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             click.echo(f"error: {self.describe(exc)}", err=True)
             sys.exit(exc.exit_code)

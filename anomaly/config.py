@@ -332,6 +332,12 @@ class KafkaConfig:
     values_field: str = "values"
     readings_field: str = "readings"
     max_message_bytes: int = 1_048_576
+    # A reading stamped further than this ahead of the daemon's wall clock is refused (dead letter
+    # `future_timestamp`): the engine measures idleness against the newest event time, so one reading from a
+    # broken clock would otherwise make every other key look idle (evicted after engine.ttl_seconds) and its own
+    # key drop every later, correct reading as going back in time. The default equals engine.ttl_seconds' default
+    # and lets any time-zone offset through. 0 turns it off.
+    max_future_seconds: float = 86_400.0
     checkpoint_interval_s: float = 5.0
     max_poll_records: int = 2000
     # One engine call may take several polls of records the consumer has already fetched (the rest of the fetch
@@ -386,6 +392,11 @@ class KafkaConfig:
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
         _need(self.max_message_bytes >= 1, "kafka.max_message_bytes", "must be positive")
+        _need(
+            _finite(self.max_future_seconds) and self.max_future_seconds >= 0,
+            "kafka.max_future_seconds",
+            "must be >= 0 seconds (0: no limit)",
+        )
         _need(
             _finite(self.checkpoint_interval_s) and self.checkpoint_interval_s > 0,
             "kafka.checkpoint_interval_s",

@@ -95,6 +95,8 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty")
     sep = separator or detect_separator(p)
     try:
         with warnings.catch_warnings():
@@ -110,7 +112,11 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
                 compression="infer",
                 **_EXACT_FLOATS,
             )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"cannot read {p} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {p} as CSV: {reason}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -254,8 +260,9 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
             )
         except (ValueError, TypeError) as exc:
             raise DataError(f"cannot parse time column {name!r}: {str(exc).splitlines()[0]}") from None
-    if parsed.isna().any():
-        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+    bad = (parsed.isna() & text.notna()).to_numpy()  # an empty cell is a missing time, refused as a reading
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
         hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
         raise DataError(
@@ -356,6 +363,12 @@ def frame_to_series(
         if cfg.key_column not in frame.columns:
             raise SchemaError(
                 f"{source}: key column {cfg.key_column!r} not found; columns are {', '.join(frame.columns)}"
+            )
+        empty = frame[cfg.key_column].isna().to_numpy()
+        if empty.any():  # such rows used to form a series of no readings: lost without a word
+            raise SchemaError(
+                f"{source}: key column {cfg.key_column!r} is empty on line {_line(frame, int(np.argmax(empty)))} "
+                f"({int(empty.sum())} such row(s)); every row needs a key"
             )
         keys = frame[cfg.key_column].astype(str).to_numpy()
         groups = pd.unique(keys)

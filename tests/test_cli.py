@@ -23,6 +23,13 @@ def test_top_level_help_lists_every_command() -> None:
         assert f"  {name} " in out
 
 
+def test_anomaly_without_a_command_prints_its_help_as_written() -> None:
+    """It printed the whole help squeezed into one `error: Usage: ...` line."""
+    result = invoke()
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == invoke("--help").stdout
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_documents_its_options(name) -> None:
     result = invoke(name, "--help")

@@ -187,3 +187,36 @@ def test_columns_that_are_not_features_are_reported_with_the_reason(tmp_path) ->
     (s,), feats = load_series([path], DataConfig(), left_out=left_out)
     assert feats == ["a"] and s.values.tolist() == [[1.0], [2.0], [3.0]]
     assert left_out == {"b": "no value in any row", "site": "text"}
+
+
+def test_a_row_without_a_key_is_refused_naming_its_line(tmp_path) -> None:
+    """A row whose key cell was empty became a series of no readings: the row was lost without a word."""
+    path = write(tmp_path, "timestamp,unit,a\n1,u1,1.0\n1,u2,2.0\n2,,3.0\n2,u2,4.0\n3,,5.0\n")
+    with pytest.raises(
+        SchemaError, match=r"x.csv: key column 'unit' is empty on line 4 \(2 such row\(s\)\); "
+    ):
+        load(path, key_column="unit")
+
+
+def test_empty_and_non_utf8_files_say_what_is_wrong(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"x.csv is empty$"):
+        load(write(tmp_path, ""))
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("timestamp,temp °C\n1,20.5\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"it is not UTF-8 text \(byte 0xb0\); save it as UTF-8$"):
+        load(latin1)
+
+
+def test_an_empty_time_cell_is_a_missing_time_like_a_numeric_one(tmp_path) -> None:
+    """An empty cell in a text time column refused the whole file as 'cannot parse time value nan ...; pass
+    --time-format'; in a numeric time column it is a missing time, whose reading the engine refuses alone."""
+    text = write(
+        tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\n,2.0\n2023-01-01 00:00:02,3.0\n", "text.csv"
+    )
+    numeric = write(tmp_path, "timestamp,a\n1672531200,1.0\n,2.0\n1672531202,3.0\n", "numeric.csv")
+    for path in (text, numeric):
+        (s,), _ = load(path)
+        assert np.array_equal(s.timestamps, [1672531200.0, 1672531202.0, np.nan], equal_nan=True)
+        assert s.values.tolist() == [[1.0], [3.0], [2.0]]
+    with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 3\)"):
+        load(write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\nsoon,2.0\n"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 
 import numpy as np
 import pytest
@@ -369,3 +370,64 @@ def test_epoch_milli_micro_and_nanoseconds_decode_as_the_csv_path_reads_them(fac
     block = rec({"key": "k", "readings": [{"ts": t, "values": [1.0, 2.0, 3.0]} for t in stamps]})
     assert d.decode(block).timestamps.tolist() == expected
     assert [parse_time(str(t)) for t in stamps] == expected  # numbers sent as text
+
+
+def test_readings_stamped_too_far_ahead_of_the_clock_are_refused_in_bulk_and_one_by_one():
+    """One broken clock must not move event time: a reading more than max_future_seconds ahead of the wall clock
+    is refused (``future_timestamp``), whichever path decodes it; up to the limit it is taken, 0 turns it off."""
+    now = 1.7e9
+    fmt = MessageFormat(FMT.features, max_future_seconds=3600.0)
+    d = Decoder(fmt, clock=lambda: now)
+    far = {
+        1e30: "ns",  # read as nanoseconds: year ~3e13
+        "9999-12-31T00:00:00": "iso",
+        now + 3600.5: "just past the limit",
+    }
+    records = []
+    for i in range(120):
+        body: dict = {"key": f"pump-{i % 5}", "ts": now - 120 + i, "values": [1.0, 2.0, 3.0]}
+        if i == 60:
+            body["ts"] = now + 3600.0  # exactly at the limit: taken
+        if i in (17, 18, 90):
+            body["ts"] = list(far)[[17, 18, 90].index(i)]
+        if i == 100:  # a block with one reading too far ahead is refused whole
+            body = {
+                "key": "pump-0",
+                "readings": [{"ts": now, "values": [1, 2, 3]}, {"ts": 5e12, "values": [1, 2, 3]}],
+            }
+        records.append(Record("sensors", 0, i, b"k", json.dumps(body).encode()))
+    refused = assert_poll_decodes_as_record_by_record(d, records)
+    assert [(off, reason) for off, reason, _ in refused] == [
+        (i, "future_timestamp") for i in (17, 18, 90, 100)
+    ]
+    assert refused[-1][2] == (
+        f"timestamp 5000000000.0 is {5e9 - now:.4g} s ahead of this machine's clock (kafka.max_future_seconds = 3600)"
+    )
+    readings, errors = d.decode_poll(records)
+    assert len(readings.timestamps) == 116 and float(readings.timestamps.max()) == now + 3600.0
+    off = Decoder(MessageFormat(FMT.features, max_future_seconds=0.0), clock=lambda: now)
+    assert off.decode_poll(records)[1] == [] and off.decode(records[17]).timestamps[0] > 1e20
+
+
+def test_the_future_limit_follows_the_wall_clock_by_default():
+    d = Decoder(MessageFormat(FMT.features))  # the default limit (a day) and the real clock
+    soon = rec({"ts": time.time() + 3600, "values": [1, 2, 3]})
+    assert d.decode(soon).timestamps[0] > time.time()
+    with pytest.raises(DecodeError) as info:
+        d.decode(rec({"ts": time.time() + 2 * 86_400, "values": [1, 2, 3]}))
+    assert info.value.reason == "future_timestamp"
+
+
+def test_the_daemon_decodes_with_the_configured_future_limit():
+    from anomaly.config import PipelineConfig
+    from anomaly.kafka.daemon import message_format
+
+    cfg = PipelineConfig(kafka=KafkaConfig(max_future_seconds=60.0))
+    assert message_format(cfg, ["a"]).max_future_seconds == 60.0
+    assert (
+        message_format(PipelineConfig(), ["a"]).max_future_seconds
+        == KafkaConfig().max_future_seconds
+        == 86_400.0
+    )
+    with pytest.raises(ConfigError, match=r"kafka.max_future_seconds must be >= 0 seconds \(0: no limit\)"):
+        KafkaConfig(max_future_seconds=-1.0)

@@ -319,3 +319,14 @@ def test_replay_without_the_label_column_says_there_is_no_evaluation(bundle_path
     assert r.exit_code == 0, r.output
     assert lines(r.stdout)[1] == "no evaluation: the files have no label column 'anomly' (--label names it)"
     assert "F1" not in r.stdout
+
+
+def test_training_on_fewer_rows_than_a_window_says_so(frame, tmp_path) -> None:
+    """Ten rows gave 'no stretch of 8 rows without a gap longer than ...': gaps were not the reason."""
+    csv = tmp_path / "short.csv"
+    frame.head(5).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        "error: not enough training data: the longest series has 5 rows, fewer than one window (8 rows, "
+        "model.window)"
+    ]

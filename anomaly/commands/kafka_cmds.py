@@ -260,7 +260,20 @@ def consume_cmd(
     "--key-column", default=None, help="Key column for many series in one file.  [default: file name]"
 )
 @time_column_option
-@click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@click.option(
+    "--features",
+    default=None,
+    help="Comma-separated feature columns, sent in this order.  [default: the model's with --model, else all "
+    "numeric in file order]",
+)
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Send the features of this bundle, in its order (values go as a list, which the daemon reads by "
+    "position).  [default: none]",
+)
 @data_options
 @click.option(
     "--block",
@@ -289,12 +302,16 @@ def produce_cmd(
     key_column,
     time_column,
     features,
+    model,
     block,
     partitions,
     verbose,
     data_overrides,
 ) -> None:
-    """Replay CSV files into a Kafka topic in timestamp order, as the JSON messages `consume` reads."""
+    """Replay CSV files into a Kafka topic in timestamp order, as the JSON messages `consume` reads.
+
+    Values go as a JSON list in feature order, which the daemon maps to the model's features by position: pass
+    --model (or --features in the model's order) when the file's columns may be ordered otherwise."""
     from tqdm import tqdm
 
     from anomaly.data import load_series
@@ -315,7 +332,12 @@ def produce_cmd(
             **data_overrides,
         },
     )
-    series, feats = load_series(list(data), cfg.data)
+    wanted = None
+    if model and not cfg.data.features:
+        from anomaly.bundle import load_bundle
+
+        wanted = load_bundle(model).features
+    series, feats = load_series(list(data), cfg.data, wanted)
     k = cfg.kafka
     admin = clients.make_admin(k)
     if partitions or k.auto_create_topics:  # as the error for a missing topic suggests

@@ -87,6 +87,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         series = kept
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
+    longest = max(len(s) for s in series)
+    if longest < cfg.model.window:  # not a matter of gaps, which the trainer's own message would blame
+        raise DataError(
+            f"not enough training data: the longest series has {longest} rows, fewer than one window "
+            f"({cfg.model.window} rows, model.window)"
+        )
     result = train(
         series,
         features,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ DECODE_REASONS = (
     "invalid_json",
     "missing_field",
     "bad_timestamp",
+    "future_timestamp",
     "bad_values",
     "feature_count",
 )
@@ -61,6 +63,9 @@ class MessageFormat:
     values_field: str = "values"
     readings_field: str = "readings"
     max_message_bytes: int = 1_048_576
+    max_future_seconds: float = (
+        86_400.0  # readings stamped further ahead of the wall clock are refused; 0: no limit
+    )
 
 
 def parse_time(value: Any) -> float:
@@ -115,14 +120,37 @@ class Decoder:
 
     BULK_MIN = 32  # below this many records a poll chunk is decoded record by record
 
-    def __init__(self, fmt: MessageFormat) -> None:
+    def __init__(self, fmt: MessageFormat, clock: Callable[[], float] = time.time) -> None:
         self.fmt = fmt
         self.n_features = len(fmt.features)
         self._index = {name: i for i, name in enumerate(fmt.features)}
+        self._clock = clock
+        self._latest = (
+            math.inf
+        )  # the newest timestamp taken: the clock + max_future_seconds, read once a call
+
+    def _set_latest(self) -> None:
+        ahead = self.fmt.max_future_seconds
+        self._latest = self._clock() + ahead if ahead > 0 else math.inf
+
+    def _check_future(self, stamps: np.ndarray) -> None:
+        """DecodeError ``future_timestamp`` when a reading (epoch seconds) is stamped past ``_latest``."""
+        if stamps.size and float(stamps.max()) > self._latest:
+            ahead = float(stamps.max()) - (self._latest - self.fmt.max_future_seconds)
+            raise DecodeError(
+                "future_timestamp",
+                f"timestamp {float(stamps.max())!r} is {ahead:.4g} s ahead of this machine's clock "
+                f"(kafka.max_future_seconds = {self.fmt.max_future_seconds:g})",
+            )
 
     # --- one record ------------------------------------------------------------------------------------------
 
     def decode(self, record: Any) -> Event:
+        """One record's event, or DecodeError (its ``reason`` one of :data:`DECODE_REASONS`)."""
+        self._set_latest()
+        return self._decode(record)
+
+    def _decode(self, record: Any) -> Event:
         raw = record.value
         fmt = self.fmt
         if raw is None:
@@ -143,13 +171,15 @@ class Decoder:
         key = self._key(body.get(fmt.key_field), record)
         block = body.get(fmt.readings_field)
         if block is None:
-            ts = parse_time(self._field(body, fmt.time_field))
+            stamp = np.array((parse_time(self._field(body, fmt.time_field)),), np.float64)
+            self._check_future(stamp)
             row = self._values(self._field(body, fmt.values_field))
-            return Event(key, np.array((ts,), np.float64), row.reshape(1, -1), record)
+            return Event(key, stamp, row.reshape(1, -1), record)
         if not isinstance(block, list) or not block:
             raise DecodeError("bad_values", f"{fmt.readings_field!r} must be a non-empty list of readings")
         fast = self._block_fast(block, record.value)
         if fast is not None:
+            self._check_future(fast[0])
             return Event(key, fast[0], fast[1], record)
         stamps = np.empty(len(block), np.float64)
         rows = []
@@ -157,6 +187,7 @@ class Decoder:
             if not isinstance(reading, dict):
                 raise DecodeError("bad_values", f"reading {i} of the block is not an object")
             stamps[i] = parse_time(self._field(reading, fmt.time_field))
+            self._check_future(stamps[i : i + 1])
             rows.append(self._values(self._field(reading, fmt.values_field)))
         return Event(key, stamps, np.stack(rows), record)
 
@@ -244,6 +275,7 @@ class Decoder:
         allocation set off a young-generation collection every 700 containers, each walking the bodies
         still alive (measured: 40 % of parsing a poll of 32-reading blocks). They hold no cycles; reference
         counting frees them when the poll is converted."""
+        self._set_latest()
         with collector_paused():
             return self._decode_poll(records)
 
@@ -286,7 +318,7 @@ class Decoder:
         events = []
         for rec, body in zip(records, bodies, strict=True):
             try:
-                events.append(self.decode(rec) if body is _UNPARSED else self._from_body(body, rec))
+                events.append(self._decode(rec) if body is _UNPARSED else self._from_body(body, rec))
             except DecodeError as err:
                 errors.append((rec, err))
         if events:
@@ -362,7 +394,10 @@ class Decoder:
         ts = ts.astype(np.float64)
         if not np.isfinite(ts).all():
             return None
-        return epoch_seconds(ts), vals.astype(np.float64)
+        ts = epoch_seconds(ts)
+        if n and float(ts.max()) > self._latest:  # refused one by one, with the reason
+            return None
+        return ts, vals.astype(np.float64)
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F

@@ -93,7 +93,13 @@ class DaemonOptions:
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
     k = cfg.kafka
     return MessageFormat(
-        tuple(features), k.key_field, k.time_field, k.values_field, k.readings_field, k.max_message_bytes
+        tuple(features),
+        k.key_field,
+        k.time_field,
+        k.values_field,
+        k.readings_field,
+        k.max_message_bytes,
+        k.max_future_seconds,
     )
 
 

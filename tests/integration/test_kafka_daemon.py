@@ -15,6 +15,7 @@ BAD = [
     (b"unit-002", b'{"ts": "yesterday", "values": [1, 2, 3]}'),
     (b"bad-nan", b'{"ts": 1, "values": [null, 2, 3]}'),  # NaN: refused by the engine (nan_policy=reject)
     (b"unit-003", b"x" * 3000),  # oversized (max_message_bytes lowered to 2000 below)
+    (b"unit-004", b'{"ts": 1e30, "values": [1, 2, 3]}'),  # far ahead of the clock: would make every key idle
 ]
 BAD_REASONS = [
     "invalid_json",
@@ -24,6 +25,7 @@ BAD_REASONS = [
     "bad_timestamp",
     "non_finite",
     "oversized",
+    "future_timestamp",
 ]
 
 

@@ -156,3 +156,33 @@ def test_produce_to_a_missing_topic_creates_it_with_auto_create_topics(kafka_env
     admin.close()
     assert len(described["partitions"]) == 2
     assert len(kafka_env.read(topic)) == sum(len(s) for s in series)
+
+
+def test_produce_with_the_model_sends_its_features_in_its_order(kafka_env, stream, tiny_model, tmp_path):
+    """Values go as a list that the daemon reads by position: a file whose columns were in another order than
+    the model's was sent as is, and scored with every sensor in another's place."""
+    import pandas as pd
+
+    path, series = stream
+    model, bundle = tiny_model
+    shuffled = tmp_path / "shuffled.csv"
+    frame = pd.read_csv(path)
+    frame[["timestamp", "sensor_id", *reversed(bundle.features)]].to_csv(shuffled, index=False)
+    topic = kafka_env.names(partitions=1).input
+    args = [
+        "produce",
+        str(shuffled),
+        "-t",
+        topic,
+        "-b",
+        kafka_env.broker.bootstrap,
+        "--key-column",
+        "sensor_id",
+    ]
+    result = CliRunner().invoke(main, [*args, "--model", str(model)])
+    assert result.exit_code == 0, result.output
+    decoder = Decoder(MessageFormat(tuple(bundle.features)))
+    events = [decoder.decode(r) for r in kafka_env.read(topic)]
+    for s in series:
+        mine = sorted((e for e in events if e.key == s.key), key=lambda e: e.timestamps[0])
+        assert np.concatenate([e.values for e in mine]).tolist() == s.values.tolist()
