@@ -45,7 +45,7 @@ def push_history(
     the slots written and the counters move, instead of gathering and scattering every key's whole ring."""
     n = hist.shape[1]
     for i in range(values.shape[1]):
-        sel = np.flatnonzero(mask[:, i])
+        sel = mask[:, i].nonzero()[0]
         if len(sel):
             at = sel if rows is None else rows[sel]
             hist[at, pushed[at] % n] = values[sel, i]
@@ -55,7 +55,7 @@ def push_history(
 def ewma(raw: np.ndarray, last: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """EWMA along axis 1 for (K, W) raw scores; `last` (K,) is NaN for keys with no previous value."""
     out = np.empty_like(raw)
-    prev = last.copy()
+    prev = last if raw.shape[1] else last.copy()  # replaced, never changed in place
     for i in range(raw.shape[1]):
         x = raw[:, i]
         prev = np.where(np.isnan(prev), x, alpha * x + (1.0 - alpha) * prev)

@@ -211,6 +211,53 @@ def test_many_keys_in_one_batch_score_as_if_alone(bundle, test_series) -> None:
     assert np.array_equal(alone, np.concatenate(together))
 
 
+@pytest.mark.parametrize("scored", ["reading", "window"])
+def test_calls_of_one_reading_per_key_equal_calls_with_keys_repeated(bundle, window_bundle, scored) -> None:
+    """The daemon's live shape, a call holding one reading of each key (the engine's shorter path for it),
+    gives the same windows, alerts, counters and snapshot bytes as the general path, where a key has several
+    readings in a call. A stuck sensor, spikes and a level shift are mixed in."""
+    from anomaly.engine.types import Readings
+
+    model = bundle if scored == "reading" else window_bundle
+    model.calibration["feature_max_run"] = [1] * len(model.features)
+    cfg = EngineConfig(
+        threshold="dynamic", dynamic_warmup=16, dynamic_history=32, alert_close_after=5, max_alert_readings=60
+    )
+    n, f = 160, len(model.features)
+    series = [make_series(f"k{i}", n, f, seed=i, start=0.0) for i in range(12)]
+    for i, s in enumerate(series[:4]):
+        s.values[40 + 5 * i : 44 + 5 * i] += 40 * model.scaler.scale  # spikes
+    series[4].values[60:80, 1] = series[4].values[60, 1]  # a stuck sensor
+    series[5].values[70:] += 30 * model.scaler.scale  # a level shift
+    msgs = [
+        Event(s.key, s.timestamps[j : j + 1], s.values[j : j + 1].astype(np.float64), (s.key, j))
+        for j in range(n)
+        for s in series
+    ]
+
+    def run(size: int) -> tuple:
+        engine, windows, alerts = Engine(model, cfg), [], []
+        for lo in range(0, len(msgs), size):
+            out = engine.process(Readings.from_events(msgs[lo : lo + size], f))
+            windows += [
+                (
+                    w.key,
+                    w.timestamps.tobytes(),
+                    w.scores.tobytes(),
+                    w.anomalous.tobytes(),
+                    w.alert_open.tobytes(),
+                )
+                for w in out.windows
+            ]
+            alerts += [(a.id, a.status, a.at, a.reason, a.top_features) for a in out.alerts]
+        return windows, alerts, engine.counters, engine.snapshot(), engine.keys()
+
+    once = run(len(series))  # each call: every key once
+    repeated = run(3 * len(series) + 5)  # each call: keys with 3-4 readings
+    assert {a[3] for a in once[1]} >= {"normal", "level_shift"}
+    assert once == repeated
+
+
 @pytest.mark.parametrize("threshold", list(THRESHOLDS))
 def test_snapshot_restore_mid_window_is_bit_identical(bundle, test_series, threshold) -> None:
     cfg = EngineConfig(threshold=threshold, max_alert_seconds=120.0, **SMALL)
@@ -962,3 +1009,25 @@ def test_a_near_constant_feature_gets_a_floored_reference_error(bundle) -> None:
     assert e.feature_reference.tolist() == [0.30000001192092896, 2.0, 4.0, 4.0]  # 0.1 x median 3.0
     raw = Engine(bundle, EngineConfig(score="max_feature", feature_reference_floor=0.0)).feature_reference
     assert raw is not None and raw[0] == np.float32(1e-6)
+
+
+def test_row_gather_and_scatter_helpers_equal_fancy_indexing() -> None:
+    """put_rows / take_rows (the store's fast row copies) write and read the same bytes as column[rows]."""
+    from anomaly.engine.state import put_rows, take_rows
+
+    rng = np.random.default_rng(0)
+    for shape, dtype in [
+        ((40, 6), "float32"),
+        ((40, 2, 8), "float32"),
+        ((40, 5), "bool"),
+        ((40, 3), "int32"),
+    ]:
+        for values_of in (lambda v: v, lambda v: v.astype("float64"), lambda v: np.asfortranarray(v)):
+            column = rng.normal(size=shape).astype(dtype)
+            expected = column.copy()
+            rows = rng.permutation(40)[:17]
+            values = values_of(rng.normal(size=(17, *shape[1:])).astype(dtype))
+            expected[rows] = values
+            put_rows(column, rows, values)
+            assert column.tobytes() == expected.tobytes()
+            assert take_rows(column, rows).tobytes() == expected[rows].tobytes()

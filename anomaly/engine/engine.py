@@ -26,14 +26,15 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import repeat
+from typing import cast
 
 import numpy as np
 import torch
 
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
-from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, window_pieces
-from anomaly.engine.state import Layout, StateStore
+from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, run_lengths, window_pieces
+from anomaly.engine.state import Layout, StateStore, put_rows, take_rows
 from anomaly.engine.types import (
     REJECT_REASONS,
     Alert,
@@ -224,10 +225,10 @@ class Engine:
         row_keys: dict[int, str] = {}
         regular: list[Pieces] = []  # keys that took the columnar path
         self._ingest_batch(events, queues, row_keys, regular, out)
-        fill = self.store.arrays["rep_fill"] if self.per_reading else None
-        pieces = Pieces.concat(
-            [from_queues(queues, fill, self.window, self.n_features), *regular], self.n_features
-        )
+        if queues:
+            fill = self.store.arrays["rep_fill"] if self.per_reading else None
+            regular.insert(0, from_queues(queues, fill, self.window, self.n_features))
+        pieces = Pieces.concat(regular, self.n_features)
         key_of = row_keys.__getitem__
         for resets, calls in pieces.rounds():
             if len(resets):
@@ -411,9 +412,13 @@ class Engine:
                 got[i] = row
                 created.add(row)
         name_rows = np.array(got, np.int64)
-        row_keys.update(zip(name_rows.tolist(), names, strict=True))
+        row_keys.update(zip(cast(list[int], got), names, strict=True))  # every row known now
         kid = r.kid
-        if len(names) > 1:  # least recently used order: as if each message touched its key in turn
+        # one message per key (the live daemon's common case): messages are in key order, one reading each
+        once = len(kid) == len(names) and len(r.timestamps) == len(kid)
+        if once:  # least recently used order: as if each message touched its key in turn
+            deque(map(slots.move_to_end, names), maxlen=0)
+        elif len(names) > 1:
             last = np.full(len(names), -1, np.int64)  # each key's last message
             np.maximum.at(last, kid, np.arange(len(kid)))
             deque(map(slots.move_to_end, map(names.__getitem__, np.argsort(last).tolist())), maxlen=0)
@@ -421,20 +426,24 @@ class Engine:
             slots.move_to_end(names[0])
         a = self.store.arrays
         msg_rows = name_rows[kid]
-        rows_r = np.repeat(msg_rows, r.counts)
+        rows_r = msg_rows if once else np.repeat(msg_rows, r.counts)
         ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
-        r_s, t_s = rows_r[order], ts[order]
-        first = np.empty(len(r_s), bool)
-        first[0] = True
-        np.not_equal(r_s[1:], r_s[:-1], out=first[1:])
-        prev = np.empty_like(t_s)
-        prev[1:] = t_s[:-1]
-        prev[first] = a["last_ts"][r_s[first]]
+        r_s, t_s, v_s = rows_r[order], ts[order], vals[order]
+        if once:  # every reading is its key's first
+            first = np.ones(len(r_s), bool)
+            prev = a["last_ts"][r_s]
+        else:
+            first = np.empty(len(r_s), bool)
+            first[0] = True
+            np.not_equal(r_s[1:], r_s[:-1], out=first[1:])
+            prev = np.empty_like(t_s)
+            prev[1:] = t_s[:-1]
+            prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
             bad |= (t_s - prev) > self.max_gap
-        bad |= ~(np.isfinite(vals[order]).all(axis=1) & np.isfinite(t_s))
+        bad |= ~(np.isfinite(v_s).all(axis=1) & np.isfinite(t_s))
         if queues:  # keys already queued by the per-event path in this call stay on it, in order
             bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
         if bad.any():
@@ -448,11 +457,11 @@ class Engine:
                 ev = Event(r.names[kid[m]], ts[lo:hi], vals[lo:hi], r.refs[m])
                 self._ingest(ev, queues, row_keys, out)
             keep = ~np.isin(r_s, irregular)
-            order, r_s, t_s, first = order[keep], r_s[keep], t_s[keep], first[keep]
-            if not len(order):
+            r_s, t_s, v_s, first = r_s[keep], t_s[keep], v_s[keep], first[keep]
+            if not len(r_s):
                 return
             first[0] = True
-        regular.append(self._assemble(r_s, t_s, vals[order], first, out))
+        regular.append(self._assemble(r_s, t_s, v_s, first, out))
 
     def _assemble(
         self, r: np.ndarray, t: np.ndarray, raw: np.ndarray, first: np.ndarray, out: EngineOutput
@@ -463,17 +472,21 @@ class Engine:
         a = self.store.arrays
         v = ((raw - self._mean) / self._scale).astype(np.float32)
         starts = np.flatnonzero(first)
-        groups = r[starts]
-        m = np.diff(np.append(starts, len(r)))
+        if len(starts) == len(r):  # one reading per key (the live daemon's common case)
+            groups, m, last_t, last_raw = r, np.ones(len(r), np.int64), t, raw
+        else:
+            groups = r[starts]
+            m = run_lengths(starts, len(r))
+            last = starts + m - 1
+            last_t, last_raw = t[last], raw[last]
         if self.per_reading:
             pieces = report_pieces(r, first, v, t, a["rep_fill"][groups], self.window)
         else:
             pieces = self._windows(r, t, v, starts, groups, m)
-        last = starts + m - 1
-        a["last_ts"][groups] = t[last]
-        a["seen"][groups] = t[last]
-        a["last_values"][groups] = raw[last]
         a["readings"][groups] += m
+        a["last_ts"][groups] = last_t
+        a["seen"][groups] = last_t
+        put_rows(a["last_values"], groups, last_raw)
         self.max_ts = max(self.max_ts, float(t.max()))
         self.counters["readings"] += len(r)
         out.readings += len(r)
@@ -674,7 +687,8 @@ class Engine:
         a = self.store.arrays
         k = len(rows)
         if self.per_reading:
-            start = a["rep_fill"][rows] == 0
+            fill = a["rep_fill"][rows]  # readings already in each key's report window
+            start = fill == 0
             due = rows[start & a["rebase"][rows]]
             if len(due):  # a level shift closed during the last report window
                 self._rebaseline(due)
@@ -683,9 +697,9 @@ class Engine:
         else:
             partial = self._track_level(rows, x, ts)
         stuck = self._stuck(rows, x)
-        x = x - a["offset"][rows][:, None, :]
-        h = a["h"][rows].transpose(1, 0, 2)
-        c = a["c"][rows].transpose(1, 0, 2)
+        x = x - take_rows(a["offset"], rows)[:, None, :]
+        h = take_rows(a["h"], rows).transpose(1, 0, 2)
+        c = take_rows(a["c"], rows).transpose(1, 0, 2)
         xt = torch.from_numpy(np.ascontiguousarray(x))
         ht, ct = torch.from_numpy(np.ascontiguousarray(h)), torch.from_numpy(np.ascontiguousarray(c))
         if k == 1:
@@ -695,39 +709,41 @@ class Engine:
                 outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
             else:
                 outputs, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = reading_errors(as_output(outputs), xt, self.targets)[:k].numpy()
-        a["h"][rows] = h2[:, :k].numpy().transpose(1, 0, 2)
-        a["c"][rows] = c2[:, :k].numpy().transpose(1, 0, 2)
+            err_f = self._reading_errors(outputs, xt, k)
+        put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
+        put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
         out.batches.append(k)
-        errors = point_error(err_f, self.targets)
-        per_feature = err_f.sum(axis=1)
-        totals = per_feature.sum(axis=1, keepdims=True)
-        shares = np.divide(
-            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features), where=totals > 0
-        )
+        errors = self._point_error(err_f)
+        # the window's squared error per feature: alert contributions of window-scored keys (readings scored
+        # on arrival add theirs reading by reading)
+        per_feature = None if self.per_reading else err_f.sum(axis=1)
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
-        names = self.threshold.fields()
         if self.per_reading:
             # chosen once per report window, at its first reading, so that the threshold in force does not
             # depend on how the window's readings were grouped into calls (and computed only there)
             eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
-            first = np.flatnonzero(start)
+            first = start.nonzero()[0]
             if len(first):
                 at = rows[first]
                 eps[first], warm[first] = self.threshold.epsilon(
-                    {name: a[name][at] for name in names}, len(at)
+                    {name: a[name][at] for name in self.threshold.fields()}, len(at)
                 )
                 a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         else:
-            eps, warm = self.threshold.epsilon({name: a[name][rows] for name in names}, k)
+            eps, warm = self.threshold.epsilon({name: a[name][rows] for name in self.threshold.fields()}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
         self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
-        thresholds = np.broadcast_to(eps[:, None], scores.shape)
         if self.per_reading:
-            self._report(rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out)
+            self._report(rows, keys, fill, ts, errors, scores, eps[:, None], anomalous, open_pts, err_f, out)
             return
+        assert per_feature is not None
+        totals = per_feature.sum(axis=1, keepdims=True)
+        shares = np.divide(
+            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features), where=totals > 0
+        )
+        thresholds = np.broadcast_to(eps[:, None], scores.shape)
         a["windows"][rows] += 1
         self.counters["windows"] += k
         version = self.bundle.version
@@ -749,28 +765,33 @@ class Engine:
             )
 
     def _report(
-        self, rows, keys, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
+        self, rows, keys, fill, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
     ) -> None:
         """Per-reading scoring: append this call's readings of every row to its report buffer (state), and
-        emit a ScoredWindow for rows whose buffer holds `window` readings."""
+        emit a ScoredWindow for rows whose buffer holds `window` readings. `fill`: the rows' report-window
+        fill before this call; `thresholds` (K, L) or (K, 1) for all of the call's readings."""
         a = self.store.arrays
-        pos = a["rep_fill"][rows].astype(np.int64)
+        n = ts.shape[1]
+        pos = fill.astype(np.int64)
         # flat index into the (capacity, window) columns, C-contiguous as the store allocates them
-        at = (rows * self.window + pos)[:, None] + np.arange(ts.shape[1])
+        at = (rows * self.window + pos)[:, None]
+        if n > 1:
+            at = at + np.arange(n)
         a["rep_ts"].reshape(-1)[at] = ts
         a["rep_err"].reshape(-1)[at] = errors
         a["rep_score"].reshape(-1)[at] = scores
         a["rep_thr"].reshape(-1)[at] = thresholds
         a["rep_anom"].reshape(-1)[at] = anomalous
         a["rep_open"].reshape(-1)[at] = open_pts
-        sq = a["rep_sq"][rows]
-        for j in range(ts.shape[1]):  # reading by reading: the float32 sum must not depend on grouping
+        sq = take_rows(a["rep_sq"], rows)
+        for j in range(n):  # reading by reading: the float32 sum must not depend on grouping
             sq += err_f[:, j]
-        a["rep_sq"][rows] = sq
-        a["rep_fill"][rows] = pos + ts.shape[1]
-        full = np.flatnonzero(pos + ts.shape[1] == self.window)
+        put_rows(a["rep_sq"], rows, sq)
+        pos += n
+        a["rep_fill"][rows] = pos
+        full = (pos == self.window).nonzero()[0]
         if len(full):
-            self._flush_report(rows[full], [keys[j] for j in full], out)
+            self._flush_report(rows[full], [keys[j] for j in full.tolist()], out)
 
     def _flush_report(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
         """Emit the report buffers of `rows` as ScoredWindows (a short one after a gap) and empty them. Each
@@ -825,6 +846,23 @@ class Engine:
             for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True))
         ]
 
+    def _reading_errors(self, outputs, xt: torch.Tensor, k: int) -> np.ndarray:
+        """`model.reading_errors` of the first `k` rows, as numpy (K, L, F). A forecast of every feature: the
+        same float32 difference and square (one IEEE operation each, as torch's pow(2) is), in numpy."""
+        out = as_output(outputs)
+        if out.forecast is None or self.targets is not None or out.forecast.dtype != torch.float32:
+            return reading_errors(out, xt, self.targets)[:k].numpy()
+        err = np.subtract(out.forecast.numpy()[:k], xt.numpy()[:k])
+        return np.multiply(err, err, out=err)
+
+    def _point_error(self, err_f: np.ndarray) -> np.ndarray:
+        """`model.point_error` of per-feature squared errors (K, L, F). Without target features: the sum
+        and division numpy's `mean` makes, without its Python wrapper (the same bits)."""
+        if self.targets is not None:
+            return point_error(err_f, self.targets)
+        errors = np.add.reduce(err_f, axis=-1)
+        return np.true_divide(errors, np.intp(err_f.shape[-1]), out=errors, casting="unsafe")
+
     def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
 
@@ -848,13 +886,18 @@ class Engine:
         k, n = anomalous.shape
         if self.per_reading:
             # after a level shift closed, the key waits for its re-baseline (next report window) in silence
-            anomalous &= ~a["rebase"][rows][:, None]
+            waiting = a["rebase"][rows]
+            if waiting.any():
+                anomalous &= ~waiting[:, None]
         busy = self._busy(rows, anomalous)
         open_pts = np.zeros((k, n), bool)
         if len(busy) < k:
-            quiet = np.ones(k, bool)
-            quiet[busy] = False
-            idle = rows[quiet]
+            if len(busy):
+                quiet = np.ones(k, bool)
+                quiet[busy] = False
+                idle = rows[quiet]
+            else:
+                idle = rows
             a["run_anom"][idle] = 0
             a["run_norm"][idle] += n
             if not len(busy):
@@ -866,7 +909,8 @@ class Engine:
                 scores[busy],
                 eps[busy],
             )
-            err_f, per_feature = err_f[busy], per_feature[busy]
+            err_f = err_f[busy]
+            per_feature = None if per_feature is None else per_feature[busy]
             partial = None if partial is None else partial[busy]
         anom = anomalous[busy]
         fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self._counts_alert_readings else ())
@@ -901,7 +945,8 @@ class Engine:
     def _busy(self, rows: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
         """Positions of the piece's keys that must step through their points: an anomalous point or an open
         alert. Any superset gives the same result (tests use all keys)."""
-        return np.flatnonzero(anomalous.any(axis=1) | self.store.arrays["alert_open"][rows])
+        some = anomalous[:, 0] if anomalous.shape[1] == 1 else np.logical_or.reduce(anomalous, axis=1)
+        return (some | self.store.arrays["alert_open"][rows]).nonzero()[0]
 
     def _lifecycle(
         self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput, partial=None
@@ -953,9 +998,10 @@ class Engine:
         constant of max_alert_seconds / 8 in event time or of max_alert_readings / 8 in readings, whichever is
         shorter, so that by the time an alert counts as a level shift (whichever limit comes first) the level
         has settled at the new normal."""
-        rate = np.zeros(len(elapsed))
         if self.config.max_alert_seconds > 0:
             rate = elapsed / (self.config.max_alert_seconds / 8.0)
+        else:
+            rate = np.zeros(len(elapsed))
         for limit in (self.config.max_alert_readings, self.config.partial_shift_readings):
             if limit > 0:
                 rate = np.maximum(rate, readings / (limit / 8.0))
@@ -976,7 +1022,8 @@ class Engine:
         if limit <= n:
             return True
         a = self.store.arrays
-        return bool((a["alert_open"][rows] & (a[ALERT_LENGTH][rows] + n >= limit)).any())
+        opened = a["alert_open"][rows]
+        return bool(opened.any()) and bool((opened & (a[ALERT_LENGTH][rows] + n >= limit)).any())
 
     def _partial_shift(self, level: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """engine.partial_shift_readings: whether a key's level (..., F) has moved more than one training
@@ -1014,7 +1061,7 @@ class Engine:
         if not self._tracks_level:
             return None
         a = self.store.arrays
-        level = a["level"][rows].astype(np.float64)
+        level = take_rows(a["level"], rows).astype(np.float64)
         prev = a["level_ts"][rows]
         levels = np.empty(x.shape, np.float32) if self._partial_due(rows, x.shape[1]) else None
         for j in range(x.shape[1]):
@@ -1028,7 +1075,7 @@ class Engine:
             prev = t
             if levels is not None:
                 levels[:, j] = level
-        a["level"][rows] = level
+        put_rows(a["level"], rows, level.astype(np.float32))  # float32 values already (rounded above)
         a["level_ts"][rows] = prev
         return None if levels is None else self._partial_shift(levels, a["offset"][rows][:, None, :])
 
@@ -1053,14 +1100,19 @@ class Engine:
         if self.stuck_limit is None:
             return out
         a = self.store.arrays
-        last, run, mute = a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows]
+        last, run = take_rows(a["stuck_last"], rows), take_rows(a["stuck_run"], rows)
+        mute = take_rows(a["stuck_mute"], rows)
         for i in range(x.shape[1]):
             same = x[:, i] == last
             run = np.where(same, run + 1, 1)
             mute &= same  # an accepted stuck feature is judged again once it moves
             last = x[:, i]
-            out[:, i] = ((run >= self.stuck_limit) & ~mute).any(axis=1)
-        a["stuck_last"][rows], a["stuck_run"][rows], a["stuck_mute"][rows] = last, run, mute
+            hit = run >= self.stuck_limit
+            if hit.any():  # else no key is stuck at this reading (the common case)
+                out[:, i] = np.logical_or.reduce(hit & ~mute, axis=1)
+        put_rows(a["stuck_last"], rows, last)
+        put_rows(a["stuck_run"], rows, run)
+        put_rows(a["stuck_mute"], rows, mute)
         return out
 
     def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:

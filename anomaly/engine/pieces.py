@@ -67,21 +67,38 @@ class Pieces:
         (K, L, F) and ts (K, L) of one model call. Within a call rows keep the order the pieces were given in."""
         if not len(self):
             return
-        order = np.lexsort((self.length, self.round))  # stable: ties keep the given order
-        rnd = self.round[order]
-        cuts = np.flatnonzero(np.diff(rnd)) + 1
-        for sel in np.split(order, cuts):
-            resets = self.row[sel[self.reset[sel]]]
-            calls = []
-            lengths = self.length[sel]
-            bounds = np.flatnonzero(np.diff(lengths)) + 1
-            for g in np.split(sel, bounds):
-                n = int(self.length[g[0]])
-                if n == 0:
-                    continue
-                idx = self.start[g][:, None] + np.arange(n)
-                calls.append((self.row[g], self.x[idx], self.ts[idx]))
-            yield resets, calls
+        if self.round.any():
+            order = np.lexsort((self.length, self.round))  # stable: ties keep the given order
+            rnd = self.round[order]
+            sels = np.split(order, np.flatnonzero(rnd[1:] != rnd[:-1]) + 1)
+        else:  # one round (no key's readings cross a report window's end): the same order, one sort fewer
+            sels = [np.argsort(self.length, kind="stable")]
+        for sel in sels:
+            yield self.row[sel[self.reset[sel]]], self._calls(sel)
+
+    def _calls(self, sel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The model calls of one round's pieces `sel` (ordered by length): one per distinct length."""
+        lengths = self.length[sel]
+        if lengths[0] == lengths[-1]:  # one length (sorted): one call
+            groups = [sel]
+        else:
+            groups = np.split(sel, np.flatnonzero(lengths[1:] != lengths[:-1]) + 1)
+        calls = []
+        for g in groups:
+            n = int(self.length[g[0]])
+            if n == 0:
+                continue
+            idx = self.start[g][:, None] + np.arange(n)
+            calls.append((self.row[g], self.x[idx], self.ts[idx]))
+        return calls
+
+
+def run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Lengths of the runs that begin at `starts` (ascending, starts[0] == 0) in a sequence of `n` items."""
+    m = np.empty(len(starts), np.int64)
+    np.subtract(starts[1:], starts[:-1], out=m[:-1])
+    m[-1:] = n - starts[-1:]
+    return m
 
 
 def report_pieces(
@@ -91,14 +108,20 @@ def report_pieces(
     marks each key's first reading), cut at the end of every report window. `fill` (N_keys,) is each key's
     report-window fill before these readings, given per group in group order."""
     starts = np.flatnonzero(first)
-    m = np.diff(np.append(starts, len(rows)))
+    n = len(rows)
+    if len(starts) == n:  # one reading per key (the live daemon's common case): a piece each, all in round 0
+        i = np.arange(n, dtype=np.int64)
+        return Pieces(
+            rows.astype(np.int64), np.zeros(n, np.int64), i, np.ones(n, np.int64), np.zeros(n, bool), x, ts
+        )
+    m = run_lengths(starts, n)
     gi = np.repeat(np.arange(len(starts)), m)
-    pos = fill.astype(np.int64)[gi] + (np.arange(len(rows)) - starts[gi])
+    pos = fill.astype(np.int64)[gi] + (np.arange(n) - starts[gi])
     pid = pos // window
     new = first.copy()
     new[1:] |= pid[1:] != pid[:-1]
     pstart = np.flatnonzero(new)
-    length = np.diff(np.append(pstart, len(rows)))
+    length = run_lengths(pstart, n)
     return Pieces(
         rows[pstart].astype(np.int64),
         pid[pstart] - pid[starts][gi[pstart]],

@@ -81,6 +81,29 @@ class Layout:
         return cls(d["num_layers"], d["hidden"], d["window"], d["n_features"], extra)
 
 
+def take_rows(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``column[rows]`` of a store column: the same copy, by `np.take` (faster for rows of several items)."""
+    return np.take(column, rows, axis=0)
+
+
+def put_rows(column: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``column[rows] = values`` for distinct `rows`. Values of the column's dtype and shape go in as one opaque
+    item per row, by numpy's fast one-dimensional assignment: the same bytes land in the same rows."""
+    if (
+        values.dtype == column.dtype
+        and values.shape == (len(rows), *column.shape[1:])
+        and column.ndim > 1
+        and len(rows)
+        and values.flags.c_contiguous
+        and column.flags.c_contiguous
+    ):
+        item = np.dtype((np.void, column.itemsize * (column.size // max(len(column), 1))))
+        flat = column.reshape(len(column), -1).view(item).reshape(-1)  # views of the column's own bytes
+        flat[rows] = values.reshape(len(values), -1).view(item).reshape(-1)
+    else:
+        column[rows] = values
+
+
 _DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64", "bool", "int8", "uint8")}
 
 NAN_FIELDS = ("last_ts", "ewma", "run_start", "last_anom_ts", "alert_start", "seen")
