@@ -805,12 +805,13 @@ class Engine:
             rows, fill, keys = rows[keep], fill[keep], [keys[i] for i in keep.tolist()]
         if not len(rows):
             return
-        sq = a["rep_sq"][rows]
+        sq = take_rows(a["rep_sq"], rows)
         total = sq.sum(axis=1, keepdims=True)
         shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.n_features), where=total > 0)
-        ts, decided = a["rep_ts"][rows], a["rep_ts"][rows]
-        err, score, thr = a["rep_err"][rows], a["rep_score"][rows], a["rep_thr"][rows]
-        anom, opened = a["rep_anom"][rows], a["rep_open"][rows]
+        ts, decided = take_rows(a["rep_ts"], rows), take_rows(a["rep_ts"], rows)
+        err, score = take_rows(a["rep_err"], rows), take_rows(a["rep_score"], rows)
+        thr, anom = take_rows(a["rep_thr"], rows), take_rows(a["rep_anom"], rows)
+        opened = take_rows(a["rep_open"], rows)
         cut = self._full_windows if (fill == self.window).all() else self._cut_windows
         out.windows += cut(keys, fill, ts, err, score, thr, anom, opened, shares, decided)
         a["rep_fill"][rows] = 0
