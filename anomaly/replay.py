@@ -200,6 +200,8 @@ def replay(
             "rejected",
         ]
         for key, f in frames.items():
+            if not np.isfinite(f["timestamp"].to_numpy(np.float64)).any():
+                continue  # no reading of this key has a time to plot it at
             path = out / f"report-{_safe(key)}.png"
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
             reports.append(path)

@@ -82,6 +82,8 @@ def plot_series(
         raise ValueError(
             f"result frame lacks column(s) {', '.join(missing)}; expected {', '.join(RESULT_COLUMNS)}"
         )
+    if pd.api.types.is_numeric_dtype(frame["timestamp"]):  # a reading without a time has no place on the axis
+        frame = frame[np.isfinite(frame["timestamp"].to_numpy(np.float64))]  # (rejections.jsonl lists it)
     if frame.empty:
         raise ValueError("result frame has no rows to plot")
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)

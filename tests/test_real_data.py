@@ -342,3 +342,19 @@ def test_a_key_in_several_files_replays_as_one_stream(bundle_path, tmp_path) -> 
     sa, sb = (pd.read_csv(tmp_path / d / "scores.csv") for d in "ab")
     assert sa.equals(sb) and len(sa) == 600
     assert (tmp_path / "a" / "alerts.jsonl").read_text() == (tmp_path / "b" / "alerts.jsonl").read_text()
+
+
+def test_a_reading_without_a_time_is_refused_alone_and_the_report_still_drawn(frame, bundle_path, tmp_path):
+    """An empty time cell: in a text column it refused the whole file ('cannot parse time value nan ...'); in a
+    numeric one the reading was refused but the report crashed on its missing time (a matplotlib traceback)."""
+    epoch = (pd.to_datetime(frame["timestamp"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")
+    for name, times in (("text", frame["timestamp"].astype(object)), ("numeric", epoch.astype(float))):
+        csv = tmp_path / f"{name}.csv"
+        times = times.copy()
+        times.iloc[100] = None
+        frame.head(400).assign(timestamp=times.head(400)).to_csv(csv, index=False)
+        r = run("replay", csv, "-m", bundle_path, "-o", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / name / f"report-{name}.png").stat().st_size > 0
+        rejected = [json.loads(x) for x in (tmp_path / name / "rejections.jsonl").read_text().splitlines()]
+        assert [(x["reason"], x["detail"]) for x in rejected] == [("non_finite", "timestamp is not finite")]
