@@ -99,7 +99,8 @@ def plot_series(
     names = []
     for i, name in enumerate(features):
         values = frame[name].to_numpy(np.float64)
-        mean, std = np.nanmean(values), np.nanstd(values)
+        seen = values[np.isfinite(values)]  # a sensor all missing (every reading refused) draws nothing
+        mean, std = (float(seen.mean()), float(seen.std())) if len(seen) else (0.0, 0.0)
         z = (values - mean) / (std if std > 1e-12 else 1.0)
         top.plot(times, z - i * STACK_OFFSET, linewidth=0.8)
         names.append(f"{name}\n{mean:.4g} ± {std:.3g}")  # the scale: mean ± one standard deviation

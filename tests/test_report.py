@@ -129,3 +129,16 @@ def test_rejected_readings_are_shaded_and_the_legend_sits_beside_the_plot(tmp_pa
     legend = bottom.get_legend()
     assert legend.get_bbox_to_anchor().x0 >= bottom.get_window_extent().x1  # outside the axes
     assert top.get_yticklabels()[0].get_text().startswith("pressure\n")  # name, mean ± sd
+
+
+def test_a_sensor_with_no_value_and_a_reading_with_no_time_are_drawn_without_warnings(tmp_path):
+    """A sensor whose every reading was refused printed numpy's 'Mean of empty slice' on stderr; a reading
+    without a time crashed matplotlib."""
+    import warnings
+
+    frame = results("a")
+    frame["pressure"] = np.nan
+    frame.loc[5, "timestamp"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_png(plot_series(frame, ALERTS, tmp_path / "a.png"))
