@@ -358,3 +358,24 @@ def test_a_reading_without_a_time_is_refused_alone_and_the_report_still_drawn(fr
         assert (tmp_path / name / f"report-{name}.png").stat().st_size > 0
         rejected = [json.loads(x) for x in (tmp_path / name / "rejections.jsonl").read_text().splitlines()]
         assert [(x["reason"], x["detail"]) for x in rejected] == [("non_finite", "timestamp is not finite")]
+
+
+def test_drop_anomalies_without_the_label_column_is_an_error(frame, tmp_path) -> None:
+    """--drop-anomalies with a misspelt --label (or unlabelled files) trained on everything without a word."""
+    csv = tmp_path / "data.csv"
+    frame.head(300).to_csv(csv, index=False)
+    r = run(
+        "train",
+        csv,
+        "-o",
+        tmp_path / "m.pt",
+        "-p",
+        tiny_pipeline(tmp_path),
+        "--drop-anomalies",
+        "--label",
+        "y",
+    )
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        "error: --drop-anomalies needs the label column 'y', which the files lack (--label names it)"
+    ]
+    assert not (tmp_path / "m.pt").exists()

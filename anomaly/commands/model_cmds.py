@@ -78,6 +78,11 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
+        if all(s.labels is None for s in series):  # else it trained on the anomalies it was asked to drop
+            raise DataError(
+                f"--drop-anomalies needs the label column {cfg.data.label!r}, which the files lack (--label "
+                "names it)"
+            )
         kept = []
         for s in series:
             if s.labels is not None:
