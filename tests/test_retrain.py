@@ -268,3 +268,27 @@ def test_promote_on_a_key_split_over_two_files_equals_one_file(bundle_path, tmp_
     two = CliRunner().invoke(main, [*common, str(early), str(late)])
     assert one.exit_code == two.exit_code == 0, two.output
     assert two.stdout == one.stdout and "readings streamed             600 " in one.stdout
+
+
+def test_retrain_with_an_alerts_file_that_is_not_jsonl_is_a_one_line_error(csv_world, bundle_path, tmp_path):
+    """A damaged --alerts file ended retrain with a JSONDecodeError traceback."""
+    path, alerts = csv_world
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text(alerts.read_text().splitlines()[0] + "\n\n{not json\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "retrain",
+            "-m",
+            str(bundle_path),
+            str(path),
+            "--alerts",
+            str(damaged),
+            "-o",
+            str(tmp_path / "c.pt"),
+        ],
+    )
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {damaged} line 3 is not an alert record (a JSON object per line, as a replay's alerts.jsonl "
+        "holds)\n"
+    )

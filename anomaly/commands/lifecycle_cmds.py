@@ -212,7 +212,19 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     events = []
     if alerts_file:
         with open(alerts_file) as fh:
-            events = [json.loads(line) for line in fh if line.strip()]
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    event = None
+                if not isinstance(event, dict):
+                    raise DataError(
+                        f"{alerts_file} line {n} is not an alert record (a JSON object per line, as a replay's "
+                        "alerts.jsonl holds)"
+                    )
+                events.append(event)
     source = {"source": "csv", "files": [str(p) for p in data], "alerts_file": alerts_file}
     if span is not None:
         source.update(span.to_json())
