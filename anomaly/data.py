@@ -357,8 +357,16 @@ def frame_to_series(
     )
     labels_all = None
     if cfg.label in frame.columns:
-        labels_all = numeric_column(frame, cfg.label, source, dataclasses.replace(cfg, bad_cells="error"))
-        labels_all = (np.nan_to_num(labels_all) > 0).astype(np.int8)
+        col = frame[cfg.label]
+        values = numeric_column(frame, cfg.label, source, dataclasses.replace(cfg, bad_cells="missing"))
+        bad = np.isnan(values) & col.notna().to_numpy()
+        if bad.any():  # (the sensors' hint, --bad-cells missing, does not apply to labels)
+            at = int(np.flatnonzero(bad)[0])
+            raise SchemaError(
+                f"{source}: label column {cfg.label!r} line {_line(frame, at)} holds {col.iloc[at]!r}; labels are "
+                "0 or 1 (empty: 0)"
+            )
+        labels_all = (np.nan_to_num(values) > 0).astype(np.int8)
     if cfg.key_column:
         if cfg.key_column not in frame.columns:
             raise SchemaError(

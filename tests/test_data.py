@@ -243,3 +243,15 @@ def test_parts_of_a_key_from_several_files_join_in_time_order(tmp_path) -> None:
     series, _ = load_series([early, unlabelled], DataConfig(time_column="t", key_column="k"))
     with pytest.raises(SchemaError, match=f"key 'u' has labels in {early} but not in {unlabelled}"):
         merge_keys(series)
+
+
+def test_a_label_that_is_not_a_number_is_refused_naming_the_label_column(tmp_path) -> None:
+    """The error said 'column anomaly ... not a number ... or pass --bad-cells missing', which labels ignore."""
+    path = write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,yes\n3,3.0,\n")
+    for bad_cells in ("error", "missing"):
+        with pytest.raises(
+            SchemaError, match=r"x.csv: label column 'anomaly' line 3 holds 'yes'; labels are 0 or 1"
+        ):
+            load(path, bad_cells=bad_cells)
+    (s,), _ = load(write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,1\n3,3.0,\n", "ok.csv"))
+    assert s.labels.tolist() == [0, 1, 0]
