@@ -260,6 +260,11 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
             )
         except (ValueError, TypeError) as exc:
             raise DataError(f"cannot parse time column {name!r}: {str(exc).splitlines()[0]}") from None
+        missed = parsed.isna() & text.notna()
+        if cfg.time_format is None and missed.any():
+            # pandas takes the format of the first value for all: ISO times that differ from it (fractional
+            # seconds on some rows, 'T' or 'Z' on others) are read on their own
+            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="ISO8601")
     bad = (parsed.isna() & text.notna()).to_numpy()  # an empty cell is a missing time, refused as a reading
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -255,3 +255,19 @@ def test_a_label_that_is_not_a_number_is_refused_naming_the_label_column(tmp_pat
             load(path, bad_cells=bad_cells)
     (s,), _ = load(write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,1\n3,3.0,\n", "ok.csv"))
     assert s.labels.tolist() == [0, 1, 0]
+
+
+def test_iso_times_in_more_than_one_iso_form_all_parse(tmp_path) -> None:
+    """pandas takes the first value's format for the column: a logger's '...:00' next to '...:00.500', or 'T'
+    and 'Z' on some rows only, refused the whole file ('cannot parse time value ...; pass --time-format')."""
+    path = write(
+        tmp_path,
+        "timestamp,a\n2023-01-01 00:00:00,1\n2023-01-01 00:00:00.500,2\n2023-01-01T00:00:01Z,3\n"
+        "2023-01-01 01:00:02+01:00,4\n",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (s,), _ = load(path)
+    assert (s.timestamps - 1672531200.0).tolist() == [0.0, 0.5, 1.0, 2.0]
+    with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 3\)"):
+        load(write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\nsoon,2.0\n", "soon.csv"))
