@@ -180,3 +180,28 @@ def test_the_metrics_address_printed_is_a_usable_url(host, url) -> None:
     from anomaly.commands.kafka_cmds import metrics_url
 
     assert metrics_url(host, 9108) == url
+
+
+def test_produce_that_may_not_create_its_topic_says_so_in_one_line(monkeypatch, tmp_path) -> None:
+    """A broker refusing the topic's creation (an ACL, say) ended produce with a kafka-python traceback."""
+    import kafka.errors
+
+    from anomaly.kafka import clients
+
+    class Admin:
+        def close(self) -> None:
+            pass
+
+    def refuse(*args, **kwargs):
+        raise kafka.errors.TopicAuthorizationFailedError("not allowed")
+
+    monkeypatch.setattr(clients, "make_admin", lambda cfg: Admin())
+    monkeypatch.setattr(clients, "create_topics", refuse)
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1,1.0\n2,2.0\n")
+    result = CliRunner().invoke(
+        main, ["produce", str(csv), "-t", "t", "--partitions", "2", "-b", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot create topic t on 127.0.0.1:1: [Error 29] ")
+    assert len(result.stderr.splitlines()) == 1

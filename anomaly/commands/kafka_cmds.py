@@ -312,6 +312,7 @@ def produce_cmd(
 
     Values go as a JSON list in feature order, which the daemon maps to the model's features by position: pass
     --model (or --features in the model's order) when the file's columns may be ordered otherwise."""
+    import kafka.errors
     from tqdm import tqdm
 
     from anomaly.data import load_series
@@ -340,12 +341,18 @@ def produce_cmd(
     series, feats = load_series(list(data), cfg.data, wanted)
     k = cfg.kafka
     admin = clients.make_admin(k)
-    if partitions or k.auto_create_topics:  # as the error for a missing topic suggests
-        clients.create_topics(admin, [topic], partitions or k.topic_partitions, k.replication_factor)
     try:
-        clients.check_topics(admin, k, [topic])
-    except KafkaError as exc:
-        raise KafkaError(f"{exc}, or pass --partitions N") from None
+        if partitions or k.auto_create_topics:  # as the error for a missing topic suggests
+            try:
+                clients.create_topics(admin, [topic], partitions or k.topic_partitions, k.replication_factor)
+            except (kafka.errors.KafkaError, OSError) as exc:  # e.g. an ACL: one line, not a traceback
+                raise KafkaError(f"cannot create topic {topic} on {k.bootstrap_servers}: {exc}") from None
+        try:
+            clients.check_topics(admin, k, [topic])
+        except KafkaError as exc:
+            if "not found on" not in str(exc):
+                raise
+            raise KafkaError(f"{exc}, or pass --partitions N") from None
     finally:
         admin.close()
     fmt = MessageFormat(tuple(feats), k.key_field, k.time_field, k.values_field, k.readings_field)
