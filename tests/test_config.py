@@ -90,6 +90,12 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
+        # GSSAPI and OAUTHBEARER were accepted here, then refused when the daemon connected
+        (
+            "kafka",
+            {"sasl_mechanism": "GSSAPI"},
+            "kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; got 'GSSAPI'",
+        ),
         # the label column was trained on as a sensor when --features named it
         ("data", {"features": ("a", "anomaly")}, "data.features includes the label column 'anomaly'"),
         ("data", {"features": ("a", "y"), "label": "y"}, "data.features includes the label column 'y'"),
@@ -105,6 +111,7 @@ def test_library_users_get_the_same_checks_as_the_cli(section, kwargs, message) 
         "replay": config.ReplayConfig,
         "train": config.TrainConfig,
         "data": config.DataConfig,
+        "kafka": config.KafkaConfig,
     }[section]
     with pytest.raises(ConfigError) as info:
         cls(**kwargs)

@@ -134,8 +134,8 @@ def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, 
     assert (bad_mechanism.exit_code, bad_mechanism.stderr) == (
         2,
         (
-            "error: kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 with security_protocol "
-            "SASL_SSL\n"
+            "error: kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; got 'GSSAPI' (from "
+            "environment variable ANOMALY_KAFKA_SASL_MECHANISM)\n"
         ),
     )
 
