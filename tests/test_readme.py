@@ -1,0 +1,271 @@
+"""The README stays true: its settings tables match the settings dataclasses, and its commands parse.
+
+Reads README.md only (no network, no data files). A setting added to the code must be documented, a removed one
+must leave the tables, a documented default must be the code's default, and every `anomaly ...` command the
+README shows must name a real subcommand and only options that subcommand has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import pytest
+
+from anomaly.cli import main
+from anomaly.config import GLOBAL_ENV_VARS, SECTIONS, PipelineConfig, env_overrides
+from anomaly.thresholds import THRESHOLDS
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+# Default cells that describe a default instead of writing it. Each is accepted only for its own field, and only
+# while the code's default is still the sentinel given here.
+DESCRIPTIVE_DEFAULTS: dict[str, tuple[str, Any, str]] = {
+    "data.features": ("all numeric", (), "empty: every numeric column that is not time, key or label"),
+    "data.separator": ("detected", None, "None: detected from the header line"),
+    "data.train_rows": ("all", None, "None: every row of each series"),
+    "train.stride": ("window", 0, "0: stride = model.window, one window chain per series"),
+    "engine.static_threshold": ("bundle's", None, "None: the bundle's calibrated threshold"),
+    "engine.max_gap_seconds": ("bundle's", None, "None: 300 sampling intervals learnt at training"),
+}
+
+# `section.field` names the README may mention although they are not settings.
+NOT_SETTINGS = {
+    "kafka.max_call_bytes": "Performance names it as a removed setting (lat6)",
+    "kafka.min_batch_bytes": "Performance names it as a removed setting (lat6)",
+    "kafka.batch_linger_ms": "Performance names it as a removed setting (lat6)",
+}
+# ANOMALY_* variables the README may show although they name no setting.
+NOT_ENV_SETTINGS = {"ANOMALY_ENGIN_THRESHOLD": "the README's example of a misspelt variable (an error)"}
+FILE_SUFFIXES = {"pt", "csv", "onnx", "toml", "json", "jsonl", "parquet", "png", "prom", "py", "gz"}
+
+
+def code_defaults() -> dict[str, Any]:
+    """{"section.field": default} for every field of every section of PipelineConfig."""
+    out: dict[str, Any] = {}
+    for section, cls in typing.get_type_hints(PipelineConfig).items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out[f"{section}.{f.name}"] = default
+    return out
+
+
+def readme_section(heading: str) -> str:
+    """The text under a heading line, up to the next heading of the same or a higher level."""
+    lines = README.splitlines()
+    start = lines.index(heading)
+    level = len(heading) - len(heading.lstrip("#"))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if re.match(rf"#{{1,{level}}} ", lines[i])),
+        len(lines),
+    )
+    return "\n".join(lines[start + 1 : end])
+
+
+def table_rows(text: str, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(setting, default cell, meaning cell) for every row whose first cell names settings in backticks; a row
+    naming two (`a` / `b`) gives two, splitting a default written the same way (`x / y`)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = [prefix + n for n in re.findall(r"`([^`]+)`", cells[0])]
+        defaults = cells[1].split(" / ") if len(names) > 1 else [cells[1]]
+        if len(defaults) != len(names):
+            defaults = defaults[:1] * len(names)
+        rows.extend((name, default, cells[2]) for name, default in zip(names, defaults, strict=True))
+    return rows
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    reference = table_rows(readme_section("## Configuration reference"))
+    kafka = table_rows(readme_section("### `[kafka]` settings"), prefix="kafka.")
+    assert len(reference) >= 60 and len(kafka) >= 30, "a settings table was not found or not parsed"
+    return reference + kafka
+
+
+def documented_defaults() -> list[tuple[str, str]]:
+    return [(name, default) for name, default, _ in documented_settings()]
+
+
+def code_choices() -> dict[str, set[str]]:
+    """{"section.field": choices} for every setting restricted to a fixed set of values."""
+    out = {"engine.threshold": set(THRESHOLDS)}
+    for section, cls in typing.get_type_hints(PipelineConfig).items():
+        for name, hint in typing.get_type_hints(cls).items():
+            literals = [a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is Literal]
+            if literals:
+                out[f"{section}.{name}"] = {str(c) for c in typing.get_args(literals[0])}
+    return out
+
+
+def parse_literal(cell: str) -> Any:
+    """The value a default cell writes: a number, true/false, none, a list, or a string (in backticks or a bare
+    word); a trailing remark in parentheses ("0 (off)") is dropped."""
+    text = re.sub(r"\s+\([^)]*\)$", "", cell).strip()
+    quoted = re.fullmatch(r"`([^`]*)`", text)
+    inner = quoted.group(1) if quoted else text
+    if inner.startswith("["):
+        return tuple(json.loads(inner))
+    if inner in ("true", "false"):
+        return inner == "true"
+    if inner == "none" and not quoted:
+        return None
+    if re.fullmatch(r"-?\d+(\.\d+)?([eE]-?\d+)?", inner):
+        return float(inner) if re.search(r"[.eE]", inner) else int(inner)
+    return inner
+
+
+def same(doc: Any, code: Any) -> bool:
+    if isinstance(doc, bool) or isinstance(code, bool):
+        return type(doc) is type(code) and doc == code
+    return doc == code
+
+
+def test_every_setting_is_documented_once_and_every_documented_one_exists() -> None:
+    documented = [name for name, _ in documented_defaults()]
+    code = code_defaults()
+    assert sorted(set(code) - set(documented)) == [], "settings missing from the README tables"
+    assert sorted(set(documented) - set(code)) == [], "README tables document settings the code does not have"
+    assert sorted({n for n in documented if documented.count(n) > 1}) == [], "settings documented twice"
+
+
+@pytest.mark.parametrize(("name", "cell"), documented_defaults(), ids=[n for n, _ in documented_defaults()])
+def test_documented_default_is_the_code_default(name: str, cell: str) -> None:
+    code = code_defaults()
+    if name not in code:
+        pytest.skip("not a setting (see the test above)")
+    if name in DESCRIPTIVE_DEFAULTS:
+        text, sentinel, reason = DESCRIPTIVE_DEFAULTS[name]
+        assert cell == text, f"{name}: allow-listed as {text!r} ({reason}), README says {cell!r}"
+        assert same(code[name], sentinel), f"{name}: README says {cell!r}, code default is {code[name]!r}"
+        return
+    doc = parse_literal(cell)
+    assert same(doc, code[name]), f"{name}: README says {cell!r}, code default is {code[name]!r}"
+
+
+def test_documented_choices_are_the_code_choices() -> None:
+    """A setting with fixed choices lists exactly those in backticks in its meaning (options such as
+    `--time-unit` aside): no choice the code refuses, none it accepts left out."""
+    meanings = {name: meaning for name, _, meaning in documented_settings()}
+    choices = code_choices()
+    assert len(choices) >= 10
+    for name, allowed in sorted(choices.items()):
+        listed = {w for w in re.findall(r"`([^`]+)`", meanings[name]) if not w.startswith("-")}
+        assert listed == allowed, f"{name}: README lists {sorted(listed)}, the code takes {sorted(allowed)}"
+
+
+def test_descriptive_allow_list_has_no_stale_entries() -> None:
+    documented = dict(documented_defaults())
+    for name, (text, _, _) in DESCRIPTIVE_DEFAULTS.items():
+        assert documented.get(name) == text, (
+            f"{name}: allow-listed as {text!r}, README now says something else"
+        )
+
+
+def test_settings_named_in_prose_exist() -> None:
+    """A backticked `section.field` anywhere in the README names a real setting."""
+    code = code_defaults()
+    pattern = rf"`((?:{'|'.join(SECTIONS)})\.([a-z_]+))`"
+    named = {m[0] for m in re.findall(pattern, README) if m[1] not in FILE_SUFFIXES}
+    assert sorted(named - set(code) - set(NOT_SETTINGS)) == []
+    assert sorted(set(NOT_SETTINGS) & set(code)) == [], "NOT_SETTINGS names a real setting"
+    assert sorted(set(NOT_SETTINGS) - named) == [], "NOT_SETTINGS has entries the README no longer names"
+
+
+def test_environment_variables_in_the_readme_name_settings() -> None:
+    code = code_defaults()
+    names = {v for v in re.findall(r"ANOMALY_[A-Z0-9_]+", README) if not v.endswith("_")}
+    for var in sorted(names - GLOBAL_ENV_VARS - set(NOT_ENV_SETTINGS)):
+        [(section, fields)] = env_overrides({var: "x"}).items()
+        assert [f"{section}.{f}" for f in fields][0] in code, f"{var} names no setting"
+    assert sorted(set(NOT_ENV_SETTINGS) - names) == [], "NOT_ENV_SETTINGS has stale entries"
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """Every `anomaly ...` command: lines of ```sh blocks that start with it (continuations joined, `&&` chains
+    split) and inline code spans outside code blocks."""
+    commands, prose, block = [], [], None
+    for line in README.splitlines():
+        if line.startswith("```"):
+            block = None if block is not None else line[3:].strip()
+            continue
+        if block is None:
+            prose.append(line)
+        elif block == "sh":
+            commands.append(line)
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(commands))
+    found = [
+        part.strip()
+        for line in joined.splitlines()
+        for part in line.split("&&")
+        if part.strip().startswith("anomaly ")
+    ]
+    spans = re.findall(r"`(anomaly [^`]+)`", "\n".join(prose))
+    return found + [s.replace("\\|", "|") for s in spans]
+
+
+def argv(command: str) -> list[str]:
+    """Tokens of a documented command: `[optional]` and `(a | b)` groups and `a|b` alternatives are opened up
+    (every option of every alternative is checked), `#` comments and `...`/`…` placeholders dropped."""
+    text = re.sub(r"[\[\]()|]", " ", command.replace("…", " "))
+    return [t for t in shlex.split(text, comments=True) if t != "..."][1:]
+
+
+def option_names(command: click.Command, ctx: click.Context) -> set[str]:
+    return {o for p in command.get_params(ctx) for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+
+
+def options_used(tokens: list[str]) -> list[str]:
+    return [t.split("=", 1)[0] for t in tokens if re.match(r"--?[A-Za-z]", t)]
+
+
+def resolve(tokens: list[str]) -> tuple[click.Context, str, click.Command | None, list[str], list[str]]:
+    """Split `anomaly [group options] COMMAND ARGS` as click does: the group's context, the command's name, the
+    command (None if there is none of that name), its arguments, and any option `anomaly` itself lacks."""
+    params = main.get_params(main.make_context("anomaly", [], resilient_parsing=True))
+    i, unknown = 0, []
+    while i < len(tokens) and tokens[i].startswith("-"):
+        name = tokens[i].split("=", 1)[0]
+        param = next((p for p in params if name in (*p.opts, *p.secondary_opts)), None)
+        unknown += [name] if param is None else []
+        i += 1 if param is None or getattr(param, "is_flag", False) or "=" in tokens[i] else 2
+    ctx = main.make_context("anomaly", tokens[: i + 1], resilient_parsing=True)
+    if i >= len(tokens):
+        return ctx, "", None, [], unknown
+    _, command, rest = main.resolve_command(ctx, tokens[i:])
+    return ctx, tokens[i], command, rest, unknown
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands() -> None:
+    assert len(COMMANDS) >= 40, COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_documented_command_parses(command: str) -> None:
+    group_ctx, name, sub, args, unknown_group_options = resolve(argv(command))
+    assert unknown_group_options == [], f"anomaly has no option {', '.join(unknown_group_options)}"
+    if not name:
+        return  # `anomaly --threads N`: group options only, checked by resolve
+    assert sub is not None, f"no subcommand {name!r}; anomaly has: {', '.join(sorted(main.commands))}"
+    ctx = sub.make_context(name, list(args), parent=group_ctx, resilient_parsing=True)
+    unknown = [o for o in options_used(args) if o not in option_names(sub, ctx)]
+    assert unknown == [], f"anomaly {name} has no option {', '.join(unknown)}"
+
+
+def test_every_command_appears_in_the_readme() -> None:
+    shown = {resolve(argv(c))[1] for c in COMMANDS}
+    assert sorted(set(main.commands) - shown) == []
