@@ -19,6 +19,11 @@ alike:
   the machine; p50/p99 of (time a window is scored - wall-clock stamp of its last reading). Target p99
   <= 100 ms. A plain kafka-python consumer of the same feed is the floor. Each row's feed reports the rate it
   achieved, its CPU and stamp -> broker acknowledgement (the producer's share of the latency).
+  With ``latency_cores="both"`` (the default where it can be done: a broker this bench started, two CPUs or
+  more) the same two legs run again with the work split across the cores (:class:`CoreSplit`): this process
+  (the daemon, then the plain consumer) on CPU 0, the broker and the feeder on the others, as when the broker
+  runs on other machines, so the daemon's own share of the latency shows apart from competing for the same
+  cores with the broker it reads.
 * memory: RSS of an `anomaly consume` process holding ``rss_keys`` keys (steady and peak).
 """
 
@@ -444,11 +449,15 @@ def _feed(
     stop: Any,
     out: Any,
     ack_every: int = 16,
+    cpus: frozenset[int] | None = None,
 ) -> None:
     """Producer process of the latency run: one reading per message stamped with the wall clock at send, at
     ``rate`` messages/s (:func:`_feed_producer`). Sends back through ``out`` what it achieved: producer,
     messages, seconds, its CPU seconds and, for every ``ack_every``-th message, stamp -> broker
-    acknowledgement in seconds."""
+    acknowledgement in seconds. ``cpus``: the CPUs it runs on (set before its producer starts threads,
+    which inherit them); None: wherever the scheduler puts it."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     name, send, wait, close = _feed_producer(bootstrap)
     acks: list[tuple[float, float]] = []
 
@@ -498,13 +507,20 @@ class _Feed:
 
 
 @contextlib.contextmanager
-def _feeding(topic: str, bootstrap: str, rate: float, templates: FeedTemplates) -> Iterator[_Feed]:
-    """A `_feed` producer process on ``topic`` for the duration of the block; it starts sending when the
-    yielded feed's ``go`` is set, and its report is in ``result`` after the block."""
+def _feeding(
+    topic: str, bootstrap: str, rate: float, templates: FeedTemplates, cpus: frozenset[int] | None = None
+) -> Iterator[_Feed]:
+    """A `_feed` producer process on ``topic`` (on ``cpus``, None: anywhere) for the duration of the block; it
+    starts sending when the yielded feed's ``go`` is set, and its report is in ``result`` after the block."""
     ctx = multiprocessing.get_context("spawn")  # its own interpreter: no GIL shared with the consumer
     go, stop = ctx.Event(), ctx.Event()
     recv, send = ctx.Pipe(duplex=False)
-    feeder = ctx.Process(target=_feed, args=(bootstrap, topic, rate, templates, go, stop, send), daemon=True)
+    feeder = ctx.Process(
+        target=_feed,
+        args=(bootstrap, topic, rate, templates, go, stop, send),
+        kwargs={"cpus": cpus},
+        daemon=True,
+    )
     feeder.start()
     feed = _Feed(go)
     try:
@@ -551,6 +567,83 @@ def _plain_latency(bootstrap: str, topic: str, seconds: float, go: Any) -> np.nd
     return np.asarray(lats[len(lats) // 5 :])
 
 
+def _tasks(pid: int) -> list[int]:
+    """Thread ids of process ``pid`` (Linux /proc); [] once it has exited."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _place(pid: int, cpus: frozenset[int] | set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus`` (threads it starts later inherit their creator's set)."""
+    for tid in _tasks(pid):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+class CoreSplit:
+    """The latency legs' placement when split: this process (the daemon or the plain consumer) on the first of
+    the CPUs it may use, the broker (``broker_pid``) and the feeder on the rest; as a context manager it
+    places this process and the broker, and on exit puts both back on every CPU they had. Needs Linux
+    ``sched_setaffinity`` and two CPUs or more (:meth:`possible`)."""
+
+    def __init__(self, broker_pid: int) -> None:
+        self.broker_pid = broker_pid
+        allowed = sorted(os.sched_getaffinity(0))
+        self.all = frozenset(allowed)
+        self.own = frozenset(allowed[:1])
+        self.others = frozenset(allowed[1:])
+
+    @staticmethod
+    def possible() -> bool:
+        return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+    def __enter__(self) -> CoreSplit:
+        _place(os.getpid(), self.own)
+        _place(self.broker_pid, self.others)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _place(os.getpid(), self.all)
+        _place(self.broker_pid, self.all)
+
+
+def _latency_legs(
+    bootstrap: str,
+    model: str,
+    topics: tuple[str, str],
+    rate: float,
+    templates: FeedTemplates,
+    seconds: float,
+    split: CoreSplit | None,
+) -> dict[str, Any]:
+    """The daemon's latency leg on ``topics[0]``, then the plain consumer's on ``topics[1]``, each fed at ``rate``
+    by its own feeder; with ``split`` this process and the broker are placed for both legs and the feeders run
+    on the broker's CPUs. Returns p50/p99 (ms), window count and both feeds' summaries."""
+    feed_cpus = split.others if split else None
+    placed = split if split is not None else contextlib.nullcontext()
+    metrics = _LatencyMetrics()
+    with placed:
+        with _feeding(topics[0], bootstrap, rate, templates, feed_cpus) as feed:
+            _run_daemon(
+                bootstrap, model, topics[0], None, stop_after=seconds, metrics=metrics, when_ready=feed.go.set
+            )
+        with _feeding(topics[1], bootstrap, rate, templates, feed_cpus) as raw_feed:
+            raw_lat = _plain_latency(bootstrap, topics[1], seconds, raw_feed.go)
+    lat = np.asarray(metrics.latencies[len(metrics.latencies) // 5 :])  # skip the first fifth (warm-up)
+    out: dict[str, Any] = {
+        "windows": int(lat.size),
+        "feed": feed.summary(rate),
+        "plain_feed": raw_feed.summary(rate),
+    }
+    for name, values in (("", lat), ("plain_", raw_lat)):
+        if values.size:
+            out[f"{name}p50_ms"] = round(float(np.percentile(values, 50)) * 1000, 1)
+            out[f"{name}p99_ms"] = round(float(np.percentile(values, 99)) * 1000, 1)
+    return out
+
+
 def run_kafka_bench(
     bootstrap: str | None = None,
     model: str | None = None,
@@ -562,6 +655,7 @@ def run_kafka_bench(
     rounds: int = 2,
     peer: bool = True,
     latency_s: float = 10.0,
+    latency_cores: str = "both",
     rss_keys: int = 100_000,
     features: int = 6,
     log: Any = print,
@@ -569,7 +663,9 @@ def run_kafka_bench(
     """Run every measurement and return them as a dict (also printed through ``log``).
 
     Throughput rows are measured ``rounds`` times, alternating (ceiling, peer, daemon single, daemon
-    blocks), and each ratio is taken within a round; the best round of each row is reported next to them."""
+    blocks), and each ratio is taken within a round; the best round of each row is reported next to them.
+    ``latency_cores``: ``shared`` (every process on every core), ``split`` (:class:`CoreSplit`) or ``both``,
+    shared first."""
     broker = None if bootstrap else TansuBroker().start()
     bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]
     try:
@@ -578,7 +674,13 @@ def run_kafka_bench(
         tag = uuid.uuid4().hex[:6]
         single, blocks = f"bench-single-{tag}", f"bench-block-{tag}"
         live, live_raw = f"bench-live-{tag}", f"bench-live-raw-{tag}"
-        admin.create_topics([NewTopic(t, FEED_PARTITIONS, 1) for t in (single, blocks, live, live_raw)])
+        live_split, live_split_raw = f"bench-live-split-{tag}", f"bench-live-split-raw-{tag}"
+        admin.create_topics(
+            [
+                NewTopic(t, FEED_PARTITIONS, 1)
+                for t in (single, blocks, live, live_raw, live_split, live_split_raw)
+            ]
+        )
         admin.close()
         res: dict[str, Any] = {
             "keys": keys,
@@ -690,32 +792,43 @@ def run_kafka_bench(
         templates = FeedTemplates.build(
             keys, bundle.scaler.mean.tolist(), bundle.scaler.scale.tolist(), FEED_PARTITIONS
         )
-        metrics = _LatencyMetrics()
-        with _feeding(live, bootstrap, rate, templates) as feed:
-            _run_daemon(
-                bootstrap, model, live, None, stop_after=latency_s, metrics=metrics, when_ready=feed.go.set
-            )
-        lat = np.asarray(metrics.latencies[len(metrics.latencies) // 5 :])  # skip the first fifth (warm-up)
-        with _feeding(live_raw, bootstrap, rate, templates) as raw_feed:
-            raw_lat = _plain_latency(bootstrap, live_raw, latency_s, raw_feed.go)
+        split = None
+        if latency_cores != "shared":
+            if broker is None:
+                log("latency with the cores split: skipped (the broker is yours: this bench cannot place it)")
+            elif not CoreSplit.possible():
+                log("latency with the cores split: skipped (needs two CPUs and Linux sched_setaffinity)")
+            else:
+                split = CoreSplit(broker.proc.pid)  # type: ignore[union-attr]
+        legs: list[tuple[str, CoreSplit | None, tuple[str, str]]] = []
+        if latency_cores in ("shared", "both") or split is None:
+            legs.append(("", None, (live, live_raw)))
+        if split is not None:
+            legs.append(("split_", split, (live_split, live_split_raw)))
         res["latency_rate_msgs_per_s"] = round(rate)
-        res["latency_windows"] = int(lat.size)
-        res["latency_feed"] = feed.summary(rate)
-        res["plain_latency_feed"] = raw_feed.summary(rate)
-        if lat.size:
-            res["latency_p50_ms"] = round(float(np.percentile(lat, 50)) * 1000, 1)
-            res["latency_p99_ms"] = round(float(np.percentile(lat, 99)) * 1000, 1)
-        if raw_lat.size:
-            res["plain_latency_p50_ms"] = round(float(np.percentile(raw_lat, 50)) * 1000, 1)
-            res["plain_latency_p99_ms"] = round(float(np.percentile(raw_lat, 99)) * 1000, 1)
-        log(
-            f"latency at {rate:,.0f} msg/s (half the daemon's slowest round): daemon p50 "
-            f"{res.get('latency_p50_ms')} ms, p99 {res.get('latency_p99_ms')} ms over {lat.size} windows "
-            f"(target p99 <= 100 ms); a plain kafka-python consumer of the same feed: p50 "
-            f"{res.get('plain_latency_p50_ms')} ms, p99 {res.get('plain_latency_p99_ms')} ms"
-        )
-        for who, fed in (("daemon", res["latency_feed"]), ("plain consumer", res["plain_latency_feed"])):
-            log(_feed_line(who, fed))
+        for prefix, placement, topics in legs:
+            leg = _latency_legs(bootstrap, model, topics, rate, templates, latency_s, placement)
+            res[f"latency_{prefix}windows"] = leg["windows"]
+            res[f"latency_{prefix}feed"] = leg["feed"]
+            res[f"plain_latency_{prefix}feed"] = leg["plain_feed"]
+            for q in ("p50", "p99"):
+                for who in ("", "plain_"):
+                    if f"{who}{q}_ms" in leg:
+                        res[f"{who}latency_{prefix}{q}_ms"] = leg[f"{who}{q}_ms"]
+            where = (
+                f"the daemon on CPU {min(placement.own)}, broker and feeder on CPU "
+                f"{','.join(map(str, sorted(placement.others)))}"
+                if placement
+                else "all sharing every core"
+            )
+            log(
+                f"latency at {rate:,.0f} msg/s (half the daemon's slowest round; {where}): daemon p50 "
+                f"{leg.get('p50_ms')} ms, p99 {leg.get('p99_ms')} ms over {leg['windows']} windows "
+                f"(target p99 <= 100 ms); a plain kafka-python consumer of the same feed, placed alike: p50 "
+                f"{leg.get('plain_p50_ms')} ms, p99 {leg.get('plain_p99_ms')} ms"
+            )
+            for who, fed in (("daemon", leg["feed"]), ("plain consumer", leg["plain_feed"])):
+                log(_feed_line(who, fed))
         if rss_keys:
             res.update({f"rss_{k}": v for k, v in _rss(bootstrap, model, bundle, rss_keys).items()})
             log(

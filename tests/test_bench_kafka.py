@@ -38,3 +38,65 @@ def test_feed_messages_decode_to_their_stamp_and_go_where_kafka_python_puts_thei
         seen_values.add(tuple(event.values[0]))
     assert len(seen_values) == 30  # readings differ from message to message
     assert np.all(np.abs(np.asarray(sorted(seen_values))[:, 0] - 10.0) < 10.0)  # drawn around the mean
+
+
+def _cpus_of(pid: int) -> set[frozenset[int]]:
+    """The CPU set of every thread of ``pid``, as read from /proc (not from the affinity call under test)."""
+    import os
+
+    sets = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
+        cpus: set[int] = set()
+        for part in line.split(":", 1)[1].strip().split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        sets.add(frozenset(cpus))
+    return sets
+
+
+def test_core_split_places_every_thread_and_puts_them_back():
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import pytest
+
+    from anomaly.bench_kafka import CoreSplit
+
+    if not CoreSplit.possible():
+        pytest.skip("needs two CPUs and sched_setaffinity")
+    everything = frozenset(os.sched_getaffinity(0))
+    # a stand-in for the broker: a process with several threads
+    broker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading,time\nfor _ in range(3): threading.Thread(target=time.sleep,"
+            " args=(60,), daemon=True).start()\ntime.sleep(60)",
+        ]
+    )
+    idle = threading.Event()
+    worker = threading.Thread(target=idle.wait, daemon=True)
+    worker.start()  # a thread of this process that exists before the split
+    try:
+        while len(os.listdir(f"/proc/{broker.pid}/task")) < 4:
+            pass
+        split = CoreSplit(broker.pid)
+        assert split.own | split.others == everything and not split.own & split.others
+        assert len(split.own) == 1
+        with split:
+            assert _cpus_of(os.getpid()) == {split.own}
+            assert _cpus_of(broker.pid) == {split.others}
+            started = threading.Thread(target=idle.wait, daemon=True)
+            started.start()  # a thread started inside inherits the daemon's CPU
+            assert _cpus_of(os.getpid()) == {split.own}
+        assert _cpus_of(os.getpid()) == {everything}
+        assert _cpus_of(broker.pid) == {everything}
+    finally:
+        idle.set()
+        broker.kill()
+        broker.wait()
+        os.sched_setaffinity(0, everything)

@@ -45,6 +45,15 @@ from anomaly.commands.common import one_line_errors
     help="Alternating rounds of the Kafka throughput rows (ratios are taken within a round).",
 )
 @click.option(
+    "--latency-cores",
+    type=click.Choice(["shared", "split", "both"]),
+    default="both",
+    show_default=True,
+    help="Placement of the --kafka latency legs: shared (daemon, broker and feeder on every core), split (the "
+    "daemon on CPU 0, the broker and the feeder on the others, as with a broker on other machines; needs the "
+    "bench's own broker and two CPUs) or both, one after the other.",
+)
+@click.option(
     "--formats/--no-formats",
     default=False,
     show_default=True,
@@ -103,6 +112,7 @@ def bench_cmd(
     memory_keys: int,
     kafka: bool,
     kafka_rounds: int,
+    latency_cores: str,
     formats: bool,
     skab_dir: str | None,
     churn_keys: int,
@@ -128,7 +138,7 @@ def bench_cmd(
     if kafka:
         from anomaly.bench_kafka import run_kafka_bench
 
-        results["kafka"] = run_kafka_bench(rounds=kafka_rounds, log=click.echo)
+        results["kafka"] = run_kafka_bench(rounds=kafka_rounds, latency_cores=latency_cores, log=click.echo)
     if churn_keys:
         from anomaly.bench_churn import run_churn_bench
 
