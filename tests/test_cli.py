@@ -205,3 +205,12 @@ def test_produce_that_may_not_create_its_topic_says_so_in_one_line(monkeypatch, 
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot create topic t on 127.0.0.1:1: [Error 29] ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
+    """The option's range is the setting's (kafka.checkpoint_interval_s > 0): its help says x>0.0, and 0 is a
+    usage error naming the option, not a settings error after start-up."""
+    result = CliRunner().invoke(main, ["consume", "--checkpoint-interval", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--checkpoint-interval'" in result.output and "x>0.0" in result.output
+    assert "x>0.0" in CliRunner().invoke(main, ["consume", "--help"]).output

@@ -83,7 +83,7 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
 )
 @click.option(
     "--checkpoint-interval",
-    type=click.FloatRange(min=0.0),
+    type=click.FloatRange(min=0.0, min_open=True),
     default=None,
     help="Seconds between checkpoints (state + commit).  [default: 5.0]",
 )

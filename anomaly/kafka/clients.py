@@ -9,6 +9,7 @@ never appears in them.
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +23,10 @@ from anomaly.kafka import KafkaError
 
 log = logging.getLogger(__name__)
 
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# the settings' own choices (config.py), so that this connect-time check cannot drift from them
+_HINTS = typing.get_type_hints(KafkaConfig)
+SECURITY_PROTOCOLS: tuple[str, ...] = typing.get_args(_HINTS["security_protocol"])
+SASL_MECHANISMS: tuple[str, ...] = typing.get_args(typing.get_args(_HINTS["sasl_mechanism"])[0])
 
 
 def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> dict[str, Any]:
