@@ -131,7 +131,7 @@ def replay(
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }
     for key, f in frames.items():
-        f["rejected"] = rejections.reasons_at(key, f["timestamp"].to_numpy())
+        f["rejected"] = rejections.reasons_at(key, f["timestamp"].to_numpy(), f["scored"].to_numpy())
     points = pd.concat(frames.values(), ignore_index=True) if frames else pd.DataFrame()
     points.to_csv(out / "scores.csv", index=False)
     if cfg.replay.parquet:

@@ -107,3 +107,28 @@ def test_replay_refuses_data_with_other_features(bundle_path, tmp_path) -> None:
     frame.drop(columns=["sensor_2", "sensor_5"]).to_csv(path, index=False)
     with pytest.raises(SchemaError, match="missing sensor_2"):
         run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+
+
+def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path, test_csv, tmp_path) -> None:
+    """A timestamp repeated in the file: the first reading is scored, the copies are refused as
+    duplicate_timestamp, and scores.csv marks exactly the refused rows (it marked every row sharing the
+    timestamp, the scored one too, so scores.csv and summary.json disagreed); an earlier timestamp seen again
+    later is refused on the later row only."""
+    frame = pd.read_csv(test_csv)
+    frame.loc[41:43, "timestamp"] = frame.loc[40, "timestamp"]  # three copies of row 40's time
+    frame.loc[70, "timestamp"] = frame.loc[60, "timestamp"]  # row 60's time again, ten rows later
+    path = tmp_path / "repeats.csv"
+    frame.to_csv(path, index=False)
+    run_replay([str(path)], str(bundle_path), str(tmp_path / "out"), build_config(), progress=False)
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    refused = scores["rejected"].fillna("").to_numpy() != ""
+    t40, t60 = to_epoch_seconds(frame.loc[[40, 60], "timestamp"]).tolist()
+    ts = scores["timestamp"].to_numpy()
+    assert sorted(ts[refused].tolist()) == sorted([t40, t40, t40, t60])  # the file's rows, sorted by time
+    assert set(scores.loc[refused, "rejected"]) == {"duplicate_timestamp"}
+    assert not scores.loc[refused, "scored"].any()
+    for t in (t40, t60):  # the one reading taken at each repeated time is scored and not marked
+        kept = (ts == t) & ~refused
+        assert kept.sum() == 1 and scores.loc[kept, "scored"].all()
+    assert summary["coverage"]["rejected"] == 4 == int(refused.sum())

@@ -43,12 +43,31 @@ class JsonlRejectionSink:
         self.count = 0
         self._at: dict[str, list[tuple[np.ndarray, str]]] = defaultdict(list)
 
-    def reasons_at(self, key: str, timestamps: np.ndarray) -> np.ndarray:
-        """Per timestamp of `key`, the reason a reading there was refused ("" where none was): what the
-        report marks as holes."""
+    def reasons_at(self, key: str, timestamps: np.ndarray, scored: np.ndarray | None = None) -> np.ndarray:
+        """Per row of `key` (its readings' `timestamps`, in source order), the reason that reading was refused
+        ("" where none was): what the report marks as holes. Rows are matched by timestamp *and count*: where
+        several rows share a timestamp (duplicates) only as many are marked as were refused there, unscored
+        rows first (`scored`: whether each row was scored), then the later ones (a duplicate is refused after
+        the reading it repeats was taken)."""
         out = np.full(len(timestamps), "", dtype=object)
-        for ts, reason in self._at.get(key, []):
-            out[np.isin(timestamps, ts)] = reason
+        records = self._at.get(key, [])
+        if not records or not len(timestamps):
+            return out
+        ts = np.asarray(timestamps, np.float64)
+        pos = np.arange(len(ts))
+        done = np.zeros(len(ts), bool) if scored is None else np.asarray(scored, bool)
+        order = np.lexsort((-pos, done, ts))  # by timestamp; within one, unscored first, then latest first
+        ordered = ts[order]
+        used: dict[int, int] = {}
+        for refused, reason in records:
+            values, counts = np.unique(np.asarray(refused, np.float64), return_counts=True)
+            starts = np.searchsorted(ordered, values, "left").tolist()
+            ends = np.searchsorted(ordered, values, "right").tolist()
+            for start, end, count in zip(starts, ends, counts.tolist(), strict=True):
+                first = start + used.get(start, 0)
+                rows = order[first : min(end, first + count)]
+                out[rows] = reason
+                used[start] = first + len(rows) - start
         return out
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
