@@ -214,3 +214,23 @@ def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
     assert result.exit_code == 2
     assert "Invalid value for '--checkpoint-interval'" in result.output and "x>0.0" in result.output
     assert "x>0.0" in CliRunner().invoke(main, ["consume", "--help"]).output
+
+
+@pytest.mark.parametrize(("best", "run", "noted"), [(1, 6, True), (1, 1, False), (4, 9, False)])
+def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, capsys) -> None:
+    from types import SimpleNamespace
+
+    from anomaly.commands.model_cmds import print_training
+
+    training = {"rows": 604, "series": 1, "epochs_run": run, "best_epoch": best, "best_val_loss": 0.5}
+    result = SimpleNamespace(
+        bundle=SimpleNamespace(meta={"training": training}),
+        device="cpu",
+        amp_dtype=None,
+        windows_per_second=1.0,
+    )
+    print_training(result, "m.pt")  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert f"{run} epochs (best {best}," in out.out
+    assert ("note: the validation loss was lowest after the first of" in out.err) is noted
+    assert "note:" not in out.out

@@ -236,6 +236,13 @@ def print_training(result: TrainResult, out: str) -> None:
         f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
         + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
     )
+    if t["best_epoch"] == 1 and t["epochs_run"] > 1:
+        click.echo(
+            f"note: the validation loss was lowest after the first of {t['epochs_run']} epochs: the model "
+            "learned little beyond each feature's level and scale, so its score will track the z-score "
+            "baseline (a labelled `anomaly replay` prints both; README, Detection quality)",
+            err=True,
+        )
     missing = result.bundle.meta.get("missing_values", {})
     if missing.get("rows_dropped") or missing.get("cells_filled"):
         click.echo(
