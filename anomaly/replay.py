@@ -7,7 +7,9 @@ exactly what the daemon computes for the same readings.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,10 +201,11 @@ def replay(
             "alert_open",
             "rejected",
         ]
+        names = report_names(list(frames))
         for key, f in frames.items():
             if not np.isfinite(f["timestamp"].to_numpy(np.float64)).any():
                 continue  # no reading of this key has a time to plot it at
-            path = out / f"report-{_safe(key)}.png"
+            path = out / names[key]
             plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
             reports.append(path)
     return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
@@ -274,3 +277,18 @@ def coverage_warnings(
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def report_names(keys: Sequence[str]) -> dict[str, str]:
+    """Report file name per key: `report-KEY.png` with KEY's characters outside letters, digits and `-_.`
+    replaced by `_`. Keys whose names would coincide (`a/b` and `a_b`, or `Pump` and `pump` on a file system
+    that ignores case) each get the first 8 hex digits of their key's SHA-1 added, so no report overwrites
+    another."""
+    safe = {key: _safe(key) for key in keys}
+    seen = Counter(name.casefold() for name in safe.values())
+    return {
+        key: f"report-{name}.png"
+        if seen[name.casefold()] == 1
+        else f"report-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.png"
+        for key, name in safe.items()
+    }

@@ -132,3 +132,14 @@ def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path
         kept = (ts == t) & ~refused
         assert kept.sum() == 1 and scores.loc[kept, "scored"].all()
     assert summary["coverage"]["rejected"] == 4 == int(refused.sum())
+
+
+def test_report_names_never_let_two_keys_share_a_file() -> None:
+    from anomaly.replay import report_names
+
+    names = report_names(["pump 1", "a/b", "a_b", "Pump", "pump", "ok-key.v2"])
+    assert names["pump 1"] == "report-pump_1.png" and names["ok-key.v2"] == "report-ok-key.v2.png"
+    assert len({n.casefold() for n in names.values()}) == 6  # distinct even where case is ignored
+    for key in ("a/b", "a_b", "Pump", "pump"):  # the colliding ones keep a readable name, plus a hash
+        assert names[key].startswith(f"report-{key.replace('/', '_')}-") and names[key].endswith(".png")
+    assert report_names(["a/b", "a_b"]) == {k: names[k] for k in ("a/b", "a_b")}  # stable across runs
