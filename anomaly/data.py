@@ -123,6 +123,7 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     if frame.empty:
         raise DataError(f"{p} has no data rows")
     frame.attrs["separator"] = sep
+    frame.attrs["path"] = str(p)  # for error messages that name a line (`_line`)
     return frame
 
 
@@ -138,9 +139,27 @@ def _decimal_hint(frame: pd.DataFrame, decimal: str) -> str:
     return ""
 
 
-def _line(frame: pd.DataFrame, i: int) -> int:
-    """The file line of the frame's i-th row (the header is line 1)."""
-    return int(frame.index[i]) + 2
+def _line(rows: pd.DataFrame | pd.Series, i: int) -> int:
+    """The file line of the i-th row of a frame read by `read_frame` (or of one of its columns): the header is
+    line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
+    row = int(rows.index[i])
+    lines = _data_lines(rows.attrs.get("path"))
+    return lines[row] if lines is not None and row < len(lines) else row + 2
+
+
+def _data_lines(path: str | None) -> list[int] | None:
+    """1-based line numbers of the data rows of `path` (non-blank lines after the header); read again only
+    when an error names a line. None when the file cannot be read again."""
+    if path is None:
+        return None
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
+            lines = [n for n, text in enumerate(handle.handle, 1) if text.strip()]
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+    return lines[1:]
 
 
 def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig) -> np.ndarray:
@@ -271,7 +290,7 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
         fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
         hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
         raise DataError(
-            f"cannot parse time value {column.iloc[i]!r} (line {int(column.index[i]) + 2}) in column "
+            f"cannot parse time value {column.iloc[i]!r} (line {_line(column, i)}) in column "
             f"{name!r}{fmt}{hint}"
         )
     seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)

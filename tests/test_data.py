@@ -271,3 +271,23 @@ def test_iso_times_in_more_than_one_iso_form_all_parse(tmp_path) -> None:
     assert (s.timestamps - 1672531200.0).tolist() == [0.0, 0.5, 1.0, 2.0]
     with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 3\)"):
         load(write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\nsoon,2.0\n", "soon.csv"))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_errors_name_the_line_an_editor_shows_after_blank_lines(tmp_path, compress) -> None:
+    """The reader skips blank (and blank-looking) lines; the line an error names still counts them."""
+    text = "timestamp,a\n1,1.0\n\n   \n2,oops\n3,3.0\n"
+    path = write(tmp_path, text)
+    if compress:
+        path = tmp_path / "x.csv.gz"
+        path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(SchemaError, match="column 'a' line 5 holds 'oops'"):
+        load(path)
+    times = write(
+        tmp_path, "timestamp,a\n2024-01-01 00:00:00,1\n\n2024-01-01 00:00:01,2\n\nsoon,3\n", "t.csv"
+    )
+    with pytest.raises(DataError, match=r"cannot parse time value 'soon' \(line 6\)"):
+        load(times)
+    keys = write(tmp_path, "timestamp,unit,a\n1,u1,1\n\n2,,2\n", "k.csv")
+    with pytest.raises(SchemaError, match=r"key column 'unit' is empty on line 4 "):
+        load(keys, key_column="unit")
