@@ -140,7 +140,10 @@ def _umask() -> int:
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(p, exc) from None
     if bundle.meta.get("quantization"):  # packed int8 modules: stored as plain int8 tensors + scales
         from anomaly.export import int8_weights
 
@@ -156,16 +159,26 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+    except OSError as exc:
+        raise _unwritable(p, exc) from None
     os.close(fd)
     try:
         torch.save(payload, tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is as readable as any other output
         os.replace(tmp, p)
+    except OSError as exc:
+        raise _unwritable(p, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
+
+
+def _unwritable(p: Path, exc: OSError) -> BundleError:
+    """The error for a bundle that cannot be written: it names the path asked for, not the temporary file."""
+    return BundleError(f"cannot write the model bundle {p}: {exc.strerror or exc}", path=str(p))
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -17,7 +17,7 @@ class ConfigError(AnomalyError, ValueError):
 
 
 class BundleError(AnomalyError):
-    """A model bundle cannot be read: missing, truncated, corrupted or from an incompatible version."""
+    """A model bundle cannot be read (missing, truncated, corrupted or from an incompatible version) or written."""
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)

@@ -88,3 +88,13 @@ def test_unknown_bundle_format_is_named(bundle, tmp_path) -> None:
     with pytest.raises(BundleError) as info:
         load_bundle(path)
     assert "anomaly-bundle/9" in str(info.value) and "anomaly-bundle/1" in str(info.value)
+
+
+def test_an_unwritable_path_is_named_as_asked_not_by_its_temporary_file(bundle, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for target in (blocker / "m.pt", blocker / "deeper" / "m.pt"):  # the parent is a file: mkdir/mkstemp fail
+        with pytest.raises(BundleError, match=r"^cannot write the model bundle .*m\.pt: ") as err:
+            save_bundle(bundle, target)
+        assert ".tmp" not in str(err.value) and err.value.path == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing half-written left behind
