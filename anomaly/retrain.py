@@ -172,7 +172,8 @@ def training_set(
     if readings < need:
         total = sum(len(s) for s in series)
         raise DataError(
-            f"too little normal data to retrain: {readings} usable readings of {len(series)} keys "
+            f"too little normal data to retrain: {readings} usable readings from "
+            f"{len({p.key for p in pieces})} of {len({s.key for s in series})} keys "
             f"({total} read, {excluded} inside alert spans, {short} in pieces shorter than a window); need at "
             f"least {need} ({min_windows} windows of {window}); widen the time range or select more keys"
         )

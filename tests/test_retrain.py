@@ -71,10 +71,18 @@ def test_too_little_normal_data_is_one_clear_error() -> None:
     with pytest.raises(DataError) as info:
         training_set([series("a", 100)], {"a": [(50.0, np.inf)]}, window=8, min_windows=10)
     assert str(info.value) == (
-        "too little normal data to retrain: 50 usable readings of 1 keys (100 read, 50 inside alert spans, "
-        "0 in pieces shorter than a window); need at least 80 (10 windows of 8); widen the time range or select "
-        "more keys"
+        "too little normal data to retrain: 50 usable readings from 1 of 1 keys (100 read, 50 inside alert "
+        "spans, 0 in pieces shorter than a window); need at least 80 (10 windows of 8); widen the time range or "
+        "select more keys"
     )
+    # a key left with nothing usable (all of it inside an alert) is not counted among those giving readings
+    with pytest.raises(DataError, match=r": 50 usable readings from 1 of 2 keys \(150 read, 100 inside"):
+        training_set(
+            [series("a", 100), series("b", 50)],
+            {"a": [(50.0, np.inf)], "b": [(0.0, np.inf)]},
+            window=8,
+            min_windows=10,
+        )
 
 
 def test_champion_sections_are_the_recorded_settings(bundle) -> None:
@@ -218,7 +226,9 @@ def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path)
         main, ["retrain", "-m", str(bundle_path), str(path), "-o", str(tmp_path / "c.pt")]
     )
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: too little normal data to retrain: 100 usable readings of 1 keys")
+    assert result.stderr.startswith(
+        "error: too little normal data to retrain: 100 usable readings from 1 of 1 keys"
+    )
 
 
 def test_retrain_promote_holds_out_the_recent_part_and_records_the_decision(csv_world, bundle_path, tmp_path):
