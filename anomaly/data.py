@@ -15,6 +15,7 @@ magnitude.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import re
@@ -98,6 +99,7 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
     sep = separator or detect_separator(p)
+    _check_header(p, sep)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -119,12 +121,46 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {p} as CSV: {reason}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [_clean_name(c) for c in frame.columns]
     if frame.empty:
         raise DataError(f"{p} has no data rows")
     frame.attrs["separator"] = sep
     frame.attrs["path"] = str(p)  # for error messages that name a line (`_line`)
     return frame
+
+
+def _clean_name(name: object) -> str:
+    """A header name without the spaces, zero-width characters or byte-order mark around it (invisible in an
+    editor, so 'b\u200b' would be a feature nobody can name)."""
+    return str(name).strip().strip("\u200b\u200c\u200d\u2060\ufeff").strip()
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Refuse headers pandas would read wrongly without a word: a name given twice (pandas renames the copy
+    'a.1', or the copies collide once spaces are stripped) and InfluxDB's annotated CSV (its '#group' line
+    would be read as the header)."""
+    line = _first_line(path).lstrip("\ufeff")
+    if line.startswith(("#group", "#datatype", "#default")):
+        raise DataError(
+            f"{path} is an InfluxDB annotated CSV: delete its '#' annotation lines, pivot it to one column per "
+            'field if each row holds one _field and _value (Flux: pivot(rowKey: ["_time"], columnKey: '
+            '["_field"], valueColumn: "_value")), then pass --time-column _time and the fields as --features'
+        )
+    names = [_clean_name(c) for c in next(csv.reader([line], delimiter=sep), [])]
+    if "_field" in names and "_value" in names:
+        raise DataError(
+            f"{path} is in InfluxDB's long form (columns _field and _value: one row per field value): export "
+            'it pivoted to one column per field (Flux: pivot(rowKey: ["_time"], columnKey: ["_field"], '
+            'valueColumn: "_value")), then pass --time-column _time and the fields as --features'
+        )
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name and name in seen:
+            raise DataError(
+                f"{path}: column name {name!r} appears twice in the header (columns {seen[name]} and {i}); "
+                "rename or remove one"
+            )
+        seen[name] = i
 
 
 def _decimal_hint(frame: pd.DataFrame, decimal: str) -> str:
@@ -163,21 +199,23 @@ def _data_lines(path: str | None) -> list[int] | None:
 
 
 def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig) -> np.ndarray:
-    """A feature column as float64. Empty cells and pandas' missing markers (NA, n/a, null, ...) are NaN, left
-    to the missing-value policy. Any other text refuses the file naming column, line and value, unless
-    data.bad_cells = "missing" turns such cells into missing values too."""
+    """A feature column as float64. Empty cells (spaces only, too) and pandas' missing markers (NA, n/a, null,
+    ...) are NaN, left to the missing-value policy. Any other text refuses the file naming column, line and
+    value, unless data.bad_cells = "missing" turns such cells into missing values too."""
     col = frame[name]
     if pd.api.types.is_bool_dtype(col):
         return col.to_numpy(np.float64)
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy(np.float64)
-    parsed = pd.to_numeric(col, errors="coerce")
-    bad = parsed.isna() & col.notna()
+    values, present = _cell_numbers(col, cfg.decimal)
+    bad = np.isnan(values) & present
     if bad.any() and cfg.bad_cells == "error":
-        i = int(np.flatnonzero(bad.to_numpy())[0])
+        i = int(np.flatnonzero(bad)[0])
         hint = (
             " (numbers with decimal commas need --decimal ,)"
             if re.fullmatch(r"\s*-?\d+,\d+\s*", str(col.iloc[i])) and cfg.decimal == "."
+            else " (with --decimal , numbers have no decimal point)"
+            if re.fullmatch(r"\s*-?\d*\.\d+\s*", str(col.iloc[i])) and cfg.decimal == ","
             else ""
         )
         raise SchemaError(
@@ -185,20 +223,52 @@ def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig)
             f"({int(bad.sum())} such cell(s)){hint}; fix the file, or pass --bad-cells missing to treat them "
             "as missing values (engine.nan_policy then applies)"
         )
-    return parsed.to_numpy(np.float64)
+    return values
+
+
+# Numbers with thousands separators, by decimal mark: 1,234.5 (decimal '.') and 1.234,5 (decimal ',').
+_GROUPED = {".": r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?", ",": r"[+-]?\d{1,3}(?:\.\d{3})+(?:,\d*)?"}
+
+
+def _cell_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarray]:
+    """The values of a column pandas did not read as numbers (float64, NaN where a cell is not a number) and
+    which cells hold something (not missing, not only spaces). Text cells are read with `decimal` as the
+    decimal mark; thousands separators (1,234.5, or 1.234,5 with decimal ',') are removed when the column
+    proves them: every cell with the separator is grouped in threes and one of them also has the decimal mark
+    or two separators (a lone 1,234 could be a decimal comma). Other cells are read as before (booleans: 0/1)."""
+    is_text = col.map(lambda v: isinstance(v, str)).to_numpy(bool)
+    values = pd.to_numeric(col.where(~is_text), errors="coerce").to_numpy(
+        np.float64, na_value=np.nan, copy=True
+    )
+    present = col.notna().to_numpy(bool, copy=True)
+    if not is_text.any():
+        return values, present
+    text = col[is_text].astype("string").str.strip()
+    group = "," if decimal == "." else "."
+    has_group = text.str.contains(group, regex=False).fillna(False).astype(bool)
+    proven = text[has_group]
+    if len(proven) and proven.str.fullmatch(_GROUPED[decimal]).all():
+        if (proven.str.contains(decimal, regex=False) | (proven.str.count(re.escape(group)) > 1)).any():
+            text = text.str.replace(group, "", regex=False)
+            has_group = has_group & False
+    if decimal == ",":  # a '.' left is not a number in a decimal-comma file (as pandas reads the file)
+        text = text.mask(has_group, "not a number").str.replace(",", ".", regex=False)
+    values[is_text] = pd.to_numeric(text, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    present[is_text] &= (text != "").to_numpy(bool)
+    return values, present
 
 
 def _is_text(col: pd.Series) -> bool:
     return col.dtype == object or pd.api.types.is_string_dtype(col)
 
 
-def _mostly_numeric(col: pd.Series) -> bool:
+def _mostly_numeric(col: pd.Series, decimal: str = ".") -> bool:
     if pd.api.types.is_numeric_dtype(col):  # booleans too: a True/False sensor is a 0/1 feature
         return bool(col.notna().any())
     if not _is_text(col):
         return False
-    present = col.dropna()
-    return len(present) > 0 and float(pd.to_numeric(present, errors="coerce").notna().mean()) >= 0.5
+    values, present = _cell_numbers(col, decimal)
+    return bool(present.any()) and float(np.isfinite(values[present]).mean()) >= 0.5
 
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -237,6 +307,25 @@ def epoch_seconds(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
+    """Excel's serial dates (days since 1899-12-30 with the time of day as a fraction, 45010.5 = 2023-03-25
+    12:00) read as epoch seconds would all fall on 1 January 1970, hours apart: refused instead of guessed."""
+    finite = values[np.isfinite(values)]
+    steps = np.diff(np.sort(finite))
+    if (
+        len(finite) > 1
+        and finite.min() >= 2e4  # 1954-10-03
+        and finite.max() <= 1e5  # 2173-10-14
+        and (finite != np.round(finite)).any()
+        and np.median(steps[steps > 0]) < 1  # steps under a day (a second as epoch times)
+    ):
+        raise DataError(
+            f"time column {name!r} holds numbers like {float(finite[finite != np.round(finite)][0])!r} that look like Excel serial dates (days "
+            "since 1899-12-30), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
+            "hh:mm:ss), or pass --time-unit s if they are seconds"
+        )
+
+
 def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.ndarray:
     """Numbers are epoch times in data.time_unit (auto: s, ms, us or ns by magnitude); text is parsed as a
     date-time (naive means UTC) with data.time_format, or ISO-like text; day/month order must be given
@@ -246,6 +335,8 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         values = column.to_numpy(dtype=np.float64)
         unit = _numeric_unit(values) if cfg.time_unit == "auto" else cfg.time_unit
+        if cfg.time_unit == "auto":
+            _refuse_excel_serials(values, name)
         return values * TIME_UNITS[unit]
     text = column.astype("string")
     dayfirst = cfg.dayfirst
@@ -306,7 +397,14 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
     skip = {cfg.time_column, *(cfg.label_columns or ()), cfg.label}
     if cfg.key_column:
         skip.add(cfg.key_column)
-    feats = [c for c in frame.columns if c not in skip and _mostly_numeric(frame[c])]
+    feats = [
+        c
+        for c in frame.columns
+        if c not in skip and not _unnamed(c) and _mostly_numeric(frame[c], cfg.decimal)
+    ]
+    for c in frame.columns:
+        if c not in skip and c not in feats and _is_text(frame[c]):
+            _refuse_units(frame[c], source)
     for c in feats:
         if str(c).strip().lower() in LABEL_LIKE and frame[c].dropna().isin([0, 1]).all():
             raise SchemaError(
@@ -322,15 +420,41 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
     return feats
 
 
+# A number followed by a unit: '12.3 ms', '45%', '1.2 kB', '20 °C', '3 m/s' (Grafana's formatted CSV export).
+_WITH_UNIT = r"[+-]?\d[\d.,]*(?:[eE][+-]?\d+)?\s*(?:%|‰|°[CF]?|[^\W\d_]+(?:/[^\W\d_]+)?)"
+
+
+def _refuse_units(col: pd.Series, source: str) -> None:
+    """A column of numbers with units is a formatted export. The numbers are not read with their units dropped:
+    Grafana scales each value's unit on its own (999 ms, then 1.02 s)."""
+    present = col.dropna().astype(str).str.strip()
+    if len(present) and present.str.fullmatch(_WITH_UNIT).mean() > 0.5:
+        raise SchemaError(
+            f"{source}: column {col.name!r} holds numbers with units such as {present.iloc[0]!r}; export the "
+            "raw values (Grafana: Inspect > Data with 'Formatted data' off), or leave the column out with "
+            "--features"
+        )
+
+
 def non_features(frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig) -> dict[str, str]:
     """Columns that are neither features nor time, key or label, with the reason: no value in any row (a sensor
     that was off for the whole file looks like this), or text."""
     skip = {cfg.time_column, cfg.key_column, cfg.label, *cfg.label_columns, *features}
-    return {
-        str(c): "no value in any row" if frame[c].isna().all() else "text"
-        for c in frame.columns
-        if c not in skip and not re.fullmatch(r"Unnamed: \d+", str(c))  # unnamed: a trailing separator
-    }
+    out = {}
+    for c in frame.columns:
+        if c in skip or (_unnamed(c) and frame[c].isna().all()):  # empty and unnamed: a trailing separator
+            continue
+        if _unnamed(c):
+            out[str(c)] = "no name in the header"
+        else:
+            out[str(c)] = "no value in any row" if frame[c].isna().all() else "text"
+    return out
+
+
+def _unnamed(column: object) -> bool:
+    """A column whose header cell is empty (pandas names it 'Unnamed: N'): a row index written along, as
+    pandas' to_csv does by default, never a sensor."""
+    return re.fullmatch(r"Unnamed: \d+", str(column)) is not None
 
 
 def _separator_note(frame: pd.DataFrame) -> str:
@@ -370,12 +494,16 @@ def frame_to_series(
     frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str
 ) -> list[Series]:
     if cfg.time_column not in frame.columns:
+        timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
         raise SchemaError(
             f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}"
+            + (f" (pass --time-column {timelike[0]})" if timelike else "")
             + _separator_note(frame)
         )
     check_features(frame.columns, features, source)
     ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+    if not np.isfinite(ts_all).any():
+        raise SchemaError(f"{source}: time column {cfg.time_column!r} has no value in any row")
     values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
         np.float64
     )
@@ -407,8 +535,9 @@ def frame_to_series(
     else:
         keys = None
         groups = [Path(source).stem if source else "series"]
-        repeated = len(ts_all) - len(np.unique(ts_all))
-        if repeated > 0.1 * len(ts_all):
+        timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
+        repeated = len(timed) - len(np.unique(timed))
+        if repeated > 0.1 * len(timed):
             likely = _likely_key_columns(frame, ts_all, cfg)
             hint = (
                 f"; the likely key column is {likely[0]!r}: pass --key-column {likely[0]}"
@@ -416,7 +545,7 @@ def frame_to_series(
                 else "; pass --key-column naming the column that tells the series apart"
             )
             raise SchemaError(
-                f"{source}: {repeated} of {len(ts_all)} rows repeat another row's timestamp, so the file "
+                f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, so the file "
                 f"looks like several series interleaved{hint}"
             )
     out = []

@@ -291,3 +291,106 @@ def test_errors_name_the_line_an_editor_shows_after_blank_lines(tmp_path, compre
     keys = write(tmp_path, "timestamp,unit,a\n1,u1,1\n\n2,,2\n", "k.csv")
     with pytest.raises(SchemaError, match=r"key column 'unit' is empty on line 4 "):
         load(keys, key_column="unit")
+
+
+TIMES = [f"2023-03-25 00:00:0{i}" for i in range(4)]
+
+
+def rows(cells: list[str], sep: str = ",") -> str:
+    return "".join(f"{t}{sep}{c}\n" for t, c in zip(TIMES, cells, strict=True))
+
+
+def test_thousands_separators_are_read_where_the_column_proves_them(tmp_path) -> None:
+    """Excel's '1,234.5' (and '1.234,5' with --decimal ,) made the column text: it left the features with
+    only 'a (text)' printed, and every value was lost to the model."""
+    (s,), feats = load(
+        write(
+            tmp_path, "timestamp,a,b\n" + rows(['"1,234.5",1', '"999.25",2', '"1,000",3', '"-2,000,000",4'])
+        )
+    )
+    assert feats == ["a", "b"]
+    assert s.values[:, 0].tolist() == [1234.5, 999.25, 1000.0, -2000000.0]
+    text = "timestamp;a\n" + rows(["1.234,5", "999,25", "1.000", "-2.000.000"], ";")
+    (s,), _ = load(write(tmp_path, text, "comma.csv"), decimal=",")
+    assert s.values[:, 0].tolist() == [1234.5, 999.25, 1000.0, -2000000.0]
+
+
+def test_a_lone_comma_number_is_not_taken_for_a_thousands_separator(tmp_path) -> None:
+    """'1,234' alone may be a decimal comma: the old refusal with its --decimal hint stays."""
+    path = write(tmp_path, "timestamp,a,b\n" + rows(['"1,234",1', '"5,678",2', "7,3", "8,4"]))
+    with pytest.raises(SchemaError, match=r"holds '1,234', not a number.*--decimal ,"):
+        load(path, features=("a", "b"))
+
+
+def test_a_cell_of_spaces_is_a_missing_value(tmp_path) -> None:
+    """A blank cell with a space in it (' ') stopped the run as 'not a number'; an empty cell is missing."""
+    (s,), _ = load(write(tmp_path, "timestamp,a,b\n" + rows(["1.5,1", " ,2", "2.5,3", "  ,4"])))
+    assert np.isnan(s.values[[1, 3], 0]).all() and s.values[[0, 2], 0].tolist() == [1.5, 2.5]
+
+
+def test_a_column_name_given_twice_is_refused(tmp_path) -> None:
+    """pandas renamed the copy 'a.1' (a feature nobody named); 'a ' and 'a' collided after stripping and
+    ended in a traceback."""
+    with pytest.raises(DataError, match=r"column name 'a' appears twice in the header \(columns 2 and 3\)"):
+        load(write(tmp_path, "timestamp,a,a,b\n" + rows(["1,2,3"] * 4)))
+    with pytest.raises(DataError, match=r"column name 'a' appears twice"):
+        load(write(tmp_path, "timestamp,a , a,b\n" + rows(["1,2,3"] * 4), "spaces.csv"))
+
+
+def test_invisible_characters_around_a_header_name_are_dropped(tmp_path) -> None:
+    """A zero-width space after 'b' made a feature 'b\u200b' that prints as 'b' but matches no 'b'."""
+    (_,), feats = load(write(tmp_path, "timestamp,\u00a0a\u00a0,b\u200b\n" + rows(["1,2"] * 4)))
+    assert feats == ["a", "b"]
+
+
+def test_an_unnamed_column_is_not_a_feature(tmp_path) -> None:
+    """pandas' to_csv writes its row index under an empty name: it became the feature 'Unnamed: 0'."""
+    left_out: dict[str, str] = {}
+    path = write(tmp_path, ",timestamp,a\n" + "".join(f"{i},{t},{i * 1.5}\n" for i, t in enumerate(TIMES)))
+    (s,), feats = load_series([path], DataConfig(), left_out=left_out)
+    assert feats == ["a"] and left_out == {"Unnamed: 0": "no name in the header"}
+
+
+def test_excel_serial_dates_are_refused_not_read_as_1970(tmp_path) -> None:
+    """45010.5 (2023-03-25 12:00 in Excel) was read as epoch seconds: 1970-01-01 12:30, one reading every
+    0.07 s."""
+    text = "timestamp,a\n" + "".join(f"{45010 + i / 1440:.8f},{i}\n" for i in range(4))
+    with pytest.raises(DataError, match=r"look like Excel serial dates.*--time-unit s"):
+        load(write(tmp_path, text))
+    (s,), _ = load(write(tmp_path, text, "s.csv"), time_unit="s")
+    assert s.timestamps[0] == 45010.0
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("#group,false,false\n#datatype,string,long\n,result,table\n", "InfluxDB annotated CSV"),
+        (",result,table,_time,_value,_field\n", "InfluxDB's long form"),
+    ],
+)
+def test_influxdb_exports_are_refused_with_what_to_do(tmp_path, header, message) -> None:
+    """The '#group' line was taken for the header: 'time column not found; columns are #group, false,
+    false.1'."""
+    with pytest.raises(DataError, match=rf"{message}.*pivot.*--time-column _time"):
+        load(write(tmp_path, header + ",,0,2023-01-01T00:00:00Z,1.5,a\n"))
+
+
+def test_numbers_with_units_are_refused(tmp_path) -> None:
+    """Grafana's formatted export ('12.3 ms', '45%'): 'no numeric feature columns found among Time, latency,
+    cpu', or the column silently left out as text."""
+    text = '"Time","latency","cpu","ok"\n' + "".join(
+        f'"{t}","{i}.5 ms","{i}%",1\n' for i, t in enumerate(TIMES)
+    )
+    with pytest.raises(SchemaError, match=r"column 'latency' holds numbers with units such as '0.5 ms'"):
+        load(write(tmp_path, text), time_column="Time")
+
+
+def test_a_missing_time_column_names_the_likely_one(tmp_path) -> None:
+    with pytest.raises(SchemaError, match=r"columns are Time, a \(pass --time-column Time\)"):
+        load(write(tmp_path, "Time,a\n" + rows(["1"] * 4)))
+
+
+def test_a_time_column_without_values_says_so(tmp_path) -> None:
+    """All times empty read as '3 of 4 rows repeat another row's timestamp ... several series'."""
+    with pytest.raises(SchemaError, match=r"time column 'timestamp' has no value in any row"):
+        load(write(tmp_path, "timestamp,a\n,1\n,2\n,3\n,4\n"))
