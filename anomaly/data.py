@@ -421,7 +421,9 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
 
 
 # A number followed by a unit: '12.3 ms', '45%', '1.2 kB', '20 °C', '3 m/s' (Grafana's formatted CSV export).
-_WITH_UNIT = r"[+-]?\d[\d.,]*(?:[eE][+-]?\d+)?\s*(?:%|‰|°[CF]?|[^\W\d_]+(?:/[^\W\d_]+)?)"
+# A unit in letters comes after a space, as Grafana writes it, so identifiers such as '101A' or '3rd' are not
+# taken for numbers with units.
+_WITH_UNIT = r"[+-]?\d[\d.,]*(?:[eE][+-]?\d+)?(?:\s*(?:%|‰|°[CF]?)|\s+[^\W\d_]+(?:/[^\W\d_]+)?)"
 
 
 def _refuse_units(col: pd.Series, source: str) -> None:

@@ -385,6 +385,14 @@ def test_numbers_with_units_are_refused(tmp_path) -> None:
         load(write(tmp_path, text), time_column="Time")
 
 
+def test_identifiers_that_start_with_a_digit_are_not_taken_for_units(tmp_path) -> None:
+    """A text column of ids such as '101A' or '3rd' (no space before the letters) stays a text column that is
+    not a feature; only numbers with a unit after a space (or %, °C) are refused as a formatted export."""
+    text = "timestamp,unit,a\n" + "".join(f"{t},{i}0{'AB'[i % 2]},{i}.5\n" for i, t in enumerate(TIMES))
+    series, feats = load(write(tmp_path, text))
+    assert feats == ["a"] and len(series) == 1
+
+
 def test_a_missing_time_column_names_the_likely_one(tmp_path) -> None:
     with pytest.raises(SchemaError, match=r"columns are Time, a \(pass --time-column Time\)"):
         load(write(tmp_path, "Time,a\n" + rows(["1"] * 4)))
