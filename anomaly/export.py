@@ -16,6 +16,7 @@ runtime. Every export is validated against PyTorch on a chain of windows with ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -240,10 +241,15 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
             f"ONNX export differs from PyTorch by {diff:.3g} (tolerance {ONNX_TOLERANCE:g}); not written"
         )
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(p)
+    except OSError as exc:  # as save_bundle: name the file asked for, not the temporary one
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot write the ONNX model {p}: {exc.strerror or exc}") from None
     return p, diff
 
 

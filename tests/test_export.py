@@ -121,3 +121,41 @@ def test_an_onnx_export_can_be_inspected_but_not_exported_again(bundle_path, tmp
         assert again.exit_code == 2 and again.stderr == (
             f"error: {out} is an ONNX export already; export from the bundle it came from (a .pt file)\n"
         )
+
+
+def test_export_refuses_a_name_no_command_reads_back(bundle_path, tmp_path):
+    """ONNX written as m.pt (or without .onnx) was 'not a PyTorch archive' to every command, and an int8
+    bundle written as m.onnx 'cannot read ONNX model': the commands pick the runtime by the name."""
+    runner = CliRunner()
+    for fmt, name, hint in (("onnx", "m.pt", "m.onnx"), ("onnx", "m", "m.onnx"), ("int8", "m.onnx", "m.pt")):
+        out = tmp_path / name
+        result = runner.invoke(main, ["export", str(bundle_path), "--format", fmt, "-o", str(out)])
+        assert result.exit_code == 2 and result.stderr.startswith(f"error: {out}: an ")
+        assert result.stderr.endswith(f"(e.g. -o {tmp_path / hint})\n") and not out.exists()
+    result = runner.invoke(main, ["export", str(bundle_path), "--format", "int8", "-o", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output  # a bundle needs no suffix
+    assert load_bundle(tmp_path / "m").meta["quantization"]
+
+
+def test_export_refuses_to_overwrite_the_model_it_exports(bundle_path, tmp_path):
+    """`export model.pt --format int8 -o model.pt` replaced the float model with its int8 export."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(bundle_path.read_bytes())
+    before = model.read_bytes()
+    result = CliRunner().invoke(main, ["export", str(model), "--format", "int8", "-o", str(model)])
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: {model} is the model being exported; write the export to another file (-o)\n"
+    )
+    assert model.read_bytes() == before
+
+
+def test_onnx_export_to_an_unwritable_place_names_the_file(bundle_path, tmp_path):
+    """A folder that is a file ended in a FileExistsError traceback (save_bundle said it in one line)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = blocker / "m.onnx"
+    result = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "onnx", "-o", str(out)])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: cannot write the ONNX model {out}: ")
+    assert len(result.stderr.splitlines()) == 1

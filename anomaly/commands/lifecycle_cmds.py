@@ -25,6 +25,24 @@ def _default_export_path(model: str, fmt: str) -> str:
     return str(p.with_name(p.stem + ("-int8.pt" if fmt == "int8" else ".onnx")))
 
 
+def _check_export_target(model: str, fmt: str, out: str) -> None:
+    """Refuse a file no command could load back, and the model's own file (its float weights would be lost).
+    Every command picks the runtime by the name: `.onnx` is read with onnxruntime, anything else as a bundle."""
+    target = Path(out)
+    if fmt == "onnx" and target.suffix != ".onnx":
+        raise DataError(
+            f"{out}: an ONNX export must be named *.onnx, or no command reads it as ONNX "
+            f"(e.g. -o {target.with_suffix('.onnx')})"
+        )
+    if fmt == "int8" and target.suffix == ".onnx":
+        raise DataError(
+            f"{out}: an int8 export is a model bundle, but a name ending .onnx is read as ONNX "
+            f"(e.g. -o {target.with_suffix('.pt')})"
+        )
+    if target.exists() and target.resolve() == Path(model).resolve():
+        raise DataError(f"{out} is the model being exported; write the export to another file (-o)")
+
+
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
@@ -52,8 +70,10 @@ def export_cmd(model: str, fmt: str, out: str | None) -> None:
         raise DataError(
             f"{model} is an ONNX export already; export from the bundle it came from (a .pt file)"
         )
+    target = out or _default_export_path(model, fmt)
+    _check_export_target(model, fmt, target)
     bundle = load_bundle(model)
-    path, info = export(bundle, fmt, out or _default_export_path(model, fmt))
+    path, info = export(bundle, fmt, target)
     click.echo(f"wrote {path} ({fmt}, model version {info['model_version']})")
     if "max_abs_diff" in info:
         click.echo(
