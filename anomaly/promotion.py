@@ -24,7 +24,7 @@ from anomaly import evaluation
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.config import EngineConfig
 from anomaly.data import Series
-from anomaly.drift import DriftMonitor
+from anomaly.drift import DEFAULT_MIN_POINTS, DriftMonitor
 from anomaly.engine import Engine
 from anomaly.errors import DataError
 from anomaly.replay import merged_batches, point_frame
@@ -46,6 +46,7 @@ class ShadowResult:
     score_p99: float
     drift_psi: float | None  # point errors vs this model's calibration, over the whole slice
     metrics: dict[str, Any] | None = None  # F1, FAR, MAR, ... when the slice is labelled
+    scored: int = 0  # point errors the drift PSI is made of (readings the model scored)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -85,9 +86,10 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
     sc = np.concatenate(scores) if scores else np.zeros(0)
     er = np.concatenate(errors) if errors else np.zeros(0)
     op = np.concatenate(inside) if inside else np.zeros(0, bool)
+    er = er[np.isfinite(er)]
     drift = DriftMonitor.for_calibration(bundle.calibration, window=max(1, len(er)), min_points=1)
     psi = None
-    if drift is not None and len(er):
+    if drift is not None and len(er) >= DEFAULT_MIN_POINTS:  # as the daemon: no PSI of a handful of points
         drift.update(er)
         psi = drift.value()
     readings = int(totals["readings"])
@@ -102,7 +104,20 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
         float(np.quantile(sc, 0.99)) if len(sc) else float("nan"),
         psi,
         evaluation.pool(labelled) if labelled else None,
+        len(er),
     )
+
+
+def _one_class(metrics: dict[str, Any]) -> str | None:
+    """Why F1 says nothing about a slice whose labels are all 0 or all 1 (None when it has both)."""
+    c = (metrics.get("counts") or {}).get("point")
+    if not c:
+        return None
+    if c["tp"] + c["fn"] == 0:
+        return "no reading of the slice is labelled anomalous"
+    if c["fp"] + c["tn"] == 0:
+        return "every reading of the slice is labelled anomalous"
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,10 @@ class PromotionPolicy:
     def decide(self, champion: ShadowResult, challenger: ShadowResult) -> tuple[bool, list[str]]:
         reasons = []
         ok = True
-        if champion.metrics is not None and challenger.metrics is not None:
+        one_class = None if challenger.metrics is None else _one_class(challenger.metrics)
+        if one_class:
+            reasons.append(f"F1: not measurable ({one_class}); labels not used")
+        elif champion.metrics is not None and challenger.metrics is not None:
             f1c, f1h = challenger.metrics["f1"], champion.metrics["f1"]
             good = f1c >= f1h - self.f1_tolerance
             ok &= good
@@ -142,7 +160,13 @@ class PromotionPolicy:
             f"alerts per 1,000 readings {challenger.alert_rate:.3f} vs champion {champion.alert_rate:.3f} "
             f"({'ok' if good else 'more'}; limit {limit:.3f})"
         )
-        if challenger.drift_psi is None:
+        if challenger.drift_psi is None and challenger.scored < DEFAULT_MIN_POINTS:
+            ok = False  # a slice this small decides nothing; --force still promotes (a rollback)
+            reasons.append(
+                f"drift: not measurable on {challenger.scored} scored readings (needs {DEFAULT_MIN_POINTS}; "
+                "widen the slice)"
+            )
+        elif challenger.drift_psi is None:
             reasons.append("drift: not measurable (no calibration quantiles)")
         else:
             good = challenger.drift_psi <= self.max_drift_psi
@@ -192,8 +216,15 @@ def compare(
             f"champion and challenger have different features ({len(champion.features)} vs "
             f"{len(challenger.features)}); they cannot score the same stream"
         )
+    if str(challenger.meta.get("export", {}).get("format")) == "onnx":
+        raise DataError("an ONNX export cannot be promoted: promote the .pt bundle it was exported from")
     a = shadow_score(champion, series, engine_cfg)
     b = shadow_score(challenger, series, engine_cfg)
+    if not a.scored and not b.scored:
+        raise DataError(
+            f"no reading of the evaluation slice could be scored ({a.readings:,} streamed; missing values "
+            "are refused under engine.nan_policy = 'reject'): nothing to compare the models on"
+        )
     ok, reasons = policy.decide(a, b)
     return Comparison(a, b, ok, reasons, slice=dict(slice_info or {}))
 

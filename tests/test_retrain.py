@@ -302,3 +302,57 @@ def test_retrain_with_an_alerts_file_that_is_not_jsonl_is_a_one_line_error(csv_w
         f"error: {damaged} line 3 is not an alert record (a JSON object per line, as a replay's alerts.jsonl "
         "holds)\n"
     )
+
+
+# --- an operator's misuse: every case one defined outcome (life11) ---------------------------------------------
+
+
+def run_cli(*args: object):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def copy_of(bundle_path, tmp_path, name: str = "model.pt"):  # type: ignore[no-untyped-def]
+    path = tmp_path / name
+    path.write_bytes(bundle_path.read_bytes())
+    return path
+
+
+def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_path):
+    """All-0 labels printed 'F1 0.0000 vs champion 0.0000 (ok ...)'; all-1 labels compared F1s that only
+    reward alerting on everything."""
+    import pandas as pd
+
+    path, _ = csv_world
+    frame = pd.read_csv(path)
+    champion = copy_of(bundle_path, tmp_path)
+    for value, why in (
+        (0, "no reading of the slice is labelled anomalous"),
+        (1, "every reading of the slice"),
+    ):
+        labelled = tmp_path / f"labels{value}.csv"
+        frame.assign(anomaly=value).to_csv(labelled, index=False)
+        result = run_cli("promote", bundle_path, "-m", champion, labelled, "--dry-run")
+        assert result.exit_code == 0, result.output
+        assert f"  - F1: not measurable ({why}" in result.stdout and "  - F1 0." not in result.stdout
+
+
+def test_policy_skips_f1_of_one_class_and_rejects_an_unmeasured_drift() -> None:
+    counts = {"point": {"tp": 0, "fp": 3, "fn": 0, "tn": 97}}
+    a = ShadowResult("a", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, 0.1, {"f1": 0.0, "counts": counts}, 100)
+    b = ShadowResult("b", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, None, {"f1": 0.0, "counts": counts}, 100)
+    ok, reasons = PromotionPolicy().decide(a, b)
+    assert not ok and reasons[0].startswith("F1: not measurable (no reading of the slice is labelled")
+    assert reasons[-1] == "drift: not measurable on 100 scored readings (needs 200; widen the slice)"
+
+
+def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
+    """A bundle promoted without retrain lineage showed 'lineage: parent X; None data None .. None'."""
+    from anomaly.export import to_int8
+    from anomaly.promotion import Comparison
+
+    int8 = to_int8(load_bundle(bundle_path))
+    r = ShadowResult("a", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, 0.1, None, 300)
+    champion = copy_of(bundle_path, tmp_path)
+    promote(int8, champion, Comparison(r, r, True, []))
+    shown = run_cli("inspect", champion).stdout
+    assert "lineage:         parent a\n" in shown and "None" not in shown

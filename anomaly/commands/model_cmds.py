@@ -368,14 +368,14 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         )
     lineage = meta.get("lineage")
     if lineage:
-        data = lineage.get("data", {})
-        rows.append(
-            (
-                "lineage",
-                f"parent {lineage.get('parent_version')}; {data.get('source')} data {data.get('first_reading')} .. "
-                f"{data.get('last_reading')}, {_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys",
-            )
+        data = lineage.get("data") or {}
+        origin = (  # a bundle not made by retrain (promoted as it was) has a parent and no data
+            f"; {data.get('source')} data {data.get('first_reading')} .. {data.get('last_reading')}, "
+            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys"
+            if data
+            else ""
         )
+        rows.append(("lineage", f"parent {lineage.get('parent_version')}{origin}"))
         decision = lineage.get("promotion")
         if decision:
             rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
