@@ -40,9 +40,12 @@ def parse_duration(text: str) -> float:
 def parse_time(text: str) -> float:
     """Epoch seconds, or an ISO-8601 date/date-time (naive means UTC) -> epoch seconds."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        _check_time(value, text)
+        return value
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -50,6 +53,20 @@ def parse_time(text: str) -> float:
             f"cannot read time {text!r}; use epoch seconds or ISO-8601 (2024-05-01T12:00)"
         ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def _check_time(value: float, text: str) -> None:
+    """A time a date can show: finite and within years 1..9999 (so `iso` never fails). Epoch milliseconds
+    (1.7e12 is the year 55840 in seconds) are the usual way to get there, so the message names them."""
+    try:
+        iso(value)
+    except (ValueError, OverflowError, OSError):
+        ms = 1e11 < value < 1e14
+        hint = f" (milliseconds? that is {value / 1000:.0f} in seconds)" if ms else ""
+        raise ConfigError(
+            f"time {text!r} is not a date between the years 1 and 9999{hint}; use epoch seconds or ISO-8601 "
+            "(2024-05-01T12:00)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -69,17 +86,32 @@ class TimeRange:
             raise ConfigError("give a time range: --since 7d, or --from TIME [--to TIME]")
         hi = parse_time(end) if end else now
         lo = hi - parse_duration(since) if since else parse_time(start or "")
+        if since:
+            _check_time(lo, f"{end or 'now'} - {since}")
         if not lo < hi:
             raise ConfigError(f"empty time range: from {iso(lo)} is not before to {iso(hi)}")
         return cls(lo, hi)
+
+    @classmethod
+    def parse_for_files(cls, since: str | None, start: str | None, end: str | None) -> TimeRange | None:
+        """The range of CSV rows to use: None (all rows) when no option is given; `--to` alone keeps the rows
+        before it (the range then starts at the beginning of time)."""
+        if since or start:
+            return cls.parse(since, start, end)
+        if end:
+            return cls(-np.inf, parse_time(end))
+        return None
 
     def split(self, holdout: float) -> tuple[TimeRange, TimeRange]:
         """(training part, the most recent `holdout` fraction for shadow evaluation)."""
         cut = self.end - (self.end - self.start) * holdout
         return TimeRange(self.start, cut), TimeRange(cut, self.end)
 
-    def to_json(self) -> dict[str, str]:
-        return {"from": iso(self.start), "to": iso(self.end)}
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "from": iso(self.start) if np.isfinite(self.start) else None,
+            "to": iso(self.end) if np.isfinite(self.end) else None,
+        }
 
 
 def iso(t: float) -> str:

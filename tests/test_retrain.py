@@ -299,8 +299,8 @@ def test_retrain_with_an_alerts_file_that_is_not_jsonl_is_a_one_line_error(csv_w
         ],
     )
     assert result.exit_code == 2 and result.stderr == (
-        f"error: {damaged} line 3 is not an alert record (a JSON object per line, as a replay's alerts.jsonl "
-        "holds)\n"
+        f"error: {damaged} line 3 is not an alert record (a JSON object with key and start per line, as a "
+        "replay's alerts.jsonl holds)\n"
     )
 
 
@@ -315,6 +315,119 @@ def copy_of(bundle_path, tmp_path, name: str = "model.pt"):  # type: ignore[no-u
     path = tmp_path / name
     path.write_bytes(bundle_path.read_bytes())
     return path
+
+
+def test_times_that_are_no_date_are_one_clear_error_not_a_traceback() -> None:
+    """Epoch milliseconds, nan, 1e20 or a --since beyond year 1 ended retrain/promote with a ValueError or
+    OverflowError traceback from formatting the date."""
+    with pytest.raises(ConfigError, match=r"milliseconds\? that is 1700000000 in seconds"):
+        TimeRange.parse(None, "1700000000000", None)
+    for text in ("nan", "inf", "1e20"):
+        with pytest.raises(ConfigError, match=f"time '{text}' is not a date between the years 1 and 9999;"):
+            TimeRange.parse(None, "0", text)
+    with pytest.raises(ConfigError, match="time 'now - 99999999w' is not a date"):
+        TimeRange.parse("99999999w", None, None)
+
+
+def test_to_alone_cuts_csv_rows_and_is_recorded(csv_world, bundle_path, tmp_path):
+    """`--to` without --since/--from was silently ignored for CSV files: the challenger learnt every row."""
+    path, _ = csv_world
+    assert TimeRange.parse_for_files(None, None, None) is None
+    cut = 1_700_000_000 + 1000 * 60  # the first 1000 readings (one a minute)
+    assert TimeRange.parse_for_files(None, None, str(cut)) == TimeRange(-np.inf, cut)
+    out = tmp_path / "c.pt"
+    result = run_cli("retrain", "-m", bundle_path, path, "-o", out, "--epochs", 1, "--to", cut)
+    assert result.exit_code == 0, result.output
+    data = read_metadata(out)[0]["lineage"]["data"]
+    assert data["readings"] + data["excluded_short_readings"] == 1000
+    assert (data["from"], data["to"]) == (None, "2023-11-15T14:53:20+00:00")
+    champion = copy_of(bundle_path, tmp_path)
+    shown = run_cli("promote", bundle_path, "-m", champion, path, "--dry-run", "--to", cut)
+    assert shown.exit_code == 0, shown.output
+    assert "readings streamed             1,000 " in shown.stdout
+
+
+def test_a_range_without_rows_names_the_range(csv_world, bundle_path, tmp_path):
+    path, _ = csv_world
+    result = run_cli("retrain", "-m", bundle_path, path, "--from", "2030-01-01", "--to", "2030-01-02")
+    assert result.exit_code == 2 and result.stderr == (
+        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
+    )
+
+
+def test_an_alerts_file_of_other_records_is_refused_and_foreign_alerts_are_warned_of(
+    csv_world, bundle_path, tmp_path
+):
+    """JSON objects that are not alerts (a summary, scores) were skipped: nothing left out, no word said."""
+    path, alerts = csv_world
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"readings": 10, "windows": 3}\n')
+    result = run_cli("retrain", "-m", bundle_path, path, "--alerts", other, "-o", tmp_path / "c.pt")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {other} line 1 is not an alert record (a JSON object with key")
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(alerts.read_text().replace('"key": "recent"', '"key": "pump-7"'))
+    result = run_cli(
+        "retrain", "-m", bundle_path, path, "--alerts", foreign, "-o", tmp_path / "c.pt", "--epochs", 1
+    )
+    assert result.exit_code == 0, result.output
+    assert "falls on the selected data (keys pump-7); nothing is left out for alerts" in result.stderr
+    assert "(0 left out in alert spans)" in result.stdout
+
+
+def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
+    """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
+    alerts = tmp_path / "alerts.jsonl"
+    alerts.write_text("")
+    result = run_cli("retrain", "-m", bundle_path, "--since", "1h", "--alerts", alerts, "-b", "127.0.0.1:1")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --alerts is for CSV files;")
+
+
+def test_from_pipeline_needs_a_pipeline_and_says_when_the_architecture_changes(
+    csv_world, bundle_path, tmp_path
+):
+    """--from-pipeline without --pipeline trained with the built-in defaults (another architecture, 30 epochs)
+    in silence; with a pipeline that changes the architecture nothing said that a reload resets the state."""
+    path, _ = csv_world
+    result = run_cli("retrain", "-m", bundle_path, path, "--from-pipeline", "-o", tmp_path / "c.pt")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --from-pipeline trains with a pipeline")
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 1\n")
+    out = tmp_path / "c.pt"
+    result = run_cli("retrain", "-m", bundle_path, path, "--from-pipeline", "-p", pipeline, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert load_bundle(out).arch.hidden_size == 8
+    assert "note: the challenger's architecture differs from the champion's" in result.stdout
+
+
+def test_retrain_promote_with_from_and_no_to_holds_out_the_recent_readings(csv_world, bundle_path, tmp_path):
+    """With --from and no --to the holdout was the last 20 % of [from, now]: no reading in it, so retrain
+    trained, then failed with 'the evaluation slice is empty'."""
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    args = ["retrain", "-m", champion, path, "-o", tmp_path / "c.pt", "--epochs", 1, "--from", "2023-11-01"]
+    result = run_cli(*args, "--promote", "--max-drift", 100, "--max-alert-ratio", 100)
+    assert result.exit_code == 0, result.output
+    assert "readings streamed             300 " in result.stdout  # 20 % of the 1,500 readings
+
+
+def test_onnx_on_either_side_of_a_promotion_is_refused_before_anything_is_written(bundle_path, tmp_path):
+    """An ONNX challenger crashed after the comparison (AttributeError: 'OnnxStep' has no state_dict), leaving a
+    .previous; an ONNX champion file was overwritten with a .pt bundle the daemon could no longer load."""
+    from anomaly.export import export_onnx
+
+    data = tmp_path / "d.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=400, seed=4)).to_csv(data, index=False)
+    onnx, _ = export_onnx(load_bundle(bundle_path), tmp_path / "m.onnx")
+    champion = copy_of(bundle_path, tmp_path)
+    before = (champion.read_bytes(), onnx.read_bytes())
+    for chall, champ in ((onnx, champion), (bundle_path, onnx)):
+        result = run_cli("promote", chall, "-m", champ, data)
+        assert result.exit_code == 2 and result.stderr.startswith("error: promotion writes a model bundle")
+    assert (champion.read_bytes(), onnx.read_bytes()) == before
+    assert not list(tmp_path.glob("*.previous"))
+    result = run_cli("promote", champion, "-m", champion, data)
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {champion} is the champion's own file")
 
 
 def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_path):
@@ -334,6 +447,28 @@ def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_pat
         result = run_cli("promote", bundle_path, "-m", champion, labelled, "--dry-run")
         assert result.exit_code == 0, result.output
         assert f"  - F1: not measurable ({why}" in result.stdout and "  - F1 0." not in result.stdout
+
+
+def test_a_slice_too_small_for_drift_is_rejected_and_one_without_a_scored_reading_is_an_error(
+    bundle_path, tmp_path
+):
+    """40 readings gave a PSI of noise (0.6-0.8) that decided the promotion; a feature without a value in any
+    row left nothing scored, and the policy passed ('would promote')."""
+    import pandas as pd
+
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=400, seed=4))
+    tiny, empty = tmp_path / "tiny.csv", tmp_path / "empty.csv"
+    frame.head(40).to_csv(tiny, index=False)
+    feature = load_bundle(bundle_path).features[1]
+    frame.assign(**{feature: pd.NA}).to_csv(empty, index=False)
+    champion = copy_of(bundle_path, tmp_path)
+    result = run_cli("promote", bundle_path, "-m", champion, tiny, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "  - drift: not measurable on 40 scored readings (needs 200; widen the slice)" in result.stdout
+    assert "decision: rejected" in result.stdout
+    result = run_cli("promote", bundle_path, "-m", champion, empty, "--dry-run")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {empty}: no value in any row for {feature}, which the model needs\n"
 
 
 def test_policy_skips_f1_of_one_class_and_rejects_an_unmeasured_drift() -> None:

@@ -15,7 +15,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.errors import DataError
+from anomaly.errors import ConfigError, DataError
 from anomaly.promotion import Comparison, PromotionPolicy, compare
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
 
@@ -119,7 +119,12 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
             default=None,
             help="Range start: epoch seconds or ISO-8601 (naive = UTC).  [default: none]",
         ),
-        click.option("--to", "end", default=None, help="Range end (exclusive).  [default: now]"),
+        click.option(
+            "--to",
+            "end",
+            default=None,
+            help="Range end (exclusive); with CSV files alone, the rows before it.  [default: now; CSV: none]",
+        ),
         click.option("--keys", default=None, help="Comma-separated keys to use.  [default: all]"),
         click.option("--verbose", "-v", is_flag=True, help="Log progress details.  [default: off]"),
     ]
@@ -219,16 +224,13 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     from anomaly.data import load_series, merge_keys
 
     series, _ = load_series(list(data), cfg.data, features)
+    _check_values(series, features, data)
     series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
-        cut = []
-        for s in series:
-            m = (s.timestamps >= span.start) & (s.timestamps < span.end)
-            cut.append(s.take(m))
-        series = cut
+        series = _time_slice(series, span.start, span.end)
     events = []
     if alerts_file:
         with open(alerts_file) as fh:
@@ -239,16 +241,49 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
                     event = json.loads(line)
                 except json.JSONDecodeError:
                     event = None
-                if not isinstance(event, dict):
+                if not isinstance(event, dict) or "key" not in event or "start" not in event:
                     raise DataError(
-                        f"{alerts_file} line {n} is not an alert record (a JSON object per line, as a replay's "
-                        "alerts.jsonl holds)"
+                        f"{alerts_file} line {n} is not an alert record (a JSON object with key and start per "
+                        "line, as a replay's alerts.jsonl holds)"
                     )
                 events.append(event)
     source = {"source": "csv", "files": [str(p) for p in data], "alerts_file": alerts_file}
     if span is not None:
         source.update(span.to_json())
     return series, events, source
+
+
+def _check_values(series, features, data) -> None:  # type: ignore[no-untyped-def]
+    """A feature without a value in any row of the files: every reading would be refused (nan_policy) or
+    filled from nothing, and a comparison on no scored reading would pass the policy."""
+    import numpy as np
+
+    empty = [
+        f
+        for i, f in enumerate(features)
+        if not any(np.isfinite(s.values[:, i]).any() for s in series if len(s))
+    ]
+    if empty:
+        raise DataError(
+            f"{', '.join(map(str, data))}: no value in any row for {', '.join(empty)}, which the model needs"
+        )
+
+
+def _alerts_check(events, spans, series, alerts_file) -> None:  # type: ignore[no-untyped-def]
+    """A `warning:` when an alerts file holds alerts but none falls on the data: another model's or another
+    stream's replay leaves nothing out, which is seldom what was meant."""
+    if not events or not alerts_file:
+        return
+    for s in series:
+        for lo, hi in spans.get(s.key, ()):
+            if len(s) and lo <= s.timestamps[-1] and hi >= s.timestamps[0]:
+                return
+    count = sum(len(v) for v in spans.values())
+    click.echo(
+        f"warning: none of the {count} alerts in {alerts_file} "
+        f"falls on the selected data (keys {', '.join(sorted(spans)[:5])}); nothing is left out for alerts",
+        err=True,
+    )
 
 
 def _time_slice(series, lo: float, hi: float):  # type: ignore[no-untyped-def]
@@ -427,35 +462,49 @@ def retrain_cmd(
     )
     overrides = {"train.epochs": epochs, "train.seed": seed}
     if from_pipeline:
-        pcfg = load_config(pipeline, overrides) if pipeline else build_config(None, None, overrides)
+        if not pipeline:  # else the built-in defaults would replace the champion's settings unnoticed
+            raise ConfigError(
+                "--from-pipeline trains with a pipeline file's settings: give it with --pipeline"
+            )
+        pcfg = load_config(pipeline, overrides)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
         tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
         model_cfg, train_cfg = tcfg.model, tcfg.train
     selected = _selected(keys)
     kafka_mode = not data
-    span = TimeRange.parse(since, start, end) if (kafka_mode or since or start) else None
+    span = TimeRange.parse(since, start, end) if kafka_mode else TimeRange.parse_for_files(since, start, end)
     if kafka_mode:
         assert span is not None
+        if alerts_file:  # else it would be ignored, and readings inside its alerts learnt as normal
+            raise ConfigError(
+                "--alerts is for CSV files; from a topic, alert spans come from the alerts topic (--alerts-topic)"
+            )
         hist, events, source = _read_kafka(cfg, topics, span, parent.features, selected, progress=True)
         series = hist.series
         source = {**source, **hist.to_json()}
     else:
         series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
     if not series:
-        raise DataError("no readings in the given range" + (f" for keys {keys}" if keys else ""))
+        where = (
+            "" if span is None else f" from {span.to_json()['from'] or 'the start'} to {span.to_json()['to']}"
+        )
+        what = "on " + ", ".join(source["topics"]) if kafka_mode else "in the files"
+        raise DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
     evaluation_slice = []
     if do_promote:
         lo = min(float(s.timestamps[0]) for s in series if len(s))
         hi = max(float(s.timestamps[-1]) for s in series if len(s)) + 1e-6
-        rng = span or TimeRange(lo, hi)
-        if kafka_mode:  # the range is in Kafka time; split the readings by their own (event) time
-            rng = TimeRange(lo, hi)
+        rng = TimeRange(lo, hi)  # the readings' own (event) time: a topic range is in Kafka time, and a
+        if span is not None and not kafka_mode:  # file range may reach far beyond the rows (--from, to now)
+            rng = TimeRange(max(lo, span.start), min(hi, span.end))
         train_part, test_part = rng.split(holdout)
         evaluation_slice = _time_slice(series, test_part.start, test_part.end)
         series = _time_slice(series, train_part.start, train_part.end)
         source["holdout"] = {**test_part.to_json(), "share": holdout}
     spans = retrain.alert_spans(events)
+    if not kafka_mode:
+        _alerts_check(events, spans, series, alerts_file)
     data_set = retrain.training_set(
         series, spans, model_cfg.window, margin_s=exclude_margin, min_windows=min_windows
     )
@@ -479,6 +528,11 @@ def retrain_cmd(
         max_gap_seconds=cfg.engine.max_gap_seconds,
     )
     bundle = result.bundle
+    if bundle.arch != parent.arch:
+        click.echo(
+            "note: the challenger's architecture differs from the champion's (--from-pipeline); a daemon that "
+            "reloads it starts every key's state afresh"
+        )
     bundle.meta["lineage"] = retrain.lineage(parent, data_set, source, bundle.meta)
     save_bundle(bundle, out)
     t = bundle.meta["training"]
@@ -533,6 +587,13 @@ def promote_cmd(
     from anomaly.bundle import load_bundle
 
     setup_logging(verbose)
+    if champion.endswith(".onnx") or challenger.endswith(".onnx"):
+        raise DataError(
+            "promotion writes a model bundle over the champion's file: promote the .pt bundles and export the "
+            "new champion to ONNX afterwards (anomaly export --format onnx)"
+        )
+    if Path(challenger).resolve() == Path(champion).resolve():
+        raise DataError(f"{challenger} is the champion's own file: give the challenger's bundle")
     champ = load_bundle(champion)
     chall = load_bundle(challenger)
     cfg = _config(
@@ -540,7 +601,7 @@ def promote_cmd(
     )
     selected = _selected(keys)
     if data:
-        span = TimeRange.parse(since, start, end) if (since or start) else None
+        span = TimeRange.parse_for_files(since, start, end)
         series, _, source = _read_csv(cfg, data, span, champ.features, selected, None)
     else:
         span = TimeRange.parse(since, start, end)
