@@ -35,6 +35,11 @@ def reference_bins(calibration: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
     edges = np.array([v for _, v in pairs])
     if not (np.all(np.diff(levels) > 0) and np.all(np.diff(edges) >= 0) and 0 < levels[0] and levels[-1] < 1):
         return None
+    # Tied quantiles (a calibration with a point mass: a model trained on a constant stream) give one edge for
+    # the value, with the share of the highest level at it; an error equal to an edge counts in the bin below
+    # (`update`), where the calibration put that mass. Without ties nothing changes.
+    last_of_value = np.append(np.diff(edges) > 0, True)
+    levels, edges = levels[last_of_value], edges[last_of_value]
     expected = np.diff(np.concatenate([[0.0], levels, [1.0]]))
     return edges, expected
 
@@ -85,7 +90,7 @@ class DriftMonitor:
             return
         if len(e) >= self.window:
             e = e[-self.window :]
-        bins = np.searchsorted(self.edges, e, side="right").astype(np.int8)
+        bins = np.searchsorted(self.edges, e, side="left").astype(np.int8)  # edge values count below
         n, w = len(bins), self.window
         idx = (self.pos + np.arange(n)) % w
         if self.filled == w:

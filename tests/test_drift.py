@@ -58,7 +58,7 @@ def test_sliding_window_counts_equal_the_last_points_fed_in_any_chunks() -> None
         mon.update(errors[lo : lo + size])
         lo += size
         seen = errors[:lo][-777:]
-        want = np.bincount(np.searchsorted(edges, seen, side="right"), minlength=6)
+        want = np.bincount(np.searchsorted(edges, seen, side="left"), minlength=6)
         assert mon.counts.tolist() == want.tolist()
         assert mon.filled == len(seen)
     assert mon.value() == psi(mon.counts, expected)
@@ -112,3 +112,18 @@ def test_metric_reports_psi_of_the_model_in_use_and_drops_the_old_version() -> N
     assert metrics.registry.get_sample_value("anomaly_model_drift_psi", {"version": "v1"}) is None
     metrics.observe(windows(live[:100]), Batch([]), Engine(), 0.0)
     assert metrics.registry.get_sample_value("anomaly_model_drift_psi", {"version": "v2"}) is None  # < 200
+
+
+def test_a_constant_stream_matching_its_constant_calibration_is_stable() -> None:
+    """A model trained on a constant stream has every calibration quantile equal; the same stream live put
+    each error (equal to the edges) in the top bin, expected 0.1 %: PSI 12, ModelDrift on a healthy sensor."""
+    v = float(np.float32(0.0007984566))
+    calibration = {"point_error_quantiles": {str(q): v for q in LEVELS}}
+    edges, expected = reference_bins(calibration)
+    assert edges.tolist() == [v] and np.allclose(expected, [0.999, 0.001])
+    same = DriftMonitor.for_calibration(calibration)
+    same.update(np.full(1000, v))
+    assert same.value() < 0.01
+    above = DriftMonitor.for_calibration(calibration)
+    above.update(np.full(1000, 2 * v))  # the constant stream's errors doubled: drift
+    assert above.value() > 0.25
