@@ -491,3 +491,14 @@ def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
     promote(int8, champion, Comparison(r, r, True, []))
     shown = run_cli("inspect", champion).stdout
     assert "lineage:         parent a\n" in shown and "None" not in shown
+
+
+def test_retrain_refuses_to_write_the_challenger_over_the_champion(csv_world, bundle_path, tmp_path):
+    """`retrain -m model.pt -o model.pt` replaced the champion with an unvetted challenger (no policy, no
+    .previous), and a running daemon hot-reloaded it."""
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    before = champion.read_bytes()
+    result = run_cli("retrain", "-m", champion, path, "-o", champion, "--epochs", 1)
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: -o {champion} is the champion's file")
+    assert champion.read_bytes() == before and not list(tmp_path.glob("*.previous"))

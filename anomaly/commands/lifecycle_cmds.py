@@ -454,6 +454,11 @@ def retrain_cmd(
     from anomaly.training import train
 
     setup_logging(verbose)
+    if Path(out).resolve() == Path(champion).resolve():  # it replaced the champion, unvetted and no .previous
+        raise DataError(
+            f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
+            "--promote)"
+        )
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
