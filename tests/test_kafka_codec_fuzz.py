@@ -561,7 +561,7 @@ def polls(rng: random.Random, items: list[Case]) -> list[list[Case]]:
             poll = sorted(poll, key=lambda c: (c.reason is not None, not c.common, c.block))
             good = sum(c.reason is None for c in poll)
             for _ in range(min(len(poll) - good, rng.randrange(4))):
-                poll.insert(rng.randrange(good + 1), poll.pop())
+                poll.insert(rng.randrange(good + 1), poll.pop(rng.randrange(good, len(poll))))
         out.append(poll)
         i += n
     return out
