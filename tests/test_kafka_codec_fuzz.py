@@ -226,7 +226,7 @@ class Generator:
         r, f = self.rng, self.fmt
         body = Pairs()
         kafka_key = r.choice([b"pump-1", "泵-9".encode(), None, b"", b"\xff\xfe"])
-        if r.random() < 0.8 or self.common or kafka_key is None or kafka_key == b"\xff\xfe":
+        if r.random() < 0.8 or self.common or kafka_key in (None, b"", b"\xff\xfe"):
             k = self.key()
             body.append((f.key_field, k))
             want_key = k if isinstance(k, str) else str(k)
@@ -360,14 +360,14 @@ def no_key(g, body, kafka_key, block):
         del body[i]
     else:
         body[i] = (g.fmt.key_field, None)
-    return g.record(body, g.rng.choice([None, b"\xff\xfe", b"\xed\xa0\x80"])), "missing_field"
+    return g.record(body, g.rng.choice([None, b"", b"\xff\xfe", b"\xed\xa0\x80"])), "missing_field"
 
 
 def bad_key(g, body, kafka_key, block):
     i = _field(body, g.fmt.key_field)
     if i is None:
         return None
-    body[i] = (g.fmt.key_field, g.rng.choice([True, False, [], ["pump-1"], {"id": 1}, {}]))
+    body[i] = (g.fmt.key_field, g.rng.choice([True, False, [], ["pump-1"], {"id": 1}, {}, ""]))
     return g.record(body, kafka_key), "missing_field"
 
 
