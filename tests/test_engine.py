@@ -1031,3 +1031,19 @@ def test_row_gather_and_scatter_helpers_equal_fancy_indexing() -> None:
             put_rows(column, rows, values)
             assert column.tobytes() == expected.tobytes()
             assert take_rows(column, rows).tobytes() == expected[rows].tobytes()
+
+
+def test_readings_of_no_message_are_no_events() -> None:
+    """An empty poll's columns give no events (it raised a zip length error); one message gives one."""
+    from anomaly.engine.types import Readings
+
+    empty = Readings([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3)), [])
+    assert empty.events() == []
+    one = Readings(["k"], np.zeros(1, np.int64), np.ones(1, np.int64), np.ones(1), np.ones((1, 3)), ["ref"])
+    (event,) = one.events()
+    assert (event.key, event.timestamps.tolist(), event.values.tolist(), event.ref) == (
+        "k",
+        [1.0],
+        [[1.0] * 3],
+        "ref",
+    )

@@ -431,3 +431,26 @@ def test_the_daemon_decodes_with_the_configured_future_limit():
     )
     with pytest.raises(ConfigError, match=r"kafka.max_future_seconds must be >= 0 seconds \(0: no limit\)"):
         KafkaConfig(max_future_seconds=-1.0)
+
+
+def test_an_empty_key_is_refused_like_a_missing_one_in_bulk_and_one_by_one():
+    """An empty key ("key": "", or an empty message key and no key field) pooled every such sensor into one
+    entity ""; it is a dead letter `missing_field`, as an empty key cell is refused in replay. Its neighbours
+    in the same poll, in columns or blocks, are decoded as before."""
+    d = Decoder(MessageFormat(FMT.features))
+    one = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    block = {"readings": [{"ts": 1.7e9 + i, "values": [1.0, 2.0, 3.0]} for i in range(3)]}
+    for shape in (one, block):
+        good = [
+            Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)
+        ]
+        empty_body = Record("sensors", 0, 40, b"k", json.dumps({"key": "", **shape}).encode())
+        empty_message_key = Record("sensors", 0, 41, b"", json.dumps(shape).encode())
+        records = good[:20] + [empty_body, empty_message_key] + good[20:]
+        refused = assert_poll_decodes_as_record_by_record(d, records)
+        assert refused == [
+            (40, "missing_field", "'key' is empty"),
+            (41, "missing_field", "no 'key' field and no message key (the message key is empty)"),
+        ]
+        readings, _ = d.decode_poll(records)
+        assert sorted(e.key for e in readings.events()) == sorted(f"p{i}" for i in range(40))

@@ -164,7 +164,7 @@ class Readings:
     def events(self) -> list[Event]:
         """One event per message (tests, and the engine's per-event path for irregular keys)."""
         ends = np.cumsum(self.counts).tolist()
-        starts = [0, *ends[:-1]]
+        starts = [0, *ends[:-1]] if ends else []  # no message, no event
         return [
             Event(self.names[k], self.timestamps[lo:hi], self.values[lo:hi], ref)
             for k, lo, hi, ref in zip(self.kid.tolist(), starts, ends, self.refs, strict=True)

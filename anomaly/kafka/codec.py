@@ -192,14 +192,22 @@ class Decoder:
         return Event(key, stamps, np.stack(rows), record)
 
     def _key(self, key: Any, record: Any) -> str:
+        """The entity key: the body's key field, else the message key. An empty key is refused like a missing
+        one: it would pool every keyless sensor into one entity (replay refuses an empty key cell alike)."""
         if key is None:
-            if record.key is None:
-                raise DecodeError("missing_field", f"no {self.fmt.key_field!r} field and no message key")
+            if not record.key:
+                raise DecodeError(
+                    "missing_field",
+                    f"no {self.fmt.key_field!r} field and no message key"
+                    + (" (the message key is empty)" if record.key is not None else ""),
+                )
             try:
                 return record.key.decode("utf-8")
             except UnicodeDecodeError:
                 raise DecodeError("missing_field", "message key is not UTF-8") from None
         if isinstance(key, str):
+            if not key:
+                raise DecodeError("missing_field", f"{self.fmt.key_field!r} is empty")
             return key
         if isinstance(key, bool) or not isinstance(key, int | float):
             raise DecodeError("missing_field", f"{self.fmt.key_field!r} must be a string or number")
@@ -347,8 +355,8 @@ class Decoder:
         get = dict.get
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
         blocks: list[Any] = list(map(get, bodies, repeat(fmt.readings_field)))
-        if set(map(type, keys)) != {str} or set(map(type, blocks)) != {list}:
-            return None
+        if set(map(type, keys)) != {str} or "" in keys or set(map(type, blocks)) != {list}:
+            return None  # an empty key is refused record by record
         counts = list(map(len, blocks))
         readings = list(chain.from_iterable(blocks))
         if 0 in counts or set(map(type, readings)) != {dict}:
@@ -406,8 +414,8 @@ class Decoder:
         n = len(bodies)
         get = dict.get
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
-        if set(map(type, keys)) != {str}:
-            return None
+        if set(map(type, keys)) != {str} or "" in keys:
+            return None  # an empty key is refused record by record
         return self._readings(records, keys, bodies, np.ones(n, np.int64))
 
     def _empty(self) -> Readings:
