@@ -365,3 +365,21 @@ def test_checkpoints_are_written_in_zstd_and_zlib_records_of_older_daemons_still
         store("lz4")
     with pytest.raises(KafkaError, match="does not decompress"):
         decompress_state({"codec": "zstd", "raw": len(snap)}, payload[:-9])
+
+
+def test_state_out_that_cannot_be_written_is_refused_before_the_daemon_starts(tmp_path, bundle_path):
+    """Found out only at shutdown, after hours of running, the snapshot was lost (and an EIO was a traceback)."""
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, check_writable
+
+    cfg = build_config()
+    with pytest.raises(ConfigError, match="cannot write --state-out .*missing/state.bin: No such file"):
+        Daemon(
+            cfg, str(bundle_path), options=DaemonOptions(state_out=str(tmp_path / "missing" / "state.bin"))
+        )
+    fresh = tmp_path / "state.bin"
+    check_writable(str(fresh))
+    assert not fresh.exists()  # the probe leaves nothing behind
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    check_writable(str(kept))
+    assert kept.read_bytes() == b"old"

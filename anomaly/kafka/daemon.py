@@ -55,7 +55,7 @@ from kafka import ConsumerRebalanceListener
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, ConfigError
 from anomaly.kafka import clients, records
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
@@ -118,6 +118,8 @@ class Daemon:
         self.metrics = metrics
         self.server = server  # MetricsServer or None
         self.opts = options or DaemonOptions()
+        if self.opts.state_out:
+            check_writable(self.opts.state_out)
         self.bundle = load_bundle(model_path)
         self.engine = Engine(self.bundle, cfg.engine)
         self.stop = threading.Event()
@@ -252,8 +254,14 @@ class Daemon:
                 for name, n in part.items():
                     totals[name] = totals.get(name, 0) + n
                 break
-            if self.opts.state_out:
-                Path(self.opts.state_out).write_bytes(self.engine.snapshot())
+            if self.opts.state_out:  # after the final checkpoint: the state is safe in the changelog anyway
+                try:
+                    Path(self.opts.state_out).write_bytes(self.engine.snapshot())
+                except OSError as exc:
+                    raise AnomalyError(
+                        f"cannot write the state snapshot to {self.opts.state_out}: {exc.strerror or exc} "
+                        "(the final checkpoint was committed)"
+                    ) from None
             totals["skipped"] = self.source.skipped
             totals["restored_keys"] = self.restored_keys
             return totals
@@ -575,6 +583,23 @@ class Daemon:
     @property
     def ready(self) -> bool:
         return self._broker_ok and self._assigned_once and not self._rebalancing
+
+
+def check_writable(path: str) -> None:
+    """Refuse at start-up a ``--state-out`` path that could not be written at shutdown (a missing directory, no
+    permission, a directory): found out only after hours of running, the snapshot would be lost. The file is
+    opened for appending (nothing written; removed again if this created it)."""
+    p = Path(path)
+    existed = p.exists()
+    try:
+        with p.open("ab"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write --state-out {path}: {exc.strerror or exc}", key="state_out"
+        ) from None
+    if not existed:
+        p.unlink(missing_ok=True)
 
 
 def _libc_malloc_trim() -> Any:
