@@ -226,6 +226,11 @@ class PipelineMetrics:
             ["state"],
             registry=r,
         )
+        self.model_reload_failures = Counter(
+            "anomaly_model_reload_failures",
+            "New model files that could not be loaded (corrupt, not a bundle, ...); the model in use stays.",
+            registry=r,
+        )
         self.model_drift = Gauge(
             "anomaly_model_drift_psi",
             "Population stability index of the last point errors (all keys, sliding window) against the "
@@ -410,6 +415,9 @@ class PipelineMetrics:
         if not kept_state:  # the engine's open alerts went with its state
             self._clear_labels()
             self.alerts_active.set(0)
+
+    def model_reload_failed(self) -> None:
+        self.model_reload_failures.inc()
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -383,3 +383,24 @@ def test_state_out_that_cannot_be_written_is_refused_before_the_daemon_starts(tm
     kept.write_bytes(b"old")
     check_writable(str(kept))
     assert kept.read_bytes() == b"old"
+
+
+def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_scoring(tmp_path, bundle_path):
+    """A failed hot reload was only an ERROR log line: /metrics still showed the old model and nothing told an
+    alert rule that the file on disk is not the one in use."""
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    version = daemon.bundle.version
+    live.write_bytes(bundle_path.read_bytes()[:20_000])  # a copy cut short
+    daemon.request_reload()
+    daemon._maybe_reload()
+    assert daemon.bundle.version == version
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) is None

@@ -208,6 +208,7 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     metrics.model_loaded(FakeBundle())
     metrics.model_reloaded(kept_state=True)
     metrics.model_reloaded(kept_state=False)
+    metrics.model_reload_failed()
 
     assert value(metrics, "anomaly_messages_consumed_total") == 5.0
     assert value(metrics, "anomaly_messages_invalid_total", {"reason": "malformed"}) == 3.0
@@ -228,6 +229,7 @@ def test_daemon_counters_checkpoint_and_model(metrics: PipelineMetrics) -> None:
     assert value(metrics, "anomaly_model_trained_timestamp_seconds") == 1_714_564_800.0
     assert value(metrics, "anomaly_model_reloads_total", {"state": "kept"}) == 1.0
     assert value(metrics, "anomaly_model_reloads_total", {"state": "reset"}) == 1.0
+    assert value(metrics, "anomaly_model_reload_failures_total") == 1.0
 
 
 def test_no_metric_is_labelled_by_key_except_alert_active(metrics: PipelineMetrics) -> None:
@@ -259,6 +261,7 @@ def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
             "anomaly_checkpoint_state_bytes",
             "anomaly_checkpoint_state_cpu_seconds",
             "anomaly_model_reloads",
+            "anomaly_model_reload_failures",
         ]
     )  # the parser strips `_total`; the exposition carries it
     text = metrics.render().decode()
