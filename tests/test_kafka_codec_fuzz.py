@@ -371,14 +371,19 @@ def bad_key(g, body, kafka_key, block):
     return g.record(body, kafka_key), "missing_field"
 
 
-def no_time(g, body, kafka_key, block):
+def _without(g, body, kafka_key, block, name):
+    """The reading's field `name` removed or set to null: missing_field."""
     part = _reading(g, body, block)
-    i = _field(part, g.fmt.time_field)
+    i = _field(part, name)
     if g.rng.random() < 0.5:
         del part[i]
     else:
-        part[i] = (g.fmt.time_field, None)
+        part[i] = (name, None)
     return g.record(body, kafka_key), "missing_field"
+
+
+def no_time(g, body, kafka_key, block):
+    return _without(g, body, kafka_key, block, g.fmt.time_field)
 
 
 def bad_time(g, body, kafka_key, block):
@@ -418,13 +423,7 @@ def future(g, body, kafka_key, block):
 
 
 def no_values(g, body, kafka_key, block):
-    part = _reading(g, body, block)
-    i = _field(part, g.fmt.values_field)
-    if g.rng.random() < 0.5:
-        del part[i]
-    else:
-        part[i] = (g.fmt.values_field, None)
-    return g.record(body, kafka_key), "missing_field"
+    return _without(g, body, kafka_key, block, g.fmt.values_field)
 
 
 def values_not_a_list(g, body, kafka_key, block):
