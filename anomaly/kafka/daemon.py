@@ -400,9 +400,8 @@ class Daemon:
             bundle = load_bundle(self.model_path)
         except AnomalyError as exc:
             log.error("model reload failed, keeping version %s: %s", self.bundle.version, exc)
-            if (
-                self.metrics is not None
-            ):  # else only a log line told that the file in place is not the one used
+            # counted, so /metrics says that the file in place is not the model in use
+            if self.metrics is not None:
                 self.metrics.model_reload_failed()
             return
         kept = self.engine.reload(bundle)
