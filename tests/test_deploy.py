@@ -30,6 +30,7 @@ ALERTS = {
     "CheckpointStale",
     "ModelStale",
     "ModelDrift",
+    "ModelReloadFailed",
 }
 
 needs_promtool = pytest.mark.skipif(
