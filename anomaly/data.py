@@ -76,8 +76,8 @@ def _first_line(path: Path) -> str:
         raise DataError(f"cannot read {path}: {reason}") from None
 
 
-def detect_separator(path: Path) -> str:
-    header = _first_line(path)
+def detect_separator(header: str) -> str:
+    """The separator of a header line: the candidate it holds most often (',' when it holds none)."""
     counts = {sep: header.count(sep) for sep in SEPARATORS}
     best = max(SEPARATORS, key=lambda sep: counts[sep])  # ties keep the order above: ',' first
     return best if counts[best] else ","
@@ -98,8 +98,9 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
-    sep = separator or detect_separator(p)
-    _check_header(p, sep)
+    header = _first_line(p)  # read once: it gives the separator and is checked before pandas reads it
+    sep = separator or detect_separator(header)
+    _check_header(p, header, sep)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -135,23 +136,25 @@ def _clean_name(name: object) -> str:
     return str(name).strip().strip("\u200b\u200c\u200d\u2060\ufeff").strip()
 
 
-def _check_header(path: Path, sep: str) -> None:
+_PIVOT = 'Flux: pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
+_INFLUX_COLUMNS = "pass --time-column _time and the fields as --features"
+
+
+def _check_header(path: Path, header: str, sep: str) -> None:
     """Refuse headers pandas would read wrongly without a word: a name given twice (pandas renames the copy
     'a.1', or the copies collide once spaces are stripped) and InfluxDB's annotated CSV (its '#group' line
     would be read as the header)."""
-    line = _first_line(path).lstrip("\ufeff")
+    line = header.lstrip("\ufeff")
     if line.startswith(("#group", "#datatype", "#default")):
         raise DataError(
             f"{path} is an InfluxDB annotated CSV: delete its '#' annotation lines, pivot it to one column per "
-            'field if each row holds one _field and _value (Flux: pivot(rowKey: ["_time"], columnKey: '
-            '["_field"], valueColumn: "_value")), then pass --time-column _time and the fields as --features'
+            f"field if each row holds one _field and _value ({_PIVOT}), then {_INFLUX_COLUMNS}"
         )
     names = [_clean_name(c) for c in next(csv.reader([line], delimiter=sep), [])]
     if "_field" in names and "_value" in names:
         raise DataError(
             f"{path} is in InfluxDB's long form (columns _field and _value: one row per field value): export "
-            'it pivoted to one column per field (Flux: pivot(rowKey: ["_time"], columnKey: ["_field"], '
-            'valueColumn: "_value")), then pass --time-column _time and the fields as --features'
+            f"it pivoted to one column per field ({_PIVOT}), then {_INFLUX_COLUMNS}"
         )
     seen: dict[str, int] = {}
     for i, name in enumerate(names, 1):
