@@ -383,6 +383,12 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
         i = int(np.flatnonzero(bad)[0])
         fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
         hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
+        numbers = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+        if cfg.time_format is None and numbers[bad].mean() >= 0.5 and not numbers[bad].all():
+            # epoch numbers with a few text cells: the column read as text, and the numbers (which are not
+            # date-times) are not the culprit; name the first cell that is not a number
+            i = int(np.flatnonzero(bad & ~numbers)[0])
+            hint = "; the column's other times are epoch numbers: fix or remove that row"
         raise DataError(
             f"cannot parse time value {column.iloc[i]!r} (line {_line(column, i)}) in column "
             f"{name!r}{fmt}{hint}"

@@ -225,6 +225,14 @@ def test_an_empty_time_cell_is_a_missing_time_like_a_numeric_one(tmp_path) -> No
         load(write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1.0\nsoon,2.0\n"))
 
 
+def test_a_text_cell_among_epoch_times_is_the_one_named(tmp_path) -> None:
+    """One text cell makes pandas read a column of epoch seconds as text; the error named the first number
+    ('1700000000' (line 2)), which is a valid time, instead of the cell to fix."""
+    path = dates(tmp_path, "1700000000", "1700000060", "oops", "1700000180")
+    with pytest.raises(DataError, match=r"cannot parse time value 'oops' \(line 4\)"):
+        load(path)
+
+
 def test_parts_of_a_key_from_several_files_join_in_time_order(tmp_path) -> None:
     from anomaly.data import merge_keys
 
