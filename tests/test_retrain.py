@@ -502,3 +502,25 @@ def test_retrain_refuses_to_write_the_challenger_over_the_champion(csv_world, bu
     result = run_cli("retrain", "-m", champion, path, "-o", champion, "--epochs", 1)
     assert result.exit_code == 2 and result.stderr.startswith(f"error: -o {champion} is the champion's file")
     assert champion.read_bytes() == before and not list(tmp_path.glob("*.previous"))
+
+
+def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_path, tmp_path):
+    """A topic read leaves out readings at a timestamp their key already had (the engine drops them); from CSV
+    files that overlap (two exports of one key), retrain trained on both copies of every shared reading."""
+    import pandas as pd
+
+    path, _ = csv_world
+    frame = pd.read_csv(path).assign(k="pump")
+    frame.to_csv(whole := tmp_path / "whole.csv", index=False)
+    frame.iloc[:1000].to_csv(early := tmp_path / "early.csv", index=False)
+    frame.iloc[500:].to_csv(late := tmp_path / "late.csv", index=False)
+    metas = []
+    for name, files in (("one.pt", [whole]), ("two.pt", [early, late])):
+        out = tmp_path / name
+        result = run_cli("retrain", "-m", bundle_path, *files, "--key-column", "k", "-o", out, "--epochs", 1)
+        assert result.exit_code == 0, result.output
+        metas.append(read_metadata(out)[0])
+    one, two = (m["lineage"]["data"] for m in metas)
+    assert two["readings"] + two["excluded_short_readings"] == 1500
+    assert (one["dropped_readings"], two["dropped_readings"]) == (0, 500)
+    assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]

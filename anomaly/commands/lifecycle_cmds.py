@@ -227,6 +227,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     _check_values(series, features, data)
     series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
+    series, duplicates = _drop_repeated_times(series)  # as a topic read drops them (the engine would)
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
@@ -247,10 +248,31 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
                         "line, as a replay's alerts.jsonl holds)"
                     )
                 events.append(event)
-    source = {"source": "csv", "files": [str(p) for p in data], "alerts_file": alerts_file}
+    source = {
+        "source": "csv",
+        "files": [str(p) for p in data],
+        "alerts_file": alerts_file,
+        "dropped_readings": duplicates,
+    }
     if span is not None:
         source.update(span.to_json())
     return series, events, source
+
+
+def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
+    """Each key's readings at a timestamp it already had (two files of one key that overlap, or a repeated
+    row) left out, as the topic read leaves them out: the engine would drop them, so the challenger must not
+    train on them. Returns the series and how many readings were left out."""
+    import numpy as np
+
+    out, dropped = [], 0
+    for s in series:
+        keep = np.ones(len(s), bool)
+        keep[1:] = np.diff(s.timestamps) > 0  # merge_keys sorted them; NaN times (at the end) stay
+        keep |= np.isnan(s.timestamps)
+        dropped += int((~keep).sum())
+        out.append(s if keep.all() else s.take(keep))
+    return out, dropped
 
 
 def _check_values(series, features, data) -> None:  # type: ignore[no-untyped-def]
