@@ -252,18 +252,46 @@ def point_adjust(labels: Any, predictions: Any) -> np.ndarray:
 
 
 def decision_index(timestamps: Any, decided_at: Any) -> np.ndarray:
-    """Index of the reading whose arrival decided each point (its timestamp is `decided_at`), from a series'
-    timestamps in time order; ``len(timestamps)`` for points never decided (``decided_at`` NaN)."""
+    """Index of the reading whose arrival decided each point (its timestamp is `decided_at`);
+    ``len(timestamps)`` for points never decided (``decided_at`` NaN).
+
+    Only a reading the engine took can decide (a deciding reading is scored by its own decision, so its
+    `decided_at` is finite): where several rows share that timestamp, the decision belongs to the first scored
+    one at or after the point, never to a repeat the engine refused (duplicate_policy=drop) that came after it.
+    A `decided_at` that no scored row carries as its timestamp (hand-built inputs) maps to the last row at or
+    before that time, in file order when rows are out of time order."""
     ts = np.asarray(timestamps, dtype=np.float64)
     d = np.asarray(decided_at, dtype=np.float64)
+    n = len(ts)
+    idx = np.full(n, n, np.int64)
+    known = np.flatnonzero(np.isfinite(d))
+    if not len(known):
+        return idx
+    # scored rows by (time, position); a query (decided_at[k], k) finds the first one at that time from row k on
+    takers = known[np.isfinite(ts[known])]
+    takers = takers[np.lexsort((takers, ts[takers]))]
+    t_sorted = ts[takers]
+    lo = np.searchsorted(t_sorted, d[known], side="left")
+    hi = np.searchsorted(t_sorted, d[known], side="right")
+    group = np.searchsorted(t_sorted, t_sorted, side="left")
+    j = np.searchsorted(group * (n + 1) + takers, lo * (n + 1) + known, side="left")
+    j = np.where(j < hi, j, lo)  # none at or after the point: the first at that time
+    found = lo < hi
+    idx[known[found]] = takers[j[found]]
+    rest = known[~found]
+    if len(rest):
+        idx[rest] = _last_at_or_before(ts, d[rest])
+    return idx
+
+
+def _last_at_or_before(ts: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Index of the last row with a timestamp at or before each of `d` (in file order when rows are out of
+    time order); -1 when none."""
     if np.all(ts[1:] >= ts[:-1]):
-        idx = np.searchsorted(ts, d, side="right") - 1
-    else:  # rows out of time order (the engine refused them): index in file order of the deciding reading
-        order = np.argsort(ts, kind="stable")
-        pos = np.searchsorted(ts[order], d, side="right") - 1
-        idx = np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
-    idx[~np.isfinite(d)] = len(ts)
-    return idx.astype(np.int64)
+        return np.searchsorted(ts, d, side="right") - 1
+    order = np.argsort(ts, kind="stable")
+    pos = np.searchsorted(ts[order], d, side="right") - 1
+    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
 
 
 def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:

@@ -220,3 +220,18 @@ def test_an_event_stands_out_when_its_peak_beats_all_but_the_normal_rate():
     assert events_standing_out(scores, labels, 0.005) == (1, 3)
     assert events_standing_out(scores, labels, 0.6) == (3, 3)
     assert events_standing_out(scores, np.zeros(120, bool)) == (0, 0)
+
+
+def test_a_repeated_timestamp_is_decided_by_the_reading_the_engine_took():
+    # rows 3 and 4 repeat row 2's time: the engine took row 2 (decided on its arrival) and refused the repeats
+    ts = np.array([0.0, 1.0, 2.0, 2.0, 2.0, 3.0, 4.0])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0])
+    preds = np.array([0, 0, 1, 0, 0, 1, 0])  # refused rows are never flagged as marked
+    decided = np.array([0.0, 1.0, 2.0, np.nan, np.nan, 3.0, 4.0])
+    assert decision_index(ts, decided).tolist() == [0, 1, 2, 7, 7, 5, 6]
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["point"] == {"tp": 4, "fp": 0, "fn": 0, "tn": 3}  # the repeats hold row 2's flag
+    assert m["median_delay_readings"] == 0.0
+    assert m["counts"]["latency"]["readings"] == {0: 5}
+    # duplicate_policy=keep: every repeat is taken and decided on its own arrival
+    assert decision_index([0.0, 1.0, 1.0, 1.0, 2.0], [0.0, 1.0, 1.0, 1.0, 2.0]).tolist() == [0, 1, 2, 3, 4]
