@@ -317,11 +317,13 @@ def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
 def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
     """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
     its readings, and its delay runs from the event's first reading to that decision (in readings and seconds).
-    Predicted segments are runs of flagged points as marked."""
+    Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
+    (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
+    alert into two predicted segments (nor add a false alert)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     dec = np.arange(len(y)) if decided is None else np.asarray(decided, dtype=np.int64)
-    true_segs, pred_segs = segments(y), segments(p)
+    true_segs, pred_segs = segments(y), segments(causal(p, dec, False))
     d_readings: list[int] = []
     d_seconds: list[float] = []
     for start, stop in true_segs:

@@ -235,3 +235,18 @@ def test_a_repeated_timestamp_is_decided_by_the_reading_the_engine_took():
     assert m["counts"]["latency"]["readings"] == {0: 5}
     # duplicate_policy=keep: every repeat is taken and decided on its own arrival
     assert decision_index([0.0, 1.0, 1.0, 1.0, 2.0], [0.0, 1.0, 1.0, 1.0, 2.0]).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_refused_reading_inside_an_alert_does_not_split_it():
+    # one alert over readings 2-7, outlasting the label (2-4); reading 5 was refused (NaN value): never scored,
+    # so never marked, but the pipeline's alert stayed open through it
+    ts = np.arange(10) * 60.0
+    labels = np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    preds = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0])
+    decided = ts.copy()
+    decided[5] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    e = m["counts"]["events"]
+    assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (1, 1, 0)
+    assert m["event_precision"] == 1.0 and m["false_alerts_per_day"] == 0.0
+    assert m["counts"]["point"]["fp"] == 3  # reading 5 counts as flagged, as the alert was open
