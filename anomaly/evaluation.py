@@ -126,7 +126,7 @@ class EventCounts:
     matched_predictions: int = 0  # predicted segments overlapping at least one true segment
     false_alerts: int = 0  # predicted segments overlapping no true segment
     delay_seconds: float = 0.0  # sum over detected events of (detecting decision - segment start)
-    seconds: float = 0.0  # evaluated time: sum over series of (last timestamp - first timestamp)
+    seconds: float = 0.0  # evaluated time: sum over series of (last - first finite timestamp)
     delays_readings: tuple[int, ...] = ()  # per detected event: readings from its start to the detection
     delays_seconds: tuple[float, ...] = ()  # per detected event: seconds from its start to the detection
 
@@ -334,7 +334,8 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
             d_readings.append(at - start)
             d_seconds.append(float(ts[at] - ts[start]))
     matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
-    seconds = float(ts[-1] - ts[0]) if len(ts) else 0.0
+    timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
+    seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
     return EventCounts(
         len(true_segs),
         len(d_readings),

@@ -250,3 +250,11 @@ def test_a_refused_reading_inside_an_alert_does_not_split_it():
     assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (1, 1, 0)
     assert m["event_precision"] == 1.0 and m["false_alerts_per_day"] == 0.0
     assert m["counts"]["point"]["fp"] == 3  # reading 5 counts as flagged, as the alert was open
+
+
+def test_a_reading_without_a_time_leaves_the_evaluated_time_and_false_alerts_per_day():
+    # the loader sorts a row with no time last; the engine refuses it (never decided)
+    ts = np.array([0.0, 43_200.0, 86_400.0, np.nan])
+    m = evaluate([0, 0, 0, 0], [0, 1, 0, 0], ts, [0.0, 43_200.0, 86_400.0, np.nan])
+    assert m["counts"]["events"]["seconds"] == 86_400.0
+    assert m["false_alerts_per_day"] == 1.0
