@@ -427,7 +427,7 @@ def oracle_best_f1(scores: Any, labels: Any) -> tuple[float, float]:
 
 def events_standing_out(scores: Any, labels: Any, normal_rate: float = 0.01) -> tuple[int, int]:
     """(events that stand out, labelled events) of one series: an event stands out when its highest score is above
-    all but `normal_rate` of the series' normal readings (strictly more than 1 - rate of them score below it), so a
+    all but `normal_rate` of the series' normal readings (at least 1 - rate of them score strictly below it), so a
     threshold flagging that share of normal readings would catch it -- telemanom's event view, threshold-free. It
     looks at the labels: a diagnosis of ranking, never a result. NaN scores count as lowest."""
     s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
