@@ -307,6 +307,7 @@ class Engine:
             out.rejections += part.rejections
             out.readings += part.readings
             out.batches += part.batches
+            out.decided += part.decided
             out.evicted += part.evicted
         return out
 
@@ -713,6 +714,7 @@ class Engine:
         put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
         put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
         out.batches.append(k)
+        out.decided.append(ts)
         errors = self._point_error(err_f)
         # the window's squared error per feature: alert contributions of window-scored keys (readings scored
         # on arrival add theirs reading by reading)
