@@ -67,24 +67,16 @@ def run_format_bench(
 def _score_file(
     bundle: Bundle, cfg: Any, key: str, head: Any, test: Any, features: list[str]
 ) -> dict[str, Any]:
-    """SKAB's run_file scoring part for a given bundle: warm engine, test rows, point-wise evaluation."""
-    from anomaly import evaluation
-    from anomaly.engine import Engine, Event
-    from anomaly.replay import point_frame
-    from anomaly.sinks.files import WindowCollector
+    """SKAB's run_file scoring part for a given bundle (:func:`anomaly.skab.score_test_rows`: warm engine, test
+    rows, the file's last partial report window), evaluated point-wise without look-ahead as `anomaly skab` does."""
+    from anomaly import evaluation, skab
 
-    engine = Engine(bundle, cfg.engine)
-    engine.process([Event(key, head.timestamps, head.values, ref=0)])
-    out = engine.process([Event(key, test.timestamps, test.values, ref=len(head))])
-    collector = WindowCollector()
-    collector.write(out, None)  # type: ignore[arg-type]
-    got = collector.arrays(key)
-    if len(got["timestamps"]):
-        inside = got["timestamps"] >= test.timestamps[0]
-        got = {name: values[inside] for name, values in got.items()}
-    frame = point_frame(test, features, got, cfg.replay.predict)
+    _, frame = skab.score_test_rows(bundle, cfg, key, head, test, features)
     return evaluation.evaluate(
-        frame["label"].to_numpy(), frame["predicted"].to_numpy(), frame["timestamp"].to_numpy()
+        frame["label"].to_numpy(),
+        frame["predicted"].to_numpy(),
+        frame["timestamp"].to_numpy(),
+        frame["decided_at"].to_numpy(),
     )
 
 

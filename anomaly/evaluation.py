@@ -126,7 +126,7 @@ class EventCounts:
     matched_predictions: int = 0  # predicted segments overlapping at least one true segment
     false_alerts: int = 0  # predicted segments overlapping no true segment
     delay_seconds: float = 0.0  # sum over detected events of (detecting decision - segment start)
-    seconds: float = 0.0  # evaluated time: sum over series of (last timestamp - first timestamp)
+    seconds: float = 0.0  # evaluated time: sum over series of (last - first finite timestamp)
     delays_readings: tuple[int, ...] = ()  # per detected event: readings from its start to the detection
     delays_seconds: tuple[float, ...] = ()  # per detected event: seconds from its start to the detection
 
@@ -252,18 +252,46 @@ def point_adjust(labels: Any, predictions: Any) -> np.ndarray:
 
 
 def decision_index(timestamps: Any, decided_at: Any) -> np.ndarray:
-    """Index of the reading whose arrival decided each point (its timestamp is `decided_at`), from a series'
-    timestamps in time order; ``len(timestamps)`` for points never decided (``decided_at`` NaN)."""
+    """Index of the reading whose arrival decided each point (its timestamp is `decided_at`);
+    ``len(timestamps)`` for points never decided (``decided_at`` NaN).
+
+    Only a reading the engine took can decide (a deciding reading is scored by its own decision, so its
+    `decided_at` is finite): where several rows share that timestamp, the decision belongs to the first scored
+    one at or after the point, never to a repeat the engine refused (duplicate_policy=drop) that came after it.
+    A `decided_at` that no scored row carries as its timestamp (hand-built inputs) maps to the last row at or
+    before that time, in file order when rows are out of time order."""
     ts = np.asarray(timestamps, dtype=np.float64)
     d = np.asarray(decided_at, dtype=np.float64)
+    n = len(ts)
+    idx = np.full(n, n, np.int64)
+    known = np.flatnonzero(np.isfinite(d))
+    if not len(known):
+        return idx
+    # scored rows by (time, position); a query (decided_at[k], k) finds the first one at that time from row k on
+    takers = known[np.isfinite(ts[known])]
+    takers = takers[np.lexsort((takers, ts[takers]))]
+    t_sorted = ts[takers]
+    lo = np.searchsorted(t_sorted, d[known], side="left")
+    hi = np.searchsorted(t_sorted, d[known], side="right")
+    group = np.searchsorted(t_sorted, t_sorted, side="left")
+    j = np.searchsorted(group * (n + 1) + takers, lo * (n + 1) + known, side="left")
+    j = np.where(j < hi, j, lo)  # none at or after the point: the first at that time
+    found = lo < hi
+    idx[known[found]] = takers[j[found]]
+    rest = known[~found]
+    if len(rest):
+        idx[rest] = _last_at_or_before(ts, d[rest])
+    return idx
+
+
+def _last_at_or_before(ts: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Index of the last row with a timestamp at or before each of `d` (in file order when rows are out of
+    time order); -1 when none."""
     if np.all(ts[1:] >= ts[:-1]):
-        idx = np.searchsorted(ts, d, side="right") - 1
-    else:  # rows out of time order (the engine refused them): index in file order of the deciding reading
-        order = np.argsort(ts, kind="stable")
-        pos = np.searchsorted(ts[order], d, side="right") - 1
-        idx = np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
-    idx[~np.isfinite(d)] = len(ts)
-    return idx.astype(np.int64)
+        return np.searchsorted(ts, d, side="right") - 1
+    order = np.argsort(ts, kind="stable")
+    pos = np.searchsorted(ts[order], d, side="right") - 1
+    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
 
 
 def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
@@ -289,11 +317,13 @@ def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
 def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
     """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
     its readings, and its delay runs from the event's first reading to that decision (in readings and seconds).
-    Predicted segments are runs of flagged points as marked."""
+    Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
+    (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
+    alert into two predicted segments (nor add a false alert)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     dec = np.arange(len(y)) if decided is None else np.asarray(decided, dtype=np.int64)
-    true_segs, pred_segs = segments(y), segments(p)
+    true_segs, pred_segs = segments(y), segments(causal(p, dec, False))
     d_readings: list[int] = []
     d_seconds: list[float] = []
     for start, stop in true_segs:
@@ -304,7 +334,8 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
             d_readings.append(at - start)
             d_seconds.append(float(ts[at] - ts[start]))
     matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
-    seconds = float(ts[-1] - ts[0]) if len(ts) else 0.0
+    timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
+    seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
     return EventCounts(
         len(true_segs),
         len(d_readings),
@@ -396,7 +427,7 @@ def oracle_best_f1(scores: Any, labels: Any) -> tuple[float, float]:
 
 def events_standing_out(scores: Any, labels: Any, normal_rate: float = 0.01) -> tuple[int, int]:
     """(events that stand out, labelled events) of one series: an event stands out when its highest score is above
-    all but `normal_rate` of the series' normal readings (strictly more than 1 - rate of them score below it), so a
+    all but `normal_rate` of the series' normal readings (at least 1 - rate of them score strictly below it), so a
     threshold flagging that share of normal readings would catch it -- telemanom's event view, threshold-free. It
     looks at the labels: a diagnosis of ranking, never a result. NaN scores count as lowest."""
     s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)

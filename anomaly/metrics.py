@@ -128,7 +128,8 @@ class PipelineMetrics:
         self.latency = Histogram(
             "anomaly_latency_seconds",
             "End-to-end latency per reading: wall time of the decision that covers a reading "
-            "minus the reading's event time (a window's early readings wait for its last).",
+            "minus the reading's event time, observed when the decision is made (scored on arrival: the "
+            "batch that delivered it; a window-scored model's early readings wait for its last).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -256,11 +257,13 @@ class PipelineMetrics:
         if out.windows:
             self.windows_scored.inc(len(out.windows))
         self._observe_windows(out.windows)
+        if out.decided:  # the readings this batch decided: on arrival, or with the windows it completed
+            decided_ts = np.concatenate([d.reshape(-1) for d in out.decided])
+            observe_many(self.latency, np.maximum(0.0, now - decided_ts))
         covered = [w for w in out.windows if len(w.timestamps)]
         if covered:
             ts = np.concatenate([w.timestamps for w in covered])
             decided = np.concatenate([w.decided_at for w in covered])  # type: ignore[misc]
-            observe_many(self.latency, np.maximum(0.0, now - ts))
             observe_many(self.decision_delay, np.maximum(0.0, decided - ts))
         if self._drift is not None and out.windows:
             self._drift.update(np.concatenate([w.errors for w in out.windows]))

@@ -109,7 +109,8 @@ class Quality:
             "mar": m["mar"],
             "f1_marked": m["f1_marked"],
             "oracle_f1": self.oracle_f1,
-            "oracle_threshold": self.oracle_threshold,
+            # no labelled anomaly: no threshold (null, not Infinity, which is not JSON)
+            "oracle_threshold": self.oracle_threshold if np.isfinite(self.oracle_threshold) else None,
             "oracle_f1_per_series_mean": self.oracle_f1_per_series,
             "threshold_loss": self.threshold_loss,
             "efficiency": self.efficiency,

@@ -77,7 +77,7 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
         "decided_at": np.full(n, np.nan),  # event time of the reading whose arrival decided this point
     }
     if len(got["timestamps"]):
-        pos = np.searchsorted(s.timestamps, got["timestamps"])
+        pos = result_rows(s.timestamps, got["timestamps"])
         for name, src in (
             ("error", "errors"),
             ("score", "scores"),
@@ -91,6 +91,18 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
     cols.update(res)
     cols["predicted"] = res["alert_open"] if predict == "alert" else res["anomalous"]
     return pd.DataFrame(cols)
+
+
+def result_rows(timestamps: np.ndarray, result_times: np.ndarray) -> np.ndarray:
+    """Row of a series (`timestamps`, in time order) for each of its per-reading results (`result_times`, in the
+    order the engine emitted them). A timestamp the engine took several times (duplicate_policy=keep) has one
+    result per reading: the k-th result at a time goes to the k-th row at it, not all to the first row."""
+    t = np.asarray(result_times, np.float64)
+    order = np.argsort(t, kind="stable")
+    sorted_t = t[order]
+    rank = np.empty(len(t), np.int64)
+    rank[order] = np.arange(len(t)) - np.searchsorted(sorted_t, sorted_t, side="left")
+    return np.searchsorted(timestamps, t, side="left") + rank
 
 
 def replay(

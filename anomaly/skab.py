@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from anomaly import evaluation, quality
+from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series, load_series
 from anomaly.engine import Engine, EngineOutput, Event
@@ -145,14 +146,10 @@ def run_file(
             max_gap_seconds=cfg.engine.max_gap_seconds,
             nan_policy=cfg.engine.nan_policy,
         )
-        runs = {}
-        for name, bundle in quality.scorer_bundles(result.bundle).items():  # the model, then its baselines
-            engine = Engine(bundle, cfg.engine)
-            if warm:
-                engine.process([Event(s.key, head.timestamps, head.values, ref=0)])
-            out = engine.process([Event(s.key, test.timestamps, test.values, ref=train_rows)])
-            out.windows += engine.flush().windows  # the file ends: its last, partial report window
-            runs[name] = (out, _test_frame(out, s.key, test, features, cfg))
+        runs = {
+            name: score_test_rows(bundle, cfg, s.key, head, test, features, warm)
+            for name, bundle in quality.scorer_bundles(result.bundle).items()  # the model, then its baselines
+        }
     finally:
         torch.set_num_threads(threads)
     out, frame = runs["model"]
@@ -172,6 +169,26 @@ def run_file(
         time.perf_counter() - started,
         {name: quality.ScorerPoints.of(f) for name, (_, f) in runs.items()},
     )
+
+
+def score_test_rows(
+    bundle: Bundle,
+    cfg: PipelineConfig,
+    key: str,
+    head: Series,
+    test: Series,
+    features: list[str],
+    warm: bool = True,
+) -> tuple[EngineOutput, pd.DataFrame]:
+    """One scorer on one file's test rows as the protocol runs them: a fresh engine (fed the training rows
+    `head` first when `warm`), the test rows, then the file's last, partial report window (:meth:`Engine.flush`).
+    Returns the engine's output and the per-point frame of the test rows (with ``decided_at``)."""
+    engine = Engine(bundle, cfg.engine)
+    if warm:
+        engine.process([Event(key, head.timestamps, head.values, ref=0)])
+    out = engine.process([Event(key, test.timestamps, test.values, ref=len(head))])
+    out.windows += engine.flush().windows  # the file ends: its last, partial report window
+    return out, _test_frame(out, key, test, features, cfg)
 
 
 def _test_frame(out: EngineOutput, key: str, test: Series, features: list[str], cfg: PipelineConfig):

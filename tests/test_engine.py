@@ -606,6 +606,29 @@ def test_evicting_a_key_closes_its_open_alert(bundle) -> None:
     assert e.active_alerts == 0
 
 
+@pytest.mark.parametrize("cap", ["ttl", "max_keys"])
+def test_an_evicted_key_reports_the_readings_waiting_for_its_report_window(bundle, cap) -> None:
+    """Readings scored on arrival wait in the key's state until its report window fills. A key evicted (idle
+    past the TTL, or least recently used above max_keys) reports them first, as a short window, like the end of
+    a replay: they were decided, and a replay of series that end at different times used to lose the last
+    readings of every series that ended more than a TTL before the others."""
+    w, f = bundle.window, len(bundle.features)
+    a, b = make_series("a", w + 3, f, seed=1), make_series("b", w + 3, f, seed=2)
+    cfg = EngineConfig(ttl_seconds=100.0) if cap == "ttl" else EngineConfig(max_keys=1, ttl_seconds=0)
+    e = Engine(bundle, cfg)
+    first = e.process([Event("a", a.timestamps, a.values)])
+    assert [(x.key, len(x.timestamps)) for x in first.windows] == [("a", w)]
+    later = Event("b", b.timestamps + (1000.0 if cap == "ttl" else 0.0), b.values)
+    out = e.process([later])
+    assert out.evicted == ["a"]
+    short = [x for x in out.windows if x.key == "a"]
+    assert len(short) == 1 and np.array_equal(short[0].timestamps, a.timestamps[w:])
+    ref = Engine(bundle, EngineConfig())  # the same scores and decisions as a replay of a alone, flushed
+    alone = ref.process([Event("a", a.timestamps, a.values)]).windows + ref.flush().windows
+    assert np.array_equal(short[0].scores, alone[-1].scores)
+    assert np.array_equal(short[0].anomalous, alone[-1].anomalous)
+
+
 def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle) -> None:
     """Event-time TTL between messages, not per call: b's jump expires a, so a's next reading in the same call
     starts a fresh key, and an open alert closed by expiry carries the event time of the expiring message."""

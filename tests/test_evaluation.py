@@ -220,3 +220,41 @@ def test_an_event_stands_out_when_its_peak_beats_all_but_the_normal_rate():
     assert events_standing_out(scores, labels, 0.005) == (1, 3)
     assert events_standing_out(scores, labels, 0.6) == (3, 3)
     assert events_standing_out(scores, np.zeros(120, bool)) == (0, 0)
+
+
+def test_a_repeated_timestamp_is_decided_by_the_reading_the_engine_took():
+    # rows 3 and 4 repeat row 2's time: the engine took row 2 (decided on its arrival) and refused the repeats
+    ts = np.array([0.0, 1.0, 2.0, 2.0, 2.0, 3.0, 4.0])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0])
+    preds = np.array([0, 0, 1, 0, 0, 1, 0])  # refused rows are never flagged as marked
+    decided = np.array([0.0, 1.0, 2.0, np.nan, np.nan, 3.0, 4.0])
+    assert decision_index(ts, decided).tolist() == [0, 1, 2, 7, 7, 5, 6]
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["point"] == {"tp": 4, "fp": 0, "fn": 0, "tn": 3}  # the repeats hold row 2's flag
+    assert m["median_delay_readings"] == 0.0
+    assert m["counts"]["latency"]["readings"] == {0: 5}
+    # duplicate_policy=keep: every repeat is taken and decided on its own arrival
+    assert decision_index([0.0, 1.0, 1.0, 1.0, 2.0], [0.0, 1.0, 1.0, 1.0, 2.0]).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_refused_reading_inside_an_alert_does_not_split_it():
+    # one alert over readings 2-7, outlasting the label (2-4); reading 5 was refused (NaN value): never scored,
+    # so never marked, but the pipeline's alert stayed open through it
+    ts = np.arange(10) * 60.0
+    labels = np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    preds = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0])
+    decided = ts.copy()
+    decided[5] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    e = m["counts"]["events"]
+    assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (1, 1, 0)
+    assert m["event_precision"] == 1.0 and m["false_alerts_per_day"] == 0.0
+    assert m["counts"]["point"]["fp"] == 3  # reading 5 counts as flagged, as the alert was open
+
+
+def test_a_reading_without_a_time_leaves_the_evaluated_time_and_false_alerts_per_day():
+    # the loader sorts a row with no time last; the engine refuses it (never decided)
+    ts = np.array([0.0, 43_200.0, 86_400.0, np.nan])
+    m = evaluate([0, 0, 0, 0], [0, 1, 0, 0], ts, [0.0, 43_200.0, 86_400.0, np.nan])
+    assert m["counts"]["events"]["seconds"] == 86_400.0
+    assert m["false_alerts_per_day"] == 1.0

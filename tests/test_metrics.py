@@ -74,11 +74,12 @@ def test_a_fresh_registry_per_instance() -> None:
 
 
 def test_observe_counts_readings_windows_histograms_and_rejections(metrics: PipelineMetrics) -> None:
+    windows = [
+        window("a", 1000.0, [0.5, 2.0, 1.0], [0.1, 0.2, 0.3]),
+        window("b", 998.0, [0.2, 0.4, 0.3], [0.01, 0.02, 0.03]),
+    ]
     out = EngineOutput(
-        windows=[
-            window("a", 1000.0, [0.5, 2.0, 1.0], [0.1, 0.2, 0.3]),
-            window("b", 998.0, [0.2, 0.4, 0.3], [0.01, 0.02, 0.03]),
-        ],
+        windows=windows,
         rejections=[
             Rejection("a", "non_finite", 2, False),
             Rejection("", "malformed", 1, True),
@@ -86,6 +87,7 @@ def test_observe_counts_readings_windows_histograms_and_rejections(metrics: Pipe
         ],
         readings=7,
         batches=[2, 5],
+        decided=[np.stack([w.timestamps for w in windows])],  # the windows' readings, decided in this batch
     )
     engine = FakeEngine(keys=4, counters={"evicted": 3, "gap_resets": 1})
     metrics.observe(out, Batch(events=[], messages=9), engine, now=1000.5)
@@ -118,6 +120,36 @@ def test_observe_counts_readings_windows_histograms_and_rejections(metrics: Pipe
     assert value(metrics, "anomaly_keys_held") == 4.0
     assert value(metrics, "anomaly_keys_evicted_total") == 3.0
     assert value(metrics, "anomaly_gap_resets_total") == 1.0
+
+
+def test_latency_is_observed_when_a_reading_is_decided_not_when_it_is_reported(
+    metrics: PipelineMetrics,
+) -> None:
+    """The default model scores each reading on arrival: its latency is the wall clock of the batch that
+    delivered it minus its time, once, even though it is reported later in a 32-reading window (it used to be
+    observed at the report, up to 31 readings late). A window-scored model decides a window's readings with
+    its last one, so their latency is observed then."""
+    from anomaly.bench import demo_bundle
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine, Event
+
+    values = np.random.default_rng(0).normal(size=(50, 6))
+    for forecast, counts in ((True, (40, 10)), (False, (32, 0))):
+        metrics = PipelineMetrics(CollectorRegistry())
+        engine = Engine(demo_bundle(forecast=forecast), EngineConfig())
+        expected_sum = 0.0
+        for lo, hi, now, n in ((0, 40, 100.0, counts[0]), (40, 50, 200.0, counts[1])):
+            out = engine.process(
+                [Event("k", np.asarray([float(t)]), values[t : t + 1]) for t in range(lo, hi)]
+            )
+            metrics.observe(out, Batch(events=[]), engine, now=now)
+            decided = np.arange(lo, lo + n) if forecast else np.arange(0, n)
+            expected_sum += float((now - decided).sum())
+        assert value(metrics, "anomaly_latency_seconds_count") == sum(counts)
+        assert value(metrics, "anomaly_latency_seconds_sum") == pytest.approx(expected_sum)
+        flushed = engine.flush()  # the readings waiting to be reported were decided already: nothing new
+        metrics.observe(flushed, Batch(events=[]), engine, now=300.0)
+        assert value(metrics, "anomaly_latency_seconds_count") == sum(counts)
 
 
 def test_engine_counters_become_increments_and_survive_a_new_engine(metrics: PipelineMetrics) -> None:

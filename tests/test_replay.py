@@ -143,3 +143,25 @@ def test_report_names_never_let_two_keys_share_a_file() -> None:
     for key in ("a/b", "a_b", "Pump", "pump"):  # the colliding ones keep a readable name, plus a hash
         assert names[key].startswith(f"report-{key.replace('/', '_')}-") and names[key].endswith(".png")
     assert report_names(["a/b", "a_b"]) == {k: names[k] for k in ("a/b", "a_b")}  # stable across runs
+
+
+def test_scores_put_each_kept_repeat_of_a_timestamp_on_its_own_row(bundle_path, test_csv, tmp_path) -> None:
+    """duplicate_policy=keep takes every reading of a repeated timestamp: each gets its own row in scores.csv
+    (all their results landed on the first row, the others showed as unscored and never flagged)."""
+    frame = pd.read_csv(test_csv)
+    frame.loc[41:43, "timestamp"] = frame.loc[40, "timestamp"]
+    path = tmp_path / "repeats.csv"
+    frame.to_csv(path, index=False)
+    cfg = build_config({"engine": {"duplicate_policy": "keep"}})
+    result = run_replay([str(path)], str(bundle_path), str(tmp_path / "out"), cfg, progress=False)
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert scores.loc[40:43, "scored"].all()
+    engine = Engine(result.engine.bundle, cfg.engine)
+    ts = np.asarray(to_epoch_seconds(frame["timestamp"]), np.float64)
+    values = frame[result.engine.bundle.features].to_numpy(np.float64)
+    out = engine.process([Event("repeats", ts, values)])
+    out.windows += engine.flush().windows
+    direct = np.concatenate([w.scores for w in out.windows])
+    assert np.array_equal(
+        scores.loc[scores["scored"], "score"].to_numpy(np.float32), direct.astype(np.float32)
+    )

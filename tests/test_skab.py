@@ -29,7 +29,7 @@ PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "skab.toml"
 TINY = {"model.window": 8, "model.hidden_size": 4, "train.epochs": 2, "train.patience": 1}
 
 
-def write_file(path: Path, seed: int, labelled: bool = True) -> None:
+def write_file(path: Path, seed: int, labelled: bool = True, fault: tuple[int, int] = (450, 490)) -> None:
     rng = np.random.default_rng(seed)
     t = pd.date_range("2020-03-09 10:00:00", periods=ROWS, freq="s")
     frame = pd.DataFrame(
@@ -38,8 +38,8 @@ def write_file(path: Path, seed: int, labelled: bool = True) -> None:
     frame.insert(0, "datetime", t.strftime("%Y-%m-%d %H:%M:%S"))
     if labelled:
         anomaly = np.zeros(ROWS)
-        anomaly[450:490] = 1.0
-        frame.loc[450:489, "Volume Flow RateRMS"] += 25.0
+        anomaly[fault[0] : fault[1]] = 1.0
+        frame.loc[fault[0] : fault[1] - 1, "Volume Flow RateRMS"] += 25.0
         frame["anomaly"] = anomaly
         frame["changepoint"] = 0.0
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,3 +162,30 @@ def test_defaults_flag_keeps_only_the_column_mapping(root):
     assert {k: v for k, v in skab.DEFAULTS["data"].items() if k != "features"} == skab.DATA
     cfg = build_config({"data": skab.DATA})
     assert cfg.data.features == () and cfg.engine == build_config({}).engine
+
+
+def test_bench_formats_scores_a_file_as_the_benchmark_does(tmp_path, cfg):
+    """`anomaly bench --formats` scores each SKAB file as `anomaly skab` does: the file's last, partial report
+    window flushed, decisions without look-ahead. It flushed nothing, so a fault lasting to the file's end lost
+    its last readings (here 3) and the formats' F1 was not the benchmark's."""
+    import torch
+
+    from anomaly.bench_formats import _score_file
+    from anomaly.data import load_series
+    from anomaly.training import train
+
+    path = tmp_path / "valve1" / "0.csv"
+    write_file(path, 4, fault=(500, ROWS))  # the fault lasts to the last row
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_file trains: the same model
+    try:
+        (s,), features = load_series([path], cfg.data)
+        s.key = skab.file_key(path, tmp_path)
+        head, test = s.head(skab.TRAIN_ROWS), s.tail_from(skab.TRAIN_ROWS)
+        bundle = train([head], features, cfg.model, cfg.train).bundle
+    finally:
+        torch.set_num_threads(threads)
+    bench = _score_file(bundle, cfg, s.key, head, test, features)
+    expected = skab.run_file(path, tmp_path, cfg).metrics
+    assert bench["counts"]["point"] == expected["counts"]["point"]
+    assert bench == expected

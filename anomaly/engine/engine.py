@@ -240,7 +240,7 @@ class Engine:
         out.evicted = self.store.evict(
             self.config.max_keys,
             self.max_ts - ttl if ttl > 0 else None,
-            lambda key, row: self._close_on_evict(key, row, out),
+            lambda keys, rows: self._on_evict(keys, rows, out),
         )
         self.counters["evicted"] += len(out.evicted)
         return out
@@ -307,6 +307,7 @@ class Engine:
             out.rejections += part.rejections
             out.readings += part.readings
             out.batches += part.batches
+            out.decided += part.decided
             out.evicted += part.evicted
         return out
 
@@ -328,8 +329,20 @@ class Engine:
             self._flush_report(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
         return out
 
+    def _on_evict(self, keys: list[str], rows: np.ndarray, out: EngineOutput) -> None:
+        """Keys about to be dropped (TTL, key cap): the readings scored on arrival that wait for their report
+        window are reported now, as a short ScoredWindow each (as `flush` does at the end of a replay), and an
+        open alert is closed, so nothing decided is lost and no alert is left open forever downstream."""
+        a = self.store.arrays
+        if self.per_reading:
+            waiting = np.flatnonzero(a["rep_fill"][rows])
+            if len(waiting):
+                self._flush_report(rows[waiting], [keys[i] for i in waiting.tolist()], out)
+        for i in np.flatnonzero(a["alert_open"][rows]).tolist():
+            self._close_on_evict(keys[i], int(rows[i]), out)
+
     def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
-        """An evicted key's open alert is closed, so no alert is left open forever downstream."""
+        """An evicted key's open alert is closed."""
         a = self.store.arrays
         if a["alert_open"][row]:
             out.alerts.append(
@@ -713,6 +726,7 @@ class Engine:
         put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
         put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
         out.batches.append(k)
+        out.decided.append(ts)
         errors = self._point_error(err_f)
         # the window's squared error per feature: alert contributions of window-scored keys (readings scored
         # on arrival add theirs reading by reading)

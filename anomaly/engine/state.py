@@ -203,24 +203,32 @@ class StateStore:
         return len(rows)
 
     def evict(
-        self, max_keys: int, oldest_allowed: float | None, on_evict: Callable[[str, int], None] | None = None
+        self,
+        max_keys: int,
+        oldest_allowed: float | None,
+        on_evict: Callable[[list[str], np.ndarray], None] | None = None,
     ) -> list[str]:
         """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`.
-        `on_evict(key, row)` sees each row before it is cleared."""
-        out = []
+        `on_evict(keys, rows)` sees the evicted rows (least recently used first) before they are cleared."""
+        keys: list[str] = []
+        rows: list[int] = []
         seen = self.arrays["seen"]
-        while self.slots:
-            key, row = next(iter(self.slots.items()))
-            if len(self.slots) > max_keys or (oldest_allowed is not None and seen[row] < oldest_allowed):
-                if on_evict is not None:
-                    on_evict(key, row)
-                out.append(key)
-                self.slots.popitem(last=False)
-                self.reset_rows(np.asarray([row]))
-                self.free.append(row)
+        held = len(self.slots)
+        for key, row in self.slots.items():  # least recently used first
+            if held - len(keys) > max_keys or (oldest_allowed is not None and seen[row] < oldest_allowed):
+                keys.append(key)
+                rows.append(row)
             else:
                 break
-        return out
+        if not keys:
+            return keys
+        if on_evict is not None:
+            on_evict(keys, np.asarray(rows, np.int64))
+        for _ in keys:
+            self.slots.popitem(last=False)
+        self.reset_rows(np.asarray(rows, np.int64))
+        self.free.extend(rows)
+        return keys
 
     # --- snapshots -------------------------------------------------------------------------------------------
 

@@ -261,3 +261,8 @@ class EngineOutput:
     readings: int = 0  # readings accepted into state
     batches: list[int] = field(default_factory=list)  # size of every batched model call made
     evicted: list[str] = field(default_factory=list)  # keys dropped for TTL or the key cap during this call
+    # event times of the readings this call decided, one (K, L) array per model call: the readings it scored on
+    # arrival, or every reading of the windows it scored (a window's readings are decided by its last). A wall
+    # clock read after the call minus these is each reading's decision latency (readings decided in an earlier
+    # call and only reported now, in a report window, are not among them).
+    decided: list[np.ndarray] = field(default_factory=list)
