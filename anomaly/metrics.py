@@ -31,7 +31,8 @@ from prometheus_client import (
 )
 
 from anomaly.drift import DEFAULT_MIN_POINTS, DEFAULT_WINDOW, DriftMonitor
-from anomaly.engine.types import EngineOutput, Rejection
+from anomaly.engine.types import REJECT_REASONS, EngineOutput, Rejection
+from anomaly.kafka.codec import DECODE_REASONS
 
 # Score units: 1.0 is the calibration quantile; the default threshold is around 1.5.
 SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
@@ -242,6 +243,15 @@ class PipelineMetrics:
         self.drift_window = drift_window
         self._drift: DriftMonitor | None = None
         self._drift_version: str | None = None  # the version label of the live drift series, if any
+        # Every known label value starts at 0: a series born at its first increment hides that increment (and a
+        # one-off burst entirely) from rate()/increase(), which need a previous sample (prometheus_client's and
+        # Prometheus' own advice for labelled counters).
+        for reason in DECODE_REASONS:
+            self.messages_invalid.labels(reason)
+        for reason in REJECT_REASONS:
+            self.readings_rejected.labels(reason)
+        for state in ("kept", "reset"):
+            self.model_reloads.labels(state)
         self._labelled: set[str] = set()  # keys that own an anomaly_alert_active series
         self._seen: dict[str, int] = {}  # last engine counter values, to turn totals into increments
         self._lag_series: set[tuple[str, str]] = set()

@@ -403,4 +403,4 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     daemon._maybe_reload()
     assert daemon.bundle.version == version
     assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
-    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) is None
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 0.0

@@ -152,6 +152,22 @@ def test_latency_is_observed_when_a_reading_is_decided_not_when_it_is_reported(
         assert value(metrics, "anomaly_latency_seconds_count") == sum(counts)
 
 
+def test_labelled_counters_are_served_at_zero_for_every_known_label_value() -> None:
+    """rate() and increase() need a sample before the first increment: a series born at its first dead letter
+    hid that burst from the dashboard's "Invalid messages" panel and from InvalidMessagesHigh (a real
+    Prometheus scraping a daemon fed 64 bad messages showed an increase of 56)."""
+    from anomaly.engine.types import REJECT_REASONS
+    from anomaly.kafka.codec import DECODE_REASONS
+
+    fresh = PipelineMetrics(CollectorRegistry())
+    for reason in DECODE_REASONS:
+        assert value(fresh, "anomaly_messages_invalid_total", {"reason": reason}) == 0.0, reason
+    for reason in REJECT_REASONS:
+        assert value(fresh, "anomaly_readings_rejected_total", {"reason": reason}) == 0.0, reason
+    for state in ("kept", "reset"):
+        assert value(fresh, "anomaly_model_reloads_total", {"state": state}) == 0.0
+
+
 def test_engine_counters_become_increments_and_survive_a_new_engine(metrics: PipelineMetrics) -> None:
     metrics.observe(EngineOutput(), Batch([]), FakeEngine(counters={"evicted": 3}), now=0.0)
     metrics.observe(EngineOutput(), Batch([]), FakeEngine(counters={"evicted": 5}), now=0.0)
@@ -410,3 +426,4 @@ def test_the_readme_metrics_table_names_every_metric_with_its_type() -> None:
         if not f.name.endswith("_created")  # prometheus_client's creation times of counters and histograms
     }
     assert documented == served
+

@@ -194,7 +194,7 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     assert result.exit_code == 0, result.output
     assert f"readings streamed             {sum(len(s) for s in first):,} " in result.stdout
     assert f"{model} now holds model {challenger.version}" in result.stdout
-    wait_for(lambda: _reloads(port) == {"kept": 1.0}, 20, "hot reload of the promoted bundle")
+    wait_for(lambda: _reloads(port) == {"kept": 1.0, "reset": 0.0}, 20, "hot reload of the promoted bundle")
     assert f'version="{challenger.version}"' in _metrics(port)
 
     ends = kafka_env.produce(names.input, second, champion.features)
