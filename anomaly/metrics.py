@@ -292,8 +292,8 @@ class PipelineMetrics:
                 self._label_close(alert.key)
         active = int(getattr(engine, "active_alerts", 0))
         self.alerts_active.set(active)
-        if active == 0 and self._labelled:  # keys evicted or state reset while alerting: drop stale series
-            self._clear_labels()
+        if len(self._labelled) != min(active, self.alert_label_cap):
+            self._sync_labels(engine, active)
         self.keys_held.set(len(engine))
         counters: Mapping[str, int] = getattr(engine, "counters", {})
         self._advance(self.keys_evicted, "evicted", counters)
@@ -326,6 +326,26 @@ class PipelineMetrics:
         if key in self._labelled:
             self.alert_active.remove(key)
             self._labelled.discard(key)
+
+    def _sync_labels(self, engine: Any, active: int) -> None:
+        """Make the per-key series those of the engine's open alerts (up to the cap) when the count says they
+        differ: alerts restored from a checkpoint (a restart, a rebalance) opened in another process, and a
+        revoked partition's or evicted key's alert left without a close event."""
+        alerting = getattr(engine, "alerting_keys", None)
+        if alerting is None:  # an engine that cannot list them: at least no stale series once none is open
+            if active == 0:
+                self._clear_labels()
+            return
+        keys = alerting()
+        open_now = set(keys)
+        for key in [k for k in self._labelled if k not in open_now]:
+            self._label_close(key)
+        for key in keys:
+            if len(self._labelled) >= self.alert_label_cap:
+                break
+            if key not in self._labelled:
+                self.alert_active.labels(key).set(1)
+                self._labelled.add(key)
 
     def _clear_labels(self) -> None:
         for key in list(self._labelled):

@@ -427,3 +427,32 @@ def test_the_readme_metrics_table_names_every_metric_with_its_type() -> None:
     }
     assert documented == served
 
+
+def test_alerts_restored_from_a_checkpoint_get_their_per_key_series(bundle) -> None:
+    """A restarted daemon (or the new owner of a partition) restores open alerts from the changelog without an
+    "open" event: anomaly_alert_active{key} must follow the engine's open alerts, else AnomalyDetected resolved at
+    every restart while the alert stayed open (and the revoking daemon kept a series for a key it gave away)."""
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine, Event
+    from tests.helpers import make_series
+
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, alert_open_after=3)
+    values = bundle.scaler.mean + np.zeros((64, len(bundle.features))) + 60 * bundle.scaler.scale
+    first = Engine(bundle, cfg)
+    for key in ("pump-1", "pump-2"):
+        s = make_series(key, 64, len(bundle.features), seed=5)
+        assert [a.status for a in first.process([Event(key, s.timestamps, values)]).alerts] == ["open"]
+    assert sorted(first.alerting_keys()) == ["pump-1", "pump-2"]
+
+    restored = Engine(bundle, cfg)  # the next process
+    restored.restore(first.snapshot())
+    metrics = PipelineMetrics(CollectorRegistry())
+    metrics.observe(EngineOutput(), Batch([]), restored, now=0.0)
+    assert value(metrics, "anomaly_alerts_active") == 2.0
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) == 1.0
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-2"}) == 1.0
+
+    restored.drop(["pump-1"])  # its partition revoked: the new owner reports it now
+    metrics.observe(EngineOutput(), Batch([]), restored, now=0.0)
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) is None
+    assert value(metrics, "anomaly_alert_active", {"key": "pump-2"}) == 1.0

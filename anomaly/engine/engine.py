@@ -187,6 +187,11 @@ class Engine:
         """The keys held, least recently used first."""
         return list(self.store.slots)
 
+    def alerting_keys(self) -> list[str]:
+        """The keys held with an open alert (``active_alerts`` of them), least recently used first."""
+        is_open = self.store.arrays["alert_open"]
+        return [key for key, row in self.store.slots.items() if is_open[row]]
+
     def drop(self, keys: Iterable[str]) -> int:
         return self.store.drop(keys)
 
