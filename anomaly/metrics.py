@@ -202,7 +202,8 @@ class PipelineMetrics:
         )
         self.checkpoint_last = Gauge(
             "anomaly_checkpoint_last_timestamp_seconds",
-            "Epoch seconds of the last completed checkpoint (age = time() - this).",
+            "Epoch seconds of the last completed checkpoint, or of the daemon's start before its first one "
+            "(age = time() - this).",
             registry=r,
         )
         self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
@@ -398,6 +399,12 @@ class PipelineMetrics:
     def checkpoint_loop_done(self, seconds: float) -> None:
         """The loop thread's part of a checkpoint (not idle), observed when it returns to scoring."""
         self.checkpoint_loop_seconds.observe(seconds)
+
+    def daemon_started(self, at_epoch: float) -> None:
+        """A daemon starts: until its first checkpoint the checkpoint age counts from here. At 0 the age was
+        time() itself (56 years) for every scrape before the first checkpoint, a spike on the dashboard's
+        "Checkpoint age" panel and in CheckpointStale's value at every restart."""
+        self.checkpoint_last.set(at_epoch)
 
     def checkpoint_idle(self, at_epoch: float) -> None:
         """A checkpoint with nothing to write or commit (the timer of an idle stream): the stream is checkpointed

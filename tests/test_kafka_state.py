@@ -404,3 +404,21 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     assert daemon.bundle.version == version
     assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 0.0
+
+
+def test_the_checkpoint_age_counts_from_the_daemons_start_until_its_first_checkpoint(tmp_path, bundle_path):
+    """At 0 until the first checkpoint, `time() - anomaly_checkpoint_last_timestamp_seconds` (the dashboard's
+    "Checkpoint age", CheckpointStale's value) read 56 years for the scrapes after every restart (seen on a real
+    Prometheus scraping a restarted daemon)."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics(CollectorRegistry())
+    before = time.time()
+    Daemon(build_config(), str(bundle_path), metrics=metrics)
+    started = metrics.registry.get_sample_value("anomaly_checkpoint_last_timestamp_seconds")
+    assert before <= started <= time.time()

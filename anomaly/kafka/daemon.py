@@ -141,6 +141,7 @@ class Daemon:
         self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
             metrics.model_loaded(self.bundle)
+            metrics.daemon_started(time.time())
 
     # --- start-up --------------------------------------------------------------------------------------------
 
