@@ -251,3 +251,17 @@ def test_k8s_replicas_do_not_exceed_partitions() -> None:
     # kube-prometheus-stack selects PodMonitors and PrometheusRules by its Helm release label
     (rule,) = k8s("PrometheusRule")
     assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] != ""
+
+
+def test_the_alerts_opened_panel_counts_what_anomaly_rate_high_tests() -> None:
+    """The panel's description compares it with AnomalyRateHigh's 20 alerts an hour; it counted alerts per
+    $__rate_interval (seconds to minutes, with the zoom), a number 20 never applied to."""
+    (rule,) = [r for r in rules() if r["alert"] == "AnomalyRateHigh"]
+    window = re.search(r"increase\(anomaly_alerts_opened_total\[(\w+)\]\)", rule["expr"]).group(1)
+    limit = float(re.search(r">\s*([\d.]+)", rule["expr"]).group(1))
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (panel,) = [p for p in dash["panels"] if "AnomalyRateHigh" in p.get("description", "")]
+    (opened,) = [t["expr"] for t in panel["targets"] if "anomaly_alerts_opened_total" in t["expr"]]
+    assert f"[{window}]" in opened, opened
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == limit
