@@ -218,7 +218,13 @@ class Player(threading.Thread):
                 self.first = False
                 self.metrics.message_consumed(len(KEYS) * 8 + len(rejections))
                 out = EngineOutput(
-                    windows=windows, rejections=rejections, readings=len(KEYS) * 8, batches=[len(windows)]
+                    windows=windows,
+                    rejections=rejections,
+                    readings=len(KEYS) * 8,
+                    batches=[len(windows)],
+                    # the readings this batch decided: what anomaly_latency_seconds observes (the daemon's
+                    # engine reports them; without them the "End-to-end latency" panel had no data here)
+                    decided=[np.stack([w.timestamps for w in windows])],
                 )
                 self.metrics.observe(out, Batch(events=[], messages=len(KEYS) * 8), self.engine, now)
                 self.metrics.set_partition_lag({("sensors", 0): 3, ("sensors", 1): 5})
