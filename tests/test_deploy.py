@@ -265,3 +265,20 @@ def test_the_alerts_opened_panel_counts_what_anomaly_rate_high_tests() -> None:
     assert f"[{window}]" in opened, opened
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert steps[-1]["value"] == limit
+
+
+def test_every_dashboard_series_in_seconds_has_the_unit_s() -> None:
+    """A quantile of an anomaly_*_seconds histogram or an age (time() - an epoch) is shown in seconds; the
+    checkpoint duration panel had no unit, so Grafana showed 0.0485 where it meant 48.5 ms."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    for panel in dash["panels"]:
+        fc = panel.get("fieldConfig", {})
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not (re.search(r"histogram_quantile\(.*_seconds_bucket", expr) or expr.startswith("time() -")):
+                continue
+            unit = fc.get("defaults", {}).get("unit")
+            for override in fc.get("overrides", []):
+                if override["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}:
+                    unit = {p["id"]: p["value"] for p in override["properties"]}.get("unit", unit)
+            assert unit == "s", (panel["title"], expr)
