@@ -553,6 +553,7 @@ def retrain_cmd(
         train_cfg,
         progress=True,
         max_gap_seconds=cfg.engine.max_gap_seconds,
+        nan_policy=cfg.engine.nan_policy,
     )
     bundle = result.bundle
     if bundle.arch != parent.arch:
