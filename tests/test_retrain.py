@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -438,15 +439,19 @@ def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_pat
     path, _ = csv_world
     frame = pd.read_csv(path)
     champion = copy_of(bundle_path, tmp_path)
-    for value, why in (
-        (0, "no reading of the slice is labelled anomalous"),
-        (1, "every reading of the slice"),
+    for value, why, shown in (
+        (0, "no reading of the slice is labelled anomalous", r"n/a / \d+\.\d\d% / n/a"),
+        (1, "every reading of the slice", r"n/a / n/a / \d+\.\d\d%"),
     ):
         labelled = tmp_path / f"labels{value}.csv"
         frame.assign(anomaly=value).to_csv(labelled, index=False)
         result = run_cli("promote", bundle_path, "-m", champion, labelled, "--dry-run")
         assert result.exit_code == 0, result.output
         assert f"  - F1: not measurable ({why}" in result.stdout and "  - F1 0." not in result.stdout
+        # the table above it printed "0.000 / ... / 0.00%" too: only what the labels measure is a number (FAR
+        # needs readings labelled normal, MAR readings labelled anomalous, F1 both)
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith("F1 / FAR / MAR")]
+        assert re.fullmatch(rf"F1 / FAR / MAR +{shown} +{shown}", row), row
 
 
 def test_a_slice_too_small_for_drift_is_rejected_and_one_without_a_scored_reading_is_an_error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -317,6 +318,18 @@ def _time_slice(series, lo: float, hi: float):  # type: ignore[no-untyped-def]
     return out
 
 
+def _labelled_metrics(metrics: dict[str, Any]) -> str:
+    """F1 / FAR / MAR, each `n/a` where the slice's labels cannot measure it: F1 and MAR need a reading labelled
+    anomalous, F1 and FAR one labelled normal (a rate of 0 of 0 readings is no number)."""
+    c = (metrics.get("counts") or {}).get("point") or {}
+    anomalous = c.get("tp", 0) + c.get("fn", 0) > 0 if c else True
+    normal = c.get("fp", 0) + c.get("tn", 0) > 0 if c else True
+    f1 = f"{metrics['f1']:.3f}" if anomalous and normal else "n/a"
+    far = f"{metrics['far']:.2%}" if normal else "n/a"
+    mar = f"{metrics['mar']:.2%}" if anomalous else "n/a"
+    return f"{f1} / {far} / {mar}"
+
+
 def _print_comparison(cmp: Comparison) -> None:
     a, b = cmp.champion, cmp.challenger
     rows = [
@@ -337,13 +350,7 @@ def _print_comparison(cmp: Comparison) -> None:
         ),
     ]
     if a.metrics is not None and b.metrics is not None:
-        rows.append(
-            (
-                "F1 / FAR / MAR",
-                f"{a.metrics['f1']:.3f} / {a.metrics['far']:.2%} / {a.metrics['mar']:.2%}",
-                f"{b.metrics['f1']:.3f} / {b.metrics['far']:.2%} / {b.metrics['mar']:.2%}",
-            )
-        )
+        rows.append(("F1 / FAR / MAR", _labelled_metrics(a.metrics), _labelled_metrics(b.metrics)))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows + [("", "champion", "")])
     click.echo(f"{'':<{w0}}  {'champion':<{w1}}  challenger")
