@@ -360,14 +360,21 @@ def _print_comparison(cmp: Comparison) -> None:
         click.echo(f"  - {reason}")
 
 
+# Exit status of `promote` and `retrain --promote` when the challenger was not promoted (the policy rejected it):
+# distinct from 0 (promoted, or would be with --dry-run), 1 (aborted, or a crash) and 2 (an error), so that a
+# script can tell a rejection from a failure.
+NOT_PROMOTED = 3
+
+
 def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not."""
     from anomaly.promotion import promote
 
     cmp.forced = force and not cmp.promote
     _print_comparison(cmp)
     if not (cmp.promote or force):
         click.echo(f"decision: rejected; {champion_path} unchanged")
-        return
+        click.get_current_context().exit(NOT_PROMOTED)
     if dry_run:
         click.echo(f"decision: would promote (dry run); {champion_path} unchanged")
         return
@@ -477,7 +484,8 @@ def retrain_cmd(
     Kafka: `anomaly retrain -m model.pt -p pipelines/kafka.toml --since 7d` reads kafka.topics (or --topic),
     the alerts topic and the dead-letter topic of the pipeline. CSV: `anomaly retrain -m model.pt DATA.csv...
     [--alerts runs/replay/alerts.jsonl]`. Model and training settings are the champion's unless
-    --from-pipeline."""
+    --from-pipeline. With --promote, a challenger the policy rejects is still written, and the exit status is
+    3 (as `anomaly promote`'s)."""
     from anomaly.bundle import load_bundle, save_bundle
     from anomaly.config import build_config, load_config
     from anomaly.training import train
@@ -618,7 +626,10 @@ def promote_cmd(
 ) -> None:
     """Shadow-evaluate CHALLENGER against the champion on a recent slice (CSV files, labelled or not, or the
     input topic over --since/--from/--to) through the engine, and promote it when the policy says so:
-    alert rate, score distribution and drift, and F1 when the slice has labels."""
+    alert rate, score distribution and drift, and F1 when the slice has labels.
+
+    Exit status: 0 promoted (with --dry-run: would be promoted), 3 not promoted (the champion is unchanged),
+    2 an error."""
     from anomaly.bundle import load_bundle
 
     setup_logging(verbose)
