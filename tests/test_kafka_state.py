@@ -404,3 +404,33 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     assert daemon.bundle.version == version
     assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) is None
+
+
+def test_lag_of_an_assigned_partition_not_read_from_yet_is_counted_from_the_consumer_position():
+    """The lag gauge had series only for partitions the loop had processed a message of: a partition with a
+    backlog whose records were still in the fetcher (or taken ahead) showed no lag at all."""
+    from kafka.errors import IllegalStateError
+
+    from anomaly.kafka.daemon import partition_lags
+
+    tps = [TopicPartition("sensors", p) for p in range(5)]
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return set(tps)
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return None if tp.partition == 4 else 100  # partition 4: no fetch response yet
+
+        def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
+            if tp.partition == 3:
+                raise IllegalStateError("Partition is not assigned")  # revoked meanwhile
+            return 40
+
+    processed = {tps[0]: 90}  # the loop processed up to offset 89
+    ahead = {tps[1]: [Record("sensors", 1, 70, None, b"{}")]}  # taken ahead of the loop, not processed
+    assert partition_lags(Consumer(), processed, ahead) == {
+        ("sensors", 0): 10,
+        ("sensors", 1): 30,
+        ("sensors", 2): 60,
+    }

@@ -45,6 +45,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +75,31 @@ from anomaly.runner import run
 
 log = logging.getLogger(__name__)
 _E = TypeVar("_E", bound=BaseException)
+
+
+def partition_lags(
+    consumer: Any, processed: Mapping[Any, int], ahead: Mapping[Any, list[Any]]
+) -> dict[tuple[str, int], int]:
+    """Messages behind the log end of every assigned partition whose end is known (a fetch response gave its
+    highwater): from the next offset the loop processes, which is the tracker's position once a message of the
+    partition was processed, else the first record taken ahead, else the consumer's position (a partition
+    not read from yet still has its lag, or 0, instead of no series)."""
+    lags = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        nxt = processed.get(tp)
+        if nxt is None and ahead.get(tp):
+            nxt = ahead[tp][0].offset
+        if nxt is None:
+            try:
+                nxt = consumer.position(tp, timeout_ms=0)  # known once it was fetched from: no round trip
+            except kerr.KafkaError:  # revoked meanwhile (IllegalStateError), or no position yet: no series
+                nxt = None
+        if nxt is not None:
+            lags[(tp.topic, tp.partition)] = high - nxt
+    return lags
 
 
 @dataclass(frozen=True)
@@ -380,12 +406,9 @@ class Daemon:
             self._next_reload_check = now + self.opts.reload_check_s
             self._maybe_reload()
         if self.metrics is not None:
-            lags = {}
-            for tp in self.consumer.assignment():
-                high = self.consumer.highwater(tp)
-                if high is not None and tp in self.tracker.position:
-                    lags[(tp.topic, tp.partition)] = high - self.tracker.position[tp]
-            self.metrics.set_partition_lag(lags)
+            self.metrics.set_partition_lag(
+                partition_lags(self.consumer, self.tracker.position, self.source.ahead)
+            )
 
     def _maybe_reload(self) -> None:
         try:
