@@ -74,6 +74,7 @@ from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
 
 log = logging.getLogger(__name__)
+DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
 _E = TypeVar("_E", bound=BaseException)
 
 
@@ -149,6 +150,7 @@ class Daemon:
         self.bundle = load_bundle(model_path)
         self.engine = Engine(self.bundle, cfg.engine)
         self.stop = threading.Event()
+        self.stop_requested_at = -float("inf")  # time.monotonic() of the first stop signal
         self.tracker = PartitionTracker()
         self._reload_requested = False
         self._mtime = Path(model_path).stat().st_mtime
@@ -319,9 +321,20 @@ class Daemon:
                 log.warning("closing a Kafka client failed: %s", type(exc).__name__)
 
     def request_stop(self) -> None:
+        """The first stop signal: finish the batch, checkpoint, commit, close. A second one exits at once, unless it
+        comes within ``DUPLICATE_STOP_S`` of the first: then it is the same request delivered twice (GNU `timeout`
+        signals the process and then its process group, so the daemon gets each of its signals twice)."""
+        now = time.monotonic()
         if self.stop.is_set():
+            if now - self.stop_requested_at < DUPLICATE_STOP_S:
+                log.info(
+                    "stop signal again within %.1fs of the first: the same request, still stopping",
+                    DUPLICATE_STOP_S,
+                )
+                return
             log.warning("second stop signal: exiting now")
             os._exit(130)
+        self.stop_requested_at = now
         log.info("stopping: finishing the current batch, checkpointing, committing")
         self.stop.set()
         timer = threading.Timer(self.opts.shutdown_timeout_s, self._overdue)

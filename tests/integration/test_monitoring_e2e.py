@@ -218,7 +218,11 @@ class Player(threading.Thread):
                 self.first = False
                 self.metrics.message_consumed(len(KEYS) * 8 + len(rejections))
                 out = EngineOutput(
-                    windows=windows, rejections=rejections, readings=len(KEYS) * 8, batches=[len(windows)]
+                    windows=windows,
+                    rejections=rejections,
+                    readings=len(KEYS) * 8,
+                    batches=[len(windows)],
+                    decided=[np.stack([w.timestamps for w in windows])],  # decided in this batch, as scored
                 )
                 self.metrics.observe(out, Batch(events=[], messages=len(KEYS) * 8), self.engine, now)
                 self.metrics.set_partition_lag({("sensors", 0): 3, ("sensors", 1): 5})
