@@ -161,6 +161,7 @@ def replay(
             )
     opened, closed = engine.counters["alerts_opened"], engine.counters["alerts_closed"]
     coverage = coverage_of(series, frames, rejections.count)
+    coverage["cold_only"] = cold_only(series, engine)
     summary: dict[str, Any] = {
         "model_version": bundle.version,
         "series": len(series),
@@ -246,11 +247,24 @@ def coverage_of(series: Sequence[Series], frames: dict[str, pd.DataFrame], rejec
     }
 
 
+def cold_only(series: Sequence[Series], engine: Engine) -> bool:
+    """A forecast model scores every reading on arrival, but one with less than a window of history since its
+    key's start or last gap reset is scored from a cold state and says nothing about anomalies. True when that
+    is (as good as) every scored reading: every series is shorter than a window, or gaps reset the keys at
+    half of the readings or more. Such a run counts as having scored nothing, though its readings have
+    scores."""
+    total = sum(len(s) for s in series)
+    if not engine.per_reading or total == 0:
+        return False
+    return engine.counters["gap_resets"] >= total // 2 or all(len(s) < engine.window for s in series)
+
+
 def coverage_warnings(
     series: Sequence[Series], coverage: dict[str, Any], engine: Engine, bundle: Bundle
 ) -> list[str]:
     """Why little or nothing was scored, in words a user can act on. The first warning of a run that scored
-    nothing starts with "nothing was scored"."""
+    nothing starts with "nothing was scored"; for a run whose scores all came from a cold state
+    (``coverage["cold_only"]``) it says so, and how many readings that was."""
     total, unscored = coverage["readings"], coverage["unscored"]
     if total == 0:
         return ["nothing was scored: the files hold no readings"]
@@ -264,14 +278,13 @@ def coverage_warnings(
             f"{trained:g} s; check the time unit (--time-unit) or the data"
         )
     resets = engine.counters["gap_resets"]
-    if engine.per_reading and (resets >= total // 2 or all(len(s) < w for s in series)):
-        # a forecast model scores every reading, but after a reset (or in a series shorter than one window) from
-        # a cold state: as good as nothing
-        unscored = total
+    cold = bool(coverage.get("cold_only"))
+    if cold:
+        unscored = total  # scores from a cold state: as good as nothing
     if unscored <= total // 2:
         return out
     if all(len(s) < w for s in series):
-        why = f"every series is shorter than the model window ({w} readings)"
+        why = f"every series is shorter than the model window ({w} readings); give each key at least {w}"
     elif coverage["rejected"] >= total // 2:
         why = f"{coverage['rejected']} of {total} readings were rejected (reasons in rejections.jsonl)"
     elif resets * w >= unscored // 2:
@@ -282,6 +295,13 @@ def coverage_warnings(
         )
     else:
         why = "windows were cut short by gaps, rejections and series ends"
+    if cold:
+        return [
+            f"nothing was scored from a full window: the forecast model scored {coverage['scored']:,} "
+            "readings, each from a cold state (less than a window of history), which says nothing about "
+            f"anomalies: {why}",
+            *out,
+        ]
     if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
     return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]

@@ -114,7 +114,25 @@ def skab_files(root: str | Path) -> list[Path]:
     files = sorted((p for p in base.rglob("*.csv") if "anomaly-free" not in p.parts), key=natural)
     if not files:
         raise DataError(f"no labelled SKAB CSV files under {base}")
+    foreign = [p for p in files if not _skab_header(p)]
+    if foreign:  # else the first one fails deep in loading, with advice (--time-column) `skab` has no use for
+        raise DataError(
+            f"{base} does not look like SKAB's data/ folder: {len(foreign)} of its {len(files)} CSV files "
+            f"(e.g. {foreign[0].relative_to(base)}) lack SKAB's columns {DATA['time_column']!r} and "
+            f"{DATA['label']!r}; give the data/ folder of a SKAB checkout (valve1/, valve2/, other/)"
+        )
     return files
+
+
+def _skab_header(path: Path) -> bool:
+    """Whether the file's header names SKAB's time and label columns (SKAB separates fields with ';')."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return False
+    names = {name.strip().strip('"') for name in re.split(r"[;,\t]", header)}
+    return {DATA["time_column"], DATA["label"]} <= names
 
 
 def file_key(path: Path, root: str | Path) -> str:

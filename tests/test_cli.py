@@ -234,3 +234,34 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
     assert f"{run} epochs (best {best}," in out.out
     assert ("note: the validation loss was lowest after the first of" in out.err) is noted
     assert "note:" not in out.out
+
+
+def test_ctrl_c_while_the_command_line_loads_ends_in_one_line() -> None:
+    """Importing the command line takes a second or two (torch, pandas): Ctrl-C then used to print the
+    traceback of whatever module was loading. The entry point (`anomaly`, `python -m anomaly`) ends as Ctrl-C
+    does later. The interrupt is raised at the import itself, so the test does not depend on timing."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["anomaly"]
+    assert entry == "anomaly.__main__:run"
+    code = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'anomaly.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "from anomaly.__main__ import run\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert (done.returncode, done.stderr, done.stdout) == (1, "\nerror: aborted\n", "")
+    ok = subprocess.run(
+        [sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert ok.returncode == 0 and ok.stdout.startswith("Usage: python -m anomaly [OPTIONS] COMMAND")

@@ -85,6 +85,34 @@ def test_malformed_messages_raise_decode_error_with_reason(record, reason):
     assert info.value.reason == reason
 
 
+def test_dead_letters_refused_after_the_key_was_read_carry_the_body_key():
+    """bad_values and future_timestamp dead letters carried entity_key '' (the message key) although the body
+    named the entity; one and many records at a time (the daemon's decode_poll) say the same."""
+    d = Decoder(FMT, clock=lambda: 1_700_000_000.0)
+    bodies = [
+        ({"key": "pump-9", "ts": 1700000000, "values": ["1.5", 2, 3]}, b"bad_values"),
+        ({"key": "pump-9", "ts": 1800000000, "values": [1, 2, 3]}, b"future_timestamp"),
+        ({"key": "pump-9", "readings": [{"ts": 1700000000, "values": [1, 2, True]}]}, b"bad_values"),
+        ({"key": "pump-9", "ts": 1700000000, "values": [1, 2]}, b"feature_count"),
+    ]
+    for body, reason in bodies:
+        for message_key in (None, b"", b"other"):
+            record = rec(body, key=message_key)
+            with pytest.raises(DecodeError) as info:
+                d.decode(record)
+            _, _, headers = dead_letter(source_rejection(record, info.value))
+            assert (dict(headers)["entity_key"], dict(headers)["reason"]) == (b"pump-9", reason)
+    records = [rec(body, key=None) for body, _ in bodies] * 10  # enough for the bulk path
+    _, errors = d.decode_poll(records)
+    assert len(errors) == len(records)
+    assert {source_rejection(r, err).key for r, err in errors} == {"pump-9"}
+    # a body whose key cannot be read keeps the message key (or '' without one)
+    record = rec({"key": ["x"], "ts": 1700000000, "values": [1, 2, 3]}, key=b"pump-1")
+    with pytest.raises(DecodeError) as info:
+        d.decode(record)
+    assert source_rejection(record, info.value).key == "pump-1"
+
+
 def test_dead_letter_keeps_original_bytes_and_says_why_and_where():
     record = rec(None, raw=b"{nope")
     with pytest.raises(DecodeError) as info:

@@ -422,3 +422,33 @@ def test_the_checkpoint_age_counts_from_the_daemons_start_until_its_first_checkp
     Daemon(build_config(), str(bundle_path), metrics=metrics)
     started = metrics.registry.get_sample_value("anomaly_checkpoint_last_timestamp_seconds")
     assert before <= started <= time.time()
+
+
+def test_lag_of_an_assigned_partition_not_read_from_yet_is_counted_from_the_consumer_position():
+    """The lag gauge had series only for partitions the loop had processed a message of: a partition with a
+    backlog whose records were still in the fetcher (or taken ahead) showed no lag at all."""
+    from kafka.errors import IllegalStateError
+
+    from anomaly.kafka.daemon import partition_lags
+
+    tps = [TopicPartition("sensors", p) for p in range(5)]
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return set(tps)
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return None if tp.partition == 4 else 100  # partition 4: no fetch response yet
+
+        def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
+            if tp.partition == 3:
+                raise IllegalStateError("Partition is not assigned")  # revoked meanwhile
+            return 40
+
+    processed = {tps[0]: 90}  # the loop processed up to offset 89
+    ahead = {tps[1]: [Record("sensors", 1, 70, None, b"{}")]}  # taken ahead of the loop, not processed
+    assert partition_lags(Consumer(), processed, ahead) == {
+        ("sensors", 0): 10,
+        ("sensors", 1): 30,
+        ("sensors", 2): 60,
+    }

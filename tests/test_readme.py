@@ -269,3 +269,15 @@ def test_documented_command_parses(command: str) -> None:
 def test_every_command_appears_in_the_readme() -> None:
     shown = {resolve(argv(c))[1] for c in COMMANDS}
     assert sorted(set(main.commands) - shown) == []
+
+
+def test_inspect_help_lists_what_the_readme_says_inspect_prints():
+    """`inspect --help` listed features, architecture, calibration and training; the README's Commands table
+    also lists sampling and missing values (which it prints): both now list the same things."""
+    row = re.search(r"^\| `anomaly inspect [^|]*\| prints a bundle's metadata: ([^|]*) \|$", README, re.M)
+    assert row is not None
+    inspect = main.get_command(click.Context(main), "inspect")
+    assert inspect is not None and inspect.help is not None
+    help_text = " ".join(inspect.help.split())
+    listed = help_text.split("metadata: ", 1)[1].rstrip(".")
+    assert listed == row.group(1)

@@ -53,14 +53,19 @@ def test_a_run_that_scores_nothing_says_why_and_exits_2(bundle_path, test_csv, t
     """Item 1: a gap rule finer than the data's step used to give `0 windows scored`, F1 0.000 and exit 0."""
     r = replay(test_csv, bundle_path, tmp_path / "r", env={"ANOMALY_ENGINE_MAX_GAP_SECONDS": "10"})
     assert r.exit_code == 2
+    # a forecast model scores each reading, but every one of them from a cold state after a reset: the output
+    # says so wherever it counts them, instead of "1200 readings scored" above "nothing was scored"
     assert lines(r.stderr) == [
-        "error: nothing was scored: 1199 gaps longer than engine.max_gap_seconds = 10 s reset the keys; the "
-        "median step in these files is 60 s; check the time unit (--time-unit) or set engine.max_gap_seconds"
+        "error: nothing was scored from a full window: the forecast model scored 1,200 readings, each from a "
+        "cold state (less than a window of history), which says nothing about anomalies: 1199 gaps longer than "
+        "engine.max_gap_seconds = 10 s reset the keys; the median step in these files is 60 s; check the time "
+        "unit (--time-unit) or set engine.max_gap_seconds"
     ]
     assert "F1" not in r.stdout  # no table of zeros
+    assert "(1,200 readings, all from a cold state)" in r.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    # (a forecast model scores each reading, but every one of them from a cold state after a reset)
     assert summary["warnings"][0].startswith("nothing was scored")
+    assert summary["coverage"]["scored"] == 1200 and summary["coverage"]["cold_only"] is True
 
 
 def test_a_file_too_short_for_one_window_is_not_a_table_of_zeros(frame, bundle_path, tmp_path) -> None:
@@ -68,8 +73,11 @@ def test_a_file_too_short_for_one_window_is_not_a_table_of_zeros(frame, bundle_p
     frame.head(5).to_csv(short, index=False)
     r = replay(short, bundle_path, tmp_path / "r")
     assert r.exit_code == 2 and "F1" not in r.stdout
+    assert "(5 readings, all from a cold state)" in r.stdout
     assert lines(r.stderr) == [
-        "error: nothing was scored: every series is shorter than the model window (8 readings)"
+        "error: nothing was scored from a full window: the forecast model scored 5 readings, each from a cold "
+        "state (less than a window of history), which says nothing about anomalies: every series is shorter "
+        "than the model window (8 readings); give each key at least 8"
     ]
 
 

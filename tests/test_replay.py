@@ -60,6 +60,7 @@ def test_replay_writes_consistent_outputs(bundle_path, test_csv, tmp_path) -> No
         "rejected": 0,
         "unscored": len(source) % window,
         "scored_fraction": round(len(scored) / len(source), 6),
+        "cold_only": False,
     }
     assert summary["warnings"] == []
     png = out / "report-test.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -206,17 +207,35 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     result = CliRunner().invoke(
         main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0"]
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # not promoted: it exited 0 as a promotion does
     assert "decision: rejected; " in result.stdout and "(too high; limit 0)" in result.stdout
     assert champion.read_bytes() == before and not (tmp_path / "model.pt.previous").exists()
+    dry = CliRunner().invoke(
+        main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0", "--dry-run"]
+    )
+    assert dry.exit_code == 3 and "decision: rejected; " in dry.stdout
     forced = CliRunner().invoke(
         main, ["promote", str(bundle_path), "-m", str(champion), str(path), "--max-drift", "0", "--force"]
     )
-    assert "decision: promoted (forced)" in forced.stdout
+    assert forced.exit_code == 0 and "decision: promoted (forced)" in forced.stdout
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
     assert f"promotion:       promoted at {decision['at']}\n" in shown
+
+
+def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):
+    """A rejected `retrain --promote` exited 0, as a promotion does: a script could not tell them apart."""
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    before = champion.read_bytes()
+    out = tmp_path / "challenger.pt"
+    result = run_cli(
+        "retrain", "-m", champion, path, "-o", out, "--epochs", "1", "--promote", "--max-drift", "0"
+    )
+    assert result.exit_code == 3, result.output
+    assert "decision: rejected; " in result.stdout
+    assert champion.read_bytes() == before and load_bundle(out).meta["lineage"]["parent_version"]
 
 
 def test_retrain_with_too_little_data_is_a_one_line_error(bundle_path, tmp_path):
@@ -276,7 +295,7 @@ def test_promote_on_a_key_split_over_two_files_equals_one_file(bundle_path, tmp_
     common = ["promote", str(bundle_path), "-m", str(champion), "--key-column", "sensor_id", "--dry-run"]
     one = CliRunner().invoke(main, [*common, str(whole)])
     two = CliRunner().invoke(main, [*common, str(early), str(late)])
-    assert one.exit_code == two.exit_code == 0, two.output
+    assert one.exit_code == two.exit_code and one.exit_code in (0, 3), two.output
     assert two.stdout == one.stdout and "readings streamed             600 " in one.stdout
 
 
@@ -438,15 +457,19 @@ def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_pat
     path, _ = csv_world
     frame = pd.read_csv(path)
     champion = copy_of(bundle_path, tmp_path)
-    for value, why in (
-        (0, "no reading of the slice is labelled anomalous"),
-        (1, "every reading of the slice"),
+    for value, why, shown in (
+        (0, "no reading of the slice is labelled anomalous", r"n/a / \d+\.\d\d% / n/a"),
+        (1, "every reading of the slice", r"n/a / n/a / \d+\.\d\d%"),
     ):
         labelled = tmp_path / f"labels{value}.csv"
         frame.assign(anomaly=value).to_csv(labelled, index=False)
         result = run_cli("promote", bundle_path, "-m", champion, labelled, "--dry-run")
         assert result.exit_code == 0, result.output
         assert f"  - F1: not measurable ({why}" in result.stdout and "  - F1 0." not in result.stdout
+        # the table above it printed "0.000 / ... / 0.00%" too: only what the labels measure is a number (FAR
+        # needs readings labelled normal, MAR readings labelled anomalous, F1 both)
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith("F1 / FAR / MAR")]
+        assert re.fullmatch(rf"F1 / FAR / MAR +{shown} +{shown}", row), row
 
 
 def test_a_slice_too_small_for_drift_is_rejected_and_one_without_a_scored_reading_is_an_error(
@@ -463,7 +486,7 @@ def test_a_slice_too_small_for_drift_is_rejected_and_one_without_a_scored_readin
     frame.assign(**{feature: pd.NA}).to_csv(empty, index=False)
     champion = copy_of(bundle_path, tmp_path)
     result = run_cli("promote", bundle_path, "-m", champion, tiny, "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     assert "  - drift: not measurable on 40 scored readings (needs 200; widen the slice)" in result.stdout
     assert "decision: rejected" in result.stdout
     result = run_cli("promote", bundle_path, "-m", champion, empty, "--dry-run")

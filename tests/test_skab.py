@@ -152,6 +152,21 @@ def test_bad_data_folder_is_a_one_line_error(tmp_path):
     assert res.output.strip() == f"error: SKAB data folder not found: {tmp_path / 'missing'}"
 
 
+def test_a_folder_of_other_csv_files_is_a_one_line_error_without_foreign_advice(tmp_path):
+    """A folder of other CSV files failed on the first one's time column, suggesting --time-column, an option
+    `skab` does not have."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "y.csv").write_text("time,v1,v2\n1,2,3\n2,3,4\n")
+    (tmp_path / "z.csv").write_text("datetime;v1;anomaly\n2020-01-01;2;0\n")
+    res = CliRunner().invoke(skab_cmd, [str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        f"error: {tmp_path} does not look like SKAB's data/ folder: 1 of its 2 CSV files (e.g. sub/y.csv) lack "
+        "SKAB's columns 'datetime' and 'anomaly'; give the data/ folder of a SKAB checkout (valve1/, valve2/, "
+        "other/)"
+    )
+
+
 def test_defaults_match_the_pipeline_file():
     assert build_config(read_toml(PIPELINE)) == build_config(skab.DEFAULTS)
 

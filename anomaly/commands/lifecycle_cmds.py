@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -317,6 +318,18 @@ def _time_slice(series, lo: float, hi: float):  # type: ignore[no-untyped-def]
     return out
 
 
+def _labelled_metrics(metrics: dict[str, Any]) -> str:
+    """F1 / FAR / MAR, each `n/a` where the slice's labels cannot measure it: F1 and MAR need a reading labelled
+    anomalous, F1 and FAR one labelled normal (a rate of 0 of 0 readings is no number)."""
+    c = (metrics.get("counts") or {}).get("point") or {}
+    anomalous = c.get("tp", 0) + c.get("fn", 0) > 0 if c else True
+    normal = c.get("fp", 0) + c.get("tn", 0) > 0 if c else True
+    f1 = f"{metrics['f1']:.3f}" if anomalous and normal else "n/a"
+    far = f"{metrics['far']:.2%}" if normal else "n/a"
+    mar = f"{metrics['mar']:.2%}" if anomalous else "n/a"
+    return f"{f1} / {far} / {mar}"
+
+
 def _print_comparison(cmp: Comparison) -> None:
     a, b = cmp.champion, cmp.challenger
     rows = [
@@ -337,13 +350,7 @@ def _print_comparison(cmp: Comparison) -> None:
         ),
     ]
     if a.metrics is not None and b.metrics is not None:
-        rows.append(
-            (
-                "F1 / FAR / MAR",
-                f"{a.metrics['f1']:.3f} / {a.metrics['far']:.2%} / {a.metrics['mar']:.2%}",
-                f"{b.metrics['f1']:.3f} / {b.metrics['far']:.2%} / {b.metrics['mar']:.2%}",
-            )
-        )
+        rows.append(("F1 / FAR / MAR", _labelled_metrics(a.metrics), _labelled_metrics(b.metrics)))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows + [("", "champion", "")])
     click.echo(f"{'':<{w0}}  {'champion':<{w1}}  challenger")
@@ -353,14 +360,21 @@ def _print_comparison(cmp: Comparison) -> None:
         click.echo(f"  - {reason}")
 
 
+# Exit status of `promote` and `retrain --promote` when the challenger was not promoted (the policy rejected it):
+# distinct from 0 (promoted, or would be with --dry-run), 1 (aborted, or a crash) and 2 (an error), so that a
+# script can tell a rejection from a failure.
+NOT_PROMOTED = 3
+
+
 def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not."""
     from anomaly.promotion import promote
 
     cmp.forced = force and not cmp.promote
     _print_comparison(cmp)
     if not (cmp.promote or force):
         click.echo(f"decision: rejected; {champion_path} unchanged")
-        return
+        click.get_current_context().exit(NOT_PROMOTED)
     if dry_run:
         click.echo(f"decision: would promote (dry run); {champion_path} unchanged")
         return
@@ -470,7 +484,8 @@ def retrain_cmd(
     Kafka: `anomaly retrain -m model.pt -p pipelines/kafka.toml --since 7d` reads kafka.topics (or --topic),
     the alerts topic and the dead-letter topic of the pipeline. CSV: `anomaly retrain -m model.pt DATA.csv...
     [--alerts runs/replay/alerts.jsonl]`. Model and training settings are the champion's unless
-    --from-pipeline."""
+    --from-pipeline. With --promote, a challenger the policy rejects is still written, and the exit status is
+    3 (as `anomaly promote`'s)."""
     from anomaly.bundle import load_bundle, save_bundle
     from anomaly.config import build_config, load_config
     from anomaly.training import train
@@ -553,6 +568,7 @@ def retrain_cmd(
         train_cfg,
         progress=True,
         max_gap_seconds=cfg.engine.max_gap_seconds,
+        nan_policy=cfg.engine.nan_policy,
     )
     bundle = result.bundle
     if bundle.arch != parent.arch:
@@ -610,7 +626,10 @@ def promote_cmd(
 ) -> None:
     """Shadow-evaluate CHALLENGER against the champion on a recent slice (CSV files, labelled or not, or the
     input topic over --since/--from/--to) through the engine, and promote it when the policy says so:
-    alert rate, score distribution and drift, and F1 when the slice has labels."""
+    alert rate, score distribution and drift, and F1 when the slice has labels.
+
+    Exit status: 0 promoted (with --dry-run: would be promoted), 3 not promoted (the champion is unchanged),
+    2 an error."""
     from anomaly.bundle import load_bundle
 
     setup_logging(verbose)

@@ -271,7 +271,8 @@ def print_training(result: TrainResult, out: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full metadata as JSON.")
 @one_line_errors
 def inspect_cmd(bundle: str, as_json: bool) -> None:
-    """Print a model bundle's metadata: features, architecture, calibration, training."""
+    """Print a model bundle's metadata: version, features, architecture, training data, missing values,
+    sampling interval and gap, training, calibration, and lineage, promotion and export when recorded."""
     meta = _onnx_metadata(bundle) if bundle.endswith(".onnx") else read_metadata(bundle)[0]
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))

@@ -110,9 +110,10 @@ def print_result(result: ReplayResult) -> None:
     and exit status 2 (its files are written all the same, so the user can look at them)."""
     s = result.summary
     t, c = s["totals"], s["coverage"]
+    cold = ", all from a cold state" if c.get("cold_only") else ""
     click.echo(
         f"replayed {c['readings']:,} readings of {s['series']} series: {t['windows_scored']:,} windows scored "
-        f"({c['scored']:,} readings), {s['alerts_raised']} alerts raised ({s['alert_events']} open/close "
+        f"({c['scored']:,} readings{cold}), {s['alerts_raised']} alerts raised ({s['alert_events']} open/close "
         f"events), {c['rejected']:,} readings rejected"
     )
     nothing = bool(s["warnings"]) and s["warnings"][0].startswith("nothing was scored")

@@ -45,12 +45,15 @@ DECODE_REASONS = (
 
 
 class DecodeError(ValueError):
-    """A message that cannot become an event. ``reason`` is one of :data:`DECODE_REASONS`."""
+    """A message that cannot become an event. ``reason`` is one of :data:`DECODE_REASONS`; ``key`` is the
+    entity key when the body's key had been read before the refusal (None: it could not be), so that the dead
+    letter names the entity even when the message key is empty or differs."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, key: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,14 @@ class Decoder:
         if not isinstance(body, dict):
             raise DecodeError("invalid_json", f"body must be a JSON object, got {type(body).__name__}")
         key = self._key(body.get(fmt.key_field), record)
+        try:
+            return self._event(body, key, record)
+        except DecodeError as err:
+            err.key = key  # refused after the key was read: its dead letter names the entity
+            raise
+
+    def _event(self, body: dict[str, Any], key: str, record: Any) -> Event:
+        fmt = self.fmt
         block = body.get(fmt.readings_field)
         if block is None:
             stamp = np.array((parse_time(self._field(body, fmt.time_field)),), np.float64)
@@ -444,9 +455,13 @@ _UNPARSED = object()  # a record whose value is missing, too large or not JSON: 
 
 def source_rejection(record: Any, err: DecodeError) -> Rejection:
     """A refusal before the engine. Engine reason ``malformed`` (``feature_count`` stays itself); the
-    precise decode reason travels in ``detail`` as ``"<reason>: <message>"``."""
+    precise decode reason travels in ``detail`` as ``"<reason>: <message>"``. The key is the entity key the
+    decoder read (the body's key field, else the message key), else the message key as it is, else ""."""
     reason = "feature_count" if err.reason == "feature_count" else "malformed"
-    key = record.key.decode("utf-8", "replace") if record.key is not None else ""
+    if err.key is not None:
+        key = err.key
+    else:
+        key = record.key.decode("utf-8", "replace") if record.key is not None else ""
     return Rejection(key, reason, 1, True, record, f"{err.reason}: {err.detail}")
 
 

@@ -45,6 +45,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,7 +74,33 @@ from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
 
 log = logging.getLogger(__name__)
+DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
 _E = TypeVar("_E", bound=BaseException)
+
+
+def partition_lags(
+    consumer: Any, processed: Mapping[Any, int], ahead: Mapping[Any, list[Any]]
+) -> dict[tuple[str, int], int]:
+    """Messages behind the log end of every assigned partition whose end is known (a fetch response gave its
+    highwater): from the next offset the loop processes, which is the tracker's position once a message of the
+    partition was processed, else the first record taken ahead, else the consumer's position (a partition
+    not read from yet still has its lag, or 0, instead of no series)."""
+    lags = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        nxt = processed.get(tp)
+        if nxt is None and ahead.get(tp):
+            nxt = ahead[tp][0].offset
+        if nxt is None:
+            try:
+                nxt = consumer.position(tp, timeout_ms=0)  # known once it was fetched from: no round trip
+            except kerr.KafkaError:  # revoked meanwhile (IllegalStateError), or no position yet: no series
+                nxt = None
+        if nxt is not None:
+            lags[(tp.topic, tp.partition)] = high - nxt
+    return lags
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,7 @@ class Daemon:
         self.bundle = load_bundle(model_path)
         self.engine = Engine(self.bundle, cfg.engine)
         self.stop = threading.Event()
+        self.stop_requested_at = -float("inf")  # time.monotonic() of the first stop signal
         self.tracker = PartitionTracker()
         self._reload_requested = False
         self._mtime = Path(model_path).stat().st_mtime
@@ -294,9 +322,20 @@ class Daemon:
                 log.warning("closing a Kafka client failed: %s", type(exc).__name__)
 
     def request_stop(self) -> None:
+        """The first stop signal: finish the batch, checkpoint, commit, close. A second one exits at once, unless it
+        comes within ``DUPLICATE_STOP_S`` of the first: then it is the same request delivered twice (GNU `timeout`
+        signals the process and then its process group, so the daemon gets each of its signals twice)."""
+        now = time.monotonic()
         if self.stop.is_set():
+            if now - self.stop_requested_at < DUPLICATE_STOP_S:
+                log.info(
+                    "stop signal again within %.1fs of the first: the same request, still stopping",
+                    DUPLICATE_STOP_S,
+                )
+                return
             log.warning("second stop signal: exiting now")
             os._exit(130)
+        self.stop_requested_at = now
         log.info("stopping: finishing the current batch, checkpointing, committing")
         self.stop.set()
         timer = threading.Timer(self.opts.shutdown_timeout_s, self._overdue)
@@ -381,12 +420,9 @@ class Daemon:
             self._next_reload_check = now + self.opts.reload_check_s
             self._maybe_reload()
         if self.metrics is not None:
-            lags = {}
-            for tp in self.consumer.assignment():
-                high = self.consumer.highwater(tp)
-                if high is not None and tp in self.tracker.position:
-                    lags[(tp.topic, tp.partition)] = high - self.tracker.position[tp]
-            self.metrics.set_partition_lag(lags)
+            self.metrics.set_partition_lag(
+                partition_lags(self.consumer, self.tracker.position, self.source.ahead)
+            )
 
     def _maybe_reload(self) -> None:
         try:

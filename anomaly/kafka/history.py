@@ -5,7 +5,8 @@ partition starts at ``offsets_for_times(from)`` and ends at ``offsets_for_times(
 partition), and every record is checked against the range too — so a broker whose timestamp index is coarse
 (Tansu answers with an earlier offset) still gives exactly the records of the range. Messages that appear on the
 dead-letter topic (``source_topic``/``source_partition``/``source_offset`` headers) or that do not decode are
-left out: the daemon refused them, so they are not normal data.
+left out: the daemon refused them, so they are not normal data. Missing values (``null``, NaN) are kept: training
+applies ``engine.nan_policy`` to them, as it does to CSV files and as the engine does live.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class TopicHistory:
     invalid: int = 0  # messages that do not decode (they are dead letters too)
     dead_letters: int = 0  # decodable messages the daemon refused (on the dead-letter topic)
     other_keys: int = 0  # messages of keys not selected
-    duplicates: int = 0  # readings at a timestamp the key already had, or non-finite
+    duplicates: int = 0  # readings at a timestamp the key already had, or at a non-finite one
     partitions: dict[str, list[int]] = field(
         default_factory=dict
     )  # "topic:partition" -> [start, end) offsets
@@ -166,8 +167,9 @@ def read_topic_range(
     progress: bool = False,
     timeout_s: float = 10.0,
 ) -> TopicHistory:
-    """Readings of `topics` produced in [start, end) (epoch seconds), per key in time order (duplicate
-    timestamps and non-finite readings dropped), without the messages at `exclude` positions."""
+    """Readings of `topics` produced in [start, end) (epoch seconds), per key in time order (readings at a
+    repeated or non-finite timestamp dropped; missing values kept for ``engine.nan_policy``), without the
+    messages at `exclude` positions."""
     start_ms, end_ms = int(start * 1000), int(end * 1000)
     exclude = exclude or set()
     consumer = _consumer(cfg, timeout_s)
@@ -215,7 +217,7 @@ def read_topic_range(
         vals = np.concatenate(values[key])
         order = np.argsort(ts, kind="stable")
         ts, vals = ts[order], vals[order]
-        keep = np.isfinite(ts) & np.isfinite(vals).all(axis=1)
+        keep = np.isfinite(ts)
         keep[1:] &= np.diff(ts) > 0  # the engine drops a reading at its key's last timestamp
         hist.duplicates += int((~keep).sum())
         hist.readings += int(keep.sum())

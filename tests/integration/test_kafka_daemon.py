@@ -174,3 +174,34 @@ def test_the_producer_finds_the_group_coordinator_at_assignment(kafka_env, tiny_
     finally:
         daemon.stop.set()
         thread.join(60)
+
+
+def test_lag_has_a_series_for_every_assigned_partition_read_from_or_not(kafka_env, stream, tiny_model):
+    """anomaly_consumer_lag_messages had series only for partitions the daemon had read a message from: the
+    three partitions of four that got no message had none, not 0 (and one with lag and nothing read yet none
+    either; tests/test_kafka_state.py shows that case)."""
+    import json
+    import re
+    import urllib.request
+
+    _, series = stream
+    names = kafka_env.names(partitions=4)
+    s = series[0]
+    for t, row in zip(s.timestamps[:50].tolist(), s.values[:50].tolist(), strict=True):
+        body = json.dumps({"key": s.key, "ts": t, "values": row}).encode()
+        kafka_env.producer.send(names.input, key=s.key.encode(), value=body, partition=0)
+    kafka_env.producer.flush()
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    kafka_env.wait_committed(names.group, names.input, {0: 50})
+
+    def lags() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+        found = re.findall(
+            r'^anomaly_consumer_lag_messages\{partition="(\d+)",topic="[^"]+"\} (\S+)$', text, re.M
+        )
+        return {p: float(v) for p, v in found}
+
+    wait_for(lambda: len(lags()) == 4, 20, "a lag series for each of the 4 assigned partitions")
+    assert lags() == {"0": 0.0, "1": 0.0, "2": 0.0, "3": 0.0}
+    assert terminate(proc) == 0

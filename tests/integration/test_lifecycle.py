@@ -131,6 +131,43 @@ def test_retrain_from_a_topic_range_equals_retrain_from_the_same_readings_in_csv
     assert data["first_reading"] < data["last_reading"]
 
 
+def test_retrain_from_a_topic_fills_missing_values_under_ffill_as_from_csv(kafka_env, tiny_model, tmp_path):
+    """A reading with a missing value (JSON null) was dropped by the topic read whatever engine.nan_policy said,
+    while training fills it under "ffill": the two sources trained on different readings."""
+    model_path, bundle = tiny_model
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=23), 1)
+    frame.iloc[100:400:7, 2] = np.nan  # 43 missing values of one feature
+    source_csv = tmp_path / "gappy.csv"
+    frame.to_csv(source_csv, index=False)
+    (s,), _ = load_series([source_csv], DataConfig(key_column="sensor_id"), bundle.features)
+    tag = str(time.monotonic_ns())
+    inp, alerts, dead = f"in-{tag}", f"alerts-{tag}", f"dead-{tag}"
+    topics(kafka_env.broker.bootstrap, inp, alerts, dead, partitions=1)
+    for t, row in zip(s.timestamps.tolist(), s.values.tolist(), strict=True):
+        body = {"key": s.key, "ts": t, "values": [None if np.isnan(v) else v for v in row]}
+        kafka_env.producer.send(inp, key=s.key.encode(), value=json.dumps(body).encode())
+    kafka_env.producer.flush()
+    pipeline = tmp_path / "ffill.toml"
+    pipeline.write_text('[engine]\nnan_policy = "ffill"\n')
+    args = ["-m", str(model_path), "-p", str(pipeline), "--epochs", "1", "--min-windows", "10"]
+    out_kafka, out_csv = tmp_path / "from-kafka.pt", tmp_path / "from-csv.pt"
+    result = CliRunner().invoke(
+        main,
+        ["retrain", *args, "-b", kafka_env.broker.bootstrap, "--topic", inp, "--alerts-topic", alerts]
+        + ["--dead-letter-topic", dead, "--since", "1h", "-o", str(out_kafka)],
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        main, ["retrain", *args, str(source_csv), "--key-column", "sensor_id", "-o", str(out_csv)]
+    )
+    assert result.exit_code == 0, result.output
+    from_kafka, from_csv = read_metadata(out_kafka)[0], read_metadata(out_csv)[0]
+    filled = {"policy": "ffill", "rows_dropped": 0, "cells_filled": 43}
+    assert from_kafka["missing_values"] == from_csv["missing_values"] == filled
+    assert from_kafka["training_fingerprint"] == from_csv["training_fingerprint"]
+    assert from_kafka["lineage"]["data"]["readings"] == from_csv["lineage"]["data"]["readings"] == 600
+
+
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
         return resp.read().decode()
