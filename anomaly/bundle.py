@@ -160,7 +160,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
     try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")  # as anomaly.atomic
     except OSError as exc:
         raise _unwritable(p, exc) from None
     os.close(fd)

@@ -35,3 +35,11 @@ class SchemaError(AnomalyError):
 
 class DataError(AnomalyError):
     """Input data cannot be read or is empty."""
+
+
+class OutputError(AnomalyError):
+    """A result file cannot be written (missing or read-only folder, a directory in the way, disk full)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

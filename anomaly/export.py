@@ -16,7 +16,6 @@ runtime. Every export is validated against PyTorch on a chain of windows with ca
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
@@ -29,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomaly.atomic import write_bytes
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.data import Scaler
-from anomaly.errors import AnomalyError, BundleError
+from anomaly.errors import AnomalyError, BundleError, OutputError
 from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
 
 INT8 = {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]}
@@ -241,15 +241,10 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
             f"ONNX export differs from PyTorch by {diff:.3g} (tolerance {ONNX_TOLERANCE:g}); not written"
         )
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(p)
-    except OSError as exc:  # as save_bundle: name the file asked for, not the temporary one
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise ExportError(f"cannot write the ONNX model {p}: {exc.strerror or exc}") from None
+        write_bytes(p, data, "ONNX model")
+    except OutputError as exc:  # as save_bundle: name the file asked for, not the temporary one
+        raise ExportError(str(exc)) from None
     return p, diff
 
 

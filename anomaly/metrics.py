@@ -27,9 +27,9 @@ from prometheus_client import (
     Histogram,
     Info,
     generate_latest,
-    write_to_textfile,
 )
 
+from anomaly.atomic import write_bytes
 from anomaly.drift import DEFAULT_MIN_POINTS, DEFAULT_WINDOW, DriftMonitor
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Rejection
 from anomaly.kafka.codec import DECODE_REASONS
@@ -495,10 +495,7 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
 def write_textfile(metrics: PipelineMetrics, path: str | Path) -> Path:
     """Write the final metrics of a run (e.g. `anomaly replay`) in the text format, atomically (node-exporter
     textfile collector compatible)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(p), metrics.registry)
-    return p
+    return write_bytes(path, generate_latest(metrics.registry), "metrics file")
 
 
 class MetricsServer:

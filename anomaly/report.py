@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from anomaly.atomic import atomic_path  # noqa: E402
 from anomaly.evaluation import segments  # noqa: E402
 
 RESULT_COLUMNS = (
@@ -157,9 +158,11 @@ def plot_series(
     bottom.set_xlabel("time (UTC)")
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out, "report") as tmp:
+            fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out
 
 

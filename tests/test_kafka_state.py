@@ -383,6 +383,7 @@ def test_state_out_that_cannot_be_written_is_refused_before_the_daemon_starts(tm
     kept.write_bytes(b"old")
     check_writable(str(kept))
     assert kept.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.bin"]  # nor a temporary file
 
 
 def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_scoring(tmp_path, bundle_path):

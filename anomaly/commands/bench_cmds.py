@@ -6,6 +6,7 @@ import json
 
 import click
 
+from anomaly.atomic import write_text
 from anomaly.commands.common import one_line_errors
 
 
@@ -146,8 +147,7 @@ def bench_cmd(
             round_keys=churn_keys, rounds=churn_rounds, probes=churn_probes, aa=churn_aa, log=click.echo
         )
     if json_out:
-        with open(json_out, "w") as fh:
-            json.dump(results, fh, indent=2, default=float)
+        write_text(json_out, json.dumps(results, indent=2, default=float), "JSON file")
 
 
 COMMANDS: list[click.Command] = [bench_cmd]

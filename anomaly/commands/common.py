@@ -87,7 +87,7 @@ def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConf
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn AnomalyError (and a few OS errors) into `error: ...` on stderr and exit status 2."""
+    """Turn AnomalyError and OS errors into `error: ...` on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -96,8 +96,9 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except AnomalyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            click.echo(f"error: {exc.strerror}: {exc.filename}", err=True)
+        except OSError as exc:  # e.g. disk full, a read-only file system, a file where a folder should be
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
             sys.exit(2)
 
     return wrapper

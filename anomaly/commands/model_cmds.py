@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
+from anomaly.atomic import atomic_path
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
@@ -62,8 +62,8 @@ def generate_cmd(
         n_sensors=sensors, n_points=points, anomalies=anomalies, interval_s=interval, seed=seed
     )
     frame = generate(spec) if keys == 1 else generate_keys(spec, keys)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    with atomic_path(out, "CSV file") as tmp:
+        frame.to_csv(tmp, index=False)
     click.echo(f"wrote {len(frame)} rows ({int(frame['anomaly'].sum())} labelled anomalous) to {out}")
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from anomaly import nasa
+from anomaly import atomic, nasa
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import load_config
 from anomaly.quality import format_quality, format_ranking
@@ -113,8 +112,7 @@ def nasa_cmd(
     if s["ranking"] is not None:
         click.echo(format_ranking(s["ranking"], "channel"))
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(s, indent=2, default=float))
+        atomic.write_text(json_out, json.dumps(s, indent=2, default=float), "JSON file")
     q = s["quality"]
     click.echo(
         json.dumps(

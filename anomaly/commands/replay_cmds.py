@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from anomaly import evaluation
+from anomaly.atomic import atomic_path
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
@@ -244,11 +245,11 @@ def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> N
     overrides = {"train.epochs": epochs, "train.seed": seed}
     cfg = config_from(pipeline, overrides) if pipeline else build_config(DEMO, os.environ, overrides)
     train_csv, test_csv = root / "data" / "train.csv", root / "data" / "test.csv"
-    train_csv.parent.mkdir(parents=True, exist_ok=True)
-    generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(train_csv, index=False)
-    generate(SyntheticSpec(n_points=8_000, anomalies=12, seed=seed + 1, start=1_701_500_000.0)).to_csv(
-        test_csv, index=False
-    )
+    with atomic_path(train_csv, "CSV file") as tmp:
+        generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(tmp, index=False)
+    with atomic_path(test_csv, "CSV file") as tmp:
+        test = SyntheticSpec(n_points=8_000, anomalies=12, seed=seed + 1, start=1_701_500_000.0)
+        generate(test).to_csv(tmp, index=False)
     click.echo(f"generated {train_csv} (normal) and {test_csv} (12 labelled anomalies)")
     model = root / "model.pt"
     print_training(run_training([str(train_csv)], cfg, str(model)), str(model))

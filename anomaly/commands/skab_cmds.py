@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import click
 
-from anomaly import skab
+from anomaly import atomic, skab
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
 from anomaly.config import build_config, load_config
 from anomaly.evaluation import format_table
@@ -145,8 +144,7 @@ def skab_cmd(
         paths = skab.write_plots(result.files, plots)
         click.echo(f"\nplots: {len(paths)} PNG files in {plots}")
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(s, indent=2, default=float))
+        atomic.write_text(json_out, json.dumps(s, indent=2, default=float), "JSON file")
     click.echo(
         json.dumps(
             {

@@ -41,6 +41,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -53,10 +54,11 @@ from typing import Any, TypeVar
 import kafka.errors as kerr
 from kafka import ConsumerRebalanceListener
 
+from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
-from anomaly.errors import AnomalyError, ConfigError
+from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import clients, records
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
@@ -285,12 +287,9 @@ class Daemon:
                 break
             if self.opts.state_out:  # after the final checkpoint: the state is safe in the changelog anyway
                 try:
-                    Path(self.opts.state_out).write_bytes(self.engine.snapshot())
-                except OSError as exc:
-                    raise AnomalyError(
-                        f"cannot write the state snapshot to {self.opts.state_out}: {exc.strerror or exc} "
-                        "(the final checkpoint was committed)"
-                    ) from None
+                    write_bytes(self.opts.state_out, self.engine.snapshot(), "state snapshot")
+                except OutputError as exc:
+                    raise AnomalyError(f"{exc} (the final checkpoint was committed)") from None
             totals["skipped"] = self.source.skipped
             totals["restored_keys"] = self.restored_keys
             return totals
@@ -628,12 +627,19 @@ class Daemon:
 def check_writable(path: str) -> None:
     """Refuse at start-up a ``--state-out`` path that could not be written at shutdown (a missing directory, no
     permission, a directory): found out only after hours of running, the snapshot would be lost. The file is
-    opened for appending (nothing written; removed again if this created it)."""
+    opened for appending (nothing written; removed again if this created it), and since the snapshot is written
+    to a temporary file beside it and renamed, its folder must take a new file too."""
     p = Path(path)
     existed = p.exists()
     try:
         with p.open("ab"):
             pass
+        if p.is_file():
+            fd, tmp = tempfile.mkstemp(
+                dir=Path(os.path.realpath(p)).parent, prefix=f".{p.name}.", suffix=".tmp"
+            )
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as exc:
         raise ConfigError(
             f"cannot write --state-out {path}: {exc.strerror or exc}", key="state_out"

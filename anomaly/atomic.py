@@ -1,0 +1,81 @@
+"""Write a file so that a reader sees either the old one or the complete new one, never half of it.
+
+The data goes to a temporary file in the target's folder (so the rename cannot cross file systems), which then
+replaces the target in one ``os.replace``. A failure or an interrupt (Ctrl-C) removes the temporary file and
+leaves the target as it was; only a hard kill (SIGKILL, power loss) can leave a temporary file, named
+``.<name>.<random>.tmp`` beside the target, which `replay` clears from its output folder on its next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from anomaly.errors import OutputError
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def unwritable(p: Path, exc: OSError, what: str = "file") -> OutputError:
+    """The error for an output that cannot be written: it names the path asked for, not a temporary file."""
+    return OutputError(f"cannot write the {what} {p}: {exc.strerror or exc}", path=str(p))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s new content to; on leaving the block without an error it
+    replaces `path` (created with the usual permissions, as ``open(path, "w")`` would). An OSError while
+    writing or replacing becomes an OutputError naming `path` (`what` says what the file is).
+
+    A symbolic link is followed: the file it points to is replaced and the link stays. A target that is neither
+    a regular file nor a folder (``/dev/stdout``, a named pipe) cannot be replaced and is written in place."""
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        try:
+            yield p
+        except OSError as exc:
+            raise unwritable(p, exc, what) from None
+        return
+    real = Path(os.path.realpath(p))
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise unwritable(p, exc, what) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, real)
+    except OSError as exc:
+        raise unwritable(p, exc, what) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
+    """Replace `path` with `data` atomically (see `atomic_path`)."""
+    with atomic_path(path, what) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str, what: str = "file") -> Path:
+    """Replace `path` with `text` (UTF-8) atomically (see `atomic_path`)."""
+    return write_bytes(path, text.encode("utf-8"), what)
+
+
+def stray_temporaries(folder: Path, name: str) -> list[Path]:
+    """Temporary files `atomic_path` left for `folder / name` when its process was killed."""
+    return [p for p in folder.glob(f".{name}.*{TMP_SUFFIX}") if p.is_file()]

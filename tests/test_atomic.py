@@ -1,0 +1,78 @@
+"""Writing under failure: a file is either left as it was or replaced by the complete new one, no temporary file
+stays behind, and the CLI says which path could not be written in one line."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly import atomic
+from anomaly.cli import main
+from anomaly.errors import OutputError
+from anomaly.metrics import PipelineMetrics, write_textfile
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, failure) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(OutputError if isinstance(failure, OSError) else KeyboardInterrupt) as caught:
+        with atomic.atomic_path(target, "CSV file") as tmp:
+            tmp.write_text("half of the n")
+            raise failure
+    assert target.read_text() == "old\n"
+    assert _listing(tmp_path) == ["out.csv"]
+    if isinstance(failure, OSError):
+        assert str(caught.value) == f"cannot write the CSV file {target}: No space left on device"
+
+
+def test_a_symlink_stays_a_link_to_the_new_content(tmp_path) -> None:
+    (tmp_path / "v1.pt").write_bytes(b"one")
+    (tmp_path / "model.pt").symlink_to("v1.pt")
+    atomic.write_bytes(tmp_path / "model.pt", b"two")
+    assert (tmp_path / "model.pt").is_symlink() and (tmp_path / "v1.pt").read_bytes() == b"two"
+    assert _listing(tmp_path) == ["model.pt", "v1.pt"]
+
+
+def test_a_directory_in_the_way_is_refused_naming_it(tmp_path) -> None:
+    (tmp_path / "summary.json").mkdir()
+    with pytest.raises(OutputError, match=r"cannot write the file .*summary\.json: Is a directory"):
+        atomic.write_text(tmp_path / "summary.json", "{}")
+    assert _listing(tmp_path) == ["summary.json"]
+
+
+def test_generate_on_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "data.csv"
+    target.write_text("old\n")
+
+    def full(self, path, **kwargs):
+        Path(path).write_text("timestamp,sensor_0\n1,")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    got = CliRunner().invoke(main, ["generate", "-o", str(target), "--points", "100"])
+    assert got.exit_code == 2, got.output
+    assert got.output.strip() == f"error: cannot write the CSV file {target}: No space left on device"
+    assert target.read_text() == "old\n"
+    assert _listing(tmp_path) == ["data.csv"]
+
+
+def test_generate_under_a_file_where_a_folder_should_be_is_one_line(tmp_path) -> None:
+    (tmp_path / "data").write_text("")
+    got = CliRunner().invoke(main, ["generate", "-o", str(tmp_path / "data" / "x.csv"), "--points", "100"])
+    assert got.exit_code == 2 and not isinstance(got.exception, OSError), got.output
+    assert got.output.startswith(f"error: cannot write the CSV file {tmp_path / 'data' / 'x.csv'}: ")
+
+
+def test_metrics_textfile_under_a_file_where_a_folder_should_be(tmp_path) -> None:
+    (tmp_path / "metrics").write_text("")
+    with pytest.raises(OutputError, match="cannot write the metrics file"):
+        write_textfile(PipelineMetrics(), tmp_path / "metrics" / "run.prom")
