@@ -7,8 +7,11 @@ exactly what the daemon computes for the same readings.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly import evaluation, quality
+from anomaly import atomic, evaluation, quality
+from anomaly.atomic import atomic_path
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series, merge_keys, sampling_interval
 from anomaly.engine import Engine, Event
+from anomaly.errors import OutputError
 from anomaly.runner import Batch, Observer, run
 from anomaly.sinks.files import JsonlAlertSink, JsonlRejectionSink, WindowCollector
 
@@ -118,38 +123,69 @@ def replay(
 ) -> ReplayResult:
     series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to the output folder {out}: {exc.strerror or exc}", path=str(out)
+        ) from None
+    with only_writer(out):
+        return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots)
+
+
+@contextlib.contextmanager
+def only_writer(out: Path) -> Iterator[None]:
+    """Hold a lock on the folder `out` while a replay writes into it: a second replay into the same folder is
+    refused at once, instead of each deleting and replacing the other's files into a mix of two runs. The lock
+    is the kernel's (flock on the folder), so a killed replay never leaves a stale one and no lock file."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"another replay is writing to {out}; wait for it to finish or give another --out",
+                path=str(out),
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _replay(
+    bundle: Bundle,
+    series: Sequence[Series],
+    cfg: PipelineConfig,
+    out: Path,
+    observer: Observer | None,
+    progress: bool,
+    engine: Engine | None,
+    write_plots: bool | None,
+) -> ReplayResult:
     clear_previous(out)
     engine = engine or Engine(bundle, cfg.engine)
     collector = WindowCollector()
-    alerts = JsonlAlertSink(out / "alerts.jsonl")
-    rejections = JsonlRejectionSink(out / "rejections.jsonl")
-    batches: Any = merged_batches(series, cfg.replay.batch_readings)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        # disable=None: no bar when stderr is not a terminal (no carriage-return frames in logs)
-        bar = tqdm(total=sum(len(s) for s in series), desc="replay", unit="reading", disable=None)
-    totals = run(
-        engine,
-        batches,
-        [collector, alerts, rejections],
-        observer=observer,
-        on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
-        finish=True,  # the files end: report readings still waiting for their report window
-    )
-    if bar is not None:
-        bar.close()
+    # every file is written to a temporary name and renamed when complete: a run that fails or is interrupted
+    # leaves complete files or none, never a truncated one
+    with contextlib.ExitStack() as files:
+        alerts = JsonlAlertSink(files.enter_context(atomic_path(out / "alerts.jsonl", "alerts file")))
+        files.callback(alerts.close)  # closed before the rename (callbacks run last in, first out)
+        rejections = JsonlRejectionSink(
+            files.enter_context(atomic_path(out / "rejections.jsonl", "rejections file"))
+        )
+        files.callback(rejections.close)
+        totals = _run(engine, series, cfg, [collector, alerts, rejections], observer, progress)
     frames = {
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }
     for key, f in frames.items():
         f["rejected"] = rejections.reasons_at(key, f["timestamp"].to_numpy(), f["scored"].to_numpy())
     points = pd.concat(frames.values(), ignore_index=True) if frames else pd.DataFrame()
-    points.to_csv(out / "scores.csv", index=False)
+    with atomic_path(out / "scores.csv", "scores file") as tmp:
+        points.to_csv(tmp, index=False)
     if cfg.replay.parquet:
-        points.to_parquet(out / "scores.parquet", index=False)
+        with atomic_path(out / "scores.parquet", "scores file") as tmp:
+            points.to_parquet(tmp, index=False)
     per_series = {}
     for key, f in frames.items():
         if "label" in f:
@@ -197,7 +233,7 @@ def replay(
             got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
             compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
         summary["quality"] = quality.compare(compared)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2, default=float), "summary")
     reports: list[Path] = []
     if cfg.replay.plots if write_plots is None else write_plots:
         from anomaly.report import plot_series
@@ -224,15 +260,53 @@ def replay(
     return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
 
 
+def _run(
+    engine: Engine,
+    series: Sequence[Series],
+    cfg: PipelineConfig,
+    sinks: list[Any],
+    observer: Observer | None,
+    progress: bool,
+) -> dict[str, int]:
+    batches: Any = merged_batches(series, cfg.replay.batch_readings)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        # disable=None: no bar when stderr is not a terminal (no carriage-return frames in logs)
+        bar = tqdm(total=sum(len(s) for s in series), desc="replay", unit="reading", disable=None)
+    totals = run(
+        engine,
+        batches,
+        sinks,
+        observer=observer,
+        on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
+        finish=True,  # the files end: report readings still waiting for their report window
+    )
+    if bar is not None:
+        bar.close()
+    return totals
+
+
 OUTPUTS = ("scores.csv", "scores.parquet", "alerts.jsonl", "rejections.jsonl", "summary.json")
 
 
 def clear_previous(out: Path) -> None:
     """Remove what an earlier replay wrote into `out` (only those file names), so no stale report of another
-    run is left beside the new ones."""
-    for path in [*(out / name for name in OUTPUTS), *out.glob("report-*.png")]:
-        if path.is_file():
-            path.unlink()
+    run is left beside the new ones, with the temporary files of a replay that was killed while writing them."""
+    names = [*OUTPUTS, *(p.name for p in out.glob("report-*.png"))]
+    stale = [out / name for name in names] + [
+        t for name in names for t in atomic.stray_temporaries(out, name)
+    ]
+    stale += atomic.stray_temporaries(out, "report-*.png")
+    try:
+        for path in stale:
+            if path.is_file():
+                path.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to the output folder {out}: {exc.strerror or exc}", path=str(out)
+        ) from None
 
 
 def coverage_of(series: Sequence[Series], frames: dict[str, pd.DataFrame], rejected: int) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from anomaly import atomic
 from anomaly.cli import main
+from anomaly.commands.replay_cmds import run_replay
+from anomaly.config import build_config
 from anomaly.errors import OutputError
 from anomaly.metrics import PipelineMetrics, write_textfile
 
@@ -72,7 +74,48 @@ def test_generate_under_a_file_where_a_folder_should_be_is_one_line(tmp_path) ->
     assert got.output.startswith(f"error: cannot write the CSV file {tmp_path / 'data' / 'x.csv'}: ")
 
 
+def test_an_interrupted_replay_leaves_no_truncated_file(bundle_path, test_csv, tmp_path, monkeypatch) -> None:
+    """Ctrl-C while scores.csv is written: before, a truncated scores.csv (and empty alerts/rejections files
+    from a run that never finished) were left for a reader to take as results."""
+    out = tmp_path / "out"
+
+    def interrupted(self, path, **kwargs):
+        Path(path).write_text("key,timestamp\nsensor,1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay([str(test_csv)], str(bundle_path), str(out), build_config(), progress=False)
+    assert "scores.csv" not in _listing(out)
+    assert not [name for name in _listing(out) if name.endswith(".tmp")]
+
+
+def test_replay_clears_the_temporary_files_of_a_killed_run(bundle_path, test_csv, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".scores.csv.k1ll3d.tmp").write_text("key,timestamp\n")  # what SIGKILL leaves
+    (out / ".report-sensor.png.k1ll3d.tmp").write_bytes(b"\x89PNG")
+    (out / "notes.txt").write_text("mine")
+    cfg = build_config(overrides={"replay.plots": False, "replay.parquet": False})
+    run_replay([str(test_csv)], str(bundle_path), str(out), cfg, progress=False)
+    assert _listing(out) == ["alerts.jsonl", "notes.txt", "rejections.jsonl", "scores.csv", "summary.json"]
+
+
 def test_metrics_textfile_under_a_file_where_a_folder_should_be(tmp_path) -> None:
     (tmp_path / "metrics").write_text("")
     with pytest.raises(OutputError, match="cannot write the metrics file"):
         write_textfile(PipelineMetrics(), tmp_path / "metrics" / "run.prom")
+
+
+def test_a_second_replay_into_the_same_folder_is_refused(bundle_path, test_csv, tmp_path) -> None:
+    """Two replays with one --out each deleted and replaced the other's files: the folder ended with a mix of two
+    runs. While one writes, the other is refused at once and the first one's files are left alone."""
+    from anomaly.replay import only_writer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.csv").write_text("of the run in progress\n")
+    with only_writer(out):
+        with pytest.raises(OutputError, match=f"another replay is writing to {out}"):
+            run_replay([str(test_csv)], str(bundle_path), str(out), build_config(), progress=False)
+    assert _listing(out) == ["scores.csv"] and (out / "scores.csv").read_text() == "of the run in progress\n"
