@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from anomaly import evaluation
+from anomaly.atomic import atomic_path
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.config import EngineConfig
 from anomaly.data import Series
@@ -242,8 +243,11 @@ def promote(
     challenger: Bundle, champion_path: str | Path, comparison: Comparison, keep_previous: bool = True
 ) -> Path:
     """Replace the champion file with the challenger in one rename (save_bundle writes a temp file in the same
-    folder, then os.replace). The old champion is kept as `<file>.previous` for a rollback."""
+    folder, then os.replace). The old champion is kept as `<file>.previous` for a rollback; that copy is made
+    the same way, so an interrupted promotion never leaves a half-copied `.previous` in place of the last one."""
     target = Path(champion_path)
     if keep_previous and target.exists():
-        shutil.copy2(target, target.with_name(target.name + ".previous"))
+        previous = target.with_name(target.name + ".previous")
+        with atomic_path(previous, "previous model bundle") as tmp:
+            shutil.copy2(target, tmp)
     return save_bundle(with_decision(challenger, comparison), target)

@@ -4,6 +4,7 @@ stays behind, and the CLI says which path could not be written in one line."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +106,30 @@ def test_metrics_textfile_under_a_file_where_a_folder_should_be(tmp_path) -> Non
     (tmp_path / "metrics").write_text("")
     with pytest.raises(OutputError, match="cannot write the metrics file"):
         write_textfile(PipelineMetrics(), tmp_path / "metrics" / "run.prom")
+
+
+def test_an_interrupted_promotion_keeps_the_last_previous_bundle(bundle, bundle_path, tmp_path, monkeypatch):
+    """`promote` copies the champion to FILE.previous before the rename; a copy cut short used to leave a
+    truncated FILE.previous in place of the last good one."""
+    from anomaly import promotion
+    from anomaly.promotion import Comparison, ShadowResult
+
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(bundle_path.read_bytes())
+    previous = tmp_path / "model.pt.previous"
+    previous.write_bytes(bundle_path.read_bytes())
+
+    def cut(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(promotion.shutil, "copy2", cut)
+    r = ShadowResult("a", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, 0.1, None, 300)
+    with pytest.raises(OutputError, match="cannot write the previous model bundle"):
+        promotion.promote(bundle, champion, Comparison(r, r, True, []))
+    assert previous.read_bytes() == champion.read_bytes() == bundle_path.read_bytes()
+    assert _listing(tmp_path) == ["model.pt", "model.pt.previous"]
+    assert os.path.getsize(champion) == os.path.getsize(bundle_path)
 
 
 def test_a_second_replay_into_the_same_folder_is_refused(bundle_path, test_csv, tmp_path) -> None:
