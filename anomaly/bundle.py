@@ -138,7 +138,9 @@ def _umask() -> int:
 
 
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place."""
+    """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place. A device or
+    named pipe (``-o /dev/stdout``) is written in place: a rename would replace the node itself (as root, even
+    ``/dev/full``) with a regular file."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,12 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
+    if p.exists() and not p.is_file() and not p.is_dir():  # a device or pipe: renaming would replace the node
+        try:
+            torch.save(payload, p)
+        except OSError as exc:
+            raise _unwritable(p, exc) from None
+        return p
     try:
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")  # as anomaly.atomic
     except OSError as exc:

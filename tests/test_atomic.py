@@ -144,3 +144,27 @@ def test_a_second_replay_into_the_same_folder_is_refused(bundle_path, test_csv, 
         with pytest.raises(OutputError, match=f"another replay is writing to {out}"):
             run_replay([str(test_csv)], str(bundle_path), str(out), build_config(), progress=False)
     assert _listing(out) == ["scores.csv"] and (out / "scores.csv").read_text() == "of the run in progress\n"
+
+
+def test_a_bundle_written_to_a_named_pipe_goes_through_it(bundle, tmp_path) -> None:
+    """save_bundle renamed its temporary file over whatever the path was: `-o` a pipe or a device replaced the
+    node itself with a regular file (as root, `export -o /dev/full` turned /dev/full into a file)."""
+    import threading
+
+    from anomaly.bundle import save_bundle
+
+    pipe = tmp_path / "bundle.fifo"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    try:
+        save_bundle(bundle, pipe)
+    finally:
+        if reader.is_alive():  # unblock the reader if nothing was written through the pipe
+            with open(pipe, "wb"):
+                pass
+        reader.join(timeout=10)
+    assert pipe.is_fifo()
+    assert got and got[0][:4] == b"PK\x03\x04"
+    assert _listing(tmp_path) == ["bundle.fifo"]
