@@ -9,6 +9,7 @@ leaves the target as it was; only a hard kill (SIGKILL, power loss) can leave a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +75,28 @@ def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
 def write_text(path: str | Path, text: str, what: str = "file") -> Path:
     """Replace `path` with `text` (UTF-8) atomically (see `atomic_path`)."""
     return write_bytes(path, text.encode("utf-8"), what)
+
+
+def check_writable(path: str | Path, what: str = "file") -> None:
+    """Refuse at the start of a long run an output that could not be written at its end (a folder in the way, a
+    file where a folder should be, a folder that takes no new file), so hours of results are not lost to a typo.
+    Nothing is left behind: the probe's temporary file is removed, and missing folders are not created."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        if p.is_dir():
+            raise unwritable(p, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), what)
+        return  # a device or pipe, written in place
+    folder = Path(os.path.realpath(p)).parent
+    while not folder.exists():  # created when the file is written
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{p.name}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise unwritable(p, exc, what) from None
 
 
 def stray_temporaries(folder: Path, name: str) -> list[Path]:

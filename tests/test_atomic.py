@@ -168,3 +168,26 @@ def test_a_bundle_written_to_a_named_pipe_goes_through_it(bundle, tmp_path) -> N
     assert pipe.is_fifo()
     assert got and got[0][:4] == b"PK\x03\x04"
     assert _listing(tmp_path) == ["bundle.fifo"]
+
+
+def test_bench_refuses_an_unwritable_json_out_before_it_runs(tmp_path, monkeypatch) -> None:
+    """--json-out was first opened after every benchmark had run (up to hours with --kafka): a typo in the path
+    lost all the results, with a traceback."""
+    import anomaly.bench
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(anomaly.bench, "run_engine_bench", must_not_run)
+    (tmp_path / "results").write_text("")
+    target = tmp_path / "results" / "bench.json"
+    got = CliRunner().invoke(main, ["bench", "--json-out", str(target)])
+    assert got.exit_code == 2, got.output
+    assert got.output.startswith(f"error: cannot write the JSON file {target}: ")
+
+
+def test_the_start_up_probe_leaves_nothing_behind(tmp_path) -> None:
+    atomic.check_writable(tmp_path / "new" / "deeper" / "x.json")
+    (tmp_path / "kept.json").write_text("old")
+    atomic.check_writable(tmp_path / "kept.json")
+    assert _listing(tmp_path) == ["kept.json"] and (tmp_path / "kept.json").read_text() == "old"

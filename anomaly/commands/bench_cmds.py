@@ -6,7 +6,7 @@ import json
 
 import click
 
-from anomaly.atomic import write_text
+from anomaly.atomic import check_writable, write_text
 from anomaly.commands.common import one_line_errors
 
 
@@ -126,6 +126,8 @@ def bench_cmd(
     --kafka also the daemon against the kafka-python ceiling and, when installed (the `bench` extra), Bytewax."""
     from anomaly.bench import run_engine_bench
 
+    if json_out:
+        check_writable(json_out, "JSON file")
     counts = tuple(int(k) for k in keys.split(",") if k.strip())
     results = {"engine": run_engine_bench(counts, flat_readings, memory_keys, say=click.echo)}
     if formats:

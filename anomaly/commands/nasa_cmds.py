@@ -75,6 +75,8 @@ def nasa_cmd(
     oracle F1 (threshold chosen on the test labels) is printed for diagnosis only. The last line is JSON.
     """
     setup_logging(verbose)
+    if json_out:
+        atomic.check_writable(json_out, "JSON file")
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
     overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from anomaly import evaluation
-from anomaly.atomic import atomic_path
+from anomaly.atomic import atomic_path, check_writable
 from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
@@ -96,6 +96,7 @@ def run_replay(
     series, _ = load_series(paths, cfg.data, bundle.features)
     observer = None
     if metrics_out:
+        check_writable(metrics_out, "metrics file")
         from anomaly.metrics import PipelineMetrics, write_textfile
 
         observer = PipelineMetrics()

@@ -94,6 +94,8 @@ def skab_cmd(
     chosen on the labels, for diagnosis only). The last line printed is a JSON summary of the pooled metrics.
     """
     setup_logging(verbose)
+    if json_out:
+        atomic.check_writable(json_out, "JSON file")
     overrides = {"replay.predict": predict}
     if pipeline and defaults:
         raise click.UsageError("give either --pipeline or --defaults")
