@@ -26,9 +26,16 @@ def _umask() -> int:
     return mask
 
 
+def reason(exc: OSError) -> str:
+    """Why a write failed, in words: mkdir's "File exists" for a file where a folder should be says which."""
+    if isinstance(exc, FileExistsError) and exc.filename:
+        return f"{exc.filename} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
 def unwritable(p: Path, exc: OSError, what: str = "file") -> OutputError:
     """The error for an output that cannot be written: it names the path asked for, not a temporary file."""
-    return OutputError(f"cannot write the {what} {p}: {exc.strerror or exc}", path=str(p))
+    return OutputError(f"cannot write the {what} {p}: {reason(exc)}", path=str(p))
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from anomaly.atomic import reason
 from anomaly.baselines import KINDS as BASELINE_KINDS
 from anomaly.baselines import Scorer, make_scorer
 from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
@@ -186,7 +187,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
 
 def _unwritable(p: Path, exc: OSError) -> BundleError:
     """The error for a bundle that cannot be written: it names the path asked for, not the temporary file."""
-    return BundleError(f"cannot write the model bundle {p}: {exc.strerror or exc}", path=str(p))
+    return BundleError(f"cannot write the model bundle {p}: {reason(exc)}", path=str(p))
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -127,7 +127,7 @@ def replay(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"cannot write to the output folder {out}: {exc.strerror or exc}", path=str(out)
+            f"cannot write to the output folder {out}: {atomic.reason(exc)}", path=str(out)
         ) from None
     with only_writer(out):
         return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots)

@@ -72,7 +72,10 @@ def test_generate_under_a_file_where_a_folder_should_be_is_one_line(tmp_path) ->
     (tmp_path / "data").write_text("")
     got = CliRunner().invoke(main, ["generate", "-o", str(tmp_path / "data" / "x.csv"), "--points", "100"])
     assert got.exit_code == 2 and not isinstance(got.exception, OSError), got.output
-    assert got.output.startswith(f"error: cannot write the CSV file {tmp_path / 'data' / 'x.csv'}: ")
+    target, folder = tmp_path / "data" / "x.csv", tmp_path / "data"
+    assert (
+        got.output.strip() == f"error: cannot write the CSV file {target}: {folder} is a file, not a folder"
+    )
 
 
 def test_an_interrupted_replay_leaves_no_truncated_file(bundle_path, test_csv, tmp_path, monkeypatch) -> None:
