@@ -26,6 +26,14 @@ def _umask() -> int:
     return mask
 
 
+def mode_for(target: Path) -> int:
+    """Permissions of the file that replaces `target`: the old file's, else what ``open(path, "w")`` gives."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def reason(exc: OSError) -> str:
     """Why a write failed, in words: mkdir's "File exists" for a file where a folder should be says which."""
     if isinstance(exc, FileExistsError) and exc.filename:
@@ -41,7 +49,7 @@ def unwritable(p: Path, exc: OSError, what: str = "file") -> OutputError:
 @contextlib.contextmanager
 def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     """Yield a temporary path to write `path`'s new content to; on leaving the block without an error it
-    replaces `path` (created with the usual permissions, as ``open(path, "w")`` would). An OSError while
+    replaces `path` (with the old file's permissions, or the usual ones, as ``open(path, "w")`` would). An OSError while
     writing or replacing becomes an OutputError naming `path` (`what` says what the file is).
 
     A symbolic link is followed: the file it points to is replaced and the link stays. A target that is neither
@@ -63,7 +71,7 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.chmod(tmp, mode_for(real))  # mkstemp makes 0600
         os.replace(tmp, real)
     except OSError as exc:
         raise unwritable(p, exc, what) from None

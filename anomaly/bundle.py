@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from anomaly.atomic import reason
+from anomaly.atomic import mode_for, reason
 from anomaly.baselines import KINDS as BASELINE_KINDS
 from anomaly.baselines import Scorer, make_scorer
 from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
@@ -132,12 +132,6 @@ def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place. A device or
     named pipe (``-o /dev/stdout``) is written in place: a rename would replace the node itself (as root, even
@@ -175,7 +169,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a bundle is as readable as any other output
+        os.chmod(tmp, mode_for(p))  # mkstemp makes 0600; a bundle is as readable as the one it replaces
         os.replace(tmp, p)
     except OSError as exc:
         raise _unwritable(p, exc) from None

@@ -194,3 +194,24 @@ def test_the_start_up_probe_leaves_nothing_behind(tmp_path) -> None:
     (tmp_path / "kept.json").write_text("old")
     atomic.check_writable(tmp_path / "kept.json")
     assert _listing(tmp_path) == ["kept.json"] and (tmp_path / "kept.json").read_text() == "old"
+
+
+def test_a_replaced_file_keeps_its_permissions(bundle, tmp_path) -> None:
+    """A state snapshot or bundle kept private (0600) became world-readable (0644) when it was rewritten."""
+    from anomaly.bundle import save_bundle
+
+    snapshot, model = tmp_path / "state.bin", tmp_path / "model.pt"
+    for path in (snapshot, model):
+        path.write_bytes(b"old")
+        path.chmod(0o600)
+    atomic.write_bytes(snapshot, b"new")
+    save_bundle(bundle, model)
+    assert (snapshot.stat().st_mode & 0o777, model.stat().st_mode & 0o777) == (0o600, 0o600)
+    atomic.write_bytes(tmp_path / "fresh.json", b"{}")
+    assert (tmp_path / "fresh.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
