@@ -282,3 +282,39 @@ def test_every_dashboard_series_in_seconds_has_the_unit_s() -> None:
                 if override["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}:
                     unit = {p["id"]: p["value"] for p in override["properties"]}.get("unit", unit)
             assert unit == "s", (panel["title"], expr)
+
+
+def test_the_shipped_daemon_pipelines_alert_as_the_backtests_measured() -> None:
+    """pipelines/kafka.toml and the k8s ConfigMap set no alerting or gap setting of their own: a daemon deployed
+    from them alerts as the README's detection tables were measured (they set a static threshold and
+    alert_close_after 10, and kafka.toml a fixed 300 s max_gap_seconds)."""
+    from anomaly.config import EngineConfig, load_config
+
+    (configmap,) = k8s("ConfigMap")
+    shipped = [
+        build_config(tomllib.loads(configmap["data"]["pipeline.toml"])),
+        load_config(ROOT / "pipelines" / "kafka.toml", env={}),
+    ]
+    defaults = EngineConfig()
+    for cfg in shipped:
+        for name in ("threshold", "alert_open_after", "alert_close_after", "max_gap_seconds", "smoothing"):
+            assert getattr(cfg.engine, name) == getattr(defaults, name), name
+
+
+def test_promtool_tests_use_reasons_the_daemon_serves() -> None:
+    """A rule test's series with a reason label the daemon never serves tests nothing real (InvalidMessagesHigh's
+    used reason="malformed", a rejected-reading reason, for invalid messages)."""
+    from anomaly.engine.types import REJECT_REASONS
+    from anomaly.kafka.codec import DECODE_REASONS
+
+    served = {
+        "anomaly_messages_invalid_total": set(DECODE_REASONS),
+        "anomaly_readings_rejected_total": set(REJECT_REASONS),
+    }
+    seen = 0
+    for path in sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.yml")):
+        for name, reason in re.findall(r"\b(anomaly_[a-z_]+)\{[^}]*\breason=\"([^\"]+)\"", path.read_text()):
+            if name in served:
+                assert reason in served[name], (path.name, name, reason)
+                seen += 1
+    assert seen >= 2
