@@ -372,10 +372,15 @@ def test_state_out_that_cannot_be_written_is_refused_before_the_daemon_starts(tm
     from anomaly.kafka.daemon import Daemon, DaemonOptions, check_writable
 
     cfg = build_config()
-    with pytest.raises(ConfigError, match="cannot write --state-out .*missing/state.bin: No such file"):
-        Daemon(
-            cfg, str(bundle_path), options=DaemonOptions(state_out=str(tmp_path / "missing" / "state.bin"))
-        )
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match="--state-out: cannot write the state snapshot .*afile/state.bin: .*afile"
+    ):
+        Daemon(cfg, str(bundle_path), options=DaemonOptions(state_out=str(tmp_path / "afile" / "state.bin")))
+    with pytest.raises(ConfigError, match="--state-out: cannot write the state snapshot .*: Is a directory"):
+        Daemon(cfg, str(bundle_path), options=DaemonOptions(state_out=str(tmp_path)))
+    check_writable(str(tmp_path / "missing" / "state.bin"))  # created when the snapshot is written
+    assert not (tmp_path / "missing").exists()
     fresh = tmp_path / "state.bin"
     check_writable(str(fresh))
     assert not fresh.exists()  # the probe leaves nothing behind
@@ -383,7 +388,7 @@ def test_state_out_that_cannot_be_written_is_refused_before_the_daemon_starts(tm
     kept.write_bytes(b"old")
     check_writable(str(kept))
     assert kept.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.bin"]  # nor a temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "kept.bin"]  # nor a temporary file
 
 
 def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_scoring(tmp_path, bundle_path):

@@ -41,7 +41,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -54,6 +53,7 @@ from typing import Any, TypeVar
 import kafka.errors as kerr
 from kafka import ConsumerRebalanceListener
 
+from anomaly import atomic
 from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
@@ -625,27 +625,14 @@ class Daemon:
 
 
 def check_writable(path: str) -> None:
-    """Refuse at start-up a ``--state-out`` path that could not be written at shutdown (a missing directory, no
-    permission, a directory): found out only after hours of running, the snapshot would be lost. The file is
-    opened for appending (nothing written; removed again if this created it), and since the snapshot is written
-    to a temporary file beside it and renamed, its folder must take a new file too."""
-    p = Path(path)
-    existed = p.exists()
+    """Refuse at start-up a ``--state-out`` path that could not be written at shutdown (a directory, a file where
+    a folder should be, a folder that takes no new file): found out only after hours of running, the snapshot
+    would be lost. The same probe as every other output's (:func:`anomaly.atomic.check_writable`); a missing
+    folder is created when the snapshot is written, as for the other outputs."""
     try:
-        with p.open("ab"):
-            pass
-        if p.is_file():
-            fd, tmp = tempfile.mkstemp(
-                dir=Path(os.path.realpath(p)).parent, prefix=f".{p.name}.", suffix=".tmp"
-            )
-            os.close(fd)
-            os.unlink(tmp)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write --state-out {path}: {exc.strerror or exc}", key="state_out"
-        ) from None
-    if not existed:
-        p.unlink(missing_ok=True)
+        atomic.check_writable(path, "state snapshot")
+    except OutputError as exc:
+        raise ConfigError(f"--state-out: {exc}", key="state_out") from None
 
 
 def _libc_malloc_trim() -> Any:
