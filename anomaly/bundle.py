@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +17,11 @@ from typing import Any
 
 import torch
 
-from anomaly.atomic import mode_for, reason
+from anomaly.atomic import atomic_path
 from anomaly.baselines import KINDS as BASELINE_KINDS
 from anomaly.baselines import Scorer, make_scorer
 from anomaly.data import FALLBACK_MAX_GAP_SECONDS, Scaler
-from anomaly.errors import BundleError, SchemaError
+from anomaly.errors import BundleError, OutputError, SchemaError
 from anomaly.model import Architecture, LSTMAutoencoder
 
 FORMAT = "anomaly-bundle/1"
@@ -133,14 +131,9 @@ def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
 
 
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves a half-written bundle in place. A device or
-    named pipe (``-o /dev/stdout``) is written in place: a rename would replace the node itself (as root, even
-    ``/dev/full``) with a regular file."""
+    """Write atomically, as every output (:func:`anomaly.atomic.atomic_path`: temporary file + rename, a device or
+    named pipe written in place), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _unwritable(p, exc) from None
     if bundle.meta.get("quantization"):  # packed int8 modules: stored as plain int8 tensors + scales
         from anomaly.export import int8_weights
 
@@ -156,32 +149,12 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta = bundle.metadata()
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
-    if p.exists() and not p.is_file() and not p.is_dir():  # a device or pipe: renaming would replace the node
-        try:
-            torch.save(payload, p)
-        except OSError as exc:
-            raise _unwritable(p, exc) from None
-        return p
     try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")  # as anomaly.atomic
-    except OSError as exc:
-        raise _unwritable(p, exc) from None
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, mode_for(p))  # mkstemp makes 0600; a bundle is as readable as the one it replaces
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise _unwritable(p, exc) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_path(p, "model bundle") as tmp:
+            torch.save(payload, tmp)
+    except OutputError as exc:  # a BundleError, as every other failure to read or write a bundle
+        raise BundleError(str(exc), path=str(p)) from None
     return p
-
-
-def _unwritable(p: Path, exc: OSError) -> BundleError:
-    """The error for a bundle that cannot be written: it names the path asked for, not the temporary file."""
-    return BundleError(f"cannot write the model bundle {p}: {reason(exc)}", path=str(p))
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -215,3 +215,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_bundle_written_through_a_symlink_keeps_the_link(bundle, tmp_path) -> None:
+    """save_bundle writes through the shared atomic writer, so `-o model.pt` where model.pt links to a versioned
+    file replaces that file and keeps the link, as every other output does (it replaced the link itself)."""
+    from anomaly.bundle import load_bundle, save_bundle
+
+    (tmp_path / "v1.pt").write_bytes(b"old")
+    (tmp_path / "model.pt").symlink_to("v1.pt")
+    save_bundle(bundle, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").is_symlink()
+    assert load_bundle(tmp_path / "v1.pt").version == bundle.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "v1.pt"]
