@@ -69,9 +69,14 @@ def test_threshold_state_updated_in_place_equals_the_generic_write_back(
 
 @pytest.mark.parametrize(
     "scored,limit",
-    [("reading", "seconds"), ("window", "seconds"), ("reading", "readings"), ("reading", "evidence"),
-     ("window", "evidence")],
-)  # fmt: skip
+    [
+        ("reading", "seconds"),
+        ("window", "seconds"),
+        ("reading", "readings"),
+        ("reading", "evidence"),
+        ("window", "evidence"),
+    ],
+)
 def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bundle, scored, limit) -> None:
     """Keys with no anomalous point and no open alert take a piece's run-counter steps at once; stepping every
     key point by point gives the same windows, alerts (opens, closes, level shifts) and snapshot bytes, with the
@@ -978,6 +983,43 @@ def test_a_snapshot_mid_alert_restores_its_evidence(bundle, window_bundle, score
         got += restored.process([Event(s.key, s.timestamps[cut:], s.values[cut:])]).alerts
         assert [a.to_json() for a in got] == [a.to_json() for a in want]
         assert restored.snapshot() == straight.snapshot()
+
+
+def test_a_snapshot_from_before_the_evidence_count_restores_with_the_count_at_zero(
+    bundle, monkeypatch, caplog
+) -> None:
+    """Upgrade path: a checkpoint written with the hold off (no `alert_anom`) while a fault's alert is open
+    restores into an engine with it on, logged once, with the count at 0, so the alert counts its anomalous
+    readings from the restore. Restored inside the fault it sees 20 more before the dip and stays one alert, as
+    without the upgrade; restored at the dip's first reading or after the fault's last, it has seen none and
+    closes after alert_close_min (3) normal readings."""
+    from anomaly.engine import state
+
+    monkeypatch.setattr(state, "_REPORTED_ADDED", set())
+    s = spiky(bundle, n=480, spans=((250, 300), (310, 360)))  # a fault with a 10-reading dip
+    on = EngineConfig(**EVIDENCE, alert_close_scale=2.0, alert_close_min=3)
+    want = Engine(bundle, on).process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [(a.status, a.start, a.at) for a in want] == [("open", 250.0, 252.0), ("closed", 250.0, 389.0)]
+    got = {}
+    for cut in (280, 300, 361):
+        old = Engine(bundle, EngineConfig(**EVIDENCE))
+        alerts = old.process([Event(s.key, s.timestamps[:cut], s.values[:cut])]).alerts
+        new = Engine(bundle, on)
+        with caplog.at_level("WARNING", logger="anomaly.engine.state"):
+            new.restore(old.snapshot())
+        alerts += new.process([Event(s.key, s.timestamps[cut:], s.values[cut:])]).alerts
+        got[cut] = [(a.status, a.start, a.at) for a in alerts]
+    assert got[280] == [(a.status, a.start, a.at) for a in want]
+    assert got[300] == [
+        ("open", 250.0, 252.0),
+        ("closed", 250.0, 302.0),  # 3 normal readings into the dip
+        ("open", 310.0, 312.0),
+        ("closed", 310.0, 389.0),
+    ]
+    assert got[361] == [("open", 250.0, 252.0), ("closed", 250.0, 362.0)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine snapshot written without state field(s) alert_anom: restored with their initial values"
+    ]
 
 
 def test_off_or_a_scale_that_always_reaches_close_after_changes_nothing(bundle, test_series) -> None:

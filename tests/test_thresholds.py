@@ -478,9 +478,17 @@ def test_a_blip_is_held_briefly_and_a_fault_that_dips_keeps_the_full_hold() -> N
         state = fresh(3)
         state[ALERT_EVIDENCE] = np.zeros(3, np.int32)
         _, tr = step_alerts(
-            state, ts, np.full((3, n), 5.0), flags, np.full(3, 2.0), np.ones((3, 2)), 3, 30,
-            close_scale=scale, close_min=3,
-        )  # fmt: skip
+            state,
+            ts,
+            np.full((3, n), 5.0),
+            flags,
+            np.full(3, 2.0),
+            np.ones((3, 2)),
+            3,
+            30,
+            close_scale=scale,
+            close_min=3,
+        )
         return sorted((t.row, t.status, t.start, t.end, t.at) for t in tr)
 
     assert run(2.0) == [
