@@ -15,6 +15,7 @@ from anomaly.commands.common import (
     config_from,
     data_options,
     key_column_option,
+    label_map_option,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -66,7 +67,7 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
             )
         return
     for path in paths:
-        frame = read_frame(path, cfg.data.separator, cfg.data.decimal)
+        frame = read_frame(path, cfg.data.separator, cfg.data.decimal, cfg.data.header)
         have = infer_features(frame, cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
@@ -160,6 +161,7 @@ def print_result(result: ReplayResult) -> None:
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
+@label_map_option
 @data_options
 @click.option(
     "--threshold",
@@ -198,6 +200,7 @@ def replay_cmd(
     key_column,
     features,
     label,
+    label_map,
     threshold,
     static_threshold,
     predict,
@@ -215,6 +218,7 @@ def replay_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            "data.label_map": label_map,
             **data_overrides,
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
