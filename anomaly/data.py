@@ -603,6 +603,7 @@ def frame_to_series(
     features: Sequence[str],
     cfg: DataConfig,
     source: str,
+    labels_file: str | Path | None = None,
 ) -> list[Series]:
     if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
@@ -636,6 +637,14 @@ def frame_to_series(
         np.float64
     )
     labels_all = label_values(frame, cfg, source) if cfg.label in frame.columns else None
+    if labels_file is not None:
+        if labels_all is not None:
+            raise SchemaError(
+                f"{source} has a label column {cfg.label!r} and --labels {labels_file} gives labels too; keep one"
+            )
+        from anomaly.labels import read_labels  # (it reads files with this module)
+
+        labels_all = read_labels(labels_file, frame, ts_all, cfg, source)
     if cfg.key_column:
         if cfg.key_column not in frame.columns:
             raise SchemaError(
@@ -686,16 +695,24 @@ def load_series(
     cfg: DataConfig,
     features: Sequence[str] | None = None,
     left_out: dict[str, str] | None = None,
+    labels_file: str | Path | None = None,
 ) -> tuple[list[Series], list[str]]:
     """Read every file into series. Features come from `features`, the config, or the first file's numerics;
     in that last case `left_out` (when given) receives the first file's other columns that are not time, key
-    or label, each with the reason it is not a feature, so a command can show it.
+    or label, each with the reason it is not a feature, so a command can show it. `labels_file` gives the
+    labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
+    several data files).
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
     """
     if not paths:
         raise DataError("no data files given")
+    if labels_file is not None and len(paths) > 1 and Path(labels_file).suffix.lower() != ".json":
+        raise DataError(
+            f"--labels {labels_file} labels one data file, and {len(paths)} are given; replay them one at a time "
+            "(a JSON file of windows per file name, as NAB's, can label several)"
+        )
     series: list[Series] = []
     feats = list(features) if features else None
     seen: set[str] = set()
@@ -705,7 +722,7 @@ def load_series(
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
-        part = frame_to_series(frame, feats, cfg, str(path))
+        part = frame_to_series(frame, feats, cfg, str(path), labels_file)
         for s in part:
             if not cfg.key_column:
                 s.key = _unique_key(Path(path), seen)

@@ -91,10 +91,11 @@ def run_replay(
     cfg: PipelineConfig,
     metrics_out: str | None = None,
     progress: bool = True,
+    labels_file: str | None = None,
 ) -> ReplayResult:
     bundle = load_bundle(model)
     check_schema(paths, cfg, bundle.features)
-    series, _ = load_series(paths, cfg.data, bundle.features)
+    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file)
     observer = None
     if metrics_out:
         check_writable(metrics_out, "metrics file")
@@ -162,6 +163,14 @@ def print_result(result: ReplayResult) -> None:
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @label_map_option
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Labels in a file of their own: one 0/1 per line, a CSV with the time and label columns, or a JSON "
+    "of [start, end] windows per file name (NAB).  [default: the label column of the data]",
+)
 @data_options
 @click.option(
     "--threshold",
@@ -201,6 +210,7 @@ def replay_cmd(
     features,
     label,
     label_map,
+    labels_file,
     threshold,
     static_threshold,
     predict,
@@ -226,7 +236,7 @@ def replay_cmd(
             "replay.plots": plots,
         },
     )
-    print_result(run_replay(list(data), model, out, cfg, metrics_out))
+    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
 
 
 @click.command("demo")
