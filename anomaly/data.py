@@ -65,7 +65,7 @@ SEPARATORS = (",", ";", "\t", "|")
 # Cells pandas reads as missing values anyway (its defaults); anything else that is not a number is "bad".
 LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier", "target", "class", "attack")
 # Names of the parts a synthetic series was generated from (Yahoo S5 A3/A4 publish them beside `value`): ground
-# truth, never sensors, so they are not taken as features unless named with --features.
+# truth, never sensors, so two kinds of them together are not taken as features unless named with --features.
 COMPONENTS = r"trend|noise|seasonality\d*"
 
 
@@ -463,7 +463,8 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
                 f"it as the label (now {cfg.label!r}), or --features to choose the features"
             )
     parts = [c for c in feats if re.fullmatch(COMPONENTS, str(c), re.IGNORECASE)]
-    if parts:
+    kinds = {re.sub(r"\d+$", "", str(c).lower()) for c in parts}
+    if len(kinds) > 1:  # a lone `noise` or `trend` column may well be a sensor
         measured = [c for c in feats if c not in parts]
         raise SchemaError(
             f"{source}: columns {', '.join(map(str, parts))} look like the ground-truth components of a "

@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import DataConfig
-from anomaly.data import _first_line, _is_number, _line, label_values, read_frame, to_epoch_seconds
+from anomaly.data import (
+    _first_line,
+    _is_number,
+    _line,
+    label_values,
+    quoted,
+    read_frame,
+    to_epoch_seconds,
+)
 from anomaly.errors import DataError, SchemaError
 
 
@@ -44,7 +52,7 @@ def read_labels(
     labels = read_frame(p, cfg.separator, cfg.decimal)
     if cfg.label not in labels.columns:
         others = [c for c in labels.columns if c not in (cfg.time_column, cfg.key_column)]
-        hint = f" (pass --label {others[0]})" if len(others) == 1 else ""
+        hint = f" (pass --label {quoted(others[0])})" if len(others) == 1 else ""
         raise SchemaError(
             f"{p}: label column {cfg.label!r} not found; columns are {', '.join(labels.columns)}{hint}"
         )

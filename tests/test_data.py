@@ -492,6 +492,8 @@ def test_ground_truth_components_are_never_features(tmp_path) -> None:
         load(path, time_column="timestamps")
     (s,), feats = load(path, time_column="timestamps", features=("value",))
     assert feats == ["value"] and s.labels.tolist() == [0, 1]
+    sensors = write(tmp_path, "timestamp,noise,flow\n1,40.5,2.0\n2,41.0,2.5\n", "plant.csv")
+    assert load(sensors)[1] == ["noise", "flow"]  # a noise-level sensor alone is a sensor
 
 
 SWAT = (
