@@ -135,7 +135,19 @@ def aiops_kpi(root: Path) -> int:
     return 2 * int(flags().sum())
 
 
+def tsb_ad(root: Path) -> int:
+    """TSB-AD-U: `Data,Label`, no time column; the name's `tr_1007` is the README's --train-rows."""
+    rows = 1007 + N
+    data = np.concatenate([np.tile(wave(seed=1)[:, 0], 3)[: rows - N], wave()[:, 0]])
+    label = np.concatenate([np.zeros(rows - N, int), flags()])
+    pd.DataFrame({"Data": data, "Label": label}).to_csv(
+        root / "001_NAB_id_1_Facility_tr_1007_1st_2014.csv", index=False
+    )
+    return int(label.sum())
+
+
 LAYOUTS: dict[str, Callable[[Path], int]] = {
+    "TSB-AD (U and M)": tsb_ad,
     "Yahoo S5 A1, A2": yahoo_a1,
     "Yahoo S5 A3, A4": yahoo_a3,
     "NAB": nab,
