@@ -71,6 +71,7 @@ class DataConfig:
     label: str = "anomaly"  # the label column evaluation scores against
     label_map: tuple[str, ...] = ()  # text labels, "TEXT=0" or "TEXT=1" each (e.g. Normal=0, Attack=1)
     header: bool = True  # False: the first line is data; columns are named 1, 2, 3, ...
+    skip_rows: int = 0  # lines above the header (notes, a spreadsheet's title row) to skip
     separator: str | None = None  # None: detect ';' or ',' (also inside .gz/.bz2/.xz/.zip/.zst files)
     decimal: str = "."  # decimal mark of numbers: "." or ","
     time_unit: TimeUnit = (
@@ -103,6 +104,7 @@ class DataConfig:
             f"must be a strftime format such as %d/%m/%Y %H:%M, got {self.time_format!r}",
         )
         _need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be at least 1")
+        _need(self.skip_rows >= 0, "data.skip_rows", f"must be >= 0, got {self.skip_rows!r}")
         for entry in self.label_map:
             _need(
                 re.fullmatch(r".+=\s*[01]\s*", entry) is not None,

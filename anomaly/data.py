@@ -69,11 +69,14 @@ LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier"
 COMPONENTS = r"trend|noise|seasonality\d*"
 
 
-def _first_line(path: Path) -> str:
-    """The header line, read through the same decompression pandas infers from the suffix (.gz, .bz2, .xz,
-    .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its bytes."""
+def _first_line(path: Path, skip: int = 0) -> str:
+    """The header line (after `skip` lines), read through the same decompression pandas infers from the suffix
+    (.gz, .bz2, .xz, .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its
+    bytes."""
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+            for _ in range(skip):
+                handles.handle.readline()
             return handles.handle.readline()
     except (OSError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -97,17 +100,23 @@ _EXACT_FLOATS = (
 
 
 def read_frame(
-    path: str | Path, separator: str | None = None, decimal: str = ".", header: bool = True
+    path: str | Path,
+    separator: str | None = None,
+    decimal: str = ".",
+    header: bool = True,
+    skip_rows: int = 0,
 ) -> pd.DataFrame:
-    """The file as a frame of cells. Without a header (`header=False`: the first line is data, as in SMD or
-    the UCR archive) the columns are named 1, 2, 3, ... (strings), the numbering such datasets' own labels
-    use."""
+    """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
+    header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
+    3, ... (strings), the numbering such datasets' own labels use."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
-    first = _first_line(p)  # read once: it gives the separator and is checked before pandas reads it
+    first = _first_line(
+        p, skip_rows
+    )  # read once: it gives the separator and is checked before pandas reads it
     sep = separator or detect_separator(first)
     if header:
         _check_header(p, first, sep)
@@ -121,6 +130,7 @@ def read_frame(
                 sep=sep,
                 decimal=decimal,
                 header=0 if header else None,
+                skiprows=skip_rows,
                 index_col=False,
                 low_memory=False,
                 compression="infer",
@@ -132,7 +142,13 @@ def read_frame(
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {p} as CSV: {reason}") from None
+        hint = (
+            " (more fields than the header names: if the header is not the file's first line, skip the lines "
+            "above it with --skip-rows N)"
+            if isinstance(exc, pd.errors.ParserError) and "Expected" in reason
+            else ""
+        )
+        raise DataError(f"cannot read {p} as CSV: {reason}{hint}") from None
     if header:
         frame.columns = [_clean_name(c) for c in frame.columns]
     else:
@@ -147,6 +163,7 @@ def read_frame(
     frame.attrs["separator"] = sep
     frame.attrs["path"] = str(p)  # for error messages that name a line (`_line`)
     frame.attrs["header"] = header
+    frame.attrs["skip_rows"] = skip_rows
     return frame
 
 
@@ -202,7 +219,11 @@ def _check_header(path: Path, header: str, sep: str) -> None:
         if name and name in seen:
             raise DataError(
                 f"{path}: column name {name!r} appears twice in the header (columns {seen[name]} and {i}); "
-                "rename or remove one" + _no_header_note(names)
+                "rename or remove one"
+                + (
+                    _no_header_note(names)
+                    or " (if the header is not the file's first line, skip the lines above it with --skip-rows N)"
+                )
             )
         seen[name] = i
 
@@ -223,21 +244,22 @@ def _line(rows: pd.DataFrame | pd.Series, i: int) -> int:
     """The file line of the i-th row of a frame read by `read_frame` (or of one of its columns): the header is
     line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
     row = int(rows.index[i])
-    header = rows.attrs.get("header", True)
-    lines = _data_lines(rows.attrs.get("path"), header)
-    return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header)
+    header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
+    lines = _data_lines(rows.attrs.get("path"), header, skip)
+    return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
 
 
-def _data_lines(path: str | None, header: bool = True) -> list[int] | None:
-    """1-based line numbers of the data rows of `path` (non-blank lines after the header, if it has one); read
-    again only when an error names a line. None when the file cannot be read again."""
+def _data_lines(path: str | None, header: bool = True, skip: int = 0) -> list[int] | None:
+    """1-based line numbers of the data rows of `path` (non-blank lines after the `skip` lines above the header
+    and the header, if it has one); read again only when an error names a line. None when the file cannot be
+    read again."""
     if path is None:
         return None
     from pandas.io.common import get_handle
 
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
-            lines = [n for n, text in enumerate(handle.handle, 1) if text.strip()]
+            lines = [n for n, text in enumerate(handle.handle, 1) if n > skip and text.strip()]
     except (OSError, UnicodeDecodeError, EOFError):
         return None
     return lines[1:] if header else lines
@@ -552,6 +574,17 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
+def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
+    """The file line of an early row that looks like the header (it names the time column, or a time or date
+    column, in text): lines of notes or a spreadsheet's title row above the header made pandas take the wrong
+    line for the names."""
+    for i in range(min(len(frame), 20)):
+        cells = [str(v).strip() for v in frame.iloc[i].tolist() if isinstance(v, str)]
+        if time_column in cells or any(re.search(r"time|date", c, re.IGNORECASE) for c in cells):
+            return _line(frame, i)
+    return None
+
+
 def _label_text(value: object) -> str | None:
     """A label cell as text to look up in data.label_map: None when missing or blank; 1.0 as '1'."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
@@ -609,10 +642,13 @@ def frame_to_series(
     if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
         headed = frame.attrs.get("header", True)
-        numbers = _no_header_note(list(frame.columns)) if headed else ""
+        below = _header_below(frame, cfg.time_column) if headed and not timelike else None
+        numbers = _no_header_note(list(frame.columns)) if headed and not below else ""
         hint = (
             f" (pass --time-column {quoted(timelike[0])})"
             if timelike
+            else f" (the column names seem to be on line {below}: pass --skip-rows {below - 1})"
+            if below
             else " (a file without a time column: pass --no-time-column to number its readings 0, 1, 2, ...)"
             if (len(frame.columns) > 1 and not numbers) or not headed
             else ""
@@ -718,7 +754,7 @@ def load_series(
     feats = list(features) if features else None
     seen: set[str] = set()
     for path in paths:
-        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header)
+        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us

@@ -526,3 +526,44 @@ def test_a_label_map_reads_numeric_labels_too(tmp_path) -> None:
     path = write(tmp_path, "timestamp,a,attack\n1,1.0,1\n2,2.0,-1\n3,3.0,1\n")
     (s,), _ = load(path, label="attack", label_map=("1=0", "-1=1"))
     assert s.labels.tolist() == [0, 1, 0]
+
+
+def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
+    """WADI's CSVs open with lines of notes, a SWaT spreadsheet saved as CSV with its row of stage names (P1,
+    P2, ...): the notes broke the parser ('Expected 1 fields in line 4') and the stage row became the header."""
+    rows = "timestamp,a,b\n1,1.5,2.0\n2,oops,2.5\n3,1.0,3.0\n"
+    notes = write(tmp_path, "Notes: plant data\nsecond line\n\n" + rows, "wadi.csv")
+    with pytest.raises(DataError, match=r"Expected .* skip the lines above it with --skip-rows N\)$"):
+        load(notes)
+    with pytest.raises(SchemaError, match=r"column 'a' line 6 holds 'oops'"):  # the line an editor shows
+        load(notes, skip_rows=3)
+    (s,), feats = load(
+        write(tmp_path, "Notes\n\nmore\n" + rows.replace("oops", "1.25"), "ok.csv"), skip_rows=3
+    )
+    assert feats == ["a", "b"] and s.timestamps.tolist() == [1, 2, 3]
+    stages = write(tmp_path, ",P1,,P1\n" + rows.replace("oops", "1.25"), "swat.csv")
+    with pytest.raises(
+        DataError, match=r"'P1' appears twice .* skip the lines above it with --skip-rows N\)$"
+    ):
+        load(stages)
+    titled = write(tmp_path, "plant,P1,,\n" + rows.replace("oops", "1.25"), "titled.csv")
+    with pytest.raises(SchemaError, match=r"column names seem to be on line 2: pass --skip-rows 1\)$"):
+        load(titled)
+    assert load(titled, skip_rows=1)[1] == ["a", "b"]
+
+
+def test_a_row_of_column_numbers_above_the_header_is_not_taken_for_data(tmp_path) -> None:
+    """WADI's attack file (2019) has a line of column numbers above the names: the hint said --no-header,
+    which would have read the names as data."""
+    path = write(
+        tmp_path,
+        '0,1,2,3,4\nRow,Date,Time,1_AIT_001_PV,"Attack LABLE (1:No Attack, -1:Attack)"\n'
+        "1,10/9/2017,6:00:00.000 PM,171.5,1\n2,10/9/2017,6:00:01.000 PM,171.25,-1\n"
+        "3,10/9/2017,6:00:02.000 PM,171.0,1\n",
+        "wadi-attack.csv",
+    )
+    with pytest.raises(SchemaError, match=r"seem to be on line 2: pass --skip-rows 1\)$"):
+        load(path)
+    label = "Attack LABLE (1:No Attack, -1:Attack)"
+    (s,), feats = load(path, skip_rows=1, time_column="Row", label=label, label_map=("1=0", "-1=1"))
+    assert feats == ["1_AIT_001_PV"] and s.labels.tolist() == [0, 1, 0] and s.timestamps.tolist() == [1, 2, 3]

@@ -64,6 +64,12 @@ _DATA_OPTIONS = (
         "[default: header]",
     ),
     click.option(
+        "--skip-rows",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Lines above the header to skip (notes, a spreadsheet's title row).  [default: 0]",
+    ),
+    click.option(
         "--separator",
         default=None,
         help="Column separator.  [default: detected from the header: ',', ';', tab or '|']",
@@ -97,7 +103,16 @@ _DATA_OPTIONS = (
         help="Text in a numeric column: refuse naming the cell, or treat as missing.  [default: error]",
     ),
 )
-_DATA_NAMES = ("header", "separator", "decimal", "time_unit", "time_format", "dayfirst", "bad_cells")
+_DATA_NAMES = (
+    "header",
+    "skip_rows",
+    "separator",
+    "decimal",
+    "time_unit",
+    "time_format",
+    "dayfirst",
+    "bad_cells",
+)
 
 
 def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -67,7 +67,7 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
             )
         return
     for path in paths:
-        frame = read_frame(path, cfg.data.separator, cfg.data.decimal, cfg.data.header)
+        frame = read_frame(path, cfg.data.separator, cfg.data.decimal, cfg.data.header, cfg.data.skip_rows)
         have = infer_features(frame, cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
