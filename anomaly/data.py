@@ -114,9 +114,8 @@ def read_frame(
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
-    first = _first_line(
-        p, skip_rows
-    )  # read once: it gives the separator and is checked before pandas reads it
+    # read once: it gives the separator and is checked before pandas reads it
+    first = _first_line(p, skip_rows)
     sep = separator or detect_separator(first)
     if header:
         _check_header(p, first, sep)
@@ -575,12 +574,15 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
 
 
 def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
-    """The file line of an early row that looks like the header (it names the time column, or a time or date
-    column, in text): lines of notes or a spreadsheet's title row above the header made pandas take the wrong
-    line for the names."""
+    """The file line of an early row that looks like the header (names only, no number, one of them the time
+    column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
+    take the wrong line for the names."""
     for i in range(min(len(frame), 20)):
-        cells = [str(v).strip() for v in frame.iloc[i].tolist() if isinstance(v, str)]
-        if time_column in cells or any(re.search(r"time|date", c, re.IGNORECASE) for c in cells):
+        cells = [v for v in frame.iloc[i].tolist() if not pd.isna(v)]
+        names = [str(v).strip() for v in cells if isinstance(v, str) and not _is_number(v)]
+        if len(names) < 2 or len(names) < len(cells):
+            continue
+        if time_column in names or any(re.search(r"time|date", c, re.IGNORECASE) for c in names):
             return _line(frame, i)
     return None
 

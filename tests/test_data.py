@@ -550,6 +550,9 @@ def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
     with pytest.raises(SchemaError, match=r"column names seem to be on line 2: pass --skip-rows 1\)$"):
         load(titled)
     assert load(titled, skip_rows=1)[1] == ["a", "b"]
+    status = write(tmp_path, "ts,status,a\n1,update running,1.5\n2,idle,2.5\n", "status.csv")
+    with pytest.raises(SchemaError, match=r"not found; .* pass --no-time-column"):  # data rows are not names
+        load(status)
 
 
 def test_a_row_of_column_numbers_above_the_header_is_not_taken_for_data(tmp_path) -> None:
