@@ -486,10 +486,14 @@ class ReplayConfig:
     batch_readings: int = 4096  # readings per engine call (results do not depend on it)
     plots: bool = True
     parquet: bool = True
+    # leave the first N readings of each series out of the evaluation (the part trained on with train_rows N);
+    # they are replayed all the same, so the model is warm when the evaluated part begins
+    evaluate_after: int = 0
 
     def __post_init__(self) -> None:
         _check_choices(self, "replay")
         _need(self.batch_readings >= 1, "replay.batch_readings", "must be positive")
+        _need(self.evaluate_after >= 0, "replay.evaluate_after", f"must be >= 0, got {self.evaluate_after!r}")
 
 
 @dataclass(frozen=True)

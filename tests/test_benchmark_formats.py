@@ -203,14 +203,16 @@ def test_the_ucr_recipe_reads_the_split_from_the_file_name(tmp_path, monkeypatch
     name = "001_UCR_Anomaly_DISTORTED1sddb40_300_341_350.txt"
     (tmp_path / name).write_text("".join(f"  {v:.7e}\n" for v in wave()[:, 0]))
     rows, begin, end = (int(p) for p in Path(name).stem.split("_")[-3:])
-    (tmp_path / "ucr-test.txt").write_text("".join((tmp_path / name).read_text().splitlines(True)[rows:]))
-    labelled = [1 if begin <= i <= end else 0 for i in range(1, N + 1)][rows:]
+    labelled = [1 if begin <= i <= end else 0 for i in range(1, N + 1)]  # what the README's awk line writes
     (tmp_path / "ucr-labels.txt").write_text("".join(f"{v}\n" for v in labelled))
     env = {"ANOMALY_TRAIN_EPOCHS": "2", "ANOMALY_REPLAY_PLOTS": "false"}
     block = readme_section("### Your data").split("```sh\n")[1].split("```")[0]
+    assert "awk 'NR >= 52000 && NR <= 52620 {print 1; next} {print 0}' $f > ucr-labels.txt" in block
     for command in re.findall(r"^anomaly .*$", block, re.M):
         args = shlex.split(command.replace("$f", name).replace("35000", str(rows)))[1:]
         result = CliRunner().invoke(main, args, env=env)
         assert result.exit_code == 0, f"{command}\n{result.output}"
+    summary = json.loads((tmp_path / "runs" / "ucr" / "summary.json").read_text())
     scores = pd.read_csv(tmp_path / "runs" / "ucr" / "scores.csv")
-    assert len(scores) == N - rows and scores["label"].tolist() == labelled
+    assert scores["label"].tolist() == labelled and summary["evaluate_after"] == rows
+    assert sum(summary["metrics"]["counts"]["point"].values()) == N - rows  # the held-out part only

@@ -125,9 +125,12 @@ def print_result(result: ReplayResult) -> None:
         click.echo(f"warning: {line}", err=True)
     if "metrics" in s and not nothing:
         cut = c["unscored"] - c["rejected"]
+        after = s.get("evaluate_after", 0)
         click.echo(
             f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
-            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
+            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end"
+            + (f"; the first {after} readings of each series are not evaluated" if after else "")
+            + ")"
         )
         click.echo(evaluation.format_table(s["metrics"]))
     elif not nothing:
@@ -192,6 +195,13 @@ def print_result(result: ReplayResult) -> None:
     help="Point prediction for evaluation: inside an open alert, or score above threshold.  [default: alert]",
 )
 @click.option(
+    "--evaluate-after",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Leave the first N readings of each series out of the evaluation (the rows trained on with train "
+    "--train-rows N); they are still replayed.  [default: 0]",
+)
+@click.option(
     "--metrics-out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -214,6 +224,7 @@ def replay_cmd(
     threshold,
     static_threshold,
     predict,
+    evaluate_after,
     metrics_out,
     plots,
     verbose,
@@ -233,6 +244,7 @@ def replay_cmd(
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
             "replay.predict": predict,
+            "replay.evaluate_after": evaluate_after,
             "replay.plots": plots,
         },
     )
