@@ -4,6 +4,9 @@ The data goes to a temporary file in the target's folder (so the rename cannot c
 replaces the target in one ``os.replace``. A failure or an interrupt (Ctrl-C) removes the temporary file and
 leaves the target as it was; only a hard kill (SIGKILL, power loss) can leave a temporary file, named
 ``.<name>.<random>.tmp`` beside the target, which `replay` clears from its output folder on its next run.
+The new content is flushed to disk (``fsync``) before the rename and the rename itself after it, so that after
+a power loss the target holds the old content or the complete new one, never an empty or partial file (a
+rename can otherwise reach the disk before the data it names).
 """
 
 from __future__ import annotations
@@ -72,12 +75,27 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, mode_for(real))  # mkstemp makes 0600
+        _sync(tmp)
         os.replace(tmp, real)
+        _sync(real.parent, directory=True)
     except OSError as exc:
         raise unwritable(p, exc, what) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _sync(path: Path, directory: bool = False) -> None:
+    """Flush `path` (a file, or a folder's entries) to disk. A file system that cannot sync a folder (some
+    network and FUSE mounts answer EINVAL or EBADF) is left to its own guarantees."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not directory or exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:

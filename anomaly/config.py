@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -56,21 +57,26 @@ def _literal_choices(hint: Any) -> tuple[Any, ...]:
     return ()
 
 
-TimeUnit = Literal["auto", "s", "ms", "us", "ns"]
+TimeUnit = Literal["auto", "s", "ms", "us", "ns", "min", "h"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """How CSV files map to series: which columns are time, key, features and labels."""
 
-    time_column: str = "timestamp"
+    time_column: str = "timestamp"  # "": the files have no time column; readings are numbered 0, 1, 2, ...
     key_column: str | None = None
     features: tuple[str, ...] = ()  # empty: every numeric column that is not time, key or label
     label_columns: tuple[str, ...] = ("anomaly", "changepoint")
     label: str = "anomaly"  # the label column evaluation scores against
+    label_map: tuple[str, ...] = ()  # text labels, "TEXT=0" or "TEXT=1" each (e.g. Normal=0, Attack=1)
+    header: bool = True  # False: the first line is data; columns are named 1, 2, 3, ...
+    skip_rows: int = 0  # lines above the header (notes, a spreadsheet's title row) to skip
     separator: str | None = None  # None: detect ';' or ',' (also inside .gz/.bz2/.xz/.zip/.zst files)
     decimal: str = "."  # decimal mark of numbers: "." or ","
-    time_unit: TimeUnit = "auto"  # numeric times: s | ms | us | ns; auto tells them apart by magnitude
+    time_unit: TimeUnit = (
+        "auto"  # numeric times: s | ms | us | ns | min | h; auto: epoch s/ms/us/ns by magnitude
+    )
     time_format: str | None = None  # strftime format of text times, e.g. "%d/%m/%Y %H:%M"; None: ISO-like
     dayfirst: bool | None = None  # 02/01/2023: True 2 January, False 1 February, None refuse when ambiguous
     bad_cells: Literal["error", "missing"] = "error"  # text in a numeric column: refuse, or treat as missing
@@ -79,7 +85,6 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
-        _need(bool(self.time_column), "data.time_column", "must not be empty")
         _need(self.key_column != "", "data.key_column", "must not be empty (leave it out for one series)")
         _need(bool(self.label), "data.label", "must not be empty")
         _need(
@@ -99,9 +104,16 @@ class DataConfig:
             f"must be a strftime format such as %d/%m/%Y %H:%M, got {self.time_format!r}",
         )
         _need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be at least 1")
+        _need(self.skip_rows >= 0, "data.skip_rows", f"must be >= 0, got {self.skip_rows!r}")
+        for entry in self.label_map:
+            _need(
+                re.fullmatch(r".+=\s*[01]\s*", entry) is not None,
+                "data.label_map",
+                f"entries are TEXT=0 or TEXT=1 (e.g. Normal=0,Attack=1), got {entry!r}",
+            )
         dup = sorted({f for f in self.features if self.features.count(f) > 1})
         _need(not dup, "data.features", f"lists {', '.join(dup)} more than once")
-        for role, col in (("time column", self.time_column), ("key column", self.key_column)):
+        for role, col in (("time column", self.time_column or None), ("key column", self.key_column)):
             _need(col not in self.features, "data.features", f"includes the {role} {col!r}")
         labels = [c for c in dict.fromkeys((self.label, *self.label_columns)) if c in self.features]
         _need(
@@ -494,10 +506,14 @@ class ReplayConfig:
     batch_readings: int = 4096  # readings per engine call (results do not depend on it)
     plots: bool = True
     parquet: bool = True
+    # leave the first N readings of each series out of the evaluation (the part trained on with train_rows N);
+    # they are replayed all the same, so the model is warm when the evaluated part begins
+    evaluate_after: int = 0
 
     def __post_init__(self) -> None:
         _check_choices(self, "replay")
         _need(self.batch_readings >= 1, "replay.batch_readings", "must be positive")
+        _need(self.evaluate_after >= 0, "replay.evaluate_after", f"must be >= 0, got {self.evaluate_after!r}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import hashlib
 import re
+import shlex
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,13 +64,19 @@ class Series:
 SEPARATORS = (",", ";", "\t", "|")
 # Cells pandas reads as missing values anyway (its defaults); anything else that is not a number is "bad".
 LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier", "target", "class", "attack")
+# Names of the parts a synthetic series was generated from (Yahoo S5 A3/A4 publish them beside `value`): ground
+# truth, never sensors, so two kinds of them together are not taken as features unless named with --features.
+COMPONENTS = r"trend|noise|seasonality\d*"
 
 
-def _first_line(path: Path) -> str:
-    """The header line, read through the same decompression pandas infers from the suffix (.gz, .bz2, .xz,
-    .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its bytes."""
+def _first_line(path: Path, skip: int = 0) -> str:
+    """The header line (after `skip` lines), read through the same decompression pandas infers from the suffix
+    (.gz, .bz2, .xz, .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its
+    bytes."""
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+            for _ in range(skip):
+                handles.handle.readline()
             return handles.handle.readline()
     except (OSError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -92,15 +99,26 @@ _EXACT_FLOATS = (
 )
 
 
-def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".") -> pd.DataFrame:
+def read_frame(
+    path: str | Path,
+    separator: str | None = None,
+    decimal: str = ".",
+    header: bool = True,
+    skip_rows: int = 0,
+) -> pd.DataFrame:
+    """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
+    header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
+    3, ... (strings), the numbering such datasets' own labels use."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
-    header = _first_line(p)  # read once: it gives the separator and is checked before pandas reads it
-    sep = separator or detect_separator(header)
-    _check_header(p, header, sep)
+    # read once: it gives the separator and is checked before pandas reads it
+    first = _first_line(p, skip_rows)
+    sep = separator or detect_separator(first)
+    if header:
+        _check_header(p, first, sep)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -110,6 +128,8 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
                 p,
                 sep=sep,
                 decimal=decimal,
+                header=0 if header else None,
+                skiprows=skip_rows,
                 index_col=False,
                 low_memory=False,
                 compression="infer",
@@ -121,13 +141,50 @@ def read_frame(path: str | Path, separator: str | None = None, decimal: str = ".
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {p} as CSV: {reason}") from None
-    frame.columns = [_clean_name(c) for c in frame.columns]
+        hint = (
+            " (more fields than the header names: if the header is not the file's first line, skip the lines "
+            "above it with --skip-rows N)"
+            if isinstance(exc, pd.errors.ParserError) and "Expected" in reason
+            else ""
+        )
+        raise DataError(f"cannot read {p} as CSV: {reason}{hint}") from None
+    if header:
+        frame.columns = [_clean_name(c) for c in frame.columns]
+    else:
+        frame.columns = [str(i) for i in range(1, len(frame.columns) + 1)]
+    if len(frame) <= 1 and len(first.split()) > 1 and all(_is_number(c) for c in first.split()):
+        raise DataError(
+            f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
+            "line; put one value per line (tr -s ' ' '\\n' < FILE), then read it with --no-header"
+        )
     if frame.empty:
-        raise DataError(f"{p} has no data rows")
+        raise DataError(f"{p} has no data rows{_no_header_note(list(frame.columns))}")
     frame.attrs["separator"] = sep
     frame.attrs["path"] = str(p)  # for error messages that name a line (`_line`)
+    frame.attrs["header"] = header
+    frame.attrs["skip_rows"] = skip_rows
     return frame
+
+
+def _no_header_note(names: Sequence[object]) -> str:
+    """A hint for a header line made of numbers: the file has no header (SMD, the UCR archive)."""
+    cells = [str(n).strip() for n in names]
+    if cells and all(_is_number(c) for c in cells):
+        return " (its first line holds numbers: for a file without a header, pass --no-header)"
+    return ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def quoted(name: object) -> str:
+    """A column name as it must be typed in a shell: `'KPI ID'`, `'timestamp_(min)'`, `value` as is."""
+    return shlex.quote(str(name))
 
 
 def _clean_name(name: object) -> str:
@@ -162,6 +219,10 @@ def _check_header(path: Path, header: str, sep: str) -> None:
             raise DataError(
                 f"{path}: column name {name!r} appears twice in the header (columns {seen[name]} and {i}); "
                 "rename or remove one"
+                + (
+                    _no_header_note(names)
+                    or " (if the header is not the file's first line, skip the lines above it with --skip-rows N)"
+                )
             )
         seen[name] = i
 
@@ -182,23 +243,25 @@ def _line(rows: pd.DataFrame | pd.Series, i: int) -> int:
     """The file line of the i-th row of a frame read by `read_frame` (or of one of its columns): the header is
     line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
     row = int(rows.index[i])
-    lines = _data_lines(rows.attrs.get("path"))
-    return lines[row] if lines is not None and row < len(lines) else row + 2
+    header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
+    lines = _data_lines(rows.attrs.get("path"), header, skip)
+    return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
 
 
-def _data_lines(path: str | None) -> list[int] | None:
-    """1-based line numbers of the data rows of `path` (non-blank lines after the header); read again only
-    when an error names a line. None when the file cannot be read again."""
+def _data_lines(path: str | None, header: bool = True, skip: int = 0) -> list[int] | None:
+    """1-based line numbers of the data rows of `path` (non-blank lines after the `skip` lines above the header
+    and the header, if it has one); read again only when an error names a line. None when the file cannot be
+    read again."""
     if path is None:
         return None
     from pandas.io.common import get_handle
 
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
-            lines = [n for n, text in enumerate(handle.handle, 1) if text.strip()]
+            lines = [n for n, text in enumerate(handle.handle, 1) if n > skip and text.strip()]
     except (OSError, UnicodeDecodeError, EOFError):
         return None
-    return lines[1:]
+    return lines[1:] if header else lines
 
 
 def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig) -> np.ndarray:
@@ -274,7 +337,7 @@ def _mostly_numeric(col: pd.Series, decimal: str = ".") -> bool:
     return bool(present.any()) and float(np.isfinite(values[present]).mean()) >= 0.5
 
 
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 _DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
 
 
@@ -417,9 +480,18 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
     for c in feats:
         if str(c).strip().lower() in LABEL_LIKE and frame[c].dropna().isin([0, 1]).all():
             raise SchemaError(
-                f"{source}: column {c!r} looks like labels (0/1), not a sensor; pass --label {c} to use it as "
-                f"the label (now {cfg.label!r}), or --features to choose the features"
+                f"{source}: column {c!r} looks like labels (0/1), not a sensor; pass --label {quoted(c)} to use "
+                f"it as the label (now {cfg.label!r}), or --features to choose the features"
             )
+    parts = [c for c in feats if re.fullmatch(COMPONENTS, str(c), re.IGNORECASE)]
+    kinds = {re.sub(r"\d+$", "", str(c).lower()) for c in parts}
+    if len(kinds) > 1:  # a lone `noise` or `trend` column may well be a sensor
+        measured = [c for c in feats if c not in parts]
+        raise SchemaError(
+            f"{source}: columns {', '.join(map(str, parts))} look like the ground-truth components of a "
+            "synthetic series (as in Yahoo S5 A3/A4), not sensors; choose the features with --features"
+            + (f" {','.join(quoted(c) for c in measured)}" if measured else "")
+        )
     if not feats:
         raise SchemaError(
             f"{source}: no numeric feature columns found among {', '.join(map(str, frame.columns))}"
@@ -501,35 +573,117 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
+def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
+    """The file line of an early row that looks like the header (names only, no number, one of them the time
+    column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
+    take the wrong line for the names."""
+    for i in range(min(len(frame), 20)):
+        cells = [v for v in frame.iloc[i].tolist() if not pd.isna(v)]
+        names = [str(v).strip() for v in cells if isinstance(v, str) and not _is_number(v)]
+        if len(names) < 2 or len(names) < len(cells):
+            continue
+        if time_column in names or any(re.search(r"time|date", c, re.IGNORECASE) for c in names):
+            return _line(frame, i)
+    return None
+
+
+def _label_text(value: object) -> str | None:
+    """A label cell as text to look up in data.label_map: None when missing or blank; 1.0 as '1'."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def label_values(frame: pd.DataFrame, cfg: DataConfig, source: str, column: str | None = None) -> np.ndarray:
+    """A label column as 0/1 (int8, one per row). Numbers: above 0 is anomalous, an empty cell is 0. With
+    data.label_map every present cell must be one of its texts (compared without surrounding spaces), so a
+    typo in a text label is refused by line rather than guessed as normal or anomalous."""
+    name = cfg.label if column is None else column
+    col = frame[name]
+    if cfg.label_map:
+        mapping = {}
+        for entry in cfg.label_map:
+            text, _, flag = entry.rpartition("=")
+            mapping[text.strip()] = int(flag)
+        cells = [_label_text(v) for v in col.tolist()]
+        for at, cell in enumerate(cells):
+            if cell is not None and cell not in mapping:
+                raise SchemaError(
+                    f"{source}: label column {name!r} line {_line(frame, at)} holds {col.iloc[at]!r}, which "
+                    f"--label-map does not name (it maps {', '.join(map(repr, mapping))})"
+                )
+        return np.array([0 if c is None else mapping[c] for c in cells], np.int8)
+    values = numeric_column(frame, name, source, dataclasses.replace(cfg, bad_cells="missing"))
+    bad = np.isnan(values) & col.notna().to_numpy()
+    if bad.any():  # (the sensors' hint, --bad-cells missing, does not apply to labels)
+        at = int(np.flatnonzero(bad)[0])
+        texts = list(dict.fromkeys(str(v).strip() for v in col[bad].tolist()))
+        hint = (
+            f"; text labels are read with --label-map, e.g. --label-map {quoted(texts[0] + '=0,' + texts[1] + '=1')} "
+            f"(this column holds {', '.join(map(repr, texts[:5]))}{', ...' if len(texts) > 5 else ''})"
+            if len(texts) > 1
+            else f"; text labels are read with --label-map, e.g. --label-map {quoted(texts[0] + '=1')}"
+        )
+        raise SchemaError(
+            f"{source}: label column {name!r} line {_line(frame, at)} holds {col.iloc[at]!r}; labels are "
+            f"0 or 1 (empty: 0){hint}"
+        )
+    return (np.nan_to_num(values) > 0).astype(np.int8)
+
+
 def frame_to_series(
-    frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    cfg: DataConfig,
+    source: str,
+    labels_file: str | Path | None = None,
 ) -> list[Series]:
-    if cfg.time_column not in frame.columns:
+    if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
+        headed = frame.attrs.get("header", True)
+        below = _header_below(frame, cfg.time_column) if headed and not timelike else None
+        numbers = _no_header_note(list(frame.columns)) if headed and not below else ""
+        hint = (
+            f" (pass --time-column {quoted(timelike[0])})"
+            if timelike
+            else f" (the column names seem to be on line {below}: pass --skip-rows {below - 1})"
+            if below
+            else " (a file without a time column: pass --no-time-column to number its readings 0, 1, 2, ...)"
+            if (len(frame.columns) > 1 and not numbers) or not headed
+            else ""
+        )
         raise SchemaError(
             f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}"
-            + (f" (pass --time-column {timelike[0]})" if timelike else "")
-            + _separator_note(frame)
+            + hint
+            + (numbers or _separator_note(frame))
         )
     check_features(frame.columns, features, source)
-    ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+    if cfg.time_column:
+        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+    else:  # no time column: readings numbered in file order (per key), one time unit apart
+        order = (
+            frame.groupby(cfg.key_column, sort=False, dropna=False).cumcount().to_numpy()
+            if cfg.key_column and cfg.key_column in frame.columns
+            else np.arange(len(frame))
+        )
+        ts_all = order.astype(np.float64) * TIME_UNITS["s" if cfg.time_unit == "auto" else cfg.time_unit]
     if not np.isfinite(ts_all).any():
         raise SchemaError(f"{source}: time column {cfg.time_column!r} has no value in any row")
     values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
         np.float64
     )
-    labels_all = None
-    if cfg.label in frame.columns:
-        col = frame[cfg.label]
-        values = numeric_column(frame, cfg.label, source, dataclasses.replace(cfg, bad_cells="missing"))
-        bad = np.isnan(values) & col.notna().to_numpy()
-        if bad.any():  # (the sensors' hint, --bad-cells missing, does not apply to labels)
-            at = int(np.flatnonzero(bad)[0])
+    labels_all = label_values(frame, cfg, source) if cfg.label in frame.columns else None
+    if labels_file is not None:
+        if labels_all is not None:
             raise SchemaError(
-                f"{source}: label column {cfg.label!r} line {_line(frame, at)} holds {col.iloc[at]!r}; labels are "
-                "0 or 1 (empty: 0)"
+                f"{source} has a label column {cfg.label!r} and --labels {labels_file} gives labels too; keep one"
             )
-        labels_all = (np.nan_to_num(values) > 0).astype(np.int8)
+        from anomaly.labels import read_labels  # (it reads files with this module)
+
+        labels_all = read_labels(labels_file, frame, ts_all, cfg, source)
     if cfg.key_column:
         if cfg.key_column not in frame.columns:
             raise SchemaError(
@@ -551,7 +705,7 @@ def frame_to_series(
         if repeated > 0.1 * len(timed):
             likely = _likely_key_columns(frame, ts_all, cfg)
             hint = (
-                f"; the likely key column is {likely[0]!r}: pass --key-column {likely[0]}"
+                f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
                 if likely
                 else "; pass --key-column naming the column that tells the series apart"
             )
@@ -580,26 +734,34 @@ def load_series(
     cfg: DataConfig,
     features: Sequence[str] | None = None,
     left_out: dict[str, str] | None = None,
+    labels_file: str | Path | None = None,
 ) -> tuple[list[Series], list[str]]:
     """Read every file into series. Features come from `features`, the config, or the first file's numerics;
     in that last case `left_out` (when given) receives the first file's other columns that are not time, key
-    or label, each with the reason it is not a feature, so a command can show it.
+    or label, each with the reason it is not a feature, so a command can show it. `labels_file` gives the
+    labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
+    several data files).
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
     """
     if not paths:
         raise DataError("no data files given")
+    if labels_file is not None and len(paths) > 1 and Path(labels_file).suffix.lower() != ".json":
+        raise DataError(
+            f"--labels {labels_file} labels one data file, and {len(paths)} are given; replay them one at a time "
+            "(a JSON file of windows per file name, as NAB's, can label several)"
+        )
     series: list[Series] = []
     feats = list(features) if features else None
     seen: set[str] = set()
     for path in paths:
-        frame = read_frame(path, cfg.separator, cfg.decimal)
+        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
-        part = frame_to_series(frame, feats, cfg, str(path))
+        part = frame_to_series(frame, feats, cfg, str(path), labels_file)
         for s in part:
             if not cfg.key_column:
                 s.key = _unique_key(Path(path), seen)

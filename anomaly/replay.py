@@ -27,7 +27,7 @@ from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series, merge_keys, sampling_interval
 from anomaly.engine import Engine, Event
-from anomaly.errors import OutputError
+from anomaly.errors import DataError, OutputError
 from anomaly.runner import Batch, Observer, run
 from anomaly.sinks.files import JsonlAlertSink, JsonlRejectionSink, WindowCollector
 
@@ -122,6 +122,13 @@ def replay(
     write_plots: bool | None = None,
 ) -> ReplayResult:
     series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
+    skip = cfg.replay.evaluate_after
+    labelled = [len(s) for s in series if s.labels is not None]
+    if skip and labelled and max(labelled) <= skip:
+        raise DataError(
+            f"--evaluate-after {skip} leaves no reading to evaluate: the longest labelled series has "
+            f"{max(labelled)} readings"
+        )
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,8 +193,9 @@ def _replay(
     if cfg.replay.parquet:
         with atomic_path(out / "scores.parquet", "scores file") as tmp:
             points.to_parquet(tmp, index=False)
+    judged = evaluated_part(frames, cfg.replay.evaluate_after)
     per_series = {}
-    for key, f in frames.items():
+    for key, f in judged.items():
         if "label" in f:
             per_series[key] = evaluation.evaluate(
                 f["label"].to_numpy(),
@@ -216,6 +224,7 @@ def _replay(
         "alert_events": len(alerts.alerts),
         "engine_counters": dict(engine.counters),
         "predict": cfg.replay.predict,
+        "evaluate_after": cfg.replay.evaluate_after,
         "label": cfg.data.label,
         "threshold": cfg.engine.threshold,
         "static_threshold": engine.static_threshold,
@@ -228,9 +237,10 @@ def _replay(
         summary["per_series"] = {
             k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()
         }
-        labelled = [s for s in series if s.labels is not None]
+        labelled = [s for s in series if s.key in per_series]
         for name, scorer in quality.scorer_bundles(bundle).items():
             got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
+            got = evaluated_part(got, cfg.replay.evaluate_after)
             compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
         summary["quality"] = quality.compare(compared)
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2, default=float), "summary")
@@ -289,6 +299,15 @@ def _run(
 
 
 OUTPUTS = ("scores.csv", "scores.parquet", "alerts.jsonl", "rejections.jsonl", "summary.json")
+
+
+def evaluated_part(frames: dict[str, pd.DataFrame], skip: int) -> dict[str, pd.DataFrame]:
+    """Each series' per-point frame without its first `skip` readings (time order), the part a model trained
+    on (`--train-rows`); series with nothing left are not evaluated. Predictions were made causally over the
+    whole series, so cutting afterwards changes what is counted, never what was decided."""
+    if skip <= 0:
+        return frames
+    return {key: f.iloc[skip:] for key, f in frames.items() if len(f) > skip}
 
 
 def clear_previous(out: Path) -> None:

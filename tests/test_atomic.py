@@ -228,3 +228,43 @@ def test_a_bundle_written_through_a_symlink_keeps_the_link(bundle, tmp_path) -> 
     assert (tmp_path / "model.pt").is_symlink()
     assert load_bundle(tmp_path / "v1.pt").version == bundle.version
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "v1.pt"]
+
+
+def test_the_new_content_reaches_the_disk_before_the_rename_and_the_rename_after_it(
+    tmp_path, monkeypatch
+) -> None:
+    """Without the first fsync a power loss after the rename can leave an empty target; without the folder's,
+    the old one may come back although the call returned."""
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    steps: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        steps.append(("fsync", "folder" if path == tmp_path else path.read_bytes()))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        steps.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic.write_bytes(target, b"new bundle")
+    assert steps == [("fsync", b"new bundle"), ("replace", "model.pt"), ("fsync", "folder")]
+    assert target.read_bytes() == b"new bundle"
+
+
+def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkeypatch) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).is_dir():
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_text(tmp_path / "summary.json", "{}")
+    assert (tmp_path / "summary.json").read_text() == "{}"
+    assert _listing(tmp_path) == ["summary.json"]

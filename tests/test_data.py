@@ -410,3 +410,163 @@ def test_a_time_column_without_values_says_so(tmp_path) -> None:
     """All times empty read as '3 of 4 rows repeat another row's timestamp ... several series'."""
     with pytest.raises(SchemaError, match=r"time column 'timestamp' has no value in any row"):
         load(write(tmp_path, "timestamp,a\n,1\n,2\n,3\n,4\n"))
+
+
+# --- public benchmark layouts (README: Public benchmark formats) ---------------------------------------------
+
+
+SMD_ROWS = "0,0,0.5,0.25\n0,0,0.75,0.5\n0,0,0.25,0.125\n"  # SMD: no header, no time column, many zeros
+
+
+def test_a_file_without_a_header_says_so_and_reads_with_no_header(tmp_path) -> None:
+    """SMD's first data row was taken for the header: 'column name '0' appears twice', with no way out."""
+    path = write(tmp_path, SMD_ROWS, "machine-1-1.txt")
+    with pytest.raises(
+        DataError,
+        match=r"appears twice .* \(its first line holds numbers: for a file without a header, pass --no-header\)",
+    ):
+        load(path)
+    with pytest.raises(SchemaError, match="not found; columns are 1, 2, 3, 4 .* pass --no-time-column"):
+        load(path, header=False)
+    (s,), feats = load(path, header=False, time_column="")
+    assert feats == ["1", "2", "3", "4"]  # numbered from 1, as SMD's interpretation labels number them
+    assert s.timestamps.tolist() == [0.0, 1.0, 2.0]
+    assert s.values.tolist() == [[0, 0, 0.5, 0.25], [0, 0, 0.75, 0.5], [0, 0, 0.25, 0.125]]
+
+
+def test_without_a_time_column_readings_are_numbered_per_key_in_the_time_unit(tmp_path) -> None:
+    path = write(tmp_path, "k,a\nx,1.0\ny,2.0\nx,3.0\ny,4.0\nx,5.0\n")
+    series, _ = load(path, time_column="", key_column="k", time_unit="min")
+    assert {s.key: s.timestamps.tolist() for s in series} == {"x": [0.0, 60.0, 120.0], "y": [0.0, 60.0]}
+    assert {s.key: s.values[:, 0].tolist() for s in series} == {"x": [1.0, 3.0, 5.0], "y": [2.0, 4.0]}
+
+
+def test_a_headerless_cell_error_names_the_editor_line(tmp_path) -> None:
+    path = write(tmp_path, "1.0\n2.0\noops\n4.0\n", "u.txt")
+    with pytest.raises(SchemaError, match=r"column '1' line 3 holds 'oops'"):
+        load(path, header=False, time_column="")
+
+
+def test_a_series_written_on_one_line_is_refused_with_the_fix(tmp_path) -> None:
+    """A few UCR archive files hold the whole series on one line: 'has no data rows', or, with --no-header,
+    'no numeric feature columns found among 1'."""
+    path = write(tmp_path, "  1.0000000e+00  2.5000000e+00  3.0000000e+00\n", "204_UCR_Anomaly_x_1_2_3.txt")
+    for header in (True, False):
+        with pytest.raises(DataError, match=r"one line of 3 numbers .* one value per line \(tr -s"):
+            load(path, header=header, time_column="")
+
+
+def test_numeric_times_in_minutes_and_hours(tmp_path) -> None:
+    """PSM's `timestamp_(min)` counts minutes; read as seconds, false alerts per day came out 60 times too low."""
+    path = write(tmp_path, "timestamp_(min),a\n132480.0,1\n132481.0,2\n132482.0,3\n")
+    (s,), _ = load(path, time_column="timestamp_(min)", time_unit="min")
+    assert s.timestamps.tolist() == [132480 * 60.0, 132481 * 60.0, 132482 * 60.0]
+    (h,), _ = load(path, time_column="timestamp_(min)", time_unit="h")
+    assert sampling_interval([h]) == 3600.0
+
+
+def test_hints_quote_names_a_shell_would_break(tmp_path) -> None:
+    """'pass --time-column timestamp_(min)' pasted into bash is a syntax error; 'KPI ID' is two words."""
+    psm = write(tmp_path, "timestamp_(min),feature_0\n1.0,0.5\n2.0,0.25\n", "psm.csv")
+    with pytest.raises(SchemaError, match=r"\(pass --time-column 'timestamp_\(min\)'\)"):
+        load(psm)
+    kpi = "timestamp,value,KPI ID\n" + "".join(f"{60 * (i // 2)},{i}.5,{'ab'[i % 2]}-1\n" for i in range(8))
+    with pytest.raises(SchemaError, match=r"pass --key-column 'KPI ID'$"):
+        load(write(tmp_path, kpi, "kpi.csv"))
+
+
+def test_ground_truth_components_are_never_features(tmp_path) -> None:
+    """Yahoo S5 A3/A4 publish the generator's trend, noise and seasonalities beside the value: they became five
+    features (the model was handed the answer) without a word beyond the features line."""
+    path = write(
+        tmp_path,
+        "timestamps,value,anomaly,changepoint,trend,noise,seasonality1,seasonality2,seasonality3\n"
+        "1416722400,1.5,0,0,0.0,0.5,1.0,0,0\n1416726000,2.0,1,0,0.5,0.25,1.25,0,0\n",
+        "A3Benchmark-TS1.csv",
+    )
+    with pytest.raises(
+        SchemaError,
+        match="columns trend, noise, seasonality1, seasonality2, seasonality3 look like the ground-truth "
+        r"components of a synthetic series .* --features value$",
+    ):
+        load(path, time_column="timestamps")
+    (s,), feats = load(path, time_column="timestamps", features=("value",))
+    assert feats == ["value"] and s.labels.tolist() == [0, 1]
+    sensors = write(tmp_path, "timestamp,noise,flow\n1,40.5,2.0\n2,41.0,2.5\n", "plant.csv")
+    assert load(sensors)[1] == ["noise", "flow"]  # a noise-level sensor alone is a sensor
+
+
+SWAT = (
+    " Timestamp,FIT101, MV101,Normal/Attack\n"
+    " 28/12/2015 11:59:59 AM,2.5,1,Normal\n"
+    " 28/12/2015 12:00:00 PM,2.25,1,Attack\n"
+    " 28/12/2015 1:00:00 PM,2.0,2,A ttack\n"
+)
+
+
+def test_text_labels_are_read_through_an_explicit_map(tmp_path) -> None:
+    """SWaT's `Normal/Attack` column ('Normal', 'Attack' and the typo 'A ttack') could not be a label at all."""
+    path = write(tmp_path, SWAT, "swat.csv")
+    cfg = {"time_column": "Timestamp", "label": "Normal/Attack"}
+    with pytest.raises(
+        SchemaError,
+        match=r"line 2 holds 'Normal'; labels are 0 or 1 \(empty: 0\); text labels are read with --label-map, "
+        r"e.g. --label-map Normal=0,Attack=1 \(this column holds 'Normal', 'Attack', 'A ttack'\)",
+    ):
+        load(path, **cfg)
+    with pytest.raises(SchemaError, match=r"line 4 holds 'A ttack', which --label-map does not name"):
+        load(path, **cfg, label_map=("Normal=0", "Attack=1"))
+    (s,), feats = load(path, **cfg, label_map=("Normal=0", "Attack=1", "A ttack=1"))
+    assert feats == ["FIT101", "MV101"] and s.labels.tolist() == [0, 1, 1]
+    assert np.diff(s.timestamps).tolist() == [1.0, 3600.0]  # day first, 12:00 PM is noon, 1:00 PM is 13:00
+
+
+def test_a_label_map_reads_numeric_labels_too(tmp_path) -> None:
+    """WADI's attack labels are 1 (normal) and -1 (attack)."""
+    path = write(tmp_path, "timestamp,a,attack\n1,1.0,1\n2,2.0,-1\n3,3.0,1\n")
+    (s,), _ = load(path, label="attack", label_map=("1=0", "-1=1"))
+    assert s.labels.tolist() == [0, 1, 0]
+
+
+def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
+    """WADI's CSVs open with lines of notes, a SWaT spreadsheet saved as CSV with its row of stage names (P1,
+    P2, ...): the notes broke the parser ('Expected 1 fields in line 4') and the stage row became the header."""
+    rows = "timestamp,a,b\n1,1.5,2.0\n2,oops,2.5\n3,1.0,3.0\n"
+    notes = write(tmp_path, "Notes: plant data\nsecond line\n\n" + rows, "wadi.csv")
+    with pytest.raises(DataError, match=r"Expected .* skip the lines above it with --skip-rows N\)$"):
+        load(notes)
+    with pytest.raises(SchemaError, match=r"column 'a' line 6 holds 'oops'"):  # the line an editor shows
+        load(notes, skip_rows=3)
+    (s,), feats = load(
+        write(tmp_path, "Notes\n\nmore\n" + rows.replace("oops", "1.25"), "ok.csv"), skip_rows=3
+    )
+    assert feats == ["a", "b"] and s.timestamps.tolist() == [1, 2, 3]
+    stages = write(tmp_path, ",P1,,P1\n" + rows.replace("oops", "1.25"), "swat.csv")
+    with pytest.raises(
+        DataError, match=r"'P1' appears twice .* skip the lines above it with --skip-rows N\)$"
+    ):
+        load(stages)
+    titled = write(tmp_path, "plant,P1,,\n" + rows.replace("oops", "1.25"), "titled.csv")
+    with pytest.raises(SchemaError, match=r"column names seem to be on line 2: pass --skip-rows 1\)$"):
+        load(titled)
+    assert load(titled, skip_rows=1)[1] == ["a", "b"]
+    status = write(tmp_path, "ts,status,a\n1,update running,1.5\n2,idle,2.5\n", "status.csv")
+    with pytest.raises(SchemaError, match=r"not found; .* pass --no-time-column"):  # data rows are not names
+        load(status)
+
+
+def test_a_row_of_column_numbers_above_the_header_is_not_taken_for_data(tmp_path) -> None:
+    """WADI's attack file (2019) has a line of column numbers above the names: the hint said --no-header,
+    which would have read the names as data."""
+    path = write(
+        tmp_path,
+        '0,1,2,3,4\nRow,Date,Time,1_AIT_001_PV,"Attack LABLE (1:No Attack, -1:Attack)"\n'
+        "1,10/9/2017,6:00:00.000 PM,171.5,1\n2,10/9/2017,6:00:01.000 PM,171.25,-1\n"
+        "3,10/9/2017,6:00:02.000 PM,171.0,1\n",
+        "wadi-attack.csv",
+    )
+    with pytest.raises(SchemaError, match=r"seem to be on line 2: pass --skip-rows 1\)$"):
+        load(path)
+    label = "Attack LABLE (1:No Attack, -1:Attack)"
+    (s,), feats = load(path, skip_rows=1, time_column="Row", label=label, label_map=("1=0", "-1=1"))
+    assert feats == ["1_AIT_001_PV"] and s.labels.tolist() == [0, 1, 0] and s.timestamps.tolist() == [1, 2, 3]

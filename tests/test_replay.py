@@ -14,7 +14,8 @@ from anomaly.commands.replay_cmds import run_replay
 from anomaly.config import build_config
 from anomaly.data import to_epoch_seconds
 from anomaly.engine import Engine, Event
-from anomaly.errors import SchemaError
+from anomaly.errors import DataError, SchemaError
+from anomaly.replay import replay
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 
 
@@ -166,3 +167,31 @@ def test_scores_put_each_kept_repeat_of_a_timestamp_on_its_own_row(bundle_path, 
     assert np.array_equal(
         scores.loc[scores["scored"], "score"].to_numpy(np.float32), direct.astype(np.float32)
     )
+
+
+def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_path) -> None:
+    """A file that holds both parts (train --train-rows N) was evaluated whole: the rows the model was trained
+    on counted as true negatives (a Yahoo A1-layout file showed half its FAR). The rows are still replayed."""
+    skip = 200
+    whole = replay(bundle, [test_series], build_config(), tmp_path / "whole")
+    held = replay(
+        bundle, [test_series], build_config(overrides={"replay.evaluate_after": skip}), tmp_path / "held"
+    )
+    frame = whole.frames[test_series.key]
+    assert held.frames[test_series.key].equals(frame)  # the same replay, decisions included
+    expected = evaluation.evaluate(
+        frame["label"].to_numpy()[skip:],
+        frame["predicted"].to_numpy()[skip:],
+        frame["timestamp"].to_numpy()[skip:],
+        frame["decided_at"].to_numpy()[skip:],
+    )
+    assert held.summary["metrics"]["counts"]["point"] == expected["counts"]["point"]
+    assert sum(held.summary["metrics"]["counts"]["point"].values()) == len(test_series) - skip
+    assert held.summary["evaluate_after"] == skip and set(held.quality) == set(whole.quality)
+    with pytest.raises(DataError, match=f"--evaluate-after {len(test_series)} leaves no reading to evaluate"):
+        replay(
+            bundle,
+            [test_series],
+            build_config(overrides={"replay.evaluate_after": len(test_series)}),
+            tmp_path / "none",
+        )

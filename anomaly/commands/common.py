@@ -23,13 +23,52 @@ pipeline_option = click.option(
     help="Pipeline TOML file; options and ANOMALY_<SECTION>_<FIELD> variables override it.",
 )
 
-time_column_option = click.option("--time-column", default=None, help="Time column.  [default: timestamp]")
+
+def time_column_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--time-column NAME, or --no-time-column for files without one; the command receives `time_column`
+    ("" for none, as data.time_column writes it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("no_time_column"):
+            if kwargs.get("time_column") is not None:
+                raise click.UsageError("--time-column and --no-time-column exclude each other")
+            kwargs["time_column"] = ""
+        return fn(*args, **kwargs)
+
+    wrapper = click.option(
+        "--no-time-column",
+        is_flag=True,
+        help="The files have no time column: readings are numbered 0, 1, 2, ... in file order (per key), "
+        "one --time-unit apart (a second under auto).",
+    )(wrapper)
+    return click.option("--time-column", default=None, help="Time column.  [default: timestamp]")(wrapper)
+
+
+label_map_option = click.option(
+    "--label-map",
+    default=None,
+    help="Text labels as 0/1, e.g. 'Normal=0,Attack=1'; any other value is refused.  [default: none: labels "
+    "are numbers]",
+)
 key_column_option = click.option(
     "--key-column", default=None, help="Key column for many series in one file.  [default: none]"
 )
 
 
 _DATA_OPTIONS = (
+    click.option(
+        "--header/--no-header",
+        default=None,
+        help="The first line names the columns; --no-header: it is data, columns are named 1, 2, 3, ...  "
+        "[default: header]",
+    ),
+    click.option(
+        "--skip-rows",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Lines above the header to skip (notes, a spreadsheet's title row).  [default: 0]",
+    ),
     click.option(
         "--separator",
         default=None,
@@ -43,7 +82,7 @@ _DATA_OPTIONS = (
     ),
     click.option(
         "--time-unit",
-        type=click.Choice(["auto", "s", "ms", "us", "ns"]),
+        type=click.Choice(["auto", "s", "ms", "us", "ns", "min", "h"]),
         default=None,
         help="Unit of numeric times.  [default: auto (epoch s, ms, us or ns by magnitude)]",
     ),
@@ -64,7 +103,16 @@ _DATA_OPTIONS = (
         help="Text in a numeric column: refuse naming the cell, or treat as missing.  [default: error]",
     ),
 )
-_DATA_NAMES = ("separator", "decimal", "time_unit", "time_format", "dayfirst", "bad_cells")
+_DATA_NAMES = (
+    "header",
+    "skip_rows",
+    "separator",
+    "decimal",
+    "time_unit",
+    "time_format",
+    "dayfirst",
+    "bad_cells",
+)
 
 
 def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -13,6 +13,7 @@ from anomaly.commands.common import (
     config_from,
     data_options,
     key_column_option,
+    label_map_option,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -130,6 +131,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     default=None,
     help="Label column (never a feature; used by --drop-anomalies).  [default: anomaly]",
 )
+@label_map_option
 @data_options
 @click.option(
     "--drop-anomalies/--keep-anomalies",
@@ -184,6 +186,7 @@ def train_cmd(
     key_column,
     features,
     label,
+    label_map,
     drop_anomalies,
     train_rows,
     window,
@@ -209,6 +212,7 @@ def train_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            "data.label_map": label_map,
             **data_overrides,
             "data.drop_anomalies": drop_anomalies,
             "data.train_rows": train_rows,

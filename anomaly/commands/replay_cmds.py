@@ -15,6 +15,7 @@ from anomaly.commands.common import (
     config_from,
     data_options,
     key_column_option,
+    label_map_option,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -66,7 +67,7 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
             )
         return
     for path in paths:
-        frame = read_frame(path, cfg.data.separator, cfg.data.decimal)
+        frame = read_frame(path, cfg.data.separator, cfg.data.decimal, cfg.data.header, cfg.data.skip_rows)
         have = infer_features(frame, cfg.data, path)
         missing = [f for f in features if f not in have]
         extra = [f for f in have if f not in features]
@@ -90,10 +91,11 @@ def run_replay(
     cfg: PipelineConfig,
     metrics_out: str | None = None,
     progress: bool = True,
+    labels_file: str | None = None,
 ) -> ReplayResult:
     bundle = load_bundle(model)
     check_schema(paths, cfg, bundle.features)
-    series, _ = load_series(paths, cfg.data, bundle.features)
+    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file)
     observer = None
     if metrics_out:
         check_writable(metrics_out, "metrics file")
@@ -123,9 +125,12 @@ def print_result(result: ReplayResult) -> None:
         click.echo(f"warning: {line}", err=True)
     if "metrics" in s and not nothing:
         cut = c["unscored"] - c["rejected"]
+        after = s.get("evaluate_after", 0)
         click.echo(
             f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
-            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end)"
+            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end"
+            + (f"; the first {after} readings of each series are not evaluated" if after else "")
+            + ")"
         )
         click.echo(evaluation.format_table(s["metrics"]))
     elif not nothing:
@@ -160,6 +165,15 @@ def print_result(result: ReplayResult) -> None:
 @key_column_option
 @click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
+@label_map_option
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Labels in a file of their own: one 0/1 per line, a CSV with the time and label columns, or a JSON "
+    "of [start, end] windows per file name (NAB).  [default: the label column of the data]",
+)
 @data_options
 @click.option(
     "--threshold",
@@ -181,6 +195,13 @@ def print_result(result: ReplayResult) -> None:
     help="Point prediction for evaluation: inside an open alert, or score above threshold.  [default: alert]",
 )
 @click.option(
+    "--evaluate-after",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Leave the first N readings of each series out of the evaluation (the rows trained on with train "
+    "--train-rows N); they are still replayed.  [default: 0]",
+)
+@click.option(
     "--metrics-out",
     type=click.Path(dir_okay=False),
     default=None,
@@ -198,9 +219,12 @@ def replay_cmd(
     key_column,
     features,
     label,
+    label_map,
+    labels_file,
     threshold,
     static_threshold,
     predict,
+    evaluate_after,
     metrics_out,
     plots,
     verbose,
@@ -215,14 +239,16 @@ def replay_cmd(
             "data.key_column": key_column,
             "data.features": features,
             "data.label": label,
+            "data.label_map": label_map,
             **data_overrides,
             "engine.threshold": threshold,
             "engine.static_threshold": static_threshold,
             "replay.predict": predict,
+            "replay.evaluate_after": evaluate_after,
             "replay.plots": plots,
         },
     )
-    print_result(run_replay(list(data), model, out, cfg, metrics_out))
+    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
 
 
 @click.command("demo")

@@ -1,0 +1,138 @@
+"""Labels kept in a file of their own (`--labels FILE`), as several public benchmarks publish them.
+
+Three layouts, told apart by the file itself:
+
+- one label per line, no header (SMD's ``test_label/machine-1-1.txt``): line i labels data row i, in file order;
+- a CSV with a header (PSM's ``test_label.csv``: ``timestamp_(min),label``): rows are matched to the data by the
+  time column (and the key column, when both files have it), or by row when it has no time column;
+- a JSON object of anomaly windows per file (NAB's ``combined_windows.json``: ``{"dir/name.csv": [[start, end],
+  ...]}``): a reading is anomalous when its time lies in one of its file's windows, ends included.
+
+Every layout gives exactly one 0/1 label per data row or refuses the file in one line: a label file that does
+not cover the data is never padded with zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly.config import DataConfig
+from anomaly.data import (
+    _first_line,
+    _is_number,
+    _line,
+    label_values,
+    quoted,
+    read_frame,
+    to_epoch_seconds,
+)
+from anomaly.errors import DataError, SchemaError
+
+
+def read_labels(
+    path: str | Path, frame: pd.DataFrame, timestamps: np.ndarray, cfg: DataConfig, source: str
+) -> np.ndarray:
+    """0/1 labels (int8) for the rows of `frame` (file order), whose times in epoch seconds are `timestamps`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"labels file not found: {p}")
+    if p.suffix.lower() == ".json":
+        return _window_labels(p, timestamps, cfg, source)
+    first = _first_line(p).strip()
+    if _is_number(first):  # one label per line, no header
+        labels = read_frame(p, header=False)
+        if len(labels.columns) != 1:
+            raise SchemaError(f"{p}: a label file without a header holds one label per line")
+        return _by_row(p, label_values(labels, cfg, str(p), column="1"), frame, source)
+    labels = read_frame(p, cfg.separator, cfg.decimal)
+    if cfg.label not in labels.columns:
+        others = [c for c in labels.columns if c not in (cfg.time_column, cfg.key_column)]
+        hint = f" (pass --label {quoted(others[0])})" if len(others) == 1 else ""
+        raise SchemaError(
+            f"{p}: label column {cfg.label!r} not found; columns are {', '.join(labels.columns)}{hint}"
+        )
+    values = label_values(labels, cfg, str(p))
+    if not cfg.time_column or cfg.time_column not in labels.columns:
+        return _by_row(p, values, frame, source)
+    return _by_time(p, labels, values, frame, timestamps, cfg, source)
+
+
+def _by_row(path: Path, values: np.ndarray, frame: pd.DataFrame, source: str) -> np.ndarray:
+    if len(values) != len(frame):
+        raise SchemaError(
+            f"{path} has {len(values)} labels and {source} has {len(frame)} rows; a label file without a time "
+            "column gives one label per data row, in order"
+        )
+    return values
+
+
+def _by_time(
+    path: Path,
+    labels: pd.DataFrame,
+    values: np.ndarray,
+    frame: pd.DataFrame,
+    timestamps: np.ndarray,
+    cfg: DataConfig,
+    source: str,
+) -> np.ndarray:
+    keyed = bool(cfg.key_column) and cfg.key_column in labels.columns and cfg.key_column in frame.columns
+    on = ["key", "t"] if keyed else ["t"]
+    table = pd.DataFrame({"t": to_epoch_seconds(labels[cfg.time_column], cfg), "label": values})
+    rows = pd.DataFrame({"t": timestamps})
+    if keyed:
+        table["key"] = labels[cfg.key_column].astype(str).to_numpy()
+        rows["key"] = frame[cfg.key_column].astype(str).to_numpy()
+    repeated = table.duplicated(on)
+    if repeated.any():
+        at = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise SchemaError(f"{path}: line {_line(labels, at)} labels a time that an earlier line labels too")
+    found = rows.merge(table, on=on, how="left", validate="many_to_one")["label"]
+    missing = found.isna().to_numpy() & np.isfinite(timestamps)
+    if missing.any():
+        at = int(np.flatnonzero(missing)[0])
+        more = int(missing.sum()) - 1
+        raise SchemaError(
+            f"{path} has no label for {source} line {_line(frame, at)} ({cfg.time_column} "
+            f"{frame[cfg.time_column].iloc[at]}){f' nor for {more} other row(s)' if more else ''}; labels are "
+            f"matched to the data by {cfg.time_column!r}{' and ' + repr(cfg.key_column) if keyed else ''}"
+        )
+    return found.fillna(0).to_numpy(np.int8)
+
+
+def _window_labels(path: Path, timestamps: np.ndarray, cfg: DataConfig, source: str) -> np.ndarray:
+    """NAB's layout: readings inside one of the data file's [start, end] windows are anomalous."""
+    try:
+        windows = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path} as JSON: {exc}") from None
+    if not isinstance(windows, dict) or not all(isinstance(w, list) for w in windows.values()):
+        raise SchemaError(
+            f'{path}: a JSON label file maps file names to [start, end] windows ({{"a.csv": [...]}})'
+        )
+    name = Path(source).name
+    matches = [k for k in windows if k == name or k.replace("\\", "/").endswith("/" + name)]
+    if len(matches) > 1:
+        raise SchemaError(f"{path} has several entries for {name} ({', '.join(matches)}); keep one")
+    if not matches:
+        some = f" (it names files such as {next(iter(windows))})" if windows else ""
+        raise SchemaError(
+            f"{path} has no entry for {name}{some}; a reading is labelled by its own file's windows"
+        )
+    spans = windows[matches[0]]
+    if not all(isinstance(w, list) and len(w) == 2 for w in spans):
+        raise SchemaError(f"{path}: the windows of {matches[0]} are not [start, end] pairs")
+    edges = pd.Series([t for w in spans for t in w], name=f"{path.name} windows", dtype=object)
+    if len(edges) and all(isinstance(t, int | float) for t in edges):
+        edges = edges.astype(np.float64)
+    elif len(edges):
+        edges = edges.astype(str)
+    bounds = to_epoch_seconds(edges, dataclasses.replace(cfg, time_format=None)).reshape(-1, 2)
+    inside = np.zeros(len(timestamps), bool)
+    for start, end in bounds:
+        inside |= (timestamps >= start) & (timestamps <= end)
+    return inside.astype(np.int8)

@@ -1,0 +1,105 @@
+"""Labels in a file of their own (`--labels`): SMD's line per row, PSM's CSV by time, NAB's windows (JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anomaly.config import DataConfig
+from anomaly.data import load_series
+from anomaly.errors import DataError, SchemaError
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def labels_of(data: Path, labels: Path, **cfg) -> list[int]:
+    (s,), _ = load_series([data], DataConfig(**cfg), labels_file=labels)
+    assert s.labels is not None
+    return s.labels.tolist()
+
+
+def test_one_label_per_line_labels_the_rows_in_file_order(tmp_path) -> None:
+    """SMD: test/machine-1-1.txt (no header, no time) beside test_label/machine-1-1.txt (0/1 per line)."""
+    data = write(tmp_path, "machine-1-1.txt", "0.5,0.25\n0.75,0.5\n0.25,0.125\n")
+    labels = write(tmp_path, "machine-1-1-label.txt", "0\n1\n0\n")
+    assert labels_of(data, labels, header=False, time_column="") == [0, 1, 0]
+    short = write(tmp_path, "short.txt", "0\n1\n")
+    with pytest.raises(SchemaError, match="short.txt has 2 labels and .*machine-1-1.txt has 3 rows"):
+        labels_of(data, short, header=False, time_column="")
+
+
+def test_one_label_per_line_follows_file_order_when_times_are_not_sorted(tmp_path) -> None:
+    data = write(tmp_path, "d.csv", "timestamp,a\n3,3.0\n1,1.0\n2,2.0\n")
+    labels = write(tmp_path, "l.txt", "1\n0\n0\n")
+    (s,), _ = load_series([data], DataConfig(), labels_file=labels)
+    assert s.timestamps.tolist() == [1, 2, 3] and s.labels.tolist() == [0, 0, 1]
+
+
+def test_a_label_csv_is_matched_by_time(tmp_path) -> None:
+    """PSM: test.csv and test_label.csv (`timestamp_(min),label`), here with the label rows in another order."""
+    data = write(tmp_path, "test.csv", "timestamp_(min),feature_0\n10.0,0.5\n11.0,0.25\n12.0,0.75\n")
+    labels = write(tmp_path, "test_label.csv", "timestamp_(min),label\n12.0,1\n10.0,0\n11.0,1\n9.0,1\n")
+    cfg = {"time_column": "timestamp_(min)", "time_unit": "min"}
+    with pytest.raises(SchemaError, match=r"label column 'anomaly' not found; .* \(pass --label label\)"):
+        labels_of(data, labels, **cfg)
+    assert labels_of(data, labels, label="label", **cfg) == [0, 1, 1]
+    gap = write(tmp_path, "gap.csv", "timestamp_(min),label\n10.0,0\n12.0,1\n")
+    with pytest.raises(
+        SchemaError,
+        match=r"gap.csv has no label for .*test.csv line 3 \(timestamp_\(min\) 11.0\); labels are matched",
+    ):
+        labels_of(data, gap, label="label", **cfg)
+
+
+def test_a_label_csv_with_the_key_column_is_matched_by_key_and_time(tmp_path) -> None:
+    data = write(tmp_path, "kpi.csv", "timestamp,value,KPI ID\n60,1.0,a\n60,2.0,b\n120,3.0,a\n120,4.0,b\n")
+    labels = write(tmp_path, "l.csv", "timestamp,label,KPI ID\n60,0,a\n60,1,b\n120,1,a\n120,0,b\n")
+    series, _ = load_series([data], DataConfig(key_column="KPI ID", label="label"), labels_file=labels)
+    assert {s.key: s.labels.tolist() for s in series} == {"a": [0, 1], "b": [1, 0]}
+
+
+def test_nab_windows_label_the_readings_inside_them(tmp_path) -> None:
+    """NAB: labels/combined_windows.json names each data file by its path under data/."""
+    data = write(
+        tmp_path,
+        "nyc_taxi.csv",
+        "timestamp,value\n" + "".join(f"2014-11-01 0{h}:00:00,{h}.5\n" for h in range(6)),
+    )
+    windows = {
+        "realKnownCause/other.csv": [["2014-11-01 00:00:00.000000", "2014-11-02 00:00:00.000000"]],
+        "realKnownCause/nyc_taxi.csv": [
+            ["2014-11-01 01:00:00.000000", "2014-11-01 02:00:00.000000"],
+            ["2014-11-01 05:00:00.000000", "2014-11-01 07:00:00.000000"],
+        ],
+    }
+    labels = write(tmp_path, "combined_windows.json", json.dumps(windows, indent=4))
+    assert labels_of(data, labels) == [0, 1, 1, 0, 0, 1]
+    other = write(tmp_path, "art_flatline.csv", "timestamp,value\n2014-11-01 00:00:00,1\n")
+    with pytest.raises(SchemaError, match="has no entry for art_flatline.csv .*realKnownCause/other.csv"):
+        labels_of(other, labels)
+
+
+def test_labels_given_twice_or_for_several_files_are_refused(tmp_path) -> None:
+    labelled = write(tmp_path, "a.csv", "timestamp,a,anomaly\n1,1.0,0\n2,2.0,1\n")
+    lines = write(tmp_path, "l.txt", "0\n1\n")
+    with pytest.raises(
+        SchemaError, match="has a label column 'anomaly' and --labels .*l.txt gives labels too"
+    ):
+        labels_of(labelled, lines)
+    plain = write(tmp_path, "b.csv", "timestamp,a\n1,1.0\n2,2.0\n")
+    with pytest.raises(DataError, match="labels one data file, and 2 are given"):
+        load_series([plain, plain], DataConfig(), labels_file=lines)
+    with pytest.raises(DataError, match="labels file not found"):
+        labels_of(plain, tmp_path / "missing.txt")
+
+
+def test_text_labels_in_a_label_file_use_the_label_map(tmp_path) -> None:
+    data = write(tmp_path, "d.csv", "timestamp,a\n1,1.0\n2,2.0\n")
+    labels = write(tmp_path, "l.csv", "timestamp,state\n1,Normal\n2,Attack\n")
+    assert labels_of(data, labels, label="state", label_map=("Normal=0", "Attack=1")) == [0, 1]
