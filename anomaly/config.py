@@ -255,10 +255,6 @@ class EngineConfig:
     stuck_min_distinct: int = 16
     alert_open_after: int = 3  # consecutive anomalous points that open an alert
     alert_close_after: int = 30  # consecutive normal points that close it
-    # > 0: an open alert closes after min(alert_close_after, max(alert_close_min, ceil(alert_close_scale x the
-    # anomalous points seen since it opened))) normal points, so a blip is not held as long as a fault (0: off)
-    alert_close_scale: float = 0.0
-    alert_close_min: int = 3  # the shortest hold with alert_close_scale on
     top_features: int = 3
     # a larger gap between readings resets the key's state; None: the bundle's (300 sampling intervals)
     max_gap_seconds: float | None = None
@@ -319,22 +315,6 @@ class EngineConfig:
         _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
         _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
-        _need(
-            _finite(self.alert_close_scale) and self.alert_close_scale >= 0,
-            "engine.alert_close_scale",
-            f"must be >= 0 (0: off, every alert held alert_close_after points), got {self.alert_close_scale!r}",
-        )
-        _need(
-            self.alert_close_min >= 1,
-            "engine.alert_close_min",
-            f"must be at least 1, got {self.alert_close_min!r}",
-        )
-        _need(
-            self.alert_close_scale == 0 or self.alert_close_min <= self.alert_close_after,
-            "engine.alert_close_min",
-            f"must be at most engine.alert_close_after ({self.alert_close_after}) with engine.alert_close_scale "
-            f"on, got {self.alert_close_min!r}",
-        )
         _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
         gap = self.max_gap_seconds
         _need(

@@ -303,9 +303,6 @@ ALERT_FIELDS = (
 # Points since the open alert's start (its opening run included); a state field only while the engine limits
 # how many readings an alert may stay open (engine.max_alert_readings, engine.partial_shift_readings).
 ALERT_LENGTH = "alert_len"
-# Anomalous points seen since the open alert's start (its opening run included); a state field only while the
-# close hold scales with that evidence (engine.alert_close_scale > 0).
-ALERT_EVIDENCE = "alert_anom"
 
 
 @dataclass(frozen=True)
@@ -337,8 +334,6 @@ def step_alerts(
     max_open_readings: int = 0,
     partial_readings: int = 0,
     partial_ok: np.ndarray | None = None,
-    close_scale: float = 0.0,
-    close_min: int = 1,
 ) -> tuple[np.ndarray, list[Transition]]:
     """Alert lifecycle for K keys through one window of W points, in point order.
 
@@ -349,12 +344,8 @@ def step_alerts(
     does not depend on the clock's units); the key cannot open another alert before the next window (the caller
     re-baselines it there). With `partial_readings` > 0 an alert open that many points closes the same way at
     the points where `partial_ok` (K, W) holds (the caller's condition: a minority of the key's features has
-    moved). With `close_scale` > 0 the hold scales with the evidence: an open alert closes after
-    min(close_after, max(close_min, ceil(close_scale * a))) consecutive normal points, where a counts the
-    anomalous points seen since its start (its opening run included), so a blip of a few points is not held
-    as long as a fault that dips below the bar. `state` holds (K, ...) arrays named ALERT_FIELDS, plus
-    ALERT_LENGTH when `max_open_readings` or `partial_readings` is > 0 and ALERT_EVIDENCE when `close_scale`
-    is > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
+    moved). `state` holds (K, ...) arrays named ALERT_FIELDS, plus ALERT_LENGTH when `max_open_readings` or
+    `partial_readings` is > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
     feature, accumulated while an alert is open to name its top features.
     Returns whether an alert was open at each point (K, W) and the transitions in order."""
     run_anom, run_norm = state["run_anom"], state["run_norm"]
@@ -363,9 +354,6 @@ def step_alerts(
     peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
     counted = max_open_readings > 0 or partial_readings > 0
     length = state[ALERT_LENGTH] if counted else np.zeros(len(is_open), np.int32)
-    scaled = close_scale > 0
-    evidence = state[ALERT_EVIDENCE] if scaled else np.zeros(len(is_open), np.int32)
-    hold: Any = close_after
     contrib[is_open] += per_feature[is_open]
     open_pts = np.zeros(anomalous.shape, bool)
     muted = np.zeros(len(is_open), bool)
@@ -383,17 +371,12 @@ def step_alerts(
         run_norm[:] = np.where(an, 0, run_norm + 1)
         last_anom[:] = np.where(an, t, last_anom)
         length[:] = np.where(is_open, length + 1, length)
-        if scaled:
-            evidence[:] = np.where(is_open & an, evidence + 1, evidence)
         for j in np.flatnonzero(~is_open & (run_anom >= open_after)):
             is_open[j], start[j], peak[j], thr[j] = True, run_start[j], s[j], eps[j]
             contrib[j], length[j] = per_feature[j], run_anom[j]  # points since the alert's start
-            evidence[j] = run_anom[j]  # all of them anomalous
             out.append(transition(j, "open", None, float(t[j])))
         peak[:] = np.where(is_open & an, np.maximum(peak, s), peak)
-        if scaled:
-            hold = np.minimum(close_after, np.maximum(close_min, np.ceil(close_scale * evidence)))
-        for j in np.flatnonzero(is_open & (run_norm >= hold)):
+        for j in np.flatnonzero(is_open & (run_norm >= close_after)):
             is_open[j] = False
             out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "normal"))
         if max_open_seconds > 0 or counted:

@@ -87,14 +87,6 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"max_alert_readings": 2**31}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": 2**31}, "engine.partial_shift_readings must be >= 0 readings"),
-        ("engine", {"alert_close_scale": -1.0}, "engine.alert_close_scale must be >= 0 (0: off"),
-        ("engine", {"alert_close_scale": float("inf")}, "engine.alert_close_scale must be >= 0 (0: off"),
-        ("engine", {"alert_close_min": 0}, "engine.alert_close_min must be at least 1, got 0"),
-        (
-            "engine",
-            {"alert_close_scale": 1.0, "alert_close_after": 2},
-            "engine.alert_close_min must be at most engine.alert_close_after (2) with engine.alert_close_scale on",
-        ),
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
@@ -143,16 +135,3 @@ def test_a_bad_value_from_the_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         build_config(env={"ANOMALY_ENGINE_STATIC_THRESHOLD": "nan"})
     assert str(info.value).endswith("(from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD)")
-
-
-def test_the_evidence_scaled_close_hold_comes_from_the_environment_like_every_engine_field(tmp_path) -> None:
-    toml = tmp_path / "p.toml"
-    toml.write_text("[engine]\nalert_close_scale = 1.0\nalert_close_min = 2\n")
-    assert build_config().engine.alert_close_scale == 0.0  # off by default
-    cfg = load_config(toml, env={"ANOMALY_ENGINE_ALERT_CLOSE_SCALE": "2.5"})
-    assert (cfg.engine.alert_close_scale, cfg.engine.alert_close_min) == (2.5, 2)
-    with pytest.raises(ConfigError) as info:
-        load_config(toml, env={"ANOMALY_ENGINE_ALERT_CLOSE_MIN": "0"})
-    assert str(info.value) == (
-        "engine.alert_close_min must be at least 1, got 0 (from environment variable ANOMALY_ENGINE_ALERT_CLOSE_MIN)"
-    )

@@ -68,32 +68,19 @@ def test_threshold_state_updated_in_place_equals_the_generic_write_back(
 
 
 @pytest.mark.parametrize(
-    "scored,limit",
-    [
-        ("reading", "seconds"),
-        ("window", "seconds"),
-        ("reading", "readings"),
-        ("reading", "evidence"),
-        ("window", "evidence"),
-    ],
+    "scored,limit", [("reading", "seconds"), ("window", "seconds"), ("reading", "readings")]
 )
 def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bundle, scored, limit) -> None:
     """Keys with no anomalous point and no open alert take a piece's run-counter steps at once; stepping every
-    key point by point gives the same windows, alerts (opens, closes, level shifts) and snapshot bytes, with the
-    evidence-scaled close hold too."""
+    key point by point gives the same windows, alerts (opens, closes, level shifts) and snapshot bytes."""
     model = bundle if scored == "reading" else window_bundle
-    policy = {
-        "seconds": {"max_alert_seconds": 40.0},
-        "readings": {"max_alert_readings": 40},
-        "evidence": {"max_alert_seconds": 40.0, "alert_close_scale": 0.5, "alert_close_min": 1},
-    }[limit]
     cfg = EngineConfig(
         threshold="static",
         static_threshold=1000.0,
         smoothing=1.0,
         alert_open_after=2,
         alert_close_after=4,
-        **policy,
+        **({"max_alert_seconds": 40.0} if limit == "seconds" else {"max_alert_readings": 40}),
     )
     fast, stepped = Engine(model, cfg), Engine(model, cfg)
     stepped._busy = lambda rows, anomalous: np.arange(len(rows))  # type: ignore[method-assign]
@@ -929,111 +916,6 @@ def test_a_snapshot_from_before_the_alert_count_restores_with_the_count_starting
     ]
     with pytest.raises(StateError, match="layout"):  # a field this engine does not keep
         old.restore(new.snapshot())
-
-
-EVIDENCE = {"threshold": "static", "static_threshold": 1000.0, "smoothing": 1.0, "alert_close_after": 30}
-
-
-@pytest.mark.parametrize("scored", ["reading", "window"])
-def test_an_alert_is_held_in_proportion_to_its_evidence(bundle, window_bundle, scored) -> None:
-    """engine.alert_close_scale 2 (close_min 3, close_after 30): a 4-reading spike closes 8 normal readings after
-    it, a 100-reading fault that dips below the bar for 10 readings stays one alert and closes 30 readings after
-    its end, as every alert did before. The same alerts in single readings, blocks of 7 or one pass, for a model
-    scored on arrival and one scored by whole windows."""
-    model = bundle if scored == "reading" else window_bundle
-    s = spiky(model, n=480, spans=((160, 164), (250, 300), (310, 360)))
-    cfg = EngineConfig(**EVIDENCE, alert_close_scale=2.0, alert_close_min=3)
-    runs = []
-    for sizes in ([1], [7], [len(s)]):
-        e, alerts = Engine(model, cfg), []
-        for lo, hi in chunks(len(s), sizes):
-            alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
-        runs.append([(a.status, a.start, a.end, a.at) for a in alerts])
-    assert runs[0] == runs[1] == runs[2]
-    assert [(st, start, end) for st, start, end, _ in runs[0]] == [
-        ("open", 160.0, None),
-        ("closed", 160.0, 163.0),
-        ("open", 250.0, None),
-        ("closed", 250.0, 359.0),
-    ]
-    if scored == "reading":  # decided on arrival: 8 and 30 normal readings after the last anomalous one
-        assert [at for *_, at in runs[0]] == [162.0, 171.0, 252.0, 389.0]
-    off = Engine(model, EngineConfig(**EVIDENCE)).process([Event(s.key, s.timestamps, s.values)]).alerts
-    assert [(a.status, a.start, a.end) for a in off][:2] == [("open", 160.0, None), ("closed", 160.0, 163.0)]
-    if scored == "reading":
-        assert off[1].at == 193.0  # before: the blip held 30 readings
-
-
-@pytest.mark.parametrize("scored", ["reading", "window"])
-def test_a_snapshot_mid_alert_restores_its_evidence(bundle, window_bundle, scored) -> None:
-    """Snapshots taken inside a blip's short hold and inside a fault's dip restore the count of anomalous
-    readings: the restored engine closes each alert where an uninterrupted one does and ends with the same
-    snapshot bytes."""
-    model = bundle if scored == "reading" else window_bundle
-    s = spiky(model, n=480, spans=((160, 164), (250, 300), (310, 360)))
-    cfg = EngineConfig(**EVIDENCE, alert_close_scale=2.0, alert_close_min=3)
-    straight = Engine(model, cfg)
-    want = straight.process([Event(s.key, s.timestamps, s.values)]).alerts
-    for cut in (166, 305):
-        first = Engine(model, cfg)
-        got = first.process([Event(s.key, s.timestamps[:cut], s.values[:cut])]).alerts
-        assert "alert_anom" in first.store.arrays
-        restored = Engine(model, cfg)
-        restored.restore(first.snapshot())
-        got += restored.process([Event(s.key, s.timestamps[cut:], s.values[cut:])]).alerts
-        assert [a.to_json() for a in got] == [a.to_json() for a in want]
-        assert restored.snapshot() == straight.snapshot()
-
-
-def test_a_snapshot_from_before_the_evidence_count_restores_with_the_count_at_zero(
-    bundle, monkeypatch, caplog
-) -> None:
-    """Upgrade path: a checkpoint written with the hold off (no `alert_anom`) while a fault's alert is open
-    restores into an engine with it on, logged once, with the count at 0, so the alert counts its anomalous
-    readings from the restore. Restored inside the fault it sees 20 more before the dip and stays one alert, as
-    without the upgrade; restored at the dip's first reading or after the fault's last, it has seen none and
-    closes after alert_close_min (3) normal readings."""
-    from anomaly.engine import state
-
-    monkeypatch.setattr(state, "_REPORTED_ADDED", set())
-    s = spiky(bundle, n=480, spans=((250, 300), (310, 360)))  # a fault with a 10-reading dip
-    on = EngineConfig(**EVIDENCE, alert_close_scale=2.0, alert_close_min=3)
-    want = Engine(bundle, on).process([Event(s.key, s.timestamps, s.values)]).alerts
-    assert [(a.status, a.start, a.at) for a in want] == [("open", 250.0, 252.0), ("closed", 250.0, 389.0)]
-    got = {}
-    for cut in (280, 300, 361):
-        old = Engine(bundle, EngineConfig(**EVIDENCE))
-        alerts = old.process([Event(s.key, s.timestamps[:cut], s.values[:cut])]).alerts
-        new = Engine(bundle, on)
-        with caplog.at_level("WARNING", logger="anomaly.engine.state"):
-            new.restore(old.snapshot())
-        alerts += new.process([Event(s.key, s.timestamps[cut:], s.values[cut:])]).alerts
-        got[cut] = [(a.status, a.start, a.at) for a in alerts]
-    assert got[280] == [(a.status, a.start, a.at) for a in want]
-    assert got[300] == [
-        ("open", 250.0, 252.0),
-        ("closed", 250.0, 302.0),  # 3 normal readings into the dip
-        ("open", 310.0, 312.0),
-        ("closed", 310.0, 389.0),
-    ]
-    assert got[361] == [("open", 250.0, 252.0), ("closed", 250.0, 362.0)]
-    assert [r.getMessage() for r in caplog.records] == [
-        "engine snapshot written without state field(s) alert_anom: restored with their initial values"
-    ]
-
-
-def test_off_or_a_scale_that_always_reaches_close_after_changes_nothing(bundle, test_series) -> None:
-    """alert_close_scale 0 (the default) keeps the layout and snapshot bytes as they were (no `alert_anom`
-    field); a scale so large that every hold is alert_close_after gives the same scores and alerts, the count
-    kept but unused."""
-    cfg = EngineConfig(dynamic_warmup=32, dynamic_history=64, alert_close_after=10, alert_open_after=2)
-    off = Engine(bundle, cfg)
-    assert "alert_anom" not in off.store.arrays
-    assert off.store.layout == Engine(bundle, dataclasses.replace(cfg, alert_close_min=7)).store.layout
-    big = Engine(bundle, dataclasses.replace(cfg, alert_close_scale=10.0, alert_close_min=1))
-    pieces = chunks(len(test_series), [5])
-    a, b = feed(off, test_series, pieces), feed(big, test_series, pieces)
-    assert a[1] and a[1] == b[1] and np.array_equal(a[0], b[0])
 
 
 def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_the_clock(

@@ -46,7 +46,7 @@ from anomaly.engine.types import (
 )
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import ALERT_EVIDENCE, ALERT_FIELDS, ALERT_LENGTH, THRESHOLDS, ewma, step_alerts
+from anomaly.thresholds import ALERT_FIELDS, ALERT_LENGTH, THRESHOLDS, ewma, step_alerts
 
 
 class Engine:
@@ -139,8 +139,6 @@ class Engine:
         ]
         if self._counts_alert_readings:
             extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
-        if self.config.alert_close_scale > 0:
-            extra.append((ALERT_EVIDENCE, (), "int32", "zero"))  # anomalous points since its start
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
         ]
@@ -166,15 +164,6 @@ class Engine:
     def _counts_alert_readings(self) -> bool:
         """Whether a limit in readings applies to open alerts, so each key counts its alert's readings."""
         return self.config.max_alert_readings > 0 or self.config.partial_shift_readings > 0
-
-    @property
-    def _alert_fields(self) -> tuple[str, ...]:
-        """The per-key alert state step_alerts reads and updates: ALERT_FIELDS and the counts the policy uses."""
-        return (
-            ALERT_FIELDS
-            + ((ALERT_LENGTH,) if self._counts_alert_readings else ())
-            + ((ALERT_EVIDENCE,) if self.config.alert_close_scale > 0 else ())
-        )
 
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
@@ -944,7 +933,7 @@ class Engine:
             per_feature = None if per_feature is None else per_feature[busy]
             partial = None if partial is None else partial[busy]
         anom = anomalous[busy]
-        fields = self._alert_fields
+        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self._counts_alert_readings else ())
         state = {name: a[name][rows] for name in fields}
         if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             opened = np.empty(anom.shape, bool)
@@ -997,8 +986,6 @@ class Engine:
             self.config.max_alert_readings,
             self.config.partial_shift_readings,
             partial,
-            self.config.alert_close_scale,
-            self.config.alert_close_min,
         )
         shifted = []
         for t in transitions:
