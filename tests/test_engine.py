@@ -83,7 +83,7 @@ def test_quiet_keys_skip_the_alert_steps_with_the_same_result(bundle, window_bun
         **({"max_alert_seconds": 40.0} if limit == "seconds" else {"max_alert_readings": 40}),
     )
     fast, stepped = Engine(model, cfg), Engine(model, cfg)
-    stepped._busy = lambda rows, anomalous: np.arange(len(rows))  # type: ignore[method-assign]
+    stepped.alerts.busy = lambda rows, anomalous: np.arange(len(rows))  # type: ignore[method-assign]
     series = []
     for i in range(8):
         s = make_series(f"k{i}", 240, len(model.features), seed=i)

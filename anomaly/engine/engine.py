@@ -33,11 +33,13 @@ import torch
 
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
+from anomaly.engine.alerts import AlertLifecycle, alert_id, counts_alert_readings
+from anomaly.engine.levels import LevelTracker
 from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, run_lengths, window_pieces
 from anomaly.engine.state import Layout, StateStore, put_rows, take_rows
+from anomaly.engine.stuck import stuck_limits, stuck_points
 from anomaly.engine.types import (
     REJECT_REASONS,
-    Alert,
     EngineOutput,
     Event,
     Readings,
@@ -46,7 +48,9 @@ from anomaly.engine.types import (
 )
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import ALERT_FIELDS, ALERT_LENGTH, THRESHOLDS, ewma, step_alerts
+from anomaly.thresholds import ALERT_LENGTH, THRESHOLDS, ewma
+
+__all__ = ["Engine", "alert_id"]
 
 
 class Engine:
@@ -70,6 +74,7 @@ class Engine:
         self.max_ts = -math.inf
         self._use(bundle)
         self.store = StateStore(self._layout())
+        self._wire()
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -106,21 +111,16 @@ class Engine:
             else bundle.default_threshold
         )
         self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
-        runs = bundle.calibration.get("feature_max_run")
-        self.stuck_limit: np.ndarray | None = (
-            None  # per feature: identical readings in a row that count as stuck
+        # per feature: identical readings in a row that count as stuck
+        self.stuck_limit = stuck_limits(bundle, self.config, self.n_features, self.targets)
+
+    def _wire(self) -> None:
+        """(Re)build the parts over the current store and model."""
+        store, config, counters = self.store, self.config, self.counters
+        self.levels = LevelTracker(store, config, self.targets, self.stuck_limit)
+        self.alerts = AlertLifecycle(
+            store, config, counters, self.bundle, self.targets, self.per_reading, self.levels
         )
-        if self.config.stuck_min_run > 0 and runs is not None and len(runs) == self.n_features:
-            self.stuck_limit = np.maximum(
-                self.config.stuck_min_run, np.ceil(self.config.stuck_factor * np.asarray(runs, np.float64))
-            ).astype(np.int32)
-            distinct = bundle.calibration.get("feature_distinct")  # absent in older bundles: every feature
-            if distinct is not None and len(distinct) == self.n_features:
-                few = np.asarray(distinct) < self.config.stuck_min_distinct  # flags, modes, counters
-                self.stuck_limit[few] = np.iinfo(np.int32).max
-            if self.targets is not None:  # a context input (a command flag) may hold its value for ever
-                context = np.setdiff1d(np.arange(self.n_features), self.targets)
-                self.stuck_limit[context] = np.iinfo(np.int32).max
 
     def _layout(self) -> Layout:
         a = self.bundle.arch
@@ -137,7 +137,7 @@ class Engine:
                 "zero",
             ),  # stuck feature accepted after a level shift, until it moves
         ]
-        if self._counts_alert_readings:
+        if counts_alert_readings(self.config):
             extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
@@ -160,11 +160,6 @@ class Engine:
             ]
         return Layout(a.num_layers, a.hidden_size, self.unit, f, tuple(extra))
 
-    @property
-    def _counts_alert_readings(self) -> bool:
-        """Whether a limit in readings applies to open alerts, so each key counts its alert's readings."""
-        return self.config.max_alert_readings > 0 or self.config.partial_shift_readings > 0
-
     def reload(self, bundle: Bundle) -> bool:
         """Swap the model. Per-key state is kept when the architecture and features match, else reset.
         Returns True when state was kept."""
@@ -176,6 +171,7 @@ class Engine:
         else:
             self.store = StateStore(self._layout())
             self.counters["reloads_reset"] += 1
+        self._wire()
         return same
 
     # --- bookkeeping -----------------------------------------------------------------------------------------
@@ -344,26 +340,7 @@ class Engine:
             if len(waiting):
                 self._flush_report(rows[waiting], [keys[i] for i in waiting.tolist()], out)
         for i in np.flatnonzero(a["alert_open"][rows]).tolist():
-            self._close_on_evict(keys[i], int(rows[i]), out)
-
-    def _close_on_evict(self, key: str, row: int, out: EngineOutput) -> None:
-        """An evicted key's open alert is closed."""
-        a = self.store.arrays
-        if a["alert_open"][row]:
-            out.alerts.append(
-                self._alert(
-                    key,
-                    "closed",
-                    a["alert_start"][row],
-                    a["last_anom_ts"][row],
-                    self.max_ts,
-                    a["alert_peak"][row],
-                    a["alert_thr"][row],
-                    a["alert_contrib"][row],
-                    "evicted",
-                )
-            )
-            self.counters["alerts_closed"] += 1
+            self.alerts.close_on_evict(keys[i], int(rows[i]), self.max_ts, out)
 
     def _ingest_batch(
         self,
@@ -709,12 +686,12 @@ class Engine:
             start = fill == 0
             due = rows[start & a["rebase"][rows]]
             if len(due):  # a level shift closed during the last report window
-                self._rebaseline(due)
+                self.levels.rebaseline(due)
                 a["rebase"][due] = False
-            partial = self._track_level_readings(rows, x, ts)
+            partial = self.levels.track_readings(rows, x, ts)
         else:
-            partial = self._track_level(rows, x, ts)
-        stuck = self._stuck(rows, x)
+            partial = self.levels.track(rows, x, ts)
+        stuck = stuck_points(a, rows, x, self.stuck_limit)
         x = x - take_rows(a["offset"], rows)[:, None, :]
         h = take_rows(a["h"], rows).transpose(1, 0, 2)
         c = take_rows(a["c"], rows).transpose(1, 0, 2)
@@ -752,7 +729,7 @@ class Engine:
         else:
             eps, warm = self.threshold.epsilon({name: a[name][rows] for name in self.threshold.fields()}, k)
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self._alerts(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
+        open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
         self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
         if self.per_reading:
             self._report(rows, keys, fill, ts, errors, scores, eps[:, None], anomalous, open_pts, err_f, out)
@@ -892,273 +869,3 @@ class Engine:
         if self.feature_reference is None:
             return errors / self.reference
         return (err_f / self.feature_reference).max(axis=2)
-
-    def _alerts(
-        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput, partial=None
-    ) -> np.ndarray:
-        """Alert lifecycle of a piece (K, L); returns whether an alert was open at each point and updates
-        `anomalous` in place (muted while a key waits for its re-baseline).
-
-        Only keys with an anomalous point or an open alert are stepped through the piece (`_lifecycle`). For the
-        others every point is normal and nothing can open or close, so their run counters take the L steps at
-        once: the same state as stepping, without per-point work for the quiet majority."""
-        a = self.store.arrays
-        k, n = anomalous.shape
-        if self.per_reading:
-            # after a level shift closed, the key waits for its re-baseline (next report window) in silence
-            waiting = a["rebase"][rows]
-            if waiting.any():
-                anomalous &= ~waiting[:, None]
-        busy = self._busy(rows, anomalous)
-        open_pts = np.zeros((k, n), bool)
-        if len(busy) < k:
-            if len(busy):
-                quiet = np.ones(k, bool)
-                quiet[busy] = False
-                idle = rows[quiet]
-            else:
-                idle = rows
-            a["run_anom"][idle] = 0
-            a["run_norm"][idle] += n
-            if not len(busy):
-                return open_pts
-            rows, keys, ts, scores, eps = (
-                rows[busy],
-                [keys[i] for i in busy.tolist()],
-                ts[busy],
-                scores[busy],
-                eps[busy],
-            )
-            err_f = err_f[busy]
-            per_feature = None if per_feature is None else per_feature[busy]
-            partial = None if partial is None else partial[busy]
-        anom = anomalous[busy]
-        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self._counts_alert_readings else ())
-        state = {name: a[name][rows] for name in fields}
-        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
-            opened = np.empty(anom.shape, bool)
-            rebase = a["rebase"][rows]
-            for j in range(n):
-                if j:  # a level shift may have closed at the previous reading
-                    anom[:, j] &= ~rebase
-                opened[:, j : j + 1] = self._lifecycle(
-                    state,
-                    rows,
-                    keys,
-                    ts[:, j : j + 1],
-                    scores[:, j : j + 1],
-                    anom[:, j : j + 1],
-                    eps,
-                    err_f[:, j],
-                    out,
-                    None if partial is None else partial[:, j : j + 1],
-                )
-                rebase = a["rebase"][rows]
-        else:
-            opened = self._lifecycle(state, rows, keys, ts, scores, anom, eps, per_feature, out, partial)
-        for name in fields:
-            a[name][rows] = state[name]
-        anomalous[busy] = anom
-        open_pts[busy] = opened
-        return open_pts
-
-    def _busy(self, rows: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
-        """Positions of the piece's keys that must step through their points: an anomalous point or an open
-        alert. Any superset gives the same result (tests use all keys)."""
-        some = anomalous[:, 0] if anomalous.shape[1] == 1 else np.logical_or.reduce(anomalous, axis=1)
-        return (some | self.store.arrays["alert_open"][rows]).nonzero()[0]
-
-    def _lifecycle(
-        self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput, partial=None
-    ) -> np.ndarray:
-        """Step the rows' alert state (`state`: their ALERT_FIELDS, gathered by the caller, who writes them back)
-        through the window (thresholds.step_alerts) and emit its transitions."""
-        open_pts, transitions = step_alerts(
-            state,
-            ts,
-            scores,
-            anomalous,
-            eps,
-            per_feature,
-            self.config.alert_open_after,
-            self.config.alert_close_after,
-            self.config.max_alert_seconds,
-            self.config.max_alert_readings,
-            self.config.partial_shift_readings,
-            partial,
-        )
-        shifted = []
-        for t in transitions:
-            out.alerts.append(
-                self._alert(
-                    keys[t.row],
-                    t.status,
-                    t.start,
-                    t.end,
-                    # a window is decided when its last reading arrives: that, not the point's time, is `at`
-                    t.at if self.per_reading else float(ts[t.row, -1]),
-                    t.peak,
-                    t.threshold,
-                    t.contributions,
-                    t.reason,
-                )
-            )
-            self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
-            if t.reason == "level_shift":
-                shifted.append(rows[t.row])
-                self.counters["level_shifts"] += 1
-        if shifted and self.per_reading:
-            self.store.arrays["rebase"][np.asarray(shifted)] = True  # applied at the next report window
-        elif shifted:
-            self._rebaseline(np.asarray(shifted))
-        return open_pts
-
-    def _level_rate(self, elapsed: np.ndarray, readings: int) -> np.ndarray:
-        """Time constants of the level EWMA elapsed over `elapsed` seconds and `readings` readings (K,): a
-        constant of max_alert_seconds / 8 in event time or of max_alert_readings / 8 in readings, whichever is
-        shorter, so that by the time an alert counts as a level shift (whichever limit comes first) the level
-        has settled at the new normal."""
-        if self.config.max_alert_seconds > 0:
-            rate = elapsed / (self.config.max_alert_seconds / 8.0)
-        else:
-            rate = np.zeros(len(elapsed))
-        for limit in (self.config.max_alert_readings, self.config.partial_shift_readings):
-            if limit > 0:
-                rate = np.maximum(rate, readings / (limit / 8.0))
-        return rate
-
-    @property
-    def _tracks_level(self) -> bool:
-        """Whether some level-shift limit is on, so each key tracks its settled level."""
-        c = self.config
-        return c.max_alert_seconds > 0 or c.max_alert_readings > 0 or c.partial_shift_readings > 0
-
-    def _partial_due(self, rows: np.ndarray, n: int) -> bool:
-        """Whether some key's alert may reach engine.partial_shift_readings within the next `n` points, so the
-        partial-shift condition must be judged there (elsewhere no alert can be that long: same result)."""
-        limit = self.config.partial_shift_readings
-        if limit <= 0:
-            return False
-        if limit <= n:
-            return True
-        a = self.store.arrays
-        opened = a["alert_open"][rows]
-        return bool(opened.any()) and bool((opened & (a[ALERT_LENGTH][rows] + n >= limit)).any())
-
-    def _partial_shift(self, level: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        """engine.partial_shift_readings: whether a key's level (..., F) has moved more than one training
-        standard deviation from its baseline (`offset`, broadcast to it) for at least one and fewer than half
-        of the scored features (...): the alert is then held open by a minority of features that settled
-        elsewhere, and those are the features `_rebaseline` moves."""
-        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
-        if self.targets is not None:
-            moved = moved[..., list(self.targets)]
-        n = moved.sum(axis=-1)
-        return (n > 0) & (2 * n < moved.shape[-1])
-
-    def _track_level(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
-        """Slow EWMA of each key's window means (standardized inputs, before the re-baseline offset), see
-        `_level_rate`. Returns, with engine.partial_shift_readings on, whether each point (K, W) may close a
-        partial level shift (`_partial_shift` of the level after the window)."""
-        if not self._tracks_level:
-            return None
-        a = self.store.arrays
-        w = x.shape[1]
-        span = (ts[:, -1] - ts[:, 0]) * w / max(w - 1, 1)
-        beta = (1.0 - np.exp(-self._level_rate(span, w)))[:, None]
-        mean = x.mean(axis=1, dtype=np.float64)
-        level = a["level"][rows].astype(np.float64)
-        a["level"][rows] = np.where(np.isnan(level), mean, level + beta * (mean - level))
-        if not self._partial_due(rows, w):
-            return None
-        partial = self._partial_shift(a["level"][rows], a["offset"][rows])
-        return np.repeat(partial[:, None], w, axis=1)
-
-    def _track_level_readings(self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
-        """`_track_level` for readings scored one at a time: the same slow EWMA, stepped per reading with the
-        time since the key's previous reading, so the level does not depend on how readings were grouped; the
-        partial-shift condition (K, L) is judged on the level after each reading."""
-        if not self._tracks_level:
-            return None
-        a = self.store.arrays
-        level = take_rows(a["level"], rows).astype(np.float64)
-        prev = a["level_ts"][rows]
-        levels = np.empty(x.shape, np.float32) if self._partial_due(rows, x.shape[1]) else None
-        for j in range(x.shape[1]):
-            t = ts[:, j]
-            beta = (1.0 - np.exp(-self._level_rate(np.where(np.isnan(prev), 0.0, t - prev), 1)))[:, None]
-            v = x[:, j].astype(np.float64)
-            # rounded to the stored float32 at every reading, so a call of many readings equals many calls
-            level = (
-                np.where(np.isnan(level), v, level + beta * (v - level)).astype(np.float32).astype(np.float64)
-            )
-            prev = t
-            if levels is not None:
-                levels[:, j] = level
-        put_rows(a["level"], rows, level.astype(np.float32))  # float32 values already (rounded above)
-        a["level_ts"][rows] = prev
-        return None if levels is None else self._partial_shift(levels, a["offset"][rows][:, None, :])
-
-    def _rebaseline(self, rows: np.ndarray) -> None:
-        """After a level shift: features whose settled level moved more than one (training) standard deviation
-        from the key's baseline get that level as their new baseline (subtracted before the model), and the
-        score smoothing restarts, so the key judges its new normal as normal and can alert again."""
-        a = self.store.arrays
-        level, offset = a["level"][rows], a["offset"][rows]
-        moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
-        a["offset"][rows] = np.where(moved, level, offset)
-        a["ewma"][rows] = np.nan
-        if self.stuck_limit is not None:
-            a["stuck_mute"][rows] |= a["stuck_run"][rows] >= self.stuck_limit
-
-    def _stuck(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Stuck-sensor rule (K, W): a point is anomalous when some feature has repeated the identical reading at
-        least max(stuck_min_run, stuck_factor x its longest run in training) times in a row. A sensor that is
-        quantized or slow repeats values in training too, so its limit is higher; a continuous sensor that
-        freezes is caught after stuck_min_run readings, whatever its reconstruction error."""
-        out = np.zeros(x.shape[:2], bool)
-        if self.stuck_limit is None:
-            return out
-        a = self.store.arrays
-        last, run = take_rows(a["stuck_last"], rows), take_rows(a["stuck_run"], rows)
-        mute = take_rows(a["stuck_mute"], rows)
-        for i in range(x.shape[1]):
-            same = x[:, i] == last
-            run = np.where(same, run + 1, 1)
-            mute &= same  # an accepted stuck feature is judged again once it moves
-            last = x[:, i]
-            hit = run >= self.stuck_limit
-            if hit.any():  # else no key is stuck at this reading (the common case)
-                out[:, i] = np.logical_or.reduce(hit & ~mute, axis=1)
-        put_rows(a["stuck_last"], rows, last)
-        put_rows(a["stuck_run"], rows, run)
-        put_rows(a["stuck_mute"], rows, mute)
-        return out
-
-    def _alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
-        total = float(contrib.sum()) or 1.0
-        order = np.argsort(-contrib, kind="stable")
-        if self.targets is not None:  # context features are never a cause
-            order = order[np.isin(order, self.targets)]
-        order = order[: self.config.top_features]
-        top = [
-            {"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order
-        ]
-        return Alert(
-            alert_id(key, float(start)),
-            key,
-            status,
-            float(start),
-            None if end is None else float(end),
-            float(at),
-            float(peak),
-            float(thr),
-            self.bundle.version,
-            top,
-            reason,
-        )
-
-
-def alert_id(key: str, start: float) -> str:
-    """Deterministic alert id: the key and the start time in milliseconds."""
-    return f"{key}@{int(round(start * 1000))}"
