@@ -122,7 +122,7 @@ def test_full_report_windows_equal_windows_cut_reading_by_reading(bundle) -> Non
         rng.normal(size=(k, w)),
     ]
     keys, fill = [f"k{i}" for i in range(k)], np.full(k, w, np.int32)
-    fast, cut = e._full_windows(keys, fill, *cols), e._cut_windows(keys, fill, *cols)
+    fast, cut = e.reports.full_windows(keys, fill, *cols), e.reports.cut_windows(keys, fill, *cols)
     assert len(fast) == len(cut) == k
     for a, b in zip(fast, cut, strict=True):
         for name in [fl.name for fl in dataclasses.fields(a)]:

@@ -25,30 +25,27 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import repeat
 from typing import cast
 
 import numpy as np
-import torch
 
 from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.alerts import AlertLifecycle, alert_id, counts_alert_readings
 from anomaly.engine.levels import LevelTracker
 from anomaly.engine.pieces import RESET, Pieces, from_queues, report_pieces, run_lengths, window_pieces
-from anomaly.engine.state import Layout, StateStore, put_rows, take_rows
-from anomaly.engine.stuck import stuck_limits, stuck_points
+from anomaly.engine.report import ReportBuffers
+from anomaly.engine.scoring import BatchScorer, feature_references
+from anomaly.engine.state import Layout, StateStore, put_rows
+from anomaly.engine.stuck import stuck_limits
 from anomaly.engine.types import (
     REJECT_REASONS,
     EngineOutput,
     Event,
     Readings,
     Rejection,
-    ScoredWindow,
 )
-from anomaly.errors import BundleError
-from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import ALERT_LENGTH, THRESHOLDS, ewma
+from anomaly.thresholds import ALERT_LENGTH, THRESHOLDS
 
 __all__ = ["Engine", "alert_id"]
 
@@ -91,18 +88,7 @@ class Engine:
         self._mean = bundle.scaler.mean.astype(np.float64)
         self._scale = bundle.scaler.scale.astype(np.float64)
         self.reference = bundle.reference_error
-        self.feature_reference: np.ndarray | None = None
-        if self.config.score == "max_feature":
-            ref = bundle.feature_reference_error
-            if ref is None or len(ref) != self.n_features:
-                raise BundleError(
-                    "engine.score = max_feature needs per-feature calibration "
-                    "(calibration.feature_reference_error); retrain the bundle with this version"
-                )
-            ref_f = np.asarray(ref, np.float64)
-            scored = ref_f if self.targets is None else ref_f[list(self.targets)]
-            floor = self.config.feature_reference_floor * float(np.median(scored))
-            self.feature_reference = np.maximum(ref_f, floor).astype(np.float32)
+        self.feature_reference = feature_references(bundle, self.config, self.n_features, self.targets)
         gap = self.config.max_gap_seconds
         self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
         self.static_threshold = float(
@@ -120,6 +106,25 @@ class Engine:
         self.levels = LevelTracker(store, config, self.targets, self.stuck_limit)
         self.alerts = AlertLifecycle(
             store, config, counters, self.bundle, self.targets, self.per_reading, self.levels
+        )
+        self.reports = ReportBuffers(
+            store, self.window, self.n_features, self.bundle, self.per_reading, counters
+        )
+        self.scorer = BatchScorer(
+            store,
+            config,
+            counters,
+            self.bundle,
+            model=self.model,
+            per_reading=self.per_reading,
+            targets=self.targets,
+            reference=self.reference,
+            feature_reference=self.feature_reference,
+            threshold=self.threshold,
+            stuck_limit=self.stuck_limit,
+            levels=self.levels,
+            alerts=self.alerts,
+            reports=self.reports,
         )
 
     def _layout(self) -> Layout:
@@ -233,10 +238,10 @@ class Engine:
         key_of = row_keys.__getitem__
         for resets, calls in pieces.rounds():
             if len(resets):
-                self._flush_report(resets, list(map(key_of, resets.tolist())), out)
+                self.reports.flush(resets, list(map(key_of, resets.tolist())), out)
                 self.store.reset_model_state(resets)
             for rows, x, ts in calls:
-                self._score(rows, x, ts, list(map(key_of, rows.tolist())), out)
+                self.scorer.score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds
         out.evicted = self.store.evict(
             self.config.max_keys,
@@ -327,7 +332,7 @@ class Engine:
         fill = self.store.arrays["rep_fill"]
         waiting = [k for k in chosen if fill[slots[k]] > 0]
         if waiting:
-            self._flush_report(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
+            self.reports.flush(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
         return out
 
     def _on_evict(self, keys: list[str], rows: np.ndarray, out: EngineOutput) -> None:
@@ -338,7 +343,7 @@ class Engine:
         if self.per_reading:
             waiting = np.flatnonzero(a["rep_fill"][rows])
             if len(waiting):
-                self._flush_report(rows[waiting], [keys[i] for i in waiting.tolist()], out)
+                self.reports.flush(rows[waiting], [keys[i] for i in waiting.tolist()], out)
         for i in np.flatnonzero(a["alert_open"][rows]).tolist():
             self.alerts.close_on_evict(keys[i], int(rows[i]), self.max_ts, out)
 
@@ -673,199 +678,3 @@ class Engine:
             a["buf_ts"][row, :r] = ts[i:]
             pos = r
         a["fill"][row] = pos
-
-    def _score(
-        self, rows: np.ndarray, x: np.ndarray, ts: np.ndarray, keys: list[str], out: EngineOutput
-    ) -> None:
-        """One batched model call for K pieces (one per key; x is (K, L, F): a whole window, or readings scored
-        on arrival), then smoothing, thresholds and alerts."""
-        a = self.store.arrays
-        k = len(rows)
-        if self.per_reading:
-            fill = a["rep_fill"][rows]  # readings already in each key's report window
-            start = fill == 0
-            due = rows[start & a["rebase"][rows]]
-            if len(due):  # a level shift closed during the last report window
-                self.levels.rebaseline(due)
-                a["rebase"][due] = False
-            partial = self.levels.track_readings(rows, x, ts)
-        else:
-            partial = self.levels.track(rows, x, ts)
-        stuck = stuck_points(a, rows, x, self.stuck_limit)
-        x = x - take_rows(a["offset"], rows)[:, None, :]
-        h = take_rows(a["h"], rows).transpose(1, 0, 2)
-        c = take_rows(a["c"], rows).transpose(1, 0, 2)
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-        ht, ct = torch.from_numpy(np.ascontiguousarray(h)), torch.from_numpy(np.ascontiguousarray(c))
-        if k == 1:
-            xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
-        with torch.inference_mode():
-            if self.per_reading:
-                outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
-            else:
-                outputs, (h2, c2) = self.model(xt, (ht, ct))
-            err_f = self._reading_errors(outputs, xt, k)
-        put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
-        put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
-        out.batches.append(k)
-        out.decided.append(ts)
-        errors = self._point_error(err_f)
-        # the window's squared error per feature: alert contributions of window-scored keys (readings scored
-        # on arrival add theirs reading by reading)
-        per_feature = None if self.per_reading else err_f.sum(axis=1)
-        scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
-        a["ewma"][rows] = last
-        if self.per_reading:
-            # chosen once per report window, at its first reading, so that the threshold in force does not
-            # depend on how the window's readings were grouped into calls (and computed only there)
-            eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
-            first = start.nonzero()[0]
-            if len(first):
-                at = rows[first]
-                eps[first], warm[first] = self.threshold.epsilon(
-                    {name: a[name][at] for name in self.threshold.fields()}, len(at)
-                )
-                a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
-        else:
-            eps, warm = self.threshold.epsilon({name: a[name][rows] for name in self.threshold.fields()}, k)
-        anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
-        self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
-        if self.per_reading:
-            self._report(rows, keys, fill, ts, errors, scores, eps[:, None], anomalous, open_pts, err_f, out)
-            return
-        assert per_feature is not None
-        totals = per_feature.sum(axis=1, keepdims=True)
-        shares = np.divide(
-            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features), where=totals > 0
-        )
-        thresholds = np.broadcast_to(eps[:, None], scores.shape)
-        a["windows"][rows] += 1
-        self.counters["windows"] += k
-        version = self.bundle.version
-        decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
-        for j, key in enumerate(keys):
-            out.windows.append(
-                ScoredWindow(
-                    key,
-                    ts[j],
-                    errors[j],
-                    scores[j],
-                    thresholds[j],
-                    anomalous[j],
-                    open_pts[j],
-                    shares[j],
-                    version,
-                    decided_at[j],
-                )
-            )
-
-    def _report(
-        self, rows, keys, fill, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
-    ) -> None:
-        """Per-reading scoring: append this call's readings of every row to its report buffer (state), and
-        emit a ScoredWindow for rows whose buffer holds `window` readings. `fill`: the rows' report-window
-        fill before this call; `thresholds` (K, L) or (K, 1) for all of the call's readings."""
-        a = self.store.arrays
-        n = ts.shape[1]
-        pos = fill.astype(np.int64)
-        # flat index into the (capacity, window) columns, C-contiguous as the store allocates them
-        at = (rows * self.window + pos)[:, None]
-        if n > 1:
-            at = at + np.arange(n)
-        a["rep_ts"].reshape(-1)[at] = ts
-        a["rep_err"].reshape(-1)[at] = errors
-        a["rep_score"].reshape(-1)[at] = scores
-        a["rep_thr"].reshape(-1)[at] = thresholds
-        a["rep_anom"].reshape(-1)[at] = anomalous
-        a["rep_open"].reshape(-1)[at] = open_pts
-        sq = take_rows(a["rep_sq"], rows)
-        for j in range(n):  # reading by reading: the float32 sum must not depend on grouping
-            sq += err_f[:, j]
-        put_rows(a["rep_sq"], rows, sq)
-        pos += n
-        a["rep_fill"][rows] = pos
-        full = (pos == self.window).nonzero()[0]
-        if len(full):
-            self._flush_report(rows[full], [keys[j] for j in full.tolist()], out)
-
-    def _flush_report(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
-        """Emit the report buffers of `rows` as ScoredWindows (a short one after a gap) and empty them. Each
-        reading was decided on its own arrival: decided_at = its timestamp."""
-        if not self.per_reading:
-            return
-        a = self.store.arrays
-        fill = a["rep_fill"][rows]
-        if not fill.all():
-            keep = np.flatnonzero(fill)
-            rows, fill, keys = rows[keep], fill[keep], [keys[i] for i in keep.tolist()]
-        if not len(rows):
-            return
-        sq = take_rows(a["rep_sq"], rows)
-        total = sq.sum(axis=1, keepdims=True)
-        shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.n_features), where=total > 0)
-        ts, decided = take_rows(a["rep_ts"], rows), take_rows(a["rep_ts"], rows)
-        err, score = take_rows(a["rep_err"], rows), take_rows(a["rep_score"], rows)
-        thr, anom = take_rows(a["rep_thr"], rows), take_rows(a["rep_anom"], rows)
-        opened = take_rows(a["rep_open"], rows)
-        cut = self._full_windows if (fill == self.window).all() else self._cut_windows
-        out.windows += cut(keys, fill, ts, err, score, thr, anom, opened, shares, decided)
-        a["rep_fill"][rows] = 0
-        a["rep_sq"][rows] = 0
-        a["windows"][rows] += 1
-        self.counters["windows"] += len(rows)
-
-    def _full_windows(
-        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
-    ) -> list[ScoredWindow]:
-        """ScoredWindows of report buffers that are all full (the common case): each row as it is."""
-        version = repeat(self.bundle.version)
-        return list(map(ScoredWindow, keys, ts, err, score, thr, anom, opened, shares, version, decided))
-
-    def _cut_windows(
-        self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
-    ) -> list[ScoredWindow]:
-        """ScoredWindows of report buffers holding `fill` readings each (a short one after a gap or a flush)."""
-        version = self.bundle.version
-        return [
-            ScoredWindow(
-                key,
-                ts[i, :n],
-                err[i, :n],
-                score[i, :n],
-                thr[i, :n],
-                anom[i, :n],
-                opened[i, :n],
-                shares[i],
-                version,
-                decided[i, :n],
-            )
-            for i, (key, n) in enumerate(zip(keys, fill.tolist(), strict=True))
-        ]
-
-    def _reading_errors(self, outputs, xt: torch.Tensor, k: int) -> np.ndarray:
-        """`model.reading_errors` of the first `k` rows, as numpy (K, L, F). A forecast of every feature: the
-        same float32 difference and square (one IEEE operation each, as torch's pow(2) is), in numpy."""
-        out = as_output(outputs)
-        if out.forecast is None or self.targets is not None or out.forecast.dtype != torch.float32:
-            return reading_errors(out, xt, self.targets)[:k].numpy()
-        err = np.subtract(out.forecast.numpy()[:k], xt.numpy()[:k])
-        return np.multiply(err, err, out=err)
-
-    def _point_error(self, err_f: np.ndarray) -> np.ndarray:
-        """`model.point_error` of per-feature squared errors (K, L, F). Without target features: the sum
-        and division numpy's `mean` makes, without its Python wrapper (the same bits)."""
-        if self.targets is not None:
-            return point_error(err_f, self.targets)
-        errors = np.add.reduce(err_f, axis=-1)
-        return np.true_divide(errors, np.intp(err_f.shape[-1]), out=errors, casting="unsafe")
-
-    def _raw_scores(self, err_f: np.ndarray, errors: np.ndarray) -> np.ndarray:
-        """Unsmoothed point scores (K, W) from per-feature squared errors (K, W, F) and their mean (K, W).
-
-        `mean`: mean error / the point-error reference. `max_feature`: max over features of err_f / ref_f, each
-        feature in units of its own calibration quantile, so a fault that moves one sensor of many is not
-        diluted by the quiet ones."""
-        if self.feature_reference is None:
-            return errors / self.reference
-        return (err_f / self.feature_reference).max(axis=2)
