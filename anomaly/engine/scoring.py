@@ -42,8 +42,8 @@ def feature_references(
 
 class BatchScorer:
     """Scores pieces of the keys in `store` with `bundle`'s `model`. The settings are the engine's, derived
-    from the bundle once (`per_reading`, `targets`, `reference`, `feature_reference`, `threshold`, `stuck_limit`);
-    `levels`, `alerts` and `reports` are the collaborators a piece goes through after the model.
+    from the bundle once (`per_reading`, `targets`, `reference`, `feature_reference`, `threshold`,
+    `stuck_limit`); `levels`, `alerts` and `reports` are the collaborators a piece goes through after the model.
     `counters`: the engine's counters, updated in place."""
 
     def __init__(

@@ -1,0 +1,197 @@
+"""Per-event ingest: the path of events that are not clean columns of regular readings (malformed values, a
+wrong feature count, refused readings, long gaps). It owns the refusal reasons and the data-hygiene policies
+(engine.nan_policy, engine.duplicate_policy), judged reading by reading, and queues each key's accepted
+readings as scoring units (RESET markers where a gap resets the key), which
+:func:`anomaly.engine.pieces.from_queues` cuts into pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from anomaly.config import EngineConfig
+from anomaly.engine.pieces import RESET
+from anomaly.engine.state import StateStore
+from anomaly.engine.types import EngineOutput, Event, Rejection
+
+
+class EventIngest:
+    """Ingest of single events into the keys of `store`: readings are standardized with `mean` and `scale`,
+    a gap longer than `max_gap` seconds resets the key, and units of `unit` readings are queued (1: scored on
+    arrival; the window: window-scored). `counters`: the engine's counters, updated in place."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        config: EngineConfig,
+        counters: dict[str, int],
+        *,
+        n_features: int,
+        unit: int,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        max_gap: float,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.counters = counters
+        self.n_features = n_features
+        self.unit = unit
+        self._mean = mean
+        self._scale = scale
+        self.max_gap = max_gap
+
+    def _reject(
+        self,
+        out: EngineOutput,
+        key: str,
+        reason: str,
+        count: int,
+        whole: bool,
+        ref,
+        detail: str = "",
+        timestamps: np.ndarray | None = None,
+    ):
+        out.rejections.append(Rejection(key, reason, count, whole, ref, detail, timestamps))
+        self.counters[f"rejected_{reason}"] += count
+
+    def ingest(
+        self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+    ) -> float | None:
+        """Validate `ev` and screen its readings (refusals go to `out.rejections`); queue the accepted ones as
+        units of its key (a RESET marker before each long gap), update the key's clock and counters. Returns
+        the last accepted timestamp (None when nothing was accepted), which the caller folds into the event
+        time reached."""
+        key = str(ev.key)
+        ts = np.asarray(ev.timestamps, np.float64).reshape(-1)
+        try:
+            vals = np.asarray(ev.values, np.float64)
+        except (TypeError, ValueError):
+            return self._reject(out, key, "malformed", len(ts), True, ev.ref, "values are not numbers")
+        if vals.ndim == 1 and len(ts) == 1:
+            vals = vals.reshape(1, -1)
+        n = len(ts)
+        if vals.ndim != 2 or vals.shape != (n, self.n_features):
+            got = vals.shape[-1] if vals.ndim else 0
+            return self._reject(
+                out,
+                key,
+                "feature_count",
+                max(n, 1),
+                True,
+                ev.ref,
+                f"expected {self.n_features} features, got {got}",
+            )
+        if n == 0:
+            return None
+        keep, vals = self._screen(key, ts, vals, ev.ref, out)
+        kept = int(keep.sum())
+        if kept == 0:
+            return None
+        if kept < n:
+            ts, vals = ts[keep], vals[keep]
+        row, _ = self.store.slot(key)
+        a = self.store.arrays  # may have grown
+        row_keys[row] = key
+        q = queues.setdefault(row, deque())
+        scaled = ((vals - self._mean) / self._scale).astype(np.float32)
+        before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
+        with np.errstate(invalid="ignore"):
+            gaps = np.flatnonzero((ts - before) > self.max_gap)
+        gap_starts = set(gaps.tolist())
+        bounds = sorted({0, kept} | gap_starts)
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            if lo in gap_starts:
+                self.counters["gap_resets"] += 1
+                a["fill"][row] = 0
+                q.append(RESET)
+            self._append(row, ts[lo:hi], scaled[lo:hi], q)
+        a["last_ts"][row] = ts[-1]
+        a["seen"][row] = ts[-1]
+        a["last_values"][row] = vals[-1]
+        a["readings"][row] += kept
+        self.counters["readings"] += kept
+        out.readings += kept
+        return float(ts[-1])
+
+    def _screen(
+        self, key: str, ts: np.ndarray, vals: np.ndarray, ref, out: EngineOutput
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Judge every reading on its own, in order, against the key's state after the previous ACCEPTED one:
+        a reading is refused for a non-finite timestamp, a timestamp before (or, with duplicate_policy=drop,
+        equal to) the last accepted one, or a non-finite value left after nan_policy. A refused reading never
+        moves the key's clock or its forward-fill values, so the verdicts are the same whether the readings
+        arrive one by one or in blocks of any size. Returns (keep mask, values with forward-fills applied)."""
+        n = len(ts)
+        a = self.store.arrays
+        row = self.store.slots.get(key)
+        last = float(a["last_ts"][row]) if row is not None else -math.inf
+        if math.isnan(last):
+            last = -math.inf
+        prev = a["last_values"][row].astype(np.float64) if row is not None else None
+        ffill = self.config.nan_policy == "ffill"
+        drop_dup = self.config.duplicate_policy == "drop"
+        row_finite = np.isfinite(vals).all(axis=1).tolist()
+        filled = vals
+        # reason per reading: 0 kept, 1 timestamp not finite, 2 backwards, 3 duplicate, 4 value not finite
+        reason = np.zeros(n, np.int8)
+        for i, t in enumerate(ts.tolist()):
+            if not math.isfinite(t):
+                reason[i] = 1
+                continue
+            if t < last:
+                reason[i] = 2
+                continue
+            if drop_dup and t == last:
+                reason[i] = 3
+                continue
+            if not row_finite[i]:
+                v = vals[i]
+                if ffill and prev is not None:
+                    v = np.where(np.isfinite(v), v, prev)
+                if not np.isfinite(v).all():
+                    reason[i] = 4
+                    continue
+                if filled is vals:
+                    filled = vals.copy()
+                filled[i] = v
+            last = t
+            prev = filled[i] if ffill else None
+        keep = reason == 0
+        whole = not keep.any()
+        for code, name, detail in (
+            (1, "non_finite", "timestamp is not finite"),
+            (2, "time_backwards", ""),
+            (3, "duplicate_timestamp", ""),
+            (4, "non_finite", "NaN or infinite value"),
+        ):
+            hit = reason == code
+            if hit.any():
+                self._reject(out, key, name, int(hit.sum()), whole, ref, detail, ts[hit])
+        return keep, filled
+
+    def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
+        a = self.store.arrays
+        w = self.unit
+        pos = int(a["fill"][row])
+        n = len(ts)
+        take = min(w - pos, n)
+        a["buf"][row, pos : pos + take] = vals[:take]
+        a["buf_ts"][row, pos : pos + take] = ts[:take]
+        pos += take
+        i = take
+        if pos == w:
+            q.append((a["buf"][row].copy(), a["buf_ts"][row].copy()))
+            pos = 0
+        while n - i >= w:
+            q.append((vals[i : i + w], ts[i : i + w]))
+            i += w
+        if i < n:
+            r = n - i
+            a["buf"][row, :r] = vals[i:]
+            a["buf_ts"][row, :r] = ts[i:]
+            pos = r
+        a["fill"][row] = pos
