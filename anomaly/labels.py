@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import DataConfig
-from anomaly.data import label_values
+from anomaly.data.columns import label_values
 from anomaly.data.reading import file_line, first_line, is_number, quoted, read_frame
 from anomaly.data.times import to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
