@@ -13,6 +13,7 @@ from anomaly.data.reading import file_line
 from anomaly.errors import SchemaError
 
 
+# Cells pandas reads as missing values anyway (its defaults); anything else that is not a number is "bad".
 def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig) -> np.ndarray:
     """A feature column as float64. Empty cells (spaces only, too) and pandas' missing markers (NA, n/a, null,
     ...) are NaN, left to the missing-value policy. Any other text refuses the file naming column, line and

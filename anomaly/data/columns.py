@@ -16,7 +16,6 @@ from anomaly.data.cells import is_text, mostly_numeric, numeric_column
 from anomaly.data.reading import file_line, quoted, separator_note
 from anomaly.errors import SchemaError
 
-# Cells pandas reads as missing values anyway (its defaults); anything else that is not a number is "bad".
 LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier", "target", "class", "attack")
 # Names of the parts a synthetic series was generated from (Yahoo S5 A3/A4 publish them beside `value`): ground
 # truth, never sensors, so two kinds of them together are not taken as features unless named with --features.
@@ -150,7 +149,7 @@ def label_values(frame: pd.DataFrame, cfg: DataConfig, source: str, column: str 
         for at, cell in enumerate(cells):
             if cell is not None and cell not in mapping:
                 raise SchemaError(
-                    f"{source}: label column {name!r} line {file_line(frame, at)} holds {col.iloc[at]!r}, which "
+                    f"{source}: label column {name!r} line {file_line(frame, at)} holds {cell!r}, which "
                     f"--label-map does not name (it maps {', '.join(map(repr, mapping))})"
                 )
         return np.array([0 if c is None else mapping[c] for c in cells], np.int8)

@@ -98,7 +98,7 @@ def frame_to_series(
             raise SchemaError(
                 f"{source} has a label column {cfg.label!r} and --labels {labels_file} gives labels too; keep one"
             )
-        from anomaly.labels import read_labels  # (it reads files with this module)
+        from anomaly.labels import read_labels  # (labels.py imports anomaly.data: import it late)
 
         labels_all = read_labels(labels_file, frame, ts_all, cfg, source)
     if cfg.key_column:
