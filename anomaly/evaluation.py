@@ -454,6 +454,14 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _per_day(value: float | None) -> str:
+    """A rate per day: one decimal from 1 up, two significant digits below (8 false alerts in 282 days is 0.028,
+    not 0.0)."""
+    if value is None or value >= 1 or value == 0:
+        return _fmt(value, digits=1)
+    return f"{value:.2g}"
+
+
 def format_table(metrics: Mapping[str, Any]) -> str:
     """A plain-text table of one metrics dict (from :func:`evaluate` or :func:`pool`)."""
     c = metrics["counts"]["point"]
@@ -492,7 +500,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         ),
         (
             "  false alerts per day",
-            _fmt(metrics["false_alerts_per_day"], digits=1)
+            _per_day(metrics["false_alerts_per_day"])
             + f"  ({e['false_alerts']} in {e['seconds'] / 3600:.2f} h)",
         ),
     ]

@@ -22,15 +22,9 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import DataConfig
-from anomaly.data import (
-    _first_line,
-    _is_number,
-    _line,
-    label_values,
-    quoted,
-    read_frame,
-    to_epoch_seconds,
-)
+from anomaly.data.columns import label_values
+from anomaly.data.reading import file_line, first_line, is_number, quoted, read_frame
+from anomaly.data.times import to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -43,8 +37,8 @@ def read_labels(
         raise DataError(f"labels file not found: {p}")
     if p.suffix.lower() == ".json":
         return _window_labels(p, timestamps, cfg, source)
-    first = _first_line(p).strip()
-    if _is_number(first):  # one label per line, no header
+    first = first_line(p).strip()
+    if is_number(first):  # one label per line, no header
         labels = read_frame(p, header=False)
         if len(labels.columns) != 1:
             raise SchemaError(f"{p}: a label file without a header holds one label per line")
@@ -90,14 +84,16 @@ def _by_time(
     repeated = table.duplicated(on)
     if repeated.any():
         at = int(np.flatnonzero(repeated.to_numpy())[0])
-        raise SchemaError(f"{path}: line {_line(labels, at)} labels a time that an earlier line labels too")
+        raise SchemaError(
+            f"{path}: line {file_line(labels, at)} labels a time that an earlier line labels too"
+        )
     found = rows.merge(table, on=on, how="left", validate="many_to_one")["label"]
     missing = found.isna().to_numpy() & np.isfinite(timestamps)
     if missing.any():
         at = int(np.flatnonzero(missing)[0])
         more = int(missing.sum()) - 1
         raise SchemaError(
-            f"{path} has no label for {source} line {_line(frame, at)} ({cfg.time_column} "
+            f"{path} has no label for {source} line {file_line(frame, at)} ({cfg.time_column} "
             f"{frame[cfg.time_column].iloc[at]}){f' nor for {more} other row(s)' if more else ''}; labels are "
             f"matched to the data by {cfg.time_column!r}{' and ' + repr(cfg.key_column) if keyed else ''}"
         )

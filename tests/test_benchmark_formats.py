@@ -61,14 +61,20 @@ def yahoo_a3(root: Path) -> int:
 
 
 def nab(root: Path) -> int:
-    times = pd.date_range("2014-07-01", periods=N, freq="5min")
-    pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": wave()[:, 0]}).to_csv(
+    # NAB's probationary period is min(15 %, 750) rows: the README's 750 needs a longer file (spike after it)
+    lead = 2 * N
+    times = pd.date_range("2014-07-01", periods=lead + N, freq="5min")
+    value = np.concatenate([wave(seed=1)[:, 0], wave(seed=2)[:, 0], wave()[:, 0]])
+    value[SPIKE] -= 4.0  # only the last part's spike is an anomaly
+    value[N + SPIKE.start : N + SPIKE.stop] -= 4.0
+    pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": value}).to_csv(
         root / "nyc_taxi.csv", index=False
     )
-    window = [f"{times[SPIKE.start]}.000000", f"{times[SPIKE.stop - 1]}.000000"]
+    spike = slice(lead + SPIKE.start, lead + SPIKE.stop)
+    window = [f"{times[spike.start]}.000000", f"{times[spike.stop - 1]}.000000"]
     windows = {"realKnownCause/nyc_taxi.csv": [window], "realKnownCause/other.csv": []}
     (root / "combined_windows.json").write_text(json.dumps(windows, indent=4))
-    return SPIKE.stop - SPIKE.start
+    return spike.stop - spike.start
 
 
 def smd(root: Path) -> int:

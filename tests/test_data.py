@@ -526,6 +526,11 @@ def test_a_label_map_reads_numeric_labels_too(tmp_path) -> None:
     path = write(tmp_path, "timestamp,a,attack\n1,1.0,1\n2,2.0,-1\n3,3.0,1\n")
     (s,), _ = load(path, label="attack", label_map=("1=0", "-1=1"))
     assert s.labels.tolist() == [0, 1, 0]
+    # a value the map does not name is quoted as the file writes it, not as numpy's repr (np.int64(-1))
+    with pytest.raises(
+        SchemaError, match=r"line 3 holds '-1', which --label-map does not name \(it maps '1'\)$"
+    ):
+        load(path, label="attack", label_map=("1=0",))
 
 
 def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:

@@ -258,3 +258,18 @@ def test_a_reading_without_a_time_leaves_the_evaluated_time_and_false_alerts_per
     m = evaluate([0, 0, 0, 0], [0, 1, 0, 0], ts, [0.0, 43_200.0, 86_400.0, np.nan])
     assert m["counts"]["events"]["seconds"] == 86_400.0
     assert m["false_alerts_per_day"] == 1.0
+
+
+def _false_alerts_line(preds: np.ndarray, times: np.ndarray) -> list[str]:
+    (line,) = [
+        x for x in format_table(evaluate(np.zeros(10, int), preds, times)).splitlines() if "per day" in x
+    ]
+    return line.split()
+
+
+def test_a_rare_false_alert_rate_is_printed_with_its_digits():
+    """8 false alerts over 282 days were printed as 0.0 per day: below one a rate keeps two significant digits."""
+    one_false = np.array([0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert _false_alerts_line(one_false, TIMES * 36)[4:6] == ["0.028", "(1"]  # one in 36 days
+    assert _false_alerts_line(one_false, TIMES)[4] == "1.0"  # one in one day
+    assert _false_alerts_line(np.zeros(10, int), TIMES)[4] == "0.0"

@@ -1,0 +1,200 @@
+"""From files to series: :func:`load_series` reads each file (:mod:`.reading`), takes its time, feature and
+label columns (:mod:`.times`, :mod:`.cells`, :mod:`.columns`, or a labels file through :mod:`anomaly.labels`)
+and cuts the rows into one :class:`Series` per key, refusing files whose keys or time column are missing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly.config import DataConfig
+from anomaly.data.cells import numeric_column
+from anomaly.data.columns import check_features, infer_features, label_values, non_features
+from anomaly.data.reading import file_line, is_number, no_header_note, quoted, read_frame, separator_note
+from anomaly.data.series import Series
+from anomaly.data.times import TIME_UNITS, to_epoch_seconds
+from anomaly.errors import DataError, SchemaError
+
+
+def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) -> list[str]:
+    """Columns under which every group has distinct timestamps: what a key column looks like."""
+    out = []
+    for c in frame.columns:
+        if c in (cfg.time_column, cfg.label, *cfg.label_columns):
+            continue
+        col = frame[c]
+        groups = col.nunique(dropna=False)
+        if not 2 <= groups <= len(frame) // 2:
+            continue
+        pairs = pd.DataFrame({"k": col.to_numpy(), "t": ts})
+        if not pairs.duplicated().any():
+            out.append(str(c))
+    out.sort(key=lambda c: (pd.api.types.is_numeric_dtype(frame[c]), c))  # text keys first
+    return out
+
+
+def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
+    """The file line of an early row that looks like the header (names only, no number, one of them the time
+    column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
+    take the wrong line for the names."""
+    for i in range(min(len(frame), 20)):
+        cells = [v for v in frame.iloc[i].tolist() if not pd.isna(v)]
+        names = [str(v).strip() for v in cells if isinstance(v, str) and not is_number(v)]
+        if len(names) < 2 or len(names) < len(cells):
+            continue
+        if time_column in names or any(re.search(r"time|date", c, re.IGNORECASE) for c in names):
+            return file_line(frame, i)
+    return None
+
+
+def frame_to_series(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    cfg: DataConfig,
+    source: str,
+    labels_file: str | Path | None = None,
+) -> list[Series]:
+    if cfg.time_column and cfg.time_column not in frame.columns:
+        timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
+        headed = frame.attrs.get("header", True)
+        below = _header_below(frame, cfg.time_column) if headed and not timelike else None
+        numbers = no_header_note(list(frame.columns)) if headed and not below else ""
+        hint = (
+            f" (pass --time-column {quoted(timelike[0])})"
+            if timelike
+            else f" (the column names seem to be on line {below}: pass --skip-rows {below - 1})"
+            if below
+            else " (a file without a time column: pass --no-time-column to number its readings 0, 1, 2, ...)"
+            if (len(frame.columns) > 1 and not numbers) or not headed
+            else ""
+        )
+        raise SchemaError(
+            f"{source}: time column {cfg.time_column!r} not found; columns are {', '.join(frame.columns)}"
+            + hint
+            + (numbers or separator_note(frame))
+        )
+    check_features(frame.columns, features, source)
+    if cfg.time_column:
+        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+    else:  # no time column: readings numbered in file order (per key), one time unit apart
+        order = (
+            frame.groupby(cfg.key_column, sort=False, dropna=False).cumcount().to_numpy()
+            if cfg.key_column and cfg.key_column in frame.columns
+            else np.arange(len(frame))
+        )
+        ts_all = order.astype(np.float64) * TIME_UNITS["s" if cfg.time_unit == "auto" else cfg.time_unit]
+    if not np.isfinite(ts_all).any():
+        raise SchemaError(f"{source}: time column {cfg.time_column!r} has no value in any row")
+    values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
+        np.float64
+    )
+    labels_all = label_values(frame, cfg, source) if cfg.label in frame.columns else None
+    if labels_file is not None:
+        if labels_all is not None:
+            raise SchemaError(
+                f"{source} has a label column {cfg.label!r} and --labels {labels_file} gives labels too; keep one"
+            )
+        from anomaly.labels import read_labels  # (labels.py imports anomaly.data: import it late)
+
+        labels_all = read_labels(labels_file, frame, ts_all, cfg, source)
+    if cfg.key_column:
+        if cfg.key_column not in frame.columns:
+            raise SchemaError(
+                f"{source}: key column {cfg.key_column!r} not found; columns are {', '.join(frame.columns)}"
+            )
+        empty = frame[cfg.key_column].isna().to_numpy()
+        if empty.any():  # such rows used to form a series of no readings: lost without a word
+            raise SchemaError(
+                f"{source}: key column {cfg.key_column!r} is empty on line {file_line(frame, int(np.argmax(empty)))} "
+                f"({int(empty.sum())} such row(s)); every row needs a key"
+            )
+        keys = frame[cfg.key_column].astype(str).to_numpy()
+        groups = pd.unique(keys)
+    else:
+        keys = None
+        groups = [Path(source).stem if source else "series"]
+        timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
+        repeated = len(timed) - len(np.unique(timed))
+        if repeated > 0.1 * len(timed):
+            likely = _likely_key_columns(frame, ts_all, cfg)
+            hint = (
+                f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
+                if likely
+                else "; pass --key-column naming the column that tells the series apart"
+            )
+            raise SchemaError(
+                f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, so the file "
+                f"looks like several series interleaved{hint}"
+            )
+    out = []
+    for key in groups:
+        idx = np.flatnonzero(keys == key) if keys is not None else np.arange(len(frame))
+        order = idx[np.argsort(ts_all[idx], kind="stable")]
+        out.append(
+            Series(
+                str(key),
+                ts_all[order],
+                values_all[order],
+                None if labels_all is None else labels_all[order],
+                source,
+            )
+        )
+    return out
+
+
+def load_series(
+    paths: Sequence[str | Path],
+    cfg: DataConfig,
+    features: Sequence[str] | None = None,
+    left_out: dict[str, str] | None = None,
+    labels_file: str | Path | None = None,
+) -> tuple[list[Series], list[str]]:
+    """Read every file into series. Features come from `features`, the config, or the first file's numerics;
+    in that last case `left_out` (when given) receives the first file's other columns that are not time, key
+    or label, each with the reason it is not a feature, so a command can show it. `labels_file` gives the
+    labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
+    several data files).
+
+    When several files hold series of the same key (no key column), the file stem keeps them apart, and two
+    files with the same stem get their relative path as key.
+    """
+    if not paths:
+        raise DataError("no data files given")
+    if labels_file is not None and len(paths) > 1 and Path(labels_file).suffix.lower() != ".json":
+        raise DataError(
+            f"--labels {labels_file} labels one data file, and {len(paths)} are given; replay them one at a time "
+            "(a JSON file of windows per file name, as NAB's, can label several)"
+        )
+    series: list[Series] = []
+    feats = list(features) if features else None
+    seen: set[str] = set()
+    for path in paths:
+        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
+        if feats is None:
+            feats = infer_features(frame, cfg, str(path))
+            if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
+                left_out.update(non_features(frame, feats, cfg))
+        part = frame_to_series(frame, feats, cfg, str(path), labels_file)
+        for s in part:
+            if not cfg.key_column:
+                s.key = _unique_key(Path(path), seen)
+            seen.add(s.key)
+        series.extend(part)
+    assert feats is not None
+    return series, feats
+
+
+def _unique_key(path: Path, seen: set[str]) -> str:
+    key = path.stem
+    if key in seen:
+        key = f"{path.parent.name}/{path.stem}"
+    n = 2
+    base = key
+    while key in seen:
+        key = f"{base}#{n}"
+        n += 1
+    return key

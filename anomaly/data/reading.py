@@ -1,0 +1,208 @@
+"""Reading a CSV file into a frame of cells: decompression, the separator, the header (skipped lines above
+it, names given twice, InfluxDB's layouts) and the refusals of files pandas cannot read. Also the file line
+of a row, which every error that names a cell reports, and the hints such errors share (no header, wrong
+separator)."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from pandas.io.common import get_handle
+
+from anomaly.errors import DataError
+
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def first_line(path: Path, skip: int = 0) -> str:
+    """The header line (after `skip` lines), read through the same decompression pandas infers from the suffix
+    (.gz, .bz2, .xz, .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its
+    bytes."""
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+            for _ in range(skip):
+                handles.handle.readline()
+            return handles.handle.readline()
+    except (OSError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {path}: {reason}") from None
+
+
+def detect_separator(header: str) -> str:
+    """The separator of a header line: the candidate it holds most often (',' when it holds none)."""
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    best = max(SEPARATORS, key=lambda sep: counts[sep])  # ties keep the order above: ',' first
+    return best if counts[best] else ","
+
+
+# pandas < 3.1 parses CSV floats with a fast converter that is not always correctly rounded unless asked for
+# "round_trip"; from 3.1 on every mode is correctly rounded and the argument is deprecated.
+_EXACT_FLOATS = (
+    {}
+    if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    else {"float_precision": "round_trip"}
+)
+
+
+def read_frame(
+    path: str | Path,
+    separator: str | None = None,
+    decimal: str = ".",
+    header: bool = True,
+    skip_rows: int = 0,
+) -> pd.DataFrame:
+    """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
+    header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
+    3, ... (strings), the numbering such datasets' own labels use."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty")
+    # read once: it gives the separator and is checked before pandas reads it
+    first = first_line(p, skip_rows)
+    sep = separator or detect_separator(first)
+    if header:
+        _check_header(p, first, sep)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # index_col=False: rows that end with a separator (a common export) must not make pandas take the
+            # first column for the index and shift every column one to the left.
+            frame = pd.read_csv(
+                p,
+                sep=sep,
+                decimal=decimal,
+                header=0 if header else None,
+                skiprows=skip_rows,
+                index_col=False,
+                low_memory=False,
+                compression="infer",
+                **_EXACT_FLOATS,
+            )
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"cannot read {p} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = (
+            " (more fields than the header names: if the header is not the file's first line, skip the lines "
+            "above it with --skip-rows N)"
+            if isinstance(exc, pd.errors.ParserError) and "Expected" in reason
+            else ""
+        )
+        raise DataError(f"cannot read {p} as CSV: {reason}{hint}") from None
+    if header:
+        frame.columns = [_clean_name(c) for c in frame.columns]
+    else:
+        frame.columns = [str(i) for i in range(1, len(frame.columns) + 1)]
+    if len(frame) <= 1 and len(first.split()) > 1 and all(is_number(c) for c in first.split()):
+        raise DataError(
+            f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
+            "line; put one value per line (tr -s ' ' '\\n' < FILE), then read it with --no-header"
+        )
+    if frame.empty:
+        raise DataError(f"{p} has no data rows{no_header_note(list(frame.columns))}")
+    frame.attrs["separator"] = sep
+    frame.attrs["path"] = str(p)  # for error messages that name a line (`file_line`)
+    frame.attrs["header"] = header
+    frame.attrs["skip_rows"] = skip_rows
+    return frame
+
+
+def no_header_note(names: Sequence[object]) -> str:
+    """A hint for a header line made of numbers: the file has no header (SMD, the UCR archive)."""
+    cells = [str(n).strip() for n in names]
+    if cells and all(is_number(c) for c in cells):
+        return " (its first line holds numbers: for a file without a header, pass --no-header)"
+    return ""
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def quoted(name: object) -> str:
+    """A column name as it must be typed in a shell: `'KPI ID'`, `'timestamp_(min)'`, `value` as is."""
+    return shlex.quote(str(name))
+
+
+def _clean_name(name: object) -> str:
+    """A header name without the spaces, zero-width characters or byte-order mark around it (invisible in an
+    editor, so 'b\u200b' would be a feature nobody can name)."""
+    return str(name).strip().strip("\u200b\u200c\u200d\u2060\ufeff").strip()
+
+
+_PIVOT = 'Flux: pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
+_INFLUX_COLUMNS = "pass --time-column _time and the fields as --features"
+
+
+def _check_header(path: Path, header: str, sep: str) -> None:
+    """Refuse headers pandas would read wrongly without a word: a name given twice (pandas renames the copy
+    'a.1', or the copies collide once spaces are stripped) and InfluxDB's annotated CSV (its '#group' line
+    would be read as the header)."""
+    line = header.lstrip("\ufeff")
+    if line.startswith(("#group", "#datatype", "#default")):
+        raise DataError(
+            f"{path} is an InfluxDB annotated CSV: delete its '#' annotation lines, pivot it to one column per "
+            f"field if each row holds one _field and _value ({_PIVOT}), then {_INFLUX_COLUMNS}"
+        )
+    names = [_clean_name(c) for c in next(csv.reader([line], delimiter=sep), [])]
+    if "_field" in names and "_value" in names:
+        raise DataError(
+            f"{path} is in InfluxDB's long form (columns _field and _value: one row per field value): export "
+            f"it pivoted to one column per field ({_PIVOT}), then {_INFLUX_COLUMNS}"
+        )
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name and name in seen:
+            raise DataError(
+                f"{path}: column name {name!r} appears twice in the header (columns {seen[name]} and {i}); "
+                "rename or remove one"
+                + (
+                    no_header_note(names)
+                    or " (if the header is not the file's first line, skip the lines above it with --skip-rows N)"
+                )
+            )
+        seen[name] = i
+
+
+def file_line(rows: pd.DataFrame | pd.Series, i: int) -> int:
+    """The file line of the i-th row of a frame read by `read_frame` (or of one of its columns): the header is
+    line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
+    row = int(rows.index[i])
+    header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
+    lines = _data_lines(rows.attrs.get("path"), header, skip)
+    return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
+
+
+def _data_lines(path: str | None, header: bool = True, skip: int = 0) -> list[int] | None:
+    """1-based line numbers of the data rows of `path` (non-blank lines after the `skip` lines above the header
+    and the header, if it has one); read again only when an error names a line. None when the file cannot be
+    read again."""
+    if path is None:
+        return None
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
+            lines = [n for n, text in enumerate(handle.handle, 1) if n > skip and text.strip()]
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+    return lines[1:] if header else lines
+
+
+def separator_note(frame: pd.DataFrame) -> str:
+    if len(frame.columns) == 1:
+        return f" (one column only: is the separator {frame.attrs.get('separator', ',')!r} right? see --separator)"
+    return ""

@@ -1,0 +1,142 @@
+"""A :class:`Series` (one entity's readings in time order) and what is done to whole series once they are
+read: joining a key's parts from several files, the missing-value policy of training data, the sampling
+interval and the gaps that cut a series, and the fingerprint a bundle stores of its training data."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from anomaly.errors import SchemaError
+
+
+@dataclass
+class Series:
+    key: str
+    timestamps: np.ndarray  # float64 epoch seconds, shape (n,)
+    values: np.ndarray  # float64 raw units, shape (n, F)
+    labels: np.ndarray | None = None  # int8 0/1, shape (n,)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def take(self, index: slice | np.ndarray) -> Series:
+        """The readings at `index` (a slice, a boolean mask or positions), labels along, same key and source."""
+        return Series(
+            self.key,
+            self.timestamps[index],
+            self.values[index],
+            None if self.labels is None else self.labels[index],
+            self.source,
+        )
+
+    def head(self, n: int) -> Series:
+        return self.take(slice(None, n))
+
+    def tail_from(self, n: int) -> Series:
+        return self.take(slice(n, None))
+
+
+def merge_keys(series: Sequence[Series]) -> list[Series]:
+    """One series per key: the parts of a key found in several files (monthly exports of the same sensors, with a
+    key column) joined in time order, as the engine sees one stream per key. Labels must be in every part or in
+    none. Readings at a time another part also has stay (the engine refuses the duplicate)."""
+    parts: dict[str, list[Series]] = {}
+    for s in series:
+        parts.setdefault(s.key, []).append(s)
+    out = []
+    for key, group in parts.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        labelled = [s.source for s in group if s.labels is not None]
+        if labelled and len(labelled) < len(group):
+            unlabelled = next(s.source for s in group if s.labels is None)
+            raise SchemaError(
+                f"key {key!r} has labels in {labelled[0]} but not in {unlabelled}; label both or neither"
+            )
+        ts = np.concatenate([s.timestamps for s in group])
+        order = np.argsort(ts, kind="stable")
+        out.append(
+            Series(
+                key,
+                ts[order],
+                np.concatenate([s.values for s in group])[order],
+                np.concatenate([s.labels for s in group if s.labels is not None])[order]
+                if labelled
+                else None,
+                "+".join(dict.fromkeys(s.source for s in group)),
+            )
+        )
+    return out
+
+
+def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series], int, int]:
+    """Missing values in training data, handled as the engine handles them live: "reject" drops every reading
+    with a non-finite value or timestamp; "ffill" first fills each value from the same column's last finite
+    one (readings before any finite value are still dropped). Returns (series, readings dropped, cells
+    filled)."""
+    out, dropped, filled = [], 0, 0
+    for s in series:
+        values = s.values
+        if policy == "ffill" and not np.isfinite(values).all():
+            frame = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
+            filled += int(frame.isna().sum().sum() - frame.ffill().isna().sum().sum())
+            values = frame.ffill().to_numpy(values.dtype)
+        keep = np.isfinite(values).all(axis=1) & np.isfinite(s.timestamps)
+        dropped += int((~keep).sum())
+        out.append(
+            Series(
+                s.key,
+                s.timestamps[keep],
+                values[keep],
+                None if s.labels is None else s.labels[keep],
+                s.source,
+            )
+        )
+    return out, dropped, filled
+
+
+# The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh
+# (1-second data: 300 s). Training splits series at the same gaps, so train and replay agree.
+GAP_INTERVALS = 300
+FALLBACK_MAX_GAP_SECONDS = 300.0  # bundles trained before the interval was learnt
+
+
+def sampling_interval(series: Sequence[Series]) -> float | None:
+    """The median step between consecutive readings over all series (seconds); None when no series has two
+    readings at distinct times."""
+    steps = [np.diff(s.timestamps) for s in series if len(s) > 1]
+    pooled = np.concatenate(steps) if steps else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled) & (pooled > 0)]
+    return float(np.median(pooled)) if len(pooled) else None
+
+
+def default_max_gap(interval: float | None) -> float:
+    return FALLBACK_MAX_GAP_SECONDS if interval is None else GAP_INTERVALS * interval
+
+
+def split_at_gaps(series: Sequence[Series], max_gap: float) -> list[Series]:
+    """Cut every series where consecutive readings are more than `max_gap` seconds apart, as the engine resets
+    a key there. Pieces keep the series key (they are never streamed, only trained on)."""
+    out = []
+    for s in series:
+        cuts = (np.flatnonzero(np.diff(s.timestamps) > max_gap) + 1).tolist()
+        for lo, hi in zip([0, *cuts], [*cuts, len(s)], strict=True):
+            out.append(s.take(slice(lo, hi)))
+    return out
+
+
+def fingerprint(series: Sequence[Series]) -> str:
+    """A short content hash of training data, stored in the bundle to tell what a model was trained on."""
+    h = hashlib.sha256()
+    for s in series:
+        h.update(s.key.encode())
+        h.update(np.ascontiguousarray(s.values).tobytes())
+        h.update(np.ascontiguousarray(s.timestamps).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,136 @@
+"""The time column as epoch seconds: numeric epoch times and their units (s, ms, us, ns by magnitude, or
+minutes and hours when named), text date-times (ISO-like or a strftime format) and day/month order."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from anomaly.config import DataConfig
+from anomaly.data.reading import file_line
+from anomaly.errors import DataError
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+_DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
+
+
+EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
+_UNIT_BOUNDS = (("ns", 1e17), ("us", 1e14), ("ms", EPOCH_MS_FROM))  # smallest typical value of each unit
+
+
+def _numeric_unit(values: np.ndarray) -> str:
+    """Epoch seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude: 1e11 s is the year
+    5138, while 1e11 ms is 1973, so typical values of each unit never overlap."""
+    finite = np.abs(values[np.isfinite(values)])
+    typical = float(np.median(finite)) if len(finite) else 0.0
+    for unit, bound in _UNIT_BOUNDS:
+        if typical >= bound:
+            return unit
+    return "s"
+
+
+def epoch_seconds(values: np.ndarray) -> np.ndarray:
+    """Numeric epoch times in seconds, each one's unit (s, ms, us or ns) told by its own magnitude as
+    :func:`_numeric_unit` tells a column's: for a stream, where every message stands alone. Converted values
+    equal the CSV path's bit for bit (the same float64 product)."""
+    v = np.asarray(values, np.float64)
+    mag = np.abs(v)
+    left = mag >= EPOCH_MS_FROM
+    if not left.any():  # all seconds: the common case costs one comparison
+        return v
+    out = v.copy()
+    for unit, bound in _UNIT_BOUNDS:
+        hit = left & (mag >= bound)
+        out[hit] = v[hit] * TIME_UNITS[unit]
+        left &= ~hit
+    return out
+
+
+def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
+    """Excel's serial dates (days since 1899-12-30 with the time of day as a fraction, 45010.5 = 2023-03-25
+    12:00) read as epoch seconds would all fall on 1 January 1970, hours apart: refused instead of guessed."""
+    finite = values[np.isfinite(values)]
+    steps = np.diff(np.sort(finite))
+    if (
+        len(finite) > 1
+        and finite.min() >= 2e4  # 1954-10-03
+        and finite.max() <= 1e5  # 2173-10-14
+        and (finite != np.round(finite)).any()
+        and np.median(steps[steps > 0]) < 1  # steps under a day (a second as epoch times)
+    ):
+        raise DataError(
+            f"time column {name!r} holds numbers like {float(finite[finite != np.round(finite)][0])!r} that look like Excel serial dates (days "
+            "since 1899-12-30), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
+            "hh:mm:ss), or pass --time-unit s if they are seconds"
+        )
+
+
+def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.ndarray:
+    """Numbers are epoch times in data.time_unit (auto: s, ms, us or ns by magnitude); text is parsed as a
+    date-time (naive means UTC) with data.time_format, or ISO-like text; day/month order must be given
+    (--dayfirst or --time-format) when the dates alone cannot tell it."""
+    cfg = cfg or DataConfig()
+    name = column.name
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64)
+        unit = _numeric_unit(values) if cfg.time_unit == "auto" else cfg.time_unit
+        if cfg.time_unit == "auto":
+            _refuse_excel_serials(values, name)
+        return values * TIME_UNITS[unit]
+    text = column.astype("string")
+    dayfirst = cfg.dayfirst
+    if cfg.time_format is None:
+        parts = text.str.extract(_DMY.pattern).dropna().astype(int)
+        if len(parts):
+            first_big, second_big = (parts[0] > 12).to_numpy(), (parts[1] > 12).to_numpy()
+            day_first = text[parts.index[first_big][0]] if first_big.any() else None
+            month_first = text[parts.index[second_big][0]] if second_big.any() else None
+            if day_first is not None and month_first is not None:
+                raise DataError(
+                    f"time column {name!r} mixes day-first and month-first dates ({day_first!r} and "
+                    f"{month_first!r}); fix the file or pass --time-format"
+                )
+            if dayfirst is None:
+                if day_first is None and month_first is None:
+                    raise DataError(
+                        f"time column {name!r} has dates like {text[parts.index[0]]!r} that read as "
+                        "day/month or month/day; pass --dayfirst or --monthfirst (or --time-format)"
+                    )
+                dayfirst = day_first is not None  # 13/01/2023 can only be day first, and no date disagrees
+            elif dayfirst and month_first is not None:
+                raise DataError(f"time column {name!r} has month-first dates such as {month_first!r}")
+            elif not dayfirst and day_first is not None:
+                raise DataError(f"time column {name!r} has day-first dates such as {day_first!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            parsed = pd.to_datetime(
+                text, utc=True, errors="coerce", format=cfg.time_format, dayfirst=bool(dayfirst)
+            )
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"cannot parse time column {name!r}: {str(exc).splitlines()[0]}") from None
+        missed = parsed.isna() & text.notna()
+        if cfg.time_format is None and missed.any():
+            # pandas takes the format of the first value for all: ISO times that differ from it (fractional
+            # seconds on some rows, 'T' or 'Z' on others) are read on their own
+            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="ISO8601")
+    bad = (parsed.isna() & text.notna()).to_numpy()  # an empty cell is a missing time, refused as a reading
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        fmt = f" with format {cfg.time_format!r}" if cfg.time_format else ""
+        hint = "" if cfg.time_format else "; pass --time-format if the dates are not ISO-like"
+        numbers = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+        if cfg.time_format is None and numbers[bad].mean() >= 0.5 and not numbers[bad].all():
+            # epoch numbers with a few text cells: the column read as text, and the numbers (which are not
+            # date-times) are not the culprit; name the first cell that is not a number
+            i = int(np.flatnonzero(bad & ~numbers)[0])
+            hint = "; the column's other times are epoch numbers: fix or remove that row"
+        raise DataError(
+            f"cannot parse time value {column.iloc[i]!r} (line {file_line(column, i)}) in column "
+            f"{name!r}{fmt}{hint}"
+        )
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    return seconds.to_numpy(dtype=np.float64)
