@@ -50,7 +50,7 @@ class Layout:
             "buf_ts": ((W,), "float64"),
             "fill": ((), "int32"),  # partial window
             "last_ts": ((), "float64"),
-            "last_values": ((F,), "float64"),  # raw units, float64 like every raw value (see data.py)
+            "last_values": ((F,), "float64"),  # raw units, float64 like every raw value (see anomaly/data)
             "seen": ((), "float64"),
             "ewma": ((), "float32"),  # last smoothed score (NaN: none yet)
             "run_anom": ((), "int32"),
