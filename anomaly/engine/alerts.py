@@ -5,14 +5,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.levels import LevelTracker
+from anomaly.engine.part import Part
 from anomaly.engine.state import StateStore
 from anomaly.engine.types import Alert, EngineOutput
 from anomaly.thresholds import ALERT_FIELDS, ALERT_LENGTH, step_alerts
+
+if TYPE_CHECKING:
+    from anomaly.engine.settings import Settings
 
 
 def counts_alert_readings(config: EngineConfig) -> bool:
@@ -20,27 +25,19 @@ def counts_alert_readings(config: EngineConfig) -> bool:
     return config.max_alert_readings > 0 or config.partial_shift_readings > 0
 
 
-class AlertLifecycle:
-    """Alerts of the keys in `store`. `per_reading`: points are scored on arrival (a level shift then
-    re-baselines at the key's next report window) rather than by whole windows (at once, via `levels`);
-    `counters`: the engine's counters, updated in place."""
+class AlertLifecycle(Part):
+    """Alerts of the keys in `store`. With `s.per_reading` points are scored on arrival (a level shift then
+    re-baselines at the key's next report window) rather than by whole windows (at once, via `levels`)."""
 
     def __init__(
         self,
         store: StateStore,
         config: EngineConfig,
         counters: dict[str, int],
-        bundle: Bundle,
-        targets: tuple[int, ...] | None,
-        per_reading: bool,
+        s: Settings,
         levels: LevelTracker,
     ) -> None:
-        self.store = store
-        self.config = config
-        self.counters = counters
-        self.bundle = bundle
-        self.targets = targets
-        self.per_reading = per_reading
+        super().__init__(store, config, counters, s)
         self.levels = levels
         self.counts_alert_readings = counts_alert_readings(config)
 
@@ -55,7 +52,7 @@ class AlertLifecycle:
         once: the same state as stepping, without per-point work for the quiet majority."""
         a = self.store.arrays
         k, n = anomalous.shape
-        if self.per_reading:
+        if self.s.per_reading:
             # after a level shift closed, the key waits for its re-baseline (next report window) in silence
             waiting = a["rebase"][rows]
             if waiting.any():
@@ -86,7 +83,7 @@ class AlertLifecycle:
         anom = anomalous[busy]
         fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.counts_alert_readings else ())
         state = {name: a[name][rows] for name in fields}
-        if self.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
+        if self.s.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             opened = np.empty(anom.shape, bool)
             rebase = a["rebase"][rows]
             for j in range(n):
@@ -147,7 +144,7 @@ class AlertLifecycle:
                     t.start,
                     t.end,
                     # a window is decided when its last reading arrives: that, not the point's time, is `at`
-                    t.at if self.per_reading else float(ts[t.row, -1]),
+                    t.at if self.s.per_reading else float(ts[t.row, -1]),
                     t.peak,
                     t.threshold,
                     t.contributions,
@@ -158,7 +155,7 @@ class AlertLifecycle:
             if t.reason == "level_shift":
                 shifted.append(rows[t.row])
                 self.counters["level_shifts"] += 1
-        if shifted and self.per_reading:
+        if shifted and self.s.per_reading:
             self.store.arrays["rebase"][np.asarray(shifted)] = True  # applied at the next report window
         elif shifted:
             self.levels.rebaseline(np.asarray(shifted))
@@ -188,11 +185,12 @@ class AlertLifecycle:
         scored features."""
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")
-        if self.targets is not None:  # context features are never a cause
-            order = order[np.isin(order, self.targets)]
+        if self.s.targets is not None:  # context features are never a cause
+            order = order[np.isin(order, self.s.targets)]
         order = order[: self.config.top_features]
         top = [
-            {"feature": self.bundle.features[i], "share": round(float(contrib[i]) / total, 4)} for i in order
+            {"feature": self.s.bundle.features[i], "share": round(float(contrib[i]) / total, 4)}
+            for i in order
         ]
         return Alert(
             alert_id(key, float(start)),
@@ -203,7 +201,7 @@ class AlertLifecycle:
             float(at),
             float(peak),
             float(thr),
-            self.bundle.version,
+            self.s.bundle.version,
             top,
             reason,
         )

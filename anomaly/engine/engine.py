@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +45,11 @@ from anomaly.engine.ingest import Ingest
 from anomaly.engine.levels import LevelTracker
 from anomaly.engine.pieces import Pieces, from_queues
 from anomaly.engine.report import ReportBuffers
-from anomaly.engine.scoring import BatchScorer, feature_references
+from anomaly.engine.scoring import BatchScorer
+from anomaly.engine.settings import Settings
 from anomaly.engine.state import Layout, StateStore
-from anomaly.engine.stuck import stuck_limits
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
-from anomaly.thresholds import ALERT_LENGTH, THRESHOLDS
+from anomaly.thresholds import ALERT_LENGTH
 
 __all__ = ["Engine", "alert_id"]
 
@@ -57,9 +58,10 @@ class Engine:
     """The facade over the engine's parts, which share the state store, the config and the counters:
     :class:`Ingest` (validation, time order, gaps, assembly into pieces), :class:`BatchScorer` (model calls,
     scores, thresholds), :class:`LevelTracker` (levels, re-baselines), :class:`AlertLifecycle` and
-    :class:`ReportBuffers`. The settings derived from the bundle are attributes here (`window`, `per_reading`,
-    `max_gap`, `threshold`, `stuck_limit`, ...); the parts are rebuilt with them whenever the model or the
-    store changes (`reload`)."""
+    :class:`ReportBuffers` (each a :class:`~anomaly.engine.part.Part`). What is derived from the model is one
+    :class:`~anomaly.engine.settings.Settings`, built at start and at each `reload`; its fields read as the
+    engine's own (`window`, `per_reading`, `max_gap`, `threshold`, `stuck_limit`, ...). The parts are rebuilt
+    whenever the model or the store changes."""
 
     def __init__(self, bundle: Bundle, config: EngineConfig) -> None:
         self.config = config
@@ -86,66 +88,24 @@ class Engine:
     # --- model -----------------------------------------------------------------------------------------------
 
     def _use(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self.model = bundle.model.eval()
-        self.window = bundle.window  # readings per reported ScoredWindow
-        self.per_reading = bool(getattr(bundle.arch, "forecast", False))  # score each reading on arrival
-        self.unit = 1 if self.per_reading else self.window  # readings per queued unit
-        self.n_features = len(bundle.features)
-        # the features whose error scores a reading (model.targets); None: all. Context features are read by
-        # the model but have error 0, no stuck rule and no share in alerts.
-        self.targets: tuple[int, ...] | None = getattr(bundle.arch, "targets", None)
-        self._mean = bundle.scaler.mean.astype(np.float64)
-        self._scale = bundle.scaler.scale.astype(np.float64)
-        self.reference = bundle.reference_error
-        self.feature_reference = feature_references(bundle, self.config, self.n_features, self.targets)
-        gap = self.config.max_gap_seconds
-        self.max_gap = gap if gap is not None else bundle.max_gap_seconds  # the gap training cut at
-        self.static_threshold = float(
-            self.config.static_threshold
-            if self.config.static_threshold is not None
-            else bundle.default_threshold
-        )
-        self.threshold = THRESHOLDS[self.config.threshold](self.config, float(bundle.default_threshold))
-        # per feature: identical readings in a row that count as stuck
-        self.stuck_limit = stuck_limits(bundle, self.config, self.n_features, self.targets)
+        self.settings = Settings.of(bundle, self.config)
+
+    def __getattr__(self, name: str) -> Any:
+        """The settings derived from the model in use read as the engine's own (`engine.window`,
+        `engine.threshold`, `engine.static_threshold`, ...; see :class:`Settings`)."""
+        if name == "settings":  # not set yet: no delegation loop
+            raise AttributeError(name)
+        return getattr(self.settings, name)
 
     def _wire(self) -> None:
         """(Re)build the parts over the current store and model."""
-        store, config, counters = self.store, self.config, self.counters
-        self.ingest = Ingest(
-            store,
-            config,
-            counters,
-            n_features=self.n_features,
-            window=self.window,
-            per_reading=self.per_reading,
-            mean=self._mean,
-            scale=self._scale,
-            max_gap=self.max_gap,
-        )
-        self.levels = LevelTracker(store, config, self.targets, self.stuck_limit)
-        self.alerts = AlertLifecycle(
-            store, config, counters, self.bundle, self.targets, self.per_reading, self.levels
-        )
-        self.reports = ReportBuffers(
-            store, self.window, self.n_features, self.bundle, self.per_reading, counters
-        )
+        store, config, counters, s = self.store, self.config, self.counters, self.settings
+        self.ingest = Ingest(store, config, counters, s)
+        self.levels = LevelTracker(store, config, counters, s)
+        self.alerts = AlertLifecycle(store, config, counters, s, self.levels)
+        self.reports = ReportBuffers(store, config, counters, s)
         self.scorer = BatchScorer(
-            store,
-            config,
-            counters,
-            self.bundle,
-            model=self.model,
-            per_reading=self.per_reading,
-            targets=self.targets,
-            reference=self.reference,
-            feature_reference=self.feature_reference,
-            threshold=self.threshold,
-            stuck_limit=self.stuck_limit,
-            levels=self.levels,
-            alerts=self.alerts,
-            reports=self.reports,
+            store, config, counters, s, levels=self.levels, alerts=self.alerts, reports=self.reports
         )
 
     def _layout(self) -> Layout:

@@ -9,57 +9,32 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from anomaly.config import EngineConfig
+from anomaly.engine.part import Part
 from anomaly.engine.pieces import Pieces, report_pieces, run_lengths, window_pieces
 from anomaly.engine.screen import EventIngest
 from anomaly.engine.state import StateStore, put_rows
 from anomaly.engine.types import EngineOutput, Event, Readings
 
+if TYPE_CHECKING:
+    from anomaly.engine.settings import Settings
 
-class Ingest:
-    """Ingest into the keys of `store`. Readings are standardized with `mean` and `scale`; a gap longer than
-    `max_gap` seconds resets a key; `per_reading` keys are cut into report-window pieces of at most `window`
-    readings, the others into whole windows of `window` readings. `counters`: the engine's counters, updated
-    in place. `max_ts` is the event time reached, during a call of `batch`."""
+
+class Ingest(Part):
+    """Ingest into the keys of `store`. Readings are standardized with the settings' `s.mean` and `s.scale`; a gap longer than
+    `s.max_gap` seconds resets a key; keys of a model scored on arrival (`s.per_reading`) are cut into
+    report-window pieces of at most `s.window` readings, the others into whole windows. `max_ts` is the event time reached, during a call of `batch`."""
 
     def __init__(
-        self,
-        store: StateStore,
-        config: EngineConfig,
-        counters: dict[str, int],
-        *,
-        n_features: int,
-        window: int,
-        per_reading: bool,
-        mean: np.ndarray,
-        scale: np.ndarray,
-        max_gap: float,
+        self, store: StateStore, config: EngineConfig, counters: dict[str, int], s: Settings
     ) -> None:
-        self.store = store
-        self.config = config
-        self.counters = counters
-        self.n_features = n_features
-        self.window = window
-        self.per_reading = per_reading
-        self.unit = 1 if per_reading else window  # readings per queued unit
-        self._mean = mean
-        self._scale = scale
-        self.max_gap = max_gap
+        super().__init__(store, config, counters, s)
         self.max_ts = -math.inf
-        self.events = EventIngest(
-            store,
-            config,
-            counters,
-            n_features=n_features,
-            unit=self.unit,
-            mean=mean,
-            scale=scale,
-            max_gap=max_gap,
-        )
+        self.events = EventIngest(store, config, counters, s)
 
     def batch(
         self,
@@ -80,7 +55,7 @@ class Ingest:
             if len(events):
                 self._ingest_readings(events, queues, row_keys, regular, out)
             return self.max_ts
-        f = self.n_features
+        f = self.s.n_features
         cols = Readings.from_regular_events(events, f)  # the common case, without a loop over events
         if cols is not None:
             self._ingest_readings(cols, queues, row_keys, regular, out)
@@ -170,7 +145,7 @@ class Ingest:
             prev[first] = a["last_ts"][r_s[first]]
         with np.errstate(invalid="ignore"):
             bad = (t_s <= prev) if self.config.duplicate_policy == "drop" else (t_s < prev)
-            bad |= (t_s - prev) > self.max_gap
+            bad |= (t_s - prev) > self.s.max_gap
         bad |= ~(np.isfinite(v_s).all(axis=1) & np.isfinite(t_s))
         if queues:  # keys already queued by the per-event path in this call stay on it, in order
             bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
@@ -198,7 +173,7 @@ class Ingest:
         cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
         window carried in its state (window-scored)."""
         a = self.store.arrays
-        v = ((raw - self._mean) / self._scale).astype(np.float32)
+        v = ((raw - self.s.mean) / self.s.scale).astype(np.float32)
         starts = np.flatnonzero(first)
         if len(starts) == len(r):  # one reading per key (the live daemon's common case)
             groups, m, last_t, last_raw = r, np.ones(len(r), np.int64), t, raw
@@ -207,8 +182,8 @@ class Ingest:
             m = run_lengths(starts, len(r))
             last = starts + m - 1
             last_t, last_raw = t[last], raw[last]
-        if self.per_reading:
-            pieces = report_pieces(r, first, v, t, a["rep_fill"][groups], self.window)
+        if self.s.per_reading:
+            pieces = report_pieces(r, first, v, t, a["rep_fill"][groups], self.s.window)
         else:
             pieces = self._windows(r, t, v, starts, groups, m)
         a["readings"][groups] += m
@@ -231,18 +206,18 @@ class Ingest:
     ) -> Pieces:
         """Complete windows of window-scored keys (partial windows continue in the `buf` state)."""
         a = self.store.arrays
-        w = self.unit
+        w = self.s.unit
         gi = np.repeat(np.arange(len(starts)), m)
         f0 = a["fill"][groups].astype(np.int64)
         pos = f0[gi] + (np.arange(len(r)) - starts[gi])
         wi, p = pos // w, pos % w
         n_complete = (f0 + m) // w
         complete = wi < n_complete[gi]
-        pieces = Pieces.empty(self.n_features)
+        pieces = Pieces.empty(self.s.n_features)
         if n_complete.any():
             base = np.concatenate([[0], np.cumsum(n_complete)[:-1]])
             total = int(n_complete.sum())
-            xs = np.empty((total, w, self.n_features), np.float32)
+            xs = np.empty((total, w, self.s.n_features), np.float32)
             tss = np.empty((total, w), np.float64)
             carry = (n_complete > 0) & (f0 > 0)
             xs[base[carry]] = a["buf"][groups[carry]]

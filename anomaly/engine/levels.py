@@ -9,28 +9,21 @@ the features whose level moved take it as their new baseline, so the key can ale
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from anomaly.config import EngineConfig
-from anomaly.engine.state import StateStore, put_rows, take_rows
+from anomaly.engine.part import Part
+from anomaly.engine.state import put_rows, take_rows
 from anomaly.thresholds import ALERT_LENGTH
 
+if TYPE_CHECKING:
+    pass
 
-class LevelTracker:
-    """The level EWMA and re-baseline of the keys in `store`. `targets`: the scored features (None: all);
-    `stuck_limit`: the stuck-sensor limits (a re-baseline mutes the features stuck at that moment)."""
 
-    def __init__(
-        self,
-        store: StateStore,
-        config: EngineConfig,
-        targets: tuple[int, ...] | None,
-        stuck_limit: np.ndarray | None,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.targets = targets
-        self.stuck_limit = stuck_limit
+class LevelTracker(Part):
+    """The level EWMA and re-baseline of the keys in `store`. `s.targets`: the scored features (None: all);
+    `s.stuck_limit`: the stuck-sensor limits (a re-baseline mutes the features stuck at that moment)."""
 
     def _level_rate(self, elapsed: np.ndarray, readings: int) -> np.ndarray:
         """Time constants of the level EWMA elapsed over `elapsed` seconds and `readings` readings (K,): a
@@ -70,8 +63,8 @@ class LevelTracker:
         of the scored features (...): the alert is then held open by a minority of features that settled
         elsewhere, and those are the features `rebaseline` moves."""
         moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
-        if self.targets is not None:
-            moved = moved[..., list(self.targets)]
+        if self.s.targets is not None:
+            moved = moved[..., list(self.s.targets)]
         n = moved.sum(axis=-1)
         return (n > 0) & (2 * n < moved.shape[-1])
 
@@ -127,5 +120,5 @@ class LevelTracker:
         moved = np.isfinite(level) & (np.abs(level - offset) > 1.0)
         a["offset"][rows] = np.where(moved, level, offset)
         a["ewma"][rows] = np.nan
-        if self.stuck_limit is not None:
-            a["stuck_mute"][rows] |= a["stuck_run"][rows] >= self.stuck_limit
+        if self.s.stuck_limit is not None:
+            a["stuck_mute"][rows] |= a["stuck_run"][rows] >= self.s.stuck_limit

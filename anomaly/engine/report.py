@@ -6,34 +6,22 @@ readings are in (a short one after a gap, at a flush or at eviction).
 from __future__ import annotations
 
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomaly.bundle import Bundle
-from anomaly.engine.state import StateStore, put_rows, take_rows
+from anomaly.engine.part import Part
+from anomaly.engine.state import put_rows, take_rows
 from anomaly.engine.types import EngineOutput, ScoredWindow
 
+if TYPE_CHECKING:
+    pass
 
-class ReportBuffers:
-    """The report buffers of the keys in `store`, `window` readings each, reported with `bundle`'s version.
-    `per_reading` False (a window-scored model reports whole windows as it scores them): there are no buffers
-    and `flush` emits nothing. `counters`: the engine's counters, updated in place."""
 
-    def __init__(
-        self,
-        store: StateStore,
-        window: int,
-        n_features: int,
-        bundle: Bundle,
-        per_reading: bool,
-        counters: dict[str, int],
-    ) -> None:
-        self.store = store
-        self.window = window
-        self.n_features = n_features
-        self.bundle = bundle
-        self.per_reading = per_reading
-        self.counters = counters
+class ReportBuffers(Part):
+    """The report buffers of the keys in `store`, `s.window` readings each, reported with the bundle's version.
+    For a window-scored model (`s.per_reading` False: it reports whole windows as it scores them) there are no
+    buffers and `flush` emits nothing."""
 
     def append(
         self, rows, keys, fill, ts, errors, scores, thresholds, anomalous, open_pts, err_f, out: EngineOutput
@@ -45,7 +33,7 @@ class ReportBuffers:
         n = ts.shape[1]
         pos = fill.astype(np.int64)
         # flat index into the (capacity, window) columns, C-contiguous as the store allocates them
-        at = (rows * self.window + pos)[:, None]
+        at = (rows * self.s.window + pos)[:, None]
         if n > 1:
             at = at + np.arange(n)
         a["rep_ts"].reshape(-1)[at] = ts
@@ -60,14 +48,14 @@ class ReportBuffers:
         put_rows(a["rep_sq"], rows, sq)
         pos += n
         a["rep_fill"][rows] = pos
-        full = (pos == self.window).nonzero()[0]
+        full = (pos == self.s.window).nonzero()[0]
         if len(full):
             self.flush(rows[full], [keys[j] for j in full.tolist()], out)
 
     def flush(self, rows: np.ndarray, keys: list[str], out: EngineOutput) -> None:
         """Emit the report buffers of `rows` as ScoredWindows (a short one after a gap) and empty them. Each
         reading was decided on its own arrival: decided_at = its timestamp."""
-        if not self.per_reading:
+        if not self.s.per_reading:
             return
         a = self.store.arrays
         fill = a["rep_fill"][rows]
@@ -78,12 +66,12 @@ class ReportBuffers:
             return
         sq = take_rows(a["rep_sq"], rows)
         total = sq.sum(axis=1, keepdims=True)
-        shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.n_features), where=total > 0)
+        shares = np.divide(sq, total, out=np.full_like(sq, 1.0 / self.s.n_features), where=total > 0)
         ts, decided = take_rows(a["rep_ts"], rows), take_rows(a["rep_ts"], rows)
         err, score = take_rows(a["rep_err"], rows), take_rows(a["rep_score"], rows)
         thr, anom = take_rows(a["rep_thr"], rows), take_rows(a["rep_anom"], rows)
         opened = take_rows(a["rep_open"], rows)
-        cut = self.full_windows if (fill == self.window).all() else self.cut_windows
+        cut = self.full_windows if (fill == self.s.window).all() else self.cut_windows
         out.windows += cut(keys, fill, ts, err, score, thr, anom, opened, shares, decided)
         a["rep_fill"][rows] = 0
         a["rep_sq"][rows] = 0
@@ -94,14 +82,14 @@ class ReportBuffers:
         self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
     ) -> list[ScoredWindow]:
         """ScoredWindows of report buffers that are all full (the common case): each row as it is."""
-        version = repeat(self.bundle.version)
+        version = repeat(self.s.bundle.version)
         return list(map(ScoredWindow, keys, ts, err, score, thr, anom, opened, shares, version, decided))
 
     def cut_windows(
         self, keys, fill, ts, err, score, thr, anom, opened, shares, decided
     ) -> list[ScoredWindow]:
         """ScoredWindows of report buffers holding `fill` readings each (a short one after a gap or a flush)."""
-        version = self.bundle.version
+        version = self.s.bundle.version
         return [
             ScoredWindow(
                 key,

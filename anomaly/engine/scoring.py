@@ -5,6 +5,8 @@ lifecycle, and the ScoredWindows (whole windows at once, or readings through the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -12,13 +14,17 @@ from anomaly.bundle import Bundle
 from anomaly.config import EngineConfig
 from anomaly.engine.alerts import AlertLifecycle
 from anomaly.engine.levels import LevelTracker
+from anomaly.engine.part import Part
 from anomaly.engine.report import ReportBuffers
 from anomaly.engine.state import StateStore, put_rows, take_rows
 from anomaly.engine.stuck import stuck_points
 from anomaly.engine.types import EngineOutput, ScoredWindow
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import Threshold, ewma
+from anomaly.thresholds import ewma
+
+if TYPE_CHECKING:
+    from anomaly.engine.settings import Settings
 
 
 def feature_references(
@@ -40,42 +46,23 @@ def feature_references(
     return np.maximum(ref_f, floor).astype(np.float32)
 
 
-class BatchScorer:
-    """Scores pieces of the keys in `store` with `bundle`'s `model`. The settings are the engine's, derived
-    from the bundle once (`per_reading`, `targets`, `reference`, `feature_reference`, `threshold`,
-    `stuck_limit`); `levels`, `alerts` and `reports` are the collaborators a piece goes through after the model.
-    `counters`: the engine's counters, updated in place."""
+class BatchScorer(Part):
+    """Scores pieces of the keys in `store` with the model of the settings `s` (with its `per_reading`, `targets`,
+    `reference`, `feature_reference`, `threshold`, `stuck_limit`); `levels`, `alerts` and `reports` are the
+    collaborators a piece goes through after the model."""
 
     def __init__(
         self,
         store: StateStore,
         config: EngineConfig,
         counters: dict[str, int],
-        bundle: Bundle,
+        s: Settings,
         *,
-        model: torch.nn.Module,
-        per_reading: bool,
-        targets: tuple[int, ...] | None,
-        reference: float,
-        feature_reference: np.ndarray | None,
-        threshold: Threshold,
-        stuck_limit: np.ndarray | None,
         levels: LevelTracker,
         alerts: AlertLifecycle,
         reports: ReportBuffers,
     ) -> None:
-        self.store = store
-        self.config = config
-        self.counters = counters
-        self.bundle = bundle
-        self.model = model
-        self.n_features = len(bundle.features)
-        self.per_reading = per_reading
-        self.targets = targets
-        self.reference = reference
-        self.feature_reference = feature_reference
-        self.threshold = threshold
-        self.stuck_limit = stuck_limit
+        super().__init__(store, config, counters, s)
         self.levels = levels
         self.alerts = alerts
         self.reports = reports
@@ -87,7 +74,7 @@ class BatchScorer:
         on arrival), then smoothing, thresholds and alerts."""
         a = self.store.arrays
         k = len(rows)
-        if self.per_reading:
+        if self.s.per_reading:
             fill = a["rep_fill"][rows]  # readings already in each key's report window
             start = fill == 0
             due = rows[start & a["rebase"][rows]]
@@ -97,7 +84,7 @@ class BatchScorer:
             partial = self.levels.track_readings(rows, x, ts)
         else:
             partial = self.levels.track(rows, x, ts)
-        stuck = stuck_points(a, rows, x, self.stuck_limit)
+        stuck = stuck_points(a, rows, x, self.s.stuck_limit)
         x = x - take_rows(a["offset"], rows)[:, None, :]
         h = take_rows(a["h"], rows).transpose(1, 0, 2)
         c = take_rows(a["c"], rows).transpose(1, 0, 2)
@@ -106,10 +93,10 @@ class BatchScorer:
         if k == 1:
             xt, ht, ct = xt.repeat(2, 1, 1), ht.repeat(1, 2, 1), ct.repeat(1, 2, 1)
         with torch.inference_mode():
-            if self.per_reading:
-                outputs, (h2, c2) = self.model(xt, (ht, ct), reconstruct=False)
+            if self.s.per_reading:
+                outputs, (h2, c2) = self.s.model(xt, (ht, ct), reconstruct=False)
             else:
-                outputs, (h2, c2) = self.model(xt, (ht, ct))
+                outputs, (h2, c2) = self.s.model(xt, (ht, ct))
             err_f = self._reading_errors(outputs, xt, k)
         put_rows(a["h"], rows, h2.numpy()[:, :k].transpose(1, 0, 2))
         put_rows(a["c"], rows, c2.numpy()[:, :k].transpose(1, 0, 2))
@@ -118,26 +105,28 @@ class BatchScorer:
         errors = self._point_error(err_f)
         # the window's squared error per feature: alert contributions of window-scored keys (readings scored
         # on arrival add theirs reading by reading)
-        per_feature = None if self.per_reading else err_f.sum(axis=1)
+        per_feature = None if self.s.per_reading else err_f.sum(axis=1)
         scores, last = ewma(self._raw_scores(err_f, errors), a["ewma"][rows], self.config.smoothing)
         a["ewma"][rows] = last
-        if self.per_reading:
+        if self.s.per_reading:
             # chosen once per report window, at its first reading, so that the threshold in force does not
             # depend on how the window's readings were grouped into calls (and computed only there)
             eps, warm = a["rep_eps"][rows], a["rep_warm"][rows]
             first = start.nonzero()[0]
             if len(first):
                 at = rows[first]
-                eps[first], warm[first] = self.threshold.epsilon(
-                    {name: a[name][at] for name in self.threshold.fields()}, len(at)
+                eps[first], warm[first] = self.s.threshold.epsilon(
+                    {name: a[name][at] for name in self.s.threshold.fields()}, len(at)
                 )
                 a["rep_eps"][rows], a["rep_warm"][rows] = eps, warm
         else:
-            eps, warm = self.threshold.epsilon({name: a[name][rows] for name in self.threshold.fields()}, k)
+            eps, warm = self.s.threshold.epsilon(
+                {name: a[name][rows] for name in self.s.threshold.fields()}, k
+            )
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
-        self.threshold.update_rows(a, rows, scores, anomalous, open_pts)
-        if self.per_reading:
+        self.s.threshold.update_rows(a, rows, scores, anomalous, open_pts)
+        if self.s.per_reading:
             self.reports.append(
                 rows, keys, fill, ts, errors, scores, eps[:, None], anomalous, open_pts, err_f, out
             )
@@ -145,12 +134,12 @@ class BatchScorer:
         assert per_feature is not None
         totals = per_feature.sum(axis=1, keepdims=True)
         shares = np.divide(
-            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.n_features), where=totals > 0
+            per_feature, totals, out=np.full_like(per_feature, 1.0 / self.s.n_features), where=totals > 0
         )
         thresholds = np.broadcast_to(eps[:, None], scores.shape)
         a["windows"][rows] += 1
         self.counters["windows"] += k
-        version = self.bundle.version
+        version = self.s.bundle.version
         decided_at = np.repeat(ts[:, -1:], ts.shape[1], axis=1)  # a window is decided by its last reading
         for j, key in enumerate(keys):
             out.windows.append(
@@ -172,16 +161,16 @@ class BatchScorer:
         """`model.reading_errors` of the first `k` rows, as numpy (K, L, F). A forecast of every feature: the
         same float32 difference and square (one IEEE operation each, as torch's pow(2) is), in numpy."""
         out = as_output(outputs)
-        if out.forecast is None or self.targets is not None or out.forecast.dtype != torch.float32:
-            return reading_errors(out, xt, self.targets)[:k].numpy()
+        if out.forecast is None or self.s.targets is not None or out.forecast.dtype != torch.float32:
+            return reading_errors(out, xt, self.s.targets)[:k].numpy()
         err = np.subtract(out.forecast.numpy()[:k], xt.numpy()[:k])
         return np.multiply(err, err, out=err)
 
     def _point_error(self, err_f: np.ndarray) -> np.ndarray:
         """`model.point_error` of per-feature squared errors (K, L, F). Without target features: the sum
         and division numpy's `mean` makes, without its Python wrapper (the same bits)."""
-        if self.targets is not None:
-            return point_error(err_f, self.targets)
+        if self.s.targets is not None:
+            return point_error(err_f, self.s.targets)
         errors = np.add.reduce(err_f, axis=-1)
         return np.true_divide(errors, np.intp(err_f.shape[-1]), out=errors, casting="unsafe")
 
@@ -191,6 +180,6 @@ class BatchScorer:
         `mean`: mean error / the point-error reference. `max_feature`: max over features of err_f / ref_f, each
         feature in units of its own calibration quantile, so a fault that moves one sensor of many is not
         diluted by the quiet ones."""
-        if self.feature_reference is None:
-            return errors / self.reference
-        return (err_f / self.feature_reference).max(axis=2)
+        if self.s.feature_reference is None:
+            return errors / self.s.reference
+        return (err_f / self.s.feature_reference).max(axis=2)

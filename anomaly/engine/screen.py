@@ -9,40 +9,22 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomaly.config import EngineConfig
+from anomaly.engine.part import Part
 from anomaly.engine.pieces import RESET
-from anomaly.engine.state import StateStore
 from anomaly.engine.types import EngineOutput, Event, Rejection
 
+if TYPE_CHECKING:
+    pass
 
-class EventIngest:
-    """Ingest of single events into the keys of `store`: readings are standardized with `mean` and `scale`,
-    a gap longer than `max_gap` seconds resets the key, and units of `unit` readings are queued (1: scored on
-    arrival; the window: window-scored). `counters`: the engine's counters, updated in place."""
 
-    def __init__(
-        self,
-        store: StateStore,
-        config: EngineConfig,
-        counters: dict[str, int],
-        *,
-        n_features: int,
-        unit: int,
-        mean: np.ndarray,
-        scale: np.ndarray,
-        max_gap: float,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.counters = counters
-        self.n_features = n_features
-        self.unit = unit
-        self._mean = mean
-        self._scale = scale
-        self.max_gap = max_gap
+class EventIngest(Part):
+    """Ingest of single events into the keys of `store`: readings are standardized with `s.mean` and `s.scale`,
+    a gap longer than `s.max_gap` seconds resets the key, and units of `s.unit` readings are queued (1: scored
+    on arrival; the window: window-scored)."""
 
     def _reject(
         self,
@@ -74,7 +56,7 @@ class EventIngest:
         if vals.ndim == 1 and len(ts) == 1:
             vals = vals.reshape(1, -1)
         n = len(ts)
-        if vals.ndim != 2 or vals.shape != (n, self.n_features):
+        if vals.ndim != 2 or vals.shape != (n, self.s.n_features):
             got = vals.shape[-1] if vals.ndim else 0
             return self._reject(
                 out,
@@ -83,7 +65,7 @@ class EventIngest:
                 max(n, 1),
                 True,
                 ev.ref,
-                f"expected {self.n_features} features, got {got}",
+                f"expected {self.s.n_features} features, got {got}",
             )
         if n == 0:
             return None
@@ -97,10 +79,10 @@ class EventIngest:
         a = self.store.arrays  # may have grown
         row_keys[row] = key
         q = queues.setdefault(row, deque())
-        scaled = ((vals - self._mean) / self._scale).astype(np.float32)
+        scaled = ((vals - self.s.mean) / self.s.scale).astype(np.float32)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
-            gaps = np.flatnonzero((ts - before) > self.max_gap)
+            gaps = np.flatnonzero((ts - before) > self.s.max_gap)
         gap_starts = set(gaps.tolist())
         bounds = sorted({0, kept} | gap_starts)
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -175,7 +157,7 @@ class EventIngest:
 
     def _append(self, row: int, ts: np.ndarray, vals: np.ndarray, q: deque) -> None:
         a = self.store.arrays
-        w = self.unit
+        w = self.s.unit
         pos = int(a["fill"][row])
         n = len(ts)
         take = min(w - pos, n)
