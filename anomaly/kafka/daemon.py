@@ -314,12 +314,6 @@ class Daemon:
             peek = self.changelog.peek
             closes.append(lambda: peek.close(autocommit=False, timeout_ms=5000))
         closes.append(self.admin.close)
-        if stuck:
-            # The process exits with the stuck transaction's one error line. The clients are closed against a
-            # broker that does not answer, and their threads may still log what that costs them (the producer
-            # I/O thread's "Uncaught error" with a traceback, force-closed mid-transaction): consequences of
-            # the error reported, not news, so kafka-python's own log is silenced for the rest of the process.
-            logging.getLogger("kafka").setLevel(logging.CRITICAL + 1)
         for close in closes:
             try:
                 close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import sys
 import threading
@@ -138,6 +139,21 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
+KAFKA_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ kafka\.")
+
+
+def own_tracebacks(lines: list[str]) -> list[int]:
+    """Indices of the log's tracebacks that kafka-python did not log itself. The daemon runs with -v, which
+    shows kafka-python's own errors: its producer I/O thread, force-closed in the middle of the stuck
+    transaction, may log "Uncaught error" with a traceback (a fresh-clone run did once). The daemon's own
+    code must print none."""
+    return [
+        i
+        for i, line in enumerate(lines)
+        if "Traceback" in line and not (i > 0 and KAFKA_RECORD.match(lines[i - 1]))
+    ]
+
+
 def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a_restart_is_exact(
     kafka_env, stream, tiny_model
 ):
@@ -180,7 +196,7 @@ def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a
         "(kafka.max_block_ms); the transaction's outcome is unknown: exiting so that a restart restores the "
         "last committed checkpoint"
     ]
-    tracebacks = [i for i, line in enumerate(lines) if "Traceback" in line]
+    tracebacks = own_tracebacks(lines)
     assert not tracebacks, (
         "\n".join(lines[max(0, tracebacks[0] - 20) : tracebacks[0] + 40]) if tracebacks else ""
     )
