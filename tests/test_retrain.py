@@ -402,6 +402,35 @@ def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     assert result.exit_code == 2 and result.stderr.startswith("error: --alerts is for CSV files;")
 
 
+@pytest.mark.parametrize("command", ["retrain", "promote"])
+def test_an_unreachable_broker_is_one_line_without_kafka_python_logs(
+    command, bundle_path, tmp_path, caplog, monkeypatch
+):
+    """retrain/promote from a topic printed kafka-python's reconnect warnings and errors (about 20 lines, one per
+    attempt) before their one `error:` line; consume and produce quiet them unless -v, and so do they now."""
+    import logging
+
+    from anomaly.kafka import clients, history
+
+    monkeypatch.setattr(history, "_consumer", lambda cfg, t: clients.make_consumer(cfg, 1.0, group=False))
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.NOTSET)  # as in a fresh process (another test's consume may have set it)
+    first = (
+        ["-m", bundle_path] if command == "retrain" else [copy_of(bundle_path, tmp_path), "-m", bundle_path]
+    )
+    try:
+        result = run_cli(command, *first, "--since", "1h", "-b", "127.0.0.1:1")
+    finally:
+        kafka_log.setLevel(level)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: cannot reach Kafka at 127.0.0.1:1 (consumer): no usable connection; check kafka.bootstrap_servers, "
+        "that the broker is up and the security settings (security_protocol PLAINTEXT)"
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
+
+
 def test_from_pipeline_needs_a_pipeline_and_says_when_the_architecture_changes(
     csv_world, bundle_path, tmp_path
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,11 @@ def _config(pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_c
             "data.features": ",".join(features),
         },
     )
+
+
+def _quiet_kafka(verbose: bool) -> None:
+    """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def _selected(keys: str | None) -> set[str] | None:
@@ -491,6 +497,7 @@ def retrain_cmd(
     from anomaly.training import train
 
     setup_logging(verbose)
+    _quiet_kafka(verbose)
     if Path(out).resolve() == Path(champion).resolve():  # it replaced the champion, unvetted and no .previous
         raise DataError(
             f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
@@ -633,6 +640,7 @@ def promote_cmd(
     from anomaly.bundle import load_bundle
 
     setup_logging(verbose)
+    _quiet_kafka(verbose)
     if champion.endswith(".onnx") or challenger.endswith(".onnx"):
         raise DataError(
             "promotion writes a model bundle over the champion's file: promote the .pt bundles and export the "
