@@ -431,6 +431,32 @@ def test_an_unreachable_broker_is_one_line_without_kafka_python_logs(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
 
 
+def test_topic_options_with_csv_files_are_refused_not_ignored(csv_world, bundle_path, tmp_path):
+    """With CSV files, --alerts-topic (and --topic, -b, --dead-letter-topic) were ignored without a word:
+    `retrain data.csv --alerts-topic anomaly-alerts` trained on the readings inside the alerts as normal data, and
+    `promote ... data.csv --topic sensors` compared on the files, not the topic."""
+    path, _ = csv_world
+    out = tmp_path / "challenger.pt"
+    result = run_cli("retrain", "-m", bundle_path, path, "--alerts-topic", "anomaly-alerts", "-o", out)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --alerts-topic is for reading a topic, but CSV files were given: give either the files or a topic "
+        "range (with files, --alerts names a replay's alerts.jsonl)\n",
+    )
+    assert not out.exists()
+    champion = copy_of(bundle_path, tmp_path)
+    before = champion.read_bytes()
+    result = run_cli(
+        "promote", bundle_path, "-m", champion, path, "--topic", "sensors", "-b", "127.0.0.1:1", "--force"
+    )
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --topic, --bootstrap-servers are for reading a topic, but CSV files were given: give either the "
+        "files or a topic range\n",
+    )
+    assert champion.read_bytes() == before and not champion.with_name("model.pt.previous").exists()
+
+
 def test_from_pipeline_needs_a_pipeline_and_says_when_the_architecture_changes(
     csv_world, bundle_path, tmp_path
 ):

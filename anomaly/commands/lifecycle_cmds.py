@@ -182,6 +182,27 @@ def _config(pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_c
     )
 
 
+def _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint="") -> None:  # type: ignore[no-untyped-def]
+    """With CSV files, the options of a topic source are refused rather than ignored: `retrain --alerts-topic`
+    with files would leave nothing out for alerts (readings inside them learnt as normal), `--topic` reads
+    nothing."""
+    given = [
+        name
+        for name, value in (
+            ("--topic", topics),
+            ("--bootstrap-servers", bootstrap_servers),
+            ("--alerts-topic", alerts_topic),
+            ("--dead-letter-topic", dead_letter_topic),
+        )
+        if value
+    ]
+    if data and given:
+        raise ConfigError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for reading a topic, but CSV files were "
+            f"given: give either the files or a topic range{hint}"
+        )
+
+
 def _quiet_kafka(verbose: bool) -> None:
     """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
@@ -498,6 +519,8 @@ def retrain_cmd(
 
     setup_logging(verbose)
     _quiet_kafka(verbose)
+    hint = " (with files, --alerts names a replay's alerts.jsonl)"
+    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint)
     if Path(out).resolve() == Path(champion).resolve():  # it replaced the champion, unvetted and no .previous
         raise DataError(
             f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
@@ -641,6 +664,7 @@ def promote_cmd(
 
     setup_logging(verbose)
     _quiet_kafka(verbose)
+    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic)
     if champion.endswith(".onnx") or challenger.endswith(".onnx"):
         raise DataError(
             "promotion writes a model bundle over the champion's file: promote the .pt bundles and export the "
