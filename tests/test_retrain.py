@@ -394,6 +394,25 @@ def test_an_alerts_file_of_other_records_is_refused_and_foreign_alerts_are_warne
     assert "(0 left out in alert spans)" in result.stdout
 
 
+def test_alerts_of_the_held_out_part_are_not_called_foreign(csv_world, bundle_path, tmp_path):
+    """With --promote, the alerts file was checked against the training part only: alerts in the held-out recent
+    part (where they are most likely) gave `warning: none of the N alerts ... falls on the selected data`, the
+    warning meant for another stream's replay."""
+    path, _ = csv_world
+    (recent,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    last = float(recent.timestamps[-1])
+    alerts = tmp_path / "late.jsonl"
+    alert = {"id": "recent@late", "key": "recent", "status": "closed", "start": last - 600, "end": last - 300}
+    alerts.write_text(json.dumps(alert) + "\n")
+    common = ["retrain", "-m", copy_of(bundle_path, tmp_path), path, "--alerts", alerts, "--epochs", 1]
+    whole = run_cli(*common, "-o", tmp_path / "a.pt")
+    assert whole.exit_code == 0, whole.output
+    assert whole.stderr == "" and "(6 left out in alert spans)" in whole.stdout
+    held_out = run_cli(*common, "-o", tmp_path / "b.pt", "--promote", "--holdout", "0.25", "--max-drift", 100)
+    assert held_out.exit_code in (0, 3), held_out.output
+    assert held_out.stderr == "" and "(0 left out in alert spans)" in held_out.stdout
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

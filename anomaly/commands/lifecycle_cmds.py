@@ -563,6 +563,9 @@ def retrain_cmd(
         )
         what = "on " + ", ".join(source["topics"]) if kafka_mode else "in the files"
         raise DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
+    spans = retrain.alert_spans(events)
+    if not kafka_mode:  # all selected rows: alerts of the held-out part (--promote) fall on the data too
+        _alerts_check(events, spans, series, alerts_file)
     evaluation_slice = []
     if do_promote:
         lo = min(float(s.timestamps[0]) for s in series if len(s))
@@ -574,9 +577,6 @@ def retrain_cmd(
         evaluation_slice = _time_slice(series, test_part.start, test_part.end)
         series = _time_slice(series, train_part.start, train_part.end)
         source["holdout"] = {**test_part.to_json(), "share": holdout}
-    spans = retrain.alert_spans(events)
-    if not kafka_mode:
-        _alerts_check(events, spans, series, alerts_file)
     data_set = retrain.training_set(
         series, spans, model_cfg.window, margin_s=exclude_margin, min_windows=min_windows
     )
