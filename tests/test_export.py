@@ -137,6 +137,25 @@ def test_export_refuses_a_name_no_command_reads_back(bundle_path, tmp_path):
     assert load_bundle(tmp_path / "m").meta["quantization"]
 
 
+def test_the_name_suggested_for_an_int8_export_is_not_the_model_itself(bundle_path, tmp_path):
+    """`export model.pt --format int8 -o model.onnx` suggested `-o model.pt`: the model being exported, which the
+    next try then refused."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(bundle_path.read_bytes())
+    out = tmp_path / "model.onnx"
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(model), "--format", "int8", "-o", str(out)])
+    suggested = tmp_path / "model-int8.pt"
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {out}: an int8 export is a model bundle, but a name ending .onnx is read as ONNX "
+        f"(e.g. -o {suggested})\n",
+    )
+    again = runner.invoke(main, ["export", str(model), "--format", "int8", "-o", str(suggested)])
+    assert again.exit_code == 0, again.output
+    assert model.read_bytes() == bundle_path.read_bytes() and load_bundle(suggested).meta["quantization"]
+
+
 def test_export_refuses_to_overwrite_the_model_it_exports(bundle_path, tmp_path):
     """`export model.pt --format int8 -o model.pt` replaced the float model with its int8 export."""
     model = tmp_path / "model.pt"

@@ -37,9 +37,11 @@ def _check_export_target(model: str, fmt: str, out: str) -> None:
             f"(e.g. -o {target.with_suffix('.onnx')})"
         )
     if fmt == "int8" and target.suffix == ".onnx":
+        example = target.with_suffix(".pt")
+        if example.resolve() == Path(model).resolve():  # not the name of the model being exported
+            example = example.with_name(example.stem + "-int8.pt")
         raise DataError(
-            f"{out}: an int8 export is a model bundle, but a name ending .onnx is read as ONNX "
-            f"(e.g. -o {target.with_suffix('.pt')})"
+            f"{out}: an int8 export is a model bundle, but a name ending .onnx is read as ONNX (e.g. -o {example})"
         )
     if target.exists() and target.resolve() == Path(model).resolve():
         raise DataError(f"{out} is the model being exported; write the export to another file (-o)")
