@@ -202,6 +202,27 @@ class Comparison:
         }
 
 
+def _feature_difference(champion: Bundle, challenger: Bundle, shown: int = 5) -> str:
+    """What differs, in words: the features only one model has, or the same ones in another order (a message's
+    values are read by position, so the order matters as much)."""
+    a, b = champion.features, challenger.features
+
+    def names(fs: list[str]) -> str:
+        return ", ".join(fs[:shown]) + (f" and {len(fs) - shown} more" if len(fs) > shown else "")
+
+    if sorted(a) == sorted(b):
+        at = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        return f"the same {len(a)} in another order: feature {at + 1} is {a[at]} vs {b[at]}"
+    only_a = [f for f in a if f not in b]
+    only_b = [f for f in b if f not in a]
+    parts = [f"{len(a)} vs {len(b)}"]
+    if only_a:
+        parts.append(f"only the champion's: {names(only_a)}")
+    if only_b:
+        parts.append(f"only the challenger's: {names(only_b)}")
+    return "; ".join(parts)
+
+
 def compare(
     champion: Bundle,
     challenger: Bundle,
@@ -214,8 +235,8 @@ def compare(
         raise DataError("the evaluation slice is empty: nothing to compare the models on")
     if champion.features != challenger.features:
         raise DataError(
-            f"champion and challenger have different features ({len(champion.features)} vs "
-            f"{len(challenger.features)}); they cannot score the same stream"
+            f"champion and challenger have different features ({_feature_difference(champion, challenger)}); "
+            "they cannot score the same stream"
         )
     if str(challenger.meta.get("export", {}).get("format")) == "onnx":
         raise DataError("an ONNX export cannot be promoted: promote the .pt bundle it was exported from")

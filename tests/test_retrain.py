@@ -590,6 +590,28 @@ def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
     assert "lineage:         parent a\n" in shown and "None" not in shown
 
 
+def test_a_challenger_with_other_features_says_which(bundle):
+    """Features in another order were refused as 'different features (3 vs 3)', which reads as no difference."""
+    import dataclasses
+
+    slice_ = [series("k", 300)]
+    feats = bundle.features
+    reordered = dataclasses.replace(bundle, features=[feats[1], feats[0], *feats[2:]])
+    with pytest.raises(DataError) as err:
+        compare(bundle, reordered, slice_, EngineConfig(), PromotionPolicy())
+    assert str(err.value) == (
+        f"champion and challenger have different features (the same {len(feats)} in another order: feature 1 "
+        f"is {feats[0]} vs {feats[1]}); they cannot score the same stream"
+    )
+    fewer = dataclasses.replace(bundle, features=feats[:-1])
+    with pytest.raises(DataError) as err:
+        compare(bundle, fewer, slice_, EngineConfig(), PromotionPolicy())
+    assert str(err.value) == (
+        f"champion and challenger have different features ({len(feats)} vs {len(feats) - 1}; only the "
+        f"champion's: {feats[-1]}); they cannot score the same stream"
+    )
+
+
 def test_retrain_refuses_to_write_the_challenger_over_the_champion(csv_world, bundle_path, tmp_path):
     """`retrain -m model.pt -o model.pt` replaced the champion with an unvetted challenger (no policy, no
     .previous), and a running daemon hot-reloaded it."""
