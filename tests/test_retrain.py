@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -411,6 +412,31 @@ def test_alerts_of_the_held_out_part_are_not_called_foreign(csv_world, bundle_pa
     held_out = run_cli(*common, "-o", tmp_path / "b.pt", "--promote", "--holdout", "0.25", "--max-drift", 100)
     assert held_out.exit_code in (0, 3), held_out.output
     assert held_out.stderr == "" and "(0 left out in alert spans)" in held_out.stdout
+
+
+def test_a_row_without_a_time_is_left_out_as_the_topic_read_leaves_it_out(csv_world, bundle_path, tmp_path):
+    """One empty time cell: retrain trained, then crashed on the lineage's last reading (ValueError: Invalid value
+    NaN) and wrote nothing; with --promote, the NaN end of the range left '0 usable readings from 0 of 0 keys'."""
+    path, _ = csv_world
+    lines = path.read_text().splitlines()
+    lines[-1] = "," + lines[-1].split(",", 1)[1]  # the last row's timestamp cell emptied
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "c.pt"
+    result = run_cli("retrain", "-m", bundle_path, blank, "-o", out, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    data = read_metadata(out)[0]["lineage"]["data"]
+    (recent,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    assert (data["readings"], data["dropped_readings"]) == (1499, 1)
+    assert data["last_reading"] == datetime.fromtimestamp(recent.timestamps[-2], UTC).isoformat(
+        timespec="seconds"
+    )
+    champion = copy_of(bundle_path, tmp_path)
+    held = run_cli(
+        "retrain", "-m", champion, blank, "-o", out, "--epochs", 1, "--promote", "--max-drift", 100
+    )
+    assert held.exit_code in (0, 3), held.output
+    assert "training set: 1,199 readings of 1 keys" in held.stdout
 
 
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):

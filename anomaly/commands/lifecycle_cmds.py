@@ -291,15 +291,15 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
 
 def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
     """Each key's readings at a timestamp it already had (two files of one key that overlap, or a repeated
-    row) left out, as the topic read leaves them out: the engine would drop them, so the challenger must not
-    train on them. Returns the series and how many readings were left out."""
+    row), or at none (an empty time cell), left out, as the topic read leaves them out: the engine would drop
+    them, so the challenger must not train on them. Returns the series and how many readings were left out."""
     import numpy as np
 
     out, dropped = [], 0
     for s in series:
         keep = np.ones(len(s), bool)
-        keep[1:] = np.diff(s.timestamps) > 0  # merge_keys sorted them; NaN times (at the end) stay
-        keep |= np.isnan(s.timestamps)
+        keep[1:] = np.diff(s.timestamps) > 0  # merge_keys sorted them (NaN times at the end)
+        keep &= np.isfinite(s.timestamps)
         dropped += int((~keep).sum())
         out.append(s if keep.all() else s.take(keep))
     return out, dropped
