@@ -373,6 +373,16 @@ def test_a_range_without_rows_names_the_range(csv_world, bundle_path, tmp_path):
     assert result.exit_code == 2 and result.stderr == (
         "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
     )
+    # promote said only 'the evaluation slice is empty', not which range or keys left nothing
+    champion = copy_of(bundle_path, tmp_path)
+    result = run_cli(
+        "promote", bundle_path, "-m", champion, path, "--from", "2030-01-01", "--to", "2030-01-02"
+    )
+    assert result.exit_code == 2 and result.stderr == (
+        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
+    )
+    result = run_cli("promote", bundle_path, "-m", champion, path, "--keys", "pump-7")
+    assert (result.exit_code, result.stderr) == (2, "error: no readings for keys pump-7 in the files\n")
 
 
 def test_an_alerts_file_of_other_records_is_refused_and_foreign_alerts_are_warned_of(

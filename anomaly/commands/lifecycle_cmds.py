@@ -289,6 +289,13 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     return series, events, source
 
 
+def _no_readings(span, keys, source) -> DataError:  # type: ignore[no-untyped-def]
+    """The error for a range, key selection or source without a reading, naming all three."""
+    where = "" if span is None else f" from {span.to_json()['from'] or 'the start'} to {span.to_json()['to']}"
+    what = "on " + ", ".join(source["topics"]) if source["source"] == "kafka" else "in the files"
+    return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
+
+
 def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
     """Each key's readings at a timestamp it already had (two files of one key that overlap, or a repeated
     row), or at none (an empty time cell), left out, as the topic read leaves them out: the engine would drop
@@ -560,11 +567,7 @@ def retrain_cmd(
     else:
         series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
     if not series:
-        where = (
-            "" if span is None else f" from {span.to_json()['from'] or 'the start'} to {span.to_json()['to']}"
-        )
-        what = "on " + ", ".join(source["topics"]) if kafka_mode else "in the files"
-        raise DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
+        raise _no_readings(span, keys, source)
     spans = retrain.alert_spans(events)
     if not kafka_mode:  # all selected rows: alerts of the held-out part (--promote) fall on the data too
         _alerts_check(events, spans, series, alerts_file)
@@ -688,6 +691,8 @@ def promote_cmd(
         hist, _, source = _read_kafka(cfg, topics, span, champ.features, selected, progress=True)
         series = hist.series
         source = {**source, **hist.to_json()}
+    if not series:
+        raise _no_readings(span, keys, source)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
     cmp = compare(
         champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
