@@ -100,6 +100,33 @@ def test_champion_sections_are_the_recorded_settings(bundle) -> None:
     assert sections["train"]["epochs"] == 4 and sections["train"]["batch_size"] == 16
 
 
+def test_a_champion_trained_on_cuda_retrains_on_the_cpu_with_device(csv_world, bundle, tmp_path, monkeypatch):
+    """The champion's recorded train.device was reused with no way to change it: one trained with --device cuda
+    could not be retrained on a CPU-only host ('train.device is cuda but no CUDA device is available', after
+    reading all the data; neither an option nor ANOMALY_TRAIN_DEVICE changed it)."""
+    import torch
+
+    from anomaly.bundle import save_bundle
+
+    path, alerts = csv_world
+    bundle.meta["training"]["config"]["train"]["device"] = "cuda"
+    champion = save_bundle(bundle, tmp_path / "gpu-trained.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "challenger.pt"
+    args = ["retrain", "-m", champion, path, "--alerts", alerts, "-o", out, "--epochs", 1]
+    result = run_cli(*args)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",  # refused before reading or training
+        "error: the champion was trained with train.device cuda, but this machine has no CUDA device: give "
+        "--device cpu (or auto)\n",
+    )
+    result = run_cli(*args, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    training = read_metadata(out)[0]["training"]
+    assert (training["device"], training["config"]["train"]["device"]) == ("cpu", "cpu")
+
+
 def result(version: str, rate: float, psi: float | None, f1: float | None = None) -> ShadowResult:
     metrics = None if f1 is None else {"f1": f1, "far": 0.0, "mar": 0.0}
     return ShadowResult(version, 1000, 100, int(rate), rate, 0.0, 0.5, 1.0, psi, metrics)

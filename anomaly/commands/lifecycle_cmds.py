@@ -205,6 +205,21 @@ def _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter
         )
 
 
+def _check_device(device: str, option: str | None, from_pipeline: bool) -> None:
+    """Before reading any data: a champion trained with --device cuda, retrained where there is no CUDA device
+    (the daemon's CPU host), names the option that changes it."""
+    import torch
+
+    if device != "cuda" or torch.cuda.is_available():
+        return
+    if option:
+        raise ConfigError("--device cuda, but this machine has no CUDA device: give --device cpu (or auto)")
+    origin = (
+        "the pipeline's train.device is" if from_pipeline else "the champion was trained with train.device"
+    )
+    raise ConfigError(f"{origin} cuda, but this machine has no CUDA device: give --device cpu (or auto)")
+
+
 def _quiet_kafka(verbose: bool) -> None:
     """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
@@ -470,6 +485,12 @@ def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: 
 )
 @click.option("--seed", type=int, default=None, help="Random seed.  [default: the champion's]")
 @click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Training device (auto: CUDA when present).  [default: the champion's]",
+)
+@click.option(
     "--promote",
     "do_promote",
     is_flag=True,
@@ -507,6 +528,7 @@ def retrain_cmd(
     from_pipeline,
     epochs,
     seed,
+    device,
     do_promote,
     holdout,
     f1_tolerance,
@@ -541,7 +563,7 @@ def retrain_cmd(
     cfg = _config(
         pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, parent.features
     )
-    overrides = {"train.epochs": epochs, "train.seed": seed}
+    overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
         if not pipeline:  # else the built-in defaults would replace the champion's settings unnoticed
             raise ConfigError(
@@ -552,6 +574,7 @@ def retrain_cmd(
     else:
         tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
         model_cfg, train_cfg = tcfg.model, tcfg.train
+    _check_device(train_cfg.device, device, from_pipeline)
     selected = _selected(keys)
     kafka_mode = not data
     span = TimeRange.parse(since, start, end) if kafka_mode else TimeRange.parse_for_files(since, start, end)
