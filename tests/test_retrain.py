@@ -476,6 +476,37 @@ def test_a_row_without_a_time_is_left_out_as_the_topic_read_leaves_it_out(csv_wo
     assert "training set: 1,199 readings of 1 keys" in held.stdout
 
 
+def test_files_that_train_and_replay_read_with_options_retrain_and_promote_alike(
+    csv_world, bundle_path, tmp_path
+):
+    """retrain/promote had none of the options that say how to read a file (--decimal, --separator,
+    --time-format, --bad-cells, ...): a file replayed with --decimal , was refused by retrain with '(numbers with
+    decimal commas need --decimal ,)', and --decimal , was 'No such option'."""
+    path, alerts = csv_world
+    text = path.read_text()
+    assert "," in text and ";" not in text
+    semi = tmp_path / "semi" / path.name  # the same key (the file's name)
+    semi.parent.mkdir()
+    semi.write_text(text.replace(",", ";").replace(".", ","))
+    outs = {}
+    for name, args in (("dot", [path]), ("comma", [semi, "--decimal", ","])):
+        outs[name] = tmp_path / f"{name}.pt"
+        result = run_cli(
+            "retrain", "-m", bundle_path, *args, "--alerts", alerts, "-o", outs[name], "--epochs", 1
+        )
+        assert result.exit_code == 0, result.output
+    dot, comma = (read_metadata(outs[n])[0] for n in ("dot", "comma"))
+    assert dot["training_fingerprint"] == comma["training_fingerprint"]
+    assert dot["lineage"]["data"]["readings"] == comma["lineage"]["data"]["readings"] == 1495
+    champion = copy_of(bundle_path, tmp_path)
+    shown = [
+        run_cli("promote", outs["dot"], "-m", champion, *args, "--dry-run")
+        for args in ([path], [semi, "--decimal", ","])
+    ]
+    assert shown[0].exit_code == shown[1].exit_code and shown[0].exit_code in (0, 3), shown[1].output
+    assert shown[0].stdout == shown[1].stdout
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

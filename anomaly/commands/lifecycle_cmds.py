@@ -11,6 +11,7 @@ import click
 from anomaly import retrain
 from anomaly.commands.common import (
     config_from,
+    data_options,
     key_column_option,
     one_line_errors,
     pipeline_option,
@@ -96,6 +97,7 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
         pipeline_option,
         time_column_option,
         key_column_option,
+        data_options,  # how to read the files, as train and replay read them
         click.option(
             "--topic",
             "topics",
@@ -170,10 +172,20 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def _config(pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, features):  # type: ignore[no-untyped-def]
+def _config(
+    pipeline,
+    bootstrap_servers,
+    alerts_topic,
+    dead_letter_topic,
+    time_column,
+    key_column,
+    features,
+    data_overrides,
+):  # type: ignore[no-untyped-def]
     return config_from(
         pipeline,
         {
+            **data_overrides,
             "kafka.bootstrap_servers": bootstrap_servers,
             "kafka.alerts_topic": alerts_topic,
             "kafka.dead_letter_topic": dead_letter_topic,
@@ -513,6 +525,7 @@ def retrain_cmd(
     pipeline,
     time_column,
     key_column,
+    data_overrides,
     topics,
     bootstrap_servers,
     alerts_topic,
@@ -561,7 +574,14 @@ def retrain_cmd(
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
     cfg = _config(
-        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, parent.features
+        pipeline,
+        bootstrap_servers,
+        alerts_topic,
+        dead_letter_topic,
+        time_column,
+        key_column,
+        parent.features,
+        data_overrides,
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -667,6 +687,7 @@ def promote_cmd(
     pipeline,
     time_column,
     key_column,
+    data_overrides,
     topics,
     bootstrap_servers,
     alerts_topic,
@@ -703,7 +724,14 @@ def promote_cmd(
     champ = load_bundle(champion)
     chall = load_bundle(challenger)
     cfg = _config(
-        pipeline, bootstrap_servers, alerts_topic, dead_letter_topic, time_column, key_column, champ.features
+        pipeline,
+        bootstrap_servers,
+        alerts_topic,
+        dead_letter_topic,
+        time_column,
+        key_column,
+        champ.features,
+        data_overrides,
     )
     selected = _selected(keys)
     if data:
