@@ -507,6 +507,29 @@ def test_files_that_train_and_replay_read_with_options_retrain_and_promote_alike
     assert shown[0].stdout == shown[1].stdout
 
 
+def test_keys_without_a_reading_are_named(csv_world, bundle_path, tmp_path):
+    """`--keys recent,pump-7` (a typo, or a quiet key) trained on `recent` alone without a word."""
+    path, alerts = csv_world
+    result = run_cli(
+        "retrain",
+        "-m",
+        bundle_path,
+        path,
+        "--alerts",
+        alerts,
+        "--keys",
+        "recent,pump-7",
+        "-o",
+        tmp_path / "c.pt",
+    )
+    assert result.exit_code == 0, result.output
+    warning = "warning: no readings for 1 of the 2 keys of --keys (pump-7); using the others\n"
+    assert result.stderr == warning and "training set: 1,495 readings of 1 keys" in result.stdout
+    champion = copy_of(bundle_path, tmp_path)
+    result = run_cli("promote", bundle_path, "-m", champion, path, "--keys", "recent,pump-7", "--dry-run")
+    assert result.exit_code in (0, 3) and result.stderr == warning, result.output
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

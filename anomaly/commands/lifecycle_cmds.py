@@ -323,6 +323,20 @@ def _no_readings(span, keys, source) -> DataError:  # type: ignore[no-untyped-de
     return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
 
 
+def _keys_check(selected, series) -> None:  # type: ignore[no-untyped-def]
+    """A `warning:` naming the keys of --keys without a reading (a typo, or a key that was quiet): the others are
+    used, which is seldom what was meant without a word."""
+    if selected is None:
+        return
+    missing = sorted(selected - {s.key for s in series})
+    if missing:
+        click.echo(
+            f"warning: no readings for {len(missing)} of the {len(selected)} keys of --keys "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); using the others",
+            err=True,
+        )
+
+
 def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
     """Each key's readings at a timestamp it already had (two files of one key that overlap, or a repeated
     row), or at none (an empty time cell), left out, as the topic read leaves them out: the engine would drop
@@ -611,6 +625,7 @@ def retrain_cmd(
         series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
     if not series:
         raise _no_readings(span, keys, source)
+    _keys_check(selected, series)
     spans = retrain.alert_spans(events)
     if not kafka_mode:  # all selected rows: alerts of the held-out part (--promote) fall on the data too
         _alerts_check(events, spans, series, alerts_file)
@@ -744,6 +759,7 @@ def promote_cmd(
         source = {**source, **hist.to_json()}
     if not series:
         raise _no_readings(span, keys, source)
+    _keys_check(selected, series)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
     cmp = compare(
         champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
