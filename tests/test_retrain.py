@@ -530,6 +530,26 @@ def test_keys_without_a_reading_are_named(csv_world, bundle_path, tmp_path):
     assert result.exit_code in (0, 3) and result.stderr == warning, result.output
 
 
+def test_a_slice_labelled_in_another_column_is_compared_by_f1(csv_world, bundle_path, tmp_path):
+    """promote had no --label/--label-map: labels in a column not named `anomaly` (or text labels) were not read,
+    so F1 was left out of the comparison and the decision without a word."""
+    import pandas as pd
+
+    path, _ = csv_world
+    frame = pd.read_csv(path)
+    frame["attack"] = frame.pop("anomaly").map({0: "Normal", 1: "Attack"})
+    other = tmp_path / "other" / path.name  # the same key (the file's name)
+    other.parent.mkdir()
+    frame.to_csv(other, index=False)
+    champion = copy_of(bundle_path, tmp_path)
+    common = ["promote", bundle_path, "-m", champion, "--dry-run"]
+    labelled = run_cli(*common, path)
+    relabelled = run_cli(*common, other, "--label", "attack", "--label-map", "Normal=0,Attack=1")
+    assert labelled.exit_code in (0, 3), labelled.output
+    assert "F1 / FAR / MAR" in labelled.stdout
+    assert (relabelled.exit_code, relabelled.stdout) == (labelled.exit_code, labelled.stdout)
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

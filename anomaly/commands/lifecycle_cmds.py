@@ -13,6 +13,7 @@ from anomaly.commands.common import (
     config_from,
     data_options,
     key_column_option,
+    label_map_option,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -97,6 +98,13 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
         pipeline_option,
         time_column_option,
         key_column_option,
+        click.option(
+            "--label",
+            default=None,
+            help="Label column of the files: F1/FAR/MAR in the comparison (promote, retrain --promote).  "
+            "[default: anomaly]",
+        ),
+        label_map_option,
         data_options,  # how to read the files, as train and replay read them
         click.option(
             "--topic",
@@ -539,6 +547,8 @@ def retrain_cmd(
     pipeline,
     time_column,
     key_column,
+    label,
+    label_map,
     data_overrides,
     topics,
     bootstrap_servers,
@@ -595,7 +605,7 @@ def retrain_cmd(
         time_column,
         key_column,
         parent.features,
-        data_overrides,
+        {**data_overrides, "data.label": label, "data.label_map": label_map},
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -702,6 +712,8 @@ def promote_cmd(
     pipeline,
     time_column,
     key_column,
+    label,
+    label_map,
     data_overrides,
     topics,
     bootstrap_servers,
@@ -746,7 +758,7 @@ def promote_cmd(
         time_column,
         key_column,
         champ.features,
-        data_overrides,
+        {**data_overrides, "data.label": label, "data.label_map": label_map},
     )
     selected = _selected(keys)
     if data:
