@@ -550,6 +550,29 @@ def test_a_slice_labelled_in_another_column_is_compared_by_f1(csv_world, bundle_
     assert (relabelled.exit_code, relabelled.stdout) == (labelled.exit_code, labelled.stdout)
 
 
+def test_promote_from_a_topic_reads_no_alerts(csv_world, bundle, bundle_path, tmp_path, monkeypatch):
+    """promote from a topic read the whole alerts topic and dropped it (it compares on every reading), so an
+    alerts topic of another name, or none, ended it with 'error: topic anomaly-alerts not found'."""
+    from anomaly.kafka import KafkaError, history
+
+    path, _ = csv_world
+    (recent,), _ = load_series([path], DataConfig(), bundle.features)
+
+    def no_alerts_topic(cfg, topic, timeout_s=10.0):  # type: ignore[no-untyped-def]
+        raise KafkaError(f"topic {topic} not found")
+
+    monkeypatch.setattr(history, "read_alert_events", no_alerts_topic)
+    monkeypatch.setattr(history, "read_dead_letter_positions", lambda *a, **k: set())
+    monkeypatch.setattr(
+        history, "read_topic_range", lambda *a, **k: history.TopicHistory([recent], messages=len(recent))
+    )
+    champion = copy_of(bundle_path, tmp_path)
+    result = run_cli("promote", bundle_path, "-m", champion, "--since", "1h", "--force")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert "readings streamed             1,500 " in result.stdout
+    assert "alerts_topic" not in read_metadata(champion)[0]["lineage"]["promotion"]["slice"]
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

@@ -118,7 +118,12 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
             default=None,
             help="Kafka host:port list.  [default: kafka.bootstrap_servers]",
         ),
-        click.option("--alerts-topic", default=None, help="Alerts topic.  [default: kafka.alerts_topic]"),
+        click.option(
+            "--alerts-topic",
+            default=None,
+            help="Alerts topic (retrain leaves out readings in its alerts; promote reads none).  "
+            "[default: kafka.alerts_topic]",
+        ),
         click.option(
             "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
         ),
@@ -249,18 +254,15 @@ def _selected(keys: str | None) -> set[str] | None:
     return {k.strip() for k in keys.split(",") if k.strip()} if keys else None
 
 
-def _read_kafka(cfg, topics, span, features, keys, progress, exclude_dead_letters=True):  # type: ignore[no-untyped-def]
-    """Readings of the topics in `span`, without dead-lettered messages; also the alert events."""
+def _read_kafka(cfg, topics, span, features, keys, progress, read_alerts=True):  # type: ignore[no-untyped-def]
+    """Readings of the topics in `span`, without dead-lettered messages; also the alert events (for retrain:
+    promote compares on every reading and reads none)."""
     from anomaly.kafka.codec import Decoder
     from anomaly.kafka.daemon import message_format
     from anomaly.kafka.history import read_alert_events, read_dead_letter_positions, read_topic_range
 
     k = cfg.kafka
-    dead = (
-        read_dead_letter_positions(k, k.dead_letter_topic, int(span.start * 1000))
-        if exclude_dead_letters
-        else set()
-    )
+    dead = read_dead_letter_positions(k, k.dead_letter_topic, int(span.start * 1000))
     hist = read_topic_range(
         k,
         list(topics or k.topics),
@@ -271,11 +273,11 @@ def _read_kafka(cfg, topics, span, features, keys, progress, exclude_dead_letter
         exclude=dead,
         progress=progress,
     )
-    alerts = read_alert_events(k, k.alerts_topic)
+    alerts = read_alert_events(k, k.alerts_topic) if read_alerts else []
     source = {
         "source": "kafka",
         "topics": list(topics or k.topics),
-        "alerts_topic": k.alerts_topic,
+        **({"alerts_topic": k.alerts_topic} if read_alerts else {}),
         "dead_letter_topic": k.dead_letter_topic,
         **span.to_json(),
     }
@@ -766,7 +768,9 @@ def promote_cmd(
         series, _, source = _read_csv(cfg, data, span, champ.features, selected, None)
     else:
         span = TimeRange.parse(since, start, end)
-        hist, _, source = _read_kafka(cfg, topics, span, champ.features, selected, progress=True)
+        hist, _, source = _read_kafka(
+            cfg, topics, span, champ.features, selected, progress=True, read_alerts=False
+        )
         series = hist.series
         source = {**source, **hist.to_json()}
     if not series:
