@@ -387,3 +387,18 @@ def test_drop_anomalies_without_the_label_column_is_an_error(frame, tmp_path) ->
         "error: --drop-anomalies needs the label column 'y', which the files lack (--label names it)"
     ]
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
+    """Monthly exports of the same keys (with --key-column) trained as one series per file part: --train-rows N
+    took N rows from each file, so replay --evaluate-after N counted rows the model was trained on, and the
+    bundle said 4 series for 2 keys."""
+    whole, early, late = split_by_time(tmp_path)
+    common = ("--key-column", "sensor_id", "--train-rows", "100", "-p", tiny_pipeline(tmp_path))
+    a = run("train", whole, "-o", tmp_path / "a.pt", *common)
+    b = run("train", early, late, "-o", tmp_path / "b.pt", *common)
+    assert a.exit_code == b.exit_code == 0, b.output
+    ta, tb = (load_bundle(tmp_path / f"{n}.pt").meta for n in "ab")
+    assert (tb["training"]["rows"], tb["training"]["series"]) == (ta["training"]["rows"], 2) == (200, 2)
+    assert tb["training_fingerprint"] == ta["training_fingerprint"]
+    assert "trained on 200 rows of 2 series" in b.output

@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import load_series
+from anomaly.data import load_series, merge_keys
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 from anomaly.training import TrainResult, train
@@ -76,6 +76,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
     )
+    series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
