@@ -533,6 +533,26 @@ def test_a_label_map_reads_numeric_labels_too(tmp_path) -> None:
         load(path, label="attack", label_map=("1=0",))
 
 
+def test_a_negative_label_is_refused_not_read_as_normal(tmp_path) -> None:
+    """WADI's 1 (normal) / -1 (attack), or scikit-learn's outlier flags, without --label-map: 'above 0 is
+    anomalous' read every normal reading as an anomaly and every attack as normal, with no word."""
+    path = write(tmp_path, "timestamp,a,attack\n1,1.0,1.0\n2,2.0,-1.0\n3,3.0,1.0\n")
+    with pytest.raises(
+        SchemaError,
+        match=r"^.*x.csv: label column 'attack' line 3 holds '-1'; labels are 0 or 1 \(empty: 0\), and a "
+        r"negative label is not guessed: map the column's values with --label-map, e.g. --label-map "
+        r"1=0,-1=1 if -1 marks an anomaly$",
+    ):
+        load(path, label="attack")
+    (s,), _ = load(path, label="attack", label_map=("1=0", "-1=1"))  # the map the hint gives
+    assert s.labels.tolist() == [0, 1, 0]
+    zero = write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,-1\n3,3.0,\n", "zero.csv")
+    with pytest.raises(SchemaError, match=r"line 3 holds '-1'.* --label-map 0=0,-1=1 if -1 marks"):
+        load(zero)
+    (s,), _ = load(write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,2\n3,3.0,\n", "two.csv"))
+    assert s.labels.tolist() == [0, 1, 0]  # above 0 is anomalous, empty is 0: unchanged
+
+
 def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
     """WADI's CSVs open with lines of notes, a SWaT spreadsheet saved as CSV with its row of stage names (P1,
     P2, ...): the notes broke the parser ('Expected 1 fields in line 4') and the stage row became the header."""
