@@ -60,16 +60,52 @@ def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Ba
         yield Batch(events, messages=len(chunk))
 
 
+# The columns of a per-point table (scores.csv) that are not a feature's raw values.
+RESULT_NAMES = (
+    "key",
+    "timestamp",
+    "time",
+    "label",
+    "error",
+    "score",
+    "threshold",
+    "anomalous",
+    "alert_open",
+    "scored",
+    "decided_at",
+    "predicted",
+    "rejected",
+)
+
+
+def value_columns(features: Sequence[str]) -> list[str]:
+    """The column of each feature's raw values in a per-point table: the feature's name, or `value_NAME` when
+    the name is a result column's (a sensor called `error`, `score` or `key`), so a result never overwrites a
+    reading nor a reading a result (`value_value_NAME` if `value_NAME` is a feature too)."""
+    taken = set(RESULT_NAMES) | set(features)
+    out = []
+    for f in features:
+        name = f
+        if f in RESULT_NAMES:
+            name = f"value_{f}"
+            while name in taken:
+                name = f"value_{name}"
+            taken.add(name)
+        out.append(name)
+    return out
+
+
 def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], predict: str) -> pd.DataFrame:
-    """Per-point table of one series: raw values, label, and the engine's results (NaN where unscored)."""
+    """Per-point table of one series: raw values (columns named by :func:`value_columns`), label, and the
+    engine's results (NaN where unscored)."""
     n = len(s)
     cols: dict[str, Any] = {
         "key": s.key,
         "timestamp": s.timestamps,
         "time": pd.to_datetime(s.timestamps, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
-    for j, f in enumerate(features):
-        cols[f] = s.values[:, j]
+    for j, name in enumerate(value_columns(features)):
+        cols[name] = s.values[:, j]
     if s.labels is not None:
         cols["label"] = s.labels
     res = {
@@ -251,7 +287,7 @@ def _replay(
         keep = [
             "key",
             "timestamp",
-            *bundle.features,
+            *value_columns(bundle.features),
             "label",
             "error",
             "score",
