@@ -406,6 +406,28 @@ def test_a_missing_time_column_names_the_likely_one(tmp_path) -> None:
         load(write(tmp_path, "Time,a\n" + rows(["1"] * 4)))
 
 
+def test_a_column_that_counts_the_readings_is_named_as_the_likely_time(tmp_path) -> None:
+    """NASA SMAP/MSL (telemanom) CSVs count readings in `step`: the error pointed to --no-time-column, which
+    trains on `step` as a sensor that only grows. A pandas row index (no header name) is never that hint."""
+    text = "chan_id,step,telemetry,cmd_01\n" + "".join(
+        f"{c},{i},{0.1 * i:.1f},0\n" for c in ("A-1", "A-2") for i in range(6)
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(
+        SchemaError,
+        match=r"not found; columns are chan_id, step, telemetry, cmd_01 \(column 'step' counts up row by row: "
+        r"pass --time-column step if it is the time, with --time-unit for its unit; --no-time-column would "
+        r"make it a sensor\)$",
+    ):
+        load(path)
+    series, feats = load(path, time_column="step", key_column="chan_id")
+    assert feats == ["telemetry", "cmd_01"]
+    assert [s.timestamps.tolist() for s in series] == [list(range(6))] * 2
+    index = write(tmp_path, ",a,b\n0,1.5,2\n1,1.25,3\n2,1.0,2\n3,1.5,1\n", "index.csv")
+    with pytest.raises(SchemaError, match=r"not found; columns are Unnamed: 0, a, b \(a file without a time"):
+        load(index)
+
+
 def test_a_time_column_without_values_says_so(tmp_path) -> None:
     """All times empty read as '3 of 4 rows repeat another row's timestamp ... several series'."""
     with pytest.raises(SchemaError, match=r"time column 'timestamp' has no value in any row"):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from anomaly.config import DataConfig
 from anomaly.data.cells import numeric_column
-from anomaly.data.columns import check_features, infer_features, label_values, non_features
+from anomaly.data.columns import _unnamed, check_features, infer_features, label_values, non_features
 from anomaly.data.reading import file_line, is_number, no_header_note, quoted, read_frame, separator_note
 from anomaly.data.series import Series
 from anomaly.data.times import TIME_UNITS, to_epoch_seconds
@@ -51,6 +51,23 @@ def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     return None
 
 
+def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
+    """Numeric columns that count up row by row (nine steps in ten the same positive amount, as telemanom's
+    `step`): the time under another name, which --no-time-column would make a sensor that only ever grows."""
+    out = []
+    for c in frame.columns:
+        col = frame[c]
+        if c in (cfg.key_column, cfg.label, *cfg.label_columns) or _unnamed(c) or len(col) < 3:
+            continue
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        steps = np.diff(col.to_numpy(np.float64))
+        up = steps[steps > 0]
+        if len(up) and float(np.mean(steps == np.median(up))) >= 0.9:
+            out.append(str(c))
+    return out
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -63,11 +80,15 @@ def frame_to_series(
         headed = frame.attrs.get("header", True)
         below = _header_below(frame, cfg.time_column) if headed and not timelike else None
         numbers = no_header_note(list(frame.columns)) if headed and not below else ""
+        counting = _counting_columns(frame, cfg) if headed and not timelike and not below else []
         hint = (
             f" (pass --time-column {quoted(timelike[0])})"
             if timelike
             else f" (the column names seem to be on line {below}: pass --skip-rows {below - 1})"
             if below
+            else f" (column {counting[0]!r} counts up row by row: pass --time-column {quoted(counting[0])} if it "
+            "is the time, with --time-unit for its unit; --no-time-column would make it a sensor)"
+            if counting and not numbers
             else " (a file without a time column: pass --no-time-column to number its readings 0, 1, 2, ...)"
             if (len(frame.columns) > 1 and not numbers) or not headed
             else ""
