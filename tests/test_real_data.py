@@ -402,3 +402,33 @@ def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
     assert (tb["training"]["rows"], tb["training"]["series"]) == (ta["training"]["rows"], 2) == (200, 2)
     assert tb["training_fingerprint"] == ta["training_fingerprint"]
     assert "trained on 200 rows of 2 series" in b.output
+
+
+def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_path) -> None:
+    """Epoch seconds beside a text time (or telemanom's `step` under --no-time-column) became a feature: the
+    model scored the clock, every reading after training out of range (a SKAB file with such a column: one
+    alert open from the first test reading on). --features chooses it anyway."""
+    data = frame.head(300).copy()
+    data.insert(1, "unix_time", 1_700_000_000 + 60 * np.arange(300))
+    csv = tmp_path / "clock.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2
+    assert lines(r.output)[-1] == (
+        "error: column 'unix_time' counts up reading by reading, like a clock or a row number, not a sensor: a "
+        "model trained on it finds every later reading out of range; leave it out with --features "
+        "sensor_1,sensor_2,sensor_3,sensor_4, or pass --time-column unix_time if it is the time"
+    )
+    assert not (tmp_path / "m.pt").exists()
+    r = run(
+        "train",
+        csv,
+        "-o",
+        tmp_path / "m.pt",
+        "-p",
+        tiny_pipeline(tmp_path),
+        "--features",
+        "sensor_1,unix_time",
+    )
+    assert r.exit_code == 0, r.output
+    assert load_bundle(tmp_path / "m.pt").features == ["sensor_1", "unix_time"]

@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import load_series, merge_keys
+from anomaly.data import counting_features, load_series, merge_keys, quoted
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 from anomaly.training import TrainResult, train
@@ -77,6 +77,15 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
     )
     series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
+    counting = [] if cfg.data.features else counting_features(series, features)
+    if counting:  # chosen with --features, it is the user's call
+        rest = [f for f in features if f not in counting]
+        raise DataError(
+            f"column {counting[0]!r} counts up reading by reading, like a clock or a row number, not a sensor: "
+            "a model trained on it finds every later reading out of range; "
+            + (f"leave it out with --features {quoted(','.join(rest))}, or " if rest else "")
+            + f"pass --time-column {quoted(counting[0])} if it is the time"
+        )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
