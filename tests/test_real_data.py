@@ -406,8 +406,8 @@ def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
 
 def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_path) -> None:
     """Epoch seconds beside a text time (or telemanom's `step` under --no-time-column) became a feature: the
-    model scored the clock, every reading after training out of range (a SKAB file with such a column: one
-    alert open from the first test reading on). --features chooses it anyway."""
+    model was trained on the clock, whose every later value is out of the training range (SKAB valve1/0 with an
+    epoch column: one alert from early in the test part to a level_shift close). --features chooses it anyway."""
     data = frame.head(300).copy()
     data.insert(1, "unix_time", 1_700_000_000 + 60 * np.arange(300))
     csv = tmp_path / "clock.csv"
