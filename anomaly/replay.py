@@ -408,6 +408,18 @@ def coverage_warnings(
         )
     resets = engine.counters["gap_resets"]
     cold = bool(coverage.get("cold_only"))
+    gapped = gapped_series(series, engine.max_gap)
+    if gapped and not cold and len(gapped) < len(series):  # (all of them: the run's own warning says why)
+        named = ", ".join(
+            f"{key!r} ({n} of {m} readings after a gap, median step {step:g} s)"
+            for key, n, m, step in gapped[:3]
+        )
+        out.append(
+            f"{len(gapped)} of {len(series)} series were reset by gaps longer than engine.max_gap_seconds = "
+            f"{engine.max_gap:g} s at half of their readings or more, so those readings had less than a window "
+            f"of history (cold scores, or none): {named}{', ...' if len(gapped) > 3 else ''}; series sampled "
+            "this far apart need engine.max_gap_seconds above their step, or a model of their own"
+        )
     if cold:
         unscored = total  # scores from a cold state: as good as nothing
     if unscored <= total // 2:
@@ -434,6 +446,21 @@ def coverage_warnings(
     if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
     return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
+
+
+def gapped_series(series: Sequence[Series], max_gap: float) -> list[tuple[str, int, int, float]]:
+    """(key, readings after a gap, readings, median step in seconds) of each series whose key is reset by a gap
+    longer than `max_gap` at half of its readings or more: one sampled far slower than the others in a file
+    (the bundle's gap rule follows the median step over all series), whose every score then comes from a
+    cold state while the run as a whole looks scored."""
+    out = []
+    for s in series:
+        steps = np.diff(s.timestamps)
+        steps = steps[np.isfinite(steps)]
+        after = int(np.sum(steps > max_gap))
+        if len(steps) and after * 2 >= len(s):
+            out.append((s.key, after, len(s), float(np.median(steps))))
+    return out
 
 
 def _safe(name: str) -> str:

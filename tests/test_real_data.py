@@ -432,3 +432,43 @@ def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_pat
     )
     assert r.exit_code == 0, r.output
     assert load_bundle(tmp_path / "m.pt").features == ["sensor_1", "unix_time"]
+
+
+def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(tmp_path) -> None:
+    """Keys at different rates in one file: the gap rule follows the median step over all keys, so a key read
+    every 10 minutes beside 1-second keys was reset at every reading. Training never saw a window of it and
+    replay scored each of its readings from a cold state, both without a word (the run as a whole looked
+    scored)."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for key, step, n in (("fast", 1, 400), ("slow", 600, 40)):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "timestamp": 1_700_000_000 + step * np.arange(n),
+                    "device": key,
+                    "a": np.sin(np.arange(n) / 9) + rng.normal(0, 0.1, n),
+                    "b": np.cos(np.arange(n) / 7) + rng.normal(0, 0.1, n),
+                }
+            )
+        )
+    csv = tmp_path / "rates.csv"
+    pd.concat(parts).sort_values("timestamp", kind="stable").to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert (
+        "warning: 1 of 2 series gave no window to train on ('slow'): fewer than 8 readings between gaps over "
+        "300 s; in replay they never have a window of history" in r.output
+    )
+    assert load_bundle(model).meta["training"]["keys_without_window"] == ["slow"]
+    r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0, r.output
+    expected = (
+        "1 of 2 series were reset by gaps longer than engine.max_gap_seconds = 300 s at half of their readings "
+        "or more, so those readings had less than a window of history (cold scores, or none): 'slow' (39 of 40 "
+        "readings after a gap, median step 600 s); series sampled this far apart need engine.max_gap_seconds "
+        "above their step, or a model of their own"
+    )
+    assert f"warning: {expected}" in lines(r.output)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]

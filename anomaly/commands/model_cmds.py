@@ -276,6 +276,18 @@ def print_training(result: TrainResult, out: str) -> None:
             f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
             f"reset a key ({sampling['gap_splits']} in the training data)"
         )
+    idle = t.get("series_without_window", 0)
+    if idle:
+        names = ", ".join(map(repr, t["keys_without_window"])) + (
+            ", ..." if idle > len(t["keys_without_window"]) else ""
+        )
+        click.echo(
+            f"warning: {idle} of {t['series']} series gave no window to train on ({names}): fewer than "
+            f"{result.bundle.window} readings between gaps over {sampling.get('max_gap_seconds', 0):g} s; in replay "
+            "they never have a window of history (readings this far apart need engine.max_gap_seconds above "
+            "their step, or a model of their own)",
+            err=True,
+        )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
