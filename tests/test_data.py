@@ -110,6 +110,27 @@ def test_interleaved_series_without_a_key_column_are_refused_naming_the_key(tmp_
     assert [(s.key, len(s)) for s in series] == [("p1", 20), ("p2", 20), ("p3", 20)]
 
 
+def test_times_cut_to_the_minute_are_named_as_such_not_as_interleaved_series(tmp_path) -> None:
+    """A spreadsheet showing hh:mm saves 1-second readings as 10:14, 10:14, ...: the error said the file looked
+    like several series interleaved and asked for a --key-column it does not have."""
+    seconds = [f"2020-03-09 10:{14 + i // 60:02d}:{i % 60:02d}" for i in range(150)]
+    rows = "".join(f"{t[:16]};{i * 0.5}\n" for i, t in enumerate(seconds))
+    path = write(tmp_path, "datetime;a\n" + rows)
+    with pytest.raises(SchemaError) as info:
+        load(path, time_column="datetime")
+    assert str(info.value) == (
+        f"{path}: 147 of 150 rows repeat another row's timestamp, in file order, and every time is a whole "
+        "minute: the export seems to have cut off the seconds (a spreadsheet saves times as its cells show them); "
+        "export the times with seconds (cells formatted yyyy-mm-dd hh:mm:ss), or pass --key-column if the rows "
+        "are several series"
+    )
+    whole = write(
+        tmp_path, "datetime;a\n" + "".join(f"{t};{i * 0.5}\n" for i, t in enumerate(seconds)), "s.csv"
+    )
+    (s,), _ = load(whole, time_column="datetime")
+    assert len(s) == 150 and np.diff(s.timestamps).tolist() == [1.0] * 149
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

@@ -68,6 +68,22 @@ def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
     return out
 
 
+def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
+    """(unit, what was lost, cell format) when times in file order never go back and are all whole hours,
+    minutes or seconds: rows sharing a time are then consecutive readings whose time lost its precision (a
+    spreadsheet showing hh:mm saves 10:14:33 as 10:14), not interleaved series."""
+    if len(timed) < 2 or bool((np.diff(timed) < 0).any()):
+        return None
+    for unit, name, lost, cells in (
+        (3600.0, "hour", "minutes", "yyyy-mm-dd hh:mm:ss"),
+        (60.0, "minute", "seconds", "yyyy-mm-dd hh:mm:ss"),
+        (1.0, "second", "fractions of a second", "yyyy-mm-dd hh:mm:ss.000"),
+    ):
+        if bool(np.all(np.mod(timed, unit) == 0)):
+            return name, lost, cells
+    return None
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -142,6 +158,14 @@ def frame_to_series(
         repeated = len(timed) - len(np.unique(timed))
         if repeated > 0.1 * len(timed):
             likely = _likely_key_columns(frame, ts_all, cfg)
+            cut = None if likely else _cut_precision(timed)
+            if cut:
+                raise SchemaError(
+                    f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, in file order, "
+                    f"and every time is a whole {cut[0]}: the export seems to have cut off the {cut[1]} (a "
+                    f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
+                    f"formatted {cut[2]}), or pass --key-column if the rows are several series"
+                )
             hint = (
                 f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
                 if likely
