@@ -596,6 +596,18 @@ def test_a_negative_label_is_refused_not_read_as_normal(tmp_path) -> None:
     assert s.labels.tolist() == [0, 1, 0]  # above 0 is anomalous, empty is 0: unchanged
 
 
+def test_excels_separator_line_above_the_header_is_read_as_the_separator(tmp_path) -> None:
+    """'sep=;' on the first line tells Excel the separator: it was taken for the header (two columns, 'sep=' and
+    an unnamed one, every later field of a row dropped without a word) and the file refused as having no numeric
+    feature columns."""
+    rows = "timestamp;a;b\r\n1;1,5;2\r\n2;oops;3\r\n3;1,0;2\r\n"
+    path = write(tmp_path, "\ufeffsep=;\r\n" + rows)
+    with pytest.raises(SchemaError, match=r"column 'a' line 4 holds 'oops'"):  # the line an editor shows
+        load(path, decimal=",")
+    (s,), feats = load(write(tmp_path, "sep=;\r\n" + rows.replace("oops", "1,25"), "ok.csv"), decimal=",")
+    assert feats == ["a", "b"] and s.values.tolist() == [[1.5, 2.0], [1.25, 3.0], [1.0, 2.0]]
+
+
 def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
     """WADI's CSVs open with lines of notes, a SWaT spreadsheet saved as CSV with its row of stage names (P1,
     P2, ...): the notes broke the parser ('Expected 1 fields in line 4') and the stage row became the header."""

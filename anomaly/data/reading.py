@@ -6,6 +6,7 @@ separator)."""
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import warnings
 from collections.abc import Sequence
@@ -66,6 +67,11 @@ def read_frame(
         raise DataError(f"{p} is empty")
     # read once: it gives the separator and is checked before pandas reads it
     first = first_line(p, skip_rows)
+    directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
+    if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
+        skip_rows += 1
+        first = first_line(p, skip_rows)
+        separator = separator or directive.group(1)
     sep = separator or detect_separator(first)
     if header:
         _check_header(p, first, sep)
