@@ -596,6 +596,26 @@ def test_a_negative_label_is_refused_not_read_as_normal(tmp_path) -> None:
     assert s.labels.tolist() == [0, 1, 0]  # above 0 is anomalous, empty is 0: unchanged
 
 
+def test_a_sensor_only_in_a_later_file_is_refused_not_dropped(tmp_path) -> None:
+    """Training on jan.csv and feb.csv, feb with a sensor installed since: the features were the first file's
+    and feb's new sensor was dropped without a word (in the other order the same files were refused)."""
+    jan = write(tmp_path, "timestamp,a,b\n1,1.0,2.0\n2,1.5,2.5\n", "jan.csv")
+    feb = write(tmp_path, "timestamp,a,b,c\n3,1.0,2.0,7.0\n4,1.5,2.5,7.5\n", "feb.csv")
+    with pytest.raises(SchemaError) as info:
+        load_series([jan, feb], DataConfig())
+    assert str(info.value) == (
+        f"{feb} has numeric column(s) c that {jan} lacks; the files must offer the same features: pass "
+        "--features naming the columns to use"
+    )
+    assert info.value.extra == ["c"]
+    with pytest.raises(SchemaError, match="jan.csv is missing feature"):
+        load_series([feb, jan], DataConfig())
+    series, feats = load_series([jan, feb], DataConfig(features=("a", "b")))
+    assert feats == ["a", "b"] and [len(s) for s in series] == [2, 2]
+    series, feats = load_series([jan, feb], DataConfig(), features=["a", "b"])  # replay: the model's features
+    assert feats == ["a", "b"]
+
+
 def test_excels_separator_line_above_the_header_is_read_as_the_separator(tmp_path) -> None:
     """'sep=;' on the first line tells Excel the separator: it was taken for the header (two columns, 'sep=' and
     an unnamed one, every later field of a row dropped without a word) and the file refused as having no numeric

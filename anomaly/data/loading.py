@@ -216,6 +216,7 @@ def load_series(
         )
     series: list[Series] = []
     feats = list(features) if features else None
+    inferred = feats is None and not cfg.features
     seen: set[str] = set()
     for path in paths:
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
@@ -223,6 +224,14 @@ def load_series(
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
+        elif inferred:  # a later file's own sensors were dropped without a word (the first file's are taken)
+            extra = [c for c in infer_features(frame, cfg, str(path)) if c not in feats]
+            if extra:
+                raise SchemaError(
+                    f"{path} has numeric column(s) {', '.join(map(str, extra))} that {paths[0]} lacks; the files "
+                    "must offer the same features: pass --features naming the columns to use",
+                    extra=extra,
+                )
         part = frame_to_series(frame, feats, cfg, str(path), labels_file)
         for s in part:
             if not cfg.key_column:
