@@ -51,6 +51,11 @@ def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     return None
 
 
+def key_columns(cfg: DataConfig) -> tuple[str, ...]:
+    """The columns read as text, not numbers: the key column, whose values are names (0012 is not 12)."""
+    return (cfg.key_column,) if cfg.key_column else ()
+
+
 def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
     """Numeric columns that count up row by row (nine steps in ten the same positive amount, as telemanom's
     `step`): the time under another name, which --no-time-column would make a sensor that only ever grows."""
@@ -219,7 +224,7 @@ def load_series(
     inferred = feats is None and not cfg.features
     seen: set[str] = set()
     for path in paths:
-        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
+        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us

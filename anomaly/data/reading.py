@@ -56,10 +56,12 @@ def read_frame(
     decimal: str = ".",
     header: bool = True,
     skip_rows: int = 0,
+    text_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
     header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
-    3, ... (strings), the numbering such datasets' own labels use."""
+    3, ... (strings), the numbering such datasets' own labels use. `text_columns` (the key column) are read as
+    written, so device 0012 stays '0012' (as a Kafka message key would be) instead of becoming the number 12."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
@@ -87,6 +89,7 @@ def read_frame(
                 header=0 if header else None,
                 skiprows=skip_rows,
                 index_col=False,
+                dtype={c: str for c in text_columns} if header and text_columns else None,
                 low_memory=False,
                 compression="infer",
                 **_EXACT_FLOATS,
