@@ -458,9 +458,9 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert (
-        "warning: 1 of 2 series gave no window to train on ('slow'): fewer than 8 readings between gaps over "
-        "300 s; in replay they never have a window of history" in r.output
-    )
+        "warning: 1 of 2 series gave no window to train on ('slow'): no 8 readings in a row without a gap over "
+        "300 s; in replay they have less than a window of history too"
+    ) in r.output
     assert load_bundle(model).meta["training"]["keys_without_window"] == ["slow"]
     r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
     assert r.exit_code == 0, r.output

@@ -282,10 +282,10 @@ def print_training(result: TrainResult, out: str) -> None:
             ", ..." if idle > len(t["keys_without_window"]) else ""
         )
         click.echo(
-            f"warning: {idle} of {t['series']} series gave no window to train on ({names}): fewer than "
-            f"{result.bundle.window} readings between gaps over {sampling.get('max_gap_seconds', 0):g} s; in replay "
-            "they never have a window of history (readings this far apart need engine.max_gap_seconds above "
-            "their step, or a model of their own)",
+            f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
+            f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
+            "in replay they have less than a window of history too (readings far apart need "
+            "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
         )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
