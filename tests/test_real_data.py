@@ -402,6 +402,12 @@ def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
     assert (tb["training"]["rows"], tb["training"]["series"]) == (ta["training"]["rows"], 2) == (200, 2)
     assert tb["training_fingerprint"] == ta["training_fingerprint"]
     assert "trained on 200 rows of 2 series" in b.output
+    pd.read_csv(late).drop(columns=["anomaly"]).to_csv(late, index=False)  # one month labelled, one not
+    c = run("train", early, late, "-o", tmp_path / "c.pt", *common)
+    assert c.exit_code == 0, c.output
+    assert load_bundle(tmp_path / "c.pt").meta["training_fingerprint"] == ta["training_fingerprint"]
+    d = run("train", early, late, "-o", tmp_path / "d.pt", *common, "--drop-anomalies")
+    assert d.exit_code == 2 and "has labels in" in d.output and "label both or neither" in d.output
 
 
 def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_path) -> None:

@@ -76,6 +76,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
     )
+    if not cfg.data.drop_anomalies:  # labels unused: a labelled month beside an unlabelled one joins as well
+        for s in series:
+            s.labels = None
     series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
     counting = [] if cfg.data.features else counting_features(series, features)
     if counting:  # chosen with --features, it is the user's call
