@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pandas.io.common import get_handle
 
@@ -89,7 +90,6 @@ def read_frame(
                 header=0 if header else None,
                 skiprows=skip_rows,
                 index_col=False,
-                dtype={c: str for c in text_columns} if header and text_columns else None,
                 low_memory=False,
                 compression="infer",
                 **_EXACT_FLOATS,
@@ -111,6 +111,9 @@ def read_frame(
         frame.columns = [_clean_name(c) for c in frame.columns]
     else:
         frame.columns = [str(i) for i in range(1, len(frame.columns) + 1)]
+    for name in text_columns:
+        if name in frame.columns:
+            frame[name] = _as_written(p, sep, header, skip_rows, list(frame.columns).index(name), len(frame))
     if len(frame) <= 1 and len(first.split()) > 1 and all(is_number(c) for c in first.split()):
         raise DataError(
             f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
@@ -123,6 +126,29 @@ def read_frame(
     frame.attrs["header"] = header
     frame.attrs["skip_rows"] = skip_rows
     return frame
+
+
+def _as_written(path: Path, sep: str, header: bool, skip_rows: int, position: int, rows: int) -> pd.Series:
+    """One column's cells as the file writes them (read again on their own): names such as device 0012 or the
+    region NA, which pandas would read as the number 12 or a missing value. Only an empty cell is missing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cells = pd.read_csv(
+            path,
+            sep=sep,
+            header=0 if header else None,
+            skiprows=skip_rows,
+            index_col=False,
+            usecols=[position],
+            dtype=str,
+            keep_default_na=False,
+            compression="infer",
+        ).iloc[:, 0]
+    if len(cells) != rows:  # the two reads disagree (never seen): refuse rather than guess
+        raise DataError(
+            f"cannot read {path} as CSV: column {position + 1} has {len(cells)} cells for {rows} rows"
+        )
+    return cells.where(cells.str.strip() != "", np.nan)
 
 
 def no_header_note(names: Sequence[object]) -> str:
