@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import orjson
 import pytest
 
 from anomaly.config import ConfigError, KafkaConfig
@@ -158,6 +159,38 @@ def test_produced_messages_decode_to_the_exact_series_values():
                 == s.values.astype(np.float64).tobytes()
             )
         assert [len(e.timestamps) for e in got["k0"]] == ([1] * 10 if block == 1 else [4, 4, 2])
+
+
+def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_as_nan():
+    """A CSV's empty or `inf` cell used to go out as Python's `NaN`/`Infinity` text, which is not JSON: the
+    daemon refused the whole message as `invalid_json` where replay applies `nan_policy` to that cell."""
+    values = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, np.inf], [-np.inf, 8.0, 9.0], [10.0, 11.0, 12.0]])
+    stamps = 1.7e9 + np.arange(4) * 60.0
+    stamps_gap = stamps.copy()
+    stamps_gap[3] = np.nan  # an empty time cell
+    series = [Series("k0", stamps, values), Series("k1", stamps_gap, values)]
+    fmt = MessageFormat(("a", "b", "c"))
+    d = Decoder(fmt)
+    for block in (1, 4):
+        events, refused = [], []
+        for key, value, _ in messages(series, fmt, block):
+            assert orjson.loads(value) is not None  # strict JSON, as the daemon parses it
+            try:
+                events.append(d.decode(Record("t", 0, 0, key, value)))
+            except DecodeError as err:
+                refused.append((key, err.reason))
+        k0 = [e for e in events if e.key == "k0"]
+        assert np.concatenate([e.timestamps for e in k0]).tobytes() == stamps.tobytes()
+        assert (
+            np.concatenate([e.values for e in k0]).tobytes()
+            == np.where(np.isfinite(values), values, np.nan).tobytes()
+        )
+        k1 = [e for e in events if e.key == "k1"]
+        if block == 1:  # the reading without a time is refused, the others are read
+            assert refused == [(b"k1", "missing_field")]
+            assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
+        else:  # ... and a block holding it is refused whole
+            assert (refused, k1) == ([(b"k1", "missing_field")], [])
 
 
 def test_alert_message_is_keyed_by_entity():

@@ -2,12 +2,17 @@
 
 Used by `anomaly produce`, the integration tests and the benchmark. Values and timestamps are the float64
 numbers read from the CSV (the numeric contract of :mod:`anomaly.data`), written by ``json`` as their shortest
-round-trip text, so the daemon scores bit-identical inputs to what `anomaly replay` reads from the CSV.
+round-trip text, so the daemon scores bit-identical inputs to what `anomaly replay` reads from the CSV. A missing
+or infinite value goes as ``null`` (JSON has no NaN or Infinity, and the daemon refuses a message holding
+Python's ``NaN`` text as invalid JSON): the engine treats a ``null`` value as replay treats that cell
+(``nan_policy``). A time that is missing or infinite goes as ``null`` too, which the daemon refuses
+(``missing_field``; a block whole) as replay refuses that reading (``non_finite``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,24 +42,34 @@ def messages(
     which, rows = merged_order(series)
     pending: dict[int, list[int]] = {}
 
+    finite = [np.isfinite(s.values).all(axis=1) for s in series]
+
+    def values(i: int, r: int) -> list[float | None]:
+        row = series[i].values[r].tolist()
+        return row if finite[i][r] else [x if math.isfinite(x) else None for x in row]
+
+    def stamp(i: int, r: int) -> float | None:
+        t = float(series[i].timestamps[r])
+        return t if math.isfinite(t) else None
+
     def encode(i: int, idx: list[int]) -> tuple[bytes, bytes, float]:
         s = series[i]
         if block == 1:
             r = idx[0]
             body: dict[str, Any] = {
                 fmt.key_field: s.key,
-                fmt.time_field: float(s.timestamps[r]),
-                fmt.values_field: s.values[r].tolist(),
+                fmt.time_field: stamp(i, r),
+                fmt.values_field: values(i, r),
             }
         else:
             body = {
                 fmt.key_field: s.key,
                 fmt.readings_field: [
-                    {fmt.time_field: float(s.timestamps[r]), fmt.values_field: s.values[r].tolist()}
-                    for r in idx
+                    {fmt.time_field: stamp(i, r), fmt.values_field: values(i, r)} for r in idx
                 ],
             }
-        return s.key.encode(), json.dumps(body, separators=(",", ":")).encode(), float(s.timestamps[idx[-1]])
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        return s.key.encode(), text.encode(), float(s.timestamps[idx[-1]])
 
     for i, r in zip(which.tolist(), rows.tolist(), strict=True):
         if block == 1:
