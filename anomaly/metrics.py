@@ -555,7 +555,7 @@ def _handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             self._send(*self._answer())
 
-        def do_HEAD(self) -> None:  # noqa: N802: health checks that ask with HEAD (HAProxy, some load balancers)
+        def do_HEAD(self) -> None:  # noqa: N802 (health checks that ask with HEAD)
             self._send(*self._answer(), with_body=False)
 
         def _answer(self) -> tuple[int, bytes, str]:
