@@ -31,7 +31,7 @@ from anomaly.kafka.changelog import (
     writers_to_fence,
 )
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
-from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
+from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter, source_rejection
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
@@ -236,6 +236,36 @@ def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
         "original_sha256": hashlib.sha256(big).hexdigest().encode(),
     }
     assert fit_dead_letter(key, b"small", headers, 1024) == (key, b"small", headers)
+
+
+def test_a_huge_entity_key_is_cut_so_the_dead_letter_still_fits():
+    """The entity_key header repeats the key: a 700 KB body key (or message key) made a 1.4 MB dead letter, which
+    the producer refused (max_request_bytes 1 MiB), so the refusal was lost. The key and header are cut to 1 KiB
+    (on a character boundary) with the truncation headers, the payload only when it is too large itself."""
+    decoder = Decoder(MessageFormat(("a", "b")))
+    body_key = "é" * 350_000  # 700 KB of UTF-8
+    value = json.dumps({"key": body_key, "ts": "yesterday", "values": [1, 2]}, ensure_ascii=False).encode()
+    for rec, entity in [
+        (Record("in", 0, 3, b"k", value), body_key),  # refused after the body key was read
+        (Record("in", 0, 4, b"M" * 700_000, b"{not json"), "M" * 700_000),  # only the message key
+        (Record("in", 0, 5, b"M" * 700_000, None), "M" * 700_000),  # a tombstone
+    ]:
+        with pytest.raises(DecodeError) as err:
+            decoder.decode(rec)
+        key, val, headers = fit_dead_letter(*dead_letter(source_rejection(rec, err.value)), 900_000)
+        h = dict(headers)
+        size = len(key or b"") + len(val or b"") + sum(len(n) + len(v) for n, v in headers)
+        assert size <= 900_000 + 4096  # max_request_bytes 1 MiB leaves 148 KB for the rest
+        assert (key, val) == (rec.key[:1024], rec.value)
+        assert h["entity_key"] == entity.encode()[:1024].decode("utf-8", "ignore").encode()
+        assert len(h["entity_key"]) in (1023, 1024)
+        assert h.get("truncated") == (None if rec.value is None else b"1")
+    # a key that fits is left alone, as before
+    rec = Record("in", 0, 6, b"pump-1", b"{not json")
+    with pytest.raises(DecodeError) as err:
+        decoder.decode(rec)
+    letter = dead_letter(source_rejection(rec, err.value))
+    assert fit_dead_letter(*letter, 900_000) == letter
 
 
 def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topic():

@@ -378,6 +378,34 @@ def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
     assert h["original_sha256"] == hashlib.sha256(big2).hexdigest()
 
 
+def test_a_dead_letter_of_a_huge_key_fits_with_the_default_limits(kafka_env, stream, tiny_model):
+    """A 700 KB body key or message key: the dead letter's entity_key header repeated it uncut, so the letter
+    (1.4 MB) was refused by the producer's 1 MiB max_request_bytes and lost. Both now reach the topic."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=1)
+    body = json.dumps({"key": "K" * 700_000, "ts": "yesterday", "values": [1, 2, 3]}).encode()
+    raw = [(b"k", body), (b"M" * 700_000, b"{not json")]
+    ends = kafka_env.produce(names.input, segments(series, 4)[0], bundle.features, raw=raw)
+    proc, port = kafka_env.start(names, *FAST)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_dead_letters_refused_total") == 0.0
+    assert terminate(proc) == 0
+    dead = sorted(kafka_env.read(names.dead), key=lambda r: int(dict(r.headers)["source_offset"]))
+    got = [
+        (r.key, r.value, {k: v for k, v in r.headers if k in ("reason", "entity_key", "truncated")})
+        for r in dead
+    ]
+    assert got == [
+        (b"k", body, {"reason": b"bad_timestamp", "entity_key": b"K" * 1024, "truncated": b"1"}),
+        (
+            b"M" * 1024,
+            b"{not json",
+            {"reason": b"invalid_json", "entity_key": b"M" * 1024, "truncated": b"1"},
+        ),
+    ]
+
+
 def test_auto_created_topics_and_auto_offset_reset_latest(kafka_env, stream, tiny_model, monkeypatch):
     from kafka import KafkaConsumer
 
