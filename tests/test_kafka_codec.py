@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from anomaly.config import ConfigError, KafkaConfig
+from anomaly.config import ConfigError, KafkaConfig, build_config
 from anomaly.data import Series
 from anomaly.engine.types import Alert, Rejection
 from anomaly.kafka.clients import connection_settings
@@ -515,3 +515,45 @@ def test_an_empty_key_is_refused_like_a_missing_one_in_bulk_and_one_by_one():
         ]
         readings, _ = d.decode_poll(records)
         assert sorted(e.key for e in readings.events()) == sorted(f"p{i}" for i in range(40))
+
+
+def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one_by_one():
+    """A 600 KB key was taken: its first alert (the key three times, 1.8 MB) was refused by the producer and
+    the daemon exited, again at every restart (a poison message). Keys above max_key_bytes (UTF-8 bytes; the
+    daemon's is kafka.max_request_bytes / 4) are dead letters `oversized`; their neighbours decode as before."""
+    d = Decoder(MessageFormat(FMT.features, max_key_bytes=100))
+    one = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    block = {"readings": [{"ts": 1.7e9 + i, "values": [1.0, 2.0, 3.0]} for i in range(3)]}
+    for shape in (one, block):
+        good = [
+            Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)
+        ]
+        fits = [  # 100 bytes: ASCII, and 50 two-byte characters
+            Record("sensors", 0, 40, b"k", json.dumps({"key": "x" * 100, **shape}).encode()),
+            Record("sensors", 0, 41, b"k", json.dumps({"key": "é" * 50, **shape}).encode()),
+            Record("sensors", 0, 42, "é".encode() * 50, json.dumps(shape).encode()),
+        ]
+        too_long = [
+            Record("sensors", 0, 43, b"k", json.dumps({"key": "x" * 101, **shape}).encode()),
+            Record("sensors", 0, 44, b"k", json.dumps({"key": "é" * 51, **shape}).encode()),
+            Record("sensors", 0, 45, b"m" * 101, json.dumps(shape).encode()),
+        ]
+        records = good[:20] + fits + too_long + good[20:]
+        refused = assert_poll_decodes_as_record_by_record(d, records)
+        assert refused == [
+            (43, "oversized", "key of 101 bytes > 100 (kafka.max_request_bytes / 4)"),
+            (44, "oversized", "key of 102 bytes > 100 (kafka.max_request_bytes / 4)"),
+            (45, "oversized", "key of 101 bytes > 100 (kafka.max_request_bytes / 4)"),
+        ]
+        readings, _ = d.decode_poll(records)
+        assert sorted(e.key for e in readings.events()) == sorted(
+            [f"p{i}" for i in range(40)] + ["x" * 100, "é" * 50, "é" * 50]
+        )
+
+
+def test_the_daemons_key_limit_is_a_quarter_of_the_producers_request_limit():
+    from anomaly.kafka.daemon import message_format
+
+    cfg = build_config({"kafka": {"max_request_bytes": 200_000}})
+    assert message_format(cfg, ["a"]).max_key_bytes == 50_000
+    assert message_format(build_config({}), ["a"]).max_key_bytes == 262_144

@@ -129,6 +129,7 @@ def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
         k.readings_field,
         k.max_message_bytes,
         k.max_future_seconds,
+        max_key_bytes=k.max_request_bytes // 4,
     )
 
 

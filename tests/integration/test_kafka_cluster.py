@@ -406,6 +406,35 @@ def test_a_dead_letter_of_a_huge_key_fits_with_the_default_limits(kafka_env, str
     ]
 
 
+def test_a_key_too_long_for_the_outputs_is_a_dead_letter_not_a_crash_loop(
+    kafka_env, stream, tiny_model, monkeypatch
+):
+    """Readings of a 70 KB key, far from normal: its alert (the key three times, 210 KB) was refused by the
+    producer (max_request_bytes 200 KB here, 1 MiB by default against 350 KB keys) and the daemon exited with
+    `error: Kafka client error: ... MessageSizeTooLargeError`, at every restart. Keys above max_request_bytes / 4
+    are now dead letters (`oversized`) and the stream equals the replay of the rest."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first = segments(series, 4)[0]
+    monkeypatch.setenv("ANOMALY_KAFKA_MAX_REQUEST_BYTES", "200000")
+    long_key = "K" * 70_000
+    raw = [
+        (b"k", json.dumps({"key": long_key, "ts": 1.7e9 + 60 * i, "values": [50.0, -50.0, 50.0]}).encode())
+        for i in range(12)
+    ]
+    ends = kafka_env.produce(names.input, first, bundle.features, raw=raw)
+    proc, port = kafka_env.start(names, *FAST)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_messages_invalid_total", '{reason="oversized"}') == 12.0
+    assert terminate(proc) == 0
+    dead = kafka_env.read(names.dead)
+    assert sorted((r.value, dict(r.headers)["reason"]) for r in dead) == sorted(
+        (v, b"oversized") for _, v in raw
+    )
+    assert_matches_replay(kafka_env, names, bundle, first)
+
+
 def test_auto_created_topics_and_auto_offset_reset_latest(kafka_env, stream, tiny_model, monkeypatch):
     from kafka import KafkaConsumer
 
