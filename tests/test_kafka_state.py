@@ -239,12 +239,14 @@ def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
 
 
 def test_a_huge_entity_key_is_cut_so_the_dead_letter_still_fits():
-    """The entity_key header repeats the key: a 700 KB body key (or message key) made a 1.4 MB dead letter, which
-    the producer refused (max_request_bytes 1 MiB), so the refusal was lost. The key and header are cut to 1 KiB
+    """The entity_key header repeats the key: a 250 KB body key in an 850 KB message (or a 700 KB message key) made
+    a dead letter above 1 MiB, which the producer refused (max_request_bytes 1 MiB), so the refusal was lost. The key and header are cut to 1 KiB
     (on a character boundary) with the truncation headers, the payload only when it is too large itself."""
     decoder = Decoder(MessageFormat(("a", "b")))
-    body_key = "é" * 350_000  # 700 KB of UTF-8
-    value = json.dumps({"key": body_key, "ts": "yesterday", "values": [1, 2]}, ensure_ascii=False).encode()
+    body_key = "é" * 125_000  # 250 KB of UTF-8, under the key limit (256 KiB); the body 850 KB
+    value = json.dumps(
+        {"key": body_key, "ts": "yesterday", "values": [1, 2], "note": "x" * 600_000}, ensure_ascii=False
+    ).encode()
     for rec, entity in [
         (Record("in", 0, 3, b"k", value), body_key),  # refused after the body key was read
         (Record("in", 0, 4, b"M" * 700_000, b"{not json"), "M" * 700_000),  # only the message key

@@ -379,12 +379,14 @@ def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
 
 
 def test_a_dead_letter_of_a_huge_key_fits_with_the_default_limits(kafka_env, stream, tiny_model):
-    """A 700 KB body key or message key: the dead letter's entity_key header repeated it uncut, so the letter
-    (1.4 MB) was refused by the producer's 1 MiB max_request_bytes and lost. Both now reach the topic."""
+    """A 250 KB body key in an 850 KB message, or a 700 KB message key: the dead letter's entity_key header
+    repeated the key uncut, so the letter (1.1 and 1.4 MB) was refused by the producer's 1 MiB max_request_bytes
+    and lost. Both now reach the topic."""
     _, series = stream
     _, bundle = tiny_model
     names = kafka_env.names(partitions=1)
-    body = json.dumps({"key": "K" * 700_000, "ts": "yesterday", "values": [1, 2, 3]}).encode()
+    body = json.dumps({"key": "K" * 250_000, "ts": "yesterday", "values": [1, 2, 3], "note": "x" * 600_000})
+    body = body.encode()  # 850 KB; the key under the key limit (256 KiB)
     raw = [(b"k", body), (b"M" * 700_000, b"{not json")]
     ends = kafka_env.produce(names.input, segments(series, 4)[0], bundle.features, raw=raw)
     proc, port = kafka_env.start(names, *FAST)
