@@ -557,3 +557,53 @@ def test_the_daemons_key_limit_is_a_quarter_of_the_producers_request_limit():
     cfg = build_config({"kafka": {"max_request_bytes": 200_000}})
     assert message_format(cfg, ["a"]).max_key_bytes == 50_000
     assert message_format(build_config({}), ["a"]).max_key_bytes == 262_144
+
+
+class _FailingProducer:
+    """kafka-python's contract: send() returns a future whose errback gets a delivery failure later (the broker
+    refused the record: message.max.bytes, an ACL, the delivery timeout), or raises at once (a record larger
+    than max_request_size)."""
+
+    def __init__(self, refuse_offsets: set[int], too_large_at: int | None = None) -> None:
+        self.refuse, self.too_large_at, self.sent, self.errbacks = refuse_offsets, too_large_at, [], []
+
+    def send(self, topic, key=None, value=None):
+        import kafka.errors
+
+        if len(self.sent) == self.too_large_at:
+            raise kafka.errors.MessageSizeTooLargeError("The message is 2000000 bytes")
+        self.sent.append(value)
+        producer = self
+
+        class Future:
+            def add_errback(self, fn):
+                producer.errbacks.append((len(producer.sent) - 1, fn))
+
+        return Future()
+
+    def flush(self, timeout=None):
+        import kafka.errors
+
+        for i, fn in self.errbacks:
+            if i in self.refuse:
+                fn(kafka.errors.MessageSizeTooLargeError("refused by the broker"))
+        self.errbacks = []
+
+
+def test_produce_raises_when_a_message_is_not_delivered_instead_of_counting_it_sent():
+    """produce() never read the send futures: messages the broker refused were lost while `anomaly produce`
+    printed them as sent; a send that raised (a block above max_request_size) was a traceback."""
+    from anomaly.kafka import KafkaError
+    from anomaly.kafka.produce import produce
+
+    series = [Series("k", 1.7e9 + np.arange(10) * 60.0, np.ones((10, 3)))]
+    fmt = MessageFormat(("a", "b", "c"))
+    assert produce(_FailingProducer(set()), "t", messages(series, fmt)) == 10
+    with pytest.raises(KafkaError, match=r"^2 of 10 messages to t were not delivered: \[Error 10\]"):
+        produce(_FailingProducer({3, 7}), "t", messages(series, fmt))
+    producer = _FailingProducer(set(), too_large_at=4)
+    with pytest.raises(
+        KafkaError, match=r"^message 5 \(\d+ bytes\) could not be sent to t, 4 were: .*--block"
+    ):
+        produce(producer, "t", messages(series, fmt))
+    assert len(producer.sent) == 4

@@ -17,9 +17,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import kafka.errors
 import numpy as np
 
 from anomaly.data import Series
+from anomaly.kafka import KafkaError
 from anomaly.kafka.codec import MessageFormat
 
 
@@ -93,11 +95,29 @@ def produce(
     progress: Any = None,
     total: int | None = None,
 ) -> int:
-    """Send messages, paced at ``rate`` messages/s (0: as fast as possible); flush; returns the count sent."""
+    """Send messages, paced at ``rate`` messages/s (0: as fast as possible); flush; returns the count sent.
+
+    Raises :class:`anomaly.kafka.KafkaError` (one line) when a message cannot be sent (e.g. larger than the
+    producer's ``max_request_size``: a ``--block`` too large) after flushing the ones before it, and when any
+    message the broker was sent is not acknowledged: kafka-python reports both on the send's future, which
+    nobody read, so such messages were lost while the count said they were sent."""
+    failed: list[BaseException] = []
     n = 0
     t0 = time.monotonic()
     for key, value, _ in msgs:
-        producer.send(topic, key=key, value=value)
+        try:
+            future = producer.send(topic, key=key, value=value)
+        except kafka.errors.KafkaError as exc:
+            producer.flush()
+            hint = (
+                "; send smaller blocks (--block) or raise kafka.max_request_bytes"
+                if isinstance(exc, kafka.errors.MessageSizeTooLargeError)
+                else ""
+            )
+            raise KafkaError(
+                f"message {n + 1} ({len(value)} bytes) could not be sent to {topic}, {n} were: {exc}{hint}"
+            ) from None
+        future.add_errback(failed.append)
         n += 1
         if progress is not None and n % 256 == 0:
             progress.update(256)
@@ -108,4 +128,6 @@ def produce(
     producer.flush()
     if progress is not None:
         progress.update(n % 256)
+    if failed:
+        raise KafkaError(f"{len(failed)} of {n} messages to {topic} were not delivered: {failed[0]}")
     return n
