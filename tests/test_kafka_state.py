@@ -338,6 +338,39 @@ def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error()
     assert _fenced(DeliveryError("2 record(s) were not delivered")) is None
 
 
+def test_a_member_fenced_three_times_in_a_row_without_a_commit_exits():
+    """README: "Only a member fenced three times in a row without one committed transaction in between ... exits
+    with `error: fenced: ...`". It rejoined the group after a third such fence and exited at the fourth."""
+    import threading
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.kafka.sinks import FENCED, FencedError
+
+    daemon = Daemon.__new__(Daemon)  # only the fence bookkeeping and what a rejoin touches
+    daemon.opts = DaemonOptions()
+    daemon.delivery = SimpleNamespace(transactions=5)
+    daemon._fenced_in_a_row, daemon._transactions_at_fence = 0, -1
+    daemon._queue_lock, daemon._deferred, daemon.stop = threading.Lock(), [], threading.Event()
+    daemon.metrics = None
+    for name in ("tracker", "source", "engine", "consumer", "cfg", "_refresh_ready", "_rotate"):
+        setattr(daemon, name, mock.MagicMock())
+    daemon.engine.drop.return_value = 0
+
+    rejoined = []
+    for _ in range(2):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+        rejoined.append(daemon.consumer.subscribe.call_count)
+    daemon.delivery.transactions = 6  # a committed transaction: the count starts again
+    for _ in range(2):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+        rejoined.append(daemon.consumer.subscribe.call_count)
+    with pytest.raises(FencedError, match="fenced 3 times in a row without a commit: exiting"):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+    assert rejoined == [1, 2, 3, 4]
+
+
 def test_a_broker_call_without_a_timeout_is_bounded_and_its_result_or_error_comes_through():
     import threading
     import time
