@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,3 +282,42 @@ def test_inspect_help_lists_what_the_readme_says_inspect_prints():
     help_text = " ".join(inspect.help.split())
     listed = help_text.split("metadata: ", 1)[1].rstrip(".")
     assert listed == row.group(1)
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, only letters, marks, decimal digits, spaces, '-' and '_' kept,
+    spaces become '-' (so "`[kafka]` settings" is "kafka-settings" and "tracked z²" is "tracked-z")."""
+    kept = (
+        ch
+        for ch in heading.strip().lower()
+        if ch in " -_" or unicodedata.category(ch)[0] in "LM" or unicodedata.category(ch) == "Nd"
+    )
+    return "".join(kept).replace(" ", "-")
+
+
+def readme_anchors(text: str) -> set[str]:
+    """Every heading's anchor outside code blocks, a repeated one numbered as GitHub numbers it."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (m := re.match(r"#{1,6} (.+)", line)):
+            base = _github_anchor(m.group(1))
+            anchors.add(f"{base}-{seen[base]}" if base in seen else base)
+            seen[base] = seen.get(base, 0) + 1
+    return anchors
+
+
+def test_github_anchor_follows_githubs_rules() -> None:
+    assert _github_anchor("`[kafka]` settings") == "kafka-settings"
+    assert _github_anchor("Why the error tracked z²") == "why-the-error-tracked-z"
+    assert _github_anchor("Export: int8 and ONNX") == "export-int8-and-onnx"
+    assert readme_anchors("# A\n```\n# not a heading\n```\n## A\n") == {"a", "a-1"}
+
+
+def test_every_link_inside_the_readme_leads_to_a_heading() -> None:
+    links = set(re.findall(r"\]\(#([^)\s]+)\)", README))
+    assert len(links) >= 20, "the contents list links every section"
+    assert sorted(links - readme_anchors(README)) == []
