@@ -552,7 +552,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             )
         return value
     if origin is tuple:
-        if isinstance(value, str) and value.strip().startswith("["):  # '["a", "b"]', as the TOML file writes it
+        # '["a", "b"]' as the pipeline file writes a list, else 'a, b'
+        if isinstance(value, str) and value.strip().startswith("["):
             try:
                 value = json.loads(value)
             except ValueError:
