@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -60,6 +61,10 @@ def _literal_choices(hint: Any) -> tuple[Any, ...]:
 TimeUnit = Literal["auto", "s", "ms", "us", "ns", "min", "h"]
 
 
+# data.separator's spellings for a tab: `--separator '\t'` (as a shell passes it), `tab`
+SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How CSV files map to series: which columns are time, key, features and labels."""
@@ -85,6 +90,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
+        if self.separator in SEPARATOR_NAMES:  # a tab is hard to type in a shell or an environment variable
+            object.__setattr__(self, "separator", SEPARATOR_NAMES[self.separator])
         _need(self.key_column != "", "data.key_column", "must not be empty (leave it out for one series)")
         _need(bool(self.label), "data.label", "must not be empty")
         _need(
@@ -415,7 +422,7 @@ class KafkaConfig:
         _need(
             _finite(self.max_future_seconds) and self.max_future_seconds >= 0,
             "kafka.max_future_seconds",
-            "must be >= 0 seconds (0: no limit)",
+            "must be a finite number of seconds >= 0 (0: no limit)",
         )
         _need(
             _finite(self.checkpoint_interval_s) and self.checkpoint_interval_s > 0,
@@ -545,7 +552,15 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             )
         return value
     if origin is tuple:
-        if isinstance(value, str):
+        # '["a", "b"]' as the pipeline file writes a list, else 'a, b'
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(
+                    f'{where} must be a list: a,b or ["a", "b"]; got {value!r}', key=where
+                ) from None
+        elif isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}", key=where)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from anomaly.config import DataConfig
 from anomaly.data.columns import label_values
+from anomaly.data.loading import key_columns
 from anomaly.data.reading import file_line, first_line, is_number, quoted, read_frame
 from anomaly.data.times import to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
@@ -43,7 +44,7 @@ def read_labels(
         if len(labels.columns) != 1:
             raise SchemaError(f"{p}: a label file without a header holds one label per line")
         return _by_row(p, label_values(labels, cfg, str(p), column="1"), frame, source)
-    labels = read_frame(p, cfg.separator, cfg.decimal)
+    labels = read_frame(p, cfg.separator, cfg.decimal, text_columns=key_columns(cfg))
     if cfg.label not in labels.columns:
         others = [c for c in labels.columns if c not in (cfg.time_column, cfg.key_column)]
         hint = f" (pass --label {quoted(others[0])})" if len(others) == 1 else ""

@@ -547,26 +547,35 @@ class MetricsServer:
         self._thread = None
 
 
+TEXT = "text/plain; charset=utf-8"
+
+
 def _handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            self._send(*self._answer())
+
+        def do_HEAD(self) -> None:  # noqa: N802 (health checks that ask with HEAD)
+            self._send(*self._answer(), with_body=False)
+
+        def _answer(self) -> tuple[int, bytes, str]:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, owner.metrics.render(), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
+                return 200, owner.metrics.render(), CONTENT_TYPE_LATEST
+            if path == "/healthz":
+                return 200, b"ok\n", TEXT
+            if path == "/readyz":
                 ok = owner.ready
-                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
-            else:
-                self._send(404, b"not found; try /metrics, /healthz or /readyz\n")
+                return (200 if ok else 503), (b"ready\n" if ok else b"not ready\n"), TEXT
+            return 404, b"not found; try /metrics, /healthz or /readyz\n", TEXT
 
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        def _send(self, code: int, body: bytes, content_type: str, with_body: bool = True) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if with_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             return  # scraped every few seconds: keep stderr quiet

@@ -60,16 +60,52 @@ def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Ba
         yield Batch(events, messages=len(chunk))
 
 
+# The columns of a per-point table (scores.csv) that are not a feature's raw values.
+RESULT_NAMES = (
+    "key",
+    "timestamp",
+    "time",
+    "label",
+    "error",
+    "score",
+    "threshold",
+    "anomalous",
+    "alert_open",
+    "scored",
+    "decided_at",
+    "predicted",
+    "rejected",
+)
+
+
+def value_columns(features: Sequence[str]) -> list[str]:
+    """The column of each feature's raw values in a per-point table: the feature's name, or `value_NAME` when
+    the name is a result column's (a sensor called `error`, `score` or `key`), so a result never overwrites a
+    reading nor a reading a result (`value_value_NAME` if `value_NAME` is a feature too)."""
+    taken = set(RESULT_NAMES) | set(features)
+    out = []
+    for f in features:
+        name = f
+        if f in RESULT_NAMES:
+            name = f"value_{f}"
+            while name in taken:
+                name = f"value_{name}"
+            taken.add(name)
+        out.append(name)
+    return out
+
+
 def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], predict: str) -> pd.DataFrame:
-    """Per-point table of one series: raw values, label, and the engine's results (NaN where unscored)."""
+    """Per-point table of one series: raw values (columns named by :func:`value_columns`), label, and the
+    engine's results (NaN where unscored)."""
     n = len(s)
     cols: dict[str, Any] = {
         "key": s.key,
         "timestamp": s.timestamps,
         "time": pd.to_datetime(s.timestamps, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
-    for j, f in enumerate(features):
-        cols[f] = s.values[:, j]
+    for j, name in enumerate(value_columns(features)):
+        cols[name] = s.values[:, j]
     if s.labels is not None:
         cols["label"] = s.labels
     res = {
@@ -251,7 +287,7 @@ def _replay(
         keep = [
             "key",
             "timestamp",
-            *bundle.features,
+            *value_columns(bundle.features),
             "label",
             "error",
             "score",
@@ -372,6 +408,18 @@ def coverage_warnings(
         )
     resets = engine.counters["gap_resets"]
     cold = bool(coverage.get("cold_only"))
+    gapped = gapped_series(series, engine.max_gap)
+    if gapped and not cold and len(gapped) < len(series):  # (all of them: the run's own warning says why)
+        named = ", ".join(
+            f"{key!r} ({n} of {m} readings after a gap, median step {step:g} s)"
+            for key, n, m, step in gapped[:3]
+        )
+        out.append(
+            f"{len(gapped)} of {len(series)} series were reset by gaps longer than engine.max_gap_seconds = "
+            f"{engine.max_gap:g} s at half of their readings or more, so those readings had less than a window "
+            f"of history (cold scores, or none): {named}{', ...' if len(gapped) > 3 else ''}; series sampled "
+            "this far apart need engine.max_gap_seconds above their step, or a model of their own"
+        )
     if cold:
         unscored = total  # scores from a cold state: as good as nothing
     if unscored <= total // 2:
@@ -398,6 +446,21 @@ def coverage_warnings(
     if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
     return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
+
+
+def gapped_series(series: Sequence[Series], max_gap: float) -> list[tuple[str, int, int, float]]:
+    """(key, readings after a gap, readings, median step in seconds) of each series whose key is reset by a gap
+    longer than `max_gap` at half of its readings or more: one sampled far slower than the others in a file
+    (the bundle's gap rule follows the median step over all series), whose every score then comes from a
+    cold state while the run as a whole looks scored."""
+    out = []
+    for s in series:
+        steps = np.diff(s.timestamps)
+        steps = steps[np.isfinite(steps)]
+        after = int(np.sum(steps > max_gap))
+        if len(steps) and after * 2 >= len(s):
+            out.append((s.key, after, len(s), float(np.median(steps))))
+    return out
 
 
 def _safe(name: str) -> str:

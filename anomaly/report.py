@@ -11,6 +11,7 @@ present, are shaded in both panels. Matplotlib runs on the Agg backend, so no di
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,10 @@ def plot_series(
 
     out = Path(path)
     try:
-        with atomic_path(out, "report") as tmp:
+        with atomic_path(out, "report") as tmp, warnings.catch_warnings():
+            # a sensor or key named in a script the font lacks (压力, ...) is drawn as boxes; matplotlib's
+            # UserWarning per missing glyph, with its file and line, reads like a failure on a replay's stderr
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
             fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)

@@ -175,6 +175,8 @@ def train(
             f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
             f"{max_gap:g} s (median sampling interval {interval if interval is None else f'{interval:g} s'})"
         )
+    windowed = {s.key for s in series if len(s) >= model_cfg.window}
+    idle = list(dict.fromkeys(s.key for s in whole if s.key not in windowed))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -316,6 +318,9 @@ def train(
             "amp": amp_name,
             "series": len(whole),
             "rows": int(sum(len(s) for s in whole)),
+            # series with no stretch of a window between gaps: never trained on, and cold-scored in replay
+            "series_without_window": len(idle),
+            "keys_without_window": idle[:5],
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }

@@ -135,3 +135,23 @@ def test_a_bad_value_from_the_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         build_config(env={"ANOMALY_ENGINE_STATIC_THRESHOLD": "nan"})
     assert str(info.value).endswith("(from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD)")
+
+
+def test_a_list_setting_from_the_environment_reads_the_toml_list_syntax_too() -> None:
+    """ANOMALY_KAFKA_TOPICS='["a", "b"]' (the pipeline file's syntax) names the topics a and b; before, the split at
+    the comma made them '["a"' and '"b"]'. A broken list is one error naming the variable."""
+    env = {"ANOMALY_KAFKA_TOPICS": '["a", "b"]', "ANOMALY_DATA_FEATURES": "x, y"}
+    cfg = build_config(env=env)
+    assert (cfg.kafka.topics, cfg.data.features) == (("a", "b"), ("x", "y"))
+    with pytest.raises(ConfigError, match=r"kafka.topics must be a list: .*ANOMALY_KAFKA_TOPICS"):
+        build_config(env={"ANOMALY_KAFKA_TOPICS": '["a", "b"'})
+
+
+@pytest.mark.parametrize("typed", ["\\t", "tab", "\t"])
+def test_a_tab_separator_can_be_typed(typed: str) -> None:
+    assert build_config(overrides={"data.separator": typed}).data.separator == "\t"
+
+
+def test_an_infinite_future_limit_says_it_must_be_finite() -> None:
+    with pytest.raises(ConfigError, match="must be a finite number of seconds >= 0"):
+        build_config(env={"ANOMALY_KAFKA_MAX_FUTURE_SECONDS": "inf"})

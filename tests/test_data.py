@@ -110,6 +110,27 @@ def test_interleaved_series_without_a_key_column_are_refused_naming_the_key(tmp_
     assert [(s.key, len(s)) for s in series] == [("p1", 20), ("p2", 20), ("p3", 20)]
 
 
+def test_times_cut_to_the_minute_are_named_as_such_not_as_interleaved_series(tmp_path) -> None:
+    """A spreadsheet showing hh:mm saves 1-second readings as 10:14, 10:14, ...: the error said the file looked
+    like several series interleaved and asked for a --key-column it does not have."""
+    seconds = [f"2020-03-09 10:{14 + i // 60:02d}:{i % 60:02d}" for i in range(150)]
+    rows = "".join(f"{t[:16]};{i * 0.5}\n" for i, t in enumerate(seconds))
+    path = write(tmp_path, "datetime;a\n" + rows)
+    with pytest.raises(SchemaError) as info:
+        load(path, time_column="datetime")
+    assert str(info.value) == (
+        f"{path}: 147 of 150 rows repeat another row's timestamp, in file order, and every time is a whole "
+        "minute: the export seems to have cut off the seconds (a spreadsheet saves times as its cells show them); "
+        "export the times with seconds (cells formatted yyyy-mm-dd hh:mm:ss), or pass --key-column if the rows "
+        "are several series"
+    )
+    whole = write(
+        tmp_path, "datetime;a\n" + "".join(f"{t};{i * 0.5}\n" for i, t in enumerate(seconds)), "s.csv"
+    )
+    (s,), _ = load(whole, time_column="datetime")
+    assert len(s) == 150 and np.diff(s.timestamps).tolist() == [1.0] * 149
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 
@@ -406,6 +427,28 @@ def test_a_missing_time_column_names_the_likely_one(tmp_path) -> None:
         load(write(tmp_path, "Time,a\n" + rows(["1"] * 4)))
 
 
+def test_a_column_that_counts_the_readings_is_named_as_the_likely_time(tmp_path) -> None:
+    """NASA SMAP/MSL (telemanom) CSVs count readings in `step`: the error pointed to --no-time-column, which
+    trains on `step` as a sensor that only grows. A pandas row index (no header name) is never that hint."""
+    text = "chan_id,step,telemetry,cmd_01\n" + "".join(
+        f"{c},{i},{0.1 * i:.1f},0\n" for c in ("A-1", "A-2") for i in range(6)
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(
+        SchemaError,
+        match=r"not found; columns are chan_id, step, telemetry, cmd_01 \(column 'step' counts up row by row: "
+        r"pass --time-column step if it is the time, with --time-unit for its unit; --no-time-column would "
+        r"make it a sensor\)$",
+    ):
+        load(path)
+    series, feats = load(path, time_column="step", key_column="chan_id")
+    assert feats == ["telemetry", "cmd_01"]
+    assert [s.timestamps.tolist() for s in series] == [list(range(6))] * 2
+    index = write(tmp_path, ",a,b\n0,1.5,2\n1,1.25,3\n2,1.0,2\n3,1.5,1\n", "index.csv")
+    with pytest.raises(SchemaError, match=r"not found; columns are Unnamed: 0, a, b \(a file without a time"):
+        load(index)
+
+
 def test_a_time_column_without_values_says_so(tmp_path) -> None:
     """All times empty read as '3 of 4 rows repeat another row's timestamp ... several series'."""
     with pytest.raises(SchemaError, match=r"time column 'timestamp' has no value in any row"):
@@ -531,6 +574,58 @@ def test_a_label_map_reads_numeric_labels_too(tmp_path) -> None:
         SchemaError, match=r"line 3 holds '-1', which --label-map does not name \(it maps '1'\)$"
     ):
         load(path, label="attack", label_map=("1=0",))
+
+
+def test_a_negative_label_is_refused_not_read_as_normal(tmp_path) -> None:
+    """WADI's 1 (normal) / -1 (attack), or scikit-learn's outlier flags, without --label-map: 'above 0 is
+    anomalous' read every normal reading as an anomaly and every attack as normal, with no word."""
+    path = write(tmp_path, "timestamp,a,attack\n1,1.0,1.0\n2,2.0,-1.0\n3,3.0,1.0\n")
+    with pytest.raises(
+        SchemaError,
+        match=r"^.*x.csv: label column 'attack' line 3 holds '-1'; labels are 0 or 1 \(empty: 0\), and a "
+        r"negative label is not guessed: map the column's values with --label-map, e.g. --label-map "
+        r"1=0,-1=1 if -1 marks an anomaly$",
+    ):
+        load(path, label="attack")
+    (s,), _ = load(path, label="attack", label_map=("1=0", "-1=1"))  # the map the hint gives
+    assert s.labels.tolist() == [0, 1, 0]
+    zero = write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,-1\n3,3.0,\n", "zero.csv")
+    with pytest.raises(SchemaError, match=r"line 3 holds '-1'.* --label-map 0=0,-1=1 if -1 marks"):
+        load(zero)
+    (s,), _ = load(write(tmp_path, "timestamp,a,anomaly\n1,1.0,0\n2,2.0,2\n3,3.0,\n", "two.csv"))
+    assert s.labels.tolist() == [0, 1, 0]  # above 0 is anomalous, empty is 0: unchanged
+
+
+def test_a_sensor_only_in_a_later_file_is_refused_not_dropped(tmp_path) -> None:
+    """Training on jan.csv and feb.csv, feb with a sensor installed since: the features were the first file's
+    and feb's new sensor was dropped without a word (in the other order the same files were refused)."""
+    jan = write(tmp_path, "timestamp,a,b\n1,1.0,2.0\n2,1.5,2.5\n", "jan.csv")
+    feb = write(tmp_path, "timestamp,a,b,c\n3,1.0,2.0,7.0\n4,1.5,2.5,7.5\n", "feb.csv")
+    with pytest.raises(SchemaError) as info:
+        load_series([jan, feb], DataConfig())
+    assert str(info.value) == (
+        f"{feb} has numeric column(s) c that {jan} lacks; the files must offer the same features: pass "
+        "--features naming the columns to use"
+    )
+    assert info.value.extra == ["c"]
+    with pytest.raises(SchemaError, match="jan.csv is missing feature"):
+        load_series([feb, jan], DataConfig())
+    series, feats = load_series([jan, feb], DataConfig(features=("a", "b")))
+    assert feats == ["a", "b"] and [len(s) for s in series] == [2, 2]
+    series, feats = load_series([jan, feb], DataConfig(), features=["a", "b"])  # replay: the model's features
+    assert feats == ["a", "b"]
+
+
+def test_excels_separator_line_above_the_header_is_read_as_the_separator(tmp_path) -> None:
+    """'sep=;' on the first line tells Excel the separator: it was taken for the header (two columns, 'sep=' and
+    an unnamed one, every later field of a row dropped without a word) and the file refused as having no numeric
+    feature columns."""
+    rows = "timestamp;a;b\r\n1;1,5;2\r\n2;oops;3\r\n3;1,0;2\r\n"
+    path = write(tmp_path, "\ufeffsep=;\r\n" + rows)
+    with pytest.raises(SchemaError, match=r"column 'a' line 4 holds 'oops'"):  # the line an editor shows
+        load(path, decimal=",")
+    (s,), feats = load(write(tmp_path, "sep=;\r\n" + rows.replace("oops", "1,25"), "ok.csv"), decimal=",")
+    assert feats == ["a", "b"] and s.values.tolist() == [[1.5, 2.0], [1.25, 3.0], [1.0, 2.0]]
 
 
 def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:

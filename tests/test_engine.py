@@ -12,6 +12,7 @@ import pytest
 
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine, Event, StateError
+from anomaly.engine.types import Readings
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS, Threshold
 from anomaly.training import distinct_values, max_runs, series_errors
@@ -356,6 +357,36 @@ def test_missing_values_give_the_same_results_in_blocks_of_any_size(bundle, test
         assert np.array_equal(np.concatenate([w.scores for w in out.windows]), runs[0][0])
     else:
         assert runs[0][1] == 0
+
+
+@pytest.mark.parametrize("huge", [1e25, 3.4e38, 1e300])
+@pytest.mark.parametrize("columnar", [False, True])
+def test_a_finite_reading_far_beyond_any_range_is_a_huge_score_that_decays(
+    bundle, test_series, huge, columnar
+):
+    """A finite value no sensor reaches (1e25, float32's 3.4e38 "no value" sentinel, 1e300) is standardized within
+    Z_LIMIT: its score is huge but finite, and the key's later scores return to those of the same stream without
+    it. Before, its squared error overflowed to inf and the EWMA held the key's score at inf for good (1e50 and
+    up also cast to an inf model input)."""
+    ts, vals = test_series.timestamps[:400], test_series.values[:400].astype(np.float64)
+    spiked = vals.copy()
+    spiked[100, 0] = huge
+
+    def scores(values):
+        e = Engine(bundle, EngineConfig(threshold="static"))
+        events = [Event("k", ts[i : i + 1], values[i : i + 1]) for i in range(len(ts))]
+        feed = Readings.from_events(events, len(bundle.features)) if columnar else events
+        out = e.process(feed)
+        out.windows.extend(e.flush().windows)
+        assert not out.rejections
+        return np.concatenate([w.scores for w in out.windows])
+
+    with np.errstate(all="raise"):
+        got, clean = scores(spiked), scores(vals)
+    assert np.isfinite(got).all() and len(got) == 400
+    np.testing.assert_array_equal(got[:100], clean[:100])
+    assert got[100] > 1e20 * clean[100]
+    assert np.abs(got[-50:] - clean[-50:]).max() < 0.05  # 250 readings on: the imprint on the state has faded
 
 
 def test_nan_forward_fill_policy(bundle) -> None:

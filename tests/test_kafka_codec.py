@@ -7,9 +7,10 @@ import json
 import time
 
 import numpy as np
+import orjson
 import pytest
 
-from anomaly.config import ConfigError, KafkaConfig
+from anomaly.config import ConfigError, KafkaConfig, build_config
 from anomaly.data import Series
 from anomaly.engine.types import Alert, Rejection
 from anomaly.kafka.clients import connection_settings
@@ -158,6 +159,38 @@ def test_produced_messages_decode_to_the_exact_series_values():
                 == s.values.astype(np.float64).tobytes()
             )
         assert [len(e.timestamps) for e in got["k0"]] == ([1] * 10 if block == 1 else [4, 4, 2])
+
+
+def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_as_nan():
+    """A CSV's empty or `inf` cell used to go out as Python's `NaN`/`Infinity` text, which is not JSON: the
+    daemon refused the whole message as `invalid_json` where replay applies `nan_policy` to that cell."""
+    values = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, np.inf], [-np.inf, 8.0, 9.0], [10.0, 11.0, 12.0]])
+    stamps = 1.7e9 + np.arange(4) * 60.0
+    stamps_gap = stamps.copy()
+    stamps_gap[3] = np.nan  # an empty time cell
+    series = [Series("k0", stamps, values), Series("k1", stamps_gap, values)]
+    fmt = MessageFormat(("a", "b", "c"))
+    d = Decoder(fmt)
+    for block in (1, 4):
+        events, refused = [], []
+        for key, value, _ in messages(series, fmt, block):
+            assert orjson.loads(value) is not None  # strict JSON, as the daemon parses it
+            try:
+                events.append(d.decode(Record("t", 0, 0, key, value)))
+            except DecodeError as err:
+                refused.append((key, err.reason))
+        k0 = [e for e in events if e.key == "k0"]
+        assert np.concatenate([e.timestamps for e in k0]).tobytes() == stamps.tobytes()
+        assert (
+            np.concatenate([e.values for e in k0]).tobytes()
+            == np.where(np.isfinite(values), values, np.nan).tobytes()
+        )
+        k1 = [e for e in events if e.key == "k1"]
+        if block == 1:  # the reading without a time is refused, the others are read
+            assert refused == [(b"k1", "missing_field")]
+            assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
+        else:  # ... and a block holding it is refused whole
+            assert (refused, k1) == ([(b"k1", "missing_field")], [])
 
 
 def test_alert_message_is_keyed_by_entity():
@@ -482,3 +515,95 @@ def test_an_empty_key_is_refused_like_a_missing_one_in_bulk_and_one_by_one():
         ]
         readings, _ = d.decode_poll(records)
         assert sorted(e.key for e in readings.events()) == sorted(f"p{i}" for i in range(40))
+
+
+def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one_by_one():
+    """A 600 KB key was taken: its first alert (the key three times, 1.8 MB) was refused by the producer and
+    the daemon exited, again at every restart (a poison message). Keys above max_key_bytes (UTF-8 bytes; the
+    daemon's is kafka.max_request_bytes / 4) are dead letters `oversized`; their neighbours decode as before."""
+    d = Decoder(MessageFormat(FMT.features, max_key_bytes=100))
+    one = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    block = {"readings": [{"ts": 1.7e9 + i, "values": [1.0, 2.0, 3.0]} for i in range(3)]}
+    for shape in (one, block):
+        good = [
+            Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)
+        ]
+        fits = [  # 100 bytes: ASCII, and 50 two-byte characters
+            Record("sensors", 0, 40, b"k", json.dumps({"key": "x" * 100, **shape}).encode()),
+            Record("sensors", 0, 41, b"k", json.dumps({"key": "é" * 50, **shape}).encode()),
+            Record("sensors", 0, 42, "é".encode() * 50, json.dumps(shape).encode()),
+        ]
+        too_long = [
+            Record("sensors", 0, 43, b"k", json.dumps({"key": "x" * 101, **shape}).encode()),
+            Record("sensors", 0, 44, b"k", json.dumps({"key": "é" * 51, **shape}).encode()),
+            Record("sensors", 0, 45, b"m" * 101, json.dumps(shape).encode()),
+        ]
+        records = good[:20] + fits + too_long + good[20:]
+        refused = assert_poll_decodes_as_record_by_record(d, records)
+        assert refused == [
+            (43, "oversized", "key of 101 bytes > 100 (kafka.max_request_bytes / 4)"),
+            (44, "oversized", "key of 102 bytes > 100 (kafka.max_request_bytes / 4)"),
+            (45, "oversized", "key of 101 bytes > 100 (kafka.max_request_bytes / 4)"),
+        ]
+        readings, _ = d.decode_poll(records)
+        assert sorted(e.key for e in readings.events()) == sorted(
+            [f"p{i}" for i in range(40)] + ["x" * 100, "é" * 50, "é" * 50]
+        )
+
+
+def test_the_daemons_key_limit_is_a_quarter_of_the_producers_request_limit():
+    from anomaly.kafka.daemon import message_format
+
+    cfg = build_config({"kafka": {"max_request_bytes": 200_000}})
+    assert message_format(cfg, ["a"]).max_key_bytes == 50_000
+    assert message_format(build_config({}), ["a"]).max_key_bytes == 262_144
+
+
+class _FailingProducer:
+    """kafka-python's contract: send() returns a future whose errback gets a delivery failure later (the broker
+    refused the record: message.max.bytes, an ACL, the delivery timeout), or raises at once (a record larger
+    than max_request_size)."""
+
+    def __init__(self, refuse_offsets: set[int], too_large_at: int | None = None) -> None:
+        self.refuse, self.too_large_at, self.sent, self.errbacks = refuse_offsets, too_large_at, [], []
+
+    def send(self, topic, key=None, value=None):
+        import kafka.errors
+
+        if len(self.sent) == self.too_large_at:
+            raise kafka.errors.MessageSizeTooLargeError("The message is 2000000 bytes")
+        self.sent.append(value)
+        producer = self
+
+        class Future:
+            def add_errback(self, fn):
+                producer.errbacks.append((len(producer.sent) - 1, fn))
+
+        return Future()
+
+    def flush(self, timeout=None):
+        import kafka.errors
+
+        for i, fn in self.errbacks:
+            if i in self.refuse:
+                fn(kafka.errors.MessageSizeTooLargeError("refused by the broker"))
+        self.errbacks = []
+
+
+def test_produce_raises_when_a_message_is_not_delivered_instead_of_counting_it_sent():
+    """produce() never read the send futures: messages the broker refused were lost while `anomaly produce`
+    printed them as sent; a send that raised (a block above max_request_size) was a traceback."""
+    from anomaly.kafka import KafkaError
+    from anomaly.kafka.produce import produce
+
+    series = [Series("k", 1.7e9 + np.arange(10) * 60.0, np.ones((10, 3)))]
+    fmt = MessageFormat(("a", "b", "c"))
+    assert produce(_FailingProducer(set()), "t", messages(series, fmt)) == 10
+    with pytest.raises(KafkaError, match=r"^2 of 10 messages to t were not delivered: \[Error 10\]"):
+        produce(_FailingProducer({3, 7}), "t", messages(series, fmt))
+    producer = _FailingProducer(set(), too_large_at=4)
+    with pytest.raises(
+        KafkaError, match=r"^message 5 \(\d+ bytes\) could not be sent to t, 4 were: .*--block"
+    ):
+        produce(producer, "t", messages(series, fmt))
+    assert len(producer.sent) == 4

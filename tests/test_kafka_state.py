@@ -31,7 +31,7 @@ from anomaly.kafka.changelog import (
     writers_to_fence,
 )
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
-from anomaly.kafka.codec import Decoder, MessageFormat, dead_letter
+from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter, source_rejection
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
@@ -238,6 +238,38 @@ def test_dead_letters_are_cut_to_fit_and_say_what_was_there():
     assert fit_dead_letter(key, b"small", headers, 1024) == (key, b"small", headers)
 
 
+def test_a_huge_entity_key_is_cut_so_the_dead_letter_still_fits():
+    """The entity_key header repeats the key: a 250 KB body key in an 850 KB message (or a 700 KB message key) made
+    a dead letter above 1 MiB, which the producer refused (max_request_bytes 1 MiB), so the refusal was lost. The key and header are cut to 1 KiB
+    (on a character boundary) with the truncation headers, the payload only when it is too large itself."""
+    decoder = Decoder(MessageFormat(("a", "b")))
+    body_key = "é" * 125_000  # 250 KB of UTF-8, under the key limit (256 KiB); the body 850 KB
+    value = json.dumps(
+        {"key": body_key, "ts": "yesterday", "values": [1, 2], "note": "x" * 600_000}, ensure_ascii=False
+    ).encode()
+    for rec, entity in [
+        (Record("in", 0, 3, b"k", value), body_key),  # refused after the body key was read
+        (Record("in", 0, 4, b"M" * 700_000, b"{not json"), "M" * 700_000),  # only the message key
+        (Record("in", 0, 5, b"M" * 700_000, None), "M" * 700_000),  # a tombstone
+    ]:
+        with pytest.raises(DecodeError) as err:
+            decoder.decode(rec)
+        key, val, headers = fit_dead_letter(*dead_letter(source_rejection(rec, err.value)), 900_000)
+        h = dict(headers)
+        size = len(key or b"") + len(val or b"") + sum(len(n) + len(v) for n, v in headers)
+        assert size <= 900_000 + 4096  # max_request_bytes 1 MiB leaves 148 KB for the rest
+        assert (key, val) == (rec.key[:1024], rec.value)
+        assert h["entity_key"] == entity.encode()[:1024].decode("utf-8", "ignore").encode()
+        assert len(h["entity_key"]) in (1023, 1024)
+        assert h.get("truncated") == (None if rec.value is None else b"1")
+    # a key that fits is left alone, as before
+    rec = Record("in", 0, 6, b"pump-1", b"{not json")
+    with pytest.raises(DecodeError) as err:
+        decoder.decode(rec)
+    letter = dead_letter(source_rejection(rec, err.value))
+    assert fit_dead_letter(*letter, 900_000) == letter
+
+
 def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topic():
     cfg = build_config({"kafka": {"group_id": "plant a", "topics": ["s1", "s2"]}})
     assert [changelog_topic(cfg.kafka, t) for t in cfg.kafka.topics] == [
@@ -304,6 +336,39 @@ def test_a_fence_is_recognised_directly_and_behind_a_rebalance_callbacks_error()
     assert _fenced(fenced) is fenced
     assert _fenced(kerr.KafkaError("User rebalance callback throws an error")) is None
     assert _fenced(DeliveryError("2 record(s) were not delivered")) is None
+
+
+def test_a_member_fenced_three_times_in_a_row_without_a_commit_exits():
+    """README: "Only a member fenced three times in a row without one committed transaction in between ... exits
+    with `error: fenced: ...`". It rejoined the group after a third such fence and exited at the fourth."""
+    import threading
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.kafka.sinks import FENCED, FencedError
+
+    daemon = Daemon.__new__(Daemon)  # only the fence bookkeeping and what a rejoin touches
+    daemon.opts = DaemonOptions()
+    daemon.delivery = SimpleNamespace(transactions=5)
+    daemon._fenced_in_a_row, daemon._transactions_at_fence = 0, -1
+    daemon._queue_lock, daemon._deferred, daemon.stop = threading.Lock(), [], threading.Event()
+    daemon.metrics = None
+    for name in ("tracker", "source", "engine", "consumer", "cfg", "_refresh_ready", "_rotate"):
+        setattr(daemon, name, mock.MagicMock())
+    daemon.engine.drop.return_value = 0
+
+    rejoined = []
+    for _ in range(2):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+        rejoined.append(daemon.consumer.subscribe.call_count)
+    daemon.delivery.transactions = 6  # a committed transaction: the count starts again
+    for _ in range(2):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+        rejoined.append(daemon.consumer.subscribe.call_count)
+    with pytest.raises(FencedError, match="fenced 3 times in a row without a commit: exiting"):
+        daemon._rejoin_after_fence(FencedError(FENCED))
+    assert rejoined == [1, 2, 3, 4]
 
 
 def test_a_broker_call_without_a_timeout_is_bounded_and_its_result_or_error_comes_through():

@@ -64,6 +64,27 @@ def test_a_label_csv_with_the_key_column_is_matched_by_key_and_time(tmp_path) ->
     assert {s.key: s.labels.tolist() for s in series} == {"a": [0, 1], "b": [1, 0]}
 
 
+def test_keys_are_read_as_written_in_the_data_and_the_label_file(tmp_path) -> None:
+    """Device IDs 0012 and 12 were read as the number 12: one series named '12' (not the '0012' a Kafka message
+    key carries) holding both devices' readings, every second one refused as a repeated timestamp. The region
+    NA was read as a missing key ('key column is empty')."""
+    rows = "60,1.0,0012\n60,2.0,12\n60,5.0,NA\n120,3.0,0012\n120,4.0,12\n120,6.0,NA\n"
+    data = write(tmp_path, "d.csv", "timestamp,value, device\n" + rows)
+    labels = write(tmp_path, "l.csv", "timestamp,label,device\n60,0,0012\n60,1,12\n120,1,0012\n120,0,12\n")
+    with pytest.raises(SchemaError, match=r"has no label for .*d.csv line 4 \(timestamp 60\)"):  # NA's rows
+        load_series([data], DataConfig(key_column="device", label="label"), labels_file=labels)
+    labels.write_text(labels.read_text() + "60,0,NA\n120,0,NA\n")
+    series, _ = load_series([data], DataConfig(key_column="device", label="label"), labels_file=labels)
+    assert {s.key: (s.values[:, 0].tolist(), s.labels.tolist()) for s in series} == {
+        "0012": ([1.0, 3.0], [0, 1]),
+        "12": ([2.0, 4.0], [1, 0]),
+        "NA": ([5.0, 6.0], [0, 0]),
+    }
+    empty = write(tmp_path, "e.csv", "timestamp,value,device\n60,1.0,0012\n120,2.0, \n")
+    with pytest.raises(SchemaError, match=r"key column 'device' is empty on line 3 \(1 such row\(s\)\)"):
+        load_series([empty], DataConfig(key_column="device"))
+
+
 def test_nab_windows_label_the_readings_inside_them(tmp_path) -> None:
     """NAB: labels/combined_windows.json names each data file by its path under data/."""
     data = write(

@@ -326,12 +326,16 @@ def test_write_textfile(tmp_path, metrics: PipelineMetrics) -> None:
     }
 
 
-def _get(url: str) -> tuple[int, bytes]:
+def _get(url: str | urllib.request.Request) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def _head(url: str) -> tuple[int, bytes]:
+    return _get(urllib.request.Request(url, method="HEAD"))
 
 
 def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
@@ -351,6 +355,13 @@ def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
         server.set_ready(False)
         assert _get(base + "/readyz")[0] == 503
         assert _get(base + "/nope")[0] == 404
+        # HEAD (health checks of HAProxy and some load balancers) answers as GET does, without a body; it was 501
+        assert _head(base + "/readyz") == (503, b"")
+        server.set_ready(True)
+        assert _head(base + "/readyz") == (200, b"")
+        assert _head(base + "/healthz") == (200, b"")
+        assert _head(base + "/nope") == (404, b"")
+        assert _head(base + "/metrics")[0] == 200
     finally:
         server.stop()
     with pytest.raises(urllib.error.URLError):

@@ -387,3 +387,94 @@ def test_drop_anomalies_without_the_label_column_is_an_error(frame, tmp_path) ->
         "error: --drop-anomalies needs the label column 'y', which the files lack (--label names it)"
     ]
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
+    """Monthly exports of the same keys (with --key-column) trained as one series per file part: --train-rows N
+    took N rows from each file, so replay --evaluate-after N counted rows the model was trained on, and the
+    bundle said 4 series for 2 keys."""
+    whole, early, late = split_by_time(tmp_path)
+    common = ("--key-column", "sensor_id", "--train-rows", "100", "-p", tiny_pipeline(tmp_path))
+    a = run("train", whole, "-o", tmp_path / "a.pt", *common)
+    b = run("train", early, late, "-o", tmp_path / "b.pt", *common)
+    assert a.exit_code == b.exit_code == 0, b.output
+    ta, tb = (load_bundle(tmp_path / f"{n}.pt").meta for n in "ab")
+    assert (tb["training"]["rows"], tb["training"]["series"]) == (ta["training"]["rows"], 2) == (200, 2)
+    assert tb["training_fingerprint"] == ta["training_fingerprint"]
+    assert "trained on 200 rows of 2 series" in b.output
+    pd.read_csv(late).drop(columns=["anomaly"]).to_csv(late, index=False)  # one month labelled, one not
+    c = run("train", early, late, "-o", tmp_path / "c.pt", *common)
+    assert c.exit_code == 0, c.output
+    assert load_bundle(tmp_path / "c.pt").meta["training_fingerprint"] == ta["training_fingerprint"]
+    d = run("train", early, late, "-o", tmp_path / "d.pt", *common, "--drop-anomalies")
+    assert d.exit_code == 2 and "has labels in" in d.output and "label both or neither" in d.output
+
+
+def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_path) -> None:
+    """Epoch seconds beside a text time (or telemanom's `step` under --no-time-column) became a feature: the
+    model was trained on the clock, whose every later value is out of the training range (SKAB valve1/0 with an
+    epoch column: one alert from early in the test part to a level_shift close). --features chooses it anyway."""
+    data = frame.head(300).copy()
+    data.insert(1, "unix_time", 1_700_000_000 + 60 * np.arange(300))
+    csv = tmp_path / "clock.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2
+    assert lines(r.output)[-1] == (
+        "error: column 'unix_time' counts up reading by reading, like a clock or a row number, not a sensor: a "
+        "model trained on it finds every later reading out of range; leave it out with --features "
+        "sensor_1,sensor_2,sensor_3,sensor_4, or pass --time-column unix_time if it is the time"
+    )
+    assert not (tmp_path / "m.pt").exists()
+    r = run(
+        "train",
+        csv,
+        "-o",
+        tmp_path / "m.pt",
+        "-p",
+        tiny_pipeline(tmp_path),
+        "--features",
+        "sensor_1,unix_time",
+    )
+    assert r.exit_code == 0, r.output
+    assert load_bundle(tmp_path / "m.pt").features == ["sensor_1", "unix_time"]
+
+
+def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(tmp_path) -> None:
+    """Keys at different rates in one file: the gap rule follows the median step over all keys, so a key read
+    every 10 minutes beside 1-second keys was reset at every reading. Training never saw a window of it and
+    replay scored each of its readings from a cold state, both without a word (the run as a whole looked
+    scored)."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for key, step, n in (("fast", 1, 400), ("slow", 600, 40)):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "timestamp": 1_700_000_000 + step * np.arange(n),
+                    "device": key,
+                    "a": np.sin(np.arange(n) / 9) + rng.normal(0, 0.1, n),
+                    "b": np.cos(np.arange(n) / 7) + rng.normal(0, 0.1, n),
+                }
+            )
+        )
+    csv = tmp_path / "rates.csv"
+    pd.concat(parts).sort_values("timestamp", kind="stable").to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert (
+        "warning: 1 of 2 series gave no window to train on ('slow'): no 8 readings in a row without a gap over "
+        "300 s; in replay they have less than a window of history too"
+    ) in r.output
+    assert load_bundle(model).meta["training"]["keys_without_window"] == ["slow"]
+    r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0, r.output
+    expected = (
+        "1 of 2 series were reset by gaps longer than engine.max_gap_seconds = 300 s at half of their readings "
+        "or more, so those readings had less than a window of history (cold scores, or none): 'slow' (39 of 40 "
+        "readings after a gap, median step 600 s); series sampled this far apart need engine.max_gap_seconds "
+        "above their step, or a model of their own"
+    )
+    assert f"warning: {expected}" in lines(r.output)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]

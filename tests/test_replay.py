@@ -195,3 +195,37 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
             build_config(overrides={"replay.evaluate_after": len(test_series)}),
             tmp_path / "none",
         )
+
+
+def test_a_sensor_named_like_a_result_column_keeps_its_values(tmp_path) -> None:
+    """Sensors called `error`, `score` or `key`: scores.csv wrote the engine's error and score over their readings
+    (or their readings over the series key), and the report then crashed with a matplotlib traceback ('x and y
+    must be the same size'). Their values now go to `value_NAME` and every result is what the same data with
+    other column names gives."""
+    from anomaly.bundle import save_bundle
+    from anomaly.config import ModelConfig, TrainConfig
+    from anomaly.data import load_series
+    from anomaly.training import train
+
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=400, anomalies=2, seed=5))
+    names = {"sensor_1": "error", "sensor_2": "score", "sensor_3": "key", "sensor_4": "value_error"}
+    got = {}
+    for name, data in (("plain", frame), ("clash", frame.rename(columns=names))):
+        path = tmp_path / f"{name}.csv"
+        data.to_csv(path, index=False)
+        series, feats = load_series([path], build_config().data)
+        result = train(
+            series, feats, ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu")
+        )
+        model = save_bundle(result.bundle, tmp_path / f"{name}.pt")
+        run_replay([str(path)], str(model), str(tmp_path / name), build_config(), progress=False)
+        got[name] = pd.read_csv(tmp_path / name / "scores.csv")
+        assert (tmp_path / name / f"report-{name}.png").stat().st_size > 0
+    plain, clash = got["plain"], got["clash"]
+    values = ["value_value_error", "value_score", "value_key", "value_error"]  # sensor_1 .. sensor_4
+    assert list(clash.columns) == [*plain.columns[:3], *values, *plain.columns[7:]]
+    assert (clash["key"] == "clash").all()
+    for old, new in zip(["sensor_1", "sensor_2", "sensor_3", "sensor_4"], values, strict=True):
+        assert clash[new].equals(plain[old])
+    results = ["label", "error", "score", "threshold", "anomalous", "alert_open", "scored", "decided_at"]
+    assert clash[results].equals(plain[results])

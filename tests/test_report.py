@@ -142,3 +142,14 @@ def test_a_sensor_with_no_value_and_a_reading_with_no_time_are_drawn_without_war
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_png(plot_series(frame, ALERTS, tmp_path / "a.png"))
+
+
+def test_names_in_a_script_the_font_lacks_are_drawn_without_warnings(tmp_path):
+    """Sensor names such as 压力 printed one matplotlib 'Glyph ... missing from font(s) DejaVu Sans' warning, with
+    its file and line, per character on a replay's stderr."""
+    import warnings
+
+    frame = results("泵-1").rename(columns={"pressure": "压力", "flow": "流量"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_png(plot_series(frame, ALERTS, tmp_path / "a.png"))

@@ -359,9 +359,11 @@ def produce_cmd(
     readings = sum(len(s) for s in series)
     total = readings if block == 1 else sum(-(-len(s) // block) for s in series)
     producer = clients.make_producer(k, linger_ms=20)
-    with tqdm(total=total, unit="msg", desc=f"-> {topic}", disable=None) as bar:
-        n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
-    producer.close()
+    try:
+        with tqdm(total=total, unit="msg", desc=f"-> {topic}", disable=None) as bar:
+            n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
+    finally:
+        producer.close()
     click.echo(f"sent {n} messages ({readings} readings of {len(series)} keys) to {topic}")
 
 

@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import load_series
+from anomaly.data import counting_features, load_series, merge_keys, quoted
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 from anomaly.training import TrainResult, train
@@ -76,6 +76,19 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
     )
+    if not cfg.data.drop_anomalies:  # labels unused: a labelled month beside an unlabelled one joins as well
+        for s in series:
+            s.labels = None
+    series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
+    counting = [] if cfg.data.features else counting_features(series, features)
+    if counting:  # chosen with --features, it is the user's call
+        rest = [f for f in features if f not in counting]
+        raise DataError(
+            f"column {counting[0]!r} counts up reading by reading, like a clock or a row number, not a sensor: "
+            "a model trained on it finds every later reading out of range; "
+            + (f"leave it out with --features {quoted(','.join(rest))}, or " if rest else "")
+            + f"pass --time-column {quoted(counting[0])} if it is the time"
+        )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
     if cfg.data.drop_anomalies:
@@ -265,6 +278,18 @@ def print_training(result: TrainResult, out: str) -> None:
         click.echo(
             f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
             f"reset a key ({sampling['gap_splits']} in the training data)"
+        )
+    idle = t.get("series_without_window", 0)
+    if idle:
+        names = ", ".join(map(repr, t["keys_without_window"])) + (
+            ", ..." if idle > len(t["keys_without_window"]) else ""
+        )
+        click.echo(
+            f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
+            f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
+            "in replay they have less than a window of history too (readings far apart need "
+            "engine.max_gap_seconds above their step, or a model of their own)",
+            err=True,
         )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")

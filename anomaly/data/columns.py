@@ -168,4 +168,16 @@ def label_values(frame: pd.DataFrame, cfg: DataConfig, source: str, column: str 
             f"{source}: label column {name!r} line {file_line(frame, at)} holds {col.iloc[at]!r}; labels are "
             f"0 or 1 (empty: 0){hint}"
         )
+    negative = values < 0
+    if negative.any():  # 1 = normal, -1 = attack (WADI, scikit-learn's outlier flags) read as 1 = anomalous
+        at = int(np.flatnonzero(negative)[0])
+        texts = list(dict.fromkeys(t for t in map(_label_text, col.tolist()) if t is not None))
+        neg = str(_label_text(col.iloc[at]))  # as --label-map compares it: -1.0 is '-1'
+        rest = [t for t in texts if t != neg]
+        example = ",".join([*(f"{t}=0" for t in rest[:1]), f"{neg}=1"])
+        raise SchemaError(
+            f"{source}: label column {name!r} line {file_line(frame, at)} holds {neg!r}; labels are "
+            f"0 or 1 (empty: 0), and a negative label is not guessed: map the column's values with "
+            f"--label-map, e.g. --label-map {quoted(example)} if {neg} marks an anomaly"
+        )
     return (np.nan_to_num(values) > 0).astype(np.int8)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from anomaly.config import DataConfig
 from anomaly.data.cells import numeric_column
-from anomaly.data.columns import check_features, infer_features, label_values, non_features
+from anomaly.data.columns import _unnamed, check_features, infer_features, label_values, non_features
 from anomaly.data.reading import file_line, is_number, no_header_note, quoted, read_frame, separator_note
 from anomaly.data.series import Series
 from anomaly.data.times import TIME_UNITS, to_epoch_seconds
@@ -51,6 +51,44 @@ def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     return None
 
 
+def key_columns(cfg: DataConfig) -> tuple[str, ...]:
+    """The columns read as text, not numbers: the key column, whose values are names (0012 is not 12)."""
+    return (cfg.key_column,) if cfg.key_column else ()
+
+
+def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
+    """Numeric columns that count up row by row (nine steps in ten the same positive amount, as telemanom's
+    `step`): the time under another name, which --no-time-column would make a sensor that only ever grows."""
+    out = []
+    for c in frame.columns:
+        col = frame[c]
+        if c in (cfg.key_column, cfg.label, *cfg.label_columns) or _unnamed(c) or len(col) < 3:
+            continue
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        steps = np.diff(col.to_numpy(np.float64))
+        up = steps[steps > 0]
+        if len(up) and float(np.mean(steps == np.median(up))) >= 0.9:
+            out.append(str(c))
+    return out
+
+
+def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
+    """(unit, what was lost, cell format) when times in file order never go back and are all whole hours,
+    minutes or seconds: rows sharing a time are then consecutive readings whose time lost its precision (a
+    spreadsheet showing hh:mm saves 10:14:33 as 10:14), not interleaved series."""
+    if len(timed) < 2 or bool((np.diff(timed) < 0).any()):
+        return None
+    for unit, name, lost, cells in (
+        (3600.0, "hour", "minutes", "yyyy-mm-dd hh:mm:ss"),
+        (60.0, "minute", "seconds", "yyyy-mm-dd hh:mm:ss"),
+        (1.0, "second", "fractions of a second", "yyyy-mm-dd hh:mm:ss.000"),
+    ):
+        if bool(np.all(np.mod(timed, unit) == 0)):
+            return name, lost, cells
+    return None
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -63,11 +101,15 @@ def frame_to_series(
         headed = frame.attrs.get("header", True)
         below = _header_below(frame, cfg.time_column) if headed and not timelike else None
         numbers = no_header_note(list(frame.columns)) if headed and not below else ""
+        counting = _counting_columns(frame, cfg) if headed and not timelike and not below else []
         hint = (
             f" (pass --time-column {quoted(timelike[0])})"
             if timelike
             else f" (the column names seem to be on line {below}: pass --skip-rows {below - 1})"
             if below
+            else f" (column {counting[0]!r} counts up row by row: pass --time-column {quoted(counting[0])} if it "
+            "is the time, with --time-unit for its unit; --no-time-column would make it a sensor)"
+            if counting and not numbers
             else " (a file without a time column: pass --no-time-column to number its readings 0, 1, 2, ...)"
             if (len(frame.columns) > 1 and not numbers) or not headed
             else ""
@@ -121,6 +163,14 @@ def frame_to_series(
         repeated = len(timed) - len(np.unique(timed))
         if repeated > 0.1 * len(timed):
             likely = _likely_key_columns(frame, ts_all, cfg)
+            cut = None if likely else _cut_precision(timed)
+            if cut:
+                raise SchemaError(
+                    f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, in file order, "
+                    f"and every time is a whole {cut[0]}: the export seems to have cut off the {cut[1]} (a "
+                    f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
+                    f"formatted {cut[2]}), or pass --key-column if the rows are several series"
+                )
             hint = (
                 f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
                 if likely
@@ -171,13 +221,22 @@ def load_series(
         )
     series: list[Series] = []
     feats = list(features) if features else None
+    inferred = feats is None and not cfg.features
     seen: set[str] = set()
     for path in paths:
-        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows)
+        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
+        elif inferred:  # a later file's own sensors were dropped without a word (the first file's are taken)
+            extra = [c for c in infer_features(frame, cfg, str(path)) if c not in feats]
+            if extra:
+                raise SchemaError(
+                    f"{path} has numeric column(s) {', '.join(map(str, extra))} that {paths[0]} lacks; the files "
+                    "must offer the same features: pass --features naming the columns to use",
+                    extra=extra,
+                )
         part = frame_to_series(frame, feats, cfg, str(path), labels_file)
         for s in part:
             if not cfg.key_column:

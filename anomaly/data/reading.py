@@ -6,11 +6,13 @@ separator)."""
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pandas.io.common import get_handle
 
@@ -55,10 +57,12 @@ def read_frame(
     decimal: str = ".",
     header: bool = True,
     skip_rows: int = 0,
+    text_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
     header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
-    3, ... (strings), the numbering such datasets' own labels use."""
+    3, ... (strings), the numbering such datasets' own labels use. `text_columns` (the key column) are read as
+    written, so device 0012 stays '0012' (as a Kafka message key would be) instead of becoming the number 12."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
@@ -66,6 +70,11 @@ def read_frame(
         raise DataError(f"{p} is empty")
     # read once: it gives the separator and is checked before pandas reads it
     first = first_line(p, skip_rows)
+    directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
+    if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
+        skip_rows += 1
+        first = first_line(p, skip_rows)
+        separator = separator or directive.group(1)
     sep = separator or detect_separator(first)
     if header:
         _check_header(p, first, sep)
@@ -102,6 +111,9 @@ def read_frame(
         frame.columns = [_clean_name(c) for c in frame.columns]
     else:
         frame.columns = [str(i) for i in range(1, len(frame.columns) + 1)]
+    for name in text_columns:
+        if name in frame.columns:
+            frame[name] = _as_written(p, sep, header, skip_rows, list(frame.columns).index(name), len(frame))
     if len(frame) <= 1 and len(first.split()) > 1 and all(is_number(c) for c in first.split()):
         raise DataError(
             f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
@@ -114,6 +126,29 @@ def read_frame(
     frame.attrs["header"] = header
     frame.attrs["skip_rows"] = skip_rows
     return frame
+
+
+def _as_written(path: Path, sep: str, header: bool, skip_rows: int, position: int, rows: int) -> pd.Series:
+    """One column's cells as the file writes them (read again on their own): names such as device 0012 or the
+    region NA, which pandas would read as the number 12 or a missing value. Only an empty cell is missing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cells = pd.read_csv(
+            path,
+            sep=sep,
+            header=0 if header else None,
+            skiprows=skip_rows,
+            index_col=False,
+            usecols=[position],
+            dtype=str,
+            keep_default_na=False,
+            compression="infer",
+        ).iloc[:, 0]
+    if len(cells) != rows:  # the two reads disagree (never seen): refuse rather than guess
+        raise DataError(
+            f"cannot read {path} as CSV: column {position + 1} has {len(cells)} cells for {rows} rows"
+        )
+    return cells.where(cells.str.strip() != "", np.nan)
 
 
 def no_header_note(names: Sequence[object]) -> str:

@@ -102,6 +102,24 @@ def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series
     return out, dropped, filled
 
 
+def counting_features(series: Sequence[Series], features: Sequence[str]) -> list[str]:
+    """The features that count up reading by reading, nine steps in ten (per series, in time order) the same
+    positive amount: a clock or a row number kept as a column (epoch seconds beside a text time, telemanom's
+    `step` under --no-time-column), not a sensor. A model trained on one sees every later reading out of range."""
+    same = np.zeros(len(features))
+    total = 0
+    for s in series:
+        if len(s) < 3:
+            continue
+        steps = np.diff(s.values, axis=0)
+        for j in range(len(features)):
+            up = steps[:, j][steps[:, j] > 0]
+            if len(up):
+                same[j] += float(np.sum(steps[:, j] == np.median(up)))
+        total += len(steps)
+    return [f for j, f in enumerate(features) if total and same[j] >= 0.9 * total]
+
+
 # The default gap rule: a key whose readings stop for longer than this many sampling intervals starts fresh
 # (1-second data: 300 s). Training splits series at the same gaps, so train and replay agree.
 GAP_INTERVALS = 300

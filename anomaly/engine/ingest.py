@@ -173,7 +173,7 @@ class Ingest(Part):
         cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
         window carried in its state (window-scored)."""
         a = self.store.arrays
-        v = ((raw - self.s.mean) / self.s.scale).astype(np.float32)
+        v = self.s.standardize(raw)
         starts = np.flatnonzero(first)
         if len(starts) == len(r):  # one reading per key (the live daemon's common case)
             groups, m, last_t, last_raw = r, np.ones(len(r), np.int64), t, raw

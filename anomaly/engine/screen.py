@@ -79,7 +79,7 @@ class EventIngest(Part):
         a = self.store.arrays  # may have grown
         row_keys[row] = key
         q = queues.setdefault(row, deque())
-        scaled = ((vals - self.s.mean) / self.s.scale).astype(np.float32)
+        scaled = self.s.standardize(vals)
         before = np.concatenate([[a["last_ts"][row]], ts[:-1]])
         with np.errstate(invalid="ignore"):
             gaps = np.flatnonzero((ts - before) > self.s.max_gap)

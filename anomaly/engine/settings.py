@@ -14,6 +14,11 @@ from anomaly.engine.scoring import feature_references
 from anomaly.engine.stuck import stuck_limits
 from anomaly.thresholds import THRESHOLDS, Threshold
 
+# The largest standardized value the engine passes on (training standard deviations from the training mean).
+# Real data stay far below it (a feature nearly constant in training, scale 1e-8, moving by 1e3 is 1e11); its
+# square, 1e24, leaves float32's range (3.4e38) room for any reference error and feature count.
+Z_LIMIT = 1e12
+
 
 @dataclass(frozen=True, eq=False)
 class Settings:
@@ -34,6 +39,15 @@ class Settings:
     static_threshold: float
     threshold: Threshold
     stuck_limit: np.ndarray | None  # per feature: identical readings in a row that count as stuck
+
+    def standardize(self, raw: np.ndarray) -> np.ndarray:
+        """Raw readings (float64) in the model's units, float32, each within ±:data:`Z_LIMIT`: a finite reading
+        far beyond any sensor's range (a 1e25, or a sensor's 3.4e38 "no value" sentinel) is still a huge anomaly,
+        but its squared error no longer overflows to inf (which the EWMA held, so the key scored inf for good)
+        nor its float32 cast to an inf that reaches the model."""
+        z = (raw - self.mean) / self.scale
+        np.clip(z, -Z_LIMIT, Z_LIMIT, out=z)
+        return z.astype(np.float32)
 
     @classmethod
     def of(cls, bundle: Bundle, config: EngineConfig) -> Settings:

@@ -69,6 +69,9 @@ class MessageFormat:
     max_future_seconds: float = (
         86_400.0  # readings stamped further ahead of the wall clock are refused; 0: no limit
     )
+    # a longer entity key (UTF-8 bytes) is refused (`oversized`): an alert record carries it three times (message
+    # key, `key`, `id`), so its outputs could not be written; the daemon uses kafka.max_request_bytes / 4
+    max_key_bytes: int = 262_144
 
 
 def parse_time(value: Any) -> float:
@@ -213,16 +216,27 @@ class Decoder:
                     + (" (the message key is empty)" if record.key is not None else ""),
                 )
             try:
-                return record.key.decode("utf-8")
+                return self._short(record.key.decode("utf-8"))
             except UnicodeDecodeError:
                 raise DecodeError("missing_field", "message key is not UTF-8") from None
         if isinstance(key, str):
             if not key:
                 raise DecodeError("missing_field", f"{self.fmt.key_field!r} is empty")
-            return key
+            return self._short(key)
         if isinstance(key, bool) or not isinstance(key, int | float):
             raise DecodeError("missing_field", f"{self.fmt.key_field!r} must be a string or number")
         return str(key)
+
+    def _short(self, key: str) -> str:
+        """``key`` if it is at most ``max_key_bytes`` long in UTF-8, else DecodeError ``oversized``: the outputs
+        that carry it (an alert three times) would outgrow what the producer may send, and the record refused
+        there would stop the daemon at every restart."""
+        if len(key) * 4 > self.fmt.max_key_bytes and len(key.encode()) > self.fmt.max_key_bytes:
+            raise DecodeError(
+                "oversized",
+                f"key of {len(key.encode())} bytes > {self.fmt.max_key_bytes} (kafka.max_request_bytes / 4)",
+            )
+        return key
 
     def _block_fast(self, block: list[Any], raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         """Vectorized decode of a block whose timestamps are numbers and values lists of numbers (the common
@@ -368,6 +382,8 @@ class Decoder:
         blocks: list[Any] = list(map(get, bodies, repeat(fmt.readings_field)))
         if set(map(type, keys)) != {str} or "" in keys or set(map(type, blocks)) != {list}:
             return None  # an empty key is refused record by record
+        if max(map(len, keys)) * 4 > fmt.max_key_bytes:
+            return None  # so may be a long one
         counts = list(map(len, blocks))
         readings = list(chain.from_iterable(blocks))
         if 0 in counts or set(map(type, readings)) != {dict}:
@@ -425,8 +441,8 @@ class Decoder:
         n = len(bodies)
         get = dict.get
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
-        if set(map(type, keys)) != {str} or "" in keys:
-            return None  # an empty key is refused record by record
+        if set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) * 4 > fmt.max_key_bytes:
+            return None  # an empty or a long key is refused record by record
         return self._readings(records, keys, bodies, np.ones(n, np.int64))
 
     def _empty(self) -> Readings:

@@ -113,7 +113,7 @@ class DaemonOptions:
     probe_interval_s: float = 1.0  # broker liveness probe for /readyz
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
-    max_fenced_in_a_row: int = 3  # fences with no committed transaction in between before giving up (exit 2)
+    max_fenced_in_a_row: int = 3  # fences in a row, no commit between, at which it exits (status 2)
     trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
     trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
@@ -129,6 +129,7 @@ def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
         k.readings_field,
         k.max_message_bytes,
         k.max_future_seconds,
+        max_key_bytes=k.max_request_bytes // 4,
     )
 
 
@@ -372,7 +373,7 @@ class Daemon:
             self._fenced_in_a_row += 1
         else:
             self._fenced_in_a_row = 1
-        if self._fenced_in_a_row > self.opts.max_fenced_in_a_row:
+        if self._fenced_in_a_row >= self.opts.max_fenced_in_a_row:
             raise FencedError(
                 f"{FENCED}; fenced {self._fenced_in_a_row} times in a row without a commit: exiting"
             ) from exc

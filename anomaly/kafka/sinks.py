@@ -437,19 +437,34 @@ class DeadLetterSink(AlertSink):
             raise KafkaError("dead-letter producer flush timed out (broker away?)") from None
 
 
+KEY_BYTES = 1024  # a dead letter's key and its entity_key header are cut to this when it is cut
+
+
 def fit_dead_letter(
     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], max_bytes: int
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """Cut a payload (and key) larger than ``max_bytes``; ``original_bytes``, ``original_sha256`` and
-    ``truncated`` headers say what was there, so the message can be found in the source topic by offset."""
-    if value is None or len(value) + len(key or b"") <= max_bytes:
+    ``truncated`` headers say what was there, so the message can be found in the source topic by offset.
+
+    An ``entity_key`` header above :data:`KEY_BYTES` (a huge body key or message key) is cut to it too, with the
+    key, even when the payload fits: the header repeats the key, and uncut it made the record larger than the
+    producer takes (``max_request_bytes``), so the dead letter was refused and lost."""
+    entity = next((v for name, v in headers if name == "entity_key"), b"")
+    if (value is None or len(value) + len(key or b"") <= max_bytes) and len(entity) <= KEY_BYTES:
         return key, value, headers
-    headers = [
-        *headers,
+    headers = [(name, _cut_text(v, KEY_BYTES) if name == "entity_key" else v) for name, v in headers]
+    if key is not None and len(key) > KEY_BYTES:
+        key = key[:KEY_BYTES]
+    if value is None:
+        return key, value, headers
+    headers += [
         ("truncated", b"1"),
         ("original_bytes", str(len(value)).encode()),
         ("original_sha256", hashlib.sha256(value).hexdigest().encode()),
     ]
-    if key is not None and len(key) > 1024:
-        key = key[:1024]
     return key, value[: max(0, max_bytes - len(key or b""))], headers
+
+
+def _cut_text(text: bytes, limit: int) -> bytes:
+    """UTF-8 ``text`` cut to at most ``limit`` bytes on a character boundary."""
+    return text[:limit].decode("utf-8", "ignore").encode() if len(text) > limit else text

@@ -378,6 +378,65 @@ def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
     assert h["original_sha256"] == hashlib.sha256(big2).hexdigest()
 
 
+def test_a_dead_letter_of_a_huge_key_fits_with_the_default_limits(kafka_env, stream, tiny_model):
+    """A 250 KB body key in an 850 KB message, or a 700 KB message key: the dead letter's entity_key header
+    repeated the key uncut, so the letter (1.1 and 1.4 MB) was refused by the producer's 1 MiB max_request_bytes
+    and lost. Both now reach the topic."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=1)
+    body = json.dumps({"key": "K" * 250_000, "ts": "yesterday", "values": [1, 2, 3], "note": "x" * 600_000})
+    body = body.encode()  # 850 KB; the key under the key limit (256 KiB)
+    raw = [(b"k", body), (b"M" * 700_000, b"{not json")]
+    ends = kafka_env.produce(names.input, segments(series, 4)[0], bundle.features, raw=raw)
+    proc, port = kafka_env.start(names, *FAST)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_dead_letters_refused_total") == 0.0
+    assert terminate(proc) == 0
+    dead = sorted(kafka_env.read(names.dead), key=lambda r: int(dict(r.headers)["source_offset"]))
+    got = [
+        (r.key, r.value, {k: v for k, v in r.headers if k in ("reason", "entity_key", "truncated")})
+        for r in dead
+    ]
+    assert got == [
+        (b"k", body, {"reason": b"bad_timestamp", "entity_key": b"K" * 1024, "truncated": b"1"}),
+        (
+            b"M" * 1024,
+            b"{not json",
+            {"reason": b"invalid_json", "entity_key": b"M" * 1024, "truncated": b"1"},
+        ),
+    ]
+
+
+def test_a_key_too_long_for_the_outputs_is_a_dead_letter_not_a_crash_loop(
+    kafka_env, stream, tiny_model, monkeypatch
+):
+    """Readings of a 70 KB key, far from normal: its alert (the key three times, 210 KB) was refused by the
+    producer (max_request_bytes 200 KB here, 1 MiB by default against 350 KB keys) and the daemon exited with
+    `error: Kafka client error: ... MessageSizeTooLargeError`, at every restart. Keys above max_request_bytes / 4
+    are now dead letters (`oversized`) and the stream equals the replay of the rest."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first = segments(series, 4)[0]
+    monkeypatch.setenv("ANOMALY_KAFKA_MAX_REQUEST_BYTES", "200000")
+    long_key = "K" * 70_000
+    raw = [
+        (b"k", json.dumps({"key": long_key, "ts": 1.7e9 + 60 * i, "values": [50.0, -50.0, 50.0]}).encode())
+        for i in range(12)
+    ]
+    ends = kafka_env.produce(names.input, first, bundle.features, raw=raw)
+    proc, port = kafka_env.start(names, *FAST)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_messages_invalid_total", '{reason="oversized"}') == 12.0
+    assert terminate(proc) == 0
+    dead = kafka_env.read(names.dead)
+    assert sorted((r.value, dict(r.headers)["reason"]) for r in dead) == sorted(
+        (v, b"oversized") for _, v in raw
+    )
+    assert_matches_replay(kafka_env, names, bundle, first)
+
+
 def test_auto_created_topics_and_auto_offset_reset_latest(kafka_env, stream, tiny_model, monkeypatch):
     from kafka import KafkaConsumer
 

@@ -186,3 +186,32 @@ def test_produce_with_the_model_sends_its_features_in_its_order(kafka_env, strea
     for s in series:
         mine = sorted((e for e in events if e.key == s.key), key=lambda e: e.timestamps[0])
         assert np.concatenate([e.values for e in mine]).tolist() == s.values.tolist()
+
+
+def test_produce_of_a_block_larger_than_the_request_limit_is_one_error_line(kafka_env, stream):
+    """A block above the producer's max_request_size raised MessageSizeTooLargeError from send(): a traceback
+    (exit 1) instead of one line. Smaller blocks then go through, every one acknowledged."""
+    path, series = stream
+    topic = f"blocks-{np.random.default_rng().integers(1e9)}"
+    args = [
+        "produce",
+        str(path),
+        "--topic",
+        topic,
+        "-b",
+        kafka_env.broker.bootstrap,
+        "--key-column",
+        "sensor_id",
+    ]
+    args += ["--partitions", "1"]
+    env = {"ANOMALY_KAFKA_MAX_REQUEST_BYTES": "20000"}
+    refused = CliRunner().invoke(main, [*args, "--block", "400"], env=env)  # one key's 400 readings: ~28 KB
+    assert refused.exit_code == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: message 1 (") and line.endswith(
+        "send smaller blocks (--block) or raise kafka.max_request_bytes"
+    ), line
+    assert kafka_env.read(topic) == []
+    result = CliRunner().invoke(main, [*args, "--block", "100"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(kafka_env.read(topic)) == sum(-(-len(s) // 100) for s in series) == 24
