@@ -347,12 +347,12 @@ def produce_cmd(
                 clients.create_topics(admin, [topic], partitions or k.topic_partitions, k.replication_factor)
             except (kafka.errors.KafkaError, OSError) as exc:  # e.g. an ACL: one line, not a traceback
                 raise KafkaError(f"cannot create topic {topic} on {k.bootstrap_servers}: {exc}") from None
-        try:
-            clients.check_topics(admin, k, [topic])
-        except KafkaError as exc:
-            if "not found on" not in str(exc):
-                raise
-            raise KafkaError(f"{exc}, or pass --partitions N") from None
+        clients.check_topics(
+            admin,
+            k,
+            {topic: clients.TopicRole("topic", "", "--topic")},
+            "create it first, pass --partitions N or set kafka.auto_create_topics = true",
+        )
     finally:
         admin.close()
     fmt = MessageFormat(tuple(feats), k.key_field, k.time_field, k.values_field, k.readings_field)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kafka.errors as kerr
@@ -169,26 +170,62 @@ def make_consumer(
         raise _fail("consumer", cfg, exc) from None
 
 
-def check_topics(admin: KafkaAdminClient, cfg: KafkaConfig, topics: Iterable[str]) -> None:
-    """KafkaError naming the topics that do not exist (unless ``kafka.auto_create_topics`` creates them)."""
+@dataclass(frozen=True)
+class TopicRole:
+    """What a topic is to a command, and where its name comes from: named in every "not found" error."""
+
+    name: str  # "alerts topic"
+    setting: str  # "kafka.alerts_topic" ("" when only an option names it)
+    option: str  # "--alerts-topic"
+
+    def describe(self, topic: str) -> str:
+        where = ", ".join(w for w in (self.setting, self.option) if w)
+        return f"{self.name} '{topic}' ({where})"
+
+
+INPUT = TopicRole("input topic", "kafka.topics", "--topics")
+ALERTS = TopicRole("alerts topic", "kafka.alerts_topic", "--alerts-topic")
+SCORES = TopicRole("scores topic", "kafka.scores_topic", "--scores-topic")
+DEAD_LETTERS = TopicRole("dead-letter topic", "kafka.dead_letter_topic", "--dead-letter-topic")
+CHANGELOG = TopicRole("changelog topic", "kafka.changelog_topic", "--changelog-topic")
+
+
+def not_found(cfg: KafkaConfig, missing: Iterable[tuple[str, TopicRole]]) -> str:
+    """``<role> '<topic>' (<setting>, <option>)[, ...] not found on <bootstrap>``."""
+    return f"{', '.join(role.describe(t) for t, role in missing)} not found on {cfg.bootstrap_servers}"
+
+
+def check_topics(
+    admin: KafkaAdminClient, cfg: KafkaConfig, topics: Mapping[str, TopicRole], hint: str = ""
+) -> None:
+    """KafkaError naming each topic that does not exist, with its role and setting (``hint`` default: create
+    them first or set ``kafka.auto_create_topics``)."""
     try:
         present = set(admin.list_topics())
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("list topics", cfg, exc) from None
-    missing = sorted(set(topics) - present)
+    missing = [(t, role) for t, role in topics.items() if t not in present]
     if missing:
+        them = "it" if len(missing) == 1 else "them"
         raise KafkaError(
-            f"topic(s) not found on {cfg.bootstrap_servers}: {', '.join(missing)}; create them "
-            "first or set kafka.auto_create_topics = true"
+            f"{not_found(cfg, missing)}; "
+            + (hint or f"create {them} first or set kafka.auto_create_topics = true")
         )
 
 
-def daemon_topics(cfg: KafkaConfig) -> list[str]:
-    """Input and output topics of the daemon (not the changelog)."""
-    names = [*cfg.topics, cfg.alerts_topic, cfg.dead_letter_topic]
+def daemon_topics(cfg: KafkaConfig) -> dict[str, TopicRole]:
+    """Input and output topics of the daemon (not the changelog), with their roles (the first role of a topic
+    named twice)."""
+    named = [(t, INPUT) for t in cfg.topics] + [
+        (cfg.alerts_topic, ALERTS),
+        (cfg.dead_letter_topic, DEAD_LETTERS),
+    ]
     if cfg.scores_topic:
-        names.append(cfg.scores_topic)
-    return list(dict.fromkeys(names))
+        named.append((cfg.scores_topic, SCORES))
+    out: dict[str, TopicRole] = {}
+    for topic, role in named:
+        out.setdefault(topic, role)
+    return out
 
 
 def ensure_topics(admin: KafkaAdminClient, cfg: KafkaConfig) -> None:

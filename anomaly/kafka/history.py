@@ -25,6 +25,9 @@ from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.codec import DecodeError, Decoder
 
 Position = tuple[str, int, int]  # topic, partition, offset
+INPUT = clients.TopicRole(
+    "input topic", "kafka.topics", "--topic"
+)  # retrain/promote name inputs with --topic
 
 
 @dataclass
@@ -58,14 +61,19 @@ def _consumer(cfg: KafkaConfig, timeout_s: float) -> KafkaConsumer:
 
 
 def _ranges(
-    consumer: KafkaConsumer, topic: str, start_ms: int | None, end_ms: int | None
+    consumer: KafkaConsumer,
+    topic: str,
+    start_ms: int | None,
+    end_ms: int | None,
+    missing: str,
 ) -> dict[TopicPartition, tuple[int, int]]:
     """Per partition, the offsets [lo, hi) to scan: lo from offsets_for_times(start), hi from
     offsets_for_times(end) or the end offset. Both only bound the scan (records are filtered by timestamp), so
-    hi is never below lo + 1: a broker that under-reports its end offset still gets asked."""
+    hi is never below lo + 1: a broker that under-reports its end offset still gets asked. ``missing``: the
+    error when the topic does not exist."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        raise KafkaError(f"topic {topic} not found")
+        raise KafkaError(missing)
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     first = consumer.beginning_offsets(tps)
     last = consumer.end_offsets(tps)
@@ -120,7 +128,8 @@ def read_alert_events(cfg: KafkaConfig, topic: str, timeout_s: float = 10.0) -> 
     consumer = _consumer(cfg, timeout_s)
     try:
         out = []
-        for rec in _scan(consumer, _ranges(consumer, topic, None, None)):
+        missing = clients.not_found(cfg, [(topic, clients.ALERTS)])
+        for rec in _scan(consumer, _ranges(consumer, topic, None, None, missing)):
             try:
                 out.append(json.loads(rec.value))
             except (TypeError, ValueError):
@@ -138,7 +147,8 @@ def read_dead_letter_positions(
     consumer = _consumer(cfg, timeout_s)
     try:
         out: set[Position] = set()
-        for rec in _scan(consumer, _ranges(consumer, topic, start_ms, None)):
+        missing = clients.not_found(cfg, [(topic, clients.DEAD_LETTERS)])
+        for rec in _scan(consumer, _ranges(consumer, topic, start_ms, None, missing)):
             h = {k: v for k, v in (rec.headers or [])}
             try:
                 out.add(
@@ -179,7 +189,8 @@ def read_topic_range(
     try:
         ranges: dict[TopicPartition, tuple[int, int]] = {}
         for topic in topics:
-            ranges.update(_ranges(consumer, topic, start_ms, end_ms))
+            missing = clients.not_found(cfg, [(topic, INPUT)])
+            ranges.update(_ranges(consumer, topic, start_ms, end_ms, missing))
         hist.partitions = {f"{tp.topic}:{tp.partition}": [lo, hi] for tp, (lo, hi) in ranges.items()}
         bar = None
         if progress:

@@ -93,8 +93,10 @@ def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, 
     )
     assert (missing.exit_code, missing.stderr) == (
         2,
-        f"error: topic(s) not found on {bootstrap}: no-such-alerts, no-such-dead, no-such-topic; "
-        "create them first or set kafka.auto_create_topics = true\n",
+        f"error: input topic 'no-such-topic' (kafka.topics, --topics), alerts topic 'no-such-alerts' "
+        "(kafka.alerts_topic, --alerts-topic), dead-letter topic 'no-such-dead' (kafka.dead_letter_topic, "
+        f"--dead-letter-topic) not found on {bootstrap}; create them first or set kafka.auto_create_topics = "
+        "true\n",
     )
     unreachable = _consume("-m", model, "-b", "127.0.0.1:1", "--bootstrap-timeout", "1")
     assert (unreachable.exit_code, unreachable.stderr) == (

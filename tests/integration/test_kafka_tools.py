@@ -145,8 +145,8 @@ def test_produce_to_a_missing_topic_creates_it_with_auto_create_topics(kafka_env
     ]
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and refused.stderr == (
-        f"error: topic(s) not found on {kafka_env.broker.bootstrap}: {topic}; create them first or set "
-        "kafka.auto_create_topics = true, or pass --partitions N\n"
+        f"error: topic '{topic}' (--topic) not found on {kafka_env.broker.bootstrap}; create it first, pass "
+        "--partitions N or set kafka.auto_create_topics = true\n"
     )
     env = {"ANOMALY_KAFKA_AUTO_CREATE_TOPICS": "true", "ANOMALY_KAFKA_TOPIC_PARTITIONS": "2"}
     result = CliRunner().invoke(main, args, env=env)

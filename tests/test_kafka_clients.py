@@ -1,0 +1,108 @@
+"""Start-up checks of the Kafka topics against a stubbed admin client: the role named in every "not found" error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from anomaly.config import KafkaConfig
+from anomaly.kafka import KafkaError, clients, history
+
+CFG = KafkaConfig(bootstrap_servers="127.0.0.1:9092", group_id="g", topics=("in",))
+
+
+class Admin:
+    """What the start-up checks ask of a KafkaAdminClient."""
+
+    def __init__(
+        self,
+        topics: tuple[str, ...] = (),
+        policy: str | None = "compact",
+        offsets: dict[TopicPartition, OffsetAndMetadata] | None = None,
+        describe_error: Exception | None = None,
+    ) -> None:
+        self.topics = list(topics)
+        self.policy = policy
+        self.offsets = offsets or {}
+        self.describe_error = describe_error
+        self.created: list[Any] = []
+
+    def list_topics(self) -> list[str]:
+        return list(self.topics)
+
+    def list_group_offsets(self, specs: dict[str, Any]) -> dict[str, Any]:
+        return {group: dict(self.offsets) for group in specs}
+
+    def create_topics(self, new: list[Any]) -> None:
+        self.created += new
+        self.topics += [t.name for t in new]
+
+    def describe_configs(self, resources: list[Any], config_filter: str = "modified") -> dict[str, Any]:
+        assert config_filter == "all"  # "modified" leaves out a policy at the broker's default (delete)
+        if self.describe_error is not None:
+            raise self.describe_error
+        (res,) = resources
+        entries = {} if self.policy is None else {"cleanup.policy": {"value": self.policy}}
+        return {"topic": {res.name: entries}}
+
+
+def test_missing_daemon_topics_are_named_with_their_role_and_setting():
+    cfg = KafkaConfig(
+        topics=("in", "in2"),
+        alerts_topic="al",
+        dead_letter_topic="dl",
+        scores_topic="sc",
+        bootstrap_servers="b:1",
+    )
+    with pytest.raises(KafkaError) as err:
+        clients.ensure_topics(Admin(topics=("in2",)), cfg)
+    assert str(err.value) == (
+        "input topic 'in' (kafka.topics, --topics), alerts topic 'al' (kafka.alerts_topic, --alerts-topic), "
+        "dead-letter topic 'dl' (kafka.dead_letter_topic, --dead-letter-topic), scores topic 'sc' "
+        "(kafka.scores_topic, --scores-topic) not found on b:1; create them first or set "
+        "kafka.auto_create_topics = true"
+    )
+    with pytest.raises(KafkaError) as one:
+        clients.ensure_topics(Admin(topics=("in", "in2", "dl", "sc")), cfg)
+    assert str(one.value) == (
+        "alerts topic 'al' (kafka.alerts_topic, --alerts-topic) not found on b:1; create it first or set "
+        "kafka.auto_create_topics = true"
+    )
+
+
+class NoTopics:
+    """A group-less consumer on a broker without the topic asked for."""
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set()
+
+    def close(self, autocommit: bool = False) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("read", "expected"),
+    [
+        (
+            lambda cfg: history.read_alert_events(cfg, "al"),
+            "alerts topic 'al' (kafka.alerts_topic, --alerts-topic) not found on b:1",
+        ),
+        (
+            lambda cfg: history.read_dead_letter_positions(cfg, "dl", None),
+            "dead-letter topic 'dl' (kafka.dead_letter_topic, --dead-letter-topic) not found on b:1",
+        ),
+        (
+            lambda cfg: history.read_topic_range(cfg, ["in"], None, 0.0, 1.0),  # type: ignore[arg-type]
+            "input topic 'in' (kafka.topics, --topic) not found on b:1",
+        ),
+    ],
+)
+def test_retrain_and_promote_name_the_role_of_a_missing_topic(read, expected, monkeypatch):
+    """retrain/promote said 'topic al not found': neither which setting nor which broker."""
+    monkeypatch.setattr(history, "_consumer", lambda cfg, timeout_s: NoTopics())
+    with pytest.raises(KafkaError) as err:
+        read(KafkaConfig(bootstrap_servers="b:1"))
+    assert str(err.value) == expected
