@@ -1,4 +1,5 @@
-"""Start-up checks of the Kafka topics against a stubbed admin client: the role named in every "not found" error."""
+"""Start-up checks of the Kafka topics against a stubbed admin client: the changelog topic (missing after state
+was checkpointed) and the role named in every "not found" error."""
 
 from __future__ import annotations
 
@@ -47,6 +48,31 @@ class Admin:
         (res,) = resources
         entries = {} if self.policy is None else {"cleanup.policy": {"value": self.policy}}
         return {"topic": {res.name: entries}}
+
+
+def test_a_missing_changelog_is_created_compacted_at_the_groups_first_start():
+    admin = Admin(topics=("in",), offsets={TopicPartition("other", 0): OffsetAndMetadata(5, "", -1)})
+    clients.ensure_changelog(admin, CFG, "cl", ["in"])
+    assert [(t.name, t.topic_configs) for t in admin.created] == [("cl", {"cleanup.policy": "compact"})]
+
+
+def test_a_missing_changelog_with_committed_offsets_is_refused_not_recreated():
+    """It was created anew, empty, and every partition restored nothing: the group's state silently lost."""
+    offsets = {
+        TopicPartition("in", 1): OffsetAndMetadata(40, "", -1),
+        TopicPartition("in", 0): OffsetAndMetadata(7, "", -1),
+    }
+    admin = Admin(topics=("in",), offsets=offsets)
+    with pytest.raises(KafkaError) as err:
+        clients.ensure_changelog(admin, CFG, "cl", ["in"])
+    assert str(err.value) == (
+        "changelog topic 'cl' (kafka.changelog_topic, --changelog-topic) not found on 127.0.0.1:9092, but group g "
+        "has committed offsets on in:0, in:1: the state checkpointed with them is gone (topic deleted, or a broker "
+        "that lost its data). Restore the topic, or accept starting those keys fresh from the committed offsets by "
+        "creating it empty (kafka-topics --create --topic cl --config cleanup.policy=compact), or delete the "
+        "group's offsets to read the input again from kafka.auto_offset_reset"
+    )
+    assert admin.created == []
 
 
 def test_missing_daemon_topics_are_named_with_their_role_and_setting():

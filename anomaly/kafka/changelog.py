@@ -39,10 +39,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import kafka.errors as kerr
 import pyarrow as pa
 from kafka import KafkaConsumer, TopicPartition
 
 from anomaly.kafka import KafkaError
+from anomaly.kafka.clients import CHANGELOG
 
 log = logging.getLogger(__name__)
 FORMAT = "anomaly-changelog/1"
@@ -232,6 +234,7 @@ class ChangelogStore:
         read_timeout_s: float = 30.0,
         peek: KafkaConsumer | None = None,
         codec: str = WRITE_CODEC,
+        where: str = "",
     ) -> None:
         if codec not in CODECS:
             raise ValueError(f"unknown changelog codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -245,6 +248,7 @@ class ChangelogStore:
         self.chunk_bytes = chunk_bytes
         self.read_timeout_s = read_timeout_s
         self.codec = codec  # compression of the checkpoints written (restores read any of CODECS)
+        self.where = where  # the bootstrap servers, for errors
         self.foreign: dict[str, str] = {}  # pid -> group of ignored records, from the last read
         self._read_to: dict[str, dict[int, int]] = {}  # topic -> partition -> end, from open_writers
         self._live_chunks: dict[str, list[str]] = {}  # pid -> chunk keys of its last written generation
@@ -347,10 +351,18 @@ class ChangelogStore:
             self._read_to[topic] = ends
         return out
 
+    def _missing(self, topic: str) -> KafkaError:
+        on = f" on {self.where}" if self.where else ""
+        return KafkaError(
+            f"{CHANGELOG.describe(topic)} not found{on} while restoring partitions: it was deleted while the "
+            "daemon ran, or the broker lost it; restart the daemon (it creates the topic at a group's first "
+            "start, and refuses to start, saying what to do, when the group's checkpointed state is gone)"
+        )
+
     def _partitions(self, topic: str) -> list[TopicPartition]:
         parts = self.reader.partitions_for_topic(topic)
         if not parts:
-            raise KafkaError(f"changelog topic {topic} not found")
+            raise self._missing(topic)
         return [TopicPartition(topic, p) for p in sorted(parts)]
 
     def _records(
@@ -360,15 +372,21 @@ class ChangelogStore:
         tps = self._partitions(topic)
         reader.assign(tps)
         deadline = time.monotonic() + self.read_timeout_s
-        if until is None:
-            end = reader.end_offsets(tps, timeout_ms=int(self.read_timeout_s * 1000))
-        else:
-            end = {tp: until.get(tp.partition, 0) for tp in tps}
-        reader.seek_to_beginning(*tps)
+        try:  # metadata cached from before the topic was deleted: kafka-python fails inside (KeyError)
+            if until is None:
+                end = reader.end_offsets(tps, timeout_ms=int(self.read_timeout_s * 1000))
+            else:
+                end = {tp: until.get(tp.partition, 0) for tp in tps}
+            reader.seek_to_beginning(*tps)
+        except (KeyError, kerr.UnknownTopicOrPartitionError):
+            raise self._missing(topic) from None
 
         def behind(tp: TopicPartition) -> bool:  # position() without a timeout may wait for good
             left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            position = reader.position(tp, timeout_ms=left_ms)
+            try:
+                position = reader.position(tp, timeout_ms=left_ms)
+            except (KeyError, kerr.UnknownTopicOrPartitionError):
+                raise self._missing(topic) from None
             return position is None or position < end[tp]
 
         # Tansu reports the end as the last batch's base offset + 1; a fetch returns whole batches, so reading

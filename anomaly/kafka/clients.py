@@ -240,11 +240,29 @@ def ensure_topics(admin: KafkaAdminClient, cfg: KafkaConfig) -> None:
     check_topics(admin, cfg, names)
 
 
-def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, partitions: int = 1) -> None:
-    """Create the changelog topic with cleanup.policy=compact if it does not exist (idempotent)."""
+def ensure_changelog(
+    admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, inputs: Iterable[str], partitions: int = 1
+) -> None:
+    """At start-up: create the changelog topic of ``inputs`` (cleanup.policy=compact) at the group's first
+    start; refuse (KafkaError) when it is missing although the group has committed offsets on ``inputs`` (the
+    state checkpointed with them is gone: starting on would silently drop it)."""
     try:
-        if topic in set(admin.list_topics()):
-            return
+        present = topic in set(admin.list_topics())
+    except (kerr.KafkaError, OSError) as exc:
+        raise _fail("list topics", cfg, exc) from None
+    if present:
+        return
+    committed = committed_partitions(admin, cfg, inputs)
+    if committed:
+        raise KafkaError(
+            f"{not_found(cfg, [(topic, CHANGELOG)])}, but group {cfg.group_id} has committed offsets on "
+            f"{', '.join(committed)}: the state checkpointed with them is gone (topic deleted, or a broker "
+            "that lost its data). Restore the topic, or accept starting those keys fresh from the committed "
+            f"offsets by creating it empty (kafka-topics --create --topic {topic} --config "
+            "cleanup.policy=compact), or delete the group's offsets to read the input again from "
+            "kafka.auto_offset_reset"
+        )
+    try:
         admin.create_topics(
             [NewTopic(topic, partitions, cfg.replication_factor, topic_configs={"cleanup.policy": "compact"})]
         )
@@ -253,6 +271,20 @@ def ensure_changelog(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, part
         return
     except (kerr.KafkaError, OSError) as exc:
         raise _fail(f"create changelog topic {topic}", cfg, exc) from None
+
+
+def committed_partitions(admin: KafkaAdminClient, cfg: KafkaConfig, inputs: Iterable[str]) -> list[str]:
+    """``topic:partition`` of each partition of ``inputs`` with an offset committed by ``kafka.group_id``."""
+    wanted = set(inputs)
+    try:
+        offsets = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id, {})
+    except (kerr.KafkaError, OSError) as exc:
+        raise _fail(f"committed offsets of group {cfg.group_id}", cfg, exc) from None
+    return sorted(
+        f"{tp.topic}:{tp.partition}"
+        for tp, om in offsets.items()
+        if tp.topic in wanted and om is not None and om.offset >= 0
+    )
 
 
 def create_topics(

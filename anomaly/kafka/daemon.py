@@ -4,8 +4,9 @@ Scoring goes through the same runner loop as `anomaly replay`; this module only 
 poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle:
 
 * start-up: broker reachable within ``bootstrap_timeout_s``, input and output topics exist (or are created with
-  ``auto_create_topics``), the changelog topic of each input topic for this group created (compacted) if
-  missing, the transactional producer initialised — else one :class:`KafkaError`;
+  ``auto_create_topics``), the changelog topic of each input topic for this group created (compacted) at the
+  group's first start, refused when it is missing although the group has committed offsets (its state is
+  gone), the transactional producer initialised — else one :class:`KafkaError`;
 * assignment: each assigned partition's state is restored from the changelog (only a record of this group and a
   compatible model; otherwise its keys start fresh from the group's committed offset), the consumer seeks past
   the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's
@@ -184,7 +185,8 @@ class Daemon:
         clients.ensure_topics(self.admin, k)
         self.changelog_topics = {topic: changelog_topic(k, topic) for topic in k.topics}
         for name in dict.fromkeys(self.changelog_topics.values()):
-            clients.ensure_changelog(self.admin, k, name)
+            inputs = [topic for topic, changelog in self.changelog_topics.items() if changelog == name]
+            clients.ensure_changelog(self.admin, k, name, inputs)
         # unique per process start: a restarted container keeps its host name and pid, and a reused id would let
         # the next owner of its old partitions fence the new process's live producer
         self._txn_base = f"{clients.transactional_id(k)}-{uuid.uuid4().hex[:6]}"
@@ -198,8 +200,15 @@ class Daemon:
             transactional=k.transactional,
             max_block_s=k.max_block_ms / 1000,
         )
-        reader = clients.make_consumer(k, t, group=False)
-        peek = clients.make_consumer(k, t, group=False, committed_only=False) if k.transactional else None
+        # the changelog readers never create a missing changelog (as a broker with auto.create.topics.enable
+        # would, without compaction): a restore then fails with one line instead of starting keys fresh
+        no_create = {"allow_auto_create_topics": False}
+        reader = clients.make_consumer(k, t, group=False, **no_create)
+        peek = (
+            clients.make_consumer(k, t, group=False, committed_only=False, **no_create)
+            if k.transactional
+            else None
+        )
         owner = Owner(
             k.group_id,
             model_fingerprint(self.bundle.features, self.bundle.arch.to_json()),
@@ -214,6 +223,7 @@ class Daemon:
             read_timeout_s=30.0 + (k.transaction_timeout_ms / 1000 if k.transactional else 0.0),
             peek=peek,
             codec=k.changelog_codec,
+            where=k.bootstrap_servers,
         )
         self.consumer = clients.make_consumer(k, t)
         records.install(self.consumer)  # kafka-python's records read in one loop per batch (same records)
