@@ -1,10 +1,12 @@
 """Start-up checks of the Kafka topics against a stubbed admin client: the changelog topic (missing after state
-was checkpointed) and the role named in every "not found" error."""
+was checkpointed, or not compacted) and the role named in every "not found" error."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import kafka.errors as kerr
 import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -73,6 +75,46 @@ def test_a_missing_changelog_with_committed_offsets_is_refused_not_recreated():
         "group's offsets to read the input again from kafka.auto_offset_reset"
     )
     assert admin.created == []
+
+
+@pytest.mark.parametrize("policy", ["compact", "compact,delete", "delete, compact"])
+def test_a_changelog_whose_policy_includes_compact_passes(policy, caplog):
+    with caplog.at_level(logging.WARNING):
+        clients.ensure_changelog(Admin(topics=("in", "cl"), policy=policy), CFG, "cl", ["in"])
+    assert caplog.records == []
+
+
+def test_a_changelog_with_cleanup_policy_delete_is_refused():
+    with pytest.raises(KafkaError) as err:
+        clients.ensure_changelog(Admin(topics=("in", "cl"), policy="delete"), CFG, "cl", ["in"])
+    assert str(err.value) == (
+        "changelog topic 'cl' (kafka.changelog_topic, --changelog-topic) on 127.0.0.1:9092 has "
+        "cleanup.policy=delete: retention would delete the state checkpoints. Make it compacted: kafka-configs "
+        "--bootstrap-server 127.0.0.1:9092 --alter --entity-type topics --entity-name cl --add-config "
+        "cleanup.policy=compact"
+    )
+
+
+@pytest.mark.parametrize(
+    ("admin", "why"),
+    [
+        (
+            Admin(topics=("cl",), describe_error=kerr.UnsupportedVersionError()),
+            "describe_configs: UnsupportedVersionError",
+        ),
+        (
+            Admin(topics=("cl",), describe_error=kerr.KafkaConnectionError()),
+            "describe_configs: KafkaConnectionError",
+        ),
+        (Admin(topics=("cl",), policy=None), "the broker did not report it"),
+    ],
+)
+def test_a_broker_that_cannot_tell_the_policy_is_warned_about_once_and_let_be(admin, why, caplog):
+    with caplog.at_level(logging.WARNING):
+        clients.ensure_changelog(admin, CFG, "cl", ["in"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot check the cleanup.policy of changelog topic cl ({why}); make sure it is compact"
+    ]
 
 
 def test_missing_daemon_topics_are_named_with_their_role_and_setting():

@@ -16,7 +16,7 @@ from typing import Any
 
 import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from anomaly.config import KafkaConfig
 from anomaly.errors import ConfigError
@@ -245,12 +245,14 @@ def ensure_changelog(
 ) -> None:
     """At start-up: create the changelog topic of ``inputs`` (cleanup.policy=compact) at the group's first
     start; refuse (KafkaError) when it is missing although the group has committed offsets on ``inputs`` (the
-    state checkpointed with them is gone: starting on would silently drop it)."""
+    state checkpointed with them is gone: starting on would silently drop it), and when it exists with a
+    cleanup policy without ``compact`` (see :func:`check_compacted`)."""
     try:
         present = topic in set(admin.list_topics())
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("list topics", cfg, exc) from None
     if present:
+        check_compacted(admin, cfg, topic)
         return
     committed = committed_partitions(admin, cfg, inputs)
     if committed:
@@ -285,6 +287,33 @@ def committed_partitions(admin: KafkaAdminClient, cfg: KafkaConfig, inputs: Iter
         for tp, om in offsets.items()
         if tp.topic in wanted and om is not None and om.offset >= 0
     )
+
+
+def check_compacted(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str) -> None:
+    """KafkaError when the changelog topic's ``cleanup.policy`` has no ``compact`` (``delete`` ages the
+    checkpoints out under retention: state lost at a later restore). A broker that does not tell the policy
+    (an error, or no such entry, as Tansu for a topic created without configs) is logged once and let be."""
+    why = "the broker did not report it"
+    try:
+        answer = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        )
+        entry = answer.get("topic", {}).get(topic, {}).get("cleanup.policy")
+    except (kerr.KafkaError, OSError, AttributeError, TypeError, ValueError) as exc:
+        entry, why = None, f"describe_configs: {type(exc).__name__}"
+    if not entry or entry.get("value") is None:
+        log.warning(
+            "cannot check the cleanup.policy of changelog topic %s (%s); make sure it is compact", topic, why
+        )
+        return
+    policy = str(entry["value"])
+    if "compact" not in {p.strip() for p in policy.split(",")}:
+        raise KafkaError(
+            f"{CHANGELOG.describe(topic)} on {cfg.bootstrap_servers} has cleanup.policy={policy}: retention "
+            "would delete the state checkpoints. Make it compacted: kafka-configs --bootstrap-server "
+            f"{cfg.bootstrap_servers} --alter --entity-type topics --entity-name {topic} --add-config "
+            "cleanup.policy=compact"
+        )
 
 
 def create_topics(

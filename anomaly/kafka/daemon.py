@@ -5,8 +5,9 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 
 * start-up: broker reachable within ``bootstrap_timeout_s``, input and output topics exist (or are created with
   ``auto_create_topics``), the changelog topic of each input topic for this group created (compacted) at the
-  group's first start, refused when it is missing although the group has committed offsets (its state is
-  gone), the transactional producer initialised — else one :class:`KafkaError`;
+  group's first start, refused when it is missing although the group has committed offsets (its state is gone)
+  or when its cleanup policy is not compact, the transactional producer initialised — else one
+  :class:`KafkaError`;
 * assignment: each assigned partition's state is restored from the changelog (only a record of this group and a
   compatible model; otherwise its keys start fresh from the group's committed offset), the consumer seeks past
   the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's

@@ -1,5 +1,5 @@
 """The changelog topic as the daemon finds it against a real Tansu broker: missing after the group checkpointed
-state (deleted, or a broker that lost its data)."""
+state (deleted, or a broker that lost its data), or not compacted."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def test_a_changelog_deleted_after_checkpoints_stops_the_restart_with_one_line(k
     accepted, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
     wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready after the changelog was created")
     assert terminate(accepted) == 0
+
+
+def test_a_changelog_with_cleanup_policy_delete_is_refused_at_start(kafka_env, tiny_model):
+    names = kafka_env.names(partitions=1)
+    admin = _admin(kafka_env)
+    admin.create_topics([NewTopic(names.changelog, 1, 1, topic_configs={"cleanup.policy": "delete"})])
+    admin.close()
+    proc, _ = kafka_env.start(names)
+    assert proc.wait(60) == 2
+    bootstrap = kafka_env.broker.bootstrap
+    assert _error_lines(kafka_env) == [
+        f"error: changelog topic '{names.changelog}' (kafka.changelog_topic, --changelog-topic) on {bootstrap} "
+        "has cleanup.policy=delete: retention would delete the state checkpoints. Make it compacted: "
+        f"kafka-configs --bootstrap-server {bootstrap} --alter --entity-type topics --entity-name "
+        f"{names.changelog} --add-config cleanup.policy=compact"
+    ]
 
 
 def test_a_restore_from_a_changelog_gone_since_start_up_names_it(kafka_env):
