@@ -77,6 +77,35 @@ def test_a_missing_changelog_with_committed_offsets_is_refused_not_recreated():
     assert admin.created == []
 
 
+def test_the_committed_offsets_are_asked_again_while_the_coordinator_is_not_ready(monkeypatch):
+    """A new cluster answers COORDINATOR_NOT_AVAILABLE until its offsets topic exists: a first start asks again."""
+    monkeypatch.setattr(clients.time, "sleep", lambda s: None)
+    admin = Admin(topics=("in",))
+    answers = [kerr.CoordinatorNotAvailableError(), kerr.CoordinatorNotAvailableError()]
+    real = admin.list_group_offsets
+
+    def flaky(specs: dict[str, Any]) -> dict[str, Any]:
+        if answers:
+            raise answers.pop()
+        return real(specs)
+
+    admin.list_group_offsets = flaky  # type: ignore[method-assign]
+    clients.ensure_changelog(admin, CFG, "cl", ["in"])
+    assert (answers, [t.name for t in admin.created]) == ([], ["cl"])
+
+    def refused(specs: dict[str, Any]) -> dict[str, Any]:
+        raise kerr.GroupAuthorizationFailedError()  # not retriable: one line at once
+
+    denied = Admin(topics=("in",))
+    denied.list_group_offsets = refused  # type: ignore[method-assign]
+    with pytest.raises(KafkaError) as err:
+        clients.ensure_changelog(denied, CFG, "cl", ["in"])
+    assert (
+        str(err.value)
+        == "Kafka error at 127.0.0.1:9092 (committed offsets of group g): GroupAuthorizationFailedError"
+    )
+
+
 @pytest.mark.parametrize("policy", ["compact", "compact,delete", "delete, compact"])
 def test_a_changelog_whose_policy_includes_compact_passes(policy, caplog):
     with caplog.at_level(logging.WARNING):

@@ -9,6 +9,7 @@ never appears in them.
 from __future__ import annotations
 
 import logging
+import time
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -275,13 +276,23 @@ def ensure_changelog(
         raise _fail(f"create changelog topic {topic}", cfg, exc) from None
 
 
-def committed_partitions(admin: KafkaAdminClient, cfg: KafkaConfig, inputs: Iterable[str]) -> list[str]:
-    """``topic:partition`` of each partition of ``inputs`` with an offset committed by ``kafka.group_id``."""
+def committed_partitions(
+    admin: KafkaAdminClient, cfg: KafkaConfig, inputs: Iterable[str], retry_s: float = 10.0
+) -> list[str]:
+    """``topic:partition`` of each partition of ``inputs`` with an offset committed by ``kafka.group_id``
+    (retriable errors retried for ``retry_s``)."""
     wanted = set(inputs)
-    try:
-        offsets = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id, {})
-    except (kerr.KafkaError, OSError) as exc:
-        raise _fail(f"committed offsets of group {cfg.group_id}", cfg, exc) from None
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            offsets = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id, {})
+            break
+        except (kerr.KafkaError, OSError) as exc:
+            # a new cluster answers COORDINATOR_NOT_AVAILABLE until its offsets topic exists
+            if getattr(exc, "retriable", False) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise _fail(f"committed offsets of group {cfg.group_id}", cfg, exc) from None
     return sorted(
         f"{tp.topic}:{tp.partition}"
         for tp, om in offsets.items()
