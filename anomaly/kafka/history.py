@@ -25,9 +25,8 @@ from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.codec import DecodeError, Decoder
 
 Position = tuple[str, int, int]  # topic, partition, offset
-INPUT = clients.TopicRole(
-    "input topic", "kafka.topics", "--topic"
-)  # retrain/promote name inputs with --topic
+# retrain and promote name their input topics with --topic (consume: --topics)
+INPUT = clients.TopicRole("input topic", "kafka.topics", "--topic")
 
 
 @dataclass
