@@ -249,7 +249,15 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted at {decision['at']}\n" in shown
+    assert f"promotion:       promoted (forced) at {decision['at']}\n" in shown  # it said `promoted at`
+    as_json = json.loads(CliRunner().invoke(main, ["inspect", str(champion), "--json"]).stdout)
+    assert as_json["lineage"]["promotion"]["forced"] is True
+    champion.write_bytes(bundle_path.read_bytes())
+    passed = CliRunner().invoke(main, ["promote", str(bundle_path), "-m", str(champion), str(path)])
+    assert passed.exit_code == 0, passed.output
+    at = read_metadata(champion)[0]["lineage"]["promotion"]["at"]
+    shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
+    assert f"promotion:       promoted at {at}\n" in shown
 
 
 def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):

@@ -348,6 +348,13 @@ def _flat_note(meta: dict[str, Any]) -> str:
     return f"; constant in training (scale 1 raw unit): {', '.join(names)}"
 
 
+def _promotion(decision: dict[str, Any]) -> str:
+    """`promoted at T`, and `(forced)` when --force overrode the policy: a reader of the bundle must see that no
+    comparison vouched for it."""
+    how = " (forced)" if decision.get("forced") else ""
+    return f"{decision.get('decision')}{how} at {decision.get('at')}"
+
+
 def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
@@ -408,7 +415,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("lineage", f"parent {lineage.get('parent_version')}{origin}"))
         decision = lineage.get("promotion")
         if decision:
-            rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
+            rows.append(("promotion", _promotion(decision)))
     if meta.get("export"):
         rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
     return rows
