@@ -272,3 +272,37 @@ def promote(
         with atomic_path(previous, "previous model bundle") as tmp:
             shutil.copy2(target, tmp)
     return save_bundle(with_decision(challenger, comparison), target)
+
+
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def install(challenger: Bundle, champion_path: str | Path, champion_state: str, reason: str) -> Path:
+    """Install the challenger where no champion can be compared with it (`promote --force` onto a champion file
+    that is missing, `champion_state` "missing", or cannot be loaded, "unreadable"): a first deploy, or a
+    rollback onto a damaged file. The same single rename as :func:`promote`, with the decision recorded as
+    forced and without numbers. An unreadable old file is kept as `<file>.unreadable` (copied atomically, for
+    a post-mortem); `<file>.previous` is left alone, since it is the last model that loaded (often the very
+    challenger of the rollback) and the copy a later rollback needs."""
+    target = Path(champion_path)
+    if champion_state not in ("missing", "unreadable"):
+        raise ValueError(f"champion_state must be 'missing' or 'unreadable', got {champion_state!r}")
+    if champion_state == "unreadable" and target.exists():
+        with atomic_path(target.with_name(target.name + UNREADABLE_SUFFIX), "unreadable model bundle") as tmp:
+            shutil.copy2(target, tmp)
+    meta = copy.deepcopy(challenger.meta)
+    lineage = meta.setdefault("lineage", {})
+    lineage.setdefault("parent_version", None)
+    lineage["promotion"] = {
+        "decision": "promoted",
+        "policy_passed": False,
+        "forced": True,
+        "champion_state": champion_state,
+        "reasons": [reason],
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "champion": None,
+        "challenger": None,
+        "slice": {},
+    }
+    bundle = Bundle(challenger.model, challenger.features, challenger.scaler, challenger.calibration, meta)
+    return save_bundle(bundle, target)

@@ -811,3 +811,76 @@ def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_pat
     assert two["readings"] + two["excluded_short_readings"] == 1500
     assert (one["dropped_readings"], two["dropped_readings"]) == (0, 500)
     assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]
+
+
+def test_promote_force_installs_the_challenger_where_no_champion_is(bundle, bundle_path, tmp_path):
+    """A first deploy: promote loaded the champion first, so without a model.pt it failed and the operator copied
+    the file by hand (no rename, no record). Without --force the error says to use it; with it the challenger is
+    installed in one rename, recorded as forced onto a missing champion, and no data slice is needed."""
+    challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
+    champion = tmp_path / "model.pt"
+    refused = run_cli("promote", challenger, "-m", champion)
+    assert (refused.exit_code, refused.stderr) == (
+        2,
+        f"error: the champion {champion} does not exist: there is nothing to compare {challenger} with; to "
+        "install it as the champion without a comparison, add --force\n",
+    )
+    dry = run_cli("promote", challenger, "-m", champion, "--force", "--dry-run")
+    assert dry.exit_code == 0 and not champion.exists()
+    done = run_cli("promote", challenger, "-m", champion, "--force")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0] == (
+        f"the champion {champion} does not exist: installing {challenger} without a comparison (--force)"
+    )
+    meta = read_metadata(champion)[0]
+    decision = meta["lineage"]["promotion"]
+    assert meta["model_version"] == bundle.version
+    assert (
+        decision["decision"],
+        decision["forced"],
+        decision["policy_passed"],
+        decision["champion_state"],
+    ) == (
+        "promoted",
+        True,
+        False,
+        "missing",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "challenger.pt",
+        "model.pt",
+    ]  # no .previous, no temp
+    shown = run_cli("inspect", champion).stdout
+    assert f"promotion:       promoted (forced; champion missing) at {decision['at']}\n" in shown
+    assert "lineage:         parent none\n" in shown
+
+
+def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside(
+    bundle, bundle_path, tmp_path
+):
+    """A rollback onto a damaged model.pt failed loading it. With --force the rollback copy is installed; the
+    damaged file is kept as model.pt.unreadable, and model.pt.previous, the last model that loaded (here the
+    challenger itself), is left as it was rather than replaced by the damaged bytes."""
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(b"PK\x03\x04 truncated")
+    previous = copy_of(bundle_path, tmp_path, "model.pt.previous")
+    good = previous.read_bytes()
+    refused = run_cli("promote", previous, "-m", champion)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: the champion cannot be loaded (cannot read model bundle ")
+    assert refused.stderr.endswith("to install it as the champion without a comparison, add --force\n")
+    assert champion.read_bytes() == b"PK\x03\x04 truncated"
+    done = run_cli("promote", previous, "-m", champion, "--force")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0].endswith(
+        "without a comparison (--force); the unreadable file is kept as model.pt.unreadable"
+    )
+    assert read_metadata(champion)[0]["model_version"] == bundle.version
+    assert read_metadata(champion)[0]["lineage"]["promotion"]["champion_state"] == "unreadable"
+    assert (tmp_path / "model.pt.unreadable").read_bytes() == b"PK\x03\x04 truncated"
+    assert previous.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.pt",
+        "model.pt.previous",
+        "model.pt.unreadable",
+    ]

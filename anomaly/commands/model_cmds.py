@@ -349,9 +349,10 @@ def _flat_note(meta: dict[str, Any]) -> str:
 
 
 def _promotion(decision: dict[str, Any]) -> str:
-    """`promoted at T`, and `(forced)` when --force overrode the policy: a reader of the bundle must see that no
-    comparison vouched for it."""
-    how = " (forced)" if decision.get("forced") else ""
+    """`promoted at T`, and `(forced)` when --force overrode the policy, `(forced; champion missing)` when there
+    was no champion to compare with: a reader of the bundle must see that no comparison vouched for it."""
+    state = decision.get("champion_state")  # a champion that was missing or unreadable: nothing compared
+    how = f" (forced; champion {state})" if state else " (forced)" if decision.get("forced") else ""
     return f"{decision.get('decision')}{how} at {decision.get('at')}"
 
 
@@ -412,7 +413,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             if data
             else ""
         )
-        rows.append(("lineage", f"parent {lineage.get('parent_version')}{origin}"))
+        rows.append(("lineage", f"parent {lineage.get('parent_version') or 'none'}{origin}"))
         decision = lineage.get("promotion")
         if decision:
             rows.append(("promotion", _promotion(decision)))
