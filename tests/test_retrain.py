@@ -137,13 +137,72 @@ def test_policy_decisions_with_reasons() -> None:
     ok, reasons = policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.795))
     assert ok and reasons == [
         "F1 0.7950 vs champion 0.8000 (ok; tolerance 0.01)",
-        "alerts per 1,000 readings 1.000 vs champion 2.000 (ok; limit 2.000)",
+        "alerts opened 1 vs champion 2 (1.000 vs 2.000 per 1,000 readings; ok; limit 3 = 1 x the champion's + 1)",
         "drift PSI 0.050 vs champion 0.400 (ok; limit 0.25)",
     ]
     assert policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.78))[0] is False  # worse F1
-    assert policy.decide(result("a", 1.0, 0.4), result("b", 1.5, 0.05))[0] is False  # more alerts
+    assert policy.decide(result("a", 1.0, 0.4), result("b", 3.0, 0.05))[0] is False  # more alerts
     assert policy.decide(result("a", 1.0, 0.4), result("b", 1.0, 0.3))[0] is False  # does not fit recent data
-    assert PromotionPolicy(alert_rate_slack=0.5).decide(result("a", 0.0, 0.1), result("b", 0.4, 0.1))[0]
+
+
+def test_a_quiet_champion_does_not_reject_a_challenger_for_one_alert() -> None:
+    """The limit was the champion's alerts times the ratio, with no allowance and no option: a champion that
+    opened none on a quiet stream rejected every challenger that alerted once. One alert more is allowed by
+    default (--alert-allowance); two are not, and on a busy stream the ratio decides."""
+    quiet, one, two = result("a", 0.0, 0.1), result("b", 1.0, 0.1), result("b", 2.0, 0.1)
+    ok, reasons = PromotionPolicy().decide(quiet, one)
+    assert (ok, reasons[0]) == (
+        True,
+        "alerts opened 1 vs champion 0 (1.000 vs 0.000 per 1,000 readings; ok; limit 1 = 1 x the champion's + 1)",
+    )
+    assert PromotionPolicy().decide(quiet, two)[0] is False
+    assert PromotionPolicy(alert_allowance=0).decide(quiet, one)[0] is False
+    assert PromotionPolicy(alert_allowance=2).decide(quiet, two)[0] is True
+    busy = result("a", 40.0, 0.1)
+    assert PromotionPolicy().decide(busy, result("b", 41.0, 0.1))[0] is True
+    assert PromotionPolicy().decide(busy, result("b", 42.0, 0.1))[0] is False
+    assert PromotionPolicy(max_alert_rate_ratio=1.5).decide(busy, result("b", 61.0, 0.1))[0] is True
+    with pytest.raises(ValueError, match="alert_allowance"):
+        PromotionPolicy(alert_allowance=-1)
+
+
+def test_promote_alert_allowance_option_decides_a_quiet_champion(csv_world, bundle_path, tmp_path):
+    """The option reaches the policy: the same comparison passes or is rejected by --alert-allowance alone."""
+    from unittest import mock
+
+    from anomaly import promotion
+
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    real = promotion.shadow_score
+    calls = iter(range(10))
+
+    def quiet_champion(bundle, series, cfg):  # type: ignore[no-untyped-def]
+        got = real(bundle, series, cfg)
+        opened = 0 if next(calls) % 2 == 0 else 1  # champion first, then challenger
+        got.alerts_opened, got.alert_rate = opened, 1000.0 * opened / got.readings
+        return got
+
+    with mock.patch.object(promotion, "shadow_score", quiet_champion):
+        allowed = run_cli("promote", bundle_path, "-m", champion, path, "--max-drift", "100", "--dry-run")
+        refused = run_cli(
+            "promote",
+            bundle_path,
+            "-m",
+            champion,
+            path,
+            "--max-drift",
+            "100",
+            "--dry-run",
+            "--alert-allowance",
+            "0",
+        )
+    assert (allowed.exit_code, refused.exit_code) == (0, 3), allowed.output + refused.output
+    assert (
+        "alerts opened 1 vs champion 0 (" in allowed.stdout
+        and "ok; limit 1 = 1 x the champion's + 1)" in (allowed.stdout)
+    )
+    assert "more; limit 0 = 1 x the champion's + 0)" in refused.stdout
 
 
 def test_promotion_replaces_the_file_atomically_and_records_the_decision(

@@ -167,7 +167,15 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
             type=click.FloatRange(min=0),
             default=defaults.max_alert_rate_ratio,
             show_default=True,
-            help="The challenger may open at most this many times the champion's alerts per 1,000 readings.",
+            help="The challenger may open at most this many times the champion's alerts (plus --alert-allowance).",
+        ),
+        click.option(
+            "--alert-allowance",
+            type=click.IntRange(min=0),
+            default=defaults.alert_allowance,
+            show_default=True,
+            help="Alerts the challenger may open beyond --max-alert-ratio times the champion's, so that on a "
+            "quiet stream (a champion with no alert) one alert does not reject it.",
         ),
         click.option(
             "--max-drift",
@@ -572,6 +580,7 @@ def retrain_cmd(
     holdout,
     f1_tolerance,
     max_alert_ratio,
+    alert_allowance,
     max_drift,
     force,
 ) -> None:
@@ -689,7 +698,7 @@ def retrain_cmd(
         f"{t['best_val_loss']:.5f}), parent {parent.version} -> {out}"
     )
     if do_promote:
-        policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+        policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
         cmp = compare(parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"))
         _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
 
@@ -774,6 +783,7 @@ def promote_cmd(
     verbose,
     f1_tolerance,
     max_alert_ratio,
+    alert_allowance,
     max_drift,
     force,
     dry_run,
@@ -828,7 +838,7 @@ def promote_cmd(
     if not series:
         raise _no_readings(span, keys, source)
     _keys_check(selected, series)
-    policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+    policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
         champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
     )
