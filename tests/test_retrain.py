@@ -850,6 +850,23 @@ def test_retrain_refuses_to_write_the_challenger_over_the_champion(csv_world, bu
     assert champion.read_bytes() == before and not list(tmp_path.glob("*.previous"))
 
 
+def test_retrain_refuses_to_write_the_challenger_over_the_rollback_copy(csv_world, bundle_path, tmp_path):
+    """`retrain -m model.pt -o model.pt.previous` silently replaced the copy a rollback restores; it is refused in
+    one line, as -o model.pt is, before anything is read or trained (also when named by another path)."""
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    previous = tmp_path / "model.pt.previous"
+    previous.write_bytes(b"the last champion")
+    for out in (previous, tmp_path / "sub" / ".." / "model.pt.previous"):
+        result = run_cli("retrain", "-m", champion, path, "-o", out, "--epochs", 1)
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: -o {out} is the champion's rollback copy (kept by the last promotion): write the challenger "
+            "to another file\n",
+        )
+    assert previous.read_bytes() == b"the last champion"
+
+
 def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_path, tmp_path):
     """A topic read leaves out readings at a timestamp their key already had (the engine drops them); from CSV
     files that overlap (two exports of one key), retrain trained on both copies of every shared reading."""

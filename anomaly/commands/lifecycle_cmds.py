@@ -605,6 +605,12 @@ def retrain_cmd(
             f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
             "--promote)"
         )
+    rollback = Path(champion).with_name(Path(champion).name + ".previous")
+    if Path(out).resolve() == rollback.resolve():  # the one copy a rollback restores, silently replaced
+        raise DataError(
+            f"-o {out} is the champion's rollback copy (kept by the last promotion): write the challenger to "
+            "another file"
+        )
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
