@@ -293,3 +293,16 @@ def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatch) -> None:
+    """Only stdout's reader going away is quiet: a broken pipe elsewhere (a socket, a FIFO named as a file) is
+    still one `error:` line and status 2."""
+    from anomaly.commands import model_cmds
+
+    def broken(path):  # type: ignore[no-untyped-def]
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(model_cmds, "read_metadata", broken)
+    out = CliRunner().invoke(main, ["inspect", str(bundle_path)])
+    assert (out.exit_code, out.stderr) == (2, "error: Broken pipe\n")

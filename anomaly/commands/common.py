@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -139,6 +140,17 @@ def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConf
 BROKEN_PIPE = 141
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has closed it: poll reports an error on its write end.
+    A broken pipe elsewhere (a socket to a broker, a file argument naming a FIFO) stays an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no descriptor (a test runner's buffer), no poll (Windows)
+        return False
+
+
 def broken_pipe_exit() -> NoReturn:
     """End quietly when stdout's reader has gone: no `error:` line (nothing failed that the user must act on),
     and stdout pointed at /dev/null so that the interpreter's final flush of what is still buffered does not
@@ -166,8 +178,11 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             sys.stdout.flush()  # a pipe's reader gone is found here, not in the interpreter's shutdown
             return out
-        except BrokenPipeError:
-            broken_pipe_exit()
+        except BrokenPipeError as exc:
+            if stdout_reader_gone():
+                broken_pipe_exit()
+            click.echo(f"error: {exc.strerror or exc}", err=True)  # another pipe or socket: a real error
+            sys.exit(2)
         except AnomalyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
