@@ -229,3 +229,51 @@ def test_a_sensor_named_like_a_result_column_keeps_its_values(tmp_path) -> None:
         assert clash[new].equals(plain[old])
     results = ["label", "error", "score", "threshold", "anomalous", "alert_open", "scored", "decided_at"]
     assert clash[results].equals(plain[results])
+
+
+@pytest.mark.parametrize("batch", [4096, 1, 3])
+def test_rejections_point_at_the_refused_rows_of_the_file(bundle_path, test_csv, tmp_path, batch) -> None:
+    """Each record of rejections.jsonl names the file lines of the readings it refused (it named the file and
+    the first reading of the engine's block, `repeats.csv:0`, another reading than the refused one): copies of
+    a time refuse the later rows, a missing value its own row (not the row beside it at the same time), and a
+    blank line in the file is counted as an editor counts it."""
+    frame = pd.read_csv(test_csv)
+    frame.loc[41:43, "timestamp"] = frame.loc[40, "timestamp"]  # rows 41-43 repeat row 40's time
+    frame.loc[70, "timestamp"] = frame.loc[60, "timestamp"]  # row 60's time again, ten rows later
+    frame.loc[200, "timestamp"] = frame.loc[199, "timestamp"]
+    frame.loc[199, "sensor_1"] = np.nan  # row 199 has no value; row 200, at its time, is taken
+    path = tmp_path / "repeats.csv"
+    text = frame.to_csv(index=False).splitlines()
+    text.insert(30, "")  # a blank line after data row 28: later rows are one line further down
+    path.write_text("\n".join(text) + "\n")
+    cfg = build_config({"replay": {"batch_readings": batch}})
+    run_replay([str(path)], str(bundle_path), str(tmp_path / "out"), cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out" / "rejections.jsonl").read_text().splitlines()]
+    refs = sorted((r["reason"], r["ref"].replace(str(tmp_path / "x")[:-1], "")) for r in records)
+    # data row i is on line i + 2 (header on line 1), i + 3 below the blank line
+    if batch == 1:  # one record per refused reading
+        want = [("duplicate_timestamp", f"repeats.csv:{i + 3}") for i in (41, 42, 43, 70)]
+    elif batch == 3:  # blocks of three readings in time order: rows 39-41 are one, rows 42-44 the next
+        want = [("duplicate_timestamp", "repeats.csv:44"), ("duplicate_timestamp", "repeats.csv:45,46")]
+        want.append(("duplicate_timestamp", "repeats.csv:73"))
+    else:  # one block: one record for the key's refused copies
+        want = [("duplicate_timestamp", "repeats.csv:44,45,46,73")]
+    assert refs == sorted([*want, ("non_finite", "repeats.csv:202")])
+    assert sum(r["count"] for r in records) == 5
+
+
+def test_rejections_of_a_key_read_from_two_files_name_the_file_of_the_refused_row(
+    bundle_path, test_csv, tmp_path
+) -> None:
+    frame = pd.read_csv(test_csv).assign(device="pump")
+    first, second = frame.iloc[:600].copy(), frame.iloc[600:].copy()
+    second.iloc[5, second.columns.get_loc("timestamp")] = first["timestamp"].iloc[100]  # a time a.csv has
+    first.to_csv(tmp_path / "a.csv", index=False)
+    second.to_csv(tmp_path / "b.csv", index=False)
+    cfg = build_config({"data": {"key_column": "device"}})
+    paths = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    run_replay(paths, str(bundle_path), str(tmp_path / "out"), cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out" / "rejections.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["count"], r["ref"]) for r in records] == [
+        ("duplicate_timestamp", 1, f"{tmp_path / 'b.csv'}:7")  # data row 5 of b.csv, below its header
+    ]

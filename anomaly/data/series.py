@@ -21,6 +21,7 @@ class Series:
     values: np.ndarray  # float64 raw units, shape (n, F)
     labels: np.ndarray | None = None  # int8 0/1, shape (n,)
     source: str = ""
+    lines: np.ndarray | None = None  # int64 (n,): each reading's line in its file, as an editor numbers it
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -33,6 +34,7 @@ class Series:
             self.values[index],
             None if self.labels is None else self.labels[index],
             self.source,
+            None if self.lines is None else self.lines[index],
         )
 
     def head(self, n: int) -> Series:
@@ -71,6 +73,9 @@ def merge_keys(series: Sequence[Series]) -> list[Series]:
                 if labelled
                 else None,
                 "+".join(dict.fromkeys(s.source for s in group)),
+                np.concatenate([s.lines for s in group])[order]  # each in its own file
+                if all(s.lines is not None for s in group)
+                else None,
             )
         )
     return out
@@ -97,6 +102,7 @@ def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series
                 values[keep],
                 None if s.labels is None else s.labels[keep],
                 s.source,
+                None if s.lines is None else s.lines[keep],
             )
         )
     return out, dropped, filled
