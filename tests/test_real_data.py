@@ -478,3 +478,39 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     )
     assert f"warning: {expected}" in lines(r.output)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
+
+
+def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, tmp_path) -> None:
+    """--drop-anomalies removed the labelled rows and joined the readings on either side as if consecutive (the
+    hole was shorter than the gap limit), so the model learnt a jump that never happened. Now each removed
+    stretch inside a series cuts it as a gap does, and the cuts are counted (a stretch at an end cuts nothing)."""
+    data = frame.head(600).copy()
+    data["anomaly"] = 0
+    data.loc[200:219, "anomaly"] = 1  # twenty minutes of a one-minute series: far below the 300-minute gap
+    data.loc[400:404, "anomaly"] = 1
+    data.loc[595:, "anomaly"] = 1  # at the end: removed, nothing to cut
+    csv = tmp_path / "labelled.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 0, r.output
+    assert (
+        "--drop-anomalies: 30 rows labelled anomalous left out; the series are cut at 2 removed stretches (as at "
+        "a gap), so no training window joins the readings on either side of one" in lines(r.output)
+    )
+    meta = load_bundle(tmp_path / "m.pt").meta
+    assert meta["anomalies_dropped"] == {"rows": 30, "cuts": 2}
+    t = meta["training"]
+    assert (t["rows"], t["series"], meta["sampling"]["gap_splits"]) == (570, 1, 0)
+    assert "trained on 570 rows of 1 series" in r.output
+
+
+def test_cut_out_labelled_leaves_no_piece_across_a_removed_stretch() -> None:
+    from anomaly.data import Series, cut_out_labelled
+
+    labels = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0], np.int8)
+    s = Series("k", np.arange(10.0), np.arange(10.0).reshape(-1, 1), labels, "f.csv", np.arange(2, 12))
+    pieces, dropped, cuts = cut_out_labelled([s, Series("u", np.arange(3.0), np.zeros((3, 1)))])
+    assert [p.timestamps.tolist() for p in pieces] == [[1.0, 2.0], [5.0, 6.0, 7.0], [9.0], [0.0, 1.0, 2.0]]
+    assert [p.key for p in pieces] == ["k", "k", "k", "u"]
+    assert pieces[1].lines.tolist() == [7, 8, 9]
+    assert (dropped, cuts) == (4, 2)

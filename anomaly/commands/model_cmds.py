@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import counting_features, load_series, merge_keys, quoted
+from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 from anomaly.training import TrainResult, train
@@ -97,13 +97,8 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
                 f"--drop-anomalies needs the label column {cfg.data.label!r}, which the files lack (--label "
                 "names it)"
             )
-        kept = []
-        for s in series:
-            if s.labels is not None:
-                mask = s.labels == 0
-                s.values, s.timestamps, s.labels = s.values[mask], s.timestamps[mask], s.labels[mask]
-            kept.append(s)
-        series = kept
+        whole = len(series)
+        series, dropped, cuts = cut_out_labelled(series)
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
     longest = max(len(s) for s in series)
@@ -121,6 +116,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         max_gap_seconds=cfg.engine.max_gap_seconds,
         nan_policy=cfg.engine.nan_policy,
     )
+    if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
+        result.bundle.meta["training"]["series"] = whole
+        result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
     save_bundle(result.bundle, out)
     return result
 
@@ -278,6 +276,13 @@ def print_training(result: TrainResult, out: str) -> None:
         click.echo(
             f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
             f"reset a key ({sampling['gap_splits']} in the training data)"
+        )
+    cut = result.bundle.meta.get("anomalies_dropped")
+    if cut is not None:
+        click.echo(
+            f"--drop-anomalies: {plural(cut['rows'], 'row')} labelled anomalous left out; the series are cut "
+            f"at {plural(cut['cuts'], 'removed stretch', 'removed stretches')} (as at a gap), so no training "
+            "window joins the readings on either side of one"
         )
     idle = t.get("series_without_window", 0)
     if idle:

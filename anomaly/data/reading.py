@@ -172,6 +172,11 @@ def quoted(name: object) -> str:
     return shlex.quote(str(name))
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """A count with its noun: `1 reading`, `2 readings` (`many` where adding an s is wrong)."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def _clean_name(name: object) -> str:
     """A header name without the spaces, zero-width characters or byte-order mark around it (invisible in an
     editor, so 'b\u200b' would be a feature nobody can name)."""

@@ -108,6 +108,28 @@ def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series
     return out, dropped, filled
 
 
+def cut_out_labelled(series: Sequence[Series]) -> tuple[list[Series], int, int]:
+    """Training data without its readings labelled anomalous (`--drop-anomalies`): each series is cut where a
+    labelled stretch was removed, as a gap cuts it, so no training window joins the readings before and after
+    one as if they were consecutive. Pieces keep the series key; series without labels stay whole. Returns
+    (pieces, readings dropped, cuts: removed stretches with readings on both sides)."""
+    out: list[Series] = []
+    dropped = cuts = 0
+    for s in series:
+        if s.labels is None:
+            out.append(s)
+            continue
+        normal = np.asarray(s.labels) == 0
+        dropped += int((~normal).sum())
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], normal.astype(np.int8), [0]])))
+        pieces = [
+            s.take(slice(lo, hi)) for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+        ]
+        cuts += max(len(pieces) - 1, 0)
+        out.extend(pieces or [s.take(slice(0, 0))])
+    return out, dropped, cuts
+
+
 def counting_features(series: Sequence[Series], features: Sequence[str]) -> list[str]:
     """The features that count up reading by reading, nine steps in ten (per series, in time order) the same
     positive amount: a clock or a row number kept as a column (epoch seconds beside a text time, telemanom's
