@@ -26,7 +26,7 @@ from anomaly import atomic, evaluation, quality
 from anomaly.atomic import atomic_path
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
-from anomaly.data import Series, merge_keys, sampling_interval
+from anomaly.data import Series, merge_keys, plural, sampling_interval
 from anomaly.engine import Engine, EngineOutput, Event, Rejection
 from anomaly.errors import DataError, OutputError
 from anomaly.runner import Batch, Observer, run
@@ -519,7 +519,7 @@ def coverage_warnings(
     elif resets * w >= unscored // 2:
         median = "" if step is None else f"; the median step in these files is {step:g} s"
         why = (
-            f"{resets} gaps longer than engine.max_gap_seconds = {engine.max_gap:g} s reset the keys"
+            f"{plural(resets, 'gap')} longer than engine.max_gap_seconds = {engine.max_gap:g} s reset the keys"
             f"{median}; check the time unit (--time-unit) or set engine.max_gap_seconds"
         )
     else:

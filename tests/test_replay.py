@@ -111,6 +111,20 @@ def test_replay_refuses_data_with_other_features(bundle_path, tmp_path) -> None:
         run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
 
 
+def test_a_feature_renamed_only_in_case_is_pointed_out(bundle_path, tmp_path) -> None:
+    """`missing sensor_2; unexpected Sensor_2` left the user to spot that the names differ only in case."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100)).rename(columns={"sensor_2": "Sensor_2"})
+    path = tmp_path / "cased.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value) == (
+        f"{path} does not match the model's features: missing sensor_2; unexpected Sensor_2; the names differ "
+        "only in case: the model's 'sensor_2' is 'Sensor_2' in the file (rename the column in the file as the "
+        "model names it)"
+    )
+
+
 def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path, test_csv, tmp_path) -> None:
     """A timestamp repeated in the file: the first reading is scored, the copies are refused as
     duplicate_timestamp, and scores.csv marks exactly the refused rows (it marked every row sharing the
@@ -277,3 +291,33 @@ def test_rejections_of_a_key_read_from_two_files_name_the_file_of_the_refused_ro
     assert [(r["reason"], r["count"], r["ref"]) for r in records] == [
         ("duplicate_timestamp", 1, f"{tmp_path / 'b.csv'}:7")  # data row 5 of b.csv, below its header
     ]
+
+
+def test_replay_counts_are_printed_singular_and_plural(tmp_path, capsys) -> None:
+    """`1 readings rejected`, `1 alerts raised`: a count of one took the plural."""
+    from pathlib import Path
+
+    from anomaly.commands.replay_cmds import print_result
+    from anomaly.replay import ReplayResult
+
+    def printed(n: int) -> list[str]:
+        summary = {
+            "totals": {"windows_scored": n},
+            "coverage": {"readings": n, "scored": n, "rejected": n, "unscored": n},
+            "series": 1,
+            "alerts_raised": n,
+            "alert_events": n,
+            "warnings": [],
+            "label": "anomaly",
+        }
+        print_result(ReplayResult({}, [], summary, Path(tmp_path)))
+        return capsys.readouterr().out.splitlines()
+
+    assert printed(1)[0] == (
+        "replayed 1 reading of 1 series: 1 window scored (1 reading), 1 alert raised (1 open/close event), "
+        "1 reading rejected"
+    )
+    assert printed(2)[0] == (
+        "replayed 2 readings of 1 series: 2 windows scored (2 readings), 2 alerts raised (2 open/close events), "
+        "2 readings rejected"
+    )

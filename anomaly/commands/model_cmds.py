@@ -84,10 +84,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if counting:  # chosen with --features, it is the user's call
         rest = [f for f in features if f not in counting]
         raise DataError(
-            f"column {counting[0]!r} counts up reading by reading, like a clock or a row number, not a sensor: "
-            "a model trained on it finds every later reading out of range; "
-            + (f"leave it out with --features {quoted(','.join(rest))}, or " if rest else "")
-            + f"pass --time-column {quoted(counting[0])} if it is the time"
+            f"column {counting[0]!r} counts up reading by reading in equal steps, like a clock or a row number: "
+            "taken as a sensor, a clock keeps rising past every value the model was trained on; "
+            f"pass --time-column {quoted(counting[0])} if it is the time"
+            + (f", leave it out with --features {quoted(','.join(rest))}" if rest else "")
+            + f"; if it is a sensor that ramps over the same range again, name it in --features "
+            f"{quoted(','.join(features))}"
         )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
@@ -247,7 +249,7 @@ def train_cmd(
 def print_training(result: TrainResult, out: str) -> None:
     t = result.bundle.meta["training"]
     click.echo(
-        f"trained on {t['rows']} rows of {t['series']} series, {t['epochs_run']} epochs "
+        f"trained on {plural(t['rows'], 'row')} of {t['series']:,} series, {plural(t['epochs_run'], 'epoch')} "
         f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
         + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
     )
@@ -261,8 +263,8 @@ def print_training(result: TrainResult, out: str) -> None:
     missing = result.bundle.meta.get("missing_values", {})
     if missing.get("rows_dropped") or missing.get("cells_filled"):
         click.echo(
-            f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
-            f"dropped, {missing['cells_filled']} cells forward-filled"
+            f"missing values (engine.nan_policy = {missing['policy']}): {plural(missing['rows_dropped'], 'row')} "
+            f"dropped, {plural(missing['cells_filled'], 'cell')} forward-filled"
         )
         kept = result.bundle.meta["training"]["rows"]
         if missing["rows_dropped"] > kept:
