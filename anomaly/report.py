@@ -40,7 +40,7 @@ RESULT_COLUMNS = (
 )
 REQUIRED_COLUMNS = RESULT_COLUMNS[:-2]
 STACK_OFFSET = 4.0  # vertical distance between standardized features, in standard deviations
-MAX_FEATURES_DRAWN = 20  # beyond this the stacked names overlap unreadably (a 200-sensor file)
+MAX_FEATURES_DRAWN = 12  # beyond this the stacked names (and their mean ± sd) overlap in the panel's height
 
 
 def drawn_features(
@@ -147,17 +147,13 @@ def plot_series(
         names.append(f"{name}\n{mean:.4g} ± {std:.3g}")  # the scale: mean ± one standard deviation
     top.set_yticks([-i * STACK_OFFSET for i in range(len(features))], names, fontsize="small")
     top.set_ylabel(f"standardized, {STACK_OFFSET:g} sd apart")
-    top.set_title(title or f"{key}: standardized signals")
+    heading = title or f"{key}: standardized signals"
     if len(features) < len(every):
-        top.text(
-            0.0,
-            1.0,
-            f"{len(features)} of {len(every)} features drawn: the highest error share in alerts, then the "
-            "furthest from their median where flagged (all are in scores.csv)",
-            transform=top.transAxes,
-            fontsize="small",
-            va="bottom",
+        heading += (
+            f"\n{len(features)} of {len(every)} features drawn: the highest error share in alerts, then the "
+            "furthest from their median where flagged (all are in scores.csv)"
         )
+    top.set_title(heading)
 
     bottom.plot(times, frame["score"].to_numpy(np.float64), color="tab:blue", linewidth=0.9, label="score")
     bottom.plot(
