@@ -519,3 +519,16 @@ def test_cut_out_labelled_leaves_no_piece_across_a_removed_stretch() -> None:
     assert [p.key for p in pieces] == ["k", "k", "k", "u"]
     assert pieces[1].lines.tolist() == [7, 8, 9]
     assert (dropped, cuts) == (4, 2)
+
+
+def test_drop_anomalies_that_leaves_no_window_between_cuts_says_so(frame, tmp_path) -> None:
+    data = frame.head(60).copy()
+    data["anomaly"] = 0
+    data.loc[[5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55], "anomaly"] = 1  # pieces of four rows, window 8
+    csv = tmp_path / "holes.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        "error: not enough training data: the longest series has 5 rows (--drop-anomalies cut the series at 11 "
+        "removed stretches), fewer than one window (8 rows, model.window)"
+    ]

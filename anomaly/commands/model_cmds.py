@@ -93,20 +93,25 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
+    whole, dropped, cuts = len(series), 0, 0
     if cfg.data.drop_anomalies:
         if all(s.labels is None for s in series):  # else it trained on the anomalies it was asked to drop
             raise DataError(
                 f"--drop-anomalies needs the label column {cfg.data.label!r}, which the files lack (--label "
                 "names it)"
             )
-        whole = len(series)
         series, dropped, cuts = cut_out_labelled(series)
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
     longest = max(len(s) for s in series)
     if longest < cfg.model.window:  # not a matter of gaps, which the trainer's own message would blame
+        piece = (
+            f" (--drop-anomalies cut the series at {plural(cuts, 'removed stretch', 'removed stretches')})"
+            if cuts
+            else ""
+        )
         raise DataError(
-            f"not enough training data: the longest series has {longest} rows, fewer than one window "
+            f"not enough training data: the longest series has {longest} rows{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
     result = train(
