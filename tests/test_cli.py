@@ -265,3 +265,44 @@ def test_ctrl_c_while_the_command_line_loads_ends_in_one_line() -> None:
         [sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, timeout=60, cwd=root
     )
     assert ok.returncode == 0 and ok.stdout.startswith("Usage: python -m anomaly [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
+def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
+    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
+    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
+    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`. The pipe's read end is
+    closed before the command starts, so every write fails whatever the timing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "anomaly", args[0], str(bundle_path), *args[1:]],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=root,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatch) -> None:
+    """Only stdout's reader going away is quiet: a broken pipe elsewhere (a socket, a FIFO named as a file) is
+    still one `error:` line and status 2."""
+    from anomaly.commands import model_cmds
+
+    def broken(path):  # type: ignore[no-untyped-def]
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(model_cmds, "read_metadata", broken)
+    out = CliRunner().invoke(main, ["inspect", str(bundle_path)])
+    assert (out.exit_code, out.stderr) == (2, "error: Broken pipe\n")

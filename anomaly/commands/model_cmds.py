@@ -360,6 +360,14 @@ def _flat_note(meta: dict[str, Any]) -> str:
     return f"; constant in training (scale 1 raw unit): {', '.join(names)}"
 
 
+def _promotion(decision: dict[str, Any]) -> str:
+    """`promoted at T`, and `(forced)` when --force overrode the policy, `(forced; champion missing)` when there
+    was no champion to compare with: a reader of the bundle must see that no comparison vouched for it."""
+    state = decision.get("champion_state")  # a champion that was missing or unreadable: nothing compared
+    how = f" (forced; champion {state})" if state else " (forced)" if decision.get("forced") else ""
+    return f"{decision.get('decision')}{how} at {decision.get('at')}"
+
+
 def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
@@ -417,10 +425,10 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             if data
             else ""
         )
-        rows.append(("lineage", f"parent {lineage.get('parent_version')}{origin}"))
+        rows.append(("lineage", f"parent {lineage.get('parent_version') or 'none'}{origin}"))
         decision = lineage.get("promotion")
         if decision:
-            rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
+            rows.append(("promotion", _promotion(decision)))
     if meta.get("export"):
         rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
     return rows
