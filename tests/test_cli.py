@@ -74,7 +74,7 @@ def test_generate_train_inspect_replay(tmp_path) -> None:
         env={"ANOMALY_MODEL_HIDDEN_SIZE": "12"},
     )
     assert r.exit_code == 0, r.output
-    assert "1 epochs" in r.output and "windows/s" in r.output
+    assert "1 epoch " in r.output and "windows/s" in r.output
     meta = json.loads(invoke("inspect", str(model), "--json").output)
     assert meta["architecture"]["window"] == 8  # pipeline file
     assert meta["architecture"]["hidden_size"] == 12  # environment beats the file
@@ -231,7 +231,7 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
     )
     print_training(result, "m.pt")  # type: ignore[arg-type]
     out = capsys.readouterr()
-    assert f"{run} epochs (best {best}," in out.out
+    assert f"{run} {'epoch' if run == 1 else 'epochs'} (best {best}," in out.out
     assert ("note: the validation loss was lowest after the first of" in out.err) is noted
     assert "note:" not in out.out
 
