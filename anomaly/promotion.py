@@ -126,20 +126,24 @@ class PromotionPolicy:
     """When a challenger replaces the champion.
 
     With labels: its F1 must be at least the champion's minus `f1_tolerance`. Always: it must not open more
-    alerts per 1,000 readings than the champion times `max_alert_rate_ratio` (plus `alert_rate_slack`, so two
-    quiet models compare sensibly), and its own drift on the slice must be at most `max_drift_psi` (a model
-    that does not describe recent data should not go live)."""
+    alerts than the champion's times `max_alert_rate_ratio` plus `alert_allowance` alerts, and its own drift on
+    the slice must be at most `max_drift_psi` (a model that does not describe recent data should not go live).
+
+    Both models stream the same slice, so alerts opened compare as counts (the same as per 1,000 readings). The
+    allowance is what makes small counts sensible: a ratio alone of a champion that opened no alert on a quiet
+    stream is 0, and any challenger that alerts once would be rejected forever; one alert more (the default) is
+    within the noise of counts that small, while on a busy stream the ratio decides."""
 
     f1_tolerance: float = 0.0
     max_alert_rate_ratio: float = 1.0
-    alert_rate_slack: float = 0.0
+    alert_allowance: int = 1
     max_drift_psi: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0 <= self.f1_tolerance <= 1:
             raise ValueError(f"f1_tolerance must be in [0, 1], got {self.f1_tolerance}")
-        if self.max_alert_rate_ratio < 0 or self.alert_rate_slack < 0 or self.max_drift_psi < 0:
-            raise ValueError("max_alert_rate_ratio, alert_rate_slack and max_drift_psi must be >= 0")
+        if self.max_alert_rate_ratio < 0 or self.alert_allowance < 0 or self.max_drift_psi < 0:
+            raise ValueError("max_alert_rate_ratio, alert_allowance and max_drift_psi must be >= 0")
 
     def decide(self, champion: ShadowResult, challenger: ShadowResult) -> tuple[bool, list[str]]:
         reasons = []
@@ -154,12 +158,14 @@ class PromotionPolicy:
             reasons.append(
                 f"F1 {f1c:.4f} vs champion {f1h:.4f} ({'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
             )
-        limit = champion.alert_rate * self.max_alert_rate_ratio + self.alert_rate_slack
-        good = challenger.alert_rate <= limit + 1e-12
+        limit = champion.alerts_opened * self.max_alert_rate_ratio + self.alert_allowance
+        good = challenger.alerts_opened <= limit + 1e-9
         ok &= good
         reasons.append(
-            f"alerts per 1,000 readings {challenger.alert_rate:.3f} vs champion {champion.alert_rate:.3f} "
-            f"({'ok' if good else 'more'}; limit {limit:.3f})"
+            f"alerts opened {challenger.alerts_opened} vs champion {champion.alerts_opened} "
+            f"({challenger.alert_rate:.3f} vs {champion.alert_rate:.3f} per 1,000 readings; "
+            f"{'ok' if good else 'more'}; limit {limit:g} = {self.max_alert_rate_ratio:g} x the champion's "
+            f"+ {self.alert_allowance})"
         )
         if challenger.drift_psi is None and challenger.scored < DEFAULT_MIN_POINTS:
             ok = False  # a slice this small decides nothing; --force still promotes (a rollback)
@@ -272,3 +278,37 @@ def promote(
         with atomic_path(previous, "previous model bundle") as tmp:
             shutil.copy2(target, tmp)
     return save_bundle(with_decision(challenger, comparison), target)
+
+
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def install(challenger: Bundle, champion_path: str | Path, champion_state: str, reason: str) -> Path:
+    """Install the challenger where no champion can be compared with it (`promote --force` onto a champion file
+    that is missing, `champion_state` "missing", or cannot be loaded, "unreadable"): a first deploy, or a
+    rollback onto a damaged file. The same single rename as :func:`promote`, with the decision recorded as
+    forced and without numbers. An unreadable old file is kept as `<file>.unreadable` (copied atomically, for
+    a post-mortem); `<file>.previous` is left alone, since it is the last model that loaded (often the very
+    challenger of the rollback) and the copy a later rollback needs."""
+    target = Path(champion_path)
+    if champion_state not in ("missing", "unreadable"):
+        raise ValueError(f"champion_state must be 'missing' or 'unreadable', got {champion_state!r}")
+    if champion_state == "unreadable" and target.exists():
+        with atomic_path(target.with_name(target.name + UNREADABLE_SUFFIX), "unreadable model bundle") as tmp:
+            shutil.copy2(target, tmp)
+    meta = copy.deepcopy(challenger.meta)
+    lineage = meta.setdefault("lineage", {})
+    lineage.setdefault("parent_version", None)
+    lineage["promotion"] = {
+        "decision": "promoted",
+        "policy_passed": False,
+        "forced": True,
+        "champion_state": champion_state,
+        "reasons": [reason],
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "champion": None,
+        "challenger": None,
+        "slice": {},
+    }
+    bundle = Bundle(challenger.model, challenger.features, challenger.scaler, challenger.calibration, meta)
+    return save_bundle(bundle, target)

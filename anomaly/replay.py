@@ -8,6 +8,7 @@ exactly what the daemon computes for the same readings.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -25,8 +26,8 @@ from anomaly import atomic, evaluation, quality
 from anomaly.atomic import atomic_path
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
-from anomaly.data import Series, merge_keys, sampling_interval
-from anomaly.engine import Engine, Event
+from anomaly.data import Series, merge_keys, plural, sampling_interval
+from anomaly.engine import Engine, EngineOutput, Event, Rejection
 from anomaly.errors import DataError, OutputError
 from anomaly.runner import Batch, Observer, run
 from anomaly.sinks.files import JsonlAlertSink, JsonlRejectionSink, WindowCollector
@@ -43,8 +44,11 @@ class ReplayResult:
     quality: dict[str, quality.Quality] = field(default_factory=dict)  # model and baselines, with labels
 
 
-def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Batch]:
-    """All readings in (timestamp, series order), cut every `batch_readings`; one event per key per batch."""
+def merged_batches(
+    series: Sequence[Series], batch_readings: int, files: dict[str, np.ndarray] | None = None
+) -> Iterator[Batch]:
+    """All readings in (timestamp, series order), cut every `batch_readings`; one event per key per batch, its
+    ref a :class:`Rows` (`files`: the file of each reading of a key joined from several, by key)."""
     ts = np.concatenate([s.timestamps for s in series]) if series else np.zeros(0)
     which = np.concatenate([np.full(len(s), i) for i, s in enumerate(series)]) if series else np.zeros(0, int)
     index = np.concatenate([np.arange(len(s)) for s in series]) if series else np.zeros(0, int)
@@ -56,8 +60,89 @@ def merged_batches(series: Sequence[Series], batch_readings: int) -> Iterator[Ba
         for i in np.unique(w):
             rows = index[chunk[w == i]]
             s = series[i]
-            events.append(Event(s.key, s.timestamps[rows], s.values[rows], ref=f"{s.source}:{int(rows[0])}"))
+            events.append(
+                Event(s.key, s.timestamps[rows], s.values[rows], ref=Rows(s, rows, (files or {}).get(s.key)))
+            )
         yield Batch(events, messages=len(chunk))
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """The ref of a replayed event: its readings' positions in their series (and the file of each reading of a
+    series joined from several files). Echoed in the engine's rejections, it lets :func:`refused_rows` name the
+    file lines of just the refused readings."""
+
+    series: Series
+    positions: np.ndarray
+    files: np.ndarray | None = None  # the file of each reading of the series, when it has several
+
+    def __str__(self) -> str:  # where nothing finer is known: the event's first reading
+        return self.locate(self.positions[:1])
+
+    def locate(self, positions: np.ndarray) -> str:
+        """`FILE:LINE` of the readings at `positions` (lines joined by commas, files by '; '); `FILE:POSITION`
+        in the series when its lines are unknown (a series built in code)."""
+        s = self.series
+        where = s.lines if s.lines is not None else np.arange(len(s))
+        by_file: dict[str, list[str]] = {}
+        for p in np.asarray(positions, np.int64).tolist():
+            name = s.source if self.files is None else str(self.files[p])
+            by_file.setdefault(name, []).append(str(int(where[p])))
+        return "; ".join(f"{name}:{','.join(lines)}" for name, lines in by_file.items())
+
+
+def files_of(parts: Sequence[Series]) -> dict[str, np.ndarray]:
+    """The file of each reading of every key found in several files, in the order :func:`merge_keys` joins them."""
+    groups: dict[str, list[Series]] = {}
+    for s in parts:
+        groups.setdefault(s.key, []).append(s)
+    out = {}
+    for key, group in groups.items():
+        if len(group) > 1:
+            ts = np.concatenate([s.timestamps for s in group])
+            names = np.concatenate([np.full(len(s), s.source, dtype=object) for s in group])
+            out[key] = names[np.argsort(ts, kind="stable")]
+    return out
+
+
+class FileRowRejections(JsonlRejectionSink):
+    """`rejections.jsonl` of a replay: each record's ref names the file lines of the readings it refused
+    (`dups.csv:7`), not the first reading of the block they came in."""
+
+    def write(self, out: EngineOutput, batch: Batch) -> None:
+        if any(isinstance(r.ref, Rows) for r in out.rejections):
+            rejections = [
+                dataclasses.replace(r, ref=r.ref.locate(refused_rows(r.ref, r)))
+                if isinstance(r.ref, Rows)
+                else r
+                for r in out.rejections
+            ]
+            out = dataclasses.replace(out, rejections=rejections)
+        super().write(out, batch)
+
+
+def refused_rows(ref: Rows, r: Rejection) -> np.ndarray:
+    """Positions (in `ref.series`) of the readings rejection `r` refused out of the event `ref` describes: those
+    at its refused timestamps; among readings at the same time, the ones a refusal of that kind takes (a
+    non-finite value: those with one; a repeat or a step back in time: the latest, as the earlier was taken)."""
+    s, pos = ref.series, ref.positions
+    if r.timestamps is None or len(r.timestamps) != r.count:
+        return pos
+    ts = s.timestamps[pos]
+    bad_value = ~np.isfinite(s.values[pos]).all(axis=1)
+    taken = np.zeros(len(pos), bool)
+    out = []
+    for t in np.asarray(r.timestamps, np.float64).tolist():
+        same = np.isnan(ts) if np.isnan(t) else ts == t
+        free = np.flatnonzero(same & ~taken)
+        if r.reason == "non_finite" and bad_value[free].any():
+            free = free[bad_value[free]]
+        if not len(free):
+            return pos
+        i = free[0] if r.reason == "non_finite" else free[-1]
+        taken[i] = True
+        out.append(pos[i])
+    return np.sort(np.asarray(out, np.int64))
 
 
 # The columns of a per-point table (scores.csv) that are not a feature's raw values.
@@ -157,6 +242,7 @@ def replay(
     engine: Engine | None = None,
     write_plots: bool | None = None,
 ) -> ReplayResult:
+    origins = files_of(series)  # which file each reading of a key found in several comes from
     series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
     skip = cfg.replay.evaluate_after
     labelled = [len(s) for s in series if s.labels is not None]
@@ -173,7 +259,7 @@ def replay(
             f"cannot write to the output folder {out}: {atomic.reason(exc)}", path=str(out)
         ) from None
     with only_writer(out):
-        return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots)
+        return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots, origins)
 
 
 @contextlib.contextmanager
@@ -204,6 +290,7 @@ def _replay(
     progress: bool,
     engine: Engine | None,
     write_plots: bool | None,
+    origins: dict[str, np.ndarray] | None = None,
 ) -> ReplayResult:
     clear_previous(out)
     engine = engine or Engine(bundle, cfg.engine)
@@ -213,11 +300,11 @@ def _replay(
     with contextlib.ExitStack() as files:
         alerts = JsonlAlertSink(files.enter_context(atomic_path(out / "alerts.jsonl", "alerts file")))
         files.callback(alerts.close)  # closed before the rename (callbacks run last in, first out)
-        rejections = JsonlRejectionSink(
+        rejections = FileRowRejections(
             files.enter_context(atomic_path(out / "rejections.jsonl", "rejections file"))
         )
         files.callback(rejections.close)
-        totals = _run(engine, series, cfg, [collector, alerts, rejections], observer, progress)
+        totals = _run(engine, series, cfg, [collector, alerts, rejections], observer, progress, origins)
     frames = {
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }
@@ -313,8 +400,9 @@ def _run(
     sinks: list[Any],
     observer: Observer | None,
     progress: bool,
+    files: dict[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
-    batches: Any = merged_batches(series, cfg.replay.batch_readings)
+    batches: Any = merged_batches(series, cfg.replay.batch_readings, files)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -431,7 +519,7 @@ def coverage_warnings(
     elif resets * w >= unscored // 2:
         median = "" if step is None else f"; the median step in these files is {step:g} s"
         why = (
-            f"{resets} gaps longer than engine.max_gap_seconds = {engine.max_gap:g} s reset the keys"
+            f"{plural(resets, 'gap')} longer than engine.max_gap_seconds = {engine.max_gap:g} s reset the keys"
             f"{median}; check the time unit (--time-unit) or set engine.max_gap_seconds"
         )
     else:

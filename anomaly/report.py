@@ -2,7 +2,8 @@
 
 Each figure has two panels sharing the time axis. The top one stacks the raw features, each standardized over
 the plotted series (so shapes, not units, are compared) and offset vertically with its name, mean and standard
-deviation on the y axis. Readings the engine rejected are shaded grey in both panels. The
+deviation on the y axis (at most MAX_FEATURES_DRAWN of them, chosen by :func:`drawn_features`). Readings the
+engine rejected are shaded grey in both panels. The
 bottom one shows the score, the threshold in force, the points flagged anomalous and the alert spans (from alert
 start to end; an alert still open is drawn to the series end). Labelled anomalies, when a ``label`` column is
 present, are shaded in both panels. Matplotlib runs on the Agg backend, so no display is needed.
@@ -39,6 +40,42 @@ RESULT_COLUMNS = (
 )
 REQUIRED_COLUMNS = RESULT_COLUMNS[:-2]
 STACK_OFFSET = 4.0  # vertical distance between standardized features, in standard deviations
+MAX_FEATURES_DRAWN = 12  # beyond this the stacked names (and their mean ± sd) overlap in the panel's height
+
+
+def drawn_features(
+    frame: pd.DataFrame, features: Sequence[str], alerts: Iterable[Mapping[str, Any]], key: str
+) -> list[str]:
+    """The features the top panel draws: all of them up to MAX_FEATURES_DRAWN; beyond that, those with the
+    highest error share in the key's alerts (`top_features`), then those that stray furthest from their median
+    (in robust standard deviations, from the MAD) at the points flagged anomalous, or over the whole series when
+    none was flagged.
+    Chosen ones keep the file's order."""
+    if len(features) <= MAX_FEATURES_DRAWN:
+        return list(features)
+    share: dict[str, float] = {}
+    for a in alerts:
+        if str(a.get("key")) == key:
+            for t in a.get("top_features") or []:
+                name, value = str(t.get("feature")), float(t.get("share", 0.0))
+                share[name] = max(share.get(name, 0.0), value)
+    flagged = frame["anomalous"].fillna(False).to_numpy().astype(bool)
+    rows = flagged if flagged.any() else np.ones(len(frame), bool)
+    stray = {}
+    for name in features:
+        values = frame[name].to_numpy(np.float64)
+        seen = values[np.isfinite(values)]
+        if not len(seen):
+            stray[name] = 0.0
+            continue
+        middle = float(np.median(seen))  # median and MAD: a long excursion does not widen its own yardstick
+        spread = 1.4826 * float(np.median(np.abs(seen - middle))) or float(seen.std()) or 1.0
+        z = np.abs(values[rows] - middle) / spread
+        z = z[np.isfinite(z)]
+        stray[name] = float(z.max()) if len(z) else 0.0
+    ranked = sorted(features, key=lambda f: (-share.get(f, 0.0), -stray[f]))
+    chosen = set(ranked[:MAX_FEATURES_DRAWN])
+    return [f for f in features if f in chosen]
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -91,7 +128,9 @@ def plot_series(
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     key = str(frame["key"].iloc[0])
     times = _times(frame["timestamp"])
-    features = feature_columns(frame)
+    every = feature_columns(frame)
+    alerts = list(alerts)
+    features = drawn_features(frame, every, alerts, key)
 
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(14, 8), height_ratios=(3, 2), layout="constrained"
@@ -108,7 +147,13 @@ def plot_series(
         names.append(f"{name}\n{mean:.4g} ± {std:.3g}")  # the scale: mean ± one standard deviation
     top.set_yticks([-i * STACK_OFFSET for i in range(len(features))], names, fontsize="small")
     top.set_ylabel(f"standardized, {STACK_OFFSET:g} sd apart")
-    top.set_title(title or f"{key}: standardized signals")
+    heading = title or f"{key}: standardized signals"
+    if len(features) < len(every):
+        heading += (
+            f"\n{len(features)} of {len(every)} features drawn: the highest error share in alerts, then the "
+            "furthest from their median where flagged (all are in scores.csv)"
+        )
+    top.set_title(heading)
 
     bottom.plot(times, frame["score"].to_numpy(np.float64), color="tab:blue", linewidth=0.9, label="score")
     bottom.plot(

@@ -74,7 +74,7 @@ def test_generate_train_inspect_replay(tmp_path) -> None:
         env={"ANOMALY_MODEL_HIDDEN_SIZE": "12"},
     )
     assert r.exit_code == 0, r.output
-    assert "1 epochs" in r.output and "windows/s" in r.output
+    assert "1 epoch " in r.output and "windows/s" in r.output
     meta = json.loads(invoke("inspect", str(model), "--json").output)
     assert meta["architecture"]["window"] == 8  # pipeline file
     assert meta["architecture"]["hidden_size"] == 12  # environment beats the file
@@ -231,7 +231,7 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
     )
     print_training(result, "m.pt")  # type: ignore[arg-type]
     out = capsys.readouterr()
-    assert f"{run} epochs (best {best}," in out.out
+    assert f"{run} {'epoch' if run == 1 else 'epochs'} (best {best}," in out.out
     assert ("note: the validation loss was lowest after the first of" in out.err) is noted
     assert "note:" not in out.out
 
@@ -265,3 +265,44 @@ def test_ctrl_c_while_the_command_line_loads_ends_in_one_line() -> None:
         [sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, timeout=60, cwd=root
     )
     assert ok.returncode == 0 and ok.stdout.startswith("Usage: python -m anomaly [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
+def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
+    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
+    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
+    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`. The pipe's read end is
+    closed before the command starts, so every write fails whatever the timing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "anomaly", args[0], str(bundle_path), *args[1:]],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=root,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatch) -> None:
+    """Only stdout's reader going away is quiet: a broken pipe elsewhere (a socket, a FIFO named as a file) is
+    still one `error:` line and status 2."""
+    from anomaly.commands import model_cmds
+
+    def broken(path):  # type: ignore[no-untyped-def]
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(model_cmds, "read_metadata", broken)
+    out = CliRunner().invoke(main, ["inspect", str(bundle_path)])
+    assert (out.exit_code, out.stderr) == (2, "error: Broken pipe\n")

@@ -390,6 +390,29 @@ def test_excel_serial_dates_are_refused_not_read_as_1970(tmp_path) -> None:
     assert s.timestamps[0] == 45010.0
 
 
+def test_whole_excel_serial_dates_are_refused_when_named_or_stepped_as_days(tmp_path) -> None:
+    """A daily file of Excel serials (45010, 45011, ...) was read as epoch seconds a second apart; only
+    fractional serials were refused. Whole ones are refused when the column is named for days or the times skip
+    every weekend; a column of whole numbers named `time` stepping by one is taken as seconds (a counter)."""
+    daily = "".join(f"{45010 + i},{i}\n" for i in range(30))
+    with pytest.raises(DataError) as named:
+        load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
+    assert str(named.value) == (
+        "time column 'Date' holds numbers like 45010.0 that look like Excel serial dates (days since 1899-12-30: "
+        "45010 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
+        "hh:mm:ss), or pass --time-unit s if they are seconds"
+    )
+    workdays = [d for d in range(45012, 45012 + 28) if d % 7 not in (0, 1)]  # Mondays to Fridays, four weeks
+    text = "timestamp,a\n" + "".join(f"{d},{i}\n" for i, d in enumerate(workdays))
+    with pytest.raises(DataError, match=r"^time column 'timestamp' holds numbers like 45012.0 that look"):
+        load(write(tmp_path, text, "w.csv"))
+    counter = write(tmp_path, "time,a\n" + daily, "t.csv")  # seconds 45010, 45011, ...: taken as such
+    (s,), _ = load(counter, time_column="time")
+    assert s.timestamps.tolist() == [45010.0 + i for i in range(30)]
+    (s,), _ = load(write(tmp_path, "Date,a\n" + daily, "s.csv"), time_column="Date", time_unit="s")
+    assert s.timestamps[0] == 45010.0
+
+
 @pytest.mark.parametrize(
     ("header", "message"),
     [

@@ -321,3 +321,63 @@ def test_every_link_inside_the_readme_leads_to_a_heading() -> None:
     links = set(re.findall(r"\]\(#([^)\s]+)\)", README))
     assert len(links) >= 20, "the contents list links every section"
     assert sorted(links - readme_anchors(README)) == []
+
+
+def test_monitoring_table_labels_are_the_served_labels() -> None:
+    """Every metric row of "Monitoring" names the labels /metrics gives it (names and types are checked in
+    tests/test_metrics.py): a label added to or dropped from anomaly/metrics.py must reach the table."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.metrics import PipelineMetrics
+
+    documented: dict[str, set[str]] = {}
+    for line in readme_section("## Monitoring").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`anomaly_"):
+            labels = set(re.findall(r"`(\w+)`", cells[2].split("(")[0]))
+            for name in re.findall(r"`(anomaly_\w+)`", cells[0]):
+                documented[name.removesuffix("_total")] = labels
+    served: dict[str, set[str]] = {}
+    metrics = PipelineMetrics(registry=CollectorRegistry())
+    # an Info has its labels once set, as a daemon's model_loaded sets them
+    metrics.model_loaded(SimpleNamespace(meta={}, version="v", features=(), calibration={}))
+    for family in metrics.registry.collect():
+        name = f"{family.name}_info" if family.type == "info" else family.name
+        served[name] = set()
+        for collector_labels in (s.labels for s in family.samples):
+            served[name] |= set(collector_labels) - {"le"}
+    unlabelled = {n for n, v in served.items() if not v}
+    # a labelled metric with no series yet (anomaly_alert_active, the lag) shows no samples: take its declaration
+    from anomaly import metrics as m
+
+    source = Path(m.__file__).read_text(encoding="utf-8")
+    for name in unlabelled:
+        decl = re.search(rf'"{name}",\s*"[^"]*"(?:\s*"[^"]*")*,\s*\[([^\]]*)\]', source)
+        if decl:
+            served[name] = set(re.findall(r'"(\w+)"', decl.group(1)))
+    assert documented.keys() == served.keys()
+    assert {n: sorted(v) for n, v in documented.items()} == {n: sorted(v) for n, v in served.items()}
+
+
+def test_alerts_table_names_every_alerting_rule() -> None:
+    """README "Alerts" lists exactly the alerts of deploy/prometheus/rules/anomaly.rules.yml, each with its
+    `for` duration where the rule has one (written as 15 s, 2 m, 1 h)."""
+    import yaml
+
+    rules_file = Path(__file__).resolve().parent.parent / "deploy/prometheus/rules/anomaly.rules.yml"
+    rules = [r for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"] if "alert" in r]
+    rows = {}
+    for line in readme_section("### Alerts").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"[A-Z]\w+", cells[0]) and cells[0] != "alert":
+            rows[cells[0]] = cells[1]
+    assert sorted(rows) == sorted(r["alert"] for r in rules)
+    for rule in rules:
+        if "for" in rule:
+            amount, unit = re.fullmatch(r"(\d+)([smh])", rule["for"]).groups()  # type: ignore[union-attr]
+            # "no window scored for 15 m": an increase over [5m] that must stay 0 for 10m
+            ranges = [int(r) for r in re.findall(rf"\[(\d+){unit}\]\) == 0", rule["expr"])]
+            said = {f"for {n} {unit}" for n in [int(amount)] + [int(amount) + r for r in ranges]}
+            assert any(s in rows[rule["alert"]] for s in said), (rule["alert"], rule["for"])

@@ -57,7 +57,7 @@ def test_a_run_that_scores_nothing_says_why_and_exits_2(bundle_path, test_csv, t
     # says so wherever it counts them, instead of "1200 readings scored" above "nothing was scored"
     assert lines(r.stderr) == [
         "error: nothing was scored from a full window: the forecast model scored 1,200 readings, each from a "
-        "cold state (less than a window of history), which says nothing about anomalies: 1199 gaps longer than "
+        "cold state (less than a window of history), which says nothing about anomalies: 1,199 gaps longer than "
         "engine.max_gap_seconds = 10 s reset the keys; the median step in these files is 60 s; check the time "
         "unit (--time-unit) or set engine.max_gap_seconds"
     ]
@@ -167,7 +167,7 @@ def test_a_text_cell_stops_training_and_replay_naming_the_cell(frame, bundle_pat
     for r in (run("train", csv, "-o", tmp_path / "m.pt"), replay(csv, bundle_path, tmp_path / "r")):
         assert r.exit_code == 2 and lines(r.output) == [expected]
     r = replay(csv, bundle_path, tmp_path / "r", "--bad-cells", "missing")
-    assert r.exit_code == 0 and "1 readings rejected" in r.stdout
+    assert r.exit_code == 0 and "1 reading rejected" in r.stdout
 
 
 def test_several_series_without_key_column_are_refused_naming_it(tmp_path) -> None:
@@ -413,7 +413,10 @@ def test_a_key_in_several_files_trains_as_one_series(tmp_path) -> None:
 def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_path) -> None:
     """Epoch seconds beside a text time (or telemanom's `step` under --no-time-column) became a feature: the
     model was trained on the clock, whose every later value is out of the training range (SKAB valve1/0 with an
-    epoch column: one alert from early in the test part to a level_shift close). --features chooses it anyway."""
+    epoch column: one alert from early in the test part to a level_shift close). --features chooses it anyway.
+    The refusal said a model trained on it finds every later reading out of range, untrue of a sensor that
+    ramps over the same range again (NASA SMAP F-3, -1..1 in equal steps in its train and test parts): it now
+    says what a clock does and offers --features for such a sensor."""
     data = frame.head(300).copy()
     data.insert(1, "unix_time", 1_700_000_000 + 60 * np.arange(300))
     csv = tmp_path / "clock.csv"
@@ -421,9 +424,11 @@ def test_a_column_that_counts_the_readings_is_refused_as_a_sensor(frame, tmp_pat
     r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 2
     assert lines(r.output)[-1] == (
-        "error: column 'unix_time' counts up reading by reading, like a clock or a row number, not a sensor: a "
-        "model trained on it finds every later reading out of range; leave it out with --features "
-        "sensor_1,sensor_2,sensor_3,sensor_4, or pass --time-column unix_time if it is the time"
+        "error: column 'unix_time' counts up reading by reading in equal steps, like a clock or a row number: "
+        "taken as a sensor, a clock keeps rising past every value the model was trained on; pass --time-column "
+        "unix_time if it is the time, leave it out with --features sensor_1,sensor_2,sensor_3,sensor_4; if it is "
+        "a sensor that ramps over the same range again, name it in --features "
+        "unix_time,sensor_1,sensor_2,sensor_3,sensor_4"
     )
     assert not (tmp_path / "m.pt").exists()
     r = run(
@@ -478,3 +483,52 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     )
     assert f"warning: {expected}" in lines(r.output)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
+
+
+def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, tmp_path) -> None:
+    """--drop-anomalies removed the labelled rows and joined the readings on either side as if consecutive (the
+    hole was shorter than the gap limit), so the model learnt a jump that never happened. Now each removed
+    stretch inside a series cuts it as a gap does, and the cuts are counted (a stretch at an end cuts nothing)."""
+    data = frame.head(600).copy()
+    data["anomaly"] = 0
+    data.loc[200:219, "anomaly"] = 1  # twenty minutes of a one-minute series: far below the 300-minute gap
+    data.loc[400:404, "anomaly"] = 1
+    data.loc[595:, "anomaly"] = 1  # at the end: removed, nothing to cut
+    csv = tmp_path / "labelled.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 0, r.output
+    assert (
+        "--drop-anomalies: 30 rows labelled anomalous left out; the series are cut at 2 removed stretches (as at "
+        "a gap), so no training window joins the readings on either side of one" in lines(r.output)
+    )
+    meta = load_bundle(tmp_path / "m.pt").meta
+    assert meta["anomalies_dropped"] == {"rows": 30, "cuts": 2}
+    t = meta["training"]
+    assert (t["rows"], t["series"], meta["sampling"]["gap_splits"]) == (570, 1, 0)
+    assert "trained on 570 rows of 1 series" in r.output
+
+
+def test_cut_out_labelled_leaves_no_piece_across_a_removed_stretch() -> None:
+    from anomaly.data import Series, cut_out_labelled
+
+    labels = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0], np.int8)
+    s = Series("k", np.arange(10.0), np.arange(10.0).reshape(-1, 1), labels, "f.csv", np.arange(2, 12))
+    pieces, dropped, cuts = cut_out_labelled([s, Series("u", np.arange(3.0), np.zeros((3, 1)))])
+    assert [p.timestamps.tolist() for p in pieces] == [[1.0, 2.0], [5.0, 6.0, 7.0], [9.0], [0.0, 1.0, 2.0]]
+    assert [p.key for p in pieces] == ["k", "k", "k", "u"]
+    assert pieces[1].lines.tolist() == [7, 8, 9]
+    assert (dropped, cuts) == (4, 2)
+
+
+def test_drop_anomalies_that_leaves_no_window_between_cuts_says_so(frame, tmp_path) -> None:
+    data = frame.head(60).copy()
+    data["anomaly"] = 0
+    data.loc[[5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55], "anomaly"] = 1  # pieces of four rows, window 8
+    csv = tmp_path / "holes.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        "error: not enough training data: the longest series has 5 rows (--drop-anomalies cut the series at 11 "
+        "removed stretches), fewer than one window (8 rows, model.window)"
+    ]

@@ -111,6 +111,20 @@ def test_replay_refuses_data_with_other_features(bundle_path, tmp_path) -> None:
         run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
 
 
+def test_a_feature_renamed_only_in_case_is_pointed_out(bundle_path, tmp_path) -> None:
+    """`missing sensor_2; unexpected Sensor_2` left the user to spot that the names differ only in case."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100)).rename(columns={"sensor_2": "Sensor_2"})
+    path = tmp_path / "cased.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value) == (
+        f"{path} does not match the model's features: missing sensor_2; unexpected Sensor_2; the names differ "
+        "only in case: the model's 'sensor_2' is 'Sensor_2' in the file (rename the column in the file as the "
+        "model names it)"
+    )
+
+
 def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path, test_csv, tmp_path) -> None:
     """A timestamp repeated in the file: the first reading is scored, the copies are refused as
     duplicate_timestamp, and scores.csv marks exactly the refused rows (it marked every row sharing the
@@ -229,3 +243,81 @@ def test_a_sensor_named_like_a_result_column_keeps_its_values(tmp_path) -> None:
         assert clash[new].equals(plain[old])
     results = ["label", "error", "score", "threshold", "anomalous", "alert_open", "scored", "decided_at"]
     assert clash[results].equals(plain[results])
+
+
+@pytest.mark.parametrize("batch", [4096, 1, 3])
+def test_rejections_point_at_the_refused_rows_of_the_file(bundle_path, test_csv, tmp_path, batch) -> None:
+    """Each record of rejections.jsonl names the file lines of the readings it refused (it named the file and
+    the first reading of the engine's block, `repeats.csv:0`, another reading than the refused one): copies of
+    a time refuse the later rows, a missing value its own row (not the row beside it at the same time), and a
+    blank line in the file is counted as an editor counts it."""
+    frame = pd.read_csv(test_csv)
+    frame.loc[41:43, "timestamp"] = frame.loc[40, "timestamp"]  # rows 41-43 repeat row 40's time
+    frame.loc[70, "timestamp"] = frame.loc[60, "timestamp"]  # row 60's time again, ten rows later
+    frame.loc[200, "timestamp"] = frame.loc[199, "timestamp"]
+    frame.loc[199, "sensor_1"] = np.nan  # row 199 has no value; row 200, at its time, is taken
+    path = tmp_path / "repeats.csv"
+    text = frame.to_csv(index=False).splitlines()
+    text.insert(30, "")  # a blank line after data row 28: later rows are one line further down
+    path.write_text("\n".join(text) + "\n")
+    cfg = build_config({"replay": {"batch_readings": batch}})
+    run_replay([str(path)], str(bundle_path), str(tmp_path / "out"), cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out" / "rejections.jsonl").read_text().splitlines()]
+    refs = sorted((r["reason"], r["ref"].replace(str(tmp_path / "x")[:-1], "")) for r in records)
+    # data row i is on line i + 2 (header on line 1), i + 3 below the blank line
+    if batch == 1:  # one record per refused reading
+        want = [("duplicate_timestamp", f"repeats.csv:{i + 3}") for i in (41, 42, 43, 70)]
+    elif batch == 3:  # blocks of three readings in time order: rows 39-41 are one, rows 42-44 the next
+        want = [("duplicate_timestamp", "repeats.csv:44"), ("duplicate_timestamp", "repeats.csv:45,46")]
+        want.append(("duplicate_timestamp", "repeats.csv:73"))
+    else:  # one block: one record for the key's refused copies
+        want = [("duplicate_timestamp", "repeats.csv:44,45,46,73")]
+    assert refs == sorted([*want, ("non_finite", "repeats.csv:202")])
+    assert sum(r["count"] for r in records) == 5
+
+
+def test_rejections_of_a_key_read_from_two_files_name_the_file_of_the_refused_row(
+    bundle_path, test_csv, tmp_path
+) -> None:
+    frame = pd.read_csv(test_csv).assign(device="pump")
+    first, second = frame.iloc[:600].copy(), frame.iloc[600:].copy()
+    second.iloc[5, second.columns.get_loc("timestamp")] = first["timestamp"].iloc[100]  # a time a.csv has
+    first.to_csv(tmp_path / "a.csv", index=False)
+    second.to_csv(tmp_path / "b.csv", index=False)
+    cfg = build_config({"data": {"key_column": "device"}})
+    paths = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    run_replay(paths, str(bundle_path), str(tmp_path / "out"), cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out" / "rejections.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["count"], r["ref"]) for r in records] == [
+        ("duplicate_timestamp", 1, f"{tmp_path / 'b.csv'}:7")  # data row 5 of b.csv, below its header
+    ]
+
+
+def test_replay_counts_are_printed_singular_and_plural(tmp_path, capsys) -> None:
+    """`1 readings rejected`, `1 alerts raised`: a count of one took the plural."""
+    from pathlib import Path
+
+    from anomaly.commands.replay_cmds import print_result
+    from anomaly.replay import ReplayResult
+
+    def printed(n: int) -> list[str]:
+        summary = {
+            "totals": {"windows_scored": n},
+            "coverage": {"readings": n, "scored": n, "rejected": n, "unscored": n},
+            "series": 1,
+            "alerts_raised": n,
+            "alert_events": n,
+            "warnings": [],
+            "label": "anomaly",
+        }
+        print_result(ReplayResult({}, [], summary, Path(tmp_path)))
+        return capsys.readouterr().out.splitlines()
+
+    assert printed(1)[0] == (
+        "replayed 1 reading of 1 series: 1 window scored (1 reading), 1 alert raised (1 open/close event), "
+        "1 reading rejected"
+    )
+    assert printed(2)[0] == (
+        "replayed 2 readings of 1 series: 2 windows scored (2 readings), 2 alerts raised (2 open/close events), "
+        "2 readings rejected"
+    )

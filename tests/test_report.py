@@ -153,3 +153,46 @@ def test_names_in_a_script_the_font_lacks_are_drawn_without_warnings(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_png(plot_series(frame, ALERTS, tmp_path / "a.png"))
+
+
+def test_a_file_of_200_features_draws_the_12_that_matter_with_a_note(tmp_path, monkeypatch):
+    """200 stacked names overlapped into a black smear. Beyond 12 features the top panel draws the ones with
+    the highest error share in the key's alerts, then those furthest from their median where points were flagged,
+    in file order, and says so; a small file draws every feature as before."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    real_close = plt.close
+
+    def keep(fig):
+        figs.append(fig)
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    frame = results("a")
+    rng = np.random.default_rng(1)
+    wide = {f"s{j:03d}": rng.normal(0.0, 1.0, len(frame)) for j in range(200)}
+    for j in range(20, 30):  # ten sensors jump where the score is flagged (rows 100-139)
+        wide[f"s{j:03d}"][100:140] += 8.0 + j / 10
+    frame = pd.concat(
+        [
+            frame[["key", "timestamp", "error", "score", "threshold", "anomalous", "alert_open"]],
+            pd.DataFrame(wide),
+        ],
+        axis=1,
+    )
+    alerts = [
+        {**ALERTS[1], "top_features": [{"feature": "s150", "share": 0.4}, {"feature": "s007", "share": 0.3}]}
+    ]
+    plot_series(frame, alerts, tmp_path / "a.png")
+    top = figs[-1].axes[0]
+    names = [t.get_text().split("\n")[0] for t in top.get_yticklabels()]
+    assert names == ["s007", *(f"s{j:03d}" for j in range(20, 30)), "s150"]
+    assert top.get_title() == (
+        "a: standardized signals\n12 of 200 features drawn: the highest error share in alerts, then the furthest "
+        "from their median where flagged (all are in scores.csv)"
+    )
+    plot_series(results("a"), ALERTS, tmp_path / "small.png")
+    top = figs[-1].axes[0]
+    assert [t.get_text().split("\n")[0] for t in top.get_yticklabels()] == ["pressure", "flow", "constant"]
+    assert top.get_title() == "a: standardized signals"

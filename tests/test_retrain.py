@@ -137,13 +137,72 @@ def test_policy_decisions_with_reasons() -> None:
     ok, reasons = policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.795))
     assert ok and reasons == [
         "F1 0.7950 vs champion 0.8000 (ok; tolerance 0.01)",
-        "alerts per 1,000 readings 1.000 vs champion 2.000 (ok; limit 2.000)",
+        "alerts opened 1 vs champion 2 (1.000 vs 2.000 per 1,000 readings; ok; limit 3 = 1 x the champion's + 1)",
         "drift PSI 0.050 vs champion 0.400 (ok; limit 0.25)",
     ]
     assert policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.78))[0] is False  # worse F1
-    assert policy.decide(result("a", 1.0, 0.4), result("b", 1.5, 0.05))[0] is False  # more alerts
+    assert policy.decide(result("a", 1.0, 0.4), result("b", 3.0, 0.05))[0] is False  # more alerts
     assert policy.decide(result("a", 1.0, 0.4), result("b", 1.0, 0.3))[0] is False  # does not fit recent data
-    assert PromotionPolicy(alert_rate_slack=0.5).decide(result("a", 0.0, 0.1), result("b", 0.4, 0.1))[0]
+
+
+def test_a_quiet_champion_does_not_reject_a_challenger_for_one_alert() -> None:
+    """The limit was the champion's alerts times the ratio, with no allowance and no option: a champion that
+    opened none on a quiet stream rejected every challenger that alerted once. One alert more is allowed by
+    default (--alert-allowance); two are not, and on a busy stream the ratio decides."""
+    quiet, one, two = result("a", 0.0, 0.1), result("b", 1.0, 0.1), result("b", 2.0, 0.1)
+    ok, reasons = PromotionPolicy().decide(quiet, one)
+    assert (ok, reasons[0]) == (
+        True,
+        "alerts opened 1 vs champion 0 (1.000 vs 0.000 per 1,000 readings; ok; limit 1 = 1 x the champion's + 1)",
+    )
+    assert PromotionPolicy().decide(quiet, two)[0] is False
+    assert PromotionPolicy(alert_allowance=0).decide(quiet, one)[0] is False
+    assert PromotionPolicy(alert_allowance=2).decide(quiet, two)[0] is True
+    busy = result("a", 40.0, 0.1)
+    assert PromotionPolicy().decide(busy, result("b", 41.0, 0.1))[0] is True
+    assert PromotionPolicy().decide(busy, result("b", 42.0, 0.1))[0] is False
+    assert PromotionPolicy(max_alert_rate_ratio=1.5).decide(busy, result("b", 61.0, 0.1))[0] is True
+    with pytest.raises(ValueError, match="alert_allowance"):
+        PromotionPolicy(alert_allowance=-1)
+
+
+def test_promote_alert_allowance_option_decides_a_quiet_champion(csv_world, bundle_path, tmp_path):
+    """The option reaches the policy: the same comparison passes or is rejected by --alert-allowance alone."""
+    from unittest import mock
+
+    from anomaly import promotion
+
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    real = promotion.shadow_score
+    calls = iter(range(10))
+
+    def quiet_champion(bundle, series, cfg):  # type: ignore[no-untyped-def]
+        got = real(bundle, series, cfg)
+        opened = 0 if next(calls) % 2 == 0 else 1  # champion first, then challenger
+        got.alerts_opened, got.alert_rate = opened, 1000.0 * opened / got.readings
+        return got
+
+    with mock.patch.object(promotion, "shadow_score", quiet_champion):
+        allowed = run_cli("promote", bundle_path, "-m", champion, path, "--max-drift", "100", "--dry-run")
+        refused = run_cli(
+            "promote",
+            bundle_path,
+            "-m",
+            champion,
+            path,
+            "--max-drift",
+            "100",
+            "--dry-run",
+            "--alert-allowance",
+            "0",
+        )
+    assert (allowed.exit_code, refused.exit_code) == (0, 3), allowed.output + refused.output
+    assert (
+        "alerts opened 1 vs champion 0 (" in allowed.stdout
+        and "ok; limit 1 = 1 x the champion's + 1)" in (allowed.stdout)
+    )
+    assert "more; limit 0 = 1 x the champion's + 0)" in refused.stdout
 
 
 def test_promotion_replaces_the_file_atomically_and_records_the_decision(
@@ -249,7 +308,15 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted at {decision['at']}\n" in shown
+    assert f"promotion:       promoted (forced) at {decision['at']}\n" in shown  # it said `promoted at`
+    as_json = json.loads(CliRunner().invoke(main, ["inspect", str(champion), "--json"]).stdout)
+    assert as_json["lineage"]["promotion"]["forced"] is True
+    champion.write_bytes(bundle_path.read_bytes())
+    passed = CliRunner().invoke(main, ["promote", str(bundle_path), "-m", str(champion), str(path)])
+    assert passed.exit_code == 0, passed.output
+    at = read_metadata(champion)[0]["lineage"]["promotion"]["at"]
+    shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
+    assert f"promotion:       promoted at {at}\n" in shown
 
 
 def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):
@@ -783,6 +850,23 @@ def test_retrain_refuses_to_write_the_challenger_over_the_champion(csv_world, bu
     assert champion.read_bytes() == before and not list(tmp_path.glob("*.previous"))
 
 
+def test_retrain_refuses_to_write_the_challenger_over_the_rollback_copy(csv_world, bundle_path, tmp_path):
+    """`retrain -m model.pt -o model.pt.previous` silently replaced the copy a rollback restores; it is refused in
+    one line, as -o model.pt is, before anything is read or trained (also when named by another path)."""
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    previous = tmp_path / "model.pt.previous"
+    previous.write_bytes(b"the last champion")
+    for out in (previous, tmp_path / "sub" / ".." / "model.pt.previous"):
+        result = run_cli("retrain", "-m", champion, path, "-o", out, "--epochs", 1)
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: -o {out} is the champion's rollback copy (kept by the last promotion): write the challenger "
+            "to another file\n",
+        )
+    assert previous.read_bytes() == b"the last champion"
+
+
 def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_path, tmp_path):
     """A topic read leaves out readings at a timestamp their key already had (the engine drops them); from CSV
     files that overlap (two exports of one key), retrain trained on both copies of every shared reading."""
@@ -803,3 +887,76 @@ def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_pat
     assert two["readings"] + two["excluded_short_readings"] == 1500
     assert (one["dropped_readings"], two["dropped_readings"]) == (0, 500)
     assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]
+
+
+def test_promote_force_installs_the_challenger_where_no_champion_is(bundle, bundle_path, tmp_path):
+    """A first deploy: promote loaded the champion first, so without a model.pt it failed and the operator copied
+    the file by hand (no rename, no record). Without --force the error says to use it; with it the challenger is
+    installed in one rename, recorded as forced onto a missing champion, and no data slice is needed."""
+    challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
+    champion = tmp_path / "model.pt"
+    refused = run_cli("promote", challenger, "-m", champion)
+    assert (refused.exit_code, refused.stderr) == (
+        2,
+        f"error: the champion {champion} does not exist: there is nothing to compare {challenger} with; to "
+        "install it as the champion without a comparison, add --force\n",
+    )
+    dry = run_cli("promote", challenger, "-m", champion, "--force", "--dry-run")
+    assert dry.exit_code == 0 and not champion.exists()
+    done = run_cli("promote", challenger, "-m", champion, "--force")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0] == (
+        f"the champion {champion} does not exist: installing {challenger} without a comparison (--force)"
+    )
+    meta = read_metadata(champion)[0]
+    decision = meta["lineage"]["promotion"]
+    assert meta["model_version"] == bundle.version
+    assert (
+        decision["decision"],
+        decision["forced"],
+        decision["policy_passed"],
+        decision["champion_state"],
+    ) == (
+        "promoted",
+        True,
+        False,
+        "missing",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "challenger.pt",
+        "model.pt",
+    ]  # no .previous, no temp
+    shown = run_cli("inspect", champion).stdout
+    assert f"promotion:       promoted (forced; champion missing) at {decision['at']}\n" in shown
+    assert "lineage:         parent none\n" in shown
+
+
+def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside(
+    bundle, bundle_path, tmp_path
+):
+    """A rollback onto a damaged model.pt failed loading it. With --force the rollback copy is installed; the
+    damaged file is kept as model.pt.unreadable, and model.pt.previous, the last model that loaded (here the
+    challenger itself), is left as it was rather than replaced by the damaged bytes."""
+    champion = tmp_path / "model.pt"
+    champion.write_bytes(b"PK\x03\x04 truncated")
+    previous = copy_of(bundle_path, tmp_path, "model.pt.previous")
+    good = previous.read_bytes()
+    refused = run_cli("promote", previous, "-m", champion)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: the champion cannot be loaded (cannot read model bundle ")
+    assert refused.stderr.endswith("to install it as the champion without a comparison, add --force\n")
+    assert champion.read_bytes() == b"PK\x03\x04 truncated"
+    done = run_cli("promote", previous, "-m", champion, "--force")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0].endswith(
+        "without a comparison (--force); the unreadable file is kept as model.pt.unreadable"
+    )
+    assert read_metadata(champion)[0]["model_version"] == bundle.version
+    assert read_metadata(champion)[0]["lineage"]["promotion"]["champion_state"] == "unreadable"
+    assert (tmp_path / "model.pt.unreadable").read_bytes() == b"PK\x03\x04 truncated"
+    assert previous.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.pt",
+        "model.pt.previous",
+        "model.pt.unreadable",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -134,13 +135,54 @@ def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConf
     return load_config(pipeline, {k: v for k, v in overrides.items() if v is not None and v != ()})
 
 
+# Exit status when the reader of stdout went away (`anomaly inspect model.pt | head -1`): 128 + SIGPIPE, what a
+# shell reports for `git log | head -1` or `cat big | head -1`, whose writers the signal ends.
+BROKEN_PIPE = 141
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has closed it: poll reports an error on its write end.
+    A broken pipe elsewhere (a socket to a broker, a file argument naming a FIFO) stays an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no descriptor (a test runner's buffer), no poll (Windows)
+        return False
+
+
+def broken_pipe_exit() -> NoReturn:
+    """End quietly when stdout's reader has gone: no `error:` line (nothing failed that the user must act on),
+    and stdout pointed at /dev/null so that the interpreter's final flush of what is still buffered does not
+    print `Exception ignored ... BrokenPipeError` (as the Python documentation of SIGPIPE recommends)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test runner's buffer)
+        pass
+    sys.exit(BROKEN_PIPE)
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn AnomalyError and OS errors into `error: ...` on stderr and exit status 2."""
+    """Turn AnomalyError and OS errors into `error: ...` on stderr and exit status 2; a closed stdout (the reader
+    of a pipe exited) into a quiet exit with status 141."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except click.exceptions.Exit:  # ctx.exit(3) after a printed decision
+                sys.stdout.flush()
+                raise
+            sys.stdout.flush()  # a pipe's reader gone is found here, not in the interpreter's shutdown
+            return out
+        except BrokenPipeError as exc:
+            if stdout_reader_gone():
+                broken_pipe_exit()
+            click.echo(f"error: {exc.strerror or exc}", err=True)  # another pipe or socket: a real error
+            sys.exit(2)
         except AnomalyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -167,7 +167,15 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
             type=click.FloatRange(min=0),
             default=defaults.max_alert_rate_ratio,
             show_default=True,
-            help="The challenger may open at most this many times the champion's alerts per 1,000 readings.",
+            help="The challenger may open at most this many times the champion's alerts (plus --alert-allowance).",
+        ),
+        click.option(
+            "--alert-allowance",
+            type=click.IntRange(min=0),
+            default=defaults.alert_allowance,
+            show_default=True,
+            help="Alerts the challenger may open beyond --max-alert-ratio times the champion's, so that on a "
+            "quiet stream (a champion with no alert) one alert does not reject it.",
         ),
         click.option(
             "--max-drift",
@@ -572,6 +580,7 @@ def retrain_cmd(
     holdout,
     f1_tolerance,
     max_alert_ratio,
+    alert_allowance,
     max_drift,
     force,
 ) -> None:
@@ -595,6 +604,12 @@ def retrain_cmd(
         raise DataError(
             f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
             "--promote)"
+        )
+    rollback = Path(champion).with_name(Path(champion).name + ".previous")
+    if Path(out).resolve() == rollback.resolve():  # the one copy a rollback restores, silently replaced
+        raise DataError(
+            f"-o {out} is the champion's rollback copy (kept by the last promotion): write the challenger to "
+            "another file"
         )
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
@@ -689,9 +704,55 @@ def retrain_cmd(
         f"{t['best_val_loss']:.5f}), parent {parent.version} -> {out}"
     )
     if do_promote:
-        policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+        policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
         cmp = compare(parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"))
         _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
+
+
+def _load_champion(champion: str):  # type: ignore[no-untyped-def]
+    """(bundle, "loaded", "") or, for a champion file that is not there or cannot be loaded as a bundle (a first
+    deploy, a damaged file), (None, "missing" | "unreadable", why). Any other error (a folder, no permission to
+    read) is raised: --force must not write over what it cannot see."""
+    from anomaly.bundle import load_bundle
+    from anomaly.errors import BundleError
+
+    path = Path(champion)
+    if not path.exists() and not path.is_symlink():
+        return None, "missing", f"the champion {champion} does not exist"
+    if path.exists() and not path.is_file():
+        raise DataError(f"the champion {champion} is not a file")
+    try:
+        return load_bundle(champion), "loaded", ""
+    except BundleError as exc:
+        return None, "unreadable", f"the champion cannot be loaded ({exc})"
+
+
+def _install_without_champion(chall, challenger, champion, state, why, force, dry_run) -> None:  # type: ignore[no-untyped-def]
+    """`promote --force` onto a missing or unreadable champion: nothing to compare with, so the challenger is
+    installed as it is (the one rename of a promotion, recorded as forced). Without --force: an error naming it."""
+    from anomaly.promotion import UNREADABLE_SUFFIX, install
+
+    if not force:
+        raise DataError(
+            f"{why}: there is nothing to compare {challenger} with; to install it as the champion without a "
+            "comparison, add --force"
+        )
+    if str(chall.meta.get("export", {}).get("format")) == "onnx":
+        raise DataError("an ONNX export cannot be promoted: promote the .pt bundle it was exported from")
+    kept = (
+        f"; the unreadable file is kept as {Path(champion).name}{UNREADABLE_SUFFIX}"
+        if state == "unreadable"
+        else ""
+    )
+    click.echo(f"{why}: installing {challenger} without a comparison (--force){kept}")
+    if dry_run:
+        click.echo(f"decision: would install (dry run); {champion} unchanged")
+        return
+    path = install(chall, champion, state, f"{why}; installed without a comparison (--force)")
+    click.echo(
+        f"decision: promoted (forced; no champion to compare); {path} now holds model {chall.version}; a running "
+        "daemon reloads it within seconds"
+    )
 
 
 @click.command("promote")
@@ -728,6 +789,7 @@ def promote_cmd(
     verbose,
     f1_tolerance,
     max_alert_ratio,
+    alert_allowance,
     max_drift,
     force,
     dry_run,
@@ -735,6 +797,9 @@ def promote_cmd(
     """Shadow-evaluate CHALLENGER against the champion on a recent slice (CSV files, labelled or not, or the
     input topic over --since/--from/--to) through the engine, and promote it when the policy says so:
     alert rate, score distribution and drift, and F1 when the slice has labels.
+
+    A champion file that is missing or cannot be loaded is an error; with --force the challenger is installed
+    without a comparison (no data needed; an unreadable old file is kept as CHAMPION.unreadable).
 
     Exit status: 0 promoted (with --dry-run: would be promoted), 3 not promoted (the champion is unchanged),
     2 an error."""
@@ -750,8 +815,11 @@ def promote_cmd(
         )
     if Path(challenger).resolve() == Path(champion).resolve():
         raise DataError(f"{challenger} is the champion's own file: give the challenger's bundle")
-    champ = load_bundle(champion)
+    champ, state, why = _load_champion(champion)
     chall = load_bundle(challenger)
+    if champ is None:
+        _install_without_champion(chall, challenger, champion, state, why, force, dry_run)
+        return
     cfg = _config(
         pipeline,
         bootstrap_servers,
@@ -776,7 +844,7 @@ def promote_cmd(
     if not series:
         raise _no_readings(span, keys, source)
     _keys_check(selected, series)
-    policy = PromotionPolicy(f1_tolerance, max_alert_ratio, max_drift_psi=max_drift)
+    policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
         champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
     )

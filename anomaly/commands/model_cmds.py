@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
-from anomaly.data import counting_features, load_series, merge_keys, quoted
+from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys
 from anomaly.training import TrainResult, train
@@ -84,32 +84,34 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if counting:  # chosen with --features, it is the user's call
         rest = [f for f in features if f not in counting]
         raise DataError(
-            f"column {counting[0]!r} counts up reading by reading, like a clock or a row number, not a sensor: "
-            "a model trained on it finds every later reading out of range; "
-            + (f"leave it out with --features {quoted(','.join(rest))}, or " if rest else "")
-            + f"pass --time-column {quoted(counting[0])} if it is the time"
+            f"column {counting[0]!r} counts up reading by reading in equal steps, like a clock or a row number: "
+            "taken as a sensor, a clock keeps rising past every value the model was trained on; "
+            f"pass --time-column {quoted(counting[0])} if it is the time"
+            + (f", leave it out with --features {quoted(','.join(rest))}" if rest else "")
+            + f"; if it is a sensor that ramps over the same range again, name it in --features "
+            f"{quoted(','.join(features))}"
         )
     if cfg.data.train_rows:
         series = [s.head(cfg.data.train_rows) for s in series]
+    whole, dropped, cuts = len(series), 0, 0
     if cfg.data.drop_anomalies:
         if all(s.labels is None for s in series):  # else it trained on the anomalies it was asked to drop
             raise DataError(
                 f"--drop-anomalies needs the label column {cfg.data.label!r}, which the files lack (--label "
                 "names it)"
             )
-        kept = []
-        for s in series:
-            if s.labels is not None:
-                mask = s.labels == 0
-                s.values, s.timestamps, s.labels = s.values[mask], s.timestamps[mask], s.labels[mask]
-            kept.append(s)
-        series = kept
+        series, dropped, cuts = cut_out_labelled(series)
     if not any(len(s) for s in series):
         raise DataError("no training rows left")
     longest = max(len(s) for s in series)
     if longest < cfg.model.window:  # not a matter of gaps, which the trainer's own message would blame
+        piece = (
+            f" (--drop-anomalies cut the series at {plural(cuts, 'removed stretch', 'removed stretches')})"
+            if cuts
+            else ""
+        )
         raise DataError(
-            f"not enough training data: the longest series has {longest} rows, fewer than one window "
+            f"not enough training data: the longest series has {longest} rows{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
     result = train(
@@ -121,6 +123,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         max_gap_seconds=cfg.engine.max_gap_seconds,
         nan_policy=cfg.engine.nan_policy,
     )
+    if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
+        result.bundle.meta["training"]["series"] = whole
+        result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
     save_bundle(result.bundle, out)
     return result
 
@@ -249,7 +254,7 @@ def train_cmd(
 def print_training(result: TrainResult, out: str) -> None:
     t = result.bundle.meta["training"]
     click.echo(
-        f"trained on {t['rows']} rows of {t['series']} series, {t['epochs_run']} epochs "
+        f"trained on {plural(t['rows'], 'row')} of {t['series']:,} series, {plural(t['epochs_run'], 'epoch')} "
         f"(best {t['best_epoch']}, val loss {t['best_val_loss']:.5f}) on {result.device}"
         + (f" with {result.amp_dtype} autocast" if result.amp_dtype else "")
     )
@@ -263,8 +268,8 @@ def print_training(result: TrainResult, out: str) -> None:
     missing = result.bundle.meta.get("missing_values", {})
     if missing.get("rows_dropped") or missing.get("cells_filled"):
         click.echo(
-            f"missing values (engine.nan_policy = {missing['policy']}): {missing['rows_dropped']} rows "
-            f"dropped, {missing['cells_filled']} cells forward-filled"
+            f"missing values (engine.nan_policy = {missing['policy']}): {plural(missing['rows_dropped'], 'row')} "
+            f"dropped, {plural(missing['cells_filled'], 'cell')} forward-filled"
         )
         kept = result.bundle.meta["training"]["rows"]
         if missing["rows_dropped"] > kept:
@@ -278,6 +283,13 @@ def print_training(result: TrainResult, out: str) -> None:
         click.echo(
             f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
             f"reset a key ({sampling['gap_splits']} in the training data)"
+        )
+    cut = result.bundle.meta.get("anomalies_dropped")
+    if cut is not None:
+        click.echo(
+            f"--drop-anomalies: {plural(cut['rows'], 'row')} labelled anomalous left out; the series are cut "
+            f"at {plural(cut['cuts'], 'removed stretch', 'removed stretches')} (as at a gap), so no training "
+            "window joins the readings on either side of one"
         )
     idle = t.get("series_without_window", 0)
     if idle:
@@ -348,6 +360,14 @@ def _flat_note(meta: dict[str, Any]) -> str:
     return f"; constant in training (scale 1 raw unit): {', '.join(names)}"
 
 
+def _promotion(decision: dict[str, Any]) -> str:
+    """`promoted at T`, and `(forced)` when --force overrode the policy, `(forced; champion missing)` when there
+    was no champion to compare with: a reader of the bundle must see that no comparison vouched for it."""
+    state = decision.get("champion_state")  # a champion that was missing or unreadable: nothing compared
+    how = f" (forced; champion {state})" if state else " (forced)" if decision.get("forced") else ""
+    return f"{decision.get('decision')}{how} at {decision.get('at')}"
+
+
 def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
@@ -405,10 +425,10 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             if data
             else ""
         )
-        rows.append(("lineage", f"parent {lineage.get('parent_version')}{origin}"))
+        rows.append(("lineage", f"parent {lineage.get('parent_version') or 'none'}{origin}"))
         decision = lineage.get("promotion")
         if decision:
-            rows.append(("promotion", f"{decision.get('decision')} at {decision.get('at')}"))
+            rows.append(("promotion", _promotion(decision)))
     if meta.get("export"):
         rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
     return rows

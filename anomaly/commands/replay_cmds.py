@@ -23,7 +23,7 @@ from anomaly.commands.common import (
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
-from anomaly.data import infer_features, load_series, read_frame
+from anomaly.data import infer_features, load_series, plural, read_frame
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import ReplayResult, replay
@@ -77,6 +77,18 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
                 [f"unexpected {', '.join(extra)}"] if extra else []
             )
             hint = "" if missing else " (use only the model's columns with --features)"
+            cased = {f.casefold(): f for f in extra}
+            renamed = [(f, cased[f.casefold()]) for f in missing if f.casefold() in cased]
+            if renamed:  # `Current` exported as `current`: the names differ only in case, easy to miss
+                hint += (
+                    "; the names differ only in case: "
+                    + ", ".join(f"the model's {want!r} is {got!r} in the file" for want, got in renamed)
+                    + " (rename the column"
+                    + ("s" if len(renamed) > 1 else "")
+                    + " in the file as the model names "
+                    + ("them" if len(renamed) > 1 else "it")
+                    + ")"
+                )
             raise SchemaError(
                 f"{path} does not match the model's features: {'; '.join(parts)}{hint}",
                 missing=missing,
@@ -116,9 +128,10 @@ def print_result(result: ReplayResult) -> None:
     t, c = s["totals"], s["coverage"]
     cold = ", all from a cold state" if c.get("cold_only") else ""
     click.echo(
-        f"replayed {c['readings']:,} readings of {s['series']} series: {t['windows_scored']:,} windows scored "
-        f"({c['scored']:,} readings{cold}), {s['alerts_raised']} alerts raised ({s['alert_events']} open/close "
-        f"events), {c['rejected']:,} readings rejected"
+        f"replayed {plural(c['readings'], 'reading')} of {s['series']:,} series: "
+        f"{plural(t['windows_scored'], 'window')} scored ({plural(c['scored'], 'reading')}{cold}), "
+        f"{plural(s['alerts_raised'], 'alert')} raised ({plural(s['alert_events'], 'open/close event')}), "
+        f"{plural(c['rejected'], 'reading')} rejected"
     )
     nothing = bool(s["warnings"]) and s["warnings"][0].startswith("nothing was scored")
     for line in s["warnings"][1:] if nothing else s["warnings"]:
@@ -127,9 +140,14 @@ def print_result(result: ReplayResult) -> None:
         cut = c["unscored"] - c["rejected"]
         after = s.get("evaluate_after", 0)
         click.echo(
-            f"\nevaluation (prediction = {s['predict']}; {c['unscored']} readings unscored hold the last "
-            f"decision: {c['rejected']} rejected, {cut} in windows never filled before a gap or a series end"
-            + (f"; the first {after} readings of each series are not evaluated" if after else "")
+            f"\nevaluation (prediction = {s['predict']}; {plural(c['unscored'], 'reading')} unscored "
+            f"{'holds' if c['unscored'] == 1 else 'hold'} the last decision: {c['rejected']:,} rejected, {cut:,} "
+            "in windows never filled before a gap or a series end"
+            + (
+                f"; the first {plural(after, 'reading')} of each series {'is' if after == 1 else 'are'} not evaluated"
+                if after
+                else ""
+            )
             + ")"
         )
         click.echo(evaluation.format_table(s["metrics"]))

@@ -36,7 +36,7 @@ from anomaly.data.columns import (
     non_features,
 )
 from anomaly.data.loading import frame_to_series, load_series
-from anomaly.data.reading import SEPARATORS, detect_separator, quoted, read_frame
+from anomaly.data.reading import SEPARATORS, detect_separator, plural, quoted, read_frame
 from anomaly.data.scaling import Scaler, window_chain
 from anomaly.data.series import (
     FALLBACK_MAX_GAP_SECONDS,
@@ -44,6 +44,7 @@ from anomaly.data.series import (
     Series,
     apply_nan_policy,
     counting_features,
+    cut_out_labelled,
     default_max_gap,
     fingerprint,
     merge_keys,
@@ -65,6 +66,7 @@ __all__ = [
     "apply_nan_policy",
     "check_features",
     "counting_features",
+    "cut_out_labelled",
     "default_max_gap",
     "detect_separator",
     "epoch_seconds",
@@ -76,6 +78,7 @@ __all__ = [
     "merge_keys",
     "non_features",
     "numeric_column",
+    "plural",
     "quoted",
     "read_frame",
     "sampling_interval",

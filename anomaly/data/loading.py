@@ -14,7 +14,15 @@ import pandas as pd
 from anomaly.config import DataConfig
 from anomaly.data.cells import numeric_column
 from anomaly.data.columns import _unnamed, check_features, infer_features, label_values, non_features
-from anomaly.data.reading import file_line, is_number, no_header_note, quoted, read_frame, separator_note
+from anomaly.data.reading import (
+    file_line,
+    is_number,
+    line_numbers,
+    no_header_note,
+    quoted,
+    read_frame,
+    separator_note,
+)
 from anomaly.data.series import Series
 from anomaly.data.times import TIME_UNITS, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
@@ -180,6 +188,7 @@ def frame_to_series(
                 f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, so the file "
                 f"looks like several series interleaved{hint}"
             )
+    lines_all = line_numbers(frame)
     out = []
     for key in groups:
         idx = np.flatnonzero(keys == key) if keys is not None else np.arange(len(frame))
@@ -191,6 +200,7 @@ def frame_to_series(
                 values_all[order],
                 None if labels_all is None else labels_all[order],
                 source,
+                lines_all[order],
             )
         )
     return out

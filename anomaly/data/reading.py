@@ -172,6 +172,11 @@ def quoted(name: object) -> str:
     return shlex.quote(str(name))
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """A count with its noun: `1 reading`, `2 readings` (`many` where adding an s is wrong)."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def _clean_name(name: object) -> str:
     """A header name without the spaces, zero-width characters or byte-order mark around it (invisible in an
     editor, so 'b\u200b' would be a feature nobody can name)."""
@@ -219,6 +224,33 @@ def file_line(rows: pd.DataFrame | pd.Series, i: int) -> int:
     header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
     lines = _data_lines(rows.attrs.get("path"), header, skip)
     return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
+
+
+def line_numbers(frame: pd.DataFrame) -> np.ndarray:
+    """The file line of every row of a frame read by `read_frame` (what :func:`file_line` gives one row), for
+    pointing at a reading later (a refused one in `rejections.jsonl`). The file is counted again, fast, and read
+    line by line only when it has lines the reader skipped (blank ones)."""
+    rows = frame.index.to_numpy(np.int64)
+    header, skip = frame.attrs.get("header", True), frame.attrs.get("skip_rows", 0)
+    plain = rows + 1 + int(header) + skip
+    path = frame.attrs.get("path")
+    if path is None or not len(rows):
+        return plain
+    count, last = 0, b"\n"
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            while chunk := handle.handle.read(1 << 20):
+                count += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError):
+        return plain
+    count += last != b"\n"  # a last line without a newline
+    if count == int(rows.max()) + 1 + int(header) + skip:
+        return plain
+    lines = _data_lines(path, header, skip)
+    if lines is None or len(lines) <= rows.max():
+        return plain
+    return np.asarray(lines, np.int64)[rows]
 
 
 def _data_lines(path: str | None, header: bool = True, skip: int = 0) -> list[int] | None:

@@ -21,6 +21,7 @@ class Series:
     values: np.ndarray  # float64 raw units, shape (n, F)
     labels: np.ndarray | None = None  # int8 0/1, shape (n,)
     source: str = ""
+    lines: np.ndarray | None = None  # int64 (n,): each reading's line in its file, as an editor numbers it
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -33,6 +34,7 @@ class Series:
             self.values[index],
             None if self.labels is None else self.labels[index],
             self.source,
+            None if self.lines is None else self.lines[index],
         )
 
     def head(self, n: int) -> Series:
@@ -71,6 +73,9 @@ def merge_keys(series: Sequence[Series]) -> list[Series]:
                 if labelled
                 else None,
                 "+".join(dict.fromkeys(s.source for s in group)),
+                np.concatenate([s.lines for s in group])[order]  # each in its own file
+                if all(s.lines is not None for s in group)
+                else None,
             )
         )
     return out
@@ -97,9 +102,32 @@ def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series
                 values[keep],
                 None if s.labels is None else s.labels[keep],
                 s.source,
+                None if s.lines is None else s.lines[keep],
             )
         )
     return out, dropped, filled
+
+
+def cut_out_labelled(series: Sequence[Series]) -> tuple[list[Series], int, int]:
+    """Training data without its readings labelled anomalous (`--drop-anomalies`): each series is cut where a
+    labelled stretch was removed, as a gap cuts it, so no training window joins the readings before and after
+    one as if they were consecutive. Pieces keep the series key; series without labels stay whole. Returns
+    (pieces, readings dropped, cuts: removed stretches with readings on both sides)."""
+    out: list[Series] = []
+    dropped = cuts = 0
+    for s in series:
+        if s.labels is None:
+            out.append(s)
+            continue
+        normal = np.asarray(s.labels) == 0
+        dropped += int((~normal).sum())
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], normal.astype(np.int8), [0]])))
+        pieces = [
+            s.take(slice(lo, hi)) for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+        ]
+        cuts += max(len(pieces) - 1, 0)
+        out.extend(pieces or [s.take(slice(0, 0))])
+    return out, dropped, cuts
 
 
 def counting_features(series: Sequence[Series], features: Sequence[str]) -> list[str]:
