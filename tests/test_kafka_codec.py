@@ -490,7 +490,9 @@ def test_the_daemon_decodes_with_the_configured_future_limit():
         == KafkaConfig().max_future_seconds
         == 86_400.0
     )
-    with pytest.raises(ConfigError, match=r"kafka.max_future_seconds must be a finite number of seconds >= 0 \(0: no limit\)"):
+    with pytest.raises(
+        ConfigError, match=r"kafka.max_future_seconds must be a finite number of seconds >= 0 \(0: no limit\)"
+    ):
         KafkaConfig(max_future_seconds=-1.0)
 
 
