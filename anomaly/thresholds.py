@@ -128,7 +128,9 @@ class Threshold:
     def update(
         self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
     ) -> None:
-        """Learn from a judged window: smoothed scores, their classification and the alert state (K, W)."""
+        """Learn from a judged window: smoothed scores, their classification and the alert state (K, W).
+        `open_pts` marks the points no threshold may learn from: inside an open alert, or scoring the engine's
+        `BEYOND_DOUBT` times the threshold in force (anomalies beyond doubt, before their alert opens)."""
 
     def update_rows(
         self,

@@ -389,6 +389,25 @@ def test_a_finite_reading_far_beyond_any_range_is_a_huge_score_that_decays(
     assert np.abs(got[-50:] - clean[-50:]).max() < 0.05  # 250 readings on: the imprint on the state has faded
 
 
+def test_a_huge_reading_does_not_deafen_the_dynamic_threshold_to_a_later_fault(bundle) -> None:
+    """One 1e25 reading, then a 20-sigma fault 400 readings later: the fault opens an alert as it does without
+    the 1e25 (the spike's points before its alert opened were learnt by the dynamic threshold, which then stood
+    at ~1e22 for hundreds of readings and let the fault pass)."""
+    rng = np.random.default_rng(0)
+    n, f = 1400, len(bundle.features)
+    ts = np.arange(n) * 60.0 + 1.7e9
+    normal = bundle.scaler.mean + rng.normal(0, 0.3, (n, f)) * bundle.scaler.scale
+    normal[700:720] += 20 * bundle.scaler.scale
+    starts = {}
+    for spiked in (False, True):
+        values = normal.copy()
+        if spiked:
+            values[300, 0] = 1e25
+        out = Engine(bundle, EngineConfig()).process([Event("k", ts, values)])
+        starts[spiked] = [(a.start - ts[0]) / 60 for a in out.alerts if a.status == "open"]
+    assert starts == {False: [700.0], True: [300.0, 700.0]}
+
+
 def test_nan_forward_fill_policy(bundle) -> None:
     e = Engine(bundle, EngineConfig(nan_policy="ffill"))
     e.process([Event("a", np.array([1.0]), one(bundle, 2.5))])

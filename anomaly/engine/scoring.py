@@ -46,6 +46,15 @@ def feature_references(
     return np.maximum(ref_f, floor).astype(np.float32)
 
 
+# Scores at least this many times the threshold in force are not learnt by the threshold (as points inside an
+# open alert are not). The points of a spike before its alert opens were learnt: one finite reading far beyond
+# any range (a sensor's 3.4e38 "no value" sentinel scores ~1e22) then held the dynamic threshold at ~1e22 until
+# the history had turned over, deaf to real faults. Real data stay far below: a near-constant training feature
+# that moves (26,872 training sd in SMAP/MSL, with the 0.01 reference floor) scores under 1e11. Lower bounds
+# change what the thresholds learn from real anomalies: 1000 moved SMAP's z-score baseline, 100 MSL's model.
+BEYOND_DOUBT = 1e12
+
+
 class BatchScorer(Part):
     """Scores pieces of the keys in `store` with the model of the settings `s` (with its `per_reading`, `targets`,
     `reference`, `feature_reference`, `threshold`, `stuck_limit`); `levels`, `alerts` and `reports` are the
@@ -125,7 +134,9 @@ class BatchScorer(Part):
             )
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
         open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
-        self.s.threshold.update_rows(a, rows, scores, anomalous, open_pts)
+        # a score BEYOND_DOUBT times the threshold in force is no level to learn, even before its alert opens
+        beyond = (warm & (eps > 0))[:, None] & (scores >= BEYOND_DOUBT * eps[:, None])
+        self.s.threshold.update_rows(a, rows, scores, anomalous, open_pts | beyond)
         if self.s.per_reading:
             self.reports.append(
                 rows, keys, fill, ts, errors, scores, eps[:, None], anomalous, open_pts, err_f, out
