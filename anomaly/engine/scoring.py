@@ -51,7 +51,8 @@ def feature_references(
 # any range (a sensor's 3.4e38 "no value" sentinel scores ~1e22) then held the dynamic threshold at ~1e22 until
 # the history had turned over, deaf to real faults. Real data stay far below: a near-constant training feature
 # that moves (26,872 training sd in SMAP/MSL, with the 0.01 reference floor) scores under 1e11. Lower bounds
-# change what the thresholds learn from real anomalies: 1000 moved SMAP's z-score baseline, 100 MSL's model.
+# change what the thresholds learn from real anomalies: excluding at 1000 moved SMAP's z-score baseline, and
+# capping the learnt score at 100 MSL's model.
 BEYOND_DOUBT = 1e12
 
 
