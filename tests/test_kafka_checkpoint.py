@@ -21,9 +21,11 @@ from kafka.structs import TopicPartition
 from anomaly.config import EngineConfig
 from anomaly.engine import Engine
 from anomaly.engine.types import Event
+from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, Owner, decode_record, decompress_state
 from anomaly.kafka.checkpoint import KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import window_message
+from anomaly.kafka.identity import TopicChangedError
 from anomaly.kafka.sinks import (
     Delivery,
     DeliveryError,
@@ -92,6 +94,7 @@ def _checkpointer(
     metrics: Any = None,
     interval_s: float = 5.0,
     background: bool = False,
+    verify: Any = None,
 ) -> KafkaCheckpointer:
     consumer = types.SimpleNamespace(
         commit=lambda offsets, timeout_ms: calls.append(
@@ -117,10 +120,13 @@ def _checkpointer(
         metrics,
         dead_letters=dead,
         background=background,
+        verify=verify,
     )
 
 
-def _checkpoint(transactional: bool, refuse: bool = False, calls: list[Any] | None = None) -> list[Any]:
+def _checkpoint(
+    transactional: bool, refuse: bool = False, calls: list[Any] | None = None, verify: Any = None
+) -> list[Any]:
     calls = [] if calls is None else calls
     tracker = PartitionTracker()
     for i, tp in enumerate(TPS):
@@ -129,7 +135,7 @@ def _checkpoint(transactional: bool, refuse: bool = False, calls: list[Any] | No
     tracker.advance({TPS[0]: 11, TPS[1]: 21})
     delivery = Delivery(_Producer(calls, refuse), transactional=transactional)  # type: ignore[arg-type]
     engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys: b"state")
-    _checkpointer(calls, delivery, tracker).checkpoint(engine)
+    _checkpointer(calls, delivery, tracker, verify=verify).checkpoint(engine)
     return calls
 
 
@@ -163,6 +169,39 @@ def test_a_refused_record_commits_nothing(transactional: bool) -> None:
         _checkpoint(transactional, refuse=True, calls=calls)
     assert "flush" in calls
     assert not [c for c in calls if c in ("commit", "abort") or (isinstance(c, tuple) and "commit" in c[0])]
+
+
+@pytest.mark.parametrize("transactional", [True, False])
+def test_a_checkpoint_on_replaced_topics_writes_and_commits_nothing_and_raises(transactional: bool) -> None:
+    """An input or changelog topic created again (a broker restarted without its data): before, the checkpoint
+    wrote the old state into the new changelog and committed the old offsets on the new topic."""
+    calls: list[Any] = []
+
+    def replaced() -> None:
+        calls.append("verify")
+        raise TopicChangedError("input topic 'in' was created again")
+
+    with pytest.raises(TopicChangedError):
+        _checkpoint(transactional, calls=calls, verify=replaced)
+    assert calls == ["verify"]
+
+
+def test_a_checkpoint_whose_topics_cannot_be_checked_is_postponed() -> None:
+    calls: list[Any] = []
+
+    def unanswered() -> None:
+        calls.append("verify")
+        raise KafkaError("cannot check the input and changelog topics (KafkaTimeoutError)")
+
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    tracker.advance({TPS[0]: 11})
+    delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    assert _checkpointer(calls, delivery, tracker, verify=unanswered).checkpoint(engine) is False
+    assert calls == ["verify"]
+    assert tracker.dirty == {TPS[0]}  # written at the next checkpoint
 
 
 def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() -> None:

@@ -46,6 +46,7 @@ from kafka.structs import OffsetAndMetadata
 from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, partition_id
+from anomaly.kafka.identity import TopicChangedError
 from anomaly.kafka.sinks import Delivery, DeliveryError
 from anomaly.runner import Batch
 
@@ -167,6 +168,7 @@ class KafkaCheckpointer:
         dead_letters: Any = None,
         background: bool = False,
         idle: Callable[[], None] | None = None,
+        verify: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.changelog = changelog
@@ -179,6 +181,9 @@ class KafkaCheckpointer:
         self.dead_letters = dead_letters  # DeadLetterSink (own producer) flushed with the outputs
         self.background = background  # the periodic checkpoint ends its transaction in a helper thread
         self.idle = idle  # called at the periodic checkpoint's start and before its commit (fetch ahead)
+        # called before anything is written or committed: raises TopicChangedError (fatal) when the topics are
+        # not those the state belongs to, KafkaError (postponed) when that cannot be told now
+        self.verify = verify
         self.last = time.monotonic()
         self.checkpoints = 0
 
@@ -219,6 +224,8 @@ class KafkaCheckpointer:
         chosen = set(t.dirty) if tps is None else set(tps) & t.dirty
         transactional = self.delivery.transactional
         try:
+            if self.verify is not None and (chosen or t.uncommitted or self.delivery.in_transaction):
+                self.verify()
             # outputs acknowledged before the checkpoint that covers them; in a transaction the commit makes both
             # visible at once, so one flush after the changelog writes (in Delivery.commit) does for both
             if not transactional:
@@ -250,7 +257,7 @@ class KafkaCheckpointer:
                 pause()
                 if not transactional:
                     self.delivery.flush()
-        except DeliveryError:
+        except (DeliveryError, TopicChangedError):
             raise
         except KafkaError as exc:
             return self._postponed(exc)

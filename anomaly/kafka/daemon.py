@@ -61,10 +61,11 @@ from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
 from anomaly.errors import AnomalyError, ConfigError, OutputError
-from anomaly.kafka import clients, records
+from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
+from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 from anomaly.kafka.sinks import (
     FENCED,
     AlertSink,
@@ -188,6 +189,16 @@ class Daemon:
         for name in dict.fromkeys(self.changelog_topics.values()):
             inputs = [topic for topic, changelog in self.changelog_topics.items() if changelog == name]
             clients.ensure_changelog(self.admin, k, name, inputs)
+        # the ids of the topics the state depends on: one gone or created again while this runs stops it
+        roles = {t: clients.INPUT for t in k.topics}
+        roles.update({name: clients.CHANGELOG for name in self.changelog_topics.values()})
+        self.identity = TopicIdentity(roles, k.bootstrap_servers)
+        try:
+            self.identity.record(self.admin)
+        except (kerr.KafkaError, OSError) as exc:
+            raise KafkaError(
+                f"Kafka error at {k.bootstrap_servers} (describe topics): {type(exc).__name__}"
+            ) from None
         # unique per process start: a restarted container keeps its host name and pid, and a reused id would let
         # the next owner of its old partitions fence the new process's live producer
         self._txn_base = f"{clients.transactional_id(k)}-{uuid.uuid4().hex[:6]}"
@@ -226,7 +237,9 @@ class Daemon:
             codec=k.changelog_codec,
             where=k.bootstrap_servers,
         )
-        self.consumer = clients.make_consumer(k, t)
+        # no input topic is created by the consumer's metadata requests: after a broker restarted without its
+        # data it would be created again, empty, with the broker's default partition count
+        self.consumer = clients.make_consumer(k, t, allow_auto_create_topics=False)
         records.install(self.consumer)  # kafka-python's records read in one loop per batch (same records)
         dead = DeadLetterSink(self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics)
         self.checkpointer = KafkaCheckpointer(
@@ -239,6 +252,7 @@ class Daemon:
             self._set_broker_ok,
             dead_letters=dead,
             background=k.transactional and k.commit_in_background,
+            verify=self._verify_topics,
         )
         self.source = KafkaSource(
             self.consumer,
@@ -522,6 +536,11 @@ class Daemon:
         floor filter drops the already-fetched records at or below the checkpointed offset), then claim the
         next owner epoch of every assigned partition in the changelog."""
         by_pid = {partition_id(tp.topic, tp.partition): tp for tp in assigned}
+        if by_pid:  # nothing restored from (or claimed in) a changelog that is not the one checkpointed to
+            try:
+                self.identity.check(self.admin)
+            except (kerr.KafkaError, OSError) as exc:  # not answering: the changelog reads below fail or wait
+                log.warning("cannot check the input and changelog topics: %s", type(exc).__name__)
         transactional = self.cfg.kafka.transactional and bool(by_pid)
         fenced: set[str] = set()
         if transactional:  # writers with open transactions first: until fenced they hide later records
@@ -602,6 +621,14 @@ class Daemon:
             )
             return None
 
+    def _verify_topics(self) -> None:
+        """Before a checkpoint writes: TopicChangedError (fatal) when an input or changelog topic is gone or
+        was created again; KafkaError (the checkpoint is postponed) when the broker does not answer."""
+        try:
+            self.identity.check(self.admin)
+        except (kerr.KafkaError, OSError) as exc:
+            raise KafkaError(f"cannot check the input and changelog topics ({type(exc).__name__})") from None
+
     # --- health ----------------------------------------------------------------------------------------------
 
     def _probe(self) -> None:
@@ -610,8 +637,13 @@ class Daemon:
             try:
                 if probe is None:
                     probe = clients.make_admin(self.cfg.kafka, self.opts.probe_interval_s * 3, 2000)
-                probe.list_topics()
+                self.identity.check(probe)  # a metadata request: the broker answers, the topics are the same
                 self._set_broker_ok(True)
+            except TopicChangedError as exc:  # raised by the loop thread after its next poll (its one line)
+                if self._fatal is None:
+                    self._fatal = exc
+                self._set_broker_ok(False)
+                break
             except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
                 log.warning("broker not answering: %s", type(exc).__name__)
                 self._set_broker_ok(False)
