@@ -19,7 +19,10 @@ Who wrote a record travels in its header, so a restorer never takes state that i
   so late writes of a zombie (an older epoch) never replace the new owner's state, even on a broker that
   shows records of aborted transactions to ``read_committed`` readers (Tansu 0.6);
 * ``txn``: the writer's transactional id. The new owner initialises a producer with it, which aborts the previous
-  owner's open transaction and fences that producer at the broker (its later sends and commits fail).
+  owner's open transaction and fences that producer at the broker (its later sends and commits fail);
+* ``input_id``: the input topic's topic id when the record was written. Offsets belong to one topic: a restore
+  refuses a checkpoint of an input topic deleted and created again since (its offsets started again at 0, and
+  the checkpoint's offset would skip the new topic's messages as already scored).
 
 Snapshots larger than ``chunk_bytes`` (many keys) are split: chunk records ``"<topic>:<partition>/<gen>/<i>"``
 are written first, then the header record naming ``gen`` and the chunk count. Chunk keys are unique per
@@ -104,6 +107,7 @@ class Checkpoint:
     payload: bytes = b""  # the compressed snapshot as stored (a claim re-writes it without recompressing)
     txn: str = ""  # transactional id of the writer: a new owner fences it (aborts its open transaction)
     codec: str = WRITE_CODEC  # how ``payload`` is compressed
+    input_id: str = ""  # topic id of the input topic when written ("": not known, or an older daemon)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ def encode_header(
     epoch: int = 0,
     codec: str = WRITE_CODEC,
     raw: int = 0,
+    input_id: str = "",
 ) -> bytes:
     """``payload`` is the snapshot compressed with ``codec`` (``raw``: its size before); ``bytes`` and
     ``sha256`` are of the payload as stored."""
@@ -146,6 +151,7 @@ def encode_header(
         "model": owner.model if owner else "",
         "epoch": epoch,
         "txn": owner.txn if owner else "",
+        "input_id": input_id,
         "written_at": round(time.time(), 3),
     }
     return json.dumps(head, separators=(",", ":")).encode()
@@ -252,6 +258,9 @@ class ChangelogStore:
         self.foreign: dict[str, str] = {}  # pid -> group of ignored records, from the last read
         self._read_to: dict[str, dict[int, int]] = {}  # topic -> partition -> end, from open_writers
         self._live_chunks: dict[str, list[str]] = {}  # pid -> chunk keys of its last written generation
+        # input topic -> its topic id, written in every header: a restore tells a checkpoint of an input topic
+        # deleted and created again since (its offsets started again at 0) from one of the topic it reads
+        self.input_ids: dict[str, str] = {}
 
     def write(
         self,
@@ -293,6 +302,7 @@ class ChangelogStore:
                 epoch=epoch,
                 codec=codec,
                 raw=len(snapshot),
+                input_id=self.input_ids.get(source_topic(pid), ""),
             )
 
         if len(payload) <= self.chunk_bytes:
@@ -420,4 +430,5 @@ class ChangelogStore:
             payload,
             str(head.get("txn", "")),
             str(head.get("codec", "zlib")),
+            str(head.get("input_id") or ""),
         )

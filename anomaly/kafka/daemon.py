@@ -62,7 +62,13 @@ from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Engine, StateError
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
-from anomaly.kafka.changelog import ChangelogStore, Owner, model_fingerprint, partition_id
+from anomaly.kafka.changelog import (
+    ChangelogStore,
+    Owner,
+    model_fingerprint,
+    partition_id,
+    source_topic,
+)
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
@@ -237,6 +243,9 @@ class Daemon:
             codec=k.changelog_codec,
             where=k.bootstrap_servers,
         )
+        self.changelog.input_ids = {  # in every checkpoint: restores refuse one of another incarnation
+            topic: self.identity.ids[topic] for topic in k.topics if topic in self.identity.ids
+        }
         # no input topic is created by the consumer's metadata requests: after a broker restarted without its
         # data it would be created again, empty, with the broker's default partition count
         self.consumer = clients.make_consumer(k, t, allow_auto_create_topics=False)
@@ -548,6 +557,7 @@ class Daemon:
             self._rotate()
             self._fence(writers, fenced)
         checkpoints = self.changelog.read(by_pid)
+        self._refuse_other_input(checkpoints)
         for pid, group in sorted(self.changelog.foreign.items()):
             log.warning(
                 "changelog record of %s written by group %s ignored (not this group's state)", pid, group
@@ -579,6 +589,24 @@ class Daemon:
         self._rebalancing = False
         self._assigned_once = True
         self._refresh_ready()
+
+    def _refuse_other_input(self, checkpoints: Mapping[str, Any]) -> None:
+        """KafkaError for a checkpoint with state written for another topic id of its input topic (deleted and
+        created again since the checkpoint): restoring it would skip the new topic's messages up to the old
+        offset, silently. Checked before any claim is written, so the changelog stays as it was."""
+        for pid, cp in sorted(checkpoints.items()):
+            topic = source_topic(pid)
+            now = self.identity.ids.get(topic)
+            if cp.offset is None or not cp.input_id or not now or cp.input_id == now:
+                continue
+            changelog = self.changelog_topics[topic]
+            raise KafkaError(
+                f"{clients.CHANGELOG.describe(changelog)} holds the state of {pid} checkpointed at offset "
+                f"{cp.offset} of an earlier input topic '{topic}' (topic id {cp.input_id}, now {now}): the topic "
+                f"was deleted and created again, its offsets started again at 0, and restoring would skip its "
+                f"first {cp.offset + 1} messages as already scored. To start its keys fresh, delete the changelog "
+                f"topic (kafka-topics --delete --topic {changelog}) and restart"
+            )
 
     def _rotate(self, force: bool = False) -> None:
         """A fresh transactional id for this assignment, so a member that takes partitions from us later fences

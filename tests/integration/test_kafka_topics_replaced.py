@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import KafkaEnv, http_status, segments, wait_for
+from conftest import KafkaEnv, http_status, segments, terminate, wait_for
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
 from anomaly.kafka.tansu import TansuBroker
 
@@ -126,3 +127,39 @@ def test_a_changelog_deleted_under_a_running_daemon_stops_it_with_one_line(kafka
     assert len(lines) == 1 and lines[0] in _either(role, kafka_env.broker.bootstrap, old, new)
     assert _records(kafka_env, names.changelog) == []  # no checkpoint written after the deletion
     assert kafka_env.committed(names.group, names.input) == ends  # nor an offset committed
+
+
+def test_an_input_topic_created_again_while_stopped_is_refused_at_the_restore(kafka_env, stream, tiny_model):
+    """Before, the restart restored the old topic's checkpoint and skipped the new topic's messages up to its
+    offset as already scored: here all of them, nothing consumed, without a word."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=1)
+    first, second = segments(series[:2], 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    old = _ids(kafka_env.broker.bootstrap, names.input)[names.input]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap)
+    admin.delete_topics([names.input])
+    wait_for(lambda: names.input not in admin.list_topics(), 10, "input topic deleted")
+    admin.create_topics([NewTopic(names.input, 1, 1)])
+    admin.close()
+    new = _ids(kafka_env.broker.bootstrap, names.input)[names.input]
+    assert new not in (None, old)
+    kafka_env.produce(names.input, second, bundle.features)
+    changelog = [(r.key, r.value) for r in kafka_env.read(names.changelog)]
+
+    restarted, _ = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    assert restarted.wait(60) == 2
+    offset = ends[0] - 1
+    assert _error_lines(kafka_env.logs[-1]) == [
+        f"error: changelog topic '{names.changelog}' (kafka.changelog_topic, --changelog-topic) holds the state "
+        f"of {names.input}:0 checkpointed at offset {offset} of an earlier input topic '{names.input}' (topic id "
+        f"{old}, now {new}): the topic was deleted and created again, its offsets started again at 0, and "
+        f"restoring would skip its first {offset + 1} messages as already scored. To start its keys fresh, delete "
+        f"the changelog topic (kafka-topics --delete --topic {names.changelog}) and restart"
+    ]
+    assert [(r.key, r.value) for r in kafka_env.read(names.changelog)] == changelog  # no claim written
