@@ -204,6 +204,39 @@ def test_a_checkpoint_whose_topics_cannot_be_checked_is_postponed() -> None:
     assert tracker.dirty == {TPS[0]}  # written at the next checkpoint
 
 
+def test_a_key_that_moved_partition_leaves_its_old_partitions_next_checkpoint() -> None:
+    """Partitions added to the input topic move keys (the producer hashes over more partitions). Before, the old
+    partition's latest changelog record kept the key's older state until a message of its own came, and a restore
+    of both partitions brought back whichever it restored last."""
+    written: list[tuple[str, int, bytes]] = []
+
+    def write(pid: str, offset: int, snapshot: bytes, n: int, epoch: int, **_: Any) -> int:
+        written.append((pid, offset, snapshot))
+        return len(snapshot)
+
+    tracker = PartitionTracker()
+    tracker.owned.update(TPS)
+    held = ["k", "j"]
+    engine = types.SimpleNamespace(keys=lambda: held, snapshot=lambda keys: ",".join(keys).encode())
+    delivery = Delivery(_Producer([]), transactional=True)  # type: ignore[arg-type]
+    consumer = types.SimpleNamespace(group_metadata=lambda: "group")
+    checkpointer = KafkaCheckpointer(
+        consumer,  # type: ignore[arg-type]
+        types.SimpleNamespace(write=write, owner="owner"),  # type: ignore[arg-type]
+        delivery,
+        tracker,
+        5.0,
+    )
+    tracker.see("k", TPS[0])
+    tracker.see("j", TPS[0])
+    tracker.advance({TPS[0]: 10})
+    checkpointer.checkpoint(engine)
+    tracker.see("k", TPS[1])  # k's next message came on partition 1
+    tracker.advance({TPS[1]: 4})
+    checkpointer.checkpoint(engine)
+    assert written == [("in:0", 9, b"k,j"), ("in:0", 9, b"j"), ("in:1", 3, b"k")]
+
+
 def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() -> None:
     from prometheus_client import CollectorRegistry
 

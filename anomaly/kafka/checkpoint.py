@@ -73,10 +73,16 @@ class PartitionTracker:
         self.owned: set[TopicPartition] = set()  # assigned and restored: records of other partitions dropped
 
     def see(self, key: str, tp: TopicPartition) -> None:
+        """``key`` had a message on ``tp``. A key that moved from another partition (partitions added to the
+        input topic, a producer that changed its partitioner) leaves that partition's checkpoint: the partition
+        is dirty, so its next checkpoint no longer holds the key's older state, which a restore (after a restart
+        or a rebalance) would otherwise bring back over the newer one, depending on the order of the restores."""
         old = self.key_partition.get(key)
         if old != tp:
             if old is not None:
                 self.partition_keys.get(old, set()).discard(key)
+                if old in self.position:
+                    self.dirty.add(old)
             self.key_partition[key] = tp
             self.partition_keys.setdefault(tp, set()).add(key)
 
