@@ -192,6 +192,7 @@ def consume_cmd(
 
     from anomaly.errors import ConfigError
     from anomaly.kafka import KafkaError
+    from anomaly.kafka.checkpoint import FinalCheckpointError
     from anomaly.kafka.daemon import Daemon, DaemonOptions
     from anomaly.kafka.sinks import TransactionTimeoutError
     from anomaly.metrics import MetricsServer, PipelineMetrics
@@ -233,6 +234,9 @@ def consume_cmd(
     except TransactionTimeoutError as exc:
         server.stop()
         exit_now(f"error: {exc}", 2)
+    except FinalCheckpointError as exc:  # stopped, but not cleanly: the status of a shutdown timeout
+        server.stop()
+        exit_now(f"error: {exc}", 3)
     except kafka.errors.KafkaError as exc:  # e.g. raised through a rebalance callback: still one line
         raise KafkaError(f"Kafka client error: {exc}") from None
     finally:

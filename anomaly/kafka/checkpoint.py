@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 DEFER_BYTES = 64 << 20
 
 
+class FinalCheckpointError(KafkaError):
+    """The checkpoint of a clean stop could not be completed (the daemon exits with status 3, as when the
+    shutdown timeout passes without it)."""
+
+
 class PartitionTracker:
     """key -> partition (last seen), partition -> keys, the restored floor offset, the next uncommitted
     position and the owner epoch of each partition. A key that moves partition (producer repartitioned) follows
@@ -192,6 +197,7 @@ class KafkaCheckpointer:
         self.verify = verify
         self.last = time.monotonic()
         self.checkpoints = 0
+        self.postponed_by: KafkaError | None = None  # why the last checkpoint was postponed
 
     def after_batch(self, engine: Any, batch: Batch, sinks: Sequence[Any]) -> None:
         self.tracker.advance(batch.position)
@@ -200,7 +206,16 @@ class KafkaCheckpointer:
             self.checkpoint(engine, background=self.background, idle=self.idle)
 
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:
-        self.checkpoint(engine)
+        """The checkpoint of a clean stop. FinalCheckpointError when it was postponed (the broker did not
+        answer in time) or its offsets not committed: the stop was not clean, and the exit status must say so
+        (the restart restores the last committed checkpoint, so nothing is lost)."""
+        self.postponed_by = None
+        if not self.checkpoint(engine):
+            why = self.postponed_by or KafkaError("the broker did not answer")
+            raise FinalCheckpointError(
+                f"the final checkpoint was not completed ({why}); the restart restores the last committed "
+                "checkpoint and reads on from there"
+            )
 
     def checkpoint(
         self,
@@ -309,6 +324,7 @@ class KafkaCheckpointer:
 
     def _postponed(self, exc: KafkaError) -> bool:
         log.warning("checkpoint postponed: %s", exc)
+        self.postponed_by = exc
         if self.on_health is not None:
             self.on_health(False)
         return False
@@ -391,6 +407,7 @@ class KafkaCheckpointer:
             )
             if self.metrics is not None:
                 self.metrics.commit_failed()
+            self.postponed_by = KafkaError(f"offset commit failed: {type(exc).__name__}")
             return False
         self.tracker.uncommitted -= set(offsets)
         return True

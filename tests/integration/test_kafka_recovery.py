@@ -219,3 +219,44 @@ def _metric(port: int, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
+
+
+def test_a_stop_while_the_broker_is_away_says_the_final_checkpoint_was_not_completed_and_loses_nothing(
+    kafka_env, stream, tiny_model
+):
+    """SIGTERM with scored, uncheckpointed messages while the broker does not answer: before, the final
+    checkpoint was postponed (a warning) and the daemon printed its totals and exited with status 0, as after a
+    clean stop. Now status 3 and one line, as when --shutdown-timeout passes; the restart loses nothing."""
+    from conftest import metric
+
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "600")  # no periodic checkpoint meanwhile
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    total = sum(ends.values())
+    wait_for(lambda: metric(port, "anomaly_messages_consumed_total") == total, 60, "the segment scored")
+    kafka_env.broker.pause()
+    try:
+        status = terminate(proc, timeout_s=60)
+    finally:
+        kafka_env.broker.resume()
+    lines = kafka_env.logs[-1].read_text().splitlines()
+    postponed = [
+        line.split("checkpoint postponed: ", 1)[1] for line in lines if "checkpoint postponed: " in line
+    ]
+    assert status == 3
+    assert [line for line in lines if line.startswith("error:")] == [
+        f"error: the final checkpoint was not completed ({postponed[-1]}); the restart restores the last "
+        "committed checkpoint and reads on from there"
+    ]
+    assert not [line for line in lines if line.startswith("stopped:")]
+
+    for p, e in kafka_env.produce(names.input, second, bundle.features).items():
+        ends[p] = max(ends.get(p, 0), e)
+    proc, _ = kafka_env.start(names, "--checkpoint-interval", "0.5")
+    kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
+    assert terminate(proc) == 0
+    assert_matches_replay(kafka_env, names, bundle, series)
