@@ -16,7 +16,12 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 * revocation: the revoked partitions are checkpointed and committed (bounded by the flush/commit timeouts),
   then their keys dropped from memory;
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
-  if that takes longer than ``shutdown_timeout_s``; a second signal exits at once;
+  if that takes longer than ``shutdown_timeout_s``; a second signal exits at once; a final checkpoint that
+  cannot be completed (the broker does not answer) is an error (:class:`FinalCheckpointError`, status 3);
+* the input and changelog topics are those of start-up (their topic ids, :mod:`anomaly.kafka.identity`): one
+  gone or created again (a broker restarted without its data, a topic deleted) stops the daemon with one line
+  before it writes or commits anything more, and a restore refuses a checkpoint of an input topic created
+  again since it was written (its ``input_id``);
 * fenced (another member took the partitions while this process stalled): every partition's state dropped,
   a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
 * SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted; SIGUSR1: every thread's
