@@ -551,10 +551,7 @@ class Daemon:
         next owner epoch of every assigned partition in the changelog."""
         by_pid = {partition_id(tp.topic, tp.partition): tp for tp in assigned}
         if by_pid:  # nothing restored from (or claimed in) a changelog that is not the one checkpointed to
-            try:
-                self.identity.check(self.admin)
-            except (kerr.KafkaError, OSError) as exc:  # not answering: the changelog reads below fail or wait
-                log.warning("cannot check the input and changelog topics: %s", type(exc).__name__)
+            self._check_topics_before_restore()
         transactional = self.cfg.kafka.transactional and bool(by_pid)
         fenced: set[str] = set()
         if transactional:  # writers with open transactions first: until fenced they hide later records
@@ -594,6 +591,23 @@ class Daemon:
         self._rebalancing = False
         self._assigned_once = True
         self._refresh_ready()
+
+    def _check_topics_before_restore(self) -> None:
+        """The topics checked before a restore reads or claims anything; a broker that does not answer is asked
+        again for ``bootstrap_timeout_s`` (a broker restarted without its data may answer the changelog reads a
+        moment later, with topics created again), then KafkaError."""
+        deadline = time.monotonic() + self.opts.bootstrap_timeout_s
+        while True:
+            try:
+                self.identity.check(self.admin)
+                return
+            except (kerr.KafkaError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise KafkaError(
+                        f"cannot check the input and changelog topics before restoring partitions "
+                        f"({type(exc).__name__}): the broker at {self.cfg.kafka.bootstrap_servers} did not answer"
+                    ) from None
+                time.sleep(0.2)
 
     def _refuse_other_input(self, checkpoints: Mapping[str, Any]) -> None:
         """KafkaError for a checkpoint with state written for another topic id of its input topic (deleted and
