@@ -207,6 +207,13 @@ class PipelineMetrics:
             registry=r,
         )
         self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
+        self.ready = Gauge(
+            "anomaly_ready",
+            "1 while /readyz answers 200 (partitions assigned and restored, the broker answering), else 0: "
+            "start-up, rebalances, broker outages. A daemon whose broker is away is scraped (up is 1) and its "
+            "idle checkpoint timer keeps the checkpoint age at 0, so this is the series that shows the outage.",
+            registry=r,
+        )
         self.fenced = Counter(
             "anomaly_fenced",
             "Times this daemon was fenced (another member took its partitions): state dropped, group rejoined.",
@@ -411,6 +418,10 @@ class PipelineMetrics:
         up to date, but its time is not a checkpoint's time."""
         self.checkpoint_last.set(at_epoch)
 
+    def set_ready(self, ready: bool) -> None:
+        """What /readyz answers, for Prometheus (the MetricsServer calls it with every change)."""
+        self.ready.set(1 if ready else 0)
+
     def commit_failed(self) -> None:
         self.commit_failures.inc()
 
@@ -525,6 +536,7 @@ class MetricsServer:
             self._ready.set()
         else:
             self._ready.clear()
+        self.metrics.set_ready(ready)
 
     def start(self) -> None:
         if self._server is not None:

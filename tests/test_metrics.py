@@ -338,6 +338,18 @@ def _head(url: str) -> tuple[int, bytes]:
     return _get(urllib.request.Request(url, method="HEAD"))
 
 
+def _ready_gauge(base: str) -> float:
+    """anomaly_ready as /metrics serves it: what Prometheus sees of /readyz (it had nothing, so a daemon whose
+    broker was away for hours fired no alert: up stayed 1 and the idle checkpoint timer kept the age at 0)."""
+    (family,) = [
+        f
+        for f in text_string_to_metric_families(_get(base + "/metrics")[1].decode())
+        if f.name == "anomaly_ready"
+    ]
+    (sample,) = family.samples
+    return sample.value
+
+
 def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
     server = MetricsServer(metrics, port=0)
     server.start()
@@ -350,10 +362,13 @@ def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
         assert b"anomaly_messages_consumed_total 7.0" in body
         assert _get(base + "/healthz") == (200, b"ok\n")
         assert _get(base + "/readyz") == (503, b"not ready\n")
+        assert _ready_gauge(base) == 0.0
         server.set_ready(True)
         assert _get(base + "/readyz") == (200, b"ready\n")
+        assert _ready_gauge(base) == 1.0
         server.set_ready(False)
         assert _get(base + "/readyz")[0] == 503
+        assert _ready_gauge(base) == 0.0
         assert _get(base + "/nope")[0] == 404
         # HEAD (health checks of HAProxy and some load balancers) answers as GET does, without a body; it was 501
         assert _head(base + "/readyz") == (503, b"")
