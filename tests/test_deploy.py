@@ -362,3 +362,32 @@ def test_daemon_not_ready_is_the_only_alert_on_readiness() -> None:
         'anomaly_ready{job="anomaly"} == 0',
         "5m",
     )
+
+
+def test_pipeline_stalled_counts_what_a_healthy_slow_stream_scores(bundle) -> None:
+    """Scored on arrival (the default), a key's every reading is scored at once while a report window comes every
+    model.window readings: a sensor reading once a minute went 32 minutes without a window, and PipelineStalled
+    (then on anomaly_windows_scored_total) fired, critical, on a healthy pipeline. It counts scored readings now."""
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine
+    from anomaly.metrics import PipelineMetrics
+    from anomaly.replay import merged_batches
+    from anomaly.runner import run
+    from tests.helpers import make_series
+
+    metrics = PipelineMetrics()
+    n = bundle.arch.window - 1
+    run(
+        Engine(bundle, EngineConfig()),
+        merged_batches([make_series("k", n, len(bundle.features))], 1),
+        [],
+        observer=metrics,
+    )
+    value = metrics.registry.get_sample_value
+    assert (value("anomaly_readings_scored_total"), value("anomaly_windows_scored_total")) == (n, 0)
+    assert (
+        value("anomaly_latency_seconds_count"),
+        value("anomaly_readings_rejected_total", {"reason": "malformed"}),
+    ) == (n, 0)
+    (rule,) = [r for r in rules() if r["alert"] == "PipelineStalled"]
+    assert re.findall(r"increase\((\w+)\[", rule["expr"]) == ["anomaly_readings_scored_total"]
