@@ -97,7 +97,10 @@ class PipelineMetrics:
             registry=r,
         )
         self.windows_scored = Counter(
-            "anomaly_windows_scored", "Full windows scored by the model.", registry=r
+            "anomaly_windows_scored",
+            "Windows scored: whole windows, or report windows of model.window readings scored on arrival (the "
+            "default); a short one at a gap, an eviction or the end of a replay.",
+            registry=r,
         )
         self.alerts_opened = Counter("anomaly_alerts_opened", "Alerts opened by the engine.", registry=r)
         self.alerts_closed = Counter("anomaly_alerts_closed", "Alerts closed by the engine.", registry=r)
@@ -122,7 +125,7 @@ class PipelineMetrics:
         )
         self.window_error = Histogram(
             "anomaly_window_error_mse",
-            "Mean reconstruction error of each scored window (mean squared error, standardized units).",
+            "Mean point error of each scored window (squared forecast or reconstruction error, standardized units).",
             buckets=ERROR_BUCKETS,
             registry=r,
         )
@@ -142,7 +145,11 @@ class PipelineMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "anomaly_batch_size_windows", "Windows per batched model call.", buckets=BATCH_BUCKETS, registry=r
+            "anomaly_batch_size_windows",
+            "Pieces per batched model call, one per key: a whole window, or the key's readings up to the end of its "
+            "report window (scored on arrival, the default).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.lag = Gauge(
             "anomaly_consumer_lag_messages",

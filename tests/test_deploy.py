@@ -353,6 +353,7 @@ def test_every_served_metric_is_on_the_dashboard_or_in_a_rule() -> None:
     }
     assert {n for n in served if n not in used} == NOT_ON_THE_DASHBOARD
     assert "anomaly_ready" in served
+    assert used - served == set()  # and no expression names a metric the daemon does not serve
 
 
 def test_daemon_not_ready_is_the_only_alert_on_readiness() -> None:

@@ -482,3 +482,23 @@ def test_alerts_restored_from_a_checkpoint_get_their_per_key_series(bundle) -> N
     metrics.observe(EngineOutput(), Batch([]), restored, now=0.0)
     assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) is None
     assert value(metrics, "anomaly_alert_active", {"key": "pump-2"}) == 1.0
+
+
+def test_the_help_of_window_metrics_says_what_they_count() -> None:
+    """/metrics HELP as README "Monitoring" says: the default model is a forecaster scored on arrival, so these
+    count report windows (short ones at gaps too) and forecast errors; the HELP said "Full windows",
+    "reconstruction error" and "Windows per batched model call"."""
+    families = {
+        f.name: f.documentation
+        for f in text_string_to_metric_families(generate_latest(PipelineMetrics().registry).decode())
+    }
+    assert [
+        families[n]
+        for n in ("anomaly_windows_scored", "anomaly_window_error_mse", "anomaly_batch_size_windows")
+    ] == [
+        "Windows scored: whole windows, or report windows of model.window readings scored on arrival (the default); "
+        "a short one at a gap, an eviction or the end of a replay.",
+        "Mean point error of each scored window (squared forecast or reconstruction error, standardized units).",
+        "Pieces per batched model call, one per key: a whole window, or the key's readings up to the end of its "
+        "report window (scored on arrival, the default).",
+    ]
