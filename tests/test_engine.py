@@ -564,6 +564,30 @@ def test_eviction_caps_keys_lru_and_ttl(bundle) -> None:
     assert out.evicted == ["old"] and ttl.keys() == ["young"]
 
 
+@pytest.mark.parametrize("order", [("early", "late"), ("late", "early")])
+def test_a_key_idle_past_the_ttl_is_evicted_whatever_order_the_keys_arrived_in(bundle, order) -> None:
+    """The TTL is event time since a key's last reading, not its place in the LRU order: a key that arrived
+    after another but carries an older time (a lagging partition) expires when its own time is up. Before, the
+    scan stopped at the first young key in LRU order and kept `early` held when it had arrived last."""
+    at = {"early": 0.0, "late": 1000.0}
+    e = Engine(bundle, EngineConfig(ttl_seconds=1000))
+    for key in order:
+        e.process([Event(key, np.array([at[key]]), one(bundle))])
+    out = e.process([Event("now", np.array([1600.0]), one(bundle))])
+    assert out.evicted == ["early"] and e.keys() == ["late", "now"]
+    assert e.counters["evicted"] == 1
+
+
+def test_the_key_cap_evicts_no_more_than_it_must_once_expired_keys_are_gone(bundle) -> None:
+    """With `max_keys` 2, a young key, an expired one and a new one: only the expired key goes (two are left,
+    within the cap). Before, the young key was evicted for the cap first, then the expired one as well."""
+    e = Engine(bundle, EngineConfig(ttl_seconds=1000, max_keys=2))
+    e.process([Event("young", np.array([1000.0]), one(bundle))])
+    e.process([Event("expired", np.array([0.0]), one(bundle))])
+    out = e.process([Event("new", np.array([1600.0]), one(bundle))])
+    assert out.evicted == ["expired"] and e.keys() == ["young", "new"]
+
+
 @pytest.mark.parametrize("threshold", list(THRESHOLDS))
 def test_compacting_the_store_after_a_peak_changes_nothing_but_its_size(bundle, threshold) -> None:
     """A call of many new keys grows the store; compact() gives the rows back. The engine that compacted
@@ -738,7 +762,9 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     assert not engine._may_expire(poll)  # taken as one call
 
     single = run([front, *[[m] for m in lagging]])
-    assert single[0] == sorted(["front", *(m.key for m in lagging)])  # front by max_keys, the rest expired
+    # every lagging key expires; `front` (young) stays. Before, the TTL scan stopped at `front` (least
+    # recently used but young), the lagging keys piled up behind it and the key cap evicted `front`.
+    assert single[0] == sorted(m.key for m in lagging)
     assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)] * 3
     assert run([front, poll]) == single
     assert run([front, lagging]) == single  # Events: message by message, as before
