@@ -408,6 +408,29 @@ def test_a_huge_reading_does_not_deafen_the_dynamic_threshold_to_a_later_fault(b
     assert starts == {False: [700.0], True: [300.0, 700.0]}
 
 
+@pytest.mark.parametrize("threshold", ["spot", "dspot"])
+def test_a_huge_reading_while_spot_calibrates_does_not_deafen_the_key(bundle, threshold) -> None:
+    """One 1e25 at a key's 50th reading, before SPOT can alert (its first `spot_init` scores calibrate it, and
+    no alert can shut the spike's smoothed imprint out): the fault 650 readings later opens an alert as it does
+    without the 1e25. Before, the imprint (about 230 scores decaying from 1e22) made up the calibration
+    sample, t stood at ~1e20 for good and the key never alerted again."""
+    rng = np.random.default_rng(0)
+    n, f = 1400, len(bundle.features)
+    ts = np.arange(n) * 60.0 + 1.7e9
+    normal = bundle.scaler.mean + rng.normal(0, 0.3, (n, f)) * bundle.scaler.scale
+    normal[700:720] += 20 * bundle.scaler.scale
+    starts, last = {}, {}
+    for spiked in (False, True):
+        values = normal.copy()
+        if spiked:
+            values[50, 0] = 1e25
+        out = Engine(bundle, EngineConfig(threshold=threshold)).process([Event("k", ts, values)])
+        starts[spiked] = [(a.start - ts[0]) / 60 for a in out.alerts if a.status == "open"]
+        last[spiked] = float(out.windows[-1].thresholds[-1])
+    assert starts == {False: [700.0], True: [700.0]}
+    assert last[True] == last[False] == 1.0  # spot_min: the bar of a key whose scores run low
+
+
 def test_nan_forward_fill_policy(bundle) -> None:
     e = Engine(bundle, EngineConfig(nan_policy="ffill"))
     e.process([Event("a", np.array([1.0]), one(bundle, 2.5))])
