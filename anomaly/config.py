@@ -317,7 +317,12 @@ class EngineConfig:
             "engine.feature_reference_floor",
             "must be in [0, 1]",
         )
-        _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
+        # a run of 1 is any reading at all: with stuck_factor 1 every reading of a never-repeating sensor was stuck
+        _need(
+            self.stuck_min_run == 0 or self.stuck_min_run >= 2,
+            "engine.stuck_min_run",
+            f"must be 0 (no stuck-sensor rule) or at least 2 identical readings in a row, got {self.stuck_min_run!r}",
+        )
         _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
         _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
