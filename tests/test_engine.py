@@ -483,6 +483,32 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
     assert np.array_equal(out.windows[1].errors, fresh.windows[0].errors)
 
 
+@pytest.mark.parametrize("gap_days", [0.5, 3.0])
+def test_an_alert_open_at_a_gap_reset_stays_open_unless_the_gap_outlasts_max_alert_seconds(
+    bundle, gap_days
+) -> None:
+    """A gap resets the key's encoder, partial window and smoothing, not its alert: the alert open before it
+    closes after `alert_close_after` normal readings after it. A gap longer than `max_alert_seconds` (a day)
+    closes it as a level shift at the first reading after the gap (README, Data hygiene)."""
+    rng = np.random.default_rng(0)
+    n, f = 300, len(bundle.features)
+    ts = np.arange(n) * 60.0
+    values = bundle.scaler.mean + rng.normal(0, 0.05, (n, f)) * bundle.scaler.scale
+    values[100:160] += 60 * bundle.scaler.scale  # the fault goes on after the gap, for 10 readings
+    ts[150:] += gap_days * 86_400
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, max_gap_seconds=3600.0)
+    e = Engine(bundle, cfg)
+    out = e.process([Event("k", ts, values)])
+    assert e.counters["gap_resets"] == 1
+    got = [(a.status, int(np.searchsorted(ts, a.at)), a.reason) for a in out.alerts]
+    if gap_days < 1:
+        assert got == [("open", 102, ""), ("closed", 189, "normal")]  # 30 normal readings after 159
+    else:
+        # re-baselined on the level the fault had after the gap (the level EWMA, in event time, forgot the rest):
+        # the fault's end at reading 160 reads as a shift back and opens an alert that stays open
+        assert got == [("open", 102, ""), ("closed", 150, "level_shift"), ("open", 162, "")]
+
+
 # --- thresholds and alerts -------------------------------------------------------------------------------------
 
 
