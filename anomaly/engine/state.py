@@ -7,7 +7,6 @@ byte for byte (no pickle): restoring them gives bit-identical scoring.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import struct
@@ -219,20 +218,24 @@ class StateStore:
         seen = self.arrays["seen"]
         held = len(self.slots)
         # unheld rows have seen = NaN, which is never older than anything
-        aged = oldest_allowed is not None and held > 0 and bool(np.fmin.reduce(seen) < oldest_allowed)
-        if held <= max_keys and not aged:
+        expired = 0 if oldest_allowed is None else int(np.count_nonzero(seen < oldest_allowed))
+        if held - expired <= max_keys and not expired:
             return []
-        if aged:
+        # the common case: the expired keys lead the LRU order, and the keys over the cap follow them
+        keys: list[str] = []
+        found = 0
+        for key, row in self.slots.items():
+            old = oldest_allowed is not None and bool(seen[row] < oldest_allowed)
+            if not (old or held - len(keys) - (expired - found) > max_keys):
+                break
+            keys.append(key)
+            found += old
+        if found < expired:  # a key that arrived after a younger one is expired too: a pass over all keys
             order = np.fromiter(self.slots.values(), np.int64, held)  # least recently used first
             drop = seen[order] < oldest_allowed
-            over = held - int(drop.sum()) - max_keys  # young keys still above the cap: the oldest go
-            if over > 0:
-                drop[np.flatnonzero(~drop)[:over]] = True
+            drop[: len(keys)] = True  # young keys evicted for the cap above: the least recently used
             keys = [key for key, gone in zip(self.slots, drop.tolist(), strict=True) if gone]
-            rows = order[drop]
-        else:
-            keys = list(itertools.islice(self.slots, held - max_keys))
-            rows = np.fromiter((self.slots[k] for k in keys), np.int64, len(keys))
+        rows = np.fromiter((self.slots[k] for k in keys), np.int64, len(keys))
         if on_evict is not None:
             on_evict(keys, rows)
         for key in keys:
