@@ -289,9 +289,8 @@ class SpotThreshold(Threshold):
             peaks[up, npeaks[up] % p] = (x - t)[up]
             npeaks[up] += 1
             if self.drift:
-                push = np.flatnonzero(
-                    (filling | normal) & ~doubt
-                )  # not warm yet: every point counts as normal
+                # not warm yet: every point counts as normal (but for a spike's imprint)
+                push = np.flatnonzero((filling | normal) & ~doubt)
                 ring[push, cnt[push] % ring.shape[1]] = scores[push, i]
                 cnt[push] += 1
 

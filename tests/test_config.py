@@ -88,7 +88,11 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": 2**31}, "engine.partial_shift_readings must be >= 0 readings"),
         # a run of 1 is any reading: with stuck_factor 1 every reading of a never-repeating sensor was stuck
-        ("engine", {"stuck_min_run": 1}, "engine.stuck_min_run must be 0 (no stuck-sensor rule) or at least 2"),
+        (
+            "engine",
+            {"stuck_min_run": 1},
+            "engine.stuck_min_run must be 0 (no stuck-sensor rule) or at least 2",
+        ),
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
