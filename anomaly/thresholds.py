@@ -212,7 +212,9 @@ class SpotThreshold(Threshold):
     probability `spot_q` under the fitted tail (never below `spot_min`), and every point judged normal updates
     the model: n counts it, and if it is above t its excess joins the ring of the last `spot_peaks` excesses
     (the GPD is refitted from that ring, by the method of moments, before each window). Points above epsilon
-    are not learned, so an anomaly does not raise the bar for itself. Epsilon is fixed within a window."""
+    are not learned, so an anomaly does not raise the bar for itself. Epsilon is fixed within a window. While a
+    key calibrates (it cannot flag anything), a score of BEYOND_DOUBT x spot_min and the scores after it, until
+    one is back at spot_min, are skipped (`spot_doubt`): one huge reading would otherwise calibrate t for good."""
 
     name = "spot"
     drift = False
