@@ -267,12 +267,9 @@ def test_ctrl_c_while_the_command_line_loads_ends_in_one_line() -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("Usage: python -m anomaly [OPTIONS] COMMAND")
 
 
-@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
-def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
-    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
-    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
-    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`. The pipe's read end is
-    closed before the command starts, so every write fails whatever the timing."""
+def _run_with_stdout_closed(args: list[str]):  # type: ignore[no-untyped-def]
+    """`python -m anomaly ARGS` writing to a pipe whose read end is closed before the command starts, so every
+    write fails whatever the timing."""
     import os
     import subprocess
     import sys
@@ -282,8 +279,8 @@ def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "anomaly", args[0], str(bundle_path), *args[1:]],
+        return subprocess.run(
+            [sys.executable, "-m", "anomaly", *args],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -292,6 +289,23 @@ def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
         )
     finally:
         os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
+def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
+    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
+    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
+    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`."""
+    done = _run_with_stdout_closed([args[0], str(bundle_path), *args[1:]])
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["replay", "--help"], ["--version"]])
+def test_help_and_version_cut_short_exit_141_as_other_output(args) -> None:
+    """`anomaly replay --help | head -1` exited 1 (click's own handling of a broken pipe, in the option callbacks
+    that print the help and the version, outside every command's error handling) where every other output cut
+    short by its reader exits quietly with 141."""
+    done = _run_with_stdout_closed(args)
     assert (done.returncode, done.stderr) == (141, "")
 
 
