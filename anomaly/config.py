@@ -654,8 +654,6 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def _check_toml_shape(toml: Mapping[str, Any]) -> None:
     for key, value in toml.items():
-        if key == "pipeline":
-            continue
         if not isinstance(value, Mapping):
             owners = [s for s, t in _SECTION_TYPES.items() if key in typing.get_type_hints(t)]
             where = f"; put it under [{owners[0]}]" if owners else ""

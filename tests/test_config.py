@@ -53,6 +53,12 @@ def test_env_beats_toml(tmp_path) -> None:
         ({"kafka": {"security_protocol": "TLS"}}, "kafka.security_protocol must be one of: PLAINTEXT, SSL"),
         ({"data": {"separator": ";;"}}, "data.separator must be one character"),
         ({"train": {"stride": 99}}, "train.stride must be between 0 and model.window (32)"),
+        # a [pipeline] section was skipped whatever it held: `[pipeline]` + `threshold = "static"` did nothing
+        (
+            {"pipeline": {"threshold": "static"}},
+            "unknown section [pipeline]; valid sections: data, model, train, engine, kafka, metrics, replay",
+        ),
+        ({"pipeline": "demo"}, "top-level key 'pipeline' is not inside a [section]"),
     ],
 )
 def test_bad_settings_name_the_problem(toml, message) -> None:
