@@ -119,6 +119,29 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--static-threshold", "-1"],
+            "error: engine.static_threshold must be a positive number of score units (1.0 = calibration quantile), "
+            "got -1.0 (from option --static-threshold)",
+        ),
+        (
+            ["--separator", ",", "--decimal", ","],
+            "error: data.separator must differ from data.decimal (data.separator from option --separator, "
+            "data.decimal from option --decimal)",
+        ),
+    ],
+)
+def test_a_bad_option_value_names_the_option(args, expected, tmp_path) -> None:
+    """The error named the setting (engine.static_threshold) but not the option the user typed."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    result = CliRunner().invoke(main, ["replay", str(csv), "-m", "none.pt", *args])
+    assert (result.exit_code, result.output) == (2, expected + "\n")
+
+
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:
     from pathlib import Path
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from anomaly.config import PipelineConfig, load_config
 from anomaly.errors import AnomalyError
@@ -132,7 +133,34 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
-    return load_config(pipeline, {k: v for k, v in overrides.items() if v is not None and v != ()})
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    return load_config(pipeline, given, option_names=option_names(given))
+
+
+def option_names(overrides: dict[str, Any]) -> dict[str, str]:
+    """{"section.field": "--option"} for the overrides whose value is the very object one option of the running
+    command received, so that an error in it names the option the user typed (`--static-threshold`, not only
+    engine.static_threshold). A value held by no option, or by several none of which is named as the setting,
+    stays unnamed."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    given = [
+        p
+        for p in ctx.command.params
+        if isinstance(p, click.Option)
+        and p.name in ctx.params
+        and ctx.get_parameter_source(p.name)
+        not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    ]
+    names = {}
+    for key, value in overrides.items():
+        hits = [p for p in given if ctx.params[p.name or ""] is value]
+        if len(hits) > 1:  # `--separator , --decimal ,`: one string object; the option named as the field
+            hits = [p for p in hits if p.name == key.partition(".")[2]]
+        if len(hits) == 1:
+            names[key] = next((o for o in hits[0].opts if o.startswith("--")), hits[0].opts[0])
+    return names
 
 
 # Exit status when the reader of stdout went away (`anomaly inspect model.pt | head -1`): 128 + SIGPIPE, what a

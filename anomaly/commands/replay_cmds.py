@@ -17,6 +17,7 @@ from anomaly.commands.common import (
     key_column_option,
     label_map_option,
     one_line_errors,
+    option_names,
     pipeline_option,
     setup_logging,
     time_column_option,
@@ -288,7 +289,17 @@ def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> N
     """Generate synthetic sensor data, train, replay the labelled test part and report metrics."""
     root = Path(out)
     overrides = {"train.epochs": epochs, "train.seed": seed}
-    cfg = config_from(pipeline, overrides) if pipeline else build_config(DEMO, os.environ, overrides)
+    cfg = (
+        config_from(pipeline, overrides)
+        if pipeline
+        else build_config(
+            DEMO,
+            os.environ,
+            overrides,
+            toml_source="the demo's embedded settings (pipelines/demo.toml)",
+            option_names=option_names(overrides),
+        )
+    )
     train_csv, test_csv = root / "data" / "train.csv", root / "data" / "test.csv"
     with atomic_path(train_csv, "CSV file") as tmp:
         generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(tmp, index=False)

@@ -104,7 +104,12 @@ def skab_cmd(
     else:
         # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
         # environment variables and options, as with a file
-        cfg = build_config({"data": skab.DATA} if defaults else skab.DEFAULTS, os.environ, overrides)
+        cfg = build_config(
+            {"data": skab.DATA} if defaults else skab.DEFAULTS,
+            os.environ,
+            overrides,
+            toml_source="SKAB's column mapping" if defaults else "the settings of pipelines/skab.toml",
+        )
     n_files = len(skab.skab_files(data)[:limit])
 
     from tqdm import tqdm
