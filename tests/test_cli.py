@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -151,6 +152,33 @@ def test_bench_key_counts_that_are_not_counts_are_a_usage_error(keys) -> None:
         f"error: Invalid value for '--keys': {keys!r} is not a comma-separated list of key counts of at least 1, "
         "e.g. 1,100 (see: anomaly bench --help)\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "seed"),
+    [([], {}, 0), ([], {"ANOMALY_TRAIN_SEED": "3"}, 3), (["--seed", "5"], {"ANOMALY_TRAIN_SEED": "3"}, 5)],
+)
+def test_demo_seed_follows_the_documented_precedence(args, env, seed, monkeypatch, tmp_path) -> None:
+    """`--seed` always passed its default 0 as an option, so ANOMALY_TRAIN_SEED (and a pipeline's train.seed)
+    never reached `anomaly demo`. The data and the training take the seed in force."""
+    from anomaly.commands import replay_cmds
+    from anomaly.errors import AnomalyError
+
+    seen: dict[str, object] = {}
+    real_generate = replay_cmds.generate
+
+    def small(spec):  # type: ignore[no-untyped-def]
+        seen.setdefault("data", []).append(spec.seed)  # type: ignore[union-attr]
+        return real_generate(replace(spec, n_points=50))
+
+    def stop(paths, cfg, out):  # type: ignore[no-untyped-def]
+        seen["train"] = cfg.train.seed
+        raise AnomalyError("stopped after the settings")
+
+    monkeypatch.setattr(replay_cmds, "generate", small)
+    monkeypatch.setattr(replay_cmds, "run_training", stop)
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path), *args], env=env)
+    assert (result.exit_code, seen) == (2, {"data": [seed, seed + 1], "train": seed})
 
 
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:

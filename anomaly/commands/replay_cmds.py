@@ -280,12 +280,17 @@ def replay_cmd(
     help="Directory for data, model and results.",
 )
 @pipeline_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed for data and training.  [default: train.seed of the pipeline or ANOMALY_TRAIN_SEED, else 0]",
+)
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: pipeline's]"
 )
 @one_line_errors
-def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> None:
+def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | None) -> None:
     """Generate synthetic sensor data, train, replay the labelled test part and report metrics."""
     root = Path(out)
     overrides = {"train.epochs": epochs, "train.seed": seed}
@@ -300,6 +305,7 @@ def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> N
             option_names=option_names(overrides),
         )
     )
+    seed = cfg.train.seed  # --seed, else the pipeline's or ANOMALY_TRAIN_SEED (the option always won, as 0)
     train_csv, test_csv = root / "data" / "train.csv", root / "data" / "test.csv"
     with atomic_path(train_csv, "CSV file") as tmp:
         generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(tmp, index=False)
