@@ -181,6 +181,19 @@ def test_demo_seed_follows_the_documented_precedence(args, env, seed, monkeypatc
     assert (result.exit_code, seen) == (2, {"data": [seed, seed + 1], "train": seed})
 
 
+def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> None:
+    """With replay.parquet = false the last lines still listed scores.parquet, which was not written."""
+    out = tmp_path / "r"
+    args = ["replay", str(test_csv), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
+    result = CliRunner().invoke(main, args, env={"ANOMALY_REPLAY_PARQUET": "false"})
+    listed = [line for line in result.output.splitlines() if line.startswith("results: ")]
+    assert (result.exit_code, listed, sorted(p.name for p in out.iterdir())) == (
+        0,
+        [f"results: {out}/ (scores.csv, alerts.jsonl, rejections.jsonl, summary.json)"],
+        ["alerts.jsonl", "rejections.jsonl", "scores.csv", "summary.json"],
+    )
+
+
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:
     from pathlib import Path
 

@@ -27,7 +27,7 @@ from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural, read_frame
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
-from anomaly.replay import ReplayResult, replay
+from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
 from anomaly.thresholds import THRESHOLDS
 
@@ -159,9 +159,10 @@ def print_result(result: ReplayResult) -> None:
         click.echo(
             format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
         )
-    click.echo(
-        f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)"
-    )
+    written = [
+        name for name in OUTPUTS if (result.out_dir / name).is_file()
+    ]  # replay.parquet = false: no Parquet
+    click.echo(f"\nresults: {result.out_dir}/ ({', '.join(written)})")
     for path in result.reports:
         click.echo(f"report:  {path}")
     if nothing:
