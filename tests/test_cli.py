@@ -242,6 +242,28 @@ def test_inspect_prints_readable_lines_not_dicts_or_long_floats(bundle_path) -> 
     assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in out
 
 
+def test_train_and_inspect_name_the_scored_features(train_csv, tmp_path) -> None:
+    """model.targets (or train.wander_screen) leaves features unscored; `inspect` showed only `targets [0]` among
+    the architecture's numbers and `train` nothing, so a misspelt or screened target went unnoticed."""
+    model = tmp_path / "m.pt"
+    args = ["train", str(train_csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    trained = CliRunner().invoke(main, args, env={"ANOMALY_MODEL_TARGETS": "sensor_2"})
+    shown = invoke("inspect", str(model)).output.splitlines()
+    assert (
+        trained.exit_code,
+        [line for line in trained.output.splitlines() if "targets" in line],
+        shown[3],
+    ) == (
+        0,
+        ["scored features (targets): sensor_2; context: sensor_1, sensor_3, sensor_4"],
+        "targets (1):     sensor_2; context, read but not scored: sensor_1, sensor_3, sensor_4",
+    )
+
+
+def test_inspect_of_a_bundle_scoring_every_feature_has_no_targets_line(bundle_path) -> None:
+    assert "targets (" not in invoke("inspect", str(bundle_path)).output
+
+
 @pytest.mark.parametrize(
     ("host", "url"),
     [
