@@ -321,7 +321,7 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
 
     training = {"rows": 604, "series": 1, "epochs_run": run, "best_epoch": best, "best_val_loss": 0.5}
     result = SimpleNamespace(
-        bundle=SimpleNamespace(meta={"training": training}),
+        bundle=SimpleNamespace(meta={"training": training}, features=["a"], targets=["a"]),
         device="cpu",
         amp_dtype=None,
         windows_per_second=1.0,

@@ -303,10 +303,10 @@ def print_training(result: TrainResult, out: str) -> None:
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
         )
-    meta = result.bundle.metadata()
-    context = context_features(meta)
+    scored = result.bundle.targets
+    context = context_features({"features": result.bundle.features, "targets": scored})
     if context:  # model.targets, or train.wander_screen, left some features unscored
-        click.echo(f"scored features (targets): {', '.join(meta['targets'])}; context: {context}")
+        click.echo(f"scored features (targets): {', '.join(scored)}; context: {context}")
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
