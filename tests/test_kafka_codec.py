@@ -205,14 +205,16 @@ def test_parse_time_rejects_non_finite():
         parse_time(float("nan"))
 
 
-def test_security_settings_pass_through_and_are_validated():
+def test_security_settings_pass_through_and_are_validated(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     cfg = KafkaConfig(
         bootstrap_servers="a:1, b:2",
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-256",
         sasl_username="u",
         sasl_password="pw",
-        ssl_cafile="/ca.pem",
+        ssl_cafile=str(ca),
     )
     s = connection_settings(cfg)
     assert s["bootstrap_servers"] == ["a:1", "b:2"]
@@ -220,7 +222,7 @@ def test_security_settings_pass_through_and_are_validated():
         "SCRAM-SHA-256",
         "u",
         "pw",
-        "/ca.pem",
+        str(ca),
     )
     with pytest.raises(
         ConfigError, match="sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
@@ -230,6 +232,17 @@ def test_security_settings_pass_through_and_are_validated():
         connection_settings(KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN"))
     with pytest.raises(ConfigError, match="security_protocol must be one of"):
         connection_settings(KafkaConfig(security_protocol="TLS"))
+
+
+@pytest.mark.parametrize("name", ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+def test_a_pem_file_that_cannot_be_read_is_named_before_connecting(tmp_path, name):
+    """A misspelt ssl_cafile was only logged by kafka-python; the daemon then said the broker could not be
+    reached (check the security settings), not which file."""
+    missing = tmp_path / "none.pem"
+    for path, reason in ((missing, "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ConfigError) as info:
+            connection_settings(KafkaConfig(security_protocol="SSL", **{name: str(path)}))
+        assert str(info.value) == f"kafka.{name}: cannot read {path}: {reason}"
 
 
 def test_the_shipped_daemon_pipeline_loads():
