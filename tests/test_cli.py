@@ -181,6 +181,28 @@ def test_demo_seed_follows_the_documented_precedence(args, env, seed, monkeypatc
     assert (result.exit_code, seen) == (2, {"data": [seed, seed + 1], "train": seed})
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            [],
+            {},
+            "error: --static-threshold sets the static threshold, but engine.threshold is dynamic: add --threshold "
+            "static (see: anomaly replay --help)",
+        ),
+        (["--threshold", "static"], {}, "error: model bundle not found: none.pt"),
+        ([], {"ANOMALY_ENGINE_THRESHOLD": "static"}, "error: model bundle not found: none.pt"),
+    ],
+)
+def test_a_static_threshold_without_the_static_kind_is_refused(args, env, expected, tmp_path) -> None:
+    """`replay --static-threshold 3` under the default dynamic threshold replayed as if it had not been given."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    argv = ["replay", str(csv), "-m", "none.pt", "--static-threshold", "3", *args]
+    result = CliRunner().invoke(main, argv, env=env, prog_name="anomaly")
+    assert (result.exit_code, result.output) == (2, expected + "\n")
+
+
 def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> None:
     """With replay.parquet = false the last lines still listed scores.parquet, which was not written."""
     out = tmp_path / "r"

@@ -206,7 +206,7 @@ def print_result(result: ReplayResult) -> None:
     "--static-threshold",
     type=float,
     default=None,
-    help="Static threshold in score units.  [default: the bundle's calibrated value]",
+    help="Static threshold in score units (with --threshold static).  [default: the bundle's calibrated value]",
 )
 @click.option(
     "--predict",
@@ -268,6 +268,11 @@ def replay_cmd(
             "replay.plots": plots,
         },
     )
+    if static_threshold is not None and cfg.engine.threshold != "static":  # else it silently did nothing
+        raise click.UsageError(
+            f"--static-threshold sets the static threshold, but engine.threshold is {cfg.engine.threshold}: add "
+            "--threshold static"
+        )
     print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
 
 
