@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -152,13 +151,14 @@ def test_demo_seed_follows_the_documented_precedence(args, env, seed, monkeypatc
     never reached `anomaly demo`. The data and the training take the seed in force."""
     from anomaly.commands import replay_cmds
     from anomaly.errors import AnomalyError
+    from anomaly.synthetic import SyntheticSpec
 
     seen: dict[str, object] = {}
     real_generate = replay_cmds.generate
 
     def small(spec):  # type: ignore[no-untyped-def]
         seen.setdefault("data", []).append(spec.seed)  # type: ignore[union-attr]
-        return real_generate(replace(spec, n_points=50))
+        return real_generate(SyntheticSpec(n_points=50, seed=spec.seed))  # a small file, no anomalies
 
     def stop(paths, cfg, out):  # type: ignore[no-untyped-def]
         seen["train"] = cfg.train.seed
