@@ -205,6 +205,18 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
     )
 
 
+@pytest.mark.parametrize("command", ["train", "replay", "skab"])
+def test_an_empty_pipeline_path_is_refused(command, tmp_path) -> None:
+    """`-p "$PIPELINE"` with the variable unset (an empty path) ran on the defaults without a word."""
+    args = {"train": ["x.csv"], "replay": ["x.csv", "-m", "m.pt"], "skab": [str(tmp_path)]}[command]
+    result = CliRunner().invoke(main, [command, *args, "-p", ""], prog_name="anomaly")
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: Invalid value for '--pipeline' / '-p': an empty path names no pipeline file (leave the option out "
+        f"for the defaults) (see: anomaly {command} --help)\n",
+    )
+
+
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:
     from pathlib import Path
 

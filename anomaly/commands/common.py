@@ -16,12 +16,23 @@ from click.core import ParameterSource
 from anomaly.config import PipelineConfig, load_config
 from anomaly.errors import AnomalyError
 
+
+def _pipeline_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`-p "$PIPELINE"` with the variable unset ran on the defaults without a word: an empty path is refused."""
+    if value == "":
+        raise click.BadParameter(
+            "an empty path names no pipeline file (leave the option out for the defaults)"
+        )
+    return value
+
+
 pipeline_option = click.option(
     "--pipeline",
     "-p",
     type=click.Path(dir_okay=False),
     default=None,
     show_default=True,
+    callback=_pipeline_path,
     help="Pipeline TOML file; options and ANOMALY_<SECTION>_<FIELD> variables override it.",
 )
 
