@@ -693,3 +693,24 @@ def test_a_row_of_column_numbers_above_the_header_is_not_taken_for_data(tmp_path
     label = "Attack LABLE (1:No Attack, -1:Attack)"
     (s,), feats = load(path, skip_rows=1, time_column="Row", label=label, label_map=("1=0", "-1=1"))
     assert feats == ["1_AIT_001_PV"] and s.labels.tolist() == [0, 1, 0] and s.timestamps.tolist() == [1, 2, 3]
+
+
+def test_one_instant_written_in_any_form_reads_as_the_same_time(tmp_path) -> None:
+    """10 Hz readings as epoch ms, us and ns, as ISO text with and without an offset, and as decimal seconds: every
+    form gives the double nearest to the time (1700000000300 ms used to read as 1700000000.3000002, and ISO
+    text with milliseconds missed the nearest double one time in four)."""
+    ms = [1_700_000_000_000 + 100 * i for i in range(40)]
+    iso = [f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z" for i in range(40)]
+    forms = {
+        "ms": ms,
+        "us": [t * 1000 for t in ms],
+        "ns": [t * 1_000_000 for t in ms],
+        "seconds": [f"{t // 1000}.{t % 1000:03d}" for t in ms],
+        "iso": iso,
+        "offset": [t.replace("T22:", "T23:").replace("Z", "+01:00") for t in iso],
+    }
+    nearest = [float(f"{t // 1000}.{t % 1000:03d}") for t in ms]
+    for name, stamps in forms.items():
+        rows = "".join(f"{t},{i}.0\n" for i, t in enumerate(stamps))
+        (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows, f"{name}.csv"))
+        assert s.timestamps.tolist() == nearest, name

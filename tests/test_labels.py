@@ -124,3 +124,25 @@ def test_text_labels_in_a_label_file_use_the_label_map(tmp_path) -> None:
     data = write(tmp_path, "d.csv", "timestamp,a\n1,1.0\n2,2.0\n")
     labels = write(tmp_path, "l.csv", "timestamp,state\n1,Normal\n2,Attack\n")
     assert labels_of(data, labels, label="state", label_map=("Normal=0", "Attack=1")) == [0, 1]
+
+
+def test_a_label_csv_in_epoch_ms_labels_data_with_iso_times(tmp_path) -> None:
+    """10 Hz data with ISO times and labels written as epoch milliseconds (or the other way round): the same
+    instants, matched; 1700000000300 ms used to read as 1700000000.3000002 and miss the data's 20.300Z."""
+    ms = [1_700_000_000_000 + 100 * i for i in range(30)]
+    iso = [f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z" for i in range(30)]
+    want = [int(10 <= i < 13) for i in range(30)]
+    data = write(tmp_path, "d.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(iso)))
+    labels = write(
+        tmp_path,
+        "l.csv",
+        "timestamp,anomaly\n" + "".join(f"{t},{y}\n" for t, y in zip(ms, want, strict=True)),
+    )
+    assert labels_of(data, labels) == want
+    data_ms = write(tmp_path, "d_ms.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(ms)))
+    labels_iso = write(
+        tmp_path,
+        "l_iso.csv",
+        "timestamp,anomaly\n" + "".join(f"{t},{y}\n" for t, y in zip(iso, want, strict=True)),
+    )
+    assert labels_of(data_ms, labels_iso) == want

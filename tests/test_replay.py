@@ -321,3 +321,18 @@ def test_replay_counts_are_printed_singular_and_plural(tmp_path, capsys) -> None
         "replayed 2 readings of 1 series: 2 windows scored (2 readings), 2 alerts raised (2 open/close events), "
         "2 readings rejected"
     )
+
+
+def test_the_time_column_prints_each_reading_at_its_own_microsecond() -> None:
+    """10 Hz readings: `time` in scores.csv used to truncate the float seconds, printing 20.300 s as
+    20.299999 (half of all millisecond times)."""
+    from anomaly.data import Series
+    from anomaly.replay import point_frame
+
+    seconds = to_epoch_seconds(pd.Series([1_700_000_000_000 + 100 * i for i in range(20)]))
+    s = Series("k", seconds, np.zeros((20, 1)))
+    got = {"timestamps": np.zeros(0)}
+    frame = point_frame(s, ["a"], got, "alert")
+    assert frame["time"].tolist() == [
+        f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00000Z" for i in range(20)
+    ]
