@@ -714,3 +714,20 @@ def test_one_instant_written_in_any_form_reads_as_the_same_time(tmp_path) -> Non
         rows = "".join(f"{t},{i}.0\n" for i, t in enumerate(stamps))
         (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows, f"{name}.csv"))
         assert s.timestamps.tolist() == nearest, name
+
+
+def test_daily_excel_serials_with_a_time_of_day_follow_the_rule_of_whole_ones(tmp_path) -> None:
+    """45010.5, 45011.5, ... (a reading a day, at noon) in a column named `Date` was read as epoch seconds,
+    while the same days without the noon were refused: steps of a day made the fraction look like a counter's."""
+    daily = "".join(f"{45010 + i}.5,{i}\n" for i in range(30))
+    with pytest.raises(DataError) as named:
+        load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
+    assert str(named.value) == (
+        "time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
+        "45010.5 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
+        "hh:mm:ss), or pass --time-unit s if they are seconds"
+    )
+    (s,), _ = load(
+        write(tmp_path, "time,a\n" + daily, "t.csv"), time_column="time"
+    )  # a counter, as whole ones
+    assert s.timestamps.tolist() == [45010.5 + i for i in range(30)]

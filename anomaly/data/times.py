@@ -83,11 +83,11 @@ def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
     """Excel's serial dates (days since 1899-12-30 with the time of day as a fraction, 45010.5 = 2023-03-25
     12:00) read as epoch seconds would all fall on 1 January 1970, seconds apart: refused instead of guessed.
 
-    Fractional serials are told by their steps (under a day, i.e. a second as epoch times). Whole serials (a
-    daily file: 45010, 45011, ...) read as seconds would be a reading a second from 1970-01-01 05:33 on, which a
-    counter of elapsed seconds can be too, so they are refused only when the column's name says days (`date`,
-    `day`, `Datum`) or the times skip every weekend as days (no Saturday or Sunday among two weeks or more of
-    serials, and a step of 3 from a Friday to a Monday)."""
+    Fractional serials are told by their steps (under a day, i.e. a second as epoch times). Serials a day or more
+    apart (a daily file: 45010, 45011, ..., or 45010.5, 45011.5, ... at noon) read as seconds would be a reading
+    a second from 1970-01-01 05:33 on, which a counter of elapsed seconds can be too, so they are refused only
+    when the column's name says days (`date`, `day`, `Datum`) or the times skip every weekend as days (no
+    Saturday or Sunday among two weeks or more of serials, and a step of 3 from a Friday to a Monday)."""
     finite = values[np.isfinite(values)]
     if len(finite) < 2 or finite.min() < EXCEL_SERIALS[0] or finite.max() > EXCEL_SERIALS[1]:
         return
@@ -95,17 +95,13 @@ def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
     steps = steps[steps > 0]
     if not len(steps):
         return
-    whole = bool((finite == np.round(finite)).all())
-    if whole:
-        weekday = np.unique(finite).astype(np.int64) % 7  # serial 0 (1899-12-30) was a Saturday
+    fraction = finite != np.round(finite)
+    if not fraction.any() or np.median(steps) >= 1:  # steps of a day or more: a second apart as epoch times
+        weekday = np.unique(np.floor(finite)).astype(np.int64) % 7  # serial 0 (1899-12-30) was a Saturday
         workdays = len(weekday) >= 10 and not np.isin(weekday, (0, 1)).any() and bool((steps == 3).any())
         if not (_DAYS_NAME.search(str(name)) or workdays):
             return
-        example = float(finite[0])
-    else:
-        if np.median(steps) >= 1:  # steps of a day or more: a second apart as epoch times
-            return
-        example = float(finite[finite != np.round(finite)][0])
+    example = float(finite[fraction][0] if fraction.any() else finite[0])
     day = (pd.Timestamp("1899-12-30") + pd.Timedelta(days=example)).strftime("%Y-%m-%d")
     raise DataError(
         f"time column {name!r} holds numbers like {example!r} that look like Excel serial dates (days since "
