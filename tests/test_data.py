@@ -731,3 +731,13 @@ def test_daily_excel_serials_with_a_time_of_day_follow_the_rule_of_whole_ones(tm
         write(tmp_path, "time,a\n" + daily, "t.csv"), time_column="time"
     )  # a counter, as whole ones
     assert s.timestamps.tolist() == [45010.5 + i for i in range(30)]
+
+
+def test_lines_are_counted_as_an_editor_shows_them_past_a_cell_with_a_line_break(tmp_path) -> None:
+    """A quoted cell holding a line break (a notes column) is one row over two lines: the rows after it were
+    named one line too early, in errors and in rejections.jsonl."""
+    text = 'timestamp,a,note\n1,1.0,"valve\nchanged"\n\n2,2.0,ok\n3,broken,ok\n'
+    with pytest.raises(SchemaError, match=r"column 'a' line 6 holds 'broken'"):
+        load(write(tmp_path, text))
+    (s,), _ = load(write(tmp_path, text.replace("broken", "3.0"), "ok.csv"))
+    assert s.lines.tolist() == [2, 5, 6]
