@@ -741,3 +741,11 @@ def test_lines_are_counted_as_an_editor_shows_them_past_a_cell_with_a_line_break
         load(write(tmp_path, text))
     (s,), _ = load(write(tmp_path, text.replace("broken", "3.0"), "ok.csv"))
     assert s.lines.tolist() == [2, 5, 6]
+
+
+def test_the_sampling_interval_of_10_hz_readings_is_a_tenth_of_a_second(tmp_path) -> None:
+    """Steps between float64 epoch times are 0.24 us coarse: the median step of 10 Hz readings was
+    0.09999990463 s, printed by train as `sampling interval 0.0999999 s` and stored in the bundle."""
+    rows = "".join(f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z,{i}.0\n" for i in range(100))
+    (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows))
+    assert sampling_interval([s]) == 0.1
