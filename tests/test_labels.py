@@ -146,3 +146,23 @@ def test_a_label_csv_in_epoch_ms_labels_data_with_iso_times(tmp_path) -> None:
         "timestamp,anomaly\n" + "".join(f"{t},{y}\n" for t, y in zip(iso, want, strict=True)),
     )
     assert labels_of(data_ms, labels_iso) == want
+
+
+def test_labels_in_local_time_without_offsets_are_named_as_hours_off(tmp_path) -> None:
+    """Data with offsets (a DST change in them) and labels in naive local time: every row was 'has no label'
+    with no word of why; the labels are read as UTC, two hours off the data."""
+    times = [f"2023-07-01T{10 + i // 60:02d}:{i % 60:02d}:00+02:00" for i in range(120)]
+    data = write(tmp_path, "d.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(times)))
+    local = "".join(f"{t[:10]} {t[11:19]},{int(i == 5)}\n" for i, t in enumerate(times))
+    labels = write(tmp_path, "l.csv", "timestamp,anomaly\n" + local)
+    with pytest.raises(SchemaError) as off:
+        labels_of(data, labels)
+    assert str(off.value) == (
+        f"{labels} has no label for {data} line 2 (timestamp 2023-07-01T10:00:00+02:00) nor for 119 other row(s); "
+        "labels are matched to the data by 'timestamp'; the labels' times are 2 h after the data's: a time without "
+        "an offset is read as UTC, so write both in UTC or with their offsets (+02:00)"
+    )
+    utc = "".join(f"2023-07-01T{8 + i // 60:02d}:{i % 60:02d}:00Z,{int(i == 5)}\n" for i in range(120))
+    assert labels_of(data, write(tmp_path, "u.csv", "timestamp,anomaly\n" + utc)) == [
+        int(i == 5) for i in range(120)
+    ]
