@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,15 @@ def read_labels(
             f"{p}: label column {cfg.label!r} not found; columns are {', '.join(labels.columns)}{hint}"
         )
     values = label_values(labels, cfg, str(p))
+    if cfg.time_column and cfg.time_column not in labels.columns:
+        timelike = [
+            c for c in labels.columns if c != cfg.label and re.search(r"time|date", str(c), re.IGNORECASE)
+        ]
+        if timelike:  # matched by row, its times unread: labels for other times or in another order, silently
+            raise SchemaError(
+                f"{p} has a column {timelike[0]!r} but not the data's time column {cfg.time_column!r}; labels "
+                f"are matched by that column: rename {timelike[0]!r} to {cfg.time_column!r} in {p.name}"
+            )
     if not cfg.time_column or cfg.time_column not in labels.columns:
         return _by_row(p, values, frame, source)
     return _by_time(p, labels, values, frame, timestamps, cfg, source)

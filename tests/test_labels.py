@@ -166,3 +166,18 @@ def test_labels_in_local_time_without_offsets_are_named_as_hours_off(tmp_path) -
     assert labels_of(data, write(tmp_path, "u.csv", "timestamp,anomaly\n" + utc)) == [
         int(i == 5) for i in range(120)
     ]
+
+
+def test_a_label_csv_with_its_times_under_another_name_is_refused_not_matched_by_row(tmp_path) -> None:
+    """Data times in `timestamp`, the labels' in `time`: the labels were taken row by row, their times unread,
+    so a labels file in another order labelled the wrong readings without a word."""
+    data = write(tmp_path, "d.csv", "timestamp,a\n10,0.5\n11,0.25\n12,0.75\n")
+    labels = write(tmp_path, "l.csv", "time,anomaly\n12,1\n10,0\n11,0\n")
+    with pytest.raises(SchemaError) as named:
+        labels_of(data, labels)
+    assert str(named.value) == (
+        f"{labels} has a column 'time' but not the data's time column 'timestamp'; labels are matched by that "
+        "column: rename 'time' to 'timestamp' in l.csv"
+    )
+    renamed = write(tmp_path, "r.csv", "timestamp,anomaly\n12,1\n10,0\n11,0\n")
+    assert labels_of(data, renamed) == [0, 0, 1]
