@@ -440,3 +440,27 @@ def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatc
     monkeypatch.setattr(model_cmds, "read_metadata", broken)
     out = CliRunner().invoke(main, ["inspect", str(bundle_path)])
     assert (out.exit_code, out.stderr) == (2, "error: Broken pipe\n")
+
+
+def test_generate_with_a_sub_second_interval_writes_times_train_reads(tmp_path) -> None:
+    """`generate --interval 0.1` wrote whole seconds (ten readings a time), and train refused its own file as
+    times cut to the second."""
+    import numpy as np
+
+    from anomaly.config import DataConfig
+    from anomaly.data import load_series, sampling_interval
+
+    path = tmp_path / "hz.csv"
+    assert (
+        invoke("generate", "-o", str(path), "--points", "30", "--sensors", "1", "--interval", "0.1").exit_code
+        == 0
+    )
+    lines = path.read_text().splitlines()
+    assert lines[1].startswith("2023-11-14T22:13:20.000Z,") and lines[4].startswith(
+        "2023-11-14T22:13:20.300Z,"
+    )
+    (s,), _ = load_series([path], DataConfig())
+    assert sampling_interval([s]) == 0.1 and np.diff(s.timestamps).min() > 0.09
+    minutes = tmp_path / "minutes.csv"
+    assert invoke("generate", "-o", str(minutes), "--points", "10", "--sensors", "1").exit_code == 0
+    assert minutes.read_text().splitlines()[2].startswith("2023-11-14T22:14:20Z,")  # whole seconds as before

@@ -622,3 +622,15 @@ def test_produce_raises_when_a_message_is_not_delivered_instead_of_counting_it_s
     ):
         produce(producer, "t", messages(series, fmt))
     assert len(producer.sent) == 4
+
+
+def test_iso_times_with_milliseconds_decode_as_the_csv_path_reads_them() -> None:
+    """The daemon reads `...:20.300Z` with Python's datetime (the float64 nearest the time); a replay of the same
+    times from a CSV divided float64 nanoseconds and was one bit off for one time in four, so a backtest did not
+    see the daemon's timestamps."""
+    import pandas as pd
+
+    from anomaly.data import to_epoch_seconds
+
+    stamps = [f"2023-11-14T22:13:{20 + i // 1000:02d}.{i % 1000:03d}Z" for i in range(0, 4000, 7)]
+    assert to_epoch_seconds(pd.Series(stamps)).tolist() == [parse_time(t) for t in stamps]

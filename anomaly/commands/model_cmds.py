@@ -21,7 +21,7 @@ from anomaly.commands.common import (
 )
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError
-from anomaly.synthetic import SyntheticSpec, generate, generate_keys
+from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, train
 
 
@@ -62,6 +62,12 @@ def generate_cmd(
     spec = SyntheticSpec(
         n_sensors=sensors, n_points=points, anomalies=anomalies, interval_s=interval, seed=seed
     )
+    if anomalies > (most := max_anomalies(spec)):  # else they overlap, and fewer are labelled than asked for
+        raise click.BadParameter(
+            f"{plural(anomalies, 'anomaly', 'anomalies')} cannot fit in {points} readings per series (--points): at most {most}, "
+            f"each needing {5 * spec.machine_period} of the readings after the first 10 %",
+            param_hint="'--anomalies'",
+        )
     frame = generate(spec) if keys == 1 else generate_keys(spec, keys)
     with atomic_path(out, "CSV file") as tmp:
         frame.to_csv(tmp, index=False)
