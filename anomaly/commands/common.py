@@ -179,6 +179,21 @@ def option_names(overrides: dict[str, Any]) -> dict[str, str]:
 BROKEN_PIPE = 141
 
 
+def refuse_unless(asked: bool, needs: str, *names: str) -> None:
+    """Refuse the options `names` (parameter names), when given on the command line or by a variable, unless
+    `asked`: they only apply with `needs` (e.g. "--promote"), and without it would be ignored without a word."""
+    if asked:
+        return
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) not in (
+            ParameterSource.DEFAULT,
+            None,
+        ):
+            option = max(param.opts, key=len)
+            raise click.UsageError(f"{option} only applies with {needs}, without which it would be ignored")
+
+
 def stdout_reader_gone() -> bool:
     """Whether stdout is a pipe (or socket) whose reader has closed it: poll reports an error on its write end.
     A broken pipe elsewhere (a socket to a broker, a file argument naming a FIFO) stays an error."""
