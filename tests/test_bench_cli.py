@@ -21,11 +21,20 @@ from anomaly.cli import main
             "10,000 readings each: give at least 20,000, or 0 to skip it",
         ),
         # before: silently ignored after minutes of engine measurements
-        (["--latency-cores", "split"], "--latency-cores needs --kafka, without which it measures nothing"),
-        (["--kafka-rounds", "3"], "--kafka-rounds needs --kafka, without which it measures nothing"),
-        (["--skab", "."], "--skab needs --formats, without which it measures nothing"),
-        (["--churn-rounds", "3"], "--churn-rounds needs --churn-keys N, without which it measures nothing"),
-        (["--churn-aa"], "--churn-aa needs --churn-keys N, without which it measures nothing"),
+        (
+            ["--latency-cores", "split"],
+            "--latency-cores only applies with --kafka, without which it would be ignored",
+        ),
+        (
+            ["--kafka-rounds", "3"],
+            "--kafka-rounds only applies with --kafka, without which it would be ignored",
+        ),
+        (["--skab", "."], "--skab only applies with --formats, without which it would be ignored"),
+        (
+            ["--churn-rounds", "3"],
+            "--churn-rounds only applies with --churn-keys N, without which it would be ignored",
+        ),
+        (["--churn-aa"], "--churn-aa only applies with --churn-keys N, without which it would be ignored"),
         # before: the engine and formats tables ran first, then "SKAB data folder not found"
         (
             ["--formats", "--skab", "no/such/dir"],

