@@ -1122,6 +1122,38 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
         ("stuck", "closed", 107.0, 129.0, 139.0),  # the last frozen reading; 10 normal points later
     ]
     assert e.counters["alerts_opened"] == 1
+    # the frozen sensor is named first, marked stuck: its error share alone is about nothing (before, the alert
+    # named the features beside it); by the close it moves again, and the shares alone name the features
+    opened, closed = out.alerts
+    assert opened.top_features[0] == {
+        "feature": bundle.features[0],
+        "share": opened.top_features[0]["share"],
+        "stuck": True,
+    }
+    rest = opened.top_features[1:]
+    assert [t["share"] for t in rest] == sorted((t["share"] for t in rest), reverse=True)
+    assert not any("stuck" in t for t in closed.top_features)
+    frozen = live(0)  # reading by reading, as a daemon may get them: the same alerts, named alike
+    whole = Engine(bundle, cfg).process([Event("stuck", ts, frozen)]).alerts
+    one = Engine(bundle, cfg)
+    single = [
+        al
+        for i in range(len(ts))
+        for al in one.process([Event("stuck", ts[i : i + 1], frozen[i : i + 1])]).alerts
+    ]
+    assert [a.to_json() for a in single] == [a.to_json() for a in whole]
+    assert whole[0].top_features[0]["stuck"] is True
+    # a frozen sensor of a real model has about no error share: named first all the same, then the shares
+    contrib = np.array([0.01, 0.5, 0.3, 0.19])
+    stuck = np.array([True, False, False, False])
+    named = e.alerts.alert("k", "open", 0.0, None, 0.0, 9.0, 1.0, contrib, stuck=stuck).top_features
+    assert named == [
+        {"feature": bundle.features[0], "share": 0.01, "stuck": True},
+        {"feature": bundle.features[1], "share": 0.5},
+        {"feature": bundle.features[2], "share": 0.3},
+    ]
+    by_share = e.alerts.alert("k", "open", 0.0, None, 0.0, 9.0, 1.0, contrib).top_features
+    assert [t["feature"] for t in by_share] == [bundle.features[i] for i in (1, 2, 3)]  # what alerts named
     off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
     assert off.process([Event("stuck", ts, live(0))]).alerts == []
 

@@ -84,7 +84,7 @@ class BatchScorer(Part):
             partial = self.levels.track_readings(rows, x, ts)
         else:
             partial = self.levels.track(rows, x, ts)
-        stuck = stuck_points(a, rows, x, self.s.stuck_limit)
+        stuck, stuck_f = stuck_points(a, rows, x, self.s.stuck_limit)
         x = x - take_rows(a["offset"], rows)[:, None, :]
         h = take_rows(a["h"], rows).transpose(1, 0, 2)
         c = take_rows(a["c"], rows).transpose(1, 0, 2)
@@ -124,7 +124,9 @@ class BatchScorer(Part):
                 {name: a[name][rows] for name in self.s.threshold.fields()}, k
             )
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
+        open_pts = self.alerts.step(
+            rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial, stuck_f
+        )
         # a score BEYOND_DOUBT times the threshold in force is no level to learn, even before its alert opens
         beyond = (warm & (eps > 0))[:, None] & (scores >= BEYOND_DOUBT * eps[:, None])
         self.s.threshold.update_rows(a, rows, scores, anomalous, open_pts | beyond)
