@@ -132,6 +132,9 @@ def memory(bundle: Bundle, n_keys: int) -> dict[str, float]:
     }
 
 
+FLAT_SPAN = 10_000  # readings in each of the flatness check's first and last spans
+
+
 def run_engine_bench(
     keys: tuple[int, ...] = (1, 100, 1000, 10000),
     flat_total: int = 1_010_000,
@@ -157,7 +160,7 @@ def run_engine_bench(
         say(f"target: >= 20x the naive baseline at 1,000 keys -> {at_1000:.1f}x")
     result: dict[str, Any] = {"throughput": rows}
     if flat_total:
-        span = 10_000
+        span = FLAT_SPAN
         first, last = flatness(bundle, 1000, flat_total, span)
         say(
             f"flatness (1,000 keys, medians of 5 spans): first {span:,} readings {first:,.0f}/s, readings "

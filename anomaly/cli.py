@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -18,6 +20,7 @@ from anomaly.commands import (
     replay_cmds,
     skab_cmds,
 )
+from anomaly.commands.common import broken_pipe_exit, stdout_reader_gone
 
 
 class _NotRaised(click.ClickException):
@@ -51,6 +54,17 @@ class OneLineErrors(click.Group):
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
+    # `anomaly --help`, `anomaly --version` and `anomaly CMD --help` print from click's own option callbacks,
+    # outside any command's one_line_errors; click turns a broken pipe there into status 1. Their reader gone
+    # is the quiet status 141 of every other output cut short (`anomaly replay --help | head -1`).
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _quiet_when_stdout_reader_gone():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _quiet_when_stdout_reader_gone():
+            return super().invoke(ctx)
+
     def describe(self, exc: click.ClickException) -> str:
         message = " ".join(exc.format_message().split())
         ctx = getattr(exc, "ctx", None)
@@ -72,6 +86,16 @@ class OneLineErrors(click.Group):
         if isinstance(exc, click.UsageError) and ctx is not None:
             message += f" (see: {ctx.command_path} --help)"
         return message
+
+
+@contextlib.contextmanager
+def _quiet_when_stdout_reader_gone() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        if stdout_reader_gone():
+            broken_pipe_exit()
+        raise
 
 
 @click.group(

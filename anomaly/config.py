@@ -24,9 +24,11 @@ from anomaly.errors import ConfigError
 from anomaly.thresholds import THRESHOLDS
 
 
-def _need(cond: bool, key: str, message: str) -> None:
+def _need(cond: bool, key: str, message: str, related: tuple[str, ...] = ()) -> None:
+    """Refuse `key` unless `cond`; `related` names the other settings the check compared it with, so that an error
+    can say where each of them came from."""
     if not cond:
-        raise ConfigError(f"{key} {message}", key=key)
+        raise ConfigError(f"{key} {message}", key=key, related=related)
 
 
 def _finite(value: float) -> bool:
@@ -104,6 +106,7 @@ class DataConfig:
             self.separator is None or self.separator != self.decimal,
             "data.separator",
             "must differ from data.decimal",
+            ("data.decimal",),
         )
         _need(
             self.time_format is None or "%" in self.time_format,
@@ -120,14 +123,18 @@ class DataConfig:
             )
         dup = sorted({f for f in self.features if self.features.count(f) > 1})
         _need(not dup, "data.features", f"lists {', '.join(dup)} more than once")
-        for role, col in (("time column", self.time_column or None), ("key column", self.key_column)):
-            _need(col not in self.features, "data.features", f"includes the {role} {col!r}")
+        for role, col, name in (
+            ("time column", self.time_column or None, "data.time_column"),
+            ("key column", self.key_column, "data.key_column"),
+        ):
+            _need(col not in self.features, "data.features", f"includes the {role} {col!r}", (name,))
         labels = [c for c in dict.fromkeys((self.label, *self.label_columns)) if c in self.features]
         _need(
             not labels,
             "data.features",
             f"includes the label column {labels[0] if labels else ''!r} (data.label and data.label_columns are "
             "never features)",
+            ("data.label",) if labels and labels[0] == self.label else ("data.label_columns",),
         )
 
 
@@ -317,7 +324,12 @@ class EngineConfig:
             "engine.feature_reference_floor",
             "must be in [0, 1]",
         )
-        _need(self.stuck_min_run >= 0, "engine.stuck_min_run", "must be >= 0 (0: no stuck-sensor rule)")
+        # a run of 1 is any reading at all: with stuck_factor 1 every reading of a never-repeating sensor was stuck
+        _need(
+            self.stuck_min_run == 0 or self.stuck_min_run >= 2,
+            "engine.stuck_min_run",
+            f"must be 0 (no stuck-sensor rule) or at least 2 identical readings in a row, got {self.stuck_min_run!r}",
+        )
         _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
         _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
         _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
@@ -519,11 +531,13 @@ class PipelineConfig:
             not unknown,
             "model.targets",
             f"names {', '.join(unknown)}, not in data.features ({', '.join(self.data.features)})",
+            ("data.features",),
         )
         _need(
             self.train.stride <= self.model.window,
             "train.stride",
             f"must be between 0 and model.window ({self.model.window})",
+            ("model.window",),
         )
 
 
@@ -654,8 +668,6 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def _check_toml_shape(toml: Mapping[str, Any]) -> None:
     for key, value in toml.items():
-        if key == "pipeline":
-            continue
         if not isinstance(value, Mapping):
             owners = [s for s, t in _SECTION_TYPES.items() if key in typing.get_type_hints(t)]
             where = f"; put it under [{owners[0]}]" if owners else ""
@@ -670,16 +682,24 @@ def build_config(
     toml: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    toml_source: str | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
     """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored).
 
-    Every settings object validates itself when built, so an error here names the setting and, for an
-    environment variable, the variable that supplied the value."""
+    Every settings object validates itself when built, so an error here names the setting and where its value
+    came from: ``toml_source`` (e.g. ``pipeline file p.toml``) for the TOML layer, the environment variable, and
+    for an override ``option_names[key]`` (e.g. ``--window``), else "a command-line option". A check between
+    settings (``train.stride`` against ``model.window``) names the source of each one that was set."""
     cfg = PipelineConfig()
     layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if toml:
-        _check_toml_shape(toml)
-        layers.append(("pipeline file", {k: v for k, v in toml.items() if k in SECTIONS}))
+        try:
+            _check_toml_shape(toml)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in {toml_source})" if toml_source else str(exc), key=exc.key) from None
+        layers.append(("toml", {k: v for k, v in toml.items() if k in SECTIONS}))
     if env:
         layers.append(("environment", env_overrides(env)))
     if overrides:
@@ -690,26 +710,54 @@ def build_config(
             section, _, name = dotted.partition(".")
             nested.setdefault(section, {})[name] = value
         layers.append(("option", nested))
+
+    def source(origin: str, key: str) -> str | None:
+        if origin == "environment":
+            return "environment variable ANOMALY_" + key.replace(".", "_").upper()
+        if origin == "option":
+            name = (option_names or {}).get(key)
+            return f"option {name}" if name else "a command-line option"
+        return toml_source
+
+    sources: dict[str, str | None] = {}  # "section.field" -> where its value came from, for the settings set
     for origin, layer in layers:
         for section, values in layer.items():
+            given = {f"{section}.{name}": source(origin, f"{section}.{name}") for name in values}
             try:
                 cfg = dataclasses.replace(cfg, **{section: _apply(getattr(cfg, section), values, section)})
             except ConfigError as exc:
-                if origin != "environment" or not exc.key:
-                    raise
-                var = "ANOMALY_" + exc.key.replace(".", "_").upper()
-                raise ConfigError(f"{exc} (from environment variable {var})", key=exc.key) from None
+                raise _naming_sources(exc, {**sources, **given}) from None
+            sources.update(given)
     return cfg
+
+
+def _naming_sources(exc: ConfigError, sources: Mapping[str, str | None]) -> ConfigError:
+    """``exc`` with where its settings came from appended: ``(from environment variable ANOMALY_MODEL_WINDOW)`` for
+    one, ``(train.stride from pipeline file p.toml, model.window from option --window)`` for a check between
+    settings. A setting left at its default, or from an unnamed source, is not listed."""
+    keys = [k for k in dict.fromkeys((exc.key, *exc.related)) if k and sources.get(k)]
+    if not keys:
+        return exc
+    if len(keys) == 1:
+        where = f"from {sources[keys[0]]}"
+    else:
+        where = ", ".join(f"{k} from {sources[k]}" for k in keys)
+    return ConfigError(f"{exc} ({where})", key=exc.key, related=exc.related)
 
 
 def load_config(
     pipeline: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
     """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options."""
     return build_config(
-        read_toml(pipeline) if pipeline else None, os.environ if env is None else env, overrides
+        read_toml(pipeline) if pipeline else None,
+        os.environ if env is None else env,
+        overrides,
+        toml_source=f"pipeline file {pipeline}" if pipeline else None,
+        option_names=option_names,
     )
 
 

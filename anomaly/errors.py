@@ -11,9 +11,10 @@ class ConfigError(AnomalyError, ValueError):
     """A pipeline file, option, environment variable or settings object is invalid (also a ValueError, so
     library users constructing settings can catch the usual type)."""
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None, related: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.key = key
+        self.related = related  # the other settings a check between settings compared `key` with
 
 
 class BundleError(AnomalyError):

@@ -97,7 +97,10 @@ class PipelineMetrics:
             registry=r,
         )
         self.windows_scored = Counter(
-            "anomaly_windows_scored", "Full windows scored by the model.", registry=r
+            "anomaly_windows_scored",
+            "Windows scored: whole windows, or report windows of model.window readings scored on arrival (the "
+            "default); a short one at a gap, an eviction or the end of a replay.",
+            registry=r,
         )
         self.alerts_opened = Counter("anomaly_alerts_opened", "Alerts opened by the engine.", registry=r)
         self.alerts_closed = Counter("anomaly_alerts_closed", "Alerts closed by the engine.", registry=r)
@@ -122,7 +125,7 @@ class PipelineMetrics:
         )
         self.window_error = Histogram(
             "anomaly_window_error_mse",
-            "Mean reconstruction error of each scored window (mean squared error, standardized units).",
+            "Mean point error of each scored window (squared forecast or reconstruction error, standardized units).",
             buckets=ERROR_BUCKETS,
             registry=r,
         )
@@ -142,7 +145,11 @@ class PipelineMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "anomaly_batch_size_windows", "Windows per batched model call.", buckets=BATCH_BUCKETS, registry=r
+            "anomaly_batch_size_windows",
+            "Pieces per batched model call, one per key: a whole window, or the key's readings up to the end of its "
+            "report window (scored on arrival, the default).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.lag = Gauge(
             "anomaly_consumer_lag_messages",
@@ -207,6 +214,13 @@ class PipelineMetrics:
             registry=r,
         )
         self.commit_failures = Counter("anomaly_commit_failures", "Offset commits that failed.", registry=r)
+        self.ready = Gauge(
+            "anomaly_ready",
+            "1 while /readyz answers 200 (partitions assigned and restored, the broker answering), else 0: "
+            "start-up, rebalances, broker outages. A daemon whose broker is away is scraped (up is 1) and its "
+            "idle checkpoint timer keeps the checkpoint age at 0, so this is the series that shows the outage.",
+            registry=r,
+        )
         self.fenced = Counter(
             "anomaly_fenced",
             "Times this daemon was fenced (another member took its partitions): state dropped, group rejoined.",
@@ -411,6 +425,10 @@ class PipelineMetrics:
         up to date, but its time is not a checkpoint's time."""
         self.checkpoint_last.set(at_epoch)
 
+    def set_ready(self, ready: bool) -> None:
+        """What /readyz answers, for Prometheus (the MetricsServer calls it with every change)."""
+        self.ready.set(1 if ready else 0)
+
     def commit_failed(self) -> None:
         self.commit_failures.inc()
 
@@ -525,6 +543,7 @@ class MetricsServer:
             self._ready.set()
         else:
             self._ready.clear()
+        self.metrics.set_ready(ready)
 
     def start(self) -> None:
         if self._server is not None:

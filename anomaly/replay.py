@@ -187,7 +187,11 @@ def point_frame(s: Series, features: Sequence[str], got: dict[str, np.ndarray], 
     cols: dict[str, Any] = {
         "key": s.key,
         "timestamp": s.timestamps,
-        "time": pd.to_datetime(s.timestamps, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        # to the microsecond it prints: a float64 of epoch seconds is within 0.3 us of the time it stands for,
+        # and truncating it printed a reading at 20.300 s as 20.299999
+        "time": pd.to_datetime(s.timestamps, unit="s", utc=True)
+        .round("us")
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
     for j, name in enumerate(value_columns(features)):
         cols[name] = s.values[:, j]
@@ -354,6 +358,10 @@ def _replay(
         "max_gap_seconds": engine.max_gap,
         "warnings": coverage_warnings(series, coverage, engine, bundle),
     }
+    if not any(
+        w.startswith("nothing was scored") for w in summary["warnings"][:1]
+    ):  # (then nothing is evaluated)
+        summary["warnings"] += label_warnings(judged)
     compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
@@ -534,6 +542,21 @@ def coverage_warnings(
     if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
     return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
+
+
+def label_warnings(judged: dict[str, pd.DataFrame]) -> list[str]:
+    """A run with labels of which none marks a reading anomalous (a label column empty or 0 in every evaluated
+    row: a placeholder column, the labels in another column, or a normal-only file): its recall, F1 and event
+    metrics are 0 by construction, which the table alone shows as a model that found nothing."""
+    labelled = [f["label"].to_numpy() for f in judged.values() if "label" in f]
+    if not labelled or any(y.any() for y in labelled):
+        return []
+    n = sum(len(y) for y in labelled)
+    return [
+        f"no evaluated reading is labelled anomalous (all {plural(n, 'label')} are 0 or empty): recall, F1 and "
+        "the event metrics are 0 by construction, and only FAR and false alerts per day measure this run; if "
+        "the labels are in another column or file, name it with --label or --labels"
+    ]
 
 
 def gapped_series(series: Sequence[Series], max_gap: float) -> list[tuple[str, int, int, float]]:

@@ -86,20 +86,45 @@ def generate(spec: SyntheticSpec) -> pd.DataFrame:
         kinds[sl] = kind
     values = values * scales + offsets
     frame = pd.DataFrame(values.astype(np.float32), columns=[f"sensor_{i + 1}" for i in range(k)])
-    frame.insert(
-        0,
-        "timestamp",
-        pd.to_datetime(spec.start + np.arange(n) * spec.interval_s, unit="s", utc=True).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        ),
-    )
+    frame.insert(0, "timestamp", _iso_times(spec.start + np.arange(n) * spec.interval_s))
     frame["anomaly"] = labels
     frame["anomaly_kind"] = kinds
     return frame
 
 
+def _iso_times(seconds: np.ndarray) -> pd.Index:
+    """ISO times (UTC, `Z`) of epoch seconds: whole seconds as `2023-11-14T22:13:20Z`, and with milliseconds
+    (`...:20.100Z`) when an interval under a second or not a whole number of seconds makes any of them
+    fractional; cut to whole seconds, 10 Hz readings would share each second's time, and reading them back
+    would refuse the file."""
+    times = pd.to_datetime(seconds, unit="s", utc=True).round("ms")
+    if (times.microsecond == 0).all():
+        return times.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return times.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+
+
+def _fits(spec: SyntheticSpec, anomalies: int) -> bool:
+    """Whether `anomalies` evenly spaced slots after the first 10 % are each longer than the longest anomaly (5
+    machine periods, less one reading): `_plan` starts each at the same offset in its slot or later, and ends it before the
+    slot's end or no later than that offset plus its length, so one ends before the next begins."""
+    slot = (spec.n_points - spec.n_points // 10) // anomalies
+    return slot >= spec.machine_period * 5
+
+
+def max_anomalies(spec: SyntheticSpec) -> int:
+    """The most anomalies `generate` can place in `spec.n_points` readings without one overlapping the next."""
+    k = 0
+    while _fits(spec, k + 1):
+        k += 1
+    return k
+
+
 def _plan(spec: SyntheticSpec, rng: np.random.Generator) -> list[tuple[int, int, str, int]]:
     """Place anomalies in evenly spaced slots after the first 10 % of the series, cycling through KINDS."""
+    if not _fits(spec, spec.anomalies):
+        raise ValueError(
+            f"{spec.anomalies} anomalies do not fit in {spec.n_points} readings: at most {max_anomalies(spec)}"
+        )
     n = spec.n_points
     first = n // 10
     slot = (n - first) // spec.anomalies

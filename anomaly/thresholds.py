@@ -63,6 +63,16 @@ def ewma(raw: np.ndarray, last: np.ndarray, alpha: float) -> tuple[np.ndarray, n
     return out, prev
 
 
+# Scores at least this many times the threshold in force are not learnt by the threshold (as points inside an
+# open alert are not). The points of a spike before its alert opens were learnt: one finite reading far beyond
+# any range (a sensor's 3.4e38 "no value" sentinel scores ~1e22) then held the dynamic threshold at ~1e22 until
+# the history had turned over, deaf to real faults. Real data stay far below: a near-constant training feature
+# that moves (26,872 training sd in SMAP/MSL, with the 0.01 reference floor) scores under 1e11. Lower bounds
+# change what the thresholds learn from real anomalies: excluding at 1000 moved SMAP's z-score baseline, and
+# capping the learnt score at 100 MSL's model.
+BEYOND_DOUBT = 1e12
+
+
 # --- generalized Pareto tail (SPOT) ------------------------------------------------------------------------------
 
 
@@ -202,7 +212,9 @@ class SpotThreshold(Threshold):
     probability `spot_q` under the fitted tail (never below `spot_min`), and every point judged normal updates
     the model: n counts it, and if it is above t its excess joins the ring of the last `spot_peaks` excesses
     (the GPD is refitted from that ring, by the method of moments, before each window). Points above epsilon
-    are not learned, so an anomaly does not raise the bar for itself. Epsilon is fixed within a window."""
+    are not learned, so an anomaly does not raise the bar for itself. Epsilon is fixed within a window. While a
+    key calibrates (it cannot flag anything), a score of BEYOND_DOUBT x spot_min and the scores after it, until
+    one is back at spot_min, are skipped (`spot_doubt`): one huge reading would otherwise calibrate t for good."""
 
     name = "spot"
     drift = False
@@ -215,6 +227,8 @@ class SpotThreshold(Threshold):
             "spot_t": ((), "float32", "nan"),  # initial threshold t; NaN while calibrating
             "spot_peaks": ((c.spot_peaks,), "float32", "zero"),  # ring of the latest excesses over t
             "spot_npeaks": ((), "int64", "zero"),  # excesses seen (N_t)
+            # while calibrating: in the imprint of a score BEYOND_DOUBT x spot_min, not calibrated on
+            "spot_doubt": ((), "bool", "zero"),
         }
         if self.drift:
             out["spot_drift"] = ((c.spot_depth,), "float32", "zero")  # ring of the latest normal scores
@@ -244,12 +258,17 @@ class SpotThreshold(Threshold):
         self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
     ) -> None:
         init, t, n = state["spot_init"], state["spot_t"], state["spot_n"]
-        peaks, npeaks = state["spot_peaks"], state["spot_npeaks"]
+        peaks, npeaks, doubt = state["spot_peaks"], state["spot_npeaks"], state["spot_doubt"]
         m, p = init.shape[1], peaks.shape[1]
         k = len(t)
+        floor = self.cfg.spot_min  # the threshold in force while a key calibrates
         for i in range(scores.shape[1]):
             x = scores[:, i].astype(np.float64)
             normal = ~anomalous[:, i]
+            # A key that cannot alert yet cannot shut a spike's smoothed imprint out of its calibration as an
+            # open alert would: from a score BEYOND_DOUBT x the floor until the score is back at the floor, its
+            # points are skipped (one 1e25 reading otherwise calibrated t at ~1e20, and the key never alerted).
+            doubt[:] = np.isnan(t) & (floor > 0) & ((x >= BEYOND_DOUBT * floor) | (doubt & (x > floor)))
             if self.drift:
                 ring, cnt = state["spot_drift"], state["spot_ndrift"]
                 filling = cnt < ring.shape[1]  # DSPOT: the first spot_depth scores only set the level
@@ -257,7 +276,7 @@ class SpotThreshold(Threshold):
             else:
                 filling = np.zeros(k, bool)
             calibrating = np.isnan(t) & ~filling
-            rows = np.flatnonzero(calibrating)
+            rows = np.flatnonzero(calibrating & ~doubt)
             init[rows, n[rows]] = x[rows]
             n[rows] += 1
             for r in np.flatnonzero(calibrating & (n >= m)):
@@ -272,7 +291,8 @@ class SpotThreshold(Threshold):
             peaks[up, npeaks[up] % p] = (x - t)[up]
             npeaks[up] += 1
             if self.drift:
-                push = np.flatnonzero(filling | normal)  # not warm yet: every point counts as normal
+                # not warm yet: every point counts as normal (but for a spike's imprint)
+                push = np.flatnonzero((filling | normal) & ~doubt)
                 ring[push, cnt[push] % ring.shape[1]] = scores[push, i]
                 cnt[push] += 1
 

@@ -119,6 +119,104 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--static-threshold", "-1"],
+            "error: engine.static_threshold must be a positive number of score units (1.0 = calibration quantile), "
+            "got -1.0 (from option --static-threshold)",
+        ),
+        (
+            ["--separator", ",", "--decimal", ","],
+            "error: data.separator must differ from data.decimal (data.separator from option --separator, "
+            "data.decimal from option --decimal)",
+        ),
+    ],
+)
+def test_a_bad_option_value_names_the_option(args, expected, tmp_path) -> None:
+    """The error named the setting (engine.static_threshold) but not the option the user typed."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    result = CliRunner().invoke(main, ["replay", str(csv), "-m", "none.pt", *args])
+    assert (result.exit_code, result.output) == (2, expected + "\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "seed"),
+    [([], {}, 0), ([], {"ANOMALY_TRAIN_SEED": "3"}, 3), (["--seed", "5"], {"ANOMALY_TRAIN_SEED": "3"}, 5)],
+)
+def test_demo_seed_follows_the_documented_precedence(args, env, seed, monkeypatch, tmp_path) -> None:
+    """`--seed` always passed its default 0 as an option, so ANOMALY_TRAIN_SEED (and a pipeline's train.seed)
+    never reached `anomaly demo`. The data and the training take the seed in force."""
+    from anomaly.commands import replay_cmds
+    from anomaly.errors import AnomalyError
+    from anomaly.synthetic import SyntheticSpec
+
+    seen: dict[str, object] = {}
+    real_generate = replay_cmds.generate
+
+    def small(spec):  # type: ignore[no-untyped-def]
+        seen.setdefault("data", []).append(spec.seed)  # type: ignore[union-attr]
+        return real_generate(SyntheticSpec(n_points=50, seed=spec.seed))  # a small file, no anomalies
+
+    def stop(paths, cfg, out):  # type: ignore[no-untyped-def]
+        seen["train"] = cfg.train.seed
+        raise AnomalyError("stopped after the settings")
+
+    monkeypatch.setattr(replay_cmds, "generate", small)
+    monkeypatch.setattr(replay_cmds, "run_training", stop)
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path), *args], env=env)
+    assert (result.exit_code, seen) == (2, {"data": [seed, seed + 1], "train": seed})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            [],
+            {},
+            "error: --static-threshold sets the static threshold, but engine.threshold is dynamic: add --threshold "
+            "static (see: anomaly replay --help)",
+        ),
+        (["--threshold", "static"], {}, "error: model bundle not found: none.pt"),
+        ([], {"ANOMALY_ENGINE_THRESHOLD": "static"}, "error: model bundle not found: none.pt"),
+    ],
+)
+def test_a_static_threshold_without_the_static_kind_is_refused(args, env, expected, tmp_path) -> None:
+    """`replay --static-threshold 3` under the default dynamic threshold replayed as if it had not been given."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\n1,2\n")
+    argv = ["replay", str(csv), "-m", "none.pt", "--static-threshold", "3", *args]
+    result = CliRunner().invoke(main, argv, env=env, prog_name="anomaly")
+    assert (result.exit_code, result.output) == (2, expected + "\n")
+
+
+def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> None:
+    """With replay.parquet = false the last lines still listed scores.parquet, which was not written."""
+    out = tmp_path / "r"
+    args = ["replay", str(test_csv), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
+    result = CliRunner().invoke(main, args, env={"ANOMALY_REPLAY_PARQUET": "false"})
+    listed = [line for line in result.output.splitlines() if line.startswith("results: ")]
+    assert (result.exit_code, listed, sorted(p.name for p in out.iterdir())) == (
+        0,
+        [f"results: {out}/ (scores.csv, alerts.jsonl, rejections.jsonl, summary.json)"],
+        ["alerts.jsonl", "rejections.jsonl", "scores.csv", "summary.json"],
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "replay", "skab"])
+def test_an_empty_pipeline_path_is_refused(command, tmp_path) -> None:
+    """`-p "$PIPELINE"` with the variable unset (an empty path) ran on the defaults without a word."""
+    args = {"train": ["x.csv"], "replay": ["x.csv", "-m", "m.pt"], "skab": [str(tmp_path)]}[command]
+    result = CliRunner().invoke(main, [command, *args, "-p", ""], prog_name="anomaly")
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: Invalid value for '--pipeline' / '-p': an empty path names no pipeline file (leave the option out "
+        f"for the defaults) (see: anomaly {command} --help)\n",
+    )
+
+
 def test_demo_pipeline_file_matches_the_embedded_default() -> None:
     from pathlib import Path
 
@@ -165,6 +263,28 @@ def test_inspect_prints_readable_lines_not_dicts_or_long_floats(bundle_path) -> 
     assert "{" not in out and "'" not in out
     assert not re.search(r"\d\.\d{6,}", out), out  # no 16-digit floats
     assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in out
+
+
+def test_train_and_inspect_name_the_scored_features(train_csv, tmp_path) -> None:
+    """model.targets (or train.wander_screen) leaves features unscored; `inspect` showed only `targets [0]` among
+    the architecture's numbers and `train` nothing, so a misspelt or screened target went unnoticed."""
+    model = tmp_path / "m.pt"
+    args = ["train", str(train_csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    trained = CliRunner().invoke(main, args, env={"ANOMALY_MODEL_TARGETS": "sensor_2"})
+    shown = invoke("inspect", str(model)).output.splitlines()
+    assert (
+        trained.exit_code,
+        [line for line in trained.output.splitlines() if "targets" in line],
+        shown[3],
+    ) == (
+        0,
+        ["scored features (targets): sensor_2; context: sensor_1, sensor_3, sensor_4"],
+        "targets (1):     sensor_2; context, read but not scored: sensor_1, sensor_3, sensor_4",
+    )
+
+
+def test_inspect_of_a_bundle_scoring_every_feature_has_no_targets_line(bundle_path) -> None:
+    assert "targets (" not in invoke("inspect", str(bundle_path)).output
 
 
 @pytest.mark.parametrize(
@@ -224,7 +344,7 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
 
     training = {"rows": 604, "series": 1, "epochs_run": run, "best_epoch": best, "best_val_loss": 0.5}
     result = SimpleNamespace(
-        bundle=SimpleNamespace(meta={"training": training}),
+        bundle=SimpleNamespace(meta={"training": training}, features=["a"], targets=["a"]),
         device="cpu",
         amp_dtype=None,
         windows_per_second=1.0,
@@ -267,12 +387,9 @@ def test_ctrl_c_while_the_command_line_loads_ends_in_one_line() -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("Usage: python -m anomaly [OPTIONS] COMMAND")
 
 
-@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
-def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
-    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
-    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
-    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`. The pipe's read end is
-    closed before the command starts, so every write fails whatever the timing."""
+def _run_with_stdout_closed(args: list[str]):  # type: ignore[no-untyped-def]
+    """`python -m anomaly ARGS` writing to a pipe whose read end is closed before the command starts, so every
+    write fails whatever the timing."""
     import os
     import subprocess
     import sys
@@ -282,8 +399,8 @@ def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "anomaly", args[0], str(bundle_path), *args[1:]],
+        return subprocess.run(
+            [sys.executable, "-m", "anomaly", *args],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -292,6 +409,23 @@ def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
         )
     finally:
         os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"]])
+def test_stdout_closed_early_is_a_quiet_exit_141(bundle_path, args) -> None:
+    """`anomaly inspect model.pt | head -1` printed `error: Broken pipe` and exited 2. A closed stdout is the
+    reader's choice, not an error: no line on stderr (no `Exception ignored ... BrokenPipeError` at exit
+    either) and status 141 (128 + SIGPIPE), as a shell reports for `git log | head -1`."""
+    done = _run_with_stdout_closed([args[0], str(bundle_path), *args[1:]])
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["replay", "--help"], ["--version"]])
+def test_help_and_version_cut_short_exit_141_as_other_output(args) -> None:
+    """`anomaly replay --help | head -1` exited 1 (click's own handling of a broken pipe, in the option callbacks
+    that print the help and the version, outside every command's error handling) where every other output cut
+    short by its reader exits quietly with 141."""
+    done = _run_with_stdout_closed(args)
     assert (done.returncode, done.stderr) == (141, "")
 
 
@@ -306,3 +440,27 @@ def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatc
     monkeypatch.setattr(model_cmds, "read_metadata", broken)
     out = CliRunner().invoke(main, ["inspect", str(bundle_path)])
     assert (out.exit_code, out.stderr) == (2, "error: Broken pipe\n")
+
+
+def test_generate_with_a_sub_second_interval_writes_times_train_reads(tmp_path) -> None:
+    """`generate --interval 0.1` wrote whole seconds (ten readings a time), and train refused its own file as
+    times cut to the second."""
+    import numpy as np
+
+    from anomaly.config import DataConfig
+    from anomaly.data import load_series, sampling_interval
+
+    path = tmp_path / "hz.csv"
+    assert (
+        invoke("generate", "-o", str(path), "--points", "30", "--sensors", "1", "--interval", "0.1").exit_code
+        == 0
+    )
+    lines = path.read_text().splitlines()
+    assert lines[1].startswith("2023-11-14T22:13:20.000Z,") and lines[4].startswith(
+        "2023-11-14T22:13:20.300Z,"
+    )
+    (s,), _ = load_series([path], DataConfig())
+    assert sampling_interval([s]) == 0.1 and np.diff(s.timestamps).min() > 0.09
+    minutes = tmp_path / "minutes.csv"
+    assert invoke("generate", "-o", str(minutes), "--points", "10", "--sensors", "1").exit_code == 0
+    assert minutes.read_text().splitlines()[2].startswith("2023-11-14T22:14:20Z,")  # whole seconds as before

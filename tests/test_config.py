@@ -53,6 +53,12 @@ def test_env_beats_toml(tmp_path) -> None:
         ({"kafka": {"security_protocol": "TLS"}}, "kafka.security_protocol must be one of: PLAINTEXT, SSL"),
         ({"data": {"separator": ";;"}}, "data.separator must be one character"),
         ({"train": {"stride": 99}}, "train.stride must be between 0 and model.window (32)"),
+        # a [pipeline] section was skipped whatever it held: `[pipeline]` + `threshold = "static"` did nothing
+        (
+            {"pipeline": {"threshold": "static"}},
+            "unknown section [pipeline]; valid sections: data, model, train, engine, kafka, metrics, replay",
+        ),
+        ({"pipeline": "demo"}, "top-level key 'pipeline' is not inside a [section]"),
     ],
 )
 def test_bad_settings_name_the_problem(toml, message) -> None:
@@ -87,6 +93,12 @@ def test_secrets_are_redacted() -> None:
         ("engine", {"max_alert_readings": 2**31}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": 2**31}, "engine.partial_shift_readings must be >= 0 readings"),
+        # a run of 1 is any reading: with stuck_factor 1 every reading of a never-repeating sensor was stuck
+        (
+            "engine",
+            {"stuck_min_run": 1},
+            "engine.stuck_min_run must be 0 (no stuck-sensor rule) or at least 2",
+        ),
         ("engine", {"nan_policy": "zero"}, "engine.nan_policy must be one of: reject, ffill; got 'zero'"),
         ("replay", {"predict": "both"}, "replay.predict must be one of: alert, point"),
         ("train", {"device": "tpu"}, "train.device must be one of: auto, cpu, cuda"),
@@ -155,3 +167,45 @@ def test_a_tab_separator_can_be_typed(typed: str) -> None:
 def test_an_infinite_future_limit_says_it_must_be_finite() -> None:
     with pytest.raises(ConfigError, match="must be a finite number of seconds >= 0"):
         build_config(env={"ANOMALY_KAFKA_MAX_FUTURE_SECONDS": "inf"})
+
+
+def test_a_bad_value_in_the_pipeline_file_names_the_file(tmp_path) -> None:
+    """An error from the pipeline file read like one from an option: only a variable was named."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[engine]\nsmoothing = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(toml, env={})
+    assert str(info.value) == f"engine.smoothing must be in (0, 1] (from pipeline file {toml})"
+    toml.write_text("[engin]\nsmoothing = 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(toml, env={})
+    assert str(info.value).endswith(
+        f"valid sections: data, model, train, engine, kafka, metrics, replay (in pipeline file {toml})"
+    )
+
+
+def test_a_check_between_settings_names_where_each_came_from(tmp_path) -> None:
+    """`train.stride = 16` in the file and ANOMALY_MODEL_WINDOW=8 was blamed on ANOMALY_TRAIN_STRIDE, a variable
+    nobody had set, sending the user to look for it."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[train]\nstride = 16\n[model]\ntargets = ['c']\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(toml, env={"ANOMALY_MODEL_WINDOW": "8"})
+    assert str(info.value) == (
+        "train.stride must be between 0 and model.window (8) (train.stride from pipeline file "
+        f"{toml}, model.window from environment variable ANOMALY_MODEL_WINDOW)"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(toml, {"data.features": ("a", "b")}, env={}, option_names={"data.features": "--features"})
+    assert str(info.value).endswith(
+        f"(model.targets from pipeline file {toml}, data.features from option --features)"
+    )
+    with pytest.raises(ConfigError) as info:  # an option the caller did not name
+        build_config(overrides={"model.window": 4, "train.stride": 8})
+    assert str(info.value) == (
+        "train.stride must be between 0 and model.window (4) (train.stride from a command-line option, "
+        "model.window from a command-line option)"
+    )
+    with pytest.raises(ConfigError) as info:  # a library user's dict: no source to name
+        build_config({"train": {"stride": 99}})
+    assert str(info.value) == "train.stride must be between 0 and model.window (32)"

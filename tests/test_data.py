@@ -693,3 +693,59 @@ def test_a_row_of_column_numbers_above_the_header_is_not_taken_for_data(tmp_path
     label = "Attack LABLE (1:No Attack, -1:Attack)"
     (s,), feats = load(path, skip_rows=1, time_column="Row", label=label, label_map=("1=0", "-1=1"))
     assert feats == ["1_AIT_001_PV"] and s.labels.tolist() == [0, 1, 0] and s.timestamps.tolist() == [1, 2, 3]
+
+
+def test_one_instant_written_in_any_form_reads_as_the_same_time(tmp_path) -> None:
+    """10 Hz readings as epoch ms, us and ns, as ISO text with and without an offset, and as decimal seconds: every
+    form gives the double nearest to the time (1700000000300 ms used to read as 1700000000.3000002, and ISO
+    text with milliseconds missed the nearest double one time in four)."""
+    ms = [1_700_000_000_000 + 100 * i for i in range(40)]
+    iso = [f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z" for i in range(40)]
+    forms = {
+        "ms": ms,
+        "us": [t * 1000 for t in ms],
+        "ns": [t * 1_000_000 for t in ms],
+        "seconds": [f"{t // 1000}.{t % 1000:03d}" for t in ms],
+        "iso": iso,
+        "offset": [t.replace("T22:", "T23:").replace("Z", "+01:00") for t in iso],
+    }
+    nearest = [float(f"{t // 1000}.{t % 1000:03d}") for t in ms]
+    for name, stamps in forms.items():
+        rows = "".join(f"{t},{i}.0\n" for i, t in enumerate(stamps))
+        (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows, f"{name}.csv"))
+        assert s.timestamps.tolist() == nearest, name
+
+
+def test_daily_excel_serials_with_a_time_of_day_follow_the_rule_of_whole_ones(tmp_path) -> None:
+    """45010.5, 45011.5, ... (a reading a day, at noon) in a column named `Date` was read as epoch seconds,
+    while the same days without the noon were refused: steps of a day made the fraction look like a counter's."""
+    daily = "".join(f"{45010 + i}.5,{i}\n" for i in range(30))
+    with pytest.raises(DataError) as named:
+        load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
+    assert str(named.value) == (
+        "time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
+        "45010.5 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
+        "hh:mm:ss), or pass --time-unit s if they are seconds"
+    )
+    (s,), _ = load(
+        write(tmp_path, "time,a\n" + daily, "t.csv"), time_column="time"
+    )  # a counter, as whole ones
+    assert s.timestamps.tolist() == [45010.5 + i for i in range(30)]
+
+
+def test_lines_are_counted_as_an_editor_shows_them_past_a_cell_with_a_line_break(tmp_path) -> None:
+    """A quoted cell holding a line break (a notes column) is one row over two lines: the rows after it were
+    named one line too early, in errors and in rejections.jsonl."""
+    text = 'timestamp,a,note\n1,1.0,"valve\nchanged"\n\n2,2.0,ok\n3,broken,ok\n'
+    with pytest.raises(SchemaError, match=r"column 'a' line 6 holds 'broken'"):
+        load(write(tmp_path, text))
+    (s,), _ = load(write(tmp_path, text.replace("broken", "3.0"), "ok.csv"))
+    assert s.lines.tolist() == [2, 5, 6]
+
+
+def test_the_sampling_interval_of_10_hz_readings_is_a_tenth_of_a_second(tmp_path) -> None:
+    """Steps between float64 epoch times are 0.24 us coarse: the median step of 10 Hz readings was
+    0.09999990463 s, printed by train as `sampling interval 0.0999999 s` and stored in the bundle."""
+    rows = "".join(f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z,{i}.0\n" for i in range(100))
+    (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows))
+    assert sampling_interval([s]) == 0.1

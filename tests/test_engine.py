@@ -408,6 +408,29 @@ def test_a_huge_reading_does_not_deafen_the_dynamic_threshold_to_a_later_fault(b
     assert starts == {False: [700.0], True: [300.0, 700.0]}
 
 
+@pytest.mark.parametrize("threshold", ["spot", "dspot"])
+def test_a_huge_reading_while_spot_calibrates_does_not_deafen_the_key(bundle, threshold) -> None:
+    """One 1e25 at a key's 50th reading, before SPOT can alert (its first `spot_init` scores calibrate it, and
+    no alert can shut the spike's smoothed imprint out): the fault 650 readings later opens an alert as it does
+    without the 1e25. Before, the imprint (about 230 scores decaying from 1e22) made up the calibration
+    sample, t stood at ~1e20 for good and the key never alerted again."""
+    rng = np.random.default_rng(0)
+    n, f = 1400, len(bundle.features)
+    ts = np.arange(n) * 60.0 + 1.7e9
+    normal = bundle.scaler.mean + rng.normal(0, 0.3, (n, f)) * bundle.scaler.scale
+    normal[700:720] += 20 * bundle.scaler.scale
+    starts, last = {}, {}
+    for spiked in (False, True):
+        values = normal.copy()
+        if spiked:
+            values[50, 0] = 1e25
+        out = Engine(bundle, EngineConfig(threshold=threshold)).process([Event("k", ts, values)])
+        starts[spiked] = [(a.start - ts[0]) / 60 for a in out.alerts if a.status == "open"]
+        last[spiked] = float(out.windows[-1].thresholds[-1])
+    assert starts == {False: [700.0], True: [700.0]}
+    assert last[True] == last[False] == 1.0  # spot_min: the bar of a key whose scores run low
+
+
 def test_nan_forward_fill_policy(bundle) -> None:
     e = Engine(bundle, EngineConfig(nan_policy="ffill"))
     e.process([Event("a", np.array([1.0]), one(bundle, 2.5))])
@@ -458,6 +481,32 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
     assert len(out.windows) == 2 and len(out.windows[0].errors) == 3
     assert np.array_equal(out.windows[0].timestamps, s.timestamps[w : w + 3])
     assert np.array_equal(out.windows[1].errors, fresh.windows[0].errors)
+
+
+@pytest.mark.parametrize("gap_days", [0.5, 3.0])
+def test_an_alert_open_at_a_gap_reset_stays_open_unless_the_gap_outlasts_max_alert_seconds(
+    bundle, gap_days
+) -> None:
+    """A gap resets the key's encoder, partial window and smoothing, not its alert: the alert open before it
+    closes after `alert_close_after` normal readings after it. A gap longer than `max_alert_seconds` (a day)
+    closes it as a level shift at the first reading after the gap (README, Data hygiene)."""
+    rng = np.random.default_rng(0)
+    n, f = 300, len(bundle.features)
+    ts = np.arange(n) * 60.0
+    values = bundle.scaler.mean + rng.normal(0, 0.05, (n, f)) * bundle.scaler.scale
+    values[100:160] += 60 * bundle.scaler.scale  # the fault goes on after the gap, for 10 readings
+    ts[150:] += gap_days * 86_400
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, max_gap_seconds=3600.0)
+    e = Engine(bundle, cfg)
+    out = e.process([Event("k", ts, values)])
+    assert e.counters["gap_resets"] == 1
+    got = [(a.status, int(np.searchsorted(ts, a.at)), a.reason) for a in out.alerts]
+    if gap_days < 1:
+        assert got == [("open", 102, ""), ("closed", 189, "normal")]  # 30 normal readings after 159
+    else:
+        # re-baselined on the level the fault had after the gap (the level EWMA, in event time, forgot the rest):
+        # the fault's end at reading 160 reads as a shift back and opens an alert that stays open
+        assert got == [("open", 102, ""), ("closed", 150, "level_shift"), ("open", 162, "")]
 
 
 # --- thresholds and alerts -------------------------------------------------------------------------------------
@@ -562,6 +611,30 @@ def test_eviction_caps_keys_lru_and_ttl(bundle) -> None:
     ttl.process([Event("old", np.array([0.0]), one(bundle)), Event("young", np.array([50.0]), one(bundle))])
     out = ttl.process([Event("young", np.array([120.0]), one(bundle))])
     assert out.evicted == ["old"] and ttl.keys() == ["young"]
+
+
+@pytest.mark.parametrize("order", [("early", "late"), ("late", "early")])
+def test_a_key_idle_past_the_ttl_is_evicted_whatever_order_the_keys_arrived_in(bundle, order) -> None:
+    """The TTL is event time since a key's last reading, not its place in the LRU order: a key that arrived
+    after another but carries an older time (a lagging partition) expires when its own time is up. Before, the
+    scan stopped at the first young key in LRU order and kept `early` held when it had arrived last."""
+    at = {"early": 0.0, "late": 1000.0}
+    e = Engine(bundle, EngineConfig(ttl_seconds=1000))
+    for key in order:
+        e.process([Event(key, np.array([at[key]]), one(bundle))])
+    out = e.process([Event("now", np.array([1600.0]), one(bundle))])
+    assert out.evicted == ["early"] and e.keys() == ["late", "now"]
+    assert e.counters["evicted"] == 1
+
+
+def test_the_key_cap_evicts_no_more_than_it_must_once_expired_keys_are_gone(bundle) -> None:
+    """With `max_keys` 2, a young key, an expired one and a new one: only the expired key goes (two are left,
+    within the cap). Before, the young key was evicted for the cap first, then the expired one as well."""
+    e = Engine(bundle, EngineConfig(ttl_seconds=1000, max_keys=2))
+    e.process([Event("young", np.array([1000.0]), one(bundle))])
+    e.process([Event("expired", np.array([0.0]), one(bundle))])
+    out = e.process([Event("new", np.array([1600.0]), one(bundle))])
+    assert out.evicted == ["expired"] and e.keys() == ["young", "new"]
 
 
 @pytest.mark.parametrize("threshold", list(THRESHOLDS))
@@ -738,7 +811,9 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     assert not engine._may_expire(poll)  # taken as one call
 
     single = run([front, *[[m] for m in lagging]])
-    assert single[0] == sorted(["front", *(m.key for m in lagging)])  # front by max_keys, the rest expired
+    # every lagging key expires; `front` (young) stays. Before, the TTL scan stopped at `front` (least
+    # recently used but young), the lagging keys piled up behind it and the key cap evicted `front`.
+    assert single[0] == sorted(m.key for m in lagging)
     assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)] * 3
     assert run([front, poll]) == single
     assert run([front, lagging]) == single  # Events: message by message, as before
@@ -1047,6 +1122,38 @@ def test_a_stuck_sensor_alerts_and_a_quantized_one_holding_as_long_does_not(bund
         ("stuck", "closed", 107.0, 129.0, 139.0),  # the last frozen reading; 10 normal points later
     ]
     assert e.counters["alerts_opened"] == 1
+    # the frozen sensor is named first, marked stuck: its error share alone is about nothing (before, the alert
+    # named the features beside it); by the close it moves again, and the shares alone name the features
+    opened, closed = out.alerts
+    assert opened.top_features[0] == {
+        "feature": bundle.features[0],
+        "share": opened.top_features[0]["share"],
+        "stuck": True,
+    }
+    rest = opened.top_features[1:]
+    assert [t["share"] for t in rest] == sorted((t["share"] for t in rest), reverse=True)
+    assert not any("stuck" in t for t in closed.top_features)
+    frozen = live(0)  # reading by reading, as a daemon may get them: the same alerts, named alike
+    whole = Engine(bundle, cfg).process([Event("stuck", ts, frozen)]).alerts
+    one = Engine(bundle, cfg)
+    single = [
+        al
+        for i in range(len(ts))
+        for al in one.process([Event("stuck", ts[i : i + 1], frozen[i : i + 1])]).alerts
+    ]
+    assert [a.to_json() for a in single] == [a.to_json() for a in whole]
+    assert whole[0].top_features[0]["stuck"] is True
+    # a frozen sensor of a real model has about no error share: named first all the same, then the shares
+    contrib = np.array([0.01, 0.5, 0.3, 0.19])
+    stuck = np.array([True, False, False, False])
+    named = e.alerts.alert("k", "open", 0.0, None, 0.0, 9.0, 1.0, contrib, stuck=stuck).top_features
+    assert named == [
+        {"feature": bundle.features[0], "share": 0.01, "stuck": True},
+        {"feature": bundle.features[1], "share": 0.5},
+        {"feature": bundle.features[2], "share": 0.3},
+    ]
+    by_share = e.alerts.alert("k", "open", 0.0, None, 0.0, 9.0, 1.0, contrib).top_features
+    assert [t["feature"] for t in by_share] == [bundle.features[i] for i in (1, 2, 3)]  # what alerts named
     off = Engine(bundle, dataclasses.replace(cfg, stuck_min_run=0))
     assert off.process([Event("stuck", ts, live(0))]).alerts == []
 

@@ -205,14 +205,16 @@ def test_parse_time_rejects_non_finite():
         parse_time(float("nan"))
 
 
-def test_security_settings_pass_through_and_are_validated():
+def test_security_settings_pass_through_and_are_validated(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     cfg = KafkaConfig(
         bootstrap_servers="a:1, b:2",
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-256",
         sasl_username="u",
         sasl_password="pw",
-        ssl_cafile="/ca.pem",
+        ssl_cafile=str(ca),
     )
     s = connection_settings(cfg)
     assert s["bootstrap_servers"] == ["a:1", "b:2"]
@@ -220,7 +222,7 @@ def test_security_settings_pass_through_and_are_validated():
         "SCRAM-SHA-256",
         "u",
         "pw",
-        "/ca.pem",
+        str(ca),
     )
     with pytest.raises(
         ConfigError, match="sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
@@ -230,6 +232,17 @@ def test_security_settings_pass_through_and_are_validated():
         connection_settings(KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN"))
     with pytest.raises(ConfigError, match="security_protocol must be one of"):
         connection_settings(KafkaConfig(security_protocol="TLS"))
+
+
+@pytest.mark.parametrize("name", ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+def test_a_pem_file_that_cannot_be_read_is_named_before_connecting(tmp_path, name):
+    """A misspelt ssl_cafile was only logged by kafka-python; the daemon then said the broker could not be
+    reached (check the security settings), not which file."""
+    missing = tmp_path / "none.pem"
+    for path, reason in ((missing, "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ConfigError) as info:
+            connection_settings(KafkaConfig(security_protocol="SSL", **{name: str(path)}))
+        assert str(info.value) == f"kafka.{name}: cannot read {path}: {reason}"
 
 
 def test_the_shipped_daemon_pipeline_loads():
@@ -609,3 +622,15 @@ def test_produce_raises_when_a_message_is_not_delivered_instead_of_counting_it_s
     ):
         produce(producer, "t", messages(series, fmt))
     assert len(producer.sent) == 4
+
+
+def test_iso_times_with_milliseconds_decode_as_the_csv_path_reads_them() -> None:
+    """The daemon reads `...:20.300Z` with Python's datetime (the float64 nearest the time); a replay of the same
+    times from a CSV divided float64 nanoseconds and was one bit off for one time in four, so a backtest did not
+    see the daemon's timestamps."""
+    import pandas as pd
+
+    from anomaly.data import to_epoch_seconds
+
+    stamps = [f"2023-11-14T22:13:{20 + i // 1000:02d}.{i % 1000:03d}Z" for i in range(0, 4000, 7)]
+    assert to_epoch_seconds(pd.Series(stamps)).tolist() == [parse_time(t) for t in stamps]

@@ -124,3 +124,60 @@ def test_text_labels_in_a_label_file_use_the_label_map(tmp_path) -> None:
     data = write(tmp_path, "d.csv", "timestamp,a\n1,1.0\n2,2.0\n")
     labels = write(tmp_path, "l.csv", "timestamp,state\n1,Normal\n2,Attack\n")
     assert labels_of(data, labels, label="state", label_map=("Normal=0", "Attack=1")) == [0, 1]
+
+
+def test_a_label_csv_in_epoch_ms_labels_data_with_iso_times(tmp_path) -> None:
+    """10 Hz data with ISO times and labels written as epoch milliseconds (or the other way round): the same
+    instants, matched; 1700000000300 ms used to read as 1700000000.3000002 and miss the data's 20.300Z."""
+    ms = [1_700_000_000_000 + 100 * i for i in range(30)]
+    iso = [f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00Z" for i in range(30)]
+    want = [int(10 <= i < 13) for i in range(30)]
+    data = write(tmp_path, "d.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(iso)))
+    labels = write(
+        tmp_path,
+        "l.csv",
+        "timestamp,anomaly\n" + "".join(f"{t},{y}\n" for t, y in zip(ms, want, strict=True)),
+    )
+    assert labels_of(data, labels) == want
+    data_ms = write(tmp_path, "d_ms.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(ms)))
+    labels_iso = write(
+        tmp_path,
+        "l_iso.csv",
+        "timestamp,anomaly\n" + "".join(f"{t},{y}\n" for t, y in zip(iso, want, strict=True)),
+    )
+    assert labels_of(data_ms, labels_iso) == want
+
+
+def test_labels_in_local_time_without_offsets_are_named_as_hours_off(tmp_path) -> None:
+    """Data with offsets (a DST change in them) and labels in naive local time: every row was 'has no label'
+    with no word of why; the labels are read as UTC, two hours off the data."""
+    times = [f"2023-07-01T{10 + i // 60:02d}:{i % 60:02d}:00+02:00" for i in range(120)]
+    data = write(tmp_path, "d.csv", "timestamp,a\n" + "".join(f"{t},{i}.5\n" for i, t in enumerate(times)))
+    local = "".join(f"{t[:10]} {t[11:19]},{int(i == 5)}\n" for i, t in enumerate(times))
+    labels = write(tmp_path, "l.csv", "timestamp,anomaly\n" + local)
+    with pytest.raises(SchemaError) as off:
+        labels_of(data, labels)
+    assert str(off.value) == (
+        f"{labels} has no label for {data} line 2 (timestamp 2023-07-01T10:00:00+02:00) nor for 119 other row(s); "
+        "labels are matched to the data by 'timestamp'; the labels' times are 2 h after the data's: a time without "
+        "an offset is read as UTC, so write both in UTC or with their offsets (+02:00)"
+    )
+    utc = "".join(f"2023-07-01T{8 + i // 60:02d}:{i % 60:02d}:00Z,{int(i == 5)}\n" for i in range(120))
+    assert labels_of(data, write(tmp_path, "u.csv", "timestamp,anomaly\n" + utc)) == [
+        int(i == 5) for i in range(120)
+    ]
+
+
+def test_a_label_csv_with_its_times_under_another_name_is_refused_not_matched_by_row(tmp_path) -> None:
+    """Data times in `timestamp`, the labels' in `time`: the labels were taken row by row, their times unread,
+    so a labels file in another order labelled the wrong readings without a word."""
+    data = write(tmp_path, "d.csv", "timestamp,a\n10,0.5\n11,0.25\n12,0.75\n")
+    labels = write(tmp_path, "l.csv", "time,anomaly\n12,1\n10,0\n11,0\n")
+    with pytest.raises(SchemaError) as named:
+        labels_of(data, labels)
+    assert str(named.value) == (
+        f"{labels} has a column 'time' but not the data's time column 'timestamp'; labels are matched by that "
+        "column: rename 'time' to 'timestamp' in l.csv"
+    )
+    renamed = write(tmp_path, "r.csv", "timestamp,anomaly\n12,1\n10,0\n11,0\n")
+    assert labels_of(data, renamed) == [0, 0, 1]

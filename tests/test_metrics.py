@@ -338,6 +338,18 @@ def _head(url: str) -> tuple[int, bytes]:
     return _get(urllib.request.Request(url, method="HEAD"))
 
 
+def _ready_gauge(base: str) -> float:
+    """anomaly_ready as /metrics serves it: what Prometheus sees of /readyz (it had nothing, so a daemon whose
+    broker was away for hours fired no alert: up stayed 1 and the idle checkpoint timer kept the age at 0)."""
+    (family,) = [
+        f
+        for f in text_string_to_metric_families(_get(base + "/metrics")[1].decode())
+        if f.name == "anomaly_ready"
+    ]
+    (sample,) = family.samples
+    return sample.value
+
+
 def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
     server = MetricsServer(metrics, port=0)
     server.start()
@@ -350,10 +362,13 @@ def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
         assert b"anomaly_messages_consumed_total 7.0" in body
         assert _get(base + "/healthz") == (200, b"ok\n")
         assert _get(base + "/readyz") == (503, b"not ready\n")
+        assert _ready_gauge(base) == 0.0
         server.set_ready(True)
         assert _get(base + "/readyz") == (200, b"ready\n")
+        assert _ready_gauge(base) == 1.0
         server.set_ready(False)
         assert _get(base + "/readyz")[0] == 503
+        assert _ready_gauge(base) == 0.0
         assert _get(base + "/nope")[0] == 404
         # HEAD (health checks of HAProxy and some load balancers) answers as GET does, without a body; it was 501
         assert _head(base + "/readyz") == (503, b"")
@@ -467,3 +482,23 @@ def test_alerts_restored_from_a_checkpoint_get_their_per_key_series(bundle) -> N
     metrics.observe(EngineOutput(), Batch([]), restored, now=0.0)
     assert value(metrics, "anomaly_alert_active", {"key": "pump-1"}) is None
     assert value(metrics, "anomaly_alert_active", {"key": "pump-2"}) == 1.0
+
+
+def test_the_help_of_window_metrics_says_what_they_count() -> None:
+    """/metrics HELP as README "Monitoring" says: the default model is a forecaster scored on arrival, so these
+    count report windows (short ones at gaps too) and forecast errors; the HELP said "Full windows",
+    "reconstruction error" and "Windows per batched model call"."""
+    families = {
+        f.name: f.documentation
+        for f in text_string_to_metric_families(generate_latest(PipelineMetrics().registry).decode())
+    }
+    assert [
+        families[n]
+        for n in ("anomaly_windows_scored", "anomaly_window_error_mse", "anomaly_batch_size_windows")
+    ] == [
+        "Windows scored: whole windows, or report windows of model.window readings scored on arrival (the default); "
+        "a short one at a gap, an eviction or the end of a replay.",
+        "Mean point error of each scored window (squared forecast or reconstruction error, standardized units).",
+        "Pieces per batched model call, one per key: a whole window, or the key's readings up to the end of its "
+        "report window (scored on arrival, the default).",
+    ]

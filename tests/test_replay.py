@@ -321,3 +321,47 @@ def test_replay_counts_are_printed_singular_and_plural(tmp_path, capsys) -> None
         "replayed 2 readings of 1 series: 2 windows scored (2 readings), 2 alerts raised (2 open/close events), "
         "2 readings rejected"
     )
+
+
+def test_the_time_column_prints_each_reading_at_its_own_microsecond() -> None:
+    """10 Hz readings: `time` in scores.csv used to truncate the float seconds, printing 20.300 s as
+    20.299999 (half of all millisecond times)."""
+    from anomaly.data import Series
+    from anomaly.replay import point_frame
+
+    seconds = to_epoch_seconds(pd.Series([1_700_000_000_000 + 100 * i for i in range(20)]))
+    s = Series("k", seconds, np.zeros((20, 1)))
+    got = {"timestamps": np.zeros(0)}
+    frame = point_frame(s, ["a"], got, "alert")
+    assert frame["time"].tolist() == [
+        f"2023-11-14T22:13:{20 + i // 10:02d}.{i % 10}00000Z" for i in range(20)
+    ]
+
+
+def test_labels_that_mark_no_reading_are_a_warning_not_a_silent_f1_of_zero(
+    bundle_path, test_csv, tmp_path
+) -> None:
+    """A label column empty in every row (a placeholder, or the labels in another column) was evaluated as
+    all-normal without a word: F1 0.000 and 0 of 0 events, as if the model had found nothing."""
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    frame = pd.read_csv(test_csv)
+    frame["anomaly"] = ""
+    path = tmp_path / "empty.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    got = CliRunner().invoke(
+        main, ["replay", str(path), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
+    )
+    want = (
+        "no evaluated reading is labelled anomalous (all 1,200 labels are 0 or empty): recall, F1 and the event "
+        "metrics are 0 by construction, and only FAR and false alerts per day measure this run; if the labels are "
+        "in another column or file, name it with --label or --labels"
+    )
+    assert got.exit_code == 0
+    assert [line for line in got.stderr.splitlines() if line.startswith("warning:")] == [f"warning: {want}"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] == [want]
+    assert summary["metrics"]["counts"]["events"]["true_events"] == 0

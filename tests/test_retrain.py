@@ -960,3 +960,28 @@ def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside
         "model.pt.previous",
         "model.pt.unreadable",
     ]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--holdout", "0.3"], "--holdout"),
+        (["--f1-tolerance", "0.1"], "--f1-tolerance"),
+        (["--max-alert-ratio", "4"], "--max-alert-ratio"),
+        (["--alert-allowance", "2"], "--alert-allowance"),
+        (["--max-drift", "1"], "--max-drift"),
+        (["--force"], "--force"),
+    ],
+)
+def test_promotion_options_without_promote_are_refused_not_ignored(
+    csv_world, bundle_path, tmp_path, args, option
+):
+    """`retrain --holdout 0.3` (no --promote) trained on the whole range and compared nothing, without a word."""
+    path, _ = csv_world
+    out = tmp_path / "challenger.pt"
+    result = run_cli("retrain", "-m", bundle_path, path, "-o", out, "--epochs", 1, *args)
+    assert (result.exit_code, result.stderr.splitlines()[0]) == (
+        2,
+        f"error: {option} only applies with --promote, without which it would be ignored (see: main retrain --help)",
+    )
+    assert not out.exists()

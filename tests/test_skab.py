@@ -146,6 +146,22 @@ def test_defaults_and_the_builtin_pipeline_take_anomaly_environment_overrides(ro
         assert settings["engine"]["score"] == want
 
 
+@pytest.mark.parametrize(
+    ("flags", "env", "rows"),
+    [
+        ([], {}, 400),
+        ([], {"ANOMALY_DATA_TRAIN_ROWS": "300"}, 300),
+        (["--train-rows", "350"], {"ANOMALY_DATA_TRAIN_ROWS": "300"}, 350),
+    ],
+)
+def test_training_rows_follow_the_setting_and_the_option(root, tmp_path, flags, env, rows):
+    """data.train_rows (pipeline or ANOMALY_DATA_TRAIN_ROWS) was ignored: every file trained on 400 rows."""
+    env = {**env, **{f"ANOMALY_{k.replace('.', '_').upper()}": str(v) for k, v in TINY.items()}}
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(skab_cmd, [str(root), "--limit", "1", "--json-out", str(out), *flags], env=env)
+    assert (res.exit_code, json.loads(out.read_text())["settings"]["train_rows"]) == (0, rows)
+
+
 def test_bad_data_folder_is_a_one_line_error(tmp_path):
     res = CliRunner().invoke(skab_cmd, [str(tmp_path / "missing")])
     assert res.exit_code == 2

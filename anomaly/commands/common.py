@@ -11,9 +11,20 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from anomaly.config import PipelineConfig, load_config
 from anomaly.errors import AnomalyError
+
+
+def _pipeline_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`-p "$PIPELINE"` with the variable unset ran on the defaults without a word: an empty path is refused."""
+    if value == "":
+        raise click.BadParameter(
+            "an empty path names no pipeline file (leave the option out for the defaults)"
+        )
+    return value
+
 
 pipeline_option = click.option(
     "--pipeline",
@@ -21,6 +32,7 @@ pipeline_option = click.option(
     type=click.Path(dir_okay=False),
     default=None,
     show_default=True,
+    callback=_pipeline_path,
     help="Pipeline TOML file; options and ANOMALY_<SECTION>_<FIELD> variables override it.",
 )
 
@@ -132,12 +144,54 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
-    return load_config(pipeline, {k: v for k, v in overrides.items() if v is not None and v != ()})
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    return load_config(pipeline, given, option_names=option_names(given))
+
+
+def option_names(overrides: dict[str, Any]) -> dict[str, str]:
+    """{"section.field": "--option"} for the overrides whose value is the very object one option of the running
+    command received, so that an error in it names the option the user typed (`--static-threshold`, not only
+    engine.static_threshold). A value held by no option, or by several none of which is named as the setting,
+    stays unnamed."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    given = [
+        p
+        for p in ctx.command.params
+        if isinstance(p, click.Option)
+        and p.name in ctx.params
+        and ctx.get_parameter_source(p.name)
+        not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    ]
+    names = {}
+    for key, value in overrides.items():
+        hits = [p for p in given if ctx.params[p.name or ""] is value]
+        if len(hits) > 1:  # `--separator , --decimal ,`: one string object; the option named as the field
+            hits = [p for p in hits if p.name == key.partition(".")[2]]
+        if len(hits) == 1:
+            names[key] = next((o for o in hits[0].opts if o.startswith("--")), hits[0].opts[0])
+    return names
 
 
 # Exit status when the reader of stdout went away (`anomaly inspect model.pt | head -1`): 128 + SIGPIPE, what a
 # shell reports for `git log | head -1` or `cat big | head -1`, whose writers the signal ends.
 BROKEN_PIPE = 141
+
+
+def refuse_unless(asked: bool, needs: str, *names: str) -> None:
+    """Refuse the options `names` (parameter names), when given on the command line or by a variable, unless
+    `asked`: they only apply with `needs` (e.g. "--promote"), and without it would be ignored without a word."""
+    if asked:
+        return
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) not in (
+            ParameterSource.DEFAULT,
+            None,
+        ):
+            option = max(param.opts, key=len)
+            raise click.UsageError(f"{option} only applies with {needs}, without which it would be ignored")
 
 
 def stdout_reader_gone() -> bool:

@@ -16,6 +16,7 @@ from anomaly.commands.common import (
     label_map_option,
     one_line_errors,
     pipeline_option,
+    refuse_unless,
     setup_logging,
     time_column_option,
 )
@@ -596,6 +597,16 @@ def retrain_cmd(
     from anomaly.config import build_config, load_config
     from anomaly.training import train
 
+    refuse_unless(
+        do_promote,
+        "--promote",
+        "holdout",
+        "f1_tolerance",
+        "max_alert_ratio",
+        "alert_allowance",
+        "max_drift",
+        "force",
+    )
     setup_logging(verbose)
     _quiet_kafka(verbose)
     hint = " (with files, --alerts names a replay's alerts.jsonl)"

@@ -21,7 +21,7 @@ from anomaly.commands.common import (
 )
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError
-from anomaly.synthetic import SyntheticSpec, generate, generate_keys
+from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, train
 
 
@@ -62,6 +62,12 @@ def generate_cmd(
     spec = SyntheticSpec(
         n_sensors=sensors, n_points=points, anomalies=anomalies, interval_s=interval, seed=seed
     )
+    if anomalies > (most := max_anomalies(spec)):  # else they overlap, and fewer are labelled than asked for
+        raise click.BadParameter(
+            f"{plural(anomalies, 'anomaly', 'anomalies')} cannot fit in {points} readings per series (--points): at most {most}, "
+            f"each needing {5 * spec.machine_period} of the readings after the first 10 %",
+            param_hint="'--anomalies'",
+        )
     frame = generate(spec) if keys == 1 else generate_keys(spec, keys)
     with atomic_path(out, "CSV file") as tmp:
         frame.to_csv(tmp, index=False)
@@ -303,6 +309,10 @@ def print_training(result: TrainResult, out: str) -> None:
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
         )
+    scored = result.bundle.targets
+    context = context_features({"features": result.bundle.features, "targets": scored})
+    if context:  # model.targets, or train.wander_screen, left some features unscored
+        click.echo(f"scored features (targets): {', '.join(scored)}; context: {context}")
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
@@ -312,8 +322,9 @@ def print_training(result: TrainResult, out: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full metadata as JSON.")
 @one_line_errors
 def inspect_cmd(bundle: str, as_json: bool) -> None:
-    """Print a model bundle's metadata: version, features, architecture, training data, missing values,
-    sampling interval and gap, training, calibration, and lineage, promotion and export when recorded."""
+    """Print a model bundle's metadata: version, features (and the scored ones when some are context only),
+    architecture, training data, missing values, sampling interval and gap, training, calibration, and lineage,
+    promotion and export when recorded."""
     meta = _onnx_metadata(bundle) if bundle.endswith(".onnx") else read_metadata(bundle)[0]
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
@@ -368,6 +379,13 @@ def _promotion(decision: dict[str, Any]) -> str:
     return f"{decision.get('decision')}{how} at {decision.get('at')}"
 
 
+def context_features(meta: dict[str, Any]) -> str:
+    """The features a bundle reads but does not score (not among its targets), comma-separated; "" when every
+    feature is scored."""
+    targets = meta.get("targets") or meta["features"]
+    return ", ".join(f for f in meta["features"] if f not in targets)
+
+
 def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, text) lines of `anomaly inspect`: every value formatted, no raw dicts."""
     t = meta.get("training", {})
@@ -415,6 +433,12 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 f"nan_policy {missing.get('policy')}: {_num(missing.get('rows_dropped'))} rows dropped, "
                 f"{_num(missing.get('cells_filled'))} cells filled",
             ),
+        )
+    context = context_features(meta)
+    if context:  # model.targets, or train.wander_screen, left some features unscored: say which, by name
+        scored = meta["targets"]
+        rows.insert(
+            3, (f"targets ({len(scored)})", f"{', '.join(scored)}; context, read but not scored: {context}")
         )
     lineage = meta.get("lineage")
     if lineage:

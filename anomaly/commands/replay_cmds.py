@@ -17,6 +17,7 @@ from anomaly.commands.common import (
     key_column_option,
     label_map_option,
     one_line_errors,
+    option_names,
     pipeline_option,
     setup_logging,
     time_column_option,
@@ -26,7 +27,7 @@ from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural, read_frame
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
-from anomaly.replay import ReplayResult, replay
+from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
 from anomaly.thresholds import THRESHOLDS
 
@@ -158,9 +159,10 @@ def print_result(result: ReplayResult) -> None:
         click.echo(
             format_quality(result.quality, "model vs no-model baselines (same engine, same settings):")
         )
-    click.echo(
-        f"\nresults: {result.out_dir}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)"
-    )
+    written = [
+        name for name in OUTPUTS if (result.out_dir / name).is_file()
+    ]  # replay.parquet = false: no Parquet
+    click.echo(f"\nresults: {result.out_dir}/ ({', '.join(written)})")
     for path in result.reports:
         click.echo(f"report:  {path}")
     if nothing:
@@ -204,7 +206,7 @@ def print_result(result: ReplayResult) -> None:
     "--static-threshold",
     type=float,
     default=None,
-    help="Static threshold in score units.  [default: the bundle's calibrated value]",
+    help="Static threshold in score units (with --threshold static).  [default: the bundle's calibrated value]",
 )
 @click.option(
     "--predict",
@@ -266,6 +268,11 @@ def replay_cmd(
             "replay.plots": plots,
         },
     )
+    if static_threshold is not None and cfg.engine.threshold != "static":  # else it silently did nothing
+        raise click.UsageError(
+            f"--static-threshold sets the static threshold, but engine.threshold is {cfg.engine.threshold}: add "
+            "--threshold static"
+        )
     print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
 
 
@@ -279,16 +286,32 @@ def replay_cmd(
     help="Directory for data, model and results.",
 )
 @pipeline_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed for data and training.  [default: train.seed of the pipeline or ANOMALY_TRAIN_SEED, else 0]",
+)
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: pipeline's]"
 )
 @one_line_errors
-def demo_cmd(out: str, pipeline: str | None, seed: int, epochs: int | None) -> None:
+def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | None) -> None:
     """Generate synthetic sensor data, train, replay the labelled test part and report metrics."""
     root = Path(out)
     overrides = {"train.epochs": epochs, "train.seed": seed}
-    cfg = config_from(pipeline, overrides) if pipeline else build_config(DEMO, os.environ, overrides)
+    cfg = (
+        config_from(pipeline, overrides)
+        if pipeline
+        else build_config(
+            DEMO,
+            os.environ,
+            overrides,
+            toml_source="the demo's embedded settings (pipelines/demo.toml)",
+            option_names=option_names(overrides),
+        )
+    )
+    seed = cfg.train.seed  # --seed, else the pipeline's or ANOMALY_TRAIN_SEED (the option always won, as 0)
     train_csv, test_csv = root / "data" / "train.csv", root / "data" / "test.csv"
     with atomic_path(train_csv, "CSV file") as tmp:
         generate(SyntheticSpec(n_points=20_000, anomalies=0, seed=seed)).to_csv(tmp, index=False)

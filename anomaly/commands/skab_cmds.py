@@ -39,9 +39,9 @@ from anomaly.quality import format_quality, format_ranking
 @click.option(
     "--train-rows",
     type=click.IntRange(min=2),
-    default=skab.TRAIN_ROWS,
-    show_default=True,
-    help="Rows per file to train on (SKAB's protocol: 400).",
+    default=None,
+    help=f"Rows per file to train on.  [default: data.train_rows of the pipeline or ANOMALY_DATA_TRAIN_ROWS, else "
+    f"{skab.TRAIN_ROWS} (SKAB's protocol)]",
 )
 @click.option(
     "--jobs",
@@ -77,7 +77,7 @@ def skab_cmd(
     defaults: bool,
     predict: str | None,
     warm: bool,
-    train_rows: int,
+    train_rows: int | None,
     jobs: int,
     limit: int | None,
     plots: str | None,
@@ -96,7 +96,7 @@ def skab_cmd(
     setup_logging(verbose)
     if json_out:
         atomic.check_writable(json_out, "JSON file")
-    overrides = {"replay.predict": predict}
+    overrides = {"replay.predict": predict, "data.train_rows": train_rows}
     if pipeline and defaults:
         raise click.UsageError("give either --pipeline or --defaults")
     if pipeline:
@@ -104,7 +104,13 @@ def skab_cmd(
     else:
         # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
         # environment variables and options, as with a file
-        cfg = build_config({"data": skab.DATA} if defaults else skab.DEFAULTS, os.environ, overrides)
+        cfg = build_config(
+            {"data": skab.DATA} if defaults else skab.DEFAULTS,
+            os.environ,
+            overrides,
+            toml_source="SKAB's column mapping" if defaults else "the settings of pipelines/skab.toml",
+        )
+    train_rows = cfg.data.train_rows or skab.TRAIN_ROWS  # data.train_rows was ignored: 400 whatever it said
     n_files = len(skab.skab_files(data)[:limit])
 
     from tqdm import tqdm

@@ -24,7 +24,7 @@ from anomaly.data.reading import (
     separator_note,
 )
 from anomaly.data.series import Series
-from anomaly.data.times import TIME_UNITS, to_epoch_seconds
+from anomaly.data.times import in_seconds, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -136,7 +136,7 @@ def frame_to_series(
             if cfg.key_column and cfg.key_column in frame.columns
             else np.arange(len(frame))
         )
-        ts_all = order.astype(np.float64) * TIME_UNITS["s" if cfg.time_unit == "auto" else cfg.time_unit]
+        ts_all = in_seconds(order, "s" if cfg.time_unit == "auto" else cfg.time_unit)
     if not np.isfinite(ts_all).any():
         raise SchemaError(f"{source}: time column {cfg.time_column!r} has no value in any row")
     values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(

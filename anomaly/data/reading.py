@@ -222,7 +222,7 @@ def file_line(rows: pd.DataFrame | pd.Series, i: int) -> int:
     line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
     row = int(rows.index[i])
     header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
-    lines = _data_lines(rows.attrs.get("path"), header, skip)
+    lines = _data_lines(rows.attrs.get("path"), header, skip, rows.attrs.get("separator"))
     return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
 
 
@@ -247,24 +247,42 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
     count += last != b"\n"  # a last line without a newline
     if count == int(rows.max()) + 1 + int(header) + skip:
         return plain
-    lines = _data_lines(path, header, skip)
+    lines = _data_lines(path, header, skip, frame.attrs.get("separator"))
     if lines is None or len(lines) <= rows.max():
         return plain
     return np.asarray(lines, np.int64)[rows]
 
 
-def _data_lines(path: str | None, header: bool = True, skip: int = 0) -> list[int] | None:
-    """1-based line numbers of the data rows of `path` (non-blank lines after the `skip` lines above the header
-    and the header, if it has one); read again only when an error names a line. None when the file cannot be
-    read again."""
+def _data_lines(
+    path: str | None, header: bool = True, skip: int = 0, sep: str | None = None
+) -> list[int] | None:
+    """1-based line numbers of the data rows of `path` (the first line of each record after the `skip` lines
+    above the header and the header, if it has one, skipping blank ones as the reader does); read again only
+    when an error names a line. Records are read as CSV (`sep`), so a quoted cell with a line break in it (a
+    notes column) counts its lines, as an editor shows them. None when the file cannot be read again."""
     if path is None:
         return None
     from pandas.io.common import get_handle
 
+    lines: list[int] = []
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
-            lines = [n for n, text in enumerate(handle.handle, 1) if n > skip and text.strip()]
-    except (OSError, UnicodeDecodeError, EOFError):
+            text = handle.handle
+            for _ in range(skip):
+                text.readline()
+            reader = csv.reader(text, delimiter=sep or ",")
+            end = skip
+            for record in reader:
+                if len(record) > 1 or (record and record[0].strip()):  # a blank line: no row
+                    lines.append(end + 1)
+                end = skip + reader.line_num
+    except (
+        OSError,
+        UnicodeDecodeError,
+        EOFError,
+        csv.Error,
+        TypeError,
+    ):  # (TypeError: a separator of 2+ characters)
         return None
     return lines[1:] if header else lines
 

@@ -155,12 +155,16 @@ FALLBACK_MAX_GAP_SECONDS = 300.0  # bundles trained before the interval was lear
 
 
 def sampling_interval(series: Sequence[Series]) -> float | None:
-    """The median step between consecutive readings over all series (seconds); None when no series has two
-    readings at distinct times."""
+    """The median step between consecutive readings over all series (seconds, to the microsecond); None when
+    no series has two readings at distinct times. Steps between today's epoch times in float64 are 0.24 us
+    coarse: 10 Hz readings differ by 0.0999999 or 0.1000001 s, and the median of those is not their step."""
     steps = [np.diff(s.timestamps) for s in series if len(s) > 1]
     pooled = np.concatenate(steps) if steps else np.zeros(0)
     pooled = pooled[np.isfinite(pooled) & (pooled > 0)]
-    return float(np.median(pooled)) if len(pooled) else None
+    if not len(pooled):
+        return None
+    step = round(float(np.median(pooled)), 6)
+    return step if step > 0 else float(np.median(pooled))  # (steps under half a microsecond stay as they are)
 
 
 def default_max_gap(interval: float | None) -> float:

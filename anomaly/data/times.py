@@ -14,6 +14,32 @@ from anomaly.data.reading import file_line
 from anomaly.errors import DataError
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+_PER_SECOND = {"ms": 1e3, "us": 1e6, "ns": 1e9}  # units under a second are divided by these, never multiplied
+
+
+def in_seconds(values: np.ndarray, unit: str) -> np.ndarray:
+    """Numbers of `unit` as seconds (float64), each the double nearest to the exact time when the number is a
+    whole count of its unit (and, for ns, of microseconds): 1700000000300 ms is 1700000000.3 s, as the text
+    `...:20.300Z` and the number `1700000000.3` read, so times of one instant written in two ways are equal.
+    Multiplying by 1e-3 instead (1e-3 is not exact in binary) gave 1700000000.3000002 for one value in six,
+    which a labels file in epoch ms then failed to match and `scores.csv` printed as `...:20.299999Z`."""
+    v = np.asarray(values).astype(np.float64)
+    if unit == "ns":
+        return _ns_in_seconds(v)
+    if unit in _PER_SECOND:
+        return v / _PER_SECOND[unit]
+    return v * TIME_UNITS[unit]
+
+
+def _ns_in_seconds(ns: np.ndarray) -> np.ndarray:
+    """Nanoseconds (float64) as seconds, through whole microseconds where the float64 is that of a whole count
+    of them: a float64 of today's nanoseconds is 256 ns coarse, one of microseconds exact (until the year
+    2255). A time with a finer part within 256 ns of a microsecond moves to it, below a float64 second's own
+    resolution (238 ns today)."""
+    us = np.rint(ns / 1e3)
+    return np.where((us * 1e3 == ns) & (np.abs(us) < 2.0**53), us / 1e6, ns / 1e9)
+
+
 _DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
 
 
@@ -35,7 +61,7 @@ def _numeric_unit(values: np.ndarray) -> str:
 def epoch_seconds(values: np.ndarray) -> np.ndarray:
     """Numeric epoch times in seconds, each one's unit (s, ms, us or ns) told by its own magnitude as
     :func:`_numeric_unit` tells a column's: for a stream, where every message stands alone. Converted values
-    equal the CSV path's bit for bit (the same float64 product)."""
+    equal the CSV path's bit for bit (the same float64 quotient, :func:`in_seconds`)."""
     v = np.asarray(values, np.float64)
     mag = np.abs(v)
     left = mag >= EPOCH_MS_FROM
@@ -44,7 +70,7 @@ def epoch_seconds(values: np.ndarray) -> np.ndarray:
     out = v.copy()
     for unit, bound in _UNIT_BOUNDS:
         hit = left & (mag >= bound)
-        out[hit] = v[hit] * TIME_UNITS[unit]
+        out[hit] = in_seconds(v[hit], unit)
         left &= ~hit
     return out
 
@@ -57,11 +83,11 @@ def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
     """Excel's serial dates (days since 1899-12-30 with the time of day as a fraction, 45010.5 = 2023-03-25
     12:00) read as epoch seconds would all fall on 1 January 1970, seconds apart: refused instead of guessed.
 
-    Fractional serials are told by their steps (under a day, i.e. a second as epoch times). Whole serials (a
-    daily file: 45010, 45011, ...) read as seconds would be a reading a second from 1970-01-01 05:33 on, which a
-    counter of elapsed seconds can be too, so they are refused only when the column's name says days (`date`,
-    `day`, `Datum`) or the times skip every weekend as days (no Saturday or Sunday among two weeks or more of
-    serials, and a step of 3 from a Friday to a Monday)."""
+    Fractional serials are told by their steps (under a day, i.e. a second as epoch times). Serials a day or more
+    apart (a daily file: 45010, 45011, ..., or 45010.5, 45011.5, ... at noon) read as seconds would be a reading
+    a second from 1970-01-01 05:33 on, which a counter of elapsed seconds can be too, so they are refused only
+    when the column's name says days (`date`, `day`, `Datum`) or the times skip every weekend as days (no
+    Saturday or Sunday among two weeks or more of serials, and a step of 3 from a Friday to a Monday)."""
     finite = values[np.isfinite(values)]
     if len(finite) < 2 or finite.min() < EXCEL_SERIALS[0] or finite.max() > EXCEL_SERIALS[1]:
         return
@@ -69,17 +95,13 @@ def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
     steps = steps[steps > 0]
     if not len(steps):
         return
-    whole = bool((finite == np.round(finite)).all())
-    if whole:
-        weekday = np.unique(finite).astype(np.int64) % 7  # serial 0 (1899-12-30) was a Saturday
+    fraction = finite != np.round(finite)
+    if not fraction.any() or np.median(steps) >= 1:  # steps of a day or more: a second apart as epoch times
+        weekday = np.unique(np.floor(finite)).astype(np.int64) % 7  # serial 0 (1899-12-30) was a Saturday
         workdays = len(weekday) >= 10 and not np.isin(weekday, (0, 1)).any() and bool((steps == 3).any())
         if not (_DAYS_NAME.search(str(name)) or workdays):
             return
-        example = float(finite[0])
-    else:
-        if np.median(steps) >= 1:  # steps of a day or more: a second apart as epoch times
-            return
-        example = float(finite[finite != np.round(finite)][0])
+    example = float(finite[fraction][0] if fraction.any() else finite[0])
     day = (pd.Timestamp("1899-12-30") + pd.Timedelta(days=example)).strftime("%Y-%m-%d")
     raise DataError(
         f"time column {name!r} holds numbers like {example!r} that look like Excel serial dates (days since "
@@ -99,7 +121,7 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
         unit = _numeric_unit(values) if cfg.time_unit == "auto" else cfg.time_unit
         if cfg.time_unit == "auto":
             _refuse_excel_serials(values, name)
-        return values * TIME_UNITS[unit]
+        return in_seconds(values, unit)
     text = column.astype("string")
     dayfirst = cfg.dayfirst
     if cfg.time_format is None:
@@ -152,5 +174,17 @@ def to_epoch_seconds(column: pd.Series, cfg: DataConfig | None = None) -> np.nda
             f"cannot parse time value {column.iloc[i]!r} (line {file_line(column, i)}) in column "
             f"{name!r}{fmt}{hint}"
         )
-    seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-    return seconds.to_numpy(dtype=np.float64)
+    return _date_times_in_seconds(parsed)
+
+
+def _date_times_in_seconds(parsed: pd.Series) -> np.ndarray:
+    """Epoch seconds of UTC date-times (NaT: NaN), each the double nearest to the exact time when it has no part
+    finer than a microsecond: what the same instant written as epoch ms or us, or as `1700000000.3`, reads as
+    (see :func:`in_seconds`), and what Python's `datetime.timestamp()` gives a daemon's ISO timestamp. Dividing
+    nanoseconds as a float64 (`Timedelta` division) missed it for one time in four with milliseconds."""
+    ticks = parsed.dt.tz_localize(None).to_numpy()
+    unit = np.datetime_data(ticks.dtype)[0]
+    count = ticks.view(np.int64)
+    out = in_seconds(count, unit)
+    out[np.isnat(ticks)] = np.nan
+    return out

@@ -42,10 +42,22 @@ class AlertLifecycle(Part):
         self.counts_alert_readings = counts_alert_readings(config)
 
     def step(
-        self, rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out: EngineOutput, partial=None
+        self,
+        rows,
+        keys,
+        ts,
+        scores,
+        anomalous,
+        eps,
+        err_f,
+        per_feature,
+        out: EngineOutput,
+        partial=None,
+        stuck_f=None,
     ) -> np.ndarray:
         """Alert lifecycle of a piece (K, L); returns whether an alert was open at each point and updates
-        `anomalous` in place (muted while a key waits for its re-baseline).
+        `anomalous` in place (muted while a key waits for its re-baseline). `stuck_f` (K, L, F): the features
+        stuck at each point (None: none), named first in the alerts.
 
         Only keys with an anomalous point or an open alert are stepped through the piece (`_lifecycle`). For the
         others every point is normal and nothing can open or close, so their run counters take the L steps at
@@ -80,6 +92,7 @@ class AlertLifecycle(Part):
             err_f = err_f[busy]
             per_feature = None if per_feature is None else per_feature[busy]
             partial = None if partial is None else partial[busy]
+            stuck_f = None if stuck_f is None else stuck_f[busy]
         anom = anomalous[busy]
         fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.counts_alert_readings else ())
         state = {name: a[name][rows] for name in fields}
@@ -100,10 +113,14 @@ class AlertLifecycle(Part):
                     err_f[:, j],
                     out,
                     None if partial is None else partial[:, j : j + 1],
+                    None if stuck_f is None else stuck_f[:, j],
                 )
                 rebase = a["rebase"][rows]
-        else:
-            opened = self._lifecycle(state, rows, keys, ts, scores, anom, eps, per_feature, out, partial)
+        else:  # a window's alerts are decided at its last reading
+            last = None if stuck_f is None else stuck_f[:, -1]
+            opened = self._lifecycle(
+                state, rows, keys, ts, scores, anom, eps, per_feature, out, partial, last
+            )
         for name in fields:
             a[name][rows] = state[name]
         anomalous[busy] = anom
@@ -117,10 +134,22 @@ class AlertLifecycle(Part):
         return (some | self.store.arrays["alert_open"][rows]).nonzero()[0]
 
     def _lifecycle(
-        self, state, rows, keys, ts, scores, anomalous, eps, per_feature, out: EngineOutput, partial=None
+        self,
+        state,
+        rows,
+        keys,
+        ts,
+        scores,
+        anomalous,
+        eps,
+        per_feature,
+        out: EngineOutput,
+        partial=None,
+        stuck=None,
     ) -> np.ndarray:
         """Step the rows' alert state (`state`: their ALERT_FIELDS, gathered by the caller, who writes them back)
-        through the window (thresholds.step_alerts) and emit its transitions."""
+        through the window (thresholds.step_alerts) and emit its transitions. `stuck` (K, F): the features stuck
+        at the point (the window's last) the transitions are decided at; None when none is."""
         open_pts, transitions = step_alerts(
             state,
             ts,
@@ -149,6 +178,7 @@ class AlertLifecycle(Part):
                     t.threshold,
                     t.contributions,
                     t.reason,
+                    stuck=None if stuck is None else stuck[t.row],
                 )
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
@@ -180,18 +210,24 @@ class AlertLifecycle(Part):
             )
             self.counters["alerts_closed"] += 1
 
-    def alert(self, key, status, start, end, at, peak, thr, contrib, reason="") -> Alert:
-        """The Alert record of a transition; its top features are the largest shares of `contrib` among the
-        scored features."""
+    def alert(self, key, status, start, end, at, peak, thr, contrib, reason="", stuck=None) -> Alert:
+        """The Alert record of a transition; its top features are the features stuck at the point it is decided
+        at (`stuck`, marked so: a frozen sensor has almost no error, so its share alone would name the sensors
+        beside it), then the largest shares of `contrib` among the scored features."""
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")
+        if stuck is not None and stuck.any():
+            order = np.concatenate([np.flatnonzero(stuck), order[~stuck[order]]])
         if self.s.targets is not None:  # context features are never a cause
             order = order[np.isin(order, self.s.targets)]
         order = order[: self.config.top_features]
-        top = [
+        top: list[dict[str, float | str]] = [
             {"feature": self.s.bundle.features[i], "share": round(float(contrib[i]) / total, 4)}
             for i in order
         ]
+        for i, entry in zip(order, top, strict=True):
+            if stuck is not None and stuck[i]:
+                entry["stuck"] = True
         return Alert(
             alert_id(key, float(start)),
             key,

@@ -21,7 +21,7 @@ from anomaly.engine.stuck import stuck_points
 from anomaly.engine.types import EngineOutput, ScoredWindow
 from anomaly.errors import BundleError
 from anomaly.model import as_output, point_error, reading_errors
-from anomaly.thresholds import ewma
+from anomaly.thresholds import BEYOND_DOUBT, ewma
 
 if TYPE_CHECKING:
     from anomaly.engine.settings import Settings
@@ -44,16 +44,6 @@ def feature_references(
     scored = ref_f if targets is None else ref_f[list(targets)]
     floor = config.feature_reference_floor * float(np.median(scored))
     return np.maximum(ref_f, floor).astype(np.float32)
-
-
-# Scores at least this many times the threshold in force are not learnt by the threshold (as points inside an
-# open alert are not). The points of a spike before its alert opens were learnt: one finite reading far beyond
-# any range (a sensor's 3.4e38 "no value" sentinel scores ~1e22) then held the dynamic threshold at ~1e22 until
-# the history had turned over, deaf to real faults. Real data stay far below: a near-constant training feature
-# that moves (26,872 training sd in SMAP/MSL, with the 0.01 reference floor) scores under 1e11. Lower bounds
-# change what the thresholds learn from real anomalies: excluding at 1000 moved SMAP's z-score baseline, and
-# capping the learnt score at 100 MSL's model.
-BEYOND_DOUBT = 1e12
 
 
 class BatchScorer(Part):
@@ -94,7 +84,7 @@ class BatchScorer(Part):
             partial = self.levels.track_readings(rows, x, ts)
         else:
             partial = self.levels.track(rows, x, ts)
-        stuck = stuck_points(a, rows, x, self.s.stuck_limit)
+        stuck, stuck_f = stuck_points(a, rows, x, self.s.stuck_limit)
         x = x - take_rows(a["offset"], rows)[:, None, :]
         h = take_rows(a["h"], rows).transpose(1, 0, 2)
         c = take_rows(a["c"], rows).transpose(1, 0, 2)
@@ -134,7 +124,9 @@ class BatchScorer(Part):
                 {name: a[name][rows] for name in self.s.threshold.fields()}, k
             )
         anomalous = ((scores > eps[:, None]) & warm[:, None]) | stuck
-        open_pts = self.alerts.step(rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial)
+        open_pts = self.alerts.step(
+            rows, keys, ts, scores, anomalous, eps, err_f, per_feature, out, partial, stuck_f
+        )
         # a score BEYOND_DOUBT times the threshold in force is no level to learn, even before its alert opens
         beyond = (warm & (eps > 0))[:, None] & (scores >= BEYOND_DOUBT * eps[:, None])
         self.s.threshold.update_rows(a, rows, scores, anomalous, open_pts | beyond)

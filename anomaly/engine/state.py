@@ -208,26 +208,40 @@ class StateStore:
         oldest_allowed: float | None,
         on_evict: Callable[[list[str], np.ndarray], None] | None = None,
     ) -> list[str]:
-        """Drop least-recently-used keys above `max_keys`, and keys last seen before `oldest_allowed`.
-        `on_evict(keys, rows)` sees the evicted rows (least recently used first) before they are cleared."""
-        keys: list[str] = []
-        rows: list[int] = []
+        """Drop every key last seen before `oldest_allowed` (wherever it stands in the LRU order), then the
+        least-recently-used keys still above `max_keys`. `on_evict(keys, rows)` sees the evicted rows (least
+        recently used first) before they are cleared.
+
+        The LRU order is the order keys were last touched, not their event time: a key that arrived after
+        another one may be the older in event time (a lagging partition, a producer whose clock is behind), so
+        the TTL cannot stop at the first key that is young enough."""
         seen = self.arrays["seen"]
         held = len(self.slots)
-        for key, row in self.slots.items():  # least recently used first
-            if held - len(keys) > max_keys or (oldest_allowed is not None and seen[row] < oldest_allowed):
-                keys.append(key)
-                rows.append(row)
-            else:
+        # unheld rows have seen = NaN, which is never older than anything
+        expired = 0 if oldest_allowed is None else int(np.count_nonzero(seen < oldest_allowed))
+        if held - expired <= max_keys and not expired:
+            return []
+        # the common case: the expired keys lead the LRU order, and the keys over the cap follow them
+        keys: list[str] = []
+        found = 0
+        for key, row in self.slots.items():
+            old = oldest_allowed is not None and bool(seen[row] < oldest_allowed)
+            if not (old or held - len(keys) - (expired - found) > max_keys):
                 break
-        if not keys:
-            return keys
+            keys.append(key)
+            found += old
+        if found < expired:  # a key that arrived after a younger one is expired too: a pass over all keys
+            order = np.fromiter(self.slots.values(), np.int64, held)  # least recently used first
+            drop = seen[order] < oldest_allowed
+            drop[: len(keys)] = True  # young keys evicted for the cap above: the least recently used
+            keys = [key for key, gone in zip(self.slots, drop.tolist(), strict=True) if gone]
+        rows = np.fromiter((self.slots[k] for k in keys), np.int64, len(keys))
         if on_evict is not None:
-            on_evict(keys, np.asarray(rows, np.int64))
-        for _ in keys:
-            self.slots.popitem(last=False)
-        self.reset_rows(np.asarray(rows, np.int64))
-        self.free.extend(rows)
+            on_evict(keys, rows)
+        for key in keys:
+            del self.slots[key]
+        self.reset_rows(rows)
+        self.free.extend(rows.tolist())
         return keys
 
     # --- snapshots -------------------------------------------------------------------------------------------

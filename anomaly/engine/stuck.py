@@ -39,15 +39,17 @@ def stuck_limits(
 
 def stuck_points(
     a: dict[str, np.ndarray], rows: np.ndarray, x: np.ndarray, limit: np.ndarray | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Stuck-sensor rule (K, W): a point is anomalous when some feature has repeated the identical reading at
     least max(stuck_min_run, stuck_factor x its longest run in training) times in a row. A sensor that is
     quantized or slow repeats values in training too, so its limit is higher; a continuous sensor that
     freezes is caught after stuck_min_run readings, whatever its reconstruction error. `a`: the state arrays;
-    the rows' runs are updated."""
+    the rows' runs are updated. Also returns which features are stuck at each point (K, W, F), None when none
+    is: alerts name them."""
     out = np.zeros(x.shape[:2], bool)
+    features: np.ndarray | None = None
     if limit is None:
-        return out
+        return out, features
     last, run = take_rows(a["stuck_last"], rows), take_rows(a["stuck_run"], rows)
     mute = take_rows(a["stuck_mute"], rows)
     for i in range(x.shape[1]):
@@ -57,8 +59,11 @@ def stuck_points(
         last = x[:, i]
         hit = run >= limit
         if hit.any():  # else no key is stuck at this reading (the common case)
-            out[:, i] = np.logical_or.reduce(hit & ~mute, axis=1)
+            if features is None:
+                features = np.zeros(x.shape, bool)
+            features[:, i] = hit & ~mute
+            out[:, i] = np.logical_or.reduce(features[:, i], axis=1)
     put_rows(a["stuck_last"], rows, last)
     put_rows(a["stuck_run"], rows, run)
     put_rows(a["stuck_mute"], rows, mute)
-    return out
+    return out, features

@@ -65,8 +65,16 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
         )
     if cfg.security_protocol.endswith("SSL"):
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(cfg, name):
-                out[name] = getattr(cfg, name)
+            path = getattr(cfg, name)
+            if path:
+                try:  # kafka-python only logs a PEM file it cannot load, then calls the broker unreachable
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise ConfigError(
+                        f"kafka.{name}: cannot read {path}: {exc.strerror or exc}", key=f"kafka.{name}"
+                    ) from None
+                out[name] = path
         out["ssl_check_hostname"] = True
     return out
 

@@ -15,6 +15,7 @@ from conftest import (
     assert_matches_replay,
     http_answer,
     http_status,
+    metric,
     same_state,
     segments,
     terminate,
@@ -119,6 +120,7 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5")
     wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
     kafka_env.wait_committed(names.group, names.input, ends)
+    assert metric(port, "anomaly_ready") == 1.0
     kafka_env.broker.pause()
     try:
         wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not ready while the broker is away")
@@ -126,11 +128,16 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
         while time.monotonic() < away:  # alive and not ready for the whole outage
             assert proc.poll() is None
             assert http_answer(port, "/readyz") == 503
+            assert metric(port, "anomaly_ready") == 0.0  # what DaemonNotReady alerts on
             time.sleep(1)
         assert http_answer(port, "/healthz") == 200
+        # why it needs its own series: the idle checkpoint timer kept the checkpoint age far below
+        # CheckpointStale's 600 s all through the outage, and the daemon is still scraped (up = 1)
+        assert time.time() - metric(port, "anomaly_checkpoint_last_timestamp_seconds") < 20
     finally:
         kafka_env.broker.resume()
     wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the broker is back")
+    assert metric(port, "anomaly_ready") == 1.0
     for p, e in kafka_env.produce(names.input, second, bundle.features).items():
         ends[p] = max(ends.get(p, 0), e)
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)

@@ -266,6 +266,20 @@ def test_alerts_and_dashboard_from_served_metrics(
         player.anomaly(False)
         assert_anomaly_resolved(stack, ANOMALOUS, timeout=30)
 
+        # A broker outage: the daemon is still scraped and checkpoints on its idle timer, only /readyz says 503.
+        server.set_ready(False)
+        not_ready = promstack.wait_until(
+            lambda: webhook.alerts("DaemonNotReady", "firing"), 30, what="DaemonNotReady to reach the webhook"
+        )
+        note, alert_ = not_ready[0]
+        assert (note.path, note.payload["receiver"]) == ("/pipeline", "pipeline-webhook")
+        assert alert_["labels"]["instance"] == f"127.0.0.1:{server.port}"
+        assert firing_names(stack.prometheus) == {"DaemonNotReady"}  # nothing else saw the outage
+        server.set_ready(True)
+        promstack.wait_until(
+            lambda: webhook.alerts("DaemonNotReady", "resolved"), 30, what="DaemonNotReady to resolve"
+        )
+
         # The daemon going away is noticed too: DaemonDown through the pipeline route.
         player.stopped.set()
         server.stop()
