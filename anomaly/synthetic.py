@@ -96,11 +96,14 @@ def _iso_times(seconds: np.ndarray) -> pd.Index:
     """ISO times (UTC, `Z`) of epoch seconds: whole seconds as `2023-11-14T22:13:20Z`, and with milliseconds
     (`...:20.100Z`) when an interval under a second or not a whole number of seconds makes any of them
     fractional; cut to whole seconds, 10 Hz readings would share each second's time, and reading them back
-    would refuse the file."""
-    times = pd.to_datetime(seconds, unit="s", utc=True).round("ms")
+    would refuse the file. An interval that milliseconds cannot hold (`--interval 0.0015`) gets microseconds:
+    cut to the millisecond, its steps alternated between 1 and 2 ms."""
+    times = pd.to_datetime(seconds, unit="s", utc=True).round("us")
     if (times.microsecond == 0).all():
         return times.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return times.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+    if (times.microsecond % 1000 == 0).all():
+        return times.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+    return times.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _fits(spec: SyntheticSpec, anomalies: int) -> bool:

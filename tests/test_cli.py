@@ -464,3 +464,19 @@ def test_generate_with_a_sub_second_interval_writes_times_train_reads(tmp_path) 
     minutes = tmp_path / "minutes.csv"
     assert invoke("generate", "-o", str(minutes), "--points", "10", "--sensors", "1").exit_code == 0
     assert minutes.read_text().splitlines()[2].startswith("2023-11-14T22:14:20Z,")  # whole seconds as before
+
+
+def test_generate_with_an_interval_finer_than_milliseconds_keeps_its_steps(tmp_path) -> None:
+    """`generate --interval 0.0015` (the option allows down to 0.001) wrote times cut to the millisecond: steps
+    of 1 and 2 ms in turn, not the interval asked for. Such times get microseconds."""
+    import numpy as np
+
+    from anomaly.config import DataConfig
+    from anomaly.data import load_series
+
+    path = tmp_path / "fine.csv"
+    args = ("generate", "-o", str(path), "--points", "10", "--sensors", "1", "--interval", "0.0015")
+    assert invoke(*args).exit_code == 0
+    assert path.read_text().splitlines()[2].startswith("2023-11-14T22:13:20.001500Z,")
+    (s,), _ = load_series([path], DataConfig())
+    assert np.allclose(np.diff(s.timestamps), 0.0015, rtol=0, atol=1e-6)
