@@ -169,6 +169,7 @@ def make_consumer(
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            metadata_max_age_ms=cfg.metadata_max_age_ms,  # partitions added to an input topic: seen at a refresh
             fetch_max_bytes=max(52_428_800, cfg.max_message_bytes),
             max_partition_fetch_bytes=max(1_048_576, cfg.max_message_bytes + 1024),
         )
