@@ -456,7 +456,9 @@ class PipelineMetrics:
     def restore_refusal(self, reason: str) -> None:
         """A partition's restore refused its changelog record for ``reason`` (one of :data:`RESTORE_REFUSALS`)."""
         if reason not in RESTORE_REFUSALS:
-            raise ValueError(f"restore refusal reason must be one of {', '.join(RESTORE_REFUSALS)}, got {reason!r}")
+            raise ValueError(
+                f"restore refusal reason must be one of {', '.join(RESTORE_REFUSALS)}, got {reason!r}"
+            )
         self.restore_refused.labels(reason).inc()
 
     def dead_letter_refused(self) -> None:
