@@ -441,8 +441,10 @@ class KafkaConfig:
             "kafka.checkpoint_interval_s",
             "must be > 0",
         )
-        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms", "fetch_max_wait_ms"):
+        for name in ("max_poll_records", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        for name in ("max_poll_interval_ms", "session_timeout_ms"):  # as their options: less is no timeout
+            _need(getattr(self, name) >= 1000, f"kafka.{name}", "must be at least 1000")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
         _need(self.max_batch_bytes >= 0, "kafka.max_batch_bytes", "must be >= 0")
