@@ -446,9 +446,14 @@ class KafkaConfig:
             "kafka.checkpoint_interval_s",
             "must be > 0",
         )
-        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms", "fetch_max_wait_ms"):
+        for name in ("max_poll_records", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
-        _need(self.metadata_max_age_ms >= 1000, "kafka.metadata_max_age_ms", "must be at least 1000")
+        for name in (
+            "max_poll_interval_ms",
+            "session_timeout_ms",
+            "metadata_max_age_ms",
+        ):  # under a second: no timeout
+            _need(getattr(self, name) >= 1000, f"kafka.{name}", "must be at least 1000")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
         _need(self.max_batch_bytes >= 0, "kafka.max_batch_bytes", "must be >= 0")
