@@ -394,6 +394,11 @@ class KafkaConfig:
     fetch_in_checkpoint: bool = False
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    # How old the group consumer's topic metadata may get before it is asked again (kafka-python's
+    # metadata_max_age_ms). Partitions added to an input topic are seen, and the group rebalanced onto them, only at
+    # that refresh: kafka-python's default of 5 minutes left them unread that long. A metadata request every 30 s
+    # costs nothing next to the daemon's topic check (one a second).
+    metadata_max_age_ms: int = 30_000
     auto_offset_reset: Literal["earliest", "latest"] = (
         "earliest"  # where a group without committed offsets starts
     )
@@ -441,8 +446,14 @@ class KafkaConfig:
             "kafka.checkpoint_interval_s",
             "must be > 0",
         )
-        for name in ("max_poll_records", "max_poll_interval_ms", "session_timeout_ms", "fetch_max_wait_ms"):
+        for name in ("max_poll_records", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        for name in (
+            "max_poll_interval_ms",
+            "session_timeout_ms",
+            "metadata_max_age_ms",
+        ):  # under a second: no timeout
+            _need(getattr(self, name) >= 1000, f"kafka.{name}", "must be at least 1000")
         for name in ("topic_partitions", "replication_factor"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be at least 1")
         _need(self.max_batch_bytes >= 0, "kafka.max_batch_bytes", "must be >= 0")

@@ -45,6 +45,14 @@ DECISION_DELAY_BUCKETS = (0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DEFAULT_ALERT_LABEL_CAP = 100
+# Why a partition's restore refused its changelog record (anomaly_restore_refused_total{reason}). A checkpoint of
+# an input topic created again since, a missing chunk or a corrupted record is not among them: the daemon stops
+# on those (status 2), it does not go on without the state.
+RESTORE_REFUSALS = (
+    "other_group",  # the latest record of the partition by another consumer group (a changelog shared by config)
+    "incompatible_model",  # written by a model with other features or architecture: the keys start fresh
+    "bad_state",  # the engine could not restore the snapshot (StateError): the keys start fresh
+)
 
 
 def _created_at_epoch(value: Any) -> float | None:
@@ -226,6 +234,14 @@ class PipelineMetrics:
             "Times this daemon was fenced (another member took its partitions): state dropped, group rejoined.",
             registry=r,
         )
+        self.restore_refused = Counter(
+            "anomaly_restore_refused",
+            "Changelog records a partition's restore refused, by reason: another consumer group's record "
+            "(other_group), or state this daemon cannot take (incompatible_model, bad_state: the partition's keys "
+            "start fresh from the committed offset, their state lost).",
+            ["reason"],
+            registry=r,
+        )
         self.dead_letters_refused = Counter(
             "anomaly_dead_letters_refused",
             "Dead letters the broker refused (logged; consumption carries on).",
@@ -267,6 +283,8 @@ class PipelineMetrics:
             self.readings_rejected.labels(reason)
         for state in ("kept", "reset"):
             self.model_reloads.labels(state)
+        for reason in RESTORE_REFUSALS:
+            self.restore_refused.labels(reason)
         self._labelled: set[str] = set()  # keys that own an anomaly_alert_active series
         self._seen: dict[str, int] = {}  # last engine counter values, to turn totals into increments
         self._lag_series: set[tuple[str, str]] = set()
@@ -434,6 +452,14 @@ class PipelineMetrics:
 
     def fenced_rejoined(self) -> None:
         self.fenced.inc()
+
+    def restore_refusal(self, reason: str) -> None:
+        """A partition's restore refused its changelog record for ``reason`` (one of :data:`RESTORE_REFUSALS`)."""
+        if reason not in RESTORE_REFUSALS:
+            raise ValueError(
+                f"restore refusal reason must be one of {', '.join(RESTORE_REFUSALS)}, got {reason!r}"
+            )
+        self.restore_refused.labels(reason).inc()
 
     def dead_letter_refused(self) -> None:
         self.dead_letters_refused.inc()

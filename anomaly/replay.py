@@ -362,6 +362,7 @@ def _replay(
         w.startswith("nothing was scored") for w in summary["warnings"][:1]
     ):  # (then nothing is evaluated)
         summary["warnings"] += label_warnings(judged)
+    summary["warnings"] += repeated_hour_warnings(frames)
     compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
@@ -557,6 +558,27 @@ def label_warnings(judged: dict[str, pd.DataFrame]) -> list[str]:
         "the event metrics are 0 by construction, and only FAR and false alerts per day measure this run; if "
         "the labels are in another column or file, name it with --label or --labels"
     ]
+
+
+def repeated_hour_warnings(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """A series whose readings refused as repeated times (`duplicate_timestamp`, `time_backwards`) all fall in one
+    hour, 2 or more of them: the repeated hour of local times written without an offset across the autumn
+    daylight-saving change (the refusal alone says nothing of the cause, and the hour's second pass is lost)."""
+    out = []
+    for key, f in frames.items():
+        if "rejected" not in f:
+            continue
+        again = f["rejected"].isin(("duplicate_timestamp", "time_backwards")).to_numpy()
+        ts = f["timestamp"].to_numpy()[again]
+        ts = ts[np.isfinite(ts)]
+        if len(ts) >= 2 and ts.max() - ts.min() < 3600:
+            lo, hi = (pd.Timestamp(t, unit="s").strftime("%Y-%m-%d %H:%M:%S") for t in (ts.min(), ts.max()))
+            out.append(
+                f"{plural(len(ts), 'reading')} of series {key!r} repeat earlier times within one hour ({lo} to "
+                f"{hi}) and were refused: local times without a UTC offset across a daylight-saving change? "
+                f"Write the times with their UTC offset ({lo.replace(' ', 'T')}+HH:MM) or in UTC"
+            )
+    return out
 
 
 def gapped_series(series: Sequence[Series], max_gap: float) -> list[tuple[str, int, int, float]]:

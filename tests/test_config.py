@@ -108,6 +108,9 @@ def test_secrets_are_redacted() -> None:
             {"sasl_mechanism": "GSSAPI"},
             "kafka.sasl_mechanism must be one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; got 'GSSAPI'",
         ),
+        # the options refused under 1000 ms; the same value from a file or variable was taken
+        ("kafka", {"session_timeout_ms": 500}, "kafka.session_timeout_ms must be at least 1000"),
+        ("kafka", {"max_poll_interval_ms": 999}, "kafka.max_poll_interval_ms must be at least 1000"),
         # the label column was trained on as a sensor when --features named it
         ("data", {"features": ("a", "anomaly")}, "data.features includes the label column 'anomaly'"),
         ("data", {"features": ("a", "y"), "label": "y"}, "data.features includes the label column 'y'"),

@@ -28,6 +28,8 @@ ALERTS = {
     "DaemonNotReady",
     "DaemonFenced",
     "InvalidMessagesHigh",
+    "ReadingsRejectedHigh",
+    "RestoreRefused",
     "CheckpointStale",
     "ModelStale",
     "ModelDrift",

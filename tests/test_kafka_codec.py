@@ -234,6 +234,30 @@ def test_security_settings_pass_through_and_are_validated(tmp_path):
         connection_settings(KafkaConfig(security_protocol="TLS"))
 
 
+@pytest.mark.parametrize(
+    "protocol, setting, fits",
+    [
+        ("PLAINTEXT", {"sasl_mechanism": "PLAIN"}, "SASL_PLAINTEXT or SASL_SSL"),
+        ("SSL", {"sasl_username": "u", "sasl_password": "pw"}, "SASL_PLAINTEXT or SASL_SSL"),
+        ("PLAINTEXT", {"ssl_cafile": "ca.pem"}, "SSL or SASL_SSL"),
+        ("SASL_PLAINTEXT", {"ssl_certfile": "c.pem"}, "SSL or SASL_SSL"),
+    ],
+)
+def test_settings_the_security_protocol_does_not_use_are_refused_not_ignored(protocol, setting, fits):
+    """SASL credentials under PLAINTEXT (the protocol left at its default) were dropped without a word, and the
+    broker, which expected them, looked unreachable."""
+    sasl = (
+        {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "pw"} if "SASL" in protocol else {}
+    )
+    name = next(iter(setting))
+    with pytest.raises(ConfigError) as info:
+        connection_settings(KafkaConfig(security_protocol=protocol, **sasl, **setting))
+    assert str(info.value) == (
+        f"kafka.{name} is set, but security_protocol {protocol} does not use it: set kafka.security_protocol "
+        f"to {fits}, or leave kafka.{name} out"
+    )
+
+
 @pytest.mark.parametrize("name", ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
 def test_a_pem_file_that_cannot_be_read_is_named_before_connecting(tmp_path, name):
     """A misspelt ssl_cafile was only logged by kafka-python; the daemon then said the broker could not be

@@ -523,3 +523,33 @@ def test_lag_of_an_assigned_partition_not_read_from_yet_is_counted_from_the_cons
         ("sensors", 1): 30,
         ("sensors", 2): 60,
     }
+
+
+def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle_path):
+    """Refused state started a partition's keys fresh and was only logged; anomaly_restore_refused_total says it
+    (other_group, counted when the changelog is read, is checked on Tansu in test_kafka_cluster)."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    metrics = PipelineMetrics()
+    daemon = Daemon(build_config(), str(bundle_path), metrics=metrics)  # not connected: no broker
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    daemon.changelog = SimpleNamespace(owner=SimpleNamespace(model=mine))
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"])
+
+    restored = [
+        daemon._restore_one("in:0", Checkpoint("in:0", 5, state, 1, 1, mine)),
+        daemon._restore_one("in:1", Checkpoint("in:1", 5, state, 1, 1, "another-model")),
+        daemon._restore_one("in:2", Checkpoint("in:2", 5, b"not a snapshot", 1, 1, mine)),
+    ]
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert restored == [["k"], None, None]
+    assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly.engine.types import Alert, EngineOutput, Rejection, ScoredWindow
-from anomaly.metrics import MetricsServer, PipelineMetrics, write_textfile
+from anomaly.metrics import RESTORE_REFUSALS, MetricsServer, PipelineMetrics, write_textfile
 from anomaly.runner import Batch
 
 
@@ -166,6 +166,21 @@ def test_labelled_counters_are_served_at_zero_for_every_known_label_value() -> N
         assert value(fresh, "anomaly_readings_rejected_total", {"reason": reason}) == 0.0, reason
     for state in ("kept", "reset"):
         assert value(fresh, "anomaly_model_reloads_total", {"state": state}) == 0.0
+    for reason in RESTORE_REFUSALS:
+        assert value(fresh, "anomaly_restore_refused_total", {"reason": reason}) == 0.0, reason
+
+
+def test_restore_refusals_count_by_reason_and_refuse_an_unknown_one(metrics: PipelineMetrics) -> None:
+    metrics.restore_refusal("incompatible_model")
+    metrics.restore_refusal("incompatible_model")
+    metrics.restore_refusal("other_group")
+    counts = {r: value(metrics, "anomaly_restore_refused_total", {"reason": r}) for r in RESTORE_REFUSALS}
+    assert counts == {"other_group": 1.0, "incompatible_model": 2.0, "bad_state": 0.0}
+    with pytest.raises(ValueError) as err:
+        metrics.restore_refusal("other_input")
+    assert str(err.value) == (
+        "restore refusal reason must be one of other_group, incompatible_model, bad_state, got 'other_input'"
+    )
 
 
 def test_engine_counters_become_increments_and_survive_a_new_engine(metrics: PipelineMetrics) -> None:
@@ -306,6 +321,7 @@ def test_counter_names_end_in_total(metrics: PipelineMetrics) -> None:
             "anomaly_commit_failures",
             "anomaly_fenced",
             "anomaly_dead_letters_refused",
+            "anomaly_restore_refused",
             "anomaly_checkpoint_state_bytes",
             "anomaly_checkpoint_state_cpu_seconds",
             "anomaly_model_reloads",

@@ -365,3 +365,39 @@ def test_labels_that_mark_no_reading_are_a_warning_not_a_silent_f1_of_zero(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["warnings"] == [want]
     assert summary["metrics"]["counts"]["events"]["true_events"] == 0
+
+
+def test_local_times_across_the_autumn_clock_change_are_named_not_only_counted(
+    bundle_path, test_csv, tmp_path
+):
+    """Naive Berlin times over the night of 2023-10-29: the hour 02:00-02:59 comes twice, and its second pass
+    was refused as `duplicate_timestamp` with nothing but a count ("60 readings rejected")."""
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    frame = pd.read_csv(test_csv).drop(columns=["anomaly", "anomaly_kind"], errors="ignore")
+    utc = pd.date_range("2023-10-28 16:00", periods=len(frame), freq="min", tz="UTC")
+    frame["timestamp"] = utc.tz_convert("Europe/Berlin").tz_localize(None).strftime("%Y-%m-%d %H:%M:%S")
+    path = tmp_path / "berlin.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out"
+    got = CliRunner().invoke(
+        main, ["replay", str(path), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
+    )
+    assert got.exit_code == 0, got.output
+    assert got.stdout.splitlines()[0].endswith("60 readings rejected (60 duplicate_timestamp)")
+    want = (
+        "60 readings of series 'berlin' repeat earlier times within one hour (2023-10-29 02:00:00 to 2023-10-29 "
+        "02:59:00) and were refused: local times without a UTC offset across a daylight-saving change? Write the "
+        "times with their UTC offset (2023-10-29T02:00:00+HH:MM) or in UTC"
+    )
+    assert [line for line in got.stderr.splitlines() if line.startswith("warning:")] == [f"warning: {want}"]
+    assert json.loads((out / "summary.json").read_text())["warnings"] == [want]
+    # the same readings with their offsets: nothing refused, nothing said
+    frame["timestamp"] = utc.tz_convert("Europe/Berlin").strftime("%Y-%m-%dT%H:%M:%S%z")
+    frame.to_csv(path, index=False)
+    got = CliRunner().invoke(
+        main, ["replay", str(path), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
+    )
+    assert got.stdout.splitlines()[0].endswith(" 0 readings rejected") and "warning:" not in got.stderr

@@ -122,6 +122,13 @@ def run_replay(
     return result
 
 
+def _reasons(counters: dict[str, int]) -> str:
+    """' (12 duplicate_timestamp, 3 non_finite)': the engine's refusals by reason, most first; '' for none."""
+    by = {k.removeprefix("rejected_"): n for k, n in counters.items() if k.startswith("rejected_") and n}
+    ranked = sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))
+    return f" ({', '.join(f'{n:,} {why}' for why, n in ranked)})" if ranked else ""
+
+
 def print_result(result: ReplayResult) -> None:
     """The run in a few lines. Warnings go to stderr; a run that scored nothing ends with one `error:` line
     and exit status 2 (its files are written all the same, so the user can look at them)."""
@@ -132,7 +139,7 @@ def print_result(result: ReplayResult) -> None:
         f"replayed {plural(c['readings'], 'reading')} of {s['series']:,} series: "
         f"{plural(t['windows_scored'], 'window')} scored ({plural(c['scored'], 'reading')}{cold}), "
         f"{plural(s['alerts_raised'], 'alert')} raised ({plural(s['alert_events'], 'open/close event')}), "
-        f"{plural(c['rejected'], 'reading')} rejected"
+        f"{plural(c['rejected'], 'reading')} rejected{_reasons(s.get('engine_counters', {}))}"
     )
     nothing = bool(s["warnings"]) and s["warnings"][0].startswith("nothing was scored")
     for line in s["warnings"][1:] if nothing else s["warnings"]:

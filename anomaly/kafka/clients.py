@@ -45,6 +45,27 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
     }
     if not out["bootstrap_servers"]:
         raise ConfigError("kafka.bootstrap_servers is empty", key="kafka.bootstrap_servers")
+    # credentials or certificates the protocol does not use were ignored without a word, and the broker (which
+    # expects them) then looked unreachable
+    unused = [
+        name
+        for name, used_by in (
+            ("sasl_mechanism", "SASL"),
+            ("sasl_username", "SASL"),
+            ("sasl_password", "SASL"),
+            ("ssl_cafile", "SSL"),
+            ("ssl_certfile", "SSL"),
+            ("ssl_keyfile", "SSL"),
+        )
+        if getattr(cfg, name) and used_by not in cfg.security_protocol
+    ]
+    if unused:
+        fits = "SASL_PLAINTEXT or SASL_SSL" if unused[0].startswith("sasl") else "SSL or SASL_SSL"
+        raise ConfigError(
+            f"kafka.{unused[0]} is set, but security_protocol {cfg.security_protocol} does not use it: set "
+            f"kafka.security_protocol to {fits}, or leave kafka.{unused[0]} out",
+            key=f"kafka.{unused[0]}",
+        )
     if cfg.security_protocol.startswith("SASL"):
         if cfg.sasl_mechanism not in SASL_MECHANISMS:
             raise ConfigError(
@@ -169,6 +190,7 @@ def make_consumer(
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            metadata_max_age_ms=cfg.metadata_max_age_ms,  # partitions added to an input topic: seen at a refresh
             fetch_max_bytes=max(52_428_800, cfg.max_message_bytes),
             max_partition_fetch_bytes=max(1_048_576, cfg.max_message_bytes + 1024),
         )

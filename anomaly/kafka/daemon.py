@@ -564,6 +564,7 @@ class Daemon:
             log.warning(
                 "changelog record of %s written by group %s ignored (not this group's state)", pid, group
             )
+            self._count_refusal("other_group")
         if transactional:
             self._fence({cp.txn for cp in checkpoints.values() if cp.txn}, fenced)
         restored = 0
@@ -659,6 +660,7 @@ class Daemon:
                 "its keys start fresh from the committed offset",
                 pid,
             )
+            self._count_refusal("incompatible_model")
             return None
         try:
             return self.engine.restore(cp.snapshot)
@@ -666,7 +668,12 @@ class Daemon:
             log.error(
                 "state of %s not restored (%s); its keys start fresh from the committed offset", pid, exc
             )
+            self._count_refusal("bad_state")
             return None
+
+    def _count_refusal(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.restore_refusal(reason)
 
     def _verify_topics(self) -> None:
         """Before a checkpoint writes: TopicChangedError (fatal) when an input or changelog topic is gone or

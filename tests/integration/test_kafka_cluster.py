@@ -29,6 +29,7 @@ from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, ModelConfig, TrainConfig
 from anomaly.data import load_series
 from anomaly.kafka.changelog import Owner, decode_record, encode_header, model_fingerprint
+from anomaly.metrics import RESTORE_REFUSALS
 from anomaly.synthetic import SyntheticSpec, generate_keys
 from anomaly.training import train
 
@@ -57,6 +58,18 @@ def _run_to(kafka_env, names, ends, *extra: str, **kw) -> str:
     kafka_env.wait_committed(names.group, names.input, ends)
     assert terminate(proc) == 0
     return kafka_env.logs[-1].read_text()
+
+
+def _run_counting_refusals(kafka_env, names, ends, *extra: str, **kw) -> tuple[str, dict[str, float]]:
+    """:func:`_run_to`, with the daemon's anomaly_restore_refused_total by reason read before it stops."""
+    proc, port = kafka_env.start(names, *FAST, *extra, **kw)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    refused = {
+        reason: metric(port, "anomaly_restore_refused_total", f'{{reason="{reason}"}}')
+        for reason in RESTORE_REFUSALS
+    }
+    assert terminate(proc) == 0
+    return kafka_env.logs[-1].read_text(), refused
 
 
 def _merge(ends: dict[int, int], more: dict[int, int]) -> dict[int, int]:
@@ -109,9 +122,10 @@ def test_a_changelog_shared_with_another_group_and_model_is_not_restored(
     _run_to(kafka_env, g1, ends)
     ends = _merge(ends, kafka_env.produce(g1.input, second, bundle.features))
     _run_to(kafka_env, g2, ends, model=other_model[0])  # writes newer records for the same partitions
-    log = _run_to(kafka_env, g1, ends)
+    log, refused = _run_counting_refusals(kafka_env, g1, ends)
 
     assert f"written by group {g2.group} ignored" in log
+    assert refused == {"other_group": 2, "incompatible_model": 0, "bad_state": 0}  # one per partition
     assert "restored 2 from the changelog" in log
     g1_state = kafka_env.changelog_state(g1.changelog, bundle, g1.group)
     expected = replay_expected(bundle, series)
@@ -131,9 +145,10 @@ def test_state_of_an_incompatible_model_is_refused_and_the_input_position_kept(
     ends = kafka_env.produce(names.input, first, bundle.features)
     _run_to(kafka_env, names, ends)
     ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
-    log = _run_to(kafka_env, names, ends, model=other_path)
+    log, refused = _run_counting_refusals(kafka_env, names, ends, model=other_path)
 
     assert log.count("not restored: written by an incompatible model") == 2
+    assert refused == {"other_group": 0, "incompatible_model": 2, "bad_state": 0}
     assert f"stopped: {sum(len(s) for s in second)} messages" in log  # every new message, none skipped
     expected = replay_expected(other, second)  # fresh keys from the committed offset on
     got = {k: w for k, w in kafka_env.windows(names.scores).items() if w["model_version"] == other.version}
