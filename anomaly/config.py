@@ -679,6 +679,8 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def _check_toml_shape(toml: Mapping[str, Any]) -> None:
     for key, value in toml.items():
+        if key in SECTIONS and isinstance(value, list):  # [[engine]]: an array of tables, not a table
+            raise ConfigError(f"[[{key}]] is an array of tables: write the section once, as [{key}]", key=key)
         if not isinstance(value, Mapping):
             owners = [s for s, t in _SECTION_TYPES.items() if key in typing.get_type_hints(t)]
             where = f"; put it under [{owners[0]}]" if owners else ""

@@ -59,6 +59,11 @@ def test_env_beats_toml(tmp_path) -> None:
             "unknown section [pipeline]; valid sections: data, model, train, engine, kafka, metrics, replay",
         ),
         ({"pipeline": "demo"}, "top-level key 'pipeline' is not inside a [section]"),
+        # [[engine]] (TOML's array of tables) was "top-level key 'engine' is not inside a [section]"
+        (
+            {"engine": [{"threshold": "static"}]},
+            "[[engine]] is an array of tables: write the section once, as [engine]",
+        ),
     ],
 )
 def test_bad_settings_name_the_problem(toml, message) -> None:
