@@ -31,6 +31,7 @@ from anomaly.data import (
     apply_nan_policy,
     default_max_gap,
     fingerprint,
+    quoted,
     sampling_interval,
     split_at_gaps,
     window_chain,
@@ -160,11 +161,16 @@ def train(
     interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    given = series
     series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
     if not any(len(s) for s in series):
         raise DataError(
             f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
             f"engine.nan_policy = {nan_policy!r} drops it"
+        )
+    if missing_dropped and max(len(s) for s in series) < model_cfg.window:  # not a matter of gaps
+        raise DataError(
+            short_after_missing(given, features, series, missing_dropped, nan_policy, model_cfg.window)
         )
     interval = sampling_interval(series)
     max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
@@ -194,10 +200,7 @@ def train(
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(
-            f"not enough data for a validation window of {window} rows; lower train.val_fraction "
-            "or model.window, or add data"
-        )
+        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(whole)))
 
     arch = Architecture(
         len(features),
@@ -327,6 +330,50 @@ def train(
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
+
+
+def no_validation_window(series: Sequence[Series], val_fraction: float, window: int, cut: bool) -> str:
+    """Why no series gave a validation window, and what helps: a larger `val_fraction` only while the longest
+    series can hold a window to train on and one to validate (`split_series`), else only more rows do."""
+    longest = max(len(s) for s in series)
+    where = " between gaps" if cut else ""
+    hint = (
+        "raise train.val_fraction, lower model.window, or add data"
+        if longest >= 2 * window
+        else f"a series needs {2 * window} rows, a window to train on and one to validate: lower model.window "
+        "or add data"
+    )
+    return (
+        f"not enough data for a validation window of {window} rows (model.window): the validation part of each "
+        f"series is its last {val_fraction * 100:g} % (train.val_fraction), {int(round(longest * val_fraction))} of the "
+        f"longest series' {longest} rows{where}; {hint}"
+    )
+
+
+def short_after_missing(
+    given: Sequence[Series],
+    features: Sequence[str],
+    kept: Sequence[Series],
+    dropped: int,
+    policy: str,
+    window: int,
+) -> str:
+    """The error when the missing-value policy, not the file's length or its gaps, left less than a window: it
+    names the policy, the rows it dropped and the column with the most missing values."""
+    values = [s.values for s in given if len(s)]
+    missing = (~np.isfinite(np.concatenate(values))).sum(axis=0) if values else np.zeros(len(features), int)
+    worst = int(np.argmax(missing))
+    total = sum(len(s) for s in given)
+    rest = [f for i, f in enumerate(features) if i != worst]
+    hints = ['set engine.nan_policy = "ffill"'] if policy == "reject" else []
+    if rest:
+        hints.append(f"leave {features[worst]!r} out with --features {quoted(','.join(rest))}")
+    return (
+        f"not enough training data: engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a "
+        f"missing value (column {features[worst]!r} misses {int(missing[worst])}), leaving the longest series "
+        f"{max(len(s) for s in kept)} rows, fewer than one window ({window} rows, model.window)"
+        + (f"; {', or '.join(hints)}" if hints else "")
+    )
 
 
 def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:
