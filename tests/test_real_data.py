@@ -532,3 +532,24 @@ def test_drop_anomalies_that_leaves_no_window_between_cuts_says_so(frame, tmp_pa
         "error: not enough training data: the longest series has 5 rows (--drop-anomalies cut the series at 11 "
         "removed stretches), fewer than one window (8 rows, model.window)"
     ]
+
+
+def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path, monkeypatch) -> None:
+    """`-o data.csv/model.pt` (a file where a folder should be) failed only after the whole training run, its
+    work lost; `-o data.csv`, the training file itself, replaced the user's data with the bundle."""
+    import anomaly.commands.model_cmds as cmds
+
+    csv = tmp_path / "data.csv"
+    frame.head(300).to_csv(csv, index=False)
+    monkeypatch.setattr(cmds, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    r = run("train", csv, "-o", tmp_path / "data.csv" / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: cannot write the model bundle {tmp_path}/data.csv/m.pt: {tmp_path}/data.csv is not a folder"
+    ]
+    before = csv.read_bytes()
+    r = run("train", csv, "-o", f"{tmp_path}/./data.csv", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: the model bundle {tmp_path}/./data.csv is the data file {csv}: training would replace the data "
+        "with the bundle; name another file with --out"
+    ]
+    assert csv.read_bytes() == before and r.stdout == ""

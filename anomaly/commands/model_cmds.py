@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
-from anomaly.atomic import atomic_path
+from anomaly.atomic import atomic_path, check_writable
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
@@ -20,7 +21,7 @@ from anomaly.commands.common import (
     time_column_option,
 )
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
-from anomaly.errors import DataError
+from anomaly.errors import DataError, OutputError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, train
 
@@ -76,6 +77,7 @@ def generate_cmd(
 
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
     """Load, optionally trim and clean, train, save: shared by `train` and `demo`."""
+    check_output(out, paths)
     left_out: dict[str, str] = {}
     series, features = load_series(paths, cfg.data, left_out=left_out)
     click.echo(
@@ -134,6 +136,21 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
     save_bundle(result.bundle, out)
     return result
+
+
+def check_output(out: str, paths: list[str]) -> None:
+    """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
+    be lost) or that is one of the data files (the data would be replaced by the bundle)."""
+    check_writable(out, "model bundle")
+    if not os.path.isfile(out):
+        return
+    for path in paths:
+        if os.path.isfile(path) and os.path.samefile(path, out):
+            raise OutputError(
+                f"the model bundle {out} is the data file {path}: training would replace the data with the "
+                "bundle; name another file with --out",
+                path=out,
+            )
 
 
 @click.command("train")
