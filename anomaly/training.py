@@ -183,6 +183,10 @@ def train(
         )
     windowed = {s.key for s in series if len(s) >= model_cfg.window}
     idle = list(dict.fromkeys(s.key for s in whole if s.key not in windowed))
+    rows_of: dict[str, int] = {}
+    for s in whole:
+        rows_of[s.key] = rows_of.get(s.key, 0) + len(s)
+    short = [k for k in idle if rows_of[k] < model_cfg.window]  # too few readings at all, gaps or not
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -324,6 +328,8 @@ def train(
             # series with no stretch of a window between gaps: never trained on, and cold-scored in replay
             "series_without_window": len(idle),
             "keys_without_window": idle[:5],
+            "series_shorter_than_window": len(short),  # of series_without_window: fewer rows than a window
+            "keys_shorter_than_window": short[:5],
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }

@@ -553,3 +553,36 @@ def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path
         "with the bundle; name another file with --out"
     ]
     assert csv.read_bytes() == before and r.stdout == ""
+
+
+def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> None:
+    """A key with 3 rows beside long ones was reported as 'no 8 readings in a row without a gap over ...
+    (readings far apart need engine.max_gap_seconds above their step ...)': it has no gap, only too few rows."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(n),
+                "device": key,
+                "a": rng.normal(0, 1, n),
+                "b": rng.normal(0, 1, n),
+            }
+        )
+        for key, n in (("long", 300), ("short", 3), ("slow", 0))
+    ]
+    slow = 1_700_000_000 + 600_000 * np.arange(20)  # readings a week apart: a gap at each one
+    parts[2] = pd.DataFrame({"timestamp": slow, "device": "slow", "a": rng.normal(0, 1, 20), "b": 0.0})
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in lines(r.stderr) if line.startswith("warning:")]
+    assert warnings[0] == (
+        "warning: 1 of 3 series have fewer readings than a window (8) and gave none to train on ('short'); in "
+        "replay they have less than a window of history too (cold scores, or none)"
+    )
+    assert warnings[1].startswith("warning: 1 of 3 series gave no window to train on ('slow'): no 8 readings")
+    t = load_bundle(model).meta["training"]
+    assert (t["series_without_window"], t["keys_without_window"]) == (2, ["short", "slow"])
+    assert (t["series_shorter_than_window"], t["keys_shorter_than_window"]) == (1, ["short"])

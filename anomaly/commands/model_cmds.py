@@ -314,11 +314,18 @@ def print_training(result: TrainResult, out: str) -> None:
             f"at {plural(cut['cuts'], 'removed stretch', 'removed stretches')} (as at a gap), so no training "
             "window joins the readings on either side of one"
         )
-    idle = t.get("series_without_window", 0)
-    if idle:
-        names = ", ".join(map(repr, t["keys_without_window"])) + (
-            ", ..." if idle > len(t["keys_without_window"]) else ""
+    short = t.get("series_shorter_than_window", 0)
+    if short:  # not a matter of gaps: "readings far apart" would send the user after the wrong cause
+        click.echo(
+            f"warning: {short} of {t['series']} series have fewer readings than a window ({result.bundle.window}) "
+            f"and gave none to train on ({_names(t['keys_shorter_than_window'], short)}); in replay they have less "
+            "than a window of history too (cold scores, or none)",
+            err=True,
         )
+    idle = t.get("series_without_window", 0) - short
+    if idle:
+        shorts = set(t.get("keys_shorter_than_window", []))
+        names = _names([k for k in t["keys_without_window"] if k not in shorts], idle)
         click.echo(
             f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
             f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
@@ -332,6 +339,12 @@ def print_training(result: TrainResult, out: str) -> None:
         click.echo(f"scored features (targets): {', '.join(scored)}; context: {context}")
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
+
+
+def _names(keys: list[str], count: int) -> str:
+    """Up to five keys, quoted, and `...` when `count` says there are more."""
+    more = ["..."] if count > len(keys) else []
+    return ", ".join([*map(repr, keys), *more])
 
 
 @click.command("inspect")
