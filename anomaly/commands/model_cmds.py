@@ -446,7 +446,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "training",
-            f"{_num(t.get('epochs_run'))} epochs (best {_num(t.get('best_epoch'))}), best val loss "
+            f"{_num(t.get('epochs_run'))} epoch{'' if t.get('epochs_run') == 1 else 's'} (best "
+            f"{_num(t.get('best_epoch'))}), best val loss "
             f"{_num(t.get('best_val_loss'))}, {t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}",
         ),
         (
