@@ -586,3 +586,16 @@ def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> 
     t = load_bundle(model).meta["training"]
     assert (t["series_without_window"], t["keys_without_window"]) == (2, ["short", "slow"])
     assert (t["series_shorter_than_window"], t["keys_shorter_than_window"]) == (1, ["short"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_path) -> None:
+    """`--device cuda` on a CPU machine read (and listed the features of) every file before failing."""
+    csv = tmp_path / "data.csv"
+    frame.head(300).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--device", "cuda")
+    assert (r.exit_code, r.stdout, lines(r.stderr)) == (
+        2,
+        "",
+        ["error: train.device is cuda but no CUDA device is available"],
+    )

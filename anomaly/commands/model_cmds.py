@@ -23,7 +23,7 @@ from anomaly.commands.common import (
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError, OutputError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
-from anomaly.training import TrainResult, train
+from anomaly.training import TrainResult, pick_device, train
 
 
 @click.command("generate")
@@ -78,6 +78,7 @@ def generate_cmd(
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
     """Load, optionally trim and clean, train, save: shared by `train` and `demo`."""
     check_output(out, paths)
+    pick_device(cfg.train.device)  # `--device cuda` without CUDA fails now, not after the files are read
     left_out: dict[str, str] = {}
     series, features = load_series(paths, cfg.data, left_out=left_out)
     click.echo(
