@@ -599,3 +599,37 @@ def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_pa
         "",
         ["error: train.device is cuda but no CUDA device is available"],
     )
+
+
+def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, tmp_path) -> None:
+    """One file given twice (or exports that overlap) trained on every reading twice without a word, while
+    replay and the daemon refuse the second copy (duplicate_timestamp): the model learnt from readings it never
+    scores."""
+    csv, copy = tmp_path / "a.csv", tmp_path / "b.csv"
+    frame.head(300).assign(device="d1").to_csv(csv, index=False)
+    frame.head(300).assign(device="d1").to_csv(copy, index=False)
+    model = tmp_path / "m.pt"
+    key = ("--key-column", "device")  # without one, each file is a series of its own
+    r = run("train", csv, copy, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert [line for line in lines(r.stderr) if "repeat" in line] == [
+        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, or a file given "
+        "twice): training used them, but the engine refuses them live and in replay (engine.duplicate_policy = "
+        '"drop"), so the model learnt from readings it will never score; train on files that do not overlap'
+    ]
+    assert load_bundle(model).meta["training"]["repeated_timestamps"] == 300
+    kept = run(
+        "train",
+        csv,
+        copy,
+        *key,
+        "-o",
+        model,
+        "-p",
+        tiny_pipeline(tmp_path),
+        env={"ANOMALY_ENGINE_DUPLICATE_POLICY": "keep"},
+    )
+    assert kept.exit_code == 0 and "repeat" not in kept.output
+    assert "repeated_timestamps" not in load_bundle(model).meta["training"]
+    once = run("train", csv, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert once.exit_code == 0 and "repeat" not in once.output

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import click
+import numpy as np
 
 from anomaly.atomic import atomic_path, check_writable
 from anomaly.bundle import read_metadata, save_bundle
@@ -123,6 +124,8 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             f"not enough training data: the longest series has {longest} rows{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
+    # the engine refuses a reading stamped as its key's last one (duplicate_policy "drop"); training keeps it
+    repeated = sum(int((np.diff(s.timestamps) == 0).sum()) for s in series if len(s) > 1)
     result = train(
         series,
         features,
@@ -135,6 +138,8 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
         result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
+    if repeated and cfg.engine.duplicate_policy == "drop":
+        result.bundle.meta["training"]["repeated_timestamps"] = repeated
     save_bundle(result.bundle, out)
     return result
 
@@ -332,6 +337,15 @@ def print_training(result: TrainResult, out: str) -> None:
             f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
             "in replay they have less than a window of history too (readings far apart need "
             "engine.max_gap_seconds above their step, or a model of their own)",
+            err=True,
+        )
+    repeated = t.get("repeated_timestamps", 0)
+    if repeated:
+        click.echo(
+            f"warning: {plural(repeated, 'reading')} repeat their key's previous timestamp (files that overlap in "
+            "time, or a file given twice): training used them, but the engine refuses them live and in replay "
+            '(engine.duplicate_policy = "drop"), so the model learnt from readings it will never score; train on '
+            "files that do not overlap",
             err=True,
         )
     scored = result.bundle.targets
