@@ -164,9 +164,17 @@ def train(
     given = series
     series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
     if not any(len(s) for s in series):
+        empty = [f for f, n in zip(features, missing_cells(given), strict=True) if n == sum(map(len, given))]
+        rest = [f for f in features if f not in empty]
         raise DataError(
             f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
             f"engine.nan_policy = {nan_policy!r} drops it"
+            + (
+                f"; column(s) {', '.join(map(repr, empty))} have no value in any row"
+                + (f": leave them out with --features {quoted(','.join(rest))}" if rest else "")
+                if empty
+                else ""
+            )
         )
     if missing_dropped and max(len(s) for s in series) < model_cfg.window:  # not a matter of gaps
         raise DataError(
@@ -356,6 +364,11 @@ def no_validation_window(series: Sequence[Series], val_fraction: float, window: 
     )
 
 
+def missing_cells(series: Sequence[Series]) -> np.ndarray:
+    """Per feature (F,): the non-finite cells over all rows of `series`."""
+    return (~np.isfinite(np.concatenate([s.values for s in series]))).sum(axis=0)
+
+
 def short_after_missing(
     given: Sequence[Series],
     features: Sequence[str],
@@ -366,8 +379,7 @@ def short_after_missing(
 ) -> str:
     """The error when the missing-value policy, not the file's length or its gaps, left less than a window: it
     names the policy, the rows it dropped and the column with the most missing values."""
-    values = [s.values for s in given if len(s)]
-    missing = (~np.isfinite(np.concatenate(values))).sum(axis=0) if values else np.zeros(len(features), int)
+    missing = missing_cells(given)
     worst = int(np.argmax(missing))
     total = sum(len(s) for s in given)
     rest = [f for i, f in enumerate(features) if i != worst]

@@ -189,3 +189,23 @@ def test_rows_dropped_for_missing_values_are_named_as_the_reason_for_too_little_
         "not enough training data: engine.nan_policy = 'ffill' dropped 490 of 500"
     )
     assert str(err.value).endswith("(32 rows, model.window); leave 'z' out with --features x,y")
+
+
+def test_no_rows_left_names_the_column_without_a_value() -> None:
+    """`--features a,c` with c empty in every row said only 'every row has a missing value', leaving the user to
+    find which column."""
+    import numpy as np
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    s = make_series("a", 100, 3)
+    s.values[:, 1] = np.nan
+    with pytest.raises(DataError) as err:
+        train([s], ["x", "c", "y"], ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu"))
+    assert str(err.value) == (
+        "no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
+        "engine.nan_policy = 'reject' drops it; column(s) 'c' have no value in any row: leave them out with "
+        "--features x,y"
+    )
