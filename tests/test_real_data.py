@@ -339,6 +339,12 @@ def test_training_on_fewer_rows_than_a_window_says_so(frame, tmp_path) -> None:
         "error: not enough training data: the longest series has 5 rows, fewer than one window (8 rows, "
         "model.window)"
     ]
+    frame.head(1).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert lines(r.stderr) == [  # not '1 rows'
+        "error: not enough training data: the longest series has 1 row, fewer than one window (8 rows, "
+        "model.window)"
+    ]
 
 
 def test_a_key_in_several_files_replays_as_one_stream(bundle_path, tmp_path) -> None:

@@ -121,7 +121,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             else ""
         )
         raise DataError(
-            f"not enough training data: the longest series has {longest} rows{piece}, fewer than one window "
+            f"not enough training data: the longest series has {plural(longest, 'row')}{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
     # the engine refuses a reading stamped as its key's last one (duplicate_policy "drop"); training keeps it
