@@ -559,6 +559,12 @@ def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path
         "with the bundle; name another file with --out"
     ]
     assert csv.read_bytes() == before and r.stdout == ""
+    r = run("train", csv, "-o", f"{tmp_path}/models/", "-p", tiny_pipeline(tmp_path))  # wrote a file 'models'
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: the model bundle {tmp_path}/models/ names a folder; give the bundle's file name, e.g. "
+        f"{tmp_path}/models/model.pt"
+    ]
+    assert not (tmp_path / "models").exists()
 
 
 def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> None:

@@ -147,6 +147,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 def check_output(out: str, paths: list[str]) -> None:
     """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
     be lost) or that is one of the data files (the data would be replaced by the bundle)."""
+    if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
+        raise OutputError(
+            f"the model bundle {out} names a folder; give the bundle's file name, e.g. "
+            f"{os.path.join(out, 'model.pt')}",
+            path=out,
+        )
     check_writable(out, "model bundle")
     if not os.path.isfile(out):
         return
