@@ -645,3 +645,26 @@ def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, 
     assert "repeated_timestamps" not in load_bundle(model).meta["training"]
     once = run("train", csv, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert once.exit_code == 0 and "repeat" not in once.output
+
+
+def test_a_wander_screen_that_would_remove_every_feature_says_it_screened_nothing(tmp_path) -> None:
+    """train.wander_screen keeps every feature scored when all of them wander; train said nothing, so the user
+    took the screen to have found no wandering feature."""
+    rng = np.random.default_rng(0)
+    n = 400
+    ramp = np.linspace(0, 10, n)
+    csv = tmp_path / "ramps.csv"
+    pd.DataFrame(
+        {"timestamp": 1_700_000_000 + 60 * np.arange(n), "up": ramp + rng.normal(0, 0.1, n), "down": -ramp}
+    ).to_csv(csv, index=False)
+    env = {"ANOMALY_TRAIN_WANDER_SCREEN": "0.5"}
+    r = run(
+        "train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--features", "up,down", env=env
+    )
+    assert r.exit_code == 0, r.output
+    notes = [line for line in lines(r.stderr) if "wander_screen" in line]
+    assert notes == [
+        "note: train.wander_screen = 0.5 screened nothing: every scored feature wanders over the training span "
+        "(up 0.98, down 0.98), so all stay scored: the screen never removes every scored feature"
+    ]
+    assert load_bundle(tmp_path / "m.pt").targets == ["up", "down"]
