@@ -358,11 +358,13 @@ def print_training(result: TrainResult, out: str) -> None:
     context = context_features({"features": result.bundle.features, "targets": scored})
     if context:  # model.targets, or train.wander_screen, left some features unscored
         click.echo(f"scored features (targets): {', '.join(scored)}; context: {context}")
-    screen = t["config"]["train"].get("wander_screen", 0.0)
-    wander = dict(
-        zip(result.bundle.features, result.bundle.calibration.get("feature_wander", []), strict=False)
+    screen = t.get("config", {}).get("train", {}).get("wander_screen", 0.0)
+    wander = (
+        dict(zip(result.bundle.features, result.bundle.calibration.get("feature_wander", []), strict=False))
+        if screen > 0
+        else {}
     )
-    if screen > 0 and scored and all(wander.get(f, 0.0) > screen for f in scored):  # the screen kept them all
+    if wander and scored and all(wander.get(f, 0.0) > screen for f in scored):  # the screen kept them all
         click.echo(
             f"note: train.wander_screen = {screen:g} screened nothing: every scored feature wanders over the "
             f"training span ({', '.join(f'{f} {wander[f]:.2f}' for f in scored)}), so all stay scored: the "
