@@ -183,7 +183,8 @@ def train(
     interval = sampling_interval(series)
     max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
     whole = series
-    series = split_at_gaps(whole, max_gap)
+    # a key whose every reading had a missing value is left with no rows: nothing to train or calibrate on
+    series = split_at_gaps([s for s in whole if len(s)], max_gap)
     if not any(len(s) >= model_cfg.window for s in series):
         raise DataError(
             f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
@@ -320,7 +321,7 @@ def train(
         "sampling": {
             "interval_seconds": interval,
             "max_gap_seconds": max_gap,
-            "gap_splits": len(series) - len(whole),
+            "gap_splits": len(series) - sum(1 for s in whole if len(s)),
         },
         "training": {
             "epochs_run": len(history),

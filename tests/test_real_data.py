@@ -668,3 +668,33 @@ def test_a_wander_screen_that_would_remove_every_feature_says_it_screened_nothin
         "(up 0.98, down 0.98), so all stay scored: the screen never removes every scored feature"
     ]
     assert load_bundle(tmp_path / "m.pt").targets == ["up", "down"]
+
+
+def test_a_key_with_a_missing_value_in_every_row_does_not_crash_training(tmp_path) -> None:
+    """Under nan_policy 'reject' such a key is left with no rows, and calibration fed it to the LSTM: a
+    RuntimeError traceback ('Expected sequence length to be larger than 0 in RNN') instead of a bundle."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(300),
+                "device": key,
+                "a": rng.normal(0, 1, 300) if key == "ok" else np.nan,
+                "b": rng.normal(0, 1, 300),
+            }
+        )
+        for key in ("ok", "dead")
+    ]
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert [line for line in lines(r.stderr) if line.startswith("warning:")] == [
+        "warning: 1 of 2 series have fewer readings than a window (8) once those with a missing value were "
+        "dropped and gave none to train on ('dead'); in replay they have less than a window of history too "
+        "(cold scores, or none)"
+    ]
+    meta = load_bundle(model).meta
+    assert (meta["training"]["series"], meta["training"]["rows"]) == (2, 300)
+    assert meta["sampling"]["gap_splits"] == 0 and meta["missing_values"]["rows_dropped"] == 300

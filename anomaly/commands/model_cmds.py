@@ -329,8 +329,9 @@ def print_training(result: TrainResult, out: str) -> None:
     short = t.get("series_shorter_than_window", 0)
     if short:  # not a matter of gaps: "readings far apart" would send the user after the wrong cause
         click.echo(
-            f"warning: {short} of {t['series']} series have fewer readings than a window ({result.bundle.window}) "
-            f"and gave none to train on ({_names(t['keys_shorter_than_window'], short)}); in replay they have less "
+            f"warning: {short} of {t['series']} series have fewer readings than a window ({result.bundle.window})"
+            + (" once those with a missing value were dropped" if missing.get("rows_dropped") else "")
+            + f" and gave none to train on ({_names(t['keys_shorter_than_window'], short)}); in replay they have less "
             "than a window of history too (cold scores, or none)",
             err=True,
         )
