@@ -698,3 +698,24 @@ def test_a_key_with_a_missing_value_in_every_row_does_not_crash_training(tmp_pat
     meta = load_bundle(model).meta
     assert (meta["training"]["series"], meta["training"]["rows"]) == (2, 300)
     assert meta["sampling"]["gap_splits"] == 0 and meta["missing_values"]["rows_dropped"] == 300
+
+
+def test_a_key_labelled_anomalous_throughout_does_not_crash_drop_anomalies(tmp_path) -> None:
+    """--drop-anomalies left such a key with no rows, and calibration crashed on it (RNN traceback)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "timestamp": np.tile(1_700_000_000 + 60 * np.arange(300), 2),
+            "device": np.repeat(["ok", "broken"], 300),
+            "a": rng.normal(0, 1, 600),
+            "anomaly": np.repeat([0, 1], 300),
+        }
+    )
+    csv = tmp_path / "keys.csv"
+    frame.to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    args = ("--key-column", "device", "--drop-anomalies", "-o", model, "-p", tiny_pipeline(tmp_path))
+    r = run("train", csv, *args)
+    assert r.exit_code == 0, r.output
+    assert "gave none to train on ('broken')" in r.stderr
+    assert load_bundle(model).meta["anomalies_dropped"] == {"rows": 300, "cuts": 0}
