@@ -184,7 +184,8 @@ def train(
     max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
     whole = series
     # a key whose every reading had a missing value is left with no rows: nothing to train or calibrate on
-    series = split_at_gaps([s for s in whole if len(s)], max_gap)
+    kept = [s for s in whole if len(s)]
+    series = split_at_gaps(kept, max_gap)
     if not any(len(s) >= model_cfg.window for s in series):
         raise DataError(
             f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
@@ -213,7 +214,7 @@ def train(
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(whole)))
+        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept)))
 
     arch = Architecture(
         len(features),
@@ -321,7 +322,7 @@ def train(
         "sampling": {
             "interval_seconds": interval,
             "max_gap_seconds": max_gap,
-            "gap_splits": len(series) - sum(1 for s in whole if len(s)),
+            "gap_splits": len(series) - len(kept),
         },
         "training": {
             "epochs_run": len(history),
@@ -384,12 +385,17 @@ def short_after_missing(
     worst = int(np.argmax(missing))
     total = sum(len(s) for s in given)
     rest = [f for i, f in enumerate(features) if i != worst]
-    hints = ['set engine.nan_policy = "ffill"'] if policy == "reject" else []
-    if rest:
+    hints = ['set engine.nan_policy = "ffill"'] if policy == "reject" and missing[worst] else []
+    if rest and missing[worst]:
         hints.append(f"leave {features[worst]!r} out with --features {quoted(','.join(rest))}")
+    which = (
+        f"column {features[worst]!r} misses {int(missing[worst])}"
+        if missing[worst]
+        else "their times are missing"
+    )
     return (
         f"not enough training data: engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a "
-        f"missing value (column {features[worst]!r} misses {int(missing[worst])}), leaving the longest series "
+        f"missing value ({which}), leaving the longest series "
         f"{max(len(s) for s in kept)} rows, fewer than one window ({window} rows, model.window)"
         + (f"; {', or '.join(hints)}" if hints else "")
     )
