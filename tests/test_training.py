@@ -189,6 +189,14 @@ def test_rows_dropped_for_missing_values_are_named_as_the_reason_for_too_little_
         "not enough training data: engine.nan_policy = 'ffill' dropped 490 of 500"
     )
     assert str(err.value).endswith("(32 rows, model.window); leave 'z' out with --features x,y")
+    t = make_series("a", 40, 2)
+    t.timestamps[::2] = np.nan  # missing times, not values: no column to blame (it named one 'missing 0')
+    with pytest.raises(DataError) as err:
+        train([t], ["x", "y"], model, TrainConfig(epochs=1, device="cpu"))
+    assert str(err.value) == (
+        "not enough training data: engine.nan_policy = 'reject' dropped 20 of 40 rows for a missing value (their "
+        "times are missing), leaving the longest series 20 rows, fewer than one window (32 rows, model.window)"
+    )
 
 
 def test_no_rows_left_names_the_column_without_a_value() -> None:
