@@ -18,9 +18,9 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
   if that takes longer than ``shutdown_timeout_s``; a second signal exits at once; a final checkpoint that
   cannot be completed (the broker does not answer) is an error (:class:`FinalCheckpointError`, status 3);
-* the input and changelog topics are those of start-up (their topic ids, :mod:`anomaly.kafka.identity`): one
-  gone or created again (a broker restarted without its data, a topic deleted) stops the daemon with one line
-  before it writes or commits anything more, and a restore refuses a checkpoint of an input topic created
+* the input, changelog and output topics are those of start-up (their topic ids,
+  :mod:`anomaly.kafka.identity`): one gone or created again (a broker restarted without its data, a topic
+  deleted) stops the daemon with one line before it writes or commits anything more, and a restore refuses a checkpoint of an input topic created
   again since it was written (its ``input_id``);
 * fenced (another member took the partitions while this process stalled): every partition's state dropped,
   a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
@@ -200,9 +200,13 @@ class Daemon:
         for name in dict.fromkeys(self.changelog_topics.values()):
             inputs = [topic for topic, changelog in self.changelog_topics.items() if changelog == name]
             clients.ensure_changelog(self.admin, k, name, inputs)
-        # the ids of the topics the state depends on: one gone or created again while this runs stops it
+        # the ids of the topics the state depends on, and of those the outputs go to: one gone or created again
+        # while this runs stops it (an output topic deleted was auto-created again by the producer, with the
+        # broker's defaults, or its writes were refused: alerts lost to its readers without a word)
         roles = {t: clients.INPUT for t in k.topics}
         roles.update({name: clients.CHANGELOG for name in self.changelog_topics.values()})
+        for topic, role in clients.daemon_topics(k).items():
+            roles.setdefault(topic, role)
         self.identity = TopicIdentity(roles, k.bootstrap_servers)
         try:
             self.identity.record(self.admin)
@@ -681,7 +685,9 @@ class Daemon:
         try:
             self.identity.check(self.admin)
         except (kerr.KafkaError, OSError) as exc:
-            raise KafkaError(f"cannot check the input and changelog topics ({type(exc).__name__})") from None
+            raise KafkaError(
+                f"cannot check the input, changelog and output topics ({type(exc).__name__})"
+            ) from None
 
     # --- health ----------------------------------------------------------------------------------------------
 
