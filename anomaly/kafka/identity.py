@@ -28,8 +28,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from anomaly.kafka import KafkaError
-from anomaly.kafka import clients
+from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.clients import TopicRole
 
 log = logging.getLogger(__name__)
