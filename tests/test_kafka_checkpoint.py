@@ -172,6 +172,18 @@ def test_a_refused_record_commits_nothing(transactional: bool) -> None:
 
 
 @pytest.mark.parametrize("transactional", [True, False])
+def test_a_refused_output_names_its_topic(transactional: bool) -> None:
+    """Before: `error: 1 record(s) were not delivered (KafkaError)`, with no word of which of the daemon's topics
+    (alerts, scores, changelog) refused it."""
+    delivery = Delivery(_Producer([], refuse=True), transactional=transactional)  # type: ignore[arg-type]
+    delivery.send("cl", b"in:0", b"state")
+    delivery.send("alerts", b"pump-7", b"{}")
+    with pytest.raises(DeliveryError) as err:
+        delivery.flush()
+    assert str(err.value) == "2 record(s) were not delivered (KafkaError, the last one to topic 'alerts')"
+
+
+@pytest.mark.parametrize("transactional", [True, False])
 def test_a_checkpoint_on_replaced_topics_writes_and_commits_nothing_and_raises(transactional: bool) -> None:
     """An input or changelog topic created again (a broker restarted without its data): before, the checkpoint
     wrote the old state into the new changelog and committed the old offsets on the new topic."""
