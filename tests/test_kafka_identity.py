@@ -120,3 +120,21 @@ def test_a_restore_whose_topics_cannot_be_checked_in_time_fails() -> None:
         "cannot check the input and changelog topics before restoring partitions (KafkaTimeoutError): the broker "
         "at host:9092 did not answer"
     )
+
+
+# where a restore resumes, given the group's committed offset (the reset forward itself, on Tansu:
+# tests/integration/test_kafka_outputs.py)
+@pytest.mark.parametrize(
+    ("committed", "resume_after"),
+    [
+        (None, 99),  # no committed offset (expired, or deleted): the checkpoint's
+        (100, 99),  # the daemon's own commit
+        (40, 99),  # behind: a commit lost in a crash, or a reset back (not followed)
+        (250, 249),  # a reset forward while stopped: followed
+    ],
+    ids=["none", "own", "behind", "forward"],
+)
+def test_a_restore_follows_only_a_committed_offset_past_its_checkpoint(
+    committed: int | None, resume_after: int
+) -> None:
+    assert Daemon._resume_after(_daemon(_Admin({})), "in:0", 99, committed) == resume_after
