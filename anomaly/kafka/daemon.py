@@ -20,8 +20,10 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   cannot be completed (the broker does not answer) is an error (:class:`FinalCheckpointError`, status 3);
 * the input, changelog and output topics are those of start-up (their topic ids,
   :mod:`anomaly.kafka.identity`): one gone or created again (a broker restarted without its data, a topic
-  deleted) stops the daemon with one line before it writes or commits anything more, and a restore refuses a checkpoint of an input topic created
-  again since it was written (its ``input_id``);
+  deleted) stops the daemon with one line before it writes or commits anything more, and a restore refuses a
+  checkpoint of an input topic created again since it was written (its ``input_id``);
+* at a restore, the group's committed offset past a partition's checkpoint (offsets reset forward while the
+  daemon was stopped) is where it resumes, the keys keeping their state;
 * fenced (another member took the partitions while this process stalled): every partition's state dropped,
   a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
 * SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted; SIGUSR1: every thread's
