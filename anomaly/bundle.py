@@ -182,9 +182,57 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         weights = payload["weights"]
     except (KeyError, TypeError, json.JSONDecodeError):
         raise BundleError(f"{p}: bundle metadata is corrupted", path=str(p)) from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{p}: bundle metadata is corrupted (not a JSON object)", path=str(p))
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise BundleError(f"{p}: bundle weights are corrupted (not named tensors)", path=str(p))
     if _weights_digest(weights) != meta.get("weights_sha256"):
         raise BundleError(f"{p}: weights do not match their checksum; the file is corrupted", path=str(p))
+    check_metadata(meta, p)
     return meta, weights
+
+
+def check_metadata(meta: Any, path: str | Path) -> None:
+    """Refuse metadata that would score wrongly or fail mid-stream: the checksum covers the weights only, so a
+    hand-edited or damaged metadata block (a scale of 0 makes every standardized reading infinite, a scaler or
+    architecture for another number of features breaks the first batch) is caught here, when the file is read,
+    by every command (inspect, replay, the daemon's start and hot reload) and for ONNX exports alike."""
+
+    def bad(reason: str) -> BundleError:
+        return BundleError(f"{path}: bundle does not describe a valid model ({reason})", path=str(path))
+
+    if not isinstance(meta, dict):
+        raise bad("the metadata is not a JSON object")
+    features, arch, scaler, cal = (meta.get(k) for k in ("features", "architecture", "scaler", "calibration"))
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise bad("features is not a list of names")
+    n = len(features)
+    if not isinstance(arch, dict) or arch.get("n_features") != n:
+        got = arch.get("n_features") if isinstance(arch, dict) else arch
+        raise bad(f"the architecture is for {got} features, the bundle names {n}")
+    if not isinstance(scaler, dict):
+        raise bad("no scaler")
+    for part in ("mean", "scale"):
+        values = scaler.get(part)
+        if not isinstance(values, list) or len(values) != n:
+            raise bad(
+                f"scaler {part} has {len(values) if isinstance(values, list) else 'no'} values for {n} features"
+            )
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise bad(f"scaler {part} has a value that is not a finite number")
+    zero = [f for f, v in zip(features, scaler["scale"], strict=True) if v <= 0]
+    if zero:
+        raise bad(f"scaler scale is not positive for {', '.join(zero)}")
+    if not isinstance(cal, dict):
+        raise bad("no calibration")
+    for key in ("reference_error", "default_threshold"):
+        value = cal.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise bad(f"calibration {key} is {value!r}, not a finite number")
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:

@@ -178,3 +178,35 @@ def test_onnx_export_to_an_unwritable_place_names_the_file(bundle_path, tmp_path
     result = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "onnx", "-o", str(out)])
     assert result.exit_code == 2 and result.stderr.startswith(f"error: cannot write the ONNX model {out}: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_onnx_metadata_that_would_score_wrongly_is_refused_when_loaded(bundle, tmp_path):
+    """An ONNX export's embedded metadata gets the checks a bundle's gets: a scale of 0 was loaded and scored
+    every reading as ~1e23; metadata without a scaler was a KeyError traceback (a daemon's hot reload, which
+    keeps the old model only on AnomalyError, would have stopped)."""
+    import json
+
+    import onnx
+
+    from anomaly.errors import BundleError
+    from anomaly.export import ONNX_META_KEY
+
+    path, _ = export_onnx(bundle, tmp_path / "model.onnx")
+    for name, edit, reason in (
+        (
+            "zero.onnx",
+            lambda m: m["scaler"]["scale"].__setitem__(0, 0.0),
+            "scaler scale is not positive for sensor_1",
+        ),
+        ("noscaler.onnx", lambda m: m.pop("scaler"), "no scaler"),
+    ):
+        proto = onnx.load(str(path))
+        entry = next(e for e in proto.metadata_props if e.key == ONNX_META_KEY)
+        meta = json.loads(entry.value)
+        edit(meta)
+        entry.value = json.dumps(meta)
+        bad = tmp_path / name
+        bad.write_bytes(proto.SerializeToString())
+        with pytest.raises(BundleError) as info:
+            load_bundle(bad)
+        assert str(info.value) == f"{bad}: bundle does not describe a valid model ({reason})"
