@@ -210,3 +210,12 @@ def test_onnx_metadata_that_would_score_wrongly_is_refused_when_loaded(bundle, t
         with pytest.raises(BundleError) as info:
             load_bundle(bad)
         assert str(info.value) == f"{bad}: bundle does not describe a valid model ({reason})"
+
+
+def test_exporting_a_missing_onnx_file_says_not_found(tmp_path):
+    """`anomaly export typo.onnx` said 'typo.onnx is an ONNX export already' of a file that does not exist."""
+    missing = tmp_path / "typo.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(missing), "--format", "int8", "-o", str(tmp_path / "q.pt")]
+    )
+    assert (result.exit_code, result.stderr) == (2, f"error: model bundle not found: {missing}\n")
