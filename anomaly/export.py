@@ -230,6 +230,7 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = copy.deepcopy(bundle.metadata())
+    meta.pop("weights_sha256", None)  # the float parent's checksum: it describes nothing in this file
     meta["export"] = {"format": "onnx", "opset": ONNX_OPSET, "parent_version": bundle.version}
     meta["model_version"] = f"{bundle.version}-onnx"
     entry = proto.metadata_props.add()
@@ -335,7 +336,14 @@ def load_onnx_bundle(path: str | Path) -> Bundle:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"cannot read ONNX model {p} ({reason[:120]})", path=str(p)) from None
     scaler = Scaler.from_json(meta["scaler"])
-    rest = {k: v for k, v in meta.items() if k not in ("architecture", "scaler", "features", "calibration")}
+    derived = (
+        "architecture",
+        "scaler",
+        "features",
+        "calibration",
+        "weights_sha256",
+    )  # exports before session 16
+    rest = {k: v for k, v in meta.items() if k not in derived}  # carried the parent's checksum
     model: Any = OnnxStep(session, arch)
     return Bundle(model, list(meta["features"]), scaler, dict(meta["calibration"]), rest)
 

@@ -219,3 +219,15 @@ def test_exporting_a_missing_onnx_file_says_not_found(tmp_path):
         main, ["export", str(missing), "--format", "int8", "-o", str(tmp_path / "q.pt")]
     )
     assert (result.exit_code, result.stderr) == (2, f"error: model bundle not found: {missing}\n")
+
+
+def test_an_onnx_export_does_not_claim_its_parents_weight_checksum(bundle, tmp_path):
+    """`anomaly inspect --json model.onnx` showed `weights_sha256`, the checksum of the float bundle's weights,
+    which nothing in the ONNX file matches (an int8 bundle's is its own, recomputed when saved)."""
+    import json
+
+    path, _ = export_onnx(bundle, tmp_path / "model.onnx")
+    result = CliRunner().invoke(main, ["inspect", "--json", str(path)])
+    meta = json.loads(result.stdout)
+    assert "weights_sha256" not in meta
+    assert meta["export"] == {"format": "onnx", "opset": 17, "parent_version": bundle.version}
