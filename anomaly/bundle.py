@@ -157,6 +157,19 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     return p
 
 
+def _zip_but_not_torch(path: Path) -> bool:
+    """True for a readable zip archive without torch.save's `<name>/data.pkl`; False for a torch archive and for
+    a damaged one (which torch then reports as truncated or corrupted)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names)
+
+
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     p = Path(path)
     if not p.is_file():
@@ -164,6 +177,10 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     with p.open("rb") as fh:
         if fh.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
             raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
+    if _zip_but_not_torch(p):  # a zip archive of something else, e.g. a bundle zipped for transfer
+        raise BundleError(
+            f"{p} is not an anomaly model bundle (a zip archive that torch.save did not write)", path=str(p)
+        )
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files

@@ -165,3 +165,23 @@ def test_metadata_or_weights_of_the_wrong_type_are_a_one_line_error(bundle, tmp_
     with pytest.raises(BundleError) as info:
         load_bundle(path)
     assert str(info.value) == f"{path}: bundle weights are corrupted (not named tensors)"
+
+
+def test_a_zip_archive_that_is_not_a_bundle_is_named_as_such(bundle_path, tmp_path) -> None:
+    """A zip of something else (a bundle zipped for transfer, say) was 'file is truncated or corrupted
+    ([enforce fail at inline_container.cc:180] ...)', which sends an operator looking for a damaged download."""
+    import zipfile
+
+    zipped = tmp_path / "model.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(bundle_path, "model.pt")
+    with pytest.raises(BundleError) as info:
+        load_bundle(zipped)
+    assert (
+        str(info.value)
+        == f"{zipped} is not an anomaly model bundle (a zip archive that torch.save did not write)"
+    )
+    data = bundle_path.read_bytes()  # a damaged bundle is still reported as one
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="truncated or corrupted"):
+        load_bundle(tmp_path / "half.pt")
