@@ -175,8 +175,11 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))
     with p.open("rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-            raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
+        magic = fh.read(4)
+    if not magic:  # a copy to a full disk, a `> model.pt`: say so rather than "not a PyTorch archive"
+        raise BundleError(f"{p} is an empty file, not an anomaly model bundle", path=str(p))
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
     if _zip_but_not_torch(p):  # a zip archive of something else, e.g. a bundle zipped for transfer
         raise BundleError(
             f"{p} is not an anomaly model bundle (a zip archive that torch.save did not write)", path=str(p)

@@ -316,6 +316,8 @@ def load_onnx_bundle(path: str | Path) -> Bundle:
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))
     data = p.read_bytes()
+    if not data:  # an empty protobuf parses as an empty model: say what it is
+        raise BundleError(f"{p} is an empty file, not an ONNX model", path=str(p))
     try:
         proto = onnx.load_from_string(data)
         meta = json.loads(next(e.value for e in proto.metadata_props if e.key == ONNX_META_KEY))

@@ -185,3 +185,14 @@ def test_a_zip_archive_that_is_not_a_bundle_is_named_as_such(bundle_path, tmp_pa
     (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError, match="truncated or corrupted"):
         load_bundle(tmp_path / "half.pt")
+
+
+def test_an_empty_model_file_says_it_is_empty(tmp_path) -> None:
+    """An empty file (a copy to a full disk) was 'not a PyTorch archive' as a bundle and, named .onnx, 'an ONNX
+    model without anomaly bundle metadata': an empty protobuf parses as an empty model."""
+    for name, what in (("model.pt", "an anomaly model bundle"), ("model.onnx", "an ONNX model")):
+        empty = tmp_path / name
+        empty.write_bytes(b"")
+        with pytest.raises(BundleError) as info:
+            load_bundle(empty)
+        assert str(info.value) == f"{empty} is an empty file, not {what}"
