@@ -150,7 +150,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
     try:
-        with atomic_path(p, "model bundle") as tmp:
+        with atomic_path(path, "model bundle") as tmp:
             torch.save(payload, tmp)
     except OutputError as exc:  # a BundleError, as every other failure to read or write a bundle
         raise BundleError(str(exc), path=str(p)) from None
