@@ -157,6 +157,16 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     return p
 
 
+def short_reason(reason: str, limit: int = 120) -> str:
+    """A library's message cut for one error line: at the last full sentence within `limit` characters, else at
+    `limit` with an ellipsis (never mid-word without saying so, as "... If yo)" was)."""
+    if len(reason) <= limit:
+        return reason
+    cut = reason[:limit]
+    stop = cut.rfind(". ")
+    return cut[: stop + 1] if stop >= limit // 3 else cut.rstrip() + "..."
+
+
 def _zip_but_not_torch(path: Path) -> bool:
     """True for a readable zip archive without torch.save's `<name>/data.pkl`; False for a torch archive and for
     a damaged one (which torch then reports as truncated or corrupted)."""
@@ -189,7 +199,8 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     except Exception as exc:  # torch raises many types for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(
-            f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})", path=str(p)
+            f"cannot read model bundle {p}: file is truncated or corrupted ({short_reason(reason)})",
+            path=str(p),
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise BundleError(f"{p} is not an anomaly model bundle (expected format {FORMAT})", path=str(p))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from anomaly.atomic import write_bytes
-from anomaly.bundle import Bundle, check_metadata, save_bundle
+from anomaly.bundle import Bundle, check_metadata, save_bundle, short_reason
 from anomaly.data import Scaler
 from anomaly.errors import AnomalyError, BundleError, OutputError
 from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
@@ -325,7 +325,7 @@ def load_onnx_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{p} is an ONNX model without anomaly bundle metadata", path=str(p)) from None
     except Exception as exc:  # protobuf raises many types for damaged files
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BundleError(f"cannot read ONNX model {p} ({reason[:120]})", path=str(p)) from None
+        raise BundleError(f"cannot read ONNX model {p} ({short_reason(reason)})", path=str(p)) from None
     check_metadata(meta, p)  # as a bundle's: a damaged block fails here, in one line, not mid-stream
     try:
         arch = Architecture(**meta["architecture"])
@@ -336,7 +336,7 @@ def load_onnx_bundle(path: str | Path) -> Bundle:
         session = _session(ort, data)
     except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BundleError(f"cannot read ONNX model {p} ({reason[:120]})", path=str(p)) from None
+        raise BundleError(f"cannot read ONNX model {p} ({short_reason(reason)})", path=str(p)) from None
     scaler = Scaler.from_json(meta["scaler"])
     derived = (
         "architecture",

@@ -196,3 +196,20 @@ def test_an_empty_model_file_says_it_is_empty(tmp_path) -> None:
         with pytest.raises(BundleError) as info:
             load_bundle(empty)
         assert str(info.value) == f"{empty} is an empty file, not {what}"
+
+
+def test_a_long_library_reason_is_cut_at_a_sentence_not_mid_word() -> None:
+    """A truncated bundle's line ended '... This is an internal miniz error. If yo)': torch's message cut at 120
+    characters."""
+    from anomaly.bundle import short_reason
+
+    torch_says = (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+        "miniz error. If you are seeing this error, please report it"
+    )
+    assert short_reason(torch_says) == (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+        "miniz error."
+    )
+    assert short_reason("x" * 130) == "x" * 120 + "..."
+    assert short_reason("short. reason") == "short. reason"
