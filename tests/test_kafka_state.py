@@ -167,6 +167,12 @@ def test_a_partition_read_more_than_the_ttl_behind_another_is_named_in_the_log(b
         ]
     else:
         assert "lag" in engine.keys() and said == []
+    # one partition in time order, three days in one poll: no reading came behind the event time reached
+    caplog.clear()
+    engine = Engine(bundle, EngineConfig(ttl_seconds=ttl))
+    in_order = poll(lead, "a", [3600.0 * i for i in range(72)], 100)
+    run(engine, iter([in_order]), [EvictionSink(tracker), TtlLagWarning(engine)])
+    assert caplog.records == [] and engine.counters["evicted"] == 0
 
 
 def test_a_checkpoint_lists_each_partitions_keys_least_recently_used_first_so_a_restore_keeps_that_order(

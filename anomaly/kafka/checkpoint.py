@@ -35,6 +35,7 @@ past the checkpointed offset, so state sees every message exactly once and outpu
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -180,6 +181,7 @@ class TtlLagWarning:
         self.clock = clock
         self.behind = 0  # readings behind the TTL horizon since the last warning
         self.warned_at: float | None = None
+        self.clock_ts = -math.inf  # the engine's event time after the last batch
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         ttl = self.engine.config.ttl_seconds
@@ -194,9 +196,12 @@ class TtlLagWarning:
             )
         except (TypeError, ValueError):  # malformed events: the engine refused them
             return
-        if not len(ts):
-            return
-        self.behind += int(np.count_nonzero(ts < self.engine.max_ts - ttl))
+        if len(ts):
+            # the event time reached before each reading (the engine moves it message by message): a batch
+            # spanning more than the TTL in time order has no reading behind it
+            clock = np.fmax.accumulate(np.concatenate(([self.clock_ts], ts)))[:-1]
+            self.behind += int(np.count_nonzero(ts < clock - ttl))
+        self.clock_ts = max(self.clock_ts, self.engine.max_ts)
         now = self.clock()
         if self.behind and (self.warned_at is None or now - self.warned_at >= self.every_s):
             log.warning(
