@@ -23,7 +23,7 @@ from anomaly.kafka.codec import (
     parse_time,
     source_rejection,
 )
-from anomaly.kafka.produce import messages
+from anomaly.kafka.produce import message_count, messages
 from tests.helpers import Record
 
 FMT = MessageFormat(("temp", "pressure", "flow"), max_message_bytes=200)
@@ -173,7 +173,9 @@ def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_
     d = Decoder(fmt)
     for block in (1, 4):
         events, refused = [], []
-        for key, value, _ in messages(series, fmt, block):
+        sent = list(messages(series, fmt, block))
+        assert len(sent) == message_count(series, block) == (8 if block == 1 else 3)
+        for key, value, _ in sent:
             assert orjson.loads(value) is not None  # strict JSON, as the daemon parses it
             try:
                 events.append(d.decode(Record("t", 0, 0, key, value)))
@@ -185,12 +187,11 @@ def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_
             np.concatenate([e.values for e in k0]).tobytes()
             == np.where(np.isfinite(values), values, np.nan).tobytes()
         )
+        # the reading without a time is refused, the others are read, in blocks too: it goes in a message of
+        # its own. Before, it went in k1's block, which the daemon refused whole (replay refuses it alone).
         k1 = [e for e in events if e.key == "k1"]
-        if block == 1:  # the reading without a time is refused, the others are read
-            assert refused == [(b"k1", "missing_field")]
-            assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
-        else:  # ... and a block holding it is refused whole
-            assert (refused, k1) == ([(b"k1", "missing_field")], [])
+        assert refused == [(b"k1", "missing_field")]
+        assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
 
 
 def test_alert_message_is_keyed_by_entity():

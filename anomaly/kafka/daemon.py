@@ -76,7 +76,7 @@ from anomaly.kafka.changelog import (
     partition_id,
     source_topic,
 )
-from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker, TtlLagWarning
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 from anomaly.kafka.sinks import (
@@ -293,7 +293,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks += [dead, EvictionSink(self.tracker)]
+        self.sinks += [dead, EvictionSink(self.tracker), TtlLagWarning(self.engine)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
