@@ -400,15 +400,13 @@ def inspect_cmd(bundle: str, as_json: bool) -> None:
 
 def _onnx_metadata(path: str) -> dict[str, Any]:
     """The bundle metadata an ONNX export carries (`anomaly export --format onnx`), read as replay reads it."""
-    import dataclasses
-
     from anomaly.bundle import load_bundle
 
     b = load_bundle(path)
     return {
         **b.meta,
         "features": b.features,
-        "architecture": {k: v for k, v in sorted(dataclasses.asdict(b.arch).items()) if v is not None},
+        "architecture": dict(sorted(b.arch.to_json().items())),  # as a bundle's JSON has it: targets a list
         "calibration": b.calibration,
         "scaler": b.scaler.to_json(),
     }
