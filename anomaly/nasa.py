@@ -98,7 +98,14 @@ def run_channel(train_series: Series, test_series: Series, features: list[str], 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train([train_series], features, cfg.model, cfg.train)
+        result = train(
+            [train_series],
+            features,
+            cfg.model,
+            cfg.train,
+            nan_policy=cfg.engine.nan_policy,
+            duplicate_policy=cfg.engine.duplicate_policy,
+        )
         frames = {
             name: quality.score_series(bundle, [test_series], cfg)[test_series.key]
             for name, bundle in quality.scorer_bundles(result.bundle).items()

@@ -28,11 +28,11 @@ from anomaly.config import ModelConfig, TrainConfig
 from anomaly.data import (
     Scaler,
     Series,
-    apply_nan_policy,
     default_max_gap,
     fingerprint,
     quoted,
     sampling_interval,
+    screen_readings,
     split_at_gaps,
     window_chain,
 )
@@ -155,14 +155,18 @@ def train(
     progress: bool = False,
     max_gap_seconds: float | None = None,
     nan_policy: str = "reject",
+    duplicate_policy: str = "drop",
 ) -> TrainResult:
-    """Train on `series`. They are first cut at gaps longer than `max_gap_seconds` (None: GAP_INTERVALS
-    sampling intervals, the interval being learnt here), exactly where the engine will reset a key; the
-    interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
+    """Train on `series`, which first lose the readings the engine would refuse (`nan_policy`,
+    `duplicate_policy`: :func:`anomaly.data.screen_readings`). They are then cut at gaps longer than
+    `max_gap_seconds` (None: GAP_INTERVALS sampling intervals, the interval being learnt here), exactly where
+    the engine will reset a key; the interval and the gap are stored in the bundle, and the engine's default
+    gap is read from there."""
     if not series:
         raise DataError("no training series")
     given = series
-    series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
+    screened = screen_readings(series, nan_policy, duplicate_policy)
+    series, missing_dropped, missing_filled = screened.series, screened.missing, screened.filled
     if not any(len(s) for s in series):
         empty = [f for f, n in zip(features, missing_cells(given), strict=True) if n == sum(map(len, given))]
         rest = [f for f in features if f not in empty]
@@ -343,6 +347,8 @@ def train(
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
+    if screened.repeated:  # left out, as the engine refuses them (duplicate_policy "drop")
+        meta["training"]["repeated_timestamps"] = screened.repeated
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)

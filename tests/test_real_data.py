@@ -616,7 +616,7 @@ def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_pa
 def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, tmp_path) -> None:
     """One file given twice (or exports that overlap) trained on every reading twice without a word, while
     replay and the daemon refuse the second copy (duplicate_timestamp): the model learnt from readings it never
-    scores."""
+    scores. Training now leaves them out as the engine does, and says so."""
     csv, copy = tmp_path / "a.csv", tmp_path / "b.csv"
     frame.head(300).assign(device="d1").to_csv(csv, index=False)
     frame.head(300).assign(device="d1").to_csv(copy, index=False)
@@ -626,10 +626,11 @@ def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, 
     assert r.exit_code == 0, r.output
     assert [line for line in lines(r.stderr) if "repeat" in line] == [
         "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, or a file given "
-        "twice): training used them, but the engine refuses them live and in replay (engine.duplicate_policy = "
-        '"drop"), so the model learnt from readings it will never score; train on files that do not overlap'
+        'twice): the engine refuses them live and in replay (engine.duplicate_policy = "drop"), so training left '
+        "them out too, keeping the first reading at each time; check that the files do not overlap"
     ]
     assert load_bundle(model).meta["training"]["repeated_timestamps"] == 300
+    assert load_bundle(model).meta["training"]["rows"] == 300
     kept = run(
         "train",
         csv,

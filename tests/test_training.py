@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from anomaly.config import DataConfig, ModelConfig, TrainConfig
@@ -217,3 +218,79 @@ def test_no_rows_left_names_the_column_without_a_value() -> None:
         "engine.nan_policy = 'reject' drops it; column(s) 'c' have no value in any row: leave them out with "
         "--features x,y"
     )
+
+
+def _messy(n: int = 240, features: int = 4, seed: int = 5):
+    """A series in the shapes training data takes: missing values (whole rows and single cells, some at the
+    start), repeated times (a file given twice), a few going back in time and a missing time."""
+    import numpy as np
+
+    from tests.helpers import make_series
+
+    rng = np.random.default_rng(seed)
+    s = make_series("k", n, features, seed=seed)
+    s.values = s.values.astype(np.float64)
+    s.values[0, 1] = np.nan  # nothing to fill from yet: refused under both policies
+    s.values[1, 0] = np.nan
+    s.values[rng.random((n, features)) < 0.05] = np.nan
+    s.values[rng.random(n) < 0.03] = np.nan
+    ts = s.timestamps
+    ts[rng.choice(np.arange(2, n), 20, replace=False)] -= 1.0  # repeats the previous reading's time
+    ts[[50, 90]] -= 5.0  # back in time
+    ts[120] = np.nan
+    return s
+
+
+@pytest.mark.parametrize("nan_policy", ["reject", "ffill"])
+@pytest.mark.parametrize("duplicate_policy", ["drop", "keep"])
+def test_training_keeps_exactly_the_readings_the_engine_accepts(bundle, nan_policy, duplicate_policy) -> None:
+    """Training screens its series reading by reading as the engine's screen does (anomaly.engine.screen):
+    the same readings kept, refused for the same reasons, the same values filled."""
+    import numpy as np
+
+    from anomaly.config import EngineConfig
+    from anomaly.data import screen_readings
+    from anomaly.engine import Engine, Event
+
+    s = _messy(features=len(bundle.features))
+    engine = Engine(bundle, EngineConfig(nan_policy=nan_policy, duplicate_policy=duplicate_policy))
+    for i in range(len(s)):
+        engine.process([Event(s.key, s.timestamps[i : i + 1], s.values[i : i + 1])])
+    screened = screen_readings([s], nan_policy, duplicate_policy)
+    kept = screened.series[0]
+    c = engine.counters
+    assert (len(kept), screened.repeated, screened.missing) == (
+        c["readings"],
+        c["rejected_duplicate_timestamp"] + c["rejected_time_backwards"],
+        c["rejected_non_finite"],
+    )
+    assert screened.repeated >= (10 if duplicate_policy == "drop" else 2)  # (2: the readings back in time)
+    if nan_policy == "ffill":  # refused: the first two readings (nothing to fill from) and the missing time
+        assert 3 <= screened.missing < 10 and screened.filled > 50
+    else:
+        assert screened.missing > 20 and screened.filled == 0
+    row = engine.store.slots[s.key]
+    assert kept.timestamps[-1] == engine.store.arrays["last_ts"][row]
+    assert np.array_equal(kept.values[-1], engine.store.arrays["last_values"][row])
+    assert np.isfinite(kept.values).all() and (np.diff(kept.timestamps) >= 0).all()
+
+
+def test_training_leaves_out_readings_the_engine_refuses_as_repeated_times() -> None:
+    """A file given twice (or exports that overlap) trained on every reading twice, while the engine refuses
+    the second copy (duplicate_policy "drop"): the model learnt from readings it never scores. Training now
+    drops them as the engine does, and counts them; with duplicate_policy "keep" it keeps them, as the engine
+    does."""
+    from anomaly.data import merge_keys
+    from tests.helpers import make_series
+
+    one = make_series("a", 120, 3, seed=1)
+    twice = merge_keys([one, make_series("a", 120, 3, seed=1)])
+    assert len(twice[0]) == 240
+    cfg = ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu")
+    alone = train([one], ["x", "y", "z"], *cfg).bundle.meta
+    dropped = train(twice, ["x", "y", "z"], *cfg).bundle.meta
+    assert (dropped["training"]["rows"], dropped["training"]["repeated_timestamps"]) == (120, 120)
+    assert dropped["training_fingerprint"] == alone["training_fingerprint"]
+    assert "repeated_timestamps" not in alone["training"]
+    kept = train(twice, ["x", "y", "z"], *cfg, duplicate_policy="keep").bundle.meta
+    assert kept["training"]["rows"] == 240 and "repeated_timestamps" not in kept["training"]

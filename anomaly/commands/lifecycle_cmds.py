@@ -700,6 +700,7 @@ def retrain_cmd(
         progress=True,
         max_gap_seconds=cfg.engine.max_gap_seconds,
         nan_policy=cfg.engine.nan_policy,
+        duplicate_policy=cfg.engine.duplicate_policy,
     )
     bundle = result.bundle
     if bundle.arch != parent.arch:

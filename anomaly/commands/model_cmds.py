@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import click
-import numpy as np
 
 from anomaly.atomic import atomic_path, check_writable
 from anomaly.bundle import read_metadata, save_bundle
@@ -124,8 +123,6 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             f"not enough training data: the longest series has {plural(longest, 'row')}{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
-    # the engine refuses a reading stamped as its key's last one (duplicate_policy "drop"); training keeps it
-    repeated = sum(int((np.diff(s.timestamps) == 0).sum()) for s in series if len(s) > 1)
     result = train(
         series,
         features,
@@ -134,12 +131,11 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         progress=progress,
         max_gap_seconds=cfg.engine.max_gap_seconds,
         nan_policy=cfg.engine.nan_policy,
+        duplicate_policy=cfg.engine.duplicate_policy,
     )
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
         result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
-    if repeated and cfg.engine.duplicate_policy == "drop":
-        result.bundle.meta["training"]["repeated_timestamps"] = repeated
     save_bundle(result.bundle, out)
     return result
 
@@ -350,9 +346,9 @@ def print_training(result: TrainResult, out: str) -> None:
     if repeated:
         click.echo(
             f"warning: {plural(repeated, 'reading')} repeat their key's previous timestamp (files that overlap in "
-            "time, or a file given twice): training used them, but the engine refuses them live and in replay "
-            '(engine.duplicate_policy = "drop"), so the model learnt from readings it will never score; train on '
-            "files that do not overlap",
+            "time, or a file given twice): the engine refuses them live and in replay (engine.duplicate_policy = "
+            '"drop"), so training left them out too, keeping the first reading at each time; check that the files '
+            "do not overlap",
             err=True,
         )
     scored = result.bundle.targets

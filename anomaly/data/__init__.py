@@ -41,6 +41,7 @@ from anomaly.data.scaling import Scaler, window_chain
 from anomaly.data.series import (
     FALLBACK_MAX_GAP_SECONDS,
     GAP_INTERVALS,
+    Screened,
     Series,
     apply_nan_policy,
     counting_features,
@@ -49,6 +50,7 @@ from anomaly.data.series import (
     fingerprint,
     merge_keys,
     sampling_interval,
+    screen_readings,
     split_at_gaps,
 )
 from anomaly.data.times import EPOCH_MS_FROM, TIME_UNITS, epoch_seconds, to_epoch_seconds
@@ -61,6 +63,7 @@ __all__ = [
     "LABEL_LIKE",
     "SEPARATORS",
     "Scaler",
+    "Screened",
     "Series",
     "TIME_UNITS",
     "apply_nan_policy",
@@ -82,6 +85,7 @@ __all__ = [
     "quoted",
     "read_frame",
     "sampling_interval",
+    "screen_readings",
     "split_at_gaps",
     "to_epoch_seconds",
     "window_chain",

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from anomaly.errors import SchemaError
 
@@ -82,30 +81,95 @@ def merge_keys(series: Sequence[Series]) -> list[Series]:
 
 
 def apply_nan_policy(series: Sequence[Series], policy: str) -> tuple[list[Series], int, int]:
-    """Missing values in training data, handled as the engine handles them live: "reject" drops every reading
-    with a non-finite value or timestamp; "ffill" first fills each value from the same column's last finite
-    one (readings before any finite value are still dropped). Returns (series, readings dropped, cells
-    filled)."""
-    out, dropped, filled = [], 0, 0
+    """Missing values in training data, handled as the engine handles them live (:func:`screen_readings` with
+    every repeated time kept). Returns (series, readings dropped, cells filled)."""
+    screened = screen_readings(series, policy, "keep")
+    return screened.series, screened.missing, screened.filled
+
+
+@dataclass
+class Screened:
+    """Training series as the engine's screen accepts their readings, and what it refused."""
+
+    series: list[Series]
+    missing: int  # readings refused for a missing (non-finite) time or value left after nan_policy
+    filled: int  # cells of accepted readings forward-filled (nan_policy "ffill")
+    repeated: int  # refused for a time before, or (duplicate_policy "drop") equal to, the last accepted one
+
+
+def screen_readings(series: Sequence[Series], nan_policy: str, duplicate_policy: str = "drop") -> Screened:
+    """Every series' readings judged in order as the engine's screen (:mod:`anomaly.engine.screen`) judges a
+    fresh key's: a reading is refused for a non-finite time, a time before the last accepted one or (with
+    `duplicate_policy` "drop", the engine's default) equal to it, or a value still non-finite after
+    `nan_policy` ("reject": none filled; "ffill": each missing cell filled from the last ACCEPTED reading, so
+    nothing is filled before a first complete reading). A refused reading neither moves the clock nor feeds a
+    fill, so training sees exactly the readings the engine would score (a file given twice, overlapping
+    exports: each time once)."""
+    out: list[Series] = []
+    missing = filled = repeated = 0
+    drop_dup = duplicate_policy == "drop"
     for s in series:
+        ts = np.asarray(s.timestamps, np.float64)
         values = s.values
-        if policy == "ffill" and not np.isfinite(values).all():
-            frame = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
-            filled += int(frame.isna().sum().sum() - frame.ffill().isna().sum().sum())
-            values = frame.ffill().to_numpy(values.dtype)
-        keep = np.isfinite(values).all(axis=1) & np.isfinite(s.timestamps)
-        dropped += int((~keep).sum())
-        out.append(
-            Series(
-                s.key,
-                s.timestamps[keep],
-                values[keep],
-                None if s.labels is None else s.labels[keep],
-                s.source,
-                None if s.lines is None else s.lines[keep],
-            )
-        )
-    return out, dropped, filled
+        n = len(ts)
+        ts_ok = np.isfinite(ts)
+        row_ok = np.isfinite(values).all(axis=1)
+        if nan_policy == "ffill" and not row_ok.all():
+            keep, values, n_filled, reason_repeat = _screen_filling(ts, values, drop_dup)
+            filled += n_filled
+        else:
+            # the last accepted time before each reading is the running maximum of the earlier readings that
+            # have a finite time and values (one refused for its time never exceeds that maximum)
+            candidate = np.where(ts_ok & row_ok, ts, -np.inf)
+            last = np.concatenate([[-np.inf], np.maximum.accumulate(candidate)[:-1]]) if n else candidate
+            reason_repeat = ts_ok & ((ts < last) | ((ts == last) & drop_dup))
+            keep = ts_ok & row_ok & ~reason_repeat
+        repeated += int(reason_repeat.sum())
+        missing += int((~keep & ~reason_repeat).sum())
+        out.append(_kept(s, keep, values))
+    return Screened(out, missing, filled, repeated)
+
+
+def _kept(s: Series, keep: np.ndarray, values: np.ndarray) -> Series:
+    return Series(
+        s.key,
+        s.timestamps[keep],
+        values[keep],
+        None if s.labels is None else s.labels[keep],
+        s.source,
+        None if s.lines is None else s.lines[keep],
+    )
+
+
+def _screen_filling(
+    ts: np.ndarray, values: np.ndarray, drop_dup: bool
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """The engine's screen under nan_policy "ffill", reading by reading: (keep mask, values with fills, cells
+    filled in accepted readings, mask of readings refused for their time)."""
+    n = len(ts)
+    keep = np.zeros(n, bool)
+    repeat = np.zeros(n, bool)
+    out = values.copy()
+    last, prev, n_filled = -np.inf, None, 0
+    for i, t in enumerate(ts.tolist()):
+        if not np.isfinite(t):
+            continue
+        if t < last or (drop_dup and t == last):
+            repeat[i] = True
+            continue
+        v = values[i]
+        bad = ~np.isfinite(v)
+        if bad.any():
+            if prev is None:
+                continue
+            v = np.where(bad, prev, v)
+            if not np.isfinite(v).all():
+                continue
+            n_filled += int(bad.sum())
+            out[i] = v
+        keep[i] = True
+        last, prev = t, out[i]
+    return keep, out, n_filled, repeat
 
 
 def cut_out_labelled(series: Sequence[Series]) -> tuple[list[Series], int, int]:
