@@ -61,19 +61,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def training_rows(n: int, val_fraction: float, window: int) -> int:
+    """How many of a series' `n` rows (its first) are its training part; the rest are its validation part, the
+    last `val_fraction`, shortened so that the training part holds a window: a series shorter than
+    1.25 windows (at 0.2) validates on what is left after one window, and one shorter than a window is all
+    training part (no window to train on, and none to validate)."""
+    n_val = int(round(n * val_fraction))
+    if n - n_val < window:
+        n_val = max(0, n - window)
+    return n - n_val
+
+
 def split_series(
     series: Sequence[Series], val_fraction: float, window: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Time-ordered split of every series' rows (already standardized by the caller)."""
+    """Time-ordered split of every series' rows (already standardized by the caller) at
+    :func:`training_rows`; a validation part shorter than a window gives no validation window."""
     train, val = [], []
     for s in series:
-        n = len(s)
-        n_val = int(round(n * val_fraction))
-        if n - n_val < window:
-            n_val = max(0, n - window)
-        train.append(s.values[: n - n_val])
-        if n_val >= window:
-            val.append(s.values[n - n_val :])
+        n_train = training_rows(len(s), val_fraction, window)
+        train.append(s.values[:n_train])
+        if len(s) - n_train >= window:
+            val.append(s.values[n_train:])
     return train, val
 
 
@@ -498,8 +507,10 @@ def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
 
 
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:
-    """Reconstruction-error distribution on the validation part of every series, scored as a stream from the
-    series start (so the carried state is warm, as it is live). Score 1.0 = the `threshold_quantile` of point
+    """Reconstruction-error distribution on the validation part of every series (its rows after
+    :func:`training_rows`, never a row trained on), scored as a stream from the series start (so the carried
+    state is warm, as it is live). A series shorter than a window has no validation part: its errors, all from
+    a cold state, are left out. Score 1.0 = the `threshold_quantile` of point
     errors; the default threshold is `threshold_factor` in those units. The same quantile of each feature's
     own errors (`feature_reference_error`, one per feature) is the unit of the engine's `max_feature` score.
     A target that was constant in training (no variation the scaler could measure: it got scale 1) has
@@ -509,10 +520,10 @@ def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig
     small (a PCA residual, a smooth well-predicted signal): no floor may make such a key less sensitive."""
     per_point, per_feature = [], []
     for s in scaled:
-        n = len(s)
-        n_val = int(round(n * cfg.val_fraction))
+        start = training_rows(len(s), cfg.val_fraction, model.window)
+        if start == len(s):  # no validation part: all trained on, or shorter than a window (cold scores)
+            continue
         err = series_errors(model, s.values)
-        start = max(0, n - n_val)
         tail = err[start:]
         if len(tail):
             per_feature.append(tail)

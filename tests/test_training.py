@@ -294,3 +294,26 @@ def test_training_leaves_out_readings_the_engine_refuses_as_repeated_times() -> 
     assert "repeated_timestamps" not in alone["training"]
     kept = train(twice, ["x", "y", "z"], *cfg, duplicate_policy="keep").bundle.meta
     assert kept["training"]["rows"] == 240 and "repeated_timestamps" not in kept["training"]
+
+
+def test_calibration_never_uses_rows_trained_on_nor_cold_scores_of_series_shorter_than_a_window() -> None:
+    """Calibration took the last round(n * val_fraction) rows of every series, without the shortening that
+    `split_series` applies: a series of 9 rows at window 8 trains on its first 8 and so calibrated on row 7,
+    a trained row, and a series of 5 rows (never trained on, scored from a cold state only) added its last
+    row's cold error. 50 such keys beside one long series made 50 of 90 calibration points cold ones."""
+    from tests.helpers import make_series
+
+    long = make_series("long", 200, 3, seed=1)
+    nine = make_series("nine", 9, 3, seed=2)
+    fives = [make_series(f"k{i}", 5, 3, seed=10 + i) for i in range(50)]
+    cfg = ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu")
+    alone = train([long], ["x", "y", "z"], *cfg).bundle.calibration
+    assert alone["validation_points"] == 40
+    mixed = train([long, nine, *fives], ["x", "y", "z"], *cfg).bundle
+    assert mixed.calibration["validation_points"] == 40 + 1  # the long series' last 40, row 8 of `nine`
+    assert mixed.meta["training"]["series_shorter_than_window"] == 50
+
+    from anomaly.training import split_series, training_rows
+
+    assert [training_rows(n, 0.2, 8) for n in (200, 9, 5, 10, 11)] == [160, 8, 5, 8, 9]
+    assert [len(p) for p in split_series([long, nine], 0.2, 8)[0]] == [160, 8]
