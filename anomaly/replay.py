@@ -26,7 +26,7 @@ from anomaly import atomic, evaluation, quality
 from anomaly.atomic import atomic_path
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
-from anomaly.data import Series, merge_keys, plural, sampling_interval
+from anomaly.data import Series, merge_keys, plural, sampling_interval, screen_readings
 from anomaly.engine import Engine, EngineOutput, Event, Rejection
 from anomaly.errors import DataError, OutputError
 from anomaly.runner import Batch, Observer, run
@@ -495,7 +495,11 @@ def coverage_warnings(
     if total == 0:
         return ["nothing was scored: the files hold no readings"]
     w = bundle.window
-    step = sampling_interval(series)
+    # the step between the readings the engine takes, as training learnt it (a file of 1-second rows whose one
+    # sensor reports every minute, under nan_policy "reject", is a series of readings a minute apart to both)
+    step = sampling_interval(
+        screen_readings(series, engine.config.nan_policy, engine.config.duplicate_policy).series
+    )
     trained = bundle.sampling_interval
     out = []
     if step is not None and trained is not None and not 0.1 <= step / trained <= 10:

@@ -720,3 +720,31 @@ def test_a_key_labelled_anomalous_throughout_does_not_crash_drop_anomalies(tmp_p
     assert r.exit_code == 0, r.output
     assert "gave none to train on ('broken')" in r.stderr
     assert load_bundle(model).meta["anomalies_dropped"] == {"rows": 300, "cuts": 0}
+
+
+def test_a_file_whose_sensor_reports_less_often_than_its_rows_is_not_taken_for_a_wrong_time_unit(
+    tmp_path,
+) -> None:
+    """Rows every second, one sensor with a value only every minute (nan_policy "reject"): training learns
+    the step between the readings kept (60 s), as the engine's clock moves only with the readings it accepts;
+    replaying the very training file compared that with the step between all its rows (1 s) and warned "these
+    files are sampled every 1 s but the model was trained on data sampled every 60 s; check the time unit"."""
+    n = 3000
+    slow = np.full(n, np.nan)
+    slow[::60] = np.cos(np.arange(0, n, 60) / 300)
+    csv = tmp_path / "slow.csv"
+    pd.DataFrame(
+        {"timestamp": 1_700_000_000 + np.arange(n), "a": np.sin(np.arange(n) / 30), "b": slow}
+    ).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert (
+        "sampling interval 60 s between the readings kept; gaps over 18000 s reset a key (0 in the training data)"
+        in lines(r.output)
+    )
+    r = run("replay", csv, "-m", model, "-o", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert [
+        w for w in json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] if "sampled" in w
+    ] == []

@@ -311,9 +311,14 @@ def print_training(result: TrainResult, out: str) -> None:
             )
     sampling = result.bundle.meta.get("sampling", {})
     if sampling.get("interval_seconds") is not None:
-        click.echo(
-            f"sampling interval {sampling['interval_seconds']:g} s; gaps over {sampling['max_gap_seconds']:g} s "
-            f"reset a key ({sampling['gap_splits']} in the training data)"
+        kept = (
+            " between the readings kept"
+            if missing.get("rows_dropped") or t.get("repeated_timestamps")
+            else ""
+        )
+        click.echo(  # (the engine's clock, and so its gap rule, moves only with the readings it accepts)
+            f"sampling interval {sampling['interval_seconds']:g} s{kept}; gaps over "
+            f"{sampling['max_gap_seconds']:g} s reset a key ({sampling['gap_splits']} in the training data)"
         )
     cut = result.bundle.meta.get("anomalies_dropped")
     if cut is not None:
