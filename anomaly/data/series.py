@@ -46,7 +46,8 @@ class Series:
 def merge_keys(series: Sequence[Series]) -> list[Series]:
     """One series per key: the parts of a key found in several files (monthly exports of the same sensors, with a
     key column) joined in time order, as the engine sees one stream per key. Labels must be in every part or in
-    none. Readings at a time another part also has stay (the engine refuses the duplicate)."""
+    none. Readings at a time another part also has stay: the engine refuses the repeat, and training
+    with it (:func:`screen_readings`)."""
     parts: dict[str, list[Series]] = {}
     for s in series:
         parts.setdefault(s.key, []).append(s)
