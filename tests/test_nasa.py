@@ -159,3 +159,16 @@ def test_ranking_counts_series_won_and_lost_by_the_margin():
     assert (rk["events"], rk["events_standing_out"]) == (3, {"model": 1, "zscore": 1})
     assert quality.ranking(runs[:1])["events_standing_out"] == {"model": 1, "zscore": 0}
     assert "ahead of zscore by >= 0.05 on 1, behind on 1, level on 1" in quality.format_ranking(rk, "channel")
+
+
+def test_channels_train_with_the_engine_settings_they_are_scored_with(tmp_path):
+    """`anomaly nasa` trained each channel with the default gap rule and missing-value policy whatever the
+    pipeline's engine section said, while its test part was scored with them: a pipeline whose
+    engine.max_gap_seconds (0.5 s) lies below the one-step sampling trained a model on windows the engine
+    never forms (it resets at every reading). Training now cuts at the same gap, and says why nothing is left."""
+    from anomaly.errors import DataError
+
+    root = write_dataset(tmp_path, channels=("A-1",))
+    cfg = build_config({**SMALL, "engine": {**SMALL["engine"], "max_gap_seconds": 0.5}, "data": nasa.DATA})
+    with pytest.raises(DataError, match="no stretch of 8 rows without a gap longer than 0.5 s"):
+        nasa.run_benchmark(root, "smap", cfg)
