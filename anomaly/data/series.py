@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from anomaly.errors import SchemaError
 
@@ -115,16 +116,24 @@ def screen_readings(series: Sequence[Series], nan_policy: str, duplicate_policy:
         n = len(ts)
         ts_ok = np.isfinite(ts)
         row_ok = np.isfinite(values).all(axis=1)
-        if nan_policy == "ffill" and not row_ok.all():
-            keep, values, n_filled, reason_repeat = _screen_filling(ts, values, drop_dup)
-            filled += n_filled
-        else:
-            # the last accepted time before each reading is the running maximum of the earlier readings that
-            # have a finite time and values (one refused for its time never exceeds that maximum)
-            candidate = np.where(ts_ok & row_ok, ts, -np.inf)
-            last = np.concatenate([[-np.inf], np.maximum.accumulate(candidate)[:-1]]) if n else candidate
-            reason_repeat = ts_ok & ((ts < last) | ((ts == last) & drop_dup))
-            keep = ts_ok & row_ok & ~reason_repeat
+        ffill = nan_policy == "ffill" and not row_ok.all()
+        if ffill:
+            # once a reading is accepted every later one can be filled from the last accepted: only readings
+            # before the first complete one are refused for their values
+            first = np.flatnonzero(ts_ok & row_ok)
+            row_ok = np.arange(n) >= (first[0] if len(first) else n)
+        # the last accepted time before each reading is the running maximum of the earlier readings that have
+        # a finite time and values (one refused for its time never exceeds that maximum)
+        candidate = np.where(ts_ok & row_ok, ts, -np.inf)
+        last = np.concatenate([[-np.inf], np.maximum.accumulate(candidate)[:-1]]) if n else candidate
+        reason_repeat = ts_ok & ((ts < last) | ((ts == last) & drop_dup))
+        keep = ts_ok & row_ok & ~reason_repeat
+        if ffill and keep.any():  # each missing cell from the last accepted reading's (itself filled) value
+            taken = values[keep]
+            filled += int((~np.isfinite(taken)).sum())
+            values = values.copy()
+            frame = pd.DataFrame(taken).replace([np.inf, -np.inf], np.nan)
+            values[keep] = frame.ffill().to_numpy(values.dtype)
         repeated += int(reason_repeat.sum())
         missing += int((~keep & ~reason_repeat).sum())
         out.append(_kept(s, keep, values))
@@ -140,37 +149,6 @@ def _kept(s: Series, keep: np.ndarray, values: np.ndarray) -> Series:
         s.source,
         None if s.lines is None else s.lines[keep],
     )
-
-
-def _screen_filling(
-    ts: np.ndarray, values: np.ndarray, drop_dup: bool
-) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """The engine's screen under nan_policy "ffill", reading by reading: (keep mask, values with fills, cells
-    filled in accepted readings, mask of readings refused for their time)."""
-    n = len(ts)
-    keep = np.zeros(n, bool)
-    repeat = np.zeros(n, bool)
-    out = values.copy()
-    last, prev, n_filled = -np.inf, None, 0
-    for i, t in enumerate(ts.tolist()):
-        if not np.isfinite(t):
-            continue
-        if t < last or (drop_dup and t == last):
-            repeat[i] = True
-            continue
-        v = values[i]
-        bad = ~np.isfinite(v)
-        if bad.any():
-            if prev is None:
-                continue
-            v = np.where(bad, prev, v)
-            if not np.isfinite(v).all():
-                continue
-            n_filled += int(bad.sum())
-            out[i] = v
-        keep[i] = True
-        last, prev = t, out[i]
-    return keep, out, n_filled, repeat
 
 
 def cut_out_labelled(series: Sequence[Series]) -> tuple[list[Series], int, int]:
