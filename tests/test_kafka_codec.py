@@ -591,6 +591,37 @@ def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one
         )
 
 
+def test_a_key_that_json_escaping_makes_longer_than_max_key_bytes_is_refused_as_oversized():
+    """The limit was on the key's UTF-8 bytes, but an alert and a window carry the key as a JSON string, where a
+    control character takes 6 bytes (\\u0001) and a quote 2: a 200,000-character key of \\x01 (200 KB, under
+    the daemon's 256 KiB) made every window record of its key 1.4 MB and its alerts 2.6 MB, refused by the
+    producer (max_request_bytes 1 MiB): the daemon exited, again at every restart (a poison message)."""
+    d = Decoder(MessageFormat(FMT.features, max_key_bytes=100))
+    shape = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    good = [Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)]
+    odd = [
+        Record("sensors", 0, 40, b"k", json.dumps({"key": '"' * 50, **shape}).encode()),  # 100 as JSON: fits
+        Record("sensors", 0, 41, b"k", json.dumps({"key": '"' * 51, **shape}).encode()),
+        Record("sensors", 0, 42, b"k", json.dumps({"key": "\x01" * 20, **shape}).encode()),
+        Record("sensors", 0, 43, b"\x01" * 20, json.dumps(shape).encode()),  # the message key
+    ]
+    refused = assert_poll_decodes_as_record_by_record(d, good[:20] + odd + good[20:])
+    assert refused == [
+        (41, "oversized", "key of 51 bytes, 102 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+        (42, "oversized", "key of 20 bytes, 120 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+        (43, "oversized", "key of 20 bytes, 120 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+    ]
+    # the largest key taken keeps an alert (the key three times) within 3/4 of the producer's request limit
+    limit = 4 * 262_144
+    for char in ("x", '"', "\x01", "é"):
+        n = len(char.encode())
+        n = max(n, len(orjson.dumps(char)) - 2)
+        key = Decoder(MessageFormat(FMT.features, max_key_bytes=limit // 4))._short(char * (limit // 4 // n))
+        alert = Alert(f"{key}@1700000000000", key, "open", 1.7e9, None, 1.7e9, 2.5, 1.5, "v1")
+        k, v = alert_message(alert)
+        assert len(k) + len(v) <= limit * 3 // 4 + 300
+
+
 def test_the_daemons_key_limit_is_a_quarter_of_the_producers_request_limit():
     from anomaly.kafka.daemon import message_format
 

@@ -265,7 +265,9 @@ class KafkaCheckpointer:
             self.checkpoint(engine, background=self.background, idle=self.idle)
 
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:
-        """The checkpoint of a clean stop. FinalCheckpointError when it was postponed (the broker did not
+        """The checkpoint of a clean stop; it flushes the sinks' records (the delivery's and the dead letters'),
+        as every checkpoint does, so a broker that does not acknowledge them makes it postponed, not a flush
+        error of its own. FinalCheckpointError when it was postponed (the broker did not
         answer in time) or its offsets not committed: the stop was not clean, and the exit status must say so
         (the restart restores the last committed checkpoint, so nothing is lost)."""
         self.postponed_by = None
