@@ -41,7 +41,8 @@ def load(path: Path, **cfg):
     ],
 )
 def test_compressed_files_read_like_plain_ones(tmp_path, suffix, opener) -> None:
-    """Item 7: the separator used to be detected from the compressed bytes."""
+    """Item 7: the separator used to be detected from the compressed bytes. The series is named after the
+    plain file."""
     plain = write(tmp_path, SEMICOLON)
     packed = tmp_path / f"x{suffix}"
     if opener is None:
@@ -54,6 +55,7 @@ def test_compressed_files_read_like_plain_ones(tmp_path, suffix, opener) -> None
     (b,), fb = load(packed, time_column="datetime")
     assert fa == fb == ["a", "b"]
     assert np.array_equal(a.values, b.values) and np.array_equal(a.timestamps, b.timestamps)
+    assert a.key == b.key == "x"  # (the .gz one was series `x.csv`, its report report-x.csv.png)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from anomaly.data.reading import (
     is_number,
     line_numbers,
     no_header_note,
+    plain_name,
     quoted,
     read_frame,
     separator_note,
@@ -168,7 +169,7 @@ def frame_to_series(
         by_key = np.argsort(codes, kind="stable")
         rows_of = np.split(by_key, np.flatnonzero(np.diff(codes[by_key])) + 1) if len(by_key) else []
     else:
-        groups = [Path(source).stem if source else "series"]
+        groups = [Path(plain_name(source)).stem if source else "series"]
         rows_of = [np.arange(len(frame))]
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
@@ -260,9 +261,9 @@ def load_series(
 
 
 def _unique_key(path: Path, seen: set[str]) -> str:
-    key = path.stem
+    key = Path(plain_name(path)).stem  # pump.csv.gz is `pump`, as pump.csv is
     if key in seen:
-        key = f"{path.parent.name}/{path.stem}"
+        key = f"{path.parent.name}/{key}"
     n = 2
     base = key
     while key in seen:
