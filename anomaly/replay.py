@@ -371,7 +371,13 @@ def _replay(
         }
         labelled = [s for s in series if s.key in per_series]
         for name, scorer in quality.scorer_bundles(bundle).items():
-            got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
+            got = (
+                frames
+                if name == "model"
+                else quality.score_series(
+                    scorer, labelled, cfg, progress=f"baseline {name}" if progress else None
+                )
+            )
             got = evaluated_part(got, cfg.replay.evaluate_after)
             compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
         summary["quality"] = quality.compare(compared)

@@ -434,3 +434,33 @@ def test_reports_are_drawn_for_at_most_max_reports_keys_those_with_alerts_first(
         progress=False,
     )
     assert len(every.reports) == 4  # the default (100) draws them all
+
+
+def test_the_baselines_of_a_labelled_replay_draw_a_progress_bar_too(
+    bundle_path, test_csv, tmp_path, monkeypatch
+) -> None:
+    """With labels, replay runs the engine twice more, for the z-score and PCA baselines: on a 100k-reading
+    file the bar reached 100 % and the command then sat for as long again without a word."""
+    import tqdm
+
+    bars: list[dict] = []
+
+    class Recorder:
+        def __init__(self, total, desc, **kwargs) -> None:
+            self.seen = {"desc": desc, "total": total, "done": 0}
+            bars.append(self.seen)
+
+        def update(self, n) -> None:
+            self.seen["done"] += n
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorder)
+    run_replay([str(test_csv)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=True)
+    n = len(pd.read_csv(test_csv))
+    assert bars == [
+        {"desc": "replay", "total": n, "done": n},
+        {"desc": "baseline zscore", "total": n, "done": n},
+        {"desc": "baseline pca", "total": n, "done": n},
+    ]
