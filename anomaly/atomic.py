@@ -44,6 +44,13 @@ def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _refuse_folder_name(path: str | Path, what: str) -> None:
+    if str(path).endswith(("/", os.sep)):
+        raise OutputError(
+            f"cannot write the {what} {path}: a name ending in / is a folder, not a file", path=str(path)
+        )
+
+
 def unwritable(p: Path, exc: OSError, what: str = "file") -> OutputError:
     """The error for an output that cannot be written: it names the path asked for, not a temporary file."""
     return OutputError(f"cannot write the {what} {p}: {reason(exc)}", path=str(p))
@@ -56,7 +63,10 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     writing or replacing becomes an OutputError naming `path` (`what` says what the file is).
 
     A symbolic link is followed: the file it points to is replaced and the link stays. A target that is neither
-    a regular file nor a folder (``/dev/stdout``, a named pipe) cannot be replaced and is written in place."""
+    a regular file nor a folder (``/dev/stdout``, a named pipe) cannot be replaced and is written in place.
+    A name ending in a slash names a folder: refused (``Path`` drops the slash, so ``-o out/`` became a file
+    ``out``)."""
+    _refuse_folder_name(path, what)
     p = Path(path)
     if p.exists() and not p.is_file() and not p.is_dir():
         try:
@@ -114,6 +124,7 @@ def check_writable(path: str | Path, what: str = "file") -> None:
     """Refuse at the start of a long run an output that could not be written at its end (a folder in the way, a
     file where a folder should be, a folder that takes no new file), so hours of results are not lost to a typo.
     Nothing is left behind: the probe's temporary file is removed, and missing folders are not created."""
+    _refuse_folder_name(path, what)
     p = Path(path)
     if p.exists() and not p.is_file():
         if p.is_dir():

@@ -150,11 +150,34 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta["weights_sha256"] = _weights_digest(weights)
     payload = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True), "weights": weights}
     try:
-        with atomic_path(p, "model bundle") as tmp:
+        with atomic_path(path, "model bundle") as tmp:
             torch.save(payload, tmp)
     except OutputError as exc:  # a BundleError, as every other failure to read or write a bundle
         raise BundleError(str(exc), path=str(p)) from None
     return p
+
+
+def short_reason(reason: str, limit: int = 120) -> str:
+    """A library's message cut for one error line: at the last full sentence within `limit` characters, else at
+    `limit` with an ellipsis (never mid-word without saying so, as "... If yo)" was)."""
+    if len(reason) <= limit:
+        return reason
+    cut = reason[:limit]
+    stop = cut.rfind(". ")
+    return cut[: stop + 1] if stop >= limit // 3 else cut.rstrip() + "..."
+
+
+def _zip_but_not_torch(path: Path) -> bool:
+    """True for a readable zip archive without torch.save's `<name>/data.pkl`; False for a torch archive and for
+    a damaged one (which torch then reports as truncated or corrupted)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names)
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -162,14 +185,22 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))
     with p.open("rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-            raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
+        magic = fh.read(4)
+    if not magic:  # a copy to a full disk, a `> model.pt`: say so rather than "not a PyTorch archive"
+        raise BundleError(f"{p} is an empty file, not an anomaly model bundle", path=str(p))
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise BundleError(f"{p} is not an anomaly model bundle (not a PyTorch archive)", path=str(p))
+    if _zip_but_not_torch(p):  # a zip archive of something else, e.g. a bundle zipped for transfer
+        raise BundleError(
+            f"{p} is not an anomaly model bundle (a zip archive that torch.save did not write)", path=str(p)
+        )
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(
-            f"cannot read model bundle {p}: file is truncated or corrupted ({reason[:120]})", path=str(p)
+            f"cannot read model bundle {p}: file is truncated or corrupted ({short_reason(reason)})",
+            path=str(p),
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise BundleError(f"{p} is not an anomaly model bundle (expected format {FORMAT})", path=str(p))
@@ -182,9 +213,57 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         weights = payload["weights"]
     except (KeyError, TypeError, json.JSONDecodeError):
         raise BundleError(f"{p}: bundle metadata is corrupted", path=str(p)) from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{p}: bundle metadata is corrupted (not a JSON object)", path=str(p))
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise BundleError(f"{p}: bundle weights are corrupted (not named tensors)", path=str(p))
     if _weights_digest(weights) != meta.get("weights_sha256"):
         raise BundleError(f"{p}: weights do not match their checksum; the file is corrupted", path=str(p))
+    check_metadata(meta, p)
     return meta, weights
+
+
+def check_metadata(meta: Any, path: str | Path) -> None:
+    """Refuse metadata that would score wrongly or fail mid-stream: the checksum covers the weights only, so a
+    hand-edited or damaged metadata block (a scale of 0 makes every standardized reading infinite, a scaler or
+    architecture for another number of features breaks the first batch) is caught here, when the file is read,
+    by every command (inspect, replay, the daemon's start and hot reload) and for ONNX exports alike."""
+
+    def bad(reason: str) -> BundleError:
+        return BundleError(f"{path}: bundle does not describe a valid model ({reason})", path=str(path))
+
+    if not isinstance(meta, dict):
+        raise bad("the metadata is not a JSON object")
+    features, arch, scaler, cal = (meta.get(k) for k in ("features", "architecture", "scaler", "calibration"))
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise bad("features is not a list of names")
+    n = len(features)
+    if not isinstance(arch, dict) or arch.get("n_features") != n:
+        got = arch.get("n_features") if isinstance(arch, dict) else arch
+        raise bad(f"the architecture is for {got} features, the bundle names {n}")
+    if not isinstance(scaler, dict):
+        raise bad("no scaler")
+    for part in ("mean", "scale"):
+        values = scaler.get(part)
+        if not isinstance(values, list) or len(values) != n:
+            raise bad(
+                f"scaler {part} has {len(values) if isinstance(values, list) else 'no'} values for {n} features"
+            )
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise bad(f"scaler {part} has a value that is not a finite number")
+    zero = [f for f, v in zip(features, scaler["scale"], strict=True) if v <= 0]
+    if zero:
+        raise bad(f"scaler scale is not positive for {', '.join(zero)}")
+    if not isinstance(cal, dict):
+        raise bad("no calibration")
+    for key in ("reference_error", "default_threshold"):
+        value = cal.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise bad(f"calibration {key} is {value!r}, not a finite number")
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from anomaly.atomic import write_bytes
-from anomaly.bundle import Bundle, save_bundle
+from anomaly.bundle import Bundle, check_metadata, save_bundle, short_reason
 from anomaly.data import Scaler
 from anomaly.errors import AnomalyError, BundleError, OutputError
 from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
@@ -230,6 +230,7 @@ def export_onnx(bundle: Bundle, path: str | Path, *, validate_windows: int = 8) 
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = copy.deepcopy(bundle.metadata())
+    meta.pop("weights_sha256", None)  # the float parent's checksum: it describes nothing in this file
     meta["export"] = {"format": "onnx", "opset": ONNX_OPSET, "parent_version": bundle.version}
     meta["model_version"] = f"{bundle.version}-onnx"
     entry = proto.metadata_props.add()
@@ -315,18 +316,36 @@ def load_onnx_bundle(path: str | Path) -> Bundle:
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))
     data = p.read_bytes()
+    if not data:  # an empty protobuf parses as an empty model: say what it is
+        raise BundleError(f"{p} is an empty file, not an ONNX model", path=str(p))
     try:
         proto = onnx.load_from_string(data)
         meta = json.loads(next(e.value for e in proto.metadata_props if e.key == ONNX_META_KEY))
-        arch = Architecture(**meta["architecture"])
-        session = _session(ort, data)
     except StopIteration:
         raise BundleError(f"{p} is an ONNX model without anomaly bundle metadata", path=str(p)) from None
-    except Exception as exc:  # protobuf / onnxruntime raise many types for damaged files
+    except Exception as exc:  # protobuf raises many types for damaged files
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BundleError(f"cannot read ONNX model {p} ({reason[:120]})", path=str(p)) from None
+        raise BundleError(f"cannot read ONNX model {p} ({short_reason(reason)})", path=str(p)) from None
+    check_metadata(meta, p)  # as a bundle's: a damaged block fails here, in one line, not mid-stream
+    try:
+        arch = Architecture(**meta["architecture"])
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120]
+        raise BundleError(f"{p}: bundle does not describe a valid model ({reason})", path=str(p)) from None
+    try:
+        session = _session(ort, data)
+    except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"cannot read ONNX model {p} ({short_reason(reason)})", path=str(p)) from None
     scaler = Scaler.from_json(meta["scaler"])
-    rest = {k: v for k, v in meta.items() if k not in ("architecture", "scaler", "features", "calibration")}
+    derived = (
+        "architecture",
+        "scaler",
+        "features",
+        "calibration",
+        "weights_sha256",
+    )  # exports before session 16
+    rest = {k: v for k, v in meta.items() if k not in derived}  # carried the parent's checksum
     model: Any = OnnxStep(session, arch)
     return Bundle(model, list(meta["features"]), scaler, dict(meta["calibration"]), rest)
 

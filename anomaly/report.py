@@ -220,16 +220,16 @@ def plot_series(
 def alert_spans(
     alerts: Iterable[Mapping[str, Any]], key: str, series_end: float
 ) -> list[tuple[float, float]]:
-    """(start, end) epoch seconds of each alert of `key`; an alert never closed ends at `series_end`."""
-    spans: dict[str, tuple[float, float]] = {}
+    """(start, end) epoch seconds of each alert of `key`; an alert never closed ends at `series_end`. One alert is
+    one start (not one id: ``key@start-ms`` names two alerts that start within one millisecond alike)."""
+    spans: dict[float, tuple[float, float]] = {}
     for a in alerts:
         if str(a.get("key")) != key:
             continue
         start = float(a["start"])
         end = a.get("end")
-        ident = str(a.get("id", f"{key}@{start}"))
-        if end is not None or ident not in spans:
-            spans[ident] = (start, float(end) if end is not None else series_end)
+        if end is not None or start not in spans:
+            spans[start] = (start, float(end) if end is not None else series_end)
     return sorted(spans.values())
 
 

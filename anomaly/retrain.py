@@ -121,8 +121,10 @@ def iso(t: float) -> str:
 def alert_spans(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
     """Per key, the [start, end] event-time spans of alerts, from alert lifecycle events (``Alert.to_json()``:
     the alerts topic or a replay's alerts.jsonl). An alert without a closed event is open: [start, +inf).
-    Events are deduplicated by id (alerts are delivered at least once)."""
-    by_id: dict[str, tuple[str, float, float]] = {}
+    Events are deduplicated by key and start (alerts are delivered at least once, a re-sent one byte-identical),
+    not by id: ``key@start-ms`` is one id for two alerts of a key that start within one millisecond (data
+    sampled every few microseconds), and the first one's span was then replaced by the second's."""
+    by_id: dict[tuple[str, float], tuple[str, float, float]] = {}
     for ev in events:
         try:
             key, start = str(ev["key"]), float(ev["start"])
@@ -130,7 +132,7 @@ def alert_spans(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[flo
             continue  # not an alert event
         end = ev.get("end") if ev.get("status") == "closed" else None
         span_end = float(end) if end is not None else np.inf
-        alert_id = str(ev.get("id", f"{key}@{start}"))
+        alert_id = (key, start)
         if alert_id in by_id and by_id[alert_id][2] < np.inf and span_end == np.inf:
             continue  # a re-delivered open event after the close
         by_id[alert_id] = (key, start, span_end)

@@ -35,7 +35,9 @@ class Sink(Protocol):
 class Checkpointer(Protocol):
     def after_batch(self, engine: Any, batch: Batch, sinks: Sequence[Sink]) -> None: ...
 
-    def final(self, engine: Any, sinks: Sequence[Sink]) -> None: ...
+    def final(self, engine: Any, sinks: Sequence[Sink]) -> None:
+        """The last checkpoint when the source stops: flushes ``sinks`` (the runner does not, when there is a
+        checkpointer) and commits what they wrote with the state."""
 
 
 class Observer(Protocol):
@@ -83,9 +85,10 @@ def run(
             totals["windows"] += len(out.windows)
             totals["alerts"] += len(out.alerts)
             totals["rejected"] += len(out.rejections)
-        for sink in sinks:
-            sink.flush()
-        if checkpointer is not None:
+        if checkpointer is None:
+            for sink in sinks:
+                sink.flush()
+        else:  # it flushes the sinks itself, as every checkpoint does: a flush that fails is its own outcome
             checkpointer.final(engine, sinks)
     finally:
         for sink in sinks:

@@ -176,12 +176,22 @@ class StaticThreshold(Threshold):
 
 
 class DynamicThreshold(Threshold):
-    """Telemanom's dynamic threshold over the last `dynamic_history` scores seen while no alert was open."""
+    """Telemanom's dynamic threshold over the last `dynamic_history` scores seen while no alert was open.
+
+    While a key warms up (its first `dynamic_warmup` learnt scores; it cannot flag anything), a score of
+    BEYOND_DOUBT x `dynamic_min` and the scores after it, until one is back at `dynamic_min`, are not learnt
+    (`dyn_doubt`), as SPOT skips them while it calibrates: no alert can shut such a spike's smoothed imprint out
+    yet, and one huge reading would otherwise hold the threshold high until the history had turned over."""
 
     name = "dynamic"
 
     def fields(self) -> dict[str, Field]:
-        return {"hist": ((self.cfg.dynamic_history,), "float32", "zero"), "pushed": ((), "int64", "zero")}
+        return {
+            "hist": ((self.cfg.dynamic_history,), "float32", "zero"),
+            "pushed": ((), "int64", "zero"),
+            # while warming up: in the imprint of a score BEYOND_DOUBT x dynamic_min, not learnt
+            "dyn_doubt": ((), "bool", "zero"),
+        }
 
     def epsilon(self, state: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         pushed = state["pushed"]
@@ -190,7 +200,7 @@ class DynamicThreshold(Threshold):
     def update(
         self, state: dict[str, np.ndarray], scores: np.ndarray, anomalous: np.ndarray, open_pts: np.ndarray
     ) -> None:
-        push_history(state["hist"], state["pushed"], scores, ~open_pts)
+        self._learn(state["hist"], state["pushed"], state["dyn_doubt"], scores, open_pts, None)
 
     def update_rows(
         self,
@@ -201,7 +211,29 @@ class DynamicThreshold(Threshold):
         open_pts: np.ndarray,
     ) -> None:
         # in place: a window changes at most W of a key's `dynamic_history` slots
-        push_history(arrays["hist"], arrays["pushed"], scores, ~open_pts, rows)
+        self._learn(arrays["hist"], arrays["pushed"], arrays["dyn_doubt"], scores, open_pts, rows)
+
+    def _learn(
+        self,
+        hist: np.ndarray,
+        pushed: np.ndarray,
+        doubt: np.ndarray,
+        scores: np.ndarray,
+        open_pts: np.ndarray,
+        rows: np.ndarray | None,
+    ) -> None:
+        at = slice(None) if rows is None else rows
+        floor, warmup = self.cfg.dynamic_min, self.cfg.dynamic_warmup
+        if not (floor > 0 and ((pushed[at] < warmup).any() or doubt[at].any())):
+            push_history(hist, pushed, scores, ~open_pts, rows)  # every key warm: the guard cannot apply
+            return
+        d = doubt[at]
+        for i in range(scores.shape[1]):
+            x = scores[:, i]
+            # a skipped point is not pushed, so a key in the imprint stays warming until it is back at the floor
+            d = (pushed[at] < warmup) & ((x >= BEYOND_DOUBT * floor) | (d & (x > floor)))
+            push_history(hist, pushed, scores[:, i : i + 1], (~open_pts[:, i] & ~d)[:, None], rows)
+        doubt[at] = d
 
 
 class SpotThreshold(Threshold):

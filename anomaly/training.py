@@ -31,6 +31,7 @@ from anomaly.data import (
     apply_nan_policy,
     default_max_gap,
     fingerprint,
+    quoted,
     sampling_interval,
     split_at_gaps,
     window_chain,
@@ -160,16 +161,31 @@ def train(
     interval and the gap are stored in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    given = series
     series, missing_dropped, missing_filled = apply_nan_policy(series, nan_policy)
     if not any(len(s) for s in series):
+        empty = [f for f, n in zip(features, missing_cells(given), strict=True) if n == sum(map(len, given))]
+        rest = [f for f in features if f not in empty]
         raise DataError(
             f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
             f"engine.nan_policy = {nan_policy!r} drops it"
+            + (
+                f"; column(s) {', '.join(map(repr, empty))} have no value in any row"
+                + (f": leave them out with --features {quoted(','.join(rest))}" if rest else "")
+                if empty
+                else ""
+            )
+        )
+    if missing_dropped and max(len(s) for s in series) < model_cfg.window:  # not a matter of gaps
+        raise DataError(
+            short_after_missing(given, features, series, missing_dropped, nan_policy, model_cfg.window)
         )
     interval = sampling_interval(series)
     max_gap = max_gap_seconds if max_gap_seconds is not None else default_max_gap(interval)
     whole = series
-    series = split_at_gaps(whole, max_gap)
+    # a key whose every reading had a missing value is left with no rows: nothing to train or calibrate on
+    kept = [s for s in whole if len(s)]
+    series = split_at_gaps(kept, max_gap)
     if not any(len(s) >= model_cfg.window for s in series):
         raise DataError(
             f"not enough training data: no stretch of {model_cfg.window} rows without a gap longer than "
@@ -177,6 +193,10 @@ def train(
         )
     windowed = {s.key for s in series if len(s) >= model_cfg.window}
     idle = list(dict.fromkeys(s.key for s in whole if s.key not in windowed))
+    rows_of: dict[str, int] = {}
+    for s in whole:
+        rows_of[s.key] = rows_of.get(s.key, 0) + len(s)
+    short = [k for k in idle if rows_of[k] < model_cfg.window]  # too few readings at all, gaps or not
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -194,10 +214,7 @@ def train(
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(
-            f"not enough data for a validation window of {window} rows; lower train.val_fraction "
-            "or model.window, or add data"
-        )
+        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept)))
 
     arch = Architecture(
         len(features),
@@ -305,7 +322,7 @@ def train(
         "sampling": {
             "interval_seconds": interval,
             "max_gap_seconds": max_gap,
-            "gap_splits": len(series) - len(whole),
+            "gap_splits": len(series) - len(kept),
         },
         "training": {
             "epochs_run": len(history),
@@ -321,12 +338,67 @@ def train(
             # series with no stretch of a window between gaps: never trained on, and cold-scored in replay
             "series_without_window": len(idle),
             "keys_without_window": idle[:5],
+            "series_shorter_than_window": len(short),  # of series_without_window: fewer rows than a window
+            "keys_shorter_than_window": short[:5],
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
     bundle = Bundle(model, list(features), scaler, calibration, meta)
     return TrainResult(bundle, history, wps, device.type, amp_name, time.perf_counter() - started)
+
+
+def no_validation_window(series: Sequence[Series], val_fraction: float, window: int, cut: bool) -> str:
+    """Why no series gave a validation window, and what helps: a larger `val_fraction` only while the longest
+    series can hold a window to train on and one to validate (`split_series`), else only more rows do."""
+    longest = max(len(s) for s in series)
+    where = " between gaps" if cut else ""
+    hint = (
+        "raise train.val_fraction, lower model.window, or add data"
+        if longest >= 2 * window
+        else f"a series needs {2 * window} rows, a window to train on and one to validate: lower model.window "
+        "or add data"
+    )
+    return (
+        f"not enough data for a validation window of {window} rows (model.window): the validation part of each "
+        f"series is its last {val_fraction * 100:g} % (train.val_fraction), {int(round(longest * val_fraction))} of the "
+        f"longest series' {longest} rows{where}; {hint}"
+    )
+
+
+def missing_cells(series: Sequence[Series]) -> np.ndarray:
+    """Per feature (F,): the non-finite cells over all rows of `series`."""
+    return (~np.isfinite(np.concatenate([s.values for s in series]))).sum(axis=0)
+
+
+def short_after_missing(
+    given: Sequence[Series],
+    features: Sequence[str],
+    kept: Sequence[Series],
+    dropped: int,
+    policy: str,
+    window: int,
+) -> str:
+    """The error when the missing-value policy, not the file's length or its gaps, left less than a window: it
+    names the policy, the rows it dropped and the column with the most missing values."""
+    missing = missing_cells(given)
+    worst = int(np.argmax(missing))
+    total = sum(len(s) for s in given)
+    rest = [f for i, f in enumerate(features) if i != worst]
+    hints = ['set engine.nan_policy = "ffill"'] if policy == "reject" and missing[worst] else []
+    if rest and missing[worst]:
+        hints.append(f"leave {features[worst]!r} out with --features {quoted(','.join(rest))}")
+    which = (
+        f"column {features[worst]!r} misses {int(missing[worst])}"
+        if missing[worst]
+        else "their times are missing"
+    )
+    return (
+        f"not enough training data: engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a "
+        f"missing value ({which}), leaving the longest series "
+        f"{max(len(s) for s in kept)} rows, fewer than one window ({window} rows, model.window)"
+        + (f"; {', or '.join(hints)}" if hints else "")
+    )
 
 
 def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:

@@ -268,3 +268,17 @@ def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkey
     atomic.write_text(tmp_path / "summary.json", "{}")
     assert (tmp_path / "summary.json").read_text() == "{}"
     assert _listing(tmp_path) == ["summary.json"]
+
+
+def test_a_name_ending_in_a_slash_is_refused_not_written_as_a_file(bundle_path, tmp_path) -> None:
+    """`anomaly export model.pt --format int8 -o out/` (or `generate -o out/`) wrote a file named `out`: `Path`
+    drops the slash. A name ending in / names a folder; the end-of-run outputs are refused when a run starts."""
+    target = f"{tmp_path}/out/"
+    result = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "int8", "-o", target])
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: cannot write the model bundle {target}: a name ending in / is a folder, not a file\n",
+    )
+    with pytest.raises(OutputError, match=r"a name ending in / is a folder, not a file$"):
+        atomic.check_writable(target, "JSON results")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

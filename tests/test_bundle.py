@@ -98,3 +98,118 @@ def test_an_unwritable_path_is_named_as_asked_not_by_its_temporary_file(bundle, 
             save_bundle(bundle, target)
         assert ".tmp" not in str(err.value) and err.value.path == str(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing half-written left behind
+
+
+def _rewrite_meta(path, edit) -> None:
+    """Edit a saved bundle's metadata in place, leaving its weights (and so their checksum) as they were."""
+    import json
+
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    payload["meta"] = json.dumps(edit(meta))
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            lambda m: {**m, "scaler": {**m["scaler"], "scale": [0.0] + m["scaler"]["scale"][1:]}},
+            "scaler scale is not positive for sensor_1",
+        ),
+        (
+            lambda m: {**m, "scaler": {**m["scaler"], "mean": m["scaler"]["mean"][:-1]}},
+            "scaler mean has {n1} values for {n} features",
+        ),
+        (
+            lambda m: {**m, "features": m["features"][:-1]},
+            "the architecture is for {n} features, the bundle names {n1}",
+        ),
+        (
+            lambda m: {**m, "calibration": {**m["calibration"], "reference_error": None}},
+            "calibration reference_error is None, not a finite number",
+        ),
+    ],
+)
+def test_metadata_that_would_score_wrongly_is_refused_when_read(bundle, tmp_path, edit, reason) -> None:
+    """The checksum covers the weights only: a scale of 0 in the metadata made every reading score ~1e23 and
+    alert, without a word; a scaler for another number of features failed mid-stream."""
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    path = save_bundle(bundle, tmp_path / "b.pt")
+    _rewrite_meta(path, edit)
+    n = len(bundle.features)
+    want = f"{path}: bundle does not describe a valid model ({reason.format(n=n, n1=n - 1)})"
+    with pytest.raises(BundleError) as info:
+        load_bundle(path)
+    assert str(info.value) == want
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {want}\n")
+
+
+def test_metadata_or_weights_of_the_wrong_type_are_a_one_line_error(bundle, tmp_path) -> None:
+    """A payload that unpickles but holds a list where the metadata object or the weights dict belongs was an
+    AttributeError traceback (and would have stopped a daemon's hot reload, which keeps the old model only on
+    AnomalyError)."""
+    path = save_bundle(bundle, tmp_path / "b.pt")
+    _rewrite_meta(path, lambda m: [1, 2])
+    with pytest.raises(BundleError) as info:
+        load_bundle(path)
+    assert str(info.value) == f"{path}: bundle metadata is corrupted (not a JSON object)"
+    path = save_bundle(bundle, tmp_path / "w.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["weights"] = [1]
+    torch.save(payload, path)
+    with pytest.raises(BundleError) as info:
+        load_bundle(path)
+    assert str(info.value) == f"{path}: bundle weights are corrupted (not named tensors)"
+
+
+def test_a_zip_archive_that_is_not_a_bundle_is_named_as_such(bundle_path, tmp_path) -> None:
+    """A zip of something else (a bundle zipped for transfer, say) was 'file is truncated or corrupted
+    ([enforce fail at inline_container.cc:180] ...)', which sends an operator looking for a damaged download."""
+    import zipfile
+
+    zipped = tmp_path / "model.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(bundle_path, "model.pt")
+    with pytest.raises(BundleError) as info:
+        load_bundle(zipped)
+    assert (
+        str(info.value)
+        == f"{zipped} is not an anomaly model bundle (a zip archive that torch.save did not write)"
+    )
+    data = bundle_path.read_bytes()  # a damaged bundle is still reported as one
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="truncated or corrupted"):
+        load_bundle(tmp_path / "half.pt")
+
+
+def test_an_empty_model_file_says_it_is_empty(tmp_path) -> None:
+    """An empty file (a copy to a full disk) was 'not a PyTorch archive' as a bundle and, named .onnx, 'an ONNX
+    model without anomaly bundle metadata': an empty protobuf parses as an empty model."""
+    for name, what in (("model.pt", "an anomaly model bundle"), ("model.onnx", "an ONNX model")):
+        empty = tmp_path / name
+        empty.write_bytes(b"")
+        with pytest.raises(BundleError) as info:
+            load_bundle(empty)
+        assert str(info.value) == f"{empty} is an empty file, not {what}"
+
+
+def test_a_long_library_reason_is_cut_at_a_sentence_not_mid_word() -> None:
+    """A truncated bundle's line ended '... This is an internal miniz error. If yo)': torch's message cut at 120
+    characters."""
+    from anomaly.bundle import short_reason
+
+    torch_says = (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+        "miniz error. If you are seeing this error, please report it"
+    )
+    assert short_reason(torch_says) == (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+        "miniz error."
+    )
+    assert short_reason("x" * 130) == "x" * 120 + "..."
+    assert short_reason("short. reason") == "short. reason"

@@ -281,6 +281,7 @@ def test_train_and_inspect_name_the_scored_features(train_csv, tmp_path) -> None
         ["scored features (targets): sensor_2; context: sensor_1, sensor_3, sensor_4"],
         "targets (1):     sensor_2; context, read but not scored: sensor_1, sensor_3, sensor_4",
     )
+    assert shown[8].startswith("training:        1 epoch (best 1), best val loss ")  # was '1 epochs'
 
 
 def test_inspect_of_a_bundle_scoring_every_feature_has_no_targets_line(bundle_path) -> None:

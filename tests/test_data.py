@@ -652,8 +652,22 @@ def test_a_sensor_only_in_a_later_file_is_refused_not_dropped(tmp_path) -> None:
         "--features naming the columns to use"
     )
     assert info.value.extra == ["c"]
-    with pytest.raises(SchemaError, match="jan.csv is missing feature"):
+    with pytest.raises(
+        SchemaError
+    ) as info:  # said 'is missing feature(s) c that the model needs': no model yet
         load_series([feb, jan], DataConfig())
+    assert str(info.value) == (
+        f"{jan} lacks numeric column(s) c that {feb} has; the files must offer the same features: pass "
+        "--features naming the columns to use"
+    )
+    assert info.value.missing == ["c"]
+    with pytest.raises(SchemaError) as info:
+        load_series([jan, feb], DataConfig(features=("a", "d")))
+    assert str(info.value) == (
+        f"{jan} has no column(s) d, which --features (data.features) names; its columns are timestamp, a, b"
+    )
+    with pytest.raises(SchemaError, match="jan.csv is missing feature"):  # replay: the model's features
+        load_series([jan], DataConfig(), features=["a", "d"])
     series, feats = load_series([jan, feb], DataConfig(features=("a", "b")))
     assert feats == ["a", "b"] and [len(s) for s in series] == [2, 2]
     series, feats = load_series([jan, feb], DataConfig(), features=["a", "b"])  # replay: the model's features

@@ -408,12 +408,14 @@ def test_a_huge_reading_does_not_deafen_the_dynamic_threshold_to_a_later_fault(b
     assert starts == {False: [700.0], True: [300.0, 700.0]}
 
 
-@pytest.mark.parametrize("threshold", ["spot", "dspot"])
+@pytest.mark.parametrize("threshold", ["spot", "dspot", "dynamic"])
 def test_a_huge_reading_while_spot_calibrates_does_not_deafen_the_key(bundle, threshold) -> None:
     """One 1e25 at a key's 50th reading, before SPOT can alert (its first `spot_init` scores calibrate it, and
     no alert can shut the spike's smoothed imprint out): the fault 650 readings later opens an alert as it does
     without the 1e25. Before, the imprint (about 230 scores decaying from 1e22) made up the calibration
-    sample, t stood at ~1e20 for good and the key never alerted again."""
+    sample, t stood at ~1e20 for good and the key never alerted again. The dynamic threshold warming up (its
+    first `dynamic_warmup` scores) is guarded the same way: before, the imprint held its threshold at 1.2e9
+    at reading 700, and the fault opened no alert."""
     rng = np.random.default_rng(0)
     n, f = 1400, len(bundle.features)
     ts = np.arange(n) * 60.0 + 1.7e9
@@ -1227,3 +1229,54 @@ def test_readings_of_no_message_are_no_events() -> None:
         [[1.0] * 3],
         "ref",
     )
+
+
+def test_a_dynamic_snapshot_from_before_the_warm_up_guard_restores_and_scores_alike(
+    bundle, monkeypatch, caplog
+) -> None:
+    """Upgrade path for `dyn_doubt` (session 16): a snapshot of the dynamic threshold's state written without it
+    (by the engine before the guard) restores, logged once, with the guard clear, and the key goes on exactly as
+    in the engine that wrote it (no huge reading: the guard never acts). An engine from before cannot restore a
+    snapshot holding it."""
+    from anomaly.engine import state
+    from anomaly.thresholds import DynamicThreshold, push_history
+
+    monkeypatch.setattr(state, "_REPORTED_ADDED", set())
+    s = spiky(bundle, n=600, spans=((400, 440),))
+    rest = [Event(s.key, s.timestamps[300:], s.values[300:])]
+    with monkeypatch.context() as before:  # the dynamic threshold as it was: no `dyn_doubt`, no guard
+        before.setattr(
+            DynamicThreshold,
+            "fields",
+            lambda self: {
+                "hist": ((self.cfg.dynamic_history,), "float32", "zero"),
+                "pushed": ((), "int64", "zero"),
+            },
+        )
+        before.setattr(
+            DynamicThreshold,
+            "update_rows",
+            lambda self, a, rows, scores, anomalous, open_pts: push_history(
+                a["hist"], a["pushed"], scores, ~open_pts, rows
+            ),
+        )
+        old = Engine(bundle, EngineConfig())
+        assert "dyn_doubt" not in old.store.arrays
+        old.process([Event(s.key, s.timestamps[:300], s.values[:300])])
+        snap = old.snapshot()
+        want = old.process(rest)
+    new = Engine(bundle, EngineConfig())
+    with caplog.at_level("WARNING", logger="anomaly.engine.state"):
+        assert new.restore(snap) == [s.key]
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine snapshot written without state field(s) dyn_doubt: restored with their initial values"
+    ]
+    got = new.process(rest)
+    assert len(got.windows) == len(want.windows) > 0
+    assert [w.scores.tobytes() + w.thresholds.tobytes() for w in got.windows] == [
+        w.scores.tobytes() + w.thresholds.tobytes() for w in want.windows
+    ]
+    assert [(a.status, a.start, a.at) for a in got.alerts] == [(a.status, a.start, a.at) for a in want.alerts]
+    assert len(got.alerts) > 0
+    with pytest.raises(StateError, match="layout"):
+        old.restore(new.snapshot())

@@ -178,3 +178,56 @@ def test_onnx_export_to_an_unwritable_place_names_the_file(bundle_path, tmp_path
     result = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "onnx", "-o", str(out)])
     assert result.exit_code == 2 and result.stderr.startswith(f"error: cannot write the ONNX model {out}: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_onnx_metadata_that_would_score_wrongly_is_refused_when_loaded(bundle, tmp_path):
+    """An ONNX export's embedded metadata gets the checks a bundle's gets: a scale of 0 was loaded and scored
+    every reading as ~1e23; metadata without a scaler was a KeyError traceback (a daemon's hot reload, which
+    keeps the old model only on AnomalyError, would have stopped)."""
+    import json
+
+    import onnx
+
+    from anomaly.errors import BundleError
+    from anomaly.export import ONNX_META_KEY
+
+    path, _ = export_onnx(bundle, tmp_path / "model.onnx")
+    for name, edit, reason in (
+        (
+            "zero.onnx",
+            lambda m: m["scaler"]["scale"].__setitem__(0, 0.0),
+            "scaler scale is not positive for sensor_1",
+        ),
+        ("noscaler.onnx", lambda m: m.pop("scaler"), "no scaler"),
+    ):
+        proto = onnx.load(str(path))
+        entry = next(e for e in proto.metadata_props if e.key == ONNX_META_KEY)
+        meta = json.loads(entry.value)
+        edit(meta)
+        entry.value = json.dumps(meta)
+        bad = tmp_path / name
+        bad.write_bytes(proto.SerializeToString())
+        with pytest.raises(BundleError) as info:
+            load_bundle(bad)
+        assert str(info.value) == f"{bad}: bundle does not describe a valid model ({reason})"
+
+
+def test_exporting_a_missing_onnx_file_says_not_found(tmp_path):
+    """`anomaly export typo.onnx` said 'typo.onnx is an ONNX export already' of a file that does not exist."""
+    missing = tmp_path / "typo.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(missing), "--format", "int8", "-o", str(tmp_path / "q.pt")]
+    )
+    assert (result.exit_code, result.stderr) == (2, f"error: model bundle not found: {missing}\n")
+
+
+def test_an_onnx_export_does_not_claim_its_parents_weight_checksum(bundle, tmp_path):
+    """`anomaly inspect --json model.onnx` showed `weights_sha256`, the checksum of the float bundle's weights,
+    which nothing in the ONNX file matches (an int8 bundle's is its own, recomputed when saved)."""
+    import json
+
+    path, _ = export_onnx(bundle, tmp_path / "model.onnx")
+    result = CliRunner().invoke(main, ["inspect", "--json", str(path)])
+    meta = json.loads(result.stdout)
+    assert "weights_sha256" not in meta
+    assert meta["export"] == {"format": "onnx", "opset": 17, "parent_version": bundle.version}

@@ -23,7 +23,7 @@ from anomaly.kafka.codec import (
     parse_time,
     source_rejection,
 )
-from anomaly.kafka.produce import messages
+from anomaly.kafka.produce import message_count, messages
 from tests.helpers import Record
 
 FMT = MessageFormat(("temp", "pressure", "flow"), max_message_bytes=200)
@@ -173,7 +173,9 @@ def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_
     d = Decoder(fmt)
     for block in (1, 4):
         events, refused = [], []
-        for key, value, _ in messages(series, fmt, block):
+        sent = list(messages(series, fmt, block))
+        assert len(sent) == message_count(series, block) == (8 if block == 1 else 3)
+        for key, value, _ in sent:
             assert orjson.loads(value) is not None  # strict JSON, as the daemon parses it
             try:
                 events.append(d.decode(Record("t", 0, 0, key, value)))
@@ -185,12 +187,11 @@ def test_produced_missing_and_infinite_values_go_as_null_which_the_daemon_reads_
             np.concatenate([e.values for e in k0]).tobytes()
             == np.where(np.isfinite(values), values, np.nan).tobytes()
         )
+        # the reading without a time is refused, the others are read, in blocks too: it goes in a message of
+        # its own. Before, it went in k1's block, which the daemon refused whole (replay refuses it alone).
         k1 = [e for e in events if e.key == "k1"]
-        if block == 1:  # the reading without a time is refused, the others are read
-            assert refused == [(b"k1", "missing_field")]
-            assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
-        else:  # ... and a block holding it is refused whole
-            assert (refused, k1) == ([(b"k1", "missing_field")], [])
+        assert refused == [(b"k1", "missing_field")]
+        assert np.concatenate([e.timestamps for e in k1]).tobytes() == stamps[:3].tobytes()
 
 
 def test_alert_message_is_keyed_by_entity():
@@ -588,6 +589,37 @@ def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one
         assert sorted(e.key for e in readings.events()) == sorted(
             [f"p{i}" for i in range(40)] + ["x" * 100, "é" * 50, "é" * 50]
         )
+
+
+def test_a_key_that_json_escaping_makes_longer_than_max_key_bytes_is_refused_as_oversized():
+    """The limit was on the key's UTF-8 bytes, but an alert and a window carry the key as a JSON string, where a
+    control character takes 6 bytes (\\u0001) and a quote 2: a 200,000-character key of \\x01 (200 KB, under
+    the daemon's 256 KiB) made every window record of its key 1.4 MB and its alerts 2.6 MB, refused by the
+    producer (max_request_bytes 1 MiB): the daemon exited, again at every restart (a poison message)."""
+    d = Decoder(MessageFormat(FMT.features, max_key_bytes=100))
+    shape = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    good = [Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)]
+    odd = [
+        Record("sensors", 0, 40, b"k", json.dumps({"key": '"' * 50, **shape}).encode()),  # 100 as JSON: fits
+        Record("sensors", 0, 41, b"k", json.dumps({"key": '"' * 51, **shape}).encode()),
+        Record("sensors", 0, 42, b"k", json.dumps({"key": "\x01" * 20, **shape}).encode()),
+        Record("sensors", 0, 43, b"\x01" * 20, json.dumps(shape).encode()),  # the message key
+    ]
+    refused = assert_poll_decodes_as_record_by_record(d, good[:20] + odd + good[20:])
+    assert refused == [
+        (41, "oversized", "key of 51 bytes, 102 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+        (42, "oversized", "key of 20 bytes, 120 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+        (43, "oversized", "key of 20 bytes, 120 as a JSON string > 100 (kafka.max_request_bytes / 4)"),
+    ]
+    # the largest key taken keeps an alert (the key three times) within 3/4 of the producer's request limit
+    limit = 4 * 262_144
+    for char in ("x", '"', "\x01", "é"):
+        n = len(char.encode())
+        n = max(n, len(orjson.dumps(char)) - 2)
+        key = Decoder(MessageFormat(FMT.features, max_key_bytes=limit // 4))._short(char * (limit // 4 // n))
+        alert = Alert(f"{key}@1700000000000", key, "open", 1.7e9, None, 1.7e9, 2.5, 1.5, "v1")
+        k, v = alert_message(alert)
+        assert len(k) + len(v) <= limit * 3 // 4 + 300
 
 
 def test_the_daemons_key_limit_is_a_quarter_of_the_producers_request_limit():

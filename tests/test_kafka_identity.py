@@ -10,7 +10,7 @@ import kafka.errors as kerr
 import pytest
 
 from anomaly.kafka import KafkaError
-from anomaly.kafka.clients import CHANGELOG, INPUT
+from anomaly.kafka.clients import ALERTS, CHANGELOG, DEAD_LETTERS, INPUT
 from anomaly.kafka.daemon import Daemon, DaemonOptions
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 
@@ -70,6 +70,23 @@ def test_a_topic_created_again_or_gone_is_named(now: dict[str, str | None], mess
     assert str(err.value).startswith(message + ": deleted by hand, or the broker restarted without its data.")
 
 
+@pytest.mark.parametrize("role", [ALERTS, DEAD_LETTERS], ids=["alerts", "dead-letters"])
+def test_an_output_topic_gone_is_named_with_what_the_restart_does(role: Any) -> None:
+    """Before, output topics were not watched: deleted, the producer created them again with the broker's
+    defaults (or waited max_block_ms and was refused) and the daemon went on without a word."""
+    identity = TopicIdentity({"in": INPUT, "out": role}, "host:9092")
+    identity.record(_Admin({"in": "id-in", "out": "id-out"}))
+    with pytest.raises(TopicChangedError) as err:
+        identity.check(_Admin({"in": "id-in", "out": None}))
+    assert str(err.value) == (
+        f"{role.describe('out')} is gone from host:9092 while the daemon ran: deleted by hand, or the broker "
+        "restarted without its data. Its readers lost what it held, and outputs written now would go to a topic "
+        "auto-created with the broker's defaults or be refused, so the daemon stopped before committing anything "
+        "more: the restart (once the topic exists again) writes every output since the last committed "
+        "checkpoint again (see README 'Running the daemon' for how to go on)"
+    )
+
+
 def test_a_broker_without_topic_ids_is_not_checked() -> None:
     identity = _recorded(_Admin({"in": "00000000-0000-0000-0000-000000000000", "cl": ""}))
     later = _Admin({})
@@ -103,3 +120,21 @@ def test_a_restore_whose_topics_cannot_be_checked_in_time_fails() -> None:
         "cannot check the input and changelog topics before restoring partitions (KafkaTimeoutError): the broker "
         "at host:9092 did not answer"
     )
+
+
+# where a restore resumes, given the group's committed offset (the reset forward itself, on Tansu:
+# tests/integration/test_kafka_outputs.py)
+@pytest.mark.parametrize(
+    ("committed", "resume_after"),
+    [
+        (None, 99),  # no committed offset (expired, or deleted): the checkpoint's
+        (100, 99),  # the daemon's own commit
+        (40, 99),  # behind: a commit lost in a crash, or a reset back (not followed)
+        (250, 249),  # a reset forward while stopped: followed
+    ],
+    ids=["none", "own", "behind", "forward"],
+)
+def test_a_restore_follows_only_a_committed_offset_past_its_checkpoint(
+    committed: int | None, resume_after: int
+) -> None:
+    assert Daemon._resume_after(_daemon(_Admin({})), "in:0", 99, committed) == resume_after

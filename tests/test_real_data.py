@@ -339,6 +339,12 @@ def test_training_on_fewer_rows_than_a_window_says_so(frame, tmp_path) -> None:
         "error: not enough training data: the longest series has 5 rows, fewer than one window (8 rows, "
         "model.window)"
     ]
+    frame.head(1).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert lines(r.stderr) == [  # not '1 rows'
+        "error: not enough training data: the longest series has 1 row, fewer than one window (8 rows, "
+        "model.window)"
+    ]
 
 
 def test_a_key_in_several_files_replays_as_one_stream(bundle_path, tmp_path) -> None:
@@ -532,3 +538,184 @@ def test_drop_anomalies_that_leaves_no_window_between_cuts_says_so(frame, tmp_pa
         "error: not enough training data: the longest series has 5 rows (--drop-anomalies cut the series at 11 "
         "removed stretches), fewer than one window (8 rows, model.window)"
     ]
+
+
+def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path, monkeypatch) -> None:
+    """`-o data.csv/model.pt` (a file where a folder should be) failed only after the whole training run, its
+    work lost; `-o data.csv`, the training file itself, replaced the user's data with the bundle."""
+    import anomaly.commands.model_cmds as cmds
+
+    csv = tmp_path / "data.csv"
+    frame.head(300).to_csv(csv, index=False)
+    monkeypatch.setattr(cmds, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    r = run("train", csv, "-o", tmp_path / "data.csv" / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: cannot write the model bundle {tmp_path}/data.csv/m.pt: {tmp_path}/data.csv is not a folder"
+    ]
+    before = csv.read_bytes()
+    r = run("train", csv, "-o", f"{tmp_path}/./data.csv", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: the model bundle {tmp_path}/./data.csv is the data file {csv}: training would replace the data "
+        "with the bundle; name another file with --out"
+    ]
+    assert csv.read_bytes() == before and r.stdout == ""
+    r = run("train", csv, "-o", f"{tmp_path}/models/", "-p", tiny_pipeline(tmp_path))  # wrote a file 'models'
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: the model bundle {tmp_path}/models/ names a folder; give the bundle's file name, e.g. "
+        f"{tmp_path}/models/model.pt"
+    ]
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> None:
+    """A key with 3 rows beside long ones was reported as 'no 8 readings in a row without a gap over ...
+    (readings far apart need engine.max_gap_seconds above their step ...)': it has no gap, only too few rows."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(n),
+                "device": key,
+                "a": rng.normal(0, 1, n),
+                "b": rng.normal(0, 1, n),
+            }
+        )
+        for key, n in (("long", 300), ("short", 3), ("slow", 0))
+    ]
+    slow = 1_700_000_000 + 600_000 * np.arange(20)  # readings a week apart: a gap at each one
+    parts[2] = pd.DataFrame({"timestamp": slow, "device": "slow", "a": rng.normal(0, 1, 20), "b": 0.0})
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in lines(r.stderr) if line.startswith("warning:")]
+    assert warnings[0] == (
+        "warning: 1 of 3 series have fewer readings than a window (8) and gave none to train on ('short'); in "
+        "replay they have less than a window of history too (cold scores, or none)"
+    )
+    assert warnings[1].startswith("warning: 1 of 3 series gave no window to train on ('slow'): no 8 readings")
+    t = load_bundle(model).meta["training"]
+    assert (t["series_without_window"], t["keys_without_window"]) == (2, ["short", "slow"])
+    assert (t["series_shorter_than_window"], t["keys_shorter_than_window"]) == (1, ["short"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_path) -> None:
+    """`--device cuda` on a CPU machine read (and listed the features of) every file before failing."""
+    csv = tmp_path / "data.csv"
+    frame.head(300).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--device", "cuda")
+    assert (r.exit_code, r.stdout, lines(r.stderr)) == (
+        2,
+        "",
+        ["error: train.device is cuda but no CUDA device is available"],
+    )
+
+
+def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, tmp_path) -> None:
+    """One file given twice (or exports that overlap) trained on every reading twice without a word, while
+    replay and the daemon refuse the second copy (duplicate_timestamp): the model learnt from readings it never
+    scores."""
+    csv, copy = tmp_path / "a.csv", tmp_path / "b.csv"
+    frame.head(300).assign(device="d1").to_csv(csv, index=False)
+    frame.head(300).assign(device="d1").to_csv(copy, index=False)
+    model = tmp_path / "m.pt"
+    key = ("--key-column", "device")  # without one, each file is a series of its own
+    r = run("train", csv, copy, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert [line for line in lines(r.stderr) if "repeat" in line] == [
+        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, or a file given "
+        "twice): training used them, but the engine refuses them live and in replay (engine.duplicate_policy = "
+        '"drop"), so the model learnt from readings it will never score; train on files that do not overlap'
+    ]
+    assert load_bundle(model).meta["training"]["repeated_timestamps"] == 300
+    kept = run(
+        "train",
+        csv,
+        copy,
+        *key,
+        "-o",
+        model,
+        "-p",
+        tiny_pipeline(tmp_path),
+        env={"ANOMALY_ENGINE_DUPLICATE_POLICY": "keep"},
+    )
+    assert kept.exit_code == 0 and "repeat" not in kept.output
+    assert "repeated_timestamps" not in load_bundle(model).meta["training"]
+    once = run("train", csv, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert once.exit_code == 0 and "repeat" not in once.output
+
+
+def test_a_wander_screen_that_would_remove_every_feature_says_it_screened_nothing(tmp_path) -> None:
+    """train.wander_screen keeps every feature scored when all of them wander; train said nothing, so the user
+    took the screen to have found no wandering feature."""
+    rng = np.random.default_rng(0)
+    n = 400
+    ramp = np.linspace(0, 10, n)
+    csv = tmp_path / "ramps.csv"
+    pd.DataFrame(
+        {"timestamp": 1_700_000_000 + 60 * np.arange(n), "up": ramp + rng.normal(0, 0.1, n), "down": -ramp}
+    ).to_csv(csv, index=False)
+    env = {"ANOMALY_TRAIN_WANDER_SCREEN": "0.5"}
+    r = run(
+        "train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--features", "up,down", env=env
+    )
+    assert r.exit_code == 0, r.output
+    notes = [line for line in lines(r.stderr) if "wander_screen" in line]
+    assert notes == [
+        "note: train.wander_screen = 0.5 screened nothing: every scored feature wanders over the training span "
+        "(up 0.98, down 0.98), so all stay scored: the screen never removes every scored feature"
+    ]
+    assert load_bundle(tmp_path / "m.pt").targets == ["up", "down"]
+
+
+def test_a_key_with_a_missing_value_in_every_row_does_not_crash_training(tmp_path) -> None:
+    """Under nan_policy 'reject' such a key is left with no rows, and calibration fed it to the LSTM: a
+    RuntimeError traceback ('Expected sequence length to be larger than 0 in RNN') instead of a bundle."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(300),
+                "device": key,
+                "a": rng.normal(0, 1, 300) if key == "ok" else np.nan,
+                "b": rng.normal(0, 1, 300),
+            }
+        )
+        for key in ("ok", "dead")
+    ]
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert [line for line in lines(r.stderr) if line.startswith("warning:")] == [
+        "warning: 1 of 2 series have fewer readings than a window (8) once those with a missing value were "
+        "dropped and gave none to train on ('dead'); in replay they have less than a window of history too "
+        "(cold scores, or none)"
+    ]
+    meta = load_bundle(model).meta
+    assert (meta["training"]["series"], meta["training"]["rows"]) == (2, 300)
+    assert meta["sampling"]["gap_splits"] == 0 and meta["missing_values"]["rows_dropped"] == 300
+
+
+def test_a_key_labelled_anomalous_throughout_does_not_crash_drop_anomalies(tmp_path) -> None:
+    """--drop-anomalies left such a key with no rows, and calibration crashed on it (RNN traceback)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "timestamp": np.tile(1_700_000_000 + 60 * np.arange(300), 2),
+            "device": np.repeat(["ok", "broken"], 300),
+            "a": rng.normal(0, 1, 600),
+            "anomaly": np.repeat([0, 1], 300),
+        }
+    )
+    csv = tmp_path / "keys.csv"
+    frame.to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    args = ("--key-column", "device", "--drop-anomalies", "-o", model, "-p", tiny_pipeline(tmp_path))
+    r = run("train", csv, *args)
+    assert r.exit_code == 0, r.output
+    assert "gave none to train on ('broken')" in r.stderr
+    assert load_bundle(model).meta["anomalies_dropped"] == {"rows": 300, "cuts": 0}

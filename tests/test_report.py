@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly.engine.alerts import alert_id
 from anomaly.report import alert_spans, feature_columns, plot_series, safe_name, write_reports
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -84,6 +85,21 @@ def test_alert_spans_merge_open_and_closed_records_and_extend_open_alerts():
         (1_700_000_290.0, 1_700_000_299.0),
     ]
     assert alert_spans(ALERTS, "zzz", series_end=0.0) == []
+
+
+def test_two_alerts_of_one_key_within_a_millisecond_are_two_spans():
+    """One id (``key@start-ms``) for both: before, the second replaced the first, which was never drawn."""
+    first, second = 1_700_000_000.0001, 1_700_000_000.0005
+    same = alert_id("a", first)
+    assert alert_id("a", second) == same
+    alerts = [
+        {"id": same, "key": "a", "status": "closed", "start": first, "end": first + 1e-5},
+        {"id": same, "key": "a", "status": "open", "start": second, "end": None},
+    ]
+    assert alert_spans(alerts, "a", series_end=second + 1.0) == [
+        (first, first + 1e-5),
+        (second, second + 1.0),
+    ]
 
 
 def test_safe_name():

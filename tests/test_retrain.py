@@ -14,6 +14,7 @@ from anomaly.bundle import load_bundle, read_metadata
 from anomaly.cli import main
 from anomaly.config import DataConfig, EngineConfig
 from anomaly.data import Series, load_series
+from anomaly.engine.alerts import alert_id
 from anomaly.errors import ConfigError, DataError
 from anomaly.promotion import PromotionPolicy, ShadowResult, compare, promote
 from anomaly.retrain import TimeRange, alert_spans, champion_sections, training_set
@@ -49,6 +50,20 @@ def test_alert_spans_from_lifecycle_events_deduplicated_by_id() -> None:
         {"not": "an alert"},
     ]
     assert alert_spans(events) == {"a": [(1.0, 5.0), (9.0, np.inf)], "b": [(2.0, 3.0)]}
+
+
+def test_two_alerts_of_one_key_within_a_millisecond_keep_both_spans() -> None:
+    """Sampled every 10 us, an alert closed after 30 normal readings and the next one start 0.4 ms apart: one
+    id (``key@start-ms``). Before, deduplicated by id, the first span was lost and its anomalous readings went
+    into the challenger's training data."""
+    first, second = 1_700_000_000.0001, 1_700_000_000.0005
+    assert alert_id("a", first) == alert_id("a", second)
+    events = [
+        {"id": alert_id("a", first), "key": "a", "status": "open", "start": first, "end": None},
+        {"id": alert_id("a", first), "key": "a", "status": "closed", "start": first, "end": first + 1e-5},
+        {"id": alert_id("a", second), "key": "a", "status": "open", "start": second, "end": None},
+    ]
+    assert alert_spans(events) == {"a": [(first, first + 1e-5), (second, np.inf)]}
 
 
 def test_training_set_leaves_out_alert_spans_and_cuts_the_series_there() -> None:

@@ -155,3 +155,21 @@ def test_targeted_bundle_is_grouping_invariant_and_snapshots_bit_for_bit(targete
     second.restore(first.snapshot())
     b = feed(second, s, [(lo + cut, hi + cut) for lo, hi in chunks(n - cut, [3])])
     assert np.array_equal(np.concatenate([a[0], b[0]]), straight[0]) and a[1] + b[1] == straight[1]
+
+
+def test_inspect_shows_an_onnx_export_of_a_targeted_model_as_its_bundle(targeted, tmp_path):
+    """`anomaly inspect m.onnx` printed the architecture's targets as a Python tuple, `targets (0, 2)`, where the
+    bundle it came from prints `targets [0, 2]`."""
+    from click.testing import CliRunner
+
+    from anomaly.bundle import save_bundle
+    from anomaly.cli import main
+    from anomaly.export import export_onnx
+
+    pt = save_bundle(targeted, tmp_path / "m.pt")
+    onnx, _ = export_onnx(targeted, tmp_path / "m.onnx")
+    runner = CliRunner()
+    pt_lines, onnx_lines = (runner.invoke(main, ["inspect", str(p)]).stdout.splitlines() for p in (pt, onnx))
+    assert onnx_lines[0] == pt_lines[0] + "-onnx"  # model version
+    assert onnx_lines[1:-1] == pt_lines[1:]
+    assert "targets [0, 2]" in pt_lines[4]

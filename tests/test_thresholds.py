@@ -235,17 +235,19 @@ def test_ring_pushed_in_place_equals_gather_push_scatter() -> None:
     """The dynamic threshold writes only the pushed slots of the store's rings; the result is the generic
     gather -> update -> write back of every key's whole ring, to the bit (wrapping rings, masked points)."""
     rng = np.random.default_rng(3)
-    cfg = EngineConfig(threshold="dynamic", dynamic_history=16)
+    cfg = EngineConfig(threshold="dynamic", dynamic_history=16, dynamic_warmup=30)
     kind = DynamicThreshold(cfg, 1.0)
     for _ in range(50):
         size = 40
         store = {
             "hist": rng.normal(size=(size, 16)).astype(np.float32),
             "pushed": rng.integers(0, 60, size),
+            "dyn_doubt": rng.random(size) < 0.2,
         }
         rows = rng.permutation(size)[: rng.integers(1, size)]
         w = int(rng.integers(1, 12))
         scores = rng.normal(size=(len(rows), w)).astype(np.float32)
+        scores[rng.random(scores.shape) < 0.1] = 1e13  # the warm-up guard's imprints
         open_pts = rng.random((len(rows), w)) < 0.3
         anomalous = rng.random((len(rows), w)) < 0.2
         generic = {name: v.copy() for name, v in store.items()}
@@ -253,6 +255,7 @@ def test_ring_pushed_in_place_equals_gather_push_scatter() -> None:
         kind.update_rows(store, rows, scores, anomalous, open_pts)
         assert store["hist"].tobytes() == generic["hist"].tobytes()
         assert store["pushed"].tolist() == generic["pushed"].tolist()
+        assert store["dyn_doubt"].tolist() == generic["dyn_doubt"].tolist()
 
 
 def test_ewma_carries_across_windows() -> None:

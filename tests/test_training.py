@@ -124,3 +124,96 @@ def test_wander_screen_reads_a_drifting_feature_as_context(train_csv) -> None:
     assert bundle.arch.targets == (0, 2, 3) and bundle.calibration["feature_wander"][1] > 0.9
     off = train([s], feats, ModelConfig(window=8, hidden_size=8), TrainConfig(device="cpu", epochs=1))
     assert off.bundle.arch.targets is None  # off by default
+
+
+def test_too_short_a_validation_part_says_to_raise_val_fraction_not_lower_it() -> None:
+    """64 rows with window 8... 32 said 'lower train.val_fraction', which only shrinks the validation part;
+    a larger one is what gives it a window (and below two windows, nothing but more rows or a smaller window)."""
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    def fails(n: int, **kw) -> str:
+        with pytest.raises(DataError) as err:
+            train(
+                [make_series("a", n, 2)],
+                ["x", "y"],
+                ModelConfig(window=32, hidden_size=8),
+                TrainConfig(epochs=1, device="cpu", **kw),
+            )
+        return str(err.value)
+
+    assert fails(64) == (
+        "not enough data for a validation window of 32 rows (model.window): the validation part of each series "
+        "is its last 20 % (train.val_fraction), 13 of the longest series' 64 rows; raise train.val_fraction, lower "
+        "model.window, or add data"
+    )
+    assert fails(40, val_fraction=0.5).endswith(
+        "its last 50 % (train.val_fraction), 20 of the longest series' 40 rows; a series needs 64 rows, a window "
+        "to train on and one to validate: lower model.window or add data"
+    )
+    train(
+        [make_series("a", 64, 2)],
+        ["x", "y"],
+        ModelConfig(window=32, hidden_size=8),
+        TrainConfig(epochs=1, device="cpu", val_fraction=0.5),
+    )
+
+
+def test_rows_dropped_for_missing_values_are_named_as_the_reason_for_too_little_data() -> None:
+    """A column with a value in one row of 50 left 10 rows under nan_policy 'reject', and the error blamed gaps
+    ('no stretch of 32 rows without a gap longer than 900000 s'), a sampling interval learnt from the rows left."""
+    import numpy as np
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    s = make_series("a", 500, 3)
+    s.values[:, 2] = np.nan
+    s.values[::50, 2] = 1.0
+    model = ModelConfig(window=32, hidden_size=8)
+    with pytest.raises(DataError) as err:
+        train([s], ["x", "y", "z"], model, TrainConfig(epochs=1, device="cpu"))
+    assert str(err.value) == (
+        "not enough training data: engine.nan_policy = 'reject' dropped 490 of 500 rows for a missing value "
+        "(column 'z' misses 490), leaving the longest series 10 rows, fewer than one window (32 rows, "
+        "model.window); set engine.nan_policy = \"ffill\", or leave 'z' out with --features x,y"
+    )
+    s.values[:490, 2] = np.nan  # under ffill only the rows before the column's first value are dropped
+    s.values[490:, 2] = 2.0
+    with pytest.raises(DataError) as err:
+        train([s], ["x", "y", "z"], model, TrainConfig(epochs=1, device="cpu"), nan_policy="ffill")
+    assert str(err.value).startswith(
+        "not enough training data: engine.nan_policy = 'ffill' dropped 490 of 500"
+    )
+    assert str(err.value).endswith("(32 rows, model.window); leave 'z' out with --features x,y")
+    t = make_series("a", 40, 2)
+    t.timestamps[::2] = np.nan  # missing times, not values: no column to blame (it named one 'missing 0')
+    with pytest.raises(DataError) as err:
+        train([t], ["x", "y"], model, TrainConfig(epochs=1, device="cpu"))
+    assert str(err.value) == (
+        "not enough training data: engine.nan_policy = 'reject' dropped 20 of 40 rows for a missing value (their "
+        "times are missing), leaving the longest series 20 rows, fewer than one window (32 rows, model.window)"
+    )
+
+
+def test_no_rows_left_names_the_column_without_a_value() -> None:
+    """`--features a,c` with c empty in every row said only 'every row has a missing value', leaving the user to
+    find which column."""
+    import numpy as np
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    s = make_series("a", 100, 3)
+    s.values[:, 1] = np.nan
+    with pytest.raises(DataError) as err:
+        train([s], ["x", "c", "y"], ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu"))
+    assert str(err.value) == (
+        "no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
+        "engine.nan_policy = 'reject' drops it; column(s) 'c' have no value in any row: leave them out with "
+        "--features x,y"
+    )

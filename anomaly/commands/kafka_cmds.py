@@ -322,7 +322,7 @@ def produce_cmd(
     from anomaly.data import load_series
     from anomaly.kafka import KafkaError, clients
     from anomaly.kafka.codec import MessageFormat
-    from anomaly.kafka.produce import messages, produce
+    from anomaly.kafka.produce import message_count, messages, produce
 
     setup_logging(verbose)
     _quiet_kafka(verbose)
@@ -361,7 +361,7 @@ def produce_cmd(
         admin.close()
     fmt = MessageFormat(tuple(feats), k.key_field, k.time_field, k.values_field, k.readings_field)
     readings = sum(len(s) for s in series)
-    total = readings if block == 1 else sum(-(-len(s) // block) for s in series)
+    total = message_count(series, block)
     producer = clients.make_producer(k, linger_ms=20)
     try:
         with tqdm(total=total, unit="msg", desc=f"-> {topic}", disable=None) as bar:

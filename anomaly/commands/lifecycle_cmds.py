@@ -73,7 +73,7 @@ def export_cmd(model: str, fmt: str, out: str | None) -> None:
     from anomaly.bundle import load_bundle
     from anomaly.export import ONNX_TOLERANCE, export
 
-    if model.endswith(".onnx"):
+    if model.endswith(".onnx") and Path(model).exists():  # a missing file is "not found", as everywhere
         raise DataError(
             f"{model} is an ONNX export already; export from the bundle it came from (a .pt file)"
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
+import numpy as np
 
-from anomaly.atomic import atomic_path
+from anomaly.atomic import atomic_path, check_writable
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
@@ -20,9 +22,9 @@ from anomaly.commands.common import (
     time_column_option,
 )
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
-from anomaly.errors import DataError
+from anomaly.errors import DataError, OutputError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
-from anomaly.training import TrainResult, train
+from anomaly.training import TrainResult, pick_device, train
 
 
 @click.command("generate")
@@ -76,6 +78,8 @@ def generate_cmd(
 
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
     """Load, optionally trim and clean, train, save: shared by `train` and `demo`."""
+    check_output(out, paths)
+    pick_device(cfg.train.device)  # `--device cuda` without CUDA fails now, not after the files are read
     left_out: dict[str, str] = {}
     series, features = load_series(paths, cfg.data, left_out=left_out)
     click.echo(
@@ -117,9 +121,11 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             else ""
         )
         raise DataError(
-            f"not enough training data: the longest series has {longest} rows{piece}, fewer than one window "
+            f"not enough training data: the longest series has {plural(longest, 'row')}{piece}, fewer than one window "
             f"({cfg.model.window} rows, model.window)"
         )
+    # the engine refuses a reading stamped as its key's last one (duplicate_policy "drop"); training keeps it
+    repeated = sum(int((np.diff(s.timestamps) == 0).sum()) for s in series if len(s) > 1)
     result = train(
         series,
         features,
@@ -132,8 +138,31 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
         result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
+    if repeated and cfg.engine.duplicate_policy == "drop":
+        result.bundle.meta["training"]["repeated_timestamps"] = repeated
     save_bundle(result.bundle, out)
     return result
+
+
+def check_output(out: str, paths: list[str]) -> None:
+    """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
+    be lost) or that is one of the data files (the data would be replaced by the bundle)."""
+    if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
+        raise OutputError(
+            f"the model bundle {out} names a folder; give the bundle's file name, e.g. "
+            f"{os.path.join(out, 'model.pt')}",
+            path=out,
+        )
+    check_writable(out, "model bundle")
+    if not os.path.isfile(out):
+        return
+    for path in paths:
+        if os.path.isfile(path) and os.path.samefile(path, out):
+            raise OutputError(
+                f"the model bundle {out} is the data file {path}: training would replace the data with the "
+                "bundle; name another file with --out",
+                path=out,
+            )
 
 
 @click.command("train")
@@ -297,11 +326,19 @@ def print_training(result: TrainResult, out: str) -> None:
             f"at {plural(cut['cuts'], 'removed stretch', 'removed stretches')} (as at a gap), so no training "
             "window joins the readings on either side of one"
         )
-    idle = t.get("series_without_window", 0)
-    if idle:
-        names = ", ".join(map(repr, t["keys_without_window"])) + (
-            ", ..." if idle > len(t["keys_without_window"]) else ""
+    short = t.get("series_shorter_than_window", 0)
+    if short:  # not a matter of gaps: "readings far apart" would send the user after the wrong cause
+        click.echo(
+            f"warning: {short} of {t['series']} series have fewer readings than a window ({result.bundle.window})"
+            + (" once those with a missing value were dropped" if missing.get("rows_dropped") else "")
+            + f" and gave none to train on ({_names(t['keys_shorter_than_window'], short)}); in replay they have less "
+            "than a window of history too (cold scores, or none)",
+            err=True,
         )
+    idle = t.get("series_without_window", 0) - short
+    if idle:
+        shorts = set(t.get("keys_shorter_than_window", []))
+        names = _names([k for k in t["keys_without_window"] if k not in shorts], idle)
         click.echo(
             f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
             f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
@@ -309,12 +346,40 @@ def print_training(result: TrainResult, out: str) -> None:
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
         )
+    repeated = t.get("repeated_timestamps", 0)
+    if repeated:
+        click.echo(
+            f"warning: {plural(repeated, 'reading')} repeat their key's previous timestamp (files that overlap in "
+            "time, or a file given twice): training used them, but the engine refuses them live and in replay "
+            '(engine.duplicate_policy = "drop"), so the model learnt from readings it will never score; train on '
+            "files that do not overlap",
+            err=True,
+        )
     scored = result.bundle.targets
     context = context_features({"features": result.bundle.features, "targets": scored})
     if context:  # model.targets, or train.wander_screen, left some features unscored
         click.echo(f"scored features (targets): {', '.join(scored)}; context: {context}")
+    screen = t.get("config", {}).get("train", {}).get("wander_screen", 0.0)
+    wander = (
+        dict(zip(result.bundle.features, result.bundle.calibration.get("feature_wander", []), strict=False))
+        if screen > 0
+        else {}
+    )
+    if wander and scored and all(wander.get(f, 0.0) > screen for f in scored):  # the screen kept them all
+        click.echo(
+            f"note: train.wander_screen = {screen:g} screened nothing: every scored feature wanders over the "
+            f"training span ({', '.join(f'{f} {wander[f]:.2f}' for f in scored)}), so all stay scored: the "
+            "screen never removes every scored feature",
+            err=True,
+        )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
+
+
+def _names(keys: list[str], count: int) -> str:
+    """Up to five keys, quoted, and `...` when `count` says there are more."""
+    more = ["..."] if count > len(keys) else []
+    return ", ".join([*map(repr, keys), *more])
 
 
 @click.command("inspect")
@@ -335,15 +400,13 @@ def inspect_cmd(bundle: str, as_json: bool) -> None:
 
 def _onnx_metadata(path: str) -> dict[str, Any]:
     """The bundle metadata an ONNX export carries (`anomaly export --format onnx`), read as replay reads it."""
-    import dataclasses
-
     from anomaly.bundle import load_bundle
 
     b = load_bundle(path)
     return {
         **b.meta,
         "features": b.features,
-        "architecture": {k: v for k, v in sorted(dataclasses.asdict(b.arch).items()) if v is not None},
+        "architecture": dict(sorted(b.arch.to_json().items())),  # as a bundle's JSON has it: targets a list
         "calibration": b.calibration,
         "scaler": b.scaler.to_json(),
     }
@@ -416,7 +479,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "training",
-            f"{_num(t.get('epochs_run'))} epochs (best {_num(t.get('best_epoch'))}), best val loss "
+            f"{_num(t.get('epochs_run'))} epoch{'' if t.get('epochs_run') == 1 else 's'} (best "
+            f"{_num(t.get('best_epoch'))}), best val loss "
             f"{_num(t.get('best_val_loss'))}, {t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}",
         ),
         (

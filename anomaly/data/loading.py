@@ -250,6 +250,20 @@ def load_series(
                     "must offer the same features: pass --features naming the columns to use",
                     extra=extra,
                 )
+        if features is None:  # training: no model yet, so "the model needs" would not say who asks for them
+            lacking = [f for f in feats if f not in frame.columns]
+            if lacking and inferred:
+                raise SchemaError(
+                    f"{path} lacks numeric column(s) {', '.join(lacking)} that {paths[0]} has; the files must "
+                    "offer the same features: pass --features naming the columns to use",
+                    missing=lacking,
+                )
+            if lacking:
+                raise SchemaError(
+                    f"{path} has no column(s) {', '.join(lacking)}, which --features (data.features) names; its "
+                    f"columns are {', '.join(map(str, frame.columns))}",
+                    missing=lacking,
+                )
         part = frame_to_series(frame, feats, cfg, str(path), labels_file)
         for s in part:
             if not cfg.key_column:

@@ -312,6 +312,18 @@ def committed_partitions(
     """``topic:partition`` of each partition of ``inputs`` with an offset committed by ``kafka.group_id``
     (retriable errors retried for ``retry_s``)."""
     wanted = set(inputs)
+    return sorted(
+        f"{topic}:{partition}"
+        for topic, partition in committed_offsets(admin, cfg, retry_s)
+        if topic in wanted
+    )
+
+
+def committed_offsets(
+    admin: KafkaAdminClient, cfg: KafkaConfig, retry_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The offset ``kafka.group_id`` has committed on each partition, by ``(topic, partition)`` (partitions
+    without one left out; retriable errors retried for ``retry_s``, then KafkaError)."""
     deadline = time.monotonic() + retry_s
     while True:
         try:
@@ -323,11 +335,9 @@ def committed_partitions(
                 time.sleep(0.5)
                 continue
             raise _fail(f"committed offsets of group {cfg.group_id}", cfg, exc) from None
-    return sorted(
-        f"{tp.topic}:{tp.partition}"
-        for tp, om in offsets.items()
-        if tp.topic in wanted and om is not None and om.offset >= 0
-    )
+    return {
+        (tp.topic, tp.partition): om.offset for tp, om in offsets.items() if om is not None and om.offset >= 0
+    }
 
 
 def check_compacted(admin: KafkaAdminClient, cfg: KafkaConfig, topic: str) -> None:

@@ -44,6 +44,12 @@ DECODE_REASONS = (
 )
 
 
+# the most bytes one character of a key takes in an output: 4 in UTF-8 (the message key), 6 escaped in JSON
+# (a control character, \u0001, in an alert's ``id`` and ``key``); keys shorter than the limit over this are
+# not measured
+KEY_BYTES_PER_CHAR = 6
+
+
 class DecodeError(ValueError):
     """A message that cannot become an event. ``reason`` is one of :data:`DECODE_REASONS`; ``key`` is the
     entity key when the body's key had been read before the refusal (None: it could not be), so that the dead
@@ -228,13 +234,21 @@ class Decoder:
         return str(key)
 
     def _short(self, key: str) -> str:
-        """``key`` if it is at most ``max_key_bytes`` long in UTF-8, else DecodeError ``oversized``: the outputs
-        that carry it (an alert three times) would outgrow what the producer may send, and the record refused
-        there would stop the daemon at every restart."""
-        if len(key) * 4 > self.fmt.max_key_bytes and len(key.encode()) > self.fmt.max_key_bytes:
+        """``key`` if it is at most ``max_key_bytes`` long in UTF-8 and as a JSON string, else DecodeError
+        ``oversized``: the outputs that carry it (an alert three times: the message key, and ``id`` and ``key``
+        in its JSON, where a control character takes 6 bytes and a quote 2) would outgrow what the producer may
+        send, and the record refused there would stop the daemon at every restart."""
+        limit = self.fmt.max_key_bytes
+        if len(key) * KEY_BYTES_PER_CHAR <= limit:
+            return key
+        utf8 = len(key.encode())
+        if utf8 > limit:
+            raise DecodeError("oversized", f"key of {utf8} bytes > {limit} (kafka.max_request_bytes / 4)")
+        escaped = len(orjson.dumps(key)) - 2
+        if escaped > limit:
             raise DecodeError(
                 "oversized",
-                f"key of {len(key.encode())} bytes > {self.fmt.max_key_bytes} (kafka.max_request_bytes / 4)",
+                f"key of {utf8} bytes, {escaped} as a JSON string > {limit} (kafka.max_request_bytes / 4)",
             )
         return key
 
@@ -382,7 +396,7 @@ class Decoder:
         blocks: list[Any] = list(map(get, bodies, repeat(fmt.readings_field)))
         if set(map(type, keys)) != {str} or "" in keys or set(map(type, blocks)) != {list}:
             return None  # an empty key is refused record by record
-        if max(map(len, keys)) * 4 > fmt.max_key_bytes:
+        if max(map(len, keys)) * KEY_BYTES_PER_CHAR > fmt.max_key_bytes:
             return None  # so may be a long one
         counts = list(map(len, blocks))
         readings = list(chain.from_iterable(blocks))
@@ -441,7 +455,11 @@ class Decoder:
         n = len(bodies)
         get = dict.get
         keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
-        if set(map(type, keys)) != {str} or "" in keys or max(map(len, keys)) * 4 > fmt.max_key_bytes:
+        if (
+            set(map(type, keys)) != {str}
+            or "" in keys
+            or max(map(len, keys)) * KEY_BYTES_PER_CHAR > fmt.max_key_bytes
+        ):
             return None  # an empty or a long key is refused record by record
         return self._readings(records, keys, bodies, np.ones(n, np.int64))
 

@@ -18,10 +18,12 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
   if that takes longer than ``shutdown_timeout_s``; a second signal exits at once; a final checkpoint that
   cannot be completed (the broker does not answer) is an error (:class:`FinalCheckpointError`, status 3);
-* the input and changelog topics are those of start-up (their topic ids, :mod:`anomaly.kafka.identity`): one
-  gone or created again (a broker restarted without its data, a topic deleted) stops the daemon with one line
-  before it writes or commits anything more, and a restore refuses a checkpoint of an input topic created
-  again since it was written (its ``input_id``);
+* the input, changelog and output topics are those of start-up (their topic ids,
+  :mod:`anomaly.kafka.identity`): one gone or created again (a broker restarted without its data, a topic
+  deleted) stops the daemon with one line before it writes or commits anything more, and a restore refuses a
+  checkpoint of an input topic created again since it was written (its ``input_id``);
+* at a restore, the group's committed offset past a partition's checkpoint (offsets reset forward while the
+  daemon was stopped) is where it resumes, the keys keeping their state;
 * fenced (another member took the partitions while this process stalled): every partition's state dropped,
   a fresh transactional producer, the group left and rejoined, the new assignment restored as above;
 * SIGHUP or a new bundle file mtime: ``engine.reload(bundle)``, logged and counted; SIGUSR1: every thread's
@@ -74,7 +76,7 @@ from anomaly.kafka.changelog import (
     partition_id,
     source_topic,
 )
-from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker, TtlLagWarning
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 from anomaly.kafka.sinks import (
@@ -200,9 +202,13 @@ class Daemon:
         for name in dict.fromkeys(self.changelog_topics.values()):
             inputs = [topic for topic, changelog in self.changelog_topics.items() if changelog == name]
             clients.ensure_changelog(self.admin, k, name, inputs)
-        # the ids of the topics the state depends on: one gone or created again while this runs stops it
+        # the ids of the topics the state depends on, and of those the outputs go to: one gone or created again
+        # while this runs stops it (an output topic deleted was auto-created again by the producer, with the
+        # broker's defaults, or its writes were refused: alerts lost to its readers without a word)
         roles = {t: clients.INPUT for t in k.topics}
         roles.update({name: clients.CHANGELOG for name in self.changelog_topics.values()})
+        for topic, role in clients.daemon_topics(k).items():
+            roles.setdefault(topic, role)
         self.identity = TopicIdentity(roles, k.bootstrap_servers)
         try:
             self.identity.record(self.admin)
@@ -287,7 +293,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks += [dead, EvictionSink(self.tracker)]
+        self.sinks += [dead, EvictionSink(self.tracker), TtlLagWarning(self.engine)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
@@ -567,6 +573,8 @@ class Daemon:
             self._count_refusal("other_group")
         if transactional:
             self._fence({cp.txn for cp in checkpoints.values() if cp.txn}, fenced)
+        # read once every previous writer is fenced: no commit of theirs can land after it
+        committed = self._committed() if any(cp.offset is not None for cp in checkpoints.values()) else {}
         restored = 0
         for pid, tp in by_pid.items():
             self.tracker.owned.add(tp)
@@ -576,6 +584,7 @@ class Daemon:
             offset = cp.offset if cp is not None else None
             keys = self._restore_one(pid, cp) if offset is not None else None
             if cp is not None and offset is not None and keys is not None:
+                offset = self._resume_after(pid, offset, committed.get((tp.topic, tp.partition)))
                 self.tracker.adopt(tp, keys, offset)
                 if seek:
                     self.consumer.seek(tp, offset + 1)
@@ -592,6 +601,45 @@ class Daemon:
         self._rebalancing = False
         self._assigned_once = True
         self._refresh_ready()
+
+    def _committed(self) -> dict[tuple[str, int], int]:
+        """The group's committed offsets, read at a restore (KafkaError when the broker does not answer within
+        ``bootstrap_timeout_s``: one line, the restart restores again)."""
+        return clients.committed_offsets(self.admin, self.cfg.kafka, self.opts.bootstrap_timeout_s)
+
+    def _resume_after(self, pid: str, offset: int, committed: int | None) -> int:
+        """The last source offset a restored partition counts as done: its checkpoint's ``offset``, or, when the
+        group's committed offset is past ``offset + 1``, the offset before it. The daemon commits the offset
+        after its checkpoint's (in the checkpoint's transaction, or after the checkpoint is written), and every
+        earlier writer is fenced by now, so a committed offset further on was set from outside: offsets reset
+        forward while the daemon was stopped (``kafka-consumer-groups --reset-offsets --to-latest`` to skip a
+        backlog), followed as asked, the keys keeping their state. A committed offset behind the checkpoint is
+        a commit lost in a crash (or an aborted transaction's checkpoint that Tansu 0.6 shows), or a reset back,
+        which cannot be told apart and cannot be followed (the state holds those readings already): the restore
+        resumes past the checkpoint, as always."""
+        if committed is None or committed == offset + 1:
+            return offset
+        if committed > offset + 1:
+            log.warning(
+                "%s: the group's committed offset %d is past its checkpoint (offset %d): offsets reset forward "
+                "while the daemon was stopped; skipping the %d message(s) in between as asked, the keys keep "
+                "their state",
+                pid,
+                committed,
+                offset,
+                committed - offset - 1,
+            )
+            return committed - 1
+        log.info(
+            "%s: the group's committed offset %d is behind its checkpoint (offset %d): resuming at %d, the restored "
+            "state holds the messages in between (a commit lost in a crash, or offsets reset back by hand, which "
+            "a restore does not follow)",
+            pid,
+            committed,
+            offset,
+            offset + 1,
+        )
+        return offset
 
     def _check_topics_before_restore(self) -> None:
         """The topics checked before a restore reads or claims anything; a broker that does not answer is asked
@@ -681,7 +729,9 @@ class Daemon:
         try:
             self.identity.check(self.admin)
         except (kerr.KafkaError, OSError) as exc:
-            raise KafkaError(f"cannot check the input and changelog topics ({type(exc).__name__})") from None
+            raise KafkaError(
+                f"cannot check the input, changelog and output topics ({type(exc).__name__})"
+            ) from None
 
     # --- health ----------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The identity of the topics the daemon's state depends on, checked while it runs.
+"""The identity of the topics the daemon's state depends on and writes to, checked while it runs.
 
 The state checkpointed in a changelog topic is only right together with the input partitions' offsets it
 names and the group's committed offsets. Each of these lives on the broker, and each can vanish under a running
@@ -12,6 +12,13 @@ the daemon with one line (:class:`TopicChangedError`) before it writes anything 
 nothing, score the new topic's messages against state of the old one (or skip them as covered by a checkpoint
 of the old one), and commit offsets and checkpoints that describe neither.
 
+The output topics (alerts, scores, dead letters) are checked the same way. One deleted under a running daemon
+took what its readers had not read yet with it, and the daemon's next writes either created it again with the
+broker's defaults (``auto.create.topics.enable``: a compacted or long-retention alerts topic became a default
+one, its readers' offsets pointing past its end) or waited ``max_block_ms`` for it and were refused. Stopping
+before the next commit leaves the outputs since the last committed checkpoint to the restart, which writes them
+again into the topic that exists then.
+
 A broker that reports no topic ids (before Kafka 2.8) is not checked (logged once at start-up).
 """
 
@@ -21,11 +28,23 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from anomaly.kafka import KafkaError
+from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.clients import TopicRole
 
 log = logging.getLogger(__name__)
 NO_ID = ("", "00000000-0000-0000-0000-000000000000", "AAAAAAAAAAAAAAAAAAAAAA")
+
+
+OUTPUTS = (clients.ALERTS, clients.SCORES, clients.DEAD_LETTERS)
+STATE_CHANGED = (
+    "The state checkpointed in the changelog, the input offsets it covers and the group's committed offsets no "
+    "longer belong together, so the daemon stopped before writing or committing anything more"
+)
+OUTPUT_CHANGED = (
+    "Its readers lost what it held, and outputs written now would go to a topic auto-created with the "
+    "broker's defaults or be refused, so the daemon stopped before committing anything more: the restart "
+    "(once the topic exists again) writes every output since the last committed checkpoint again"
+)
 
 
 class TopicChangedError(KafkaError):
@@ -78,9 +97,8 @@ class TopicIdentity:
                 change = f"is gone from {self.where}"
             else:
                 change = f"on {self.where} was created again (topic id {was} at start-up, now {is_now})"
+            why = OUTPUT_CHANGED if self.roles[topic] in OUTPUTS else STATE_CHANGED
             raise TopicChangedError(
                 f"{what} {change} while the daemon ran: deleted by hand, or the broker restarted without its "
-                "data. The state checkpointed in the changelog, the input offsets it covers and the group's "
-                "committed offsets no longer belong together, so the daemon stopped before writing or committing "
-                "anything more (see README 'Running the daemon' for how to go on)"
+                f"data. {why} (see README 'Running the daemon' for how to go on)"
             )

@@ -6,7 +6,9 @@ round-trip text, so the daemon scores bit-identical inputs to what `anomaly repl
 or infinite value goes as ``null`` (JSON has no NaN or Infinity, and the daemon refuses a message holding
 Python's ``NaN`` text as invalid JSON): the engine treats a ``null`` value as replay treats that cell
 (``nan_policy``). A time that is missing or infinite goes as ``null`` too, which the daemon refuses
-(``missing_field``; a block whole) as replay refuses that reading (``non_finite``).
+(``missing_field``) as replay refuses that reading (``non_finite``). Such a reading always goes in a message of
+its own, also under ``block`` > 1: the daemon refuses a block holding one whole, which lost the block's other
+readings that replay scores.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def messages(
     series: Sequence[Series], fmt: MessageFormat, block: int = 1
 ) -> Iterator[tuple[bytes, bytes, float]]:
     """(key, value, last timestamp) per message in timestamp order; a block message is emitted when a key has
-    collected ``block`` readings, and partial blocks at the end."""
+    collected ``block`` readings, and partial blocks at the end. A reading without a finite time goes as a
+    single-reading message, never in a block (the daemon refuses it alone, as replay does)."""
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     which, rows = merged_order(series)
@@ -54,9 +57,9 @@ def messages(
         t = float(series[i].timestamps[r])
         return t if math.isfinite(t) else None
 
-    def encode(i: int, idx: list[int]) -> tuple[bytes, bytes, float]:
+    def encode(i: int, idx: list[int], single: bool) -> tuple[bytes, bytes, float]:
         s = series[i]
-        if block == 1:
+        if single:
             r = idx[0]
             body: dict[str, Any] = {
                 fmt.key_field: s.key,
@@ -74,16 +77,25 @@ def messages(
         return s.key.encode(), text.encode(), float(s.timestamps[idx[-1]])
 
     for i, r in zip(which.tolist(), rows.tolist(), strict=True):
-        if block == 1:
-            yield encode(i, [r])
+        if block == 1 or stamp(i, r) is None:
+            yield encode(i, [r], True)
             continue
         buf = pending.setdefault(i, [])
         buf.append(r)
         if len(buf) == block:
-            yield encode(i, buf)
+            yield encode(i, buf, False)
             del pending[i]
     for i, buf in pending.items():
-        yield encode(i, buf)
+        yield encode(i, buf, False)
+
+
+def message_count(series: Sequence[Series], block: int = 1) -> int:
+    """How many messages :func:`messages` makes of these series (a reading without a finite time is one)."""
+    n = 0
+    for s in series:
+        timed = int(np.isfinite(s.timestamps).sum())
+        n += len(s) - timed + (timed if block == 1 else -(-timed // block))
+    return n
 
 
 def produce(

@@ -133,15 +133,19 @@ class Delivery:
         self.in_transaction = False
         self.failures = 0
         self.last_error: str = ""
+        self.last_topic: str = (
+            ""  # of the last record refused: named in the error (alerts, scores, changelog)
+        )
         self.transactions = 0
         self.group_found = False  # this producer knows the group coordinator (has sent offsets once)
         self.held: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
         self.waited_s = 0.0  # loop thread's time blocked waiting for commits in flight (settle with wait)
         self._ending: _Ending | None = None
 
-    def _on_error(self, exc: BaseException) -> None:
+    def _on_error(self, exc: BaseException, topic: str = "") -> None:
         self.failures += 1
         self.last_error = type(exc).__name__
+        self.last_topic = topic
 
     @property
     def committing(self) -> bool:
@@ -211,7 +215,7 @@ class Delivery:
             ):
                 raise FencedError(FENCED) from None
             raise
-        future.add_errback(self._on_error)
+        future.add_errback(lambda exc: self._on_error(exc, topic))
         return future
 
     def flush(self) -> None:
@@ -231,7 +235,9 @@ class Delivery:
             n, self.failures = self.failures, 0
             if self.last_error == "ProducerFencedError":
                 raise FencedError(FENCED)
-            raise DeliveryError(f"{n} record(s) were not delivered ({self.last_error})")
+            raise DeliveryError(
+                f"{n} record(s) were not delivered ({self.last_error}, the last one to topic '{self.last_topic}')"
+            )
 
     def commit(
         self,

@@ -274,7 +274,16 @@ class KafkaEnv:
         return out
 
     def alert_ids(self, topic: str) -> set[tuple[str, str]]:
-        return {(a["id"], a["status"]) for a in (json.loads(r.value) for r in self.read(topic))}
+        """(id, status) of every alert event; a re-sent event (after a crash or a fence) must be byte-identical
+        to the first, key included (README Delivery guarantees)."""
+        seen: dict[tuple[str, str], tuple[bytes | None, bytes]] = {}
+        for rec in self.read(topic):
+            a = json.loads(rec.value)
+            k = (a["id"], a["status"])
+            assert seen.setdefault(k, (rec.key, rec.value)) == (rec.key, rec.value), (
+                f"alert {k} was produced twice with different bytes"
+            )
+        return set(seen)
 
     def changelog_state(self, topic: str, bundle: Bundle, group: str | None = None) -> Engine:
         """A fresh engine restored from the latest checkpoint of every source partition, chosen as the daemon
