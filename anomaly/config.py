@@ -515,6 +515,8 @@ class ReplayConfig:
     predict: Literal["alert", "point"] = "alert"
     batch_readings: int = 4096  # readings per engine call (results do not depend on it)
     plots: bool = True
+    # at most this many PNG reports (one a second or so, ~100 KB each): the keys with the most alerts first
+    max_reports: int = 100
     parquet: bool = True
     # leave the first N readings of each series out of the evaluation (the part trained on with train_rows N);
     # they are replayed all the same, so the model is warm when the evaluated part begins
@@ -523,6 +525,7 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         _check_choices(self, "replay")
         _need(self.batch_readings >= 1, "replay.batch_readings", "must be positive")
+        _need(self.max_reports >= 0, "replay.max_reports", f"must be >= 0, got {self.max_reports!r}")
         _need(self.evaluate_after >= 0, "replay.evaluate_after", f"must be >= 0, got {self.evaluate_after!r}")
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from anomaly.config import DataConfig
 from anomaly.data.columns import label_values
 from anomaly.data.loading import key_columns
-from anomaly.data.reading import file_line, first_line, is_number, quoted, read_frame
+from anomaly.data.reading import file_line, first_line, is_number, plain_name, quoted, read_frame
 from anomaly.data.times import to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
@@ -149,7 +149,7 @@ def _window_labels(path: Path, timestamps: np.ndarray, cfg: DataConfig, source: 
         raise SchemaError(
             f'{path}: a JSON label file maps file names to [start, end] windows ({{"a.csv": [...]}})'
         )
-    name = Path(source).name
+    name = plain_name(source)  # nyc_taxi.csv.gz is labelled by nyc_taxi.csv's windows
     matches = [k for k in windows if k == name or k.replace("\\", "/").endswith("/" + name)]
     if len(matches) > 1:
         raise SchemaError(f"{path} has several entries for {name} ({', '.join(matches)}); keep one")

@@ -216,20 +216,32 @@ def scorer_bundles(bundle: Bundle) -> dict[str, Bundle]:
     return out
 
 
-def score_series(bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig) -> dict[str, pd.DataFrame]:
-    """Per-point frames of `series` scored by `bundle` through the replay loop, without writing files."""
+def score_series(
+    bundle: Bundle, series: Sequence[Series], cfg: PipelineConfig, progress: str | None = None
+) -> dict[str, pd.DataFrame]:
+    """Per-point frames of `series` scored by `bundle` through the replay loop, without writing files.
+    `progress`: the name of a progress bar to draw (on a terminal), as long as replay's own: a baseline runs
+    the engine over every reading again."""
     from anomaly.engine import Engine
     from anomaly.replay import merged_batches, point_frame
     from anomaly.runner import run
     from anomaly.sinks.files import WindowCollector
 
     collector = WindowCollector()
+    bar = None
+    if progress is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(s) for s in series), desc=progress, unit="reading", disable=None)
     run(
         Engine(bundle, cfg.engine),
         merged_batches(series, cfg.replay.batch_readings),
         [collector],
+        on_batch=(lambda b, o: bar.update(b.messages)) if bar is not None else None,
         finish=True,
     )
+    if bar is not None:
+        bar.close()
     return {
         s.key: point_frame(s, bundle.features, collector.arrays(s.key), cfg.replay.predict) for s in series
     }

@@ -371,13 +371,31 @@ def _replay(
         }
         labelled = [s for s in series if s.key in per_series]
         for name, scorer in quality.scorer_bundles(bundle).items():
-            got = frames if name == "model" else quality.score_series(scorer, labelled, cfg)
+            got = (
+                frames
+                if name == "model"
+                else quality.score_series(
+                    scorer, labelled, cfg, progress=f"baseline {name}" if progress else None
+                )
+            )
             got = evaluated_part(got, cfg.replay.evaluate_after)
             compared[name] = quality.assess(name, [quality.ScorerPoints.of(got[s.key]) for s in labelled])
         summary["quality"] = quality.compare(compared)
+    plotting = cfg.replay.plots if write_plots is None else write_plots
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for a in alerts.alerts:  # each plot is handed its key's alerts, not every alert of the run
+        by_key.setdefault(str(a.get("key")), []).append(a)
+    # no reading of a key without a finite time has a place to be plotted at
+    plotted = [k for k, f in frames.items() if np.isfinite(f["timestamp"].to_numpy(np.float64)).any()]
+    chosen = reported_keys(plotted, by_key, cfg.replay.max_reports) if plotting else []
+    if plotting and len(chosen) < len(plotted):
+        summary["warnings"].append(
+            f"reports drawn for {len(chosen):,} of {len(plotted):,} series (replay.max_reports = "
+            f"{cfg.replay.max_reports}), those with the most alerts first; every series is in scores.csv"
+        )
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2, default=float), "summary")
     reports: list[Path] = []
-    if cfg.replay.plots if write_plots is None else write_plots:
+    if chosen:
         from anomaly.report import plot_series
 
         keep = [
@@ -393,13 +411,22 @@ def _replay(
             "rejected",
         ]
         names = report_names(list(frames))
-        for key, f in frames.items():
-            if not np.isfinite(f["timestamp"].to_numpy(np.float64)).any():
-                continue  # no reading of this key has a time to plot it at
+        for key in chosen:
+            f = frames[key]
             path = out / names[key]
-            plot_series(f[[c for c in keep if c in f.columns]], alerts.alerts, path, title=f"{key}")
+            plot_series(f[[c for c in keep if c in f.columns]], by_key.get(key, []), path, title=f"{key}")
             reports.append(path)
     return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
+
+
+def reported_keys(keys: Sequence[str], alerts: dict[str, list[dict[str, Any]]], limit: int) -> list[str]:
+    """The keys that get a PNG report, at most `limit` of them: all when they fit; else those with the most
+    alert records first (ties in `keys`' order), kept in `keys`' order. A file of 5,000 devices drew 5,000
+    plots, about a second each, for over an hour."""
+    if len(keys) <= limit:
+        return list(keys)
+    rank = sorted(range(len(keys)), key=lambda i: (-len(alerts.get(keys[i], [])), i))
+    return [keys[i] for i in sorted(rank[:limit])]
 
 
 def _run(

@@ -95,11 +95,13 @@ def safe_name(key: str) -> str:
 
 
 def _times(values: Any) -> pd.DatetimeIndex:
-    """Epoch seconds (or anything pandas parses) as UTC date-times for the x axis."""
+    """Epoch seconds (or anything pandas parses) as UTC date-times for the x axis, without a time zone:
+    matplotlib converts zone-aware times one by one at every line drawn (2M readings took minutes to plot),
+    naive ones as one array; the axis shows UTC either way."""
     series = pd.Series(values)
     if pd.api.types.is_numeric_dtype(series):
-        return pd.DatetimeIndex(pd.to_datetime(series.to_numpy(np.float64), unit="s", utc=True))
-    return pd.DatetimeIndex(pd.to_datetime(series, utc=True))
+        return pd.DatetimeIndex(pd.to_datetime(series.to_numpy(np.float64), unit="s"))
+    return pd.DatetimeIndex(pd.to_datetime(series, utc=True)).tz_localize(None)
 
 
 def _shade(ax: Any, times: pd.DatetimeIndex, mask: np.ndarray, **style: Any) -> None:

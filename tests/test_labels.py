@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def test_nab_windows_label_the_readings_inside_them(tmp_path) -> None:
     }
     labels = write(tmp_path, "combined_windows.json", json.dumps(windows, indent=4))
     assert labels_of(data, labels) == [0, 1, 1, 0, 0, 1]
+    packed = tmp_path / "gz" / "nyc_taxi.csv.gz"  # a compressed copy is read like the plain file, windows too
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    assert labels_of(packed, labels) == [0, 1, 1, 0, 0, 1]
     other = write(tmp_path, "art_flatline.csv", "timestamp,value\n2014-11-01 00:00:00,1\n")
     with pytest.raises(SchemaError, match="has no entry for art_flatline.csv .*realKnownCause/other.csv"):
         labels_of(other, labels)

@@ -561,8 +561,8 @@ def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path
     assert csv.read_bytes() == before and r.stdout == ""
     r = run("train", csv, "-o", f"{tmp_path}/models/", "-p", tiny_pipeline(tmp_path))  # wrote a file 'models'
     assert r.exit_code == 2 and lines(r.stderr) == [
-        f"error: the model bundle {tmp_path}/models/ names a folder; give the bundle's file name, e.g. "
-        f"{tmp_path}/models/model.pt"
+        f"error: cannot write the model bundle {tmp_path}/models/: a name ending in / is a folder, not a file; "
+        f"give the bundle's file name, e.g. {tmp_path}/models/model.pt"
     ]
     assert not (tmp_path / "models").exists()
 

@@ -401,3 +401,66 @@ def test_local_times_across_the_autumn_clock_change_are_named_not_only_counted(
         main, ["replay", str(path), "-m", str(bundle_path), "-o", str(out), "--no-plots"]
     )
     assert got.stdout.splitlines()[0].endswith(" 0 readings rejected") and "warning:" not in got.stderr
+
+
+def test_reports_are_drawn_for_at_most_max_reports_keys_those_with_alerts_first(
+    bundle_path, tmp_path
+) -> None:
+    """A file of 5,000 devices drew 5,000 PNG reports, about a second each: over an hour after the scores were
+    written, with no word. Now at most `replay.max_reports`, the keys with the most alerts first, and a warning
+    says how many were drawn."""
+    frame = generate_keys(SyntheticSpec(n_sensors=4, n_points=300, seed=4), 4)
+    loud = frame["sensor_id"] == "unit-002"
+    sensors = [c for c in frame.columns if c.startswith("sensor_") and c != "sensor_id"]
+    frame.loc[loud & (frame["timestamp"] >= frame["timestamp"].iloc[600]), sensors] *= 3.0  # its alerts
+    path = tmp_path / "keys.csv"
+    frame.to_csv(path, index=False)
+    cfg = build_config({"data": {"key_column": "sensor_id"}, "replay": {"max_reports": 1}})
+    result = run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), cfg, progress=False)
+    raised = {k: sum(a["key"] == k for a in result.alerts) for k in result.frames}
+    assert max(raised, key=raised.get) == "unit-002"
+    assert [p.name for p in result.reports] == ["report-unit-002.png"]
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == ["report-unit-002.png"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["warnings"][-1] == (
+        "reports drawn for 1 of 4 series (replay.max_reports = 1), those with the most alerts first; every "
+        "series is in scores.csv"
+    )
+    every = run_replay(
+        [str(path)],
+        str(bundle_path),
+        str(tmp_path / "all"),
+        build_config({"data": {"key_column": "sensor_id"}}),
+        progress=False,
+    )
+    assert len(every.reports) == 4  # the default (100) draws them all
+
+
+def test_the_baselines_of_a_labelled_replay_draw_a_progress_bar_too(
+    bundle_path, test_csv, tmp_path, monkeypatch
+) -> None:
+    """With labels, replay runs the engine twice more, for the z-score and PCA baselines: on a 100k-reading
+    file the bar reached 100 % and the command then sat for as long again without a word."""
+    import tqdm
+
+    bars: list[dict] = []
+
+    class Recorder:
+        def __init__(self, total, desc, **kwargs) -> None:
+            self.seen = {"desc": desc, "total": total, "done": 0}
+            bars.append(self.seen)
+
+        def update(self, n) -> None:
+            self.seen["done"] += n
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorder)
+    run_replay([str(test_csv)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=True)
+    n = len(pd.read_csv(test_csv))
+    assert bars == [
+        {"desc": "replay", "total": n, "done": n},
+        {"desc": "baseline zscore", "total": n, "done": n},
+        {"desc": "baseline pca", "total": n, "done": n},
+    ]

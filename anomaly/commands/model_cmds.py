@@ -145,8 +145,8 @@ def check_output(out: str, paths: list[str]) -> None:
     be lost) or that is one of the data files (the data would be replaced by the bundle)."""
     if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
         raise OutputError(
-            f"the model bundle {out} names a folder; give the bundle's file name, e.g. "
-            f"{os.path.join(out, 'model.pt')}",
+            f"cannot write the model bundle {out}: a name ending in / is a folder, not a file; give the "
+            f"bundle's file name, e.g. {os.path.join(out, 'model.pt')}",
             path=out,
         )
     check_writable(out, "model bundle")

@@ -19,6 +19,7 @@ from anomaly.data.reading import (
     is_number,
     line_numbers,
     no_header_note,
+    plain_name,
     quoted,
     read_frame,
     separator_note,
@@ -162,11 +163,14 @@ def frame_to_series(
                 f"{source}: key column {cfg.key_column!r} is empty on line {file_line(frame, int(np.argmax(empty)))} "
                 f"({int(empty.sum())} such row(s)); every row needs a key"
             )
-        keys = frame[cfg.key_column].astype(str).to_numpy()
-        groups = pd.unique(keys)
+        codes, groups = pd.factorize(frame[cfg.key_column].astype(str).to_numpy())  # first-seen order
+        # each key's rows in file order, in one sort: a scan of every row per key took 4 minutes to cut a
+        # 1M-row file into 5,000 keys
+        by_key = np.argsort(codes, kind="stable")
+        rows_of = np.split(by_key, np.flatnonzero(np.diff(codes[by_key])) + 1) if len(by_key) else []
     else:
-        keys = None
-        groups = [Path(source).stem if source else "series"]
+        groups = [Path(plain_name(source)).stem if source else "series"]
+        rows_of = [np.arange(len(frame))]
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
         if repeated > 0.1 * len(timed):
@@ -190,8 +194,7 @@ def frame_to_series(
             )
     lines_all = line_numbers(frame)
     out = []
-    for key in groups:
-        idx = np.flatnonzero(keys == key) if keys is not None else np.arange(len(frame))
+    for key, idx in zip(groups, rows_of, strict=True):
         order = idx[np.argsort(ts_all[idx], kind="stable")]
         out.append(
             Series(
@@ -272,9 +275,9 @@ def load_series(
 
 
 def _unique_key(path: Path, seen: set[str]) -> str:
-    key = path.stem
+    key = Path(plain_name(path)).stem  # pump.csv.gz is `pump`, as pump.csv is
     if key in seen:
-        key = f"{path.parent.name}/{path.stem}"
+        key = f"{path.parent.name}/{key}"
     n = 2
     base = key
     while key in seen:

@@ -35,6 +35,19 @@ def first_line(path: Path, skip: int = 0) -> str:
         raise DataError(f"cannot read {path}: {reason}") from None
 
 
+def plain_name(path: str | Path) -> str:
+    """The file name without the compression suffix pandas reads through (`pump.csv.gz` -> `pump.csv`): a
+    compressed file names its series (and its entry in a labels file) as the plain file does."""
+    name = Path(path).name
+    for suffix in sorted(COMPRESSIONS, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+COMPRESSIONS = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".gz", ".bz2", ".zip", ".xz", ".zst")
+
+
 def detect_separator(header: str) -> str:
     """The separator of a header line: the candidate it holds most often (',' when it holds none)."""
     counts = {sep: header.count(sep) for sep in SEPARATORS}

@@ -3,9 +3,10 @@
 Both run the configuration shipped in ``deploy/`` with the smallest set of documented, test-only rewrites:
 
 * **Rules**: ``deploy/prometheus/rules/*.yml`` are copied with every ``for:`` field replaced by a short
-  duration (:func:`rewrite_for`; default ``1s``; ModelDrift keeps its own). Expressions, labels and annotations are unchanged. This is
-  the only way the tests shorten alert durations; the real durations are covered by the promtool unit tests in
-  ``deploy/prometheus/tests``.
+  duration (:func:`rewrite_for`; default ``1s``; ModelDrift keeps its own) and every ``keep_firing_for:`` by
+  :data:`KEEP_FIRING_FOR` (10 s: longer than a restart the tests play, short enough for them to see a
+  resolve). Expressions, labels and annotations are unchanged. This is the only way the tests shorten alert
+  durations; the real durations are covered by the promtool unit tests in ``deploy/prometheus/tests``.
 * **Prometheus config**: generated (:func:`prometheus_config`): 1 s scrape and evaluation intervals, one
   ``job="anomaly"`` scrape job (the job name the rules select) and the test's Alertmanager.
 * **Alertmanager**: ``deploy/alertmanager/alertmanager.yml`` with every webhook URL pointed at the test's
@@ -81,16 +82,19 @@ def http_json(url: str, data: bytes | None = None, timeout: float = 5.0) -> Any:
 # Alerts that judge a long stretch of data keep their production ``for:``: ModelDrift's PSI is a property of
 # 30 minutes of scores, and the tests' streams of a few hundred points (with an injected anomaly) would trip it.
 KEEP_FOR = ("ModelDrift",)
+KEEP_FIRING_FOR = "10s"
 
 
 def rewrite_for(src: Path, dst: Path, duration: str = "1s") -> Path:
     """Copy a rules file, replacing every rule's ``for:`` (when present) by ``duration``, except the alerts of
-    :data:`KEEP_FOR`; nothing else changes."""
+    :data:`KEEP_FOR`, and every ``keep_firing_for:`` by :data:`KEEP_FIRING_FOR`; nothing else changes."""
     doc = yaml.safe_load(src.read_text())
     for group in doc["groups"]:
         for rule in group["rules"]:
             if "for" in rule and rule.get("alert") not in KEEP_FOR:
                 rule["for"] = duration
+            if "keep_firing_for" in rule:
+                rule["keep_firing_for"] = KEEP_FIRING_FOR
     dst.write_text(yaml.safe_dump(doc, sort_keys=False))
     return dst
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from conftest import assert_matches_replay, http_status, segments, terminate, wait_for
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-from test_kafka_topics_replaced import _either, _error_lines, _ids
+from test_kafka_topics_replaced import _either, _error_lines, delete_under_running_daemon
 
 from anomaly.data import Series
 
@@ -20,27 +18,8 @@ def test_an_alerts_topic_deleted_under_a_running_daemon_stops_it_with_one_line(k
     """Before, it went on: its producer created the topic again (Tansu, or Kafka with auto.create.topics.enable:
     the broker's defaults, not the topic's retention or compaction) and wrote on, its readers' offsets now past
     the new topic's end; on a broker without auto-creation every alert send waited max_block_ms and failed."""
-    _, series = stream
-    _, bundle = tiny_model
     names = kafka_env.names(partitions=1)
-    first, second = segments(series[:2], 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.2")
-    wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready")
-    kafka_env.wait_committed(names.group, names.input, ends)
-    old = _ids(kafka_env.broker.bootstrap, names.alerts)[names.alerts]
-    admin = KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap)
-    admin.delete_topics([names.alerts])
-    admin.close()
-    sender = threading.Thread(
-        target=kafka_env.produce, args=(names.input, second, bundle.features), kwargs={"rate": 200}
-    )
-    sender.start()
-    try:
-        assert proc.wait(30) == 2
-    finally:
-        sender.join()
-    new = _ids(kafka_env.broker.bootstrap, names.alerts)[names.alerts]
+    ends, old, new = delete_under_running_daemon(kafka_env, stream, tiny_model, names, "alerts")
     role = f"alerts topic '{names.alerts}' (kafka.alerts_topic, --alerts-topic)"
     lines = _error_lines(kafka_env.logs[-1])
     assert len(lines) == 1 and lines[0].split(" (see README")[0] in {

@@ -25,6 +25,33 @@ HOW = (
 )
 
 
+def delete_under_running_daemon(kafka_env, stream, tiny_model, names, topic: str):
+    """Start a daemon on the first half of two keys' readings, delete its `topic` topic (an attribute of `names`)
+    once those are committed, and stream the second half on: the daemon must stop with status 2. Returns the
+    committed ends before the deletion and the topic's id before and after (None: not created again)."""
+    _, series = stream
+    _, bundle = tiny_model
+    name = getattr(names, topic)
+    first, second = segments(series[:2], 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.2")
+    wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    old = _ids(kafka_env.broker.bootstrap, name)[name]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap)
+    admin.delete_topics([name])
+    admin.close()
+    sender = threading.Thread(
+        target=kafka_env.produce, args=(names.input, second, bundle.features), kwargs={"rate": 200}
+    )
+    sender.start()  # the stream goes on: checkpoints are due
+    try:
+        assert proc.wait(30) == 2
+    finally:
+        sender.join()
+    return ends, old, _ids(kafka_env.broker.bootstrap, name)[name]
+
+
 def _ids(bootstrap: str, *topics: str) -> dict[str, str | None]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -101,27 +128,8 @@ def test_a_broker_restarted_without_its_data_stops_the_daemon_with_one_line(tmp_
 
 def test_a_changelog_deleted_under_a_running_daemon_stops_it_with_one_line(kafka_env, stream, tiny_model):
     """Before, it went on and its next checkpoint created the topic again (auto-created, not compacted)."""
-    _, series = stream
-    _, bundle = tiny_model
     names = kafka_env.names(partitions=2)
-    first, second = segments(series[:2], 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.2")
-    wait_for(lambda: http_status(port, "/readyz") == 200, 30, "daemon ready")
-    kafka_env.wait_committed(names.group, names.input, ends)
-    old = _ids(kafka_env.broker.bootstrap, names.changelog)[names.changelog]
-    admin = KafkaAdminClient(bootstrap_servers=kafka_env.broker.bootstrap)
-    admin.delete_topics([names.changelog])
-    admin.close()
-    sender = threading.Thread(
-        target=kafka_env.produce, args=(names.input, second, bundle.features), kwargs={"rate": 200}
-    )
-    sender.start()  # the stream goes on: checkpoints are due
-    try:
-        assert proc.wait(30) == 2
-    finally:
-        sender.join()
-    new = _ids(kafka_env.broker.bootstrap, names.changelog)[names.changelog]
+    ends, old, new = delete_under_running_daemon(kafka_env, stream, tiny_model, names, "changelog")
     role = f"changelog topic '{names.changelog}' (kafka.changelog_topic, --changelog-topic)"
     lines = _error_lines(kafka_env.logs[-1])
     assert len(lines) == 1 and lines[0] in _either(role, kafka_env.broker.bootstrap, old, new)

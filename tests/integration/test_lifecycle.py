@@ -248,4 +248,5 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     }
     assert new_alerts <= got
     assert got == {(a.id, a.status, a.model_version) for o in outs + after for a in o.alerts}
+    assert {i for i, _ in kafka_env.alert_ids(names.alerts)} == {a.id for o in outs + after for a in o.alerts}
     assert terminate(proc) == 0

@@ -295,6 +295,67 @@ def test_alerts_and_dashboard_from_served_metrics(
         stack.prometheus.stop()
 
 
+class RestoredEngine:
+    """An engine whose open alerts came back from the changelog: no close or open event, only the list."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.counters: dict[str, int] = {}
+
+    @property
+    def active_alerts(self) -> int:
+        return len(self.keys)
+
+    def alerting_keys(self) -> list[str]:
+        return list(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def serve_restored(port: int, key: str) -> MetricsServer:
+    """A daemon (re)started with ``key``'s alert restored: its first batch gives the key its series."""
+    metrics = PipelineMetrics()
+    metrics.observe(EngineOutput(), Batch(events=[]), RestoredEngine([key]), time.time())
+    server = MetricsServer(metrics, port=port)
+    server.start()
+    server.set_ready(True)
+    return server
+
+
+def test_a_daemon_restart_does_not_page_an_open_alert_again(
+    tmp_path: Path, alertmanager: promstack.Alertmanager, webhook: promstack.WebhookReceiver
+) -> None:
+    """The daemon restarts while a key's alert is open: no scrape for a few seconds, then the alert restored. The
+    operator got one page and gets no resolved notification and no second page (before keep_firing_for, the
+    missing series resolved AnomalyDetected and the restored one fired it again: every open alert paged twice
+    on each restart or rebalance)."""
+    port = promstack.free_port()
+    server = serve_restored(port, ANOMALOUS)
+    stack = start_stack(tmp_path, f"127.0.0.1:{port}", alertmanager, webhook)
+    try:
+        assert_anomaly_detected(stack, ANOMALOUS, timeout=30)
+        first = {a["startsAt"] for _, a in webhook.alerts("AnomalyDetected", "firing")}
+        server.stop()
+        promstack.wait_until(
+            lambda: stack.prometheus.query('up{job="anomaly"} == 0'), 30, what="a failed scrape"
+        )
+        time.sleep(2)
+        server = serve_restored(port, ANOMALOUS)
+        promstack.wait_until(
+            lambda: stack.prometheus.query(f'anomaly_alert_active{{key="{ANOMALOUS}"}} == 1'),
+            30,
+            what="the restored alert's series to be scraped",
+        )
+        time.sleep(5)  # Alertmanager's waits are 1 s: a resolve or a new page would have arrived by now
+        assert webhook.alerts("AnomalyDetected", "resolved") == []
+        assert {a["startsAt"] for _, a in webhook.alerts("AnomalyDetected", "firing")} == first
+        assert len(first) == 1
+    finally:
+        server.stop()
+        stack.prometheus.stop()
+
+
 # -- the real daemon: `anomaly consume` on a Tansu broker --------------------------------------------------------
 
 
