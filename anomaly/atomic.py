@@ -2,7 +2,8 @@
 
 The data goes to a temporary file in the target's folder (so the rename cannot cross file systems), which then
 replaces the target in one ``os.replace``. A failure or an interrupt (Ctrl-C) removes the temporary file and
-leaves the target as it was; only a hard kill (SIGKILL, power loss) can leave a temporary file, named
+leaves the target as it was (SIGTERM too: the command line raises it as an exception, see
+``anomaly.commands.common.sigterm_ends_cleanly``); only a hard kill (SIGKILL, power loss) can leave a temporary file, named
 ``.<name>.<random>.tmp`` beside the target, which `replay` clears from its output folder on its next run.
 The new content is flushed to disk (``fsync``) before the rename and the rename itself after it, so that after
 a power loss the target holds the old content or the complete new one, never an empty or partial file (a

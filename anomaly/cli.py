@@ -20,7 +20,13 @@ from anomaly.commands import (
     replay_cmds,
     skab_cmds,
 )
-from anomaly.commands.common import broken_pipe_exit, stdout_reader_gone
+from anomaly.commands.common import (
+    TERMINATED,
+    Terminated,
+    broken_pipe_exit,
+    sigterm_ends_cleanly,
+    stdout_reader_gone,
+)
 
 
 class _NotRaised(click.ClickException):
@@ -42,7 +48,11 @@ class OneLineErrors(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, standalone_mode=False, **kwargs)
         try:
-            code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+            with sigterm_ends_cleanly():
+                code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except Terminated:  # SIGTERM: what Ctrl-C does (outputs complete or none), with the signal's status
+            click.echo("error: terminated", err=True)
+            sys.exit(TERMINATED)
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)

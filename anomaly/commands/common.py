@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import select
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -259,6 +263,48 @@ def exit_now(message: str, code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# Exit status after SIGTERM (`kill`, `timeout`, a CI job cancelled): 128 + SIGTERM, what a shell reports for a
+# process the signal ended.
+TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that the same clean-up runs
+    (temporary files removed, partial outputs never renamed into place). A BaseException, so that no
+    ``except Exception`` takes it for a failure of the work in hand."""
+
+
+@contextlib.contextmanager
+def sigterm_ends_cleanly(repeat_within_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread instead of ending the process
+    where it stands (Python's default, which left `replay`'s temporary `.scores.csv.*.tmp` behind). Copies of
+    the signal within `repeat_within_s` of the first are ignored while the clean-up runs (GNU `timeout` signals
+    the process and then its process group, so each of its signals arrives twice); one later than that ends
+    the process at once, as a second Ctrl-C would. The previous handler is restored on leaving (a command that
+    installs its own, as `consume` does once connected, replaces this one). Outside the main thread (a test
+    runner's worker) nothing is installed: only the main thread can handle signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first: list[float] = []
+
+    def terminated(signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+            raise Terminated()
+        if now - first[0] < repeat_within_s:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def setup_logging(verbose: bool) -> None:
