@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
 
 from anomaly import evaluation
 from anomaly.atomic import atomic_path, check_writable
@@ -24,7 +27,7 @@ from anomaly.commands.common import (
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
-from anomaly.data import infer_features, load_series, plural, read_frame
+from anomaly.data import infer_features, load_series, plural
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
@@ -48,9 +51,11 @@ def _why_missing(frame, name: str) -> str:
     return f"{name} (no value in any row)" if frame[name].isna().all() else f"{name} (mostly text)"
 
 
-def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> None:
+def check_schema(cfg: PipelineConfig, features: list[str]) -> Callable[[pd.DataFrame, str], None] | None:
     """The files must give the model exactly its features. `--features` selects them by name (every other
-    column is then ignored); without it, the files' numeric columns must be exactly the model's."""
+    column is then ignored), checked here at once; without it, the files' numeric columns must be exactly the
+    model's: the check of each file's frame is returned, for :func:`load_series` to run on the frame it reads
+    (reading each file a second time for it took seconds per 100 MB and held a second copy of the file)."""
     chosen = list(cfg.data.features)
     if chosen:
         unknown = [f for f in chosen if f not in features]
@@ -66,35 +71,38 @@ def check_schema(paths: list[str], cfg: PipelineConfig, features: list[str]) -> 
                 f"--features leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
                 missing=missing,
             )
-        return
-    for path in paths:
-        frame = read_frame(path, cfg.data.separator, cfg.data.decimal, cfg.data.header, cfg.data.skip_rows)
-        have = infer_features(frame, cfg.data, path)
-        missing = [f for f in features if f not in have]
-        extra = [f for f in have if f not in features]
-        if missing or extra:
-            named = [_why_missing(frame, f) for f in missing]
-            parts = ([f"missing {', '.join(named)}"] if missing else []) + (
-                [f"unexpected {', '.join(extra)}"] if extra else []
+        return None
+    return functools.partial(check_columns, cfg=cfg, features=features)
+
+
+def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, features: list[str]) -> None:
+    """Refuse a file (read as `frame`) whose numeric columns are not exactly the model's `features`."""
+    have = infer_features(frame, cfg.data, path)
+    missing = [f for f in features if f not in have]
+    extra = [f for f in have if f not in features]
+    if missing or extra:
+        named = [_why_missing(frame, f) for f in missing]
+        parts = ([f"missing {', '.join(named)}"] if missing else []) + (
+            [f"unexpected {', '.join(extra)}"] if extra else []
+        )
+        hint = "" if missing else " (use only the model's columns with --features)"
+        cased = {f.casefold(): f for f in extra}
+        renamed = [(f, cased[f.casefold()]) for f in missing if f.casefold() in cased]
+        if renamed:  # `Current` exported as `current`: the names differ only in case, easy to miss
+            hint += (
+                "; the names differ only in case: "
+                + ", ".join(f"the model's {want!r} is {got!r} in the file" for want, got in renamed)
+                + " (rename the column"
+                + ("s" if len(renamed) > 1 else "")
+                + " in the file as the model names "
+                + ("them" if len(renamed) > 1 else "it")
+                + ")"
             )
-            hint = "" if missing else " (use only the model's columns with --features)"
-            cased = {f.casefold(): f for f in extra}
-            renamed = [(f, cased[f.casefold()]) for f in missing if f.casefold() in cased]
-            if renamed:  # `Current` exported as `current`: the names differ only in case, easy to miss
-                hint += (
-                    "; the names differ only in case: "
-                    + ", ".join(f"the model's {want!r} is {got!r} in the file" for want, got in renamed)
-                    + " (rename the column"
-                    + ("s" if len(renamed) > 1 else "")
-                    + " in the file as the model names "
-                    + ("them" if len(renamed) > 1 else "it")
-                    + ")"
-                )
-            raise SchemaError(
-                f"{path} does not match the model's features: {'; '.join(parts)}{hint}",
-                missing=missing,
-                extra=extra,
-            )
+        raise SchemaError(
+            f"{path} does not match the model's features: {'; '.join(parts)}{hint}",
+            missing=missing,
+            extra=extra,
+        )
 
 
 def run_replay(
@@ -107,8 +115,8 @@ def run_replay(
     labels_file: str | None = None,
 ) -> ReplayResult:
     bundle = load_bundle(model)
-    check_schema(paths, cfg, bundle.features)
-    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file)
+    check = check_schema(cfg, bundle.features)
+    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
     observer = None
     if metrics_out:
         check_writable(metrics_out, "metrics file")

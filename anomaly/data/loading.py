@@ -5,7 +5,7 @@ and cuts the rows into one :class:`Series` per key, refusing files whose keys or
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -215,12 +215,14 @@ def load_series(
     features: Sequence[str] | None = None,
     left_out: dict[str, str] | None = None,
     labels_file: str | Path | None = None,
+    check: Callable[[pd.DataFrame, str], None] | None = None,
 ) -> tuple[list[Series], list[str]]:
     """Read every file into series. Features come from `features`, the config, or the first file's numerics;
     in that last case `left_out` (when given) receives the first file's other columns that are not time, key
     or label, each with the reason it is not a feature, so a command can show it. `labels_file` gives the
     labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
-    several data files).
+    several data files). `check` (a replay's test of the columns against its model's) sees each file's frame
+    first, as read, before anything is taken from it.
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
@@ -238,6 +240,8 @@ def load_series(
     seen: set[str] = set()
     for path in paths:
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
+        if check is not None:
+            check(frame, str(path))
         if feats is None:
             feats = infer_features(frame, cfg, str(path))
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
