@@ -56,14 +56,24 @@ def merged_batches(
     for lo in range(0, len(order), batch_readings):
         chunk = order[lo : lo + batch_readings]
         events = []
-        w = which[chunk]
-        for i in np.unique(w):
-            rows = index[chunk[w == i]]
+        for i, at in positions_by_key(which[chunk]):
+            rows = index[chunk[at]]
             s = series[i]
             events.append(
                 Event(s.key, s.timestamps[rows], s.values[rows], ref=Rows(s, rows, (files or {}).get(s.key)))
             )
         yield Batch(events, messages=len(chunk))
+
+
+def positions_by_key(w: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(key, positions in `w` of that key, in order) for each key of `w` (integers), keys ascending: what
+    ``for i in np.unique(w): np.flatnonzero(w == i)`` gives, from one stable sort instead of a scan of every
+    reading per key (a batch of 5,000 keys compared each of its readings 5,000 times)."""
+    by_key = np.argsort(w, kind="stable")
+    keys = w[by_key]
+    starts = np.flatnonzero(np.diff(keys)) + 1
+    for at in np.split(by_key, starts) if len(w) else []:
+        yield int(w[at[0]]), at
 
 
 @dataclass(frozen=True, eq=False)
