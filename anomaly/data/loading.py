@@ -140,9 +140,9 @@ def frame_to_series(
         ts_all = in_seconds(order, "s" if cfg.time_unit == "auto" else cfg.time_unit)
     if not np.isfinite(ts_all).any():
         raise SchemaError(f"{source}: time column {cfg.time_column!r} has no value in any row")
-    values_all = np.stack([numeric_column(frame, f, source, cfg) for f in features], axis=1).astype(
-        np.float64
-    )
+    # each feature's numbers (views of the frame's float64 columns where it has them), taken into one matrix in
+    # the series' time order below: stacking them, converting the stack and sorting it held three copies
+    columns: list[np.ndarray | None] = [numeric_column(frame, f, source, cfg) for f in features]
     labels_all = label_values(frame, cfg, source) if cfg.label in frame.columns else None
     if labels_file is not None:
         if labels_all is not None:
@@ -193,19 +193,26 @@ def frame_to_series(
                 f"looks like several series interleaved{hint}"
             )
     lines_all = line_numbers(frame)
+    orders = [idx[np.argsort(ts_all[idx], kind="stable")] for idx in rows_of]
+    taken = np.concatenate(orders) if orders else np.zeros(0, np.int64)
+    values = np.empty((len(taken), len(columns)), np.float64)
+    for j, col in enumerate(columns):
+        values[:, j] = np.asarray(col, np.float64)[taken]
+        columns[j] = None  # a converted text column is let go as soon as it is taken
     out = []
-    for key, idx in zip(groups, rows_of, strict=True):
-        order = idx[np.argsort(ts_all[idx], kind="stable")]
+    lo = 0
+    for key, order in zip(groups, orders, strict=True):
         out.append(
             Series(
                 str(key),
                 ts_all[order],
-                values_all[order],
+                values[lo : lo + len(order)],  # each series its rows of one matrix: no copy per key
                 None if labels_all is None else labels_all[order],
                 source,
                 lines_all[order],
             )
         )
+        lo += len(order)
     return out
 
 
