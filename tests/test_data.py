@@ -817,3 +817,33 @@ def test_loading_holds_one_matrix_of_values_not_three() -> None:
     assert np.array_equal(series.values, frame[features].to_numpy(np.float64)[order])
     assert series.values.dtype == np.float64 and series.values.flags.c_contiguous
     assert np.array_equal(series.timestamps, frame["stamp"].to_numpy()[order])
+
+
+def test_loading_lets_go_of_a_file_before_reading_the_next(tmp_path, monkeypatch) -> None:
+    """load_series kept the last file's frame (the whole file as read) while it read the next one: two files in
+    memory at once. Each frame is let go once its series are cut from it."""
+    import gc
+    import weakref
+
+    from anomaly.data import loading
+
+    frames: list[weakref.ref] = []  # type: ignore[type-arg]
+    alive_at_read: list[bool] = []
+    real = loading.read_frame
+
+    def tracked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        gc.collect()
+        alive_at_read.append(any(ref() is not None for ref in frames))
+        frame = real(*args, **kwargs)
+        frames.append(weakref.ref(frame))
+        return frame
+
+    monkeypatch.setattr(loading, "read_frame", tracked)
+    paths = []
+    for name in ("a", "b", "c"):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("timestamp,x\n" + "".join(f"{t},{t % 7}\n" for t in range(50)))
+        paths.append(path)
+    series, _ = load_series(paths, DataConfig(time_unit="s"))
+    assert [s.key for s in series] == ["a", "b", "c"]
+    assert alive_at_read == [False, False, False]

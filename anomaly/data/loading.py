@@ -276,6 +276,7 @@ def load_series(
                     missing=lacking,
                 )
         part = frame_to_series(frame, feats, cfg, str(path), labels_file)
+        del frame  # let go before the next file is read: two files' frames were held at once
         for s in part:
             if not cfg.key_column:
                 s.key = _unique_key(Path(path), seen)
