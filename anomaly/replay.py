@@ -324,12 +324,7 @@ def _replay(
     }
     for key, f in frames.items():
         f["rejected"] = rejections.reasons_at(key, f["timestamp"].to_numpy(), f["scored"].to_numpy())
-    points = pd.concat(frames.values(), ignore_index=True) if frames else pd.DataFrame()
-    with atomic_path(out / "scores.csv", "scores file") as tmp:
-        points.to_csv(tmp, index=False)
-    if cfg.replay.parquet:
-        with atomic_path(out / "scores.parquet", "scores file") as tmp:
-            points.to_parquet(tmp, index=False)
+    write_scores(out, frames, cfg.replay.parquet)
     judged = evaluated_part(frames, cfg.replay.evaluate_after)
     per_series = {}
     for key, f in judged.items():
@@ -427,6 +422,31 @@ def _replay(
             plot_series(f[[c for c in keep if c in f.columns]], by_key.get(key, []), path, title=f"{key}")
             reports.append(path)
     return ReplayResult(frames, alerts.alerts, summary, out, reports, engine, compared)
+
+
+def write_scores(out: Path, frames: dict[str, pd.DataFrame], parquet: bool) -> None:
+    """scores.csv (and scores.parquet): every series' per-point table, one after the other. Tables of the same
+    columns and types (those of one run's files, as a rule) are written one by one, as their concatenation
+    would be written (the same bytes), without building it: a second copy of every result, hundreds of MB for
+    a file of millions of readings. Otherwise, and for Parquet, the concatenation is written."""
+    tables = list(frames.values())
+    alike = bool(tables) and all(
+        list(t.columns) == list(tables[0].columns) and list(t.dtypes) == list(tables[0].dtypes)
+        for t in tables
+    )
+    points = (
+        None if alike and not parquet else pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    )
+    with atomic_path(out / "scores.csv", "scores file") as tmp:
+        if points is not None:
+            points.to_csv(tmp, index=False)
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                for i, t in enumerate(tables):
+                    t.to_csv(fh, index=False, header=i == 0)
+    if points is not None and parquet:
+        with atomic_path(out / "scores.parquet", "scores file") as tmp:
+            points.to_parquet(tmp, index=False)
 
 
 def reported_keys(keys: Sequence[str], alerts: dict[str, list[dict[str, Any]]], limit: int) -> list[str]:

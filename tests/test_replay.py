@@ -555,3 +555,27 @@ def test_a_batch_is_grouped_by_key_in_work_linear_in_its_readings() -> None:
     plain = w.view(np.ndarray)
     assert [k for k, _ in got] == list(range(5000))
     assert all(at.tolist() == np.flatnonzero(plain == k).tolist() for k, at in got)
+
+
+def test_scores_csv_is_written_without_a_copy_of_every_result(tmp_path, bundle_path, monkeypatch) -> None:
+    """scores.csv was written from the concatenation of every series' per-point table: a second copy of every
+    result at once (hundreds of MB for millions of readings). Without Parquet (which is written from that
+    concatenation), tables of the same columns are written one after the other, the same bytes."""
+    path = tmp_path / "keys.csv"
+    generate_keys(SyntheticSpec(n_sensors=4, n_points=300, anomalies=2, seed=4), 3).to_csv(path, index=False)
+    overrides = {"data.key_column": "sensor_id", "replay.plots": False, "replay.parquet": False}
+    cfg = build_config(overrides=overrides)
+    joined: list[int] = []
+    real = pd.concat
+
+    def counted(objs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        objs = list(objs)
+        joined.append(sum(len(o) for o in objs))
+        return real(objs, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "concat", counted)
+    result = run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), cfg, progress=False)
+    assert 900 not in joined  # no table of all 3 x 300 results
+    monkeypatch.setattr(pd, "concat", real)
+    whole = pd.concat(result.frames.values(), ignore_index=True)
+    assert (tmp_path / "r" / "scores.csv").read_text() == whole.to_csv(index=False)
