@@ -155,9 +155,21 @@ def run_benchmark(
     trains, tests = split_channels(train_frame, features), split_channels(test_frame, features)
     names = [c for c in tests if c in trains]
     if channels:
-        unknown = [c for c in channels if c not in names]
+        unknown = [c for c in channels if c not in trains and c not in tests]
         if unknown:
             raise DataError(f"unknown {dataset} channel(s) {', '.join(unknown)}; e.g. {', '.join(names[:5])}")
+    # a channel in one part only was left out without a word: the pooled numbers then covered fewer channels
+    # than the data set has, and `--channels` called it unknown although it is in the data
+    wanted = list(channels) if channels else [*tests, *(c for c in trains if c not in tests)]
+    half = [
+        f"{c} ({'train' if c in trains else 'test'} only)" for c in wanted if (c in trains) != (c in tests)
+    ]
+    if half:
+        raise DataError(
+            f"{dataset} channel(s) {', '.join(half)}: a channel needs rows in both "
+            f"{Path(root) / dataset / 'train.csv.gz'} and test.csv.gz (name the complete ones with --channels)"
+        )
+    if channels:
         names = [c for c in names if c in set(channels)]
     names = names[:limit]
     tasks = [(trains[c], tests[c], features, cfg) for c in names]
