@@ -16,6 +16,7 @@ numbers identical whatever the number of jobs.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,17 @@ def read_part(root: str | Path, dataset: str, part: str) -> pd.DataFrame:
     path = Path(root) / dataset / f"{part}.csv.gz"
     if not path.is_file():
         raise DataError(f"{path} not found; expected <DATA_DIR>/{dataset}/{part}.csv.gz (see SOURCE.md)")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        # a truncated download ended in EOFError, which click reports as "aborted" (Ctrl-C's word); an empty
+        # file in pandas' traceback; a file that is not gzip in a message that did not name it
+        why = (
+            "it ends early (a truncated download?)"
+            if isinstance(exc, EOFError)
+            else str(exc) or type(exc).__name__
+        )
+        raise DataError(f"cannot read {path}: {why}") from None
     missing = [c for c in ID_COLUMNS[:2] + (("label",) if part == "test" else ()) if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -202,3 +203,27 @@ def test_channels_naming_no_channel_is_refused(tmp_path, value):
     res = CliRunner().invoke(main, ["nasa", str(tmp_path), "--channels", value])
     assert res.exit_code == 2
     assert "Invalid value for '--channels': names no channel (leave the option out for all)" in res.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("truncated", "it ends early (a truncated download?)"),
+        ("empty", "No columns to parse from file"),
+        ("plain", "Not a gzipped file (b'ch')"),
+    ],
+)
+def test_a_damaged_part_is_a_one_line_error_naming_the_file(tmp_path, damage, why):
+    """A truncated download said only `error: aborted` (click's word for Ctrl-C) with status 1; an empty file
+    ended in pandas' traceback; a file that is not gzip in an error that did not name it."""
+    root = write_dataset(tmp_path)
+    path = root / "smap" / "train.csv.gz"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "empty":
+        path.write_bytes(gzip.compress(b""))
+    else:
+        path.write_bytes(gzip.decompress(raw))
+    res = CliRunner().invoke(main, ["nasa", str(root)])
+    assert (res.exit_code, res.output) == (2, f"error: cannot read {path}: {why}\n")
