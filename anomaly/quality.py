@@ -66,17 +66,25 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 def end_with_parent(parent: int) -> None:
     """Worker initializer: the worker ends when the process that started it does. Killed by SIGTERM (`kill`, a
     supervisor), the parent left its workers running without end: each finished its task, then blocked forever
-    writing the result to a pipe nobody read. On Linux the kernel sends the worker SIGTERM when its parent dies
-    (``PR_SET_PDEATHSIG``); a parent already gone before that took effect ends the worker at once."""
-    if sys.platform.startswith("linux"):
+    writing the result to a pipe nobody read. On Linux the kernel sends a forked worker SIGTERM when its parent
+    dies (``PR_SET_PDEATHSIG``); a parent already gone before that took effect ends the worker at once. A
+    worker started by a fork server (Python 3.14's default on Linux) is not the parent's child: it is left as
+    it is (the request would tie it to the server)."""
+    if os.getppid() == parent and sys.platform.startswith("linux"):
         import ctypes
 
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         except (OSError, AttributeError):  # no libc symbol: nothing to ask for
             pass
-    if os.getppid() != parent:
+    if os.getppid() == parent:
+        return
+    try:  # a fork server's child, or the parent died between the fork and the request
+        os.kill(parent, 0)
+    except ProcessLookupError:
         os._exit(1)
+    except OSError:  # alive, another user's
+        pass
 
 
 ORACLE_NOTE = "oracle F1: threshold chosen on the test labels -- oracle, for diagnosis only"

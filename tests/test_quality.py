@@ -96,3 +96,21 @@ def test_no_more_worker_processes_than_tasks(monkeypatch):
     assert quality.run_tasks(abs, [-1, -2, -3], jobs=64) == [1, 2, 3]
     assert quality.run_tasks(abs, [-4], jobs=64) == [4]  # one task: no process at all
     assert started == [3]
+
+
+def test_workers_from_a_fork_server_still_run():
+    """A worker whose parent is a fork server (Python 3.14's default on Linux) is not the command's child:
+    taken for an orphan, it would end before its first task."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server here")
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(
+        2,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=quality.end_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
