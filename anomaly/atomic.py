@@ -131,7 +131,21 @@ def check_writable(path: str | Path, what: str = "file") -> None:
         if p.is_dir():
             raise unwritable(p, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), what)
         return  # a device or pipe, written in place
-    folder = Path(os.path.realpath(p)).parent
+    _probe(p, Path(os.path.realpath(p)).parent, what)
+
+
+def check_writable_folder(path: str | Path, what: str = "folder") -> None:
+    """`check_writable` for an output folder (one file per series, written at the end of the run): refuse at the
+    start a folder that could not be made or take a new file. Missing folders are not created."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise unwritable(p, NotADirectoryError(errno.ENOTDIR, f"{p} is not a folder"), what)
+    _probe(p, Path(os.path.realpath(p)), what)
+
+
+def _probe(p: Path, folder: Path, what: str) -> None:
+    """Create and remove a temporary file in `folder`, or in its nearest existing parent (where the missing
+    folders would be made); an OSError becomes the OutputError naming `p`."""
     while not folder.exists():  # created when the file is written
         folder = folder.parent
     try:

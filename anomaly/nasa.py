@@ -16,6 +16,7 @@ numbers identical whatever the number of jobs.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,17 @@ def read_part(root: str | Path, dataset: str, part: str) -> pd.DataFrame:
     path = Path(root) / dataset / f"{part}.csv.gz"
     if not path.is_file():
         raise DataError(f"{path} not found; expected <DATA_DIR>/{dataset}/{part}.csv.gz (see SOURCE.md)")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        # a truncated download ended in EOFError, which click reports as "aborted" (Ctrl-C's word); an empty
+        # file in pandas' traceback; a file that is not gzip in a message that did not name it
+        why = (
+            "it ends early (a truncated download?)"
+            if isinstance(exc, EOFError)
+            else str(exc) or type(exc).__name__
+        )
+        raise DataError(f"cannot read {path}: {why}") from None
     missing = [c for c in ID_COLUMNS[:2] + (("label",) if part == "test" else ()) if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}")
@@ -155,9 +166,21 @@ def run_benchmark(
     trains, tests = split_channels(train_frame, features), split_channels(test_frame, features)
     names = [c for c in tests if c in trains]
     if channels:
-        unknown = [c for c in channels if c not in names]
+        unknown = [c for c in channels if c not in trains and c not in tests]
         if unknown:
             raise DataError(f"unknown {dataset} channel(s) {', '.join(unknown)}; e.g. {', '.join(names[:5])}")
+    # a channel in one part only was left out without a word: the pooled numbers then covered fewer channels
+    # than the data set has, and `--channels` called it unknown although it is in the data
+    wanted = list(channels) if channels else [*tests, *(c for c in trains if c not in tests)]
+    half = [
+        f"{c} ({'train' if c in trains else 'test'} only)" for c in wanted if (c in trains) != (c in tests)
+    ]
+    if half:
+        raise DataError(
+            f"{dataset} channel(s) {', '.join(half)}: a channel needs rows in both "
+            f"{Path(root) / dataset / 'train.csv.gz'} and test.csv.gz (name the complete ones with --channels)"
+        )
+    if channels:
         names = [c for c in names if c in set(channels)]
     names = names[:limit]
     tasks = [(trains[c], tests[c], features, cfg) for c in names]

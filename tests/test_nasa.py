@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from anomaly import evaluation, nasa
 from anomaly.cli import main
 from anomaly.config import build_config
+from anomaly.errors import DataError
 
 SMALL = {
     "model": {"window": 8, "hidden_size": 8},
@@ -172,3 +174,56 @@ def test_channels_train_with_the_engine_settings_they_are_scored_with(tmp_path):
     cfg = build_config({**SMALL, "engine": {**SMALL["engine"], "max_gap_seconds": 0.5}, "data": nasa.DATA})
     with pytest.raises(DataError, match="no stretch of 8 rows without a gap longer than 0.5 s"):
         nasa.run_benchmark(root, "smap", cfg)
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_a_channel_in_one_part_only_is_refused_not_left_out(tmp_path, part):
+    """A channel missing from one part was left out without a word (the pooled numbers then covered fewer
+    channels than the data set has), and `--channels` called it unknown although it is in the data."""
+    root = write_dataset(tmp_path)
+    path = root / "smap" / f"{part}.csv.gz"
+    frame = pd.read_csv(path)
+    frame[frame["chan_id"] != "B-2"].to_csv(path, index=False)
+    cfg = build_config({**SMALL, "data": nasa.DATA})
+    other = "test" if part == "train" else "train"
+    want = (
+        f"smap channel(s) B-2 ({other} only): a channel needs rows in both {root / 'smap' / 'train.csv.gz'} "
+        "and test.csv.gz (name the complete ones with --channels)"
+    )
+    for channels in (None, ["B-2"]):
+        with pytest.raises(DataError) as err:
+            nasa.run_benchmark(root, "smap", cfg, channels=channels)
+        assert str(err.value) == want
+    assert [r.key for r in nasa.run_benchmark(root, "smap", cfg, channels=["A-1"]).channels] == ["A-1"]
+
+
+@pytest.mark.parametrize("value", ["", " , ,"])
+def test_channels_naming_no_channel_is_refused(tmp_path, value):
+    """`--channels "$CHANNELS"` with the variable unset ran every channel of the data set."""
+    res = CliRunner().invoke(main, ["nasa", str(tmp_path), "--channels", value])
+    assert res.exit_code == 2
+    assert "Invalid value for '--channels': names no channel (leave the option out for all)" in res.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("truncated", "it ends early (a truncated download?)"),
+        ("empty", "No columns to parse from file"),
+        ("plain", "Not a gzipped file (b'ch')"),
+    ],
+)
+def test_a_damaged_part_is_a_one_line_error_naming_the_file(tmp_path, damage, why):
+    """A truncated download said only `error: aborted` (click's word for Ctrl-C) with status 1; an empty file
+    ended in pandas' traceback; a file that is not gzip in an error that did not name it."""
+    root = write_dataset(tmp_path)
+    path = root / "smap" / "train.csv.gz"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "empty":
+        path.write_bytes(gzip.compress(b""))
+    else:
+        path.write_bytes(gzip.decompress(raw))
+    res = CliRunner().invoke(main, ["nasa", str(root)])
+    assert (res.exit_code, res.output) == (2, f"error: cannot read {path}: {why}\n")

@@ -220,3 +220,22 @@ def test_bench_formats_scores_a_file_as_the_benchmark_does(tmp_path, cfg):
     expected = skab.run_file(path, tmp_path, cfg).metrics
     assert bench["counts"]["point"] == expected["counts"]["point"]
     assert bench == expected
+
+
+def test_an_unwritable_plot_folder_is_refused_before_the_run(root, tmp_path):
+    """--plots under a file was refused only after every file had trained, and the --json-out file, written
+    after the plots, was lost with it."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    env = {f"ANOMALY_{k.replace('.', '_').upper()}": str(v) for k, v in TINY.items()}
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(
+        skab_cmd,
+        [str(root), "--limit", "1", "--plots", str(blocker / "plots"), "--json-out", str(out)],
+        env=env,
+    )
+    assert (res.exit_code, res.output) == (
+        2,
+        f"error: cannot write the plot folder {blocker / 'plots'}: {blocker} is not a folder\n",
+    )
+    assert not out.exists()

@@ -81,7 +81,9 @@ def nasa_cmd(
     overrides["train.epochs"] = epochs
     overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
     cfg = load_config(pipeline, overrides)  # no pipeline: defaults, then ANOMALY_* variables and options
-    wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
+    wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels is not None else None
+    if wanted == []:  # `--channels "$CHANNELS"` with the variable unset ran every channel
+        raise click.BadParameter("names no channel (leave the option out for all)", param_hint="'--channels'")
 
     from tqdm import tqdm
 

@@ -96,6 +96,8 @@ def skab_cmd(
     setup_logging(verbose)
     if json_out:
         atomic.check_writable(json_out, "JSON file")
+    if plots:  # refused at the end, it cost the whole run and the JSON file written after it
+        atomic.check_writable_folder(plots, "plot folder")
     overrides = {"replay.predict": predict, "data.train_rows": train_rows}
     if pipeline and defaults:
         raise click.UsageError("give either --pipeline or --defaults")
@@ -148,11 +150,11 @@ def skab_cmd(
         )
         if s["ranking"] is not None:
             click.echo(format_ranking(s["ranking"], "file"))
+    if json_out:  # before the plots: a plot that cannot be written (disk full) does not cost the summary
+        atomic.write_text(json_out, json.dumps(s, indent=2, default=float), "JSON file")
     if plots:
         paths = skab.write_plots(result.files, plots)
         click.echo(f"\nplots: {len(paths)} PNG files in {plots}")
-    if json_out:
-        atomic.write_text(json_out, json.dumps(s, indent=2, default=float), "JSON file")
     click.echo(
         json.dumps(
             {
