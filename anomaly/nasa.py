@@ -114,9 +114,7 @@ def run_channel(train_series: Series, test_series: Series, features: list[str], 
             features,
             cfg.model,
             cfg.train,
-            max_gap_seconds=cfg.engine.max_gap_seconds,
-            nan_policy=cfg.engine.nan_policy,
-            duplicate_policy=cfg.engine.duplicate_policy,
+            engine=cfg.engine,
         )
         frames = {
             name: quality.score_series(bundle, [test_series], cfg)[test_series.key]

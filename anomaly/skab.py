@@ -161,9 +161,7 @@ def run_file(
             features,
             cfg.model,
             cfg.train,
-            max_gap_seconds=cfg.engine.max_gap_seconds,
-            nan_policy=cfg.engine.nan_policy,
-            duplicate_policy=cfg.engine.duplicate_policy,
+            engine=cfg.engine,
         )
         runs = {
             name: score_test_rows(bundle, cfg, s.key, head, test, features, warm)

@@ -24,7 +24,7 @@ from torch import nn
 from anomaly import __version__
 from anomaly.baselines import fit_baselines
 from anomaly.bundle import Bundle
-from anomaly.config import ModelConfig, TrainConfig
+from anomaly.config import EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import (
     Scaler,
     Series,
@@ -162,19 +162,19 @@ def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     progress: bool = False,
-    max_gap_seconds: float | None = None,
-    nan_policy: str = "reject",
-    duplicate_policy: str = "drop",
+    engine: EngineConfig | None = None,
 ) -> TrainResult:
-    """Train on `series`, which first lose the readings the engine would refuse (`nan_policy`,
-    `duplicate_policy`: :func:`anomaly.data.screen_readings`). They are then cut at gaps longer than
-    `max_gap_seconds` (None: GAP_INTERVALS sampling intervals, the interval being learnt here), exactly where
-    the engine will reset a key; the interval and the gap are stored in the bundle, and the engine's default
-    gap is read from there."""
+    """Train on `series`, which first lose the readings the engine (`engine`, the settings it will score with;
+    None: the defaults) would refuse (`nan_policy`, `duplicate_policy`: :func:`anomaly.data.screen_readings`).
+    They are then cut at gaps longer than its `max_gap_seconds` (None: GAP_INTERVALS sampling intervals, the
+    interval being learnt here), exactly where the engine will reset a key; the interval and the gap are stored
+    in the bundle, and the engine's default gap is read from there."""
     if not series:
         raise DataError("no training series")
+    engine = engine if engine is not None else EngineConfig()
+    max_gap_seconds, nan_policy = engine.max_gap_seconds, engine.nan_policy
     given = series
-    screened = screen_readings(series, nan_policy, duplicate_policy)
+    screened = screen_readings(series, nan_policy, engine.duplicate_policy)
     series, missing_dropped, missing_filled = screened.series, screened.missing, screened.filled
     if not any(len(s) for s in series):
         empty = [f for f, n in zip(features, missing_cells(given), strict=True) if n == sum(map(len, given))]

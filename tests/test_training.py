@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly.config import DataConfig, ModelConfig, TrainConfig
+from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import load_series
 from anomaly.training import train
 
@@ -84,7 +84,7 @@ def test_training_refuses_data_where_every_reading_is_a_gap() -> None:
             ["x", "y"],
             ModelConfig(window=8, hidden_size=8),
             TrainConfig(epochs=1, device="cpu"),
-            max_gap_seconds=0.5,
+            engine=EngineConfig(max_gap_seconds=0.5),
         )
 
 
@@ -185,7 +185,13 @@ def test_rows_dropped_for_missing_values_are_named_as_the_reason_for_too_little_
     s.values[:490, 2] = np.nan  # under ffill only the rows before the column's first value are dropped
     s.values[490:, 2] = 2.0
     with pytest.raises(DataError) as err:
-        train([s], ["x", "y", "z"], model, TrainConfig(epochs=1, device="cpu"), nan_policy="ffill")
+        train(
+            [s],
+            ["x", "y", "z"],
+            model,
+            TrainConfig(epochs=1, device="cpu"),
+            engine=EngineConfig(nan_policy="ffill"),
+        )
     assert str(err.value).startswith(
         "not enough training data: engine.nan_policy = 'ffill' dropped 490 of 500"
     )
@@ -292,7 +298,7 @@ def test_training_leaves_out_readings_the_engine_refuses_as_repeated_times() -> 
     assert (dropped["training"]["rows"], dropped["training"]["repeated_timestamps"]) == (120, 120)
     assert dropped["training_fingerprint"] == alone["training_fingerprint"]
     assert "repeated_timestamps" not in alone["training"]
-    kept = train(twice, ["x", "y", "z"], *cfg, duplicate_policy="keep").bundle.meta
+    kept = train(twice, ["x", "y", "z"], *cfg, engine=EngineConfig(duplicate_policy="keep")).bundle.meta
     assert kept["training"]["rows"] == 240 and "repeated_timestamps" not in kept["training"]
 
 

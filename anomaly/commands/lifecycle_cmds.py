@@ -698,9 +698,7 @@ def retrain_cmd(
         model_cfg,
         train_cfg,
         progress=True,
-        max_gap_seconds=cfg.engine.max_gap_seconds,
-        nan_policy=cfg.engine.nan_policy,
-        duplicate_policy=cfg.engine.duplicate_policy,
+        engine=cfg.engine,
     )
     bundle = result.bundle
     if bundle.arch != parent.arch:

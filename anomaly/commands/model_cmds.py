@@ -129,9 +129,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         cfg.model,
         cfg.train,
         progress=progress,
-        max_gap_seconds=cfg.engine.max_gap_seconds,
-        nan_policy=cfg.engine.nan_policy,
-        duplicate_policy=cfg.engine.duplicate_policy,
+        engine=cfg.engine,
     )
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
