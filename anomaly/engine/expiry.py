@@ -13,42 +13,69 @@ from anomaly.engine.state import StateStore
 from anomaly.engine.types import EngineOutput, Event, Readings
 
 
-def may_expire(events: Sequence[Event] | Readings, store: StateStore, max_ts: float, ttl: float) -> bool:
+def may_expire(
+    events: Sequence[Event] | Readings,
+    store: StateStore,
+    clocks: np.ndarray,
+    ttl: float,
+    dom: int | np.ndarray = 0,
+) -> bool:
     """Whether the event time reached in this call expires (TTL) a key that matters before the call ends: one
     that reads again in this call, or one whose open alert the expiry closes (its `at` is the event time
     then). Conservative: True may still expire nothing; message by message is right either way. Message by
-    message costs a whole engine call per message (about 1 ms with the dynamic threshold), so a backfill
-    whose partitions run more than a TTL apart in event time must not take it for every lagging poll."""
+    message costs a whole engine call per message (about 1 ms with the dynamic threshold), so a call must not
+    take it for readings that merely lag another clock domain.
+
+    Each key is judged against its own clock domain's event time: `clocks` holds the time reached per domain
+    before the call, `dom` the domain of every message (one index for all, or one per message), and the store's
+    `domain` field each key's."""
     if ttl <= 0:
         return False
     if isinstance(events, Readings):
         ts, names = events.timestamps, events.names
+        if not isinstance(dom, int):
+            dom = np.repeat(dom, events.counts)  # per reading
     else:
         try:
             ts = np.concatenate([np.asarray(ev.timestamps, np.float64).reshape(-1) for ev in events])
             names = list({str(ev.key): None for ev in events})
         except (TypeError, ValueError):
             return True
-    ts = ts[np.isfinite(ts)]
+        dom = 0
+    finite = np.isfinite(ts)
+    if not finite.all():
+        ts = ts[finite]
+        if not isinstance(dom, int):
+            dom = dom[finite]
     if not len(ts):
         return False
-    horizon = max(max_ts, float(ts.max())) - ttl  # keys last seen before this expire
+    reach = clocks.copy()  # the event time each domain reaches in this call
+    if isinstance(dom, int):
+        reach[dom] = max(reach[dom], float(ts.max()))
+    else:
+        np.maximum.at(reach, dom, ts)
+    horizon = reach - ttl  # per domain: its keys last seen before this expire
     seen = store.arrays["seen"]
-    if not horizon > np.fmin(np.fmin.reduce(seen), ts.min()):
+    limit = horizon[0] if len(horizon) == 1 else horizon[store.arrays["domain"]]  # per row
+    own = horizon[dom]  # each reading's domain's
+    late = own > ts  # readings already past their domain's horizon: their key can expire mid-call
+    if not late.any() and not (seen < limit).any():
         return False  # the common case: no key at all is that old
-    if horizon > ts.min():  # a reading of this call is already past the horizon: its key can expire mid-call
-        if float(ts.max()) > max_ts or not isinstance(events, Readings):
-            return True  # the clock moves during the call: when each key expires depends on the message
-        # The clock stands still (a lagging partition of a backfill: every reading at or before the event
-        # time already reached), so the horizon is the same after every message. One by one, each such key
-        # would be evicted right after its message; here at the end of the call, with the same close time
-        # (`at` = max_ts) for an alert it opened. That differs only for a key read again in this call.
+    if late.any():
+        if not isinstance(dom, int) or reach[dom] > clocks[dom] or not isinstance(events, Readings):
+            return True  # a clock moves during the call: when each key expires depends on the message
+        # The domain's clock stands still (every reading at or before the event time already reached there), so
+        # its horizon is the same after every message. One by one, each such key would be evicted right after
+        # its message; here at the end of the call, with the same close time (`at` = the domain's clock) for an
+        # alert it opened. That differs only for a key read again in this call.
         if len(events.kid) > len(events.names):
             return True
     slots = store.slots
-    rows = [slots[k] for k in names if k in slots]
-    matter = np.concatenate([seen[rows], seen[store.arrays["alert_open"]]])
-    return bool(len(matter)) and bool(horizon > np.fmin.reduce(matter))
+    rows = np.asarray([slots[k] for k in names if k in slots], np.int64)
+    opened = np.flatnonzero(store.arrays["alert_open"])
+    matter = np.concatenate([rows, opened])
+    lim = limit if np.ndim(limit) == 0 else limit[matter]
+    return bool(np.any(seen[matter] < lim))
 
 
 def in_parts(

@@ -76,7 +76,7 @@ from anomaly.kafka.changelog import (
     partition_id,
     source_topic,
 )
-from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker, TtlLagWarning
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 from anomaly.kafka.sinks import (
@@ -293,7 +293,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks += [dead, EvictionSink(self.tracker), TtlLagWarning(self.engine)]
+        self.sinks += [dead, EvictionSink(self.tracker)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
@@ -582,6 +582,7 @@ class Daemon:
             epoch = cp.epoch + 1 if cp is not None else 1
             self.tracker.epoch[tp] = epoch
             offset = cp.offset if cp is not None else None
+            self.engine.reset_clock(pid)  # the partition's event time is its checkpoint's (or none yet)
             keys = self._restore_one(pid, cp) if offset is not None else None
             if cp is not None and offset is not None and keys is not None:
                 offset = self._resume_after(pid, offset, committed.get((tp.topic, tp.partition)))
@@ -711,7 +712,7 @@ class Daemon:
             self._count_refusal("incompatible_model")
             return None
         try:
-            return self.engine.restore(cp.snapshot)
+            return self.engine.restore(cp.snapshot, domain=pid)
         except StateError as exc:
             log.error(
                 "state of %s not restored (%s); its keys start fresh from the committed offset", pid, exc
