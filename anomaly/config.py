@@ -371,9 +371,9 @@ class KafkaConfig:
     readings_field: str = "readings"
     max_message_bytes: int = 1_048_576
     # A reading stamped further than this ahead of the daemon's wall clock is refused (dead letter
-    # `future_timestamp`): the engine measures idleness against the newest event time, so one reading from a
-    # broken clock would otherwise make every other key look idle (evicted after engine.ttl_seconds) and its own
-    # key drop every later, correct reading as going back in time. The default equals engine.ttl_seconds' default
+    # `future_timestamp`): the engine measures idleness against the newest event time of each partition, so one
+    # reading from a broken clock would otherwise make every other key of its partition look idle (evicted after
+    # engine.ttl_seconds) and its own key drop every later, correct reading as going back in time. The default equals engine.ttl_seconds' default
     # and lets any time-zone offset through. 0 turns it off.
     max_future_seconds: float = 86_400.0
     checkpoint_interval_s: float = 5.0

@@ -291,13 +291,13 @@ class Engine:
         (:func:`anomaly.engine.expiry.in_parts`)."""
         if not isinstance(events, Readings):
             events = Readings.from_regular_events(events, self.n_features) or events
-        if len(events) > 1 and self._may_expire(events):
+        dom = self._message_domains(events)  # first: it may add a domain (a clock)
+        if len(events) > 1 and self._may_expire(events, dom):
             return in_parts(events, self.process)
         out = EngineOutput()
         queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
         row_keys: dict[int, str] = {}
         regular: list[Pieces] = []  # keys that took the columnar path
-        dom = self._message_domains(events)  # first: it may add a domain (a clock)
         self.ingest.batch(events, self.clocks, dom, queues, row_keys, regular, out)
         if queues:
             fill = self.store.arrays["rep_fill"] if self.per_reading else None
@@ -323,9 +323,11 @@ class Engine:
         self.counters["evicted"] += len(out.evicted)
         return out
 
-    def _may_expire(self, events: Sequence[Event] | Readings) -> bool:
-        """Whether this call must be processed in parts (:func:`anomaly.engine.expiry.may_expire`)."""
-        dom = self._message_domains(events)  # first: it may add a domain (a clock)
+    def _may_expire(self, events: Sequence[Event] | Readings, dom: int | np.ndarray | None = None) -> bool:
+        """Whether this call must be processed in parts (:func:`anomaly.engine.expiry.may_expire`); `dom`: the
+        messages' clock domains (:meth:`_message_domains`)."""
+        if dom is None:
+            dom = self._message_domains(events)
         return may_expire(events, self.store, self.clocks, self.config.ttl_seconds, dom)
 
     def _key_domains(self) -> np.ndarray:

@@ -13,6 +13,14 @@ from anomaly.engine.state import StateStore
 from anomaly.engine.types import EngineOutput, Event, Readings
 
 
+def domain_runs(dom: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of messages of one clock domain (`dom`: one per message, `counts`: readings per message): the first
+    reading of each run and its domain."""
+    starts = np.flatnonzero(dom[1:] != dom[:-1]) + 1  # the first message of each run but the first
+    lo = np.concatenate(([0], np.cumsum(counts)[starts - 1]))
+    return lo, dom[np.concatenate(([0], starts))]
+
+
 def may_expire(
     events: Sequence[Event] | Readings,
     store: StateStore,
@@ -34,7 +42,7 @@ def may_expire(
     if isinstance(events, Readings):
         ts, names = events.timestamps, events.names
         if not isinstance(dom, int):
-            dom = np.repeat(dom, events.counts)  # per reading
+            return _several_domains(events, store, clocks, ttl, dom)
     else:
         try:
             ts = np.concatenate([np.asarray(ev.timestamps, np.float64).reshape(-1) for ev in events])
@@ -42,40 +50,59 @@ def may_expire(
         except (TypeError, ValueError):
             return True
         dom = 0
-    finite = np.isfinite(ts)
-    if not finite.all():
-        ts = ts[finite]
-        if not isinstance(dom, int):
-            dom = dom[finite]
+    ts = ts[np.isfinite(ts)]
     if not len(ts):
         return False
     reach = clocks.copy()  # the event time each domain reaches in this call
-    if isinstance(dom, int):
-        reach[dom] = max(reach[dom], float(ts.max()))
-    else:
-        np.maximum.at(reach, dom, ts)
+    reach[dom] = max(reach[dom], float(ts.max()))
     horizon = reach - ttl  # per domain: its keys last seen before this expire
     seen = store.arrays["seen"]
     limit = horizon[0] if len(horizon) == 1 else horizon[store.arrays["domain"]]  # per row
-    own = horizon[dom]  # each reading's domain's
-    late = own > ts  # readings already past their domain's horizon: their key can expire mid-call
-    if not late.any() and not (seen < limit).any():
+    late = horizon[dom] > ts.min()  # a reading already past the horizon: its key can expire mid-call
+    if not late and not (seen < limit).any():
         return False  # the common case: no key at all is that old
-    if late.any():
-        if not isinstance(dom, int) or reach[dom] > clocks[dom] or not isinstance(events, Readings):
-            return True  # a clock moves during the call: when each key expires depends on the message
+    if late:
+        if reach[dom] > clocks[dom] or not isinstance(events, Readings):
+            return True  # the clock moves during the call: when each key expires depends on the message
         # The domain's clock stands still (every reading at or before the event time already reached there), so
         # its horizon is the same after every message. One by one, each such key would be evicted right after
         # its message; here at the end of the call, with the same close time (`at` = the domain's clock) for an
         # alert it opened. That differs only for a key read again in this call.
         if len(events.kid) > len(events.names):
             return True
-    slots = store.slots
+    return _matter(store, names, limit)
+
+
+def _matter(store: StateStore, names: list[str], limit: float | np.ndarray) -> bool:
+    """Whether a key read in the call (`names`) or with an open alert was last seen before `limit` (one time,
+    or one per row)."""
+    slots, seen = store.slots, store.arrays["seen"]
     rows = np.asarray([slots[k] for k in names if k in slots], np.int64)
-    opened = np.flatnonzero(store.arrays["alert_open"])
-    matter = np.concatenate([rows, opened])
-    lim = limit if np.ndim(limit) == 0 else limit[matter]
+    matter = np.concatenate([rows, np.flatnonzero(store.arrays["alert_open"])])
+    lim = limit[matter] if isinstance(limit, np.ndarray) else limit
     return bool(np.any(seen[matter] < lim))
+
+
+def _several_domains(
+    events: Readings, store: StateStore, clocks: np.ndarray, ttl: float, dom: np.ndarray
+) -> bool:
+    """:func:`may_expire` for a call of several clock domains (the daemon's batch of several partitions, as
+    runs of messages), with a few array operations per run, none per reading. A reading past its own domain's
+    horizon (a late reading) makes it True: the call is then processed in parts, down to runs of one domain."""
+    ts = events.timestamps
+    if not np.isfinite(ts).all():
+        return True  # rare (such readings are refused): the parts decide
+    lo, run_dom = domain_runs(dom, events.counts)
+    reach = clocks.copy()  # the event time each domain reaches in this call
+    np.maximum.at(reach, run_dom, np.maximum.reduceat(ts, lo))
+    horizon = reach - ttl
+    if (np.minimum.reduceat(ts, lo) < horizon[run_dom]).any():
+        return True
+    seen = store.arrays["seen"]
+    limit = horizon[store.arrays["domain"]]  # per row: its key's domain's horizon
+    if not (seen < limit).any():
+        return False  # the common case: no key at all is that old
+    return _matter(store, events.names, limit)
 
 
 def in_parts(

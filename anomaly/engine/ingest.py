@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from anomaly.config import EngineConfig
+from anomaly.engine.expiry import domain_runs
 from anomaly.engine.part import Part
 from anomaly.engine.pieces import Pieces, report_pieces, run_lengths, window_pieces
 from anomaly.engine.screen import EventIngest
@@ -150,9 +151,7 @@ class Ingest(Part):
         ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
         r_s, t_s, v_s = rows_r[order], ts[order], vals[order]
-        d_s: int | np.ndarray = dom  # each reading's clock domain (one for all, or in the order of r_s)
-        if not isinstance(dom, int):
-            d_s = (dom if once else np.repeat(dom, r.counts))[order]
+        d_s: int | np.ndarray | None = dom  # each reading's clock domain: one for all, or in r_s's order
         if once:  # every reading is its key's first
             first = np.ones(len(r_s), bool)
             prev = a["last_ts"][r_s]
@@ -169,6 +168,13 @@ class Ingest(Part):
         bad |= ~(np.isfinite(v_s).all(axis=1) & np.isfinite(t_s))
         if queues:  # keys already queued by the per-event path in this call stay on it, in order
             bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
+        if not isinstance(dom, int):  # several clock domains
+            if bad.any():  # each kept reading's domain moves its clock (in _assemble)
+                d_s = (dom if once else np.repeat(dom, r.counts))[order]
+            else:  # every reading is kept: each run of a domain moves its clock, in message order
+                run_lo, run_dom = domain_runs(dom, r.counts)
+                np.maximum.at(self.clocks, run_dom, np.maximum.reduceat(ts, run_lo))
+                d_s = None
         if bad.any():
             irregular = np.unique(r_s[bad])
             self.store.drop(
@@ -181,7 +187,7 @@ class Ingest(Part):
                 self._ingest(ev, queues, row_keys, out, dom if isinstance(dom, int) else int(dom[m]))
             keep = ~np.isin(r_s, irregular)
             r_s, t_s, v_s, first = r_s[keep], t_s[keep], v_s[keep], first[keep]
-            if not isinstance(d_s, int):
+            if isinstance(d_s, np.ndarray):
                 d_s = d_s[keep]
             if not len(r_s):
                 return
@@ -195,7 +201,7 @@ class Ingest(Part):
         raw: np.ndarray,
         first: np.ndarray,
         out: EngineOutput,
-        d: int | np.ndarray = 0,
+        d: int | np.ndarray | None = 0,
     ) -> Pieces:
         """Regular readings (grouped by row, in time order within a row) as pieces, with array operations only:
         cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
@@ -220,7 +226,7 @@ class Ingest(Part):
         put_rows(a["last_values"], groups, last_raw)
         if isinstance(d, int):  # the event time reached in each clock domain: its accepted readings only
             self.clocks[d] = max(self.clocks[d], float(t.max()))
-        else:
+        elif d is not None:  # (None: moved by the caller)
             np.maximum.at(self.clocks, d, t)
         self.counters["readings"] += len(r)
         out.readings += len(r)
