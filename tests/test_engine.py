@@ -1381,3 +1381,24 @@ def test_clock_domains_survive_a_snapshot_and_an_old_snapshot_restores(bundle) -
     p = Engine(bundle, cfg)
     p.restore(old)  # no partition named: the default domain, from "max_ts", as before
     assert p.clock("") == 100_000.0 and p.keys() == ["a", "b"]
+
+
+def test_a_partition_assigned_again_takes_its_checkpoints_clock_not_the_one_this_engine_reached(
+    bundle,
+) -> None:
+    """A partition handed back to a member that owned it before: the member reached a later event time there
+    than the checkpoint it restores from (records it read and did not checkpoint); clocks only move forward, so
+    the daemon forgets the partition's clock before the restore (`reset_clock`), else the restored keys would
+    expire by a time the checkpoint never reached."""
+    f = len(bundle.features)
+    cfg = EngineConfig(ttl_seconds=100.0)
+    e = Engine(bundle, cfg)
+    e.process(in_domain([Event("a", np.array([10.0]), one(bundle))], "in:1", f))
+    checkpoint = e.snapshot(["a"], domain="in:1")
+    e.process(in_domain([Event("b", np.array([500.0]), one(bundle))], "in:1", f))  # not checkpointed
+    e.drop(e.keys())  # revoked
+    e.reset_clock("in:1")
+    e.restore(checkpoint, domain="in:1")
+    assert e.clock("in:1") == 10.0
+    nxt = in_domain([Event("a", np.array([60.0]), one(bundle))], "in:1", f)
+    assert e.process(nxt).evicted == [] and e.keys() == ["a"]
