@@ -111,8 +111,9 @@ def in_parts(
     """The call's two halves, in order, each through `process`: a half whose event time cannot expire a key
     mid-call is one call, any other is halved again, down to single messages, which are exact. Processing
     parts in order equals processing their messages one by one whenever each part does, so this equals
-    message by message, at the cost of a few calls where a call mixes, say, a partition that moves the
-    clock with one that lags it by more than the TTL (batches of several partitions, see the source)."""
+    message by message, at the cost of a few calls where a call mixes, say, readings that move a clock past
+    the TTL of a key read in the call with late readings of another clock domain (batches of several
+    partitions, see the source)."""
     half = len(events) // 2
     if isinstance(events, Readings):
         parts: tuple[Sequence[Event] | Readings, ...] = (
