@@ -57,8 +57,8 @@ def _check_export_target(model: str, fmt: str, out: str) -> None:
     "fmt",
     type=click.Choice(["int8", "onnx"]),
     required=True,
-    help="int8: dynamic int8 quantisation of the LSTM and linear layers (a bundle the engine loads like any "
-    "other); onnx: the stateful step (x, h, c) -> (recon, h, c), validated against PyTorch with onnxruntime.",
+    help="int8: the LSTM and linear weights stored as int8, a file a third the size, scored in float32 (a bundle "
+    "the engine loads like any other); onnx: the stateful step (x, h, c) -> (recon, h, c), validated against PyTorch with onnxruntime.",
 )
 @click.option(
     "--out",
