@@ -66,7 +66,7 @@ from anomaly import atomic
 from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
-from anomaly.engine import Engine, StateError
+from anomaly.engine import Engine, EngineOutput, StateError
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import (
@@ -89,7 +89,7 @@ from anomaly.kafka.sinks import (
     TransactionTimeoutError,
 )
 from anomaly.kafka.source import KafkaSource
-from anomaly.runner import run
+from anomaly.runner import Batch, run
 
 log = logging.getLogger(__name__)
 DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
@@ -486,6 +486,8 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.model_reload_failed()
             return
+        if bundle.arch != self.engine.bundle.arch or bundle.features != self.engine.bundle.features:
+            self._retire_state()  # the reload starts every key afresh
         kept = self.engine.reload(bundle)
         self.bundle = bundle
         self.changelog.owner = dataclasses.replace(  # keeps the transactional id: records must name it
@@ -501,6 +503,25 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.model_loaded(bundle)
             self.metrics.model_reloaded(kept)
+
+    def _retire_state(self) -> None:
+        """Before a reload that resets per-key state: every key leaves as an evicted key does (its readings scored
+        but not yet reported go out as a short window, its open alert is closed with reason ``evicted``, under the
+        model that opened it), so no alert is left open forever on the alerts topic (where `retrain` would leave
+        the key's readings out from its start on) and no decided reading goes unreported."""
+        engine, out = self.engine, EngineOutput()
+        out.evicted = engine.store.evict(0, None, lambda keys, rows: engine._on_evict(keys, rows, out))
+        engine.counters["evicted"] += len(out.evicted)
+        batch = Batch(events=[])
+        for sink in self.sinks:
+            sink.write(out, batch)
+        closed = sum(1 for a in out.alerts if a.status == "closed")
+        if out.evicted:
+            log.warning(
+                "model reload resets per-key state: %d key(s) retired, %d open alert(s) closed (reason evicted)",
+                len(out.evicted),
+                closed,
+            )
 
     # --- rebalances ------------------------------------------------------------------------------------------
 
