@@ -66,7 +66,9 @@ from anomaly import atomic
 from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
-from anomaly.engine import Engine, EngineOutput, StateError
+from anomaly.engine import Alert, Engine, EngineOutput, StateError
+from anomaly.engine.alerts import alert_id
+from anomaly.engine.state import StateStore
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import (
@@ -172,6 +174,7 @@ class Daemon:
         self.stop_requested_at = -float("inf")  # time.monotonic() of the first stop signal
         self.tracker = PartitionTracker()
         self._reload_requested = False
+        self._retired: list[Alert] = []  # open alerts of refused (incompatible) state, closed at the restore
         self._mtime = Path(model_path).stat().st_mtime
         self._next_reload_check = 0.0
         self._assigned_once = False
@@ -615,6 +618,10 @@ class Daemon:
                 self.changelog.write(pid, offset, cp.snapshot, cp.keys, epoch, stored=cp)
             else:  # no state: resume from the group's committed offset; the claim still fences older owners
                 self.changelog.write(pid, None, b"", 0, epoch)
+        if self._retired:  # in the claims' transaction: the refused state and its open alerts end together
+            out, self._retired = EngineOutput(alerts=self._retired), []
+            for sink in self.sinks:
+                sink.write(out, Batch(events=[]))
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
             self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
             self.checkpointer.commit(by_pid.values(), wait=not seek)
@@ -724,10 +731,13 @@ class Daemon:
     def _restore_one(self, pid: str, cp: Any) -> list[str] | None:
         """The checkpoint's keys restored into the engine, or None when it is refused (another model)."""
         if cp.model and cp.model != self.changelog.owner.model:
+            closes = retired_alerts(cp.snapshot)
+            self._retired.extend(closes)
             log.error(
                 "state of %s not restored: written by an incompatible model (features or architecture differ); "
-                "its keys start fresh from the committed offset",
+                "its keys start fresh from the committed offset (%d open alert(s) closed, reason evicted)",
                 pid,
+                len(closes),
             )
             self._count_refusal("incompatible_model")
             return None
@@ -877,3 +887,35 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
         self.daemon.on_rebalance("assigned", assigned)
+
+
+def retired_alerts(snapshot: bytes) -> list[Alert]:
+    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture),
+    closed as an evicted key's are (reason ``evicted``, at the event time the state had reached, under the model
+    version that opened them; no top features, which need that model's feature names). Before, they were dropped
+    with the state and stayed open forever on the alerts topic. A snapshot that cannot be read closes none."""
+    try:
+        header, arrays = StateStore.read_snapshot(snapshot)
+        meta = header.get("meta", {})
+        at, version = float(meta.get("max_ts", float("nan"))), str(meta.get("model_version", ""))
+        fields = [arrays[f] for f in ("alert_open", "alert_start", "last_anom_ts", "alert_peak", "alert_thr")]
+    except (StateError, KeyError, TypeError, ValueError):
+        return []
+    is_open, start, end, peak, thr = fields
+    return [
+        Alert(
+            alert_id(key, float(start[i])),
+            key,
+            "closed",
+            float(start[i]),
+            float(end[i]),
+            at,
+            float(peak[i]),
+            float(thr[i]),
+            version,
+            [],
+            "evicted",
+        )
+        for i, key in enumerate(header["keys"])
+        if is_open[i]
+    ]

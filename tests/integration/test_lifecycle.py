@@ -302,3 +302,53 @@ def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
     wait_for(lambda: set(closed()) == open_ids, 20, "the dropped alerts closed")
     assert {(a["reason"], a["model_version"]) for a in closed().values()} == {("evicted", champion.version)}
     assert terminate(proc) == 0
+
+
+def test_a_restart_with_a_model_that_cannot_restore_the_state_closes_its_open_alerts(
+    kafka_env, tiny_model, stream, tmp_path
+):
+    """A model of another architecture promoted while the daemon was down: the checkpoint written under the old
+    one is not restored (its keys start fresh). Before, the alerts open in it were dropped with it and stayed
+    open forever on the alerts topic; now the restore closes them (reason `evicted`, the old model's version)
+    in the transaction of its claims."""
+    _, series = stream
+    model_path, champion = tiny_model
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(champion, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(champion, first).alert_ids
+    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
+    frame.to_csv(tmp_path / "normal.csv", index=False)
+    normal, feats = load_series(
+        [tmp_path / "normal.csv"], DataConfig(key_column="sensor_id"), champion.features
+    )
+    wider = train(normal, feats, ModelConfig(window=12, hidden_size=16), TrainConfig(epochs=1, seed=1)).bundle
+
+    model = tmp_path / "model.pt"
+    shutil.copy(model_path, model)
+    names = kafka_env.names(partitions=2)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    ends = kafka_env.produce(names.input, first, champion.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
+        (i, "open") for i in open_ids
+    }
+
+    save_bundle(wider, model)  # promoted while the daemon was down
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready with the wider model")
+    closed = {
+        a["id"]: a
+        for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+        if a["status"] == "closed" and a["id"] in open_ids
+    }
+    assert set(closed) == open_ids
+    assert {(a["reason"], a["model_version"]) for a in closed.values()} == {("evicted", champion.version)}
+    assert "not restored: written by an incompatible model" in kafka_env.logs[-1].read_text()
+    assert terminate(proc) == 0
