@@ -644,3 +644,35 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
     }
     assert restored == [["k"], None, None]
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
+
+
+def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counted(
+    tmp_path, bundle_path, caplog
+):
+    """A SIGHUP while the -m file was missing (moved away, a deploy half-way) did nothing and logged nothing: the
+    operator who asked for a reload had no sign that none happened. A missing file with no SIGHUP stays quiet (a
+    rename's gap), and the model in use keeps scoring either way."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    version = daemon.bundle.version
+    live.unlink()
+    with caplog.at_level(logging.ERROR, logger="anomaly.kafka.daemon"):
+        daemon._maybe_reload()  # no request: quiet
+        assert caplog.records == []
+        daemon.request_reload()
+        daemon._maybe_reload()
+        daemon._maybe_reload()  # said once per request
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model reload failed, keeping version {version}: cannot read {live}: No such file or directory"
+    ]
+    assert daemon.bundle.version == version
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0

@@ -475,7 +475,19 @@ class Daemon:
     def _maybe_reload(self) -> None:
         try:
             file = _file_signature(self.model_path)
-        except OSError:
+        except OSError as exc:
+            if (
+                self._reload_requested
+            ):  # a SIGHUP asked for it: say why nothing was loaded (else a rename's gap)
+                self._reload_requested = False
+                log.error(
+                    "model reload failed, keeping version %s: cannot read %s: %s",
+                    self.bundle.version,
+                    self.model_path,
+                    exc.strerror or exc,
+                )
+                if self.metrics is not None:
+                    self.metrics.model_reload_failed()
             return
         if not self._reload_requested and file == self._file:
             return
