@@ -291,8 +291,8 @@ def _only_topic(topics: tuple[str, ...]) -> str:
     "-m",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Send the features of this bundle, in its order (values go as a list, which the daemon reads by "
-    "position).  [default: none]",
+    help="Send the features of this bundle, in its order, also where --features names them (values go as a "
+    "list, which the daemon reads by position).  [default: none]",
 )
 @data_options
 @click.option(
@@ -355,11 +355,19 @@ def produce_cmd(
     )
     topic = topic or _only_topic(cfg.kafka.topics)
     wanted = None
-    if model and not cfg.data.features:
+    if model:
         from anomaly.bundle import load_bundle
+        from anomaly.errors import ConfigError
 
-        wanted = load_bundle(model).features
-    series, feats = load_series(list(data), cfg.data, wanted)
+        wanted = list(load_bundle(model).features)
+        named = cfg.data.features
+        if named and sorted(named) != sorted(wanted):  # the daemon would refuse every message (feature_count)
+            raise ConfigError(
+                f"--features / data.features ({', '.join(named)}) are not the features of {model} "
+                f"({', '.join(wanted)})",
+                key="data.features",
+            )
+    series, feats = load_series(list(data), cfg.data, wanted)  # with --model, in the model's order
     k = cfg.kafka
     admin = clients.make_admin(k)
     try:
