@@ -690,3 +690,29 @@ def test_iso_times_with_milliseconds_decode_as_the_csv_path_reads_them() -> None
 
     stamps = [f"2023-11-14T22:13:{20 + i // 1000:02d}.{i % 1000:03d}Z" for i in range(0, 4000, 7)]
     assert to_epoch_seconds(pd.Series(stamps)).tolist() == [parse_time(t) for t in stamps]
+
+
+def test_iso_times_with_nanoseconds_decode_as_the_csv_path_reads_them() -> None:
+    """Go producers write RFC3339Nano (`...:20.123456789Z`): Python's datetime dropped the digits past the
+    microsecond (`.123456`, where a replay of the same text reads `.1234567`; `.9999999` stayed in the second
+    before), so the daemon's timestamps were not the replay's, and two readings within one microsecond became
+    duplicates."""
+    import pandas as pd
+
+    from anomaly.data import to_epoch_seconds
+
+    stamps = [
+        "2023-11-14T22:13:20.123456789Z",
+        "2023-11-14T22:13:20.1234567Z",
+        "2023-11-14T22:13:20.9999999Z",
+        "2023-11-14T22:13:20.000000001Z",
+        "2023-11-14T22:13:20.1234567891Z",
+        "2023-11-14T23:13:20.123456789+01:00",
+        "2023-11-14T22:13:20.123456789",
+        "1969-12-31T23:59:59.123456789Z",
+        "2023-11-14T22:13:20.123456Z",
+        "2023-11-14T22:13:20,123456789Z",
+    ]
+    assert [parse_time(t) for t in stamps] == [float(to_epoch_seconds(pd.Series([t]))[0]) for t in stamps]
+    assert parse_time(stamps[0]) == 1700000000.1234567
+    assert parse_time("2023-11-14T22:13:20.0000001Z") != parse_time("2023-11-14T22:13:20.0000009Z")

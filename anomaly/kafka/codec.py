@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain, groupby, repeat
 from typing import Any
 
@@ -30,6 +31,7 @@ import numpy as np
 import orjson
 
 from anomaly.data import EPOCH_MS_FROM, epoch_seconds
+from anomaly.data.times import in_seconds
 from anomaly.engine.types import Alert, Event, Readings, Rejection, ScoredWindow
 
 # Reasons a message is refused before the engine (dead-letter `reason` header, messages_invalid label).
@@ -96,7 +98,7 @@ def parse_time(value: Any) -> float:
             except ValueError:
                 raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
         else:
-            ts, numeric = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp(), False
+            ts, numeric = _iso_seconds(value, dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
     else:
         raise DecodeError(
             "bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}"
@@ -106,6 +108,22 @@ def parse_time(value: Any) -> float:
     if numeric and abs(ts) >= EPOCH_MS_FROM:
         return float(epoch_seconds(np.array(ts)))
     return ts
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SUB_MICROSECOND = re.compile(r"\d\.(\d{7,})(?!\d)")  # a fraction of more than 6 digits (Go's RFC3339Nano)
+
+
+def _iso_seconds(text: str, dt: datetime) -> float:
+    """Epoch seconds of an ISO-8601 time read into the aware ``dt``. Python's datetime keeps microseconds and drops
+    further digits; a fraction with more of them (up to nanoseconds) is read from the text as the CSV path reads
+    it (pandas' nanoseconds, :func:`anomaly.data.times.in_seconds`), so both give the same float64."""
+    long = _SUB_MICROSECOND.search(text)
+    if long is None:
+        return dt.timestamp()
+    whole = (dt.replace(microsecond=0) - _EPOCH) // timedelta(seconds=1)
+    ns = whole * 1_000_000_000 + int(long.group(1)[:9].ljust(9, "0"))
+    return float(in_seconds(np.array([ns], np.int64), "ns")[0])
 
 
 def _key_ids(keys: list[str]) -> tuple[list[str], np.ndarray]:
