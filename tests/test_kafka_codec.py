@@ -716,3 +716,38 @@ def test_iso_times_with_nanoseconds_decode_as_the_csv_path_reads_them() -> None:
     assert [parse_time(t) for t in stamps] == [float(to_epoch_seconds(pd.Series([t]))[0]) for t in stamps]
     assert parse_time(stamps[0]) == 1700000000.1234567
     assert parse_time("2023-11-14T22:13:20.0000001Z") != parse_time("2023-11-14T22:13:20.0000009Z")
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_a_poll_keyed_by_the_message_key_alone_is_decoded_in_bulk(monkeypatch, block) -> None:
+    """Producers that key by the Kafka message key and leave the key field out (the usual plant producer) were
+    decoded one record at a time (8x slower: 9 µs a record against 1.1): the bulk path took only string key
+    fields. The keys, readings and refusals equal :meth:`Decoder.decode`'s."""
+    dec = Decoder(MessageFormat(("a", "b", "c")))
+
+    def body(i: int, key: bool) -> bytes:
+        reading = {"ts": 1_700_000_000 + i, "values": [1.5, 2.5, float(i)]}
+        out = {"readings": [reading, {**reading, "ts": reading["ts"] + 0.5}]} if block else reading
+        return orjson.dumps({"key": f"named-{i % 3}", **out} if key else out)
+
+    plain = [Record("t", 0, i, f"pump-{i % 5}".encode(), body(i, i % 4 == 0)) for i in range(64)]
+    calls = []
+    original = Decoder._from_body
+    monkeypatch.setattr(Decoder, "_from_body", lambda self, b, r: calls.append(r) or original(self, b, r))
+    readings, errors = dec.decode_poll(plain)
+    assert calls == [] and errors == []
+    events = [dec.decode(r) for r in plain]
+    assert readings.timestamps.tolist() == np.concatenate([e.timestamps for e in events]).tolist()
+    assert readings.values.tolist() == np.concatenate([e.values for e in events]).tolist()
+    keys = [readings.names[i] for i in readings.kid]
+    assert keys == [e.key for e in events]
+
+    odd = [*plain[:40], Record("t", 0, 90, None, body(90, False)), Record("t", 0, 91, b"", body(91, False))]
+    odd += [Record("t", 0, 92, b"\xff", body(92, False)), *plain[40:]]
+    readings, errors = dec.decode_poll(odd)
+    assert [(r.offset, e.reason) for r, e in errors] == [
+        (90, "missing_field"),
+        (91, "missing_field"),
+        (92, "missing_field"),
+    ]
+    assert [readings.names[i] for i in readings.kid] == keys
