@@ -139,7 +139,7 @@ class Decoder:
     :meth:`decode` makes one :class:`Event` of one record and is the reference for every rule and refusal.
     :meth:`decode_poll` does the same for a whole poll in columns (:class:`Readings`): one ``orjson.loads``
     per record, then field extraction, type checks and conversion over the whole poll at C speed. Records it
-    cannot take in bulk (blocks, ISO timestamps, features by name, nulls, anything malformed) go through
+    cannot take in bulk (features by name, nulls, anything malformed) go through
     :meth:`decode`, so both give the same readings and the same refusals (a test proves it).
 
     The record itself becomes the event's ``ref``, so a refusal later in the engine still reaches the
@@ -271,26 +271,14 @@ class Decoder:
         return key
 
     def _block_fast(self, block: list[Any], raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-        """Vectorized decode of a block whose timestamps are numbers and values lists of numbers (the common
-        case); None sends anything else (ISO times, objects, nulls, errors) through the per-reading path."""
+        """Vectorized decode of a block whose timestamps are numbers (or text :func:`parse_time` takes) and values
+        lists of F numbers (the common case); None sends anything else (objects, nulls, errors) through the
+        per-reading path."""
         tf, vf = self.fmt.time_field, self.fmt.values_field
         try:
-            stamps = np.array([r[tf] for r in block])
-            values = np.array([r[vf] for r in block])
-        except (TypeError, ValueError, KeyError):
+            return self._convert([r[tf] for r in block], [r[vf] for r in block])
+        except (TypeError, KeyError):
             return None
-        if (
-            stamps.dtype.kind not in "fi"
-            or values.dtype.kind not in "fi"
-            or values.shape != (len(block), self.n_features)
-            or stamps.ndim != 1
-            or (b"true" in raw or b"false" in raw)  # a boolean would pass as 1.0 / 0.0 here
-        ):
-            return None
-        stamps = stamps.astype(np.float64)
-        if not np.isfinite(stamps).all():
-            return None
-        return epoch_seconds(stamps), values.astype(np.float64)
 
     @staticmethod
     def _field(body: dict[str, Any], name: str) -> Any:
@@ -436,30 +424,52 @@ class Decoder:
     def _columns(
         self, records: Sequence[Any], stamps: list[Any], values: list[Any]
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`) and values (N, F) when every
-        timestamp is a finite JSON number and every values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
-        blob = b"".join([r.value for r in records])
-        if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
-            if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
-                map(type, chain.from_iterable(v if type(v) is list else (v,) for v in values))
-            ):
-                return None
+        """:meth:`_convert` of a poll's readings; None also where a reading is stamped past ``_latest`` (refused
+        one by one, with the reason)."""
+        converted = self._convert(stamps, values)
+        if converted is not None and len(stamps) and float(converted[0].max()) > self._latest:
+            return None
+        return converted
+
+    def _convert(self, stamps: list[Any], values: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`, or :func:`parse_time` where some
+        are text: ISO-8601 producers) and values (N, F) when every timestamp is a finite JSON number or a string
+        :func:`parse_time` takes, and every values field a list of F JSON numbers (no null, string, boolean,
+        object or nesting); else None.
+
+        The types are checked before numpy sees the lists: ``np.array`` of a list holding one string makes a
+        fixed-width text array as wide as the longest string for every element, so a single message with a
+        500 KB string in a poll of 2,000 asked for gigabytes (a MemoryError, or the kernel's OOM killer, at
+        every restart, as the message is never committed)."""
+        n = len(stamps)
         try:
-            ts = np.array(stamps)
+            kinds = set(map(type, chain.from_iterable(values)))
+        except TypeError:  # a values field that is a number or null
+            return None
+        if not kinds <= _PLAIN_NUMBERS or set(map(type, values)) != {list}:
+            return None  # nulls, strings, booleans, objects or nesting (per record: the reason)
+        try:
             vals = np.array(values)
         except (ValueError, TypeError):  # ragged lists
             return None
-        n = len(stamps)
-        if ts.dtype.kind not in "fi" or vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
-            return None  # nulls (object), strings, wrong feature count or nesting
-        if ts.shape != (n,):
-            return None
-        ts = ts.astype(np.float64)
-        if not np.isfinite(ts).all():
-            return None
-        ts = epoch_seconds(ts)
-        if n and float(ts.max()) > self._latest:  # refused one by one, with the reason
-            return None
+        if vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
+            return None  # an integer beyond int64 / uint64 (object), wrong feature count
+        stamp_kinds = set(map(type, stamps))
+        if stamp_kinds <= _PLAIN_NUMBERS:
+            ts = np.array(stamps)
+            if ts.dtype.kind not in "fi" or ts.shape != (n,):
+                return None
+            ts = ts.astype(np.float64)
+            if not np.isfinite(ts).all():
+                return None
+            ts = epoch_seconds(ts)
+        elif stamp_kinds <= _PLAIN_NUMBERS | {str}:  # ISO-8601 or numbers as text: each as decode() reads it
+            try:
+                ts = np.fromiter(map(parse_time, stamps), np.float64, n)
+            except DecodeError:
+                return None
+        else:
+            return None  # nulls, booleans, lists, objects
         return ts, vals.astype(np.float64)
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
@@ -511,6 +521,7 @@ def collector_paused() -> Iterator[None]:
 
 
 _NUMBER_TYPES = frozenset((float, int, type(None)))
+_PLAIN_NUMBERS = frozenset((float, int))
 _UNPARSED = object()  # a record whose value is missing, too large or not JSON: `decode` says which
 
 
