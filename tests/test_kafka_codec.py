@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 
 import numpy as np
@@ -802,3 +803,20 @@ def test_a_poll_of_iso_times_is_decoded_in_bulk_as_decode_reads_them(monkeypatch
     readings, errors = dec.decode_poll(records)
     assert calls == [] and errors == []
     assert readings.timestamps.tolist() == [parse_time(t) for t in stamps]
+
+
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        ({"values_field": "readings"}, "kafka.readings_field and kafka.values_field are both 'readings'"),
+        ({"time_field": "key"}, "kafka.time_field and kafka.key_field are both 'key'"),
+        ({"key_field": ""}, "kafka.key_field must not be empty"),
+    ],
+)
+def test_message_field_settings_that_collide_are_refused(kafka, message) -> None:
+    """A plant whose producers name the values list `readings` set kafka.values_field = "readings": the decoder
+    then took every message for a block (the readings field's default name) and refused it as `bad_values`
+    ("reading 0 of the block is not an object"), and `produce` wrote messages its own daemon refused."""
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        build_config({"kafka": kafka})
+    build_config({"kafka": {"values_field": "readings", "readings_field": "block"}})

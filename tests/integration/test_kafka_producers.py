@@ -72,7 +72,7 @@ def _shaped(i: int, key: str, ts: float, row: list[float], features) -> dict:
     if i == 1:  # features by name, in another order; ISO time with Z
         return {
             "ts": iso.isoformat().replace("+00:00", "Z"),
-            "values": dict(reversed(list(zip(features, row)))),
+            "values": dict(reversed(list(zip(features, row, strict=True)))),
         }
     if i == 2:  # time as a numeric string; no body key (the record key is the entity)
         return {"ts": repr(ts), "values": row}
