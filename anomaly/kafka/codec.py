@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import math
+import operator
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -139,7 +140,7 @@ class Decoder:
     :meth:`decode` makes one :class:`Event` of one record and is the reference for every rule and refusal.
     :meth:`decode_poll` does the same for a whole poll in columns (:class:`Readings`): one ``orjson.loads``
     per record, then field extraction, type checks and conversion over the whole poll at C speed. Records it
-    cannot take in bulk (features by name, nulls, anything malformed) go through
+    cannot take in bulk (nulls, anything malformed) go through
     :meth:`decode`, so both give the same readings and the same refusals (a test proves it).
 
     The record itself becomes the event's ``ref``, so a refusal later in the engine still reaches the
@@ -154,6 +155,8 @@ class Decoder:
         self.fmt = fmt
         self.n_features = len(fmt.features)
         self._index = {name: i for i, name in enumerate(fmt.features)}
+        # an object's values in the model's feature order
+        self._in_order = operator.itemgetter(*fmt.features) if fmt.features else dict.values
         self._clock = clock
         self._latest = (
             math.inf
@@ -442,11 +445,16 @@ class Decoder:
         500 KB string in a poll of 2,000 asked for gigabytes (a MemoryError, or the kernel's OOM killer, at
         every restart, as the message is never committed)."""
         n = len(stamps)
+        if values and type(values[0]) is dict:  # features by name
+            rows = self._by_name(values)
+            if rows is None:
+                return None
+            values = rows
         try:
             kinds = set(map(type, chain.from_iterable(values)))
         except TypeError:  # a values field that is a number or null
             return None
-        if not kinds <= _PLAIN_NUMBERS or set(map(type, values)) != {list}:
+        if not kinds <= _PLAIN_NUMBERS or not set(map(type, values)) <= {list, tuple}:
             return None  # nulls, strings, booleans, objects or nesting (per record: the reason)
         try:
             vals = np.array(values)
@@ -471,6 +479,19 @@ class Decoder:
         else:
             return None  # nulls, booleans, lists, objects
         return ts, vals.astype(np.float64)
+
+    def _by_name(self, values: list[Any]) -> list[Any] | None:
+        """Values given as objects of exactly the model's features, as rows in the model's order (as
+        :meth:`_values` takes them); None where any is not such an object (read one by one, with the reason)."""
+        if set(map(type, values)) != {dict} or set(map(len, values)) != {self.n_features}:
+            return None
+        try:
+            rows = list(map(self._in_order, values))
+        except KeyError:  # a feature missing (another in its place)
+            return None
+        return (
+            rows if self.n_features > 1 else [[v] for v in rows]
+        )  # itemgetter of one name: the value itself
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F
