@@ -858,3 +858,54 @@ def test_a_poll_of_values_by_feature_name_is_decoded_in_bulk_as_decode_reads_it(
         (52, "feature_count"),
     ]
     assert len(readings.timestamps) == 40
+
+
+BLOCK_MISREAD = [
+    # a reading beside the block: it was dropped without a word
+    (
+        {
+            "key": "a",
+            "ts": 1_700_000_000,
+            "values": [1, 2, 3],
+            "readings": [{"ts": 1_700_000_001, "values": [1, 2, 3]}],
+        },
+        "a message is one reading ('ts', 'values') or a block ('readings'), not both",
+    ),
+    # several sensors batched in one block: all were scored as the message's key
+    (
+        {
+            "key": "a",
+            "readings": [
+                {"key": "a", "ts": 1_700_000_000, "values": [1, 2, 3]},
+                {"key": "b", "ts": 1_700_000_000, "values": [4, 5, 6]},
+            ],
+        },
+        "reading 1 of the block names 'key' 'b', the message's is 'a': a block holds one key's readings",
+    ),
+    (
+        {"readings": [{"key": "b", "ts": 1_700_000_000, "values": [4, 5, 6]}]},  # the message key is "a"
+        "reading 0 of the block names 'key' 'b', the message's is 'a': a block holds one key's readings",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "detail"), BLOCK_MISREAD)
+def test_a_block_that_would_be_misread_is_refused_on_both_paths(body, detail) -> None:
+    dec = Decoder(MessageFormat(("a", "b", "c")))
+    bad = Record("t", 0, 99, b"a", orjson.dumps(body))
+    with pytest.raises(DecodeError) as err:
+        dec.decode(bad)
+    assert (err.value.reason, err.value.detail) == ("bad_values", detail)
+    good = [
+        Record(
+            "t",
+            0,
+            i,
+            b"a",
+            orjson.dumps({"readings": [{"key": "a", "ts": 1_700_000_000 + i, "values": [1, 2, 3]}]}),
+        )
+        for i in range(40)
+    ]
+    readings, errors = dec.decode_poll([*good[:20], bad, *good[20:]])
+    assert [(r.offset, e.reason, e.detail) for r, e in errors] == [(99, "bad_values", detail)]
+    assert len(readings.timestamps) == 40  # a reading repeating the message's key is taken

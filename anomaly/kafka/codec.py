@@ -218,6 +218,7 @@ class Decoder:
             return Event(key, stamp, row.reshape(1, -1), record)
         if not isinstance(block, list) or not block:
             raise DecodeError("bad_values", f"{fmt.readings_field!r} must be a non-empty list of readings")
+        self._one_key_block(body, block, key)
         fast = self._block_fast(block, record.value)
         if fast is not None:
             self._check_future(fast[0])
@@ -231,6 +232,28 @@ class Decoder:
             self._check_future(stamps[i : i + 1])
             rows.append(self._values(self._field(reading, fmt.values_field)))
         return Event(key, stamps, np.stack(rows), record)
+
+    def _one_key_block(self, body: dict[str, Any], block: list[Any], key: str) -> None:
+        """DecodeError ``bad_values`` for a block that would be read otherwise than it was meant: a reading of its
+        own beside the block (it was dropped without a word), or a reading naming another key than the message's
+        (a producer batching several sensors into one block: all of them were scored as the message's key)."""
+        fmt = self.fmt
+        if fmt.time_field in body or fmt.values_field in body:
+            raise DecodeError(
+                "bad_values",
+                f"a message is one reading ({fmt.time_field!r}, {fmt.values_field!r}) or a block "
+                f"({fmt.readings_field!r}), not both",
+            )
+        kf = fmt.key_field
+        for i, reading in enumerate(block):
+            if type(reading) is dict and kf in reading:
+                own = reading[kf]
+                if isinstance(own, bool) or not isinstance(own, str | int | float) or str(own) != key:
+                    raise DecodeError(
+                        "bad_values",
+                        f"reading {i} of the block names {kf!r} {own!r:.40}, the message's is {key!r:.40}: a "
+                        "block holds one key's readings",
+                    )
 
     def _key(self, key: Any, record: Any) -> str:
         """The entity key: the body's key field, else the message key. An empty key is refused like a missing
@@ -407,6 +430,11 @@ class Decoder:
         readings = list(chain.from_iterable(blocks))
         if 0 in counts or set(map(type, readings)) != {dict}:
             return None
+        fmt = self.fmt
+        if any(map(dict.__contains__, readings, repeat(fmt.key_field))) or any(
+            fmt.time_field in b or fmt.values_field in b for b in bodies
+        ):
+            return None  # keys in readings, or a reading beside the block: checked record by record
         return self._readings(records, keys, readings, np.asarray(counts, np.int64))
 
     def _readings(
