@@ -676,3 +676,67 @@ def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counte
     ]
     assert daemon.bundle.version == version
     assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+
+
+def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_path, window_bundle):
+    """A reload of a model with another architecture closes every open alert (reason evicted) and reports every
+    key's waiting readings, as an eviction does; those closes and windows went to the sinks but not to /metrics:
+    anomaly_alerts_closed_total stayed below anomaly_alerts_opened_total for good, and anomaly_keys_held kept the
+    retired keys until the next batch (for ever on an idle stream)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.bundle import save_bundle
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+    from tests.helpers import make_series
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    cfg = build_config(
+        {
+            "engine": {
+                "threshold": "static",
+                "static_threshold": 50.0,
+                "smoothing": 1.0,
+                "alert_open_after": 1,
+                "alert_close_after": 5,
+            }
+        }
+    )
+    daemon = Daemon(cfg, str(live), metrics=metrics)  # not connected: no broker
+    bundle = daemon.bundle
+    assert window_bundle.features == bundle.features and window_bundle.arch != bundle.arch
+    written: list[Any] = []
+    daemon.sinks = [SimpleNamespace(write=lambda out, batch: written.append(out))]
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+    s = make_series("unit", 6 * bundle.window + 3, len(bundle.features), seed=5)  # 3 readings unreported
+    noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
+    s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale
+    s.values[-3:] += 60 * bundle.scaler.scale  # an alert opens and stays open
+    for i in range(len(s)):
+        out = daemon.engine.process([Event(s.key, s.timestamps[i : i + 1], s.values[i : i + 1])])
+        metrics.observe(out, None, daemon.engine, 0.0)  # as the runner does after each batch
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 0.0)
+    assert sample("anomaly_keys_held") == 1.0
+    windows_before = sample("anomaly_windows_scored_total")
+
+    save_bundle(window_bundle, live)
+    daemon.request_reload()
+    daemon._maybe_reload()
+    retired = [a for out in written for a in out.alerts if a.status == "closed"]
+    reported = sum(len(out.windows) for out in written)
+    assert (len(retired), reported) == (1, 1)
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 1.0)
+    assert sample("anomaly_windows_scored_total") == windows_before + reported
+    assert (sample("anomaly_keys_held"), sample("anomaly_keys_evicted_total")) == (0.0, 1.0)
+    assert sample("anomaly_alerts_active") == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "reset"}) == 1.0
