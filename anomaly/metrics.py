@@ -264,6 +264,12 @@ class PipelineMetrics:
             "New model files that could not be loaded (corrupt, not a bundle, ...); the model in use stays.",
             registry=r,
         )
+        self.model_file_rejected = Gauge(
+            "anomaly_model_file_rejected",
+            "1 while the model file in place is one the daemon could not load (missing at a SIGHUP, corrupt, not a "
+            "bundle): the model in use is an older one, and a restart would fail on the file; 0 once a file loads.",
+            registry=r,
+        )
         self.model_drift = Gauge(
             "anomaly_model_drift_psi",
             "Population stability index of the last point errors (all keys, sliding window) against the "
@@ -479,6 +485,7 @@ class PipelineMetrics:
         epoch = _created_at_epoch(created)
         if epoch is not None:
             self.model_trained.set(epoch)
+        self.model_file_rejected.set(0)
         self._track_drift(bundle)
 
     def _track_drift(self, bundle: Any) -> None:
@@ -501,7 +508,10 @@ class PipelineMetrics:
             self.alerts_active.set(0)
 
     def model_reload_failed(self) -> None:
+        """A model file that could not be loaded: counted, and ``anomaly_model_file_rejected`` is 1 until a file
+        loads (ModelReloadFailed fires on it: a count over 15 minutes resolved while the bad file stayed)."""
         self.model_reload_failures.inc()
+        self.model_file_rejected.set(1)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -740,3 +740,51 @@ def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_
     assert (sample("anomaly_keys_held"), sample("anomaly_keys_evicted_total")) == (0.0, 1.0)
     assert sample("anomaly_alerts_active") == 0.0
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "reset"}) == 1.0
+
+
+def test_a_model_file_that_cannot_be_loaded_is_flagged_until_one_in_its_place_loads(tmp_path, bundle_path):
+    """ModelReloadFailed alerted on the failures' increase over 15 minutes, so it resolved 15 minutes after a bad
+    file was put in place, the bad file still there (the daemon looks at a file once; a restart would fail on it).
+    anomaly_model_file_rejected says it for as long as it lasts: set by a failed load, cleared by one that loads,
+    including the same file put back after a SIGHUP found it missing."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.sinks = []
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+
+    def rejected() -> float | None:
+        return metrics.registry.get_sample_value("anomaly_model_file_rejected")
+
+    assert rejected() == 0.0
+    (tmp_path / "bad.pt").write_bytes(bundle_path.read_bytes()[:1000])  # a truncated copy
+    os.replace(tmp_path / "bad.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    daemon._maybe_reload()  # nothing new: the bad file is still the one in place
+    assert rejected() == 1.0
+    (tmp_path / "good.pt").write_bytes(bundle_path.read_bytes())
+    os.replace(tmp_path / "good.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+
+    os.replace(live, tmp_path / "away.pt")  # moved away, then SIGHUP
+    daemon.request_reload()
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    os.replace(tmp_path / "away.pt", live)  # the very file in use put back: same mtime, size and inode
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 2.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 2.0

@@ -488,6 +488,7 @@ class Daemon:
                 )
                 if self.metrics is not None:
                     self.metrics.model_reload_failed()
+                self._file = (0, 0, 0)  # whatever file comes back is loaded (and clears the failure)
             return
         if not self._reload_requested and file == self._file:
             return
