@@ -489,7 +489,12 @@ class PipelineMetrics:
         self._track_drift(bundle)
 
     def _track_drift(self, bundle: Any) -> None:
-        """A new model starts a new drift window against its own calibration; the old version's series goes."""
+        """A new model starts a new drift window against its own calibration; the old version's series goes. The
+        same version loaded again (a SIGHUP, the file touched or put back) keeps its window and series: each such
+        reload emptied them, and ModelDrift's 30 minutes started again from 200 points later."""
+        version = str(getattr(bundle, "version", "unknown"))
+        if self._drift is not None and version == self._drift_version:
+            return
         if self._drift_version is not None:
             try:
                 self.model_drift.remove(self._drift_version)
@@ -499,7 +504,7 @@ class PipelineMetrics:
         self._drift = DriftMonitor.for_calibration(
             calibration, window=self.drift_window, min_points=min(DEFAULT_MIN_POINTS, self.drift_window)
         )
-        self._drift_version = str(getattr(bundle, "version", "unknown"))
+        self._drift_version = version
 
     def model_reloaded(self, kept_state: bool) -> None:
         self.model_reloads.labels("kept" if kept_state else "reset").inc()
