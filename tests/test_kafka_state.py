@@ -681,8 +681,8 @@ def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counte
 def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_path, window_bundle):
     """A reload of a model with another architecture closes every open alert (reason evicted) and reports every
     key's waiting readings, as an eviction does; those closes and windows went to the sinks but not to /metrics:
-    anomaly_alerts_closed_total stayed below anomaly_alerts_opened_total for good, and anomaly_keys_held kept the
-    retired keys until the next batch (for ever on an idle stream)."""
+    anomaly_alerts_closed_total stayed below anomaly_alerts_opened_total for good, and the reported windows were
+    in no count or histogram."""
     from types import SimpleNamespace
 
     from prometheus_client import CollectorRegistry
