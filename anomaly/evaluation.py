@@ -316,19 +316,29 @@ def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
 
 def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
     """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
-    its readings, and its delay runs from the event's first reading to that decision (in readings and seconds).
+    its readings -- by its own verdict on that reading, or by being the verdict in force at it (a reading refused
+    inside an open alert counts as flagged point-wise, so it detects its event too) -- and its delay runs from the
+    event's first reading to that decision (in readings and seconds; 0 when the decision came before the event).
     Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
     (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
     alert into two predicted segments (nor add a false alert)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
-    dec = np.arange(len(y)) if decided is None else np.asarray(decided, dtype=np.int64)
-    true_segs, pred_segs = segments(y), segments(causal(p, dec, False))
+    n = len(y)
+    dec = np.arange(n) if decided is None else np.asarray(decided, dtype=np.int64)
+    seen = causal(p, dec, False)
+    held_by = causal(dec, dec, n)  # at each reading, the decision in force (the reading that made it)
+    true_segs, pred_segs = segments(y), segments(seen)
     d_readings: list[int] = []
     d_seconds: list[float] = []
     for start, stop in true_segs:
-        hits = dec[start:stop][p[start:stop]]
-        hits = hits[hits < len(y)]
+        # a decision flags a reading of the event by its own verdict (possibly after the event ended), or by
+        # being in force at it, as the point-wise counts have it (a reading refused inside an open alert); one
+        # made before the event (the alert was already open) detects it at its first reading
+        own = dec[start:stop][p[start:stop]]
+        held = np.maximum(held_by[start:stop][seen[start:stop]], start)
+        hits = np.concatenate([own, held])
+        hits = hits[hits < n]
         if len(hits):
             at = int(hits.min())
             d_readings.append(at - start)

@@ -273,3 +273,37 @@ def test_a_rare_false_alert_rate_is_printed_with_its_digits():
     assert _false_alerts_line(one_false, TIMES * 36)[4:6] == ["0.028", "(1"]  # one in 36 days
     assert _false_alerts_line(one_false, TIMES)[4] == "1.0"  # one in one day
     assert _false_alerts_line(np.zeros(10, int), TIMES)[4] == "0.0"
+
+
+def test_an_event_of_refused_readings_inside_an_open_alert_is_detected_at_once():
+    """A fault that makes the sensor send NaN while an alert is open: its readings are refused, never scored, and
+    counted as flagged point-wise (the alert stayed open), so the event is detected, with no delay; it was
+    reported missed (event recall 0 of 1 beside a point recall and PA-recall of 1.0)."""
+    ts = np.arange(10) * 60.0
+    labels = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 0])
+    preds = np.array([0, 1, 1, 0, 0, 1, 1, 0, 0, 0])  # the alert opened at 1; 3 and 4 refused (NaN)
+    decided = ts.copy()
+    decided[[3, 4]] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["point"] == {"tp": 2, "fp": 4, "fn": 0, "tn": 4}
+    assert m["pa_recall"] == 1.0
+    e = m["counts"]["events"]
+    assert (e["true_events"], e["detected_events"], e["matched_predictions"]) == (1, 1, 1)
+    assert (e["delays_readings"], e["delays_seconds"]) == ((0,), (0.0,))
+    assert m["event_recall"] == 1.0
+
+
+def test_a_refused_first_reading_inside_an_open_alert_delays_nothing():
+    ts = np.arange(8) * 10.0
+    labels = np.array([0, 0, 1, 1, 1, 0, 0, 0])
+    preds = np.array([0, 1, 0, 1, 1, 1, 0, 0])  # the alert was open before the event; its first reading refused
+    decided = ts.copy()
+    decided[2] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["events"]["delays_readings"] == (0,)
+    assert m["counts"]["events"]["delays_seconds"] == (0.0,)
+    # a closed alert held over a refused reading detects nothing; the next flagged reading does, 2 readings in
+    closed = np.array([0, 0, 0, 0, 1, 1, 0, 0])
+    m = evaluate(labels, closed, ts, decided)
+    assert m["counts"]["events"]["delays_readings"] == (2,)
+    assert m["counts"]["point"]["tp"] == 1
