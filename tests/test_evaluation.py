@@ -296,7 +296,8 @@ def test_an_event_of_refused_readings_inside_an_open_alert_is_detected_at_once()
 def test_a_refused_first_reading_inside_an_open_alert_delays_nothing():
     ts = np.arange(8) * 10.0
     labels = np.array([0, 0, 1, 1, 1, 0, 0, 0])
-    preds = np.array([0, 1, 0, 1, 1, 1, 0, 0])  # the alert was open before the event; its first reading refused
+    # the alert was open before the event; the event's first reading was refused
+    preds = np.array([0, 1, 0, 1, 1, 1, 0, 0])
     decided = ts.copy()
     decided[2] = np.nan
     m = evaluate(labels, preds, ts, decided)
