@@ -321,7 +321,8 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
     event's first reading to that decision (in readings and seconds; 0 when the decision came before the event).
     Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
     (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
-    alert into two predicted segments (nor add a false alert)."""
+    alert into two predicted segments (nor add a false alert). A segment is matched (not a false alert) when it
+    overlaps a labelled reading or when a decision in force during it flagged one (the late detection above)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     n = len(y)
@@ -343,7 +344,15 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
             at = int(hits.min())
             d_readings.append(at - start)
             d_seconds.append(float(ts[at] - ts[start]))
-    matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
+    # a predicted segment is matched when it overlaps a labelled reading, or when a decision in force during it
+    # flagged a labelled reading: with window-end scoring the alert a short event raises is announced after the
+    # event ended, and it is that event's (late) detection, not a false alert
+    detecting = np.zeros(n + 1, bool)
+    flagged_event = (dec < n) & p & y
+    detecting[dec[flagged_event]] = True
+    matched = sum(
+        1 for start, stop in pred_segs if y[start:stop].any() or detecting[held_by[start:stop]].any()
+    )
     timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
     seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
     return EventCounts(

@@ -308,3 +308,22 @@ def test_a_refused_first_reading_inside_an_open_alert_delays_nothing():
     m = evaluate(labels, closed, ts, decided)
     assert m["counts"]["events"]["delays_readings"] == (2,)
     assert m["counts"]["point"]["tp"] == 1
+
+
+def test_an_alert_that_detected_an_event_late_is_not_a_false_alert():
+    """Window-end scoring (model.forecast = false): a short event inside one window is flagged when the window
+    ends, after the event; the alert the pipeline announces then detects the event and is not a false alert
+    (it was counted both ways: 1 of 1 events detected beside 0 of 1 predicted segments matched, 1 false alert)."""
+    ts = np.arange(12) * 60.0
+    labels = np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    preds = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])  # alert state at each window's decision
+    decided = np.repeat([3, 7, 11], 4) * 60.0
+    m = evaluate(labels, preds, ts, decided)
+    e = m["counts"]["events"]
+    assert (e["detected_events"], e["delays_readings"]) == (1, (2,))
+    assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (1, 1, 0)
+    assert m["event_precision"] == 1.0 and m["false_alerts_per_day"] == 0.0
+    assert m["counts"]["point"] == {"tp": 0, "fp": 8, "fn": 2, "tn": 2}  # point-wise: what was said by then
+    # an alert whose decisions flagged no labelled reading stays false
+    m = evaluate(np.zeros(12, int), preds, ts, decided)
+    assert m["counts"]["events"]["false_alerts"] == 1
