@@ -328,6 +328,44 @@ def test_produce_that_may_not_create_its_topic_says_so_in_one_line(monkeypatch, 
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("topics", "expected"),
+    [
+        (None, "error: cannot create topic sensors on 127.0.0.1:1: "),
+        ('["plant"]', "error: cannot create topic plant on 127.0.0.1:1: "),
+        ('["a", "b"]', "error: kafka.topics names 2 topics (a, b): pass --topic"),
+    ],
+)
+def test_produce_without_topic_writes_to_the_topic_consume_reads(
+    monkeypatch, tmp_path, topics, expected
+) -> None:
+    """`produce` required -t even where the pipeline names the topic `consume` reads (kafka.topics): now that topic
+    is the default, and a pipeline naming several is refused in one line."""
+    import kafka.errors
+
+    from anomaly.kafka import clients
+
+    class Admin:
+        def close(self) -> None:
+            pass
+
+    def refuse(admin, names, *args, **kwargs):
+        raise kafka.errors.TopicAuthorizationFailedError(f"not allowed: {names}")
+
+    monkeypatch.setattr(clients, "make_admin", lambda cfg: Admin())
+    monkeypatch.setattr(clients, "create_topics", refuse)
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1,1.0\n2,2.0\n")
+    args = ["produce", str(csv), "--partitions", "2", "-b", "127.0.0.1:1"]
+    if topics is not None:
+        (tmp_path / "p.toml").write_text(f"[kafka]\ntopics = {topics}\n")
+        args += ["-p", str(tmp_path / "p.toml")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(expected)
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
     """The option's range is the setting's (kafka.checkpoint_interval_s > 0): its help says x>0.0, and 0 is a
     usage error naming the option, not a settings error after start-up."""

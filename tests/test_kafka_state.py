@@ -530,6 +530,44 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 0.0
 
 
+def test_a_model_copy_finished_within_one_mtime_tick_of_a_failed_reload_is_still_loaded(
+    tmp_path, bundle_path
+):
+    """The daemon told a new model file by its mtime alone. A `cp` that the daemon looked at half-way failed to
+    load (counted); when the copy finished within the file system's timestamp tick, the complete file had the
+    same mtime and was never loaded: the old model kept scoring until the file changed again."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))  # not connected: no broker
+    daemon.source = SimpleNamespace(decoder=None)
+    daemon.sinks = []
+    complete = bundle_path.read_bytes()  # the same model, copied in again: a new file all the same
+    in_use = daemon.bundle
+    tick = os.stat(live).st_mtime_ns + 1_000_000_000
+    live.write_bytes(complete[: len(complete) // 2])  # the daemon looks while the copy is half-way
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+    with open(live, "r+b") as f:  # the rest, within the same timestamp tick
+        f.seek(len(complete) // 2)
+        f.write(complete[len(complete) // 2 :])
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert daemon.bundle is not in_use
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 1.0
+
+
 def test_the_checkpoint_age_counts_from_the_daemons_start_until_its_first_checkpoint(tmp_path, bundle_path):
     """At 0 until the first checkpoint, `time() - anomaly_checkpoint_last_timestamp_seconds` (the dashboard's
     "Checkpoint age", CheckpointStale's value) read 56 years for the scrapes after every restart (seen on a real
@@ -606,3 +644,35 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
     }
     assert restored == [["k"], None, None]
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
+
+
+def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counted(
+    tmp_path, bundle_path, caplog
+):
+    """A SIGHUP while the -m file was missing (moved away, a deploy half-way) did nothing and logged nothing: the
+    operator who asked for a reload had no sign that none happened. A missing file with no SIGHUP stays quiet (a
+    rename's gap), and the model in use keeps scoring either way."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    version = daemon.bundle.version
+    live.unlink()
+    with caplog.at_level(logging.ERROR, logger="anomaly.kafka.daemon"):
+        daemon._maybe_reload()  # no request: quiet
+        assert caplog.records == []
+        daemon.request_reload()
+        daemon._maybe_reload()
+        daemon._maybe_reload()  # said once per request
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model reload failed, keeping version {version}: cannot read {live}: No such file or directory"
+    ]
+    assert daemon.bundle.version == version
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0

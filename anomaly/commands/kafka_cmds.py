@@ -248,9 +248,25 @@ def consume_cmd(
     )
 
 
+def _only_topic(topics: tuple[str, ...]) -> str:
+    """The topic `produce` writes to when --topic is not given: the one `consume` reads with the same settings."""
+    from anomaly.errors import ConfigError
+
+    if len(topics) != 1:
+        raise ConfigError(
+            f"kafka.topics names {len(topics)} topics ({', '.join(topics)}): pass --topic", key="kafka.topics"
+        )
+    return topics[0]
+
+
 @click.command("produce")
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--topic", "-t", required=True, help="Topic to write to.")
+@click.option(
+    "--topic",
+    "-t",
+    default=None,
+    help="Topic to write to.  [default: the topic kafka.topics names (sensors), the one consume reads]",
+)
 @pipeline_option
 @_kafka_options
 @click.option(
@@ -337,6 +353,7 @@ def produce_cmd(
             **data_overrides,
         },
     )
+    topic = topic or _only_topic(cfg.kafka.topics)
     wanted = None
     if model and not cfg.data.features:
         from anomaly.bundle import load_bundle
