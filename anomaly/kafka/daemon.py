@@ -488,6 +488,7 @@ class Daemon:
                 )
                 if self.metrics is not None:
                     self.metrics.model_reload_failed()
+                self._file = (0, 0, 0)  # whatever file comes back is loaded (and clears the failure)
             return
         if not self._reload_requested and file == self._file:
             return
@@ -530,6 +531,8 @@ class Daemon:
         batch = Batch(events=[])
         for sink in self.sinks:
             sink.write(out, batch)
+        if self.metrics is not None:  # its closes and windows counted as the sinks have them; no keys held
+            self.metrics.observe(out, batch, engine, time.time())
         closed = sum(1 for a in out.alerts if a.status == "closed")
         if out.evicted:
             log.warning(
@@ -634,6 +637,8 @@ class Daemon:
             out, self._retired = EngineOutput(alerts=self._retired), []
             for sink in self.sinks:
                 sink.write(out, Batch(events=[]))
+            if self.metrics is not None:  # closes on the alerts topic count in anomaly_alerts_closed_total
+                self.metrics.observe(out, Batch(events=[]), self.engine, time.time())
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
             self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
             self.checkpointer.commit(by_pid.values(), wait=not seek)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import http_status, replay_expected, terminate, wait_for
+from conftest import http_status, metric, replay_expected, terminate, wait_for
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -351,4 +351,6 @@ def test_a_restart_with_a_model_that_cannot_restore_the_state_closes_its_open_al
     assert set(closed) == open_ids
     assert {(a["reason"], a["model_version"]) for a in closed.values()} == {("evicted", champion.version)}
     assert "not restored: written by an incompatible model" in kafka_env.logs[-1].read_text()
+    # counted as the alerts topic has them (they were on the topic only): opened in the last life, closed in this
+    assert metric(port, "anomaly_alerts_closed_total") == len(open_ids)
     assert terminate(proc) == 0
