@@ -466,6 +466,17 @@ class KafkaConfig:
         _need(self.max_block_ms >= 1000, "kafka.max_block_ms", "must be at least 1000")
         _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
         _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
+        named: dict[str, str] = {}  # a field name -> the setting that took it
+        for name in ("key_field", "time_field", "values_field", "readings_field"):
+            value = getattr(self, name)
+            _need(bool(value), f"kafka.{name}", "must not be empty")
+            other = named.setdefault(value, name)
+            _need(  # values_field = "readings" made every message a block of readings that are not objects
+                other == name,
+                f"kafka.{name}",
+                f"and kafka.{other} are both {value!r}: each field of a message needs its own name",
+                (f"kafka.{other}",),
+            )
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
         _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
 

@@ -521,6 +521,44 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 0.0
 
 
+def test_a_model_copy_finished_within_one_mtime_tick_of_a_failed_reload_is_still_loaded(
+    tmp_path, bundle_path
+):
+    """The daemon told a new model file by its mtime alone. A `cp` that the daemon looked at half-way failed to
+    load (counted); when the copy finished within the file system's timestamp tick, the complete file had the
+    same mtime and was never loaded: the old model kept scoring until the file changed again."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))  # not connected: no broker
+    daemon.source = SimpleNamespace(decoder=None)
+    daemon.sinks = []
+    complete = bundle_path.read_bytes()  # the same model, copied in again: a new file all the same
+    in_use = daemon.bundle
+    tick = os.stat(live).st_mtime_ns + 1_000_000_000
+    live.write_bytes(complete[: len(complete) // 2])  # the daemon looks while the copy is half-way
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+    with open(live, "r+b") as f:  # the rest, within the same timestamp tick
+        f.seek(len(complete) // 2)
+        f.write(complete[len(complete) // 2 :])
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert daemon.bundle is not in_use
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 1.0
+
+
 def test_the_checkpoint_age_counts_from_the_daemons_start_until_its_first_checkpoint(tmp_path, bundle_path):
     """At 0 until the first checkpoint, `time() - anomaly_checkpoint_last_timestamp_seconds` (the dashboard's
     "Checkpoint age", CheckpointStale's value) read 56 years for the scrapes after every restart (seen on a real
@@ -597,3 +635,147 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
     }
     assert restored == [["k"], None, None]
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
+
+
+def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counted(
+    tmp_path, bundle_path, caplog
+):
+    """A SIGHUP while the -m file was missing (moved away, a deploy half-way) did nothing and logged nothing: the
+    operator who asked for a reload had no sign that none happened. A missing file with no SIGHUP stays quiet (a
+    rename's gap), and the model in use keeps scoring either way."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    version = daemon.bundle.version
+    live.unlink()
+    with caplog.at_level(logging.ERROR, logger="anomaly.kafka.daemon"):
+        daemon._maybe_reload()  # no request: quiet
+        assert caplog.records == []
+        daemon.request_reload()
+        daemon._maybe_reload()
+        daemon._maybe_reload()  # said once per request
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model reload failed, keeping version {version}: cannot read {live}: No such file or directory"
+    ]
+    assert daemon.bundle.version == version
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+
+
+def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_path, window_bundle):
+    """A reload of a model with another architecture closes every open alert (reason evicted) and reports every
+    key's waiting readings, as an eviction does; those closes and windows went to the sinks but not to /metrics:
+    anomaly_alerts_closed_total stayed below anomaly_alerts_opened_total for good, and the reported windows were
+    in no count or histogram."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.bundle import save_bundle
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+    from tests.helpers import make_series
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    cfg = build_config(
+        {
+            "engine": {
+                "threshold": "static",
+                "static_threshold": 50.0,
+                "smoothing": 1.0,
+                "alert_open_after": 1,
+                "alert_close_after": 5,
+            }
+        }
+    )
+    daemon = Daemon(cfg, str(live), metrics=metrics)  # not connected: no broker
+    bundle = daemon.bundle
+    assert window_bundle.features == bundle.features and window_bundle.arch != bundle.arch
+    written: list[Any] = []
+    daemon.sinks = [SimpleNamespace(write=lambda out, batch: written.append(out))]
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+    s = make_series("unit", 6 * bundle.window + 3, len(bundle.features), seed=5)  # 3 readings unreported
+    noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
+    s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale
+    s.values[-3:] += 60 * bundle.scaler.scale  # an alert opens and stays open
+    for i in range(len(s)):
+        out = daemon.engine.process([Event(s.key, s.timestamps[i : i + 1], s.values[i : i + 1])])
+        metrics.observe(out, None, daemon.engine, 0.0)  # as the runner does after each batch
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 0.0)
+    assert sample("anomaly_keys_held") == 1.0
+    windows_before = sample("anomaly_windows_scored_total")
+
+    save_bundle(window_bundle, live)
+    daemon.request_reload()
+    daemon._maybe_reload()
+    retired = [a for out in written for a in out.alerts if a.status == "closed"]
+    reported = sum(len(out.windows) for out in written)
+    assert (len(retired), reported) == (1, 1)
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 1.0)
+    assert sample("anomaly_windows_scored_total") == windows_before + reported
+    assert (sample("anomaly_keys_held"), sample("anomaly_keys_evicted_total")) == (0.0, 1.0)
+    assert sample("anomaly_alerts_active") == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "reset"}) == 1.0
+
+
+def test_a_model_file_that_cannot_be_loaded_is_flagged_until_one_in_its_place_loads(tmp_path, bundle_path):
+    """ModelReloadFailed alerted on the failures' increase over 15 minutes, so it resolved 15 minutes after a bad
+    file was put in place, the bad file still there (the daemon looks at a file once; a restart would fail on it).
+    anomaly_model_file_rejected says it for as long as it lasts: set by a failed load, cleared by one that loads,
+    including the same file put back after a SIGHUP found it missing."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.sinks = []
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+
+    def rejected() -> float | None:
+        return metrics.registry.get_sample_value("anomaly_model_file_rejected")
+
+    assert rejected() == 0.0
+    (tmp_path / "bad.pt").write_bytes(bundle_path.read_bytes()[:1000])  # a truncated copy
+    os.replace(tmp_path / "bad.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    daemon._maybe_reload()  # nothing new: the bad file is still the one in place
+    assert rejected() == 1.0
+    (tmp_path / "good.pt").write_bytes(bundle_path.read_bytes())
+    os.replace(tmp_path / "good.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+
+    os.replace(live, tmp_path / "away.pt")  # moved away, then SIGHUP
+    daemon.request_reload()
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    os.replace(tmp_path / "away.pt", live)  # the very file in use put back: same mtime, size and inode
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 2.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 2.0
