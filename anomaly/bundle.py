@@ -134,7 +134,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write atomically, as every output (:func:`anomaly.atomic.atomic_path`: temporary file + rename, a device or
     named pipe written in place), so a crash never leaves a half-written bundle in place."""
     p = Path(path)
-    if bundle.meta.get("quantization"):  # packed int8 modules: stored as plain int8 tensors + scales
+    if bundle.meta.get("quantization"):  # int8 weights: stored as plain int8 tensors + scales
         from anomaly.export import int8_weights
 
         weights = int8_weights(bundle.model)

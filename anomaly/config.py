@@ -371,9 +371,9 @@ class KafkaConfig:
     readings_field: str = "readings"
     max_message_bytes: int = 1_048_576
     # A reading stamped further than this ahead of the daemon's wall clock is refused (dead letter
-    # `future_timestamp`): the engine measures idleness against the newest event time, so one reading from a
-    # broken clock would otherwise make every other key look idle (evicted after engine.ttl_seconds) and its own
-    # key drop every later, correct reading as going back in time. The default equals engine.ttl_seconds' default
+    # `future_timestamp`): the engine measures idleness against the newest event time of each partition, so one
+    # reading from a broken clock would otherwise make every other key of its partition look idle (evicted after
+    # engine.ttl_seconds) and its own key drop every later, correct reading as going back in time. The default equals engine.ttl_seconds' default
     # and lets any time-zone offset through. 0 turns it off.
     max_future_seconds: float = 86_400.0
     checkpoint_interval_s: float = 5.0
@@ -466,6 +466,17 @@ class KafkaConfig:
         _need(self.max_block_ms >= 1000, "kafka.max_block_ms", "must be at least 1000")
         _need(self.max_request_bytes >= 4096, "kafka.max_request_bytes", "must be at least 4096")
         _need(self.dead_letter_max_bytes >= 1024, "kafka.dead_letter_max_bytes", "must be at least 1024")
+        named: dict[str, str] = {}  # a field name -> the setting that took it
+        for name in ("key_field", "time_field", "values_field", "readings_field"):
+            value = getattr(self, name)
+            _need(bool(value), f"kafka.{name}", "must not be empty")
+            other = named.setdefault(value, name)
+            _need(  # values_field = "readings" made every message a block of readings that are not objects
+                other == name,
+                f"kafka.{name}",
+                f"and kafka.{other} are both {value!r}: each field of a message needs its own name",
+                (f"kafka.{other}",),
+            )
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
         _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
 

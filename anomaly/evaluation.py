@@ -316,24 +316,43 @@ def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
 
 def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
     """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
-    its readings, and its delay runs from the event's first reading to that decision (in readings and seconds).
+    its readings -- by its own verdict on that reading, or by being the verdict in force at it (a reading refused
+    inside an open alert counts as flagged point-wise, so it detects its event too) -- and its delay runs from the
+    event's first reading to that decision (in readings and seconds; 0 when the decision came before the event).
     Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
     (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
-    alert into two predicted segments (nor add a false alert)."""
+    alert into two predicted segments (nor add a false alert). A segment is matched (not a false alert) when it
+    overlaps a labelled reading or when a decision in force during it flagged one (the late detection above)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
-    dec = np.arange(len(y)) if decided is None else np.asarray(decided, dtype=np.int64)
-    true_segs, pred_segs = segments(y), segments(causal(p, dec, False))
+    n = len(y)
+    dec = np.arange(n) if decided is None else np.asarray(decided, dtype=np.int64)
+    seen = causal(p, dec, False)
+    held_by = causal(dec, dec, n)  # at each reading, the decision in force (the reading that made it)
+    true_segs, pred_segs = segments(y), segments(seen)
     d_readings: list[int] = []
     d_seconds: list[float] = []
     for start, stop in true_segs:
-        hits = dec[start:stop][p[start:stop]]
-        hits = hits[hits < len(y)]
+        # a decision flags a reading of the event by its own verdict (possibly after the event ended), or by
+        # being in force at it, as the point-wise counts have it (a reading refused inside an open alert); one
+        # made before the event (the alert was already open) detects it at its first reading
+        own = dec[start:stop][p[start:stop]]
+        held = np.maximum(held_by[start:stop][seen[start:stop]], start)
+        hits = np.concatenate([own, held])
+        hits = hits[hits < n]
         if len(hits):
             at = int(hits.min())
             d_readings.append(at - start)
             d_seconds.append(float(ts[at] - ts[start]))
-    matched = sum(1 for start, stop in pred_segs if y[start:stop].any())
+    # a predicted segment is matched when it overlaps a labelled reading, or when a decision in force during it
+    # flagged a labelled reading: with window-end scoring the alert a short event raises is announced after the
+    # event ended, and it is that event's (late) detection, not a false alert
+    detecting = np.zeros(n + 1, bool)
+    flagged_event = (dec < n) & p & y
+    detecting[dec[flagged_event]] = True
+    matched = sum(
+        1 for start, stop in pred_segs if y[start:stop].any() or detecting[held_by[start:stop]].any()
+    )
     timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
     seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
     return EventCounts(

@@ -1,11 +1,14 @@
-"""Export a bundle for CPU scoring: dynamic int8 quantisation, and ONNX of the stateful scoring step.
+"""Export a bundle for CPU scoring: int8 weights (a smaller file, scored in float32) and ONNX of the scoring step.
 
-**int8.** Every ``nn.LSTM`` and ``nn.Linear`` of the model is quantised dynamically (weights int8 per tensor,
-symmetric; activations quantised on the fly), the scheme of ``torch.ao.quantization.quantize_dynamic``. The
-result is an ordinary bundle: the same file format, read with ``torch.load(weights_only=True)``, so quantised
-weights are stored as plain tensors (``<param>`` int8, ``<param>.scale`` float64, ``<param>.zero_point``
-int64) and the packed modules are rebuilt from exactly those numbers on load. The engine, replay and the
-daemon load it like any bundle (``meta["quantization"]`` says what it is).
+**int8.** A storage format: every LSTM and linear weight matrix is stored as int8 values with one scale per
+tensor (symmetric, zero point 0; the numbers ``quantize_dynamic``'s weight observer gives), biases in float32.
+The result is an ordinary bundle: the same file format, read with ``torch.load(weights_only=True)``, the int8
+weights as plain tensors (``<param>`` int8, ``<param>.scale`` float64, ``<param>.zero_point`` int64). Loading
+dequantises them into an ordinary float32 model (:class:`Int8Autoencoder`), so scoring is float32 arithmetic on
+the int8-rounded weights: a key's numbers do not depend on the other keys of its engine call or on how its
+readings are grouped, and replay predicts the daemon bit for bit, as with float32. (Until session 17 the
+model ran through PyTorch's dynamic quantisation, whose activation scale came from each call's whole input;
+those bundles, ``meta["quantization"]["scheme"] == "dynamic"``, hold the same tensors and now load this way.)
 
 **ONNX.** The exported graph is one engine step: ``(x, h, c) -> (recon, h_out, c_out)`` with x ``(B, window,
 F)`` standardized readings, h and c ``(layers, B, hidden)``, B dynamic. The bundle's metadata (features,
@@ -20,7 +23,6 @@ import copy
 import io
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,9 @@ from anomaly.data import Scaler
 from anomaly.errors import AnomalyError, BundleError, OutputError
 from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
 
-INT8 = {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]}
+# weight-only int8: int8 weights in the file, float32 arithmetic when scoring. Bundles written before session 17
+# say {"scheme": "dynamic", ...}: the same tensors, loaded and scored the same way now (see `int8_model`).
+INT8 = {"scheme": "weight_only", "dtype": "qint8", "compute": "float32", "modules": ["LSTM", "Linear"]}
 ONNX_OPSET = 17
 ONNX_META_KEY = "anomaly_bundle"
 ONNX_TOLERANCE = 1e-5
@@ -47,107 +51,96 @@ class ExportError(AnomalyError):
 # --- int8 ------------------------------------------------------------------------------------------------------
 
 
-def _quantize_dynamic(model: nn.Module) -> nn.Module:
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model).cpu().eval(), {nn.LSTM, nn.Linear}, dtype=torch.qint8
-        )
+def quantize_tensor(w: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """`w` as int8 values and one scale, per-tensor symmetric (zero point 0): the scheme and numbers of
+    ``quantize_dynamic``'s default weight observer (scale = max|w| / 127.5, at least float32's eps), so a bundle
+    written now holds the same int8 tensors as one written by the dynamic scheme."""
+    w = w.detach().cpu().float()
+    amax = w.abs().max() if w.numel() else torch.tensor(0.0)
+    scale = torch.clamp(amax / 127.5, min=torch.finfo(torch.float32).eps)
+    # as torch.quantize_per_tensor (deprecated) rounds: times the float32 inverse scale, half to even
+    q = torch.clamp(torch.round(w * (1.0 / scale)), -128, 127).to(torch.int8)
+    return q, float(scale)
 
 
-def _quantized_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    from torch.ao.nn.quantized import dynamic as nnqd
-
-    for name, module in model.named_modules():
-        if isinstance(module, nnqd.LSTM | nnqd.Linear):
-            yield name, module
-
-
-def _weights_of(module: Any) -> dict[str, torch.Tensor]:
-    """A dynamic module's weights and biases by parameter name (quantised tensors for the weights)."""
-    from torch.ao.nn.quantized import dynamic as nnqd
-
-    if isinstance(module, nnqd.Linear):
-        out = {"weight": module.weight()}
-        if module.bias() is not None:
-            out["bias"] = module.bias()
-        return out
-    wb = module._weight_bias()
-    return {**wb["weight"], **wb["bias"]}
-
-
-def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain-tensor weights of a quantised model: what `save_bundle` writes for an int8 bundle."""
+def dequantize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The float32 state dict an int8 bundle's tensors stand for: each int8 tensor ``q`` with its ``.scale`` and
+    ``.zero_point`` becomes ``(q - zero_point) * scale`` in float32; every other tensor is kept."""
     out: dict[str, torch.Tensor] = {}
-    quantized_prefixes = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, module in _quantized_modules(model):
-            quantized_prefixes.append(name + ".")
-            for pname, t in _weights_of(module).items():
-                key = f"{name}.{pname}"
-                if t.is_quantized:
-                    out[key] = t.int_repr().clone()
-                    out[key + ".scale"] = torch.tensor(float(t.q_scale()), dtype=torch.float64)
-                    out[key + ".zero_point"] = torch.tensor(int(t.q_zero_point()), dtype=torch.int64)
-                else:
-                    out[key] = t.detach().clone()
-    for key, t in model.state_dict().items():  # anything left in float (none in the current model)
-        if isinstance(t, torch.Tensor) and not any(key.startswith(p) for p in quantized_prefixes):
-            out[key] = t.detach().cpu().clone()
+    for key, t in weights.items():
+        if key.endswith((".scale", ".zero_point")) and key.rsplit(".", 1)[0] in weights:
+            continue
+        if t.dtype == torch.int8:
+            try:
+                scale, zero = weights[key + ".scale"], weights[key + ".zero_point"]
+            except KeyError as exc:
+                raise BundleError(f"int8 bundle lacks weight {exc.args[0]}") from None
+            out[key] = (t.float() - float(zero)) * torch.tensor(float(scale), dtype=torch.float32)
+        else:
+            out[key] = t
     return out
 
 
-def int8_model(arch: Architecture, weights: dict[str, torch.Tensor]) -> LSTMAutoencoder:
-    """Rebuild a quantised model from :func:`int8_weights` bit for bit (no re-quantisation)."""
-    model: Any = _quantize_dynamic(LSTMAutoencoder(arch))
-    used: set[str] = set()
+class Int8Autoencoder(LSTMAutoencoder):
+    """An LSTMAutoencoder whose weights are int8 values times a per-tensor scale, scored in ordinary float32.
 
-    def tensor(key: str) -> torch.Tensor:
-        if key not in weights:
-            raise BundleError(f"int8 bundle lacks weight {key}")
-        used.add(key)
-        t = weights[key]
-        if t.dtype == torch.int8:
-            scale = float(weights[key + ".scale"])
-            zero = int(weights[key + ".zero_point"])
-            used.update({key + ".scale", key + ".zero_point"})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch._make_per_tensor_quantized_tensor(t, scale, zero)
-        return t
+    ``stored`` keeps the int8 tensors and scales it was built from, which is what an int8 bundle file holds, so
+    saving writes back exactly what was loaded. Because the arithmetic is float32, a key's numbers do not depend
+    on which keys share its engine call or on how its readings are grouped (unlike dynamic quantisation, which
+    chose each call's activation scale from the whole input)."""
 
-    from torch.ao.nn.quantized import dynamic as nnqd
+    def __init__(self, arch: Architecture, stored: dict[str, torch.Tensor]) -> None:
+        super().__init__(arch)
+        self.stored = {k: v.detach().cpu().clone() for k, v in stored.items()}
+        floats = dequantize(self.stored)
+        expected = set(self.state_dict())
+        missing = sorted(expected - set(floats))
+        if missing:
+            raise BundleError(f"int8 bundle lacks weight {missing[0]}")
+        unknown = sorted(set(floats) - expected)
+        if unknown:
+            raise BundleError(f"int8 bundle has unknown weights: {', '.join(unknown[:5])}")
+        self.load_state_dict(floats)
+        self.eval()
 
-    for name, module_ in _quantized_modules(model):
-        module: Any = module_
-        names = _weights_of(module)
-        got = {p: tensor(f"{name}.{p}") for p in names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if isinstance(module, nnqd.Linear):
-                module.set_weight_bias(got["weight"], got.get("bias"))
-            else:
-                module.set_weight_bias(got)
-    rest = {k: v for k, v in weights.items() if k not in used}
-    if rest:
-        missing, unexpected = model.load_state_dict(rest, strict=False)
-        if unexpected:
-            raise BundleError(f"int8 bundle has unknown weights: {', '.join(sorted(unexpected)[:5])}")
-    return model.eval()
+
+def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What `save_bundle` writes for an int8 bundle: the int8 tensors, their scales and zero points, and the
+    float biases."""
+    if not isinstance(model, Int8Autoencoder):
+        raise BundleError(
+            f"an int8 bundle's model must come from export or load, not a {type(model).__name__}"
+        )
+    return dict(model.stored)
+
+
+def int8_model(arch: Architecture, weights: dict[str, torch.Tensor]) -> Int8Autoencoder:
+    """The model of an int8 bundle file. Bundles written before session 17 (``meta["quantization"]["scheme"]``
+    "dynamic") hold the same tensors and load the same way: they are scored in float32 too."""
+    return Int8Autoencoder(arch, weights)
 
 
 def to_int8(bundle: Bundle) -> Bundle:
-    """The bundle with a dynamically quantised model; a new version, the parent recorded."""
+    """The bundle with int8 weights (every LSTM and linear weight matrix, per-tensor symmetric; biases stay
+    float32), computed in float32; a new version, the parent recorded."""
     if bundle.meta.get("quantization"):
         raise ExportError(f"model {bundle.version} is already quantised")
     if not isinstance(bundle.model, LSTMAutoencoder):
         raise ExportError(f"only an LSTM autoencoder bundle can be quantised, not a {bundle.kind} baseline")
+    stored: dict[str, torch.Tensor] = {}
+    for key, t in bundle.model.state_dict().items():
+        if t.dim() == 2:  # the weight matrices of every LSTM and linear layer; vectors are biases
+            q, scale = quantize_tensor(t)
+            stored[key] = q
+            stored[key + ".scale"] = torch.tensor(scale, dtype=torch.float64)
+            stored[key + ".zero_point"] = torch.tensor(0, dtype=torch.int64)
+        else:
+            stored[key] = t.detach().cpu().clone()
     meta = copy.deepcopy(bundle.meta)
-    meta["quantization"] = dict(INT8)
+    meta["quantization"] = copy.deepcopy(INT8)
     meta["export"] = {"format": "int8", "parent_version": bundle.version}
     meta["model_version"] = f"{bundle.version}-int8"
-    model: Any = _quantize_dynamic(bundle.model)  # still an LSTMAutoencoder, with dynamic int8 submodules
+    model = Int8Autoencoder(bundle.arch, stored)
     return Bundle(model, bundle.features, bundle.scaler, dict(bundle.calibration), meta)
 
 

@@ -264,6 +264,12 @@ class PipelineMetrics:
             "New model files that could not be loaded (corrupt, not a bundle, ...); the model in use stays.",
             registry=r,
         )
+        self.model_file_rejected = Gauge(
+            "anomaly_model_file_rejected",
+            "1 while the model file in place is one the daemon could not load (missing at a SIGHUP, corrupt, not a "
+            "bundle): the model in use is an older one, and a restart would fail on the file; 0 once a file loads.",
+            registry=r,
+        )
         self.model_drift = Gauge(
             "anomaly_model_drift_psi",
             "Population stability index of the last point errors (all keys, sliding window) against the "
@@ -479,10 +485,16 @@ class PipelineMetrics:
         epoch = _created_at_epoch(created)
         if epoch is not None:
             self.model_trained.set(epoch)
+        self.model_file_rejected.set(0)
         self._track_drift(bundle)
 
     def _track_drift(self, bundle: Any) -> None:
-        """A new model starts a new drift window against its own calibration; the old version's series goes."""
+        """A new model starts a new drift window against its own calibration; the old version's series goes. The
+        same version loaded again (a SIGHUP, the file touched or put back) keeps its window and series: each such
+        reload emptied them, and ModelDrift's 30 minutes started again from 200 points later."""
+        version = str(getattr(bundle, "version", "unknown"))
+        if self._drift is not None and version == self._drift_version:
+            return
         if self._drift_version is not None:
             try:
                 self.model_drift.remove(self._drift_version)
@@ -492,7 +504,7 @@ class PipelineMetrics:
         self._drift = DriftMonitor.for_calibration(
             calibration, window=self.drift_window, min_points=min(DEFAULT_MIN_POINTS, self.drift_window)
         )
-        self._drift_version = str(getattr(bundle, "version", "unknown"))
+        self._drift_version = version
 
     def model_reloaded(self, kept_state: bool) -> None:
         self.model_reloads.labels("kept" if kept_state else "reset").inc()
@@ -501,7 +513,10 @@ class PipelineMetrics:
             self.alerts_active.set(0)
 
     def model_reload_failed(self) -> None:
+        """A model file that could not be loaded: counted, and ``anomaly_model_file_rejected`` is 1 until a file
+        loads (ModelReloadFailed fires on it: a count over 15 minutes resolved while the bad file stayed)."""
         self.model_reload_failures.inc()
+        self.model_file_rejected.set(1)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -328,6 +328,44 @@ def test_produce_that_may_not_create_its_topic_says_so_in_one_line(monkeypatch, 
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("topics", "expected"),
+    [
+        (None, "error: cannot create topic sensors on 127.0.0.1:1: "),
+        ('["plant"]', "error: cannot create topic plant on 127.0.0.1:1: "),
+        ('["a", "b"]', "error: kafka.topics names 2 topics (a, b): pass --topic"),
+    ],
+)
+def test_produce_without_topic_writes_to_the_topic_consume_reads(
+    monkeypatch, tmp_path, topics, expected
+) -> None:
+    """`produce` required -t even where the pipeline names the topic `consume` reads (kafka.topics): now that topic
+    is the default, and a pipeline naming several is refused in one line."""
+    import kafka.errors
+
+    from anomaly.kafka import clients
+
+    class Admin:
+        def close(self) -> None:
+            pass
+
+    def refuse(admin, names, *args, **kwargs):
+        raise kafka.errors.TopicAuthorizationFailedError(f"not allowed: {names}")
+
+    monkeypatch.setattr(clients, "make_admin", lambda cfg: Admin())
+    monkeypatch.setattr(clients, "create_topics", refuse)
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1,1.0\n2,2.0\n")
+    args = ["produce", str(csv), "--partitions", "2", "-b", "127.0.0.1:1"]
+    if topics is not None:
+        (tmp_path / "p.toml").write_text(f"[kafka]\ntopics = {topics}\n")
+        args += ["-p", str(tmp_path / "p.toml")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(expected)
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
     """The option's range is the setting's (kafka.checkpoint_interval_s > 0): its help says x>0.0, and 0 is a
     usage error naming the option, not a settings error after start-up."""
@@ -481,3 +519,59 @@ def test_generate_with_an_interval_finer_than_milliseconds_keeps_its_steps(tmp_p
     assert path.read_text().splitlines()[2].startswith("2023-11-14T22:13:20.001500Z,")
     (s,), _ = load_series([path], DataConfig())
     assert np.allclose(np.diff(s.timestamps), 0.0015, rtol=0, atol=1e-6)
+
+
+def _fake_produce(monkeypatch, features):
+    """`produce` against a fake broker and a fake bundle of ``features``: returns the list its sends land in."""
+    from types import SimpleNamespace
+
+    import anomaly.bundle
+    from anomaly.kafka import clients
+
+    sent: list[tuple[bytes, bytes]] = []
+
+    class Producer:
+        def send(self, topic, key, value):
+            sent.append((key, value))
+            return SimpleNamespace(add_errback=lambda fn: None)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(clients, "make_admin", lambda cfg: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(clients, "check_topics", lambda *a, **k: None)
+    monkeypatch.setattr(clients, "make_producer", lambda *a, **k: Producer())
+    monkeypatch.setattr(anomaly.bundle, "load_bundle", lambda path: SimpleNamespace(features=list(features)))
+    return sent
+
+
+@pytest.mark.parametrize("given", [["--features", "b,a"], ["-p", "PIPELINE"]])
+def test_produce_with_a_model_sends_its_order_even_where_features_are_named(
+    monkeypatch, tmp_path, given
+) -> None:
+    """With --model and --features (or data.features in the pipeline) naming the model's features in another
+    order, values went in the named order, which the daemon reads by position: every sensor in another's place."""
+    sent = _fake_produce(monkeypatch, ["a", "b"])
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,b,a\n1700000000,2.0,1.0\n")
+    (tmp_path / "p.toml").write_text('[data]\nfeatures = ["b", "a"]\n')
+    given = [str(tmp_path / "p.toml") if g == "PIPELINE" else g for g in given]
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", "-m", "m.pt", *given])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(v)["values"] for _, v in sent] == [[1.0, 2.0]]
+
+
+def test_produce_refuses_features_that_are_not_the_models(monkeypatch, tmp_path) -> None:
+    """--features naming other sensors than --model's sent messages the daemon refuses one by one."""
+    sent = _fake_produce(monkeypatch, ["a", "b"])
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a,b,c\n1700000000,1.0,2.0,3.0\n")
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", "-m", "m.pt", "--features", "a,c"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --features / data.features (a, c) are not the features of m.pt (a, b)"
+    ]
+    assert sent == []

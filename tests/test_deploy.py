@@ -435,3 +435,25 @@ def test_the_compose_producer_can_run_again(tmp_path: Path, bundle) -> None:
         run(engine, merged_batches(series, 500), [], on_batch=lambda b, o, outs=outs: outs.append(o))
         refused.append(sum(r.count for o in outs for r in o.rejections))
     assert refused == [0, 0]
+
+
+def test_dashboard_descriptions_state_the_conditions_of_the_alerts_they_name() -> None:
+    """A panel's description that names an alert gives its threshold, its duration and no condition the rule does
+    not have: "Checkpoint age" said CheckpointStale fired "while consuming", a condition removed from the rule in
+    session 12 (a stuck loop consumes nothing, so it never fired)."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    by_name = {r["alert"]: r for r in rules()}
+    checked = 0
+    for panel in dash["panels"]:
+        description = panel.get("description", "")
+        for name in re.findall(r"\b([A-Z][a-z]+(?:[A-Z][a-z]+)+)\b", description):
+            rule = by_name.get(name)
+            if rule is None:
+                continue
+            if "while consuming" in description:
+                assert "anomaly_messages_consumed_total" in rule["expr"], (panel["title"], name)
+            for said, percent in re.findall(rf"{name} fires above ([\d.]+)( ?%)?", description):
+                limit = float(re.findall(r">\s*([\d.]+)", rule["expr"])[-1])
+                assert float(said) / (100 if percent else 1) == limit, (panel["title"], name, said)
+                checked += 1
+    assert checked >= 2

@@ -108,6 +108,12 @@ def test_metric_reports_psi_of_the_model_in_use_and_drops_the_old_version() -> N
     mon.update(live)
     got = metrics.registry.get_sample_value("anomaly_model_drift_psi", {"version": "v1"})
     assert got == mon.value() and got > 0.25
+    # the same model loaded again (SIGHUP): its window and series stay (they were emptied, and ModelDrift's `for`
+    # started again)
+    metrics.model_loaded(Model("v1", calibration))
+    metrics.observe(windows(live[:8]), Batch([]), Engine(), 0.0)
+    mon.update(live[:8])
+    assert metrics.registry.get_sample_value("anomaly_model_drift_psi", {"version": "v1"}) == mon.value()
     metrics.model_loaded(Model("v2", calibration))  # a promoted model: a new window, the old series goes
     assert metrics.registry.get_sample_value("anomaly_model_drift_psi", {"version": "v1"}) is None
     metrics.observe(windows(live[:100]), Batch([]), Engine(), 0.0)

@@ -1280,3 +1280,125 @@ def test_a_dynamic_snapshot_from_before_the_warm_up_guard_restores_and_scores_al
     assert len(got.alerts) > 0
     with pytest.raises(StateError, match="layout"):
         old.restore(new.snapshot())
+
+
+# --- clock domains (the daemon's partitions) ---------------------------------------------------------------------
+
+
+def in_domain(events, domain: str, n_features: int) -> Readings:
+    """Events as one partition's messages (the daemon's source names each partition's clock domain)."""
+    r = Readings.from_events(events, n_features)
+    r.domains = ((0, domain),)
+    return r
+
+
+def test_a_lagging_domains_keys_expire_by_its_own_clock_not_the_leading_ones(bundle) -> None:
+    """A backfill of two partitions read one after the other: "lead" is a day ahead of "lag" in event time.
+    Each partition is its own clock domain, so lag's key is not evicted after each message (the old single
+    clock evicted it: every message scored as a new key's), and expires only once lag's own event time passes
+    its last reading by more than the TTL; its open alert then closes at lag's clock."""
+    f = len(bundle.features)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0)
+    e = Engine(bundle, cfg)
+    e.process(in_domain([Event("front", np.array([100_000.0]), one(bundle))], "in:0", f))
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    out = e.process(in_domain([Event("k", s.timestamps, s.values)], "in:1", f))  # 0..63: opens an alert
+    assert out.evicted == [] and [a.status for a in out.alerts] == ["open"]
+    assert (e.clock("in:0"), e.clock("in:1"), e.max_ts) == (100_000.0, 63.0, 100_000.0)
+    out = e.process(in_domain([Event("k2", np.array([150.0]), one(bundle))], "in:1", f))  # k: 87 s idle
+    assert out.evicted == [] and sorted(e.keys()) == ["front", "k", "k2"]
+    out = e.process(in_domain([Event("k2", np.array([170.0]), one(bundle))], "in:1", f))  # k: 107 s idle
+    assert out.evicted == ["k"] and [(a.status, a.at, a.reason) for a in out.alerts] == [
+        ("closed", 170.0, "evicted")
+    ]
+    assert sorted(e.keys()) == ["front", "k2"] and e.clock("in:0") == 100_000.0  # lead's key stays: own clock
+    # a key takes the domain of its latest message (partitions added): k2 now reads on in:0, far ahead
+    e.process(in_domain([Event("k2", np.array([100_001.0]), one(bundle))], "in:0", f))
+    assert sorted(e.keys()) == ["front", "k2"]
+    e.process(in_domain([Event("front", np.array([100_200.0]), one(bundle))], "in:0", f))
+    assert e.keys() == ["front"]  # k2 now expires by in:0's clock
+
+
+def test_a_poll_of_several_domains_equals_each_domains_messages_one_by_one(bundle) -> None:
+    """One call holding several partitions' messages (the daemon's batches) gives the same evictions, alerts
+    and state as every message in its own call; the leading partition does not expire the lagging one's keys,
+    while a key of the leading partition idle past the TTL does expire mid-call."""
+    f = len(bundle.features)
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0)
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    lag = [
+        Event("s", s.timestamps, s.values),
+        *[Event(f"g{i % 4}", np.array([64.0 + i]), one(bundle)) for i in range(8)],
+    ]
+    lead = [
+        Event("old", np.array([5000.0]), one(bundle)),
+        *[Event(f"f{i}", np.array([5200.0 + i]), one(bundle)) for i in range(8)],
+    ]
+    poll = Readings.concat([in_domain(lag, "in:1", f), in_domain(lead, "in:0", f)], f)
+    assert poll.domain_runs() == [(0, 9, "in:1"), (9, 18, "in:0")]
+
+    def run(batches):
+        e, evicted, alerts = process_all(Engine(bundle, cfg), batches)
+        return sorted(evicted), sorted(alerts), e.snapshot(sorted(e.keys())), e.counters
+
+    one_by_one = run([in_domain([m], "in:1", f) for m in lag] + [in_domain([m], "in:0", f) for m in lead])
+    assert one_by_one[0] == ["old"]  # lag's keys (seen 63..71) are not expired by lead's clock (5207)
+    assert run([poll]) == one_by_one
+    assert run([poll.messages(0, 5), poll.messages(5, 18)]) == one_by_one
+
+
+def test_clock_domains_survive_a_snapshot_and_an_old_snapshot_restores(bundle) -> None:
+    """A checkpoint of one partition carries its clock; restored, the partition's keys expire exactly as in the
+    engine that wrote it. A snapshot from before clock domains (one "max_ts", the newest of every partition)
+    restored for a partition starts its clock at its keys' newest reading."""
+    f = len(bundle.features)
+    cfg = EngineConfig(ttl_seconds=100.0)
+    e = Engine(bundle, cfg)
+    e.process(in_domain([Event("front", np.array([100_000.0]), one(bundle))], "in:0", f))
+    e.process(
+        in_domain(
+            [Event("a", np.array([10.0]), one(bundle)), Event("b", np.array([60.0]), one(bundle))], "in:1", f
+        )
+    )
+    data = e.snapshot(["a", "b"], domain="in:1")
+    # a snapshot from before clock domains: header {"max_ts": newest of all partitions}, no "clocks"
+    header, _ = e.store.read_snapshot(data)
+    old = e.store.snapshot(
+        ["a", "b"], {"model_version": header["meta"]["model_version"], "max_ts": 100_000.0}
+    )
+    r = Engine(bundle, cfg)
+    assert r.restore(data, domain="in:1") == ["a", "b"] and r.clock("in:1") == 60.0 and r.max_ts == 60.0
+    nxt = in_domain([Event("b", np.array([115.0]), one(bundle))], "in:1", f)
+    assert r.process(nxt).evicted == e.process(nxt).evicted == ["a"]
+    # every key and clock at once (the daemon's --state-out): each key keeps its domain
+    whole = Engine(bundle, cfg)
+    whole.restore(e.snapshot())
+    assert (whole.clock("in:0"), whole.clock("in:1")) == (100_000.0, 115.0)
+    later = in_domain([Event("b", np.array([200.0]), one(bundle))], "in:1", f)
+    assert whole.process(later).evicted == [] and sorted(whole.keys()) == ["b", "front"]
+    o = Engine(bundle, cfg)
+    assert o.restore(old, domain="in:1") == ["a", "b"] and o.clock("in:1") == 60.0
+    p = Engine(bundle, cfg)
+    p.restore(old)  # no partition named: the default domain, from "max_ts", as before
+    assert p.clock("") == 100_000.0 and p.keys() == ["a", "b"]
+
+
+def test_a_partition_assigned_again_takes_its_checkpoints_clock_not_the_one_this_engine_reached(
+    bundle,
+) -> None:
+    """A partition handed back to a member that owned it before: the member reached a later event time there
+    than the checkpoint it restores from (records it read and did not checkpoint); clocks only move forward, so
+    the daemon forgets the partition's clock before the restore (`reset_clock`), else the restored keys would
+    expire by a time the checkpoint never reached."""
+    f = len(bundle.features)
+    cfg = EngineConfig(ttl_seconds=100.0)
+    e = Engine(bundle, cfg)
+    e.process(in_domain([Event("a", np.array([10.0]), one(bundle))], "in:1", f))
+    checkpoint = e.snapshot(["a"], domain="in:1")
+    e.process(in_domain([Event("b", np.array([500.0]), one(bundle))], "in:1", f))  # not checkpointed
+    e.drop(e.keys())  # revoked
+    e.reset_clock("in:1")
+    e.restore(checkpoint, domain="in:1")
+    assert e.clock("in:1") == 10.0
+    nxt = in_domain([Event("a", np.array([60.0]), one(bundle))], "in:1", f)
+    assert e.process(nxt).evicted == [] and e.keys() == ["a"]

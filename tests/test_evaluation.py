@@ -273,3 +273,57 @@ def test_a_rare_false_alert_rate_is_printed_with_its_digits():
     assert _false_alerts_line(one_false, TIMES * 36)[4:6] == ["0.028", "(1"]  # one in 36 days
     assert _false_alerts_line(one_false, TIMES)[4] == "1.0"  # one in one day
     assert _false_alerts_line(np.zeros(10, int), TIMES)[4] == "0.0"
+
+
+def test_an_event_of_refused_readings_inside_an_open_alert_is_detected_at_once():
+    """A fault that makes the sensor send NaN while an alert is open: its readings are refused, never scored, and
+    counted as flagged point-wise (the alert stayed open), so the event is detected, with no delay; it was
+    reported missed (event recall 0 of 1 beside a point recall and PA-recall of 1.0)."""
+    ts = np.arange(10) * 60.0
+    labels = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 0])
+    preds = np.array([0, 1, 1, 0, 0, 1, 1, 0, 0, 0])  # the alert opened at 1; 3 and 4 refused (NaN)
+    decided = ts.copy()
+    decided[[3, 4]] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["point"] == {"tp": 2, "fp": 4, "fn": 0, "tn": 4}
+    assert m["pa_recall"] == 1.0
+    e = m["counts"]["events"]
+    assert (e["true_events"], e["detected_events"], e["matched_predictions"]) == (1, 1, 1)
+    assert (e["delays_readings"], e["delays_seconds"]) == ((0,), (0.0,))
+    assert m["event_recall"] == 1.0
+
+
+def test_a_refused_first_reading_inside_an_open_alert_delays_nothing():
+    ts = np.arange(8) * 10.0
+    labels = np.array([0, 0, 1, 1, 1, 0, 0, 0])
+    # the alert was open before the event; the event's first reading was refused
+    preds = np.array([0, 1, 0, 1, 1, 1, 0, 0])
+    decided = ts.copy()
+    decided[2] = np.nan
+    m = evaluate(labels, preds, ts, decided)
+    assert m["counts"]["events"]["delays_readings"] == (0,)
+    assert m["counts"]["events"]["delays_seconds"] == (0.0,)
+    # a closed alert held over a refused reading detects nothing; the next flagged reading does, 2 readings in
+    closed = np.array([0, 0, 0, 0, 1, 1, 0, 0])
+    m = evaluate(labels, closed, ts, decided)
+    assert m["counts"]["events"]["delays_readings"] == (2,)
+    assert m["counts"]["point"]["tp"] == 1
+
+
+def test_an_alert_that_detected_an_event_late_is_not_a_false_alert():
+    """Window-end scoring (model.forecast = false): a short event inside one window is flagged when the window
+    ends, after the event; the alert the pipeline announces then detects the event and is not a false alert
+    (it was counted both ways: 1 of 1 events detected beside 0 of 1 predicted segments matched, 1 false alert)."""
+    ts = np.arange(12) * 60.0
+    labels = np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    preds = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])  # alert state at each window's decision
+    decided = np.repeat([3, 7, 11], 4) * 60.0
+    m = evaluate(labels, preds, ts, decided)
+    e = m["counts"]["events"]
+    assert (e["detected_events"], e["delays_readings"]) == (1, (2,))
+    assert (e["predicted_events"], e["matched_predictions"], e["false_alerts"]) == (1, 1, 0)
+    assert m["event_precision"] == 1.0 and m["false_alerts_per_day"] == 0.0
+    assert m["counts"]["point"] == {"tp": 0, "fp": 8, "fn": 2, "tn": 2}  # point-wise: what was said by then
+    # an alert whose decisions flagged no labelled reading stays false
+    m = evaluate(np.zeros(12, int), preds, ts, decided)
+    assert m["counts"]["events"]["false_alerts"] == 1

@@ -31,7 +31,12 @@ def test_int8_bundle_round_trips_bit_for_bit_and_stays_close_to_float(bundle, te
     q = to_int8(bundle)
     path = save_bundle(q, tmp_path / "model-int8.pt")
     meta, weights = read_metadata(path)
-    assert meta["quantization"] == {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]}
+    assert meta["quantization"] == {
+        "scheme": "weight_only",
+        "dtype": "qint8",
+        "compute": "float32",
+        "modules": ["LSTM", "Linear"],
+    }
     assert meta["export"] == {"format": "int8", "parent_version": bundle.version}
     assert weights["encoder.weight_ih_l0"].dtype == torch.int8
     assert weights["head.weight"].dtype == torch.int8
@@ -45,6 +50,104 @@ def test_int8_bundle_round_trips_bit_for_bit_and_stays_close_to_float(bundle, te
     assert err_f32.shape == err_file.shape
     rel = np.abs(err_file - err_f32).mean() / err_f32.mean()
     assert 0 < rel < 0.05  # int8 changes the numbers (it is quantised) but only slightly
+
+
+def key_errors(bundle, calls: list[list[Event]], key: str = "k") -> np.ndarray:
+    """The point errors of `key` when the engine is fed `calls` (each one `process` call of events)."""
+    engine = Engine(bundle, EngineConfig())
+    return np.concatenate([w.errors for c in calls for w in engine.process(c).windows if w.key == key])
+
+
+def test_an_int8_bundle_scores_a_key_the_same_whatever_shares_its_call(bundle, test_series, tmp_path):
+    """Dynamic quantisation took each call's activation scale from the whole input, so a key's errors moved
+    with a 20x larger key in the same call and with how its readings were grouped (README said replay predicted
+    the daemon only to within that noise). int8 is now weights only, scored in float32: bit for bit."""
+    q = load_bundle(save_bundle(to_int8(bundle), tmp_path / "q.pt"))
+    ts, values, n = test_series.timestamps, test_series.values, 320
+    alone = key_errors(q, [[Event("k", ts[lo : lo + 32], values[lo : lo + 32])] for lo in range(0, n, 32)])
+    big = values * 20.0
+    shared = key_errors(
+        q,
+        [
+            [
+                Event("k", ts[lo : lo + 32], values[lo : lo + 32]),
+                Event("big", ts[lo : lo + 32], big[lo : lo + 32]),
+            ]
+            for lo in range(0, n, 32)
+        ],
+    )
+    one_by_one = key_errors(q, [[Event("k", ts[i : i + 1], values[i : i + 1])] for i in range(n)])
+    assert len(alone) == n  # every reading is scored (forecast head)
+    assert np.array_equal(alone, shared)
+    assert np.array_equal(alone, one_by_one)
+
+
+def _old_int8_weights(model) -> dict[str, torch.Tensor]:
+    """What an int8 bundle held before session 17: `quantize_dynamic`'s packed modules as plain tensors (the
+    code that wrote them, kept here to make such a file)."""
+    import copy
+    import warnings
+
+    from torch import nn
+    from torch.ao.nn.quantized import dynamic as nnqd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qm = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).cpu().eval(), {nn.LSTM, nn.Linear}, dtype=torch.qint8
+        )
+        out = {}
+        for name, module in qm.named_modules():
+            if isinstance(module, nnqd.Linear):
+                parts = {"weight": module.weight(), "bias": module.bias()}
+            elif isinstance(module, nnqd.LSTM):
+                wb = module._weight_bias()
+                parts = {**wb["weight"], **wb["bias"]}
+            else:
+                continue
+            for pname, t in parts.items():
+                key = f"{name}.{pname}"
+                if t.is_quantized:
+                    out[key] = t.int_repr().clone()
+                    out[key + ".scale"] = torch.tensor(float(t.q_scale()), dtype=torch.float64)
+                    out[key + ".zero_point"] = torch.tensor(int(t.q_zero_point()), dtype=torch.int64)
+                else:
+                    out[key] = t.detach().clone()
+    return out
+
+
+def test_an_int8_bundle_of_the_dynamic_scheme_still_loads_and_scores_as_a_new_one(
+    bundle, test_series, tmp_path
+):
+    """Bundles exported before session 17 say scheme "dynamic" and hold the same int8 tensors and scales as a
+    new export; they load, and score bit for bit like the new one."""
+    import json
+
+    from anomaly.bundle import FORMAT, _weights_digest
+
+    new_path = save_bundle(to_int8(bundle), tmp_path / "new.pt")
+    new_meta, new_weights = read_metadata(new_path)
+    old_weights = _old_int8_weights(bundle.model)
+    assert sorted(old_weights) == sorted(new_weights)
+    assert all(
+        torch.equal(old_weights[k], new_weights[k]) for k in old_weights
+    )  # the same numbers are stored
+    old_meta = {
+        **new_meta,
+        "quantization": {"scheme": "dynamic", "dtype": "qint8", "modules": ["LSTM", "Linear"]},
+    }
+    old_meta["weights_sha256"] = _weights_digest(old_weights)
+    old_path = tmp_path / "old.pt"
+    torch.save({"format": FORMAT, "meta": json.dumps(old_meta), "weights": old_weights}, old_path)
+    old = load_bundle(old_path)
+    assert old.meta["quantization"]["scheme"] == "dynamic"
+    err_old, sc_old, _ = scores(old, test_series)
+    err_new, sc_new, _ = scores(load_bundle(new_path), test_series)
+    assert np.array_equal(err_old, err_new) and np.array_equal(sc_old, sc_new)
+    assert read_metadata(save_bundle(old, tmp_path / "again.pt"))[1].keys() == old_weights.keys()
+    for path, older in ((new_path, ""), (old_path, "; exported as dynamic quantisation by an older version")):
+        shown = CliRunner().invoke(main, ["inspect", str(path)]).stdout
+        assert f"quantization:    int8 weights (one scale per tensor), scored in float32{older}\n" in shown
 
 
 def test_int8_of_an_int8_bundle_is_a_one_line_error(bundle, tmp_path):

@@ -135,7 +135,7 @@ def _checkpoint(
         tracker.see(f"k{i}", tp)
     tracker.advance({TPS[0]: 11, TPS[1]: 21})
     delivery = Delivery(_Producer(calls, refuse), transactional=transactional)  # type: ignore[arg-type]
-    engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys, domain=None: b"state")
     _checkpointer(calls, delivery, tracker, verify=verify).checkpoint(engine)
     return calls
 
@@ -195,7 +195,7 @@ def test_a_stop_while_the_outputs_are_unacknowledged_is_a_final_checkpoint_not_c
     tracker.advance({TPS[0]: 11})  # scored, not checkpointed
     delivery = Delivery(_AwayProducer(calls), transactional=transactional)  # type: ignore[arg-type]
     delivery.send("alerts", b"k0", b"{}")
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
     checkpointer = _checkpointer(calls, delivery, tracker)
     with pytest.raises(FinalCheckpointError) as err:
         run(engine, [], [AlertSink(delivery, "alerts")], checkpointer=checkpointer)
@@ -247,7 +247,7 @@ def test_a_checkpoint_whose_topics_cannot_be_checked_is_postponed() -> None:
     tracker.see("k0", TPS[0])
     tracker.advance({TPS[0]: 11})
     delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
     assert _checkpointer(calls, delivery, tracker, verify=unanswered).checkpoint(engine) is False
     assert calls == ["verify"]
     assert tracker.dirty == {TPS[0]}  # written at the next checkpoint
@@ -266,7 +266,9 @@ def test_a_key_that_moved_partition_leaves_its_old_partitions_next_checkpoint() 
     tracker = PartitionTracker()
     tracker.owned.update(TPS)
     held = ["k", "j"]
-    engine = types.SimpleNamespace(keys=lambda: held, snapshot=lambda keys: ",".join(keys).encode())
+    engine = types.SimpleNamespace(
+        keys=lambda: held, snapshot=lambda keys, domain=None: ",".join(keys).encode()
+    )
     delivery = Delivery(_Producer([]), transactional=True)  # type: ignore[arg-type]
     consumer = types.SimpleNamespace(group_metadata=lambda: "group")
     checkpointer = KafkaCheckpointer(
@@ -298,7 +300,7 @@ def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() ->
     tracker.see("k0", TPS[0])
     delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
     checkpointer = _checkpointer(calls, delivery, tracker, metrics)
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
 
     def sample(name: str) -> float:
         return metrics.registry.get_sample_value(name) or 0.0
@@ -451,7 +453,7 @@ def test_a_background_checkpoint_writes_the_state_and_owner_of_its_moment() -> N
     tracker.advance({TPS[0]: 11})
     changelog = ChangelogStore(delivery.send, None, lambda _: "cl", Owner("g", "model-1"))  # type: ignore[arg-type]
     state = [b"state up to offset 10"]
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: state[0])
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: state[0])
     consumer = types.SimpleNamespace(group_metadata=lambda: "group")
     checkpointer = KafkaCheckpointer(consumer, changelog, delivery, tracker, 5.0)  # type: ignore[arg-type]
     producer.changelog_gate.clear()
@@ -501,7 +503,7 @@ def test_by_default_the_periodic_checkpoint_waits_for_its_commit() -> None:
     tracker.owned.add(TPS[0])
     tracker.see("k0", TPS[0])
     checkpointer = _checkpointer(calls, delivery, tracker, interval_s=0.0)
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
     checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11}), [])
     assert calls[-3:] == ["flush", ("offsets", [(0, 11)]), "commit"]
     assert not delivery.committing and not tracker.uncommitted
@@ -520,7 +522,7 @@ def test_the_periodic_checkpoint_fetches_ahead_at_its_start_and_before_its_commi
         tracker.owned.add(tp)
         tracker.see(f"k{i}", tp)
     delivery = Delivery(_Producer(calls), transactional=transactional)  # type: ignore[arg-type]
-    engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys: b"state")
+    engine = types.SimpleNamespace(keys=lambda: ["k0", "k1"], snapshot=lambda keys, domain=None: b"state")
     checkpointer = _checkpointer(calls, delivery, tracker, interval_s=0.0)
     checkpointer.idle = lambda: calls.append("fetch ahead")
     checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11, TPS[1]: 21}), [])

@@ -243,3 +243,15 @@ def test_a_metadata_age_under_a_second_is_refused():
     with pytest.raises(ConfigError) as err:
         KafkaConfig(metadata_max_age_ms=500)
     assert str(err.value) == "kafka.metadata_max_age_ms must be at least 1000"
+
+
+def test_every_compression_codec_a_producer_may_choose_can_be_read():
+    """A topic written with compression.type lz4, snappy or zstd (common in Java and librdkafka producers) stopped
+    the daemon at its first poll (UnsupportedCodecError), at every restart: their libraries are dependencies."""
+    from kafka import codec
+
+    assert (codec.has_gzip(), codec.has_snappy(), codec.has_lz4(), codec.has_zstd()) == (True,) * 4
+    payload = b'{"key": "pump-7", "ts": 1700000000, "values": [1.0, 2.0, 3.0]}' * 20
+    assert codec.lz4_decode(codec.lz4_encode(payload)) == payload
+    assert codec.snappy_decode(codec.snappy_encode(payload)) == payload
+    assert codec.zstd_decode(codec.zstd_encode(payload)) == payload

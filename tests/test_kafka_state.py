@@ -30,7 +30,7 @@ from anomaly.kafka.changelog import (
     latest_records,
     writers_to_fence,
 )
-from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker, TtlLagWarning
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter, source_rejection
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
@@ -122,17 +122,18 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
     assert tracker.dirty == {holder}  # (`other` becomes dirty with its position, in the checkpointer)
 
 
-@pytest.mark.parametrize("ttl", [86_400.0, 0.0])
-def test_a_partition_read_more_than_the_ttl_behind_another_is_named_in_the_log(bundle, ttl, caplog):
-    """A backfill of two partitions read one after the other: the lagging partition's key is evicted after its
-    messages (it scores as a new key, unlike a replay of the same data). That was silent; the daemon's log now
-    says it at the first such batch, then at most once a minute with the count since. Not with TTL 0."""
-    engine = Engine(bundle, EngineConfig(ttl_seconds=ttl))
+def test_a_partition_read_more_than_the_ttl_behind_another_keeps_its_keys_as_a_replay_does(bundle):
+    """A backfill of two partitions read one after the other: "lag" is more than engine.ttl_seconds behind
+    "lead" in event time. Each partition is a clock domain of its own (the source names it), so lag's key is
+    not evicted after each message (it was: every message scored as a new key's, unlike a replay of the same
+    data) and scores exactly as in an engine that reads lag's data alone."""
+    engine = Engine(bundle, EngineConfig(ttl_seconds=86_400.0))
     tracker = PartitionTracker()
     source = KafkaSource(None, Decoder(MessageFormat(tuple(bundle.features))), tracker, threading.Event())  # type: ignore[arg-type]
     lead, lag = TopicPartition("in", 0), TopicPartition("in", 1)
     tracker.owned.update([lead, lag])
     n_feat = len(bundle.features)
+    rng = np.random.default_rng(4)
 
     def poll(tp: Any, key: str, times: Any, first: int) -> Any:
         recs = [
@@ -141,38 +142,28 @@ def test_a_partition_read_more_than_the_ttl_behind_another_is_named_in_the_log(b
                 tp.partition,
                 first + i,
                 key.encode(),
-                json.dumps({"ts": t, "values": [0.1] * n_feat}).encode(),
+                json.dumps({"ts": t, "values": rng.normal(0.0, 1.0, n_feat).tolist()}).encode(),
             )
             for i, t in enumerate(times)
         ]
         return source.to_batch({tp: recs})
 
-    now = [0.0]
-    warning = TtlLagWarning(engine, every_s=60.0, clock=lambda: now[0])
-    sinks = [EvictionSink(tracker), warning]
-    caplog.set_level("WARNING", logger="anomaly.kafka.checkpoint")
-    run(engine, iter([poll(lead, "lead", [200_000.0 + 60 * i for i in range(5)], 0)]), sinks)
-    run(engine, iter([poll(lag, "lag", [60.0 * i for i in range(20)], 0)]), sinks)
-    run(engine, iter([poll(lag, "lag", [1200.0 + 60 * i for i in range(7)], 20)]), sinks)
-    now[0] = 60.0
-    run(engine, iter([poll(lag, "lag", [1620.0 + 60 * i for i in range(3)], 27)]), sinks)
-    said = [r.getMessage() for r in caplog.records]
-    if ttl:
-        assert "lag" not in engine.keys() and engine.counters["evicted"] == 30  # after each message
-        assert [
-            m.split(" reading(s) came more than engine.ttl_seconds (86400 s) behind")[0] for m in said
-        ] == [
-            "20",
-            "10",
-        ]
-    else:
-        assert "lag" in engine.keys() and said == []
-    # one partition in time order, three days in one poll: no reading came behind the event time reached
-    caplog.clear()
-    engine = Engine(bundle, EngineConfig(ttl_seconds=ttl))
-    in_order = poll(lead, "a", [3600.0 * i for i in range(72)], 100)
-    run(engine, iter([in_order]), [EvictionSink(tracker), TtlLagWarning(engine)])
-    assert caplog.records == [] and engine.counters["evicted"] == 0
+    polls = [
+        poll(lead, "lead", [200_000.0 + 60 * i for i in range(5)], 0),
+        poll(lag, "lag", [60.0 * i for i in range(20)], 0),
+        poll(lag, "lag", [1200.0 + 60 * i for i in range(7)], 20),
+    ]
+    got: list[Any] = []
+    run(engine, iter(polls), [EvictionSink(tracker)], on_batch=lambda b, out: got.extend(out.windows))
+    assert "lag" in engine.keys() and engine.counters["evicted"] == 0
+    assert (engine.clock("in:0"), engine.clock("in:1")) == (200_240.0, 1560.0)
+    alone = Engine(bundle, EngineConfig(ttl_seconds=86_400.0))
+    ref: list[Any] = []
+    run(alone, iter(polls[1:]), [], on_batch=lambda b, out: ref.extend(out.windows))
+    got = [w for w in got if w.key == "lag"]
+    assert len(got) == len(ref) > 0
+    for a, b in zip(got, ref, strict=True):
+        assert np.array_equal(a.scores, b.scores) and np.array_equal(a.timestamps, b.timestamps)
 
 
 def test_a_checkpoint_lists_each_partitions_keys_least_recently_used_first_so_a_restore_keeps_that_order(
@@ -530,6 +521,44 @@ def test_a_corrupt_model_file_in_place_is_counted_and_the_model_in_use_keeps_sco
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 0.0
 
 
+def test_a_model_copy_finished_within_one_mtime_tick_of_a_failed_reload_is_still_loaded(
+    tmp_path, bundle_path
+):
+    """The daemon told a new model file by its mtime alone. A `cp` that the daemon looked at half-way failed to
+    load (counted); when the copy finished within the file system's timestamp tick, the complete file had the
+    same mtime and was never loaded: the old model kept scoring until the file changed again."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))  # not connected: no broker
+    daemon.source = SimpleNamespace(decoder=None)
+    daemon.sinks = []
+    complete = bundle_path.read_bytes()  # the same model, copied in again: a new file all the same
+    in_use = daemon.bundle
+    tick = os.stat(live).st_mtime_ns + 1_000_000_000
+    live.write_bytes(complete[: len(complete) // 2])  # the daemon looks while the copy is half-way
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+    with open(live, "r+b") as f:  # the rest, within the same timestamp tick
+        f.seek(len(complete) // 2)
+        f.write(complete[len(complete) // 2 :])
+    os.utime(live, ns=(tick, tick))
+    daemon._maybe_reload()
+    assert daemon.bundle is not in_use
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 1.0
+
+
 def test_the_checkpoint_age_counts_from_the_daemons_start_until_its_first_checkpoint(tmp_path, bundle_path):
     """At 0 until the first checkpoint, `time() - anomaly_checkpoint_last_timestamp_seconds` (the dashboard's
     "Checkpoint age", CheckpointStale's value) read 56 years for the scrapes after every restart (seen on a real
@@ -606,3 +635,147 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
     }
     assert restored == [["k"], None, None]
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
+
+
+def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counted(
+    tmp_path, bundle_path, caplog
+):
+    """A SIGHUP while the -m file was missing (moved away, a deploy half-way) did nothing and logged nothing: the
+    operator who asked for a reload had no sign that none happened. A missing file with no SIGHUP stays quiet (a
+    rename's gap), and the model in use keeps scoring either way."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    version = daemon.bundle.version
+    live.unlink()
+    with caplog.at_level(logging.ERROR, logger="anomaly.kafka.daemon"):
+        daemon._maybe_reload()  # no request: quiet
+        assert caplog.records == []
+        daemon.request_reload()
+        daemon._maybe_reload()
+        daemon._maybe_reload()  # said once per request
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model reload failed, keeping version {version}: cannot read {live}: No such file or directory"
+    ]
+    assert daemon.bundle.version == version
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 1.0
+
+
+def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_path, window_bundle):
+    """A reload of a model with another architecture closes every open alert (reason evicted) and reports every
+    key's waiting readings, as an eviction does; those closes and windows went to the sinks but not to /metrics:
+    anomaly_alerts_closed_total stayed below anomaly_alerts_opened_total for good, and the reported windows were
+    in no count or histogram."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.bundle import save_bundle
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+    from tests.helpers import make_series
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    cfg = build_config(
+        {
+            "engine": {
+                "threshold": "static",
+                "static_threshold": 50.0,
+                "smoothing": 1.0,
+                "alert_open_after": 1,
+                "alert_close_after": 5,
+            }
+        }
+    )
+    daemon = Daemon(cfg, str(live), metrics=metrics)  # not connected: no broker
+    bundle = daemon.bundle
+    assert window_bundle.features == bundle.features and window_bundle.arch != bundle.arch
+    written: list[Any] = []
+    daemon.sinks = [SimpleNamespace(write=lambda out, batch: written.append(out))]
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+    s = make_series("unit", 6 * bundle.window + 3, len(bundle.features), seed=5)  # 3 readings unreported
+    noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
+    s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale
+    s.values[-3:] += 60 * bundle.scaler.scale  # an alert opens and stays open
+    for i in range(len(s)):
+        out = daemon.engine.process([Event(s.key, s.timestamps[i : i + 1], s.values[i : i + 1])])
+        metrics.observe(out, None, daemon.engine, 0.0)  # as the runner does after each batch
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 0.0)
+    assert sample("anomaly_keys_held") == 1.0
+    windows_before = sample("anomaly_windows_scored_total")
+
+    save_bundle(window_bundle, live)
+    daemon.request_reload()
+    daemon._maybe_reload()
+    retired = [a for out in written for a in out.alerts if a.status == "closed"]
+    reported = sum(len(out.windows) for out in written)
+    assert (len(retired), reported) == (1, 1)
+    assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 1.0)
+    assert sample("anomaly_windows_scored_total") == windows_before + reported
+    assert (sample("anomaly_keys_held"), sample("anomaly_keys_evicted_total")) == (0.0, 1.0)
+    assert sample("anomaly_alerts_active") == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "reset"}) == 1.0
+
+
+def test_a_model_file_that_cannot_be_loaded_is_flagged_until_one_in_its_place_loads(tmp_path, bundle_path):
+    """ModelReloadFailed alerted on the failures' increase over 15 minutes, so it resolved 15 minutes after a bad
+    file was put in place, the bad file still there (the daemon looks at a file once; a restart would fail on it).
+    anomaly_model_file_rejected says it for as long as it lasts: set by a failed load, cleared by one that loads,
+    including the same file put back after a SIGHUP found it missing."""
+    import os
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.changelog import Owner
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    live = tmp_path / "live.pt"
+    live.write_bytes(bundle_path.read_bytes())
+    metrics = PipelineMetrics(CollectorRegistry())
+    daemon = Daemon(build_config(), str(live), metrics=metrics)
+    daemon.sinks = []
+    daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
+    daemon.source = SimpleNamespace(decoder=None)
+
+    def rejected() -> float | None:
+        return metrics.registry.get_sample_value("anomaly_model_file_rejected")
+
+    assert rejected() == 0.0
+    (tmp_path / "bad.pt").write_bytes(bundle_path.read_bytes()[:1000])  # a truncated copy
+    os.replace(tmp_path / "bad.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    daemon._maybe_reload()  # nothing new: the bad file is still the one in place
+    assert rejected() == 1.0
+    (tmp_path / "good.pt").write_bytes(bundle_path.read_bytes())
+    os.replace(tmp_path / "good.pt", live)
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+
+    os.replace(live, tmp_path / "away.pt")  # moved away, then SIGHUP
+    daemon.request_reload()
+    daemon._maybe_reload()
+    assert rejected() == 1.0
+    os.replace(tmp_path / "away.pt", live)  # the very file in use put back: same mtime, size and inode
+    daemon._maybe_reload()
+    assert rejected() == 0.0
+    assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 2.0
+    assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 2.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from anomaly.bundle import load_bundle, read_metadata
+from anomaly.bundle import load_bundle, read_metadata, save_bundle
 from anomaly.cli import main
 from anomaly.config import DataConfig, EngineConfig
 from anomaly.data import Series, load_series
@@ -1000,3 +1000,23 @@ def test_promotion_options_without_promote_are_refused_not_ignored(
         f"error: {option} only applies with --promote, without which it would be ignored (see: main retrain --help)",
     )
     assert not out.exists()
+
+
+def test_promote_says_when_the_challenger_architecture_resets_the_daemon_state(
+    csv_world, bundle_path, window_bundle, tmp_path
+):
+    """A challenger of another architecture was promoted without a word, though a daemon that reloads it starts
+    every key afresh (only `retrain --from-pipeline` said so); the same architecture gets no note."""
+    path, _ = csv_world
+    other = save_bundle(window_bundle, tmp_path / "other.pt")
+    champion = copy_of(bundle_path, tmp_path)
+    result = run_cli("promote", other, "-m", champion, path, "--force")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "note: the challenger's architecture differs from the champion's (num layers 1 vs 2, dropout 0.0 vs 0.1, "
+        "forecast False vs True); a daemon that reloads it starts every key's state afresh (its open alerts "
+        "close, reason evicted)"
+    )
+    same = run_cli("promote", bundle_path, "-m", copy_of(bundle_path, tmp_path, "again.pt"), path, "--force")
+    assert same.exit_code == 0, same.output
+    assert "note:" not in same.stdout

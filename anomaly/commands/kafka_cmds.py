@@ -248,9 +248,25 @@ def consume_cmd(
     )
 
 
+def _only_topic(topics: tuple[str, ...]) -> str:
+    """The topic `produce` writes to when --topic is not given: the one `consume` reads with the same settings."""
+    from anomaly.errors import ConfigError
+
+    if len(topics) != 1:
+        raise ConfigError(
+            f"kafka.topics names {len(topics)} topics ({', '.join(topics)}): pass --topic", key="kafka.topics"
+        )
+    return topics[0]
+
+
 @click.command("produce")
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--topic", "-t", required=True, help="Topic to write to.")
+@click.option(
+    "--topic",
+    "-t",
+    default=None,
+    help="Topic to write to.  [default: the topic kafka.topics names (sensors), the one consume reads]",
+)
 @pipeline_option
 @_kafka_options
 @click.option(
@@ -275,8 +291,8 @@ def consume_cmd(
     "-m",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Send the features of this bundle, in its order (values go as a list, which the daemon reads by "
-    "position).  [default: none]",
+    help="Send the features of this bundle, in its order, also where --features names them (values go as a "
+    "list, which the daemon reads by position).  [default: none]",
 )
 @data_options
 @click.option(
@@ -337,12 +353,21 @@ def produce_cmd(
             **data_overrides,
         },
     )
+    topic = topic or _only_topic(cfg.kafka.topics)
     wanted = None
-    if model and not cfg.data.features:
+    if model:
         from anomaly.bundle import load_bundle
+        from anomaly.errors import ConfigError
 
-        wanted = load_bundle(model).features
-    series, feats = load_series(list(data), cfg.data, wanted)
+        wanted = list(load_bundle(model).features)
+        named = cfg.data.features
+        if named and sorted(named) != sorted(wanted):  # the daemon would refuse every message (feature_count)
+            raise ConfigError(
+                f"--features / data.features ({', '.join(named)}) are not the features of {model} "
+                f"({', '.join(wanted)})",
+                key="data.features",
+            )
+    series, feats = load_series(list(data), cfg.data, wanted)  # with --model, in the model's order
     k = cfg.kafka
     admin = clients.make_admin(k)
     try:

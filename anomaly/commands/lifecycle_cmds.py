@@ -57,8 +57,8 @@ def _check_export_target(model: str, fmt: str, out: str) -> None:
     "fmt",
     type=click.Choice(["int8", "onnx"]),
     required=True,
-    help="int8: dynamic int8 quantisation of the LSTM and linear layers (a bundle the engine loads like any "
-    "other); onnx: the stateful step (x, h, c) -> (recon, h, c), validated against PyTorch with onnxruntime.",
+    help="int8: the LSTM and linear weights stored as int8, a file a third the size, scored in float32 (a bundle "
+    "the engine loads like any other); onnx: the stateful step (x, h, c) -> (recon, h, c), validated against PyTorch with onnxruntime.",
 )
 @click.option(
     "--out",
@@ -704,7 +704,7 @@ def retrain_cmd(
     if bundle.arch != parent.arch:
         click.echo(
             "note: the challenger's architecture differs from the champion's (--from-pipeline); a daemon that "
-            "reloads it starts every key's state afresh"
+            "reloads it starts every key's state afresh (its open alerts close, reason evicted)"
         )
     bundle.meta["lineage"] = retrain.lineage(parent, data_set, source, bundle.meta)
     save_bundle(bundle, out)
@@ -858,7 +858,22 @@ def promote_cmd(
     cmp = compare(
         champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
     )
+    _note_architecture(champ, chall)
     _decide_and_promote(cmp, chall, champion, force, dry_run)
+
+
+def _note_architecture(champ, chall) -> None:  # type: ignore[no-untyped-def]
+    """A `note:` when the challenger's architecture differs from the champion's: a daemon that reloads it cannot
+    keep per-key state (README: it is kept when the architecture and features are unchanged)."""
+    a, b = champ.arch.to_json(), chall.arch.to_json()
+    diff = [
+        f"{name.replace('_', ' ')} {b.get(name)} vs {a.get(name)}" for name in a if a.get(name) != b.get(name)
+    ]
+    if diff:
+        click.echo(
+            f"note: the challenger's architecture differs from the champion's ({', '.join(diff)}); a daemon "
+            "that reloads it starts every key's state afresh (its open alerts close, reason evicted)"
+        )
 
 
 COMMANDS: list[click.Command] = [export_cmd, retrain_cmd, promote_cmd]

@@ -518,6 +518,14 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("promotion", _promotion(decision)))
     if meta.get("export"):
         rows.append(("export", ", ".join(f"{k} {v}" for k, v in meta["export"].items())))
+    quant = meta.get("quantization")
+    if isinstance(quant, dict):  # int8 bundles: older ones say "dynamic", and load and score the same way now
+        older = (
+            "; exported as dynamic quantisation by an older version"
+            if quant.get("scheme") == "dynamic"
+            else ""
+        )
+        rows.append(("quantization", f"int8 weights (one scale per tensor), scored in float32{older}"))
     return rows
 
 

@@ -80,7 +80,12 @@ class Engine:
             0,
         )
         self.counters.update({f"rejected_{r}": 0 for r in REJECT_REASONS})
-        self.max_ts = -math.inf
+        # The event time reached, per clock domain (index: the key's `domain` state field). A replay is one
+        # domain, "" (index 0); the daemon makes each input partition a domain of its own (messages name it,
+        # Readings.domains), so a partition read behind another in a backfill judges its keys' idleness (TTL)
+        # by its own event time, as Kafka Streams keeps a stream time per partition (task).
+        self.domains: dict[str, int] = {"": 0}
+        self.clocks = np.full(1, -math.inf)
         self._use(bundle)
         self.store = StateStore(self._layout())
         self._wire()
@@ -160,6 +165,45 @@ class Engine:
         self._wire()
         return same
 
+    # --- clock domains ---------------------------------------------------------------------------------------
+
+    @property
+    def max_ts(self) -> float:
+        """The newest event time reached, over every clock domain (a replay has one)."""
+        return float(self.clocks.max())
+
+    def clock(self, domain: str = "") -> float:
+        """The event time reached in clock `domain` (-inf: none yet)."""
+        i = self.domains.get(domain)
+        return -math.inf if i is None else float(self.clocks[i])
+
+    def reset_clock(self, domain: str) -> None:
+        """Forget the event time reached in clock `domain` (-inf again): the daemon does it for a partition it is
+        assigned, before restoring its checkpoint, so the partition's clock is the checkpoint's, not what this
+        process reached when it owned the partition before (records a later owner may not have checkpointed)."""
+        i = self.domains.get(domain)
+        if i is not None:
+            self.clocks[i] = -math.inf
+
+    def _domain(self, name: str) -> int:
+        """The index of clock domain `name`, created (clock -inf) if new."""
+        i = self.domains.get(name)
+        if i is None:
+            i = self.domains[name] = len(self.domains)
+            self.clocks = np.concatenate([self.clocks, [-math.inf]])
+        return i
+
+    def _message_domains(self, events: Sequence[Event] | Readings) -> int | np.ndarray:
+        """The clock domain of every message of a call: one index for all (the common case), or one per
+        message."""
+        if not isinstance(events, Readings) or not events.domains:
+            return 0
+        runs = events.domain_runs()
+        ids = [self._domain(name) for _, _, name in runs]
+        if len(set(ids)) == 1:
+            return ids[0]
+        return np.repeat(np.asarray(ids, np.int64), [end - start for start, end, _ in runs])
+
     # --- bookkeeping -----------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -188,14 +232,55 @@ class Engine:
         # rows without a key are reset (alert_open False), so the whole column counts only held keys
         return int(np.count_nonzero(self.store.arrays["alert_open"]))
 
-    def snapshot(self, keys: Iterable[str] | None = None) -> bytes:
-        """State of `keys` (all if None) as bytes; restore() of them continues bit for bit."""
-        return self.store.snapshot(keys, {"model_version": self.bundle.version, "max_ts": self.max_ts})
+    def snapshot(self, keys: Iterable[str] | None = None, domain: str | None = None) -> bytes:
+        """State of `keys` (all if None) as bytes; restore() of them continues bit for bit. The header holds the
+        event time reached in each clock domain ("clocks") and each key's domain: with `domain` (the daemon's
+        checkpoint of one partition, whose keys are all of that domain) that one domain and its clock only,
+        else every domain's clock and, unless every key is of the default domain, the domain of each key
+        ("key_domains"). "max_ts" (the newest of those clocks) is what an engine without domains restores."""
+        names = list(self.store.slots) if keys is None else [k for k in keys if k in self.store.slots]
+        meta: dict[str, Any] = {"model_version": self.bundle.version}
+        if domain is not None:
+            meta["max_ts"] = self.clock(domain)
+            meta["clocks"] = {domain: meta["max_ts"]}
+            meta["domain"] = domain
+        else:
+            meta["max_ts"] = self.max_ts
+            meta["clocks"] = dict(zip(self.domains, self.clocks.tolist(), strict=True))
+            slots = self.store.slots
+            ids = self.store.arrays["domain"][[slots[k] for k in names]]
+            if ids.any():
+                by_id = list(self.domains)
+                meta["key_domains"] = [by_id[i] for i in ids.tolist()]
+        return self.store.snapshot(names, meta)
 
-    def restore(self, data: bytes) -> list[str]:
+    def restore(self, data: bytes, domain: str | None = None) -> list[str]:
+        """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
+        forward). A snapshot from before clock domains (one "max_ts") puts its keys in `domain`: the daemon
+        names the partition whose checkpoint it is, whose clock then starts at its keys' newest reading (that
+        "max_ts" was the newest of every partition); without `domain`, the default domain "" starts at
+        "max_ts", as before."""
         keys = self.store.restore(data)
         header, _ = StateStore.read_snapshot(data)
-        self.max_ts = max(self.max_ts, float(header["meta"].get("max_ts", -math.inf)))
+        meta = header["meta"]
+        slots = self.store.slots
+        rows = np.fromiter(map(slots.__getitem__, keys), np.int64, len(keys))
+        clocks = meta.get("clocks")
+        if clocks is None and domain is not None:  # one partition's checkpoint from before clock domains
+            # its "max_ts" is every partition's newest: its own is its keys' newest reading (exact unless the
+            # key that read it was evicted since for the key cap)
+            seen = self.store.arrays["seen"][rows]
+            clocks = {domain: float(np.fmax.reduce(seen)) if len(seen) else -math.inf}
+        elif clocks is None:  # written before clock domains
+            clocks = {"": meta.get("max_ts", -math.inf)}
+        for name, ts in clocks.items():
+            i = self._domain(str(name))
+            self.clocks[i] = max(self.clocks[i], float(ts))
+        per_key = meta.get("key_domains")
+        if per_key is not None and len(per_key) == len(keys):
+            self.store.arrays["domain"][rows] = [self._domain(str(n)) for n in per_key]
+        else:
+            self.store.arrays["domain"][rows] = self._domain(str(meta.get("domain", domain or "")))
         return keys
 
     # --- processing ------------------------------------------------------------------------------------------
@@ -206,13 +291,14 @@ class Engine:
         (:func:`anomaly.engine.expiry.in_parts`)."""
         if not isinstance(events, Readings):
             events = Readings.from_regular_events(events, self.n_features) or events
-        if len(events) > 1 and self._may_expire(events):
+        dom = self._message_domains(events)  # first: it may add a domain (a clock)
+        if len(events) > 1 and self._may_expire(events, dom):
             return in_parts(events, self.process)
         out = EngineOutput()
         queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
         row_keys: dict[int, str] = {}
         regular: list[Pieces] = []  # keys that took the columnar path
-        self.max_ts = self.ingest.batch(events, self.max_ts, queues, row_keys, regular, out)
+        self.ingest.batch(events, self.clocks, dom, queues, row_keys, regular, out)
         if queues:
             fill = self.store.arrays["rep_fill"] if self.per_reading else None
             regular.insert(0, from_queues(queues, fill, self.window, self.n_features))
@@ -225,17 +311,28 @@ class Engine:
             for rows, x, ts in calls:
                 self.scorer.score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds
+        oldest: float | np.ndarray | None = (
+            None  # keys last seen before this expire: per domain, its clock - TTL
+        )
+        if ttl > 0:
+            clocks = self.clocks
+            oldest = float(clocks[0]) - ttl if len(clocks) == 1 else (clocks - ttl)[self._key_domains()]
         out.evicted = self.store.evict(
-            self.config.max_keys,
-            self.max_ts - ttl if ttl > 0 else None,
-            lambda keys, rows: self._on_evict(keys, rows, out),
+            self.config.max_keys, oldest, lambda keys, rows: self._on_evict(keys, rows, out)
         )
         self.counters["evicted"] += len(out.evicted)
         return out
 
-    def _may_expire(self, events: Sequence[Event] | Readings) -> bool:
-        """Whether this call must be processed in parts (:func:`anomaly.engine.expiry.may_expire`)."""
-        return may_expire(events, self.store, self.max_ts, self.config.ttl_seconds)
+    def _may_expire(self, events: Sequence[Event] | Readings, dom: int | np.ndarray | None = None) -> bool:
+        """Whether this call must be processed in parts (:func:`anomaly.engine.expiry.may_expire`); `dom`: the
+        messages' clock domains (:meth:`_message_domains`)."""
+        if dom is None:
+            dom = self._message_domains(events)
+        return may_expire(events, self.store, self.clocks, self.config.ttl_seconds, dom)
+
+    def _key_domains(self) -> np.ndarray:
+        """Each row's clock domain (rows without a key: the default domain)."""
+        return self.store.arrays["domain"]
 
     def flush(self, keys: Iterable[str] | None = None) -> EngineOutput:
         """End of stream: report the readings of `keys` (all if None) that were scored on arrival but wait for
@@ -265,4 +362,5 @@ class Engine:
             if len(waiting):
                 self.reports.flush(rows[waiting], [keys[i] for i in waiting.tolist()], out)
         for i in np.flatnonzero(a["alert_open"][rows]).tolist():
-            self.alerts.close_on_evict(keys[i], int(rows[i]), self.max_ts, out)
+            at = float(self.clocks[a["domain"][rows[i]]])  # the event time reached in the key's domain
+            self.alerts.close_on_evict(keys[i], int(rows[i]), at, out)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from anomaly.config import EngineConfig
+from anomaly.engine.expiry import domain_runs
 from anomaly.engine.part import Part
 from anomaly.engine.pieces import Pieces, report_pieces, run_lengths, window_pieces
 from anomaly.engine.screen import EventIngest
@@ -27,39 +28,44 @@ if TYPE_CHECKING:
 class Ingest(Part):
     """Ingest into the keys of `store`. Readings are standardized with the settings' `s.mean` and `s.scale`; a gap longer than
     `s.max_gap` seconds resets a key; keys of a model scored on arrival (`s.per_reading`) are cut into
-    report-window pieces of at most `s.window` readings, the others into whole windows. `max_ts` is the event time reached, during a call of `batch`."""
+    report-window pieces of at most `s.window` readings, the others into whole windows. During a call of
+    `batch`, `clocks` is the engine's event time reached per clock domain (moved in place by accepted readings)
+    and `dom` the domain of each message (one index for all, or one per message)."""
 
     def __init__(
         self, store: StateStore, config: EngineConfig, counters: dict[str, int], s: Settings
     ) -> None:
         super().__init__(store, config, counters, s)
-        self.max_ts = -math.inf
+        self.clocks = np.full(1, -math.inf)
+        self.dom: int | np.ndarray = 0
         self.events = EventIngest(store, config, counters, s)
 
     def batch(
         self,
         events: Sequence[Event] | Readings,
-        max_ts: float,
+        clocks: np.ndarray,
+        dom: int | np.ndarray,
         queues: dict[int, deque],
         row_keys: dict[int, str],
         regular: list[Pieces],
         out: EngineOutput,
-    ) -> float:
+    ) -> None:
         """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
         in order, by the per-event path (`_ingest`: :class:`EventIngest`), which owns the reasons. Keys that
         took the per-event path are left in `queues` (units and RESET markers), the others as `regular` pieces;
-        `row_keys` maps every row touched to its key. `max_ts`: the event time reached before the call;
-        returns the event time reached after it."""
-        self.max_ts = max_ts
+        `row_keys` maps every row touched to its key. `clocks` (the event time reached per clock domain)
+        moves in place; `dom`: the clock domain of every message (events: the default domain 0)."""
+        self.clocks, self.dom = clocks, dom
         if isinstance(events, Readings):
             if len(events):
                 self._ingest_readings(events, queues, row_keys, regular, out)
-            return self.max_ts
+            return
+        self.dom = 0
         f = self.s.n_features
         cols = Readings.from_regular_events(events, f)  # the common case, without a loop over events
         if cols is not None:
             self._ingest_readings(cols, queues, row_keys, regular, out)
-            return self.max_ts
+            return
         keys, counts, ts_parts, val_parts, refs = [], [], [], [], []
         for ev in events:
             ts = (
@@ -84,15 +90,23 @@ class Ingest(Part):
         if keys:
             batch = Readings.from_parts(keys, counts, ts_parts, val_parts, refs, f)
             self._ingest_readings(batch, queues, row_keys, regular, out)
-        return self.max_ts
 
     def _ingest(
-        self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
+        self,
+        ev: Event,
+        queues: dict[int, deque],
+        row_keys: dict[int, str],
+        out: EngineOutput,
+        dom: int = 0,
     ) -> None:
-        """One event through the per-event path; the event time reached moves to its last accepted reading."""
+        """One event (of clock domain `dom`) through the per-event path; the event time reached in its domain
+        moves to its last accepted reading."""
         last = self.events.ingest(ev, queues, row_keys, out)
+        row = self.store.slots.get(ev.key)
+        if row is not None:
+            self.store.arrays["domain"][row] = dom
         if last is not None:
-            self.max_ts = max(self.max_ts, last)
+            self.clocks[dom] = max(self.clocks[dom], last)
 
     def _ingest_readings(
         self,
@@ -117,22 +131,27 @@ class Ingest(Part):
         name_rows = np.array(got, np.int64)
         row_keys.update(zip(cast(list[int], got), names, strict=True))  # every row known now
         kid = r.kid
+        dom = self.dom  # one clock domain for every message, or one per message
+        a = self.store.arrays
         # one message per key (the live daemon's common case): messages are in key order, one reading each
         once = len(kid) == len(names) and len(r.timestamps) == len(kid)
         if once:  # least recently used order: as if each message touched its key in turn
             deque(map(slots.move_to_end, names), maxlen=0)
+            a["domain"][name_rows] = dom  # a key's domain: that of its latest message
         elif len(names) > 1:
             last = np.full(len(names), -1, np.int64)  # each key's last message
             np.maximum.at(last, kid, np.arange(len(kid)))
             deque(map(slots.move_to_end, map(names.__getitem__, np.argsort(last).tolist())), maxlen=0)
+            a["domain"][name_rows] = dom if isinstance(dom, int) else dom[last]
         else:
             slots.move_to_end(names[0])
-        a = self.store.arrays
+            a["domain"][name_rows] = dom if isinstance(dom, int) else dom[-1]
         msg_rows = name_rows[kid]
         rows_r = msg_rows if once else np.repeat(msg_rows, r.counts)
         ts, vals = r.timestamps, r.values
         order = np.argsort(rows_r, kind="stable")
         r_s, t_s, v_s = rows_r[order], ts[order], vals[order]
+        d_s: int | np.ndarray | None = dom  # each reading's clock domain: one for all, or in r_s's order
         if once:  # every reading is its key's first
             first = np.ones(len(r_s), bool)
             prev = a["last_ts"][r_s]
@@ -149,6 +168,13 @@ class Ingest(Part):
         bad |= ~(np.isfinite(v_s).all(axis=1) & np.isfinite(t_s))
         if queues:  # keys already queued by the per-event path in this call stay on it, in order
             bad |= np.isin(r_s, np.fromiter(queues, np.int64, len(queues)))
+        if not isinstance(dom, int):  # several clock domains
+            if bad.any():  # each kept reading's domain moves its clock (in _assemble)
+                d_s = (dom if once else np.repeat(dom, r.counts))[order]
+            else:  # every reading is kept: each run of a domain moves its clock, in message order
+                run_lo, run_dom = domain_runs(dom, r.counts)
+                np.maximum.at(self.clocks, run_dom, np.maximum.reduceat(ts, run_lo))
+                d_s = None
         if bad.any():
             irregular = np.unique(r_s[bad])
             self.store.drop(
@@ -158,16 +184,24 @@ class Ingest(Part):
             for m in np.flatnonzero(np.isin(msg_rows, irregular)).tolist():
                 lo, hi = int(ends[m] - r.counts[m]), int(ends[m])
                 ev = Event(r.names[kid[m]], ts[lo:hi], vals[lo:hi], r.refs[m])
-                self._ingest(ev, queues, row_keys, out)
+                self._ingest(ev, queues, row_keys, out, dom if isinstance(dom, int) else int(dom[m]))
             keep = ~np.isin(r_s, irregular)
             r_s, t_s, v_s, first = r_s[keep], t_s[keep], v_s[keep], first[keep]
+            if isinstance(d_s, np.ndarray):
+                d_s = d_s[keep]
             if not len(r_s):
                 return
             first[0] = True
-        regular.append(self._assemble(r_s, t_s, v_s, first, out))
+        regular.append(self._assemble(r_s, t_s, v_s, first, out, d_s))
 
     def _assemble(
-        self, r: np.ndarray, t: np.ndarray, raw: np.ndarray, first: np.ndarray, out: EngineOutput
+        self,
+        r: np.ndarray,
+        t: np.ndarray,
+        raw: np.ndarray,
+        first: np.ndarray,
+        out: EngineOutput,
+        d: int | np.ndarray | None = 0,
     ) -> Pieces:
         """Regular readings (grouped by row, in time order within a row) as pieces, with array operations only:
         cut at report-window ends (scored on arrival), or assembled into whole windows with each key's partial
@@ -190,7 +224,10 @@ class Ingest(Part):
         a["last_ts"][groups] = last_t
         a["seen"][groups] = last_t
         put_rows(a["last_values"], groups, last_raw)
-        self.max_ts = max(self.max_ts, float(t.max()))
+        if isinstance(d, int):  # the event time reached in each clock domain: its accepted readings only
+            self.clocks[d] = max(self.clocks[d], float(t.max()))
+        elif d is not None:  # (None: moved by the caller)
+            np.maximum.at(self.clocks, d, t)
         self.counters["readings"] += len(r)
         out.readings += len(r)
         return pieces

@@ -64,6 +64,9 @@ class Layout:
             "alert_contrib": ((F,), "float32"),
             "readings": ((), "int64"),
             "windows": ((), "int64"),
+            # the key's clock domain (the engine's index of the domain of its latest message): local to the
+            # engine, not written in snapshots (the engine records the domains in the snapshot's header)
+            "domain": ((), "int32"),
         }
         for name, shape, dtype, _ in self.extra:
             out[name] = (tuple(shape), dtype)
@@ -107,6 +110,7 @@ def put_rows(column: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
 _DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "int32", "int64", "bool", "int8", "uint8")}
 
 NAN_FIELDS = ("last_ts", "ewma", "run_start", "last_anom_ts", "alert_start", "seen")
+LOCAL_FIELDS = ("domain",)  # per-key fields a snapshot leaves out (their meaning is local to one engine)
 
 
 class StateStore:
@@ -205,10 +209,11 @@ class StateStore:
     def evict(
         self,
         max_keys: int,
-        oldest_allowed: float | None,
+        oldest_allowed: float | np.ndarray | None,
         on_evict: Callable[[list[str], np.ndarray], None] | None = None,
     ) -> list[str]:
-        """Drop every key last seen before `oldest_allowed` (wherever it stands in the LRU order), then the
+        """Drop every key last seen before `oldest_allowed` (one time for all keys, or one per row: each key's
+        clock domain has its own; wherever it stands in the LRU order), then the
         least-recently-used keys still above `max_keys`. `on_evict(keys, rows)` sees the evicted rows (least
         recently used first) before they are cleared.
 
@@ -225,14 +230,18 @@ class StateStore:
         keys: list[str] = []
         found = 0
         for key, row in self.slots.items():
-            old = oldest_allowed is not None and bool(seen[row] < oldest_allowed)
+            old = oldest_allowed is not None and bool(
+                seen[row]
+                < (oldest_allowed[row] if isinstance(oldest_allowed, np.ndarray) else oldest_allowed)
+            )
             if not (old or held - len(keys) - (expired - found) > max_keys):
                 break
             keys.append(key)
             found += old
         if found < expired:  # a key that arrived after a younger one is expired too: a pass over all keys
             order = np.fromiter(self.slots.values(), np.int64, held)  # least recently used first
-            drop = seen[order] < oldest_allowed
+            limit = oldest_allowed[order] if isinstance(oldest_allowed, np.ndarray) else oldest_allowed
+            drop = seen[order] < limit
             drop[: len(keys)] = True  # young keys evicted for the cap above: the least recently used
             keys = [key for key, gone in zip(self.slots, drop.tolist(), strict=True) if gone]
         rows = np.fromiter((self.slots[k] for k in keys), np.int64, len(keys))
@@ -263,6 +272,8 @@ class StateStore:
         rep_stale = None
         parts: list[Any] = []
         for name, arr in self.arrays.items():
+            if name in LOCAL_FIELDS:
+                continue
             part = arr[rows]  # a fresh C-contiguous copy: joined below without another copy
             if name in ("buf", "buf_ts"):
                 part[stale] = 0

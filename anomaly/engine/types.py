@@ -54,6 +54,10 @@ class Readings:
     timestamps: np.ndarray  # float64 (N,), N = counts.sum()
     values: np.ndarray  # float64 (N, F)
     refs: list[Any]  # (M,)
+    # The clock domains (event-time clocks, see :class:`anomaly.engine.Engine`) of the messages, as runs: (index of
+    # the run's first message, domain name), first run at message 0. Empty: every message is of the default
+    # domain "" (a replay). The daemon names each partition's messages after their partition.
+    domains: tuple[tuple[int, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -131,7 +135,13 @@ class Readings:
             return parts[0]
         index: dict[str, int] = {}
         kids = []
+        runs: list[tuple[int, str]] = []
+        start = 0
         for p in parts:
+            for lo, name in p.domains or ((0, ""),):
+                if not runs or runs[-1][1] != name:
+                    runs.append((start + lo, name))
+            start += len(p.refs)
             remap = np.asarray([index.setdefault(n, len(index)) for n in p.names], np.int64)
             kids.append(remap[p.kid] if len(p.kid) else p.kid)
         return cls(
@@ -141,6 +151,7 @@ class Readings:
             np.concatenate([p.timestamps for p in parts]) if parts else np.zeros(0),
             np.concatenate([p.values for p in parts]) if parts else np.zeros((0, n_features)),
             [r for p in parts for r in p.refs],
+            () if runs == [(0, "")] or not runs else tuple(runs),
         )
 
     def messages(self, lo: int, hi: int) -> Readings:
@@ -159,7 +170,22 @@ class Readings:
             self.timestamps[a:b],
             self.values[a:b],
             self.refs[lo:hi],
+            self._domain_runs(lo, hi),
         )
+
+    def _domain_runs(self, lo: int, hi: int) -> tuple[tuple[int, str], ...]:
+        """The domain runs of messages ``lo:hi``, renumbered from 0."""
+        if not self.domains:
+            return ()
+        runs = [(max(start - lo, 0), name) for start, name in self.domains if start < hi]
+        i = max(j for j, (start, _) in enumerate(runs) if start == 0)  # the run holding message lo
+        return tuple(runs[i:])
+
+    def domain_runs(self) -> list[tuple[int, int, str]]:
+        """(first message, end message, domain name) of each run; one run of domain "" when none is set."""
+        runs = self.domains or ((0, ""),)
+        ends = [start for start, _ in runs[1:]] + [len(self.refs)]
+        return [(start, end, name) for (start, name), end in zip(runs, ends, strict=True)]
 
     def events(self) -> list[Event]:
         """One event per message (tests, and the engine's per-event path for irregular keys)."""

@@ -35,17 +35,15 @@ past the checkpointed offset, so state sees every message exactly once and outpu
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import kafka.errors as kerr
-import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.engine.types import EngineOutput, Readings
+from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, partition_id
 from anomaly.kafka.identity import TopicChangedError
@@ -165,63 +163,6 @@ class EvictionSink:
         pass
 
 
-class TtlLagWarning:
-    """A runner sink that says in the log when a batch holds readings older than the event time already reached
-    minus ``engine.ttl_seconds``: a partition read behind another (a backfill of several partitions: the
-    consumer reads them one after another, not in time order) or a producer whose clock is behind. Each such
-    key is evicted after its message and scores it as a new key's, which no replay of the same data does (it
-    reads every key in time order); nothing else shows it. Warns at the first such batch, then at most once
-    every ``every_s`` seconds, with the count of such readings since the last warning."""
-
-    def __init__(
-        self, engine: Any, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.engine = engine
-        self.every_s = every_s
-        self.clock = clock
-        self.behind = 0  # readings behind the TTL horizon since the last warning
-        self.warned_at: float | None = None
-        self.clock_ts = -math.inf  # the engine's event time after the last batch
-
-    def write(self, out: EngineOutput, batch: Batch) -> None:
-        ttl = self.engine.config.ttl_seconds
-        if ttl <= 0:
-            return
-        events = batch.events
-        try:
-            ts = (
-                events.timestamps
-                if isinstance(events, Readings)
-                else np.concatenate([np.asarray(ev.timestamps, np.float64).reshape(-1) for ev in events])
-            )
-        except (TypeError, ValueError):  # malformed events: the engine refused them
-            return
-        if len(ts):
-            # the event time reached before each reading (the engine moves it message by message): a batch
-            # spanning more than the TTL in time order has no reading behind it
-            clock = np.fmax.accumulate(np.concatenate(([self.clock_ts], ts)))[:-1]
-            self.behind += int(np.count_nonzero(ts < clock - ttl))
-        self.clock_ts = max(self.clock_ts, self.engine.max_ts)
-        now = self.clock()
-        if self.behind and (self.warned_at is None or now - self.warned_at >= self.every_s):
-            log.warning(
-                "%d reading(s) came more than engine.ttl_seconds (%g s) behind the event time already reached (a "
-                "partition read behind another, as in a backfill of several partitions, or a producer clock "
-                "behind): each of their keys is evicted after its message and scores it as a new key's, unlike "
-                "a replay of the same data; while catching up, set engine.ttl_seconds = 0 or above the "
-                "backlog's span",
-                self.behind,
-                ttl,
-            )
-            self.behind, self.warned_at = 0, now
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class KafkaCheckpointer:
     """The runner's checkpointer for the daemon (see the module docstring for the order of operations)."""
 
@@ -323,10 +264,11 @@ class KafkaCheckpointer:
                 t1, c1 = time.monotonic(), time.thread_time()
                 raw = 0
                 for tp, keys in sorted(self._held_by_partition(engine, chosen).items()):
+                    pid = partition_id(tp.topic, tp.partition)
                     one = (
-                        partition_id(tp.topic, tp.partition),
+                        pid,
                         t.position[tp] - 1,
-                        engine.snapshot(keys),
+                        engine.snapshot(keys, domain=pid),  # with the partition's event-time clock
                         len(keys),
                         t.epoch.get(tp, 0),
                     )

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import gc
 import math
+import operator
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain, groupby, repeat
 from typing import Any
 
@@ -30,6 +32,7 @@ import numpy as np
 import orjson
 
 from anomaly.data import EPOCH_MS_FROM, epoch_seconds
+from anomaly.data.times import in_seconds
 from anomaly.engine.types import Alert, Event, Readings, Rejection, ScoredWindow
 
 # Reasons a message is refused before the engine (dead-letter `reason` header, messages_invalid label).
@@ -96,7 +99,7 @@ def parse_time(value: Any) -> float:
             except ValueError:
                 raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
         else:
-            ts, numeric = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp(), False
+            ts, numeric = _iso_seconds(value, dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
     else:
         raise DecodeError(
             "bad_timestamp", f"timestamp must be a number or ISO-8601 string, got {value!r:.40}"
@@ -106,6 +109,22 @@ def parse_time(value: Any) -> float:
     if numeric and abs(ts) >= EPOCH_MS_FROM:
         return float(epoch_seconds(np.array(ts)))
     return ts
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SUB_MICROSECOND = re.compile(r"\d\.(\d{7,})(?!\d)")  # a fraction of more than 6 digits (Go's RFC3339Nano)
+
+
+def _iso_seconds(text: str, dt: datetime) -> float:
+    """Epoch seconds of an ISO-8601 time read into the aware ``dt``. Python's datetime keeps microseconds and drops
+    further digits; a fraction with more of them (up to nanoseconds) is read from the text as the CSV path reads
+    it (pandas' nanoseconds, :func:`anomaly.data.times.in_seconds`), so both give the same float64."""
+    long = _SUB_MICROSECOND.search(text)
+    if long is None:
+        return dt.timestamp()
+    whole = (dt.replace(microsecond=0) - _EPOCH) // timedelta(seconds=1)
+    ns = whole * 1_000_000_000 + int(long.group(1)[:9].ljust(9, "0"))
+    return float(in_seconds(np.array([ns], np.int64), "ns")[0])
 
 
 def _key_ids(keys: list[str]) -> tuple[list[str], np.ndarray]:
@@ -121,7 +140,7 @@ class Decoder:
     :meth:`decode` makes one :class:`Event` of one record and is the reference for every rule and refusal.
     :meth:`decode_poll` does the same for a whole poll in columns (:class:`Readings`): one ``orjson.loads``
     per record, then field extraction, type checks and conversion over the whole poll at C speed. Records it
-    cannot take in bulk (blocks, ISO timestamps, features by name, nulls, anything malformed) go through
+    cannot take in bulk (nulls, anything malformed) go through
     :meth:`decode`, so both give the same readings and the same refusals (a test proves it).
 
     The record itself becomes the event's ``ref``, so a refusal later in the engine still reaches the
@@ -136,6 +155,8 @@ class Decoder:
         self.fmt = fmt
         self.n_features = len(fmt.features)
         self._index = {name: i for i, name in enumerate(fmt.features)}
+        # an object's values in the model's feature order
+        self._in_order = operator.itemgetter(*fmt.features) if fmt.features else dict.values
         self._clock = clock
         self._latest = (
             math.inf
@@ -197,6 +218,7 @@ class Decoder:
             return Event(key, stamp, row.reshape(1, -1), record)
         if not isinstance(block, list) or not block:
             raise DecodeError("bad_values", f"{fmt.readings_field!r} must be a non-empty list of readings")
+        self._one_key_block(body, block, key)
         fast = self._block_fast(block, record.value)
         if fast is not None:
             self._check_future(fast[0])
@@ -210,6 +232,28 @@ class Decoder:
             self._check_future(stamps[i : i + 1])
             rows.append(self._values(self._field(reading, fmt.values_field)))
         return Event(key, stamps, np.stack(rows), record)
+
+    def _one_key_block(self, body: dict[str, Any], block: list[Any], key: str) -> None:
+        """DecodeError ``bad_values`` for a block that would be read otherwise than it was meant: a reading of its
+        own beside the block (it was dropped without a word), or a reading naming another key than the message's
+        (a producer batching several sensors into one block: all of them were scored as the message's key)."""
+        fmt = self.fmt
+        if fmt.time_field in body or fmt.values_field in body:
+            raise DecodeError(
+                "bad_values",
+                f"a message is one reading ({fmt.time_field!r}, {fmt.values_field!r}) or a block "
+                f"({fmt.readings_field!r}), not both",
+            )
+        kf = fmt.key_field
+        for i, reading in enumerate(block):
+            if type(reading) is dict and kf in reading:
+                own = reading[kf]
+                if isinstance(own, bool) or not isinstance(own, str | int | float) or str(own) != key:
+                    raise DecodeError(
+                        "bad_values",
+                        f"reading {i} of the block names {kf!r} {own!r:.40}, the message's is {key!r:.40}: a "
+                        "block holds one key's readings",
+                    )
 
     def _key(self, key: Any, record: Any) -> str:
         """The entity key: the body's key field, else the message key. An empty key is refused like a missing
@@ -253,26 +297,14 @@ class Decoder:
         return key
 
     def _block_fast(self, block: list[Any], raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-        """Vectorized decode of a block whose timestamps are numbers and values lists of numbers (the common
-        case); None sends anything else (ISO times, objects, nulls, errors) through the per-reading path."""
+        """Vectorized decode of a block whose timestamps are numbers (or text :func:`parse_time` takes) and values
+        lists of F numbers (the common case); None sends anything else (objects, nulls, errors) through the
+        per-reading path."""
         tf, vf = self.fmt.time_field, self.fmt.values_field
         try:
-            stamps = np.array([r[tf] for r in block])
-            values = np.array([r[vf] for r in block])
-        except (TypeError, ValueError, KeyError):
+            return self._convert([r[tf] for r in block], [r[vf] for r in block])
+        except (TypeError, KeyError):
             return None
-        if (
-            stamps.dtype.kind not in "fi"
-            or values.dtype.kind not in "fi"
-            or values.shape != (len(block), self.n_features)
-            or stamps.ndim != 1
-            or (b"true" in raw or b"false" in raw)  # a boolean would pass as 1.0 / 0.0 here
-        ):
-            return None
-        stamps = stamps.astype(np.float64)
-        if not np.isfinite(stamps).all():
-            return None
-        return epoch_seconds(stamps), values.astype(np.float64)
 
     @staticmethod
     def _field(body: dict[str, Any], name: str) -> Any:
@@ -390,18 +422,19 @@ class Decoder:
         """Columns of parsed block bodies, each with a string key and a non-empty list of readings that all have
         a number timestamp and a list of F numbers; None if any body is otherwise (the caller splits the run).
         All readings of the run are converted together: per reading only C-level `map`s run."""
-        fmt = self.fmt
-        get = dict.get
-        keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
-        blocks: list[Any] = list(map(get, bodies, repeat(fmt.readings_field)))
-        if set(map(type, keys)) != {str} or "" in keys or set(map(type, blocks)) != {list}:
-            return None  # an empty key is refused record by record
-        if max(map(len, keys)) * KEY_BYTES_PER_CHAR > fmt.max_key_bytes:
-            return None  # so may be a long one
+        keys = self._bulk_keys(records, bodies)
+        blocks: list[Any] = list(map(dict.get, bodies, repeat(self.fmt.readings_field)))
+        if keys is None or set(map(type, blocks)) != {list}:
+            return None
         counts = list(map(len, blocks))
         readings = list(chain.from_iterable(blocks))
         if 0 in counts or set(map(type, readings)) != {dict}:
             return None
+        fmt = self.fmt
+        if any(map(dict.__contains__, readings, repeat(fmt.key_field))) or any(
+            fmt.time_field in b or fmt.values_field in b for b in bodies
+        ):
+            return None  # keys in readings, or a reading beside the block: checked record by record
         return self._readings(records, keys, readings, np.asarray(counts, np.int64))
 
     def _readings(
@@ -422,46 +455,99 @@ class Decoder:
     def _columns(
         self, records: Sequence[Any], stamps: list[Any], values: list[Any]
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`) and values (N, F) when every
-        timestamp is a finite JSON number and every values field a list of F JSON numbers (no null, string, boolean, object or nesting); else None."""
-        blob = b"".join([r.value for r in records])
-        if b"true" in blob or b"false" in blob:  # rare (a key may contain them): check the types exactly
-            if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(
-                map(type, chain.from_iterable(v if type(v) is list else (v,) for v in values))
-            ):
+        """:meth:`_convert` of a poll's readings; None also where a reading is stamped past ``_latest`` (refused
+        one by one, with the reason)."""
+        converted = self._convert(stamps, values)
+        if converted is not None and len(stamps) and float(converted[0].max()) > self._latest:
+            return None
+        return converted
+
+    def _convert(self, stamps: list[Any], values: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """float64 timestamps (N,, epoch seconds: :func:`anomaly.data.epoch_seconds`, or :func:`parse_time` where some
+        are text: ISO-8601 producers) and values (N, F) when every timestamp is a finite JSON number or a string
+        :func:`parse_time` takes, and every values field a list of F JSON numbers (no null, string, boolean,
+        object or nesting); else None.
+
+        The types are checked before numpy sees the lists: ``np.array`` of a list holding one string makes a
+        fixed-width text array as wide as the longest string for every element, so a single message with a
+        500 KB string in a poll of 2,000 asked for gigabytes (a MemoryError, or the kernel's OOM killer, at
+        every restart, as the message is never committed)."""
+        n = len(stamps)
+        if values and type(values[0]) is dict:  # features by name
+            rows = self._by_name(values)
+            if rows is None:
                 return None
+            values = rows
         try:
-            ts = np.array(stamps)
+            kinds = set(map(type, chain.from_iterable(values)))
+        except TypeError:  # a values field that is a number or null
+            return None
+        if not kinds <= _PLAIN_NUMBERS or not set(map(type, values)) <= {list, tuple}:
+            return None  # nulls, strings, booleans, objects or nesting (per record: the reason)
+        try:
             vals = np.array(values)
         except (ValueError, TypeError):  # ragged lists
             return None
-        n = len(stamps)
-        if ts.dtype.kind not in "fi" or vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
-            return None  # nulls (object), strings, wrong feature count or nesting
-        if ts.shape != (n,):
-            return None
-        ts = ts.astype(np.float64)
-        if not np.isfinite(ts).all():
-            return None
-        ts = epoch_seconds(ts)
-        if n and float(ts.max()) > self._latest:  # refused one by one, with the reason
-            return None
+        if vals.dtype.kind not in "fi" or vals.shape != (n, self.n_features):
+            return None  # an integer beyond int64 / uint64 (object), wrong feature count
+        stamp_kinds = set(map(type, stamps))
+        if stamp_kinds <= _PLAIN_NUMBERS:
+            ts = np.array(stamps)
+            if ts.dtype.kind not in "fi" or ts.shape != (n,):
+                return None
+            ts = ts.astype(np.float64)
+            if not np.isfinite(ts).all():
+                return None
+            ts = epoch_seconds(ts)
+        elif stamp_kinds <= _PLAIN_NUMBERS | {str}:  # ISO-8601 or numbers as text: each as decode() reads it
+            try:
+                ts = np.fromiter(map(parse_time, stamps), np.float64, n)
+            except DecodeError:
+                return None
+        else:
+            return None  # nulls, booleans, lists, objects
         return ts, vals.astype(np.float64)
+
+    def _by_name(self, values: list[Any]) -> list[Any] | None:
+        """Values given as objects of exactly the model's features, as rows in the model's order (as
+        :meth:`_values` takes them); None where any is not such an object (read one by one, with the reason)."""
+        if set(map(type, values)) != {dict} or set(map(len, values)) != {self.n_features}:
+            return None
+        try:
+            rows = list(map(self._in_order, values))
+        except KeyError:  # a feature missing (another in its place)
+            return None
+        return (
+            rows if self.n_features > 1 else [[v] for v in rows]
+        )  # itemgetter of one name: the value itself
 
     def _bulk(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> Readings | None:
         """Columns of parsed single-reading bodies, each with a string key, a number timestamp and a list of F
         numbers; None if any body is otherwise (the caller splits the run)."""
+        keys = self._bulk_keys(records, bodies)
+        if keys is None:
+            return None
+        return self._readings(records, keys, bodies, np.ones(len(bodies), np.int64))
+
+    def _bulk_keys(self, records: Sequence[Any], bodies: list[dict[str, Any]]) -> list[str] | None:
+        """The entity key of every body as :meth:`_key` reads it (the body's key field, else the message key)
+        when each is a non-empty string of at most ``max_key_bytes / KEY_BYTES_PER_CHAR`` characters; None
+        otherwise (a key that is a number, missing, empty, not UTF-8 or long is read record by record). A
+        producer that keys by the message key alone (no key field) decoded one record at a time, 8x slower."""
         fmt = self.fmt
-        n = len(bodies)
-        get = dict.get
-        keys: list[Any] = list(map(get, bodies, repeat(fmt.key_field)))
+        keys: list[Any] = list(map(dict.get, bodies, repeat(fmt.key_field)))
+        if None in keys:
+            try:
+                keys = [r.key.decode("utf-8") if k is None else k for k, r in zip(keys, records, strict=True)]
+            except (AttributeError, UnicodeDecodeError):  # no message key, or not UTF-8
+                return None
         if (
             set(map(type, keys)) != {str}
             or "" in keys
             or max(map(len, keys)) * KEY_BYTES_PER_CHAR > fmt.max_key_bytes
         ):
             return None  # an empty or a long key is refused record by record
-        return self._readings(records, keys, bodies, np.ones(n, np.int64))
+        return keys
 
     def _empty(self) -> Readings:
         return Readings(
@@ -484,6 +570,7 @@ def collector_paused() -> Iterator[None]:
 
 
 _NUMBER_TYPES = frozenset((float, int, type(None)))
+_PLAIN_NUMBERS = frozenset((float, int))
 _UNPARSED = object()  # a record whose value is missing, too large or not JSON: `decode` says which
 
 

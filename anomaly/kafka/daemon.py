@@ -66,7 +66,9 @@ from anomaly import atomic
 from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
-from anomaly.engine import Engine, StateError
+from anomaly.engine import Alert, Engine, EngineOutput, StateError
+from anomaly.engine.alerts import alert_id
+from anomaly.engine.state import StateStore
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import (
@@ -76,7 +78,7 @@ from anomaly.kafka.changelog import (
     partition_id,
     source_topic,
 )
-from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker, TtlLagWarning
+from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
 from anomaly.kafka.identity import TopicChangedError, TopicIdentity
 from anomaly.kafka.sinks import (
@@ -89,7 +91,7 @@ from anomaly.kafka.sinks import (
     TransactionTimeoutError,
 )
 from anomaly.kafka.source import KafkaSource
-from anomaly.runner import run
+from anomaly.runner import Batch, run
 
 log = logging.getLogger(__name__)
 DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
@@ -172,7 +174,8 @@ class Daemon:
         self.stop_requested_at = -float("inf")  # time.monotonic() of the first stop signal
         self.tracker = PartitionTracker()
         self._reload_requested = False
-        self._mtime = Path(model_path).stat().st_mtime
+        self._retired: list[Alert] = []  # open alerts of refused (incompatible) state, closed at the restore
+        self._file = _file_signature(model_path)
         self._next_reload_check = 0.0
         self._assigned_once = False
         self._rebalancing = False
@@ -293,7 +296,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks += [dead, EvictionSink(self.tracker), TtlLagWarning(self.engine)]
+        self.sinks += [dead, EvictionSink(self.tracker)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
@@ -471,13 +474,26 @@ class Daemon:
 
     def _maybe_reload(self) -> None:
         try:
-            mtime = Path(self.model_path).stat().st_mtime
-        except OSError:
+            file = _file_signature(self.model_path)
+        except OSError as exc:
+            if (
+                self._reload_requested
+            ):  # a SIGHUP asked for it: say why nothing was loaded (else a rename's gap)
+                self._reload_requested = False
+                log.error(
+                    "model reload failed, keeping version %s: cannot read %s: %s",
+                    self.bundle.version,
+                    self.model_path,
+                    exc.strerror or exc,
+                )
+                if self.metrics is not None:
+                    self.metrics.model_reload_failed()
+                self._file = (0, 0, 0)  # whatever file comes back is loaded (and clears the failure)
             return
-        if not self._reload_requested and mtime == self._mtime:
+        if not self._reload_requested and file == self._file:
             return
         self._reload_requested = False
-        self._mtime = mtime
+        self._file = file
         try:
             bundle = load_bundle(self.model_path)
         except AnomalyError as exc:
@@ -486,6 +502,8 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.model_reload_failed()
             return
+        if bundle.arch != self.engine.bundle.arch or bundle.features != self.engine.bundle.features:
+            self._retire_state()  # the reload starts every key afresh
         kept = self.engine.reload(bundle)
         self.bundle = bundle
         self.changelog.owner = dataclasses.replace(  # keeps the transactional id: records must name it
@@ -501,6 +519,27 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.model_loaded(bundle)
             self.metrics.model_reloaded(kept)
+
+    def _retire_state(self) -> None:
+        """Before a reload that resets per-key state: every key leaves as an evicted key does (its readings scored
+        but not yet reported go out as a short window, its open alert is closed with reason ``evicted``, under the
+        model that opened it), so no alert is left open forever on the alerts topic (where `retrain` would leave
+        the key's readings out from its start on) and no decided reading goes unreported."""
+        engine, out = self.engine, EngineOutput()
+        out.evicted = engine.store.evict(0, None, lambda keys, rows: engine._on_evict(keys, rows, out))
+        engine.counters["evicted"] += len(out.evicted)
+        batch = Batch(events=[])
+        for sink in self.sinks:
+            sink.write(out, batch)
+        if self.metrics is not None:  # its closes and windows counted as the sinks have them; no keys held
+            self.metrics.observe(out, batch, engine, time.time())
+        closed = sum(1 for a in out.alerts if a.status == "closed")
+        if out.evicted:
+            log.warning(
+                "model reload resets per-key state: %d key(s) retired, %d open alert(s) closed (reason evicted)",
+                len(out.evicted),
+                closed,
+            )
 
     # --- rebalances ------------------------------------------------------------------------------------------
 
@@ -582,6 +621,7 @@ class Daemon:
             epoch = cp.epoch + 1 if cp is not None else 1
             self.tracker.epoch[tp] = epoch
             offset = cp.offset if cp is not None else None
+            self.engine.reset_clock(pid)  # the partition's event time is its checkpoint's (or none yet)
             keys = self._restore_one(pid, cp) if offset is not None else None
             if cp is not None and offset is not None and keys is not None:
                 offset = self._resume_after(pid, offset, committed.get((tp.topic, tp.partition)))
@@ -594,6 +634,12 @@ class Daemon:
                 self.changelog.write(pid, offset, cp.snapshot, cp.keys, epoch, stored=cp)
             else:  # no state: resume from the group's committed offset; the claim still fences older owners
                 self.changelog.write(pid, None, b"", 0, epoch)
+        if self._retired:  # in the claims' transaction: the refused state and its open alerts end together
+            out, self._retired = EngineOutput(alerts=self._retired), []
+            for sink in self.sinks:
+                sink.write(out, Batch(events=[]))
+            if self.metrics is not None:  # closes on the alerts topic count in anomaly_alerts_closed_total
+                self.metrics.observe(out, Batch(events=[]), self.engine, time.time())
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
             self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
             self.checkpointer.commit(by_pid.values(), wait=not seek)
@@ -703,15 +749,18 @@ class Daemon:
     def _restore_one(self, pid: str, cp: Any) -> list[str] | None:
         """The checkpoint's keys restored into the engine, or None when it is refused (another model)."""
         if cp.model and cp.model != self.changelog.owner.model:
+            closes = retired_alerts(cp.snapshot)
+            self._retired.extend(closes)
             log.error(
                 "state of %s not restored: written by an incompatible model (features or architecture differ); "
-                "its keys start fresh from the committed offset",
+                "its keys start fresh from the committed offset (%d open alert(s) closed, reason evicted)",
                 pid,
+                len(closes),
             )
             self._count_refusal("incompatible_model")
             return None
         try:
-            return self.engine.restore(cp.snapshot)
+            return self.engine.restore(cp.snapshot, domain=pid)
         except StateError as exc:
             log.error(
                 "state of %s not restored (%s); its keys start fresh from the committed offset", pid, exc
@@ -856,3 +905,43 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
         self.daemon.on_rebalance("assigned", assigned)
+
+
+def retired_alerts(snapshot: bytes) -> list[Alert]:
+    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture),
+    closed as an evicted key's are (reason ``evicted``, at the event time the state had reached, under the model
+    version that opened them; no top features, which need that model's feature names). Before, they were dropped
+    with the state and stayed open forever on the alerts topic. A snapshot that cannot be read closes none."""
+    try:
+        header, arrays = StateStore.read_snapshot(snapshot)
+        meta = header.get("meta", {})
+        at, version = float(meta.get("max_ts", float("nan"))), str(meta.get("model_version", ""))
+        fields = [arrays[f] for f in ("alert_open", "alert_start", "last_anom_ts", "alert_peak", "alert_thr")]
+    except (StateError, KeyError, TypeError, ValueError):
+        return []
+    is_open, start, end, peak, thr = fields
+    return [
+        Alert(
+            alert_id(key, float(start[i])),
+            key,
+            "closed",
+            float(start[i]),
+            float(end[i]),
+            at,
+            float(peak[i]),
+            float(thr[i]),
+            version,
+            [],
+            "evicted",
+        )
+        for i, key in enumerate(header["keys"])
+        if is_open[i]
+    ]
+
+
+def _file_signature(path: str) -> tuple[int, int, int]:
+    """What tells a new model file from the one last looked at: mtime (ns), size and inode. The mtime alone
+    missed a copy finished within the file system's timestamp tick (a jiffy, 1-10 ms) after a look at its first
+    part: the reload of that half failed, and the complete file, with the same mtime, was never loaded."""
+    st = Path(path).stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino

@@ -36,6 +36,7 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from anomaly.engine.types import Readings, Rejection
+from anomaly.kafka.changelog import partition_id
 from anomaly.kafka.checkpoint import PartitionTracker
 from anomaly.kafka.codec import Decoder, source_rejection
 from anomaly.runner import Batch
@@ -168,7 +169,9 @@ class KafkaSource:
         return out
 
     def to_batch(self, records: dict[Any, list[Any]]) -> Batch:
-        """One poll as columns (:meth:`Decoder.decode_poll`), partition by partition in poll order."""
+        """One poll as columns (:meth:`Decoder.decode_poll`), partition by partition in poll order; each
+        partition's messages are of its own clock domain (``topic:partition``): the engine judges its keys'
+        idleness (``engine.ttl_seconds``) by that partition's event time, not by the others'."""
         parts: list[Readings] = []
         rejections: list[Rejection] = []
         position: dict[Any, int] = {}
@@ -191,6 +194,7 @@ class KafkaSource:
                 if self.metrics is not None:
                     self.metrics.message_invalid(err.reason)
             if len(readings):
+                readings.domains = ((0, partition_id(tp.topic, tp.partition)),)  # the partition's clock
                 parts.append(readings)
                 see = self.tracker.see
                 for key in readings.names:  # once per key and partition, not per message

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import http_status, terminate, wait_for
+from conftest import http_status, metric, replay_expected, terminate, wait_for
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -249,4 +249,108 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     assert new_alerts <= got
     assert got == {(a.id, a.status, a.model_version) for o in outs + after for a in o.alerts}
     assert {i for i, _ in kafka_env.alert_ids(names.alerts)} == {a.id for o in outs + after for a in o.alerts}
+    assert terminate(proc) == 0
+
+
+def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
+    kafka_env, tiny_model, stream, tmp_path
+):
+    """A reload of a model with another architecture starts every key afresh. Before, an alert open at that
+    moment was dropped with the state and never closed: it stayed open forever on the alerts topic (and
+    `retrain` left the key's readings out from its start on). Now it is closed, reason `evicted`, by the
+    model that opened it, as an evicted key's is."""
+    _, series = stream
+    model_path, champion = tiny_model
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(champion, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(champion, first).alert_ids
+    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    assert open_ids
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
+    frame.to_csv(tmp_path / "normal.csv", index=False)
+    normal, feats = load_series(
+        [tmp_path / "normal.csv"], DataConfig(key_column="sensor_id"), champion.features
+    )
+    wider = train(normal, feats, ModelConfig(window=12, hidden_size=16), TrainConfig(epochs=1, seed=1)).bundle
+    assert wider.arch != champion.arch
+
+    model = tmp_path / "model.pt"
+    shutil.copy(model_path, model)
+    names = kafka_env.names(partitions=2)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    ends = kafka_env.produce(names.input, first, champion.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
+        (i, "open") for i in open_ids
+    }
+
+    save_bundle(wider, model)  # an atomic replace, as `promote` does
+    wait_for(lambda: _reloads(port) == {"kept": 0.0, "reset": 1.0}, 20, "hot reload of the wider model")
+
+    def closed() -> dict[str, dict]:
+        return {
+            a["id"]: a
+            for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+            if a["status"] == "closed" and a["id"] in open_ids
+        }
+
+    wait_for(lambda: set(closed()) == open_ids, 20, "the dropped alerts closed")
+    assert {(a["reason"], a["model_version"]) for a in closed().values()} == {("evicted", champion.version)}
+    assert terminate(proc) == 0
+
+
+def test_a_restart_with_a_model_that_cannot_restore_the_state_closes_its_open_alerts(
+    kafka_env, tiny_model, stream, tmp_path
+):
+    """A model of another architecture promoted while the daemon was down: the checkpoint written under the old
+    one is not restored (its keys start fresh). Before, the alerts open in it were dropped with it and stayed
+    open forever on the alerts topic; now the restore closes them (reason `evicted`, the old model's version)
+    in the transaction of its claims."""
+    _, series = stream
+    model_path, champion = tiny_model
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(champion, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(champion, first).alert_ids
+    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
+    frame.to_csv(tmp_path / "normal.csv", index=False)
+    normal, feats = load_series(
+        [tmp_path / "normal.csv"], DataConfig(key_column="sensor_id"), champion.features
+    )
+    wider = train(normal, feats, ModelConfig(window=12, hidden_size=16), TrainConfig(epochs=1, seed=1)).bundle
+
+    model = tmp_path / "model.pt"
+    shutil.copy(model_path, model)
+    names = kafka_env.names(partitions=2)
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
+    ends = kafka_env.produce(names.input, first, champion.features)
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(proc) == 0
+    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
+        (i, "open") for i in open_ids
+    }
+
+    save_bundle(wider, model)  # promoted while the daemon was down
+    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready with the wider model")
+    closed = {
+        a["id"]: a
+        for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+        if a["status"] == "closed" and a["id"] in open_ids
+    }
+    assert set(closed) == open_ids
+    assert {(a["reason"], a["model_version"]) for a in closed.values()} == {("evicted", champion.version)}
+    assert "not restored: written by an incompatible model" in kafka_env.logs[-1].read_text()
+    # counted as the alerts topic has them (they were on the topic only): opened in the last life, closed in this
+    assert metric(port, "anomaly_alerts_closed_total") == len(open_ids)
     assert terminate(proc) == 0
