@@ -294,7 +294,7 @@ def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
         fresh.restore(part[:-3])
     with pytest.raises(StateError, match="corrupted"):
         fresh.restore(b"garbage")
-    with pytest.raises(StateError, match="layout"):
+    with pytest.raises(StateError, match="does not fit"):
         Engine(bundle, EngineConfig(threshold="spot")).restore(part)  # another kind keeps other state
 
 
@@ -1031,7 +1031,8 @@ def test_a_snapshot_from_before_the_alert_count_restores_with_the_count_starting
         assert new.restore(old.snapshot()) == [s.key]
         new.restore(old.snapshot())  # the same upgrade again: logged once
     assert [r.getMessage() for r in caplog.records] == [
-        "engine snapshot written without state field(s) alert_len: restored with their initial values"
+        "engine snapshot written without state field(s) alert_len (by an older version, or with a threshold kind "
+        "or policy that keeps less per-key state): restored with their initial values"
     ]
     after = new.process([Event(s.key, s.timestamps[150:], s.values[150:])]).alerts
     got = [(a.status, a.start, a.at, a.reason) for a in opened + after]
@@ -1041,7 +1042,7 @@ def test_a_snapshot_from_before_the_alert_count_restores_with_the_count_starting
         ("open", 360.0, 362.0, ""),
         ("closed", 360.0, 405.0, "normal"),
     ]
-    with pytest.raises(StateError, match="layout"):  # a field this engine does not keep
+    with pytest.raises(StateError, match="does not fit"):  # a field this engine does not keep
         old.restore(new.snapshot())
 
 
@@ -1269,7 +1270,8 @@ def test_a_dynamic_snapshot_from_before_the_warm_up_guard_restores_and_scores_al
     with caplog.at_level("WARNING", logger="anomaly.engine.state"):
         assert new.restore(snap) == [s.key]
     assert [r.getMessage() for r in caplog.records] == [
-        "engine snapshot written without state field(s) dyn_doubt: restored with their initial values"
+        "engine snapshot written without state field(s) dyn_doubt (by an older version, or with a threshold kind "
+        "or policy that keeps less per-key state): restored with their initial values"
     ]
     got = new.process(rest)
     assert len(got.windows) == len(want.windows) > 0
@@ -1278,7 +1280,7 @@ def test_a_dynamic_snapshot_from_before_the_warm_up_guard_restores_and_scores_al
     ]
     assert [(a.status, a.start, a.at) for a in got.alerts] == [(a.status, a.start, a.at) for a in want.alerts]
     assert len(got.alerts) > 0
-    with pytest.raises(StateError, match="layout"):
+    with pytest.raises(StateError, match="does not fit"):
         old.restore(new.snapshot())
 
 
@@ -1402,3 +1404,36 @@ def test_a_partition_assigned_again_takes_its_checkpoints_clock_not_the_one_this
     assert e.clock("in:1") == 10.0
     nxt = in_domain([Event("a", np.array([60.0]), one(bundle))], "in:1", f)
     assert e.process(nxt).evicted == [] and e.keys() == ["a"]
+
+
+def test_a_snapshot_that_does_not_fit_says_which_state_differs(bundle, window_bundle) -> None:
+    """A checkpoint refused as bad_state printed both whole layouts (about 1.6 KB of JSON per partition) and never
+    said what changed; now the differing fields or dimensions, and the settings that shape them."""
+    s = make_series("k", 40, len(bundle.features), seed=1)
+    dyn = Engine(bundle, EngineConfig(threshold="dynamic"))
+    dyn.process([Event(s.key, s.timestamps, s.values)])
+    with pytest.raises(StateError) as static:
+        Engine(bundle, EngineConfig(threshold="static")).restore(dyn.snapshot())
+    fields = [
+        name
+        for name, *_ in dyn.store.layout.extra
+        if name not in Engine(bundle, EngineConfig(threshold="static")).store.arrays
+    ]
+    assert len(fields) >= 2
+    assert str(static.value).startswith(
+        f"snapshot state does not fit this engine: field {fields[0]} is not kept here; field {fields[1]} is not kept here"
+    )
+    assert str(static.value).endswith(
+        "(the [engine] settings that shape per-key state differ from the ones it was written with: threshold kind, "
+        "dynamic_history, spot_init, spot_peaks, spot_depth, or a level-shift or stuck-sensor policy)"
+    )
+    assert len(str(static.value)) < 500
+    with pytest.raises(
+        StateError, match=r"field hist is float32\[\d+\] in the snapshot, float32\[\d+\] here"
+    ):
+        Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=64)).restore(dyn.snapshot())
+    with pytest.raises(
+        StateError,
+        match=r"^snapshot state does not fit this engine: model dimensions differ \(.*window \d+ in the snapshot, \d+ here\): another model's state$",
+    ):
+        Engine(window_bundle, EngineConfig(threshold="dynamic")).restore(dyn.snapshot())

@@ -30,6 +30,34 @@ class StateError(AnomalyError):
     """A snapshot cannot be restored: corrupted, or made for an incompatible model or engine settings."""
 
 
+def _layout_difference(theirs: Layout, mine: Layout, most: int = 4) -> str:
+    """What differs between a snapshot's layout and this engine's, in words: the model's dimensions, or the
+    per-key fields of the threshold kind and policies (their names and shapes), at most `most` of them. The two
+    whole layouts (about 1.6 KB of JSON) told an operator nothing about which setting changed."""
+    names = ("num_layers", "hidden", "window", "n_features")
+    a = (theirs.num_layers, theirs.hidden, theirs.window, theirs.n_features)
+    b = (mine.num_layers, mine.hidden, mine.window, mine.n_features)
+    if a != b:
+        diff = [f"{n} {x} in the snapshot, {y} here" for n, x, y in zip(names, a, b, strict=True) if x != y]
+        return "model dimensions differ (" + "; ".join(diff) + "): another model's state"
+    have = {name: (list(shape), dtype) for name, shape, dtype, _ in mine.extra}
+    notes = []
+    for name, shape, dtype, _ in theirs.extra:
+        spec = (list(shape), dtype)
+        if name not in have:
+            notes.append(f"field {name} is not kept here")
+        elif have[name] != spec:
+            notes.append(
+                f"field {name} is {spec[1]}{spec[0]} in the snapshot, {have[name][1]}{have[name][0]} here"
+            )
+    shown = "; ".join(notes[:most]) + (f"; and {len(notes) - most} more" if len(notes) > most else "")
+    return (
+        f"{shown} (the [engine] settings that shape per-key state differ from the ones it was written with: "
+        "threshold kind, dynamic_history, spot_init, spot_peaks, spot_depth, or a level-shift or stuck-sensor "
+        "policy)"
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """What fixes the shape of a key's state; a snapshot only restores into an engine of the same layout.
@@ -347,13 +375,14 @@ class StateStore:
         own = (self.layout.num_layers, self.layout.hidden, self.layout.window, self.layout.n_features)
         if dims != own or any(mine.get(name) != spec for name, spec in theirs.items()):
             raise StateError(
-                f"snapshot layout {layout.to_json()} does not match this engine {self.layout.to_json()}"
+                f"snapshot state does not fit this engine: {_layout_difference(layout, self.layout)}"
             )
         added = tuple(name for name in mine if name not in theirs)
         if added not in _REPORTED_ADDED:
             _REPORTED_ADDED.add(added)
             log.warning(
-                "engine snapshot written without state field(s) %s: restored with their initial values",
+                "engine snapshot written without state field(s) %s (by an older version, or with a threshold kind "
+                "or policy that keeps less per-key state): restored with their initial values",
                 ", ".join(added),
             )
         return added
