@@ -252,13 +252,9 @@ def test_promotion_under_a_running_daemon_hot_reloads_keeps_state_and_versions_a
     assert terminate(proc) == 0
 
 
-def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
-    kafka_env, tiny_model, stream, tmp_path
-):
-    """A reload of a model with another architecture starts every key afresh. Before, an alert open at that
-    moment was dropped with the state and never closed: it stayed open forever on the alerts topic (and
-    `retrain` left the key's readings out from its start on). Now it is closed, reason `evicted`, by the
-    model that opened it, as an evicted key's is."""
+def _alerts_open_and_a_wider_model(stream, tiny_model, tmp_path):  # type: ignore[no-untyped-def]
+    """The stream's first readings, cut where the champion has alerts open (their ids), a model of another
+    architecture trained on normal data, and a copy of the champion at `tmp_path/model.pt` for a daemon to run."""
     _, series = stream
     model_path, champion = tiny_model
     cut = next(
@@ -277,9 +273,13 @@ def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
     )
     wider = train(normal, feats, ModelConfig(window=12, hidden_size=16), TrainConfig(epochs=1, seed=1)).bundle
     assert wider.arch != champion.arch
-
     model = tmp_path / "model.pt"
     shutil.copy(model_path, model)
+    return champion, first, open_ids, wider, model
+
+
+def _daemon_with_alerts_open(kafka_env, model, first, champion, open_ids):  # type: ignore[no-untyped-def]
+    """A daemon on `model` that has consumed `first` and opened the alerts `open_ids` (and closed none of them)."""
     names = kafka_env.names(partitions=2)
     proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
     wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
@@ -288,6 +288,18 @@ def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
     assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
         (i, "open") for i in open_ids
     }
+    return names, proc, port
+
+
+def test_a_hot_reload_that_resets_state_closes_the_open_alerts_it_drops(
+    kafka_env, tiny_model, stream, tmp_path
+):
+    """A reload of a model with another architecture starts every key afresh. Before, an alert open at that
+    moment was dropped with the state and never closed: it stayed open forever on the alerts topic (and
+    `retrain` left the key's readings out from its start on). Now it is closed, reason `evicted`, by the
+    model that opened it, as an evicted key's is."""
+    champion, first, open_ids, wider, model = _alerts_open_and_a_wider_model(stream, tiny_model, tmp_path)
+    names, proc, port = _daemon_with_alerts_open(kafka_env, model, first, champion, open_ids)
 
     save_bundle(wider, model)  # an atomic replace, as `promote` does
     wait_for(lambda: _reloads(port) == {"kept": 0.0, "reset": 1.0}, 20, "hot reload of the wider model")
@@ -311,34 +323,9 @@ def test_a_restart_with_a_model_that_cannot_restore_the_state_closes_its_open_al
     one is not restored (its keys start fresh). Before, the alerts open in it were dropped with it and stayed
     open forever on the alerts topic; now the restore closes them (reason `evicted`, the old model's version)
     in the transaction of its claims."""
-    _, series = stream
-    model_path, champion = tiny_model
-    cut = next(
-        c
-        for c in range(100, 400, 10)
-        if replay_expected(champion, [s.head(c) for s in series]).engine.alerting_keys()
-    )
-    first = [s.head(cut) for s in series]
-    ids = replay_expected(champion, first).alert_ids
-    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
-    frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
-    frame.to_csv(tmp_path / "normal.csv", index=False)
-    normal, feats = load_series(
-        [tmp_path / "normal.csv"], DataConfig(key_column="sensor_id"), champion.features
-    )
-    wider = train(normal, feats, ModelConfig(window=12, hidden_size=16), TrainConfig(epochs=1, seed=1)).bundle
-
-    model = tmp_path / "model.pt"
-    shutil.copy(model_path, model)
-    names = kafka_env.names(partitions=2)
-    proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
-    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "daemon ready")
-    ends = kafka_env.produce(names.input, first, champion.features)
-    kafka_env.wait_committed(names.group, names.input, ends)
+    champion, first, open_ids, wider, model = _alerts_open_and_a_wider_model(stream, tiny_model, tmp_path)
+    names, proc, port = _daemon_with_alerts_open(kafka_env, model, first, champion, open_ids)
     assert terminate(proc) == 0
-    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
-        (i, "open") for i in open_ids
-    }
 
     save_bundle(wider, model)  # promoted while the daemon was down
     proc, port = kafka_env.start(names, "--checkpoint-interval", "0.5", model=model)
