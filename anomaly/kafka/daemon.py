@@ -476,9 +476,8 @@ class Daemon:
         try:
             file = _file_signature(self.model_path)
         except OSError as exc:
-            if (
-                self._reload_requested
-            ):  # a SIGHUP asked for it: say why nothing was loaded (else a rename's gap)
+            # a SIGHUP asked for a reload: say why nothing was loaded (without one, a missing file is a rename's gap)
+            if self._reload_requested:
                 self._reload_requested = False
                 log.error(
                     "model reload failed, keeping version %s: cannot read %s: %s",
