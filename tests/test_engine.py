@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from anomaly.config import EngineConfig
-from anomaly.engine import Engine, Event, StateError
+from anomaly.engine import Engine, EngineOutput, Event, StateError
 from anomaly.engine.types import Readings
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS, Threshold
@@ -691,6 +691,30 @@ def test_reload_keeps_state_for_same_architecture(bundle) -> None:
     other = dataclasses.replace(bundle, features=[*bundle.features[1:], bundle.features[0]])
     assert e.reload(other) is False and e.keys() == []
     assert e.counters["reloads_kept"] == 1 and e.counters["reloads_reset"] == 1
+
+
+def test_a_reload_that_resets_state_retires_every_key_under_the_model_that_opened_its_alert(bundle) -> None:
+    """A reload that resets per-key state (other features, say) retires every key into `retired` as an eviction does,
+    under the model in use until then: an open alert closes with reason `evicted` and the old version. It was the
+    daemon's job, and the daemon decided by architecture and features alone: a reload that reset the state for
+    another layout dropped the open alerts without a close."""
+    s = make_series("k", 200, len(bundle.features), seed=3)
+    base = {"threshold": "static", "static_threshold": 1e-9, "smoothing": 1.0, "max_alert_seconds": 0.0}
+    e = Engine(bundle, EngineConfig(**base))
+    opened = e.process([Event(s.key, s.timestamps, s.values)]).alerts
+    assert [a.status for a in opened] == ["open"] and e.active_alerts == 1
+    other = dataclasses.replace(
+        bundle,
+        features=[*bundle.features[1:], bundle.features[0]],
+        meta={**bundle.meta, "model_version": "v2"},
+    )
+    retired = EngineOutput()
+    assert e.reload(other, retired) is False and e.keys() == []
+    closes = [(a.id, a.status, a.reason, a.model_version, a.at) for a in retired.alerts]
+    assert closes == [(opened[0].id, "closed", "evicted", bundle.version, float(s.timestamps[-1]))]
+    assert retired.evicted == ["k"] and e.counters["evicted"] == 1
+    kept = EngineOutput()
+    assert e.reload(other, kept) is True and kept.alerts == [] and kept.evicted == []
 
 
 def test_a_refused_event_leaves_the_rest_of_the_stream_unchanged(bundle, test_series) -> None:

@@ -151,15 +151,25 @@ class Engine:
             ]
         return Layout(a.num_layers, a.hidden_size, self.unit, f, tuple(extra))
 
-    def reload(self, bundle: Bundle) -> bool:
-        """Swap the model. Per-key state is kept when the architecture and features match, else reset.
-        Returns True when state was kept."""
+    def reload(self, bundle: Bundle, retired: EngineOutput | None = None) -> bool:
+        """Swap the model. Per-key state is kept when the architecture, features and state layout match, else
+        reset. Returns True when state was kept. With `retired`, a reset first retires every key into it as an
+        eviction does, under the model in use until then: readings scored but not yet reported as a short window
+        each, an open alert closed with reason ``evicted`` (else such an alert would stay open forever
+        downstream)."""
         same = bundle.arch == self.bundle.arch and bundle.features == self.bundle.features
+        before = self.settings
         self._use(bundle)
         same = same and self._layout() == self.store.layout
         if same:
             self.counters["reloads_kept"] += 1
         else:
+            if retired is not None:
+                self.settings = before  # the parts and settings of the model that opened the alerts
+                evicted = self.store.evict(0, None, lambda keys, rows: self._on_evict(keys, rows, retired))
+                retired.evicted += evicted
+                self.counters["evicted"] += len(evicted)
+                self._use(bundle)
             self.store = StateStore(self._layout())
             self.counters["reloads_reset"] += 1
         self._wire()

@@ -501,9 +501,10 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.model_reload_failed()
             return
-        if bundle.arch != self.engine.bundle.arch or bundle.features != self.engine.bundle.features:
-            self._retire_state()  # the reload starts every key afresh
-        kept = self.engine.reload(bundle)
+        retired = EngineOutput()
+        kept = self.engine.reload(bundle, retired)  # a reset retires every key first, as an eviction does
+        if not kept:
+            self._write_retired(retired)
         self.bundle = bundle
         self.changelog.owner = dataclasses.replace(  # keeps the transactional id: records must name it
             self.changelog.owner, model=model_fingerprint(bundle.features, bundle.arch.to_json())
@@ -519,14 +520,12 @@ class Daemon:
             self.metrics.model_loaded(bundle)
             self.metrics.model_reloaded(kept)
 
-    def _retire_state(self) -> None:
-        """Before a reload that resets per-key state: every key leaves as an evicted key does (its readings scored
-        but not yet reported go out as a short window, its open alert is closed with reason ``evicted``, under the
-        model that opened it), so no alert is left open forever on the alerts topic (where `retrain` would leave
-        the key's readings out from its start on) and no decided reading goes unreported."""
-        engine, out = self.engine, EngineOutput()
-        out.evicted = engine.store.evict(0, None, lambda keys, rows: engine._on_evict(keys, rows, out))
-        engine.counters["evicted"] += len(out.evicted)
+    def _write_retired(self, out: EngineOutput) -> None:
+        """The keys a reload that reset per-key state retired (:meth:`Engine.reload`: readings scored but not yet
+        reported as a short window, open alerts closed with reason ``evicted`` under the model that opened them)
+        go to the sinks, so no alert is left open forever on the alerts topic (where `retrain` would leave the
+        key's readings out from its start on) and no decided reading goes unreported."""
+        engine = self.engine
         batch = Batch(events=[])
         for sink in self.sinks:
             sink.write(out, batch)
