@@ -15,6 +15,7 @@ from anomaly.config import DataConfig
 from anomaly.data.cells import numeric_column
 from anomaly.data.columns import _unnamed, check_features, infer_features, label_values, non_features
 from anomaly.data.reading import (
+    data_as_header,
     file_line,
     is_number,
     line_numbers,
@@ -247,6 +248,13 @@ def load_series(
     seen: set[str] = set()
     for path in paths:
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
+        if cfg.header and data_as_header(frame.columns):  # a UCR file under --no-time-column trained on its
+            # rows after the first, as a sensor named after the first value
+            raise DataError(
+                f"{path}: its first line holds numbers ({', '.join(map(str, frame.columns[:6]))}"
+                f"{', ...' if len(frame.columns) > 6 else ''}), not column names: for a file without a header, pass "
+                "--no-header (and --no-time-column when no column is a time)"
+            )
         if check is not None:
             check(frame, str(path))
         if feats is None:

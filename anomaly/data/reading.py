@@ -172,6 +172,14 @@ def no_header_note(names: Sequence[object]) -> str:
     return ""
 
 
+def data_as_header(names: Sequence[object]) -> bool:
+    """Whether a header line is a line of data (a file without a header, read with one): every name a number,
+    and one at least with a fraction, a sign or an exponent (`3.4558419e-02`), which no one names a column.
+    Names of whole numbers only (`0,1,2`: pandas' column numbers written back) may be a header and pass."""
+    cells = [str(n).strip() for n in names]
+    return bool(cells) and all(is_number(c) for c in cells) and not all(c.isdigit() for c in cells)
+
+
 def is_number(text: str) -> bool:
     try:
         float(text)
