@@ -540,6 +540,25 @@ def test_a_first_line_of_numbers_is_refused_without_a_time_column_too(tmp_path) 
     assert feats == ["0", "1", "2"] and n.values.tolist() == [[0.5, 1, 2], [0.25, 3, 1]]
 
 
+def test_a_first_line_of_a_time_and_numbers_is_refused_naming_the_time_column(tmp_path) -> None:
+    """A headerless file with a time column was told 'a file without a time column: pass --no-time-column',
+    which trained on sensors named after its first row's values, that row lost (and its times dropped)."""
+    rows = "2023-01-01T00:00:00Z,0.5,-1\n2023-01-01T00:01:00Z,0.25,3\n2023-01-01T00:02:00Z,0.75,2\n"
+    path = write(tmp_path, rows, "headless.csv")
+    for time_column in ("", "timestamp"):
+        with pytest.raises(
+            DataError,
+            match=r"holds a time and numbers \(2023-01-01T00:00:00Z, 0.5, -1\), not column "
+            r"names: .* pass --no-header \(its columns are then named 1, 2, 3, \.\.\.: --time-column 1\)",
+        ):
+            load(path, time_column=time_column)
+    (s,), feats = load(path, header=False, time_column="1")
+    assert feats == ["2", "3"] and s.timestamps.tolist() == [1672531200.0, 1672531260.0, 1672531320.0]
+    dated = write(tmp_path, "2023-01-01,2023-01-02\n1.5,2.5\n", "dated.csv")  # dates alone may be names
+    (d,), feats = load(dated, time_column="")
+    assert feats == ["2023-01-01", "2023-01-02"]
+
+
 def test_without_a_time_column_readings_are_numbered_per_key_in_the_time_unit(tmp_path) -> None:
     path = write(tmp_path, "k,a\nx,1.0\ny,2.0\nx,3.0\ny,4.0\nx,5.0\n")
     series, _ = load(path, time_column="", key_column="k", time_unit="min")

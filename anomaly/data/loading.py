@@ -17,6 +17,7 @@ from anomaly.data.columns import _unnamed, check_features, infer_features, label
 from anomaly.data.reading import (
     data_as_header,
     file_line,
+    first_date,
     is_number,
     line_numbers,
     no_header_note,
@@ -250,10 +251,16 @@ def load_series(
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
         if cfg.header and data_as_header(frame.columns):  # a UCR file under --no-time-column trained on its
             # rows after the first, as a sensor named after the first value
+            at = first_date(frame.columns)
             raise DataError(
-                f"{path}: its first line holds numbers ({', '.join(map(str, frame.columns[:6]))}"
-                f"{', ...' if len(frame.columns) > 6 else ''}), not column names: for a file without a header, pass "
-                "--no-header (and --no-time-column when no column is a time)"
+                f"{path}: its first line holds {'numbers' if at is None else 'a time and numbers'} "
+                f"({', '.join(map(str, frame.columns[:6]))}{', ...' if len(frame.columns) > 6 else ''}), not "
+                "column names: for a file without a header, pass --no-header (its columns are then named 1, 2, "
+                + (
+                    "3, ...; and --no-time-column when no column is a time)"
+                    if at is None
+                    else f"3, ...: --time-column {at})"
+                )
             )
         if check is not None:
             check(frame, str(path))
