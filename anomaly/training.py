@@ -227,7 +227,10 @@ def train(
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept)))
+        why = no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept))
+        if missing_dropped:  # "add data" to a file of enough rows, most of them dropped for one empty column
+            why += "; " + dropped_for_missing(given, features, missing_dropped, nan_policy)
+        raise DataError(why)
 
     arch = Architecture(
         len(features),
@@ -396,6 +399,23 @@ def short_after_missing(
 ) -> str:
     """The error when the missing-value policy, not the file's length or its gaps, left less than a window: it
     names the policy, the rows it dropped and the column with the most missing values."""
+    cause, hints = _missing_cause(given, features, dropped, policy)
+    return (
+        f"not enough training data: {cause}, leaving the longest series {max(len(s) for s in kept)} rows, fewer "
+        f"than one window ({window} rows, model.window){hints}"
+    )
+
+
+def dropped_for_missing(given: Sequence[Series], features: Sequence[str], dropped: int, policy: str) -> str:
+    """What the missing-value policy dropped before training, and what helps, for an error whose first cause
+    it may be (no validation window left)."""
+    cause, hints = _missing_cause(given, features, dropped, policy)
+    return f"before that, {cause}{hints}"
+
+
+def _missing_cause(
+    given: Sequence[Series], features: Sequence[str], dropped: int, policy: str
+) -> tuple[str, str]:
     missing = missing_cells(given)
     worst = int(np.argmax(missing))
     total = sum(len(s) for s in given)
@@ -408,12 +428,8 @@ def short_after_missing(
         if missing[worst]
         else "their times are missing"
     )
-    return (
-        f"not enough training data: engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a "
-        f"missing value ({which}), leaving the longest series "
-        f"{max(len(s) for s in kept)} rows, fewer than one window ({window} rows, model.window)"
-        + (f"; {', or '.join(hints)}" if hints else "")
-    )
+    cause = f"engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a missing value ({which})"
+    return cause, (f"; {', or '.join(hints)}" if hints else "")
 
 
 def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:
