@@ -491,6 +491,36 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
 
 
+def test_replay_names_a_key_shorter_than_a_window(tmp_path) -> None:
+    """Training warned that a key of 3 rows 'in replay has less than a window of history too', but replay scored
+    its readings from a cold state without a word: the run as a whole looked scored."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(n),
+                "device": key,
+                "a": np.sin(np.arange(n) / 9) + rng.normal(0, 0.1, n),
+                "b": np.cos(np.arange(n) / 7) + rng.normal(0, 0.1, n),
+            }
+        )
+        for key, n in (("long", 300), ("tiny", 3))
+    ]
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0, r.output
+    expected = (
+        "1 of 2 series have fewer readings than the model window (8), so their readings had less than a window "
+        "of history (cold scores, or none): 'tiny' (3 readings)"
+    )
+    assert f"warning: {expected}" in lines(r.output)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
+
+
 def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, tmp_path) -> None:
     """--drop-anomalies removed the labelled rows and joined the readings on either side as if consecutive (the
     hole was shorter than the gap limit), so the model learnt a jump that never happened. Now each removed
