@@ -125,6 +125,25 @@ def test_a_feature_renamed_only_in_case_is_pointed_out(bundle_path, tmp_path) ->
     )
 
 
+def test_a_title_row_above_the_header_is_pointed_out(bundle_path, tmp_path) -> None:
+    """A title row above the header: replay said only 'missing sensor_1, ...; unexpected ...', where train says
+    that the names seem to be on line 2 (the model's columns are checked before the time column)."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    path = tmp_path / "titled.csv"
+    path.write_text("plant 7,export,,,,,,\n" + frame.to_csv(index=False))
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value).endswith("; the column names seem to be on line 2: pass --skip-rows 1")
+    run_replay(
+        [str(path)],
+        str(bundle_path),
+        str(tmp_path / "r"),
+        build_config(overrides={"data.skip_rows": 1}),
+        progress=False,
+    )
+    assert len(pd.read_csv(tmp_path / "r" / "scores.csv")) == 100
+
+
 def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path, test_csv, tmp_path) -> None:
     """A timestamp repeated in the file: the first reading is scored, the copies are refused as
     duplicate_timestamp, and scores.csv marks exactly the refused rows (it marked every row sharing the

@@ -28,6 +28,7 @@ from anomaly.commands.common import (
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
+from anomaly.data.loading import header_below
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
@@ -86,6 +87,11 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
             [f"unexpected {', '.join(extra)}"] if extra else []
         )
         hint = "" if missing else " (use only the model's columns with --features)"
+        below = (
+            header_below(frame, cfg.data.time_column) if missing and frame.attrs.get("header", True) else None
+        )
+        if below:  # notes or a title row above the header: its names were read as the columns
+            hint += f"; the column names seem to be on line {below}: pass --skip-rows {below - 1}"
         cased = {f.casefold(): f for f in extra}
         renamed = [(f, cased[f.casefold()]) for f in missing if f.casefold() in cased]
         if renamed:  # `Current` exported as `current`: the names differ only in case, easy to miss

@@ -48,7 +48,7 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
-def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
+def header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     """The file line of an early row that looks like the header (names only, no number, one of them the time
     column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
     take the wrong line for the names."""
@@ -110,7 +110,7 @@ def frame_to_series(
     if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
         headed = frame.attrs.get("header", True)
-        below = _header_below(frame, cfg.time_column) if headed and not timelike else None
+        below = header_below(frame, cfg.time_column) if headed and not timelike else None
         numbers = no_header_note(list(frame.columns)) if headed and not below else ""
         counting = _counting_columns(frame, cfg) if headed and not timelike and not below else []
         hint = (
