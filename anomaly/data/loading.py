@@ -67,7 +67,7 @@ def key_columns(cfg: DataConfig) -> tuple[str, ...]:
     return (cfg.key_column,) if cfg.key_column else ()
 
 
-def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
+def counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
     """Numeric columns that count up row by row (nine steps in ten the same positive amount, as telemanom's
     `step`): the time under another name, which --no-time-column would make a sensor that only ever grows."""
     out = []
@@ -112,7 +112,7 @@ def frame_to_series(
         headed = frame.attrs.get("header", True)
         below = header_below(frame, cfg.time_column) if headed and not timelike else None
         numbers = no_header_note(list(frame.columns)) if headed and not below else ""
-        counting = _counting_columns(frame, cfg) if headed and not timelike and not below else []
+        counting = counting_columns(frame, cfg) if headed and not timelike and not below else []
         hint = (
             f" (pass --time-column {quoted(timelike[0])})"
             if timelike
