@@ -491,6 +491,28 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
 
 
+def test_train_names_local_times_repeated_at_a_dst_change(tmp_path) -> None:
+    """One file of local times without an offset across the autumn change: train warned of 'files that overlap in
+    time, or a file given twice' and said to check that the files do not overlap (replay names the hour)."""
+    times = pd.date_range("2023-10-28 12:00", "2023-10-30 12:00", freq="5min", tz="Europe/Berlin")
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "local.csv"
+    pd.DataFrame(
+        {
+            "timestamp": times.tz_localize(None).strftime("%Y-%m-%d %H:%M:%S"),
+            "a": rng.normal(size=len(times)),
+            "b": rng.normal(size=len(times)),
+        }
+    ).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    (warning,) = [line for line in lines(r.stderr) if "repeat" in line]
+    assert warning.startswith(
+        "warning: 12 readings repeat their key's previous timestamp (files that overlap in time, a file given "
+        "twice, or local times without a UTC offset, whose hour repeats at a daylight-saving change)"
+    )
+
+
 def test_replay_names_a_key_shorter_than_a_window(tmp_path) -> None:
     """Training warned that a key of 3 rows 'in replay has less than a window of history too', but replay scored
     its readings from a cold state without a word: the run as a whole looked scored."""
@@ -655,9 +677,11 @@ def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, 
     r = run("train", csv, copy, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert [line for line in lines(r.stderr) if "repeat" in line] == [
-        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, or a file given "
-        'twice): the engine refuses them live and in replay (engine.duplicate_policy = "drop"), so training left '
-        "them out too, keeping the first reading at each time; check that the files do not overlap"
+        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, a file given "
+        "twice, or local times without a UTC offset, whose hour repeats at a daylight-saving change): the engine "
+        'refuses them live and in replay (engine.duplicate_policy = "drop"), so training left them out too, keeping '
+        "the first reading at each time; check that the files do not overlap and that their times are UTC or carry "
+        "an offset"
     ]
     assert load_bundle(model).meta["training"]["repeated_timestamps"] == 300
     assert load_bundle(model).meta["training"]["rows"] == 300
