@@ -511,6 +511,12 @@ def test_train_names_local_times_repeated_at_a_dst_change(tmp_path) -> None:
         "warning: 12 readings repeat their key's previous timestamp (files that overlap in time, a file given "
         "twice, or local times without a UTC offset, whose hour repeats at a daylight-saving change)"
     )
+    text = csv.read_text().splitlines()[:100]
+    csv.write_text("\n".join([*text, text[-1]]) + "\n")  # one row twice, before the daylight-saving change
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    (warning,) = [line for line in lines(r.stderr) if "repeat" in line]
+    assert warning.startswith("warning: 1 reading repeats its key's previous timestamp (")
 
 
 def test_replay_names_a_key_shorter_than_a_window(tmp_path) -> None:
