@@ -633,14 +633,34 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _nearest_setting(name: str, section: str, valid: list[str]) -> str | None:
+    """The setting an unknown ``section.name`` most likely meant, as ``section.field``: the same name in another
+    section first (``[model] epochs`` is ``train.epochs``; before, only the model's settings were listed), then a
+    close spelling in its own section, then one in another section."""
+    others = {
+        f"{other}.{f}": f
+        for other, t in _SECTION_TYPES.items()
+        if other != section
+        for f in typing.get_type_hints(t)
+    }
+    exact = [dotted for dotted, f in others.items() if f == name]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f"{section}.{close[0]}"
+    close = difflib.get_close_matches(name, list(others.values()), n=1)
+    return next((dotted for dotted, f in others.items() if close and f == close[0]), None)
+
+
 def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(type(section_obj))
     valid = sorted(hints)
     changes = {}
     for name, value in values.items():
         if name not in hints:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"did you mean {section}.{close[0]}? " if close else ""
+            near = _nearest_setting(name, section, valid)
+            hint = f"did you mean {near}? " if near else ""
             raise ConfigError(
                 f"unknown setting {section}.{name}; {hint}valid settings: {', '.join(valid)}",
                 key=f"{section}.{name}",

@@ -217,3 +217,26 @@ def test_a_check_between_settings_names_where_each_came_from(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:  # a library user's dict: no source to name
         build_config({"train": {"stride": 99}})
     assert str(info.value) == "train.stride must be between 0 and model.window (32)"
+
+
+@pytest.mark.parametrize(
+    ("toml", "meant"),
+    [
+        ({"model": {"epochs": 3}}, "train.epochs"),  # a setting in the wrong section
+        (
+            {"train": {"threshold": "static"}},
+            "engine.threshold",
+        ),  # not train.threshold_factor, a near spelling
+        ({"engine": {"seed": 1}}, "train.seed"),
+        ({"model": {"epoch": 3}}, "train.epochs"),  # misspelt and in the wrong section
+        ({"model": {"windw": 3}}, "model.window"),  # its own section's setting first
+    ],
+)
+def test_a_setting_in_the_wrong_section_names_the_section_it_belongs_to(toml, meant) -> None:
+    """`[model] epochs = 3` listed the model's settings only, so the user had to hunt for where epochs goes."""
+    with pytest.raises(ConfigError) as info:
+        build_config(toml)
+    ((section, values),) = toml.items()
+    assert str(info.value).startswith(
+        f"unknown setting {section}.{next(iter(values))}; did you mean {meant}? "
+    )
