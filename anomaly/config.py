@@ -672,8 +672,9 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        # utf-8-sig: a byte-order mark (Windows editors, PowerShell's `Out-File -Encoding utf8`) was "not valid
+        # TOML: Invalid statement (at line 1, column 1)", a line that looked right; CSV files accept one too
+        return tomllib.loads(p.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {p}") from None
     except IsADirectoryError:

@@ -240,3 +240,14 @@ def test_a_setting_in_the_wrong_section_names_the_section_it_belongs_to(toml, me
     assert str(info.value).startswith(
         f"unknown setting {section}.{next(iter(values))}; did you mean {meant}? "
     )
+
+
+def test_a_pipeline_file_saved_with_a_byte_order_mark_loads(tmp_path) -> None:
+    """A UTF-8 BOM (Windows editors) made every pipeline file "not valid TOML: Invalid statement (at line 1,
+    column 1)"."""
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(b"\xef\xbb\xbf[model]\nwindow = 8\n")
+    assert load_config(toml, env={}).model.window == 8
+    toml.write_bytes(b"\xef\xbb\xbf[model]\nwindow = \xff\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(toml, env={})
