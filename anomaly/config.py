@@ -435,6 +435,18 @@ class KafkaConfig:
         _need(bool(self.group_id), "kafka.group_id", "must not be empty")
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
+        for name, why in (
+            ("alerts_topic", "its alert events, each refused as a dead letter"),
+            ("scores_topic", "its scores, each refused as a dead letter"),
+            ("dead_letter_topic", "each dead letter, refused and written again, for ever"),
+        ):
+            _need(  # accepted before: the daemon read back what it wrote
+                getattr(self, name) not in self.topics,
+                f"kafka.{name}",
+                f"{getattr(self, name)!r} is also an input topic (kafka.topics): the daemon would read what it "
+                f"writes ({why}); give it a topic of its own",
+                ("kafka.topics",),
+            )
         _need(self.max_message_bytes >= 1, "kafka.max_message_bytes", "must be positive")
         _need(
             _finite(self.max_future_seconds) and self.max_future_seconds >= 0,

@@ -251,3 +251,39 @@ def test_a_pipeline_file_saved_with_a_byte_order_mark_loads(tmp_path) -> None:
     toml.write_bytes(b"\xef\xbb\xbf[model]\nwindow = \xff\n")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_config(toml, env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "why"),
+    [
+        (
+            {"ANOMALY_KAFKA_DEAD_LETTER_TOPIC": "sensors"},
+            "dead_letter_topic",
+            "each dead letter, refused and written again, for ever",
+        ),
+        (
+            {"ANOMALY_KAFKA_ALERTS_TOPIC": "sensors"},
+            "alerts_topic",
+            "its alert events, each refused as a dead letter",
+        ),
+        (
+            {"ANOMALY_KAFKA_SCORES_TOPIC": "sensors"},
+            "scores_topic",
+            "its scores, each refused as a dead letter",
+        ),
+    ],
+)
+def test_an_output_topic_that_is_also_an_input_topic_is_refused(env, setting, why) -> None:
+    """dead_letter_topic = an input topic was accepted: the daemon read each dead letter back, refused it and wrote it
+    again, for ever (alerts and scores came back as dead letters)."""
+    with pytest.raises(ConfigError) as info:
+        build_config(env=env)
+    variable = f"ANOMALY_KAFKA_{setting.upper()}"
+    assert str(info.value) == (
+        f"kafka.{setting} 'sensors' is also an input topic (kafka.topics): the daemon would read what it writes "
+        f"({why}); give it a topic of its own "
+        f"(from environment variable {variable})"
+    )
+    with pytest.raises(ConfigError, match=rf"^kafka.{setting} 'sensors' is also an input topic"):
+        build_config({"kafka": {"topics": ["in", "sensors"], setting: "sensors"}})
+    assert build_config({"kafka": {"topics": ["in"], setting: "sensors"}}).kafka.topics == ("in",)
