@@ -636,7 +636,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint is float:
             return float(value)
         if hint is str:
-            if isinstance(value, dict | list):
+            # a number may name a column (`--no-header` names them 1, 2, 3); true/false names nothing: `time_column
+            # = false` looked for a column 'False'
+            if isinstance(value, dict | list | bool):
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):

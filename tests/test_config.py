@@ -287,3 +287,21 @@ def test_an_output_topic_that_is_also_an_input_topic_is_refused(env, setting, wh
     with pytest.raises(ConfigError, match=rf"^kafka.{setting} 'sensors' is also an input topic"):
         build_config({"kafka": {"topics": ["in", "sensors"], setting: "sensors"}})
     assert build_config({"kafka": {"topics": ["in"], setting: "sensors"}}).kafka.topics == ("in",)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ({"data": {"time_column": False}}, "data.time_column must be text, got False"),
+        ({"data": {"key_column": True}}, "data.key_column must be text, got True"),
+        ({"data": {"features": ["a", False]}}, "data.features must be text, got False"),
+        ({"kafka": {"group_id": True}}, "kafka.group_id must be text, got True"),
+    ],
+)
+def test_true_or_false_for_a_text_setting_is_refused(toml, message) -> None:
+    """`time_column = false` (meaning: no time column) was read as the column name 'False', and the error blamed the
+    data file; a number still names a column (`--no-header` names them 1, 2, 3)."""
+    with pytest.raises(ConfigError) as info:
+        build_config(toml)
+    assert str(info.value) == message
+    assert build_config({"data": {"features": [1, 2]}}).data.features == ("1", "2")
