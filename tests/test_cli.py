@@ -599,3 +599,11 @@ def test_a_model_too_large_for_memory_is_one_error_line(train_csv, tmp_path) -> 
     )
     assert line.endswith("): model.hidden_size 100000000 with model.num_layers 1 is too large")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_consume_help_does_not_call_one_poll_one_engine_batch() -> None:
+    """--max-poll-records said "(one engine batch)", but a batch takes further polls of fetched records up to
+    kafka.max_batch_bytes (2 MiB by default), so an operator sizing batches by it was misled."""
+    (option,) = [p for p in main.commands["consume"].params if p.name == "max_poll_records"]
+    assert "one engine batch)" not in (option.help or "")
+    assert "kafka.max_batch_bytes" in (option.help or "")
