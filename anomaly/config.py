@@ -498,8 +498,12 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
 
     try:
         used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-    except ValueError:
-        used = ["?"]
+    except ValueError as exc:  # an unmatched brace was "got {?}", naming nothing the user wrote
+        raise ConfigError(
+            f"{key} {value!r} is not a valid template ({exc}): placeholders are "
+            f"{', '.join('{' + f + '}' for f in fields)}, and a literal brace is written {{{{ or }}}}",
+            key=key,
+        ) from None
     bad = [f for f in used if f not in fields]
     _need(
         not bad,

@@ -305,3 +305,17 @@ def test_true_or_false_for_a_text_setting_is_refused(toml, message) -> None:
         build_config(toml)
     assert str(info.value) == message
     assert build_config({"data": {"features": [1, 2]}}).data.features == ("1", "2")
+
+
+def test_a_template_with_an_unmatched_brace_says_so() -> None:
+    """`changelog_topic = "changelog-{group"` was refused as "got {?}", a placeholder nobody wrote."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": {"changelog_topic": "changelog-{group"}})
+    assert str(info.value) == (
+        "kafka.changelog_topic 'changelog-{group' is not a valid template (expected '}' before end of string): "
+        "placeholders are {group}, {topic}, and a literal brace is written {{ or }}"
+    )
+    assert (
+        build_config({"kafka": {"changelog_topic": "c{{x}}-{group}"}}).kafka.changelog_topic
+        == "c{{x}}-{group}"
+    )
