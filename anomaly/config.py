@@ -491,6 +491,18 @@ class KafkaConfig:
             )
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
         _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
+        others = {t: "an input topic (kafka.topics)" for t in self.topics}
+        for name in ("alerts_topic", "scores_topic", "dead_letter_topic"):
+            others.setdefault(getattr(self, name), f"kafka.{name}")
+        for topic in self.topics:
+            state = changelog_topic(self, topic)
+            _need(  # `changelog_topic = "{topic}"` was refused by the compaction check, which said to compact it
+                state not in others,
+                "kafka.changelog_topic",
+                f"makes the changelog of {topic!r} {state!r}, which is {others.get(state)}: checkpoints would be "
+                "written into it; keep {topic} inside a name of its own, e.g. changelog__{group}--{topic}",
+                ("kafka.topics",),
+            )
 
 
 def _template(value: str, key: str, fields: tuple[str, ...]) -> None:

@@ -319,3 +319,25 @@ def test_a_template_with_an_unmatched_brace_says_so() -> None:
         build_config({"kafka": {"changelog_topic": "c{{x}}-{group}"}}).kafka.changelog_topic
         == "c{{x}}-{group}"
     )
+
+
+@pytest.mark.parametrize(
+    ("template", "state", "which"),
+    [
+        ("{topic}", "sensors", "an input topic (kafka.topics)"),
+        ("anomaly-alerts", "anomaly-alerts", "kafka.alerts_topic"),
+        ("anomaly-dead-letters", "anomaly-dead-letters", "kafka.dead_letter_topic"),
+    ],
+)
+def test_a_changelog_template_that_names_an_input_or_output_topic_is_refused(template, state, which) -> None:
+    """`changelog_topic = "{topic}"` made the input topic the changelog: the daemon's compaction check then told the
+    operator to set cleanup.policy=compact on the input topic."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": {"changelog_topic": template}})
+    assert str(info.value) == (
+        f"kafka.changelog_topic makes the changelog of 'sensors' {state!r}, which is {which}: checkpoints would be "
+        "written into it; keep {topic} inside a name of its own, e.g. changelog__{group}--{topic}"
+    )
+    assert (
+        build_config({"kafka": {"changelog_topic": "state-{topic}"}}).kafka.changelog_topic == "state-{topic}"
+    )
