@@ -500,8 +500,8 @@ class KafkaConfig:
                 state not in others,
                 "kafka.changelog_topic",
                 f"makes the changelog of {topic!r} {state!r}, which is {others.get(state)}: checkpoints would be "
-                "written into it; keep {topic} inside a name of its own, e.g. changelog__{group}--{topic}",
-                ("kafka.topics",),
+                "written into it; give the changelog a name of its own (default changelog__{group}--{topic})",
+                ("kafka.topics", *[s for s in (others.get(state, ""),) if s.startswith("kafka.")]),
             )
 
 

@@ -336,8 +336,17 @@ def test_a_changelog_template_that_names_an_input_or_output_topic_is_refused(tem
         build_config({"kafka": {"changelog_topic": template}})
     assert str(info.value) == (
         f"kafka.changelog_topic makes the changelog of 'sensors' {state!r}, which is {which}: checkpoints would be "
-        "written into it; keep {topic} inside a name of its own, e.g. changelog__{group}--{topic}"
+        "written into it; give the changelog a name of its own (default changelog__{group}--{topic})"
     )
     assert (
         build_config({"kafka": {"changelog_topic": "state-{topic}"}}).kafka.changelog_topic == "state-{topic}"
+    )
+
+
+def test_an_output_topic_named_as_a_changelog_names_where_it_came_from() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_KAFKA_ALERTS_TOPIC": "changelog__anomaly--sensors"})
+    assert str(info.value).endswith(
+        "which is kafka.alerts_topic: checkpoints would be written into it; give the changelog a name of its own "
+        "(default changelog__{group}--{topic}) (from environment variable ANOMALY_KAFKA_ALERTS_TOPIC)"
     )
