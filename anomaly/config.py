@@ -435,6 +435,15 @@ class KafkaConfig:
         _need(bool(self.group_id), "kafka.group_id", "must not be empty")
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
+        for name in ("topics", "alerts_topic", "scores_topic", "dead_letter_topic"):
+            value = getattr(self, name)
+            for topic in value if isinstance(value, tuple) else (value,) if value else ():
+                _need(  # `topics = ["a,b"]` was one topic named "a,b": "not found", or refused when created
+                    set(topic) <= KAFKA_TOPIC_CHARS and len(topic) <= 249 and topic not in (".", ".."),
+                    f"kafka.{name}",
+                    f"{topic!r} is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249"
+                    + (' (a list is written ["a", "b"])' if "," in topic else ""),
+                )
         for name, why in (
             ("alerts_topic", "its alert events, each refused as a dead letter"),
             ("scores_topic", "its scores, each refused as a dead letter"),

@@ -350,3 +350,33 @@ def test_an_output_topic_named_as_a_changelog_names_where_it_came_from() -> None
         "which is kafka.alerts_topic: checkpoints would be written into it; give the changelog a name of its own "
         "(default changelog__{group}--{topic}) (from environment variable ANOMALY_KAFKA_ALERTS_TOPIC)"
     )
+
+
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        (
+            {"topics": ["sensors,alarms"]},
+            "kafka.topics 'sensors,alarms' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249 "
+            '(a list is written ["a", "b"])',
+        ),
+        (
+            {"alerts_topic": "plant alerts"},
+            "kafka.alerts_topic 'plant alerts' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most "
+            "249",
+        ),
+        (
+            {"dead_letter_topic": ".."},
+            "kafka.dead_letter_topic '..' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249",
+        ),
+    ],
+)
+def test_a_topic_name_kafka_does_not_allow_is_refused_where_it_is_set(kafka, message) -> None:
+    """`topics = ["sensors,alarms"]` was one topic named 'sensors,alarms': the daemon then said it was not found, or
+    the broker refused to create it."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": kafka})
+    assert str(info.value) == message
+    assert build_config({"kafka": {"topics": ["a.b_c-D9"], "scores_topic": "s"}}).kafka.topics == (
+        "a.b_c-D9",
+    )
