@@ -307,7 +307,7 @@ class EngineConfig:
         _need(
             _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
             "engine.max_alert_seconds",
-            f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
+            f"must be a finite number of seconds >= 0 (0, not inf: never), got {self.max_alert_seconds!r}",
         )
         _need(
             0 <= self.max_alert_readings < 2**31,  # counted per key in an int32
@@ -344,7 +344,7 @@ class EngineConfig:
         _need(
             _finite(self.ttl_seconds) and self.ttl_seconds >= 0,
             "engine.ttl_seconds",
-            f"must be >= 0 seconds (0: no TTL), got {self.ttl_seconds!r}",
+            f"must be a finite number of seconds >= 0 (0, not inf: no TTL), got {self.ttl_seconds!r}",
         )
         _need(self.max_keys >= 1, "engine.max_keys", "must be at least 1")
 

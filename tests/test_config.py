@@ -43,7 +43,19 @@ def test_env_beats_toml(tmp_path) -> None:
         ({"window": 16}, "top-level key 'window' is not inside a [section]; put it under [model]"),
         ({"engine": {"static_threshold": float("nan")}}, "engine.static_threshold must be a positive number"),
         ({"engine": {"static_threshold": -1.0}}, "engine.static_threshold must be a positive number"),
-        ({"engine": {"ttl_seconds": -5}}, "engine.ttl_seconds must be >= 0 seconds (0: no TTL), got -5"),
+        (
+            {"engine": {"ttl_seconds": -5}},
+            "engine.ttl_seconds must be a finite number of seconds >= 0 (0, not inf: no TTL), got -5",
+        ),
+        # "must be >= 0 seconds (0: no TTL), got inf": inf is >= 0, and max_gap_seconds takes inf for "never"
+        (
+            {"engine": {"ttl_seconds": float("inf")}},
+            "engine.ttl_seconds must be a finite number of seconds >= 0 (0, not inf: no TTL), got inf",
+        ),
+        (
+            {"engine": {"max_alert_seconds": float("inf")}},
+            "engine.max_alert_seconds must be a finite number of seconds >= 0 (0, not inf: never), got inf",
+        ),
         ({"engine": {"max_gap_seconds": 0}}, "engine.max_gap_seconds must be > 0 seconds"),
         ({"engine": {"smoothing": float("nan")}}, "engine.smoothing must be in (0, 1]"),
         ({"train": {"learning_rate": -1.0}}, "train.learning_rate must be > 0"),
@@ -93,7 +105,7 @@ def test_secrets_are_redacted() -> None:
     [
         ("engine", {"static_threshold": float("nan")}, "engine.static_threshold must be a positive number"),
         ("engine", {"max_gap_seconds": 0.0}, "engine.max_gap_seconds must be > 0 seconds"),
-        ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be >= 0 seconds"),
+        ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be a finite number of seconds >= 0"),
         ("engine", {"max_alert_readings": -1}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"max_alert_readings": 2**31}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
