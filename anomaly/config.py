@@ -469,6 +469,12 @@ class KafkaConfig:
         )
         for name in ("max_poll_records", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        _need(  # kafka-python refuses it: the daemon exited with "Kafka error ... (consumer): KafkaConfigurationError"
+            self.fetch_max_wait_ms < CONSUMER_REQUEST_TIMEOUT_MS,
+            "kafka.fetch_max_wait_ms",
+            f"must be below the consumer's request timeout ({CONSUMER_REQUEST_TIMEOUT_MS} ms), got "
+            f"{self.fetch_max_wait_ms}",
+        )
         for name in (
             "max_poll_interval_ms",
             "session_timeout_ms",
@@ -532,6 +538,10 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
         f"may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; got {{{bad[0] if bad else ''}}}",
     )
 
+
+# The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
+# stay below it.
+CONSUMER_REQUEST_TIMEOUT_MS = 30_000
 
 KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

@@ -392,3 +392,24 @@ def test_a_topic_name_kafka_does_not_allow_is_refused_where_it_is_set(kafka, mes
     assert build_config({"kafka": {"topics": ["a.b_c-D9"], "scores_topic": "s"}}).kafka.topics == (
         "a.b_c-D9",
     )
+
+
+def test_a_fetch_wait_the_consumer_refuses_is_refused_naming_the_setting() -> None:
+    """fetch_max_wait_ms = 30000 or more passed the config and the daemon then exited with "Kafka error at ...
+    (consumer): KafkaConfigurationError", naming no setting: kafka-python wants it below its request timeout."""
+    from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS
+    from anomaly.errors import AnomalyError
+    from anomaly.kafka.clients import make_consumer
+
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_KAFKA_FETCH_MAX_WAIT_MS": "30000"})
+    assert str(info.value) == (
+        "kafka.fetch_max_wait_ms must be below the consumer's request timeout (30000 ms), got 30000 "
+        "(from environment variable ANOMALY_KAFKA_FETCH_MAX_WAIT_MS)"
+    )
+    longest = {"fetch_max_wait_ms": CONSUMER_REQUEST_TIMEOUT_MS - 1, "bootstrap_servers": "127.0.0.1:1"}
+    with pytest.raises(
+        AnomalyError
+    ) as reach:  # the longest wait allowed builds a consumer: no broker to reach
+        make_consumer(build_config({"kafka": longest}).kafka, bootstrap_timeout_s=0.2)
+    assert str(reach.value).startswith("cannot reach Kafka at 127.0.0.1:1 (consumer)")
