@@ -525,12 +525,7 @@ class Daemon:
         reported as a short window, open alerts closed with reason ``evicted`` under the model that opened them)
         go to the sinks, so no alert is left open forever on the alerts topic (where `retrain` would leave the
         key's readings out from its start on) and no decided reading goes unreported."""
-        engine = self.engine
-        batch = Batch(events=[])
-        for sink in self.sinks:
-            sink.write(out, batch)
-        if self.metrics is not None:  # its closes and windows counted as the sinks have them; no keys held
-            self.metrics.observe(out, batch, engine, time.time())
+        self._emit(out)
         closed = sum(1 for a in out.alerts if a.status == "closed")
         if out.evicted:
             log.warning(
@@ -538,6 +533,16 @@ class Daemon:
                 len(out.evicted),
                 closed,
             )
+
+    def _emit(self, out: EngineOutput) -> None:
+        """Output made outside the loop (the keys a resetting reload retired, the open alerts of state a restore
+        refused) to the sinks and /metrics, as the loop's own: its closes count in anomaly_alerts_closed_total
+        and its windows in the window counts; no batch of messages goes with it."""
+        batch = Batch(events=[])
+        for sink in self.sinks:
+            sink.write(out, batch)
+        if self.metrics is not None:
+            self.metrics.observe(out, batch, self.engine, time.time())
 
     # --- rebalances ------------------------------------------------------------------------------------------
 
@@ -634,10 +639,7 @@ class Daemon:
                 self.changelog.write(pid, None, b"", 0, epoch)
         if self._retired:  # in the claims' transaction: the refused state and its open alerts end together
             out, self._retired = EngineOutput(alerts=self._retired), []
-            for sink in self.sinks:
-                sink.write(out, Batch(events=[]))
-            if self.metrics is not None:  # closes on the alerts topic count in anomaly_alerts_closed_total
-                self.metrics.observe(out, Batch(events=[]), self.engine, time.time())
+            self._emit(out)
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
             self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
             self.checkpointer.commit(by_pid.values(), wait=not seek)
