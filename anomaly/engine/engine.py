@@ -264,6 +264,11 @@ class Engine:
                 meta["key_domains"] = [by_id[i] for i in ids.tolist()]
         return self.store.snapshot(names, meta)
 
+    def settings_difference(self, data: bytes) -> str | None:
+        """What differs when a snapshot of this model's dimensions does not restore for other [engine] settings
+        that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
+        return self.store.settings_difference(data)
+
     def restore(self, data: bytes, domain: str | None = None) -> list[str]:
         """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
         forward). A snapshot from before clock domains (one "max_ts") puts its keys in `domain`: the daemon
