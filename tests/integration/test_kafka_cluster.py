@@ -1,6 +1,6 @@
 """The daemon on a shared cluster (real Tansu broker): consumer groups side by side, a changelog shared by
-configuration, an incompatible model, state of other [engine] settings, a paused zombie, kill -9 during rebalances, dead letters that do not fit,
-topic auto-creation and auto_offset_reset."""
+configuration, an incompatible model, state of other [engine] settings, a paused zombie, kill -9 during
+rebalances, dead letters that do not fit, topic auto-creation and auto_offset_reset."""
 
 from __future__ import annotations
 
