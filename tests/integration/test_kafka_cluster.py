@@ -233,6 +233,42 @@ def test_reset_state_starts_the_keys_of_other_settings_fresh_from_the_committed_
     same_state(kafka_env.changelog_state(names.changelog, bundle), after.engine)
 
 
+def test_reset_state_closes_the_open_alerts_of_the_state_it_discards(kafka_env, stream, tiny_model):
+    """The discarded state's open alerts are closed at the restore (reason evicted, the version that opened
+    them), as another model's are: before, a refused state's alerts stayed open for ever on the alerts topic."""
+    _, series = stream
+    _, bundle = tiny_model
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(bundle, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(bundle, first).alert_ids
+    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    names = kafka_env.names(partitions=2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
+        (i, "open") for i in open_ids
+    }
+
+    # no limit on an alert's readings: each key no longer counts them (one per-key field less)
+    no_limit = {"ANOMALY_ENGINE_PARTIAL_SHIFT_READINGS": "0"}
+    proc, port = kafka_env.start(names, *FAST, "--reset-state", env=no_limit)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "the daemon ready")
+    closed = {
+        a["id"]: a
+        for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+        if a["status"] == "closed" and a["id"] in open_ids
+    }
+    assert set(closed) == open_ids and len(open_ids) > 0
+    assert {(a["reason"], a["model_version"]) for a in closed.values()} == {("evicted", bundle.version)}
+    assert metric(port, "anomaly_alerts_closed_total") == len(open_ids)
+    assert metric(port, "anomaly_restore_refused_total", '{reason="bad_state"}') == 2
+    assert terminate(proc) == 0
+
+
 def test_a_member_assigned_state_of_other_settings_mid_run_stops_without_writing(
     kafka_env, stream, tiny_model
 ):
