@@ -955,10 +955,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def retired_alerts(snapshot: bytes) -> list[Alert]:
-    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture),
-    closed as an evicted key's are (reason ``evicted``, at the event time the state had reached, under the model
-    version that opened them; no top features, which need that model's feature names). Before, they were dropped
-    with the state and stayed open forever on the alerts topic. A snapshot that cannot be read closes none."""
+    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture,
+    or with other state-shaping [engine] settings and discarded by ``--reset-state``), closed as an evicted key's
+    are (reason ``evicted``, at the event time the state had reached, under the model version that opened them; no
+    top features, which need that model's feature names). Before, they were dropped with the state and stayed open
+    forever on the alerts topic. A snapshot that cannot be read closes none."""
     try:
         header, arrays = StateStore.read_snapshot(snapshot)
         meta = header.get("meta", {})
