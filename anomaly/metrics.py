@@ -322,17 +322,25 @@ class PipelineMetrics:
         for size in out.batches:
             self.batch_size.observe(size)
         self._count_rejections(out.rejections)
+        alerting = getattr(engine, "alerting_keys", None)
+        opened = []
         for alert in out.alerts:
             if alert.status == "open":
                 self.alerts_opened.inc()
-                self._label_open(alert.key)
+                opened.append(alert.key)
+                if alerting is None:  # an engine that cannot list its alerts: a free slot, first come
+                    self._label_open(alert.key)
             elif alert.status == "closed":
                 self.alerts_closed.inc()
                 self._label_close(alert.key)
         active = int(getattr(engine, "active_alerts", 0))
         self.alerts_active.set(active)
-        if len(self._labelled) != min(active, self.alert_label_cap):
-            self._sync_labels(engine, active)
+        if len(self._labelled) != min(active, self.alert_label_cap) or (alerting is not None and opened):
+            open_now = set(self._sync_labels(engine, active))
+            # opened, still open, and no free slot left for it
+            dropped = sum(1 for k in opened if k in open_now and k not in self._labelled)
+            if dropped:
+                self.alert_labels_dropped.inc(dropped)
         self.keys_held.set(len(engine))
         counters: Mapping[str, int] = getattr(engine, "counters", {})
         self._advance(self.keys_evicted, "evicted", counters)
@@ -366,16 +374,22 @@ class PipelineMetrics:
             self.alert_active.remove(key)
             self._labelled.discard(key)
 
-    def _sync_labels(self, engine: Any, active: int) -> None:
+    def _sync_labels(self, engine: Any, active: int) -> list[str]:
         """Make the per-key series those of the engine's open alerts (up to the cap) when the count says they
-        differ: alerts restored from a checkpoint (a restart, a rebalance) opened in another process, and a
-        revoked partition's or evicted key's alert left without a close event."""
+        differ: alerts opened in this batch, alerts restored from a checkpoint (a restart, a rebalance) opened in
+        another process, and a revoked partition's or evicted key's alert left without a close event.
+
+        Which alerts get a series beyond the cap is stable: a labelled alert keeps its series until it closes
+        (a newer alert never takes it), and a free slot goes to the oldest open alert without one, in the
+        engine's order (``alerting_keys``: by the alert's start, then key). So the labelled alerts are the
+        ``alert_label_cap`` oldest ones, and a restarted daemon, which restores the same open alerts, labels the
+        same keys: a key whose alert never changed does not resolve and fire again in Prometheus."""
         alerting = getattr(engine, "alerting_keys", None)
         if alerting is None:  # an engine that cannot list them: at least no stale series once none is open
             if active == 0:
                 self._clear_labels()
-            return
-        keys = alerting()
+            return []
+        keys: list[str] = alerting()
         open_now = set(keys)
         for key in [k for k in self._labelled if k not in open_now]:
             self._label_close(key)
@@ -385,6 +399,7 @@ class PipelineMetrics:
             if key not in self._labelled:
                 self.alert_active.labels(key).set(1)
                 self._labelled.add(key)
+        return keys
 
     def _clear_labels(self) -> None:
         for key in list(self._labelled):

@@ -224,9 +224,18 @@ class Engine:
         return list(self.store.slots)
 
     def alerting_keys(self) -> list[str]:
-        """The keys held with an open alert (``active_alerts`` of them), least recently used first."""
-        is_open = self.store.arrays["alert_open"]
-        return [key for key, row in self.store.slots.items() if is_open[row]]
+        """The keys held with an open alert (``active_alerts`` of them), oldest alert first: by the alert's start
+        (the event time in its id, kept in snapshots), then by key. The order depends on the open alerts only, not
+        on how the keys came to be held (restore order, use), so a restarted process lists them alike."""
+        a = self.store.arrays
+        is_open, start = a["alert_open"], a["alert_start"]
+        # an open alert always has a start; were one NaN, it would sort last (by key) instead of breaking the order
+        found = [
+            (bool(np.isnan(start[row])), float(np.nan_to_num(start[row], nan=0.0)), key)
+            for key, row in self.store.slots.items()
+            if is_open[row]
+        ]
+        return [key for *_, key in sorted(found)]
 
     def drop(self, keys: Iterable[str]) -> int:
         return self.store.drop(keys)
