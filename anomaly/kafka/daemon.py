@@ -777,7 +777,8 @@ class Daemon:
             self.identity.check(self.admin)
         except (kerr.KafkaError, OSError) as exc:
             raise KafkaError(
-                f"cannot check the input, changelog and output topics ({type(exc).__name__})"
+                f"cannot check the input, changelog and output topics at {self.cfg.kafka.bootstrap_servers} "
+                f"({clients.error_text(exc)})"
             ) from None
 
     # --- health ----------------------------------------------------------------------------------------------
