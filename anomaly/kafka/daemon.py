@@ -826,18 +826,23 @@ class Daemon:
             self.identity.check(self.admin)
         except (kerr.KafkaError, OSError) as exc:
             raise KafkaError(
-                f"cannot check the input, changelog and output topics ({type(exc).__name__})"
+                f"cannot check the input, changelog and output topics at {self.cfg.kafka.bootstrap_servers} "
+                f"({clients.error_text(exc)})"
             ) from None
 
     # --- health ----------------------------------------------------------------------------------------------
 
     def _probe(self) -> None:
         probe = None
+        outage = clients.BrokerOutage(self.cfg.kafka.bootstrap_servers, log)  # its start, repeats, end
         while not self.stop.is_set():
+            operation = "connecting the readiness probe"
             try:
                 if probe is None:
                     probe = clients.make_admin(self.cfg.kafka, self.opts.probe_interval_s * 3, 2000)
+                operation = "metadata request of the readiness probe"
                 self.identity.check(probe)  # a metadata request: the broker answers, the topics are the same
+                outage.answered()
                 self._set_broker_ok(True)
             except TopicChangedError as exc:  # raised by the loop thread after its next poll (its one line)
                 if self._fatal is None:
@@ -845,7 +850,7 @@ class Daemon:
                 self._set_broker_ok(False)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
-                log.warning("broker not answering: %s", type(exc).__name__)
+                outage.failed(operation, exc)
                 self._set_broker_ok(False)
                 if probe is not None:
                     probe.close()
