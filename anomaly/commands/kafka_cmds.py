@@ -135,6 +135,15 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     default=None,
     help="On clean shutdown, write the engine state snapshot here.  [default: none]",
 )
+@click.option(
+    "--reset-state",
+    is_flag=True,
+    help="Discard checkpointed state written with other [engine] settings that shape per-key state (threshold "
+    "kind, dynamic_history, spot_*, policies): those keys start fresh, open alerts closed (reason evicted). "
+    "Without it the daemon refuses to start on such state, writing nothing, so rolling the settings back "
+    "restores it. It holds for every restore of this run (the partitions it is assigned later too): drop it "
+    "once the state is reset.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log rebalances, checkpoints and reloads.")
 @one_line_errors
 def consume_cmd(
@@ -159,6 +168,7 @@ def consume_cmd(
     bootstrap_timeout,
     shutdown_timeout,
     state_out,
+    reset_state,
     verbose,
 ) -> None:
     """Run the scoring daemon: consume sensor messages from Kafka, score them, produce alerts.
@@ -218,6 +228,7 @@ def consume_cmd(
                 bootstrap_timeout_s=bootstrap_timeout,
                 shutdown_timeout_s=shutdown_timeout,
                 state_out=state_out,
+                reset_state=reset_state,
             ),
         )
         daemon.connect()  # fails fast, with one line, before anything is printed

@@ -241,9 +241,26 @@ class Engine:
         return list(self.store.slots)
 
     def alerting_keys(self) -> list[str]:
-        """The keys held with an open alert (``active_alerts`` of them), least recently used first."""
-        is_open = self.store.arrays["alert_open"]
-        return [key for key, row in self.store.slots.items() if is_open[row]]
+        """The keys held with an open alert (``active_alerts`` of them), oldest alert first: by the alert's start
+        (the event time in its id, kept in snapshots), then by key. The order depends on the open alerts only, not
+        on how the keys came to be held (restore order, use), so a restarted process lists them alike."""
+        a = self.store.arrays
+        rows = np.flatnonzero(a["alert_open"])
+        if not len(rows):
+            return []
+        # an open alert always has a start; were one NaN, it would sort last (by key) instead of breaking the order
+        start = dict(zip(rows.tolist(), a["alert_start"][rows].tolist(), strict=True))
+        found = [
+            (start[row] != start[row], 0.0 if start[row] != start[row] else start[row], key)
+            for key, row in self.store.slots.items()
+            if row in start
+        ]
+        return [key for *_, key in sorted(found)]
+
+    def alert_open(self, key: str) -> bool:
+        """Whether ``key`` is held with an open alert (False for a key not held)."""
+        row = self.store.slots.get(key)
+        return row is not None and bool(self.store.arrays["alert_open"][row])
 
     def drop(self, keys: Iterable[str]) -> int:
         return self.store.drop(keys)
@@ -280,6 +297,11 @@ class Engine:
                 by_id = list(self.domains)
                 meta["key_domains"] = [by_id[i] for i in ids.tolist()]
         return self.store.snapshot(names, meta)
+
+    def settings_difference(self, data: bytes) -> str | None:
+        """What differs when a snapshot of this model's dimensions does not restore for other [engine] settings
+        that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
+        return self.store.settings_difference(data)
 
     def restore(self, data: bytes, domain: str | None = None) -> list[str]:
         """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
