@@ -262,8 +262,8 @@ def replay(
     labelled = [len(s) for s in series if s.labels is not None]
     if skip and labelled and max(labelled) <= skip:
         raise DataError(
-            f"--evaluate-after {skip} leaves no reading to evaluate: the longest labelled series has "
-            f"{max(labelled)} readings"
+            f"replay.evaluate_after (--evaluate-after) {skip} leaves no reading to evaluate: the longest labelled "
+            f"series has {max(labelled)} readings"
         )
     out = Path(out_dir)
     try:

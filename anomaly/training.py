@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from anomaly.data import (
     split_at_gaps,
     window_chain,
 )
-from anomaly.errors import DataError
+from anomaly.errors import ConfigError, DataError
 from anomaly.model import Architecture, LSTMAutoencoder, as_output, point_error, reading_errors
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,23 @@ def _run_batch(
     return total / n_windows
 
 
+def build_model(arch: Architecture, device: torch.device) -> LSTMAutoencoder:
+    """The model to train, or ConfigError naming the settings when its weights do not fit in memory
+    (`hidden_size = 100000000`, a few zeros too many, ended `anomaly train` with a traceback)."""
+    try:
+        return LSTMAutoencoder(arch).to(device)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(exc):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" ({int(asked.group(1)) / 2**30:,.0f} GiB for one weight matrix)" if asked else ""
+        raise ConfigError(
+            f"the model does not fit in memory on {device.type}{size}: model.hidden_size {arch.hidden_size} "
+            f"with model.num_layers {arch.num_layers} is too large",
+            key="model.hidden_size",
+        ) from None
+
+
 def train(
     series: Sequence[Series],
     features: Sequence[str],
@@ -241,7 +259,7 @@ def train(
         model_cfg.forecast,
         screened_targets(target_indices(features, model_cfg.targets), wander, cfg.wander_screen),
     )
-    model = LSTMAutoencoder(arch).to(device)
+    model = build_model(arch, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
     amp_dtype = None

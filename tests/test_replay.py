@@ -246,7 +246,9 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
     assert held.summary["metrics"]["counts"]["point"] == expected["counts"]["point"]
     assert sum(held.summary["metrics"]["counts"]["point"].values()) == len(test_series) - skip
     assert held.summary["evaluate_after"] == skip and set(held.quality) == set(whole.quality)
-    with pytest.raises(DataError, match=f"--evaluate-after {len(test_series)} leaves no reading to evaluate"):
+    # the setting is named as well as the option: ANOMALY_REPLAY_EVALUATE_AFTER named only an option never given
+    leaves = rf"^replay.evaluate_after \(--evaluate-after\) {len(test_series)} leaves no reading to evaluate"
+    with pytest.raises(DataError, match=leaves):
         replay(
             bundle,
             [test_series],
