@@ -607,3 +607,24 @@ def test_consume_help_does_not_call_one_poll_one_engine_batch() -> None:
     (option,) = [p for p in main.commands["consume"].params if p.name == "max_poll_records"]
     assert "one engine batch)" not in (option.help or "")
     assert "kafka.max_batch_bytes" in (option.help or "")
+
+
+def test_train_and_replay_refuse_a_time_option_their_time_column_cannot_use(tmp_path, test_csv, bundle_path):
+    """`--time-unit ms` on ISO times, `--time-format` on epoch numbers: both commands read on, ignoring it."""
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("timestamp,sensor_1\n" + "".join(f"{1700000000 + i},{i % 3}\n" for i in range(50)))
+    train = CliRunner().invoke(main, ["train", str(numbers), "--time-format", "%H:%M", "-o", str(tmp_path / "m")])
+    assert train.exit_code == 2
+    assert train.output == (
+        f"error: {numbers}: --time-format '%H:%M' (data.time_format) reads text times, but time column "
+        "'timestamp' holds numbers such as 1700000000 (epoch times): leave it out, and give their unit with "
+        "--time-unit if it is not told apart by magnitude\n"
+    )
+    args = ["replay", str(test_csv), "-m", str(bundle_path), "--out", str(tmp_path / "r"), "--time-unit", "ms"]
+    replay = CliRunner().invoke(main, args)
+    assert replay.exit_code == 2
+    assert replay.output == (
+        f"error: {test_csv}: --time-unit ms (data.time_unit) is the unit of numeric times, but time column "
+        "'timestamp' holds text such as '2023-11-14T22:13:20Z', read as dates: leave it out (give "
+        "--time-format if the dates are not ISO-like)\n"
+    )

@@ -885,3 +885,32 @@ def test_loading_lets_go_of_a_file_before_reading_the_next(tmp_path, monkeypatch
     series, _ = load_series(paths, DataConfig(time_unit="s"))
     assert [s.key for s in series] == ["a", "b", "c"]
     assert alive_at_read == [False, False, False]
+
+
+def test_a_time_option_for_the_other_kind_of_time_column_is_refused(tmp_path) -> None:
+    """--time-unit with text times, --time-format with epoch numbers (and --time-format without a time column)
+    were ignored without a word: the user's option changed nothing."""
+    text = write(tmp_path, "timestamp,a\n2023-01-01 00:00:00,1\n2023-01-01 00:00:01,2\n", "text.csv")
+    numbers = write(tmp_path, "timestamp,a\n1700000000,1\n1700000001,2\n", "numbers.csv")
+    with pytest.raises(DataError) as unit:
+        load(text, time_unit="ms")
+    assert str(unit.value) == (
+        f"{text}: --time-unit ms (data.time_unit) is the unit of numeric times, but time column 'timestamp' holds "
+        "text such as '2023-01-01 00:00:00', read as dates: leave it out (give --time-format if the dates are "
+        "not ISO-like)"
+    )
+    with pytest.raises(DataError) as fmt:
+        load(numbers, time_format="%d/%m/%Y %H:%M")
+    assert str(fmt.value) == (
+        f"{numbers}: --time-format '%d/%m/%Y %H:%M' (data.time_format) reads text times, but time column "
+        "'timestamp' holds numbers such as 1700000000 (epoch times): leave it out, and give their unit with "
+        "--time-unit if it is not told apart by magnitude"
+    )
+    with pytest.raises(DataError, match=r"without a time column \(--no-time-column\) readings are numbered"):
+        load(write(tmp_path, "a\n1\n2\n", "bare.csv"), time_column="", time_format="%Y")
+    # each option still applies to its own kind, and epoch numbers with one text cell name that cell
+    assert load(numbers, time_unit="ms")[0][0].timestamps.tolist() == [1700000.0, 1700000.001]
+    assert load(text, time_format="%Y-%m-%d %H:%M:%S")[0][0].timestamps.tolist() == [1672531200.0, 1672531201.0]
+    mixed = write(tmp_path, "timestamp,a\n1700000000,1\noops,2\n1700000002,3\n", "mixed.csv")
+    with pytest.raises(DataError, match=r"cannot parse time value 'oops' \(line 3\)"):
+        load(mixed, time_unit="s")

@@ -100,6 +100,37 @@ def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
     return None
 
 
+def _refuse_unused_time_options(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
+    """data.time_unit applies to numeric times (and to the numbering under --no-time-column), data.time_format to
+    text times: one given for a time column of the other kind would be ignored without a word, so it is refused.
+    A numeric column with a few text cells (read as text) is left to the parser, which names the bad cell."""
+    if not cfg.time_column:
+        if cfg.time_format is not None:
+            raise DataError(
+                f"{source}: --time-format (data.time_format) reads text times, but without a time column "
+                "(--no-time-column) readings are numbered 0, 1, 2, ...: leave it out"
+            )
+        return
+    column = frame[cfg.time_column].dropna()
+    if not len(column):
+        return
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    if numeric and cfg.time_format is not None:
+        raise DataError(
+            f"{source}: --time-format {cfg.time_format!r} (data.time_format) reads text times, but time column "
+            f"{cfg.time_column!r} holds numbers such as {column.iloc[0]} (epoch times): leave it out, and "
+            "give their unit with --time-unit if it is not told apart by magnitude"
+        )
+    if not numeric and cfg.time_unit != "auto":
+        if pd.to_numeric(column.astype("string"), errors="coerce").notna().mean() >= 0.5:
+            return  # epoch numbers with a few text cells: to_epoch_seconds names the bad cell
+        raise DataError(
+            f"{source}: --time-unit {cfg.time_unit} (data.time_unit) is the unit of numeric times, but time "
+            f"column {cfg.time_column!r} holds text such as {str(column.iloc[0])!r}, read as dates: leave it out "
+            "(give --time-format if the dates are not ISO-like)"
+        )
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -131,6 +162,7 @@ def frame_to_series(
             + (numbers or separator_note(frame))
         )
     check_features(frame.columns, features, source)
+    _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
         ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
     else:  # no time column: readings numbered in file order (per key), one time unit apart
