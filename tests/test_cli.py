@@ -613,14 +613,25 @@ def test_train_and_replay_refuse_a_time_option_their_time_column_cannot_use(tmp_
     """`--time-unit ms` on ISO times, `--time-format` on epoch numbers: both commands read on, ignoring it."""
     numbers = tmp_path / "numbers.csv"
     numbers.write_text("timestamp,sensor_1\n" + "".join(f"{1700000000 + i},{i % 3}\n" for i in range(50)))
-    train = CliRunner().invoke(main, ["train", str(numbers), "--time-format", "%H:%M", "-o", str(tmp_path / "m")])
+    train = CliRunner().invoke(
+        main, ["train", str(numbers), "--time-format", "%H:%M", "-o", str(tmp_path / "m")]
+    )
     assert train.exit_code == 2
     assert train.output == (
         f"error: {numbers}: --time-format '%H:%M' (data.time_format) reads text times, but time column "
         "'timestamp' holds numbers such as 1700000000 (epoch times): leave it out, and give their unit with "
         "--time-unit if it is not told apart by magnitude\n"
     )
-    args = ["replay", str(test_csv), "-m", str(bundle_path), "--out", str(tmp_path / "r"), "--time-unit", "ms"]
+    args = [
+        "replay",
+        str(test_csv),
+        "-m",
+        str(bundle_path),
+        "--out",
+        str(tmp_path / "r"),
+        "--time-unit",
+        "ms",
+    ]
     replay = CliRunner().invoke(main, args)
     assert replay.exit_code == 2
     assert replay.output == (

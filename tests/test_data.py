@@ -910,7 +910,10 @@ def test_a_time_option_for_the_other_kind_of_time_column_is_refused(tmp_path) ->
         load(write(tmp_path, "a\n1\n2\n", "bare.csv"), time_column="", time_format="%Y")
     # each option still applies to its own kind, and epoch numbers with one text cell name that cell
     assert load(numbers, time_unit="ms")[0][0].timestamps.tolist() == [1700000.0, 1700000.001]
-    assert load(text, time_format="%Y-%m-%d %H:%M:%S")[0][0].timestamps.tolist() == [1672531200.0, 1672531201.0]
+    assert load(text, time_format="%Y-%m-%d %H:%M:%S")[0][0].timestamps.tolist() == [
+        1672531200.0,
+        1672531201.0,
+    ]
     mixed = write(tmp_path, "timestamp,a\n1700000000,1\noops,2\n1700000002,3\n", "mixed.csv")
     with pytest.raises(DataError, match=r"cannot parse time value 'oops' \(line 3\)"):
         load(mixed, time_unit="s")
