@@ -714,8 +714,24 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
                 f"unknown setting {section}.{name}; {hint}valid settings: {', '.join(valid)}",
                 key=f"{section}.{name}",
             )
+        if (section, name) == ("kafka", "bootstrap_servers"):
+            value = _server_list(value)
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
     return dataclasses.replace(section_obj, **changes)
+
+
+def _server_list(value: Any) -> Any:
+    """kafka.bootstrap_servers written as a list (`["h1:9092", "h2:9092"]` in TOML, or that text in a variable),
+    as kafka-python takes it: the comma-separated text the setting holds, `h1:9092,h2:9092`. It was refused as
+    'must be text'."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(v.strip() for v in value if v.strip())
+    return value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -413,3 +413,18 @@ def test_a_fetch_wait_the_consumer_refuses_is_refused_naming_the_setting() -> No
     ) as reach:  # the longest wait allowed builds a consumer: no broker to reach
         make_consumer(build_config({"kafka": longest}).kafka, bootstrap_timeout_s=0.2)
     assert str(reach.value).startswith("cannot reach Kafka at 127.0.0.1:1 (consumer)")
+
+
+def test_bootstrap_servers_may_be_written_as_a_list(tmp_path) -> None:
+    """`bootstrap_servers = ["h1:9092", "h2:9093"]`, as kafka-python takes it, was refused: 'must be text'."""
+    from anomaly.kafka.clients import connection_settings
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('[kafka]\nbootstrap_servers = ["127.0.0.1:9092", " 127.0.0.1:9093"]\n')
+    listed = load_config(toml, env={}).kafka
+    assert listed.bootstrap_servers == "127.0.0.1:9092,127.0.0.1:9093"
+    assert connection_settings(listed)["bootstrap_servers"] == ["127.0.0.1:9092", "127.0.0.1:9093"]
+    env = {"ANOMALY_KAFKA_BOOTSTRAP_SERVERS": '["127.0.0.1:9094", "127.0.0.1:9095"]'}
+    assert load_config(None, env=env).kafka.bootstrap_servers == "127.0.0.1:9094,127.0.0.1:9095"
+    with pytest.raises(ConfigError, match=r"^kafka.bootstrap_servers must not be empty"):
+        build_config({"kafka": {"bootstrap_servers": []}})
