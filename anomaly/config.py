@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any, Literal
 
 from anomaly.errors import ConfigError
 from anomaly.thresholds import THRESHOLDS
+
+log = logging.getLogger(__name__)
 
 
 def _need(cond: bool, key: str, message: str, related: tuple[str, ...] = ()) -> None:
@@ -833,6 +836,7 @@ def build_config(
         return toml_source
 
     sources: dict[str, str | None] = {}  # "section.field" -> where its value came from, for the settings set
+    origins: dict[str, str] = {}  # "section.field" -> the layer that set it last: toml, environment, option
     for origin, layer in layers:
         for section, values in layer.items():
             given = {f"{section}.{name}": source(origin, f"{section}.{name}") for name in values}
@@ -841,7 +845,26 @@ def build_config(
             except ConfigError as exc:
                 raise _naming_sources(exc, {**sources, **given}) from None
             sources.update(given)
+            origins.update(dict.fromkeys(given, origin))
+    _warn_unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"})
     return cfg
+
+
+def _warn_unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> None:
+    """One warning for each setting given in a pipeline file or a variable that another setting leaves unused
+    (it was kept without a word). Not an error: a layer of variables may set it for pipelines of either kind.
+    Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
+    unused = {
+        "engine.static_threshold": f"engine.threshold is {cfg.engine.threshold}, not static"
+        if cfg.engine.threshold != "static" and cfg.engine.static_threshold is not None
+        else None,
+        "kafka.commit_in_background": "kafka.transactional is false (it commits a checkpoint's transaction)"
+        if not cfg.kafka.transactional and cfg.kafka.commit_in_background
+        else None,
+    }
+    for key, why in unused.items():
+        if why and sources.get(key):  # (not a layer built in code, such as a champion's settings)
+            log.warning("%s (from %s) has no effect: %s", key, sources[key], why)
 
 
 def _naming_sources(exc: ConfigError, sources: Mapping[str, str | None]) -> ConfigError:

@@ -428,3 +428,33 @@ def test_bootstrap_servers_may_be_written_as_a_list(tmp_path) -> None:
     assert load_config(None, env=env).kafka.bootstrap_servers == "127.0.0.1:9094,127.0.0.1:9095"
     with pytest.raises(ConfigError, match=r"^kafka.bootstrap_servers must not be empty"):
         build_config({"kafka": {"bootstrap_servers": []}})
+
+
+def test_a_setting_another_setting_leaves_unused_is_warned_about(tmp_path, caplog) -> None:
+    """`engine.static_threshold` under the dynamic threshold, `kafka.commit_in_background` without transactions:
+    kept without a word, as if they applied."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        "[engine]\nstatic_threshold = 2.5\n[kafka]\ntransactional = false\ncommit_in_background = true\n"
+    )
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={})
+    assert caplog.messages == [
+        f"engine.static_threshold (from pipeline file {toml}) has no effect: engine.threshold is dynamic, not "
+        "static",
+        f"kafka.commit_in_background (from pipeline file {toml}) has no effect: kafka.transactional is false (it "
+        "commits a checkpoint's transaction)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={"ANOMALY_ENGINE_THRESHOLD": "static", "ANOMALY_KAFKA_TRANSACTIONAL": "true"})
+        load_config(
+            None, env={"ANOMALY_KAFKA_COMMIT_IN_BACKGROUND": "false", "ANOMALY_KAFKA_TRANSACTIONAL": "0"}
+        )
+    assert caplog.messages == []  # each applies, or is off
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env={"ANOMALY_ENGINE_STATIC_THRESHOLD": "3", "ANOMALY_ENGINE_THRESHOLD": "spot"})
+    assert caplog.messages == [
+        "engine.static_threshold (from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD) has no effect: "
+        "engine.threshold is spot, not static"
+    ]
