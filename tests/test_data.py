@@ -917,3 +917,29 @@ def test_a_time_option_for_the_other_kind_of_time_column_is_refused(tmp_path) ->
     mixed = write(tmp_path, "timestamp,a\n1700000000,1\noops,2\n1700000002,3\n", "mixed.csv")
     with pytest.raises(DataError, match=r"cannot parse time value 'oops' \(line 3\)"):
         load(mixed, time_unit="s")
+
+
+def test_a_column_written_with_the_other_decimal_mark_is_named_as_such_not_as_text(tmp_path) -> None:
+    """`--decimal ,` with one column written with points left that column out as 'text' alone: the user saw
+    a sensor missing from the model without the reason (the file mixes decimal marks)."""
+    path = write(
+        tmp_path,
+        "timestamp;a;b;site\n2023-01-01 00:00:00;1,5;2.5;x\n2023-01-01 00:00:01;1,25;3.5;y\n",
+        "m.csv",
+    )
+    left_out: dict[str, str] = {}
+    _, feats = load_series([path], DataConfig(decimal=","), left_out=left_out)
+    assert feats == ["a"]
+    assert left_out == {
+        "b": "numbers with a decimal point such as '2.5', read as text under --decimal ,: the file mixes "
+        "decimal marks",
+        "site": "text",
+    }
+    left_out = {}
+    _, feats = load_series([path], DataConfig(), left_out=left_out)
+    assert feats == ["b"]
+    assert left_out == {
+        "a": "numbers with a decimal comma such as '1,5', read as text under --decimal .: the file mixes "
+        "decimal marks",
+        "site": "text",
+    }

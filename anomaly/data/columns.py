@@ -104,8 +104,21 @@ def non_features(frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig) 
         if _unnamed(c):
             out[str(c)] = "no name in the header"
         else:
-            out[str(c)] = "no value in any row" if frame[c].isna().all() else "text"
+            out[str(c)] = (
+                "no value in any row" if frame[c].isna().all() else _text_reason(frame[c], cfg.decimal)
+            )
     return out
+
+
+def _text_reason(col: pd.Series, decimal: str) -> str:
+    """Why a text column is not a feature: text, or numbers written with the other decimal mark (a column with
+    decimal points in a file read with --decimal , was listed as 'text' alone)."""
+    other = "," if decimal == "." else "."
+    if not is_text(col) or not mostly_numeric(col, other):
+        return "text"
+    example = str(col.dropna().iloc[0]).strip()
+    mark = "point" if other == "." else "comma"
+    return f"numbers with a decimal {mark} such as {example!r}, read as text under --decimal {decimal}: the file mixes decimal marks"
 
 
 def _unnamed(column: object) -> bool:
