@@ -178,7 +178,7 @@ def option_names(overrides: dict[str, Any]) -> dict[str, str]:
     return names
 
 
-# Exit status when the reader of stdout went away (`anomaly inspect model.pt | head -1`): 128 + SIGPIPE, what a
+# Exit status when the reader of stdout went away (`anomaly train x.csv -o m.pt | head -1`): 128 + SIGPIPE, what a
 # shell reports for `git log | head -1` or `cat big | head -1`, whose writers the signal ends.
 BROKEN_PIPE = 141
 
