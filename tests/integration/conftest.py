@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import Fetcher
+from kafka.record import MemoryRecords
 
 from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
@@ -264,6 +266,62 @@ class KafkaEnv:
         consumer.close(autocommit=False)
         return out
 
+    def committed_records(self, topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
+        """(partition, offset, key, value) of every record an Apache Kafka ``read_committed`` reader of the topic
+        gets: plain records, and a transaction's records once a commit marker of its producer (id and epoch)
+        follows them in the partition. Tansu 0.6 also serves aborted transactions' records to ``read_committed``
+        readers, so its own ``read_committed`` shows more than a Kafka reader sees; the transactions' markers
+        (control batches) are in its log, and read here."""
+        batches: dict[int, dict[int, Any]] = {}
+
+        class Keeping(Fetcher.PartitionRecords):  # type: ignore[misc]
+            def __init__(
+                self, fetch_offset: int, tp: TopicPartition, records: Any, *a: Any, **kw: Any
+            ) -> None:
+                data = MemoryRecords(bytes(records._buffer))
+                while (batch := data.next_batch()) is not None:
+                    batches.setdefault(tp.partition, {})[batch.base_offset] = (
+                        batch.producer_id,
+                        batch.producer_epoch,
+                        batch.is_transactional,
+                        batch.is_control_batch,
+                        [(r.offset, r.key, r.value) for r in batch],
+                    )
+                super().__init__(fetch_offset, tp, records, *a, **kw)
+
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False)
+        consumer._fetcher.PartitionRecords = Keeping
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + 60
+        quiet = 0  # polls that brought no batch: the end offset can be short of a last commit marker
+        while (
+            quiet < 3 or any(consumer.position(tp) < end[tp] for tp in tps)
+        ) and time.monotonic() < deadline:
+            before = sum(map(len, batches.values()))
+            consumer.poll(timeout_ms=100)
+            quiet = quiet + 1 if sum(map(len, batches.values())) == before else 0
+        behind = {
+            tp.partition: (consumer.position(tp), end[tp]) for tp in tps if consumer.position(tp) < end[tp]
+        }
+        consumer.close(autocommit=False)
+        assert not behind, f"{topic}: read only up to {behind} (position, end) within 60 s"
+        out = []
+        for partition, by_offset in sorted(batches.items()):
+            open_txns: dict[tuple[int, int], list[tuple[int, int, bytes | None, bytes | None]]] = {}
+            for _, (pid, epoch, transactional, control, recs) in sorted(by_offset.items()):
+                if control:  # one record; its key's type field: 0 abort, 1 commit
+                    held = open_txns.pop((pid, epoch), [])
+                    if recs and recs[0][1] is not None and int.from_bytes(recs[0][1][2:4], "big") == 1:
+                        out += held
+                elif transactional:
+                    open_txns.setdefault((pid, epoch), []).extend((partition, *r) for r in recs)
+                else:
+                    out += [(partition, *r) for r in recs]
+        return sorted(out, key=lambda r: (r[0], r[1]))
+
     def windows(self, topic: str) -> dict[tuple[str, float], dict[str, Any]]:
         """Scores topic deduplicated by (key, window start); a re-sent window must equal the first one."""
         out: dict[tuple[str, float], dict[str, Any]] = {}
@@ -375,6 +433,17 @@ def same_state(a: Engine, b: Engine) -> None:
         _, xb = b.store.read_snapshot(b.snapshot([key]))
         for name in xa:
             assert xa[name].tobytes() == xb[name].tobytes(), f"{key}: state field {name} differs"
+
+
+def assert_exactly_once_for_read_committed(kafka_env: Any, names: Any, expected: Expected) -> None:
+    """What an Apache Kafka ``read_committed`` reader of the scores and alerts topics gets holds every window and
+    alert event of the replay exactly once (README Delivery guarantees: the outputs of a transaction aborted by a
+    daemon killed before its commit are hidden from it; the restart writes them again in a committed one)."""
+    windows = [json.loads(v) for _, _, _, v in kafka_env.committed_records(names.scores) if v is not None]
+    assert sorted((w["key"], w["start"]) for w in windows) == sorted(expected.windows)
+    assert {(w["key"], w["start"]): w for w in windows} == expected.windows
+    alerts = [json.loads(v) for _, _, _, v in kafka_env.committed_records(names.alerts) if v is not None]
+    assert sorted((a["id"], a["status"]) for a in alerts) == sorted(expected.alert_ids)
 
 
 def assert_matches_replay(kafka_env: Any, names: Any, bundle: Bundle, series: Sequence[Series]) -> Expected:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    assert_exactly_once_for_read_committed,
     assert_matches_replay,
     http_answer,
     http_status,
@@ -73,6 +74,7 @@ def test_kill_9_at_random_points_changes_nothing(kafka_env, stream, tiny_model, 
     assert terminate(proc) == 0
 
     expected = assert_matches_replay(kafka_env, names, bundle, series)
+    assert_exactly_once_for_read_committed(kafka_env, names, expected)
     from anomaly.config import EngineConfig
     from anomaly.engine import Engine
 
