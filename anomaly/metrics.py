@@ -51,7 +51,9 @@ DEFAULT_ALERT_LABEL_CAP = 100
 RESTORE_REFUSALS = (
     "other_group",  # the latest record of the partition by another consumer group (a changelog shared by config)
     "incompatible_model",  # written by a model with other features or architecture: the keys start fresh
-    "bad_state",  # the engine could not restore the snapshot (StateError): the keys start fresh
+    # the engine could not restore the snapshot (StateError: corrupted, or other state-shaping [engine] settings
+    # discarded by --reset-state, without which the daemon stops instead): the keys start fresh
+    "bad_state",
 )
 
 
@@ -322,17 +324,36 @@ class PipelineMetrics:
         for size in out.batches:
             self.batch_size.observe(size)
         self._count_rejections(out.rejections)
+        alerting = getattr(engine, "alerting_keys", None)
+        opened: dict[str, None] = {}  # keys whose alert opened in this batch and is still open, in order
         for alert in out.alerts:
             if alert.status == "open":
                 self.alerts_opened.inc()
-                self._label_open(alert.key)
+                opened[alert.key] = None
+                if alerting is None:  # an engine that cannot list its alerts: a free slot, first come
+                    self._label_open(alert.key)
             elif alert.status == "closed":
                 self.alerts_closed.inc()
+                opened.pop(alert.key, None)
                 self._label_close(alert.key)
         active = int(getattr(engine, "active_alerts", 0))
         self.alerts_active.set(active)
+        still_open = getattr(engine, "alert_open", None)
+        if (
+            still_open is not None
+        ):  # a revoked partition's keys, dropped without a close event (a count can hide it)
+            for key in [k for k in self._labelled if not still_open(k)]:
+                self._label_close(key)
+        fresh = [k for k in opened if k not in self._labelled] if alerting is not None else []
+        if fresh and len(self._labelled) + len(fresh) == active <= self.alert_label_cap:
+            for key in fresh:  # every open alert fits: the new ones take free slots, no need to list them all
+                self._label(key)
+            fresh = []
         if len(self._labelled) != min(active, self.alert_label_cap):
             self._sync_labels(engine, active)
+        dropped = sum(1 for k in fresh if k not in self._labelled)  # no free slot was left for them
+        if dropped:
+            self.alert_labels_dropped.inc(dropped)
         self.keys_held.set(len(engine))
         counters: Mapping[str, int] = getattr(engine, "counters", {})
         self._advance(self.keys_evicted, "evicted", counters)
@@ -358,6 +379,9 @@ class PipelineMetrics:
         if len(self._labelled) >= self.alert_label_cap:
             self.alert_labels_dropped.inc()
             return
+        self._label(key)
+
+    def _label(self, key: str) -> None:
         self.alert_active.labels(key).set(1)
         self._labelled.add(key)
 
@@ -368,14 +392,21 @@ class PipelineMetrics:
 
     def _sync_labels(self, engine: Any, active: int) -> None:
         """Make the per-key series those of the engine's open alerts (up to the cap) when the count says they
-        differ: alerts restored from a checkpoint (a restart, a rebalance) opened in another process, and a
-        revoked partition's or evicted key's alert left without a close event."""
+        differ: a slot freed while more alerts are open than the cap, alerts restored from a checkpoint (a
+        restart, a rebalance) opened in another process, and a revoked partition's or evicted key's alert left
+        without a close event (a labelled one is found by ``engine.alert_open`` even when no count changed).
+
+        Which alerts get a series beyond the cap is stable: a labelled alert keeps its series until it closes
+        (a newer alert never takes it), and a free slot goes to the oldest open alert without one, in the
+        engine's order (``alerting_keys``: by the alert's start, then key). So the labelled alerts are the
+        ``alert_label_cap`` oldest ones, and a restarted daemon, which restores the same open alerts, labels the
+        same keys: a key whose alert never changed does not resolve and fire again in Prometheus."""
         alerting = getattr(engine, "alerting_keys", None)
         if alerting is None:  # an engine that cannot list them: at least no stale series once none is open
             if active == 0:
                 self._clear_labels()
             return
-        keys = alerting()
+        keys: list[str] = alerting()
         open_now = set(keys)
         for key in [k for k in self._labelled if k not in open_now]:
             self._label_close(key)
@@ -383,8 +414,7 @@ class PipelineMetrics:
             if len(self._labelled) >= self.alert_label_cap:
                 break
             if key not in self._labelled:
-                self.alert_active.labels(key).set(1)
-                self._labelled.add(key)
+                self._label(key)
 
     def _clear_labels(self) -> None:
         for key in list(self._labelled):

@@ -82,7 +82,7 @@ def test_rules_define_the_alerts_with_annotations_and_runbooks() -> None:
 
 def test_anomaly_detected_follows_the_engine_alert_gauge() -> None:
     (rule,) = [r for r in rules() if r["alert"] == "AnomalyDetected"]
-    assert rule["expr"] == "max by (key) (anomaly_alert_active) == 1"
+    assert rule["expr"] == "max by (job, key) (anomaly_alert_active) == 1"
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
@@ -142,10 +142,28 @@ def test_amtool_check_config() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_alertmanager_groups_anomalies_by_key_to_a_webhook() -> None:
+def test_alertmanager_groups_anomalies_per_job_and_the_rate_alert_inhibits_them() -> None:
+    """One notification per alert name and job lists every key (grouped by key, a plant-wide event paged once
+    per key); AnomalyRateHigh inhibits the same job's AnomalyDetected; an alert open for days repeats once a day
+    (it repeated every hour). The labels grouped and inhibited on are the ones the rules keep."""
     cfg = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
     (route,) = [r for r in cfg["route"]["routes"] if r["matchers"] == ['category="anomaly"']]
-    assert route["group_by"] == ["alertname", "key"]
+    assert (route["group_by"], route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        ["alertname", "job"],
+        "30s",
+        "5m",
+        "24h",
+    )
+    assert cfg["inhibit_rules"] == [
+        {
+            "source_matchers": ['alertname="AnomalyRateHigh"'],
+            "target_matchers": ['alertname="AnomalyDetected"'],
+            "equal": ["job"],
+        }
+    ]
+    exprs = {r["alert"]: r["expr"] for r in rules()}
+    assert exprs["AnomalyDetected"] == "max by (job, key) (anomaly_alert_active) == 1"
+    assert exprs["AnomalyRateHigh"] == "sum by (job) (increase(anomaly_alerts_opened_total[1h])) > 20"
     receivers = {r["name"]: r for r in cfg["receivers"]}
     assert receivers[route["receiver"]]["webhook_configs"][0]["url"].startswith("http")
     categories = {

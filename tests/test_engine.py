@@ -1430,6 +1430,29 @@ def test_a_partition_assigned_again_takes_its_checkpoints_clock_not_the_one_this
     assert e.process(nxt).evicted == [] and e.keys() == ["a"]
 
 
+def test_settings_difference_names_only_what_other_engine_settings_make_unrestorable(
+    bundle, window_bundle
+) -> None:
+    """What the daemon checks before it restores or writes anything: the restore's own words for a snapshot of
+    this model's dimensions that other [engine] settings cannot take, and None for one that restores (fields
+    added), another model's (its reset is intended) or an unreadable one (refused at the restore, as ever)."""
+    s = make_series("k", 40, len(bundle.features), seed=1)
+    dyn = Engine(bundle, EngineConfig(threshold="dynamic"))
+    dyn.process([Event(s.key, s.timestamps, s.values)])
+    static = Engine(bundle, EngineConfig(threshold="static"))
+    shorter = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=64))
+    for engine in (static, shorter):
+        with pytest.raises(StateError) as refused:
+            engine.restore(dyn.snapshot())
+        prefix = "snapshot state does not fit this engine: "
+        assert engine.settings_difference(dyn.snapshot()) == str(refused.value)[len(prefix) :]
+    assert dyn.settings_difference(static.snapshot()) is None  # static -> dynamic: fields added
+    assert dyn.settings_difference(dyn.snapshot()) is None
+    assert Engine(window_bundle, EngineConfig(threshold="static")).settings_difference(dyn.snapshot()) is None
+    assert static.settings_difference(b"not a snapshot") is None
+    assert static.settings_difference(dyn.snapshot()[:20]) is None
+
+
 def test_a_snapshot_that_does_not_fit_says_which_state_differs(bundle, window_bundle) -> None:
     """A checkpoint refused as bad_state printed both whole layouts (about 1.6 KB of JSON per partition) and never
     said what changed; now the differing fields or dimensions, and the settings that shape them."""
@@ -1461,3 +1484,22 @@ def test_a_snapshot_that_does_not_fit_says_which_state_differs(bundle, window_bu
         match=r"^snapshot state does not fit this engine: model dimensions differ \(.*window \d+ in the snapshot, \d+ here\): another model's state$",
     ):
         Engine(window_bundle, EngineConfig(threshold="dynamic")).restore(dyn.snapshot())
+
+
+@pytest.mark.parametrize(
+    ("threshold", "setting"),
+    [("dynamic", "dynamic_history"), ("spot", "spot_peaks"), ("dspot", "spot_depth")],
+)
+def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
+    bundle, threshold, setting
+) -> None:
+    """`dynamic_history = 100000000000` (a few zeros too many) ended replay and consume with numpy's allocation
+    traceback; the CLI prints a ConfigError as one line."""
+    from anomaly.errors import ConfigError
+
+    cfg = EngineConfig(threshold=threshold, **{setting: 100_000_000_000})
+    with pytest.raises(ConfigError) as info:
+        Engine(bundle, cfg)
+    message = str(info.value)
+    assert message.startswith("the engine's per-key state does not fit in memory (")
+    assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message

@@ -9,6 +9,7 @@ integration tests)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import types
@@ -251,6 +252,43 @@ def test_a_checkpoint_whose_topics_cannot_be_checked_is_postponed() -> None:
     assert _checkpointer(calls, delivery, tracker, verify=unanswered).checkpoint(engine) is False
     assert calls == ["verify"]
     assert tracker.dirty == {TPS[0]}  # written at the next checkpoint
+
+
+def test_checkpoints_postponed_in_a_row_are_logged_at_the_start_once_a_minute_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker outage postpones every checkpoint (every checkpoint_interval_s): one warning when it starts, at
+    most one a minute with how long checkpoints have been postponed, and one when a checkpoint completes again
+    (it logged "checkpoint postponed: ..." at every try and nothing when they completed again)."""
+    calls: list[Any] = []
+    answering = [False]
+    why = "cannot check the input, changelog and output topics at b:9092 (KafkaTimeoutError)"
+
+    def verify() -> None:
+        if not answering[0]:
+            raise KafkaError(why)
+
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    tracker.advance({TPS[0]: 11})
+    delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
+    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    checkpointer = _checkpointer(calls, delivery, tracker, verify=verify)
+    now = [0.0]
+    checkpointer.clock = lambda: now[0]
+    caplog.set_level(logging.WARNING, logger="anomaly.kafka.checkpoint")
+    for _ in range(16):  # a try every 10 s for 150 s
+        assert checkpointer.checkpoint(engine) is False
+        now[0] += 10.0
+    answering[0] = True
+    assert checkpointer.checkpoint(engine) is True
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint postponed: {why}",
+        f"checkpoints postponed for 60 s: {why}",
+        f"checkpoints postponed for 120 s: {why}",
+        "checkpoint completed after 160 s of postponed checkpoints",
+    ]
 
 
 def test_a_key_that_moved_partition_leaves_its_old_partitions_next_checkpoint() -> None:

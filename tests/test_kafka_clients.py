@@ -255,3 +255,55 @@ def test_every_compression_codec_a_producer_may_choose_can_be_read():
     assert codec.lz4_decode(codec.lz4_encode(payload)) == payload
     assert codec.snappy_decode(codec.snappy_encode(payload)) == payload
     assert codec.zstd_decode(codec.zstd_encode(payload)) == payload
+
+
+def test_a_broker_outage_is_logged_once_then_each_minute_then_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The readiness probe fails every second while the broker is away: one warning naming the operation, the
+    bootstrap address and the error's text, a reminder at most every minute with the outage's duration, and one
+    line when the broker answers again (the daemon logged "broker not answering: KafkaError" at every probe and
+    nothing when it came back)."""
+    now = [100.0]
+    outage = clients.BrokerOutage("kafka-0:9092", logging.getLogger("t"), repeat_s=60.0, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="t")
+    outage.answered()  # no outage: nothing to say
+    for _ in range(150):  # 150 s of failed probes, one a second
+        outage.failed(
+            "metadata request of the readiness probe", kerr.KafkaTimeoutError("no metadata in 2.0 s")
+        )
+        now[0] += 1.0
+    outage.answered()
+    outage.answered()
+    outage.failed(
+        "connecting the readiness probe", KafkaError("cannot reach Kafka at kafka-0:9092 (admin client)")
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "broker at kafka-0:9092 not answering (metadata request of the readiness probe): "
+            "KafkaTimeoutError: no metadata in 2.0 s",
+        ),
+        (
+            "WARNING",
+            "broker at kafka-0:9092 still not answering after 60 s (metadata request of the readiness probe): "
+            "KafkaTimeoutError: no metadata in 2.0 s",
+        ),
+        (
+            "WARNING",
+            "broker at kafka-0:9092 still not answering after 120 s (metadata request of the readiness probe): "
+            "KafkaTimeoutError: no metadata in 2.0 s",
+        ),
+        ("WARNING", "broker at kafka-0:9092 reachable again after 150 s"),
+        (
+            "WARNING",
+            "broker at kafka-0:9092 not answering (connecting the readiness probe): "
+            "cannot reach Kafka at kafka-0:9092 (admin client)",
+        ),
+    ]
+    # an error without text is named by its type; one whose text names its type is not named twice
+    assert clients.error_text(kerr.KafkaConnectionError()) == "KafkaConnectionError"
+    assert (
+        clients.error_text(kerr.RequestTimedOutError("Request timed out after 1999 ms"))
+        == "[Error 7] RequestTimedOutError: Request timed out after 1999 ms"
+    )

@@ -637,6 +637,93 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
 
 
+def _state_of_other_settings(daemon: Any, **engine: Any) -> bytes:
+    """A snapshot of the daemon's model, one key with an open alert, written by an engine with ``engine``."""
+    other = Engine(daemon.bundle, EngineConfig(**engine))
+    f = len(daemon.bundle.features)
+    other.process([Event("k", np.array([7.0]), np.zeros((1, f)))])
+    row = other.store.slots["k"]
+    arrays = other.store.arrays
+    arrays["alert_open"][row], arrays["alert_start"][row] = True, 3.0
+    arrays["alert_peak"][row], arrays["alert_thr"][row], arrays["last_anom_ts"][row] = 9.0, 2.0, 6.0
+    return other.snapshot(["k"])
+
+
+def test_a_checkpoint_of_other_state_shaping_settings_stops_the_restore_before_anything_is_written(
+    bundle_path,
+):
+    """A restart with `dynamic` turned back to `static` (or another dynamic_history) restored nothing: every
+    partition's keys started fresh (bad_state), their open alerts never closed, and the start's claims replaced
+    the checkpoints, so rolling the setting back did not bring the state back. Now the restore stops with one
+    line naming what differs and how to go on, before any claim; another model's state still starts fresh."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, IncompatibleStateError
+
+    daemon = Daemon(build_config({"engine": {"threshold": "static"}}), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    daemon.changelog = SimpleNamespace(owner=SimpleNamespace(model=mine))
+    state = _state_of_other_settings(daemon, threshold="dynamic")
+    checkpoints = {
+        f"in:{p}": Checkpoint(f"in:{p}", 5, state, 1, 1, mine if p < 5 else "another-model") for p in range(6)
+    }
+    checkpoints["in:9"] = Checkpoint("in:9", None, b"", 0, 1, mine)  # a claim without state
+
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings(checkpoints)
+    fields = [n for n, *_ in daemon.engine.store.layout.extra]
+    theirs = [n for n, *_ in Engine(daemon.bundle, EngineConfig(threshold="dynamic")).store.layout.extra]
+    lacking = "; ".join(f"field {n} is not kept here" for n in theirs if n not in fields)
+    assert (
+        lacking
+        == "field hist is not kept here; field pushed is not kept here; field dyn_doubt is not kept here"
+    )
+    assert str(caught.value) == (
+        f"cannot restore the state of 5 partition(s) (in:0, in:1, in:2, in:3 and 1 more): {lacking} (the "
+        "[engine] settings that shape per-key state differ from the ones it was written with: threshold kind, "
+        "dynamic_history, spot_init, spot_peaks, spot_depth, or a level-shift or stuck-sensor policy). Nothing "
+        "was restored or written: roll those settings back (or run the anomaly version that wrote it) to "
+        "continue with that state, or start once with --reset-state to discard it (those keys start fresh from "
+        "the committed offsets, their open alerts closed with reason evicted)"
+    )
+    daemon._refuse_other_settings({"in:5": checkpoints["in:5"], "in:9": checkpoints["in:9"]})  # no error
+    fits = daemon.engine.snapshot([], domain="in:0")
+    daemon._refuse_other_settings({"in:0": Checkpoint("in:0", 5, fits, 0, 1, mine)})
+
+
+def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
+    """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
+    counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import Alert
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    metrics = PipelineMetrics()
+    cfg = build_config({"engine": {"threshold": "static"}})
+    daemon = Daemon(cfg, str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    daemon.changelog = SimpleNamespace(owner=SimpleNamespace(model=mine))
+    state = _state_of_other_settings(daemon, threshold="dynamic", dynamic_history=64)
+    checkpoint = Checkpoint("in:0", 5, state, 1, 1, mine)
+
+    daemon._refuse_other_settings({"in:0": checkpoint})  # no error: discarded at the restore
+    assert daemon._restore_one("in:0", checkpoint) is None
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 1.0}
+    version = daemon.bundle.version
+    assert daemon._retired == [
+        Alert("k@3000", "k", "closed", 3.0, 6.0, 7.0, 9.0, 2.0, version, [], "evicted")
+    ]
+    assert daemon.engine.keys() == []
+
+
 def test_a_reload_asked_for_while_the_model_file_is_missing_is_logged_and_counted(
     tmp_path, bundle_path, caplog
 ):

@@ -500,6 +500,60 @@ def test_alerts_restored_from_a_checkpoint_get_their_per_key_series(bundle) -> N
     assert value(metrics, "anomaly_alert_active", {"key": "pump-2"}) == 1.0
 
 
+def test_beyond_the_label_cap_a_restart_labels_the_same_oldest_alerts(bundle) -> None:
+    """More open alerts than alert_label_cap: which keys get anomaly_alert_active is the cap's oldest alerts (by
+    start, then key), in the running daemon and after a restart alike. The per-key series went to the first keys
+    with a free slot while running, and after a restore to the first in the engine's LRU order, so a restart
+    labelled other keys: Prometheus saw alerts resolve and fire again (pages) for keys whose alert never changed."""
+    from anomaly.config import EngineConfig
+    from anomaly.engine import Engine, Event
+    from tests.helpers import make_series
+
+    cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, alert_open_after=3)
+    values = bundle.scaler.mean + np.zeros((64, len(bundle.features))) + 60 * bundle.scaler.scale
+    first = Engine(bundle, cfg)
+    metrics = PipelineMetrics(CollectorRegistry(), alert_label_cap=2)
+    # pump-c opens first (the oldest alert), then pump-a, then pump-b; pump-c's later readings make it the most
+    # recently used key (the engine's LRU order is a, b, c).
+    for key, start in (("pump-c", 0.0), ("pump-a", 100.0), ("pump-b", 200.0)):
+        s = make_series(key, 64, len(bundle.features), seed=5, start=start)
+        out = first.process([Event(key, s.timestamps, values)])
+        assert [a.status for a in out.alerts] == ["open"]
+        metrics.observe(out, Batch([]), first, now=0.0)
+    s = make_series("pump-c", 64, len(bundle.features), seed=5, start=64.0)
+    metrics.observe(first.process([Event("pump-c", s.timestamps, values)]), Batch([]), first, now=0.0)
+
+    def labelled(m: PipelineMetrics) -> list[str]:
+        return sorted(
+            k for k in ("pump-a", "pump-b", "pump-c") if value(m, "anomaly_alert_active", {"key": k})
+        )
+
+    assert labelled(metrics) == ["pump-a", "pump-c"]
+    assert value(metrics, "anomaly_alert_labels_dropped_total") == 1.0
+
+    restored = Engine(bundle, cfg)  # the next process, restoring the same open alerts
+    restored.restore(first.snapshot())
+    again = PipelineMetrics(CollectorRegistry(), alert_label_cap=2)
+    again.observe(EngineOutput(), Batch([]), restored, now=0.0)
+    assert labelled(again) == ["pump-a", "pump-c"]
+    assert value(again, "anomaly_alerts_active") == 3.0
+    assert restored.alerting_keys() == first.alerting_keys() == ["pump-c", "pump-a", "pump-b"]  # oldest first
+
+    # pump-a's partition revoked: its key dropped without a close event, and the open count (2) still fills the
+    # cap, so no count tells: its series goes all the same, and the oldest alert without one takes the slot
+    restored.drop(["pump-a"])
+    again.observe(EngineOutput(), Batch([]), restored, now=0.0)
+    assert labelled(again) == ["pump-b", "pump-c"]
+    # a newer alert gets no series while the cap is full, and takes none from an alert that has one
+    s = make_series("pump-d", 64, len(bundle.features), seed=5, start=300.0)
+    out = restored.process([Event("pump-d", s.timestamps, values)])
+    assert [a.status for a in out.alerts] == ["open"]
+    again.observe(out, Batch([]), restored, now=0.0)
+    assert labelled(again) == ["pump-b", "pump-c"]
+    assert value(again, "anomaly_alert_active", {"key": "pump-d"}) is None
+    assert value(again, "anomaly_alert_labels_dropped_total") == 1.0
+
+
 def test_the_help_of_window_metrics_says_what_they_count() -> None:
     """/metrics HELP as README "Monitoring" says: the default model is a forecaster scored on arrival, so these
     count report windows (short ones at gaps too) and forecast errors; the HELP said "Full windows",

@@ -91,7 +91,8 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     "--max-poll-records",
     type=click.IntRange(min=1),
     default=None,
-    help="Messages per poll (one engine batch).  [default: 2000]",
+    help="Messages per poll; one engine batch may take several polls of records already fetched (up to "
+    "kafka.max_batch_bytes and kafka.max_batch_ms).  [default: 2000]",
 )
 @click.option(
     "--max-poll-interval-ms",
@@ -134,6 +135,15 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     default=None,
     help="On clean shutdown, write the engine state snapshot here.  [default: none]",
 )
+@click.option(
+    "--reset-state",
+    is_flag=True,
+    help="Discard checkpointed state written with other [engine] settings that shape per-key state (threshold "
+    "kind, dynamic_history, spot_*, policies): those keys start fresh, open alerts closed (reason evicted). "
+    "Without it the daemon refuses to start on such state, writing nothing, so rolling the settings back "
+    "restores it. It holds for every restore of this run (the partitions it is assigned later too): drop it "
+    "once the state is reset.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log rebalances, checkpoints and reloads.")
 @one_line_errors
 def consume_cmd(
@@ -158,6 +168,7 @@ def consume_cmd(
     bootstrap_timeout,
     shutdown_timeout,
     state_out,
+    reset_state,
     verbose,
 ) -> None:
     """Run the scoring daemon: consume sensor messages from Kafka, score them, produce alerts.
@@ -217,6 +228,7 @@ def consume_cmd(
                 bootstrap_timeout_s=bootstrap_timeout,
                 shutdown_timeout_s=shutdown_timeout,
                 state_out=state_out,
+                reset_state=reset_state,
             ),
         )
         daemon.connect()  # fails fast, with one line, before anything is printed

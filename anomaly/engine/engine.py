@@ -49,6 +49,7 @@ from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
+from anomaly.errors import ConfigError
 from anomaly.thresholds import ALERT_LENGTH
 
 __all__ = ["Engine", "alert_id"]
@@ -87,8 +88,24 @@ class Engine:
         self.domains: dict[str, int] = {"": 0}
         self.clocks = np.full(1, -math.inf)
         self._use(bundle)
-        self.store = StateStore(self._layout())
+        self.store = self._first_store()
         self._wire()
+
+    def _first_store(self) -> StateStore:
+        """The state store, or ConfigError naming the settings when its first rows do not fit in memory
+        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback)."""
+        layout = self._layout()
+        try:
+            return StateStore(layout)
+        except MemoryError:
+            per_key = sum(
+                math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
+            )
+            sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+            raise ConfigError(
+                f"the engine's per-key state does not fit in memory ({per_key / 2**30:,.1f} GiB a key): "
+                f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+            ) from None
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -224,9 +241,26 @@ class Engine:
         return list(self.store.slots)
 
     def alerting_keys(self) -> list[str]:
-        """The keys held with an open alert (``active_alerts`` of them), least recently used first."""
-        is_open = self.store.arrays["alert_open"]
-        return [key for key, row in self.store.slots.items() if is_open[row]]
+        """The keys held with an open alert (``active_alerts`` of them), oldest alert first: by the alert's start
+        (the event time in its id, kept in snapshots), then by key. The order depends on the open alerts only, not
+        on how the keys came to be held (restore order, use), so a restarted process lists them alike."""
+        a = self.store.arrays
+        rows = np.flatnonzero(a["alert_open"])
+        if not len(rows):
+            return []
+        # an open alert always has a start; were one NaN, it would sort last (by key) instead of breaking the order
+        start = dict(zip(rows.tolist(), a["alert_start"][rows].tolist(), strict=True))
+        found = [
+            (start[row] != start[row], 0.0 if start[row] != start[row] else start[row], key)
+            for key, row in self.store.slots.items()
+            if row in start
+        ]
+        return [key for *_, key in sorted(found)]
+
+    def alert_open(self, key: str) -> bool:
+        """Whether ``key`` is held with an open alert (False for a key not held)."""
+        row = self.store.slots.get(key)
+        return row is not None and bool(self.store.arrays["alert_open"][row])
 
     def drop(self, keys: Iterable[str]) -> int:
         return self.store.drop(keys)
@@ -263,6 +297,11 @@ class Engine:
                 by_id = list(self.domains)
                 meta["key_domains"] = [by_id[i] for i in ids.tolist()]
         return self.store.snapshot(names, meta)
+
+    def settings_difference(self, data: bytes) -> str | None:
+        """What differs when a snapshot of this model's dimensions does not restore for other [engine] settings
+        that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
+        return self.store.settings_difference(data)
 
     def restore(self, data: bytes, domain: str | None = None) -> list[str]:
         """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves

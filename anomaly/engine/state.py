@@ -69,6 +69,10 @@ class Layout:
     n_features: int
     extra: tuple[tuple[str, tuple[int, ...], str, str], ...] = ()
 
+    def dims(self) -> tuple[int, int, int, int]:
+        """The model's dimensions: (num_layers, hidden, window, n_features)."""
+        return self.num_layers, self.hidden, self.window, self.n_features
+
     def fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
         L, H, W, F = self.num_layers, self.hidden, self.window, self.n_features
         out = {
@@ -360,6 +364,36 @@ class StateStore:
                 self.arrays[name][row] = arr[i]
         return keys
 
+    def settings_difference(self, data: bytes) -> str | None:
+        """What differs, in words, when a snapshot of this store's model dimensions does not restore here because
+        the [engine] settings that shape per-key state (threshold kind, its sizes, the policies) differ from the
+        ones it was written with; else None: it restores, or it is another model's state (other dimensions), or
+        it cannot be read (:meth:`restore` refuses those two as ever). Reads the header only, so the daemon can
+        check every assigned partition's checkpoint before it restores or writes anything."""
+        try:
+            if data[:4] != MAGIC:
+                return None
+            (n,) = struct.unpack("<I", data[4:8])
+            header = json.loads(data[8 : 8 + n])
+            if header.get("format") != FORMAT:
+                return None
+            layout = Layout.from_json(header["layout"])
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+            return None
+        if layout.dims() != self.layout.dims():
+            return None
+        return self._misfit(layout)
+
+    def _misfit(self, layout: Layout) -> str | None:
+        """Why state of `layout` does not restore here (see :meth:`_added_fields`), in words; None when it does."""
+        mine = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in self.layout.extra}
+        theirs = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in layout.extra}
+        if layout.dims() != self.layout.dims() or any(
+            mine.get(name) != spec for name, spec in theirs.items()
+        ):
+            return _layout_difference(layout, self.layout)
+        return None
+
     def _added_fields(self, layout: Layout) -> tuple[str, ...]:
         """The extra fields this store has and a snapshot of `layout` lacks. A snapshot restores when its layout
         is this store's, or this store's minus some extra fields (written by an engine from before a field
@@ -369,15 +403,11 @@ class StateStore:
         is a StateError."""
         if layout == self.layout:
             return ()
-        mine = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in self.layout.extra}
-        theirs = {name: (tuple(shape), dtype, fill) for name, shape, dtype, fill in layout.extra}
-        dims = (layout.num_layers, layout.hidden, layout.window, layout.n_features)
-        own = (self.layout.num_layers, self.layout.hidden, self.layout.window, self.layout.n_features)
-        if dims != own or any(mine.get(name) != spec for name, spec in theirs.items()):
-            raise StateError(
-                f"snapshot state does not fit this engine: {_layout_difference(layout, self.layout)}"
-            )
-        added = tuple(name for name in mine if name not in theirs)
+        misfit = self._misfit(layout)
+        if misfit is not None:
+            raise StateError(f"snapshot state does not fit this engine: {misfit}")
+        theirs = {name for name, _, _, _ in layout.extra}
+        added = tuple(name for name, _, _, _ in self.layout.extra if name not in theirs)
         if added not in _REPORTED_ADDED:
             _REPORTED_ADDED.add(added)
             log.warning(

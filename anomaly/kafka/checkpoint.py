@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 # Raw state a transactional checkpoint hands to the helper thread to compress and send (beyond it the rest is
 # compressed on the loop thread as before): the snapshots wait there uncompressed, about 5x their stored size.
 DEFER_BYTES = 64 << 20
+# A checkpoint postponed again and again (the broker away) is logged when it starts, then at most this often.
+POSTPONED_REPEAT_S = 60.0
 
 
 class FinalCheckpointError(KafkaError):
@@ -198,6 +200,11 @@ class KafkaCheckpointer:
         self.last = time.monotonic()
         self.checkpoints = 0
         self.postponed_by: KafkaError | None = None  # why the last checkpoint was postponed
+        # checkpoints postponed in a row (a broker outage): logged when it starts, at most once a
+        # POSTPONED_REPEAT_S after, and when a checkpoint completes again (monotonic times; ``clock`` for tests)
+        self.clock: Callable[[], float] = time.monotonic
+        self._postponed_since: float | None = None
+        self._postponed_logged = 0.0
         self.requested = False  # the next batch checkpoints whatever the interval (see :meth:`request`)
 
     def request(self) -> None:
@@ -315,6 +322,7 @@ class KafkaCheckpointer:
             state_cpu_s += time.thread_time() - c1
 
         def done(finished: float) -> None:
+            self._completed()
             if self.metrics is not None:
                 at = time.time() - (time.monotonic() - finished)
                 self.metrics.checkpoint_done(
@@ -334,11 +342,23 @@ class KafkaCheckpointer:
         return ok
 
     def _postponed(self, exc: KafkaError) -> bool:
-        log.warning("checkpoint postponed: %s", exc)
+        now = self.clock()
+        if self._postponed_since is None:
+            self._postponed_since = self._postponed_logged = now
+            log.warning("checkpoint postponed: %s", exc)
+        elif now - self._postponed_logged >= POSTPONED_REPEAT_S:
+            self._postponed_logged = now
+            log.warning("checkpoints postponed for %.0f s: %s", now - self._postponed_since, exc)
         self.postponed_by = exc
         if self.on_health is not None:
             self.on_health(False)
         return False
+
+    def _completed(self) -> None:
+        since = self._postponed_since
+        if since is not None:
+            self._postponed_since = None
+            log.warning("checkpoint completed after %.0f s of postponed checkpoints", self.clock() - since)
 
     def _held_by_partition(self, engine: Any, chosen: set[TopicPartition]) -> dict[TopicPartition, list[str]]:
         """The keys the engine holds on each chosen partition, least recently used first: a restore then

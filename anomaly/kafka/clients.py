@@ -19,7 +19,7 @@ import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from anomaly.config import KafkaConfig
+from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS, KafkaConfig
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError
 
@@ -98,6 +98,61 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
                 out[name] = path
         out["ssl_check_hostname"] = True
     return out
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as a log line should name it: its type and its text. kafka-python's errors often carry no
+    text (the type says it all); this package's :class:`KafkaError` lines already say what failed, where."""
+    kind = type(exc).__name__
+    text = str(exc).strip()
+    if not text or text == kind:
+        return kind
+    return text if isinstance(exc, KafkaError) or kind in text else f"{kind}: {text}"
+
+
+class BrokerOutage:
+    """What one caller logs of a broker outage: one warning when the broker stops answering (the operation that
+    failed, the bootstrap address, the error), at most one more every ``repeat_s`` seconds with the outage's
+    duration so far, and one line when it answers again, with the outage's duration. Logged as warnings: the
+    daemon shows warnings only without ``-v``, and the end of an outage belongs where its start was shown."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        logger: logging.Logger = log,
+        repeat_s: float = 60.0,
+        clock: typing.Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.log = logger
+        self.repeat_s = repeat_s
+        self.clock = clock
+        self.since: float | None = None  # monotonic start of the outage; None while the broker answers
+        self._logged = 0.0
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since = self._logged = now
+            self.log.warning(
+                "broker at %s not answering (%s): %s", self.bootstrap, operation, error_text(exc)
+            )
+        elif now - self._logged >= self.repeat_s:
+            self._logged = now
+            self.log.warning(
+                "broker at %s still not answering after %.0f s (%s): %s",
+                self.bootstrap,
+                now - self.since,
+                operation,
+                error_text(exc),
+            )
+
+    def answered(self) -> None:
+        if self.since is not None:
+            self.log.warning(
+                "broker at %s reachable again after %.0f s", self.bootstrap, self.clock() - self.since
+            )
+            self.since = None
 
 
 def _fail(what: str, cfg: KafkaConfig, exc: Exception) -> KafkaError:
@@ -187,6 +242,7 @@ def make_consumer(
             group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            request_timeout_ms=CONSUMER_REQUEST_TIMEOUT_MS,  # above fetch_max_wait_ms (the config checks it)
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),

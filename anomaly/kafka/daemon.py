@@ -9,7 +9,9 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   or when its cleanup policy is not compact, the transactional producer initialised — else one
   :class:`KafkaError`;
 * assignment: each assigned partition's state is restored from the changelog (only a record of this group and a
-  compatible model; otherwise its keys start fresh from the group's committed offset), the consumer seeks past
+  compatible model; otherwise its keys start fresh from the group's committed offset; a checkpoint of this model
+  written with other [engine] settings that shape per-key state stops the daemon before it writes anything,
+  :class:`IncompatibleStateError`, unless ``reset_state`` discards it as another model's), the consumer seeks past
   the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's
   late checkpoints (older epoch) are ignored by every later restore; ``/readyz`` turns ready once that is done
   and the broker answers;
@@ -135,6 +137,14 @@ class DaemonOptions:
     trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
     trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
+    # discard checkpoints written with other [engine] settings that shape per-key state (else: refuse to run)
+    reset_state: bool = False
+
+
+class IncompatibleStateError(AnomalyError):
+    """Checkpoints of this model written with other [engine] settings that shape per-key state, met without
+    ``--reset-state``: the daemon stops before it restores or writes anything (status 2), so rolling the settings
+    back restores that state."""
 
 
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
@@ -526,12 +536,7 @@ class Daemon:
         reported as a short window, open alerts closed with reason ``evicted`` under the model that opened them)
         go to the sinks, so no alert is left open forever on the alerts topic (where `retrain` would leave the
         key's readings out from its start on) and no decided reading goes unreported."""
-        engine = self.engine
-        batch = Batch(events=[])
-        for sink in self.sinks:
-            sink.write(out, batch)
-        if self.metrics is not None:  # its closes and windows counted as the sinks have them; no keys held
-            self.metrics.observe(out, batch, engine, time.time())
+        self._emit(out)
         closed = sum(1 for a in out.alerts if a.status == "closed")
         if out.evicted:
             log.warning(
@@ -539,6 +544,16 @@ class Daemon:
                 len(out.evicted),
                 closed,
             )
+
+    def _emit(self, out: EngineOutput) -> None:
+        """Output made outside the loop (the keys a resetting reload retired, the open alerts of state a restore
+        refused) to the sinks and /metrics, as the loop's own: its closes count in anomaly_alerts_closed_total
+        and its windows in the window counts; no batch of messages goes with it."""
+        batch = Batch(events=[])
+        for sink in self.sinks:
+            sink.write(out, batch)
+        if self.metrics is not None:
+            self.metrics.observe(out, batch, self.engine, time.time())
 
     # --- rebalances ------------------------------------------------------------------------------------------
 
@@ -604,6 +619,7 @@ class Daemon:
             self._fence(writers, fenced)
         checkpoints = self.changelog.read(by_pid)
         self._refuse_other_input(checkpoints)
+        self._refuse_other_settings(checkpoints)
         for pid, group in sorted(self.changelog.foreign.items()):
             log.warning(
                 "changelog record of %s written by group %s ignored (not this group's state)", pid, group
@@ -635,10 +651,7 @@ class Daemon:
                 self.changelog.write(pid, None, b"", 0, epoch)
         if self._retired:  # in the claims' transaction: the refused state and its open alerts end together
             out, self._retired = EngineOutput(alerts=self._retired), []
-            for sink in self.sinks:
-                sink.write(out, Batch(events=[]))
-            if self.metrics is not None:  # closes on the alerts topic count in anomaly_alerts_closed_total
-                self.metrics.observe(out, Batch(events=[]), self.engine, time.time())
+            self._emit(out)
         if by_pid:  # claims and the restored positions committed now: an open transaction on the changelog
             self.delivery.flush()  # holds back every other member's restore (read_committed stops at it)
             self.checkpointer.commit(by_pid.values(), wait=not seek)
@@ -721,6 +734,36 @@ class Daemon:
                 f"topic (kafka-topics --delete --topic {changelog}) and restart"
             )
 
+    def _refuse_other_settings(self, checkpoints: Mapping[str, Any]) -> None:
+        """IncompatibleStateError, unless ``reset_state``, for checkpoints of this model written with other
+        [engine] settings that shape per-key state (threshold kind, its sizes, a policy): restoring them is
+        impossible, and starting their keys fresh would lose every key's calibration and open alerts for good
+        (this start's claims and checkpoints would replace them). As Kafka Streams refuses incompatible state
+        until an application reset, the daemon stops instead, before any claim is written: the changelog and the
+        committed offsets stay as they were, and a start with the settings rolled back restores them. Met at a
+        later assignment (a member with other settings checkpointed the partition: a rolling deploy), the same
+        error stops this member; its own partitions were checkpointed at their revocation. Another model's state
+        is not this: a model change resets state by design (refused as ``incompatible_model`` at the restore)."""
+        if self.opts.reset_state:
+            return
+        misfits: dict[str, str] = {}
+        for pid, cp in sorted(checkpoints.items()):
+            if cp.offset is None or (cp.model and cp.model != self.changelog.owner.model):
+                continue
+            difference = self.engine.settings_difference(cp.snapshot)
+            if difference is not None:
+                misfits[pid] = difference
+        if not misfits:
+            return
+        pids = list(misfits)
+        shown = ", ".join(pids[:4]) + (f" and {len(pids) - 4} more" if len(pids) > 4 else "")
+        raise IncompatibleStateError(
+            f"cannot restore the state of {len(pids)} partition(s) ({shown}): {misfits[pids[0]]}. Nothing was "
+            "restored or written: roll those settings back (or run the anomaly version that wrote it) to "
+            "continue with that state, or start once with --reset-state to discard it (those keys start fresh "
+            "from the committed offsets, their open alerts closed with reason evicted)"
+        )
+
     def _rotate(self, force: bool = False) -> None:
         """A fresh transactional id for this assignment, so a member that takes partitions from us later fences
         only our old producer (not the one now writing the partitions we keep or get). ``force``: the producer
@@ -760,9 +803,15 @@ class Daemon:
             return None
         try:
             return self.engine.restore(cp.snapshot, domain=pid)
-        except StateError as exc:
+        except StateError as exc:  # other [engine] settings get here only with --reset-state
+            closes = retired_alerts(cp.snapshot)
+            self._retired.extend(closes)
             log.error(
-                "state of %s not restored (%s); its keys start fresh from the committed offset", pid, exc
+                "state of %s not restored (%s); its keys start fresh from the committed offset (%d open alert(s) "
+                "closed, reason evicted)",
+                pid,
+                exc,
+                len(closes),
             )
             self._count_refusal("bad_state")
             return None
@@ -778,18 +827,23 @@ class Daemon:
             self.identity.check(self.admin)
         except (kerr.KafkaError, OSError) as exc:
             raise KafkaError(
-                f"cannot check the input, changelog and output topics ({type(exc).__name__})"
+                f"cannot check the input, changelog and output topics at {self.cfg.kafka.bootstrap_servers} "
+                f"({clients.error_text(exc)})"
             ) from None
 
     # --- health ----------------------------------------------------------------------------------------------
 
     def _probe(self) -> None:
         probe = None
+        outage = clients.BrokerOutage(self.cfg.kafka.bootstrap_servers, log)  # its start, repeats, end
         while not self.stop.is_set():
+            operation = "connecting the readiness probe"
             try:
                 if probe is None:
                     probe = clients.make_admin(self.cfg.kafka, self.opts.probe_interval_s * 3, 2000)
+                operation = "metadata request of the readiness probe"
                 self.identity.check(probe)  # a metadata request: the broker answers, the topics are the same
+                outage.answered()
                 self._set_broker_ok(True)
             except TopicChangedError as exc:  # raised by the loop thread after its next poll (its one line)
                 if self._fatal is None:
@@ -797,7 +851,7 @@ class Daemon:
                 self._set_broker_ok(False)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
-                log.warning("broker not answering: %s", type(exc).__name__)
+                outage.failed(operation, exc)
                 self._set_broker_ok(False)
                 if probe is not None:
                     probe.close()
@@ -907,10 +961,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def retired_alerts(snapshot: bytes) -> list[Alert]:
-    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture),
-    closed as an evicted key's are (reason ``evicted``, at the event time the state had reached, under the model
-    version that opened them; no top features, which need that model's feature names). Before, they were dropped
-    with the state and stayed open forever on the alerts topic. A snapshot that cannot be read closes none."""
+    """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture,
+    or with other state-shaping [engine] settings and discarded by ``--reset-state``), closed as an evicted key's
+    are (reason ``evicted``, at the event time the state had reached, under the model version that opened them; no
+    top features, which need that model's feature names). Before, they were dropped with the state and stayed open
+    forever on the alerts topic. A snapshot that cannot be read closes none."""
     try:
         header, arrays = StateStore.read_snapshot(snapshot)
         meta = header.get("meta", {})

@@ -116,8 +116,10 @@ class Expected:
     engine: Engine
 
 
-def replay_expected(bundle: Bundle, series: Sequence[Series], batch_readings: int = 97) -> Expected:
-    engine = Engine(bundle, EngineConfig(threshold="static"))
+def replay_expected(
+    bundle: Bundle, series: Sequence[Series], batch_readings: int = 97, config: EngineConfig | None = None
+) -> Expected:
+    engine = Engine(bundle, config or EngineConfig(threshold="static"))
     outs: list[EngineOutput] = []
     run(engine, merged_batches(series, batch_readings), [], on_batch=lambda b, o: outs.append(o))
     windows = {
@@ -348,11 +350,13 @@ class KafkaEnv:
             )
         return set(seen)
 
-    def changelog_state(self, topic: str, bundle: Bundle, group: str | None = None) -> Engine:
-        """A fresh engine restored from the latest checkpoint of every source partition, chosen as the daemon
-        chooses (highest owner epoch; of ``group`` when given)."""
+    def changelog_state(
+        self, topic: str, bundle: Bundle, group: str | None = None, config: EngineConfig | None = None
+    ) -> Engine:
+        """A fresh engine (``config``, else the static threshold) restored from the latest checkpoint of every
+        source partition, chosen as the daemon chooses (highest owner epoch; of ``group`` when given)."""
         heads, chunks, _ = latest_records(self.read(topic), lambda pid: True, group)
-        engine = Engine(bundle, EngineConfig(threshold="static"))
+        engine = Engine(bundle, config or EngineConfig(threshold="static"))
         for pid, (head, payload) in heads.items():
             if head["chunks"]:
                 payload = b"".join(chunks[f"{pid}/{head['gen']}/{i}"] for i in range(head["chunks"]))

@@ -1,6 +1,6 @@
 """The daemon on a shared cluster (real Tansu broker): consumer groups side by side, a changelog shared by
-configuration, an incompatible model, a paused zombie, kill -9 during rebalances, dead letters that do not fit,
-topic auto-creation and auto_offset_reset."""
+configuration, an incompatible model, state of other [engine] settings, a paused zombie, kill -9 during
+rebalances, dead letters that do not fit, topic auto-creation and auto_offset_reset."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from anomaly.bundle import Bundle, load_bundle, save_bundle
-from anomaly.config import DataConfig, ModelConfig, TrainConfig
+from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import load_series
 from anomaly.kafka.changelog import Owner, decode_record, encode_header, model_fingerprint
 from anomaly.metrics import RESTORE_REFUSALS
@@ -154,6 +154,159 @@ def test_state_of_an_incompatible_model_is_refused_and_the_input_position_kept(
     expected = replay_expected(other, second)  # fresh keys from the committed offset on
     got = {k: w for k, w in kafka_env.windows(names.scores).items() if w["model_version"] == other.version}
     assert got == expected.windows and len(got) > 0
+
+
+DYNAMIC = {
+    "ANOMALY_ENGINE_THRESHOLD": "dynamic"
+}  # keeps per-key state that `static` (the tests' default) lacks
+
+
+def _records(kafka_env, topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    return [(r.partition, r.offset, r.key, r.value) for r in kafka_env.read(topic)]
+
+
+def _refusal(partitions: str) -> str:
+    return (
+        f"error: cannot restore the state of {partitions}: field hist is not kept here; field pushed is not "
+        "kept here; field dyn_doubt is not kept here (the [engine] settings that shape per-key state differ from "
+        "the ones it was written with: threshold kind, dynamic_history, spot_init, spot_peaks, spot_depth, or a "
+        "level-shift or stuck-sensor policy). Nothing was restored or written: roll those settings back (or run "
+        "the anomaly version that wrote it) to continue with that state, or start once with --reset-state to "
+        "discard it (those keys start fresh from the committed offsets, their open alerts closed with reason "
+        "evicted)"
+    )
+
+
+def test_a_restart_with_other_state_shaping_settings_stops_and_the_rollback_restores_the_state(
+    kafka_env, stream, tiny_model
+):
+    """`dynamic` turned back to `static` by mistake: the restart started every key fresh (bad_state), and its
+    claims and checkpoints replaced the old ones, so rolling the setting back lost every key's state for good.
+    Now it stops with one line (status 2) before it writes anything; the restart with `dynamic` again
+    continues as if the refused start had never happened."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends, env=DYNAMIC)
+    changelog, committed = _records(kafka_env, names.changelog), kafka_env.committed(names.group, names.input)
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+
+    refused, _ = kafka_env.start(names, *FAST)  # threshold static
+    assert refused.wait(60) == 2
+    errors = [line for line in kafka_env.logs[-1].read_text().splitlines() if line.startswith("error:")]
+    assert errors == [_refusal(f"2 partition(s) ({names.input}:0, {names.input}:1)")]
+    assert _records(kafka_env, names.changelog) == changelog
+    assert kafka_env.committed(names.group, names.input) == committed
+
+    log = _run_to(kafka_env, names, ends, env=DYNAMIC)
+    assert "restored 2 from the changelog" in log
+    dynamic = EngineConfig(threshold="dynamic")
+    expected = replay_expected(bundle, series, config=dynamic)
+    same_state(kafka_env.changelog_state(names.changelog, bundle, config=dynamic), expected.engine)
+    assert kafka_env.windows(names.scores) == expected.windows
+    assert kafka_env.alert_ids(names.alerts) == expected.alert_ids
+
+
+def test_reset_state_starts_the_keys_of_other_settings_fresh_from_the_committed_offset(
+    kafka_env, stream, tiny_model
+):
+    """--reset-state: what a restart with other state-shaping settings did before, asked for."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends, env=DYNAMIC)
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+    log, refused = _run_counting_refusals(kafka_env, names, ends, "--reset-state")
+
+    assert (
+        log.count("not restored (snapshot state does not fit this engine: field hist is not kept here") == 2
+    )
+    assert refused == {"other_group": 0, "incompatible_model": 0, "bad_state": 2}
+    assert f"stopped: {sum(len(s) for s in second)} messages" in log  # every new message, none skipped
+    before = replay_expected(bundle, first, config=EngineConfig(threshold="dynamic"))
+    after = replay_expected(bundle, second)  # fresh keys from the committed offset on
+    assert kafka_env.windows(names.scores) == {**before.windows, **after.windows}
+    assert len(after.windows) > 0
+    same_state(kafka_env.changelog_state(names.changelog, bundle), after.engine)
+
+
+def test_reset_state_closes_the_open_alerts_of_the_state_it_discards(kafka_env, stream, tiny_model):
+    """The discarded state's open alerts are closed at the restore (reason evicted, the version that opened
+    them), as another model's are: before, a refused state's alerts stayed open for ever on the alerts topic."""
+    _, series = stream
+    _, bundle = tiny_model
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(bundle, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(bundle, first).alert_ids
+    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    names = kafka_env.names(partitions=2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    assert {(i, s) for i, s in kafka_env.alert_ids(names.alerts) if i in open_ids} == {
+        (i, "open") for i in open_ids
+    }
+
+    # no limit on an alert's readings: each key no longer counts them (one per-key field less)
+    no_limit = {"ANOMALY_ENGINE_PARTIAL_SHIFT_READINGS": "0"}
+    proc, port = kafka_env.start(names, *FAST, "--reset-state", env=no_limit)
+    wait_for(lambda: http_status(port, "/readyz") == 200, 60, "the daemon ready")
+    closed = {
+        a["id"]: a
+        for a in map(json.loads, (r.value for r in kafka_env.read(names.alerts)))
+        if a["status"] == "closed" and a["id"] in open_ids
+    }
+    assert set(closed) == open_ids and len(open_ids) > 0
+    assert {(a["reason"], a["model_version"]) for a in closed.values()} == {("evicted", bundle.version)}
+    assert metric(port, "anomaly_alerts_closed_total") == len(open_ids)
+    assert metric(port, "anomaly_restore_refused_total", '{reason="bad_state"}') == 2
+    assert terminate(proc) == 0
+
+
+def test_a_member_assigned_state_of_other_settings_mid_run_stops_without_writing(
+    kafka_env, stream, tiny_model
+):
+    """A rolling deploy of a state-shaping setting: member B (`dynamic`) checkpoints a partition that member A
+    (`static`) is assigned back when B leaves. A cannot continue that state, so it stops with the start-up's
+    error line (status 2), writing nothing for it; its own partition was checkpointed at the revocation."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    parts = segments(series, 3)
+    ends = kafka_env.produce(names.input, parts[0], bundle.features)
+    a, port_a = kafka_env.start(names, *FAST, log_name="a")
+    kafka_env.wait_committed(names.group, names.input, ends)
+    b, port_b = kafka_env.start(names, *FAST, log_name="b", env=DYNAMIC)
+    wait_for(
+        lambda: http_status(port_a, "/readyz") == 200 and http_status(port_b, "/readyz") == 200,
+        60,
+        "A and B with a partition each",
+    )
+    ends = _merge(ends, kafka_env.produce(names.input, parts[1], bundle.features))
+    kafka_env.wait_committed(names.group, names.input, ends)
+    assert terminate(b) == 0  # its final checkpoint has the dynamic threshold's fields
+    assert a.wait(60) == 2
+    errors = [line for line in kafka_env.logs[0].read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    b_pid = next(
+        f"{names.input}:{p}" for p in (0, 1) if errors[0] == _refusal(f"1 partition(s) ({names.input}:{p})")
+    )
+    heads = _changelog_heads(kafka_env, names.changelog)
+    txn_base = {h["txn"].rsplit("-", 1)[0] for h in heads}
+    assert len(txn_base) == 2  # A's and B's
+    a_base = next(h["txn"].rsplit("-", 1)[0] for h in heads if h["epoch"] == 1)
+    last = [h for h in heads if h["source"] == b_pid][-1]
+    assert (
+        last["txn"].rsplit("-", 1)[0] != a_base and last["offset"] is not None
+    )  # B's final checkpoint, last
+    assert kafka_env.committed(names.group, names.input) == ends
 
 
 def _changelog_heads(kafka_env, topic: str) -> list[dict]:

@@ -182,6 +182,19 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
     assert terminate(proc) == 0
 
+    # The log says what the operator needs once: where and how the broker failed, and when it answered again
+    # (it said "broker not answering: KafkaError" every second of the outage, and nothing at its end).
+    lines = kafka_env.logs[-1].read_text().splitlines()
+    outage = [line.split(": ", 1)[1] for line in lines if " anomaly.kafka.daemon: broker at " in line]
+    bootstrap = kafka_env.broker.bootstrap
+    assert outage[0].startswith(f"broker at {bootstrap} not answering (")
+    assert "readiness probe): " in outage[0]
+    assert not outage[0].endswith("): KafkaError")  # the error's text, not only its type
+    # an outage longer than a minute (a slow machine) adds one reminder a minute, nothing more
+    assert all(f"broker at {bootstrap} still not answering after " in line for line in outage[1:-1]), outage
+    back = re.fullmatch(rf"broker at {re.escape(bootstrap)} reachable again after (\d+) s", outage[-1])
+    assert back is not None and 25 <= int(back[1]) and len(outage) - 2 <= int(back[1]) // 60, outage
+
     assert_matches_replay(kafka_env, names, bundle, series)
 
 

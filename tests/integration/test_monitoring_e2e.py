@@ -89,7 +89,13 @@ def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
         what="AnomalyDetected to fire in Prometheus",
     )
     assert [a["labels"] for a in prom_alert] == [
-        {"alertname": "AnomalyDetected", "key": key, "severity": "warning", "category": "anomaly"}
+        {
+            "alertname": "AnomalyDetected",
+            "job": "anomaly",
+            "key": key,
+            "severity": "warning",
+            "category": "anomaly",
+        }
     ]
     assert prom_alert[0]["annotations"]["summary"] == f"Anomaly detected on sensor {key}"
 
@@ -101,7 +107,7 @@ def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
     note, alert = received[0]
     assert note.path == "/anomaly"
     assert note.payload["receiver"] == "anomaly-webhook"
-    assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "key": key}
+    assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "job": "anomaly"}
     assert alert["labels"]["key"] == key
     assert alert["annotations"]["runbook_url"] == (
         "https://github.com/example/anomaly/blob/main/deploy/README.md#anomalydetected"
@@ -351,6 +357,107 @@ def test_a_daemon_restart_does_not_page_an_open_alert_again(
         assert webhook.alerts("AnomalyDetected", "resolved") == []
         assert {a["startsAt"] for _, a in webhook.alerts("AnomalyDetected", "firing")} == first
         assert len(first) == 1
+    finally:
+        server.stop()
+        stack.prometheus.stop()
+
+
+def anomaly_notes(webhook: promstack.WebhookReceiver, alertname: str) -> list[promstack.Notification]:
+    """The notifications received so far with a firing ``alertname`` alert in them."""
+    with webhook._lock:
+        seen = list(webhook.notifications)
+    return [
+        n
+        for n in seen
+        if any(a["labels"]["alertname"] == alertname and a["status"] == "firing" for a in n.payload["alerts"])
+    ]
+
+
+def test_many_keys_alerting_at_once_are_one_notification_and_the_rate_page_inhibits_the_rest(
+    tmp_path: Path, alertmanager: promstack.Alertmanager, webhook: promstack.WebhookReceiver
+) -> None:
+    """A plant-wide event opens alerts on many keys at once. The operator gets one AnomalyDetected notification
+    listing every key (Alertmanager grouped the anomaly route by alertname and key: one page per key, 10 here and
+    up to 100 per daemon), then AnomalyRateHigh, which inhibits the job's per-key alerts: keys that open during
+    the storm send nothing more (before, each paged on its own)."""
+    port = promstack.free_port()
+    metrics = PipelineMetrics()
+    metrics.checkpoint_done(0.01, time.time())  # a healthy daemon: no CheckpointStale meanwhile
+    engine = RestoredEngine([])
+    server = MetricsServer(metrics, port=port)
+    server.start()
+    server.set_ready(True)
+
+    def observe(opened: list[str], closed: tuple[str, ...] = ()) -> None:
+        now = time.time()
+        engine.keys.extend(k for k in opened if k not in closed)
+        out = EngineOutput(
+            alerts=[alert(k, "open", now) for k in opened] + [alert(k, "closed", now) for k in closed]
+        )
+        metrics.observe(out, Batch(events=[]), engine, now)
+
+    stack = start_stack(tmp_path, f"127.0.0.1:{port}", alertmanager, webhook)
+    try:
+        promstack.wait_until(
+            lambda: stack.prometheus.query('up{job="anomaly"} == 1'), 30, what="Prometheus to scrape"
+        )
+        time.sleep(8)  # scrapes of anomaly_alerts_opened_total at 0: increase() counts from them, not past 20
+        first = [f"pump-{i:03d}" for i in range(10)]
+        observe(first)
+        promstack.wait_until(
+            lambda: anomaly_notes(webhook, "AnomalyDetected"), 30, what="AnomalyDetected to reach the webhook"
+        )
+        time.sleep(5)  # Alertmanager's waits are 1 s: a notification per key would have arrived by now
+        (note,) = anomaly_notes(webhook, "AnomalyDetected")
+        assert (note.path, note.payload["receiver"]) == ("/anomaly", "anomaly-webhook")
+        assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "job": "anomaly"}
+        assert sorted(a["labels"]["key"] for a in note.payload["alerts"]) == first  # every key, in one
+        assert {a["annotations"]["summary"] for a in note.payload["alerts"]} == {
+            f"Anomaly detected on sensor {k}" for k in first
+        }
+        assert firing_names(stack.prometheus) == {"AnomalyDetected"}
+
+        # The storm goes on: 15 more alerts open (and close at once), 25 in the hour: AnomalyRateHigh pages.
+        flash = tuple(f"pump-{i:03d}" for i in range(10, 25))
+        observe(list(flash), closed=flash)
+        promstack.wait_until(
+            lambda: anomaly_notes(webhook, "AnomalyRateHigh"), 30, what="AnomalyRateHigh to reach the webhook"
+        )
+        (rate,) = anomaly_notes(webhook, "AnomalyRateHigh")
+        assert rate.payload["groupLabels"] == {"alertname": "AnomalyRateHigh", "job": "anomaly"}
+
+        # More keys alert while it fires: Prometheus fires them, Alertmanager holds them back (inhibited).
+        later = [f"pump-{i:03d}" for i in range(25, 45)]
+        observe(later)
+        promstack.wait_until(
+            lambda: (
+                len(
+                    [
+                        a
+                        for a in stack.prometheus.alerts("firing")
+                        if a["labels"]["alertname"] == "AnomalyDetected"
+                    ]
+                )
+                == 30
+            ),
+            30,
+            what="the later keys' AnomalyDetected to fire in Prometheus",
+        )
+
+        def inhibited() -> set[str]:
+            return {
+                a["labels"]["key"]
+                for a in stack.alertmanager.alerts()
+                if a["labels"]["alertname"] == "AnomalyDetected" and a["status"]["inhibitedBy"]
+            }
+
+        promstack.wait_until(
+            lambda: inhibited() == set(first + later), 30, what="Alertmanager to inhibit every per-key alert"
+        )
+        time.sleep(5)
+        assert anomaly_notes(webhook, "AnomalyDetected") == [note]  # still the one notification
+        with webhook._lock:  # and nothing else: no per-key page, no update of the inhibited group
+            assert webhook.notifications == [note, rate]
     finally:
         server.stop()
         stack.prometheus.stop()
