@@ -123,6 +123,8 @@ class Threshold:
     `update` changes them in place and the engine writes them back."""
 
     name: ClassVar[str] = ""
+    # the engine settings that size this kind's per-key fields (named when the state does not fit in memory)
+    sized_by: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: EngineConfig, default: float) -> None:
         self.cfg = cfg
@@ -184,6 +186,7 @@ class DynamicThreshold(Threshold):
     yet, and one huge reading would otherwise hold the threshold high until the history had turned over."""
 
     name = "dynamic"
+    sized_by = ("dynamic_history",)
 
     def fields(self) -> dict[str, Field]:
         return {
@@ -250,6 +253,7 @@ class SpotThreshold(Threshold):
 
     name = "spot"
     drift = False
+    sized_by: ClassVar[tuple[str, ...]] = ("spot_init", "spot_peaks")
 
     def fields(self) -> dict[str, Field]:
         c = self.cfg
@@ -335,6 +339,7 @@ class DSpotThreshold(SpotThreshold):
 
     name = "dspot"
     drift = True
+    sized_by = ("spot_init", "spot_peaks", "spot_depth")
 
 
 THRESHOLDS: dict[str, type[Threshold]] = {

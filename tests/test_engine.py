@@ -1597,3 +1597,22 @@ def test_a_snapshot_that_does_not_fit_says_which_state_differs(bundle, window_bu
         match=r"^snapshot state does not fit this engine: model dimensions differ \(.*window \d+ in the snapshot, \d+ here\): another model's state$",
     ):
         Engine(window_bundle, EngineConfig(threshold="dynamic")).restore(dyn.snapshot())
+
+
+@pytest.mark.parametrize(
+    ("threshold", "setting"),
+    [("dynamic", "dynamic_history"), ("spot", "spot_peaks"), ("dspot", "spot_depth")],
+)
+def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
+    bundle, threshold, setting
+) -> None:
+    """`dynamic_history = 100000000000` (a few zeros too many) ended replay and consume with numpy's allocation
+    traceback; the CLI prints a ConfigError as one line."""
+    from anomaly.errors import ConfigError
+
+    cfg = EngineConfig(threshold=threshold, **{setting: 100_000_000_000})
+    with pytest.raises(ConfigError) as info:
+        Engine(bundle, cfg)
+    message = str(info.value)
+    assert message.startswith("the engine's per-key state does not fit in memory (")
+    assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message

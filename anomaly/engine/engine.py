@@ -49,6 +49,7 @@ from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
+from anomaly.errors import ConfigError
 from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
 
 __all__ = ["Engine", "alert_id"]
@@ -87,8 +88,24 @@ class Engine:
         self.domains: dict[str, int] = {"": 0}
         self.clocks = np.full(1, -math.inf)
         self._use(bundle)
-        self.store = StateStore(self._layout())
+        self.store = self._first_store()
         self._wire()
+
+    def _first_store(self) -> StateStore:
+        """The state store, or ConfigError naming the settings when its first rows do not fit in memory
+        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback)."""
+        layout = self._layout()
+        try:
+            return StateStore(layout)
+        except MemoryError:
+            per_key = sum(
+                math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
+            )
+            sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+            raise ConfigError(
+                f"the engine's per-key state does not fit in memory ({per_key / 2**30:,.1f} GiB a key): "
+                f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+            ) from None
 
     # --- model -----------------------------------------------------------------------------------------------
 
