@@ -50,7 +50,7 @@ from anomaly.engine.settings import Settings
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
 from anomaly.errors import ConfigError
-from anomaly.thresholds import ALERT_LENGTH
+from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
 
 __all__ = ["Engine", "alert_id"]
 
@@ -147,6 +147,8 @@ class Engine:
         ]
         if counts_alert_readings(self.config):
             extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
+        if self.config.max_alert_seconds > 0:  # seconds of gaps inside the open alert (not counted)
+            extra.append((ALERT_GAP, (), "float64", "zero"))
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
         ]
@@ -344,7 +346,7 @@ class Engine:
         if len(events) > 1 and self._may_expire(events, dom):
             return in_parts(events, self.process)
         out = EngineOutput()
-        queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
+        queues: dict[int, deque] = {}  # keys that took the per-event path: units and Gap markers
         row_keys: dict[int, str] = {}
         regular: list[Pieces] = []  # keys that took the columnar path
         self.ingest.batch(events, self.clocks, dom, queues, row_keys, regular, out)
@@ -353,10 +355,12 @@ class Engine:
             regular.insert(0, from_queues(queues, fill, self.window, self.n_features))
         pieces = Pieces.concat(regular, self.n_features)
         key_of = row_keys.__getitem__
-        for resets, calls in pieces.rounds():
+        for resets, gaps, calls in pieces.rounds():
             if len(resets):
                 self.reports.flush(resets, list(map(key_of, resets.tolist())), out)
                 self.store.reset_model_state(resets)
+                self.levels.after_gap(resets)
+                self.alerts.after_gap(resets, gaps)
             for rows, x, ts in calls:
                 self.scorer.score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds
