@@ -692,6 +692,73 @@ def test_a_checkpoint_of_other_state_shaping_settings_stops_the_restore_before_a
     daemon._refuse_other_settings({"in:0": Checkpoint("in:0", 5, fits, 0, 1, mine)})
 
 
+def _in_state_format(snapshot: bytes, written: str) -> bytes:
+    """``snapshot`` with its header's state format replaced (a newer version's snapshot, as far as this one can
+    tell)."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<I", snapshot[4:8])
+    header = json.loads(snapshot[8 : 8 + n])
+    head = json.dumps({**header, "format": written}).encode()
+    return snapshot[:4] + struct.pack("<I", len(head)) + head + snapshot[8 + n :]
+
+
+def test_a_checkpoint_that_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(bundle_path):
+    """A checkpoint of this group and model whose snapshot cannot be read (a newer version's state format, met
+    after a downgrade, or corrupted bytes) was discarded silently at the restore (bad_state): its keys started
+    fresh and this start's claims replaced it, so running the version that wrote it did not bring it back. Now
+    the restore stops with one line naming the partition and what is wrong, before any claim; --reset-state
+    discards it (a corrupted record would stop every start otherwise)."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    daemon = Daemon(build_config(), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    daemon.changelog = SimpleNamespace(owner=SimpleNamespace(model=mine))
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"], domain="in:0")
+    newer = _in_state_format(state, "anomaly-state/3")
+    fits = Checkpoint("in:0", 5, state, 1, 1, mine)
+    checkpoints = {
+        "in:0": fits,
+        "in:1": Checkpoint("in:1", 5, newer, 1, 1, mine),
+        "in:2": Checkpoint("in:2", 5, state[:-3], 1, 1, mine),  # truncated
+        "in:3": Checkpoint("in:3", 5, b"not a snapshot", 1, 1, "another-model"),  # refused at the restore
+    }
+
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings(checkpoints)
+    assert str(caught.value) == (
+        "cannot restore the state of 2 partition(s) (in:1, in:2): the checkpoint of in:1 was written in state "
+        "format 'anomaly-state/3'; this version reads 'anomaly-state/2'. Nothing was restored or written: run the "
+        "anomaly version that wrote it to continue with that state, or start once with --reset-state to discard "
+        "it (those keys start fresh from the committed offsets); until then every start stops here"
+    )
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings({"in:0": fits, "in:2": checkpoints["in:2"]})
+    assert str(caught.value).startswith(
+        "cannot restore the state of 1 partition(s) (in:2): the checkpoint of in:2 is corrupted (truncated). "
+    )
+    daemon._refuse_other_settings({"in:0": fits, "in:3": checkpoints["in:3"]})  # no error
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = daemon.changelog
+    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
+    restored = [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()]
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert restored == [["k"], None, None, None]
+    assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 2.0}
+
+
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
     """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
     counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""
