@@ -757,8 +757,8 @@ class Daemon:
         for pid, cp in sorted(checkpoints.items()):
             if cp.offset is None or (cp.model and cp.model != self.changelog.owner.model):
                 continue
-            problem = self.engine.unreadable(cp.snapshot)
-            if problem is not None:
+            problem = cp.problem or self.engine.unreadable(cp.snapshot)
+            if problem:
                 unreadable[pid] = problem
                 continue
             difference = self.engine.settings_difference(cp.snapshot)
@@ -817,6 +817,14 @@ class Daemon:
                 len(closes),
             )
             self._count_refusal("incompatible_model")
+            return None
+        if cp.problem:  # the record's state cannot be read (only with --reset-state)
+            log.error(
+                "state of %s not restored (its checkpoint %s); its keys start fresh from the committed offset",
+                pid,
+                cp.problem,
+            )
+            self._count_refusal("bad_state")
             return None
         try:
             return self.engine.restore(cp.snapshot, domain=pid)
