@@ -769,7 +769,8 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
 ):
     """A changelog record whose bytes do not match its checksum, that misses chunks or does not decompress stopped
     every start with one line (KafkaError) and --reset-state did not get past it: the only way on was deleting
-    the changelog topic, every partition's state with it. Now it is refused as a snapshot that cannot be read:
+    the changelog topic, every partition's state with it; one in a newer changelog format (after a downgrade) was
+    read as this one's. Now each is refused as a snapshot that cannot be read:
     the start stops naming the partition and what is wrong, and --reset-state discards that partition's state
     alone (bad_state)."""
     from types import SimpleNamespace
@@ -797,10 +798,12 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
     lost = dict(list(chunks.items())[1:])
     flipped = {k: v if i else b"x" + v[1:] for i, (k, v) in enumerate(chunks.items())}
     unzipped = {**head, "codec": "zlib"}
+    newer = {**head, "format": "anomaly-changelog/2"}
     checkpoints = {
         "in:0": store._checkpoint("cl", "in:0", head, payload, lost),
         "in:1": store._checkpoint("cl", "in:1", head, payload, _renamed(flipped, "in:1")),
         "in:2": store._checkpoint("cl", "in:2", unzipped, payload, _renamed(chunks, "in:2")),
+        "in:3": store._checkpoint("cl", "in:3", newer, payload, _renamed(chunks, "in:3")),
     }
     assert {pid: (cp.problem, cp.snapshot, cp.offset, cp.epoch) for pid, cp in checkpoints.items()} == {
         "in:0": (f"is missing 1 of its {len(chunks)} chunk(s) in changelog topic cl", b"", 41, 3),
@@ -812,6 +815,12 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
         ),
         "in:2": (
             "does not decompress (Error -3 while decompressing data: incorrect header check)",
+            b"",
+            41,
+            3,
+        ),
+        "in:3": (
+            "was written in changelog format 'anomaly-changelog/2'; this version reads 'anomaly-changelog/1'",
             b"",
             41,
             3,
@@ -831,13 +840,13 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
     reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
     reset.changelog = daemon.changelog
     reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
-    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None, None, None]
-    assert reset._restore_one("in:3", whole) == ["k"]
+    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 4
+    assert reset._restore_one("in:4", whole) == ["k"]
     refused = {
         r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
         for r in RESTORE_REFUSALS
     }
-    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 3.0}
+    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
 
 
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):

@@ -24,8 +24,8 @@ Who wrote a record travels in its header, so a restorer never takes state that i
   refuses a checkpoint of an input topic deleted and created again since (its offsets started again at 0, and
   the checkpoint's offset would skip the new topic's messages as already scored).
 
-A record whose state cannot be read (chunks missing, bytes that do not match the header's checksum, a payload that
-does not decompress) is read as a :class:`Checkpoint` with its ``problem`` and no snapshot: the restore refuses it
+A record whose state cannot be read (another changelog format, chunks missing, bytes that do not match the
+header's checksum, a payload that does not decompress) is read as a :class:`Checkpoint` with its ``problem`` and no snapshot: the restore refuses it
 (the daemon stops, or ``--reset-state`` discards it) as it refuses a snapshot the engine cannot read.
 
 Snapshots larger than ``chunk_bytes`` (many keys) are split: chunk records ``"<topic>:<partition>/<gen>/<i>"``
@@ -418,7 +418,12 @@ class ChangelogStore:
         self, topic: str, pid: str, head: dict[str, Any], payload: bytes, chunks: dict[str, bytes]
     ) -> Checkpoint:
         problem = ""
-        if head.get("chunks"):
+        written = head.get("format", FORMAT)
+        if (
+            written != FORMAT
+        ):  # a newer version's record, after a downgrade: its payload may be laid out otherwise
+            problem = f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
+        elif head.get("chunks"):
             keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
             lost = [k for k in keys if k not in chunks]
             if lost:

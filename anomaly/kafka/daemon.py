@@ -12,10 +12,9 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   compatible model; otherwise its keys start fresh from the group's committed offset; a checkpoint of this model
   written with other [engine] settings that shape per-key state, or whose snapshot cannot be read, stops the daemon
   before it writes anything, :class:`IncompatibleStateError`, unless ``reset_state`` discards it as another
-  model's), the consumer seeks past
-  the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's
-  late checkpoints (older epoch) are ignored by every later restore; ``/readyz`` turns ready once that is done
-  and the broker answers;
+  model's), the consumer seeks past the checkpointed offset, and a claim record with the next owner epoch is
+  written at once, so a fenced zombie's late checkpoints (older epoch) are ignored by every later restore;
+  ``/readyz`` turns ready once that is done and the broker answers;
 * revocation: the revoked partitions are checkpointed and committed (bounded by the flush/commit timeouts),
   then their keys dropped from memory;
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
