@@ -307,7 +307,7 @@ class EngineConfig:
         _need(
             _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
             "engine.max_alert_seconds",
-            f"must be >= 0 seconds (0: never), got {self.max_alert_seconds!r}",
+            f"must be a finite number of seconds >= 0 (0, not inf: never), got {self.max_alert_seconds!r}",
         )
         _need(
             0 <= self.max_alert_readings < 2**31,  # counted per key in an int32
@@ -344,7 +344,7 @@ class EngineConfig:
         _need(
             _finite(self.ttl_seconds) and self.ttl_seconds >= 0,
             "engine.ttl_seconds",
-            f"must be >= 0 seconds (0: no TTL), got {self.ttl_seconds!r}",
+            f"must be a finite number of seconds >= 0 (0, not inf: no TTL), got {self.ttl_seconds!r}",
         )
         _need(self.max_keys >= 1, "engine.max_keys", "must be at least 1")
 
@@ -435,6 +435,27 @@ class KafkaConfig:
         _need(bool(self.group_id), "kafka.group_id", "must not be empty")
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
+        for name in ("topics", "alerts_topic", "scores_topic", "dead_letter_topic"):
+            value = getattr(self, name)
+            for topic in value if isinstance(value, tuple) else (value,) if value else ():
+                _need(  # `topics = ["a,b"]` was one topic named "a,b": "not found", or refused when created
+                    set(topic) <= KAFKA_TOPIC_CHARS and len(topic) <= 249 and topic not in (".", ".."),
+                    f"kafka.{name}",
+                    f"{topic!r} is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249"
+                    + (' (a list is written ["a", "b"])' if "," in topic else ""),
+                )
+        for name, why in (
+            ("alerts_topic", "its alert events, each refused as a dead letter"),
+            ("scores_topic", "its scores, each refused as a dead letter"),
+            ("dead_letter_topic", "each dead letter, refused and written again, for ever"),
+        ):
+            _need(  # accepted before: the daemon read back what it wrote
+                getattr(self, name) not in self.topics,
+                f"kafka.{name}",
+                f"{getattr(self, name)!r} is also an input topic (kafka.topics): the daemon would read what it "
+                f"writes ({why}); give it a topic of its own",
+                ("kafka.topics",),
+            )
         _need(self.max_message_bytes >= 1, "kafka.max_message_bytes", "must be positive")
         _need(
             _finite(self.max_future_seconds) and self.max_future_seconds >= 0,
@@ -448,6 +469,12 @@ class KafkaConfig:
         )
         for name in ("max_poll_records", "fetch_max_wait_ms"):
             _need(getattr(self, name) >= 1, f"kafka.{name}", "must be positive")
+        _need(  # kafka-python refuses it: the daemon exited with "Kafka error ... (consumer): KafkaConfigurationError"
+            self.fetch_max_wait_ms < CONSUMER_REQUEST_TIMEOUT_MS,
+            "kafka.fetch_max_wait_ms",
+            f"must be below the consumer's request timeout ({CONSUMER_REQUEST_TIMEOUT_MS} ms), got "
+            f"{self.fetch_max_wait_ms}",
+        )
         for name in (
             "max_poll_interval_ms",
             "session_timeout_ms",
@@ -479,6 +506,18 @@ class KafkaConfig:
             )
         _template(self.changelog_topic, "kafka.changelog_topic", ("group", "topic"))
         _template(self.transactional_id, "kafka.transactional_id", ("group", "host", "pid"))
+        others = {t: "an input topic (kafka.topics)" for t in self.topics}
+        for name in ("alerts_topic", "scores_topic", "dead_letter_topic"):
+            others.setdefault(getattr(self, name), f"kafka.{name}")
+        for topic in self.topics:
+            state = changelog_topic(self, topic)
+            _need(  # `changelog_topic = "{topic}"` was refused by the compaction check, which said to compact it
+                state not in others,
+                "kafka.changelog_topic",
+                f"makes the changelog of {topic!r} {state!r}, which is {others.get(state)}: checkpoints would be "
+                "written into it; give the changelog a name of its own (default changelog__{group}--{topic})",
+                ("kafka.topics", *[s for s in (others.get(state, ""),) if s.startswith("kafka.")]),
+            )
 
 
 def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
@@ -486,8 +525,12 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
 
     try:
         used = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-    except ValueError:
-        used = ["?"]
+    except ValueError as exc:  # an unmatched brace was "got {?}", naming nothing the user wrote
+        raise ConfigError(
+            f"{key} {value!r} is not a valid template ({exc}): placeholders are "
+            f"{', '.join('{' + f + '}' for f in fields)}, and a literal brace is written {{{{ or }}}}",
+            key=key,
+        ) from None
     bad = [f for f in used if f not in fields]
     _need(
         not bad,
@@ -495,6 +538,10 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
         f"may only use the placeholders {', '.join('{' + f + '}' for f in fields)}; got {{{bad[0] if bad else ''}}}",
     )
 
+
+# The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
+# stay below it.
+CONSUMER_REQUEST_TIMEOUT_MS = 30_000
 
 KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -624,7 +671,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint is float:
             return float(value)
         if hint is str:
-            if isinstance(value, dict | list):
+            # a number may name a column (`--no-header` names them 1, 2, 3); true/false names nothing: `time_column
+            # = false` looked for a column 'False'
+            if isinstance(value, dict | list | bool):
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):
@@ -633,14 +682,34 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _nearest_setting(name: str, section: str, valid: list[str]) -> str | None:
+    """The setting an unknown ``section.name`` most likely meant, as ``section.field``: the same name in another
+    section first (``[model] epochs`` is ``train.epochs``; before, only the model's settings were listed), then a
+    close spelling in its own section, then one in another section."""
+    others = {
+        f"{other}.{f}": f
+        for other, t in _SECTION_TYPES.items()
+        if other != section
+        for f in typing.get_type_hints(t)
+    }
+    exact = [dotted for dotted, f in others.items() if f == name]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f"{section}.{close[0]}"
+    close = difflib.get_close_matches(name, list(others.values()), n=1)
+    return next((dotted for dotted, f in others.items() if close and f == close[0]), None)
+
+
 def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(type(section_obj))
     valid = sorted(hints)
     changes = {}
     for name, value in values.items():
         if name not in hints:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"did you mean {section}.{close[0]}? " if close else ""
+            near = _nearest_setting(name, section, valid)
+            hint = f"did you mean {near}? " if near else ""
             raise ConfigError(
                 f"unknown setting {section}.{name}; {hint}valid settings: {', '.join(valid)}",
                 key=f"{section}.{name}",
@@ -652,8 +721,9 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        # utf-8-sig: a byte-order mark (Windows editors, PowerShell's `Out-File -Encoding utf8`) was "not valid
+        # TOML: Invalid statement (at line 1, column 1)", a line that looked right; CSV files accept one too
+        return tomllib.loads(p.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {p}") from None
     except IsADirectoryError:

@@ -262,8 +262,8 @@ def replay(
     labelled = [len(s) for s in series if s.labels is not None]
     if skip and labelled and max(labelled) <= skip:
         raise DataError(
-            f"--evaluate-after {skip} leaves no reading to evaluate: the longest labelled series has "
-            f"{max(labelled)} readings"
+            f"replay.evaluate_after (--evaluate-after) {skip} leaves no reading to evaluate: the longest labelled "
+            f"series has {max(labelled)} readings"
         )
     out = Path(out_dir)
     try:
@@ -577,6 +577,17 @@ def coverage_warnings(
             f"{engine.max_gap:g} s at half of their readings or more, so those readings had less than a window "
             f"of history (cold scores, or none): {named}{', ...' if len(gapped) > 3 else ''}; series sampled "
             "this far apart need engine.max_gap_seconds above their step, or a model of their own"
+        )
+    rows: Counter[str] = Counter()
+    for s in series:  # a key read from several files is one series
+        rows[s.key] += len(s)
+    reset = {key for key, *_ in gapped}
+    short = [key for key, n in rows.items() if n < w and key not in reset]
+    if short and len(short) < len(rows):  # (all of them: the run's own warning says why)
+        out.append(
+            f"{len(short)} of {len(rows)} series have fewer readings than the model window ({w}), so their "
+            f"readings had less than a window of history (cold scores, or none): "
+            f"{', '.join(f'{k!r} ({rows[k]} readings)' for k in short[:3])}{', ...' if len(short) > 3 else ''}"
         )
     if cold:
         unscored = total  # scores from a cold state: as good as nothing

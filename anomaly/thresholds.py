@@ -123,6 +123,8 @@ class Threshold:
     `update` changes them in place and the engine writes them back."""
 
     name: ClassVar[str] = ""
+    # the engine settings that size this kind's per-key fields (named when the state does not fit in memory)
+    sized_by: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: EngineConfig, default: float) -> None:
         self.cfg = cfg
@@ -184,6 +186,7 @@ class DynamicThreshold(Threshold):
     yet, and one huge reading would otherwise hold the threshold high until the history had turned over."""
 
     name = "dynamic"
+    sized_by = ("dynamic_history",)
 
     def fields(self) -> dict[str, Field]:
         return {
@@ -250,6 +253,7 @@ class SpotThreshold(Threshold):
 
     name = "spot"
     drift = False
+    sized_by: ClassVar[tuple[str, ...]] = ("spot_init", "spot_peaks")
 
     def fields(self) -> dict[str, Field]:
         c = self.cfg
@@ -335,6 +339,7 @@ class DSpotThreshold(SpotThreshold):
 
     name = "dspot"
     drift = True
+    sized_by = ("spot_init", "spot_peaks", "spot_depth")
 
 
 THRESHOLDS: dict[str, type[Threshold]] = {
@@ -357,6 +362,10 @@ ALERT_FIELDS = (
 # Points since the open alert's start (its opening run included); a state field only while the engine limits
 # how many readings an alert may stay open (engine.max_alert_readings, engine.partial_shift_readings).
 ALERT_LENGTH = "alert_len"
+# Seconds of gaps longer than engine.max_gap_seconds inside the open alert (or the run that opens it), which
+# engine.max_alert_seconds does not count; a state field while that limit is on. The engine adds each gap at
+# the key's reset (AlertLifecycle.after_gap); a run that starts with no alert open starts it at 0.
+ALERT_GAP = "alert_gap"
 
 
 @dataclass(frozen=True)
@@ -393,13 +402,14 @@ def step_alerts(
 
     An alert opens after `open_after` consecutive anomalous points (its start is the first of them), closes after
     `close_after` consecutive normal points (its end is the last anomalous one) and never re-fires while open.
-    With `max_open_seconds` > 0 an alert open that long (event time since its start) closes with reason
-    "level_shift", and so does one open for `max_open_readings` points (> 0; counted from its start, so the rule
-    does not depend on the clock's units); the key cannot open another alert before the next window (the caller
-    re-baselines it there). With `partial_readings` > 0 an alert open that many points closes the same way at
-    the points where `partial_ok` (K, W) holds (the caller's condition: a minority of the key's features has
-    moved). `state` holds (K, ...) arrays named ALERT_FIELDS, plus ALERT_LENGTH when `max_open_readings` or
-    `partial_readings` is > 0, and is updated in place. `per_feature` (K, F) is the window's squared error per
+    With `max_open_seconds` > 0 an alert open that long (event time since its start, less the gaps in
+    `state[ALERT_GAP]` when the state has it) closes with reason "level_shift", and so does one open for
+    `max_open_readings` points (> 0; counted from its start, so the rule does not depend on the clock's units);
+    the key cannot open another alert before the next window (the caller re-baselines it there). With
+    `partial_readings` > 0 an alert open that many points closes the same way at the points where `partial_ok`
+    (K, W) holds (the caller's condition: a minority of the key's features has moved). `state` holds (K, ...)
+    arrays named ALERT_FIELDS, plus ALERT_LENGTH when `max_open_readings` or `partial_readings` is > 0 (and
+    ALERT_GAP, optional, with `max_open_seconds` > 0), and is updated in place. `per_feature` (K, F) is the window's squared error per
     feature, accumulated while an alert is open to name its top features.
     Returns whether an alert was open at each point (K, W) and the transitions in order."""
     run_anom, run_norm = state["run_anom"], state["run_norm"]
@@ -408,6 +418,7 @@ def step_alerts(
     peak, thr, contrib = state["alert_peak"], state["alert_thr"], state["alert_contrib"]
     counted = max_open_readings > 0 or partial_readings > 0
     length = state[ALERT_LENGTH] if counted else np.zeros(len(is_open), np.int32)
+    gaps = state.get(ALERT_GAP) if max_open_seconds > 0 else None
     contrib[is_open] += per_feature[is_open]
     open_pts = np.zeros(anomalous.shape, bool)
     muted = np.zeros(len(is_open), bool)
@@ -420,7 +431,10 @@ def step_alerts(
 
     for i in range(anomalous.shape[1]):
         an, t, s = anomalous[:, i] & ~muted, ts[:, i], scores[:, i]
-        run_start[:] = np.where(an & (run_anom == 0), t, run_start)
+        new_run = an & (run_anom == 0)
+        run_start[:] = np.where(new_run, t, run_start)
+        if gaps is not None:  # gaps before a run that may open an alert are not the alert's
+            gaps[:] = np.where(new_run & ~is_open, 0.0, gaps)
         run_anom[:] = np.where(an, run_anom + 1, 0)
         run_norm[:] = np.where(an, 0, run_norm + 1)
         last_anom[:] = np.where(an, t, last_anom)
@@ -434,7 +448,10 @@ def step_alerts(
             is_open[j] = False
             out.append(transition(j, "closed", float(last_anom[j]), float(t[j]), "normal"))
         if max_open_seconds > 0 or counted:
-            too_long = (t - start >= max_open_seconds) if max_open_seconds > 0 else np.zeros(len(t), bool)
+            if max_open_seconds > 0:  # observed time: the gaps' seconds do not count
+                too_long = (t - start if gaps is None else t - start - gaps) >= max_open_seconds
+            else:
+                too_long = np.zeros(len(t), bool)
             if max_open_readings > 0:
                 too_long |= length >= max_open_readings
             if partial_readings > 0 and partial_ok is not None:

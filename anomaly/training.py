@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from anomaly.data import (
     split_at_gaps,
     window_chain,
 )
-from anomaly.errors import DataError
+from anomaly.errors import ConfigError, DataError
 from anomaly.model import Architecture, LSTMAutoencoder, as_output, point_error, reading_errors
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,23 @@ def _run_batch(
     return total / n_windows
 
 
+def build_model(arch: Architecture, device: torch.device) -> LSTMAutoencoder:
+    """The model to train, or ConfigError naming the settings when its weights do not fit in memory
+    (`hidden_size = 100000000`, a few zeros too many, ended `anomaly train` with a traceback)."""
+    try:
+        return LSTMAutoencoder(arch).to(device)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(exc):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" ({int(asked.group(1)) / 2**30:,.0f} GiB for one weight matrix)" if asked else ""
+        raise ConfigError(
+            f"the model does not fit in memory on {device.type}{size}: model.hidden_size {arch.hidden_size} "
+            f"with model.num_layers {arch.num_layers} is too large",
+            key="model.hidden_size",
+        ) from None
+
+
 def train(
     series: Sequence[Series],
     features: Sequence[str],
@@ -227,7 +245,10 @@ def train(
     if not train_segs:
         raise DataError(f"not enough training data: need at least one window of {window} rows per series")
     if not val_segs:
-        raise DataError(no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept)))
+        why = no_validation_window(series, cfg.val_fraction, window, len(series) > len(kept))
+        if missing_dropped:  # "add data" to a file of enough rows, most of them dropped for one empty column
+            why += "; " + dropped_for_missing(given, features, missing_dropped, nan_policy)
+        raise DataError(why)
 
     arch = Architecture(
         len(features),
@@ -238,7 +259,7 @@ def train(
         model_cfg.forecast,
         screened_targets(target_indices(features, model_cfg.targets), wander, cfg.wander_screen),
     )
-    model = LSTMAutoencoder(arch).to(device)
+    model = build_model(arch, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 2))
     amp_dtype = None
@@ -396,6 +417,23 @@ def short_after_missing(
 ) -> str:
     """The error when the missing-value policy, not the file's length or its gaps, left less than a window: it
     names the policy, the rows it dropped and the column with the most missing values."""
+    cause, hints = _missing_cause(given, features, dropped, policy)
+    return (
+        f"not enough training data: {cause}, leaving the longest series {max(len(s) for s in kept)} rows, fewer "
+        f"than one window ({window} rows, model.window){hints}"
+    )
+
+
+def dropped_for_missing(given: Sequence[Series], features: Sequence[str], dropped: int, policy: str) -> str:
+    """What the missing-value policy dropped before training, and what helps, for an error whose first cause
+    it may be (no validation window left)."""
+    cause, hints = _missing_cause(given, features, dropped, policy)
+    return f"before that, {cause}{hints}"
+
+
+def _missing_cause(
+    given: Sequence[Series], features: Sequence[str], dropped: int, policy: str
+) -> tuple[str, str]:
     missing = missing_cells(given)
     worst = int(np.argmax(missing))
     total = sum(len(s) for s in given)
@@ -408,12 +446,8 @@ def short_after_missing(
         if missing[worst]
         else "their times are missing"
     )
-    return (
-        f"not enough training data: engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a "
-        f"missing value ({which}), leaving the longest series "
-        f"{max(len(s) for s in kept)} rows, fewer than one window ({window} rows, model.window)"
-        + (f"; {', or '.join(hints)}" if hints else "")
-    )
+    cause = f"engine.nan_policy = {policy!r} dropped {dropped} of {total} rows for a missing value ({which})"
+    return cause, (f"; {', or '.join(hints)}" if hints else "")
 
 
 def target_indices(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:

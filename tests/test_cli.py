@@ -575,3 +575,35 @@ def test_produce_refuses_features_that_are_not_the_models(monkeypatch, tmp_path)
         "error: --features / data.features (a, c) are not the features of m.pt (a, b)"
     ]
     assert sent == []
+
+
+def test_a_model_too_large_for_memory_is_one_error_line(train_csv, tmp_path) -> None:
+    """`--hidden-size 100000000` (a few zeros too many) ended `anomaly train` with torch's allocation traceback."""
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(train_csv),
+            "--hidden-size",
+            "100000000",
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "m.pt"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    line = result.stderr.splitlines()[-1]
+    assert (
+        line.startswith("error: the model does not fit in memory on cpu (") and "GiB for one weight" in line
+    )
+    assert line.endswith("): model.hidden_size 100000000 with model.num_layers 1 is too large")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_consume_help_does_not_call_one_poll_one_engine_batch() -> None:
+    """--max-poll-records said "(one engine batch)", but a batch takes further polls of fetched records up to
+    kafka.max_batch_bytes (2 MiB by default), so an operator sizing batches by it was misled."""
+    (option,) = [p for p in main.commands["consume"].params if p.name == "max_poll_records"]
+    assert "one engine batch)" not in (option.help or "")
+    assert "kafka.max_batch_bytes" in (option.help or "")

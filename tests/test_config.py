@@ -43,7 +43,19 @@ def test_env_beats_toml(tmp_path) -> None:
         ({"window": 16}, "top-level key 'window' is not inside a [section]; put it under [model]"),
         ({"engine": {"static_threshold": float("nan")}}, "engine.static_threshold must be a positive number"),
         ({"engine": {"static_threshold": -1.0}}, "engine.static_threshold must be a positive number"),
-        ({"engine": {"ttl_seconds": -5}}, "engine.ttl_seconds must be >= 0 seconds (0: no TTL), got -5"),
+        (
+            {"engine": {"ttl_seconds": -5}},
+            "engine.ttl_seconds must be a finite number of seconds >= 0 (0, not inf: no TTL), got -5",
+        ),
+        # "must be >= 0 seconds (0: no TTL), got inf": inf is >= 0, and max_gap_seconds takes inf for "never"
+        (
+            {"engine": {"ttl_seconds": float("inf")}},
+            "engine.ttl_seconds must be a finite number of seconds >= 0 (0, not inf: no TTL), got inf",
+        ),
+        (
+            {"engine": {"max_alert_seconds": float("inf")}},
+            "engine.max_alert_seconds must be a finite number of seconds >= 0 (0, not inf: never), got inf",
+        ),
         ({"engine": {"max_gap_seconds": 0}}, "engine.max_gap_seconds must be > 0 seconds"),
         ({"engine": {"smoothing": float("nan")}}, "engine.smoothing must be in (0, 1]"),
         ({"train": {"learning_rate": -1.0}}, "train.learning_rate must be > 0"),
@@ -93,7 +105,7 @@ def test_secrets_are_redacted() -> None:
     [
         ("engine", {"static_threshold": float("nan")}, "engine.static_threshold must be a positive number"),
         ("engine", {"max_gap_seconds": 0.0}, "engine.max_gap_seconds must be > 0 seconds"),
-        ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be >= 0 seconds"),
+        ("engine", {"ttl_seconds": -1.0}, "engine.ttl_seconds must be a finite number of seconds >= 0"),
         ("engine", {"max_alert_readings": -1}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"max_alert_readings": 2**31}, "engine.max_alert_readings must be >= 0 readings"),
         ("engine", {"partial_shift_readings": -1}, "engine.partial_shift_readings must be >= 0 readings"),
@@ -217,3 +229,187 @@ def test_a_check_between_settings_names_where_each_came_from(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:  # a library user's dict: no source to name
         build_config({"train": {"stride": 99}})
     assert str(info.value) == "train.stride must be between 0 and model.window (32)"
+
+
+@pytest.mark.parametrize(
+    ("toml", "meant"),
+    [
+        ({"model": {"epochs": 3}}, "train.epochs"),  # a setting in the wrong section
+        (
+            {"train": {"threshold": "static"}},
+            "engine.threshold",
+        ),  # not train.threshold_factor, a near spelling
+        ({"engine": {"seed": 1}}, "train.seed"),
+        ({"model": {"epoch": 3}}, "train.epochs"),  # misspelt and in the wrong section
+        ({"model": {"windw": 3}}, "model.window"),  # its own section's setting first
+    ],
+)
+def test_a_setting_in_the_wrong_section_names_the_section_it_belongs_to(toml, meant) -> None:
+    """`[model] epochs = 3` listed the model's settings only, so the user had to hunt for where epochs goes."""
+    with pytest.raises(ConfigError) as info:
+        build_config(toml)
+    ((section, values),) = toml.items()
+    assert str(info.value).startswith(
+        f"unknown setting {section}.{next(iter(values))}; did you mean {meant}? "
+    )
+
+
+def test_a_pipeline_file_saved_with_a_byte_order_mark_loads(tmp_path) -> None:
+    """A UTF-8 BOM (Windows editors) made every pipeline file "not valid TOML: Invalid statement (at line 1,
+    column 1)"."""
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(b"\xef\xbb\xbf[model]\nwindow = 8\n")
+    assert load_config(toml, env={}).model.window == 8
+    toml.write_bytes(b"\xef\xbb\xbf[model]\nwindow = \xff\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(toml, env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "why"),
+    [
+        (
+            {"ANOMALY_KAFKA_DEAD_LETTER_TOPIC": "sensors"},
+            "dead_letter_topic",
+            "each dead letter, refused and written again, for ever",
+        ),
+        (
+            {"ANOMALY_KAFKA_ALERTS_TOPIC": "sensors"},
+            "alerts_topic",
+            "its alert events, each refused as a dead letter",
+        ),
+        (
+            {"ANOMALY_KAFKA_SCORES_TOPIC": "sensors"},
+            "scores_topic",
+            "its scores, each refused as a dead letter",
+        ),
+    ],
+)
+def test_an_output_topic_that_is_also_an_input_topic_is_refused(env, setting, why) -> None:
+    """dead_letter_topic = an input topic was accepted: the daemon read each dead letter back, refused it and wrote it
+    again, for ever (alerts and scores came back as dead letters)."""
+    with pytest.raises(ConfigError) as info:
+        build_config(env=env)
+    variable = f"ANOMALY_KAFKA_{setting.upper()}"
+    assert str(info.value) == (
+        f"kafka.{setting} 'sensors' is also an input topic (kafka.topics): the daemon would read what it writes "
+        f"({why}); give it a topic of its own "
+        f"(from environment variable {variable})"
+    )
+    with pytest.raises(ConfigError, match=rf"^kafka.{setting} 'sensors' is also an input topic"):
+        build_config({"kafka": {"topics": ["in", "sensors"], setting: "sensors"}})
+    assert build_config({"kafka": {"topics": ["in"], setting: "sensors"}}).kafka.topics == ("in",)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ({"data": {"time_column": False}}, "data.time_column must be text, got False"),
+        ({"data": {"key_column": True}}, "data.key_column must be text, got True"),
+        ({"data": {"features": ["a", False]}}, "data.features must be text, got False"),
+        ({"kafka": {"group_id": True}}, "kafka.group_id must be text, got True"),
+    ],
+)
+def test_true_or_false_for_a_text_setting_is_refused(toml, message) -> None:
+    """`time_column = false` (meaning: no time column) was read as the column name 'False', and the error blamed the
+    data file; a number still names a column (`--no-header` names them 1, 2, 3)."""
+    with pytest.raises(ConfigError) as info:
+        build_config(toml)
+    assert str(info.value) == message
+    assert build_config({"data": {"features": [1, 2]}}).data.features == ("1", "2")
+
+
+def test_a_template_with_an_unmatched_brace_says_so() -> None:
+    """`changelog_topic = "changelog-{group"` was refused as "got {?}", a placeholder nobody wrote."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": {"changelog_topic": "changelog-{group"}})
+    assert str(info.value) == (
+        "kafka.changelog_topic 'changelog-{group' is not a valid template (expected '}' before end of string): "
+        "placeholders are {group}, {topic}, and a literal brace is written {{ or }}"
+    )
+    assert (
+        build_config({"kafka": {"changelog_topic": "c{{x}}-{group}"}}).kafka.changelog_topic
+        == "c{{x}}-{group}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "state", "which"),
+    [
+        ("{topic}", "sensors", "an input topic (kafka.topics)"),
+        ("anomaly-alerts", "anomaly-alerts", "kafka.alerts_topic"),
+        ("anomaly-dead-letters", "anomaly-dead-letters", "kafka.dead_letter_topic"),
+    ],
+)
+def test_a_changelog_template_that_names_an_input_or_output_topic_is_refused(template, state, which) -> None:
+    """`changelog_topic = "{topic}"` made the input topic the changelog: the daemon's compaction check then told the
+    operator to set cleanup.policy=compact on the input topic."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": {"changelog_topic": template}})
+    assert str(info.value) == (
+        f"kafka.changelog_topic makes the changelog of 'sensors' {state!r}, which is {which}: checkpoints would be "
+        "written into it; give the changelog a name of its own (default changelog__{group}--{topic})"
+    )
+    assert (
+        build_config({"kafka": {"changelog_topic": "state-{topic}"}}).kafka.changelog_topic == "state-{topic}"
+    )
+
+
+def test_an_output_topic_named_as_a_changelog_names_where_it_came_from() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_KAFKA_ALERTS_TOPIC": "changelog__anomaly--sensors"})
+    assert str(info.value).endswith(
+        "which is kafka.alerts_topic: checkpoints would be written into it; give the changelog a name of its own "
+        "(default changelog__{group}--{topic}) (from environment variable ANOMALY_KAFKA_ALERTS_TOPIC)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        (
+            {"topics": ["sensors,alarms"]},
+            "kafka.topics 'sensors,alarms' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249 "
+            '(a list is written ["a", "b"])',
+        ),
+        (
+            {"alerts_topic": "plant alerts"},
+            "kafka.alerts_topic 'plant alerts' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most "
+            "249",
+        ),
+        (
+            {"dead_letter_topic": ".."},
+            "kafka.dead_letter_topic '..' is not a Kafka topic name: letters, digits, '.', '_' and '-', at most 249",
+        ),
+    ],
+)
+def test_a_topic_name_kafka_does_not_allow_is_refused_where_it_is_set(kafka, message) -> None:
+    """`topics = ["sensors,alarms"]` was one topic named 'sensors,alarms': the daemon then said it was not found, or
+    the broker refused to create it."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": kafka})
+    assert str(info.value) == message
+    assert build_config({"kafka": {"topics": ["a.b_c-D9"], "scores_topic": "s"}}).kafka.topics == (
+        "a.b_c-D9",
+    )
+
+
+def test_a_fetch_wait_the_consumer_refuses_is_refused_naming_the_setting() -> None:
+    """fetch_max_wait_ms = 30000 or more passed the config and the daemon then exited with "Kafka error at ...
+    (consumer): KafkaConfigurationError", naming no setting: kafka-python wants it below its request timeout."""
+    from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS
+    from anomaly.errors import AnomalyError
+    from anomaly.kafka.clients import make_consumer
+
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_KAFKA_FETCH_MAX_WAIT_MS": "30000"})
+    assert str(info.value) == (
+        "kafka.fetch_max_wait_ms must be below the consumer's request timeout (30000 ms), got 30000 "
+        "(from environment variable ANOMALY_KAFKA_FETCH_MAX_WAIT_MS)"
+    )
+    longest = {"fetch_max_wait_ms": CONSUMER_REQUEST_TIMEOUT_MS - 1, "bootstrap_servers": "127.0.0.1:1"}
+    with pytest.raises(
+        AnomalyError
+    ) as reach:  # the longest wait allowed builds a consumer: no broker to reach
+        make_consumer(build_config({"kafka": longest}).kafka, bootstrap_timeout_s=0.2)
+    assert str(reach.value).startswith("cannot reach Kafka at 127.0.0.1:1 (consumer)")

@@ -521,6 +521,44 @@ def test_a_file_without_a_header_says_so_and_reads_with_no_header(tmp_path) -> N
     assert s.values.tolist() == [[0, 0, 0.5, 0.25], [0, 0, 0.75, 0.5], [0, 0, 0.25, 0.125]]
 
 
+def test_a_first_line_of_numbers_is_refused_without_a_time_column_too(tmp_path) -> None:
+    """A UCR file under --no-time-column without --no-header trained on a sensor named '3.4558419e-02', its
+    first reading lost: the first line of numbers was refused only when the time column was missing."""
+    ucr = write(tmp_path, "3.4558419e-02\n2.8083115e-01\n-1.5e-01\n4.0e-01\n", "ucr.txt")
+    several = write(tmp_path, "0.5,-1,2\n0.25,3,1\n0.75,2,2\n", "rows.csv")
+    for path, first in ((ucr, "3.4558419e-02"), (several, "0.5, -1, 2")):
+        for time_column in ("", "timestamp"):
+            with pytest.raises(
+                DataError,
+                match=rf"its first line holds numbers \({first}\), not column names: .* pass --no-header",
+            ):
+                load(path, time_column=time_column)
+    (s,), feats = load(ucr, header=False, time_column="")
+    assert feats == ["1"] and s.values[:, 0].tolist() == [3.4558419e-02, 2.8083115e-01, -1.5e-01, 4.0e-01]
+    numbered = write(tmp_path, "0,1,2\n0.5,1,2\n0.25,3,1\n", "numbered.csv")  # column numbers may be a header
+    (n,), feats = load(numbered, time_column="")
+    assert feats == ["0", "1", "2"] and n.values.tolist() == [[0.5, 1, 2], [0.25, 3, 1]]
+
+
+def test_a_first_line_of_a_time_and_numbers_is_refused_naming_the_time_column(tmp_path) -> None:
+    """A headerless file with a time column was told 'a file without a time column: pass --no-time-column',
+    which trained on sensors named after its first row's values, that row lost (and its times dropped)."""
+    rows = "2023-01-01T00:00:00Z,0.5,-1\n2023-01-01T00:01:00Z,0.25,3\n2023-01-01T00:02:00Z,0.75,2\n"
+    path = write(tmp_path, rows, "headless.csv")
+    for time_column in ("", "timestamp"):
+        with pytest.raises(
+            DataError,
+            match=r"holds a time and numbers \(2023-01-01T00:00:00Z, 0.5, -1\), not column "
+            r"names: .* pass --no-header \(its columns are then named 1, 2, 3, \.\.\.: --time-column 1\)",
+        ):
+            load(path, time_column=time_column)
+    (s,), feats = load(path, header=False, time_column="1")
+    assert feats == ["2", "3"] and s.timestamps.tolist() == [1672531200.0, 1672531260.0, 1672531320.0]
+    dated = write(tmp_path, "2023-01-01,2023-01-02\n1.5,2.5\n", "dated.csv")  # dates alone may be names
+    (d,), feats = load(dated, time_column="")
+    assert feats == ["2023-01-01", "2023-01-02"]
+
+
 def test_without_a_time_column_readings_are_numbered_per_key_in_the_time_unit(tmp_path) -> None:
     path = write(tmp_path, "k,a\nx,1.0\ny,2.0\nx,3.0\ny,4.0\nx,5.0\n")
     series, _ = load(path, time_column="", key_column="k", time_unit="min")

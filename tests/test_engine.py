@@ -486,12 +486,10 @@ def test_long_gap_resets_the_key(bundle, test_series) -> None:
 
 
 @pytest.mark.parametrize("gap_days", [0.5, 3.0])
-def test_an_alert_open_at_a_gap_reset_stays_open_unless_the_gap_outlasts_max_alert_seconds(
-    bundle, gap_days
-) -> None:
+def test_an_alert_open_at_a_gap_reset_stays_open_however_long_the_gap(bundle, gap_days) -> None:
     """A gap resets the key's encoder, partial window and smoothing, not its alert: the alert open before it
-    closes after `alert_close_after` normal readings after it. A gap longer than `max_alert_seconds` (a day)
-    closes it as a level shift at the first reading after the gap (README, Data hygiene)."""
+    closes after `alert_close_after` normal readings after it. `max_alert_seconds` (a day) counts observed time
+    only, so a gap longer than that does not close it as a level shift (README, Data hygiene)."""
     rng = np.random.default_rng(0)
     n, f = 300, len(bundle.features)
     ts = np.arange(n) * 60.0
@@ -503,12 +501,127 @@ def test_an_alert_open_at_a_gap_reset_stays_open_unless_the_gap_outlasts_max_ale
     out = e.process([Event("k", ts, values)])
     assert e.counters["gap_resets"] == 1
     got = [(a.status, int(np.searchsorted(ts, a.at)), a.reason) for a in out.alerts]
-    if gap_days < 1:
-        assert got == [("open", 102, ""), ("closed", 189, "normal")]  # 30 normal readings after 159
-    else:
-        # re-baselined on the level the fault had after the gap (the level EWMA, in event time, forgot the rest):
-        # the fault's end at reading 160 reads as a shift back and opens an alert that stays open
-        assert got == [("open", 102, ""), ("closed", 150, "level_shift"), ("open", 162, "")]
+    assert got == [("open", 102, ""), ("closed", 189, "normal")]  # 30 normal readings after 159
+
+
+def gap_fault(bundle, gap_at: int | None, n: int = 1000):
+    """The README's measurement (Data hygiene): quiet readings a minute apart, a 20-sigma fault on one of the
+    four features over readings 600-700, and a 3-day gap before reading `gap_at` (None: no gap)."""
+    rng = np.random.default_rng(3)
+    f = len(bundle.features)
+    ts = np.arange(n) * 60.0
+    values = bundle.scaler.mean + rng.normal(0, 0.05, (n, f)) * bundle.scaler.scale
+    values[600:700, 1] += 20 * bundle.scaler.scale[1]
+    if gap_at is not None:
+        ts[gap_at:] += 3 * 86_400.0
+    return ts, values
+
+
+@pytest.mark.parametrize("model", ["forecast", "window"])
+@pytest.mark.parametrize("split", [None, 640, 650, 660])
+def test_a_fault_through_a_gap_longer_than_max_alert_seconds_is_one_alert(
+    bundle, window_bundle, model, split
+) -> None:
+    """A sensor that goes offline during a fault for 3 days (longer than `max_alert_seconds`, a day) and comes
+    back still faulty is still in the same alert, closed as `normal` when the fault ends, as without the gap:
+    the level-shift timer counts observed time only, and the level EWMA does not decay over the gap (else the
+    fault's level became the key's baseline and the fault's end opened a second alert that stayed open). Fed in
+    one call, or split before, at or after the gap with a snapshot restored in between (the gaps counted so
+    far are key state, restored bit for bit)."""
+    b = bundle if model == "forecast" else window_bundle
+    cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0)
+
+    def alerts(gap_at):
+        ts, values = gap_fault(b, gap_at)
+        e = Engine(b, cfg)
+        resets = 0
+        if split is None:
+            out = [e.process([Event("k", ts, values)])]
+        else:
+            first = e.process([Event("k", ts[:split], values[:split])])
+            snap = e.snapshot()
+            e2 = Engine(b, cfg)
+            e2.restore(snap)
+            assert e2.snapshot() == snap
+            if gap_at is not None and split > gap_at:  # mid-alert, after the gap: its seconds are counted
+                assert e2.store.arrays["alert_gap"][e2.store.slots["k"]] == 3 * 86_400.0 + 60.0
+            out = [first, e2.process([Event("k", ts[split:], values[split:])])]
+            resets, e = e.counters["gap_resets"], e2
+        got = [(a.status, int(np.searchsorted(ts, a.at)), a.reason) for o in out for a in o.alerts]
+        return got, resets + e.counters["gap_resets"]
+
+    gapped, resets = alerts(650)
+    assert resets == 1
+    assert [(s, r) for s, _, r in gapped] == [("open", ""), ("closed", "normal")]
+    assert 600 <= gapped[0][1] < 650 and 700 <= gapped[1][1] < 800
+    if model == "forecast":  # scored reading by reading: the same alert as without the gap
+        assert gapped == alerts(None)[0]
+
+
+def test_the_level_does_not_decay_over_a_gap(bundle) -> None:
+    """The settled level (which a level shift re-baselines on) of a key that comes back after a 3-day gap moves by
+    one reading's step (engine.partial_shift_readings / 8 readings), not to the first reading after the gap (a
+    constant of max_alert_seconds / 8 in event time forgot everything before such a gap)."""
+    ts, values = gap_fault(bundle, 650)
+    cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0)
+    e = Engine(bundle, cfg)
+    e.process([Event("k", ts[:650], values[:650])])
+    row = e.store.slots["k"]
+    before = e.store.arrays["level"][row].astype(np.float64)
+    e.process([Event("k", ts[650:651], values[650:651])])
+    after = e.store.arrays["level"][row].astype(np.float64)
+    v = (values[650] - bundle.scaler.mean) / bundle.scaler.scale
+    assert v[1] - before[1] > 5  # the level was still moving towards the fault's when the gap came
+    step = 1.0 - np.exp(-1.0 / (cfg.partial_shift_readings / 8.0))
+    np.testing.assert_allclose(after, before + step * (v - before), rtol=0, atol=1e-5)
+
+
+def without_field(data: bytes, name: str) -> bytes:
+    """A snapshot as an engine without per-key state field `name` wrote it (the upgrade path)."""
+    import json
+    import struct
+
+    from anomaly.engine.state import MAGIC, StateStore
+
+    header, arrays = StateStore.read_snapshot(data)
+    header["layout"]["extra"] = [e for e in header["layout"]["extra"] if e[0] != name]
+    header["arrays"] = [spec for spec in header["arrays"] if spec["name"] != name]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts = [arrays[spec["name"]].reshape(-1).view(np.uint8) for spec in header["arrays"]]
+    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *parts])
+
+
+def test_a_snapshot_from_before_the_gap_count_restores_with_no_gap_counted(
+    bundle, monkeypatch, caplog
+) -> None:
+    """Upgrade path for `alert_gap` (the gaps' seconds an open alert does not count): a snapshot written
+    without it, mid-alert before a 3-day gap, restores (logged once) with nothing counted, and the fault through
+    the gap is one alert closed as `normal`, as in one call; the restored state snapshots back bit for bit."""
+    from anomaly.engine import state
+
+    monkeypatch.setattr(state, "_REPORTED_ADDED", set())
+    cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0)
+    ts, values = gap_fault(bundle, 650)
+    want = Engine(bundle, cfg).process([Event("k", ts, values)]).alerts
+    e = Engine(bundle, cfg)
+    first = e.process([Event("k", ts[:640], values[:640])]).alerts
+    snap = e.snapshot()
+    old = without_field(snap, "alert_gap")
+    assert len(old) == len(snap) - 8 - len(b',["alert_gap",[],"float64","zero"]') - len(
+        b',{"name":"alert_gap","dtype":"float64","shape":[1]}'
+    )
+    new = Engine(bundle, cfg)
+    with caplog.at_level("WARNING", logger="anomaly.engine.state"):
+        assert new.restore(old) == ["k"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine snapshot written without state field(s) alert_gap (by an older version, or with a threshold kind "
+        "or policy that keeps less per-key state): restored with their initial values"
+    ]
+    assert new.snapshot() == snap
+    after = new.process([Event("k", ts[640:], values[640:])]).alerts
+    got = [(a.status, a.start, a.at, a.reason) for a in first + after]
+    assert got == [(a.status, a.start, a.at, a.reason) for a in want]
+    assert [a.reason for a in want] == ["", "normal"]
 
 
 # --- thresholds and alerts -------------------------------------------------------------------------------------
@@ -1484,3 +1597,22 @@ def test_a_snapshot_that_does_not_fit_says_which_state_differs(bundle, window_bu
         match=r"^snapshot state does not fit this engine: model dimensions differ \(.*window \d+ in the snapshot, \d+ here\): another model's state$",
     ):
         Engine(window_bundle, EngineConfig(threshold="dynamic")).restore(dyn.snapshot())
+
+
+@pytest.mark.parametrize(
+    ("threshold", "setting"),
+    [("dynamic", "dynamic_history"), ("spot", "spot_peaks"), ("dspot", "spot_depth")],
+)
+def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
+    bundle, threshold, setting
+) -> None:
+    """`dynamic_history = 100000000000` (a few zeros too many) ended replay and consume with numpy's allocation
+    traceback; the CLI prints a ConfigError as one line."""
+    from anomaly.errors import ConfigError
+
+    cfg = EngineConfig(threshold=threshold, **{setting: 100_000_000_000})
+    with pytest.raises(ConfigError) as info:
+        Engine(bundle, cfg)
+    message = str(info.value)
+    assert message.startswith("the engine's per-key state does not fit in memory (")
+    assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message

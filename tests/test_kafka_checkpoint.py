@@ -547,6 +547,27 @@ def test_by_default_the_periodic_checkpoint_waits_for_its_commit() -> None:
     assert not delivery.committing and not tracker.uncommitted
 
 
+def test_a_requested_checkpoint_commits_the_open_transaction_at_the_next_batch_of_an_idle_stream() -> None:
+    """Records sent outside a batch (a hot reload's closes) wait in the open transaction, unseen by
+    read_committed readers until its commit; requested, the commit comes at the next (idle) batch, not at the
+    interval (an hour here; 5 s by default)."""
+    calls: list[Any] = []
+    delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
+    delivery.group_found = True
+    checkpointer = _checkpointer(calls, delivery, PartitionTracker(), interval_s=3600.0)
+    checkpointer.last = time.monotonic()
+    engine = types.SimpleNamespace(keys=lambda: [], snapshot=lambda keys, domain=None: b"")
+    delivery.send("alerts", b"k", b"closed")
+    checkpointer.after_batch(engine, Batch([]), [])  # an idle poll: the interval has not passed
+    assert calls == ["begin", ("send", "alerts", b"k", b"closed")]
+    checkpointer.request()
+    checkpointer.after_batch(engine, Batch([]), [])
+    assert calls[2:] == ["dead letters flush", "flush", "commit"]
+    assert not delivery.in_transaction and delivery.transactions == 1
+    checkpointer.after_batch(engine, Batch([]), [])  # the request is spent
+    assert calls[5:] == []
+
+
 @pytest.mark.parametrize("transactional", [True, False])
 def test_the_periodic_checkpoint_fetches_ahead_at_its_start_and_before_its_commit(
     transactional: bool,

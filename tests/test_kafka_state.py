@@ -949,6 +949,8 @@ def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_
     daemon.sinks = [SimpleNamespace(write=lambda out, batch: written.append(out))]
     daemon.changelog = SimpleNamespace(owner=Owner("g", "m"))
     daemon.source = SimpleNamespace(decoder=None)
+    requests: list[bool] = []  # the closes are committed at the next batch (see the checkpointer's test)
+    daemon.checkpointer = SimpleNamespace(request=lambda: requests.append(True))
     s = make_series("unit", 6 * bundle.window + 3, len(bundle.features), seed=5)  # 3 readings unreported
     noise = np.random.default_rng(0).normal(0, 0.05, s.values.shape)
     s.values[:] = bundle.scaler.mean + noise * bundle.scaler.scale
@@ -970,6 +972,7 @@ def test_a_hot_reload_that_resets_state_counts_what_it_retires(tmp_path, bundle_
     retired = [a for out in written for a in out.alerts if a.status == "closed"]
     reported = sum(len(out.windows) for out in written)
     assert (len(retired), reported) == (1, 1)
+    assert requests == [True]
     assert (sample("anomaly_alerts_opened_total"), sample("anomaly_alerts_closed_total")) == (1.0, 1.0)
     assert sample("anomaly_windows_scored_total") == windows_before + reported
     assert (sample("anomaly_keys_held"), sample("anomaly_keys_evicted_total")) == (0.0, 1.0)

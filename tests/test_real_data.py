@@ -491,6 +491,64 @@ def test_a_key_sampled_far_slower_than_the_others_is_named_by_train_and_replay(t
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
 
 
+def test_train_names_local_times_repeated_at_a_dst_change(tmp_path) -> None:
+    """One file of local times without an offset across the autumn change: train warned of 'files that overlap in
+    time, or a file given twice' and said to check that the files do not overlap (replay names the hour)."""
+    times = pd.date_range("2023-10-28 12:00", "2023-10-30 12:00", freq="5min", tz="Europe/Berlin")
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "local.csv"
+    pd.DataFrame(
+        {
+            "timestamp": times.tz_localize(None).strftime("%Y-%m-%d %H:%M:%S"),
+            "a": rng.normal(size=len(times)),
+            "b": rng.normal(size=len(times)),
+        }
+    ).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    (warning,) = [line for line in lines(r.stderr) if "repeat" in line]
+    assert warning.startswith(
+        "warning: 12 readings repeat their key's previous timestamp (files that overlap in time, a file given "
+        "twice, or local times without a UTC offset, whose hour repeats at a daylight-saving change)"
+    )
+    text = csv.read_text().splitlines()[:100]
+    csv.write_text("\n".join([*text, text[-1]]) + "\n")  # one row twice, before the daylight-saving change
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    (warning,) = [line for line in lines(r.stderr) if "repeat" in line]
+    assert warning.startswith("warning: 1 reading repeats its key's previous timestamp (")
+
+
+def test_replay_names_a_key_shorter_than_a_window(tmp_path) -> None:
+    """Training warned that a key of 3 rows 'in replay has less than a window of history too', but replay scored
+    its readings from a cold state without a word: the run as a whole looked scored."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame(
+            {
+                "timestamp": 1_700_000_000 + 60 * np.arange(n),
+                "device": key,
+                "a": np.sin(np.arange(n) / 9) + rng.normal(0, 0.1, n),
+                "b": np.cos(np.arange(n) / 7) + rng.normal(0, 0.1, n),
+            }
+        )
+        for key, n in (("long", 300), ("tiny", 3))
+    ]
+    csv = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(csv, index=False)
+    model = tmp_path / "m.pt"
+    r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
+    assert r.exit_code == 0, r.output
+    expected = (
+        "1 of 2 series have fewer readings than the model window (8), so their readings had less than a window "
+        "of history (cold scores, or none): 'tiny' (3 readings)"
+    )
+    assert f"warning: {expected}" in lines(r.output)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == [expected]
+
+
 def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, tmp_path) -> None:
     """--drop-anomalies removed the labelled rows and joined the readings on either side as if consecutive (the
     hole was shorter than the gap limit), so the model learnt a jump that never happened. Now each removed
@@ -625,9 +683,11 @@ def test_train_warns_about_readings_the_engine_refuses_as_repeated_times(frame, 
     r = run("train", csv, copy, *key, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert [line for line in lines(r.stderr) if "repeat" in line] == [
-        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, or a file given "
-        'twice): the engine refuses them live and in replay (engine.duplicate_policy = "drop"), so training left '
-        "them out too, keeping the first reading at each time; check that the files do not overlap"
+        "warning: 300 readings repeat their key's previous timestamp (files that overlap in time, a file given "
+        "twice, or local times without a UTC offset, whose hour repeats at a daylight-saving change): the engine "
+        'refuses them live and in replay (engine.duplicate_policy = "drop"), so training left them out too, keeping '
+        "the first reading at each time; check that the files do not overlap and that their times are UTC or carry "
+        "an offset"
     ]
     assert load_bundle(model).meta["training"]["repeated_timestamps"] == 300
     assert load_bundle(model).meta["training"]["rows"] == 300

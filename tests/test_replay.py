@@ -125,6 +125,50 @@ def test_a_feature_renamed_only_in_case_is_pointed_out(bundle_path, tmp_path) ->
     )
 
 
+def test_a_title_row_above_the_header_is_pointed_out(bundle_path, tmp_path) -> None:
+    """A title row above the header: replay said only 'missing sensor_1, ...; unexpected ...', where train says
+    that the names seem to be on line 2 (the model's columns are checked before the time column)."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    path = tmp_path / "titled.csv"
+    path.write_text("plant 7,export,,,,,,\n" + frame.to_csv(index=False))
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value).endswith("; the column names seem to be on line 2: pass --skip-rows 1")
+    run_replay(
+        [str(path)],
+        str(bundle_path),
+        str(tmp_path / "r"),
+        build_config(overrides={"data.skip_rows": 1}),
+        progress=False,
+    )
+    assert len(pd.read_csv(tmp_path / "r" / "scores.csv")) == 100
+
+
+def test_a_numeric_time_column_under_another_name_is_pointed_out(bundle_path, tmp_path) -> None:
+    """Epoch seconds in a column 'ts': replay said 'unexpected ts (use only the model's columns with
+    --features)', and following that led to 'time column not found' only on the second try."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).map(lambda t: int(t.timestamp()))
+    for name in ("ts", "t_0"):  # by its name, or as a column that counts up in equal steps
+        path = tmp_path / f"{name}.csv"
+        frame.rename(columns={"timestamp": name}).to_csv(path, index=False)
+        with pytest.raises(SchemaError) as info:
+            run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+        assert str(info.value) == (
+            f"{path} does not match the model's features: unexpected {name} (use only the model's columns with "
+            f"--features); the file has no time column 'timestamp': if '{name}' is the time, pass --time-column "
+            f"{name}"
+        )
+    run_replay(
+        [str(path)],
+        str(bundle_path),
+        str(tmp_path / "r"),
+        build_config(overrides={"data.time_column": "t_0"}),
+        progress=False,
+    )
+    assert len(pd.read_csv(tmp_path / "r" / "scores.csv")) == 100
+
+
 def test_scores_mark_only_the_refused_copies_of_a_repeated_timestamp(bundle_path, test_csv, tmp_path) -> None:
     """A timestamp repeated in the file: the first reading is scored, the copies are refused as
     duplicate_timestamp, and scores.csv marks exactly the refused rows (it marked every row sharing the
@@ -202,7 +246,9 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
     assert held.summary["metrics"]["counts"]["point"] == expected["counts"]["point"]
     assert sum(held.summary["metrics"]["counts"]["point"].values()) == len(test_series) - skip
     assert held.summary["evaluate_after"] == skip and set(held.quality) == set(whole.quality)
-    with pytest.raises(DataError, match=f"--evaluate-after {len(test_series)} leaves no reading to evaluate"):
+    # the setting is named as well as the option: ANOMALY_REPLAY_EVALUATE_AFTER named only an option never given
+    leaves = rf"^replay.evaluate_after \(--evaluate-after\) {len(test_series)} leaves no reading to evaluate"
+    with pytest.raises(DataError, match=leaves):
         replay(
             bundle,
             [test_series],

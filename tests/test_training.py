@@ -206,6 +206,31 @@ def test_rows_dropped_for_missing_values_are_named_as_the_reason_for_too_little_
     )
 
 
+def test_no_validation_window_after_rows_dropped_for_missing_values_names_them() -> None:
+    """200 rows with one column empty in 141 of them left 59 under nan_policy 'reject': enough for a training
+    window but not a validation one, and the error said 'lower model.window or add data' without a word about
+    the 141 rows dropped (the missing-value warning comes after training, which never came)."""
+    import numpy as np
+    import pytest
+
+    from anomaly.errors import DataError
+    from tests.helpers import make_series
+
+    s = make_series("a", 200, 3)
+    s.values[10:151, 2] = np.nan
+    with pytest.raises(DataError) as err:
+        train(
+            [s], ["x", "y", "z"], ModelConfig(window=32, hidden_size=8), TrainConfig(epochs=1, device="cpu")
+        )
+    assert str(err.value) == (
+        "not enough data for a validation window of 32 rows (model.window): the validation part of each series "
+        "is its last 20 % (train.val_fraction), 12 of the longest series' 59 rows; a series needs 64 rows, a "
+        "window to train on and one to validate: lower model.window or add data; before that, engine.nan_policy "
+        "= 'reject' dropped 141 of 200 rows for a missing value (column 'z' misses 141); set engine.nan_policy = "
+        "\"ffill\", or leave 'z' out with --features x,y"
+    )
+
+
 def test_no_rows_left_names_the_column_without_a_value() -> None:
     """`--features a,c` with c empty in every row said only 'every row has a missing value', leaving the user to
     find which column."""

@@ -91,7 +91,8 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     "--max-poll-records",
     type=click.IntRange(min=1),
     default=None,
-    help="Messages per poll (one engine batch).  [default: 2000]",
+    help="Messages per poll; one engine batch may take several polls of records already fetched (up to "
+    "kafka.max_batch_bytes and kafka.max_batch_ms).  [default: 2000]",
 )
 @click.option(
     "--max-poll-interval-ms",

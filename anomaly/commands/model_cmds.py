@@ -348,10 +348,12 @@ def print_training(result: TrainResult, out: str) -> None:
     repeated = t.get("repeated_timestamps", 0)
     if repeated:
         click.echo(
-            f"warning: {plural(repeated, 'reading')} repeat their key's previous timestamp (files that overlap in "
-            "time, or a file given twice): the engine refuses them live and in replay (engine.duplicate_policy = "
-            '"drop"), so training left them out too, keeping the first reading at each time; check that the files '
-            "do not overlap",
+            f"warning: {plural(repeated, 'reading')} {'repeats its' if repeated == 1 else 'repeat their'} key's "
+            "previous timestamp (files that overlap in "
+            "time, a file given twice, or local times without a UTC offset, whose hour repeats at a daylight-saving "
+            'change): the engine refuses them live and in replay (engine.duplicate_policy = "drop"), so training '
+            "left them out too, keeping the first reading at each time; check that the files do not overlap and "
+            "that their times are UTC or carry an offset",
             err=True,
         )
     scored = result.bundle.targets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from anomaly.commands.common import (
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
+from anomaly.data.loading import counting_columns, header_below
+from anomaly.data.reading import quoted
 from anomaly.errors import AnomalyError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
@@ -86,6 +89,18 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
             [f"unexpected {', '.join(extra)}"] if extra else []
         )
         hint = "" if missing else " (use only the model's columns with --features)"
+        time_column = cfg.data.time_column
+        if extra and time_column and time_column not in frame.columns:  # the time under another name, numeric
+            named = [c for c in extra if re.search(r"time|date|epoch|^ts$", str(c), re.IGNORECASE)]
+            guess = named or [c for c in counting_columns(frame, cfg.data) if c in extra]
+            if guess:
+                hint += (
+                    f"; the file has no time column {time_column!r}: if {guess[0]!r} is the time, pass "
+                    f"--time-column {quoted(guess[0])}"
+                )
+        below = header_below(frame, time_column) if missing and frame.attrs.get("header", True) else None
+        if below:  # notes or a title row above the header: its names were read as the columns
+            hint += f"; the column names seem to be on line {below}: pass --skip-rows {below - 1}"
         cased = {f.casefold(): f for f in extra}
         renamed = [(f, cased[f.casefold()]) for f in missing if f.casefold() in cased]
         if renamed:  # `Current` exported as `current`: the names differ only in case, easy to miss

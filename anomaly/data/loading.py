@@ -15,7 +15,9 @@ from anomaly.config import DataConfig
 from anomaly.data.cells import numeric_column
 from anomaly.data.columns import _unnamed, check_features, infer_features, label_values, non_features
 from anomaly.data.reading import (
+    data_as_header,
     file_line,
+    first_date,
     is_number,
     line_numbers,
     no_header_note,
@@ -46,7 +48,7 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
-def _header_below(frame: pd.DataFrame, time_column: str) -> int | None:
+def header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     """The file line of an early row that looks like the header (names only, no number, one of them the time
     column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
     take the wrong line for the names."""
@@ -65,7 +67,7 @@ def key_columns(cfg: DataConfig) -> tuple[str, ...]:
     return (cfg.key_column,) if cfg.key_column else ()
 
 
-def _counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
+def counting_columns(frame: pd.DataFrame, cfg: DataConfig) -> list[str]:
     """Numeric columns that count up row by row (nine steps in ten the same positive amount, as telemanom's
     `step`): the time under another name, which --no-time-column would make a sensor that only ever grows."""
     out = []
@@ -108,9 +110,9 @@ def frame_to_series(
     if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
         headed = frame.attrs.get("header", True)
-        below = _header_below(frame, cfg.time_column) if headed and not timelike else None
+        below = header_below(frame, cfg.time_column) if headed and not timelike else None
         numbers = no_header_note(list(frame.columns)) if headed and not below else ""
-        counting = _counting_columns(frame, cfg) if headed and not timelike and not below else []
+        counting = counting_columns(frame, cfg) if headed and not timelike and not below else []
         hint = (
             f" (pass --time-column {quoted(timelike[0])})"
             if timelike
@@ -247,6 +249,19 @@ def load_series(
     seen: set[str] = set()
     for path in paths:
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
+        if cfg.header and data_as_header(frame.columns):  # a UCR file under --no-time-column trained on its
+            # rows after the first, as a sensor named after the first value
+            at = first_date(frame.columns)
+            raise DataError(
+                f"{path}: its first line holds {'numbers' if at is None else 'a time and numbers'} "
+                f"({', '.join(map(str, frame.columns[:6]))}{', ...' if len(frame.columns) > 6 else ''}), not "
+                "column names: for a file without a header, pass --no-header (its columns are then named 1, 2, "
+                + (
+                    "3, ...; and --no-time-column when no column is a time)"
+                    if at is None
+                    else f"3, ...: --time-column {at})"
+                )
+            )
         if check is not None:
             check(frame, str(path))
         if feats is None:

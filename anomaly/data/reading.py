@@ -172,6 +172,25 @@ def no_header_note(names: Sequence[object]) -> str:
     return ""
 
 
+_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}([ T]\S.*)?|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}( \S.*)?")
+
+
+def data_as_header(names: Sequence[object]) -> bool:
+    """Whether a header line is a line of data (a file without a header, read with one): every name a number
+    or a date, and one at least a date or a number with a fraction, a sign or an exponent (`3.4558419e-02`),
+    which no one names a column. Names of whole numbers only (`0,1,2`: pandas' column numbers written back) may
+    be a header and pass."""
+    cells = [str(n).strip() for n in names]
+    if not cells or not all(is_number(c) or _DATE.fullmatch(c) for c in cells):
+        return False
+    return not all(c.isdigit() for c in cells) and any(is_number(c) for c in cells)
+
+
+def first_date(names: Sequence[object]) -> int | None:
+    """The 1-based position of the first name that is a date (the time column of a line of data), if any."""
+    return next((i for i, n in enumerate(names, 1) if _DATE.fullmatch(str(n).strip())), None)
+
+
 def is_number(text: str) -> bool:
     try:
         float(text)

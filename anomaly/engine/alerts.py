@@ -14,7 +14,7 @@ from anomaly.engine.levels import LevelTracker
 from anomaly.engine.part import Part
 from anomaly.engine.state import StateStore
 from anomaly.engine.types import Alert, EngineOutput
-from anomaly.thresholds import ALERT_FIELDS, ALERT_LENGTH, step_alerts
+from anomaly.thresholds import ALERT_FIELDS, ALERT_GAP, ALERT_LENGTH, step_alerts
 
 if TYPE_CHECKING:
     from anomaly.engine.settings import Settings
@@ -40,6 +40,22 @@ class AlertLifecycle(Part):
         super().__init__(store, config, counters, s)
         self.levels = levels
         self.counts_alert_readings = counts_alert_readings(config)
+        self.fields = (
+            ALERT_FIELDS
+            + ((ALERT_LENGTH,) if self.counts_alert_readings else ())
+            + ((ALERT_GAP,) if config.max_alert_seconds > 0 else ())
+        )
+
+    def after_gap(self, rows: np.ndarray, seconds: np.ndarray) -> None:
+        """A gap of `seconds` (K,) before the next readings of `rows` (a reset): engine.max_alert_seconds
+        counts observed time, so the gap is added to the seconds it leaves out of the open alert of each key
+        (or the anomalous run that may open one; a run that starts with no alert open starts from 0). A sensor
+        offline for days during a fault that comes back still faulty is still in the same alert."""
+        if self.config.max_alert_seconds <= 0:
+            return
+        a = self.store.arrays
+        inside = a["alert_open"][rows] | (a["run_anom"][rows] > 0)
+        a[ALERT_GAP][rows] += np.where(inside, seconds, 0.0)
 
     def step(
         self,
@@ -94,7 +110,7 @@ class AlertLifecycle(Part):
             partial = None if partial is None else partial[busy]
             stuck_f = None if stuck_f is None else stuck_f[busy]
         anom = anomalous[busy]
-        fields = ALERT_FIELDS + ((ALERT_LENGTH,) if self.counts_alert_readings else ())
+        fields = self.fields
         state = {name: a[name][rows] for name in fields}
         if self.s.per_reading:  # reading by reading, so that alert contributions do not depend on grouping
             opened = np.empty(anom.shape, bool)

@@ -49,7 +49,8 @@ from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
 from anomaly.engine.state import Layout, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
-from anomaly.thresholds import ALERT_LENGTH
+from anomaly.errors import ConfigError
+from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
 
 __all__ = ["Engine", "alert_id"]
 
@@ -87,8 +88,24 @@ class Engine:
         self.domains: dict[str, int] = {"": 0}
         self.clocks = np.full(1, -math.inf)
         self._use(bundle)
-        self.store = StateStore(self._layout())
+        self.store = self._first_store()
         self._wire()
+
+    def _first_store(self) -> StateStore:
+        """The state store, or ConfigError naming the settings when its first rows do not fit in memory
+        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback)."""
+        layout = self._layout()
+        try:
+            return StateStore(layout)
+        except MemoryError:
+            per_key = sum(
+                math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
+            )
+            sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+            raise ConfigError(
+                f"the engine's per-key state does not fit in memory ({per_key / 2**30:,.1f} GiB a key): "
+                f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+            ) from None
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -130,6 +147,8 @@ class Engine:
         ]
         if counts_alert_readings(self.config):
             extra.append((ALERT_LENGTH, (), "int32", "zero"))  # points since the open alert's start
+        if self.config.max_alert_seconds > 0:  # seconds of gaps inside the open alert (not counted)
+            extra.append((ALERT_GAP, (), "float64", "zero"))
         extra += [
             (name, shape, dtype, fill) for name, (shape, dtype, fill) in self.threshold.fields().items()
         ]
@@ -332,7 +351,7 @@ class Engine:
         if len(events) > 1 and self._may_expire(events, dom):
             return in_parts(events, self.process)
         out = EngineOutput()
-        queues: dict[int, deque] = {}  # keys that took the per-event path: units and RESET markers
+        queues: dict[int, deque] = {}  # keys that took the per-event path: units and Gap markers
         row_keys: dict[int, str] = {}
         regular: list[Pieces] = []  # keys that took the columnar path
         self.ingest.batch(events, self.clocks, dom, queues, row_keys, regular, out)
@@ -341,10 +360,12 @@ class Engine:
             regular.insert(0, from_queues(queues, fill, self.window, self.n_features))
         pieces = Pieces.concat(regular, self.n_features)
         key_of = row_keys.__getitem__
-        for resets, calls in pieces.rounds():
+        for resets, gaps, calls in pieces.rounds():
             if len(resets):
                 self.reports.flush(resets, list(map(key_of, resets.tolist())), out)
                 self.store.reset_model_state(resets)
+                self.levels.after_gap(resets)
+                self.alerts.after_gap(resets, gaps)
             for rows, x, ts in calls:
                 self.scorer.score(rows, x, ts, list(map(key_of, rows.tolist())), out)
         ttl = self.config.ttl_seconds

@@ -52,7 +52,7 @@ class Ingest(Part):
     ) -> None:
         """Events become columns (:class:`Readings`); events that are not well-formed arrays are refused here,
         in order, by the per-event path (`_ingest`: :class:`EventIngest`), which owns the reasons. Keys that
-        took the per-event path are left in `queues` (units and RESET markers), the others as `regular` pieces;
+        took the per-event path are left in `queues` (units and Gap markers), the others as `regular` pieces;
         `row_keys` maps every row touched to its key. `clocks` (the event time reached per clock domain)
         moves in place; `dom`: the clock domain of every message (events: the default domain 0)."""
         self.clocks, self.dom = clocks, dom

@@ -111,6 +111,14 @@ class LevelTracker(Part):
         a["level_ts"][rows] = prev
         return None if levels is None else self._partial_shift(levels, a["offset"][rows][:, None, :])
 
+    def after_gap(self, rows: np.ndarray) -> None:
+        """A gap longer than engine.max_gap_seconds before the next readings of `rows` (a reset): the level EWMA
+        of readings scored on arrival does not decay over it (the time since the key's previous reading is
+        taken as 0 at the next one), so a key that comes back after days keeps the level it had, not that of
+        its first reading. Window means never span a gap (the partial window is dropped): nothing to do."""
+        if self.s.per_reading and self.tracks_level:
+            self.store.arrays["level_ts"][rows] = np.nan
+
     def rebaseline(self, rows: np.ndarray) -> None:
         """After a level shift: features whose settled level moved more than one (training) standard deviation
         from the key's baseline get that level as their new baseline (subtracted before the model), and the

@@ -5,7 +5,8 @@ A piece is what one key contributes to one model call: a whole window (window-sc
 next readings up to the end of its current report window (bundles scored on arrival). A key's pieces are
 numbered in order (its rounds); round r of a call scores the r-th piece of every key that has one, one model
 call per distinct piece length. `reset` marks a piece that starts after a long gap (the key's report window is
-flushed and its encoder state reset first); a piece of length 0 is a reset alone.
+flushed and its encoder state reset first), `gap` the gap's length in seconds; a piece of length 0 is a reset
+alone.
 
 Everything here is arrays over pieces, built without a Python loop over keys or readings, except for keys that
 went through the engine's per-event path (irregular input: gaps, refused readings), which arrive as per-key
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RESET = None  # queue marker: the key's stream had a gap; reset its model state at this point
+
+class Gap(float):
+    """Queue marker: the key's stream had a gap of this many seconds; reset its model state at this point."""
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Pieces:
     reset: np.ndarray  # bool (P,)
     x: np.ndarray  # float32 (N, F)
     ts: np.ndarray  # float64 (N,)
+    gap: np.ndarray | None = None  # float64 (P,): seconds of the gap before a reset piece (None: no gaps)
 
     @classmethod
     def empty(cls, n_features: int) -> Pieces:
@@ -60,11 +64,17 @@ class Pieces:
             np.concatenate([p.reset for p in parts]),
             np.concatenate([p.x for p in parts]),
             np.concatenate([p.ts for p in parts]),
+            None
+            if all(p.gap is None for p in parts)
+            else np.concatenate([np.zeros(len(p)) if p.gap is None else p.gap for p in parts]),
         )
 
-    def rounds(self) -> Iterator[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
-        """Per round, in order: the rows to reset first, then per distinct length (ascending) the rows, x
-        (K, L, F) and ts (K, L) of one model call. Within a call rows keep the order the pieces were given in."""
+    def rounds(
+        self,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
+        """Per round, in order: the rows to reset first and their gaps (seconds), then per distinct length
+        (ascending) the rows, x (K, L, F) and ts (K, L) of one model call. Within a call rows keep the order the
+        pieces were given in."""
         if not len(self):
             return
         if self.round.any():
@@ -74,7 +84,9 @@ class Pieces:
         else:  # one round (no key's readings cross a report window's end): the same order, one sort fewer
             sels = [np.argsort(self.length, kind="stable")]
         for sel in sels:
-            yield self.row[sel[self.reset[sel]]], self._calls(sel)
+            reset = sel[self.reset[sel]]
+            gap = np.zeros(len(reset)) if self.gap is None else self.gap[reset]
+            yield self.row[reset], gap, self._calls(sel)
 
     def _calls(self, sel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The model calls of one round's pieces `sel` (ordered by length): one per distinct length."""
@@ -152,9 +164,10 @@ def window_pieces(rows: np.ndarray, counts: np.ndarray, xs: np.ndarray, tss: np.
 
 def from_queues(queues: dict[int, deque], fill: np.ndarray | None, window: int, n_features: int) -> Pieces:
     """Pieces of the keys that went through the per-event path: each queue holds units (x (L, F), ts (L,))
-    and RESET markers in order. `fill` (rows,) is the report-window fill per row (readings scored on arrival;
+    and Gap markers in order. `fill` (rows,) is the report-window fill per row (readings scored on arrival;
     a piece ends where the report window does) or None (whole windows: one unit per piece)."""
     rows, rounds, starts, lengths, resets = [], [], [], [], []
+    gaps: list[float] = []
     xs: list[np.ndarray] = []
     tss: list[np.ndarray] = []
     n = 0
@@ -162,14 +175,14 @@ def from_queues(queues: dict[int, deque], fill: np.ndarray | None, window: int, 
         f = int(fill[row]) if fill is not None else 0
         r = 0
         while q:
-            reset = False
-            while q and q[0] is RESET:
-                q.popleft()
+            reset, gap = False, 0.0
+            while q and isinstance(q[0], Gap):
+                gap += q.popleft()  # two gaps in a row (no piece between them): their sum
                 reset, f = True, 0
             length = 0
             room = 1 if fill is None else window - f
             units = 0
-            while q and q[0] is not RESET and units < room:
+            while q and not isinstance(q[0], Gap) and units < room:
                 x, ts = q.popleft()
                 xs.append(x)
                 tss.append(ts)
@@ -180,6 +193,7 @@ def from_queues(queues: dict[int, deque], fill: np.ndarray | None, window: int, 
             starts.append(n)
             lengths.append(length)
             resets.append(reset)
+            gaps.append(gap)
             n += length
             if fill is not None:
                 f = (f + length) % window
@@ -196,4 +210,5 @@ def from_queues(queues: dict[int, deque], fill: np.ndarray | None, window: int, 
         if xs
         else np.zeros((0, n_features), np.float32),
         np.concatenate(tss).astype(np.float64, copy=False) if tss else np.zeros(0),
+        np.asarray(gaps, np.float64),
     )

@@ -1,7 +1,7 @@
 """Per-event ingest: the path of events that are not clean columns of regular readings (malformed values, a
 wrong feature count, refused readings, long gaps). It owns the refusal reasons and the data-hygiene policies
 (engine.nan_policy, engine.duplicate_policy), judged reading by reading, and queues each key's accepted
-readings as scoring units (RESET markers where a gap resets the key), which
+readings as scoring units (Gap markers where a gap resets the key), which
 :func:`anomaly.engine.pieces.from_queues` cuts into pieces.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from anomaly.engine.part import Part
-from anomaly.engine.pieces import RESET
+from anomaly.engine.pieces import Gap
 from anomaly.engine.types import EngineOutput, Event, Rejection
 
 if TYPE_CHECKING:
@@ -44,9 +44,9 @@ class EventIngest(Part):
         self, ev: Event, queues: dict[int, deque], row_keys: dict[int, str], out: EngineOutput
     ) -> float | None:
         """Validate `ev` and screen its readings (refusals go to `out.rejections`); queue the accepted ones as
-        units of its key (a RESET marker before each long gap), update the key's clock and counters. Returns
-        the last accepted timestamp (None when nothing was accepted), which the caller folds into the event
-        time reached."""
+        units of its key (a Gap marker, the gap's seconds, before each long gap), update the key's clock and
+        counters. Returns the last accepted timestamp (None when nothing was accepted), which the caller folds
+        into the event time reached."""
         key = str(ev.key)
         ts = np.asarray(ev.timestamps, np.float64).reshape(-1)
         try:
@@ -89,7 +89,7 @@ class EventIngest(Part):
             if lo in gap_starts:
                 self.counters["gap_resets"] += 1
                 a["fill"][row] = 0
-                q.append(RESET)
+                q.append(Gap(ts[lo] - before[lo]))
             self._append(row, ts[lo:hi], scaled[lo:hi], q)
         a["last_ts"][row] = ts[-1]
         a["seen"][row] = ts[-1]

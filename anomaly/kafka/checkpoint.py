@@ -215,11 +215,19 @@ class KafkaCheckpointer:
             log,
             clock=lambda: self.clock(),
         )
+        self.requested = False  # the next batch checkpoints whatever the interval (see :meth:`request`)
+
+    def request(self) -> None:
+        """Checkpoint after the next batch (an idle stream's included) instead of at the interval: outputs
+        written outside a batch (the closes of a hot reload that resets state) are in the open transaction, which
+        ``read_committed`` readers do not see before its commit (up to ``interval_s`` later)."""
+        self.requested = True
 
     def after_batch(self, engine: Any, batch: Batch, sinks: Sequence[Any]) -> None:
         self.tracker.advance(batch.position)
         self.delivery.settle(wait=False)  # a commit in flight that has ended: its held outputs go out now
-        if time.monotonic() - self.last >= self.interval_s:
+        if self.requested or time.monotonic() - self.last >= self.interval_s:
+            self.requested = False
             self.checkpoint(engine, background=self.background, idle=self.idle)
 
     def final(self, engine: Any, sinks: Sequence[Any]) -> None:

@@ -20,7 +20,7 @@ import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from anomaly.config import KafkaConfig
+from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS, KafkaConfig
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError
 
@@ -303,6 +303,7 @@ def make_consumer(
             group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            request_timeout_ms=CONSUMER_REQUEST_TIMEOUT_MS,  # above fetch_max_wait_ms (the config checks it)
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),

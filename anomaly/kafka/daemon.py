@@ -517,6 +517,7 @@ class Daemon:
         kept = self.engine.reload(bundle, retired)  # a reset retires every key first, as an eviction does
         if not kept:
             self._write_retired(retired)
+            self.checkpointer.request()  # committed at the next batch, not up to checkpoint_interval_s later
         self.bundle = bundle
         self.changelog.owner = dataclasses.replace(  # keeps the transactional id: records must name it
             self.changelog.owner, model=model_fingerprint(bundle.features, bundle.arch.to_json())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    assert_exactly_once_for_read_committed,
     assert_matches_replay,
     http_status,
     metric,
@@ -527,7 +528,8 @@ def test_kill_9_during_restores_and_rebalances_changes_nothing(kafka_env, stream
     assert phases == ["joining", "restoring", "owning"]
     kafka_env.wait_committed(names.group, names.input, ends, timeout_s=90)
     assert terminate(a) == 0
-    assert_matches_replay(kafka_env, names, bundle, series)
+    expected = assert_matches_replay(kafka_env, names, bundle, series)
+    assert_exactly_once_for_read_committed(kafka_env, names, expected)
 
 
 def test_kill_9_of_the_old_owner_during_rebalances_changes_nothing(kafka_env, stream, tiny_model):
@@ -565,7 +567,8 @@ def test_kill_9_of_the_old_owner_during_rebalances_changes_nothing(kafka_env, st
     assert (
         f"assigned 4 partition(s); restored {with_data} from the changelog" in kafka_env.logs[-1].read_text()
     )
-    assert_matches_replay(kafka_env, names, bundle, series)
+    expected = assert_matches_replay(kafka_env, names, bundle, series)
+    assert_exactly_once_for_read_committed(kafka_env, names, expected)
 
 
 def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
