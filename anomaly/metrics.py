@@ -51,8 +51,9 @@ DEFAULT_ALERT_LABEL_CAP = 100
 RESTORE_REFUSALS = (
     "other_group",  # the latest record of the partition by another consumer group (a changelog shared by config)
     "incompatible_model",  # written by a model with other features or architecture: the keys start fresh
-    # the engine could not restore the snapshot (StateError: corrupted, or other state-shaping [engine] settings
-    # discarded by --reset-state, without which the daemon stops instead): the keys start fresh
+    # the engine could not restore the snapshot (StateError: corrupted, another state format, or other
+    # state-shaping [engine] settings), discarded by --reset-state, without which the daemon stops instead: the
+    # keys start fresh
     "bad_state",
 )
 

@@ -595,3 +595,119 @@ def test_the_periodic_checkpoint_fetches_ahead_at_its_start_and_before_its_commi
     tracker.advance({TPS[0]: 12})
     checkpointer.checkpoint(engine, [TPS[0]], in_callback=True)
     assert calls and "fetch ahead" not in calls
+
+
+def test_offset_commits_failing_in_a_row_are_logged_with_the_error_text_once_a_minute_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A non-transactional offset commit that fails (the group coordinator away) logged `offset commit failed
+    (KafkaConnectionError)` at every checkpoint (every checkpoint_interval_s), with the error's type only. Now the
+    first failure is logged with the error's text, then at most once a minute with how many failed since, and the
+    next commit that succeeds says so; each failure is still counted (anomaly_commit_failures_total)."""
+    from kafka.errors import KafkaConnectionError
+
+    from anomaly.metrics import PipelineMetrics
+
+    calls: list[Any] = []
+    failing = [True]
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    tracker.advance({TPS[0]: 11})
+    tracker.uncommitted.add(TPS[0])
+    delivery = Delivery(_Producer(calls), transactional=False)  # type: ignore[arg-type]
+    metrics = PipelineMetrics()
+    checkpointer = _checkpointer(calls, delivery, tracker, metrics=metrics)
+
+    def commit(offsets: Any, timeout_ms: int) -> None:
+        if failing[0]:
+            raise KafkaConnectionError("Connection to coordinator 1 at b:9092 closed")
+        calls.append("consumer.commit")
+
+    checkpointer.consumer.commit = commit  # type: ignore[attr-defined]
+    now = [0.0]
+    checkpointer.clock = lambda: now[0]
+    caplog.set_level(logging.WARNING, logger="anomaly.kafka.checkpoint")
+    for _ in range(16):  # a try every 10 s for 150 s
+        assert checkpointer.commit([TPS[0]]) is False
+        now[0] += 10.0
+    failing[0] = False
+    assert checkpointer.commit([TPS[0]]) is True
+    text = "KafkaConnectionError: Connection to coordinator 1 at b:9092 closed"
+    after = "; state is checkpointed, commit retried later"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"offset commit failed ({text}){after}",
+        f"offset commit failed 6 more time(s), failing for 60 s ({text}){after}",
+        f"offset commit failed 6 more time(s), failing for 120 s ({text}){after}",
+        "offset commit succeeded again after 160 s (16 failed)",
+    ]
+    assert metrics.registry.get_sample_value("anomaly_commit_failures_total") == 16.0
+    assert tracker.uncommitted == set()
+
+
+def test_dead_letters_refused_in_a_row_are_logged_with_the_error_text_once_a_minute_and_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every dead letter the broker refused logged `dead letter refused by Kafka (KafkaTimeoutError)`, one line
+    per refused message during an outage, with the error's type only. Now the first refusal is logged with the
+    error's text, then at most once a minute with how many were refused since, and the next dead letter accepted
+    says so; every refusal is still counted (anomaly_dead_letters_refused_total), and a refusal raised at send
+    (a record too large) goes the same way."""
+    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    from anomaly.engine import EngineOutput
+    from anomaly.engine.types import Rejection
+    from anomaly.kafka.sinks import DeadLetterSink
+    from anomaly.metrics import PipelineMetrics
+
+    class Future:
+        def __init__(self) -> None:
+            self.callbacks: list[Any] = []
+            self.errbacks: list[Any] = []
+
+        def add_callback(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+        def add_errback(self, callback: Any) -> None:
+            self.errbacks.append(callback)
+
+    class Producer:
+        def __init__(self) -> None:
+            self.futures: list[Future] = []
+            self.too_large = False
+
+        def send(self, topic: str, key: Any = None, value: Any = None, headers: Any = None) -> Future:
+            if self.too_large:
+                raise MessageSizeTooLargeError("The message is 2000000 bytes when serialized")
+            self.futures.append(Future())
+            return self.futures[-1]
+
+    producer = Producer()
+    metrics = PipelineMetrics()
+    sink = DeadLetterSink(producer, "dead", 1000, metrics)  # type: ignore[arg-type]
+    now = [0.0]
+    sink.refusals.clock = lambda: now[0]
+    out = EngineOutput(rejections=[Rejection("k", "nan", 1, True, None, "not finite")])
+    caplog.set_level(logging.WARNING, logger="anomaly.kafka.sinks")
+    timeout = KafkaTimeoutError(
+        "Batch for TopicPartition(topic='dead', partition=0) containing 1 record(s) expired"
+    )
+    for _ in range(30):  # a refused dead letter every 5 s for 145 s
+        sink.write(out, None)  # type: ignore[arg-type]
+        producer.futures[-1].errbacks[0](timeout)
+        now[0] += 5.0
+    producer.too_large = True
+    sink.write(out, None)  # type: ignore[arg-type]
+    producer.too_large = False
+    sink.write(out, None)  # type: ignore[arg-type]
+    producer.futures[-1].callbacks[0]("metadata")
+    text = "KafkaTimeoutError: Batch for TopicPartition(topic='dead', partition=0) containing 1 record(s) expired"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dead letter refused by Kafka ({text}); the stream carries on",
+        f"dead letter refused by Kafka 12 more time(s), failing for 60 s ({text}); the stream carries on",
+        f"dead letter refused by Kafka 12 more time(s), failing for 120 s ({text}); the stream carries on",
+        "dead letters accepted by Kafka again after 150 s (31 failed)",
+    ]
+    assert [r.levelname for r in caplog.records] == ["ERROR"] * 4
+    assert metrics.registry.get_sample_value("anomaly_dead_letters_refused_total") == 31.0
+    assert sink.refused == 31

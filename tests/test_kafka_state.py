@@ -692,6 +692,163 @@ def test_a_checkpoint_of_other_state_shaping_settings_stops_the_restore_before_a
     daemon._refuse_other_settings({"in:0": Checkpoint("in:0", 5, fits, 0, 1, mine)})
 
 
+def _in_state_format(snapshot: bytes, written: str) -> bytes:
+    """``snapshot`` with its header's state format replaced (a newer version's snapshot, as far as this one can
+    tell)."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<I", snapshot[4:8])
+    header = json.loads(snapshot[8 : 8 + n])
+    head = json.dumps({**header, "format": written}).encode()
+    return snapshot[:4] + struct.pack("<I", len(head)) + head + snapshot[8 + n :]
+
+
+def test_a_checkpoint_that_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(bundle_path):
+    """A checkpoint of this group and model whose snapshot cannot be read (a newer version's state format, met
+    after a downgrade, or corrupted bytes) was discarded silently at the restore (bad_state): its keys started
+    fresh and this start's claims replaced it, so running the version that wrote it did not bring it back. Now
+    the restore stops with one line naming the partition and what is wrong, before any claim; --reset-state
+    discards it (a corrupted record would stop every start otherwise)."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    daemon = Daemon(build_config(), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    daemon.changelog = SimpleNamespace(owner=SimpleNamespace(model=mine))
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"], domain="in:0")
+    newer = _in_state_format(state, "anomaly-state/3")
+    fits = Checkpoint("in:0", 5, state, 1, 1, mine)
+    checkpoints = {
+        "in:0": fits,
+        "in:1": Checkpoint("in:1", 5, newer, 1, 1, mine),
+        "in:2": Checkpoint("in:2", 5, state[:-3], 1, 1, mine),  # truncated
+        "in:3": Checkpoint("in:3", 5, b"not a snapshot", 1, 1, "another-model"),  # refused at the restore
+    }
+
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings(checkpoints)
+    assert str(caught.value) == (
+        "cannot restore the state of 2 partition(s) (in:1, in:2): the checkpoint of in:1 was written in state "
+        "format 'anomaly-state/3'; this version reads 'anomaly-state/2'. Nothing was restored or written: run the "
+        "anomaly version that wrote it to continue with that state, or start once with --reset-state to discard "
+        "it (those keys start fresh from the committed offsets); until then every start stops here"
+    )
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings({"in:0": fits, "in:2": checkpoints["in:2"]})
+    assert str(caught.value).startswith(
+        "cannot restore the state of 1 partition(s) (in:2): the checkpoint of in:2 is corrupted (truncated). "
+    )
+    daemon._refuse_other_settings({"in:0": fits, "in:3": checkpoints["in:3"]})  # no error
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = daemon.changelog
+    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
+    restored = [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()]
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert restored == [["k"], None, None, None]
+    assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 2.0}
+
+
+def _renamed(chunks: dict[str, bytes], pid: str) -> dict[str, bytes]:
+    """Chunks of partition in:0's checkpoint as those of ``pid``."""
+    return {pid + key.removeprefix("in:0"): value for key, value in chunks.items()}
+
+
+def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
+    bundle_path,
+):
+    """A changelog record whose bytes do not match its checksum, that misses chunks or does not decompress stopped
+    every start with one line (KafkaError) and --reset-state did not get past it: the only way on was deleting
+    the changelog topic, every partition's state with it; one in a newer changelog format (after a downgrade) was
+    read as this one's. Now each is refused as a snapshot that cannot be read:
+    the start stops naming the partition and what is wrong, and --reset-state discards that partition's state
+    alone (bad_state)."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    daemon = Daemon(build_config(), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    owner = Owner("g", mine)
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"], domain="in:0")
+    sent: list[Record] = []
+    send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+    store = ChangelogStore(send, None, lambda _: "cl", owner, chunk_bytes=64)  # type: ignore[arg-type]
+    store.write("in:0", 41, state, 1, 3)
+    chunks = {r.key.decode(): r.value for r in sent[:-1] if r.key and r.value}
+    head, payload = decode_record(sent[-1].value or b"")
+    assert head["chunks"] == len(chunks) > 1
+
+    whole = store._checkpoint("cl", "in:0", head, payload, chunks)
+    assert (whole.snapshot, whole.problem) == (state, "")
+    lost = dict(list(chunks.items())[1:])
+    flipped = {k: v if i else b"x" + v[1:] for i, (k, v) in enumerate(chunks.items())}
+    unzipped = {**head, "codec": "zlib"}
+    newer = {**head, "format": "anomaly-changelog/2"}
+    checkpoints = {
+        "in:0": store._checkpoint("cl", "in:0", head, payload, lost),
+        "in:1": store._checkpoint("cl", "in:1", head, payload, _renamed(flipped, "in:1")),
+        "in:2": store._checkpoint("cl", "in:2", unzipped, payload, _renamed(chunks, "in:2")),
+        "in:3": store._checkpoint("cl", "in:3", newer, payload, _renamed(chunks, "in:3")),
+    }
+    assert {pid: (cp.problem, cp.snapshot, cp.offset, cp.epoch) for pid, cp in checkpoints.items()} == {
+        "in:0": (f"is missing 1 of its {len(chunks)} chunk(s) in changelog topic cl", b"", 41, 3),
+        "in:1": (
+            "is corrupted in changelog topic cl (its bytes do not match its header's checksum)",
+            b"",
+            41,
+            3,
+        ),
+        "in:2": (
+            "does not decompress (Error -3 while decompressing data: incorrect header check)",
+            b"",
+            41,
+            3,
+        ),
+        "in:3": (
+            "was written in changelog format 'anomaly-changelog/2'; this version reads 'anomaly-changelog/1'",
+            b"",
+            41,
+            3,
+        ),
+    }
+    daemon.changelog = SimpleNamespace(owner=owner)
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings({"in:1": checkpoints["in:1"]})
+    assert str(caught.value) == (
+        "cannot restore the state of 1 partition(s) (in:1): the checkpoint of in:1 is corrupted in changelog topic "
+        "cl (its bytes do not match its header's checksum). Nothing was restored or written: run the anomaly "
+        "version that wrote it to continue with that state, or start once with --reset-state to discard it (those "
+        "keys start fresh from the committed offsets); until then every start stops here"
+    )
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = daemon.changelog
+    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
+    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 4
+    assert reset._restore_one("in:4", whole) == ["k"]
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
+
+
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
     """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
     counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""

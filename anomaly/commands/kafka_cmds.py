@@ -139,7 +139,8 @@ def _kafka_options(fn):  # type: ignore[no-untyped-def]
     "--reset-state",
     is_flag=True,
     help="Discard checkpointed state written with other [engine] settings that shape per-key state (threshold "
-    "kind, dynamic_history, spot_*, policies): those keys start fresh, open alerts closed (reason evicted). "
+    "kind, dynamic_history, spot_*, policies), or that cannot be read (corrupted, a newer version's state "
+    "format): those keys start fresh, open alerts closed (reason evicted). "
     "Without it the daemon refuses to start on such state, writing nothing, so rolling the settings back "
     "restores it. It holds for every restore of this run (the partitions it is assigned later too): drop it "
     "once the state is reset.",

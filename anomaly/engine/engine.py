@@ -305,6 +305,11 @@ class Engine:
         that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
         return self.store.settings_difference(data)
 
+    def unreadable(self, data: bytes) -> str | None:
+        """Why a snapshot cannot be read at all (corrupted, or another state format), in words; None when it can
+        (see :meth:`StateStore.unreadable`)."""
+        return self.store.unreadable(data)
+
     def restore(self, data: bytes, domain: str | None = None) -> list[str]:
         """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
         forward). A snapshot from before clock domains (one "max_ts") puts its keys in `domain`: the daemon

@@ -344,9 +344,34 @@ class StateStore:
                 pos += size
             if pos != len(data) or header.get("format") != FORMAT:
                 raise ValueError("trailing bytes or unknown format")
-        except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+            keys = header["keys"]
+            if not isinstance(keys, list) or not isinstance(header["meta"], dict):
+                raise ValueError("keys or meta of the wrong type")
+            if any(len(arr) != len(keys) for arr in arrays.values()):
+                raise ValueError("arrays of another length than the keys")
+            Layout.from_json(header["layout"])
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error, json.JSONDecodeError) as exc:
             raise StateError(f"engine snapshot is corrupted ({exc})") from None
         return header, arrays
+
+    @staticmethod
+    def unreadable(data: bytes) -> str | None:
+        """Why a snapshot cannot be read at all, in words (``was written in state format 'anomaly-state/3'; this
+        version reads 'anomaly-state/2'``, ``is corrupted (truncated)``); None when it can (whether it fits this
+        engine is :meth:`settings_difference`'s and :meth:`restore`'s question)."""
+        try:
+            if data[:4] == MAGIC:
+                (n,) = struct.unpack("<I", data[4:8])
+                written = json.loads(data[8 : 8 + n]).get("format")
+                if isinstance(written, str) and written != FORMAT:
+                    return f"was written in state format {written!r}; this version reads {FORMAT!r}"
+        except (ValueError, TypeError, AttributeError, struct.error):
+            pass  # reported by read_snapshot below
+        try:
+            StateStore.read_snapshot(data)
+        except StateError as exc:
+            return "is corrupted" + str(exc).removeprefix("engine snapshot is corrupted")
+        return None
 
     def restore(self, data: bytes) -> list[str]:
         header, arrays = self.read_snapshot(data)

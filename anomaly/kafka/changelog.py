@@ -24,6 +24,10 @@ Who wrote a record travels in its header, so a restorer never takes state that i
   refuses a checkpoint of an input topic deleted and created again since (its offsets started again at 0, and
   the checkpoint's offset would skip the new topic's messages as already scored).
 
+A record whose state cannot be read (another changelog format, chunks missing, bytes that do not match the
+header's checksum, a payload that does not decompress) is read as a :class:`Checkpoint` with its ``problem`` and no snapshot: the restore refuses it
+(the daemon stops, or ``--reset-state`` discards it) as it refuses a snapshot the engine cannot read.
+
 Snapshots larger than ``chunk_bytes`` (many keys) are split: chunk records ``"<topic>:<partition>/<gen>/<i>"``
 are written first, then the header record naming ``gen`` and the chunk count. Chunk keys are unique per
 generation, so compaction never replaces a chunk the current header needs; the previous generation's chunks
@@ -108,6 +112,9 @@ class Checkpoint:
     txn: str = ""  # transactional id of the writer: a new owner fences it (aborts its open transaction)
     codec: str = WRITE_CODEC  # how ``payload`` is compressed
     input_id: str = ""  # topic id of the input topic when written ("": not known, or an older daemon)
+    # why the record's state cannot be read, in words ("is missing 1 of its 3 chunk(s)"; "": it can), its
+    # snapshot then empty: the restore refuses it as the engine refuses a snapshot it cannot read
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -410,20 +417,37 @@ class ChangelogStore:
     def _checkpoint(
         self, topic: str, pid: str, head: dict[str, Any], payload: bytes, chunks: dict[str, bytes]
     ) -> Checkpoint:
-        if head.get("chunks"):
+        problem = ""
+        written = head.get("format", FORMAT)
+        if (
+            written != FORMAT
+        ):  # a newer version's record, after a downgrade: its payload may be laid out otherwise
+            problem = f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
+        elif head.get("chunks"):
             keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
             lost = [k for k in keys if k not in chunks]
             if lost:
-                raise KafkaError(f"changelog {topic}: checkpoint of {pid} is missing {len(lost)} chunk(s)")
-            payload = b"".join(chunks[k] for k in keys)
-            self._live_chunks[pid] = keys
-        if len(payload) != head["bytes"] or hashlib.sha256(payload).hexdigest()[:32] != head["sha256"]:
-            raise KafkaError(f"changelog {topic}: checkpoint of {pid} is corrupted")
+                problem = f"is missing {len(lost)} of its {len(keys)} chunk(s) in changelog topic {topic}"
+            else:
+                payload = b"".join(chunks[k] for k in keys)
+                self._live_chunks[pid] = keys
+        if not problem and (
+            len(payload) != head["bytes"] or hashlib.sha256(payload).hexdigest()[:32] != head["sha256"]
+        ):
+            problem = (
+                f"is corrupted in changelog topic {topic} (its bytes do not match its header's checksum)"
+            )
+        snapshot = b""
+        if not problem and payload:
+            try:
+                snapshot = decompress_state(head, payload)
+            except KafkaError as exc:
+                problem = str(exc).removeprefix(f"checkpoint of {head.get('source')} ")
         offset = head.get("offset")
         return Checkpoint(
             pid,
             None if offset is None else int(offset),
-            decompress_state(head, payload) if payload else b"",
+            snapshot,
             int(head.get("keys", 0)),
             int(head.get("epoch", 0)),
             str(head.get("model", "")),
@@ -431,4 +455,5 @@ class ChangelogStore:
             str(head.get("txn", "")),
             str(head.get("codec", "zlib")),
             str(head.get("input_id") or ""),
+            problem,
         )

@@ -46,6 +46,7 @@ from kafka.structs import OffsetAndMetadata
 from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, partition_id
+from anomaly.kafka.clients import RepeatedFailure, error_text
 from anomaly.kafka.identity import TopicChangedError
 from anomaly.kafka.sinks import Delivery, DeliveryError
 from anomaly.runner import Batch
@@ -205,6 +206,15 @@ class KafkaCheckpointer:
         self.clock: Callable[[], float] = time.monotonic
         self._postponed_since: float | None = None
         self._postponed_logged = 0.0
+        # offset commits failed in a row (non-transactional): logged at the first, at most once a minute after,
+        # and at the next commit that succeeds
+        self._commit_failures = RepeatedFailure(
+            "offset commit failed",
+            "offset commit succeeded again",
+            "; state is checkpointed, commit retried later",
+            log,
+            clock=lambda: self.clock(),
+        )
         self.requested = False  # the next batch checkpoints whatever the interval (see :meth:`request`)
 
     def request(self) -> None:
@@ -433,13 +443,13 @@ class KafkaCheckpointer:
                 self.consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
         except (kerr.KafkaError, OSError) as exc:
             # The changelog already covers these offsets; the next owner (or our next try) skips past them.
-            log.warning(
-                "offset commit failed (%s); state is checkpointed, commit retried later", type(exc).__name__
-            )
+            self._commit_failures.failed(exc)
             if self.metrics is not None:
                 self.metrics.commit_failed()
-            self.postponed_by = KafkaError(f"offset commit failed: {type(exc).__name__}")
+            self.postponed_by = KafkaError(f"offset commit failed: {error_text(exc)}")
             return False
+        if wait:  # commit_async's outcome is not known here
+            self._commit_failures.succeeded()
         self.tracker.uncommitted -= set(offsets)
         return True
 

@@ -9,6 +9,7 @@ never appears in them.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import typing
 from collections.abc import Iterable, Mapping
@@ -153,6 +154,66 @@ class BrokerOutage:
                 "broker at %s reachable again after %.0f s", self.bootstrap, self.clock() - self.since
             )
             self.since = None
+
+
+class RepeatedFailure:
+    """What one caller logs of an operation that can fail once per message, batch or checkpoint (a broker outage
+    fails it again and again): the first failure with the error's text, then at most one line every ``repeat_s``
+    seconds with how many more failed since the last line and for how long it has failed, and one line at the
+    next success, with how long and how many failed in all. Lines: ``{failing} (TEXT){after}``, ``{failing} N
+    more time(s), failing for N s (TEXT){after}`` and ``{recovered} after N s (N failed)``. Thread-safe: a
+    producer's callbacks run on its IO thread."""
+
+    def __init__(
+        self,
+        failing: str,
+        recovered: str,
+        after: str = "",
+        logger: logging.Logger = log,
+        level: int = logging.WARNING,
+        repeat_s: float = 60.0,
+        clock: typing.Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failing, self.recovered, self.after = failing, recovered, after
+        self.log, self.level, self.repeat_s, self.clock = logger, level, repeat_s, clock
+        self.since: float | None = None  # monotonic time of the first failure in a row; None after a success
+        self.failures = 0  # in a row
+        self._logged_at, self._logged_n = 0.0, 0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self.clock()
+            self.failures += 1
+            if self.since is None:
+                self.since, self._logged_at, self._logged_n = now, now, self.failures
+                self.log.log(self.level, "%s (%s)%s", self.failing, error_text(exc), self.after)
+            elif now - self._logged_at >= self.repeat_s:
+                more, self._logged_at, self._logged_n = self.failures - self._logged_n, now, self.failures
+                self.log.log(
+                    self.level,
+                    "%s %d more time(s), failing for %.0f s (%s)%s",
+                    self.failing,
+                    more,
+                    now - self.since,
+                    error_text(exc),
+                    self.after,
+                )
+
+    def succeeded(self, *_: Any) -> None:
+        if self.since is None:  # the usual case, without the lock
+            return
+        with self._lock:
+            if self.since is None:
+                return
+            self.log.log(
+                self.level,
+                "%s after %.0f s (%d failed)",
+                self.recovered,
+                self.clock() - self.since,
+                self.failures,
+            )
+            self.since, self.failures = None, 0
 
 
 def _fail(what: str, cfg: KafkaConfig, exc: Exception) -> KafkaError:

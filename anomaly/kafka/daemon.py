@@ -10,11 +10,11 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   :class:`KafkaError`;
 * assignment: each assigned partition's state is restored from the changelog (only a record of this group and a
   compatible model; otherwise its keys start fresh from the group's committed offset; a checkpoint of this model
-  written with other [engine] settings that shape per-key state stops the daemon before it writes anything,
-  :class:`IncompatibleStateError`, unless ``reset_state`` discards it as another model's), the consumer seeks past
-  the checkpointed offset, and a claim record with the next owner epoch is written at once, so a fenced zombie's
-  late checkpoints (older epoch) are ignored by every later restore; ``/readyz`` turns ready once that is done
-  and the broker answers;
+  written with other [engine] settings that shape per-key state, or whose snapshot cannot be read, stops the daemon
+  before it writes anything, :class:`IncompatibleStateError`, unless ``reset_state`` discards it as another
+  model's), the consumer seeks past the checkpointed offset, and a claim record with the next owner epoch is
+  written at once, so a fenced zombie's late checkpoints (older epoch) are ignored by every later restore;
+  ``/readyz`` turns ready once that is done and the broker answers;
 * revocation: the revoked partitions are checkpointed and committed (bounded by the flush/commit timeouts),
   then their keys dropped from memory;
 * SIGTERM/SIGINT: the in-flight batch finishes, a final checkpoint + commit, close; a watchdog exits the process
@@ -137,14 +137,16 @@ class DaemonOptions:
     trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
     trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
-    # discard checkpoints written with other [engine] settings that shape per-key state (else: refuse to run)
+    # discard checkpoints written with other [engine] settings that shape per-key state, or that cannot be read
+    # (corrupted, another state format) (else: refuse to run)
     reset_state: bool = False
 
 
 class IncompatibleStateError(AnomalyError):
-    """Checkpoints of this model written with other [engine] settings that shape per-key state, met without
+    """Checkpoints of this model written with other [engine] settings that shape per-key state, or whose snapshot
+    cannot be read (corrupted, or another state format: a newer version's, after a downgrade), met without
     ``--reset-state``: the daemon stops before it restores or writes anything (status 2), so rolling the settings
-    back restores that state."""
+    (or the version) back restores that state."""
 
 
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
@@ -743,26 +745,41 @@ class Daemon:
         committed offsets stay as they were, and a start with the settings rolled back restores them. Met at a
         later assignment (a member with other settings checkpointed the partition: a rolling deploy), the same
         error stops this member; its own partitions were checkpointed at their revocation. Another model's state
-        is not this: a model change resets state by design (refused as ``incompatible_model`` at the restore)."""
+        is not this: a model change resets state by design (refused as ``incompatible_model`` at the restore).
+        A checkpoint of this model whose snapshot cannot be read at all (corrupted bytes, or a state format this
+        version does not read: a newer version's, after a downgrade) stops the start the same way; it was
+        discarded silently as ``bad_state``, for good. A truly corrupted one would stop every start: the message
+        names --reset-state, which discards it, as the way on."""
         if self.opts.reset_state:
             return
         misfits: dict[str, str] = {}
+        unreadable: dict[str, str] = {}
         for pid, cp in sorted(checkpoints.items()):
             if cp.offset is None or (cp.model and cp.model != self.changelog.owner.model):
+                continue
+            problem = cp.problem or self.engine.unreadable(cp.snapshot)
+            if problem:
+                unreadable[pid] = problem
                 continue
             difference = self.engine.settings_difference(cp.snapshot)
             if difference is not None:
                 misfits[pid] = difference
-        if not misfits:
-            return
-        pids = list(misfits)
-        shown = ", ".join(pids[:4]) + (f" and {len(pids) - 4} more" if len(pids) > 4 else "")
-        raise IncompatibleStateError(
-            f"cannot restore the state of {len(pids)} partition(s) ({shown}): {misfits[pids[0]]}. Nothing was "
-            "restored or written: roll those settings back (or run the anomaly version that wrote it) to "
-            "continue with that state, or start once with --reset-state to discard it (those keys start fresh "
-            "from the committed offsets, their open alerts closed with reason evicted)"
-        )
+        if misfits:
+            pids = list(misfits)
+            raise IncompatibleStateError(
+                f"cannot restore the state of {len(pids)} partition(s) ({_shown(pids)}): {misfits[pids[0]]}. "
+                "Nothing was restored or written: roll those settings back (or run the anomaly version that wrote "
+                "it) to continue with that state, or start once with --reset-state to discard it (those keys start "
+                "fresh from the committed offsets, their open alerts closed with reason evicted)"
+            )
+        if unreadable:  # a corrupted record stops every start until --reset-state discards it
+            pids = list(unreadable)
+            raise IncompatibleStateError(
+                f"cannot restore the state of {len(pids)} partition(s) ({_shown(pids)}): the checkpoint of "
+                f"{pids[0]} {unreadable[pids[0]]}. Nothing was restored or written: run the anomaly version that "
+                "wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
+                "start fresh from the committed offsets); until then every start stops here"
+            )
 
     def _rotate(self, force: bool = False) -> None:
         """A fresh transactional id for this assignment, so a member that takes partitions from us later fences
@@ -801,9 +818,17 @@ class Daemon:
             )
             self._count_refusal("incompatible_model")
             return None
+        if cp.problem:  # the record's state cannot be read (only with --reset-state)
+            log.error(
+                "state of %s not restored (its checkpoint %s); its keys start fresh from the committed offset",
+                pid,
+                cp.problem,
+            )
+            self._count_refusal("bad_state")
+            return None
         try:
             return self.engine.restore(cp.snapshot, domain=pid)
-        except StateError as exc:  # other [engine] settings get here only with --reset-state
+        except StateError as exc:  # other [engine] settings, an unreadable snapshot: only with --reset-state
             closes = retired_alerts(cp.snapshot)
             self._retired.extend(closes)
             log.error(
@@ -958,6 +983,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
         self.daemon.on_rebalance("assigned", assigned)
+
+
+def _shown(pids: list[str]) -> str:
+    """At most four partition ids, then how many more."""
+    return ", ".join(pids[:4]) + (f" and {len(pids) - 4} more" if len(pids) > 4 else "")
 
 
 def retired_alerts(snapshot: bytes) -> list[Alert]:

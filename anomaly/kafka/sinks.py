@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 
 from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
+from anomaly.kafka.clients import RepeatedFailure
 from anomaly.kafka.codec import alert_message, dead_letter, window_message
 from anomaly.runner import Batch
 
@@ -418,10 +419,19 @@ class DeadLetterSink(AlertSink):
         self.max_bytes = max_bytes
         self.metrics = metrics
         self.refused = 0
+        # refusals in a row (a broker outage refuses every dead letter): logged at the first, at most once a
+        # minute after, and at the next dead letter accepted
+        self.refusals = RepeatedFailure(
+            "dead letter refused by Kafka",
+            "dead letters accepted by Kafka again",
+            "; the stream carries on",
+            log,
+            logging.ERROR,
+        )
 
     def _refused(self, exc: BaseException) -> None:
         self.refused += 1
-        log.error("dead letter refused by Kafka (%s); the stream carries on", type(exc).__name__)
+        self.refusals.failed(exc)
         if self.metrics is not None:
             self.metrics.dead_letter_refused()
 
@@ -433,6 +443,7 @@ class DeadLetterSink(AlertSink):
             except (kerr.KafkaError, ValueError) as exc:  # e.g. MessageSizeTooLargeError, raised at once
                 self._refused(exc)
                 continue
+            future.add_callback(self.refusals.succeeded)
             future.add_errback(self._refused)
 
     def flush(self) -> None:

@@ -1,6 +1,7 @@
 """The daemon on a shared cluster (real Tansu broker): consumer groups side by side, a changelog shared by
-configuration, an incompatible model, state of other [engine] settings, a paused zombie, kill -9 during
-rebalances, dead letters that do not fit, topic auto-creation and auto_offset_reset."""
+configuration, an incompatible model, state of other [engine] settings or in a state format this version cannot
+read, a paused zombie, kill -9 during rebalances, dead letters that do not fit, topic auto-creation and
+auto_offset_reset."""
 
 from __future__ import annotations
 
@@ -268,6 +269,57 @@ def test_reset_state_closes_the_open_alerts_of_the_state_it_discards(kafka_env, 
     assert metric(port, "anomaly_alerts_closed_total") == len(open_ids)
     assert metric(port, "anomaly_restore_refused_total", '{reason="bad_state"}') == 2
     assert terminate(proc) == 0
+
+
+def test_a_checkpoint_in_a_state_format_this_version_cannot_read_stops_the_start_until_reset_state(
+    kafka_env, stream, tiny_model
+):
+    """A downgrade meets a checkpoint in a newer state format (or corrupted bytes): the start discarded it
+    silently (bad_state) and its claims replaced it for good. Now it stops with one line naming the partition and
+    what is wrong, writing nothing; --reset-state discards it and restores the other partitions."""
+    import struct
+
+    from anomaly.kafka.changelog import WRITE_CODEC, compress_state, decompress_state
+
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends)
+    pid = f"{names.input}:0"
+    head, payload = next(
+        decode_record(v) for _, _, k, v in reversed(_records(kafka_env, names.changelog)) if k == pid.encode()
+    )
+    snapshot = decompress_state(head, payload)
+    (n,) = struct.unpack("<I", snapshot[4:8])
+    header = json.dumps({**json.loads(snapshot[8 : 8 + n]), "format": "anomaly-state/3"}).encode()
+    newer = snapshot[:4] + struct.pack("<I", len(header)) + header + snapshot[8 + n :]
+    stored = compress_state(newer)
+    owner = Owner(head["group"], head["model"], head["txn"])
+    value = encode_header(
+        pid, head["offset"], stored, head["keys"], owner=owner, epoch=head["epoch"] + 1, raw=len(newer)
+    )
+    assert head["codec"] == WRITE_CODEC
+    kafka_env.producer.send(names.changelog, key=pid.encode(), value=value + b"\n" + stored).get()
+    changelog, committed = _records(kafka_env, names.changelog), kafka_env.committed(names.group, names.input)
+    ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
+
+    refused, _ = kafka_env.start(names, *FAST)
+    assert refused.wait(60) == 2
+    errors = [line for line in kafka_env.logs[-1].read_text().splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot restore the state of 1 partition(s) ({pid}): the checkpoint of {pid} was written in state "
+        "format 'anomaly-state/3'; this version reads 'anomaly-state/2'. Nothing was restored or written: run the "
+        "anomaly version that wrote it to continue with that state, or start once with --reset-state to discard "
+        "it (those keys start fresh from the committed offsets); until then every start stops here"
+    ]
+    assert _records(kafka_env, names.changelog) == changelog
+    assert kafka_env.committed(names.group, names.input) == committed
+
+    log, counted = _run_counting_refusals(kafka_env, names, ends, "--reset-state")
+    assert "restored 1 from the changelog" in log
+    assert counted == {"other_group": 0, "incompatible_model": 0, "bad_state": 1}
 
 
 def test_a_member_assigned_state_of_other_settings_mid_run_stops_without_writing(
