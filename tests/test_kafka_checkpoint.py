@@ -141,6 +141,20 @@ def _checkpoint(
     return calls
 
 
+def _k0_scored() -> PartitionTracker:
+    """A tracker owning TPS[0], where key k0 was seen and the position reached offset 11 (not checkpointed)."""
+    tracker = PartitionTracker()
+    tracker.owned.add(TPS[0])
+    tracker.see("k0", TPS[0])
+    tracker.advance({TPS[0]: 11})
+    return tracker
+
+
+def _k0_engine() -> Any:
+    """An engine holding key k0, whose snapshot is b"state"."""
+    return types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+
+
 def test_a_transactional_checkpoint_flushes_outputs_and_state_once_then_commits() -> None:
     assert _checkpoint(True) == [
         "dead letters flush",
@@ -190,13 +204,10 @@ def test_a_stop_while_the_outputs_are_unacknowledged_is_a_final_checkpoint_not_c
     out after 10s (broker away?)`, status 2, instead of the final checkpoint's line and status 3 (README; the
     integration test met it when the broker paused before the last alerts were acknowledged)."""
     calls: list[Any] = []
-    tracker = PartitionTracker()
-    tracker.owned.add(TPS[0])
-    tracker.see("k0", TPS[0])
-    tracker.advance({TPS[0]: 11})  # scored, not checkpointed
+    tracker = _k0_scored()  # scored, not checkpointed
     delivery = Delivery(_AwayProducer(calls), transactional=transactional)  # type: ignore[arg-type]
     delivery.send("alerts", b"k0", b"{}")
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    engine = _k0_engine()
     checkpointer = _checkpointer(calls, delivery, tracker)
     with pytest.raises(FinalCheckpointError) as err:
         run(engine, [], [AlertSink(delivery, "alerts")], checkpointer=checkpointer)
@@ -243,12 +254,9 @@ def test_a_checkpoint_whose_topics_cannot_be_checked_is_postponed() -> None:
         calls.append("verify")
         raise KafkaError("cannot check the input and changelog topics (KafkaTimeoutError)")
 
-    tracker = PartitionTracker()
-    tracker.owned.add(TPS[0])
-    tracker.see("k0", TPS[0])
-    tracker.advance({TPS[0]: 11})
+    tracker = _k0_scored()
     delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    engine = _k0_engine()
     assert _checkpointer(calls, delivery, tracker, verify=unanswered).checkpoint(engine) is False
     assert calls == ["verify"]
     assert tracker.dirty == {TPS[0]}  # written at the next checkpoint
@@ -268,12 +276,9 @@ def test_checkpoints_postponed_in_a_row_are_logged_at_the_start_once_a_minute_an
         if not answering[0]:
             raise KafkaError(why)
 
-    tracker = PartitionTracker()
-    tracker.owned.add(TPS[0])
-    tracker.see("k0", TPS[0])
-    tracker.advance({TPS[0]: 11})
+    tracker = _k0_scored()
     delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    engine = _k0_engine()
     checkpointer = _checkpointer(calls, delivery, tracker, verify=verify)
     now = [0.0]
     checkpointer.clock = lambda: now[0]
@@ -338,7 +343,7 @@ def test_an_idle_streams_timer_ticks_are_not_samples_of_the_checkpoint_time() ->
     tracker.see("k0", TPS[0])
     delivery = Delivery(_Producer(calls), transactional=True)  # type: ignore[arg-type]
     checkpointer = _checkpointer(calls, delivery, tracker, metrics)
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    engine = _k0_engine()
 
     def sample(name: str) -> float:
         return metrics.registry.get_sample_value(name) or 0.0
@@ -485,10 +490,7 @@ def test_a_background_checkpoint_writes_the_state_and_owner_of_its_moment() -> N
     calls: list[Any] = []
     producer = _Producer(calls)
     delivery = Delivery(producer, transactional=True)  # type: ignore[arg-type]
-    tracker = PartitionTracker()
-    tracker.owned.add(TPS[0])
-    tracker.see("k0", TPS[0])
-    tracker.advance({TPS[0]: 11})
+    tracker = _k0_scored()
     changelog = ChangelogStore(delivery.send, None, lambda _: "cl", Owner("g", "model-1"))  # type: ignore[arg-type]
     state = [b"state up to offset 10"]
     engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: state[0])
@@ -541,7 +543,7 @@ def test_by_default_the_periodic_checkpoint_waits_for_its_commit() -> None:
     tracker.owned.add(TPS[0])
     tracker.see("k0", TPS[0])
     checkpointer = _checkpointer(calls, delivery, tracker, interval_s=0.0)
-    engine = types.SimpleNamespace(keys=lambda: ["k0"], snapshot=lambda keys, domain=None: b"state")
+    engine = _k0_engine()
     checkpointer.after_batch(engine, Batch([], position={TPS[0]: 11}), [])
     assert calls[-3:] == ["flush", ("offsets", [(0, 11)]), "commit"]
     assert not delivery.committing and not tracker.uncommitted
@@ -610,10 +612,7 @@ def test_offset_commits_failing_in_a_row_are_logged_with_the_error_text_once_a_m
 
     calls: list[Any] = []
     failing = [True]
-    tracker = PartitionTracker()
-    tracker.owned.add(TPS[0])
-    tracker.see("k0", TPS[0])
-    tracker.advance({TPS[0]: 11})
+    tracker = _k0_scored()
     tracker.uncommitted.add(TPS[0])
     delivery = Delivery(_Producer(calls), transactional=False)  # type: ignore[arg-type]
     metrics = PipelineMetrics()

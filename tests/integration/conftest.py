@@ -129,6 +129,19 @@ def replay_expected(
     return Expected(windows, alerts, engine)
 
 
+def cut_with_open_alerts(bundle: Bundle, series: Sequence[Series]) -> tuple[list[Series], set[str]]:
+    """The series' first readings, cut where a replay (``static`` threshold) has alerts open at the end, and the
+    ids of those open alerts."""
+    cut = next(
+        c
+        for c in range(100, 400, 10)
+        if replay_expected(bundle, [s.head(c) for s in series]).engine.alerting_keys()
+    )
+    first = [s.head(cut) for s in series]
+    ids = replay_expected(bundle, first).alert_ids
+    return first, {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+
+
 class KafkaEnv:
     def __init__(self, broker: TansuBroker, model: Path, workdir: Path) -> None:
         self.broker = broker

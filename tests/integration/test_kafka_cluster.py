@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     assert_exactly_once_for_read_committed,
     assert_matches_replay,
+    cut_with_open_alerts,
     http_status,
     metric,
     replay_expected,
@@ -60,6 +61,18 @@ def _run_to(kafka_env, names, ends, *extra: str, **kw) -> str:
     kafka_env.wait_committed(names.group, names.input, ends)
     assert terminate(proc) == 0
     return kafka_env.logs[-1].read_text()
+
+
+def _first_run(kafka_env, stream, tiny_model, **run):
+    """The stream's first half produced to two partitions and consumed to its end by one daemon run (``run``:
+    `_run_to`'s options): the names, the bundle, the series, both halves and the first half's end offsets."""
+    _, series = stream
+    _, bundle = tiny_model
+    names = kafka_env.names(partitions=2)
+    first, second = segments(series, 2)
+    ends = kafka_env.produce(names.input, first, bundle.features)
+    _run_to(kafka_env, names, ends, **run)
+    return names, bundle, series, first, second, ends
 
 
 def _run_counting_refusals(kafka_env, names, ends, *extra: str, **kw) -> tuple[str, dict[str, float]]:
@@ -185,12 +198,7 @@ def test_a_restart_with_other_state_shaping_settings_stops_and_the_rollback_rest
     claims and checkpoints replaced the old ones, so rolling the setting back lost every key's state for good.
     Now it stops with one line (status 2) before it writes anything; the restart with `dynamic` again
     continues as if the refused start had never happened."""
-    _, series = stream
-    _, bundle = tiny_model
-    names = kafka_env.names(partitions=2)
-    first, second = segments(series, 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    _run_to(kafka_env, names, ends, env=DYNAMIC)
+    names, bundle, series, first, second, ends = _first_run(kafka_env, stream, tiny_model, env=DYNAMIC)
     changelog, committed = _records(kafka_env, names.changelog), kafka_env.committed(names.group, names.input)
     ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
 
@@ -214,12 +222,7 @@ def test_reset_state_starts_the_keys_of_other_settings_fresh_from_the_committed_
     kafka_env, stream, tiny_model
 ):
     """--reset-state: what a restart with other state-shaping settings did before, asked for."""
-    _, series = stream
-    _, bundle = tiny_model
-    names = kafka_env.names(partitions=2)
-    first, second = segments(series, 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    _run_to(kafka_env, names, ends, env=DYNAMIC)
+    names, bundle, series, first, second, ends = _first_run(kafka_env, stream, tiny_model, env=DYNAMIC)
     ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
     log, refused = _run_counting_refusals(kafka_env, names, ends, "--reset-state")
 
@@ -240,14 +243,7 @@ def test_reset_state_closes_the_open_alerts_of_the_state_it_discards(kafka_env, 
     them), as another model's are: before, a refused state's alerts stayed open for ever on the alerts topic."""
     _, series = stream
     _, bundle = tiny_model
-    cut = next(
-        c
-        for c in range(100, 400, 10)
-        if replay_expected(bundle, [s.head(c) for s in series]).engine.alerting_keys()
-    )
-    first = [s.head(cut) for s in series]
-    ids = replay_expected(bundle, first).alert_ids
-    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    first, open_ids = cut_with_open_alerts(bundle, series)
     names = kafka_env.names(partitions=2)
     ends = kafka_env.produce(names.input, first, bundle.features)
     _run_to(kafka_env, names, ends)
@@ -281,12 +277,7 @@ def test_a_checkpoint_in_a_state_format_this_version_cannot_read_stops_the_start
 
     from anomaly.kafka.changelog import WRITE_CODEC, compress_state, decompress_state
 
-    _, series = stream
-    _, bundle = tiny_model
-    names = kafka_env.names(partitions=2)
-    first, second = segments(series, 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    _run_to(kafka_env, names, ends)
+    names, bundle, series, first, second, ends = _first_run(kafka_env, stream, tiny_model)
     pid = f"{names.input}:0"
     head, payload = next(
         decode_record(v) for _, _, k, v in reversed(_records(kafka_env, names.changelog)) if k == pid.encode()
@@ -458,12 +449,7 @@ def test_a_restore_reads_past_another_writers_open_transaction_on_the_changelog(
     checkpoints, written before the open transaction."""
     from kafka import KafkaProducer
 
-    _, series = stream
-    _, bundle = tiny_model
-    names = kafka_env.names(partitions=2)
-    first, second = segments(series, 2)
-    ends = kafka_env.produce(names.input, first, bundle.features)
-    _run_to(kafka_env, names, ends)
+    names, bundle, series, first, second, ends = _first_run(kafka_env, stream, tiny_model)
     other = KafkaProducer(
         bootstrap_servers=kafka_env.broker.bootstrap, transactional_id=f"other-{names.group}"
     )

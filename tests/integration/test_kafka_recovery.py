@@ -97,7 +97,7 @@ def test_a_kill_inside_a_checkpoints_commit_loses_nothing_a_read_committed_reade
     names = kafka_env.names(partitions=2)
     first, second = segments(series, 2)
     ends = kafka_env.produce(names.input, first, bundle.features)
-    launcher = [sys.executable, str(Path(__file__).with_name("kill_in_commit.py"))]
+    launcher = [sys.executable, str(Path(__file__).with_name("in_commit.py"))]
     slow = ["--checkpoint-interval", "0.2", "--max-poll-records", "20"]
     proc, _ = kafka_env.start(names, *slow, command=launcher, env={"KILL_AT_COMMIT": "1"})
     assert proc.wait(60) == -signal.SIGKILL
@@ -224,7 +224,7 @@ def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a
     names = kafka_env.names(partitions=2)
     first, second = segments(series, 2)
     mark = kafka_env.workdir / "stopped-at"
-    launcher = [sys.executable, str(Path(__file__).with_name("stop_broker_in_commit.py"))]
+    launcher = [sys.executable, str(Path(__file__).with_name("in_commit.py"))]
     probe = {
         "ANOMALY_KAFKA_MAX_BLOCK_MS": "3000",
         "STOP_AT_COMMIT": "3",

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import http_status, metric, replay_expected, terminate, wait_for
+from conftest import cut_with_open_alerts, http_status, metric, terminate, wait_for
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -257,14 +257,7 @@ def _alerts_open_and_a_wider_model(stream, tiny_model, tmp_path):  # type: ignor
     architecture trained on normal data, and a copy of the champion at `tmp_path/model.pt` for a daemon to run."""
     _, series = stream
     model_path, champion = tiny_model
-    cut = next(
-        c
-        for c in range(100, 400, 10)
-        if replay_expected(champion, [s.head(c) for s in series]).engine.alerting_keys()
-    )
-    first = [s.head(cut) for s in series]
-    ids = replay_expected(champion, first).alert_ids
-    open_ids = {i for i, s in ids if s == "open"} - {i for i, s in ids if s == "closed"}
+    first, open_ids = cut_with_open_alerts(champion, series)
     assert open_ids
     frame = generate_keys(SyntheticSpec(n_sensors=3, n_points=600, seed=5), 1)
     frame.to_csv(tmp_path / "normal.csv", index=False)

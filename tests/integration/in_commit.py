@@ -1,6 +1,10 @@
-"""`anomaly` with one probe added: the ``STOP_AT_COMMIT``-th transactional commit of consumed offsets first stops
-the broker (SIGSTOP to ``STOP_BROKER_PID``) and writes the time to ``STOP_MARK``, so the broker is away exactly
-while the daemon commits a checkpoint's transaction (its records flushed, its offsets and end not yet sent).
+"""`anomaly` with one probe added at the N-th transactional commit of consumed offsets, when the transaction's
+records (outputs, checkpoints) are flushed to the broker and its offsets and end not yet sent:
+
+* ``KILL_AT_COMMIT=N``: the process kills itself (SIGKILL);
+* ``STOP_AT_COMMIT=N``: the broker is stopped (SIGSTOP to ``STOP_BROKER_PID``) and the time written to
+  ``STOP_MARK``, so the broker is away exactly while the daemon commits a checkpoint's transaction.
+
 Everything else is the real daemon and the real broker."""
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ def send_offsets_to_transaction(self: KafkaProducer, offsets: dict[Any, Any], gr
     global _seen
     if offsets:
         _seen += 1
-        if _seen == int(os.environ["STOP_AT_COMMIT"]):
+        if _seen == int(os.environ.get("KILL_AT_COMMIT", 0)):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _seen == int(os.environ.get("STOP_AT_COMMIT", 0)):
             os.kill(int(os.environ["STOP_BROKER_PID"]), signal.SIGSTOP)
             Path(os.environ["STOP_MARK"]).write_text(repr(time.time()))
     return _send_offsets(self, offsets, group)
