@@ -265,18 +265,22 @@ def test_a_broker_outage_is_logged_once_then_each_minute_then_its_end(
     line when the broker answers again (the daemon logged "broker not answering: KafkaError" at every probe and
     nothing when it came back)."""
     now = [100.0]
-    outage = clients.BrokerOutage("kafka-0:9092", logging.getLogger("t"), repeat_s=60.0, clock=lambda: now[0])
+    outage = clients.broker_outage(
+        "kafka-0:9092", logging.getLogger("t"), repeat_s=60.0, clock=lambda: now[0]
+    )
     caplog.set_level(logging.INFO, logger="t")
-    outage.answered()  # no outage: nothing to say
+    outage.succeeded()  # no outage: nothing to say
     for _ in range(150):  # 150 s of failed probes, one a second
         outage.failed(
-            "metadata request of the readiness probe", kerr.KafkaTimeoutError("no metadata in 2.0 s")
+            kerr.KafkaTimeoutError("no metadata in 2.0 s"),
+            operation="metadata request of the readiness probe",
         )
         now[0] += 1.0
-    outage.answered()
-    outage.answered()
+    outage.succeeded()
+    outage.succeeded()
     outage.failed(
-        "connecting the readiness probe", KafkaError("cannot reach Kafka at kafka-0:9092 (admin client)")
+        KafkaError("cannot reach Kafka at kafka-0:9092 (admin client)"),
+        operation="connecting the readiness probe",
     )
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         (

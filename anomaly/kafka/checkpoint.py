@@ -201,18 +201,24 @@ class KafkaCheckpointer:
         self.last = time.monotonic()
         self.checkpoints = 0
         self.postponed_by: KafkaError | None = None  # why the last checkpoint was postponed
+        self.clock: Callable[[], float] = time.monotonic  # monotonic; tests set their own
         # checkpoints postponed in a row (a broker outage): logged when it starts, at most once a
-        # POSTPONED_REPEAT_S after, and when a checkpoint completes again (monotonic times; ``clock`` for tests)
-        self.clock: Callable[[], float] = time.monotonic
-        self._postponed_since: float | None = None
-        self._postponed_logged = 0.0
+        # POSTPONED_REPEAT_S after, and when a checkpoint completes again
+        self._postponements = RepeatedFailure(
+            "checkpoint postponed: {error}",
+            "checkpoints postponed for {seconds:.0f} s: {error}",
+            "checkpoint completed after {seconds:.0f} s of postponed checkpoints",
+            log,
+            repeat_s=POSTPONED_REPEAT_S,
+            clock=lambda: self.clock(),
+        )
         # offset commits failed in a row (non-transactional): logged at the first, at most once a minute after,
         # and at the next commit that succeeds
-        self._commit_failures = RepeatedFailure(
+        self._commit_failures = RepeatedFailure.counted(
             "offset commit failed",
             "offset commit succeeded again",
             "; state is checkpointed, commit retried later",
-            log,
+            logger=log,
             clock=lambda: self.clock(),
         )
         self.requested = False  # the next batch checkpoints whatever the interval (see :meth:`request`)
@@ -352,23 +358,14 @@ class KafkaCheckpointer:
         return ok
 
     def _postponed(self, exc: KafkaError) -> bool:
-        now = self.clock()
-        if self._postponed_since is None:
-            self._postponed_since = self._postponed_logged = now
-            log.warning("checkpoint postponed: %s", exc)
-        elif now - self._postponed_logged >= POSTPONED_REPEAT_S:
-            self._postponed_logged = now
-            log.warning("checkpoints postponed for %.0f s: %s", now - self._postponed_since, exc)
+        self._postponements.failed(exc)
         self.postponed_by = exc
         if self.on_health is not None:
             self.on_health(False)
         return False
 
     def _completed(self) -> None:
-        since = self._postponed_since
-        if since is not None:
-            self._postponed_since = None
-            log.warning("checkpoint completed after %.0f s of postponed checkpoints", self.clock() - since)
+        self._postponements.succeeded()
 
     def _held_by_partition(self, engine: Any, chosen: set[TopicPartition]) -> dict[TopicPartition, list[str]]:
         """The keys the engine holds on each chosen partition, least recently used first: a restore then

@@ -111,94 +111,61 @@ def error_text(exc: BaseException) -> str:
     return text if isinstance(exc, KafkaError) or kind in text else f"{kind}: {text}"
 
 
-class BrokerOutage:
-    """What one caller logs of a broker outage: one warning when the broker stops answering (the operation that
-    failed, the bootstrap address, the error), at most one more every ``repeat_s`` seconds with the outage's
-    duration so far, and one line when it answers again, with the outage's duration. Logged as warnings: the
-    daemon shows warnings only without ``-v``, and the end of an outage belongs where its start was shown."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        logger: logging.Logger = log,
-        repeat_s: float = 60.0,
-        clock: typing.Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.log = logger
-        self.repeat_s = repeat_s
-        self.clock = clock
-        self.since: float | None = None  # monotonic start of the outage; None while the broker answers
-        self._logged = 0.0
-
-    def failed(self, operation: str, exc: BaseException) -> None:
-        now = self.clock()
-        if self.since is None:
-            self.since = self._logged = now
-            self.log.warning(
-                "broker at %s not answering (%s): %s", self.bootstrap, operation, error_text(exc)
-            )
-        elif now - self._logged >= self.repeat_s:
-            self._logged = now
-            self.log.warning(
-                "broker at %s still not answering after %.0f s (%s): %s",
-                self.bootstrap,
-                now - self.since,
-                operation,
-                error_text(exc),
-            )
-
-    def answered(self) -> None:
-        if self.since is not None:
-            self.log.warning(
-                "broker at %s reachable again after %.0f s", self.bootstrap, self.clock() - self.since
-            )
-            self.since = None
-
-
 class RepeatedFailure:
-    """What one caller logs of an operation that can fail once per message, batch or checkpoint (a broker outage
-    fails it again and again): the first failure with the error's text, then at most one line every ``repeat_s``
-    seconds with how many more failed since the last line and for how long it has failed, and one line at the
-    next success, with how long and how many failed in all. Lines: ``{failing} (TEXT){after}``, ``{failing} N
-    more time(s), failing for N s (TEXT){after}`` and ``{recovered} after N s (N failed)``. Thread-safe: a
-    producer's callbacks run on its IO thread."""
+    """What one caller logs of an operation that fails again and again while the broker is away (once per probe,
+    message, batch or checkpoint): the first failure, then at most one line every ``repeat_s`` seconds, and one
+    line at the next success. Each line is a template (``first``, ``repeat``, ``end``) formatted with ``error``
+    (the error's text, :func:`error_text`), ``seconds`` (how long it has failed), ``more`` (failures since the
+    last line), ``failures`` (in a row), the ``fields`` given here and those given to :meth:`failed`.
+    Thread-safe: a producer's callbacks run on its IO thread."""
 
     def __init__(
         self,
-        failing: str,
-        recovered: str,
-        after: str = "",
+        first: str,
+        repeat: str,
+        end: str,
         logger: logging.Logger = log,
         level: int = logging.WARNING,
         repeat_s: float = 60.0,
         clock: typing.Callable[[], float] = time.monotonic,
+        **fields: Any,
     ) -> None:
-        self.failing, self.recovered, self.after = failing, recovered, after
+        self.first, self.repeat, self.end, self.fields = first, repeat, end, fields
         self.log, self.level, self.repeat_s, self.clock = logger, level, repeat_s, clock
         self.since: float | None = None  # monotonic time of the first failure in a row; None after a success
         self.failures = 0  # in a row
         self._logged_at, self._logged_n = 0.0, 0
         self._lock = threading.Lock()
 
-    def failed(self, exc: BaseException) -> None:
+    @classmethod
+    def counted(cls, failing: str, recovered: str, after: str = "", **kw: Any) -> RepeatedFailure:
+        """Lines ``{failing} (ERROR){after}``, ``{failing} N more time(s), failing for N s (ERROR){after}`` and
+        ``{recovered} after N s (N failed)``: for an operation tried once per message or batch."""
+        return cls(
+            failing + " ({error})" + after,
+            failing + " {more} more time(s), failing for {seconds:.0f} s ({error})" + after,
+            recovered + " after {seconds:.0f} s ({failures} failed)",
+            **kw,
+        )
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
         with self._lock:
             now = self.clock()
             self.failures += 1
             if self.since is None:
                 self.since, self._logged_at, self._logged_n = now, now, self.failures
-                self.log.log(self.level, "%s (%s)%s", self.failing, error_text(exc), self.after)
+                template = self.first
             elif now - self._logged_at >= self.repeat_s:
-                more, self._logged_at, self._logged_n = self.failures - self._logged_n, now, self.failures
-                self.log.log(
-                    self.level,
-                    "%s %d more time(s), failing for %.0f s (%s)%s",
-                    self.failing,
-                    more,
-                    now - self.since,
-                    error_text(exc),
-                    self.after,
-                )
+                template = self.repeat
+            else:
+                return
+            more, self._logged_at, self._logged_n = self.failures - self._logged_n, now, self.failures
+            self.log.log(
+                self.level,
+                template.format(
+                    **self.fields, **fields, error=error_text(exc), seconds=now - self.since, more=more
+                ),
+            )
 
     def succeeded(self, *_: Any) -> None:
         if self.since is None:  # the usual case, without the lock
@@ -206,14 +173,25 @@ class RepeatedFailure:
         with self._lock:
             if self.since is None:
                 return
-            self.log.log(
-                self.level,
-                "%s after %.0f s (%d failed)",
-                self.recovered,
-                self.clock() - self.since,
-                self.failures,
-            )
+            seconds = self.clock() - self.since
+            self.log.log(self.level, self.end.format(**self.fields, seconds=seconds, failures=self.failures))
             self.since, self.failures = None, 0
+
+
+def broker_outage(bootstrap: str, logger: logging.Logger = log, **kw: Any) -> RepeatedFailure:
+    """What one caller logs of a broker outage (``failed(exc, operation=...)``, ``succeeded()``): one warning
+    when the broker stops answering (the operation that failed, the bootstrap address, the error), at most one
+    more a minute with the outage's duration so far, and one line when it answers again, with the outage's
+    duration. Logged as warnings: the daemon shows warnings only without ``-v``, and the end of an outage belongs
+    where its start was shown."""
+    return RepeatedFailure(
+        "broker at {bootstrap} not answering ({operation}): {error}",
+        "broker at {bootstrap} still not answering after {seconds:.0f} s ({operation}): {error}",
+        "broker at {bootstrap} reachable again after {seconds:.0f} s",
+        logger,
+        bootstrap=bootstrap,
+        **kw,
+    )
 
 
 def _fail(what: str, cfg: KafkaConfig, exc: Exception) -> KafkaError:

@@ -860,7 +860,7 @@ class Daemon:
 
     def _probe(self) -> None:
         probe = None
-        outage = clients.BrokerOutage(self.cfg.kafka.bootstrap_servers, log)  # its start, repeats, end
+        outage = clients.broker_outage(self.cfg.kafka.bootstrap_servers, log)  # its start, repeats, end
         while not self.stop.is_set():
             operation = "connecting the readiness probe"
             try:
@@ -868,7 +868,7 @@ class Daemon:
                     probe = clients.make_admin(self.cfg.kafka, self.opts.probe_interval_s * 3, 2000)
                 operation = "metadata request of the readiness probe"
                 self.identity.check(probe)  # a metadata request: the broker answers, the topics are the same
-                outage.answered()
+                outage.succeeded()
                 self._set_broker_ok(True)
             except TopicChangedError as exc:  # raised by the loop thread after its next poll (its one line)
                 if self._fatal is None:
@@ -876,7 +876,7 @@ class Daemon:
                 self._set_broker_ok(False)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
-                outage.failed(operation, exc)
+                outage.failed(exc, operation=operation)
                 self._set_broker_ok(False)
                 if probe is not None:
                     probe.close()

@@ -421,12 +421,12 @@ class DeadLetterSink(AlertSink):
         self.refused = 0
         # refusals in a row (a broker outage refuses every dead letter): logged at the first, at most once a
         # minute after, and at the next dead letter accepted
-        self.refusals = RepeatedFailure(
+        self.refusals = RepeatedFailure.counted(
             "dead letter refused by Kafka",
             "dead letters accepted by Kafka again",
             "; the stream carries on",
-            log,
-            logging.ERROR,
+            logger=log,
+            level=logging.ERROR,
         )
 
     def _refused(self, exc: BaseException) -> None:
