@@ -72,6 +72,8 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     if p.exists() and not p.is_file() and not p.is_dir():
         try:
             yield p
+        except BrokenPipeError:  # /dev/stdout whose reader has gone: the command ends quietly (status 141)
+            raise
         except OSError as exc:
             raise unwritable(p, exc, what) from None
         return

@@ -468,6 +468,27 @@ def test_help_and_version_cut_short_exit_141_as_other_output(args) -> None:
     assert (done.returncode, done.stderr) == (141, "")
 
 
+@pytest.mark.parametrize("out", ["-", "/dev/stdout"])
+def test_generate_to_stdout_cut_short_is_a_quiet_exit_141(out) -> None:
+    """`anomaly generate -o - | head -1` wrote a file named `-`, and `-o /dev/stdout | head -1` said `error:
+    cannot write the CSV file /dev/stdout: Broken pipe` with status 2: an output cut short by its reader ends
+    quietly with 141, as every other command's does."""
+    done = _run_with_stdout_closed(["generate", "-o", out, "--points", "2000"])
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_generate_dash_writes_the_csv_to_stdout_and_what_it_wrote_to_stderr(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["generate", "-o", "-", "--points", "500", "--anomalies", "1"])
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()
+    assert rows[0] == "timestamp,sensor_1,sensor_2,sensor_3,sensor_4,sensor_5,sensor_6,anomaly,anomaly_kind"
+    assert len(rows) == 501
+    labelled = sum(int(r.split(",")[7]) for r in rows[1:])
+    assert result.stderr == f"wrote 500 rows ({labelled} labelled anomalous) to standard output\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_broken_pipe_that_is_not_stdout_stays_an_error(bundle_path, monkeypatch) -> None:
     """Only stdout's reader going away is quiet: a broken pipe elsewhere (a socket, a FIFO named as a file) is
     still one `error:` line and status 2."""

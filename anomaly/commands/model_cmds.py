@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -27,7 +28,9 @@ from anomaly.training import TrainResult, pick_device, train
 
 
 @click.command("generate")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="CSV file to write.")
+@click.option(
+    "--out", "-o", type=click.Path(dir_okay=False), required=True, help="CSV file to write ('-': standard output)."
+)
 @click.option(
     "--points", type=click.IntRange(min=10), default=20_000, show_default=True, help="Rows per series."
 )
@@ -70,9 +73,14 @@ def generate_cmd(
             param_hint="'--anomalies'",
         )
     frame = generate(spec) if keys == 1 else generate_keys(spec, keys)
+    wrote = f"wrote {len(frame)} rows ({int(frame['anomaly'].sum())} labelled anomalous) to"
+    if out == "-":  # the CSV is the output; what was written goes to stderr, as a pipe's reader wants
+        frame.to_csv(sys.stdout, index=False)
+        click.echo(f"{wrote} standard output", err=True)
+        return
     with atomic_path(out, "CSV file") as tmp:
         frame.to_csv(tmp, index=False)
-    click.echo(f"wrote {len(frame)} rows ({int(frame['anomaly'].sum())} labelled anomalous) to {out}")
+    click.echo(f"{wrote} {out}")
 
 
 def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> TrainResult:
