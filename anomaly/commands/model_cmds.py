@@ -29,7 +29,11 @@ from anomaly.training import TrainResult, pick_device, train
 
 @click.command("generate")
 @click.option(
-    "--out", "-o", type=click.Path(dir_okay=False), required=True, help="CSV file to write ('-': standard output)."
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="CSV file to write ('-': standard output).",
 )
 @click.option(
     "--points", type=click.IntRange(min=10), default=20_000, show_default=True, help="Rows per series."
