@@ -340,9 +340,8 @@ class PipelineMetrics:
         active = int(getattr(engine, "active_alerts", 0))
         self.alerts_active.set(active)
         still_open = getattr(engine, "alert_open", None)
-        if (
-            still_open is not None
-        ):  # a revoked partition's keys, dropped without a close event (a count can hide it)
+        # a revoked partition's labelled keys, dropped without a close event (an unchanged count can hide it)
+        if still_open is not None:
             for key in [k for k in self._labelled if not still_open(k)]:
                 self._label_close(key)
         fresh = [k for k in opened if k not in self._labelled] if alerting is not None else []

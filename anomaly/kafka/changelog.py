@@ -419,9 +419,8 @@ class ChangelogStore:
     ) -> Checkpoint:
         problem = ""
         written = head.get("format", FORMAT)
-        if (
-            written != FORMAT
-        ):  # a newer version's record, after a downgrade: its payload may be laid out otherwise
+        # another format: a newer version's record, after a downgrade, whose payload may be laid out otherwise
+        if written != FORMAT:
             problem = f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
         elif head.get("chunks"):
             keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
