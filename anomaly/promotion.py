@@ -48,6 +48,9 @@ class ShadowResult:
     drift_psi: float | None  # point errors vs this model's calibration, over the whole slice
     metrics: dict[str, Any] | None = None  # F1, FAR, MAR, ... when the slice is labelled
     scored: int = 0  # point errors the drift PSI is made of (readings the model scored)
+    # when the slice is labelled: alerts that overlap no labelled anomaly (replay's false alerts: predicted
+    # segments matching no labelled event) plus every alert of a series without labels
+    false_alerts: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -62,19 +65,24 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
     """Score `series` with `bundle` through a fresh engine and the replay loop."""
     engine = Engine(bundle, engine_cfg)
     collector = WindowCollector()
-    alerts = {"open": 0}
+    opened: dict[str, int] = {}
 
     def count(batch: Any, out: Any) -> None:
-        alerts["open"] += sum(1 for a in out.alerts if a.status == "open")
+        for a in out.alerts:
+            if a.status == "open":
+                opened[a.key] = opened.get(a.key, 0) + 1
 
     totals = run(engine, merged_batches(series, 4096), [collector], on_batch=count, finish=True)
     scores, errors, inside, labelled = [], [], [], []
+    unlabelled_alerts = 0
     for s in series:
         got = collector.arrays(s.key)
         scores.append(got["scores"])
         errors.append(got["errors"])
         inside.append(got["alert_open"])
-        if s.labels is not None:
+        if s.labels is None:
+            unlabelled_alerts += opened.get(s.key, 0)
+        else:
             f = point_frame(s, bundle.features, got, "alert")
             labelled.append(
                 evaluation.evaluate(
@@ -94,18 +102,21 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
         drift.update(er)
         psi = drift.value()
     readings = int(totals["readings"])
+    metrics = evaluation.pool(labelled) if labelled else None
+    n_opened = sum(opened.values())
     return ShadowResult(
         bundle.version,
         readings,
         int(totals["windows"]),
-        alerts["open"],
-        1000.0 * alerts["open"] / max(readings, 1),
+        n_opened,
+        1000.0 * n_opened / max(readings, 1),
         float(op.mean()) if len(op) else 0.0,
         float(np.quantile(sc, 0.5)) if len(sc) else float("nan"),
         float(np.quantile(sc, 0.99)) if len(sc) else float("nan"),
         psi,
-        evaluation.pool(labelled) if labelled else None,
+        metrics,
         len(er),
+        None if metrics is None else metrics["counts"]["events"]["false_alerts"] + unlabelled_alerts,
     )
 
 
@@ -128,6 +139,9 @@ class PromotionPolicy:
     With labels: its F1 must be at least the champion's minus `f1_tolerance`. Always: it must not open more
     alerts than the champion's times `max_alert_rate_ratio` plus `alert_allowance` alerts, and its own drift on
     the slice must be at most `max_drift_psi` (a model that does not describe recent data should not go live).
+    When the slice's labels hold both classes, the alert rule counts false alerts only (alerts overlapping no
+    labelled anomaly, as replay counts them; every alert of a series without labels): the alerts a better
+    challenger opens on labelled anomalies are what F1 rewards, not a reason to reject it.
 
     Both models stream the same slice, so alerts opened compare as counts (the same as per 1,000 readings). The
     allowance is what makes small counts sensible: a ratio alone of a champion that opened no alert on a quiet
@@ -158,15 +172,30 @@ class PromotionPolicy:
             reasons.append(
                 f"F1 {f1c:.4f} vs champion {f1h:.4f} ({'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
             )
-        limit = champion.alerts_opened * self.max_alert_rate_ratio + self.alert_allowance
-        good = challenger.alerts_opened <= limit + 1e-9
-        ok &= good
-        reasons.append(
+        opened = (
             f"alerts opened {challenger.alerts_opened} vs champion {champion.alerts_opened} "
-            f"({challenger.alert_rate:.3f} vs {champion.alert_rate:.3f} per 1,000 readings; "
-            f"{'ok' if good else 'more'}; limit {limit:g} = {self.max_alert_rate_ratio:g} x the champion's "
-            f"+ {self.alert_allowance})"
+            f"({challenger.alert_rate:.3f} vs {champion.alert_rate:.3f} per 1,000 readings"
         )
+        if not one_class and challenger.false_alerts is not None and champion.false_alerts is not None:
+            # labels of both classes tell a true alert from a false one: a challenger that finds more labelled
+            # anomalies opens more alerts, and counting those against it would keep a stale champion in place
+            counted, against, what = challenger.false_alerts, champion.false_alerts, "false alerts"
+        else:
+            counted, against, what = challenger.alerts_opened, champion.alerts_opened, ""
+        limit = against * self.max_alert_rate_ratio + self.alert_allowance
+        good = counted <= limit + 1e-9
+        ok &= good
+        verdict = (
+            f"{'ok' if good else 'more'}; limit {limit:g} = {self.max_alert_rate_ratio:g} x the champion's "
+            f"+ {self.alert_allowance}"
+        )
+        if what:
+            reasons.append(
+                f"false alerts {counted} vs champion {against} (alerts overlapping no labelled anomaly, of "
+                f"{challenger.alerts_opened} vs {champion.alerts_opened} opened; {verdict})"
+            )
+        else:
+            reasons.append(f"{opened}; {verdict})")
         if challenger.drift_psi is None and challenger.scored < DEFAULT_MIN_POINTS:
             ok = False  # a slice this small decides nothing; --force still promotes (a rollback)
             reasons.append(

@@ -196,6 +196,7 @@ def test_promote_alert_allowance_option_decides_a_quiet_champion(csv_world, bund
         got = real(bundle, series, cfg)
         opened = 0 if next(calls) % 2 == 0 else 1  # champion first, then challenger
         got.alerts_opened, got.alert_rate = opened, 1000.0 * opened / got.readings
+        got.false_alerts = None  # as on a slice without labels, where every alert counts
         return got
 
     with mock.patch.object(promotion, "shadow_score", quiet_champion):
@@ -817,6 +818,53 @@ def test_policy_skips_f1_of_one_class_and_rejects_an_unmeasured_drift() -> None:
     ok, reasons = PromotionPolicy().decide(a, b)
     assert not ok and reasons[0].startswith("F1: not measurable (no reading of the slice is labelled")
     assert reasons[-1] == "drift: not measurable on 100 scored readings (needs 200; widen the slice)"
+
+
+def level_shifts(path, magnitudes: list[float], n: int = 3000, seed: int = 7) -> Series:  # type: ignore[no-untyped-def]
+    """A generated normal stream with a labelled 60-reading step in sensor_1 every 400 readings, one per
+    magnitude (in standard deviations of sensor_1), read back from `path` as the CLI reads it."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=n, seed=seed))
+    sd = frame["sensor_1"].std()
+    frame["anomaly"] = 0
+    for i, m in enumerate(magnitudes):
+        start = 400 + 400 * i
+        frame.loc[start : start + 59, "sensor_1"] += m * sd
+        frame.loc[start : start + 59, "anomaly"] = 1
+    frame.to_csv(path, index=False)
+    return load_series([path], DataConfig())[0][0]
+
+
+def test_labelled_slice_counts_false_alerts_against_the_champion_not_true_ones(bundle, bundle_path, tmp_path):
+    """A stale champion (its unit of error 4x too large: it sees only the largest steps) against the model it
+    drifted from. On the labelled slice the challenger finds more labelled anomalies (higher F1) and so opens
+    more alerts, 5 vs 2: the alert rule counted every alert and rejected it (limit 1 x 2 + 1 = 3). With labels
+    of both classes it counts the alerts overlapping no labelled anomaly, as replay's false alerts; without
+    labels (or on a series without them) every alert counts, as before."""
+    stale = load_bundle(bundle_path)
+    stale.calibration["reference_error"] *= 4
+    stale.meta["model_version"] = "stale"
+    labelled = level_shifts(tmp_path / "slice.csv", [1, 2, 3, 4, 6, 8])
+    # the steps are 12 % of the slice: drift is not the point here
+    policy = PromotionPolicy(max_drift_psi=1.0)
+    cmp = compare(stale, bundle, [labelled], EngineConfig(), policy)
+    a, b = cmp.champion, cmp.challenger
+    assert a.metrics is not None and b.metrics is not None and b.metrics["f1"] > a.metrics["f1"] + 0.1
+    assert (a.alerts_opened, b.alerts_opened) == (2, 5)  # the old rule: 5 > 1 x 2 + 1, rejected
+    assert (a.false_alerts, b.false_alerts) == (0, 1)
+    assert cmp.promote and cmp.reasons[1] == (
+        "false alerts 1 vs champion 0 (alerts overlapping no labelled anomaly, of 5 vs 2 opened; ok; "
+        "limit 1 = 1 x the champion's + 1)"
+    )
+    unlabelled = Series(labelled.key, labelled.timestamps, labelled.values)
+    cmp = compare(stale, bundle, [unlabelled], EngineConfig(), policy)
+    assert (cmp.champion.false_alerts, cmp.challenger.false_alerts) == (None, None)
+    assert not cmp.promote and cmp.reasons[0] == (
+        "alerts opened 5 vs champion 2 (1.667 vs 0.667 per 1,000 readings; more; limit 3 = 1 x the champion's + 1)"
+    )
+    other = Series("b", labelled.timestamps, labelled.values)  # a key without labels beside the labelled one
+    cmp = compare(stale, bundle, [labelled, other], EngineConfig(), policy)
+    assert (cmp.champion.false_alerts, cmp.challenger.false_alerts) == (0 + 2, 1 + 5)
+    assert not cmp.promote
 
 
 def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):

@@ -168,7 +168,8 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
             type=click.FloatRange(min=0),
             default=defaults.max_alert_rate_ratio,
             show_default=True,
-            help="The challenger may open at most this many times the champion's alerts (plus --alert-allowance).",
+            help="The challenger may open at most this many times the champion's alerts (plus --alert-allowance); "
+            "on a slice labelled with both classes, its false alerts (overlapping no labelled anomaly).",
         ),
         click.option(
             "--alert-allowance",
@@ -447,6 +448,8 @@ def _print_comparison(cmp: Comparison) -> None:
     ]
     if a.metrics is not None and b.metrics is not None:
         rows.append(("F1 / FAR / MAR", _labelled_metrics(a.metrics), _labelled_metrics(b.metrics)))
+    if a.false_alerts is not None and b.false_alerts is not None:
+        rows.append(("false alerts", f"{a.false_alerts}", f"{b.false_alerts}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows + [("", "champion", "")])
     click.echo(f"{'':<{w0}}  {'champion':<{w1}}  challenger")
