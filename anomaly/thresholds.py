@@ -405,7 +405,9 @@ def step_alerts(
     With `max_open_seconds` > 0 an alert open that long (event time since its start, less the gaps in
     `state[ALERT_GAP]` when the state has it) closes with reason "level_shift", and so does one open for
     `max_open_readings` points (> 0; counted from its start, so the rule does not depend on the clock's units);
-    the key cannot open another alert before the next window (the caller re-baselines it there). With
+    the key cannot open another alert before the next window (the caller re-baselines it there), and its
+    points up to then are not anomalous (`anomalous` is cleared in place: the flags a window-scored key reports
+    are the verdicts its lifecycle acted on, as a key scored on arrival has them while it waits). With
     `partial_readings` > 0 an alert open that many points closes the same way at the points where `partial_ok`
     (K, W) holds (the caller's condition: a minority of the key's features has moved). `state` holds (K, ...)
     arrays named ALERT_FIELDS, plus ALERT_LENGTH when `max_open_readings` or `partial_readings` is > 0 (and
@@ -430,7 +432,8 @@ def step_alerts(
         )
 
     for i in range(anomalous.shape[1]):
-        an, t, s = anomalous[:, i] & ~muted, ts[:, i], scores[:, i]
+        anomalous[:, i] &= ~muted  # the point verdict too, as a key scored on arrival has it (see below)
+        an, t, s = anomalous[:, i], ts[:, i], scores[:, i]
         new_run = an & (run_anom == 0)
         run_start[:] = np.where(new_run, t, run_start)
         if gaps is not None:  # gaps before a run that may open an alert are not the alert's

@@ -1213,6 +1213,41 @@ def test_a_window_model_closes_a_level_shift_after_max_alert_readings_whatever_t
     ]
 
 
+@pytest.mark.parametrize("kind", ["forecast", "window"])
+def test_after_a_level_shift_closes_both_model_kinds_flag_the_same_readings(
+    bundle, window_bundle, kind
+) -> None:
+    """`anomalous` (replay's --predict point) is the verdict the alert lifecycle acted on. After a level shift
+    closes an alert, the key waits for its re-baseline at the next window without a verdict: a model scored on
+    arrival marked the waiting readings normal, while a whole-window model marked the rest of the closing window
+    anomalous (score above the threshold) though its lifecycle ignored them; so the same stream gave
+    --predict point other predictions by model kind. Now both mark readings 181-183 (after the close at the
+    alert's 101st reading, 180, to the window's end) normal, and every other reading by its score."""
+    b = bundle if kind == "forecast" else window_bundle
+    w = b.window
+    s = spiky(b, n=30 * w, spans=())
+    s.values[10 * w :, 0] += 60 * b.scaler.scale[0]  # lasting shift from reading 80
+    cfg = EngineConfig(
+        threshold="static",
+        static_threshold=100.0,
+        smoothing=1.0,
+        max_alert_seconds=0.0,
+        max_alert_readings=101,
+        max_gap_seconds=600.0,
+    )
+    out = Engine(b, cfg).process([Event(s.key, s.timestamps, s.values)])
+    assert [(a.status, a.at, a.reason) for a in out.alerts][:2] == [
+        ("open", 82.0 if kind == "forecast" else 87.0, ""),
+        ("closed", 180.0 if kind == "forecast" else 183.0, "level_shift"),  # a window decides at its end
+    ]
+    ts = np.concatenate([x.timestamps for x in out.windows])
+    above = np.concatenate([x.scores > x.thresholds for x in out.windows])
+    flagged = np.concatenate([x.anomalous for x in out.windows])
+    assert ts.tolist() == list(map(float, range(len(s))))
+    assert np.flatnonzero(above != flagged).tolist() == [181, 182, 183]
+    assert above[181:184].all() and not flagged[181:184].any()
+
+
 def test_a_window_model_closes_a_partial_level_shift_and_keeps_a_whole_one_open(window_bundle) -> None:
     """Whole-window scoring: one feature of four settling 60 sigma away closes as a level shift once the alert is
     100 readings long and the re-baselined key alerts again on a later spike; all four moving stays open."""

@@ -231,7 +231,9 @@ class ScoredWindow:
         np.ndarray
     )  # float32 (W,): EWMA-smoothed error / bundle reference error (1.0 = calibration quantile)
     thresholds: np.ndarray  # float32 (W,): threshold in force at each point (score units)
-    anomalous: np.ndarray  # bool (W,): score above threshold (and past warm-up)
+    # bool (W,): score above threshold (and past warm-up) or a stuck sensor; never after a level shift closed
+    # an alert, up to the key's re-baseline at the next window (the verdicts the alert lifecycle acted on)
+    anomalous: np.ndarray
     alert_open: np.ndarray  # bool (W,): an alert of this key was open at this point
     contributions: np.ndarray  # float32 (F,): share of the window's error per feature, sums to 1
     model_version: str = ""
