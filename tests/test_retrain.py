@@ -468,6 +468,7 @@ def test_to_alone_cuts_csv_rows_and_is_recorded(csv_world, bundle_path, tmp_path
     out = tmp_path / "c.pt"
     result = run_cli("retrain", "-m", bundle_path, path, "-o", out, "--epochs", 1, "--to", cut)
     assert result.exit_code == 0, result.output
+    assert ": 1 epoch (best 1, val loss " in result.stdout  # was '1 epochs'
     data = read_metadata(out)[0]["lineage"]["data"]
     assert data["readings"] + data["excluded_short_readings"] == 1000
     assert (data["from"], data["to"]) == (None, "2023-11-15T14:53:20+00:00")

@@ -20,6 +20,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
+from anomaly.data import plural
 from anomaly.errors import ConfigError, DataError
 from anomaly.promotion import Comparison, PromotionPolicy, compare
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
@@ -713,7 +714,7 @@ def retrain_cmd(
     save_bundle(bundle, out)
     t = bundle.meta["training"]
     click.echo(
-        f"challenger {bundle.version}: {t['epochs_run']} epochs (best {t['best_epoch']}, val loss "
+        f"challenger {bundle.version}: {plural(t['epochs_run'], 'epoch')} (best {t['best_epoch']}, val loss "
         f"{t['best_val_loss']:.5f}), parent {parent.version} -> {out}"
     )
     if do_promote:
