@@ -132,6 +132,16 @@ def _one_class(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+def false_alert_counts(champion: ShadowResult, challenger: ShadowResult) -> tuple[int, int] | None:
+    """(champion's, challenger's) false alerts when the alert rule counts them: when the slice's labels hold
+    both classes, which tell a true alert from a false one (a challenger that finds more labelled anomalies opens
+    more alerts, and counting those against it would keep a stale champion in place); else None."""
+    a, b = champion.false_alerts, challenger.false_alerts
+    if a is None or b is None or challenger.metrics is None or _one_class(challenger.metrics):
+        return None
+    return a, b
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     """When a challenger replaces the champion.
@@ -172,16 +182,8 @@ class PromotionPolicy:
             reasons.append(
                 f"F1 {f1c:.4f} vs champion {f1h:.4f} ({'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
             )
-        opened = (
-            f"alerts opened {challenger.alerts_opened} vs champion {champion.alerts_opened} "
-            f"({challenger.alert_rate:.3f} vs {champion.alert_rate:.3f} per 1,000 readings"
-        )
-        if not one_class and challenger.false_alerts is not None and champion.false_alerts is not None:
-            # labels of both classes tell a true alert from a false one: a challenger that finds more labelled
-            # anomalies opens more alerts, and counting those against it would keep a stale champion in place
-            counted, against, what = challenger.false_alerts, champion.false_alerts, "false alerts"
-        else:
-            counted, against, what = challenger.alerts_opened, champion.alerts_opened, ""
+        false = false_alert_counts(champion, challenger)
+        against, counted = (champion.alerts_opened, challenger.alerts_opened) if false is None else false
         limit = against * self.max_alert_rate_ratio + self.alert_allowance
         good = counted <= limit + 1e-9
         ok &= good
@@ -189,13 +191,16 @@ class PromotionPolicy:
             f"{'ok' if good else 'more'}; limit {limit:g} = {self.max_alert_rate_ratio:g} x the champion's "
             f"+ {self.alert_allowance}"
         )
-        if what:
+        if false is None:
+            reasons.append(
+                f"alerts opened {counted} vs champion {against} ({challenger.alert_rate:.3f} vs "
+                f"{champion.alert_rate:.3f} per 1,000 readings; {verdict})"
+            )
+        else:
             reasons.append(
                 f"false alerts {counted} vs champion {against} (alerts overlapping no labelled anomaly, of "
                 f"{challenger.alerts_opened} vs {champion.alerts_opened} opened; {verdict})"
             )
-        else:
-            reasons.append(f"{opened}; {verdict})")
         if challenger.drift_psi is None and challenger.scored < DEFAULT_MIN_POINTS:
             ok = False  # a slice this small decides nothing; --force still promotes (a rollback)
             reasons.append(

@@ -788,6 +788,8 @@ def test_labels_of_one_class_do_not_decide_by_f1(csv_world, bundle_path, tmp_pat
         # needs readings labelled normal, MAR readings labelled anomalous, F1 both)
         (row,) = [line for line in result.stdout.splitlines() if line.startswith("F1 / FAR / MAR")]
         assert re.fullmatch(rf"F1 / FAR / MAR +{shown} +{shown}", row), row
+        # nor are false alerts counted or shown: every alert counts
+        assert "false alerts" not in result.stdout and "  - alerts opened " in result.stdout
 
 
 def test_a_slice_too_small_for_drift_is_rejected_and_one_without_a_scored_reading_is_an_error(

@@ -22,7 +22,7 @@ from anomaly.commands.common import (
 )
 from anomaly.data import plural
 from anomaly.errors import ConfigError, DataError
-from anomaly.promotion import Comparison, PromotionPolicy, compare
+from anomaly.promotion import Comparison, PromotionPolicy, compare, false_alert_counts
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
 
 
@@ -449,8 +449,9 @@ def _print_comparison(cmp: Comparison) -> None:
     ]
     if a.metrics is not None and b.metrics is not None:
         rows.append(("F1 / FAR / MAR", _labelled_metrics(a.metrics), _labelled_metrics(b.metrics)))
-    if a.false_alerts is not None and b.false_alerts is not None:
-        rows.append(("false alerts", f"{a.false_alerts}", f"{b.false_alerts}"))
+    false = false_alert_counts(a, b)  # None without labels, or with labels of one class (not used)
+    if false is not None:
+        rows.append(("false alerts", f"{false[0]}", f"{false[1]}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows + [("", "champion", "")])
     click.echo(f"{'':<{w0}}  {'champion':<{w1}}  challenger")
