@@ -843,6 +843,8 @@ def test_labelled_slice_counts_false_alerts_against_the_champion_not_true_ones(b
     more alerts, 5 vs 2: the alert rule counted every alert and rejected it (limit 1 x 2 + 1 = 3). With labels
     of both classes it counts the alerts overlapping no labelled anomaly, as replay's false alerts; without
     labels (or on a series without them) every alert counts, as before."""
+    import dataclasses
+
     stale = load_bundle(bundle_path)
     stale.calibration["reference_error"] *= 4
     stale.meta["model_version"] = "stale"
@@ -858,16 +860,20 @@ def test_labelled_slice_counts_false_alerts_against_the_champion_not_true_ones(b
         "false alerts 1 vs champion 0 (alerts overlapping no labelled anomaly, of 5 vs 2 opened; ok; "
         "limit 1 = 1 x the champion's + 1)"
     )
-    unlabelled = Series(labelled.key, labelled.timestamps, labelled.values)
-    cmp = compare(stale, bundle, [unlabelled], EngineConfig(), policy)
-    assert (cmp.champion.false_alerts, cmp.challenger.false_alerts) == (None, None)
-    assert not cmp.promote and cmp.reasons[0] == (
-        "alerts opened 5 vs champion 2 (1.667 vs 0.667 per 1,000 readings; more; limit 3 = 1 x the champion's + 1)"
-    )
-    other = Series("b", labelled.timestamps, labelled.values)  # a key without labels beside the labelled one
+    # the same stream under another key without labels, beside the labelled one: each of its alerts counts
+    other = Series("b", labelled.timestamps, labelled.values)
     cmp = compare(stale, bundle, [labelled, other], EngineConfig(), policy)
+    assert (cmp.champion.alerts_opened, cmp.challenger.alerts_opened) == (2 + 2, 5 + 5)
     assert (cmp.champion.false_alerts, cmp.challenger.false_alerts) == (0 + 2, 1 + 5)
-    assert not cmp.promote
+    assert not cmp.promote and cmp.reasons[1].startswith("false alerts 6 vs champion 2 (")
+    # without labels every alert counts, as before
+    unlabelled = dataclasses.replace(cmp.challenger, metrics=None, false_alerts=None)
+    ok, reasons = policy.decide(
+        dataclasses.replace(cmp.champion, metrics=None, false_alerts=None), unlabelled
+    )
+    assert not ok and reasons[0] == (
+        "alerts opened 10 vs champion 4 (1.667 vs 0.667 per 1,000 readings; more; limit 5 = 1 x the champion's + 1)"
+    )
 
 
 def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
