@@ -83,7 +83,11 @@ class TimeRange:
         if since and start:
             raise ConfigError("give --since or --from, not both")
         if not since and not start:
-            raise ConfigError("give a time range: --since 7d, or --from TIME [--to TIME]")
+            # reached without data files: the topic is read, so a user who forgot the files is told of both
+            raise ConfigError(
+                "give a time range of the input topic: --since 7d, or --from TIME [--to TIME] (or CSV files to "
+                "read instead of the topic)"
+            )
         hi = parse_time(end) if end else now
         lo = hi - parse_duration(since) if since else parse_time(start or "")
         if since:

@@ -40,6 +40,19 @@ def test_time_range_from_since_or_from_to() -> None:
         TimeRange.parse(None, "100", "50")
 
 
+def test_promote_or_retrain_without_data_files_or_range_names_both(bundle_path, tmp_path) -> None:
+    """Without files the topic is read, and the error named only a time range: a user who forgot the CSV files
+    was told to give --since."""
+    champion = copy_of(bundle_path, tmp_path)
+    for args in (("promote", bundle_path, "-m", champion), ("retrain", "-m", champion)):
+        result = run_cli(*args)
+        assert (result.exit_code, result.output) == (
+            2,
+            "error: give a time range of the input topic: --since 7d, or --from TIME [--to TIME] (or CSV files "
+            "to read instead of the topic)\n",
+        )
+
+
 def test_alert_spans_from_lifecycle_events_deduplicated_by_id() -> None:
     events = [
         {"id": "a@1000", "key": "a", "status": "open", "start": 1.0, "end": None},
