@@ -165,13 +165,13 @@ def _prediction(out: Any) -> torch.Tensor:
     return out.forecast if out.forecast is not None else out.reconstruction
 
 
-def _require_onnx() -> tuple[Any, Any]:
+def _require_onnx(what: str = "ONNX export") -> tuple[Any, Any]:
     try:
         import onnx
         import onnxruntime
     except ImportError:
         raise ExportError(
-            "ONNX export needs the optional packages onnx and onnxruntime: pip install 'anomaly[export]'"
+            f"{what} needs the optional packages onnx and onnxruntime: pip install 'anomaly[export]'"
         ) from None
     return onnx, onnxruntime
 
@@ -304,7 +304,7 @@ class OnnxStep:
 
 def load_onnx_bundle(path: str | Path) -> Bundle:
     """A bundle whose model runs through onnxruntime; its metadata comes from the file itself."""
-    onnx, ort = _require_onnx()
+    onnx, ort = _require_onnx(f"reading the ONNX model {path}")
     p = Path(path)
     if not p.is_file():
         raise BundleError(f"model bundle not found: {p}", path=str(p))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -334,3 +336,21 @@ def test_an_onnx_export_does_not_claim_its_parents_weight_checksum(bundle, tmp_p
     meta = json.loads(result.stdout)
     assert "weights_sha256" not in meta
     assert meta["export"] == {"format": "onnx", "opset": 17, "parent_version": bundle.version}
+
+
+def test_without_the_export_extra_replay_of_an_onnx_file_says_what_needs_it(
+    bundle, bundle_path, tmp_path, monkeypatch
+):
+    """Without onnxruntime, `replay -m model.onnx` said 'ONNX export needs the optional packages ...': the user
+    was not exporting anything. Reading names the file; exporting still says export."""
+    path, _ = export_onnx(bundle, tmp_path / "model.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails, as where the extra is not installed
+    extra = "needs the optional packages onnx and onnxruntime: pip install 'anomaly[export]'\n"
+    data = tmp_path / "data.csv"
+    data.write_text("timestamp,a\n0,1\n")
+    read = CliRunner().invoke(main, ["replay", str(data), "-m", str(path), "-o", str(tmp_path / "r")])
+    assert (read.exit_code, read.output) == (2, f"error: reading the ONNX model {path} {extra}")
+    made = CliRunner().invoke(
+        main, ["export", str(bundle_path), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]
+    )
+    assert (made.exit_code, made.output) == (2, f"error: ONNX export {extra}")
