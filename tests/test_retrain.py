@@ -952,6 +952,31 @@ def test_retrain_refuses_to_write_the_challenger_over_the_rollback_copy(csv_worl
     assert previous.read_bytes() == b"the last champion"
 
 
+def test_retrain_refuses_to_write_the_challenger_over_its_data_or_alerts_file(
+    csv_world, bundle_path, tmp_path
+):
+    """`retrain -m model.pt recent.csv -o recent.csv` trained and replaced the data file with the challenger
+    bundle (so did `-o` naming the --alerts file); `train -o` refused it. Refused in one line before anything is
+    read or trained, and so is a name ending in / (refused only after the training, its work lost)."""
+    path, alerts = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    data, events = path.read_bytes(), alerts.read_bytes()
+    for out, named in ((path, path), (alerts, alerts)):
+        result = run_cli("retrain", "-m", champion, path, "--alerts", alerts, "-o", out, "--epochs", 1)
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: the model bundle {out} is the data file {named}: training would replace the data with the "
+            "bundle; name another file with --out\n",
+        )
+    folder = f"{tmp_path / 'models'}/"
+    result = run_cli("retrain", "-m", champion, path, "-o", folder, "--epochs", 1)
+    assert result.exit_code == 2 and result.stderr.startswith(
+        f"error: cannot write the model bundle {folder}: "
+    )
+    assert (path.read_bytes(), alerts.read_bytes()) == (data, events)
+    assert not (tmp_path / "models").exists()
+
+
 def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_path, tmp_path):
     """A topic read leaves out readings at a timestamp their key already had (the engine drops them); from CSV
     files that overlap (two exports of one key), retrain trained on both copies of every shared reading."""

@@ -17,8 +17,9 @@ from typing import Any, NoReturn
 import click
 from click.core import ParameterSource
 
+from anomaly.atomic import check_writable
 from anomaly.config import PipelineConfig, load_config
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, OutputError
 
 
 def _pipeline_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -312,3 +313,25 @@ def setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def check_output(out: str, paths: list[str]) -> None:
+    """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
+    be lost) or that is one of the data files (the data would be replaced by the bundle): `train -o` and
+    `retrain -o`."""
+    if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
+        raise OutputError(
+            f"cannot write the model bundle {out}: a name ending in / is a folder, not a file; give the "
+            f"bundle's file name, e.g. {os.path.join(out, 'model.pt')}",
+            path=out,
+        )
+    check_writable(out, "model bundle")
+    if not os.path.isfile(out):
+        return
+    for path in paths:
+        if os.path.isfile(path) and os.path.samefile(path, out):
+            raise OutputError(
+                f"the model bundle {out} is the data file {path}: training would replace the data with the "
+                "bundle; name another file with --out",
+                path=out,
+            )

@@ -10,6 +10,7 @@ import click
 
 from anomaly import retrain
 from anomaly.commands.common import (
+    check_output,
     config_from,
     data_options,
     key_column_option,
@@ -627,6 +628,8 @@ def retrain_cmd(
             f"-o {out} is the champion's rollback copy (kept by the last promotion): write the challenger to "
             "another file"
         )
+    # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
+    check_output(out, [*data, *([alerts_file] if alerts_file else [])])
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")

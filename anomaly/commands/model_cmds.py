@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
 import click
 
-from anomaly.atomic import atomic_path, check_writable
+from anomaly.atomic import atomic_path
 from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
+    check_output,
     config_from,
     data_options,
     key_column_option,
@@ -22,7 +22,7 @@ from anomaly.commands.common import (
     time_column_option,
 )
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
-from anomaly.errors import DataError, OutputError
+from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, pick_device, train
 
@@ -148,27 +148,6 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         result.bundle.meta["anomalies_dropped"] = {"rows": dropped, "cuts": cuts}
     save_bundle(result.bundle, out)
     return result
-
-
-def check_output(out: str, paths: list[str]) -> None:
-    """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
-    be lost) or that is one of the data files (the data would be replaced by the bundle)."""
-    if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
-        raise OutputError(
-            f"cannot write the model bundle {out}: a name ending in / is a folder, not a file; give the "
-            f"bundle's file name, e.g. {os.path.join(out, 'model.pt')}",
-            path=out,
-        )
-    check_writable(out, "model bundle")
-    if not os.path.isfile(out):
-        return
-    for path in paths:
-        if os.path.isfile(path) and os.path.samefile(path, out):
-            raise OutputError(
-                f"the model bundle {out} is the data file {path}: training would replace the data with the "
-                "bundle; name another file with --out",
-                path=out,
-            )
 
 
 @click.command("train")
