@@ -120,6 +120,30 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "{csv}", "-o", "{dir}/m.pt"],
+        ["replay", "{csv}", "-m", "{dir}/none.pt"],
+        ["consume", "-m", "{dir}/none.pt"],
+        ["demo", "-o", "{csv}/demo"],
+    ],
+)
+def test_a_setting_left_unused_is_a_warning_line(args, tmp_path) -> None:
+    """The warning that a pipeline file's setting has no effect was a timestamped log line (`2026-... WARNING
+    anomaly.config: ...`) among the `warning:` lines train and replay print for everything else."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\nbroken\n")
+    toml = tmp_path / "p.toml"
+    toml.write_text('[engine]\nthreshold = "dynamic"\nstatic_threshold = 2.5\n')
+    argv = [a.replace("{csv}", str(csv)).replace("{dir}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, [*argv, "--pipeline", str(toml)])
+    assert result.stderr.splitlines()[0] == (
+        f"warning: engine.static_threshold (from pipeline file {toml}) has no effect: engine.threshold is "
+        "dynamic, not static"
+    )
+
+
+@pytest.mark.parametrize(
     ("args", "expected"),
     [
         (

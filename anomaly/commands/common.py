@@ -149,7 +149,12 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
-    return load_config(pipeline, given, option_names=option_names(given))
+    return load_config(pipeline, given, option_names=option_names(given), warn=warn_line)
+
+
+def warn_line(message: str) -> None:
+    """A `warning:` line on stderr, the form every command gives its warnings (not a timestamped log line)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def option_names(overrides: dict[str, Any]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from anomaly.commands.common import (
     pipeline_option,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
@@ -339,6 +340,7 @@ def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | Non
             overrides,
             toml_source="the demo's embedded settings (pipelines/demo.toml)",
             option_names=option_names(overrides),
+            warn=warn_line,
         )
     )
     seed = cfg.train.seed  # --seed, else the pipeline's or ANOMALY_TRAIN_SEED (the option always won, as 0)
