@@ -97,7 +97,11 @@ class DataConfig:
         _check_choices(self, "data")
         if self.separator in SEPARATOR_NAMES:  # a tab is hard to type in a shell or an environment variable
             object.__setattr__(self, "separator", SEPARATOR_NAMES[self.separator])
-        _need(self.key_column != "", "data.key_column", "must not be empty (leave it out for one series)")
+        _need(
+            self.key_column is None or bool(self.key_column.strip()),
+            "data.key_column",
+            "must not be empty (leave it out for one series)",
+        )
         _need(bool(self.label), "data.label", "must not be empty")
         _need(
             self.separator is None or len(self.separator) == 1,
@@ -719,6 +723,12 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
             )
         if (section, name) == ("kafka", "bootstrap_servers"):
             value = _server_list(value)
+        if (section, name) == ("data", "key_column") and isinstance(value, str) and not value.strip():
+            # refused by DataConfig as an empty column name (`key_column = ""`, `--key-column "$KEY"` with KEY
+            # unset), as a library user's is; read as unset like other optional settings, it cut a file of many
+            # keys into one series without a word
+            changes[name] = ""
+            continue
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
     return dataclasses.replace(section_obj, **changes)
 
