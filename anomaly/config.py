@@ -744,6 +744,16 @@ def _server_list(value: Any) -> Any:
             return value
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return ",".join(v.strip() for v in value if v.strip())
+    if isinstance(value, list | tuple | int | float):  # `[9092]`, `9092`: "must be text" did not say what
+        if isinstance(value, list | tuple):
+            what = f"entry {next(v for v in value if not isinstance(v, str))!r} of {value!r}"
+        else:
+            what = repr(value)
+        raise ConfigError(
+            'kafka.bootstrap_servers must be "host:port" text, or a list of it (e.g. "localhost:9092" or '
+            f'["h1:9092", "h2:9092"]); {what} is not text',
+            key="kafka.bootstrap_servers",
+        )
     return value
 
 
