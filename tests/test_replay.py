@@ -257,6 +257,22 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
         )
 
 
+def test_false_alerts_per_day_count_the_days_with_data_not_a_gap(bundle, test_series, tmp_path) -> None:
+    """A replay whose series stops for 30 days midway divided its false alerts by those 30 days too."""
+    import dataclasses
+
+    half = len(test_series) // 2
+    ts = test_series.timestamps.copy()
+    ts[half:] += 30 * 86_400.0
+    result = replay(bundle, [dataclasses.replace(test_series, timestamps=ts)], build_config(), tmp_path)
+    observed = float(ts[-1] - ts[0]) - float(ts[half] - ts[half - 1])
+    metrics = result.summary["metrics"]
+    assert metrics["counts"]["events"]["seconds"] == observed
+    assert metrics["false_alerts_per_day"] == metrics["counts"]["events"]["false_alerts"] / (
+        observed / 86_400.0
+    )
+
+
 def test_a_sensor_named_like_a_result_column_keeps_its_values(tmp_path) -> None:
     """Sensors called `error`, `score` or `key`: scores.csv wrote the engine's error and score over their readings
     (or their readings over the series key), and the report then crashed with a matplotlib traceback ('x and y
