@@ -229,6 +229,43 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "option", "instead"),
+    [
+        (["train", "x.csv", "--features", ""], "--features", "leave the option out for all numeric columns"),
+        (
+            ["replay", "x.csv", "-m", "m.pt", "--features", " , "],
+            "--features",
+            "leave the option out for the model's",
+        ),
+        (
+            ["produce", "x.csv", "--features", ""],
+            "--features",
+            "leave the option out for the model's features, or all numeric ones",
+        ),
+        (
+            ["train", "x.csv", "--time-column", ""],
+            "--time-column",
+            "pass --no-time-column for files without one",
+        ),
+        (
+            ["replay", "x.csv", "-m", "m.pt", "--time-column", ""],
+            "--time-column",
+            "pass --no-time-column for files without one",
+        ),
+    ],
+)
+def test_an_empty_column_option_is_refused(args, option, instead) -> None:
+    """`--features "$FEATURES"` with the variable unset trained on every numeric column, and `--time-column ""`
+    numbered the readings as --no-time-column does (the file's time became a text column), without a word."""
+    result = CliRunner().invoke(main, args, prog_name="anomaly")
+    value = args[args.index(option) + 1]
+    assert (result.exit_code, result.output) == (
+        2,
+        f"error: Invalid value for '{option}': {value!r} names no column ({instead}) (see: anomaly {args[0]} --help)\n",
+    )
+
+
 @pytest.mark.parametrize("command", ["train", "replay", "skab"])
 def test_an_empty_pipeline_path_is_refused(command, tmp_path) -> None:
     """`-p "$PIPELINE"` with the variable unset (an empty path) ran on the defaults without a word."""

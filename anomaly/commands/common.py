@@ -30,6 +30,19 @@ def _pipeline_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def empty_refused(leave_out: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A callback refusing an empty value (`--features "$FEATURES"` with the variable unset), which the settings
+    would read as the default (every numeric column, no time column) without a word; `leave_out` says what to
+    do instead."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not value.strip(" ,"):
+            raise click.BadParameter(f"{value!r} names no column ({leave_out})")
+        return value
+
+    return check
+
+
 pipeline_option = click.option(
     "--pipeline",
     "-p",
@@ -59,7 +72,12 @@ def time_column_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="The files have no time column: readings are numbered 0, 1, 2, ... in file order (per key), "
         "one --time-unit apart (a second under auto).",
     )(wrapper)
-    return click.option("--time-column", default=None, help="Time column.  [default: timestamp]")(wrapper)
+    return click.option(
+        "--time-column",
+        default=None,
+        callback=empty_refused("pass --no-time-column for files without one"),
+        help="Time column.  [default: timestamp]",
+    )(wrapper)
 
 
 label_map_option = click.option(

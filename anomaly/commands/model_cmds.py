@@ -14,6 +14,7 @@ from anomaly.bundle import read_metadata, save_bundle
 from anomaly.commands.common import (
     config_from,
     data_options,
+    empty_refused,
     key_column_option,
     label_map_option,
     one_line_errors,
@@ -184,7 +185,12 @@ def check_output(out: str, paths: list[str]) -> None:
 @pipeline_option
 @time_column_option
 @key_column_option
-@click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@click.option(
+    "--features",
+    default=None,
+    callback=empty_refused("leave the option out for all numeric columns"),
+    help="Comma-separated feature columns.  [default: all numeric]",
+)
 @click.option(
     "--label",
     default=None,

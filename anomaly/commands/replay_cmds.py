@@ -18,6 +18,7 @@ from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
     data_options,
+    empty_refused,
     key_column_option,
     label_map_option,
     one_line_errors,
@@ -214,7 +215,12 @@ def print_result(result: ReplayResult) -> None:
 @pipeline_option
 @time_column_option
 @key_column_option
-@click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
+@click.option(
+    "--features",
+    default=None,
+    callback=empty_refused("leave the option out for the model's"),
+    help="Comma-separated feature columns.  [default: the model's]",
+)
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @label_map_option
 @click.option(
