@@ -849,6 +849,112 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
 
 
+def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
+    bundle_path,
+):
+    """A record under a partition's key whose header is not a changelog header (not JSON, another JSON value, a
+    field of the wrong type: written by hand or by another tool) ended the start with a Python traceback
+    (JSONDecodeError, AttributeError, ValueError; KeyError for a header without 'bytes'). Now it is refused as
+    an unreadable checkpoint: one line naming the partition and the record, unless --reset-state discards it;
+    its claim then replaces it, and the restore reads past it."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    daemon = Daemon(build_config(), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    owner = Owner("g", mine, "t-1")
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"], domain="in:0")
+    sent: list[Record] = []
+    send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+    store = ChangelogStore(send, None, lambda _: "cl", owner)  # type: ignore[arg-type]
+    for p in range(6):
+        store.write(f"in:{p}", 41, state, 1, 3)
+    head = json.loads((sent[0].value or b"").split(b"\n")[0])
+    bad = {
+        "in:0": b"hello, not a header\n",
+        "in:1": b"\xff\xfe\n",
+        "in:2": b"[1, 2]\n",
+        "in:3": json.dumps({**head, "epoch": "4"}).encode() + b"\n",
+        "in:4": json.dumps({k: v for k, v in head.items() if k != "bytes"}).encode() + b"\n",
+        "in:5": json.dumps({**head, "offset": "x", "keys": "y"}).encode() + b"\n",
+    }
+    for pid, value in bad.items():
+        send("cl", pid.encode(), value)
+    send("cl", b"\xff\xfe", sent[0].value)  # a key that is not UTF-8: no partition's
+    store._records = lambda topic, reader=None, until=None: iter(sent)  # type: ignore[method-assign]
+
+    assert writers_to_fence(sent, set(bad).__contains__, "g") == ({"t-1"}, {0: len(sent) - 1})
+    checkpoints = store.read(bad)
+    assert {pid: (cp.problem, cp.offset, cp.epoch, cp.snapshot) for pid, cp in checkpoints.items()} == {
+        "in:0": (
+            "cannot be read: the record at offset 6 of changelog topic cl partition 0 has a header that is not "
+            "JSON (Expecting value: line 1 column 1 (char 0))",
+            -1,
+            3,
+            b"",
+        ),
+        "in:1": (
+            "cannot be read: the record at offset 7 of changelog topic cl partition 0 has a header that is not "
+            "JSON (Expecting value: line 1 column 1 (char 0))",
+            -1,
+            3,
+            b"",
+        ),
+        "in:2": (
+            "cannot be read: the record at offset 8 of changelog topic cl partition 0 has a header that is a "
+            "JSON list, not an object",
+            -1,
+            3,
+            b"",
+        ),
+        "in:3": (
+            "cannot be read: the record at offset 9 of changelog topic cl partition 0 has a header whose 'epoch' "
+            'is "4", not an integer',
+            -1,
+            3,
+            b"",
+        ),
+        "in:4": ("has a header without 'bytes' in changelog topic cl", 41, 3, b""),
+        "in:5": (
+            "has a header whose 'offset' is \"x\", not an integer or null in changelog topic cl",
+            -1,
+            3,
+            b"",
+        ),
+    }
+    daemon.changelog = SimpleNamespace(owner=owner)
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings(checkpoints)
+    assert str(caught.value) == (
+        "cannot restore the state of 6 partition(s) (in:0, in:1, in:2, in:3 and 2 more): the checkpoint of in:0 "
+        "cannot be read: the record at offset 6 of changelog topic cl partition 0 has a header that is not JSON "
+        "(Expecting value: line 1 column 1 (char 0)). Nothing was restored or written: run the anomaly version "
+        "that wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
+        "start fresh from the committed offsets); until then every start stops here"
+    )
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = daemon.changelog
+    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
+    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 6
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 6.0}
+    # the reset's claims, at the next epoch, are what the next start reads
+    for pid, cp in checkpoints.items():
+        store.write(pid, None, b"", 0, cp.epoch + 1)
+    claims = store.read(bad)
+    assert {(cp.problem, cp.offset, cp.epoch) for cp in claims.values()} == {("", None, 4)}
+
+
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
     """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
     counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""
