@@ -955,6 +955,57 @@ def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless
     assert {(cp.problem, cp.offset, cp.epoch) for cp in claims.values()} == {("", None, 4)}
 
 
+@pytest.mark.parametrize("reset_state", [False, True])
+def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch, reset_state):
+    """A restart read each assigned checkpoint's snapshot five times (the check that it can be read, twice, its
+    settings, the store's restore and the engine's for the clocks, each parsing its header, three of them
+    copying every array), twice with --reset-state: now once, by the check, and the restore uses what it read
+    (views of the snapshot's bytes, copied once, into the store's rows)."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state as state_module
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+
+    cfg = build_config({"kafka": {"transactional": False}})
+    written: list[tuple[Any, ...]] = []
+    daemon = Daemon(cfg, str(bundle_path), options=DaemonOptions(reset_state=reset_state))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    source = Engine(daemon.bundle, daemon.engine.config)
+    f = len(daemon.bundle.features)
+    checkpoints = {}
+    for p in range(3):
+        source.process([Event(f"k{p}", np.arange(5.0) + p, np.full((5, f), float(p)))])
+        pid = f"in:{p}"
+        checkpoints[pid] = Checkpoint(pid, 4, source.snapshot([f"k{p}"], domain=pid), 1, 2, mine)
+    daemon.changelog = SimpleNamespace(  # type: ignore[assignment]
+        owner=Owner("g", mine),
+        foreign={},
+        read=lambda pids: checkpoints,
+        write=lambda *a, **k: written.append(a),
+    )
+    daemon.identity = SimpleNamespace(check=lambda admin: None, ids={})  # type: ignore[assignment]
+    daemon.admin, daemon.changelog_topics = None, {"in": "cl"}
+    daemon._committed = lambda: {}  # type: ignore[method-assign]
+    daemon.delivery = SimpleNamespace(flush=lambda: None)  # type: ignore[assignment]
+    daemon.checkpointer = SimpleNamespace(commit=lambda tps, wait: True)  # type: ignore[assignment]
+    reads = []
+    counted = SimpleNamespace(
+        loads=lambda text: reads.append(len(text)) or json.loads(text),
+        dumps=json.dumps,
+        JSONDecodeError=json.JSONDecodeError,
+    )
+    monkeypatch.setattr(state_module, "json", counted)
+
+    daemon._restore([TopicPartition("in", p) for p in range(3)], seek=False)
+    assert len(reads) == 3  # one header per checkpoint
+    assert [(a[0], a[1], a[4]) for a in written] == [("in:0", 4, 3), ("in:1", 4, 3), ("in:2", 4, 3)]
+    assert {pid: daemon.engine.snapshot([f"k{pid[-1]}"], domain=pid) for pid in checkpoints} == {
+        pid: cp.snapshot for pid, cp in checkpoints.items()
+    }
+    assert daemon.restored_keys == 3
+
+
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
     """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
     counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""

@@ -47,7 +47,7 @@ from anomaly.engine.pieces import Pieces, from_queues
 from anomaly.engine.report import ReportBuffers
 from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
-from anomaly.engine.state import Layout, StateStore
+from anomaly.engine.state import Layout, Snapshot, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
 from anomaly.errors import ConfigError
 from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
@@ -300,25 +300,27 @@ class Engine:
                 meta["key_domains"] = [by_id[i] for i in ids.tolist()]
         return self.store.snapshot(names, meta)
 
-    def settings_difference(self, data: bytes) -> str | None:
+    def settings_difference(self, data: bytes | Snapshot) -> str | None:
         """What differs when a snapshot of this model's dimensions does not restore for other [engine] settings
         that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
         return self.store.settings_difference(data)
 
-    def unreadable(self, data: bytes) -> str | None:
-        """Why a snapshot cannot be read at all (corrupted, or another state format), in words; None when it can
-        (see :meth:`StateStore.unreadable`)."""
-        return self.store.unreadable(data)
+    @staticmethod
+    def read(data: bytes) -> Snapshot:
+        """A snapshot read once, for :meth:`settings_difference` and :meth:`restore` (the daemon checks every
+        assigned checkpoint, then restores them); StateError saying why it cannot be read (corrupted, or another
+        state format; see :meth:`StateStore.read_snapshot`)."""
+        return StateStore.read_snapshot(data)
 
-    def restore(self, data: bytes, domain: str | None = None) -> list[str]:
-        """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
-        forward). A snapshot from before clock domains (one "max_ts") puts its keys in `domain`: the daemon
-        names the partition whose checkpoint it is, whose clock then starts at its keys' newest reading (that
-        "max_ts" was the newest of every partition); without `domain`, the default domain "" starts at
-        "max_ts", as before."""
-        keys = self.store.restore(data)
-        header, _ = StateStore.read_snapshot(data)
-        meta = header["meta"]
+    def restore(self, data: bytes | Snapshot, domain: str | None = None) -> list[str]:
+        """Restore a snapshot's keys (its bytes, or as :meth:`read` read them) and the event time reached in
+        their clock domains (a clock only moves forward). A snapshot from before clock domains (one "max_ts")
+        puts its keys in `domain`: the daemon names the partition whose checkpoint it is, whose clock then starts
+        at its keys' newest reading (that "max_ts" was the newest of every partition); without `domain`, the
+        default domain "" starts at "max_ts", as before."""
+        snap = data if isinstance(data, Snapshot) else StateStore.read_snapshot(data)
+        keys = self.store.restore(snap)
+        meta = snap.header["meta"]
         slots = self.store.slots
         rows = np.fromiter(map(slots.__getitem__, keys), np.int64, len(keys))
         clocks = meta.get("clocks")
