@@ -35,7 +35,7 @@ from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
-from tests.helpers import Record
+from tests.helpers import NoRoomFor, Record
 
 
 def header_record(pid: str, offset: int | None, group: str, epoch: int, payload: bytes = b"x") -> Record:
@@ -955,29 +955,29 @@ def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless
     assert {(cp.problem, cp.offset, cp.epoch) for cp in claims.values()} == {("", None, 4)}
 
 
-@pytest.mark.parametrize("reset_state", [False, True])
-def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch, reset_state):
-    """A restart read each assigned checkpoint's snapshot five times (the check that it can be read, twice, its
-    settings, the store's restore and the engine's for the clocks, each parsing its header, three of them
-    copying every array), twice with --reset-state: now once, by the check, and the restore uses what it read
-    (views of the snapshot's bytes, copied once, into the store's rows)."""
+def _offline_restorer(
+    bundle_path: Any, reset_state: bool, keys: int = 1, metrics: Any = None
+) -> tuple[Any, dict[str, Any], list[tuple[Any, ...]]]:
+    """A daemon not connected whose restore (``_restore``) reads three checkpoints of ``keys`` keys each
+    (partitions in:0, in:1, in:2 of input topic "in") and records the changelog records it writes."""
     from types import SimpleNamespace
 
-    from anomaly.engine import state as state_module
     from anomaly.kafka.changelog import Checkpoint, model_fingerprint
     from anomaly.kafka.daemon import Daemon, DaemonOptions
 
     cfg = build_config({"kafka": {"transactional": False}})
-    written: list[tuple[Any, ...]] = []
-    daemon = Daemon(cfg, str(bundle_path), options=DaemonOptions(reset_state=reset_state))  # not connected
+    options = DaemonOptions(reset_state=reset_state)
+    daemon = Daemon(cfg, str(bundle_path), options=options, metrics=metrics)  # not connected
     mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
     source = Engine(daemon.bundle, daemon.engine.config)
     f = len(daemon.bundle.features)
     checkpoints = {}
     for p in range(3):
-        source.process([Event(f"k{p}", np.arange(5.0) + p, np.full((5, f), float(p)))])
+        names = [f"k{p}-{i}" for i in range(keys)]
+        source.process([Event(k, np.arange(5.0) + p, np.full((5, f), float(p))) for k in names])
         pid = f"in:{p}"
-        checkpoints[pid] = Checkpoint(pid, 4, source.snapshot([f"k{p}"], domain=pid), 1, 2, mine)
+        checkpoints[pid] = Checkpoint(pid, 4, source.snapshot(names, domain=pid), keys, 2, mine)
+    written: list[tuple[Any, ...]] = []
     daemon.changelog = SimpleNamespace(  # type: ignore[assignment]
         owner=Owner("g", mine),
         foreign={},
@@ -987,8 +987,22 @@ def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch
     daemon.identity = SimpleNamespace(check=lambda admin: None, ids={})  # type: ignore[assignment]
     daemon.admin, daemon.changelog_topics = None, {"in": "cl"}
     daemon._committed = lambda: {}  # type: ignore[method-assign]
-    daemon.delivery = SimpleNamespace(flush=lambda: None)  # type: ignore[assignment]
+    daemon.delivery = SimpleNamespace(flush=lambda: None, settle=lambda: None)  # type: ignore[assignment]
     daemon.checkpointer = SimpleNamespace(commit=lambda tps, wait: True)  # type: ignore[assignment]
+    return daemon, checkpoints, written
+
+
+@pytest.mark.parametrize("reset_state", [False, True])
+def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch, reset_state):
+    """A restart read each assigned checkpoint's snapshot five times (the check that it can be read, twice, its
+    settings, the store's restore and the engine's for the clocks, each parsing its header, three of them
+    copying every array), twice with --reset-state: now once, by the check, and the restore uses what it read
+    (views of the snapshot's bytes, copied once, into the store's rows)."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state as state_module
+
+    daemon, checkpoints, written = _offline_restorer(bundle_path, reset_state)
     reads = []
     counted = SimpleNamespace(
         loads=lambda text: reads.append(len(text)) or json.loads(text),
@@ -1000,10 +1014,47 @@ def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch
     daemon._restore([TopicPartition("in", p) for p in range(3)], seek=False)
     assert len(reads) == 3  # one header per checkpoint
     assert [(a[0], a[1], a[4]) for a in written] == [("in:0", 4, 3), ("in:1", 4, 3), ("in:2", 4, 3)]
-    assert {pid: daemon.engine.snapshot([f"k{pid[-1]}"], domain=pid) for pid in checkpoints} == {
+    assert {pid: daemon.engine.snapshot([f"k{pid[-1]}-0"], domain=pid) for pid in checkpoints} == {
         pid: cp.snapshot for pid, cp in checkpoints.items()
     }
     assert daemon.restored_keys == 3
+
+
+@pytest.mark.parametrize("reset_state", [False, True])
+def test_a_restore_whose_keys_outgrow_the_memory_for_their_state_stops_the_daemon_with_one_line(
+    bundle_path, monkeypatch, reset_state
+):
+    """Restoring checkpoints of more keys than the state store's rows grows it (64, 128, ...); a growth that did
+    not fit in memory raised numpy's MemoryError inside the rebalance callback: kafka-python's `User rebalance
+    callback throws an error` and a traceback, with the store's fields grown up to the one that failed. Now
+    the store stays as it was, and the error is the one line the loop raises after its poll (status 2),
+    before the claim of the partition it was restoring is written and before any checkpoint; --reset-state
+    does not take it for unreadable state (bad_state) to discard."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics()
+    daemon, _, written = _offline_restorer(bundle_path, reset_state, keys=40, metrics=metrics)
+    monkeypatch.setattr(state, "np", NoRoomFor(128))  # in:1's keys need rows 64 to 79
+    daemon.source = SimpleNamespace(polling=True, drop_ahead=lambda tps: None)  # type: ignore[assignment]
+    daemon.consumer = SimpleNamespace(seek=lambda tp, offset: None)  # type: ignore[assignment]
+
+    daemon.on_rebalance("assigned", [TopicPartition("in", p) for p in range(3)])
+    assert isinstance(daemon._fatal, StateMemoryError)
+    assert str(daemon._fatal).startswith(
+        "the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+    )
+    assert [a[0] for a in written] == ["in:0"]  # the claim of the partition restored before, not in:1's
+    assert {name: len(a) for name, a in daemon.engine.store.arrays.items()} == dict.fromkeys(
+        daemon.engine.store.arrays, 64
+    )
+    bad = metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": "bad_state"})
+    assert bad == 0.0
+    with pytest.raises(StateMemoryError):  # the loop's next step after the poll
+        daemon._apply_deferred()
 
 
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):

@@ -47,7 +47,7 @@ from anomaly.engine.pieces import Pieces, from_queues
 from anomaly.engine.report import ReportBuffers
 from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
-from anomaly.engine.state import Layout, Snapshot, StateStore
+from anomaly.engine.state import Layout, Snapshot, StateMemoryError, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
 from anomaly.errors import ConfigError
 from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
@@ -93,19 +93,25 @@ class Engine:
 
     def _first_store(self) -> StateStore:
         """The state store, or ConfigError naming the settings when its first rows do not fit in memory
-        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback)."""
+        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback). Its
+        later growths (more keys) name them too (:class:`~anomaly.engine.state.StateMemoryError`)."""
         layout = self._layout()
         try:
-            return StateStore(layout)
-        except MemoryError:
-            per_key = sum(
-                math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
-            )
-            sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+            store = StateStore(layout)
+        except StateMemoryError:
             raise ConfigError(
-                f"the engine's per-key state does not fit in memory ({per_key / 2**30:,.1f} GiB a key): "
-                f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+                f"the engine's per-key state does not fit in memory ({layout.bytes_per_key() / 2**30:,.1f} GiB a "
+                f"key): {self._sizing()}"
             ) from None
+        store.sizing = f"{self._sizing()}, and engine.max_keys = {self.config.max_keys} keys are held at most"
+        return store
+
+    def _sizing(self) -> str:
+        """The settings that size a key's state, in words, for the errors of a store that does not fit."""
+        sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+        return (
+            f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+        )
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -189,7 +195,7 @@ class Engine:
                 retired.evicted += evicted
                 self.counters["evicted"] += len(evicted)
                 self._use(bundle)
-            self.store = StateStore(self._layout())
+            self.store = self._first_store()
             self.counters["reloads_reset"] += 1
         self._wire()
         return same

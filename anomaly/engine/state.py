@@ -30,6 +30,26 @@ class StateError(AnomalyError):
     """A snapshot cannot be restored: corrupted, or made for an incompatible model or engine settings."""
 
 
+class StateMemoryError(AnomalyError):
+    """The state store could not grow to hold more keys: its larger rows did not fit in memory (MemoryError).
+    The store is left as it was, every key and row it held intact; the engine names the settings that size a
+    key's state (:attr:`StateStore.sizing`)."""
+
+    def __init__(self, message: str, *, rows: int, nbytes: int) -> None:
+        super().__init__(message)
+        self.rows = rows  # the rows the growth asked for
+        self.nbytes = nbytes  # the bytes it asked for
+
+
+def size_text(nbytes: float) -> str:
+    """``977 MiB``, ``1.5 GiB``, ``7.6 KiB``: a size in binary units, for messages."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{nbytes:,.0f} bytes"
+
+
 class Snapshot(NamedTuple):
     """A snapshot read once (:meth:`StateStore.read_snapshot`): its header (``keys``, ``meta``, ``layout``,
     ``arrays``) and each field's rows, read-only views of the snapshot's bytes. The daemon checks a checkpoint
@@ -113,6 +133,13 @@ class Layout:
             out[name] = (tuple(shape), dtype)
         return out
 
+    def bytes_per_key(self) -> int:
+        """The bytes of one key's state (one row of every field)."""
+        return sum(
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+            for shape, dt in self.fields().values()
+        )
+
     def nan_fields(self) -> set[str]:
         return set(NAN_FIELDS) | {name for name, _, _, fill in self.extra if fill == "nan"}
 
@@ -164,6 +191,9 @@ class StateStore:
         self.arrays: dict[str, np.ndarray] = {}
         self._capacity = 0
         self._nan = layout.nan_fields()
+        # what sizes the state, in words, for the error of a growth that does not fit in memory (the engine names
+        # its settings: "engine.threshold dynamic keeps engine.dynamic_history = 512 scores a key, ...")
+        self.sizing = ""
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -176,9 +206,24 @@ class StateStore:
         return sum(a[0].nbytes for a in self.arrays.values())
 
     def _grow(self, capacity: int) -> None:
+        """Rows for ``capacity`` keys, the held ones copied over. All or nothing: every larger field is allocated
+        before any replaces its field, so an allocation that fails (:class:`StateMemoryError`) leaves the store
+        as it was (a field grown and the next not was a store whose rows no longer lined up)."""
         old = self._capacity
-        for name, (shape, dtype) in self.layout.fields().items():
-            arr = np.zeros((capacity, *shape), dtype)
+        fields = self.layout.fields()
+        try:
+            grown = {name: np.zeros((capacity, *shape), dtype) for name, (shape, dtype) in fields.items()}
+        except MemoryError:
+            per_key = self.layout.bytes_per_key()
+            held = f"from {old:,} to {capacity:,} keys" if old else f"for its first {capacity:,} keys"
+            sizing = f": {self.sizing}; lower them or give the process more memory" if self.sizing else ""
+            raise StateMemoryError(
+                f"the engine's per-key state does not fit in memory: growing it {held} asked for "
+                f"{size_text(capacity * per_key)} ({size_text(per_key)} a key){sizing}",
+                rows=capacity,
+                nbytes=capacity * per_key,
+            ) from None
+        for name, arr in grown.items():
             if old:
                 arr[:old] = self.arrays[name]
             self.arrays[name] = arr
