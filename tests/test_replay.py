@@ -641,3 +641,50 @@ def test_scores_csv_is_written_without_a_copy_of_every_result(tmp_path, bundle_p
     monkeypatch.setattr(pd, "concat", real)
     whole = pd.concat(result.frames.values(), ignore_index=True)
     assert (tmp_path / "r" / "scores.csv").read_text() == whole.to_csv(index=False)
+
+
+def test_a_replay_whose_keys_outgrow_the_memory_for_their_state_is_one_error_line(
+    bundle_path, tmp_path, monkeypatch
+):
+    """`engine.dynamic_history` that fits the store's first 64 keys, then a file of more keys: the growth to 128
+    did not fit in memory and the replay ended with numpy's allocation traceback (status 1). Now one line
+    naming the settings and what the growth asked for, status 2, and no outputs (the folder is made first)."""
+    from click.testing import CliRunner
+
+    from anomaly.bundle import load_bundle
+    from anomaly.cli import main
+    from anomaly.engine import state
+    from tests.helpers import NoRoomFor
+
+    bundle = load_bundle(bundle_path)
+    values = ",".join(["1.0"] * len(bundle.features))
+    path = tmp_path / "many.csv"
+    rows = [f"2024-01-01T00:00:0{t}Z,unit-{k:03d},{values}\n" for t in range(2) for k in range(70)]
+    path.write_text(f"timestamp,sensor_id,{','.join(bundle.features)}\n" + "".join(rows))
+    config = build_config({"engine": {"dynamic_history": 100_000}}).engine
+    per_key = Engine(bundle, config).store.bytes_per_key()
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    out = tmp_path / "out"
+    got = CliRunner().invoke(
+        main,
+        [
+            "replay",
+            str(path),
+            "-m",
+            str(bundle_path),
+            "-o",
+            str(out),
+            "--key-column",
+            "sensor_id",
+            "--no-plots",
+        ],
+        env={"ANOMALY_ENGINE_DYNAMIC_HISTORY": "100000"},
+    )
+    assert got.exit_code == 2, got.output
+    assert got.stderr.splitlines()[-1] == (
+        "error: the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+        f"{state.size_text(128 * per_key)} ({state.size_text(per_key)} a key): engine.threshold dynamic keeps "
+        "engine.dynamic_history = 100000 scores a key, and engine.max_keys = 100000 keys are held at most; lower "
+        "them or give the process more memory"
+    )
+    assert list(out.iterdir()) == []  # no scores, alerts or summary
