@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -97,7 +97,11 @@ class DataConfig:
         _check_choices(self, "data")
         if self.separator in SEPARATOR_NAMES:  # a tab is hard to type in a shell or an environment variable
             object.__setattr__(self, "separator", SEPARATOR_NAMES[self.separator])
-        _need(self.key_column != "", "data.key_column", "must not be empty (leave it out for one series)")
+        _need(
+            self.key_column is None or bool(self.key_column.strip()),
+            "data.key_column",
+            "must not be empty (leave it out for one series)",
+        )
         _need(bool(self.label), "data.label", "must not be empty")
         _need(
             self.separator is None or len(self.separator) == 1,
@@ -719,6 +723,12 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
             )
         if (section, name) == ("kafka", "bootstrap_servers"):
             value = _server_list(value)
+        if (section, name) == ("data", "key_column") and isinstance(value, str) and not value.strip():
+            # refused by DataConfig as an empty column name (`key_column = ""`, `--key-column "$KEY"` with KEY
+            # unset), as a library user's is; read as unset like other optional settings, it cut a file of many
+            # keys into one series without a word
+            changes[name] = ""
+            continue
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
     return dataclasses.replace(section_obj, **changes)
 
@@ -734,6 +744,16 @@ def _server_list(value: Any) -> Any:
             return value
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return ",".join(v.strip() for v in value if v.strip())
+    if isinstance(value, list | tuple | int | float):  # `[9092]`, `9092`: "must be text" did not say what
+        if isinstance(value, list | tuple):
+            what = f"entry {next(v for v in value if not isinstance(v, str))!r} of {value!r}"
+        else:
+            what = repr(value)
+        raise ConfigError(
+            'kafka.bootstrap_servers must be "host:port" text, or a list of it (e.g. "localhost:9092" or '
+            f'["h1:9092", "h2:9092"]); {what} is not text',
+            key="kafka.bootstrap_servers",
+        )
     return value
 
 
@@ -801,13 +821,16 @@ def build_config(
     *,
     toml_source: str | None = None,
     option_names: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PipelineConfig:
     """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored).
 
     Every settings object validates itself when built, so an error here names the setting and where its value
     came from: ``toml_source`` (e.g. ``pipeline file p.toml``) for the TOML layer, the environment variable, and
     for an override ``option_names[key]`` (e.g. ``--window``), else "a command-line option". A check between
-    settings (``train.stride`` against ``model.window``) names the source of each one that was set."""
+    settings (``train.stride`` against ``model.window``) names the source of each one that was set. A setting of
+    the file or the environment that another setting leaves unused is passed to ``warn`` (default: a log
+    warning; the CLI prints it as a ``warning:`` line, as its other warnings)."""
     cfg = PipelineConfig()
     layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if toml:
@@ -846,12 +869,16 @@ def build_config(
                 raise _naming_sources(exc, {**sources, **given}) from None
             sources.update(given)
             origins.update(dict.fromkeys(given, origin))
-    _warn_unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"})
+    for line in _unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}):
+        if warn is None:
+            log.warning("%s", line)
+        else:
+            warn(line)
     return cfg
 
 
-def _warn_unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> None:
-    """One warning for each setting given in a pipeline file or a variable that another setting leaves unused
+def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
+    """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
     (it was kept without a word). Not an error: a layer of variables may set it for pipelines of either kind.
     Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
     unused = {
@@ -862,9 +889,11 @@ def _warn_unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> None
         if not cfg.kafka.transactional and cfg.kafka.commit_in_background
         else None,
     }
-    for key, why in unused.items():
-        if why and sources.get(key):  # (not a layer built in code, such as a champion's settings)
-            log.warning("%s (from %s) has no effect: %s", key, sources[key], why)
+    return [
+        f"{key} (from {sources[key]}) has no effect: {why}"
+        for key, why in unused.items()
+        if why and sources.get(key)  # (not a layer built in code, such as a champion's settings)
+    ]
 
 
 def _naming_sources(exc: ConfigError, sources: Mapping[str, str | None]) -> ConfigError:
@@ -886,6 +915,7 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     option_names: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PipelineConfig:
     """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options."""
     return build_config(
@@ -894,6 +924,7 @@ def load_config(
         overrides,
         toml_source=f"pipeline file {pipeline}" if pipeline else None,
         option_names=option_names,
+        warn=warn,
     )
 
 

@@ -126,7 +126,7 @@ class EventCounts:
     matched_predictions: int = 0  # predicted segments overlapping at least one true segment
     false_alerts: int = 0  # predicted segments overlapping no true segment
     delay_seconds: float = 0.0  # sum over detected events of (detecting decision - segment start)
-    seconds: float = 0.0  # evaluated time: sum over series of (last - first finite timestamp)
+    seconds: float = 0.0  # evaluated time: sum over series of (last - first finite timestamp - gaps)
     delays_readings: tuple[int, ...] = ()  # per detected event: readings from its start to the detection
     delays_seconds: tuple[float, ...] = ()  # per detected event: seconds from its start to the detection
 
@@ -314,7 +314,9 @@ def causal(values: Any, decided: Any, fill: Any) -> np.ndarray:
     return out
 
 
-def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = None) -> EventCounts:
+def event_counts(
+    labels: Any, predictions: Any, timestamps: Any, decided: Any = None, max_gap_seconds: float | None = None
+) -> EventCounts:
     """Event counts; an event is detected at the earliest decision (`decided`, reading indices) that flags one of
     its readings -- by its own verdict on that reading, or by being the verdict in force at it (a reading refused
     inside an open alert counts as flagged point-wise, so it detects its event too) -- and its delay runs from the
@@ -322,7 +324,10 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
     Predicted segments (alerts, with ``--predict alert``) are runs of what the pipeline had said by each reading
     (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
     alert into two predicted segments (nor add a false alert). A segment is matched (not a false alert) when it
-    overlaps a labelled reading or when a decision in force during it flagged one (the late detection above)."""
+    overlaps a labelled reading or when a decision in force during it flagged one (the late detection above).
+    The evaluated time (``seconds``, what false alerts per day divide by) is the time the series was observed:
+    from its first reading to its last, less each step longer than `max_gap_seconds` (the engine's gap, after
+    which a key starts fresh), during which no reading came that could have raised an alert."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     n = len(y)
@@ -355,6 +360,11 @@ def event_counts(labels: Any, predictions: Any, timestamps: Any, decided: Any = 
     )
     timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
     seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
+    if max_gap_seconds is not None and len(timed) > 1:
+        steps = np.diff(np.sort(timed))
+        seconds -= float(
+            steps[steps > max_gap_seconds].sum()
+        )  # a replay with a week's hole: not a week of data
     return EventCounts(
         len(true_segs),
         len(d_readings),
@@ -383,10 +393,17 @@ def decision_latency(timestamps: Any, decided: Any) -> Latency:
     )
 
 
-def count(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None) -> Counts:
+def count(
+    labels: Any,
+    predictions: Any,
+    timestamps: Any,
+    decided_at: Any = None,
+    max_gap_seconds: float | None = None,
+) -> Counts:
     """Counts of one series. labels and predictions are 0/1 (or bool) per point; timestamps in seconds, in time
     order; `decided_at` the event time of the reading whose arrival decided each point (NaN: never decided).
-    Without `decided_at` every point is taken as decided on its own arrival."""
+    Without `decided_at` every point is taken as decided on its own arrival. Steps longer than `max_gap_seconds`
+    are gaps, left out of the evaluated time (see :func:`event_counts`)."""
     y, p = _binary(labels), _binary(predictions)
     ts = np.asarray(timestamps, dtype=np.float64)
     if not (len(y) == len(p) == len(ts)):
@@ -407,16 +424,22 @@ def count(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None
     return Counts(
         Confusion.of(y, seen),
         Confusion.of(y, point_adjust(y, seen)),
-        event_counts(y, p, ts, dec),
+        event_counts(y, p, ts, dec, max_gap_seconds),
         1,
         Confusion.of(y, p),
         decision_latency(ts, dec),
     )
 
 
-def evaluate(labels: Any, predictions: Any, timestamps: Any, decided_at: Any = None) -> dict[str, Any]:
+def evaluate(
+    labels: Any,
+    predictions: Any,
+    timestamps: Any,
+    decided_at: Any = None,
+    max_gap_seconds: float | None = None,
+) -> dict[str, Any]:
     """All metrics of one series (see :meth:`Counts.metrics`); pass several results to :func:`pool`."""
-    return count(labels, predictions, timestamps, decided_at).metrics()
+    return count(labels, predictions, timestamps, decided_at, max_gap_seconds).metrics()
 
 
 def oracle_best_f1(scores: Any, labels: Any) -> tuple[float, float]:

@@ -24,13 +24,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from anomaly import evaluation, quality
 from anomaly.config import PipelineConfig
 from anomaly.data import Series
 from anomaly.errors import DataError
-from anomaly.training import train
 
 DATASETS = ("smap", "msl")
 ID_COLUMNS = ("chan_id", "step", "label")
@@ -106,22 +104,12 @@ def split_channels(frame: pd.DataFrame, features: Sequence[str]) -> dict[str, Se
 def run_channel(train_series: Series, test_series: Series, features: list[str], cfg: PipelineConfig):
     """Train on the channel's train part, stream its test part through a fresh engine per scorer."""
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train(
-            [train_series],
-            features,
-            cfg.model,
-            cfg.train,
-            engine=cfg.engine,
-        )
-        frames = {
-            name: quality.score_series(bundle, [test_series], cfg)[test_series.key]
-            for name, bundle in quality.scorer_bundles(result.bundle).items()
-        }
-    finally:
-        torch.set_num_threads(threads)
+    result, frames = quality.train_and_score(
+        train_series,
+        features,
+        cfg,
+        lambda bundle: quality.score_series(bundle, [test_series], cfg)[test_series.key],
+    )
     f = frames["model"]
     metrics = evaluation.evaluate(
         f["label"].to_numpy(),

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from anomaly.baselines import BASELINES, baseline_bundle
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series
+
+if TYPE_CHECKING:
+    from anomaly.training import TrainResult
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -247,6 +250,25 @@ def scorer_bundles(bundle: Bundle) -> dict[str, Bundle]:
         if kind in bundle.calibration.get("baselines", {}):
             out[kind] = baseline_bundle(bundle, kind)
     return out
+
+
+def train_and_score(
+    series: Series, features: Sequence[str], cfg: PipelineConfig, score: Callable[[Bundle], T]
+) -> tuple[TrainResult, dict[str, T]]:
+    """A benchmark's one job (a SKAB file, a NASA channel): train on its training part, then `score` its test part
+    with the model and each baseline (:func:`scorer_bundles`, the model first). On one torch thread, as the
+    harnesses run one job per core (`-j`), restored after."""
+    import torch
+
+    from anomaly.training import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train([series], list(features), cfg.model, cfg.train, engine=cfg.engine)
+        return result, {name: score(bundle) for name, bundle in scorer_bundles(result.bundle).items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def score_series(

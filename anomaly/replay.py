@@ -334,6 +334,7 @@ def _replay(
                 f["predicted"].to_numpy(),
                 f["timestamp"].to_numpy(),
                 f["decided_at"].to_numpy(),
+                engine.max_gap,  # a gap that reset the key is no time observed: not in false alerts per day
             )
     opened, closed = engine.counters["alerts_opened"], engine.counters["alerts_closed"]
     coverage = coverage_of(series, frames, rejections.count)

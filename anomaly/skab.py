@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
@@ -36,7 +35,6 @@ from anomaly.engine import Engine, EngineOutput, Event
 from anomaly.errors import DataError
 from anomaly.replay import point_frame
 from anomaly.sinks.files import WindowCollector
-from anomaly.training import train
 
 TRAIN_ROWS = 400
 # SKAB README "Proposed Leaderboard", outlier detection (commit b2c0d46): F1, FAR %, MAR %.
@@ -145,30 +143,17 @@ def run_file(
 ) -> FileResult:
     """Train on the first `train_rows` rows of one file, stream the rest through the engine, evaluate."""
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        series, features = load_series([path], cfg.data)
-        s = series[0]
-        s.key = file_key(Path(path), root)
-        if len(s) <= train_rows:
-            raise DataError(f"{path} has {len(s)} rows; the SKAB protocol needs more than {train_rows}")
-        if s.labels is None:
-            raise DataError(f"{path} has no {cfg.data.label!r} column")
-        head, test = s.head(train_rows), s.tail_from(train_rows)
-        result = train(
-            [head],
-            features,
-            cfg.model,
-            cfg.train,
-            engine=cfg.engine,
-        )
-        runs = {
-            name: score_test_rows(bundle, cfg, s.key, head, test, features, warm)
-            for name, bundle in quality.scorer_bundles(result.bundle).items()  # the model, then its baselines
-        }
-    finally:
-        torch.set_num_threads(threads)
+    series, features = load_series([path], cfg.data)
+    s = series[0]
+    s.key = file_key(Path(path), root)
+    if len(s) <= train_rows:
+        raise DataError(f"{path} has {len(s)} rows; the SKAB protocol needs more than {train_rows}")
+    if s.labels is None:
+        raise DataError(f"{path} has no {cfg.data.label!r} column")
+    head, test = s.head(train_rows), s.tail_from(train_rows)
+    result, runs = quality.train_and_score(
+        head, features, cfg, lambda bundle: score_test_rows(bundle, cfg, s.key, head, test, features, warm)
+    )
     out, frame = runs["model"]
     metrics = evaluation.evaluate(
         frame["label"].to_numpy(),

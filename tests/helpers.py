@@ -48,3 +48,21 @@ def split_by_time(tmp_path, n_keys: int = 2):
     frame[frame["timestamp"] < cut].to_csv(early, index=False)
     frame[frame["timestamp"] >= cut].to_csv(late, index=False)
     return whole, early, late
+
+
+class NoRoomFor:
+    """numpy for anomaly.engine.state, whose ``zeros`` fails (MemoryError, as numpy's own allocation failure)
+    at the `fail_at`-th call asking for `rows` rows or more: a store growth that does not fit in memory."""
+
+    def __init__(self, rows: int, fail_at: int = 1) -> None:
+        self.rows, self.fail_at, self.calls = rows, fail_at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def zeros(self, shape, dtype=float):
+        if shape[0] >= self.rows:
+            self.calls += 1
+            if self.calls >= self.fail_at:
+                raise MemoryError(f"Unable to allocate an array with shape {shape}")
+        return np.zeros(shape, dtype)

@@ -120,6 +120,30 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "{csv}", "-o", "{dir}/m.pt"],
+        ["replay", "{csv}", "-m", "{dir}/none.pt"],
+        ["consume", "-m", "{dir}/none.pt"],
+        ["demo", "-o", "{csv}/demo"],
+    ],
+)
+def test_a_setting_left_unused_is_a_warning_line(args, tmp_path) -> None:
+    """The warning that a pipeline file's setting has no effect was a timestamped log line (`2026-... WARNING
+    anomaly.config: ...`) among the `warning:` lines train and replay print for everything else."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("timestamp,a\nbroken\n")
+    toml = tmp_path / "p.toml"
+    toml.write_text('[engine]\nthreshold = "dynamic"\nstatic_threshold = 2.5\n')
+    argv = [a.replace("{csv}", str(csv)).replace("{dir}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, [*argv, "--pipeline", str(toml)])
+    assert result.stderr.splitlines()[0] == (
+        f"warning: engine.static_threshold (from pipeline file {toml}) has no effect: engine.threshold is "
+        "dynamic, not static"
+    )
+
+
+@pytest.mark.parametrize(
     ("args", "expected"),
     [
         (
@@ -202,6 +226,43 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
         0,
         [f"results: {out}/ (scores.csv, alerts.jsonl, rejections.jsonl, summary.json)"],
         ["alerts.jsonl", "rejections.jsonl", "scores.csv", "summary.json"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "instead"),
+    [
+        (["train", "x.csv", "--features", ""], "--features", "leave the option out for all numeric columns"),
+        (
+            ["replay", "x.csv", "-m", "m.pt", "--features", " , "],
+            "--features",
+            "leave the option out for the model's",
+        ),
+        (
+            ["produce", "x.csv", "--features", ""],
+            "--features",
+            "leave the option out for the model's features, or all numeric ones",
+        ),
+        (
+            ["train", "x.csv", "--time-column", ""],
+            "--time-column",
+            "pass --no-time-column for files without one",
+        ),
+        (
+            ["replay", "x.csv", "-m", "m.pt", "--time-column", ""],
+            "--time-column",
+            "pass --no-time-column for files without one",
+        ),
+    ],
+)
+def test_an_empty_column_option_is_refused(args, option, instead) -> None:
+    """`--features "$FEATURES"` with the variable unset trained on every numeric column, and `--time-column ""`
+    numbered the readings as --no-time-column does (the file's time became a text column), without a word."""
+    result = CliRunner().invoke(main, args, prog_name="anomaly")
+    value = args[args.index(option) + 1]
+    assert (result.exit_code, result.output) == (
+        2,
+        f"error: Invalid value for '{option}': {value!r} names no column ({instead}) (see: anomaly {args[0]} --help)\n",
     )
 
 

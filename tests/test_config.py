@@ -430,6 +430,48 @@ def test_bootstrap_servers_may_be_written_as_a_list(tmp_path) -> None:
         build_config({"kafka": {"bootstrap_servers": []}})
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("[9092]", "entry 9092 of [9092]"),
+        ('["h1:9092", 9093]', "entry 9093 of ['h1:9092', 9093]"),
+        ("9092", "9092"),
+    ],
+)
+def test_bootstrap_servers_that_are_numbers_say_each_must_be_host_port_text(tmp_path, value, what) -> None:
+    """`bootstrap_servers = [9092]` (the port alone, as a number) got "must be text, got [9092]", though a list
+    is accepted; a bare `9092` was taken as a host named 9092."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"[kafka]\nbootstrap_servers = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(toml, env={})
+    assert str(err.value) == (
+        'kafka.bootstrap_servers must be "host:port" text, or a list of it (e.g. "localhost:9092" or '
+        f'["h1:9092", "h2:9092"]); {what} is not text (from pipeline file {toml})'
+    )
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_key_column_is_refused_from_every_source(tmp_path, value) -> None:
+    """`key_column = ""` was read as unset (one series for the whole file) though DataConfig refuses an empty
+    key column: a pipeline file, a variable or an option said what a library user could not."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[data]\nkey_column = "{value}"\n')
+    expected = "data.key_column must not be empty (leave it out for one series)"
+    for call, source in (
+        (lambda: load_config(toml, env={}), f"pipeline file {toml}"),
+        (
+            lambda: load_config(None, env={"ANOMALY_DATA_KEY_COLUMN": value}),
+            "environment variable ANOMALY_DATA_KEY_COLUMN",
+        ),
+        (lambda: load_config(None, {"data.key_column": value}, env={}), "a command-line option"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == f"{expected} (from {source})"
+    assert load_config(None, env={"ANOMALY_DATA_KEY_COLUMN": "device"}).data.key_column == "device"
+
+
 def test_a_setting_another_setting_leaves_unused_is_warned_about(tmp_path, caplog) -> None:
     """`engine.static_threshold` under the dynamic threshold, `kafka.commit_in_background` without transactions:
     kept without a word, as if they applied."""

@@ -131,6 +131,32 @@ def test_rows_are_cut_into_keys_in_one_pass_not_one_scan_per_key(tmp_path, monke
     assert series[7].lines.tolist() == [209, 409, 9]
 
 
+def test_a_sensor_named_as_the_time_column_is_refused(tmp_path) -> None:
+    """`--time-column sensor_1` trained on the rows in the order of that sensor's values, an interval of 0.0017 s
+    learnt from them, without a word. Times out of order in the file are still taken in time order: epoch
+    seconds, small times whose unit is given, a newest-first export, a key's few rows."""
+    rng = np.random.default_rng(0)
+    sensor = np.round(20 + np.cumsum(rng.normal(size=60)), 3)
+    epochs = 1_700_000_000 + np.arange(60)
+    rows = "".join(f"{t},{s},{i}\n" for i, (t, s) in enumerate(zip(epochs, sensor, strict=True)))
+    path = write(tmp_path, "timestamp,sensor_1,a\n" + rows)
+    with pytest.raises(SchemaError) as err:
+        load(path, time_column="sensor_1")
+    up, down = int(np.sum(np.diff(sensor) > 0)), int(np.sum(np.diff(sensor) < 0))
+    assert str(err.value) == (
+        f"{path}: time column 'sensor_1' goes back in time at {down} and forward at {up} of its 59 steps in file "
+        f"order, and its numbers (such as {sensor[0]:g}) would be seconds of 1970: it looks like a sensor, not the "
+        "time; pass --time-column timestamp, or --time-unit s if these are times (rows are then taken in time order)"
+    )
+    shuffled = rng.permutation(60)
+    for times, unit in ((epochs[shuffled], "auto"), (shuffled, "s"), (np.arange(60)[::-1], "auto")):
+        text = "".join(f"{t},{i}\n" for i, t in enumerate(times))
+        (s,), _ = load(write(tmp_path, "timestamp,a\n" + text, "t.csv"), time_unit=unit)
+        assert s.values[:, 0].tolist() == np.argsort(times).astype(float).tolist()  # in time order
+    keyed = "".join(f"{k},{t},{t}\n" for t in (2, 0, 1) for k in range(20))  # 20 keys, each 2, 0, 1
+    assert len(load(write(tmp_path, "k,timestamp,a\n" + keyed, "k.csv"), key_column="k")[0]) == 20
+
+
 def test_times_cut_to_the_minute_are_named_as_such_not_as_interleaved_series(tmp_path) -> None:
     """A spreadsheet showing hh:mm saves 1-second readings as 10:14, 10:14, ...: the error said the file looked
     like several series interleaved and asked for a --key-column it does not have."""

@@ -16,7 +16,7 @@ from anomaly.engine.types import Readings
 from anomaly.errors import BundleError
 from anomaly.thresholds import THRESHOLDS, Threshold
 from anomaly.training import distinct_values, max_runs, series_errors
-from tests.helpers import chunks, make_series
+from tests.helpers import NoRoomFor, chunks, make_series
 
 
 def feed(engine: Engine, series, pieces) -> tuple[np.ndarray, list]:
@@ -1651,3 +1651,42 @@ def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
     message = str(info.value)
     assert message.startswith("the engine's per-key state does not fit in memory (")
     assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message
+
+
+def test_a_state_store_that_cannot_grow_is_left_as_it_was_and_the_error_names_the_settings(
+    bundle, monkeypatch
+) -> None:
+    """A key more than the store's rows (64, then each doubling) grows every field; a growth that did not fit in
+    memory ended replay and consume with numpy's allocation traceback, and left the fields grown before the
+    failing one at the new size and the others at the old: a store whose rows no longer lined up. Now it is
+    all or nothing, and one error names the settings that size the state and what the growth asked for."""
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError, size_text
+
+    e = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=4096))
+    f = len(bundle.features)
+    e.process([Event(f"k{i}", np.array([1.0]), np.full((1, f), float(i))) for i in range(64)])
+    assert (e.store.capacity, len(e.store)) == (64, 64)
+    before = e.snapshot()
+    no_room = NoRoomFor(128, fail_at=3)  # the third field's larger rows do not fit
+    monkeypatch.setattr(state, "np", no_room)
+
+    with pytest.raises(StateMemoryError) as info:
+        e.process([Event("k64", np.array([2.0]), np.zeros((1, f)))])
+    per_key = e.store.bytes_per_key()
+    assert per_key == e.store.layout.bytes_per_key() > 4096 * 4
+    assert str(info.value) == (
+        f"the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+        f"{size_text(128 * per_key)} ({size_text(per_key)} a key): engine.threshold dynamic keeps "
+        "engine.dynamic_history = 4096 scores a key, and engine.max_keys = 100000 keys are held at most; lower "
+        "them or give the process more memory"
+    )
+    assert (info.value.rows, info.value.nbytes) == (128, 128 * per_key)
+    assert {name: len(a) for name, a in e.store.arrays.items()} == dict.fromkeys(e.store.arrays, 64)
+    assert (e.store.capacity, len(e.store), e.store.free) == (64, 64, [])
+    assert e.snapshot() == before
+
+    monkeypatch.undo()  # memory again: the same key grows the store and is held
+    e.process([Event("k64", np.array([2.0]), np.zeros((1, f)))])
+    assert (e.store.capacity, list(e.store.slots)) == (128, [f"k{i}" for i in range(65)])
+    assert size_text(977 * 2**20) == "977 MiB" and size_text(1.5 * 2**30) == "1.5 GiB"

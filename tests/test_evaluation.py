@@ -327,3 +327,17 @@ def test_an_alert_that_detected_an_event_late_is_not_a_false_alert():
     # an alert whose decisions flagged no labelled reading stays false
     m = evaluate(np.zeros(12, int), preds, ts, decided)
     assert m["counts"]["events"]["false_alerts"] == 1
+
+
+def test_a_gap_in_the_data_is_no_time_for_false_alerts_per_day():
+    """Two days of readings with a 28-day hole between them: one false alert was 1/30 per day, divided by days
+    that had no data; the hole is a gap the engine resets at (longer than max_gap_seconds), not observed time."""
+    ts = np.array([0.0, 43_200.0, 86_400.0, 30 * 86_400.0, 30 * 86_400.0 + 43_200.0, 31 * 86_400.0])
+    labels, preds = [0] * 6, [0, 1, 0, 0, 0, 0]
+    m = evaluate(labels, preds, ts, ts, max_gap_seconds=86_400.0)
+    assert (m["counts"]["events"]["seconds"], m["false_alerts_per_day"]) == (2 * 86_400.0, 0.5)
+    assert (
+        evaluate(labels, preds, ts, ts)["counts"]["events"]["seconds"] == 31 * 86_400.0
+    )  # no gap rule given
+    # a step of max_gap_seconds itself is not a gap (the engine resets only after a longer one)
+    assert evaluate(labels, preds, ts, ts, max_gap_seconds=29 * 86_400.0)["false_alerts_per_day"] == 1 / 31

@@ -35,7 +35,7 @@ from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
-from tests.helpers import Record
+from tests.helpers import NoRoomFor, Record
 
 
 def header_record(pid: str, offset: int | None, group: str, epoch: int, payload: bytes = b"x") -> Record:
@@ -847,6 +847,214 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
         for r in RESTORE_REFUSALS
     }
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
+
+
+def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
+    bundle_path,
+):
+    """A record under a partition's key whose header is not a changelog header (not JSON, another JSON value, a
+    field of the wrong type: written by hand or by another tool) ended the start with a Python traceback
+    (JSONDecodeError, AttributeError, ValueError; KeyError for a header without 'bytes'). Now it is refused as
+    an unreadable checkpoint: one line naming the partition and the record, unless --reset-state discards it;
+    its claim then replaces it, and the restore reads past it."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
+    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+
+    daemon = Daemon(build_config(), str(bundle_path))  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    owner = Owner("g", mine, "t-1")
+    f = len(daemon.bundle.features)
+    daemon.engine.process([Event("k", np.array([1.0]), np.zeros((1, f)))])
+    state = daemon.engine.snapshot(["k"], domain="in:0")
+    sent: list[Record] = []
+    send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+    store = ChangelogStore(send, None, lambda _: "cl", owner)  # type: ignore[arg-type]
+    for p in range(6):
+        store.write(f"in:{p}", 41, state, 1, 3)
+    head = json.loads((sent[0].value or b"").split(b"\n")[0])
+    bad = {
+        "in:0": b"hello, not a header\n",
+        "in:1": b"\xff\xfe\n",
+        "in:2": b"[1, 2]\n",
+        "in:3": json.dumps({**head, "epoch": "4"}).encode() + b"\n",
+        "in:4": json.dumps({k: v for k, v in head.items() if k != "bytes"}).encode() + b"\n",
+        "in:5": json.dumps({**head, "offset": "x", "keys": "y"}).encode() + b"\n",
+    }
+    for pid, value in bad.items():
+        send("cl", pid.encode(), value)
+    send("cl", b"\xff\xfe", sent[0].value)  # a key that is not UTF-8: no partition's
+    store._records = lambda topic, reader=None, until=None: iter(sent)  # type: ignore[method-assign]
+
+    assert writers_to_fence(sent, set(bad).__contains__, "g") == ({"t-1"}, {0: len(sent) - 1})
+    checkpoints = store.read(bad)
+    assert {pid: (cp.problem, cp.offset, cp.epoch, cp.snapshot) for pid, cp in checkpoints.items()} == {
+        "in:0": (
+            "cannot be read: the record at offset 6 of changelog topic cl partition 0 has a header that is not "
+            "JSON (Expecting value: line 1 column 1 (char 0))",
+            -1,
+            3,
+            b"",
+        ),
+        "in:1": (
+            "cannot be read: the record at offset 7 of changelog topic cl partition 0 has a header that is not "
+            "JSON (Expecting value: line 1 column 1 (char 0))",
+            -1,
+            3,
+            b"",
+        ),
+        "in:2": (
+            "cannot be read: the record at offset 8 of changelog topic cl partition 0 has a header that is a "
+            "JSON list, not an object",
+            -1,
+            3,
+            b"",
+        ),
+        "in:3": (
+            "cannot be read: the record at offset 9 of changelog topic cl partition 0 has a header whose 'epoch' "
+            'is "4", not an integer',
+            -1,
+            3,
+            b"",
+        ),
+        "in:4": ("has a header without 'bytes' in changelog topic cl", 41, 3, b""),
+        "in:5": (
+            "has a header whose 'offset' is \"x\", not an integer or null in changelog topic cl",
+            -1,
+            3,
+            b"",
+        ),
+    }
+    daemon.changelog = SimpleNamespace(owner=owner)
+    with pytest.raises(IncompatibleStateError) as caught:
+        daemon._refuse_other_settings(checkpoints)
+    assert str(caught.value) == (
+        "cannot restore the state of 6 partition(s) (in:0, in:1, in:2, in:3 and 2 more): the checkpoint of in:0 "
+        "cannot be read: the record at offset 6 of changelog topic cl partition 0 has a header that is not JSON "
+        "(Expecting value: line 1 column 1 (char 0)). Nothing was restored or written: run the anomaly version "
+        "that wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
+        "start fresh from the committed offsets); until then every start stops here"
+    )
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = daemon.changelog
+    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
+    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 6
+    refused = {
+        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
+        for r in RESTORE_REFUSALS
+    }
+    assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 6.0}
+    # the reset's claims, at the next epoch, are what the next start reads
+    for pid, cp in checkpoints.items():
+        store.write(pid, None, b"", 0, cp.epoch + 1)
+    claims = store.read(bad)
+    assert {(cp.problem, cp.offset, cp.epoch) for cp in claims.values()} == {("", None, 4)}
+
+
+def _offline_restorer(
+    bundle_path: Any, reset_state: bool, keys: int = 1, metrics: Any = None
+) -> tuple[Any, dict[str, Any], list[tuple[Any, ...]]]:
+    """A daemon not connected whose restore (``_restore``) reads three checkpoints of ``keys`` keys each
+    (partitions in:0, in:1, in:2 of input topic "in") and records the changelog records it writes."""
+    from types import SimpleNamespace
+
+    from anomaly.kafka.changelog import Checkpoint, model_fingerprint
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+
+    cfg = build_config({"kafka": {"transactional": False}})
+    options = DaemonOptions(reset_state=reset_state)
+    daemon = Daemon(cfg, str(bundle_path), options=options, metrics=metrics)  # not connected
+    mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
+    source = Engine(daemon.bundle, daemon.engine.config)
+    f = len(daemon.bundle.features)
+    checkpoints = {}
+    for p in range(3):
+        names = [f"k{p}-{i}" for i in range(keys)]
+        source.process([Event(k, np.arange(5.0) + p, np.full((5, f), float(p))) for k in names])
+        pid = f"in:{p}"
+        checkpoints[pid] = Checkpoint(pid, 4, source.snapshot(names, domain=pid), keys, 2, mine)
+    written: list[tuple[Any, ...]] = []
+    daemon.changelog = SimpleNamespace(  # type: ignore[assignment]
+        owner=Owner("g", mine),
+        foreign={},
+        read=lambda pids: checkpoints,
+        write=lambda *a, **k: written.append(a),
+    )
+    daemon.identity = SimpleNamespace(check=lambda admin: None, ids={})  # type: ignore[assignment]
+    daemon.admin, daemon.changelog_topics = None, {"in": "cl"}
+    daemon._committed = lambda: {}  # type: ignore[method-assign]
+    daemon.delivery = SimpleNamespace(flush=lambda: None, settle=lambda: None)  # type: ignore[assignment]
+    daemon.checkpointer = SimpleNamespace(commit=lambda tps, wait: True)  # type: ignore[assignment]
+    return daemon, checkpoints, written
+
+
+@pytest.mark.parametrize("reset_state", [False, True])
+def test_a_restore_reads_each_checkpoints_snapshot_once(bundle_path, monkeypatch, reset_state):
+    """A restart read each assigned checkpoint's snapshot five times (the check that it can be read, twice, its
+    settings, the store's restore and the engine's for the clocks, each parsing its header, three of them
+    copying every array), twice with --reset-state: now once, by the check, and the restore uses what it read
+    (views of the snapshot's bytes, copied once, into the store's rows)."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state as state_module
+
+    daemon, checkpoints, written = _offline_restorer(bundle_path, reset_state)
+    reads = []
+    counted = SimpleNamespace(
+        loads=lambda text: reads.append(len(text)) or json.loads(text),
+        dumps=json.dumps,
+        JSONDecodeError=json.JSONDecodeError,
+    )
+    monkeypatch.setattr(state_module, "json", counted)
+
+    daemon._restore([TopicPartition("in", p) for p in range(3)], seek=False)
+    assert len(reads) == 3  # one header per checkpoint
+    assert [(a[0], a[1], a[4]) for a in written] == [("in:0", 4, 3), ("in:1", 4, 3), ("in:2", 4, 3)]
+    assert {pid: daemon.engine.snapshot([f"k{pid[-1]}-0"], domain=pid) for pid in checkpoints} == {
+        pid: cp.snapshot for pid, cp in checkpoints.items()
+    }
+    assert daemon.restored_keys == 3
+
+
+@pytest.mark.parametrize("reset_state", [False, True])
+def test_a_restore_whose_keys_outgrow_the_memory_for_their_state_stops_the_daemon_with_one_line(
+    bundle_path, monkeypatch, reset_state
+):
+    """Restoring checkpoints of more keys than the state store's rows grows it (64, 128, ...); a growth that did
+    not fit in memory raised numpy's MemoryError inside the rebalance callback: kafka-python's `User rebalance
+    callback throws an error` and a traceback, with the store's fields grown up to the one that failed. Now
+    the store stays as it was, and the error is the one line the loop raises after its poll (status 2),
+    before the claim of the partition it was restoring is written and before any checkpoint; --reset-state
+    does not take it for unreadable state (bad_state) to discard."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics()
+    daemon, _, written = _offline_restorer(bundle_path, reset_state, keys=40, metrics=metrics)
+    monkeypatch.setattr(state, "np", NoRoomFor(128))  # in:1's keys need rows 64 to 79
+    daemon.source = SimpleNamespace(polling=True, drop_ahead=lambda tps: None)  # type: ignore[assignment]
+    daemon.consumer = SimpleNamespace(seek=lambda tp, offset: None)  # type: ignore[assignment]
+
+    daemon.on_rebalance("assigned", [TopicPartition("in", p) for p in range(3)])
+    assert isinstance(daemon._fatal, StateMemoryError)
+    assert str(daemon._fatal).startswith(
+        "the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+    )
+    assert [a[0] for a in written] == ["in:0"]  # the claim of the partition restored before, not in:1's
+    assert {name: len(a) for name, a in daemon.engine.store.arrays.items()} == dict.fromkeys(
+        daemon.engine.store.arrays, 64
+    )
+    bad = metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": "bad_state"})
+    assert bad == 0.0
+    with pytest.raises(StateMemoryError):  # the loop's next step after the poll
+        daemon._apply_deferred()
 
 
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):

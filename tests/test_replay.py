@@ -257,6 +257,22 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
         )
 
 
+def test_false_alerts_per_day_count_the_days_with_data_not_a_gap(bundle, test_series, tmp_path) -> None:
+    """A replay whose series stops for 30 days midway divided its false alerts by those 30 days too."""
+    import dataclasses
+
+    half = len(test_series) // 2
+    ts = test_series.timestamps.copy()
+    ts[half:] += 30 * 86_400.0
+    result = replay(bundle, [dataclasses.replace(test_series, timestamps=ts)], build_config(), tmp_path)
+    observed = float(ts[-1] - ts[0]) - float(ts[half] - ts[half - 1])
+    metrics = result.summary["metrics"]
+    assert metrics["counts"]["events"]["seconds"] == observed
+    assert metrics["false_alerts_per_day"] == metrics["counts"]["events"]["false_alerts"] / (
+        observed / 86_400.0
+    )
+
+
 def test_a_sensor_named_like_a_result_column_keeps_its_values(tmp_path) -> None:
     """Sensors called `error`, `score` or `key`: scores.csv wrote the engine's error and score over their readings
     (or their readings over the series key), and the report then crashed with a matplotlib traceback ('x and y
@@ -625,3 +641,50 @@ def test_scores_csv_is_written_without_a_copy_of_every_result(tmp_path, bundle_p
     monkeypatch.setattr(pd, "concat", real)
     whole = pd.concat(result.frames.values(), ignore_index=True)
     assert (tmp_path / "r" / "scores.csv").read_text() == whole.to_csv(index=False)
+
+
+def test_a_replay_whose_keys_outgrow_the_memory_for_their_state_is_one_error_line(
+    bundle_path, tmp_path, monkeypatch
+):
+    """`engine.dynamic_history` that fits the store's first 64 keys, then a file of more keys: the growth to 128
+    did not fit in memory and the replay ended with numpy's allocation traceback (status 1). Now one line
+    naming the settings and what the growth asked for, status 2, and no outputs (the folder is made first)."""
+    from click.testing import CliRunner
+
+    from anomaly.bundle import load_bundle
+    from anomaly.cli import main
+    from anomaly.engine import state
+    from tests.helpers import NoRoomFor
+
+    bundle = load_bundle(bundle_path)
+    values = ",".join(["1.0"] * len(bundle.features))
+    path = tmp_path / "many.csv"
+    rows = [f"2024-01-01T00:00:0{t}Z,unit-{k:03d},{values}\n" for t in range(2) for k in range(70)]
+    path.write_text(f"timestamp,sensor_id,{','.join(bundle.features)}\n" + "".join(rows))
+    config = build_config({"engine": {"dynamic_history": 100_000}}).engine
+    per_key = Engine(bundle, config).store.bytes_per_key()
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    out = tmp_path / "out"
+    got = CliRunner().invoke(
+        main,
+        [
+            "replay",
+            str(path),
+            "-m",
+            str(bundle_path),
+            "-o",
+            str(out),
+            "--key-column",
+            "sensor_id",
+            "--no-plots",
+        ],
+        env={"ANOMALY_ENGINE_DYNAMIC_HISTORY": "100000"},
+    )
+    assert got.exit_code == 2, got.output
+    assert got.stderr.splitlines()[-1] == (
+        "error: the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+        f"{state.size_text(128 * per_key)} ({state.size_text(per_key)} a key): engine.threshold dynamic keeps "
+        "engine.dynamic_history = 100000 scores a key, and engine.max_keys = 100000 keys are held at most; lower "
+        "them or give the process more memory"
+    )
+    assert list(out.iterdir()) == []  # no scores, alerts or summary

@@ -31,6 +31,19 @@ def _pipeline_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def empty_refused(leave_out: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A callback refusing an empty value (`--features "$FEATURES"` with the variable unset), which the settings
+    would read as the default (every numeric column, no time column) without a word; `leave_out` says what to
+    do instead."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not value.strip(" ,"):
+            raise click.BadParameter(f"{value!r} names no column ({leave_out})")
+        return value
+
+    return check
+
+
 pipeline_option = click.option(
     "--pipeline",
     "-p",
@@ -60,7 +73,12 @@ def time_column_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="The files have no time column: readings are numbered 0, 1, 2, ... in file order (per key), "
         "one --time-unit apart (a second under auto).",
     )(wrapper)
-    return click.option("--time-column", default=None, help="Time column.  [default: timestamp]")(wrapper)
+    return click.option(
+        "--time-column",
+        default=None,
+        callback=empty_refused("pass --no-time-column for files without one"),
+        help="Time column.  [default: timestamp]",
+    )(wrapper)
 
 
 label_map_option = click.option(
@@ -150,7 +168,12 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
-    return load_config(pipeline, given, option_names=option_names(given))
+    return load_config(pipeline, given, option_names=option_names(given), warn=warn_line)
+
+
+def warn_line(message: str) -> None:
+    """A `warning:` line on stderr, the form every command gives its warnings (not a timestamped log line)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def option_names(overrides: dict[str, Any]) -> dict[str, str]:

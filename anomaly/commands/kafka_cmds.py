@@ -9,6 +9,7 @@ import click
 from anomaly.commands.common import (
     config_from,
     data_options,
+    empty_refused,
     exit_now,
     one_line_errors,
     pipeline_option,
@@ -296,6 +297,7 @@ def _only_topic(topics: tuple[str, ...]) -> str:
 @click.option(
     "--features",
     default=None,
+    callback=empty_refused("leave the option out for the model's features, or all numeric ones"),
     help="Comma-separated feature columns, sent in this order.  [default: the model's with --model, else all "
     "numeric in file order]",
 )

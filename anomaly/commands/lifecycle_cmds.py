@@ -20,6 +20,7 @@ from anomaly.commands.common import (
     refuse_unless,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.data import plural
 from anomaly.errors import ConfigError, DataError
@@ -649,7 +650,7 @@ def retrain_cmd(
             raise ConfigError(
                 "--from-pipeline trains with a pipeline file's settings: give it with --pipeline"
             )
-        pcfg = load_config(pipeline, overrides)
+        pcfg = load_config(pipeline, overrides, warn=warn_line)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
         tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)

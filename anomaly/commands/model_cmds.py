@@ -14,6 +14,7 @@ from anomaly.commands.common import (
     check_output,
     config_from,
     data_options,
+    empty_refused,
     key_column_option,
     label_map_option,
     one_line_errors,
@@ -163,7 +164,12 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 @pipeline_option
 @time_column_option
 @key_column_option
-@click.option("--features", default=None, help="Comma-separated feature columns.  [default: all numeric]")
+@click.option(
+    "--features",
+    default=None,
+    callback=empty_refused("leave the option out for all numeric columns"),
+    help="Comma-separated feature columns.  [default: all numeric]",
+)
 @click.option(
     "--label",
     default=None,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from anomaly import atomic, nasa
-from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
+from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging, warn_line
 from anomaly.config import load_config
 from anomaly.quality import format_quality, format_ranking
 
@@ -80,7 +80,8 @@ def nasa_cmd(
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
     overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
-    cfg = load_config(pipeline, overrides)  # no pipeline: defaults, then ANOMALY_* variables and options
+    # no pipeline: defaults, then ANOMALY_* variables and options
+    cfg = load_config(pipeline, overrides, warn=warn_line)
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels is not None else None
     if wanted == []:  # `--channels "$CHANNELS"` with the variable unset ran every channel
         raise click.BadParameter("names no channel (leave the option out for all)", param_hint="'--channels'")

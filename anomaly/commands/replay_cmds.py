@@ -18,6 +18,7 @@ from anomaly.bundle import load_bundle
 from anomaly.commands.common import (
     config_from,
     data_options,
+    empty_refused,
     key_column_option,
     label_map_option,
     one_line_errors,
@@ -25,6 +26,7 @@ from anomaly.commands.common import (
     pipeline_option,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import PipelineConfig, build_config
@@ -213,7 +215,12 @@ def print_result(result: ReplayResult) -> None:
 @pipeline_option
 @time_column_option
 @key_column_option
-@click.option("--features", default=None, help="Comma-separated feature columns.  [default: the model's]")
+@click.option(
+    "--features",
+    default=None,
+    callback=empty_refused("leave the option out for the model's"),
+    help="Comma-separated feature columns.  [default: the model's]",
+)
 @click.option("--label", default=None, help="Label column used for evaluation.  [default: anomaly]")
 @label_map_option
 @click.option(
@@ -339,6 +346,7 @@ def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | Non
             overrides,
             toml_source="the demo's embedded settings (pipelines/demo.toml)",
             option_names=option_names(overrides),
+            warn=warn_line,
         )
     )
     seed = cfg.train.seed  # --seed, else the pipeline's or ANOMALY_TRAIN_SEED (the option always won, as 0)

@@ -8,7 +8,7 @@ import os
 import click
 
 from anomaly import atomic, skab
-from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging
+from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging, warn_line
 from anomaly.config import build_config, load_config
 from anomaly.evaluation import format_table
 from anomaly.quality import format_quality, format_ranking
@@ -102,7 +102,7 @@ def skab_cmd(
     if pipeline and defaults:
         raise click.UsageError("give either --pipeline or --defaults")
     if pipeline:
-        cfg = load_config(pipeline, overrides)
+        cfg = load_config(pipeline, overrides, warn=warn_line)
     else:
         # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
         # environment variables and options, as with a file
@@ -111,6 +111,7 @@ def skab_cmd(
             os.environ,
             overrides,
             toml_source="SKAB's column mapping" if defaults else "the settings of pipelines/skab.toml",
+            warn=warn_line,
         )
     train_rows = cfg.data.train_rows or skab.TRAIN_ROWS  # data.train_rows was ignored: 400 whatever it said
     n_files = len(skab.skab_files(data)[:limit])

@@ -100,6 +100,54 @@ def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
     return None
 
 
+SENSOR_LIKE_BELOW = (
+    1e8  # epoch seconds below this are 1970 to 1973: a sensor's numbers, or a relative counter
+)
+_LONG_ENOUGH = 20  # steps of a series' times in file order before their directions say something
+_BACK_AND_FORTH = 0.1  # share of those steps that go each way, at least, when the column is a sensor
+
+
+def _refuse_a_sensor_as_time(
+    frame: pd.DataFrame, ts: np.ndarray, rows_of: Sequence[np.ndarray], cfg: DataConfig, source: str
+) -> None:
+    """A numeric time column whose numbers, read as epoch seconds under --time-unit auto, fall in 1970 to 1973 and
+    go up and down in file order (each way at least one step in ten, and ten times or more, in series of 20 steps
+    or more) is a sensor named as the time (`--time-column sensor_1`): its rows were taken in the order of that
+    sensor's values, with an odd interval, without a word. Real times go one way (a newest-first export goes the
+    other), with a few steps back where files were joined; unsorted epoch times (from 1973 on) and times whose
+    unit is given (--time-unit s) are taken as times, in time order."""
+    column = frame[cfg.time_column]
+    if cfg.time_unit != "auto" or not pd.api.types.is_numeric_dtype(column):
+        return
+    timed = ts[np.isfinite(ts)]
+    if not len(timed) or float(np.abs(timed).max()) >= SENSOR_LIKE_BELOW:
+        return
+    up = down = 0
+    for idx in rows_of:  # each key's rows in file order: a key column's rows are one series each
+        t = ts[idx]
+        steps = np.diff(t[np.isfinite(t)])
+        if (
+            len(steps) >= _LONG_ENOUGH
+        ):  # a few rows out of order (a key's three readings: 2, 0, 1) tell nothing
+            up += int(np.sum(steps > 0))
+            down += int(np.sum(steps < 0))
+    fewer = min(up, down)
+    if fewer < 10 or fewer < _BACK_AND_FORTH * (up + down):
+        return
+    timelike = [c for c in frame.columns if c != cfg.time_column and re.search(r"time|date", str(c), re.I)]
+    hint = (
+        f"pass --time-column {quoted(timelike[0])}"
+        if timelike
+        else "name the time column with --time-column (--no-time-column if the file has none)"
+    )
+    raise SchemaError(
+        f"{source}: time column {cfg.time_column!r} goes back in time at {down:,} and forward at {up:,} of its "
+        f"{up + down:,} steps in file order{' within a key' if cfg.key_column else ''}, and its numbers (such as "
+        f"{timed[0]:g}) would be seconds of 1970: it looks like a sensor, not the time; {hint}, or --time-unit s "
+        "if these are times (rows are then taken in time order)"
+    )
+
+
 def _refuse_unused_time_options(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
     """data.time_unit applies to numeric times (and to the numbering under --no-time-column), data.time_format to
     text times: one given for a time column of the other kind would be ignored without a word, so it is refused.
@@ -202,9 +250,13 @@ def frame_to_series(
         # 1M-row file into 5,000 keys
         by_key = np.argsort(codes, kind="stable")
         rows_of = np.split(by_key, np.flatnonzero(np.diff(codes[by_key])) + 1) if len(by_key) else []
+        if cfg.time_column:
+            _refuse_a_sensor_as_time(frame, ts_all, rows_of, cfg, source)
     else:
         groups = [Path(plain_name(source)).stem if source else "series"]
         rows_of = [np.arange(len(frame))]
+        if cfg.time_column:  # before the test of repeated times: a sensor's values repeat too
+            _refuse_a_sensor_as_time(frame, ts_all, rows_of, cfg, source)
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
         if repeated > 0.1 * len(timed):

@@ -47,7 +47,7 @@ from anomaly.engine.pieces import Pieces, from_queues
 from anomaly.engine.report import ReportBuffers
 from anomaly.engine.scoring import BatchScorer
 from anomaly.engine.settings import Settings
-from anomaly.engine.state import Layout, StateStore
+from anomaly.engine.state import Layout, Snapshot, StateMemoryError, StateStore
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Event, Readings
 from anomaly.errors import ConfigError
 from anomaly.thresholds import ALERT_GAP, ALERT_LENGTH
@@ -93,19 +93,25 @@ class Engine:
 
     def _first_store(self) -> StateStore:
         """The state store, or ConfigError naming the settings when its first rows do not fit in memory
-        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback)."""
+        (`dynamic_history = 100000000000` ended `replay` and `consume` with numpy's allocation traceback). Its
+        later growths (more keys) name them too (:class:`~anomaly.engine.state.StateMemoryError`)."""
         layout = self._layout()
         try:
-            return StateStore(layout)
-        except MemoryError:
-            per_key = sum(
-                math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.fields().values()
-            )
-            sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+            store = StateStore(layout)
+        except StateMemoryError:
             raise ConfigError(
-                f"the engine's per-key state does not fit in memory ({per_key / 2**30:,.1f} GiB a key): "
-                f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+                f"the engine's per-key state does not fit in memory ({layout.bytes_per_key() / 2**30:,.1f} GiB a "
+                f"key): {self._sizing()}"
             ) from None
+        store.sizing = f"{self._sizing()}, and engine.max_keys = {self.config.max_keys} keys are held at most"
+        return store
+
+    def _sizing(self) -> str:
+        """The settings that size a key's state, in words, for the errors of a store that does not fit."""
+        sized = [f"engine.{n} = {getattr(self.config, n)}" for n in type(self.threshold).sized_by]
+        return (
+            f"engine.threshold {self.config.threshold} keeps {', '.join(sized) or 'no history'} scores a key"
+        )
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -189,7 +195,7 @@ class Engine:
                 retired.evicted += evicted
                 self.counters["evicted"] += len(evicted)
                 self._use(bundle)
-            self.store = StateStore(self._layout())
+            self.store = self._first_store()
             self.counters["reloads_reset"] += 1
         self._wire()
         return same
@@ -300,25 +306,27 @@ class Engine:
                 meta["key_domains"] = [by_id[i] for i in ids.tolist()]
         return self.store.snapshot(names, meta)
 
-    def settings_difference(self, data: bytes) -> str | None:
+    def settings_difference(self, data: bytes | Snapshot) -> str | None:
         """What differs when a snapshot of this model's dimensions does not restore for other [engine] settings
         that shape per-key state (see :meth:`StateStore.settings_difference`); None otherwise."""
         return self.store.settings_difference(data)
 
-    def unreadable(self, data: bytes) -> str | None:
-        """Why a snapshot cannot be read at all (corrupted, or another state format), in words; None when it can
-        (see :meth:`StateStore.unreadable`)."""
-        return self.store.unreadable(data)
+    @staticmethod
+    def read(data: bytes) -> Snapshot:
+        """A snapshot read once, for :meth:`settings_difference` and :meth:`restore` (the daemon checks every
+        assigned checkpoint, then restores them); StateError saying why it cannot be read (corrupted, or another
+        state format; see :meth:`StateStore.read_snapshot`)."""
+        return StateStore.read_snapshot(data)
 
-    def restore(self, data: bytes, domain: str | None = None) -> list[str]:
-        """Restore a snapshot's keys and the event time reached in their clock domains (a clock only moves
-        forward). A snapshot from before clock domains (one "max_ts") puts its keys in `domain`: the daemon
-        names the partition whose checkpoint it is, whose clock then starts at its keys' newest reading (that
-        "max_ts" was the newest of every partition); without `domain`, the default domain "" starts at
-        "max_ts", as before."""
-        keys = self.store.restore(data)
-        header, _ = StateStore.read_snapshot(data)
-        meta = header["meta"]
+    def restore(self, data: bytes | Snapshot, domain: str | None = None) -> list[str]:
+        """Restore a snapshot's keys (its bytes, or as :meth:`read` read them) and the event time reached in
+        their clock domains (a clock only moves forward). A snapshot from before clock domains (one "max_ts")
+        puts its keys in `domain`: the daemon names the partition whose checkpoint it is, whose clock then starts
+        at its keys' newest reading (that "max_ts" was the newest of every partition); without `domain`, the
+        default domain "" starts at "max_ts", as before."""
+        snap = data if isinstance(data, Snapshot) else StateStore.read_snapshot(data)
+        keys = self.store.restore(snap)
+        meta = snap.header["meta"]
         slots = self.store.slots
         rows = np.fromiter(map(slots.__getitem__, keys), np.int64, len(keys))
         clocks = meta.get("clocks")

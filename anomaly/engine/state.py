@@ -13,7 +13,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,35 @@ _REPORTED_ADDED: set[tuple[str, ...]] = set()  # added-field sets already logged
 
 class StateError(AnomalyError):
     """A snapshot cannot be restored: corrupted, or made for an incompatible model or engine settings."""
+
+
+class StateMemoryError(AnomalyError):
+    """The state store could not grow to hold more keys: its larger rows did not fit in memory (MemoryError).
+    The store is left as it was, every key and row it held intact; the engine names the settings that size a
+    key's state (:attr:`StateStore.sizing`)."""
+
+    def __init__(self, message: str, *, rows: int, nbytes: int) -> None:
+        super().__init__(message)
+        self.rows = rows  # the rows the growth asked for
+        self.nbytes = nbytes  # the bytes it asked for
+
+
+def size_text(nbytes: float) -> str:
+    """``977 MiB``, ``1.5 GiB``, ``7.6 KiB``: a size in binary units, for messages."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{nbytes:,.0f} bytes"
+
+
+class Snapshot(NamedTuple):
+    """A snapshot read once (:meth:`StateStore.read_snapshot`): its header (``keys``, ``meta``, ``layout``,
+    ``arrays``) and each field's rows, read-only views of the snapshot's bytes. The daemon checks a checkpoint
+    and restores it from one read."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
 
 
 def _layout_difference(theirs: Layout, mine: Layout, most: int = 4) -> str:
@@ -104,6 +133,13 @@ class Layout:
             out[name] = (tuple(shape), dtype)
         return out
 
+    def bytes_per_key(self) -> int:
+        """The bytes of one key's state (one row of every field)."""
+        return sum(
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+            for shape, dt in self.fields().values()
+        )
+
     def nan_fields(self) -> set[str]:
         return set(NAN_FIELDS) | {name for name, _, _, fill in self.extra if fill == "nan"}
 
@@ -155,6 +191,9 @@ class StateStore:
         self.arrays: dict[str, np.ndarray] = {}
         self._capacity = 0
         self._nan = layout.nan_fields()
+        # what sizes the state, in words, for the error of a growth that does not fit in memory (the engine names
+        # its settings: "engine.threshold dynamic keeps engine.dynamic_history = 512 scores a key, ...")
+        self.sizing = ""
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -167,9 +206,24 @@ class StateStore:
         return sum(a[0].nbytes for a in self.arrays.values())
 
     def _grow(self, capacity: int) -> None:
+        """Rows for ``capacity`` keys, the held ones copied over. All or nothing: every larger field is allocated
+        before any replaces its field, so an allocation that fails (:class:`StateMemoryError`) leaves the store
+        as it was (a field grown and the next not was a store whose rows no longer lined up)."""
         old = self._capacity
-        for name, (shape, dtype) in self.layout.fields().items():
-            arr = np.zeros((capacity, *shape), dtype)
+        fields = self.layout.fields()
+        try:
+            grown = {name: np.zeros((capacity, *shape), dtype) for name, (shape, dtype) in fields.items()}
+        except MemoryError:
+            per_key = self.layout.bytes_per_key()
+            held = f"from {old:,} to {capacity:,} keys" if old else f"for its first {capacity:,} keys"
+            sizing = f": {self.sizing}; lower them or give the process more memory" if self.sizing else ""
+            raise StateMemoryError(
+                f"the engine's per-key state does not fit in memory: growing it {held} asked for "
+                f"{size_text(capacity * per_key)} ({size_text(per_key)} a key){sizing}",
+                rows=capacity,
+                nbytes=capacity * per_key,
+            ) from None
+        for name, arr in grown.items():
             if old:
                 arr[:old] = self.arrays[name]
             self.arrays[name] = arr
@@ -326,12 +380,22 @@ class StateStore:
         return b"".join([MAGIC, struct.pack("<I", len(head)), head, *parts])
 
     @staticmethod
-    def read_snapshot(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    def read_snapshot(data: bytes) -> Snapshot:
+        """The snapshot's header and rows (views of ``data``, not copies: a restore copies them into its rows).
+        StateError saying why it cannot be read: ``engine snapshot was written in state format
+        'anomaly-state/3'; this version reads 'anomaly-state/2'`` (a newer version's), ``engine snapshot is
+        corrupted (truncated)``. Whether it fits this engine is :meth:`settings_difference`'s and
+        :meth:`restore`'s question."""
         try:
             if data[:4] != MAGIC:
                 raise ValueError("bad magic")
             (n,) = struct.unpack("<I", data[4:8])
             header = json.loads(data[8 : 8 + n])
+            written = header.get("format")
+            if isinstance(written, str) and written != FORMAT:
+                raise StateError(
+                    f"engine snapshot was written in state format {written!r}; this version reads {FORMAT!r}"
+                )
             pos = 8 + n
             arrays = {}
             for spec in header["arrays"]:
@@ -340,9 +404,9 @@ class StateStore:
                 size = count * dtype.itemsize
                 if pos + size > len(data):
                     raise ValueError("truncated")
-                arrays[spec["name"]] = np.frombuffer(data, dtype, count, pos).reshape(spec["shape"]).copy()
+                arrays[spec["name"]] = np.frombuffer(data, dtype, count, pos).reshape(spec["shape"])
                 pos += size
-            if pos != len(data) or header.get("format") != FORMAT:
+            if pos != len(data) or written != FORMAT:
                 raise ValueError("trailing bytes or unknown format")
             keys = header["keys"]
             if not isinstance(keys, list) or not isinstance(header["meta"], dict):
@@ -352,29 +416,10 @@ class StateStore:
             Layout.from_json(header["layout"])
         except (ValueError, KeyError, TypeError, AttributeError, struct.error, json.JSONDecodeError) as exc:
             raise StateError(f"engine snapshot is corrupted ({exc})") from None
-        return header, arrays
+        return Snapshot(header, arrays)
 
-    @staticmethod
-    def unreadable(data: bytes) -> str | None:
-        """Why a snapshot cannot be read at all, in words (``was written in state format 'anomaly-state/3'; this
-        version reads 'anomaly-state/2'``, ``is corrupted (truncated)``); None when it can (whether it fits this
-        engine is :meth:`settings_difference`'s and :meth:`restore`'s question)."""
-        try:
-            if data[:4] == MAGIC:
-                (n,) = struct.unpack("<I", data[4:8])
-                written = json.loads(data[8 : 8 + n]).get("format")
-                if isinstance(written, str) and written != FORMAT:
-                    return f"was written in state format {written!r}; this version reads {FORMAT!r}"
-        except (ValueError, TypeError, AttributeError, struct.error):
-            pass  # reported by read_snapshot below
-        try:
-            StateStore.read_snapshot(data)
-        except StateError as exc:
-            return "is corrupted" + str(exc).removeprefix("engine snapshot is corrupted")
-        return None
-
-    def restore(self, data: bytes) -> list[str]:
-        header, arrays = self.read_snapshot(data)
+    def restore(self, data: bytes | Snapshot) -> list[str]:
+        header, arrays = data if isinstance(data, Snapshot) else self.read_snapshot(data)
         try:
             layout = Layout.from_json(header["layout"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -389,12 +434,14 @@ class StateStore:
                 self.arrays[name][row] = arr[i]
         return keys
 
-    def settings_difference(self, data: bytes) -> str | None:
+    def settings_difference(self, data: bytes | Snapshot) -> str | None:
         """What differs, in words, when a snapshot of this store's model dimensions does not restore here because
         the [engine] settings that shape per-key state (threshold kind, its sizes, the policies) differ from the
         ones it was written with; else None: it restores, or it is another model's state (other dimensions), or
         it cannot be read (:meth:`restore` refuses those two as ever). Reads the header only, so the daemon can
         check every assigned partition's checkpoint before it restores or writes anything."""
+        if isinstance(data, Snapshot):
+            return self._misfit_dims(Layout.from_json(data.header["layout"]))
         try:
             if data[:4] != MAGIC:
                 return None
@@ -405,6 +452,10 @@ class StateStore:
             layout = Layout.from_json(header["layout"])
         except (ValueError, KeyError, TypeError, AttributeError, struct.error):
             return None
+        return self._misfit_dims(layout)
+
+    def _misfit_dims(self, layout: Layout) -> str | None:
+        """:meth:`_misfit` of state of this model's dimensions (another model's: None)."""
         if layout.dims() != self.layout.dims():
             return None
         return self._misfit(layout)

@@ -26,7 +26,10 @@ Who wrote a record travels in its header, so a restorer never takes state that i
 
 A record whose state cannot be read (another changelog format, chunks missing, bytes that do not match the
 header's checksum, a payload that does not decompress) is read as a :class:`Checkpoint` with its ``problem`` and no snapshot: the restore refuses it
-(the daemon stops, or ``--reset-state`` discards it) as it refuses a snapshot the engine cannot read.
+(the daemon stops, or ``--reset-state`` discards it) as it refuses a snapshot the engine cannot read. So is a
+record under a partition's key whose header cannot be read (not JSON, a field of the wrong type: written by
+hand or by another tool): whose it is cannot be told, so it counts as this group's latest record of the
+partition until a later one of the group (the ``--reset-state`` claim) replaces it.
 
 Snapshots larger than ``chunk_bytes`` (many keys) are split: chunk records ``"<topic>:<partition>/<gen>/<i>"``
 are written first, then the header record naming ``gen`` and the chunk count. Chunk keys are unique per
@@ -164,9 +167,89 @@ def encode_header(
     return json.dumps(head, separators=(",", ":")).encode()
 
 
+class RecordError(ValueError):
+    """A changelog record whose header cannot be read (not JSON, not an object, a group or epoch of the wrong
+    type): hand-written, or written by another tool under a partition's key. Whose it is cannot be told."""
+
+
+# the header fields a restore reads and their types (NoneType: may be null); "bytes" and "sha256" are required in
+# this changelog format, the others have defaults
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "group": (str,),  # these two in any changelog format: they choose the record a restore takes
+    "epoch": (int,),
+    "format": (str,),
+    "source": (str,),
+    "offset": (int, type(None)),
+    "keys": (int,),
+    "codec": (str,),
+    "raw": (int,),
+    "bytes": (int,),
+    "sha256": (str,),
+    "gen": (str,),
+    "chunks": (int,),
+    "model": (str,),
+    "txn": (str,),
+    "input_id": (str, type(None)),
+}
+
+
 def decode_record(value: bytes) -> tuple[dict[str, Any], bytes]:
-    head, _, payload = value.partition(b"\n")
-    return json.loads(head), payload
+    """A changelog header record's header and payload; :class:`RecordError`, in words, when its header is not a
+    JSON object or its group or epoch cannot be read (the other fields: :func:`header_problem`)."""
+    raw, _, payload = value.partition(b"\n")
+    try:
+        head = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise RecordError(f"has a header that is not JSON ({exc})") from None
+    if not isinstance(head, dict):
+        raise RecordError(f"has a header that is a JSON {type(head).__name__}, not an object")
+    problem = _field_problem(head, ("group", "epoch"))
+    if problem:
+        raise RecordError(problem)
+    return head, payload
+
+
+def header_problem(head: dict[str, Any]) -> str:
+    """What is wrong with the fields of a header of this changelog format that a restore reads, in words (a
+    field missing or of the wrong type); "" when nothing is. A header in another format is not checked (its
+    ``format`` is what a restore refuses)."""
+    if head.get("format", FORMAT) != FORMAT:
+        return ""
+    for name in ("bytes", "sha256"):
+        if name not in head:
+            return f"has a header without {name!r}"
+    return _field_problem(head, tuple(_HEADER_TYPES))
+
+
+def _field_problem(head: dict[str, Any], names: tuple[str, ...]) -> str:
+    for name in names:
+        if name not in head:
+            continue
+        value, types = head[name], _HEADER_TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"has a header whose {name!r} is {json.dumps(value)[:40]}, not {_kind(types)}"
+    return ""
+
+
+def _kind(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", str: "a string", type(None): "null"}
+    return " or ".join(names[t] for t in types)
+
+
+def _unreadable(rec: Any, why: RecordError, epoch: int) -> dict[str, Any]:
+    """The header a restore takes for a record whose header cannot be read: its state, if any, cannot be read
+    (``unreadable``), so the restore refuses it as it refuses a corrupted one (``offset`` -1: what it covered is
+    not known). Its epoch is not known either: it counts as the latest record of the partition so far (``epoch``,
+    the highest read before it), so a later record of the group (a ``--reset-state`` claim) replaces it."""
+    where = f"offset {rec.offset} of changelog topic {rec.topic} partition {rec.partition}"
+    return {
+        "format": FORMAT,
+        "offset": -1,
+        "epoch": epoch,
+        "keys": 0,
+        "chunks": 0,
+        "unreadable": f"cannot be read: the record at {where} {why}",
+    }
 
 
 def latest_records(
@@ -179,7 +262,7 @@ def latest_records(
     chunks: dict[str, bytes] = {}
     foreign: dict[str, str] = {}
     for rec in records:
-        key = rec.key.decode() if rec.key else ""
+        key = _key(rec)
         pid = key.split("/", 1)[0]
         if not wanted(pid):
             continue
@@ -191,7 +274,12 @@ def latest_records(
             continue
         if rec.value is None:
             continue
-        head, payload = decode_record(rec.value)
+        try:
+            head, payload = decode_record(rec.value)
+        except RecordError as exc:  # whose it is cannot be told: refused as this group's own
+            old = heads.get(pid)
+            heads[pid] = (_unreadable(rec, exc, int(old[0].get("epoch", 0)) if old else 0), b"")
+            continue
         if group is not None and head.get("group", "") != group:
             foreign[pid] = head.get("group") or "(unknown)"
             continue
@@ -215,10 +303,14 @@ def writers_to_fence(
     best: dict[str, int] = {}
     ends: dict[int, int] = {}
     for rec in records:
-        key = rec.key.decode() if rec.key else ""
+        key = _key(rec)
         if "/" in key or rec.value is None or not wanted(key):  # chunks precede their header
             continue
-        head, _ = decode_record(rec.value)
+        try:
+            head, _ = decode_record(rec.value)
+        except RecordError:  # no writer to fence, but the restore must read it (and refuse it)
+            ends[rec.partition] = rec.offset + 1
+            continue
         if head.get("group", "") != group:
             continue
         ends[rec.partition] = rec.offset + 1
@@ -228,6 +320,11 @@ def writers_to_fence(
         if head.get("txn"):
             tail[key].add(str(head["txn"]))
     return set().union(*tail.values()), ends
+
+
+def _key(rec: Any) -> str:
+    """A changelog record's key as text; one that is not UTF-8 (another tool's) matches no partition id."""
+    return rec.key.decode(errors="replace") if rec.key else ""
 
 
 class ChangelogStore:
@@ -417,11 +514,15 @@ class ChangelogStore:
     def _checkpoint(
         self, topic: str, pid: str, head: dict[str, Any], payload: bytes, chunks: dict[str, bytes]
     ) -> Checkpoint:
-        problem = ""
+        # a header that cannot be read (see latest_records), or fields of it
+        problem = str(head.get("unreadable", ""))
+        fields = "" if problem else header_problem(head)
+        if fields:
+            problem = f"{fields} in changelog topic {topic}"
         written = head.get("format", FORMAT)
         # another format: a newer version's record, after a downgrade, whose payload may be laid out otherwise
-        if written != FORMAT:
-            problem = f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
+        if problem or written != FORMAT:
+            problem = problem or f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
         elif head.get("chunks"):
             keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
             lost = [k for k in keys if k not in chunks]
@@ -443,11 +544,14 @@ class ChangelogStore:
             except KafkaError as exc:
                 problem = str(exc).removeprefix(f"checkpoint of {head.get('source')} ")
         offset = head.get("offset")
+        if not isinstance(offset, int) and offset is not None:  # refused above: what it covered is not known
+            offset = -1
+        keys = head.get("keys", 0)
         return Checkpoint(
             pid,
-            None if offset is None else int(offset),
+            offset,
             snapshot,
-            int(head.get("keys", 0)),
+            keys if isinstance(keys, int) else 0,
             int(head.get("epoch", 0)),
             str(head.get("model", "")),
             payload,

@@ -70,7 +70,7 @@ from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Alert, Engine, EngineOutput, StateError
 from anomaly.engine.alerts import alert_id
-from anomaly.engine.state import StateStore
+from anomaly.engine.state import Snapshot, StateStore
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import (
@@ -621,7 +621,7 @@ class Daemon:
             self._fence(writers, fenced)
         checkpoints = self.changelog.read(by_pid)
         self._refuse_other_input(checkpoints)
-        self._refuse_other_settings(checkpoints)
+        snapshots = self._refuse_other_settings(checkpoints)  # read once: restored from what was checked
         for pid, group in sorted(self.changelog.foreign.items()):
             log.warning(
                 "changelog record of %s written by group %s ignored (not this group's state)", pid, group
@@ -639,7 +639,7 @@ class Daemon:
             self.tracker.epoch[tp] = epoch
             offset = cp.offset if cp is not None else None
             self.engine.reset_clock(pid)  # the partition's event time is its checkpoint's (or none yet)
-            keys = self._restore_one(pid, cp) if offset is not None else None
+            keys = self._restore_one(pid, cp, snapshots.pop(pid, None)) if offset is not None else None
             if cp is not None and offset is not None and keys is not None:
                 offset = self._resume_after(pid, offset, committed.get((tp.topic, tp.partition)))
                 self.tracker.adopt(tp, keys, offset)
@@ -736,7 +736,7 @@ class Daemon:
                 f"topic (kafka-topics --delete --topic {changelog}) and restart"
             )
 
-    def _refuse_other_settings(self, checkpoints: Mapping[str, Any]) -> None:
+    def _refuse_other_settings(self, checkpoints: Mapping[str, Any]) -> dict[str, Snapshot]:
         """IncompatibleStateError, unless ``reset_state``, for checkpoints of this model written with other
         [engine] settings that shape per-key state (threshold kind, its sizes, a policy): restoring them is
         impossible, and starting their keys fresh would lose every key's calibration and open alerts for good
@@ -749,21 +749,27 @@ class Daemon:
         A checkpoint of this model whose snapshot cannot be read at all (corrupted bytes, or a state format this
         version does not read: a newer version's, after a downgrade) stops the start the same way; it was
         discarded silently as ``bad_state``, for good. A truly corrupted one would stop every start: the message
-        names --reset-state, which discards it, as the way on."""
-        if self.opts.reset_state:
-            return
+        names --reset-state, which discards it, as the way on. Returns the snapshots it read (per partition id,
+        those of this model that can be read), which the restore restores: each is read once."""
+        snapshots: dict[str, Snapshot] = {}
         misfits: dict[str, str] = {}
         unreadable: dict[str, str] = {}
         for pid, cp in sorted(checkpoints.items()):
             if cp.offset is None or (cp.model and cp.model != self.changelog.owner.model):
                 continue
-            problem = cp.problem or self.engine.unreadable(cp.snapshot)
-            if problem:
-                unreadable[pid] = problem
+            if cp.problem:
+                unreadable[pid] = cp.problem
                 continue
-            difference = self.engine.settings_difference(cp.snapshot)
+            try:
+                snapshots[pid] = self.engine.read(cp.snapshot)
+            except StateError as exc:
+                unreadable[pid] = str(exc).removeprefix("engine snapshot ")
+                continue
+            difference = self.engine.settings_difference(snapshots[pid])
             if difference is not None:
                 misfits[pid] = difference
+        if self.opts.reset_state:  # each is discarded at its restore
+            return snapshots
         if misfits:
             pids = list(misfits)
             raise IncompatibleStateError(
@@ -780,6 +786,7 @@ class Daemon:
                 "wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
                 "start fresh from the committed offsets); until then every start stops here"
             )
+        return snapshots
 
     def _rotate(self, force: bool = False) -> None:
         """A fresh transactional id for this assignment, so a member that takes partitions from us later fences
@@ -805,8 +812,9 @@ class Daemon:
             done.add(txn_id)
             log.info("fenced transactional id %s of the partitions' previous owner", txn_id)
 
-    def _restore_one(self, pid: str, cp: Any) -> list[str] | None:
-        """The checkpoint's keys restored into the engine, or None when it is refused (another model)."""
+    def _restore_one(self, pid: str, cp: Any, snapshot: Snapshot | None = None) -> list[str] | None:
+        """The checkpoint's keys restored into the engine (from ``snapshot``, its state as
+        :meth:`_refuse_other_settings` read it, when given), or None when it is refused (another model)."""
         if cp.model and cp.model != self.changelog.owner.model:
             closes = retired_alerts(cp.snapshot)
             self._retired.extend(closes)
@@ -826,10 +834,11 @@ class Daemon:
             )
             self._count_refusal("bad_state")
             return None
+        state = cp.snapshot if snapshot is None else snapshot
         try:
-            return self.engine.restore(cp.snapshot, domain=pid)
+            return self.engine.restore(state, domain=pid)
         except StateError as exc:  # other [engine] settings, an unreadable snapshot: only with --reset-state
-            closes = retired_alerts(cp.snapshot)
+            closes = retired_alerts(state)
             self._retired.extend(closes)
             log.error(
                 "state of %s not restored (%s); its keys start fresh from the committed offset (%d open alert(s) "
@@ -990,14 +999,14 @@ def _shown(pids: list[str]) -> str:
     return ", ".join(pids[:4]) + (f" and {len(pids) - 4} more" if len(pids) > 4 else "")
 
 
-def retired_alerts(snapshot: bytes) -> list[Alert]:
+def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
     """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture,
     or with other state-shaping [engine] settings and discarded by ``--reset-state``), closed as an evicted key's
     are (reason ``evicted``, at the event time the state had reached, under the model version that opened them; no
     top features, which need that model's feature names). Before, they were dropped with the state and stayed open
     forever on the alerts topic. A snapshot that cannot be read closes none."""
     try:
-        header, arrays = StateStore.read_snapshot(snapshot)
+        header, arrays = snapshot if isinstance(snapshot, Snapshot) else StateStore.read_snapshot(snapshot)
         meta = header.get("meta", {})
         at, version = float(meta.get("max_ts", float("nan"))), str(meta.get("model_version", ""))
         fields = [arrays[f] for f in ("alert_open", "alert_start", "last_anom_ts", "alert_peak", "alert_thr")]

@@ -292,6 +292,10 @@ def test_a_checkpoint_in_a_state_format_this_version_cannot_read_stops_the_start
         pid, head["offset"], stored, head["keys"], owner=owner, epoch=head["epoch"] + 1, raw=len(newer)
     )
     assert head["codec"] == WRITE_CODEC
+    # records of another tool, read past (before, their header ended the start with a JSONDecodeError traceback):
+    # one under the partition's key, replaced by the record after it (a higher epoch), one under a key not UTF-8
+    kafka_env.producer.send(names.changelog, key=pid.encode(), value=b"not a checkpoint").get()
+    kafka_env.producer.send(names.changelog, key=b"\xff", value=b"\xff").get()
     kafka_env.producer.send(names.changelog, key=pid.encode(), value=value + b"\n" + stored).get()
     changelog, committed = _records(kafka_env, names.changelog), kafka_env.committed(names.group, names.input)
     ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features))
