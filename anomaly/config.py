@@ -438,6 +438,13 @@ class KafkaConfig:
     def __post_init__(self) -> None:
         _check_choices(self, "kafka")
         _need(bool(self.bootstrap_servers.strip()), "kafka.bootstrap_servers", "must not be empty")
+        ports = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip().isdigit()]
+        _need(  # "9092" in a variable or an option was taken as a host named 9092: "cannot reach Kafka at 9092"
+            not ports,
+            "kafka.bootstrap_servers",
+            f'must be "host:port" entries (e.g. "localhost:9092"); {ports[0] if ports else ""!r} is a port '
+            "without a host",
+        )
         _need(bool(self.topics) and all(self.topics), "kafka.topics", "must name at least one topic")
         _need(bool(self.group_id), "kafka.group_id", "must not be empty")
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):

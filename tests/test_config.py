@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly.config import build_config, load_config, redacted
+from anomaly.config import KafkaConfig, build_config, load_config, redacted
 from anomaly.errors import ConfigError
 
 
@@ -449,6 +449,33 @@ def test_bootstrap_servers_that_are_numbers_say_each_must_be_host_port_text(tmp_
         'kafka.bootstrap_servers must be "host:port" text, or a list of it (e.g. "localhost:9092" or '
         f'["h1:9092", "h2:9092"]); {what} is not text (from pipeline file {toml})'
     )
+
+
+def test_a_bare_port_as_text_is_refused_from_every_source(tmp_path) -> None:
+    """`9092` in a variable or an option, `"9092"` in a pipeline file, was taken as a host named 9092 ("cannot
+    reach Kafka at 9092"), though the README says a bare port is refused naming it."""
+    toml = tmp_path / "p.toml"
+    toml.write_text('[kafka]\nbootstrap_servers = ["h1:9092", "9093"]\n')
+    expected = 'kafka.bootstrap_servers must be "host:port" entries (e.g. "localhost:9092"); {!r} is a port without a host'
+    for call, port, source in (
+        (lambda: load_config(toml, env={}), "9093", f"pipeline file {toml}"),
+        (
+            lambda: load_config(None, env={"ANOMALY_KAFKA_BOOTSTRAP_SERVERS": "9092"}),
+            "9092",
+            "environment variable ANOMALY_KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        (
+            lambda: load_config(None, {"kafka.bootstrap_servers": "h1:9092, 9094"}, env={}),
+            "9094",
+            "a command-line option",
+        ),
+    ):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == f"{expected.format(port)} (from {source})"
+    assert (
+        KafkaConfig(bootstrap_servers="broker1,h2:9093").bootstrap_servers == "broker1,h2:9093"
+    )  # a host alone
 
 
 @pytest.mark.parametrize("value", ["", " "])
