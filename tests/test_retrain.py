@@ -750,6 +750,25 @@ def test_from_pipeline_needs_a_pipeline_and_says_when_the_architecture_changes(
     assert "note: the challenger's architecture differs from the champion's" in result.stdout
 
 
+def test_from_pipeline_warns_of_an_unused_setting_once(bundle_path, tmp_path):
+    """retrain --from-pipeline read the pipeline file twice (data settings, then model and training settings), and
+    printed each `warning:` of a setting left unused twice."""
+    path = tmp_path / "tiny.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100, seed=3)).to_csv(path, index=False)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[engine]\nthreshold = "dynamic"\nstatic_threshold = 2.5\n')
+    result = run_cli(
+        "retrain", "-m", bundle_path, path, "--from-pipeline", "-p", pipeline, "-o", tmp_path / "c.pt"
+    )
+    assert result.exit_code == 2  # too little data: the warnings come before it
+    lines = result.stderr.splitlines()
+    assert lines[:-1] == [
+        f"warning: engine.static_threshold (from pipeline file {pipeline}) has no effect: engine.threshold is "
+        "dynamic, not static"
+    ]
+    assert lines[-1].startswith("error: too little normal data to retrain")
+
+
 def test_retrain_promote_with_from_and_no_to_holds_out_the_recent_readings(csv_world, bundle_path, tmp_path):
     """With --from and no --to the holdout was the last 20 % of [from, now]: no reading in it, so retrain
     trained, then failed with 'the evaluation slice is empty'."""

@@ -20,7 +20,6 @@ from anomaly.commands.common import (
     refuse_unless,
     setup_logging,
     time_column_option,
-    warn_line,
 )
 from anomaly.data import plural
 from anomaly.errors import ConfigError, DataError
@@ -650,7 +649,8 @@ def retrain_cmd(
             raise ConfigError(
                 "--from-pipeline trains with a pipeline file's settings: give it with --pipeline"
             )
-        pcfg = load_config(pipeline, overrides, warn=warn_line)
+        # the same file and variables as `cfg`, whose load has printed their warnings: a second time said each twice
+        pcfg = load_config(pipeline, overrides, warn=lambda _line: None)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
         tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
