@@ -570,7 +570,7 @@ def test_a_row_without_a_time_is_left_out_as_the_topic_read_leaves_it_out(csv_wo
         "retrain", "-m", champion, blank, "-o", out, "--epochs", 1, "--promote", "--max-drift", 100
     )
     assert held.exit_code in (0, 3), held.output
-    assert "training set: 1,199 readings of 1 keys" in held.stdout
+    assert "training set: 1,199 readings of 1 key (0 left out" in held.stdout
 
 
 def test_files_that_train_and_replay_read_with_options_retrain_and_promote_alike(
@@ -621,7 +621,7 @@ def test_keys_without_a_reading_are_named(csv_world, bundle_path, tmp_path):
     )
     assert result.exit_code == 0, result.output
     warning = "warning: no readings for 1 of the 2 keys of --keys (pump-7); using the others\n"
-    assert result.stderr == warning and "training set: 1,495 readings of 1 keys" in result.stdout
+    assert result.stderr == warning and "training set: 1,495 readings of 1 key (5 left out" in result.stdout
     champion = copy_of(bundle_path, tmp_path)
     result = run_cli("promote", bundle_path, "-m", champion, path, "--keys", "recent,pump-7", "--dry-run")
     assert result.exit_code in (0, 3) and result.stderr == warning, result.output

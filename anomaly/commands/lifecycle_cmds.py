@@ -691,7 +691,7 @@ def retrain_cmd(
         series, spans, model_cfg.window, margin_s=exclude_margin, min_windows=min_windows
     )
     click.echo(
-        f"training set: {data_set.readings:,} readings of {len(data_set.keys)} keys "
+        f"training set: {plural(data_set.readings, 'reading')} of {plural(len(data_set.keys), 'key')} "
         f"({data_set.excluded_alert_readings:,} left out in alert spans"
         + (
             f", {source.get('dead_letter_messages', 0):,} dead-lettered and {source.get('invalid_messages', 0):,} "
