@@ -125,6 +125,24 @@ def test_a_feature_renamed_only_in_case_is_pointed_out(bundle_path, tmp_path) ->
     )
 
 
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"data.time_column": "sensor_1"}, "named as the time column: --time-column, data.time_column"),
+        ({"data.key_column": "sensor_1"}, "named as the key column: --key-column, data.key_column"),
+        ({"data.label": "sensor_1"}, "named as the label column: --label, data.label"),
+    ],
+)
+def test_a_model_feature_named_as_time_key_or_label_column_says_so(bundle_path, tmp_path, overrides, why):
+    """`replay --time-column sensor_1` (or --key-column, --label) said `missing sensor_1 (mostly text)` of a
+    column of numbers: the option had taken it out of the features."""
+    path = tmp_path / "data.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100)).to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(None, None, overrides))
+    assert str(info.value) == f"{path} does not match the model's features: missing sensor_1 ({why})"
+
+
 def test_a_title_row_above_the_header_is_pointed_out(bundle_path, tmp_path) -> None:
     """A title row above the header: replay said only 'missing sensor_1, ...; unexpected ...', where train says
     that the names seem to be on line 2 (the model's columns are checked before the time column)."""

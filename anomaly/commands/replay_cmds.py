@@ -29,7 +29,7 @@ from anomaly.commands.common import (
     warn_line,
 )
 from anomaly.commands.model_cmds import print_training, run_training
-from anomaly.config import PipelineConfig, build_config
+from anomaly.config import DataConfig, PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
@@ -49,10 +49,26 @@ DEMO: dict[str, dict[str, Any]] = {
 }
 
 
-def _why_missing(frame, name: str) -> str:
-    """A model feature the file does not give as numbers: absent, empty, or text."""
+def _why_missing(frame, name: str, data: DataConfig) -> str:
+    """A model feature the file does not give as numbers: absent, named as the time, key or label column (a
+    numeric sensor that was called 'mostly text'), empty, or text."""
     if name not in frame.columns:
         return name
+    role = next(
+        (
+            what
+            for column, what in (
+                (data.time_column, "the time column: --time-column, data.time_column"),
+                (data.key_column, "the key column: --key-column, data.key_column"),
+                (data.label, "the label column: --label, data.label"),
+                *((c, "a label column: data.label_columns") for c in data.label_columns or ()),
+            )
+            if column == name
+        ),
+        None,
+    )
+    if role:
+        return f"{name} (named as {role})"
     return f"{name} (no value in any row)" if frame[name].isna().all() else f"{name} (mostly text)"
 
 
@@ -86,7 +102,7 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
     missing = [f for f in features if f not in have]
     extra = [f for f in have if f not in features]
     if missing or extra:
-        named = [_why_missing(frame, f) for f in missing]
+        named = [_why_missing(frame, f, cfg.data) for f in missing]
         parts = ([f"missing {', '.join(named)}"] if missing else []) + (
             [f"unexpected {', '.join(extra)}"] if extra else []
         )
