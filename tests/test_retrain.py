@@ -980,12 +980,15 @@ def test_retrain_refuses_to_write_the_challenger_over_its_data_or_alerts_file(
     path, alerts = csv_world
     champion = copy_of(bundle_path, tmp_path)
     data, events = path.read_bytes(), alerts.read_bytes()
-    for out, named in ((path, path), (alerts, alerts)):
+    for out, what in (
+        (path, "data file {}: training would replace the data"),
+        (alerts, "alerts file {}: training would replace the alerts"),
+    ):
         result = run_cli("retrain", "-m", champion, path, "--alerts", alerts, "-o", out, "--epochs", 1)
-        assert (result.exit_code, result.stderr) == (
+        assert (result.exit_code, result.stderr) == (  # the alerts file was called 'the data file'
             2,
-            f"error: the model bundle {out} is the data file {named}: training would replace the data with the "
-            "bundle; name another file with --out\n",
+            f"error: the model bundle {out} is the {what.format(out)} with the bundle; name another file with "
+            "--out\n",
         )
     folder = f"{tmp_path / 'models'}/"
     result = run_cli("retrain", "-m", champion, path, "-o", folder, "--epochs", 1)

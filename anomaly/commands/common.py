@@ -338,10 +338,10 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def check_output(out: str, paths: list[str]) -> None:
+def check_output(out: str, paths: list[str], alerts: str | None = None) -> None:
     """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
-    be lost) or that is one of the data files (the data would be replaced by the bundle): `train -o` and
-    `retrain -o`."""
+    be lost) or that is one of the data files, or retrain's `--alerts` file (it would be replaced by the
+    bundle): `train -o` and `retrain -o`."""
     if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
         raise OutputError(
             f"cannot write the model bundle {out}: a name ending in / is a folder, not a file; give the "
@@ -351,10 +351,13 @@ def check_output(out: str, paths: list[str]) -> None:
     check_writable(out, "model bundle")
     if not os.path.isfile(out):
         return
-    for path in paths:
+    named = [(path, "data file", "data") for path in paths] + (
+        [(alerts, "alerts file", "alerts")] if alerts else []
+    )
+    for path, what, content in named:  # the alerts file was called a data file
         if os.path.isfile(path) and os.path.samefile(path, out):
             raise OutputError(
-                f"the model bundle {out} is the data file {path}: training would replace the data with the "
+                f"the model bundle {out} is the {what} {path}: training would replace the {content} with the "
                 "bundle; name another file with --out",
                 path=out,
             )

@@ -629,7 +629,7 @@ def retrain_cmd(
             "another file"
         )
     # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
-    check_output(out, [*data, *([alerts_file] if alerts_file else [])])
+    check_output(out, list(data), alerts_file)
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
         raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
