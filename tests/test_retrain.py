@@ -750,6 +750,31 @@ def test_from_pipeline_needs_a_pipeline_and_says_when_the_architecture_changes(
     assert "note: the challenger's architecture differs from the champion's" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("option", "role"),
+    [("--time-column", "time column"), ("--key-column", "key column"), ("--label", "label column")],
+)
+@pytest.mark.parametrize("command", ["retrain", "promote"])
+def test_an_option_naming_a_model_feature_as_time_key_or_label_says_so(
+    bundle_path, tmp_path, command, option, role
+):
+    """`promote c.pt -m model.pt recent.csv --time-column sensor_1` said "data.features includes the time column
+    'sensor_1' (data.features from a command-line option, ...)": no --features was given, the features are the
+    model's."""
+    path = tmp_path / "recent.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100, seed=3)).to_csv(path, index=False)
+    if command == "retrain":
+        args = ["retrain", "-m", bundle_path, path, "-o", tmp_path / "c.pt"]
+    else:
+        args = ["promote", bundle_path, "-m", copy_of(bundle_path, tmp_path), path, "--dry-run"]
+    result = run_cli(*args, option, "sensor_1")
+    features = ", ".join(load_bundle(bundle_path).features)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {option} names 'sensor_1', one of the model's features ({features}): name the file's {role}\n",
+    )
+
+
 def test_from_pipeline_warns_of_an_unused_setting_once(bundle_path, tmp_path):
     """retrain --from-pipeline read the pipeline file twice (data settings, then model and training settings), and
     printed each `warning:` of a setting left unused twice."""

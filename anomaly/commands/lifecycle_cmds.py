@@ -207,6 +207,19 @@ def _config(
     features,
     data_overrides,
 ):  # type: ignore[no-untyped-def]
+    for option, column, role in (
+        ("--time-column", time_column, "time column"),
+        ("--key-column", key_column, "key column"),
+        ("--label", data_overrides.get("data.label"), "label column"),
+    ):
+        if (
+            column in features
+        ):  # it was "data.features includes the time column 'sensor_1' (data.features from a
+            # command-line option, ...)": the features are the model's, given by no option of the user's
+            raise DataError(
+                f"{option} names {column!r}, one of the model's features ({', '.join(features)}): name the "
+                f"file's {role}"
+            )
     return config_from(
         pipeline,
         {
