@@ -263,6 +263,19 @@ def _feature_difference(champion: Bundle, challenger: Bundle, shown: int = 5) ->
     return "; ".join(parts)
 
 
+def is_export(bundle: Bundle) -> bool:
+    """An int8 (or ONNX) export rather than the float32 bundle it came from: `anomaly retrain` cannot start
+    from it, nor `anomaly export` again."""
+    return bool(bundle.meta.get("quantization") or bundle.meta.get("export"))
+
+
+def replaces_float32(champion: Bundle, challenger: Bundle) -> bool:
+    """Promoting ``challenger`` would put an export (int8) where a float32 champion is: its float32 weights
+    would then be kept only in the rollback copy, which the next promotion replaces, and `anomaly retrain -m`
+    the champion's file is refused (it needs float32 weights)."""
+    return is_export(challenger) and not is_export(champion)
+
+
 def compare(
     champion: Bundle,
     challenger: Bundle,

@@ -1115,3 +1115,37 @@ def test_promote_says_when_the_challenger_architecture_resets_the_daemon_state(
     same = run_cli("promote", bundle_path, "-m", copy_of(bundle_path, tmp_path, "again.pt"), path, "--force")
     assert same.exit_code == 0, same.output
     assert "note:" not in same.stdout
+
+
+def test_an_int8_export_is_not_promoted_over_a_float32_champion_without_force(bundle_path, tmp_path):
+    """`promote model-int8.pt -m model.pt` replaced the float32 champion with its int8 export: `retrain -m
+    model.pt` was then refused ('retrain from the float32 model bundle'), the float32 weights left only in
+    model.pt.previous, which the next promotion replaces. Now it is refused before any data is read, naming why;
+    --force still promotes it, and retrain then names the float32 model and where it is."""
+    from anomaly.export import to_int8
+
+    data = tmp_path / "d.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=400, seed=4)).to_csv(data, index=False)
+    champion = copy_of(bundle_path, tmp_path)
+    v = load_bundle(champion).version
+    int8 = save_bundle(to_int8(load_bundle(champion)), tmp_path / "model-int8.pt")
+    before = champion.read_bytes()
+    result = run_cli("promote", int8, "-m", champion, tmp_path / "no-such.csv")
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {int8} is an int8 export (model {v}-int8) and {champion} holds the float32 model {v}: "
+        "promoted, the float32 weights would be kept only in model.pt.previous (until the next promotion "
+        f"replaces it), and `anomaly retrain -m {champion}` needs them; keep the champion float32 (an int8 "
+        "export scores no faster: its gain is a smaller file), or add --force to promote it anyway\n"
+    )
+    assert champion.read_bytes() == before and not (tmp_path / "model.pt.previous").exists()
+    forced = run_cli("promote", int8, "-m", champion, data, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert read_metadata(champion)[0]["model_version"] == f"{v}-int8"
+    refused = run_cli("retrain", "-m", champion, data, "-o", tmp_path / "c.pt")
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: the champion {champion} is model {v}-int8, an export of model {v}: retrain from the float32 "
+        f"bundle of {v}; {champion}.previous holds it\n"
+    )
+    # a float32 challenger over the int8 champion is compared as any other (exit 0 or 3, not an error)
+    back = run_cli("promote", bundle_path, "-m", champion, data, "--dry-run")
+    assert back.exit_code in (0, 3) and "decision: " in back.stdout

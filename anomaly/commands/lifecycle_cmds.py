@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from anomaly import retrain
+from anomaly.bundle import read_metadata
 from anomaly.commands.common import (
     check_output,
     config_from,
@@ -23,8 +24,15 @@ from anomaly.commands.common import (
     warn_line,
 )
 from anomaly.data import plural
-from anomaly.errors import ConfigError, DataError
-from anomaly.promotion import Comparison, PromotionPolicy, compare, false_alert_counts
+from anomaly.errors import AnomalyError, ConfigError, DataError
+from anomaly.promotion import (
+    Comparison,
+    PromotionPolicy,
+    compare,
+    false_alert_counts,
+    is_export,
+    replaces_float32,
+)
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
 
 
@@ -632,8 +640,8 @@ def retrain_cmd(
     # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
     check_output(out, [*data, *([alerts_file] if alerts_file else [])])
     parent = load_bundle(champion)
-    if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
-        raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
+    if parent.kind != "lstm_autoencoder" or is_export(parent):
+        raise DataError(_not_float32(champion, parent, rollback))
     cfg = _config(
         pipeline,
         bootstrap_servers,
@@ -728,6 +736,24 @@ def retrain_cmd(
         _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
 
 
+def _not_float32(champion: str, parent, rollback: Path) -> str:  # type: ignore[no-untyped-def]
+    """Why retrain refuses an export as the champion, naming the float32 model it came from and the rollback
+    copy when that copy holds it (an int8 export promoted over its float32 champion with --force)."""
+    origin = (parent.meta.get("export") or {}).get("parent_version")
+    if not origin:
+        return f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})"
+    kept = ""
+    try:
+        if rollback.is_file() and read_metadata(rollback)[0].get("model_version") == origin:
+            kept = f"; {rollback} holds it"
+    except AnomalyError:  # not a bundle: nothing to point at
+        pass
+    return (
+        f"the champion {champion} is model {parent.version}, an export of model {origin}: retrain from the "
+        f"float32 bundle of {origin}{kept}"
+    )
+
+
 def _load_champion(champion: str):  # type: ignore[no-untyped-def]
     """(bundle, "loaded", "") or, for a champion file that is not there or cannot be loaded as a bundle (a first
     deploy, a damaged file), (None, "missing" | "unreadable", why). Any other error (a folder, no permission to
@@ -818,7 +844,8 @@ def promote_cmd(
     alert rate, score distribution and drift, and F1 when the slice has labels.
 
     A champion file that is missing or cannot be loaded is an error; with --force the challenger is installed
-    without a comparison (no data needed; an unreadable old file is kept as CHAMPION.unreadable).
+    without a comparison (no data needed; an unreadable old file is kept as CHAMPION.unreadable). An int8
+    export over a float32 champion is refused unless --force (retrain needs the float32 weights).
 
     Exit status: 0 promoted (with --dry-run: would be promoted), 3 not promoted (the champion is unchanged),
     2 an error."""
@@ -839,6 +866,14 @@ def promote_cmd(
     if champ is None:
         _install_without_champion(chall, challenger, champion, state, why, force, dry_run)
         return
+    if replaces_float32(champ, chall) and not force:  # before any data is read
+        raise DataError(
+            f"{challenger} is an int8 export (model {chall.version}) and {champion} holds the float32 model "
+            f"{champ.version}: promoted, the float32 weights would be kept only in {Path(champion).name}"
+            f".previous (until the next promotion replaces it), and `anomaly retrain -m {champion}` needs them; "
+            "keep the champion float32 (an int8 export scores no faster: its gain is a smaller file), or add "
+            "--force to promote it anyway"
+        )
     cfg = _config(
         pipeline,
         bootstrap_servers,
