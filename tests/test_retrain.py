@@ -164,7 +164,7 @@ def test_policy_decisions_with_reasons() -> None:
     policy = PromotionPolicy(f1_tolerance=0.01)
     ok, reasons = policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.795))
     assert ok and reasons == [
-        "F1 0.7950 vs champion 0.8000 (ok; tolerance 0.01)",
+        "F1 0.7950 vs champion 0.8000 (prediction = alert; ok; tolerance 0.01)",
         "alerts opened 1 vs champion 2 (1.000 vs 2.000 per 1,000 readings; ok; limit 3 = 1 x the champion's + 1)",
         "drift PSI 0.050 vs champion 0.400 (ok; limit 0.25)",
     ]
@@ -1081,6 +1081,7 @@ def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside
         (["--alert-allowance", "2"], "--alert-allowance"),
         (["--max-drift", "1"], "--max-drift"),
         (["--force"], "--force"),
+        (["--predict", "point"], "--predict"),
     ],
 )
 def test_promotion_options_without_promote_are_refused_not_ignored(
@@ -1149,3 +1150,32 @@ def test_an_int8_export_is_not_promoted_over_a_float32_champion_without_force(bu
     # a float32 challenger over the int8 champion is compared as any other (exit 0 or 3, not an error)
     back = run_cli("promote", bundle_path, "-m", champion, data, "--dry-run")
     assert back.exit_code in (0, 3) and "decision: " in back.stdout
+
+
+def test_promote_measures_f1_with_the_pipelines_prediction_as_replay_does(csv_world, bundle_path, tmp_path):
+    """promote counted a reading as predicted anomalous inside an open alert whatever the pipeline said: with
+    `[replay] predict = "point"` replay and promote gave other F1s for one model on one slice, and promote did
+    not say which it used. Now it follows replay.predict (--predict overrides it) and its F1 reason says which;
+    false alerts stay alerts either way."""
+    path, _ = csv_world
+    pipeline = tmp_path / "point.toml"
+    pipeline.write_text('[replay]\npredict = "point"\n')
+    rep = run_cli("replay", path, "-m", bundle_path, "-o", tmp_path / "point", "-p", pipeline, "--no-plots")
+    assert rep.exit_code == 0, rep.output
+    f1 = {
+        predict: json.loads((tmp_path / folder / "summary.json").read_text())["metrics"]["f1"]
+        for predict, folder in (("alert", "rep"), ("point", "point"))  # csv_world's replay: alert
+    }
+    assert f1["alert"] != f1["point"]
+    champion = copy_of(bundle_path, tmp_path)
+    shown = {}
+    for predict, extra in (("point", ()), ("alert", ("--predict", "alert"))):
+        result = run_cli("promote", bundle_path, "-m", champion, path, "-p", pipeline, "--dry-run", *extra)
+        assert result.exit_code == 0, result.output
+        f = f1[predict]
+        assert (
+            f"  - F1 {f:.4f} vs champion {f:.4f} (prediction = {predict}; ok; tolerance 0)\n" in result.stdout
+        )
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith("false alerts")]
+        shown[predict] = row
+    assert shown["point"] == shown["alert"]

@@ -198,6 +198,13 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
             help="The challenger's own drift PSI on the slice must be at most this.",
         ),
         click.option(
+            "--predict",
+            type=click.Choice(["alert", "point"]),
+            default=None,
+            help="With labels: a reading counts as predicted anomalous for F1/FAR/MAR inside an open alert, or "
+            "when the engine flagged it, as replay --predict.  [default: replay.predict of the pipeline, alert]",
+        ),
+        click.option(
             "--force", is_flag=True, help="Promote even when the policy says no (recorded as forced)."
         ),
     ]
@@ -598,6 +605,7 @@ def retrain_cmd(
     max_alert_ratio,
     alert_allowance,
     max_drift,
+    predict,
     force,
 ) -> None:
     """Train a challenger on recent normal data: from the input topic over a time range (or CSV files), for
@@ -620,6 +628,7 @@ def retrain_cmd(
         "max_alert_ratio",
         "alert_allowance",
         "max_drift",
+        "predict",
         "force",
     )
     setup_logging(verbose)
@@ -650,7 +659,7 @@ def retrain_cmd(
         time_column,
         key_column,
         parent.features,
-        {**data_overrides, "data.label": label, "data.label_map": label_map},
+        {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -732,7 +741,9 @@ def retrain_cmd(
     )
     if do_promote:
         policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
-        cmp = compare(parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"))
+        cmp = compare(
+            parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"), cfg.replay.predict
+        )
         _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
 
 
@@ -836,6 +847,7 @@ def promote_cmd(
     max_alert_ratio,
     alert_allowance,
     max_drift,
+    predict,
     force,
     dry_run,
 ) -> None:
@@ -882,7 +894,7 @@ def promote_cmd(
         time_column,
         key_column,
         champ.features,
-        {**data_overrides, "data.label": label, "data.label_map": label_map},
+        {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
     )
     selected = _selected(keys)
     if data:
@@ -900,7 +912,13 @@ def promote_cmd(
     _keys_check(selected, series)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
-        champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
+        champ,
+        chall,
+        series,
+        cfg.engine,
+        policy,
+        {k: v for k, v in source.items() if k != "offsets"},
+        cfg.replay.predict,
     )
     _note_architecture(champ, chall)
     _decide_and_promote(cmp, chall, champion, force, dry_run)
