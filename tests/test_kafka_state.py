@@ -765,6 +765,58 @@ def _renamed(chunks: dict[str, bytes], pid: str) -> dict[str, bytes]:
     return {pid + key.removeprefix("in:0"): value for key, value in chunks.items()}
 
 
+def test_a_header_naming_more_chunks_than_were_read_is_refused_without_listing_them(monkeypatch):
+    """A hand-written header with `"chunks": 1000000000000` made the restore build a list of 10^12 chunk keys
+    (memory and time without end) before finding them missing. Now the chunks are counted among those read, and
+    a count no record can need (more than its bytes, or below 0) is a reason of its own; the restore refuses the
+    record as any it cannot read."""
+    import builtins
+
+    from anomaly.kafka import changelog
+
+    sent: list[Record] = []
+    send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+    store = ChangelogStore(send, None, lambda _: "cl", Owner("g", "m"), chunk_bytes=64)  # type: ignore[arg-type]
+    store.write("in:0", 41, bytes(range(256)) * 2, 1, 3)
+    chunks = {r.key.decode(): r.value for r in sent[:-1] if r.key and r.value}
+    head, payload = decode_record(sent[-1].value or b"")
+    assert head["chunks"] == len(chunks) > 1
+
+    def bounded(*args: int) -> range:  # the old restore called range(10**12) and listed every key
+        assert max(args) <= len(chunks), f"range{args}: more keys than the chunks read"
+        return builtins.range(*args)
+
+    monkeypatch.setattr(changelog, "range", bounded, raising=False)
+    n = 10**12
+    cases = {
+        "more than bytes": {**head, "chunks": n},
+        "more than read": {**head, "chunks": n, "bytes": n},
+        "negative": {**head, "chunks": -1},
+        "as written": head,
+    }
+    got = {name: store._checkpoint("cl", "in:0", h, payload, chunks) for name, h in cases.items()}
+    assert {name: (cp.problem, cp.snapshot == b"") for name, cp in got.items()} == {
+        "more than bytes": (
+            f"has a header whose 'chunks' is {n}, more than its 'bytes' ({head['bytes']}) can fill in "
+            "changelog topic cl",
+            True,
+        ),
+        "more than read": (f"is missing {n - len(chunks)} of its {n} chunk(s) in changelog topic cl", True),
+        "negative": ("has a header whose 'chunks' is -1, not a count in changelog topic cl", True),
+        "as written": ("", False),
+    }
+    # chunks of another generation or partition, or keys that only look like a chunk's, are not counted
+    odd = {
+        "in:0/x/0": b"a",
+        "in:1/" + next(iter(chunks)).split("/", 1)[1]: b"b",
+        f"in:0/{head['gen']}/01": b"c",
+    }
+    short = dict(list(chunks.items())[1:])
+    assert store._checkpoint("cl", "in:0", head, payload, {**short, **odd}).problem == (
+        f"is missing 1 of its {len(chunks)} chunk(s) in changelog topic cl"
+    )
+
+
 def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
     bundle_path,
 ):
