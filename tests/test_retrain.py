@@ -205,8 +205,8 @@ def test_promote_alert_allowance_option_decides_a_quiet_champion(csv_world, bund
     real = promotion.shadow_score
     calls = iter(range(10))
 
-    def quiet_champion(bundle, series, cfg):  # type: ignore[no-untyped-def]
-        got = real(bundle, series, cfg)
+    def quiet_champion(bundle, series, cfg, predict):  # type: ignore[no-untyped-def]
+        got = real(bundle, series, cfg, predict)
         opened = 0 if next(calls) % 2 == 0 else 1  # champion first, then challenger
         got.alerts_opened, got.alert_rate = opened, 1000.0 * opened / got.readings
         got.false_alerts = None  # as on a slice without labels, where every alert counts
