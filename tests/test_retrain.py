@@ -1141,7 +1141,12 @@ def test_an_int8_export_is_not_promoted_over_a_float32_champion_without_force(bu
     assert champion.read_bytes() == before and not (tmp_path / "model.pt.previous").exists()
     forced = run_cli("promote", int8, "-m", champion, data, "--force")
     assert forced.exit_code == 0, forced.output
-    assert read_metadata(champion)[0]["model_version"] == f"{v}-int8"
+    meta = read_metadata(champion)[0]
+    assert meta["model_version"] == f"{v}-int8" and meta["lineage"]["promotion"]["forced"] is True
+    assert meta["lineage"]["promotion"]["reasons"][-1] == (
+        f"precision: an int8 export over the float32 champion (--force; retrain needs the float32 model {v})"
+    )
+    assert "decision: promoted (forced); " in forced.stdout
     refused = run_cli("retrain", "-m", champion, data, "-o", tmp_path / "c.pt")
     assert refused.exit_code == 2 and refused.stderr == (
         f"error: the champion {champion} is model {v}-int8, an export of model {v}: retrain from the float32 "

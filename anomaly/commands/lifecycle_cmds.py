@@ -484,11 +484,14 @@ def _print_comparison(cmp: Comparison) -> None:
 NOT_PROMOTED = 3
 
 
-def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
-    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not."""
+def _decide_and_promote(  # type: ignore[no-untyped-def]
+    cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool, forced: bool = False
+) -> None:
+    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not.
+    ``forced``: a promotion --force allowed whatever the policy says (an int8 export over a float32 champion)."""
     from anomaly.promotion import promote
 
-    cmp.forced = force and not cmp.promote
+    cmp.forced = force and (forced or not cmp.promote)
     _print_comparison(cmp)
     if not (cmp.promote or force):
         click.echo(f"decision: rejected; {champion_path} unchanged")
@@ -921,7 +924,14 @@ def promote_cmd(
         cfg.replay.predict,
     )
     _note_architecture(champ, chall)
-    _decide_and_promote(cmp, chall, champion, force, dry_run)
+    if replaces_float32(
+        champ, chall
+    ):  # only with --force (refused above): recorded, whatever the policy said
+        cmp.reasons.append(
+            f"precision: an int8 export over the float32 champion (--force; retrain needs the float32 model "
+            f"{champ.version})"
+        )
+    _decide_and_promote(cmp, chall, champion, force, dry_run, forced=replaces_float32(champ, chall))
 
 
 def _note_architecture(champ, chall) -> None:  # type: ignore[no-untyped-def]
