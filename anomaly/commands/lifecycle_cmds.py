@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from anomaly import retrain
+from anomaly.atomic import refuse_replacing_data
 from anomaly.bundle import read_metadata
 from anomaly.commands.common import (
     check_output,
@@ -42,7 +43,8 @@ def _default_export_path(model: str, fmt: str) -> str:
 
 
 def _check_export_target(model: str, fmt: str, out: str) -> None:
-    """Refuse a file no command could load back, and the model's own file (its float weights would be lost).
+    """Refuse a file no command could load back, the model's own file (its float weights would be lost), and a
+    file of data (a mistyped -o; :func:`~anomaly.atomic.refuse_replacing_data`).
     Every command picks the runtime by the name: `.onnx` is read with onnxruntime, anything else as a bundle."""
     target = Path(out)
     if fmt == "onnx" and target.suffix != ".onnx":
@@ -59,6 +61,7 @@ def _check_export_target(model: str, fmt: str, out: str) -> None:
         )
     if target.exists() and target.resolve() == Path(model).resolve():
         raise DataError(f"{out} is the model being exported; write the export to another file (-o)")
+    refuse_replacing_data(out, "export")
 
 
 @click.command("export")
