@@ -136,6 +136,45 @@ def check_writable(path: str | Path, what: str = "file") -> None:
     _probe(p, Path(os.path.realpath(p)).parent, what)
 
 
+def data_kind(path: str | Path) -> str | None:
+    """What an existing file holds when it looks like data rather than a model ("text", "gzip", "Parquet"):
+    model bundles (zip archives) and ONNX files are binary. None for a missing or empty file, or a binary one."""
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return None
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None  # check_writable reports what cannot be read or written
+    if not head:
+        return None
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] == b"PAR1":
+        return "Parquet"
+    if b"\0" in head:
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not a multi-byte character cut at the end of the sample
+            return None
+    return "text"
+
+
+def refuse_replacing_data(path: str | Path, what: str) -> None:
+    """Refuse to write a model over an existing file that holds data (text such as CSV, JSON or TOML, gzip,
+    Parquet): a mistyped -o would replace the data with the model. Bundles and ONNX files are replaced."""
+    kind = data_kind(path)
+    if kind is not None:
+        raise OutputError(
+            f"cannot write the {what} {path}: it exists and holds {kind} data, not a model (writing would replace "
+            "the data); remove it first or name another file with --out",
+            path=str(path),
+        )
+
+
 def check_writable_folder(path: str | Path, what: str = "folder") -> None:
     """`check_writable` for an output folder (one file per series, written at the end of the run): refuse at the
     start a folder that could not be made or take a new file. Missing folders are not created."""

@@ -51,6 +51,9 @@ class ShadowResult:
     # when the slice is labelled: alerts that overlap no labelled anomaly (replay's false alerts: predicted
     # segments matching no labelled event) plus every alert of a series without labels
     false_alerts: int | None = None
+    # how a reading counts as predicted anomalous for F1/FAR/MAR, as `anomaly replay --predict` (the pipeline's
+    # replay.predict): "alert", inside an open alert, or "point", flagged by the engine
+    predict: str = "alert"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -61,8 +64,23 @@ class ShadowResult:
         return out
 
 
-def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineConfig) -> ShadowResult:
-    """Score `series` with `bundle` through a fresh engine and the replay loop."""
+def _evaluate(s: Series, features: Sequence[str], got: dict[str, np.ndarray], predict: str) -> dict[str, Any]:
+    f = point_frame(s, features, got, predict)
+    return evaluation.evaluate(
+        f["label"].to_numpy(),
+        f["predicted"].to_numpy(),
+        f["timestamp"].to_numpy(),
+        f["decided_at"].to_numpy() if "decided_at" in f else None,
+    )
+
+
+def shadow_score(
+    bundle: Bundle, series: Sequence[Series], engine_cfg: EngineConfig, predict: str = "alert"
+) -> ShadowResult:
+    """Score `series` with `bundle` through a fresh engine and the replay loop. F1/FAR/MAR count a reading as
+    predicted anomalous per ``predict`` (replay's `--predict`); false alerts are alerts whichever it is."""
+    if predict not in ("alert", "point"):
+        raise ValueError(f"predict must be 'alert' or 'point', got {predict!r}")
     engine = Engine(bundle, engine_cfg)
     collector = WindowCollector()
     opened: dict[str, int] = {}
@@ -73,7 +91,7 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
                 opened[a.key] = opened.get(a.key, 0) + 1
 
     totals = run(engine, merged_batches(series, 4096), [collector], on_batch=count, finish=True)
-    scores, errors, inside, labelled = [], [], [], []
+    scores, errors, inside, labelled, false_alerts = [], [], [], [], 0
     unlabelled_alerts = 0
     for s in series:
         got = collector.arrays(s.key)
@@ -83,15 +101,9 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
         if s.labels is None:
             unlabelled_alerts += opened.get(s.key, 0)
         else:
-            f = point_frame(s, bundle.features, got, "alert")
-            labelled.append(
-                evaluation.evaluate(
-                    f["label"].to_numpy(),
-                    f["predicted"].to_numpy(),
-                    f["timestamp"].to_numpy(),
-                    f["decided_at"].to_numpy() if "decided_at" in f else None,
-                )
-            )
+            by_alert = _evaluate(s, bundle.features, got, "alert")
+            false_alerts += by_alert["counts"]["events"]["false_alerts"]
+            labelled.append(by_alert if predict == "alert" else _evaluate(s, bundle.features, got, predict))
     sc = np.concatenate(scores) if scores else np.zeros(0)
     er = np.concatenate(errors) if errors else np.zeros(0)
     op = np.concatenate(inside) if inside else np.zeros(0, bool)
@@ -116,7 +128,8 @@ def shadow_score(bundle: Bundle, series: Sequence[Series], engine_cfg: EngineCon
         psi,
         metrics,
         len(er),
-        None if metrics is None else metrics["counts"]["events"]["false_alerts"] + unlabelled_alerts,
+        None if metrics is None else false_alerts + unlabelled_alerts,
+        predict,
     )
 
 
@@ -180,7 +193,8 @@ class PromotionPolicy:
             good = f1c >= f1h - self.f1_tolerance
             ok &= good
             reasons.append(
-                f"F1 {f1c:.4f} vs champion {f1h:.4f} ({'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
+                f"F1 {f1c:.4f} vs champion {f1h:.4f} (prediction = {challenger.predict}; "
+                f"{'ok' if good else 'worse'}; tolerance {self.f1_tolerance:g})"
             )
         false = false_alert_counts(champion, challenger)
         against, counted = (champion.alerts_opened, challenger.alerts_opened) if false is None else false
@@ -263,6 +277,19 @@ def _feature_difference(champion: Bundle, challenger: Bundle, shown: int = 5) ->
     return "; ".join(parts)
 
 
+def is_export(bundle: Bundle) -> bool:
+    """An int8 (or ONNX) export rather than the float32 bundle it came from: `anomaly retrain` cannot start
+    from it, nor `anomaly export` again."""
+    return bool(bundle.meta.get("quantization") or bundle.meta.get("export"))
+
+
+def replaces_float32(champion: Bundle, challenger: Bundle) -> bool:
+    """Promoting ``challenger`` would put an export (int8) where a float32 champion is: its float32 weights
+    would then be kept only in the rollback copy, which the next promotion replaces, and `anomaly retrain -m`
+    the champion's file is refused (it needs float32 weights)."""
+    return is_export(challenger) and not is_export(champion)
+
+
 def compare(
     champion: Bundle,
     challenger: Bundle,
@@ -270,6 +297,7 @@ def compare(
     engine_cfg: EngineConfig,
     policy: PromotionPolicy,
     slice_info: dict[str, Any] | None = None,
+    predict: str = "alert",
 ) -> Comparison:
     if not series or not sum(len(s) for s in series):
         raise DataError("the evaluation slice is empty: nothing to compare the models on")
@@ -280,8 +308,8 @@ def compare(
         )
     if str(challenger.meta.get("export", {}).get("format")) == "onnx":
         raise DataError("an ONNX export cannot be promoted: promote the .pt bundle it was exported from")
-    a = shadow_score(champion, series, engine_cfg)
-    b = shadow_score(challenger, series, engine_cfg)
+    a = shadow_score(champion, series, engine_cfg, predict)
+    b = shadow_score(challenger, series, engine_cfg, predict)
     if not a.scored and not b.scored:
         raise DataError(
             f"no reading of the evaluation slice could be scored ({a.readings:,} streamed; missing values "

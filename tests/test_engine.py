@@ -1063,6 +1063,18 @@ def test_a_level_shift_closes_after_max_alert_seconds_and_a_later_spike_alerts_a
     assert [(a.status, a.start) for a in kept] == [("open", 80.0)]  # without the policy it never closes
 
 
+# A static threshold no shifted reading stays under, and a level-shift close at an alert's 101st reading (no time
+# limit), for the level-shift tests below.
+SHIFT_AT_101 = EngineConfig(
+    threshold="static",
+    static_threshold=100.0,
+    smoothing=1.0,
+    max_alert_seconds=0.0,
+    max_alert_readings=101,
+    max_gap_seconds=600.0,
+)
+
+
 @pytest.mark.parametrize("step", [1.0, 60.0])
 def test_a_level_shift_closes_after_max_alert_readings_whatever_the_clock(bundle, step) -> None:
     """The same 60-sigma shift with readings 1 s or 1 min apart and no time limit: the alert closes as a level
@@ -1073,14 +1085,7 @@ def test_a_level_shift_closes_after_max_alert_readings_whatever_the_clock(bundle
     s.values[10 * w :, 0] += 60 * bundle.scaler.scale[0]  # lasting shift from reading 80
     s.values[45 * w : 47 * w] += 60 * bundle.scaler.scale  # a spike on the new level
     s.timestamps[:] = s.timestamps * step
-    cfg = EngineConfig(
-        threshold="static",
-        static_threshold=100.0,
-        smoothing=1.0,
-        max_alert_seconds=0.0,
-        max_alert_readings=101,
-        max_gap_seconds=600.0,
-    )
+    cfg = SHIFT_AT_101
     e, alerts = Engine(bundle, cfg), []
     for lo, hi in chunks(len(s), [7]):
         alerts += e.process([Event(s.key, s.timestamps[lo:hi], s.values[lo:hi])]).alerts
@@ -1227,14 +1232,7 @@ def test_after_a_level_shift_closes_both_model_kinds_flag_the_same_readings(
     w = b.window
     s = spiky(b, n=30 * w, spans=())
     s.values[10 * w :, 0] += 60 * b.scaler.scale[0]  # lasting shift from reading 80
-    cfg = EngineConfig(
-        threshold="static",
-        static_threshold=100.0,
-        smoothing=1.0,
-        max_alert_seconds=0.0,
-        max_alert_readings=101,
-        max_gap_seconds=600.0,
-    )
+    cfg = SHIFT_AT_101
     out = Engine(b, cfg).process([Event(s.key, s.timestamps, s.values)])
     assert [(a.status, a.at, a.reason) for a in out.alerts][:2] == [
         ("open", 82.0 if kind == "forecast" else 87.0, ""),

@@ -275,6 +275,34 @@ def test_export_refuses_to_overwrite_the_model_it_exports(bundle_path, tmp_path)
     assert model.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("scores.csv", b"timestamp,sensor_1\n0,1.5\n", "text"),
+        ("pipeline.toml", '[engine]\nthreshold = "static"  # \u00b0C\n'.encode(), "text"),
+        ("data.csv.gz", b"\x1f\x8b\x08\x00rest", "gzip"),
+        ("scores.parquet", b"PAR1\x00\x01rest", "Parquet"),
+    ],
+)
+def test_export_refuses_to_replace_a_file_of_data(bundle_path, tmp_path, name, content, kind):
+    """A mistyped -o naming a data file (`-o scores.csv`) replaced it with the export, without a word; a model
+    bundle or an ONNX file of that name is replaced as before."""
+    target = tmp_path / name
+    target.write_bytes(content)
+    result = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "int8", "-o", str(target)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: cannot write the export {target}: it exists and holds {kind} data, not a model (writing would "
+        "replace the data); remove it first or name another file with --out\n"
+    )
+    assert target.read_bytes() == content
+    bundle = tmp_path / "old-int8.pt"
+    bundle.write_bytes(bundle_path.read_bytes())
+    again = CliRunner().invoke(main, ["export", str(bundle_path), "--format", "int8", "-o", str(bundle)])
+    assert again.exit_code == 0, again.output
+    assert load_bundle(bundle).meta["quantization"]
+
+
 def test_onnx_export_to_an_unwritable_place_names_the_file(bundle_path, tmp_path):
     """A folder that is a file ended in a FileExistsError traceback (save_bundle said it in one line)."""
     blocker = tmp_path / "file"

@@ -32,6 +32,7 @@ from anomaly.kafka.changelog import (
 )
 from anomaly.kafka.checkpoint import EvictionSink, KafkaCheckpointer, PartitionTracker
 from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat, dead_letter, source_rejection
+from anomaly.kafka.daemon import STOPPED_WITHOUT_CHECKPOINT
 from anomaly.kafka.sinks import fit_dead_letter
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import run
@@ -764,6 +765,58 @@ def _renamed(chunks: dict[str, bytes], pid: str) -> dict[str, bytes]:
     return {pid + key.removeprefix("in:0"): value for key, value in chunks.items()}
 
 
+def test_a_header_naming_more_chunks_than_were_read_is_refused_without_listing_them(monkeypatch):
+    """A hand-written header with `"chunks": 1000000000000` made the restore build a list of 10^12 chunk keys
+    (memory and time without end) before finding them missing. Now the chunks are counted among those read, and
+    a count no record can need (more than its bytes, or below 0) is a reason of its own; the restore refuses the
+    record as any it cannot read."""
+    import builtins
+
+    from anomaly.kafka import changelog
+
+    sent: list[Record] = []
+    send = lambda t, k, v: sent.append(Record(t, 0, len(sent), k, v))  # noqa: E731
+    store = ChangelogStore(send, None, lambda _: "cl", Owner("g", "m"), chunk_bytes=64)  # type: ignore[arg-type]
+    store.write("in:0", 41, bytes(range(256)) * 2, 1, 3)
+    chunks = {r.key.decode(): r.value for r in sent[:-1] if r.key and r.value}
+    head, payload = decode_record(sent[-1].value or b"")
+    assert head["chunks"] == len(chunks) > 1
+
+    def bounded(*args: int) -> range:  # the old restore called range(10**12) and listed every key
+        assert max(args) <= len(chunks), f"range{args}: more keys than the chunks read"
+        return builtins.range(*args)
+
+    monkeypatch.setattr(changelog, "range", bounded, raising=False)
+    n = 10**12
+    cases = {
+        "more than bytes": {**head, "chunks": n},
+        "more than read": {**head, "chunks": n, "bytes": n},
+        "negative": {**head, "chunks": -1},
+        "as written": head,
+    }
+    got = {name: store._checkpoint("cl", "in:0", h, payload, chunks) for name, h in cases.items()}
+    assert {name: (cp.problem, cp.snapshot == b"") for name, cp in got.items()} == {
+        "more than bytes": (
+            f"has a header whose 'chunks' is {n}, more than its 'bytes' ({head['bytes']}) can fill in "
+            "changelog topic cl",
+            True,
+        ),
+        "more than read": (f"is missing {n - len(chunks)} of its {n} chunk(s) in changelog topic cl", True),
+        "negative": ("has a header whose 'chunks' is -1, not a count in changelog topic cl", True),
+        "as written": ("", False),
+    }
+    # chunks of another generation or partition, or keys that only look like a chunk's, are not counted
+    odd = {
+        "in:0/x/0": b"a",
+        "in:1/" + next(iter(chunks)).split("/", 1)[1]: b"b",
+        f"in:0/{head['gen']}/01": b"c",
+    }
+    short = dict(list(chunks.items())[1:])
+    assert store._checkpoint("cl", "in:0", head, payload, {**short, **odd}).problem == (
+        f"is missing 1 of its {len(chunks)} chunk(s) in changelog topic cl"
+    )
+
+
 def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
     bundle_path,
 ):
@@ -1055,6 +1108,83 @@ def test_a_restore_whose_keys_outgrow_the_memory_for_their_state_stops_the_daemo
     assert bad == 0.0
     with pytest.raises(StateMemoryError):  # the loop's next step after the poll
         daemon._apply_deferred()
+    # the daemon's line (consume prints it as `error: ...`, status 2) says what became of the state: it said
+    # only that the state did not fit, not that nothing was checkpointed and what a restart restores
+    closed = _runnable(daemon, lambda: (daemon._apply_deferred(), (yield from ())))
+    with pytest.raises(StateMemoryError) as caught:
+        daemon.run()
+    assert str(caught.value) == f"{daemon._fatal}; {STOPPED_WITHOUT_CHECKPOINT}"
+    assert STOPPED_WITHOUT_CHECKPOINT == (
+        "the daemon stopped without a checkpoint: a restart restores the last committed one and reads on from "
+        "there (after a change of the [engine] settings that shape per-key state, only with --reset-state, "
+        "which discards it)"
+    )
+    assert [a[0] for a in written] == ["in:0"] and closed == [
+        "consumer",
+        "producer",
+    ]  # no commit, no checkpoint
+
+
+def _runnable(daemon: Any, batches: Any) -> list[str]:
+    """``daemon`` (not connected) made able to run its loop on ``batches()`` without a broker; returns the list
+    of what was checkpointed or closed (the consumer without committing, the producer without a commit)."""
+    import gc
+    from types import SimpleNamespace
+
+    done: list[str] = []
+    closing = lambda name: lambda **kw: done.append(name)  # noqa: E731
+    daemon.source.batches = batches
+    daemon.sinks = []
+    daemon.checkpointer = SimpleNamespace(
+        after_batch=lambda *a: done.append("checkpoint"), final=lambda *a: done.append("final checkpoint")
+    )
+    daemon.consumer = SimpleNamespace(close=closing("consumer"), seek=lambda tp, offset: None)
+    daemon.producer = SimpleNamespace(close=closing("producer"))
+    daemon.dead_producer = daemon.changelog.reader = daemon.admin = SimpleNamespace(close=lambda **kw: None)
+    daemon.changelog.peek = None
+    loop = daemon.run
+
+    def run() -> Any:
+        try:
+            return loop()
+        finally:
+            gc.unfreeze()  # the loop freezes what the process holds (for a daemon); not this test process
+
+    daemon.run = run
+    return done
+
+
+def test_a_batch_whose_new_keys_outgrow_the_memory_for_their_state_stops_the_daemon_saying_what_a_restart_restores(
+    bundle_path, monkeypatch
+):
+    """A batch of 100 new keys grows the store from 64 to 128 rows; that growth failing stopped the daemon with
+    the engine's line alone: nothing said that the batch (and those since the last checkpoint) was not
+    checkpointed and what a restart restores. The loop stops before the batch's sinks and checkpoint."""
+    from types import SimpleNamespace
+
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.runner import Batch
+
+    daemon = Daemon(
+        build_config({"kafka": {"transactional": False}}), str(bundle_path), options=DaemonOptions()
+    )
+    daemon.source = SimpleNamespace(polling=False)  # type: ignore[assignment]
+    daemon.changelog = SimpleNamespace()  # type: ignore[assignment]
+    f = len(daemon.bundle.features)
+    batch = Batch([Event(f"k{i}", np.array([1.0]), np.zeros((1, f))) for i in range(100)], messages=100)
+    done = _runnable(daemon, lambda: iter([batch]))
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    with pytest.raises(StateMemoryError) as caught:
+        daemon.run()
+    assert str(caught.value).startswith(
+        "the engine's per-key state does not fit in memory: growing it from 64 to 128 keys asked for "
+    )
+    assert str(caught.value).endswith(
+        f"; lower them or give the process more memory; {STOPPED_WITHOUT_CHECKPOINT}"
+    )
+    assert done == ["consumer", "producer"]  # neither the batch's checkpoint nor a final one
 
 
 def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):

@@ -623,6 +623,17 @@ def test_train_refuses_an_unwritable_bundle_path_before_training(frame, tmp_path
         f"give the bundle's file name, e.g. {tmp_path}/models/model.pt"
     ]
     assert not (tmp_path / "models").exists()
+    other = (
+        tmp_path / "other.csv"
+    )  # a mistyped -o naming another data file: replaced with the bundle, no word
+    frame.head(50).to_csv(other, index=False)
+    kept = other.read_bytes()
+    r = run("train", csv, "-o", other, "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        f"error: cannot write the model bundle {other}: it exists and holds text data, not a model (writing would "
+        "replace the data); remove it first or name another file with --out"
+    ]
+    assert other.read_bytes() == kept
 
 
 def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> None:

@@ -164,7 +164,7 @@ def test_policy_decisions_with_reasons() -> None:
     policy = PromotionPolicy(f1_tolerance=0.01)
     ok, reasons = policy.decide(result("a", 2.0, 0.4, 0.80), result("b", 1.0, 0.05, 0.795))
     assert ok and reasons == [
-        "F1 0.7950 vs champion 0.8000 (ok; tolerance 0.01)",
+        "F1 0.7950 vs champion 0.8000 (prediction = alert; ok; tolerance 0.01)",
         "alerts opened 1 vs champion 2 (1.000 vs 2.000 per 1,000 readings; ok; limit 3 = 1 x the champion's + 1)",
         "drift PSI 0.050 vs champion 0.400 (ok; limit 0.25)",
     ]
@@ -205,8 +205,8 @@ def test_promote_alert_allowance_option_decides_a_quiet_champion(csv_world, bund
     real = promotion.shadow_score
     calls = iter(range(10))
 
-    def quiet_champion(bundle, series, cfg):  # type: ignore[no-untyped-def]
-        got = real(bundle, series, cfg)
+    def quiet_champion(bundle, series, cfg, predict):  # type: ignore[no-untyped-def]
+        got = real(bundle, series, cfg, predict)
         opened = 0 if next(calls) % 2 == 0 else 1  # champion first, then challenger
         got.alerts_opened, got.alert_rate = opened, 1000.0 * opened / got.readings
         got.false_alerts = None  # as on a slice without labels, where every alert counts
@@ -1128,6 +1128,7 @@ def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside
         (["--alert-allowance", "2"], "--alert-allowance"),
         (["--max-drift", "1"], "--max-drift"),
         (["--force"], "--force"),
+        (["--predict", "point"], "--predict"),
     ],
 )
 def test_promotion_options_without_promote_are_refused_not_ignored(
@@ -1162,3 +1163,71 @@ def test_promote_says_when_the_challenger_architecture_resets_the_daemon_state(
     same = run_cli("promote", bundle_path, "-m", copy_of(bundle_path, tmp_path, "again.pt"), path, "--force")
     assert same.exit_code == 0, same.output
     assert "note:" not in same.stdout
+
+
+def test_an_int8_export_is_not_promoted_over_a_float32_champion_without_force(bundle_path, tmp_path):
+    """`promote model-int8.pt -m model.pt` replaced the float32 champion with its int8 export: `retrain -m
+    model.pt` was then refused ('retrain from the float32 model bundle'), the float32 weights left only in
+    model.pt.previous, which the next promotion replaces. Now it is refused before any data is read, naming why;
+    --force still promotes it, and retrain then names the float32 model and where it is."""
+    from anomaly.export import to_int8
+
+    data = tmp_path / "d.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=400, seed=4)).to_csv(data, index=False)
+    champion = copy_of(bundle_path, tmp_path)
+    v = load_bundle(champion).version
+    int8 = save_bundle(to_int8(load_bundle(champion)), tmp_path / "model-int8.pt")
+    before = champion.read_bytes()
+    result = run_cli("promote", int8, "-m", champion, tmp_path / "no-such.csv")
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {int8} is an int8 export (model {v}-int8) and {champion} holds the float32 model {v}: "
+        "promoted, the float32 weights would be kept only in model.pt.previous (until the next promotion "
+        f"replaces it), and `anomaly retrain -m {champion}` needs them; keep the champion float32 (an int8 "
+        "export scores no faster: its gain is a smaller file), or add --force to promote it anyway\n"
+    )
+    assert champion.read_bytes() == before and not (tmp_path / "model.pt.previous").exists()
+    forced = run_cli("promote", int8, "-m", champion, data, "--force")
+    assert forced.exit_code == 0, forced.output
+    meta = read_metadata(champion)[0]
+    assert meta["model_version"] == f"{v}-int8" and meta["lineage"]["promotion"]["forced"] is True
+    assert meta["lineage"]["promotion"]["reasons"][-1] == (
+        f"precision: an int8 export over the float32 champion (--force; retrain needs the float32 model {v})"
+    )
+    assert "decision: promoted (forced); " in forced.stdout
+    refused = run_cli("retrain", "-m", champion, data, "-o", tmp_path / "c.pt")
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: the champion {champion} is model {v}-int8, an export of model {v}: retrain from the float32 "
+        f"bundle of {v}; {champion}.previous holds it\n"
+    )
+    # a float32 challenger over the int8 champion is compared as any other (exit 0 or 3, not an error)
+    back = run_cli("promote", bundle_path, "-m", champion, data, "--dry-run")
+    assert back.exit_code in (0, 3) and "decision: " in back.stdout
+
+
+def test_promote_measures_f1_with_the_pipelines_prediction_as_replay_does(csv_world, bundle_path, tmp_path):
+    """promote counted a reading as predicted anomalous inside an open alert whatever the pipeline said: with
+    `[replay] predict = "point"` replay and promote gave other F1s for one model on one slice, and promote did
+    not say which it used. Now it follows replay.predict (--predict overrides it) and its F1 reason says which;
+    false alerts stay alerts either way."""
+    path, _ = csv_world
+    pipeline = tmp_path / "point.toml"
+    pipeline.write_text('[replay]\npredict = "point"\n')
+    rep = run_cli("replay", path, "-m", bundle_path, "-o", tmp_path / "point", "-p", pipeline, "--no-plots")
+    assert rep.exit_code == 0, rep.output
+    f1 = {
+        predict: json.loads((tmp_path / folder / "summary.json").read_text())["metrics"]["f1"]
+        for predict, folder in (("alert", "rep"), ("point", "point"))  # csv_world's replay: alert
+    }
+    assert f1["alert"] != f1["point"]
+    champion = copy_of(bundle_path, tmp_path)
+    shown = {}
+    for predict, extra in (("point", ()), ("alert", ("--predict", "alert"))):
+        result = run_cli("promote", bundle_path, "-m", champion, path, "-p", pipeline, "--dry-run", *extra)
+        assert result.exit_code == 0, result.output
+        f = f1[predict]
+        assert (
+            f"  - F1 {f:.4f} vs champion {f:.4f} (prediction = {predict}; ok; tolerance 0)\n" in result.stdout
+        )
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith("false alerts")]
+        shown[predict] = row
+    assert shown["point"] == shown["alert"]

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 from click.core import ParameterSource
 
-from anomaly.atomic import check_writable
+from anomaly.atomic import check_writable, refuse_replacing_data
 from anomaly.config import PipelineConfig, load_config
 from anomaly.errors import AnomalyError, OutputError
 
@@ -340,8 +340,9 @@ def setup_logging(verbose: bool) -> None:
 
 def check_output(out: str, paths: list[str], alerts: str | None = None) -> None:
     """Refuse, before any training, a bundle path that could not be written at the end (the run's work would
-    be lost) or that is one of the data files, or retrain's `--alerts` file (it would be replaced by the
-    bundle): `train -o` and `retrain -o`."""
+    be lost), that is one of the data files or retrain's `--alerts` file (it would be replaced by the bundle), or
+    that holds other data (a mistyped name: see :func:`~anomaly.atomic.refuse_replacing_data`): `train -o` and
+    `retrain -o`."""
     if out.endswith(("/", os.sep)):  # `-o models/` wrote a file named `models`
         raise OutputError(
             f"cannot write the model bundle {out}: a name ending in / is a folder, not a file; give the "
@@ -361,3 +362,4 @@ def check_output(out: str, paths: list[str], alerts: str | None = None) -> None:
                 "bundle; name another file with --out",
                 path=out,
             )
+    refuse_replacing_data(out, "model bundle")

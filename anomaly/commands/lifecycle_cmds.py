@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from anomaly import retrain
+from anomaly.atomic import refuse_replacing_data
+from anomaly.bundle import read_metadata
 from anomaly.commands.common import (
     check_output,
     config_from,
@@ -22,8 +24,15 @@ from anomaly.commands.common import (
     time_column_option,
 )
 from anomaly.data import plural
-from anomaly.errors import ConfigError, DataError
-from anomaly.promotion import Comparison, PromotionPolicy, compare, false_alert_counts
+from anomaly.errors import AnomalyError, ConfigError, DataError
+from anomaly.promotion import (
+    Comparison,
+    PromotionPolicy,
+    compare,
+    false_alert_counts,
+    is_export,
+    replaces_float32,
+)
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
 
 
@@ -33,7 +42,8 @@ def _default_export_path(model: str, fmt: str) -> str:
 
 
 def _check_export_target(model: str, fmt: str, out: str) -> None:
-    """Refuse a file no command could load back, and the model's own file (its float weights would be lost).
+    """Refuse a file no command could load back, the model's own file (its float weights would be lost), and a
+    file of data (a mistyped -o; :func:`~anomaly.atomic.refuse_replacing_data`).
     Every command picks the runtime by the name: `.onnx` is read with onnxruntime, anything else as a bundle."""
     target = Path(out)
     if fmt == "onnx" and target.suffix != ".onnx":
@@ -50,6 +60,7 @@ def _check_export_target(model: str, fmt: str, out: str) -> None:
         )
     if target.exists() and target.resolve() == Path(model).resolve():
         raise DataError(f"{out} is the model being exported; write the export to another file (-o)")
+    refuse_replacing_data(out, "export")
 
 
 @click.command("export")
@@ -187,6 +198,13 @@ def _policy_options(fn):  # type: ignore[no-untyped-def]
             default=defaults.max_drift_psi,
             show_default=True,
             help="The challenger's own drift PSI on the slice must be at most this.",
+        ),
+        click.option(
+            "--predict",
+            type=click.Choice(["alert", "point"]),
+            default=None,
+            help="With labels: a reading counts as predicted anomalous for F1/FAR/MAR inside an open alert, or "
+            "when the engine flagged it, as replay --predict.  [default: replay.predict of the pipeline, alert]",
         ),
         click.option(
             "--force", is_flag=True, help="Promote even when the policy says no (recorded as forced)."
@@ -481,11 +499,14 @@ def _print_comparison(cmp: Comparison) -> None:
 NOT_PROMOTED = 3
 
 
-def _decide_and_promote(cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
-    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not."""
+def _decide_and_promote(  # type: ignore[no-untyped-def]
+    cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool, forced: bool = False
+) -> None:
+    """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not.
+    ``forced``: a promotion --force allowed whatever the policy says (an int8 export over a float32 champion)."""
     from anomaly.promotion import promote
 
-    cmp.forced = force and not cmp.promote
+    cmp.forced = force and (forced or not cmp.promote)
     _print_comparison(cmp)
     if not (cmp.promote or force):
         click.echo(f"decision: rejected; {champion_path} unchanged")
@@ -602,6 +623,7 @@ def retrain_cmd(
     max_alert_ratio,
     alert_allowance,
     max_drift,
+    predict,
     force,
 ) -> None:
     """Train a challenger on recent normal data: from the input topic over a time range (or CSV files), for
@@ -624,6 +646,7 @@ def retrain_cmd(
         "max_alert_ratio",
         "alert_allowance",
         "max_drift",
+        "predict",
         "force",
     )
     setup_logging(verbose)
@@ -644,8 +667,8 @@ def retrain_cmd(
     # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
     check_output(out, list(data), alerts_file)
     parent = load_bundle(champion)
-    if parent.kind != "lstm_autoencoder" or parent.meta.get("quantization") or parent.meta.get("export"):
-        raise DataError(f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})")
+    if parent.kind != "lstm_autoencoder" or is_export(parent):
+        raise DataError(_not_float32(champion, parent, rollback))
     cfg = _config(
         pipeline,
         bootstrap_servers,
@@ -654,7 +677,7 @@ def retrain_cmd(
         time_column,
         key_column,
         parent.features,
-        {**data_overrides, "data.label": label, "data.label_map": label_map},
+        {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -737,8 +760,28 @@ def retrain_cmd(
     )
     if do_promote:
         policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
-        cmp = compare(parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"))
+        cmp = compare(
+            parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"), cfg.replay.predict
+        )
         _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
+
+
+def _not_float32(champion: str, parent, rollback: Path) -> str:  # type: ignore[no-untyped-def]
+    """Why retrain refuses an export as the champion, naming the float32 model it came from and the rollback
+    copy when that copy holds it (an int8 export promoted over its float32 champion with --force)."""
+    origin = (parent.meta.get("export") or {}).get("parent_version")
+    if not origin:
+        return f"retrain from the float32 model bundle, not from {parent.version} ({parent.kind})"
+    kept = ""
+    try:
+        if rollback.is_file() and read_metadata(rollback)[0].get("model_version") == origin:
+            kept = f"; {rollback} holds it"
+    except AnomalyError:  # not a bundle: nothing to point at
+        pass
+    return (
+        f"the champion {champion} is model {parent.version}, an export of model {origin}: retrain from the "
+        f"float32 bundle of {origin}{kept}"
+    )
 
 
 def _load_champion(champion: str):  # type: ignore[no-untyped-def]
@@ -823,6 +866,7 @@ def promote_cmd(
     max_alert_ratio,
     alert_allowance,
     max_drift,
+    predict,
     force,
     dry_run,
 ) -> None:
@@ -831,7 +875,8 @@ def promote_cmd(
     alert rate, score distribution and drift, and F1 when the slice has labels.
 
     A champion file that is missing or cannot be loaded is an error; with --force the challenger is installed
-    without a comparison (no data needed; an unreadable old file is kept as CHAMPION.unreadable).
+    without a comparison (no data needed; an unreadable old file is kept as CHAMPION.unreadable). An int8
+    export over a float32 champion is refused unless --force (retrain needs the float32 weights).
 
     Exit status: 0 promoted (with --dry-run: would be promoted), 3 not promoted (the champion is unchanged),
     2 an error."""
@@ -852,6 +897,14 @@ def promote_cmd(
     if champ is None:
         _install_without_champion(chall, challenger, champion, state, why, force, dry_run)
         return
+    if replaces_float32(champ, chall) and not force:  # before any data is read
+        raise DataError(
+            f"{challenger} is an int8 export (model {chall.version}) and {champion} holds the float32 model "
+            f"{champ.version}: promoted, the float32 weights would be kept only in {Path(champion).name}"
+            f".previous (until the next promotion replaces it), and `anomaly retrain -m {champion}` needs them; "
+            "keep the champion float32 (an int8 export scores no faster: its gain is a smaller file), or add "
+            "--force to promote it anyway"
+        )
     cfg = _config(
         pipeline,
         bootstrap_servers,
@@ -860,7 +913,7 @@ def promote_cmd(
         time_column,
         key_column,
         champ.features,
-        {**data_overrides, "data.label": label, "data.label_map": label_map},
+        {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
     )
     selected = _selected(keys)
     if data:
@@ -878,10 +931,23 @@ def promote_cmd(
     _keys_check(selected, series)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
-        champ, chall, series, cfg.engine, policy, {k: v for k, v in source.items() if k != "offsets"}
+        champ,
+        chall,
+        series,
+        cfg.engine,
+        policy,
+        {k: v for k, v in source.items() if k != "offsets"},
+        cfg.replay.predict,
     )
     _note_architecture(champ, chall)
-    _decide_and_promote(cmp, chall, champion, force, dry_run)
+    if replaces_float32(
+        champ, chall
+    ):  # only with --force (refused above): recorded, whatever the policy said
+        cmp.reasons.append(
+            f"precision: an int8 export over the float32 champion (--force; retrain needs the float32 model "
+            f"{champ.version})"
+        )
+    _decide_and_promote(cmp, chall, champion, force, dry_run, forced=replaces_float32(champ, chall))
 
 
 def _note_architecture(champ, chall) -> None:  # type: ignore[no-untyped-def]

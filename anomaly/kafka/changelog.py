@@ -167,6 +167,24 @@ def encode_header(
     return json.dumps(head, separators=(",", ":")).encode()
 
 
+def _chunks_problem(pid: str, head: dict[str, Any], chunks: dict[str, bytes]) -> str:
+    """Why the chunks a header names cannot be joined ("": they can), counted without listing their keys: a
+    count no record can need (a chunk holds at least one of the header's ``bytes``), or chunks not read. A
+    hand-written ``"chunks": 1e12`` made the restore build a list of 10^12 keys (memory and time without end)."""
+    n, size = head["chunks"], head["bytes"]
+    if n < 0:
+        return f"has a header whose 'chunks' is {n}, not a count"
+    if n > size:
+        return f"has a header whose 'chunks' is {n}, more than its 'bytes' ({size}) can fill"
+    prefix = f"{pid}/{head['gen']}/"
+    present = 0
+    for key in chunks:  # the keys read, not the ones named: as many as the records the restore read
+        index = key[len(prefix) :] if key.startswith(prefix) else ""
+        if index.isascii() and index.isdigit() and str(int(index)) == index and int(index) < n:
+            present += 1
+    return f"is missing {n - present} of its {n} chunk(s)" if present < n else ""
+
+
 class RecordError(ValueError):
     """A changelog record whose header cannot be read (not JSON, not an object, a group or epoch of the wrong
     type): hand-written, or written by another tool under a partition's key. Whose it is cannot be told."""
@@ -524,11 +542,11 @@ class ChangelogStore:
         if problem or written != FORMAT:
             problem = problem or f"was written in changelog format {written!r}; this version reads {FORMAT!r}"
         elif head.get("chunks"):
-            keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
-            lost = [k for k in keys if k not in chunks]
-            if lost:
-                problem = f"is missing {len(lost)} of its {len(keys)} chunk(s) in changelog topic {topic}"
+            problem = _chunks_problem(pid, head, chunks)
+            if problem:
+                problem = f"{problem} in changelog topic {topic}"
             else:
+                keys = [f"{pid}/{head['gen']}/{i}" for i in range(head["chunks"])]
                 payload = b"".join(chunks[k] for k in keys)
                 self._live_chunks[pid] = keys
         if not problem and (

@@ -70,7 +70,7 @@ from anomaly.bundle import load_bundle
 from anomaly.config import PipelineConfig, changelog_topic, redacted
 from anomaly.engine import Alert, Engine, EngineOutput, StateError
 from anomaly.engine.alerts import alert_id
-from anomaly.engine.state import Snapshot, StateStore
+from anomaly.engine.state import Snapshot, StateMemoryError, StateStore
 from anomaly.errors import AnomalyError, ConfigError, OutputError
 from anomaly.kafka import KafkaError, clients, records
 from anomaly.kafka.changelog import (
@@ -147,6 +147,16 @@ class IncompatibleStateError(AnomalyError):
     cannot be read (corrupted, or another state format: a newer version's, after a downgrade), met without
     ``--reset-state``: the daemon stops before it restores or writes anything (status 2), so rolling the settings
     (or the version) back restores that state."""
+
+
+# What a daemon that stops on an error of the loop (no final checkpoint: the state of the batch that failed is not
+# consistent with its output) tells the operator about its state: nothing since the last checkpoint is lost,
+# it is read again. The checkpoint's settings are checked at the restore as at any restart.
+STOPPED_WITHOUT_CHECKPOINT = (
+    "the daemon stopped without a checkpoint: a restart restores the last committed one and reads on from there "
+    "(after a change of the [engine] settings that shape per-key state, only with --reset-state, which "
+    "discards it)"
+)
 
 
 def message_format(cfg: PipelineConfig, features: list[str]) -> MessageFormat:
@@ -357,6 +367,10 @@ class Daemon:
         except TransactionTimeoutError:
             stuck = True
             raise
+        except StateMemoryError as exc:  # a batch's new keys, or a restore's: raised before its checkpoint
+            raise StateMemoryError(
+                f"{exc}; {STOPPED_WITHOUT_CHECKPOINT}", rows=exc.rows, nbytes=exc.nbytes
+            ) from None
         finally:
             self._refresh_ready()
             self._close_clients(stuck)
