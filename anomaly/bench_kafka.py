@@ -58,6 +58,7 @@ from kafka.admin import NewTopic
 from anomaly.bundle import Bundle, load_bundle, save_bundle
 from anomaly.config import KafkaConfig, ModelConfig, PipelineConfig, TrainConfig
 from anomaly.data import Series
+from anomaly.errors import extra_hint
 from anomaly.kafka import clients
 from anomaly.kafka import records as record_path_module
 from anomaly.kafka.daemon import Daemon, DaemonOptions
@@ -714,7 +715,7 @@ def run_kafka_bench(
         block_ends = _produce(bootstrap, blocks, _messages(bundle, keys, block * block_rounds, block, 1.7e9))
         use_peer = peer and bytewax_available()
         if not use_peer:
-            log("bytewax is not installed (pip install 'anomaly[bench]'): no peer row")
+            log(f"bytewax is not installed ({extra_hint('bench')}): no peer row")
         per_round: list[dict[str, float]] = []
         for r in range(rounds):
             row: dict[str, float] = {"ceiling": _ceiling_rate(bootstrap, single, n_single)}

@@ -44,3 +44,10 @@ class OutputError(AnomalyError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+def extra_hint(extra: str) -> str:
+    """How to install one of the project's optional extras, for messages. The distribution is not on PyPI
+    (`pip install 'anomaly[export]'` would look there for another project's package): it installs from the
+    checkout, with torch pinned to the CPU build as `make venv` does."""
+    return f"pip install -c deploy/constraints.txt -e '.[{extra}]' in the anomaly checkout"

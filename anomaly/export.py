@@ -33,7 +33,7 @@ from torch import nn
 from anomaly.atomic import write_bytes
 from anomaly.bundle import Bundle, check_metadata, save_bundle, short_reason
 from anomaly.data import Scaler
-from anomaly.errors import AnomalyError, BundleError, OutputError
+from anomaly.errors import AnomalyError, BundleError, OutputError, extra_hint
 from anomaly.model import Architecture, LSTMAutoencoder, ModelOutput, State
 
 # weight-only int8: int8 weights in the file, float32 arithmetic when scoring. Bundles written before session 17
@@ -171,7 +171,7 @@ def _require_onnx(what: str = "ONNX export") -> tuple[Any, Any]:
         import onnxruntime
     except ImportError:
         raise ExportError(
-            f"{what} needs the optional packages onnx and onnxruntime: pip install 'anomaly[export]'"
+            f"{what} needs the optional packages onnx and onnxruntime: {extra_hint('export')}"
         ) from None
     return onnx, onnxruntime
 

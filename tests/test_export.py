@@ -373,7 +373,11 @@ def test_without_the_export_extra_replay_of_an_onnx_file_says_what_needs_it(
     was not exporting anything. Reading names the file; exporting still says export."""
     path, _ = export_onnx(bundle, tmp_path / "model.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails, as where the extra is not installed
-    extra = "needs the optional packages onnx and onnxruntime: pip install 'anomaly[export]'\n"
+    # the distribution is not on PyPI: 'pip install anomaly[export]' would fetch another project's package
+    extra = (
+        "needs the optional packages onnx and onnxruntime: pip install -c deploy/constraints.txt -e '.[export]' "
+        "in the anomaly checkout\n"
+    )
     data = tmp_path / "data.csv"
     data.write_text("timestamp,a\n0,1\n")
     read = CliRunner().invoke(main, ["replay", str(data), "-m", str(path), "-o", str(tmp_path / "r")])

