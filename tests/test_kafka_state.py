@@ -744,7 +744,9 @@ def test_a_checkpoint_that_cannot_be_read_stops_the_restore_unless_reset_state_d
         daemon._refuse_other_settings({"in:0": fits, "in:2": checkpoints["in:2"]})
     assert str(caught.value).startswith(
         "cannot restore the state of 1 partition(s) (in:2): the checkpoint of in:2 is corrupted (truncated). "
-    )
+        "Nothing was restored or written: no anomaly version can restore it (damaged, or not written by anomaly): "
+        "start once with --reset-state"
+    )  # a truncated snapshot: running the version that wrote it does not help (said so before session 19)
     daemon._refuse_other_settings({"in:0": fits, "in:3": checkpoints["in:3"]})  # no error
 
     metrics = PipelineMetrics()
@@ -884,8 +886,8 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
         daemon._refuse_other_settings({"in:1": checkpoints["in:1"]})
     assert str(caught.value) == (
         "cannot restore the state of 1 partition(s) (in:1): the checkpoint of in:1 is corrupted in changelog topic "
-        "cl (its bytes do not match its header's checksum). Nothing was restored or written: run the anomaly "
-        "version that wrote it to continue with that state, or start once with --reset-state to discard it (those "
+        "cl (its bytes do not match its header's checksum). Nothing was restored or written: no anomaly version "
+        "can restore it (damaged, or not written by anomaly): start once with --reset-state to discard it (those "
         "keys start fresh from the committed offsets); until then every start stops here"
     )
 
@@ -986,8 +988,8 @@ def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless
     assert str(caught.value) == (
         "cannot restore the state of 6 partition(s) (in:0, in:1, in:2, in:3 and 2 more): the checkpoint of in:0 "
         "cannot be read: the record at offset 6 of changelog topic cl partition 0 has a header that is not JSON "
-        "(Expecting value: line 1 column 1 (char 0)). Nothing was restored or written: run the anomaly version "
-        "that wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
+        "(Expecting value: line 1 column 1 (char 0)). Nothing was restored or written: no anomaly version can "
+        "restore it (damaged, or not written by anomaly): start once with --reset-state to discard it (those keys "
         "start fresh from the committed offsets); until then every start stops here"
     )
 

@@ -794,11 +794,19 @@ class Daemon:
             )
         if unreadable:  # a corrupted record stops every start until --reset-state discards it
             pids = list(unreadable)
+            # another version can read state of its own format; no version reads damaged or hand-written bytes
+            versioned = any("was written in" in why for why in unreadable.values())
+            way_on = (
+                "run the anomaly version that wrote it to continue with that state, or start once with "
+                "--reset-state to discard it"
+                if versioned
+                else "no anomaly version can restore it (damaged, or not written by anomaly): start once with "
+                "--reset-state to discard it"
+            )
             raise IncompatibleStateError(
                 f"cannot restore the state of {len(pids)} partition(s) ({_shown(pids)}): the checkpoint of "
-                f"{pids[0]} {unreadable[pids[0]]}. Nothing was restored or written: run the anomaly version that "
-                "wrote it to continue with that state, or start once with --reset-state to discard it (those keys "
-                "start fresh from the committed offsets); until then every start stops here"
+                f"{pids[0]} {unreadable[pids[0]]}. Nothing was restored or written: {way_on} (those keys start "
+                "fresh from the committed offsets); until then every start stops here"
             )
         return snapshots
 
