@@ -361,10 +361,8 @@ def event_counts(
     timed = ts[np.isfinite(ts)]  # a reading without a time (refused) spans no time
     seconds = float(timed.max() - timed.min()) if len(timed) else 0.0
     if max_gap_seconds is not None and len(timed) > 1:
-        steps = np.diff(np.sort(timed))
-        seconds -= float(
-            steps[steps > max_gap_seconds].sum()
-        )  # a replay with a week's hole: not a week of data
+        steps = np.diff(np.sort(timed))  # a replay with a week's hole: not a week of data
+        seconds -= float(steps[steps > max_gap_seconds].sum())
     return EventCounts(
         len(true_segs),
         len(d_readings),

@@ -230,10 +230,9 @@ def _config(
         ("--key-column", key_column, "key column"),
         ("--label", data_overrides.get("data.label"), "label column"),
     ):
-        if (
-            column in features
-        ):  # it was "data.features includes the time column 'sensor_1' (data.features from a
-            # command-line option, ...)": the features are the model's, given by no option of the user's
+        # it was "data.features includes the time column 'sensor_1' (data.features from a command-line option,
+        # ...)": the features are the model's, given by no option of the user's
+        if column in features:
             raise DataError(
                 f"{option} names {column!r}, one of the model's features ({', '.join(features)}): name the "
                 f"file's {role}"

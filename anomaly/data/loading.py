@@ -100,9 +100,8 @@ def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
     return None
 
 
-SENSOR_LIKE_BELOW = (
-    1e8  # epoch seconds below this are 1970 to 1973: a sensor's numbers, or a relative counter
-)
+# epoch seconds below this are 1970 to 1973: a sensor's numbers, or a relative counter
+SENSOR_LIKE_BELOW = 1e8
 _LONG_ENOUGH = 20  # steps of a series' times in file order before their directions say something
 _BACK_AND_FORTH = 0.1  # share of those steps that go each way, at least, when the column is a sensor
 
@@ -126,9 +125,8 @@ def _refuse_a_sensor_as_time(
     for idx in rows_of:  # each key's rows in file order: a key column's rows are one series each
         t = ts[idx]
         steps = np.diff(t[np.isfinite(t)])
-        if (
-            len(steps) >= _LONG_ENOUGH
-        ):  # a few rows out of order (a key's three readings: 2, 0, 1) tell nothing
+        # a few rows out of order (a key's three readings: 2, 0, 1) tell nothing
+        if len(steps) >= _LONG_ENOUGH:
             up += int(np.sum(steps > 0))
             down += int(np.sum(steps < 0))
     fewer = min(up, down)
