@@ -178,6 +178,35 @@ def test_times_cut_to_the_minute_are_named_as_such_not_as_interleaved_series(tmp
     assert len(s) == 150 and np.diff(s.timestamps).tolist() == [1.0] * 149
 
 
+def test_series_written_one_after_another_without_a_key_are_refused(tmp_path) -> None:
+    """Two loggers' 10-minute files joined with `cat`, one started 5 minutes after the other: no time repeats, so
+    the file was read as one series of 5-minute readings, each step from one sensor to the other, without a
+    word (sampling interval 300 s)."""
+    start = np.datetime64("2026-11-01T00:00", "s").astype(np.int64)
+    first = [(start + 600 * i, 1.0 + i % 3) for i in range(60)]
+    second = [(start + 300 + 600 * i, 50.0 + i % 3) for i in range(60)]
+    rows = "".join(f"{t},{v}\n" for t, v in first + second)
+    path = write(tmp_path, "timestamp,a\n" + rows)
+    with pytest.raises(SchemaError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: its times go back 1 time(s) in file order (first on line 62) and the parts so formed cover the "
+        "same period, so the file looks like several series written one after another; taken in time order they "
+        "would be read as one series, each reading from another part; add a column that tells the series apart "
+        "and pass --key-column, or give each series a file of its own"
+    )
+    keyed = "".join(f"{k},{t},{v}\n" for k, part in (("p1", first), ("p2", second)) for t, v in part)
+    p1, p2 = load(write(tmp_path, "k,timestamp,a\n" + keyed, "k.csv"), key_column="k")[0]
+    assert (len(p1), len(p2)) == (60, 60) and np.diff(p1.timestamps).tolist() == [600.0] * 59
+    # parts joined out of order (December's export before November's) and a few late rows are one series
+    later = [(t + 86400 * 30, v) for t, v in first]
+    late = first[:50] + first[52:] + first[50:52]
+    for i, part in enumerate((later + first, late)):
+        rows = "".join(f"{t},{v}\n" for t, v in part)
+        (s,), _ = load(write(tmp_path, "timestamp,a\n" + rows, f"ok{i}.csv"))
+        assert s.timestamps.tolist() == sorted(t for t, _ in part)
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

@@ -48,6 +48,34 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
+def _refuse_stacked_series(frame: pd.DataFrame, ts: np.ndarray, source: str) -> None:
+    """Several series written one after another without a key column (`cat` of one logger's file after
+    another's): the times go back a few times in file order, and the blocks so formed cover the same hours. When
+    their times differ (loggers started seconds apart) no time repeats, so the test of repeated times missed it,
+    and the rows were taken in time order as one series read twice as often, each step from one sensor to the
+    other. Late rows (a short block) or files joined out of order (blocks that do not overlap) pass."""
+    rows = np.flatnonzero(np.isfinite(ts))
+    t = ts[rows]
+    back = np.flatnonzero(np.diff(t) < 0)
+    if not len(back) or len(back) > 0.05 * len(t):  # rows merely out of order go back often, blocks rarely
+        return
+    block = np.zeros(len(t), np.int64)
+    block[back + 1] = 1
+    block = np.cumsum(block)
+    _, first = np.unique(t, return_index=True)  # each distinct time once (a repeated hour stays in its block)
+    in_order = block[first]  # the block of each distinct time, in time order
+    switches = int(np.count_nonzero(np.diff(in_order)))
+    if switches <= 0.1 * len(first):
+        return
+    at = file_line(frame, int(rows[back[0] + 1]))
+    raise SchemaError(
+        f"{source}: its times go back {len(back)} time(s) in file order (first on line {at}) and the parts so "
+        "formed cover the same period, so the file looks like several series written one after another; taken "
+        "in time order they would be read as one series, each reading from another part; add a column that "
+        "tells the series apart and pass --key-column, or give each series a file of its own"
+    )
+
+
 def header_below(frame: pd.DataFrame, time_column: str) -> int | None:
     """The file line of an early row that looks like the header (names only, no number, one of them the time
     column or a time or date column): lines of notes or a spreadsheet's title row above the header made pandas
@@ -276,6 +304,8 @@ def frame_to_series(
                 f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, so the file "
                 f"looks like several series interleaved{hint}"
             )
+        if cfg.time_column:
+            _refuse_stacked_series(frame, ts_all, source)
     lines_all = line_numbers(frame)
     orders = [idx[np.argsort(ts_all[idx], kind="stable")] for idx in rows_of]
     taken = np.concatenate(orders) if orders else np.zeros(0, np.int64)
