@@ -207,6 +207,25 @@ def test_series_written_one_after_another_without_a_key_are_refused(tmp_path) ->
         assert s.timestamps.tolist() == sorted(t for t, _ in part)
 
 
+def test_a_header_repeated_inside_the_file_is_named_as_files_joined_with_their_headers(tmp_path) -> None:
+    """`cat a.csv b.csv` keeps b's header line: the error blamed the time format (`pass --time-format`), and
+    under --no-time-column a text cell (`--bad-cells missing`, which would have kept the line as a reading)."""
+    part = "".join(f"2026-11-01 00:{i:02d}:00;{i},5;{i}\n" for i in range(5))
+    path = write(tmp_path, "\ufeffdatetime;a;b\r\n" + part + "\ufeffdatetime;a;b\r\n" + part)
+    with pytest.raises(SchemaError) as info:
+        load(path, time_column="datetime", decimal=",")
+    assert str(info.value) == (
+        f"{path}: line 7 repeats the header (1 such line(s)): files joined with their header lines, as `cat a.csv "
+        "b.csv` writes them; keep the first header only, or pass the files themselves (`anomaly train a.csv b.csv`)"
+    )
+    plain = write(tmp_path, "a,b\n1,2\n3,4\na,b\n5,6\n", "n.csv")
+    with pytest.raises(SchemaError, match=r"line 4 repeats the header \(1 such"):
+        load(plain, time_column=None)
+    named = write(tmp_path, "k,timestamp,a\nk,timestamp,x\nk,1,2\n", "k.csv")  # one cell differs: a value
+    with pytest.raises(DataError, match="cannot parse time value 'timestamp'"):
+        load(named, key_column="k")
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

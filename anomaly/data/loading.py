@@ -48,6 +48,33 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
+def _refuse_repeated_header(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
+    """A line inside the file that repeats the header: files joined with their header lines (`cat a.csv b.csv`).
+    Its time cell stopped the run as a time that is not ISO-like (`pass --time-format`), and under
+    --no-time-column its cells were text in numeric columns (`--bad-cells missing`): neither is the fix."""
+    named = [c for c in frame.columns if not _unnamed(c)]
+    if len(named) < 2 or any(pd.api.types.is_numeric_dtype(frame[c]) for c in named):
+        return  # a column of numbers holds no copy of its name
+    first = cfg.time_column if cfg.time_column in named else named[0]
+
+    def names(rows: pd.DataFrame, c: str) -> np.ndarray:
+        cells = rows[c].astype("string").str.strip().str.lstrip("\ufeff").str.strip()
+        return cells.eq(str(c)).fillna(False).to_numpy(bool)
+
+    rows = np.flatnonzero(names(frame, first))  # one column first: the others only on the rows it names
+    if not len(rows):
+        return
+    same = np.ones(len(rows), bool)
+    for c in named:
+        same &= names(frame.iloc[rows], c)
+    if same.any():
+        raise SchemaError(
+            f"{source}: line {file_line(frame, int(rows[same][0]))} repeats the header ({int(same.sum())} such "
+            "line(s)): files joined with their header lines, as `cat a.csv b.csv` writes them; keep the first "
+            "header only, or pass the files themselves (`anomaly train a.csv b.csv`)"
+        )
+
+
 def _refuse_stacked_series(frame: pd.DataFrame, ts: np.ndarray, source: str) -> None:
     """Several series written one after another without a key column (`cat` of one logger's file after
     another's): the times go back a few times in file order, and the blocks so formed cover the same hours. When
@@ -235,6 +262,7 @@ def frame_to_series(
             + hint
             + (numbers or separator_note(frame))
         )
+    _refuse_repeated_header(frame, cfg, source)
     check_features(frame.columns, features, source)
     _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
