@@ -439,6 +439,24 @@ def test_thousands_separators_are_read_where_the_column_proves_them(tmp_path) ->
     assert s.values[:, 0].tolist() == [1234.5, 999.25, 1000.0, -2000000.0]
 
 
+def test_digits_grouped_with_spaces_and_the_unicode_minus_are_read(tmp_path) -> None:
+    """French, Nordic and Swiss Excel write `1 234,5` (a no-break or narrow no-break space between the groups)
+    and `\u22121,5`: the column was text, left out of the features as 'a (text)', and a file of such columns
+    had 'no numeric feature columns' without a reason."""
+    cells = ["1\u00a0234,5;1", "999,25;2", "\u22122\u202f000\u202f000;3", "\u22120,5;4"]
+    (s,), feats = load(write(tmp_path, "timestamp;a;b\n" + rows(cells, ";")), decimal=",")
+    assert feats == ["a", "b"]
+    assert s.values[:, 0].tolist() == [1234.5, 999.25, -2000000.0, -0.5]
+    (s,), _ = load(
+        write(tmp_path, "timestamp,a\n" + rows(["12 345.5", "1 000", "7", "-3 000.25"]), "dot.csv")
+    )
+    assert s.values[:, 0].tolist() == [12345.5, 1000.0, 7.0, -3000.25]
+    with pytest.raises(SchemaError, match=r"line 3 holds '1 23,5', not a number"):  # not groups of three
+        load(
+            write(tmp_path, "timestamp;a\n" + rows(["1,5", "1 23,5", "2", "3"], ";"), "bad.csv"), decimal=","
+        )
+
+
 def test_a_lone_comma_number_is_not_taken_for_a_thousands_separator(tmp_path) -> None:
     """'1,234' alone may be a decimal comma: the old refusal with its --decimal hint stays."""
     path = write(tmp_path, "timestamp,a,b\n" + rows(['"1,234",1', '"5,678",2', "7,3", "8,4"]))

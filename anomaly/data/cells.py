@@ -42,6 +42,7 @@ def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig)
     return values
 
 
+_SPACE = "[ \u00a0\u202f]"  # a digit group separator: space, no-break space, narrow no-break space
 # Numbers with thousands separators, by decimal mark: 1,234.5 (decimal '.') and 1.234,5 (decimal ',').
 _GROUPED = {".": r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?", ",": r"[+-]?\d{1,3}(?:\.\d{3})+(?:,\d*)?"}
 
@@ -60,6 +61,16 @@ def _cell_numbers(col: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarray]
     if not is_text.any():
         return values, present
     text = col[is_text].astype("string").str.strip()
+    # digits grouped with spaces (`1 234,5`: French, Nordic and Swiss Excel, with a no-break or narrow no-break
+    # space) and the minus sign U+2212 (`−1,5`) that such locales write: a space is never a decimal mark, so each
+    # cell that is such a number is read on its own; they were text, and the column was left out of the features
+    spaced = text.str.fullmatch(rf"[+\-\u2212]?\d{{1,3}}(?:{_SPACE}\d{{3}})+(?:{re.escape(decimal)}\d*)?")
+    signed = text.str.fullmatch(rf"\u2212[\d{re.escape(decimal)}]+")
+    local = (spaced.fillna(False) | signed.fillna(False)).astype(bool)
+    if local.any():
+        text = text.mask(
+            local, text.str.replace(_SPACE, "", regex=True).str.replace("\u2212", "-", regex=False)
+        )
     group = "," if decimal == "." else "."
     has_group = text.str.contains(group, regex=False).fillna(False).astype(bool)
     proven = text[has_group]
