@@ -226,6 +226,25 @@ def test_a_header_repeated_inside_the_file_is_named_as_files_joined_with_their_h
         load(named, key_column="k")
 
 
+def test_a_row_of_units_under_the_header_is_named(tmp_path) -> None:
+    """`timestamp,a,b` then `,g,bar` (or `[UTC],g,bar`): the error named one cell as text in a numeric column
+    (`--bad-cells missing`), or the time as not ISO-like (`--time-format`); the fix is to delete the line."""
+    data = "".join(f"2026-11-01 00:0{i}:00,{i}.5,{i}\n" for i in range(5))
+    for units in (",g,bar", "[UTC],g,bar"):
+        path = write(tmp_path, f"timestamp,a,b\n{units}\n" + data)
+        with pytest.raises(SchemaError) as info:
+            load(path)
+        assert str(info.value) == (
+            f"{path}: line 2 holds text in every feature column ('g', 'bar'), not readings: a row of units or "
+            "descriptions under the header; delete that line"
+        )
+    (s,), _ = load(write(tmp_path, "timestamp,a,b\n,g,bar\n" + data, "m.csv"), bad_cells="missing")
+    assert np.isnan(s.timestamps[-1]) and s.values[:5, 1].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # as before:
+    # a reading without a time, which training drops and replay refuses
+    with pytest.raises(SchemaError, match=r"column 'a' line 2 holds 'broken', not a number"):  # one cell
+        load(write(tmp_path, "timestamp,a,b\n2026-11-01,broken,1\n" + data, "b.csv"))
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

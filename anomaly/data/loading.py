@@ -48,6 +48,31 @@ def _likely_key_columns(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig) ->
     return out
 
 
+def _refuse_a_row_of_units(
+    frame: pd.DataFrame, features: Sequence[str], cfg: DataConfig, source: str
+) -> None:
+    """A line under the header with text in every feature column, two or more (`,g,A,bar`: units, or names), as
+    some loggers and spreadsheets export: the error named one cell as text in a numeric column (`--bad-cells
+    missing`), or the time cell as a time that is not ISO-like (`--time-format`). Under --bad-cells missing a
+    row of units without a time is still dropped as a reading without a time, as before."""
+    if not len(frame) or not features:
+        return
+    row = frame.iloc[0]
+    cells = [row[f] for f in features if f in frame.columns and not pd.isna(row[f])]
+    if len(cells) < 2 or not all(
+        isinstance(v, str) and not is_number(v.strip().replace(",", ".")) for v in cells
+    ):
+        return
+    when = row[cfg.time_column] if cfg.time_column and cfg.time_column in frame.columns else None
+    if cfg.bad_cells == "missing" and (when is None or pd.isna(when) or not str(when).strip()):
+        return
+    shown = ", ".join(repr(str(v).strip()) for v in cells[:4]) + (", ..." if len(cells) > 4 else "")
+    raise SchemaError(
+        f"{source}: line {file_line(frame, 0)} holds text in every feature column ({shown}), not readings: a row "
+        "of units or descriptions under the header; delete that line"
+    )
+
+
 def _refuse_repeated_header(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
     """A line inside the file that repeats the header: files joined with their header lines (`cat a.csv b.csv`).
     Its time cell stopped the run as a time that is not ISO-like (`pass --time-format`), and under
@@ -263,6 +288,7 @@ def frame_to_series(
             + (numbers or separator_note(frame))
         )
     _refuse_repeated_header(frame, cfg, source)
+    _refuse_a_row_of_units(frame, features, cfg, source)
     check_features(frame.columns, features, source)
     _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
