@@ -196,6 +196,10 @@ def test_series_written_one_after_another_without_a_key_are_refused(tmp_path) ->
         "and pass --key-column, or give each series a file of its own"
     )
     keyed = "".join(f"{k},{t},{v}\n" for k, part in (("p1", first), ("p2", second)) for t, v in part)
+    with pytest.raises(
+        SchemaError, match=r"each reading from another part; pass --key-column k, the column that "
+    ):
+        load(write(tmp_path, "k,timestamp,a\n" + keyed, "k.csv"))
     p1, p2 = load(write(tmp_path, "k,timestamp,a\n" + keyed, "k.csv"), key_column="k")[0]
     assert (len(p1), len(p2)) == (60, 60) and np.diff(p1.timestamps).tolist() == [600.0] * 59
     # parts joined out of order (December's export before November's) and a few late rows are one series

@@ -100,7 +100,7 @@ def _refuse_repeated_header(frame: pd.DataFrame, cfg: DataConfig, source: str) -
         )
 
 
-def _refuse_stacked_series(frame: pd.DataFrame, ts: np.ndarray, source: str) -> None:
+def _refuse_stacked_series(frame: pd.DataFrame, ts: np.ndarray, cfg: DataConfig, source: str) -> None:
     """Several series written one after another without a key column (`cat` of one logger's file after
     another's): the times go back a few times in file order, and the blocks so formed cover the same hours. When
     their times differ (loggers started seconds apart) no time repeats, so the test of repeated times missed it,
@@ -120,11 +120,24 @@ def _refuse_stacked_series(frame: pd.DataFrame, ts: np.ndarray, source: str) -> 
     if switches <= 0.1 * len(first):
         return
     at = file_line(frame, int(rows[back[0] + 1]))
+    starts = np.zeros(len(t), bool)
+    starts[0] = True
+    starts[back + 1] = True
+    likely = [  # a column whose value changes exactly where the time goes back: the series' name
+        str(c)
+        for c in frame.columns
+        if c not in (cfg.time_column, cfg.label, *cfg.label_columns)
+        and frame[c].iloc[rows].ne(frame[c].iloc[rows].shift()).to_numpy(bool).tolist() == starts.tolist()
+    ]
+    hint = (
+        f"pass --key-column {quoted(likely[0])}, the column that changes where the times go back"
+        if likely
+        else "add a column that tells the series apart and pass --key-column, or give each series a file of its own"
+    )
     raise SchemaError(
         f"{source}: its times go back {len(back)} time(s) in file order (first on line {at}) and the parts so "
         "formed cover the same period, so the file looks like several series written one after another; taken "
-        "in time order they would be read as one series, each reading from another part; add a column that "
-        "tells the series apart and pass --key-column, or give each series a file of its own"
+        f"in time order they would be read as one series, each reading from another part; {hint}"
     )
 
 
@@ -359,7 +372,7 @@ def frame_to_series(
                 f"looks like several series interleaved{hint}"
             )
         if cfg.time_column:
-            _refuse_stacked_series(frame, ts_all, source)
+            _refuse_stacked_series(frame, ts_all, cfg, source)
     lines_all = line_numbers(frame)
     orders = [idx[np.argsort(ts_all[idx], kind="stable")] for idx in rows_of]
     taken = np.concatenate(orders) if orders else np.zeros(0, np.int64)
