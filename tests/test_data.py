@@ -249,6 +249,21 @@ def test_a_row_of_units_under_the_header_is_named(tmp_path) -> None:
         load(write(tmp_path, "timestamp,a,b\n2026-11-01,broken,1\n" + data, "b.csv"))
 
 
+def test_rows_of_separators_only_are_no_readings(tmp_path) -> None:
+    """Excel writes its empty rows as `;;;`: each was a reading without a time, refused by replay (`non_finite`)
+    and evaluated with label 0, where a blank line is no row at all."""
+    data = "".join(f"2026-11-01 00:0{i}:00;{i},5;{i};0\r\n" for i in range(4))
+    path = write(tmp_path, "timestamp;a;b;anomaly\r\n" + data + ";;;\r\n;;;\r\n")
+    (s,), _ = load(path, decimal=",")
+    assert (
+        s.lines.tolist() == [2, 3, 4, 5] and np.isfinite(s.timestamps).all() and s.labels.tolist() == [0] * 4
+    )
+    rows = "2026-11-01 00:00:00;1,5;1\n2026-11-01 00:01:00;2,5;2\n;;\n2026-11-01 00:02:00;x;3\n"
+    middle = write(tmp_path, "timestamp;a;b\n" + rows, "m.csv")
+    with pytest.raises(SchemaError, match=r"column 'a' line 5 holds 'x'"):  # the lines named stay the file's
+        load(middle, decimal=",")
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

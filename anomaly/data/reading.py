@@ -132,6 +132,10 @@ def read_frame(
             f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
             "line; put one value per line (tr -s ' ' '\\n' < FILE), then read it with --no-header"
         )
+    blank = frame.isna().all(axis=1).to_numpy(bool)
+    if blank.any():  # a row of separators only (`;;;`, Excel's empty rows at the end): no reading, as a blank
+        # line is none; it was a reading without a time, refused by replay and evaluated with label 0
+        frame = frame.loc[~blank]  # the index keeps each row's number, so the lines named stay right
     if frame.empty:
         raise DataError(f"{p} has no data rows{no_header_note(list(frame.columns))}")
     frame.attrs["separator"] = sep
