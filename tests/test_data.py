@@ -264,6 +264,23 @@ def test_rows_of_separators_only_are_no_readings(tmp_path) -> None:
         load(middle, decimal=",")
 
 
+def test_exports_that_overlap_joined_in_one_file_are_named_as_copies(tmp_path) -> None:
+    """Two exports of one logger (`last 24 h`, taken every 12 h) joined: the second half of one is the first half
+    of the next, row for row; the error said several series were interleaved and asked for a --key-column."""
+    rows = [f"2026-11-01 00:{i:02d}:00,{i}.5,{i % 7}\n" for i in range(40)]
+    path = write(tmp_path, "timestamp,a,b\n" + "".join(rows[:30] + rows[20:]))
+    with pytest.raises(SchemaError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: 10 of 50 rows repeat another row exactly, time and every value (first on line 32), as exports "
+        "that overlap in time do when joined into one file; keep one copy of each row, or pass the exports as "
+        "files of their own"
+    )
+    changed = rows[:30] + [r.replace(".5,", ".25,") for r in rows[20:30]] + rows[30:]  # one value differs
+    with pytest.raises(SchemaError, match="so the file looks like several series interleaved"):
+        load(write(tmp_path, "timestamp,a,b\n" + "".join(changed), "c.csv"))
+
+
 def dates(tmp_path, *stamps: str) -> Path:
     return write(tmp_path, "timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
 

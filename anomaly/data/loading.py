@@ -353,6 +353,14 @@ def frame_to_series(
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
         if repeated > 0.1 * len(timed):
+            again = pd.Series(ts_all).duplicated().to_numpy(bool) & np.isfinite(ts_all)
+            if not (again & ~frame.duplicated().to_numpy(bool)).any():  # every repeat a copy of a whole row
+                raise SchemaError(
+                    f"{source}: {repeated} of {len(timed)} rows repeat another row exactly, time and every value "
+                    f"(first on line {file_line(frame, int(np.argmax(again)))}), as exports that overlap in time "
+                    "do when joined into one file; keep one copy of each row, or pass the exports as files of "
+                    "their own"
+                )
             likely = _likely_key_columns(frame, ts_all, cfg)
             cut = None if likely else _cut_precision(timed)
             if cut:
