@@ -251,9 +251,8 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
 def test_k8s_replicas_do_not_exceed_partitions() -> None:
     (deployment,) = k8s("Deployment")
     (configmap,) = k8s("ConfigMap")
-    (topic,) = k8s("KafkaTopic")
     cfg = build_config(tomllib.loads(configmap["data"]["pipeline.toml"]))
-    assert cfg.kafka.topics == (topic["metadata"]["name"],)
+    (topic,) = [t for t in k8s("KafkaTopic") if (t["metadata"]["name"],) == cfg.kafka.topics]
     assert 1 <= deployment["spec"]["replicas"] <= topic["spec"]["partitions"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "consume"
@@ -272,6 +271,36 @@ def test_k8s_replicas_do_not_exceed_partitions() -> None:
     # kube-prometheus-stack selects PodMonitors and PrometheusRules by its Helm release label
     (rule,) = k8s("PrometheusRule")
     assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] != ""
+
+
+def test_the_shipped_stacks_create_every_topic_the_daemon_refuses_to_start_without() -> None:
+    """The daemon creates only its changelog topics; with kafka.auto_create_topics off it stops at start naming any
+    missing input, alerts or dead-letter topic. deploy/k8s had a KafkaTopic for the input topic only: `kubectl
+    apply -f deploy/k8s/` on a fresh Strimzi cluster left every pod stopping with `alerts topic 'anomaly-alerts'
+    ... not found`. Compose's kafka-init and the k8s KafkaTopics create all of them, on the cluster the ConfigMap
+    points at."""
+    from anomaly.kafka.clients import daemon_topics
+
+    (configmap,) = k8s("ConfigMap")
+    cfg = build_config(tomllib.loads(configmap["data"]["pipeline.toml"]))
+    assert not cfg.kafka.auto_create_topics
+    topics = k8s("KafkaTopic")
+    assert {t["metadata"]["name"] for t in topics} == set(daemon_topics(cfg.kafka))
+    cluster = cfg.kafka.bootstrap_servers.split("-kafka-bootstrap.")[0]
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics} == {cluster}
+    assert all(t["spec"]["replicas"] <= cfg.kafka.replication_factor for t in topics)
+
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    script = services["kafka-init"]["command"][0].replace("$$", "$")
+    created = set(re.findall(r"--topic (\S+)", script))
+    created |= {t for loop in re.findall(r"for topic in ([^;]+);", script) for t in loop.split()}
+    created.discard("$topic")
+    compose_cfg = build_config(tomllib.loads((ROOT / "pipelines" / "demo.toml").read_text()))
+    assert services["anomaly"]["command"][services["anomaly"]["command"].index("-p") + 1] == (
+        "/app/pipelines/demo.toml"
+    )
+    assert not compose_cfg.kafka.auto_create_topics
+    assert created == set(daemon_topics(compose_cfg.kafka))
 
 
 def test_the_alerts_opened_panel_counts_what_anomaly_rate_high_tests() -> None:
