@@ -504,3 +504,40 @@ def test_dashboard_descriptions_state_the_conditions_of_the_alerts_they_name() -
                 assert float(said) / (100 if percent else 1) == limit, (panel["title"], name, said)
                 checked += 1
     assert checked >= 2
+
+
+@needs_promtool
+def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> None:
+    """Daemons can run different models (a rollout, or one that kept its old model: ModelReloadFailed). "Model age"
+    showed time() - max(trained): the newest model's age, so a daemon ModelStale fired on looked fresh. It shows
+    the oldest now, leaving out 0 (no training time) as ModelStale does. Evaluated by promtool at 10 minutes."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"] == "Model age"]
+    (target,) = panel["targets"]
+    series = 'anomaly_model_trained_timestamp_seconds{job="anomaly",instance="%s"}'
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series % "old:9108", "values": "60x10"},  # trained at 1 min
+                    {"series": series % "new:9108", "values": "300x10"},  # trained at 5 min
+                    {"series": series % "unset:9108", "values": "0x10"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": target["expr"].replace("$instance", ".*"),
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": "{}", "value": 540}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "model_age.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
