@@ -541,3 +541,47 @@ def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> No
     out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
+    """The commands compose runs (trainer, producer, daemon), the k8s Deployment's args and the runbooks' command
+    lines use subcommands and options the CLI has; a runbook command that reads the stream (--since) names the
+    daemon's pipeline with -p: ModelDrift's retrain and promote had none, so they asked a broker at 127.0.0.1:9092
+    with the default topics, not the daemon's."""
+    import shlex
+
+    import click
+
+    from anomaly.cli import main
+
+    lines: list[tuple[str, str]] = []
+    for name, svc in load_yaml(DEPLOY / "docker-compose.yml")["services"].items():
+        command = svc.get("command")
+        if "build" not in svc or not command:
+            continue
+        if svc.get("entrypoint"):
+            lines += [(name, s.strip()) for s in command[0].splitlines() if s.strip().startswith("anomaly ")]
+        else:
+            lines.append((name, "anomaly " + shlex.join(command)))
+    (deployment,) = k8s("Deployment")
+    lines.append(
+        ("k8s", "anomaly " + shlex.join(deployment["spec"]["template"]["spec"]["containers"][0]["args"]))
+    )
+    readme = (DEPLOY / "README.md").read_text()
+    runbook = [("README", " ".join(c.split())) for c in re.findall(r"`(anomaly [a-z]+ [^`]+)`", readme)]
+    lines += runbook
+    parsed = set()
+    for source, line in lines:
+        name, *args = shlex.split(line)[1:]
+        ctx = click.Context(main, info_name="anomaly")
+        command = main.get_command(ctx, name)
+        assert command is not None, (source, line)
+        try:
+            sub = command.make_context(name, args, parent=ctx)
+        except click.UsageError as exc:
+            raise AssertionError(f"{source}: {line}: {exc.format_message()}") from None
+        parsed.add(name)
+        if source == "README" and "since" in sub.params and sub.params["since"]:
+            assert sub.params["pipeline"] is not None, line
+    assert {"generate", "train", "produce", "consume", "retrain", "promote"} <= parsed
+    assert sum("--since" in line for _, line in runbook) >= 2
