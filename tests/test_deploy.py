@@ -251,9 +251,8 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
 def test_k8s_replicas_do_not_exceed_partitions() -> None:
     (deployment,) = k8s("Deployment")
     (configmap,) = k8s("ConfigMap")
-    (topic,) = k8s("KafkaTopic")
     cfg = build_config(tomllib.loads(configmap["data"]["pipeline.toml"]))
-    assert cfg.kafka.topics == (topic["metadata"]["name"],)
+    (topic,) = [t for t in k8s("KafkaTopic") if (t["metadata"]["name"],) == cfg.kafka.topics]
     assert 1 <= deployment["spec"]["replicas"] <= topic["spec"]["partitions"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "consume"
@@ -272,6 +271,36 @@ def test_k8s_replicas_do_not_exceed_partitions() -> None:
     # kube-prometheus-stack selects PodMonitors and PrometheusRules by its Helm release label
     (rule,) = k8s("PrometheusRule")
     assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] != ""
+
+
+def test_the_shipped_stacks_create_every_topic_the_daemon_refuses_to_start_without() -> None:
+    """The daemon creates only its changelog topics; with kafka.auto_create_topics off it stops at start naming any
+    missing input, alerts or dead-letter topic. deploy/k8s had a KafkaTopic for the input topic only: `kubectl
+    apply -f deploy/k8s/` on a fresh Strimzi cluster left every pod stopping with `alerts topic 'anomaly-alerts'
+    ... not found`. Compose's kafka-init and the k8s KafkaTopics create all of them, on the cluster the ConfigMap
+    points at."""
+    from anomaly.kafka.clients import daemon_topics
+
+    (configmap,) = k8s("ConfigMap")
+    cfg = build_config(tomllib.loads(configmap["data"]["pipeline.toml"]))
+    assert not cfg.kafka.auto_create_topics
+    topics = k8s("KafkaTopic")
+    assert {t["metadata"]["name"] for t in topics} == set(daemon_topics(cfg.kafka))
+    cluster = cfg.kafka.bootstrap_servers.split("-kafka-bootstrap.")[0]
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics} == {cluster}
+    assert all(t["spec"]["replicas"] <= cfg.kafka.replication_factor for t in topics)
+
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    script = services["kafka-init"]["command"][0].replace("$$", "$")
+    created = set(re.findall(r"--topic (\S+)", script))
+    created |= {t for loop in re.findall(r"for topic in ([^;]+);", script) for t in loop.split()}
+    created.discard("$topic")
+    compose_cfg = build_config(tomllib.loads((ROOT / "pipelines" / "demo.toml").read_text()))
+    assert services["anomaly"]["command"][services["anomaly"]["command"].index("-p") + 1] == (
+        "/app/pipelines/demo.toml"
+    )
+    assert not compose_cfg.kafka.auto_create_topics
+    assert created == set(daemon_topics(compose_cfg.kafka))
 
 
 def test_the_alerts_opened_panel_counts_what_anomaly_rate_high_tests() -> None:
@@ -475,3 +504,84 @@ def test_dashboard_descriptions_state_the_conditions_of_the_alerts_they_name() -
                 assert float(said) / (100 if percent else 1) == limit, (panel["title"], name, said)
                 checked += 1
     assert checked >= 2
+
+
+@needs_promtool
+def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> None:
+    """Daemons can run different models (a rollout, or one that kept its old model: ModelReloadFailed). "Model age"
+    showed time() - max(trained): the newest model's age, so a daemon ModelStale fired on looked fresh. It shows
+    the oldest now, leaving out 0 (no training time) as ModelStale does. Evaluated by promtool at 10 minutes."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"] == "Model age"]
+    (target,) = panel["targets"]
+    series = 'anomaly_model_trained_timestamp_seconds{job="anomaly",instance="%s"}'
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series % "old:9108", "values": "60x10"},  # trained at 1 min
+                    {"series": series % "new:9108", "values": "300x10"},  # trained at 5 min
+                    {"series": series % "unset:9108", "values": "0x10"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": target["expr"].replace("$instance", ".*"),
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": "{}", "value": 540}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "model_age.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
+    """The commands compose runs (trainer, producer, daemon), the k8s Deployment's args and the runbooks' command
+    lines use subcommands and options the CLI has; a runbook command that reads the stream (--since) names the
+    daemon's pipeline with -p: ModelDrift's retrain and promote had none, so they asked a broker at 127.0.0.1:9092
+    with the default topics, not the daemon's."""
+    import shlex
+
+    import click
+
+    from anomaly.cli import main
+
+    lines: list[tuple[str, str]] = []
+    for name, svc in load_yaml(DEPLOY / "docker-compose.yml")["services"].items():
+        command = svc.get("command")
+        if "build" not in svc or not command:
+            continue
+        if svc.get("entrypoint"):
+            lines += [(name, s.strip()) for s in command[0].splitlines() if s.strip().startswith("anomaly ")]
+        else:
+            lines.append((name, "anomaly " + shlex.join(command)))
+    (deployment,) = k8s("Deployment")
+    lines.append(
+        ("k8s", "anomaly " + shlex.join(deployment["spec"]["template"]["spec"]["containers"][0]["args"]))
+    )
+    readme = (DEPLOY / "README.md").read_text()
+    runbook = [("README", " ".join(c.split())) for c in re.findall(r"`(anomaly [a-z]+ [^`]+)`", readme)]
+    lines += runbook
+    parsed = set()
+    for source, line in lines:
+        name, *args = shlex.split(line)[1:]
+        ctx = click.Context(main, info_name="anomaly")
+        command = main.get_command(ctx, name)
+        assert command is not None, (source, line)
+        try:
+            sub = command.make_context(name, args, parent=ctx)
+        except click.UsageError as exc:
+            raise AssertionError(f"{source}: {line}: {exc.format_message()}") from None
+        parsed.add(name)
+        if source == "README" and "since" in sub.params and sub.params["since"]:
+            assert sub.params["pipeline"] is not None, line
+    assert {"generate", "train", "produce", "consume", "retrain", "promote"} <= parsed
+    assert sum("--since" in line for _, line in runbook) >= 2
