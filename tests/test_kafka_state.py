@@ -615,7 +615,7 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
 
     from anomaly.kafka.changelog import Checkpoint, model_fingerprint
     from anomaly.kafka.daemon import Daemon
-    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+    from anomaly.metrics import PipelineMetrics
 
     metrics = PipelineMetrics()
     daemon = Daemon(build_config(), str(bundle_path), metrics=metrics)  # not connected: no broker
@@ -630,10 +630,7 @@ def test_a_restore_counts_each_partition_whose_state_it_refuses_by_reason(bundle
         daemon._restore_one("in:1", Checkpoint("in:1", 5, state, 1, 1, "another-model")),
         daemon._restore_one("in:2", Checkpoint("in:2", 5, b"not a snapshot", 1, 1, mine)),
     ]
-    refused = {
-        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
-        for r in RESTORE_REFUSALS
-    }
+    refused = _refusals(metrics)
     assert restored == [["k"], None, None]
     assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 1.0}
 
@@ -714,8 +711,7 @@ def test_a_checkpoint_that_cannot_be_read_stops_the_restore_unless_reset_state_d
     from types import SimpleNamespace
 
     from anomaly.kafka.changelog import Checkpoint, model_fingerprint
-    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
-    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+    from anomaly.kafka.daemon import Daemon, IncompatibleStateError
 
     daemon = Daemon(build_config(), str(bundle_path))  # not connected
     mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
@@ -749,17 +745,35 @@ def test_a_checkpoint_that_cannot_be_read_stops_the_restore_unless_reset_state_d
     )  # a truncated snapshot: running the version that wrote it does not help (said so before session 19)
     daemon._refuse_other_settings({"in:0": fits, "in:3": checkpoints["in:3"]})  # no error
 
-    metrics = PipelineMetrics()
-    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
-    reset.changelog = daemon.changelog
-    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
-    restored = [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()]
-    refused = {
+    _, restored, refused = _reset_restores(bundle_path, daemon.changelog, checkpoints)
+    assert restored == [["k"], None, None, None]
+    assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 2.0}
+
+
+def _refusals(metrics: Any) -> dict[str, float | None]:
+    """anomaly_restore_refused_total per reason."""
+    from anomaly.metrics import RESTORE_REFUSALS
+
+    return {
         r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
         for r in RESTORE_REFUSALS
     }
-    assert restored == [["k"], None, None, None]
-    assert refused == {"other_group": 0.0, "incompatible_model": 1.0, "bad_state": 2.0}
+
+
+def _reset_restores(
+    bundle_path: Any, changelog: Any, checkpoints: dict[str, Any]
+) -> tuple[Any, list[list[str] | None], dict[str, float | None]]:
+    """A daemon started with --reset-state on the same changelog: its check of `checkpoints` (no error: what
+    cannot be restored is discarded at the restore), what each restore gives, and the refusals it counted."""
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics()
+    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
+    reset.changelog = changelog
+    reset._refuse_other_settings(checkpoints)
+    restored = [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()]
+    return reset, restored, _refusals(metrics)
 
 
 def _renamed(chunks: dict[str, bytes], pid: str) -> dict[str, bytes]:
@@ -831,8 +845,7 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
     from types import SimpleNamespace
 
     from anomaly.kafka.changelog import model_fingerprint
-    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
-    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+    from anomaly.kafka.daemon import Daemon, IncompatibleStateError
 
     daemon = Daemon(build_config(), str(bundle_path))  # not connected
     mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
@@ -891,16 +904,10 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
         "keys start fresh from the committed offsets); until then every start stops here"
     )
 
-    metrics = PipelineMetrics()
-    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
-    reset.changelog = daemon.changelog
-    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
-    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 4
+    reset, restored, _ = _reset_restores(bundle_path, daemon.changelog, checkpoints)
+    assert restored == [None] * 4
     assert reset._restore_one("in:4", whole) == ["k"]
-    refused = {
-        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
-        for r in RESTORE_REFUSALS
-    }
+    refused = _refusals(reset.metrics)
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
 
 
@@ -915,8 +922,7 @@ def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless
     from types import SimpleNamespace
 
     from anomaly.kafka.changelog import model_fingerprint
-    from anomaly.kafka.daemon import Daemon, DaemonOptions, IncompatibleStateError
-    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+    from anomaly.kafka.daemon import Daemon, IncompatibleStateError
 
     daemon = Daemon(build_config(), str(bundle_path))  # not connected
     mine = model_fingerprint(daemon.bundle.features, daemon.bundle.arch.to_json())
@@ -993,15 +999,8 @@ def test_a_changelog_record_whose_header_cannot_be_read_stops_the_restore_unless
         "start fresh from the committed offsets); until then every start stops here"
     )
 
-    metrics = PipelineMetrics()
-    reset = Daemon(build_config(), str(bundle_path), metrics=metrics, options=DaemonOptions(reset_state=True))
-    reset.changelog = daemon.changelog
-    reset._refuse_other_settings(checkpoints)  # no error: discarded at the restore
-    assert [reset._restore_one(pid, cp) for pid, cp in checkpoints.items()] == [None] * 6
-    refused = {
-        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
-        for r in RESTORE_REFUSALS
-    }
+    _, restored, refused = _reset_restores(bundle_path, daemon.changelog, checkpoints)
+    assert restored == [None] * 6
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 6.0}
     # the reset's claims, at the next epoch, are what the next start reads
     for pid, cp in checkpoints.items():
@@ -1197,7 +1196,7 @@ def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open
     from anomaly.engine import Alert
     from anomaly.kafka.changelog import Checkpoint, model_fingerprint
     from anomaly.kafka.daemon import Daemon, DaemonOptions
-    from anomaly.metrics import RESTORE_REFUSALS, PipelineMetrics
+    from anomaly.metrics import PipelineMetrics
 
     metrics = PipelineMetrics()
     cfg = build_config({"engine": {"threshold": "static"}})
@@ -1209,10 +1208,7 @@ def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open
 
     daemon._refuse_other_settings({"in:0": checkpoint})  # no error: discarded at the restore
     assert daemon._restore_one("in:0", checkpoint) is None
-    refused = {
-        r: metrics.registry.get_sample_value("anomaly_restore_refused_total", {"reason": r})
-        for r in RESTORE_REFUSALS
-    }
+    refused = _refusals(metrics)
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 1.0}
     version = daemon.bundle.version
     assert daemon._retired == [
