@@ -198,19 +198,31 @@ def test_broker_outage_not_ready_then_carries_on(kafka_env, stream, tiny_model):
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
-KAFKA_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ kafka\.")
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ (\S+):")
 
 
 def own_tracebacks(lines: list[str]) -> list[int]:
     """Indices of the log's tracebacks that kafka-python did not log itself. The daemon runs with -v, which
     shows kafka-python's own errors: its producer I/O thread, force-closed in the middle of the stuck
-    transaction, may log "Uncaught error" with a traceback (a fresh-clone run did once). The daemon's own
-    code must print none."""
-    return [
-        i
-        for i, line in enumerate(lines)
-        if "Traceback" in line and not (i > 0 and KAFKA_RECORD.match(lines[i - 1]))
-    ]
+    transaction, may log "Uncaught error" with a traceback (a fresh-clone run did once), and its selector
+    "Unhandled exception in task" with a chained one ("During handling of the above exception, another
+    exception occurred:", a second traceback in the same record; another fresh-clone run, session 19). A
+    traceback is kafka-python's when a kafka.* log record is the line before it, or when it is chained to one
+    that is; the daemon's own code must print none."""
+    own: list[int] = []
+    kafkas = False  # whether the last traceback was kafka-python's
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        record = RECORD.match(before)
+        if before.startswith(("During handling of the above exception", "The above exception was")):
+            pass  # chained to the traceback before it: whoever logged that one
+        else:
+            kafkas = bool(record and record[1].startswith("kafka."))
+        if not kafkas:
+            own.append(i)
+    return own
 
 
 def test_a_commit_the_broker_never_completes_ends_the_daemon_with_one_line_and_a_restart_is_exact(
