@@ -204,13 +204,42 @@ def test_dockerfile_copies_files_that_exist_and_installs_the_package() -> None:
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), source
             assert any(rule == f"!{source}" or rule == f"!{source}/**" for rule in ignore), source
-    assert "pip install" in text and re.search(r"pip install [^\n]*\s\.\s", text + " ")
+    assert "pip install" in text and re.search(r"pip install [^\n]*\s'?\.(\[[a-z,]+\])?'?\s", text + " ")
     assert "-c deploy/constraints.txt" in text  # the pinned versions the project is tested with
     # the image also runs the one-shot trainer and producer: only the daemon's service checks /healthz
     assert "HEALTHCHECK" not in text
     services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
     checked = {name for name, svc in services.items() if "/healthz" in str(svc.get("healthcheck", ""))}
     assert checked == {"anomaly"}
+
+
+def test_the_image_installs_what_an_onnx_model_needs() -> None:
+    """`anomaly consume -m model.onnx` (an `anomaly export --format onnx` file, README "Export") imports onnx and
+    onnxruntime, the optional `export` extra. The image installed the package without extras, so in the shipped
+    image (and so in compose and k8s) every ONNX model was refused at start: `error: reading the ONNX model ...
+    needs the optional packages onnx and onnxruntime: pip install ... in the anomaly checkout`. What the image
+    installs is read from the Dockerfile's pip line and pyproject.toml; what the ONNX path imports from
+    anomaly/export.py."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    (spec,) = re.findall(r"pip install [^\n]*?\s'?\.(\[[a-z,]+\])?'?\s", text)
+    extras = spec.strip("[]").split(",") if spec else []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    installed = {re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower() for req in wanted}
+
+    tree = ast.parse((ROOT / "anomaly" / "export.py").read_text())
+    (require,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_require_onnx"]
+    modules = {a.name.split(".")[0] for n in ast.walk(require) if isinstance(n, ast.Import) for a in n.names}
+    assert modules == {"onnx", "onnxruntime"}
+    dists = packages_distributions()
+    needed = {d.lower() for m in modules for d in dists[m]}
+    assert needed == {"onnx", "onnxruntime"}
+    assert needed <= installed, f"the image does not install {sorted(needed - installed)}"
 
 
 def test_grafana_provisioning_and_dashboard_agree() -> None:
