@@ -614,3 +614,83 @@ def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_t
             assert sub.params["pipeline"] is not None, line
     assert {"generate", "train", "produce", "consume", "retrain", "promote"} <= parsed
     assert sum("--since" in line for _, line in runbook) >= 2
+
+
+def test_the_retrain_job_promotes_into_the_volume_the_daemons_read(tmp_path: Path) -> None:
+    """The daemon pods mount the models volume read-only, so `anomaly promote` / `retrain` had nowhere to write in
+    the cluster and the runbooks said nothing of how to run them there. deploy/k8s has a suspended CronJob: the
+    daemon's image, pipeline ConfigMap and Kafka secret, the same claim mounted writable, a command line the CLI
+    accepts that promotes over the file the Deployment loads. Its script ends the job succeeded when the policy
+    keeps the champion (exit 3), failed on an error (exit 2): run here with `anomaly` replaced by a stub."""
+    import os
+    import shlex
+    import stat
+
+    import click
+
+    from anomaly.cli import main
+    from anomaly.config import _SECTION_TYPES, env_overrides
+
+    (deployment,) = k8s("Deployment")
+    (cron,) = k8s("CronJob")
+    # apply runs nothing; two promotions never race
+    assert (cron["spec"]["suspend"], cron["spec"]["concurrencyPolicy"]) == (
+        True,
+        "Forbid",
+    )
+    daemon_pod = deployment["spec"]["template"]["spec"]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (daemon,) = daemon_pod["containers"]
+    (job,) = pod["containers"]
+    assert job["image"] == daemon["image"]
+    assert pod["securityContext"]["runAsUser"] == daemon_pod["securityContext"]["runAsUser"]
+    assert job["env"] == daemon["env"]
+    for var in job["env"]:
+        ((section, fields),) = env_overrides({var["name"]: "x"}).items()
+        assert set(fields) <= set(_SECTION_TYPES[section].__dataclass_fields__), var["name"]
+
+    def volumes(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+        """mount path -> (what is mounted, read-only)"""
+        source = {
+            v["name"]: json.dumps({k: v[k] for k in v if k != "name"}, sort_keys=True)
+            for v in spec["volumes"]
+        }
+        return {
+            m["mountPath"]: (source[m["name"]].replace(', "readOnly": true', ""), m.get("readOnly", False))
+            for m in container["volumeMounts"]
+        }
+
+    daemon_mounts, job_mounts = volumes(daemon_pod, daemon), volumes(pod, job)
+    assert {p: s for p, (s, _) in job_mounts.items()} == {p: s for p, (s, _) in daemon_mounts.items()}
+
+    def mount_of(path: str, mounts: dict[str, tuple[str, bool]]) -> tuple[str, bool]:
+        (where,) = [m for m in mounts if Path(path).is_relative_to(m)]
+        return mounts[where]
+
+    daemon_args = daemon["args"]
+    champion = daemon_args[daemon_args.index("-m") + 1]
+    pipeline = daemon_args[daemon_args.index("-p") + 1]
+    assert mount_of(champion, daemon_mounts)[1] is True  # the daemons only read it
+    assert job["command"] == ["sh", "-c"]
+    (script,) = job["args"]
+    (line,) = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("anomaly ")]
+    name, *args = shlex.split(line)[1:]
+    ctx = click.Context(main, info_name="anomaly")
+    sub = main.get_command(ctx, name).make_context(name, args, parent=ctx)
+    assert (name, sub.params["champion"], sub.params["pipeline"]) == ("retrain", champion, pipeline)
+    assert sub.params["do_promote"] and sub.params["since"]
+    assert Path(sub.params["out"]).is_absolute()  # the image's working directory (/app) is root's
+    for written in (champion, sub.params["out"]):
+        assert mount_of(written, job_mounts)[1] is False, written
+
+    stub = tmp_path / "bin" / "anomaly"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nexit "$STUB_STATUS"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    path = f"{stub.parent}:{os.environ['PATH']}"
+    ends = {}
+    for status in (0, 3, 2):
+        env = {**os.environ, "PATH": path, "STUB_STATUS": str(status)}
+        ends[status] = subprocess.run(["sh", "-c", script], env=env, timeout=30).returncode
+    assert ends == {0: 0, 3: 0, 2: 2}
+    assert (tmp_path / "args").read_text().split() == shlex.split(line)[1:]
