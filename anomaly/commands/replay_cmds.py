@@ -77,19 +77,19 @@ def check_schema(cfg: PipelineConfig, features: list[str]) -> Callable[[pd.DataF
     column is then ignored), checked here at once; without it, the files' numeric columns must be exactly the
     model's: the check of each file's frame is returned, for :func:`load_series` to run on the frame it reads
     (reading each file a second time for it took seconds per 100 MB and held a second copy of the file)."""
-    chosen = list(cfg.data.features)
+    chosen = list(cfg.data.features)  # from --features, a pipeline file or ANOMALY_DATA_FEATURES: name both
     if chosen:
         unknown = [f for f in chosen if f not in features]
         if unknown:
             raise SchemaError(
-                f"--features names {', '.join(unknown)}, which the model does not use; its features are "
+                f"--features (data.features) names {', '.join(unknown)}, which the model does not use; its features are "
                 f"{', '.join(features)}",
                 extra=unknown,
             )
         missing = [f for f in features if f not in chosen]
         if missing:
             raise SchemaError(
-                f"--features leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
+                f"--features (data.features) leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
                 missing=missing,
             )
         return None
