@@ -1034,15 +1034,29 @@ def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_pat
     frame.to_csv(whole := tmp_path / "whole.csv", index=False)
     frame.iloc[:1000].to_csv(early := tmp_path / "early.csv", index=False)
     frame.iloc[500:].to_csv(late := tmp_path / "late.csv", index=False)
-    metas = []
+    metas, said = [], []
     for name, files in (("one.pt", [whole]), ("two.pt", [early, late])):
         out = tmp_path / name
         result = run_cli("retrain", "-m", bundle_path, *files, "--key-column", "k", "-o", out, "--epochs", 1)
         assert result.exit_code == 0, result.output
         metas.append(read_metadata(out)[0])
+        said.append(result.stdout.splitlines()[0])
     one, two = (m["lineage"]["data"] for m in metas)
     assert two["readings"] + two["excluded_short_readings"] == 1500
     assert (one["dropped_readings"], two["dropped_readings"]) == (0, 500)
+    # the 500 were left out without a word: 2,000 rows read, a training set of 1,500 readings
+    assert said == [
+        f"training set: {one['readings']:,} readings of 1 key (0 left out in alert spans)",
+        f"training set: {two['readings']:,} readings of 1 key (0 left out in alert spans, 500 left out at a "
+        "timestamp their key already had, or at none)",
+    ]
+    # counted among the keys selected: another key's file given twice is not this training set's concern
+    frame.assign(k="other").to_csv(other := tmp_path / "other.csv", index=False)
+    out = tmp_path / "three.pt"
+    args = ("--keys", "pump", "--key-column", "k", "-o", out, "--epochs", 1)
+    result = run_cli("retrain", "-m", bundle_path, whole, other, other, *args)
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out)[0]["lineage"]["data"]["dropped_readings"] == 0
     assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]
 
 

@@ -336,11 +336,12 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     _check_values(series, features, data)
     series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
-    series, duplicates = _drop_repeated_times(series)  # as a topic read drops them (the engine would)
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
         series = _time_slice(series, span.start, span.end)
+    # as a topic read drops them (the engine would); counted among the selected keys and range only
+    series, duplicates = _drop_repeated_times(series)
     events = []
     if alerts_file:
         with open(alerts_file) as fh:
@@ -403,6 +404,15 @@ def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
         dropped += int((~keep).sum())
         out.append(s if keep.all() else s.take(keep))
     return out, dropped
+
+
+def _repeated_times(dropped: int) -> str:
+    """The training-set line's count of readings left out for a timestamp their key already had, or for none
+    (overlapping files, a file given twice, an empty time cell): 12,000 rows that trained on 6,000 said nothing
+    of the other half. '' when there were none."""
+    if not dropped:
+        return ""
+    return f", {dropped:,} left out at a timestamp their key already had, or at none"
 
 
 def _check_values(series, features, data) -> None:  # type: ignore[no-untyped-def]
@@ -734,6 +744,7 @@ def retrain_cmd(
             if kafka_mode
             else ""
         )
+        + _repeated_times(source.get("dropped_readings", 0))
         + ")"
     )
     result = train(
