@@ -33,7 +33,7 @@ from anomaly.config import DataConfig, PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
-from anomaly.errors import AnomalyError, SchemaError
+from anomaly.errors import AnomalyError, OutputError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
@@ -138,6 +138,25 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
         )
 
 
+def _refuse_replacing_inputs(
+    metrics_out: str, paths: list[str], model: str, labels_file: str | None, out: str
+) -> None:
+    """`--metrics-out` naming a file the replay reads (a data file, the model, the labels file) replaced it with
+    the metrics text, and naming one of the replay's own outputs (`DIR/scores.csv`) replaced that: refused before
+    anything is read, as `train -o` refuses a data file."""
+    target = os.path.realpath(metrics_out)
+    named = [(p, "data file") for p in paths] + [(model, "model bundle")]
+    named += [(labels_file, "labels file")] if labels_file else []
+    named += [(os.path.join(out, name), "replay output") for name in OUTPUTS]
+    for path, what in named:
+        if os.path.realpath(path) == target:
+            raise OutputError(
+                f"the metrics file {metrics_out} is the {what} {path}: the replay would replace it with the "
+                "metrics; name another file with --metrics-out",
+                path=metrics_out,
+            )
+
+
 def run_replay(
     paths: list[str],
     model: str,
@@ -147,12 +166,14 @@ def run_replay(
     progress: bool = True,
     labels_file: str | None = None,
 ) -> ReplayResult:
+    if metrics_out:
+        check_writable(metrics_out, "metrics file")
+        _refuse_replacing_inputs(metrics_out, paths, model, labels_file, out)
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
     series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
     observer = None
     if metrics_out:
-        check_writable(metrics_out, "metrics file")
         from anomaly.metrics import PipelineMetrics, write_textfile
 
         observer = PipelineMetrics()
