@@ -337,15 +337,18 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted (forced) at {decision['at']}\n" in shown  # it said `promoted at`
+    assert (  # it said `promoted at`
+        f"promotion:       promoted (forced) at {decision['at']}; champion {decision['champion']['version']}\n"
+        in shown
+    )
     as_json = json.loads(CliRunner().invoke(main, ["inspect", str(champion), "--json"]).stdout)
     assert as_json["lineage"]["promotion"]["forced"] is True
     champion.write_bytes(bundle_path.read_bytes())
     passed = CliRunner().invoke(main, ["promote", str(bundle_path), "-m", str(champion), str(path)])
     assert passed.exit_code == 0, passed.output
-    at = read_metadata(champion)[0]["lineage"]["promotion"]["at"]
+    decision = read_metadata(champion)[0]["lineage"]["promotion"]
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted at {at}\n" in shown
+    assert f"promotion:       promoted at {decision['at']}; champion {decision['champion']['version']}\n" in shown
 
 
 def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):
@@ -943,7 +946,32 @@ def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
     champion = copy_of(bundle_path, tmp_path)
     promote(int8, champion, Comparison(r, r, True, []))
     shown = run_cli("inspect", champion).stdout
-    assert "lineage:         parent a\n" in shown and "None" not in shown
+    assert "lineage:         parent none\n" in shown and "None" not in shown
+    assert "; champion a\n" in shown and f"parent_version {load_bundle(bundle_path).version}" in shown
+
+
+def test_a_promoted_bundle_not_made_by_retrain_has_no_parent(bundle_path, tmp_path):
+    """Promotion gave a bundle without lineage (made by `train`, or a rollback onto `model.pt.previous`) the
+    champion it replaced as its parent: after a challenger retrained from model A was promoted and then rolled
+    back, A's `inspect` said `lineage: parent <the challenger>`, a model made from A. The parent is the model a
+    challenger was retrained from; the replaced champion is named in the promotion row, and a retrained
+    challenger keeps its own parent."""
+    from anomaly.promotion import Comparison
+
+    made = load_bundle(bundle_path)
+    r = ShadowResult("the-replaced-one", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, 0.1, None, 300)
+    champion = copy_of(bundle_path, tmp_path)
+    promote(made, champion, Comparison(r, r, True, []))
+    lineage = read_metadata(champion)[0]["lineage"]
+    assert lineage["parent_version"] is None and lineage["promotion"]["champion"]["version"] == "the-replaced-one"
+    shown = run_cli("inspect", champion).stdout.splitlines()
+    assert shown[-2:] == [
+        "lineage:         parent none",
+        f"promotion:       promoted at {lineage['promotion']['at']}; champion the-replaced-one",
+    ]
+    made.meta["lineage"] = {"parent_version": "its-own-parent", "promotion": None}  # retrain's record
+    promote(made, champion, Comparison(r, r, True, []))
+    assert read_metadata(champion)[0]["lineage"]["parent_version"] == "its-own-parent"
 
 
 def test_a_challenger_with_other_features_says_which(bundle):
