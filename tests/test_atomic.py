@@ -295,7 +295,17 @@ def test_replay_metrics_out_naming_a_file_it_reads_is_refused(bundle_path, test_
     out = tmp_path / "r"
     before = {p: p.read_bytes() for p in (data, model)}
     for target, what in ((data, "data file"), (model, "model bundle"), (out / "scores.csv", "replay output")):
-        args = ["replay", str(data), "-m", str(model), "-o", str(out), "--no-plots", "--metrics-out", str(target)]
+        args = [
+            "replay",
+            str(data),
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--no-plots",
+            "--metrics-out",
+            str(target),
+        ]
         result = CliRunner().invoke(main, args)
         assert (result.exit_code, result.stderr) == (
             2,

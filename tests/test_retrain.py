@@ -348,7 +348,10 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     assert passed.exit_code == 0, passed.output
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted at {decision['at']}; champion {decision['champion']['version']}\n" in shown
+    assert (
+        f"promotion:       promoted at {decision['at']}; champion {decision['champion']['version']}\n"
+        in shown
+    )
 
 
 def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):
@@ -963,7 +966,10 @@ def test_a_promoted_bundle_not_made_by_retrain_has_no_parent(bundle_path, tmp_pa
     champion = copy_of(bundle_path, tmp_path)
     promote(made, champion, Comparison(r, r, True, []))
     lineage = read_metadata(champion)[0]["lineage"]
-    assert lineage["parent_version"] is None and lineage["promotion"]["champion"]["version"] == "the-replaced-one"
+    assert (
+        lineage["parent_version"] is None
+        and lineage["promotion"]["champion"]["version"] == "the-replaced-one"
+    )
     shown = run_cli("inspect", champion).stdout.splitlines()
     assert shown[-2:] == [
         "lineage:         parent none",

@@ -108,7 +108,9 @@ def skab_cmd(
         toml = read_toml(pipeline)
         if isinstance(toml.get("data", {}), dict):
             toml = {**toml, "data": {**skab.DATA, **toml.get("data", {})}}
-        cfg = build_config(toml, os.environ, overrides, toml_source=f"pipeline file {pipeline}", warn=warn_line)
+        cfg = build_config(
+            toml, os.environ, overrides, toml_source=f"pipeline file {pipeline}", warn=warn_line
+        )
     else:
         # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
         # environment variables and options, as with a file
