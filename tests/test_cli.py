@@ -227,6 +227,18 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
         [f"results: {out}/ (scores.csv, alerts.jsonl, rejections.jsonl, summary.json)"],
         ["alerts.jsonl", "rejections.jsonl", "scores.csv", "summary.json"],
     )
+    # --metrics-out (the demo writes DIR/metrics.prom) was written and named nowhere
+    metrics = tmp_path / "m.prom"
+    result = CliRunner().invoke(main, [*args, "--metrics-out", str(metrics)])
+    tail = result.output.splitlines()[-2:]
+    assert (result.exit_code, tail) == (
+        0,
+        [
+            f"results: {out}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)",
+            f"metrics: {metrics}",
+        ],
+    )
+    assert metrics.read_text().startswith("# HELP ")
 
 
 @pytest.mark.parametrize(

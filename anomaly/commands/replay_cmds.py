@@ -191,9 +191,10 @@ def _reasons(counters: dict[str, int]) -> str:
     return f" ({', '.join(f'{n:,} {why}' for why, n in ranked)})" if ranked else ""
 
 
-def print_result(result: ReplayResult) -> None:
+def print_result(result: ReplayResult, metrics_out: str | None = None) -> None:
     """The run in a few lines. Warnings go to stderr; a run that scored nothing ends with one `error:` line
-    and exit status 2 (its files are written all the same, so the user can look at them)."""
+    and exit status 2 (its files are written all the same, so the user can look at them). `metrics_out`, the
+    Prometheus text file written (`--metrics-out`; the demo's), gets a line of its own after the results."""
     s = result.summary
     t, c = s["totals"], s["coverage"]
     cold = ", all from a cold state" if c.get("cold_only") else ""
@@ -232,6 +233,8 @@ def print_result(result: ReplayResult) -> None:
         name for name in OUTPUTS if (result.out_dir / name).is_file()
     ]  # replay.parquet = false: no Parquet
     click.echo(f"\nresults: {result.out_dir}/ ({', '.join(written)})")
+    if metrics_out:  # written like the rest, and was named nowhere (the demo's in the results folder, too)
+        click.echo(f"metrics: {metrics_out}")
     for path in result.reports:
         click.echo(f"report:  {path}")
     if nothing:
@@ -347,7 +350,7 @@ def replay_cmd(
             f"--static-threshold sets the static threshold, but engine.threshold is {cfg.engine.threshold}: add "
             "--threshold static"
         )
-    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
+    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file), metrics_out)
 
 
 @click.command("demo")
@@ -396,14 +399,10 @@ def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | Non
     click.echo(f"generated {train_csv} (normal) and {test_csv} (12 labelled anomalies)")
     model = root / "model.pt"
     print_training(run_training([str(train_csv)], cfg, str(model)), str(model))
+    metrics_out = str(root / "replay" / "metrics.prom")
     print_result(
-        run_replay(
-            [str(test_csv)],
-            str(model),
-            str(root / "replay"),
-            cfg,
-            metrics_out=str(root / "replay" / "metrics.prom"),
-        )
+        run_replay([str(test_csv)], str(model), str(root / "replay"), cfg, metrics_out=metrics_out),
+        metrics_out,
     )
 
 
