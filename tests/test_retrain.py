@@ -498,19 +498,25 @@ def test_to_alone_cuts_csv_rows_and_is_recorded(csv_world, bundle_path, tmp_path
 
 
 def test_a_range_without_rows_names_the_range(csv_world, bundle_path, tmp_path):
+    """... and where the files' readings are: `retrain -m model.pt last-month.csv --since 7d` (a range counted
+    back from now) said only that the files held no reading in it."""
+    from anomaly.retrain import iso
+
     path, _ = csv_world
-    result = run_cli("retrain", "-m", bundle_path, path, "--from", "2030-01-01", "--to", "2030-01-02")
-    assert result.exit_code == 2 and result.stderr == (
-        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
+    (s,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    expected = (
+        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files: their "
+        f"readings run from {iso(s.timestamps[0])} to {iso(s.timestamps[-1])} (the range is in the readings' own "
+        "time, and ends now unless --to ends it)\n"
     )
+    result = run_cli("retrain", "-m", bundle_path, path, "--from", "2030-01-01", "--to", "2030-01-02")
+    assert (result.exit_code, result.stderr) == (2, expected)
     # promote said only 'the evaluation slice is empty', not which range or keys left nothing
     champion = copy_of(bundle_path, tmp_path)
     result = run_cli(
         "promote", bundle_path, "-m", champion, path, "--from", "2030-01-01", "--to", "2030-01-02"
     )
-    assert result.exit_code == 2 and result.stderr == (
-        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
-    )
+    assert (result.exit_code, result.stderr) == (2, expected)
     result = run_cli("promote", bundle_path, "-m", champion, path, "--keys", "pump-7")
     assert (result.exit_code, result.stderr) == (2, "error: no readings for keys pump-7 in the files\n")
 

@@ -339,7 +339,10 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
-        series = _time_slice(series, span.start, span.end)
+        sliced = _time_slice(series, span.start, span.end)
+        if series and not sliced:  # say where the files' readings are: --since counts back from now
+            raise _no_readings(span, None, {"source": "csv"}, _time_bounds(series))
+        series = sliced
     # as a topic read drops them (the engine would); counted among the selected keys and range only
     series, duplicates = _drop_repeated_times(series)
     events = []
@@ -369,11 +372,30 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     return series, events, source
 
 
-def _no_readings(span, keys, source) -> DataError:  # type: ignore[no-untyped-def]
-    """The error for a range, key selection or source without a reading, naming all three."""
+def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[no-untyped-def]
+    """The error for a range, key selection or source without a reading, naming all three; with `bounds`, the
+    first and last reading of the files (a range of `--since 7d`, counted back from now, on last month's export
+    said only that the files held no reading in it)."""
     where = "" if span is None else f" from {span.to_json()['from'] or 'the start'} to {span.to_json()['to']}"
     what = "on " + ", ".join(source["topics"]) if source["source"] == "kafka" else "in the files"
-    return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
+    hint = ""
+    if bounds is not None:
+        hint = (
+            f": their readings run from {retrain.iso(bounds[0])} to {retrain.iso(bounds[1])} (the range is in the "
+            "readings' own time, and ends now unless --to ends it)"
+        )
+    return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}{hint}")
+
+
+def _time_bounds(series) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
+    """The first and last finite timestamp of the series, None when none has one."""
+    import numpy as np
+
+    times = [s.timestamps[np.isfinite(s.timestamps)] for s in series]
+    times = [t for t in times if len(t)]
+    if not times:
+        return None
+    return min(float(t.min()) for t in times), max(float(t.max()) for t in times)
 
 
 def _keys_check(selected, series) -> None:  # type: ignore[no-untyped-def]
