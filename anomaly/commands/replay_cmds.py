@@ -143,7 +143,10 @@ def _refuse_replacing_inputs(
 ) -> None:
     """`--metrics-out` naming a file the replay reads (a data file, the model, the labels file) replaced it with
     the metrics text, and naming one of the replay's own outputs (`DIR/scores.csv`) replaced that: refused before
-    anything is read, as `train -o` refuses a data file."""
+    anything is read, as `train -o` refuses a data file. A device or pipe (`/dev/stdout`) is written in place and
+    replaces nothing."""
+    if os.path.exists(metrics_out) and not os.path.isfile(metrics_out):
+        return
     target = os.path.realpath(metrics_out)
     named = [(p, "data file") for p in paths] + [(model, "model bundle")]
     named += [(labels_file, "labels file")] if labels_file else []
