@@ -33,7 +33,7 @@ from anomaly.config import DataConfig, PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
-from anomaly.errors import AnomalyError, OutputError, SchemaError
+from anomaly.errors import AnomalyError, DataError, OutputError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
@@ -401,7 +401,20 @@ def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | Non
         generate(test).to_csv(tmp, index=False)
     click.echo(f"generated {train_csv} (normal) and {test_csv} (12 labelled anomalies)")
     model = root / "model.pt"
-    print_training(run_training([str(train_csv)], cfg, str(model)), str(model))
+    try:
+        trained = run_training([str(train_csv)], cfg, str(model))
+    except (SchemaError, DataError) as exc:  # the demo's own file: the [data] settings describe other files
+        variables = sorted(k for k in os.environ if k.startswith("ANOMALY_DATA_"))
+        blame = ([f"the [data] settings of the pipeline file {pipeline}"] if pipeline else []) + (
+            [f"the variable{'s' if len(variables) > 1 else ''} {', '.join(variables)}"] if variables else []
+        )
+        if not blame:
+            raise
+        raise DataError(
+            f"{exc}; that is the demo's own generated data, which {' or '.join(blame)} may not describe: run "
+            "the demo without them (its pipeline is pipelines/demo.toml)"
+        ) from None
+    print_training(trained, str(model))
     metrics_out = str(root / "replay" / "metrics.prom")
     print_result(
         run_replay([str(test_csv)], str(model), str(root / "replay"), cfg, metrics_out=metrics_out),
