@@ -468,6 +468,25 @@ def test_backwards_and_duplicate_timestamps_are_dropped_and_counted(bundle) -> N
     assert keep.process([Event("a", np.array([10.0]), one(bundle))]).readings == 1
 
 
+def test_backwards_and_duplicate_refusals_say_how_far_behind_the_keys_clock_they_are(bundle) -> None:
+    """A `time_backwards` or `duplicate_timestamp` dead letter named no time at all (its `detail` header was
+    empty), so an operator could not tell a clock gone back an hour from a reading a moment late or a resend."""
+    e = Engine(bundle, EngineConfig())
+    e.process([Event("a", np.array([1700003600.5]), one(bundle))])
+    out = e.process([Event("a", np.array([1700000000.25, 1700003600.5, 1700003000.0]), one(bundle, n=3))])
+    details = {r.reason: (r.count, r.detail) for r in out.rejections}
+    assert details == {
+        "time_backwards": (
+            2,
+            "timestamp 1700000000.25 is 3600.25 s before the key's last accepted reading (1700003600.5)",
+        ),
+        "duplicate_timestamp": (
+            1,
+            "timestamp 1700003600.5 is the key's last accepted reading's (engine.duplicate_policy = drop)",
+        ),
+    }
+
+
 def test_long_gap_resets_the_key(bundle, test_series) -> None:
     cfg = EngineConfig(max_gap_seconds=1000.0)
     w = bundle.window
