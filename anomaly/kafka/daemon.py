@@ -212,6 +212,7 @@ class Daemon:
         self._transactions_at_fence = -1
         self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
+            metrics.pipeline_started(cfg.kafka.group_id, cfg.kafka.topics)
             metrics.model_loaded(self.bundle)
             metrics.daemon_started(time.time())
 
