@@ -558,6 +558,61 @@ def test_a_fault_through_a_gap_longer_than_max_alert_seconds_is_one_alert(
         assert gapped == alerts(None)[0]
 
 
+@pytest.mark.parametrize("model", ["forecast", "window"])
+def test_an_alert_open_through_a_gap_reports_the_gap_seconds_it_spans(bundle, window_bundle, model) -> None:
+    """An alert whose key went silent for 3 days while it was open spans the gap (start before it, end or `at`
+    after it), and nothing said so: an on-call engineer read end - start as 3 days of anomaly. Its records now
+    carry `gap_seconds`, the seconds between `start` and `at` without a reading (intervals longer than
+    engine.max_gap_seconds), so at - start - gap_seconds is the time it was in force and observed: the fault
+    still there after the gap, or gone (the close hold after the gap; `end` before it). 0 without a gap; None
+    where the engine does not count gaps (engine.max_alert_seconds = 0). Across a snapshot taken mid-alert
+    after the gap too (the count is key state)."""
+    b = bundle if model == "forecast" else window_bundle
+    gap = 3 * 86_400.0 + 60.0  # the interval from reading 649 to 650
+
+    def alerts(gap_at, back_normal=False, split=None, **settings):
+        ts, values = gap_fault(b, gap_at)
+        if back_normal:
+            values[650:700, 1] -= 20 * b.scaler.scale[1]
+        cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0, **settings)
+        e = Engine(b, cfg)
+        out = []
+        if split is not None:
+            out.append(e.process([Event("k", ts[:split], values[:split])]))
+            e, snap = Engine(b, cfg), e.snapshot()
+            e.restore(snap)
+        out.append(e.process([Event("k", ts[split or 0 :], values[split or 0 :])]))
+        got = [a.to_json() for o in out for a in o.alerts]
+        return [(a["status"], a["reason"], a["gap_seconds"]) for a in got], got
+
+    through, records = alerts(650)
+    assert through == [("open", "", 0.0), ("closed", "normal", gap)]
+    closed = records[1]
+    assert closed["start"] < 649 * 60.0 and closed["end"] > 650 * 60.0 + gap  # the span holds the gap
+    assert alerts(650, split=660)[0] == through
+    over, records = alerts(650, back_normal=True)
+    assert over == [("open", "", 0.0), ("closed", "normal", gap)]
+    assert records[1]["end"] < 650 * 60.0 < records[1]["at"] - gap  # the fault ended before the gap
+    assert alerts(None)[0] == [("open", "", 0.0), ("closed", "normal", 0.0)]
+    assert alerts(650, max_alert_seconds=0.0)[0] == [("open", "", None), ("closed", "normal", None)]
+
+
+def test_an_evicted_alert_counts_its_keys_silence_up_to_the_eviction_as_a_gap(bundle) -> None:
+    """A key that stops mid-alert is evicted after engine.ttl_seconds of other keys' event time; its alert closes
+    `at` that time (reason evicted), and the silence before it, longer than engine.max_gap_seconds, is a gap of
+    the alert's (`gap_seconds`), as a reading after it would have made it."""
+    ts, values = gap_fault(bundle, None, n=2000)
+    cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0, ttl_seconds=7200.0)
+    e = Engine(bundle, cfg)
+    quiet = np.tile(bundle.scaler.mean, (2000, 1))
+    out = e.process([Event("k", ts[:650], values[:650]), Event("j", ts[:650], quiet[:650])])
+    for i in range(650, 2000, 50):  # j alone, past k's TTL
+        out.alerts += e.process([Event("j", ts[i : i + 50], quiet[i : i + 50])]).alerts
+    closed = [a for a in out.alerts if a.key == "k" and a.status == "closed"]
+    assert [(a.reason, a.gap_seconds) for a in closed] == [("evicted", closed[0].at - ts[649])]
+    assert closed[0].at - ts[649] > 7200.0
+
+
 def test_the_level_does_not_decay_over_a_gap(bundle) -> None:
     """The settled level (which a level shift re-baselines on) of a key that comes back after a 3-day gap moves by
     one reading's step (engine.partial_shift_readings / 8 readings), not to the first reading after the gap (a

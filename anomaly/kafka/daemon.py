@@ -94,6 +94,7 @@ from anomaly.kafka.sinks import (
 )
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import Batch, run
+from anomaly.thresholds import ALERT_GAP
 
 log = logging.getLogger(__name__)
 DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
@@ -1060,6 +1061,7 @@ def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
     except (StateError, KeyError, TypeError, ValueError):
         return []
     is_open, start, end, peak, thr = fields
+    gaps = arrays.get(ALERT_GAP)  # not kept with engine.max_alert_seconds = 0
     return [
         Alert(
             alert_id(key, float(start[i])),
@@ -1073,6 +1075,7 @@ def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
             version,
             [],
             "evicted",
+            None if gaps is None else float(gaps[i]),
         )
         for i, key in enumerate(header["keys"])
         if is_open[i]
