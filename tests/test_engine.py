@@ -1706,6 +1706,48 @@ def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
     assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message
 
 
+@pytest.mark.parametrize("case", ["second new key", "in parts"])
+def test_a_call_whose_new_keys_do_not_fit_in_memory_is_not_applied_at_all(bundle, monkeypatch, case) -> None:
+    """A library user who catches StateMemoryError and carries on (with memory freed) must not see half a call
+    applied. The store grew at the first new key with no free row, in the middle of the call: a new key before it
+    stayed in the store without a reading, and the parts of a call processed before it (one that could expire a
+    key by engine.ttl_seconds is processed in parts) were applied with their outputs lost, so the same call again
+    refused k0's reading as a duplicate. Now a call reserves its new keys' rows before it changes anything: the
+    error leaves the engine as it was, and the call again gives what it gives on an engine that never failed."""
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+
+    f = len(bundle.features)
+    first = [Event(f"k{i}", np.array([1.0]), np.full((1, f), float(i))) for i in range(64)]
+    if case == "second new key":  # one free row: k63 fits, k64 grows the store
+        cfg, first = EngineConfig(), first[:63]
+        call = [Event(k, np.array([2.0]), np.zeros((1, f))) for k in ("k63", "k64")]
+    else:  # k0's reading at 50 s is one part, k64's at 200 s (past the others' TTL) another
+        cfg = EngineConfig(ttl_seconds=100.0)
+        call = [
+            Event("k0", np.array([50.0]), np.zeros((1, f))),
+            Event("k64", np.array([200.0]), np.zeros((1, f))),
+        ]
+    e, never = Engine(bundle, cfg), Engine(bundle, cfg)
+    e.process(first)
+    never.process(first)
+    before = e.snapshot()
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    with pytest.raises(StateMemoryError):
+        e.process(call)
+    monkeypatch.undo()
+    assert e.snapshot() == before
+    assert e.keys() == never.keys()
+
+    again, once = e.process(call), never.process(call)
+    assert (again.readings, [r.reason for r in again.rejections]) == (once.readings, []) == (len(call), [])
+    assert [a.to_json() for a in again.alerts] == [a.to_json() for a in once.alerts]
+    assert [(w.key, w.timestamps.tolist(), w.scores.tolist()) for w in again.windows] == [
+        (w.key, w.timestamps.tolist(), w.scores.tolist()) for w in once.windows
+    ]
+    assert e.snapshot() == never.snapshot()
+
+
 def test_a_state_store_that_cannot_grow_is_left_as_it_was_and_the_error_names_the_settings(
     bundle, monkeypatch
 ) -> None:
