@@ -255,6 +255,12 @@ class PipelineMetrics:
             registry=r,
         )
         self.model_info = Info("anomaly_model", "The model bundle in use.", registry=r)
+        self.pipeline_info = Info(
+            "anomaly_pipeline",
+            "The consumer group and input topics this daemon reads: which pipeline its alerts belong to (the "
+            "alert rules take the group from it).",
+            registry=r,
+        )
         self.model_trained = Gauge(
             "anomaly_model_trained_timestamp_seconds",
             "Epoch seconds at which the model in use was trained.",
@@ -503,6 +509,13 @@ class PipelineMetrics:
 
     def dead_letter_refused(self) -> None:
         self.dead_letters_refused.inc()
+
+    def pipeline_started(self, group: str, topics: Iterable[str]) -> None:
+        """Publish which pipeline this daemon is: ``anomaly_pipeline_info{group,topics}``. Every daemon is
+        scraped as job="anomaly", so without it the alerts of two pipelines (two consumer groups, other input
+        topics) on one Prometheus were one: AnomalyDetected took the max over both for a key name they share,
+        and AnomalyRateHigh summed and inhibited them together."""
+        self.pipeline_info.info({"group": str(group), "topics": ",".join(topics)})
 
     def model_loaded(self, bundle: Any) -> None:
         """Publish the bundle's identity: ``anomaly_model_info{version,trained_at,features}`` and the trained-at
