@@ -327,9 +327,11 @@ def test_kafka_pythons_repeated_log_lines_pass_once_a_minute_and_say_how_many_we
     handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
     handler.addFilter(RepeatedRecords(clock=lambda: now[0]))
     loggers = [logging.getLogger(name) for name in ("kafka.net.connection", "anomaly.kafka.daemon")]
+    levels = [lg.level for lg in loggers]  # a CLI test before this one may have left "kafka" at CRITICAL
     for lg in loggers:
         lg.addHandler(handler)
         lg.propagate = False
+        lg.setLevel(logging.DEBUG)
     try:
         for i in range(100):  # every 0.2 s, as kafka-python's reconnects
             now[0] = i * 0.2
@@ -341,9 +343,10 @@ def test_kafka_pythons_repeated_log_lines_pass_once_a_minute_and_say_how_many_we
         now[0] = 61.0
         loggers[0].error("%s: Connection lost: %s", "<node 1>", "ECONNREFUSED")
     finally:
-        for lg in loggers:
+        for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.propagate = True
+            lg.setLevel(level)
     assert stream.getvalue().splitlines() == [
         "kafka.net.connection <node 0>: Connection lost: ECONNREFUSED",
         "kafka.net.connection <node 0>: Connection lost: ECONNREFUSED",
