@@ -17,6 +17,7 @@ from anomaly.commands.common import (
     data_options,
     key_column_option,
     label_map_option,
+    limit_kafka_repeats,
     one_line_errors,
     pipeline_option,
     refuse_unless,
@@ -290,6 +291,7 @@ def _check_device(device: str, option: str | None, from_pipeline: bool) -> None:
 def _quiet_kafka(verbose: bool) -> None:
     """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    limit_kafka_repeats()  # with -v: each of its lines at most once a minute
 
 
 def _selected(keys: str | None) -> set[str] | None:
