@@ -11,6 +11,8 @@ only while an alert is open and are capped (``alert_label_cap``); alerts beyond 
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -33,6 +35,8 @@ from anomaly.atomic import write_bytes
 from anomaly.drift import DEFAULT_MIN_POINTS, DEFAULT_WINDOW, DriftMonitor
 from anomaly.engine.types import REJECT_REASONS, EngineOutput, Rejection
 from anomaly.kafka.codec import DECODE_REASONS
+
+log = logging.getLogger(__name__)
 
 # Score units: 1.0 is the calibration quantile; the default threshold is around 1.5.
 SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
@@ -251,6 +255,12 @@ class PipelineMetrics:
             registry=r,
         )
         self.model_info = Info("anomaly_model", "The model bundle in use.", registry=r)
+        self.pipeline_info = Info(
+            "anomaly_pipeline",
+            "The consumer group and input topics this daemon reads: which pipeline its alerts belong to (the "
+            "alert rules take the group from it).",
+            registry=r,
+        )
         self.model_trained = Gauge(
             "anomaly_model_trained_timestamp_seconds",
             "Epoch seconds at which the model in use was trained.",
@@ -500,6 +510,13 @@ class PipelineMetrics:
     def dead_letter_refused(self) -> None:
         self.dead_letters_refused.inc()
 
+    def pipeline_started(self, group: str, topics: Iterable[str]) -> None:
+        """Publish which pipeline this daemon is: ``anomaly_pipeline_info{group,topics}``. Every daemon is
+        scraped as job="anomaly", so without it the alerts of two pipelines (two consumer groups, other input
+        topics) on one Prometheus were one: AnomalyDetected took the max over both for a key name they share,
+        and AnomalyRateHigh summed and inhibited them together."""
+        self.pipeline_info.info({"group": str(group), "topics": ",".join(topics)})
+
     def model_loaded(self, bundle: Any) -> None:
         """Publish the bundle's identity: ``anomaly_model_info{version,trained_at,features}`` and the trained-at
         timestamp (left at its last value if the bundle carries none) that ModelStale alerts on."""
@@ -587,14 +604,26 @@ def write_textfile(metrics: PipelineMetrics, path: str | Path) -> Path:
     return write_bytes(path, generate_latest(metrics.registry), "metrics file")
 
 
+# Seconds a metrics connection may wait for its request or for the client to take the answer (StreamRequestHandler
+# timeout): scrapers and health checks send their request at once and read the small answer at once.
+REQUEST_TIMEOUT_S = 30.0
+
+
 class MetricsServer:
     """HTTP endpoint in a daemon thread: ``/metrics``, ``/healthz`` (200 while serving) and ``/readyz`` (200
     only after ``set_ready(True)``, else 503 — e.g. while restoring state after a rebalance)."""
 
-    def __init__(self, metrics: PipelineMetrics, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(
+        self,
+        metrics: PipelineMetrics,
+        host: str = "127.0.0.1",
+        port: int = 9108,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         self.metrics = metrics
         self.host = host
         self._requested_port = port
+        self.request_timeout_s = request_timeout_s
         self._ready = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -619,7 +648,7 @@ class MetricsServer:
     def start(self) -> None:
         if self._server is not None:
             return
-        server = ThreadingHTTPServer((self.host, self._requested_port), _handler(self))
+        server = _Server((self.host, self._requested_port), _handler(self))
         server.daemon_threads = True
         self._server = server
         self._bound_port = int(server.server_address[1])
@@ -640,8 +669,24 @@ class MetricsServer:
 TEXT = "text/plain; charset=utf-8"
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled (reset, closed mid-answer, past the request timeout: a scraper's
+        timeout, a load balancer's check that resets its connection) is its own business: nothing to log. The
+        default printed a 20-line traceback to stderr for each, so every reset health check added one to the
+        daemon's log. Anything else is a fault of the endpoint: one error line, with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        log.error("metrics endpoint failed answering %s: %r", client_address, exc, exc_info=True)
+
+
 def _handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # A connection idle or stalled this long is closed: without it each held a thread for as long as its
+        # peer kept it open, for ever for a peer gone without closing it (a half-open connection).
+        timeout = owner.request_timeout_s
+
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             self._send(*self._answer())
 

@@ -320,10 +320,13 @@ def compare(
 
 
 def with_decision(challenger: Bundle, comparison: Comparison) -> Bundle:
-    """The challenger with the decision recorded in its lineage (a copy; the model is shared)."""
+    """The challenger with the decision recorded in its lineage (a copy; the model is shared). The parent is the
+    model a challenger was retrained from, kept as retrain recorded it; a bundle not made by retrain has none (the
+    champion it replaces is in the decision): it was given the replaced champion as its parent, so a rollback
+    onto `model.pt.previous` named as its parent the very challenger retrained from it."""
     meta = copy.deepcopy(challenger.meta)
     lineage = meta.setdefault("lineage", {})
-    lineage.setdefault("parent_version", comparison.champion.version)
+    lineage.setdefault("parent_version", None)
     lineage["promotion"] = comparison.decision()
     return Bundle(challenger.model, challenger.features, challenger.scaler, challenger.calibration, meta)
 

@@ -382,6 +382,9 @@ class Transition:
     threshold: float
     contributions: np.ndarray
     reason: str = ""
+    gap: float | None = (
+        None  # seconds of gaps since `start` (ALERT_GAP at `at`); None where it is not counted
+    )
 
 
 def step_alerts(
@@ -428,7 +431,16 @@ def step_alerts(
 
     def transition(j: Any, status: str, end: float | None, at: float, reason: str = "") -> Transition:
         return Transition(
-            int(j), status, float(start[j]), end, at, float(peak[j]), float(thr[j]), contrib[j].copy(), reason
+            int(j),
+            status,
+            float(start[j]),
+            end,
+            at,
+            float(peak[j]),
+            float(thr[j]),
+            contrib[j].copy(),
+            reason,
+            None if gaps is None else float(gaps[j]),
         )
 
     for i in range(anomalous.shape[1]):

@@ -282,3 +282,34 @@ def test_a_name_ending_in_a_slash_is_refused_not_written_as_a_file(bundle_path, 
     with pytest.raises(OutputError, match=r"a name ending in / is a folder, not a file$"):
         atomic.check_writable(target, "JSON results")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_replay_metrics_out_naming_a_file_it_reads_is_refused(bundle_path, test_csv, tmp_path) -> None:
+    """`replay data.csv --metrics-out data.csv` (or the model, or DIR/scores.csv) replaced that file with the
+    metrics text at the end of the run: the data, the model or the scores were lost. Refused before anything is
+    read, every file left as it was."""
+    data = tmp_path / "data.csv"
+    data.write_bytes(test_csv.read_bytes())
+    model = tmp_path / "model.pt"
+    model.write_bytes(bundle_path.read_bytes())
+    out = tmp_path / "r"
+    before = {p: p.read_bytes() for p in (data, model)}
+    for target, what in ((data, "data file"), (model, "model bundle"), (out / "scores.csv", "replay output")):
+        args = [
+            "replay",
+            str(data),
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--no-plots",
+            "--metrics-out",
+            str(target),
+        ]
+        result = CliRunner().invoke(main, args)
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: the metrics file {target} is the {what} {target}: the replay would replace it with the "
+            "metrics; name another file with --metrics-out\n",
+        )
+    assert {p: p.read_bytes() for p in (data, model)} == before and not out.exists()

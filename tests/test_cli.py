@@ -227,6 +227,18 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
         [f"results: {out}/ (scores.csv, alerts.jsonl, rejections.jsonl, summary.json)"],
         ["alerts.jsonl", "rejections.jsonl", "scores.csv", "summary.json"],
     )
+    # --metrics-out (the demo writes DIR/metrics.prom) was written and named nowhere
+    metrics = tmp_path / "m.prom"
+    result = CliRunner().invoke(main, [*args, "--metrics-out", str(metrics)])
+    tail = result.output.splitlines()[-2:]
+    assert (result.exit_code, tail) == (
+        0,
+        [
+            f"results: {out}/ (scores.csv, scores.parquet, alerts.jsonl, rejections.jsonl, summary.json)",
+            f"metrics: {metrics}",
+        ],
+    )
+    assert metrics.read_text().startswith("# HELP ")
 
 
 @pytest.mark.parametrize(
@@ -720,4 +732,28 @@ def test_train_and_replay_refuse_a_time_option_their_time_column_cannot_use(tmp_
         f"error: {test_csv}: --time-unit ms (data.time_unit) is the unit of numeric times, but time column "
         "'timestamp' holds text such as '2023-11-14T22:13:20Z', read as dates: leave it out (give "
         "--time-format if the dates are not ISO-like)\n"
+    )
+
+
+def test_demo_with_a_pipeline_for_other_files_says_it_is_the_demos_data(tmp_path) -> None:
+    """`anomaly demo -p pipelines/kafka.toml` stopped at `runs/demo/data/train.csv: key column 'sensor_id' not
+    found`, a file the user never wrote: the demo generates its data, and the pipeline's [data] (or an
+    ANOMALY_DATA_* variable) describes other files. The error says so."""
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[data]\nkey_column = "unit"\n')
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "d"), "-p", str(pipeline)])
+    train = tmp_path / "d" / "data" / "train.csv"
+    columns = "timestamp, sensor_1, sensor_2, sensor_3, sensor_4, sensor_5, sensor_6, anomaly, anomaly_kind"
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {train}: key column 'unit' not found; columns are {columns}; that is the demo's own generated "
+        f"data, which the [data] settings of the pipeline file {pipeline} may not describe: run the demo without "
+        "them (its pipeline is pipelines/demo.toml)\n",
+    )
+    result = CliRunner().invoke(
+        main, ["demo", "-o", str(tmp_path / "d")], env={"ANOMALY_DATA_TIME_COLUMN": "t"}
+    )
+    assert result.exit_code == 2 and result.stderr.endswith(
+        "; that is the demo's own generated data, which the variable ANOMALY_DATA_TIME_COLUMN may not describe: run the "
+        "demo without them (its pipeline is pipelines/demo.toml)\n"
     )

@@ -80,9 +80,20 @@ def test_rules_define_the_alerts_with_annotations_and_runbooks() -> None:
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
 
 
+DETECTED = (
+    "max by (job, group, key) ( anomaly_alert_active * on (job, instance) group_left (group) anomaly_pipeline_info "
+    "or on (job, instance) anomaly_alert_active ) == 1"
+)
+RATE_HIGH = (
+    "sum by (job, group) ( increase(anomaly_alerts_opened_total[1h]) * on (job, instance) group_left (group) "
+    "topk by (job, instance) (1, max_over_time(anomaly_pipeline_info[1h])) "
+    "or on (job, instance) increase(anomaly_alerts_opened_total[1h]) ) > 20"
+)
+
+
 def test_anomaly_detected_follows_the_engine_alert_gauge() -> None:
     (rule,) = [r for r in rules() if r["alert"] == "AnomalyDetected"]
-    assert rule["expr"] == "max by (job, key) (anomaly_alert_active) == 1"
+    assert rule["expr"] == DETECTED
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
@@ -142,14 +153,16 @@ def test_amtool_check_config() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_alertmanager_groups_anomalies_per_job_and_the_rate_alert_inhibits_them() -> None:
-    """One notification per alert name and job lists every key (grouped by key, a plant-wide event paged once
-    per key); AnomalyRateHigh inhibits the same job's AnomalyDetected; an alert open for days repeats once a day
-    (it repeated every hour). The labels grouped and inhibited on are the ones the rules keep."""
+def test_alertmanager_groups_anomalies_per_pipeline_and_the_rate_alert_inhibits_them() -> None:
+    """One notification per alert name and pipeline (job and consumer group) lists every key (grouped by key, a
+    plant-wide event paged once per key); AnomalyRateHigh inhibits the same pipeline's AnomalyDetected; an alert
+    open for days repeats once a day (it repeated every hour). The labels grouped and inhibited on are the ones
+    the rules keep. Grouped by job alone (session 18), two pipelines' detections (every daemon is scraped as
+    job="anomaly") were one notification, and a storm in one inhibited the other's."""
     cfg = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
     (route,) = [r for r in cfg["route"]["routes"] if r["matchers"] == ['category="anomaly"']]
     assert (route["group_by"], route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
-        ["alertname", "job"],
+        ["alertname", "job", "group"],
         "30s",
         "5m",
         "24h",
@@ -158,18 +171,34 @@ def test_alertmanager_groups_anomalies_per_job_and_the_rate_alert_inhibits_them(
         {
             "source_matchers": ['alertname="AnomalyRateHigh"'],
             "target_matchers": ['alertname="AnomalyDetected"'],
-            "equal": ["job"],
+            "equal": ["job", "group"],
         }
     ]
     exprs = {r["alert"]: r["expr"] for r in rules()}
-    assert exprs["AnomalyDetected"] == "max by (job, key) (anomaly_alert_active) == 1"
-    assert exprs["AnomalyRateHigh"] == "sum by (job) (increase(anomaly_alerts_opened_total[1h])) > 20"
+    assert exprs["AnomalyDetected"] == DETECTED
+    assert exprs["AnomalyRateHigh"] == RATE_HIGH
     receivers = {r["name"]: r for r in cfg["receivers"]}
     assert receivers[route["receiver"]]["webhook_configs"][0]["url"].startswith("http")
     categories = {
         r["labels"]["category"] for r in rules() if r["alert"] in {"AnomalyDetected", "AnomalyRateHigh"}
     }
     assert categories == {"anomaly"}
+
+
+def test_the_group_the_rules_keep_is_the_consumer_group_the_daemon_serves(bundle_path) -> None:
+    """The label the detections are grouped and inhibited by comes from a series the daemon really serves:
+    anomaly_pipeline_info{group} is its kafka.group_id (with its input topics), from its start on."""
+    from prometheus_client import CollectorRegistry
+
+    from anomaly.kafka.daemon import Daemon
+    from anomaly.metrics import PipelineMetrics
+
+    metrics = PipelineMetrics(registry=CollectorRegistry())
+    cfg = build_config({"kafka": {"group_id": "vibration", "topics": ["vib-a", "vib-b"]}})
+    Daemon(cfg, str(bundle_path), metrics=metrics)  # not connected
+    labels = {"group": "vibration", "topics": "vib-a,vib-b"}
+    assert metrics.registry.get_sample_value("anomaly_pipeline_info", labels) == 1.0
+    assert "group_left (group) anomaly_pipeline_info" in DETECTED
 
 
 def test_compose_references_files_that_exist() -> None:

@@ -468,6 +468,25 @@ def test_backwards_and_duplicate_timestamps_are_dropped_and_counted(bundle) -> N
     assert keep.process([Event("a", np.array([10.0]), one(bundle))]).readings == 1
 
 
+def test_backwards_and_duplicate_refusals_say_how_far_behind_the_keys_clock_they_are(bundle) -> None:
+    """A `time_backwards` or `duplicate_timestamp` dead letter named no time at all (its `detail` header was
+    empty), so an operator could not tell a clock gone back an hour from a reading a moment late or a resend."""
+    e = Engine(bundle, EngineConfig())
+    e.process([Event("a", np.array([1700003600.5]), one(bundle))])
+    out = e.process([Event("a", np.array([1700000000.25, 1700003600.5, 1700003000.0]), one(bundle, n=3))])
+    details = {r.reason: (r.count, r.detail) for r in out.rejections}
+    assert details == {
+        "time_backwards": (
+            2,
+            "timestamp 1700000000.25 is 3600.25 s before the key's last accepted reading (1700003600.5)",
+        ),
+        "duplicate_timestamp": (
+            1,
+            "timestamp 1700003600.5 is the key's last accepted reading's (engine.duplicate_policy = drop)",
+        ),
+    }
+
+
 def test_long_gap_resets_the_key(bundle, test_series) -> None:
     cfg = EngineConfig(max_gap_seconds=1000.0)
     w = bundle.window
@@ -556,6 +575,61 @@ def test_a_fault_through_a_gap_longer_than_max_alert_seconds_is_one_alert(
     assert 600 <= gapped[0][1] < 650 and 700 <= gapped[1][1] < 800
     if model == "forecast":  # scored reading by reading: the same alert as without the gap
         assert gapped == alerts(None)[0]
+
+
+@pytest.mark.parametrize("model", ["forecast", "window"])
+def test_an_alert_open_through_a_gap_reports_the_gap_seconds_it_spans(bundle, window_bundle, model) -> None:
+    """An alert whose key went silent for 3 days while it was open spans the gap (start before it, end or `at`
+    after it), and nothing said so: an on-call engineer read end - start as 3 days of anomaly. Its records now
+    carry `gap_seconds`, the seconds between `start` and `at` without a reading (intervals longer than
+    engine.max_gap_seconds), so at - start - gap_seconds is the time it was in force and observed: the fault
+    still there after the gap, or gone (the close hold after the gap; `end` before it). 0 without a gap; None
+    where the engine does not count gaps (engine.max_alert_seconds = 0). Across a snapshot taken mid-alert
+    after the gap too (the count is key state)."""
+    b = bundle if model == "forecast" else window_bundle
+    gap = 3 * 86_400.0 + 60.0  # the interval from reading 649 to 650
+
+    def alerts(gap_at, back_normal=False, split=None, **settings):
+        ts, values = gap_fault(b, gap_at)
+        if back_normal:
+            values[650:700, 1] -= 20 * b.scaler.scale[1]
+        cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0, **settings)
+        e = Engine(b, cfg)
+        out = []
+        if split is not None:
+            out.append(e.process([Event("k", ts[:split], values[:split])]))
+            e, snap = Engine(b, cfg), e.snapshot()
+            e.restore(snap)
+        out.append(e.process([Event("k", ts[split or 0 :], values[split or 0 :])]))
+        got = [a.to_json() for o in out for a in o.alerts]
+        return [(a["status"], a["reason"], a["gap_seconds"]) for a in got], got
+
+    through, records = alerts(650)
+    assert through == [("open", "", 0.0), ("closed", "normal", gap)]
+    closed = records[1]
+    assert closed["start"] < 649 * 60.0 and closed["end"] > 650 * 60.0 + gap  # the span holds the gap
+    assert alerts(650, split=660)[0] == through
+    over, records = alerts(650, back_normal=True)
+    assert over == [("open", "", 0.0), ("closed", "normal", gap)]
+    assert records[1]["end"] < 650 * 60.0 < records[1]["at"] - gap  # the fault ended before the gap
+    assert alerts(None)[0] == [("open", "", 0.0), ("closed", "normal", 0.0)]
+    assert alerts(650, max_alert_seconds=0.0)[0] == [("open", "", None), ("closed", "normal", None)]
+
+
+def test_an_evicted_alert_counts_its_keys_silence_up_to_the_eviction_as_a_gap(bundle) -> None:
+    """A key that stops mid-alert is evicted after engine.ttl_seconds of other keys' event time; its alert closes
+    `at` that time (reason evicted), and the silence before it, longer than engine.max_gap_seconds, is a gap of
+    the alert's (`gap_seconds`), as a reading after it would have made it."""
+    ts, values = gap_fault(bundle, None, n=2000)
+    cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0, ttl_seconds=7200.0)
+    e = Engine(bundle, cfg)
+    quiet = np.tile(bundle.scaler.mean, (2000, 1))
+    out = e.process([Event("k", ts[:650], values[:650]), Event("j", ts[:650], quiet[:650])])
+    for i in range(650, 2000, 50):  # j alone, past k's TTL
+        out.alerts += e.process([Event("j", ts[i : i + 50], quiet[i : i + 50])]).alerts
+    closed = [a for a in out.alerts if a.key == "k" and a.status == "closed"]
+    assert [(a.reason, a.gap_seconds) for a in closed] == [("evicted", closed[0].at - ts[649])]
+    assert closed[0].at - ts[649] > 7200.0
 
 
 def test_the_level_does_not_decay_over_a_gap(bundle) -> None:
@@ -1649,6 +1723,48 @@ def test_a_per_key_history_too_large_for_memory_is_a_config_error_naming_it(
     message = str(info.value)
     assert message.startswith("the engine's per-key state does not fit in memory (")
     assert f"engine.threshold {threshold} keeps " in message and f"engine.{setting} = 100000000000" in message
+
+
+@pytest.mark.parametrize("case", ["second new key", "in parts"])
+def test_a_call_whose_new_keys_do_not_fit_in_memory_is_not_applied_at_all(bundle, monkeypatch, case) -> None:
+    """A library user who catches StateMemoryError and carries on (with memory freed) must not see half a call
+    applied. The store grew at the first new key with no free row, in the middle of the call: a new key before it
+    stayed in the store without a reading, and the parts of a call processed before it (one that could expire a
+    key by engine.ttl_seconds is processed in parts) were applied with their outputs lost, so the same call again
+    refused k0's reading as a duplicate. Now a call reserves its new keys' rows before it changes anything: the
+    error leaves the engine as it was, and the call again gives what it gives on an engine that never failed."""
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+
+    f = len(bundle.features)
+    first = [Event(f"k{i}", np.array([1.0]), np.full((1, f), float(i))) for i in range(64)]
+    if case == "second new key":  # one free row: k63 fits, k64 grows the store
+        cfg, first = EngineConfig(), first[:63]
+        call = [Event(k, np.array([2.0]), np.zeros((1, f))) for k in ("k63", "k64")]
+    else:  # k0's reading at 50 s is one part, k64's at 200 s (past the others' TTL) another
+        cfg = EngineConfig(ttl_seconds=100.0)
+        call = [
+            Event("k0", np.array([50.0]), np.zeros((1, f))),
+            Event("k64", np.array([200.0]), np.zeros((1, f))),
+        ]
+    e, never = Engine(bundle, cfg), Engine(bundle, cfg)
+    e.process(first)
+    never.process(first)
+    before = e.snapshot()
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    with pytest.raises(StateMemoryError):
+        e.process(call)
+    monkeypatch.undo()
+    assert e.snapshot() == before
+    assert e.keys() == never.keys()
+
+    again, once = e.process(call), never.process(call)
+    assert (again.readings, [r.reason for r in again.rejections]) == (once.readings, []) == (len(call), [])
+    assert [a.to_json() for a in again.alerts] == [a.to_json() for a in once.alerts]
+    assert [(w.key, w.timestamps.tolist(), w.scores.tolist()) for w in again.windows] == [
+        (w.key, w.timestamps.tolist(), w.scores.tolist()) for w in once.windows
+    ]
+    assert e.snapshot() == never.snapshot()
 
 
 def test_a_state_store_that_cannot_grow_is_left_as_it_was_and_the_error_names_the_settings(

@@ -311,3 +311,55 @@ def test_a_broker_outage_is_logged_once_then_each_minute_then_its_end(
         clients.error_text(kerr.RequestTimedOutError("Request timed out after 1999 ms"))
         == "[Error 7] RequestTimedOutError: Request timed out after 1999 ms"
     )
+
+
+def test_kafka_pythons_repeated_log_lines_pass_once_a_minute_and_say_how_many_were_held_back() -> None:
+    """With -v, kafka-python logged each reconnect attempt of each connection: a broker outage of 20 s wrote
+    650 lines to a soaked daemon's log. Each of its lines (logger, level, text before its arguments) now passes
+    at most once a minute; the daemon's own lines are not limited."""
+    import io
+
+    from anomaly.commands.common import RepeatedRecords, limit_kafka_repeats
+
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    handler.addFilter(RepeatedRecords(clock=lambda: now[0]))
+    loggers = [logging.getLogger(name) for name in ("kafka.net.connection", "anomaly.kafka.daemon")]
+    levels = [lg.level for lg in loggers]  # a CLI test before this one may have left "kafka" at CRITICAL
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.setLevel(logging.DEBUG)
+    try:
+        for i in range(100):  # every 0.2 s, as kafka-python's reconnects
+            now[0] = i * 0.2
+            loggers[0].error("%s: Connection lost: %s", f"<node {i % 3}>", "ECONNREFUSED")
+        # another level: its own line
+        loggers[0].warning("%s: Connection lost: %s", "<node 0>", "ECONNREFUSED")
+        loggers[1].warning("broker not answering")
+        loggers[1].warning("broker not answering")
+        now[0] = 61.0
+        loggers[0].error("%s: Connection lost: %s", "<node 1>", "ECONNREFUSED")
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.propagate = True
+            lg.setLevel(level)
+    assert stream.getvalue().splitlines() == [
+        "kafka.net.connection <node 0>: Connection lost: ECONNREFUSED",
+        "kafka.net.connection <node 0>: Connection lost: ECONNREFUSED",
+        "anomaly.kafka.daemon broker not answering",
+        "anomaly.kafka.daemon broker not answering",
+        "kafka.net.connection <node 1>: Connection lost: ECONNREFUSED (99 more like it in the last 61 s not shown)",
+    ]
+    root = logging.getLogger()
+    installed = logging.StreamHandler(io.StringIO())
+    others, root.handlers = root.handlers, [installed]  # pytest's own handlers stay as they are
+    try:
+        limit_kafka_repeats()
+        limit_kafka_repeats()  # once per handler
+        assert [type(f) for f in installed.filters] == [RepeatedRecords]
+    finally:
+        root.handlers = others

@@ -834,7 +834,7 @@ def test_a_header_naming_more_chunks_than_were_read_is_refused_without_listing_t
 
 
 def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_reset_state_discards_it(
-    bundle_path,
+    bundle_path, caplog
 ):
     """A changelog record whose bytes do not match its checksum, that misses chunks or does not decompress stopped
     every start with one line (KafkaError) and --reset-state did not get past it: the only way on was deleting
@@ -842,6 +842,7 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
     read as this one's. Now each is refused as a snapshot that cannot be read:
     the start stops naming the partition and what is wrong, and --reset-state discards that partition's state
     alone (bad_state)."""
+    import logging
     from types import SimpleNamespace
 
     from anomaly.kafka.changelog import model_fingerprint
@@ -904,8 +905,14 @@ def test_a_changelog_record_whose_state_cannot_be_read_stops_the_restore_unless_
         "keys start fresh from the committed offsets); until then every start stops here"
     )
 
-    reset, restored, _ = _reset_restores(bundle_path, daemon.changelog, checkpoints)
+    with caplog.at_level(logging.INFO, logger="anomaly.kafka.daemon"):
+        reset, restored, _ = _reset_restores(bundle_path, daemon.changelog, checkpoints)
     assert restored == [None] * 4
+    assert [(r.levelname, r.getMessage()) for r in caplog.records][0] == (
+        "WARNING",
+        f"--reset-state: discarded the state of in:0 (its checkpoint is missing 1 of its {len(chunks)} chunk(s) "
+        "in changelog topic cl): its keys start fresh from the committed offset",
+    )  # an ERROR line before; how many keys and alerts it held cannot be read
     assert reset._restore_one("in:4", whole) == ["k"]
     refused = _refusals(reset.metrics)
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 4.0}
@@ -1188,9 +1195,12 @@ def test_a_batch_whose_new_keys_outgrow_the_memory_for_their_state_stops_the_dae
     assert done == ["consumer", "producer"]  # neither the batch's checkpoint nor a final one
 
 
-def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path):
+def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open_alerts(bundle_path, caplog):
     """--reset-state does what a restart with such settings did before (the keys start fresh, bad_state
-    counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever)."""
+    counted), and closes the state's open alerts as an incompatible model's are (they stayed open for ever).
+    The discard is what the operator asked for: one warning naming the partition, why, its keys and the alerts
+    closed (it was an ERROR line, "state of in:0 not restored", that read as a failure of the run)."""
+    import logging
     from types import SimpleNamespace
 
     from anomaly.engine import Alert
@@ -1207,7 +1217,18 @@ def test_reset_state_discards_a_checkpoint_of_other_settings_and_closes_its_open
     checkpoint = Checkpoint("in:0", 5, state, 1, 1, mine)
 
     daemon._refuse_other_settings({"in:0": checkpoint})  # no error: discarded at the restore
-    assert daemon._restore_one("in:0", checkpoint) is None
+    with caplog.at_level(logging.INFO, logger="anomaly.kafka.daemon"):
+        assert daemon._restore_one("in:0", checkpoint) is None
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "--reset-state: discarded the state of in:0 (snapshot state does not fit this engine: field hist is "
+            "not kept here; field pushed is not kept here; field dyn_doubt is not kept here (the [engine] settings "
+            "that shape per-key state differ from the ones it was written with: threshold kind, dynamic_history, "
+            "spot_init, spot_peaks, spot_depth, or a level-shift or stuck-sensor policy)): its 1 key(s) start "
+            "fresh from the committed offset, 1 open alert(s) closed (reason evicted)",
+        )
+    ]
     refused = _refusals(metrics)
     assert refused == {"other_group": 0.0, "incompatible_model": 0.0, "bad_state": 1.0}
     version = daemon.bundle.version

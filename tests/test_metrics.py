@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -397,6 +400,44 @@ def test_metrics_server_endpoints(metrics: PipelineMetrics) -> None:
         server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(base + "/healthz", timeout=2)
+
+
+def test_a_client_that_resets_its_connection_writes_no_traceback_to_the_daemons_log(
+    metrics: PipelineMetrics, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A scraper or health check that resets its connection (a scrape timeout, a load balancer's check) made the
+    endpoint print a 20-line `Exception occurred during processing of request` traceback to stderr, the
+    daemon's log, once per connection (a soak: 10 resets, 220 lines)."""
+    server = MetricsServer(metrics, port=0)
+    server.start()
+    try:
+        for request in (b"GET /metr", b"GET /metrics HTTP/1.0\r\n\r\n"):
+            for _ in range(3):
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(request)
+                sock.close()  # with SO_LINGER 0: a reset, not a close
+        time.sleep(0.5)
+        assert _get(f"http://127.0.0.1:{server.port}/healthz") == (200, b"ok\n")
+    finally:
+        server.stop()
+    assert capfd.readouterr().err == ""
+
+
+def test_an_idle_metrics_connection_is_closed_after_the_request_timeout(metrics: PipelineMetrics) -> None:
+    """A connection that sends nothing held a server thread for as long as its peer kept it open, for ever for a
+    peer gone without closing it (half-open): threads without bound over a long run."""
+    server = MetricsServer(metrics, port=0, request_timeout_s=0.2)
+    server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # the server closed it
+            sock.close()
+        assert _get(f"http://127.0.0.1:{server.port}/healthz") == (200, b"ok\n")
+    finally:
+        server.stop()
 
 
 def test_observe_many_equals_a_loop_of_observe() -> None:

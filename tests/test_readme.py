@@ -343,6 +343,7 @@ def test_monitoring_table_labels_are_the_served_labels() -> None:
     metrics = PipelineMetrics(registry=CollectorRegistry())
     # an Info has its labels once set, as a daemon's model_loaded sets them
     metrics.model_loaded(SimpleNamespace(meta={}, version="v", features=(), calibration={}))
+    metrics.pipeline_started("g", ["t"])  # and the daemon's pipeline_started
     for family in metrics.registry.collect():
         name = f"{family.name}_info" if family.type == "info" else family.name
         served[name] = set()

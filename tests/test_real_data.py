@@ -213,7 +213,24 @@ def test_replay_features_selects_and_validates_columns(frame, bundle_path, tmp_p
     assert replay(extra, bundle_path, tmp_path / "r", "--features", feats).exit_code == 0
     r = replay(extra, bundle_path, tmp_path / "r", "--features", "banana")
     assert r.exit_code == 2 and lines(r.output) == [
-        "error: --features names banana, which the model does not use; its features are "
+        "error: --features (data.features) names banana, which the model does not use; its features are "
+        "sensor_1, sensor_2, sensor_3, sensor_4"
+    ]
+
+
+def test_features_from_a_pipeline_file_are_named_as_the_setting(bundle_path, test_csv, tmp_path) -> None:
+    """`replay -p pipelines/skab.toml` on other data said `--features names Accelerometer1RMS, ...`, an option the
+    user never typed: the names came from the pipeline file's data.features (or ANOMALY_DATA_FEATURES)."""
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[data]\nfeatures = ["Current", "Pressure"]\n')
+    r = replay(test_csv, bundle_path, tmp_path / "r", "-p", pipeline)
+    assert r.exit_code == 2 and lines(r.output) == [
+        "error: --features (data.features) names Current, Pressure, which the model does not use; its features "
+        "are sensor_1, sensor_2, sensor_3, sensor_4"
+    ]
+    r = replay(test_csv, bundle_path, tmp_path / "r", env={"ANOMALY_DATA_FEATURES": "sensor_1,sensor_2"})
+    assert r.exit_code == 2 and lines(r.output) == [
+        "error: --features (data.features) leaves out sensor_3, sensor_4; the model needs all of "
         "sensor_1, sensor_2, sensor_3, sensor_4"
     ]
 

@@ -337,15 +337,21 @@ def test_promote_command_rejects_and_leaves_the_champion_alone(csv_world, bundle
     decision = read_metadata(champion)[0]["lineage"]["promotion"]
     assert (decision["decision"], decision["forced"], decision["policy_passed"]) == ("promoted", True, False)
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted (forced) at {decision['at']}\n" in shown  # it said `promoted at`
+    assert (  # it said `promoted at`
+        f"promotion:       promoted (forced) at {decision['at']}; champion {decision['champion']['version']}\n"
+        in shown
+    )
     as_json = json.loads(CliRunner().invoke(main, ["inspect", str(champion), "--json"]).stdout)
     assert as_json["lineage"]["promotion"]["forced"] is True
     champion.write_bytes(bundle_path.read_bytes())
     passed = CliRunner().invoke(main, ["promote", str(bundle_path), "-m", str(champion), str(path)])
     assert passed.exit_code == 0, passed.output
-    at = read_metadata(champion)[0]["lineage"]["promotion"]["at"]
+    decision = read_metadata(champion)[0]["lineage"]["promotion"]
     shown = CliRunner().invoke(main, ["inspect", str(champion)]).stdout
-    assert f"promotion:       promoted at {at}\n" in shown
+    assert (
+        f"promotion:       promoted at {decision['at']}; champion {decision['champion']['version']}\n"
+        in shown
+    )
 
 
 def test_retrain_promote_that_is_rejected_writes_the_challenger_and_exits_3(csv_world, bundle_path, tmp_path):
@@ -492,19 +498,25 @@ def test_to_alone_cuts_csv_rows_and_is_recorded(csv_world, bundle_path, tmp_path
 
 
 def test_a_range_without_rows_names_the_range(csv_world, bundle_path, tmp_path):
+    """... and where the files' readings are: `retrain -m model.pt last-month.csv --since 7d` (a range counted
+    back from now) said only that the files held no reading in it."""
+    from anomaly.retrain import iso
+
     path, _ = csv_world
-    result = run_cli("retrain", "-m", bundle_path, path, "--from", "2030-01-01", "--to", "2030-01-02")
-    assert result.exit_code == 2 and result.stderr == (
-        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
+    (s,), _ = load_series([path], DataConfig(), load_bundle(bundle_path).features)
+    expected = (
+        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files: their "
+        f"readings run from {iso(s.timestamps[0])} to {iso(s.timestamps[-1])} (the range is in the readings' own "
+        "time, and ends now unless --to ends it)\n"
     )
+    result = run_cli("retrain", "-m", bundle_path, path, "--from", "2030-01-01", "--to", "2030-01-02")
+    assert (result.exit_code, result.stderr) == (2, expected)
     # promote said only 'the evaluation slice is empty', not which range or keys left nothing
     champion = copy_of(bundle_path, tmp_path)
     result = run_cli(
         "promote", bundle_path, "-m", champion, path, "--from", "2030-01-01", "--to", "2030-01-02"
     )
-    assert result.exit_code == 2 and result.stderr == (
-        "error: no readings from 2030-01-01T00:00:00+00:00 to 2030-01-02T00:00:00+00:00 in the files\n"
-    )
+    assert (result.exit_code, result.stderr) == (2, expected)
     result = run_cli("promote", bundle_path, "-m", champion, path, "--keys", "pump-7")
     assert (result.exit_code, result.stderr) == (2, "error: no readings for keys pump-7 in the files\n")
 
@@ -943,7 +955,35 @@ def test_inspect_of_a_promoted_export_shows_no_none(bundle_path, tmp_path):
     champion = copy_of(bundle_path, tmp_path)
     promote(int8, champion, Comparison(r, r, True, []))
     shown = run_cli("inspect", champion).stdout
-    assert "lineage:         parent a\n" in shown and "None" not in shown
+    assert "lineage:         parent none\n" in shown and "None" not in shown
+    assert "; champion a\n" in shown and f"parent_version {load_bundle(bundle_path).version}" in shown
+
+
+def test_a_promoted_bundle_not_made_by_retrain_has_no_parent(bundle_path, tmp_path):
+    """Promotion gave a bundle without lineage (made by `train`, or a rollback onto `model.pt.previous`) the
+    champion it replaced as its parent: after a challenger retrained from model A was promoted and then rolled
+    back, A's `inspect` said `lineage: parent <the challenger>`, a model made from A. The parent is the model a
+    challenger was retrained from; the replaced champion is named in the promotion row, and a retrained
+    challenger keeps its own parent."""
+    from anomaly.promotion import Comparison
+
+    made = load_bundle(bundle_path)
+    r = ShadowResult("the-replaced-one", 100, 10, 1, 1.0, 0.0, 0.5, 1.0, 0.1, None, 300)
+    champion = copy_of(bundle_path, tmp_path)
+    promote(made, champion, Comparison(r, r, True, []))
+    lineage = read_metadata(champion)[0]["lineage"]
+    assert (
+        lineage["parent_version"] is None
+        and lineage["promotion"]["champion"]["version"] == "the-replaced-one"
+    )
+    shown = run_cli("inspect", champion).stdout.splitlines()
+    assert shown[-2:] == [
+        "lineage:         parent none",
+        f"promotion:       promoted at {lineage['promotion']['at']}; champion the-replaced-one",
+    ]
+    made.meta["lineage"] = {"parent_version": "its-own-parent", "promotion": None}  # retrain's record
+    promote(made, champion, Comparison(r, r, True, []))
+    assert read_metadata(champion)[0]["lineage"]["parent_version"] == "its-own-parent"
 
 
 def test_a_challenger_with_other_features_says_which(bundle):
@@ -1034,15 +1074,29 @@ def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_pat
     frame.to_csv(whole := tmp_path / "whole.csv", index=False)
     frame.iloc[:1000].to_csv(early := tmp_path / "early.csv", index=False)
     frame.iloc[500:].to_csv(late := tmp_path / "late.csv", index=False)
-    metas = []
+    metas, said = [], []
     for name, files in (("one.pt", [whole]), ("two.pt", [early, late])):
         out = tmp_path / name
         result = run_cli("retrain", "-m", bundle_path, *files, "--key-column", "k", "-o", out, "--epochs", 1)
         assert result.exit_code == 0, result.output
         metas.append(read_metadata(out)[0])
+        said.append(result.stdout.splitlines()[0])
     one, two = (m["lineage"]["data"] for m in metas)
     assert two["readings"] + two["excluded_short_readings"] == 1500
     assert (one["dropped_readings"], two["dropped_readings"]) == (0, 500)
+    # the 500 were left out without a word: 2,000 rows read, a training set of 1,500 readings
+    assert said == [
+        f"training set: {one['readings']:,} readings of 1 key (0 left out in alert spans)",
+        f"training set: {two['readings']:,} readings of 1 key (0 left out in alert spans, 500 left out at a "
+        "timestamp their key already had, or at none)",
+    ]
+    # counted among the keys selected: another key's file given twice is not this training set's concern
+    frame.assign(k="other").to_csv(other := tmp_path / "other.csv", index=False)
+    out = tmp_path / "three.pt"
+    args = ("--keys", "pump", "--key-column", "k", "-o", out, "--epochs", 1)
+    result = run_cli("retrain", "-m", bundle_path, whole, other, other, *args)
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out)[0]["lineage"]["data"]["dropped_readings"] == 0
     assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]
 
 

@@ -183,6 +183,27 @@ def test_a_folder_of_other_csv_files_is_a_one_line_error_without_foreign_advice(
     )
 
 
+def test_a_pipeline_without_a_data_section_reads_skab_with_its_column_mapping(root, tmp_path):
+    """`anomaly skab DATA -p mine.toml`, a pipeline of engine settings only, read SKAB's files with the default
+    time column `timestamp` and stopped at the first one, hinting at a --time-column that skab does not take.
+    SKAB's column mapping lies under the file's own [data]: the run equals --defaults with the same setting."""
+    pipeline = tmp_path / "mine.toml"
+    pipeline.write_text('[engine]\nthreshold = "static"\n')
+    env = {f"ANOMALY_{k.replace('.', '_').upper()}": str(v) for k, v in TINY.items()}
+    runs = {}
+    static = {"ANOMALY_ENGINE_THRESHOLD": "static"}
+    for name, flags, extra in (("file", ["-p", str(pipeline)], {}), ("defaults", ["--defaults"], static)):
+        out = tmp_path / f"{name}.json"
+        res = CliRunner().invoke(
+            skab_cmd, [str(root), "--limit", "1", "--json-out", str(out), *flags], env={**env, **extra}
+        )
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads(out.read_text())
+    assert runs["file"]["settings"]["engine"]["threshold"] == "static"
+    assert runs["file"]["settings"] == runs["defaults"]["settings"]
+    assert runs["file"]["skab"] == runs["defaults"]["skab"]
+
+
 def test_defaults_match_the_pipeline_file():
     assert build_config(read_toml(PIPELINE)) == build_config(skab.DEFAULTS)
 

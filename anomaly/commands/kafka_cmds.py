@@ -11,6 +11,7 @@ from anomaly.commands.common import (
     data_options,
     empty_refused,
     exit_now,
+    limit_kafka_repeats,
     one_line_errors,
     pipeline_option,
     setup_logging,
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def _quiet_kafka(verbose: bool) -> None:
     """kafka-python logs every reconnect attempt; keep the one-line error contract unless asked for detail."""
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    limit_kafka_repeats()  # with -v: each of its lines at most once a minute
 
 
 def _kafka_options(fn):  # type: ignore[no-untyped-def]

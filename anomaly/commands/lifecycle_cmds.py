@@ -17,6 +17,7 @@ from anomaly.commands.common import (
     data_options,
     key_column_option,
     label_map_option,
+    limit_kafka_repeats,
     one_line_errors,
     pipeline_option,
     refuse_unless,
@@ -290,6 +291,7 @@ def _check_device(device: str, option: str | None, from_pipeline: bool) -> None:
 def _quiet_kafka(verbose: bool) -> None:
     """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    limit_kafka_repeats()  # with -v: each of its lines at most once a minute
 
 
 def _selected(keys: str | None) -> set[str] | None:
@@ -336,11 +338,15 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     _check_values(series, features, data)
     series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)
-    series, duplicates = _drop_repeated_times(series)  # as a topic read drops them (the engine would)
     if keys is not None:
         series = [s for s in series if s.key in keys]
     if span is not None:
-        series = _time_slice(series, span.start, span.end)
+        sliced = _time_slice(series, span.start, span.end)
+        if series and not sliced:  # say where the files' readings are: --since counts back from now
+            raise _no_readings(span, None, {"source": "csv"}, _time_bounds(series))
+        series = sliced
+    # as a topic read drops them (the engine would); counted among the selected keys and range only
+    series, duplicates = _drop_repeated_times(series)
     events = []
     if alerts_file:
         with open(alerts_file) as fh:
@@ -368,11 +374,30 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     return series, events, source
 
 
-def _no_readings(span, keys, source) -> DataError:  # type: ignore[no-untyped-def]
-    """The error for a range, key selection or source without a reading, naming all three."""
+def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[no-untyped-def]
+    """The error for a range, key selection or source without a reading, naming all three; with `bounds`, the
+    first and last reading of the files (a range of `--since 7d`, counted back from now, on last month's export
+    said only that the files held no reading in it)."""
     where = "" if span is None else f" from {span.to_json()['from'] or 'the start'} to {span.to_json()['to']}"
     what = "on " + ", ".join(source["topics"]) if source["source"] == "kafka" else "in the files"
-    return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}")
+    hint = ""
+    if bounds is not None:
+        hint = (
+            f": their readings run from {retrain.iso(bounds[0])} to {retrain.iso(bounds[1])} (the range is in the "
+            "readings' own time, and ends now unless --to ends it)"
+        )
+    return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}{hint}")
+
+
+def _time_bounds(series) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
+    """The first and last finite timestamp of the series, None when none has one."""
+    import numpy as np
+
+    times = [s.timestamps[np.isfinite(s.timestamps)] for s in series]
+    times = [t for t in times if len(t)]
+    if not times:
+        return None
+    return min(float(t.min()) for t in times), max(float(t.max()) for t in times)
 
 
 def _keys_check(selected, series) -> None:  # type: ignore[no-untyped-def]
@@ -403,6 +428,15 @@ def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
         dropped += int((~keep).sum())
         out.append(s if keep.all() else s.take(keep))
     return out, dropped
+
+
+def _repeated_times(dropped: int) -> str:
+    """The training-set line's count of readings left out for a timestamp their key already had, or for none
+    (overlapping files, a file given twice, an empty time cell): 12,000 rows that trained on 6,000 said nothing
+    of the other half. '' when there were none."""
+    if not dropped:
+        return ""
+    return f", {dropped:,} left out at a timestamp their key already had, or at none"
 
 
 def _check_values(series, features, data) -> None:  # type: ignore[no-untyped-def]
@@ -734,6 +768,7 @@ def retrain_cmd(
             if kafka_mode
             else ""
         )
+        + _repeated_times(source.get("dropped_readings", 0))
         + ")"
     )
     result = train(

@@ -437,7 +437,9 @@ def _promotion(decision: dict[str, Any]) -> str:
     was no champion to compare with: a reader of the bundle must see that no comparison vouched for it."""
     state = decision.get("champion_state")  # a champion that was missing or unreadable: nothing compared
     how = f" (forced; champion {state})" if state else " (forced)" if decision.get("forced") else ""
-    return f"{decision.get('decision')}{how} at {decision.get('at')}"
+    replaced = (decision.get("champion") or {}).get("version")  # the model it was compared with and replaced
+    over = f"; champion {replaced}" if replaced else ""
+    return f"{decision.get('decision')}{how} at {decision.get('at')}{over}"
 
 
 def context_features(meta: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from anomaly.config import DataConfig, PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
-from anomaly.errors import AnomalyError, SchemaError
+from anomaly.errors import AnomalyError, DataError, OutputError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
@@ -77,19 +77,19 @@ def check_schema(cfg: PipelineConfig, features: list[str]) -> Callable[[pd.DataF
     column is then ignored), checked here at once; without it, the files' numeric columns must be exactly the
     model's: the check of each file's frame is returned, for :func:`load_series` to run on the frame it reads
     (reading each file a second time for it took seconds per 100 MB and held a second copy of the file)."""
-    chosen = list(cfg.data.features)
+    chosen = list(cfg.data.features)  # from --features, a pipeline file or ANOMALY_DATA_FEATURES: name both
     if chosen:
         unknown = [f for f in chosen if f not in features]
         if unknown:
             raise SchemaError(
-                f"--features names {', '.join(unknown)}, which the model does not use; its features are "
+                f"--features (data.features) names {', '.join(unknown)}, which the model does not use; its features are "
                 f"{', '.join(features)}",
                 extra=unknown,
             )
         missing = [f for f in features if f not in chosen]
         if missing:
             raise SchemaError(
-                f"--features leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
+                f"--features (data.features) leaves out {', '.join(missing)}; the model needs all of {', '.join(features)}",
                 missing=missing,
             )
         return None
@@ -138,6 +138,28 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
         )
 
 
+def _refuse_replacing_inputs(
+    metrics_out: str, paths: list[str], model: str, labels_file: str | None, out: str
+) -> None:
+    """`--metrics-out` naming a file the replay reads (a data file, the model, the labels file) replaced it with
+    the metrics text, and naming one of the replay's own outputs (`DIR/scores.csv`) replaced that: refused before
+    anything is read, as `train -o` refuses a data file. A device or pipe (`/dev/stdout`) is written in place and
+    replaces nothing."""
+    if os.path.exists(metrics_out) and not os.path.isfile(metrics_out):
+        return
+    target = os.path.realpath(metrics_out)
+    named = [(p, "data file") for p in paths] + [(model, "model bundle")]
+    named += [(labels_file, "labels file")] if labels_file else []
+    named += [(os.path.join(out, name), "replay output") for name in OUTPUTS]
+    for path, what in named:
+        if os.path.realpath(path) == target:
+            raise OutputError(
+                f"the metrics file {metrics_out} is the {what} {path}: the replay would replace it with the "
+                "metrics; name another file with --metrics-out",
+                path=metrics_out,
+            )
+
+
 def run_replay(
     paths: list[str],
     model: str,
@@ -147,12 +169,14 @@ def run_replay(
     progress: bool = True,
     labels_file: str | None = None,
 ) -> ReplayResult:
+    if metrics_out:
+        check_writable(metrics_out, "metrics file")
+        _refuse_replacing_inputs(metrics_out, paths, model, labels_file, out)
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
     series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
     observer = None
     if metrics_out:
-        check_writable(metrics_out, "metrics file")
         from anomaly.metrics import PipelineMetrics, write_textfile
 
         observer = PipelineMetrics()
@@ -170,9 +194,10 @@ def _reasons(counters: dict[str, int]) -> str:
     return f" ({', '.join(f'{n:,} {why}' for why, n in ranked)})" if ranked else ""
 
 
-def print_result(result: ReplayResult) -> None:
+def print_result(result: ReplayResult, metrics_out: str | None = None) -> None:
     """The run in a few lines. Warnings go to stderr; a run that scored nothing ends with one `error:` line
-    and exit status 2 (its files are written all the same, so the user can look at them)."""
+    and exit status 2 (its files are written all the same, so the user can look at them). `metrics_out`, the
+    Prometheus text file written (`--metrics-out`; the demo's), gets a line of its own after the results."""
     s = result.summary
     t, c = s["totals"], s["coverage"]
     cold = ", all from a cold state" if c.get("cold_only") else ""
@@ -211,6 +236,8 @@ def print_result(result: ReplayResult) -> None:
         name for name in OUTPUTS if (result.out_dir / name).is_file()
     ]  # replay.parquet = false: no Parquet
     click.echo(f"\nresults: {result.out_dir}/ ({', '.join(written)})")
+    if metrics_out:  # written like the rest, and was named nowhere (the demo's in the results folder, too)
+        click.echo(f"metrics: {metrics_out}")
     for path in result.reports:
         click.echo(f"report:  {path}")
     if nothing:
@@ -326,7 +353,7 @@ def replay_cmd(
             f"--static-threshold sets the static threshold, but engine.threshold is {cfg.engine.threshold}: add "
             "--threshold static"
         )
-    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file))
+    print_result(run_replay(list(data), model, out, cfg, metrics_out, labels_file=labels_file), metrics_out)
 
 
 @click.command("demo")
@@ -374,15 +401,24 @@ def demo_cmd(out: str, pipeline: str | None, seed: int | None, epochs: int | Non
         generate(test).to_csv(tmp, index=False)
     click.echo(f"generated {train_csv} (normal) and {test_csv} (12 labelled anomalies)")
     model = root / "model.pt"
-    print_training(run_training([str(train_csv)], cfg, str(model)), str(model))
-    print_result(
-        run_replay(
-            [str(test_csv)],
-            str(model),
-            str(root / "replay"),
-            cfg,
-            metrics_out=str(root / "replay" / "metrics.prom"),
+    try:
+        trained = run_training([str(train_csv)], cfg, str(model))
+    except (SchemaError, DataError) as exc:  # the demo's own file: the [data] settings describe other files
+        variables = sorted(k for k in os.environ if k.startswith("ANOMALY_DATA_"))
+        blame = ([f"the [data] settings of the pipeline file {pipeline}"] if pipeline else []) + (
+            [f"the variable{'s' if len(variables) > 1 else ''} {', '.join(variables)}"] if variables else []
         )
+        if not blame:
+            raise
+        raise DataError(
+            f"{exc}; that is the demo's own generated data, which {' or '.join(blame)} may not describe: run "
+            "the demo without them (its pipeline is pipelines/demo.toml)"
+        ) from None
+    print_training(trained, str(model))
+    metrics_out = str(root / "replay" / "metrics.prom")
+    print_result(
+        run_replay([str(test_csv)], str(model), str(root / "replay"), cfg, metrics_out=metrics_out),
+        metrics_out,
     )
 
 

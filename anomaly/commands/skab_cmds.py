@@ -9,7 +9,7 @@ import click
 
 from anomaly import atomic, skab
 from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging, warn_line
-from anomaly.config import build_config, load_config
+from anomaly.config import build_config, read_toml
 from anomaly.evaluation import format_table
 from anomaly.quality import format_quality, format_ranking
 
@@ -90,7 +90,7 @@ def skab_cmd(
     the remaining rows stream through the engine. TP/FP/FN/TN are pooled over all files and F1, FAR and MAR
     computed point-wise as SKAB does, without look-ahead (a point counts as flagged from the reading whose arrival
     decided it). Without --pipeline the settings of pipelines/skab.toml are used; --defaults uses the project's
-    defaults instead. The model is shown next to the z-score and PCA baselines, with the oracle F1 (threshold
+    defaults instead; a pipeline file's settings lie over SKAB's column mapping (time and label columns). The model is shown next to the z-score and PCA baselines, with the oracle F1 (threshold
     chosen on the labels, for diagnosis only). The last line printed is a JSON summary of the pooled metrics.
     """
     setup_logging(verbose)
@@ -102,7 +102,15 @@ def skab_cmd(
     if pipeline and defaults:
         raise click.UsageError("give either --pipeline or --defaults")
     if pipeline:
-        cfg = load_config(pipeline, overrides, warn=warn_line)
+        # SKAB's column mapping (time `datetime`, its label columns) under the file's own [data]: a pipeline of
+        # engine or model settings alone read SKAB's files with the default time column `timestamp` and stopped
+        # at the first file, its error hinting at a --time-column that skab does not take
+        toml = read_toml(pipeline)
+        if isinstance(toml.get("data", {}), dict):
+            toml = {**toml, "data": {**skab.DATA, **toml.get("data", {})}}
+        cfg = build_config(
+            toml, os.environ, overrides, toml_source=f"pipeline file {pipeline}", warn=warn_line
+        )
     else:
         # no pipeline file: project defaults (--defaults) or the settings of pipelines/skab.toml, then ANOMALY_*
         # environment variables and options, as with a file

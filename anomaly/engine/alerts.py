@@ -195,6 +195,7 @@ class AlertLifecycle(Part):
                     t.contributions,
                     t.reason,
                     stuck=None if stuck is None else stuck[t.row],
+                    gap=t.gap,
                 )
             )
             self.counters["alerts_opened" if t.status == "open" else "alerts_closed"] += 1
@@ -208,9 +209,14 @@ class AlertLifecycle(Part):
         return open_pts
 
     def close_on_evict(self, key: str, row: int, at: float, out: EngineOutput) -> None:
-        """An evicted key's open alert is closed, `at` the event time reached."""
+        """An evicted key's open alert is closed, `at` the event time reached. The key's silence up to then
+        counts as a gap when it is one (longer than engine.max_gap_seconds), as the next reading would have."""
         a = self.store.arrays
         if a["alert_open"][row]:
+            gap = None
+            if ALERT_GAP in a:
+                silence = at - float(a["last_ts"][row])
+                gap = float(a[ALERT_GAP][row]) + (silence if silence > self.s.max_gap else 0.0)
             out.alerts.append(
                 self.alert(
                     key,
@@ -222,14 +228,18 @@ class AlertLifecycle(Part):
                     a["alert_thr"][row],
                     a["alert_contrib"][row],
                     "evicted",
+                    gap=gap,
                 )
             )
             self.counters["alerts_closed"] += 1
 
-    def alert(self, key, status, start, end, at, peak, thr, contrib, reason="", stuck=None) -> Alert:
+    def alert(
+        self, key, status, start, end, at, peak, thr, contrib, reason="", stuck=None, gap=None
+    ) -> Alert:
         """The Alert record of a transition; its top features are the features stuck at the point it is decided
         at (`stuck`, marked so: a frozen sensor has almost no error, so its share alone would name the sensors
-        beside it), then the largest shares of `contrib` among the scored features."""
+        beside it), then the largest shares of `contrib` among the scored features. `gap`: the seconds of gaps
+        since its start, which the record reports (None: not counted, engine.max_alert_seconds = 0)."""
         total = float(contrib.sum()) or 1.0
         order = np.argsort(-contrib, kind="stable")
         if stuck is not None and stuck.any():
@@ -256,6 +266,7 @@ class AlertLifecycle(Part):
             self.s.bundle.version,
             top,
             reason,
+            gap,
         )
 
 

@@ -352,9 +352,12 @@ class Engine:
     def process(self, events: Sequence[Event] | Readings) -> EngineOutput:
         """Ingest, score and evict. Keys expire (TTL) between messages, as if every message came in its own
         call: when a call's event time could expire a key mid-call, it is processed in parts
-        (:func:`anomaly.engine.expiry.in_parts`)."""
+        (:func:`anomaly.engine.expiry.in_parts`). All or nothing when the state store cannot grow for the
+        call's new keys (:class:`~anomaly.engine.state.StateMemoryError`): nothing of the call is applied."""
         if not isinstance(events, Readings):
             events = Readings.from_regular_events(events, self.n_features) or events
+        # rows for the call's new keys before anything changes: a store that cannot grow fails the whole call
+        self.store.reserve(events.names if isinstance(events, Readings) else [ev.key for ev in events])
         dom = self._message_domains(events)  # first: it may add a domain (a clock)
         if len(events) > 1 and self._may_expire(events, dom):
             return in_parts(events, self.process)

@@ -120,15 +120,21 @@ class EventIngest(Part):
         filled = vals
         # reason per reading: 0 kept, 1 timestamp not finite, 2 backwards, 3 duplicate, 4 value not finite
         reason = np.zeros(n, np.int8)
+        behind: tuple[float, float] | None = None  # earliest reading refused as backwards, the clock then
+        repeated: float | None = None  # the first time refused as a duplicate
         for i, t in enumerate(ts.tolist()):
             if not math.isfinite(t):
                 reason[i] = 1
                 continue
             if t < last:
                 reason[i] = 2
+                if behind is None or t < behind[0]:
+                    behind = (t, last)
                 continue
             if drop_dup and t == last:
                 reason[i] = 3
+                if repeated is None:
+                    repeated = t
                 continue
             if not row_finite[i]:
                 v = vals[i]
@@ -146,8 +152,8 @@ class EventIngest(Part):
         whole = not keep.any()
         for code, name, detail in (
             (1, "non_finite", "timestamp is not finite"),
-            (2, "time_backwards", ""),
-            (3, "duplicate_timestamp", ""),
+            (2, "time_backwards", _behind_detail(behind)),
+            (3, "duplicate_timestamp", _repeated_detail(repeated)),
             (4, "non_finite", "NaN or infinite value"),
         ):
             hit = reason == code
@@ -177,3 +183,20 @@ class EventIngest(Part):
             a["buf_ts"][row, :r] = ts[i:]
             pos = r
         a["fill"][row] = pos
+
+
+def _behind_detail(behind: tuple[float, float] | None) -> str:
+    """What a ``time_backwards`` refusal tells an operator: how far behind the key's clock its earliest reading
+    was (seconds: a clock gone back an hour, a producer resending yesterday, a reading a moment late), in epoch
+    seconds as the message carried them."""
+    if behind is None:
+        return ""
+    t, last = behind
+    return f"timestamp {t!r} is {last - t:g} s before the key's last accepted reading ({last!r})"
+
+
+def _repeated_detail(t: float | None) -> str:
+    """What a ``duplicate_timestamp`` refusal tells an operator: the repeated time, and the setting that drops it."""
+    if t is None:
+        return ""
+    return f"timestamp {t!r} is the key's last accepted reading's (engine.duplicate_policy = drop)"

@@ -11,7 +11,7 @@ import json
 import logging
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -284,6 +284,26 @@ class StateStore:
         row = self.free.pop()
         self.slots[key] = row
         return row, True
+
+    def reserve(self, keys: Sequence[str]) -> None:
+        """Rows for every one of `keys` that the store does not hold, grown now if the free rows are too few (by
+        doubling, as :meth:`slot` would grow it). A call of the engine reserves its keys before it changes
+        anything, so a growth that does not fit in memory (:class:`StateMemoryError`) leaves the whole call
+        unapplied: a growth at its n-th new key left the keys before it created without readings, and the parts
+        of a call processed before (engine.ttl_seconds) applied, their outputs lost with the error. The free
+        rows are used in the order :meth:`slot` would have used them (the old ones first)."""
+        free = len(self.free)
+        if len(keys) <= free:  # the common case: no key to look up
+            return
+        new = sum(1 for k in dict.fromkeys(keys) if k not in self.slots)
+        if new <= free:
+            return
+        capacity = self._capacity
+        while free + capacity - self._capacity < new:
+            capacity *= 2
+        old = list(self.free)
+        self._grow(capacity)  # all or nothing
+        self.free = self.free[len(old) :] + old
 
     def drop(self, keys: Iterable[str]) -> int:
         rows = [self.slots.pop(k) for k in keys if k in self.slots]

@@ -264,6 +264,10 @@ class Alert:
     model_version: str
     top_features: list[dict[str, float | str]] = field(default_factory=list)
     reason: str = ""  # closed alerts: "normal", "level_shift" (open past max_alert_seconds) or "evicted"
+    # seconds between `start` and `at` that lay in gaps (intervals longer than engine.max_gap_seconds without a
+    # reading of the key): the alert was in force for at - start - gap_seconds of observed time. None when the
+    # engine does not count them (engine.max_alert_seconds = 0).
+    gap_seconds: float | None = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -278,6 +282,7 @@ class Alert:
             "model_version": self.model_version,
             "top_features": self.top_features,
             "reason": self.reason,
+            "gap_seconds": self.gap_seconds,
         }
 
 

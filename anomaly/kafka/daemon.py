@@ -94,6 +94,7 @@ from anomaly.kafka.sinks import (
 )
 from anomaly.kafka.source import KafkaSource
 from anomaly.runner import Batch, run
+from anomaly.thresholds import ALERT_GAP
 
 log = logging.getLogger(__name__)
 DUPLICATE_STOP_S = 1.0  # a stop signal this soon after the first one is the same request, delivered twice
@@ -212,6 +213,7 @@ class Daemon:
         self._transactions_at_fence = -1
         self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
+            metrics.pipeline_started(cfg.kafka.group_id, cfg.kafka.topics)
             metrics.model_loaded(self.bundle)
             metrics.daemon_started(time.time())
 
@@ -849,12 +851,7 @@ class Daemon:
             self._count_refusal("incompatible_model")
             return None
         if cp.problem:  # the record's state cannot be read (only with --reset-state)
-            log.error(
-                "state of %s not restored (its checkpoint %s); its keys start fresh from the committed offset",
-                pid,
-                cp.problem,
-            )
-            self._count_refusal("bad_state")
+            self._discarded(pid, f"its checkpoint {cp.problem}", None, None)
             return None
         state = cp.snapshot if snapshot is None else snapshot
         try:
@@ -862,15 +859,35 @@ class Daemon:
         except StateError as exc:  # other [engine] settings, an unreadable snapshot: only with --reset-state
             closes = retired_alerts(state)
             self._retired.extend(closes)
-            log.error(
-                "state of %s not restored (%s); its keys start fresh from the committed offset (%d open alert(s) "
-                "closed, reason evicted)",
-                pid,
-                exc,
-                len(closes),
-            )
-            self._count_refusal("bad_state")
+            keys = _snapshot_keys(state)  # None: unreadable, so no alert could be closed either
+            self._discarded(pid, str(exc), keys, None if keys is None else len(closes))
             return None
+
+    def _discarded(self, pid: str, why: str, keys: int | None, closed: int | None) -> None:
+        """A checkpoint of this model not restored (``why``), its keys started fresh: what ``--reset-state``
+        asked for, so a warning that names what it discarded (the partition, why, how many keys and open alerts)
+        as the daemon's other deliberate resets are (a model reload that resets state, offsets reset forward).
+        It was an ERROR line that read as a failure of the run. Without the option the start stops before this
+        (:meth:`_refuse_other_settings`); were a restore to fail here anyway, it stays an error."""
+        what = "its keys" if keys is None else f"its {keys} key(s)"
+        alerts = "" if closed is None else f", {closed} open alert(s) closed (reason evicted)"
+        if self.opts.reset_state:
+            log.warning(
+                "--reset-state: discarded the state of %s (%s): %s start fresh from the committed offset%s",
+                pid,
+                why,
+                what,
+                alerts,
+            )
+        else:
+            log.error(
+                "state of %s not restored (%s): %s start fresh from the committed offset%s",
+                pid,
+                why,
+                what,
+                alerts,
+            )
+        self._count_refusal("bad_state")
 
     def _count_refusal(self, reason: str) -> None:
         if self.metrics is not None:
@@ -1021,6 +1038,15 @@ def _shown(pids: list[str]) -> str:
     return ", ".join(pids[:4]) + (f" and {len(pids) - 4} more" if len(pids) > 4 else "")
 
 
+def _snapshot_keys(snapshot: bytes | Snapshot) -> int | None:
+    """How many keys a checkpoint's snapshot holds; None when it cannot be read."""
+    try:
+        header = snapshot.header if isinstance(snapshot, Snapshot) else StateStore.read_snapshot(snapshot)[0]
+        return len(header["keys"])
+    except (StateError, KeyError, TypeError, ValueError):
+        return None
+
+
 def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
     """The open alerts of a checkpoint that is not restored (written by a model of other features or architecture,
     or with other state-shaping [engine] settings and discarded by ``--reset-state``), closed as an evicted key's
@@ -1035,6 +1061,7 @@ def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
     except (StateError, KeyError, TypeError, ValueError):
         return []
     is_open, start, end, peak, thr = fields
+    gaps = arrays.get(ALERT_GAP)  # not kept with engine.max_alert_seconds = 0
     return [
         Alert(
             alert_id(key, float(start[i])),
@@ -1048,6 +1075,7 @@ def retired_alerts(snapshot: bytes | Snapshot) -> list[Alert]:
             version,
             [],
             "evicted",
+            None if gaps is None else float(gaps[i]),
         )
         for i, key in enumerate(header["keys"])
         if is_open[i]

@@ -79,8 +79,10 @@ def firing_names(prom: promstack.Prometheus) -> set[str]:
     return {a["labels"]["alertname"] for a in prom.alerts("firing")}
 
 
-def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
-    """AnomalyDetected for ``key`` fires in Prometheus and reaches the webhook through the anomaly route."""
+def assert_anomaly_detected(stack: Stack, key: str, timeout: float, group: str | None = None) -> None:
+    """AnomalyDetected for ``key`` fires in Prometheus and reaches the webhook through the anomaly route; with
+    ``group``, the daemon's consumer group (its anomaly_pipeline_info) labels the alert and its page's group."""
+    pipeline = {} if group is None else {"group": group}
     prom_alert = promstack.wait_until(
         lambda: [
             a for a in stack.prometheus.alerts("firing") if a["labels"]["alertname"] == "AnomalyDetected"
@@ -95,6 +97,7 @@ def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
             "key": key,
             "severity": "warning",
             "category": "anomaly",
+            **pipeline,
         }
     ]
     assert prom_alert[0]["annotations"]["summary"] == f"Anomaly detected on sensor {key}"
@@ -107,7 +110,7 @@ def assert_anomaly_detected(stack: Stack, key: str, timeout: float) -> None:
     note, alert = received[0]
     assert note.path == "/anomaly"
     assert note.payload["receiver"] == "anomaly-webhook"
-    assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "job": "anomaly"}
+    assert note.payload["groupLabels"] == {"alertname": "AnomalyDetected", "job": "anomaly", **pipeline}
     assert alert["labels"]["key"] == key
     assert alert["annotations"]["runbook_url"] == (
         "https://github.com/example/anomaly/blob/main/deploy/README.md#anomalydetected"
@@ -527,7 +530,7 @@ def test_daemon_alert_reaches_webhook_and_resolves(
             what="Prometheus to scrape the daemon",
         )
         kafka_env.produce(names.input, anomalous, bundle.features, raw=[(b"unit-C", b"{not json")])
-        assert_anomaly_detected(stack, "unit-A", timeout=60)
+        assert_anomaly_detected(stack, "unit-A", timeout=60, group=names.group)
         assert firing_names(stack.prometheus) == {"AnomalyDetected"}
         assert_dashboard_has_data(stack.prometheus, stack.started)
 
