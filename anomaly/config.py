@@ -211,6 +211,11 @@ class TrainConfig:
             "must be in (0, 1)",
         )
         _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(  # numpy refuses a negative seed, torch one of 2**64 or more: both were a traceback once training began
+            0 <= self.seed < 2**64,
+            "train.seed",
+            f"must be between 0 and 2**64 - 1, got {self.seed!r}",
+        )
         _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
         _need(
             _finite(self.forecast_weight) and self.forecast_weight >= 0,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly.config import KafkaConfig, build_config, load_config, redacted
+from anomaly.config import KafkaConfig, TrainConfig, build_config, load_config, redacted
 from anomaly.errors import ConfigError
 
 
@@ -527,3 +527,23 @@ def test_a_setting_another_setting_leaves_unused_is_warned_about(tmp_path, caplo
         "engine.static_threshold (from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD) has no effect: "
         "engine.threshold is spot, not static"
     ]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_seed_numpy_or_torch_refuses_is_refused_naming_the_setting(tmp_path, seed) -> None:
+    """`train.seed = -1` (numpy: "expected non-negative integer") or 2**64 (torch: "Overflow when unpacking long
+    long") passed the settings and ended `anomaly train` with a traceback once training began."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"[train]\nseed = {seed}\n" if seed < 2**63 else "")
+    expected = f"train.seed must be between 0 and 2**64 - 1, got {seed}"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"ANOMALY_TRAIN_SEED": str(seed)})
+    assert str(info.value) == f"{expected} (from environment variable ANOMALY_TRAIN_SEED)"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"train.seed": seed}, env={}, option_names={"train.seed": "--seed"})
+    assert str(info.value) == f"{expected} (from option --seed)"
+    if seed < 0:  # (TOML integers are 64-bit signed: 2**64 cannot be written there)
+        with pytest.raises(ConfigError) as info:
+            load_config(toml, env={})
+        assert str(info.value) == f"{expected} (from pipeline file {toml})"
+    assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1  # the largest both take
