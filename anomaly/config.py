@@ -891,11 +891,23 @@ def build_config(
 
 def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
-    (it was kept without a word). Not an error: a layer of variables may set it for pipelines of either kind.
-    Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
-    unused = {
-        "engine.static_threshold": f"engine.threshold is {cfg.engine.threshold}, not static"
-        if cfg.engine.threshold != "static" and cfg.engine.static_threshold is not None
+    (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
+    `reads`), `max_feature`'s floor under the mean score, background commits without transactions. Not an error: a
+    layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
+    kind = cfg.engine.threshold
+    unused: dict[str, str | None] = {}
+    for name in dict.fromkeys(n for cls in THRESHOLDS.values() for n in cls.reads):
+        # each threshold kind's settings (dynamic_min, spot_q, ...): only static_threshold was warned about
+        readers = [k for k, cls in THRESHOLDS.items() if name in cls.reads]
+        given = getattr(cfg.engine, name) is not None  # (static_threshold = "" in a variable: unset)
+        unused[f"engine.{name}"] = (
+            f"engine.threshold is {kind}, not {' or '.join(readers)}"
+            if kind not in readers and given
+            else None
+        )
+    unused |= {
+        "engine.feature_reference_floor": f"engine.score is {cfg.engine.score}, not max_feature"
+        if cfg.engine.score != "max_feature"
         else None,
         "kafka.commit_in_background": "kafka.transactional is false (it commits a checkpoint's transaction)"
         if not cfg.kafka.transactional and cfg.kafka.commit_in_background

@@ -547,3 +547,41 @@ def test_a_seed_numpy_or_torch_refuses_is_refused_naming_the_setting(tmp_path, s
             load_config(toml, env={})
         assert str(info.value) == f"{expected} (from pipeline file {toml})"
     assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1  # the largest both take
+
+
+def test_a_threshold_kinds_settings_under_another_kind_are_warned_about(tmp_path, caplog) -> None:
+    """`spot_q` under the default `dynamic` threshold, `dynamic_min` under `dspot`, `feature_reference_floor` under
+    the mean score: kept without a word, as if they applied (only `static_threshold` was warned about)."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        "[engine]\nspot_q = 0.01\ndynamic_min = 2.0\nspot_depth = 4\nfeature_reference_floor = 0.2\n"
+    )
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={})
+    assert caplog.messages == [
+        f"engine.spot_q (from pipeline file {toml}) has no effect: engine.threshold is dynamic, not spot or dspot",
+        f"engine.spot_depth (from pipeline file {toml}) has no effect: engine.threshold is dynamic, not dspot",
+        f"engine.feature_reference_floor (from pipeline file {toml}) has no effect: engine.score is mean, not "
+        "max_feature",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={"ANOMALY_ENGINE_THRESHOLD": "dspot", "ANOMALY_ENGINE_SCORE": "max_feature"})
+    assert caplog.messages == [
+        f"engine.dynamic_min (from pipeline file {toml}) has no effect: engine.threshold is dspot, not dynamic"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env={"ANOMALY_ENGINE_SPOT_INIT": "64", "ANOMALY_ENGINE_THRESHOLD": "spot"})
+        # an option is the command's to refuse (as --static-threshold without --threshold static)
+        load_config(None, {"engine.threshold": "static", "engine.spot_q": 0.01}, env={})
+    assert caplog.messages == []
+
+
+def test_every_threshold_setting_is_read_by_some_kind() -> None:
+    """The kinds' `reads` cover every threshold setting, so a new one is warned about under the other kinds."""
+    from anomaly.config import EngineConfig
+    from anomaly.thresholds import THRESHOLDS
+
+    fields = {f for f in EngineConfig.__dataclass_fields__ if f.startswith(("spot_", "dynamic_", "static_"))}
+    assert {n for cls in THRESHOLDS.values() for n in cls.reads} == fields
