@@ -684,9 +684,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) and hint in (int, float):
             raise ValueError
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = value
+            if isinstance(value, str) and not value.strip().lstrip("+-").replace("_", "").isdigit():
+                number = float(
+                    value
+                )  # `window = 32.0` in a file is 32: so is ANOMALY_MODEL_WINDOW=32.0 (refused)
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError
-            return int(value)
+            return int(number)
         if hint is float:
             return float(value)
         if hint is str:

@@ -585,3 +585,23 @@ def test_every_threshold_setting_is_read_by_some_kind() -> None:
 
     fields = {f for f in EngineConfig.__dataclass_fields__ if f.startswith(("spot_", "dynamic_", "static_"))}
     assert {n for cls in THRESHOLDS.values() for n in cls.reads} == fields
+
+
+def test_a_whole_number_written_with_a_decimal_point_is_the_same_from_every_source(tmp_path) -> None:
+    """`window = 32.0` in a pipeline file is 32; `ANOMALY_MODEL_WINDOW=32.0` (or `1e2`) was refused as "must be an
+    integer"."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[model]\nwindow = 32.0\n[engine]\nmax_keys = 1e2\n")
+    from_file = load_config(toml, env={})
+    from_env = load_config(None, env={"ANOMALY_MODEL_WINDOW": "32.0", "ANOMALY_ENGINE_MAX_KEYS": "1e2"})
+    assert (from_file.model.window, from_file.engine.max_keys) == (
+        from_env.model.window,
+        from_env.engine.max_keys,
+    )
+    assert (from_env.model.window, from_env.engine.max_keys) == (32, 100)
+    for text in ("32.5", "1e400", "nan", "abc"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env={"ANOMALY_MODEL_WINDOW": text})
+        assert str(info.value) == (
+            f"model.window must be an integer, got {text!r} (from environment variable ANOMALY_MODEL_WINDOW)"
+        )
