@@ -726,7 +726,8 @@ def _nearest_setting(name: str, section: str, valid: list[str]) -> str | None:
     return next((dotted for dotted, f in others.items() if close and f == close[0]), None)
 
 
-def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
+def _changes(section_obj: Any, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """`values` of one layer for one section, each converted to its field's type (unknown names refused)."""
     hints = typing.get_type_hints(type(section_obj))
     valid = sorted(hints)
     changes = {}
@@ -747,7 +748,7 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
             changes[name] = ""
             continue
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
-    return dataclasses.replace(section_obj, **changes)
+    return changes
 
 
 def _server_list(value: Any) -> Any:
@@ -877,15 +878,25 @@ def build_config(
 
     sources: dict[str, str | None] = {}  # "section.field" -> where its value came from, for the settings set
     origins: dict[str, str] = {}  # "section.field" -> the layer that set it last: toml, environment, option
+    final: dict[str, dict[str, Any]] = {}  # section -> field -> value, the last layer's where several set it
     for origin, layer in layers:
         for section, values in layer.items():
             given = {f"{section}.{name}": source(origin, f"{section}.{name}") for name in values}
             try:
-                cfg = dataclasses.replace(cfg, **{section: _apply(getattr(cfg, section), values, section)})
+                final.setdefault(section, {}).update(_changes(getattr(cfg, section), values, section))
             except ConfigError as exc:
                 raise _naming_sources(exc, {**sources, **given}) from None
             sources.update(given)
             origins.update(dict.fromkeys(given, origin))
+    # The settings are checked once all layers are in, not after each one: a check of an intermediate state
+    # refused `[train] stride = 40` above `[model] window = 64` in one file (the order of its sections mattered),
+    # and a file's stride with `--window 64` or ANOMALY_MODEL_WINDOW=64, naming the default window 32.
+    try:
+        cfg = dataclasses.replace(
+            cfg, **{section: dataclasses.replace(getattr(cfg, section), **v) for section, v in final.items()}
+        )
+    except ConfigError as exc:
+        raise _naming_sources(exc, sources) from None
     for line in _unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}):
         if warn is None:
             log.warning("%s", line)
@@ -898,7 +909,8 @@ def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
     (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
     `reads`), `max_feature`'s floor under the mean score, background commits without transactions. Not an error: a
-    layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
+    layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them
+    (`--static-threshold` without `--threshold static`)."""
     kind = cfg.engine.threshold
     unused: dict[str, str | None] = {}
     for name in dict.fromkeys(n for cls in THRESHOLDS.values() for n in cls.reads):

@@ -605,3 +605,28 @@ def test_a_whole_number_written_with_a_decimal_point_is_the_same_from_every_sour
         assert str(info.value) == (
             f"model.window must be an integer, got {text!r} (from environment variable ANOMALY_MODEL_WINDOW)"
         )
+
+
+def test_settings_are_checked_once_every_layer_is_in(tmp_path) -> None:
+    """Each layer (and each section of a layer) was checked as it came in, against the defaults of what came
+    later: `[train] stride = 40` above `[model] window = 64` in one file was refused (the same lines the other way
+    round were not), and so was a file's stride with the window from a variable or an option, naming the default
+    window 32; a file's `topics = ["anomaly-alerts"]` with its alerts topic moved by a variable, too."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[train]\nstride = 40\n[model]\nwindow = 64\n")
+    assert (load_config(toml, env={}).train.stride, load_config(toml, env={}).model.window) == (40, 64)
+    toml.write_text("[train]\nstride = 40\n")
+    assert load_config(toml, env={"ANOMALY_MODEL_WINDOW": "64"}).model.window == 64
+    assert load_config(toml, {"model.window": 64}, env={}).train.stride == 40
+    with pytest.raises(ConfigError) as info:  # the final window too small: named, with its source
+        load_config(toml, {"model.window": 16}, env={}, option_names={"model.window": "--window"})
+    assert str(info.value) == (
+        f"train.stride must be between 0 and model.window (16) (train.stride from pipeline file {toml}, "
+        "model.window from option --window)"
+    )
+    toml.write_text('[kafka]\ntopics = ["anomaly-alerts"]\n')
+    cfg = load_config(toml, env={"ANOMALY_KAFKA_ALERTS_TOPIC": "alerts"})
+    assert (cfg.kafka.topics, cfg.kafka.alerts_topic) == (("anomaly-alerts",), "alerts")
+    # variables come in the environment's order: the targets before the features they name
+    env = {"ANOMALY_MODEL_TARGETS": "b", "ANOMALY_DATA_FEATURES": "a,b"}
+    assert load_config(None, env=env).model.targets == ("b",)
