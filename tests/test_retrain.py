@@ -1285,3 +1285,19 @@ def test_promote_measures_f1_with_the_pipelines_prediction_as_replay_does(csv_wo
         (row,) = [line for line in result.stdout.splitlines() if line.startswith("false alerts")]
         shown[predict] = row
     assert shown["point"] == shown["alert"]
+
+
+@pytest.mark.parametrize("from_pipeline", [False, True])
+def test_a_bad_training_option_is_named_as_the_option(bundle_path, tmp_path, from_pipeline):
+    """retrain built its training settings without the options' names: `--seed -1` said "(from a command-line
+    option)" where train and demo say "(from option --seed)"."""
+    path = tmp_path / "tiny.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100, seed=3)).to_csv(path, index=False)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[engine]\nthreshold = "dynamic"\n')
+    extra = ["--from-pipeline", "-p", pipeline] if from_pipeline else []
+    result = run_cli("retrain", "-m", bundle_path, path, *extra, "--seed", "-1", "-o", tmp_path / "c.pt")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: train.seed must be between 0 and 2**64 - 1, got -1 (from option --seed)\n",
+    )

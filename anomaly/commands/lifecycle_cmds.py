@@ -19,6 +19,7 @@ from anomaly.commands.common import (
     label_map_option,
     limit_kafka_repeats,
     one_line_errors,
+    option_names,
     pipeline_option,
     refuse_unless,
     setup_logging,
@@ -719,10 +720,12 @@ def retrain_cmd(
                 "--from-pipeline trains with a pipeline file's settings: give it with --pipeline"
             )
         # the same file and variables as `cfg`, whose load has printed their warnings: a second time said each twice
-        pcfg = load_config(pipeline, overrides, warn=lambda _line: None)
+        pcfg = load_config(pipeline, overrides, option_names=option_names(overrides), warn=lambda _line: None)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
-        tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
+        tcfg = build_config(
+            retrain.champion_sections(parent.meta), None, overrides, option_names=option_names(overrides)
+        )
         model_cfg, train_cfg = tcfg.model, tcfg.train
     _check_device(train_cfg.device, device, from_pipeline)
     selected = _selected(keys)
