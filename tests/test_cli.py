@@ -757,3 +757,13 @@ def test_demo_with_a_pipeline_for_other_files_says_it_is_the_demos_data(tmp_path
         "; that is the demo's own generated data, which the variable ANOMALY_DATA_TIME_COLUMN may not describe: run the "
         "demo without them (its pipeline is pipelines/demo.toml)\n"
     )
+
+
+def test_generate_refuses_a_negative_seed_in_one_line(tmp_path) -> None:
+    """`anomaly generate --seed -1` ended with numpy's traceback ("expected non-negative integer")."""
+    result = CliRunner().invoke(main, ["generate", "-o", str(tmp_path / "g.csv"), "--seed", "-1"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: Invalid value for '--seed': -1 is not in the range x>=0"
+    )
+    assert not (tmp_path / "g.csv").exists()
