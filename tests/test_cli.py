@@ -320,6 +320,18 @@ def test_demo_pipeline_file_matches_the_embedded_default() -> None:
             {},
             "error: No such option '--windw'. Did you mean '--window'? (see: anomaly train --help)",
         ),
+        (  # torch's "Overflow when unpacking long" traceback, before anything else ran
+            ["inspect", "m.pt"],
+            {"ANOMALY_THREADS": "99999999999999999999"},
+            "error: Invalid value for '--threads': 99999999999999999999 is not in the range 1<=x<=2147483647. "
+            "(from environment variable ANOMALY_THREADS) (see: anomaly --help)",
+        ),
+        (
+            ["--threads", "2147483648", "inspect", "m.pt"],
+            {},
+            "error: Invalid value for '--threads': 2147483648 is not in the range 1<=x<=2147483647. "
+            "(see: anomaly --help)",
+        ),
     ],
 )
 def test_click_usage_errors_are_one_error_line(args, env, expected) -> None:
