@@ -696,8 +696,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         if hint is str:
             # a number may name a column (`--no-header` names them 1, 2, 3); true/false names nothing: `time_column
-            # = false` looked for a column 'False'
-            if isinstance(value, dict | list | bool):
+            # = false` looked for a column 'False'; nor does a null (`["a", null]` in a variable named a column 'None')
+            if isinstance(value, dict | list | bool) or value is None:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):

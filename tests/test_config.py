@@ -630,3 +630,14 @@ def test_settings_are_checked_once_every_layer_is_in(tmp_path) -> None:
     # variables come in the environment's order: the targets before the features they name
     env = {"ANOMALY_MODEL_TARGETS": "b", "ANOMALY_DATA_FEATURES": "a,b"}
     assert load_config(None, env=env).model.targets == ("b",)
+
+
+def test_a_null_in_a_list_variable_is_refused_not_read_as_a_name() -> None:
+    """`ANOMALY_DATA_FEATURES='["a", null]'` (JSON, as the file's list syntax is read) named a column 'None'."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", null]'})
+    assert (
+        str(info.value)
+        == "data.features must be text, got None (from environment variable ANOMALY_DATA_FEATURES)"
+    )
+    assert load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", 2]'}).data.features == ("a", "2")
