@@ -686,9 +686,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint is int:
             number = value
             if isinstance(value, str) and not value.strip().lstrip("+-").replace("_", "").isdigit():
-                number = float(
-                    value
-                )  # `window = 32.0` in a file is 32: so is ANOMALY_MODEL_WINDOW=32.0 (refused)
+                # `window = 32.0` in a file is 32: so is ANOMALY_MODEL_WINDOW=32.0 (it was refused)
+                number = float(value)
             if isinstance(number, float) and not number.is_integer():
                 raise ValueError
             return int(number)

@@ -27,9 +27,8 @@ def first_line(path: Path, skip: int = 0) -> str:
     bytes."""
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
-            for _ in range(
-                skip
-            ):  # (to the end of the file at most: `--skip-rows 100000000000` ran for hours)
+            # to the end of the file at most: `--skip-rows 100000000000` read past it for hours
+            for _ in range(skip):
                 if not handles.handle.readline():
                     return ""
             return handles.handle.readline()
