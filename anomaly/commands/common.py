@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -391,6 +391,25 @@ def limit_kafka_repeats(interval_s: float = KAFKA_REPEAT_INTERVAL_S) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RepeatedRecords) for f in handler.filters):
             handler.addFilter(RepeatedRecords(interval_s=interval_s))
+
+
+def refuse_replacing_inputs(
+    target: str, what: str, option: str, inputs: Iterable[tuple[str | None, str]], consequence: str
+) -> None:
+    """Refuse, before anything is read, an output file written when the run ends (`replay --metrics-out`,
+    `consume --state-out`, `--json-out`) that is one of the files the run reads (`inputs`: (path, what it is),
+    e.g. the model bundle, the pipeline file, a data file) or writes otherwise: the end of the run replaced it
+    (`consequence`: "the replay would replace it with the metrics"), as `train -o` refuses a data file. A device
+    or pipe (`/dev/stdout`) is written in place and replaces nothing."""
+    if os.path.exists(target) and not os.path.isfile(target):
+        return
+    real = os.path.realpath(target)
+    for path, role in inputs:
+        if path and os.path.realpath(path) == real:
+            raise OutputError(
+                f"the {what} {target} is the {role} {path}: {consequence}; name another file with {option}",
+                path=target,
+            )
 
 
 def check_output(out: str, paths: list[str], alerts: str | None = None) -> None:
