@@ -713,8 +713,8 @@ def test_an_unreachable_broker_is_one_line_without_kafka_python_logs(
         kafka_log.setLevel(level)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: cannot reach Kafka at 127.0.0.1:1 (consumer): no usable connection; check kafka.bootstrap_servers, "
-        "that the broker is up and the security settings (security_protocol PLAINTEXT)"
+        "error: cannot reach Kafka at 127.0.0.1:1 (consumer): no usable connection; check --bootstrap-servers "
+        "(kafka.bootstrap_servers), that the broker is up and the security settings (security_protocol PLAINTEXT)"
     ]
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
 
