@@ -719,6 +719,22 @@ def test_an_unreachable_broker_is_one_line_without_kafka_python_logs(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
 
 
+def test_promote_alerts_topic_is_a_warning_that_it_has_no_effect(bundle_path, tmp_path, monkeypatch):
+    """`promote --alerts-topic T` was accepted and ignored (promote reads no alerts): it still runs, as a command
+    line copied from retrain's should, with a warning line saying the option does nothing."""
+    from anomaly.kafka import clients, history
+
+    monkeypatch.setattr(history, "_consumer", lambda cfg, t: clients.make_consumer(cfg, 0.2, group=False))
+    args = [copy_of(bundle_path, tmp_path), "-m", bundle_path, "--since", "1h", "-b", "127.0.0.1:1"]
+    result = run_cli("promote", *args, "--alerts-topic", "alerts")
+    assert (result.exit_code, result.stderr.splitlines()[0]) == (
+        2,
+        "warning: --alerts-topic has no effect in promote, which compares the models on every reading of the "
+        "range and reads no alerts (retrain reads them to leave their readings out); leave it out",
+    )
+    assert result.stderr.splitlines()[1].startswith("error: cannot reach Kafka at 127.0.0.1:1 (consumer)")
+
+
 def test_topic_options_with_csv_files_are_refused_not_ignored(csv_world, bundle_path, tmp_path):
     """With CSV files, --alerts-topic (and --topic, -b, --dead-letter-topic) were ignored without a word:
     `retrain data.csv --alerts-topic anomaly-alerts` trained on the readings inside the alerts as normal data, and

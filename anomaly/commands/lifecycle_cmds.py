@@ -23,6 +23,7 @@ from anomaly.commands.common import (
     refuse_unless,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.data import plural
 from anomaly.errors import AnomalyError, ConfigError, DataError
@@ -136,8 +137,8 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
         click.option(
             "--alerts-topic",
             default=None,
-            help="Alerts topic (retrain leaves out readings in its alerts; promote reads none).  "
-            "[default: kafka.alerts_topic]",
+            help="Alerts topic (retrain leaves out readings in its alerts; promote reads none, and warns that "
+            "the option has no effect).  [default: kafka.alerts_topic]",
         ),
         click.option(
             "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
@@ -919,6 +920,13 @@ def promote_cmd(
     setup_logging(verbose)
     _quiet_kafka(verbose)
     _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic)
+    if (
+        alerts_topic
+    ):  # accepted without a word: a command line copied from retrain's keeps working, and says so
+        warn_line(
+            "--alerts-topic has no effect in promote, which compares the models on every reading of the range "
+            "and reads no alerts (retrain reads them to leave their readings out); leave it out"
+        )
     if champion.endswith(".onnx") or challenger.endswith(".onnx"):
         raise DataError(
             "promotion writes a model bundle over the champion's file: promote the .pt bundles and export the "
