@@ -451,6 +451,47 @@ def test_produce_without_topic_writes_to_the_topic_consume_reads(
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("given", "env", "check"),
+    [
+        (["-b", "127.0.0.1:1"], {}, "--bootstrap-servers (kafka.bootstrap_servers)"),
+        (["-p", "P"], {}, "kafka.bootstrap_servers (from pipeline file {pipeline})"),
+        (
+            ["-p", "P"],
+            {"ANOMALY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+            "kafka.bootstrap_servers (from environment variable ANOMALY_KAFKA_BOOTSTRAP_SERVERS)",
+        ),
+        ([], {}, "kafka.bootstrap_servers (not set: the default; --bootstrap-servers sets it)"),
+    ],
+)
+def test_an_unreachable_broker_names_where_its_address_came_from(
+    monkeypatch, tmp_path, given, env, check
+) -> None:
+    """`produce -b 127.0.0.1:1` (a broker that does not answer) said "check kafka.bootstrap_servers", a setting
+    the user never wrote: the error names the option that gave the address, else the variable or the file."""
+    import kafka.errors
+
+    from anomaly.kafka import clients
+
+    def unreachable(cfg, *args, **kwargs):
+        raise clients._fail("admin client", cfg, kafka.errors.KafkaTimeoutError())
+
+    monkeypatch.setattr(clients, "make_admin", unreachable)
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1,1.0\n2,2.0\n")
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
+    args = [str(pipeline) if a == "P" else a for a in given]
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", *args], env=env)
+    where = "127.0.0.1:9092" if not given else "127.0.0.1:1"
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: cannot reach Kafka at {where} (admin client): no usable connection; check "
+        f"{check.format(pipeline=pipeline)}, that the broker is up and the security settings "
+        "(security_protocol PLAINTEXT)\n",
+    )
+
+
 def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
     """The option's range is the setting's (kafka.checkpoint_interval_s > 0): its help says x>0.0, and 0 is a
     usage error naming the option, not a settings error after start-up."""
