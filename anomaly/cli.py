@@ -133,8 +133,8 @@ def main(threads: int) -> None:
 
 # oneDNN, behind PyTorch's CPU LSTM, keeps a compiled primitive (about 0.3 MB) for each input shape it has met,
 # 1,024 of them by default. A daemon's model calls come in ever new shapes (keys x readings of each poll): its RSS
-# grew by about 1 MB a minute for hours, toward some 330 MB more at that cap (session 20). The same primitives are
-# built again on a miss, so scores are unchanged; the shapes in use stay cached.
+# rose with each new one, toward some 330 MB more at that cap (session 20 soak). The same primitives are built
+# again on a miss, so scores are unchanged (the same bytes); the shapes in use stay cached.
 ONEDNN_CACHE_CAPACITY = 64
 
 
