@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -126,7 +127,22 @@ def main(threads: int) -> None:
     the Kafka consumer daemon through one scoring engine."""
     import torch
 
+    cap_onednn_cache()
     torch.set_num_threads(threads)
+
+
+# oneDNN, behind PyTorch's CPU LSTM, keeps a compiled primitive (about 0.3 MB) for each input shape it has met,
+# 1,024 of them by default. A daemon's model calls come in ever new shapes (keys x readings of each poll): its RSS
+# rose with each new one, toward some 330 MB more at that cap (session 20 soak). The same primitives are built
+# again on a miss, so scores are unchanged (the same bytes); the shapes in use stay cached.
+ONEDNN_CACHE_CAPACITY = 64
+
+
+def cap_onednn_cache() -> None:
+    """Set oneDNN's primitive cache capacity unless the user chose one (either of its variable names). oneDNN
+    reads it when it builds its first primitive, so this must run before the first model call."""
+    if not {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"} & set(os.environ):
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)
 
 
 for _module in (model_cmds, replay_cmds, kafka_cmds, skab_cmds, nasa_cmds, bench_cmds, lifecycle_cmds):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
-from anomaly.cli import main
+from anomaly.cli import ONEDNN_CACHE_CAPACITY, main
 
 COMMANDS = sorted(main.commands)
 
@@ -820,3 +823,51 @@ def test_generate_refuses_a_negative_seed_in_one_line(tmp_path) -> None:
         "error: Invalid value for '--seed': -1 is not in the range x>=0"
     )
     assert not (tmp_path / "g.csv").exists()
+
+
+# A process started through the command line, then an LSTM called with many input shapes, as a daemon's polls
+# give: the RssAnon (kB) it gained. oneDNN reads its cache capacity when it builds its first primitive.
+_SHAPES = """
+import random, torch
+from anomaly.cli import main
+main(["consume", "--help"], standalone_mode=False)
+torch.set_num_threads(1)
+lstm = torch.nn.LSTM(4, 16, batch_first=True)
+def anon():
+    return int([line for line in open("/proc/self/status") if line.startswith("RssAnon")][0].split()[1])
+def call(batch, length):
+    with torch.inference_mode():
+        lstm(torch.zeros(batch, length, 4))
+call(1, 1)
+before = anon()
+for batch, length in random.Random(0).sample([(b, n) for b in range(1, 201) for n in range(1, 6)], 400):
+    call(batch, length)
+print(anon() - before)
+"""
+_CACHE_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_model_called_in_ever_new_shapes_does_not_grow_the_process_by_a_cached_primitive_each() -> None:
+    # Before session 20 each new shape kept a oneDNN primitive of about 0.3 MB, up to 1,024 of them: a daemon's
+    # RSS crept up for hours (these 400 shapes: about +120 MB). The command line now caps the cache.
+    env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARS}
+    run = subprocess.run(
+        [sys.executable, "-c", _SHAPES], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    grown_kb = int(run.stdout.strip().splitlines()[-1])
+    assert grown_kb < 40_000, f"{grown_kb} kB"
+
+
+def test_the_onednn_cache_capacity_a_user_set_is_kept(monkeypatch) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARS}
+    monkeypatch.setattr(os, "environ", env)
+    assert CliRunner().invoke(main, ["consume", "--help"]).exit_code == 0
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_CAPACITY)
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
+    assert CliRunner().invoke(main, ["consume", "--help"]).exit_code == 0
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "1024"
+    del env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
+    env["DNNL_PRIMITIVE_CACHE_CAPACITY"] = "512"
+    assert CliRunner().invoke(main, ["consume", "--help"]).exit_code == 0
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in env

@@ -100,7 +100,7 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
                 records[tp].append(Record("in", tp.partition, off, None, json.dumps(body).encode()))
             yield source.to_batch(records)
 
-    totals = run(engine, batches(), [EvictionSink(tracker)])
+    totals = run(engine, batches(), [EvictionSink(tracker, engine)])
     assert totals["messages"] == 1200
     assert len(engine) == 50
     assert set(tracker.key_partition) == set(engine.keys())
@@ -118,9 +118,36 @@ def test_tracker_forgets_evicted_keys_so_its_tables_follow_max_keys(bundle):
         body = {"key": f"late-{i}", "ts": 9000.0 + i, "values": [0.1] * n_feat}
         records[other].append(Record("in", other.partition, 1000 + i, None, json.dumps(body).encode()))
     before = set(tracker.partition_keys[holder])
-    run(engine, iter([source.to_batch(records)]), [EvictionSink(tracker)])
+    run(engine, iter([source.to_batch(records)]), [EvictionSink(tracker, engine)])
     assert len(before) == 50 and not before & set(engine.keys())  # every key of `holder` was evicted
     assert tracker.dirty == {holder}  # (`other` becomes dirty with its position, in the checkpointer)
+
+
+def test_keys_whose_every_reading_the_engine_refuses_leave_the_tracker_so_it_does_not_grow_with_them(bundle):
+    # A fleet of keys that only ever send refused readings (NaN under the default nan_policy, here each key once:
+    # a key with the time in its name) is never held by the engine, so never evicted: before session 20 each stayed
+    # in the tracker's tables for as long as the daemon owned its partition, growing with every such key seen.
+    engine = Engine(bundle, EngineConfig(ttl_seconds=60.0))
+    tracker = PartitionTracker()
+    source = KafkaSource(None, Decoder(MessageFormat(tuple(bundle.features))), tracker, threading.Event())  # type: ignore[arg-type]
+    tp = TopicPartition("in", 0)
+    tracker.owned.add(tp)
+    n_feat = len(bundle.features)
+
+    def batches() -> Any:
+        for r in range(20):
+            recs = []
+            for i in range(10):
+                good = {"key": f"live-{i}", "ts": 1000.0 + r, "values": [0.1] * n_feat}
+                nan = {"key": f"nan-{r}-{i}", "ts": 1000.0 + r, "values": [None] * n_feat}
+                recs += [json.dumps(good).encode(), json.dumps(nan).encode()]
+            yield source.to_batch({tp: [Record("in", 0, r * 20 + j, None, v) for j, v in enumerate(recs)]})
+
+    totals = run(engine, batches(), [EvictionSink(tracker, engine)])
+    assert totals["rejected"] == 200
+    assert sorted(engine.keys()) == [f"live-{i}" for i in range(10)]
+    assert set(tracker.key_partition) == set(engine.keys())
+    assert tracker.partition_keys == {tp: set(engine.keys())}
 
 
 def test_a_partition_read_more_than_the_ttl_behind_another_keeps_its_keys_as_a_replay_does(bundle):
@@ -155,7 +182,7 @@ def test_a_partition_read_more_than_the_ttl_behind_another_keeps_its_keys_as_a_r
         poll(lag, "lag", [1200.0 + 60 * i for i in range(7)], 20),
     ]
     got: list[Any] = []
-    run(engine, iter(polls), [EvictionSink(tracker)], on_batch=lambda b, out: got.extend(out.windows))
+    run(engine, iter(polls), [EvictionSink(tracker, engine)], on_batch=lambda b, out: got.extend(out.windows))
     assert "lag" in engine.keys() and engine.counters["evicted"] == 0
     assert (engine.clock("in:0"), engine.clock("in:1")) == (200_240.0, 1560.0)
     alone = Engine(bundle, EngineConfig(ttl_seconds=86_400.0))

@@ -244,6 +244,9 @@ class Engine:
     def __len__(self) -> int:
         return len(self.store)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.store.slots
+
     def keys(self) -> list[str]:
         """The keys held, least recently used first."""
         return list(self.store.slots)

@@ -43,6 +43,7 @@ import kafka.errors as kerr
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from anomaly.engine import Engine
 from anomaly.engine.types import EngineOutput
 from anomaly.kafka import KafkaError
 from anomaly.kafka.changelog import ChangelogStore, partition_id
@@ -150,14 +151,20 @@ class PartitionTracker:
 
 
 class EvictionSink:
-    """A runner sink that keeps the tracker in step with the engine: evicted keys are forgotten."""
+    """A runner sink that keeps the tracker in step with the engine: evicted keys are forgotten, and so are keys
+    the engine refused every reading of and does not hold (the source tracks each decoded key before the engine
+    judges it; such a key is never evicted, so the tracker held it, one more for every such key seen)."""
 
-    def __init__(self, tracker: PartitionTracker) -> None:
+    def __init__(self, tracker: PartitionTracker, engine: Engine) -> None:
         self.tracker = tracker
+        self.engine = engine
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         if out.evicted:
             self.tracker.forget(out.evicted)
+        if out.rejections:
+            engine = self.engine
+            self.tracker.forget(k for k in {r.key for r in out.rejections} if k not in engine)
 
     def flush(self) -> None:
         pass

@@ -320,7 +320,7 @@ class Daemon:
         self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
         if k.scores_topic:
             self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
-        self.sinks += [dead, EvictionSink(self.tracker)]
+        self.sinks += [dead, EvictionSink(self.tracker, self.engine)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()
 
