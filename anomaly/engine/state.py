@@ -236,17 +236,26 @@ class StateStore:
         return self._capacity
 
     def compact(self, min_capacity: int = 64) -> int:
-        """Give back the rows a peak left behind: when the store holds at most a quarter of its rows, the held
-        rows move to rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of
-        every key list them, so that gather is sequential) and the arrays shrink to the smallest power of two
-        of at least ``2 n`` rows (and ``min_capacity``); the key map is rebuilt at its new size. The store
-        grows whenever one call brings more new keys than it has free rows (``max_keys`` plus a batch's new
-        keys under churn) and otherwise never shrinks. Only where a key's state lies changes: every row's
-        bytes, the LRU order and every snapshot stay the same. Returns the number of rows given back (0:
-        nothing to do)."""
+        """Give back the rows a peak left behind: when the keys held fit a smaller store, the held rows move to
+        rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of every key list
+        them, so that gather is sequential) and the arrays shrink to the smallest power of two (and
+        ``min_capacity``) that holds the ``n`` keys with an eighth of its rows free; the key map is rebuilt at
+        its new size. The store grows whenever one call brings more new keys than it has free rows (``max_keys``
+        plus a batch's new keys under churn, or the keys a restore adds to those held) and otherwise never
+        shrinks. Only where a key's state lies changes: every row's bytes, the LRU order and every snapshot stay
+        the same. Returns the number of rows given back (0: nothing to do).
+
+        The eighth kept free is the hysteresis against thrash: a store shrunk to ``T`` rows grows again only for
+        a call of more than ``T / 8`` new keys, so a shrink and the growth after it cost O(1) a reading; a
+        store whose keys fill more than seven eighths of the smaller size keeps its rows. (Until session 20 it
+        shrank only when at most an eighth of its rows were in use: a daemon at ``max_keys`` 100,000 that
+        restored 150,000 keys at a rebalance kept the 262,144 rows it grew to, twice the cap's 131,072, until
+        it restarted.)"""
         n = len(self.slots)
-        target = max(min_capacity, 1 << max(2 * n - 1, 0).bit_length())
-        if self._capacity < 4 * target:
+        target = max(min_capacity, 1 << max(n - 1, 0).bit_length())  # the smallest power of two of >= n rows
+        if n > target - target // 8:
+            target *= 2
+        if self._capacity <= target:
             return 0
         rows = np.fromiter(self.slots.values(), np.int64, n)
         old = self._capacity
