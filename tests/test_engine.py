@@ -920,6 +920,27 @@ def test_compacting_between_calls_of_churn_at_the_cap_does_not_thrash(bundle, ma
     assert sizes == sorted(sizes)  # grown while the keys came, never shrunk
 
 
+def test_rows_a_store_grows_to_take_memory_only_once_a_key_uses_them(bundle) -> None:
+    """A store grown to 16,384 rows holds its keys' state in few of them until keys come (a restore over the cap
+    doubles it for a moment); writing zeros into every new row made all of them resident at once (262,144 rows,
+    904 MiB, for 150,000 restored keys). The fields that start as zero are left as `np.zeros` allocated them,
+    unwritten, so the operating system maps a row's pages when a key first uses it."""
+
+    def rss() -> int:
+        status = open("/proc/self/status").read()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1]) * 1024
+
+    e = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=4096))
+    before = rss()
+    e.store.reserve([f"k{i}" for i in range(10_000)])
+    nbytes = sum(a.nbytes for a in e.store.arrays.values())
+    assert (e.store.capacity, nbytes > 16_384 * 16_384) == (16_384, True)
+    assert rss() - before < nbytes / 4  # most of them the 4,096-score histories
+    fresh = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=4096)).store
+    assert all(np.array_equal(a[:64], fresh.arrays[n], equal_nan=True) for n, a in e.store.arrays.items())
+    assert all(np.array_equal(a[:1], a[-1:], equal_nan=True) for a in e.store.arrays.values())
+
+
 def test_reload_keeps_state_for_same_architecture(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])
