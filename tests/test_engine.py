@@ -920,6 +920,30 @@ def test_compacting_between_calls_of_churn_at_the_cap_does_not_thrash(bundle, ma
     assert sizes == sorted(sizes)  # grown while the keys came, never shrunk
 
 
+def test_a_restore_that_does_not_fit_in_memory_restores_nothing(bundle, monkeypatch) -> None:
+    """A restore takes rows for all its new keys first, in one growth (64 rows to 256 for 150 keys, not 128 then
+    256, copying the rows of the first growth). A growth that does not fit in memory left the keys restored
+    before it (the first 64) held, the rest not; now nothing of the snapshot is restored and the store is as it
+    was."""
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+
+    f = len(bundle.features)
+    other = Engine(bundle, EngineConfig())
+    other.process([Event(f"o{i}", np.array([1.0]), np.full((1, f), i / 150)) for i in range(150)])
+    taken = other.snapshot()
+    e = Engine(bundle, EngineConfig(max_keys=100))
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    with pytest.raises(StateMemoryError):
+        e.restore(taken)
+    assert (e.store.capacity, len(e), e.keys()) == (64, 0, [])
+    monkeypatch.undo()
+    grown: list[int] = []
+    monkeypatch.setattr(e.store, "_grow", lambda n, grow=e.store._grow: grown.append(n) or grow(n))
+    assert e.restore(taken) == other.keys() and grown == [256]
+    assert e.snapshot() == taken
+
+
 def test_rows_a_store_grows_to_take_memory_only_once_a_key_uses_them(bundle) -> None:
     """A store grown to 16,384 rows holds its keys' state in few of them until keys come (a restore over the cap
     doubles it for a moment); writing zeros into every new row made all of them resident at once (262,144 rows,
