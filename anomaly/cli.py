@@ -115,7 +115,7 @@ def _quiet_when_stdout_reader_gone() -> Iterator[None]:
 @click.version_option(__version__, prog_name="anomaly")
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=2**31 - 1),  # torch's limit: 2**31 and above was its overflow traceback
     default=1,
     show_default=True,
     envvar="ANOMALY_THREADS",

@@ -211,6 +211,11 @@ class TrainConfig:
             "must be in (0, 1)",
         )
         _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(  # numpy refuses a negative seed, torch one of 2**64 or more: both were a traceback once training began
+            0 <= self.seed < 2**64,
+            "train.seed",
+            f"must be between 0 and 2**64 - 1, got {self.seed!r}",
+        )
         _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
         _need(
             _finite(self.forecast_weight) and self.forecast_weight >= 0,
@@ -679,15 +684,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) and hint in (int, float):
             raise ValueError
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = value
+            if isinstance(value, str) and not value.strip().lstrip("+-").replace("_", "").isdigit():
+                # `window = 32.0` in a file is 32: so is ANOMALY_MODEL_WINDOW=32.0 (it was refused)
+                number = float(value)
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError
-            return int(value)
+            return int(number)
         if hint is float:
             return float(value)
         if hint is str:
             # a number may name a column (`--no-header` names them 1, 2, 3); true/false names nothing: `time_column
-            # = false` looked for a column 'False'
-            if isinstance(value, dict | list | bool):
+            # = false` looked for a column 'False'; nor does a null (`["a", null]` in a variable named a column 'None')
+            if isinstance(value, dict | list | bool) or value is None:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):
@@ -716,7 +725,8 @@ def _nearest_setting(name: str, section: str, valid: list[str]) -> str | None:
     return next((dotted for dotted, f in others.items() if close and f == close[0]), None)
 
 
-def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
+def _changes(section_obj: Any, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """`values` of one layer for one section, each converted to its field's type (unknown names refused)."""
     hints = typing.get_type_hints(type(section_obj))
     valid = sorted(hints)
     changes = {}
@@ -737,7 +747,7 @@ def _apply(section_obj: Any, values: Mapping[str, Any], section: str) -> Any:
             changes[name] = ""
             continue
         changes[name] = _coerce(value, hints[name], f"{section}.{name}")
-    return dataclasses.replace(section_obj, **changes)
+    return changes
 
 
 def _server_list(value: Any) -> Any:
@@ -867,15 +877,25 @@ def build_config(
 
     sources: dict[str, str | None] = {}  # "section.field" -> where its value came from, for the settings set
     origins: dict[str, str] = {}  # "section.field" -> the layer that set it last: toml, environment, option
+    final: dict[str, dict[str, Any]] = {}  # section -> field -> value, the last layer's where several set it
     for origin, layer in layers:
         for section, values in layer.items():
             given = {f"{section}.{name}": source(origin, f"{section}.{name}") for name in values}
             try:
-                cfg = dataclasses.replace(cfg, **{section: _apply(getattr(cfg, section), values, section)})
+                final.setdefault(section, {}).update(_changes(getattr(cfg, section), values, section))
             except ConfigError as exc:
                 raise _naming_sources(exc, {**sources, **given}) from None
             sources.update(given)
             origins.update(dict.fromkeys(given, origin))
+    # The settings are checked once all layers are in, not after each one: a check of an intermediate state
+    # refused `[train] stride = 40` above `[model] window = 64` in one file (the order of its sections mattered),
+    # and a file's stride with `--window 64` or ANOMALY_MODEL_WINDOW=64, naming the default window 32.
+    try:
+        cfg = dataclasses.replace(
+            cfg, **{section: dataclasses.replace(getattr(cfg, section), **v) for section, v in final.items()}
+        )
+    except ConfigError as exc:
+        raise _naming_sources(exc, sources) from None
     for line in _unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}):
         if warn is None:
             log.warning("%s", line)
@@ -886,11 +906,24 @@ def build_config(
 
 def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
-    (it was kept without a word). Not an error: a layer of variables may set it for pipelines of either kind.
-    Options are left to the commands, which refuse them (`--static-threshold` without `--threshold static`)."""
-    unused = {
-        "engine.static_threshold": f"engine.threshold is {cfg.engine.threshold}, not static"
-        if cfg.engine.threshold != "static" and cfg.engine.static_threshold is not None
+    (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
+    `reads`), `max_feature`'s floor under the mean score, background commits without transactions. Not an error: a
+    layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them
+    (`--static-threshold` without `--threshold static`)."""
+    kind = cfg.engine.threshold
+    unused: dict[str, str | None] = {}
+    for name in dict.fromkeys(n for cls in THRESHOLDS.values() for n in cls.reads):
+        # each threshold kind's settings (dynamic_min, spot_q, ...): only static_threshold was warned about
+        readers = [k for k, cls in THRESHOLDS.items() if name in cls.reads]
+        given = getattr(cfg.engine, name) is not None  # (static_threshold = "" in a variable: unset)
+        unused[f"engine.{name}"] = (
+            f"engine.threshold is {kind}, not {' or '.join(readers)}"
+            if kind not in readers and given
+            else None
+        )
+    unused |= {
+        "engine.feature_reference_floor": f"engine.score is {cfg.engine.score}, not max_feature"
+        if cfg.engine.score != "max_feature"
         else None,
         "kafka.commit_in_background": "kafka.transactional is false (it commits a checkpoint's transaction)"
         if not cfg.kafka.transactional and cfg.kafka.commit_in_background

@@ -125,6 +125,8 @@ class Threshold:
     name: ClassVar[str] = ""
     # the engine settings that size this kind's per-key fields (named when the state does not fit in memory)
     sized_by: ClassVar[tuple[str, ...]] = ()
+    # every engine setting this kind reads: one given for another kind has no effect (a `warning:` line says so)
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: EngineConfig, default: float) -> None:
         self.cfg = cfg
@@ -168,6 +170,7 @@ class StaticThreshold(Threshold):
     """One fixed epsilon for every key: `engine.static_threshold`, else the bundle's calibrated default."""
 
     name = "static"
+    reads = ("static_threshold",)
 
     def __init__(self, cfg: EngineConfig, default: float) -> None:
         super().__init__(cfg, default)
@@ -187,6 +190,7 @@ class DynamicThreshold(Threshold):
 
     name = "dynamic"
     sized_by = ("dynamic_history",)
+    reads = ("dynamic_history", "dynamic_warmup", "dynamic_min")
 
     def fields(self) -> dict[str, Field]:
         return {
@@ -254,6 +258,7 @@ class SpotThreshold(Threshold):
     name = "spot"
     drift = False
     sized_by: ClassVar[tuple[str, ...]] = ("spot_init", "spot_peaks")
+    reads: ClassVar[tuple[str, ...]] = ("spot_q", "spot_level", "spot_init", "spot_peaks", "spot_min")
 
     def fields(self) -> dict[str, Field]:
         c = self.cfg
@@ -340,6 +345,7 @@ class DSpotThreshold(SpotThreshold):
     name = "dspot"
     drift = True
     sized_by = ("spot_init", "spot_peaks", "spot_depth")
+    reads = (*SpotThreshold.reads, "spot_depth")
 
 
 THRESHOLDS: dict[str, type[Threshold]] = {

@@ -107,6 +107,10 @@ def fit_batch_size(segs: Sequence[np.ndarray], batch_size: int, min_batches: int
     for s in segs:
         sizes[len(s)] = sizes.get(len(s), 0) + 1
     bs = batch_size
+    if sizes and sum(math.ceil(n / bs) for n in sizes.values()) < min_batches:
+        # above the largest group every size makes one batch per group: start the search there, not at
+        # `batch_size` (`batch_size = 100000000000` counted down one at a time, and `train` never started)
+        bs = min(bs, max(sizes.values()))
     while bs > 1 and sum(math.ceil(n / bs) for n in sizes.values()) < min_batches:
         bs -= 1
     return bs

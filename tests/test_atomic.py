@@ -313,3 +313,59 @@ def test_replay_metrics_out_naming_a_file_it_reads_is_refused(bundle_path, test_
             "metrics; name another file with --metrics-out\n",
         )
     assert {p: p.read_bytes() for p in (data, model)} == before and not out.exists()
+
+
+def test_consume_state_out_naming_the_model_or_the_pipeline_is_refused(bundle_path, tmp_path) -> None:
+    """`consume -m model.pt --state-out model.pt` replaced the model with the state snapshot when the daemon
+    stopped (the next start refused the file: not a model bundle), and `--state-out` naming the pipeline file
+    replaced that: refused before the daemon connects to anything, both files left as they were."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(bundle_path.read_bytes())
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[engine]\nthreshold = 'static'\n")
+    before = {p: p.read_bytes() for p in (model, pipeline)}
+    for target, what in ((model, "model bundle"), (pipeline, "pipeline file")):
+        args = ["consume", "-m", str(model), "-p", str(pipeline), "-b", "127.0.0.1:1", "--metrics-port", "0"]
+        result = CliRunner().invoke(main, [*args, "--bootstrap-timeout", "0.1", "--state-out", str(target)])
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: the state snapshot {target} is the {what} {target}: the daemon would replace it with the "
+            "state snapshot when it stops; name another file with --state-out\n",
+        )
+    assert {p: p.read_bytes() for p in (model, pipeline)} == before
+
+
+def test_benchmark_json_out_naming_a_file_it_reads_is_refused(tmp_path, monkeypatch) -> None:
+    """skab, nasa and bench `--json-out` naming the pipeline file or one of the data files replaced it with the
+    summary at the end of the run: refused before anything is read or measured."""
+    import anomaly.bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(anomaly.bench, "run_engine_bench", measured)
+    skab_dir = tmp_path / "skab"
+    (skab_dir / "valve1").mkdir(parents=True)
+    skab_file = skab_dir / "valve1" / "0.csv"
+    skab_file.write_text("datetime;Accelerometer1RMS;anomaly;changepoint\n")
+    nasa_file = tmp_path / "nasa" / "smap" / "test.csv.gz"
+    nasa_file.parent.mkdir(parents=True)
+    nasa_file.write_bytes(b"\x1f\x8b")
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[engine]\nthreshold = 'static'\n")
+    before = {p: p.read_bytes() for p in (skab_file, nasa_file, pipeline)}
+    cases = [
+        (["skab", str(skab_dir), "-p", str(pipeline)], pipeline, "pipeline file", "summary"),
+        (["skab", str(skab_dir)], skab_file, "SKAB file", "summary"),
+        (["nasa", str(tmp_path / "nasa"), "-p", str(pipeline)], pipeline, "pipeline file", "summary"),
+        (["nasa", str(tmp_path / "nasa")], nasa_file, "data file", "summary"),
+        (["bench", "--formats", "--skab", str(skab_dir)], skab_file, "SKAB file", "results"),
+    ]
+    for args, target, what, content in cases:
+        result = CliRunner().invoke(main, [*args, "--json-out", str(target)])
+        assert (result.exit_code, result.stderr) == (
+            2,
+            f"error: the JSON file {target} is the {what} {target}: the benchmark would replace it with its "
+            f"{content}; name another file with --json-out\n",
+        ), args
+    assert {p: p.read_bytes() for p in (skab_file, nasa_file, pipeline)} == before

@@ -320,6 +320,18 @@ def test_demo_pipeline_file_matches_the_embedded_default() -> None:
             {},
             "error: No such option '--windw'. Did you mean '--window'? (see: anomaly train --help)",
         ),
+        (  # torch's "Overflow when unpacking long" traceback, before anything else ran
+            ["inspect", "m.pt"],
+            {"ANOMALY_THREADS": "99999999999999999999"},
+            "error: Invalid value for '--threads': 99999999999999999999 is not in the range 1<=x<=2147483647. "
+            "(from environment variable ANOMALY_THREADS) (see: anomaly --help)",
+        ),
+        (
+            ["--threads", "2147483648", "inspect", "m.pt"],
+            {},
+            "error: Invalid value for '--threads': 2147483648 is not in the range 1<=x<=2147483647. "
+            "(see: anomaly --help)",
+        ),
     ],
 )
 def test_click_usage_errors_are_one_error_line(args, env, expected) -> None:
@@ -437,6 +449,47 @@ def test_produce_without_topic_writes_to_the_topic_consume_reads(
     assert result.exit_code == 2
     assert result.stderr.startswith(expected)
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "check"),
+    [
+        (["-b", "127.0.0.1:1"], {}, "--bootstrap-servers (kafka.bootstrap_servers)"),
+        (["-p", "P"], {}, "kafka.bootstrap_servers (from pipeline file {pipeline})"),
+        (
+            ["-p", "P"],
+            {"ANOMALY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+            "kafka.bootstrap_servers (from environment variable ANOMALY_KAFKA_BOOTSTRAP_SERVERS)",
+        ),
+        ([], {}, "kafka.bootstrap_servers (not set: the default; --bootstrap-servers sets it)"),
+    ],
+)
+def test_an_unreachable_broker_names_where_its_address_came_from(
+    monkeypatch, tmp_path, given, env, check
+) -> None:
+    """`produce -b 127.0.0.1:1` (a broker that does not answer) said "check kafka.bootstrap_servers", a setting
+    the user never wrote: the error names the option that gave the address, else the variable or the file."""
+    import kafka.errors
+
+    from anomaly.kafka import clients
+
+    def unreachable(cfg, *args, **kwargs):
+        raise clients._fail("admin client", cfg, kafka.errors.KafkaTimeoutError())
+
+    monkeypatch.setattr(clients, "make_admin", unreachable)
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1,1.0\n2,2.0\n")
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')
+    args = [str(pipeline) if a == "P" else a for a in given]
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", *args], env=env)
+    where = "127.0.0.1:9092" if not given else "127.0.0.1:1"
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: cannot reach Kafka at {where} (admin client): no usable connection; check "
+        f"{check.format(pipeline=pipeline)}, that the broker is up and the security settings "
+        "(security_protocol PLAINTEXT)\n",
+    )
 
 
 def test_consume_refuses_a_zero_checkpoint_interval_before_connecting() -> None:
@@ -757,3 +810,13 @@ def test_demo_with_a_pipeline_for_other_files_says_it_is_the_demos_data(tmp_path
         "; that is the demo's own generated data, which the variable ANOMALY_DATA_TIME_COLUMN may not describe: run the "
         "demo without them (its pipeline is pipelines/demo.toml)\n"
     )
+
+
+def test_generate_refuses_a_negative_seed_in_one_line(tmp_path) -> None:
+    """`anomaly generate --seed -1` ended with numpy's traceback ("expected non-negative integer")."""
+    result = CliRunner().invoke(main, ["generate", "-o", str(tmp_path / "g.csv"), "--seed", "-1"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: Invalid value for '--seed': -1 is not in the range x>=0"
+    )
+    assert not (tmp_path / "g.csv").exists()

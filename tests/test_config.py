@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly.config import KafkaConfig, build_config, load_config, redacted
+from anomaly.config import KafkaConfig, TrainConfig, build_config, load_config, redacted
 from anomaly.errors import ConfigError
 
 
@@ -527,3 +527,117 @@ def test_a_setting_another_setting_leaves_unused_is_warned_about(tmp_path, caplo
         "engine.static_threshold (from environment variable ANOMALY_ENGINE_STATIC_THRESHOLD) has no effect: "
         "engine.threshold is spot, not static"
     ]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_seed_numpy_or_torch_refuses_is_refused_naming_the_setting(tmp_path, seed) -> None:
+    """`train.seed = -1` (numpy: "expected non-negative integer") or 2**64 (torch: "Overflow when unpacking long
+    long") passed the settings and ended `anomaly train` with a traceback once training began."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"[train]\nseed = {seed}\n" if seed < 2**63 else "")
+    expected = f"train.seed must be between 0 and 2**64 - 1, got {seed}"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"ANOMALY_TRAIN_SEED": str(seed)})
+    assert str(info.value) == f"{expected} (from environment variable ANOMALY_TRAIN_SEED)"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"train.seed": seed}, env={}, option_names={"train.seed": "--seed"})
+    assert str(info.value) == f"{expected} (from option --seed)"
+    if seed < 0:  # (TOML integers are 64-bit signed: 2**64 cannot be written there)
+        with pytest.raises(ConfigError) as info:
+            load_config(toml, env={})
+        assert str(info.value) == f"{expected} (from pipeline file {toml})"
+    assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1  # the largest both take
+
+
+def test_a_threshold_kinds_settings_under_another_kind_are_warned_about(tmp_path, caplog) -> None:
+    """`spot_q` under the default `dynamic` threshold, `dynamic_min` under `dspot`, `feature_reference_floor` under
+    the mean score: kept without a word, as if they applied (only `static_threshold` was warned about)."""
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        "[engine]\nspot_q = 0.01\ndynamic_min = 2.0\nspot_depth = 4\nfeature_reference_floor = 0.2\n"
+    )
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={})
+    assert caplog.messages == [
+        f"engine.spot_q (from pipeline file {toml}) has no effect: engine.threshold is dynamic, not spot or dspot",
+        f"engine.spot_depth (from pipeline file {toml}) has no effect: engine.threshold is dynamic, not dspot",
+        f"engine.feature_reference_floor (from pipeline file {toml}) has no effect: engine.score is mean, not "
+        "max_feature",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(toml, env={"ANOMALY_ENGINE_THRESHOLD": "dspot", "ANOMALY_ENGINE_SCORE": "max_feature"})
+    assert caplog.messages == [
+        f"engine.dynamic_min (from pipeline file {toml}) has no effect: engine.threshold is dspot, not dynamic"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env={"ANOMALY_ENGINE_SPOT_INIT": "64", "ANOMALY_ENGINE_THRESHOLD": "spot"})
+        # an option is the command's to refuse (as --static-threshold without --threshold static)
+        load_config(None, {"engine.threshold": "static", "engine.spot_q": 0.01}, env={})
+    assert caplog.messages == []
+
+
+def test_every_threshold_setting_is_read_by_some_kind() -> None:
+    """The kinds' `reads` cover every threshold setting, so a new one is warned about under the other kinds."""
+    from anomaly.config import EngineConfig
+    from anomaly.thresholds import THRESHOLDS
+
+    fields = {f for f in EngineConfig.__dataclass_fields__ if f.startswith(("spot_", "dynamic_", "static_"))}
+    assert {n for cls in THRESHOLDS.values() for n in cls.reads} == fields
+
+
+def test_a_whole_number_written_with_a_decimal_point_is_the_same_from_every_source(tmp_path) -> None:
+    """`window = 32.0` in a pipeline file is 32; `ANOMALY_MODEL_WINDOW=32.0` (or `1e2`) was refused as "must be an
+    integer"."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[model]\nwindow = 32.0\n[engine]\nmax_keys = 1e2\n")
+    from_file = load_config(toml, env={})
+    from_env = load_config(None, env={"ANOMALY_MODEL_WINDOW": "32.0", "ANOMALY_ENGINE_MAX_KEYS": "1e2"})
+    assert (from_file.model.window, from_file.engine.max_keys) == (
+        from_env.model.window,
+        from_env.engine.max_keys,
+    )
+    assert (from_env.model.window, from_env.engine.max_keys) == (32, 100)
+    for text in ("32.5", "1e400", "nan", "abc"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env={"ANOMALY_MODEL_WINDOW": text})
+        assert str(info.value) == (
+            f"model.window must be an integer, got {text!r} (from environment variable ANOMALY_MODEL_WINDOW)"
+        )
+
+
+def test_settings_are_checked_once_every_layer_is_in(tmp_path) -> None:
+    """Each layer (and each section of a layer) was checked as it came in, against the defaults of what came
+    later: `[train] stride = 40` above `[model] window = 64` in one file was refused (the same lines the other way
+    round were not), and so was a file's stride with the window from a variable or an option, naming the default
+    window 32; a file's `topics = ["anomaly-alerts"]` with its alerts topic moved by a variable, too."""
+    toml = tmp_path / "p.toml"
+    toml.write_text("[train]\nstride = 40\n[model]\nwindow = 64\n")
+    assert (load_config(toml, env={}).train.stride, load_config(toml, env={}).model.window) == (40, 64)
+    toml.write_text("[train]\nstride = 40\n")
+    assert load_config(toml, env={"ANOMALY_MODEL_WINDOW": "64"}).model.window == 64
+    assert load_config(toml, {"model.window": 64}, env={}).train.stride == 40
+    with pytest.raises(ConfigError) as info:  # the final window too small: named, with its source
+        load_config(toml, {"model.window": 16}, env={}, option_names={"model.window": "--window"})
+    assert str(info.value) == (
+        f"train.stride must be between 0 and model.window (16) (train.stride from pipeline file {toml}, "
+        "model.window from option --window)"
+    )
+    toml.write_text('[kafka]\ntopics = ["anomaly-alerts"]\n')
+    cfg = load_config(toml, env={"ANOMALY_KAFKA_ALERTS_TOPIC": "alerts"})
+    assert (cfg.kafka.topics, cfg.kafka.alerts_topic) == (("anomaly-alerts",), "alerts")
+    # variables come in the environment's order: the targets before the features they name
+    env = {"ANOMALY_MODEL_TARGETS": "b", "ANOMALY_DATA_FEATURES": "a,b"}
+    assert load_config(None, env=env).model.targets == ("b",)
+
+
+def test_a_null_in_a_list_variable_is_refused_not_read_as_a_name() -> None:
+    """`ANOMALY_DATA_FEATURES='["a", null]'` (JSON, as the file's list syntax is read) named a column 'None'."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", null]'})
+    assert (
+        str(info.value)
+        == "data.features must be text, got None (from environment variable ANOMALY_DATA_FEATURES)"
+    )
+    assert load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", 2]'}).data.features == ("a", "2")

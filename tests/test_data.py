@@ -871,6 +871,30 @@ def test_excels_separator_line_above_the_header_is_read_as_the_separator(tmp_pat
     assert feats == ["a", "b"] and s.values.tolist() == [[1.5, 2.0], [1.25, 3.0], [1.0, 2.0]]
 
 
+@pytest.mark.parametrize("skip", [4, 5, 10**11])
+def test_skip_rows_past_the_end_of_the_file_says_so_at_once(tmp_path, skip) -> None:
+    """`--skip-rows` at or past the file's length was pandas' "No columns to parse from file", naming no setting,
+    and a huge one (10**11, a few zeros too many) read past the end one line at a time for hours."""
+    import threading
+
+    path = write(tmp_path, "timestamp,a\n1,1.5\n2,2.5\n3,3.5\n")  # 4 lines
+    raised: list[Exception] = []
+
+    def run() -> None:
+        try:
+            load(path, skip_rows=skip)
+        except DataError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert [str(e) for e in raised] == [
+        f"{path}: data.skip_rows (--skip-rows) {skip} skips every line of the file: no header or data is left"
+    ]
+    assert load(path, skip_rows=1, header=False, time_column="1")[1] == ["2"]  # 3 lines left: read as before
+
+
 def test_lines_above_the_header_are_skipped_with_skip_rows(tmp_path) -> None:
     """WADI's CSVs open with lines of notes, a SWaT spreadsheet saved as CSV with its row of stage names (P1,
     P2, ...): the notes broke the parser ('Expected 1 fields in line 4') and the stage row became the header."""

@@ -281,6 +281,34 @@ def feed_and_snapshot(bundle, cfg, series) -> bytes:
     return e.snapshot()
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "restores"),
+    [
+        ({"threshold": "static"}, {"threshold": "dynamic"}, True),  # the new kind's fields start fresh
+        ({"threshold": "spot"}, {"threshold": "dspot"}, True),
+        ({"threshold": "dynamic"}, {"threshold": "dynamic", "spot_init": 64, "spot_depth": 4}, True),
+        ({"threshold": "spot"}, {"threshold": "spot", "dynamic_history": 64, "spot_depth": 4}, True),
+        ({"threshold": "dynamic"}, {"threshold": "static"}, False),
+        ({"threshold": "dspot"}, {"threshold": "spot"}, False),
+        ({"threshold": "dynamic"}, {"threshold": "dynamic", "dynamic_history": 64}, False),
+        ({"threshold": "spot"}, {"threshold": "spot", "spot_peaks": 64}, False),
+    ],
+)
+def test_which_threshold_setting_changes_leave_a_snapshot_restorable(bundle, before, after, restores) -> None:
+    """What the README's engine.threshold row says (it said any change of kind, or of dynamic_history or a SPOT
+    size under any kind, made the state unrestorable): from static to another kind and from spot to dspot restore,
+    so does a size setting of a kind not in use; another change of kind or of the kind's own sizes does not."""
+    s = make_series("k", 40, len(bundle.features), seed=1)
+    first = Engine(bundle, EngineConfig(**before))
+    first.process([Event(s.key, s.timestamps, s.values)])
+    second = Engine(bundle, EngineConfig(**after))
+    if restores:
+        assert second.restore(first.snapshot()) == ["k"]
+    else:
+        with pytest.raises(StateError, match="does not fit"):
+            second.restore(first.snapshot())
+
+
 def test_snapshot_of_chosen_keys_and_corruption(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     for i in range(4):

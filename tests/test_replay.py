@@ -706,3 +706,39 @@ def test_a_replay_whose_keys_outgrow_the_memory_for_their_state_is_one_error_lin
         "them or give the process more memory"
     )
     assert list(out.iterdir()) == []  # no scores, alerts or summary
+
+
+def test_alerts_jsonl_is_in_decision_time_order_whatever_the_batch_size(bundle_path, tmp_path) -> None:
+    """The engine emits a call's alerts key by key, so alerts.jsonl listed them grouped by key within each batch
+    of `replay.batch_readings`: 1 and 7 readings per batch gave the same records in another order. The file is
+    in decision-time order (`at`, then key; a key's open before its close), the same bytes for any batch. Three
+    keys with the same readings, each one reading ahead of the one before, alert one reading apart: a batch of 7
+    readings (two and a third timestamps) puts a key's later reading beside another's earlier one."""
+    one = generate(SyntheticSpec(n_sensors=4, n_points=400, anomalies=3, seed=11))
+    n = len(one) - 2
+    keys = [
+        one.iloc[k : k + n].assign(timestamp=one["timestamp"].to_numpy()[:n], sensor_id=key)
+        for k, key in enumerate("abc")
+    ]
+    frame = pd.concat(keys).sort_values("timestamp", kind="stable")
+    path = tmp_path / "keys.csv"
+    frame.to_csv(path, index=False)
+    texts = {}
+    for batch in (1, 7, 4096):
+        cfg = build_config(
+            {
+                "data": {"key_column": "sensor_id"},
+                "engine": {"threshold": "static"},
+                "replay": {"batch_readings": batch, "plots": False},
+            }
+        )
+        result = run_replay([str(path)], str(bundle_path), str(tmp_path / str(batch)), cfg, progress=False)
+        texts[batch] = (tmp_path / str(batch) / "alerts.jsonl").read_text()
+        assert [json.dumps(a) for a in result.alerts] == texts[batch].splitlines()
+    records = [json.loads(line) for line in texts[1].splitlines()]
+    assert texts[1] == texts[7] == texts[4096]
+    assert [(r["at"], r["key"]) for r in records] == sorted((r["at"], r["key"]) for r in records)
+    for key in "abc":  # each key's records: open, closed, open, ...
+        statuses = [r["status"] for r in records if r["key"] == key]
+        assert statuses == ["open", "closed"] * (len(statuses) // 2) + ["open"] * (len(statuses) % 2)
+        assert len(statuses) >= 2

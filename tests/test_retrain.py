@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from anomaly.bundle import load_bundle, read_metadata, save_bundle
 from anomaly.cli import main
-from anomaly.config import DataConfig, EngineConfig
+from anomaly.config import DataConfig, EngineConfig, build_config
 from anomaly.data import Series, load_series
 from anomaly.engine.alerts import alert_id
 from anomaly.errors import ConfigError, DataError
@@ -713,10 +713,26 @@ def test_an_unreachable_broker_is_one_line_without_kafka_python_logs(
         kafka_log.setLevel(level)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: cannot reach Kafka at 127.0.0.1:1 (consumer): no usable connection; check kafka.bootstrap_servers, "
-        "that the broker is up and the security settings (security_protocol PLAINTEXT)"
+        "error: cannot reach Kafka at 127.0.0.1:1 (consumer): no usable connection; check --bootstrap-servers "
+        "(kafka.bootstrap_servers), that the broker is up and the security settings (security_protocol PLAINTEXT)"
     ]
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kafka")] == []
+
+
+def test_promote_alerts_topic_is_a_warning_that_it_has_no_effect(bundle_path, tmp_path, monkeypatch):
+    """`promote --alerts-topic T` was accepted and ignored (promote reads no alerts): it still runs, as a command
+    line copied from retrain's should, with a warning line saying the option does nothing."""
+    from anomaly.kafka import clients, history
+
+    monkeypatch.setattr(history, "_consumer", lambda cfg, t: clients.make_consumer(cfg, 0.2, group=False))
+    args = [copy_of(bundle_path, tmp_path), "-m", bundle_path, "--since", "1h", "-b", "127.0.0.1:1"]
+    result = run_cli("promote", *args, "--alerts-topic", "alerts")
+    assert (result.exit_code, result.stderr.splitlines()[0]) == (
+        2,
+        "warning: --alerts-topic has no effect in promote, which compares the models on every reading of the "
+        "range and reads no alerts (retrain reads them to leave their readings out); leave it out",
+    )
+    assert result.stderr.splitlines()[1].startswith("error: cannot reach Kafka at 127.0.0.1:1 (consumer)")
 
 
 def test_topic_options_with_csv_files_are_refused_not_ignored(csv_world, bundle_path, tmp_path):
@@ -1100,6 +1116,58 @@ def test_csv_files_that_overlap_train_on_each_reading_once(csv_world, bundle_pat
     assert metas[0]["training_fingerprint"] == metas[1]["training_fingerprint"]
 
 
+def test_repeated_timestamps_are_kept_under_duplicate_policy_keep(
+    csv_world, bundle_path, tmp_path, monkeypatch
+):
+    """Under engine.duplicate_policy = "keep" the engine scores a reading at its key's last timestamp, and
+    `train` trains on it; retrain left every such reading out (from CSV files and from a topic) as under "drop".
+    It follows the policy: the overlapping files' 500 shared readings are kept twice, as train keeps them."""
+    import pandas as pd
+
+    from anomaly.kafka import history
+    from anomaly.kafka.codec import Decoder, MessageFormat
+
+    path, _ = csv_world
+    frame = pd.read_csv(path).assign(k="pump")
+    frame.iloc[:1000].to_csv(early := tmp_path / "early.csv", index=False)
+    frame.iloc[500:].to_csv(late := tmp_path / "late.csv", index=False)
+    keep = tmp_path / "keep.toml"
+    keep.write_text('[engine]\nduplicate_policy = "keep"\n')
+    counts = {}
+    for name, pipeline in (("drop.pt", []), ("keep.pt", ["-p", keep])):
+        out = tmp_path / name
+        args = ("--key-column", "k", "-o", out, "--epochs", 1, *pipeline)
+        result = run_cli("retrain", "-m", bundle_path, early, late, *args)
+        assert result.exit_code == 0, result.output
+        data = read_metadata(out)[0]["lineage"]["data"]
+        counts[name] = (data["readings"] + data["excluded_short_readings"], data["dropped_readings"])
+    assert counts == {"drop.pt": (1500, 500), "keep.pt": (2000, 0)}
+
+    class Record:  # a topic holding each reading at t = 1, 2, 2, 3 (the 2 sent twice)
+        def __init__(self, offset: int, t: float) -> None:
+            self.topic, self.partition, self.offset, self.timestamp = "in", 0, offset, 1000
+            self.key, self.value = b"pump", json.dumps({"key": "pump", "ts": t, "values": [t]}).encode()
+
+    class Consumer:
+        def close(self, autocommit: bool = True) -> None:
+            pass
+
+    monkeypatch.setattr(history, "_consumer", lambda cfg, timeout_s: Consumer())
+    monkeypatch.setattr(history, "_ranges", lambda *args: {})
+    monkeypatch.setattr(history, "_scan", lambda *a: iter([Record(i, t) for i, t in enumerate([1, 2, 2, 3])]))
+    decoder = Decoder(MessageFormat(("x",), max_future_seconds=0))
+    read = {
+        policy: history.read_topic_range(
+            build_config().kafka, ["in"], decoder, 0.0, 2.0, duplicate_policy=policy
+        )
+        for policy in ("drop", "keep")
+    }
+    assert [(h.series[0].timestamps.tolist(), h.duplicates) for h in read.values()] == [
+        ([1.0, 2.0, 3.0], 1),
+        ([1.0, 2.0, 2.0, 3.0], 0),
+    ]
+
+
 def test_promote_force_installs_the_challenger_where_no_champion_is(bundle, bundle_path, tmp_path):
     """A first deploy: promote loaded the champion first, so without a model.pt it failed and the operator copied
     the file by hand (no rename, no record). Without --force the error says to use it; with it the challenger is
@@ -1285,3 +1353,19 @@ def test_promote_measures_f1_with_the_pipelines_prediction_as_replay_does(csv_wo
         (row,) = [line for line in result.stdout.splitlines() if line.startswith("false alerts")]
         shown[predict] = row
     assert shown["point"] == shown["alert"]
+
+
+@pytest.mark.parametrize("from_pipeline", [False, True])
+def test_a_bad_training_option_is_named_as_the_option(bundle_path, tmp_path, from_pipeline):
+    """retrain built its training settings without the options' names: `--seed -1` said "(from a command-line
+    option)" where train and demo say "(from option --seed)"."""
+    path = tmp_path / "tiny.csv"
+    generate(SyntheticSpec(n_sensors=4, n_points=100, seed=3)).to_csv(path, index=False)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[engine]\nthreshold = "dynamic"\n')
+    extra = ["--from-pipeline", "-p", pipeline] if from_pipeline else []
+    result = run_cli("retrain", "-m", bundle_path, path, *extra, "--seed", "-1", "-o", tmp_path / "c.pt")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: train.seed must be between 0 and 2**64 - 1, got -1 (from option --seed)\n",
+    )

@@ -5,7 +5,7 @@ import torch
 
 from anomaly.config import DataConfig, EngineConfig, ModelConfig, TrainConfig
 from anomaly.data import load_series
-from anomaly.training import train
+from anomaly.training import fit_batch_size, train
 
 
 def _train(train_csv, **kw):
@@ -348,3 +348,19 @@ def test_calibration_never_uses_rows_trained_on_nor_cold_scores_of_series_shorte
 
     assert [training_rows(n, 0.2, 8) for n in (200, 9, 5, 10, 11)] == [160, 8, 5, 8, 9]
     assert [len(p) for p in split_series([long, nine], 0.2, 8)[0]] == [160, 8]
+
+
+def test_a_huge_batch_size_is_lowered_at_once() -> None:
+    """`train.batch_size = 100000000000` on a short training set counted the batch size down one at a time to reach
+    `min_batches`: `train` never started. The size found is the one a sane batch_size finds, found at once."""
+    import threading
+
+    import numpy as np
+
+    segs = [np.zeros((n, 8, 2), np.float32) for n in [8] * 40 + [3] * 5]  # 40 full segments, 5 shorter ones
+    found: list[int] = []
+    worker = threading.Thread(target=lambda: found.append(fit_batch_size(segs, 10**11, 8)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert found == [fit_batch_size(segs, 64, 8)] == [6]  # ceil(40 / 6) + ceil(5 / 6) = 7 + 1 = 8 batches
+    assert fit_batch_size(segs, 10**11, 2) == 10**11  # enough batches already: the size is kept as given

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import click
 
 from anomaly.atomic import check_writable, write_text
-from anomaly.commands.common import one_line_errors, refuse_unless
+from anomaly.commands.common import one_line_errors, refuse_replacing_inputs, refuse_unless
 from anomaly.errors import extra_hint
 
 
@@ -131,6 +132,14 @@ def bench_cmd(
     counts = _check_options(keys, flat_readings, formats, kafka, churn_keys, FLAT_SPAN)
     if json_out:
         check_writable(json_out, "JSON file")
+        files = sorted(Path(skab_dir).rglob("*.csv")) if skab_dir else []
+        refuse_replacing_inputs(
+            json_out,
+            "JSON file",
+            "--json-out",
+            [(str(f), "SKAB file") for f in files],
+            "the benchmark would replace it with its results",
+        )
     results = {"engine": run_engine_bench(counts, flat_readings, memory_keys, say=click.echo)}
     if formats:
         from anomaly.bench_formats import run_format_bench

@@ -11,14 +11,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
 
 from anomaly.atomic import check_writable, refuse_replacing_data
-from anomaly.config import PipelineConfig, load_config
+from anomaly.config import PipelineConfig, load_config, read_toml
 from anomaly.errors import AnomalyError, OutputError
 
 
@@ -266,7 +266,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"error: {exc.strerror or exc}", err=True)  # another pipe or socket: a real error
             sys.exit(2)
         except AnomalyError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_naming_bootstrap_source(exc)}", err=True)
             sys.exit(2)
         except OSError as exc:  # e.g. disk full, a read-only file system, a file where a folder should be
             where = f": {exc.filename}" if exc.filename else ""
@@ -274,6 +274,28 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+def _naming_bootstrap_source(exc: AnomalyError) -> AnomalyError:
+    """A broker that cannot be reached (:class:`~anomaly.kafka.clients.UnreachableError`, known by its `checking`)
+    said to "check kafka.bootstrap_servers" also when `-b` gave the address: the error names where the address
+    came from, the option first (as `--features (data.features)`), else the variable or the pipeline file."""
+    checking = getattr(exc, "checking", None)
+    ctx = click.get_current_context(silent=True)
+    if checking is None or ctx is None or "bootstrap_servers" not in ctx.params:  # (bench's own broker)
+        return exc
+    setting, source = "kafka.bootstrap_servers", None
+    pipeline = ctx.params.get("pipeline")
+    if ctx.params.get("bootstrap_servers"):
+        return checking(f"--bootstrap-servers ({setting})")  # type: ignore[no-any-return]
+    if os.environ.get("ANOMALY_KAFKA_BOOTSTRAP_SERVERS") is not None:
+        source = "environment variable ANOMALY_KAFKA_BOOTSTRAP_SERVERS"
+    elif pipeline:
+        with contextlib.suppress(AnomalyError, OSError):  # read once already: this does not fail
+            if "bootstrap_servers" in (read_toml(pipeline).get("kafka") or {}):
+                source = f"pipeline file {pipeline}"
+    where = f"from {source}" if source else "not set: the default; --bootstrap-servers sets it"
+    return checking(f"{setting} ({where})")  # type: ignore[no-any-return]
 
 
 def exit_now(message: str, code: int) -> NoReturn:
@@ -391,6 +413,25 @@ def limit_kafka_repeats(interval_s: float = KAFKA_REPEAT_INTERVAL_S) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RepeatedRecords) for f in handler.filters):
             handler.addFilter(RepeatedRecords(interval_s=interval_s))
+
+
+def refuse_replacing_inputs(
+    target: str, what: str, option: str, inputs: Iterable[tuple[str | None, str]], consequence: str
+) -> None:
+    """Refuse, before anything is read, an output file written when the run ends (`replay --metrics-out`,
+    `consume --state-out`, `--json-out`) that is one of the files the run reads (`inputs`: (path, what it is),
+    e.g. the model bundle, the pipeline file, a data file) or writes otherwise: the end of the run replaced it
+    (`consequence`: "the replay would replace it with the metrics"), as `train -o` refuses a data file. A device
+    or pipe (`/dev/stdout`) is written in place and replaces nothing."""
+    if os.path.exists(target) and not os.path.isfile(target):
+        return
+    real = os.path.realpath(target)
+    for path, role in inputs:
+        if path and os.path.realpath(path) == real:
+            raise OutputError(
+                f"the {what} {target} is the {role} {path}: {consequence}; name another file with {option}",
+                path=target,
+            )
 
 
 def check_output(out: str, paths: list[str], alerts: str | None = None) -> None:

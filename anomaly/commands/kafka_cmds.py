@@ -14,6 +14,7 @@ from anomaly.commands.common import (
     limit_kafka_repeats,
     one_line_errors,
     pipeline_option,
+    refuse_replacing_inputs,
     setup_logging,
     time_column_option,
 )
@@ -182,6 +183,14 @@ def consume_cmd(
     """
     setup_logging(verbose)
     _quiet_kafka(verbose)
+    if state_out:  # the model (then refused at the next start) or the pipeline file was replaced at shutdown
+        refuse_replacing_inputs(
+            state_out,
+            "state snapshot",
+            "--state-out",
+            [(model, "model bundle"), (pipeline, "pipeline file")],
+            "the daemon would replace it with the state snapshot when it stops",
+        )
     cfg = config_from(
         pipeline,
         {

@@ -19,10 +19,12 @@ from anomaly.commands.common import (
     label_map_option,
     limit_kafka_repeats,
     one_line_errors,
+    option_names,
     pipeline_option,
     refuse_unless,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.data import plural
 from anomaly.errors import AnomalyError, ConfigError, DataError
@@ -136,8 +138,8 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
         click.option(
             "--alerts-topic",
             default=None,
-            help="Alerts topic (retrain leaves out readings in its alerts; promote reads none).  "
-            "[default: kafka.alerts_topic]",
+            help="Alerts topic (retrain leaves out readings in its alerts; promote reads none, and warns that "
+            "the option has no effect).  [default: kafka.alerts_topic]",
         ),
         click.option(
             "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
@@ -316,6 +318,7 @@ def _read_kafka(cfg, topics, span, features, keys, progress, read_alerts=True): 
         keys=keys,
         exclude=dead,
         progress=progress,
+        duplicate_policy=cfg.engine.duplicate_policy,
     )
     alerts = read_alert_events(k, k.alerts_topic) if read_alerts else []
     source = {
@@ -346,7 +349,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
             raise _no_readings(span, None, {"source": "csv"}, _time_bounds(series))
         series = sliced
     # as a topic read drops them (the engine would); counted among the selected keys and range only
-    series, duplicates = _drop_repeated_times(series)
+    series, duplicates = _drop_repeated_times(series, cfg.engine.duplicate_policy)
     events = []
     if alerts_file:
         with open(alerts_file) as fh:
@@ -414,16 +417,19 @@ def _keys_check(selected, series) -> None:  # type: ignore[no-untyped-def]
         )
 
 
-def _drop_repeated_times(series):  # type: ignore[no-untyped-def]
+def _drop_repeated_times(series, duplicate_policy: str):  # type: ignore[no-untyped-def]
     """Each key's readings at a timestamp it already had (two files of one key that overlap, or a repeated
     row), or at none (an empty time cell), left out, as the topic read leaves them out: the engine would drop
-    them, so the challenger must not train on them. Returns the series and how many readings were left out."""
+    them, so the challenger must not train on them. Under `engine.duplicate_policy` "keep" the engine scores a
+    repeated timestamp, and so they are kept (as `train` keeps them). Returns the series and how many readings
+    were left out."""
     import numpy as np
 
     out, dropped = [], 0
     for s in series:
         keep = np.ones(len(s), bool)
-        keep[1:] = np.diff(s.timestamps) > 0  # merge_keys sorted them (NaN times at the end)
+        step = np.diff(s.timestamps)  # merge_keys sorted them (NaN times at the end)
+        keep[1:] = step >= 0 if duplicate_policy == "keep" else step > 0
         keep &= np.isfinite(s.timestamps)
         dropped += int((~keep).sum())
         out.append(s if keep.all() else s.take(keep))
@@ -719,10 +725,12 @@ def retrain_cmd(
                 "--from-pipeline trains with a pipeline file's settings: give it with --pipeline"
             )
         # the same file and variables as `cfg`, whose load has printed their warnings: a second time said each twice
-        pcfg = load_config(pipeline, overrides, warn=lambda _line: None)
+        pcfg = load_config(pipeline, overrides, option_names=option_names(overrides), warn=lambda _line: None)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
-        tcfg = build_config(retrain.champion_sections(parent.meta), None, overrides)
+        tcfg = build_config(
+            retrain.champion_sections(parent.meta), None, overrides, option_names=option_names(overrides)
+        )
         model_cfg, train_cfg = tcfg.model, tcfg.train
     _check_device(train_cfg.device, device, from_pipeline)
     selected = _selected(keys)
@@ -919,6 +927,13 @@ def promote_cmd(
     setup_logging(verbose)
     _quiet_kafka(verbose)
     _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic)
+    if (
+        alerts_topic
+    ):  # accepted without a word: a command line copied from retrain's keeps working, and says so
+        warn_line(
+            "--alerts-topic has no effect in promote, which compares the models on every reading of the range "
+            "and reads no alerts (retrain reads them to leave their readings out); leave it out"
+        )
     if champion.endswith(".onnx") or challenger.endswith(".onnx"):
         raise DataError(
             "promotion writes a model bundle over the champion's file: promote the .pt bundles and export the "

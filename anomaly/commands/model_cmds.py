@@ -61,7 +61,7 @@ from anomaly.training import TrainResult, pick_device, train
     show_default=True,
     help="Seconds between readings.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @one_line_errors
 def generate_cmd(
     out: str, points: int, sensors: int, anomalies: int, keys: int, interval: float, seed: int

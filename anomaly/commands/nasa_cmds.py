@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
 from anomaly import atomic, nasa
-from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging, warn_line
+from anomaly.commands.common import (
+    one_line_errors,
+    pipeline_option,
+    refuse_replacing_inputs,
+    setup_logging,
+    warn_line,
+)
 from anomaly.config import load_config
 from anomaly.quality import format_quality, format_ranking
 
@@ -77,6 +84,14 @@ def nasa_cmd(
     setup_logging(verbose)
     if json_out:
         atomic.check_writable(json_out, "JSON file")
+        refuse_replacing_inputs(
+            json_out,
+            "JSON file",
+            "--json-out",
+            [(pipeline, "pipeline file")]
+            + [(os.path.join(data, dataset, f"{part}.csv.gz"), "data file") for part in ("train", "test")],
+            "the benchmark would replace it with its summary",
+        )
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
     overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()

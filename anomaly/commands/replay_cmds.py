@@ -24,6 +24,7 @@ from anomaly.commands.common import (
     one_line_errors,
     option_names,
     pipeline_option,
+    refuse_replacing_inputs,
     setup_logging,
     time_column_option,
     warn_line,
@@ -33,7 +34,7 @@ from anomaly.config import DataConfig, PipelineConfig, build_config
 from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
-from anomaly.errors import AnomalyError, DataError, OutputError, SchemaError
+from anomaly.errors import AnomalyError, DataError, SchemaError
 from anomaly.quality import format_quality
 from anomaly.replay import OUTPUTS, ReplayResult, replay
 from anomaly.synthetic import SyntheticSpec, generate
@@ -138,28 +139,6 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
         )
 
 
-def _refuse_replacing_inputs(
-    metrics_out: str, paths: list[str], model: str, labels_file: str | None, out: str
-) -> None:
-    """`--metrics-out` naming a file the replay reads (a data file, the model, the labels file) replaced it with
-    the metrics text, and naming one of the replay's own outputs (`DIR/scores.csv`) replaced that: refused before
-    anything is read, as `train -o` refuses a data file. A device or pipe (`/dev/stdout`) is written in place and
-    replaces nothing."""
-    if os.path.exists(metrics_out) and not os.path.isfile(metrics_out):
-        return
-    target = os.path.realpath(metrics_out)
-    named = [(p, "data file") for p in paths] + [(model, "model bundle")]
-    named += [(labels_file, "labels file")] if labels_file else []
-    named += [(os.path.join(out, name), "replay output") for name in OUTPUTS]
-    for path, what in named:
-        if os.path.realpath(path) == target:
-            raise OutputError(
-                f"the metrics file {metrics_out} is the {what} {path}: the replay would replace it with the "
-                "metrics; name another file with --metrics-out",
-                path=metrics_out,
-            )
-
-
 def run_replay(
     paths: list[str],
     model: str,
@@ -171,7 +150,16 @@ def run_replay(
 ) -> ReplayResult:
     if metrics_out:
         check_writable(metrics_out, "metrics file")
-        _refuse_replacing_inputs(metrics_out, paths, model, labels_file, out)
+        # a file the replay reads, or one of its own outputs (DIR/scores.csv), was replaced by the metrics
+        refuse_replacing_inputs(
+            metrics_out,
+            "metrics file",
+            "--metrics-out",
+            [(p, "data file") for p in paths]
+            + [(model, "model bundle"), (labels_file, "labels file")]
+            + [(os.path.join(out, name), "replay output") for name in OUTPUTS],
+            "the replay would replace it with the metrics",
+        )
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
     series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 
 from anomaly import atomic, skab
-from anomaly.commands.common import one_line_errors, pipeline_option, setup_logging, warn_line
+from anomaly.commands.common import (
+    one_line_errors,
+    pipeline_option,
+    refuse_replacing_inputs,
+    setup_logging,
+    warn_line,
+)
 from anomaly.config import build_config, read_toml
 from anomaly.evaluation import format_table
 from anomaly.quality import format_quality, format_ranking
@@ -96,6 +103,14 @@ def skab_cmd(
     setup_logging(verbose)
     if json_out:
         atomic.check_writable(json_out, "JSON file")
+        refuse_replacing_inputs(
+            json_out,
+            "JSON file",
+            "--json-out",
+            [(pipeline, "pipeline file")]
+            + [(str(f), "SKAB file") for f in sorted(Path(data).rglob("*.csv"))],
+            "the benchmark would replace it with its summary",
+        )
     if plots:  # refused at the end, it cost the whole run and the JSON file written after it
         atomic.check_writable_folder(plots, "plot folder")
     overrides = {"replay.predict": predict, "data.train_rows": train_rows}

@@ -27,8 +27,10 @@ def first_line(path: Path, skip: int = 0) -> str:
     bytes."""
     try:
         with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+            # to the end of the file at most: `--skip-rows 100000000000` read past it for hours
             for _ in range(skip):
-                handles.handle.readline()
+                if not handles.handle.readline():
+                    return ""
             return handles.handle.readline()
     except (OSError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -83,6 +85,10 @@ def read_frame(
         raise DataError(f"{p} is empty")
     # read once: it gives the separator and is checked before pandas reads it
     first = first_line(p, skip_rows)
+    if skip_rows and not first:  # pandas said "No columns to parse from file", naming no setting
+        raise DataError(
+            f"{p}: data.skip_rows (--skip-rows) {skip_rows} skips every line of the file: no header or data is left"
+        )
     directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
     if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
         skip_rows += 1

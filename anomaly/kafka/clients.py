@@ -194,14 +194,29 @@ def broker_outage(bootstrap: str, logger: logging.Logger = log, **kw: Any) -> Re
     )
 
 
+class UnreachableError(KafkaError):
+    """No usable connection to the bootstrap servers. The message says to check `setting`: the setting's name, or
+    with where its value came from when the caller knows (the CLI: `--bootstrap-servers (kafka.bootstrap_servers)`
+    for an address given by the option, which the bare setting's name did not point at)."""
+
+    def __init__(
+        self, what: str, bootstrap: str, protocol: str, setting: str = "kafka.bootstrap_servers"
+    ) -> None:
+        super().__init__(
+            f"cannot reach Kafka at {bootstrap} ({what}): no usable connection; check {setting}, that the broker "
+            f"is up and the security settings (security_protocol {protocol})"
+        )
+        self.what, self.bootstrap, self.protocol = what, bootstrap, protocol
+
+    def checking(self, setting: str) -> UnreachableError:
+        """The same error, telling to check `setting` (e.g. the option that gave the address)."""
+        return UnreachableError(self.what, self.bootstrap, self.protocol, setting)
+
+
 def _fail(what: str, cfg: KafkaConfig, exc: Exception) -> KafkaError:
     kind = type(exc).__name__
     if isinstance(exc, kerr.KafkaTimeoutError | kerr.BrokerNotAvailableError):
-        return KafkaError(
-            f"cannot reach Kafka at {cfg.bootstrap_servers} ({what}): no usable connection; "
-            f"check kafka.bootstrap_servers, that the broker is up and the security settings "
-            f"(security_protocol {cfg.security_protocol})"
-        )
+        return UnreachableError(what, cfg.bootstrap_servers, cfg.security_protocol)
     if isinstance(exc, kerr.SaslAuthenticationFailedError):
         return KafkaError(
             f"Kafka authentication failed at {cfg.bootstrap_servers} ({what}); check the SASL/SSL settings"

@@ -175,10 +175,11 @@ def read_topic_range(
     exclude: set[Position] | None = None,
     progress: bool = False,
     timeout_s: float = 10.0,
+    duplicate_policy: str = "drop",
 ) -> TopicHistory:
     """Readings of `topics` produced in [start, end) (epoch seconds), per key in time order (readings at a
-    repeated or non-finite timestamp dropped; missing values kept for ``engine.nan_policy``), without the
-    messages at `exclude` positions."""
+    non-finite timestamp dropped, and at a repeated one unless `duplicate_policy` is "keep", as the engine
+    would; missing values kept for ``engine.nan_policy``), without the messages at `exclude` positions."""
     start_ms, end_ms = int(start * 1000), int(end * 1000)
     exclude = exclude or set()
     consumer = _consumer(cfg, timeout_s)
@@ -228,7 +229,8 @@ def read_topic_range(
         order = np.argsort(ts, kind="stable")
         ts, vals = ts[order], vals[order]
         keep = np.isfinite(ts)
-        keep[1:] &= np.diff(ts) > 0  # the engine drops a reading at its key's last timestamp
+        # the engine drops a reading at its key's last timestamp (unless engine.duplicate_policy = "keep")
+        keep[1:] &= np.diff(ts) >= 0 if duplicate_policy == "keep" else np.diff(ts) > 0
         hist.duplicates += int((~keep).sum())
         hist.readings += int(keep.sum())
         hist.series.append(Series(key, ts[keep], vals[keep], None, f"kafka:{','.join(topics)}"))

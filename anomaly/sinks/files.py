@@ -14,7 +14,11 @@ from anomaly.runner import Batch
 
 
 class JsonlAlertSink:
-    """Alerts as JSON lines, in the order the engine emitted them."""
+    """Alerts as JSON lines in decision-time order: by `at`, then key, each key's records in the order the engine
+    emitted them (an open before its close). The engine emits a call's alerts key by key, so in that order the
+    file changed with `replay.batch_readings` (7 or 4096 readings per call: the same records, other lines); sorted,
+    it is the same file whatever the batching. The records are written when the sink closes (the file is renamed
+    into place only then anyway); `alerts` holds them, in the file's order once closed."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -22,16 +26,19 @@ class JsonlAlertSink:
         self.alerts: list[dict] = []
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
-        for alert in out.alerts:
-            record = alert.to_json()
-            self.alerts.append(record)
-            self._fh.write(json.dumps(record) + "\n")
+        self.alerts.extend(alert.to_json() for alert in out.alerts)
 
     def flush(self) -> None:
-        self._fh.flush()
+        pass
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh.closed:
+            return
+        self.alerts.sort(key=lambda r: (r["at"], r["key"]))  # stable: a key's records keep their order
+        try:
+            self._fh.writelines(json.dumps(record) + "\n" for record in self.alerts)
+        finally:
+            self._fh.close()
 
 
 class JsonlRejectionSink:

@@ -102,8 +102,9 @@ def test_bad_settings_fail_with_one_line_and_never_show_the_password(kafka_env, 
     assert (unreachable.exit_code, unreachable.stderr) == (
         2,
         (
-            "error: cannot reach Kafka at 127.0.0.1:1 (admin client): no usable connection; check "
-            "kafka.bootstrap_servers, that the broker is up and the security settings (security_protocol PLAINTEXT)\n"
+            "error: cannot reach Kafka at 127.0.0.1:1 (admin client): no usable connection; check --bootstrap-servers "
+            "(kafka.bootstrap_servers), that the broker is up and the security settings (security_protocol "
+            "PLAINTEXT)\n"
         ),
     )
     secret = {
