@@ -899,6 +899,100 @@ def test_compacting_gives_back_the_key_maps_peak_table_too(bundle) -> None:
     assert (e.keys(), sys.getsizeof(e.store.slots)) == (held, sys.getsizeof(fresh))
 
 
+def test_a_store_that_restored_keys_over_the_cap_shrinks_back_once_evicted_to_the_cap(bundle) -> None:
+    """A daemon at its cap (max_keys 100, 128 rows) takes over another member's partitions: it restores 50 more
+    keys (256 rows), and its next call evicts back to 100. compact() kept the 256 rows for good (it shrank only a
+    store at most an eighth full: 262,144 rows for 100,000 keys in the daemon, 1.5-1.8 GiB until the pod
+    restarted); now it gives back the 128 rows the cap does not need. Scoring and snapshots stay those of the
+    twin that kept its rows."""
+    f = len(bundle.features)
+    cfg = EngineConfig(max_keys=100, ttl_seconds=0)
+    other = Engine(bundle, EngineConfig(max_keys=150))
+    other.process([Event(f"o{i}", np.array([1.0, 2.0]), np.full((2, f), i / 50)) for i in range(50)])
+    taken = other.snapshot()
+    twins = [Engine(bundle, cfg), Engine(bundle, cfg)]
+    mine = [Event(f"k{i}", np.array([1.0, 2.0]), np.full((2, f), i / 100)) for i in range(100)]
+    later = [Event(f"{p}{i}", np.array([3.0]), np.full((1, f), 0.5)) for p in "ko" for i in range(0, 50, 7)]
+    for e in twins:
+        e.process(mine)
+        assert (e.store.capacity, len(e)) == (128, 100)
+        e.restore(taken)
+        assert (e.store.capacity, len(e)) == (256, 150)
+        assert len(e.process(later[:1]).evicted) == 50
+    assert twins[0].compact() == 128 and twins[0].store.capacity == 128
+    assert twins[0].compact() == 0 and twins[1].store.capacity == 256
+    outs = [e.process(later) for e in twins]
+    assert [sorted((w.key, w.scores.tobytes()) for w in o.windows) for o in outs[:1]] == [
+        sorted((w.key, w.scores.tobytes()) for w in o.windows) for o in outs[1:]
+    ]
+    assert outs[0].evicted == outs[1].evicted and twins[0].snapshot() == twins[1].snapshot()
+
+
+@pytest.mark.parametrize("max_keys", [100, 116, 117, 120, 128])
+def test_compacting_between_calls_of_churn_at_the_cap_does_not_thrash(bundle, max_keys) -> None:
+    """Keys churn at the cap: every call brings new keys and evicts as many, and the store is compacted between
+    calls (the daemon's idle moments). A store compacted to exactly its keys' power of two (128 rows for 128
+    keys) would grow (a full copy) at the next call and shrink after it, every call: a shrink keeps an eighth
+    of the rows free, so the store settles at one size and stays there. (The store before session 20 never
+    shrank at these sizes: this guards the shrink that gives back an over-cap restore's rows.)"""
+    f = len(bundle.features)
+    e = Engine(bundle, EngineConfig(max_keys=max_keys, ttl_seconds=0))
+    sizes = []
+    for c in range(40):
+        e.process([Event(f"c{c}-{i}", np.array([float(c)]), np.zeros((1, f))) for i in range(12)])
+        e.compact()
+        sizes.append(e.store.capacity)
+    # 12 new keys over 117 held need 129 rows: 256, which 128 rows would hold no longer with an eighth free
+    expected = 128 if max_keys + 12 <= 128 else 256
+    assert len(e) == max_keys and sizes[10:] == [expected] * 30
+    assert sizes == sorted(sizes)  # grown while the keys came, never shrunk
+
+
+def test_a_restore_that_does_not_fit_in_memory_restores_nothing(bundle, monkeypatch) -> None:
+    """A restore takes rows for all its new keys first, in one growth (64 rows to 256 for 150 keys, not 128 then
+    256, copying the rows of the first growth). A growth that does not fit in memory left the keys restored
+    before it (the first 64) held, the rest not; now nothing of the snapshot is restored and the store is as it
+    was."""
+    from anomaly.engine import state
+    from anomaly.engine.state import StateMemoryError
+
+    f = len(bundle.features)
+    other = Engine(bundle, EngineConfig())
+    other.process([Event(f"o{i}", np.array([1.0]), np.full((1, f), i / 150)) for i in range(150)])
+    taken = other.snapshot()
+    e = Engine(bundle, EngineConfig(max_keys=100))
+    monkeypatch.setattr(state, "np", NoRoomFor(128))
+    with pytest.raises(StateMemoryError):
+        e.restore(taken)
+    assert (e.store.capacity, len(e), e.keys()) == (64, 0, [])
+    monkeypatch.undo()
+    grown: list[int] = []
+    monkeypatch.setattr(e.store, "_grow", lambda n, grow=e.store._grow: grown.append(n) or grow(n))
+    assert e.restore(taken) == other.keys() and grown == [256]
+    assert e.snapshot() == taken
+
+
+def test_rows_a_store_grows_to_take_memory_only_once_a_key_uses_them(bundle) -> None:
+    """A store grown to 16,384 rows holds its keys' state in few of them until keys come (a restore over the cap
+    doubles it for a moment); writing zeros into every new row made all of them resident at once (262,144 rows,
+    904 MiB, for 150,000 restored keys). The fields that start as zero are left as `np.zeros` allocated them,
+    unwritten, so the operating system maps a row's pages when a key first uses it."""
+
+    def rss() -> int:
+        status = open("/proc/self/status").read()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1]) * 1024
+
+    e = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=4096))
+    before = rss()
+    e.store.reserve([f"k{i}" for i in range(10_000)])
+    nbytes = sum(a.nbytes for a in e.store.arrays.values())
+    assert (e.store.capacity, nbytes > 16_384 * 16_384) == (16_384, True)
+    assert rss() - before < nbytes / 4  # most of them the 4,096-score histories
+    fresh = Engine(bundle, EngineConfig(threshold="dynamic", dynamic_history=4096)).store
+    assert all(np.array_equal(a[:64], fresh.arrays[n], equal_nan=True) for n, a in e.store.arrays.items())
+    assert all(np.array_equal(a[:1], a[-1:], equal_nan=True) for a in e.store.arrays.values())
+
+
 def test_reload_keeps_state_for_same_architecture(bundle) -> None:
     e = Engine(bundle, EngineConfig())
     e.process([Event("a", np.array([1.0, 2.0]), one(bundle, n=2))])

@@ -277,9 +277,9 @@ class Engine:
         return self.store.drop(keys)
 
     def compact(self) -> int:
-        """Shrink the state store to the keys held when a peak (a call of many new keys) left it at most a
-        quarter full; returns the rows given back (see :meth:`StateStore.compact`). Between calls only: the
-        daemon calls it when its stream goes idle. Scoring and snapshots are unchanged."""
+        """Shrink the state store to the keys held when a peak (a call of many new keys, a restore over
+        ``max_keys``) left it larger than they need; returns the rows given back (see :meth:`StateStore.compact`).
+        Between calls only: the daemon calls it when its stream goes idle. Scoring and snapshots are unchanged."""
         return self.store.compact()
 
     @property

@@ -229,42 +229,61 @@ class StateStore:
             self.arrays[name] = arr
         self.free.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity
-        self.reset_rows(np.arange(old, capacity))
+        self._fresh_rows(old, capacity)
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
     def compact(self, min_capacity: int = 64) -> int:
-        """Give back the rows a peak left behind: when the store holds at most a quarter of its rows, the held
-        rows move to rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of
-        every key list them, so that gather is sequential) and the arrays shrink to the smallest power of two
-        of at least ``2 n`` rows (and ``min_capacity``); the key map is rebuilt at its new size. The store
-        grows whenever one call brings more new keys than it has free rows (``max_keys`` plus a batch's new
-        keys under churn) and otherwise never shrinks. Only where a key's state lies changes: every row's
-        bytes, the LRU order and every snapshot stay the same. Returns the number of rows given back (0:
-        nothing to do)."""
+        """Give back the rows a peak left behind: when the keys held fit a smaller store, the held rows move to
+        rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of every key list
+        them, so that gather is sequential) and the arrays shrink to the smallest power of two (and
+        ``min_capacity``) that holds the ``n`` keys with an eighth of its rows free; the key map is rebuilt at
+        its new size. The store grows whenever one call brings more new keys than it has free rows (``max_keys``
+        plus a batch's new keys under churn, or the keys a restore adds to those held) and otherwise never
+        shrinks. Only where a key's state lies changes: every row's bytes, the LRU order and every snapshot stay
+        the same. Returns the number of rows given back (0: nothing to do).
+
+        The eighth kept free is the hysteresis against thrash: a store shrunk to ``T`` rows grows again only for
+        a call of more than ``T / 8`` new keys, so a shrink and the growth after it cost O(1) a reading; a
+        store whose keys fill more than seven eighths of the smaller size keeps its rows. (Until session 20 it
+        shrank only when at most an eighth of its rows were in use: a daemon at ``max_keys`` 100,000 that
+        restored 150,000 keys at a rebalance kept the 262,144 rows it grew to, twice the cap's 131,072, until
+        it restarted.)"""
         n = len(self.slots)
-        target = max(min_capacity, 1 << max(2 * n - 1, 0).bit_length())
-        if self._capacity < 4 * target:
+        target = max(min_capacity, 1 << max(n - 1, 0).bit_length())  # the smallest power of two of >= n rows
+        if n > target - target // 8:
+            target *= 2
+        if self._capacity <= target:
             return 0
         rows = np.fromiter(self.slots.values(), np.int64, n)
         old = self._capacity
         for name, arr in self.arrays.items():
-            small = np.empty((target, *arr.shape[1:]), arr.dtype)
-            np.take(arr, rows, axis=0, out=small[:n])
+            small = np.zeros((target, *arr.shape[1:]), arr.dtype)  # the free rows: see _fresh_rows
+            np.take(arr, rows, axis=0, out=small[:n], mode="clip")  # "raise" buffers `out`: a copy more
             self.arrays[name] = small
         # the key map as well: a dict keeps the table of its peak when keys leave (deleting never shrinks it),
         # and every snapshot looks each key up in it (a 16x larger table after 300,000 keys of churn)
         self.slots = OrderedDict(zip(self.slots, range(n), strict=True))
         self.free = list(range(target - 1, n - 1, -1))  # slot() pops from the end: rows n, n+1, ... first
         self._capacity = target
-        self.reset_rows(np.arange(n, target))
+        self._fresh_rows(n, target)
         return old - target
 
     def reset_rows(self, rows: np.ndarray) -> None:
         for name, arr in self.arrays.items():
             arr[rows] = np.nan if name in self._nan else 0
+
+    def _fresh_rows(self, lo: int, hi: int) -> None:
+        """:meth:`reset_rows` of rows ``lo..hi-1`` of arrays just allocated by `np.zeros`: only the fields that
+        start as NaN are written (a few bytes a row). The others are zero already, and their pages stay
+        unwritten, so the operating system maps them only when a key first uses the row: a store grown or
+        compacted to more rows than it holds keys costs the memory of its keys, not of its rows. (Writing the
+        zeros again made every row resident at once: a store doubled to 262,144 rows for a restore of 150,000
+        keys took the memory of all 262,144.) The rows' bytes are the same either way."""
+        for name in self._nan:
+            self.arrays[name][lo:hi] = np.nan
 
     def reset_model_state(self, rows: np.ndarray) -> None:
         """Forget the encoder state and the score smoothing (after a gap in the stream)."""
@@ -446,6 +465,10 @@ class StateStore:
             raise StateError(f"engine snapshot is corrupted ({exc})") from None
         added = self._added_fields(layout)
         keys = header["keys"]
+        # rows for every new key first, in one growth: all or nothing (StateMemoryError leaves the store as it
+        # was, no key of the snapshot half restored), and no copy of a store grown to the half-way size (the
+        # doublings key by key copied 131,072 rows to restore 150,000 keys into a fresh store)
+        self.reserve(keys)
         for i, key in enumerate(keys):
             row, _ = self.slot(key)
             if added:  # what the snapshot lacks starts as for a new key; the rest is overwritten below

@@ -34,7 +34,8 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   ``kafka.max_block_ms``; past it the daemon exits with one error line (status 2) and a restart restores the
   last committed checkpoint;
 * when the stream goes idle after work (at most every ``trim_interval_s``): the engine's state store shrinks to
-  the keys held (``Engine.compact``: a batch of many new keys grows it to ``max_keys`` plus those keys) and the
+  the keys held (``Engine.compact``: a batch of many new keys grows it to ``max_keys`` plus those keys, a restore
+  at a rebalance to the keys held plus the ones restored, evicted to ``max_keys`` by the next batch) and the
   C heap's free memory is given back to the operating system (:func:`trim_heap`) when the store shrank or
   ``trim_min_messages`` were read since the last trim, so RSS follows the live state under key churn (after a
   few messages there is little to give back, and the next checkpoint would fault its buffers back in: ~1,000
