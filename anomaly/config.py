@@ -451,7 +451,7 @@ class KafkaConfig:
             "without a host",
         )
         _need(bool(self.topics) and all(self.topics), "kafka.topics", "must name at least one topic")
-        _need(bool(self.group_id), "kafka.group_id", "must not be empty")
+        _need(bool(self.group_id.strip()), "kafka.group_id", "must not be empty")  # " " was a group named " "
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
         for name in ("topics", "alerts_topic", "scores_topic", "dead_letter_topic"):
@@ -580,7 +580,7 @@ class MetricsConfig:
     port: int = 9108  # 0: any free port
 
     def __post_init__(self) -> None:
-        _need(bool(self.host), "metrics.host", "must not be empty")
+        _need(bool(self.host.strip()), "metrics.host", "must not be empty")  # " " was accepted
         _need(0 <= self.port <= 65535, "metrics.port", f"must be in 0..65535, got {self.port}")
 
 

@@ -641,3 +641,19 @@ def test_a_null_in_a_list_variable_is_refused_not_read_as_a_name() -> None:
         == "data.features must be text, got None (from environment variable ANOMALY_DATA_FEATURES)"
     )
     assert load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", 2]'}).data.features == ("a", "2")
+
+
+@pytest.mark.parametrize(("section", "name"), [("kafka", "group_id"), ("metrics", "host")])
+@pytest.mark.parametrize("value", [" ", "\t "])
+def test_whitespace_only_group_id_and_metrics_host_are_refused_as_empty(
+    section: str, name: str, value: str
+) -> None:
+    """`kafka.group_id = " "` was a consumer group named " " (and its changelog topic changelog___--sensors);
+    `metrics.host = " "` was accepted and the address failed only when the daemon bound it. Both are refused like
+    an empty value, from the file and from the environment."""
+    with pytest.raises(ConfigError) as err:
+        build_config({section: {name: value}})
+    assert str(err.value) == f"{section}.{name} must not be empty"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={f"ANOMALY_{section.upper()}_{name.upper()}": value})
+    assert str(err.value).startswith(f"{section}.{name} must not be empty")
