@@ -558,6 +558,29 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
     )
 
 
+# What a dead letter's headers (reason, error, source topic/partition/offset, entity_key cut to 1 KiB, original
+# size and SHA-256) and record framing add to its key and payload: kafka.dead_letter_max_bytes must leave this much
+# under kafka.max_request_bytes.
+DEAD_LETTER_HEADERS_BYTES = 4096
+
+
+def dead_letters_lost(k: KafkaConfig) -> str | None:
+    """Why dead letters would be lost with these settings (None: they fit): cut to ``dead_letter_max_bytes``, a
+    letter and its headers must stay within what the producer sends (``max_request_bytes``), else the producer
+    refuses it (counted in anomaly_dead_letters_refused_total) and it is lost. Said at `anomaly consume`'s start;
+    lowering max_request_bytes alone (to a broker's message.max.bytes) did that without a word."""
+    room = k.max_request_bytes - DEAD_LETTER_HEADERS_BYTES
+    if k.dead_letter_max_bytes <= room:
+        return None
+    return (
+        f"kafka.dead_letter_max_bytes {k.dead_letter_max_bytes} leaves no room under kafka.max_request_bytes "
+        f"{k.max_request_bytes} for a dead letter's headers (up to {DEAD_LETTER_HEADERS_BYTES} bytes): a dead letter "
+        f"of more than about {max(room, 0)} bytes is refused by the producer and lost; set kafka.dead_letter_max_bytes "
+        f"to at most {room} or raise kafka.max_request_bytes to at least "
+        f"{k.dead_letter_max_bytes + DEAD_LETTER_HEADERS_BYTES}"
+    )
+
+
 # The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
 # stay below it.
 CONSUMER_REQUEST_TIMEOUT_MS = 30_000

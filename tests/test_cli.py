@@ -820,3 +820,36 @@ def test_generate_refuses_a_negative_seed_in_one_line(tmp_path) -> None:
         "error: Invalid value for '--seed': -1 is not in the range x>=0"
     )
     assert not (tmp_path / "g.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        # max_request_bytes lowered alone (to a broker's message.max.bytes)
+        ({"ANOMALY_KAFKA_MAX_REQUEST_BYTES": "200000"}, (900_000, 200_000)),
+        ({"ANOMALY_KAFKA_DEAD_LETTER_MAX_BYTES": "2000000"}, (2_000_000, 1_048_576)),
+        ({"ANOMALY_KAFKA_MAX_REQUEST_BYTES": "904096"}, None),  # the default dead-letter limit fits exactly
+        ({}, None),
+    ],
+)
+def test_consume_warns_when_its_dead_letters_cannot_fit_the_producers_request_limit(
+    tmp_path, env: dict[str, str], warned: tuple[int, int] | None
+) -> None:
+    """kafka.dead_letter_max_bytes above kafka.max_request_bytes less a dead letter's headers was accepted without
+    a word, and every dead letter cut to more than the producer takes was then refused and lost: `consume` says so
+    at start, naming both settings and the values that fit (then goes on: here, to the missing model)."""
+    model = tmp_path / "none.pt"
+    result = CliRunner().invoke(main, ["consume", "-m", str(model), "--metrics-port", "0"], env=env)
+    lines = result.stderr.splitlines()
+    assert (result.exit_code, lines[-1]) == (2, f"error: model bundle not found: {model}")
+    if warned is None:
+        assert len(lines) == 1
+        return
+    dead, request = warned
+    room = request - 4096
+    assert lines[:-1] == [
+        f"warning: kafka.dead_letter_max_bytes {dead} leaves no room under kafka.max_request_bytes {request} for a "
+        f"dead letter's headers (up to 4096 bytes): a dead letter of more than about {room} bytes is refused by the "
+        f"producer and lost; set kafka.dead_letter_max_bytes to at most {room} or raise kafka.max_request_bytes to "
+        f"at least {dead + 4096}"
+    ]
