@@ -145,6 +145,11 @@ class DataConfig:
         )
 
 
+# A sane bound on model.num_layers: LSTMs of more than a few layers do not train better, and torch builds (and
+# steps through) one layer at a time.
+MAX_LAYERS = 1000
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the LSTM autoencoder."""
@@ -165,6 +170,11 @@ class ModelConfig:
         _need(all(self.targets), "model.targets", "must not contain an empty name")
         _need(self.hidden_size >= 1, "model.hidden_size", "must be positive")
         _need(self.num_layers >= 1, "model.num_layers", "must be positive")
+        _need(  # 10,000,000 built the model one layer at a time for hours; 10,000 layers took 25 s to build
+            self.num_layers <= MAX_LAYERS,
+            "model.num_layers",
+            f"must be at most {MAX_LAYERS}, got {self.num_layers}",
+        )
         _need(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 

@@ -742,7 +742,10 @@ def test_a_model_too_large_for_memory_is_one_error_line(train_csv, tmp_path) -> 
     assert result.exit_code == 2, result.output
     line = result.stderr.splitlines()[-1]
     assert (
-        line.startswith("error: the model does not fit in memory on cpu (") and "GiB for one weight" in line
+        line.startswith(
+            "error: the model does not fit in memory on cpu (120,000,004,000,000,008 parameters need "
+        )
+        and "GiB available)" in line
     )
     assert line.endswith("): model.hidden_size 100000000 with model.num_layers 1 is too large")
     assert not (tmp_path / "m.pt").exists()

@@ -657,3 +657,12 @@ def test_whitespace_only_group_id_and_metrics_host_are_refused_as_empty(
     with pytest.raises(ConfigError) as err:
         load_config(None, env={f"ANOMALY_{section.upper()}_{name.upper()}": value})
     assert str(err.value).startswith(f"{section}.{name} must not be empty")
+
+
+def test_model_num_layers_beyond_a_sane_bound_is_refused() -> None:
+    """`model.num_layers = 10000000` (a tiny hidden_size, so that the weights fit in memory) built the model one
+    layer at a time for hours; 10,000 layers took 25 s to build."""
+    with pytest.raises(ConfigError) as err:
+        build_config({"model": {"num_layers": 10_000_000}})
+    assert str(err.value) == "model.num_layers must be at most 1000, got 10000000"
+    assert build_config({"model": {"num_layers": 1000}}).model.num_layers == 1000
