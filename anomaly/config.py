@@ -120,6 +120,13 @@ class DataConfig:
             "data.time_format",
             f"must be a strftime format such as %d/%m/%Y %H:%M, got {self.time_format!r}",
         )
+        _need(  # accepted before, and ignored: the format's %d and %m give the order of day and month
+            self.dayfirst is None or self.time_format is None,
+            "data.dayfirst",
+            f"{'true' if self.dayfirst else 'false'} does nothing with data.time_format {self.time_format!r}, "
+            "whose %d and %m give the order of day and month: leave one out",
+            ("data.time_format",),
+        )
         _need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be at least 1")
         _need(self.skip_rows >= 0, "data.skip_rows", f"must be >= 0, got {self.skip_rows!r}")
         for entry in self.label_map:

@@ -856,3 +856,23 @@ def test_consume_warns_when_its_dead_letters_cannot_fit_the_producers_request_li
         f"producer and lost; set kafka.dead_letter_max_bytes to at most {room} or raise kafka.max_request_bytes to "
         f"at least {dead + 4096}"
     ]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--dayfirst", "true"), ("--monthfirst", "false")])
+def test_dayfirst_with_a_time_format_is_refused_not_ignored(tmp_path, flag: str, value: str) -> None:
+    """`--dayfirst --time-format '%m/%d/%Y %H:%M'` trained on month-first dates without a word (the format won):
+    the order is given twice, so the pair is refused in one line, naming where each came from, like the other
+    time options that would be ignored."""
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n02/01/2023 10:00,1\n02/01/2023 10:01,2\n")
+    fmt = "%m/%d/%Y %H:%M"
+    result = CliRunner().invoke(
+        main, ["train", str(csv), flag, "--time-format", fmt, "-o", str(tmp_path / "m.pt")]
+    )
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: data.dayfirst {value} does nothing with data.time_format '{fmt}', whose %d and %m give the order "
+        f"of day and month: leave one out (data.dayfirst from option {flag}, data.time_format from option "
+        "--time-format)\n",
+    )
+    assert not (tmp_path / "m.pt").exists()

@@ -666,3 +666,15 @@ def test_model_num_layers_beyond_a_sane_bound_is_refused() -> None:
         build_config({"model": {"num_layers": 10_000_000}})
     assert str(err.value) == "model.num_layers must be at most 1000, got 10000000"
     assert build_config({"model": {"num_layers": 1000}}).model.num_layers == 1000
+
+
+def test_data_dayfirst_with_a_time_format_is_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"data": {"dayfirst": True, "time_format": "%d/%m/%Y"}})
+    assert str(err.value) == (
+        "data.dayfirst true does nothing with data.time_format '%d/%m/%Y', whose %d and %m give the order of day "
+        "and month: leave one out"
+    )
+    assert (err.value.key, err.value.related) == ("data.dayfirst", ("data.time_format",))
+    assert build_config({"data": {"dayfirst": False}}).data.dayfirst is False
+    assert build_config({"data": {"time_format": "%d/%m/%Y"}}).data.time_format == "%d/%m/%Y"
