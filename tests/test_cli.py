@@ -876,3 +876,11 @@ def test_dayfirst_with_a_time_format_is_refused_not_ignored(tmp_path, flag: str,
         "--time-format)\n",
     )
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_layers_option_has_the_settings_range() -> None:
+    """`--layers` takes what model.num_layers takes (1 to 1000): 10000000 is a usage error naming the option."""
+    result = CliRunner().invoke(main, ["train", "x.csv", "--layers", "10000000"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--layers': 10000000 is not in the range 1<=x<=1000." in result.output
+    assert "1<=x<=1000" in CliRunner().invoke(main, ["train", "--help"]).output
