@@ -120,6 +120,13 @@ class DataConfig:
             "data.time_format",
             f"must be a strftime format such as %d/%m/%Y %H:%M, got {self.time_format!r}",
         )
+        _need(  # accepted before, and ignored: the format's %d and %m give the order of day and month
+            self.dayfirst is None or self.time_format is None,
+            "data.dayfirst",
+            f"{'true' if self.dayfirst else 'false'} does nothing with data.time_format {self.time_format!r}, "
+            "whose %d and %m give the order of day and month: leave one out",
+            ("data.time_format",),
+        )
         _need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be at least 1")
         _need(self.skip_rows >= 0, "data.skip_rows", f"must be >= 0, got {self.skip_rows!r}")
         for entry in self.label_map:
@@ -145,6 +152,11 @@ class DataConfig:
         )
 
 
+# A sane bound on model.num_layers: LSTMs of more than a few layers do not train better, and torch builds (and
+# steps through) one layer at a time.
+MAX_LAYERS = 1000
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the LSTM autoencoder."""
@@ -165,6 +177,11 @@ class ModelConfig:
         _need(all(self.targets), "model.targets", "must not contain an empty name")
         _need(self.hidden_size >= 1, "model.hidden_size", "must be positive")
         _need(self.num_layers >= 1, "model.num_layers", "must be positive")
+        _need(  # 10,000,000 built the model one layer at a time for hours; 10,000 layers took 25 s to build
+            self.num_layers <= MAX_LAYERS,
+            "model.num_layers",
+            f"must be at most {MAX_LAYERS}, got {self.num_layers}",
+        )
         _need(_finite(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 
@@ -451,7 +468,7 @@ class KafkaConfig:
             "without a host",
         )
         _need(bool(self.topics) and all(self.topics), "kafka.topics", "must name at least one topic")
-        _need(bool(self.group_id), "kafka.group_id", "must not be empty")
+        _need(bool(self.group_id.strip()), "kafka.group_id", "must not be empty")  # " " was a group named " "
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
         for name in ("topics", "alerts_topic", "scores_topic", "dead_letter_topic"):
@@ -558,6 +575,29 @@ def _template(value: str, key: str, fields: tuple[str, ...]) -> None:
     )
 
 
+# What a dead letter's headers (reason, error, source topic/partition/offset, entity_key cut to 1 KiB, original
+# size and SHA-256) and record framing add to its key and payload: kafka.dead_letter_max_bytes must leave this much
+# under kafka.max_request_bytes.
+DEAD_LETTER_HEADERS_BYTES = 4096
+
+
+def dead_letters_lost(k: KafkaConfig) -> str | None:
+    """Why dead letters would be lost with these settings (None: they fit): cut to ``dead_letter_max_bytes``, a
+    letter and its headers must stay within what the producer sends (``max_request_bytes``), else the producer
+    refuses it (counted in anomaly_dead_letters_refused_total) and it is lost. Said at `anomaly consume`'s start;
+    lowering max_request_bytes alone (to a broker's message.max.bytes) did that without a word."""
+    room = k.max_request_bytes - DEAD_LETTER_HEADERS_BYTES
+    if k.dead_letter_max_bytes <= room:
+        return None
+    return (
+        f"kafka.dead_letter_max_bytes {k.dead_letter_max_bytes} leaves no room under kafka.max_request_bytes "
+        f"{k.max_request_bytes} for a dead letter's headers (up to {DEAD_LETTER_HEADERS_BYTES} bytes): a dead letter "
+        f"of more than about {max(room, 0)} bytes is refused by the producer and lost; set kafka.dead_letter_max_bytes "
+        f"to at most {room} or raise kafka.max_request_bytes to at least "
+        f"{k.dead_letter_max_bytes + DEAD_LETTER_HEADERS_BYTES}"
+    )
+
+
 # The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
 # stay below it.
 CONSUMER_REQUEST_TIMEOUT_MS = 30_000
@@ -580,7 +620,7 @@ class MetricsConfig:
     port: int = 9108  # 0: any free port
 
     def __post_init__(self) -> None:
-        _need(bool(self.host), "metrics.host", "must not be empty")
+        _need(bool(self.host.strip()), "metrics.host", "must not be empty")  # " " was accepted
         _need(0 <= self.port <= 65535, "metrics.port", f"must be in 0..65535, got {self.port}")
 
 

@@ -58,6 +58,16 @@ class Architecture:
         return out
 
 
+def parameter_count(arch: Architecture) -> int:
+    """The number of weights of :class:`LSTMAutoencoder` for ``arch``, without building it: each LSTM layer has
+    4 * hidden * (input + hidden + 2) (two weight matrices and two biases; the first encoder layer's input is the
+    features, every other layer's the hidden state), each linear head hidden * features + features."""
+    h, f, layers = arch.hidden_size, arch.n_features, arch.num_layers
+    deep = 4 * h * (2 * h + 2)  # a layer reading the hidden state of the one below (or the latent)
+    lstm = 4 * h * (f + h + 2) + (layers - 1) * deep + layers * deep  # encoder, then decoder
+    return lstm + (2 if arch.forecast else 1) * (h * f + f)
+
+
 class ModelOutput(NamedTuple):
     """`reconstruction` (B, T, F) when T is a multiple of the window, else None; `forecast` (B, T, F):
     row t is the prediction of x[:, t] made from readings before t (None without a forecast head)."""

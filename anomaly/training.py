@@ -38,7 +38,14 @@ from anomaly.data import (
     window_chain,
 )
 from anomaly.errors import ConfigError, DataError
-from anomaly.model import Architecture, LSTMAutoencoder, as_output, point_error, reading_errors
+from anomaly.model import (
+    Architecture,
+    LSTMAutoencoder,
+    as_output,
+    parameter_count,
+    point_error,
+    reading_errors,
+)
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -161,9 +168,44 @@ def _run_batch(
     return total / n_windows
 
 
+# Bytes per weight that training holds: the float32 weight, its gradient and Adam's two moments.
+TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a model on ``device`` (the GPU's free memory, else the host's MemAvailable); None when
+    unknown (not Linux)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 def build_model(arch: Architecture, device: torch.device) -> LSTMAutoencoder:
     """The model to train, or ConfigError naming the settings when its weights do not fit in memory
-    (`hidden_size = 100000000`, a few zeros too many, ended `anomaly train` with a traceback)."""
+    (`hidden_size = 100000000`, a few zeros too many, ended `anomaly train` with a traceback). A model whose
+    training needs more than the memory available is refused before it is built: `num_layers = 10000000` built
+    one layer at a time, for hours, until the host ran out of memory."""
+    need = parameter_count(arch) * TRAIN_BYTES_PER_PARAMETER
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"the model does not fit in memory on {device.type} ({parameter_count(arch):,} parameters need "
+            f"{_size(need)} to train, {_size(free)} available): model.hidden_size "
+            f"{arch.hidden_size} with model.num_layers {arch.num_layers} is too large",
+            key="model.hidden_size",
+            related=("model.num_layers",),
+        )
     try:
         return LSTMAutoencoder(arch).to(device)
     except (MemoryError, RuntimeError) as exc:

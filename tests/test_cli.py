@@ -745,7 +745,10 @@ def test_a_model_too_large_for_memory_is_one_error_line(train_csv, tmp_path) -> 
     assert result.exit_code == 2, result.output
     line = result.stderr.splitlines()[-1]
     assert (
-        line.startswith("error: the model does not fit in memory on cpu (") and "GiB for one weight" in line
+        line.startswith(
+            "error: the model does not fit in memory on cpu (120,000,004,000,000,008 parameters need "
+        )
+        and "GiB available)" in line
     )
     assert line.endswith("): model.hidden_size 100000000 with model.num_layers 1 is too large")
     assert not (tmp_path / "m.pt").exists()
@@ -871,3 +874,64 @@ def test_the_onednn_cache_capacity_a_user_set_is_kept(monkeypatch) -> None:
     env["DNNL_PRIMITIVE_CACHE_CAPACITY"] = "512"
     assert CliRunner().invoke(main, ["consume", "--help"]).exit_code == 0
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in env
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        # max_request_bytes lowered alone (to a broker's message.max.bytes)
+        ({"ANOMALY_KAFKA_MAX_REQUEST_BYTES": "200000"}, (900_000, 200_000)),
+        ({"ANOMALY_KAFKA_DEAD_LETTER_MAX_BYTES": "2000000"}, (2_000_000, 1_048_576)),
+        ({"ANOMALY_KAFKA_MAX_REQUEST_BYTES": "904096"}, None),  # the default dead-letter limit fits exactly
+        ({}, None),
+    ],
+)
+def test_consume_warns_when_its_dead_letters_cannot_fit_the_producers_request_limit(
+    tmp_path, env: dict[str, str], warned: tuple[int, int] | None
+) -> None:
+    """kafka.dead_letter_max_bytes above kafka.max_request_bytes less a dead letter's headers was accepted without
+    a word, and every dead letter cut to more than the producer takes was then refused and lost: `consume` says so
+    at start, naming both settings and the values that fit (then goes on: here, to the missing model)."""
+    model = tmp_path / "none.pt"
+    result = CliRunner().invoke(main, ["consume", "-m", str(model), "--metrics-port", "0"], env=env)
+    lines = result.stderr.splitlines()
+    assert (result.exit_code, lines[-1]) == (2, f"error: model bundle not found: {model}")
+    if warned is None:
+        assert len(lines) == 1
+        return
+    dead, request = warned
+    room = request - 4096
+    assert lines[:-1] == [
+        f"warning: kafka.dead_letter_max_bytes {dead} leaves no room under kafka.max_request_bytes {request} for a "
+        f"dead letter's headers (up to 4096 bytes): a dead letter of more than about {room} bytes is refused by the "
+        f"producer and lost; set kafka.dead_letter_max_bytes to at most {room} or raise kafka.max_request_bytes to "
+        f"at least {dead + 4096}"
+    ]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--dayfirst", "true"), ("--monthfirst", "false")])
+def test_dayfirst_with_a_time_format_is_refused_not_ignored(tmp_path, flag: str, value: str) -> None:
+    """`--dayfirst --time-format '%m/%d/%Y %H:%M'` trained on month-first dates without a word (the format won):
+    the order is given twice, so the pair is refused in one line, naming where each came from, like the other
+    time options that would be ignored."""
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n02/01/2023 10:00,1\n02/01/2023 10:01,2\n")
+    fmt = "%m/%d/%Y %H:%M"
+    result = CliRunner().invoke(
+        main, ["train", str(csv), flag, "--time-format", fmt, "-o", str(tmp_path / "m.pt")]
+    )
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: data.dayfirst {value} does nothing with data.time_format '{fmt}', whose %d and %m give the order "
+        f"of day and month: leave one out (data.dayfirst from option {flag}, data.time_format from option "
+        "--time-format)\n",
+    )
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_layers_option_has_the_settings_range() -> None:
+    """`--layers` takes what model.num_layers takes (1 to 1000): 10000000 is a usage error naming the option."""
+    result = CliRunner().invoke(main, ["train", "x.csv", "--layers", "10000000"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--layers': 10000000 is not in the range 1<=x<=1000." in result.output
+    assert "1<=x<=1000" in CliRunner().invoke(main, ["train", "--help"]).output

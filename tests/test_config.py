@@ -641,3 +641,40 @@ def test_a_null_in_a_list_variable_is_refused_not_read_as_a_name() -> None:
         == "data.features must be text, got None (from environment variable ANOMALY_DATA_FEATURES)"
     )
     assert load_config(None, env={"ANOMALY_DATA_FEATURES": '["a", 2]'}).data.features == ("a", "2")
+
+
+@pytest.mark.parametrize(("section", "name"), [("kafka", "group_id"), ("metrics", "host")])
+@pytest.mark.parametrize("value", [" ", "\t "])
+def test_whitespace_only_group_id_and_metrics_host_are_refused_as_empty(
+    section: str, name: str, value: str
+) -> None:
+    """`kafka.group_id = " "` was a consumer group named " " (and its changelog topic changelog___--sensors);
+    `metrics.host = " "` was accepted and the address failed only when the daemon bound it. Both are refused like
+    an empty value, from the file and from the environment."""
+    with pytest.raises(ConfigError) as err:
+        build_config({section: {name: value}})
+    assert str(err.value) == f"{section}.{name} must not be empty"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={f"ANOMALY_{section.upper()}_{name.upper()}": value})
+    assert str(err.value).startswith(f"{section}.{name} must not be empty")
+
+
+def test_model_num_layers_beyond_a_sane_bound_is_refused() -> None:
+    """`model.num_layers = 10000000` (a tiny hidden_size, so that the weights fit in memory) built the model one
+    layer at a time for hours; 10,000 layers took 25 s to build."""
+    with pytest.raises(ConfigError) as err:
+        build_config({"model": {"num_layers": 10_000_000}})
+    assert str(err.value) == "model.num_layers must be at most 1000, got 10000000"
+    assert build_config({"model": {"num_layers": 1000}}).model.num_layers == 1000
+
+
+def test_data_dayfirst_with_a_time_format_is_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"data": {"dayfirst": True, "time_format": "%d/%m/%Y"}})
+    assert str(err.value) == (
+        "data.dayfirst true does nothing with data.time_format '%d/%m/%Y', whose %d and %m give the order of day "
+        "and month: leave one out"
+    )
+    assert (err.value.key, err.value.related) == ("data.dayfirst", ("data.time_format",))
+    assert build_config({"data": {"dayfirst": False}}).data.dayfirst is False
+    assert build_config({"data": {"time_format": "%d/%m/%Y"}}).data.time_format == "%d/%m/%Y"

@@ -364,3 +364,36 @@ def test_a_huge_batch_size_is_lowered_at_once() -> None:
     worker.join(timeout=10)
     assert found == [fit_batch_size(segs, 64, 8)] == [6]  # ceil(40 / 6) + ceil(5 / 6) = 7 + 1 = 8 batches
     assert fit_batch_size(segs, 10**11, 2) == 10**11  # enough batches already: the size is kept as given
+
+
+@pytest.mark.parametrize(("features", "forecast"), [(1, False), (3, True), (7, True)])
+@pytest.mark.parametrize(("hidden", "layers"), [(1, 1), (5, 2), (16, 3)])
+def test_parameter_count_is_the_built_models(features: int, forecast: bool, hidden: int, layers: int) -> None:
+    from anomaly.model import Architecture, LSTMAutoencoder, parameter_count
+
+    arch = Architecture(features, 8, hidden, layers, 0.0, forecast)
+    assert parameter_count(arch) == sum(p.numel() for p in LSTMAutoencoder(arch).parameters())
+
+
+def test_a_model_whose_training_exceeds_memory_is_refused_before_it_is_built(monkeypatch) -> None:
+    """`model.num_layers = 10000000` built the model one layer at a time (for hours, until memory ran out): only a
+    weight matrix too large for memory (hidden_size) was one error. The parameters' training memory (weight,
+    gradient, two Adam moments) is now compared with the memory available first, and nothing is built."""
+    from anomaly import training
+    from anomaly.errors import ConfigError
+    from anomaly.model import Architecture
+
+    arch = Architecture(3, 8, 64, 2, 0.0, True)  # 117,894 parameters: 1,886,304 bytes to train
+    built: list[Architecture] = []
+    monkeypatch.setattr(training, "available_memory", lambda device: 1_886_304)
+    monkeypatch.setattr(training.LSTMAutoencoder, "__init__", lambda self, a: built.append(a) or None)
+    with pytest.raises(ConfigError) as err:
+        training.build_model(Architecture(3, 8, 64, 3, 0.0, True), torch.device("cpu"))
+    assert str(err.value) == (
+        "the model does not fit in memory on cpu (184,454 parameters need 2.8 MiB to train, 1.8 MiB available): "
+        "model.hidden_size 64 with model.num_layers 3 is too large"
+    )
+    assert (err.value.key, err.value.related, built) == ("model.hidden_size", ("model.num_layers",), [])
+    monkeypatch.undo()
+    monkeypatch.setattr(training, "available_memory", lambda device: 1_886_304)
+    assert sum(p.numel() for p in training.build_model(arch, torch.device("cpu")).parameters()) == 117_894

@@ -198,7 +198,9 @@ def option_names(overrides: dict[str, Any]) -> dict[str, str]:
         if len(hits) > 1:  # `--separator , --decimal ,`: one string object; the option named as the field
             hits = [p for p in hits if p.name == key.partition(".")[2]]
         if len(hits) == 1:
-            names[key] = next((o for o in hits[0].opts if o.startswith("--")), hits[0].opts[0])
+            # the flag of a pair that was typed: `--monthfirst` (dayfirst False) was named --dayfirst
+            opts = hits[0].secondary_opts if value is False and hits[0].secondary_opts else hits[0].opts
+            names[key] = next((o for o in opts if o.startswith("--")), opts[0])
     return names
 
 

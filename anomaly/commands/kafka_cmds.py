@@ -17,7 +17,9 @@ from anomaly.commands.common import (
     refuse_replacing_inputs,
     setup_logging,
     time_column_option,
+    warn_line,
 )
+from anomaly.config import dead_letters_lost
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,9 @@ def consume_cmd(
             "metrics.port": metrics_port,
         },
     )
+    lost = dead_letters_lost(cfg.kafka)
+    if lost:  # a warning, not a refusal: the integration tests emulate a broker's message.max.bytes with it
+        warn_line(lost)
     import kafka.errors
 
     from anomaly.errors import ConfigError

@@ -22,6 +22,7 @@ from anomaly.commands.common import (
     setup_logging,
     time_column_option,
 )
+from anomaly.config import MAX_LAYERS
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
@@ -192,7 +193,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
 @click.option(
     "--hidden-size", type=click.IntRange(min=1), default=None, help="LSTM hidden size.  [default: 64]"
 )
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="LSTM layers.  [default: 1]")
+@click.option("--layers", type=click.IntRange(1, MAX_LAYERS), default=None, help="LSTM layers.  [default: 1]")
 @click.option(
     "--dropout",
     type=click.FloatRange(0, 1, max_open=True),

@@ -577,6 +577,8 @@ def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
     kafka_env.wait_committed(names.group, names.input, ends)
     assert metric(port, "anomaly_dead_letters_refused_total") == 1.0
     assert terminate(proc) == 0
+    warned = "warning: kafka.dead_letter_max_bytes 30000 leaves no room under kafka.max_request_bytes 20000"
+    assert kafka_env.logs[-1].read_text().splitlines()[0].startswith(warned)  # said at start
 
     monkeypatch.setenv("ANOMALY_KAFKA_DEAD_LETTER_MAX_BYTES", "8000")
     ends = _merge(ends, kafka_env.produce(names.input, second, bundle.features, raw=[(b"big2", big2)]))
@@ -586,6 +588,7 @@ def test_dead_letters_always_fit_and_a_refused_one_never_stops_the_stream(
     (dead,) = kafka_env.read(names.dead)
     h = {k: v.decode() for k, v in dead.headers}
     assert (dead.key, dead.value) == (b"big2", big2[: 8000 - len(b"big2")])
+    assert "warning:" not in kafka_env.logs[-1].read_text()  # 8000 fits
     assert (h["reason"], h["truncated"], h["original_bytes"]) == ("oversized", "1", str(len(big2)))
     assert h["original_sha256"] == hashlib.sha256(big2).hexdigest()
 
