@@ -417,6 +417,13 @@ def limit_kafka_repeats(interval_s: float = KAFKA_REPEAT_INTERVAL_S) -> None:
             handler.addFilter(RepeatedRecords(interval_s=interval_s))
 
 
+def quiet_kafka(verbose: bool) -> None:
+    """kafka-python logs every reconnect attempt: keep the one-line error contract unless -v asks for detail, and
+    with -v let each of its lines through at most once a minute (:func:`limit_kafka_repeats`)."""
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    limit_kafka_repeats()
+
+
 def refuse_replacing_inputs(
     target: str, what: str, option: str, inputs: Iterable[tuple[str | None, str]], consequence: str
 ) -> None:

@@ -11,9 +11,9 @@ from anomaly.commands.common import (
     data_options,
     empty_refused,
     exit_now,
-    limit_kafka_repeats,
     one_line_errors,
     pipeline_option,
+    quiet_kafka,
     refuse_replacing_inputs,
     setup_logging,
     time_column_option,
@@ -22,12 +22,6 @@ from anomaly.commands.common import (
 from anomaly.config import dead_letters_lost
 
 log = logging.getLogger(__name__)
-
-
-def _quiet_kafka(verbose: bool) -> None:
-    """kafka-python logs every reconnect attempt; keep the one-line error contract unless asked for detail."""
-    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
-    limit_kafka_repeats()  # with -v: each of its lines at most once a minute
 
 
 def _kafka_options(fn):  # type: ignore[no-untyped-def]
@@ -184,7 +178,7 @@ def consume_cmd(
     rebalance resumes exactly where the state left off. SIGTERM/SIGINT stop cleanly; SIGHUP reloads the model.
     """
     setup_logging(verbose)
-    _quiet_kafka(verbose)
+    quiet_kafka(verbose)
     if state_out:  # the model (then refused at the next start) or the pipeline file was replaced at shutdown
         refuse_replacing_inputs(
             state_out,
@@ -372,7 +366,7 @@ def produce_cmd(
     from anomaly.kafka.produce import message_count, messages, produce
 
     setup_logging(verbose)
-    _quiet_kafka(verbose)
+    quiet_kafka(verbose)
     cfg = config_from(
         pipeline,
         {

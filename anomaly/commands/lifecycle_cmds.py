@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ from anomaly.commands.common import (
     data_options,
     key_column_option,
     label_map_option,
-    limit_kafka_repeats,
     one_line_errors,
     option_names,
     pipeline_option,
+    quiet_kafka,
     refuse_unless,
     setup_logging,
     time_column_option,
@@ -288,12 +287,6 @@ def _check_device(device: str, option: str | None, from_pipeline: bool) -> None:
         "the pipeline's train.device is" if from_pipeline else "the champion was trained with train.device"
     )
     raise ConfigError(f"{origin} cuda, but this machine has no CUDA device: give --device cpu (or auto)")
-
-
-def _quiet_kafka(verbose: bool) -> None:
-    """kafka-python logs every reconnect attempt; keep the one-line error contract unless -v (as consume)."""
-    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
-    limit_kafka_repeats()  # with -v: each of its lines at most once a minute
 
 
 def _selected(keys: str | None) -> set[str] | None:
@@ -689,7 +682,7 @@ def retrain_cmd(
         "force",
     )
     setup_logging(verbose)
-    _quiet_kafka(verbose)
+    quiet_kafka(verbose)
     hint = " (with files, --alerts names a replay's alerts.jsonl)"
     _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint)
     if Path(out).resolve() == Path(champion).resolve():  # it replaced the champion, unvetted and no .previous
@@ -925,7 +918,7 @@ def promote_cmd(
     from anomaly.bundle import load_bundle
 
     setup_logging(verbose)
-    _quiet_kafka(verbose)
+    quiet_kafka(verbose)
     _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic)
     if (
         alerts_topic
