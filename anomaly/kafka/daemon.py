@@ -139,7 +139,8 @@ class DaemonOptions:
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
     max_fenced_in_a_row: int = 3  # fences in a row, no commit between, at which it exits (status 2)
-    trim_interval_s: float = 1.0  # at most this often: compact (idle: to the keys held; busy: to the recent peak), maybe trim_heap() (1-5 ms)
+    # at most this often: compact (idle: to the keys held; busy: to the recent peak), maybe trim_heap() (1-5 ms)
+    trim_interval_s: float = 1.0
     trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
     # discard checkpoints written with other [engine] settings that shape per-key state, or that cannot be read
@@ -214,9 +215,8 @@ class Daemon:
         self._polled_at_idle = 0  # source.polled when the stream last went idle (compacted)
         self._polled_at_trim = 0  # source.polled at the last heap trim
         self._idle_at = -float("inf")
-        self._busy_at = -float(
-            "inf"
-        )  # when a busy stream's store was last looked at (compacted if too large)
+        # when a busy stream's store was last looked at (compacted if too large)
+        self._busy_at = -float("inf")
         self._transactions_at_fence = -1
         self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
