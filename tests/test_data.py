@@ -1114,3 +1114,37 @@ def test_a_column_written_with_the_other_decimal_mark_is_named_as_such_not_as_te
         "decimal marks",
         "site": "text",
     }
+
+
+def test_times_of_day_without_a_date_are_refused_not_dated_today(tmp_path) -> None:
+    """A logger's `date` and `time` in two columns, `--time-column time`: pandas dated each `22:13:20` today, so
+    a one-day file moved to the day it was read and one that passed midnight was silently put in the wrong
+    order (its morning before its evening)."""
+    rows = [("2023-11-14", "23:58:00", 1.0), ("2023-11-14", "23:59:00", 2.0), ("2023-11-15", "00:00:00", 3.0)]
+    text = "date,time,a\n" + "".join(f"{d},{t},{v}\n" for d, t, v in rows)
+    with pytest.raises(DataError) as err:
+        load(write(tmp_path, text), time_column="time")
+    assert str(err.value) == (
+        "time column 'time' holds times of day without a date ('23:58:00', line 2); put the date and the time "
+        "in one column (2023-11-14 23:58:00) and name it with --time-column (the date may be in column 'date')"
+    )
+    text = "timestamp,a\n" + "".join(f"{t} PM,{v}\n" for t, v in (("11:58", 1.0), ("11:59", 2.0)))
+    with pytest.raises(
+        DataError, match=r"holds times of day without a date \('11:58 PM', line 2\); put the "
+    ):
+        load(write(tmp_path, text, "pm.csv"))
+    # a date with the time of day is read as before
+    series, _ = load(write(tmp_path, "timestamp,a\n2023-11-14 23:58,1\n2023-11-15 00:00,2\n", "dated.csv"))
+    assert series[0].timestamps.tolist() == [1700006280.0, 1700006400.0]
+
+
+def test_a_date_column_taken_as_the_time_names_the_column_with_the_time_of_day(tmp_path) -> None:
+    """`--time-column date` on a file with `date` and `time` columns: the refusal said the export had cut the
+    minutes off, and not that they are in the next column."""
+    text = "date,time,a\n" + "".join(f"2023-11-14,10:{m:02d}:00,{m}\n" for m in range(30))
+    with pytest.raises(SchemaError) as err:
+        load(write(tmp_path, text), time_column="date")
+    assert str(err.value).endswith(
+        "or pass --key-column if the rows are several series (the time of day may be in column 'time': put the "
+        "date and the time in one column)"
+    )

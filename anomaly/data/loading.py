@@ -27,7 +27,7 @@ from anomaly.data.reading import (
     separator_note,
 )
 from anomaly.data.series import Series
-from anomaly.data.times import in_seconds, to_epoch_seconds
+from anomaly.data.times import in_seconds, time_of_day_column, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -305,7 +305,7 @@ def frame_to_series(
     check_features(frame.columns, features, source)
     _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
-        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg)
+        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame)
     else:  # no time column: readings numbered in file order (per key), one time unit apart
         order = (
             frame.groupby(cfg.key_column, sort=False, dropna=False).cumcount().to_numpy()
@@ -364,11 +364,17 @@ def frame_to_series(
             likely = _likely_key_columns(frame, ts_all, cfg)
             cut = None if likely else _cut_precision(timed)
             if cut:
+                clock = time_of_day_column(frame, cfg.time_column)
                 raise SchemaError(
                     f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, in file order, "
                     f"and every time is a whole {cut[0]}: the export seems to have cut off the {cut[1]} (a "
                     f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
                     f"formatted {cut[2]}), or pass --key-column if the rows are several series"
+                    + (
+                        f" (the time of day may be in column {clock!r}: put the date and the time in one column)"
+                        if clock
+                        else ""
+                    )
                 )
             hint = (
                 f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
