@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from anomaly.config import DataConfig
-from anomaly.data import load_series, sampling_interval, split_at_gaps
+from anomaly.data import load_series, look_alike_keys, sampling_interval, split_at_gaps
 from anomaly.errors import DataError, SchemaError
 
 SEMICOLON = (
@@ -1148,3 +1148,18 @@ def test_a_date_column_taken_as_the_time_names_the_column_with_the_time_of_day(t
         "or pass --key-column if the rows are several series (the time of day may be in column 'time': put the "
         "date and the time in one column)"
     )
+
+
+def test_keys_that_differ_only_in_case_or_spaces_are_named(tmp_path) -> None:
+    """`s1` and `S1 ` in the key column are two series (keys are read as written, as the daemon keys them), so a
+    device whose name was typed two ways was cut in two without a word; now the look-alike keys are named."""
+    text = "timestamp,device,a\n" + "".join(
+        f"2023-01-01 00:00:{i:02d},{k},{i}\n" for i in range(6) for k in (("s1", "S1 ", "s2")[i % 3],)
+    )
+    series, _ = load(write(tmp_path, text), key_column="device")
+    assert [s.key for s in series] == ["s1", "S1 ", "s2"]
+    assert look_alike_keys(series) == (
+        "keys 's1' and 'S1 ' differ only in case or spaces: each is a series of its own, as the daemon keys "
+        "them (key values are read as written); if they name one device, write its key one way"
+    )
+    assert look_alike_keys([s for s in series if s.key != "S1 "]) is None

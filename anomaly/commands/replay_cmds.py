@@ -31,7 +31,7 @@ from anomaly.commands.common import (
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import DataConfig, PipelineConfig, build_config
-from anomaly.data import infer_features, load_series, plural
+from anomaly.data import infer_features, load_series, look_alike_keys, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
 from anomaly.errors import AnomalyError, DataError, SchemaError
@@ -163,6 +163,9 @@ def run_replay(
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
     series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
+    alike = look_alike_keys(series) if cfg.data.key_column else None
+    if alike:
+        warn_line(alike)
     observer = None
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile
