@@ -1163,3 +1163,20 @@ def test_keys_that_differ_only_in_case_or_spaces_are_named(tmp_path) -> None:
         "them (key values are read as written); if they name one device, write its key one way"
     )
     assert look_alike_keys([s for s in series if s.key != "S1 "]) is None
+
+
+def test_a_title_line_above_a_decimal_comma_header_asks_for_skip_rows(tmp_path) -> None:
+    """Excel's export with a title line (`Export of plant 3;;`): the columns under the title hold text, so the
+    error said only 'no numeric feature columns' (with --decimal ,) or hinted --decimal , for a 'number' named
+    'a'; the README promises the line the names are on."""
+    text = "\ufeffExport of plant 3;;\r\ntimestamp;a;b\r\n2023-01-01 00:00:00;1,5;2\r\n2023-01-01 00:00:01;1,25;3\r\n"
+    path = write(tmp_path, text)
+    for decimal in (".", ","):
+        with pytest.raises(SchemaError) as err:
+            load(path, decimal=decimal)
+        assert str(err.value) == (
+            f"{path}: time column 'timestamp' not found and no numeric feature columns among Export of plant 3, "
+            "Unnamed: 1, Unnamed: 2: the column names seem to be on line 2: pass --skip-rows 1"
+        )
+    series, _ = load(path, decimal=",", skip_rows=1)
+    assert series[0].values.tolist() == [[1.5, 2.0], [1.25, 3.0]]

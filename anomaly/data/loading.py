@@ -458,7 +458,17 @@ def load_series(
         if check is not None:
             check(frame, str(path))
         if feats is None:
-            feats = infer_features(frame, cfg, str(path))
+            try:
+                feats = infer_features(frame, cfg, str(path))
+            except SchemaError:  # a title line above the header: its columns are no numbers, and it says why
+                below = header_below(frame, cfg.time_column) if cfg.time_column not in frame.columns else None
+                if not (cfg.header and cfg.time_column and below):
+                    raise
+                raise SchemaError(
+                    f"{path}: time column {cfg.time_column!r} not found and no numeric feature columns among "
+                    f"{', '.join(map(str, frame.columns[:6]))}{', ...' if len(frame.columns) > 6 else ''}: the "
+                    f"column names seem to be on line {below}: pass --skip-rows {below - 1}"
+                ) from None
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
         elif inferred:  # a later file's own sensors were dropped without a word (the first file's are taken)
