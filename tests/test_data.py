@@ -1180,3 +1180,39 @@ def test_a_title_line_above_a_decimal_comma_header_asks_for_skip_rows(tmp_path) 
         )
     series, _ = load(path, decimal=",", skip_rows=1)
     assert series[0].values.tolist() == [[1.5, 2.0], [1.25, 3.0]]
+
+
+def test_local_times_beside_a_utc_offset_column_are_refused_not_shifted(tmp_path) -> None:
+    """A logger's local time with its offset in a column of its own (`utc_offset`, `+0100`): the times were read
+    as UTC, an hour off (two in summer, with an hour repeated at the change), and `+0100` became a sensor
+    reading 100 (`+01:00`, text, was left out as text)."""
+    for offset, shown in (("+0100", "100"), ("+01:00", "'+01:00'")):
+        text = "timestamp,utc_offset,a\n" + "".join(f"2023-01-01 00:0{i}:00,{offset},{i}\n" for i in range(4))
+        with pytest.raises(SchemaError) as err:
+            load(write(tmp_path, text))
+        assert str(err.value) == (
+            f"{tmp_path / 'x.csv'}: column 'utc_offset' holds UTC offsets such as {shown} beside times without "
+            "one, which are read as UTC: write the times in UTC or with their offset (2023-01-01 00:00:00+01:00), "
+            "or name the features with --features if the column is a sensor"
+        )
+    # times that carry their offset: the column only repeats it, and is left out as text
+    text = "timestamp,utc_offset,a\n" + "".join(f"2023-01-01 00:0{i}:00+01:00,+01:00,{i}\n" for i in range(4))
+    series, _ = load(write(tmp_path, text, "zoned.csv"))
+    assert series[0].timestamps[0] == 1672527600.0
+
+
+def test_numbers_with_a_unit_written_close_are_listed_as_such_not_as_text(tmp_path) -> None:
+    """`12.5kW` (no space: not refused as a formatted export, so that identifiers such as `101A` are not taken
+    for numbers) was left out of the features as `text`, which hid that it is a sensor's readings."""
+    from anomaly.data import infer_features, non_features, read_frame
+
+    path = write(
+        tmp_path,
+        "timestamp,power,room,a\n" + "".join(f"2023-01-01 00:00:0{i},{i}.5kW,10{i}A,{i}\n" for i in range(4)),
+    )
+    frame = read_frame(path)
+    cfg = DataConfig()
+    assert non_features(frame, infer_features(frame, cfg), cfg) == {
+        "power": "numbers with units such as '0.5kW', read as text: export the raw values",
+        "room": "text",
+    }

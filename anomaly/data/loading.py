@@ -270,6 +270,51 @@ def _refuse_unused_time_options(frame: pd.DataFrame, cfg: DataConfig, source: st
         )
 
 
+# A column of the times' UTC offset, as some loggers write beside local times ('utc_offset', 'TZ', 'Zeitzone' is
+# not matched): a bare 'offset' may well be a sensor's calibration offset.
+_OFFSET_NAME = re.compile(
+    r"(?:utc|gmt|tz|time[ _-]?zone)[ _-]?offset|tz|time[ _-]?zone|utc|gmt", re.IGNORECASE
+)
+_OFFSET_TEXT = r"\s*(?:UTC|GMT)?\s*[+-]\d{1,2}(?::?\d{2})?\s*"
+_ZONED = r".*(?:Z|[+-]\d{2}:?\d{2})\s*"
+
+
+def _refuse_an_offset_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
+    """Local times without an offset beside a column of UTC offsets: the times were read as UTC (an hour or two
+    off, with a repeated hour at each DST change) and an offset `+0100` became a sensor reading 100."""
+    time = frame[cfg.time_column].dropna()
+    if not len(time) or not isinstance(time.iloc[0], str) or re.fullmatch(_ZONED, time.iloc[0]):
+        return
+    for c in frame.columns:
+        if c == cfg.time_column or not _OFFSET_NAME.fullmatch(str(c).strip()):
+            continue
+        cells = frame[c].dropna()
+        if not len(cells):
+            continue
+        if isinstance(cells.iloc[0], str):
+            fits = bool(cells.astype(str).str.fullmatch(_OFFSET_TEXT).all())
+        else:
+            numbers = pd.to_numeric(cells, errors="coerce")
+            fits = bool(numbers.notna().all() and (numbers.abs() <= 1400).all())
+        if fits:
+            first = cells.iloc[0]
+            shown = repr(first) if isinstance(first, str) else f"{first:g}"
+            parts = re.search(r"([+-]?)(\d{1,2}):?(\d{2})?", str(first)) if isinstance(first, str) else None
+            if parts is not None:
+                sign, hours, minutes = parts.group(1) or "+", int(parts.group(2)), int(parts.group(3) or 0)
+            else:
+                whole = abs(int(first))
+                sign, hours, minutes = (
+                    "-" if first < 0 else "+",
+                    *(divmod(whole, 100) if whole >= 100 else (whole, 0)),
+                )
+            raise SchemaError(
+                f"{source}: column {str(c)!r} holds UTC offsets such as {shown} beside times without one, which are read "
+                f"as UTC: write the times in UTC or with their offset ({time.iloc[0].strip()}{sign}{hours:02d}:{minutes:02d}), or name the "
+                "features with --features if the column is a sensor"
+            )
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -305,6 +350,8 @@ def frame_to_series(
     check_features(frame.columns, features, source)
     _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
+        if not cfg.features:  # features named: the user's call
+            _refuse_an_offset_column(frame, cfg, source)
         ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame)
     else:  # no time column: readings numbered in file order (per key), one time unit apart
         order = (
