@@ -742,3 +742,19 @@ def test_alerts_jsonl_is_in_decision_time_order_whatever_the_batch_size(bundle_p
         statuses = [r["status"] for r in records if r["key"] == key]
         assert statuses == ["open", "closed"] * (len(statuses) // 2) + ["open"] * (len(statuses) % 2)
         assert len(statuses) >= 2
+
+
+def test_a_file_of_many_other_columns_is_refused_in_a_line_of_readable_length(bundle_path, tmp_path) -> None:
+    """A 200-column file against a 4-feature model: the error listed all 200 names, a line of 1,400 characters
+    whose end (the hint) no terminal showed together with its start."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    wide = frame[["timestamp"]].assign(**{f"f{i:03d}": 1.0 for i in range(200)})
+    path = tmp_path / "wide.csv"
+    wide.to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value) == (
+        f"{path} does not match the model's features: missing sensor_1, sensor_2, sensor_3, sensor_4; unexpected "
+        + ", ".join(f"f{i:03d}" for i in range(10))
+        + " and 190 more"
+    )

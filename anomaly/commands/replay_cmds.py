@@ -97,6 +97,12 @@ def check_schema(cfg: PipelineConfig, features: list[str]) -> Callable[[pd.DataF
     return functools.partial(check_columns, cfg=cfg, features=features)
 
 
+def _some(names: list[str], shown: int = 10) -> str:
+    """The first `shown` names, and how many more: a file of 200 other columns made a line of 1,400 characters."""
+    more = f" and {len(names) - shown} more" if len(names) > shown + 1 else ""
+    return ", ".join(map(str, names if not more else names[:shown])) + more
+
+
 def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, features: list[str]) -> None:
     """Refuse a file (read as `frame`) whose numeric columns are not exactly the model's `features`."""
     have = infer_features(frame, cfg.data, path)
@@ -104,8 +110,8 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
     extra = [f for f in have if f not in features]
     if missing or extra:
         named = [_why_missing(frame, f, cfg.data) for f in missing]
-        parts = ([f"missing {', '.join(named)}"] if missing else []) + (
-            [f"unexpected {', '.join(extra)}"] if extra else []
+        parts = ([f"missing {_some(named)}"] if missing else []) + (
+            [f"unexpected {_some(extra)}"] if extra else []
         )
         hint = "" if missing else " (use only the model's columns with --features)"
         time_column = cfg.data.time_column
