@@ -566,13 +566,15 @@ def test_whole_excel_serial_dates_are_refused_when_named_or_stepped_as_days(tmp_
     with pytest.raises(DataError) as named:
         load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
     assert str(named.value) == (
-        "time column 'Date' holds numbers like 45010.0 that look like Excel serial dates (days since 1899-12-30: "
+        f"{tmp_path / 'x.csv'}: time column 'Date' holds numbers like 45010.0 that look like Excel serial dates (days since 1899-12-30: "
         "45010 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
         "hh:mm:ss), or pass --time-unit s if they are seconds"
     )
     workdays = [d for d in range(45012, 45012 + 28) if d % 7 not in (0, 1)]  # Mondays to Fridays, four weeks
     text = "timestamp,a\n" + "".join(f"{d},{i}\n" for i, d in enumerate(workdays))
-    with pytest.raises(DataError, match=r"^time column 'timestamp' holds numbers like 45012.0 that look"):
+    with pytest.raises(
+        DataError, match=r"w.csv: time column 'timestamp' holds numbers like 45012.0 that look"
+    ):
         load(write(tmp_path, text, "w.csv"))
     counter = write(tmp_path, "time,a\n" + daily, "t.csv")  # seconds 45010, 45011, ...: taken as such
     (s,), _ = load(counter, time_column="time")
@@ -967,7 +969,7 @@ def test_daily_excel_serials_with_a_time_of_day_follow_the_rule_of_whole_ones(tm
     with pytest.raises(DataError) as named:
         load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
     assert str(named.value) == (
-        "time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
+        f"{tmp_path / 'x.csv'}: time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
         "45010.5 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
         "hh:mm:ss), or pass --time-unit s if they are seconds"
     )
@@ -1125,7 +1127,7 @@ def test_times_of_day_without_a_date_are_refused_not_dated_today(tmp_path) -> No
     with pytest.raises(DataError) as err:
         load(write(tmp_path, text), time_column="time")
     assert str(err.value) == (
-        "time column 'time' holds times of day without a date ('23:58:00', line 2); put the date and the time "
+        f"{tmp_path / 'x.csv'}: time column 'time' holds times of day without a date ('23:58:00', line 2); put the date and the time "
         "in one column (2023-11-14 23:58:00) and name it with --time-column (the date may be in column 'date')"
     )
     text = "timestamp,a\n" + "".join(f"{t} PM,{v}\n" for t, v in (("11:58", 1.0), ("11:59", 2.0)))

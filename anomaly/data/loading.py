@@ -352,7 +352,10 @@ def frame_to_series(
     if cfg.time_column:
         if not cfg.features:  # features named: the user's call
             _refuse_an_offset_column(frame, cfg, source)
-        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame)
+        try:
+            ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame)
+        except DataError as exc:  # which file, when several are read (the column and line alone did not say)
+            raise DataError(f"{source}: {exc}") from None
     else:  # no time column: readings numbered in file order (per key), one time unit apart
         order = (
             frame.groupby(cfg.key_column, sort=False, dropna=False).cumcount().to_numpy()
