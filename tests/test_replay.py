@@ -748,7 +748,9 @@ def test_a_file_of_many_other_columns_is_refused_in_a_line_of_readable_length(bu
     """A 200-column file against a 4-feature model: the error listed all 200 names, a line of 1,400 characters
     whose end (the hint) no terminal showed together with its start."""
     frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
-    wide = frame[["timestamp"]].assign(**{f"f{i:03d}": 1.0 for i in range(200)})
+    wide = pd.concat(
+        [frame[["timestamp"]], pd.DataFrame(1.0, frame.index, [f"f{i:03d}" for i in range(200)])], axis=1
+    )
     path = tmp_path / "wide.csv"
     wide.to_csv(path, index=False)
     with pytest.raises(SchemaError) as info:
