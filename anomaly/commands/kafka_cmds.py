@@ -392,7 +392,7 @@ def produce_cmd(
                 f"({', '.join(wanted)})",
                 key="data.features",
             )
-    series, feats = load_series(list(data), cfg.data, wanted)  # with --model, in the model's order
+    series, feats = load_series(list(data), cfg.data, wanted, warn=warn_line)  # with --model: its order
     k = cfg.kafka
     admin = clients.make_admin(k)
     try:

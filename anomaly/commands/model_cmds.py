@@ -21,6 +21,7 @@ from anomaly.commands.common import (
     pipeline_option,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.config import MAX_LAYERS
 from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
@@ -94,7 +95,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     check_output(out, paths)
     pick_device(cfg.train.device)  # `--device cuda` without CUDA fails now, not after the files are read
     left_out: dict[str, str] = {}
-    series, features = load_series(paths, cfg.data, left_out=left_out)
+    series, features = load_series(paths, cfg.data, left_out=left_out, warn=warn_line)
     click.echo(
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")

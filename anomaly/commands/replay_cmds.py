@@ -162,7 +162,9 @@ def run_replay(
         )
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
-    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
+    series, _ = load_series(
+        paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=warn_line
+    )
     observer = None
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile
