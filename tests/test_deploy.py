@@ -601,6 +601,60 @@ def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> No
     assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
+@needs_promtool
+def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) -> None:
+    """Two pipelines (consumer groups) on one Prometheus, both with key "pump": "Active alerts" and "Alert timeline"
+    took `max by (key)` over both, so they showed one row "pump" with no pipeline, open while either was. They
+    show per group and key, as AnomalyDetected alerts (its join on anomaly_pipeline_info); a daemon without that
+    series (from before session 20) shows without a group, as it alerts. Evaluated by promtool."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    panels = {p["title"]: p for p in dash["panels"]}
+    (table,) = panels["Active alerts"]["targets"]
+    (timeline,) = panels["Alert timeline"]["targets"]
+    active = 'anomaly_alert_active{job="anomaly",instance="%s",key="pump"}'
+    info = 'anomaly_pipeline_info{job="anomaly",instance="%s",group="%s",topics="sensors"}'
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": info % ("a:9108", "line-a"), "values": "1x5"},
+                    {"series": info % ("b:9108", "line-b"), "values": "1x5"},
+                    {"series": active % "a:9108", "values": "0x5"},
+                    {"series": active % "b:9108", "values": "1x5"},
+                    {"series": active % "old:9108", "values": "1x5"},  # no anomaly_pipeline_info
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": table["expr"].replace("$instance", ".*"),
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{group="line-b",key="pump"}', "value": 1},
+                            {"labels": '{key="pump"}', "value": 1},
+                        ],
+                    },
+                    {
+                        "expr": timeline["expr"].replace("$instance", ".*"),
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{group="line-a",key="pump"}', "value": 0},
+                            {"labels": '{group="line-b",key="pump"}', "value": 1},
+                            {"labels": '{key="pump"}', "value": 1},
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "alert_panels.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert timeline["legendFormat"] == "{{group}} {{key}}"
+
+
 def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
     """The commands compose runs (trainer, producer, daemon), the k8s Deployment's args and the runbooks' command
     lines use subcommands and options the CLI has; a runbook command that reads the stream (--since) names the
