@@ -760,8 +760,8 @@ def test_alerts_jsonl_keeps_each_keys_records_in_emission_order(bundle, tmp_path
     them only while a key's `at` never goes back. It does not, on every path that emits a record: open, a normal
     close, a level_shift close (engine.max_alert_seconds), an eviction close (TTL: key b is silent for 450 minutes
     with an alert open while a and c read; its close is at the event time reached, and it opens again later), a
-    gap reset (c) and the end-of-replay flush, a reading of each key per call (as a daemon reads) and in one call. Each
-    key's records in the file are the ones emitted, in that order, and their `at` never decreases."""
+    gap reset (c) and the end-of-replay flush, a reading of each key per call (as a daemon reads) and in one
+    call. Each key's records in the file are the ones emitted, in that order, and their `at` never decreases."""
     one = generate(SyntheticSpec(n_sensors=4, n_points=1200, anomalies=4, seed=2))
     minute = np.arange(len(one))  # one reading a minute
     parts = [
