@@ -957,3 +957,20 @@ def test_train_and_replay_name_keys_that_differ_only_in_case_or_spaces(tmp_path)
     assert train.exit_code == 0 and warning in train.stderr
     replay = invoke("replay", str(csv), "-m", str(model), "-o", str(tmp_path / "r"), "--no-plots", *common)
     assert warning in replay.stderr
+
+
+def test_dayfirst_on_iso_times_warns_that_it_had_no_effect(tmp_path) -> None:
+    """`train --dayfirst` on ISO-8601 times read 2023-02-01 as 2 January (and 2023-02-13 as 13 February); the
+    option has no day/month date to order there, so it is left out with one `warning:` line saying so."""
+    csv = tmp_path / "d.csv"
+    csv.write_text(
+        "timestamp,a\n" + "".join(f"2023-02-01T{i // 60:02d}:{i % 60:02d},{i % 5}\n" for i in range(90))
+    )
+    model = tmp_path / "m.pt"
+    args = ["train", str(csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    result = CliRunner().invoke(main, [*args, "--dayfirst"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: --dayfirst (data.dayfirst = true) had no effect: time column 'timestamp' holds dates such as "
+        "'2023-02-01T00:00', not day/month dates (ISO-8601 dates are year first)"
+    ]

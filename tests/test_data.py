@@ -298,6 +298,38 @@ def test_ambiguous_day_month_dates_are_refused_until_the_order_is_given(tmp_path
     assert s.timestamps[0] == np.datetime64("2023-01-02T10:00", "s").astype(np.int64)
 
 
+@pytest.mark.parametrize("dayfirst", [True, False])
+def test_dayfirst_leaves_iso_dates_alone_and_says_it_had_no_effect(tmp_path, dayfirst: bool) -> None:
+    """`--dayfirst` with ISO-8601 times read them as year-day-month: 2023-02-01 became 2 January, while
+    2023-02-13 (no 13th month) stayed 13 February, so the times went out of order without a word. ISO dates have
+    one order: the option is left out for them, and with epoch numbers, with one warning each load."""
+    path = dates(tmp_path, "2023-02-01 10:00", "2023-02-03 10:00", "2023-02-13T10:00:00Z")
+    (s,), _ = load(path, dayfirst=dayfirst)
+    day = 86_400
+    start = np.datetime64("2023-02-01T10:00", "s").astype(np.int64)
+    assert s.timestamps.tolist() == [start, start + 2 * day, start + 12 * day]
+    heard: list[str] = []
+    both, _ = load_series(
+        [path, path], DataConfig(dayfirst=dayfirst), warn=heard.append
+    )  # two files, one word
+    assert [x.timestamps.tolist() for x in both] == [s.timestamps.tolist()] * 2
+    flag = f"--{'day' if dayfirst else 'month'}first (data.dayfirst = {str(dayfirst).lower()})"
+    assert heard == [
+        f"{flag} had no effect: time column 'timestamp' holds dates such as '2023-02-01 10:00', not day/month "
+        "dates (ISO-8601 dates are year first)"
+    ]
+    heard.clear()
+    epochs = write(tmp_path, "timestamp,a\n1700000000,1\n1700000060,2\n", "e.csv")
+    (s,), _ = load_series([epochs], DataConfig(dayfirst=dayfirst), warn=heard.append)
+    assert s.timestamps.tolist() == [1700000000.0, 1700000060.0]
+    assert heard == [
+        f"{flag} had no effect: time column 'timestamp' holds epoch numbers such as 1700000000, not dates"
+    ]
+    heard.clear()
+    load_series([dates(tmp_path, "02/01/2023 10:00")], DataConfig(dayfirst=dayfirst), warn=heard.append)
+    assert heard == []  # a day/month date: the option is what read it
+
+
 def test_unambiguous_day_first_dates_parse_and_mixed_orders_are_refused(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no pandas UserWarning may leak

@@ -392,7 +392,7 @@ def produce_cmd(
                 f"({', '.join(wanted)})",
                 key="data.features",
             )
-    series, feats = load_series(list(data), cfg.data, wanted)  # with --model, in the model's order
+    series, feats = load_series(list(data), cfg.data, wanted, warn=warn_line)  # with --model: its order
     alike = look_alike_keys(series) if cfg.data.key_column else None
     if alike:
         warn_line(alike)

@@ -103,7 +103,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     check_output(out, paths)
     pick_device(cfg.train.device)  # `--device cuda` without CUDA fails now, not after the files are read
     left_out: dict[str, str] = {}
-    series, features = load_series(paths, cfg.data, left_out=left_out)
+    series, features = load_series(paths, cfg.data, left_out=left_out, warn=warn_line)
     click.echo(
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")

@@ -168,7 +168,9 @@ def run_replay(
         )
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
-    series, _ = load_series(paths, cfg.data, bundle.features, labels_file=labels_file, check=check)
+    series, _ = load_series(
+        paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=warn_line
+    )
     alike = look_alike_keys(series) if cfg.data.key_column else None
     if alike:
         warn_line(alike)

@@ -321,6 +321,7 @@ def frame_to_series(
     cfg: DataConfig,
     source: str,
     labels_file: str | Path | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Series]:
     if cfg.time_column and cfg.time_column not in frame.columns:
         timelike = [c for c in frame.columns if re.search(r"time|date", str(c), re.IGNORECASE)]
@@ -353,7 +354,7 @@ def frame_to_series(
         if not cfg.features:  # features named: the user's call
             _refuse_an_offset_column(frame, cfg, source)
         try:
-            ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame)
+            ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame, warn)
         except DataError as exc:  # which file, when several are read (the column and line alone did not say)
             raise DataError(f"{source}: {exc}") from None
     else:  # no time column: readings numbered in file order (per key), one time unit apart
@@ -468,13 +469,15 @@ def load_series(
     left_out: dict[str, str] | None = None,
     labels_file: str | Path | None = None,
     check: Callable[[pd.DataFrame, str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[list[Series], list[str]]:
     """Read every file into series. Features come from `features`, the config, or the first file's numerics;
     in that last case `left_out` (when given) receives the first file's other columns that are not time, key
     or label, each with the reason it is not a feature, so a command can show it. `labels_file` gives the
     labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
     several data files). `check` (a replay's test of the columns against its model's) sees each file's frame
-    first, as read, before anything is taken from it.
+    first, as read, before anything is taken from it. `warn` hears each warning once (a setting that had no
+    effect, such as --dayfirst on epoch or ISO-8601 times), however many files say it.
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
@@ -490,6 +493,13 @@ def load_series(
     feats = list(features) if features else None
     inferred = feats is None and not cfg.features
     seen: set[str] = set()
+    warned: set[str] = set()
+
+    def warn_once(message: str) -> None:
+        if warn is not None and message not in warned:
+            warned.add(message)
+            warn(message)
+
     for path in paths:
         frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
         if cfg.header and data_as_header(frame.columns):  # a UCR file under --no-time-column trained on its
@@ -543,7 +553,7 @@ def load_series(
                     f"columns are {', '.join(map(str, frame.columns))}",
                     missing=lacking,
                 )
-        part = frame_to_series(frame, feats, cfg, str(path), labels_file)
+        part = frame_to_series(frame, feats, cfg, str(path), labels_file, warn_once)
         del frame  # let go before the next file is read: two files' frames were held at once
         for s in part:
             if not cfg.key_column:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -151,16 +152,25 @@ def _refuse_times_of_day(text: pd.Series, cfg: DataConfig, frame: pd.DataFrame |
 
 
 def to_epoch_seconds(
-    column: pd.Series, cfg: DataConfig | None = None, frame: pd.DataFrame | None = None
+    column: pd.Series,
+    cfg: DataConfig | None = None,
+    frame: pd.DataFrame | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Numbers are epoch times in data.time_unit (auto: s, ms, us or ns by magnitude); text is parsed as a
     date-time (naive means UTC) with data.time_format, or ISO-like text; day/month order must be given
     (--dayfirst or --time-format) when the dates alone cannot tell it. Times of day without a date are refused
-    (`frame`, the file's other columns, names the one that may hold the date)."""
+    (`frame`, the file's other columns, names the one that may hold the date). data.dayfirst applies to
+    day/month dates only: `warn` (when given) hears it had no effect on epoch numbers or on year-first (ISO-8601)
+    dates."""
     cfg = cfg or DataConfig()
     name = column.name
+    flag = f"--{'day' if cfg.dayfirst else 'month'}first (data.dayfirst = {str(cfg.dayfirst).lower()})"
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         values = column.to_numpy(dtype=np.float64)
+        if cfg.dayfirst is not None and warn is not None and np.isfinite(values).any():
+            first = column[np.isfinite(values)].iloc[0]
+            warn(f"{flag} had no effect: time column {name!r} holds epoch numbers such as {first}, not dates")
         unit = _numeric_unit(values) if cfg.time_unit == "auto" else cfg.time_unit
         if cfg.time_unit == "auto":
             _refuse_excel_serials(values, name)
@@ -190,6 +200,16 @@ def to_epoch_seconds(
                 raise DataError(f"time column {name!r} has month-first dates such as {month_first!r}")
             elif not dayfirst and day_first is not None:
                 raise DataError(f"time column {name!r} has day-first dates such as {day_first!r}")
+        elif dayfirst is not None:
+            # no day/month date: pandas read ISO 2023-02-01 under dayfirst=True as year-day-month (1 February
+            # became 2 January, and 2023-02-13, which cannot be, stayed February: times out of order)
+            dayfirst = None
+            shown = text.dropna()
+            if warn is not None and len(shown):
+                warn(
+                    f"{flag} had no effect: time column {name!r} holds dates such as {str(shown.iloc[0])!r}, not "
+                    "day/month dates (ISO-8601 dates are year first)"
+                )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
