@@ -532,7 +532,7 @@ class KafkaConfig:
         named: dict[str, str] = {}  # a field name -> the setting that took it
         for name in ("key_field", "time_field", "values_field", "readings_field"):
             value = getattr(self, name)
-            _need(bool(value), f"kafka.{name}", "must not be empty")
+            _need(bool(value.strip()), f"kafka.{name}", "must not be empty")  # no message has a field " "
             other = named.setdefault(value, name)
             _need(  # values_field = "readings" made every message a block of readings that are not objects
                 other == name,

@@ -678,3 +678,20 @@ def test_data_dayfirst_with_a_time_format_is_refused() -> None:
     assert (err.value.key, err.value.related) == ("data.dayfirst", ("data.time_format",))
     assert build_config({"data": {"dayfirst": False}}).data.dayfirst is False
     assert build_config({"data": {"time_format": "%d/%m/%Y"}}).data.time_format == "%d/%m/%Y"
+
+
+@pytest.mark.parametrize("name", ["key_field", "time_field", "values_field", "readings_field"])
+@pytest.mark.parametrize("value", [" ", "\t "])
+def test_whitespace_only_message_field_names_are_refused_as_empty(name: str, value: str) -> None:
+    """`kafka.key_field = " "` was accepted: no message has a field named " ", so every message fell back to its
+    Kafka message key or was dead-lettered as missing_field (and the same for the time, values and readings
+    fields). Refused like an empty name, from the file and from the environment, as data.key_column is."""
+    with pytest.raises(ConfigError) as err:
+        build_config({"kafka": {name: value}})
+    assert str(err.value) == f"kafka.{name} must not be empty"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={f"ANOMALY_KAFKA_{name.upper()}": value})
+    assert str(err.value).startswith(f"kafka.{name} must not be empty")
+    with pytest.raises(ConfigError) as err:
+        build_config({"data": {"key_column": value}})
+    assert str(err.value) == "data.key_column must not be empty (leave it out for one series)"

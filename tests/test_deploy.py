@@ -601,6 +601,60 @@ def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> No
     assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
+@needs_promtool
+def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) -> None:
+    """Two pipelines (consumer groups) on one Prometheus, both with key "pump": "Active alerts" and "Alert timeline"
+    took `max by (key)` over both, so they showed one row "pump" with no pipeline, open while either was. They
+    show per group and key, as AnomalyDetected alerts (its join on anomaly_pipeline_info); a daemon without that
+    series (from before session 20) shows without a group, as it alerts. Evaluated by promtool."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    panels = {p["title"]: p for p in dash["panels"]}
+    (table,) = panels["Active alerts"]["targets"]
+    (timeline,) = panels["Alert timeline"]["targets"]
+    active = 'anomaly_alert_active{job="anomaly",instance="%s",key="pump"}'
+    info = 'anomaly_pipeline_info{job="anomaly",instance="%s",group="%s",topics="sensors"}'
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": info % ("a:9108", "line-a"), "values": "1x5"},
+                    {"series": info % ("b:9108", "line-b"), "values": "1x5"},
+                    {"series": active % "a:9108", "values": "0x5"},
+                    {"series": active % "b:9108", "values": "1x5"},
+                    {"series": active % "old:9108", "values": "1x5"},  # no anomaly_pipeline_info
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": table["expr"].replace("$instance", ".*"),
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{group="line-b",key="pump"}', "value": 1},
+                            {"labels": '{key="pump"}', "value": 1},
+                        ],
+                    },
+                    {
+                        "expr": timeline["expr"].replace("$instance", ".*"),
+                        "eval_time": "3m",
+                        "exp_samples": [
+                            {"labels": '{group="line-a",key="pump"}', "value": 0},
+                            {"labels": '{group="line-b",key="pump"}', "value": 1},
+                            {"labels": '{key="pump"}', "value": 1},
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "alert_panels.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert timeline["legendFormat"] == "{{group}} {{key}}"
+
+
 def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
     """The commands compose runs (trainer, producer, daemon), the k8s Deployment's args and the runbooks' command
     lines use subcommands and options the CLI has; a runbook command that reads the stream (--since) names the
@@ -753,3 +807,31 @@ def test_the_daemon_pods_memory_fits_what_was_measured() -> None:
     resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert quantity(resources["requests"]["memory"]) >= rss
     assert quantity(resources["limits"]["memory"]) >= 1.25 * peaks
+
+
+def test_the_retrain_jobs_memory_fits_what_was_measured() -> None:
+    """The retrain CronJob had no memory request or limit, and its memory was never measured: `anomaly retrain`
+    holds the whole --since range in memory. Measured (deploy/measure_retrain_memory.py, the table in
+    deploy/README.md), its request covers every measured RSS and its limit every measured peak with a quarter to
+    spare, and the table was measured with the CronJob's own command."""
+    import shlex
+
+    readme = (DEPLOY / "README.md").read_text()
+    table = readme[readme.index("| retrain (") :].split("\n\n")[0].splitlines()
+    (cron,) = k8s("CronJob")
+    (job,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (line,) = [ln.strip() for ln in job["args"][0].splitlines() if ln.strip().startswith("anomaly ")]
+    since = shlex.split(line)[shlex.split(line).index("--since") + 1]
+    assert f"`--since {since}`" in table[0] and "--promote" in line
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in table[2:]]
+    assert len(rows) >= 3
+    rss = max(float(n.replace(",", "")) for row in rows for n in re.findall(r"[\d,]+", row[-2]))
+    peak = max(float(row[-1].replace(",", "")) for row in rows)
+
+    def quantity(q: str) -> float:
+        (number, unit) = re.fullmatch(r"([\d.]+)(Mi|Gi)", q).groups()
+        return float(number) * (1024 if unit == "Gi" else 1)
+
+    resources = job["resources"]
+    assert quantity(resources["requests"]["memory"]) >= rss
+    assert quantity(resources["limits"]["memory"]) >= 1.25 * peak

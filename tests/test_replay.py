@@ -12,7 +12,7 @@ import pytest
 from anomaly import evaluation
 from anomaly.commands.replay_cmds import run_replay
 from anomaly.config import build_config
-from anomaly.data import to_epoch_seconds
+from anomaly.data import load_series, to_epoch_seconds
 from anomaly.engine import Engine, Event
 from anomaly.errors import DataError, SchemaError
 from anomaly.replay import replay
@@ -742,3 +742,73 @@ def test_alerts_jsonl_is_in_decision_time_order_whatever_the_batch_size(bundle_p
         statuses = [r["status"] for r in records if r["key"] == key]
         assert statuses == ["open", "closed"] * (len(statuses) // 2) + ["open"] * (len(statuses) % 2)
         assert len(statuses) >= 2
+
+
+def test_a_file_of_many_other_columns_is_refused_in_a_line_of_readable_length(bundle_path, tmp_path) -> None:
+    """A 200-column file against a 4-feature model: the error listed all 200 names, a line of 1,400 characters
+    whose end (the hint) no terminal showed together with its start."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    wide = pd.concat(
+        [frame[["timestamp"]], pd.DataFrame(1.0, frame.index, [f"f{i:03d}" for i in range(200)])], axis=1
+    )
+    path = tmp_path / "wide.csv"
+    wide.to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value) == (
+        f"{path} does not match the model's features: missing sensor_1, sensor_2, sensor_3, sensor_4; unexpected "
+        + ", ".join(f"f{i:03d}" for i in range(10))
+        + " and 190 more"
+    )
+
+
+class EmittedAlerts:
+    """An observer: every alert record in the order the engine emitted them."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def observe(self, out, batch, engine, now) -> None:
+        self.records += [alert.to_json() for alert in out.alerts]
+
+
+@pytest.mark.parametrize("batch", [3, 4096])
+def test_alerts_jsonl_keeps_each_keys_records_in_emission_order(bundle, tmp_path, batch: int) -> None:
+    """alerts.jsonl is sorted by (`at`, key) at close, which keeps a key's records in the order the engine emitted
+    them only while a key's `at` never goes back. It does not, on every path that emits a record: open, a normal
+    close, a level_shift close (engine.max_alert_seconds), an eviction close (TTL: key b is silent for 450 minutes
+    with an alert open while a and c read; its close is at the event time reached, and it opens again later), a
+    gap reset (c) and the end-of-replay flush, a reading of each key per call (as a daemon reads) and in one
+    call. Each key's records in the file are the ones emitted, in that order, and their `at` never decreases."""
+    one = generate(SyntheticSpec(n_sensors=4, n_points=1200, anomalies=4, seed=2))
+    minute = np.arange(len(one))  # one reading a minute
+    parts = [
+        one.assign(sensor_id="a"),
+        one[(minute < 250) | (minute >= 700)].assign(sensor_id="b"),  # silent from within its first alert
+        one[(minute < 500) | (minute >= 560)].assign(sensor_id="c"),  # a 60-minute gap
+    ]
+    path = tmp_path / "keys.csv"
+    pd.concat(parts).to_csv(path, index=False)
+    series, _ = load_series([path], build_config({"data": {"key_column": "sensor_id"}}).data, bundle.features)
+    reasons: set[str] = set()
+    for engine in (
+        {"ttl_seconds": 3 * 3600, "max_gap_seconds": 1800},
+        {"ttl_seconds": 3 * 3600, "max_gap_seconds": 1800, "max_alert_seconds": 600},
+    ):
+        cfg = build_config(
+            {"engine": {"threshold": "static", **engine}, "replay": {"batch_readings": batch, "plots": False}}
+        )
+        emitted = EmittedAlerts()
+        out = tmp_path / f"{batch}-{len(engine)}"
+        result = replay(bundle, series, cfg, out, observer=emitted)
+        written = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+        assert sorted(map(json.dumps, written)) == sorted(map(json.dumps, emitted.records))
+        for key in "abc":
+            mine = [r for r in emitted.records if r["key"] == key]
+            assert [r for r in written if r["key"] == key] == mine
+            assert [r["at"] for r in mine] == sorted(r["at"] for r in mine)
+        reasons |= {r["reason"] for r in written}
+        counters = result.summary["engine_counters"]
+        assert counters["gap_resets"] >= 1
+        assert counters["evicted"] == (1 if batch == 3 else 0)  # one call: b's silence is a gap (README)
+    assert reasons == {"", "normal", "level_shift"} | ({"evicted"} if batch == 3 else set())

@@ -330,7 +330,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
 
     from anomaly.data import load_series, merge_keys
 
-    series, _ = load_series(list(data), cfg.data, features)
+    series, _ = load_series(list(data), cfg.data, features, warn=warn_line)
     _check_values(series, features, data)
     series = merge_keys(series)  # one series per key, as a topic read gives (a key may be in several files)
     series = sorted(series, key=lambda s: s.key)  # the order a topic read gives (training data order matters)

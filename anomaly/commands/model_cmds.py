@@ -21,9 +21,18 @@ from anomaly.commands.common import (
     pipeline_option,
     setup_logging,
     time_column_option,
+    warn_line,
 )
 from anomaly.config import MAX_LAYERS
-from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
+from anomaly.data import (
+    counting_features,
+    cut_out_labelled,
+    load_series,
+    look_alike_keys,
+    merge_keys,
+    plural,
+    quoted,
+)
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, pick_device, train
@@ -94,7 +103,7 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
     check_output(out, paths)
     pick_device(cfg.train.device)  # `--device cuda` without CUDA fails now, not after the files are read
     left_out: dict[str, str] = {}
-    series, features = load_series(paths, cfg.data, left_out=left_out)
+    series, features = load_series(paths, cfg.data, left_out=left_out, warn=warn_line)
     click.echo(
         f"features ({len(features)}): {', '.join(features)}"
         + (f"; not features: {', '.join(f'{c} ({why})' for c, why in left_out.items())}" if left_out else "")
@@ -103,6 +112,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         for s in series:
             s.labels = None
     series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
+    alike = look_alike_keys(series) if cfg.data.key_column else None
+    if alike:
+        warn_line(alike)
     counting = [] if cfg.data.features else counting_features(series, features)
     if counting:  # chosen with --features, it is the user's call
         rest = [f for f in features if f not in counting]

@@ -34,7 +34,9 @@ class JsonlAlertSink:
     def close(self) -> None:
         if self._fh.closed:
             return
-        self.alerts.sort(key=lambda r: (r["at"], r["key"]))  # stable: a key's records keep their order
+        # stable: a key's records keep their order, as a key's `at` never goes back (open, normal, level_shift and
+        # eviction closes, gaps, flush: test_alerts_jsonl_keeps_each_keys_records_in_emission_order)
+        self.alerts.sort(key=lambda r: (r["at"], r["key"]))
         try:
             self._fh.writelines(json.dumps(record) + "\n" for record in self.alerts)
         finally:
