@@ -75,6 +75,9 @@ class DataConfig:
     """How CSV files map to series: which columns are time, key, features and labels."""
 
     time_column: str = "timestamp"  # "": the files have no time column; readings are numbered 0, 1, 2, ...
+    date_column: str | None = (
+        None  # the date beside a time_column of times of day: joined "DATE TIME" per row
+    )
     key_column: str | None = None
     features: tuple[str, ...] = ()  # empty: every numeric column that is not time, key or label
     label_columns: tuple[str, ...] = ("anomaly", "changepoint")
@@ -103,6 +106,20 @@ class DataConfig:
             "must not be empty (leave it out for one series)",
         )
         _need(bool(self.label), "data.label", "must not be empty")
+        if self.date_column is not None:
+            _need(bool(self.date_column.strip()), "data.date_column", "must not be empty (leave it out)")
+            _need(
+                bool(self.time_column),
+                "data.date_column",
+                "is joined to the time column's times of day, and there is none (--no-time-column): leave one out",
+                ("data.time_column",),
+            )
+            _need(
+                self.date_column != self.time_column,
+                "data.date_column",
+                f"names the time column {self.time_column!r} too: the date and the times of day are two columns",
+                ("data.time_column",),
+            )
         _need(
             self.separator is None or len(self.separator) == 1,
             "data.separator",
@@ -139,6 +156,7 @@ class DataConfig:
         _need(not dup, "data.features", f"lists {', '.join(dup)} more than once")
         for role, col, name in (
             ("time column", self.time_column or None, "data.time_column"),
+            ("date column", self.date_column, "data.date_column"),
             ("key column", self.key_column, "data.key_column"),
         ):
             _need(col not in self.features, "data.features", f"includes the {role} {col!r}", (name,))

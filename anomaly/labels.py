@@ -26,7 +26,7 @@ from anomaly.config import DataConfig
 from anomaly.data.columns import label_values
 from anomaly.data.loading import key_columns
 from anomaly.data.reading import file_line, first_line, is_number, plain_name, quoted, read_frame
-from anomaly.data.times import to_epoch_seconds
+from anomaly.data.times import join_date_column, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -53,6 +53,10 @@ def read_labels(
             f"{p}: label column {cfg.label!r} not found; columns are {', '.join(labels.columns)}{hint}"
         )
     values = label_values(labels, cfg, str(p))
+    if (
+        cfg.time_column in labels.columns
+    ):  # matched by the data's date and time, joined alike (data.date_column)
+        join_date_column(labels, cfg, str(p))
     if cfg.time_column and cfg.time_column not in labels.columns:
         timelike = [
             c for c in labels.columns if c != cfg.label and re.search(r"time|date", str(c), re.IGNORECASE)

@@ -974,3 +974,49 @@ def test_dayfirst_on_iso_times_warns_that_it_had_no_effect(tmp_path) -> None:
         "warning: --dayfirst (data.dayfirst = true) had no effect: time column 'timestamp' holds dates such as "
         "'2023-02-01T00:00', not day/month dates (ISO-8601 dates are year first)"
     ]
+
+
+def test_train_and_replay_read_the_date_and_the_time_from_two_columns(tmp_path) -> None:
+    """`--date-column Date --time-column Time`: train and replay read a file with the date and the time of day in
+    two columns (passing midnight) as the same file with one column of date-times: the same scores at the same
+    times. The bundle remembers no data setting, so replay is given the columns again, as it is --time-column."""
+    start = 1700000000 - 1700000000 % 86400 + 86400 - 1800  # half an hour before a midnight
+    rows = [(start + 30 * i, (i * 7) % 11, (i * 3) % 5) for i in range(180)]
+
+    def stamp(t: int, fmt: str) -> str:
+        return __import__("datetime").datetime.fromtimestamp(t, __import__("datetime").UTC).strftime(fmt)
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = tmp_path / "one" / "d.csv"  # one name: the series' key is the file's
+    one.write_text(
+        "timestamp,a,b\n" + "".join(f"{stamp(t, '%Y-%m-%d %H:%M:%S')},{a},{b}\n" for t, a, b in rows)
+    )
+    two = tmp_path / "two" / "d.csv"
+    two.write_text(
+        "Date,Time,a,b\n"
+        + "".join(f"{stamp(t, '%d.%m.%Y')},{stamp(t, '%H:%M:%S')},{a},{b}\n" for t, a, b in rows)
+    )
+    model = tmp_path / "m.pt"
+    columns = ["--date-column", "Date", "--time-column", "Time", "--dayfirst"]
+    args = ["--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    train = invoke("train", str(two), "-o", str(model), *columns, *args)
+    assert train.exit_code == 0, train.output
+    for name, path, options in (("one", one, []), ("two", two, columns)):
+        out = tmp_path / f"{name}-out"
+        replay = invoke("replay", str(path), "-m", str(model), "-o", str(out), "--no-plots", *options)
+        assert replay.exit_code == 0, replay.output
+    scores = [(tmp_path / f"{name}-out" / "scores.csv").read_text() for name in ("one", "two")]
+    assert scores[0] == scores[1] and len(scores[0].splitlines()) > 100
+
+
+def test_a_date_column_without_a_time_column_is_refused(tmp_path) -> None:
+    csv = tmp_path / "d.csv"
+    csv.write_text("Date,a\n2023-11-14,1\n")
+    result = CliRunner().invoke(main, ["train", str(csv), "--no-time-column", "--date-column", "Date"])
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: data.date_column is joined to the time column's times of day, and there is none "
+        "(--no-time-column): leave one out (data.date_column from option --date-column, data.time_column from a "
+        "command-line option)\n",
+    )

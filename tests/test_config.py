@@ -695,3 +695,38 @@ def test_whitespace_only_message_field_names_are_refused_as_empty(name: str, val
     with pytest.raises(ConfigError) as err:
         build_config({"data": {"key_column": value}})
     assert str(err.value) == "data.key_column must not be empty (leave it out for one series)"
+
+
+def test_the_date_column_is_layered_like_the_time_column(tmp_path) -> None:
+    """data.date_column from a pipeline file, an ANOMALY_DATA_DATE_COLUMN variable, or an option, as any setting."""
+    toml = tmp_path / "p.toml"
+    toml.write_text('[data]\ntime_column = "Time"\ndate_column = "Date"\n')
+    assert load_config(toml).data.date_column == "Date"
+    assert load_config(toml, env={"ANOMALY_DATA_DATE_COLUMN": "Day"}).data.date_column == "Day"
+    assert (
+        load_config(toml, {"data.date_column": "D"}, env={"ANOMALY_DATA_DATE_COLUMN": "Day"}).data.date_column
+        == "D"
+    )
+    assert load_config(None).data.date_column is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"time_column": "", "date_column": "Date"},
+            "data.date_column is joined to the time column's times of day, and there is none (--no-time-column): "
+            "leave one out",
+        ),
+        (
+            {"time_column": "Date", "date_column": "Date"},
+            "data.date_column names the time column 'Date' too: the date and the times of day are two columns",
+        ),
+        ({"date_column": "Date", "features": ["Date", "a"]}, "data.features includes the date column 'Date'"),
+        ({"date_column": " "}, "data.date_column must not be empty (leave it out)"),
+    ],
+)
+def test_a_date_column_without_its_time_column_is_refused(data, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"data": data})
+    assert str(err.value).startswith(message)

@@ -1159,14 +1159,17 @@ def test_times_of_day_without_a_date_are_refused_not_dated_today(tmp_path) -> No
     with pytest.raises(DataError) as err:
         load(write(tmp_path, text), time_column="time")
     assert str(err.value) == (
-        f"{tmp_path / 'x.csv'}: time column 'time' holds times of day without a date ('23:58:00', line 2); put the date and the time "
-        "in one column (2023-11-14 23:58:00) and name it with --time-column (the date may be in column 'date')"
+        f"{tmp_path / 'x.csv'}: time column 'time' holds times of day without a date ('23:58:00', line 2); pass "
+        "--date-column date to join each row's date in column 'date' to it (2023-11-14 23:58:00)"
     )
     text = "timestamp,a\n" + "".join(f"{t} PM,{v}\n" for t, v in (("11:58", 1.0), ("11:59", 2.0)))
-    with pytest.raises(
-        DataError, match=r"holds times of day without a date \('11:58 PM', line 2\); put the "
-    ):
+    with pytest.raises(DataError) as err:
         load(write(tmp_path, text, "pm.csv"))
+    assert str(err.value) == (
+        f"{tmp_path / 'pm.csv'}: time column 'timestamp' holds times of day without a date ('11:58 PM', line 2); "
+        "name the column of dates with --date-column, or put the date and the time in one column (e.g. 2023-11-14 "
+        "11:58 PM) and name it with --time-column"
+    )
     # a date with the time of day is read as before
     series, _ = load(write(tmp_path, "timestamp,a\n2023-11-14 23:58,1\n2023-11-15 00:00,2\n", "dated.csv"))
     assert series[0].timestamps.tolist() == [1700006280.0, 1700006400.0]
@@ -1179,9 +1182,96 @@ def test_a_date_column_taken_as_the_time_names_the_column_with_the_time_of_day(t
     with pytest.raises(SchemaError) as err:
         load(write(tmp_path, text), time_column="date")
     assert str(err.value).endswith(
-        "or pass --key-column if the rows are several series (the time of day may be in column 'time': put the "
-        "date and the time in one column)"
+        "or pass --key-column if the rows are several series (the time of day may be in column 'time': pass "
+        "--date-column date --time-column time)"
     )
+
+
+MIDNIGHT = [("2023-11-14", "23:58:00", 1.0), ("2023-11-14", "23:59:30", 2.0), ("2023-11-15", "00:00:00", 3.0)]
+MIDNIGHT += [("2023-11-15", "00:01:15", 4.0)]
+
+
+def _two_columns(rows, date=lambda d: d) -> str:
+    return "Date,Time,a\n" + "".join(f"{date(d)},{t},{v}\n" for d, t, v in rows)
+
+
+def _one_column(rows) -> str:
+    return "timestamp,a\n" + "".join(f"{d} {t},{v}\n" for d, t, v in rows)
+
+
+def test_a_date_column_joins_its_dates_to_the_times_of_day(tmp_path) -> None:
+    """`--date-column Date --time-column Time` (a logger's, WADI's two columns): each row's time is its date and
+    its time of day read as one date-time, so a file that passes midnight reads exactly as the same file with one
+    column of date-times (it was refused), and the date is no feature."""
+    combined, combined_feats = load(write(tmp_path, _one_column(MIDNIGHT), "one.csv"))
+    joined, feats = load(write(tmp_path, _two_columns(MIDNIGHT)), time_column="Time", date_column="Date")
+    assert feats == combined_feats == ["a"]
+    assert joined[0].timestamps.tolist() == combined[0].timestamps.tolist()
+    assert joined[0].timestamps.tolist() == [1700006280.0, 1700006370.0, 1700006400.0, 1700006475.0]
+    assert joined[0].values.tolist() == combined[0].values.tolist() == [[1.0], [2.0], [3.0], [4.0]]
+    # the date order and --time-format apply to the two cells joined, as to one column
+    dotted = write(tmp_path, _two_columns(MIDNIGHT, lambda d: ".".join(reversed(d.split("-")))), "dmy.csv")
+    for options in ({"dayfirst": True}, {"time_format": "%d.%m.%Y %H:%M:%S"}):
+        series, _ = load(dotted, time_column="Time", date_column="Date", **options)
+        assert series[0].timestamps.tolist() == combined[0].timestamps.tolist()
+
+
+def test_an_empty_date_or_time_cell_is_a_missing_time_as_in_one_column(tmp_path) -> None:
+    """A row without its date or its time of day has no time, as a row whose one time cell is empty."""
+    rows = [*MIDNIGHT[:1], ("", "23:59:30", 2.0), ("2023-11-15", " ", 3.0), *MIDNIGHT[3:]]
+    blank = [*MIDNIGHT[:1], ("", "", 2.0), ("", "", 3.0), *MIDNIGHT[3:]]
+    text = "timestamp,a\n" + "".join(f"{d} {t}".strip() + f",{v}\n" for d, t, v in blank)
+    for options in ({}, {"bad_cells": "missing"}):
+        combined, _ = load(write(tmp_path, text, "one.csv"), **options)
+        joined, _ = load(
+            write(tmp_path, _two_columns(rows)), time_column="Time", date_column="Date", **options
+        )
+        assert np.array_equal(joined[0].timestamps, combined[0].timestamps, equal_nan=True)
+        assert joined[0].values.tolist() == combined[0].values.tolist()
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "message"),
+    [
+        (
+            _two_columns(MIDNIGHT),
+            {"date_column": "Day"},
+            "date column 'Day' not found; columns are Date, Time, a",
+        ),
+        (
+            "Date,Time,a\n20231114,23:58:00,1\n20231114,23:59:00,2\n",
+            {},
+            "date column 'Date' holds numbers such as 20231114, not dates (such as 2023-11-14)",
+        ),
+        (
+            "Date,Time,a\n2023-11-14 23:58,23:58:00,1\n2023-11-14 23:59,23:59:00,2\n",
+            {},
+            "date column 'Date' holds date-times such as '2023-11-14 23:58', not dates alone: name it with "
+            "--time-column and leave out --date-column",
+        ),
+        (
+            _two_columns(MIDNIGHT),
+            {"time_format": "%H:%M:%S"},
+            "--time-format '%H:%M:%S' (data.time_format) reads each row's date and time joined ('2023-11-14 "
+            "23:58:00'): give the date's part too, e.g. '%d.%m.%Y %H:%M:%S'",
+        ),
+    ],
+)
+def test_a_date_column_that_cannot_be_joined_is_refused(tmp_path, text, options, message) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises((DataError, SchemaError)) as err:
+        load(path, time_column="Time", **{"date_column": "Date", **options})
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_a_labels_file_is_matched_by_the_date_and_the_time_joined(tmp_path) -> None:
+    """--labels with a date column: the labels file's date and time are joined as the data's are."""
+    data = write(tmp_path, _two_columns(MIDNIGHT))
+    text = "Date,Time,anomaly\n" + "".join(f"{d},{t},{int(v == 3.0)}\n" for d, t, v in reversed(MIDNIGHT))
+    labels = write(tmp_path, text, "l.csv")
+    cfg = DataConfig(time_column="Time", date_column="Date")
+    series, _ = load_series([data], cfg, labels_file=labels)
+    assert series[0].labels.tolist() == [0, 0, 1, 0]
 
 
 def test_keys_that_differ_only_in_case_or_spaces_are_named(tmp_path) -> None:

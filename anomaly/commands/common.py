@@ -117,6 +117,13 @@ _DATA_OPTIONS = (
         help="Decimal mark of numbers, e.g. ',' for 1,5.  [default: .]",
     ),
     click.option(
+        "--date-column",
+        default=None,
+        callback=empty_refused("leave the option out when the time column holds dates"),
+        help="Column of dates beside a --time-column of times of day: each row's time is the two cells joined "
+        "('2023-11-14 22:13:20').  [default: none]",
+    ),
+    click.option(
         "--time-unit",
         type=click.Choice(["auto", "s", "ms", "us", "ns", "min", "h"]),
         default=None,
@@ -144,6 +151,7 @@ _DATA_NAMES = (
     "skip_rows",
     "separator",
     "decimal",
+    "date_column",
     "time_unit",
     "time_format",
     "dayfirst",

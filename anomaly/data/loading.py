@@ -27,7 +27,7 @@ from anomaly.data.reading import (
     separator_note,
 )
 from anomaly.data.series import Series
-from anomaly.data.times import in_seconds, time_of_day_column, to_epoch_seconds
+from anomaly.data.times import in_seconds, join_date_column, time_of_day_column, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -422,7 +422,8 @@ def frame_to_series(
                     f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
                     f"formatted {cut[2]}), or pass --key-column if the rows are several series"
                     + (
-                        f" (the time of day may be in column {clock!r}: put the date and the time in one column)"
+                        f" (the time of day may be in column {clock!r}: pass --date-column "
+                        f"{quoted(cfg.time_column)} --time-column {quoted(clock)})"
                         if clock
                         else ""
                     )
@@ -515,6 +516,7 @@ def load_series(
                     else f"3, ...: --time-column {at})"
                 )
             )
+        join_date_column(frame, cfg, str(path))  # before any test of the columns: the date is no feature
         if check is not None:
             check(frame, str(path))
         if feats is None:

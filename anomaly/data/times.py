@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import DataConfig
-from anomaly.data.reading import file_line
-from anomaly.errors import DataError
+from anomaly.data.reading import file_line, quoted
+from anomaly.errors import DataError, SchemaError
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 _PER_SECOND = {"ms": 1e3, "us": 1e6, "ns": 1e9}  # units under a second are divided by these, never multiplied
@@ -131,6 +131,14 @@ def _refuse_times_of_day(text: pd.Series, cfg: DataConfig, frame: pd.DataFrame |
     dated today by pandas, so a file that passed midnight was put in the wrong order without a word."""
     if cfg.time_format is not None and _DATE_DIRECTIVE.search(cfg.time_format):
         return
+    if cfg.date_column:  # each cell a date and a time joined (join_date_column)
+        if cfg.time_format is not None:
+            raise DataError(
+                f"--time-format {cfg.time_format!r} (data.time_format) reads each row's date and time joined "
+                f"({str(text.dropna().iloc[0]) if text.notna().any() else '2023-11-14 22:13:20'!r}): give the "
+                "date's part too, e.g. '%d.%m.%Y %H:%M:%S'"
+            )
+        return
     alone = text.str.fullmatch(_TIME_OF_DAY).fillna(False).to_numpy(dtype=bool)
     if cfg.time_format is not None:  # a format without a date: every cell is a time of day alone
         alone = text.notna().to_numpy(dtype=bool)
@@ -145,10 +153,48 @@ def _refuse_times_of_day(text: pd.Series, cfg: DataConfig, frame: pd.DataFrame |
             date, example = c, f"{value.strip()} {cell.strip()}"
             break
     raise DataError(
-        f"time column {text.name!r} holds times of day without a date ({cell!r}, line {file_line(text, i)}); put "
-        f"the date and the time in one column ({example}) and name it with --time-column"
-        + (f" (the date may be in column {date!r})" if date is not None else "")
+        f"time column {text.name!r} holds times of day without a date ({cell!r}, line {file_line(text, i)}); "
+        + (
+            f"pass --date-column {quoted(date)} to join each row's date in column {date!r} to it ({example})"
+            if date is not None
+            else f"name the column of dates with --date-column, or put the date and the time in one column "
+            f"({example}) and name it with --time-column"
+        )
     )
+
+
+def join_date_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
+    """data.date_column: each row's date in a column of its own beside a time column of times of day (a
+    logger's, WADI's `Date` and `Time`). The time column becomes the two cells joined with a space
+    ('2023-11-14 22:13:20'), in place, read by :func:`to_epoch_seconds` as any one-column date-time (its
+    --time-format covers both), and the date column is taken out of the frame (it is no feature). A row whose
+    date or time is empty has no time, as a row with an empty time cell. A date column of numbers or of
+    date-times is refused: its joined times would be guessed or read twice."""
+    date, time = cfg.date_column, cfg.time_column
+    if not date or not time:
+        return
+    if date not in frame.columns:
+        raise SchemaError(
+            f"{source}: date column {date!r} not found; columns are {', '.join(map(str, frame.columns))}"
+        )
+    if time not in frame.columns:  # refused by the reader of the time column, with its advice
+        return
+    dates = frame[date]
+    given = dates.dropna()
+    if len(given) and pd.api.types.is_numeric_dtype(dates):
+        raise DataError(
+            f"{source}: date column {date!r} holds numbers such as {given.iloc[0]}, not dates (such as 2023-11-14)"
+        )
+    dates = dates.astype("string").str.strip().replace("", pd.NA)
+    clocked = dates[dates.str.contains(r"\d:\d{2}", regex=True).fillna(False).to_numpy(bool)]
+    if len(clocked):
+        raise DataError(
+            f"{source}: date column {date!r} holds date-times such as {clocked.iloc[0]!r}, not dates alone: name "
+            "it with --time-column and leave out --date-column"
+        )
+    times = frame[time].astype("string").str.strip().replace("", pd.NA)
+    frame[time] = dates + " " + times  # <NA> where either is empty
+    del frame[date]
 
 
 def to_epoch_seconds(

@@ -215,3 +215,31 @@ def test_produce_of_a_block_larger_than_the_request_limit_is_one_error_line(kafk
     result = CliRunner().invoke(main, [*args, "--block", "100"], env=env)
     assert result.exit_code == 0, result.output
     assert len(kafka_env.read(topic)) == sum(-(-len(s) // 100) for s in series) == 24
+
+
+def test_produce_sends_the_date_and_the_time_of_two_columns_joined(kafka_env, tmp_path):
+    """`produce --date-column Date --time-column Time`: each message's one time is the row's date and time of day
+    read as one date-time, across a midnight (the message format is unchanged)."""
+    start = 1700006280  # 2023-11-14 23:58:00 UTC
+    rows = [(start + 20 * i, float(i % 7)) for i in range(12)]
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "Date,Time,a\n"
+        + "".join(
+            f"{pd_stamp(t, '%Y-%m-%d')},{pd_stamp(t, '%H:%M:%S')},{v}\n" for t, v in reversed(rows)
+        )  # newest first: sent in time order
+    )
+    topic = kafka_env.names(partitions=1).input
+    args = ["produce", str(path), "-t", topic, "-b", kafka_env.broker.bootstrap]
+    result = CliRunner().invoke(main, [*args, "--date-column", "Date", "--time-column", "Time"])
+    assert result.exit_code == 0, result.output
+    decoder = Decoder(MessageFormat(("a",)))
+    events = [decoder.decode(r) for r in kafka_env.read(topic)]
+    assert [float(e.timestamps[0]) for e in events] == [float(t) for t, _ in rows]
+    assert [float(e.values[0][0]) for e in events] == [v for _, v in rows]
+
+
+def pd_stamp(t: int, fmt: str) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime(fmt)
