@@ -8,7 +8,7 @@ deploy/k8s/configmap.yaml's pipeline.toml (only the broker address and the repli
 local single-node Tansu) and a champion of the demo architecture (window 32, hidden 64, 6 features), on a
 6-partition input topic holding R readings of each of K keys spread over the last 7 days (B readings a message;
 1: one reading a message, as the daemon's measurement sends). `retrain` holds the whole range in memory, so its
-memory grows with the readings and messages in it: run two sizes to get the part per million readings.
+memory grows with the readings in it: run two sizes to get the part per million readings.
 --epochs overrides the champion's (1 for this champion): each epoch walks the same arrays, so the peak is that of
 the first. VmRSS is sampled every 0.1 s and split by the command's own lines: reading the topic (until
 `training set:`), training (until `challenger`), then the champion-challenger comparison on the holdout.
