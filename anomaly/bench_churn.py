@@ -13,8 +13,11 @@ consumer group) run side by side on a Tansu broker the bench starts (or yours):
 
 After each round the churned daemon is idle and committed (an idle daemon compacts its state store and, after
 that many messages, gives the C heap's free memory back, see ``anomaly.kafka.daemon``); then its RSS
-(``/proc/<pid>/status``, and ``VmHWM``, the peak so far: ``max_keys`` plus one engine batch's new keys), the
-round's own checkpoints, how long the round took and the CPU seconds of the daemon and of the broker are taken.
+(``/proc/<pid>/status``) once it has settled (that housekeeping runs up to a second after the round's last
+message: sampled at the instant the round was committed, as until session 21, RSS was before or after it by
+chance; that instant's RSS is kept beside it), where it lies (C heap, other anonymous, files), ``VmHWM`` (the
+peak so far: ``max_keys`` plus one engine batch's new keys), the round's own checkpoints, how long the round took
+and the CPU seconds of the daemon and of the broker are taken.
 
 Then ``probes`` **pairs** of probe checkpoints (after ``WARMUP_PAIRS`` not counted): one reading on every
 partition of the churned daemon, so that its next checkpoint writes the state of every key held, and the same on
@@ -68,6 +71,13 @@ from anomaly.kafka.tansu import TansuBroker, free_port
 PARTITIONS = 4
 WARMUP_PAIRS = 2  # probe pairs at the start of each round that are not counted
 POLL_S = 0.05  # how often the bench asks whether a probe's checkpoint has been committed and settled
+# the idle RSS is taken once it has settled (see _settled_rss_mb): not before this long after the round was
+# committed (the daemon's idle housekeeping waits trim_interval_s = 1 s between runs), then when it has stayed
+# within SETTLE_MB for SETTLE_WINDOW_S, sampled every SETTLE_POLL_S
+SETTLE_AFTER_S = 2.0
+SETTLE_WINDOW_S = 2.0
+SETTLE_MB = 0.5
+SETTLE_POLL_S = 0.1
 # the parts of a probe checkpoint compared pair by pair, churned / control
 PAIRED_PARTS = {
     "ms": "whole checkpoint",
@@ -85,6 +95,7 @@ RAW_ROWS = {
     "control_state_cpu_ms": "control own part CPU",
     "plain_txn_ms": "plain transaction",
     "rss_mb": "RSS idle",
+    "rss_at_commit_mb": "RSS when committed",
     "control_rss_mb": "control RSS",
     "checkpoint_ms": "the rounds' own checkpoints",
 }
@@ -106,6 +117,51 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_parts_mb(pid: int) -> dict[str, float]:
+    """Where the resident memory lies (``/proc/<pid>/smaps``), MB: the C heap (``[heap]``, the main arena that
+    ``trim_heap`` gives back), other anonymous memory (thread arenas, large arrays, Python's object arenas,
+    stacks) and file-backed pages (libraries, torch)."""
+    parts = {"heap": 0, "anon": 0, "file": 0}
+    kind = "anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=6)
+        if head and not head[0].endswith(":"):  # a mapping's first line: address range, perms, ..., path
+            path = head[5] if len(head) > 5 else ""
+            kind = "heap" if path == "[heap]" else "file" if path.startswith("/") else "anon"
+        elif head[:1] == ["Rss:"]:
+            parts[kind] += int(head[1])
+    return {name: round(kb / 1024, 1) for name, kb in parts.items()}
+
+
+def _settled_rss_mb(
+    pid: int,
+    since: float,
+    *,
+    after_s: float = SETTLE_AFTER_S,
+    window_s: float = SETTLE_WINDOW_S,
+    tolerance_mb: float = SETTLE_MB,
+    timeout_s: float = 30.0,
+    clock: Any = time.monotonic,
+    sleep: Any = time.sleep,
+    rss: Any = _rss_mb,
+) -> tuple[float, float]:
+    """The daemon's idle RSS once it has settled, and when (seconds after ``since``): an idle daemon compacts
+    its store and trims its heap at its first idle poll at least ``trim_interval_s`` (1 s) after the last one,
+    so up to a second after the round's last message; sampled at a fixed instant, RSS was sometimes before that
+    housekeeping and sometimes after. Waits at least ``after_s`` after ``since``, then until the RSS sampled
+    every ``SETTLE_POLL_S`` has stayed within ``tolerance_mb`` for ``window_s`` (at most ``timeout_s``: the
+    last sample then)."""
+    samples: list[tuple[float, float]] = []
+    while True:
+        now = clock()
+        samples.append((now, rss(pid)))
+        recent = [mb for t, mb in samples if t >= now - window_s]
+        if now - since >= after_s and samples[0][0] <= now - window_s:
+            if max(recent) - min(recent) <= tolerance_mb or now - since >= timeout_s:
+                return samples[-1][1], now - since
+        sleep(SETTLE_POLL_S)
 
 
 def _cpu_s(pid: int) -> float:
@@ -484,6 +540,8 @@ def run_churn_bench(
             sent_s = time.monotonic() - t0
             churned.want += max_keys if aa else round_keys
             consumed_at = churned.wait_committed()
+            committed_at = time.monotonic()
+            rss_at_commit = _rss_mb(churned.proc.pid)  # the instant sampled until session 21
             round_s, daemon_cpu_s = time.monotonic() - t0, _cpu_s(churned.proc.pid) - cpu0
             broker_cpu_s = _cpu_s(broker.proc.pid) - broker_cpu0 if broker and broker.proc else float("nan")
             now = _metrics(churned.port)
@@ -503,13 +561,17 @@ def run_churn_bench(
             control.want += sum(map(len, twins.values()))
             control.wait_committed(consumed=False)
             control.last = _metrics(control.port)
+            rss_idle, settle_s = _settled_rss_mb(churned.proc.pid, committed_at)
             d = {name: now.get(name, 0.0) - before.get(name, 0.0) for name in now}
             n = d["anomaly_checkpoint_duration_seconds_count"]
             s = d["anomaly_checkpoint_duration_seconds_sum"]
             ns = d.get("anomaly_checkpoint_state_seconds_count", 0.0)
             row: dict[str, Any] = {
                 "round": r,
-                "rss_mb": round(_rss_mb(churned.proc.pid), 1),
+                "rss_mb": round(rss_idle, 1),  # settled: after the idle housekeeping
+                "rss_settle_s": round(settle_s, 1),  # when, after the round was committed
+                "rss_at_commit_mb": round(rss_at_commit, 1),  # the instant the round was committed
+                "rss_parts_mb": _rss_parts_mb(churned.proc.pid),  # heap, other anonymous, file-backed
                 "peak_rss_mb": round(_rss_mb(churned.proc.pid, "VmHWM"), 1),  # the process's peak so far
                 "control_rss_mb": round(_rss_mb(control.proc.pid), 1),
                 "held_by_partition": [len(twins.get(p, ())) for p in range(PARTITIONS)],
@@ -588,7 +650,9 @@ def run_churn_bench(
             log(
                 f"churn {label}: {round_keys:,} new keys in {row['seconds']} s ({row['send_seconds']} s sending, "
                 f"consumed after {row['consumed_seconds']} s; CPU s: daemon {row['daemon_cpu_s']}, broker "
-                f"{row['broker_cpu_s']}); RSS {row['rss_mb']} MB idle (peak so far {row['peak_rss_mb']} MB; control "
+                f"{row['broker_cpu_s']}); RSS {row['rss_mb']} MB idle, settled after {row['rss_settle_s']} s ({row['rss_at_commit_mb']} MB when committed; "
+                f"heap {row['rss_parts_mb']['heap']}, other anonymous {row['rss_parts_mb']['anon']}, files "
+                f"{row['rss_parts_mb']['file']} MB; peak so far {row['peak_rss_mb']} MB; control "
                 f"{row['control_rss_mb']} MB); keys held {row['keys_held']:,} per partition "
                 f"{row['held_by_partition']}; the round's checkpoints: mean {row['checkpoint_ms']} ms over "
                 f"{row['checkpoints']} ({row['state_checkpoint_ms']} ms over the {row['checkpoints_with_state']} that "

@@ -87,7 +87,11 @@ def _by_time(
 ) -> np.ndarray:
     keyed = bool(cfg.key_column) and cfg.key_column in labels.columns and cfg.key_column in frame.columns
     on = ["key", "t"] if keyed else ["t"]
-    table = pd.DataFrame({"t": to_epoch_seconds(labels[cfg.time_column], cfg), "label": values})
+    try:
+        times = to_epoch_seconds(labels[cfg.time_column], cfg, labels)
+    except DataError as exc:  # the labels file's times, not the data's
+        raise DataError(f"{path}: {exc}") from None
+    table = pd.DataFrame({"t": times, "label": values})
     rows = pd.DataFrame({"t": timestamps})
     if keyed:
         table["key"] = labels[cfg.key_column].astype(str).to_numpy()

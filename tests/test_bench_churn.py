@@ -62,3 +62,31 @@ def test_a_probe_stops_the_other_daemon_until_it_ends_even_when_it_fails() -> No
         other.proc.kill()
         other.proc.wait()
     assert [state == "T" for state in seen] == [True, False]  # stopped (T) during it, running after
+
+
+def test_the_idle_rss_is_taken_once_it_has_settled_not_at_the_instant_the_round_was_committed() -> None:
+    """The daemon compacts and trims its heap at an idle poll up to a second after the round's last message: RSS
+    sampled at once was before or after that by chance (session 20: 397, 357, 387, 357, 402 MB). The bench
+    waits SETTLE_AFTER_S, then until RSS stayed within SETTLE_MB for SETTLE_WINDOW_S."""
+    from anomaly.bench_churn import _settled_rss_mb
+
+    now = [100.0]
+    # 0.1 s a sample: busy-level RSS for 1.2 s, the housekeeping's drop, a little noise, then flat
+    trace = [620.0] * 12 + [470.0, 468.0, 469.5] + [468.5] * 100
+
+    def rss(pid: int) -> float:
+        return trace[round((now[0] - 100.0) / 0.1)]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    got = _settled_rss_mb(
+        1, 100.0, after_s=2.0, window_s=2.0, tolerance_mb=0.5, clock=lambda: now[0], sleep=sleep, rss=rss
+    )
+    # flat from 1.5 s on: within 0.5 MB over 2 s at 3.5 s
+    assert (got[0], round(got[1], 1)) == (468.5, 3.5)
+    # a daemon that never settles: the last sample at the timeout
+    now[0] = 100.0
+    trace[:] = [400.0 + (i % 2) for i in range(400)]
+    got = _settled_rss_mb(1, 100.0, timeout_s=4.95, clock=lambda: now[0], sleep=sleep, rss=rss)
+    assert (got[0], round(got[1], 1)) == (400.0, 5.0)

@@ -937,6 +937,28 @@ def test_train_layers_option_has_the_settings_range() -> None:
     assert "1<=x<=1000" in CliRunner().invoke(main, ["train", "--help"]).output
 
 
+def test_train_and_replay_name_keys_that_differ_only_in_case_or_spaces(tmp_path) -> None:
+    """`s1` and `S1 ` were two series without a word: one device whose name was typed two ways, cut in two."""
+    rows = [
+        f"2023-01-01T{i // 60:02d}:{i % 60:02d}:00Z,{('s1', 'S1 ')[i % 2]},{i % 7}.5,{i % 5}\n"
+        for i in range(240)
+    ]
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,device,a,b\n" + "".join(rows))
+    model = tmp_path / "m.pt"
+    common = ["--key-column", "device"]
+    train = invoke(
+        "train", str(csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4", *common
+    )
+    warning = (
+        "warning: keys 's1' and 'S1 ' differ only in case or spaces: each is a series of its own, as the daemon "
+        "keys them (key values are read as written); if they name one device, write its key one way\n"
+    )
+    assert train.exit_code == 0 and warning in train.stderr
+    replay = invoke("replay", str(csv), "-m", str(model), "-o", str(tmp_path / "r"), "--no-plots", *common)
+    assert warning in replay.stderr
+
+
 def test_dayfirst_on_iso_times_warns_that_it_had_no_effect(tmp_path) -> None:
     """`train --dayfirst` on ISO-8601 times read 2023-02-01 as 2 January (and 2023-02-13 as 13 February); the
     option has no day/month date to order there, so it is left out with one `warning:` line saying so."""

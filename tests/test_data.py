@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from anomaly.config import DataConfig
-from anomaly.data import load_series, sampling_interval, split_at_gaps
+from anomaly.data import load_series, look_alike_keys, sampling_interval, split_at_gaps
 from anomaly.errors import DataError, SchemaError
 
 SEMICOLON = (
@@ -598,13 +598,15 @@ def test_whole_excel_serial_dates_are_refused_when_named_or_stepped_as_days(tmp_
     with pytest.raises(DataError) as named:
         load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
     assert str(named.value) == (
-        "time column 'Date' holds numbers like 45010.0 that look like Excel serial dates (days since 1899-12-30: "
+        f"{tmp_path / 'x.csv'}: time column 'Date' holds numbers like 45010.0 that look like Excel serial dates (days since 1899-12-30: "
         "45010 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
         "hh:mm:ss), or pass --time-unit s if they are seconds"
     )
     workdays = [d for d in range(45012, 45012 + 28) if d % 7 not in (0, 1)]  # Mondays to Fridays, four weeks
     text = "timestamp,a\n" + "".join(f"{d},{i}\n" for i, d in enumerate(workdays))
-    with pytest.raises(DataError, match=r"^time column 'timestamp' holds numbers like 45012.0 that look"):
+    with pytest.raises(
+        DataError, match=r"w.csv: time column 'timestamp' holds numbers like 45012.0 that look"
+    ):
         load(write(tmp_path, text, "w.csv"))
     counter = write(tmp_path, "time,a\n" + daily, "t.csv")  # seconds 45010, 45011, ...: taken as such
     (s,), _ = load(counter, time_column="time")
@@ -999,7 +1001,7 @@ def test_daily_excel_serials_with_a_time_of_day_follow_the_rule_of_whole_ones(tm
     with pytest.raises(DataError) as named:
         load(write(tmp_path, "Date,a\n" + daily), time_column="Date")
     assert str(named.value) == (
-        "time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
+        f"{tmp_path / 'x.csv'}: time column 'Date' holds numbers like 45010.5 that look like Excel serial dates (days since 1899-12-30: "
         "45010.5 is 2023-03-25), not epoch times; export the times as text (format the cells as yyyy-mm-dd "
         "hh:mm:ss), or pass --time-unit s if they are seconds"
     )
@@ -1145,4 +1147,106 @@ def test_a_column_written_with_the_other_decimal_mark_is_named_as_such_not_as_te
         "a": "numbers with a decimal comma such as '1,5', read as text under --decimal .: the file mixes "
         "decimal marks",
         "site": "text",
+    }
+
+
+def test_times_of_day_without_a_date_are_refused_not_dated_today(tmp_path) -> None:
+    """A logger's `date` and `time` in two columns, `--time-column time`: pandas dated each `22:13:20` today, so
+    a one-day file moved to the day it was read and one that passed midnight was silently put in the wrong
+    order (its morning before its evening)."""
+    rows = [("2023-11-14", "23:58:00", 1.0), ("2023-11-14", "23:59:00", 2.0), ("2023-11-15", "00:00:00", 3.0)]
+    text = "date,time,a\n" + "".join(f"{d},{t},{v}\n" for d, t, v in rows)
+    with pytest.raises(DataError) as err:
+        load(write(tmp_path, text), time_column="time")
+    assert str(err.value) == (
+        f"{tmp_path / 'x.csv'}: time column 'time' holds times of day without a date ('23:58:00', line 2); put the date and the time "
+        "in one column (2023-11-14 23:58:00) and name it with --time-column (the date may be in column 'date')"
+    )
+    text = "timestamp,a\n" + "".join(f"{t} PM,{v}\n" for t, v in (("11:58", 1.0), ("11:59", 2.0)))
+    with pytest.raises(
+        DataError, match=r"holds times of day without a date \('11:58 PM', line 2\); put the "
+    ):
+        load(write(tmp_path, text, "pm.csv"))
+    # a date with the time of day is read as before
+    series, _ = load(write(tmp_path, "timestamp,a\n2023-11-14 23:58,1\n2023-11-15 00:00,2\n", "dated.csv"))
+    assert series[0].timestamps.tolist() == [1700006280.0, 1700006400.0]
+
+
+def test_a_date_column_taken_as_the_time_names_the_column_with_the_time_of_day(tmp_path) -> None:
+    """`--time-column date` on a file with `date` and `time` columns: the refusal said the export had cut the
+    minutes off, and not that they are in the next column."""
+    text = "date,time,a\n" + "".join(f"2023-11-14,10:{m:02d}:00,{m}\n" for m in range(30))
+    with pytest.raises(SchemaError) as err:
+        load(write(tmp_path, text), time_column="date")
+    assert str(err.value).endswith(
+        "or pass --key-column if the rows are several series (the time of day may be in column 'time': put the "
+        "date and the time in one column)"
+    )
+
+
+def test_keys_that_differ_only_in_case_or_spaces_are_named(tmp_path) -> None:
+    """`s1` and `S1 ` in the key column are two series (keys are read as written, as the daemon keys them), so a
+    device whose name was typed two ways was cut in two without a word; now the look-alike keys are named."""
+    text = "timestamp,device,a\n" + "".join(
+        f"2023-01-01 00:00:{i:02d},{k},{i}\n" for i in range(6) for k in (("s1", "S1 ", "s2")[i % 3],)
+    )
+    series, _ = load(write(tmp_path, text), key_column="device")
+    assert [s.key for s in series] == ["s1", "S1 ", "s2"]
+    assert look_alike_keys(series) == (
+        "keys 's1' and 'S1 ' differ only in case or spaces: each is a series of its own, as the daemon keys "
+        "them (key values are read as written); if they name one device, write its key one way"
+    )
+    assert look_alike_keys([s for s in series if s.key != "S1 "]) is None
+
+
+def test_a_title_line_above_a_decimal_comma_header_asks_for_skip_rows(tmp_path) -> None:
+    """Excel's export with a title line (`Export of plant 3;;`): the columns under the title hold text, so the
+    error said only 'no numeric feature columns' (with --decimal ,) or hinted --decimal , for a 'number' named
+    'a'; the README promises the line the names are on."""
+    text = "\ufeffExport of plant 3;;\r\ntimestamp;a;b\r\n2023-01-01 00:00:00;1,5;2\r\n2023-01-01 00:00:01;1,25;3\r\n"
+    path = write(tmp_path, text)
+    for decimal in (".", ","):
+        with pytest.raises(SchemaError) as err:
+            load(path, decimal=decimal)
+        assert str(err.value) == (
+            f"{path}: time column 'timestamp' not found and no numeric feature columns among Export of plant 3, "
+            "Unnamed: 1, Unnamed: 2: the column names seem to be on line 2: pass --skip-rows 1"
+        )
+    series, _ = load(path, decimal=",", skip_rows=1)
+    assert series[0].values.tolist() == [[1.5, 2.0], [1.25, 3.0]]
+
+
+def test_local_times_beside_a_utc_offset_column_are_refused_not_shifted(tmp_path) -> None:
+    """A logger's local time with its offset in a column of its own (`utc_offset`, `+0100`): the times were read
+    as UTC, an hour off (two in summer, with an hour repeated at the change), and `+0100` became a sensor
+    reading 100 (`+01:00`, text, was left out as text)."""
+    for offset, shown in (("+0100", "100"), ("+01:00", "'+01:00'")):
+        text = "timestamp,utc_offset,a\n" + "".join(f"2023-01-01 00:0{i}:00,{offset},{i}\n" for i in range(4))
+        with pytest.raises(SchemaError) as err:
+            load(write(tmp_path, text))
+        assert str(err.value) == (
+            f"{tmp_path / 'x.csv'}: column 'utc_offset' holds UTC offsets such as {shown} beside times without "
+            "one, which are read as UTC: write the times in UTC or with their offset (2023-01-01 00:00:00+01:00), "
+            "or name the features with --features if the column is a sensor"
+        )
+    # times that carry their offset: the column only repeats it, and is left out as text
+    text = "timestamp,utc_offset,a\n" + "".join(f"2023-01-01 00:0{i}:00+01:00,+01:00,{i}\n" for i in range(4))
+    series, _ = load(write(tmp_path, text, "zoned.csv"))
+    assert series[0].timestamps[0] == 1672527600.0
+
+
+def test_numbers_with_a_unit_written_close_are_listed_as_such_not_as_text(tmp_path) -> None:
+    """`12.5kW` (no space: not refused as a formatted export, so that identifiers such as `101A` are not taken
+    for numbers) was left out of the features as `text`, which hid that it is a sensor's readings."""
+    from anomaly.data import infer_features, non_features, read_frame
+
+    path = write(
+        tmp_path,
+        "timestamp,power,room,a\n" + "".join(f"2023-01-01 00:00:0{i},{i}.5kW,10{i}A,{i}\n" for i in range(4)),
+    )
+    frame = read_frame(path)
+    cfg = DataConfig()
+    assert non_features(frame, infer_features(frame, cfg), cfg) == {
+        "power": "numbers with units such as '0.5kW', read as text: export the raw values",
+        "room": "text",
     }

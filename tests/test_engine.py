@@ -1926,3 +1926,37 @@ def test_a_state_store_that_cannot_grow_is_left_as_it_was_and_the_error_names_th
     e.process([Event("k64", np.array([2.0]), np.zeros((1, f)))])
     assert (e.store.capacity, list(e.store.slots)) == (128, [f"k{i}" for i in range(65)])
     assert size_text(977 * 2**20) == "977 MiB" and size_text(1.5 * 2**30) == "1.5 GiB"
+
+
+def test_compacting_to_the_recent_peak_keeps_steady_churns_rows_and_gives_back_a_burst(bundle) -> None:
+    """A busy daemon compacts between calls to the most keys held at once over the last two windows
+    (``compact(recent_peak=True)``): under steady churn at the cap (40 new keys a call over 100 held) the store
+    keeps the rows its calls need, where compacting to the keys held would shrink it after every call and grow it
+    (a copy, the rows zero-filled anew) at the next; a burst of 1,000 new keys that does not come again is given
+    back at the second window after it. Every snapshot is the same bytes as an engine never compacted."""
+    f = len(bundle.features)
+    e = Engine(bundle, EngineConfig(max_keys=100, ttl_seconds=0))
+    twin = Engine(bundle, EngineConfig(max_keys=100, ttl_seconds=0))
+    sizes, freed = [], []
+
+    def call(events: list[Event]) -> None:
+        assert e.process(events).evicted == twin.process(events).evicted
+        freed.append(e.compact(recent_peak=True))
+        sizes.append(e.store.capacity)
+        assert e.snapshot() == twin.snapshot()
+
+    for c in range(10):
+        call([Event(f"c{c}-{i}", np.array([float(c)]), np.full((1, f), i / 40)) for i in range(40)])
+    call([Event(f"burst-{i}", np.array([10.0]), np.full((1, f), i / 1000)) for i in range(1000)])
+    for c in range(11, 16):
+        call([Event(f"c{c}-{i}", np.array([float(c)]), np.full((1, f), i / 40)) for i in range(40)])
+    # 140 rows a call from the fourth on: 256; the burst's 1,100: 2,048, kept one window more, then 256 again
+    assert sizes == [64, 128, 128, *[256] * 7, 2048, 2048, 256, 256, 256, 256]
+    assert freed[12] == 2048 - 256 and sum(freed) == freed[12]
+    idle = Engine(bundle, EngineConfig(max_keys=100, ttl_seconds=0))  # compacting to the keys held: thrash
+    grown = []
+    for c in range(10):
+        idle.process([Event(f"c{c}-{i}", np.array([float(c)]), np.zeros((1, f))) for i in range(40)])
+        grown.append(idle.store.capacity)
+        idle.compact()
+    assert grown[3:] == [256] * 7 and idle.store.capacity == 128  # grown and shrunk again at every call

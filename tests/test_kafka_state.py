@@ -1410,3 +1410,47 @@ def test_a_model_file_that_cannot_be_loaded_is_flagged_until_one_in_its_place_lo
     assert rejected() == 0.0
     assert metrics.registry.get_sample_value("anomaly_model_reload_failures_total") == 2.0
     assert metrics.registry.get_sample_value("anomaly_model_reloads_total", {"state": "kept"}) == 2.0
+
+
+def test_a_busy_daemon_gives_back_the_rows_of_a_peak_that_did_not_come_again_without_an_idle_poll(
+    bundle_path, monkeypatch
+):
+    """A daemon that never goes idle (a poll always returns records) kept the rows of any peak (a burst of new
+    keys, an over-cap restore) until its stream paused. Now, at most every trim_interval_s while busy, the store
+    shrinks to the most keys held at once over that interval and the one before: steady churn keeps the rows its
+    batches need (no shrink, no heap trim), a peak that does not come again is given back within two intervals,
+    with the tracker's tables and a heap trim."""
+    from types import SimpleNamespace
+
+    import anomaly.kafka.daemon as daemon_module
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+
+    trims: list[int] = []
+    monkeypatch.setattr(daemon_module, "trim_heap", lambda: trims.append(daemon.source.polled) or True)
+    options = DaemonOptions(trim_interval_s=0.0)
+    daemon = Daemon(build_config({"engine": {"max_keys": 8}}), str(bundle_path), options=options)  # no broker
+    daemon.source = SimpleNamespace(last_polled=300, polled=0)  # every poll returns records: busy
+    f = len(daemon.bundle.features)
+    tp = TopicPartition("in", 0)
+    sizes = []
+    for c in range(6):  # steady churn: 300 new keys a batch, 8 kept
+        keys = [f"c{c}-{i}" for i in range(300)]
+        for key in keys:
+            daemon.tracker.see(key, tp)
+        out = daemon.engine.process([Event(k, np.array([float(c)]), np.zeros((1, f))) for k in keys])
+        daemon.tracker.forget(out.evicted)
+        daemon.source.polled += 300
+        daemon._housekeeping()
+        sizes.append(daemon.engine.store.capacity)
+    assert (sizes, trims) == ([512] * 6, [])
+    known = daemon.engine.keys()
+    same = []
+    for r in range(3):  # then only the keys held read on: the churn's peak does not come again
+        daemon.engine.process([Event(k, np.array([10.0 + r]), np.zeros((1, f))) for k in known])
+        daemon.source.polled += 8
+        before = daemon.engine.snapshot()
+        daemon._housekeeping()
+        same.append(daemon.engine.snapshot() == before)
+        sizes.append(daemon.engine.store.capacity)
+    assert (sizes[6:], trims, same) == ([512, 64, 64], [1816], [True] * 3)  # the second interval after it
+    assert daemon.engine.keys() == known and sorted(daemon.tracker.key_partition) == sorted(known)

@@ -186,3 +186,15 @@ def test_a_label_csv_with_its_times_under_another_name_is_refused_not_matched_by
     )
     renamed = write(tmp_path, "r.csv", "timestamp,anomaly\n12,1\n10,0\n11,0\n")
     assert labels_of(data, renamed) == [0, 0, 1]
+
+
+def test_a_time_the_labels_file_cannot_parse_is_refused_naming_that_file(tmp_path) -> None:
+    """`cannot parse time value ...` named a line but no file: the data's line 3, or the labels file's?"""
+    data = write(tmp_path, "d.csv", "timestamp,a\n2023-01-01 00:00:00,1\n2023-01-01 00:01:00,2\n")
+    labels = write(tmp_path, "l.csv", "timestamp,anomaly\n2023-01-01 00:00:00,0\nsoon,1\n")
+    with pytest.raises(DataError) as err:
+        labels_of(data, labels)
+    assert str(err.value) == (
+        f"{labels}: cannot parse time value 'soon' (line 3) in column 'timestamp'; pass --time-format if the dates "
+        "are not ISO-like"
+    )

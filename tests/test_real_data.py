@@ -196,7 +196,7 @@ def test_day_first_dates_need_the_order_and_leak_no_warning(frame, tmp_path) -> 
     )
     r = run("train", ambiguous, "-o", tmp_path / "m.pt")
     assert r.exit_code == 2 and lines(r.output) == [
-        "error: time column 'timestamp' has dates like '02/01/2023 10:00' that read as day/month or "
+        f"error: {ambiguous}: time column 'timestamp' has dates like '02/01/2023 10:00' that read as day/month or "
         "month/day; pass --dayfirst or --monthfirst (or --time-format)"
     ]
 

@@ -744,6 +744,24 @@ def test_alerts_jsonl_is_in_decision_time_order_whatever_the_batch_size(bundle_p
         assert len(statuses) >= 2
 
 
+def test_a_file_of_many_other_columns_is_refused_in_a_line_of_readable_length(bundle_path, tmp_path) -> None:
+    """A 200-column file against a 4-feature model: the error listed all 200 names, a line of 1,400 characters
+    whose end (the hint) no terminal showed together with its start."""
+    frame = generate(SyntheticSpec(n_sensors=4, n_points=100))
+    wide = pd.concat(
+        [frame[["timestamp"]], pd.DataFrame(1.0, frame.index, [f"f{i:03d}" for i in range(200)])], axis=1
+    )
+    path = tmp_path / "wide.csv"
+    wide.to_csv(path, index=False)
+    with pytest.raises(SchemaError) as info:
+        run_replay([str(path)], str(bundle_path), str(tmp_path / "r"), build_config(), progress=False)
+    assert str(info.value) == (
+        f"{path} does not match the model's features: missing sensor_1, sensor_2, sensor_3, sensor_4; unexpected "
+        + ", ".join(f"f{i:03d}" for i in range(10))
+        + " and 190 more"
+    )
+
+
 class EmittedAlerts:
     """An observer: every alert record in the order the engine emitted them."""
 

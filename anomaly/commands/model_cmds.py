@@ -24,7 +24,15 @@ from anomaly.commands.common import (
     warn_line,
 )
 from anomaly.config import MAX_LAYERS
-from anomaly.data import counting_features, cut_out_labelled, load_series, merge_keys, plural, quoted
+from anomaly.data import (
+    counting_features,
+    cut_out_labelled,
+    load_series,
+    look_alike_keys,
+    merge_keys,
+    plural,
+    quoted,
+)
 from anomaly.errors import DataError
 from anomaly.synthetic import SyntheticSpec, generate, generate_keys, max_anomalies
 from anomaly.training import TrainResult, pick_device, train
@@ -104,6 +112,9 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         for s in series:
             s.labels = None
     series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
+    alike = look_alike_keys(series) if cfg.data.key_column else None
+    if alike:
+        warn_line(alike)
     counting = [] if cfg.data.features else counting_features(series, features)
     if counting:  # chosen with --features, it is the user's call
         rest = [f for f in features if f not in counting]

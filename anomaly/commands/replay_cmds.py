@@ -31,7 +31,7 @@ from anomaly.commands.common import (
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import DataConfig, PipelineConfig, build_config
-from anomaly.data import infer_features, load_series, plural
+from anomaly.data import infer_features, load_series, look_alike_keys, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
 from anomaly.errors import AnomalyError, DataError, SchemaError
@@ -97,6 +97,12 @@ def check_schema(cfg: PipelineConfig, features: list[str]) -> Callable[[pd.DataF
     return functools.partial(check_columns, cfg=cfg, features=features)
 
 
+def _some(names: list[str], shown: int = 10) -> str:
+    """The first `shown` names, and how many more: a file of 200 other columns made a line of 1,400 characters."""
+    more = f" and {len(names) - shown} more" if len(names) > shown + 1 else ""
+    return ", ".join(map(str, names if not more else names[:shown])) + more
+
+
 def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, features: list[str]) -> None:
     """Refuse a file (read as `frame`) whose numeric columns are not exactly the model's `features`."""
     have = infer_features(frame, cfg.data, path)
@@ -104,8 +110,8 @@ def check_columns(frame: pd.DataFrame, path: str, *, cfg: PipelineConfig, featur
     extra = [f for f in have if f not in features]
     if missing or extra:
         named = [_why_missing(frame, f, cfg.data) for f in missing]
-        parts = ([f"missing {', '.join(named)}"] if missing else []) + (
-            [f"unexpected {', '.join(extra)}"] if extra else []
+        parts = ([f"missing {_some(named)}"] if missing else []) + (
+            [f"unexpected {_some(extra)}"] if extra else []
         )
         hint = "" if missing else " (use only the model's columns with --features)"
         time_column = cfg.data.time_column
@@ -165,6 +171,9 @@ def run_replay(
     series, _ = load_series(
         paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=warn_line
     )
+    alike = look_alike_keys(series) if cfg.data.key_column else None
+    if alike:
+        warn_line(alike)
     observer = None
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile

@@ -81,6 +81,11 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
 _WITH_UNIT = r"[+-]?\d[\d.,]*(?:[eE][+-]?\d+)?(?:\s*(?:%|‰|°[CF]?)|\s+[^\W\d_]+(?:/[^\W\d_]+)?)"
 
 
+# A number with its unit written close ('12.5kW', '3.2bar'): not refused, since identifiers look alike ('101A'),
+# but named when the column is left out (one with a decimal part, at least), so readings are not listed as text.
+_UNIT_CLOSE = r"[+-]?\d+(?:[.,]\d+)?[^\W\d_]{1,4}"
+
+
 def _refuse_units(col: pd.Series, source: str) -> None:
     """A column of numbers with units is a formatted export. The numbers are not read with their units dropped:
     Grafana scales each value's unit on its own (999 ms, then 1.02 s)."""
@@ -115,6 +120,10 @@ def _text_reason(col: pd.Series, decimal: str) -> str:
     decimal points in a file read with --decimal , was listed as 'text' alone)."""
     other = "," if decimal == "." else "."
     if not is_text(col) or not mostly_numeric(col, other):
+        present = col.dropna().astype(str).str.strip()
+        close = present.str.fullmatch(_UNIT_CLOSE) if is_text(col) and len(present) else None
+        if close is not None and close.mean() > 0.5 and present[close].str.contains(r"\d[.,]\d").any():
+            return f"numbers with units such as {present.iloc[0]!r}, read as text: export the raw values"
         return "text"
     example = str(col.dropna().iloc[0]).strip()
     mark = "point" if other == "." else "comma"

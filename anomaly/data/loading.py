@@ -27,7 +27,7 @@ from anomaly.data.reading import (
     separator_note,
 )
 from anomaly.data.series import Series
-from anomaly.data.times import in_seconds, to_epoch_seconds
+from anomaly.data.times import in_seconds, time_of_day_column, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
 
@@ -270,6 +270,51 @@ def _refuse_unused_time_options(frame: pd.DataFrame, cfg: DataConfig, source: st
         )
 
 
+# A column of the times' UTC offset, as some loggers write beside local times ('utc_offset', 'TZ', 'Zeitzone' is
+# not matched): a bare 'offset' may well be a sensor's calibration offset.
+_OFFSET_NAME = re.compile(
+    r"(?:utc|gmt|tz|time[ _-]?zone)[ _-]?offset|tz|time[ _-]?zone|utc|gmt", re.IGNORECASE
+)
+_OFFSET_TEXT = r"\s*(?:UTC|GMT)?\s*[+-]\d{1,2}(?::?\d{2})?\s*"
+_ZONED = r".*(?:Z|[+-]\d{2}:?\d{2})\s*"
+
+
+def _refuse_an_offset_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
+    """Local times without an offset beside a column of UTC offsets: the times were read as UTC (an hour or two
+    off, with a repeated hour at each DST change) and an offset `+0100` became a sensor reading 100."""
+    time = frame[cfg.time_column].dropna()
+    if not len(time) or not isinstance(time.iloc[0], str) or re.fullmatch(_ZONED, time.iloc[0]):
+        return
+    for c in frame.columns:
+        if c == cfg.time_column or not _OFFSET_NAME.fullmatch(str(c).strip()):
+            continue
+        cells = frame[c].dropna()
+        if not len(cells):
+            continue
+        if isinstance(cells.iloc[0], str):
+            fits = bool(cells.astype(str).str.fullmatch(_OFFSET_TEXT).all())
+        else:
+            numbers = pd.to_numeric(cells, errors="coerce")
+            fits = bool(numbers.notna().all() and (numbers.abs() <= 1400).all())
+        if fits:
+            first = cells.iloc[0]
+            shown = repr(first) if isinstance(first, str) else f"{first:g}"
+            parts = re.search(r"([+-]?)(\d{1,2}):?(\d{2})?", str(first)) if isinstance(first, str) else None
+            if parts is not None:
+                sign, hours, minutes = parts.group(1) or "+", int(parts.group(2)), int(parts.group(3) or 0)
+            else:
+                whole = abs(int(first))
+                sign, hours, minutes = (
+                    "-" if first < 0 else "+",
+                    *(divmod(whole, 100) if whole >= 100 else (whole, 0)),
+                )
+            raise SchemaError(
+                f"{source}: column {str(c)!r} holds UTC offsets such as {shown} beside times without one, which are read "
+                f"as UTC: write the times in UTC or with their offset ({time.iloc[0].strip()}{sign}{hours:02d}:{minutes:02d}), or name the "
+                "features with --features if the column is a sensor"
+            )
+
+
 def frame_to_series(
     frame: pd.DataFrame,
     features: Sequence[str],
@@ -306,7 +351,12 @@ def frame_to_series(
     check_features(frame.columns, features, source)
     _refuse_unused_time_options(frame, cfg, source)
     if cfg.time_column:
-        ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, warn)
+        if not cfg.features:  # features named: the user's call
+            _refuse_an_offset_column(frame, cfg, source)
+        try:
+            ts_all = to_epoch_seconds(frame[cfg.time_column], cfg, frame, warn)
+        except DataError as exc:  # which file, when several are read (the column and line alone did not say)
+            raise DataError(f"{source}: {exc}") from None
     else:  # no time column: readings numbered in file order (per key), one time unit apart
         order = (
             frame.groupby(cfg.key_column, sort=False, dropna=False).cumcount().to_numpy()
@@ -365,11 +415,17 @@ def frame_to_series(
             likely = _likely_key_columns(frame, ts_all, cfg)
             cut = None if likely else _cut_precision(timed)
             if cut:
+                clock = time_of_day_column(frame, cfg.time_column)
                 raise SchemaError(
                     f"{source}: {repeated} of {len(timed)} rows repeat another row's timestamp, in file order, "
                     f"and every time is a whole {cut[0]}: the export seems to have cut off the {cut[1]} (a "
                     f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
                     f"formatted {cut[2]}), or pass --key-column if the rows are several series"
+                    + (
+                        f" (the time of day may be in column {clock!r}: put the date and the time in one column)"
+                        if clock
+                        else ""
+                    )
                 )
             hint = (
                 f"; the likely key column is {likely[0]!r}: pass --key-column {quoted(likely[0])}"
@@ -462,7 +518,17 @@ def load_series(
         if check is not None:
             check(frame, str(path))
         if feats is None:
-            feats = infer_features(frame, cfg, str(path))
+            try:
+                feats = infer_features(frame, cfg, str(path))
+            except SchemaError:  # a title line above the header: its columns are no numbers, and it says why
+                below = header_below(frame, cfg.time_column) if cfg.time_column not in frame.columns else None
+                if not (cfg.header and cfg.time_column and below):
+                    raise
+                raise SchemaError(
+                    f"{path}: time column {cfg.time_column!r} not found and no numeric feature columns among "
+                    f"{', '.join(map(str, frame.columns[:6]))}{', ...' if len(frame.columns) > 6 else ''}: the "
+                    f"column names seem to be on line {below}: pass --skip-rows {below - 1}"
+                ) from None
             if left_out is not None and not cfg.features:  # chosen features: nothing was left out by us
                 left_out.update(non_features(frame, feats, cfg))
         elif inferred:  # a later file's own sensors were dropped without a word (the first file's are taken)

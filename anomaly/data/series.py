@@ -225,6 +225,23 @@ def split_at_gaps(series: Sequence[Series], max_gap: float) -> list[Series]:
     return out
 
 
+def look_alike_keys(series: Sequence[Series], shown: int = 3) -> str | None:
+    """A warning naming keys that differ only in case or spaces (`s1`, `S1 `): each is a series of its own, as
+    the daemon keys them, which a device whose name was written two ways cuts in two. None when there are none."""
+    groups: dict[str, dict[str, None]] = {}
+    for s in series:
+        groups.setdefault(" ".join(s.key.split()).casefold(), {})[s.key] = None
+    alike = [list(g) for g in groups.values() if len(g) > 1]
+    if not alike:
+        return None
+    names = "; ".join(" and ".join(repr(k) for k in g) for g in alike[:shown])
+    more = f" (and {len(alike) - shown} more such groups)" if len(alike) > shown else ""
+    return (
+        f"keys {names}{more} differ only in case or spaces: each is a series of its own, as the daemon keys them "
+        "(key values are read as written); if they name one device, write its key one way"
+    )
+
+
 def fingerprint(series: Sequence[Series]) -> str:
     """A short content hash of training data, stored in the bundle to tell what a model was trained on."""
     h = hashlib.sha256()

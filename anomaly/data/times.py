@@ -42,6 +42,10 @@ def _ns_in_seconds(ns: np.ndarray) -> np.ndarray:
 
 
 _DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
+# A time of day alone ('22:13:20', '10:58 PM'): pandas dates it today, strptime 1900-01-01.
+_TIME_OF_DAY = r"\s*\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s*[AaPp]\.?[Mm]\.?)?\s*"
+_DATE = r"\s*(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4})\s*"
+_DATE_DIRECTIVE = re.compile(r"%[djmbByYGsUWV]")
 
 
 EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
@@ -111,13 +115,54 @@ def _refuse_excel_serials(values: np.ndarray, name: object) -> None:
     )
 
 
+def time_of_day_column(frame: pd.DataFrame, exclude: object) -> str | None:
+    """A column (other than `exclude`) whose first value is a time of day alone: the other half of a date and
+    a time written in two columns."""
+    for c in frame.columns:
+        first = frame[c].dropna()
+        if c != exclude and len(first) and isinstance(first.iloc[0], str):
+            if re.fullmatch(_TIME_OF_DAY, first.iloc[0]):
+                return str(c)
+    return None
+
+
+def _refuse_times_of_day(text: pd.Series, cfg: DataConfig, frame: pd.DataFrame | None) -> None:
+    """Times of day without a date (a logger's `date` and `time` in two columns, `--time-column time`) were
+    dated today by pandas, so a file that passed midnight was put in the wrong order without a word."""
+    if cfg.time_format is not None and _DATE_DIRECTIVE.search(cfg.time_format):
+        return
+    alone = text.str.fullmatch(_TIME_OF_DAY).fillna(False).to_numpy(dtype=bool)
+    if cfg.time_format is not None:  # a format without a date: every cell is a time of day alone
+        alone = text.notna().to_numpy(dtype=bool)
+    if not alone.any():
+        return
+    i = int(np.flatnonzero(alone)[0])
+    cell = str(text.iloc[i])
+    date, example = None, f"e.g. 2023-11-14 {cell.strip()}"
+    for c in frame.columns if frame is not None else ():
+        value = frame[c].iloc[i] if frame is not None else None
+        if c != text.name and isinstance(value, str) and re.fullmatch(_DATE, value):
+            date, example = c, f"{value.strip()} {cell.strip()}"
+            break
+    raise DataError(
+        f"time column {text.name!r} holds times of day without a date ({cell!r}, line {file_line(text, i)}); put "
+        f"the date and the time in one column ({example}) and name it with --time-column"
+        + (f" (the date may be in column {date!r})" if date is not None else "")
+    )
+
+
 def to_epoch_seconds(
-    column: pd.Series, cfg: DataConfig | None = None, warn: Callable[[str], None] | None = None
+    column: pd.Series,
+    cfg: DataConfig | None = None,
+    frame: pd.DataFrame | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Numbers are epoch times in data.time_unit (auto: s, ms, us or ns by magnitude); text is parsed as a
     date-time (naive means UTC) with data.time_format, or ISO-like text; day/month order must be given
-    (--dayfirst or --time-format) when the dates alone cannot tell it. data.dayfirst applies to day/month dates
-    only: `warn` (when given) hears it had no effect on epoch numbers or on year-first (ISO-8601) dates."""
+    (--dayfirst or --time-format) when the dates alone cannot tell it. Times of day without a date are refused
+    (`frame`, the file's other columns, names the one that may hold the date). data.dayfirst applies to
+    day/month dates only: `warn` (when given) hears it had no effect on epoch numbers or on year-first (ISO-8601)
+    dates."""
     cfg = cfg or DataConfig()
     name = column.name
     flag = f"--{'day' if cfg.dayfirst else 'month'}first (data.dayfirst = {str(cfg.dayfirst).lower()})"
@@ -131,6 +176,7 @@ def to_epoch_seconds(
             _refuse_excel_serials(values, name)
         return in_seconds(values, unit)
     text = column.astype("string")
+    _refuse_times_of_day(text, cfg, frame)
     dayfirst = cfg.dayfirst
     if cfg.time_format is None:
         parts = text.str.extract(_DMY.pattern).dropna().astype(int)

@@ -276,11 +276,13 @@ class Engine:
     def drop(self, keys: Iterable[str]) -> int:
         return self.store.drop(keys)
 
-    def compact(self) -> int:
+    def compact(self, recent_peak: bool = False) -> int:
         """Shrink the state store to the keys held when a peak (a call of many new keys, a restore over
         ``max_keys``) left it larger than they need; returns the rows given back (see :meth:`StateStore.compact`).
-        Between calls only: the daemon calls it when its stream goes idle. Scoring and snapshots are unchanged."""
-        return self.store.compact()
+        Between calls only: the daemon calls it when its stream goes idle, and with ``recent_peak`` (sized for
+        the most keys held at once lately, which steady churn needs again at every call) at most every
+        ``trim_interval_s`` while it is busy. Scoring and snapshots are unchanged."""
+        return self.store.compact(recent_peak=recent_peak)
 
     @property
     def active_alerts(self) -> int:

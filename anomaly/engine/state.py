@@ -194,6 +194,9 @@ class StateStore:
         # what sizes the state, in words, for the error of a growth that does not fit in memory (the engine names
         # its settings: "engine.threshold dynamic keeps engine.dynamic_history = 512 scores a key, ...")
         self.sizing = ""
+        # the most keys held at once (a call's new keys in, before its evictions) in the current and the previous
+        # window of busy compaction (see compact(recent_peak=True)); an idle compaction resets both
+        self.peaks = [0, 0]
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -235,7 +238,7 @@ class StateStore:
     def capacity(self) -> int:
         return self._capacity
 
-    def compact(self, min_capacity: int = 64) -> int:
+    def compact(self, min_capacity: int = 64, *, recent_peak: bool = False) -> int:
         """Give back the rows a peak left behind: when the keys held fit a smaller store, the held rows move to
         rows ``0..n-1`` in least-recently-used order (the order :attr:`slots` and a snapshot of every key list
         them, so that gather is sequential) and the arrays shrink to the smallest power of two (and
@@ -250,10 +253,19 @@ class StateStore:
         store whose keys fill more than seven eighths of the smaller size keeps its rows. (Until session 20 it
         shrank only when at most an eighth of its rows were in use: a daemon at ``max_keys`` 100,000 that
         restored 150,000 keys at a rebalance kept the 262,144 rows it grew to, twice the cap's 131,072, until
-        it restarted.)"""
+        it restarted.)
+
+        ``recent_peak`` (a busy stream, between calls): sized for the most keys held at once over this window and
+        the one before it (:attr:`peaks`, taken at each call's evictions: ``max_keys`` plus the call's new keys
+        under churn) instead of the keys held now, and the window moves on. Under steady churn every window has
+        such a peak, so the rows the batches need are kept (a store shrunk after each batch is grown again by the
+        next, its rows zero-filled anew); a peak that does not come again (an over-cap restore, a burst of new
+        keys) is given back within two windows, without waiting for the stream to go idle."""
         n = len(self.slots)
-        target = max(min_capacity, 1 << max(n - 1, 0).bit_length())  # the smallest power of two of >= n rows
-        if n > target - target // 8:
+        need = max(n, *self.peaks) if recent_peak else n
+        self.peaks = [self.peaks[1], n] if recent_peak else [n, n]
+        target = max(min_capacity, 1 << max(need - 1, 0).bit_length())  # the smallest power of two of >= need
+        if need > target - target // 8:
             target *= 2
         if self._capacity <= target:
             return 0
@@ -347,6 +359,8 @@ class StateStore:
         the TTL cannot stop at the first key that is young enough."""
         seen = self.arrays["seen"]
         held = len(self.slots)
+        if held > self.peaks[1]:  # the call's new keys are in: the most rows this window needed
+            self.peaks[1] = held
         # unheld rows have seen = NaN, which is never older than anything
         expired = 0 if oldest_allowed is None else int(np.count_nonzero(seen < oldest_allowed))
         if held - expired <= max_keys and not expired:

@@ -39,7 +39,10 @@ poll), sinks (alerts, scores, dead letters) and checkpointer, plus the lifecycle
   C heap's free memory is given back to the operating system (:func:`trim_heap`) when the store shrank or
   ``trim_min_messages`` were read since the last trim, so RSS follows the live state under key churn (after a
   few messages there is little to give back, and the next checkpoint would fault its buffers back in: ~1,000
-  page faults, 1 ms).
+  page faults, 1 ms); while the stream is busy, at most every ``trim_interval_s``, the store shrinks to the
+  most keys it held at once over the last two such intervals (``Engine.compact(recent_peak=True)``: what a
+  peak that did not come again left behind, an over-cap restore or a burst of new keys; steady churn keeps
+  the rows its batches need), then the heap is trimmed if it shrank.
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ class DaemonOptions:
     reload_check_s: float = 2.0  # how often the bundle file's mtime is looked at
     flush_timeout_s: float = 10.0
     max_fenced_in_a_row: int = 3  # fences in a row, no commit between, at which it exits (status 2)
-    trim_interval_s: float = 1.0  # at most this often when idle: compact, maybe trim_heap() (1-5 ms)
+    # at most this often: compact (idle: to the keys held; busy: to the recent peak), maybe trim_heap() (1-5 ms)
+    trim_interval_s: float = 1.0
     trim_min_messages: int = 10_000  # trim_heap() also when compaction freed no rows after this many messages
     state_out: str | None = None  # write engine.snapshot() here after the final checkpoint (tests, audits)
     # discard checkpoints written with other [engine] settings that shape per-key state, or that cannot be read
@@ -211,6 +215,8 @@ class Daemon:
         self._polled_at_idle = 0  # source.polled when the stream last went idle (compacted)
         self._polled_at_trim = 0  # source.polled at the last heap trim
         self._idle_at = -float("inf")
+        # when a busy stream's store was last looked at (compacted if too large)
+        self._busy_at = -float("inf")
         self._transactions_at_fence = -1
         self._fatal: AnomalyError | None = None  # raised in a rebalance callback: re-raised after the poll
         if metrics is not None:
@@ -491,6 +497,14 @@ class Daemon:
             if rows_freed:
                 self.tracker.compact()  # its key tables held the same peak
             if rows_freed or self.source.polled - self._polled_at_trim >= self.opts.trim_min_messages:
+                self._polled_at_trim = self.source.polled
+                trim_heap()
+        elif self.source.last_polled and now - self._busy_at >= self.opts.trim_interval_s:
+            # busy: the rows a peak that has not come again for a while left behind (an over-cap restore, a
+            # burst of new keys), given back without waiting for an idle poll; steady churn keeps its batches'
+            self._busy_at = now
+            if self.engine.compact(recent_peak=True):
+                self.tracker.compact()
                 self._polled_at_trim = self.source.polled
                 trim_heap()
         if self._reload_requested or now >= self._next_reload_check:
