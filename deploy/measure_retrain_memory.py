@@ -8,7 +8,7 @@ deploy/k8s/configmap.yaml's pipeline.toml (only the broker address and the repli
 local single-node Tansu) and a champion of the demo architecture (window 32, hidden 64, 6 features), on a
 6-partition input topic holding R readings of each of K keys spread over the last 7 days (B readings a message;
 1: one reading a message, as the daemon's measurement sends). `retrain` holds the whole range in memory, so its
-memory grows with the readings and messages in it: run two sizes to get the part per million readings.
+memory grows with the readings in it: run two sizes to get the part per million readings.
 --epochs overrides the champion's (1 for this champion): each epoch walks the same arrays, so the peak is that of
 the first. VmRSS is sampled every 0.1 s and split by the command's own lines: reading the topic (until
 `training set:`), training (until `challenger`), then the champion-challenger comparison on the holdout.
@@ -100,7 +100,7 @@ def main() -> None:
         out = open(work / "retrain.log", "w")  # noqa: SIM115
         started = time.monotonic()
         proc = subprocess.Popen([exe, *args], stdout=out, stderr=subprocess.STDOUT)
-        samples: list[tuple[str, float, float]] = []
+        samples: list[tuple[str, float, float, float]] = []
 
         def phase() -> str:
             log = (work / "retrain.log").read_text(errors="replace")
@@ -120,7 +120,7 @@ def main() -> None:
                     if ln.startswith(("VmRSS", "VmHWM"))
                 }
                 if "VmRSS" in v:
-                    samples.append((phase(), v["VmRSS"], v["VmHWM"]))
+                    samples.append((phase(), v["VmRSS"], v["VmHWM"], time.monotonic() - started))
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -140,12 +140,18 @@ def main() -> None:
             f"{messages:,} messages (produced in {produced_s:.0f} s); retrain exit {proc.returncode} in {took:.0f} s"
         )
         print("\n".join(lines))
-        print("| phase | RSS min | RSS max | peak (VmHWM) so far |\n|---|---|---|---|")
-        for name in dict.fromkeys(p for p, _, _ in samples):
-            rss = [r for p, r, _ in samples if p == name]
-            hwm = max(h for p, _, h in samples if p == name)
-            print(f"| {name} | {min(rss):.0f} | {max(rss):.0f} | {hwm:.0f} |")
-        print("(MiB)")
+        print("| phase | RSS min | RSS max | peak (VmHWM) so far | seconds |\n|---|---|---|---|---|")
+        names = list(dict.fromkeys(p for p, _, _, _ in samples))
+        # a phase lasts from its first sample to the next phase's first (the first from the start, the last to
+        # the exit): to 0.1 s, the sampling period
+        bounds = [0.0] + [next(t for p, _, _, t in samples if p == n) for n in names[1:]] + [took]
+        for i, name in enumerate(names):
+            rss = [r for p, r, _, _ in samples if p == name]
+            hwm = max(h for p, _, h, _ in samples if p == name)
+            print(
+                f"| {name} | {min(rss):.0f} | {max(rss):.0f} | {hwm:.0f} | {bounds[i + 1] - bounds[i]:.1f} |"
+            )
+        print("(MiB; seconds of wall time, the first phase including the start of the command)")
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

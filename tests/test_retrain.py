@@ -1168,6 +1168,140 @@ def test_repeated_timestamps_are_kept_under_duplicate_policy_keep(
     ]
 
 
+def _history_of(monkeypatch, records, keys, policy, exclude):  # type: ignore[no-untyped-def]
+    from anomaly.kafka import history
+    from anomaly.kafka.codec import Decoder, MessageFormat
+
+    class Consumer:
+        def close(self, autocommit: bool = True) -> None:
+            pass
+
+    monkeypatch.setattr(history, "_consumer", lambda cfg, timeout_s: Consumer())
+    monkeypatch.setattr(history, "_ranges", lambda *args: {})
+    monkeypatch.setattr(history, "_scan", lambda *a: iter(records))
+    decoder = Decoder(MessageFormat(("x", "y"), max_future_seconds=0))
+    cfg = build_config().kafka
+    return history.read_topic_range(
+        cfg, ["in"], decoder, 0.0, 2.0, keys=keys, exclude=exclude, duplicate_policy=policy
+    )
+
+
+def _session20_history(records, keys, policy, exclude):  # type: ignore[no-untyped-def]
+    """read_topic_range's accumulation up to session 20, verbatim: two numpy arrays a message, per key, joined at
+    the end (the reference the buffered accumulation must equal bit for bit)."""
+    from anomaly.kafka.codec import DecodeError, Decoder, MessageFormat
+
+    decoder = Decoder(MessageFormat(("x", "y"), max_future_seconds=0))
+    stamps: dict[str, list[np.ndarray]] = {}
+    values: dict[str, list[np.ndarray]] = {}
+    counts = {"messages": 0, "dead_letters": 0, "invalid": 0, "other_keys": 0, "duplicates": 0, "readings": 0}
+    for rec in records:
+        if not 0 <= rec.timestamp < 2000:
+            continue
+        counts["messages"] += 1
+        if (rec.topic, rec.partition, rec.offset) in exclude:
+            counts["dead_letters"] += 1
+            continue
+        try:
+            event = decoder.decode(rec)
+        except DecodeError:
+            counts["invalid"] += 1
+            continue
+        key = str(event.key)
+        if keys is not None and key not in keys:
+            counts["other_keys"] += 1
+            continue
+        stamps.setdefault(key, []).append(np.asarray(event.timestamps, np.float64).reshape(-1))
+        values.setdefault(key, []).append(
+            np.asarray(event.values, np.float64).reshape(-1, decoder.n_features)
+        )
+    series = []
+    for key in sorted(stamps):
+        ts = np.concatenate(stamps[key])
+        vals = np.concatenate(values[key])
+        order = np.argsort(ts, kind="stable")
+        ts, vals = ts[order], vals[order]
+        keep = np.isfinite(ts)
+        keep[1:] &= np.diff(ts) >= 0 if policy == "keep" else np.diff(ts) > 0
+        counts["duplicates"] += int((~keep).sum())
+        counts["readings"] += int(keep.sum())
+        series.append((key, ts[keep], vals[keep]))
+    return series, counts
+
+
+@pytest.mark.parametrize("policy", ["drop", "keep"])
+def test_history_read_into_buffers_equals_the_arrays_of_every_message(monkeypatch, policy):
+    """Reading a range kept two numpy arrays a message until the range was read (about 640 MiB per million
+    one-reading messages, deploy/measure_retrain_memory.py); each key's readings now go into two float64 buffers.
+    The Series are those of the old accumulation bit for bit (NaN values kept, order of equal timestamps, duplicates
+    dropped per the policy) over one-reading and block messages of keys interleaved out of order, with messages
+    out of the range, dead-lettered, undecodable and of other keys, and the counts are the same."""
+    rng = np.random.default_rng(21)
+
+    class Record:
+        def __init__(self, offset: int, body: object, at: int = 1000) -> None:
+            self.topic, self.partition, self.offset, self.timestamp = "in", offset % 3, offset, at
+            self.key, self.value = None, body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    def reading(i: int) -> dict[str, object]:
+        vals = [round(float(v), 3) for v in rng.normal(size=2)]
+        return {
+            "ts": int(rng.integers(0, 60)) + 0.5 * (i % 2),
+            "values": [None, vals[1]] if i % 7 == 0 else vals,
+        }
+
+    records = []
+    for i in range(400):
+        key = ["a", "b", "c", "d"][int(rng.integers(0, 4))]
+        if i % 5 == 0:
+            body: object = {"key": key, "readings": [reading(i + j) for j in range(int(rng.integers(1, 6)))]}
+        else:
+            body = {"key": key, **reading(i)}
+        at = 3000 if i % 31 == 0 else 1000  # produced after the range
+        records.append(Record(i, b"{not json" if i % 23 == 0 else body, at))
+    exclude = {("in", i % 3, i) for i in range(5, 400, 17)}
+    hist = _history_of(monkeypatch, records, {"a", "b", "c"}, policy, exclude)
+    series, counts = _session20_history(records, {"a", "b", "c"}, policy, exclude)
+    assert [(s.key, s.timestamps.tobytes(), s.values.tobytes(), s.values.shape) for s in hist.series] == [
+        (key, ts.tobytes(), vals.tobytes(), vals.shape) for key, ts, vals in series
+    ]
+    got = {k: getattr(hist, k) for k in counts}
+    assert got == counts
+    assert [s.key for s in hist.series] == ["a", "b", "c"]
+    assert counts["duplicates"] > 0 if policy == "drop" else counts["duplicates"] == 0
+    assert min(counts["dead_letters"], counts["invalid"], counts["other_keys"]) > 0
+    assert any(np.isnan(s.values).any() for s in hist.series)
+
+
+def test_key_readings_sorts_stably_and_drops_non_finite_and_repeated_timestamps():
+    """KeyReadings: a stable sort (readings at one timestamp stay in reading order under "keep"), readings at a
+    NaN or infinite timestamp dropped and counted, NaN values kept; an empty key gives an empty Series."""
+    from anomaly.kafka.history import KeyReadings
+
+    read = KeyReadings(2)
+    read.add([3.0, 1.0], [[30.0, 31.0], [10.0, np.nan]])
+    read.add(np.array([np.nan]), np.array([[0.0, 0.0]]))
+    read.add([1.0, np.inf, 2.0], [[11.0, 12.0], [9.0, 9.0], [20.0, 21.0]])
+    kept, dropped = read.series("k", "kafka:in", "keep")
+    assert (kept.key, kept.source, kept.timestamps.tolist(), dropped) == (
+        "k",
+        "kafka:in",
+        [1.0, 1.0, 2.0, 3.0],
+        2,
+    )
+    assert np.array_equal(
+        kept.values, [[10.0, np.nan], [11.0, 12.0], [20.0, 21.0], [30.0, 31.0]], equal_nan=True
+    )
+    dedup, dropped = read.series("k", "kafka:in", "drop")
+    assert (dedup.timestamps.tolist(), dedup.values[:, 0].tolist(), dropped) == (
+        [1.0, 2.0, 3.0],
+        [10.0, 20.0, 30.0],
+        3,
+    )
+    empty, dropped = KeyReadings(2).series("e", "kafka:in")
+    assert (empty.timestamps.shape, empty.values.shape, dropped) == ((0,), (0, 2), 0)
+
+
 def test_promote_force_installs_the_challenger_where_no_champion_is(bundle, bundle_path, tmp_path):
     """A first deploy: promote loaded the champion first, so without a model.pt it failed and the operator copied
     the file by hand (no rename, no record). Without --force the error says to use it; with it the challenger is
