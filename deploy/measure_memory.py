@@ -60,6 +60,15 @@ def pipeline_text(bootstrap: str, port: int) -> str:
     return text.replace("port = 9108", f"port = {port}").replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
 
 
+def create_topics(bootstrap: str) -> None:
+    """The ConfigMap's topics: the input (6 partitions), the alerts and the dead letters."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        [NewTopic("sensors", 6, 1), NewTopic("anomaly-alerts", 1, 1), NewTopic("anomaly-dead-letters", 1, 1)]
+    )
+    admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -81,15 +90,7 @@ def main() -> None:
         keys = opts.keys or tomllib.loads(text)["engine"]["max_keys"]
         text = re.sub(r"max_keys = \d+", f"max_keys = {keys}", text)
         (work / "pipeline.toml").write_text(text)
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        admin.create_topics(
-            [
-                NewTopic("sensors", 6, 1),
-                NewTopic("anomaly-alerts", 1, 1),
-                NewTopic("anomaly-dead-letters", 1, 1),
-            ]
-        )
-        admin.close()
+        create_topics(broker.bootstrap)
         args = ["consume", "-m", model, "-p", str(work / "pipeline.toml"), "--shutdown-timeout", "30"]
         log = open(work / "daemon.log", "w")  # noqa: SIM115
 

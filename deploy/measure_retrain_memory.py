@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anomaly.bench_kafka import _bundle  # noqa: E402
 from anomaly.kafka.tansu import TansuBroker  # noqa: E402
-from deploy.measure_memory import pipeline_text  # noqa: E402
+from deploy.measure_memory import create_topics, pipeline_text  # noqa: E402
 
 WEEK = 7 * 86_400.0
 
@@ -79,15 +78,7 @@ def main() -> None:
         model, bundle = _bundle(None, 6)
         text = pipeline_text(broker.bootstrap, 9108)
         (work / "pipeline.toml").write_text(text)
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        admin.create_topics(
-            [
-                NewTopic("sensors", 6, 1),
-                NewTopic("anomaly-alerts", 1, 1),
-                NewTopic("anomaly-dead-letters", 1, 1),
-            ]
-        )
-        admin.close()
+        create_topics(broker.bootstrap)
         started = time.monotonic()
         messages = produce(broker.bootstrap, bundle, opts.keys, opts.readings, opts.block)
         produced_s = time.monotonic() - started
