@@ -564,6 +564,19 @@ def test_dashboard_descriptions_state_the_conditions_of_the_alerts_they_name() -
     assert checked >= 2
 
 
+def _promtool_panel_test(path: Path, input_series: list[dict], exprs: list[dict]) -> None:
+    """Evaluate dashboard PromQL with `promtool test rules` (no rule files, one-minute steps): Grafana is not
+    installable here, so its panels are tested through their queries."""
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input_series, "promql_expr_test": exprs}],
+    }
+    path.write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 @needs_promtool
 def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> None:
     """Daemons can run different models (a rollout, or one that kept its old model: ModelReloadFailed). "Model age"
@@ -573,31 +586,21 @@ def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> No
     (panel,) = [p for p in dash["panels"] if p["title"] == "Model age"]
     (target,) = panel["targets"]
     series = 'anomaly_model_trained_timestamp_seconds{job="anomaly",instance="%s"}'
-    test = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [
+    _promtool_panel_test(
+        tmp_path / "model_age.test.yml",
+        [
+            {"series": series % "old:9108", "values": "60x10"},  # trained at 1 min
+            {"series": series % "new:9108", "values": "300x10"},  # trained at 5 min
+            {"series": series % "unset:9108", "values": "0x10"},
+        ],
+        [
             {
-                "interval": "1m",
-                "input_series": [
-                    {"series": series % "old:9108", "values": "60x10"},  # trained at 1 min
-                    {"series": series % "new:9108", "values": "300x10"},  # trained at 5 min
-                    {"series": series % "unset:9108", "values": "0x10"},
-                ],
-                "promql_expr_test": [
-                    {
-                        "expr": target["expr"].replace("$instance", ".*"),
-                        "eval_time": "10m",
-                        "exp_samples": [{"labels": "{}", "value": 540}],
-                    }
-                ],
+                "expr": target["expr"].replace("$instance", ".*"),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": 540}],
             }
         ],
-    }
-    path = tmp_path / "model_age.test.yml"
-    path.write_text(yaml.safe_dump(test))
-    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+    )
     assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
@@ -613,45 +616,35 @@ def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) 
     (timeline,) = panels["Alert timeline"]["targets"]
     active = 'anomaly_alert_active{job="anomaly",instance="%s",key="pump"}'
     info = 'anomaly_pipeline_info{job="anomaly",instance="%s",group="%s",topics="sensors"}'
-    test = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {"series": info % ("a:9108", "line-a"), "values": "1x5"},
-                    {"series": info % ("b:9108", "line-b"), "values": "1x5"},
-                    {"series": active % "a:9108", "values": "0x5"},
-                    {"series": active % "b:9108", "values": "1x5"},
-                    {"series": active % "old:9108", "values": "1x5"},  # no anomaly_pipeline_info
-                ],
-                "promql_expr_test": [
-                    {
-                        "expr": table["expr"].replace("$instance", ".*"),
-                        "eval_time": "3m",
-                        "exp_samples": [
-                            {"labels": '{group="line-b",key="pump"}', "value": 1},
-                            {"labels": '{key="pump"}', "value": 1},
-                        ],
-                    },
-                    {
-                        "expr": timeline["expr"].replace("$instance", ".*"),
-                        "eval_time": "3m",
-                        "exp_samples": [
-                            {"labels": '{group="line-a",key="pump"}', "value": 0},
-                            {"labels": '{group="line-b",key="pump"}', "value": 1},
-                            {"labels": '{key="pump"}', "value": 1},
-                        ],
-                    },
-                ],
-            }
+    _promtool_panel_test(
+        tmp_path / "alert_panels.test.yml",
+        [
+            {"series": info % ("a:9108", "line-a"), "values": "1x5"},
+            {"series": info % ("b:9108", "line-b"), "values": "1x5"},
+            {"series": active % "a:9108", "values": "0x5"},
+            {"series": active % "b:9108", "values": "1x5"},
+            {"series": active % "old:9108", "values": "1x5"},  # no anomaly_pipeline_info
         ],
-    }
-    path = tmp_path / "alert_panels.test.yml"
-    path.write_text(yaml.safe_dump(test))
-    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+        [
+            {
+                "expr": table["expr"].replace("$instance", ".*"),
+                "eval_time": "3m",
+                "exp_samples": [
+                    {"labels": '{group="line-b",key="pump"}', "value": 1},
+                    {"labels": '{key="pump"}', "value": 1},
+                ],
+            },
+            {
+                "expr": timeline["expr"].replace("$instance", ".*"),
+                "eval_time": "3m",
+                "exp_samples": [
+                    {"labels": '{group="line-a",key="pump"}', "value": 0},
+                    {"labels": '{group="line-b",key="pump"}', "value": 1},
+                    {"labels": '{key="pump"}', "value": 1},
+                ],
+            },
+        ],
+    )
     assert timeline["legendFormat"] == "{{group}} {{key}}"
 
 
