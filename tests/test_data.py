@@ -10,10 +10,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from anomaly.config import DataConfig
 from anomaly.data import load_series, look_alike_keys, sampling_interval, split_at_gaps
+from anomaly.data.times import join_date_column
 from anomaly.errors import DataError, SchemaError
 
 SEMICOLON = (
@@ -1262,6 +1264,59 @@ def test_a_date_column_that_cannot_be_joined_is_refused(tmp_path, text, options,
     with pytest.raises((DataError, SchemaError)) as err:
         load(path, time_column="Time", **{"date_column": "Date", **options})
     assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("times", "shown"),
+    [
+        (["79200", "79260"], "79200"),
+        (["1700000000", "1700000060"], "1700000000"),
+        (["22:13:20", "79260"], "79260"),
+    ],
+)
+def test_a_time_column_of_numbers_beside_a_date_column_is_refused_naming_both(tmp_path, times, shown) -> None:
+    """`--date-column` with seconds of the day (79200) or epoch times in the time column joined
+    '2023-11-14 79200' and failed with the generic 'cannot parse time value': now one line names both columns."""
+    text = "Date,Time,a\n" + "".join(f"2023-11-14,{t},{i}\n" for i, t in enumerate(times))
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as err:
+        load(path, time_column="Time", date_column="Date")
+    assert str(err.value) == (
+        f"{path}: time column 'Time' holds numbers such as {shown}, not times of day (such as 22:13:20) to join "
+        "to date column 'Date': with --date-column the time column holds times of day; leave out --date-column "
+        "if the numbers are epoch times"
+    )
+
+
+@pytest.mark.parametrize("date", ["2023-11-14", "14.11.2023", "11/14/2023", "20231114", "2023:11:14"])
+def test_a_column_of_dates_alone_is_joined_whatever_its_shape(date) -> None:
+    """The date-time check took any `d:dd` for a time of day, so EXIF's date `2023:11:14` was refused as a
+    date-time; a date-time is a date part followed by a time of day, and each common date shape is a date."""
+    frame = pd.DataFrame({"Date": [date, f" {date} "], "Time": ["23:58:00", "23:59"], "a": [1.0, 2.0]})
+    join_date_column(frame, DataConfig(time_column="Time", date_column="Date"), "x.csv")
+    assert list(frame.columns) == ["Time", "a"]
+    assert frame["Time"].tolist() == [f"{date} 23:58:00", f"{date} 23:59"]
+
+
+@pytest.mark.parametrize(
+    "cell", ["2023-11-14 23:58", "2023-11-14T23:58:00Z", "14.11.2023 10:58 PM", "2023-11-14 23:58:00+01:00"]
+)
+def test_a_column_of_date_times_is_refused_as_the_date_column(cell) -> None:
+    frame = pd.DataFrame({"Date": ["2023-11-14", cell], "Time": ["23:58:00", "23:59:00"]})
+    with pytest.raises(DataError) as err:
+        join_date_column(frame, DataConfig(time_column="Time", date_column="Date"), "x.csv")
+    assert str(err.value) == (
+        f"x.csv: date column 'Date' holds date-times such as {cell!r}, not dates alone: name it with "
+        "--time-column and leave out --date-column"
+    )
+
+
+def test_an_exif_date_column_is_read_with_its_format(tmp_path) -> None:
+    """`2023:11:14` (EXIF's date) with --time-format reads as the same times as ISO dates."""
+    combined, _ = load(write(tmp_path, _one_column(MIDNIGHT), "one.csv"))
+    exif = write(tmp_path, _two_columns(MIDNIGHT, lambda d: d.replace("-", ":")))
+    series, _ = load(exif, time_column="Time", date_column="Date", time_format="%Y:%m:%d %H:%M:%S")
+    assert series[0].timestamps.tolist() == combined[0].timestamps.tolist()
 
 
 def test_a_labels_file_is_matched_by_the_date_and_the_time_joined(tmp_path) -> None:

@@ -46,6 +46,10 @@ _DMY = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})\b")
 _TIME_OF_DAY = r"\s*\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s*[AaPp]\.?[Mm]\.?)?\s*"
 _DATE = r"\s*(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4})\s*"
 _DATE_DIRECTIVE = re.compile(r"%[djmbByYGsUWV]")
+# A date and a time of day in one cell ('2023-11-14 23:58', '14.11.2023 10:58 PM', '2023-11-14T23:58:00Z'): a
+# part with a digit, a space or 'T', and a time of day last (with an optional zone). A date alone written with
+# colons (EXIF's '2023:11:14') has no time of day after a space or a 'T'.
+_DATE_TIME = re.compile(rf"\s*\S*\d.*?(?:T|\s){_TIME_OF_DAY}(?:Z|[+-]\d{{2}}(?::?\d{{2}})?)?\s*")
 
 
 EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
@@ -169,7 +173,8 @@ def join_date_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
     ('2023-11-14 22:13:20'), in place, read by :func:`to_epoch_seconds` as any one-column date-time (its
     --time-format covers both), and the date column is taken out of the frame (it is no feature). A row whose
     date or time is empty has no time, as a row with an empty time cell. A date column of numbers or of
-    date-times is refused: its joined times would be guessed or read twice."""
+    date-times is refused: its joined times would be guessed or read twice; so is a time column of numbers
+    (seconds of the day, epoch times), whose joined cells are no time."""
     date, time = cfg.date_column, cfg.time_column
     if not date or not time:
         return
@@ -186,13 +191,20 @@ def join_date_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
             f"{source}: date column {date!r} holds numbers such as {given.iloc[0]}, not dates (such as 2023-11-14)"
         )
     dates = dates.astype("string").str.strip().replace("", pd.NA)
-    clocked = dates[dates.str.contains(r"\d:\d{2}", regex=True).fillna(False).to_numpy(bool)]
+    clocked = dates[dates.str.fullmatch(_DATE_TIME).fillna(False).to_numpy(bool)]
     if len(clocked):
         raise DataError(
             f"{source}: date column {date!r} holds date-times such as {clocked.iloc[0]!r}, not dates alone: name "
             "it with --time-column and leave out --date-column"
         )
     times = frame[time].astype("string").str.strip().replace("", pd.NA)
+    numbers = pd.to_numeric(times, errors="coerce").notna().to_numpy(bool)
+    if numbers.any():  # seconds of the day or epoch times: joined, '2023-11-14 79200' is no time
+        raise DataError(
+            f"{source}: time column {time!r} holds numbers such as {times[numbers].iloc[0]}, not times of day "
+            f"(such as 22:13:20) to join to date column {date!r}: with --date-column the time column holds "
+            "times of day; leave out --date-column if the numbers are epoch times"
+        )
     frame[time] = dates + " " + times  # <NA> where either is empty
     del frame[date]
 
