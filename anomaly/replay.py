@@ -255,7 +255,10 @@ def replay(
     progress: bool = False,
     engine: Engine | None = None,
     write_plots: bool | None = None,
+    warnings: Sequence[str] = (),
 ) -> ReplayResult:
+    """Replay `series` through the engine into `out_dir`. `warnings`, the caller's about the data (look-alike
+    keys), go into `summary.json`'s "warnings" after the run's own, and so to stderr with them."""
     origins = files_of(series)  # which file each reading of a key found in several comes from
     series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
     skip = cfg.replay.evaluate_after
@@ -273,7 +276,7 @@ def replay(
             f"cannot write to the output folder {out}: {atomic.reason(exc)}", path=str(out)
         ) from None
     with only_writer(out):
-        return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots, origins)
+        return _replay(bundle, series, cfg, out, observer, progress, engine, write_plots, origins, warnings)
 
 
 @contextlib.contextmanager
@@ -305,6 +308,7 @@ def _replay(
     engine: Engine | None,
     write_plots: bool | None,
     origins: dict[str, np.ndarray] | None = None,
+    warnings: Sequence[str] = (),
 ) -> ReplayResult:
     clear_previous(out)
     engine = engine or Engine(bundle, cfg.engine)
@@ -369,6 +373,7 @@ def _replay(
     ):  # (then nothing is evaluated)
         summary["warnings"] += label_warnings(judged)
     summary["warnings"] += repeated_hour_warnings(frames)
+    summary["warnings"] += list(warnings)
     compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())

@@ -956,7 +956,12 @@ def test_train_and_replay_name_keys_that_differ_only_in_case_or_spaces(tmp_path)
     )
     assert train.exit_code == 0 and warning in train.stderr
     replay = invoke("replay", str(csv), "-m", str(model), "-o", str(tmp_path / "r"), "--no-plots", *common)
-    assert warning in replay.stderr
+    assert replay.exit_code == 0 and replay.stderr.count(warning) == 1
+    # in summary.json's warnings too (it was on stderr only), once
+    warnings = json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"]
+    assert [w for w in warnings if "differ only in case" in w] == [
+        warning.removeprefix("warning: ").rstrip("\n")
+    ]
 
 
 def test_dayfirst_on_iso_times_warns_that_it_had_no_effect(tmp_path) -> None:

@@ -172,15 +172,16 @@ def run_replay(
         paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=warn_line
     )
     alike = look_alike_keys(series) if cfg.data.key_column else None
-    if alike:
-        warn_line(alike)
     observer = None
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile
 
         observer = PipelineMetrics()
         observer.model_loaded(bundle)
-    result = replay(bundle, series, cfg, out, observer=observer, progress=progress)
+    # in summary.json's warnings, printed with them by print_result (once)
+    result = replay(
+        bundle, series, cfg, out, observer=observer, progress=progress, warnings=[alike] if alike else []
+    )
     if metrics_out and observer is not None:
         write_textfile(observer, metrics_out)
     return result
