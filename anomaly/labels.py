@@ -53,9 +53,8 @@ def read_labels(
             f"{p}: label column {cfg.label!r} not found; columns are {', '.join(labels.columns)}{hint}"
         )
     values = label_values(labels, cfg, str(p))
-    if (
-        cfg.time_column in labels.columns
-    ):  # matched by the data's date and time, joined alike (data.date_column)
+    # matched by the data's date and time, joined alike (data.date_column)
+    if cfg.time_column in labels.columns:
         join_date_column(labels, cfg, str(p))
     if cfg.time_column and cfg.time_column not in labels.columns:
         timelike = [

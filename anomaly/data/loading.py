@@ -298,21 +298,26 @@ def _refuse_an_offset_column(frame: pd.DataFrame, cfg: DataConfig, source: str) 
             fits = bool(numbers.notna().all() and (numbers.abs() <= 1400).all())
         if fits:
             first = cells.iloc[0]
+            example = f"{time.iloc[0].strip()}{_as_offset(first)}"
             shown = repr(first) if isinstance(first, str) else f"{first:g}"
-            parts = re.search(r"([+-]?)(\d{1,2}):?(\d{2})?", str(first)) if isinstance(first, str) else None
-            if parts is not None:
-                sign, hours, minutes = parts.group(1) or "+", int(parts.group(2)), int(parts.group(3) or 0)
-            else:
-                whole = abs(int(first))
-                sign, hours, minutes = (
-                    "-" if first < 0 else "+",
-                    *(divmod(whole, 100) if whole >= 100 else (whole, 0)),
-                )
             raise SchemaError(
-                f"{source}: column {str(c)!r} holds UTC offsets such as {shown} beside times without one, which are read "
-                f"as UTC: write the times in UTC or with their offset ({time.iloc[0].strip()}{sign}{hours:02d}:{minutes:02d}), or name the "
-                "features with --features if the column is a sensor"
+                f"{source}: column {str(c)!r} holds UTC offsets such as {shown} beside times without one, which "
+                f"are read as UTC: write the times in UTC or with their offset ({example}), or name the features "
+                "with --features if the column is a sensor"
             )
+
+
+def _as_offset(cell: object) -> str:
+    """An offset cell ('+0100', 'UTC+1', 100, -5) as ISO-8601 writes it after a time ('+01:00')."""
+    parts = re.search(r"([+-]?)(\d{1,2}):?(\d{2})?", cell) if isinstance(cell, str) else None
+    if parts is not None:
+        sign, hours, minutes = parts.group(1) or "+", int(parts.group(2)), int(parts.group(3) or 0)
+    else:
+        number = float(cell)  # type: ignore[arg-type]
+        whole = abs(int(number))
+        sign = "-" if number < 0 else "+"
+        hours, minutes = divmod(whole, 100) if whole >= 100 else (whole, 0)
+    return f"{sign}{hours:02d}:{minutes:02d}"
 
 
 def frame_to_series(
