@@ -75,9 +75,8 @@ class DataConfig:
     """How CSV files map to series: which columns are time, key, features and labels."""
 
     time_column: str = "timestamp"  # "": the files have no time column; readings are numbered 0, 1, 2, ...
-    date_column: str | None = (
-        None  # the date beside a time_column of times of day: joined "DATE TIME" per row
-    )
+    # the date beside a time_column of times of day: joined "DATE TIME" per row
+    date_column: str | None = None
     key_column: str | None = None
     features: tuple[str, ...] = ()  # empty: every numeric column that is not time, key or label
     label_columns: tuple[str, ...] = ("anomaly", "changepoint")
