@@ -258,7 +258,7 @@ def replay(
     warnings: Sequence[str] = (),
 ) -> ReplayResult:
     """Replay `series` through the engine into `out_dir`. `warnings`, the caller's about the data (look-alike
-    keys), go into `summary.json`'s "warnings" after the run's own, and so to stderr with them."""
+    keys, a --dayfirst that had no effect), go into `summary.json`'s "warnings" after the run's own, and so to stderr with them."""
     origins = files_of(series)  # which file each reading of a key found in several comes from
     series = merge_keys(series)  # a key found in several files is one stream, as in the daemon
     skip = cfg.replay.evaluate_after

@@ -1025,3 +1025,27 @@ def test_a_date_column_without_a_time_column_is_refused(tmp_path) -> None:
         "(--no-time-column): leave one out (data.date_column from option --date-column, data.time_column from a "
         "command-line option)\n",
     )
+
+
+def test_replay_puts_the_datas_warnings_in_summary_json_once(tmp_path) -> None:
+    """Replay's load-time warnings (here `--dayfirst` on ISO-8601 times) were printed on stderr only: summary.json,
+    which a backtest keeps, did not say the option had had no effect. They go with the run's other warnings now,
+    in summary.json and, once, on stderr."""
+    csv = tmp_path / "d.csv"
+    csv.write_text(
+        "timestamp,a\n" + "".join(f"2023-02-01T{i // 60:02d}:{i % 60:02d},{i % 5}\n" for i in range(90))
+    )
+    model = tmp_path / "m.pt"
+    args = ["train", str(csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out = tmp_path / "r"
+    result = CliRunner().invoke(
+        main, ["replay", str(csv), "-m", str(model), "-o", str(out), "--no-plots", "--dayfirst"]
+    )
+    assert result.exit_code == 0, result.output
+    warning = (
+        "--dayfirst (data.dayfirst = true) had no effect: time column 'timestamp' holds dates such as "
+        "'2023-02-01T00:00', not day/month dates (ISO-8601 dates are year first)"
+    )
+    assert json.loads((out / "summary.json").read_text())["warnings"].count(warning) == 1
+    assert result.stderr.count(warning) == 1

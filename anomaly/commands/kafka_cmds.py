@@ -360,7 +360,7 @@ def produce_cmd(
     import kafka.errors
     from tqdm import tqdm
 
-    from anomaly.data import load_series, look_alike_keys
+    from anomaly.data import load_series
     from anomaly.kafka import KafkaError, clients
     from anomaly.kafka.codec import MessageFormat
     from anomaly.kafka.produce import message_count, messages, produce
@@ -393,9 +393,6 @@ def produce_cmd(
                 key="data.features",
             )
     series, feats = load_series(list(data), cfg.data, wanted, warn=warn_line)  # with --model: its order
-    alike = look_alike_keys(series) if cfg.data.key_column else None
-    if alike:
-        warn_line(alike)
     k = cfg.kafka
     admin = clients.make_admin(k)
     try:

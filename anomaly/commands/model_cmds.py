@@ -28,7 +28,6 @@ from anomaly.data import (
     counting_features,
     cut_out_labelled,
     load_series,
-    look_alike_keys,
     merge_keys,
     plural,
     quoted,
@@ -112,9 +111,6 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         for s in series:
             s.labels = None
     series = merge_keys(series)  # a key found in several files is one series, as replay and the daemon see it
-    alike = look_alike_keys(series) if cfg.data.key_column else None
-    if alike:
-        warn_line(alike)
     counting = [] if cfg.data.features else counting_features(series, features)
     if counting:  # chosen with --features, it is the user's call
         rest = [f for f in features if f not in counting]

@@ -31,7 +31,7 @@ from anomaly.commands.common import (
 )
 from anomaly.commands.model_cmds import print_training, run_training
 from anomaly.config import DataConfig, PipelineConfig, build_config
-from anomaly.data import infer_features, load_series, look_alike_keys, plural
+from anomaly.data import infer_features, load_series, plural
 from anomaly.data.loading import counting_columns, header_below
 from anomaly.data.reading import quoted
 from anomaly.errors import AnomalyError, DataError, SchemaError
@@ -168,20 +168,19 @@ def run_replay(
         )
     bundle = load_bundle(model)
     check = check_schema(cfg, bundle.features)
+    # the data's warnings (look-alike keys, a --dayfirst that had no effect) go into summary.json's warnings,
+    # printed with them by print_result (once)
+    loaded: list[str] = []
     series, _ = load_series(
-        paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=warn_line
+        paths, cfg.data, bundle.features, labels_file=labels_file, check=check, warn=loaded.append
     )
-    alike = look_alike_keys(series) if cfg.data.key_column else None
     observer = None
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile
 
         observer = PipelineMetrics()
         observer.model_loaded(bundle)
-    # in summary.json's warnings, printed with them by print_result (once)
-    result = replay(
-        bundle, series, cfg, out, observer=observer, progress=progress, warnings=[alike] if alike else []
-    )
+    result = replay(bundle, series, cfg, out, observer=observer, progress=progress, warnings=loaded)
     if metrics_out and observer is not None:
         write_textfile(observer, metrics_out)
     return result

@@ -26,7 +26,7 @@ from anomaly.data.reading import (
     read_frame,
     separator_note,
 )
-from anomaly.data.series import Series
+from anomaly.data.series import Series, look_alike_keys
 from anomaly.data.times import in_seconds, join_date_column, time_of_day_column, to_epoch_seconds
 from anomaly.errors import DataError, SchemaError
 
@@ -483,7 +483,8 @@ def load_series(
     labels when the data files have none (see :mod:`anomaly.labels`; only a JSON of windows per file serves
     several data files). `check` (a replay's test of the columns against its model's) sees each file's frame
     first, as read, before anything is taken from it. `warn` hears each warning once (a setting that had no
-    effect, such as --dayfirst on epoch or ISO-8601 times), however many files say it.
+    effect, such as --dayfirst on epoch or ISO-8601 times), however many files say it, and, with a key column,
+    keys that differ only in case or spaces (:func:`look_alike_keys`).
 
     When several files hold series of the same key (no key column), the file stem keeps them apart, and two
     files with the same stem get their relative path as key.
@@ -568,6 +569,9 @@ def load_series(
             seen.add(s.key)
         series.extend(part)
     assert feats is not None
+    alike = look_alike_keys(series) if cfg.key_column else None
+    if alike:
+        warn_once(alike)
     return series, feats
 
 
