@@ -708,6 +708,42 @@ def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) 
     assert timeline["legendFormat"] == "{{group}} {{key}}"
 
 
+@needs_promtool
+def test_the_lag_panel_shows_each_pipeline_of_a_topic_apart(tmp_path: Path) -> None:
+    """Two pipelines (consumer groups) read one topic: "Consumer lag" took `sum by (topic, partition)`, so it
+    showed their lags added (20,100 for a partition one group had read to the end), and a partition that two
+    members of one group both reported during a rebalance twice its lag. It shows the most per group, topic and
+    partition, as ConsumerLagHigh alerts; a daemon without anomaly_pipeline_info shows without a group."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (target,) = [p for p in dash["panels"] if p["title"] == "Consumer lag"][0]["targets"]
+    lag = 'anomaly_consumer_lag_messages{job="anomaly",instance="%s",topic="sensors",partition="0"}'
+    info = 'anomaly_pipeline_info{job="anomaly",instance="%s",group="%s",topics="sensors"}'
+    _promtool_panel_test(
+        tmp_path / "lag_panel.test.yml",
+        [
+            {"series": info % ("a:9108", "line-a"), "values": "1x5"},
+            {"series": info % ("b:9108", "line-b"), "values": "1x5"},
+            {"series": info % ("b2:9108", "line-b"), "values": "1x5"},  # line-b's partition moving to b2
+            {"series": lag % "a:9108", "values": "100x5"},
+            {"series": lag % "b:9108", "values": "20000x5"},
+            {"series": lag % "b2:9108", "values": "20000x5"},
+            {"series": lag % "old:9108", "values": "7x5"},  # no anomaly_pipeline_info
+        ],
+        [
+            {
+                "expr": target["expr"].replace("$instance", ".*"),
+                "eval_time": "3m",
+                "exp_samples": [
+                    {"labels": '{group="line-a",partition="0",topic="sensors"}', "value": 100},
+                    {"labels": '{group="line-b",partition="0",topic="sensors"}', "value": 20000},
+                    {"labels": '{partition="0",topic="sensors"}', "value": 7},
+                ],
+            },
+        ],
+    )
+    assert target["legendFormat"] == "{{group}} {{topic}}/{{partition}}"
+
+
 def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
     """The commands compose runs (trainer, producer, daemon), the k8s Deployment's args and the runbooks' command
     lines use subcommands and options the CLI has; a runbook command that reads the stream (--since) names the
