@@ -25,7 +25,7 @@ from anomaly.config import KafkaConfig
 from anomaly.data import Series
 from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.codec import DecodeError, Decoder
-from anomaly.kafka.sinks import GROUP_HEADER
+from anomaly.kafka.sinks import GROUP_HEADER, group_value
 
 Position = tuple[str, int, int]  # topic, partition, offset
 # retrain and promote name their input topics with --topic (consume: --topics)
@@ -166,13 +166,10 @@ def other_group(rec: Any, group: str | None, others: Counter[str] | None) -> boo
     if group is None:
         return False
     writer = next((v for k, v in (rec.headers or []) if k == GROUP_HEADER), None)
-    if writer is None:
-        return False
-    name = bytes(writer).decode(errors="replace")
-    if name == group:
+    if writer is None or bytes(writer) == group_value(group):
         return False
     if others is not None:
-        others[name] += 1
+        others[bytes(writer).decode(errors="replace")] += 1
     return True
 
 

@@ -382,8 +382,14 @@ GROUP_HEADER = "group"
 def group_header(group: str) -> list[tuple[str, bytes]]:
     """The ``group`` header of every alert, score and dead letter: the consumer group (the pipeline) that wrote it,
     so that ``anomaly retrain`` of one pipeline leaves out only its own alerts and dead letters where two pipelines
-    share the topic (the default names are the same for every group)."""
-    return [(GROUP_HEADER, group.encode())] if group else []
+    share the topic (the default names are the same for every group). Cut to 1 KiB (``KEY_BYTES``) on a character
+    boundary, as a dead letter's ``entity_key``: its headers must stay within the room left for them."""
+    return [(GROUP_HEADER, group_value(group))] if group else []
+
+
+def group_value(group: str) -> bytes:
+    """The ``group`` header's value for consumer group `group`."""
+    return _cut_text(group.encode(), KEY_BYTES)
 
 
 class AlertSink:
