@@ -558,6 +558,37 @@ def test_an_empty_key_is_refused_like_a_missing_one_in_bulk_and_one_by_one():
         assert sorted(e.key for e in readings.events()) == sorted(f"p{i}" for i in range(40))
 
 
+def test_a_number_key_beyond_64_bits_is_refused_not_merged_with_its_neighbours():
+    """orjson reads an integer key outside 64 bits (a SIM's 20-digit ICCID sent as a JSON number) as the nearest
+    float64, the same for neighbouring integers: two sensors were scored as one entity named
+    '8.901410321111851e+19'. Such a key is a dead letter `missing_field` naming the fix; integer keys within 64 bits
+    and small number keys read as before."""
+    d = Decoder(MessageFormat(FMT.features))
+    one = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    block = {"readings": [{"ts": 1.7e9 + i, "values": [1.0, 2.0, 3.0]} for i in range(3)]}
+    for shape in (one, block):
+        body = json.dumps(shape)[1:]
+        raw = [
+            b'{"key": 89014103211118510720, ' + body.encode(),
+            b'{"key": 89014103211118510721, ' + body.encode(),
+            b'{"key": 18446744073709551615, ' + body.encode(),  # the largest 64-bit integer: exact
+            b'{"key": 7, ' + body.encode(),
+            b'{"key": 1e16, ' + body.encode(),
+        ]
+        good = [
+            Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)
+        ]
+        odd = [Record("sensors", 0, 40 + i, None, r) for i, r in enumerate(raw)]
+        refused = assert_poll_decodes_as_record_by_record(d, good[:20] + odd + good[20:])
+        detail = "'key' is a number too large to keep exactly ({}: digits lost as a float64); send the key as a string"
+        assert refused == [
+            (40, "missing_field", detail.format("8.901410321111851e+19")),
+            (41, "missing_field", detail.format("8.901410321111851e+19")),
+            (44, "missing_field", detail.format("1e+16")),
+        ]
+        assert [d.decode(r).key for r in odd[2:4]] == ["18446744073709551615", "7"]
+
+
 def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one_by_one():
     """A 600 KB key was taken: its first alert (the key three times, 1.8 MB) was refused by the producer and
     the daemon exited, again at every restart (a poison message). Keys above max_key_bytes (UTF-8 bytes; the

@@ -52,6 +52,11 @@ DECODE_REASONS = (
 # not measured
 KEY_BYTES_PER_CHAR = 6
 
+# a number key as a float at or beyond this (2**53) may have lost digits: orjson reads an integer outside 64 bits
+# (an ICCID of 20 digits) as the nearest float64, the same one for neighbouring integers, so distinct sensors would
+# be pooled into one entity
+_EXACT_KEY_FLOATS = 2.0**53
+
 
 class DecodeError(ValueError):
     """A message that cannot become an event. ``reason`` is one of :data:`DECODE_REASONS`; ``key`` is the
@@ -275,6 +280,12 @@ class Decoder:
             return self._short(key)
         if isinstance(key, bool) or not isinstance(key, int | float):
             raise DecodeError("missing_field", f"{self.fmt.key_field!r} must be a string or number")
+        if isinstance(key, float) and abs(key) >= _EXACT_KEY_FLOATS:
+            raise DecodeError(  # orjson reads an integer beyond 64 bits as a float: keys that differ merged
+                "missing_field",
+                f"{self.fmt.key_field!r} is a number too large to keep exactly ({key!r}: digits lost as a "
+                "float64); send the key as a string",
+            )
         return str(key)
 
     def _short(self, key: str) -> str:
