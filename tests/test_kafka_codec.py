@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from anomaly.config import ConfigError, KafkaConfig, build_config
-from anomaly.data import Series
+from anomaly.config import ConfigError, DataConfig, KafkaConfig, build_config
+from anomaly.data import Series, load_series
 from anomaly.engine.types import Alert, Rejection
 from anomaly.kafka.clients import connection_settings
 from anomaly.kafka.codec import (
@@ -940,3 +940,21 @@ def test_a_block_that_would_be_misread_is_refused_on_both_paths(body, detail) ->
     readings, errors = dec.decode_poll([*good[:20], bad, *good[20:]])
     assert [(r.offset, e.reason, e.detail) for r, e in errors] == [(99, "bad_values", detail)]
     assert len(readings.timestamps) == 40  # a reading repeating the message's key is taken
+
+
+def test_rfc3339_lower_case_t_and_z_read_as_the_csv_path_reads_them(tmp_path):
+    """RFC 3339 allows a lower-case `t` and `z`; the CSV path (replay, train) reads them, the daemon refused every
+    such reading as `bad_timestamp`. Both now give the same float64, in bulk and one by one."""
+    texts = [f"2023-11-14t22:{13 + i // 60:02d}:{i % 60:02d}.123456789z" for i in range(40)]
+    (tmp_path / "t.csv").write_text(
+        "ts,key,temp,pressure,flow\n" + "".join(f"{t},pump-1,1,2,3\n" for t in texts)
+    )
+    (series,), _ = load_series([tmp_path / "t.csv"], DataConfig(time_column="ts", key_column="key"))
+    records = [rec({"key": "pump-1", "ts": t, "values": [1, 2, 3]}) for t in texts]
+    d = Decoder(MessageFormat(FMT.features))
+    assert assert_poll_decodes_as_record_by_record(d, records) == []
+    readings, _ = d.decode_poll(records)
+    assert readings.timestamps.tobytes() == series.timestamps.tobytes()
+    assert parse_time("2023-11-14t22:13:20z") == parse_time("2023-11-14T22:13:20Z") == 1700000000.0
+    with pytest.raises(DecodeError, match="cannot parse timestamp 'tz'"):
+        parse_time("tz")

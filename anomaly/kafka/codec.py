@@ -96,14 +96,16 @@ def parse_time(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         ts = float(value)
     elif isinstance(value, str):
+        dt: datetime | None
         try:
             dt = datetime.fromisoformat(value.strip())
         except ValueError:
+            dt = None
             try:
                 ts = float(value)
             except ValueError:
-                raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
-        else:
+                dt = _rfc3339_lower_case(value)
+        if dt is not None:
             ts, numeric = _iso_seconds(value, dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
     else:
         raise DecodeError(
@@ -114,6 +116,18 @@ def parse_time(value: Any) -> float:
     if numeric and abs(ts) >= EPOCH_MS_FROM:
         return float(epoch_seconds(np.array(ts)))
     return ts
+
+
+def _rfc3339_lower_case(value: str) -> datetime:
+    """A time written with RFC 3339's lower-case ``t`` and ``z`` (``2023-11-14t22:13:20z``), which Python's
+    fromisoformat refuses and the CSV path (pandas) reads: it was a dead letter ``bad_timestamp`` here only."""
+    text = value.strip()
+    if len(text) <= 40 and ("t" in text or "z" in text):
+        try:
+            return datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
+        except ValueError:
+            pass
+    raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
