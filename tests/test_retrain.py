@@ -1605,3 +1605,34 @@ def test_a_promotion_that_cannot_write_beside_the_champion_stops_before_reading_
         2,
         f"error: cannot write the model bundle {champion}: No such file or directory\n",
     )
+
+
+@pytest.mark.parametrize("command", ["retrain", "promote"])
+def test_a_range_whose_messages_all_fail_to_decode_says_so(
+    command, bundle, bundle_path, tmp_path, monkeypatch
+):
+    """A champion trained on other features than the stream carries (2 features, messages of 3 values) read
+    4,500 messages that did not decode, and retrain and promote said only `no readings from ... on sensors`, as
+    for an empty range. The error now counts the range's messages and says what became of them."""
+    from anomaly.kafka import history
+
+    monkeypatch.setattr(history, "read_alert_events", lambda *a, **k: [])
+    monkeypatch.setattr(history, "read_dead_letter_positions", lambda *a, **k: set())
+    monkeypatch.setattr(
+        history,
+        "read_topic_range",
+        lambda *a, **k: history.TopicHistory([], messages=4500, invalid=4490, dead_letters=4, other_keys=6),
+    )
+    champion = copy_of(bundle_path, tmp_path)
+    args = ["-o", tmp_path / "c.pt"] if command == "retrain" else [bundle_path, "--force"]
+    result = run_cli(
+        command, *([] if command == "retrain" else [args.pop(0)]), "-m", champion, "--since", "1h", *args
+    )
+    assert result.exit_code == 2, result.output
+    features = ", ".join(bundle.features[:5]) + (", ..." if len(bundle.features) > 5 else "")
+    assert result.stderr.endswith(
+        " on sensors: 4,500 messages in the range, 4,490 that do not decode as readings of the model's "
+        f"{len(bundle.features)} features ({features}), 4 dead-lettered by the daemon, 6 of keys not selected; a "
+        "model trained on other features than the stream carries decodes none\n"
+    )
+    assert result.stderr.startswith("error: no readings from ") and result.stderr.count("\n") == 1

@@ -373,7 +373,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     return series, events, source
 
 
-def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[no-untyped-def]
+def _no_readings(span, keys, source, bounds=None, features=None) -> DataError:  # type: ignore[no-untyped-def]
     """The error for a range, key selection or source without a reading, naming all three; with `bounds`, the
     first and last reading of the files (a range of `--since 7d`, counted back from now, on last month's export
     said only that the files held no reading in it)."""
@@ -385,6 +385,27 @@ def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[
             f": their readings run from {retrain.iso(bounds[0])} to {retrain.iso(bounds[1])} (the range is in the "
             "readings' own time, and ends now unless --to ends it)"
         )
+    messages = source.get("messages", 0)
+    if messages:  # the range held messages, and none of them gave a reading: say what became of them
+        features = list(features or [])
+        shown = ", ".join(features[:5]) + (", ..." if len(features) > 5 else "")
+        invalid = source.get("invalid_messages", 0)
+        left = [
+            f"{n:,} {why}"
+            for n, why in (
+                (
+                    invalid,
+                    f"that do not decode as readings of the model's {plural(len(features), 'feature')} "
+                    f"({shown})",
+                ),
+                (source.get("dead_letter_messages", 0), "dead-lettered by the daemon"),
+                (source.get("other_key_messages", 0), "of keys not selected"),
+            )
+            if n
+        ]
+        hint = f": {plural(messages, 'message')} in the range, " + ", ".join(left)
+        if invalid:
+            hint += "; a model trained on other features than the stream carries decodes none"
     return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}{hint}")
 
 
@@ -756,7 +777,7 @@ def retrain_cmd(
     else:
         series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
     if not series:
-        raise _no_readings(span, keys, source)
+        raise _no_readings(span, keys, source, features=parent.features)
     _keys_check(selected, series)
     spans = retrain.alert_spans(events)
     if not kafka_mode:  # all selected rows: alerts of the held-out part (--promote) fall on the data too
@@ -987,7 +1008,7 @@ def promote_cmd(
         series = hist.series
         source = {**source, **hist.to_json()}
     if not series:
-        raise _no_readings(span, keys, source)
+        raise _no_readings(span, keys, source, features=champ.features)
     _keys_check(selected, series)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
