@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from anomaly import evaluation
-from anomaly.atomic import atomic_path, unwritable
+from anomaly.atomic import atomic_path, check_writable, unwritable
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.config import EngineConfig
 from anomaly.data import Series
@@ -372,10 +372,14 @@ def promotion_lock(champion_path: str | Path) -> Iterator[None]:
     import fcntl
 
     target = Path(champion_path)
+    check_writable(target, "model bundle")  # a read-only folder: refused before any data is read
     lock = lock_path(target)
+    if not lock.parent.is_dir():  # a first install into a folder the promotion makes: nothing to lock yet
+        yield  # (a second install that made it meanwhile is caught by the identity check before the rename)
+        return
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:  # a read-only folder: the promotion could not write the champion either
+    except OSError as exc:
         raise unwritable(target, exc, "model bundle") from None
     try:
         try:

@@ -1596,15 +1596,22 @@ def test_install_refuses_a_champion_that_appeared_since_it_was_found_missing(bun
 
 
 def test_a_promotion_that_cannot_write_beside_the_champion_stops_before_reading_data(bundle_path, tmp_path):
-    """The lock file is made beside the champion first: a folder that cannot be written (here: none) ends the
-    promotion in one line naming the champion, before any data is read, instead of after the comparison."""
+    """A promotion checks first that the champion's folder takes a new file (here a file is where the folder
+    should be): one line naming the champion, before any data is read, instead of after the comparison. A
+    champion in a folder that does not exist yet (a first deploy onto a new path) is still installed, the folder
+    made, as before the lock."""
     challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
-    champion = tmp_path / "no-such-folder" / "model.pt"
+    (tmp_path / "file").write_text("")
+    champion = tmp_path / "file" / "model.pt"
     result = run_cli("promote", challenger, "-m", champion, tmp_path / "never-read.csv", "--force")
     assert (result.exit_code, result.stderr) == (
         2,
-        f"error: cannot write the model bundle {champion}: No such file or directory\n",
+        f"error: cannot write the model bundle {champion}: {tmp_path / 'file'} is not a folder\n",
     )
+    first = tmp_path / "new" / "models" / "model.pt"
+    installed = run_cli("promote", challenger, "-m", first, "--force")
+    assert installed.exit_code == 0, installed.output
+    assert read_metadata(first)[0]["lineage"]["promotion"]["champion_state"] == "missing"
 
 
 @pytest.mark.parametrize("command", ["retrain", "promote"])
