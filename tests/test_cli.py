@@ -1049,3 +1049,28 @@ def test_replay_puts_the_datas_warnings_in_summary_json_once(tmp_path) -> None:
     )
     assert json.loads((out / "summary.json").read_text())["warnings"].count(warning) == 1
     assert result.stderr.count(warning) == 1
+
+
+def test_replay_prints_the_datas_warnings_when_it_fails_after_loading(tmp_path) -> None:
+    """The data's warnings waited for the summary to be printed with it; a replay that failed after loading
+    (here --evaluate-after beyond the labelled series) ended with its error line alone, and a --dayfirst that
+    had no effect was never named."""
+    rows = [f"2023-02-01T{i // 60:02d}:{i % 60:02d},{i % 5}" for i in range(90)]
+    train, csv = tmp_path / "t.csv", tmp_path / "d.csv"
+    train.write_text("timestamp,a\n" + "".join(f"{row}\n" for row in rows))
+    csv.write_text("timestamp,a,anomaly\n" + "".join(f"{row},0\n" for row in rows))
+    model = tmp_path / "m.pt"
+    args = ["train", str(train), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(
+        main,
+        ["replay", str(csv), "-m", str(model), "-o", str(tmp_path / "r"), "--no-plots", "--dayfirst"]
+        + ["--evaluate-after", "90"],
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "warning: --dayfirst (data.dayfirst = true) had no effect: time column 'timestamp' holds dates such as "
+        "'2023-02-01T00:00', not day/month dates (ISO-8601 dates are year first)",
+        "error: replay.evaluate_after (--evaluate-after) 90 leaves no reading to evaluate: the longest labelled "
+        "series has 90 readings",
+    ]

@@ -1299,7 +1299,15 @@ def test_a_column_of_dates_alone_is_joined_whatever_its_shape(date) -> None:
 
 
 @pytest.mark.parametrize(
-    "cell", ["2023-11-14 23:58", "2023-11-14T23:58:00Z", "14.11.2023 10:58 PM", "2023-11-14 23:58:00+01:00"]
+    "cell",
+    [
+        "2023-11-14 23:58",
+        "2023-11-14T23:58:00Z",
+        "14.11.2023 10:58 PM",
+        "2023-11-14 23:58:00+01:00",
+        "2023-11-14 23",  # an hour alone: joined, '2023-11-14 23 23:59:00' was read as 23:59, the hour dropped
+        "14.11.2023T7",
+    ],
 )
 def test_a_column_of_date_times_is_refused_as_the_date_column(cell) -> None:
     frame = pd.DataFrame({"Date": ["2023-11-14", cell], "Time": ["23:58:00", "23:59:00"]})

@@ -605,6 +605,66 @@ def test_the_model_age_panel_shows_the_oldest_model_in_use(tmp_path: Path) -> No
 
 
 @needs_promtool
+def test_the_refusal_and_fence_panels_count_what_a_new_pod_did_before_its_first_scrape(
+    tmp_path: Path,
+) -> None:
+    """A restore refuses state seconds after a daemon starts, before its first scrape (a rolling update to a model
+    with other features: every new pod refuses incompatible_model), and a new pod is a new series that starts at its
+    count. The panels showed increase() alone, which needs a sample before the refusal: 0, as RestoreRefused
+    fired nothing. They count a series new within the interval from its first sample, as the alerts do; an old
+    daemon's old count (bad_state 3 here) is not shown again. Evaluated by promtool, $__rate_interval as 4m."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+
+    def expr(title: str, ref: str) -> str:
+        (panel,) = [p for p in dash["panels"] if p["title"] == title]
+        (target,) = [t for t in panel["targets"] if t["refId"] == ref]
+        return str(target["expr"]).replace("$instance", ".*").replace("$__rate_interval", "4m")
+
+    refused = 'anomaly_restore_refused_total{job="anomaly",instance="%s",reason="%s"}'
+    fenced = 'anomaly_fenced_total{job="anomaly",instance="%s"}'
+    reasons = ("incompatible_model", "bad_state", "other_group")
+    series = [
+        {"series": refused % ("old:9108", r), "values": ("3" if r == "bad_state" else "0") + "x30"}
+        for r in reasons
+    ]
+    series += [
+        {
+            "series": refused % ("new:9108", r),
+            "values": "_x10 " + ("2" if r == "incompatible_model" else "0") + "x20",
+        }
+        for r in reasons
+    ]
+    series += [
+        {"series": fenced % "old:9108", "values": "1x30"},
+        {"series": fenced % "new:9108", "values": "_x10 1x20"},
+    ]
+    restores = expr("Restores that refused changelog state", "A")
+    fences = expr("Checkpoint duration, commit failures and fences", "C")
+    _promtool_panel_test(
+        tmp_path / "refusal_panels.test.yml",
+        series,
+        [
+            {
+                "expr": restores,
+                "eval_time": "12m",
+                "exp_samples": [
+                    {"labels": '{reason="incompatible_model"}', "value": 2},
+                    {"labels": '{reason="bad_state"}', "value": 0},
+                    {"labels": '{reason="other_group"}', "value": 0},
+                ],
+            },
+            {
+                "expr": restores,
+                "eval_time": "20m",
+                "exp_samples": [{"labels": f'{{reason="{r}"}}', "value": 0} for r in reasons],
+            },
+            {"expr": fences, "eval_time": "12m", "exp_samples": [{"labels": "{}", "value": 1}]},
+            {"expr": fences, "eval_time": "20m", "exp_samples": [{"labels": "{}", "value": 0}]},
+        ],
+    )
+
+
+@needs_promtool
 def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) -> None:
     """Two pipelines (consumer groups) on one Prometheus, both with key "pump": "Active alerts" and "Alert timeline"
     took `max by (key)` over both, so they showed one row "pump" with no pipeline, open while either was. They
@@ -646,6 +706,42 @@ def test_the_alert_panels_keep_two_pipelines_with_one_key_apart(tmp_path: Path) 
         ],
     )
     assert timeline["legendFormat"] == "{{group}} {{key}}"
+
+
+@needs_promtool
+def test_the_lag_panel_shows_each_pipeline_of_a_topic_apart(tmp_path: Path) -> None:
+    """Two pipelines (consumer groups) read one topic: "Consumer lag" took `sum by (topic, partition)`, so it
+    showed their lags added (20,100 for a partition one group had read to the end), and a partition that two
+    members of one group both reported during a rebalance twice its lag. It shows the most per group, topic and
+    partition, as ConsumerLagHigh alerts; a daemon without anomaly_pipeline_info shows without a group."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (target,) = [p for p in dash["panels"] if p["title"] == "Consumer lag"][0]["targets"]
+    lag = 'anomaly_consumer_lag_messages{job="anomaly",instance="%s",topic="sensors",partition="0"}'
+    info = 'anomaly_pipeline_info{job="anomaly",instance="%s",group="%s",topics="sensors"}'
+    _promtool_panel_test(
+        tmp_path / "lag_panel.test.yml",
+        [
+            {"series": info % ("a:9108", "line-a"), "values": "1x5"},
+            {"series": info % ("b:9108", "line-b"), "values": "1x5"},
+            {"series": info % ("b2:9108", "line-b"), "values": "1x5"},  # line-b's partition moving to b2
+            {"series": lag % "a:9108", "values": "100x5"},
+            {"series": lag % "b:9108", "values": "20000x5"},
+            {"series": lag % "b2:9108", "values": "20000x5"},
+            {"series": lag % "old:9108", "values": "7x5"},  # no anomaly_pipeline_info
+        ],
+        [
+            {
+                "expr": target["expr"].replace("$instance", ".*"),
+                "eval_time": "3m",
+                "exp_samples": [
+                    {"labels": '{group="line-a",partition="0",topic="sensors"}', "value": 100},
+                    {"labels": '{group="line-b",partition="0",topic="sensors"}', "value": 20000},
+                    {"labels": '{partition="0",topic="sensors"}', "value": 7},
+                ],
+            },
+        ],
+    )
+    assert target["legendFormat"] == "{{group}} {{topic}}/{{partition}}"
 
 
 def test_every_anomaly_command_line_in_deploy_parses_and_reads_the_stream_with_the_pipeline() -> None:
@@ -750,6 +846,7 @@ def test_the_retrain_job_promotes_into_the_volume_the_daemons_read(tmp_path: Pat
     assert job["command"] == ["sh", "-c"]
     (script,) = job["args"]
     (line,) = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("anomaly ")]
+    line = line.removesuffix("&").strip()  # run in the background, for the SIGTERM trap
     name, *args = shlex.split(line)[1:]
     ctx = click.Context(main, info_name="anomaly")
     sub = main.get_command(ctx, name).make_context(name, args, parent=ctx)
@@ -770,6 +867,48 @@ def test_the_retrain_job_promotes_into_the_volume_the_daemons_read(tmp_path: Pat
         ends[status] = subprocess.run(["sh", "-c", script], env=env, timeout=30).returncode
     assert ends == {0: 0, 3: 0, 2: 2}
     assert (tmp_path / "args").read_text().split() == shlex.split(line)[1:]
+
+
+def test_the_retrain_jobs_script_passes_sigterm_on_to_anomaly(tmp_path: Path) -> None:
+    """The CronJob's `sh -c` is the container's PID 1, which ignores a signal it has no handler for: the kubelet's
+    SIGTERM (job deleted, node drained) never reached `anomaly retrain`, which was SIGKILLed after the grace period,
+    leaving its temporary file in /models and no `error: terminated` in the log. The script now traps SIGTERM and
+    passes it on, then exits with anomaly's own status. Run here with `anomaly` replaced by a stub that records the
+    signal (outside a PID namespace an untrapped sh dies of the SIGTERM itself, and the stub is never told)."""
+    import contextlib
+    import os
+    import signal
+    import stat
+    import time
+
+    (cron,) = k8s("CronJob")
+    (script,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    stub = tmp_path / "bin" / "anomaly"
+    stub.parent.mkdir()
+    stub.write_text(
+        "#!/bin/sh\n"
+        f"trap 'echo TERM > {tmp_path}/got; exit 143' TERM\n"
+        f"echo $$ > {tmp_path}/started\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    job = subprocess.Popen(["sh", "-c", script], env=env)
+    try:
+        for _ in range(600):  # the stub has started (not a timing assertion: it waits for a file)
+            if (tmp_path / "started").exists():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists()
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=30) == 143
+    finally:
+        if job.poll() is None:
+            job.kill()
+        if not (tmp_path / "got").exists() and (tmp_path / "started").exists():  # an orphan stub: end it
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
+    assert (tmp_path / "got").read_text() == "TERM\n"
 
 
 def test_the_daemon_pods_memory_fits_what_was_measured() -> None:

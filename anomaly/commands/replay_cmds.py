@@ -180,7 +180,12 @@ def run_replay(
 
         observer = PipelineMetrics()
         observer.model_loaded(bundle)
-    result = replay(bundle, series, cfg, out, observer=observer, progress=progress, warnings=loaded)
+    try:
+        result = replay(bundle, series, cfg, out, observer=observer, progress=progress, warnings=loaded)
+    except Exception:  # the run failed: its summary, which would have printed them, is not written
+        for line in loaded:
+            click.echo(f"warning: {line}", err=True)
+        raise
     if metrics_out and observer is not None:
         write_textfile(observer, metrics_out)
     return result

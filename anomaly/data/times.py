@@ -50,6 +50,9 @@ _DATE_DIRECTIVE = re.compile(r"%[djmbByYGsUWV]")
 # part with a digit, a space or 'T', and a time of day last (with an optional zone). A date alone written with
 # colons (EXIF's '2023:11:14') has no time of day after a space or a 'T'.
 _DATE_TIME = re.compile(rf"\s*\S*\d.*?(?:T|\s){_TIME_OF_DAY}(?:Z|[+-]\d{{2}}(?::?\d{{2}})?)?\s*")
+# A numeric date and an hour alone ('2023-11-14 23', '2023-11-14T23'): joined to a time of day, pandas read
+# '2023-11-14 23 22:13:20' as 22:13:20 without a word, the hour dropped.
+_DATE_HOUR = re.compile(rf"{_DATE}(?:T|\s)\s*\d{{1,2}}\s*")
 
 
 EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
@@ -191,7 +194,9 @@ def join_date_column(frame: pd.DataFrame, cfg: DataConfig, source: str) -> None:
             f"{source}: date column {date!r} holds numbers such as {given.iloc[0]}, not dates (such as 2023-11-14)"
         )
     dates = dates.astype("string").str.strip().replace("", pd.NA)
-    clocked = dates[dates.str.fullmatch(_DATE_TIME).fillna(False).to_numpy(bool)]
+    clocked = dates[
+        (dates.str.fullmatch(_DATE_TIME) | dates.str.fullmatch(_DATE_HOUR)).fillna(False).to_numpy(bool)
+    ]
     if len(clocked):
         raise DataError(
             f"{source}: date column {date!r} holds date-times such as {clocked.iloc[0]!r}, not dates alone: name "
