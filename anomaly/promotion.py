@@ -10,9 +10,11 @@ champion's file with one atomic rename: the daemon's hot reload sees either the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from anomaly import evaluation
-from anomaly.atomic import atomic_path
+from anomaly.atomic import atomic_path, check_writable, unwritable
 from anomaly.bundle import Bundle, save_bundle
 from anomaly.config import EngineConfig
 from anomaly.data import Series
@@ -331,13 +333,81 @@ def with_decision(challenger: Bundle, comparison: Comparison) -> Bundle:
     return Bundle(challenger.model, challenger.features, challenger.scaler, challenger.calibration, meta)
 
 
+# Identity of a champion file when it was loaded (device, inode, size, modification time), None: no file.
+Identity = tuple[int, int, int, int] | None
+
+
+def identity(path: str | Path) -> Identity:
+    """The file's identity, to tell later whether it was replaced or rewritten; None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_unchanged(target: Path, loaded: Identity | bool) -> None:
+    """DataError when the champion file is no longer the one compared with (`loaded`; False: not checked)."""
+    if loaded is not False and identity(target) != loaded:
+        raise DataError(
+            f"{target} changed while the challenger was compared with it (another promotion, or a copy over it): "
+            "it was not replaced; run the promotion again to compare with the model it holds now"
+        )
+
+
+def lock_path(champion_path: str | Path) -> Path:
+    """The lock file of a champion's promotions: hidden, beside it (`.model.pt.lock`)."""
+    target = Path(champion_path)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def promotion_lock(champion_path: str | Path) -> Iterator[None]:
+    """Hold the champion's promotion lock (an exclusive ``flock`` on :func:`lock_path`) for the block, or raise
+    DataError at once when another promotion holds it. Two promotions at once each copied the file they found to
+    `.previous` and renamed their challenger over it: the second compared its challenger with a champion that was
+    gone by then, and could copy the first one's challenger over the only copy of the old champion. The lock
+    file stays (removing it would let a third process lock a file the second had just opened); a process that
+    ends, however, releases its lock."""
+    import fcntl
+
+    target = Path(champion_path)
+    check_writable(target, "model bundle")  # a read-only folder: refused before any data is read
+    lock = lock_path(target)
+    if not lock.parent.is_dir():  # a first install into a folder the promotion makes: nothing to lock yet
+        yield  # (a second install that made it meanwhile is caught by the identity check before the rename)
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise unwritable(target, exc, "model bundle") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"another promotion of {target} is running (it holds {lock}): let it finish, then run this one "
+                "again to compare with the champion it leaves"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def promote(
-    challenger: Bundle, champion_path: str | Path, comparison: Comparison, keep_previous: bool = True
+    challenger: Bundle,
+    champion_path: str | Path,
+    comparison: Comparison,
+    keep_previous: bool = True,
+    loaded: Identity | bool = False,
 ) -> Path:
     """Replace the champion file with the challenger in one rename (save_bundle writes a temp file in the same
     folder, then os.replace). The old champion is kept as `<file>.previous` for a rollback; that copy is made
-    the same way, so an interrupted promotion never leaves a half-copied `.previous` in place of the last one."""
+    the same way, so an interrupted promotion never leaves a half-copied `.previous` in place of the last one.
+    `loaded`: the champion's :func:`identity` when it was loaded for the comparison; a file that has changed
+    since is not replaced (DataError)."""
     target = Path(champion_path)
+    _check_unchanged(target, loaded)
     if keep_previous and target.exists():
         previous = target.with_name(target.name + ".previous")
         with atomic_path(previous, "previous model bundle") as tmp:
@@ -348,16 +418,24 @@ def promote(
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-def install(challenger: Bundle, champion_path: str | Path, champion_state: str, reason: str) -> Path:
+def install(
+    challenger: Bundle,
+    champion_path: str | Path,
+    champion_state: str,
+    reason: str,
+    loaded: Identity | bool = False,
+) -> Path:
     """Install the challenger where no champion can be compared with it (`promote --force` onto a champion file
     that is missing, `champion_state` "missing", or cannot be loaded, "unreadable"): a first deploy, or a
     rollback onto a damaged file. The same single rename as :func:`promote`, with the decision recorded as
     forced and without numbers. An unreadable old file is kept as `<file>.unreadable` (copied atomically, for
     a post-mortem); `<file>.previous` is left alone, since it is the last model that loaded (often the very
-    challenger of the rollback) and the copy a later rollback needs."""
+    challenger of the rollback) and the copy a later rollback needs. `loaded`: as for :func:`promote` (None: the
+    file was missing, and one that has appeared since is not replaced)."""
     target = Path(champion_path)
     if champion_state not in ("missing", "unreadable"):
         raise ValueError(f"champion_state must be 'missing' or 'unreadable', got {champion_state!r}")
+    _check_unchanged(target, loaded)
     if champion_state == "unreadable" and target.exists():
         with atomic_path(target.with_name(target.name + UNREADABLE_SUFFIX), "unreadable model bundle") as tmp:
             shutil.copy2(target, tmp)

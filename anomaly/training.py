@@ -172,19 +172,84 @@ def _run_batch(
 TRAIN_BYTES_PER_PARAMETER = 16
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a model on ``device`` (the GPU's free memory, else the host's MemAvailable); None when
-    unknown (not Linux)."""
+# Where the host's and the container's memory are read (parameters of :func:`available_memory`, so that a test
+# can point them at a directory of fake files).
+MEMINFO = "/proc/meminfo"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _read_int(path: str) -> int | None:
+    """The integer in the file at `path`; None when it is missing, unreadable, or "max" (cgroup v2: no limit)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat_value(path: str, name: str) -> int:
+    """The value of `name` in a cgroup memory.stat file at `path` (0 when missing)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == name:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_memory_available(root: str | None = None) -> int | None:
+    """Bytes the container's cgroup may still use: its limit less its working set (usage less the inactive page
+    cache, which the kernel reclaims before it kills; how the kubelet counts it). cgroup v2 reads
+    `memory.max` ("max": no limit) and `memory.current` at `root`; v1 reads `memory/memory.limit_in_bytes` and
+    `memory/memory.usage_in_bytes` under it (v1's "no limit" is a number larger than any host, so it loses to
+    the host's figure). None when there is no limit or the files cannot be read. `root` None: CGROUP_ROOT."""
+    root = CGROUP_ROOT if root is None else root
+    for limit_file, usage_file, stat_file, inactive in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        (
+            "memory/memory.limit_in_bytes",
+            "memory/memory.usage_in_bytes",
+            "memory/memory.stat",
+            "total_inactive_file",
+        ),
+    ):
+        limit = _read_int(f"{root}/{limit_file}")
+        usage = _read_int(f"{root}/{usage_file}")
+        if limit is None or usage is None:
+            continue
+        working = max(usage - _stat_value(f"{root}/{stat_file}", inactive), 0)
+        return max(limit - working, 0)
+    return None
+
+
+def available_memory(
+    device: torch.device, meminfo: str | None = None, cgroup_root: str | None = None
+) -> int | None:
+    """Bytes free for a model on ``device``: the GPU's free memory, else the smaller of the host's MemAvailable
+    and what the container's cgroup (v2 or v1) still allows (:func:`cgroup_memory_available`; a CronJob with a
+    3Gi limit on a 64 GiB node was OOM-killed instead of refused). None when neither is known (not Linux).
+    `meminfo`, `cgroup_root` None: MEMINFO, CGROUP_ROOT."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    host = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO if meminfo is None else meminfo) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    host = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return None
+    cgroup = cgroup_memory_available(cgroup_root)
+    known = [n for n in (host, cgroup) if n is not None]
+    return min(known) if known else None
 
 
 def _size(n: int) -> str:

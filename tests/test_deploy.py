@@ -846,6 +846,7 @@ def test_the_retrain_job_promotes_into_the_volume_the_daemons_read(tmp_path: Pat
     assert job["command"] == ["sh", "-c"]
     (script,) = job["args"]
     (line,) = [ln.strip() for ln in script.splitlines() if ln.strip().startswith("anomaly ")]
+    line = line.removesuffix("&").strip()  # run in the background, for the SIGTERM trap
     name, *args = shlex.split(line)[1:]
     ctx = click.Context(main, info_name="anomaly")
     sub = main.get_command(ctx, name).make_context(name, args, parent=ctx)
@@ -866,6 +867,48 @@ def test_the_retrain_job_promotes_into_the_volume_the_daemons_read(tmp_path: Pat
         ends[status] = subprocess.run(["sh", "-c", script], env=env, timeout=30).returncode
     assert ends == {0: 0, 3: 0, 2: 2}
     assert (tmp_path / "args").read_text().split() == shlex.split(line)[1:]
+
+
+def test_the_retrain_jobs_script_passes_sigterm_on_to_anomaly(tmp_path: Path) -> None:
+    """The CronJob's `sh -c` is the container's PID 1, which ignores a signal it has no handler for: the kubelet's
+    SIGTERM (job deleted, node drained) never reached `anomaly retrain`, which was SIGKILLed after the grace period,
+    leaving its temporary file in /models and no `error: terminated` in the log. The script now traps SIGTERM and
+    passes it on, then exits with anomaly's own status. Run here with `anomaly` replaced by a stub that records the
+    signal (outside a PID namespace an untrapped sh dies of the SIGTERM itself, and the stub is never told)."""
+    import contextlib
+    import os
+    import signal
+    import stat
+    import time
+
+    (cron,) = k8s("CronJob")
+    (script,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    stub = tmp_path / "bin" / "anomaly"
+    stub.parent.mkdir()
+    stub.write_text(
+        "#!/bin/sh\n"
+        f"trap 'echo TERM > {tmp_path}/got; exit 143' TERM\n"
+        f"echo $$ > {tmp_path}/started\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    job = subprocess.Popen(["sh", "-c", script], env=env)
+    try:
+        for _ in range(600):  # the stub has started (not a timing assertion: it waits for a file)
+            if (tmp_path / "started").exists():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists()
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=30) == 143
+    finally:
+        if job.poll() is None:
+            job.kill()
+        if not (tmp_path / "got").exists() and (tmp_path / "started").exists():  # an orphan stub: end it
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((tmp_path / "started").read_text()), signal.SIGKILL)
+    assert (tmp_path / "got").read_text() == "TERM\n"
 
 
 def test_the_daemon_pods_memory_fits_what_was_measured() -> None:

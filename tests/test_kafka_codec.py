@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from anomaly.config import ConfigError, KafkaConfig, build_config
-from anomaly.data import Series
+from anomaly.config import ConfigError, DataConfig, KafkaConfig, build_config
+from anomaly.data import Series, load_series
 from anomaly.engine.types import Alert, Rejection
 from anomaly.kafka.clients import connection_settings
 from anomaly.kafka.codec import (
@@ -558,6 +558,37 @@ def test_an_empty_key_is_refused_like_a_missing_one_in_bulk_and_one_by_one():
         assert sorted(e.key for e in readings.events()) == sorted(f"p{i}" for i in range(40))
 
 
+def test_a_number_key_beyond_64_bits_is_refused_not_merged_with_its_neighbours():
+    """orjson reads an integer key outside 64 bits (a SIM's 20-digit ICCID sent as a JSON number) as the nearest
+    float64, the same for neighbouring integers: two sensors were scored as one entity named
+    '8.901410321111851e+19'. Such a key is a dead letter `missing_field` naming the fix; integer keys within 64 bits
+    and small number keys read as before."""
+    d = Decoder(MessageFormat(FMT.features))
+    one = {"ts": 1.7e9, "values": [1.0, 2.0, 3.0]}
+    block = {"readings": [{"ts": 1.7e9 + i, "values": [1.0, 2.0, 3.0]} for i in range(3)]}
+    for shape in (one, block):
+        body = json.dumps(shape)[1:]
+        raw = [
+            b'{"key": 89014103211118510720, ' + body.encode(),
+            b'{"key": 89014103211118510721, ' + body.encode(),
+            b'{"key": 18446744073709551615, ' + body.encode(),  # the largest 64-bit integer: exact
+            b'{"key": 7, ' + body.encode(),
+            b'{"key": 1e16, ' + body.encode(),
+        ]
+        good = [
+            Record("sensors", 0, i, b"k", json.dumps({"key": f"p{i}", **shape}).encode()) for i in range(40)
+        ]
+        odd = [Record("sensors", 0, 40 + i, None, r) for i, r in enumerate(raw)]
+        refused = assert_poll_decodes_as_record_by_record(d, good[:20] + odd + good[20:])
+        detail = "'key' is a number too large to keep exactly ({}: digits lost as a float64); send the key as a string"
+        assert refused == [
+            (40, "missing_field", detail.format("8.901410321111851e+19")),
+            (41, "missing_field", detail.format("8.901410321111851e+19")),
+            (44, "missing_field", detail.format("1e+16")),
+        ]
+        assert [d.decode(r).key for r in odd[2:4]] == ["18446744073709551615", "7"]
+
+
 def test_a_key_longer_than_max_key_bytes_is_refused_as_oversized_in_bulk_and_one_by_one():
     """A 600 KB key was taken: its first alert (the key three times, 1.8 MB) was refused by the producer and
     the daemon exited, again at every restart (a poison message). Keys above max_key_bytes (UTF-8 bytes; the
@@ -909,3 +940,21 @@ def test_a_block_that_would_be_misread_is_refused_on_both_paths(body, detail) ->
     readings, errors = dec.decode_poll([*good[:20], bad, *good[20:]])
     assert [(r.offset, e.reason, e.detail) for r, e in errors] == [(99, "bad_values", detail)]
     assert len(readings.timestamps) == 40  # a reading repeating the message's key is taken
+
+
+def test_rfc3339_lower_case_t_and_z_read_as_the_csv_path_reads_them(tmp_path):
+    """RFC 3339 allows a lower-case `t` and `z`; the CSV path (replay, train) reads them, the daemon refused every
+    such reading as `bad_timestamp`. Both now give the same float64, in bulk and one by one."""
+    texts = [f"2023-11-14t22:{13 + i // 60:02d}:{i % 60:02d}.123456789z" for i in range(40)]
+    (tmp_path / "t.csv").write_text(
+        "ts,key,temp,pressure,flow\n" + "".join(f"{t},pump-1,1,2,3\n" for t in texts)
+    )
+    (series,), _ = load_series([tmp_path / "t.csv"], DataConfig(time_column="ts", key_column="key"))
+    records = [rec({"key": "pump-1", "ts": t, "values": [1, 2, 3]}) for t in texts]
+    d = Decoder(MessageFormat(FMT.features))
+    assert assert_poll_decodes_as_record_by_record(d, records) == []
+    readings, _ = d.decode_poll(records)
+    assert readings.timestamps.tobytes() == series.timestamps.tobytes()
+    assert parse_time("2023-11-14t22:13:20z") == parse_time("2023-11-14T22:13:20Z") == 1700000000.0
+    with pytest.raises(DecodeError, match="cannot parse timestamp 'tz'"):
+        parse_time("tz")

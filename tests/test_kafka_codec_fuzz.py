@@ -204,9 +204,10 @@ class Generator:
         return text, (sec * 10**6 + micro) / 10**6
 
     def key(self) -> Any:
-        """A body key: a string, or a number (taken as its text)."""
+        """A body key: a string, or a number (taken as its text; a float of 2**53 or more is refused, see
+        test_kafka_codec's test_a_number_key_beyond_64_bits_is_refused_not_merged_with_its_neighbours)."""
         if self.rng.randrange(8) == 0 and not self.common:
-            return self.rng.choice([7, -3, 2**64 - 1, 1.5, 1e20])
+            return self.rng.choice([7, -3, 2**64 - 1, 1.5, 1e15])
         return self.rng.choice(
             ["pump-1", "pump-2", "泵-7", "ключ", "a" * 300, "k\u0000ey", "🙂", "true", "false"]
         )

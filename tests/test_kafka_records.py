@@ -17,6 +17,8 @@ from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
+from anomaly.config import KafkaConfig
+from anomaly.kafka import clients
 from anomaly.kafka import records as fast
 from anomaly.kafka.checkpoint import PartitionTracker
 from anomaly.kafka.codec import Decoder, MessageFormat
@@ -147,6 +149,35 @@ def test_transactions_aborted_skipped_and_control_batches_hidden(isolation: Isol
     else:
         assert offsets == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13]
     assert seen[-1][1] == 15  # past the last control batch
+
+
+def test_the_daemons_input_consumer_skips_an_upstream_producers_aborted_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exactly-once job upstream that writes the sensors topic aborts a transaction and sends its readings
+    again. The daemon's group consumer read the input uncommitted (kafka-python's default): it scored the
+    aborted readings, then refused their committed copies as duplicate or backward. It reads committed records
+    only, as Kafka Streams' and Quix's exactly-once consumers do (Tansu 0.6 sends no abort markers, so a fetch
+    built as Kafka sends it stands in for the broker)."""
+    settings: dict[str, Any] = {}
+    monkeypatch.setattr(clients, "KafkaConsumer", lambda **kw: settings.update(kw))
+    clients.make_consumer(KafkaConfig(topics=("readings",)))
+    data = (
+        _batch(0, _readings(3))
+        + _batch(3, _readings(4), pid=7)  # aborted upstream
+        + _marker(7, 7, commit=False)
+        + _batch(8, _readings(4), pid=7)  # the same readings again, committed
+        + _marker(12, 7, commit=True)
+    )
+    seen = _drain(
+        fast.FastPartitionRecords,
+        data,
+        isolation_level=IsolationLevel.build_from(
+            settings.get("isolation_level", "read_uncommitted")
+        ),  # its default
+        aborted_transactions=[AbortedTransaction(7, 3)],
+    )
+    assert [r.offset for s in seen for r in s[0]] == [0, 1, 2, 8, 9, 10, 11]
 
 
 @pytest.mark.parametrize("last_byte", [1, 2], ids=["negative-header-count", "headers-past-the-end"])

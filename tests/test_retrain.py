@@ -1336,6 +1336,7 @@ def test_promote_force_installs_the_challenger_where_no_champion_is(bundle, bund
         "missing",
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".model.pt.lock",  # the promotion lock (empty; it stays)
         "challenger.pt",
         "model.pt",
     ]  # no .previous, no temp
@@ -1369,6 +1370,7 @@ def test_promote_force_rolls_back_onto_an_unreadable_champion_and_keeps_it_aside
     assert (tmp_path / "model.pt.unreadable").read_bytes() == b"PK\x03\x04 truncated"
     assert previous.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".model.pt.lock",
         "model.pt",
         "model.pt.previous",
         "model.pt.unreadable",
@@ -1503,3 +1505,141 @@ def test_a_bad_training_option_is_named_as_the_option(bundle_path, tmp_path, fro
         2,
         "error: train.seed must be between 0 and 2**64 - 1, got -1 (from option --seed)\n",
     )
+
+
+# --- two promotions of one champion at once (session 22) -------------------------------------------------------
+
+
+def test_a_second_promotion_of_a_champion_is_refused_while_one_holds_it(csv_world, bundle_path, tmp_path):
+    """Two promotions at once each copied the file they found to model.pt.previous and renamed their challenger
+    over it: the second replaced a champion it had not compared with, and could copy the first one's challenger
+    over the only copy of the old champion (measured: 4 of 4 overlapping runs lost it). A promotion now holds
+    the champion's lock (.model.pt.lock) from loading it to the rename; a second one, `promote` or `retrain
+    --promote`, is refused at once in one line and writes nothing. A dry run writes nothing and takes no lock."""
+    from anomaly.promotion import promotion_lock
+
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
+    before = champion.read_bytes()
+    busy = (
+        f"error: another promotion of {champion} is running (it holds {tmp_path / '.model.pt.lock'}): let it "
+        "finish, then run this one again to compare with the champion it leaves\n"
+    )
+    with promotion_lock(champion):
+        refused = run_cli("promote", challenger, "-m", champion, path, "--force")
+        assert (refused.exit_code, refused.stderr) == (2, busy)
+        retrained = run_cli(
+            "retrain", "-m", champion, path, "-o", tmp_path / "ch2.pt", "--epochs", "1", "--promote"
+        )
+        assert (retrained.exit_code, retrained.stderr) == (2, busy)
+        dry = run_cli("promote", challenger, "-m", champion, path, "--dry-run")
+        assert dry.exit_code == 0 and "decision: would promote (dry run)" in dry.stdout
+        assert champion.read_bytes() == before
+        assert sorted(
+            p.name for p in tmp_path.iterdir() if p.name.startswith(("model", ".model", "ch2"))
+        ) == [
+            ".model.pt.lock",
+            "model.pt",
+        ]
+    done = run_cli("promote", challenger, "-m", champion, path)  # released: the next one runs
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "model.pt.previous").read_bytes() == before
+
+
+def test_a_champion_replaced_during_the_comparison_is_not_replaced(csv_world, bundle, bundle_path, tmp_path):
+    """A champion file changed while the challenger was compared with it (a `cp` by hand, or a promotion from
+    another host where the lock does not reach) was replaced all the same, by a challenger never compared with
+    the model it replaced, and .previous kept the changed file. The promotion now checks the file is the one it
+    loaded (device, inode, size, mtime) before it writes anything, and stops with one line."""
+    from anomaly.commands import lifecycle_cmds
+
+    path, _ = csv_world
+    champion = copy_of(bundle_path, tmp_path)
+    challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
+    other = load_bundle(bundle_path)
+    other.meta["model_version"] = "copied-by-hand"
+    real_compare = lifecycle_cmds.compare
+
+    def compare_while_someone_copies(*args, **kwargs):  # type: ignore[no-untyped-def]
+        save_bundle(other, tmp_path / "other.pt")
+        (tmp_path / "other.pt").replace(champion)
+        return real_compare(*args, **kwargs)
+
+    lifecycle_cmds.compare = compare_while_someone_copies
+    try:
+        result = run_cli("promote", challenger, "-m", champion, path, "--force")
+    finally:
+        lifecycle_cmds.compare = real_compare
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {champion} changed while the challenger was compared with it (another promotion, or a copy "
+        "over it): it was not replaced; run the promotion again to compare with the model it holds now\n",
+    )
+    assert read_metadata(champion)[0]["model_version"] == "copied-by-hand"
+    assert not (tmp_path / "model.pt.previous").exists()
+
+
+def test_install_refuses_a_champion_that_appeared_since_it_was_found_missing(bundle, bundle_path, tmp_path):
+    """`promote --force` onto a missing champion (a first deploy) replaced a file that another install had put
+    there meanwhile, without keeping it: it is now an error and the file stays."""
+    from anomaly.promotion import identity, install
+
+    champion = tmp_path / "model.pt"
+    loaded = identity(champion)
+    assert loaded is None
+    champion.write_bytes(bundle_path.read_bytes())
+    with pytest.raises(DataError, match="changed while the challenger was compared with it"):
+        install(bundle, champion, "missing", "first deploy", loaded=loaded)
+    assert champion.read_bytes() == bundle_path.read_bytes()
+    assert install(bundle, champion, "missing", "first deploy", loaded=identity(champion)) == champion
+
+
+def test_a_promotion_that_cannot_write_beside_the_champion_stops_before_reading_data(bundle_path, tmp_path):
+    """A promotion checks first that the champion's folder takes a new file (here a file is where the folder
+    should be): one line naming the champion, before any data is read, instead of after the comparison. A
+    champion in a folder that does not exist yet (a first deploy onto a new path) is still installed, the folder
+    made, as before the lock."""
+    challenger = copy_of(bundle_path, tmp_path, "challenger.pt")
+    (tmp_path / "file").write_text("")
+    champion = tmp_path / "file" / "model.pt"
+    result = run_cli("promote", challenger, "-m", champion, tmp_path / "never-read.csv", "--force")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: cannot write the model bundle {champion}: {tmp_path / 'file'} is not a folder\n",
+    )
+    first = tmp_path / "new" / "models" / "model.pt"
+    installed = run_cli("promote", challenger, "-m", first, "--force")
+    assert installed.exit_code == 0, installed.output
+    assert read_metadata(first)[0]["lineage"]["promotion"]["champion_state"] == "missing"
+
+
+@pytest.mark.parametrize("command", ["retrain", "promote"])
+def test_a_range_whose_messages_all_fail_to_decode_says_so(
+    command, bundle, bundle_path, tmp_path, monkeypatch
+):
+    """A champion trained on other features than the stream carries (2 features, messages of 3 values) read
+    4,500 messages that did not decode, and retrain and promote said only `no readings from ... on sensors`, as
+    for an empty range. The error now counts the range's messages and says what became of them."""
+    from anomaly.kafka import history
+
+    monkeypatch.setattr(history, "read_alert_events", lambda *a, **k: [])
+    monkeypatch.setattr(history, "read_dead_letter_positions", lambda *a, **k: set())
+    monkeypatch.setattr(
+        history,
+        "read_topic_range",
+        lambda *a, **k: history.TopicHistory([], messages=4500, invalid=4490, dead_letters=4, other_keys=6),
+    )
+    champion = copy_of(bundle_path, tmp_path)
+    args = ["-o", tmp_path / "c.pt"] if command == "retrain" else [bundle_path, "--force"]
+    result = run_cli(
+        command, *([] if command == "retrain" else [args.pop(0)]), "-m", champion, "--since", "1h", *args
+    )
+    assert result.exit_code == 2, result.output
+    features = ", ".join(bundle.features[:5]) + (", ..." if len(bundle.features) > 5 else "")
+    assert result.stderr.endswith(
+        " on sensors: 4,500 messages in the range, 4,490 that do not decode as readings of the model's "
+        f"{len(bundle.features)} features ({features}), 4 dead-lettered by the daemon, 6 of keys not selected; a "
+        "model trained on other features than the stream carries decodes none\n"
+    )
+    assert result.stderr.startswith("error: no readings from ") and result.stderr.count("\n") == 1

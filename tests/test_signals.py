@@ -113,3 +113,46 @@ def test_a_repeated_sigterm_during_the_clean_up_is_ignored_and_the_handler_resto
             cleaned.append("removed")
     assert cleaned == ["removed"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# A command that has finished and is shutting down (torch's teardown, exit handlers) says so on the pipe and
+# waits there for the test's Ctrl-C.
+SLOW_TEARDOWN = """
+import atexit, os, sys, time
+ready = int(sys.argv[1])
+def slow_teardown():
+    os.write(ready, b"exiting\\n")
+    for _ in range(10):
+        time.sleep(0.1)
+atexit.register(slow_teardown)
+sys.argv = ["anomaly", "--version"]
+from anomaly.__main__ import run
+run()
+"""
+
+
+def test_ctrl_c_after_the_command_finished_changes_nothing() -> None:
+    """A Ctrl-C that came while the interpreter shut down, after the command had done its work and printed its
+    result (a promotion's decision), ended it by SIGINT (status 130, no line) or with a KeyboardInterrupt
+    traceback from an exit handler; the command's own status stands now."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TEARDOWN, str(write_end)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 180)
+        assert ready and os.read(read_end, 100) == b"exiting\n", proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out.split(",")[0], err) == (0, "anomaly", "")

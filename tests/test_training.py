@@ -397,3 +397,113 @@ def test_a_model_whose_training_exceeds_memory_is_refused_before_it_is_built(mon
     monkeypatch.undo()
     monkeypatch.setattr(training, "available_memory", lambda device: 1_886_304)
     assert sum(p.numel() for p in training.build_model(arch, torch.device("cpu")).parameters()) == 117_894
+
+
+def _fake_memory(tmp_path, meminfo_kib: int | None, files: dict[str, str]) -> tuple[str, str]:
+    """A /proc/meminfo (None: none) and a cgroup root holding `files` (path under the root → text) in tmp_path."""
+    meminfo = tmp_path / "meminfo"
+    if meminfo_kib is not None:
+        meminfo.write_text(
+            f"MemTotal:       99999999 kB\nMemFree:        1 kB\nMemAvailable:   {meminfo_kib} kB\n"
+        )
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return str(meminfo), str(root)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("meminfo_kib", "files", "expected"),
+    [
+        # No cgroup files (bare host, or not mounted): the host's MemAvailable.
+        (64 * 2**20, {}, 64 * GIB),
+        # cgroup v2 with a 3Gi limit (the retrain CronJob) on a 64 GiB host: the limit less the usage.
+        (64 * 2**20, {"memory.max": f"{3 * GIB}\n", "memory.current": f"{GIB}\n"}, 2 * GIB),
+        # v2 working set: the inactive page cache is reclaimed before the kernel kills, so it is not counted used.
+        (
+            64 * 2**20,
+            {
+                "memory.max": f"{3 * GIB}\n",
+                "memory.current": f"{2 * GIB}\n",
+                "memory.stat": f"anon 1\nfile 5\ninactive_file {GIB}\nactive_file 7\n",
+            },
+            2 * GIB,
+        ),
+        # v2 "max": no limit, the host decides.
+        (64 * 2**20, {"memory.max": "max\n", "memory.current": f"{GIB}\n"}, 64 * GIB),
+        # A cgroup limit above what the host has free: the host decides.
+        (2**20, {"memory.max": f"{3 * GIB}\n", "memory.current": "0\n"}, GIB),
+        # Usage over the limit (it happens, briefly): nothing available, not a negative number.
+        (64 * 2**20, {"memory.max": f"{GIB}\n", "memory.current": f"{2 * GIB}\n"}, 0),
+        # cgroup v1: memory/memory.limit_in_bytes less memory/memory.usage_in_bytes (less total_inactive_file).
+        (
+            64 * 2**20,
+            {
+                "memory/memory.limit_in_bytes": f"{3 * GIB}\n",
+                "memory/memory.usage_in_bytes": f"{2 * GIB}\n",
+                "memory/memory.stat": f"cache 3\ntotal_inactive_file {GIB // 2}\n",
+            },
+            GIB + GIB // 2,
+        ),
+        # v1 without a limit reads 9223372036854771712: the host decides.
+        (
+            64 * 2**20,
+            {
+                "memory/memory.limit_in_bytes": "9223372036854771712\n",
+                "memory/memory.usage_in_bytes": f"{GIB}\n",
+            },
+            64 * GIB,
+        ),
+        # A limit without a usage file (unreadable): ignored, the host decides.
+        (64 * 2**20, {"memory.max": f"{GIB}\n"}, 64 * GIB),
+        # No /proc/meminfo but a cgroup limit: the cgroup decides.
+        (None, {"memory.max": f"{3 * GIB}\n", "memory.current": f"{GIB}\n"}, 2 * GIB),
+        # Neither: unknown.
+        (None, {}, None),
+    ],
+    ids=[
+        "host",
+        "v2-limit",
+        "v2-inactive-cache",
+        "v2-max",
+        "v2-above-host",
+        "v2-over-limit",
+        "v1-limit",
+        "v1-unlimited",
+        "v2-no-usage",
+        "no-meminfo",
+        "unknown",
+    ],
+)
+def test_available_memory_is_the_smaller_of_host_and_cgroup(tmp_path, meminfo_kib, files, expected) -> None:
+    """The memory check read /proc/meminfo only: in a container with a cgroup limit (the retrain CronJob's 3Gi)
+    the host's free memory was compared, a too-large model passed and the pod was OOM-killed instead of refused
+    with the one-line error. The smaller of the host's MemAvailable and the cgroup's limit less its working set
+    (v2 or v1) is now compared."""
+    from anomaly import training
+
+    meminfo, root = _fake_memory(tmp_path, meminfo_kib, files)
+    assert training.available_memory(torch.device("cpu"), meminfo=meminfo, cgroup_root=root) == expected
+
+
+def test_a_model_over_the_cgroup_limit_is_refused_on_a_host_with_room(tmp_path, monkeypatch) -> None:
+    """The one-line refusal now comes from a container's limit, not only the host's memory."""
+    from anomaly import training
+    from anomaly.errors import ConfigError
+    from anomaly.model import Architecture
+
+    meminfo, root = _fake_memory(
+        tmp_path, 64 * 2**20, {"memory.max": "3000000\n", "memory.current": "1113696\n"}
+    )
+    monkeypatch.setattr(training, "MEMINFO", meminfo)
+    monkeypatch.setattr(training, "CGROUP_ROOT", root)
+    with pytest.raises(ConfigError) as err:
+        training.build_model(Architecture(3, 8, 64, 3, 0.0, True), torch.device("cpu"))
+    assert str(err.value) == (
+        "the model does not fit in memory on cpu (184,454 parameters need 2.8 MiB to train, 1.8 MiB available): "
+        "model.hidden_size 64 with model.num_layers 3 is too large"
+    )

@@ -29,10 +29,13 @@ from anomaly.data import plural
 from anomaly.errors import AnomalyError, ConfigError, DataError
 from anomaly.promotion import (
     Comparison,
+    Identity,
     PromotionPolicy,
     compare,
     false_alert_counts,
+    identity,
     is_export,
+    promotion_lock,
     replaces_float32,
 )
 from anomaly.retrain import DEFAULT_MIN_WINDOWS, TimeRange
@@ -389,7 +392,7 @@ def _read_csv(cfg, data, span, features, keys, alerts_file):  # type: ignore[no-
     return series, events, source
 
 
-def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[no-untyped-def]
+def _no_readings(span, keys, source, bounds=None, features=None) -> DataError:  # type: ignore[no-untyped-def]
     """The error for a range, key selection or source without a reading, naming all three; with `bounds`, the
     first and last reading of the files (a range of `--since 7d`, counted back from now, on last month's export
     said only that the files held no reading in it)."""
@@ -401,6 +404,27 @@ def _no_readings(span, keys, source, bounds=None) -> DataError:  # type: ignore[
             f": their readings run from {retrain.iso(bounds[0])} to {retrain.iso(bounds[1])} (the range is in the "
             "readings' own time, and ends now unless --to ends it)"
         )
+    messages = source.get("messages", 0)
+    if messages:  # the range held messages, and none of them gave a reading: say what became of them
+        features = list(features or [])
+        shown = ", ".join(features[:5]) + (", ..." if len(features) > 5 else "")
+        invalid = source.get("invalid_messages", 0)
+        left = [
+            f"{n:,} {why}"
+            for n, why in (
+                (
+                    invalid,
+                    f"that do not decode as readings of the model's {plural(len(features), 'feature')} "
+                    f"({shown})",
+                ),
+                (source.get("dead_letter_messages", 0), "dead-lettered by the daemon"),
+                (source.get("other_key_messages", 0), "of keys not selected"),
+            )
+            if n
+        ]
+        hint = f": {plural(messages, 'message')} in the range, " + ", ".join(left)
+        if invalid:
+            hint += "; a model trained on other features than the stream carries decodes none"
     return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}{hint}")
 
 
@@ -551,10 +575,17 @@ NOT_PROMOTED = 3
 
 
 def _decide_and_promote(  # type: ignore[no-untyped-def]
-    cmp: Comparison, challenger, champion_path: str, force: bool, dry_run: bool, forced: bool = False
+    cmp: Comparison,
+    challenger,
+    champion_path: str,
+    force: bool,
+    dry_run: bool,
+    forced: bool = False,
+    loaded: Identity | bool = False,
 ) -> None:
     """Print the comparison and the decision, promote when it says so; exit with NOT_PROMOTED when it does not.
-    ``forced``: a promotion --force allowed whatever the policy says (an int8 export over a float32 champion)."""
+    ``forced``: a promotion --force allowed whatever the policy says (an int8 export over a float32 champion).
+    ``loaded``: the champion file's identity when it was loaded (a file changed since is not replaced)."""
     from anomaly.promotion import promote
 
     cmp.forced = force and (forced or not cmp.promote)
@@ -565,7 +596,7 @@ def _decide_and_promote(  # type: ignore[no-untyped-def]
     if dry_run:
         click.echo(f"decision: would promote (dry run); {champion_path} unchanged")
         return
-    path = promote(challenger, champion_path, cmp)
+    path = promote(challenger, champion_path, cmp, loaded=loaded)
     how = "forced" if cmp.forced else "policy passed"
     click.echo(
         f"decision: promoted ({how}); {path} now holds model {challenger.version} "
@@ -717,6 +748,11 @@ def retrain_cmd(
         )
     # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
     check_output(out, list(data), alerts_file)
+    if (
+        do_promote
+    ):  # held to the end: a second `retrain --promote` or `promote` of this champion is refused at once
+        click.get_current_context().with_resource(promotion_lock(champion))
+    loaded = identity(champion)
     parent = load_bundle(champion)
     if parent.kind != "lstm_autoencoder" or is_export(parent):
         raise DataError(_not_float32(champion, parent, rollback))
@@ -760,7 +796,7 @@ def retrain_cmd(
     else:
         series, events, source = _read_csv(cfg, data, span, parent.features, selected, alerts_file)
     if not series:
-        raise _no_readings(span, keys, source)
+        raise _no_readings(span, keys, source, features=parent.features)
     _keys_check(selected, series)
     spans = retrain.alert_spans(events)
     if not kafka_mode:  # all selected rows: alerts of the held-out part (--promote) fall on the data too
@@ -817,7 +853,7 @@ def retrain_cmd(
         cmp = compare(
             parent, bundle, evaluation_slice, cfg.engine, policy, source.get("holdout"), cfg.replay.predict
         )
-        _decide_and_promote(cmp, bundle, champion, force, dry_run=False)
+        _decide_and_promote(cmp, bundle, champion, force, dry_run=False, loaded=loaded)
 
 
 def _not_float32(champion: str, parent, rollback: Path) -> str:  # type: ignore[no-untyped-def]
@@ -856,7 +892,7 @@ def _load_champion(champion: str):  # type: ignore[no-untyped-def]
         return None, "unreadable", f"the champion cannot be loaded ({exc})"
 
 
-def _install_without_champion(chall, challenger, champion, state, why, force, dry_run) -> None:  # type: ignore[no-untyped-def]
+def _install_without_champion(chall, challenger, champion, state, why, force, dry_run, loaded) -> None:  # type: ignore[no-untyped-def]
     """`promote --force` onto a missing or unreadable champion: nothing to compare with, so the challenger is
     installed as it is (the one rename of a promotion, recorded as forced). Without --force: an error naming it."""
     from anomaly.promotion import UNREADABLE_SUFFIX, install
@@ -877,7 +913,7 @@ def _install_without_champion(chall, challenger, champion, state, why, force, dr
     if dry_run:
         click.echo(f"decision: would install (dry run); {champion} unchanged")
         return
-    path = install(chall, champion, state, f"{why}; installed without a comparison (--force)")
+    path = install(chall, champion, state, f"{why}; installed without a comparison (--force)", loaded=loaded)
     click.echo(
         f"decision: promoted (forced; no champion to compare); {path} now holds model {chall.version}; a running "
         "daemon reloads it within seconds"
@@ -953,10 +989,13 @@ def promote_cmd(
         )
     if Path(challenger).resolve() == Path(champion).resolve():
         raise DataError(f"{challenger} is the champion's own file: give the challenger's bundle")
+    if not dry_run:  # held to the end: a second promotion of this champion is refused at once
+        click.get_current_context().with_resource(promotion_lock(champion))
+    loaded = identity(champion)
     champ, state, why = _load_champion(champion)
     chall = load_bundle(challenger)
     if champ is None:
-        _install_without_champion(chall, challenger, champion, state, why, force, dry_run)
+        _install_without_champion(chall, challenger, champion, state, why, force, dry_run, loaded)
         return
     if replaces_float32(champ, chall) and not force:  # before any data is read
         raise DataError(
@@ -988,7 +1027,7 @@ def promote_cmd(
         series = hist.series
         source = {**source, **hist.to_json()}
     if not series:
-        raise _no_readings(span, keys, source)
+        raise _no_readings(span, keys, source, features=champ.features)
     _keys_check(selected, series)
     policy = PromotionPolicy(f1_tolerance, max_alert_ratio, alert_allowance, max_drift)
     cmp = compare(
@@ -1008,7 +1047,9 @@ def promote_cmd(
             f"precision: an int8 export over the float32 champion (--force; retrain needs the float32 model "
             f"{champ.version})"
         )
-    _decide_and_promote(cmp, chall, champion, force, dry_run, forced=replaces_float32(champ, chall))
+    _decide_and_promote(
+        cmp, chall, champion, force, dry_run, forced=replaces_float32(champ, chall), loaded=loaded
+    )
 
 
 def _note_architecture(champ, chall) -> None:  # type: ignore[no-untyped-def]

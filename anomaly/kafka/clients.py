@@ -293,6 +293,10 @@ def make_consumer(
         )
     if group:
         settings.update(
+            # the input: records of an upstream producer's aborted transaction (an exactly-once job writing the
+            # sensors topic, retried after a failure) were scored, and their retried copies then refused as
+            # duplicate or backward readings; Kafka Streams' and Quix's exactly-once consumers read committed too
+            isolation_level="read_committed",
             group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,

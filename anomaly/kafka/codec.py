@@ -52,6 +52,11 @@ DECODE_REASONS = (
 # not measured
 KEY_BYTES_PER_CHAR = 6
 
+# a number key as a float at or beyond this (2**53) may have lost digits: orjson reads an integer outside 64 bits
+# (an ICCID of 20 digits) as the nearest float64, the same one for neighbouring integers, so distinct sensors would
+# be pooled into one entity
+_EXACT_KEY_FLOATS = 2.0**53
+
 
 class DecodeError(ValueError):
     """A message that cannot become an event. ``reason`` is one of :data:`DECODE_REASONS`; ``key`` is the
@@ -91,14 +96,16 @@ def parse_time(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         ts = float(value)
     elif isinstance(value, str):
+        dt: datetime | None
         try:
             dt = datetime.fromisoformat(value.strip())
         except ValueError:
+            dt = None
             try:
                 ts = float(value)
             except ValueError:
-                raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}") from None
-        else:
+                dt = _rfc3339_lower_case(value)
+        if dt is not None:
             ts, numeric = _iso_seconds(value, dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
     else:
         raise DecodeError(
@@ -109,6 +116,18 @@ def parse_time(value: Any) -> float:
     if numeric and abs(ts) >= EPOCH_MS_FROM:
         return float(epoch_seconds(np.array(ts)))
     return ts
+
+
+def _rfc3339_lower_case(value: str) -> datetime:
+    """A time written with RFC 3339's lower-case ``t`` and ``z`` (``2023-11-14t22:13:20z``), which Python's
+    fromisoformat refuses and the CSV path (pandas) reads: it was a dead letter ``bad_timestamp`` here only."""
+    text = value.strip()
+    if len(text) <= 40 and ("t" in text or "z" in text):
+        try:
+            return datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
+        except ValueError:
+            pass
+    raise DecodeError("bad_timestamp", f"cannot parse timestamp {value[:40]!r}")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -275,6 +294,12 @@ class Decoder:
             return self._short(key)
         if isinstance(key, bool) or not isinstance(key, int | float):
             raise DecodeError("missing_field", f"{self.fmt.key_field!r} must be a string or number")
+        if isinstance(key, float) and abs(key) >= _EXACT_KEY_FLOATS:
+            raise DecodeError(  # orjson reads an integer beyond 64 bits as a float: keys that differ merged
+                "missing_field",
+                f"{self.fmt.key_field!r} is a number too large to keep exactly ({key!r}: digits lost as a "
+                "float64); send the key as a string",
+            )
         return str(key)
 
     def _short(self, key: str) -> str:
