@@ -465,11 +465,41 @@ def test_every_served_metric_is_on_the_dashboard_or_in_a_rule() -> None:
 
 def test_daemon_not_ready_is_the_only_alert_on_readiness() -> None:
     (rule,) = [r for r in rules() if "anomaly_ready" in r["expr"]]
-    assert (rule["alert"], rule["expr"], rule["for"]) == (
+    assert (rule["alert"], _per_pipeline_condition(rule["expr"]), rule["for"]) == (
         "DaemonNotReady",
         'anomaly_ready{job="anomaly"} == 0',
         "5m",
     )
+
+
+GROUP_JOIN = "* on (job, instance) group_left (group) anomaly_pipeline_info or on (job, instance)"
+
+
+def _per_pipeline_condition(expr: str) -> str:
+    """The condition E of a per-instance alert written `(E) * on (job, instance) group_left (group)
+    anomaly_pipeline_info or on (job, instance) (E)`: E with the group of the target where it serves
+    anomaly_pipeline_info, or E alone for a target that does not (the `or` keeps one series per target)."""
+    match = re.fullmatch(r"\( (.+) \) " + re.escape(GROUP_JOIN) + r" \( (.+) \)", expr)
+    assert match and match[1] == match[2], expr
+    return match[1]
+
+
+def test_every_pipeline_health_alert_names_the_group_of_its_daemon() -> None:
+    """Several pipelines (consumer groups) share one Prometheus, every daemon scraped as job="anomaly": the
+    pipeline-health alerts paged by instance alone, and the page did not say which pipeline. Each takes `group`
+    from anomaly_pipeline_info now, the same condition on both sides of the `or` (the promtool tests in
+    groups.test.yml check the labels), and names it in its summary. DaemonDown (no scrape, no info now) takes
+    the group the target had last; ConsumerLagHigh is per group, topic and partition."""
+    pipeline = [r for r in rules() if r["labels"]["category"] == "pipeline"]
+    assert len(pipeline) == 12
+    for rule in pipeline:
+        if rule["alert"] not in {"DaemonDown", "ConsumerLagHigh"}:
+            assert _per_pipeline_condition(rule["expr"]), rule["alert"]
+        assert "{{ with $labels.group }} (group {{ . }}){{ end }}" in rule["annotations"]["summary"], rule[
+            "alert"
+        ]
+    (down,) = [r for r in pipeline if r["alert"] == "DaemonDown"]
+    assert "max_over_time(timestamp(anomaly_pipeline_info)[1d:1m])" in down["expr"]
 
 
 def test_pipeline_stalled_counts_what_a_healthy_slow_stream_scores(bundle) -> None:
@@ -498,7 +528,9 @@ def test_pipeline_stalled_counts_what_a_healthy_slow_stream_scores(bundle) -> No
         value("anomaly_readings_rejected_total", {"reason": "malformed"}),
     ) == (n, 0)
     (rule,) = [r for r in rules() if r["alert"] == "PipelineStalled"]
-    assert re.findall(r"increase\((\w+)\[", rule["expr"]) == ["anomaly_readings_scored_total"]
+    assert re.findall(r"increase\((\w+)\[", _per_pipeline_condition(rule["expr"])) == [
+        "anomaly_readings_scored_total"
+    ]
 
 
 def test_the_compose_producer_can_run_again(tmp_path: Path, bundle) -> None:
