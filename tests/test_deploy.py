@@ -295,7 +295,7 @@ def test_grafana_provisioning_and_dashboard_agree() -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
     assert {d["type"] for d in ds} == {"prometheus"} and uids  # what the datasource variable offers
-    assert variables["instance"]["query"]["query"] == 'label_values(up{job="anomaly"}, instance)'
+    assert list(variables) == ["datasource", "group", "instance"]  # $instance is chained to $group, after it
     for panel in panels:
         if panel.get("type") != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
@@ -607,6 +607,89 @@ def _promtool_panel_test(path: Path, input_series: list[dict], exprs: list[dict]
     path.write_text(yaml.safe_dump(test))
     out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_instance_variable_follows_the_group_variable() -> None:
+    """Several pipelines share one Prometheus: $instance listed every daemon, with a custom All of `.*`, so every
+    panel added the pipelines together. $group (anomaly_pipeline_info) narrows $instance now; neither has a custom
+    All value (a `.*` for $instance would ignore $group: All sends the regex of the listed daemons instead). Both
+    refresh on a time range change. What the instance query lists is tested through promtool below."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    group, instance = variables["group"], variables["instance"]
+    assert (
+        group["query"]["query"]
+        == group["definition"]
+        == 'label_values(anomaly_pipeline_info{job="anomaly"}, group)'
+    )
+    assert instance["query"]["query"] == instance["definition"]
+    assert (
+        instance["query"]["query"].startswith("query_result(")
+        and 'group=~"$group"' in instance["query"]["query"]
+    )
+    assert instance["regex"] == '/instance="([^"]+)"/'
+    for var in (group, instance):
+        assert (var["type"], var["includeAll"], var["multi"], var["refresh"], "allValue" in var) == (
+            "query",
+            True,
+            True,
+            2,
+            False,
+        )
+
+
+@needs_promtool
+def test_the_instance_variable_lists_the_daemons_of_the_chosen_group(tmp_path: Path) -> None:
+    """The $instance query (query_result, an instant query) with $group as Grafana sends it: one group, or All
+    (the regex of every group listed). a and c serve group vibration, b thermal; c is down since 4 minutes (no
+    anomaly_pipeline_info now: it had it within the day, so it stays under its group and in "Daemons up"); d
+    serves no pipeline info (a daemon from before session 20): listed under every group, as its group is unknown.
+    "Daemons up and ready" then counts the daemons up of the group chosen."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "anomaly.json").read_text())
+    (instance,) = [v for v in dash["templating"]["list"] if v["name"] == "instance"]
+    query = re.fullmatch(r"query_result\((.*)\)", instance["query"]["query"])[1]
+    (up_panel,) = [p for p in dash["panels"] if p["title"] == "Daemons up and ready"]
+    up_expr = up_panel["targets"][0]["expr"]
+
+    def info(name: str, group: str, values: str) -> dict:
+        series = f'anomaly_pipeline_info{{job="anomaly",instance="{name}",group="{group}",topics="t"}}'
+        return {"series": series, "values": values}
+
+    def listed(names: str) -> list[dict]:
+        return [{"labels": f'{{instance="{n}:9108"}}', "value": 1} for n in names]
+
+    _promtool_panel_test(
+        tmp_path / "instance_variable.test.yml",
+        [
+            info("a:9108", "vibration", "1x10"),
+            info("b:9108", "thermal", "1x10"),
+            info("c:9108", "vibration", "1x5 stale"),
+            {"series": 'up{job="anomaly",instance="a:9108"}', "values": "1x10"},
+            {"series": 'up{job="anomaly",instance="b:9108"}', "values": "1x10"},
+            {"series": 'up{job="anomaly",instance="c:9108"}', "values": "1x5 0x5"},
+            {"series": 'up{job="anomaly",instance="d:9108"}', "values": "1x10"},
+            {"series": 'up{job="prometheus",instance="localhost:9090"}', "values": "1x10"},
+        ],
+        [
+            {"expr": query.replace("$group", "vibration"), "eval_time": "10m", "exp_samples": listed("acd")},
+            {"expr": query.replace("$group", "thermal"), "eval_time": "10m", "exp_samples": listed("bd")},
+            {
+                "expr": query.replace("$group", "(thermal|vibration)"),
+                "eval_time": "10m",
+                "exp_samples": listed("abcd"),
+            },
+            {
+                "expr": up_expr.replace("$instance", "(a:9108|c:9108|d:9108)"),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": 2}],
+            },
+            {
+                "expr": up_expr.replace("$instance", "(a:9108|b:9108|c:9108|d:9108)"),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": 3}],
+            },
+        ],
+    )
 
 
 @needs_promtool
