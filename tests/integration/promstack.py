@@ -325,7 +325,8 @@ class WebhookReceiver:
 def dashboard_exprs(path: Path = DASHBOARD_JSON, rate_interval: str = "1m") -> list[tuple[str, str]]:
     """(panel title, PromQL) for every target of every panel, with Grafana's ``$__rate_interval`` replaced by
     ``rate_interval`` and the ``$instance`` variable by ``.*`` (its "All" value), as Grafana substitutes them at
-    query time; Prometheus knows neither."""
+    query time; Prometheus knows neither. Then the PromQL of each variable that has some (query_result), with
+    ``$group`` as ``.*``."""
     doc = json.loads(path.read_text())
     out = []
 
@@ -344,4 +345,9 @@ def dashboard_exprs(path: Path = DASHBOARD_JSON, rate_interval: str = "1m") -> l
             walk(panel.get("panels", []))
 
     walk(doc["panels"])
+    # the variables whose query is PromQL (query_result: $instance, narrowed by $group, here any group)
+    for var in doc["templating"]["list"]:
+        query = var.get("query", {}).get("query", "") if isinstance(var.get("query"), dict) else ""
+        if query.startswith("query_result(") and query.endswith(")"):
+            out.append((f"${var['name']} variable", query[len("query_result(") : -1].replace("$group", ".*")))
     return out
