@@ -292,12 +292,14 @@ def train(
     cfg: TrainConfig,
     progress: bool = False,
     engine: EngineConfig | None = None,
+    rows_note: str = "",
 ) -> TrainResult:
     """Train on `series`, which first lose the readings the engine (`engine`, the settings it will score with;
     None: the defaults) would refuse (`nan_policy`, `duplicate_policy`: :func:`anomaly.data.screen_readings`).
     They are then cut at gaps longer than its `max_gap_seconds` (None: GAP_INTERVALS sampling intervals, the
     interval being learnt here), exactly where the engine will reset a key; the interval and the gap are stored
-    in the bundle, and the engine's default gap is read from there."""
+    in the bundle, and the engine's default gap is read from there. `rows_note` says which rows of the files
+    `series` are (`--train-rows`), for the message that names a column with no value in any of them."""
     if not series:
         raise DataError("no training series")
     engine = engine if engine is not None else EngineConfig()
@@ -312,7 +314,7 @@ def train(
             f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
             f"engine.nan_policy = {nan_policy!r} drops it"
             + (
-                f"; column(s) {', '.join(map(repr, empty))} have no value in any row"
+                f"; column(s) {', '.join(map(repr, empty))} have no value in any row trained on{rows_note}"
                 + (f": leave them out with --features {quoted(','.join(rest))}" if rest else "")
                 if empty
                 else ""

@@ -246,7 +246,8 @@ def test_no_rows_left_names_the_column_without_a_value() -> None:
         train([s], ["x", "c", "y"], ModelConfig(window=8, hidden_size=8), TrainConfig(epochs=1, device="cpu"))
     assert str(err.value) == (
         "no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
-        "engine.nan_policy = 'reject' drops it; column(s) 'c' have no value in any row: leave them out with "
+        "engine.nan_policy = 'reject' drops it; column(s) 'c' have no value in any row trained on: leave them "
+        "out with "
         "--features x,y"
     )
 

@@ -152,6 +152,11 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         cfg.train,
         progress=progress,
         engine=cfg.engine,
+        rows_note=(
+            f" (the first {plural(cfg.data.train_rows, 'row')} of each series, --train-rows)"
+            if cfg.data.train_rows
+            else ""
+        ),
     )
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
