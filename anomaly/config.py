@@ -615,6 +615,23 @@ def dead_letters_lost(k: KafkaConfig) -> str | None:
     )
 
 
+def changelog_shared(k: KafkaConfig) -> str | None:
+    """Why another consumer group may write into this group's changelog (None: it has one of its own): a
+    ``changelog_topic`` without ``{group}`` names the same topics for every group given it (two pipelines run from
+    copies of one pipeline file, say), under the same record keys, so on a compacting broker the groups'
+    checkpoints replace each other. Said at `anomaly consume`'s start; before, nothing said it until a restore
+    found another group's records (``other_group``), by when compaction may have removed this group's own."""
+    if "{group}" in k.changelog_topic.replace("{{", ""):
+        return None
+    return (
+        f"kafka.changelog_topic {k.changelog_topic!r} has no {{group}}: every consumer group given it checkpoints "
+        "into the same topic under the same record keys, and on a compacting broker one group's checkpoints "
+        "replace another's (a restore ignores the other group's, counted as other_group in "
+        "anomaly_restore_refused_total, and its own may be gone); keep {group} in it (default "
+        "changelog__{group}--{topic})"
+    )
+
+
 # The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
 # stay below it.
 CONSUMER_REQUEST_TIMEOUT_MS = 30_000

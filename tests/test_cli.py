@@ -1074,3 +1074,37 @@ def test_replay_prints_the_datas_warnings_when_it_fails_after_loading(tmp_path) 
         "error: replay.evaluate_after (--evaluate-after) 90 leaves no reading to evaluate: the longest labelled "
         "series has 90 readings",
     ]
+
+
+@pytest.mark.parametrize(
+    ("template", "warned"),
+    [
+        ("changelog-{topic}", True),  # one topic per input topic, the same for every group
+        ("plant-state", True),
+        ("state-{{group}}-{topic}", True),  # a literal "{group}", no placeholder
+        ("state-{group}", False),
+        (None, False),  # the default, changelog__{group}--{topic}
+    ],
+)
+def test_consume_warns_when_its_changelog_topic_would_be_every_groups(
+    tmp_path, template: str | None, warned: bool
+) -> None:
+    """A kafka.changelog_topic without {group} (two pipelines run from copies of one pipeline file) made every
+    group checkpoint into the same topic under the same record keys, where compaction lets one group's records
+    replace the other's: nothing said so until a restore counted other_group. `consume` says so at start."""
+    model = tmp_path / "none.pt"
+    env = {"ANOMALY_KAFKA_CHANGELOG_TOPIC": template} if template else {}
+    result = CliRunner().invoke(main, ["consume", "-m", str(model), "--metrics-port", "0"], env=env)
+    lines = result.stderr.splitlines()
+    assert (result.exit_code, lines[-1]) == (2, f"error: model bundle not found: {model}")
+    assert lines[:-1] == (
+        [
+            f"warning: kafka.changelog_topic {template!r} has no {{group}}: every consumer group given it "
+            "checkpoints into the same topic under the same record keys, and on a compacting broker one group's "
+            "checkpoints replace another's (a restore ignores the other group's, counted as other_group in "
+            "anomaly_restore_refused_total, and its own may be gone); keep {group} in it (default "
+            "changelog__{group}--{topic})"
+        ]
+        if warned
+        else []
+    )

@@ -15,7 +15,7 @@ import pytest
 from kafka import TopicPartition
 
 from anomaly.config import EngineConfig, build_config, changelog_topic
-from anomaly.engine import Engine, Event
+from anomaly.engine import Engine, EngineOutput, Event
 from anomaly.engine.types import Rejection
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError
@@ -1454,3 +1454,38 @@ def test_a_busy_daemon_gives_back_the_rows_of_a_peak_that_did_not_come_again_wit
         sizes.append(daemon.engine.store.capacity)
     assert (sizes[6:], trims, same) == ([512, 64, 64], [1816], [True] * 3)  # the second interval after it
     assert daemon.engine.keys() == known and sorted(daemon.tracker.key_partition) == sorted(known)
+
+
+def test_a_dead_letter_says_which_group_refused_it_and_a_huge_group_name_still_fits():
+    """Since session 22 every dead letter carries its consumer group (two pipelines share the default dead-letter
+    topic, and retrain reads only its own pipeline's). A group name of any length is cut to 1 KiB on a character
+    boundary, as entity_key is, so the letter stays within the room left for its headers; the retrain filter
+    compares the cut names, so it still knows the group's own letters and counts the others'."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from anomaly.kafka.history import other_group
+    from anomaly.kafka.sinks import DeadLetterSink
+
+    sent: list[Any] = []
+
+    class Producer:
+        def send(self, topic: str, key: Any = None, value: Any = None, headers: Any = None) -> Any:
+            sent.append(SimpleNamespace(topic=topic, key=key, value=value, headers=headers))
+            return SimpleNamespace(add_callback=lambda f: None, add_errback=lambda f: None)
+
+    huge = "é" * 3000  # 6 KB of UTF-8
+    rec = Record("in", 0, 9, b"pump-1", b"{not json")
+    out = EngineOutput(rejections=[Rejection("pump-1", "malformed", 1, True, rec, "invalid_json: bad")])
+    for group in ("canary", huge):
+        DeadLetterSink(Producer(), "dead", 900_000, group=group).write(out, None)  # type: ignore[arg-type]
+    small, cut = (dict(r.headers) for r in sent)
+    assert (small["group"], small["source_offset"], sent[0].value) == (b"canary", b"9", b"{not json")
+    assert cut["group"] == ("é" * 512).encode()  # 1024 bytes
+    assert sum(len(n) + len(v) for n, v in sent[1].headers) <= 4096
+    others: Counter[str] = Counter()
+    assert [other_group(r, g, others) for r in sent for g in ("canary", huge)] == [False, True, True, False]
+    assert [other_group(r, None, others) for r in sent] == [False, False]  # no group given: all are read
+    assert others == Counter({"canary": 1, "é" * 512: 1})
+    old = SimpleNamespace(headers=[("reason", b"invalid_json")])  # from a daemon before session 22
+    assert not other_group(old, "canary", others)

@@ -19,7 +19,7 @@ from anomaly.commands.common import (
     time_column_option,
     warn_line,
 )
-from anomaly.config import dead_letters_lost
+from anomaly.config import changelog_shared, dead_letters_lost
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,9 @@ def consume_cmd(
     lost = dead_letters_lost(cfg.kafka)
     if lost:  # a warning, not a refusal: the integration tests emulate a broker's message.max.bytes with it
         warn_line(lost)
+    shared = changelog_shared(cfg.kafka)
+    if shared:  # a warning, not a refusal: a group alone on a topic of its own name loses nothing
+        warn_line(shared)
     import kafka.errors
 
     from anomaly.errors import ConfigError

@@ -299,12 +299,19 @@ def _selected(keys: str | None) -> set[str] | None:
 def _read_kafka(cfg, topics, span, features, keys, progress, read_alerts=True):  # type: ignore[no-untyped-def]
     """Readings of the topics in `span`, without dead-lettered messages; also the alert events (for retrain:
     promote compares on every reading and reads none)."""
+    from collections import Counter
+
     from anomaly.kafka.codec import Decoder
     from anomaly.kafka.daemon import message_format
     from anomaly.kafka.history import read_alert_events, read_dead_letter_positions, read_topic_range
 
     k = cfg.kafka
-    dead = read_dead_letter_positions(k, k.dead_letter_topic, int(span.start * 1000))
+    # only this pipeline's (consumer group's): two pipelines may share the alerts and dead-letter topics (their
+    # default names are the same for every group), and another model's alerts and refusals are not this one's
+    others: Counter[str] = Counter()
+    dead = read_dead_letter_positions(
+        k, k.dead_letter_topic, int(span.start * 1000), group=k.group_id, others=others
+    )
     hist = read_topic_range(
         k,
         list(topics or k.topics),
@@ -316,9 +323,21 @@ def _read_kafka(cfg, topics, span, features, keys, progress, read_alerts=True): 
         progress=progress,
         duplicate_policy=cfg.engine.duplicate_policy,
     )
-    alerts = read_alert_events(k, k.alerts_topic) if read_alerts else []
+    dead_others = sum(others.values())
+    alerts = read_alert_events(k, k.alerts_topic, group=k.group_id, others=others) if read_alerts else []
+    if others:
+        counts = [
+            plural(n, what)
+            for n, what in ((dead_others, "dead letter"), (sum(others.values()) - dead_others, "alert event"))
+            if n
+        ]
+        warn_line(
+            f"left out {' and '.join(counts)} of other consumer groups ({', '.join(sorted(others))}); this "
+            f"pipeline's group is {k.group_id!r} (kafka.group_id: give the pipeline file of the daemons to retrain)"
+        )
     source = {
         "source": "kafka",
+        "group": k.group_id,
         "topics": list(topics or k.topics),
         **({"alerts_topic": k.alerts_topic} if read_alerts else {}),
         "dead_letter_topic": k.dead_letter_topic,

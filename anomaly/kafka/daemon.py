@@ -295,7 +295,9 @@ class Daemon:
         # data it would be created again, empty, with the broker's default partition count
         self.consumer = clients.make_consumer(k, t, allow_auto_create_topics=False)
         records.install(self.consumer)  # kafka-python's records read in one loop per batch (same records)
-        dead = DeadLetterSink(self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics)
+        dead = DeadLetterSink(
+            self.dead_producer, k.dead_letter_topic, k.dead_letter_max_bytes, self.metrics, group=k.group_id
+        )
         self.checkpointer = KafkaCheckpointer(
             self.consumer,
             self.changelog,
@@ -324,9 +326,9 @@ class Daemon:
         )
         if k.fetch_in_checkpoint:  # the periodic checkpoint keeps the consumer fetching (see checkpoint.py)
             self.checkpointer.idle = self.source.fetch_ahead
-        self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic)]
+        self.sinks: list[Any] = [AlertSink(self.delivery, k.alerts_topic, k.group_id)]
         if k.scores_topic:
-            self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features))
+            self.sinks.append(ScoreSink(self.delivery, k.scores_topic, self.bundle.features, k.group_id))
         self.sinks += [dead, EvictionSink(self.tracker, self.engine)]
         self.consumer.subscribe(list(k.topics), listener=_Rebalance(self))
         threading.Thread(target=self._probe, name="broker-probe", daemon=True).start()

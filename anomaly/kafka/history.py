@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from anomaly.config import KafkaConfig
 from anomaly.data import Series
 from anomaly.kafka import KafkaError, clients
 from anomaly.kafka.codec import DecodeError, Decoder
+from anomaly.kafka.sinks import GROUP_HEADER, group_value
 
 Position = tuple[str, int, int]  # topic, partition, offset
 # retrain and promote name their input topics with --topic (consume: --topics)
@@ -157,13 +159,36 @@ def _scan(
                 consumer.pause(tp)
 
 
-def read_alert_events(cfg: KafkaConfig, topic: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """Every alert event on the alerts topic (alerts are few; spans may start before any range)."""
+def other_group(rec: Any, group: str | None, others: Counter[str] | None) -> bool:
+    """Whether `rec` was written by another consumer group than `group` (its ``group`` header, which daemons
+    write since session 22; a record without one, from an older daemon or written by hand, counts as the group's
+    own), counted by group in `others`."""
+    if group is None:
+        return False
+    writer = next((v for k, v in (rec.headers or []) if k == GROUP_HEADER), None)
+    if writer is None or bytes(writer) == group_value(group):
+        return False
+    if others is not None:
+        others[bytes(writer).decode(errors="replace")] += 1
+    return True
+
+
+def read_alert_events(
+    cfg: KafkaConfig,
+    topic: str,
+    timeout_s: float = 10.0,
+    group: str | None = None,
+    others: Counter[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every alert event on the alerts topic (alerts are few; spans may start before any range) written by
+    consumer group `group` (None: any; the others are counted in `others`)."""
     consumer = _consumer(cfg, timeout_s)
     try:
         out = []
         missing = clients.not_found(cfg, [(topic, clients.ALERTS)])
         for rec in _scan(consumer, _ranges(consumer, topic, None, None, missing)):
+            if other_group(rec, group, others):
+                continue
             try:
                 out.append(json.loads(rec.value))
             except (TypeError, ValueError):
@@ -174,15 +199,23 @@ def read_alert_events(cfg: KafkaConfig, topic: str, timeout_s: float = 10.0) -> 
 
 
 def read_dead_letter_positions(
-    cfg: KafkaConfig, topic: str, start_ms: int | None, timeout_s: float = 10.0
+    cfg: KafkaConfig,
+    topic: str,
+    start_ms: int | None,
+    timeout_s: float = 10.0,
+    group: str | None = None,
+    others: Counter[str] | None = None,
 ) -> set[Position]:
     """Source positions of the dead letters produced at or after `start_ms` (a dead letter is produced after
-    the message it refers to, so earlier ones cannot concern the range)."""
+    the message it refers to, so earlier ones cannot concern the range) by consumer group `group` (None: any;
+    the others are counted in `others`)."""
     consumer = _consumer(cfg, timeout_s)
     try:
         out: set[Position] = set()
         missing = clients.not_found(cfg, [(topic, clients.DEAD_LETTERS)])
         for rec in _scan(consumer, _ranges(consumer, topic, start_ms, None, missing)):
+            if other_group(rec, group, others):
+                continue
             h = {k: v for k, v in (rec.headers or [])}
             try:
                 out.add(

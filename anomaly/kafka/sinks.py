@@ -376,17 +376,34 @@ class FencedError(DeliveryError):
     (the daemon drops it and rejoins the group)."""
 
 
-class AlertSink:
-    """Alert lifecycle events as JSON (``Alert.to_json()``), keyed by entity."""
+GROUP_HEADER = "group"
 
-    def __init__(self, delivery: Delivery, topic: str) -> None:
+
+def group_header(group: str) -> list[tuple[str, bytes]]:
+    """The ``group`` header of every alert, score and dead letter: the consumer group (the pipeline) that wrote it,
+    so that ``anomaly retrain`` of one pipeline leaves out only its own alerts and dead letters where two pipelines
+    share the topic (the default names are the same for every group). Cut to 1 KiB (``KEY_BYTES``) on a character
+    boundary, as a dead letter's ``entity_key``: its headers must stay within the room left for them."""
+    return [(GROUP_HEADER, group_value(group))] if group else []
+
+
+def group_value(group: str) -> bytes:
+    """The ``group`` header's value for consumer group `group`."""
+    return _cut_text(group.encode(), KEY_BYTES)
+
+
+class AlertSink:
+    """Alert lifecycle events as JSON (``Alert.to_json()``), keyed by entity, with the writer's ``group`` header."""
+
+    def __init__(self, delivery: Delivery, topic: str, group: str = "") -> None:
         self.delivery = delivery
         self.topic = topic
+        self.headers = group_header(group) or None
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for alert in out.alerts:
             key, value = alert_message(alert)
-            self.delivery.send(self.topic, key, value)
+            self.delivery.send(self.topic, key, value, self.headers)
 
     def flush(self) -> None:
         self.delivery.flush()
@@ -398,14 +415,14 @@ class AlertSink:
 class ScoreSink(AlertSink):
     """One JSON record per scored window (see :func:`anomaly.kafka.codec.window_json`)."""
 
-    def __init__(self, delivery: Delivery, topic: str, features: Sequence[str]) -> None:
-        super().__init__(delivery, topic)
+    def __init__(self, delivery: Delivery, topic: str, features: Sequence[str], group: str = "") -> None:
+        super().__init__(delivery, topic, group)
         self.features = list(features)
 
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for window in out.windows:
             key, value = window_message(window, self.features)
-            self.delivery.send(self.topic, key, value)
+            self.delivery.send(self.topic, key, value, self.headers)
 
 
 class DeadLetterSink(AlertSink):
@@ -413,9 +430,12 @@ class DeadLetterSink(AlertSink):
     reason and position. Sent on its own non-transactional producer: a refused dead letter is counted and
     logged, never fatal."""
 
-    def __init__(self, producer: KafkaProducer, topic: str, max_bytes: int, metrics: Any = None) -> None:
+    def __init__(
+        self, producer: KafkaProducer, topic: str, max_bytes: int, metrics: Any = None, group: str = ""
+    ) -> None:
         self.producer = producer
         self.topic = topic
+        self.group = group_header(group)
         self.max_bytes = max_bytes
         self.metrics = metrics
         self.refused = 0
@@ -438,6 +458,7 @@ class DeadLetterSink(AlertSink):
     def write(self, out: EngineOutput, batch: Batch) -> None:
         for rejection in out.rejections:
             key, value, headers = fit_dead_letter(*dead_letter(rejection), self.max_bytes)
+            headers = headers + self.group
             try:
                 future = self.producer.send(self.topic, key=key, value=value, headers=headers)
             except (kerr.KafkaError, ValueError) as exc:  # e.g. MessageSizeTooLargeError, raised at once
