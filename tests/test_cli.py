@@ -242,6 +242,11 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
         ],
     )
     assert metrics.read_text().startswith("# HELP ")
+    # the wall-clock latency of a backtest measured the years since the data's event times: not observed; the
+    # decision delay, in event time, is
+    text = metrics.read_text()
+    assert "anomaly_latency_seconds_count 0.0\n" in text
+    assert "anomaly_decision_delay_seconds_count 0.0\n" not in text
 
 
 @pytest.mark.parametrize(
