@@ -87,11 +87,15 @@ class PipelineMetrics:
         *,
         alert_label_cap: int = DEFAULT_ALERT_LABEL_CAP,
         drift_window: int = DEFAULT_WINDOW,
+        live: bool = True,
     ) -> None:
+        """``live=False`` (a backtest, ``replay --metrics-out``): readings are history, so the wall-clock latency
+        (``anomaly_latency_seconds``) is not observed; it measured the years since the data's event times."""
         if alert_label_cap < 0:
             raise ValueError(f"alert_label_cap must be >= 0, got {alert_label_cap}")
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alert_label_cap = alert_label_cap
+        self.live = live
         r = self.registry
         self.messages_consumed = Counter(
             "anomaly_messages_consumed", "Source messages consumed (Kafka records).", registry=r
@@ -319,7 +323,7 @@ class PipelineMetrics:
         if out.windows:
             self.windows_scored.inc(len(out.windows))
         self._observe_windows(out.windows)
-        if out.decided:  # the readings this batch decided: on arrival, or with the windows it completed
+        if out.decided and self.live:  # the readings this batch decided: on arrival, or with its windows
             decided_ts = np.concatenate([d.reshape(-1) for d in out.decided])
             observe_many(self.latency, np.maximum(0.0, now - decided_ts))
         covered = [w for w in out.windows if len(w.timestamps)]

@@ -292,12 +292,14 @@ def train(
     cfg: TrainConfig,
     progress: bool = False,
     engine: EngineConfig | None = None,
+    rows_note: str = "",
 ) -> TrainResult:
     """Train on `series`, which first lose the readings the engine (`engine`, the settings it will score with;
     None: the defaults) would refuse (`nan_policy`, `duplicate_policy`: :func:`anomaly.data.screen_readings`).
     They are then cut at gaps longer than its `max_gap_seconds` (None: GAP_INTERVALS sampling intervals, the
     interval being learnt here), exactly where the engine will reset a key; the interval and the gap are stored
-    in the bundle, and the engine's default gap is read from there."""
+    in the bundle, and the engine's default gap is read from there. `rows_note` says which rows of the files
+    `series` are (`--train-rows`), for the message that names a column with no value in any of them."""
     if not series:
         raise DataError("no training series")
     engine = engine if engine is not None else EngineConfig()
@@ -312,7 +314,7 @@ def train(
             f"no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
             f"engine.nan_policy = {nan_policy!r} drops it"
             + (
-                f"; column(s) {', '.join(map(repr, empty))} have no value in any row"
+                f"; column(s) {', '.join(map(repr, empty))} have no value in any row trained on{rows_note}"
                 + (f": leave them out with --features {quoted(','.join(rest))}" if rest else "")
                 if empty
                 else ""
@@ -633,22 +635,38 @@ def check_finite(model: LSTMAutoencoder, calibration: dict[str, Any]) -> None:
         )
 
 
+# Readings per forward call when training scores a series as a stream (calibration): one call over a whole
+# series held the LSTM's gates and outputs for every reading at once, about 1.5 KB a reading (2.2 GB more at the
+# peak for a 1.5-million-row series of 8 features); chunks with the state carried between them score the same.
+SCORE_CHUNK_READINGS = 65_536
+
+
 @torch.no_grad()
-def series_errors(model: LSTMAutoencoder, values: np.ndarray) -> np.ndarray:
+def series_errors(
+    model: LSTMAutoencoder, values: np.ndarray, chunk: int = SCORE_CHUNK_READINGS
+) -> np.ndarray:
     """Per-point, per-feature squared error (n_usable, F) of one standardized series scored as a stream, as
     the engine scores it (:func:`anomaly.model.reading_errors`): every reading with a forecast head, only
-    whole windows without one."""
-    if getattr(model.arch, "forecast", False):
-        x = torch.from_numpy(np.ascontiguousarray(values, np.float32)).unsqueeze(0)
-        out, _ = model(x, reconstruct=False)
-    else:  # reconstruction only (also the no-model baselines, which return a bare reconstruction)
-        chain = window_chain(values, model.window)
-        if len(chain) == 0:
+    whole windows without one. The series is fed `chunk` readings at a time (whole windows without a forecast
+    head), the state carried from one call to the next as the engine carries it, so memory does not grow with
+    the series' length."""
+    forecast = getattr(model.arch, "forecast", False)
+    if not forecast:  # reconstruction only (also the no-model baselines, which return a bare reconstruction)
+        usable = len(window_chain(values, model.window)) * model.window
+        if usable == 0:
             return np.zeros((0, values.shape[1]), np.float32)
-        x = torch.from_numpy(chain.reshape(1, -1, values.shape[1]))
-        out, _ = model(x)
-    out = as_output(out)
-    return reading_errors(out, x, model.arch.targets)[0].numpy()
+        values = values[:usable]
+        step = max(1, chunk // model.window) * model.window
+    else:
+        step = max(1, chunk)
+    errors, state = [], None
+    for start in range(0, len(values), step):
+        x = torch.from_numpy(np.ascontiguousarray(values[start : start + step], np.float32)).unsqueeze(0)
+        out, state = model(x, state, reconstruct=False) if forecast else model(x, state)
+        errors.append(reading_errors(as_output(out), x, model.arch.targets)[0].numpy())
+    if not errors:
+        return np.zeros((0, values.shape[1]), np.float32)
+    return errors[0] if len(errors) == 1 else np.concatenate(errors)
 
 
 def calibrate(model: LSTMAutoencoder, scaled: Sequence[Series], cfg: TrainConfig) -> dict[str, Any]:

@@ -242,6 +242,11 @@ def test_replay_lists_the_files_it_wrote(bundle_path, test_csv, tmp_path) -> Non
         ],
     )
     assert metrics.read_text().startswith("# HELP ")
+    # the wall-clock latency of a backtest measured the years since the data's event times: not observed; the
+    # decision delay, in event time, is
+    text = metrics.read_text()
+    assert "anomaly_latency_seconds_count 0.0\n" in text
+    assert "anomaly_decision_delay_seconds_count 0.0\n" not in text
 
 
 @pytest.mark.parametrize(
@@ -512,7 +517,7 @@ def test_train_notes_a_model_whose_best_epoch_was_the_first(best, run, noted, ca
 
     training = {"rows": 604, "series": 1, "epochs_run": run, "best_epoch": best, "best_val_loss": 0.5}
     result = SimpleNamespace(
-        bundle=SimpleNamespace(meta={"training": training}, features=["a"], targets=["a"]),
+        bundle=SimpleNamespace(meta={"training": training}, features=["a"], targets=["a"], calibration={}),
         device="cpu",
         amp_dtype=None,
         windows_per_second=1.0,
@@ -1049,6 +1054,33 @@ def test_replay_puts_the_datas_warnings_in_summary_json_once(tmp_path) -> None:
     )
     assert json.loads((out / "summary.json").read_text())["warnings"].count(warning) == 1
     assert result.stderr.count(warning) == 1
+
+
+def test_train_notes_the_features_constant_in_the_rows_it_trained_on(tmp_path) -> None:
+    """A sensor stuck or switched off for the whole training span was named by `inspect` alone."""
+    csv = tmp_path / "d.csv"
+    csv.write_text(
+        "timestamp,a,b,c\n" + "".join(f"{1700000000 + 60 * i},{i % 7},{(i * 3) % 5},5\n" for i in range(90))
+    )
+    args = [
+        "train",
+        str(csv),
+        "-o",
+        str(tmp_path / "m.pt"),
+        "--epochs",
+        "1",
+        "--window",
+        "8",
+        "--hidden-size",
+        "4",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("note:")] == [
+        "note: 1 feature constant in every row trained on (c): its scale is 1 raw unit, so a later change of 5 "
+        "reads as 5 standard deviations; train on a span where it moves, or leave a setting (not a sensor) out "
+        "with --features"
+    ]
 
 
 def test_replay_prints_the_datas_warnings_when_it_fails_after_loading(tmp_path) -> None:

@@ -836,3 +836,20 @@ def test_a_file_whose_sensor_reports_less_often_than_its_rows_is_not_taken_for_a
     assert [
         w for w in json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] if "sampled" in w
     ] == []
+
+
+def test_a_sensor_empty_in_the_rows_trained_on_is_not_said_to_be_empty_in_every_row(tmp_path) -> None:
+    """`train --train-rows 100` on a file whose sensor `w` starts reporting at row 150: the error said `w` has "no
+    value in any row", though 50 rows of the file hold one; it now says which rows were trained on."""
+    n = 200
+    t = 1_700_000_000 + 10 * np.arange(n)
+    w = np.where(np.arange(n) >= 150, 1.0, np.nan)
+    csv = tmp_path / "late.csv"
+    pd.DataFrame({"timestamp": t, "v": np.sin(np.arange(n) / 3), "w": w}).to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--train-rows", "100")
+    assert r.exit_code == 2
+    assert lines(r.stderr)[-1] == (
+        "error: no training rows left: every row has a missing value (NaN, empty or text like n/a) and "
+        "engine.nan_policy = 'reject' drops it; column(s) 'w' have no value in any row trained on (the first 100 "
+        "rows of each series, --train-rows): leave them out with --features v"
+    )

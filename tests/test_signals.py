@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAUSED_RUN = """
 import os, sys, time
 from anomaly import atomic
-prefix, ready = sys.argv[1], int(sys.argv[2])
+ready, prefix = int(sys.argv[1]), sys.argv[2]
 real_sync = atomic._sync
 def paused(path, directory=False):
     if not directory and path.name.startswith(prefix):
@@ -39,14 +39,14 @@ run()
 """
 
 
-def _terminated_while_writing(
-    prefix: str, args: list[str], signals: int = 1
+def _signalled_when_ready(
+    script: str, args: list[str], ready_line: bytes, signum: int, signals: int = 1
 ) -> subprocess.CompletedProcess[str]:
-    """Run `anomaly ARGS` until the file `prefix...` is written to its temporary file, then send it SIGTERM
-    `signals` times in a row (GNU `timeout` signals the process, then its process group: two at once)."""
+    """Run `python -c SCRIPT WRITE_FD ARGS` until it writes `ready_line` on the pipe WRITE_FD, then send it
+    `signum` `signals` times in a row."""
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSED_RUN, prefix, str(write_end), *args],
+        [sys.executable, "-c", script, str(write_end), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,9 +56,9 @@ def _terminated_while_writing(
     os.close(write_end)
     try:
         ready, _, _ = select.select([read_end], [], [], 180)
-        assert ready and os.read(read_end, 100) == b"paused\n", proc.communicate(timeout=60)
+        assert ready and os.read(read_end, 100) == ready_line, proc.communicate(timeout=60)
         for _ in range(signals):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         os.close(read_end)
@@ -66,6 +66,14 @@ def _terminated_while_writing(
             proc.kill()
             proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _terminated_while_writing(
+    prefix: str, args: list[str], signals: int = 1
+) -> subprocess.CompletedProcess[str]:
+    """Run `anomaly ARGS` until the file `prefix...` is written to its temporary file, then send it SIGTERM
+    `signals` times in a row (GNU `timeout` signals the process, then its process group: two at once)."""
+    return _signalled_when_ready(PAUSED_RUN, [prefix, *args], b"paused\n", signal.SIGTERM, signals)
 
 
 def _temporaries(folder: Path) -> list[str]:
@@ -135,24 +143,5 @@ def test_ctrl_c_after_the_command_finished_changes_nothing() -> None:
     """A Ctrl-C that came while the interpreter shut down, after the command had done its work and printed its
     result (a promotion's decision), ended it by SIGINT (status 130, no line) or with a KeyboardInterrupt
     traceback from an exit handler; the command's own status stands now."""
-    read_end, write_end = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_TEARDOWN, str(write_end)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        pass_fds=(write_end,),
-    )
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 180)
-        assert ready and os.read(read_end, 100) == b"exiting\n", proc.communicate(timeout=60)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        os.close(read_end)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (proc.returncode, out.split(",")[0], err) == (0, "anomaly", "")
+    done = _signalled_when_ready(SLOW_TEARDOWN, [], b"exiting\n", signal.SIGINT)
+    assert (done.returncode, done.stdout.split(",")[0], done.stderr) == (0, "anomaly", "")

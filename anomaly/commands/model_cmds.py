@@ -152,6 +152,11 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
         cfg.train,
         progress=progress,
         engine=cfg.engine,
+        rows_note=(
+            f" (the first {plural(cfg.data.train_rows, 'row')} of each series, --train-rows)"
+            if cfg.data.train_rows
+            else ""
+        ),
     )
     if cfg.data.drop_anomalies:  # the series were cut at each removed stretch: count them as they came
         result.bundle.meta["training"]["series"] = whole
@@ -379,6 +384,16 @@ def print_training(result: TrainResult, out: str) -> None:
             "screen never removes every scored feature",
             err=True,
         )
+    flat = _flat_features(list(result.bundle.features), result.bundle.calibration)
+    if (
+        flat
+    ):  # said by inspect alone: a sensor stuck or switched off for the whole training span went unnoticed
+        click.echo(
+            f"note: {plural(len(flat), 'feature')} constant in every row trained on ({', '.join(flat)}): "
+            "its scale is 1 raw unit, so a later change of 5 reads as 5 standard deviations; train on a span "
+            "where it moves, or leave a setting (not a sensor) out with --features",
+            err=True,
+        )
     click.echo(f"throughput: {result.windows_per_second:,.0f} windows/s")
     click.echo(f"model bundle: {out}")
 
@@ -432,13 +447,15 @@ def _num(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _flat_note(meta: dict[str, Any]) -> str:
+def _flat_features(features: list[str], calibration: dict[str, Any]) -> list[str]:
     """The features that were constant in training (bundles since the score-unit floor record them)."""
-    flat = meta["calibration"].get("feature_flat")
-    names = [f for f, x in zip(meta["features"], flat or [], strict=False) if x]
-    if not names:
-        return ""
-    return f"; constant in training (scale 1 raw unit): {', '.join(names)}"
+    flat = calibration.get("feature_flat")
+    return [f for f, x in zip(features, flat or [], strict=False) if x]
+
+
+def _flat_note(meta: dict[str, Any]) -> str:
+    names = _flat_features(meta["features"], meta["calibration"])
+    return f"; constant in training (scale 1 raw unit): {', '.join(names)}" if names else ""
 
 
 def _promotion(decision: dict[str, Any]) -> str:

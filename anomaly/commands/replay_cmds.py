@@ -178,7 +178,7 @@ def run_replay(
     if metrics_out:
         from anomaly.metrics import PipelineMetrics, write_textfile
 
-        observer = PipelineMetrics()
+        observer = PipelineMetrics(live=False)  # no wall-clock latency: the readings are history
         observer.model_loaded(bundle)
     try:
         result = replay(bundle, series, cfg, out, observer=observer, progress=progress, warnings=loaded)
