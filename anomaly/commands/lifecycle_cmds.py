@@ -422,7 +422,7 @@ def _no_readings(span, keys, source, bounds=None, features=None) -> DataError:  
             )
             if n
         ]
-        hint = f": {plural(messages, 'message')} in the range, " + ", ".join(left)
+        hint = f": {plural(messages, 'message')} in the range" + "".join(f", {part}" for part in left)
         if invalid:
             hint += "; a model trained on other features than the stream carries decodes none"
     return DataError(f"no readings{where}" + (f" for keys {keys}" if keys else "") + f" {what}{hint}")
@@ -748,9 +748,8 @@ def retrain_cmd(
         )
     # a data file or the alerts file named as -o was replaced by the challenger, as `train -o` no longer does
     check_output(out, list(data), alerts_file)
-    if (
-        do_promote
-    ):  # held to the end: a second `retrain --promote` or `promote` of this champion is refused at once
+    if do_promote:
+        # held to the end: a second `retrain --promote` or `promote` of this champion is refused at once
         click.get_current_context().with_resource(promotion_lock(champion))
     loaded = identity(champion)
     parent = load_bundle(champion)
