@@ -588,6 +588,9 @@ def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, 
     t = meta["training"]
     assert (t["rows"], t["series"], meta["sampling"]["gap_splits"]) == (570, 1, 0)
     assert "trained on 570 rows of 1 series" in r.output
+    shown = run("inspect", tmp_path / "m.pt")
+    expected = "dropped:         30 rows labelled anomalous (--drop-anomalies), the series cut at 2 removed stretches"
+    assert expected in lines(shown.output)
 
 
 def test_cut_out_labelled_leaves_no_piece_across_a_removed_stretch() -> None:

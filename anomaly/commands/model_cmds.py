@@ -524,6 +524,16 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_num(missing.get('cells_filled'))} cells filled",
             ),
         )
+    cut = meta.get("anomalies_dropped")
+    if cut:  # `--drop-anomalies`: said by train and in --json, not in these lines before
+        rows.insert(
+            5,
+            (
+                "dropped",
+                f"{_num(cut.get('rows'))} rows labelled anomalous (--drop-anomalies), the series cut at "
+                f"{_num(cut.get('cuts'))} removed stretches",
+            ),
+        )
     context = context_features(meta)
     if context:  # model.targets, or train.wander_screen, left some features unscored: say which, by name
         scored = meta["targets"]
