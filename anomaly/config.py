@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import math
@@ -640,10 +641,35 @@ KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 
 
 def changelog_topic(k: KafkaConfig, topic: str) -> str:
-    """The changelog topic holding the state of input ``topic`` for this group (the template filled in;
-    characters Kafka does not allow in topic names become ``_``)."""
+    """The changelog topic holding the state of input ``topic`` for this group: the template filled in, as it is
+    when Kafka takes it as a topic name. Otherwise (a character Kafka does not allow, or more than 249) those
+    characters become ``_``, the name is cut to 240 and ``-`` and 8 hex digits of the SHA-256 of the name as filled
+    in are added: before (session 23) the replaced and cut name alone was the topic, so groups ``a b`` and ``a_b``
+    (or two long ids alike in their first 230 characters) checkpointed into the same changelog under the same
+    record keys, and on a compacting broker one group's checkpoints replaced the other's."""
     name = k.changelog_topic.format(group=k.group_id, topic=topic)
-    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)[:249]
+    if set(name) <= KAFKA_TOPIC_CHARS and len(name) <= 249:
+        return name
+    return f"{_legal_topic(name)[:240]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def legacy_changelog_topic(k: KafkaConfig, topic: str) -> str:
+    """The name :func:`changelog_topic` gave before session 23: characters replaced and cut, no hash (the same as
+    today's for a name that needs no change)."""
+    return _legal_topic(k.changelog_topic.format(group=k.group_id, topic=topic))[:249]
+
+
+def legacy_changelog_template(k: KafkaConfig) -> str | None:
+    """A ``kafka.changelog_topic`` that names, for this group, the changelogs :func:`legacy_changelog_topic` names
+    (None when no template does: a name cut at 249 characters, where the cut depends on the input topic)."""
+    mark = "TOPICh23left0mark"  # only legal characters: kept as it is by _legal_topic
+    template = _legal_topic(k.changelog_topic.format(group=k.group_id, topic=mark)).replace(mark, "{topic}")
+    same = all(template.format(topic=t) == legacy_changelog_topic(k, t) for t in k.topics)
+    return template if same else None
+
+
+def _legal_topic(name: str) -> str:
+    return "".join(c if c in KAFKA_TOPIC_CHARS else "_" for c in name)
 
 
 @dataclass(frozen=True)

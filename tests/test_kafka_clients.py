@@ -11,7 +11,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.config import KafkaConfig
+from anomaly.config import KafkaConfig, changelog_topic, legacy_changelog_topic
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError, clients, history
 
@@ -76,6 +76,31 @@ def test_a_missing_changelog_with_committed_offsets_is_refused_not_recreated():
         "group's offsets to read the input again from kafka.auto_offset_reset"
     )
     assert admin.created == []
+
+
+def test_a_changelog_renamed_since_session_23_is_refused_with_how_to_keep_its_old_name():
+    """Group 'plant a' checkpointed into changelog__plant_a--in, now the name of group 'plant_a''s changelog; its own
+    is changelog__plant_a--in-<hash>. Where the group has committed offsets and the old topic exists, the start is
+    refused saying how to keep the old one (the new one was created empty: the group's state silently left)."""
+    cfg = KafkaConfig(bootstrap_servers="127.0.0.1:9092", group_id="plant a", topics=("in",))
+    new, old = changelog_topic(cfg, "in"), legacy_changelog_topic(cfg, "in")
+    assert (old, new[:-9]) == ("changelog__plant_a--in", "changelog__plant_a--in")
+    admin = Admin(topics=("in", old), offsets={TopicPartition("in", 0): OffsetAndMetadata(7, "", -1)})
+    with pytest.raises(KafkaError) as err:
+        clients.ensure_changelog(admin, cfg, new, ["in"], legacy=old)
+    assert str(err.value) == (
+        f"changelog topic '{new}' (kafka.changelog_topic, --changelog-topic) not found on 127.0.0.1:9092, but "
+        "group plant a has committed offsets on in:0 and 'changelog__plant_a--in' exists: the name of this "
+        "changelog before session 23 (characters Kafka does not allow in a topic name, or past its 249, were "
+        "replaced or cut, so groups such as 'a b' and 'a_b' shared one changelog; such a name now ends in a hash). "
+        "To keep the state checkpointed in it, set kafka.changelog_topic = 'changelog__plant_a--{topic}'; to start "
+        f"those keys fresh, create {new} empty (kafka-topics --create --topic {new} --config cleanup.policy=compact)"
+    )
+    assert admin.created == []
+    # a new group (no committed offsets) gets its own changelog, whoever holds the old name
+    fresh = Admin(topics=("in", old))
+    clients.ensure_changelog(fresh, cfg, new, ["in"], legacy=old)
+    assert [t.name for t in fresh.created] == [new]
 
 
 def test_the_committed_offsets_are_asked_again_while_the_coordinator_is_not_ready(monkeypatch):

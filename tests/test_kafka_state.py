@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from kafka import TopicPartition
 
-from anomaly.config import EngineConfig, build_config, changelog_topic
+from anomaly.config import (
+    KAFKA_TOPIC_CHARS,
+    EngineConfig,
+    KafkaConfig,
+    build_config,
+    changelog_topic,
+    legacy_changelog_topic,
+)
 from anomaly.engine import Engine, EngineOutput, Event
 from anomaly.engine.types import Rejection
 from anomaly.errors import ConfigError
@@ -342,8 +349,26 @@ def test_a_huge_entity_key_is_cut_so_the_dead_letter_still_fits():
     assert fit_dead_letter(*letter, 900_000) == letter
 
 
+def test_groups_whose_ids_differ_in_replaced_characters_get_changelogs_of_their_own():
+    """Both were changelog__plant_a--s1 (and two ids alike in their first 230 characters one cut name): their
+    checkpoints went into one topic under the same record keys, replacing each other's on a compacting broker."""
+    names = {
+        group: changelog_topic(KafkaConfig(group_id=group), "s1")
+        for group in ("plant a", "plant_a", "plant/a", "p" * 300, "p" * 300 + "q")
+    }
+    assert names["plant_a"] == "changelog__plant_a--s1"  # a legal name stays as it was
+    assert (
+        names["plant a"]
+        == "changelog__plant_a--s1-" + hashlib.sha256(b"changelog__plant a--s1").hexdigest()[:8]
+    )
+    assert len(set(names.values())) == 5
+    assert {len(n) for n in names.values()} <= set(range(1, 250))
+    assert all(set(n) <= KAFKA_TOPIC_CHARS for n in names.values())
+    assert legacy_changelog_topic(KafkaConfig(group_id="plant a"), "s1") == "changelog__plant_a--s1"
+
+
 def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topic():
-    cfg = build_config({"kafka": {"group_id": "plant a", "topics": ["s1", "s2"]}})
+    cfg = build_config({"kafka": {"group_id": "plant_a", "topics": ["s1", "s2"]}})
     assert [changelog_topic(cfg.kafka, t) for t in cfg.kafka.topics] == [
         "changelog__plant_a--s1",
         "changelog__plant_a--s2",

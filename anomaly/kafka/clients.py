@@ -20,7 +20,7 @@ import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS, KafkaConfig
+from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS, KafkaConfig, legacy_changelog_template
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError
 
@@ -386,20 +386,42 @@ def ensure_topics(admin: KafkaAdminClient, cfg: KafkaConfig) -> None:
 
 
 def ensure_changelog(
-    admin: KafkaAdminClient, cfg: KafkaConfig, topic: str, inputs: Iterable[str], partitions: int = 1
+    admin: KafkaAdminClient,
+    cfg: KafkaConfig,
+    topic: str,
+    inputs: Iterable[str],
+    partitions: int = 1,
+    legacy: str | None = None,
 ) -> None:
     """At start-up: create the changelog topic of ``inputs`` (cleanup.policy=compact) at the group's first
     start; refuse (KafkaError) when it is missing although the group has committed offsets on ``inputs`` (the
     state checkpointed with them is gone: starting on would silently drop it), and when it exists with a
-    cleanup policy without ``compact`` (see :func:`check_compacted`)."""
+    cleanup policy without ``compact`` (see :func:`check_compacted`). ``legacy``: the changelog's name before
+    session 23 (:func:`~anomaly.config.legacy_changelog_topic`); where that topic exists, the refusal says how to
+    keep the state in it."""
     try:
-        present = topic in set(admin.list_topics())
+        names = set(admin.list_topics())
     except (kerr.KafkaError, OSError) as exc:
         raise _fail("list topics", cfg, exc) from None
-    if present:
+    if topic in names:
         check_compacted(admin, cfg, topic)
         return
     committed = committed_partitions(admin, cfg, inputs)
+    if committed and legacy is not None and legacy != topic and legacy in names:
+        template = legacy_changelog_template(cfg)
+        keep = (
+            f"kafka.changelog_topic = {template!r}"
+            if template
+            else f"a kafka.changelog_topic naming {legacy}"
+        )
+        raise KafkaError(
+            f"{not_found(cfg, [(topic, CHANGELOG)])}, but group {cfg.group_id} has committed offsets on "
+            f"{', '.join(committed)} and {legacy!r} exists: the name of this changelog before session 23 (characters "
+            "Kafka does not allow in a topic name, or past its 249, were replaced or cut, so groups such as 'a b' "
+            "and 'a_b' shared one changelog; such a name now ends in a hash). To keep the state checkpointed in "
+            f"it, set {keep}; to start those keys fresh, create {topic} empty (kafka-topics --create --topic "
+            f"{topic} --config cleanup.policy=compact)"
+        )
     if committed:
         raise KafkaError(
             f"{not_found(cfg, [(topic, CHANGELOG)])}, but group {cfg.group_id} has committed offsets on "

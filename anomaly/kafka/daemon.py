@@ -71,7 +71,7 @@ from kafka import ConsumerRebalanceListener
 from anomaly import atomic
 from anomaly.atomic import write_bytes
 from anomaly.bundle import load_bundle
-from anomaly.config import PipelineConfig, changelog_topic, redacted
+from anomaly.config import PipelineConfig, changelog_topic, legacy_changelog_topic, redacted
 from anomaly.engine import Alert, Engine, EngineOutput, StateError
 from anomaly.engine.alerts import alert_id
 from anomaly.engine.state import Snapshot, StateMemoryError, StateStore
@@ -235,7 +235,7 @@ class Daemon:
         self.changelog_topics = {topic: changelog_topic(k, topic) for topic in k.topics}
         for name in dict.fromkeys(self.changelog_topics.values()):
             inputs = [topic for topic, changelog in self.changelog_topics.items() if changelog == name]
-            clients.ensure_changelog(self.admin, k, name, inputs)
+            clients.ensure_changelog(self.admin, k, name, inputs, legacy=legacy_changelog_topic(k, inputs[0]))
         # the ids of the topics the state depends on, and of those the outputs go to: one gone or created again
         # while this runs stops it (an output topic deleted was auto-created again by the producer, with the
         # broker's defaults, or its writes were refused: alerts lost to its readers without a word)
