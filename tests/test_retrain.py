@@ -682,6 +682,47 @@ def test_promote_from_a_topic_reads_no_alerts(csv_world, bundle, bundle_path, tm
     assert "alerts_topic" not in read_metadata(champion)[0]["lineage"]["promotion"]["slice"]
 
 
+@pytest.mark.parametrize("command", ["retrain", "promote"])
+def test_group_id_names_the_group_whose_alerts_and_dead_letters_are_read(
+    command, csv_world, bundle, bundle_path, tmp_path, monkeypatch
+):
+    """A daemon run with `consume --group-id plant-b` writes group header plant-b; `retrain --group-id plant-b`
+    was "no such option", and without it retrain read group 'anomaly''s alerts (none: a retrain that learnt the
+    alerts' readings as normal). With CSV files the option is refused, as the other topic options."""
+    from anomaly.kafka import history
+
+    path, _ = csv_world
+    (recent,), _ = load_series([path], DataConfig(), bundle.features)
+    groups: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        history, "read_alert_events", lambda cfg, topic, group, others: groups.append(("alerts", group)) or []
+    )
+    monkeypatch.setattr(
+        history,
+        "read_dead_letter_positions",
+        lambda cfg, topic, since_ms, group, others: groups.append(("dead letters", group)) or set(),
+    )
+    monkeypatch.setattr(
+        history, "read_topic_range", lambda *a, **k: history.TopicHistory([recent], messages=len(recent))
+    )
+    champion = copy_of(bundle_path, tmp_path)
+    first = (
+        ["-m", champion, "-o", tmp_path / "c.pt", "--epochs", "1"]
+        if command == "retrain"
+        else [bundle_path, "-m", champion, "--dry-run"]
+    )
+    result = run_cli(command, *first, "--since", "1h", "--group-id", "plant-b")
+    assert result.exit_code in (0, 3), result.output
+    read = [("dead letters", "plant-b")] + ([("alerts", "plant-b")] if command == "retrain" else [])
+    assert groups == read
+    result = run_cli(command, *first, path, "--group-id", "plant-b")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --group-id is for reading a topic, but CSV files were given: give either the files or a topic "
+        f"range{' (with files, --alerts names a replay' + chr(39) + 's alerts.jsonl)' if command == 'retrain' else ''}\n",
+    )
+
+
 def test_alerts_file_with_a_topic_source_is_refused(bundle_path, tmp_path):
     """From a topic, --alerts FILE was ignored without a word (alert spans come from the alerts topic)."""
     alerts = tmp_path / "alerts.jsonl"

@@ -147,6 +147,12 @@ def _source_options(fn):  # type: ignore[no-untyped-def]
             "--dead-letter-topic", default=None, help="Dead-letter topic.  [default: kafka.dead_letter_topic]"
         ),
         click.option(
+            "--group-id",
+            default=None,
+            help="Consumer group of the daemons (`anomaly consume --group-id`): only its alerts and dead letters are "
+            "read.  [default: kafka.group_id, anomaly]",
+        ),
+        click.option(
             "--since",
             default=None,
             help="Time range ending now (or at --to): 30m, 12h, 7d, 2w.  [default: none; CSV: all rows]",
@@ -229,6 +235,7 @@ def _config(
     key_column,
     features,
     data_overrides,
+    group_id=None,
 ):  # type: ignore[no-untyped-def]
     for option, column, role in (
         ("--time-column", time_column, "time column"),
@@ -249,6 +256,7 @@ def _config(
             "kafka.bootstrap_servers": bootstrap_servers,
             "kafka.alerts_topic": alerts_topic,
             "kafka.dead_letter_topic": dead_letter_topic,
+            "kafka.group_id": group_id,
             "data.time_column": time_column,
             "data.key_column": key_column,
             "data.features": ",".join(features),
@@ -256,7 +264,9 @@ def _config(
     )
 
 
-def _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint="") -> None:  # type: ignore[no-untyped-def]
+def _check_csv_source(
+    data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint="", group_id=None
+) -> None:  # type: ignore[no-untyped-def]
     """With CSV files, the options of a topic source are refused rather than ignored: `retrain --alerts-topic`
     with files would leave nothing out for alerts (readings inside them learnt as normal), `--topic` reads
     nothing."""
@@ -267,6 +277,7 @@ def _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter
             ("--bootstrap-servers", bootstrap_servers),
             ("--alerts-topic", alerts_topic),
             ("--dead-letter-topic", dead_letter_topic),
+            ("--group-id", group_id),
         )
         if value
     ]
@@ -333,7 +344,7 @@ def _read_kafka(cfg, topics, span, features, keys, progress, read_alerts=True): 
         ]
         warn_line(
             f"left out {' and '.join(counts)} of other consumer groups ({', '.join(sorted(others))}); this "
-            f"pipeline's group is {k.group_id!r} (kafka.group_id: give the pipeline file of the daemons to retrain)"
+            f"pipeline's group is {k.group_id!r} (kafka.group_id, --group-id: give the daemons' group)"
         )
     source = {
         "source": "kafka",
@@ -687,6 +698,7 @@ def retrain_cmd(
     bootstrap_servers,
     alerts_topic,
     dead_letter_topic,
+    group_id,
     since,
     start,
     end,
@@ -734,7 +746,7 @@ def retrain_cmd(
     setup_logging(verbose)
     quiet_kafka(verbose)
     hint = " (with files, --alerts names a replay's alerts.jsonl)"
-    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint)
+    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, hint, group_id)
     if Path(out).resolve() == Path(champion).resolve():  # it replaced the champion, unvetted and no .previous
         raise DataError(
             f"-o {out} is the champion's file: write the challenger to another file, then promote it (or add "
@@ -764,6 +776,7 @@ def retrain_cmd(
         key_column,
         parent.features,
         {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
+        group_id,
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -946,6 +959,7 @@ def promote_cmd(
     bootstrap_servers,
     alerts_topic,
     dead_letter_topic,
+    group_id,
     since,
     start,
     end,
@@ -973,7 +987,7 @@ def promote_cmd(
 
     setup_logging(verbose)
     quiet_kafka(verbose)
-    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic)
+    _check_csv_source(data, topics, bootstrap_servers, alerts_topic, dead_letter_topic, group_id=group_id)
     if (
         alerts_topic
     ):  # accepted without a word: a command line copied from retrain's keeps working, and says so
@@ -1013,6 +1027,7 @@ def promote_cmd(
         key_column,
         champ.features,
         {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
+        group_id,
     )
     selected = _selected(keys)
     if data:
