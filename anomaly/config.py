@@ -487,6 +487,13 @@ class KafkaConfig:
         )
         _need(bool(self.topics) and all(self.topics), "kafka.topics", "must name at least one topic")
         _need(bool(self.group_id.strip()), "kafka.group_id", "must not be empty")  # " " was a group named " "
+        size = len(self.group_id.encode())
+        _need(  # the `group` header is cut to 1 KiB: two ids alike in their first 1,024 bytes read each other's alerts
+            size <= GROUP_ID_MAX_BYTES,
+            "kafka.group_id",
+            f"is {size:,} bytes in UTF-8; at most {GROUP_ID_MAX_BYTES:,} (it is the `group` header of every alert, "
+            "score and dead letter, which retrain and promote match)",
+        )
         for name in ("alerts_topic", "dead_letter_topic", "changelog_topic"):
             _need(bool(getattr(self, name)), f"kafka.{name}", "must not be empty")
         for name in ("topics", "alerts_topic", "scores_topic", "dead_letter_topic"):
@@ -632,6 +639,10 @@ def changelog_shared(k: KafkaConfig) -> str | None:
         "changelog__{group}--{topic})"
     )
 
+
+# The longest kafka.group_id, in UTF-8 bytes: the `group` header of the daemon's records holds at most this
+# (anomaly.kafka.sinks.KEY_BYTES, the room left for a dead letter's headers).
+GROUP_ID_MAX_BYTES = 1024
 
 # The group consumer's request_timeout_ms (kafka-python's default, passed explicitly); kafka.fetch_max_wait_ms must
 # stay below it.

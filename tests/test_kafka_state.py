@@ -367,6 +367,23 @@ def test_groups_whose_ids_differ_in_replaced_characters_get_changelogs_of_their_
     assert legacy_changelog_topic(KafkaConfig(group_id="plant a"), "s1") == "changelog__plant_a--s1"
 
 
+def test_a_group_id_longer_than_its_header_is_refused():
+    """The `group` header was the id cut to 1 KiB: groups alike in their first 1,024 bytes wrote the same header,
+    and `retrain` of one read the other's alerts and dead letters."""
+    from anomaly.config import GROUP_ID_MAX_BYTES
+    from anomaly.kafka.sinks import KEY_BYTES, group_header
+
+    assert GROUP_ID_MAX_BYTES == KEY_BYTES
+    assert group_header("g" * 1024) == [("group", b"g" * 1024)]
+    for group, size in (("g" * 1025, "1,025"), ("é" * 513, "1,026")):
+        with pytest.raises(ConfigError) as err:
+            KafkaConfig(group_id=group)
+        assert str(err.value) == (
+            f"kafka.group_id is {size} bytes in UTF-8; at most 1,024 (it is the `group` header of every alert, "
+            "score and dead letter, which retrain and promote match)"
+        )
+
+
 def test_kafka_settings_are_validated_and_changelog_names_are_per_group_and_topic():
     cfg = build_config({"kafka": {"group_id": "plant_a", "topics": ["s1", "s2"]}})
     assert [changelog_topic(cfg.kafka, t) for t in cfg.kafka.topics] == [

@@ -382,8 +382,10 @@ GROUP_HEADER = "group"
 def group_header(group: str) -> list[tuple[str, bytes]]:
     """The ``group`` header of every alert, score and dead letter: the consumer group (the pipeline) that wrote it,
     so that ``anomaly retrain`` of one pipeline leaves out only its own alerts and dead letters where two pipelines
-    share the topic (the default names are the same for every group). Cut to 1 KiB (``KEY_BYTES``) on a character
-    boundary, as a dead letter's ``entity_key``: its headers must stay within the room left for them."""
+    share the topic (the default names are the same for every group). At most 1 KiB (``KEY_BYTES``), as a dead
+    letter's ``entity_key``: its headers must stay within the room left for them; a longer ``kafka.group_id`` is
+    refused when loaded (since session 23: before, it was cut here, and two ids alike in their first 1,024 bytes
+    wrote the same header, so a retrain of one read the other's alerts)."""
     return [(GROUP_HEADER, group_value(group))] if group else []
 
 
