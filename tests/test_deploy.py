@@ -167,6 +167,18 @@ def test_alertmanager_groups_anomalies_per_pipeline_and_the_rate_alert_inhibits_
         "5m",
         "24h",
     )
+    # pipeline-health alerts: one notification per pipeline listing its daemons; per daemon without a group
+    assert (cfg["route"]["receiver"], cfg["route"]["group_by"]) == (
+        "pipeline-webhook",
+        ["alertname", "job", "group"],
+    )
+    assert [r for r in cfg["route"]["routes"] if r["matchers"] == ['group=""']] == [
+        {
+            "matchers": ['group=""'],
+            "receiver": "pipeline-webhook",
+            "group_by": ["alertname", "job", "instance"],
+        }
+    ]
     assert cfg["inhibit_rules"] == [
         {
             "source_matchers": ['alertname="AnomalyRateHigh"'],

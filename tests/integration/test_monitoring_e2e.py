@@ -540,3 +540,48 @@ def test_daemon_alert_reaches_webhook_and_resolves(
         assert terminate(proc) == 0
     finally:
         stack.prometheus.stop()
+
+
+def test_two_pipelines_pipeline_alerts_are_one_notification_each_listing_their_daemons(
+    alertmanager: promstack.Alertmanager, webhook: promstack.WebhookReceiver
+) -> None:
+    """The shipped routing, fed alerts as the rules label them: ConsumerLagHigh of pipeline plant-a's two daemons
+    and plant-b's one, and DaemonDown of two targets that never said their group. Grouped per instance (before
+    session 23), plant-a's broker outage was one notification per daemon; now one per pipeline, while the alerts
+    without a group stay one per daemon (grouped by group alone they would be one, whatever their pipelines)."""
+    import json as jsonlib
+    import urllib.request
+
+    def alert(name: str, instance: str, **labels: str) -> dict[str, object]:
+        base = {"alertname": name, "job": "anomaly", "instance": instance, "category": "pipeline"}
+        return {"labels": {**base, **labels}}
+
+    alerts = [
+        alert("ConsumerLagHigh", "a1:9108", group="plant-a"),
+        alert("ConsumerLagHigh", "a2:9108", group="plant-a"),
+        alert("ConsumerLagHigh", "b1:9108", group="plant-b"),
+        alert("DaemonDown", "x1:9108"),
+        alert("DaemonDown", "x2:9108"),
+    ]
+    request = urllib.request.Request(
+        f"{alertmanager.url}/api/v2/alerts",
+        data=jsonlib.dumps(alerts).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+    def notified() -> dict[str, list[list[str]]] | None:
+        got: dict[str, list[list[str]]] = {"ConsumerLagHigh": [], "DaemonDown": []}
+        for n in list(webhook.notifications):
+            if n.payload["status"] == "firing":
+                (name,) = {a["labels"]["alertname"] for a in n.payload["alerts"]}
+                got[name].append(sorted(a["labels"]["instance"] for a in n.payload["alerts"]))
+        return got if sum(map(len, got.values())) >= 4 else None
+
+    got = promstack.wait_until(notified, 30, what="four notifications")
+    assert {name: sorted(lists) for name, lists in got.items()} == {
+        "ConsumerLagHigh": [["a1:9108", "a2:9108"], ["b1:9108"]],
+        "DaemonDown": [["x1:9108"], ["x2:9108"]],
+    }
+    assert {n.path for n in webhook.notifications} == {"/pipeline"}
