@@ -233,50 +233,70 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
-        _need(self.epochs >= 1, "train.epochs", "must be positive")
-        _need(self.batch_size >= 1, "train.batch_size", "must be positive")
-        _need(self.segment_windows >= 1, "train.segment_windows", "must be positive")
-        _need(self.stride >= 0, "train.stride", "must be 0 (= window) or positive")
-        _need(_finite(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", "must be > 0")
-        _need(_finite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _need(_finite(self.clip_norm) and self.clip_norm > 0, "train.clip_norm", "must be > 0")
+        _need(self.epochs >= 1, "train.epochs", f"must be positive, got {self.epochs!r}")
+        _need(self.batch_size >= 1, "train.batch_size", f"must be positive, got {self.batch_size!r}")
+        _need(
+            self.segment_windows >= 1,
+            "train.segment_windows",
+            f"must be positive, got {self.segment_windows!r}",
+        )
+        _need(self.stride >= 0, "train.stride", f"must be 0 (= window) or positive, got {self.stride!r}")
+        _need(
+            _finite(self.learning_rate) and self.learning_rate > 0,
+            "train.learning_rate",
+            f"must be > 0, got {self.learning_rate!r}",
+        )
+        _need(
+            _finite(self.weight_decay) and self.weight_decay >= 0,
+            "train.weight_decay",
+            f"must be >= 0, got {self.weight_decay!r}",
+        )
+        _need(
+            _finite(self.clip_norm) and self.clip_norm > 0,
+            "train.clip_norm",
+            f"must be > 0, got {self.clip_norm!r}",
+        )
         _need(
             _finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0,
             "train.val_fraction",
-            "must be in (0, 1)",
+            f"must be in (0, 1), got {self.val_fraction!r}",
         )
-        _need(self.patience >= 1, "train.patience", "must be at least 1")
+        _need(self.patience >= 1, "train.patience", f"must be at least 1, got {self.patience!r}")
         _need(  # numpy refuses a negative seed, torch one of 2**64 or more: both were a traceback once training began
             0 <= self.seed < 2**64,
             "train.seed",
             f"must be between 0 and 2**64 - 1, got {self.seed!r}",
         )
-        _need(self.min_batches >= 1, "train.min_batches", "must be at least 1")
+        _need(self.min_batches >= 1, "train.min_batches", f"must be at least 1, got {self.min_batches!r}")
         _need(
             _finite(self.forecast_weight) and self.forecast_weight >= 0,
             "train.forecast_weight",
-            "must be >= 0",
+            f"must be >= 0, got {self.forecast_weight!r}",
         )
-        _need(_finite(self.input_noise) and self.input_noise >= 0, "train.input_noise", "must be >= 0")
+        _need(
+            _finite(self.input_noise) and self.input_noise >= 0,
+            "train.input_noise",
+            f"must be >= 0, got {self.input_noise!r}",
+        )
         _need(
             _finite(self.wander_screen) and 0 <= self.wander_screen < 1,
             "train.wander_screen",
-            "must be in [0, 1) (0: no screen)",
+            f"must be in [0, 1) (0: no screen), got {self.wander_screen!r}",
         )
         _need(
             _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
             "train.threshold_quantile",
-            "must be in (0, 1)",
+            f"must be in (0, 1), got {self.threshold_quantile!r}",
         )
         _need(
             _finite(self.threshold_factor) and self.threshold_factor > 0,
             "train.threshold_factor",
-            "must be > 0",
+            f"must be > 0, got {self.threshold_factor!r}",
         )
         _need(
             _finite(self.reference_floor) and self.reference_floor >= 0,
             "train.reference_floor",
-            "must be >= 0 (0: no floor)",
+            f"must be >= 0 (0: no floor), got {self.reference_floor!r}",
         )
 
 
@@ -338,19 +358,51 @@ class EngineConfig:
             f"must be a positive number of score units (1.0 = calibration quantile), got {st!r}",
         )
         _need(
-            _finite(self.smoothing) and 0.0 < self.smoothing <= 1.0, "engine.smoothing", "must be in (0, 1]"
+            _finite(self.smoothing) and 0.0 < self.smoothing <= 1.0,
+            "engine.smoothing",
+            f"must be in (0, 1], got {self.smoothing!r}",
         )
-        _need(self.dynamic_history >= 16, "engine.dynamic_history", "must be at least 16")
-        _need(self.dynamic_warmup >= 0, "engine.dynamic_warmup", "must be >= 0")
-        _need(_finite(self.dynamic_min) and self.dynamic_min >= 0, "engine.dynamic_min", "must be >= 0")
-        _need(_finite(self.spot_q) and 0.0 < self.spot_q < 1.0, "engine.spot_q", "must be in (0, 1)")
+        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
+            16 <= self.dynamic_history < 2**31,
+            "engine.dynamic_history",
+            f"must be at least 16 and below 2**31, got {self.dynamic_history!r}",
+        )
+        _need(self.dynamic_warmup >= 0, "engine.dynamic_warmup", f"must be >= 0, got {self.dynamic_warmup!r}")
         _need(
-            _finite(self.spot_level) and 0.0 < self.spot_level < 1.0, "engine.spot_level", "must be in (0, 1)"
+            _finite(self.dynamic_min) and self.dynamic_min >= 0,
+            "engine.dynamic_min",
+            f"must be >= 0, got {self.dynamic_min!r}",
         )
-        _need(self.spot_init >= 16, "engine.spot_init", "must be at least 16")
-        _need(self.spot_peaks >= 8, "engine.spot_peaks", "must be at least 8")
-        _need(self.spot_depth >= 1, "engine.spot_depth", "must be at least 1")
-        _need(_finite(self.spot_min) and self.spot_min >= 0, "engine.spot_min", "must be >= 0")
+        _need(
+            _finite(self.spot_q) and 0.0 < self.spot_q < 1.0,
+            "engine.spot_q",
+            f"must be in (0, 1), got {self.spot_q!r}",
+        )
+        _need(
+            _finite(self.spot_level) and 0.0 < self.spot_level < 1.0,
+            "engine.spot_level",
+            f"must be in (0, 1), got {self.spot_level!r}",
+        )
+        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
+            16 <= self.spot_init < 2**31,
+            "engine.spot_init",
+            f"must be at least 16 and below 2**31, got {self.spot_init!r}",
+        )
+        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
+            8 <= self.spot_peaks < 2**31,
+            "engine.spot_peaks",
+            f"must be at least 8 and below 2**31, got {self.spot_peaks!r}",
+        )
+        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
+            1 <= self.spot_depth < 2**31,
+            "engine.spot_depth",
+            f"must be at least 1 and below 2**31, got {self.spot_depth!r}",
+        )
+        _need(
+            _finite(self.spot_min) and self.spot_min >= 0,
+            "engine.spot_min",
+            f"must be >= 0, got {self.spot_min!r}",
+        )
         _need(
             _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
             "engine.max_alert_seconds",
@@ -369,7 +421,7 @@ class EngineConfig:
         _need(
             _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,
             "engine.feature_reference_floor",
-            "must be in [0, 1]",
+            f"must be in [0, 1], got {self.feature_reference_floor!r}",
         )
         # a run of 1 is any reading at all: with stuck_factor 1 every reading of a never-repeating sensor was stuck
         _need(
@@ -377,11 +429,27 @@ class EngineConfig:
             "engine.stuck_min_run",
             f"must be 0 (no stuck-sensor rule) or at least 2 identical readings in a row, got {self.stuck_min_run!r}",
         )
-        _need(_finite(self.stuck_factor) and self.stuck_factor >= 1, "engine.stuck_factor", "must be >= 1")
-        _need(self.stuck_min_distinct >= 1, "engine.stuck_min_distinct", "must be at least 1")
-        _need(self.alert_open_after >= 1, "engine.alert_open_after", "must be at least 1")
-        _need(self.alert_close_after >= 1, "engine.alert_close_after", "must be at least 1")
-        _need(self.top_features >= 1, "engine.top_features", "must be at least 1")
+        _need(
+            _finite(self.stuck_factor) and self.stuck_factor >= 1,
+            "engine.stuck_factor",
+            f"must be >= 1, got {self.stuck_factor!r}",
+        )
+        _need(
+            self.stuck_min_distinct >= 1,
+            "engine.stuck_min_distinct",
+            f"must be at least 1, got {self.stuck_min_distinct!r}",
+        )
+        _need(
+            self.alert_open_after >= 1,
+            "engine.alert_open_after",
+            f"must be at least 1, got {self.alert_open_after!r}",
+        )
+        _need(
+            self.alert_close_after >= 1,
+            "engine.alert_close_after",
+            f"must be at least 1, got {self.alert_close_after!r}",
+        )
+        _need(self.top_features >= 1, "engine.top_features", f"must be at least 1, got {self.top_features!r}")
         gap = self.max_gap_seconds
         _need(
             gap is None or (not math.isnan(gap) and gap > 0),
@@ -393,7 +461,7 @@ class EngineConfig:
             "engine.ttl_seconds",
             f"must be a finite number of seconds >= 0 (0, not inf: no TTL), got {self.ttl_seconds!r}",
         )
-        _need(self.max_keys >= 1, "engine.max_keys", "must be at least 1")
+        _need(self.max_keys >= 1, "engine.max_keys", f"must be at least 1, got {self.max_keys!r}")
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ def test_a_bad_value_in_the_pipeline_file_names_the_file(tmp_path) -> None:
     toml.write_text("[engine]\nsmoothing = -1\n")
     with pytest.raises(ConfigError) as info:
         load_config(toml, env={})
-    assert str(info.value) == f"engine.smoothing must be in (0, 1] (from pipeline file {toml})"
+    assert str(info.value) == f"engine.smoothing must be in (0, 1], got -1.0 (from pipeline file {toml})"
     toml.write_text("[engin]\nsmoothing = 0.5\n")
     with pytest.raises(ConfigError) as info:
         load_config(toml, env={})
@@ -730,3 +730,39 @@ def test_a_date_column_without_its_time_column_is_refused(data, message) -> None
     with pytest.raises(ConfigError) as err:
         build_config({"data": data})
     assert str(err.value).startswith(message)
+
+
+def test_every_numeric_train_and_engine_setting_out_of_range_is_one_line_with_its_value(tmp_path):
+    """From a pipeline file, each count below its range was refused without the value ("train.epochs must be
+    positive"); the settings that size a key's state at 2**63 - 1 (the largest TOML integer) passed and ended
+    replay and consume with numpy's "array is too big" traceback."""
+    import dataclasses
+    import math
+
+    from anomaly.config import EngineConfig
+
+    bad = {"train": {}, "engine": {}}
+    for section, cls in (("train", TrainConfig), ("engine", EngineConfig)):
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            if isinstance(default, bool) or not isinstance(default, int | float) or f.name == "seed":
+                continue
+            bad[section][f.name] = -1 if isinstance(default, int) else -math.inf
+    bad["engine"].update(static_threshold=-math.inf, max_gap_seconds=-math.inf)  # None by default
+    assert len(bad["train"]) + len(bad["engine"]) == 40
+    for section, names in bad.items():
+        for name, value in names.items():
+            path = tmp_path / "p.toml"
+            path.write_text(f"[{section}]\n{name} = {'-inf' if value == -math.inf else value}\n")
+            with pytest.raises(ConfigError) as err:
+                load_config(path)
+            line = str(err.value)
+            assert "\n" not in line and line.startswith(f"{section}.{name} must ")
+            assert line.endswith(f"got {value!r} (from pipeline file {path})"), line
+    for name in ("dynamic_history", "spot_init", "spot_peaks", "spot_depth"):
+        (tmp_path / "p.toml").write_text(f"[engine]\n{name} = {2**63 - 1}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(tmp_path / "p.toml")
+        assert str(err.value).startswith(f"engine.{name} must be at least ") and str(err.value).endswith(
+            f" and below 2**31, got {2**63 - 1} (from pipeline file {tmp_path / 'p.toml'})"
+        )
