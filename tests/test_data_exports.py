@@ -115,3 +115,44 @@ def test_a_fault_column_is_not_taken_for_a_sensor(tmp_path) -> None:
         load(path)
     (s,), feats = load(path, label="Fault")
     assert feats == ["temp"] and s.labels.tolist() == [0, 1, 0]
+
+
+def _local_minutes(start: str, hours: int) -> list[str]:
+    """Berlin wall-clock times, a minute apart, without an offset: 02:00 to 02:59 twice on 2023-10-29."""
+    first = pd.Timestamp(start, tz="Europe/Berlin")
+    times = pd.date_range(first, periods=hours * 60, freq="min").tz_convert("Europe/Berlin")
+    return [t.strftime("%Y-%m-%d %H:%M:%S") for t in times]
+
+
+def test_local_times_across_a_fall_back_read_as_one_series_however_short(tmp_path) -> None:
+    """8 hours a minute apart over the fall-back: the repeated hour is 60 of 480 rows, over a tenth, and the
+    file was refused as "several series interleaved; pass --key-column". It now reads as a day's file does
+    (every row, in time order; the engine refuses the hour's second pass and replay names it)."""
+    stamps = _local_minutes("2023-10-29 00:00", 8)
+    assert stamps.count("2023-10-29 02:30:00") == 2
+    path = tmp_path / "x.csv"
+    path.write_text("timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
+    (s,), _ = load(path)
+    assert (
+        len(s.timestamps) == 480 and s.timestamps[0] == pd.Timestamp("2023-10-29 00:00", tz="UTC").timestamp()
+    )
+    assert (pd.Series(s.timestamps).value_counts() == 2).sum() == 60
+    # two loggers' exports of the same 50 minutes, joined: still refused
+    rows = [f"2023-11-14 10:{m:02d}:00" for m in range(50)]
+    path.write_text("timestamp,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(rows + rows)))
+    with pytest.raises(
+        SchemaError, match="50 of 100 rows repeat another row's timestamp, so the file looks like"
+    ):
+        load(path)
+
+
+def test_a_time_zone_name_is_refused_saying_to_write_an_offset(tmp_path) -> None:
+    """`02:30:00 CEST` was met with "pass --time-format if the dates are not ISO-like", which none reads."""
+    path = tmp_path / "x.csv"
+    path.write_text(
+        "timestamp,a\n2023-10-29 02:30:00 CEST,1\n2023-10-29 02:30:00 CET,2\n2023-10-29 03:00:00 CET,3\n"
+    )
+    with pytest.raises(
+        DataError, match=r"'2023-10-29 02:30:00 CEST' \(line 2\) .*; time zone names such as 'CEST' "
+    ):
+        load(path)

@@ -302,6 +302,12 @@ def to_epoch_seconds(
             hint = "; the column's other times are epoch numbers: fix or remove that row"
         if bad.sum() == 1 and i == len(column) - 1 and len(column) > 2:  # every time but the last one's read
             hint = LAST_ROW
+        zone = re.search(r"\d\s*([A-Z]{3,5})\s*$", str(column.iloc[i]))
+        if zone:  # 'CEST', 'EST': pandas reads UTC and GMT alone, and no --time-format reads the others
+            hint = (
+                f"; time zone names such as {zone.group(1)!r} are not read (a name can stand for several offsets): "
+                "write the times in UTC or with their UTC offset (+02:00)"
+            )
         raise DataError(
             f"cannot parse time value {column.iloc[i]!r} (line {file_line(column, i)}) in column "
             f"{name!r}{fmt}{hint}"
