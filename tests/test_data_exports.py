@@ -82,7 +82,7 @@ def test_a_windows_1252_file_is_refused_naming_its_line_and_the_conversion(tmp_p
     assert str(err.value) == (
         f"cannot read {path} as CSV: it is not UTF-8 text (byte 0xb0 on line 3: 'note;Temp °C' in Windows-1252); "
         f"save it as UTF-8 (Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {path} > "
-        "export-utf8.csv"
+        f"{tmp_path / 'export-utf8.csv'}"
     )
 
 

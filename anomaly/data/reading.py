@@ -185,7 +185,7 @@ def _not_utf8(path: Path, byte: int) -> str:
     except (OSError, EOFError, ValueError):
         pass
     convert = (
-        f", or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {quoted(path)} > {quoted(path.stem + '-utf8.csv')}"
+        f", or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {quoted(path)} > {quoted(path.with_name(path.stem + '-utf8.csv'))}"
         if plain_name(path) == path.name  # a compressed file's bytes are no text to convert
         else ""
     )
