@@ -156,3 +156,13 @@ def test_a_time_zone_name_is_refused_saying_to_write_an_offset(tmp_path) -> None
         DataError, match=r"'2023-10-29 02:30:00 CEST' \(line 2\) .*; time zone names such as 'CEST' "
     ):
         load(path)
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_saying_so(tmp_path) -> None:
+    """Its NUL bytes are UTF-8 too: it was read as columns named 't i m e s t a m p' and refused as no numbers."""
+    path = tmp_path / "x.txt"
+    path.write_bytes("timestamp\ta\n1700000000\t1.5\n1700000060\t2.5\n".encode("utf-16-le"))
+    with pytest.raises(
+        DataError, match=r"x.txt as CSV: its first line holds NUL characters, as UTF-16 text without"
+    ):
+        load(path)

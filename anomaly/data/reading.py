@@ -104,6 +104,13 @@ def read_frame(
         raise DataError(
             f"{p}: data.skip_rows (--skip-rows) {skip_rows} skips every line of the file: no header or data is left"
         )
+    if (
+        "\x00" in first
+    ):  # every other byte 0: its names were read as 't i m e s t a m p' and refused as no numbers
+        raise DataError(
+            f"cannot read {p} as CSV: its first line holds NUL characters, as UTF-16 text without a byte-order "
+            "mark does; save it as UTF-8 (or as UTF-16 with its byte-order mark, which Excel's 'Unicode text' has)"
+        )
     directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
     if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
         skip_rows += 1
