@@ -44,6 +44,9 @@ class Observer(Protocol):
     def observe(self, out: EngineOutput, batch: Batch, engine: Any, now: float) -> None: ...
 
 
+TOTALS = ("messages", "readings", "windows", "alerts", "rejected")
+
+
 def run(
     engine: Any,
     batches: Iterable[Batch],
@@ -54,13 +57,20 @@ def run(
     clock: Callable[[], float] = time.time,
     on_batch: Callable[[Batch, EngineOutput], None] | None = None,
     finish: bool = False,
+    totals: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Drive batches through the engine until the source ends (replay) or stops (daemon shutdown).
 
     finish=True (a replay, whose data has an end): after the last batch, `engine.flush()` reports the readings
     still waiting for their report window to fill, as one more (empty) batch. The daemon never finishes: its
-    waiting readings stay in the engine's state."""
-    totals = {"messages": 0, "readings": 0, "windows": 0, "alerts": 0, "rejected": 0}
+    waiting readings stay in the engine's state.
+
+    `totals`: counts added to in place (and returned), so what was counted before an error survives it (the
+    daemon's loop, ended by a fence and run again, reports the whole run's counts at its stop)."""
+    if totals is None:
+        totals = {}
+    for name in TOTALS:
+        totals.setdefault(name, 0)
 
     def batches_then_flush() -> Iterable[tuple[Batch, EngineOutput]]:
         for batch in batches:

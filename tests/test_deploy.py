@@ -989,7 +989,10 @@ def test_the_retrain_jobs_script_passes_sigterm_on_to_anomaly(tmp_path: Path) ->
     SIGTERM (job deleted, node drained) never reached `anomaly retrain`, which was SIGKILLed after the grace period,
     leaving its temporary file in /models and no `error: terminated` in the log. The script now traps SIGTERM and
     passes it on, then exits with anomaly's own status. Run here with `anomaly` replaced by a stub that records the
-    signal (outside a PID namespace an untrapped sh dies of the SIGTERM itself, and the stub is never told)."""
+    signal (outside a PID namespace an untrapped sh dies of the SIGTERM itself, and the stub is never told).
+    The trap is set before anomaly starts: set after the `&`, a SIGTERM that came before the script got to it
+    (sent here once the stub has started) killed the script untrapped (-15, not 143) on a loaded CI machine
+    (session 23), which no run here reproduced: the order itself is checked."""
     import contextlib
     import os
     import signal
@@ -998,6 +1001,9 @@ def test_the_retrain_jobs_script_passes_sigterm_on_to_anomaly(tmp_path: Path) ->
 
     (cron,) = k8s("CronJob")
     (script,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    lines = script.splitlines()
+    trap = next(i for i, line in enumerate(lines) if line.startswith("trap "))
+    assert trap < next(i for i, line in enumerate(lines) if line.startswith("anomaly retrain "))
     stub = tmp_path / "bin" / "anomaly"
     stub.parent.mkdir()
     stub.write_text(

@@ -443,6 +443,41 @@ def test_a_member_fenced_three_times_in_a_row_without_a_commit_exits():
     assert rejoined == [1, 2, 3, 4]
 
 
+def test_a_stop_that_comes_with_a_fence_ends_cleanly_with_the_whole_runs_counts():
+    """SIGTERM while the daemon is fenced (a stall past session_timeout_ms, then the operator stops it): the rejoin
+    sees the stop and the loop ends. Its counts were those of the loop runs that ended normally only, so such a
+    stop had none and `consume` died on KeyError 'messages' (a traceback, exit 1); now the runs' counts add up,
+    the fenced run's included (measured with a daemon SIGSTOPped 8 s on the Tansu broker)."""
+    import threading
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from anomaly.kafka.daemon import Daemon, DaemonOptions
+    from anomaly.kafka.sinks import FENCED, FencedError
+    from anomaly.runner import Batch
+
+    daemon = Daemon.__new__(Daemon)
+    daemon.opts, daemon.stop, daemon.metrics = DaemonOptions(), threading.Event(), None
+    daemon.restored_keys = 0
+    daemon.consumer, daemon.sinks = mock.MagicMock(), []
+    daemon.engine = mock.MagicMock()
+    daemon.engine.process.side_effect = lambda events: EngineOutput(readings=len(events))
+    daemon.checkpointer = mock.MagicMock()
+
+    def batches():
+        yield Batch(["r"] * 3, messages=3)
+        yield Batch(["r"] * 2, messages=2)
+        raise FencedError(FENCED)
+
+    daemon.source = SimpleNamespace(batches=batches, skipped=0)
+    daemon._rejoin_after_fence = lambda exc: daemon.stop.set()  # SIGTERM came meanwhile
+    daemon._refresh_ready = daemon._close_clients = lambda *a: None
+
+    totals = daemon.run()
+    assert (totals["messages"], totals["readings"], totals["windows"], totals["alerts"]) == (5, 5, 0, 0)
+    daemon.checkpointer.final.assert_not_called()  # fenced: its state was dropped, nothing to checkpoint
+
+
 def test_a_broker_call_without_a_timeout_is_bounded_and_its_result_or_error_comes_through():
     import threading
     import time

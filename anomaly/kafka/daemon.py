@@ -342,17 +342,18 @@ class Daemon:
         # Everything loaded so far (torch, the model, clients) lives as long as the process: out of the garbage
         # collector's sight, a full collection no longer walks it (it took 0.2-0.4 s, the latency p99).
         gc.freeze()
-        totals: dict[str, int] = {}
+        totals: dict[str, int] = {}  # the runner adds to it: what a fenced run counted is kept
         stuck = False  # a transaction the broker never completed: close without waiting for it
         try:
             while True:
                 try:
-                    part = run(
+                    run(
                         self.engine,
                         self.source.batches(),
                         self.sinks,
                         observer=self.metrics,
                         checkpointer=self.checkpointer,
+                        totals=totals,
                     )
                 except (FencedError, kerr.KafkaError) as exc:
                     if not _fenced(exc):
@@ -364,8 +365,6 @@ class Daemon:
                     if self.stop.is_set():
                         break
                     continue
-                for name, n in part.items():
-                    totals[name] = totals.get(name, 0) + n
                 break
             if self.opts.state_out:  # after the final checkpoint: the state is safe in the changelog anyway
                 try:

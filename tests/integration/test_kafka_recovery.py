@@ -121,12 +121,22 @@ def test_a_kill_inside_a_checkpoints_commit_loses_nothing_a_read_committed_reade
 
 
 def test_two_daemons_split_partitions_and_hand_over_state(kafka_env, stream, tiny_model):
+    """A clean hand-over: B takes A's partitions when A stops, restoring their state. The group timeouts are
+    longer than the suite's 3 s, which a busy CI machine's stalls can pass: then a member is fenced as a
+    zombie, which is not what this tests (test_kafka_cluster's paused-zombie test is about that). Session
+    22's CI run failed here once, its alerts topic one event (an open) short of the replay, its logs gone; 80
+    runs here, 50 of them on a loaded machine, did not fail. A fence inside a checkpoint's transaction
+    would explain it on Tansu 0.6, which serves the aborted transaction's records that reached it (the
+    checkpoint, then restored) and not those its producer had yet to send (kafka-python's requests take
+    partitions in turn, not in the order written); Apache Kafka hides that checkpoint from the restore."""
     _, series = stream
     _, bundle = tiny_model
     names = kafka_env.names(partitions=4)
     first, second = segments(series, 2)
-    a, port_a = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="a")
-    b, port_b = kafka_env.start(names, "--checkpoint-interval", "0.3", log_name="b")
+    calm = ["--checkpoint-interval", "0.3", "--session-timeout-ms", "10000"]
+    calm += ["--max-poll-interval-ms", "10000"]
+    a, port_a = kafka_env.start(names, *calm, log_name="a")
+    b, port_b = kafka_env.start(names, *calm, log_name="b")
     wait_for(
         lambda: http_status(port_a, "/readyz") == 200 and http_status(port_b, "/readyz") == 200,
         60,
