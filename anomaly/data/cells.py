@@ -34,6 +34,8 @@ def numeric_column(frame: pd.DataFrame, name: str, source: str, cfg: DataConfig)
             if re.fullmatch(r"\s*-?\d*\.\d+\s*", str(col.iloc[i])) and cfg.decimal == ","
             else ""
         )
+        if bad.sum() == 1 and i == len(col) - 1 and len(col) > 2:  # a totals row: 'Average' under a sensor
+            hint = " (it is the last row: a totals or summary row? delete it)"
         raise SchemaError(
             f"{source}: column {name!r} line {file_line(frame, i)} holds {col.iloc[i]!r}, not a number "
             f"({int(bad.sum())} such cell(s)){hint}; fix the file, or pass --bad-cells missing to treat them "

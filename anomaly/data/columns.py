@@ -16,7 +16,19 @@ from anomaly.data.cells import is_text, mostly_numeric, numeric_column
 from anomaly.data.reading import file_line, quoted, separator_note
 from anomaly.errors import SchemaError
 
-LABEL_LIKE = ("label", "labels", "anomaly", "is_anomaly", "anomalous", "outlier", "target", "class", "attack")
+LABEL_LIKE = (
+    "label",
+    "labels",
+    "anomaly",
+    "is_anomaly",
+    "anomalous",
+    "outlier",
+    "target",
+    "class",
+    "attack",
+    "fault",
+    "is_fault",
+)
 # Names of the parts a synthetic series was generated from (Yahoo S5 A3/A4 publish them beside `value`): ground
 # truth, never sensors, so two kinds of them together are not taken as features unless named with --features.
 COMPONENTS = r"trend|noise|seasonality\d*"

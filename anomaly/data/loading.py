@@ -193,6 +193,31 @@ def _cut_precision(timed: np.ndarray) -> tuple[str, str, str] | None:
     return None
 
 
+def _fall_back(timed: np.ndarray) -> bool:
+    """Whether every time that repeats another is explained by a daylight-saving fall-back of local times
+    written without an offset: in file order the times go back by one hour less a step (02:59 then 02:00, for
+    readings a minute apart) to a time between midnight and 04:00, where zones turn their clocks back, at most
+    once a day, and each repeat lies in the hour so passed twice. Such a file is one series: it was refused as
+    "several series interleaved" when that hour was over a tenth of its rows (an export of 8 hours at one
+    reading a minute); now it reads as a longer one does, and the engine refuses the second pass of the hour
+    (replay names it: `repeat earlier times within one hour ... daylight-saving change?`)."""
+    steps = np.diff(timed)
+    ahead = steps[steps > 0]
+    back = np.flatnonzero(steps < 0)
+    if not len(back) or not len(ahead) or len(back) > 1 + np.ptp(timed) / 86400.0:
+        return False
+    step = float(np.median(ahead))
+    hour_back = np.abs(-steps[back] - (3600.0 - step)) <= step / 2
+    at_night = np.mod(timed[back + 1], 86400.0) < 4 * 3600.0
+    if not (hour_back & at_night).all():
+        return False
+    again = pd.Series(timed).duplicated().to_numpy(bool)
+    inside = np.zeros(len(timed), bool)
+    for k in back:
+        inside |= (timed >= timed[k + 1]) & (timed <= timed[k])
+    return bool(inside[again].all())
+
+
 # epoch seconds below this are 1970 to 1973: a sensor's numbers, or a relative counter
 SENSOR_LIKE_BELOW = 1e8
 _LONG_ENOUGH = 20  # steps of a series' times in file order before their directions say something
@@ -408,7 +433,7 @@ def frame_to_series(
             _refuse_a_sensor_as_time(frame, ts_all, rows_of, cfg, source)
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
-        if repeated > 0.1 * len(timed):
+        if repeated > 0.1 * len(timed) and not _fall_back(timed):
             again = pd.Series(ts_all).duplicated().to_numpy(bool) & np.isfinite(ts_all)
             if not (again & ~frame.duplicated().to_numpy(bool)).any():  # every repeat a copy of a whole row
                 raise SchemaError(

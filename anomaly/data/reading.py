@@ -21,12 +21,25 @@ from anomaly.errors import DataError
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def first_line(path: Path, skip: int = 0) -> str:
+def file_encoding(path: str | Path) -> str:
+    """'utf-16' for a file that begins with a UTF-16 byte-order mark (Excel's "Unicode text", tab-separated),
+    'utf-8' for any other (a UTF-8 byte-order mark is read as usual). Read through the file's decompression."""
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            head = handle.handle.read(4)
+    except (OSError, ValueError, EOFError):
+        return "utf-8"  # the reader that follows says what is wrong
+    utf32 = head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")  # UTF-32's marks: refused as not UTF-8
+    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") and not utf32 else "utf-8"
+
+
+def first_line(path: Path, skip: int = 0, encoding: str | None = None) -> str:
     """The header line (after `skip` lines), read through the same decompression pandas infers from the suffix
     (.gz, .bz2, .xz, .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its
-    bytes."""
+    bytes; in `encoding` (None: :func:`file_encoding`'s)."""
+    encoding = encoding or file_encoding(path)
     try:
-        with get_handle(path, "r", compression="infer", encoding="utf-8", errors="replace") as handles:
+        with get_handle(path, "r", compression="infer", encoding=encoding, errors="replace") as handles:
             # to the end of the file at most: `--skip-rows 100000000000` read past it for hours
             for _ in range(skip):
                 if not handles.handle.readline():
@@ -83,16 +96,25 @@ def read_frame(
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
+    # a UTF-16 file (Excel's "Unicode text") is read as such: it was refused as "not UTF-8 text (byte 0xff)"
+    encoding = file_encoding(p)
     # read once: it gives the separator and is checked before pandas reads it
-    first = first_line(p, skip_rows)
+    first = first_line(p, skip_rows, encoding)
     if skip_rows and not first:  # pandas said "No columns to parse from file", naming no setting
         raise DataError(
             f"{p}: data.skip_rows (--skip-rows) {skip_rows} skips every line of the file: no header or data is left"
         )
+    if (
+        "\x00" in first
+    ):  # every other byte 0: its names were read as 't i m e s t a m p' and refused as no numbers
+        raise DataError(
+            f"cannot read {p} as CSV: its first line holds NUL characters, as UTF-16 text without a byte-order "
+            "mark does; save it as UTF-8 (or as UTF-16 with its byte-order mark, which Excel's 'Unicode text' has)"
+        )
     directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
     if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
         skip_rows += 1
-        first = first_line(p, skip_rows)
+        first = first_line(p, skip_rows, encoding)
         separator = separator or directive.group(1)
     sep = separator or detect_separator(first)
     if header:
@@ -111,12 +133,11 @@ def read_frame(
                 index_col=False,
                 low_memory=False,
                 compression="infer",
+                encoding=encoding,
                 **_EXACT_FLOATS,
             )
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"cannot read {p} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"
-        ) from None
+        raise DataError(_not_utf8(p, exc.object[exc.start])) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = (
@@ -132,7 +153,8 @@ def read_frame(
         frame.columns = [str(i) for i in range(1, len(frame.columns) + 1)]
     for name in text_columns:
         if name in frame.columns:
-            frame[name] = _as_written(p, sep, header, skip_rows, list(frame.columns).index(name), len(frame))
+            at = list(frame.columns).index(name)
+            frame[name] = _as_written(p, sep, header, skip_rows, at, len(frame), encoding)
     if len(frame) <= 1 and len(first.split()) > 1 and all(is_number(c) for c in first.split()):
         raise DataError(
             f"{p} holds one line of {len(first.split())} numbers separated by spaces: a series written on one "
@@ -148,10 +170,41 @@ def read_frame(
     frame.attrs["path"] = str(p)  # for error messages that name a line (`file_line`)
     frame.attrs["header"] = header
     frame.attrs["skip_rows"] = skip_rows
+    frame.attrs["encoding"] = encoding
     return frame
 
 
-def _as_written(path: Path, sep: str, header: bool, skip_rows: int, position: int, rows: int) -> pd.Series:
+def _not_utf8(path: Path, byte: int) -> str:
+    """The refusal of a file that is not UTF-8: its first such line, shown as Windows-1252 (what Excel's "CSV"
+    writes on Windows: `°C`, `µS`), and how to convert it. The encoding is not guessed: any bytes read as
+    Windows-1252 or Latin-1, so a wrong guess would change names and text without a word."""
+    where = ""
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            for n, raw in enumerate(handle.handle, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    byte = raw[exc.start]
+                    text = raw.decode("cp1252", errors="replace").rstrip("\r\n")
+                    where = f" on line {n}: {text[:60] + ('...' if len(text) > 60 else '')!r} in Windows-1252"
+                    break
+    except (OSError, EOFError, ValueError):
+        pass
+    convert = (
+        f", or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {quoted(path)} > {quoted(path.with_name(path.stem + '-utf8.csv'))}"
+        if plain_name(path) == path.name  # a compressed file's bytes are no text to convert
+        else ""
+    )
+    return (
+        f"cannot read {path} as CSV: it is not UTF-8 text (byte {byte:#x}{where}); save it as UTF-8 (Excel: "
+        f"'CSV UTF-8'){convert}"
+    )
+
+
+def _as_written(
+    path: Path, sep: str, header: bool, skip_rows: int, position: int, rows: int, encoding: str = "utf-8"
+) -> pd.Series:
     """One column's cells as the file writes them (read again on their own): names such as device 0012 or the
     region NA, which pandas would read as the number 12 or a missing value. Only an empty cell is missing."""
     with warnings.catch_warnings():
@@ -166,6 +219,7 @@ def _as_written(path: Path, sep: str, header: bool, skip_rows: int, position: in
             dtype=str,
             keep_default_na=False,
             compression="infer",
+            encoding=encoding,
         ).iloc[:, 0]
     if len(cells) != rows:  # the two reads disagree (never seen): refuse rather than guess
         raise DataError(
@@ -264,7 +318,9 @@ def file_line(rows: pd.DataFrame | pd.Series, i: int) -> int:
     line 1, and the blank lines the reader skipped are counted, so the number is the one an editor shows."""
     row = int(rows.index[i])
     header, skip = rows.attrs.get("header", True), rows.attrs.get("skip_rows", 0)
-    lines = _data_lines(rows.attrs.get("path"), header, skip, rows.attrs.get("separator"))
+    lines = _data_lines(
+        rows.attrs.get("path"), header, skip, rows.attrs.get("separator"), rows.attrs.get("encoding", "utf-8")
+    )
     return lines[row] if lines is not None and row < len(lines) else row + 1 + int(header) + skip
 
 
@@ -278,6 +334,19 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
     path = frame.attrs.get("path")
     if path is None or not len(rows):
         return plain
+    encoding = frame.attrs.get("encoding", "utf-8")
+    # a UTF-16 character may hold a newline's byte (U+4E0A, U+010A): its lines are counted as text below
+    if encoding == "utf-8" and _count_lines(path) == int(rows.max()) + 1 + int(header) + skip:
+        return plain
+    lines = _data_lines(path, header, skip, frame.attrs.get("separator"), encoding)
+    if lines is None or len(lines) <= rows.max():
+        return plain
+    return np.asarray(lines, np.int64)[rows]
+
+
+def _count_lines(path: str) -> int | None:
+    """The lines of a file (one without a newline at its end too), counted in its bytes; None when it cannot
+    be read again."""
     count, last = 0, b"\n"
     try:
         with get_handle(path, "rb", compression="infer", is_text=False) as handle:
@@ -285,18 +354,12 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
                 count += chunk.count(b"\n")
                 last = chunk[-1:]
     except (OSError, EOFError):
-        return plain
-    count += last != b"\n"  # a last line without a newline
-    if count == int(rows.max()) + 1 + int(header) + skip:
-        return plain
-    lines = _data_lines(path, header, skip, frame.attrs.get("separator"))
-    if lines is None or len(lines) <= rows.max():
-        return plain
-    return np.asarray(lines, np.int64)[rows]
+        return None
+    return count + (last != b"\n")
 
 
 def _data_lines(
-    path: str | None, header: bool = True, skip: int = 0, sep: str | None = None
+    path: str | None, header: bool = True, skip: int = 0, sep: str | None = None, encoding: str = "utf-8"
 ) -> list[int] | None:
     """1-based line numbers of the data rows of `path` (the first line of each record after the `skip` lines
     above the header and the header, if it has one, skipping blank ones as the reader does); read again only
@@ -308,7 +371,7 @@ def _data_lines(
 
     lines: list[int] = []
     try:
-        with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
+        with get_handle(path, "r", compression="infer", encoding=encoding) as handle:
             text = handle.handle
             for _ in range(skip):
                 text.readline()

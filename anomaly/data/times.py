@@ -55,6 +55,9 @@ _DATE_TIME = re.compile(rf"\s*\S*\d.*?(?:T|\s){_TIME_OF_DAY}(?:Z|[+-]\d{{2}}(?::
 _DATE_HOUR = re.compile(rf"{_DATE}(?:T|\s)\s*\d{{1,2}}\s*")
 
 
+# A spreadsheet's totals or summary row below the data ('Total', 'Average'): the one cell that is not read
+LAST_ROW = "; it is the last row, and every other row reads: a totals or summary row? delete it"
+
 EPOCH_MS_FROM = 1e11  # numeric epoch times at or above this are not seconds (1e11 s is the year 5138)
 _UNIT_BOUNDS = (("ns", 1e17), ("us", 1e14), ("ms", EPOCH_MS_FROM))  # smallest typical value of each unit
 
@@ -297,6 +300,14 @@ def to_epoch_seconds(
             # date-times) are not the culprit; name the first cell that is not a number
             i = int(np.flatnonzero(bad & ~numbers)[0])
             hint = "; the column's other times are epoch numbers: fix or remove that row"
+        if bad.sum() == 1 and i == len(column) - 1 and len(column) > 2:  # every time but the last one's read
+            hint = LAST_ROW
+        zone = re.search(r"\d\s*([A-Z]{3,5})\s*$", str(column.iloc[i]))
+        if zone:  # 'CEST', 'EST': pandas reads UTC and GMT alone, and no --time-format reads the others
+            hint = (
+                f"; time zone names such as {zone.group(1)!r} are not read (a name can stand for several offsets): "
+                "write the times in UTC or with their UTC offset (+02:00)"
+            )
         raise DataError(
             f"cannot parse time value {column.iloc[i]!r} (line {file_line(column, i)}) in column "
             f"{name!r}{fmt}{hint}"
