@@ -404,7 +404,15 @@ def test_many_keys_alerting_at_once_are_one_notification_and_the_rate_page_inhib
         promstack.wait_until(
             lambda: stack.prometheus.query('up{job="anomaly"} == 1'), 30, what="Prometheus to scrape"
         )
-        time.sleep(8)  # scrapes of anomaly_alerts_opened_total at 0: increase() counts from them, not past 20
+        # 8 scrapes of anomaly_alerts_opened_total at 0: increase() counts from them, not past 20. Counted, not
+        # slept for (8 s): a busy machine's Prometheus misses scrapes, and fewer samples extrapolate further.
+        promstack.wait_until(
+            lambda: stack.prometheus.query(
+                'count_over_time(anomaly_alerts_opened_total{job="anomaly"}[5m]) >= 8'
+            ),
+            60,
+            what="8 scrapes of anomaly_alerts_opened_total at 0",
+        )
         first = [f"pump-{i:03d}" for i in range(10)]
         observe(first)
         promstack.wait_until(
