@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -225,9 +226,11 @@ def consume_cmd(
 
     metrics = PipelineMetrics()
     server = MetricsServer(metrics, cfg.metrics.host, cfg.metrics.port)
+    early = _EarlySignals()  # before the endpoint answers: from then on the daemon is started to its operator
     try:
         server.start()  # bound first: a taken port fails before anything connects
     except OSError as exc:
+        early.restore()
         raise ConfigError(
             f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc} "
             "(another daemon on this host? set --metrics-port or metrics.port)",
@@ -249,8 +252,11 @@ def consume_cmd(
         daemon.connect()  # fails fast, with one line, before anything is printed
     except BaseException:
         server.stop()
+        early.restore()
         raise
     daemon.install_signal_handlers()
+    if early.reload_requested:  # a SIGHUP while starting: the file may have changed since it was loaded
+        daemon.request_reload()
     click.echo(
         f"anomaly consume: {', '.join(cfg.kafka.topics)} on {cfg.kafka.bootstrap_servers} "
         f"(group {cfg.kafka.group_id}); metrics on {metrics_url(cfg.metrics.host, server.port)}",
@@ -273,6 +279,35 @@ def consume_cmd(
         f"{totals['alerts']} alert events, {totals['rejected']} refused",
         err=True,
     )
+
+
+class _EarlySignals:
+    """SIGUSR1 (every thread's stack to the log) and SIGHUP (a reload: noted, done once running) while `consume`
+    starts. Their default action ends the process, and the daemon installs its handlers only once connected: a
+    daemon slow to connect, already answering /healthz, died of the stack dump its operator asked for (or of a
+    SIGHUP). SIGTERM keeps the CLI's handler meanwhile (it interrupts the connect). Main thread only."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        from anomaly.kafka.daemon import dump_stacks
+
+        self.reload_requested = False
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: dump_stacks())
+            self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
+
+    def _reload(self, *_: Any) -> None:
+        self.reload_requested = True
+
+    def restore(self) -> None:
+        """The handlers from before (a failed start in a process that goes on: an in-process CLI call)."""
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _only_topic(topics: tuple[str, ...]) -> str:

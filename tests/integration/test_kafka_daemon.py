@@ -208,3 +208,39 @@ def test_lag_has_a_series_for_every_assigned_partition_read_from_or_not(kafka_en
     wait_for(lambda: len(lags()) == 4, 20, "a lag series for each of the 4 assigned partitions")
     assert lags() == {"0": 0.0, "1": 0.0, "2": 0.0, "3": 0.0}
     assert terminate(proc) == 0
+
+
+def test_sigusr1_and_sighup_while_connecting_leave_the_start_going(tiny_model, tmp_path):
+    """A daemon slow to connect (a broker away) already answers /healthz: its operator's SIGUSR1, the stack dump
+    that says where it waits, ended it instead (the default action), as did a SIGHUP: the daemon installed its
+    handlers only once connected. Both are handled from before the endpoint answers; SIGTERM still stops it."""
+    import os
+    import signal
+    import subprocess
+
+    from conftest import ANOMALY
+
+    from anomaly.kafka.tansu import free_port
+
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*ANOMALY, "consume", "-m", str(tiny_model[0]), "-b", "127.0.0.1:1", "--bootstrap-timeout", "120"]
+            + ["--metrics-port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for(lambda: http_status(port, "/healthz") == 200, 60, "the endpoint up, the daemon connecting")
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: "(MainThread) (most recent call first)" in log.read_text(), 30, "a stack dump")
+        assert proc.poll() is None
+        assert terminate(proc) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert log.read_text().splitlines()[-1] == "error: terminated"
