@@ -87,6 +87,8 @@ class DataConfig:
     skip_rows: int = 0  # lines above the header (notes, a spreadsheet's title row) to skip
     separator: str | None = None  # None: detect ';' or ',' (also inside .gz/.bz2/.xz/.zip/.zst files)
     decimal: str = "."  # decimal mark of numbers: "." or ","
+    # the files' text encoding: "auto" (UTF-16 by its byte-order mark, else UTF-8) or a codec, e.g. "cp1252"
+    encoding: str = "auto"
     time_unit: TimeUnit = (
         "auto"  # numeric times: s | ms | us | ns | min | h; auto: epoch s/ms/us/ns by magnitude
     )
@@ -95,6 +97,17 @@ class DataConfig:
     bad_cells: Literal["error", "missing"] = "error"  # text in a numeric column: refuse, or treat as missing
     drop_anomalies: bool = False  # drop rows labelled anomalous from training data
     train_rows: int | None = None  # use only the first N rows of each series for training (SKAB protocol)
+
+    @staticmethod
+    def _text_codec(name: object) -> bool:
+        """Whether `name` is a codec that decodes bytes to text (`cp1252`; not `base64`, a bytes-to-bytes one)."""
+        if not isinstance(name, str) or not name.strip():
+            return False
+        try:  # (an empty b"" is decoded without looking the codec up)
+            b"\n".decode(name, errors="ignore")
+        except LookupError:
+            return False
+        return True
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
@@ -126,6 +139,12 @@ class DataConfig:
             f"must be one character, got {self.separator!r}",
         )
         _need(self.decimal in (".", ","), "data.decimal", f"must be '.' or ',', got {self.decimal!r}")
+        _need(
+            self.encoding == "auto" or self._text_codec(self.encoding),
+            "data.encoding",
+            f"must be auto or a text encoding Python knows, e.g. cp1252, latin-1, shift_jis, utf-16; got "
+            f"{self.encoding!r}",
+        )
         _need(
             self.separator is None or self.separator != self.decimal,
             "data.separator",
