@@ -955,16 +955,32 @@ def _server_list(value: Any) -> Any:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    utf16 = False
     try:
+        raw = p.read_bytes()
+        # UTF-16 with its byte-order mark (what Windows PowerShell 5's `>` and `Out-File` write, Notepad's
+        # "Unicode") is read as such, as CSV files are: it was "not UTF-8 text" (UTF-32's marks stay refused)
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") and raw[:4] not in (
+            b"\xff\xfe\x00\x00",
+            b"\x00\x00\xfe\xff",
+        )
         # utf-8-sig: a byte-order mark (Windows editors, PowerShell's `Out-File -Encoding utf8`) was "not valid
         # TOML: Invalid statement (at line 1, column 1)", a line that looked right; CSV files accept one too
-        return tomllib.loads(p.read_bytes().decode("utf-8-sig"))
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
+        if "\x00" in text:
+            # UTF-16 without a byte-order mark is valid UTF-8 (each ASCII character followed or preceded by a NUL):
+            # it was "not valid TOML: Invalid initial character for a key part (at line 1, column 2)"
+            raise ConfigError(
+                f"pipeline file {p} holds NUL characters, as UTF-16 text without a byte-order mark (or a file that "
+                "is not text) does: save it as UTF-8"
+            )
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {p}") from None
     except IsADirectoryError:
         raise ConfigError(f"pipeline file {p} is a directory") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"pipeline file {p} is not UTF-8 text") from None
+        raise ConfigError(f"pipeline file {p} is not {'UTF-16' if utf16 else 'UTF-8'} text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"pipeline file {p} is not valid TOML: {exc}") from None
 

@@ -1,0 +1,55 @@
+"""An operator's walk of the settings' layers (pipeline file < ANOMALY_* variables < options): the file itself,
+and what each layer makes of a value."""
+
+from __future__ import annotations
+
+import pytest
+
+from anomaly.config import load_config, read_toml
+from anomaly.errors import ConfigError
+
+PIPELINE = '[engine]\nthreshold = "static"\n[model]\nwindow = 8\n'
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_pipeline_file_saved_as_utf16_with_its_byte_order_mark_loads(tmp_path, encoding) -> None:
+    """Windows PowerShell 5's `>` and `Out-File` write UTF-16 with a byte-order mark (Notepad calls it "Unicode"):
+    such a file was refused as "not UTF-8 text"; CSV files in it are read as UTF-16 too."""
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(("\ufeff" + PIPELINE).encode(encoding))  # "utf-16": the mark and the machine's order
+    assert read_toml(toml) == {"engine": {"threshold": "static"}, "model": {"window": 8}}
+    assert load_config(toml, env={}).model.window == 8
+
+
+@pytest.mark.parametrize(
+    "content",
+    [PIPELINE.encode("utf-16-le"), PIPELINE.encode("utf-16-be"), b"\x00\x01\x02\x03"],
+    ids=["utf-16-le", "utf-16-be", "binary"],
+)
+def test_a_pipeline_file_holding_nul_characters_says_so_in_one_line(tmp_path, content) -> None:
+    """UTF-16 without a byte-order mark is valid UTF-8, a NUL beside each character: it was "not valid TOML: Invalid
+    initial character for a key part (at line 1, column 2)", which pointed at a line that looked right."""
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        read_toml(toml)
+    assert str(info.value) == (
+        f"pipeline file {toml} holds NUL characters, as UTF-16 text without a byte-order mark (or a file that is "
+        "not text) does: save it as UTF-8"
+    )
+
+
+def test_a_pipeline_file_marked_utf16_that_does_not_decode_says_utf16(tmp_path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(b"\xff\xfe" + "[model]\n".encode("utf-16-le") + b"\x00\xd8]\x00")  # a lone surrogate
+    with pytest.raises(ConfigError) as info:
+        read_toml(toml)
+    assert str(info.value) == f"pipeline file {toml} is not UTF-16 text"
+
+
+def test_a_utf32_pipeline_file_is_still_refused_as_not_utf8(tmp_path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(PIPELINE.encode("utf-32"))
+    with pytest.raises(ConfigError) as info:
+        read_toml(toml)
+    assert str(info.value) == f"pipeline file {toml} is not UTF-8 text"
