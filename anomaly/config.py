@@ -997,6 +997,13 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
         rest = name[len("ANOMALY_") :].lower()
         for section in SECTIONS:
             if rest.startswith(section + "_"):
+                if not rest[len(section) + 1 :]:  # it was "unknown setting engine.;", a setting with no name
+                    fields = sorted(typing.get_type_hints(_SECTION_TYPES[section]))
+                    raise ConfigError(
+                        f"environment variable {name} names no setting: expected ANOMALY_{section.upper()}_<FIELD> "
+                        f"with FIELD one of: {', '.join(fields)}",
+                        key=name,
+                    )
                 out.setdefault(section, {})[rest[len(section) + 1 :]] = raw
                 break
         else:

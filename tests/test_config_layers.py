@@ -53,3 +53,13 @@ def test_a_utf32_pipeline_file_is_still_refused_as_not_utf8(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         read_toml(toml)
     assert str(info.value) == f"pipeline file {toml} is not UTF-8 text"
+
+
+def test_a_variable_naming_a_section_and_no_setting_says_so() -> None:
+    """ANOMALY_ENGINE_ (a name cut short in a manifest) was "unknown setting engine.; valid settings: ..."."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"ANOMALY_METRICS_": "9108"})
+    assert str(info.value) == (
+        "environment variable ANOMALY_METRICS_ names no setting: expected ANOMALY_METRICS_<FIELD> with FIELD one "
+        "of: host, port"
+    )
