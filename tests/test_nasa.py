@@ -259,3 +259,23 @@ def test_nasa_reads_model_targets_from_the_pipeline_file_and_the_environment(
     )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["settings"]["model"]["targets"] == scored
+
+
+def test_nasa_says_that_data_settings_for_other_files_have_no_effect(tmp_path, monkeypatch):
+    """NASA's column mapping replaced a pipeline file's or an ANOMALY_DATA_* variable's time, key and label columns
+    without a word."""
+    root = write_dataset(tmp_path, channels=("A-1",))
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[data]\ntime_column = "timestamp"\nkey_column = "chan_id"\n'  # the second is NASA's own: no warning
+        '[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\n'
+    )
+    monkeypatch.setenv("ANOMALY_DATA_LABEL", "anomaly")
+    res = CliRunner().invoke(main, ["nasa", str(root), "--dataset", "smap", "-p", str(pipeline)])
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: data.")] == [
+        f"warning: data.time_column (from pipeline file {pipeline}) has no effect: anomaly nasa reads NASA's "
+        "columns (data.time_column is 'step')",
+        "warning: data.label (from environment variable ANOMALY_DATA_LABEL) has no effect: anomaly nasa reads "
+        "NASA's columns (data.label is 'label')",
+    ]

@@ -110,6 +110,23 @@ def nasa_cmd(
         option_names=option_names(overrides),
         warn=warn_line,
     )
+    # NASA's column mapping replaces these: said, where it was done without a word (ANOMALY_DATA_LABEL=x, or a
+    # pipeline file's time_column for other files, changed nothing)
+    file_data = toml.get("data", {})
+    for name, value in nasa.DATA.items():
+        var = f"ANOMALY_DATA_{name.upper()}"
+        source = (
+            f"environment variable {var}"
+            if var in os.environ
+            else f"pipeline file {pipeline}"
+            if name in file_data and file_data[name] != value
+            else None
+        )
+        if source:
+            warn_line(
+                f"data.{name} (from {source}) has no effect: anomaly nasa reads NASA's columns (data.{name} is "
+                f"{value!r})"
+            )
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels is not None else None
     if wanted == []:  # `--channels "$CHANNELS"` with the variable unset ran every channel
         raise click.BadParameter("names no channel (leave the option out for all)", param_hint="'--channels'")
