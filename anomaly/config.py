@@ -880,7 +880,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return str(value)
     except (TypeError, ValueError, OverflowError):
         name = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(hint, str(hint))
-        raise ConfigError(f"{where} must be {name}, got {value!r}", key=where) from None
+        got = repr(value)
+        if where.startswith("kafka.") and where.partition(".")[2] in SECRET_FIELDS:
+            # `sasl_password = ["..."]` printed the password in the error line (secrets are never printed)
+            got = f"a {type(value).__name__} (not shown: a secret)"
+        raise ConfigError(f"{where} must be {name}, got {got}", key=where) from None
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomaly.config import load_config, read_toml
+from anomaly.config import build_config, load_config, read_toml
 from anomaly.errors import ConfigError
 
 PIPELINE = '[engine]\nthreshold = "static"\n[model]\nwindow = 8\n'
@@ -62,4 +62,17 @@ def test_a_variable_naming_a_section_and_no_setting_says_so() -> None:
     assert str(info.value) == (
         "environment variable ANOMALY_METRICS_ names no setting: expected ANOMALY_METRICS_<FIELD> with FIELD one "
         "of: host, port"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(["hunter2"], "list"), ({"p": "hunter2"}, "dict"), (True, "bool")]
+)
+def test_a_password_of_the_wrong_type_is_refused_without_printing_it(value, kind) -> None:
+    """`sasl_password = ["hunter2"]` was "kafka.sasl_password must be text, got ['hunter2']": the secret in the
+    error line, which the README says is never printed."""
+    with pytest.raises(ConfigError) as info:
+        build_config({"kafka": {"sasl_password": value}}, toml_source="pipeline file p.toml")
+    assert str(info.value) == (
+        f"kafka.sasl_password must be text, got a {kind} (not shown: a secret) (from pipeline file p.toml)"
     )
