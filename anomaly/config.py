@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,88 @@ def _need(cond: bool, key: str, message: str, related: tuple[str, ...] = ()) -> 
 
 def _finite(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _in_range(obj: object, section: str, rules: Sequence[tuple[str, Callable[[Any], bool], str]]) -> None:
+    """Each setting of `rules` (name, test, rule), in order: the first whose value fails its test is refused in
+    one line naming it, its rule and the value given."""
+    for name, ok, rule in rules:
+        value = getattr(obj, name)
+        _need(ok(value), f"{section}.{name}", f"{rule}, got {value!r}")
+
+
+def _ints(low: int, below: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: v >= low and (below is None or v < below)
+
+
+def _reals(
+    low: float, high: float = math.inf, *, above: bool = False, up_to: bool = False
+) -> Callable[[Any], bool]:
+    """Finite numbers from `low` (excluded when `above`) below `high` (included when `up_to`)."""
+    return lambda v: _finite(v) and (v > low if above else v >= low) and (v <= high if up_to else v < high)
+
+
+# 2**31: each key holds this many scores (2**63 - 1 was numpy's "array is too big" traceback), or counts them in an
+# int32
+TRAIN_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", _ints(1), "must be positive"),
+    ("batch_size", _ints(1), "must be positive"),
+    ("segment_windows", _ints(1), "must be positive"),
+    ("stride", _ints(0), "must be 0 (= window) or positive"),
+    ("learning_rate", _reals(0, above=True), "must be > 0"),
+    ("weight_decay", _reals(0), "must be >= 0"),
+    ("clip_norm", _reals(0, above=True), "must be > 0"),
+    ("val_fraction", _reals(0, 1, above=True), "must be in (0, 1)"),
+    ("patience", _ints(1), "must be at least 1"),
+    # numpy refuses a negative seed, torch one of 2**64 or more: both were a traceback once training began
+    ("seed", _ints(0, 2**64), "must be between 0 and 2**64 - 1"),
+    ("min_batches", _ints(1), "must be at least 1"),
+    ("forecast_weight", _reals(0), "must be >= 0"),
+    ("input_noise", _reals(0), "must be >= 0"),
+    ("wander_screen", _reals(0, 1), "must be in [0, 1) (0: no screen)"),
+    ("threshold_quantile", _reals(0, 1, above=True), "must be in (0, 1)"),
+    ("threshold_factor", _reals(0, above=True), "must be > 0"),
+    ("reference_floor", _reals(0), "must be >= 0 (0: no floor)"),
+)
+ENGINE_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    (
+        "static_threshold",
+        lambda v: v is None or _reals(0, above=True)(v),
+        "must be a positive number of score units (1.0 = calibration quantile)",
+    ),
+    ("smoothing", _reals(0, 1, above=True, up_to=True), "must be in (0, 1]"),
+    ("dynamic_history", _ints(16, 2**31), "must be at least 16 and below 2**31"),
+    ("dynamic_warmup", _ints(0), "must be >= 0"),
+    ("dynamic_min", _reals(0), "must be >= 0"),
+    ("spot_q", _reals(0, 1, above=True), "must be in (0, 1)"),
+    ("spot_level", _reals(0, 1, above=True), "must be in (0, 1)"),
+    ("spot_init", _ints(16, 2**31), "must be at least 16 and below 2**31"),
+    ("spot_peaks", _ints(8, 2**31), "must be at least 8 and below 2**31"),
+    ("spot_depth", _ints(1, 2**31), "must be at least 1 and below 2**31"),
+    ("spot_min", _reals(0), "must be >= 0"),
+    ("max_alert_seconds", _reals(0), "must be a finite number of seconds >= 0 (0, not inf: never)"),
+    ("max_alert_readings", _ints(0, 2**31), "must be >= 0 readings (0: no readings limit) and below 2**31"),
+    ("partial_shift_readings", _ints(0, 2**31), "must be >= 0 readings (0: off) and below 2**31"),
+    ("feature_reference_floor", _reals(0, 1, up_to=True), "must be in [0, 1]"),
+    # a run of 1 is any reading at all: with stuck_factor 1 every reading of a never-repeating sensor was stuck
+    (
+        "stuck_min_run",
+        lambda v: v == 0 or v >= 2,
+        "must be 0 (no stuck-sensor rule) or at least 2 identical readings in a row",
+    ),
+    ("stuck_factor", _reals(1), "must be >= 1"),
+    ("stuck_min_distinct", _ints(1), "must be at least 1"),
+    ("alert_open_after", _ints(1), "must be at least 1"),
+    ("alert_close_after", _ints(1), "must be at least 1"),
+    ("top_features", _ints(1), "must be at least 1"),
+    (
+        "max_gap_seconds",
+        lambda v: v is None or (not math.isnan(v) and v > 0),
+        "must be > 0 seconds (inf: never reset)",
+    ),
+    ("ttl_seconds", _reals(0), "must be a finite number of seconds >= 0 (0, not inf: no TTL)"),
+    ("max_keys", _ints(1), "must be at least 1"),
+)
 
 
 def _check_choices(obj: Any, section: str) -> None:
@@ -87,6 +169,8 @@ class DataConfig:
     skip_rows: int = 0  # lines above the header (notes, a spreadsheet's title row) to skip
     separator: str | None = None  # None: detect ';' or ',' (also inside .gz/.bz2/.xz/.zip/.zst files)
     decimal: str = "."  # decimal mark of numbers: "." or ","
+    # the files' text encoding: "auto" (UTF-16 by its byte-order mark, else UTF-8) or a codec, e.g. "cp1252"
+    encoding: str = "auto"
     time_unit: TimeUnit = (
         "auto"  # numeric times: s | ms | us | ns | min | h; auto: epoch s/ms/us/ns by magnitude
     )
@@ -95,6 +179,17 @@ class DataConfig:
     bad_cells: Literal["error", "missing"] = "error"  # text in a numeric column: refuse, or treat as missing
     drop_anomalies: bool = False  # drop rows labelled anomalous from training data
     train_rows: int | None = None  # use only the first N rows of each series for training (SKAB protocol)
+
+    @staticmethod
+    def _text_codec(name: object) -> bool:
+        """Whether `name` is a codec that decodes bytes to text (`cp1252`; not `base64`, a bytes-to-bytes one)."""
+        if not isinstance(name, str) or not name.strip():
+            return False
+        try:  # (an empty b"" is decoded without looking the codec up)
+            b"\n".decode(name, errors="ignore")
+        except LookupError:
+            return False
+        return True
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
@@ -126,6 +221,12 @@ class DataConfig:
             f"must be one character, got {self.separator!r}",
         )
         _need(self.decimal in (".", ","), "data.decimal", f"must be '.' or ',', got {self.decimal!r}")
+        _need(
+            self.encoding == "auto" or self._text_codec(self.encoding),
+            "data.encoding",
+            f"must be auto or a text encoding Python knows, e.g. cp1252, latin-1, shift_jis, utf-16; got "
+            f"{self.encoding!r}",
+        )
         _need(
             self.separator is None or self.separator != self.decimal,
             "data.separator",
@@ -233,71 +334,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
-        _need(self.epochs >= 1, "train.epochs", f"must be positive, got {self.epochs!r}")
-        _need(self.batch_size >= 1, "train.batch_size", f"must be positive, got {self.batch_size!r}")
-        _need(
-            self.segment_windows >= 1,
-            "train.segment_windows",
-            f"must be positive, got {self.segment_windows!r}",
-        )
-        _need(self.stride >= 0, "train.stride", f"must be 0 (= window) or positive, got {self.stride!r}")
-        _need(
-            _finite(self.learning_rate) and self.learning_rate > 0,
-            "train.learning_rate",
-            f"must be > 0, got {self.learning_rate!r}",
-        )
-        _need(
-            _finite(self.weight_decay) and self.weight_decay >= 0,
-            "train.weight_decay",
-            f"must be >= 0, got {self.weight_decay!r}",
-        )
-        _need(
-            _finite(self.clip_norm) and self.clip_norm > 0,
-            "train.clip_norm",
-            f"must be > 0, got {self.clip_norm!r}",
-        )
-        _need(
-            _finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0,
-            "train.val_fraction",
-            f"must be in (0, 1), got {self.val_fraction!r}",
-        )
-        _need(self.patience >= 1, "train.patience", f"must be at least 1, got {self.patience!r}")
-        _need(  # numpy refuses a negative seed, torch one of 2**64 or more: both were a traceback once training began
-            0 <= self.seed < 2**64,
-            "train.seed",
-            f"must be between 0 and 2**64 - 1, got {self.seed!r}",
-        )
-        _need(self.min_batches >= 1, "train.min_batches", f"must be at least 1, got {self.min_batches!r}")
-        _need(
-            _finite(self.forecast_weight) and self.forecast_weight >= 0,
-            "train.forecast_weight",
-            f"must be >= 0, got {self.forecast_weight!r}",
-        )
-        _need(
-            _finite(self.input_noise) and self.input_noise >= 0,
-            "train.input_noise",
-            f"must be >= 0, got {self.input_noise!r}",
-        )
-        _need(
-            _finite(self.wander_screen) and 0 <= self.wander_screen < 1,
-            "train.wander_screen",
-            f"must be in [0, 1) (0: no screen), got {self.wander_screen!r}",
-        )
-        _need(
-            _finite(self.threshold_quantile) and 0.0 < self.threshold_quantile < 1.0,
-            "train.threshold_quantile",
-            f"must be in (0, 1), got {self.threshold_quantile!r}",
-        )
-        _need(
-            _finite(self.threshold_factor) and self.threshold_factor > 0,
-            "train.threshold_factor",
-            f"must be > 0, got {self.threshold_factor!r}",
-        )
-        _need(
-            _finite(self.reference_floor) and self.reference_floor >= 0,
-            "train.reference_floor",
-            f"must be >= 0 (0: no floor), got {self.reference_floor!r}",
-        )
+        _in_range(self, "train", TRAIN_RANGES)
 
 
 @dataclass(frozen=True)
@@ -351,117 +388,7 @@ class EngineConfig:
             "engine.threshold",
             f"must be one of: {', '.join(THRESHOLDS)}; got {self.threshold!r}",
         )
-        st = self.static_threshold
-        _need(
-            st is None or (_finite(st) and st > 0),
-            "engine.static_threshold",
-            f"must be a positive number of score units (1.0 = calibration quantile), got {st!r}",
-        )
-        _need(
-            _finite(self.smoothing) and 0.0 < self.smoothing <= 1.0,
-            "engine.smoothing",
-            f"must be in (0, 1], got {self.smoothing!r}",
-        )
-        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
-            16 <= self.dynamic_history < 2**31,
-            "engine.dynamic_history",
-            f"must be at least 16 and below 2**31, got {self.dynamic_history!r}",
-        )
-        _need(self.dynamic_warmup >= 0, "engine.dynamic_warmup", f"must be >= 0, got {self.dynamic_warmup!r}")
-        _need(
-            _finite(self.dynamic_min) and self.dynamic_min >= 0,
-            "engine.dynamic_min",
-            f"must be >= 0, got {self.dynamic_min!r}",
-        )
-        _need(
-            _finite(self.spot_q) and 0.0 < self.spot_q < 1.0,
-            "engine.spot_q",
-            f"must be in (0, 1), got {self.spot_q!r}",
-        )
-        _need(
-            _finite(self.spot_level) and 0.0 < self.spot_level < 1.0,
-            "engine.spot_level",
-            f"must be in (0, 1), got {self.spot_level!r}",
-        )
-        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
-            16 <= self.spot_init < 2**31,
-            "engine.spot_init",
-            f"must be at least 16 and below 2**31, got {self.spot_init!r}",
-        )
-        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
-            8 <= self.spot_peaks < 2**31,
-            "engine.spot_peaks",
-            f"must be at least 8 and below 2**31, got {self.spot_peaks!r}",
-        )
-        _need(  # each key holds this many scores: 2**63 - 1 was numpy's "array is too big" traceback
-            1 <= self.spot_depth < 2**31,
-            "engine.spot_depth",
-            f"must be at least 1 and below 2**31, got {self.spot_depth!r}",
-        )
-        _need(
-            _finite(self.spot_min) and self.spot_min >= 0,
-            "engine.spot_min",
-            f"must be >= 0, got {self.spot_min!r}",
-        )
-        _need(
-            _finite(self.max_alert_seconds) and self.max_alert_seconds >= 0,
-            "engine.max_alert_seconds",
-            f"must be a finite number of seconds >= 0 (0, not inf: never), got {self.max_alert_seconds!r}",
-        )
-        _need(
-            0 <= self.max_alert_readings < 2**31,  # counted per key in an int32
-            "engine.max_alert_readings",
-            f"must be >= 0 readings (0: no readings limit) and below 2**31, got {self.max_alert_readings!r}",
-        )
-        _need(
-            0 <= self.partial_shift_readings < 2**31,  # counted per key in an int32
-            "engine.partial_shift_readings",
-            f"must be >= 0 readings (0: off) and below 2**31, got {self.partial_shift_readings!r}",
-        )
-        _need(
-            _finite(self.feature_reference_floor) and 0 <= self.feature_reference_floor <= 1,
-            "engine.feature_reference_floor",
-            f"must be in [0, 1], got {self.feature_reference_floor!r}",
-        )
-        # a run of 1 is any reading at all: with stuck_factor 1 every reading of a never-repeating sensor was stuck
-        _need(
-            self.stuck_min_run == 0 or self.stuck_min_run >= 2,
-            "engine.stuck_min_run",
-            f"must be 0 (no stuck-sensor rule) or at least 2 identical readings in a row, got {self.stuck_min_run!r}",
-        )
-        _need(
-            _finite(self.stuck_factor) and self.stuck_factor >= 1,
-            "engine.stuck_factor",
-            f"must be >= 1, got {self.stuck_factor!r}",
-        )
-        _need(
-            self.stuck_min_distinct >= 1,
-            "engine.stuck_min_distinct",
-            f"must be at least 1, got {self.stuck_min_distinct!r}",
-        )
-        _need(
-            self.alert_open_after >= 1,
-            "engine.alert_open_after",
-            f"must be at least 1, got {self.alert_open_after!r}",
-        )
-        _need(
-            self.alert_close_after >= 1,
-            "engine.alert_close_after",
-            f"must be at least 1, got {self.alert_close_after!r}",
-        )
-        _need(self.top_features >= 1, "engine.top_features", f"must be at least 1, got {self.top_features!r}")
-        gap = self.max_gap_seconds
-        _need(
-            gap is None or (not math.isnan(gap) and gap > 0),
-            "engine.max_gap_seconds",
-            f"must be > 0 seconds (inf: never reset), got {gap!r}",
-        )
-        _need(
-            _finite(self.ttl_seconds) and self.ttl_seconds >= 0,
-            "engine.ttl_seconds",
-            f"must be a finite number of seconds >= 0 (0, not inf: no TTL), got {self.ttl_seconds!r}",
-        )
-        _need(self.max_keys >= 1, "engine.max_keys", f"must be at least 1, got {self.max_keys!r}")
+        _in_range(self, "engine", ENGINE_RANGES)
 
 
 @dataclass(frozen=True)
@@ -880,7 +807,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return str(value)
     except (TypeError, ValueError, OverflowError):
         name = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(hint, str(hint))
-        raise ConfigError(f"{where} must be {name}, got {value!r}", key=where) from None
+        got = repr(value)
+        if where.startswith("kafka.") and where.partition(".")[2] in SECRET_FIELDS:
+            # `sasl_password = ["..."]` printed the password in the error line (secrets are never printed)
+            got = f"a {type(value).__name__} (not shown: a secret)"
+        raise ConfigError(f"{where} must be {name}, got {got}", key=where) from None
     return value
 
 
@@ -955,16 +886,32 @@ def _server_list(value: Any) -> Any:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    utf16 = False
     try:
+        raw = p.read_bytes()
+        # UTF-16 with its byte-order mark (what Windows PowerShell 5's `>` and `Out-File` write, Notepad's
+        # "Unicode") is read as such, as CSV files are: it was "not UTF-8 text" (UTF-32's marks stay refused)
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") and raw[:4] not in (
+            b"\xff\xfe\x00\x00",
+            b"\x00\x00\xfe\xff",
+        )
         # utf-8-sig: a byte-order mark (Windows editors, PowerShell's `Out-File -Encoding utf8`) was "not valid
         # TOML: Invalid statement (at line 1, column 1)", a line that looked right; CSV files accept one too
-        return tomllib.loads(p.read_bytes().decode("utf-8-sig"))
+        text = raw.decode("utf-16" if utf16 else "utf-8-sig")
+        if "\x00" in text:
+            # UTF-16 without a byte-order mark is valid UTF-8 (each ASCII character followed or preceded by a NUL):
+            # it was "not valid TOML: Invalid initial character for a key part (at line 1, column 2)"
+            raise ConfigError(
+                f"pipeline file {p} holds NUL characters, as UTF-16 text without a byte-order mark (or a file that "
+                "is not text) does: save it as UTF-8"
+            )
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {p}") from None
     except IsADirectoryError:
         raise ConfigError(f"pipeline file {p} is a directory") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"pipeline file {p} is not UTF-8 text") from None
+        raise ConfigError(f"pipeline file {p} is not {'UTF-16' if utf16 else 'UTF-8'} text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"pipeline file {p} is not valid TOML: {exc}") from None
 
@@ -981,6 +928,13 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
         rest = name[len("ANOMALY_") :].lower()
         for section in SECTIONS:
             if rest.startswith(section + "_"):
+                if not rest[len(section) + 1 :]:  # it was "unknown setting engine.;", a setting with no name
+                    fields = sorted(typing.get_type_hints(_SECTION_TYPES[section]))
+                    raise ConfigError(
+                        f"environment variable {name} names no setting: expected ANOMALY_{section.upper()}_<FIELD> "
+                        f"with FIELD one of: {', '.join(fields)}",
+                        key=name,
+                    )
                 out.setdefault(section, {})[rest[len(section) + 1 :]] = raw
                 break
         else:

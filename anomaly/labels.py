@@ -39,13 +39,13 @@ def read_labels(
         raise DataError(f"labels file not found: {p}")
     if p.suffix.lower() == ".json":
         return _window_labels(p, timestamps, cfg, source)
-    first = first_line(p).strip()
+    first = first_line(p, encoding=cfg.encoding).strip()
     if is_number(first):  # one label per line, no header
-        labels = read_frame(p, header=False)
+        labels = read_frame(p, header=False, encoding=cfg.encoding)
         if len(labels.columns) != 1:
             raise SchemaError(f"{p}: a label file without a header holds one label per line")
         return _by_row(p, label_values(labels, cfg, str(p), column="1"), frame, source)
-    labels = read_frame(p, cfg.separator, cfg.decimal, text_columns=key_columns(cfg))
+    labels = read_frame(p, cfg.separator, cfg.decimal, text_columns=key_columns(cfg), encoding=cfg.encoding)
     if cfg.label not in labels.columns:
         others = [c for c in labels.columns if c not in (cfg.time_column, cfg.key_column)]
         hint = f" (pass --label {quoted(others[0])})" if len(others) == 1 else ""

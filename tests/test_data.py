@@ -413,7 +413,8 @@ def test_empty_and_non_utf8_files_say_what_is_wrong(tmp_path) -> None:
     latin1.write_bytes("timestamp,temp °C\n1,20.5\n".encode("latin-1"))
     with pytest.raises(
         DataError,
-        match=r"it is not UTF-8 text \(byte 0xb0 on line 1: .timestamp,temp °C. in Windows-1252\); save it as UTF-8 \(Excel: .CSV UTF-8.\), or convert it, e.g. iconv ",
+        match=r"it is not UTF-8 text \(byte 0xb0 on line 1: .timestamp,temp °C. in Windows-1252\); if it is Windows-1252 \(Excel's .CSV. on Windows\), read it with --encoding cp1252 "
+        r"\(data.encoding\), or save it as UTF-8 \(Excel: .CSV UTF-8.\), or convert it, e.g. iconv ",
     ):
         load(latin1)
 

@@ -74,14 +74,16 @@ def test_a_utf16_file_replays_as_its_utf8_copy(bundle_path, test_csv, tmp_path) 
 
 def test_a_windows_1252_file_is_refused_naming_its_line_and_the_conversion(tmp_path) -> None:
     """Excel's "CSV" on Windows writes `°C` as the byte 0xb0. The encoding is not guessed (any bytes read as
-    Windows-1252); the error showed the byte alone: now the line, as Windows-1252 shows it, and a command."""
+    Windows-1252); the error showed the byte alone: now the line, as Windows-1252 shows it, and a command; and
+    first data.encoding (--encoding cp1252), which reads it (tests/test_data_encoding.py)."""
     path = tmp_path / "export.csv"
     path.write_bytes("timestamp;a\r\n2023-11-14 10:00:00;1,5\r\nnote;Temp °C\r\n".encode("cp1252"))
     with pytest.raises(DataError) as err:
         load(path, decimal=",")
     assert str(err.value) == (
         f"cannot read {path} as CSV: it is not UTF-8 text (byte 0xb0 on line 3: 'note;Temp °C' in Windows-1252); "
-        f"save it as UTF-8 (Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {path} > "
+        "if it is Windows-1252 (Excel's 'CSV' on Windows), read it with --encoding cp1252 (data.encoding), or save "
+        f"it as UTF-8 (Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {path} > "
         f"{tmp_path / 'export-utf8.csv'}"
     )
 

@@ -227,3 +227,55 @@ def test_a_damaged_part_is_a_one_line_error_naming_the_file(tmp_path, damage, wh
         path.write_bytes(gzip.decompress(raw))
     res = CliRunner().invoke(main, ["nasa", str(root)])
     assert (res.exit_code, res.output) == (2, f"error: cannot read {path}: {why}\n")
+
+
+@pytest.mark.parametrize(
+    ("pipeline_targets", "env", "args", "scored"),
+    [
+        ("", {}, [], ["telemetry"]),  # telemanom's protocol by default
+        ("targets = []\n", {}, [], []),  # the file's every feature: it scored the telemetry only
+        ("", {"ANOMALY_MODEL_TARGETS": ""}, [], []),  # so did the variable's
+        ("targets = []\n", {}, ["--targets", "telemetry"], ["telemetry"]),  # the option beats both
+    ],
+    ids=["default", "file", "variable", "option"],
+)
+def test_nasa_reads_model_targets_from_the_pipeline_file_and_the_environment(
+    tmp_path, monkeypatch, pipeline_targets, env, args, scored
+):
+    """`--targets` had the default telemetry, given as an option: a pipeline file's or an ANOMALY_MODEL_TARGETS
+    model.targets was replaced by it without a word."""
+    root = write_dataset(tmp_path, channels=("A-1",))
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f"[model]\nwindow = 8\nhidden_size = 8\n{pipeline_targets}[train]\nepochs = 1\nbatch_size = 16\n"
+        'device = "cpu"\n'
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(
+        main,
+        ["nasa", str(root), "--dataset", "smap", "-p", str(pipeline), "--json-out", str(out), *args],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["settings"]["model"]["targets"] == scored
+
+
+def test_nasa_says_that_data_settings_for_other_files_have_no_effect(tmp_path, monkeypatch):
+    """NASA's column mapping replaced a pipeline file's or an ANOMALY_DATA_* variable's time, key and label columns
+    without a word."""
+    root = write_dataset(tmp_path, channels=("A-1",))
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[data]\ntime_column = "timestamp"\nkey_column = "chan_id"\n'  # the second is NASA's own: no warning
+        '[model]\nwindow = 8\nhidden_size = 8\n[train]\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\n'
+    )
+    monkeypatch.setenv("ANOMALY_DATA_LABEL", "anomaly")
+    res = CliRunner().invoke(main, ["nasa", str(root), "--dataset", "smap", "-p", str(pipeline)])
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: data.")] == [
+        f"warning: data.time_column (from pipeline file {pipeline}) has no effect: anomaly nasa reads NASA's "
+        "columns (data.time_column is 'step')",
+        "warning: data.label (from environment variable ANOMALY_DATA_LABEL) has no effect: anomaly nasa reads "
+        "NASA's columns (data.label is 'label')",
+    ]

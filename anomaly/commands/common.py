@@ -117,6 +117,12 @@ _DATA_OPTIONS = (
         help="Decimal mark of numbers, e.g. ',' for 1,5.  [default: .]",
     ),
     click.option(
+        "--encoding",
+        default=None,
+        help="Text encoding of the files, e.g. cp1252 (Excel's 'CSV' on Windows), latin-1, shift_jis.  "
+        "[default: auto: UTF-16 by its byte-order mark, else UTF-8]",
+    ),
+    click.option(
         "--date-column",
         default=None,
         callback=empty_refused("leave the option out when the time column holds dates"),
@@ -151,6 +157,7 @@ _DATA_NAMES = (
     "skip_rows",
     "separator",
     "decimal",
+    "encoding",
     "date_column",
     "time_unit",
     "time_format",

@@ -11,12 +11,13 @@ import click
 from anomaly import atomic, nasa
 from anomaly.commands.common import (
     one_line_errors,
+    option_names,
     pipeline_option,
     refuse_replacing_inputs,
     setup_logging,
     warn_line,
 )
-from anomaly.config import load_config
+from anomaly.config import build_config, read_toml
 from anomaly.quality import format_quality, format_ranking
 
 
@@ -41,10 +42,10 @@ from anomaly.quality import format_quality, format_ranking
 @click.option(
     "--targets",
     type=click.Choice(["telemetry", "all"]),
-    default="telemetry",
-    show_default=True,
+    default=None,
     help="Features scored: telemetry (telemanom's protocol: the cmd_* flags are context inputs) or all "
-    "(every feature scored alike, as the merged benchmark does).",
+    "(every feature scored alike, as the merged benchmark does).  [default: model.targets of the pipeline file "
+    "or ANOMALY_MODEL_TARGETS, else telemetry]",
 )
 @click.option(
     "--jobs",
@@ -69,7 +70,7 @@ def nasa_cmd(
     channels: str | None,
     limit: int | None,
     epochs: int | None,
-    targets: str,
+    targets: str | None,
     jobs: int,
     json_out: str | None,
     verbose: bool,
@@ -94,9 +95,38 @@ def nasa_cmd(
         )
     overrides: dict[str, Any] = {f"data.{k}": v for k, v in nasa.DATA.items()}
     overrides["train.epochs"] = epochs
-    overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
-    # no pipeline: defaults, then ANOMALY_* variables and options
-    cfg = load_config(pipeline, overrides, warn=warn_line)
+    if targets is not None:
+        overrides["model.targets"] = nasa.TARGETS if targets == "telemetry" else ()
+    # telemanom's targets lie under the pipeline file and ANOMALY_* variables, as the defaults do: the option's
+    # default replaced their model.targets without a word (`[model] targets = []` still scored the telemetry only)
+    toml = read_toml(pipeline) if pipeline else {}
+    if isinstance(toml.get("model", {}), dict):
+        toml = {**toml, "model": {"targets": list(nasa.TARGETS), **toml.get("model", {})}}
+    cfg = build_config(
+        toml,
+        os.environ,
+        overrides,
+        toml_source=f"pipeline file {pipeline}" if pipeline else None,
+        option_names=option_names(overrides),
+        warn=warn_line,
+    )
+    # NASA's column mapping replaces these: said, where it was done without a word (ANOMALY_DATA_LABEL=x, or a
+    # pipeline file's time_column for other files, changed nothing)
+    file_data = toml.get("data", {})
+    for name, value in nasa.DATA.items():
+        var = f"ANOMALY_DATA_{name.upper()}"
+        source = (
+            f"environment variable {var}"
+            if var in os.environ
+            else f"pipeline file {pipeline}"
+            if name in file_data and file_data[name] != value
+            else None
+        )
+        if source:
+            warn_line(
+                f"data.{name} (from {source}) has no effect: anomaly nasa reads NASA's columns (data.{name} is "
+                f"{value!r})"
+            )
     wanted = [c.strip() for c in channels.split(",") if c.strip()] if channels is not None else None
     if wanted == []:  # `--channels "$CHANNELS"` with the variable unset ran every channel
         raise click.BadParameter("names no channel (leave the option out for all)", param_hint="'--channels'")

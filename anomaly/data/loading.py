@@ -533,7 +533,9 @@ def load_series(
             warn(message)
 
     for path in paths:
-        frame = read_frame(path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg))
+        frame = read_frame(
+            path, cfg.separator, cfg.decimal, cfg.header, cfg.skip_rows, key_columns(cfg), cfg.encoding
+        )
         if cfg.header and data_as_header(frame.columns):  # a UCR file under --no-time-column trained on its
             # rows after the first, as a sensor named after the first value
             at = first_date(frame.columns)

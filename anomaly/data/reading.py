@@ -5,6 +5,7 @@ separator)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 import shlex
@@ -33,11 +34,16 @@ def file_encoding(path: str | Path) -> str:
     return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") and not utf32 else "utf-8"
 
 
+def chosen_encoding(path: str | Path, encoding: str | None = "auto") -> str:
+    """The codec a data file is read in: data.encoding's, or under "auto" (and None) :func:`file_encoding`'s."""
+    return file_encoding(path) if encoding in (None, "auto") else encoding
+
+
 def first_line(path: Path, skip: int = 0, encoding: str | None = None) -> str:
     """The header line (after `skip` lines), read through the same decompression pandas infers from the suffix
     (.gz, .bz2, .xz, .zip, .zst, .tar...), so a compressed file's separator is detected from its text, not its
-    bytes; in `encoding` (None: :func:`file_encoding`'s)."""
-    encoding = encoding or file_encoding(path)
+    bytes; in `encoding` (None or "auto": :func:`file_encoding`'s)."""
+    encoding = chosen_encoding(path, encoding)
     try:
         with get_handle(path, "r", compression="infer", encoding=encoding, errors="replace") as handles:
             # to the end of the file at most: `--skip-rows 100000000000` read past it for hours
@@ -45,6 +51,8 @@ def first_line(path: Path, skip: int = 0, encoding: str | None = None) -> str:
                 if not handles.handle.readline():
                     return ""
             return handles.handle.readline()
+    except UnicodeError:  # data.encoding utf-16 on a file without its byte-order mark
+        raise DataError(_not_in(path, encoding)) from None
     except (OSError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {path}: {reason}") from None
@@ -86,18 +94,20 @@ def read_frame(
     header: bool = True,
     skip_rows: int = 0,
     text_columns: Sequence[str] = (),
+    encoding: str = "auto",
 ) -> pd.DataFrame:
     """The file as a frame of cells, after its first `skip_rows` lines (notes above the header). Without a
     header (`header=False`: the first line is data, as in SMD or the UCR archive) the columns are named 1, 2,
     3, ... (strings), the numbering such datasets' own labels use. `text_columns` (the key column) are read as
-    written, so device 0012 stays '0012' (as a Kafka message key would be) instead of becoming the number 12."""
+    written, so device 0012 stays '0012' (as a Kafka message key would be) instead of becoming the number 12.
+    `encoding` is data.encoding: "auto" (UTF-16 by its byte-order mark, else UTF-8) or a codec name."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty")
     # a UTF-16 file (Excel's "Unicode text") is read as such: it was refused as "not UTF-8 text (byte 0xff)"
-    encoding = file_encoding(p)
+    given, encoding = encoding, chosen_encoding(p, encoding)
     # read once: it gives the separator and is checked before pandas reads it
     first = first_line(p, skip_rows, encoding)
     if skip_rows and not first:  # pandas said "No columns to parse from file", naming no setting
@@ -137,7 +147,9 @@ def read_frame(
                 **_EXACT_FLOATS,
             )
     except UnicodeDecodeError as exc:
-        raise DataError(_not_utf8(p, exc.object[exc.start])) from None
+        if given in (None, "auto"):
+            raise DataError(_not_utf8(p, exc.object[exc.start])) from None
+        raise DataError(_not_in(p, encoding)) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = (
@@ -174,6 +186,32 @@ def read_frame(
     return frame
 
 
+def _not_in(path: Path, encoding: str) -> str:
+    """The refusal of a file with bytes that are no text in data.encoding's codec: its first such line (as the
+    codec reads the rest of it). The lines are counted in the decoded text, as an editor shows them."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    line, where = 1, ""
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            for raw in handle.handle:  # pieces ending in a newline byte: whole lines in an ASCII-like codec
+                try:
+                    line += decoder.decode(raw).count("\n")
+                except UnicodeDecodeError as exc:
+                    shown = raw.decode(encoding, errors="replace").rstrip("\r\n")
+                    shown = shown[:60] + ("..." if len(shown) > 60 else "")
+                    where = f" on line {line} (byte {exc.object[exc.start]:#x}: {shown!r})"
+                    break
+                except UnicodeError as exc:  # "UTF-16 stream does not start with BOM"
+                    where = f" on line {line} ({exc})"
+                    break
+    except (OSError, EOFError, ValueError):
+        pass
+    return (
+        f"cannot read {path} as CSV: it is not {encoding} text{where}; set the file's encoding with --encoding "
+        "(data.encoding), e.g. cp1252 for Excel's 'CSV' on Windows, or auto for UTF-8"
+    )
+
+
 def _not_utf8(path: Path, byte: int) -> str:
     """The refusal of a file that is not UTF-8: its first such line, shown as Windows-1252 (what Excel's "CSV"
     writes on Windows: `°C`, `µS`), and how to convert it. The encoding is not guessed: any bytes read as
@@ -197,7 +235,8 @@ def _not_utf8(path: Path, byte: int) -> str:
         else ""
     )
     return (
-        f"cannot read {path} as CSV: it is not UTF-8 text (byte {byte:#x}{where}); save it as UTF-8 (Excel: "
+        f"cannot read {path} as CSV: it is not UTF-8 text (byte {byte:#x}{where}); if it is Windows-1252 (Excel's "
+        f"'CSV' on Windows), read it with --encoding cp1252 (data.encoding), or save it as UTF-8 (Excel: "
         f"'CSV UTF-8'){convert}"
     )
 
@@ -335,13 +374,22 @@ def line_numbers(frame: pd.DataFrame) -> np.ndarray:
     if path is None or not len(rows):
         return plain
     encoding = frame.attrs.get("encoding", "utf-8")
-    # a UTF-16 character may hold a newline's byte (U+4E0A, U+010A): its lines are counted as text below
-    if encoding == "utf-8" and _count_lines(path) == int(rows.max()) + 1 + int(header) + skip:
+    # a UTF-16 character may hold a newline's byte (U+4E0A, U+010A): its lines are counted as text below. In
+    # UTF-8, Windows-1252, Latin-1, Shift-JIS... the byte 0x0a is a newline only, so counting bytes is exact
+    if _newline_byte(encoding) and _count_lines(path) == int(rows.max()) + 1 + int(header) + skip:
         return plain
     lines = _data_lines(path, header, skip, frame.attrs.get("separator"), encoding)
     if lines is None or len(lines) <= rows.max():
         return plain
     return np.asarray(lines, np.int64)[rows]
+
+
+def _newline_byte(encoding: str) -> bool:
+    """Whether a codec writes a newline as the byte 0x0a (UTF-8 and codecs that extend ASCII, not UTF-16)."""
+    try:
+        return "\n".encode(encoding) == b"\n"
+    except (LookupError, UnicodeError):
+        return False
 
 
 def _count_lines(path: str) -> int | None:
