@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from anomaly import __version__
 from anomaly.commands import (
     bench_cmds,
+    config_cmds,
     kafka_cmds,
     lifecycle_cmds,
     model_cmds,
@@ -145,6 +146,15 @@ def cap_onednn_cache() -> None:
         os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)
 
 
-for _module in (model_cmds, replay_cmds, kafka_cmds, skab_cmds, nasa_cmds, bench_cmds, lifecycle_cmds):
+for _module in (
+    model_cmds,
+    replay_cmds,
+    kafka_cmds,
+    skab_cmds,
+    nasa_cmds,
+    bench_cmds,
+    lifecycle_cmds,
+    config_cmds,
+):
     for _command in _module.COMMANDS:
         main.add_command(_command)

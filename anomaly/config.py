@@ -972,6 +972,7 @@ def build_config(
     toml_source: str | None = None,
     option_names: Mapping[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
+    sources_out: dict[str, str | None] | None = None,
 ) -> PipelineConfig:
     """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored).
 
@@ -980,7 +981,9 @@ def build_config(
     for an override ``option_names[key]`` (e.g. ``--window``), else "a command-line option". A check between
     settings (``train.stride`` against ``model.window``) names the source of each one that was set. A setting of
     the file or the environment that another setting leaves unused is passed to ``warn`` (default: a log
-    warning; the CLI prints it as a ``warning:`` line, as its other warnings)."""
+    warning; the CLI prints it as a ``warning:`` line, as its other warnings). ``sources_out``, when given, is
+    filled with ``{"section.field": source}`` for every setting a layer set, the source as the errors name it
+    (``anomaly config`` prints them; a setting left out of it has its default)."""
     cfg = PipelineConfig()
     layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if toml:
@@ -1029,6 +1032,8 @@ def build_config(
         )
     except ConfigError as exc:
         raise _naming_sources(exc, sources) from None
+    if sources_out is not None:
+        sources_out.update(sources)
     for line in _unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}):
         if warn is None:
             log.warning("%s", line)
@@ -1089,8 +1094,10 @@ def load_config(
     env: Mapping[str, str] | None = None,
     option_names: Mapping[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
+    sources_out: dict[str, str | None] | None = None,
 ) -> PipelineConfig:
-    """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options."""
+    """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options (``sources_out``: as
+    :func:`build_config`'s)."""
     return build_config(
         read_toml(pipeline) if pipeline else None,
         os.environ if env is None else env,
@@ -1098,6 +1105,7 @@ def load_config(
         toml_source=f"pipeline file {pipeline}" if pipeline else None,
         option_names=option_names,
         warn=warn,
+        sources_out=sources_out,
     )
 
 
