@@ -1684,3 +1684,23 @@ def test_a_range_whose_messages_all_fail_to_decode_says_so(
         "model trained on other features than the stream carries decodes none\n"
     )
     assert result.stderr.startswith("error: no readings from ") and result.stderr.count("\n") == 1
+
+
+def test_retrain_without_from_pipeline_warns_that_model_and_train_variables_are_unread(
+    bundle, bundle_path, train_csv, tmp_path, monkeypatch
+):
+    """ANOMALY_MODEL_* / ANOMALY_TRAIN_* (a ConfigMap's) were ignored without a word: the challenger takes the
+    champion's settings unless --from-pipeline."""
+    monkeypatch.setenv("ANOMALY_MODEL_WINDOW", "16")
+    monkeypatch.setenv("ANOMALY_TRAIN_SEED", "7")
+    out = tmp_path / "challenger.pt"
+    result = run_cli("retrain", "-m", bundle_path, train_csv, "-o", out, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: ANOMALY_MODEL_WINDOW, ANOMALY_TRAIN_SEED have no effect: retrain trains with the champion's "
+        "[model] and [train] settings; add --from-pipeline (with --pipeline) to train with the pipeline's and these "
+        "variables (--epochs, --seed and --device override either)"
+    ]
+    challenger = load_bundle(out)
+    assert challenger.arch == bundle.arch and challenger.window == 8
+    assert challenger.meta["training"]["config"]["train"]["seed"] == 0  # the champion's, not 7

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +287,18 @@ def _check_csv_source(
         raise ConfigError(
             f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for reading a topic, but CSV files were "
             f"given: give either the files or a topic range{hint}"
+        )
+
+
+def _warn_unread_training_variables(env: Mapping[str, str]) -> None:
+    """Without --from-pipeline the challenger takes the champion's [model] and [train] settings: the
+    ANOMALY_MODEL_* / ANOMALY_TRAIN_* variables set (a ConfigMap's) were ignored without a word."""
+    unread = sorted(n for n in env if n.startswith(("ANOMALY_MODEL_", "ANOMALY_TRAIN_")))
+    if unread:
+        warn_line(
+            f"{', '.join(unread)} {'has' if len(unread) == 1 else 'have'} no effect: retrain trains with the "
+            "champion's [model] and [train] settings; add --from-pipeline (with --pipeline) to train with the "
+            "pipeline's and these variables (--epochs, --seed and --device override either)"
         )
 
 
@@ -788,6 +802,7 @@ def retrain_cmd(
         pcfg = load_config(pipeline, overrides, option_names=option_names(overrides), warn=lambda _line: None)
         model_cfg, train_cfg = pcfg.model, pcfg.train
     else:
+        _warn_unread_training_variables(os.environ)
         tcfg = build_config(
             retrain.champion_sections(parent.meta), None, overrides, option_names=option_names(overrides)
         )
