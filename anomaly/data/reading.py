@@ -114,9 +114,8 @@ def read_frame(
         raise DataError(
             f"{p}: data.skip_rows (--skip-rows) {skip_rows} skips every line of the file: no header or data is left"
         )
-    if (
-        "\x00" in first
-    ):  # every other byte 0: its names were read as 't i m e s t a m p' and refused as no numbers
+    # every other byte 0: its names were read as 't i m e s t a m p' and refused as no numbers
+    if "\x00" in first:
         raise DataError(
             f"cannot read {p} as CSV: its first line holds NUL characters, as UTF-16 text without a byte-order "
             "mark does; save it as UTF-8 (or as UTF-16 with its byte-order mark, which Excel's 'Unicode text' has)"
