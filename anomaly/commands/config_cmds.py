@@ -21,6 +21,9 @@ FOOTER = (
 )
 
 
+ALIGN_MAX = 56  # the source column's place, past which a longer line's source follows it
+
+
 def effective_settings(pipeline: str | None) -> dict[str, dict[str, dict[str, Any]]]:
     """{section: {name: {"value": ..., "source": ...}}} for every setting of every section: the pipeline file's,
     the ANOMALY_<SECTION>_<FIELD> variables' and the defaults, layered as every command layers them (warnings
@@ -84,7 +87,8 @@ def config_cmd(pipeline: str | None, as_json: bool) -> None:
         for section, values in settings.items()
         for name, entry in values.items()
     ]
-    width = max(len(line) for line, _ in lines)
+    # sources in one column, but a long list (data.features) does not push every other line's far right
+    width = min(max(len(line) for line, _ in lines), ALIGN_MAX)
     for line, source in lines:
         click.echo(f"{line.ljust(width)}  # {source}")
     click.echo(FOOTER)
