@@ -185,26 +185,40 @@ def read_frame(
     return frame
 
 
-def _not_in(path: Path, encoding: str) -> str:
-    """The refusal of a file with bytes that are no text in data.encoding's codec: its first such line (as the
-    codec reads the rest of it). The lines are counted in the decoded text, as an editor shows them."""
+def _first_undecodable(path: Path, encoding: str) -> tuple[int, bytes, UnicodeError] | None:
+    """The first line of the file that is no text in `encoding`: (its number, its bytes, the error), lines
+    counted in the decoded text as an editor shows them; None when every line decodes or the file cannot be
+    read again."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    line, where = 1, ""
+    line = 1
     try:
         with get_handle(path, "rb", compression="infer", is_text=False) as handle:
             for raw in handle.handle:  # pieces ending in a newline byte: whole lines in an ASCII-like codec
                 try:
                     line += decoder.decode(raw).count("\n")
-                except UnicodeDecodeError as exc:
-                    shown = raw.decode(encoding, errors="replace").rstrip("\r\n")
-                    shown = shown[:60] + ("..." if len(shown) > 60 else "")
-                    where = f" on line {line} (byte {exc.object[exc.start]:#x}: {shown!r})"
-                    break
-                except UnicodeError as exc:  # "UTF-16 stream does not start with BOM"
-                    where = f" on line {line} ({exc})"
-                    break
+                except UnicodeError as exc:  # also "UTF-16 stream does not start with BOM"
+                    return line, raw, exc
     except (OSError, EOFError, ValueError):
         pass
+    return None
+
+
+def _shown(raw: bytes, encoding: str) -> str:
+    text = raw.decode(encoding, errors="replace").rstrip("\r\n")
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+def _not_in(path: Path, encoding: str) -> str:
+    """The refusal of a file with bytes that are no text in data.encoding's codec: its first such line (as the
+    codec reads the rest of it)."""
+    where = ""
+    found = _first_undecodable(path, encoding)
+    if found is not None:
+        line, raw, exc = found
+        if isinstance(exc, UnicodeDecodeError):
+            where = f" on line {line} (byte {exc.object[exc.start]:#x}: {_shown(raw, encoding)!r})"
+        else:
+            where = f" on line {line} ({exc})"
     return (
         f"cannot read {path} as CSV: it is not {encoding} text{where}; set the file's encoding with --encoding "
         "(data.encoding), e.g. cp1252 for Excel's 'CSV' on Windows, or auto for UTF-8"
@@ -216,18 +230,11 @@ def _not_utf8(path: Path, byte: int) -> str:
     writes on Windows: `°C`, `µS`), and how to convert it. The encoding is not guessed: any bytes read as
     Windows-1252 or Latin-1, so a wrong guess would change names and text without a word."""
     where = ""
-    try:
-        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
-            for n, raw in enumerate(handle.handle, 1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    byte = raw[exc.start]
-                    text = raw.decode("cp1252", errors="replace").rstrip("\r\n")
-                    where = f" on line {n}: {text[:60] + ('...' if len(text) > 60 else '')!r} in Windows-1252"
-                    break
-    except (OSError, EOFError, ValueError):
-        pass
+    found = _first_undecodable(path, "utf-8")
+    if found is not None and isinstance(found[2], UnicodeDecodeError):
+        line, raw, exc = found[0], found[1], found[2]
+        byte = exc.object[exc.start]
+        where = f" on line {line}: {_shown(raw, 'cp1252')!r} in Windows-1252"
     convert = (
         f", or convert it, e.g. iconv -f WINDOWS-1252 -t UTF-8 {quoted(path)} > {quoted(path.with_name(path.stem + '-utf8.csv'))}"
         if plain_name(path) == path.name  # a compressed file's bytes are no text to convert
