@@ -382,3 +382,107 @@ def test_alerts_table_names_every_alerting_rule() -> None:
             ranges = [int(r) for r in re.findall(rf"\[(\d+){unit}\]\) == 0", rule["expr"])]
             said = {f"for {n} {unit}" for n in [int(amount)] + [int(amount) + r for r in ranges]}
             assert any(s in rows[rule["alert"]] for s in said), (rule["alert"], rule["for"])
+
+
+# --- options, files, make targets and tests named anywhere -------------------------------------------------
+
+# Options of other programs the README shows: Kafka's kafka-configs, kafka-topics and kafka-consumer-groups, docker
+# compose, the Tansu broker.
+FOREIGN_OPTIONS = {
+    "--add-config": "kafka-configs",
+    "--alter": "kafka-configs",
+    "--bootstrap-server": "kafka-configs",
+    "--entity-name": "kafka-configs",
+    "--entity-type": "kafka-configs",
+    "--config": "kafka-topics",
+    "--create": "kafka-topics",
+    "--delete": "kafka-topics",
+    "--reset-offsets": "kafka-consumer-groups",
+    "--shift-by": "kafka-consumer-groups",
+    "--to-datetime": "kafka-consumer-groups",
+    "--to-earliest": "kafka-consumer-groups",
+    "--to-latest": "kafka-consumer-groups",
+    "--build": "docker compose up",
+    "--rm": "docker compose run",
+    "--listener-url": "tansu broker",
+    "--advertised-listener-url": "tansu broker",
+}
+
+
+def anomaly_options() -> set[str]:
+    """Every option of `anomaly` and of each of its commands."""
+    group_ctx = click.Context(main)
+    names = option_names(main, group_ctx)
+    for command in main.commands.values():
+        names |= option_names(command, click.Context(command, parent=group_ctx))
+    return names
+
+
+def unknown_options(text: str, known: set[str]) -> list[str]:
+    """`--options` of TEXT that are neither KNOWN nor another program's; `--churn-*` (a trailing '-') stands for
+    every option it begins."""
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+    return sorted(
+        n
+        for n in named - known - set(FOREIGN_OPTIONS)
+        if not (n.endswith("-") and any(k.startswith(n) for k in known))
+    )
+
+
+def test_every_option_the_readme_names_exists() -> None:
+    """An `--option` anywhere in the README (prose and tables too, where the command check above does not look)
+    is an option of `anomaly` or of one of its commands, or of another program it shows: an option renamed or
+    removed cannot stay documented."""
+    known = anomaly_options()
+    assert unknown_options("pass `--dayfirst` or `--day-first`, `--churn-*`", known) == ["--day-first"]
+    assert unknown_options(README, known) == []
+    unused = sorted(o for o in FOREIGN_OPTIONS if not re.search(rf"(?<![\w-]){o}(?![\w-])", README))
+    assert unused == [], "FOREIGN_OPTIONS has entries the README no longer names"
+    assert sorted(set(FOREIGN_OPTIONS) & known) == [], "FOREIGN_OPTIONS names an option of anomaly"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# Paths the README names that are placeholders or outputs of the commands it shows, not files of the checkout.
+NOT_IN_CHECKOUT = re.compile(r"runs/.*|pipelines/NAME\.toml")
+
+
+def missing_paths(text: str) -> list[str]:
+    """Paths under the checkout's folders that TEXT names and that do not exist (a glob matching nothing
+    included); `FILE#anchor` must name a heading of that Markdown file."""
+    named = set(re.findall(r"(?<![\w./-])((?:deploy|pipelines|anomaly|tests|runs)/[\w./*#-]*)", text))
+    missing = []
+    for name in sorted(named):
+        path, _, anchor = name.rstrip(".").partition("#")
+        if NOT_IN_CHECKOUT.fullmatch(path):
+            continue
+        if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+            missing.append(name)
+        elif anchor and anchor not in readme_anchors((ROOT / path).read_text(encoding="utf-8")):
+            missing.append(name)
+    return missing
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    assert missing_paths("`deploy/README.md#modeldrift`, `tests/test_readme.py`, `deploy/k8s/*.yaml`") == []
+    assert missing_paths("`deploy/README.md#no-such-heading` and `anomaly/nosuch.py`, `tests/x*.yml`") == [
+        "anomaly/nosuch.py",
+        "deploy/README.md#no-such-heading",
+        "tests/x*.yml",
+    ]
+    assert missing_paths(README) == []
+
+
+def test_every_make_target_and_test_the_readme_names_exists() -> None:
+    """`make X` names a target of the Makefile; a backticked `test_...` a test function or test file; `python -m
+    anomaly.X` a module of the package."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    assert sorted(set(re.findall(r"`make ([\w-]+)", README)) - targets) == []
+    tests_source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
+    defined = set(re.findall(r"^\s*def (test_\w+)", tests_source, re.M))
+    files = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+    named = set(re.findall(r"`(test_\w+(?:\.py)?)`", README))
+    assert len(named) >= 10
+    assert sorted(named - defined - files) == []
+    modules = set(re.findall(r"python -m (anomaly(?:\.\w+)+)", README))
+    assert sorted(m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).exists()) == []
