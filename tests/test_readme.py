@@ -486,3 +486,48 @@ def test_every_make_target_and_test_the_readme_names_exists() -> None:
     assert sorted(named - defined - files) == []
     modules = set(re.findall(r"python -m (anomaly(?:\.\w+)+)", README))
     assert sorted(m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).exists()) == []
+
+
+# Pieces of the Errors table's messages that the code writes from parts, or that are another program's.
+ERROR_PIECES_NOT_IN_CODE = {
+    "as CSV: it is not shift_jis text on line": "the codec is the one given, shift_jis the example",
+    "rows repeat another row's timestamp, in file order, and every time is a whole minute": "minute, hour, second",
+    "columns trend, noise": "the names found are listed",
+    "fields in line": "pandas' parser error",
+    "does not match the model's features: missing": "the parts are joined, missing then unexpected",
+    "not enough training data: engine.nan_policy =": "the cause is written apart",
+}
+
+
+def error_pieces_not_in_code(table: str, source: str) -> list[str]:
+    """Pieces of 12 characters or more of the messages in TABLE's first column (split at `...`, quoted values,
+    placeholders such as N, FILE or X, and numbers) that no string of SOURCE holds."""
+    joined = re.sub(r"\"\s*\n\s*f?r?\"", "", source)  # adjacent string literals, as Python joins them
+    missing = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        for span in re.findall(r"`([^`]+)`", cells[0]):
+            for piece in re.split(r"\.\.\.|…|'[^']*'|\b(?:[A-Z][0-9]?|FILE|DATA|FIRST|NAME)\b|\d+", span):
+                piece = piece.strip(" ,:;()")
+                if len(piece) >= 12 and piece not in joined:
+                    missing.append(piece)
+    return missing
+
+
+def test_the_errors_table_quotes_the_code() -> None:
+    """Each message of "Your data"'s Errors table ("message starts with") is written by the code as quoted: a
+    message reworded in the code cannot keep its old words in the README."""
+    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "anomaly").rglob("*.py")))
+    table = readme_section("### Your data").split("**Errors.**", 1)[1]
+    example = (
+        "| `...: column 'C' counts up reading by reading, like a clock` | x |\n| `FILE has N labels` | x |"
+    )
+    assert error_pieces_not_in_code(
+        example, 'f"column {c!r} counts up reading by reading in equal steps"'
+    ) == ["counts up reading by reading, like a clock"]
+    found = error_pieces_not_in_code(table, source)
+    assert len(re.findall(r"^\| `", table, re.M)) >= 40, "the Errors table was not found"
+    assert sorted(set(found) - set(ERROR_PIECES_NOT_IN_CODE)) == []
+    assert sorted(set(ERROR_PIECES_NOT_IN_CODE) - set(found)) == [], "stale ERROR_PIECES_NOT_IN_CODE entries"
