@@ -531,7 +531,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "dropped",
                 f"{_num(cut.get('rows'))} rows labelled anomalous (--drop-anomalies), the series cut at "
-                f"{_num(cut.get('cuts'))} removed stretches",
+                f"{_num(cut.get('cuts'))} removed {'stretch' if cut.get('cuts') == 1 else 'stretches'}",
             ),
         )
     context = context_features(meta)
@@ -545,7 +545,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         data = lineage.get("data") or {}
         origin = (  # a bundle not made by retrain (promoted as it was) has a parent and no data
             f"; {data.get('source')} data {data.get('first_reading')} .. {data.get('last_reading')}, "
-            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys"
+            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} "
+            f"{'key' if data.get('keys') == 1 else 'keys'}"
             if data
             else ""
         )
