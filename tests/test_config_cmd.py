@@ -157,6 +157,11 @@ def test_the_threads_torch_runs_with_are_a_comment_line_with_their_source(pipeli
     assert threads_line(env={"ANOMALY_THREADS": "3"})[3:] == ["3", "#", "environment", "variable"] + [
         "ANOMALY_THREADS"
     ]
-    assert threads_line("--threads", "2", env={"ANOMALY_THREADS": "3"})[3:] == ["2", "#", "option", "--threads"]
+    assert threads_line("--threads", "2", env={"ANOMALY_THREADS": "3"})[3:] == [
+        "2",
+        "#",
+        "option",
+        "--threads",
+    ]
     as_json = json.loads(run("-p", pipeline, "--json").stdout)
     assert list(as_json) == [f.name for f in dataclasses.fields(PipelineConfig)]  # sections only, as before

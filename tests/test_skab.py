@@ -275,6 +275,8 @@ def test_a_damaged_byte_in_a_header_name_is_the_readers_refusal_naming_the_line(
         f"error: cannot read {path} as CSV: it is not UTF-8 text (byte 0xe9 on line 1: 'datetime;v1;anom\u00e9ly;"
     )
     assert res.output.count("\n") == 1
-    bom = tmp_path / "valve1" / "1.csv"  # a UTF-8 byte-order mark, which the reader accepts, is SKAB's header too
+    bom = (
+        tmp_path / "valve1" / "1.csv"
+    )  # a UTF-8 byte-order mark, which the reader accepts, is SKAB's header too
     bom.write_bytes(b"\xef\xbb\xbfdatetime;v1;anomaly;changepoint\n2020-01-01 00:00:00;2;0;0\n")
     assert skab.skab_files(tmp_path) == [path, bom]
