@@ -1045,7 +1045,8 @@ def build_config(
 def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
     (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
-    `reads`), `max_feature`'s floor under the mean score, background commits without transactions. Not an error: a
+    `reads`), `max_feature`'s floor under the mean score, background commits without transactions, SASL credentials
+    and SSL files the security protocol does not use. Not an error: a
     layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them
     (`--static-threshold` without `--threshold static`)."""
     kind = cfg.engine.threshold
@@ -1067,6 +1068,22 @@ def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]
         if not cfg.kafka.transactional and cfg.kafka.commit_in_background
         else None,
     }
+    # credentials and certificates the security protocol does not use (a password under PLAINTEXT): the Kafka
+    # commands refuse them when they build their clients, every other command (and `anomaly config`) said nothing
+    protocol = cfg.kafka.security_protocol
+    for name, used_by, fits in (
+        ("sasl_mechanism", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("sasl_username", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("sasl_password", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("ssl_cafile", "SSL", "SSL or SASL_SSL"),
+        ("ssl_certfile", "SSL", "SSL or SASL_SSL"),
+        ("ssl_keyfile", "SSL", "SSL or SASL_SSL"),
+    ):
+        unused[f"kafka.{name}"] = (
+            f"kafka.security_protocol is {protocol}, not {fits}"
+            if getattr(cfg.kafka, name) and used_by not in protocol
+            else None
+        )
     return [
         f"{key} (from {sources[key]}) has no effect: {why}"
         for key, why in unused.items()

@@ -325,6 +325,7 @@ def event_counts(
     (:func:`causal`): a reading it refused or never scored holds the last decision, so it does not cut one open
     alert into two predicted segments (nor add a false alert). A segment is matched (not a false alert) when it
     overlaps a labelled reading or when a decision in force during it flagged one (the late detection above).
+    Readings without a time are in no event (they have no place in time), labelled or not.
     The evaluated time (``seconds``, what false alerts per day divide by) is the time the series was observed:
     from its first reading to its last, less each step longer than `max_gap_seconds` (the engine's gap, after
     which a key starts fresh), during which no reading came that could have raised an alert."""
@@ -334,6 +335,9 @@ def event_counts(
     dec = np.arange(n) if decided is None else np.asarray(decided, dtype=np.int64)
     seen = causal(p, dec, False)
     held_by = causal(dec, dec, n)  # at each reading, the decision in force (the reading that made it)
+    # a reading without a time (refused; the loader sorts it last) counts point-wise but has no place in time, so
+    # it is in no event: a labelled one made an event at the series end whose delay in seconds was NaN
+    y = y & np.isfinite(ts)
     true_segs, pred_segs = segments(y), segments(seen)
     d_readings: list[int] = []
     d_seconds: list[float] = []

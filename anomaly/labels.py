@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,15 @@ from anomaly.errors import DataError, SchemaError
 
 
 def read_labels(
-    path: str | Path, frame: pd.DataFrame, timestamps: np.ndarray, cfg: DataConfig, source: str
+    path: str | Path,
+    frame: pd.DataFrame,
+    timestamps: np.ndarray,
+    cfg: DataConfig,
+    source: str,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
-    """0/1 labels (int8) for the rows of `frame` (file order), whose times in epoch seconds are `timestamps`."""
+    """0/1 labels (int8) for the rows of `frame` (file order), whose times in epoch seconds are `timestamps`.
+    `warn` hears what the labels say that the data cannot use (keys of a keyed labels file absent from it)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"labels file not found: {p}")
@@ -67,7 +74,7 @@ def read_labels(
             )
     if not cfg.time_column or cfg.time_column not in labels.columns:
         return _by_row(p, values, frame, source)
-    return _by_time(p, labels, values, frame, timestamps, cfg, source)
+    return _by_time(p, labels, values, frame, timestamps, cfg, source, warn)
 
 
 def _by_row(path: Path, values: np.ndarray, frame: pd.DataFrame, source: str) -> np.ndarray:
@@ -87,6 +94,7 @@ def _by_time(
     timestamps: np.ndarray,
     cfg: DataConfig,
     source: str,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     keyed = bool(cfg.key_column) and cfg.key_column in labels.columns and cfg.key_column in frame.columns
     on = ["key", "t"] if keyed else ["t"]
@@ -102,9 +110,31 @@ def _by_time(
     repeated = table.duplicated(on)
     if repeated.any():
         at = int(np.flatnonzero(repeated.to_numpy())[0])
-        raise SchemaError(
-            f"{path}: line {file_line(labels, at)} labels a time that an earlier line labels too"
+        # the data's series told apart by a key column the labels file lacks: say so, not only the repeat
+        unkeyed = bool(cfg.key_column) and cfg.key_column in frame.columns and not keyed
+        hint = (
+            f"; {source} holds several series (key column {cfg.key_column!r}): add that column to {path.name} to "
+            "label each series at its own times"
+            if unkeyed
+            else ""
         )
+        raise SchemaError(
+            f"{path}: line {file_line(labels, at)} labels a time that an earlier line labels too{hint}"
+        )
+    if (
+        keyed and warn is not None
+    ):  # labels of a key the data lacks label nothing: say so, never a silent drop
+        absent = ~table["key"].isin(set(rows["key"]))
+        if absent.any():
+            names = sorted(set(table.loc[absent, "key"]))
+            shown = ", ".join(repr(k) for k in names[:10]) + (
+                f" and {len(names) - 10} more" if len(names) > 10 else ""
+            )
+            marked = int((table.loc[absent, "label"] > 0).sum())
+            warn(
+                f"{path} labels {len(names)} key(s) ({cfg.key_column}) that {source} does not hold: {shown} "
+                f"({int(absent.sum())} label(s), {marked} anomalous); they label nothing and are not evaluated"
+            )
     found = rows.merge(table, on=on, how="left", validate="many_to_one")["label"]
     missing = found.isna().to_numpy() & np.isfinite(timestamps)
     if missing.any():

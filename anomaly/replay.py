@@ -372,6 +372,7 @@ def _replay(
         w.startswith("nothing was scored") for w in summary["warnings"][:1]
     ):  # (then nothing is evaluated)
         summary["warnings"] += label_warnings(judged)
+        summary["warnings"] += unevaluated_warnings(frames, cfg.replay.evaluate_after)
     summary["warnings"] += repeated_hour_warnings(frames)
     summary["warnings"] += list(warnings)
     compared: dict[str, quality.Quality] = {}
@@ -635,6 +636,23 @@ def label_warnings(judged: dict[str, pd.DataFrame]) -> list[str]:
         f"no evaluated reading is labelled anomalous (all {plural(n, 'label')} are 0 or empty): recall, F1 and "
         "the event metrics are 0 by construction, and only FAR and false alerts per day measure this run; if "
         "the labels are in another column or file, name it with --label or --labels"
+    ]
+
+
+def unevaluated_warnings(frames: dict[str, pd.DataFrame], skip: int) -> list[str]:
+    """Labelled series that `--evaluate-after` leaves wholly out (a key that started late, or a short one): they
+    were replayed but are in no metric, so their labelled readings and events are not counted, and the table of
+    the others did not say so."""
+    labelled = {k: f for k, f in frames.items() if "label" in f}
+    left = {k: f for k, f in labelled.items() if len(f) <= skip}
+    if skip <= 0 or not left:
+        return []
+    shown = ", ".join(f"{k!r} ({plural(len(f), 'reading')})" for k, f in list(left.items())[:10])
+    more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+    anomalous = sum(int((f["label"].to_numpy() > 0).sum()) for f in left.values())
+    return [
+        f"{len(left)} of {len(labelled)} labelled series have no reading after the first {skip} (--evaluate-after), "
+        f"so no metric counts them or their {plural(anomalous, 'anomalous label')}: {shown}{more}"
     ]
 
 

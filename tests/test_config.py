@@ -766,3 +766,25 @@ def test_every_numeric_train_and_engine_setting_out_of_range_is_one_line_with_it
         assert str(err.value).startswith(f"engine.{name} must be at least ") and str(err.value).endswith(
             f" and below 2**31, got {2**63 - 1} (from pipeline file {tmp_path / 'p.toml'})"
         )
+
+
+def test_credentials_the_security_protocol_does_not_use_are_warned_about_without_the_secret(caplog) -> None:
+    """`kafka.sasl_password` under PLAINTEXT (or SSL) was kept without a word where no Kafka client is built
+    (`anomaly config`, replay); the Kafka commands refuse it. The warning names the setting, never its value."""
+    env = {"ANOMALY_KAFKA_SASL_PASSWORD": "hunter2", "ANOMALY_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env=env)
+    assert caplog.messages == [
+        "kafka.sasl_password (from environment variable ANOMALY_KAFKA_SASL_PASSWORD) has no effect: "
+        "kafka.security_protocol is SSL, not SASL_PLAINTEXT or SASL_SSL"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env={"ANOMALY_KAFKA_SSL_CAFILE": "ca.pem", "ANOMALY_KAFKA_SASL_USERNAME": "u"})
+        load_config(None, env={**env, "ANOMALY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    assert caplog.messages == [
+        "kafka.sasl_username (from environment variable ANOMALY_KAFKA_SASL_USERNAME) has no effect: "
+        "kafka.security_protocol is PLAINTEXT, not SASL_PLAINTEXT or SASL_SSL",
+        "kafka.ssl_cafile (from environment variable ANOMALY_KAFKA_SSL_CAFILE) has no effect: "
+        "kafka.security_protocol is PLAINTEXT, not SSL or SASL_SSL",
+    ]  # SASL_SSL uses both: nothing

@@ -341,3 +341,17 @@ def test_a_gap_in_the_data_is_no_time_for_false_alerts_per_day():
     )  # no gap rule given
     # a step of max_gap_seconds itself is not a gap (the engine resets only after a longer one)
     assert evaluate(labels, preds, ts, ts, max_gap_seconds=29 * 86_400.0)["false_alerts_per_day"] == 1 / 31
+
+
+def test_a_labelled_reading_without_a_time_is_in_no_event():
+    """A row with an empty time cell and label 1 (sorted last, refused, holding the open alert) made an event of
+    its own whose delay in seconds was NaN: `nan` in the table and `NaN` in summary.json, for every pooled key."""
+    ts = np.array([0.0, 60.0, 120.0, 180.0, np.nan])
+    labels = [0, 1, 1, 0, 1]
+    preds = [0, 0, 1, 1, 0]
+    m = evaluate(labels, preds, ts, [0.0, 60.0, 120.0, 180.0, np.nan])
+    e = m["counts"]["events"]
+    assert (e["true_events"], e["detected_events"], e["delays_seconds"]) == (1, 1, (60.0,))
+    assert (m["mean_delay_s"], m["median_delay_s"], m["event_precision"]) == (60.0, 60.0, 1.0)
+    assert m["counts"]["point"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 1}  # it still counts point-wise (held)
+    assert "nan" not in format_table(m)

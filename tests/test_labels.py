@@ -65,6 +65,35 @@ def test_a_label_csv_with_the_key_column_is_matched_by_key_and_time(tmp_path) ->
     assert {s.key: s.labels.tolist() for s in series} == {"a": [0, 1], "b": [1, 0]}
 
 
+def test_labels_of_a_key_the_data_lacks_are_named_in_a_warning(tmp_path) -> None:
+    """A keyed labels file covering more devices than the data (an export filtered afterwards, a misspelt key):
+    the labels of the absent keys were dropped without a word, their anomalies never evaluated."""
+    data = write(tmp_path, "kpi.csv", "timestamp,value,KPI ID\n60,1.0,a\n120,3.0,a\n")
+    labels = write(
+        tmp_path, "l.csv", "timestamp,label,KPI ID\n60,0,a\n120,1,a\n60,1,ghost\n120,1,ghost\n60,0,z\n"
+    )
+    heard: list[str] = []
+    series, _ = load_series(
+        [data], DataConfig(key_column="KPI ID", label="label"), labels_file=labels, warn=heard.append
+    )
+    assert {s.key: s.labels.tolist() for s in series} == {"a": [0, 1]}
+    assert heard == [
+        f"{labels} labels 2 key(s) (KPI ID) that {data} does not hold: 'ghost', 'z' (3 label(s), 2 anomalous); "
+        "they label nothing and are not evaluated"
+    ]
+
+
+def test_a_label_csv_without_the_data_key_column_says_to_add_it(tmp_path) -> None:
+    data = write(tmp_path, "kpi.csv", "timestamp,value,KPI ID\n60,1.0,a\n60,2.0,b\n")
+    labels = write(tmp_path, "l.csv", "timestamp,label\n60,0\n60,1\n")
+    with pytest.raises(
+        SchemaError,
+        match=r"l.csv: line 3 labels a time that an earlier line labels too; .*kpi.csv holds several series "
+        r"\(key column 'KPI ID'\): add that column to l.csv to label each series at its own times$",
+    ):
+        load_series([data], DataConfig(key_column="KPI ID", label="label"), labels_file=labels)
+
+
 def test_keys_are_read_as_written_in_the_data_and_the_label_file(tmp_path) -> None:
     """Device IDs 0012 and 12 were read as the number 12: one series named '12' (not the '0012' a Kafka message
     key carries) holding both devices' readings, every second one refused as a repeated timestamp. The region

@@ -275,6 +275,28 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
         )
 
 
+def test_evaluate_after_names_the_labelled_series_it_leaves_wholly_out(bundle, test_series, tmp_path) -> None:
+    """A key that started late (or a short one) with no reading past --evaluate-after was replayed and then left
+    out of every metric without a word, its labelled anomalies with it."""
+    import dataclasses
+
+    skip = 200
+    part = test_series.take(slice(0, 150))
+    late = dataclasses.replace(part, key="late", labels=np.ones(150, np.int8))
+    result = replay(
+        bundle, [test_series, late], build_config(overrides={"replay.evaluate_after": skip}), tmp_path
+    )
+    assert set(result.summary["per_series"]) == {test_series.key}
+    assert result.summary["warnings"][-1] == (
+        "1 of 2 labelled series have no reading after the first 200 (--evaluate-after), so no metric counts "
+        "them or their 150 anomalous labels: 'late' (150 readings)"
+    )
+    assert not any(
+        "--evaluate-after" in w
+        for w in replay(bundle, [test_series, late], build_config(), tmp_path).summary["warnings"]
+    )
+
+
 def test_false_alerts_per_day_count_the_days_with_data_not_a_gap(bundle, test_series, tmp_path) -> None:
     """A replay whose series stops for 30 days midway divided its false alerts by those 30 days too."""
     import dataclasses

@@ -407,7 +407,7 @@ def frame_to_series(
             )
         from anomaly.labels import read_labels  # (labels.py imports anomaly.data: import it late)
 
-        labels_all = read_labels(labels_file, frame, ts_all, cfg, source)
+        labels_all = read_labels(labels_file, frame, ts_all, cfg, source, warn)
     if cfg.key_column:
         if cfg.key_column not in frame.columns:
             raise SchemaError(
