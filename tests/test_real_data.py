@@ -847,9 +847,11 @@ def test_a_file_whose_sensor_reports_less_often_than_its_rows_is_not_taken_for_a
     r = run("train", csv, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert (
-        "sampling interval 60 s between the readings kept; gaps over 18000 s reset a key (0 in the training data)"
+        "sampling interval 60 s between the readings kept; gaps over 18,000 s reset a key (0 in the training data)"
         in lines(r.output)
     )
+    shown = lines(run("inspect", model).output)  # `inspect` says it in the same format
+    assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in shown
     r = run("replay", csv, "-m", model, "-o", tmp_path / "r", "--no-plots")
     assert r.exit_code == 0, r.output
     assert [

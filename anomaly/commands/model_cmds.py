@@ -326,8 +326,8 @@ def print_training(result: TrainResult, out: str) -> None:
             else ""
         )
         click.echo(  # (the engine's clock, and so its gap rule, moves only with the readings it accepts)
-            f"sampling interval {sampling['interval_seconds']:g} s{kept}; gaps over "
-            f"{sampling['max_gap_seconds']:g} s reset a key ({sampling['gap_splits']} in the training data)"
+            f"sampling interval {_num(sampling['interval_seconds'])} s{kept}; gaps over "
+            f"{_num(sampling['max_gap_seconds'])} s reset a key ({_num(sampling['gap_splits'])} in the training data)"
         )
     cut = result.bundle.meta.get("anomalies_dropped")
     if cut is not None:
@@ -351,7 +351,7 @@ def print_training(result: TrainResult, out: str) -> None:
         names = _names([k for k in t["keys_without_window"] if k not in shorts], idle)
         click.echo(
             f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
-            f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
+            f"{result.bundle.window} readings in a row without a gap over {_num(sampling.get('max_gap_seconds', 0))} s; "
             "in replay they have less than a window of history too (readings far apart need "
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
