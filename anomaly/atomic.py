@@ -195,6 +195,10 @@ def _probe(p: Path, folder: Path, what: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{p.name}.", suffix=TMP_SUFFIX)
         os.close(fd)
         os.unlink(tmp)
+    except FileNotFoundError as exc:  # in a folder that exists: one that takes no new file (/proc, /sys)
+        raise OutputError(
+            f"cannot write the {what} {p}: the folder {folder} takes no new file ({reason(exc)})", path=str(p)
+        ) from None
     except OSError as exc:
         raise unwritable(p, exc, what) from None
 

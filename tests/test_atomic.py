@@ -369,3 +369,13 @@ def test_benchmark_json_out_naming_a_file_it_reads_is_refused(tmp_path, monkeypa
             f"{content}; name another file with --json-out\n",
         ), args
     assert {p: p.read_bytes() for p in (skab_file, nasa_file, pipeline)} == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_new_file_is_said_so():
+    """`train -o /proc/m.pt` said only 'No such file or directory' of a folder that exists."""
+    with pytest.raises(OutputError) as err:
+        atomic.check_writable("/proc/m.pt", "model bundle")
+    assert str(err.value) == (
+        "cannot write the model bundle /proc/m.pt: the folder /proc takes no new file (No such file or directory)"
+    )
