@@ -601,10 +601,11 @@ def coverage_warnings(
     reset = {key for key, *_ in gapped}
     short = [key for key, n in rows.items() if n < w and key not in reset]
     if short and len(short) < len(rows):  # (all of them: the run's own warning says why)
+        named = ", ".join(f"{k!r} ({plural(rows[k], 'reading')})" for k in short[:3])
         out.append(
-            f"{len(short)} of {len(rows)} series have fewer readings than the model window ({w}), so their "
+            f"{len(short):,} of {len(rows):,} series {'has' if len(short) == 1 else 'have'} fewer readings than the model window ({w}), so their "
             f"readings had less than a window of history (cold scores, or none): "
-            f"{', '.join(f'{k!r} ({rows[k]} readings)' for k in short[:3])}{', ...' if len(short) > 3 else ''}"
+            f"{named}{', ...' if len(short) > 3 else ''}"
         )
     if cold:
         unscored = total  # scores from a cold state: as good as nothing
@@ -613,7 +614,7 @@ def coverage_warnings(
     if all(len(s) < w for s in series):
         why = f"every series is shorter than the model window ({w} readings); give each key at least {w}"
     elif coverage["rejected"] >= total // 2:
-        why = f"{coverage['rejected']} of {total} readings were rejected (reasons in rejections.jsonl)"
+        why = f"{coverage['rejected']:,} of {plural(total, 'reading')} {'was' if coverage['rejected'] == 1 else 'were'} rejected (reasons in rejections.jsonl)"
     elif resets * w >= unscored // 2:
         median = "" if step is None else f"; the median step in these files is {step:g} s"
         why = (
@@ -631,7 +632,10 @@ def coverage_warnings(
         ]
     if coverage["scored"] == 0 or unscored == total:
         return [f"nothing was scored: {why}", *out]
-    return [f"{unscored} of {total} readings ({unscored / total:.0%}) were not scored: {why}", *out]
+    return [
+        f"{unscored:,} of {plural(total, 'reading')} ({unscored / total:.0%}) {'was' if unscored == 1 else 'were'} not scored: {why}",
+        *out,
+    ]
 
 
 def label_warnings(judged: dict[str, pd.DataFrame]) -> list[str]:

@@ -341,6 +341,7 @@ def train(
     for s in whole:
         rows_of[s.key] = rows_of.get(s.key, 0) + len(s)
     short = [k for k in idle if rows_of[k] < model_cfg.window]  # too few readings at all, gaps or not
+    emptied = empty_columns(given, features, short[:5])
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -487,6 +488,8 @@ def train(
             "keys_without_window": idle[:5],
             "series_shorter_than_window": len(short),  # of series_without_window: fewer rows than a window
             "keys_shorter_than_window": short[:5],
+            # of those keys, the ones with a column without a value in any of their readings: which columns
+            "empty_columns_of_keys": emptied,
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
@@ -513,6 +516,24 @@ def no_validation_window(series: Sequence[Series], val_fraction: float, window: 
         f"series is its last {val_fraction * 100:g} % (train.val_fraction), {int(round(longest * val_fraction))} of the "
         f"longest series' {longest} rows{where}; {hint}"
     )
+
+
+def empty_columns(
+    series: Sequence[Series], features: Sequence[str], keys: Sequence[str]
+) -> dict[str, list[str]]:
+    """Of `keys`, those with a feature that has no value in any of their readings (over all their series),
+    mapped to those features in order: a whole key losing a column is not a matter of a few missing cells."""
+    seen: dict[str, np.ndarray] = {}
+    wanted = set(keys)
+    for s in series:
+        if s.key in wanted and len(s):
+            has = np.isfinite(s.values).any(axis=0)
+            seen[s.key] = seen[s.key] | has if s.key in seen else has
+    return {
+        k: [f for f, h in zip(features, seen[k], strict=True) if not h]
+        for k in keys
+        if k in seen and not seen[k].all()
+    }
 
 
 def missing_cells(series: Sequence[Series]) -> np.ndarray:

@@ -88,7 +88,7 @@ def test_mostly_unscored_warns_with_the_reason(frame, bundle_path, tmp_path) -> 
     broken.to_csv(holes, index=False)
     r = replay(holes, bundle_path, tmp_path / "r")
     assert r.exit_code == 0 and lines(r.stderr) == [
-        "warning: 960 of 1200 readings (80%) were not scored: 960 of 1200 readings were rejected "
+        "warning: 960 of 1,200 readings (80%) were not scored: 960 of 1,200 readings were rejected "
         "(reasons in rejections.jsonl)"
     ]
     assert "960 rejected, 0 in windows never filled before a gap or a series end" in r.stdout
@@ -559,7 +559,7 @@ def test_replay_names_a_key_shorter_than_a_window(tmp_path) -> None:
     r = run("replay", csv, "--key-column", "device", "-m", model, "-o", tmp_path / "r", "--no-plots")
     assert r.exit_code == 0, r.output
     expected = (
-        "1 of 2 series have fewer readings than the model window (8), so their readings had less than a window "
+        "1 of 2 series has fewer readings than the model window (8), so their readings had less than a window "
         "of history (cold scores, or none): 'tiny' (3 readings)"
     )
     assert f"warning: {expected}" in lines(r.output)
@@ -696,7 +696,7 @@ def test_a_key_with_fewer_rows_than_a_window_is_not_blamed_on_gaps(tmp_path) -> 
     assert r.exit_code == 0, r.output
     warnings = [line for line in lines(r.stderr) if line.startswith("warning:")]
     assert warnings[0] == (
-        "warning: 1 of 3 series have fewer readings than a window (8) and gave none to train on ('short'); in "
+        "warning: 1 of 3 series has fewer readings than a window (8) and gave none to train on ('short'); in "
         "replay they have less than a window of history too (cold scores, or none)"
     )
     assert warnings[1].startswith("warning: 1 of 3 series gave no window to train on ('slow'): no 8 readings")
@@ -799,11 +799,12 @@ def test_a_key_with_a_missing_value_in_every_row_does_not_crash_training(tmp_pat
     r = run("train", csv, "--key-column", "device", "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert [line for line in lines(r.stderr) if line.startswith("warning:")] == [
-        "warning: 1 of 2 series have fewer readings than a window (8) once those with a missing value were "
-        "dropped and gave none to train on ('dead'); in replay they have less than a window of history too "
-        "(cold scores, or none)"
-    ]
+        "warning: 1 of 2 series has fewer readings than a window (8) once those with a missing value were "
+        "dropped and gave none to train on ('dead'); 'dead' has no value in column 'a'; in replay they have "
+        "less than a window of history too (cold scores, or none)"
+    ]  # the key was named, not the column it lost (every reading of 'dead' misses 'a')
     meta = load_bundle(model).meta
+    assert meta["training"]["empty_columns_of_keys"] == {"dead": ["a"]}
     assert (meta["training"]["series"], meta["training"]["rows"]) == (2, 300)
     assert meta["sampling"]["gap_splits"] == 0 and meta["missing_values"]["rows_dropped"] == 300
 

@@ -550,7 +550,10 @@ def test_an_alerts_file_of_other_records_is_refused_and_foreign_alerts_are_warne
         "retrain", "-m", bundle_path, path, "--alerts", foreign, "-o", tmp_path / "c.pt", "--epochs", 1
     )
     assert result.exit_code == 0, result.output
-    assert "falls on the selected data (keys pump-7); nothing is left out for alerts" in result.stderr
+    assert (  # said 'none of the 1 alerts in ... falls'
+        f"warning: the alert in {foreign} does not fall on the selected data (keys pump-7); nothing is left out "
+        "for alerts\n"
+    ) in result.stderr
     assert "(0 left out in alert spans)" in result.stdout
 
 

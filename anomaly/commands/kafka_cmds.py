@@ -217,6 +217,7 @@ def consume_cmd(
         warn_line(shared)
     import kafka.errors
 
+    from anomaly.data import plural
     from anomaly.errors import ConfigError
     from anomaly.kafka import KafkaError
     from anomaly.kafka.checkpoint import FinalCheckpointError
@@ -276,8 +277,9 @@ def consume_cmd(
     finally:
         server.stop()
     click.echo(
-        f"stopped: {totals['messages']} messages, {totals['readings']} readings, {totals['windows']} windows, "
-        f"{totals['alerts']} alert events, {totals['rejected']} refused",
+        f"stopped: {plural(totals['messages'], 'message')}, {plural(totals['readings'], 'reading')}, "
+        f"{plural(totals['windows'], 'window')}, {plural(totals['alerts'], 'alert event')}, "
+        f"{totals['rejected']:,} refused",
         err=True,
     )
 

@@ -533,8 +533,8 @@ def _alerts_check(events, spans, series, alerts_file) -> None:  # type: ignore[n
                 return
     count = sum(len(v) for v in spans.values())
     click.echo(
-        f"warning: none of the {count} alerts in {alerts_file} "
-        f"falls on the selected data (keys {', '.join(sorted(spans)[:5])}); nothing is left out for alerts",
+        f"warning: {'the alert' if count == 1 else f'none of the {count:,} alerts'} in {alerts_file} "
+        f"{'does not fall' if count == 1 else 'falls'} on the selected data (keys {', '.join(sorted(spans)[:5])}); nothing is left out for alerts",
         err=True,
     )
 

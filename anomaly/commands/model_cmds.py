@@ -339,10 +339,14 @@ def print_training(result: TrainResult, out: str) -> None:
     short = t.get("series_shorter_than_window", 0)
     if short:  # not a matter of gaps: "readings far apart" would send the user after the wrong cause
         click.echo(
-            f"warning: {short} of {t['series']} series have fewer readings than a window ({result.bundle.window})"
+            f"warning: {short:,} of {t['series']:,} series {'has' if short == 1 else 'have'} fewer readings than a window ({result.bundle.window})"
             + (" once those with a missing value were dropped" if missing.get("rows_dropped") else "")
-            + f" and gave none to train on ({_names(t['keys_shorter_than_window'], short)}); in replay they have less "
-            "than a window of history too (cold scores, or none)",
+            + f" and gave none to train on ({_names(t['keys_shorter_than_window'], short)})"
+            + "".join(
+                f"; {key!r} has no value in {'column' if len(cols) == 1 else 'columns'} {', '.join(map(repr, cols))}"
+                for key, cols in t.get("empty_columns_of_keys", {}).items()
+            )
+            + "; in replay they have less than a window of history too (cold scores, or none)",
             err=True,
         )
     idle = t.get("series_without_window", 0) - short
@@ -434,6 +438,13 @@ def _onnx_metadata(path: str) -> dict[str, Any]:
     }
 
 
+def _counted(value: Any, one: str, many: str | None = None) -> str:
+    """`plural` for a count read from a bundle's metadata, which may be missing (an older bundle)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return plural(value, one, many)
+    return f"{_num(value)} {many or one + 's'}"
+
+
 def _num(value: Any, digits: int = 4) -> str:
     """A number as a person reads it: 4 significant digits, no 16-digit floats."""
     if isinstance(value, bool) or value is None:
@@ -493,7 +504,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "training data",
-            f"fingerprint {meta.get('training_fingerprint')}, {_num(t.get('rows'))} rows, "
+            f"fingerprint {meta.get('training_fingerprint')}, {_counted(t.get('rows'), 'row')}, "
             f"{_num(t.get('series'))} series",
         ),
         (
@@ -505,7 +516,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "training",
-            f"{_num(t.get('epochs_run'))} epoch{'' if t.get('epochs_run') == 1 else 's'} (best "
+            f"{_counted(t.get('epochs_run'), 'epoch')} (best "
             f"{_num(t.get('best_epoch'))}), best val loss "
             f"{_num(t.get('best_val_loss'))}, {t.get('windows_per_second', 0):,.0f} windows/s on {t.get('device')}",
         ),
@@ -520,8 +531,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             5,
             (
                 "missing values",
-                f"nan_policy {missing.get('policy')}: {_num(missing.get('rows_dropped'))} rows dropped, "
-                f"{_num(missing.get('cells_filled'))} cells filled",
+                f"nan_policy {missing.get('policy')}: {_counted(missing.get('rows_dropped'), 'row')} dropped, "
+                f"{_counted(missing.get('cells_filled'), 'cell')} filled",
             ),
         )
     cut = meta.get("anomalies_dropped")
@@ -530,8 +541,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             5,
             (
                 "dropped",
-                f"{_num(cut.get('rows'))} rows labelled anomalous (--drop-anomalies), the series cut at "
-                f"{_num(cut.get('cuts'))} removed {'stretch' if cut.get('cuts') == 1 else 'stretches'}",
+                f"{_counted(cut.get('rows'), 'row')} labelled anomalous (--drop-anomalies), the series cut at "
+                f"{_counted(cut.get('cuts'), 'removed stretch', 'removed stretches')}",
             ),
         )
     context = context_features(meta)
@@ -545,8 +556,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         data = lineage.get("data") or {}
         origin = (  # a bundle not made by retrain (promoted as it was) has a parent and no data
             f"; {data.get('source')} data {data.get('first_reading')} .. {data.get('last_reading')}, "
-            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} "
-            f"{'key' if data.get('keys') == 1 else 'keys'}"
+            f"{_counted(data.get('readings'), 'reading')} of {_counted(data.get('keys'), 'key')}"
             if data
             else ""
         )

@@ -18,6 +18,7 @@ from anomaly.commands.common import (
     warn_line,
 )
 from anomaly.config import build_config, read_toml
+from anomaly.data import plural
 from anomaly.quality import format_quality, format_ranking
 
 
@@ -142,7 +143,7 @@ def nasa_cmd(
             oracle = "  ".join(f"{n} {v:.3f}" for n, v in r.oracle_f1().items() if v is not None)
             tqdm.write(
                 f"{r.key:<6} F1 {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
-                f"({r.epochs} epochs, best {r.best_epoch}, {r.seconds:.1f} s)"
+                f"({plural(r.epochs, 'epoch')}, best {r.best_epoch}, {r.seconds:.1f} s)"
                 + (f"  oracle F1 {oracle}" if oracle else "")
             )
 

@@ -17,6 +17,7 @@ from anomaly.commands.common import (
     warn_line,
 )
 from anomaly.config import build_config, read_toml
+from anomaly.data import plural
 from anomaly.evaluation import format_table
 from anomaly.quality import format_quality, format_ranking
 
@@ -149,7 +150,7 @@ def skab_cmd(
             m = r.metrics
             tqdm.write(
                 f"{r.key:<12} F1 {m['f1']:.3f}  FAR {m['far'] * 100:6.2f} %  MAR {m['mar'] * 100:6.2f} %  "
-                f"({r.epochs} epochs, {r.seconds:.1f} s)"
+                f"({plural(r.epochs, 'epoch')}, {r.seconds:.1f} s)"
             )
 
     result = skab.run_benchmark(
@@ -158,7 +159,7 @@ def skab_cmd(
     bar.close()
     s = skab.summary(result)
     click.echo(
-        f"SKAB: {len(result.files)} files, {s['counts']['point']['tp'] + s['counts']['point']['fn']} "
+        f"SKAB: {plural(len(result.files), 'file')}, {s['counts']['point']['tp'] + s['counts']['point']['fn']} "
         f"anomalous of {sum(s['counts']['point'].values())} test points, predict={cfg.replay.predict}, "
         f"{'warm' if warm else 'cold'} state, {result.seconds:.0f} s"
     )

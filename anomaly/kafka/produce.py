@@ -141,5 +141,7 @@ def produce(
     if progress is not None:
         progress.update(n % 256)
     if failed:
-        raise KafkaError(f"{len(failed)} of {n} messages to {topic} were not delivered: {failed[0]}")
+        raise KafkaError(
+            f"{len(failed):,} of {n:,} messages to {topic} {'was' if len(failed) == 1 else 'were'} not delivered: {failed[0]}"
+        )
     return n

@@ -171,7 +171,7 @@ def test_state_of_an_incompatible_model_is_refused_and_the_input_position_kept(
 
     assert log.count("not restored: written by an incompatible model") == 2
     assert refused == {"other_group": 0, "incompatible_model": 2, "bad_state": 0}
-    assert f"stopped: {sum(len(s) for s in second)} messages" in log  # every new message, none skipped
+    assert f"stopped: {sum(len(s) for s in second):,} messages" in log  # every new message, none skipped
     expected = replay_expected(other, second)  # fresh keys from the committed offset on
     got = {k: w for k, w in kafka_env.windows(names.scores).items() if w["model_version"] == other.version}
     assert got == expected.windows and len(got) > 0
@@ -236,7 +236,7 @@ def test_reset_state_starts_the_keys_of_other_settings_fresh_from_the_committed_
     assert log.count("WARNING anomaly.kafka.daemon: --reset-state: discarded the state of ") == 2
     assert log.count("(snapshot state does not fit this engine: field hist is not kept here") == 2
     assert refused == {"other_group": 0, "incompatible_model": 0, "bad_state": 2}
-    assert f"stopped: {sum(len(s) for s in second)} messages" in log  # every new message, none skipped
+    assert f"stopped: {sum(len(s) for s in second):,} messages" in log  # every new message, none skipped
     before = replay_expected(bundle, first, config=EngineConfig(threshold="dynamic"))
     after = replay_expected(bundle, second)  # fresh keys from the committed offset on
     assert kafka_env.windows(names.scores) == {**before.windows, **after.windows}
@@ -482,7 +482,7 @@ def test_a_restore_reads_past_another_writers_open_transaction_on_the_changelog(
     log = kafka_env.logs[-1].read_text()
 
     assert "restored 2 from the changelog" in log
-    assert f"stopped: {sum(len(s) for s in second)} messages" in log
+    assert f"stopped: {sum(len(s) for s in second):,} messages" in log
     assert_matches_replay(kafka_env, names, bundle, series)
 
 
