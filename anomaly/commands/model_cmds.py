@@ -133,7 +133,13 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             )
         series, dropped, cuts = cut_out_labelled(series)
     if not any(len(s) for s in series):
-        raise DataError("no training rows left")
+        raise DataError(
+            f"no training rows left: every one of the {plural(dropped, 'row')} is labelled anomalous in "
+            f"{cfg.data.label!r} and --drop-anomalies left them all out; train on normal data, or check the "
+            "label column (--label, --label-map: which value means normal)"
+            if cfg.data.drop_anomalies
+            else "no training rows left"
+        )
     longest = max(len(s) for s in series)
     if longest < cfg.model.window:  # not a matter of gaps, which the trainer's own message would blame
         piece = (
@@ -384,6 +390,14 @@ def print_training(result: TrainResult, out: str) -> None:
             "screen never removes every scored feature",
             err=True,
         )
+    for name, x in t.get("scale_outliers", {}).items():
+        click.echo(
+            f"warning: feature {name!r} has its scale ({x['scale']:.4g}) set by {plural(x['readings'], 'extreme reading')}"
+            f" (the farthest {x['value']:.4g}): without {'it' if x['readings'] == 1 else 'them'} the scale is "
+            f"{x['scale_without']:.4g}, so ordinary changes of {name!r} barely move a score; remove or label "
+            "the reading(s) (--drop-anomalies) if they are errors",
+            err=True,
+        )
     flat = _flat_features(list(result.bundle.features), result.bundle.calibration)
     if (
         flat
@@ -523,6 +537,19 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 f"nan_policy {missing.get('policy')}: {_num(missing.get('rows_dropped'))} rows dropped, "
                 f"{_num(missing.get('cells_filled'))} cells filled",
             ),
+        )
+    extreme = t.get("scale_outliers")
+    if extreme:  # a feature scaled by a few extreme training readings (session 24; said by train too)
+        rows.append(
+            (
+                "scale outliers",
+                "; ".join(
+                    f"{name} scale {_num(x['scale'])} ({_num(x['scale_without'])} without "
+                    f"{_num(x['readings'])} extreme reading{'' if x['readings'] == 1 else 's'}, farthest "
+                    f"{_num(x['value'])})"
+                    for name, x in extreme.items()
+                ),
+            )
         )
     cut = meta.get("anomalies_dropped")
     if cut:  # `--drop-anomalies`: said by train and in --json, not in these lines before
