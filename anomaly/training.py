@@ -477,6 +477,9 @@ def train(
             "best_val_loss": best[0],
             "final_loss": history[-1]["loss"],
             "train_windows": n_train_windows,
+            # the range each feature took in the rows trained on (after the missing-value policy), for inspect
+            "feature_min": np.nanmin(raw, axis=0).astype(np.float64).tolist(),
+            "feature_max": np.nanmax(raw, axis=0).astype(np.float64).tolist(),
             "windows_per_second": wps,
             "device": device.type,
             "amp": amp_name,

@@ -424,8 +424,9 @@ def _names(keys: list[str], count: int) -> str:
 @one_line_errors
 def inspect_cmd(bundle: str, as_json: bool) -> None:
     """Print a model bundle's metadata: version, features (and the scored ones when some are context only),
-    architecture, training data, missing values, sampling interval and gap, training, calibration, and lineage,
-    promotion and export when recorded."""
+    architecture, training data, missing values, sampling interval and gap, training, calibration, scaler (each
+    feature's mean, scale and training range), and scale outliers, lineage, promotion and export when
+    recorded."""
     meta = _onnx_metadata(bundle) if bundle.endswith(".onnx") else read_metadata(bundle)[0]
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
@@ -482,6 +483,23 @@ def _promotion(decision: dict[str, Any]) -> str:
     return f"{decision.get('decision')}{how} at {decision.get('at')}{over}"
 
 
+# Features whose scaler `anomaly inspect` prints on its one line (all are in --json).
+SCALER_SHOWN = 6
+
+
+def _scaler_line(meta: dict[str, Any]) -> str:
+    """Each feature's mean and scale, and the range it took in training (bundles since session 24 record it),
+    for the first SCALER_SHOWN features: `s0 mean 0.01, scale 0.71 (trained on -1.2 .. 1.3); ...`."""
+    features, scaler, t = meta["features"], meta.get("scaler") or {}, meta.get("training", {})
+    low, high = t.get("feature_min"), t.get("feature_max")
+    parts = []
+    for i, name in enumerate(features[:SCALER_SHOWN]):
+        seen = f" (trained on {_num(low[i])} .. {_num(high[i])})" if low and high else ""
+        parts.append(f"{name} mean {_num(scaler['mean'][i])}, scale {_num(scaler['scale'][i])}{seen}")
+    more = len(features) - SCALER_SHOWN
+    return "; ".join(parts) + (f"; {more:,} more in --json" if more > 0 else "")
+
+
 def context_features(meta: dict[str, Any]) -> str:
     """The features a bundle reads but does not score (not among its targets), comma-separated; "" when every
     feature is scored."""
@@ -528,6 +546,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             f"score 1.0 = q{_num(cal['reference_quantile'])} point error {_num(cal['reference_error'])}; "
             f"default threshold {_num(cal['default_threshold'])}" + _flat_note(meta),
         ),
+        ("scaler", _scaler_line(meta)),
     ]
     if missing:
         rows.insert(
