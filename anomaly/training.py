@@ -64,7 +64,9 @@ class TrainResult:
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise DataError("train.device is cuda but no CUDA device is available")
+            raise DataError(
+                "train.device is cuda but no CUDA device is available: use cpu or auto (anomaly train --device cpu, or ANOMALY_TRAIN_DEVICE=cpu)"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 

@@ -698,7 +698,9 @@ def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_pa
     assert (r.exit_code, r.stdout, lines(r.stderr)) == (
         2,
         "",
-        ["error: train.device is cuda but no CUDA device is available"],
+        [
+            "error: train.device is cuda but no CUDA device is available: use cpu or auto (anomaly train --device cpu, or ANOMALY_TRAIN_DEVICE=cpu)"
+        ],
     )
 
 
