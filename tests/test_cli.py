@@ -1193,3 +1193,22 @@ def test_inspect_of_a_bundle_without_training_ranges_shows_mean_and_scale() -> N
         "f0 mean 0, scale 0.5; f1 mean 1, scale 0.5; f2 mean 2, scale 0.5; f3 mean 3, scale 0.5; "
         "f4 mean 4, scale 0.5; f5 mean 5, scale 0.5; 2 more in --json"
     )
+
+
+def test_the_same_train_command_twice_differs_only_in_its_time_and_throughput(train_csv, tmp_path) -> None:
+    """README (Training): the same command with the same seed gives equal weights, calibration and metadata,
+    but not equal bundle bytes: creation time, model version (which holds it) and throughput differ."""
+    metas = []
+    for name in ("a.pt", "b.pt"):
+        args = ["train", str(train_csv), "-o", str(tmp_path / name), "--epochs", "2", "--window", "8"]
+        assert invoke(*args, "--hidden-size", "4", "--seed", "7").exit_code == 0
+        meta = json.loads(invoke("inspect", str(tmp_path / name), "--json").output)
+        metas.append(meta)
+    a, b = metas
+    varying = {"created_at", "model_version"}
+    assert {k for k in a if a[k] != b[k]} <= varying | {"training"}
+    ta, tb = a.pop("training"), b.pop("training")
+    assert {k for k in ta if ta[k] != tb[k]} <= {"windows_per_second"}
+    assert {k: v for k, v in a.items() if k not in varying} == {
+        k: v for k, v in b.items() if k not in varying
+    }
