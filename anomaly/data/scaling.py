@@ -9,7 +9,6 @@ import numpy as np
 
 from anomaly.errors import DataError
 
-
 # The largest error, in standard deviations, that storing a feature's mean as float32 may make (:meth:`Scaler.fit`).
 MEAN_ROUNDING = 1e-3
 
