@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -935,7 +936,9 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                         f"with FIELD one of: {', '.join(fields)}",
                         key=name,
                     )
-                out.setdefault(section, {})[rest[len(section) + 1 :]] = raw
+                field = rest[len(section) + 1 :]
+                _refuse_true_false_for_text(name, raw, section, field)
+                out.setdefault(section, {})[field] = raw
                 break
         else:
             head = rest.split("_", 1)[0]
@@ -948,6 +951,26 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 key=name,
             )
     return out
+
+
+def _refuse_true_false_for_text(name: str, raw: str, section: str, field: str) -> None:
+    """`true`/`false` in a variable of a text setting: refused as in a pipeline file, where `time_column = false`
+    is; ANOMALY_DATA_TIME_COLUMN=false looked for a column named 'false' (meaning --no-time-column, the empty
+    value). A column so named is still reached by the option or a quoted string in the file."""
+    hint = typing.get_type_hints(_SECTION_TYPES[section]).get(field)
+    text = hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint)
+    )
+    if not text or field in SECRET_FIELDS or raw.strip().lower() not in ("true", "false"):
+        return  # (a password may be `true`, and is never printed)
+    empty = {
+        "data.time_column": f" {name}= (empty) is no time column, as --no-time-column;",
+    }.get(f"{section}.{field}", "")
+    raise ConfigError(
+        f"environment variable {name}={raw}: {section}.{field} is text, not true or false;{empty} a value named "
+        f'{raw!r} is written {field} = "{raw}" in a pipeline file',
+        key=name,
+    )
 
 
 def _check_toml_shape(toml: Mapping[str, Any]) -> None:
@@ -1045,7 +1068,8 @@ def build_config(
 def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
     (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
-    `reads`), `max_feature`'s floor under the mean score, background commits without transactions. Not an error: a
+    `reads`), `max_feature`'s floor under the mean score, background commits without transactions, SASL credentials
+    and SSL files the security protocol does not use. Not an error: a
     layer of variables may set it for pipelines of either kind. Options are left to the commands, which refuse them
     (`--static-threshold` without `--threshold static`)."""
     kind = cfg.engine.threshold
@@ -1067,6 +1091,22 @@ def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]
         if not cfg.kafka.transactional and cfg.kafka.commit_in_background
         else None,
     }
+    # credentials and certificates the security protocol does not use (a password under PLAINTEXT): the Kafka
+    # commands refuse them when they build their clients, every other command (and `anomaly config`) said nothing
+    protocol = cfg.kafka.security_protocol
+    for name, used_by, fits in (
+        ("sasl_mechanism", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("sasl_username", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("sasl_password", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
+        ("ssl_cafile", "SSL", "SSL or SASL_SSL"),
+        ("ssl_certfile", "SSL", "SSL or SASL_SSL"),
+        ("ssl_keyfile", "SSL", "SSL or SASL_SSL"),
+    ):
+        unused[f"kafka.{name}"] = (
+            f"kafka.security_protocol is {protocol}, not {fits}"
+            if getattr(cfg.kafka, name) and used_by not in protocol
+            else None
+        )
     return [
         f"{key} (from {sources[key]}) has no effect: {why}"
         for key, why in unused.items()

@@ -3,8 +3,9 @@
 The reference is the model's own calibration (``calibration.point_error_quantiles``): the validation point
 errors at the quantiles 0.5, 0.9, 0.95, 0.99 and 0.999, scored as a stream exactly as the engine scores live
 data. Those quantiles cut the error axis into bins whose expected shares are known by construction
-(0.5, 0.4, 0.05, 0.04, 0.009, 0.001). Live point errors (unsmoothed mean squared reconstruction error, the
-number the calibration is made of) fall into the same bins over a sliding window of the last ``window``
+(0.5, 0.4, 0.05, 0.04, 0.009, 0.001). Live point errors (unsmoothed mean squared error over the targets: the
+forecast error of a forecast model, the reconstruction error of one scored by window; the number the calibration
+is made of) fall into the same bins over a sliding window of the last ``window``
 points of all keys, and
 
     PSI = sum over bins of (live share - expected share) * ln(live share / expected share)

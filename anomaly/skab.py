@@ -125,8 +125,12 @@ def skab_files(root: str | Path) -> list[Path]:
 def _skab_header(path: Path) -> bool:
     """Whether the file's header names SKAB's time and label columns (SKAB separates fields with ';')."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline()
+        with open(path, "rb") as fh:
+            header = fh.readline().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # left to the reader, which refuses the file naming its line and byte; a damaged byte in 'datetime' or
+        # 'anomaly' (read as U+FFFD) called the folder not SKAB's
+        return True
     except OSError:
         return False
     names = {name.strip().strip('"') for name in re.split(r"[;,\t]", header)}

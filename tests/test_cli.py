@@ -719,6 +719,16 @@ def test_produce_with_a_model_sends_its_order_even_where_features_are_named(
     assert [json.loads(v)["values"] for _, v in sent] == [[1.0, 2.0]]
 
 
+def test_produce_counts_one_key_one_message_and_one_reading_in_the_singular(monkeypatch, tmp_path) -> None:
+    """`anomaly produce` of one reading said `sent 1 messages (1 readings of 1 keys)`."""
+    _fake_produce(monkeypatch, ["a"])
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1700000000,1.0\n")
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", "-m", "m.pt"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["sent 1 message (1 reading of 1 key) to t"]
+
+
 def test_produce_refuses_features_that_are_not_the_models(monkeypatch, tmp_path) -> None:
     """--features naming other sensors than --model's sent messages the daemon refuses one by one."""
     sent = _fake_produce(monkeypatch, ["a", "b"])

@@ -319,6 +319,25 @@ def test_true_or_false_for_a_text_setting_is_refused(toml, message) -> None:
     assert build_config({"data": {"features": [1, 2]}}).data.features == ("1", "2")
 
 
+def test_true_or_false_in_a_variable_of_a_text_setting_is_refused_naming_the_empty_value() -> None:
+    """ANOMALY_DATA_TIME_COLUMN=false (meaning --no-time-column) looked for a column named 'false', where the
+    pipeline file's `time_column = false` is refused; the empty value is no time column."""
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_DATA_TIME_COLUMN": "false"})
+    assert str(info.value) == (
+        "environment variable ANOMALY_DATA_TIME_COLUMN=false: data.time_column is text, not true or false; "
+        "ANOMALY_DATA_TIME_COLUMN= (empty) is no time column, as --no-time-column; a value named 'false' is written "
+        'time_column = "false" in a pipeline file'
+    )
+    with pytest.raises(
+        ConfigError, match=r"^environment variable ANOMALY_KAFKA_GROUP_ID=True: kafka.group_id is"
+    ):
+        build_config(env={"ANOMALY_KAFKA_GROUP_ID": "True"})
+    assert build_config(env={"ANOMALY_DATA_TIME_COLUMN": ""}).data.time_column == ""
+    assert build_config({"data": {"time_column": "false"}}).data.time_column == "false"  # quoted: a name
+    assert build_config(env={"ANOMALY_KAFKA_SASL_PASSWORD": "true"}).kafka.sasl_password == "true"
+
+
 def test_a_template_with_an_unmatched_brace_says_so() -> None:
     """`changelog_topic = "changelog-{group"` was refused as "got {?}", a placeholder nobody wrote."""
     with pytest.raises(ConfigError) as info:
@@ -766,3 +785,25 @@ def test_every_numeric_train_and_engine_setting_out_of_range_is_one_line_with_it
         assert str(err.value).startswith(f"engine.{name} must be at least ") and str(err.value).endswith(
             f" and below 2**31, got {2**63 - 1} (from pipeline file {tmp_path / 'p.toml'})"
         )
+
+
+def test_credentials_the_security_protocol_does_not_use_are_warned_about_without_the_secret(caplog) -> None:
+    """`kafka.sasl_password` under PLAINTEXT (or SSL) was kept without a word where no Kafka client is built
+    (`anomaly config`, replay); the Kafka commands refuse it. The warning names the setting, never its value."""
+    env = {"ANOMALY_KAFKA_SASL_PASSWORD": "hunter2", "ANOMALY_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env=env)
+    assert caplog.messages == [
+        "kafka.sasl_password (from environment variable ANOMALY_KAFKA_SASL_PASSWORD) has no effect: "
+        "kafka.security_protocol is SSL, not SASL_PLAINTEXT or SASL_SSL"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly.config"):
+        load_config(None, env={"ANOMALY_KAFKA_SSL_CAFILE": "ca.pem", "ANOMALY_KAFKA_SASL_USERNAME": "u"})
+        load_config(None, env={**env, "ANOMALY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    assert caplog.messages == [
+        "kafka.sasl_username (from environment variable ANOMALY_KAFKA_SASL_USERNAME) has no effect: "
+        "kafka.security_protocol is PLAINTEXT, not SASL_PLAINTEXT or SASL_SSL",
+        "kafka.ssl_cafile (from environment variable ANOMALY_KAFKA_SSL_CAFILE) has no effect: "
+        "kafka.security_protocol is PLAINTEXT, not SSL or SASL_SSL",
+    ]  # SASL_SSL uses both: nothing

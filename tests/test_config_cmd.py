@@ -142,3 +142,26 @@ def test_build_config_hands_back_its_sources_and_is_unchanged_without_the_dict()
         "train.epochs": "a command-line option",
     }
     assert cfg == build_config(toml, env, {"train.epochs": 2}, toml_source="pipeline file x.toml")
+
+
+def test_the_threads_torch_runs_with_are_a_comment_line_with_their_source(pipeline) -> None:
+    """`anomaly --threads` / ANOMALY_THREADS is what the daemon runs with too, and `anomaly config` left it out. It
+    is no setting of a section (a pipeline file cannot set it): a comment line, so the text still loads back."""
+
+    def threads_line(*args: str, env: dict[str, str] | None = None) -> list[str]:
+        result = CliRunner().invoke(main, [*args, "config", "-p", str(pipeline)], env=env)
+        assert result.exit_code == 0, result.output
+        return next(x for x in result.stdout.splitlines() if x.startswith("# anomaly --threads")).split()
+
+    assert threads_line() == ["#", "anomaly", "--threads", "1", "#", "default"]
+    assert threads_line(env={"ANOMALY_THREADS": "3"})[3:] == ["3", "#", "environment", "variable"] + [
+        "ANOMALY_THREADS"
+    ]
+    assert threads_line("--threads", "2", env={"ANOMALY_THREADS": "3"})[3:] == [
+        "2",
+        "#",
+        "option",
+        "--threads",
+    ]
+    as_json = json.loads(run("-p", pipeline, "--json").stdout)
+    assert list(as_json) == [f.name for f in dataclasses.fields(PipelineConfig)]  # sections only, as before

@@ -1407,3 +1407,25 @@ def test_numbers_with_a_unit_written_close_are_listed_as_such_not_as_text(tmp_pa
         "power": "numbers with units such as '0.5kW', read as text: export the raw values",
         "room": "text",
     }
+
+
+def test_no_label_columns_leave_skab_changepoint_refused_not_scored(tmp_path) -> None:
+    """`ANOMALY_DATA_LABEL_COLUMNS=` (or `label_columns = []`) is no label columns, as an empty list setting is the
+    empty list: SKAB's `changepoint` (0/1) then became a scored sensor without a word."""
+    from anomaly.config import build_config
+
+    path = write(tmp_path, "datetime;a;anomaly;changepoint\n1;1.5;0;0\n2;2.5;0;1\n3;3.5;1;0\n")
+    for cfg in (
+        build_config(env={"ANOMALY_DATA_LABEL_COLUMNS": "", "ANOMALY_DATA_TIME_COLUMN": "datetime"}).data,
+        build_config({"data": {"label_columns": [], "time_column": "datetime"}}).data,
+    ):
+        assert cfg.label_columns == ()
+        with pytest.raises(SchemaError) as info:
+            load_series([path], cfg)
+        assert str(info.value) == (
+            f"{path}: column 'changepoint' looks like labels (0/1), not a sensor; pass --label changepoint to use "
+            "it as the label (now 'anomaly'), list it in data.label_columns (now []) to leave it out, or "
+            "--features to choose the features"
+        )
+    (s,), feats = load(path, time_column="datetime")  # the default label columns: a label, not a feature
+    assert feats == ["a"] and s.labels.tolist() == [0, 0, 1]

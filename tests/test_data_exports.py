@@ -168,3 +168,25 @@ def test_utf16_without_a_byte_order_mark_is_refused_saying_so(tmp_path) -> None:
         DataError, match=r"x.txt as CSV: its first line holds NUL characters, as UTF-16 text without"
     ):
         load(path)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_names_the_encoding_that_reads_it(tmp_path, codec) -> None:
+    """A NUL in every second byte is the byte order of UTF-16 without its mark: the refusal said only "save it as
+    UTF-8", where --encoding utf-16-le (or -be) reads it as it is."""
+    path = tmp_path / "x.csv.gz"
+    path.write_bytes(gzip.compress("timestamp\ta °C\n1700000000\t1.5\n1700000060\t2.5\n".encode(codec)))
+    with pytest.raises(DataError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"cannot read {path} as CSV: its first line holds NUL characters, as UTF-16 text without a byte-order mark "
+        f"does; read it with --encoding {codec} (data.encoding), or save it as UTF-8 (or as UTF-16 with its "
+        "byte-order mark, which Excel's 'Unicode text' has)"
+    )
+    (s,), feats = load(path, encoding=codec)
+    assert feats == ["a °C"] and s.values.tolist() == [[1.5], [2.5]]
+    mixed = tmp_path / "y.csv"  # NULs at both offsets: no byte order to name
+    mixed.write_bytes(b"timestamp,a\x00\x00b\n1,2\n")
+    with pytest.raises(DataError) as info:
+        load(mixed)
+    assert "--encoding" not in str(info.value) and "holds NUL characters" in str(info.value)

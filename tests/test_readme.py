@@ -382,3 +382,152 @@ def test_alerts_table_names_every_alerting_rule() -> None:
             ranges = [int(r) for r in re.findall(rf"\[(\d+){unit}\]\) == 0", rule["expr"])]
             said = {f"for {n} {unit}" for n in [int(amount)] + [int(amount) + r for r in ranges]}
             assert any(s in rows[rule["alert"]] for s in said), (rule["alert"], rule["for"])
+
+
+# --- options, files, make targets and tests named anywhere -------------------------------------------------
+
+# Options of other programs the README shows: Kafka's kafka-configs, kafka-topics and kafka-consumer-groups, docker
+# compose, the Tansu broker.
+FOREIGN_OPTIONS = {
+    "--add-config": "kafka-configs",
+    "--alter": "kafka-configs",
+    "--bootstrap-server": "kafka-configs",
+    "--entity-name": "kafka-configs",
+    "--entity-type": "kafka-configs",
+    "--config": "kafka-topics",
+    "--create": "kafka-topics",
+    "--delete": "kafka-topics",
+    "--reset-offsets": "kafka-consumer-groups",
+    "--shift-by": "kafka-consumer-groups",
+    "--to-datetime": "kafka-consumer-groups",
+    "--to-earliest": "kafka-consumer-groups",
+    "--to-latest": "kafka-consumer-groups",
+    "--build": "docker compose up",
+    "--rm": "docker compose run",
+    "--listener-url": "tansu broker",
+    "--advertised-listener-url": "tansu broker",
+}
+
+
+def anomaly_options() -> set[str]:
+    """Every option of `anomaly` and of each of its commands."""
+    group_ctx = click.Context(main)
+    names = option_names(main, group_ctx)
+    for command in main.commands.values():
+        names |= option_names(command, click.Context(command, parent=group_ctx))
+    return names
+
+
+def unknown_options(text: str, known: set[str]) -> list[str]:
+    """`--options` of TEXT that are neither KNOWN nor another program's; `--churn-*` (a trailing '-') stands for
+    every option it begins."""
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+    return sorted(
+        n
+        for n in named - known - set(FOREIGN_OPTIONS)
+        if not (n.endswith("-") and any(k.startswith(n) for k in known))
+    )
+
+
+def test_every_option_the_readme_names_exists() -> None:
+    """An `--option` anywhere in the README (prose and tables too, where the command check above does not look)
+    is an option of `anomaly` or of one of its commands, or of another program it shows: an option renamed or
+    removed cannot stay documented."""
+    known = anomaly_options()
+    assert unknown_options("pass `--dayfirst` or `--day-first`, `--churn-*`", known) == ["--day-first"]
+    assert unknown_options(README, known) == []
+    unused = sorted(o for o in FOREIGN_OPTIONS if not re.search(rf"(?<![\w-]){o}(?![\w-])", README))
+    assert unused == [], "FOREIGN_OPTIONS has entries the README no longer names"
+    assert sorted(set(FOREIGN_OPTIONS) & known) == [], "FOREIGN_OPTIONS names an option of anomaly"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# Paths the README names that are placeholders or outputs of the commands it shows, not files of the checkout.
+NOT_IN_CHECKOUT = re.compile(r"runs/.*|pipelines/NAME\.toml")
+
+
+def missing_paths(text: str) -> list[str]:
+    """Paths under the checkout's folders that TEXT names and that do not exist (a glob matching nothing
+    included); `FILE#anchor` must name a heading of that Markdown file."""
+    named = set(re.findall(r"(?<![\w./-])((?:deploy|pipelines|anomaly|tests|runs)/[\w./*#-]*)", text))
+    missing = []
+    for name in sorted(named):
+        path, _, anchor = name.rstrip(".").partition("#")
+        if NOT_IN_CHECKOUT.fullmatch(path):
+            continue
+        if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+            missing.append(name)
+        elif anchor and anchor not in readme_anchors((ROOT / path).read_text(encoding="utf-8")):
+            missing.append(name)
+    return missing
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    assert missing_paths("`deploy/README.md#modeldrift`, `tests/test_readme.py`, `deploy/k8s/*.yaml`") == []
+    assert missing_paths("`deploy/README.md#no-such-heading` and `anomaly/nosuch.py`, `tests/x*.yml`") == [
+        "anomaly/nosuch.py",
+        "deploy/README.md#no-such-heading",
+        "tests/x*.yml",
+    ]
+    assert missing_paths(README) == []
+
+
+def test_every_make_target_and_test_the_readme_names_exists() -> None:
+    """`make X` names a target of the Makefile; a backticked `test_...` a test function or test file; `python -m
+    anomaly.X` a module of the package."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    assert sorted(set(re.findall(r"`make ([\w-]+)", README)) - targets) == []
+    tests_source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
+    defined = set(re.findall(r"^\s*def (test_\w+)", tests_source, re.M))
+    files = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+    named = set(re.findall(r"`(test_\w+(?:\.py)?)`", README))
+    assert len(named) >= 10
+    assert sorted(named - defined - files) == []
+    modules = set(re.findall(r"python -m (anomaly(?:\.\w+)+)", README))
+    assert sorted(m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).exists()) == []
+
+
+# Pieces of the Errors table's messages that the code writes from parts, or that are another program's.
+ERROR_PIECES_NOT_IN_CODE = {
+    "as CSV: it is not shift_jis text on line": "the codec is the one given, shift_jis the example",
+    "rows repeat another row's timestamp, in file order, and every time is a whole minute": "minute, hour, second",
+    "columns trend, noise": "the names found are listed",
+    "fields in line": "pandas' parser error",
+    "does not match the model's features: missing": "the parts are joined, missing then unexpected",
+    "not enough training data: engine.nan_policy =": "the cause is written apart",
+}
+
+
+def error_pieces_not_in_code(table: str, source: str) -> list[str]:
+    """Pieces of 12 characters or more of the messages in TABLE's first column (split at `...`, quoted values,
+    placeholders such as N, FILE or X, and numbers) that no string of SOURCE holds."""
+    joined = re.sub(r"\"\s*\n\s*f?r?\"", "", source)  # adjacent string literals, as Python joins them
+    missing = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        for span in re.findall(r"`([^`]+)`", cells[0]):
+            for piece in re.split(r"\.\.\.|…|'[^']*'|\b(?:[A-Z][0-9]?|FILE|DATA|FIRST|NAME)\b|\d+", span):
+                piece = piece.strip(" ,:;()")
+                if len(piece) >= 12 and piece not in joined:
+                    missing.append(piece)
+    return missing
+
+
+def test_the_errors_table_quotes_the_code() -> None:
+    """Each message of "Your data"'s Errors table ("message starts with") is written by the code as quoted: a
+    message reworded in the code cannot keep its old words in the README."""
+    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "anomaly").rglob("*.py")))
+    table = readme_section("### Your data").split("**Errors.**", 1)[1]
+    example = (
+        "| `...: column 'C' counts up reading by reading, like a clock` | x |\n| `FILE has N labels` | x |"
+    )
+    assert error_pieces_not_in_code(
+        example, 'f"column {c!r} counts up reading by reading in equal steps"'
+    ) == ["counts up reading by reading, like a clock"]
+    found = error_pieces_not_in_code(table, source)
+    assert len(re.findall(r"^\| `", table, re.M)) >= 40, "the Errors table was not found"
+    assert sorted(set(found) - set(ERROR_PIECES_NOT_IN_CODE)) == []
+    assert sorted(set(ERROR_PIECES_NOT_IN_CODE) - set(found)) == [], "stale ERROR_PIECES_NOT_IN_CODE entries"

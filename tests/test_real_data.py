@@ -593,6 +593,22 @@ def test_drop_anomalies_cuts_the_series_where_labelled_rows_were_removed(frame, 
     assert expected in lines(shown.output)
 
 
+def test_one_removed_stretch_is_counted_in_the_singular(frame, tmp_path) -> None:
+    """`anomaly inspect` said `the series cut at 1 removed stretches`."""
+    data = frame.head(600).copy()
+    data["anomaly"] = 0
+    data.loc[200:219, "anomaly"] = 1
+    csv = tmp_path / "labelled.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 0, r.output
+    assert "the series are cut at 1 removed stretch (as at a gap)" in r.output
+    expected = (
+        "dropped:         20 rows labelled anomalous (--drop-anomalies), the series cut at 1 removed stretch"
+    )
+    assert expected in lines(run("inspect", tmp_path / "m.pt").output)
+
+
 def test_cut_out_labelled_leaves_no_piece_across_a_removed_stretch() -> None:
     from anomaly.data import Series, cut_out_labelled
 
@@ -833,9 +849,11 @@ def test_a_file_whose_sensor_reports_less_often_than_its_rows_is_not_taken_for_a
     r = run("train", csv, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert (
-        "sampling interval 60 s between the readings kept; gaps over 18000 s reset a key (0 in the training data)"
+        "sampling interval 60 s between the readings kept; gaps over 18,000 s reset a key (0 in the training data)"
         in lines(r.output)
     )
+    shown = lines(run("inspect", model).output)  # `inspect` says it in the same format
+    assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in shown
     r = run("replay", csv, "-m", model, "-o", tmp_path / "r", "--no-plots")
     assert r.exit_code == 0, r.output
     assert [

@@ -497,6 +497,19 @@ def test_to_alone_cuts_csv_rows_and_is_recorded(csv_world, bundle_path, tmp_path
     assert "readings streamed             1,000 " in shown.stdout
 
 
+def test_inspect_counts_one_key_of_a_retrain_in_the_singular(csv_world, bundle_path, tmp_path):
+    """`anomaly inspect` of a challenger retrained from one series said `readings of 1 keys`."""
+    path, _ = csv_world
+    out = tmp_path / "c.pt"
+    cut = 1_700_000_000 + 600 * 60
+    assert run_cli("retrain", "-m", bundle_path, path, "-o", out, "--epochs", 1, "--to", cut).exit_code == 0
+    readings = read_metadata(out)[0]["lineage"]["data"]["readings"]
+    lineage = next(
+        line for line in run_cli("inspect", out).stdout.splitlines() if line.startswith("lineage:")
+    )
+    assert lineage.endswith(f", {readings:,} readings of 1 key")
+
+
 def test_a_range_without_rows_names_the_range(csv_world, bundle_path, tmp_path):
     """... and where the files' readings are: `retrain -m model.pt last-month.csv --since 7d` (a range counted
     back from now) said only that the files held no reading in it."""

@@ -260,3 +260,23 @@ def test_an_unwritable_plot_folder_is_refused_before_the_run(root, tmp_path):
         f"error: cannot write the plot folder {blocker / 'plots'}: {blocker} is not a folder\n",
     )
     assert not out.exists()
+
+
+def test_a_damaged_byte_in_a_header_name_is_the_readers_refusal_naming_the_line(tmp_path):
+    """The header check read files with errors="replace": a damaged byte in 'anomaly' (U+FFFD) called the folder
+    not SKAB's. It is now left to the reader, which names the file, the line and the byte, as `replay` does."""
+    path = tmp_path / "valve1" / "0.csv"
+    path.parent.mkdir()
+    path.write_bytes(b"datetime;v1;anom\xe9ly;changepoint\n2020-01-01 00:00:00;2;0;0\n")
+    assert skab.skab_files(tmp_path) == [path]
+    res = CliRunner().invoke(skab_cmd, [str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output.startswith(
+        f"error: cannot read {path} as CSV: it is not UTF-8 text (byte 0xe9 on line 1: 'datetime;v1;anom\u00e9ly;"
+    )
+    assert res.output.count("\n") == 1
+    bom = (
+        tmp_path / "valve1" / "1.csv"
+    )  # a UTF-8 byte-order mark, which the reader accepts, is SKAB's header too
+    bom.write_bytes(b"\xef\xbb\xbfdatetime;v1;anomaly;changepoint\n2020-01-01 00:00:00;2;0;0\n")
+    assert skab.skab_files(tmp_path) == [path, bom]

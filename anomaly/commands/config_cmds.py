@@ -91,7 +91,30 @@ def config_cmd(pipeline: str | None, as_json: bool) -> None:
     width = min(max(len(line) for line, _ in lines), ALIGN_MAX)
     for line, source in lines:
         click.echo(f"{line.ljust(width)}  # {source}")
+    threads = threads_setting()
+    if threads is not None:  # a comment: the text stays TOML that loads back to the same settings
+        click.echo(f"{f'# anomaly --threads {threads[0]}'.ljust(width)}  # {threads[1]}")
     click.echo(FOOTER)
+
+
+def threads_setting() -> tuple[int, str] | None:
+    """`anomaly --threads` (PyTorch's CPU threads) and where it came from: the option, ANOMALY_THREADS or the
+    default. An option of `anomaly` itself, not a setting of a section (a pipeline file cannot set it), so it is
+    a comment line of the text and not in --json, whose sections load back as settings. None outside `anomaly`
+    (the command called on its own)."""
+    from click.core import ParameterSource
+
+    root = click.get_current_context().find_root()
+    if "threads" not in root.params:
+        return None
+    given = root.get_parameter_source("threads")
+    if given == ParameterSource.COMMANDLINE:
+        source = "option --threads"
+    elif given == ParameterSource.ENVIRONMENT:
+        source = "environment variable ANOMALY_THREADS"
+    else:
+        source = DEFAULT_SOURCE
+    return int(root.params["threads"]), source
 
 
 COMMANDS: list[click.Command] = [config_cmd]

@@ -254,6 +254,7 @@ def consume_cmd(
         server.stop()
         early.restore()
         raise
+    early.stop_waking()
     daemon.install_signal_handlers()
     if early.reload_requested:  # a SIGHUP while starting: the file may have changed since it was loaded
         daemon.request_reload()
@@ -285,27 +286,79 @@ class _EarlySignals:
     """SIGUSR1 (every thread's stack to the log) and SIGHUP (a reload: noted, done once running) while `consume`
     starts. Their default action ends the process, and the daemon installs its handlers only once connected: a
     daemon slow to connect, already answering /healthz, died of the stack dump its operator asked for (or of a
-    SIGHUP). SIGTERM keeps the CLI's handler meanwhile (it interrupts the connect). Main thread only."""
+    SIGHUP). SIGTERM keeps the CLI's handler meanwhile (it interrupts the connect). Main thread only.
+
+    A signal that comes while the main thread has one pending goes to another thread (Linux), and Python runs its
+    handler only when the main thread next wakes: connecting, that was up to --bootstrap-timeout later (a SIGTERM
+    right after a SIGHUP waited the whole bootstrap). So every signal also wakes the main thread: Python writes its
+    number to a wakeup socket, whichever thread took it, and a helper thread that reads it sends the main thread
+    SIGWINCH (a no-op handler here; ignored by default, so one from a terminal changes nothing), which interrupts
+    its wait; the pending handlers then run."""
+
+    WAKE = "SIGWINCH"
 
     def __init__(self) -> None:
         import signal
+        import socket
         import threading
 
         from anomaly.kafka.daemon import dump_stacks
 
         self.reload_requested = False
         self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: dump_stacks())
-            self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._previous_fd = -1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: dump_stacks())
+        self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
+        wake = getattr(signal, self.WAKE)
+        self.previous[wake] = signal.signal(wake, lambda *_: None)
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._wakeup = (reader, writer)
+        main = threading.main_thread().ident
+        assert main is not None
+
+        def waker() -> None:
+            while True:
+                try:
+                    got = reader.recv(64)
+                except OSError:
+                    return
+                if not got:  # closed: connected, or the start failed
+                    return
+                if any(n != wake for n in got):  # (not the wake itself: it would wake for ever)
+                    signal.pthread_kill(main, wake)
+
+        threading.Thread(target=waker, name="signal-waker", daemon=True).start()
 
     def _reload(self, *_: Any) -> None:
         self.reload_requested = True
+
+    def stop_waking(self) -> None:
+        """Connected (the daemon's loop wakes often enough): the wakeup socket and its thread are put away."""
+        import signal
+        import socket
+
+        if self._wakeup is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        wake = getattr(signal, self.WAKE)
+        previous = self.previous.pop(wake)
+        signal.signal(wake, signal.SIG_DFL if previous is None else previous)
+        reader, writer = self._wakeup
+        self._wakeup = None
+        writer.close()
+        reader.shutdown(socket.SHUT_RDWR)  # ends the helper's recv (closing alone does not wake it)
+        reader.close()
 
     def restore(self) -> None:
         """The handlers from before (a failed start in a process that goes on: an in-process CLI call)."""
         import signal
 
+        self.stop_waking()
         for signum, handler in self.previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
@@ -398,7 +451,7 @@ def produce_cmd(
     import kafka.errors
     from tqdm import tqdm
 
-    from anomaly.data import load_series
+    from anomaly.data import load_series, plural
     from anomaly.kafka import KafkaError, clients
     from anomaly.kafka.codec import MessageFormat
     from anomaly.kafka.produce import message_count, messages, produce
@@ -456,7 +509,9 @@ def produce_cmd(
             n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
     finally:
         producer.close()
-    click.echo(f"sent {n} messages ({readings} readings of {len(series)} keys) to {topic}")
+    click.echo(
+        f"sent {plural(n, 'message')} ({plural(readings, 'reading')} of {plural(len(series), 'key')}) to {topic}"
+    )
 
 
 def metrics_url(host: str, port: int) -> str:

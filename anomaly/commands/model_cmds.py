@@ -332,8 +332,8 @@ def print_training(result: TrainResult, out: str) -> None:
             else ""
         )
         click.echo(  # (the engine's clock, and so its gap rule, moves only with the readings it accepts)
-            f"sampling interval {sampling['interval_seconds']:g} s{kept}; gaps over "
-            f"{sampling['max_gap_seconds']:g} s reset a key ({sampling['gap_splits']} in the training data)"
+            f"sampling interval {_num(sampling['interval_seconds'])} s{kept}; gaps over "
+            f"{_num(sampling['max_gap_seconds'])} s reset a key ({_num(sampling['gap_splits'])} in the training data)"
         )
     cut = result.bundle.meta.get("anomalies_dropped")
     if cut is not None:
@@ -357,7 +357,7 @@ def print_training(result: TrainResult, out: str) -> None:
         names = _names([k for k in t["keys_without_window"] if k not in shorts], idle)
         click.echo(
             f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
-            f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
+            f"{result.bundle.window} readings in a row without a gap over {_num(sampling.get('max_gap_seconds', 0))} s; "
             "in replay they have less than a window of history too (readings far apart need "
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
@@ -577,7 +577,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "dropped",
                 f"{_num(cut.get('rows'))} rows labelled anomalous (--drop-anomalies), the series cut at "
-                f"{_num(cut.get('cuts'))} removed stretches",
+                f"{_num(cut.get('cuts'))} removed {'stretch' if cut.get('cuts') == 1 else 'stretches'}",
             ),
         )
     context = context_features(meta)
@@ -591,7 +591,8 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
         data = lineage.get("data") or {}
         origin = (  # a bundle not made by retrain (promoted as it was) has a parent and no data
             f"; {data.get('source')} data {data.get('first_reading')} .. {data.get('last_reading')}, "
-            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} keys"
+            f"{_num(data.get('readings'))} readings of {_num(data.get('keys'))} "
+            f"{'key' if data.get('keys') == 1 else 'keys'}"
             if data
             else ""
         )

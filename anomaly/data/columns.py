@@ -28,6 +28,10 @@ LABEL_LIKE = (
     "attack",
     "fault",
     "is_fault",
+    # SKAB's second label column: a feature once data.label_columns leaves it out (`ANOMALY_DATA_LABEL_COLUMNS=`,
+    # `label_columns = []`: no label columns), it was scored as a sensor without a word
+    "changepoint",
+    "change_point",
 )
 # Names of the parts a synthetic series was generated from (Yahoo S5 A3/A4 publish them beside `value`): ground
 # truth, never sensors, so two kinds of them together are not taken as features unless named with --features.
@@ -67,7 +71,8 @@ def infer_features(frame: pd.DataFrame, cfg: DataConfig, source: str = "data") -
         if str(c).strip().lower() in LABEL_LIKE and frame[c].dropna().isin([0, 1]).all():
             raise SchemaError(
                 f"{source}: column {c!r} looks like labels (0/1), not a sensor; pass --label {quoted(c)} to use "
-                f"it as the label (now {cfg.label!r}), or --features to choose the features"
+                f"it as the label (now {cfg.label!r}), list it in data.label_columns (now "
+                f"{list(cfg.label_columns)}) to leave it out, or --features to choose the features"
             )
     parts = [c for c in feats if re.fullmatch(COMPONENTS, str(c), re.IGNORECASE)]
     kinds = {re.sub(r"\d+$", "", str(c).lower()) for c in parts}

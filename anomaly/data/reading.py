@@ -34,6 +34,26 @@ def file_encoding(path: str | Path) -> str:
     return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") and not utf32 else "utf-8"
 
 
+def utf16_byte_order(path: str | Path, size: int = 4096) -> str | None:
+    """'utf-16-le' or 'utf-16-be' for a file whose first bytes are UTF-16 text without a byte-order mark: a NUL in
+    every second byte (the high byte of ASCII text), at odd offsets (little-endian) or even ones (big-endian), and
+    none at the others; None for any other file (NULs in no such order are not guessed at)."""
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            head = handle.handle.read(size)
+    except (OSError, ValueError, EOFError):
+        return None
+    head = head[: len(head) // 2 * 2]
+    even, odd = head[0::2], head[1::2]
+    if not head or (even.count(0) and odd.count(0)):
+        return None
+    if odd.count(0) * 2 >= len(odd):  # most characters ASCII (or Latin-1): their high bytes are NUL
+        return "utf-16-le"
+    if even.count(0) * 2 >= len(even):
+        return "utf-16-be"
+    return None
+
+
 def chosen_encoding(path: str | Path, encoding: str | None = "auto") -> str:
     """The codec a data file is read in: data.encoding's, or under "auto" (and None) :func:`file_encoding`'s."""
     return file_encoding(path) if encoding in (None, "auto") else encoding
@@ -116,9 +136,12 @@ def read_frame(
         )
     # every other byte 0: its names were read as 't i m e s t a m p' and refused as no numbers
     if "\x00" in first:
+        order = utf16_byte_order(p)
+        read_as = f"read it with --encoding {order} (data.encoding), or " if order else ""
         raise DataError(
             f"cannot read {p} as CSV: its first line holds NUL characters, as UTF-16 text without a byte-order "
-            "mark does; save it as UTF-8 (or as UTF-16 with its byte-order mark, which Excel's 'Unicode text' has)"
+            f"mark does; {read_as}save it as UTF-8 (or as UTF-16 with its byte-order mark, which Excel's 'Unicode "
+            "text' has)"
         )
     directive = re.fullmatch(r"\ufeff?sep=(.)\s*", first)
     if directive:  # Excel's separator line ('sep=;') above the header: a hint for Excel, not the header
