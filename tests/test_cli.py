@@ -1205,6 +1205,21 @@ def test_inspect_of_a_bundle_without_training_ranges_shows_mean_and_scale() -> N
     )
 
 
+def test_inspect_shows_a_training_range_near_1e9_with_the_digits_that_tell_min_and_max_apart() -> None:
+    """4 significant digits showed a sensor trained on 1e9 + 0.5 .. 1e9 + 20.25 as '1e+09 .. 1e+09'."""
+    from anomaly.commands.model_cmds import _scaler_line
+
+    meta = {
+        "features": ["big", "flat", "small"],
+        "scaler": {"mean": [1e9 + 10, 5.0, 0.0], "scale": [5.0, 1.0, 0.5]},
+        "training": {"feature_min": [1e9 + 0.5, 5.0, -1.25], "feature_max": [1e9 + 20.25, 5.0, 1.5]},
+    }
+    assert _scaler_line(meta) == (
+        "big mean 1,000,000,010, scale 5 (trained on 1e+09 .. 1.00000002e+09); "
+        "flat mean 5, scale 1 (trained on 5 .. 5); small mean 0, scale 0.5 (trained on -1.25 .. 1.5)"
+    )
+
+
 def test_the_same_train_command_twice_differs_only_in_its_time_and_throughput(train_csv, tmp_path) -> None:
     """README (Training): the same command with the same seed gives equal weights, calibration and metadata,
     but not equal bundle bytes: creation time, model version (which holds it) and throughput differ."""

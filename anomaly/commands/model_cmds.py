@@ -498,6 +498,16 @@ def _promotion(decision: dict[str, Any]) -> str:
 SCALER_SHOWN = 6
 
 
+def _span(low: Any, high: Any) -> str:
+    """`low .. high` in as many significant digits as tell them apart (4 at least): a feature near 1e9 showed
+    as '1e+09 .. 1e+09'."""
+    for digits in range(4, 18):
+        shown = _num(low, digits), _num(high, digits)
+        if shown[0] != shown[1] or low == high:
+            break
+    return f"{shown[0]} .. {shown[1]}"
+
+
 def _scaler_line(meta: dict[str, Any]) -> str:
     """Each feature's mean and scale, and the range it took in training (bundles since session 24 record it),
     for the first SCALER_SHOWN features: `s0 mean 0.01, scale 0.71 (trained on -1.2 .. 1.3); ...`."""
@@ -505,7 +515,7 @@ def _scaler_line(meta: dict[str, Any]) -> str:
     low, high = t.get("feature_min"), t.get("feature_max")
     parts = []
     for i, name in enumerate(features[:SCALER_SHOWN]):
-        seen = f" (trained on {_num(low[i])} .. {_num(high[i])})" if low and high else ""
+        seen = f" (trained on {_span(low[i], high[i])})" if low and high else ""
         parts.append(f"{name} mean {_num(scaler['mean'][i])}, scale {_num(scaler['scale'][i])}{seen}")
     more = len(features) - SCALER_SHOWN
     return "; ".join(parts) + (f"; {more:,} more in --json" if more > 0 else "")
