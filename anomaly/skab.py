@@ -31,6 +31,7 @@ from anomaly import evaluation, quality
 from anomaly.bundle import Bundle
 from anomaly.config import PipelineConfig
 from anomaly.data import Series, load_series
+from anomaly.data.reading import chosen_encoding
 from anomaly.engine import Engine, EngineOutput, Event
 from anomaly.errors import DataError
 from anomaly.replay import point_frame
@@ -100,8 +101,9 @@ class BenchmarkResult:
     quality: dict[str, quality.Quality] = field(default_factory=dict)  # model and baselines, pooled
 
 
-def skab_files(root: str | Path) -> list[Path]:
-    """The labelled CSVs under `root` (SKAB's data/ folder), anomaly-free excluded, in a natural order."""
+def skab_files(root: str | Path, encoding: str = "auto") -> list[Path]:
+    """The labelled CSVs under `root` (SKAB's data/ folder), anomaly-free excluded, in a natural order; their
+    headers read in `encoding` (data.encoding) as the reader will read them."""
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"SKAB data folder not found: {base}")
@@ -112,28 +114,38 @@ def skab_files(root: str | Path) -> list[Path]:
     files = sorted((p for p in base.rglob("*.csv") if "anomaly-free" not in p.parts), key=natural)
     if not files:
         raise DataError(f"no labelled SKAB CSV files under {base}")
-    foreign = [p for p in files if not _skab_header(p)]
+    foreign = [p for p in files if not _skab_header(p, encoding)]
     if foreign:  # else the first one fails deep in loading, with advice (--time-column) `skab` has no use for
         raise DataError(
-            f"{base} does not look like SKAB's data/ folder: {len(foreign)} of its {len(files)} CSV files "
-            f"(e.g. {foreign[0].relative_to(base)}) lack SKAB's columns {DATA['time_column']!r} and "
+            f"{base} does not look like SKAB's data/ folder: "
+            + (
+                f"its one CSV file ({foreign[0].relative_to(base)}) lacks"
+                if len(files) == 1
+                else f"{len(foreign):,} of its {len(files):,} CSV files (e.g. {foreign[0].relative_to(base)}) "
+                f"{'lacks' if len(foreign) == 1 else 'lack'}"
+            )
+            + f" SKAB's columns {DATA['time_column']!r} and "
             f"{DATA['label']!r}; give the data/ folder of a SKAB checkout (valve1/, valve2/, other/)"
         )
     return files
 
 
-def _skab_header(path: Path) -> bool:
-    """Whether the file's header names SKAB's time and label columns (SKAB separates fields with ';')."""
+def _skab_header(path: Path, encoding: str = "auto") -> bool:
+    """Whether the file's header names SKAB's time and label columns (SKAB separates fields with ';'), read in
+    the codec the reader will use (data.encoding; under "auto" UTF-16 by its byte-order mark, else UTF-8): a
+    UTF-16 file was read as UTF-8 bytes, accepted whatever its columns and refused by the encoding it was given."""
+    codec = chosen_encoding(path, encoding)
     try:
         with open(path, "rb") as fh:
-            header = fh.readline().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # left to the reader, which refuses the file naming its line and byte; a damaged byte in 'datetime' or
-        # 'anomaly' (read as U+FFFD) called the folder not SKAB's
-        return True
+            head = fh.read(1 << 16)
     except OSError:
         return False
-    names = {name.strip().strip('"') for name in re.split(r"[;,\t]", header)}
+    header = head.decode("utf-8-sig" if codec == "utf-8" else codec, errors="replace").split("\n", 1)[0]
+    if "\ufffd" in header or "\x00" in header:
+        # left to the reader, which refuses the file naming its line and byte (or the UTF-16 byte order to pass);
+        # a damaged byte in 'datetime' or 'anomaly' (read as U+FFFD) called the folder not SKAB's
+        return True
+    names = {name.strip().strip('"').strip("\ufeff") for name in re.split(r"[;,\t]", header)}
     return {DATA["time_column"], DATA["label"]} <= names
 
 
@@ -222,7 +234,7 @@ def run_benchmark(
     on_file: Callable[[FileResult], None] | None = None,
 ) -> BenchmarkResult:
     """Every labelled file of `root` (the first `limit` when given), pooled. Results do not depend on `jobs`."""
-    files = skab_files(root)[:limit]
+    files = skab_files(root, cfg.data.encoding)[:limit]
     started = time.perf_counter()
     tasks = [(p, Path(root), cfg, train_rows, warm) for p in files]
     results = quality.run_tasks(_run_file_args, tasks, jobs, on_file)

@@ -177,7 +177,7 @@ def test_a_folder_of_other_csv_files_is_a_one_line_error_without_foreign_advice(
     res = CliRunner().invoke(skab_cmd, [str(tmp_path)])
     assert res.exit_code == 2
     assert res.output.strip() == (
-        f"error: {tmp_path} does not look like SKAB's data/ folder: 1 of its 2 CSV files (e.g. sub/y.csv) lack "
+        f"error: {tmp_path} does not look like SKAB's data/ folder: 1 of its 2 CSV files (e.g. sub/y.csv) lacks "
         "SKAB's columns 'datetime' and 'anomaly'; give the data/ folder of a SKAB checkout (valve1/, valve2/, "
         "other/)"
     )
@@ -280,3 +280,25 @@ def test_a_damaged_byte_in_a_header_name_is_the_readers_refusal_naming_the_line(
     )  # a UTF-8 byte-order mark, which the reader accepts, is SKAB's header too
     bom.write_bytes(b"\xef\xbb\xbfdatetime;v1;anomaly;changepoint\n2020-01-01 00:00:00;2;0;0\n")
     assert skab.skab_files(tmp_path) == [path, bom]
+
+
+def test_the_header_check_reads_utf16_as_the_reader_does(tmp_path, monkeypatch):
+    """The header check read every file as UTF-8 bytes: a UTF-16 file (byte-order mark) was undecodable and so
+    passed whatever its columns (a folder of other UTF-16 CSVs failed deep in loading, with advice `skab` has no
+    use for), and a UTF-16 file without a mark read with data.encoding = utf-16-le was 'not SKAB's folder'."""
+    text = "datetime;v1;anomaly;changepoint\n2020-01-01 00:00:00;2;0;0\n"
+    (tmp_path / "valve1").mkdir()
+    marked, plain = tmp_path / "valve1" / "0.csv", tmp_path / "valve1" / "1.csv"
+    marked.write_bytes(text.encode("utf-16"))
+    plain.write_bytes(text.encode("utf-16-le"))
+    assert skab.skab_files(tmp_path, "utf-16-le") == [marked, plain]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "y.csv").write_bytes("time,v1,v2\n1,2,3\n2,3,4\n".encode("utf-16"))
+    res = CliRunner().invoke(skab_cmd, [str(other)])
+    assert (res.exit_code, res.output.strip()) == (
+        2,
+        f"error: {other} does not look like SKAB's data/ folder: its one CSV file (y.csv) lacks "
+        "SKAB's columns 'datetime' and 'anomaly'; give the data/ folder of a SKAB checkout (valve1/, valve2/, "
+        "other/)",
+    )

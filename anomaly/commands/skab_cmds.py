@@ -138,7 +138,7 @@ def skab_cmd(
             warn=warn_line,
         )
     train_rows = cfg.data.train_rows or skab.TRAIN_ROWS  # data.train_rows was ignored: 400 whatever it said
-    n_files = len(skab.skab_files(data)[:limit])
+    n_files = len(skab.skab_files(data, cfg.data.encoding)[:limit])
 
     from tqdm import tqdm
 
