@@ -996,6 +996,7 @@ def build_config(
     option_names: Mapping[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
     sources_out: dict[str, str | None] | None = None,
+    connects: bool = False,
 ) -> PipelineConfig:
     """Layer TOML, environment and ``{"section.field": value}`` overrides (None values are ignored).
 
@@ -1006,7 +1007,9 @@ def build_config(
     the file or the environment that another setting leaves unused is passed to ``warn`` (default: a log
     warning; the CLI prints it as a ``warning:`` line, as its other warnings). ``sources_out``, when given, is
     filled with ``{"section.field": source}`` for every setting a layer set, the source as the errors name it
-    (``anomaly config`` prints them; a setting left out of it has its default)."""
+    (``anomaly config`` prints them; a setting left out of it has its default). ``connects``: for a command that
+    builds Kafka clients, which refuses a security setting the protocol does not use (here, naming where it came
+    from) rather than warning of it and then refusing it."""
     cfg = PipelineConfig()
     layers: list[tuple[str, Mapping[str, Mapping[str, Any]]]] = []
     if toml:
@@ -1057,7 +1060,14 @@ def build_config(
         raise _naming_sources(exc, sources) from None
     if sources_out is not None:
         sources_out.update(sources)
-    for line in _unused(cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}):
+    if connects:
+        try:
+            refuse_unused_security(cfg.kafka)
+        except ConfigError as exc:
+            raise _naming_sources(exc, sources) from None
+    for line in _unused(
+        cfg, {k: sources[k] for k, origin in origins.items() if origin != "option"}, connects
+    ):
         if warn is None:
             log.warning("%s", line)
         else:
@@ -1065,7 +1075,41 @@ def build_config(
     return cfg
 
 
-def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]:
+# The security settings and the protocols' part that uses each (kafka.security_protocol SASL_SSL uses both).
+SECURITY_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("sasl_mechanism", "SASL"),
+    ("sasl_username", "SASL"),
+    ("sasl_password", "SASL"),
+    ("ssl_cafile", "SSL"),
+    ("ssl_certfile", "SSL"),
+    ("ssl_keyfile", "SSL"),
+)
+_SECURITY_FITS = {"sasl": "SASL_PLAINTEXT or SASL_SSL", "ssl_": "SSL or SASL_SSL"}
+
+
+def unused_security(cfg: KafkaConfig) -> list[str]:
+    """The credentials and certificates set that `cfg.security_protocol` does not use (a password under
+    PLAINTEXT), in SECURITY_SETTINGS' order."""
+    return [
+        name
+        for name, used_by in SECURITY_SETTINGS
+        if getattr(cfg, name) and used_by not in cfg.security_protocol
+    ]
+
+
+def refuse_unused_security(cfg: KafkaConfig) -> None:
+    """The Kafka commands' refusal of a security setting the protocol does not use: ignored without a word, the
+    broker (which expects it) then looked unreachable."""
+    unused = unused_security(cfg)
+    if unused:
+        raise ConfigError(
+            f"kafka.{unused[0]} is set, but security_protocol {cfg.security_protocol} does not use it: set "
+            f"kafka.security_protocol to {_SECURITY_FITS[unused[0][:4]]}, or leave kafka.{unused[0]} out",
+            key=f"kafka.{unused[0]}",
+        )
+
+
+def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None], connects: bool = False) -> list[str]:
     """One warning line for each setting given in a pipeline file or a variable that another setting leaves unused
     (it was kept without a word): a threshold kind's settings under another kind (each kind declares the settings it
     `reads`), `max_feature`'s floor under the mean score, background commits without transactions, SASL credentials
@@ -1092,25 +1136,15 @@ def _unused(cfg: PipelineConfig, sources: Mapping[str, str | None]) -> list[str]
         else None,
     }
     # credentials and certificates the security protocol does not use (a password under PLAINTEXT): the Kafka
-    # commands refuse them when they build their clients, every other command (and `anomaly config`) said nothing
+    # commands refuse them (`connects`), every other command (and `anomaly config`) said nothing
     protocol = cfg.kafka.security_protocol
-    for name, used_by, fits in (
-        ("sasl_mechanism", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
-        ("sasl_username", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
-        ("sasl_password", "SASL", "SASL_PLAINTEXT or SASL_SSL"),
-        ("ssl_cafile", "SSL", "SSL or SASL_SSL"),
-        ("ssl_certfile", "SSL", "SSL or SASL_SSL"),
-        ("ssl_keyfile", "SSL", "SSL or SASL_SSL"),
-    ):
-        unused[f"kafka.{name}"] = (
-            f"kafka.security_protocol is {protocol}, not {fits}"
-            if getattr(cfg.kafka, name) and used_by not in protocol
-            else None
-        )
+    for name in unused_security(cfg.kafka):
+        unused[f"kafka.{name}"] = f"kafka.security_protocol is {protocol}, not {_SECURITY_FITS[name[:4]]}"
     return [
         f"{key} (from {sources[key]}) has no effect: {why}"
         for key, why in unused.items()
-        if why and sources.get(key)  # (not a layer built in code, such as a champion's settings)
+        # (not a layer built in code, such as a champion's settings; nor a setting the command refuses)
+        if why and sources.get(key) and not (connects and key.startswith(("kafka.sasl_", "kafka.ssl_")))
     ]
 
 
@@ -1135,6 +1169,7 @@ def load_config(
     option_names: Mapping[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
     sources_out: dict[str, str | None] | None = None,
+    connects: bool = False,
 ) -> PipelineConfig:
     """The CLI's one entry point: pipeline file, then ANOMALY_* variables, then options (``sources_out``: as
     :func:`build_config`'s)."""
@@ -1146,6 +1181,7 @@ def load_config(
         option_names=option_names,
         warn=warn,
         sources_out=sources_out,
+        connects=connects,
     )
 
 

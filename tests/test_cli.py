@@ -1237,3 +1237,20 @@ def test_the_same_train_command_twice_differs_only_in_its_time_and_throughput(tr
     assert {k: v for k, v in a.items() if k not in varying} == {
         k: v for k, v in b.items() if k not in varying
     }
+
+
+@pytest.mark.parametrize("command", ["consume", "produce"])
+def test_a_security_setting_the_protocol_does_not_use_is_one_line_naming_its_source(command, tmp_path) -> None:
+    """consume and produce printed a `warning:` that kafka.sasl_password has no effect, then refused it with an
+    `error:` for the same setting (without saying where it came from): one line per problem."""
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1700000000,1.0\n")
+    args = ["-m", str(tmp_path / "m.pt")] if command == "consume" else [str(csv), "-t", "t"]
+    env = {"ANOMALY_KAFKA_SASL_PASSWORD": "hunter2"}
+    result = CliRunner().invoke(main, [command, *args, "--bootstrap-servers", "127.0.0.1:9"], env=env)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: kafka.sasl_password is set, but security_protocol PLAINTEXT does not use it: set "
+        "kafka.security_protocol to SASL_PLAINTEXT or SASL_SSL, or leave kafka.sasl_password out (from "
+        "environment variable ANOMALY_KAFKA_SASL_PASSWORD)\n",
+    )

@@ -1720,3 +1720,19 @@ def test_retrain_without_from_pipeline_warns_that_model_and_train_variables_are_
     challenger = load_bundle(out)
     assert challenger.arch == bundle.arch and challenger.window == 8
     assert challenger.meta["training"]["config"]["train"]["seed"] == 0  # the champion's, not 7
+
+
+def test_a_topic_read_refuses_an_unused_security_setting_in_one_line(bundle_path, tmp_path, monkeypatch):
+    """retrain and promote from a topic printed a `warning:` that kafka.ssl_cafile has no effect, then refused it
+    with an `error:` when connecting; from files the warning stays (nothing connects)."""
+    monkeypatch.setenv("ANOMALY_KAFKA_SSL_CAFILE", "ca.pem")
+    refusal = (
+        "error: kafka.ssl_cafile is set, but security_protocol PLAINTEXT does not use it: set "
+        "kafka.security_protocol to SSL or SASL_SSL, or leave kafka.ssl_cafile out (from environment variable "
+        "ANOMALY_KAFKA_SSL_CAFILE)\n"
+    )
+    servers = ("--bootstrap-servers", "127.0.0.1:9")
+    result = run_cli("retrain", "-m", bundle_path, *servers, "-o", tmp_path / "c.pt")
+    assert (result.exit_code, result.stderr) == (2, refusal)
+    result = run_cli("promote", bundle_path, "-m", copy_of(bundle_path, tmp_path), *servers)
+    assert (result.exit_code, result.stderr) == (2, refusal)

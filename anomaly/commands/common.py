@@ -180,10 +180,11 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def config_from(pipeline: str | None, overrides: dict[str, Any]) -> PipelineConfig:
-    """Layer pipeline file < environment < the options the user actually gave (None means not given)."""
+def config_from(pipeline: str | None, overrides: dict[str, Any], connects: bool = False) -> PipelineConfig:
+    """Layer pipeline file < environment < the options the user actually gave (None means not given);
+    `connects` for a command that builds Kafka clients (see :func:`~anomaly.config.build_config`)."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
-    return load_config(pipeline, given, option_names=option_names(given), warn=warn_line)
+    return load_config(pipeline, given, option_names=option_names(given), warn=warn_line, connects=connects)
 
 
 def warn_line(message: str) -> None:

@@ -208,6 +208,7 @@ def consume_cmd(
             "metrics.host": metrics_host,
             "metrics.port": metrics_port,
         },
+        connects=True,
     )
     lost = dead_letters_lost(cfg.kafka)
     if lost:  # a warning, not a refusal: the integration tests emulate a broker's message.max.bytes with it
@@ -470,6 +471,7 @@ def produce_cmd(
             "data.features": features,
             **data_overrides,
         },
+        connects=True,
     )
     topic = topic or _only_topic(cfg.kafka.topics)
     wanted = None

@@ -238,6 +238,7 @@ def _config(
     features,
     data_overrides,
     group_id=None,
+    connects=False,
 ):  # type: ignore[no-untyped-def]
     for option, column, role in (
         ("--time-column", time_column, "time column"),
@@ -263,6 +264,7 @@ def _config(
             "data.key_column": key_column,
             "data.features": ",".join(features),
         },
+        connects,  # a topic is read: a security setting the protocol does not use is refused, not warned of
     )
 
 
@@ -791,6 +793,7 @@ def retrain_cmd(
         parent.features,
         {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
         group_id,
+        not data,
     )
     overrides = {"train.epochs": epochs, "train.seed": seed, "train.device": device}
     if from_pipeline:
@@ -1043,6 +1046,7 @@ def promote_cmd(
         champ.features,
         {**data_overrides, "data.label": label, "data.label_map": label_map, "replay.predict": predict},
         group_id,
+        not data,
     )
     selected = _selected(keys)
     if data:

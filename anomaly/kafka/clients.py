@@ -20,7 +20,12 @@ import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from anomaly.config import CONSUMER_REQUEST_TIMEOUT_MS, KafkaConfig, legacy_changelog_template
+from anomaly.config import (
+    CONSUMER_REQUEST_TIMEOUT_MS,
+    KafkaConfig,
+    legacy_changelog_template,
+    refuse_unused_security,
+)
 from anomaly.errors import ConfigError
 from anomaly.kafka import KafkaError
 
@@ -46,27 +51,7 @@ def connection_settings(cfg: KafkaConfig, bootstrap_timeout_s: float = 10.0) -> 
     }
     if not out["bootstrap_servers"]:
         raise ConfigError("kafka.bootstrap_servers is empty", key="kafka.bootstrap_servers")
-    # credentials or certificates the protocol does not use were ignored without a word, and the broker (which
-    # expects them) then looked unreachable
-    unused = [
-        name
-        for name, used_by in (
-            ("sasl_mechanism", "SASL"),
-            ("sasl_username", "SASL"),
-            ("sasl_password", "SASL"),
-            ("ssl_cafile", "SSL"),
-            ("ssl_certfile", "SSL"),
-            ("ssl_keyfile", "SSL"),
-        )
-        if getattr(cfg, name) and used_by not in cfg.security_protocol
-    ]
-    if unused:
-        fits = "SASL_PLAINTEXT or SASL_SSL" if unused[0].startswith("sasl") else "SSL or SASL_SSL"
-        raise ConfigError(
-            f"kafka.{unused[0]} is set, but security_protocol {cfg.security_protocol} does not use it: set "
-            f"kafka.security_protocol to {fits}, or leave kafka.{unused[0]} out",
-            key=f"kafka.{unused[0]}",
-        )
+    refuse_unused_security(cfg)
     if cfg.security_protocol.startswith("SASL"):
         if cfg.sasl_mechanism not in SASL_MECHANISMS:
             raise ConfigError(
