@@ -1240,7 +1240,9 @@ def test_the_same_train_command_twice_differs_only_in_its_time_and_throughput(tr
 
 
 @pytest.mark.parametrize("command", ["consume", "produce"])
-def test_a_security_setting_the_protocol_does_not_use_is_one_line_naming_its_source(command, tmp_path) -> None:
+def test_a_security_setting_the_protocol_does_not_use_is_one_line_naming_its_source(
+    command, tmp_path
+) -> None:
     """consume and produce printed a `warning:` that kafka.sasl_password has no effect, then refused it with an
     `error:` for the same setting (without saying where it came from): one line per problem."""
     csv = tmp_path / "d.csv"
@@ -1253,4 +1255,16 @@ def test_a_security_setting_the_protocol_does_not_use_is_one_line_naming_its_sou
         "error: kafka.sasl_password is set, but security_protocol PLAINTEXT does not use it: set "
         "kafka.security_protocol to SASL_PLAINTEXT or SASL_SSL, or leave kafka.sasl_password out (from "
         "environment variable ANOMALY_KAFKA_SASL_PASSWORD)\n",
+    )
+
+
+def test_consume_counts_what_it_did_in_the_singular_for_one() -> None:
+    """consume's last line said `stopped: 1 messages, 1 readings, 1 windows, 1 alert events, 0 refused`."""
+    from anomaly.commands.kafka_cmds import stopped_line
+
+    one = {"messages": 1, "readings": 1, "windows": 1, "alerts": 1, "rejected": 0}
+    assert stopped_line(one) == "stopped: 1 message, 1 reading, 1 window, 1 alert event, 0 refused"
+    many = {"messages": 1200, "readings": 2, "windows": 0, "alerts": 3, "rejected": 1500}
+    assert (
+        stopped_line(many) == "stopped: 1,200 messages, 2 readings, 0 windows, 3 alert events, 1,500 refused"
     )

@@ -704,6 +704,8 @@ def test_produce_raises_when_a_message_is_not_delivered_instead_of_counting_it_s
     assert produce(_FailingProducer(set()), "t", messages(series, fmt)) == 10
     with pytest.raises(KafkaError, match=r"^2 of 10 messages to t were not delivered: \[Error 10\]"):
         produce(_FailingProducer({3, 7}), "t", messages(series, fmt))
+    with pytest.raises(KafkaError, match=r"^1 of 10 messages to t was not delivered: \[Error 10\]"):
+        produce(_FailingProducer({3}), "t", messages(series, fmt))  # said 'were'
     producer = _FailingProducer(set(), too_large_at=4)
     with pytest.raises(
         KafkaError, match=r"^message 5 \(\d+ bytes\) could not be sent to t, 4 were: .*--block"

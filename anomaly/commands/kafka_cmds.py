@@ -218,7 +218,6 @@ def consume_cmd(
         warn_line(shared)
     import kafka.errors
 
-    from anomaly.data import plural
     from anomaly.errors import ConfigError
     from anomaly.kafka import KafkaError
     from anomaly.kafka.checkpoint import FinalCheckpointError
@@ -277,11 +276,17 @@ def consume_cmd(
         raise KafkaError(f"Kafka client error: {exc}") from None
     finally:
         server.stop()
-    click.echo(
+    click.echo(stopped_line(totals), err=True)
+
+
+def stopped_line(totals: dict[str, int]) -> str:
+    """consume's last line: what the daemon did, each count with its noun in the singular for one."""
+    from anomaly.data import plural
+
+    return (
         f"stopped: {plural(totals['messages'], 'message')}, {plural(totals['readings'], 'reading')}, "
         f"{plural(totals['windows'], 'window')}, {plural(totals['alerts'], 'alert event')}, "
-        f"{totals['rejected']:,} refused",
-        err=True,
+        f"{totals['rejected']:,} refused"
     )
 
 
