@@ -1268,3 +1268,19 @@ def test_consume_counts_what_it_did_in_the_singular_for_one() -> None:
     assert (
         stopped_line(many) == "stopped: 1,200 messages, 2 readings, 0 windows, 3 alert events, 1,500 refused"
     )
+
+
+def test_inspect_counts_one_row_cell_and_epoch_in_the_singular(bundle) -> None:
+    """inspect said '1 rows dropped, 1 cells filled' and '1 rows labelled anomalous'."""
+    from anomaly.commands.model_cmds import describe_bundle
+
+    meta = bundle.metadata()
+    meta["missing_values"] = {"policy": "ffill", "rows_dropped": 1, "cells_filled": 1}
+    meta["anomalies_dropped"] = {"rows": 1, "cuts": 1}
+    meta["training"]["epochs_run"] = 1
+    rows = dict(describe_bundle(meta))
+    assert rows["missing values"] == "nan_policy ffill: 1 row dropped, 1 cell filled"
+    assert (
+        rows["dropped"] == "1 row labelled anomalous (--drop-anomalies), the series cut at 1 removed stretch"
+    )
+    assert rows["training"].startswith("1 epoch (best ")
