@@ -1429,11 +1429,3 @@ def test_no_label_columns_leave_skab_changepoint_refused_not_scored(tmp_path) ->
         )
     (s,), feats = load(path, time_column="datetime")  # the default label columns: a label, not a feature
     assert feats == ["a"] and s.labels.tolist() == [0, 0, 1]
-
-
-def test_one_repeated_timestamp_is_counted_in_the_singular(tmp_path) -> None:
-    """'1 of 5 rows repeat another row's timestamp': the verb agrees with one."""
-    path = write(tmp_path, "timestamp,unit,a\n0,p1,1\n0,p2,2\n1,p1,3\n2,p1,4\n3,p1,5\n")
-    with pytest.raises(SchemaError) as info:
-        load(path)
-    assert str(info.value).startswith(f"{path}: 1 of 5 rows repeats another row's timestamp, ")

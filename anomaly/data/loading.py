@@ -433,12 +433,11 @@ def frame_to_series(
             _refuse_a_sensor_as_time(frame, ts_all, rows_of, cfg, source)
         timed = ts_all[np.isfinite(ts_all)]  # missing times are dropped, not repeats
         repeated = len(timed) - len(np.unique(timed))
-        verb = "repeats" if repeated == 1 else "repeat"
         if repeated > 0.1 * len(timed) and not _fall_back(timed):
             again = pd.Series(ts_all).duplicated().to_numpy(bool) & np.isfinite(ts_all)
             if not (again & ~frame.duplicated().to_numpy(bool)).any():  # every repeat a copy of a whole row
                 raise SchemaError(
-                    f"{source}: {repeated:,} of {len(timed):,} rows {verb} another row exactly, time and every value "
+                    f"{source}: {repeated:,} of {len(timed):,} rows repeat another row exactly, time and every value "
                     f"(first on line {file_line(frame, int(np.argmax(again)))}), as exports that overlap in time "
                     "do when joined into one file; keep one copy of each row, or pass the exports as files of "
                     "their own"
@@ -448,7 +447,7 @@ def frame_to_series(
             if cut:
                 clock = time_of_day_column(frame, cfg.time_column)
                 raise SchemaError(
-                    f"{source}: {repeated:,} of {len(timed):,} rows {verb} another row's timestamp, in file order, "
+                    f"{source}: {repeated:,} of {len(timed):,} rows repeat another row's timestamp, in file order, "
                     f"and every time is a whole {cut[0]}: the export seems to have cut off the {cut[1]} (a "
                     f"spreadsheet saves times as its cells show them); export the times with {cut[1]} (cells "
                     f"formatted {cut[2]}), or pass --key-column if the rows are several series"
@@ -465,7 +464,7 @@ def frame_to_series(
                 else "; pass --key-column naming the column that tells the series apart"
             )
             raise SchemaError(
-                f"{source}: {repeated:,} of {len(timed):,} rows {verb} another row's timestamp, so the file "
+                f"{source}: {repeated:,} of {len(timed):,} rows repeat another row's timestamp, so the file "
                 f"looks like several series interleaved{hint}"
             )
         if cfg.time_column:
