@@ -1087,6 +1087,27 @@ def test_an_evicted_key_reports_the_readings_waiting_for_its_report_window(bundl
     assert np.array_equal(short[0].anomalous, alone[-1].anomalous)
 
 
+def test_a_key_cap_eviction_closes_an_open_alert_at_the_event_time_reached(bundle) -> None:
+    """The key cap (engine.max_keys) evicts a key that has not expired: it has no expiry moment, so its open
+    alert closes at the event time reached (the other key's reading, 150), not at its last reading + TTL (163);
+    the same key expired (TTL) closes at 163."""
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    closes = []
+    for max_keys, at in ((1, 150.0), (10, 170.0)):
+        cfg = EngineConfig(
+            threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0, max_keys=max_keys
+        )
+        e = Engine(bundle, cfg)
+        out = e.process([Event("k", s.timestamps, s.values)])  # 0..63: opens an alert
+        assert [a.status for a in out.alerts] == ["open"]
+        out = e.process([Event("j", np.array([at]), one(bundle))])
+        closes += [(out.evicted, [(a.key, a.status, a.at, a.reason) for a in out.alerts])]
+    assert closes == [
+        (["k"], [("k", "closed", 150.0, "evicted")]),  # the cap: j's reading, k last seen 87 s before
+        (["k"], [("k", "closed", 163.0, "evicted")]),  # the TTL: k's last reading 63 + 100
+    ]
+
+
 def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle) -> None:
     """Event-time TTL between messages, not per call: b's jump expires a, so a's next reading in the same call
     starts a fresh key, and an open alert closed by expiry carries the moment its TTL passed (last reading 63 +
