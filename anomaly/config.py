@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -935,7 +936,9 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                         f"with FIELD one of: {', '.join(fields)}",
                         key=name,
                     )
-                out.setdefault(section, {})[rest[len(section) + 1 :]] = raw
+                field = rest[len(section) + 1 :]
+                _refuse_true_false_for_text(name, raw, section, field)
+                out.setdefault(section, {})[field] = raw
                 break
         else:
             head = rest.split("_", 1)[0]
@@ -948,6 +951,26 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 key=name,
             )
     return out
+
+
+def _refuse_true_false_for_text(name: str, raw: str, section: str, field: str) -> None:
+    """`true`/`false` in a variable of a text setting: refused as in a pipeline file, where `time_column = false`
+    is; ANOMALY_DATA_TIME_COLUMN=false looked for a column named 'false' (meaning --no-time-column, the empty
+    value). A column so named is still reached by the option or a quoted string in the file."""
+    hint = typing.get_type_hints(_SECTION_TYPES[section]).get(field)
+    text = hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint)
+    )
+    if not text or field in SECRET_FIELDS or raw.strip().lower() not in ("true", "false"):
+        return  # (a password may be `true`, and is never printed)
+    empty = {
+        "data.time_column": f" {name}= (empty) is no time column, as --no-time-column;",
+    }.get(f"{section}.{field}", "")
+    raise ConfigError(
+        f"environment variable {name}={raw}: {section}.{field} is text, not true or false;{empty} a value named "
+        f'{raw!r} is written {field} = "{raw}" in a pipeline file',
+        key=name,
+    )
 
 
 def _check_toml_shape(toml: Mapping[str, Any]) -> None:

@@ -45,6 +45,7 @@ def read_labels(
     if not p.is_file():
         raise DataError(f"labels file not found: {p}")
     if p.suffix.lower() == ".json":
+        _refuse_rows_without_a_time(p, frame, timestamps, cfg, source)
         return _window_labels(p, timestamps, cfg, source)
     first = first_line(p, encoding=cfg.encoding).strip()
     if is_number(first):  # one label per line, no header
@@ -74,7 +75,25 @@ def read_labels(
             )
     if not cfg.time_column or cfg.time_column not in labels.columns:
         return _by_row(p, values, frame, source)
+    _refuse_rows_without_a_time(p, frame, timestamps, cfg, source)
     return _by_time(p, labels, values, frame, timestamps, cfg, source, warn)
+
+
+def _refuse_rows_without_a_time(
+    path: Path, frame: pd.DataFrame, timestamps: np.ndarray, cfg: DataConfig, source: str
+) -> None:
+    """A labels file matched by time (a CSV with the time column, NAB's windows) has no label for a row without a
+    time. Such a row got 0, a label nobody gave it, where a label column (or a file of one label per line) keeps
+    the row's own: one rule, every row's label its own, never padded with zeros."""
+    timeless = ~np.isfinite(timestamps)
+    if timeless.any():
+        at = int(np.flatnonzero(timeless)[0])
+        more = int(timeless.sum()) - 1
+        raise SchemaError(
+            f"{source} line {file_line(frame, at)} has no {cfg.time_column}{f' (nor {more} other row(s))' if more else ''}"
+            f", so {path} (labels matched by time) cannot label it: give it its time, delete the line, or keep the "
+            "labels in a label column of the data (a row without a time keeps its own)"
+        )
 
 
 def _by_row(path: Path, values: np.ndarray, frame: pd.DataFrame, source: str) -> np.ndarray:

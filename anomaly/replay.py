@@ -378,6 +378,7 @@ def _replay(
     compared: dict[str, quality.Quality] = {}
     if per_series:
         summary["metrics"] = evaluation.pool(per_series.values())
+        summary["evaluated"] = evaluated_coverage([judged[key] for key in per_series])
         summary["per_series"] = {
             k: {m: v for m, v in r.items() if m != "counts"} for k, r in per_series.items()
         }
@@ -505,6 +506,15 @@ def evaluated_part(frames: dict[str, pd.DataFrame], skip: int) -> dict[str, pd.D
     if skip <= 0:
         return frames
     return {key: f.iloc[skip:] for key, f in frames.items() if len(f) > skip}
+
+
+def evaluated_coverage(frames: Sequence[pd.DataFrame]) -> dict[str, int]:
+    """The readings the metrics count (labelled series, past --evaluate-after): how many, how many of them hold
+    the last decision unscored, and how many of those were refused."""
+    readings = int(sum(len(f) for f in frames))
+    unscored = int(sum(int((~f["scored"].astype(bool)).sum()) for f in frames))
+    rejected = int(sum(int((f["rejected"] != "").sum()) for f in frames))
+    return {"readings": readings, "unscored": unscored, "rejected": rejected}
 
 
 def clear_previous(out: Path) -> None:

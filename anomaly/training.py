@@ -64,7 +64,9 @@ class TrainResult:
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise DataError("train.device is cuda but no CUDA device is available")
+            raise DataError(
+                "train.device is cuda but no CUDA device is available: use cpu or auto (anomaly train --device cpu, or ANOMALY_TRAIN_DEVICE=cpu)"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -477,6 +479,9 @@ def train(
             "best_val_loss": best[0],
             "final_loss": history[-1]["loss"],
             "train_windows": n_train_windows,
+            # the range each feature took in the rows trained on (after the missing-value policy), for inspect
+            "feature_min": np.nanmin(raw, axis=0).astype(np.float64).tolist(),
+            "feature_max": np.nanmax(raw, axis=0).astype(np.float64).tolist(),
             "windows_per_second": wps,
             "device": device.type,
             "amp": amp_name,
@@ -490,6 +495,9 @@ def train(
             "config": {"model": vars(model_cfg), "train": vars(cfg)},
         },
     }
+    extreme = outlier_scales(raw, scaler.scale)
+    if extreme:  # a feature whose scale a few extreme readings set: its ordinary changes never move a score
+        meta["training"]["scale_outliers"] = {features[f]: v for f, v in extreme.items()}
     if screened.repeated:  # left out, as the engine refuses them (duplicate_policy "drop")
         meta["training"]["repeated_timestamps"] = screened.repeated
     meta["model_version"] = f"{meta['training_fingerprint'][:8]}-{meta['created_at']}"
@@ -727,6 +735,42 @@ def flat_features(scaled: Sequence[Series], n_features: int) -> np.ndarray:
     with np.errstate(all="ignore"):
         std = np.nanstd(values, axis=0)
     return ~(std >= 1e-8)  # an all-NaN column (std NaN) counts as flat
+
+
+# A feature's scale counts as set by a few extreme readings (:func:`outlier_scales`) when leaving out its most
+# extreme 0.1 % (at least one reading) divides its standard deviation by more than this.
+OUTLIER_SCALE_RATIO = 10.0
+
+
+def outlier_scales(values: np.ndarray, scale: np.ndarray) -> dict[int, dict[str, float]]:
+    """The features whose `scale` (the scaler's, fitted on `values`, (n, F)) a few extreme readings set: the
+    standard deviation without their most extreme 0.1 % of readings (at least one; farthest from the median) is
+    more than OUTLIER_SCALE_RATIO times smaller. One reading of 1e9 among readings of about 1 gives a scale of
+    about 2e7, so every ordinary change of that feature standardizes to ~0 and never moves a score. Per such
+    feature index: `value` (the most extreme reading), `readings` (how many lie farther than OUTLIER_SCALE_RATIO
+    times `scale_without` from the median), `scale` and
+    `scale_without` (the standard deviation without them). A feature constant but for those readings is not
+    counted (it has no ordinary variation to drown), nor one whose quantization step (:func:`quantum`) sets a
+    scale as large anyway."""
+    out: dict[int, dict[str, float]] = {}
+    for f in range(values.shape[1]):
+        col = values[:, f]
+        col = col[np.isfinite(col)].astype(np.float64)
+        k = max(1, len(col) // 1000)
+        if len(col) < 2 * k + 2:
+            continue
+        dev = np.abs(col - np.median(col))
+        order = np.argsort(dev, kind="stable")
+        rest = col[order[:-k]].std()
+        # constant but for those readings (a flag, a sensor that moved once): no ordinary variation to drown
+        if rest >= 1e-8 and scale[f] > OUTLIER_SCALE_RATIO * max(rest, float(quantum(col[:, None])[0])):
+            out[f] = {
+                "value": float(col[order[-1]]),
+                "readings": int((dev > OUTLIER_SCALE_RATIO * rest).sum()),
+                "scale": float(scale[f]),
+                "scale_without": float(rest),
+            }
+    return out
 
 
 def quantum(values: np.ndarray) -> np.ndarray:

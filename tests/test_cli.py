@@ -719,6 +719,16 @@ def test_produce_with_a_model_sends_its_order_even_where_features_are_named(
     assert [json.loads(v)["values"] for _, v in sent] == [[1.0, 2.0]]
 
 
+def test_produce_counts_one_key_one_message_and_one_reading_in_the_singular(monkeypatch, tmp_path) -> None:
+    """`anomaly produce` of one reading said `sent 1 messages (1 readings of 1 keys)`."""
+    _fake_produce(monkeypatch, ["a"])
+    csv = tmp_path / "d.csv"
+    csv.write_text("timestamp,a\n1700000000,1.0\n")
+    result = CliRunner().invoke(main, ["produce", str(csv), "-t", "t", "-m", "m.pt"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["sent 1 message (1 reading of 1 key) to t"]
+
+
 def test_produce_refuses_features_that_are_not_the_models(monkeypatch, tmp_path) -> None:
     """--features naming other sensors than --model's sent messages the daemon refuses one by one."""
     sent = _fake_produce(monkeypatch, ["a", "b"])
@@ -1140,3 +1150,75 @@ def test_consume_warns_when_its_changelog_topic_would_be_every_groups(
         if warned
         else []
     )
+
+
+def test_inspect_shows_each_features_scaler_and_training_range(tmp_path) -> None:
+    """`inspect` printed neither the scaler nor the range of the data trained on (only `--json` had the scaler,
+    and no bundle had the range), so a feature scaled by an odd reading, or trained on another range than it
+    will see, could not be read off it."""
+    import numpy as np
+    import pandas as pd
+
+    n = 400
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(
+        {
+            "timestamp": 1_700_000_000 + 60 * np.arange(n),
+            "a": np.sin(np.arange(n) / 10) + 0.01 * rng.standard_normal(n),
+            "b": np.round(rng.standard_normal(n), 1) * 10 + 100,
+        }
+    )
+    data.loc[7, "b"] = np.nan  # a dropped row (nan_policy reject) is not in the range
+    csv, model = tmp_path / "d.csv", tmp_path / "m.pt"
+    data.to_csv(csv, index=False)
+    r = invoke("train", str(csv), "-o", str(model), "--epochs", "1", "--window", "8", "--hidden-size", "4")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(invoke("inspect", str(model), "--json").output)
+    kept = data.drop(index=7)
+    assert (meta["training"]["feature_min"], meta["training"]["feature_max"]) == (
+        [kept["a"].min(), kept["b"].min()],
+        [kept["a"].max(), kept["b"].max()],
+    )
+    from anomaly.commands.model_cmds import _num
+
+    mean, scale = meta["scaler"]["mean"], meta["scaler"]["scale"]
+    expected = "scaler:          " + "; ".join(
+        f"{f} mean {_num(mean[i])}, scale {_num(scale[i])} (trained on {_num(kept[f].min())} .. {_num(kept[f].max())})"
+        for i, f in enumerate(["a", "b"])
+    )
+    assert [x for x in invoke("inspect", str(model)).output.splitlines() if x.startswith("scaler:")] == [
+        expected
+    ]
+
+
+def test_inspect_of_a_bundle_without_training_ranges_shows_mean_and_scale() -> None:
+    from anomaly.commands.model_cmds import _scaler_line
+
+    meta = {
+        "features": [f"f{i}" for i in range(8)],
+        "scaler": {"mean": [float(i) for i in range(8)], "scale": [0.5] * 8},
+        "training": {},
+    }
+    assert _scaler_line(meta) == (
+        "f0 mean 0, scale 0.5; f1 mean 1, scale 0.5; f2 mean 2, scale 0.5; f3 mean 3, scale 0.5; "
+        "f4 mean 4, scale 0.5; f5 mean 5, scale 0.5; 2 more in --json"
+    )
+
+
+def test_the_same_train_command_twice_differs_only_in_its_time_and_throughput(train_csv, tmp_path) -> None:
+    """README (Training): the same command with the same seed gives equal weights, calibration and metadata,
+    but not equal bundle bytes: creation time, model version (which holds it) and throughput differ."""
+    metas = []
+    for name in ("a.pt", "b.pt"):
+        args = ["train", str(train_csv), "-o", str(tmp_path / name), "--epochs", "2", "--window", "8"]
+        assert invoke(*args, "--hidden-size", "4", "--seed", "7").exit_code == 0
+        meta = json.loads(invoke("inspect", str(tmp_path / name), "--json").output)
+        metas.append(meta)
+    a, b = metas
+    varying = {"created_at", "model_version"}
+    assert {k for k in a if a[k] != b[k]} <= varying | {"training"}
+    ta, tb = a.pop("training"), b.pop("training")
+    assert {k for k in ta if ta[k] != tb[k]} <= {"windows_per_second"}
+    assert {k: v for k, v in a.items() if k not in varying} == {
+        k: v for k, v in b.items() if k not in varying
+    }

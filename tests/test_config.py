@@ -319,6 +319,25 @@ def test_true_or_false_for_a_text_setting_is_refused(toml, message) -> None:
     assert build_config({"data": {"features": [1, 2]}}).data.features == ("1", "2")
 
 
+def test_true_or_false_in_a_variable_of_a_text_setting_is_refused_naming_the_empty_value() -> None:
+    """ANOMALY_DATA_TIME_COLUMN=false (meaning --no-time-column) looked for a column named 'false', where the
+    pipeline file's `time_column = false` is refused; the empty value is no time column."""
+    with pytest.raises(ConfigError) as info:
+        build_config(env={"ANOMALY_DATA_TIME_COLUMN": "false"})
+    assert str(info.value) == (
+        "environment variable ANOMALY_DATA_TIME_COLUMN=false: data.time_column is text, not true or false; "
+        "ANOMALY_DATA_TIME_COLUMN= (empty) is no time column, as --no-time-column; a value named 'false' is written "
+        'time_column = "false" in a pipeline file'
+    )
+    with pytest.raises(
+        ConfigError, match=r"^environment variable ANOMALY_KAFKA_GROUP_ID=True: kafka.group_id is"
+    ):
+        build_config(env={"ANOMALY_KAFKA_GROUP_ID": "True"})
+    assert build_config(env={"ANOMALY_DATA_TIME_COLUMN": ""}).data.time_column == ""
+    assert build_config({"data": {"time_column": "false"}}).data.time_column == "false"  # quoted: a name
+    assert build_config(env={"ANOMALY_KAFKA_SASL_PASSWORD": "true"}).kafka.sasl_password == "true"
+
+
 def test_a_template_with_an_unmatched_brace_says_so() -> None:
     """`changelog_topic = "changelog-{group"` was refused as "got {?}", a placeholder nobody wrote."""
     with pytest.raises(ConfigError) as info:

@@ -115,6 +115,33 @@ def test_keys_are_read_as_written_in_the_data_and_the_label_file(tmp_path) -> No
         load_series([empty], DataConfig(key_column="device"))
 
 
+def test_a_row_without_a_time_is_refused_by_labels_matched_by_time_and_keeps_its_own_label_otherwise(
+    tmp_path,
+) -> None:
+    """A row without a time kept its label from a label column, but got 0 through a labels file matched by time
+    (keyed or not, NAB windows too): a label nobody gave, where every data row must get its own."""
+    data = write(tmp_path, "d.csv", "timestamp,device,a\n60,x,1.0\n120,x,2.0\n,x,3.0\n180,x,4.0\n")
+    keyed = write(tmp_path, "l.csv", "timestamp,device,anomaly\n60,x,0\n120,x,1\n180,x,0\n")
+    plain = write(tmp_path, "p.csv", "timestamp,anomaly\n60,0\n120,1\n180,0\n")
+    windows = write(tmp_path, "w.json", json.dumps({"d.csv": [[100, 130]]}))
+    refused = (
+        r"d.csv line 4 has no timestamp, so .*{} \(labels matched by time\) cannot label it: give it its time"
+    )
+    for labels, cfg in ((keyed, {"key_column": "device"}), (plain, {}), (windows, {})):
+        with pytest.raises(SchemaError, match=refused.format(labels.name)):
+            labels_of(data, labels, **cfg)
+    # its own label: from the data's label column, or from a file of one label per line
+    inline = write(
+        tmp_path, "e.csv", "timestamp,device,a,anomaly\n60,x,1.0,0\n120,x,2.0,1\n,x,3.0,1\n180,x,4.0,0\n"
+    )
+    (s,), _ = load_series([inline], DataConfig(key_column="device"))
+    assert s.labels.tolist() == [0, 1, 0, 1]  # sorted last in its series, with its own label
+    (s,), _ = load_series(
+        [data], DataConfig(key_column="device"), labels_file=write(tmp_path, "r.txt", "0\n1\n1\n0\n")
+    )
+    assert s.labels.tolist() == [0, 1, 0, 1]
+
+
 def test_nab_windows_label_the_readings_inside_them(tmp_path) -> None:
     """NAB: labels/combined_windows.json names each data file by its path under data/."""
     data = write(

@@ -714,7 +714,9 @@ def test_train_on_cuda_without_a_gpu_fails_before_reading_the_data(frame, tmp_pa
     assert (r.exit_code, r.stdout, lines(r.stderr)) == (
         2,
         "",
-        ["error: train.device is cuda but no CUDA device is available"],
+        [
+            "error: train.device is cuda but no CUDA device is available: use cpu or auto (anomaly train --device cpu, or ANOMALY_TRAIN_DEVICE=cpu)"
+        ],
     )
 
 
@@ -847,9 +849,11 @@ def test_a_file_whose_sensor_reports_less_often_than_its_rows_is_not_taken_for_a
     r = run("train", csv, "-o", model, "-p", tiny_pipeline(tmp_path))
     assert r.exit_code == 0, r.output
     assert (
-        "sampling interval 60 s between the readings kept; gaps over 18000 s reset a key (0 in the training data)"
+        "sampling interval 60 s between the readings kept; gaps over 18,000 s reset a key (0 in the training data)"
         in lines(r.output)
     )
+    shown = lines(run("inspect", model).output)  # `inspect` says it in the same format
+    assert "sampling:        every 60 s; a gap over 18,000 s resets a key (0 in the training data)" in shown
     r = run("replay", csv, "-m", model, "-o", tmp_path / "r", "--no-plots")
     assert r.exit_code == 0, r.output
     assert [
@@ -872,3 +876,85 @@ def test_a_sensor_empty_in_the_rows_trained_on_is_not_said_to_be_empty_in_every_
         "engine.nan_policy = 'reject' drops it; column(s) 'w' have no value in any row trained on (the first 100 "
         "rows of each series, --train-rows): leave them out with --features v"
     )
+
+
+def test_training_data_labelled_anomalous_throughout_says_so_under_drop_anomalies(frame, tmp_path) -> None:
+    """Every row labelled anomalous and --drop-anomalies: the run ended with `error: no training rows left`,
+    which named neither the option that removed them nor the label column to check."""
+    data = frame.head(300).assign(anomaly=1)
+    csv = tmp_path / "all.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path), "--drop-anomalies")
+    assert r.exit_code == 2 and lines(r.stderr) == [
+        "error: no training rows left: every one of the 300 rows is labelled anomalous in 'anomaly' and "
+        "--drop-anomalies left them all out; train on normal data, or check the label column (--label, "
+        "--label-map: which value means normal)"
+    ]
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_feature_whose_scale_one_extreme_reading_sets_is_named_by_train_and_inspect(
+    frame, tmp_path
+) -> None:
+    """One reading of 1e9 among readings of about 1 made the feature's scale about 2e7 without a word: every
+    ordinary change of it standardized to ~0 (a +20 shift that scored 247 with the reading removed scored 0.675,
+    no alert). Training still computes the same (SKAB and NASA numbers do not move); it now says so, and the
+    bundle records it."""
+    data = frame.head(600).copy()
+    data.loc[100, "sensor_2"] = 1e9
+    csv = tmp_path / "outlier.csv"
+    data.to_csv(csv, index=False)
+    r = run("train", csv, "-o", tmp_path / "m.pt", "-p", tiny_pipeline(tmp_path))
+    assert r.exit_code == 0, r.output
+    col = data["sensor_2"].to_numpy(np.float64)
+    scale = float(np.float32(col.std()))
+    without = float(np.delete(col, 100).std())
+    assert (
+        f"warning: feature 'sensor_2' has its scale ({scale:.4g}) set by 1 extreme reading (the farthest 1e+09): "
+        f"without it the scale is {without:.4g}, so ordinary changes of 'sensor_2' barely move a score; remove "
+        "or label the reading(s) (--drop-anomalies) if they are errors"
+    ) in lines(r.stderr)
+    meta = load_bundle(tmp_path / "m.pt").meta
+    assert meta["training"]["scale_outliers"] == {
+        "sensor_2": {
+            "value": 1e9,
+            "readings": 1,
+            "scale": scale,
+            "scale_without": pytest.approx(without, rel=1e-12),
+        }
+    }
+    shown = [x for x in lines(run("inspect", tmp_path / "m.pt").output) if x.startswith("scale outliers:")]
+    assert shown == [
+        f"scale outliers:  sensor_2 scale {scale:,.0f} ({without:.4g} without 1 extreme reading, farthest "
+        "1,000,000,000)"
+    ]
+    data.loc[100, "sensor_2"] = data.loc[99, "sensor_2"]
+    data.to_csv(csv.with_name("clean.csv"), index=False)
+    clean = run("train", csv.with_name("clean.csv"), "-o", tmp_path / "c.pt", "-p", tiny_pipeline(tmp_path))
+    assert clean.exit_code == 0 and "scale_outliers" not in load_bundle(tmp_path / "c.pt").meta["training"]
+    assert "extreme reading" not in clean.output
+
+
+def test_outlier_scales_leaves_out_flags_quantized_and_ordinary_features() -> None:
+    from anomaly.data import Scaler
+    from anomaly.training import outlier_scales
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    ordinary = rng.standard_normal(n)
+    flag = np.zeros(n)
+    flag[[5, 900]] = 1.0  # constant but for two readings: nothing ordinary to drown
+    steps = (
+        np.round(rng.standard_normal(n) * 0.01) * 100.0
+    )  # mostly 0, steps of 100: the quantum sets the scale
+    spiked = rng.standard_normal(n)
+    spiked[[10, 20, 30]] = 1e6  # three readings among 3,000: the 0.1 % left out
+    spiked[20] = -2e6
+    many = rng.standard_normal(n)
+    many[::300] = 1e6  # ten readings among 3,000: more than the 0.1 % left out, so not named (a limit)
+    values = np.column_stack([ordinary, flag, steps, spiked, many])
+    scale = Scaler.fit(values).scale
+    found = outlier_scales(values, scale)
+    assert sorted(found) == [3]
+    assert (found[3]["value"], found[3]["readings"], found[3]["scale"]) == (-2e6, 3, float(scale[3]))
+    assert found[3]["scale_without"] == pytest.approx(np.delete(values[:, 3], [10, 20, 30]).std(), rel=1e-12)

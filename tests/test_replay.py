@@ -12,7 +12,7 @@ import pytest
 from anomaly import evaluation
 from anomaly.commands.replay_cmds import run_replay
 from anomaly.config import build_config
-from anomaly.data import load_series, to_epoch_seconds
+from anomaly.data import Series, load_series, to_epoch_seconds
 from anomaly.engine import Engine, Event
 from anomaly.errors import DataError, SchemaError
 from anomaly.replay import replay
@@ -273,6 +273,33 @@ def test_evaluate_after_counts_only_the_held_out_part(bundle, test_series, tmp_p
             build_config(overrides={"replay.evaluate_after": len(test_series)}),
             tmp_path / "none",
         )
+
+
+def test_evaluate_after_header_counts_only_the_evaluated_readings_unscored(
+    bundle, test_series, tmp_path, capsys
+) -> None:
+    """The evaluation header's `N readings unscored hold the last decision` counted the readings before
+    --evaluate-after too (the first window's, never scored), which no metric counts."""
+    from anomaly.commands.replay_cmds import print_result
+
+    skip = 200
+    values = test_series.values.copy()
+    values[[50, 60, 70, 250]] = (
+        np.nan
+    )  # refused (engine.nan_policy = "reject"): three before the cut, one after
+    series = Series(test_series.key, test_series.timestamps, values, test_series.labels)
+    held = replay(
+        bundle, [series], build_config(overrides={"replay.evaluate_after": skip}), tmp_path / "held"
+    )
+    frame = held.frames[series.key]
+    assert held.summary["coverage"]["rejected"] == 4
+    counted = int((~frame["scored"].iloc[skip:]).sum())
+    print_result(held)
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluation ("))
+    verb, noun = ("holds", "reading") if counted == 1 else ("hold", "readings")
+    expected = f"; {counted:,} {noun} unscored {verb} the last decision: 1 rejected, {counted - 1:,} in windows never"
+    assert expected in header
+    assert held.summary["evaluated"] == {"readings": len(frame) - skip, "unscored": counted, "rejected": 1}
 
 
 def test_evaluate_after_names_the_labelled_series_it_leaves_wholly_out(bundle, test_series, tmp_path) -> None:

@@ -451,7 +451,7 @@ def produce_cmd(
     import kafka.errors
     from tqdm import tqdm
 
-    from anomaly.data import load_series
+    from anomaly.data import load_series, plural
     from anomaly.kafka import KafkaError, clients
     from anomaly.kafka.codec import MessageFormat
     from anomaly.kafka.produce import message_count, messages, produce
@@ -509,7 +509,9 @@ def produce_cmd(
             n = produce(producer, topic, messages(series, fmt, block), rate=rate, progress=bar)
     finally:
         producer.close()
-    click.echo(f"sent {n} messages ({readings} readings of {len(series)} keys) to {topic}")
+    click.echo(
+        f"sent {plural(n, 'message')} ({plural(readings, 'reading')} of {plural(len(series), 'key')}) to {topic}"
+    )
 
 
 def metrics_url(host: str, port: int) -> str:

@@ -133,7 +133,13 @@ def run_training(paths: list[str], cfg, out: str, progress: bool = True) -> Trai
             )
         series, dropped, cuts = cut_out_labelled(series)
     if not any(len(s) for s in series):
-        raise DataError("no training rows left")
+        raise DataError(
+            f"no training rows left: every one of the {plural(dropped, 'row')} is labelled anomalous in "
+            f"{cfg.data.label!r} and --drop-anomalies left them all out; train on normal data, or check the "
+            "label column (--label, --label-map: which value means normal)"
+            if cfg.data.drop_anomalies
+            else "no training rows left"
+        )
     longest = max(len(s) for s in series)
     if longest < cfg.model.window:  # not a matter of gaps, which the trainer's own message would blame
         piece = (
@@ -326,8 +332,8 @@ def print_training(result: TrainResult, out: str) -> None:
             else ""
         )
         click.echo(  # (the engine's clock, and so its gap rule, moves only with the readings it accepts)
-            f"sampling interval {sampling['interval_seconds']:g} s{kept}; gaps over "
-            f"{sampling['max_gap_seconds']:g} s reset a key ({sampling['gap_splits']} in the training data)"
+            f"sampling interval {_num(sampling['interval_seconds'])} s{kept}; gaps over "
+            f"{_num(sampling['max_gap_seconds'])} s reset a key ({_num(sampling['gap_splits'])} in the training data)"
         )
     cut = result.bundle.meta.get("anomalies_dropped")
     if cut is not None:
@@ -351,7 +357,7 @@ def print_training(result: TrainResult, out: str) -> None:
         names = _names([k for k in t["keys_without_window"] if k not in shorts], idle)
         click.echo(
             f"warning: {idle} of {t['series']} series gave no window to train on ({names}): no "
-            f"{result.bundle.window} readings in a row without a gap over {sampling.get('max_gap_seconds', 0):g} s; "
+            f"{result.bundle.window} readings in a row without a gap over {_num(sampling.get('max_gap_seconds', 0))} s; "
             "in replay they have less than a window of history too (readings far apart need "
             "engine.max_gap_seconds above their step, or a model of their own)",
             err=True,
@@ -384,6 +390,14 @@ def print_training(result: TrainResult, out: str) -> None:
             "screen never removes every scored feature",
             err=True,
         )
+    for name, x in t.get("scale_outliers", {}).items():
+        click.echo(
+            f"warning: feature {name!r} has its scale ({x['scale']:.4g}) set by {plural(x['readings'], 'extreme reading')}"
+            f" (the farthest {x['value']:.4g}): without {'it' if x['readings'] == 1 else 'them'} the scale is "
+            f"{x['scale_without']:.4g}, so ordinary changes of {name!r} barely move a score; remove or label "
+            "the reading(s) (--drop-anomalies) if they are errors",
+            err=True,
+        )
     flat = _flat_features(list(result.bundle.features), result.bundle.calibration)
     if (
         flat
@@ -410,8 +424,9 @@ def _names(keys: list[str], count: int) -> str:
 @one_line_errors
 def inspect_cmd(bundle: str, as_json: bool) -> None:
     """Print a model bundle's metadata: version, features (and the scored ones when some are context only),
-    architecture, training data, missing values, sampling interval and gap, training, calibration, and lineage,
-    promotion and export when recorded."""
+    architecture, training data, missing values, sampling interval and gap, training, calibration, scaler (each
+    feature's mean, scale and training range), and scale outliers, lineage, promotion and export when
+    recorded."""
     meta = _onnx_metadata(bundle) if bundle.endswith(".onnx") else read_metadata(bundle)[0]
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
@@ -468,6 +483,23 @@ def _promotion(decision: dict[str, Any]) -> str:
     return f"{decision.get('decision')}{how} at {decision.get('at')}{over}"
 
 
+# Features whose scaler `anomaly inspect` prints on its one line (all are in --json).
+SCALER_SHOWN = 6
+
+
+def _scaler_line(meta: dict[str, Any]) -> str:
+    """Each feature's mean and scale, and the range it took in training (bundles since session 24 record it),
+    for the first SCALER_SHOWN features: `s0 mean 0.01, scale 0.71 (trained on -1.2 .. 1.3); ...`."""
+    features, scaler, t = meta["features"], meta.get("scaler") or {}, meta.get("training", {})
+    low, high = t.get("feature_min"), t.get("feature_max")
+    parts = []
+    for i, name in enumerate(features[:SCALER_SHOWN]):
+        seen = f" (trained on {_num(low[i])} .. {_num(high[i])})" if low and high else ""
+        parts.append(f"{name} mean {_num(scaler['mean'][i])}, scale {_num(scaler['scale'][i])}{seen}")
+    more = len(features) - SCALER_SHOWN
+    return "; ".join(parts) + (f"; {more:,} more in --json" if more > 0 else "")
+
+
 def context_features(meta: dict[str, Any]) -> str:
     """The features a bundle reads but does not score (not among its targets), comma-separated; "" when every
     feature is scored."""
@@ -514,6 +546,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
             f"score 1.0 = q{_num(cal['reference_quantile'])} point error {_num(cal['reference_error'])}; "
             f"default threshold {_num(cal['default_threshold'])}" + _flat_note(meta),
         ),
+        ("scaler", _scaler_line(meta)),
     ]
     if missing:
         rows.insert(
@@ -523,6 +556,19 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 f"nan_policy {missing.get('policy')}: {_num(missing.get('rows_dropped'))} rows dropped, "
                 f"{_num(missing.get('cells_filled'))} cells filled",
             ),
+        )
+    extreme = t.get("scale_outliers")
+    if extreme:  # a feature scaled by a few extreme training readings (session 24; said by train too)
+        rows.append(
+            (
+                "scale outliers",
+                "; ".join(
+                    f"{name} scale {_num(x['scale'])} ({_num(x['scale_without'])} without "
+                    f"{_num(x['readings'])} extreme reading{'' if x['readings'] == 1 else 's'}, farthest "
+                    f"{_num(x['value'])})"
+                    for name, x in extreme.items()
+                ),
+            )
         )
     cut = meta.get("anomalies_dropped")
     if cut:  # `--drop-anomalies`: said by train and in --json, not in these lines before

@@ -215,11 +215,12 @@ def print_result(result: ReplayResult, metrics_out: str | None = None) -> None:
     for line in s["warnings"][1:] if nothing else s["warnings"]:
         click.echo(f"warning: {line}", err=True)
     if "metrics" in s and not nothing:
-        cut = c["unscored"] - c["rejected"]
+        e = s.get("evaluated", c)  # the readings counted (a summary without them: every reading)
+        cut = e["unscored"] - e["rejected"]
         after = s.get("evaluate_after", 0)
         click.echo(
-            f"\nevaluation (prediction = {s['predict']}; {plural(c['unscored'], 'reading')} unscored "
-            f"{'holds' if c['unscored'] == 1 else 'hold'} the last decision: {c['rejected']:,} rejected, {cut:,} "
+            f"\nevaluation (prediction = {s['predict']}; {plural(e['unscored'], 'reading')} unscored "
+            f"{'holds' if e['unscored'] == 1 else 'hold'} the last decision: {e['rejected']:,} rejected, {cut:,} "
             "in windows never filled before a gap or a series end"
             + (
                 f"; the first {plural(after, 'reading')} of each series {'is' if after == 1 else 'are'} not evaluated"

@@ -9,6 +9,9 @@ import numpy as np
 
 from anomaly.errors import DataError
 
+# The largest error, in standard deviations, that storing a feature's mean as float32 may make (:meth:`Scaler.fit`).
+MEAN_ROUNDING = 1e-3
+
 
 @dataclass(frozen=True)
 class Scaler:
@@ -19,7 +22,8 @@ class Scaler:
 
     @classmethod
     def fit(cls, values: np.ndarray) -> Scaler:
-        """Mean and std in float64 (stored as float32). In float32 the mean of a constant float32 column is off
+        """Mean and std in float64 (the std stored as float32, the mean as float32 when that rounds it by no more
+        than MEAN_ROUNDING of a standard deviation, else as float64). In float32 the mean of a constant float32 column is off
         by rounding, so its std came out at ~1e-7 of its level instead of 0: a constant column got a scale of
         1e-7 instead of 1, and any later change scored as millions of sigma."""
         finite = values[np.isfinite(values).all(axis=1)].astype(np.float64)
@@ -28,7 +32,14 @@ class Scaler:
         mean = finite.mean(axis=0)
         std = finite.std(axis=0)
         std[std < 1e-8] = 1.0
-        return cls(mean.astype(np.float32), std.astype(np.float32))
+        # The mean is kept as the float32 nearest to it (as bundles have always stored it) unless that is off by
+        # more than MEAN_ROUNDING of a standard deviation: a sensor at 1e9 + 20 with a spread of 1.5 had its mean
+        # stored as 1e9 (float32 steps of 64 there), so every standardized reading sat 13.6 deviations high and
+        # training ended at a validation loss of 78.5 (1.21 for the same readings less 1e9). Such a feature keeps
+        # its float64 mean; every other keeps exactly the value, and so the scores, it had.
+        rounded = mean.astype(np.float32).astype(np.float64)
+        mean = np.where(np.abs(rounded - mean) <= MEAN_ROUNDING * std, rounded, mean)
+        return cls(mean, std.astype(np.float32))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.mean) / self.scale).astype(np.float32)
@@ -38,7 +49,7 @@ class Scaler:
 
     @classmethod
     def from_json(cls, d: dict) -> Scaler:
-        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["scale"], np.float32))
+        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float32))
 
 
 def window_chain(values: np.ndarray, window: int, offset: int = 0) -> np.ndarray:

@@ -90,7 +90,7 @@ def test_produce_command_sends_blocks_in_timestamp_order(kafka_env, stream, tiny
     assert result.exit_code == 0, result.output
     n_msgs = sum(-(-len(s) // 32) for s in series)
     assert (
-        f"sent {n_msgs} messages ({sum(len(s) for s in series)} readings of {len(series)} keys)"
+        f"sent {n_msgs:,} messages ({sum(len(s) for s in series):,} readings of {len(series)} keys)"
         in result.stdout
     )
     decoder = Decoder(MessageFormat(tuple(bundle.features)))
