@@ -646,7 +646,8 @@ def test_an_alert_open_through_a_gap_reports_the_gap_seconds_it_spans(bundle, wi
 
 def test_an_evicted_alert_counts_its_keys_silence_up_to_the_eviction_as_a_gap(bundle) -> None:
     """A key that stops mid-alert is evicted after engine.ttl_seconds of other keys' event time; its alert closes
-    `at` that time (reason evicted), and the silence before it, longer than engine.max_gap_seconds, is a gap of
+    (reason evicted) `at` the moment its TTL passed, its last reading + ttl_seconds (before: the event time the
+    call reached, the end of j's message that passed it), and the silence before it, longer than engine.max_gap_seconds, is a gap of
     the alert's (`gap_seconds`), as a reading after it would have made it."""
     ts, values = gap_fault(bundle, None, n=2000)
     cfg = EngineConfig(threshold="static", max_gap_seconds=3600.0, ttl_seconds=7200.0)
@@ -656,8 +657,7 @@ def test_an_evicted_alert_counts_its_keys_silence_up_to_the_eviction_as_a_gap(bu
     for i in range(650, 2000, 50):  # j alone, past k's TTL
         out.alerts += e.process([Event("j", ts[i : i + 50], quiet[i : i + 50])]).alerts
     closed = [a for a in out.alerts if a.key == "k" and a.status == "closed"]
-    assert [(a.reason, a.gap_seconds) for a in closed] == [("evicted", closed[0].at - ts[649])]
-    assert closed[0].at - ts[649] > 7200.0
+    assert [(a.reason, a.at, a.gap_seconds) for a in closed] == [("evicted", ts[649] + 7200.0, 7200.0)]
 
 
 def test_the_level_does_not_decay_over_a_gap(bundle) -> None:
@@ -1087,9 +1087,32 @@ def test_an_evicted_key_reports_the_readings_waiting_for_its_report_window(bundl
     assert np.array_equal(short[0].anomalous, alone[-1].anomalous)
 
 
+def test_a_key_cap_eviction_closes_an_open_alert_at_the_event_time_reached(bundle) -> None:
+    """The key cap (engine.max_keys) evicts a key that has not expired: it has no expiry moment, so its open
+    alert closes at the event time reached (the other key's reading, 150), not at its last reading + TTL (163);
+    the same key expired (TTL) closes at 163."""
+    s = spiky(bundle, n=64, spans=((0, 64),))
+    closes = []
+    for max_keys, at in ((1, 150.0), (10, 170.0)):
+        cfg = EngineConfig(
+            threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0, max_keys=max_keys
+        )
+        e = Engine(bundle, cfg)
+        out = e.process([Event("k", s.timestamps, s.values)])  # 0..63: opens an alert
+        assert [a.status for a in out.alerts] == ["open"]
+        out = e.process([Event("j", np.array([at]), one(bundle))])
+        closes += [(out.evicted, [(a.key, a.status, a.at, a.reason) for a in out.alerts])]
+    assert closes == [
+        (["k"], [("k", "closed", 150.0, "evicted")]),  # the cap: j's reading, k last seen 87 s before
+        (["k"], [("k", "closed", 163.0, "evicted")]),  # the TTL: k's last reading 63 + 100
+    ]
+
+
 def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle) -> None:
     """Event-time TTL between messages, not per call: b's jump expires a, so a's next reading in the same call
-    starts a fresh key, and an open alert closed by expiry carries the event time of the expiring message."""
+    starts a fresh key, and an open alert closed by expiry carries the moment its TTL passed (last reading 63 +
+    TTL 100; before, 175, the event time of the expiring message, which depended on how messages were cut into
+    calls)."""
     from anomaly.engine.types import Readings
 
     cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0)
@@ -1113,7 +1136,7 @@ def test_a_key_expiring_mid_call_is_handled_as_with_one_message_per_call(bundle)
         )
 
     single = run([[m] for m in msgs])
-    assert single[0] == ["unit", "a"] and single[3] == 1 and single[1][-1][1:] == ("closed", 175.0)
+    assert single[0] == ["unit", "a"] and single[3] == 1 and single[1][-1][1:] == ("closed", 163.0)
     assert run([msgs]) == single
     assert run([msgs[:2], Readings.from_events(msgs[2:], len(bundle.features))]) == single
 
@@ -1122,8 +1145,8 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     """A lagging partition of a backfill: every reading of the poll is older than the clock minus the TTL, so
     the clock stands still and its keys expire as soon as eviction reaches them. With every key read once, one
     call (not message by message, which costs a whole engine call per message) gives the same state,
-    evictions and alerts (closed at the same event time); only the interleaving of different keys' events
-    differs."""
+    evictions and alerts (closed when each key's TTL passed, its last reading + 100; before, at the clock, 1000);
+    only the interleaving of different keys' events differs."""
     from anomaly.engine.types import Readings
 
     cfg = EngineConfig(
@@ -1149,15 +1172,19 @@ def test_a_poll_already_past_the_ttl_is_one_call_and_equals_one_message_per_call
     # every lagging key expires; `front` (young) stays. Before, the TTL scan stopped at `front` (least
     # recently used but young), the lagging keys piled up behind it and the key cap evicted `front`.
     assert single[0] == sorted(m.key for m in lagging)
-    assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)] * 3
+    assert [a[1:] for a in single[1] if a[1] == "closed"] == [
+        ("closed", 163.0),
+        ("closed", 263.0),
+        ("closed", 363.0),
+    ]
     assert run([front, poll]) == single
     assert run([front, lagging]) == single  # Events: message by message, as before
 
 
 def test_a_call_mixing_a_leading_and_a_lagging_partition_is_split_not_sent_message_by_message(bundle) -> None:
     """A batch of two partitions: a lagging one reads keys already held, then a leading one moves the clock more
-    than the TTL past them, so the whole call may expire keys mid-call (and close an open alert at the event
-    time of the message that expires it). It is processed in halves, each as one call where it can be: the
+    than the TTL past them, so the whole call may expire keys mid-call (and close an open alert, at the moment
+    its TTL passed: 263 + 100). It is processed in halves, each as one call where it can be: the
     same state, evictions and alerts as one message per call, in far fewer model calls."""
     from anomaly.engine.types import Readings
 
@@ -1186,7 +1213,7 @@ def test_a_call_mixing_a_leading_and_a_lagging_partition_is_split_not_sent_messa
 
     single = run([start, *[[m] for m in mixed]])
     assert single[0] == sorted(["s", *(f"g{i}" for i in range(8))])
-    assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 1000.0)]
+    assert [a[1:] for a in single[1] if a[1] == "closed"] == [("closed", 363.0)]
     assert run([start, poll]) == single
     assert run([start, mixed]) == single
     assert 0 < calls <= 8 < len(mixed)  # message by message: one model call per message
@@ -1664,7 +1691,8 @@ def test_a_lagging_domains_keys_expire_by_its_own_clock_not_the_leading_ones(bun
     """A backfill of two partitions read one after the other: "lead" is a day ahead of "lag" in event time.
     Each partition is its own clock domain, so lag's key is not evicted after each message (the old single
     clock evicted it: every message scored as a new key's), and expires only once lag's own event time passes
-    its last reading by more than the TTL; its open alert then closes at lag's clock."""
+    its last reading by more than the TTL; its open alert then closes at the moment that happened, its last
+    reading + TTL (163; before, lag's clock, 170)."""
     f = len(bundle.features)
     cfg = EngineConfig(threshold="static", static_threshold=1000.0, smoothing=1.0, ttl_seconds=100.0)
     e = Engine(bundle, cfg)
@@ -1677,7 +1705,7 @@ def test_a_lagging_domains_keys_expire_by_its_own_clock_not_the_leading_ones(bun
     assert out.evicted == [] and sorted(e.keys()) == ["front", "k", "k2"]
     out = e.process(in_domain([Event("k2", np.array([170.0]), one(bundle))], "in:1", f))  # k: 107 s idle
     assert out.evicted == ["k"] and [(a.status, a.at, a.reason) for a in out.alerts] == [
-        ("closed", 170.0, "evicted")
+        ("closed", 163.0, "evicted")
     ]
     assert sorted(e.keys()) == ["front", "k2"] and e.clock("in:0") == 100_000.0  # lead's key stays: own clock
     # a key takes the domain of its latest message (partitions added): k2 now reads on in:0, far ahead

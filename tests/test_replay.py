@@ -826,7 +826,7 @@ def test_alerts_jsonl_keeps_each_keys_records_in_emission_order(bundle, tmp_path
     """alerts.jsonl is sorted by (`at`, key) at close, which keeps a key's records in the order the engine emitted
     them only while a key's `at` never goes back. It does not, on every path that emits a record: open, a normal
     close, a level_shift close (engine.max_alert_seconds), an eviction close (TTL: key b is silent for 450 minutes
-    with an alert open while a and c read; its close is at the event time reached, and it opens again later), a
+    with an alert open while a and c read; its close is when its TTL passed, and it opens again later), a
     gap reset (c) and the end-of-replay flush, a reading of each key per call (as a daemon reads) and in one
     call. Each key's records in the file are the ones emitted, in that order, and their `at` never decreases."""
     one = generate(SyntheticSpec(n_sensors=4, n_points=1200, anomalies=4, seed=2))
@@ -861,3 +861,37 @@ def test_alerts_jsonl_keeps_each_keys_records_in_emission_order(bundle, tmp_path
         assert counters["gap_resets"] >= 1
         assert counters["evicted"] == (1 if batch == 3 else 0)  # one call: b's silence is a gap (README)
     assert reasons == {"", "normal", "level_shift"} | ({"evicted"} if batch == 3 else set())
+
+
+def test_an_expired_keys_alert_closes_when_its_ttl_passed_whatever_the_batch_size(bundle, tmp_path) -> None:
+    """Keys a and b read a minute apart; b stops within an alert at minute 2000 for 5 hours (longer than
+    engine.ttl_seconds, 3 h, and engine.max_gap_seconds, 4 h), then reads again. Its alert closes (reason evicted)
+    at the moment its TTL passed (its last reading + 3 h) with batches of 4096 readings and of 1 alike, before its
+    next reading, and the silence up to then is no gap (3 h). Before, `at` was the event time the call reached:
+    with 4096, the end of a's message in the batch where b reads again (minute 2400, 100 minutes after b's next
+    reading, with 400 minutes of silence counted as a gap), with 1, the reading after the TTL passed; and
+    alerts.jsonl differed between the two."""
+    one = generate(SyntheticSpec(n_sensors=4, n_points=2401, seed=3))
+    minute = np.arange(len(one))
+    b = one[(minute <= 2000) | (minute >= 2300)].assign(sensor_id="b")
+    b.loc[b.index[(b.index >= 1990) & (b.index <= 2000)], "sensor_1"] += 50 * bundle.scaler.scale[0]
+    path = tmp_path / "keys.csv"
+    pd.concat([one.assign(sensor_id="a"), b]).sort_values("timestamp", kind="stable").to_csv(
+        path, index=False
+    )
+    series, _ = load_series([path], build_config({"data": {"key_column": "sensor_id"}}).data, bundle.features)
+    last, back = (float(to_epoch_seconds(one["timestamp"])[i]) for i in (2000, 2300))
+    texts = {}
+    for batch in (1, 4096):
+        cfg = build_config(
+            {
+                "engine": {"threshold": "static", "ttl_seconds": 3 * 3600, "max_gap_seconds": 4 * 3600},
+                "replay": {"batch_readings": batch, "plots": False},
+            }
+        )
+        replay(bundle, series, cfg, tmp_path / str(batch))
+        texts[batch] = (tmp_path / str(batch) / "alerts.jsonl").read_text()
+    records = [json.loads(line) for line in texts[1].splitlines()]
+    closes = [(r["key"], r["at"], r["gap_seconds"]) for r in records if r["reason"] == "evicted"]
+    assert closes == [("b", last + 3 * 3600, 0.0)] and last + 3 * 3600 < back
+    assert texts[4096] == texts[1]

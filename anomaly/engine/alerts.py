@@ -209,7 +209,8 @@ class AlertLifecycle(Part):
         return open_pts
 
     def close_on_evict(self, key: str, row: int, at: float, out: EngineOutput) -> None:
-        """An evicted key's open alert is closed, `at` the event time reached. The key's silence up to then
+        """An evicted key's open alert is closed, `at` the moment of the eviction (the engine's: when its TTL
+        passed, or the event time reached for the key cap and resets). The key's silence up to then
         counts as a gap when it is one (longer than engine.max_gap_seconds), as the next reading would have."""
         a = self.store.arrays
         if a["alert_open"][row]:

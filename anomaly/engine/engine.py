@@ -392,7 +392,7 @@ class Engine:
             clocks = self.clocks
             oldest = float(clocks[0]) - ttl if len(clocks) == 1 else (clocks - ttl)[self._key_domains()]
         out.evicted = self.store.evict(
-            self.config.max_keys, oldest, lambda keys, rows: self._on_evict(keys, rows, out)
+            self.config.max_keys, oldest, lambda keys, rows: self._on_evict(keys, rows, out, oldest)
         )
         self.counters["evicted"] += len(out.evicted)
         return out
@@ -426,15 +426,30 @@ class Engine:
             self.reports.flush(np.asarray([slots[k] for k in waiting], np.int64), waiting, out)
         return out
 
-    def _on_evict(self, keys: list[str], rows: np.ndarray, out: EngineOutput) -> None:
+    def _on_evict(
+        self,
+        keys: list[str],
+        rows: np.ndarray,
+        out: EngineOutput,
+        oldest: float | np.ndarray | None = None,
+    ) -> None:
         """Keys about to be dropped (TTL, key cap): the readings scored on arrival that wait for their report
         window are reported now, as a short ScoredWindow each (as `flush` does at the end of a replay), and an
-        open alert is closed, so nothing decided is lost and no alert is left open forever downstream."""
+        open alert is closed, so nothing decided is lost and no alert is left open forever downstream.
+
+        The close's `at`: for a key that expired (last seen before `oldest`, its domain's clock - TTL), the
+        moment its TTL passed, last seen + engine.ttl_seconds, so it does not depend on how the input was cut
+        into calls (a replay's batch, a daemon's poll) and is never after the key's next reading; for any other
+        (the key cap, a reload that resets state: no expiry moment), the event time reached in its domain."""
         a = self.store.arrays
         if self.per_reading:
             waiting = np.flatnonzero(a["rep_fill"][rows])
             if len(waiting):
                 self.reports.flush(rows[waiting], [keys[i] for i in waiting.tolist()], out)
+        seen, ttl = a["seen"], self.config.ttl_seconds
         for i in np.flatnonzero(a["alert_open"][rows]).tolist():
-            at = float(self.clocks[a["domain"][rows[i]]])  # the event time reached in the key's domain
-            self.alerts.close_on_evict(keys[i], int(rows[i]), at, out)
+            row = int(rows[i])
+            at = float(self.clocks[a["domain"][row]])  # the event time reached in the key's domain
+            if oldest is not None and seen[row] < (oldest[row] if isinstance(oldest, np.ndarray) else oldest):
+                at = min(at, float(seen[row]) + ttl)  # expired: when its TTL passed
+            self.alerts.close_on_evict(keys[i], row, at, out)

@@ -29,8 +29,9 @@ def may_expire(
     dom: int | np.ndarray = 0,
 ) -> bool:
     """Whether the event time reached in this call expires (TTL) a key that matters before the call ends: one
-    that reads again in this call, or one whose open alert the expiry closes (its `at` is the event time
-    then). Conservative: True may still expire nothing; message by message is right either way. Message by
+    that reads again in this call, or one whose open alert the expiry closes (the close's `at` is when the
+    key's TTL passed, whatever the call; message by message puts the record between the messages where it
+    expires). Conservative: True may still expire nothing; message by message is right either way. Message by
     message costs a whole engine call per message (about 1 ms with the dynamic threshold), so a call must not
     take it for readings that merely lag another clock domain.
 
@@ -66,7 +67,7 @@ def may_expire(
             return True  # the clock moves during the call: when each key expires depends on the message
         # The domain's clock stands still (every reading at or before the event time already reached there), so
         # its horizon is the same after every message. One by one, each such key would be evicted right after
-        # its message; here at the end of the call, with the same close time (`at` = the domain's clock) for an
+        # its message; here at the end of the call, with the same close time (`at` = when its TTL passed) for an
         # alert it opened. That differs only for a key read again in this call.
         if len(events.kid) > len(events.names):
             return True
