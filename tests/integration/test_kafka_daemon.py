@@ -210,6 +210,35 @@ def test_lag_has_a_series_for_every_assigned_partition_read_from_or_not(kafka_en
     assert terminate(proc) == 0
 
 
+def connecting_daemon(model, tmp_path):
+    """`consume` pointed at a port where no broker listens (it keeps connecting, up to its 120 s bootstrap
+    timeout), once its endpoint answers: the process and its log (stdout and stderr)."""
+    import os
+    import subprocess
+
+    from conftest import ANOMALY
+
+    from anomaly.kafka.tansu import free_port
+
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*ANOMALY, "consume", "-m", str(model), "-b", "127.0.0.1:1", "--bootstrap-timeout", "120"]
+            + ["--metrics-port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for(lambda: http_status(port, "/healthz") == 200, 60, "the endpoint up, the daemon connecting")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, log
+
+
 def test_a_sigterm_another_thread_takes_while_connecting_ends_it_at_once(tiny_model, tmp_path):
     """Connecting (a broker away), the main thread waits inside kafka-python's bootstrap, and Linux gives a
     process's signal to another thread when the main thread has one pending (a SIGHUP and a SIGTERM back to
@@ -219,28 +248,13 @@ def test_a_sigterm_another_thread_takes_while_connecting_ends_it_at_once(tiny_mo
     import ctypes
     import os
     import signal
-    import subprocess
     import time
-
-    from conftest import ANOMALY
-
-    from anomaly.kafka.tansu import free_port
 
     libc = ctypes.CDLL(None, use_errno=True)
     if not hasattr(libc, "tgkill"):  # glibc 2.30 and later
         pytest.skip("no tgkill in this C library")
-    port = free_port()
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*ANOMALY, "consume", "-m", str(tiny_model[0]), "-b", "127.0.0.1:1", "--bootstrap-timeout", "120"]
-            + ["--metrics-port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc, log = connecting_daemon(tiny_model[0], tmp_path)
     try:
-        wait_for(lambda: http_status(port, "/healthz") == 200, 60, "the endpoint up, the daemon connecting")
         others = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
         assert others  # the metrics server's thread at least
         sent = time.monotonic()
@@ -263,9 +277,7 @@ def test_sigusr1_and_sighup_while_connecting_leave_the_start_going(tiny_model, t
     threads): so the SIGHUP is the main thread's. (Before session 24 this was needed: a signal another thread took
     was handled only when the main thread's bootstrap wait ended; that case is the test above.)"""
     import glob
-    import os
     import signal
-    import subprocess
     from pathlib import Path
 
     def delivered() -> bool:
@@ -280,22 +292,8 @@ def test_sigusr1_and_sighup_while_connecting_leave_the_start_going(tiny_model, t
         ]
         return all(int(mask, 16) == 0 for mask in masks)
 
-    from conftest import ANOMALY
-
-    from anomaly.kafka.tansu import free_port
-
-    port = free_port()
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*ANOMALY, "consume", "-m", str(tiny_model[0]), "-b", "127.0.0.1:1", "--bootstrap-timeout", "120"]
-            + ["--metrics-port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc, log = connecting_daemon(tiny_model[0], tmp_path)
     try:
-        wait_for(lambda: http_status(port, "/healthz") == 200, 60, "the endpoint up, the daemon connecting")
         proc.send_signal(signal.SIGHUP)
         wait_for(delivered, 30, "the SIGHUP delivered")
         proc.send_signal(signal.SIGUSR1)
