@@ -42,7 +42,11 @@ class Scaler:
         return cls(mean, std.astype(np.float32))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.mean) / self.scale).astype(np.float32)
+        """Standardized values (float32). Readings in float32 (NASA's loader) are standardized in float32, as they
+        were when every mean was stored as float32: the float64 means (session 24) made that float64 arithmetic,
+        which moved SMAP's scores (own F1 0.564 -> 0.565); float64 readings (CSV files) keep float64 arithmetic."""
+        mean = self.mean.astype(np.float32) if values.dtype == np.float32 else self.mean
+        return ((values - mean) / self.scale).astype(np.float32)
 
     def to_json(self) -> dict:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
