@@ -585,7 +585,7 @@ def describe_bundle(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 "scale outliers",
                 "; ".join(
                     f"{name} scale {_num(x['scale'])} ({_num(x['scale_without'])} without "
-                    f"{_num(x['readings'])} extreme reading{'' if x['readings'] == 1 else 's'}, farthest "
+                    f"{_counted(x['readings'], 'extreme reading')}, farthest "
                     f"{_num(x['value'])})"
                     for name, x in extreme.items()
                 ),
